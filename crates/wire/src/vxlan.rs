@@ -1,0 +1,305 @@
+//! The VXLAN header (RFC 7348 section 5).
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |R|R|R|R|I|R|R|R|            Reserved                           |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                VXLAN Network Identifier (VNI) |   Reserved    |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! ```
+//!
+//! The header is followed by the inner Ethernet frame. It travels in UDP,
+//! by default to port [`PORT`].
+
+use crate::{Error, Result};
+
+mod field {
+    use crate::{Field, Rest};
+    pub(crate) const FLAGS: usize = 0;
+    pub(crate) const VNI: Field = 4..7;
+    pub(crate) const PAYLOAD: Rest = 8..;
+}
+
+/// Length of the VXLAN header.
+pub const HEADER_LEN: usize = 8;
+
+//= https://www.rfc-editor.org/rfc/rfc7348#section-5
+//# Destination Port: IANA has assigned the value 4789 for the
+//# VXLAN UDP port, and this value SHOULD be used by default as the
+//# destination UDP port.
+/// The IANA-assigned VXLAN UDP port.
+pub const PORT: u16 = 4789;
+
+/// The I flag: the VNI is valid.
+const FLAG_I: u8 = 0x08;
+
+/// A 24-bit virtual network identifier, as VXLAN and Geneve carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Vni(u32);
+
+impl Vni {
+    /// The largest VNI, 2^24 - 1.
+    pub const MAX: Self = Self(0x00ff_ffff);
+
+    /// A VNI, or `None` if `value` does not fit in 24 bits.
+    pub const fn new(value: u32) -> Option<Self> {
+        if value <= Self::MAX.0 {
+            Some(Self(value))
+        } else {
+            None
+        }
+    }
+
+    /// The VNI as a number below 2^24.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Reads a VNI from 3 big-endian bytes.
+    pub(crate) fn from_be_bytes(b: [u8; 3]) -> Self {
+        Self(u32::from_be_bytes([0, b[0], b[1], b[2]]))
+    }
+
+    /// The VNI as 3 big-endian bytes.
+    pub(crate) fn to_be_bytes(self) -> [u8; 3] {
+        let b = self.0.to_be_bytes();
+        [b[1], b[2], b[3]]
+    }
+}
+
+impl TryFrom<u32> for Vni {
+    type Error = Error;
+
+    /// Fails with [`Error::Malformed`] if `value` does not fit in 24 bits.
+    fn try_from(value: u32) -> Result<Self> {
+        Self::new(value).ok_or(Error::Malformed)
+    }
+}
+
+impl From<Vni> for u32 {
+    fn from(vni: Vni) -> Self {
+        vni.0
+    }
+}
+
+impl core::fmt::Display for Vni {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A read/write view of a VXLAN packet (header, then the inner frame).
+#[derive(Debug, Clone)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer without checking it.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    /// Wraps a buffer after [`Self::check_len`].
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let packet = Self::new_unchecked(buffer);
+        packet.check_len()?;
+        Ok(packet)
+    }
+
+    /// Checks that the buffer holds the 8-byte header.
+    pub fn check_len(&self) -> Result<()> {
+        if self.buffer.as_ref().len() < HEADER_LEN {
+            Err(Error::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Returns the underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The whole flags byte, reserved bits included.
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// Whether the I flag is set (the VNI is valid).
+    pub fn vni_valid(&self) -> bool {
+        self.flags() & FLAG_I != 0
+    }
+
+    /// The VNI field (meaningful only when [`Self::vni_valid`]).
+    pub fn vni(&self) -> Vni {
+        let b = &self.buffer.as_ref()[field::VNI];
+        Vni::from_be_bytes([b[0], b[1], b[2]])
+    }
+
+    /// The inner Ethernet frame.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::PAYLOAD]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the whole flags byte.
+    pub fn set_flags(&mut self, flags: u8) {
+        self.buffer.as_mut()[field::FLAGS] = flags;
+    }
+
+    /// Sets the VNI field.
+    pub fn set_vni(&mut self, vni: Vni) {
+        self.buffer.as_mut()[field::VNI].copy_from_slice(&vni.to_be_bytes());
+    }
+
+    /// The inner Ethernet frame, writable.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[field::PAYLOAD]
+    }
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+}
+
+/// The VXLAN header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Repr {
+    /// The VXLAN Network Identifier.
+    pub vni: Vni,
+}
+
+impl Repr {
+    /// Parses a checked packet. Rejects a clear I flag with
+    /// [`Error::Malformed`]; ignores the reserved bits.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Self> {
+        packet.check_len()?;
+        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+        //# Flags (8 bits): where the I flag MUST be set to 1 for a valid
+        //# VXLAN Network ID (VNI).  The other 7 bits (designated "R") are
+        //# reserved fields and MUST be set to zero on transmission and
+        //# ignored on receipt.
+        if !packet.vni_valid() {
+            return Err(Error::Malformed);
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+        //# Reserved fields (24 bits and 8 bits): MUST be set to zero on
+        //# transmission and ignored on receipt.
+        Ok(Self { vni: packet.vni() })
+    }
+
+    /// The header length: 8 bytes.
+    pub const fn buffer_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    /// Writes the header: the I flag, the VNI, and zero reserved fields.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
+        packet.buffer.as_mut()[..HEADER_LEN].fill(0);
+        packet.set_flags(FLAG_I);
+        packet.set_vni(self.vni);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use proptest::prelude::*;
+
+    // I flag, VNI 0x123456 (1193046), then the first bytes of an inner
+    // Ethernet frame (broadcast destination).
+    static PACKET_BYTES: [u8; 14] = [
+        0x08, 0x00, 0x00, 0x00, 0x12, 0x34, 0x56, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+
+    #[test]
+    fn test_deconstruct() {
+        let packet = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
+        assert_eq!(packet.flags(), 0x08);
+        assert!(packet.vni_valid());
+        assert_eq!(packet.vni().get(), 0x12_3456);
+        assert_eq!(packet.payload(), &[0xff; 6]);
+        assert_eq!(
+            Repr::parse(&packet).unwrap(),
+            Repr {
+                vni: Vni::new(0x12_3456).unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn test_construct() {
+        let mut bytes = [0xa5u8; 14];
+        let mut packet = Packet::new_unchecked(&mut bytes[..]);
+        Repr {
+            vni: Vni::new(0x12_3456).unwrap(),
+        }
+        .emit(&mut packet);
+        packet.payload_mut().fill(0xff);
+        assert_eq!(bytes, PACKET_BYTES);
+    }
+
+    #[test]
+    fn i_flag_required() {
+        let mut bytes = PACKET_BYTES;
+        bytes[0] = 0x00;
+        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(Repr::parse(&packet), Err(Error::Malformed));
+    }
+
+    #[test]
+    fn reserved_bits_ignored() {
+        let mut bytes = PACKET_BYTES;
+        bytes[0] = 0xff;
+        bytes[1..4].fill(0xff);
+        bytes[7] = 0xff;
+        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(Repr::parse(&packet).unwrap().vni.get(), 0x12_3456);
+    }
+
+    #[test]
+    fn truncated() {
+        assert_eq!(
+            Packet::new_checked(&PACKET_BYTES[..7]).unwrap_err(),
+            Error::Truncated
+        );
+        let packet = Packet::new_checked(&PACKET_BYTES[..8]).unwrap();
+        assert!(packet.payload().is_empty());
+    }
+
+    #[test]
+    fn vni_bounds() {
+        assert_eq!(Vni::new(0xff_ffff), Some(Vni::MAX));
+        assert_eq!(Vni::new(0x100_0000), None);
+        assert_eq!(Vni::try_from(0x100_0000), Err(Error::Malformed));
+        assert_eq!(u32::from(Vni::try_from(42).unwrap()), 42);
+        assert_eq!(Vni::MAX.to_string(), "16777215");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_emit(vni in 0u32..=0xff_ffff) {
+            let repr = Repr { vni: Vni::new(vni).unwrap() };
+            let mut bytes = [0xffu8; HEADER_LEN];
+            repr.emit(&mut Packet::new_unchecked(&mut bytes[..]));
+            let parsed = Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap();
+            prop_assert_eq!(parsed, repr);
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
+            if let Ok(packet) = Packet::new_checked(&bytes[..]) {
+                if let Ok(repr) = Repr::parse(&packet) {
+                    prop_assert!(repr.vni <= Vni::MAX);
+                    prop_assert!(bytes[0] & 0x08 != 0);
+                }
+            }
+        }
+    }
+}
