@@ -54,6 +54,10 @@ pub enum Error {
         /// The direction that was needed.
         expected: Direction,
     },
+    /// A sequence number that would move an SA backwards, or was asked of
+    /// an SA of the wrong direction.
+    #[error("seq: {0} would move the SA's sequence number backwards")]
+    SequenceNumber(u64),
     /// The crypto library refused a key (should not happen for keys of the
     /// right length).
     #[error("keys: the crypto provider refused the key")]

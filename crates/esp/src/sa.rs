@@ -286,6 +286,30 @@ impl Sa {
         }
     }
 
+    /// Moves the outbound sequence number forward, so that the next packet
+    /// carries `next_seq`: the equivalent of `ip xfrm state ... replay-oseq`,
+    /// for manually keyed SAs that resume where they left off. It never
+    /// moves backwards (that would repeat IVs under the same key).
+    pub fn advance_seq(&mut self, next_seq: u64) -> Result<(), Error> {
+        if self.direction != Direction::Outbound || next_seq == 0 || next_seq < self.next_seq {
+            return Err(Error::SequenceNumber(next_seq));
+        }
+        self.next_seq = next_seq;
+        Ok(())
+    }
+
+    /// Marks every sequence number up to `top` as received on an inbound SA
+    /// (the equivalent of `ip xfrm state ... replay-seq`).
+    pub fn advance_replay_window(&mut self, top: u64) -> Result<(), Error> {
+        match self.replay.as_mut() {
+            Some(w) if top >= w.top() => {
+                w.update(top);
+                Ok(())
+            }
+            _ => Err(Error::SequenceNumber(top)),
+        }
+    }
+
     /// The anti-replay window size (inbound SAs).
     pub fn replay_window(&self) -> Option<u32> {
         self.replay.as_ref().map(ReplayWindow::size)

@@ -470,7 +470,8 @@ mod test {
     //   option 1: class 0x0102, type 0x03, length 1: de ad be ef
     //   option 2: class 0xffff, type 0x85 (critical), length 2:
     //             00 11 22 33 44 55 66 77
-    // then 4 bytes of payload.
+    // then 4 bytes of payload. tshark decodes the header and both options
+    // the same way (option 2 "Critical", flags "Critical Options Present").
     static PACKET_BYTES: [u8; 32] = [
         0x05, 0x40, 0x65, 0x58, 0x00, 0xab, 0xcd, 0x00, // base header
         0x01, 0x02, 0x03, 0x01, 0xde, 0xad, 0xbe, 0xef, // option 1

@@ -282,6 +282,96 @@ mod test {
         assert_eq!(Vni::MAX.to_string(), "16777215");
     }
 
+    // A whole VXLAN packet, checked with tshark (every checksum "correct",
+    // VNI 42): outer IPv4 10.0.0.1 -> 10.0.0.2, UDP 54321 -> 4789, VXLAN,
+    // inner Ethernet 02:00:00:00:00:01 -> 02:00:00:00:00:02, inner IPv4
+    // 192.168.1.1 -> 192.168.1.2, UDP 1000 -> 2000, data "hi!\n".
+    const FULL_PACKET: &str = "4500005212344000401114650a0000010a000002d43112b5003e49f7\
+                               0800000000002a00\
+                               0200000000020200000000010800\
+                               45000020000140004011b778c0a80101c0a80102\
+                               03e807d0000ce756\
+                               6869210a";
+
+    #[test]
+    fn full_packet_through_every_layer() {
+        use crate::ethernet::{self, EtherType, EthernetAddress};
+        use crate::ip::IpProtocol;
+        use crate::{ipv4, udp};
+        use std::net::{IpAddr, Ipv4Addr};
+
+        let bytes = hex::decode(FULL_PACKET).unwrap();
+        let outer = ipv4::Packet::new_checked(&bytes[..]).unwrap();
+        let outer_repr = ipv4::Repr::parse(&outer).unwrap();
+        assert_eq!(outer_repr.next_header, IpProtocol::Udp);
+        let (osrc, odst) = (
+            IpAddr::V4(outer_repr.src_addr),
+            IpAddr::V4(outer_repr.dst_addr),
+        );
+        let outer_udp = udp::Packet::new_checked(outer.payload()).unwrap();
+        assert!(outer_udp.verify_checksum(osrc, odst));
+        assert_eq!(outer_udp.dst_port(), PORT);
+        let vxlan = Packet::new_checked(outer_udp.payload()).unwrap();
+        assert_eq!(Repr::parse(&vxlan).unwrap().vni.get(), 42);
+        let eth = ethernet::Packet::new_checked(vxlan.payload()).unwrap();
+        let eth_repr = ethernet::Repr::parse(&eth).unwrap();
+        assert_eq!(eth_repr.ethertype, EtherType::Ipv4);
+        assert_eq!(eth_repr.src_addr, EthernetAddress([2, 0, 0, 0, 0, 1]));
+        let inner = ipv4::Packet::new_checked(eth.payload()).unwrap();
+        let inner_repr = ipv4::Repr::parse(&inner).unwrap();
+        assert_eq!(inner_repr.src_addr, Ipv4Addr::new(192, 168, 1, 1));
+        let inner_udp = udp::Packet::new_checked(inner.payload()).unwrap();
+        let (isrc, idst) = (
+            IpAddr::V4(inner_repr.src_addr),
+            IpAddr::V4(inner_repr.dst_addr),
+        );
+        assert!(inner_udp.verify_checksum(isrc, idst));
+        assert_eq!(inner_udp.payload(), b"hi!\n");
+
+        // Build the same packet from the inside out with emit.
+        let mut out = vec![0u8; bytes.len()];
+        let data_at = out.len() - 4;
+        out[data_at..].copy_from_slice(b"hi!\n");
+        let mut at = data_at;
+        at -= udp::HEADER_LEN;
+        let mut p = udp::Packet::new_unchecked(&mut out[at..]);
+        udp::Repr {
+            src_port: 1000,
+            dst_port: 2000,
+            payload_len: 4,
+        }
+        .emit(&mut p);
+        p.fill_checksum(isrc, idst).unwrap();
+        at -= ipv4::HEADER_LEN;
+        let len = out.len() - at - ipv4::HEADER_LEN;
+        ipv4::Repr {
+            payload_len: len,
+            ..inner_repr
+        }
+        .emit(&mut ipv4::Packet::new_unchecked(&mut out[at..]));
+        at -= ethernet::HEADER_LEN;
+        eth_repr.emit(&mut ethernet::Packet::new_unchecked(&mut out[at..]));
+        at -= HEADER_LEN;
+        Repr {
+            vni: Vni::new(42).unwrap(),
+        }
+        .emit(&mut Packet::new_unchecked(&mut out[at..]));
+        at -= udp::HEADER_LEN;
+        let len = out.len() - at - udp::HEADER_LEN;
+        let mut p = udp::Packet::new_unchecked(&mut out[at..]);
+        udp::Repr {
+            src_port: 54321,
+            dst_port: PORT,
+            payload_len: len,
+        }
+        .emit(&mut p);
+        p.fill_checksum(osrc, odst).unwrap();
+        at -= ipv4::HEADER_LEN;
+        assert_eq!(at, 0);
+        outer_repr.emit(&mut ipv4::Packet::new_unchecked(&mut out[..]));
+        assert_eq!(hex::encode(&out), hex::encode(&bytes));
+    }
+
     proptest! {
         #[test]
         fn parse_emit(vni in 0u32..=0xff_ffff) {
