@@ -240,3 +240,200 @@ enum Classified {
     Keepalive,
     Clear,
 }
+
+#[cfg(test)]
+mod test {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::sa::tests::{pair, udp_packet};
+    use crate::sa::{Encapsulation, Mode};
+    use crate::selector::{IpPrefix, PortRange, Selector};
+    use crate::spd::Policy;
+    use crate::suite::Suite;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+
+    fn vxlan_selector() -> Selector {
+        Selector {
+            local: IpPrefix::host(A),
+            remote: IpPrefix::host(B),
+            protocol: Some(17),
+            local_ports: PortRange::ANY,
+            remote_ports: PortRange::single(4789),
+        }
+    }
+
+    /// An engine on host A that protects VXLAN to B and bypasses the rest.
+    fn engine_with(action: Action) -> Engine {
+        let mut e = Engine::new();
+        e.spd_mut().push(Policy {
+            name: "vxlan".into(),
+            selector: vxlan_selector(),
+            action,
+        });
+        e.spd_mut().push(Policy {
+            name: "rest".into(),
+            selector: Selector::host_to_host(A, B),
+            action: Action::Bypass,
+        });
+        e
+    }
+
+    #[test]
+    fn protect_without_sa_drops_never_sends_clear() {
+        let now = Instant::now();
+        let mut e = engine_with(Action::Protect(None));
+        let (mut bytes, s, en) = udp_packet(A, B, b"tenant frame");
+        let before = bytes.clone();
+        let mut buf = PacketBuf::new(&mut bytes, s, en);
+        assert_eq!(e.outbound(&mut buf, now), Err(DropReason::NoSa));
+        assert_eq!(e.drops().get(DropReason::NoSa), 1);
+        // A policy pointing at an SA that was removed drops too.
+        let (out, _) = pair(
+            Suite::AesGcm128,
+            Mode::Transport,
+            Encapsulation::UDP_4500,
+            false,
+        );
+        let id = e.add_outbound(out).unwrap();
+        e.spd_mut().set_action("vxlan", Action::Protect(Some(id)));
+        e.remove_outbound(id).unwrap();
+        let mut buf = PacketBuf::new(&mut bytes, s, en);
+        assert_eq!(e.outbound(&mut buf, now), Err(DropReason::NoSa));
+        assert_eq!(e.drops().get(DropReason::NoSa), 2);
+        assert_eq!(bytes, before, "the packet was not touched");
+    }
+
+    #[test]
+    fn expired_sa_drops() {
+        let now = Instant::now();
+        let mut e = engine_with(Action::Protect(None));
+        let (mut out, _) = pair(
+            Suite::AesGcm128,
+            Mode::Transport,
+            Encapsulation::UDP_4500,
+            false,
+        );
+        out.advance_seq(u64::from(u32::MAX) + 1).unwrap();
+        let id = e.add_outbound(out).unwrap();
+        e.spd_mut().set_action("vxlan", Action::Protect(Some(id)));
+        let (mut bytes, s, en) = udp_packet(A, B, b"tenant frame");
+        let mut buf = PacketBuf::new(&mut bytes, s, en);
+        assert_eq!(e.outbound(&mut buf, now), Err(DropReason::SeqExhausted));
+        let mut buf = PacketBuf::new(&mut bytes, s, en);
+        assert_eq!(e.outbound(&mut buf, now), Err(DropReason::SaExpired));
+        let sa = e.outbound_sa(id).unwrap();
+        assert_eq!(sa.counters().drops.total(), 2);
+    }
+
+    #[test]
+    fn protected_round_trip_and_clear_traffic() {
+        let now = Instant::now();
+        let (out, inb) = pair(
+            Suite::AesGcm256,
+            Mode::Transport,
+            Encapsulation::UDP_4500,
+            false,
+        );
+        let mut a = engine_with(Action::Protect(None));
+        let id = a.add_outbound(out).unwrap();
+        a.spd_mut().set_action("vxlan", Action::Protect(Some(id)));
+
+        // Host B: the mirror policy, and the inbound SA.
+        let mut b = Engine::new();
+        let mut mirror = vxlan_selector();
+        (mirror.local, mirror.remote) = (mirror.remote, mirror.local);
+        (mirror.local_ports, mirror.remote_ports) = (mirror.remote_ports, mirror.local_ports);
+        b.spd_mut().push(Policy {
+            name: "vxlan".into(),
+            selector: mirror,
+            action: Action::Protect(None),
+        });
+        b.spd_mut().push(Policy {
+            name: "rest".into(),
+            selector: Selector::host_to_host(B, A),
+            action: Action::Bypass,
+        });
+        b.add_inbound(inb).unwrap();
+
+        let (mut bytes, s, en) = udp_packet(A, B, b"tenant frame");
+        let original = bytes[s..en].to_vec();
+        let mut buf = PacketBuf::new(&mut bytes, s, en);
+        assert_eq!(a.outbound(&mut buf, now), Ok(Outbound::Protected(id)));
+        let mut wire = buf.data().to_vec();
+        let mut rx = PacketBuf::whole(&mut wire);
+        assert_eq!(b.inbound(&mut rx, now), Ok(Inbound::Decrypted(0x1000_0001)));
+        assert_eq!(rx.data(), &original[..]);
+
+        // The same VXLAN packet in the clear is refused by B: policy says
+        // it must be protected.
+        let mut clear = original.clone();
+        assert_eq!(
+            b.inbound(&mut PacketBuf::whole(&mut clear), now),
+            Err(DropReason::Policy)
+        );
+        assert_eq!(b.drops().get(DropReason::Policy), 1);
+
+        // ESP for an SPI nobody knows.
+        wire = buf.data().to_vec();
+        wire[28..32].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+        assert_eq!(
+            b.inbound(&mut PacketBuf::whole(&mut wire), now),
+            Err(DropReason::NoSa)
+        );
+        assert_eq!(b.drops().get(DropReason::NoSa), 1);
+    }
+
+    #[test]
+    fn bypass_discard_and_no_match() {
+        let now = Instant::now();
+        let mut e = engine_with(Action::Discard);
+        let (mut bytes, s, en) = udp_packet(A, B, b"x");
+        assert_eq!(
+            e.outbound(&mut PacketBuf::new(&mut bytes, s, en), now),
+            Err(DropReason::Policy)
+        );
+        // Same hosts, another port: the bypass policy.
+        {
+            let mut buf = PacketBuf::new(&mut bytes, s, en);
+            buf.data_mut()[22..24].copy_from_slice(&53u16.to_be_bytes());
+        }
+        assert_eq!(
+            e.outbound(&mut PacketBuf::new(&mut bytes, s, en), now),
+            Ok(Outbound::Bypass)
+        );
+        // Another destination: no policy, discard.
+        let c = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+        let (mut other, s, en) = udp_packet(A, c, b"x");
+        assert_eq!(
+            e.outbound(&mut PacketBuf::new(&mut other, s, en), now),
+            Err(DropReason::Policy)
+        );
+        let mut junk = vec![0x45, 0, 0];
+        assert_eq!(
+            e.outbound(&mut PacketBuf::whole(&mut junk), now),
+            Err(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn ike_and_keepalives_on_4500_are_handed_back() {
+        let now = Instant::now();
+        let mut e = Engine::new();
+        let (mut ike, s, en) = udp_packet(B, A, &[0, 0, 0, 0, 1, 2, 3, 4]);
+        ike[s + 22..s + 24].copy_from_slice(&4500u16.to_be_bytes());
+        ike[s + 26..s + 28].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            e.inbound(&mut PacketBuf::new(&mut ike, s, en), now),
+            Ok(Inbound::Ike)
+        );
+        let (mut ka, s, en) = udp_packet(B, A, &[0xff]);
+        ka[s + 22..s + 24].copy_from_slice(&4500u16.to_be_bytes());
+        assert_eq!(
+            e.inbound(&mut PacketBuf::new(&mut ka, s, en), now),
+            Ok(Inbound::Keepalive)
+        );
+    }
+}

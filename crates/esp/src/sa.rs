@@ -822,4 +822,4 @@ fn rewrite_ip_header(packet: &mut [u8], version: u8, protocol: u8) {
 
 #[cfg(test)]
 #[path = "sa_tests.rs"]
-mod tests;
+pub(crate) mod tests;

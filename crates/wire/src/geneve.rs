@@ -296,7 +296,7 @@ impl<'a> Iterator for OptionIter<'a> {
         };
         //= https://www.rfc-editor.org/rfc/rfc8926#section-3.5
         //# Length (5 bits):  Length of the option, expressed in 4-byte
-        //# multiples, excluding the Option header.
+        //# multiples, excluding the option header.
         //
         //= https://www.rfc-editor.org/rfc/rfc8926#section-3.5
         //# R (3 bits):  Option control flags reserved for future use.  These
