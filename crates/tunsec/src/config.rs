@@ -1,0 +1,955 @@
+//! The configuration file: one TOML document, read once, validated in full
+//! before anything is changed on the host.
+//!
+//! Parsing has two passes, as in the rest of the project's boundaries:
+//! serde reads the text into `Raw*` structs (unknown keys are errors), then
+//! [`Config::validate`] checks every rule and turns them into typed values.
+//! Each error names the field, as a path like `peer[1].sa.suite`, and the
+//! value that was wrong. `docs/config.md` documents every field.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tunsec_esp::{SaKeys, Suite};
+use tunsec_wire::ethernet::EthernetAddress;
+
+/// Where the control socket lives unless the config says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
+/// The default ESP-in-UDP port (RFC 3948).
+pub const DEFAULT_ESP_PORT: u16 = 4500;
+/// The longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A configuration that failed validation: the field, its value, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// The text is not valid TOML, or a value has the wrong type, or a key
+    /// is unknown.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value breaks a rule.
+    #[error("{field}: {value} {reason}")]
+    Invalid {
+        /// The field's path, such as `peer[1].sa.suite`.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+}
+
+fn invalid(
+    field: impl Into<String>,
+    value: impl fmt::Display,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// How ESP travels between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EspEncapsulation {
+    /// ESP in UDP (RFC 3948), the default: it passes NAT and lets the
+    /// kernel spread load across cores by UDP ports.
+    Udp,
+    /// Raw ESP, IP protocol 50.
+    Esp,
+}
+
+/// The tunnel format of a virtual network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelEncapsulation {
+    /// VXLAN (RFC 7348), UDP port 4789 by default.
+    Vxlan,
+    /// Geneve (RFC 8926), UDP port 6081 by default; options are carried
+    /// through.
+    Geneve,
+    /// GUE variant 0 (draft-ietf-intarea-gue); the port must be configured.
+    Gue,
+}
+
+impl TunnelEncapsulation {
+    /// The IANA port, where there is one.
+    pub fn default_port(self) -> Option<u16> {
+        match self {
+            Self::Vxlan => Some(tunsec_wire::vxlan::PORT),
+            Self::Geneve => Some(tunsec_wire::geneve::PORT),
+            Self::Gue => None,
+        }
+    }
+}
+
+/// What a peer's traffic on one network must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// ESP or nothing: without a usable SA the traffic is dropped, and
+    /// cleartext from the peer is refused. The default.
+    Require,
+    /// ESP when an SA is up; cleartext otherwise, and cleartext is
+    /// accepted.
+    Prefer,
+    /// Cleartext only, for interop with plain tunnel endpoints and for
+    /// debugging.
+    Clear,
+}
+
+/// The MTU of a TAP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtu {
+    /// The underlay MTU minus the worst-case overhead.
+    Auto,
+    /// A fixed value.
+    Fixed(u16),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    esp: RawEsp,
+    #[serde(default)]
+    network: Vec<RawNetwork>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    underlay: String,
+    control_socket: Option<PathBuf>,
+    underlay_mtu: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEsp {
+    encapsulation: Option<EspEncapsulation>,
+    port: Option<u16>,
+    replay_window: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: String,
+    vni: u32,
+    encapsulation: TunnelEncapsulation,
+    port: Option<u16>,
+    tap: Option<String>,
+    mtu: Option<toml::Value>,
+    #[serde(default)]
+    fdb: Vec<RawFdbEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFdbEntry {
+    mac: String,
+    peer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    underlay: String,
+    networks: Vec<String>,
+    policy: Option<PolicyKind>,
+    #[serde(default)]
+    policies: BTreeMap<String, PolicyKind>,
+    sa: Option<RawSa>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSa {
+    spi_in: u32,
+    spi_out: u32,
+    suite: String,
+    key_in: PathBuf,
+    key_out: PathBuf,
+    #[serde(default)]
+    esn: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This host.
+    pub node: Node,
+    /// ESP settings shared by every peer.
+    pub esp: EspSettings,
+    /// The virtual networks, in file order.
+    pub networks: Vec<Network>,
+    /// The peers, in file order.
+    pub peers: Vec<Peer>,
+}
+
+/// This host.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its name, for logs and status.
+    pub name: String,
+    /// Its underlay address: the source of its tunnels.
+    pub underlay: IpAddr,
+    /// The control socket path.
+    pub control_socket: PathBuf,
+    /// The underlay MTU that `mtu = "auto"` starts from.
+    pub underlay_mtu: u16,
+}
+
+/// ESP settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EspSettings {
+    /// ESP in UDP or raw ESP.
+    pub encapsulation: EspEncapsulation,
+    /// The UDP port of ESP in UDP.
+    pub port: u16,
+    /// The anti-replay window of inbound SAs.
+    pub replay_window: u32,
+}
+
+/// A virtual network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Its name.
+    pub name: String,
+    /// Its VNI (24 bits).
+    pub vni: u32,
+    /// The tunnel format.
+    pub encapsulation: TunnelEncapsulation,
+    /// The tunnel's UDP port.
+    pub port: u16,
+    /// The TAP device name.
+    pub tap: String,
+    /// The TAP device MTU.
+    pub mtu: Mtu,
+    /// Static forwarding entries: MAC to peer name.
+    pub fdb: Vec<(EthernetAddress, String)>,
+}
+
+/// A peer host.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address.
+    pub underlay: IpAddr,
+    /// The networks it carries, each with its policy.
+    pub networks: Vec<(String, PolicyKind)>,
+    /// Manually keyed SAs, if configured.
+    pub sa: Option<ManualSa>,
+}
+
+/// A manually keyed SA pair.
+#[derive(Clone)]
+pub struct ManualSa {
+    /// The SPI of packets from the peer.
+    pub spi_in: u32,
+    /// The SPI of packets to the peer.
+    pub spi_out: u32,
+    /// The cipher suite.
+    pub suite: Suite,
+    /// Keys for packets from the peer.
+    pub keys_in: SaKeys,
+    /// Keys for packets to the peer.
+    pub keys_out: SaKeys,
+    /// Extended sequence numbers.
+    pub esn: bool,
+}
+
+impl fmt::Debug for ManualSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualSa")
+            .field("spi_in", &format_args!("{:#010x}", self.spi_in))
+            .field("spi_out", &format_args!("{:#010x}", self.spi_out))
+            .field("suite", &self.suite)
+            .field("keys", &"<redacted>")
+            .field("esn", &self.esn)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative key file paths are
+    /// taken from the config file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Self::validate(raw, base_dir)
+    }
+
+    fn validate(raw: RawConfig, base_dir: &Path) -> Result<Self, ConfigError> {
+        let node = validate_node(raw.node)?;
+        let esp = EspSettings {
+            encapsulation: raw.esp.encapsulation.unwrap_or(EspEncapsulation::Udp),
+            port: raw.esp.port.unwrap_or(DEFAULT_ESP_PORT),
+            replay_window: raw
+                .esp
+                .replay_window
+                .unwrap_or(tunsec_esp::ReplayWindow::DEFAULT_SIZE),
+        };
+        if esp.port == 0 {
+            return Err(invalid("esp.port", 0, "is not a usable port"));
+        }
+        if tunsec_esp::ReplayWindow::new(esp.replay_window).is_err() {
+            return Err(invalid(
+                "esp.replay_window",
+                esp.replay_window,
+                "is outside 64..=65536",
+            ));
+        }
+
+        let peer_names: HashSet<&str> = raw.peer.iter().map(|p| p.name.as_str()).collect();
+        let mut networks = Vec::with_capacity(raw.network.len());
+        let mut names = HashSet::new();
+        let mut vnis = HashSet::new();
+        let mut taps = HashSet::new();
+        for (i, n) in raw.network.into_iter().enumerate() {
+            let net = validate_network(i, n, &peer_names, esp)?;
+            if !names.insert(net.name.clone()) {
+                return Err(invalid(
+                    format!("network[{i}].name"),
+                    quoted(&net.name),
+                    "is used by another network",
+                ));
+            }
+            if !vnis.insert((net.encapsulation, net.port, net.vni)) {
+                return Err(invalid(
+                    format!("network[{i}].vni"),
+                    net.vni,
+                    "is used by another network of the same encapsulation and port",
+                ));
+            }
+            if !taps.insert(net.tap.clone()) {
+                return Err(invalid(
+                    format!("network[{i}].tap"),
+                    quoted(&net.tap),
+                    "is used by another network",
+                ));
+            }
+            networks.push(net);
+        }
+
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        let mut seen_names = HashSet::new();
+        let mut seen_addrs = HashSet::new();
+        let mut spis_in = HashMap::new();
+        for (i, p) in raw.peer.into_iter().enumerate() {
+            let peer = validate_peer(i, p, &node, &networks, base_dir)?;
+            if !seen_names.insert(peer.name.clone()) {
+                return Err(invalid(
+                    format!("peer[{i}].name"),
+                    quoted(&peer.name),
+                    "is used by another peer",
+                ));
+            }
+            if !seen_addrs.insert(peer.underlay) {
+                return Err(invalid(
+                    format!("peer[{i}].underlay"),
+                    peer.underlay,
+                    "is used by another peer",
+                ));
+            }
+            if let Some(sa) = &peer.sa {
+                if let Some(other) = spis_in.insert(sa.spi_in, peer.name.clone()) {
+                    return Err(invalid(
+                        format!("peer[{i}].sa.spi_in"),
+                        format_args!("{:#x}", sa.spi_in),
+                        format!("is already the inbound SPI of peer {other:?}"),
+                    ));
+                }
+            }
+            peers.push(peer);
+        }
+        Ok(Self {
+            node,
+            esp,
+            networks,
+            peers,
+        })
+    }
+
+    /// The network with this name.
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            quoted(name),
+            "must be 1 to 63 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    let addr: IpAddr = value
+        .parse()
+        .map_err(|_| invalid(field, quoted(value), "is not an IPv4 or IPv6 address"))?;
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(invalid(field, quoted(value), "must be a unicast address"));
+    }
+    Ok(addr)
+}
+
+fn validate_node(raw: RawNode) -> Result<Node, ConfigError> {
+    check_name("node.name", &raw.name)?;
+    let underlay = parse_addr("node.underlay", &raw.underlay)?;
+    let underlay_mtu = raw.underlay_mtu.unwrap_or(1500);
+    let min = if underlay.is_ipv4() { 576 } else { 1280 };
+    if underlay_mtu < min {
+        return Err(invalid(
+            "node.underlay_mtu",
+            underlay_mtu,
+            format!("is below the minimum of {min} for the underlay's address family"),
+        ));
+    }
+    Ok(Node {
+        name: raw.name,
+        underlay,
+        control_socket: raw
+            .control_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        underlay_mtu,
+    })
+}
+
+fn validate_network(
+    i: usize,
+    raw: RawNetwork,
+    peer_names: &HashSet<&str>,
+    esp: EspSettings,
+) -> Result<Network, ConfigError> {
+    let f = |name: &str| format!("network[{i}].{name}");
+    check_name(&f("name"), &raw.name)?;
+    if tunsec_wire::vxlan::Vni::new(raw.vni).is_none() {
+        return Err(invalid(
+            f("vni"),
+            raw.vni,
+            "does not fit in 24 bits (0..=16777215)",
+        ));
+    }
+    let port = match (raw.port, raw.encapsulation.default_port()) {
+        (Some(0), _) => return Err(invalid(f("port"), 0, "is not a usable port")),
+        (Some(p), _) => p,
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(invalid(
+                f("port"),
+                "(missing)",
+                "is required for gue: the GUE draft assigns no port",
+            ));
+        }
+    };
+    if esp.encapsulation == EspEncapsulation::Udp && port == esp.port {
+        return Err(invalid(
+            f("port"),
+            port,
+            "is the ESP-in-UDP port (esp.port)",
+        ));
+    }
+    let tap = raw.tap.unwrap_or_else(|| format!("ts-{}", raw.name));
+    if tap.is_empty()
+        || tap.len() > MAX_IFNAME_LEN
+        || tap.contains(['/', ' ', '\0'])
+        || tap == "."
+        || tap == ".."
+    {
+        return Err(invalid(
+            f("tap"),
+            quoted(&tap),
+            format!(
+                "is not a valid interface name (1 to {MAX_IFNAME_LEN} characters, no '/' or spaces)"
+            ),
+        ));
+    }
+    let mtu = match raw.mtu {
+        None => Mtu::Auto,
+        Some(toml::Value::String(s)) if s == "auto" => Mtu::Auto,
+        Some(toml::Value::Integer(n)) if (576..=65_000).contains(&n) => Mtu::Fixed(n as u16),
+        Some(v) => {
+            return Err(invalid(
+                f("mtu"),
+                v,
+                "must be \"auto\" or a number from 576 to 65000",
+            ));
+        }
+    };
+    let mut fdb = Vec::with_capacity(raw.fdb.len());
+    for (j, e) in raw.fdb.into_iter().enumerate() {
+        let mac = parse_mac(&e.mac).ok_or_else(|| {
+            invalid(
+                format!("network[{i}].fdb[{j}].mac"),
+                quoted(&e.mac),
+                "is not a MAC address like 02:00:00:00:00:01",
+            )
+        })?;
+        if !mac.is_unicast() {
+            return Err(invalid(
+                format!("network[{i}].fdb[{j}].mac"),
+                quoted(&e.mac),
+                "must be a unicast MAC address",
+            ));
+        }
+        if !peer_names.contains(e.peer.as_str()) {
+            return Err(invalid(
+                format!("network[{i}].fdb[{j}].peer"),
+                quoted(&e.peer),
+                "is not the name of a peer",
+            ));
+        }
+        fdb.push((mac, e.peer));
+    }
+    Ok(Network {
+        name: raw.name,
+        vni: raw.vni,
+        encapsulation: raw.encapsulation,
+        port,
+        tap,
+        mtu,
+        fdb,
+    })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<EthernetAddress> {
+    let mut bytes = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut bytes {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(EthernetAddress(bytes))
+}
+
+fn validate_peer(
+    i: usize,
+    raw: RawPeer,
+    node: &Node,
+    networks: &[Network],
+    base_dir: &Path,
+) -> Result<Peer, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].{name}");
+    check_name(&f("name"), &raw.name)?;
+    let underlay = parse_addr(&f("underlay"), &raw.underlay)?;
+    if underlay == node.underlay {
+        return Err(invalid(
+            f("underlay"),
+            underlay,
+            "is this node's own underlay address",
+        ));
+    }
+    if underlay.is_ipv4() != node.underlay.is_ipv4() {
+        return Err(invalid(
+            f("underlay"),
+            underlay,
+            format!(
+                "is not of the same address family as node.underlay ({})",
+                node.underlay
+            ),
+        ));
+    }
+    if raw.networks.is_empty() {
+        return Err(invalid(
+            f("networks"),
+            "[]",
+            "must name at least one network",
+        ));
+    }
+    let default_policy = raw.policy.unwrap_or(PolicyKind::Require);
+    let mut nets = Vec::with_capacity(raw.networks.len());
+    for (j, name) in raw.networks.iter().enumerate() {
+        if !networks.iter().any(|n| &n.name == name) {
+            return Err(invalid(
+                format!("peer[{i}].networks[{j}]"),
+                quoted(name),
+                "is not the name of a network",
+            ));
+        }
+        if nets.iter().any(|(n, _)| n == name) {
+            return Err(invalid(
+                format!("peer[{i}].networks[{j}]"),
+                quoted(name),
+                "is listed twice",
+            ));
+        }
+        let policy = raw.policies.get(name).copied().unwrap_or(default_policy);
+        nets.push((name.clone(), policy));
+    }
+    for name in raw.policies.keys() {
+        if !raw.networks.contains(name) {
+            return Err(invalid(
+                format!("peer[{i}].policies.{name}"),
+                quoted(name),
+                "is not one of this peer's networks",
+            ));
+        }
+    }
+    let sa = raw.sa.map(|sa| validate_sa(i, sa, base_dir)).transpose()?;
+    Ok(Peer {
+        name: raw.name,
+        underlay,
+        networks: nets,
+        sa,
+    })
+}
+
+fn validate_sa(i: usize, raw: RawSa, base_dir: &Path) -> Result<ManualSa, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].sa.{name}");
+    let suite: Suite = raw.suite.parse().map_err(|_| {
+        invalid(
+            f("suite"),
+            quoted(&raw.suite),
+            "is not a known suite (aes128gcm16, aes256gcm16, chacha20poly1305, aes256-sha256)",
+        )
+    })?;
+    for (name, spi) in [("spi_in", raw.spi_in), ("spi_out", raw.spi_out)] {
+        //= https://www.rfc-editor.org/rfc/rfc4303#section-2.1
+        //# The set of SPI values in the range 1 through 255 are reserved by the
+        //# Internet Assigned Numbers Authority (IANA) for future use
+        if spi < 256 {
+            return Err(invalid(
+                f(name),
+                spi,
+                "is reserved: SPIs 0 to 255 are not for SAs",
+            ));
+        }
+    }
+    let keys_in = read_keys(&f("key_in"), &raw.key_in, base_dir, suite)?;
+    let keys_out = read_keys(&f("key_out"), &raw.key_out, base_dir, suite)?;
+    Ok(ManualSa {
+        spi_in: raw.spi_in,
+        spi_out: raw.spi_out,
+        suite,
+        keys_in,
+        keys_out,
+        esn: raw.esn,
+    })
+}
+
+/// Reads key material: hex digits (whitespace and a leading `0x` are
+/// ignored), encryption key first, then the integrity key for non-AEAD
+/// suites, as `ip xfrm` and IKEv2's KEYMAT order them.
+fn read_keys(
+    field: &str,
+    path: &Path,
+    base_dir: &Path,
+    suite: Suite,
+) -> Result<SaKeys, ConfigError> {
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    };
+    let shown = quoted(&path.display().to_string());
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&full)
+            .map_err(|e| invalid(field, &shown, format!("cannot be read: {e}")))?,
+    );
+    let digits: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text.trim()
+            .trim_start_matches("0x")
+            .split_whitespace()
+            .collect(),
+    );
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(digits.as_str())
+            .map_err(|_| invalid(field, &shown, "does not hold hex key material"))?,
+    );
+    SaKeys::from_keymat(suite, &bytes).map_err(|_| {
+        invalid(
+            field,
+            &shown,
+            format!(
+                "holds {} bytes of key material; {suite} needs {}",
+                bytes.len(),
+                suite.encryption_key_len() + suite.integrity_key_len()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const BASE: &str = r#"
+[node]
+name = "host-a"
+underlay = "192.0.2.1"
+
+[[network]]
+name = "blue"
+vni = 100
+encapsulation = "vxlan"
+
+[[network]]
+name = "red"
+vni = 200
+encapsulation = "gue"
+port = 6080
+mtu = 1400
+
+[[network.fdb]]
+mac = "02:00:00:00:00:0b"
+peer = "host-b"
+
+[[peer]]
+name = "host-b"
+underlay = "192.0.2.2"
+networks = ["blue", "red"]
+policies = { red = "clear" }
+
+[peer.sa]
+spi_in = 0x1001
+spi_out = 0x2001
+suite = "aes128gcm16"
+key_in = "b.in"
+key_out = "b.out"
+"#;
+
+    fn dir_with_keys() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.in"),
+            "0x00112233445566778899aabbccddeeff 01020304\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.out"),
+            "ffeeddccbbaa99887766554433221100a0b0c0d0",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = dir_with_keys();
+        Config::parse(text, dir.path())
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.node.name, "host-a");
+        assert_eq!(c.node.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.esp.encapsulation, EspEncapsulation::Udp);
+        assert_eq!(c.esp.port, 4500);
+        assert_eq!(c.networks[0].port, 4789);
+        assert_eq!(c.networks[0].tap, "ts-blue");
+        assert_eq!(c.networks[0].mtu, Mtu::Auto);
+        assert_eq!(c.networks[1].mtu, Mtu::Fixed(1400));
+        assert_eq!(c.networks[1].fdb[0].1, "host-b");
+        let p = &c.peers[0];
+        assert_eq!(
+            p.networks,
+            vec![
+                ("blue".to_owned(), PolicyKind::Require),
+                ("red".to_owned(), PolicyKind::Clear)
+            ]
+        );
+        let sa = p.sa.as_ref().unwrap();
+        assert_eq!(sa.keys_in.encryption.len(), 20);
+        assert!(!format!("{sa:?}").contains("0011"), "keys never print");
+    }
+
+    fn assert_invalid(text: &str, field: &str, value: &str) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                field: f, value: v, ..
+            }) => {
+                assert_eq!((f.as_str(), v.as_str()), (field, value));
+            }
+            other => panic!("expected an error on {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        assert_invalid(
+            &BASE.replace("vni = 100", "vni = 16777216"),
+            "network[0].vni",
+            "16777216",
+        );
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"192.0.2.300\""),
+            "peer[0].underlay",
+            "\"192.0.2.300\"",
+        );
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"192.0.2.1\""),
+            "peer[0].underlay",
+            "192.0.2.1",
+        );
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"2001:db8::2\""),
+            "peer[0].underlay",
+            "2001:db8::2",
+        );
+        assert_invalid(
+            &BASE.replace("aes128gcm16", "aes128"),
+            "peer[0].sa.suite",
+            "\"aes128\"",
+        );
+        assert_invalid(
+            &BASE.replace("aes128gcm16", "aes256gcm16"),
+            "peer[0].sa.key_in",
+            "\"b.in\"",
+        );
+        assert_invalid(
+            &BASE.replace("key_out = \"b.out\"", "key_out = \"missing\""),
+            "peer[0].sa.key_out",
+            "\"missing\"",
+        );
+        assert_invalid(
+            &BASE.replace("spi_in = 0x1001", "spi_in = 7"),
+            "peer[0].sa.spi_in",
+            "7",
+        );
+        assert_invalid(
+            &BASE.replace("port = 6080\n", ""),
+            "network[1].port",
+            "(missing)",
+        );
+        assert_invalid(
+            &BASE.replace("port = 6080", "port = 4500"),
+            "network[1].port",
+            "4500",
+        );
+        assert_invalid(
+            &BASE.replace("mtu = 1400", "mtu = 100"),
+            "network[1].mtu",
+            "100",
+        );
+        assert_invalid(
+            &BASE.replace(
+                "networks = [\"blue\", \"red\"]",
+                "networks = [\"blue\", \"green\"]",
+            ),
+            "peer[0].networks[1]",
+            "\"green\"",
+        );
+        assert_invalid(
+            &BASE.replace("red = \"clear\"", "blue = \"clear\", pink = \"clear\""),
+            "peer[0].policies.pink",
+            "\"pink\"",
+        );
+        assert_invalid(
+            &BASE.replace("peer = \"host-b\"", "peer = \"host-z\""),
+            "network[1].fdb[0].peer",
+            "\"host-z\"",
+        );
+        assert_invalid(
+            &BASE.replace("02:00:00:00:00:0b", "01:00:5e:00:00:01"),
+            "network[1].fdb[0].mac",
+            "\"01:00:5e:00:00:01\"",
+        );
+        assert_invalid(
+            &BASE.replace("name = \"red\"", "name = \"blue\""),
+            "network[1].name",
+            "\"blue\"",
+        );
+        assert_invalid(
+            &BASE
+                .replace("vni = 200", "vni = 100\nport = 4789")
+                .replace("\"gue\"", "\"vxlan\"")
+                .replace("port = 6080\n", ""),
+            "network[1].vni",
+            "100",
+        );
+        assert_invalid(
+            &BASE.replace("name = \"host-a\"", "name = \"host a\""),
+            "node.name",
+            "\"host a\"",
+        );
+        assert_invalid(
+            &format!("{BASE}\n[esp]\nreplay_window = 10\n"),
+            "esp.replay_window",
+            "10",
+        );
+        assert_invalid(
+            &BASE.replace(
+                "vni = 100",
+                "vni = 100\ntap = \"a-very-long-interface-name\"",
+            ),
+            "network[0].tap",
+            "\"a-very-long-interface-name\"",
+        );
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys() {
+        let err = parse(&BASE.replace("vni = 100", "vni = 100\ncolour = \"blue\"")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = parse(&BASE.replace("vni = 100", "vni = \"one hundred\"")).unwrap_err();
+        assert!(err.to_string().contains("vni"), "{err}");
+        let err = parse(&BASE.replace("encapsulation = \"vxlan\"", "encapsulation = \"nvgre\""))
+            .unwrap_err();
+        assert!(err.to_string().contains("nvgre"), "{err}");
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("02:00:00:00:00:0b"),
+            Some(EthernetAddress([2, 0, 0, 0, 0, 0x0b]))
+        );
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:0b:0c"), None);
+        assert_eq!(parse_mac("2:00:00:00:00:0b"), None);
+        assert_eq!(parse_mac("zz:00:00:00:00:0b"), None);
+    }
+}
