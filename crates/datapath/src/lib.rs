@@ -1,0 +1,16 @@
+//! tunsec's data path: the overlay's per-packet logic, and the Linux I/O
+//! that feeds it.
+//!
+//! - [`overlay`]: sans IO. A frame from a network's TAP device becomes a
+//!   tunnel datagram, protected with ESP or not by the peer's policy, and
+//!   back. [`overlay::Tables`] is the immutable snapshot the workers read;
+//!   the control plane publishes new ones read-copy-update style.
+//! - [`fdb`]: the forwarding database (learning, ageing, static entries).
+//! - [`stats`]: drop counters by reason, frame counters per network.
+//!
+//! `unsafe` is allowed in this crate only, for system calls; every block
+//! carries a `// SAFETY:` comment.
+
+pub mod fdb;
+pub mod overlay;
+pub mod stats;

@@ -1,0 +1,681 @@
+//! The overlay's per-packet logic, with no I/O: tunsec as the VTEP.
+//!
+//! Outbound, a frame read from a network's TAP device is wrapped in the
+//! network's tunnel header and, by the peer's policy, either protected with
+//! ESP in transport mode (the payload is the tunnel's UDP datagram, next
+//! header 17) or sent in the clear:
+//!
+//! ```text
+//! ESP:   [UDP 4500 | ] ESP hdr | IV | UDP 4789 | VXLAN | frame | pad | trailer | ICV
+//! clear:                              UDP 4789 | VXLAN | frame
+//! ```
+//!
+//! The kernel adds the outer IP (and, for ESP in UDP, the outer UDP)
+//! header when the worker sends through a socket. Inbound runs the steps in
+//! reverse and checks that the decrypted datagram is tunnel traffic of a
+//! network the SA's peer carries.
+//!
+//! Everything works in place in a caller-owned buffer with headroom.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tunsec_esp::{PacketBuf, Sa};
+use tunsec_wire::ethernet::{self, EthernetAddress};
+use tunsec_wire::ip::IpProtocol;
+use tunsec_wire::vxlan::Vni;
+use tunsec_wire::{geneve, gue, natt, udp, vxlan};
+
+use crate::fdb::Fdb;
+use crate::stats::{Drop, Stats, add};
+
+/// Room reserved in front of a frame: inner UDP (8) + the largest tunnel
+/// header we emit (8) + ESP header and the largest IV (8 + 16), with margin.
+pub const HEADROOM: usize = 128;
+/// Room reserved after a frame: the largest padding (15), trailer (2) and
+/// ICV (16), with margin.
+pub const TAILROOM: usize = 64;
+
+/// The IP protocol number for Ethernet, which GUE carries in its
+/// proto/ctype field for a frame (IANA "Ethernet", RFC 8986).
+pub const GUE_PROTO_ETHERNET: u8 = 143;
+
+/// The tunnel format of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelEncap {
+    /// VXLAN, RFC 7348.
+    Vxlan,
+    /// Geneve, RFC 8926.
+    Geneve,
+    /// GUE variant 0.
+    Gue,
+}
+
+impl TunnelEncap {
+    /// The header length this host emits (no options or extensions).
+    pub const fn header_len(self) -> usize {
+        match self {
+            Self::Vxlan => vxlan::HEADER_LEN,
+            Self::Geneve => geneve::HEADER_LEN,
+            Self::Gue => gue::HEADER_LEN,
+        }
+    }
+}
+
+/// What a peer's traffic on one network must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// ESP or nothing.
+    Require,
+    /// ESP if an SA is usable, else the clear.
+    Prefer,
+    /// Cleartext only.
+    Clear,
+}
+
+/// A virtual network.
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its tunnel format.
+    pub encap: TunnelEncap,
+    /// Its tunnel UDP port.
+    pub port: u16,
+    /// The largest frame (Ethernet header included) it carries.
+    pub max_frame: usize,
+}
+
+/// A peer host.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address.
+    pub underlay: IpAddr,
+    /// The networks it carries (indices into the network list), each with
+    /// its policy.
+    pub networks: Vec<(usize, Policy)>,
+}
+
+/// How ESP leaves this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EspTransport {
+    /// ESP in UDP on this port at both ends (RFC 3948).
+    Udp(u16),
+    /// Raw ESP, IP protocol 50.
+    Raw,
+}
+
+/// An SA shared between the control plane (which installs it and reads its
+/// counters) and the one worker that uses it. The lock is never contended
+/// on the data path: outbound SAs are used only by the transmit worker,
+/// inbound SAs only by the receive worker.
+pub type SharedSa = Arc<Mutex<Sa>>;
+
+/// A peer with its SAs.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    /// The peer.
+    pub spec: PeerSpec,
+    /// Its outbound SA, if one is installed.
+    pub outbound: Option<SharedSa>,
+}
+
+/// An inbound SA and the peer it belongs to.
+#[derive(Debug, Clone)]
+pub struct InboundEntry {
+    /// The peer index.
+    pub peer: usize,
+    /// The SA.
+    pub sa: SharedSa,
+}
+
+/// An immutable snapshot of everything the workers look up. The control
+/// plane builds a new one and publishes it (read-copy-update, with
+/// `arc-swap`), so a change never stalls a packet.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// This host's underlay address.
+    pub local: IpAddr,
+    /// How ESP travels.
+    pub esp: EspTransport,
+    /// The networks.
+    pub networks: Vec<NetworkSpec>,
+    /// The peers.
+    pub peers: Vec<PeerEntry>,
+    /// Inbound SAs by SPI.
+    pub inbound: HashMap<u32, InboundEntry>,
+    /// For each network, the peers that carry it.
+    pub peers_of_network: Vec<Vec<usize>>,
+    peer_by_addr: HashMap<IpAddr, usize>,
+    network_by_port_vni: HashMap<(u16, u32), usize>,
+}
+
+impl Tables {
+    /// Builds the lookup tables.
+    pub fn new(
+        local: IpAddr,
+        esp: EspTransport,
+        networks: Vec<NetworkSpec>,
+        peers: Vec<PeerEntry>,
+        inbound: HashMap<u32, InboundEntry>,
+    ) -> Self {
+        let mut peers_of_network = vec![Vec::new(); networks.len()];
+        for (p, peer) in peers.iter().enumerate() {
+            for &(n, _) in &peer.spec.networks {
+                if let Some(list) = peers_of_network.get_mut(n) {
+                    list.push(p);
+                }
+            }
+        }
+        let peer_by_addr = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.spec.underlay, i))
+            .collect();
+        let network_by_port_vni = networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((n.port, n.vni), i))
+            .collect();
+        Self {
+            local,
+            esp,
+            networks,
+            peers,
+            inbound,
+            peers_of_network,
+            peer_by_addr,
+            network_by_port_vni,
+        }
+    }
+
+    /// The peer with this underlay address.
+    pub fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
+        self.peer_by_addr.get(&canonical(addr)).copied()
+    }
+
+    /// The policy of a peer for a network, if it carries it.
+    pub fn policy(&self, peer: usize, network: usize) -> Option<Policy> {
+        self.peers
+            .get(peer)?
+            .spec
+            .networks
+            .iter()
+            .find(|&&(n, _)| n == network)
+            .map(|&(_, p)| p)
+    }
+
+    /// The distinct tunnel ports, with their encapsulation.
+    pub fn tunnel_ports(&self) -> Vec<(u16, TunnelEncap)> {
+        let mut ports: Vec<(u16, TunnelEncap)> =
+            self.networks.iter().map(|n| (n.port, n.encap)).collect();
+        ports.sort_by_key(|p| p.0);
+        ports.dedup();
+        ports
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (as a dual-stack socket reports IPv4 peers)
+/// compare as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Where a transmit goes, once built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The ESP socket (UDP or raw).
+    Esp,
+    /// The cleartext tunnel socket of this port.
+    Tunnel(u16),
+}
+
+/// A datagram ready to send: `buf[start..end]` to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The first byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// The destination (port 0 for raw ESP).
+    pub dst: SocketAddr,
+    /// The socket to send it on.
+    pub via: Via,
+}
+
+/// The peers a frame goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// One known peer.
+    Unicast(usize),
+    /// Every peer of the network (broadcast, multicast, unknown unicast):
+    /// head-end replication.
+    Flood,
+    /// Nobody (no peer carries the network).
+    None,
+}
+
+/// Decides where a frame read from network `net`'s TAP goes.
+pub fn targets(tables: &Tables, fdb: &Fdb, net: usize, frame: &[u8], now: Instant) -> Targets {
+    let Some(dst) = EthernetAddress::from_bytes(frame.get(..6).unwrap_or(&[])) else {
+        return Targets::None;
+    };
+    if dst.is_unicast() {
+        if let Some(peer) = fdb.lookup(net, dst, now) {
+            return Targets::Unicast(peer);
+        }
+    }
+    match tables.peers_of_network.get(net) {
+        Some(list) if !list.is_empty() => Targets::Flood,
+        _ => Targets::None,
+    }
+}
+
+/// A simple, stable flow hash of a frame's first bytes, for the tunnel's
+/// UDP source port: RFC 7348 section 5 recommends a hash of the inner
+/// headers in the dynamic range 49152-65535, so that the underlay spreads
+/// flows over its paths.
+fn entropy_port(frame: &[u8]) -> u16 {
+    // FNV-1a over the Ethernet header and up to 40 bytes of what follows
+    // (the inner IP addresses and ports).
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in frame.iter().take(54) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    49152 | (h as u16 & 0x3fff)
+}
+
+/// Wraps the frame at `buf[start..end]` for `peer` on network `net`, in
+/// place, and says where to send it. Drops are counted in `stats` (and,
+/// for ESP, in the SA).
+#[allow(clippy::too_many_arguments)]
+pub fn encapsulate(
+    tables: &Tables,
+    stats: &Stats,
+    net: usize,
+    peer: usize,
+    buf: &mut [u8],
+    start: usize,
+    end: usize,
+    now: Instant,
+) -> Result<Transmit, Drop> {
+    let Some(network) = tables.networks.get(net) else {
+        return Err(Drop::Policy);
+    };
+    let Some(entry) = tables.peers.get(peer) else {
+        return Err(Drop::UnknownPeer);
+    };
+    let Some(policy) = tables.policy(peer, net) else {
+        stats.drop(Drop::Policy);
+        return Err(Drop::Policy);
+    };
+    let frame_len = end - start;
+    if frame_len > network.max_frame {
+        stats.drop(Drop::TooBig);
+        return Err(Drop::TooBig);
+    }
+    if frame_len < ethernet::HEADER_LEN {
+        stats.drop(Drop::Malformed);
+        return Err(Drop::Malformed);
+    }
+    let port = entropy_port(&buf[start..end]);
+    let hlen = network.encap.header_len();
+    if start < hlen + udp::HEADER_LEN {
+        stats.drop(Drop::Malformed);
+        return Err(Drop::Malformed);
+    }
+    let tunnel_start = start - hlen;
+    emit_tunnel_header(network, &mut buf[tunnel_start..start]);
+
+    let sa = entry.outbound.as_ref().filter(|_| policy != Policy::Clear);
+    let use_esp = match (policy, sa) {
+        (Policy::Clear, _) => false,
+        (_, Some(sa)) => {
+            let usable = sa.lock().map(|s| s.is_usable()).unwrap_or(false);
+            usable || policy == Policy::Require
+        }
+        (Policy::Prefer, None) => false,
+        (Policy::Require, None) => {
+            stats.drop(Drop::NoSa);
+            return Err(Drop::NoSa);
+        }
+    };
+    if !use_esp {
+        return Ok(Transmit {
+            start: tunnel_start,
+            end,
+            dst: SocketAddr::new(entry.spec.underlay, network.port),
+            via: Via::Tunnel(network.port),
+        });
+    }
+    let Some(sa) = sa else {
+        stats.drop(Drop::NoSa);
+        return Err(Drop::NoSa);
+    };
+
+    // The tunnel's UDP header, which ESP protects (transport mode).
+    let udp_start = tunnel_start - udp::HEADER_LEN;
+    let udp_len = end - udp_start;
+    {
+        let mut u = udp::Packet::new_unchecked(&mut buf[udp_start..end]);
+        udp::Repr {
+            src_port: port,
+            dst_port: network.port,
+            payload_len: udp_len - udp::HEADER_LEN,
+        }
+        .emit(&mut u);
+        // RFC 7348 section 5: over IPv4 the checksum SHOULD be zero. IPv6
+        // needs a real one (RFC 8200 section 8.1).
+        if tables.local.is_ipv6() && u.fill_checksum(tables.local, entry.spec.underlay).is_err() {
+            stats.drop(Drop::Malformed);
+            return Err(Drop::Malformed);
+        }
+    }
+    let mut pb = PacketBuf::new(buf, udp_start, end);
+    let sealed = match sa.lock() {
+        Ok(mut sa) => sa.seal_esp(&mut pb, IpProtocol::Udp.into(), now),
+        Err(_) => Err(tunsec_esp::DropReason::NoSa),
+    };
+    if sealed.is_err() {
+        stats.drop(Drop::Esp);
+        return Err(Drop::Esp);
+    }
+    let dst = match tables.esp {
+        EspTransport::Udp(p) => SocketAddr::new(entry.spec.underlay, p),
+        EspTransport::Raw => SocketAddr::new(entry.spec.underlay, 0),
+    };
+    Ok(Transmit {
+        start: pb.start(),
+        end: pb.end(),
+        dst,
+        via: Via::Esp,
+    })
+}
+
+fn emit_tunnel_header(network: &NetworkSpec, out: &mut [u8]) {
+    // The VNI was validated against 24 bits when the tables were built.
+    let vni = Vni::new(network.vni).unwrap_or_default();
+    match network.encap {
+        TunnelEncap::Vxlan => {
+            vxlan::Repr { vni }.emit(&mut vxlan::Packet::new_unchecked(out));
+        }
+        TunnelEncap::Geneve => geneve::Repr {
+            vni,
+            oam: false,
+            critical: false,
+            protocol_type: geneve::PROTOCOL_ETHERNET,
+            options_len: 0,
+        }
+        .emit(&mut geneve::Packet::new_unchecked(out)),
+        TunnelEncap::Gue => gue::Repr {
+            control: false,
+            proto_ctype: GUE_PROTO_ETHERNET,
+            flags: 0,
+            ext_len: 0,
+        }
+        .emit(&mut gue::Packet::new_unchecked(out)),
+    }
+}
+
+/// A frame to write to a network's TAP device: `buf[start..end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The network index.
+    pub net: usize,
+    /// The first byte of the frame.
+    pub start: usize,
+    /// One past its last byte.
+    pub end: usize,
+}
+
+/// What a datagram on the ESP socket turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EspReceive {
+    /// A frame for a TAP device.
+    Frame(Delivery),
+    /// A NAT keepalive: nothing to do.
+    Keepalive,
+}
+
+/// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on,
+/// or with the non-ESP marker for IKE when `udp` is set) in place.
+#[allow(clippy::too_many_arguments)]
+pub fn receive_esp(
+    tables: &Tables,
+    fdb: &Fdb,
+    stats: &Stats,
+    src: IpAddr,
+    udp: bool,
+    buf: &mut [u8],
+    start: usize,
+    end: usize,
+    now: Instant,
+) -> Result<EspReceive, Drop> {
+    let fail = |d: Drop| {
+        stats.drop(d);
+        Err(d)
+    };
+    if udp {
+        match natt::classify(&buf[start..end]) {
+            Ok(natt::UdpEncapPayload::Esp(_)) => {}
+            Ok(natt::UdpEncapPayload::Keepalive) => {
+                add(&stats.keepalives, 1);
+                return Ok(EspReceive::Keepalive);
+            }
+            Ok(natt::UdpEncapPayload::Ike(_)) => return fail(Drop::Ike),
+            Err(_) => return fail(Drop::Malformed),
+        }
+    }
+    let spi = match tunsec_wire::esp::Packet::new_checked(&buf[start..end]) {
+        Ok(p) => p.spi(),
+        Err(_) => return fail(Drop::Malformed),
+    };
+    let Some(entry) = tables.inbound.get(&spi) else {
+        return fail(Drop::UnknownSpi);
+    };
+    let Some(peer) = tables.peers.get(entry.peer) else {
+        return fail(Drop::UnknownSpi);
+    };
+    if canonical(src) != peer.spec.underlay {
+        // The SA belongs to another host.
+        return fail(Drop::Policy);
+    }
+    let mut pb = PacketBuf::new(buf, start, end);
+    let next_header = match entry.sa.lock() {
+        Ok(mut sa) => sa.open_esp(&mut pb, now),
+        Err(_) => Err(tunsec_esp::DropReason::NoSa),
+    };
+    let Ok(next_header) = next_header else {
+        return fail(Drop::Esp);
+    };
+    let (start, end) = (pb.start(), pb.end());
+    // The SA's implicit selectors: UDP to one of the networks this peer
+    // carries, tunnel format matching that network.
+    if next_header != u8::from(IpProtocol::Udp) {
+        return fail(Drop::Policy);
+    }
+    let Ok(u) = udp::Packet::new_checked(&buf[start..end]) else {
+        return fail(Drop::Malformed);
+    };
+    let dst_port = u.dst_port();
+    let udp_end = start + usize::from(u.len());
+    let payload_start = start + udp::HEADER_LEN;
+    let Some(encap) = tables
+        .networks
+        .iter()
+        .find(|n| n.port == dst_port)
+        .map(|n| n.encap)
+    else {
+        return fail(Drop::Policy);
+    };
+    let delivery = decapsulate(tables, stats, encap, dst_port, buf, payload_start, udp_end)?;
+    match tables.policy(entry.peer, delivery.net) {
+        Some(_) => {}
+        None => return fail(Drop::Policy),
+    }
+    learn(fdb, buf, delivery, entry.peer, now);
+    Ok(EspReceive::Frame(delivery))
+}
+
+/// Handles a cleartext tunnel datagram from `src` that arrived on `port`:
+/// accepted only if the peer's policy for that network allows the clear.
+#[allow(clippy::too_many_arguments)]
+pub fn receive_clear(
+    tables: &Tables,
+    fdb: &Fdb,
+    stats: &Stats,
+    src: IpAddr,
+    port: u16,
+    buf: &mut [u8],
+    start: usize,
+    end: usize,
+    now: Instant,
+) -> Result<Delivery, Drop> {
+    let Some(peer) = tables.peer_by_addr(src) else {
+        stats.drop(Drop::UnknownPeer);
+        return Err(Drop::UnknownPeer);
+    };
+    let Some(encap) = tables
+        .networks
+        .iter()
+        .find(|n| n.port == port)
+        .map(|n| n.encap)
+    else {
+        stats.drop(Drop::UnknownVni);
+        return Err(Drop::UnknownVni);
+    };
+    let delivery = decapsulate(tables, stats, encap, port, buf, start, end)?;
+    match tables.policy(peer, delivery.net) {
+        Some(Policy::Clear | Policy::Prefer) => {}
+        Some(Policy::Require) => {
+            stats.drop(Drop::ClearRefused);
+            return Err(Drop::ClearRefused);
+        }
+        None => {
+            stats.drop(Drop::Policy);
+            return Err(Drop::Policy);
+        }
+    }
+    learn(fdb, buf, delivery, peer, now);
+    Ok(delivery)
+}
+
+fn learn(fdb: &Fdb, buf: &[u8], d: Delivery, peer: usize, now: Instant) {
+    if let Some(src) =
+        EthernetAddress::from_bytes(buf.get(d.start + 6..d.start + 12).unwrap_or(&[]))
+    {
+        fdb.learn(d.net, src, peer, now);
+    }
+}
+
+/// Parses the tunnel header at `buf[start..end]` and finds the network.
+fn decapsulate(
+    tables: &Tables,
+    stats: &Stats,
+    encap: TunnelEncap,
+    port: u16,
+    buf: &[u8],
+    start: usize,
+    end: usize,
+) -> Result<Delivery, Drop> {
+    let fail = |d: Drop| {
+        stats.drop(d);
+        Err(d)
+    };
+    let payload = &buf[start..end];
+    let (vni, header_len) = match encap {
+        TunnelEncap::Vxlan => {
+            let Ok(p) = vxlan::Packet::new_checked(payload) else {
+                return fail(Drop::Malformed);
+            };
+            let Ok(repr) = vxlan::Repr::parse(&p) else {
+                return fail(Drop::Malformed);
+            };
+            (repr.vni.get(), vxlan::HEADER_LEN)
+        }
+        TunnelEncap::Geneve => {
+            let Ok(p) = geneve::Packet::new_checked(payload) else {
+                return fail(Drop::Malformed);
+            };
+            let Ok(repr) = geneve::Repr::parse(&p) else {
+                return fail(Drop::Malformed);
+            };
+            if repr.protocol_type != geneve::PROTOCOL_ETHERNET || repr.oam {
+                return fail(Drop::Unsupported);
+            }
+            //= https://www.rfc-editor.org/rfc/rfc8926#section-3.5
+            //# If a tunnel endpoint receives a Geneve packet with an option
+            //# that it does not recognize and the C bit is set, it MUST drop
+            //# the packet.
+            // This host knows no options, so any critical one is unknown.
+            if repr.critical {
+                return fail(Drop::Unsupported);
+            }
+            (repr.vni.get(), p.header_len())
+        }
+        TunnelEncap::Gue => {
+            let Ok(p) = gue::Packet::new_checked(payload) else {
+                return fail(Drop::Malformed);
+            };
+            let Ok(repr) = gue::Repr::parse(&p) else {
+                return fail(Drop::Malformed);
+            };
+            if repr.control || repr.proto_ctype != GUE_PROTO_ETHERNET {
+                return fail(Drop::Unsupported);
+            }
+            (0, p.header_len())
+        }
+    };
+    let net = match encap {
+        TunnelEncap::Gue => tables
+            .networks
+            .iter()
+            .position(|n| n.port == port && n.encap == TunnelEncap::Gue),
+        _ => tables.network_by_port_vni.get(&(port, vni)).copied(),
+    };
+    let Some(net) = net else {
+        return fail(Drop::UnknownVni);
+    };
+    let frame_start = start + header_len;
+    if end - frame_start < ethernet::HEADER_LEN {
+        return fail(Drop::Malformed);
+    }
+    Ok(Delivery {
+        net,
+        start: frame_start,
+        end,
+    })
+}
+
+/// Counts a frame sent on a network.
+pub fn count_tx(stats: &Stats, net: usize, bytes: usize, flooded: bool) {
+    if let Some(c) = stats.network(net) {
+        add(&c.tx_frames, 1);
+        add(&c.tx_bytes, bytes as u64);
+        if flooded {
+            add(&c.flooded, 1);
+        }
+    }
+}
+
+/// Counts a frame delivered on a network.
+pub fn count_rx(stats: &Stats, net: usize, bytes: usize) {
+    if let Some(c) = stats.network(net) {
+        add(&c.rx_frames, 1);
+        add(&c.rx_bytes, bytes as u64);
+    }
+}
+
+#[cfg(test)]
+#[path = "overlay_tests.rs"]
+mod tests;

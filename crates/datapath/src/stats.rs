@@ -1,0 +1,143 @@
+//! Data-path counters: drops by reason, and frames per network.
+//!
+//! Workers bump relaxed atomics (no lock, no formatting); the control plane
+//! reads them for `tunsec status`. Per-SA counters live in each
+//! [`tunsec_esp::Sa`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the data path dropped a frame or a datagram, outside of ESP
+/// processing (which each SA counts under [`tunsec_esp::DropReason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Drop {
+    /// A `require` policy and no usable outbound SA: the frame is not sent
+    /// at all, never in the clear.
+    NoSa = 0,
+    /// ESP for an SPI that no inbound SA has.
+    UnknownSpi,
+    /// Cleartext tunnel traffic from a peer whose policy for that network
+    /// is `require`.
+    ClearRefused,
+    /// A datagram from an address that is no configured peer.
+    UnknownPeer,
+    /// A VNI that no configured network has on that port.
+    UnknownVni,
+    /// Traffic for a network the sending peer does not carry, ESP from an
+    /// address other than the SA's peer, or a decrypted packet that is not
+    /// the peer's tunnel traffic (the SA's implicit selectors).
+    Policy,
+    /// A frame larger than the network's MTU allows.
+    TooBig,
+    /// A packet that does not parse.
+    Malformed,
+    /// A Geneve packet with a critical option this host does not know
+    /// (RFC 8926 section 3.5), or a GUE control message.
+    Unsupported,
+    /// An IKE message on the ESP-in-UDP port; IKE is not running.
+    Ike,
+    /// The ESP layer dropped it; the SA's own counters say why.
+    Esp,
+    /// Writing a frame to the TAP device failed.
+    TapWrite,
+    /// Sending a datagram failed.
+    Send,
+}
+
+impl Drop {
+    /// The number of reasons.
+    pub const COUNT: usize = 13;
+
+    /// Every reason, in index order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::NoSa,
+        Self::UnknownSpi,
+        Self::ClearRefused,
+        Self::UnknownPeer,
+        Self::UnknownVni,
+        Self::Policy,
+        Self::TooBig,
+        Self::Malformed,
+        Self::Unsupported,
+        Self::Ike,
+        Self::Esp,
+        Self::TapWrite,
+        Self::Send,
+    ];
+
+    /// A stable snake_case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoSa => "no_sa",
+            Self::UnknownSpi => "unknown_spi",
+            Self::ClearRefused => "clear_refused",
+            Self::UnknownPeer => "unknown_peer",
+            Self::UnknownVni => "unknown_vni",
+            Self::Policy => "policy",
+            Self::TooBig => "too_big",
+            Self::Malformed => "malformed",
+            Self::Unsupported => "unsupported",
+            Self::Ike => "ike",
+            Self::Esp => "esp",
+            Self::TapWrite => "tap_write",
+            Self::Send => "send",
+        }
+    }
+}
+
+/// Frame counters of one network.
+#[derive(Debug, Default)]
+pub struct NetworkCounters {
+    /// Frames read from the TAP device and sent to at least one peer.
+    pub tx_frames: AtomicU64,
+    /// Their bytes.
+    pub tx_bytes: AtomicU64,
+    /// Frames received from peers and written to the TAP device.
+    pub rx_frames: AtomicU64,
+    /// Their bytes.
+    pub rx_bytes: AtomicU64,
+    /// Frames flooded (broadcast, multicast, unknown unicast).
+    pub flooded: AtomicU64,
+}
+
+/// All data-path counters.
+#[derive(Debug)]
+pub struct Stats {
+    drops: [AtomicU64; Drop::COUNT],
+    networks: Vec<NetworkCounters>,
+    /// Datagrams received on the ESP socket that were NAT keepalives.
+    pub keepalives: AtomicU64,
+}
+
+impl Stats {
+    /// Counters for `networks` networks.
+    pub fn new(networks: usize) -> Self {
+        Self {
+            drops: Default::default(),
+            networks: (0..networks).map(|_| NetworkCounters::default()).collect(),
+            keepalives: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a drop.
+    #[inline]
+    pub fn drop(&self, reason: Drop) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count of one reason.
+    pub fn drops(&self, reason: Drop) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counters of a network.
+    pub fn network(&self, index: usize) -> Option<&NetworkCounters> {
+        self.networks.get(index)
+    }
+}
+
+/// Adds `n` to a counter.
+#[inline]
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
