@@ -7,10 +7,14 @@
 //!   the control plane publishes new ones read-copy-update style.
 //! - [`fdb`]: the forwarding database (learning, ageing, static entries).
 //! - [`stats`]: drop counters by reason, frame counters per network.
+//! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
+//! - [`worker`]: the transmit and receive threads.
 //!
 //! `unsafe` is allowed in this crate only, for system calls; every block
 //! carries a `// SAFETY:` comment.
 
 pub mod fdb;
+pub mod io;
 pub mod overlay;
 pub mod stats;
+pub mod worker;

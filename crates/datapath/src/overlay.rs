@@ -64,6 +64,21 @@ impl TunnelEncap {
     }
 }
 
+/// The worst-case growth of a frame on its way to the underlay: outer IP,
+/// the UDP of ESP in UDP, the ESP header, the largest IV (16, CBC), the
+/// largest padding (15), the trailer (2) and ICV (16), the tunnel's UDP
+/// header and the tunnel header. Whatever the suite, a frame of at most
+/// `underlay_mtu - frame_overhead(..)` bytes fits in one underlay packet.
+pub const fn frame_overhead(ipv6: bool, esp: EspTransport, encap: TunnelEncap) -> usize {
+    let ip = if ipv6 { 40 } else { 20 };
+    let esp_udp = match esp {
+        EspTransport::Udp(_) => udp::HEADER_LEN,
+        EspTransport::Raw => 0,
+    };
+    let esp = tunsec_wire::esp::HEADER_LEN + 16 + 15 + tunsec_wire::esp::TRAILER_LEN + 16;
+    ip + esp_udp + esp + udp::HEADER_LEN + encap.header_len()
+}
+
 /// What a peer's traffic on one network must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {

@@ -373,3 +373,29 @@ fn fdb_sends_unicast_to_the_learned_peer_and_ages() {
         Targets::Flood
     );
 }
+
+#[test]
+fn overhead_fits_the_worst_case() {
+    // IPv4, ESP in UDP, VXLAN: 20 + 8 + (8 + 16 + 15 + 2 + 16) + 8 + 8.
+    assert_eq!(
+        frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan),
+        101
+    );
+    assert_eq!(
+        frame_overhead(true, EspTransport::Raw, TunnelEncap::Gue),
+        40 + 57 + 8 + 4
+    );
+    // A maximal frame under every suite stays within the underlay MTU.
+    for suite in Suite::ALL {
+        let (a, _) = pair(TunnelEncap::Vxlan, Policy::Require, Some(suite), false);
+        let max = 1500 - frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan);
+        for len in max - 20..=max {
+            let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
+            let mut tables = a.tables.clone();
+            tables.networks[0].max_frame = max;
+            let tx = encapsulate(&tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
+            // The kernel adds IPv4 (20) and UDP (8).
+            assert!(tx.end - tx.start + 28 <= 1500, "{suite} {len}");
+        }
+    }
+}
