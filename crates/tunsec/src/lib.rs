@@ -1,7 +1,19 @@
-//! tunsec's binaries' shared code: the configuration file today; the
-//! daemon (`tunsecd`), the CLI (`tunsec`) and the control API as the
-//! overlay issue lands.
+//! The code behind tunsec's binaries: `tunsecd`, the daemon, and `tunsec`,
+//! the CLI.
+//!
+//! - [`config`]: the TOML configuration, validated in full.
+//! - [`daemon`]: overlay mode: TAP devices, sockets, SAs, workers, and the
+//!   control socket.
+//! - [`control`]: the control API (JSON lines over a Unix socket).
+//! - [`status`]: what `tunsec status` shows.
+//! - [`demo`]: `tunsec demo`.
+//! - [`netns`]: network namespaces for the demo and the tests.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod netns;
+pub mod status;

@@ -1,0 +1,109 @@
+//! `tunsec`: the command-line interface to `tunsecd`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tunsec::config::DEFAULT_CONTROL_SOCKET;
+use tunsec::control::{self, Request, Response};
+
+/// tunsec: inspect and control tunsecd.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// tunsecd's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the node, networks, peers, every SA with its counters, drops
+    /// and the forwarding database.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage SAs.
+    Sa {
+        #[command(subcommand)]
+        command: SaCommand,
+    },
+    /// Run the demo: three hosts and two virtual networks in network
+    /// namespaces on this machine (needs root).
+    Demo(tunsec::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SaCommand {
+    /// Delete a peer's SAs (both directions).
+    Delete {
+        /// The peer's name.
+        peer: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let request = match args.command {
+        Command::Status { json } => {
+            return match control::call(&args.socket, &Request::Status) {
+                Ok(Response::Status(status)) => {
+                    if json {
+                        match serde_json::to_string_pretty(&status) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("tunsec: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", status.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => report(other),
+                Err(e) => {
+                    eprintln!("tunsec: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Sa {
+            command: SaCommand::Delete { peer },
+        } => Request::DeleteSa { peer },
+        Command::Demo(demo) => {
+            return match tunsec::demo::run(&demo) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunsec demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    match control::call(&args.socket, &request) {
+        Ok(r) => report(r),
+        Err(e) => {
+            eprintln!("tunsec: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(response: Response) -> ExitCode {
+    match response {
+        Response::Done { message } => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Response::Error { message } => {
+            eprintln!("tunsec: {message}");
+            ExitCode::FAILURE
+        }
+        Response::Status(_) => ExitCode::SUCCESS,
+    }
+}

@@ -1,0 +1,70 @@
+//! `tunsecd`: the tunsec daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser;
+use tunsec::config::Config;
+use tunsec::daemon::Daemon;
+
+/// tunsecd: encrypts overlay tunnels between hosts with ESP.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The configuration file (see docs/config.md).
+    #[arg(short, long, default_value = "/etc/tunsec/tunsec.toml")]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tunsecd: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: ok ({} networks, {} peers)",
+            args.config.display(),
+            config.networks.len(),
+            config.peers.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, term.clone()) {
+            eprintln!("tunsecd: cannot handle signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let daemon = match Daemon::start(config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tunsecd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match daemon.run(&term) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tunsecd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The control API: JSON over a Unix socket, one request and one response
+//! per line. The socket is created with mode 0600, so only its owner (root)
+//! can talk to the daemon.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The full status.
+    Status,
+    /// Removes a peer's SAs (both directions), as `ip xfrm state delete`
+    /// would. Under a `require` policy the peer's traffic then stops.
+    DeleteSa {
+        /// The peer's name.
+        peer: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The status.
+    Status(Box<Status>),
+    /// The request was carried out.
+    Done {
+        /// What happened.
+        message: String,
+    },
+    /// The request was refused.
+    Error {
+        /// Why, naming the field and value.
+        message: String,
+    },
+}
+
+/// Sends one request and reads the response.
+pub fn call(socket: &Path, request: &Request) -> io::Result<Response> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach tunsecd at {}: {e} (is it running? see --socket)",
+                socket.display()
+            ),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"delete_sa","peer":"b"}"#).unwrap(),
+            Request::DeleteSa { peer: "b".into() }
+        );
+        let done = Response::Done {
+            message: "ok".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&done).unwrap(),
+            r#"{"result":"done","message":"ok"}"#
+        );
+    }
+}

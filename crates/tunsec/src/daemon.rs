@@ -1,0 +1,509 @@
+//! `tunsecd` in overlay mode: turns a [`Config`] into TAP devices, sockets,
+//! SAs and workers, and serves the control socket until told to stop.
+//!
+//! Start-up order matters for failing closed: the tables (with their
+//! policies and SAs) exist before any TAP device is opened, and only the
+//! transmit worker reads from the TAP devices, through those tables. So
+//! from the first frame on, a `require` policy without an SA drops.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tunsec_datapath::fdb::DEFAULT_AGEING;
+use tunsec_datapath::io::socket::DatagramSocket;
+use tunsec_datapath::io::tap;
+use tunsec_datapath::overlay::{
+    self, EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables, TunnelEncap,
+};
+use tunsec_datapath::stats::Drop;
+use tunsec_datapath::worker::{self, FrameDevice, Shared, Sockets};
+use tunsec_esp::{Direction, DropReason, LifetimeState, Sa, SaConfig};
+use tunsec_wire::ethernet;
+
+use crate::config::{Config, EspEncapsulation, Mtu, PolicyKind, TunnelEncapsulation};
+use crate::control::{Request, Response};
+use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
+
+/// The TAP MTU and the largest frame of each network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkMtu {
+    /// The TAP device's MTU (IP packet size inside the frame).
+    pub mtu: u16,
+    /// The largest frame carried, Ethernet header included.
+    pub max_frame: usize,
+}
+
+/// Works out a network's MTU: `auto` is the underlay MTU minus the
+/// worst-case overhead and the inner Ethernet header; a fixed MTU allows
+/// one 802.1Q tag on top.
+pub fn network_mtu(
+    config: &Config,
+    mtu: Mtu,
+    encap: TunnelEncapsulation,
+) -> anyhow::Result<NetworkMtu> {
+    let overhead = overlay::frame_overhead(
+        config.node.underlay.is_ipv6(),
+        esp_transport(config),
+        tunnel(encap),
+    );
+    match mtu {
+        Mtu::Auto => {
+            let max_frame = usize::from(config.node.underlay_mtu)
+                .checked_sub(overhead)
+                .filter(|&f| f >= 576 + ethernet::HEADER_LEN)
+                .with_context(|| {
+                    format!(
+                        "node.underlay_mtu: {} leaves no room for a 576-byte packet after {overhead} bytes of overhead",
+                        config.node.underlay_mtu
+                    )
+                })?;
+            Ok(NetworkMtu {
+                mtu: (max_frame - ethernet::HEADER_LEN) as u16,
+                max_frame,
+            })
+        }
+        Mtu::Fixed(mtu) => Ok(NetworkMtu {
+            mtu,
+            max_frame: usize::from(mtu) + ethernet::TAGGED_HEADER_LEN,
+        }),
+    }
+}
+
+fn esp_transport(config: &Config) -> EspTransport {
+    match config.esp.encapsulation {
+        EspEncapsulation::Udp => EspTransport::Udp(config.esp.port),
+        EspEncapsulation::Esp => EspTransport::Raw,
+    }
+}
+
+fn tunnel(e: TunnelEncapsulation) -> TunnelEncap {
+    match e {
+        TunnelEncapsulation::Vxlan => TunnelEncap::Vxlan,
+        TunnelEncapsulation::Geneve => TunnelEncap::Geneve,
+        TunnelEncapsulation::Gue => TunnelEncap::Gue,
+    }
+}
+
+fn policy(p: PolicyKind) -> Policy {
+    match p {
+        PolicyKind::Require => Policy::Require,
+        PolicyKind::Prefer => Policy::Prefer,
+        PolicyKind::Clear => Policy::Clear,
+    }
+}
+
+/// Builds the data path's tables (with SAs) from a validated config.
+pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Vec<NetworkMtu>)> {
+    let mut networks = Vec::new();
+    let mut mtus = Vec::new();
+    for n in &config.networks {
+        let m = network_mtu(config, n.mtu, n.encapsulation)?;
+        networks.push(NetworkSpec {
+            name: n.name.clone(),
+            vni: n.vni,
+            encap: tunnel(n.encapsulation),
+            port: n.port,
+            max_frame: m.max_frame,
+        });
+        mtus.push(m);
+    }
+    let index_of = |name: &str| config.networks.iter().position(|n| n.name == name);
+    let mut peers = Vec::new();
+    let mut inbound = HashMap::new();
+    for (i, p) in config.peers.iter().enumerate() {
+        let nets = p
+            .networks
+            .iter()
+            .filter_map(|(name, pol)| index_of(name).map(|n| (n, policy(*pol))))
+            .collect();
+        let mut outbound = None;
+        if let Some(sa) = &p.sa {
+            let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
+                let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
+                cfg.esn = sa.esn;
+                cfg.replay_window = config.esp.replay_window;
+                Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
+            };
+            outbound = Some(Arc::new(Mutex::new(mk(
+                sa.spi_out,
+                Direction::Outbound,
+                &sa.keys_out,
+            )?)));
+            inbound.insert(
+                sa.spi_in,
+                InboundEntry {
+                    peer: i,
+                    sa: Arc::new(Mutex::new(mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?)),
+                },
+            );
+        }
+        peers.push(PeerEntry {
+            spec: PeerSpec {
+                name: p.name.clone(),
+                underlay: p.underlay,
+                networks: nets,
+            },
+            outbound,
+        });
+    }
+    let tables = Tables::new(
+        config.node.underlay,
+        esp_transport(config),
+        networks,
+        peers,
+        inbound,
+    );
+    Ok((tables, mtus))
+}
+
+/// A running daemon.
+pub struct Daemon {
+    config: Config,
+    shared: Arc<Shared>,
+    mtus: Vec<NetworkMtu>,
+    started: Instant,
+    workers: Vec<JoinHandle<()>>,
+    listener: UnixListener,
+    socket_path: PathBuf,
+}
+
+impl Daemon {
+    /// Brings everything up. Nothing is left behind on failure: TAP
+    /// devices and sockets close with their handles.
+    pub fn start(config: Config) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let (tables, mtus) = build_tables(&config, now)?;
+        let shared = Arc::new(Shared::new(tables, now, DEFAULT_AGEING));
+        for (i, n) in config.networks.iter().enumerate() {
+            for (mac, peer) in &n.fdb {
+                if let Some(p) = config.peers.iter().position(|p| &p.name == peer) {
+                    shared.fdb.add_static(i, *mac, p);
+                }
+            }
+        }
+
+        let underlay = config.node.underlay;
+        let esp = match config.esp.encapsulation {
+            EspEncapsulation::Udp => {
+                DatagramSocket::udp(SocketAddr::new(underlay, config.esp.port)).with_context(
+                    || format!("esp.port: cannot bind {underlay} port {}", config.esp.port),
+                )?
+            }
+            EspEncapsulation::Esp => DatagramSocket::raw_esp(underlay).with_context(|| {
+                format!("esp.encapsulation: cannot open a raw ESP socket on {underlay}")
+            })?,
+        };
+        let mut tunnels = Vec::new();
+        for (port, _) in shared.tables.load().tunnel_ports() {
+            let sock = DatagramSocket::udp(SocketAddr::new(underlay, port))
+                .with_context(|| format!("network port: cannot bind {underlay} port {port}"))?;
+            tunnels.push((port, sock));
+        }
+        let sockets = Arc::new(Sockets { esp, tunnels });
+
+        let mut devices: Vec<Arc<dyn FrameDevice>> = Vec::new();
+        for (n, m) in config.networks.iter().zip(&mtus) {
+            let dev = tap::open(&n.tap, m.mtu).with_context(|| {
+                format!("network {:?}: cannot create TAP device {:?}", n.name, n.tap)
+            })?;
+            tracing::info!(network = %n.name, tap = %n.tap, mtu = m.mtu, "TAP device up");
+            devices.push(Arc::new(dev));
+        }
+
+        let listener = bind_control_socket(&config.node.control_socket)?;
+        let socket_path = config.node.control_socket.clone();
+
+        let mut workers = Vec::new();
+        {
+            let (s, d, k) = (shared.clone(), devices.clone(), sockets.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name("tunsec-tx".into())
+                    .spawn(move || worker::run_tx(s, d, k))?,
+            );
+        }
+        {
+            let (s, d, k) = (shared.clone(), devices, sockets);
+            workers.push(
+                std::thread::Builder::new()
+                    .name("tunsec-rx".into())
+                    .spawn(move || worker::run_rx(s, d, k))?,
+            );
+        }
+        tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
+        Ok(Self {
+            config,
+            shared,
+            mtus,
+            started: now,
+            workers,
+            listener,
+            socket_path,
+        })
+    }
+
+    /// Serves the control socket and housekeeping until `term` is set,
+    /// then stops the workers and removes the socket.
+    pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
+        self.listener.set_nonblocking(true)?;
+        let mut last_expiry = Instant::now();
+        while !term.load(Ordering::Relaxed) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.serve(stream) {
+                        tracing::warn!("control client: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => tracing::warn!("control socket: {e}"),
+            }
+            if last_expiry.elapsed() >= Duration::from_secs(1) {
+                let now = Instant::now();
+                self.shared.fdb.expire(now);
+                self.poll_sa_events(now);
+                last_expiry = now;
+            }
+        }
+        tracing::info!("stopping");
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+        Ok(())
+    }
+
+    fn poll_sa_events(&self, now: Instant) {
+        let tables = self.shared.tables.load();
+        let all = tables
+            .peers
+            .iter()
+            .filter_map(|p| p.outbound.as_ref().map(|sa| (&p.spec.name, sa)))
+            .chain(
+                tables
+                    .inbound
+                    .values()
+                    .map(|e| (&tables.peers[e.peer].spec.name, &e.sa)),
+            );
+        for (peer, sa) in all {
+            let Ok(mut sa) = sa.lock() else { continue };
+            sa.handle_timeout(now);
+            while let Some(event) = sa.poll_event() {
+                tracing::warn!(peer = %peer, spi = format_args!("{:#x}", sa.spi()), ?event, "SA lifetime");
+            }
+        }
+    }
+
+    fn serve(&self, stream: UnixStream) -> anyhow::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Status) => Response::Status(Box::new(self.status())),
+            Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
+            Err(e) => Response::Error {
+                message: format!("request: {e}"),
+            },
+        };
+        let mut out = serde_json::to_string(&response)?;
+        out.push('\n');
+        (&stream).write_all(out.as_bytes())?;
+        Ok(())
+    }
+
+    fn delete_sa(&self, peer: &str) -> Response {
+        let current = self.shared.tables.load();
+        let Some(index) = current.peers.iter().position(|p| p.spec.name == peer) else {
+            return Response::Error {
+                message: format!("peer: {peer:?} is not a configured peer"),
+            };
+        };
+        // Read-copy-update: the workers keep using the old tables until
+        // they load the new ones; no packet waits.
+        let mut next = (**current).clone();
+        next.peers[index].outbound = None;
+        next.inbound.retain(|_, e| e.peer != index);
+        self.shared.tables.store(Arc::new(next));
+        tracing::warn!(peer = %peer, "SAs deleted by request");
+        Response::Done {
+            message: format!("deleted the SAs of peer {peer:?}"),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let tables = self.shared.tables.load();
+        let stats = &self.shared.stats;
+        let now = Instant::now();
+        let networks = self
+            .config
+            .networks
+            .iter()
+            .zip(&self.mtus)
+            .enumerate()
+            .map(|(i, (n, m))| {
+                let c = stats.network(i);
+                let get =
+                    |f: fn(&tunsec_datapath::stats::NetworkCounters) -> u64| c.map(f).unwrap_or(0);
+                NetworkStatus {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    encapsulation: format!("{:?}", n.encapsulation).to_lowercase(),
+                    port: n.port,
+                    tap: n.tap.clone(),
+                    mtu: m.mtu,
+                    tx_frames: get(|c| c.tx_frames.load(Ordering::Relaxed)),
+                    tx_bytes: get(|c| c.tx_bytes.load(Ordering::Relaxed)),
+                    rx_frames: get(|c| c.rx_frames.load(Ordering::Relaxed)),
+                    rx_bytes: get(|c| c.rx_bytes.load(Ordering::Relaxed)),
+                    flooded: get(|c| c.flooded.load(Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        let peers = tables
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut sas = Vec::new();
+                if let Some(sa) = &p.outbound {
+                    sas.push(sa_status("out", sa));
+                }
+                for e in tables.inbound.values().filter(|e| e.peer == i) {
+                    sas.push(sa_status("in", &e.sa));
+                }
+                PeerStatus {
+                    name: p.spec.name.clone(),
+                    underlay: p.spec.underlay.to_string(),
+                    policies: p
+                        .spec
+                        .networks
+                        .iter()
+                        .map(|&(n, pol)| {
+                            (
+                                tables.networks[n].name.clone(),
+                                format!("{pol:?}").to_lowercase(),
+                            )
+                        })
+                        .collect(),
+                    sas,
+                }
+            })
+            .collect();
+        let drops: BTreeMap<String, u64> = Drop::ALL
+            .iter()
+            .map(|&d| (d.name().to_owned(), stats.drops(d)))
+            .collect();
+        let fdb = self
+            .shared
+            .fdb
+            .entries(now)
+            .into_iter()
+            .map(|e| FdbStatus {
+                network: tables
+                    .networks
+                    .get(e.network)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                mac: e.mac.to_string(),
+                peer: tables
+                    .peers
+                    .get(e.peer)
+                    .map(|p| p.spec.name.clone())
+                    .unwrap_or_default(),
+                kind: if e.is_static { "static" } else { "learned" }.to_owned(),
+                age_secs: e.age.as_secs(),
+            })
+            .collect();
+        Status {
+            node: NodeStatus {
+                name: self.config.node.name.clone(),
+                underlay: self.config.node.underlay.to_string(),
+                esp: match tables.esp {
+                    EspTransport::Udp(p) => format!("udp:{p}"),
+                    EspTransport::Raw => "esp".to_owned(),
+                },
+                uptime_secs: self.started.elapsed().as_secs(),
+            },
+            networks,
+            peers,
+            drops,
+            keepalives: stats.keepalives.load(Ordering::Relaxed),
+            fdb,
+        }
+    }
+}
+
+fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
+    let sa = sa.lock().unwrap_or_else(|e| e.into_inner());
+    let c = sa.counters();
+    SaStatus {
+        direction: direction.to_owned(),
+        spi: format!("{:#010x}", sa.spi()),
+        suite: sa.suite().to_string(),
+        esn: sa.esn(),
+        state: match sa.lifetime_state() {
+            LifetimeState::Live => "live",
+            LifetimeState::Soft => "soft",
+            LifetimeState::Expired => "expired",
+        }
+        .to_owned(),
+        packets: c.packets,
+        bytes: c.bytes,
+        last_seq: sa.last_seq(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|&r| (r.name().to_owned(), c.drops.get(r)))
+            .collect(),
+    }
+}
+
+/// Binds the control socket with mode 0600. A stale socket file from a
+/// crashed daemon is replaced; a live one is an error.
+fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("node.control_socket: cannot create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "node.control_socket: {} is in use: another tunsecd is running",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| {
+            format!(
+                "node.control_socket: cannot remove stale {}",
+                path.display()
+            )
+        })?;
+    }
+    // Created with a umask that keeps others out from the first moment,
+    // then set to exactly 0600.
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("node.control_socket: cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The address a status shows for a peer.
+pub fn show_addr(addr: IpAddr) -> String {
+    addr.to_string()
+}

@@ -1,0 +1,220 @@
+//! Network namespaces for the demo and the tests: hosts, an underlay
+//! bridge, veth pairs. Everything made here is removed when the [`Lab`] is
+//! dropped, also after a failure or a panic, and stale namespaces of the
+//! same prefix from a crashed run are removed first.
+//!
+//! Addresses live only inside the namespaces; nothing is added to the root
+//! namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Runs a command and fails with its stderr if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// A set of namespaces and processes, torn down on drop.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    /// A scratch directory (configs, keys, sockets, captures).
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A new lab whose namespaces are all named `prefix-...`. Leftovers
+    /// with that prefix are deleted.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        if !is_root() {
+            bail!("network namespaces need root: run as root (sudo)");
+        }
+        run("ip", &["-V"]).context("the ip tool from iproute2 is needed")?;
+        let lab = Self {
+            prefix: prefix.to_owned(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("{prefix}-"))
+                .tempdir()?,
+        };
+        lab.remove_stale()?;
+        Ok(lab)
+    }
+
+    fn remove_stale(&self) -> anyhow::Result<()> {
+        let out = run("ip", &["netns", "list"])?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with(&format!("{}-", self.prefix)) {
+                let _ = run("ip", &["netns", "del", name]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The full name of namespace `short`.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Creates namespace `short` with loopback up and IPv6 off (so that
+    /// captures show only what the test sends).
+    pub fn add_ns(&mut self, short: &str) -> anyhow::Result<String> {
+        let name = self.ns(short);
+        run("ip", &["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        self.exec(&name, "ip", &["link", "set", "lo", "up"])?;
+        self.exec(
+            &name,
+            "sysctl",
+            &["-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+        )?;
+        self.exec(
+            &name,
+            "sysctl",
+            &["-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        )?;
+        Ok(name)
+    }
+
+    /// Runs a command inside a namespace and fails with its stderr.
+    pub fn exec(&self, ns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full = vec!["netns", "exec", ns, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside a namespace; returns whether it succeeded.
+    pub fn try_exec(&self, ns: &str, cmd: &str, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", ns, cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Connects two namespaces with a veth pair named `a_if` / `b_if`.
+    pub fn veth(&self, a_ns: &str, a_if: &str, b_ns: &str, b_if: &str) -> anyhow::Result<()> {
+        self.exec(
+            a_ns,
+            "ip",
+            &[
+                "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_ns,
+            ],
+        )?;
+        self.exec(a_ns, "ip", &["link", "set", a_if, "up"])?;
+        self.exec(b_ns, "ip", &["link", "set", b_if, "up"])?;
+        Ok(())
+    }
+
+    /// Starts a long-running process inside a namespace, with its output
+    /// in `dir/<label>.log`; it is stopped (SIGTERM, then SIGKILL) when the
+    /// lab is dropped.
+    pub fn spawn(
+        &mut self,
+        label: &str,
+        ns: &str,
+        cmd: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<PathBuf> {
+        let log = self.dir.path().join(format!("{label}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(cmd)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", cmd.display()))?;
+        self.children.push((label.to_owned(), child));
+        Ok(log)
+    }
+
+    /// Stops the process started under `label` with SIGTERM and waits for
+    /// it (SIGKILL after 5 s). Returns whether it exited cleanly.
+    pub fn stop(&mut self, label: &str) -> bool {
+        let Some(i) = self.children.iter().position(|(l, _)| l == label) else {
+            return false;
+        };
+        let (_, child) = self.children.remove(i);
+        terminate(child)
+    }
+
+    /// Waits until `check` holds, or fails after `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out waiting for {what}")
+    }
+}
+
+fn terminate(mut child: Child) -> bool {
+    // `ip netns exec` execs the command, so the pid is the daemon's.
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in self.children.drain(..) {
+            terminate(child);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

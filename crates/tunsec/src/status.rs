@@ -1,0 +1,214 @@
+//! What `tunsec status` shows: the daemon builds it from live state, the
+//! CLI prints it as a table or as JSON. The JSON form is a stable
+//! interface for scripts and tests.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole state of one daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This host.
+    pub node: NodeStatus,
+    /// The virtual networks.
+    pub networks: Vec<NetworkStatus>,
+    /// The peers.
+    pub peers: Vec<PeerStatus>,
+    /// Data-path drops by reason (outside ESP; ESP drops are per SA).
+    pub drops: BTreeMap<String, u64>,
+    /// NAT keepalives received.
+    pub keepalives: u64,
+    /// The forwarding database.
+    pub fdb: Vec<FdbStatus>,
+}
+
+/// This host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address.
+    pub underlay: String,
+    /// `udp:PORT` or `esp`.
+    pub esp: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+}
+
+/// One virtual network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// `vxlan`, `geneve` or `gue`.
+    pub encapsulation: String,
+    /// The tunnel port.
+    pub port: u16,
+    /// The TAP device.
+    pub tap: String,
+    /// The TAP MTU.
+    pub mtu: u16,
+    /// Frames sent to peers.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames received from peers.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames flooded to every peer.
+    pub flooded: u64,
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address.
+    pub underlay: String,
+    /// Network name to policy (`require`, `prefer`, `clear`).
+    pub policies: BTreeMap<String, String>,
+    /// Its SAs (none, or an inbound and an outbound one).
+    pub sas: Vec<SaStatus>,
+}
+
+/// One SA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaStatus {
+    /// `in` or `out`.
+    pub direction: String,
+    /// The SPI, as `0x...`.
+    pub spi: String,
+    /// The suite name.
+    pub suite: String,
+    /// Extended sequence numbers.
+    pub esn: bool,
+    /// `live`, `soft` (rekey due) or `expired`.
+    pub state: String,
+    /// Packets processed.
+    pub packets: u64,
+    /// Payload bytes processed.
+    pub bytes: u64,
+    /// The highest sequence number sent or accepted.
+    pub last_seq: u64,
+    /// Drops by reason (every reason, zeros included).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One forwarding entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbStatus {
+    /// The network name.
+    pub network: String,
+    /// The MAC address.
+    pub mac: String,
+    /// The peer name.
+    pub peer: String,
+    /// `static` or `learned`.
+    pub kind: String,
+    /// Seconds since last seen.
+    pub age_secs: u64,
+}
+
+impl Status {
+    /// A human-readable rendering.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let n = &self.node;
+        let _ = writeln!(
+            s,
+            "node {} underlay {} esp {} up {}s",
+            n.name, n.underlay, n.esp, n.uptime_secs
+        );
+        let _ = writeln!(s, "\nnetworks:");
+        for net in &self.networks {
+            let _ = writeln!(
+                s,
+                "  {:<10} vni {:<8} {:<6} port {:<5} tap {:<15} mtu {:<5} tx {} frames / {} B (flooded {})  rx {} frames / {} B",
+                net.name,
+                net.vni,
+                net.encapsulation,
+                net.port,
+                net.tap,
+                net.mtu,
+                net.tx_frames,
+                net.tx_bytes,
+                net.flooded,
+                net.rx_frames,
+                net.rx_bytes
+            );
+        }
+        let _ = writeln!(s, "\npeers:");
+        for p in &self.peers {
+            let policies: Vec<String> = p
+                .policies
+                .iter()
+                .map(|(n, pol)| format!("{n}={pol}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<40} {}",
+                p.name,
+                p.underlay,
+                policies.join(" ")
+            );
+            if p.sas.is_empty() {
+                let _ = writeln!(s, "    no SA");
+            }
+            for sa in &p.sas {
+                let drops: Vec<String> = sa
+                    .drops
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "    {:<3} spi {} {} esn={} {} packets {} bytes {} last_seq {} drops: {}",
+                    sa.direction,
+                    sa.spi,
+                    sa.suite,
+                    sa.esn,
+                    sa.state,
+                    sa.packets,
+                    sa.bytes,
+                    sa.last_seq,
+                    if drops.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        drops.join(" ")
+                    }
+                );
+            }
+        }
+        let drops: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\ndata path drops: {}",
+            if drops.is_empty() {
+                "none".to_owned()
+            } else {
+                drops.join(" ")
+            }
+        );
+        let _ = writeln!(s, "\nforwarding database: {} entries", self.fdb.len());
+        for e in &self.fdb {
+            let _ = writeln!(
+                s,
+                "  {:<10} {} -> {} ({}, {}s)",
+                e.network, e.mac, e.peer, e.kind, e.age_secs
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the demo and the tests use, if missing.
+#   iproute2, iputils-ping: network namespaces, veth, ping
+#   tshark:                 captures, and a dissector to cross-check against
+#   python3-scapy:          an independent ESP implementation
+#   iperf3:                 TCP transfers through the overlay
+set -euo pipefail
+need=()
+for pkg in iproute2 iputils-ping tshark python3-scapy iperf3; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
