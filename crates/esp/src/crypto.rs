@@ -231,6 +231,9 @@ struct CbcHmacCipher {
     encrypt: cipher::EncryptingKey,
     decrypt: cipher::DecryptingKey,
     mac: hmac::Key,
+    /// Random per SA; XORed with the sequence number it is a nonce unique
+    /// per packet, whose encryption is the IV (NIST SP 800-38A appendix C).
+    iv_nonce: [u8; 16],
 }
 
 impl CbcHmacCipher {
@@ -243,6 +246,11 @@ impl CbcHmacCipher {
             encrypt: cipher::EncryptingKey::cbc(key()?).map_err(|_| Error::Crypto)?,
             decrypt: cipher::DecryptingKey::cbc(key()?).map_err(|_| Error::Crypto)?,
             mac: hmac::Key::new(hmac::HMAC_SHA256, integrity_key),
+            iv_nonce: {
+                let mut n = [0u8; 16];
+                rand::fill(&mut n).map_err(|_| Error::Crypto)?;
+                n
+            },
         })
     }
 
@@ -278,13 +286,24 @@ impl EspCipher for CbcHmacCipher {
         }
         //= https://www.rfc-editor.org/rfc/rfc3602#section-3
         //# The IV MUST be chosen at random, and MUST be unpredictable.
-        let mut iv = [0u8; Self::IV_LEN];
-        rand::fill(&mut iv).map_err(|_| CryptoError)?;
-        packet[HEADER_LEN..iv_end].copy_from_slice(&iv);
+        // A random draw per packet (RDRAND in aws-lc) costs ~420 ns, a fifth
+        // of the whole seal at 1400 bytes. Instead, as NIST SP 800-38A
+        // appendix C recommends and Linux's echainiv does, the IV is the
+        // block cipher applied under the SA's key to a nonce unique per
+        // packet (a random per-SA value XOR the sequence number):
+        // unpredictable to anyone without the key, and never repeated.
+        // CBC over `nonce | plaintext` with a zero IV yields exactly
+        // `E(nonce) | CBC_E(nonce)(plaintext)`: the IV and the ciphertext,
+        // in one call and one extra block.
+        let mut nonce = self.iv_nonce;
+        for (n, s) in nonce[8..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        packet[HEADER_LEN..iv_end].copy_from_slice(&nonce);
         self.encrypt
             .less_safe_encrypt(
-                &mut packet[iv_end..icv_start],
-                cipher::EncryptionContext::Iv128(iv.into()),
+                &mut packet[HEADER_LEN..icv_start],
+                cipher::EncryptionContext::Iv128([0u8; 16].into()),
             )
             .map_err(|_| CryptoError)?;
         let tag = self.icv(&packet[..icv_start], seq, esn);
@@ -479,6 +498,31 @@ mod test {
         // A flipped ciphertext bit fails the ICV before decryption.
         packet[30] ^= 0x80;
         assert_eq!(cipher.open(&mut packet, 1, false), Err(CryptoError));
+    }
+
+    #[test]
+    fn cbc_ivs_are_unique_and_unrelated_to_the_sequence_number() {
+        let cipher = CbcHmacCipher::new(&[7; 32], &[9; 32]).unwrap();
+        let mut ivs = std::collections::HashSet::new();
+        for seq in 1..=1000u64 {
+            let mut packet = vec![0, 0, 1, 0, 0, 0, 0, seq as u8];
+            packet.extend_from_slice(&[0; 16]);
+            packet.extend_from_slice(&[0x42; 32]);
+            packet.extend_from_slice(&[0; 16]);
+            cipher.seal(&mut packet, seq, false).unwrap();
+            let iv: [u8; 16] = packet[8..24].try_into().unwrap();
+            // The IV is an AES output, not the counter itself.
+            assert_ne!(&iv[8..], &seq.to_be_bytes());
+            assert!(ivs.insert(iv), "IV repeated at {seq}");
+            cipher.open(&mut packet, seq, false).unwrap();
+            assert_eq!(&packet[24..56], &[0x42; 32]);
+        }
+        // Another SA with the same key draws another nonce.
+        let other = CbcHmacCipher::new(&[7; 32], &[9; 32]).unwrap();
+        let mut packet = vec![0, 0, 1, 0, 0, 0, 0, 1];
+        packet.extend_from_slice(&[0; 64]);
+        other.seal(&mut packet, 1, false).unwrap();
+        assert!(!ivs.contains(&<[u8; 16]>::try_from(&packet[8..24]).unwrap()));
     }
 
     #[test]
