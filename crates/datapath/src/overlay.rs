@@ -352,31 +352,27 @@ pub fn encapsulate(
     let tunnel_start = start - hlen;
     emit_tunnel_header(network, &mut buf[tunnel_start..start]);
 
-    let sa = entry.outbound.as_ref().filter(|_| policy != Policy::Clear);
-    let use_esp = match (policy, sa) {
-        (Policy::Clear, _) => false,
-        (_, Some(sa)) => {
-            let usable = sa.lock().map(|s| s.is_usable()).unwrap_or(false);
-            usable || policy == Policy::Require
-        }
-        (Policy::Prefer, None) => false,
+    let sa = match (policy, entry.outbound.as_ref()) {
+        (Policy::Clear, _) | (Policy::Prefer, None) => None,
         (Policy::Require, None) => {
             stats.drop(Drop::NoSa);
             return Err(Drop::NoSa);
         }
+        (_, Some(sa)) => Some(sa),
     };
-    if !use_esp {
-        return Ok(Transmit {
-            start: tunnel_start,
-            end,
-            dst: SocketAddr::new(entry.spec.underlay, network.port),
-            via: Via::Tunnel(network.port),
-        });
-    }
     let Some(sa) = sa else {
+        return Ok(clear_transmit(network, entry, tunnel_start, end));
+    };
+    // One lock for the whole decision and the seal. Under `prefer` an SA
+    // that can no longer be used means the clear; under `require` it means
+    // the packet is dropped (the SA counts why).
+    let Ok(mut sa) = sa.lock() else {
         stats.drop(Drop::NoSa);
         return Err(Drop::NoSa);
     };
+    if policy == Policy::Prefer && !sa.is_usable() {
+        return Ok(clear_transmit(network, entry, tunnel_start, end));
+    }
 
     // The tunnel's UDP header, which ESP protects (transport mode).
     let udp_start = tunnel_start - udp::HEADER_LEN;
@@ -397,14 +393,11 @@ pub fn encapsulate(
         }
     }
     let mut pb = PacketBuf::new(buf, udp_start, end);
-    let sealed = match sa.lock() {
-        Ok(mut sa) => sa.seal_esp(&mut pb, IpProtocol::Udp.into(), now),
-        Err(_) => Err(tunsec_esp::DropReason::NoSa),
-    };
-    if sealed.is_err() {
+    if sa.seal_esp(&mut pb, IpProtocol::Udp.into(), now).is_err() {
         stats.drop(Drop::Esp);
         return Err(Drop::Esp);
     }
+    drop(sa);
     let dst = match tables.esp {
         EspTransport::Udp(p) => SocketAddr::new(entry.spec.underlay, p),
         EspTransport::Raw => SocketAddr::new(entry.spec.underlay, 0),
@@ -415,6 +408,16 @@ pub fn encapsulate(
         dst,
         via: Via::Esp,
     })
+}
+
+/// The cleartext tunnel datagram `buf[start..end]` to the peer's tunnel port.
+fn clear_transmit(network: &NetworkSpec, peer: &PeerEntry, start: usize, end: usize) -> Transmit {
+    Transmit {
+        start,
+        end,
+        dst: SocketAddr::new(peer.spec.underlay, network.port),
+        via: Via::Tunnel(network.port),
+    }
 }
 
 fn emit_tunnel_header(network: &NetworkSpec, out: &mut [u8]) {

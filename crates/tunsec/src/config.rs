@@ -353,6 +353,19 @@ impl Config {
                     "is used by another network of the same encapsulation and port",
                 ));
             }
+            if let Some(other) = networks
+                .iter()
+                .find(|o: &&Network| o.port == net.port && o.encapsulation != net.encapsulation)
+            {
+                return Err(invalid(
+                    format!("network[{i}].port"),
+                    net.port,
+                    format!(
+                        "is already the {:?} port of network {:?}; one port carries one encapsulation",
+                        other.encapsulation, other.name
+                    ),
+                ));
+            }
             if !taps.insert(net.tap.clone()) {
                 return Err(invalid(
                     format!("network[{i}].tap"),
@@ -914,6 +927,12 @@ key_out = "b.out"
             &BASE.replace("name = \"host-a\"", "name = \"host a\""),
             "node.name",
             "\"host a\"",
+        );
+        // GUE on the VXLAN port: one port, one encapsulation.
+        assert_invalid(
+            &BASE.replace("port = 6080", "port = 4789"),
+            "network[1].port",
+            "4789",
         );
         assert_invalid(
             &format!("{BASE}\n[esp]\nreplay_window = 10\n"),
