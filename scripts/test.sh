@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz targets build on their own (cargo-fuzz); make sure they still compile.
+cargo check --manifest-path fuzz/Cargo.toml --bins --examples
 cargo test --workspace
