@@ -38,11 +38,26 @@ struct HostSpec {
     encap: &'static str,
     policy: &'static str,
     with_sa: bool,
+    /// No tunsecd: a Linux vxlan device (VNI 100, port 4789) to the other
+    /// host instead.
+    kernel_vxlan: bool,
+}
+
+impl HostSpec {
+    const fn tunsec(encap: &'static str, policy: &'static str, with_sa: bool) -> Self {
+        Self {
+            encap,
+            policy,
+            with_sa,
+            kernel_vxlan: false,
+        }
+    }
 }
 
 /// Two hosts, one network, one tenant behind each.
 struct Overlay {
     lab: Lab,
+    specs: [HostSpec; 2],
 }
 
 impl Overlay {
@@ -113,16 +128,40 @@ impl Overlay {
             let path = dir.join(format!("h{i}.toml"));
             std::fs::write(&path, config).unwrap();
             let path = path.to_string_lossy().into_owned();
-            lab.spawn(
-                &format!("h{i}"),
-                &h,
-                Path::new(TUNSECD),
-                &["--config", &path],
-            )
-            .unwrap();
+            if spec.kernel_vxlan {
+                lab.exec(
+                    &h,
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        "vx0",
+                        "type",
+                        "vxlan",
+                        "id",
+                        "100",
+                        "local",
+                        &format!("192.0.2.{i}"),
+                        "remote",
+                        &format!("192.0.2.{peer}"),
+                        "dstport",
+                        "4789",
+                    ],
+                )
+                .unwrap();
+                lab.exec(&h, "ip", &["link", "set", "vx0", "up"]).unwrap();
+            } else {
+                lab.spawn(
+                    &format!("h{i}"),
+                    &h,
+                    Path::new(TUNSECD),
+                    &["--config", &path],
+                )
+                .unwrap();
+            }
         }
-        let mut overlay = Self { lab };
-        for i in 1..=2 {
+        let mut overlay = Self { lab, specs: [a, b] };
+        for i in (1..=2).filter(|&i| !overlay.specs[i - 1].kernel_vxlan) {
             let sock = overlay.sock(i);
             overlay
                 .lab
@@ -164,11 +203,16 @@ impl Overlay {
             .unwrap();
         lab.exec(h, "ip", &["link", "set", "vblue", "master", "br-blue"])
             .unwrap();
+        let dev = if self.specs[i - 1].kernel_vxlan {
+            "vx0"
+        } else {
+            "ts-blue"
+        };
         lab.wait_for("the TAP device", Duration::from_secs(5), || {
-            lab.try_exec(h, "ip", &["link", "show", "ts-blue"])
+            lab.try_exec(h, "ip", &["link", "show", dev])
         })
         .unwrap();
-        lab.exec(h, "ip", &["link", "set", "ts-blue", "master", "br-blue"])
+        lab.exec(h, "ip", &["link", "set", dev, "master", "br-blue"])
             .unwrap();
         lab.exec(
             t,
@@ -299,11 +343,7 @@ print(sent, h.hexdigest(), flush=True)
 
 /// Pings, then 50 MB over TCP, with the underlay captured throughout.
 fn transfer_is_encrypted(prefix: &str, encap: &'static str) {
-    let spec = HostSpec {
-        encap,
-        policy: "require",
-        with_sa: true,
-    };
+    let spec = HostSpec::tunsec(encap, "require", true);
     let mut o = Overlay::new(prefix, spec, spec);
     let pcap = o.start_capture("capture");
     if !o.ping(1, 2, 3) || !o.ping(2, 1, 3) {
@@ -414,22 +454,14 @@ fn nothing_leaves(o: &mut Overlay, label: &str) {
 
 #[test]
 fn require_without_sa_sends_nothing() {
-    let spec = HostSpec {
-        encap: "vxlan",
-        policy: "require",
-        with_sa: false,
-    };
+    let spec = HostSpec::tunsec("vxlan", "require", false);
     let mut o = Overlay::new("tsl-nosa", spec, spec);
     nothing_leaves(&mut o, "never-configured");
 }
 
 #[test]
 fn deleting_the_sa_stops_the_traffic() {
-    let spec = HostSpec {
-        encap: "vxlan",
-        policy: "require",
-        with_sa: true,
-    };
+    let spec = HostSpec::tunsec("vxlan", "require", true);
     let mut o = Overlay::new("tsl-del", spec, spec);
     assert!(o.ping(1, 2, 2), "ping before the delete");
     match control::call(&o.sock(1), &Request::DeleteSa { peer: "h2".into() }) {
@@ -469,4 +501,139 @@ fn bad_config_is_refused_and_creates_nothing() {
     );
     let links = lab.exec(&h, "ip", &["-o", "link"]).unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("ts-"));
+}
+
+/// Our VXLAN is the kernel's VXLAN: with policy `clear`, tunsec and a
+/// Linux vxlan device exchange frames both ways.
+#[test]
+fn clear_policy_interoperates_with_the_linux_vxlan_device() {
+    let kernel = HostSpec {
+        kernel_vxlan: true,
+        ..HostSpec::tunsec("vxlan", "clear", false)
+    };
+    let mut o = Overlay::new("tsl-kvx", HostSpec::tunsec("vxlan", "clear", false), kernel);
+    let pcap = o.start_capture("capture");
+    if !o.ping(1, 2, 3) || !o.ping(2, 1, 3) {
+        o.fail("ping between tunsec and the kernel vxlan device failed");
+    }
+    o.stop_capture("capture");
+    let from_tunsec = count(
+        &pcap,
+        "ip.src == 192.0.2.1 && vxlan.vni == 100 && udp.dstport == 4789",
+    );
+    let from_kernel = count(
+        &pcap,
+        "ip.src == 192.0.2.2 && vxlan.vni == 100 && udp.dstport == 4789",
+    );
+    assert!(from_tunsec >= 6, "{from_tunsec} VXLAN packets from tunsec");
+    assert!(
+        from_kernel >= 6,
+        "{from_kernel} VXLAN packets from the kernel"
+    );
+    assert_eq!(count(&pcap, "esp"), 0);
+    let net = &o.status(1).networks[0];
+    assert!(net.rx_frames >= 6 && net.tx_frames >= 6, "{net:?}");
+}
+
+const INJECT: &str = r#"
+import os, sys
+from scapy.all import rdpcap, send, IP, UDP, Raw
+from scapy.layers.ipsec import ESP, SecurityAssociation
+pcap, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+# A genuine ESP-in-UDP packet from src to dst, already received by dst.
+esp = None
+for p in rdpcap(pcap):
+    if IP in p and UDP in p and p[IP].src == src and p[IP].dst == dst and p[UDP].dport == 4500:
+        esp = bytes(p[UDP].payload)
+        break
+assert esp is not None and len(esp) > 40, "no ESP packet captured"
+spi = esp[:4]
+def out(payload):
+    send(IP(src=src, dst=dst) / UDP(sport=4500, dport=4500) / Raw(payload), verbose=False)
+# (a) replayed: the same bytes again.
+out(esp)
+# (b) tampered: a fresh sequence number, so it passes the replay check, and
+#     the ICV no longer matches (the sequence number is authenticated).
+out(spi + (50000).to_bytes(4, "big") + esp[8:])
+# (c) the right SPI, sealed with another key.
+sa = SecurityAssociation(ESP, spi=int.from_bytes(spi, "big"), crypt_algo="AES-GCM",
+                         crypt_key=os.urandom(20), seq_num=60000)
+sealed = sa.encrypt(IP(src=src, dst=dst) / UDP(sport=49152, dport=4789) / Raw(b"x" * 64))
+out(bytes(sealed[ESP]))
+# (d) an SPI nobody has.
+out(b"\xde\xad\x00\x01" + esp[4:])
+print("sent 4")
+"#;
+
+/// Replayed, tampered, wrong-key and unknown-SPI ESP, forged from a third
+/// namespace with Scapy: each dropped and counted under its own reason.
+#[test]
+fn bad_esp_is_dropped_and_counted_by_reason() {
+    let spec = HostSpec::tunsec("vxlan", "require", true);
+    let mut o = Overlay::new("tsl-bad-esp", spec, spec);
+    let pcap = o.start_capture("capture");
+    if !o.ping(2, 1, 3) {
+        o.fail("ping failed");
+    }
+    o.stop_capture("capture");
+
+    // The attacker: a namespace on the underlay that spoofs h2's address.
+    let inj = o.lab.add_ns("inj").unwrap();
+    let ul = o.lab.ns("ul");
+    o.lab.veth(&inj, "eth0", &ul, "ul-inj").unwrap();
+    o.lab
+        .exec(&ul, "ip", &["link", "set", "ul-inj", "master", "br0"])
+        .unwrap();
+    o.lab
+        .exec(&inj, "ip", &["addr", "add", "192.0.2.9/24", "dev", "eth0"])
+        .unwrap();
+    let script = o.lab.dir.path().join("inject.py");
+    std::fs::write(&script, INJECT).unwrap();
+    let before = o.status(1);
+    let out = o
+        .lab
+        .exec(
+            &inj,
+            "/usr/bin/python3",
+            &[
+                &script.to_string_lossy(),
+                &pcap.to_string_lossy(),
+                "192.0.2.2",
+                "192.0.2.1",
+            ],
+        )
+        .unwrap_or_else(|e| {
+            o.fail(&format!(
+                "Scapy injection failed (apt-get install python3-scapy): {e:#}"
+            ))
+        });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent 4"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let after = o.status(1);
+    let sa_drops = |s: &Status, reason: &str| {
+        s.peers[0]
+            .sas
+            .iter()
+            .find(|sa| sa.direction == "in")
+            .unwrap()
+            .drops[reason]
+    };
+    assert_eq!(
+        sa_drops(&after, "replay") - sa_drops(&before, "replay"),
+        1,
+        "replay"
+    );
+    assert_eq!(
+        sa_drops(&after, "icv_failure") - sa_drops(&before, "icv_failure"),
+        2,
+        "tampered and wrong key"
+    );
+    assert_eq!(
+        after.drops["unknown_spi"] - before.drops["unknown_spi"],
+        1,
+        "unknown SPI"
+    );
+    // The tunnel still works.
+    assert!(o.ping(2, 1, 2), "ping after the attack");
 }
