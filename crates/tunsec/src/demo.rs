@@ -117,6 +117,22 @@ fn write_config(
     Ok(path)
 }
 
+/// The MTU tunsecd chose for a network's TAP device on a host.
+fn tap_mtu(lab: &Lab, host: usize, network: &str) -> anyhow::Result<String> {
+    match control::call(
+        &lab.dir.path().join(format!("h{host}.sock")),
+        &Request::Status,
+    )? {
+        Response::Status(s) => s
+            .networks
+            .iter()
+            .find(|n| n.name == network)
+            .map(|n| n.mtu.to_string())
+            .with_context(|| format!("no network {network} on h{host}")),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 fn check_interrupted(stop: &AtomicBool) -> anyhow::Result<()> {
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted; cleaning up");
@@ -260,6 +276,11 @@ fn demo(
             lab.exec(h, "ip", &["link", "set", &bridge, "up"])?;
             let hv = format!("v{net}");
             lab.veth(h, &hv, &t, "eth0")?;
+            // The tenant's MTU is the TAP's (as a VM's would be), so that
+            // full-size frames fit after ESP.
+            let mtu = tap_mtu(lab, i, net)?;
+            lab.exec(h, "ip", &["link", "set", &hv, "mtu", &mtu])?;
+            lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu])?;
             lab.exec(h, "ip", &["link", "set", &hv, "master", &bridge])?;
             let tap = format!("ts-{net}");
             lab.wait_for(&format!("{tap} on {h}"), Duration::from_secs(5), || {
