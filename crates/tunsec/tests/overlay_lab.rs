@@ -464,6 +464,10 @@ fn deleting_the_sa_stops_the_traffic() {
     let spec = HostSpec::tunsec("vxlan", "require", true);
     let mut o = Overlay::new("tsl-del", spec, spec);
     assert!(o.ping(1, 2, 2), "ping before the delete");
+    // Only root may talk to the daemon.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(o.sock(1)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
     match control::call(&o.sock(1), &Request::DeleteSa { peer: "h2".into() }) {
         Ok(Response::Done { .. }) => {}
         other => o.fail(&format!("delete_sa: {other:?}")),
