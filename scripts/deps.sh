@@ -3,10 +3,11 @@
 #   iproute2, iputils-ping: network namespaces, veth, ping
 #   tshark:                 captures, and a dissector to cross-check against
 #   python3-scapy:          an independent ESP implementation
+#   python3-cryptography:   Scapy's ciphers (only a Recommends of python3-scapy)
 #   iperf3:                 TCP transfers through the overlay
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy iperf3; do
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
