@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::fdb::Fdb;
-use crate::io::socket::{Batch, DatagramSocket, poll_readable};
+use crate::io::socket::{Batch, DatagramSocket, Poller};
 use crate::overlay::{self, EspReceive, HEADROOM, TAILROOM, Tables, Targets, Transmit, Via};
 use crate::stats::{Drop, Stats};
 
@@ -96,13 +96,13 @@ pub struct Sockets {
 /// the device of network `i`.
 pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: Arc<Sockets>) {
     let fds: Vec<RawFd> = devices.iter().map(|d| d.fd()).collect();
-    let mut ready = Vec::with_capacity(fds.len());
+    let mut poller = Poller::new(&fds);
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending: Vec<Transmit> = Vec::with_capacity(BATCH);
     let mut pending_buf: Vec<usize> = Vec::with_capacity(BATCH);
     let mut batch = Batch::new(BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        if poll_readable(&fds, &mut ready, POLL_MS).is_err() {
+        if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
@@ -122,7 +122,7 @@ pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
         let now = Instant::now();
         let mut used = 0;
         for (net, dev) in devices.iter().enumerate() {
-            if !ready.get(net).copied().unwrap_or(false) {
+            if !poller.is_ready(net) {
                 continue;
             }
             for _ in 0..BATCH {
@@ -202,47 +202,22 @@ fn flush(
     if pending.is_empty() {
         return;
     }
-    let mut esp: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(pending.len());
-    for (tx, &b) in pending.iter().zip(pending_buf.iter()) {
-        if tx.via == Via::Esp {
-            esp.push((&pool[b][tx.start..tx.end], tx.dst));
-        }
-    }
-    send_all(shared, batch, &sockets.esp, &esp);
-    for (port, sock) in &sockets.tunnels {
-        let clear: Vec<(&[u8], SocketAddr)> = pending
+    let datagrams = |via: Via| {
+        pending
             .iter()
             .zip(pending_buf.iter())
-            .filter(|(tx, _)| tx.via == Via::Tunnel(*port))
+            .filter(move |(tx, _)| tx.via == via)
             .map(|(tx, &b)| (&pool[b][tx.start..tx.end], tx.dst))
-            .collect();
-        send_all(shared, batch, sock, &clear);
+    };
+    let mut refused = batch.send(&sockets.esp, datagrams(Via::Esp)).refused;
+    for (port, sock) in &sockets.tunnels {
+        refused += batch.send(sock, datagrams(Via::Tunnel(*port))).refused;
+    }
+    for _ in 0..refused {
+        shared.stats.drop(Drop::Send);
     }
     pending.clear();
     pending_buf.clear();
-}
-
-fn send_all(
-    shared: &Shared,
-    batch: &mut Batch,
-    sock: &DatagramSocket,
-    datagrams: &[(&[u8], SocketAddr)],
-) {
-    if datagrams.is_empty() {
-        return;
-    }
-    match batch.send(sock, datagrams) {
-        Ok(n) => {
-            for _ in n..datagrams.len() {
-                shared.stats.drop(Drop::Send);
-            }
-        }
-        Err(_) => {
-            for _ in datagrams {
-                shared.stats.drop(Drop::Send);
-            }
-        }
-    }
 }
 
 /// Runs the receive worker until `shared.stop` is set.
@@ -252,25 +227,22 @@ pub fn run_rx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
         socks.push((Some(*port), s));
     }
     let fds: Vec<RawFd> = socks.iter().map(|(_, s)| s.as_raw_fd()).collect();
-    let mut ready = Vec::with_capacity(fds.len());
+    let mut poller = Poller::new(&fds);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
     let mut batch = Batch::new(BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
-        if poll_readable(&fds, &mut ready, POLL_MS).is_err() {
+        if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
         for (i, (port, sock)) in socks.iter().enumerate() {
-            if !ready.get(i).copied().unwrap_or(false) {
+            if !poller.is_ready(i) {
                 continue;
             }
             // Drain the socket a batch at a time, then look at the others.
             for _ in 0..4 {
-                let n = {
-                    let mut bufs: Vec<&mut [u8]> = pool.iter_mut().map(|b| &mut b[..]).collect();
-                    batch.recv(sock, &mut bufs, &mut meta).unwrap_or(0)
-                };
+                let n = batch.recv(sock, &mut pool, &mut meta).unwrap_or(0);
                 if n == 0 {
                     break;
                 }

@@ -212,6 +212,7 @@ pub struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    addr_lens: Vec<libc::socklen_t>,
 }
 
 // SAFETY: the raw pointers inside are rebuilt before every system call
@@ -244,6 +245,7 @@ impl Batch {
                 n
             ],
             addrs: vec![zero_addr; n],
+            addr_lens: vec![0; n],
         }
     }
 
@@ -254,14 +256,15 @@ impl Batch {
 
     /// Receives up to `bufs.len()` datagrams; each `(len, source)` goes to
     /// `out`. Returns how many arrived (0 when none is waiting).
-    pub fn recv(
+    pub fn recv<B: AsMut<[u8]>>(
         &mut self,
         sock: &DatagramSocket,
-        bufs: &mut [&mut [u8]],
+        bufs: &mut [B],
         out: &mut [(usize, SocketAddr)],
     ) -> io::Result<usize> {
         let n = bufs.len().min(self.hdrs.len()).min(out.len());
         for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            let buf = buf.as_mut();
             self.iovs[i] = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
                 iov_len: buf.len(),
@@ -303,88 +306,132 @@ impl Batch {
         Ok(got)
     }
 
-    /// Sends datagrams, each to its own destination. Returns how many the
-    /// kernel took; the rest (if any) were refused with the error of the
-    /// first one that failed, which is returned when none was taken.
-    pub fn send(
-        &mut self,
-        sock: &DatagramSocket,
-        datagrams: &[(&[u8], SocketAddr)],
-    ) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < datagrams.len() {
-            let chunk = &datagrams[sent..(sent + self.hdrs.len()).min(datagrams.len())];
-            for (i, (data, dst)) in chunk.iter().enumerate() {
-                let (storage, len) = sockaddr_from(*dst);
-                self.addrs[i] = storage;
-                self.iovs[i] = libc::iovec {
+    /// Sends datagrams, each to its own destination, `capacity()` per
+    /// system call. Returns how many the kernel took and how many it
+    /// refused (each refused datagram is skipped, and the rest still go).
+    pub fn send<'a, I>(&mut self, sock: &DatagramSocket, datagrams: I) -> SendResult
+    where
+        I: IntoIterator<Item = (&'a [u8], SocketAddr)>,
+    {
+        let mut items = datagrams.into_iter();
+        let mut result = SendResult::default();
+        loop {
+            let mut filled = 0;
+            while filled < self.hdrs.len() {
+                let Some((data, dst)) = items.next() else {
+                    break;
+                };
+                let (storage, len) = sockaddr_from(dst);
+                self.addrs[filled] = storage;
+                self.addr_lens[filled] = len;
+                self.iovs[filled] = libc::iovec {
                     iov_base: data.as_ptr() as *mut libc::c_void,
                     iov_len: data.len(),
                 };
+                filled += 1;
+            }
+            if filled == 0 {
+                return result;
+            }
+            for i in 0..filled {
                 let hdr = &mut self.hdrs[i].msg_hdr;
                 hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = len;
+                hdr.msg_namelen = self.addr_lens[i];
                 hdr.msg_iov = &mut self.iovs[i];
                 hdr.msg_iovlen = 1;
                 hdr.msg_control = std::ptr::null_mut();
                 hdr.msg_controllen = 0;
                 hdr.msg_flags = 0;
             }
-            // SAFETY: the first `chunk.len()` headers point at live
-            // iovecs, addresses and the caller's datagrams for the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    sock.as_raw_fd(),
-                    self.hdrs.as_mut_ptr(),
-                    chunk.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if sent == 0 {
-                    return Err(err);
+            let mut off = 0;
+            while off < filled {
+                // SAFETY: headers `off..filled` point at live iovecs and
+                // addresses in `self` and at the caller's datagrams, which
+                // outlive the call.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        sock.as_raw_fd(),
+                        self.hdrs[off..].as_mut_ptr(),
+                        (filled - off) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n <= 0 {
+                    // The first datagram was refused (a full socket buffer,
+                    // an unreachable destination): skip it, send the rest.
+                    result.refused += 1;
+                    off += 1;
+                } else {
+                    result.sent += n as usize;
+                    off += n as usize;
                 }
-                // Skip the datagram the kernel refused and go on.
-                sent += 1;
-                continue;
             }
-            if n == 0 {
-                break;
-            }
-            sent += n as usize;
         }
-        Ok(sent)
     }
 }
 
-/// Waits until one of `fds` is readable, or `timeout_ms` passes. Returns a
-/// readiness flag per descriptor.
-pub fn poll_readable(fds: &[RawFd], ready: &mut Vec<bool>, timeout_ms: i32) -> io::Result<()> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-    ready.clear();
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            ready.resize(fds.len(), false);
-            return Ok(());
+/// What [`Batch::send`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendResult {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Datagrams it refused.
+    pub refused: usize,
+}
+
+/// Waits for readability on a fixed set of descriptors, with its `pollfd`
+/// array allocated once.
+#[derive(Debug)]
+pub struct Poller {
+    pfds: Vec<libc::pollfd>,
+}
+
+impl Poller {
+    /// A poller over `fds`.
+    pub fn new(fds: &[RawFd]) -> Self {
+        Self {
+            pfds: fds
+                .iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
         }
-        return Err(err);
     }
-    ready.extend(
-        pfds.iter()
-            .map(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0),
-    );
-    Ok(())
+
+    /// Waits until a descriptor is readable or `timeout_ms` passes; then
+    /// [`Self::is_ready`] says which. An interrupted wait counts as a
+    /// timeout.
+    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
+        for p in &mut self.pfds {
+            p.revents = 0;
+        }
+        // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
+        let r = unsafe {
+            libc::poll(
+                self.pfds.as_mut_ptr(),
+                self.pfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether descriptor `i` (in the order given to [`Self::new`]) is
+    /// readable (or in error, which a read will report).
+    pub fn is_ready(&self, i: usize) -> bool {
+        self.pfds
+            .get(i)
+            .is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0)
+    }
 }
 
 #[cfg(test)]
@@ -399,13 +446,19 @@ mod test {
         let a_addr = a.local_addr().unwrap();
         let mut batch = Batch::new(8);
         let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
-        let datagrams: Vec<(&[u8], SocketAddr)> = msgs.iter().map(|m| (&m[..], b_addr)).collect();
-        assert_eq!(batch.send(&a, &datagrams).unwrap(), 5);
+        let sent = batch.send(&a, msgs.iter().map(|m| (&m[..], b_addr)));
+        assert_eq!(
+            sent,
+            SendResult {
+                sent: 5,
+                refused: 0
+            }
+        );
         let mut storage = vec![vec![0u8; 64]; 8];
         let mut got = vec![(0usize, a_addr); 8];
-        let mut ready = Vec::new();
-        poll_readable(&[b.as_raw_fd()], &mut ready, 1000).unwrap();
-        assert!(ready[0]);
+        let mut poller = Poller::new(&[b.as_raw_fd()]);
+        poller.wait(1000).unwrap();
+        assert!(poller.is_ready(0));
         let mut received = 0;
         while received < 5 {
             let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
@@ -413,7 +466,7 @@ mod test {
                 .recv(&b, &mut bufs[received..], &mut got[received..])
                 .unwrap();
             if n == 0 {
-                poll_readable(&[b.as_raw_fd()], &mut ready, 1000).unwrap();
+                poller.wait(1000).unwrap();
             }
             received += n;
         }
@@ -423,7 +476,6 @@ mod test {
             assert_eq!(&storage[i][..*len], &msgs[i][..]);
         }
         // Nothing more: a non-blocking receive returns 0.
-        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
-        assert_eq!(batch.recv(&b, &mut bufs, &mut got).unwrap(), 0);
+        assert_eq!(batch.recv(&b, &mut storage, &mut got).unwrap(), 0);
     }
 }
