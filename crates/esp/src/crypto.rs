@@ -281,7 +281,7 @@ impl EspCipher for CbcHmacCipher {
     fn seal(&self, packet: &mut [u8], seq: u64, esn: bool) -> Result<(), CryptoError> {
         let iv_end = HEADER_LEN + Self::IV_LEN;
         let icv_start = packet.len().checked_sub(Self::ICV_LEN).ok_or(CryptoError)?;
-        if icv_start < iv_end || (icv_start - iv_end) % 16 != 0 {
+        if icv_start < iv_end || !(icv_start - iv_end).is_multiple_of(16) {
             return Err(CryptoError);
         }
         //= https://www.rfc-editor.org/rfc/rfc3602#section-3
@@ -314,7 +314,7 @@ impl EspCipher for CbcHmacCipher {
     fn open(&self, packet: &mut [u8], seq: u64, esn: bool) -> Result<(), CryptoError> {
         let iv_end = HEADER_LEN + Self::IV_LEN;
         let icv_start = packet.len().checked_sub(Self::ICV_LEN).ok_or(CryptoError)?;
-        if icv_start < iv_end || (icv_start - iv_end) % 16 != 0 {
+        if icv_start < iv_end || !(icv_start - iv_end).is_multiple_of(16) {
             return Err(CryptoError);
         }
         // Verify before decrypting, in constant time.

@@ -464,7 +464,7 @@ impl Sa {
         //= https://www.rfc-editor.org/rfc/rfc4303#section-2.4
         //# the Padding field is used to ensure that the Pad Length and Next
         //# Header fields are right aligned within a 4-byte word
-        if (len - head - icv_len) % self.suite.align() != 0 {
+        if !(len - head - icv_len).is_multiple_of(self.suite.align()) {
             return Err(self.drop(DropReason::Malformed));
         }
         let (spi, seq_low) = match esp_wire::Packet::new_checked(buf.data()) {

@@ -179,7 +179,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets Opt Len from a length in bytes (a multiple of 4, at most
     /// [`MAX_OPTIONS_LEN`]).
     pub fn set_options_len(&mut self, len: usize) {
-        debug_assert!(len % 4 == 0 && len <= MAX_OPTIONS_LEN);
+        debug_assert!(len.is_multiple_of(4) && len <= MAX_OPTIONS_LEN);
         let b = &mut self.buffer.as_mut()[field::VER_OPT_LEN];
         *b = (*b & 0xc0) | ((len / 4) as u8 & 0x3f);
     }

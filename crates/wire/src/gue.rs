@@ -157,7 +157,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets Hlen from a length in bytes (a multiple of 4, at most
     /// [`MAX_EXT_LEN`]).
     pub fn set_ext_len(&mut self, len: usize) {
-        debug_assert!(len % 4 == 0 && len <= MAX_EXT_LEN);
+        debug_assert!(len.is_multiple_of(4) && len <= MAX_EXT_LEN);
         let b = &mut self.buffer.as_mut()[field::VER_C_HLEN];
         *b = (*b & !HLEN_MASK) | ((len / 4) as u8 & HLEN_MASK);
     }

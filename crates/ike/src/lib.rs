@@ -1,0 +1,28 @@
+//! tunsec's IKEv2 (RFC 7296), sans IO.
+//!
+//! No sockets, no clock, no threads: this crate turns bytes into typed
+//! messages and back, derives and applies keys, and parses proposals. The
+//! state machine that drives exchanges with them comes on top.
+//!
+//! - [`message`]: the IKE header and every payload (RFC 7296 sections 3.1
+//!   to 3.16), decoded from and encoded to bytes; unknown payloads are
+//!   skipped, or rejected when critical.
+//! - [`crypto`]: prf and prf+ (section 2.13), SKEYSEED and the SK_* keys
+//!   (section 2.14), Child SA KEYMAT (section 2.17), the protection of the
+//!   Encrypted payload (section 3.14, RFC 5282, RFC 7634), and key exchange
+//!   (X25519, ECP-256/384, MODP-2048) behind [`crypto::KeyExchange`].
+//! - [`proposal`]: strongSwan's proposal syntax
+//!   (`aes128gcm16-prfsha256-x25519`), defaults, and proposal selection
+//!   (section 2.7).
+
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+mod error;
+pub mod message;
+pub mod proposal;
+
+#[cfg(test)]
+mod testdata;
+
+pub use error::{Error, Fault, Result};

@@ -1,0 +1,887 @@
+//! Proposals: strongSwan's proposal syntax, the defaults, and the choice
+//! among proposals (RFC 7296 sections 2.7 and 3.3).
+//!
+//! A proposal string is algorithm keywords joined by `-`, as in
+//! strongSwan's `proposals` and `esp_proposals` settings:
+//!
+//! | keyword | transform |
+//! | --- | --- |
+//! | `aes128`, `aes256` | ENCR_AES_CBC with key length 128 or 256 |
+//! | `aes128gcm16`, `aes256gcm16` (also `...gcm128`) | ENCR_AES_GCM_16 |
+//! | `chacha20poly1305` | ENCR_CHACHA20_POLY1305 |
+//! | `sha256`, `sha384`, `sha512` (also `sha2_256`...) | AUTH_HMAC_SHA2_256_128, `_384_192`, `_512_256` |
+//! | `prfsha256`, `prfsha384`, `prfsha512` | PRF_HMAC_SHA2_256, `_384`, `_512` |
+//! | `x25519` (also `curve25519`), `ecp256`, `ecp384`, `modp2048` | D-H groups 31, 19, 20, 14 |
+//! | `esn`, `noesn` | extended sequence numbers or not (ESP only) |
+//!
+//! Several keywords of one kind are alternatives within the proposal. As in
+//! strongSwan, an IKE proposal without a `prf` keyword takes its prfs from
+//! its integrity keywords (`aes256-sha256-modp2048` proposes
+//! PRF_HMAC_SHA2_256), and with an AEAD cipher the integrity keywords only
+//! name prfs (`aes256gcm16-sha256-modp2048`). An ESP proposal without
+//! `esn`/`noesn` offers no extended sequence numbers; a D-H group in an ESP
+//! proposal asks for PFS when Child SAs are created or rekeyed.
+
+use tunsec_esp::Suite;
+
+use crate::error::{Error, Result};
+use crate::message::{
+    DhGroup, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId, Transform, TransformId,
+    TransformType,
+};
+
+/// The default IKE proposals, most preferred first.
+pub const DEFAULT_IKE: [&str; 3] = [
+    "aes128gcm16-prfsha256-x25519",
+    "aes256gcm16-prfsha384-ecp384",
+    "aes256-sha256-modp2048",
+];
+
+/// The default ESP proposals, most preferred first. Each is one that
+/// tunsec's ESP engine runs.
+pub const DEFAULT_ESP: [&str; 3] = ["aes128gcm16", "aes256gcm16", "aes256-sha256"];
+
+/// What a keyword names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keyword {
+    Encr(TransformId),
+    /// An integrity algorithm, and the prf of the same hash.
+    Integ(IntegId, PrfId),
+    Prf(PrfId),
+    Dh(DhGroup),
+    Esn(EsnId),
+}
+
+/// The keywords, with the key length of the ciphers that need one.
+const KEYWORDS: &[(&str, Keyword, Option<u16>)] = &[
+    (
+        "aes128",
+        Keyword::Encr(TransformId::Encr(EncrId::AesCbc)),
+        Some(128),
+    ),
+    (
+        "aes256",
+        Keyword::Encr(TransformId::Encr(EncrId::AesCbc)),
+        Some(256),
+    ),
+    (
+        "aes128gcm16",
+        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
+        Some(128),
+    ),
+    (
+        "aes128gcm128",
+        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
+        Some(128),
+    ),
+    (
+        "aes256gcm16",
+        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
+        Some(256),
+    ),
+    (
+        "aes256gcm128",
+        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
+        Some(256),
+    ),
+    (
+        "chacha20poly1305",
+        Keyword::Encr(TransformId::Encr(EncrId::ChaCha20Poly1305)),
+        None,
+    ),
+    (
+        "sha256",
+        Keyword::Integ(IntegId::HmacSha2_256_128, PrfId::HmacSha2_256),
+        None,
+    ),
+    (
+        "sha2_256",
+        Keyword::Integ(IntegId::HmacSha2_256_128, PrfId::HmacSha2_256),
+        None,
+    ),
+    (
+        "sha384",
+        Keyword::Integ(IntegId::HmacSha2_384_192, PrfId::HmacSha2_384),
+        None,
+    ),
+    (
+        "sha2_384",
+        Keyword::Integ(IntegId::HmacSha2_384_192, PrfId::HmacSha2_384),
+        None,
+    ),
+    (
+        "sha512",
+        Keyword::Integ(IntegId::HmacSha2_512_256, PrfId::HmacSha2_512),
+        None,
+    ),
+    (
+        "sha2_512",
+        Keyword::Integ(IntegId::HmacSha2_512_256, PrfId::HmacSha2_512),
+        None,
+    ),
+    ("prfsha256", Keyword::Prf(PrfId::HmacSha2_256), None),
+    ("prfsha384", Keyword::Prf(PrfId::HmacSha2_384), None),
+    ("prfsha512", Keyword::Prf(PrfId::HmacSha2_512), None),
+    ("x25519", Keyword::Dh(DhGroup::Curve25519), None),
+    ("curve25519", Keyword::Dh(DhGroup::Curve25519), None),
+    ("ecp256", Keyword::Dh(DhGroup::Ecp256), None),
+    ("ecp384", Keyword::Dh(DhGroup::Ecp384), None),
+    ("modp2048", Keyword::Dh(DhGroup::Modp2048), None),
+    ("esn", Keyword::Esn(EsnId::Esn), None),
+    ("noesn", Keyword::Esn(EsnId::NoEsn), None),
+];
+
+fn is_aead(t: &Transform) -> bool {
+    matches!(
+        t.id,
+        TransformId::Encr(EncrId::AesGcm16 | EncrId::ChaCha20Poly1305)
+    )
+}
+
+/// Parses an IKE proposal. The result has number 0 and no SPI: the state
+/// machine numbers the proposals it sends and fills in SPIs.
+pub fn parse_ike(proposal: &str) -> Result<Proposal> {
+    parse(proposal, ProtocolId::Ike)
+}
+
+/// Parses an ESP proposal (see [`parse_ike`]). Every cipher and integrity
+/// combination must be one that tunsec's ESP engine runs
+/// ([`tunsec_esp::Suite`]).
+pub fn parse_esp(proposal: &str) -> Result<Proposal> {
+    parse(proposal, ProtocolId::Esp)
+}
+
+/// Parses a comma-separated list of proposals (strongSwan's
+/// `proposals = a, b`), numbered from 1 in order.
+pub fn parse_list(list: &str, protocol: ProtocolId) -> Result<Vec<Proposal>> {
+    let mut out = Vec::new();
+    for (i, item) in list.split(',').enumerate() {
+        let mut p = parse(item.trim(), protocol)?;
+        p.number = u8::try_from(i + 1).map_err(|_| Error::Proposal {
+            proposal: list.to_owned(),
+            token: item.to_owned(),
+            reason: "more than 255 proposals",
+        })?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The default proposals for IKE or ESP, numbered from 1.
+pub fn defaults(protocol: ProtocolId) -> Vec<Proposal> {
+    let list = if protocol == ProtocolId::Esp {
+        DEFAULT_ESP
+    } else {
+        DEFAULT_IKE
+    };
+    parse_list(&list.join(","), protocol).unwrap_or_default()
+}
+
+fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
+    let error = |token: &str, reason| Error::Proposal {
+        proposal: proposal.to_owned(),
+        token: token.to_owned(),
+        reason,
+    };
+    let ike = match protocol {
+        ProtocolId::Ike => true,
+        ProtocolId::Esp => false,
+        _ => return Err(error(proposal, "only IKE and ESP proposals are supported")),
+    };
+    let (mut encr, mut integ, mut prf, mut dh, mut esn) = (vec![], vec![], vec![], vec![], vec![]);
+    // Integrity keywords, as prfs, for an IKE proposal without prf keywords.
+    let mut implied_prf = vec![];
+    let mut seen: Vec<&str> = vec![];
+    for token in proposal.split('-') {
+        let Some((name, keyword, bits)) = KEYWORDS
+            .iter()
+            .find(|(name, ..)| name.eq_ignore_ascii_case(token))
+        else {
+            return Err(error(
+                token,
+                if token.is_empty() {
+                    "empty algorithm name"
+                } else {
+                    "unknown or unsupported algorithm"
+                },
+            ));
+        };
+        if seen.contains(name) {
+            return Err(error(token, "named twice"));
+        }
+        seen.push(name);
+        match *keyword {
+            Keyword::Encr(id) => encr.push(match bits {
+                Some(bits) => Transform::with_key_length(id, *bits),
+                None => Transform::new(id),
+            }),
+            Keyword::Integ(i, p) => {
+                integ.push((token, Transform::new(TransformId::Integ(i))));
+                implied_prf.push(Transform::new(TransformId::Prf(p)));
+            }
+            Keyword::Prf(_) if !ike => return Err(error(token, "a prf in an ESP proposal")),
+            Keyword::Prf(p) => prf.push(Transform::new(TransformId::Prf(p))),
+            Keyword::Dh(g) => dh.push(Transform::new(TransformId::Dh(g))),
+            Keyword::Esn(_) if ike => return Err(error(token, "ESN in an IKE proposal")),
+            Keyword::Esn(e) => esn.push(Transform::new(TransformId::Esn(e))),
+        }
+    }
+    let Some(first_encr) = encr.first() else {
+        return Err(error(proposal, "no encryption algorithm"));
+    };
+    let aead = is_aead(first_encr);
+    // RFC 5282: a proposal holds either combined-mode (AEAD)
+    // ciphers or others, not both. strongSwan splits such a string into two
+    // proposals; here the user writes two.
+    if let Some(mixed) = encr.iter().find(|t| is_aead(t) != aead) {
+        let name = KEYWORDS
+            .iter()
+            .find(|(_, k, bits)| *k == Keyword::Encr(mixed.id) && *bits == mixed.key_length())
+            .map_or("", |(name, ..)| name);
+        return Err(error(
+            name,
+            "AEAD and non-AEAD ciphers in one proposal; write two proposals",
+        ));
+    }
+    if ike && prf.is_empty() {
+        prf = implied_prf;
+    }
+    if aead {
+        if !ike {
+            if let Some((token, _)) = integ.first() {
+                return Err(error(token, "an integrity algorithm with an AEAD cipher"));
+            }
+        }
+        integ.clear();
+    } else if integ.is_empty() {
+        return Err(error(
+            proposal,
+            "no integrity algorithm for a non-AEAD cipher",
+        ));
+    }
+    if ike && prf.is_empty() {
+        return Err(error(
+            proposal,
+            "no prf (prfsha256...) or integrity algorithm",
+        ));
+    }
+    if ike && dh.is_empty() {
+        return Err(error(proposal, "no Diffie-Hellman group"));
+    }
+    if !ike {
+        if esn.is_empty() {
+            esn.push(Transform::new(TransformId::Esn(EsnId::NoEsn)));
+        }
+        // Every combination must be one the ESP engine runs.
+        for e in &encr {
+            let integs: Vec<Option<&Transform>> = if aead {
+                vec![None]
+            } else {
+                integ.iter().map(|(_, t)| Some(t)).collect()
+            };
+            for i in integs {
+                if esp_suite_of(e, i).is_none() {
+                    let token = i
+                        .and_then(|i| integ.iter().find(|(_, t)| t == i))
+                        .map_or(proposal, |(token, _)| token);
+                    return Err(error(
+                        token,
+                        "not supported by the ESP engine (CBC only as aes256-sha256)",
+                    ));
+                }
+            }
+        }
+    }
+    let transforms = encr
+        .into_iter()
+        .chain(integ.into_iter().map(|(_, t)| t))
+        .chain(prf)
+        .chain(dh)
+        .chain(esn)
+        .collect();
+    Ok(Proposal {
+        number: 0,
+        protocol,
+        spi: Vec::new(),
+        transforms,
+    })
+}
+
+/// Writes a proposal in strongSwan's syntax, every transform named
+/// (`aes256-sha256-prfsha256-modp2048`). Transforms without a keyword
+/// appear as `type:id`.
+pub fn to_strongswan(proposal: &Proposal) -> String {
+    proposal
+        .transforms
+        .iter()
+        .map(|t| {
+            let keyword = KEYWORDS.iter().find(|(_, k, bits)| {
+                *bits == t.key_length()
+                    && match (*k, t.id) {
+                        (Keyword::Encr(id), id2) => id == id2,
+                        (Keyword::Integ(i, _), TransformId::Integ(i2)) => i == i2,
+                        (Keyword::Prf(p), TransformId::Prf(p2)) => p == p2,
+                        (Keyword::Dh(g), TransformId::Dh(g2)) => g == g2,
+                        (Keyword::Esn(e), TransformId::Esn(e2)) => e == e2,
+                        _ => false,
+                    }
+            });
+            match keyword {
+                Some((name, ..)) if t.attributes.len() <= usize::from(t.key_length().is_some()) => {
+                    (*name).to_owned()
+                }
+                _ => format!("{}:{}", t.id.transform_type().value(), t.id.id()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The outcome of proposal selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// Which of our own proposals matched.
+    pub own_index: usize,
+    /// The proposal to answer with: the peer's number, protocol and SPI,
+    /// and one transform of each type.
+    pub proposal: Proposal,
+}
+
+/// Transform types whose absence means the same as their NONE transform.
+fn optional(transform_type: TransformType) -> Option<Transform> {
+    match transform_type {
+        TransformType::Integ => Some(Transform::new(TransformId::Integ(IntegId::None))),
+        TransformType::Dh => Some(Transform::new(TransformId::Dh(DhGroup::None))),
+        _ => None,
+    }
+}
+
+/// Chooses, as a responder, the first of our own proposals that the
+/// initiator's offer contains.
+///
+/// RFC 7296 section 2.7: the responder accepts a single proposal and, in
+/// it, one transform of each type. Section 3.3.6: a proposal with a
+/// transform type the responder does not know, or without a type it needs,
+/// is unacceptable, while the others are processed as usual. So a peer's
+/// proposal matches one of ours if both have the same transform types and
+/// share a transform of each type; a missing INTEG or D-H type counts as
+/// its NONE transform. Within a type our order of preference decides.
+pub fn select(own: &[Proposal], offered: &[Proposal]) -> Option<Selected> {
+    own.iter().enumerate().find_map(|(own_index, mine)| {
+        offered.iter().find_map(|theirs| {
+            let transforms = intersect(mine, theirs)?;
+            Some(Selected {
+                own_index,
+                proposal: Proposal {
+                    number: theirs.number,
+                    protocol: theirs.protocol,
+                    spi: theirs.spi.clone(),
+                    transforms,
+                },
+            })
+        })
+    })
+}
+
+/// The transform types of a proposal, in the conventional order (ENCR,
+/// INTEG, PRF, D-H, ESN, then the others by number), which is also
+/// strongSwan's.
+fn types_of(p: &Proposal) -> Vec<TransformType> {
+    let mut types = Vec::new();
+    for t in &p.transforms {
+        let ty = t.id.transform_type();
+        if !types.contains(&ty) {
+            types.push(ty);
+        }
+    }
+    types.sort_by_key(|ty| rank(*ty));
+    types
+}
+
+fn rank(ty: TransformType) -> u16 {
+    match ty {
+        TransformType::Encr => 0,
+        TransformType::Integ => 1,
+        TransformType::Prf => 2,
+        TransformType::Dh => 3,
+        TransformType::Esn => 4,
+        other => 5 + u16::from(other.value()),
+    }
+}
+
+fn of_type(p: &Proposal, ty: TransformType) -> Option<Vec<&Transform>> {
+    let list: Vec<&Transform> = p
+        .transforms
+        .iter()
+        .filter(|t| t.id.transform_type() == ty)
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
+fn intersect(mine: &Proposal, theirs: &Proposal) -> Option<Vec<Transform>> {
+    if mine.protocol != theirs.protocol {
+        return None;
+    }
+    let mut types = types_of(mine);
+    for ty in types_of(theirs) {
+        if !types.contains(&ty) {
+            types.push(ty);
+        }
+    }
+    types.sort_by_key(|ty| rank(*ty));
+    let mut chosen = Vec::new();
+    for ty in types {
+        let none = optional(ty);
+        let list = |p: &'_ Proposal| -> Option<Vec<Transform>> {
+            match of_type(p, ty) {
+                Some(list) => Some(list.into_iter().cloned().collect()),
+                None => none.clone().map(|n| vec![n]),
+            }
+        };
+        let (m, t) = (list(mine)?, list(theirs)?);
+        let pick = m.into_iter().find(|x| t.contains(x))?;
+        // An implicit NONE is not written back.
+        if of_type(theirs, ty).is_some() {
+            chosen.push(pick);
+        }
+    }
+    Some(chosen)
+}
+
+/// Checks, as an initiator, the responder's chosen proposal: it must carry
+/// the number of one of ours, the same protocol, exactly one transform of
+/// each type that ours has, each one we offered. Returns the index of our
+/// proposal.
+pub fn check_chosen(own: &[Proposal], chosen: &Proposal) -> Result<usize> {
+    let bad = |what| Error::InvalidValue {
+        what,
+        value: u64::from(chosen.number),
+    };
+    let (index, mine) = own
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.number == chosen.number)
+        .ok_or(bad("chosen proposal: a number we did not offer"))?;
+    if mine.protocol != chosen.protocol {
+        return Err(bad("chosen proposal: another protocol"));
+    }
+    let types = types_of(chosen);
+    if types.len() != chosen.transforms.len() {
+        return Err(bad("chosen proposal: two transforms of one type"));
+    }
+    for ty in types_of(mine) {
+        // A type left out means its NONE transform, which we must have
+        // offered.
+        let none_offered = optional(ty).is_some_and(|none| mine.transforms.contains(&none));
+        if !types.contains(&ty) && !none_offered {
+            return Err(bad("chosen proposal: a transform type is missing"));
+        }
+    }
+    for t in &chosen.transforms {
+        let offered = mine.transforms.contains(t)
+            || (optional(t.id.transform_type()).as_ref() == Some(t)
+                && of_type(mine, t.id.transform_type()).is_none());
+        if !offered {
+            return Err(bad("chosen proposal: a transform we did not offer"));
+        }
+    }
+    Ok(index)
+}
+
+/// What a negotiated ESP proposal means for the ESP engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspChoice {
+    /// The cipher suite.
+    pub suite: Suite,
+    /// Whether extended sequence numbers were chosen.
+    pub esn: bool,
+    /// The D-H group for PFS, if any.
+    pub group: Option<DhGroup>,
+}
+
+fn esp_suite_of(encr: &Transform, integ: Option<&Transform>) -> Option<Suite> {
+    let integ = integ.map(|t| t.id);
+    match (encr.id, encr.key_length(), integ) {
+        (
+            TransformId::Encr(EncrId::AesGcm16),
+            Some(128),
+            None | Some(TransformId::Integ(IntegId::None)),
+        ) => Some(Suite::AesGcm128),
+        (
+            TransformId::Encr(EncrId::AesGcm16),
+            Some(256),
+            None | Some(TransformId::Integ(IntegId::None)),
+        ) => Some(Suite::AesGcm256),
+        (
+            TransformId::Encr(EncrId::ChaCha20Poly1305),
+            None,
+            None | Some(TransformId::Integ(IntegId::None)),
+        ) => Some(Suite::ChaCha20Poly1305),
+        (
+            TransformId::Encr(EncrId::AesCbc),
+            Some(256),
+            Some(TransformId::Integ(IntegId::HmacSha2_256_128)),
+        ) => Some(Suite::AesCbc256HmacSha256),
+        _ => None,
+    }
+}
+
+/// The ESP suite, ESN and PFS group of a negotiated ESP proposal (one
+/// transform of each type).
+pub fn esp_choice(proposal: &Proposal) -> Result<EspChoice> {
+    let one = |ty| {
+        let list = of_type(proposal, ty).unwrap_or_default();
+        match list[..] {
+            [] => Ok(None),
+            [t] => Ok(Some(t)),
+            _ => Err(Error::InvalidValue {
+                what: "negotiated ESP proposal: two transforms of one type",
+                value: u64::from(TransformType::value(ty)),
+            }),
+        }
+    };
+    let encr = one(TransformType::Encr)?.ok_or(Error::InvalidValue {
+        what: "negotiated ESP proposal: no cipher",
+        value: 0,
+    })?;
+    let suite = esp_suite_of(encr, one(TransformType::Integ)?).ok_or(Error::Unsupported {
+        what: "ESP cipher",
+        value: u64::from(encr.id.id()),
+    })?;
+    let esn = match one(TransformType::Esn)?.map(|t| t.id) {
+        Some(TransformId::Esn(EsnId::Esn)) => true,
+        Some(TransformId::Esn(EsnId::NoEsn)) | None => false,
+        Some(other) => {
+            return Err(Error::Unsupported {
+                what: "ESN transform",
+                value: u64::from(other.id()),
+            });
+        }
+    };
+    let group = match one(TransformType::Dh)?.map(|t| t.id) {
+        Some(TransformId::Dh(DhGroup::None)) | None => None,
+        Some(TransformId::Dh(g)) => Some(g),
+        Some(_) => None,
+    };
+    Ok(EspChoice { suite, esn, group })
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::crypto::{Encr, IkeSuite, Integ, Prf};
+    use crate::message::{Message, Payload, PayloadType, decode_payloads};
+    use crate::testdata::Capture;
+
+    fn ids(p: &Proposal) -> Vec<TransformId> {
+        p.transforms.iter().map(|t| t.id).collect()
+    }
+
+    /// strongSwan's own proposals, parsed here, are the SA payloads it sent.
+    #[test]
+    fn strongswan_proposals_parse_to_what_strongswan_sends() {
+        let cases = [
+            ("psk-x25519", "aes128gcm16-prfsha256-x25519", "aes128gcm16"),
+            ("psk-modp2048", "aes256-sha256-modp2048", "aes256-sha256"),
+            ("cert-ecp384", "aes256gcm16-prfsha384-ecp384", "aes256gcm16"),
+            (
+                "psk-chacha-ecp256",
+                "chacha20poly1305-prfsha512-ecp256",
+                "chacha20poly1305",
+            ),
+        ];
+        for (name, ike, esp) in cases {
+            let c = Capture::load(name);
+            let init = Message::decode(&c.init_req).unwrap();
+            let Some(Payload::Sa(sa)) = init.payload(PayloadType::SecurityAssociation) else {
+                panic!()
+            };
+            let mut mine = parse_ike(ike).unwrap();
+            mine.number = 1;
+            assert_eq!(sa.proposals, [mine.clone()], "{name}");
+            let plain = decode_payloads(PayloadType::IdInitiator, c.key("auth_req_plain")).unwrap();
+            let Some(Payload::Sa(child)) = plain.iter().find(|p| matches!(p, Payload::Sa(_)))
+            else {
+                panic!()
+            };
+            let mut mine_esp = parse_esp(esp).unwrap();
+            mine_esp.number = 1;
+            mine_esp.spi = child.proposals[0].spi.clone();
+            assert_eq!(child.proposals, [mine_esp.clone()], "{name}");
+            // Our defaults select strongSwan's offer, and so would
+            // strongSwan's response.
+            let resp = Message::decode(&c.init_resp).unwrap();
+            let Some(Payload::Sa(chosen)) = resp.payload(PayloadType::SecurityAssociation) else {
+                panic!()
+            };
+            let selected = select(&[mine.clone()], &sa.proposals).unwrap();
+            assert_eq!(selected.proposal, chosen.proposals[0]);
+            assert_eq!(check_chosen(&[mine], &chosen.proposals[0]).unwrap(), 0);
+            assert!(
+                esp_choice(
+                    &select(&[mine_esp.clone()], &child.proposals)
+                        .unwrap()
+                        .proposal
+                )
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn keywords_and_implied_prfs() {
+        use TransformId::*;
+        let p = parse_ike("aes256-sha256-modp2048").unwrap();
+        assert_eq!(
+            ids(&p),
+            [
+                Encr(EncrId::AesCbc),
+                Integ(IntegId::HmacSha2_256_128),
+                Prf(PrfId::HmacSha2_256),
+                Dh(DhGroup::Modp2048),
+            ]
+        );
+        assert_eq!(p.transforms[0].key_length(), Some(256));
+        // With an AEAD, sha256 names only a prf.
+        let p = parse_ike("aes256gcm16-sha256-modp2048").unwrap();
+        assert_eq!(
+            ids(&p),
+            [
+                Encr(EncrId::AesGcm16),
+                Prf(PrfId::HmacSha2_256),
+                Dh(DhGroup::Modp2048)
+            ]
+        );
+        // An explicit prf wins over the implied ones.
+        let p = parse_ike("aes128-sha256-prfsha384-x25519").unwrap();
+        assert_eq!(
+            ids(&p),
+            [
+                Encr(EncrId::AesCbc),
+                Integ(IntegId::HmacSha2_256_128),
+                Prf(PrfId::HmacSha2_384),
+                Dh(DhGroup::Curve25519),
+            ]
+        );
+        // Alternatives, case and aliases.
+        let p = parse_ike("AES128GCM16-aes256gcm128-prfsha256-curve25519-ecp256").unwrap();
+        assert_eq!(p.transforms.len(), 5);
+        assert_eq!(p.transforms[1].key_length(), Some(256));
+        // ESP: ESN defaults to no, PFS groups and esn allowed.
+        let p = parse_esp("aes128gcm16").unwrap();
+        assert_eq!(ids(&p), [Encr(EncrId::AesGcm16), Esn(EsnId::NoEsn)]);
+        let p = parse_esp("aes256-sha256-x25519-esn-noesn").unwrap();
+        assert_eq!(
+            ids(&p),
+            [
+                Encr(EncrId::AesCbc),
+                Integ(IntegId::HmacSha2_256_128),
+                Dh(DhGroup::Curve25519),
+                Esn(EsnId::Esn),
+                Esn(EsnId::NoEsn),
+            ]
+        );
+        for s in [
+            "aes128gcm16-prfsha256-x25519",
+            "aes256-sha256-prfsha256-modp2048",
+        ] {
+            assert_eq!(to_strongswan(&parse_ike(s).unwrap()), s);
+        }
+        assert_eq!(
+            to_strongswan(&parse_esp("aes256-sha256").unwrap()),
+            "aes256-sha256-noesn"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_token() {
+        let cases = [
+            (
+                parse_ike("aes128gcm16-prfsha256-x25519-3des"),
+                "3des",
+                "unknown",
+            ),
+            (parse_ike("aes128gcm16--x25519"), "", "empty"),
+            (parse_ike("aes128-x25519"), "aes128-x25519", "integrity"),
+            (parse_ike("aes128gcm16-x25519"), "aes128gcm16-x25519", "prf"),
+            (
+                parse_ike("aes128gcm16-prfsha256"),
+                "aes128gcm16-prfsha256",
+                "Diffie-Hellman",
+            ),
+            (parse_ike("aes128gcm16-prfsha256-x25519-esn"), "esn", "ESN"),
+            (
+                parse_ike("aes128-aes128gcm16-sha256-x25519"),
+                "aes128gcm16",
+                "AEAD",
+            ),
+            (
+                parse_ike("aes128gcm16-prfsha256-x25519-x25519"),
+                "x25519",
+                "twice",
+            ),
+            (parse_esp("aes128gcm16-prfsha256"), "prfsha256", "prf"),
+            (parse_esp("aes128gcm16-sha256"), "sha256", "AEAD"),
+            (parse_esp("aes128-sha256"), "sha256", "ESP engine"),
+            (parse_esp("aes256-sha512"), "sha512", "ESP engine"),
+            (parse_esp("sha256"), "sha256", "encryption"),
+            (parse_esp("modp1024"), "modp1024", "unknown"),
+        ];
+        for (result, token, reason) in cases {
+            match result {
+                Err(Error::Proposal {
+                    token: t,
+                    reason: r,
+                    ..
+                }) => {
+                    assert_eq!(t, token);
+                    assert!(r.contains(reason), "{token}: {r}");
+                }
+                other => panic!("{token}: {other:?}"),
+            }
+        }
+        let e = parse_ike("aes128gcm16-prfsha256-x25519-3des").unwrap_err();
+        assert_eq!(e.fault(), crate::Fault::Config);
+        assert!(e.to_string().contains("\"3des\""), "{e}");
+    }
+
+    #[test]
+    fn defaults_parse_and_map_to_suites() {
+        let ike = defaults(ProtocolId::Ike);
+        assert_eq!(ike.len(), 3);
+        assert_eq!(ike.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 2, 3]);
+        let suites: Vec<IkeSuite> = ike
+            .iter()
+            .map(|p| {
+                // One transform of each type, as if chosen.
+                IkeSuite::from_proposal(p).unwrap()
+            })
+            .collect();
+        assert_eq!(suites[0].encr, Encr::AesGcm128);
+        assert_eq!(suites[0].prf, Prf::HmacSha2_256);
+        assert_eq!(suites[0].group, DhGroup::Curve25519);
+        assert_eq!(suites[1].group, DhGroup::Ecp384);
+        assert_eq!(suites[2].integ, Some(Integ::HmacSha2_256_128));
+        let esp = defaults(ProtocolId::Esp);
+        let choices: Vec<Suite> = esp.iter().map(|p| esp_choice(p).unwrap().suite).collect();
+        assert_eq!(
+            choices,
+            [
+                Suite::AesGcm128,
+                Suite::AesGcm256,
+                Suite::AesCbc256HmacSha256
+            ]
+        );
+        assert!(!esp_choice(&esp[0]).unwrap().esn);
+        let pfs = parse_esp("aes128gcm16-ecp256-esn").unwrap();
+        let c = esp_choice(&pfs).unwrap();
+        assert_eq!((c.esn, c.group), (true, Some(DhGroup::Ecp256)));
+    }
+
+    fn numbered(list: &str, protocol: ProtocolId) -> Vec<Proposal> {
+        parse_list(list, protocol).unwrap()
+    }
+
+    #[test]
+    fn selection_follows_the_responders_preference() {
+        let own = numbered(
+            "aes256gcm16-prfsha384-ecp384, aes128gcm16-prfsha256-x25519",
+            ProtocolId::Ike,
+        );
+        let offer = numbered(
+            "aes128gcm16-prfsha256-x25519, aes256gcm16-aes128gcm16-prfsha256-prfsha384-ecp384-x25519",
+            ProtocolId::Ike,
+        );
+        let s = select(&own, &offer).unwrap();
+        // Our first proposal, found in the peer's second.
+        assert_eq!(s.own_index, 0);
+        assert_eq!(s.proposal.number, 2);
+        assert_eq!(to_strongswan(&s.proposal), "aes256gcm16-prfsha384-ecp384");
+        assert_eq!(check_chosen(&own_with_number(&own, 2), &s.proposal), Ok(0));
+
+        // Nothing in common.
+        let offer = numbered("aes256-sha512-modp2048", ProtocolId::Ike);
+        assert_eq!(select(&own, &offer), None);
+        // Another protocol.
+        let esp = numbered("aes128gcm16", ProtocolId::Esp);
+        assert_eq!(select(&own, &esp), None);
+    }
+
+    fn own_with_number(own: &[Proposal], number: u8) -> Vec<Proposal> {
+        let mut own = own.to_vec();
+        own[0].number = number;
+        own
+    }
+
+    #[test]
+    fn selection_keeps_the_peers_spi_and_handles_optional_types() {
+        let own = numbered("aes128gcm16-esn-noesn", ProtocolId::Esp);
+        let mut offer = numbered(
+            "aes256gcm16-noesn, aes128gcm16-x25519-noesn",
+            ProtocolId::Esp,
+        );
+        offer[1].spi = vec![0xc0, 0xff, 0xee, 0x01];
+        // The peer's second proposal asks for PFS, ours does not: no match.
+        assert_eq!(select(&own, &offer), None);
+        // With D-H NONE in it, PFS is optional and NONE is chosen.
+        offer[1]
+            .transforms
+            .insert(1, Transform::new(TransformId::Dh(DhGroup::None)));
+        let s = select(&own, &offer).unwrap();
+        assert_eq!(s.proposal.spi, [0xc0, 0xff, 0xee, 0x01]);
+        assert_eq!(s.proposal.number, 2);
+        assert_eq!(
+            ids(&s.proposal),
+            [
+                TransformId::Encr(EncrId::AesGcm16),
+                TransformId::Dh(DhGroup::None),
+                TransformId::Esn(EsnId::NoEsn),
+            ]
+        );
+        // INTEG NONE from the peer with an AEAD matches our AEAD without.
+        let mut offer = numbered("aes128gcm16", ProtocolId::Esp);
+        offer[0]
+            .transforms
+            .push(Transform::new(TransformId::Integ(IntegId::None)));
+        assert!(select(&own, &offer).is_some());
+        // A transform type we do not know makes the proposal unacceptable.
+        let mut offer = numbered("aes128gcm16", ProtocolId::Esp);
+        offer[0]
+            .transforms
+            .push(Transform::new(TransformId::new(6, 0)));
+        assert_eq!(select(&own, &offer), None);
+        // A different key length is a different transform.
+        let offer = numbered("aes256gcm16", ProtocolId::Esp);
+        assert_eq!(select(&own, &offer), None);
+    }
+
+    #[test]
+    fn chosen_proposals_are_checked() {
+        let own = numbered("aes128gcm16-prfsha256-x25519-ecp256", ProtocolId::Ike);
+        let good = Proposal {
+            transforms: vec![
+                Transform::with_key_length(TransformId::Encr(EncrId::AesGcm16), 128),
+                Transform::new(TransformId::Prf(PrfId::HmacSha2_256)),
+                Transform::new(TransformId::Dh(DhGroup::Ecp256)),
+            ],
+            ..own[0].clone()
+        };
+        assert_eq!(check_chosen(&own, &good), Ok(0));
+        let mut two = good.clone();
+        two.transforms
+            .push(Transform::new(TransformId::Dh(DhGroup::Curve25519)));
+        assert!(check_chosen(&own, &two).is_err());
+        let mut missing = good.clone();
+        missing.transforms.pop();
+        assert!(check_chosen(&own, &missing).is_err());
+        let mut other = good.clone();
+        other.transforms[2] = Transform::new(TransformId::Dh(DhGroup::Modp2048));
+        assert!(check_chosen(&own, &other).is_err());
+        let mut number = good.clone();
+        number.number = 2;
+        assert!(check_chosen(&own, &number).is_err());
+        let mut protocol = good;
+        protocol.protocol = ProtocolId::Esp;
+        assert!(check_chosen(&own, &protocol).is_err());
+    }
+}
