@@ -442,6 +442,38 @@ fn write_config(lab: &Lab, n: u8, net: Net, peers: &[PeerConf]) -> anyhow::Resul
     Ok(path)
 }
 
+/// The namespaces of a two-host lab with an ESP pair under `require`.
+struct EspPair {
+    ul: String,
+    t1: String,
+    t2: String,
+}
+
+/// Builds the underlay, two hosts running `tunsecd` with a manual ESP pair
+/// (`require` both ways) on network `net`, and a tenant behind each.
+fn esp_pair(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<EspPair> {
+    let ul = add_underlay(lab)?;
+    let h1 = add_host(lab, &ul, "h1", 1)?;
+    let h2 = add_host(lab, &ul, "h2", 2)?;
+    let (sa1, sa2) = sa_pair(lab, suite, 1, 2)?;
+    for (n, peer, sa, host) in [(1, 2, sa1, &h1), (2, 1, sa2, &h2)] {
+        let config = write_config(
+            lab,
+            n,
+            net,
+            &[PeerConf {
+                n: peer,
+                policy: "require",
+                sa: Some(sa),
+            }],
+        )?;
+        start_tunsecd(lab, host, n, &config)?;
+    }
+    let t1 = add_tenant(lab, &h1, 1, TAP)?;
+    let t2 = add_tenant(lab, &h2, 2, TAP)?;
+    Ok(EspPair { ul, t1, t2 })
+}
+
 /// Starts `tunsecd` (log `h<n>.log`) in `ns` and waits until its control
 /// socket answers.
 fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> anyhow::Result<()> {
@@ -707,34 +739,7 @@ fn overlay_gue() {
 /// Two hosts with an ESP pair; tenants ping and move 50 MiB over TCP.
 fn overlay(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let ul = add_underlay(lab)?;
-    let h1 = add_host(lab, &ul, "h1", 1)?;
-    let h2 = add_host(lab, &ul, "h2", 2)?;
-    let (sa1, sa2) = sa_pair(lab, suite, 1, 2)?;
-    let c1 = write_config(
-        lab,
-        1,
-        net,
-        &[PeerConf {
-            n: 2,
-            policy: "require",
-            sa: Some(sa1),
-        }],
-    )?;
-    let c2 = write_config(
-        lab,
-        2,
-        net,
-        &[PeerConf {
-            n: 1,
-            policy: "require",
-            sa: Some(sa2),
-        }],
-    )?;
-    start_tunsecd(lab, &h1, 1, &c1)?;
-    start_tunsecd(lab, &h2, 2, &c2)?;
-    let t1 = add_tenant(lab, &h1, 1, TAP)?;
-    let t2 = add_tenant(lab, &h2, 2, TAP)?;
+    let EspPair { ul, t1, t2 } = esp_pair(lab, net, suite)?;
     phase(lab, "setup", t0);
 
     // The data: random, with the marker every 512 bytes, so every
@@ -1105,34 +1110,7 @@ fn fail_closed_without_sa() {
 #[test]
 fn fail_closed_after_sa_delete() {
     with_lab("tse2e-fd", |lab| {
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
-        let (sa1, sa2) = sa_pair(lab, "aes128gcm16", 1, 2)?;
-        let c1 = write_config(
-            lab,
-            1,
-            VXLAN_100,
-            &[PeerConf {
-                n: 2,
-                policy: "require",
-                sa: Some(sa1),
-            }],
-        )?;
-        let c2 = write_config(
-            lab,
-            2,
-            VXLAN_100,
-            &[PeerConf {
-                n: 1,
-                policy: "require",
-                sa: Some(sa2),
-            }],
-        )?;
-        start_tunsecd(lab, &h1, 1, &c1)?;
-        start_tunsecd(lab, &h2, 2, &c2)?;
-        let t1 = add_tenant(lab, &h1, 1, TAP)?;
-        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        let EspPair { ul, t1, t2 } = esp_pair(lab, VXLAN_100, "aes128gcm16")?;
 
         let pcap = start_capture(lab, &ul, "capture")?;
         ping_ok(&t1, &tenant_addr(2))?;
@@ -1231,36 +1209,9 @@ fn fail_closed_after_sa_delete() {
 #[test]
 fn bad_traffic_is_counted() {
     with_lab("tse2e-bt", |lab| {
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let EspPair { ul, t1, t2 } = esp_pair(lab, VXLAN_100, "aes128gcm16")?;
         // The attacker: a third namespace on the underlay.
         let x = add_host(lab, &ul, "x", 9)?;
-        let (sa1, sa2) = sa_pair(lab, "aes128gcm16", 1, 2)?;
-        let c1 = write_config(
-            lab,
-            1,
-            VXLAN_100,
-            &[PeerConf {
-                n: 2,
-                policy: "require",
-                sa: Some(sa1),
-            }],
-        )?;
-        let c2 = write_config(
-            lab,
-            2,
-            VXLAN_100,
-            &[PeerConf {
-                n: 1,
-                policy: "require",
-                sa: Some(sa2),
-            }],
-        )?;
-        start_tunsecd(lab, &h1, 1, &c1)?;
-        start_tunsecd(lab, &h2, 2, &c2)?;
-        let t1 = add_tenant(lab, &h1, 1, TAP)?;
-        let t2 = add_tenant(lab, &h2, 2, TAP)?;
 
         // Real ESP from h2 to h1, captured for the attacker.
         let pcap = start_capture(lab, &ul, "capture")?;
