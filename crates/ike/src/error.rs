@@ -120,6 +120,10 @@ pub enum Error {
     /// The crypto library refused an operation that should not fail.
     #[error("crypto library failure: {0}")]
     Crypto(&'static str),
+    /// A call that does not fit the IKE SA's state (it is not established,
+    /// or a request is still waiting for its response).
+    #[error("IKE SA: {0}")]
+    InvalidState(&'static str),
     /// A proposal string that does not parse.
     #[error("proposal {proposal:?}: {token:?}: {reason}")]
     Proposal {
@@ -144,7 +148,10 @@ impl Error {
             | Self::UnsupportedVersion { .. }
             | Self::Unsupported { .. } => Fault::Unsupported,
             Self::IntegrityCheckFailed | Self::InvalidPublicValue { .. } => Fault::Crypto,
-            Self::Encode { .. } | Self::KeyLength { .. } | Self::Crypto(_) => Fault::Local,
+            Self::Encode { .. }
+            | Self::KeyLength { .. }
+            | Self::Crypto(_)
+            | Self::InvalidState(_) => Fault::Local,
             Self::Proposal { .. } => Fault::Config,
         }
     }

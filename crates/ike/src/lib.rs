@@ -2,7 +2,7 @@
 //!
 //! No sockets, no clock, no threads: this crate turns bytes into typed
 //! messages and back, derives and applies keys, and parses proposals. The
-//! state machine that drives exchanges with them comes on top.
+//! state machine in [`sa`] drives the exchanges with them.
 //!
 //! - [`message`]: the IKE header and every payload (RFC 7296 sections 3.1
 //!   to 3.16), decoded from and encoded to bytes; unknown payloads are
@@ -14,6 +14,9 @@
 //! - [`proposal`]: strongSwan's proposal syntax
 //!   (`aes128gcm16-prfsha256-x25519`), defaults, and proposal selection
 //!   (section 2.7).
+//! - [`sa`]: [`sa::IkeSa`], the sans-IO state machine of one IKE SA:
+//!   IKE_SA_INIT and IKE_AUTH with a pre-shared key, up to the first Child
+//!   SA, with retransmission (sections 1.2, 2.1, 2.9, 2.15, 2.17).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +24,7 @@ pub mod crypto;
 mod error;
 pub mod message;
 pub mod proposal;
+pub mod sa;
 
 #[cfg(test)]
 mod testdata;

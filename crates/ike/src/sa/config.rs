@@ -1,0 +1,272 @@
+//! What an [`super::IkeSa`] is given (its [`Config`], a source of
+//! [`Random`] bytes) and what it hands back ([`Transmit`], [`Event`],
+//! [`ChildSaParams`], [`Stats`]).
+
+use core::fmt;
+use std::net::SocketAddr;
+
+use tunsec_esp::{Direction, Key, Mode, SaConfig, SaKeys, Suite};
+
+use super::ts;
+use crate::error::{Error, Result};
+use crate::message::{Identity, NotifyType, Proposal, ProtocolId, TrafficSelector};
+use crate::proposal;
+
+/// A source of random bytes: SPIs, nonces and ESP SPIs come from here, so
+/// that tests can make them deterministic. (The key exchanges and the SK
+/// payload IVs still draw from aws-lc-rs.)
+pub trait Random {
+    /// Fills `dest` with random bytes.
+    fn fill(&mut self, dest: &mut [u8]) -> Result<()>;
+}
+
+/// The system's random number generator, through aws-lc-rs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemRandom;
+
+impl Random for SystemRandom {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<()> {
+        aws_lc_rs::rand::fill(dest).map_err(|_| Error::Crypto("no randomness"))
+    }
+}
+
+/// A deterministic generator (SplitMix64) for tests and simulations.
+/// Never use it for real SAs: its output is predictable.
+#[derive(Debug, Clone)]
+pub struct SeededRandom {
+    state: u64,
+}
+
+impl SeededRandom {
+    /// A generator that starts from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl Random for SeededRandom {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<()> {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = self.next_u64().to_be_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// The configuration of one IKE SA with one peer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our identity, sent in IDi or IDr.
+    pub local_id: Identity,
+    /// The identity the peer must prove; `None` accepts any identity that
+    /// knows the PSK. An initiator also sends it as IDr.
+    pub remote_id: Option<Identity>,
+    /// The pre-shared key (RFC 7296 section 2.15).
+    pub psk: Key,
+    /// The IKE proposals, most preferred first, numbered from 1.
+    pub ike_proposals: Vec<Proposal>,
+    /// The ESP proposals of the Child SA, most preferred first, numbered
+    /// from 1, without SPIs (the state machine fills them in).
+    pub esp_proposals: Vec<Proposal>,
+    /// Our side of the Child SA's traffic (TSi for an initiator, TSr for a
+    /// responder): what we offer, or what we narrow the peer's offer to.
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's side of the Child SA's traffic.
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Ask for (initiator) or accept (responder) transport mode with the
+    /// USE_TRANSPORT_MODE notify (RFC 7296 section 1.3.1). On by default.
+    pub transport_mode: bool,
+}
+
+impl Config {
+    /// A configuration with the default proposals
+    /// ([`proposal::DEFAULT_IKE`], [`proposal::DEFAULT_ESP`]), transport
+    /// mode, and selectors that cover all IPv4 traffic.
+    pub fn new(local_id: Identity, remote_id: Option<Identity>, psk: Key) -> Self {
+        Self {
+            local_id,
+            remote_id,
+            psk,
+            ike_proposals: proposal::defaults(ProtocolId::Ike),
+            esp_proposals: proposal::defaults(ProtocolId::Esp),
+            local_ts: vec![TrafficSelector::any_ipv4()],
+            remote_ts: vec![TrafficSelector::any_ipv4()],
+            transport_mode: true,
+        }
+    }
+
+    /// Replaces the proposals with comma-separated lists in strongSwan's
+    /// syntax (`"aes256gcm16-prfsha384-ecp384"`, `"aes256gcm16,aes128gcm16"`).
+    pub fn with_proposals(mut self, ike: &str, esp: &str) -> Result<Self> {
+        self.ike_proposals = proposal::parse_list(ike, ProtocolId::Ike)?;
+        self.esp_proposals = proposal::parse_list(esp, ProtocolId::Esp)?;
+        Ok(self)
+    }
+
+    /// Replaces the traffic selectors (seen from this host).
+    pub fn with_selectors(
+        mut self,
+        local: Vec<TrafficSelector>,
+        remote: Vec<TrafficSelector>,
+    ) -> Self {
+        self.local_ts = local;
+        self.remote_ts = remote;
+        self
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to: the peer's address (a responder answers the address a
+    /// request came from, RFC 7296 section 2.11).
+    pub dst: SocketAddr,
+    /// The IKE message.
+    pub bytes: Vec<u8>,
+}
+
+/// One direction of a Child SA, as negotiated: enough to build a
+/// [`tunsec_esp::SaConfig`] with [`Self::sa_config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSaParams {
+    /// Inbound (we chose the SPI) or outbound (the peer did).
+    pub direction: Direction,
+    /// The SPI.
+    pub spi: u32,
+    /// The cipher suite.
+    pub suite: Suite,
+    /// Extended sequence numbers.
+    pub esn: bool,
+    /// Transport mode was agreed (USE_TRANSPORT_MODE); otherwise tunnel
+    /// mode, which this slice does not configure yet.
+    pub transport: bool,
+    /// The keys of this direction.
+    pub keys: SaKeys,
+    /// Our side's traffic selectors, as agreed.
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's side's traffic selectors, as agreed.
+    pub remote_ts: Vec<TrafficSelector>,
+}
+
+impl ChildSaParams {
+    /// The ESP engine's configuration for this direction: transport mode,
+    /// ESP in UDP on port 4500 (the caller changes `encapsulation` for raw
+    /// ESP), the negotiated ESN, and the selectors that are prefixes.
+    pub fn sa_config(&self) -> SaConfig {
+        let mut config = SaConfig::new(self.spi, self.direction, self.suite, self.keys.clone());
+        config.mode = Mode::Transport;
+        config.esn = self.esn;
+        config.selectors = ts::to_esp_selectors(&self.local_ts, &self.remote_ts);
+        config
+    }
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// The peer answered AUTHENTICATION_FAILED: it did not accept our AUTH
+    /// (most likely the pre-shared keys differ) or our identity.
+    RejectedByPeer,
+    /// The peer's AUTH payload does not verify with our pre-shared key.
+    BadAuth,
+    /// The peer's identity is not the one configured.
+    IdentityMismatch,
+    /// The peer used an authentication method other than a shared key.
+    UnsupportedMethod,
+    /// The peer's message has no ID or no AUTH payload.
+    MissingPayload,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RejectedByPeer => {
+                "the peer answered AUTHENTICATION_FAILED (pre-shared key or identity not accepted)"
+            }
+            Self::BadAuth => {
+                "the peer's AUTH does not verify with our pre-shared key (the keys differ)"
+            }
+            Self::IdentityMismatch => "the peer's identity is not the configured one",
+            Self::UnsupportedMethod => "the peer's AUTH method is not a shared key",
+            Self::MissingPayload => "the peer's IKE_AUTH message has no ID or no AUTH payload",
+        })
+    }
+}
+
+/// Something the owner of an IKE SA must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Both sides authenticated each other: the IKE SA is up.
+    IkeSaEstablished,
+    /// A Child SA pair is up: install `inbound` before sending with
+    /// `outbound`.
+    ChildSaUp {
+        /// The SA the peer sends to us with.
+        inbound: ChildSaParams,
+        /// The SA we send to the peer with.
+        outbound: ChildSaParams,
+    },
+    /// Authentication failed; the IKE SA is closed.
+    AuthFailed {
+        /// What failed.
+        reason: AuthFailure,
+    },
+    /// An exchange failed with an error notify. Unless the IKE SA was
+    /// already established (a Child SA refused with NO_PROPOSAL_CHOSEN or
+    /// TS_UNACCEPTABLE in IKE_AUTH), the IKE SA is closed; a responder
+    /// that refused an IKE_SA_INIT keeps waiting for another.
+    Failed {
+        /// The notify type.
+        notify: NotifyType,
+        /// The peer sent it (`true`), or we did / would have (`false`).
+        by_peer: bool,
+    },
+    /// The peer did not answer a request after every retransmission; the
+    /// IKE SA is closed.
+    PeerDead,
+    /// The peer deleted the IKE SA (and with it the Child SAs); it is
+    /// closed.
+    IkeSaDeleted,
+    /// The peer deleted the Child SA: remove both SAs from the data plane.
+    ChildSaDown {
+        /// Our inbound SPI.
+        inbound_spi: u32,
+        /// The peer's (our outbound) SPI.
+        outbound_spi: u32,
+    },
+    /// A local failure (the crypto library, the random source); the IKE SA
+    /// is closed.
+    LocalError(Error),
+}
+
+/// Messages dropped without a change of state, by reason, and
+/// retransmissions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that do not parse, or lack a payload they need.
+    pub malformed: u64,
+    /// Messages for another IKE SA (SPIs that are not ours).
+    pub wrong_spi: u64,
+    /// Messages with a message ID we do not expect.
+    pub wrong_message_id: u64,
+    /// SK payloads whose integrity check failed.
+    pub integrity: u64,
+    /// Messages that make no sense in the current state (a request to the
+    /// initiator, another exchange type, anything after closing).
+    pub unexpected: u64,
+    /// Requests we sent again after a timeout.
+    pub retransmits: u64,
+    /// Retransmitted requests answered with the cached response.
+    pub cached_responses: u64,
+}

@@ -1,0 +1,1500 @@
+//! The IKE SA state machine: IKE_SA_INIT and IKE_AUTH with a pre-shared
+//! key, up to the first Child SA (RFC 7296 sections 1.2 and 2).
+//!
+//! An [`IkeSa`] is one IKE SA with one peer, sans IO, in the style of
+//! quinn-proto's `Connection`: datagrams and time go in
+//! ([`IkeSa::handle_datagram`], [`IkeSa::handle_timeout`]); datagrams to
+//! send, the next timer and events come out ([`IkeSa::poll_transmit`],
+//! [`IkeSa::poll_timeout`], [`IkeSa::poll_event`]). It owns no socket, no
+//! clock and no thread; SPIs and nonces come from an injected [`Random`].
+//!
+//! ```text
+//! Initiator                         Responder
+//! HDR, SAi1, KEi, Ni          -->                       (InitSent / ExpectInit)
+//!                             <--   HDR, SAr1, KEr, Nr  (AuthSent / ExpectAuth)
+//! HDR, SK {IDi, [IDr,] AUTH,
+//!   N(USE_TRANSPORT_MODE),
+//!   SAi2, TSi, TSr}           -->
+//!                             <--   HDR, SK {IDr, AUTH, N(USE_TRANSPORT_MODE),
+//!                                     SAr2, TSi, TSr}   (Established)
+//! ```
+//!
+//! Once established, either side may send INFORMATIONAL requests: an
+//! empty one checks liveness ([`IkeSa::check_liveness`]), a DELETE closes
+//! the Child SA or the IKE SA ([`IkeSa::delete`]). CREATE_CHILD_SA requests
+//! are declined with NO_ADDITIONAL_SAS.
+//!
+//! Reliability (section 2.1): each side retransmits its own outstanding
+//! request (one at a time: a window of 1) with exponential back-off and
+//! gives up with [`Event::PeerDead`]; a retransmitted request gets the
+//! cached response. Anything that does not belong (other SPIs, other
+//! message IDs, bytes that do not parse or decrypt) is dropped and counted
+//! in [`Stats`], and changes nothing.
+//!
+//! Not yet: CREATE_CHILD_SA (rekeying, PFS), NAT detection and ESP in UDP
+//! negotiation, cookies, certificates, tunnel mode, a timeout for a
+//! half-open responder, and answers to malformed requests (INVALID_SYNTAX,
+//! INVALID_MAJOR_VERSION, UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
+//!
+//! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
+//! datagram to the IKE SA its SPIs name and creates responders for new
+//! IKE_SA_INIT requests.
+
+mod config;
+mod endpoint;
+pub mod ts;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use tunsec_esp::{Direction, Key};
+
+pub use config::{
+    AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
+};
+pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
+
+use crate::crypto::{
+    self, IkeKeys, IkeSuite, KeyExchange, SkCipher, child_sa_keys, shared_key_auth, signed_octets,
+    skeyseed,
+};
+use crate::error::{Error, Result};
+use crate::message::{
+    Auth, AuthMethod, Delete, DhGroup, ExchangeType, Header, Identity, MAJOR_VERSION, Message,
+    Notify, NotifyType, Payload, PayloadType, Proposal, ProtocolId, SaPayload, TrafficSelector,
+    TransformId,
+};
+use crate::proposal;
+
+/// The first retransmission timeout; each next one doubles it.
+pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How many times a request is sent before the peer is declared dead:
+/// 0.5 + 1 + 2 + 4 + 8 = 15.5 s after the first transmission.
+pub const MAX_TRANSMISSIONS: u32 = 5;
+/// The length of our nonces: RFC 7296 section 2.10 asks for at least half
+/// the key size of the negotiated prf, and at least 128 bits; 32 bytes
+/// cover every prf here.
+const NONCE_LEN: usize = 32;
+/// How long a responder keeps a half-open IKE SA (IKE_SA_INIT answered,
+/// no IKE_AUTH yet) before it gives up: longer than an initiator's whole
+/// retransmission schedule.
+pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many INVALID_KE_PAYLOAD answers the initiator follows.
+const MAX_KE_RETRIES: u8 = 2;
+
+/// Which end of the IKE SA we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Initiator,
+    Responder,
+}
+
+/// Why a datagram was dropped; each reason has a counter in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Discard {
+    Malformed,
+    WrongSpi,
+    WrongMessageId,
+    Integrity,
+    Unexpected,
+}
+
+/// The keys and ciphers of an IKE SA once IKE_SA_INIT is done.
+struct Sk {
+    suite: IkeSuite,
+    keys: IkeKeys,
+    /// Seals what we send.
+    outbound: SkCipher,
+    /// Opens what we receive.
+    inbound: SkCipher,
+}
+
+/// Initiator: IKE_SA_INIT request sent.
+struct InitSent {
+    kex: Box<dyn KeyExchange>,
+    ni: Vec<u8>,
+    /// The request as sent: RealMessage1, which our AUTH covers.
+    request: Vec<u8>,
+    ke_retries: u8,
+}
+
+/// Initiator: IKE_AUTH request sent.
+struct AuthSent {
+    sk: Sk,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// The responder's IKE_SA_INIT response as received: RealMessage2,
+    /// which its AUTH covers.
+    init_response: Vec<u8>,
+    /// Our ESP SPI, inbound.
+    esp_spi: u32,
+    /// The ESP proposals as offered, with our SPI.
+    esp_offer: Vec<Proposal>,
+    tsi: Vec<TrafficSelector>,
+    tsr: Vec<TrafficSelector>,
+}
+
+/// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+struct ExpectAuth {
+    sk: Sk,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// The initiator's IKE_SA_INIT request as received (RealMessage1).
+    init_request: Vec<u8>,
+    /// Our response as sent (RealMessage2).
+    init_response: Vec<u8>,
+}
+
+/// Both sides authenticated.
+struct Established {
+    sk: Sk,
+    /// The Child SA's SPIs (inbound, outbound), while it is up.
+    child: Option<(u32, u32)>,
+    /// Our DELETE of the IKE SA is on its way.
+    deleting: bool,
+}
+
+/// The SPIs (inbound, outbound) of a [`Event::ChildSaUp`].
+fn child_spis(event: &Event) -> Option<(u32, u32)> {
+    match event {
+        Event::ChildSaUp { inbound, outbound } => Some((inbound.spi, outbound.spi)),
+        _ => None,
+    }
+}
+
+/// The states, rustls-style: each holds what the next step needs, and a
+/// step consumes it.
+enum State {
+    InitSent(Box<InitSent>),
+    AuthSent(Box<AuthSent>),
+    ExpectInit,
+    ExpectAuth(Box<ExpectAuth>),
+    Established(Box<Established>),
+    Closed,
+}
+
+/// A request waiting for its response.
+struct Outstanding {
+    message_id: u32,
+    exchange: ExchangeType,
+    bytes: Vec<u8>,
+    transmissions: u32,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+/// One IKE SA with one peer: a sans-IO state machine (see the module
+/// documentation).
+pub struct IkeSa {
+    config: Config,
+    role: Role,
+    remote: Option<SocketAddr>,
+    spi_i: u64,
+    spi_r: u64,
+    state: State,
+    rng: Box<dyn Random + Send>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    /// Initiator: the request waiting for a response.
+    outstanding: Option<Outstanding>,
+    /// Responder: the message ID and bytes of the last response, for
+    /// retransmitted requests.
+    last_response: Option<(u32, Vec<u8>)>,
+    /// The message ID of the peer's next request (RFC 7296 section 2.2:
+    /// each side numbers its own requests from 0).
+    peer_next_id: u32,
+    /// The message ID of our next request.
+    next_request_id: u32,
+    /// Responder: when a half-open IKE SA is given up.
+    half_open_deadline: Option<Instant>,
+    stats: Stats,
+}
+
+impl core::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IkeSa")
+            .field("role", &self.role)
+            .field("state", &self.state_name())
+            .field("spi_i", &format_args!("{:016x}", self.spi_i))
+            .field("spi_r", &format_args!("{:016x}", self.spi_r))
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_u64(rng: &mut dyn Random) -> Result<u64> {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// An IKE SPI: any value but zero (RFC 7296 section 3.1).
+fn random_ike_spi(rng: &mut dyn Random) -> Result<u64> {
+    loop {
+        let spi = random_u64(rng)?;
+        if spi != 0 {
+            return Ok(spi);
+        }
+    }
+}
+
+/// An ESP SPI: RFC 4303 section 2.1 reserves 1 to 255 for IANA and 0 for
+/// local use.
+fn random_esp_spi(rng: &mut dyn Random) -> Result<u32> {
+    loop {
+        let mut b = [0u8; 4];
+        rng.fill(&mut b)?;
+        let spi = u32::from_be_bytes(b);
+        if spi > 255 {
+            return Ok(spi);
+        }
+    }
+}
+
+fn random_nonce(rng: &mut dyn Random) -> Result<Vec<u8>> {
+    let mut n = vec![0u8; NONCE_LEN];
+    rng.fill(&mut n)?;
+    Ok(n)
+}
+
+/// The first D-H group of the first proposal: the one the initiator
+/// guesses for its KE payload (RFC 7296 section 1.2).
+fn first_group(proposals: &[Proposal]) -> Option<DhGroup> {
+    proposals
+        .iter()
+        .flat_map(|p| &p.transforms)
+        .find_map(|t| match t.id {
+            TransformId::Dh(g) if g != DhGroup::None => Some(g),
+            _ => None,
+        })
+}
+
+fn offers_group(proposals: &[Proposal], group: DhGroup) -> bool {
+    proposals
+        .iter()
+        .flat_map(|p| &p.transforms)
+        .any(|t| t.id == TransformId::Dh(group))
+}
+
+fn encode_id(id: &Identity) -> Vec<u8> {
+    let mut body = Vec::new();
+    id.encode(&mut body);
+    body
+}
+
+/// The payloads of a decoded message, by type.
+struct Payloads<'a>(&'a [Payload]);
+
+impl<'a> Payloads<'a> {
+    fn sa(&self) -> Option<&'a SaPayload> {
+        self.0.iter().find_map(|p| match p {
+            Payload::Sa(sa) => Some(sa),
+            _ => None,
+        })
+    }
+    fn ke(&self) -> Option<&'a crate::message::KeyExchange> {
+        self.0.iter().find_map(|p| match p {
+            Payload::KeyExchange(ke) => Some(ke),
+            _ => None,
+        })
+    }
+    fn nonce(&self) -> Option<&'a [u8]> {
+        self.0.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.as_slice()),
+            _ => None,
+        })
+    }
+    fn idi(&self) -> Option<&'a Identity> {
+        self.0.iter().find_map(|p| match p {
+            Payload::IdInitiator(id) => Some(id),
+            _ => None,
+        })
+    }
+    fn idr(&self) -> Option<&'a Identity> {
+        self.0.iter().find_map(|p| match p {
+            Payload::IdResponder(id) => Some(id),
+            _ => None,
+        })
+    }
+    fn auth(&self) -> Option<&'a Auth> {
+        self.0.iter().find_map(|p| match p {
+            Payload::Auth(a) => Some(a),
+            _ => None,
+        })
+    }
+    fn tsi(&self) -> Option<&'a [TrafficSelector]> {
+        self.0.iter().find_map(|p| match p {
+            Payload::TsInitiator(ts) => Some(ts.as_slice()),
+            _ => None,
+        })
+    }
+    fn tsr(&self) -> Option<&'a [TrafficSelector]> {
+        self.0.iter().find_map(|p| match p {
+            Payload::TsResponder(ts) => Some(ts.as_slice()),
+            _ => None,
+        })
+    }
+    fn notify(&self, notify_type: NotifyType) -> Option<&'a Notify> {
+        self.0.iter().find_map(|p| match p {
+            Payload::Notify(n) if n.notify_type == notify_type => Some(n),
+            _ => None,
+        })
+    }
+    /// The first error notify (RFC 7296 section 3.10.1: types below 16384).
+    fn error(&self) -> Option<NotifyType> {
+        self.0.iter().find_map(|p| match p {
+            Payload::Notify(n) if n.notify_type.is_error() => Some(n.notify_type),
+            _ => None,
+        })
+    }
+}
+
+/// The AUTH value of a shared key over one side's signed octets (RFC 7296
+/// section 2.15):
+/// `AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)`.
+fn psk_auth(
+    suite: &IkeSuite,
+    psk: &Key,
+    real_message: &[u8],
+    peer_nonce: &[u8],
+    sk_p: &Key,
+    id: &Identity,
+) -> Key {
+    let octets = signed_octets(suite.prf, real_message, peer_nonce, sk_p, &encode_id(id));
+    shared_key_auth(suite.prf, psk.expose(), &octets)
+}
+
+impl IkeSa {
+    /// Starts an IKE SA as the initiator: queues the IKE_SA_INIT request
+    /// to `remote` and arms the retransmission timer.
+    ///
+    /// The KE payload is for the first D-H group of the first IKE
+    /// proposal. Fails if the proposals name no supported group, or the
+    /// random source or the key exchange fails.
+    pub fn initiate(
+        config: Config,
+        remote: SocketAddr,
+        now: Instant,
+        mut rng: Box<dyn Random + Send>,
+    ) -> Result<Self> {
+        let spi_i = random_ike_spi(rng.as_mut())?;
+        let ni = random_nonce(rng.as_mut())?;
+        let group = first_group(&config.ike_proposals).ok_or(Error::InvalidValue {
+            what: "IKE proposals: no Diffie-Hellman group",
+            value: 0,
+        })?;
+        let mut sa = Self {
+            config,
+            role: Role::Initiator,
+            remote: Some(remote),
+            spi_i,
+            spi_r: 0,
+            state: State::Closed,
+            rng,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            outstanding: None,
+            last_response: None,
+            peer_next_id: 0,
+            next_request_id: 0,
+            half_open_deadline: None,
+            stats: Stats::default(),
+        };
+        let init = sa.init_request(group, ni, 0)?;
+        sa.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
+        sa.state = State::InitSent(Box::new(init));
+        Ok(sa)
+    }
+
+    /// An IKE SA that waits, as the responder, for an IKE_SA_INIT request.
+    ///
+    /// It answers the first acceptable one; one it refuses
+    /// (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD) leaves it waiting, without
+    /// state, as RFC 7296 section 2.6 wants of a responder before it has
+    /// committed to an SA.
+    pub fn respond(config: Config, rng: Box<dyn Random + Send>) -> Self {
+        Self {
+            config,
+            role: Role::Responder,
+            remote: None,
+            spi_i: 0,
+            spi_r: 0,
+            state: State::ExpectInit,
+            rng,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            outstanding: None,
+            last_response: None,
+            peer_next_id: 0,
+            next_request_id: 0,
+            half_open_deadline: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
+        match (retransmit, self.half_open_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Deletes the IKE SA (and its Child SA): sends an INFORMATIONAL
+    /// request with a DELETE payload. The IKE SA closes with
+    /// [`Event::IkeSaDeleted`] when the peer answers, or with
+    /// [`Event::PeerDead`] if it never does (RFC 7296 section 1.4.1).
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established
+    /// and no request of ours is outstanding.
+    pub fn delete(&mut self, now: Instant) -> Result<()> {
+        self.send_informational(now, &[Payload::Delete(Delete::ike())])?;
+        if let State::Established(st) = &mut self.state {
+            st.deleting = true;
+        }
+        Ok(())
+    }
+
+    /// Checks that the peer is alive: sends an empty INFORMATIONAL request
+    /// (RFC 7296 section 2.4), retransmitted like any other; no answer
+    /// ends in [`Event::PeerDead`].
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established
+    /// and no request of ours is outstanding.
+    pub fn check_liveness(&mut self, now: Instant) -> Result<()> {
+        self.send_informational(now, &[])
+    }
+
+    fn send_informational(&mut self, now: Instant, payloads: &[Payload]) -> Result<()> {
+        if self.outstanding.is_some() {
+            return Err(Error::InvalidState("a request is outstanding"));
+        }
+        let State::Established(st) = &self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let id = self.next_request_id;
+        let header = self.header(ExchangeType::Informational, false, id);
+        let bytes = st.sk.outbound.seal(&header, payloads)?;
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, ExchangeType::Informational, id, bytes);
+        Ok(())
+    }
+
+    /// Drop and retransmission counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The IKE SPIs (initiator's, responder's); the responder's is zero
+    /// until IKE_SA_INIT is answered.
+    pub fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
+    }
+
+    /// Whether both sides are authenticated and the IKE SA is up.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// Whether the IKE SA is gone (failed, or the peer is dead).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The negotiated IKE transforms, once IKE_SA_INIT is done (and until
+    /// the IKE SA closes).
+    pub fn ike_suite(&self) -> Option<IkeSuite> {
+        match &self.state {
+            State::AuthSent(st) => Some(st.sk.suite),
+            State::ExpectAuth(st) => Some(st.sk.suite),
+            State::Established(st) => Some(st.sk.suite),
+            _ => None,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            State::InitSent(_) => "InitSent",
+            State::AuthSent(_) => "AuthSent",
+            State::ExpectInit => "ExpectInit",
+            State::ExpectAuth(_) => "ExpectAuth",
+            State::Established(_) => "Established",
+            State::Closed => "Closed",
+        }
+    }
+
+    /// Retransmits the outstanding request when its timer expires, or
+    /// gives up after [`MAX_TRANSMISSIONS`].
+    ///
+    /// RFC 7296 section 2.1: the sender of a request retransmits it until
+    /// it gets the response or deems the IKE SA to have failed; responses
+    /// are only sent again when their request is.
+    ///
+    /// A responder that answered IKE_SA_INIT but got no IKE_AUTH within
+    /// [`HALF_OPEN_TIMEOUT`] gives up too ([`Event::PeerDead`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.half_open_deadline.is_some_and(|d| now >= d) {
+            self.half_open_deadline = None;
+            self.close(Event::PeerDead);
+            return;
+        }
+        let Some(out) = self.outstanding.as_mut() else {
+            return;
+        };
+        if now < out.deadline {
+            return;
+        }
+        if out.transmissions >= MAX_TRANSMISSIONS {
+            self.outstanding = None;
+            self.close(Event::PeerDead);
+            return;
+        }
+        out.transmissions += 1;
+        out.timeout *= 2;
+        out.deadline = now + out.timeout;
+        let bytes = out.bytes.clone();
+        self.stats.retransmits += 1;
+        self.transmit(bytes);
+    }
+
+    /// Handles one received datagram (an IKE message without the non-ESP
+    /// marker) from `remote`. Anything that does not fit the current state
+    /// is dropped and counted in [`Self::stats`]; nothing panics.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, bytes: &[u8]) {
+        if let Err(discard) = self.handle(now, remote, bytes) {
+            let counter = match discard {
+                Discard::Malformed => &mut self.stats.malformed,
+                Discard::WrongSpi => &mut self.stats.wrong_spi,
+                Discard::WrongMessageId => &mut self.stats.wrong_message_id,
+                Discard::Integrity => &mut self.stats.integrity,
+                Discard::Unexpected => &mut self.stats.unexpected,
+            };
+            *counter += 1;
+        }
+    }
+
+    fn handle(&mut self, now: Instant, remote: SocketAddr, bytes: &[u8]) -> Result<(), Discard> {
+        let header = Header::decode(bytes).map_err(|_| Discard::Malformed)?;
+        // RFC 7296 section 3.1: a message with a major version above 2 is
+        // rejected (INVALID_MAJOR_VERSION is not sent yet).
+        if header.major_version != MAJOR_VERSION {
+            return Err(Discard::Malformed);
+        }
+        match (self.role, header.response) {
+            (_, true) => self.handle_response(now, &header, bytes),
+            (_, false) => self.handle_request(now, remote, &header, bytes),
+        }
+    }
+
+    // ---- sending ----
+
+    fn transmit(&mut self, bytes: Vec<u8>) {
+        if let Some(dst) = self.remote {
+            self.transmits.push_back(Transmit { dst, bytes });
+        }
+    }
+
+    fn send_request(&mut self, now: Instant, exchange: ExchangeType, id: u32, bytes: Vec<u8>) {
+        self.outstanding = Some(Outstanding {
+            message_id: id,
+            exchange,
+            bytes: bytes.clone(),
+            transmissions: 1,
+            timeout: RETRANSMIT_TIMEOUT,
+            deadline: now + RETRANSMIT_TIMEOUT,
+        });
+        self.transmit(bytes);
+    }
+
+    /// Sends a response and keeps it for retransmitted requests.
+    fn send_response(&mut self, id: u32, bytes: Vec<u8>) {
+        self.last_response = Some((id, bytes.clone()));
+        self.transmit(bytes);
+    }
+
+    fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
+        Header {
+            initiator_spi: self.spi_i,
+            responder_spi: self.spi_r,
+            next_payload: PayloadType::None,
+            major_version: MAJOR_VERSION,
+            minor_version: 0,
+            exchange_type: exchange,
+            response,
+            version: false,
+            initiator: self.role == Role::Initiator,
+            message_id,
+            length: 0,
+        }
+    }
+
+    fn close(&mut self, event: Event) {
+        self.state = State::Closed;
+        self.outstanding = None;
+        self.events.push_back(event);
+    }
+
+    fn local_error(&mut self, error: Error) {
+        self.close(Event::LocalError(error));
+    }
+
+    // ---- initiator ----
+
+    /// Builds the IKE_SA_INIT request: HDR, SAi1, KEi, Ni.
+    fn init_request(&mut self, group: DhGroup, ni: Vec<u8>, ke_retries: u8) -> Result<InitSent> {
+        let kex = crypto::start(group)?;
+        let message = Message {
+            header: self.header(ExchangeType::IkeSaInit, false, 0),
+            payloads: vec![
+                Payload::Sa(SaPayload {
+                    proposals: self.config.ike_proposals.clone(),
+                }),
+                Payload::KeyExchange(crate::message::KeyExchange {
+                    group,
+                    data: kex.public_value().to_vec(),
+                }),
+                Payload::Nonce(ni.clone()),
+            ],
+        };
+        Ok(InitSent {
+            kex,
+            ni,
+            request: message.encode()?,
+            ke_retries,
+        })
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        let Some(out) = &self.outstanding else {
+            return Err(Discard::Unexpected);
+        };
+        if header.initiator_spi != self.spi_i {
+            return Err(Discard::WrongSpi);
+        }
+        if header.message_id != out.message_id {
+            return Err(Discard::WrongMessageId);
+        }
+        // RFC 7296 section 3.1: the I flag is set by the original
+        // initiator, in its requests and in its responses.
+        if header.exchange_type != out.exchange
+            || header.initiator != (self.role == Role::Responder)
+        {
+            return Err(Discard::Unexpected);
+        }
+        match &self.state {
+            State::InitSent(_) => self.on_init_response(now, header, bytes),
+            State::AuthSent(st) => {
+                if header.responder_spi != self.spi_r {
+                    return Err(Discard::WrongSpi);
+                }
+                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
+                    Error::IntegrityCheckFailed => Discard::Integrity,
+                    _ => Discard::Malformed,
+                })?;
+                self.outstanding = None;
+                self.on_auth_response(&message);
+                Ok(())
+            }
+            State::Established(st) => {
+                if header.responder_spi != self.spi_r {
+                    return Err(Discard::WrongSpi);
+                }
+                st.sk.inbound.open(bytes).map_err(|e| match e {
+                    Error::IntegrityCheckFailed => Discard::Integrity,
+                    _ => Discard::Malformed,
+                })?;
+                self.outstanding = None;
+                // The answer to our DELETE closes the IKE SA (RFC 7296
+                // section 1.4.1); the answer to a liveness check only
+                // proves the peer is alive.
+                if st.deleting {
+                    self.close(Event::IkeSaDeleted);
+                }
+                Ok(())
+            }
+            _ => Err(Discard::Unexpected),
+        }
+    }
+
+    fn on_init_response(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        let p = Payloads(&message.payloads);
+        // RFC 7296 section 1.2: INVALID_KE_PAYLOAD names the group the
+        // responder wants; the initiator retries IKE_SA_INIT with a KE payload
+        // of that group.
+        if let Some(n) = p.notify(NotifyType::InvalidKePayload) {
+            let group = <[u8; 2]>::try_from(n.data.as_slice())
+                .map(|b| DhGroup::from(u16::from_be_bytes(b)))
+                .map_err(|_| Discard::Malformed)?;
+            let State::InitSent(st) = &self.state else {
+                return Err(Discard::Unexpected);
+            };
+            if st.ke_retries >= MAX_KE_RETRIES
+                || group == st.kex.group()
+                || !offers_group(&self.config.ike_proposals, group)
+            {
+                self.close(Event::Failed {
+                    notify: NotifyType::InvalidKePayload,
+                    by_peer: true,
+                });
+                return Ok(());
+            }
+            let (ni, retries) = (st.ni.clone(), st.ke_retries + 1);
+            match self.init_request(group, ni, retries) {
+                Ok(init) => {
+                    self.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
+                    self.state = State::InitSent(Box::new(init));
+                }
+                Err(e) => self.local_error(e),
+            }
+            return Ok(());
+        }
+        // An error notify ends the attempt (RFC 7296 section 2.21.1). It is not
+        // authenticated; a later slice may keep waiting for a while.
+        if let Some(notify) = p.error() {
+            self.close(Event::Failed {
+                notify,
+                by_peer: true,
+            });
+            return Ok(());
+        }
+        let (Some(sa), Some(ke), Some(nr)) = (p.sa(), p.ke(), p.nonce()) else {
+            return Err(Discard::Malformed);
+        };
+        if header.responder_spi == 0 {
+            return Err(Discard::Malformed);
+        }
+        let State::InitSent(st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return Err(Discard::Unexpected);
+        };
+        self.outstanding = None;
+        self.spi_r = header.responder_spi;
+        // RFC 7296 section 2.7: the responder accepts one proposal, which must
+        // be one we offered, with one transform of each type.
+        let suite = match sa.proposals.as_slice() {
+            [chosen] => proposal::check_chosen(&self.config.ike_proposals, chosen)
+                .and_then(|_| IkeSuite::from_proposal(chosen)),
+            _ => Err(Error::InvalidValue {
+                what: "IKE_SA_INIT response: not one proposal",
+                value: sa.proposals.len() as u64,
+            }),
+        };
+        let Ok(suite) = suite else {
+            self.close(Event::Failed {
+                notify: NotifyType::NoProposalChosen,
+                by_peer: false,
+            });
+            return Ok(());
+        };
+        if suite.group != st.kex.group() || ke.group != suite.group {
+            self.close(Event::Failed {
+                notify: NotifyType::InvalidKePayload,
+                by_peer: false,
+            });
+            return Ok(());
+        }
+        let InitSent {
+            kex, ni, request, ..
+        } = *st;
+        let Ok(g_ir) = kex.complete(&ke.data) else {
+            self.close(Event::Failed {
+                notify: NotifyType::InvalidSyntax,
+                by_peer: false,
+            });
+            return Ok(());
+        };
+        let nr = nr.to_vec();
+        let result = self
+            .derive(suite, &g_ir, &ni, &nr)
+            .and_then(|sk| self.auth_request(sk, ni, nr, &request, bytes.to_vec()));
+        match result {
+            Ok((st, bytes)) => {
+                self.send_request(now, ExchangeType::IkeAuth, 1, bytes);
+                self.next_request_id = 2;
+                self.state = State::AuthSent(Box::new(st));
+            }
+            Err(e) => self.local_error(e),
+        }
+        Ok(())
+    }
+
+    /// SKEYSEED and the SK_* keys (RFC 7296 section 2.14), and the ciphers.
+    fn derive(&self, suite: IkeSuite, g_ir: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
+        let seed = skeyseed(suite.prf, ni, nr, g_ir.expose());
+        let keys = IkeKeys::derive(&suite, &seed, ni, nr, self.spi_i, self.spi_r)?;
+        let (outbound, inbound) = SkCipher::pair(&suite, &keys, self.role == Role::Initiator)?;
+        Ok(Sk {
+            suite,
+            keys,
+            outbound,
+            inbound,
+        })
+    }
+
+    /// Builds the IKE_AUTH request: HDR, SK {IDi, [IDr,] AUTH,
+    /// [N(USE_TRANSPORT_MODE),] SAi2, TSi, TSr}.
+    fn auth_request(
+        &mut self,
+        sk: Sk,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        init_request: &[u8],
+        init_response: Vec<u8>,
+    ) -> Result<(AuthSent, Vec<u8>)> {
+        let c = &self.config;
+        // RFC 7296 section 2.15: InitiatorSignedOctets = RealMessage1 |
+        // NonceRData | MACedIDForI
+        let auth = psk_auth(
+            &sk.suite,
+            &c.psk,
+            init_request,
+            &nr,
+            &sk.keys.sk_pi,
+            &c.local_id,
+        );
+        let mut payloads = vec![Payload::IdInitiator(c.local_id.clone())];
+        if let Some(idr) = &c.remote_id {
+            payloads.push(Payload::IdResponder(idr.clone()));
+        }
+        payloads.push(Payload::Auth(Auth {
+            method: AuthMethod::SharedKey,
+            data: auth.expose().to_vec(),
+        }));
+        // RFC 7296 section 1.3.1: USE_TRANSPORT_MODE asks for a transport-mode
+        // Child SA.
+        if c.transport_mode {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::UseTransportMode,
+                Vec::new(),
+            )));
+        }
+        let esp_spi = random_esp_spi(self.rng.as_mut())?;
+        let c = &self.config;
+        let esp_offer: Vec<Proposal> = c
+            .esp_proposals
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.spi = esp_spi.to_be_bytes().to_vec();
+                p
+            })
+            .collect();
+        payloads.push(Payload::Sa(SaPayload {
+            proposals: esp_offer.clone(),
+        }));
+        payloads.push(Payload::TsInitiator(c.local_ts.clone()));
+        payloads.push(Payload::TsResponder(c.remote_ts.clone()));
+        let bytes = sk
+            .outbound
+            .seal(&self.header(ExchangeType::IkeAuth, false, 1), &payloads)?;
+        let st = AuthSent {
+            sk,
+            ni,
+            nr,
+            init_response,
+            esp_spi,
+            esp_offer,
+            tsi: c.local_ts.clone(),
+            tsr: c.remote_ts.clone(),
+        };
+        Ok((st, bytes))
+    }
+
+    fn on_auth_response(&mut self, message: &Message) {
+        let State::AuthSent(st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let p = Payloads(&message.payloads);
+        // RFC 7296 section 2.21.2: a responder that rejects our AUTH answers
+        // AUTHENTICATION_FAILED in the (encrypted) IKE_AUTH response.
+        if p.notify(NotifyType::AuthenticationFailed).is_some() {
+            self.close(Event::AuthFailed {
+                reason: AuthFailure::RejectedByPeer,
+            });
+            return;
+        }
+        let (Some(idr), Some(auth)) = (p.idr(), p.auth()) else {
+            match p.error() {
+                Some(notify) => self.close(Event::Failed {
+                    notify,
+                    by_peer: true,
+                }),
+                None => self.close(Event::AuthFailed {
+                    reason: AuthFailure::MissingPayload,
+                }),
+            }
+            return;
+        };
+        if let Err(reason) = self.verify_peer(idr, auth, &st.sk, &st.init_response, &st.ni) {
+            // A later slice tells the peer with an INFORMATIONAL
+            // AUTHENTICATION_FAILED (section 2.21.2).
+            self.close(Event::AuthFailed { reason });
+            return;
+        }
+        let AuthSent {
+            sk,
+            ni,
+            nr,
+            esp_spi,
+            esp_offer,
+            tsi,
+            tsr,
+            ..
+        } = *st;
+        self.events.push_back(Event::IkeSaEstablished);
+        let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr);
+        let event = child.unwrap_or_else(|event| *event);
+        self.state = State::Established(Box::new(Established {
+            sk,
+            child: child_spis(&event),
+            deleting: false,
+        }));
+        self.events.push_back(event);
+    }
+
+    /// Checks the peer's identity and AUTH payload against our PSK.
+    fn verify_peer(
+        &self,
+        id: &Identity,
+        auth: &Auth,
+        sk: &Sk,
+        peer_real_message: &[u8],
+        our_nonce: &[u8],
+    ) -> Result<(), AuthFailure> {
+        if self.config.remote_id.as_ref().is_some_and(|r| r != id) {
+            return Err(AuthFailure::IdentityMismatch);
+        }
+        if auth.method != AuthMethod::SharedKey {
+            return Err(AuthFailure::UnsupportedMethod);
+        }
+        let sk_p = match self.role {
+            Role::Initiator => &sk.keys.sk_pr,
+            Role::Responder => &sk.keys.sk_pi,
+        };
+        let expected = psk_auth(
+            &sk.suite,
+            &self.config.psk,
+            peer_real_message,
+            our_nonce,
+            sk_p,
+            id,
+        );
+        verify_slices_are_equal(expected.expose(), &auth.data).map_err(|_| AuthFailure::BadAuth)
+    }
+
+    /// The Child SA from the responder's IKE_AUTH answer, or the event
+    /// that says why there is none.
+    #[allow(clippy::too_many_arguments)]
+    fn initiator_child(
+        &self,
+        p: &Payloads<'_>,
+        sk: &Sk,
+        ni: &[u8],
+        nr: &[u8],
+        esp_spi: u32,
+        esp_offer: &[Proposal],
+        tsi: &[TrafficSelector],
+        tsr: &[TrafficSelector],
+    ) -> Result<Event, Box<Event>> {
+        let failed = |notify| {
+            Box::new(Event::Failed {
+                notify,
+                by_peer: false,
+            })
+        };
+        // NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE...: the IKE SA stands, the Child
+        // SA was refused (RFC 7296 section 1.2).
+        if let Some(notify) = p.error() {
+            return Err(Box::new(Event::Failed {
+                notify,
+                by_peer: true,
+            }));
+        }
+        let (Some(sa), Some(rtsi), Some(rtsr)) = (p.sa(), p.tsi(), p.tsr()) else {
+            return Err(failed(NotifyType::InvalidSyntax));
+        };
+        let [chosen] = sa.proposals.as_slice() else {
+            return Err(failed(NotifyType::NoProposalChosen));
+        };
+        let mut check = chosen.clone();
+        check.spi = esp_spi.to_be_bytes().to_vec();
+        let choice = proposal::check_chosen(esp_offer, &check)
+            .and_then(|_| proposal::esp_choice(chosen))
+            .map_err(|_| failed(NotifyType::NoProposalChosen))?;
+        let peer_spi = <[u8; 4]>::try_from(chosen.spi.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| failed(NotifyType::InvalidSyntax))?;
+        // RFC 7296 section 2.9: the responder may narrow, never widen, what we
+        // proposed.
+        if rtsi.is_empty()
+            || rtsr.is_empty()
+            || !ts::is_subset(rtsi, tsi)
+            || !ts::is_subset(rtsr, tsr)
+        {
+            return Err(failed(NotifyType::TsUnacceptable));
+        }
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, None, ni, nr, choice.suite)
+            .map_err(|e| Box::new(Event::LocalError(e)))?;
+        let params = |direction, spi, keys| ChildSaParams {
+            direction,
+            spi,
+            suite: choice.suite,
+            esn: choice.esn,
+            transport,
+            keys,
+            local_ts: rtsi.to_vec(),
+            remote_ts: rtsr.to_vec(),
+        };
+        Ok(Event::ChildSaUp {
+            inbound: params(Direction::Inbound, esp_spi, keys.responder_to_initiator),
+            outbound: params(Direction::Outbound, peer_spi, keys.initiator_to_responder),
+        })
+    }
+
+    // ---- responder ----
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        // RFC 7296 section 3.1: the I flag is set in messages sent by the
+        // original initiator.
+        if header.initiator != (self.role == Role::Responder) {
+            return Err(Discard::Unexpected);
+        }
+        if let State::ExpectInit = self.state {
+            if header.exchange_type != ExchangeType::IkeSaInit
+                || header.message_id != 0
+                || header.responder_spi != 0
+            {
+                return Err(Discard::Unexpected);
+            }
+            return self.on_init_request(now, remote, header, bytes);
+        }
+        let init_retransmit =
+            self.role == Role::Responder && header.message_id == 0 && header.responder_spi == 0;
+        if header.initiator_spi != self.spi_i
+            || (header.responder_spi != self.spi_r && !init_retransmit)
+        {
+            return Err(Discard::WrongSpi);
+        }
+        // RFC 7296 section 2.1: a retransmitted request (same message ID) gets
+        // the cached response again, and is not processed a second time.
+        if let Some((id, response)) = &self.last_response {
+            if header.message_id == *id {
+                let response = response.clone();
+                self.stats.cached_responses += 1;
+                self.remote = Some(remote);
+                self.transmit(response);
+                return Ok(());
+            }
+        }
+        match &self.state {
+            State::ExpectAuth(st) => {
+                if header.message_id != 1 {
+                    return Err(Discard::WrongMessageId);
+                }
+                if header.exchange_type != ExchangeType::IkeAuth {
+                    return Err(Discard::Unexpected);
+                }
+                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
+                    Error::IntegrityCheckFailed => Discard::Integrity,
+                    _ => Discard::Malformed,
+                })?;
+                self.remote = Some(remote);
+                self.on_auth_request(&message);
+                Ok(())
+            }
+            State::Established(st) => {
+                if header.message_id != self.peer_next_id {
+                    return Err(Discard::WrongMessageId);
+                }
+                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
+                    Error::IntegrityCheckFailed => Discard::Integrity,
+                    _ => Discard::Malformed,
+                })?;
+                self.remote = Some(remote);
+                self.on_established_request(header, &message);
+                Ok(())
+            }
+            _ => Err(Discard::Unexpected),
+        }
+    }
+
+    /// A request from the peer once the IKE SA is up: INFORMATIONAL (an
+    /// empty one is a liveness check; DELETE closes the Child SA or the
+    /// IKE SA), or CREATE_CHILD_SA, which this slice declines.
+    fn on_established_request(&mut self, header: &Header, message: &Message) {
+        let response = self.header(header.exchange_type, true, header.message_id);
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        let id = header.message_id;
+        let mut reply = Vec::new();
+        let mut events = Vec::new();
+        let mut delete_ike = false;
+        match header.exchange_type {
+            ExchangeType::Informational => {
+                for payload in &message.payloads {
+                    let Payload::Delete(d) = payload else {
+                        continue;
+                    };
+                    match d.protocol {
+                        ProtocolId::Ike => delete_ike = true,
+                        ProtocolId::Esp => {
+                            // RFC 7296 section 1.4.1: the answer to a
+                            // DELETE of ESP SAs deletes the SAs of the other
+                            // direction, by our own (inbound) SPIs.
+                            let gone = st.child.filter(|(_, outbound)| {
+                                d.spis.iter().any(|spi| spi[..] == outbound.to_be_bytes())
+                            });
+                            if let Some((inbound, outbound)) = gone {
+                                reply.push(Payload::Delete(Delete::esp(&[inbound])));
+                                events.push(Event::ChildSaDown {
+                                    inbound_spi: inbound,
+                                    outbound_spi: outbound,
+                                });
+                                st.child = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // RFC 7296 section 3.10.1: NO_ADDITIONAL_SAS says the node will
+            // not accept more Child SAs on this IKE SA. Rekeying comes later.
+            ExchangeType::CreateChildSa => reply.push(Payload::Notify(Notify::new(
+                NotifyType::NoAdditionalSas,
+                Vec::new(),
+            ))),
+            _ => {
+                self.stats.unexpected += 1;
+                return;
+            }
+        }
+        if delete_ike {
+            // RFC 7296 section 1.4.1: deleting the IKE SA deletes its Child
+            // SAs; the response is an empty INFORMATIONAL message.
+            reply.clear();
+            events = vec![Event::IkeSaDeleted];
+        }
+        let sealed = st.sk.outbound.seal(&response, &reply);
+        self.peer_next_id = id.wrapping_add(1);
+        match sealed {
+            Ok(bytes) => self.send_response(id, bytes),
+            Err(e) => return self.local_error(e),
+        }
+        if delete_ike {
+            self.state = State::Closed;
+        }
+        self.events.extend(events);
+    }
+
+    /// Answers an error notify to an IKE_SA_INIT request, without keeping
+    /// state (the responder SPI is zero).
+    fn refuse_init(&mut self, remote: SocketAddr, header: &Header, notify: Notify) {
+        let message = Message {
+            header: Header {
+                initiator_spi: header.initiator_spi,
+                responder_spi: 0,
+                response: true,
+                initiator: false,
+                ..self.header(ExchangeType::IkeSaInit, true, 0)
+            },
+            payloads: vec![Payload::Notify(notify)],
+        };
+        if let Ok(bytes) = message.encode() {
+            self.transmits.push_back(Transmit { dst: remote, bytes });
+        }
+    }
+
+    fn on_init_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        let p = Payloads(&message.payloads);
+        let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
+            return Err(Discard::Malformed);
+        };
+        // RFC 7296 section 2.7: the responder picks one proposal, or answers
+        // NO_PROPOSAL_CHOSEN.
+        let chosen = proposal::select(&self.config.ike_proposals, &sa.proposals);
+        let Some((chosen, suite)) = chosen.and_then(|c| {
+            IkeSuite::from_proposal(&c.proposal)
+                .ok()
+                .map(|s| (c.proposal, s))
+        }) else {
+            self.refuse_init(
+                remote,
+                header,
+                Notify::new(NotifyType::NoProposalChosen, Vec::new()),
+            );
+            self.events.push_back(Event::Failed {
+                notify: NotifyType::NoProposalChosen,
+                by_peer: false,
+            });
+            return Ok(());
+        };
+        // RFC 7296 section 1.2: a KE payload of another group than the chosen
+        // one is answered with INVALID_KE_PAYLOAD, which names the group we
+        // want.
+        if ke.group != suite.group {
+            self.refuse_init(
+                remote,
+                header,
+                Notify::new(
+                    NotifyType::InvalidKePayload,
+                    suite.group.value().to_be_bytes().to_vec(),
+                ),
+            );
+            return Ok(());
+        }
+        let kex = match crypto::start(suite.group) {
+            Ok(k) => k,
+            Err(e) => {
+                self.local_error(e);
+                return Ok(());
+            }
+        };
+        let public = kex.public_value().to_vec();
+        let Ok(g_ir) = kex.complete(&ke.data) else {
+            self.refuse_init(
+                remote,
+                header,
+                Notify::new(NotifyType::InvalidSyntax, Vec::new()),
+            );
+            return Ok(());
+        };
+        let result = (|| {
+            let spi_r = random_ike_spi(self.rng.as_mut())?;
+            let nr = random_nonce(self.rng.as_mut())?;
+            self.spi_i = header.initiator_spi;
+            self.spi_r = spi_r;
+            let response = Message {
+                header: self.header(ExchangeType::IkeSaInit, true, 0),
+                payloads: vec![
+                    Payload::Sa(SaPayload {
+                        proposals: vec![chosen],
+                    }),
+                    Payload::KeyExchange(crate::message::KeyExchange {
+                        group: suite.group,
+                        data: public,
+                    }),
+                    Payload::Nonce(nr.clone()),
+                ],
+            }
+            .encode()?;
+            let sk = self.derive(suite, &g_ir, ni, &nr)?;
+            Ok::<_, Error>((sk, nr, response))
+        })();
+        match result {
+            Ok((sk, nr, response)) => {
+                self.remote = Some(remote);
+                self.half_open_deadline = Some(now + HALF_OPEN_TIMEOUT);
+                self.send_response(0, response.clone());
+                self.state = State::ExpectAuth(Box::new(ExpectAuth {
+                    sk,
+                    ni: ni.to_vec(),
+                    nr,
+                    init_request: bytes.to_vec(),
+                    init_response: response,
+                }));
+            }
+            Err(e) => self.local_error(e),
+        }
+        Ok(())
+    }
+
+    fn on_auth_request(&mut self, message: &Message) {
+        self.half_open_deadline = None;
+        let State::ExpectAuth(st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let p = Payloads(&message.payloads);
+        let header = self.header(ExchangeType::IkeAuth, true, 1);
+        let verified = match (p.idi(), p.auth()) {
+            (Some(idi), Some(auth)) => {
+                self.verify_peer(idi, auth, &st.sk, &st.init_request, &st.nr)
+            }
+            _ => Err(AuthFailure::MissingPayload),
+        };
+        // IDr, if sent, names the identity the initiator expects of us.
+        let verified = verified.and_then(|()| match p.idr() {
+            Some(idr) if *idr != self.config.local_id => Err(AuthFailure::IdentityMismatch),
+            _ => Ok(()),
+        });
+        if let Err(reason) = verified {
+            // RFC 7296 section 2.21.2: if the responder's AUTH check fails, it
+            // answers with an AUTHENTICATION_FAILED notify in the encrypted
+            // IKE_AUTH response, and the IKE SA is not created.
+            let notify = [Payload::Notify(Notify::new(
+                NotifyType::AuthenticationFailed,
+                Vec::new(),
+            ))];
+            match st.sk.outbound.seal(&header, &notify) {
+                Ok(bytes) => {
+                    self.send_response(1, bytes);
+                    self.close(Event::AuthFailed { reason });
+                }
+                Err(e) => self.local_error(e),
+            }
+            return;
+        }
+        let ExpectAuth {
+            sk,
+            ni,
+            nr,
+            init_response,
+            ..
+        } = *st;
+        // RFC 7296 section 2.15: responderSignedOctets = RealMessage2 |
+        // NonceIData | MACedIDForR
+        let c = &self.config;
+        let auth = psk_auth(
+            &sk.suite,
+            &c.psk,
+            &init_response,
+            &ni,
+            &sk.keys.sk_pr,
+            &c.local_id,
+        );
+        let mut payloads = vec![
+            Payload::IdResponder(c.local_id.clone()),
+            Payload::Auth(Auth {
+                method: AuthMethod::SharedKey,
+                data: auth.expose().to_vec(),
+            }),
+        ];
+        let child = self.responder_child(&p, &sk, &ni, &nr);
+        let child_event = match child {
+            Ok((child_payloads, event)) => {
+                payloads.extend(child_payloads);
+                event
+            }
+            Err(notify) => {
+                payloads.push(Payload::Notify(Notify::new(notify, Vec::new())));
+                Event::Failed {
+                    notify,
+                    by_peer: false,
+                }
+            }
+        };
+        match sk.outbound.seal(&header, &payloads) {
+            Ok(bytes) => {
+                self.send_response(1, bytes);
+                self.peer_next_id = 2;
+                self.next_request_id = 0;
+                self.state = State::Established(Box::new(Established {
+                    sk,
+                    child: child_spis(&child_event),
+                    deleting: false,
+                }));
+                self.events.push_back(Event::IkeSaEstablished);
+                self.events.push_back(child_event);
+            }
+            Err(e) => self.local_error(e),
+        }
+    }
+
+    /// The responder's half of the first Child SA: the chosen proposal
+    /// with our SPI, the narrowed selectors, and the keys; or the error
+    /// notify that refuses it (the IKE SA stands either way).
+    fn responder_child(
+        &mut self,
+        p: &Payloads<'_>,
+        sk: &Sk,
+        ni: &[u8],
+        nr: &[u8],
+    ) -> Result<(Vec<Payload>, Event), NotifyType> {
+        let (Some(sa), Some(tsi), Some(tsr)) = (p.sa(), p.tsi(), p.tsr()) else {
+            return Err(NotifyType::InvalidSyntax);
+        };
+        let selected = proposal::select(&self.config.esp_proposals, &sa.proposals)
+            .ok_or(NotifyType::NoProposalChosen)?;
+        let choice =
+            proposal::esp_choice(&selected.proposal).map_err(|_| NotifyType::NoProposalChosen)?;
+        let peer_spi = <[u8; 4]>::try_from(selected.proposal.spi.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| NotifyType::InvalidSyntax)?;
+        // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
+        // policy; if nothing is left it answers TS_UNACCEPTABLE.
+        let tsi = ts::narrow(tsi, &self.config.remote_ts);
+        let tsr = ts::narrow(tsr, &self.config.local_ts);
+        if tsi.is_empty() || tsr.is_empty() {
+            return Err(NotifyType::TsUnacceptable);
+        }
+        // RFC 7296 section 1.3.1: the responder that agrees to transport mode
+        // includes USE_TRANSPORT_MODE in its answer; without it the SA is in
+        // tunnel mode.
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        let our_spi =
+            random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, None, ni, nr, choice.suite)
+            .map_err(|_| NotifyType::TemporaryFailure)?;
+        let mut chosen = selected.proposal;
+        chosen.spi = our_spi.to_be_bytes().to_vec();
+        let mut payloads = Vec::new();
+        if transport {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::UseTransportMode,
+                Vec::new(),
+            )));
+        }
+        payloads.push(Payload::Sa(SaPayload {
+            proposals: vec![chosen],
+        }));
+        payloads.push(Payload::TsInitiator(tsi.clone()));
+        payloads.push(Payload::TsResponder(tsr.clone()));
+        let params = |direction, spi, keys| ChildSaParams {
+            direction,
+            spi,
+            suite: choice.suite,
+            esn: choice.esn,
+            transport,
+            keys,
+            local_ts: tsr.clone(),
+            remote_ts: tsi.clone(),
+        };
+        let event = Event::ChildSaUp {
+            inbound: params(Direction::Inbound, our_spi, keys.initiator_to_responder),
+            outbound: params(Direction::Outbound, peer_spi, keys.responder_to_initiator),
+        };
+        Ok((payloads, event))
+    }
+}

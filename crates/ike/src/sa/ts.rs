@@ -1,0 +1,276 @@
+//! Traffic selectors: building them, narrowing them (RFC 7296 section
+//! 2.9), and turning them into the ESP engine's [`Selector`]s.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use tunsec_esp::{IpPrefix, PortRange, Selector};
+
+use crate::message::TrafficSelector;
+
+/// A selector for one host: one address, an IP protocol (0 for any) and a
+/// port range (`0..=65535` for any).
+///
+/// For the overlay, a VXLAN peer is `host(addr, 17, 4789, 4789)` when only
+/// its tunnel port is to be protected; since each side sends to the other's
+/// port 4789 from per-flow source ports, a Child SA that carries both
+/// directions needs any port on at least one side of each pair.
+pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> TrafficSelector {
+    match addr {
+        IpAddr::V4(a) => TrafficSelector::Ipv4 {
+            ip_protocol,
+            start_port,
+            end_port,
+            start: a,
+            end: a,
+        },
+        IpAddr::V6(a) => TrafficSelector::Ipv6 {
+            ip_protocol,
+            start_port,
+            end_port,
+            start: a,
+            end: a,
+        },
+    }
+}
+
+/// The intersection of two protocol fields, 0 meaning any.
+fn protocol(a: u8, b: u8) -> Option<u8> {
+    match (a, b) {
+        (0, b) => Some(b),
+        (a, 0) => Some(a),
+        (a, b) if a == b => Some(a),
+        _ => None,
+    }
+}
+
+/// The intersection of two closed ranges.
+fn range<T: Ord + Copy>(a: (T, T), b: (T, T)) -> Option<(T, T)> {
+    let (start, end) = (a.0.max(b.0), a.1.min(b.1));
+    (start <= end).then_some((start, end))
+}
+
+/// The traffic two selectors both cover, if any. Selectors of different
+/// types, and of unknown types, have none in common.
+pub fn intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficSelector> {
+    use TrafficSelector::{Ipv4, Ipv6};
+    match (a, b) {
+        (
+            Ipv4 {
+                ip_protocol: pa,
+                start_port: sa,
+                end_port: ea,
+                start: a0,
+                end: a1,
+            },
+            Ipv4 {
+                ip_protocol: pb,
+                start_port: sb,
+                end_port: eb,
+                start: b0,
+                end: b1,
+            },
+        ) => {
+            let (start_port, end_port) = range((*sa, *ea), (*sb, *eb))?;
+            let (start, end) = range((*a0, *a1), (*b0, *b1))?;
+            Some(Ipv4 {
+                ip_protocol: protocol(*pa, *pb)?,
+                start_port,
+                end_port,
+                start,
+                end,
+            })
+        }
+        (
+            Ipv6 {
+                ip_protocol: pa,
+                start_port: sa,
+                end_port: ea,
+                start: a0,
+                end: a1,
+            },
+            Ipv6 {
+                ip_protocol: pb,
+                start_port: sb,
+                end_port: eb,
+                start: b0,
+                end: b1,
+            },
+        ) => {
+            let (start_port, end_port) = range((*sa, *ea), (*sb, *eb))?;
+            let (start, end) = range((*a0, *a1), (*b0, *b1))?;
+            Some(Ipv6 {
+                ip_protocol: protocol(*pa, *pb)?,
+                start_port,
+                end_port,
+                start,
+                end,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Narrows a peer's offer to what our policy allows: every non-empty
+/// intersection of an offered selector with one of ours, without
+/// duplicates.
+///
+/// RFC 7296 section 2.9: the responder may narrow the selectors to a
+/// subset of what the initiator proposed; if the result is empty it
+/// answers `TS_UNACCEPTABLE`, which the caller does on an empty result.
+pub fn narrow(offered: &[TrafficSelector], ours: &[TrafficSelector]) -> Vec<TrafficSelector> {
+    let mut out = Vec::new();
+    for o in offered {
+        for m in ours {
+            match intersect(o, m) {
+                Some(ts) if !out.contains(&ts) => out.push(ts),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Whether every selector of `narrowed` lies within one of `offered`: what
+/// an initiator checks of the responder's TSi and TSr.
+pub fn is_subset(narrowed: &[TrafficSelector], offered: &[TrafficSelector]) -> bool {
+    narrowed
+        .iter()
+        .all(|n| offered.iter().any(|o| intersect(n, o).as_ref() == Some(n)))
+}
+
+/// The prefix length of a range that is exactly one prefix.
+fn prefix_len(start: u128, end: u128, bits: u32) -> Option<u8> {
+    let diff = start ^ end;
+    let host_bits = 128 - diff.leading_zeros();
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u128::MAX >> (128 - host_bits)
+    };
+    (diff == mask && start & mask == 0 && end & mask == mask)
+        .then(|| u8::try_from(bits - host_bits).ok())
+        .flatten()
+}
+
+/// A selector's addresses as one prefix, its protocol, and its ports;
+/// `None` for an unknown type or a range that is not a prefix.
+fn parts(ts: &TrafficSelector) -> Option<(IpPrefix, Option<u8>, PortRange)> {
+    let (addr, len, ip_protocol, start_port, end_port) = match *ts {
+        TrafficSelector::Ipv4 {
+            ip_protocol,
+            start_port,
+            end_port,
+            start,
+            end,
+        } => {
+            let len = prefix_len(u128::from(u32::from(start)), u128::from(u32::from(end)), 32)?;
+            (IpAddr::V4(start), len, ip_protocol, start_port, end_port)
+        }
+        TrafficSelector::Ipv6 {
+            ip_protocol,
+            start_port,
+            end_port,
+            start,
+            end,
+        } => {
+            let len = prefix_len(u128::from(start), u128::from(end), 128)?;
+            (IpAddr::V6(start), len, ip_protocol, start_port, end_port)
+        }
+        TrafficSelector::Unknown { .. } => return None,
+    };
+    let prefix = IpPrefix::new(addr, len).ok()?;
+    let protocol = (ip_protocol != 0).then_some(ip_protocol);
+    Some((
+        prefix,
+        protocol,
+        PortRange {
+            start: start_port,
+            end: end_port,
+        },
+    ))
+}
+
+/// The ESP engine's selectors for the pairs of a local and a remote
+/// traffic selector (seen from this host), skipping pairs of different IP
+/// versions or protocols, and ranges that are not one prefix (which the
+/// ESP engine cannot express yet).
+pub fn to_esp_selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Vec<Selector> {
+    let mut out = Vec::new();
+    for l in local {
+        for r in remote {
+            let (Some((lp, lproto, lports)), Some((rp, rproto, rports))) = (parts(l), parts(r))
+            else {
+                continue;
+            };
+            if lp.addr().is_ipv4() != rp.addr().is_ipv4() {
+                continue;
+            }
+            let protocol = match (lproto, rproto) {
+                (None, p) | (p, None) => p,
+                (Some(a), Some(b)) if a == b => Some(a),
+                _ => continue,
+            };
+            out.push(Selector {
+                local: lp,
+                remote: rp,
+                protocol,
+                local_ports: lports,
+                remote_ports: rports,
+            });
+        }
+    }
+    out
+}
+
+/// Every IPv6 address, all protocols and ports.
+pub fn any_ipv6() -> TrafficSelector {
+    TrafficSelector::Ipv6 {
+        ip_protocol: 0,
+        start_port: 0,
+        end_port: u16::MAX,
+        start: Ipv6Addr::UNSPECIFIED,
+        end: Ipv6Addr::from(u128::MAX),
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn narrowing() {
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let offered = [host(a, 17, 0, u16::MAX)];
+        let ours = [TrafficSelector::any_ipv4(), host(a, 0, 4789, 4789)];
+        let n = narrow(&offered, &ours);
+        assert_eq!(n, vec![host(a, 17, 0, u16::MAX), host(a, 17, 4789, 4789)]);
+        assert!(is_subset(&n, &offered));
+        assert!(!is_subset(&[TrafficSelector::any_ipv4()], &offered));
+        assert!(narrow(&offered, &[host(a, 6, 0, u16::MAX)]).is_empty());
+        assert!(narrow(&offered, &[any_ipv6()]).is_empty());
+    }
+
+    #[test]
+    fn esp_selectors() {
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let s = to_esp_selectors(&[host(a, 17, 0, u16::MAX)], &[host(b, 0, 4789, 4789)]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].local, IpPrefix::host(a));
+        assert_eq!(s[0].protocol, Some(17));
+        assert_eq!(s[0].remote_ports, PortRange::single(4789));
+        let any = to_esp_selectors(&[TrafficSelector::any_ipv4()], &[host(b, 0, 0, 65535)]);
+        assert_eq!(any[0].local, IpPrefix::ANY_V4);
+        // 192.0.2.1-192.0.2.2 is not a prefix.
+        let odd = TrafficSelector::Ipv4 {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: 65535,
+            start: Ipv4Addr::new(192, 0, 2, 1),
+            end: Ipv4Addr::new(192, 0, 2, 2),
+        };
+        assert!(to_esp_selectors(&[odd], &[host(b, 0, 0, 65535)]).is_empty());
+    }
+}
