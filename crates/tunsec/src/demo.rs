@@ -58,7 +58,7 @@ fn spi(from: usize, to: usize) -> u32 {
     0x1000 + (to as u32) * 16 + from as u32
 }
 
-fn tunsecd_path() -> anyhow::Result<PathBuf> {
+pub(crate) fn tunsecd_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("tunsecd");
     if !path.exists() {

@@ -7,10 +7,12 @@
 //! - [`control`]: the control API (JSON lines over a Unix socket).
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
+//! - [`bench`]: `tunsec bench`.
 //! - [`netns`]: network namespaces for the demo and the tests.
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -163,6 +163,15 @@ impl Lab {
         terminate(child)
     }
 
+    /// The process id of the process started under `label`, while the lab
+    /// holds it (`ip netns exec` execs, so it is the command's own pid).
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, child)| child.id())
+    }
+
     /// Waits until `check` holds, or fails after `timeout`.
     pub fn wait_for(
         &self,

@@ -35,6 +35,11 @@ enum Command {
     /// Run the demo: three hosts and two virtual networks in network
     /// namespaces on this machine (needs root).
     Demo(tunsec::demo::DemoArgs),
+    /// Measure TCP throughput and CPU cost per case (veth, the kernel's
+    /// vxlan, tunsecd in clear and with each suite, WireGuard peers when
+    /// installed) in network namespaces on this machine (needs root and
+    /// iperf3).
+    Bench(tunsec::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +85,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunsec demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Bench(bench) => {
+            return match tunsec::bench::run(&bench) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunsec bench: {e:#}");
                     ExitCode::FAILURE
                 }
             };

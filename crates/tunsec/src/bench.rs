@@ -1,0 +1,978 @@
+//! `tunsec bench`: TCP throughput and CPU cost of tunsec against the
+//! kernel's vxlan device and a plain veth, in network namespaces on this
+//! machine.
+//!
+//! ```text
+//!   t1 ── veth ── [br-t  DEV] h1 ── eth0 veth ── eth0 h2 [DEV  br-t] ── veth ── t2
+//!   198.51.100.1            192.0.2.1           192.0.2.2                198.51.100.2
+//! ```
+//!
+//! Every case gets a fresh set of namespaces (prefix `tsbench`), removed
+//! when the case ends, also after a failure or Ctrl-C. iperf3 runs one TCP
+//! stream from tenant `t1` to tenant `t2`:
+//!
+//! - `veth`: `t1` and `t2` joined by a veth pair, no tunnel: the ceiling.
+//! - `kernel-vxlan`: DEV is the kernel's vxlan device, in cleartext: the
+//!   baseline that every ratio refers to.
+//! - `tunsec-clear`: DEV is tunsecd's TAP device, peer policy `clear`
+//!   (VXLAN in the clear).
+//! - `tunsec-<suite>`: policy `require`, manual random keys, VXLAN inside
+//!   ESP in UDP.
+//! - `wireguard-go`, `boringtun`: when installed (or `--with-peers`), see
+//!   [`peers`].
+//!
+//! The tenants get the MTU that tunsecd gives its TAP device (read from
+//! its status), and the kernel cases use that same MTU, so every case
+//! carries packets of the same size. For each case: Gbit/s as the median
+//! of `--runs` runs, TCP retransmits, CPU seconds per GB of the tunnel
+//! daemons (utime+stime from `/proc/<pid>/stat`) and of the whole machine
+//! (`/proc/stat`), drops, and the ratio to `kernel-vxlan` of the same
+//! bench.
+
+mod measure;
+mod peers;
+mod report;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tunsec_esp::Suite;
+
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::netns::Lab;
+use measure::{CpuTimes, Iperf};
+use peers::Peer;
+use report::{BASELINE, CaseReport, Report, RunReport, Status};
+
+/// Options of `tunsec bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// iperf3 runs per case; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub seconds: u32,
+    /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
+    /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
+    /// tunsec-aes256-sha256, wireguard-go, boringtun. Default: all.
+    #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
+    pub cases: Vec<String>,
+    /// Print the results as JSON instead of a table (progress still goes
+    /// to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG bar chart of throughput and CPU per case.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Install the WireGuard peers if missing (wireguard-go and
+    /// wireguard-tools with apt-get, boringtun-cli with cargo install).
+    #[arg(long)]
+    pub with_peers: bool,
+    /// The prefix of the namespaces' names (for running the smoke test
+    /// beside a bench).
+    #[arg(long, default_value = "tsbench", hide = true)]
+    pub prefix: String,
+}
+
+/// Underlay addresses of the two hosts.
+const HOST_ADDR: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
+/// Tenant addresses.
+const TENANT_ADDR: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
+const VNI: &str = "100";
+const TAP: &str = "ts-blue";
+const IPERF_PORT: &str = "5201";
+
+/// What a case measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Veth,
+    KernelVxlan,
+    /// tunsecd with `clear` (None) or `require` and this suite.
+    Tunsec(Option<Suite>),
+    Peer(Peer),
+}
+
+impl Kind {
+    fn all() -> Vec<Self> {
+        let mut v = vec![Self::Veth, Self::KernelVxlan, Self::Tunsec(None)];
+        v.extend(Suite::ALL.into_iter().map(|s| Self::Tunsec(Some(s))));
+        v.extend(Peer::ALL.into_iter().map(Self::Peer));
+        v
+    }
+
+    fn name(self) -> String {
+        match self {
+            Self::Veth => "veth".to_owned(),
+            Self::KernelVxlan => BASELINE.to_owned(),
+            Self::Tunsec(None) => "tunsec-clear".to_owned(),
+            Self::Tunsec(Some(s)) => format!("tunsec-{}", s.name()),
+            Self::Peer(p) => p.name().to_owned(),
+        }
+    }
+
+    fn description(self) -> String {
+        match self {
+            Self::Veth => "tenants joined by a plain veth pair, no tunnel (the ceiling)".to_owned(),
+            Self::KernelVxlan => {
+                "the kernel's vxlan device, cleartext, bridged to the tenant (the baseline)"
+                    .to_owned()
+            }
+            Self::Tunsec(None) => "tunsecd, policy clear: VXLAN in the clear".to_owned(),
+            Self::Tunsec(Some(s)) => {
+                format!("tunsecd, policy require, {s}: VXLAN in ESP in UDP, manual random keys")
+            }
+            Self::Peer(p) => p.description().to_owned(),
+        }
+    }
+}
+
+/// Where iperf3 runs in a case, and what to account for.
+#[derive(Debug)]
+struct Endpoints {
+    client_ns: String,
+    server_ns: String,
+    client_ip: &'static str,
+    server_ip: &'static str,
+    /// The MTU of the interfaces iperf3 uses.
+    mtu: u16,
+    /// The tunnel daemon (for the table), if any.
+    daemon: Option<&'static str>,
+    /// The lab labels of the daemons whose CPU is counted.
+    daemon_labels: Vec<String>,
+    /// Namespaces whose UDP receive-buffer drops are counted.
+    hosts: Vec<String>,
+    /// tunsecd control sockets, for the drop counters.
+    control_sockets: Vec<PathBuf>,
+    /// Files outside the lab to remove afterwards (WireGuard's sockets).
+    files: Vec<PathBuf>,
+}
+
+/// What every case needs.
+struct Ctx<'a> {
+    args: &'a BenchArgs,
+    stop: &'a AtomicBool,
+    tunsecd: Option<PathBuf>,
+    clk_tck: u64,
+    /// The MTU tunsecd gives its TAP device in this topology.
+    tenant_mtu: u16,
+}
+
+/// Prints a progress line on stderr, with the UTC time.
+fn say(msg: &str) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "[bench {:02}:{:02}:{:02}] {msg}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    );
+}
+
+/// `2026-11-22T12:42:00Z` from the system clock.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut f = text
+        .split_whitespace()
+        .map(|w| w.parse::<f64>().unwrap_or(0.0));
+    [
+        f.next().unwrap_or(0.0),
+        f.next().unwrap_or(0.0),
+        f.next().unwrap_or(0.0),
+    ]
+}
+
+fn cpu_times() -> anyhow::Result<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    measure::parse_proc_stat(&text).context("/proc/stat has no cpu line")
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux
+/// architecture tunsec builds for).
+fn clk_tck() -> u64 {
+    crate::netns::run("getconf", &["CLK_TCK"])
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+fn check_interrupted(stop: &AtomicBool) -> anyhow::Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps, waking early on Ctrl-C.
+fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+/// The cases `--cases` names (every case by default), in bench order.
+fn select_cases(names: &[String]) -> anyhow::Result<Vec<Kind>> {
+    let all = Kind::all();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    for n in names {
+        if !all.iter().any(|k| k.name() == n.trim()) {
+            bail!(
+                "--cases: {n:?} is not a case; the cases are {}",
+                all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|k| names.iter().any(|n| n.trim() == k.name()))
+        .collect())
+}
+
+/// Runs the bench.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let kinds = select_cases(&args.cases)?;
+    // Root, iproute2, and no namespaces left from a crashed bench.
+    drop(Lab::new(&args.prefix)?);
+    let iperf3 = crate::netns::run("iperf3", &["--version"])
+        .context("iperf3 is needed: apt-get install iperf3 (scripts/deps.sh installs it)")?;
+    let iperf3 = String::from_utf8_lossy(&iperf3.stdout)
+        .lines()
+        .next()
+        .unwrap_or("iperf3")
+        .split(" (")
+        .next()
+        .unwrap_or("iperf3")
+        .to_owned();
+    crate::netns::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
+    let tunsecd = if kinds.iter().any(|k| matches!(k, Kind::Tunsec(_))) {
+        Some(crate::demo::tunsecd_path()?)
+    } else {
+        None
+    };
+    let wanted_peers: Vec<Peer> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            Kind::Peer(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    let install_failures = if args.with_peers {
+        peers::install(&wanted_peers)
+    } else {
+        Vec::new()
+    };
+    let tools = peers::Tools::find();
+    let ctx = Ctx {
+        args,
+        stop: &stop,
+        tunsecd,
+        clk_tck: clk_tck(),
+        tenant_mtu: expected_tap_mtu()?,
+    };
+
+    let load_start = loadavg();
+    let date = utc_now();
+    say(&format!(
+        "{} cases, {} runs of {} s each; load average {:.2} {:.2} {:.2}{}",
+        kinds.len(),
+        args.runs,
+        args.seconds,
+        load_start[0],
+        load_start[1],
+        load_start[2],
+        if load_start[0] > 1.0 {
+            " (the machine is busy: figures will be noisy; the ratios to kernel-vxlan hold best)"
+        } else {
+            ""
+        }
+    ));
+    let mut cases = Vec::new();
+    for kind in kinds {
+        if stop.load(Ordering::Relaxed) {
+            say("interrupted: everything the bench made is removed");
+            bail!("interrupted");
+        }
+        let report = match kind {
+            Kind::Peer(p) => match tools.for_peer(p) {
+                Ok((daemon, wg)) => run_case(&ctx, kind, Some((&daemon, &wg))),
+                Err(missing) => {
+                    let reason = match install_failures.iter().find(|(f, _)| *f == p) {
+                        Some((_, why)) => why.clone(),
+                        None if args.with_peers => missing,
+                        None => format!("{missing} (--with-peers installs it)"),
+                    };
+                    say(&format!("== {}: skipped: {reason}", kind.name()));
+                    CaseReport::not_measured(
+                        &kind.name(),
+                        &kind.description(),
+                        Status::Skipped,
+                        reason,
+                    )
+                }
+            },
+            _ => run_case(&ctx, kind, None),
+        };
+        if stop.load(Ordering::Relaxed) {
+            say("interrupted: everything the bench made is removed");
+            bail!("interrupted");
+        }
+        cases.push(report);
+    }
+    let mut report = Report {
+        command: command_line(),
+        date,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        iperf3,
+        runs: args.runs,
+        seconds: args.seconds,
+        streams: 1,
+        baseline: BASELINE,
+        load_start,
+        load_end: loadavg(),
+        cases,
+    };
+    report.set_ratios();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("\n{}", report.render_table());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.render_svg())
+            .with_context(|| format!("--svg: cannot write {}", path.display()))?;
+        say(&format!("wrote the chart to {}", path.display()));
+    }
+    let failed: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| c.status == Status::Failed)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("{} failed", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        if let Some(name) = Path::new(first.as_str()).file_name() {
+            *first = name.to_string_lossy().into_owned();
+        }
+    }
+    args.join(" ")
+}
+
+/// Runs one case in a lab of its own and reports it; a failure is a row
+/// of the table, not the end of the bench.
+fn run_case(ctx: &Ctx<'_>, kind: Kind, peer: Option<(&Path, &Path)>) -> CaseReport {
+    let name = kind.name();
+    let mut report =
+        CaseReport::not_measured(&name, &kind.description(), Status::Ok, String::new());
+    report.reason = None;
+    report.load1_at_start = loadavg()[0];
+    // A quiet second: what the rest of the machine is doing.
+    if let Ok(before) = cpu_times() {
+        sleep_unless_stopped(ctx.stop, Duration::from_secs(1));
+        if let Ok(after) = cpu_times() {
+            report.other_cpu_percent = after.busy_percent_since(before);
+        }
+    }
+    say(&format!(
+        "== {name}: {}; load {:.2}, other CPU use {:.0}%",
+        kind.description(),
+        report.load1_at_start,
+        report.other_cpu_percent
+    ));
+    let mut lab = match Lab::new(&ctx.args.prefix) {
+        Ok(lab) => lab,
+        Err(e) => {
+            report.status = Status::Failed;
+            report.reason = Some(format!("{e:#}"));
+            return report;
+        }
+    };
+    let mut files = Vec::new();
+    let result = measure_case(ctx, &mut lab, kind, peer, &mut report, &mut files);
+    if let Err(e) = result {
+        report.status = Status::Failed;
+        report.reason = Some(format!("{e:#}"));
+        if !ctx.stop.load(Ordering::Relaxed) {
+            say(&format!("{name} FAILED: {e:#}"));
+            print_logs(&lab);
+        }
+    }
+    drop(lab);
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    report.summarize();
+    if report.status == Status::Ok {
+        say(&format!(
+            "{name}: median {:.3} Gbit/s",
+            report.gbps_median.unwrap_or(0.0)
+        ));
+    }
+    report
+}
+
+/// The tails of the lab's logs (the daemons'), on stderr.
+fn print_logs(lab: &Lab) {
+    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        eprintln!("--- {} ---\n{}", log.display(), tail.join("\n"));
+    }
+}
+
+fn measure_case(
+    ctx: &Ctx<'_>,
+    lab: &mut Lab,
+    kind: Kind,
+    peer: Option<(&Path, &Path)>,
+    report: &mut CaseReport,
+    files: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let ep = match kind {
+        Kind::Veth => setup_veth(lab, ctx.tenant_mtu)?,
+        Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu)?,
+        Kind::Tunsec(suite) => setup_tunsec(ctx, lab, suite)?,
+        Kind::Peer(p) => {
+            let (daemon, wg) = peer.context("no binaries for the peer")?;
+            let hosts = add_hosts(lab)?;
+            let ep = peers::setup(lab, &hosts, p, daemon, wg);
+            if let Ok(ep) = &ep {
+                files.extend(ep.files.iter().cloned());
+            } else {
+                let tag = std::process::id() % 100_000;
+                for side in 1..=2 {
+                    files.push(PathBuf::from(format!(
+                        "/var/run/wireguard/tsb{}{tag}{side}.sock",
+                        if p == Peer::WireguardGo { "wg" } else { "bt" }
+                    )));
+                }
+            }
+            ep?
+        }
+    };
+    report.mtu = Some(ep.mtu);
+    report.daemon = ep.daemon.map(str::to_owned);
+    check_interrupted(ctx.stop)?;
+
+    lab.spawn(
+        "iperf3-server",
+        &ep.server_ns,
+        Path::new("iperf3"),
+        &["-s", "-B", ep.server_ip, "-p", IPERF_PORT],
+    )?;
+    lab.wait_for("the iperf3 server", Duration::from_secs(10), || {
+        lab.exec(
+            &ep.server_ns,
+            "ss",
+            &["-Hltn", &format!("sport = :{IPERF_PORT}")],
+        )
+        .is_ok_and(|o| !o.stdout.is_empty())
+    })?;
+    let mut reachable = false;
+    for _ in 0..15 {
+        check_interrupted(ctx.stop)?;
+        if lab.try_exec(
+            &ep.client_ns,
+            "ping",
+            &["-c", "1", "-W", "1", "-q", ep.server_ip],
+        ) {
+            reachable = true;
+            break;
+        }
+    }
+    if !reachable {
+        bail!(
+            "{} does not answer pings from {}",
+            ep.server_ip,
+            ep.client_ns
+        );
+    }
+
+    for i in 1..=ctx.args.runs {
+        check_interrupted(ctx.stop)?;
+        let d0 = daemon_ticks(lab, &ep)?;
+        let m0 = cpu_times()?;
+        let out = lab.dir.path().join(format!("iperf3-{i}.json"));
+        let r = iperf3_client(&ep, ctx.args.seconds, ctx.stop, &out)?;
+        let m1 = cpu_times()?;
+        let d1 = daemon_ticks(lab, &ep)?;
+        let machine_cpu_s = measure::ticks_to_seconds(m1.busy_since(m0), ctx.clk_tck);
+        let daemon_cpu_s = ep
+            .daemon
+            .map(|_| measure::ticks_to_seconds(d1.saturating_sub(d0), ctx.clk_tck));
+        let run = RunReport {
+            gbps: r.bits_per_second / 1e9,
+            bytes: r.bytes,
+            seconds: r.seconds,
+            retransmits: r.retransmits,
+            daemon_cpu_s,
+            machine_cpu_s,
+            daemon_cpu_s_per_gb: daemon_cpu_s.and_then(|s| measure::seconds_per_gb(s, r.bytes)),
+            machine_cpu_s_per_gb: measure::seconds_per_gb(machine_cpu_s, r.bytes),
+        };
+        let mut line = format!(
+            "{} run {i}/{}: {:.3} Gbit/s, {:.2} GB, {} retransmits",
+            kind.name(),
+            ctx.args.runs,
+            run.gbps,
+            r.bytes as f64 / 1e9,
+            r.retransmits.map_or("?".to_owned(), |n| n.to_string()),
+        );
+        if let (Some(d), Some(s)) = (ep.daemon, run.daemon_cpu_s_per_gb) {
+            let _ = write!(line, ", {d} {s:.2} s/GB");
+        }
+        let _ = write!(
+            line,
+            ", machine {} s/GB, load {:.2}",
+            run.machine_cpu_s_per_gb
+                .map_or("-".to_owned(), |s| format!("{s:.2}")),
+            loadavg()[0]
+        );
+        say(&line);
+        report.runs.push(run);
+    }
+    report.drops = collect_drops(lab, &ep);
+    Ok(())
+}
+
+/// utime+stime of the case's daemons, summed; an error if one died.
+fn daemon_ticks(lab: &Lab, ep: &Endpoints) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for label in &ep.daemon_labels {
+        let pid = lab
+            .pid(label)
+            .with_context(|| format!("{label} was not started"))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| measure::parse_pid_stat(&t))
+            .filter(|s| s.state != 'Z' && s.state != 'X')
+            .with_context(|| format!("{label} (pid {pid}) has exited"))?;
+        total += stat.ticks;
+    }
+    Ok(total)
+}
+
+/// Runs one iperf3 client test and parses its JSON. Ctrl-C stops it.
+fn iperf3_client(
+    ep: &Endpoints,
+    seconds: u32,
+    stop: &AtomicBool,
+    out: &Path,
+) -> anyhow::Result<Iperf> {
+    let err = out.with_extension("err");
+    let secs = seconds.to_string();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ep.client_ns, "iperf3", "-c", ep.server_ip])
+        .args(["-B", ep.client_ip, "-p", IPERF_PORT, "-t", &secs, "-J"])
+        .args(["--connect-timeout", "5000"])
+        .stdin(Stdio::null())
+        .stdout(File::create(out)?)
+        .stderr(File::create(&err)?)
+        .spawn()
+        .context("cannot start iperf3")?;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            check_interrupted(stop)?;
+            bail!("iperf3 did not finish within {} s", seconds + 30);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let json = std::fs::read_to_string(out).unwrap_or_default();
+    match measure::parse_iperf3(&json) {
+        Ok(r) if status.success() => Ok(r),
+        Ok(_) => bail!(
+            "iperf3 exited with {status}: {}",
+            std::fs::read_to_string(&err).unwrap_or_default().trim()
+        ),
+        Err(e) => Err(e.context(format!(
+            "iperf3 exited with {status}: {}",
+            std::fs::read_to_string(&err).unwrap_or_default().trim()
+        ))),
+    }
+}
+
+/// Drops over the whole case: the hosts' UDP receive-buffer overflows and
+/// tunsecd's counters (data path and SAs). Zeros are left out.
+fn collect_drops(lab: &Lab, ep: &Endpoints) -> BTreeMap<String, u64> {
+    let mut drops = BTreeMap::new();
+    for host in &ep.hosts {
+        if let Some(n) = lab
+            .exec(host, "cat", &["/proc/net/snmp"])
+            .ok()
+            .and_then(|o| measure::parse_udp_rcvbuf_errors(&String::from_utf8_lossy(&o.stdout)))
+        {
+            *drops.entry("udp_rcvbuf".to_owned()).or_insert(0) += n;
+        }
+    }
+    for sock in &ep.control_sockets {
+        if let Ok(Response::Status(s)) = control::call(sock, &Request::Status) {
+            let sa_drops = s.peers.iter().flat_map(|p| &p.sas).flat_map(|sa| &sa.drops);
+            for (reason, n) in s.drops.iter().chain(sa_drops) {
+                *drops.entry(format!("tunsecd:{reason}")).or_insert(0) += n;
+            }
+        }
+    }
+    drops.retain(|_, n| *n > 0);
+    drops
+}
+
+// ---------------------------------------------------------------------
+// Topologies
+
+/// Hosts `h1` and `h2`, joined by a veth pair (`eth0` on both) with the
+/// underlay addresses.
+fn add_hosts(lab: &mut Lab) -> anyhow::Result<[String; 2]> {
+    let h1 = lab.add_ns("h1")?;
+    let h2 = lab.add_ns("h2")?;
+    lab.veth(&h1, "eth0", &h2, "eth0")?;
+    for (h, addr) in [(&h1, HOST_ADDR[0]), (&h2, HOST_ADDR[1])] {
+        lab.exec(
+            h,
+            "ip",
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+    }
+    Ok([h1, h2])
+}
+
+/// Tenant `t<n>` behind bridge `br-t` of `host`, which also holds `dev`
+/// (the TAP or vxlan device). The tenant's interface and its veth peer get
+/// `mtu`.
+fn add_tenant(lab: &mut Lab, host: &str, n: usize, dev: &str, mtu: u16) -> anyhow::Result<String> {
+    let t = lab.add_ns(&format!("t{n}"))?;
+    let mtu = mtu.to_string();
+    lab.exec(
+        host,
+        "ip",
+        &[
+            "link",
+            "add",
+            "br-t",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    lab.exec(host, "ip", &["link", "set", "br-t", "up"])?;
+    lab.veth(host, "vt", &t, "eth0")?;
+    lab.exec(host, "ip", &["link", "set", "vt", "mtu", &mtu])?;
+    lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu])?;
+    lab.exec(host, "ip", &["link", "set", "vt", "master", "br-t"])?;
+    lab.wait_for(&format!("{dev} in {host}"), Duration::from_secs(10), || {
+        lab.try_exec(host, "ip", &["link", "show", dev])
+    })?;
+    lab.exec(host, "ip", &["link", "set", dev, "master", "br-t"])?;
+    lab.exec(
+        &t,
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", TENANT_ADDR[n - 1]),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    Ok(t)
+}
+
+fn tenant_endpoints(tenants: [String; 2], mtu: u16) -> Endpoints {
+    let [client_ns, server_ns] = tenants;
+    Endpoints {
+        client_ns,
+        server_ns,
+        client_ip: TENANT_ADDR[0],
+        server_ip: TENANT_ADDR[1],
+        mtu,
+        daemon: None,
+        daemon_labels: Vec::new(),
+        hosts: Vec::new(),
+        control_sockets: Vec::new(),
+        files: Vec::new(),
+    }
+}
+
+fn setup_veth(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
+    let t1 = lab.add_ns("t1")?;
+    let t2 = lab.add_ns("t2")?;
+    lab.veth(&t1, "eth0", &t2, "eth0")?;
+    for (t, addr) in [(&t1, TENANT_ADDR[0]), (&t2, TENANT_ADDR[1])] {
+        lab.exec(t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
+        lab.exec(
+            t,
+            "ip",
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+    }
+    Ok(tenant_endpoints([t1, t2], mtu))
+}
+
+fn setup_kernel_vxlan(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
+    let hosts = add_hosts(lab)?;
+    let mut tenants = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        lab.exec(
+            h,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                VNI,
+                "local",
+                HOST_ADDR[i],
+                "remote",
+                HOST_ADDR[1 - i],
+                "dstport",
+                "4789",
+                "dev",
+                "eth0",
+                "nolearning",
+            ],
+        )?;
+        lab.exec(
+            h,
+            "ip",
+            &["link", "set", "vx0", "mtu", &mtu.to_string(), "up"],
+        )?;
+        tenants.push(add_tenant(lab, h, i + 1, "vx0", mtu)?);
+    }
+    let [t1, t2]: [String; 2] = tenants
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
+    let mut ep = tenant_endpoints([t1, t2], mtu);
+    ep.hosts = hosts.to_vec();
+    Ok(ep)
+}
+
+/// The config of host `n` (1 or 2): network `blue` (VXLAN, VNI 100), the
+/// other host as its peer, with `sa` = (suite, key_in, key_out) under
+/// `require` or no SA under `clear`.
+fn tunsec_config(dir: &Path, n: usize, sa: Option<(Suite, &Path, &Path)>) -> String {
+    let other = 3 - n;
+    let mut c = format!(
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         [[network]]\nname = \"blue\"\nvni = {VNI}\nencapsulation = \"vxlan\"\ntap = \"{TAP}\"\n\n\
+         [[peer]]\nname = \"h{other}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"{}\"\n",
+        HOST_ADDR[n - 1],
+        dir.join(format!("h{n}.sock")).display(),
+        HOST_ADDR[other - 1],
+        if sa.is_some() { "require" } else { "clear" }
+    );
+    if let Some((suite, key_in, key_out)) = sa {
+        // SPI of packets from host a to host b: 0x1000 + 16 b + a.
+        let spi = |from: usize, to: usize| 0x1000 + 16 * to + from;
+        let _ = write!(
+            c,
+            "\n[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{}\"\nkey_in = \"{}\"\nkey_out = \"{}\"\n",
+            spi(other, n),
+            spi(n, other),
+            suite.name(),
+            key_in.display(),
+            key_out.display()
+        );
+    }
+    c
+}
+
+/// The TAP MTU tunsecd works out for this topology (the daemon's own
+/// rule), for the cases without tunsecd.
+fn expected_tap_mtu() -> anyhow::Result<u16> {
+    let dir = Path::new("/nonexistent");
+    let config = Config::parse(&tunsec_config(dir, 1, None), dir)
+        .map_err(|e| anyhow::anyhow!("the bench's own config: {e}"))?;
+    let net = &config.networks[0];
+    Ok(crate::daemon::network_mtu(&config, net.mtu, net.encapsulation)?.mtu)
+}
+
+fn setup_tunsec(ctx: &Ctx<'_>, lab: &mut Lab, suite: Option<Suite>) -> anyhow::Result<Endpoints> {
+    let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
+    let hosts = add_hosts(lab)?;
+    let dir = lab.dir.path().to_owned();
+    let key = |from: usize, to: usize| dir.join(format!("key-{from}-{to}"));
+    if let Some(s) = suite {
+        for (from, to) in [(1, 2), (2, 1)] {
+            let len = s.encryption_key_len() + s.integrity_key_len();
+            std::fs::write(key(from, to), random_hex(len)?)?;
+        }
+    }
+    let mut labels = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let n = i + 1;
+        let (key_in, key_out) = (key(3 - n, n), key(n, 3 - n));
+        let text = tunsec_config(
+            &dir,
+            n,
+            suite.map(|s| (s, key_in.as_path(), key_out.as_path())),
+        );
+        let path = dir.join(format!("h{n}.toml"));
+        std::fs::write(&path, text)?;
+        let label = format!("tunsecd-h{n}");
+        lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
+        labels.push(label);
+        sockets.push(dir.join(format!("h{n}.sock")));
+    }
+    let mut mtus = Vec::new();
+    for (i, sock) in sockets.iter().enumerate() {
+        let mut mtu = None;
+        lab.wait_for(
+            &format!("tunsecd on h{} to answer", i + 1),
+            Duration::from_secs(20),
+            || match control::call(sock, &Request::Status) {
+                Ok(Response::Status(s)) => {
+                    mtu = s.networks.iter().find(|n| n.tap == TAP).map(|n| n.mtu);
+                    true
+                }
+                _ => ctx.stop.load(Ordering::Relaxed),
+            },
+        )?;
+        check_interrupted(ctx.stop)?;
+        mtus.push(mtu.with_context(|| format!("h{}: tunsec status shows no {TAP}", i + 1))?);
+    }
+    let mut tenants = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
+    }
+    let [t1, t2]: [String; 2] = tenants
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
+    let mut ep = tenant_endpoints([t1, t2], mtus[0].min(mtus[1]));
+    ep.daemon = Some("tunsecd");
+    ep.daemon_labels = labels;
+    ep.hosts = hosts.to_vec();
+    ep.control_sockets = sockets;
+    Ok(ep)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn case_names() {
+        let names: Vec<String> = Kind::all().into_iter().map(Kind::name).collect();
+        assert_eq!(
+            names,
+            [
+                "veth",
+                "kernel-vxlan",
+                "tunsec-clear",
+                "tunsec-aes128gcm16",
+                "tunsec-aes256gcm16",
+                "tunsec-chacha20poly1305",
+                "tunsec-aes256-sha256",
+                "wireguard-go",
+                "boringtun"
+            ]
+        );
+        let picked = select_cases(&["tunsec-aes128gcm16".into(), "veth".into()]).unwrap();
+        assert_eq!(picked, [Kind::Veth, Kind::Tunsec(Some(Suite::AesGcm128))]);
+        let e = select_cases(&["aes".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("\"aes\" is not a case") && e.contains("kernel-vxlan"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn configs_parse() {
+        assert_eq!(expected_tap_mtu().unwrap(), 1385);
+        let dir = tempfile::tempdir().unwrap();
+        for suite in Suite::ALL {
+            let len = suite.encryption_key_len() + suite.integrity_key_len();
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            std::fs::write(&a, random_hex(len).unwrap()).unwrap();
+            std::fs::write(&b, random_hex(len).unwrap()).unwrap();
+            let text = tunsec_config(dir.path(), 2, Some((suite, &a, &b)));
+            let c = Config::parse(&text, dir.path()).unwrap();
+            let sa = c.peers[0].sa.as_ref().unwrap();
+            assert_eq!(sa.suite, suite);
+            assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
+        }
+    }
+
+    #[test]
+    fn dates() {
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
+}
