@@ -60,15 +60,60 @@ pub(crate) struct LifetimeTracker {
     limits: Lifetime,
     created: Instant,
     state: LifetimeState,
+    /// The nearest limit that could move the state on, precomputed so the
+    /// per-packet check is three compares (see [`Self::due`]).
+    next_bytes: u64,
+    next_packets: u64,
+    deadline: Option<Instant>,
 }
 
 impl LifetimeTracker {
     pub(crate) fn new(limits: Lifetime, now: Instant) -> Self {
-        Self {
+        let mut t = Self {
             limits,
             created: now,
             state: LifetimeState::Live,
-        }
+            next_bytes: u64::MAX,
+            next_packets: u64::MAX,
+            deadline: None,
+        };
+        t.refresh();
+        t
+    }
+
+    /// The limits that still matter in the current state: soft and hard
+    /// while live, hard once soft, none once expired.
+    fn pending(&self) -> impl Iterator<Item = &Limits> {
+        let soft = (self.state == LifetimeState::Live).then_some(&self.limits.soft);
+        let hard = (self.state != LifetimeState::Expired).then_some(&self.limits.hard);
+        soft.into_iter().chain(hard)
+    }
+
+    fn refresh(&mut self) {
+        self.next_bytes = self
+            .pending()
+            .filter_map(|l| l.bytes)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.next_packets = self
+            .pending()
+            .filter_map(|l| l.packets)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.deadline = self
+            .pending()
+            .filter_map(|l| l.time)
+            .min()
+            .and_then(|t| self.created.checked_add(t));
+    }
+
+    /// Whether a limit may have been reached: the cheap test done for
+    /// every packet before the full [`Self::update`].
+    #[inline]
+    pub(crate) fn due(&self, bytes: u64, packets: u64, now: Instant) -> bool {
+        bytes >= self.next_bytes
+            || packets >= self.next_packets
+            || self.deadline.is_some_and(|d| now >= d)
     }
 
     pub(crate) fn state(&self) -> LifetimeState {
@@ -81,6 +126,7 @@ impl LifetimeTracker {
 
     pub(crate) fn expire(&mut self) {
         self.state = LifetimeState::Expired;
+        self.refresh();
     }
 
     /// Re-evaluates the state; returns the new state if it changed.
@@ -101,6 +147,7 @@ impl LifetimeTracker {
         // States only move forward.
         if next > self.state {
             self.state = next;
+            self.refresh();
             Some(next)
         } else {
             None
@@ -109,12 +156,7 @@ impl LifetimeTracker {
 
     /// The next instant at which a time limit will be reached.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let limit = match self.state {
-            LifetimeState::Live => self.limits.soft.time.or(self.limits.hard.time),
-            LifetimeState::Soft => self.limits.hard.time,
-            LifetimeState::Expired => None,
-        }?;
-        self.created.checked_add(limit)
+        self.deadline
     }
 }
 
@@ -151,6 +193,38 @@ mod test {
         );
         assert_eq!(t.next_deadline(), None);
         assert_eq!(t.state(), LifetimeState::Expired);
+    }
+
+    #[test]
+    fn due_is_exact_for_counts_and_time() {
+        let now = Instant::now();
+        let t = LifetimeTracker::new(
+            Lifetime {
+                soft: Limits {
+                    bytes: Some(1000),
+                    packets: Some(50),
+                    time: Some(Duration::from_secs(30)),
+                },
+                hard: Limits {
+                    bytes: Some(500),
+                    ..Limits::NONE
+                },
+            },
+            now,
+        );
+        // The nearest byte limit is the hard one.
+        assert!(!t.due(499, 49, now + Duration::from_secs(29)));
+        assert!(t.due(500, 0, now));
+        assert!(t.due(0, 50, now));
+        assert!(t.due(0, 0, now + Duration::from_secs(30)));
+        // No limits: never due.
+        let none = LifetimeTracker::new(Lifetime::default(), now);
+        assert!(!none.due(
+            u64::MAX - 1,
+            u64::MAX - 1,
+            now + Duration::from_secs(1 << 30)
+        ));
+        assert_eq!(none.next_deadline(), None);
     }
 
     #[test]

@@ -370,6 +370,9 @@ impl Sa {
 
     fn update_lifetime(&mut self, now: Instant) {
         let (bytes, packets) = (self.counters.bytes, self.counters.packets);
+        if !self.lifetime.due(bytes, packets, now) {
+            return;
+        }
         match self.lifetime.update(bytes, packets, now) {
             Some(LifetimeState::Soft) => self.soft_event = true,
             Some(LifetimeState::Expired) => self.hard_event = true,
