@@ -6,6 +6,8 @@
 //!   back. [`overlay::Tables`] is the immutable snapshot the workers read;
 //!   the control plane publishes new ones read-copy-update style.
 //! - [`fdb`]: the forwarding database (learning, ageing, static entries).
+//! - [`gateway`]: sans IO. Gateway mode: the kernel's own tunnel packets,
+//!   steered into a TUN device, protected for a peer, and back.
 //! - [`stats`]: drop counters by reason, frame counters per network.
 //! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
 //! - [`worker`]: the transmit and receive threads.
@@ -14,6 +16,7 @@
 //! carries a `// SAFETY:` comment.
 
 pub mod fdb;
+pub mod gateway;
 pub mod io;
 pub mod overlay;
 pub mod stats;

@@ -1,0 +1,272 @@
+//! Two gateway hosts' tables: a kernel-tunnel packet through `protect` on
+//! one and `unprotect` on the other, in both modes and for every suite;
+//! and each refusal.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
+use tunsec_wire::{ipv4, udp};
+
+use super::*;
+
+const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+const HEADROOM: usize = 128;
+
+fn sa(spi: u32, direction: Direction, suite: Suite) -> SharedSa {
+    let n = suite.encryption_key_len() + suite.integrity_key_len();
+    let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+    Arc::new(Mutex::new(
+        Sa::new(SaConfig::new(spi, direction, suite, keys), Instant::now()).unwrap(),
+    ))
+}
+
+fn vxlan_selector() -> GatewaySelector {
+    GatewaySelector {
+        protocol: 17,
+        ports: 4789..=4789,
+    }
+}
+
+fn host(
+    local: IpAddr,
+    remote: IpAddr,
+    mode: GatewayMode,
+    suite: Option<Suite>,
+    spi_in: u32,
+    spi_out: u32,
+) -> GatewayTables {
+    let mut inbound = HashMap::new();
+    if let Some(s) = suite {
+        inbound.insert(
+            spi_in,
+            InboundEntry {
+                peer: 0,
+                sa: sa(spi_in, Direction::Inbound, s),
+            },
+        );
+    }
+    GatewayTables {
+        local,
+        esp: EspTransport::Udp(4500),
+        mode,
+        peers: vec![GatewayPeer {
+            name: "peer".into(),
+            underlay: remote,
+            selectors: vec![vxlan_selector()],
+            outbound: suite.map(|s| sa(spi_out, Direction::Outbound, s)),
+        }],
+        inbound,
+    }
+}
+
+fn pair(
+    mode: GatewayMode,
+    suite: Option<Suite>,
+    a: IpAddr,
+    b: IpAddr,
+) -> (GatewayTables, GatewayTables) {
+    (
+        host(a, b, mode, suite, 0x1001, 0x2001),
+        host(b, a, mode, suite, 0x2001, 0x1001),
+    )
+}
+
+/// An IP/UDP packet as a kernel vxlan device would send it.
+fn kernel_packet(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    let udp_len = udp::HEADER_LEN + len;
+    let mut pkt = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let repr = ipv4::Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+                dscp_ecn: 0,
+                dont_frag: false,
+                ident: 0,
+            };
+            pkt.resize(repr.buffer_len() + udp_len, 0);
+            repr.emit(&mut ipv4::Packet::new_unchecked(&mut pkt[..]));
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let repr = ipv6::Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            };
+            pkt.resize(repr.buffer_len() + udp_len, 0);
+            repr.emit(&mut ipv6::Packet::new_unchecked(&mut pkt[..]));
+        }
+        _ => unreachable!(),
+    }
+    let hlen = pkt.len() - udp_len;
+    let mut u = udp::Packet::new_unchecked(&mut pkt[hlen..]);
+    udp::Repr {
+        src_port: sport,
+        dst_port: dport,
+        payload_len: len,
+    }
+    .emit(&mut u);
+    u.payload_mut().copy_from_slice(&payload);
+    u.fill_checksum(src, dst).unwrap();
+    pkt
+}
+
+fn in_buffer(pkt: &[u8]) -> (Vec<u8>, usize, usize) {
+    let mut buf = vec![0u8; HEADROOM];
+    buf.extend_from_slice(pkt);
+    let end = buf.len();
+    buf.resize(end + 64, 0);
+    (buf, HEADROOM, end)
+}
+
+/// `from` protects, the datagram crosses, `to` unprotects: the packet the
+/// receiver's kernel gets.
+fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>, Drop> {
+    let now = Instant::now();
+    let stats = Stats::new(0);
+    let (mut buf, s, e) = in_buffer(pkt);
+    let tx = protect(from, &stats, &mut buf, s, e, now)?;
+    assert_eq!(tx.dst, SocketAddr::new(to.local, 4500));
+    let (mut rx, s, e) = in_buffer(&buf[tx.start..tx.end]);
+    let (start, end) =
+        unprotect(to, &stats, from.local, true, &mut rx, s, e, now)?.expect("not a keepalive");
+    Ok(rx[start..end].to_vec())
+}
+
+#[test]
+fn both_modes_every_suite_both_families() {
+    let v6 = (
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+    );
+    for (a, b) in [(A, B), v6] {
+        for suite in Suite::ALL {
+            let (ga, gb) = pair(GatewayMode::Tunnel, Some(suite), a, b);
+            for len in [0, 50, 1400] {
+                let pkt = kernel_packet(a, b, 40000, 4789, len);
+                // Tunnel mode carries the packet exactly.
+                assert_eq!(carry(&ga, &gb, &pkt).unwrap(), pkt, "{suite} tunnel");
+                // The answer from the service's port matches too.
+                let back = kernel_packet(b, a, 4789, 40000, len);
+                assert_eq!(carry(&gb, &ga, &back).unwrap(), back);
+            }
+            let (ga, gb) = pair(GatewayMode::Transport, Some(suite), a, b);
+            for len in [0, 50, 1400] {
+                let pkt = kernel_packet(a, b, 40000, 4789, len);
+                let got = carry(&ga, &gb, &pkt).unwrap();
+                // Transport mode rebuilds the header: same addresses,
+                // protocol and payload (so the UDP checksum still holds).
+                let hlen = if a.is_ipv4() { 20 } else { 40 };
+                assert_eq!(got.len(), pkt.len());
+                assert_eq!(&got[hlen..], &pkt[hlen..], "{suite} transport payload");
+                let flow = FlowKey::from_ip_packet(&got).unwrap();
+                assert_eq!((flow.src, flow.dst, flow.protocol), (a, b, 17));
+                let u = udp::Packet::new_checked(&got[hlen..]).unwrap();
+                assert!(
+                    u.verify_checksum(a, b),
+                    "{suite}: UDP checksum after rebuild"
+                );
+                if a.is_ipv4() {
+                    assert!(
+                        ipv4::Packet::new_checked(&got[..])
+                            .unwrap()
+                            .verify_checksum()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn refuses_what_it_must_not_carry() {
+    let (ga, gb) = pair(GatewayMode::Transport, Some(Suite::AesGcm128), A, B);
+    let stats = Stats::new(0);
+    let now = Instant::now();
+    let try_protect = |pkt: Vec<u8>| {
+        let (mut buf, s, e) = in_buffer(&pkt);
+        protect(&ga, &stats, &mut buf, s, e, now).map(|_| ())
+    };
+    // Another port than the selectors': the rules should not have sent it
+    // here, and it is not sent in the clear either.
+    assert_eq!(
+        try_protect(kernel_packet(A, B, 40000, 53, 10)),
+        Err(Drop::Policy)
+    );
+    // To an address that is no peer.
+    let c = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+    assert_eq!(
+        try_protect(kernel_packet(A, c, 40000, 4789, 10)),
+        Err(Drop::UnknownPeer)
+    );
+    // Not from this host.
+    assert_eq!(
+        try_protect(kernel_packet(c, B, 40000, 4789, 10)),
+        Err(Drop::Policy)
+    );
+    assert_eq!(try_protect(vec![0x45, 0, 0]), Err(Drop::Malformed));
+    assert_eq!(stats.drops(Drop::Policy), 2);
+
+    // No SA: dropped, never in the clear.
+    let (no_sa, _) = pair(GatewayMode::Transport, None, A, B);
+    let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
+    assert_eq!(
+        protect(&no_sa, &stats, &mut buf, s, e, now),
+        Err(Drop::NoSa)
+    );
+
+    // A decrypted packet outside the selectors is refused by the receiver:
+    // B allows only port 4789; A (misconfigured) protects port 53 too.
+    let mut wide = ga.clone();
+    wide.peers[0].selectors.push(GatewaySelector {
+        protocol: 17,
+        ports: 53..=53,
+    });
+    assert_eq!(
+        carry(&wide, &gb, &kernel_packet(A, B, 40000, 53, 10)),
+        Err(Drop::Policy)
+    );
+    // From an address that is not the SA's peer.
+    let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
+    let tx = protect(&ga, &stats, &mut buf, s, e, now).unwrap();
+    let (mut rx, s2, e2) = in_buffer(&buf[tx.start..tx.end]);
+    assert_eq!(
+        unprotect(&gb, &stats, c, true, &mut rx, s2, e2, now),
+        Err(Drop::Policy)
+    );
+    // A keepalive is nothing.
+    let mut ka = [0u8; 130];
+    ka[128] = 0xff;
+    assert_eq!(
+        unprotect(&gb, &stats, A, true, &mut ka, 128, 129, now),
+        Ok(None)
+    );
+}
+
+#[test]
+fn fragments_are_refused_in_transport_mode() {
+    let (ga, _) = pair(GatewayMode::Transport, Some(Suite::AesGcm128), A, B);
+    let stats = Stats::new(0);
+    let mut pkt = kernel_packet(A, B, 40000, 4789, 100);
+    {
+        let mut ip = ipv4::Packet::new_unchecked(&mut pkt[..]);
+        ip.set_more_frags(true);
+        ip.fill_checksum();
+    }
+    let (mut buf, s, e) = in_buffer(&pkt);
+    assert_eq!(
+        protect(&ga, &stats, &mut buf, s, e, Instant::now()),
+        Err(Drop::Malformed)
+    );
+}
