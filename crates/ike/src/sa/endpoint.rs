@@ -109,6 +109,12 @@ impl Endpoint {
             self.stats.malformed += 1;
             return Incoming::Dropped;
         };
+        // RFC 7296 section 3.1: the initiator's SPI "MUST NOT be zero"; no
+        // exchange can belong to one.
+        if header.initiator_spi == 0 {
+            self.stats.malformed += 1;
+            return Incoming::Dropped;
+        }
         // RFC 7296 section 3.1: the I flag marks messages from the original
         // initiator, so our SPI is the responder's in those and the
         // initiator's in the others.

@@ -841,6 +841,16 @@ fn endpoints() {
     )
     .unwrap();
     let init = other.poll_transmit().unwrap();
+    // RFC 7296 section 3.1: an initiator SPI of zero is never valid.
+    let mut zero_spi = init.bytes.clone();
+    zero_spi[..8].fill(0);
+    let malformed = b.stats().malformed;
+    assert_eq!(
+        b.handle_datagram(now, addr(A), &zero_spi, accept),
+        Incoming::Dropped
+    );
+    assert_eq!(b.stats().malformed, malformed + 1);
+    assert!(b.poll_transmit().is_none());
     let stranger = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), 500);
     assert_eq!(
         b.handle_datagram(now, stranger, &init.bytes, accept),
@@ -880,7 +890,8 @@ fn endpoints() {
     assert_eq!(
         b.stats(),
         EndpointStats {
-            malformed: 1,
+            // The junk and the zero initiator SPI.
+            malformed: 2,
             unknown_spi: 0,
             refused: 2
         }
