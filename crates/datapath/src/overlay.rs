@@ -463,6 +463,14 @@ pub enum EspReceive {
     Frame(Delivery),
     /// A NAT keepalive: nothing to do.
     Keepalive,
+    /// An IKE message behind the non-ESP marker, `buf[start..end]` (the
+    /// marker stripped): for the control plane.
+    Ike {
+        /// The first byte of the IKE header.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
 }
 
 /// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on,
@@ -490,7 +498,12 @@ pub fn receive_esp(
                 add(&stats.keepalives, 1);
                 return Ok(EspReceive::Keepalive);
             }
-            Ok(natt::UdpEncapPayload::Ike(_)) => return fail(Drop::Ike),
+            Ok(natt::UdpEncapPayload::Ike(_)) => {
+                return Ok(EspReceive::Ike {
+                    start: start + natt::NON_ESP_MARKER.len(),
+                    end,
+                });
+            }
             Err(_) => return fail(Drop::Malformed),
         }
     }

@@ -34,7 +34,8 @@ pub enum Drop {
     /// A Geneve packet with a critical option this host does not know
     /// (RFC 8926 section 3.5), or a GUE control message.
     Unsupported,
-    /// An IKE message on the ESP-in-UDP port; IKE is not running.
+    /// An IKE message on the ESP-in-UDP port that the control plane did
+    /// not take (no IKE driver runs, or its inbox is full).
     Ike,
     /// The ESP layer dropped it; the SA's own counters say why.
     Esp,
@@ -107,6 +108,9 @@ pub struct Stats {
     networks: Vec<NetworkCounters>,
     /// Datagrams received on the ESP socket that were NAT keepalives.
     pub keepalives: AtomicU64,
+    /// IKE messages received on the ESP socket and handed to the control
+    /// plane.
+    pub ike_received: AtomicU64,
 }
 
 impl Stats {
@@ -116,6 +120,7 @@ impl Stats {
             drops: Default::default(),
             networks: (0..networks).map(|_| NetworkCounters::default()).collect(),
             keepalives: AtomicU64::new(0),
+            ike_received: AtomicU64::new(0),
         }
     }
 

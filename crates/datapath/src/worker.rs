@@ -10,11 +10,12 @@
 //! performance issue; the buffer layout (headroom and tailroom around every
 //! packet) is already what GSO/GRO and virtio-net headers need.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -44,6 +45,49 @@ pub struct Shared {
     pub stats: Stats,
     /// Set to stop the workers.
     pub stop: AtomicBool,
+    /// IKE messages that arrived on the ESP-in-UDP port.
+    pub ike_inbox: IkeInbox,
+}
+
+/// IKE messages that arrived on the ESP-in-UDP port behind the non-ESP
+/// marker (RFC 3948 section 2.2), queued by the receive worker for the
+/// control plane. Closed (every message dropped and counted as `ike`)
+/// until the control plane opens it; bounded, and counted as `ike` when
+/// full. A copy per message is fine here: IKE is control traffic.
+#[derive(Debug, Default)]
+pub struct IkeInbox {
+    open: AtomicBool,
+    queue: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+}
+
+impl IkeInbox {
+    /// The most messages waiting at once.
+    pub const CAPACITY: usize = 256;
+
+    /// Starts accepting messages (an IKE driver is running).
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues a message from `src`; `false` if the inbox is closed or full.
+    pub fn push(&self, src: SocketAddr, message: &[u8]) -> bool {
+        if !self.open.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        if q.len() >= Self::CAPACITY {
+            return false;
+        }
+        q.push_back((src, message.to_vec()));
+        true
+    }
+
+    /// The oldest waiting message and where it came from.
+    pub fn pop(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.queue.lock().ok()?.pop_front()
+    }
 }
 
 impl Shared {
@@ -55,6 +99,7 @@ impl Shared {
             fdb: Fdb::new(ageing, now),
             stats: Stats::new(networks),
             stop: AtomicBool::new(false),
+            ike_inbox: IkeInbox::default(),
         }
     }
 }
@@ -286,6 +331,14 @@ pub fn run_rx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
                             ) {
                                 Ok(EspReceive::Frame(d)) => Ok(d),
                                 Ok(EspReceive::Keepalive) => continue,
+                                Ok(EspReceive::Ike { start, end }) => {
+                                    if shared.ike_inbox.push(src, &buf[start..end]) {
+                                        shared.stats.ike_received.fetch_add(1, Ordering::Relaxed);
+                                    } else {
+                                        shared.stats.drop(Drop::Ike);
+                                    }
+                                    continue;
+                                }
                                 Err(e) => Err(e),
                             }
                         }
@@ -306,4 +359,24 @@ fn ipv4_header_len(packet: &[u8]) -> Option<usize> {
     let first = *packet.first()?;
     let len = usize::from(first & 0x0f) * 4;
     (first >> 4 == 4 && len >= 20 && len <= packet.len()).then_some(len)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn ike_inbox_is_closed_until_opened_and_bounded() {
+        let inbox = IkeInbox::default();
+        let src = SocketAddr::from(([192, 0, 2, 2], 4500));
+        assert!(!inbox.push(src, b"ike"), "closed: no IKE driver");
+        assert_eq!(inbox.pop(), None);
+        inbox.open();
+        for i in 0..IkeInbox::CAPACITY {
+            assert!(inbox.push(src, &[i as u8]));
+        }
+        assert!(!inbox.push(src, b"one too many"));
+        assert_eq!(inbox.pop(), Some((src, vec![0])));
+        assert!(inbox.push(src, b"room again"));
+    }
 }

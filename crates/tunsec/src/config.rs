@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tunsec_esp::{SaKeys, Suite};
+use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 use tunsec_wire::ethernet::EthernetAddress;
 
 /// Where the control socket lives unless the config says otherwise.
@@ -180,6 +181,17 @@ struct RawPeer {
     #[serde(default)]
     policies: BTreeMap<String, PolicyKind>,
     sa: Option<RawSa>,
+    ike: Option<RawIke>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIke {
+    psk_file: PathBuf,
+    local_id: Option<String>,
+    remote_id: Option<String>,
+    ike_proposals: Option<Vec<String>>,
+    esp_proposals: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +273,35 @@ pub struct Peer {
     pub networks: Vec<(String, PolicyKind)>,
     /// Manually keyed SAs, if configured.
     pub sa: Option<ManualSa>,
+    /// SAs negotiated with IKEv2, if configured (never with `sa`).
+    pub ike: Option<IkePeer>,
+}
+
+/// A peer whose SAs are negotiated with IKEv2 and a pre-shared key.
+#[derive(Clone)]
+pub struct IkePeer {
+    /// The pre-shared key (the file's content, trimmed).
+    pub psk: tunsec_esp::Key,
+    /// Our identity.
+    pub local_id: Identity,
+    /// The identity the peer must prove.
+    pub remote_id: Identity,
+    /// The IKE proposals, most preferred first.
+    pub ike_proposals: Vec<Proposal>,
+    /// The ESP proposals, most preferred first.
+    pub esp_proposals: Vec<Proposal>,
+}
+
+impl fmt::Debug for IkePeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IkePeer")
+            .field("psk", &"<redacted>")
+            .field("local_id", &self.local_id)
+            .field("remote_id", &self.remote_id)
+            .field("ike_proposals", &self.ike_proposals.len())
+            .field("esp_proposals", &self.esp_proposals.len())
+            .finish()
+    }
 }
 
 /// A manually keyed SA pair.
@@ -651,12 +692,124 @@ fn validate_peer(
             ));
         }
     }
+    if raw.sa.is_some() && raw.ike.is_some() {
+        return Err(invalid(
+            f("ike"),
+            "[peer.ike]",
+            "cannot be combined with [peer.sa]: keys are either manual or negotiated",
+        ));
+    }
     let sa = raw.sa.map(|sa| validate_sa(i, sa, base_dir)).transpose()?;
+    let ike = raw
+        .ike
+        .map(|ike| validate_ike(i, ike, node.underlay, underlay, base_dir))
+        .transpose()?;
     Ok(Peer {
         name: raw.name,
         underlay,
         networks: nets,
         sa,
+        ike,
+    })
+}
+
+/// An identity as written in the config: an IP address is ID_IPV4_ADDR or
+/// ID_IPV6_ADDR, `keyid:TEXT` is ID_KEY_ID, anything else is ID_FQDN.
+fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
+    if let Ok(addr) = value.parse::<IpAddr>() {
+        return Ok(ip_identity(addr));
+    }
+    let (make, text): (fn(Vec<u8>) -> Identity, &str) = match value.strip_prefix("keyid:") {
+        Some(rest) => (Identity::KeyId, rest),
+        None => (Identity::Fqdn, value),
+    };
+    if text.is_empty() || text.len() > 255 || text.chars().any(|c| c.is_whitespace()) {
+        return Err(invalid(
+            field,
+            quoted(value),
+            "is not an identity (an IP address, a name like host-b.example, or keyid:TEXT)",
+        ));
+    }
+    Ok(make(text.as_bytes().to_vec()))
+}
+
+/// The IP-address identity of an underlay address.
+pub fn ip_identity(addr: IpAddr) -> Identity {
+    match addr {
+        IpAddr::V4(a) => Identity::Ipv4(a),
+        IpAddr::V6(a) => Identity::Ipv6(a),
+    }
+}
+
+fn parse_proposals(
+    field: &str,
+    list: Option<Vec<String>>,
+    protocol: ProtocolId,
+) -> Result<Vec<Proposal>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(tunsec_ike::proposal::defaults(protocol));
+    };
+    if list.is_empty() {
+        return Err(invalid(field, "[]", "must list at least one proposal"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (j, text) in list.iter().enumerate() {
+        let parsed = match protocol {
+            ProtocolId::Esp => tunsec_ike::proposal::parse_esp(text),
+            _ => tunsec_ike::proposal::parse_ike(text),
+        };
+        let mut p = parsed.map_err(|e| match e {
+            tunsec_ike::Error::Proposal { token, reason, .. } => invalid(
+                format!("{field}[{j}]"),
+                quoted(text),
+                format!("is not a valid proposal: {token:?}: {reason}"),
+            ),
+            other => invalid(format!("{field}[{j}]"), quoted(text), other.to_string()),
+        })?;
+        p.number = u8::try_from(j + 1)
+            .map_err(|_| invalid(field, list.len(), "lists more than 255 proposals"))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn validate_ike(
+    i: usize,
+    raw: RawIke,
+    local: IpAddr,
+    remote: IpAddr,
+    base_dir: &Path,
+) -> Result<IkePeer, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].ike.{name}");
+    let full = if raw.psk_file.is_absolute() {
+        raw.psk_file.clone()
+    } else {
+        base_dir.join(&raw.psk_file)
+    };
+    let shown = quoted(&raw.psk_file.display().to_string());
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&full)
+            .map_err(|e| invalid(f("psk_file"), &shown, format!("cannot be read: {e}")))?,
+    );
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(invalid(f("psk_file"), &shown, "is empty"));
+    }
+    let psk = tunsec_esp::Key::from_slice(trimmed);
+    let local_id = match &raw.local_id {
+        Some(s) => parse_identity(&f("local_id"), s)?,
+        None => ip_identity(local),
+    };
+    let remote_id = match &raw.remote_id {
+        Some(s) => parse_identity(&f("remote_id"), s)?,
+        None => ip_identity(remote),
+    };
+    Ok(IkePeer {
+        psk,
+        local_id,
+        remote_id,
+        ike_proposals: parse_proposals(&f("ike_proposals"), raw.ike_proposals, ProtocolId::Ike)?,
+        esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
     })
 }
 
@@ -947,6 +1100,125 @@ key_out = "b.out"
             "network[0].tap",
             "\"a-very-long-interface-name\"",
         );
+    }
+
+    const IKE_PEER: &str = "[peer.ike]\npsk_file = \"b.psk\"\n";
+
+    fn ike_config(ike: &str) -> String {
+        let start = BASE.find("[peer.sa]").unwrap();
+        format!("{}{ike}", &BASE[..start])
+    }
+
+    fn parse_ike(text: &str, psk: &[u8]) -> Result<Config, ConfigError> {
+        let dir = dir_with_keys();
+        std::fs::write(dir.path().join("b.psk"), psk).unwrap();
+        Config::parse(text, dir.path())
+    }
+
+    #[test]
+    fn ike_peer_parses_with_defaults() {
+        let c = parse_ike(&ike_config(IKE_PEER), b"  correct horse battery\n").unwrap();
+        let ike = c.peers[0].ike.as_ref().unwrap();
+        assert!(c.peers[0].sa.is_none());
+        assert_eq!(ike.psk.expose(), b"correct horse battery");
+        assert_eq!(ike.local_id, Identity::Ipv4("192.0.2.1".parse().unwrap()));
+        assert_eq!(ike.remote_id, Identity::Ipv4("192.0.2.2".parse().unwrap()));
+        assert_eq!(
+            ike.ike_proposals,
+            tunsec_ike::proposal::defaults(ProtocolId::Ike)
+        );
+        assert_eq!(
+            ike.esp_proposals,
+            tunsec_ike::proposal::defaults(ProtocolId::Esp)
+        );
+        assert!(
+            !format!("{ike:?}").contains("horse"),
+            "the PSK never prints"
+        );
+
+        let c = parse_ike(
+            &ike_config(&format!(
+                "{IKE_PEER}local_id = \"a.example\"\nremote_id = \"keyid:b\"\n\
+                 ike_proposals = [\"aes256gcm16-prfsha384-ecp384\", \"aes128gcm16-prfsha256-x25519\"]\n\
+                 esp_proposals = [\"aes256gcm16\"]\n"
+            )),
+            b"k",
+        )
+        .unwrap();
+        let ike = c.peers[0].ike.as_ref().unwrap();
+        assert_eq!(ike.local_id, Identity::Fqdn(b"a.example".to_vec()));
+        assert_eq!(ike.remote_id, Identity::KeyId(b"b".to_vec()));
+        assert_eq!(ike.ike_proposals.len(), 2);
+        assert_eq!(ike.ike_proposals[1].number, 2);
+        assert_eq!(ike.esp_proposals.len(), 1);
+    }
+
+    fn assert_ike_invalid(text: &str, psk: &[u8], field: &str, value: &str) {
+        match parse_ike(text, psk) {
+            Err(ConfigError::Invalid {
+                field: f, value: v, ..
+            }) => assert_eq!((f.as_str(), v.as_str()), (field, value)),
+            other => panic!("expected an error on {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ike_errors_name_the_field() {
+        // Manual keys and IKE together.
+        assert_ike_invalid(
+            &format!("{BASE}{IKE_PEER}"),
+            b"k",
+            "peer[0].ike",
+            "[peer.ike]",
+        );
+        assert_ike_invalid(
+            &ike_config(IKE_PEER),
+            b" \n",
+            "peer[0].ike.psk_file",
+            "\"b.psk\"",
+        );
+        assert_ike_invalid(
+            &ike_config("[peer.ike]\npsk_file = \"nope.psk\"\n"),
+            b"k",
+            "peer[0].ike.psk_file",
+            "\"nope.psk\"",
+        );
+        let err = parse_ike(
+            &ike_config(&format!(
+                "{IKE_PEER}ike_proposals = [\"aes256gcm16-prfsha384-ecp999\"]\n"
+            )),
+            b"k",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("peer[0].ike.ike_proposals[0]"), "{text}");
+        assert!(text.contains("ecp999"), "{text}");
+        let err = parse_ike(
+            &ike_config(&format!(
+                "{IKE_PEER}esp_proposals = [\"aes128gcm16\", \"rot13\"]\n"
+            )),
+            b"k",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("peer[0].ike.esp_proposals[1]"), "{text}");
+        assert!(text.contains("rot13"), "{text}");
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}esp_proposals = []\n")),
+            b"k",
+            "peer[0].ike.esp_proposals",
+            "[]",
+        );
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}remote_id = \"two words\"\n")),
+            b"k",
+            "peer[0].ike.remote_id",
+            "\"two words\"",
+        );
+        // Keys are never inline.
+        let err =
+            parse_ike(&ike_config(&format!("{IKE_PEER}psk = \"secret\"\n")), b"k").unwrap_err();
+        assert!(err.to_string().contains("psk"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use tunsec_wire::ethernet;
 
 use crate::config::{Config, EspEncapsulation, Mtu, PolicyKind, TunnelEncapsulation};
 use crate::control::{Request, Response};
+use crate::ike::{IkeDriver, IkeStates};
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 /// The TAP MTU and the largest frame of each network.
@@ -174,6 +175,7 @@ pub struct Daemon {
     workers: Vec<JoinHandle<()>>,
     listener: UnixListener,
     socket_path: PathBuf,
+    ike_states: IkeStates,
 }
 
 impl Daemon {
@@ -222,7 +224,17 @@ impl Daemon {
         let listener = bind_control_socket(&config.node.control_socket)?;
         let socket_path = config.node.control_socket.clone();
 
+        let ike_states = IkeStates::default();
+        let ike = IkeDriver::new(&config, shared.clone(), sockets.clone(), ike_states.clone())?;
+
         let mut workers = Vec::new();
+        if let Some(driver) = ike {
+            workers.push(
+                std::thread::Builder::new()
+                    .name("tunsec-ike".into())
+                    .spawn(move || driver.run())?,
+            );
+        }
         {
             let (s, d, k) = (shared.clone(), devices.clone(), sockets.clone());
             workers.push(
@@ -248,6 +260,7 @@ impl Daemon {
             workers,
             listener,
             socket_path,
+            ike_states,
         })
     }
 
@@ -373,6 +386,11 @@ impl Daemon {
                 }
             })
             .collect();
+        let ike_states = self
+            .ike_states
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let peers = tables
             .peers
             .iter()
@@ -400,6 +418,7 @@ impl Daemon {
                         })
                         .collect(),
                     sas,
+                    ike: ike_states.get(&i).cloned(),
                 }
             })
             .collect();
@@ -442,6 +461,7 @@ impl Daemon {
             peers,
             drops,
             keepalives: stats.keepalives.load(Ordering::Relaxed),
+            ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
             fdb,
         }
     }

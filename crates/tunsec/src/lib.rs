@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML configuration, validated in full.
 //! - [`daemon`]: overlay mode: TAP devices, sockets, SAs, workers, and the
 //!   control socket.
+//! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
+//!   port 500, installing the negotiated SAs.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
@@ -17,5 +19,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod ike;
 pub mod netns;
 pub mod status;

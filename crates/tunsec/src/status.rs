@@ -20,6 +20,10 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// NAT keepalives received.
     pub keepalives: u64,
+    /// IKE messages received on the ESP-in-UDP port (behind the non-ESP
+    /// marker) and handed to the IKE driver.
+    #[serde(default)]
+    pub ike_on_esp_port: u64,
     /// The forwarding database.
     pub fdb: Vec<FdbStatus>,
 }
@@ -75,6 +79,34 @@ pub struct PeerStatus {
     pub policies: BTreeMap<String, String>,
     /// Its SAs (none, or an inbound and an outbound one).
     pub sas: Vec<SaStatus>,
+    /// The IKE SA, for peers with `[peer.ike]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<IkeStatus>,
+}
+
+/// The IKE SA with one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IkeStatus {
+    /// `established`, `connecting`, `waiting` (a responder before the
+    /// peer's first message) or `failed: <reason>`.
+    pub state: String,
+    /// `initiator` (our underlay address is the lower) or `responder`.
+    pub role: String,
+    /// The initiator's IKE SPI, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spi_i: Option<String>,
+    /// The responder's IKE SPI, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spi_r: Option<String>,
+    /// The IKE suite, once IKE_SA_INIT is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// The last failure, kept while the initiator tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Child SAs brought up since start-up.
+    #[serde(default)]
+    pub child_sas: u64,
 }
 
 /// One SA.
@@ -157,6 +189,22 @@ impl Status {
                 p.underlay,
                 policies.join(" ")
             );
+            if let Some(ike) = &p.ike {
+                let _ = writeln!(
+                    s,
+                    "    ike {} ({}) spis {}/{} suite {} child SAs {}{}",
+                    ike.state,
+                    ike.role,
+                    ike.spi_i.as_deref().unwrap_or("-"),
+                    ike.spi_r.as_deref().unwrap_or("-"),
+                    ike.suite.as_deref().unwrap_or("-"),
+                    ike.child_sas,
+                    ike.last_error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                );
+            }
             if p.sas.is_empty() {
                 let _ = writeln!(s, "    no SA");
             }

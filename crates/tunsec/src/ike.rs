@@ -1,0 +1,554 @@
+//! The IKE driver: a plain thread that owns the IKE socket (UDP port 500
+//! on the underlay address) and the sans-IO [`Endpoint`] of
+//! `tunsec-ike`, feeds it datagrams and the clock, sends what it asks to
+//! send, and turns its events into SAs in the data path's tables. IKE
+//! that arrives on the ESP-in-UDP port behind the non-ESP marker comes
+//! from the receive worker through `Shared::ike_inbox`, and is answered
+//! from the ESP socket with the marker.
+//!
+//! Who initiates: of two peers, the one with the lower underlay address
+//! starts the IKE SA at start-up (and again after a failure, with
+//! back-off); the other only responds. So the two never race to create two
+//! IKE SAs.
+//!
+//! SA installation is read-copy-update, like every change of the tables:
+//! the new inbound SA is published first, then the outbound one, so the
+//! peer's first ESP packet never meets a host that cannot open it. Until a
+//! Child SA is up, and as soon as it is gone, the peer has no outbound SA
+//! and a `require` policy drops its traffic: fail closed. Not yet:
+//! make-before-break rekeying (the old inbound SA lingering while the new
+//! one takes over), NAT detection, INITIAL_CONTACT.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
+use tunsec_datapath::overlay::InboundEntry;
+use tunsec_datapath::worker::{Shared, Sockets};
+use tunsec_esp::Sa;
+use tunsec_ike::sa::{
+    ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
+    ts,
+};
+use tunsec_wire::natt::NON_ESP_MARKER;
+
+use crate::config::{Config, EspEncapsulation, IkePeer};
+use crate::status::IkeStatus;
+
+/// The IKE port (RFC 7296 section 2).
+pub const IKE_PORT: u16 = 500;
+/// The first wait before an initiator tries again after a failure.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+/// The longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often an established IKE SA checks that the peer is alive (an
+/// empty INFORMATIONAL; after every retransmission unanswered, about 15 s,
+/// the peer is dead and its SAs go).
+const LIVENESS: Duration = Duration::from_secs(15);
+/// How often the loop wakes without a timer, to check for shutdown.
+const IDLE: Duration = Duration::from_millis(100);
+/// The largest IKE datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// The IKE state of every peer with `[peer.ike]`, by peer index, for
+/// `tunsec status`.
+pub type IkeStates = Arc<Mutex<HashMap<usize, IkeStatus>>>;
+
+/// One peer's IKE bookkeeping.
+struct PeerIke {
+    /// The index in the config's (and the tables') peers.
+    index: usize,
+    name: String,
+    addr: SocketAddr,
+    ike: IkePeer,
+    /// We initiate (our underlay address is the lower one).
+    initiator: bool,
+    /// The current IKE SA, if any.
+    handle: Option<SaHandle>,
+    /// When an initiator tries again.
+    retry_at: Option<Instant>,
+    retry_wait: Duration,
+    /// The last failure, for status.
+    last_error: Option<String>,
+    /// Child SAs brought up so far.
+    child_sas: u64,
+    /// When to check that the peer is alive.
+    liveness_at: Option<Instant>,
+}
+
+/// The IKE driver thread's state.
+pub struct IkeDriver {
+    shared: Arc<Shared>,
+    socket: DatagramSocket,
+    /// The data path's sockets: replies to a peer that spoke on the
+    /// ESP-in-UDP port leave from that port, behind the non-ESP marker.
+    sockets: Arc<Sockets>,
+    /// The ESP-in-UDP port, when ESP travels in UDP.
+    esp_port: Option<u16>,
+    endpoint: Endpoint,
+    peers: Vec<PeerIke>,
+    local: IpAddr,
+    replay_window: u32,
+    states: IkeStates,
+}
+
+impl IkeDriver {
+    /// The driver for `config`'s IKE peers, or `None` if no peer uses
+    /// IKE (then no socket is opened).
+    pub fn new(
+        config: &Config,
+        shared: Arc<Shared>,
+        sockets: Arc<Sockets>,
+        states: IkeStates,
+    ) -> anyhow::Result<Option<Self>> {
+        let local = config.node.underlay;
+        let peers: Vec<PeerIke> = config
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, p)| {
+                p.ike.as_ref().map(|ike| PeerIke {
+                    index,
+                    name: p.name.clone(),
+                    addr: SocketAddr::new(p.underlay, IKE_PORT),
+                    ike: ike.clone(),
+                    initiator: local < p.underlay,
+                    handle: None,
+                    retry_at: (local < p.underlay).then(Instant::now),
+                    retry_wait: RETRY_MIN,
+                    last_error: None,
+                    child_sas: 0,
+                    liveness_at: None,
+                })
+            })
+            .collect();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let socket = DatagramSocket::udp(SocketAddr::new(local, IKE_PORT))
+            .with_context(|| format!("IKE: cannot bind {local} port {IKE_PORT}"))?;
+        // From now on IKE on the ESP-in-UDP port comes to us.
+        shared.ike_inbox.open();
+        let mut driver = Self {
+            shared,
+            socket,
+            sockets,
+            esp_port: (config.esp.encapsulation == EspEncapsulation::Udp)
+                .then_some(config.esp.port),
+            endpoint: Endpoint::new(),
+            peers,
+            local,
+            replay_window: config.esp.replay_window,
+            states,
+        };
+        driver.publish_status();
+        Ok(Some(driver))
+    }
+
+    fn ike_config(local: IpAddr, peer: &PeerIke) -> IkeConfig {
+        // Host to host, UDP, any port: the overlay's tunnel datagrams
+        // between the two underlay addresses, in transport mode.
+        let mut c = IkeConfig::new(
+            peer.ike.local_id.clone(),
+            Some(peer.ike.remote_id.clone()),
+            peer.ike.psk.clone(),
+        )
+        .with_selectors(
+            vec![ts::host(local, 17, 0, u16::MAX)],
+            vec![ts::host(peer.addr.ip(), 17, 0, u16::MAX)],
+        );
+        c.ike_proposals = peer.ike.ike_proposals.clone();
+        c.esp_proposals = peer.ike.esp_proposals.clone();
+        c.transport_mode = true;
+        c
+    }
+
+    /// Runs until `shared.stop` is set, then deletes every IKE SA.
+    pub fn run(mut self) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
+        let mut poller = Poller::new(&[fd]);
+        let mut batch = Batch::new(8);
+        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
+        let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); 8];
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let next = [
+                self.endpoint.poll_timeout(),
+                self.peers.iter().filter_map(|p| p.retry_at).min(),
+                self.peers.iter().filter_map(|p| p.liveness_at).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(IDLE)
+                .min(IDLE);
+            if poller.wait(wait.as_millis() as i32).is_err() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            loop {
+                let n = batch.recv(&self.socket, &mut bufs, &mut meta).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                for (buf, &(len, src)) in bufs.iter().zip(&meta[..n]) {
+                    self.handle_datagram(now, src, &buf[..len]);
+                }
+            }
+            // IKE that came on the ESP-in-UDP port (the receive worker
+            // queued it; it waits at most one loop turn, 100 ms).
+            while let Some((src, message)) = self.shared.ike_inbox.pop() {
+                self.handle_datagram(Instant::now(), src, &message);
+            }
+            let now = Instant::now();
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+            self.start_due(now);
+            self.check_liveness(now);
+            self.drain(&mut batch);
+        }
+        self.shutdown(&mut batch);
+    }
+
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        let local = self.local;
+        let peers = &self.peers;
+        let incoming = self.endpoint.handle_datagram(now, src, bytes, |remote| {
+            // Known peers only, by underlay address.
+            let peer = peers.iter().find(|p| p.addr.ip() == remote.ip())?;
+            let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
+            Some((Self::ike_config(local, peer), rng))
+        });
+        match incoming {
+            Incoming::Sa { handle, new: true } => {
+                let Some(p) = self.peers.iter_mut().find(|p| p.addr.ip() == src.ip()) else {
+                    return;
+                };
+                // A new IKE SA from the peer replaces the old one (the peer
+                // restarted, or gave up on it).
+                if let Some(old) = p.handle.replace(handle) {
+                    self.endpoint.remove(old);
+                }
+                p.retry_at = None;
+                tracing::info!(peer = %p.name, "IKE: responding to IKE_SA_INIT");
+            }
+            Incoming::Refused => {
+                tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
+            }
+            Incoming::Sa { .. } | Incoming::Dropped => {}
+        }
+    }
+
+    /// Initiates to every peer whose retry time has come.
+    fn start_due(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            let p = &self.peers[i];
+            if !p.initiator || p.handle.is_some() || p.retry_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            let config = Self::ike_config(self.local, p);
+            let addr = p.addr;
+            let result = self
+                .endpoint
+                .connect(config, addr, now, Box::new(SystemRandom));
+            let p = &mut self.peers[i];
+            match result {
+                Ok(handle) => {
+                    p.handle = Some(handle);
+                    p.retry_at = None;
+                    tracing::info!(peer = %p.name, "IKE: initiating");
+                }
+                Err(e) => {
+                    p.last_error = Some(format!("cannot initiate: {e}"));
+                    p.retry_at = Some(now + p.retry_wait);
+                    p.retry_wait = (p.retry_wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Sends an empty INFORMATIONAL on every established IKE SA whose
+    /// liveness check is due (skipped while another request is out).
+    fn check_liveness(&mut self, now: Instant) {
+        for p in &mut self.peers {
+            if p.liveness_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            p.liveness_at = Some(now + LIVENESS);
+            if let Some(sa) = p.handle.and_then(|h| self.endpoint.sa_mut(h)) {
+                if sa.is_established() {
+                    let _ = sa.check_liveness(now);
+                }
+            }
+        }
+    }
+
+    /// Sends every pending datagram and handles every pending event.
+    fn drain(&mut self, batch: &mut Batch) {
+        let mut out = Vec::new();
+        while let Some(t) = self.endpoint.poll_transmit() {
+            out.push(t);
+        }
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            let Some(handle) = self.peers[i].handle else {
+                continue;
+            };
+            let mut events = Vec::new();
+            let closed = match self.endpoint.sa_mut(handle) {
+                Some(sa) => {
+                    while let Some(t) = sa.poll_transmit() {
+                        out.push(t);
+                    }
+                    while let Some(e) = sa.poll_event() {
+                        events.push(e);
+                    }
+                    sa.is_closed()
+                }
+                None => true,
+            };
+            for e in events {
+                self.handle_event(i, e);
+            }
+            if closed {
+                self.endpoint.remove(handle);
+                self.peers[i].handle = None;
+                self.peers[i].liveness_at = None;
+                let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
+                self.remove_sas(index, &name);
+                let p = &mut self.peers[i];
+                if p.initiator {
+                    p.retry_at = Some(now + p.retry_wait);
+                    p.retry_wait = (p.retry_wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        self.send(batch, &out);
+        self.publish_status();
+    }
+
+    fn handle_event(&mut self, i: usize, event: Event) {
+        let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
+        match event {
+            Event::IkeSaEstablished => {
+                tracing::info!(peer = %name, "IKE SA established");
+                let p = &mut self.peers[i];
+                p.last_error = None;
+                p.retry_wait = RETRY_MIN;
+                p.liveness_at = Some(Instant::now() + LIVENESS);
+            }
+            Event::ChildSaUp { inbound, outbound } => {
+                match self.install(index, &inbound, &outbound) {
+                    Ok(()) => {
+                        self.peers[i].child_sas += 1;
+                        tracing::info!(
+                            peer = %name,
+                            spi_in = format_args!("{:#010x}", inbound.spi),
+                            spi_out = format_args!("{:#010x}", outbound.spi),
+                            suite = %inbound.suite,
+                            "Child SA up"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %name, "Child SA not installed: {e:#}");
+                        self.peers[i].last_error = Some(format!("Child SA not installed: {e:#}"));
+                    }
+                }
+            }
+            Event::ChildSaDown { .. } => {
+                tracing::warn!(peer = %name, "Child SA deleted by the peer");
+                self.remove_sas(index, &name);
+            }
+            Event::AuthFailed { reason } => {
+                tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
+                self.peers[i].last_error = Some(format!("authentication failed: {reason}"));
+                self.remove_sas(index, &name);
+            }
+            Event::Failed { notify, by_peer } => {
+                let who = if by_peer { "the peer sent" } else { "we sent" };
+                tracing::warn!(peer = %name, "IKE exchange failed: {who} {notify:?}");
+                self.peers[i].last_error = Some(format!("{who} {notify:?}"));
+            }
+            Event::PeerDead => {
+                tracing::warn!(peer = %name, "IKE: peer dead (no answer)");
+                self.peers[i].last_error = Some("peer dead: no answer".to_owned());
+                self.remove_sas(index, &name);
+            }
+            Event::IkeSaDeleted => {
+                tracing::info!(peer = %name, "IKE SA deleted by the peer");
+                self.peers[i].last_error = Some("deleted by the peer".to_owned());
+                self.remove_sas(index, &name);
+            }
+            Event::LocalError(e) => {
+                tracing::warn!(peer = %name, "IKE: local error: {e}");
+                self.peers[i].last_error = Some(format!("local error: {e}"));
+                self.remove_sas(index, &name);
+            }
+            other => tracing::debug!(peer = %name, ?other, "IKE event"),
+        }
+    }
+
+    /// Publishes the inbound SA, then the outbound one (replacing this
+    /// peer's older SAs).
+    fn install(
+        &self,
+        index: usize,
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut cin = inbound.sa_config();
+        cin.replay_window = self.replay_window;
+        let sa_in = Sa::new(cin, now).context("inbound SA")?;
+        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
+
+        let current = self.shared.tables.load();
+        let mut next = (**current).clone();
+        next.inbound.insert(
+            inbound.spi,
+            InboundEntry {
+                peer: index,
+                sa: Arc::new(Mutex::new(sa_in)),
+            },
+        );
+        self.shared.tables.store(Arc::new(next));
+
+        let current = self.shared.tables.load();
+        let mut next = (**current).clone();
+        next.peers[index].outbound = Some(Arc::new(Mutex::new(sa_out)));
+        // No make-before-break yet: the older inbound SAs go at once.
+        next.inbound
+            .retain(|spi, e| e.peer != index || *spi == inbound.spi);
+        self.shared.tables.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Removes every SA of a peer: its `require` traffic is dropped.
+    fn remove_sas(&self, index: usize, name: &str) {
+        let current = self.shared.tables.load();
+        let has_any = current.peers[index].outbound.is_some()
+            || current.inbound.values().any(|e| e.peer == index);
+        if !has_any {
+            return;
+        }
+        let mut next = (**current).clone();
+        next.peers[index].outbound = None;
+        next.inbound.retain(|_, e| e.peer != index);
+        self.shared.tables.store(Arc::new(next));
+        tracing::warn!(peer = %name, "SAs removed");
+    }
+
+    fn publish_status(&mut self) {
+        let mut map = HashMap::new();
+        for i in 0..self.peers.len() {
+            let sa = self.peers[i].handle.and_then(|h| self.endpoint_sa(h));
+            let p = &self.peers[i];
+            let (state, spis, suite) = match sa {
+                Some((established, spis, suite)) => (
+                    if established {
+                        "established".to_owned()
+                    } else {
+                        "connecting".to_owned()
+                    },
+                    Some(spis),
+                    suite,
+                ),
+                None => match (&p.last_error, p.initiator) {
+                    (Some(e), _) => (format!("failed: {e}"), None, None),
+                    (None, true) => ("connecting".to_owned(), None, None),
+                    (None, false) => ("waiting".to_owned(), None, None),
+                },
+            };
+            map.insert(
+                p.index,
+                IkeStatus {
+                    state,
+                    role: if p.initiator {
+                        "initiator"
+                    } else {
+                        "responder"
+                    }
+                    .to_owned(),
+                    spi_i: spis.map(|s| format!("{:#018x}", s.0)),
+                    spi_r: spis.map(|s| format!("{:#018x}", s.1)),
+                    suite,
+                    last_error: p.last_error.clone(),
+                    child_sas: p.child_sas,
+                },
+            );
+        }
+        if let Ok(mut states) = self.states.lock() {
+            *states = map;
+        }
+    }
+
+    fn endpoint_sa(&mut self, handle: SaHandle) -> Option<(bool, (u64, u64), Option<String>)> {
+        let sa = self.endpoint.sa_mut(handle)?;
+        let suite = sa.ike_suite().map(|s| {
+            let integ = s.integ.map(|i| format!("{i:?}-")).unwrap_or_default();
+            format!("{:?}-{integ}{:?}-{:?}", s.encr, s.prf, s.group)
+        });
+        Some((sa.is_established(), sa.spis(), suite))
+    }
+
+    /// Deletes every IKE SA (one DELETE each, not retransmitted) and
+    /// removes the SAs from the tables.
+    fn shutdown(&mut self, batch: &mut Batch) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..self.peers.len() {
+            let Some(handle) = self.peers[i].handle else {
+                continue;
+            };
+            if let Some(sa) = self.endpoint.sa_mut(handle) {
+                if sa.is_established() && sa.delete(now).is_ok() {
+                    while let Some(t) = sa.poll_transmit() {
+                        out.push(t);
+                    }
+                    tracing::info!(peer = %self.peers[i].name, "IKE SA deleted on shutdown");
+                }
+            }
+        }
+        self.send(batch, &out);
+    }
+
+    /// Sends IKE messages: from port 500, or from the ESP-in-UDP port with
+    /// the non-ESP marker to a peer that spoke to us there.
+    fn send(&self, batch: &mut Batch, out: &[tunsec_ike::sa::Transmit]) {
+        if out.is_empty() {
+            return;
+        }
+        let on_esp = |t: &&tunsec_ike::sa::Transmit| Some(t.dst.port()) == self.esp_port;
+        let marked: Vec<(Vec<u8>, SocketAddr)> = out
+            .iter()
+            .filter(on_esp)
+            .map(|t| ([&NON_ESP_MARKER[..], &t.bytes].concat(), t.dst))
+            .collect();
+        let mut refused = batch
+            .send(
+                &self.socket,
+                out.iter()
+                    .filter(|t| !on_esp(t))
+                    .map(|t| (&t.bytes[..], t.dst)),
+            )
+            .refused;
+        if !marked.is_empty() {
+            refused += batch
+                .send(
+                    &self.sockets.esp,
+                    marked.iter().map(|(b, dst)| (&b[..], *dst)),
+                )
+                .refused;
+        }
+        if refused > 0 {
+            tracing::debug!(refused, "IKE: datagrams not sent");
+        }
+    }
+}

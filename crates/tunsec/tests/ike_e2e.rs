@@ -1,0 +1,840 @@
+//! End-to-end tests of `tunsecd` with IKEv2 (pre-shared keys), in network
+//! namespaces, like `overlay_e2e.rs` (whose helpers this file copies: it is
+//! a separate test crate). Two hosts on an underlay bridge run the real
+//! `tunsecd` with `[peer.ike]` and no manual keys:
+//!
+//! - `ike_psk_establishes`: with the same PSK, both daemons report the IKE
+//!   SA established and a Child SA pair within seconds, tenants ping each
+//!   other, and the underlay capture holds IKE on UDP 500, ESP in UDP 4500
+//!   and ARP only, without one copy of the tenant marker.
+//! - `ike_wrong_psk_fails_closed`: with different PSKs, no SA comes up,
+//!   status names the authentication failure, pings fail, and nothing but
+//!   IKE and ARP leaves the hosts.
+//!
+//! - `ike_on_the_esp_port`: an initiator (the test itself, with
+//!   `tunsec_ike`, relayed through a UDP socket in h2's namespace) that
+//!   speaks IKE to h1's ESP-in-UDP port behind the non-ESP marker gets its
+//!   answers from that port with the marker, and the IKE and Child SAs come
+//!   up on h1.
+//!
+//! They need root, iproute2, ping and tshark (dumpcap); they fail, never
+//! skip, when something is missing.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tunsec::control::{self, Request, Response};
+use tunsec::netns::Lab;
+use tunsec::status::{IkeStatus, Status};
+
+const TUNSECD: &str = env!("CARGO_BIN_EXE_tunsecd");
+/// Tenant bytes that must never show on the underlay in the clear (the
+/// pings carry it, `ping -p`).
+const MARKER: &[u8; 16] = b"TSE2E-CLEARTEXT!";
+const ESP_PORT: u16 = 4500;
+const IKE_PORT: u16 = 500;
+const TAP: &str = "ts-blue";
+
+/// Fails (never skips) unless the tests can run: root, and every tool.
+fn preflight() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false);
+        assert!(
+            root,
+            "the IKE end-to-end tests build network namespaces: run them as root"
+        );
+        let tools: [(&str, &[&str], &str); 4] = [
+            ("ip", &["-V"], "iproute2"),
+            ("ping", &["-V"], "iputils-ping"),
+            ("dumpcap", &["-v"], "tshark"),
+            ("tshark", &["-v"], "tshark"),
+        ];
+        for (tool, args, package) in tools {
+            let ok = Command::new(tool)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "{tool} is missing or broken: the IKE end-to-end tests need it \
+                 (apt-get install {package}, or run scripts/deps.sh)"
+            );
+        }
+    });
+}
+
+/// Runs `body` in a fresh lab named `prefix`. On an error or a panic it
+/// prints every log in the lab's directory, then fails the test; the lab
+/// is torn down either way.
+fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
+    preflight();
+    let started = Instant::now();
+    let mut lab =
+        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
+    let failed = !matches!(result, Ok(Ok(())));
+    if failed {
+        dump_logs(&lab);
+    }
+    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn dump_logs(lab: &Lab) {
+    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(200)..];
+        eprintln!(
+            "--- {} ({} lines, last {} shown) ---\n{}",
+            log.display(),
+            lines.len(),
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
+/// Removes the colour codes that tracing writes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn phase(lab: &Lab, what: &str, since: Instant) {
+    eprintln!(
+        "  [{}] {what}: {:.1} s",
+        lab.ns(""),
+        since.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs `ip netns exec NS CMD ARGS` and returns its output, whatever its
+/// exit status.
+fn exec_output(ns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd} in {ns}"))
+}
+
+fn host_addr(n: u8) -> String {
+    format!("192.0.2.{n}")
+}
+
+fn tenant_addr(n: u8) -> String {
+    format!("198.51.100.{n}")
+}
+
+/// The underlay: namespace `ul` with bridge `br0` (no multicast snooping:
+/// its IGMP queries would be noise in the captures).
+fn add_underlay(lab: &mut Lab) -> anyhow::Result<String> {
+    let ul = lab.add_ns("ul")?;
+    lab.exec(
+        &ul,
+        "ip",
+        &[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    lab.exec(&ul, "ip", &["link", "set", "br0", "up"])?;
+    Ok(ul)
+}
+
+/// Host namespace `short` on the underlay with `eth0` at 192.0.2.`n`.
+fn add_host(lab: &mut Lab, ul: &str, short: &str, n: u8) -> anyhow::Result<String> {
+    let h = lab.add_ns(short)?;
+    let port = format!("ul-{short}");
+    lab.veth(&h, "eth0", ul, &port)?;
+    lab.exec(ul, "ip", &["link", "set", &port, "master", "br0"])?;
+    lab.exec(
+        &h,
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", host_addr(n)),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    Ok(h)
+}
+
+/// Tenant namespace `t<n>` (198.51.100.`n`) behind bridge `br-t` of
+/// `host`, which also holds the TAP device `tap`. The tenant's MTU is the
+/// TAP's, as a cloud would tell its VMs, so that full-size frames fit.
+fn add_tenant(lab: &mut Lab, host: &str, n: u8, tap: &str) -> anyhow::Result<String> {
+    let t = lab.add_ns(&format!("t{n}"))?;
+    lab.exec(
+        host,
+        "ip",
+        &[
+            "link",
+            "add",
+            "br-t",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    lab.exec(host, "ip", &["link", "set", "br-t", "up"])?;
+    lab.veth(host, "vt", &t, "eth0")?;
+    lab.exec(host, "ip", &["link", "set", "vt", "master", "br-t"])?;
+    lab.wait_for(&format!("{tap} in {host}"), Duration::from_secs(5), || {
+        lab.try_exec(host, "ip", &["link", "show", tap])
+    })?;
+    lab.exec(host, "ip", &["link", "set", tap, "master", "br-t"])?;
+    let mtu = link_mtu(lab, host, tap)?;
+    lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
+    lab.exec(
+        &t,
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", tenant_addr(n)),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    Ok(t)
+}
+
+fn link_mtu(lab: &Lab, ns: &str, dev: &str) -> anyhow::Result<u16> {
+    let out = lab.exec(ns, "ip", &["-o", "link", "show", dev])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "mtu")
+        .and_then(|_| words.next())
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("no MTU for {dev} in {ns}: {text}"))
+}
+
+/// Starts `tunsecd` (log `h<n>.log`) in `ns` and waits until its control
+/// socket answers.
+fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> anyhow::Result<()> {
+    let config = config.to_string_lossy().into_owned();
+    lab.spawn(
+        &format!("h{n}"),
+        ns,
+        Path::new(TUNSECD),
+        &["--config", &config],
+    )?;
+    let sock = socket_path(lab, n);
+    lab.wait_for(
+        &format!("tunsecd h{n} to answer on {}", sock.display()),
+        Duration::from_secs(20),
+        || {
+            matches!(
+                control::call(&sock, &Request::Status),
+                Ok(Response::Status(_))
+            )
+        },
+    )
+}
+
+fn status(lab: &Lab, n: u8) -> anyhow::Result<Status> {
+    match control::call(&socket_path(lab, n), &Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        other => bail!("h{n}: unexpected answer to status: {other:?}"),
+    }
+}
+
+fn marker_hex() -> String {
+    hex::encode(MARKER)
+}
+
+/// Pings `dst` from `ns` `count` times (payload: the marker); returns how
+/// many replies came back.
+fn ping(ns: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
+    let count = count.to_string();
+    let out = exec_output(
+        ns,
+        "ping",
+        &[
+            "-c",
+            &count,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-s",
+            "200",
+            "-p",
+            &marker_hex(),
+            dst,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("ping {dst} from {ns}: unexpected output: {text}"))
+}
+
+fn ping_ok(ns: &str, dst: &str) -> anyhow::Result<()> {
+    let got = ping(ns, dst, 3)?;
+    ensure!(got == 3, "ping {dst} from {ns}: {got} of 3 replies");
+    Ok(())
+}
+
+/// Counts the marker in `data`.
+fn count_marker(data: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(pos) = data[i..].iter().position(|&b| b == MARKER[0]) {
+        let at = i + pos;
+        if data[at..].starts_with(MARKER) {
+            n += 1;
+        }
+        i = at + 1;
+    }
+    n
+}
+
+/// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
+fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
+    let pcap = lab.dir.path().join(format!("{label}.pcap"));
+    let pcap_s = pcap.to_string_lossy().into_owned();
+    lab.spawn(
+        label,
+        ul,
+        Path::new("dumpcap"),
+        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
+    )?;
+    lab.wait_for(
+        &format!("capture {label} to start"),
+        Duration::from_secs(10),
+        || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0),
+    )?;
+    Ok(pcap)
+}
+
+/// Lets the capture flush, then stops it.
+fn stop_capture(lab: &mut Lab, label: &str) {
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop(label);
+}
+
+/// One captured frame, as tshark dissects it (outermost values).
+#[derive(Debug)]
+struct Frame {
+    number: u64,
+    protocols: String,
+    src: String,
+    dst: String,
+    sport: Option<u16>,
+    dport: Option<u16>,
+}
+
+impl Frame {
+    fn is_arp(&self) -> bool {
+        self.protocols.starts_with("eth:ethertype:arp")
+    }
+
+    fn is_esp_in_udp(&self) -> bool {
+        self.protocols
+            .starts_with("eth:ethertype:ip:udp:udpencap:esp")
+            && self.sport == Some(ESP_PORT)
+            && self.dport == Some(ESP_PORT)
+    }
+
+    /// IKE on UDP 500, or an ICMP error quoting it (the first
+    /// IKE_SA_INIT can reach the peer before its daemon listens).
+    fn is_ike(&self) -> bool {
+        (self.protocols.starts_with("eth:ethertype:ip:udp:isakmp")
+            || self
+                .protocols
+                .starts_with("eth:ethertype:ip:icmp:ip:udp:isakmp"))
+            && self.sport == Some(IKE_PORT)
+            && self.dport == Some(IKE_PORT)
+    }
+}
+
+fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+    let mut args = vec![
+        "-r".to_owned(),
+        pcap.to_string_lossy().into_owned(),
+        "-T".into(),
+        "fields".into(),
+        "-E".into(),
+        "occurrence=f".into(),
+        "-E".into(),
+        "separator=/t".into(),
+    ];
+    for f in [
+        "frame.number",
+        "frame.protocols",
+        "ip.src",
+        "ip.dst",
+        "udp.srcport",
+        "udp.dstport",
+    ] {
+        args.push("-e".into());
+        args.push(f.into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tunsec::netns::run("tshark", &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut frames = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        ensure!(f.len() == 6, "tshark printed {line:?}");
+        frames.push(Frame {
+            number: f[0].parse()?,
+            protocols: f[1].to_owned(),
+            src: f[2].to_owned(),
+            dst: f[3].to_owned(),
+            sport: f[4].parse().ok(),
+            dport: f[5].parse().ok(),
+        });
+    }
+    Ok(frames)
+}
+
+fn describe(frames: &[&Frame]) -> String {
+    frames
+        .iter()
+        .take(10)
+        .map(|f| {
+            format!(
+                "\n  #{} {} {} -> {} ports {:?} -> {:?}",
+                f.number, f.protocols, f.src, f.dst, f.sport, f.dport
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------
+// Configs
+
+fn socket_path(lab: &Lab, n: u8) -> PathBuf {
+    lab.dir.path().join(format!("h{n}.sock"))
+}
+
+/// Writes the config of host `h<n>`: network `blue` (VXLAN 100) and one
+/// peer `h<peer>` under `require`, keyed by IKE with the PSK in `psk`.
+fn write_config(lab: &Lab, n: u8, peer: u8, psk: &str) -> anyhow::Result<PathBuf> {
+    let psk_file = lab.dir.path().join(format!("h{n}.psk"));
+    std::fs::write(&psk_file, format!("{psk}\n"))?;
+    let mut c = String::new();
+    writeln!(
+        c,
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n",
+        host_addr(n),
+        socket_path(lab, n).display()
+    )?;
+    writeln!(
+        c,
+        "[[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n"
+    )?;
+    writeln!(
+        c,
+        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"require\"\n\n\
+         [peer.ike]\npsk_file = \"h{n}.psk\"",
+        host_addr(peer)
+    )?;
+    let path = lab.dir.path().join(format!("h{n}.toml"));
+    std::fs::write(&path, c)?;
+    Ok(path)
+}
+
+struct Pair {
+    ul: String,
+    h1: String,
+    h2: String,
+}
+
+/// The underlay and two hosts, capture running, daemons started with the
+/// given PSKs.
+fn ike_pair(lab: &mut Lab, psk1: &str, psk2: &str) -> anyhow::Result<(Pair, PathBuf)> {
+    let ul = add_underlay(lab)?;
+    let h1 = add_host(lab, &ul, "h1", 1)?;
+    let h2 = add_host(lab, &ul, "h2", 2)?;
+    let pcap = start_capture(lab, &ul, "capture")?;
+    let c1 = write_config(lab, 1, 2, psk1)?;
+    let c2 = write_config(lab, 2, 1, psk2)?;
+    start_tunsecd(lab, &h1, 1, &c1)?;
+    start_tunsecd(lab, &h2, 2, &c2)?;
+    Ok((Pair { ul, h1, h2 }, pcap))
+}
+
+fn ike_of(s: &Status, peer: &str) -> anyhow::Result<IkeStatus> {
+    s.peers
+        .iter()
+        .find(|p| p.name == peer)
+        .and_then(|p| p.ike.clone())
+        .with_context(|| {
+            format!(
+                "{}: no IKE status for peer {peer}:\n{}",
+                s.node.name,
+                s.render()
+            )
+        })
+}
+
+// ---------------------------------------------------------------------
+// Tests
+
+#[test]
+fn ike_psk_establishes() {
+    with_lab("tsike-ok", |lab| {
+        let t0 = Instant::now();
+        let (pair, pcap) = ike_pair(lab, "same-secret-for-both", "same-secret-for-both")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+            let up = |s: &Status, peer: &str| -> anyhow::Result<bool> {
+                let ike = ike_of(s, peer)?;
+                let sas = &s.peers.iter().find(|p| p.name == peer).unwrap().sas;
+                Ok(ike.state == "established"
+                    && ike.child_sas >= 1
+                    && sas.iter().any(|sa| sa.direction == "in")
+                    && sas.iter().any(|sa| sa.direction == "out"))
+            };
+            if up(&s1, "h2")? && up(&s2, "h1")? {
+                let (i1, i2) = (ike_of(&s1, "h2")?, ike_of(&s2, "h1")?);
+                eprintln!("  h1: {i1:?}\n  h2: {i2:?}");
+                ensure!(
+                    i1.role == "initiator" && i2.role == "responder",
+                    "roles: {i1:?} {i2:?}"
+                );
+                ensure!(
+                    i1.spi_i.is_some() && i1.spi_i == i2.spi_i && i1.spi_r == i2.spi_r,
+                    "the two sides disagree on the IKE SPIs: {i1:?} {i2:?}"
+                );
+                ensure!(i1.suite.is_some(), "no IKE suite: {i1:?}");
+                // The SPIs cross: h1's outbound is h2's inbound.
+                let spi = |s: &Status, peer: &str, dir: &str| {
+                    s.peers
+                        .iter()
+                        .find(|p| p.name == peer)
+                        .and_then(|p| p.sas.iter().find(|sa| sa.direction == dir))
+                        .map(|sa| sa.spi.clone())
+                };
+                ensure!(
+                    spi(&s1, "h2", "out") == spi(&s2, "h1", "in")
+                        && spi(&s1, "h2", "in") == spi(&s2, "h1", "out"),
+                    "Child SA SPIs do not match:\n{}\n{}",
+                    s1.render(),
+                    s2.render()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("no IKE SA within 10 s:\n{}\n{}", s1.render(), s2.render());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        phase(lab, "IKE up", t0);
+
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        phase(lab, "pings", t0);
+        stop_capture(lab, "capture");
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .collect();
+        let ike = frames.iter().filter(|f| f.is_ike()).count();
+        let esp = frames.iter().filter(|f| f.is_esp_in_udp()).count();
+        eprintln!(
+            "  [{}] capture: {} frames, {ike} IKE, {esp} ESP, {} other, marker {leaked} times",
+            pair.ul,
+            frames.len(),
+            other.len()
+        );
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE on UDP 500, ESP in UDP 4500 nor ARP:{}",
+            other.len(),
+            describe(&other)
+        );
+        ensure!(
+            ike >= 4,
+            "only {ike} IKE frames: IKE_SA_INIT and IKE_AUTH need 4"
+        );
+        ensure!(esp >= 12, "only {esp} ESP frames for 6 pings each way");
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the underlay capture: tenant bytes in the clear"
+        );
+
+        // SIGTERM: h1 deletes its IKE SA on the way out, and h2 removes
+        // the SAs at once (no waiting for dead-peer detection).
+        ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly on SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let s2 = status(lab, 2)?;
+            let i2 = ike_of(&s2, "h1")?;
+            let no_sas = s2.peers.iter().all(|p| p.sas.is_empty());
+            if no_sas && i2.state.contains("deleted by the peer") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "h2 did not drop the SAs after h1's DELETE:\n{}",
+                    s2.render()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let got = ping(&t2, &tenant_addr(1), 1)?;
+        ensure!(got == 0, "a ping was answered after the SAs were deleted");
+        Ok(())
+    });
+}
+
+#[test]
+fn ike_wrong_psk_fails_closed() {
+    with_lab("tsike-bad", |lab| {
+        let t0 = Instant::now();
+        let (pair, pcap) = ike_pair(lab, "the-first-secret", "another-secret")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (e1, e2) = loop {
+            let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+            let (i1, i2) = (ike_of(&s1, "h2")?, ike_of(&s2, "h1")?);
+            if let (Some(e1), Some(e2)) = (&i1.last_error, &i2.last_error) {
+                break (e1.clone(), e2.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no failure reported within 10 s:\n{}\n{}",
+                    s1.render(),
+                    s2.render()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("  h1: {e1}\n  h2: {e2}");
+        ensure!(
+            e2.contains("authentication failed"),
+            "h2 (responder) does not name the authentication failure: {e2}"
+        );
+        ensure!(
+            e1.to_lowercase().contains("authentication"),
+            "h1 (initiator) does not name the authentication failure: {e1}"
+        );
+        phase(lab, "IKE failed", t0);
+
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let _t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        let got = ping(&t1, &tenant_addr(2), 3)?;
+        ensure!(got == 0, "{got} pings answered without an SA");
+        for (n, peer) in [(1, "h2"), (2, "h1")] {
+            let s = status(lab, n)?;
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            ensure!(p.sas.is_empty(), "h{n} has SAs:\n{}", s.render());
+            ensure!(
+                ike_of(&s, peer)?.state != "established",
+                "h{n}: IKE SA established with the wrong PSK:\n{}",
+                s.render()
+            );
+        }
+        let s1 = status(lab, 1)?;
+        ensure!(
+            s1.drops.get("no_sa").copied().unwrap_or(0) > 0,
+            "h1 dropped nothing as no_sa:\n{}",
+            s1.render()
+        );
+        stop_capture(lab, "capture");
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_ike())
+            .collect();
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE nor ARP:{}",
+            other.len(),
+            describe(&other)
+        );
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the clear"
+        );
+        Ok(())
+    });
+}
+
+/// A UDP relay in a namespace: binds 192.0.2.2:4500, sends each hex line
+/// of stdin to 192.0.2.1:4500 and prints the answer from there in hex.
+const RELAY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.2", 4500))
+s.settimeout(5)
+for line in sys.stdin:
+    s.sendto(bytes.fromhex(line.strip()), ("192.0.2.1", 4500))
+    while True:
+        data, addr = s.recvfrom(65535)
+        if addr == ("192.0.2.1", 4500):
+            break
+    print(data.hex(), flush=True)
+"#;
+
+#[test]
+fn ike_on_the_esp_port() {
+    use tunsec_ike::message::Identity;
+    use tunsec_ike::sa::{Config, Event, IkeSa, SystemRandom, ts};
+
+    with_lab("tsike-esp", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let psk = "shared-over-the-esp-port";
+        let c1 = write_config(lab, 1, 2, psk)?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+
+        // h2 runs no tunsecd: the test is h2's IKE initiator.
+        let mut relay = Command::new("ip")
+            .args(["netns", "exec", &h2, "/usr/bin/python3", "-c", RELAY])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the UDP relay")?;
+        let mut to_relay = relay.stdin.take().context("relay stdin")?;
+        let mut from_relay = BufReader::new(relay.stdout.take().context("relay stdout")?);
+        let (a1, a2): (IpAddr, IpAddr) = (host_addr(1).parse()?, host_addr(2).parse()?);
+        let config = Config::new(
+            Identity::Ipv4("192.0.2.2".parse()?),
+            Some(Identity::Ipv4("192.0.2.1".parse()?)),
+            tunsec_esp::Key::from_slice(psk.as_bytes()),
+        )
+        .with_selectors(
+            vec![ts::host(a2, 17, 0, u16::MAX)],
+            vec![ts::host(a1, 17, 0, u16::MAX)],
+        );
+        let remote = SocketAddr::new(a1, ESP_PORT);
+        let mut sa = IkeSa::initiate(config, remote, Instant::now(), Box::new(SystemRandom))?;
+        let result = (|| -> anyhow::Result<()> {
+            // IKE_SA_INIT, then IKE_AUTH.
+            for exchange in ["IKE_SA_INIT", "IKE_AUTH"] {
+                let request = sa
+                    .poll_transmit()
+                    .with_context(|| format!("no {exchange} request"))?;
+                writeln!(to_relay, "00000000{}", hex::encode(&request.bytes))?;
+                let mut line = String::new();
+                from_relay.read_line(&mut line)?;
+                let answer = hex::decode(line.trim()).with_context(|| {
+                    format!("no {exchange} answer from h1's port 4500: {line:?}")
+                })?;
+                ensure!(
+                    answer.len() > 4 && answer[..4] == [0, 0, 0, 0],
+                    "h1's {exchange} answer on port 4500 lacks the non-ESP marker"
+                );
+                sa.handle_datagram(Instant::now(), remote, &answer[4..]);
+            }
+            Ok(())
+        })();
+        drop(to_relay);
+        let _ = relay.kill();
+        let _ = relay.wait();
+        result?;
+        let mut events = Vec::new();
+        while let Some(e) = sa.poll_event() {
+            events.push(e);
+        }
+        ensure!(
+            events.contains(&Event::IkeSaEstablished)
+                && events.iter().any(|e| matches!(e, Event::ChildSaUp { .. })),
+            "the test's initiator did not get its SAs: {events:?}"
+        );
+
+        // h1's side: established, SAs installed, the messages counted.
+        let (spi_i, spi_r) = sa.spis();
+        let s1 = status(lab, 1)?;
+        let ike = ike_of(&s1, "h2")?;
+        ensure!(
+            ike.state == "established"
+                && ike.child_sas == 1
+                && ike.spi_i == Some(format!("{spi_i:#018x}"))
+                && ike.spi_r == Some(format!("{spi_r:#018x}")),
+            "h1 does not show the IKE SA the test made ({spi_i:#x}/{spi_r:#x}):\n{}",
+            s1.render()
+        );
+        let p = s1
+            .peers
+            .iter()
+            .find(|p| p.name == "h2")
+            .context("no peer h2")?;
+        ensure!(
+            p.sas.len() == 2,
+            "h1 has {} SAs for h2:\n{}",
+            p.sas.len(),
+            s1.render()
+        );
+        ensure!(
+            s1.ike_on_esp_port >= 2 && s1.drops.get("ike").copied().unwrap_or(0) == 0,
+            "h1 counted {} IKE messages on port 4500 (and {:?} dropped)",
+            s1.ike_on_esp_port,
+            s1.drops.get("ike")
+        );
+        phase(lab, "IKE on port 4500", t0);
+        Ok(())
+    });
+}
