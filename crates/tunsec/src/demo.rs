@@ -11,8 +11,9 @@
 //!
 //! Blue tenants are 198.51.100.1-3 and red tenants 198.51.100.11-13: one
 //! subnet, so only the networks' separation keeps them apart. Every pair
-//! of hosts gets fresh random keys. The demo pings across hosts in both
-//! networks, shows that blue cannot reach red, captures the underlay and
+//! of hosts negotiates its SAs with IKEv2 and a fresh random pre-shared
+//! key (`--manual-keys`: fresh random manual keys instead). The demo
+//! pings across hosts in both networks, shows that blue cannot reach red, captures the underlay and
 //! counts the packets that are not ESP (0), prints `tunsec status` of h1,
 //! and removes everything, also after a failure or Ctrl-C.
 
@@ -37,6 +38,10 @@ pub struct DemoArgs {
     /// The tunnel format of the blue network (red is always geneve).
     #[arg(long, default_value = "vxlan")]
     pub encapsulation: String,
+    /// Key the SAs manually (random keys in files) instead of with IKEv2
+    /// and a generated pre-shared key.
+    #[arg(long)]
+    pub manual_keys: bool,
 }
 
 const HOSTS: usize = 3;
@@ -76,6 +81,7 @@ fn write_config(
     suite: &str,
     blue_encap: &str,
     keys: &[[String; HOSTS + 1]],
+    manual_keys: bool,
 ) -> anyhow::Result<PathBuf> {
     let dir = lab.dir.path();
     let mut c = String::new();
@@ -98,6 +104,20 @@ fn write_config(
         if peer == host {
             continue;
         }
+        if !manual_keys {
+            // One pre-shared key per pair of hosts: the lower-numbered
+            // host's row holds it.
+            let (lo, hi) = (host.min(peer), host.max(peer));
+            let psk = dir.join(format!("psk-{lo}-{hi}"));
+            std::fs::write(&psk, &keys[lo][hi])?;
+            writeln!(
+                c,
+                "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\
+                 [peer.ike]\npsk_file = \"{}\"\nesp_proposals = [\"{suite}\"]\n",
+                psk.display()
+            )?;
+            continue;
+        }
         let key_in = dir.join(format!("key-{peer}-{host}"));
         let key_out = dir.join(format!("key-{host}-{peer}"));
         std::fs::write(&key_in, &peer_keys[host])?;
@@ -115,6 +135,19 @@ fn write_config(
     let path = dir.join(format!("h{host}.toml"));
     std::fs::write(&path, c)?;
     Ok(path)
+}
+
+/// Whether every peer of `host` has an established IKE SA and its SAs.
+fn ike_established(lab: &Lab, host: usize) -> bool {
+    match control::call(
+        &lab.dir.path().join(format!("h{host}.sock")),
+        &Request::Status,
+    ) {
+        Ok(Response::Status(s)) => s.peers.iter().all(|p| {
+            p.ike.as_ref().is_some_and(|ike| ike.state == "established") && p.sas.len() == 2
+        }),
+        _ => false,
+    }
 }
 
 /// The MTU tunsecd chose for a network's TAP device on a host.
@@ -230,9 +263,19 @@ fn demo(
     check_interrupted(stop)?;
 
     step(&format!(
-        "Starting tunsecd on each host ({suite}, fresh random keys per host pair)"
+        "Starting tunsecd on each host ({suite}, {})",
+        if args.manual_keys {
+            "fresh random manual keys per host pair"
+        } else {
+            "IKEv2 with a fresh random pre-shared key per host pair"
+        }
     ));
-    let keylen = suite.encryption_key_len() + suite.integrity_key_len();
+    // Manual keys are the suite's key material; a PSK is 32 random bytes.
+    let keylen = if args.manual_keys {
+        suite.encryption_key_len() + suite.integrity_key_len()
+    } else {
+        32
+    };
     let mut keys: Vec<[String; HOSTS + 1]> = vec![Default::default(); HOSTS + 1];
     for (from, row) in keys.iter_mut().enumerate().skip(1) {
         for (to, key) in row.iter_mut().enumerate().skip(1) {
@@ -242,7 +285,14 @@ fn demo(
         }
     }
     for (i, h) in hosts.iter().enumerate().skip(1) {
-        let config = write_config(lab, i, suite.name(), &args.encapsulation, &keys)?;
+        let config = write_config(
+            lab,
+            i,
+            suite.name(),
+            &args.encapsulation,
+            &keys,
+            args.manual_keys,
+        )?;
         let config = config.to_string_lossy().into_owned();
         lab.spawn(&format!("h{i}"), h, tunsecd, &["--config", &config])?;
     }
@@ -252,6 +302,15 @@ fn demo(
             sock.exists()
         })?;
         println!("  tunsecd up on {h}");
+    }
+    if !args.manual_keys {
+        // Every host pair negotiates its IKE SA and Child SAs.
+        lab.wait_for(
+            "IKEv2 between every pair of hosts",
+            Duration::from_secs(20),
+            || (1..=HOSTS).all(|i| ike_established(lab, i)),
+        )?;
+        println!("  IKEv2: every host pair established its IKE SA and Child SAs");
     }
     check_interrupted(stop)?;
 
@@ -365,8 +424,11 @@ fn demo(
     let total = count("frame")?;
     let esp = count("esp")?;
     let arp = count("arp")?;
-    let clear = count("!esp && !arp")?;
-    println!("  {total} packets: {esp} ESP, {arp} underlay ARP, {clear} other (cleartext)");
+    let ike = count("isakmp")?;
+    let clear = count("!esp && !arp && !isakmp")?;
+    println!(
+        "  {total} packets: {esp} ESP, {ike} IKE, {arp} underlay ARP, {clear} other (cleartext)"
+    );
 
     step("tunsec status on h1");
     match control::call(&lab.dir.path().join("h1.sock"), &Request::Status)? {
@@ -376,7 +438,8 @@ fn demo(
 
     if failures > 0 || leaked || clear > 0 || esp == 0 {
         if clear > 0 {
-            let out = crate::netns::run("tshark", &["-r", &pcap_s, "-Y", "!esp && !arp"])?;
+            let out =
+                crate::netns::run("tshark", &["-r", &pcap_s, "-Y", "!esp && !arp && !isakmp"])?;
             println!(
                 "\ncleartext packets:\n{}",
                 String::from_utf8_lossy(&out.stdout)
