@@ -23,6 +23,17 @@ pub enum Request {
         /// The peer's name.
         peer: String,
     },
+    /// Takes an IKE peer down: its IKE SA is deleted (the peer is told) and
+    /// no new one is made until `up`. Its `require` traffic is dropped.
+    Down {
+        /// The peer's name.
+        peer: String,
+    },
+    /// Brings an IKE peer up: initiates at once.
+    Up {
+        /// The peer's name.
+        peer: String,
+    },
 }
 
 /// The daemon's answer.

@@ -31,7 +31,7 @@ use tunsec_wire::ethernet;
 
 use crate::config::{Config, EspEncapsulation, Mtu, PolicyKind, TunnelEncapsulation};
 use crate::control::{Request, Response};
-use crate::ike::{IkeDriver, IkeStates};
+use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 /// The TAP MTU and the largest frame of each network.
@@ -176,6 +176,7 @@ pub struct Daemon {
     listener: UnixListener,
     socket_path: PathBuf,
     ike_states: IkeStates,
+    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
 }
 
 impl Daemon {
@@ -225,7 +226,14 @@ impl Daemon {
         let socket_path = config.node.control_socket.clone();
 
         let ike_states = IkeStates::default();
-        let ike = IkeDriver::new(&config, shared.clone(), sockets.clone(), ike_states.clone())?;
+        let (ike_commands, commands) = std::sync::mpsc::channel();
+        let ike = IkeDriver::new(
+            &config,
+            shared.clone(),
+            sockets.clone(),
+            ike_states.clone(),
+            commands,
+        )?;
 
         let mut workers = Vec::new();
         if let Some(driver) = ike {
@@ -261,6 +269,7 @@ impl Daemon {
             listener,
             socket_path,
             ike_states,
+            ike_commands,
         })
     }
 
@@ -327,6 +336,8 @@ impl Daemon {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Status) => Response::Status(Box::new(self.status())),
             Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
+            Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
+            Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -335,6 +346,31 @@ impl Daemon {
         out.push('\n');
         (&stream).write_all(out.as_bytes())?;
         Ok(())
+    }
+
+    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
+        let Some(index) = self.config.peers.iter().position(|p| p.name == peer) else {
+            return Response::Error {
+                message: format!("peer: {peer:?} is not a configured peer"),
+            };
+        };
+        if self.config.peers[index].ike.is_none() {
+            return Response::Error {
+                message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
+            };
+        }
+        let command = command(index);
+        if self.ike_commands.send(command).is_err() {
+            return Response::Error {
+                message: "the IKE driver is not running".to_owned(),
+            };
+        }
+        Response::Done {
+            message: match command {
+                IkeCommand::Down(_) => format!("peer {peer:?} going down"),
+                IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
+            },
+        }
     }
 
     fn delete_sa(&self, peer: &str) -> Response {

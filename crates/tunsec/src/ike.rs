@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,17 @@ const MAX_DATAGRAM: usize = 65_535;
 /// `tunsec status`.
 pub type IkeStates = Arc<Mutex<HashMap<usize, IkeStatus>>>;
 
+/// What the control socket asks of the IKE driver (`tunsec down PEER`,
+/// `tunsec up PEER`), by peer index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IkeCommand {
+    /// Delete the peer's IKE SA (and its Child SAs) and stay down: no new
+    /// attempt until `Up`. Its `require` traffic is dropped meanwhile.
+    Down(usize),
+    /// Bring the peer up: initiate now (whichever side we are).
+    Up(usize),
+}
+
 /// One peer's IKE bookkeeping.
 struct PeerIke {
     /// The index in the config's (and the tables') peers.
@@ -78,6 +90,9 @@ struct PeerIke {
     child_sas: u64,
     /// When to check that the peer is alive.
     liveness_at: Option<Instant>,
+    /// Taken down by `tunsec down`: no attempts, and new IKE SAs from the
+    /// peer are refused.
+    admin_down: bool,
 }
 
 /// The IKE driver thread's state.
@@ -94,6 +109,7 @@ pub struct IkeDriver {
     local: IpAddr,
     replay_window: u32,
     states: IkeStates,
+    commands: mpsc::Receiver<IkeCommand>,
 }
 
 impl IkeDriver {
@@ -104,6 +120,7 @@ impl IkeDriver {
         shared: Arc<Shared>,
         sockets: Arc<Sockets>,
         states: IkeStates,
+        commands: mpsc::Receiver<IkeCommand>,
     ) -> anyhow::Result<Option<Self>> {
         let local = config.node.underlay;
         let peers: Vec<PeerIke> = config
@@ -123,6 +140,7 @@ impl IkeDriver {
                     last_error: None,
                     child_sas: 0,
                     liveness_at: None,
+                    admin_down: false,
                 })
             })
             .collect();
@@ -144,6 +162,7 @@ impl IkeDriver {
             local,
             replay_window: config.esp.replay_window,
             states,
+            commands,
         };
         driver.publish_status();
         Ok(Some(driver))
@@ -206,6 +225,9 @@ impl IkeDriver {
             while let Some((src, message)) = self.shared.ike_inbox.pop() {
                 self.handle_datagram(Instant::now(), src, &message);
             }
+            while let Ok(command) = self.commands.try_recv() {
+                self.command(Instant::now(), command);
+            }
             let now = Instant::now();
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
@@ -222,7 +244,9 @@ impl IkeDriver {
         let peers = &self.peers;
         let incoming = self.endpoint.handle_datagram(now, src, bytes, |remote| {
             // Known peers only, by underlay address.
-            let peer = peers.iter().find(|p| p.addr.ip() == remote.ip())?;
+            let peer = peers
+                .iter()
+                .find(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
             let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
             Some((Self::ike_config(local, peer), rng))
         });
@@ -250,7 +274,9 @@ impl IkeDriver {
     fn start_due(&mut self, now: Instant) {
         for i in 0..self.peers.len() {
             let p = &self.peers[i];
-            if !p.initiator || p.handle.is_some() || p.retry_at.is_none_or(|t| t > now) {
+            // A responder initiates only when told to (`tunsec up` sets
+            // its retry time).
+            if p.admin_down || p.handle.is_some() || p.retry_at.is_none_or(|t| t > now) {
                 continue;
             }
             let config = Self::ike_config(self.local, p);
@@ -290,6 +316,53 @@ impl IkeDriver {
         }
     }
 
+    /// Carries out a command from the control socket.
+    fn command(&mut self, now: Instant, command: IkeCommand) {
+        let (IkeCommand::Down(index) | IkeCommand::Up(index)) = command;
+        let Some(i) = self.peers.iter().position(|p| p.index == index) else {
+            return;
+        };
+        match command {
+            IkeCommand::Down(_) => {
+                let p = &mut self.peers[i];
+                p.admin_down = true;
+                p.retry_at = None;
+                p.liveness_at = None;
+                p.last_error = Some("down by request".to_owned());
+                // Tell the peer (one DELETE of the IKE SA, which takes its
+                // Child SAs with it), then forget the SA: its SAs leave the
+                // tables at once, so nothing waits on the peer's answer.
+                if let Some(handle) = p.handle.take() {
+                    if let Some(sa) = self.endpoint.sa_mut(handle) {
+                        if sa.is_established() {
+                            let _ = sa.delete(now);
+                        }
+                        let mut out = Vec::new();
+                        while let Some(t) = sa.poll_transmit() {
+                            out.push(t);
+                        }
+                        self.send(&mut Batch::new(4), &out);
+                    }
+                    self.endpoint.remove(handle);
+                }
+                let name = self.peers[i].name.clone();
+                self.remove_sas(index, &name);
+                tracing::warn!(peer = %name, "IKE: down by request");
+            }
+            IkeCommand::Up(_) => {
+                let p = &mut self.peers[i];
+                p.admin_down = false;
+                p.last_error = None;
+                p.retry_wait = RETRY_MIN;
+                if p.handle.is_none() {
+                    p.retry_at = Some(now);
+                }
+                tracing::info!(peer = %p.name, "IKE: up by request");
+            }
+        }
+        self.publish_status();
+    }
+
     /// Sends every pending datagram and handles every pending event.
     fn drain(&mut self, batch: &mut Batch) {
         let mut out = Vec::new();
@@ -324,7 +397,7 @@ impl IkeDriver {
                 let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
                 self.remove_sas(index, &name);
                 let p = &mut self.peers[i];
-                if p.initiator {
+                if p.initiator && !p.admin_down {
                     p.retry_at = Some(now + p.retry_wait);
                     p.retry_wait = (p.retry_wait * 2).min(RETRY_MAX);
                 }

@@ -838,3 +838,92 @@ fn ike_on_the_esp_port() {
         Ok(())
     });
 }
+
+/// Waits until `check` holds on both hosts' status, or fails after 10 s.
+fn wait_status(
+    lab: &Lab,
+    what: &str,
+    check: impl Fn(&Status, &Status) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        if check(&s1, &s2)? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within 10 s:\n{}\n{}", s1.render(), s2.render());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sa_count(s: &Status, peer: &str) -> usize {
+    s.peers
+        .iter()
+        .find(|p| p.name == peer)
+        .map_or(0, |p| p.sas.len())
+}
+
+/// `tunsec down h2` on h1 deletes the IKE SA on both sides, stops the
+/// traffic (fail closed) and keeps it down; `tunsec up h2` brings it back.
+#[test]
+fn ike_down_and_up() {
+    with_lab("tsike-du", |lab| {
+        let (pair, _pcap) = ike_pair(lab, "same-secret-for-both", "same-secret-for-both")?;
+        let established = |s1: &Status, s2: &Status| -> anyhow::Result<bool> {
+            Ok(ike_of(s1, "h2")?.state == "established"
+                && ike_of(s2, "h1")?.state == "established"
+                && sa_count(s1, "h2") == 2
+                && sa_count(s2, "h1") == 2)
+        };
+        wait_status(lab, "IKE up", established)?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        stop_capture(lab, "capture");
+
+        match control::call(&socket_path(lab, 1), &Request::Down { peer: "h2".into() })? {
+            Response::Done { .. } => {}
+            other => bail!("down: {other:?}"),
+        }
+        // Both sides lose their SAs: h1 at once, h2 when the DELETE
+        // arrives.
+        wait_status(lab, "down on both sides", |s1, s2| {
+            Ok(sa_count(s1, "h2") == 0
+                && sa_count(s2, "h1") == 0
+                && ike_of(s2, "h1")?.state != "established")
+        })?;
+        let before = status(lab, 1)?.drops["no_sa"];
+        ensure!(
+            ping(&t1, &tenant_addr(2), 3)? == 0,
+            "ping got through while down"
+        );
+        ensure!(
+            status(lab, 1)?.drops["no_sa"] > before,
+            "no_sa did not count"
+        );
+        // It stays down: h2 (the responder) does not bring it back, and
+        // h1 does not retry.
+        std::thread::sleep(Duration::from_secs(3));
+        let s1 = status(lab, 1)?;
+        ensure!(
+            sa_count(&s1, "h2") == 0 && ike_of(&s1, "h2")?.state != "established",
+            "came back by itself:\n{}",
+            s1.render()
+        );
+        // Manual peers refuse the command by name.
+        match control::call(&socket_path(lab, 1), &Request::Down { peer: "h9".into() })? {
+            Response::Error { message } => ensure!(message.contains("\"h9\""), "{message}"),
+            other => bail!("down h9: {other:?}"),
+        }
+
+        match control::call(&socket_path(lab, 1), &Request::Up { peer: "h2".into() })? {
+            Response::Done { .. } => {}
+            other => bail!("up: {other:?}"),
+        }
+        wait_status(lab, "up again", established)?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        Ok(())
+    });
+}

@@ -27,6 +27,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take an IKE peer down: delete its IKE SA (telling the peer) and
+    /// make no new one until `up`; its `require` traffic is dropped.
+    Down {
+        /// The peer's name.
+        peer: String,
+    },
+    /// Bring an IKE peer up: negotiate at once.
+    Up {
+        /// The peer's name.
+        peer: String,
+    },
     /// Manage SAs.
     Sa {
         #[command(subcommand)]
@@ -80,6 +91,8 @@ fn main() -> ExitCode {
         Command::Sa {
             command: SaCommand::Delete { peer },
         } => Request::DeleteSa { peer },
+        Command::Down { peer } => Request::Down { peer },
+        Command::Up { peer } => Request::Up { peer },
         Command::Demo(demo) => {
             return match tunsec::demo::run(&demo) {
                 Ok(()) => ExitCode::SUCCESS,
