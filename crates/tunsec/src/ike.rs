@@ -564,10 +564,7 @@ impl IkeDriver {
 
     fn endpoint_sa(&mut self, handle: SaHandle) -> Option<(bool, (u64, u64), Option<String>)> {
         let sa = self.endpoint.sa_mut(handle)?;
-        let suite = sa.ike_suite().map(|s| {
-            let integ = s.integ.map(|i| format!("{i:?}-")).unwrap_or_default();
-            format!("{:?}-{integ}{:?}-{:?}", s.encr, s.prf, s.group)
-        });
+        let suite = sa.ike_suite().map(|s| suite_name(&s));
         Some((sa.is_established(), sa.spis(), suite))
     }
 
@@ -623,5 +620,65 @@ impl IkeDriver {
         if refused > 0 {
             tracing::debug!(refused, "IKE: datagrams not sent");
         }
+    }
+}
+
+/// An IKE suite in strongSwan's proposal syntax, as the config writes it
+/// (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-prfsha256-modp2048`).
+fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
+    use tunsec_ike::crypto::{Encr, Integ, Prf};
+    use tunsec_ike::message::DhGroup;
+    let encr = match s.encr {
+        Encr::AesCbc128 => "aes128",
+        Encr::AesCbc256 => "aes256",
+        Encr::AesGcm128 => "aes128gcm16",
+        Encr::AesGcm256 => "aes256gcm16",
+        Encr::ChaCha20Poly1305 => "chacha20poly1305",
+    };
+    let integ = s.integ.map(|i| match i {
+        Integ::HmacSha2_256_128 => "sha256",
+        Integ::HmacSha2_384_192 => "sha384",
+        Integ::HmacSha2_512_256 => "sha512",
+    });
+    let prf = match s.prf {
+        Prf::HmacSha2_256 => "prfsha256",
+        Prf::HmacSha2_384 => "prfsha384",
+        Prf::HmacSha2_512 => "prfsha512",
+    };
+    let group = match s.group {
+        DhGroup::Curve25519 => "x25519".to_owned(),
+        DhGroup::Ecp256 => "ecp256".to_owned(),
+        DhGroup::Ecp384 => "ecp384".to_owned(),
+        DhGroup::Modp2048 => "modp2048".to_owned(),
+        other => format!("group{}", u16::from(other)),
+    };
+    [Some(encr), integ, Some(prf), Some(group.as_str())]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod test {
+    use tunsec_ike::crypto::{Encr, IkeSuite, Integ, Prf};
+    use tunsec_ike::message::DhGroup;
+
+    #[test]
+    fn suite_names_are_strongswan_syntax() {
+        let gcm = IkeSuite {
+            encr: Encr::AesGcm128,
+            integ: None,
+            prf: Prf::HmacSha2_256,
+            group: DhGroup::Curve25519,
+        };
+        assert_eq!(super::suite_name(&gcm), "aes128gcm16-prfsha256-x25519");
+        let cbc = IkeSuite {
+            encr: Encr::AesCbc256,
+            integ: Some(Integ::HmacSha2_256_128),
+            prf: Prf::HmacSha2_256,
+            group: DhGroup::Modp2048,
+        };
+        assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
     }
 }
