@@ -192,6 +192,7 @@ struct RawIke {
     remote_id: Option<String>,
     ike_proposals: Option<Vec<String>>,
     esp_proposals: Option<Vec<String>>,
+    child_lifetime: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +291,9 @@ pub struct IkePeer {
     pub ike_proposals: Vec<Proposal>,
     /// The ESP proposals, most preferred first.
     pub esp_proposals: Vec<Proposal>,
+    /// How long a Child SA lives before it is rekeyed (at about 80-90% of
+    /// it); `None`: no rekeying.
+    pub child_lifetime: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for IkePeer {
@@ -300,6 +304,7 @@ impl fmt::Debug for IkePeer {
             .field("remote_id", &self.remote_id)
             .field("ike_proposals", &self.ike_proposals.len())
             .field("esp_proposals", &self.esp_proposals.len())
+            .field("child_lifetime", &self.child_lifetime)
             .finish()
     }
 }
@@ -804,12 +809,26 @@ fn validate_ike(
         Some(s) => parse_identity(&f("remote_id"), s)?,
         None => ip_identity(remote),
     };
+    let child_lifetime = match raw.child_lifetime {
+        None => None,
+        Some(secs) if (2..=86_400 * 7).contains(&secs) => {
+            Some(std::time::Duration::from_secs(secs))
+        }
+        Some(secs) => {
+            return Err(invalid(
+                f("child_lifetime"),
+                secs,
+                "must be from 2 to 604800 seconds",
+            ));
+        }
+    };
     Ok(IkePeer {
         psk,
         local_id,
         remote_id,
         ike_proposals: parse_proposals(&f("ike_proposals"), raw.ike_proposals, ProtocolId::Ike)?,
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
+        child_lifetime,
     })
 }
 

@@ -183,6 +183,7 @@ impl IkeDriver {
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = true;
+        c.child_lifetime = peer.ike.child_lifetime;
         c
     }
 
@@ -435,9 +436,38 @@ impl IkeDriver {
                     }
                 }
             }
-            Event::ChildSaDown { .. } => {
-                tracing::warn!(peer = %name, "Child SA deleted by the peer");
-                self.remove_sas(index, &name);
+            Event::ChildSaRekeyed {
+                old_inbound_spi,
+                inbound,
+                outbound,
+                ..
+            } => match self.install_rekeyed(index, &inbound, &outbound) {
+                Ok(()) => {
+                    self.peers[i].child_sas += 1;
+                    tracing::info!(
+                        peer = %name,
+                        old_spi_in = format_args!("{old_inbound_spi:#010x}"),
+                        spi_in = format_args!("{:#010x}", inbound.spi),
+                        spi_out = format_args!("{:#010x}", outbound.spi),
+                        "Child SA rekeyed"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, "rekeyed Child SA not installed: {e:#}");
+                    self.peers[i].last_error =
+                        Some(format!("rekeyed Child SA not installed: {e:#}"));
+                }
+            },
+            Event::ChildSaDown {
+                inbound_spi,
+                outbound_spi,
+            } => {
+                tracing::info!(
+                    peer = %name,
+                    spi_in = format_args!("{inbound_spi:#010x}"),
+                    "Child SA deleted"
+                );
+                self.remove_pair(index, inbound_spi, outbound_spi);
             }
             Event::AuthFailed { reason } => {
                 tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
@@ -501,6 +531,55 @@ impl IkeDriver {
             .retain(|spi, e| e.peer != index || *spi == inbound.spi);
         self.shared.tables.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Make before break (RFC 7296 section 2.8): the new inbound SA joins
+    /// the old one, then outbound switches to the new SA; the old inbound
+    /// SA stays until its `ChildSaDown`.
+    fn install_rekeyed(
+        &self,
+        index: usize,
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut cin = inbound.sa_config();
+        cin.replay_window = self.replay_window;
+        let sa_in = Sa::new(cin, now).context("inbound SA")?;
+        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
+        let current = self.shared.tables.load();
+        let mut next = (**current).clone();
+        next.inbound.insert(
+            inbound.spi,
+            InboundEntry {
+                peer: index,
+                sa: Arc::new(Mutex::new(sa_in)),
+            },
+        );
+        self.shared.tables.store(Arc::new(next));
+        let current = self.shared.tables.load();
+        let mut next = (**current).clone();
+        next.peers[index].outbound = Some(Arc::new(Mutex::new(sa_out)));
+        self.shared.tables.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Removes one Child SA pair: the inbound SA, and the outbound one if
+    /// it is still the current one (after a rekey it no longer is).
+    fn remove_pair(&self, index: usize, inbound_spi: u32, outbound_spi: u32) {
+        let current = self.shared.tables.load();
+        let outbound_current = current.peers[index]
+            .outbound
+            .as_ref()
+            .and_then(|sa| sa.lock().ok().map(|sa| sa.spi()))
+            == Some(outbound_spi);
+        let mut next = (**current).clone();
+        next.inbound
+            .retain(|spi, e| !(e.peer == index && *spi == inbound_spi));
+        if outbound_current {
+            next.peers[index].outbound = None;
+        }
+        self.shared.tables.store(Arc::new(next));
     }
 
     /// Removes every SA of a peer: its `require` traffic is dropped.

@@ -468,6 +468,17 @@ fn socket_path(lab: &Lab, n: u8) -> PathBuf {
 /// Writes the config of host `h<n>`: network `blue` (VXLAN 100) and one
 /// peer `h<peer>` under `require`, keyed by IKE with the PSK in `psk`.
 fn write_config(lab: &Lab, n: u8, peer: u8, psk: &str) -> anyhow::Result<PathBuf> {
+    write_config_with(lab, n, peer, psk, "")
+}
+
+/// As [`write_config`], with extra lines in `[peer.ike]`.
+fn write_config_with(
+    lab: &Lab,
+    n: u8,
+    peer: u8,
+    psk: &str,
+    ike_extra: &str,
+) -> anyhow::Result<PathBuf> {
     let psk_file = lab.dir.path().join(format!("h{n}.psk"));
     std::fs::write(&psk_file, format!("{psk}\n"))?;
     let mut c = String::new();
@@ -484,7 +495,7 @@ fn write_config(lab: &Lab, n: u8, peer: u8, psk: &str) -> anyhow::Result<PathBuf
     writeln!(
         c,
         "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"require\"\n\n\
-         [peer.ike]\npsk_file = \"h{n}.psk\"",
+         [peer.ike]\npsk_file = \"h{n}.psk\"\n{ike_extra}",
         host_addr(peer)
     )?;
     let path = lab.dir.path().join(format!("h{n}.toml"));
@@ -924,6 +935,66 @@ fn ike_down_and_up() {
         }
         wait_status(lab, "up again", established)?;
         ping_ok(&t2, &tenant_addr(1))?;
+        Ok(())
+    });
+}
+
+/// Child SAs with a 3-second lifetime rekey again and again while tenants
+/// ping every 0.2 s: make before break, so not one ping is lost, and
+/// nothing is dropped for a missing SA or as a replay.
+#[test]
+fn ike_rekeys_under_traffic() {
+    with_lab("tsike-rk", |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let c1 = write_config_with(lab, 1, 2, "rekey-secret", "child_lifetime = 3\n")?;
+        let c2 = write_config_with(lab, 2, 1, "rekey-secret", "child_lifetime = 3\n")?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+        wait_status(lab, "IKE up", |s1, s2| {
+            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
+        })?;
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let _t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        let rekeys_before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
+        // 12 s of pings: about four lifetimes.
+        let replies = ping(&t1, &tenant_addr(2), 60)?;
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        let rekeys = ike_of(&s1, "h2")?.child_sas - rekeys_before;
+        eprintln!("  {replies}/60 replies, {rekeys} new Child SAs");
+        ensure!(
+            rekeys >= 3,
+            "only {rekeys} rekeys in 12 s:\n{}",
+            s1.render()
+        );
+        ensure!(
+            replies == 60,
+            "{replies} of 60 pings answered across {rekeys} rekeys"
+        );
+        for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
+            ensure!(
+                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
+                "{}: data-path drops {:?}",
+                s.node.name,
+                s.drops
+            );
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            for sa in &p.sas {
+                ensure!(
+                    sa.drops["replay"] == 0,
+                    "{}: replays on {sa:?}",
+                    s.node.name
+                );
+            }
+            ensure!(
+                p.sas.len() <= 3,
+                "{}: old SAs pile up: {:?}",
+                s.node.name,
+                p.sas
+            );
+        }
         Ok(())
     });
 }

@@ -4,6 +4,7 @@
 
 use core::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tunsec_esp::{Direction, Key, Mode, SaConfig, SaKeys, Suite};
 
@@ -85,6 +86,12 @@ pub struct Config {
     /// Ask for (initiator) or accept (responder) transport mode with the
     /// USE_TRANSPORT_MODE notify (RFC 7296 section 1.3.1). On by default.
     pub transport_mode: bool,
+    /// The lifetime of a Child SA: it is rekeyed (RFC 7296 section 2.8)
+    /// at 90% of it, minus a random jitter of up to another 10% so that
+    /// both peers rarely start at once. `None` (the default): no
+    /// automatic rekeying; [`super::IkeSa::rekey_child`] still works. The
+    /// hard end of the lifetime is not enforced yet.
+    pub child_lifetime: Option<Duration>,
 }
 
 impl Config {
@@ -101,6 +108,7 @@ impl Config {
             local_ts: vec![TrafficSelector::any_ipv4()],
             remote_ts: vec![TrafficSelector::any_ipv4()],
             transport_mode: true,
+            child_lifetime: None,
         }
     }
 
@@ -217,6 +225,22 @@ pub enum Event {
         /// The SA we send to the peer with.
         outbound: ChildSaParams,
     },
+    /// A Child SA was rekeyed (RFC 7296 section 2.8): make before break.
+    /// Install `inbound` at once and send with `outbound` from now on;
+    /// keep the old inbound SA (`old_inbound_spi`) until the
+    /// [`Event::ChildSaDown`] for the old pair, which follows when the old
+    /// SAs are deleted. In a rekey collision (section 2.8.1) only the
+    /// surviving new pair is reported.
+    ChildSaRekeyed {
+        /// Our inbound SPI of the replaced pair.
+        old_inbound_spi: u32,
+        /// Our outbound SPI of the replaced pair.
+        old_outbound_spi: u32,
+        /// The new SA the peer sends to us with.
+        inbound: ChildSaParams,
+        /// The new SA we send to the peer with.
+        outbound: ChildSaParams,
+    },
     /// Authentication failed; the IKE SA is closed.
     AuthFailed {
         /// What failed.
@@ -238,7 +262,8 @@ pub enum Event {
     /// The peer deleted the IKE SA (and with it the Child SAs); it is
     /// closed.
     IkeSaDeleted,
-    /// The peer deleted the Child SA: remove both SAs from the data plane.
+    /// The Child SA was deleted (by the peer, or after a rekey by either
+    /// side): remove both SAs from the data plane.
     ChildSaDown {
         /// Our inbound SPI.
         inbound_spi: u32,

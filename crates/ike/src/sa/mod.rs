@@ -21,8 +21,13 @@
 //!
 //! Once established, either side may send INFORMATIONAL requests: an
 //! empty one checks liveness ([`IkeSa::check_liveness`]), a DELETE closes
-//! the Child SA or the IKE SA ([`IkeSa::delete`]). CREATE_CHILD_SA requests
-//! are declined with NO_ADDITIONAL_SAS.
+//! the Child SA or the IKE SA ([`IkeSa::delete`]). CREATE_CHILD_SA rekeys
+//! the Child SA ([`IkeSa::rekey_child`], or automatically with
+//! [`Config::child_lifetime`]), make before break: [`Event::ChildSaRekeyed`]
+//! for the new pair, then [`Event::ChildSaDown`] for the old one once the
+//! rekey's initiator has deleted it; simultaneous rekeys are resolved by
+//! the nonces (RFC 7296 section 2.8.1). Other CREATE_CHILD_SA requests (more
+//! Child SAs, rekeying the IKE SA) are declined with NO_ADDITIONAL_SAS.
 //!
 //! Reliability (section 2.1): each side retransmits its own outstanding
 //! request (one at a time: a window of 1) with exponential back-off and
@@ -31,7 +36,7 @@
 //! message IDs, bytes that do not parse or decrypt) is dropped and counted
 //! in [`Stats`], and changes nothing.
 //!
-//! Not yet: CREATE_CHILD_SA (rekeying, PFS), NAT detection and ESP in UDP
+//! Not yet: IKE SA rekeying, NAT detection and ESP in UDP
 //! negotiation, cookies, certificates, tunnel mode, a timeout for a
 //! half-open responder, and answers to malformed requests (INVALID_SYNTAX,
 //! INVALID_MAJOR_VERSION, UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
@@ -157,6 +162,89 @@ struct Established {
     child: Option<(u32, u32)>,
     /// Our DELETE of the IKE SA is on its way.
     deleting: bool,
+    /// What our outstanding CREATE_CHILD_SA or child DELETE request is
+    /// about (liveness checks and the IKE SA's DELETE leave it `None`).
+    request: Option<Request>,
+    /// Requests that wait for the outstanding one (window of 1).
+    queue: VecDeque<Queued>,
+    /// When the Child SA is rekeyed automatically.
+    rekey_at: Option<Instant>,
+    /// Replaced or redundant pairs that the peer deletes.
+    retired: Vec<Retired>,
+    /// The peer's rekey of the same Child SA, answered while ours was
+    /// outstanding (RFC 7296 section 2.8.1), until ours is answered.
+    collision: Option<Collided>,
+}
+
+/// What an outstanding request is about.
+enum Request {
+    Rekey(Box<RekeySent>),
+    DeleteChild(Retired),
+}
+
+/// A request that waits for the outstanding one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    Rekey,
+    DeleteChild(Retired),
+}
+
+/// A Child SA pair on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retired {
+    inbound: u32,
+    outbound: u32,
+    /// Whether the owner knows it (emit [`Event::ChildSaDown`] when it
+    /// goes); a redundant pair of a collision never came up.
+    announce: bool,
+}
+
+/// Our CREATE_CHILD_SA request that rekeys a Child SA.
+struct RekeySent {
+    /// The pair being rekeyed (inbound, outbound).
+    old: (u32, u32),
+    ni: Vec<u8>,
+    /// The PFS key exchange, if the ESP proposals name a group.
+    kex: Option<Box<dyn KeyExchange>>,
+    esp_spi: u32,
+    esp_offer: Vec<Proposal>,
+    tsi: Vec<TrafficSelector>,
+    tsr: Vec<TrafficSelector>,
+    /// How many INVALID_KE_PAYLOAD answers this rekey followed.
+    ke_retries: u8,
+}
+
+/// The pair from the peer's colliding rekey, with its nonces.
+struct Collided {
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    inbound: ChildSaParams,
+    outbound: ChildSaParams,
+}
+
+impl Established {
+    fn new(sk: Sk, child: Option<(u32, u32)>, rekey_at: Option<Instant>) -> Self {
+        Self {
+            sk,
+            child,
+            deleting: false,
+            request: None,
+            queue: VecDeque::new(),
+            rekey_at: child.and(rekey_at),
+            retired: Vec::new(),
+            collision: None,
+        }
+    }
+}
+
+/// When a Child SA that comes up at `now` is rekeyed: at 90% of the
+/// lifetime minus a random jitter of up to 10% of it.
+fn rekey_time(lifetime: Option<Duration>, rng: &mut dyn Random, now: Instant) -> Option<Instant> {
+    let lifetime = lifetime?;
+    let range = (lifetime.as_nanos() / 10).max(1);
+    let jitter = u128::from(random_u64(rng).unwrap_or(0)) % range;
+    let soft = lifetime.as_nanos() * 9 / 10 - jitter;
+    Some(now + Duration::from_nanos(u64::try_from(soft).unwrap_or(u64::MAX)))
 }
 
 /// The SPIs (inbound, outbound) of a [`Event::ChildSaUp`].
@@ -450,10 +538,37 @@ impl IkeSa {
     /// When [`Self::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
-        match (retransmit, self.half_open_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let rekey = match &self.state {
+            State::Established(st) => st.rekey_at,
+            _ => None,
+        };
+        [retransmit, self.half_open_deadline, rekey]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Rekeys the Child SA (RFC 7296 section 2.8): sends a CREATE_CHILD_SA
+    /// request with N(REKEY_SA), a fresh SPI and nonce, and a KE payload
+    /// for PFS if the ESP proposals name a Diffie-Hellman group. If a
+    /// request of ours is outstanding, the rekey waits for its answer.
+    /// [`Event::ChildSaRekeyed`] follows, then [`Event::ChildSaDown`] for
+    /// the old pair once it is deleted.
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established
+    /// with a Child SA.
+    pub fn rekey_child(&mut self, now: Instant) -> Result<()> {
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        if st.child.is_none() {
+            return Err(Error::InvalidState("no Child SA"));
         }
+        if !st.queue.contains(&Queued::Rekey) && !matches!(st.request, Some(Request::Rekey(_))) {
+            st.queue.push_back(Queued::Rekey);
+        }
+        self.run_queue(now);
+        Ok(())
     }
 
     /// Deletes the IKE SA (and its Child SA): sends an INFORMATIONAL
@@ -553,6 +668,18 @@ impl IkeSa {
             self.half_open_deadline = None;
             self.close(Event::PeerDead);
             return;
+        }
+        if let State::Established(st) = &mut self.state {
+            if st.rekey_at.is_some_and(|t| now >= t) {
+                st.rekey_at = None;
+                if st.child.is_some()
+                    && !st.queue.contains(&Queued::Rekey)
+                    && !matches!(st.request, Some(Request::Rekey(_)))
+                {
+                    st.queue.push_back(Queued::Rekey);
+                }
+                self.run_queue(now);
+            }
         }
         let Some(out) = self.outstanding.as_mut() else {
             return;
@@ -713,14 +840,14 @@ impl IkeSa {
                     _ => Discard::Malformed,
                 })?;
                 self.outstanding = None;
-                self.on_auth_response(&message);
+                self.on_auth_response(now, &message);
                 Ok(())
             }
             State::Established(st) => {
                 if header.responder_spi != self.spi_r {
                     return Err(Discard::WrongSpi);
                 }
-                st.sk.inbound.open(bytes).map_err(|e| match e {
+                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
                     Error::IntegrityCheckFailed => Discard::Integrity,
                     _ => Discard::Malformed,
                 })?;
@@ -730,7 +857,10 @@ impl IkeSa {
                 // proves the peer is alive.
                 if st.deleting {
                     self.close(Event::IkeSaDeleted);
+                    return Ok(());
                 }
+                self.on_established_response(now, &message);
+                self.run_queue(now);
                 Ok(())
             }
             _ => Err(Discard::Unexpected),
@@ -926,7 +1056,7 @@ impl IkeSa {
         Ok((st, bytes))
     }
 
-    fn on_auth_response(&mut self, message: &Message) {
+    fn on_auth_response(&mut self, now: Instant, message: &Message) {
         let State::AuthSent(st) = core::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
@@ -968,13 +1098,11 @@ impl IkeSa {
             ..
         } = *st;
         self.events.push_back(Event::IkeSaEstablished);
-        let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr);
+        let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr, None);
         let event = child.unwrap_or_else(|event| *event);
-        self.state = State::Established(Box::new(Established {
-            sk,
-            child: child_spis(&event),
-            deleting: false,
-        }));
+        let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        self.state =
+            State::Established(Box::new(Established::new(sk, child_spis(&event), rekey_at)));
         self.events.push_back(event);
     }
 
@@ -1021,6 +1149,7 @@ impl IkeSa {
         esp_offer: &[Proposal],
         tsi: &[TrafficSelector],
         tsr: &[TrafficSelector],
+        g_ir: Option<&[u8]>,
     ) -> Result<Event, Box<Event>> {
         let failed = |notify| {
             Box::new(Event::Failed {
@@ -1061,7 +1190,7 @@ impl IkeSa {
         }
         let transport =
             self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
-        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, None, ni, nr, choice.suite)
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
         let params = |direction, spi, keys| ChildSaParams {
             direction,
@@ -1133,7 +1262,7 @@ impl IkeSa {
                     _ => Discard::Malformed,
                 })?;
                 self.remote = Some(remote);
-                self.on_auth_request(&message);
+                self.on_auth_request(now, &message);
                 Ok(())
             }
             State::Established(st) => {
@@ -1145,7 +1274,7 @@ impl IkeSa {
                     _ => Discard::Malformed,
                 })?;
                 self.remote = Some(remote);
-                self.on_established_request(header, &message);
+                self.on_established_request(now, header, &message);
                 Ok(())
             }
             _ => Err(Discard::Unexpected),
@@ -1155,12 +1284,28 @@ impl IkeSa {
     /// A request from the peer once the IKE SA is up: INFORMATIONAL (an
     /// empty one is a liveness check; DELETE closes the Child SA or the
     /// IKE SA), or CREATE_CHILD_SA, which this slice declines.
-    fn on_established_request(&mut self, header: &Header, message: &Message) {
+    fn on_established_request(&mut self, now: Instant, header: &Header, message: &Message) {
         let response = self.header(header.exchange_type, true, header.message_id);
+        let id = header.message_id;
+        if header.exchange_type == ExchangeType::CreateChildSa {
+            let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed)
+            else {
+                return;
+            };
+            let (reply, events) = self.create_child_response(now, &mut st, message);
+            let sealed = st.sk.outbound.seal(&response, &reply);
+            self.state = State::Established(st);
+            self.peer_next_id = id.wrapping_add(1);
+            match sealed {
+                Ok(bytes) => self.send_response(id, bytes),
+                Err(e) => return self.local_error(e),
+            }
+            self.events.extend(events);
+            return;
+        }
         let State::Established(st) = &mut self.state else {
             return;
         };
-        let id = header.message_id;
         let mut reply = Vec::new();
         let mut events = Vec::new();
         let mut delete_ike = false;
@@ -1181,23 +1326,54 @@ impl IkeSa {
                             });
                             if let Some((inbound, outbound)) = gone {
                                 reply.push(Payload::Delete(Delete::esp(&[inbound])));
+                                if let Some(c) = st.collision.take() {
+                                    // Colliding rekeys, and the peer deletes
+                                    // the old pair before our request is
+                                    // answered: its rekey (the one we
+                                    // answered) won (section 2.8.1).
+                                    st.child = Some((c.inbound.spi, c.outbound.spi));
+                                    st.rekey_at = rekey_time(
+                                        self.config.child_lifetime,
+                                        self.rng.as_mut(),
+                                        now,
+                                    );
+                                    events.push(Event::ChildSaRekeyed {
+                                        old_inbound_spi: inbound,
+                                        old_outbound_spi: outbound,
+                                        inbound: c.inbound,
+                                        outbound: c.outbound,
+                                    });
+                                } else {
+                                    st.child = None;
+                                    st.rekey_at = None;
+                                }
+                                st.queue.retain(|q| *q != Queued::Rekey);
                                 events.push(Event::ChildSaDown {
                                     inbound_spi: inbound,
                                     outbound_spi: outbound,
                                 });
-                                st.child = None;
+                            }
+                            // A pair replaced by a rekey, or the redundant
+                            // pair of a collision (section 2.8.1).
+                            let (gone, kept): (Vec<Retired>, Vec<Retired>) =
+                                st.retired.iter().partition(|r| {
+                                    d.spis.iter().any(|spi| spi[..] == r.outbound.to_be_bytes())
+                                });
+                            st.retired = kept;
+                            for r in gone {
+                                reply.push(Payload::Delete(Delete::esp(&[r.inbound])));
+                                if r.announce {
+                                    events.push(Event::ChildSaDown {
+                                        inbound_spi: r.inbound,
+                                        outbound_spi: r.outbound,
+                                    });
+                                }
                             }
                         }
                         _ => {}
                     }
                 }
             }
-            // RFC 7296 section 3.10.1: NO_ADDITIONAL_SAS says the node will
-            // not accept more Child SAs on this IKE SA. Rekeying comes later.
-            ExchangeType::CreateChildSa => reply.push(Payload::Notify(Notify::new(
-                NotifyType::NoAdditionalSas,
-                Vec::new(),
-            ))),
             _ => {
                 self.stats.unexpected += 1;
                 return;
@@ -1340,7 +1516,7 @@ impl IkeSa {
         Ok(())
     }
 
-    fn on_auth_request(&mut self, message: &Message) {
+    fn on_auth_request(&mut self, now: Instant, message: &Message) {
         self.half_open_deadline = None;
         let State::ExpectAuth(st) = core::mem::replace(&mut self.state, State::Closed) else {
             return;
@@ -1400,7 +1576,7 @@ impl IkeSa {
                 data: auth.expose().to_vec(),
             }),
         ];
-        let child = self.responder_child(&p, &sk, &ni, &nr);
+        let child = self.responder_child(&p, &sk, &ni, &nr, None);
         let child_event = match child {
             Ok((child_payloads, event)) => {
                 payloads.extend(child_payloads);
@@ -1419,11 +1595,12 @@ impl IkeSa {
                 self.send_response(1, bytes);
                 self.peer_next_id = 2;
                 self.next_request_id = 0;
-                self.state = State::Established(Box::new(Established {
+                let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+                self.state = State::Established(Box::new(Established::new(
                     sk,
-                    child: child_spis(&child_event),
-                    deleting: false,
-                }));
+                    child_spis(&child_event),
+                    rekey_at,
+                )));
                 self.events.push_back(Event::IkeSaEstablished);
                 self.events.push_back(child_event);
             }
@@ -1440,6 +1617,7 @@ impl IkeSa {
         sk: &Sk,
         ni: &[u8],
         nr: &[u8],
+        g_ir: Option<&[u8]>,
     ) -> Result<(Vec<Payload>, Event), NotifyType> {
         let (Some(sa), Some(tsi), Some(tsr)) = (p.sa(), p.tsi(), p.tsr()) else {
             return Err(NotifyType::InvalidSyntax);
@@ -1465,7 +1643,7 @@ impl IkeSa {
             self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
-        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, None, ni, nr, choice.suite)
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|_| NotifyType::TemporaryFailure)?;
         let mut chosen = selected.proposal;
         chosen.spi = our_spi.to_be_bytes().to_vec();
@@ -1496,5 +1674,433 @@ impl IkeSa {
             outbound: params(Direction::Outbound, peer_spi, keys.responder_to_initiator),
         };
         Ok((payloads, event))
+    }
+}
+
+// ---- rekeying (RFC 7296 sections 1.3.3, 2.8, 2.8.1, 2.17) ----
+
+impl IkeSa {
+    /// Sends the next queued request, if none is outstanding.
+    fn run_queue(&mut self, now: Instant) {
+        if self.outstanding.is_some() {
+            return;
+        }
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        if st.deleting {
+            return;
+        }
+        let Some(next) = st.queue.pop_front() else {
+            return;
+        };
+        let result = match next {
+            Queued::Rekey => self.start_rekey(now, None, 0),
+            Queued::DeleteChild(r) => self.send_delete_child(now, r),
+        };
+        if let Err(e) = result {
+            self.local_error(e);
+        }
+    }
+
+    /// DELETE of one Child SA pair, by our inbound SPI (RFC 7296 section
+    /// 1.4.1).
+    fn send_delete_child(&mut self, now: Instant, r: Retired) -> Result<()> {
+        self.send_informational(now, &[Payload::Delete(Delete::esp(&[r.inbound]))])?;
+        if let State::Established(st) = &mut self.state {
+            st.request = Some(Request::DeleteChild(r));
+        }
+        Ok(())
+    }
+
+    /// Builds and sends the CREATE_CHILD_SA request that rekeys the Child
+    /// SA: SK {N(REKEY_SA), [N(USE_TRANSPORT_MODE),] SA, Ni, [KEi,] TSi,
+    /// TSr} (RFC 7296 section 1.3.3).
+    ///
+    /// The KE payload is for `group`, or else for the first group of the
+    /// ESP proposals.
+    fn start_rekey(&mut self, now: Instant, group: Option<DhGroup>, ke_retries: u8) -> Result<()> {
+        let old = match &self.state {
+            State::Established(st) => st.child,
+            _ => None,
+        };
+        let Some(old) = old else {
+            // The Child SA went away meanwhile: nothing to rekey.
+            return Ok(());
+        };
+        let esp_spi = random_esp_spi(self.rng.as_mut())?;
+        let ni = random_nonce(self.rng.as_mut())?;
+        let c = &self.config;
+        let kex = group
+            .or_else(|| first_group(&c.esp_proposals))
+            .map(crypto::start)
+            .transpose()?;
+        let esp_offer: Vec<Proposal> = c
+            .esp_proposals
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.spi = esp_spi.to_be_bytes().to_vec();
+                p
+            })
+            .collect();
+        let mut payloads = vec![Payload::Notify(Notify {
+            protocol: Some(ProtocolId::Esp),
+            spi: old.0.to_be_bytes().to_vec(),
+            notify_type: NotifyType::RekeySa,
+            data: Vec::new(),
+        })];
+        if c.transport_mode {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::UseTransportMode,
+                Vec::new(),
+            )));
+        }
+        payloads.push(Payload::Sa(SaPayload {
+            proposals: esp_offer.clone(),
+        }));
+        payloads.push(Payload::Nonce(ni.clone()));
+        if let Some(kex) = &kex {
+            payloads.push(Payload::KeyExchange(crate::message::KeyExchange {
+                group: kex.group(),
+                data: kex.public_value().to_vec(),
+            }));
+        }
+        payloads.push(Payload::TsInitiator(c.local_ts.clone()));
+        payloads.push(Payload::TsResponder(c.remote_ts.clone()));
+        let rekey = RekeySent {
+            old,
+            ni,
+            kex,
+            esp_spi,
+            esp_offer,
+            tsi: c.local_ts.clone(),
+            tsr: c.remote_ts.clone(),
+            ke_retries,
+        };
+        let id = self.next_request_id;
+        let header = self.header(ExchangeType::CreateChildSa, false, id);
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let bytes = st.sk.outbound.seal(&header, &payloads)?;
+        st.request = Some(Request::Rekey(Box::new(rekey)));
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
+        Ok(())
+    }
+
+    /// The answer to our CREATE_CHILD_SA or child DELETE request.
+    fn on_established_response(&mut self, now: Instant, message: &Message) {
+        let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let mut retry = None;
+        match st.request.take() {
+            Some(Request::DeleteChild(r)) if r.announce => {
+                self.events.push_back(Event::ChildSaDown {
+                    inbound_spi: r.inbound,
+                    outbound_spi: r.outbound,
+                });
+            }
+            Some(Request::Rekey(rekey)) => {
+                retry = self.on_rekey_response(now, &mut st, *rekey, message);
+            }
+            _ => {}
+        }
+        self.state = State::Established(st);
+        if let Some((group, retries)) = retry {
+            if let Err(e) = self.start_rekey(now, Some(group), retries) {
+                self.local_error(e);
+            }
+        }
+    }
+
+    fn on_rekey_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        mut rekey: RekeySent,
+        message: &Message,
+    ) -> Option<(DhGroup, u8)> {
+        let p = Payloads(&message.payloads);
+        let old = rekey.old;
+        if st.child != Some(old) {
+            // The Child SA was replaced meanwhile (the peer's colliding
+            // rekey won and its DELETE of the old pair came first): a pair
+            // we got now is redundant, and we delete it.
+            if let Some(nr) = p.nonce().filter(|_| p.error().is_none()) {
+                if let Ok((i, o)) = self.rekey_initiator_child(&p, st, &mut rekey, nr) {
+                    st.queue.push_back(Queued::DeleteChild(Retired {
+                        inbound: i.spi,
+                        outbound: o.spi,
+                        announce: false,
+                    }));
+                }
+            }
+            return None;
+        }
+        // RFC 7296 section 1.3.3 (as section 1.2 for IKE_SA_INIT):
+        // INVALID_KE_PAYLOAD names the group the responder wants; the
+        // caller retries with it (the window is free again).
+        let wanted = p
+            .notify(NotifyType::InvalidKePayload)
+            .and_then(|n| <[u8; 2]>::try_from(n.data.as_slice()).ok())
+            .map(|b| DhGroup::from(u16::from_be_bytes(b)));
+        if let Some(group) = wanted {
+            if st.collision.is_none()
+                && rekey.ke_retries < MAX_KE_RETRIES
+                && rekey.kex.as_ref().is_none_or(|k| k.group() != group)
+                && offers_group(&self.config.esp_proposals, group)
+            {
+                return Some((group, rekey.ke_retries + 1));
+            }
+        }
+        let collision = st.collision.take();
+        let ours = match p.nonce() {
+            Some(nr) if p.error().is_none() => {
+                let nr = nr.to_vec();
+                self.rekey_initiator_child(&p, st, &mut rekey, &nr)
+                    .map(|(inbound, outbound)| (nr, inbound, outbound))
+            }
+            _ => Err(Box::new(Event::Failed {
+                notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
+                by_peer: p.error().is_some(),
+            })),
+        };
+        let (inbound, outbound) = match (ours, collision) {
+            (Ok((nr, inbound, outbound)), Some(c)) => {
+                // RFC 7296 section 2.8.1: the SA created with the lowest of
+                // the four nonces is closed by the endpoint that created it.
+                let ours_lowest = rekey.ni.min(nr) < c.ni.clone().min(c.nr.clone());
+                let mine = Retired {
+                    inbound: inbound.spi,
+                    outbound: outbound.spi,
+                    announce: false,
+                };
+                let theirs = Retired {
+                    inbound: c.inbound.spi,
+                    outbound: c.outbound.spi,
+                    announce: false,
+                };
+                let old = Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                };
+                if ours_lowest {
+                    // We lost: delete our redundant pair; the peer, whose
+                    // SA survives, deletes the old one.
+                    st.queue.push_back(Queued::DeleteChild(mine));
+                    st.retired.push(old);
+                    (c.inbound, c.outbound)
+                } else {
+                    st.queue.push_back(Queued::DeleteChild(old));
+                    st.retired.push(theirs);
+                    (inbound, outbound)
+                }
+            }
+            (Ok((_, inbound, outbound)), None) => {
+                st.queue.push_back(Queued::DeleteChild(Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                }));
+                (inbound, outbound)
+            }
+            (Err(_), Some(c)) => {
+                // Our rekey failed (most likely the peer had finished its
+                // own already): the peer's new pair stands, and the peer
+                // deletes the old one.
+                st.retired.push(Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                });
+                (c.inbound, c.outbound)
+            }
+            (Err(event), None) => {
+                // The old Child SA stays; try again later.
+                self.events.push_back(*event);
+                st.rekey_at = self
+                    .config
+                    .child_lifetime
+                    .map(|l| now + (l / 20).max(Duration::from_secs(1)));
+                return None;
+            }
+        };
+        st.child = Some((inbound.spi, outbound.spi));
+        st.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        st.queue.retain(|q| *q != Queued::Rekey);
+        self.events.push_back(Event::ChildSaRekeyed {
+            old_inbound_spi: old.0,
+            old_outbound_spi: old.1,
+            inbound,
+            outbound,
+        });
+        None
+    }
+
+    /// The new pair from the responder's CREATE_CHILD_SA answer, with the
+    /// PFS shared secret if a group was chosen (RFC 7296 section 2.17).
+    fn rekey_initiator_child(
+        &self,
+        p: &Payloads<'_>,
+        st: &Established,
+        rekey: &mut RekeySent,
+        nr: &[u8],
+    ) -> Result<(ChildSaParams, ChildSaParams), Box<Event>> {
+        let failed = |notify| {
+            Box::new(Event::Failed {
+                notify,
+                by_peer: false,
+            })
+        };
+        let group = p
+            .sa()
+            .and_then(|sa| sa.proposals.first())
+            .and_then(|c| proposal::esp_choice(c).ok())
+            .and_then(|c| c.group)
+            .filter(|g| *g != DhGroup::None);
+        let RekeySent {
+            ni,
+            kex,
+            esp_spi,
+            esp_offer,
+            tsi,
+            tsr,
+            ..
+        } = rekey;
+        let g_ir = match (group, kex.take(), p.ke()) {
+            (None, _, _) => None,
+            (Some(g), Some(kex), Some(ke)) if kex.group() == g && ke.group == g => Some(
+                kex.complete(&ke.data)
+                    .map_err(|_| failed(NotifyType::InvalidSyntax))?,
+            ),
+            _ => return Err(failed(NotifyType::InvalidKePayload)),
+        };
+        let g_ir = g_ir.as_ref().map(|k| k.expose());
+        let event = self.initiator_child(p, &st.sk, ni, nr, *esp_spi, esp_offer, tsi, tsr, g_ir)?;
+        match event {
+            Event::ChildSaUp { inbound, outbound } => Ok((inbound, outbound)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// Answers the peer's CREATE_CHILD_SA request: a rekey of our Child
+    /// SA (N(REKEY_SA) names the SPI we send with), or else
+    /// NO_ADDITIONAL_SAS (RFC 7296 section 3.10.1: we do not accept more
+    /// Child SAs, nor the rekeying of the IKE SA yet).
+    fn create_child_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        message: &Message,
+    ) -> (Vec<Payload>, Vec<Event>) {
+        let p = Payloads(&message.payloads);
+        let notify = |n| vec![Payload::Notify(Notify::new(n, Vec::new()))];
+        let Some(rekey) = p.notify(NotifyType::RekeySa) else {
+            return (notify(NotifyType::NoAdditionalSas), Vec::new());
+        };
+        // RFC 7296 section 2.25: a rekey of an SA we do not have (any
+        // more) is answered CHILD_SA_NOT_FOUND.
+        let old = st
+            .child
+            .filter(|(_, outbound)| rekey.spi[..] == outbound.to_be_bytes());
+        let Some(old) = old else {
+            return (notify(NotifyType::ChildSaNotFound), Vec::new());
+        };
+        let result = (|| {
+            let ni = p
+                .nonce()
+                .ok_or(Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+            // PFS (RFC 7296 section 1.3.3): the KE payload must be of the
+            // group of the proposal we choose; INVALID_KE_PAYLOAD names it.
+            let group = p
+                .sa()
+                .and_then(|sa| proposal::select(&self.config.esp_proposals, &sa.proposals))
+                .and_then(|sel| proposal::esp_choice(&sel.proposal).ok())
+                .and_then(|c| c.group)
+                .filter(|g| *g != DhGroup::None);
+            let (ke, g_ir) = match group {
+                None => (None, None),
+                Some(g) => {
+                    let Some(ke) = p.ke().filter(|ke| ke.group == g) else {
+                        return Err(Notify::new(
+                            NotifyType::InvalidKePayload,
+                            g.value().to_be_bytes().to_vec(),
+                        ));
+                    };
+                    let temporary = |_| Notify::new(NotifyType::TemporaryFailure, Vec::new());
+                    let kex = crypto::start(g).map_err(temporary)?;
+                    let public = kex.public_value().to_vec();
+                    let g_ir = kex
+                        .complete(&ke.data)
+                        .map_err(|_| Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+                    let ke = crate::message::KeyExchange {
+                        group: g,
+                        data: public,
+                    };
+                    (Some(ke), Some(g_ir))
+                }
+            };
+            let nr = random_nonce(self.rng.as_mut())
+                .map_err(|_| Notify::new(NotifyType::TemporaryFailure, Vec::new()))?;
+            let g = g_ir.as_ref().map(|k| k.expose());
+            let (mut payloads, event) = self
+                .responder_child(&p, &st.sk, ni, &nr, g)
+                .map_err(|n| Notify::new(n, Vec::new()))?;
+            payloads.push(Payload::Nonce(nr.clone()));
+            if let Some(ke) = ke {
+                payloads.push(Payload::KeyExchange(ke));
+            }
+            let Event::ChildSaUp { inbound, outbound } = event else {
+                return Err(Notify::new(NotifyType::TemporaryFailure, Vec::new()));
+            };
+            Ok((payloads, ni.to_vec(), nr, inbound, outbound))
+        })();
+        let (payloads, ni, nr, inbound, outbound) = match result {
+            Ok(r) => r,
+            Err(n) => {
+                // INVALID_KE_PAYLOAD is a step of the negotiation (the peer
+                // retries with the group it names), not a failure.
+                let events = match n.notify_type {
+                    NotifyType::InvalidKePayload => Vec::new(),
+                    notify => vec![Event::Failed {
+                        notify,
+                        by_peer: false,
+                    }],
+                };
+                return (vec![Payload::Notify(n)], events);
+            }
+        };
+        if matches!(&st.request, Some(Request::Rekey(r)) if r.old == old) {
+            // A collision (RFC 7296 section 2.8.1): both sides rekey this
+            // Child SA. Which new pair stays is known when our own request
+            // is answered.
+            st.collision = Some(Collided {
+                ni,
+                nr,
+                inbound,
+                outbound,
+            });
+            return (payloads, Vec::new());
+        }
+        // The peer deletes the old pair once it has our answer.
+        st.retired.push(Retired {
+            inbound: old.0,
+            outbound: old.1,
+            announce: true,
+        });
+        st.child = Some((inbound.spi, outbound.spi));
+        st.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        st.queue.retain(|q| *q != Queued::Rekey);
+        let event = Event::ChildSaRekeyed {
+            old_inbound_spi: old.0,
+            old_outbound_spi: old.1,
+            inbound,
+            outbound,
+        };
+        (payloads, vec![event])
     }
 }

@@ -61,9 +61,14 @@ struct Pair {
 
 impl Pair {
     fn new(i: Config, r: Config) -> Self {
+        Self::seeded(i, r, 1, 2)
+    }
+
+    fn seeded(i: Config, r: Config, i_seed: u64, r_seed: u64) -> Self {
         let now = Instant::now();
-        let initiator = IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
-        let responder = IkeSa::respond(r, Box::new(SeededRandom::new(2)));
+        let initiator =
+            IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(i_seed))).unwrap();
+        let responder = IkeSa::respond(r, Box::new(SeededRandom::new(r_seed)));
         Self {
             now,
             initiator,
@@ -1145,4 +1150,359 @@ mod flips {
             prop_assert!(p.initiator.is_established());
         }
     }
+}
+
+// ---- rekeying ----
+
+/// The Child SA rekeys in `events`: (old inbound SPI, old outbound SPI,
+/// new inbound, new outbound).
+fn rekeys(events: &[Event]) -> Vec<(u32, u32, ChildSaParams, ChildSaParams)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaRekeyed {
+                old_inbound_spi,
+                old_outbound_spi,
+                inbound,
+                outbound,
+            } => Some((
+                *old_inbound_spi,
+                *old_outbound_spi,
+                inbound.clone(),
+                outbound.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn downs(events: &[Event]) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaDown {
+                inbound_spi,
+                outbound_spi,
+            } => Some((*inbound_spi, *outbound_spi)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn established_state(sa: &IkeSa) -> &Established {
+    match &sa.state {
+        State::Established(st) => st,
+        _ => panic!("not established"),
+    }
+}
+
+/// After one rekey: each side reported exactly one ChildSaRekeyed of the
+/// old pair, the new pairs match crosswise and carry ESP, the keys and
+/// SPIs are new, the old pair went down on both sides (after the rekey
+/// event), and nothing is left over.
+fn assert_rekeyed(p: &Pair, old: &(ChildSaParams, ChildSaParams, ChildSaParams, ChildSaParams)) {
+    let (i_in, i_out, r_in, r_out) = old;
+    let i = rekeys(&p.i_events);
+    let r = rekeys(&p.r_events);
+    assert_eq!(i.len(), 1, "{:?}", p.i_events);
+    assert_eq!(r.len(), 1, "{:?}", p.r_events);
+    let (oi_in, oi_out, ni_in, ni_out) = &i[0];
+    let (or_in, or_out, nr_in, nr_out) = &r[0];
+    assert_eq!((*oi_in, *oi_out), (i_in.spi, i_out.spi));
+    assert_eq!((*or_in, *or_out), (r_in.spi, r_out.spi));
+    for (out, inb) in [(ni_out, nr_in), (nr_out, ni_in)] {
+        assert_eq!(out.spi, inb.spi);
+        assert_eq!(out.keys, inb.keys);
+        assert_eq!(out.suite, inb.suite);
+        assert_eq!(out.local_ts, inb.remote_ts);
+        assert!(out.transport && inb.transport);
+        esp_round_trip(out, inb, p.now);
+    }
+    for new in [ni_in, ni_out] {
+        for old in [i_in, i_out] {
+            assert_ne!(new.spi, old.spi);
+            assert_ne!(new.keys, old.keys);
+        }
+    }
+    assert_ne!(ni_in.keys, ni_out.keys);
+    // The old pair is deleted on both sides, after the new one is up.
+    assert_eq!(downs(&p.i_events), vec![(i_in.spi, i_out.spi)]);
+    assert_eq!(downs(&p.r_events), vec![(r_in.spi, r_out.spi)]);
+    for events in [&p.i_events, &p.r_events] {
+        let up = events
+            .iter()
+            .position(|e| matches!(e, Event::ChildSaRekeyed { .. }));
+        let down = events
+            .iter()
+            .position(|e| matches!(e, Event::ChildSaDown { .. }));
+        assert!(up < down);
+    }
+    for sa in [&p.initiator, &p.responder] {
+        let st = established_state(sa);
+        assert!(st.retired.is_empty() && st.queue.is_empty());
+        assert!(st.request.is_none() && st.collision.is_none());
+        assert_eq!(sa.poll_timeout(), None);
+    }
+    assert_eq!(
+        established_state(&p.initiator).child,
+        Some((ni_in.spi, ni_out.spi))
+    );
+    assert_eq!(
+        established_state(&p.responder).child,
+        Some((nr_in.spi, nr_out.spi))
+    );
+}
+
+fn pfs(c: Config) -> Config {
+    c.with_proposals(DEFAULT_IKE[0], "aes256gcm16-x25519")
+        .unwrap()
+}
+
+/// Rekeys once (started by the IKE initiator or responder); returns the
+/// pair and the length of the CREATE_CHILD_SA request.
+fn rekey_once(i: Config, r: Config, by_initiator: bool) -> (Pair, usize) {
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    let (ni, nr) = (p.from_initiator.len(), p.from_responder.len());
+    let request_len = if by_initiator {
+        p.initiator.rekey_child(p.now).unwrap();
+        p.initiator.transmits[0].bytes.len()
+    } else {
+        p.responder.rekey_child(p.now).unwrap();
+        p.responder.transmits[0].bytes.len()
+    };
+    p.drive();
+    assert_rekeyed(&p, &old);
+    // Two exchanges: CREATE_CHILD_SA and the INFORMATIONAL DELETE.
+    assert_eq!(p.from_initiator.len() - ni, 2);
+    assert_eq!(p.from_responder.len() - nr, 2);
+    assert_eq!(p.initiator.stats(), Stats::default());
+    assert_eq!(p.responder.stats(), Stats::default());
+    (p, request_len)
+}
+
+#[test]
+fn rekey_by_initiator() {
+    rekey_once(initiator_config(), responder_config(), true);
+}
+
+#[test]
+fn rekey_by_responder() {
+    rekey_once(initiator_config(), responder_config(), false);
+}
+
+/// With a D-H group in the ESP proposal the request carries a KE payload
+/// (an X25519 public value: 32 bytes plus a header), from either side.
+#[test]
+fn rekey_with_pfs() {
+    let esp = |c: Config| c.with_proposals(DEFAULT_IKE[0], "aes256gcm16").unwrap();
+    for by_initiator in [true, false] {
+        let (_, plain) = rekey_once(
+            esp(initiator_config()),
+            esp(responder_config()),
+            by_initiator,
+        );
+        let (p, with_pfs) = rekey_once(
+            pfs(initiator_config()),
+            pfs(responder_config()),
+            by_initiator,
+        );
+        assert!(with_pfs >= plain + 32 + 8, "{with_pfs} {plain}");
+        let (_, _, inbound, _) = &rekeys(&p.i_events)[0];
+        assert_eq!(inbound.suite, Suite::AesGcm256);
+    }
+}
+
+/// The initiator's KE is for another group than the one the responder
+/// picks: INVALID_KE_PAYLOAD names the group, and the initiator rekeys
+/// again with it (a fresh message ID); the rekey then completes.
+#[test]
+fn rekey_wrong_ke_group_retried() {
+    let i = initiator_config()
+        .with_proposals(DEFAULT_IKE[0], "aes256gcm16-ecp256-x25519")
+        .unwrap();
+    let r = responder_config()
+        .with_proposals(DEFAULT_IKE[0], "aes256gcm16-x25519")
+        .unwrap();
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    let sent = p.from_initiator.len();
+    p.initiator.rekey_child(p.now).unwrap();
+    p.drive();
+    // No failure is reported: the retry is part of the negotiation.
+    assert_rekeyed(&p, &old);
+    assert_eq!(p.i_events.len(), 2);
+    assert_eq!(p.r_events.len(), 2);
+    // CREATE_CHILD_SA twice, then the DELETE.
+    assert_eq!(p.from_initiator.len() - sent, 3);
+    assert_eq!(p.initiator.stats(), Stats::default());
+    assert_eq!(p.responder.stats(), Stats::default());
+}
+
+/// The CREATE_CHILD_SA response is lost: the initiator retransmits, the
+/// responder answers from its cache (processing the request once).
+#[test]
+fn rekey_lost_response() {
+    let mut p = Pair::new(initiator_config(), responder_config());
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    p.lose_from_responder.push(p.from_responder.len());
+    p.initiator.rekey_child(p.now).unwrap();
+    p.drive();
+    assert_rekeyed(&p, &old);
+    assert_eq!(p.initiator.stats().retransmits, 1);
+    assert_eq!(p.responder.stats().cached_responses, 1);
+}
+
+/// A rekey that falls due while a request is outstanding waits for its
+/// answer (window of 1).
+#[test]
+fn rekey_queued_behind_outstanding_request() {
+    let mut p = Pair::new(initiator_config(), responder_config());
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    p.initiator.check_liveness(p.now).unwrap();
+    p.initiator.rekey_child(p.now).unwrap();
+    // Only the liveness check is on the wire.
+    assert_eq!(p.initiator.transmits.len(), 1);
+    p.drive();
+    assert_rekeyed(&p, &old);
+}
+
+/// With a Child SA lifetime, both sides rekey on their own before it
+/// ends, again and again: fresh SPIs every time, the events arrive, the
+/// pairs match and work, and every old pair is deleted.
+#[test]
+fn automatic_rekey() {
+    let lifetime = Duration::from_secs(100);
+    let with_lifetime = |mut c: Config| {
+        c.child_lifetime = Some(lifetime);
+        c
+    };
+    let mut p = Pair::new(
+        with_lifetime(initiator_config()),
+        with_lifetime(responder_config()),
+    );
+    let start = p.now;
+    let end = start + lifetime * 7;
+    loop {
+        while p.step() {}
+        let next = [p.initiator.poll_timeout(), p.responder.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("a timer is armed");
+        if next > end {
+            break;
+        }
+        assert!(next >= p.now);
+        p.now = next;
+        p.initiator.handle_timeout(p.now);
+        p.responder.handle_timeout(p.now);
+        p.collect_events();
+    }
+    let (first_in, first_out) = Pair::child(&p.i_events).unwrap();
+    let i = rekeys(&p.i_events);
+    let r = rekeys(&p.r_events);
+    assert!(i.len() >= 5, "{} rekeys", i.len());
+    assert_eq!(i.len(), r.len());
+    let mut spis = vec![first_in.spi, first_out.spi];
+    let (mut prev_in, mut prev_out) = (first_in.spi, first_out.spi);
+    for ((oi, oo, ni, no), (_, _, rn_in, rn_out)) in i.iter().zip(&r) {
+        assert_eq!((*oi, *oo), (prev_in, prev_out));
+        assert_eq!(no.spi, rn_in.spi);
+        assert_eq!(no.keys, rn_in.keys);
+        assert_eq!(rn_out.spi, ni.spi);
+        esp_round_trip(no, rn_in, p.now);
+        esp_round_trip(rn_out, ni, p.now);
+        spis.extend([ni.spi, no.spi]);
+        (prev_in, prev_out) = (ni.spi, no.spi);
+    }
+    let n = spis.len();
+    spis.sort_unstable();
+    spis.dedup();
+    assert_eq!(spis.len(), n, "an SPI was reused");
+    // Every replaced pair went down on both sides.
+    assert_eq!(downs(&p.i_events).len(), i.len());
+    assert_eq!(downs(&p.r_events).len(), r.len());
+    // Rekeys happen within the lifetime: between 80% and 90% of it.
+    assert!(i.len() <= 8);
+    assert_eq!(p.initiator.stats().retransmits, 0);
+}
+
+/// Both sides rekey the same Child SA at once (RFC 7296 section 2.8.1):
+/// each side reports one rekey, to the same pair; the redundant pair is
+/// deleted by its creator without events, the old one by the winner.
+#[test]
+fn rekey_collision_converges() {
+    let mut winners = [0; 2];
+    for seed in 1..=8 {
+        let mut p = Pair::seeded(initiator_config(), responder_config(), seed, seed + 100);
+        p.drive();
+        let old = assert_established(&p);
+        p.i_events.clear();
+        p.r_events.clear();
+        p.initiator.rekey_child(p.now).unwrap();
+        p.responder.rekey_child(p.now).unwrap();
+        let Some(Request::Rekey(ours)) = &established_state(&p.initiator).request else {
+            panic!("no rekey outstanding");
+        };
+        let i_spi = ours.esp_spi;
+        p.drive();
+        assert_rekeyed(&p, &old);
+        // Two CREATE_CHILD_SA exchanges, two DELETEs (the redundant pair
+        // and the old one): each side sent three requests and three
+        // responses in all, counting IKE_SA_INIT and IKE_AUTH.
+        assert_eq!(p.from_initiator.len(), 6);
+        assert_eq!(p.from_responder.len(), 6);
+        let (i_in, _) = established_state(&p.initiator).child.unwrap();
+        winners[usize::from(i_in == i_spi)] += 1;
+    }
+    // The nonces decide: each side won sometimes.
+    assert!(winners[0] > 0 && winners[1] > 0, "{winners:?}");
+}
+
+/// Simultaneous rekeys where one side finishes first: the responder's
+/// answer to the initiator's rekey arrives before the responder's own
+/// request, so the initiator answers that request CHILD_SA_NOT_FOUND and
+/// deletes the old pair, and its DELETE reaches the responder before that
+/// answer. The initiator's new pair stands on both sides.
+#[test]
+fn rekey_collision_one_side_first() {
+    let mut p = Pair::new(initiator_config(), responder_config());
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    p.initiator.rekey_child(p.now).unwrap();
+    p.responder.rekey_child(p.now).unwrap();
+    let i_req = p.initiator.poll_transmit().unwrap().bytes;
+    let r_req = p.responder.poll_transmit().unwrap().bytes;
+    // The responder answers while its own request is outstanding.
+    p.responder.handle_datagram(p.now, addr(A), &i_req);
+    let r_resp = p.responder.poll_transmit().unwrap().bytes;
+    // The initiator gets the answer first: rekeyed, DELETE of the old pair.
+    p.initiator.handle_datagram(p.now, addr(B), &r_resp);
+    let i_delete = p.initiator.poll_transmit().unwrap().bytes;
+    // Then the responder's request, for a Child SA it no longer has.
+    p.initiator.handle_datagram(p.now, addr(B), &r_req);
+    let i_resp = p.initiator.poll_transmit().unwrap().bytes;
+    // The DELETE overtakes the answer.
+    p.responder.handle_datagram(p.now, addr(A), &i_delete);
+    p.responder.handle_datagram(p.now, addr(A), &i_resp);
+    p.collect_events();
+    p.drive();
+    assert_rekeyed(&p, &old);
+    assert_eq!(p.initiator.stats(), Stats::default());
+    assert_eq!(p.responder.stats(), Stats::default());
 }
