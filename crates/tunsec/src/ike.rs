@@ -52,6 +52,12 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const LIVENESS: Duration = Duration::from_secs(15);
 /// How often the loop wakes without a timer, to check for shutdown.
 const IDLE: Duration = Duration::from_millis(100);
+/// After a rekey, how long an old inbound SA keeps accepting packets that
+/// were already on their way when the old pair was deleted.
+const INBOUND_GRACE: Duration = Duration::from_secs(2);
+/// After a rekey, the longest the outbound SA waits for the old pair's
+/// deletion before it switches to the new SA anyway.
+const SWITCH_WAIT: Duration = Duration::from_secs(2);
 /// The largest IKE datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -93,6 +99,18 @@ struct PeerIke {
     /// Taken down by `tunsec down`: no attempts, and new IKE SAs from the
     /// peer are refused.
     admin_down: bool,
+    /// After a rekey: the new outbound SA, waiting for the old pair (whose
+    /// outbound SPI is kept) to be deleted, or for a deadline.
+    pending_outbound: Option<PendingOutbound>,
+    /// Old inbound SAs kept for in-flight packets, until their deadline.
+    expiring_inbound: Vec<(u32, Instant)>,
+}
+
+/// A rekeyed outbound SA not yet switched to.
+struct PendingOutbound {
+    old_spi: u32,
+    sa: Sa,
+    deadline: Instant,
 }
 
 /// The IKE driver thread's state.
@@ -141,6 +159,8 @@ impl IkeDriver {
                     child_sas: 0,
                     liveness_at: None,
                     admin_down: false,
+                    pending_outbound: None,
+                    expiring_inbound: Vec::new(),
                 })
             })
             .collect();
@@ -200,6 +220,14 @@ impl IkeDriver {
                 self.endpoint.poll_timeout(),
                 self.peers.iter().filter_map(|p| p.retry_at).min(),
                 self.peers.iter().filter_map(|p| p.liveness_at).min(),
+                self.peers
+                    .iter()
+                    .filter_map(|p| p.pending_outbound.as_ref().map(|o| o.deadline))
+                    .min(),
+                self.peers
+                    .iter()
+                    .flat_map(|p| p.expiring_inbound.iter().map(|&(_, t)| t))
+                    .min(),
             ]
             .into_iter()
             .flatten()
@@ -235,6 +263,7 @@ impl IkeDriver {
             }
             self.start_due(now);
             self.check_liveness(now);
+            self.rekey_housekeeping(now);
             self.drain(&mut batch);
         }
         self.shutdown(&mut batch);
@@ -347,7 +376,7 @@ impl IkeDriver {
                     self.endpoint.remove(handle);
                 }
                 let name = self.peers[i].name.clone();
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
                 tracing::warn!(peer = %name, "IKE: down by request");
             }
             IkeCommand::Up(_) => {
@@ -396,7 +425,7 @@ impl IkeDriver {
                 self.peers[i].handle = None;
                 self.peers[i].liveness_at = None;
                 let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
                 let p = &mut self.peers[i];
                 if p.initiator && !p.admin_down {
                     p.retry_at = Some(now + p.retry_wait);
@@ -419,6 +448,9 @@ impl IkeDriver {
                 p.liveness_at = Some(Instant::now() + LIVENESS);
             }
             Event::ChildSaUp { inbound, outbound } => {
+                // A fresh IKE SA: nothing of an older rekey carries over.
+                self.peers[i].pending_outbound = None;
+                self.peers[i].expiring_inbound.clear();
                 match self.install(index, &inbound, &outbound) {
                     Ok(()) => {
                         self.peers[i].child_sas += 1;
@@ -438,10 +470,10 @@ impl IkeDriver {
             }
             Event::ChildSaRekeyed {
                 old_inbound_spi,
+                old_outbound_spi,
                 inbound,
                 outbound,
-                ..
-            } => match self.install_rekeyed(index, &inbound, &outbound) {
+            } => match self.install_rekeyed(i, old_outbound_spi, &inbound, &outbound) {
                 Ok(()) => {
                     self.peers[i].child_sas += 1;
                     tracing::info!(
@@ -467,12 +499,26 @@ impl IkeDriver {
                     spi_in = format_args!("{inbound_spi:#010x}"),
                     "Child SA deleted"
                 );
-                self.remove_pair(index, inbound_spi, outbound_spi);
+                let rekeyed = self.peers[i]
+                    .pending_outbound
+                    .as_ref()
+                    .is_some_and(|o| o.old_spi == outbound_spi);
+                if rekeyed {
+                    // The old pair of a rekey: both sides have the new one
+                    // now. Switch outbound, and let the old inbound SA take
+                    // the packets still in flight for a little while.
+                    self.switch_outbound(i);
+                    self.peers[i]
+                        .expiring_inbound
+                        .push((inbound_spi, Instant::now() + INBOUND_GRACE));
+                } else {
+                    self.remove_pair(index, inbound_spi, outbound_spi);
+                }
             }
             Event::AuthFailed { reason } => {
                 tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
                 self.peers[i].last_error = Some(format!("authentication failed: {reason}"));
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
             }
             Event::Failed { notify, by_peer } => {
                 let who = if by_peer { "the peer sent" } else { "we sent" };
@@ -482,17 +528,17 @@ impl IkeDriver {
             Event::PeerDead => {
                 tracing::warn!(peer = %name, "IKE: peer dead (no answer)");
                 self.peers[i].last_error = Some("peer dead: no answer".to_owned());
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
             }
             Event::IkeSaDeleted => {
                 tracing::info!(peer = %name, "IKE SA deleted by the peer");
                 self.peers[i].last_error = Some("deleted by the peer".to_owned());
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
             }
             Event::LocalError(e) => {
                 tracing::warn!(peer = %name, "IKE: local error: {e}");
                 self.peers[i].last_error = Some(format!("local error: {e}"));
-                self.remove_sas(index, &name);
+                self.remove_all(i, index, &name);
             }
             other => tracing::debug!(peer = %name, ?other, "IKE event"),
         }
@@ -533,16 +579,20 @@ impl IkeDriver {
         Ok(())
     }
 
-    /// Make before break (RFC 7296 section 2.8): the new inbound SA joins
-    /// the old one, then outbound switches to the new SA; the old inbound
-    /// SA stays until its `ChildSaDown`.
+    /// Make before break (RFC 7296 section 2.8). The new inbound SA joins
+    /// the old one at once. Outbound switches to the new SA only when the
+    /// old pair is deleted (by the rekey's initiator, once it has the new
+    /// keys: so the peer can open what we send), or after `SWITCH_WAIT`.
+    /// The old inbound SA then lingers for `INBOUND_GRACE`.
     fn install_rekeyed(
-        &self,
-        index: usize,
+        &mut self,
+        i: usize,
+        old_outbound_spi: u32,
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
         let now = Instant::now();
+        let index = self.peers[i].index;
         let mut cin = inbound.sa_config();
         cin.replay_window = self.replay_window;
         let sa_in = Sa::new(cin, now).context("inbound SA")?;
@@ -557,11 +607,54 @@ impl IkeDriver {
             },
         );
         self.shared.tables.store(Arc::new(next));
+        // A pending switch from an earlier rekey happens now.
+        self.switch_outbound(i);
+        self.peers[i].pending_outbound = Some(PendingOutbound {
+            old_spi: old_outbound_spi,
+            sa: sa_out,
+            deadline: now + SWITCH_WAIT,
+        });
+        Ok(())
+    }
+
+    /// Publishes the pending rekeyed outbound SA, if any.
+    fn switch_outbound(&mut self, i: usize) {
+        let Some(pending) = self.peers[i].pending_outbound.take() else {
+            return;
+        };
+        let index = self.peers[i].index;
         let current = self.shared.tables.load();
         let mut next = (**current).clone();
-        next.peers[index].outbound = Some(Arc::new(Mutex::new(sa_out)));
+        next.peers[index].outbound = Some(Arc::new(Mutex::new(pending.sa)));
         self.shared.tables.store(Arc::new(next));
-        Ok(())
+    }
+
+    /// Switches outbound SAs whose wait is over, and removes old inbound
+    /// SAs whose grace period is over.
+    fn rekey_housekeeping(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            if self.peers[i]
+                .pending_outbound
+                .as_ref()
+                .is_some_and(|o| o.deadline <= now)
+            {
+                self.switch_outbound(i);
+            }
+            let (due, keep): (Vec<_>, Vec<_>) = self.peers[i]
+                .expiring_inbound
+                .iter()
+                .partition(|&&(_, t)| t <= now);
+            if due.is_empty() {
+                continue;
+            }
+            self.peers[i].expiring_inbound = keep;
+            let index = self.peers[i].index;
+            let current = self.shared.tables.load();
+            let mut next = (**current).clone();
+            next.inbound
+                .retain(|spi, e| !(e.peer == index && due.iter().any(|&(d, _)| d == *spi)));
+            self.shared.tables.store(Arc::new(next));
+        }
     }
 
     /// Removes one Child SA pair: the inbound SA, and the outbound one if
@@ -580,6 +673,13 @@ impl IkeDriver {
             next.peers[index].outbound = None;
         }
         self.shared.tables.store(Arc::new(next));
+    }
+
+    /// Removes every SA of a peer, and forgets its rekeys in progress.
+    fn remove_all(&mut self, i: usize, index: usize, name: &str) {
+        self.peers[i].pending_outbound = None;
+        self.peers[i].expiring_inbound.clear();
+        self.remove_sas(index, name);
     }
 
     /// Removes every SA of a peer: its `require` traffic is dropped.
