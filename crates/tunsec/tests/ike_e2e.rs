@@ -939,25 +939,33 @@ fn ike_down_and_up() {
     });
 }
 
+/// Two hosts whose Child SAs live `lifetime` seconds, IKE up, a tenant
+/// behind each that can ping the other; returns the tenants.
+fn rekeying_pair(lab: &mut Lab, lifetime: u32) -> anyhow::Result<(String, String)> {
+    let ul = add_underlay(lab)?;
+    let h1 = add_host(lab, &ul, "h1", 1)?;
+    let h2 = add_host(lab, &ul, "h2", 2)?;
+    let extra = format!("child_lifetime = {lifetime}\n");
+    let c1 = write_config_with(lab, 1, 2, "rekey-secret", &extra)?;
+    let c2 = write_config_with(lab, 2, 1, "rekey-secret", &extra)?;
+    start_tunsecd(lab, &h1, 1, &c1)?;
+    start_tunsecd(lab, &h2, 2, &c2)?;
+    wait_status(lab, "IKE up", |s1, s2| {
+        Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
+    })?;
+    let t1 = add_tenant(lab, &h1, 1, TAP)?;
+    let t2 = add_tenant(lab, &h2, 2, TAP)?;
+    ping_ok(&t1, &tenant_addr(2))?;
+    Ok((t1, t2))
+}
+
 /// Child SAs with a 3-second lifetime rekey again and again while tenants
 /// ping every 0.2 s: make before break, so not one ping is lost, and
 /// nothing is dropped for a missing SA or as a replay.
 #[test]
 fn ike_rekeys_under_traffic() {
     with_lab("tsike-rk", |lab| {
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
-        let c1 = write_config_with(lab, 1, 2, "rekey-secret", "child_lifetime = 3\n")?;
-        let c2 = write_config_with(lab, 2, 1, "rekey-secret", "child_lifetime = 3\n")?;
-        start_tunsecd(lab, &h1, 1, &c1)?;
-        start_tunsecd(lab, &h2, 2, &c2)?;
-        wait_status(lab, "IKE up", |s1, s2| {
-            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
-        })?;
-        let t1 = add_tenant(lab, &h1, 1, TAP)?;
-        let _t2 = add_tenant(lab, &h2, 2, TAP)?;
-        ping_ok(&t1, &tenant_addr(2))?;
+        let (t1, _t2) = rekeying_pair(lab, 3)?;
         let rekeys_before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
         // 12 s of pings: about four lifetimes.
         let replies = ping(&t1, &tenant_addr(2), 60)?;
@@ -1037,19 +1045,7 @@ print(n, h.hexdigest(), flush=True)
 #[test]
 fn ike_tcp_across_rekeys() {
     with_lab("tsike-tcp", |lab| {
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
-        let c1 = write_config_with(lab, 1, 2, "tcp-secret", "child_lifetime = 2\n")?;
-        let c2 = write_config_with(lab, 2, 1, "tcp-secret", "child_lifetime = 2\n")?;
-        start_tunsecd(lab, &h1, 1, &c1)?;
-        start_tunsecd(lab, &h2, 2, &c2)?;
-        wait_status(lab, "IKE up", |s1, s2| {
-            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
-        })?;
-        let t1 = add_tenant(lab, &h1, 1, TAP)?;
-        let t2 = add_tenant(lab, &h2, 2, TAP)?;
-        ping_ok(&t1, &tenant_addr(2))?;
+        let (t1, t2) = rekeying_pair(lab, 2)?;
         let before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
 
         let server = lab.dir.path().join("server.py");
