@@ -45,6 +45,9 @@ use tunsec::control::{self, Request, Response};
 use tunsec::netns::Lab;
 use tunsec::status::{SaStatus, Status};
 
+mod common;
+use common::{add_host, add_tenant, add_underlay, host_addr, tenant_addr};
+
 const TUNSECD: &str = env!("CARGO_BIN_EXE_tunsecd");
 /// The traffic helpers (stdlib Python, and Scapy for `inject`).
 const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/overlay_tool.py");
@@ -208,107 +211,6 @@ fn tool(ns: &str, limit_secs: u32, args: &[&str]) -> anyhow::Result<String> {
 
 // ---------------------------------------------------------------------
 // Topology
-
-fn host_addr(n: u8) -> String {
-    format!("192.0.2.{n}")
-}
-
-fn tenant_addr(n: u8) -> String {
-    format!("198.51.100.{n}")
-}
-
-/// The underlay: namespace `ul` with bridge `br0` (no multicast snooping:
-/// its IGMP queries would be noise in the captures).
-fn add_underlay(lab: &mut Lab) -> anyhow::Result<String> {
-    let ul = lab.add_ns("ul")?;
-    lab.exec(
-        &ul,
-        "ip",
-        &[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(&ul, "ip", &["link", "set", "br0", "up"])?;
-    Ok(ul)
-}
-
-/// Host namespace `short` on the underlay with `eth0` at 192.0.2.`n`.
-fn add_host(lab: &mut Lab, ul: &str, short: &str, n: u8) -> anyhow::Result<String> {
-    let h = lab.add_ns(short)?;
-    let port = format!("ul-{short}");
-    lab.veth(&h, "eth0", ul, &port)?;
-    lab.exec(ul, "ip", &["link", "set", &port, "master", "br0"])?;
-    lab.exec(
-        &h,
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", host_addr(n)),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    Ok(h)
-}
-
-/// Tenant namespace `t<n>` (198.51.100.`n`) behind bridge `br-t` of
-/// `host`, which also holds the TAP device `tap`. The tenant's MTU is the
-/// TAP's, as a cloud would tell its VMs, so that full-size frames fit.
-fn add_tenant(lab: &mut Lab, host: &str, n: u8, tap: &str) -> anyhow::Result<String> {
-    let t = lab.add_ns(&format!("t{n}"))?;
-    lab.exec(
-        host,
-        "ip",
-        &[
-            "link",
-            "add",
-            "br-t",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(host, "ip", &["link", "set", "br-t", "up"])?;
-    lab.veth(host, "vt", &t, "eth0")?;
-    lab.exec(host, "ip", &["link", "set", "vt", "master", "br-t"])?;
-    lab.wait_for(&format!("{tap} in {host}"), Duration::from_secs(5), || {
-        lab.try_exec(host, "ip", &["link", "show", tap])
-    })?;
-    lab.exec(host, "ip", &["link", "set", tap, "master", "br-t"])?;
-    let mtu = link_mtu(lab, host, tap)?;
-    lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
-    lab.exec(
-        &t,
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", tenant_addr(n)),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    Ok(t)
-}
-
-fn link_mtu(lab: &Lab, ns: &str, dev: &str) -> anyhow::Result<u16> {
-    let out = lab.exec(ns, "ip", &["-o", "link", "show", dev])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    words
-        .find(|w| *w == "mtu")
-        .and_then(|_| words.next())
-        .and_then(|m| m.parse().ok())
-        .with_context(|| format!("no MTU for {dev} in {ns}: {text}"))
-}
 
 fn link_mac(lab: &Lab, ns: &str, dev: &str) -> anyhow::Result<String> {
     let out = lab.exec(ns, "ip", &["-o", "link", "show", dev])?;
