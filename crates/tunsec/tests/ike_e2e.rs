@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -34,15 +34,10 @@ use tunsec::netns::Lab;
 use tunsec::status::{IkeStatus, Status};
 
 mod common;
-use common::{add_host, add_tenant, add_underlay, host_addr, tenant_addr};
+use common::*;
 
-const TUNSECD: &str = env!("CARGO_BIN_EXE_tunsecd");
-/// Tenant bytes that must never show on the underlay in the clear (the
-/// pings carry it, `ping -p`).
-const MARKER: &[u8; 16] = b"TSE2E-CLEARTEXT!";
 const ESP_PORT: u16 = 4500;
 const IKE_PORT: u16 = 500;
-const TAP: &str = "ts-blue";
 
 /// Fails (never skips) unless the tests can run: root, and every tool.
 fn preflight() {
@@ -102,173 +97,6 @@ fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
         Ok(Err(e)) => panic!("{prefix}: {e:#}"),
         Err(panic) => std::panic::resume_unwind(panic),
     }
-}
-
-fn dump_logs(lab: &Lab) {
-    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
-        return;
-    };
-    let mut logs: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    for log in logs {
-        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(200)..];
-        eprintln!(
-            "--- {} ({} lines, last {} shown) ---\n{}",
-            log.display(),
-            lines.len(),
-            tail.len(),
-            tail.join("\n")
-        );
-    }
-}
-
-/// Removes the colour codes that tracing writes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn phase(lab: &Lab, what: &str, since: Instant) {
-    eprintln!(
-        "  [{}] {what}: {:.1} s",
-        lab.ns(""),
-        since.elapsed().as_secs_f64()
-    );
-}
-
-/// Runs `ip netns exec NS CMD ARGS` and returns its output, whatever its
-/// exit status.
-fn exec_output(ns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new("ip")
-        .args(["netns", "exec", ns, cmd])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd} in {ns}"))
-}
-
-/// Starts `tunsecd` (log `h<n>.log`) in `ns` and waits until its control
-/// socket answers.
-fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> anyhow::Result<()> {
-    let config = config.to_string_lossy().into_owned();
-    lab.spawn(
-        &format!("h{n}"),
-        ns,
-        Path::new(TUNSECD),
-        &["--config", &config],
-    )?;
-    let sock = socket_path(lab, n);
-    lab.wait_for(
-        &format!("tunsecd h{n} to answer on {}", sock.display()),
-        Duration::from_secs(20),
-        || {
-            matches!(
-                control::call(&sock, &Request::Status),
-                Ok(Response::Status(_))
-            )
-        },
-    )
-}
-
-fn status(lab: &Lab, n: u8) -> anyhow::Result<Status> {
-    match control::call(&socket_path(lab, n), &Request::Status)? {
-        Response::Status(s) => Ok(*s),
-        other => bail!("h{n}: unexpected answer to status: {other:?}"),
-    }
-}
-
-fn marker_hex() -> String {
-    hex::encode(MARKER)
-}
-
-/// Pings `dst` from `ns` `count` times (payload: the marker); returns how
-/// many replies came back.
-fn ping(ns: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
-    let count = count.to_string();
-    let out = exec_output(
-        ns,
-        "ping",
-        &[
-            "-c",
-            &count,
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-s",
-            "200",
-            "-p",
-            &marker_hex(),
-            dst,
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("ping {dst} from {ns}: unexpected output: {text}"))
-}
-
-fn ping_ok(ns: &str, dst: &str) -> anyhow::Result<()> {
-    let got = ping(ns, dst, 3)?;
-    ensure!(got == 3, "ping {dst} from {ns}: {got} of 3 replies");
-    Ok(())
-}
-
-/// Counts the marker in `data`.
-fn count_marker(data: &[u8]) -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while let Some(pos) = data[i..].iter().position(|&b| b == MARKER[0]) {
-        let at = i + pos;
-        if data[at..].starts_with(MARKER) {
-            n += 1;
-        }
-        i = at + 1;
-    }
-    n
-}
-
-/// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
-fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
-    let pcap = lab.dir.path().join(format!("{label}.pcap"));
-    let pcap_s = pcap.to_string_lossy().into_owned();
-    lab.spawn(
-        label,
-        ul,
-        Path::new("dumpcap"),
-        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
-    )?;
-    lab.wait_for(
-        &format!("capture {label} to start"),
-        Duration::from_secs(10),
-        || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0),
-    )?;
-    Ok(pcap)
-}
-
-/// Lets the capture flush, then stops it.
-fn stop_capture(lab: &mut Lab, label: &str) {
-    std::thread::sleep(Duration::from_millis(500));
-    lab.stop(label);
 }
 
 /// One captured frame, as tshark dissects it (outermost values).
@@ -362,10 +190,6 @@ fn describe(frames: &[&Frame]) -> String {
 
 // ---------------------------------------------------------------------
 // Configs
-
-fn socket_path(lab: &Lab, n: u8) -> PathBuf {
-    lab.dir.path().join(format!("h{n}.sock"))
-}
 
 /// Writes the config of host `h<n>`: network `blue` (VXLAN 100) and one
 /// peer `h<peer>` under `require`, keyed by IKE with the PSK in `psk`.

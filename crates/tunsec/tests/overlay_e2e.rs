@@ -36,7 +36,7 @@
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,17 +46,12 @@ use tunsec::netns::Lab;
 use tunsec::status::{SaStatus, Status};
 
 mod common;
-use common::{add_host, add_tenant, add_underlay, host_addr, tenant_addr};
+use common::*;
 
-const TUNSECD: &str = env!("CARGO_BIN_EXE_tunsecd");
 /// The traffic helpers (stdlib Python, and Scapy for `inject`).
 const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/overlay_tool.py");
 /// Debian's python3, the one python3-scapy installs into.
 const PYTHON: &str = "/usr/bin/python3";
-/// Tenant bytes that must never show on the underlay in the clear. The
-/// transferred file carries it every 512 bytes, the UDP floods and the
-/// pings (`ping -p`) carry it too.
-const MARKER: &[u8; 16] = b"TSE2E-CLEARTEXT!";
 /// The size of the TCP transfer.
 const TRANSFER_BYTES: usize = 50 << 20;
 const ESP_PORT: u16 = 4500;
@@ -130,67 +125,6 @@ fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
     }
 }
 
-fn dump_logs(lab: &Lab) {
-    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
-        return;
-    };
-    let mut logs: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    for log in logs {
-        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(200)..];
-        eprintln!(
-            "--- {} ({} lines, last {} shown) ---\n{}",
-            log.display(),
-            lines.len(),
-            tail.len(),
-            tail.join("\n")
-        );
-    }
-}
-
-/// Removes the colour codes that tracing writes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn phase(lab: &Lab, what: &str, since: Instant) {
-    eprintln!(
-        "  [{}] {what}: {:.1} s",
-        lab.ns(""),
-        since.elapsed().as_secs_f64()
-    );
-}
-
-/// Runs `ip netns exec NS CMD ARGS` and returns its output, whatever its
-/// exit status.
-fn exec_output(ns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new("ip")
-        .args(["netns", "exec", ns, cmd])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd} in {ns}"))
-}
-
 /// Runs the traffic helper in a namespace (killed after `limit_secs`) and
 /// fails with its output if it fails.
 fn tool(ns: &str, limit_secs: u32, args: &[&str]) -> anyhow::Result<String> {
@@ -239,7 +173,6 @@ const VXLAN_100: Net = Net {
     vni: 100,
     port: None,
 };
-const TAP: &str = "ts-blue";
 
 /// One side of a manually keyed SA pair.
 struct SaFiles {
@@ -296,10 +229,6 @@ fn sa_pair(lab: &Lab, suite: &'static str, a: u8, b: u8) -> anyhow::Result<(SaFi
             key_out: ba,
         },
     ))
-}
-
-fn socket_path(lab: &Lab, n: u8) -> PathBuf {
-    lab.dir.path().join(format!("h{n}.sock"))
 }
 
 /// Writes the config of host `h<n>`: network `blue` and `peers`.
@@ -376,36 +305,6 @@ fn esp_pair(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<EspP
     Ok(EspPair { ul, t1, t2 })
 }
 
-/// Starts `tunsecd` (log `h<n>.log`) in `ns` and waits until its control
-/// socket answers.
-fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> anyhow::Result<()> {
-    let config = config.to_string_lossy().into_owned();
-    lab.spawn(
-        &format!("h{n}"),
-        ns,
-        Path::new(TUNSECD),
-        &["--config", &config],
-    )?;
-    let sock = socket_path(lab, n);
-    lab.wait_for(
-        &format!("tunsecd h{n} to answer on {}", sock.display()),
-        Duration::from_secs(20),
-        || {
-            matches!(
-                control::call(&sock, &Request::Status),
-                Ok(Response::Status(_))
-            )
-        },
-    )
-}
-
-fn status(lab: &Lab, n: u8) -> anyhow::Result<Status> {
-    match control::call(&socket_path(lab, n), &Request::Status)? {
-        Response::Status(s) => Ok(*s),
-        other => bail!("h{n}: unexpected answer to status: {other:?}"),
-    }
-}
-
 fn data_drop(s: &Status, reason: &str) -> u64 {
     s.drops.get(reason).copied().unwrap_or(0)
 }
@@ -426,58 +325,6 @@ fn sa_drop(sa: &SaStatus, reason: &str) -> u64 {
 // ---------------------------------------------------------------------
 // Traffic
 
-fn marker_hex() -> String {
-    hex::encode(MARKER)
-}
-
-/// Pings `dst` from `ns` `count` times (payload: the marker); returns how
-/// many replies came back.
-fn ping(ns: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
-    let count = count.to_string();
-    let out = exec_output(
-        ns,
-        "ping",
-        &[
-            "-c",
-            &count,
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-s",
-            "200",
-            "-p",
-            &marker_hex(),
-            dst,
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("ping {dst} from {ns}: unexpected output: {text}"))
-}
-
-fn ping_ok(ns: &str, dst: &str) -> anyhow::Result<()> {
-    let got = ping(ns, dst, 3)?;
-    ensure!(got == 3, "ping {dst} from {ns}: {got} of 3 replies");
-    Ok(())
-}
-
-/// Counts the marker in `data`.
-fn count_marker(data: &[u8]) -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while let Some(pos) = data[i..].iter().position(|&b| b == MARKER[0]) {
-        let at = i + pos;
-        if data[at..].starts_with(MARKER) {
-            n += 1;
-        }
-        i = at + 1;
-    }
-    n
-}
-
 fn sha256(path: &Path) -> anyhow::Result<String> {
     let out = tunsec::netns::run("sha256sum", &[&path.to_string_lossy()])?;
     String::from_utf8_lossy(&out.stdout)
@@ -489,30 +336,6 @@ fn sha256(path: &Path) -> anyhow::Result<String> {
 
 // ---------------------------------------------------------------------
 // Captures
-
-/// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
-fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
-    let pcap = lab.dir.path().join(format!("{label}.pcap"));
-    let pcap_s = pcap.to_string_lossy().into_owned();
-    lab.spawn(
-        label,
-        ul,
-        Path::new("dumpcap"),
-        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
-    )?;
-    lab.wait_for(
-        &format!("capture {label} to start"),
-        Duration::from_secs(10),
-        || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0),
-    )?;
-    Ok(pcap)
-}
-
-/// Lets the capture flush, then stops it.
-fn stop_capture(lab: &mut Lab, label: &str) {
-    std::thread::sleep(Duration::from_millis(500));
-    lab.stop(label);
-}
 
 /// One captured frame, as tshark dissects it (outermost values).
 #[derive(Debug)]

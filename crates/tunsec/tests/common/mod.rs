@@ -5,10 +5,14 @@
 // Each test crate compiles this module; not every crate uses every helper.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail, ensure};
+use tunsec::control::{self, Request, Response};
 use tunsec::netns::Lab;
+use tunsec::status::Status;
 
 /// Host `n`'s underlay address.
 pub(crate) fn host_addr(n: u8) -> String {
@@ -111,4 +115,183 @@ pub(crate) fn link_mtu(lab: &Lab, ns: &str, dev: &str) -> anyhow::Result<u16> {
         .and_then(|_| words.next())
         .and_then(|m| m.parse().ok())
         .with_context(|| format!("no MTU for {dev} in {ns}: {text}"))
+}
+
+pub(crate) const TUNSECD: &str = env!("CARGO_BIN_EXE_tunsecd");
+
+/// Tenant bytes that must never show on the underlay in the clear (the
+/// pings carry it, `ping -p`).
+pub(crate) const MARKER: &[u8; 16] = b"TSE2E-CLEARTEXT!";
+
+pub(crate) const TAP: &str = "ts-blue";
+
+pub(crate) fn dump_logs(lab: &Lab) {
+    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(200)..];
+        eprintln!(
+            "--- {} ({} lines, last {} shown) ---\n{}",
+            log.display(),
+            lines.len(),
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
+/// Removes the colour codes that tracing writes.
+pub(crate) fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(crate) fn phase(lab: &Lab, what: &str, since: Instant) {
+    eprintln!(
+        "  [{}] {what}: {:.1} s",
+        lab.ns(""),
+        since.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs `ip netns exec NS CMD ARGS` and returns its output, whatever its
+/// exit status.
+pub(crate) fn exec_output(ns: &str, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd} in {ns}"))
+}
+
+/// Starts `tunsecd` (log `h<n>.log`) in `ns` and waits until its control
+/// socket answers.
+pub(crate) fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> anyhow::Result<()> {
+    let config = config.to_string_lossy().into_owned();
+    lab.spawn(
+        &format!("h{n}"),
+        ns,
+        Path::new(TUNSECD),
+        &["--config", &config],
+    )?;
+    let sock = socket_path(lab, n);
+    lab.wait_for(
+        &format!("tunsecd h{n} to answer on {}", sock.display()),
+        Duration::from_secs(20),
+        || {
+            matches!(
+                control::call(&sock, &Request::Status),
+                Ok(Response::Status(_))
+            )
+        },
+    )
+}
+
+pub(crate) fn status(lab: &Lab, n: u8) -> anyhow::Result<Status> {
+    match control::call(&socket_path(lab, n), &Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        other => bail!("h{n}: unexpected answer to status: {other:?}"),
+    }
+}
+
+pub(crate) fn marker_hex() -> String {
+    hex::encode(MARKER)
+}
+
+/// Pings `dst` from `ns` `count` times (payload: the marker); returns how
+/// many replies came back.
+pub(crate) fn ping(ns: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
+    let count = count.to_string();
+    let out = exec_output(
+        ns,
+        "ping",
+        &[
+            "-c",
+            &count,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-s",
+            "200",
+            "-p",
+            &marker_hex(),
+            dst,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("ping {dst} from {ns}: unexpected output: {text}"))
+}
+
+pub(crate) fn ping_ok(ns: &str, dst: &str) -> anyhow::Result<()> {
+    let got = ping(ns, dst, 3)?;
+    ensure!(got == 3, "ping {dst} from {ns}: {got} of 3 replies");
+    Ok(())
+}
+
+/// Counts the marker in `data`.
+pub(crate) fn count_marker(data: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(pos) = data[i..].iter().position(|&b| b == MARKER[0]) {
+        let at = i + pos;
+        if data[at..].starts_with(MARKER) {
+            n += 1;
+        }
+        i = at + 1;
+    }
+    n
+}
+
+/// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
+pub(crate) fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
+    let pcap = lab.dir.path().join(format!("{label}.pcap"));
+    let pcap_s = pcap.to_string_lossy().into_owned();
+    lab.spawn(
+        label,
+        ul,
+        Path::new("dumpcap"),
+        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
+    )?;
+    lab.wait_for(
+        &format!("capture {label} to start"),
+        Duration::from_secs(10),
+        || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0),
+    )?;
+    Ok(pcap)
+}
+
+/// Lets the capture flush, then stops it.
+pub(crate) fn stop_capture(lab: &mut Lab, label: &str) {
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop(label);
+}
+
+pub(crate) fn socket_path(lab: &Lab, n: u8) -> PathBuf {
+    lab.dir.path().join(format!("h{n}.sock"))
 }
