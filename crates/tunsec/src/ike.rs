@@ -552,27 +552,13 @@ impl IkeDriver {
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
-        let now = Instant::now();
-        let mut cin = inbound.sa_config();
-        cin.replay_window = self.replay_window;
-        let sa_in = Sa::new(cin, now).context("inbound SA")?;
-        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
-
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
-        next.inbound.insert(
-            inbound.spi,
-            InboundEntry {
-                peer: index,
-                sa: Arc::new(Mutex::new(sa_in)),
-            },
-        );
-        self.shared.tables.store(Arc::new(next));
+        let (sa_in, sa_out) = self.new_pair(inbound, outbound)?;
+        self.publish_inbound(index, inbound.spi, sa_in);
 
         let current = self.shared.tables.load();
         let mut next = (**current).clone();
         next.peers[index].outbound = Some(Arc::new(Mutex::new(sa_out)));
-        // No make-before-break yet: the older inbound SAs go at once.
+        // A fresh IKE SA's Child SA: the peer's older inbound SAs go at once.
         next.inbound
             .retain(|spi, e| e.peer != index || *spi == inbound.spi);
         self.shared.tables.store(Arc::new(next));
@@ -591,30 +577,46 @@ impl IkeDriver {
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
-        let now = Instant::now();
         let index = self.peers[i].index;
-        let mut cin = inbound.sa_config();
-        cin.replay_window = self.replay_window;
-        let sa_in = Sa::new(cin, now).context("inbound SA")?;
-        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
-        next.inbound.insert(
-            inbound.spi,
-            InboundEntry {
-                peer: index,
-                sa: Arc::new(Mutex::new(sa_in)),
-            },
-        );
-        self.shared.tables.store(Arc::new(next));
+        let (sa_in, sa_out) = self.new_pair(inbound, outbound)?;
+        self.publish_inbound(index, inbound.spi, sa_in);
         // A pending switch from an earlier rekey happens now.
         self.switch_outbound(i);
         self.peers[i].pending_outbound = Some(PendingOutbound {
             old_spi: old_outbound_spi,
             sa: sa_out,
-            deadline: now + SWITCH_WAIT,
+            deadline: Instant::now() + SWITCH_WAIT,
         });
         Ok(())
+    }
+
+    /// The data plane's SAs for a negotiated Child SA pair (the inbound
+    /// one with the configured replay window).
+    fn new_pair(
+        &self,
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) -> anyhow::Result<(Sa, Sa)> {
+        let now = Instant::now();
+        let mut cin = inbound.sa_config();
+        cin.replay_window = self.replay_window;
+        let sa_in = Sa::new(cin, now).context("inbound SA")?;
+        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
+        Ok((sa_in, sa_out))
+    }
+
+    /// Publishes new tables with an inbound SA added for peer `index`.
+    fn publish_inbound(&self, index: usize, spi: u32, sa: Sa) {
+        let current = self.shared.tables.load();
+        let mut next = (**current).clone();
+        next.inbound.insert(
+            spi,
+            InboundEntry {
+                peer: index,
+                sa: Arc::new(Mutex::new(sa)),
+            },
+        );
+        self.shared.tables.store(Arc::new(next));
     }
 
     /// Publishes the pending rekeyed outbound SA, if any.
