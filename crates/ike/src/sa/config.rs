@@ -182,7 +182,8 @@ pub struct ChildSaParams {
     /// Extended sequence numbers.
     pub esn: bool,
     /// Transport mode was agreed (USE_TRANSPORT_MODE); otherwise tunnel
-    /// mode.
+    /// mode (RFC 7296 section 1.3.1), whose endpoints the caller sets in
+    /// the [`SaConfig`] (tunsecd: the two underlay addresses).
     pub transport: bool,
     /// ESP travels in UDP (RFC 3948): NAT detection found a NAT, or one
     /// side forced it (RFC 7296 section 2.23).
@@ -196,9 +197,11 @@ pub struct ChildSaParams {
 }
 
 impl ChildSaParams {
-    /// The ESP engine's configuration for this direction: transport mode,
-    /// ESP in UDP on port 4500 (the caller changes `encapsulation` for raw
-    /// ESP), the negotiated ESN, and the selectors that are prefixes.
+    /// The ESP engine's configuration for this direction: transport mode
+    /// (the caller sets `mode` to [`Mode::Tunnel`] with the endpoints when
+    /// `transport` is false), ESP in UDP on port 4500 (the caller changes
+    /// `encapsulation` for raw ESP), the negotiated ESN, and the selectors
+    /// that are prefixes.
     pub fn sa_config(&self) -> SaConfig {
         let mut config = SaConfig::new(self.spi, self.direction, self.suite, self.keys.clone());
         config.mode = Mode::Transport;
