@@ -686,11 +686,11 @@ fn ike_down_and_up() {
 
 /// Two hosts whose Child SAs live `lifetime` seconds, IKE up, a tenant
 /// behind each that can ping the other; returns the tenants.
-fn rekeying_pair(lab: &mut Lab, lifetime: u32) -> anyhow::Result<(String, String)> {
+fn rekeying_pair(lab: &mut Lab, lifetime: u32, extra: &str) -> anyhow::Result<(String, String)> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
-    let extra = format!("child_lifetime = {lifetime}\n");
+    let extra = format!("child_lifetime = {lifetime}\n{extra}");
     let c1 = write_config_with(lab, 1, 2, "rekey-secret", &extra)?;
     let c2 = write_config_with(lab, 2, 1, "rekey-secret", &extra)?;
     start_tunsecd(lab, &h1, 1, &c1)?;
@@ -710,7 +710,7 @@ fn rekeying_pair(lab: &mut Lab, lifetime: u32) -> anyhow::Result<(String, String
 #[test]
 fn ike_rekeys_under_traffic() {
     with_lab("tsike-rk", |lab| {
-        let (t1, _t2) = rekeying_pair(lab, 3)?;
+        let (t1, _t2) = rekeying_pair(lab, 3, "")?;
         let rekeys_before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
         // 12 s of pings: about four lifetimes.
         let replies = ping(&t1, &tenant_addr(2), 60)?;
@@ -747,6 +747,36 @@ fn ike_rekeys_under_traffic() {
                 s.node.name,
                 p.sas
             );
+        }
+
+        // `tunsec rekey h1 --ike` and `tunsec rekey h1` on the responder:
+        // both sides see the new IKE SPIs and one more Child SA, and the
+        // tenants still reach each other.
+        for ike in [true, false] {
+            let (b1, b2) = (
+                ike_of(&status(lab, 1)?, "h2")?,
+                ike_of(&status(lab, 2)?, "h1")?,
+            );
+            let request = Request::Rekey {
+                peer: "h1".to_owned(),
+                ike,
+            };
+            match control::call(&socket_path(lab, 2), &request)? {
+                Response::Done { .. } => {}
+                other => bail!("rekey: {other:?}"),
+            }
+            wait_status(lab, "the rekey by command", |s1, s2| {
+                let (a1, a2) = (ike_of(s1, "h2")?, ike_of(s2, "h1")?);
+                Ok(if ike {
+                    a1.ike_rekeys > b1.ike_rekeys
+                        && a2.ike_rekeys > b2.ike_rekeys
+                        && a1.spi_i == a2.spi_i
+                        && a1.spi_i != b1.spi_i
+                } else {
+                    a1.child_sas > b1.child_sas && a2.child_sas > b2.child_sas
+                })
+            })?;
+            ping_ok(&t1, &tenant_addr(2))?;
         }
         Ok(())
     });
@@ -785,13 +815,15 @@ print(n, h.hexdigest(), flush=True)
 "#;
 
 /// A TCP transfer runs across 20 or more Child SA rekeys (2-second
-/// lifetimes) and completes intact, with no ESP packet dropped for a
-/// missing SA or as a replay on either side.
+/// lifetimes) and several rekeys of the IKE SA (5-second lifetimes) and
+/// completes intact, with no ESP packet dropped for a missing SA or as a
+/// replay on either side.
 #[test]
 fn ike_tcp_across_rekeys() {
     with_lab("tsike-tcp", |lab| {
-        let (t1, t2) = rekeying_pair(lab, 2)?;
+        let (t1, t2) = rekeying_pair(lab, 2, "ike_lifetime = 5\n")?;
         let before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
+        let ike_before = ike_of(&status(lab, 1)?, "h2")?.ike_rekeys;
 
         let server = lab.dir.path().join("server.py");
         let client = lab.dir.path().join("client.py");
@@ -817,9 +849,21 @@ fn ike_tcp_across_rekeys() {
         let received = std::fs::read_to_string(&server_log)?.trim().to_owned();
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
         let rekeys = ike_of(&s1, "h2")?.child_sas - before;
-        eprintln!("  sent {sent}; received {received}; {rekeys} rekeys");
+        let (i1, i2) = (ike_of(&s1, "h2")?, ike_of(&s2, "h1")?);
+        let ike_rekeys = i1.ike_rekeys - ike_before;
+        eprintln!(
+            "  sent {sent}; received {received}; {rekeys} Child SA rekeys, {ike_rekeys} IKE SA rekeys"
+        );
         ensure!(received == sent, "sent {sent}, received {received}");
         ensure!(rekeys >= 20, "only {rekeys} rekeys during the transfer");
+        ensure!(
+            ike_rekeys >= 3,
+            "only {ike_rekeys} IKE SA rekeys during the transfer"
+        );
+        ensure!(
+            i1.state == "established" && i1.spi_i == i2.spi_i && i1.spi_r == i2.spi_r,
+            "the two sides disagree on the IKE SA after its rekeys: {i1:?} {i2:?}"
+        );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
             ensure!(
                 s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
