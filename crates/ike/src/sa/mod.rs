@@ -37,15 +37,18 @@
 //! in [`Stats`], and changes nothing.
 //!
 //! Not yet: IKE SA rekeying, NAT detection and ESP in UDP
-//! negotiation, cookies, certificates, tunnel mode, a timeout for a
+//! negotiation, certificates, tunnel mode, a timeout for a
 //! half-open responder, and answers to malformed requests (INVALID_SYNTAX,
 //! INVALID_MAJOR_VERSION, UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
 //! datagram to the IKE SA its SPIs name and creates responders for new
-//! IKE_SA_INIT requests.
+//! IKE_SA_INIT requests; with many half-open IKE SAs, only for requests
+//! that return its cookie (section 2.6, `cookie.rs`), which an initiator
+//! [`IkeSa`] does when asked.
 
 mod config;
+mod cookie;
 mod endpoint;
 pub mod ts;
 
@@ -62,6 +65,7 @@ use tunsec_esp::{Direction, Key};
 pub use config::{
     AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
 };
+pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
 
 use crate::crypto::{
@@ -126,6 +130,8 @@ struct InitSent {
     /// The request as sent: RealMessage1, which our AUTH covers.
     request: Vec<u8>,
     ke_retries: u8,
+    /// The responder's cookie, sent first in `request` (section 2.6).
+    cookie: Option<Vec<u8>>,
 }
 
 /// Initiator: IKE_AUTH request sent.
@@ -804,6 +810,7 @@ impl IkeSa {
             ni,
             request: message.encode()?,
             ke_retries,
+            cookie: None,
         })
     }
 
@@ -875,6 +882,11 @@ impl IkeSa {
     ) -> Result<(), Discard> {
         let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
         let p = Payloads(&message.payloads);
+        // RFC 7296 section 2.6: a responder under load asks for a cookie
+        // first (see cookie.rs).
+        if let (Some(n), None) = (p.notify(NotifyType::Cookie), p.sa()) {
+            return self.on_cookie_request(now, &n.data);
+        }
         // RFC 7296 section 1.2: INVALID_KE_PAYLOAD names the group the
         // responder wants; the initiator retries IKE_SA_INIT with a KE payload
         // of that group.
@@ -896,7 +908,12 @@ impl IkeSa {
                 return Ok(());
             }
             let (ni, retries) = (st.ni.clone(), st.ke_retries + 1);
-            match self.init_request(group, ni, retries) {
+            // Section 2.6: the cookie stays when the group changes.
+            let cookie = st.cookie.clone();
+            match self
+                .init_request(group, ni, retries)
+                .and_then(|init| init.with_cookie(cookie))
+            {
                 Ok(init) => {
                     self.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
                     self.state = State::InitSent(Box::new(init));
