@@ -37,9 +37,11 @@
 //! in [`Stats`], and changes nothing.
 //!
 //! Not yet: IKE SA rekeying, NAT detection and ESP in UDP
-//! negotiation, certificates, tunnel mode, a timeout for a
-//! half-open responder, and answers to malformed requests (INVALID_SYNTAX,
-//! INVALID_MAJOR_VERSION, UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
+//! negotiation, certificates, tunnel mode, and answers to malformed
+//! requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped). A
+//! request with an unknown payload whose critical bit is set is answered
+//! UNSUPPORTED_CRITICAL_PAYLOAD (sections 2.5 and 3.2, `critical.rs`);
+//! unknown payloads without it are skipped.
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
 //! datagram to the IKE SA its SPIs name and creates responders for new
@@ -49,6 +51,7 @@
 
 mod config;
 mod cookie;
+mod critical;
 mod endpoint;
 pub mod ts;
 
@@ -1267,29 +1270,28 @@ impl IkeSa {
             }
         }
         match &self.state {
-            State::ExpectAuth(st) => {
+            State::ExpectAuth(_) => {
                 if header.message_id != 1 {
                     return Err(Discard::WrongMessageId);
                 }
                 if header.exchange_type != ExchangeType::IkeAuth {
                     return Err(Discard::Unexpected);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                // An unknown critical payload is answered (critical.rs).
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_auth_request(now, &message);
                 Ok(())
             }
-            State::Established(st) => {
+            State::Established(_) => {
                 if header.message_id != self.peer_next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_established_request(now, header, &message);
                 Ok(())
@@ -1439,7 +1441,11 @@ impl IkeSa {
         header: &Header,
         bytes: &[u8],
     ) -> Result<(), Discard> {
-        let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            // An unknown critical payload is answered (critical.rs).
+            Err(e) => return self.undecodable_init(remote, header, e),
+        };
         let p = Payloads(&message.payloads);
         let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
             return Err(Discard::Malformed);
