@@ -30,13 +30,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::{constant_time, digest};
+use tunsec_esp::Key;
+use zeroize::Zeroizing;
 
 use super::{Discard, Event, IkeSa, InitSent, Payloads, Random, State, SystemRandom, Transmit};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{
     ExchangeType, Header, MAJOR_VERSION, Message, Notify, NotifyType, Payload, PayloadType,
 };
-use tunsec_esp::Key;
 
 /// How many half-open IKE SAs an [`Endpoint`](super::Endpoint) keeps
 /// before it asks new initiators for cookies.
@@ -131,22 +132,28 @@ impl CookieJar {
             .as_ref()
             .is_none_or(|s| now >= s.created + COOKIE_SECRET_LIFETIME);
         if due {
-            let mut bytes = [0u8; SECRET_LEN];
-            self.rng.fill(&mut bytes)?;
-            let mut version = [0u8; VERSION_LEN];
-            self.rng.fill(&mut version)?;
+            let mut bytes = Zeroizing::new([0u8; SECRET_LEN]);
+            self.rng.fill(&mut bytes[..])?;
+            // The first version is random, so that cookies from before a
+            // restart rarely name a version in use.
             let version = match &self.current {
                 Some(s) => s.version.wrapping_add(1),
-                None => u32::from_be_bytes(version),
+                None => {
+                    let mut v = [0u8; VERSION_LEN];
+                    self.rng.fill(&mut v)?;
+                    u32::from_be_bytes(v)
+                }
             };
             let fresh = Secret {
                 version,
-                bytes: Key::from_slice(&bytes),
+                bytes: Key::from_slice(&bytes[..]),
                 created: now,
             };
             self.previous = self.current.replace(fresh);
         }
-        Ok(self.current.as_ref().expect("a current secret"))
+        self.current
+            .as_ref()
+            .ok_or(Error::InvalidState("no cookie secret"))
     }
 
     /// A cookie for an initiator, from the current secret.
@@ -276,6 +283,9 @@ impl IkeSa {
     /// The responder answered our IKE_SA_INIT with `N(COOKIE)` (RFC 7296
     /// section 2.6): send the request again with the cookie as its first
     /// payload and everything else unchanged (same SPI, nonce and KE).
+    /// After [`MAX_COOKIE_REQUESTS`] the IKE SA closes with
+    /// [`Event::Failed`] naming COOKIE: the responder takes none of our
+    /// cookies back.
     pub(super) fn on_cookie_request(&mut self, now: Instant, cookie: &[u8]) -> Result<(), Discard> {
         if cookie.is_empty() || cookie.len() > MAX_COOKIE_LEN {
             return Err(Discard::Malformed);
