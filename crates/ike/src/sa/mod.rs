@@ -49,14 +49,24 @@
 //! same Child SAs ([`Event::IkeSaRekeyed`]) and [`Endpoint`] follows the
 //! new SPIs under the same [`SaHandle`].
 //!
-//! Not yet: cookies, certificates, and answers to malformed requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION,
-//! UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
+//! Cookies (section 2.6, `cookie.rs`): an [`Endpoint`] with many half-open
+//! IKE SAs answers new IKE_SA_INIT requests statelessly with N(COOKIE); an
+//! initiator resends with it. A request with an unknown payload whose
+//! critical bit is set is answered UNSUPPORTED_CRITICAL_PAYLOAD (sections
+//! 2.5 and 3.2, `critical.rs`); unknown payloads without it are skipped.
+//!
+//! Not yet: certificates, and answers to malformed requests
+//! (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
 //! datagram to the IKE SA its SPIs name and creates responders for new
-//! IKE_SA_INIT requests.
+//! IKE_SA_INIT requests; with many half-open IKE SAs, only for requests
+//! that return its cookie (section 2.6, `cookie.rs`), which an initiator
+//! [`IkeSa`] does when asked.
 
 mod config;
+mod cookie;
+mod critical;
 mod endpoint;
 mod ike_rekey;
 mod nat;
@@ -75,6 +85,7 @@ use tunsec_esp::{Direction, Key};
 pub use config::{
     AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
 };
+pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
 pub use nat::{NATT_PORT, NatState};
 
@@ -141,6 +152,8 @@ struct InitSent {
     /// The request as sent: RealMessage1, which our AUTH covers.
     request: Vec<u8>,
     ke_retries: u8,
+    /// The responder's cookie, sent first in `request` (section 2.6).
+    cookie: Option<Vec<u8>>,
 }
 
 /// Initiator: IKE_AUTH request sent.
@@ -909,6 +922,7 @@ impl IkeSa {
             ni,
             request: message.encode()?,
             ke_retries,
+            cookie: None,
         })
     }
 
@@ -982,6 +996,11 @@ impl IkeSa {
     ) -> Result<(), Discard> {
         let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
         let p = Payloads(&message.payloads);
+        // RFC 7296 section 2.6: a responder under load asks for a cookie
+        // first (see cookie.rs).
+        if let (Some(n), None) = (p.notify(NotifyType::Cookie), p.sa()) {
+            return self.on_cookie_request(now, &n.data);
+        }
         // RFC 7296 section 1.2: INVALID_KE_PAYLOAD names the group the
         // responder wants; the initiator retries IKE_SA_INIT with a KE payload
         // of that group.
@@ -1003,7 +1022,12 @@ impl IkeSa {
                 return Ok(());
             }
             let (ni, retries) = (st.ni.clone(), st.ke_retries + 1);
-            match self.init_request(group, ni, retries) {
+            // Section 2.6: the cookie stays when the group changes.
+            let cookie = st.cookie.clone();
+            match self
+                .init_request(group, ni, retries)
+                .and_then(|init| init.with_cookie(cookie))
+            {
                 Ok(init) => {
                     self.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
                     self.state = State::InitSent(Box::new(init));
@@ -1394,29 +1418,28 @@ impl IkeSa {
             }
         }
         match &self.state {
-            State::ExpectAuth(st) => {
+            State::ExpectAuth(_) => {
                 if header.message_id != 1 {
                     return Err(Discard::WrongMessageId);
                 }
                 if header.exchange_type != ExchangeType::IkeAuth {
                     return Err(Discard::Unexpected);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                // An unknown critical payload is answered (critical.rs).
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_auth_request(now, &message);
                 Ok(())
             }
-            State::Established(st) => {
+            State::Established(_) => {
                 if header.message_id != self.peer_next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_established_request(now, header, &message);
                 Ok(())
@@ -1569,7 +1592,11 @@ impl IkeSa {
         header: &Header,
         bytes: &[u8],
     ) -> Result<(), Discard> {
-        let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            // An unknown critical payload is answered (critical.rs).
+            Err(e) => return self.undecodable_init(remote, header, e),
+        };
         let p = Payloads(&message.payloads);
         let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
             return Err(Discard::Malformed);

@@ -902,7 +902,8 @@ fn endpoints() {
             // The junk and the zero initiator SPI.
             malformed: 2,
             unknown_spi: 0,
-            refused: 2
+            refused: 2,
+            ..EndpointStats::default()
         }
     );
     assert!(b.remove(r).is_some());
