@@ -538,6 +538,7 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
         packets: c.packets,
         bytes: c.bytes,
         last_seq: sa.last_seq(),
+        age_secs: sa.created().elapsed().as_secs(),
         drops: DropReason::ALL
             .iter()
             .map(|&r| (r.name().to_owned(), c.drops.get(r)))

@@ -934,9 +934,33 @@ impl IkeDriver {
     }
 
     fn publish_status(&mut self) {
+        let now = Instant::now();
         let mut map = HashMap::new();
         for i in 0..self.peers.len() {
-            let sa = self.peers[i].handle.and_then(|h| self.endpoint_sa(h));
+            let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
+            let secs_since =
+                |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs());
+            let secs_until =
+                |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_secs());
+            let (ike_rekey, child_rekey) = sa.as_ref().map_or((None, None), |sa| sa.rekey_times());
+            let age = sa.as_ref().and_then(|sa| sa.established_at());
+            let nat = sa.as_ref().and_then(|sa| sa.nat()).map(|n| {
+                match (n.local_behind_nat, n.remote_behind_nat, n.forced) {
+                    (true, _, _) => "we are behind a NAT",
+                    (false, true, _) => "the peer is behind a NAT (or forces UDP encapsulation)",
+                    (false, false, true) => "UDP encapsulation forced",
+                    (false, false, false) => "no NAT",
+                }
+                .to_owned()
+            });
+            let stats = sa.as_ref().map(|sa| sa.stats()).unwrap_or_default();
+            let sa = sa.map(|sa| {
+                (
+                    sa.is_established(),
+                    sa.spis(),
+                    sa.ike_suite().map(|s| suite_name(&s)),
+                )
+            });
             let p = &self.peers[i];
             let (state, spis, suite) = match sa {
                 Some((established, spis, suite)) => (
@@ -957,6 +981,16 @@ impl IkeDriver {
             map.insert(
                 p.index,
                 IkeStatus {
+                    age_secs: secs_since(age),
+                    rekey_in_secs: secs_until(ike_rekey),
+                    child_rekey_in_secs: secs_until(child_rekey),
+                    nat,
+                    retransmits: stats.retransmits,
+                    dropped: stats.malformed
+                        + stats.wrong_spi
+                        + stats.wrong_message_id
+                        + stats.integrity
+                        + stats.unexpected,
                     state,
                     role: if p.initiator {
                         "initiator"
@@ -976,12 +1010,6 @@ impl IkeDriver {
         if let Ok(mut states) = self.states.lock() {
             *states = map;
         }
-    }
-
-    fn endpoint_sa(&mut self, handle: SaHandle) -> Option<(bool, (u64, u64), Option<String>)> {
-        let sa = self.endpoint.sa_mut(handle)?;
-        let suite = sa.ike_suite().map(|s| suite_name(&s));
-        Some((sa.is_established(), sa.spis(), suite))
     }
 
     /// Deletes every IKE SA (one DELETE each, not retransmitted) and

@@ -864,6 +864,24 @@ fn ike_tcp_across_rekeys() {
             i1.state == "established" && i1.spi_i == i2.spi_i && i1.spi_r == i2.spi_r,
             "the two sides disagree on the IKE SA after its rekeys: {i1:?} {i2:?}"
         );
+        // Status tells the IKE SA's age, when both SAs are rekeyed next,
+        // and what NAT detection found (both force UDP encapsulation).
+        for i in [&i1, &i2] {
+            ensure!(
+                i.age_secs.is_some_and(|a| a <= 5)
+                    && i.rekey_in_secs.is_some_and(|r| r <= 5)
+                    && i.child_rekey_in_secs.is_some_and(|r| r <= 2)
+                    && i.nat
+                        .as_deref()
+                        .is_some_and(|n| n.contains("UDP encapsulation")),
+                "IKE status lacks age, rekey times or NAT: {i:?}"
+            );
+        }
+        let text = s1.render();
+        ensure!(
+            text.contains("rekey in") && text.contains(" age "),
+            "the status text lacks the rekey times:\n{text}"
+        );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
             ensure!(
                 s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,

@@ -343,6 +343,8 @@ pub struct IkeSa {
     peer_initial_contact: bool,
     /// The IKE SA a rekey replaced, until it is deleted.
     retiring: Option<Box<Retiring>>,
+    /// When the current IKE SA (its current keys) came up.
+    established_at: Option<Instant>,
     stats: Stats,
 }
 
@@ -538,6 +540,7 @@ impl IkeSa {
             nat: None,
             peer_initial_contact: false,
             retiring: None,
+            established_at: None,
             stats: Stats::default(),
         };
         sa.local = sa.config.local_addr;
@@ -574,6 +577,7 @@ impl IkeSa {
             nat: None,
             peer_initial_contact: false,
             retiring: None,
+            established_at: None,
             stats: Stats::default(),
         }
     }
@@ -712,6 +716,21 @@ impl IkeSa {
     /// older IKE SA with it (and its Child SAs) is stale and should go.
     pub fn peer_initial_contact(&self) -> bool {
         self.peer_initial_contact
+    }
+
+    /// When the IKE SA came up, or was last rekeyed (its keys' age).
+    pub fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    /// When the IKE SA and its Child SA are next rekeyed automatically
+    /// (`None`: no lifetime configured, not established, or a rekey is
+    /// under way).
+    pub fn rekey_times(&self) -> (Option<Instant>, Option<Instant>) {
+        match &self.state {
+            State::Established(st) => (st.ike_rekey_at, st.rekey_at),
+            _ => (None, None),
+        }
     }
 
     /// Whether both sides are authenticated and the IKE SA is up.
@@ -1269,6 +1288,7 @@ impl IkeSa {
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         let mut established = Established::new(sk, child_spis(&event), rekey_at);
         established.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+        self.established_at = Some(now);
         self.state = State::Established(Box::new(established));
         self.events.push_back(event);
     }
@@ -1801,6 +1821,7 @@ impl IkeSa {
                 let mut established = Established::new(sk, child_spis(&child_event), rekey_at);
                 established.ike_rekey_at =
                     rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+                self.established_at = Some(now);
                 self.state = State::Established(Box::new(established));
                 self.events.push_back(Event::IkeSaEstablished);
                 self.events.push_back(child_event);

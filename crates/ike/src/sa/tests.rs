@@ -704,6 +704,7 @@ mod strongswan {
             nat: None,
             peer_initial_contact: false,
             retiring: None,
+            established_at: None,
             stats: Stats::default(),
         };
         Setup { sa, auth_req }
