@@ -5,9 +5,10 @@
 #   python3-scapy:          an independent ESP implementation
 #   python3-cryptography:   Scapy's ciphers (only a Recommends of python3-scapy)
 #   iperf3:                 TCP transfers through the overlay
+#   nftables:               a NAT (masquerade) between hosts in the IKE tests
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3; do
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -22,6 +22,9 @@ use tunsec_wire::ethernet::EthernetAddress;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
 /// The default ESP-in-UDP port (RFC 3948).
 pub const DEFAULT_ESP_PORT: u16 = 4500;
+/// How often a host behind a NAT sends a NAT keepalive unless the config
+/// says otherwise (RFC 3948 section 4 suggests 20 s).
+pub const DEFAULT_NAT_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 /// The longest Linux interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -211,6 +214,7 @@ struct RawIke {
     esp_proposals: Option<Vec<String>>,
     child_lifetime: Option<u64>,
     ike_lifetime: Option<u64>,
+    nat_keepalive: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +320,9 @@ pub struct IkePeer {
     /// How long the IKE SA lives before it is rekeyed (at about 80-90% of
     /// it, RFC 7296 section 2.18); `None`: no rekeying.
     pub ike_lifetime: Option<std::time::Duration>,
+    /// How often a host behind a NAT sends a NAT keepalive (RFC 3948
+    /// section 4).
+    pub nat_keepalive: std::time::Duration,
     /// The ESP mode asked for (initiator) or accepted (responder).
     pub mode: ChildMode,
 }
@@ -330,6 +337,7 @@ impl fmt::Debug for IkePeer {
             .field("esp_proposals", &self.esp_proposals.len())
             .field("child_lifetime", &self.child_lifetime)
             .field("ike_lifetime", &self.ike_lifetime)
+            .field("nat_keepalive", &self.nat_keepalive)
             .field("mode", &self.mode)
             .finish()
     }
@@ -916,6 +924,17 @@ fn validate_ike(
     };
     let child_lifetime = lifetime("child_lifetime", raw.child_lifetime)?;
     let ike_lifetime = lifetime("ike_lifetime", raw.ike_lifetime)?;
+    let nat_keepalive = match raw.nat_keepalive {
+        None => DEFAULT_NAT_KEEPALIVE,
+        Some(secs) if (1..=3600).contains(&secs) => std::time::Duration::from_secs(secs),
+        Some(secs) => {
+            return Err(invalid(
+                f("nat_keepalive"),
+                secs,
+                "must be from 1 to 3600 seconds",
+            ));
+        }
+    };
     Ok(IkePeer {
         psk,
         local_id,
@@ -924,6 +943,7 @@ fn validate_ike(
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
         child_lifetime,
         ike_lifetime,
+        nat_keepalive,
         mode: raw.mode.unwrap_or_default(),
     })
 }
@@ -1329,6 +1349,12 @@ key_out = "b.out"
             b"k",
             "peer[0].ike.remote_id",
             "\"two words\"",
+        );
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}nat_keepalive = 0\n")),
+            b"k",
+            "peer[0].ike.nat_keepalive",
+            "0",
         );
         for field in ["child_lifetime", "ike_lifetime"] {
             assert_ike_invalid(

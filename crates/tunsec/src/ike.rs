@@ -26,7 +26,7 @@
 //! data path sends ESP in UDP, so the peer must too: a peer such as
 //! strongSwan then encapsulates as if behind a NAT); IKE moves to the
 //! ESP-in-UDP port after IKE_SA_INIT, behind the non-ESP marker. A host
-//! that finds itself behind a NAT sends a NAT keepalive every 20 s (RFC
+//! that finds itself behind a NAT sends a NAT keepalive every `nat_keepalive` (20 s; RFC
 //! 3948 section 4). With raw ESP there is no NAT traversal.
 //!
 //! SA installation is read-copy-update, like every change of the tables:
@@ -81,9 +81,6 @@ const MAX_DATAGRAM: usize = 65_535;
 /// How long the designated responder waits at start-up for the peer to
 /// initiate before it initiates itself.
 const START_GRACE: Duration = Duration::from_secs(1);
-/// How often a host behind a NAT sends a NAT keepalive (RFC 3948 section
-/// 4 suggests 20 s).
-const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
 const KEEPALIVE_PACKET: [u8; 1] = [0xff];
 
@@ -454,7 +451,7 @@ impl IkeDriver {
             if p.keepalive_at.is_none_or(|t| t > now) {
                 continue;
             }
-            p.keepalive_at = Some(now + KEEPALIVE);
+            p.keepalive_at = Some(now + p.ike.nat_keepalive);
             let dst = p
                 .handle
                 .and_then(|h| self.endpoint.sa_mut(h))
@@ -651,7 +648,7 @@ impl IkeDriver {
                 let p = &mut self.peers[i];
                 p.keepalive_at = nat
                     .filter(|n| n.local_behind_nat)
-                    .map(|_| Instant::now() + KEEPALIVE);
+                    .map(|_| Instant::now() + p.ike.nat_keepalive);
             }
             Event::ChildSaUp { inbound, outbound } => {
                 // A fresh IKE SA: nothing of an older rekey carries over.

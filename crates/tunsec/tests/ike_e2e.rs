@@ -24,8 +24,18 @@
 //! - `ike_mixed_modes_agree_on_tunnel`: one side configured for tunnel
 //!   mode, the other for transport: both end in tunnel mode and traffic
 //!   flows.
+//! - `ike_peer_restart`: each host in turn SIGKILLed and restarted while
+//!   tenants ping: the tunnel is back within 5 s (about 2 s), the survivor
+//!   holds only the new IKE SA and one Child SA pair, and nothing leaves in
+//!   the clear.
+//! - `ike_behind_nat`: h1 behind an nftables masquerade: NAT detection on
+//!   both sides, IKE on port 4500, ESP in UDP through the NAT, tenants
+//!   ping, h1 sends NAT keepalives, nothing in the clear.
+//! - `ike_rekeys_under_traffic` and `ike_tcp_across_rekeys`: Child SA and
+//!   IKE SA rekeys (by lifetime and by `tunsec rekey [--ike]`) under pings
+//!   and a TCP transfer, without a drop.
 //!
-//! They need root, iproute2, ping and tshark (dumpcap); they fail, never
+//! They need root, iproute2, ping, tshark (dumpcap) and nftables; they fail, never
 //! skip, when something is missing.
 
 use std::fmt::Write as _;
@@ -63,11 +73,12 @@ fn preflight() {
             root,
             "the IKE end-to-end tests build network namespaces: run them as root"
         );
-        let tools: [(&str, &[&str], &str); 4] = [
+        let tools: [(&str, &[&str], &str); 5] = [
             ("ip", &["-V"], "iproute2"),
             ("ping", &["-V"], "iputils-ping"),
             ("dumpcap", &["-v"], "tshark"),
             ("tshark", &["-v"], "tshark"),
+            ("nft", &["-v"], "nftables"),
         ];
         for (tool, args, package) in tools {
             let ok = Command::new(tool)
@@ -1275,4 +1286,133 @@ fn ike_mixed_modes_agree_on_tunnel() {
             Ok(())
         });
     }
+}
+
+/// A real NAT (nftables masquerade in a router namespace) between h1
+/// (10.0.0.1, private) and h2: NAT detection finds it (RFC 7296 section
+/// 2.23), IKE moves to port 4500, ESP travels in UDP through the NAT's
+/// mapping, tenants ping across, and h1, behind the NAT, sends NAT
+/// keepalives (RFC 3948 section 2.3: one byte, 0xFF) every
+/// `nat_keepalive` second. Nothing leaves the router in the clear.
+#[test]
+fn ike_behind_nat() {
+    with_lab("tsike-nat", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        // The router: 192.0.2.1 outside, 10.0.0.254 inside, masquerading.
+        let nat = add_host(lab, &ul, "nat", 1)?;
+        let h1 = lab.add_ns("h1")?;
+        lab.veth(&nat, "in0", &h1, "eth0")?;
+        lab.exec(&nat, "ip", &["addr", "add", "10.0.0.254/24", "dev", "in0"])?;
+        lab.exec(&h1, "ip", &["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
+        lab.exec(&h1, "ip", &["route", "add", "default", "via", "10.0.0.254"])?;
+        lab.exec(&nat, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let rules = "table ip masq {\n chain post {\n  type nat hook postrouting priority 100;\n  \
+                     oifname \"eth0\" masquerade\n }\n}\n";
+        let rules_file = lab.dir.path().join("nat.nft");
+        std::fs::write(&rules_file, rules)?;
+        lab.exec(&nat, "nft", &["-f", &rules_file.to_string_lossy()])?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+
+        let psk = "behind-the-nat";
+        std::fs::write(lab.dir.path().join("h1.psk"), psk)?;
+        std::fs::write(lab.dir.path().join("h2.psk"), psk)?;
+        let config = |n: u8, underlay: &str, peer: u8, peer_underlay: &str, extra: &str| {
+            format!(
+                "[node]\nname = \"h{n}\"\nunderlay = \"{underlay}\"\ncontrol_socket = \"{}\"\n\n\
+                 [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+                 [[peer]]\nname = \"h{peer}\"\nunderlay = \"{peer_underlay}\"\n\
+                 networks = [\"blue\"]\npolicy = \"require\"\n\n\
+                 [peer.ike]\npsk_file = \"h{n}.psk\"\n{extra}",
+                socket_path(lab, n).display()
+            )
+        };
+        // h1 knows h2 by its address; h2 knows h1 by the NAT's, and h1
+        // proves its own (private) address as its identity.
+        let c1 = lab.dir.path().join("h1.toml");
+        let c2 = lab.dir.path().join("h2.toml");
+        std::fs::write(
+            &c1,
+            config(1, "10.0.0.1", 2, "192.0.2.2", "nat_keepalive = 1\n"),
+        )?;
+        std::fs::write(
+            &c2,
+            config(2, "192.0.2.2", 1, "192.0.2.1", "remote_id = \"10.0.0.1\"\n"),
+        )?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+        wait_status(lab, "IKE through the NAT", |s1, s2| {
+            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
+        })?;
+        let (i1, i2) = (
+            ike_of(&status(lab, 1)?, "h2")?,
+            ike_of(&status(lab, 2)?, "h1")?,
+        );
+        eprintln!("  h1: {:?}\n  h2: {:?}", i1.nat, i2.nat);
+        ensure!(
+            i1.nat.as_deref() == Some("we are behind a NAT"),
+            "h1 did not find itself behind the NAT: {i1:?}"
+        );
+        ensure!(
+            i2.nat
+                .as_deref()
+                .is_some_and(|n| n.starts_with("the peer is behind a NAT")),
+            "h2 did not find h1 behind the NAT: {i2:?}"
+        );
+        phase(lab, "IKE up through the NAT", t0);
+
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        std::thread::sleep(Duration::from_secs(3));
+        stop_capture(lab, "capture");
+
+        // Keepalives: UDP 192.0.2.1:4500 -> 192.0.2.2:4500 with one byte.
+        let out = tunsec::netns::run(
+            "tshark",
+            &[
+                "-r",
+                &pcap.to_string_lossy(),
+                "-Y",
+                "ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9",
+                "-T",
+                "fields",
+                "-e",
+                "udp.payload",
+            ],
+        )?;
+        let keepalives = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim() == "ff")
+            .count();
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let ike_4500 = frames
+            .iter()
+            .filter(|f| f.is_ike() && f.sport == Some(ESP_PORT))
+            .count();
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .filter(|f| !(f.sport == Some(ESP_PORT) && f.dport == Some(ESP_PORT)))
+            .collect();
+        eprintln!(
+            "  capture: {} frames, {ike_4500} IKE on 4500, {keepalives} keepalives, marker {leaked} times",
+            frames.len()
+        );
+        ensure!(ike_4500 >= 2, "IKE never moved to port 4500");
+        ensure!(
+            keepalives >= 2,
+            "only {keepalives} NAT keepalives from h1 in 3 s"
+        );
+        ensure!(
+            other.is_empty() && leaked == 0,
+            "cleartext through the NAT (marker {leaked} times):{}",
+            describe(&other)
+        );
+        Ok(())
+    });
 }

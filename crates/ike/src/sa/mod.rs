@@ -1366,17 +1366,22 @@ impl IkeSa {
         let peer_spi = <[u8; 4]>::try_from(chosen.spi.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| failed(NotifyType::InvalidSyntax))?;
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        // RFC 7296 section 2.23.1: in transport mode behind a NAT the
+        // responder replaces our (private) address in TSi with the NAT's;
+        // our side of the SA stays our own address.
+        let behind_nat = transport && self.nat.is_some_and(|n| n.local_behind_nat);
         // RFC 7296 section 2.9: the responder may narrow, never widen, what we
         // proposed.
         if rtsi.is_empty()
             || rtsr.is_empty()
-            || !ts::is_subset(rtsi, tsi)
+            || !(behind_nat || ts::is_subset(rtsi, tsi))
             || !ts::is_subset(rtsr, tsr)
         {
             return Err(failed(NotifyType::TsUnacceptable));
         }
-        let transport =
-            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        let rtsi = if behind_nat { tsi } else { rtsi };
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
         let params = |direction, spi, keys| ChildSaParams {
@@ -1851,6 +1856,22 @@ impl IkeSa {
         let peer_spi = <[u8; 4]>::try_from(selected.proposal.spi.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| NotifyType::InvalidSyntax)?;
+        // RFC 7296 section 1.3.1: the responder that agrees to transport mode
+        // includes USE_TRANSPORT_MODE in its answer; without it the SA is in
+        // tunnel mode.
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        // RFC 7296 section 2.23.1: in transport mode, an initiator behind a
+        // NAT names its private address in TSi; the traffic comes from the
+        // address the IKE SA comes from, which replaces it.
+        let translated;
+        let tsi = match (transport, self.nat, self.remote) {
+            (true, Some(n), Some(remote)) if n.remote_behind_nat => {
+                translated = ts::with_address(tsi, remote.ip());
+                &translated[..]
+            }
+            _ => tsi,
+        };
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
         // policy; if nothing is left it answers TS_UNACCEPTABLE.
         let tsi = ts::narrow(tsi, &self.config.remote_ts);
@@ -1858,11 +1879,6 @@ impl IkeSa {
         if tsi.is_empty() || tsr.is_empty() {
             return Err(NotifyType::TsUnacceptable);
         }
-        // RFC 7296 section 1.3.1: the responder that agrees to transport mode
-        // includes USE_TRANSPORT_MODE in its answer; without it the SA is in
-        // tunnel mode.
-        let transport =
-            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)

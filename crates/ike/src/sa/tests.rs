@@ -1896,3 +1896,45 @@ fn endpoints_follow_an_ike_rekey() {
         Incoming::Dropped
     );
 }
+
+/// Transport mode through a NAT with host selectors (RFC 7296 section
+/// 2.23.1): the initiator offers its private address in TSi, the responder
+/// knows it by the NAT's address and substitutes it; each side's Child SA
+/// names the addresses it actually sees.
+#[test]
+fn transport_mode_selectors_through_a_nat() {
+    let inside = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let i = initiator_config().with_selectors(
+        vec![ts::host(inside, 17, 0, u16::MAX)],
+        vec![ts::host(IpAddr::V4(B), 17, 0, u16::MAX)],
+    );
+    let r = responder_config().with_selectors(
+        vec![ts::host(IpAddr::V4(B), 17, 0, u16::MAX)],
+        vec![ts::host(IpAddr::V4(A), 17, 0, u16::MAX)],
+    );
+    let (ini, res, ie, re, _) = nat_handshake(i.clone(), r.clone(), true);
+    assert!(
+        ini.is_established() && res.is_established(),
+        "{ie:?} {re:?}"
+    );
+    let (i_in, _) = Pair::child(&ie).expect("initiator Child SA");
+    let (r_in, _) = Pair::child(&re).expect("responder Child SA");
+    assert_eq!(i_in.local_ts, vec![ts::host(inside, 17, 0, u16::MAX)]);
+    assert_eq!(
+        r_in.remote_ts,
+        vec![ts::host(IpAddr::V4(A), 17, 0, u16::MAX)]
+    );
+    assert!(i_in.transport && r_in.transport && i_in.udp_encap);
+    // Without a NAT the same private-address offer is refused.
+    let (_, _, ie, _, _) = nat_handshake(i, r, false);
+    assert!(
+        ie.iter().any(|e| matches!(
+            e,
+            Event::Failed {
+                notify: NotifyType::TsUnacceptable,
+                ..
+            }
+        )),
+        "{ie:?}"
+    );
+}

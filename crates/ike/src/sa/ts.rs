@@ -33,6 +33,38 @@ pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> Tr
     }
 }
 
+/// The selectors with their addresses replaced by `addr` (one host), the
+/// protocols and ports kept; selectors of the other address family are
+/// dropped. RFC 7296 section 2.23.1: in transport mode behind a NAT, the
+/// initiator's TSi names its private address, which the responder
+/// replaces with the address the IKE SA comes from.
+pub fn with_address(selectors: &[TrafficSelector], addr: IpAddr) -> Vec<TrafficSelector> {
+    selectors
+        .iter()
+        .filter_map(|s| match (s.clone(), addr) {
+            (
+                TrafficSelector::Ipv4 {
+                    ip_protocol,
+                    start_port,
+                    end_port,
+                    ..
+                },
+                IpAddr::V4(_),
+            )
+            | (
+                TrafficSelector::Ipv6 {
+                    ip_protocol,
+                    start_port,
+                    end_port,
+                    ..
+                },
+                IpAddr::V6(_),
+            ) => Some(host(addr, ip_protocol, start_port, end_port)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The intersection of two protocol fields, 0 meaning any.
 fn protocol(a: u8, b: u8) -> Option<u8> {
     match (a, b) {
