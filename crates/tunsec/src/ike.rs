@@ -1042,24 +1042,31 @@ impl IkeDriver {
             .filter(on_esp)
             .map(|t| ([&NON_ESP_MARKER[..], &t.bytes].concat(), t.dst))
             .collect();
-        let mut refused = batch
-            .send(
-                &self.socket,
-                out.iter()
-                    .filter(|t| !on_esp(t))
-                    .map(|t| (&t.bytes[..], t.dst)),
+        let plain = batch.send(
+            &self.socket,
+            out.iter()
+                .filter(|t| !on_esp(t))
+                .map(|t| (&t.bytes[..], t.dst)),
+        );
+        let on_esp_port = if marked.is_empty() {
+            Default::default()
+        } else {
+            batch.send(
+                &self.sockets.esp,
+                marked.iter().map(|(b, dst)| (&b[..], *dst)),
             )
-            .refused;
-        if !marked.is_empty() {
-            refused += batch
-                .send(
-                    &self.sockets.esp,
-                    marked.iter().map(|(b, dst)| (&b[..], *dst)),
-                )
-                .refused;
-        }
-        if refused > 0 {
-            tracing::debug!(refused, "IKE: datagrams not sent");
+        };
+        for (port, r) in [("500", plain), ("ESP", on_esp_port)] {
+            if r.refused > 0 {
+                let dsts: Vec<SocketAddr> = out.iter().map(|t| t.dst).collect();
+                tracing::debug!(
+                    refused = r.refused,
+                    port,
+                    error = ?r.error.map(std::io::Error::from_raw_os_error),
+                    ?dsts,
+                    "IKE: datagrams not sent"
+                );
+            }
         }
     }
 }
