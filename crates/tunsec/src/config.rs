@@ -116,6 +116,21 @@ pub enum ChildMode {
     Tunnel,
 }
 
+/// The traffic selectors of the Child SAs negotiated with an IKE peer
+/// (RFC 7296 section 2.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildSelectors {
+    /// Host to host: the two underlay addresses, UDP, any port. The
+    /// default.
+    #[default]
+    Host,
+    /// Narrowed to the overlay's own datagrams: for each tunnel port P of
+    /// the peer's networks, `local[udp/P]` and `remote[udp/P]`. Tunnel
+    /// datagrams under such an SA leave from the tunnel port.
+    Ports,
+}
+
 /// What a peer's traffic on one network must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -208,6 +223,7 @@ struct RawIke {
     psk_file: Option<PathBuf>,
     psk_env: Option<String>,
     mode: Option<ChildMode>,
+    selectors: Option<ChildSelectors>,
     local_id: Option<String>,
     remote_id: Option<String>,
     ike_proposals: Option<Vec<String>>,
@@ -325,6 +341,9 @@ pub struct IkePeer {
     pub nat_keepalive: std::time::Duration,
     /// The ESP mode asked for (initiator) or accepted (responder).
     pub mode: ChildMode,
+    /// The traffic selectors offered (initiator) or narrowed to
+    /// (responder).
+    pub selectors: ChildSelectors,
 }
 
 impl fmt::Debug for IkePeer {
@@ -339,6 +358,7 @@ impl fmt::Debug for IkePeer {
             .field("ike_lifetime", &self.ike_lifetime)
             .field("nat_keepalive", &self.nat_keepalive)
             .field("mode", &self.mode)
+            .field("selectors", &self.selectors)
             .finish()
     }
 }
@@ -945,6 +965,7 @@ fn validate_ike(
         ike_lifetime,
         nat_keepalive,
         mode: raw.mode.unwrap_or_default(),
+        selectors: raw.selectors.unwrap_or_default(),
     })
 }
 
@@ -1396,6 +1417,31 @@ key_out = "b.out"
             .unwrap_err()
             .to_string();
         assert!(err.contains("mode") && err.contains("beet"), "{err}");
+    }
+
+    #[test]
+    fn ike_selectors_parse() {
+        let c = parse_ike(&ike_config(IKE_PEER), b"k").unwrap();
+        let selectors = |c: &Config| c.peers[0].ike.as_ref().unwrap().selectors;
+        assert_eq!(selectors(&c), ChildSelectors::Host);
+        for (text, want) in [
+            ("host", ChildSelectors::Host),
+            ("ports", ChildSelectors::Ports),
+        ] {
+            let c = parse_ike(
+                &ike_config(&format!("{IKE_PEER}selectors = \"{text}\"\n")),
+                b"k",
+            )
+            .unwrap();
+            assert_eq!(selectors(&c), want);
+        }
+        let err = parse_ike(
+            &ike_config(&format!("{IKE_PEER}selectors = \"any\"\n")),
+            b"k",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("selectors") && err.contains("any"), "{err}");
     }
 
     /// Parses with a fake environment that holds `vars`.

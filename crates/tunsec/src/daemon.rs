@@ -529,6 +529,13 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
             }
             .to_owned(),
         ),
+        selectors: (!sa.selectors().is_empty()).then(|| {
+            sa.selectors()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
         state: match sa.lifetime_state() {
             LifetimeState::Live => "live",
             LifetimeState::Soft => "soft",

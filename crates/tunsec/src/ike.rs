@@ -49,13 +49,14 @@ use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
 use tunsec_datapath::overlay::InboundEntry;
 use tunsec_datapath::worker::{Shared, Sockets};
 use tunsec_esp::{Mode, Sa};
+use tunsec_ike::message::TrafficSelector;
 use tunsec_ike::sa::{
     ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
     ts,
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
-use crate::config::{ChildMode, Config, EspEncapsulation, IkePeer};
+use crate::config::{ChildMode, ChildSelectors, Config, EspEncapsulation, IkePeer, PolicyKind};
 use crate::status::IkeStatus;
 
 /// The IKE port (RFC 7296 section 2).
@@ -104,6 +105,47 @@ pub enum IkeCommand {
     RekeyIke(usize),
 }
 
+/// The tunnel ports of a peer's `networks` (by name), sorted, each once.
+fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> {
+    let mut ports: Vec<u16> = networks
+        .iter()
+        .filter_map(|(name, _)| config.networks.iter().find(|n| &n.name == name))
+        .map(|n| n.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Our TSi and TSr (as initiator; as responder, what we narrow the
+/// peer's offer to) between the underlay addresses `local` and `remote`.
+///
+/// `Host`: UDP, any port, one selector each side. `Ports`: for each tunnel
+/// port P, `local[udp/P]` and `remote[udp/P]`. RFC 7296 section 2.9: TSi
+/// and TSr are sets and the Child SA covers traffic between any entry of
+/// one and any entry of the other, so with several ports it also admits
+/// a datagram from one tunnel port to another (VXLAN's 4789 to Geneve's
+/// 6081, say); such a datagram reaches the network of its destination
+/// port, as it would from any source port under `Host`. Exact pairs would
+/// need one Child SA per port.
+fn selectors(
+    local: IpAddr,
+    remote: IpAddr,
+    kind: ChildSelectors,
+    ports: &[u16],
+) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+    match kind {
+        ChildSelectors::Host => (
+            vec![ts::host(local, 17, 0, u16::MAX)],
+            vec![ts::host(remote, 17, 0, u16::MAX)],
+        ),
+        ChildSelectors::Ports => (
+            ports.iter().map(|&p| ts::host(local, 17, p, p)).collect(),
+            ports.iter().map(|&p| ts::host(remote, 17, p, p)).collect(),
+        ),
+    }
+}
+
 /// One peer's IKE bookkeeping.
 struct PeerIke {
     /// The index in the config's (and the tables') peers.
@@ -111,6 +153,9 @@ struct PeerIke {
     name: String,
     addr: SocketAddr,
     ike: IkePeer,
+    /// The tunnel ports of the networks the peer carries, sorted, each
+    /// once: what `selectors = "ports"` narrows the Child SA to.
+    tunnel_ports: Vec<u16>,
     /// We initiate (our underlay address is the lower one).
     initiator: bool,
     /// The current IKE SA, if any.
@@ -186,6 +231,7 @@ impl IkeDriver {
                     name: p.name.clone(),
                     addr: SocketAddr::new(p.underlay, IKE_PORT),
                     ike: ike.clone(),
+                    tunnel_ports: tunnel_ports(config, &p.networks),
                     initiator: local < p.underlay,
                     handle: None,
                     incoming: None,
@@ -234,21 +280,24 @@ impl IkeDriver {
     }
 
     fn ike_config(local: IpAddr, peer: &PeerIke, esp_port: Option<u16>) -> IkeConfig {
-        // Host to host, UDP, any port: the overlay's tunnel datagrams
-        // between the two underlay addresses, in transport mode unless the
-        // config asks for tunnel mode. RFC 7296 section 1.3.1: an
-        // initiator asks for transport mode with USE_TRANSPORT_MODE; a
-        // responder that allows it follows the request, and one without it
-        // answers in tunnel mode.
+        // The overlay's tunnel datagrams between the two underlay
+        // addresses (`selectors`), in transport mode unless the config
+        // asks for tunnel mode. RFC 7296 section 1.3.1: an initiator asks
+        // for transport mode with USE_TRANSPORT_MODE; a responder that
+        // allows it follows the request, and one without it answers in
+        // tunnel mode.
+        let (local_ts, remote_ts) = selectors(
+            local,
+            peer.addr.ip(),
+            peer.ike.selectors,
+            &peer.tunnel_ports,
+        );
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
             Some(peer.ike.remote_id.clone()),
             peer.ike.psk.clone(),
         )
-        .with_selectors(
-            vec![ts::host(local, 17, 0, u16::MAX)],
-            vec![ts::host(peer.addr.ip(), 17, 0, u16::MAX)],
-        );
+        .with_selectors(local_ts, remote_ts);
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
@@ -1128,5 +1177,23 @@ mod test {
             group: DhGroup::Modp2048,
         };
         assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
+    }
+
+    #[test]
+    fn selectors_host_and_ports() {
+        use super::{ChildSelectors, selectors, ts};
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (l, r) = selectors(a, b, ChildSelectors::Host, &[4789, 6081]);
+        assert_eq!(l, vec![ts::host(a, 17, 0, u16::MAX)]);
+        assert_eq!(r, vec![ts::host(b, 17, 0, u16::MAX)]);
+        let (l, r) = selectors(a, b, ChildSelectors::Ports, &[4789, 6081]);
+        assert_eq!(
+            l,
+            vec![ts::host(a, 17, 4789, 4789), ts::host(a, 17, 6081, 6081)]
+        );
+        assert_eq!(
+            r,
+            vec![ts::host(b, 17, 4789, 4789), ts::host(b, 17, 6081, 6081)]
+        );
     }
 }

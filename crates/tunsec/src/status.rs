@@ -145,6 +145,11 @@ pub struct SaStatus {
     /// `transport` or `tunnel` (absent from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The traffic selectors, strongSwan-style (`192.0.2.1/32[udp/4789]
+    /// === 192.0.2.2/32[udp/4789]`), comma-separated; absent for SAs
+    /// without selectors (manual keys) and from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selectors: Option<String>,
     /// `live`, `soft` (rekey due) or `expired`.
     pub state: String,
     /// Packets processed.
@@ -274,6 +279,9 @@ impl Status {
                         drops.join(" ")
                     }
                 );
+                if let Some(ts) = &sa.selectors {
+                    let _ = writeln!(s, "        selectors {ts}");
+                }
             }
         }
         let drops: Vec<String> = self

@@ -34,6 +34,10 @@
 //! - `ike_rekeys_under_traffic` and `ike_tcp_across_rekeys`: Child SA and
 //!   IKE SA rekeys (by lifetime and by `tunsec rekey [--ike]`) under pings
 //!   and a TCP transfer, without a drop.
+//! - `ike_port_selectors` and `ike_mixed_selectors_narrow_to_ports`:
+//!   `selectors = "ports"` narrows the Child SA to the tunnel ports
+//!   (VXLAN and Geneve); traffic flows, sent from the tunnel port, and a
+//!   `host` side is narrowed by a `ports` side either way round.
 //!
 //! They need root, iproute2, ping, tshark (dumpcap) and nftables; they fail, never
 //! skip, when something is missing.
@@ -1415,4 +1419,214 @@ fn ike_behind_nat() {
         );
         Ok(())
     });
+}
+
+/// The selectors a host shows on its SAs with `peer`, each SA's once
+/// (`None` if it has no SA pair yet).
+fn sa_selectors(s: &Status, peer: &str) -> Option<Vec<String>> {
+    let p = s.peers.iter().find(|p| p.name == peer)?;
+    (p.sas.len() == 2).then(|| {
+        p.sas
+            .iter()
+            .map(|sa| sa.selectors.clone().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Adds network `green` (Geneve, VNI 200, port 6081) to a config written
+/// by [`write_config_with`], carried by its peer.
+fn add_geneve_network(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    ensure!(text.contains("networks = [\"blue\"]"), "{text}");
+    let text = text.replace("networks = [\"blue\"]", "networks = [\"blue\", \"green\"]")
+        + "\n[[network]]\nname = \"green\"\nvni = 200\nencapsulation = \"geneve\"\n";
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
+/// The TCP transfer of [`TCP_CLIENT`] from `t1` to `t2` for `secs`
+/// seconds, checked end to end by its digest.
+fn tcp_transfer(lab: &mut Lab, t1: &str, t2: &str, secs: &str) -> anyhow::Result<()> {
+    let server = lab.dir.path().join("server.py");
+    let client = lab.dir.path().join("client.py");
+    std::fs::write(&server, TCP_SERVER)?;
+    std::fs::write(&client, TCP_CLIENT)?;
+    let server_log = lab.spawn(
+        "server",
+        t2,
+        Path::new("python3"),
+        &[&server.to_string_lossy()],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = exec_output(t1, "python3", &[&client.to_string_lossy(), secs])?;
+    ensure!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    lab.wait_for("the server's digest", Duration::from_secs(30), || {
+        std::fs::read_to_string(&server_log).is_ok_and(|s| !s.trim().is_empty())
+    })?;
+    let received = std::fs::read_to_string(&server_log)?.trim().to_owned();
+    eprintln!("  TCP: sent {sent}; received {received}");
+    ensure!(received == sent, "sent {sent}, received {received}");
+    Ok(())
+}
+
+/// Both hosts with `selectors = "ports"` and two networks (VXLAN 4789,
+/// Geneve 6081): the Child SAs are narrowed to the tunnel ports (status
+/// shows `[udp/4789]` and `[udp/6081]` on both sides, their cross
+/// product), tenants ping each other and move data over TCP, nothing is
+/// dropped for being outside the selectors (so each side sends from the
+/// tunnel port, which the other enforces), and the underlay carries only
+/// IKE, ESP in UDP and ARP.
+#[test]
+fn ike_port_selectors() {
+    with_lab("tsike-ts", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        let ports = "selectors = \"ports\"\n";
+        let c1 = write_config_with(lab, 1, 2, "port-selectors", ports)?;
+        let c2 = write_config_with(lab, 2, 1, "port-selectors", ports)?;
+        add_geneve_network(&c1)?;
+        add_geneve_network(&c2)?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+
+        let narrowed = |s: &Status, peer: &str| {
+            sa_selectors(s, peer).is_some_and(|sel| {
+                sel.iter().all(|t| {
+                    t.split(", ").count() == 4
+                        && t.contains("[udp/4789] === ")
+                        && t.contains("[udp/6081] === ")
+                        && t.ends_with("[udp/6081]")
+                        && !t.contains("[udp] ")
+                })
+            })
+        };
+        wait_status(lab, "port-narrowed Child SAs", |s1, s2| {
+            Ok(ike_of(s1, "h2")?.state == "established"
+                && ike_of(s2, "h1")?.state == "established"
+                && narrowed(s1, "h2")
+                && narrowed(s2, "h1"))
+        })?;
+        let s1 = status(lab, 1)?;
+        let rendered = s1.render();
+        eprintln!("{rendered}");
+        ensure!(
+            rendered.contains("selectors 192.0.2.1/32[udp/4789] === 192.0.2.2/32[udp/4789]"),
+            "status does not show the selectors:\n{rendered}"
+        );
+        phase(lab, "IKE up, narrowed to the tunnel ports", t0);
+
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        phase(lab, "pings", t0);
+        tcp_transfer(lab, &t1, &t2, "3")?;
+        phase(lab, "TCP", t0);
+        stop_capture(lab, "capture");
+
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
+            let rendered = s.render();
+            for reason in ["selector", "policy", "no_sa", "malformed"] {
+                ensure!(
+                    s.drops[reason] == 0,
+                    "{}: {reason} drops:\n{rendered}",
+                    s.node.name
+                );
+            }
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            for sa in &p.sas {
+                ensure!(
+                    sa.packets > 100 && sa.drops.values().all(|&d| d == 0),
+                    "{}: {sa:?}",
+                    s.node.name
+                );
+            }
+        }
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .collect();
+        let esp = frames.iter().filter(|f| f.is_esp_in_udp()).count();
+        eprintln!(
+            "  capture: {} frames, {esp} ESP, {} other, marker {leaked} times",
+            frames.len(),
+            other.len()
+        );
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE, ESP in UDP nor ARP:{}",
+            other.len(),
+            describe(&other)
+        );
+        ensure!(esp >= 100, "only {esp} ESP frames");
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the underlay capture"
+        );
+        Ok(())
+    });
+}
+
+/// One host with `selectors = "ports"`, the other host to host: the
+/// responder narrows (h2 configured for ports narrows h1's host-to-host
+/// offer) or keeps (h2 host to host accepts h1's port offer), so both
+/// sides end with `[udp/4789]` selectors, send from port 4789, and
+/// traffic flows with no `selector` drops.
+#[test]
+fn ike_mixed_selectors_narrow_to_ports() {
+    for (prefix, extra1, extra2) in [
+        ("tsike-ts1", "selectors = \"ports\"\n", ""),
+        ("tsike-ts2", "", "selectors = \"ports\"\n"),
+    ] {
+        with_lab(prefix, |lab| {
+            let ul = add_underlay(lab)?;
+            let h1 = add_host(lab, &ul, "h1", 1)?;
+            let h2 = add_host(lab, &ul, "h2", 2)?;
+            let c1 = write_config_with(lab, 1, 2, "mixed-selectors", extra1)?;
+            let c2 = write_config_with(lab, 2, 1, "mixed-selectors", extra2)?;
+            start_tunsecd(lab, &h1, 1, &c1)?;
+            start_tunsecd(lab, &h2, 2, &c2)?;
+            let want = |a: u8, b: u8| {
+                format!(
+                    "{}/32[udp/4789] === {}/32[udp/4789]",
+                    host_addr(a),
+                    host_addr(b)
+                )
+            };
+            wait_status(lab, "port-narrowed Child SAs", |s1, s2| {
+                Ok(
+                    sa_selectors(s1, "h2").is_some_and(|v| v.iter().all(|t| *t == want(1, 2)))
+                        && sa_selectors(s2, "h1")
+                            .is_some_and(|v| v.iter().all(|t| *t == want(2, 1))),
+                )
+            })?;
+            let t1 = add_tenant(lab, &h1, 1, TAP)?;
+            let t2 = add_tenant(lab, &h2, 2, TAP)?;
+            ping_ok(&t1, &tenant_addr(2))?;
+            ping_ok(&t2, &tenant_addr(1))?;
+            for n in [1, 2] {
+                let s = status(lab, n)?;
+                ensure!(
+                    s.drops["selector"] == 0,
+                    "{}: selector drops:\n{}",
+                    s.node.name,
+                    s.render()
+                );
+            }
+            Ok(())
+        });
+    }
 }

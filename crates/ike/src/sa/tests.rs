@@ -259,6 +259,91 @@ fn responder_narrows_selectors() {
     assert_eq!(i_in.remote_ts, vec![ts::host(b, 17, 4789, 4789)]);
 }
 
+/// tunsecd's `[peer.ike] selectors = "ports"`: for each tunnel port P,
+/// `addr[udp/P]`.
+fn port_ts(addr: IpAddr, ports: &[u16]) -> Vec<TrafficSelector> {
+    ports.iter().map(|&p| ts::host(addr, 17, p, p)).collect()
+}
+
+/// A responder configured host to host (UDP, any port) accepts an
+/// initiator's offer narrowed to the overlay's ports as it is: both sides
+/// end with the port selectors, and the ESP engine gets their cross
+/// product (RFC 7296 section 2.9: any TSi entry with any TSr entry).
+#[test]
+fn host_responder_keeps_port_offer() {
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let ports = [4789, 6081];
+    let i = initiator_config().with_selectors(port_ts(a, &ports), port_ts(b, &ports));
+    let r = responder_config().with_selectors(
+        vec![ts::host(b, 17, 0, u16::MAX)],
+        vec![ts::host(a, 17, 0, u16::MAX)],
+    );
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let (i_in, _, r_in, _) = assert_established(&p);
+    assert_eq!(i_in.local_ts, port_ts(a, &ports));
+    assert_eq!(i_in.remote_ts, port_ts(b, &ports));
+    assert_eq!(r_in.local_ts, port_ts(b, &ports));
+    let sel = r_in.sa_config().selectors;
+    assert_eq!(sel.len(), 4);
+    let pairs: Vec<(u16, u16)> = sel
+        .iter()
+        .map(|s| (s.local_ports.start, s.remote_ports.start))
+        .collect();
+    assert_eq!(
+        pairs,
+        [(4789, 4789), (4789, 6081), (6081, 4789), (6081, 6081)]
+    );
+    assert!(sel.iter().all(|s| s.protocol == Some(17)));
+}
+
+/// The reverse: a responder configured with the overlay's ports narrows a
+/// host-to-host offer to them (RFC 7296 section 2.9), and the initiator
+/// takes the narrowed selectors (a subset of its offer).
+#[test]
+fn port_responder_narrows_host_offer() {
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let ports = [4789, 6081];
+    let i = initiator_config().with_selectors(
+        vec![ts::host(a, 17, 0, u16::MAX)],
+        vec![ts::host(b, 17, 0, u16::MAX)],
+    );
+    let r = responder_config().with_selectors(port_ts(b, &ports), port_ts(a, &ports));
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let (i_in, i_out, r_in, _) = assert_established(&p);
+    assert_eq!(i_in.local_ts, port_ts(a, &ports));
+    assert_eq!(i_in.remote_ts, port_ts(b, &ports));
+    assert_eq!(r_in.remote_ts, port_ts(a, &ports));
+    // The initiator's outbound SA: from A's tunnel ports to B's.
+    let flow = |sport, dport| tunsec_esp::FlowKey {
+        src: a,
+        dst: b,
+        protocol: 17,
+        src_port: Some(sport),
+        dst_port: Some(dport),
+    };
+    let sel = i_out.sa_config().selectors;
+    let covers = |f: &tunsec_esp::FlowKey| sel.iter().any(|s| s.matches_outbound(f));
+    assert!(covers(&flow(4789, 4789)) && covers(&flow(6081, 4789)));
+    assert!(!covers(&flow(50000, 4789)) && !covers(&flow(4789, 6080)));
+
+    // A rekey keeps them: the initiator offers host to host again and the
+    // responder narrows again.
+    p.initiator.rekey_child(p.now).unwrap();
+    p.drive();
+    let rekeyed = p
+        .i_events
+        .iter()
+        .find_map(|e| match e {
+            Event::ChildSaRekeyed { inbound, .. } => Some(inbound.clone()),
+            _ => None,
+        })
+        .expect("ChildSaRekeyed");
+    assert_eq!(rekeyed.local_ts, port_ts(a, &ports));
+    assert_eq!(rekeyed.remote_ts, port_ts(b, &ports));
+}
+
 /// Selectors without overlap: TS_UNACCEPTABLE; the IKE SA stands.
 #[test]
 fn ts_unacceptable() {

@@ -11,9 +11,11 @@ use crate::message::TrafficSelector;
 /// port range (`0..=65535` for any).
 ///
 /// For the overlay, a VXLAN peer is `host(addr, 17, 4789, 4789)` when only
-/// its tunnel port is to be protected; since each side sends to the other's
-/// port 4789 from per-flow source ports, a Child SA that carries both
-/// directions needs any port on at least one side of each pair.
+/// its tunnel port is to be protected. Such a selector on both sides
+/// covers only datagrams whose source port is 4789 too, so the senders
+/// must not use per-flow source ports (tunsecd then sends from the tunnel
+/// port; a kernel vxlan device needs `srcport 4789 4790`); host to host,
+/// `host(addr, 17, 0, 65535)`, covers any port.
 pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> TrafficSelector {
     match addr {
         IpAddr::V4(a) => TrafficSelector::Ipv4 {
