@@ -162,6 +162,8 @@ struct RawConfig {
     #[serde(default)]
     esp: RawEsp,
     #[serde(default)]
+    offload: RawOffload,
+    #[serde(default)]
     network: Vec<RawNetwork>,
     #[serde(default)]
     peer: Vec<RawPeer>,
@@ -182,6 +184,13 @@ struct RawEsp {
     encapsulation: Option<EspEncapsulation>,
     port: Option<u16>,
     replay_window: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffload {
+    tap: Option<bool>,
+    gro: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +261,8 @@ pub struct Config {
     pub node: Node,
     /// ESP settings shared by every peer.
     pub esp: EspSettings,
+    /// Which offloads the data path uses.
+    pub offload: Offload,
     /// The virtual networks, in file order.
     pub networks: Vec<Network>,
     /// The peers, in file order.
@@ -269,6 +280,19 @@ pub struct Node {
     pub control_socket: PathBuf,
     /// The underlay MTU that `mtu = "auto"` starts from.
     pub underlay_mtu: u16,
+}
+
+/// The data path's offloads, each of which can be turned off (kernels have
+/// had offload bugs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// TAP devices with a virtio-net header, TCP segmentation and checksum
+    /// offload: the kernel hands over 64 KB TCP super-frames, which the
+    /// transmit worker cuts into wire frames.
+    pub tap: bool,
+    /// Coalesce received TCP frames of one flow into super-frames before
+    /// writing them to the TAP device (needs `tap`).
+    pub gro: bool,
 }
 
 /// ESP settings.
@@ -518,9 +542,25 @@ impl Config {
             }
             peers.push(peer);
         }
+        let offload = Offload {
+            tap: raw.offload.tap.unwrap_or(true),
+            gro: raw.offload.gro.unwrap_or(true),
+        };
+        if offload.gro && !offload.tap && raw.offload.gro == Some(true) {
+            return Err(invalid(
+                "offload.gro",
+                true,
+                "needs offload.tap = true (coalesced frames travel behind a virtio-net header)",
+            ));
+        }
+        let offload = Offload {
+            gro: offload.gro && offload.tap,
+            ..offload
+        };
         Ok(Self {
             node,
             esp,
+            offload,
             networks,
             peers,
         })
@@ -1141,6 +1181,11 @@ key_out = "b.out"
 
     #[test]
     fn errors_name_the_field_and_value() {
+        assert_invalid(
+            &format!("{BASE}\n[offload]\ntap = false\ngro = true\n"),
+            "offload.gro",
+            "true",
+        );
         assert_invalid(
             &BASE.replace("vni = 100", "vni = 16777216"),
             "network[0].vni",
