@@ -167,7 +167,17 @@ pub struct Sockets {
 /// over a TCP super-frame of up to 64 KB: it is cut into wire frames
 /// ([`offload::Segmenter`]), each then sent like any other frame; a plain
 /// frame with a partial checksum gets it completed first.
-pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: Arc<Sockets>) {
+///
+/// With `udp_gso`, the ESP datagrams of a batch leave through UDP
+/// generic segmentation offload ([`Batch::send_gso`]): a run of equal
+/// datagrams to one peer (what a segmented TCP super-frame becomes) is one
+/// message. If the kernel refuses it, GSO is turned off for good.
+pub fn run_tx(
+    shared: Arc<Shared>,
+    devices: Vec<Arc<dyn FrameDevice>>,
+    sockets: Arc<Sockets>,
+    udp_gso: bool,
+) {
     let fds: Vec<RawFd> = devices.iter().map(|d| d.fd()).collect();
     let mut poller = Poller::new(&fds);
     let mut tx = Tx {
@@ -177,6 +187,7 @@ pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
         pending: Vec::with_capacity(BATCH),
         pending_buf: Vec::with_capacity(BATCH),
         batch: Batch::new(BATCH),
+        udp_gso: udp_gso && sockets.esp.kind() == crate::io::socket::SocketKind::Udp,
     };
     // One super-frame read from a device with a virtio-net header.
     let mut big = if devices.iter().any(|d| d.vnet_hdr()) {
@@ -270,6 +281,8 @@ struct Tx {
     pending: Vec<Transmit>,
     pending_buf: Vec<usize>,
     batch: Batch,
+    /// Send ESP with UDP GSO.
+    udp_gso: bool,
 }
 
 impl Tx {
@@ -281,15 +294,59 @@ impl Tx {
     }
 
     fn flush(&mut self, shared: &Shared, sockets: &Sockets) {
-        flush(
-            shared,
-            sockets,
-            &mut self.batch,
-            &self.pool,
-            &mut self.pending,
-            &mut self.pending_buf,
-        );
+        if self.udp_gso {
+            self.flush_gso(shared, sockets);
+        } else {
+            flush(
+                shared,
+                sockets,
+                &mut self.batch,
+                &self.pool,
+                &mut self.pending,
+                &mut self.pending_buf,
+            );
+        }
         self.used = 0;
+    }
+
+    /// [`flush`] with the ESP datagrams through UDP GSO.
+    fn flush_gso(&mut self, shared: &Shared, sockets: &Sockets) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut esp: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
+        let mut n = 0;
+        for (tx, &b) in self.pending.iter().zip(&self.pending_buf) {
+            if tx.via == Via::Esp && n < BATCH {
+                esp[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
+                n += 1;
+            }
+        }
+        let r = self.batch.send_gso(&sockets.esp, &esp[..n]);
+        if r.gso_failed {
+            tracing::warn!(
+                error = ?r.error.map(io::Error::from_raw_os_error),
+                "the kernel refused UDP GSO; sending ESP datagram by datagram from now on"
+            );
+            self.udp_gso = false;
+        }
+        let mut refused = r.refused;
+        let datagrams = |via: Via| {
+            self.pending
+                .iter()
+                .zip(self.pending_buf.iter())
+                .filter(move |(tx, _)| tx.via == via)
+                .map(|(tx, &b)| (&self.pool[b][tx.start..tx.end], tx.dst))
+        };
+        for (port, sock) in &sockets.tunnels {
+            refused += self.batch.send(sock, datagrams(Via::Tunnel(*port))).refused;
+        }
+        for _ in 0..refused {
+            shared.stats.drop(Drop::Send);
+        }
+        self.pending.clear();
+        self.pending_buf.clear();
     }
 
     /// Sends the frame at `pool[used][HEADROOM..HEADROOM + len]` of network

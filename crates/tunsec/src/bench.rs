@@ -63,8 +63,9 @@ pub struct BenchArgs {
     pub seconds: u32,
     /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
     /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
-    /// tunsec-aes256-sha256, tunsec-aes128gcm16-nogro,
-    /// tunsec-aes128gcm16-nooffload, wireguard-go, boringtun. Default: all.
+    /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgso,
+    /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
+    /// wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     pub cases: Vec<String>,
     /// Print the results as JSON instead of a table (progress still goes
@@ -107,6 +108,8 @@ enum Kind {
 enum Offloads {
     /// The defaults: TAP TSO and checksum offload, and GRO.
     All,
+    /// TAP offloads and GRO, no UDP GSO.
+    NoUdpGso,
     /// TAP offloads, no GRO.
     NoGro,
     /// Neither.
@@ -118,6 +121,7 @@ impl Offloads {
     fn suffix(self) -> &'static str {
         match self {
             Self::All => "",
+            Self::NoUdpGso => "-noudpgso",
             Self::NoGro => "-nogro",
             Self::None => "-nooffload",
         }
@@ -127,8 +131,9 @@ impl Offloads {
     fn config(self) -> &'static str {
         match self {
             Self::All => "",
+            Self::NoUdpGso => "\n[offload]\nudp_gso = false\n",
             Self::NoGro => "\n[offload]\ngro = false\n",
-            Self::None => "\n[offload]\ntap = false\ngro = false\n",
+            Self::None => "\n[offload]\ntap = false\ngro = false\nudp_gso = false\n",
         }
     }
 }
@@ -147,7 +152,8 @@ impl Kind {
         );
         // The gain of each offload, with the suite of the targets.
         v.extend(
-            [Offloads::NoGro, Offloads::None].map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
+            [Offloads::NoUdpGso, Offloads::NoGro, Offloads::None]
+                .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
         );
         v.extend(Peer::ALL.into_iter().map(Self::Peer));
         v
@@ -175,8 +181,9 @@ impl Kind {
                 "tunsecd, policy require, {s}: VXLAN in ESP in UDP, manual random keys{}",
                 match o {
                     Offloads::All => "",
+                    Offloads::NoUdpGso => ", without UDP GSO",
                     Offloads::NoGro => ", TAP offloads without GRO",
-                    Offloads::None => ", no TAP offloads",
+                    Offloads::None => ", no offloads",
                 }
             ),
             Self::Peer(p) => p.description().to_owned(),
@@ -993,6 +1000,7 @@ mod test {
                 "tunsec-aes256gcm16",
                 "tunsec-chacha20poly1305",
                 "tunsec-aes256-sha256",
+                "tunsec-aes128gcm16-noudpgso",
                 "tunsec-aes128gcm16-nogro",
                 "tunsec-aes128gcm16-nooffload",
                 "wireguard-go",
@@ -1028,13 +1036,15 @@ mod test {
             let sa = c.peers[0].sa.as_ref().unwrap();
             assert_eq!(sa.suite, suite);
             assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
-            assert_eq!((c.offload.tap, c.offload.gro), (true, true));
-            for (o, tap, gro) in [
-                (Offloads::NoGro, true, false),
-                (Offloads::None, false, false),
+            let all = |c: &Config| (c.offload.tap, c.offload.gro, c.offload.udp_gso);
+            assert_eq!(all(&c), (true, true, true));
+            for (o, expect) in [
+                (Offloads::NoUdpGso, (true, true, false)),
+                (Offloads::NoGro, (true, false, true)),
+                (Offloads::None, (false, false, false)),
             ] {
                 let c = Config::parse(&(text.clone() + o.config()), dir.path()).unwrap();
-                assert_eq!((c.offload.tap, c.offload.gro), (tap, gro), "{o:?}");
+                assert_eq!(all(&c), expect, "{o:?}");
             }
         }
     }

@@ -191,6 +191,7 @@ struct RawEsp {
 struct RawOffload {
     tap: Option<bool>,
     gro: Option<bool>,
+    udp_gso: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +294,9 @@ pub struct Offload {
     /// Coalesce received TCP frames of one flow into super-frames before
     /// writing them to the TAP device (needs `tap`).
     pub gro: bool,
+    /// Send runs of equal ESP datagrams to one peer as one message with
+    /// UDP generic segmentation offload (`UDP_SEGMENT`).
+    pub udp_gso: bool,
 }
 
 /// ESP settings.
@@ -545,6 +549,7 @@ impl Config {
         let offload = Offload {
             tap: raw.offload.tap.unwrap_or(true),
             gro: raw.offload.gro.unwrap_or(true),
+            udp_gso: raw.offload.udp_gso.unwrap_or(true),
         };
         if offload.gro && !offload.tap && raw.offload.gro == Some(true) {
             return Err(invalid(

@@ -258,10 +258,11 @@ impl Daemon {
         }
         {
             let (s, d, k) = (shared.clone(), devices.clone(), sockets.clone());
+            let udp_gso = config.offload.udp_gso;
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-tx".into())
-                    .spawn(move || worker::run_tx(s, d, k))?,
+                    .spawn(move || worker::run_tx(s, d, k, udp_gso))?,
             );
         }
         {
