@@ -27,6 +27,8 @@ mod identity;
 mod key;
 mod peer;
 mod scheme;
+#[cfg(test)]
+mod strongswan;
 mod trust;
 
 #[cfg(test)]
