@@ -109,10 +109,14 @@ fn parse_crls(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
     use rustls_pki_types::CertificateRevocationListDer;
     use rustls_pki_types::pem::PemObject;
     if looks_like_pem(bytes) {
-        CertificateRevocationListDer::pem_slice_iter(bytes)
+        let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
             .map(|c| c.map(|c| c.as_ref().to_vec()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| CertError::Crl("PEM does not parse".into()))
+            .map_err(|_| CertError::Crl("PEM does not parse".into()))?;
+        if crls.is_empty() {
+            return Err(CertError::Crl("no X509 CRL in the PEM".into()));
+        }
+        Ok(crls)
     } else {
         Ok(vec![bytes.to_vec()])
     }
@@ -271,8 +275,12 @@ fn map_webpki(e: webpki::Error) -> CertError {
         | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
             CertError::UnsupportedAlgorithm(format!("certificate signature: {e}"))
         }
-        E::RequiredEkuNotFoundContext(_) | E::CaUsedAsEndEntity | E::EndEntityUsedAsCa => {
-            CertError::KeyUsage(format!("{e}"))
+        E::RequiredEkuNotFoundContext(_) => {
+            CertError::KeyUsage("extended key usage does not allow IKE".into())
+        }
+        E::CaUsedAsEndEntity => CertError::KeyUsage("a CA certificate used as a peer's".into()),
+        E::EndEntityUsedAsCa => {
+            CertError::KeyUsage("an end-entity certificate used as a CA".into())
         }
         E::InvalidCrlSignatureForPublicKey
         | E::IssuerNotCrlSigner
@@ -427,6 +435,11 @@ mod tests {
         );
         assert!(matches!(
             Trust::ca(&[root_pem.as_bytes()], &[b"not a CRL"]),
+            Err(CertError::Crl(_))
+        ));
+        // A certificate given as a CRL.
+        assert!(matches!(
+            Trust::ca(&[root_pem.as_bytes()], &[root_pem.as_bytes()]),
             Err(CertError::Crl(_))
         ));
     }
