@@ -130,3 +130,34 @@ fn cert_openssl_signatures_verify() {
         assert!(key.verify(method, &data, b"other").is_err(), "{method:?}");
     }
 }
+
+/// strongSwan builds its RFC 7427 AlgorithmIdentifiers and its certificate
+/// signature algorithms with the same code: the ones in its certificates
+/// must be our Appendix A byte strings.
+#[test]
+fn cert_strongswan_algorithm_identifiers_match_rfc7427() {
+    let cases: [(&[u8], SignatureScheme); 3] = [
+        (pki!("node-ecdsa.pem"), SignatureScheme::EcdsaSha256),
+        (pki!("node-rsa.pem"), SignatureScheme::RsaPssSha256),
+        (pki!("ca-rsa.pem"), SignatureScheme::RsaPkcs1Sha256),
+    ];
+    for (pem, scheme) in cases {
+        let der = &parse_certificates(pem).unwrap()[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
+        // signatureValue }: the AlgorithmIdentifier follows the TBS.
+        let header = if der[1] & 0x80 != 0 {
+            2 + usize::from(der[1] & 0x7f)
+        } else {
+            2
+        };
+        let start = header + cert.tbs_certificate.as_ref().len();
+        let id = scheme.algorithm_identifier();
+        assert_eq!(
+            &der[start..start + id.len()],
+            id,
+            "{scheme}: {}",
+            scheme::hex_string(&der[start..start + id.len()])
+        );
+    }
+}
