@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::X509Certificate;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::CertError;
 use crate::message::Identity;
@@ -125,8 +125,6 @@ pub(crate) fn describe(id: &Identity) -> String {
         Identity::Other { id_type, .. } => format!("ID type {id_type:?}"),
     }
 }
-
-use x509_parser::prelude::FromDer;
 
 #[cfg(test)]
 mod tests {
