@@ -91,7 +91,8 @@ impl PeerPublicKey {
     ///   sign a prefix chosen in advance, and the signed octets carry our
     ///   fresh nonce. We never sign with it.
     ///
-    /// Other methods are [`CertError::UnsupportedAlgorithm`].
+    /// RSA keys must have 2048 to 8192 bits. Other methods are
+    /// [`CertError::UnsupportedAlgorithm`].
     pub fn verify(
         &self,
         method: AuthMethod,
