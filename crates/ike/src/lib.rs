@@ -19,9 +19,12 @@
 //!   SA, with retransmission (sections 1.2, 2.1, 2.9, 2.15, 2.17), and
 //!   [`sa::Endpoint`], many IKE SAs behind one socket, with cookies under
 //!   load (section 2.6).
+//! - [`cert`]: certificates and signature authentication (RFC 7427, RFC
+//!   4754, RFC 4945): keys, AUTH data, trust per peer, peer validation.
 
 #![forbid(unsafe_code)]
 
+pub mod cert;
 pub mod crypto;
 mod error;
 pub mod message;

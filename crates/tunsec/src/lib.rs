@@ -11,6 +11,7 @@
 //! - [`demo`]: `tunsec demo`.
 //! - [`bench`]: `tunsec bench`.
 //! - [`netns`]: network namespaces for the demo and the tests.
+//! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
 
 #![forbid(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod daemon;
 pub mod demo;
 pub mod ike;
 pub mod netns;
+pub mod pki;
 pub mod status;

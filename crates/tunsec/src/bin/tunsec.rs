@@ -61,6 +61,8 @@ enum Command {
     /// installed) in network namespaces on this machine (needs root and
     /// iperf3).
     Bench(tunsec::bench::BenchArgs),
+    /// A small CA: init-ca, issue, show, verify (PEM; keys mode 0600).
+    Pki(tunsec::pki::PkiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +111,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunsec demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Pki(pki) => {
+            return match tunsec::pki::run(&pki, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunsec pki: {e:#}");
                     ExitCode::FAILURE
                 }
             };
