@@ -2,9 +2,11 @@
 //! primitives against a real Linux TAP device with `IFF_VNET_HDR`.
 //!
 //! - `offload_frames segment < buf`: `buf` is what one `read()` from the
-//!   TAP returned (virtio-net header, then the frame). Prints
-//!   `segments N payload B` once every segment's IPv4 and TCP checksums
-//!   verify, or the error.
+//!   TAP returned (virtio-net header, then the frame). A GSO frame is cut
+//!   with the segmenter: prints `segments N payload B` once every
+//!   segment's IPv4 and TCP checksums verify, or the error. Any other
+//!   frame gets `complete_checksum`: prints `single payload B` once its
+//!   checksums verify.
 //! - `offload_frames coalesce LEN MSS < template`: `template` is an
 //!   Ethernet + IP + TCP frame without payload (the next segment the
 //!   script would send). Builds a super-frame with `LEN` payload bytes
@@ -16,7 +18,9 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 
 use tunsec_datapath::offload::vnet::F_NEEDS_CSUM;
-use tunsec_datapath::offload::{Coalescer, GsoType, Segmenter, TapFrame, VnetHeader};
+use tunsec_datapath::offload::{
+    Coalescer, GsoType, Segmenter, TapFrame, VnetHeader, complete_checksum,
+};
 use tunsec_wire::ethernet::{self, EtherType};
 use tunsec_wire::{ipv4, ipv6, tcp};
 
@@ -42,6 +46,15 @@ fn locate(frame: &[u8]) -> (usize, usize, bool, IpAddr, IpAddr) {
 
 fn segment(input: &[u8]) {
     let (hdr, frame) = VnetHeader::split(input).expect("virtio-net header");
+    if !hdr.is_gso() {
+        let mut frame = frame.to_vec();
+        complete_checksum(&hdr, &mut frame).expect("complete_checksum");
+        let (_, l4, _, src, dst) = locate(&frame);
+        let t = tcp::Packet::new_checked(&frame[l4..]).expect("TCP");
+        assert!(t.verify_checksum(src, dst), "TCP checksum after completion");
+        println!("single payload {} ({hdr:?})", t.payload().len());
+        return;
+    }
     let mut seg = match Segmenter::new(&hdr, frame) {
         Ok(seg) => seg,
         Err(e) => {
