@@ -19,7 +19,7 @@ use tunsec_esp::{Mode, PacketBuf, Suite};
 use tunsec_fuzz::{Config, LOCAL4, LOCAL6, Layer, ModeKind, REMOTE4, REMOTE6, RoundTripInput};
 use tunsec_wire::ethernet::{self, EtherType, EthernetAddress, VlanTag};
 use tunsec_wire::ip::IpProtocol;
-use tunsec_wire::{esp, geneve, gue, ipv4, ipv6, natt, udp, vxlan};
+use tunsec_wire::{esp, geneve, gue, ipv4, ipv6, natt, tcp, udp, vxlan};
 
 fn corpus_dir(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -302,6 +302,97 @@ fn main() {
 
     esp_open_seeds();
     esp_roundtrip_seeds();
+    tcp_seeds(a4, b4, a6, b6);
+}
+
+/// A TCP segment from port 40000 to 5201 with the timestamps option and
+/// `payload_len` bytes of data. With `partial`, the checksum field holds
+/// only the pseudo-header sum, as in a frame the kernel hands over with
+/// NEEDS_CSUM; otherwise the full checksum.
+fn tcp_segment(src: IpAddr, dst: IpAddr, flags: u8, payload_len: usize, partial: bool) -> Vec<u8> {
+    let options = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let mut buf = vec![0u8; tcp::HEADER_LEN + options.len() + payload_len];
+    let mut t = tcp::Packet::new_unchecked(&mut buf[..]);
+    t.set_src_port(40000);
+    t.set_dst_port(5201);
+    t.set_seq_number(0xffff_f000);
+    t.set_ack_number(1);
+    t.set_header_len(tcp::HEADER_LEN + options.len());
+    t.set_flags(flags);
+    t.set_window(501);
+    t.options_mut().copy_from_slice(&options);
+    for (i, b) in t.payload_mut().iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    if partial {
+        let sum = t.pseudo_header_sum(src, dst).expect("same family");
+        t.set_checksum(sum as u16);
+    } else {
+        t.fill_checksum(src, dst).expect("same family");
+    }
+    buf
+}
+
+/// Seeds for `wire_tcp` and `offload`.
+fn tcp_seeds(a4: IpAddr, b4: IpAddr, a6: IpAddr, b6: IpAddr) {
+    use tcp::flags::{ACK, FIN, PSH};
+
+    let dir = corpus_dir("wire_tcp");
+    let addrs = |family: u8, a: IpAddr, b: IpAddr| {
+        let mut v = vec![family];
+        for x in [a, b] {
+            match x {
+                IpAddr::V4(x) => v.extend_from_slice(&x.octets()),
+                IpAddr::V6(x) => v.extend_from_slice(&x.octets()),
+            }
+        }
+        v
+    };
+    let mut v4 = addrs(0, a4, b4);
+    v4.extend(tcp_segment(a4, b4, ACK | PSH, 5, false));
+    write(&dir, "v4", &v4);
+    let mut v6 = addrs(1, a6, b6);
+    v6.extend(tcp_segment(a6, b6, ACK, 0, false));
+    write(&dir, "v6_no_data", &v6);
+
+    // 10-byte virtio-net header (little-endian), then the frame.
+    let vnet = |flags: u8, gso_type: u8, hdr_len: usize, gso_size: u16, start: usize| {
+        let mut v = vec![flags, gso_type];
+        for x in [hdr_len as u16, gso_size, start as u16, 16] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v
+    };
+    let dir = corpus_dir("offload");
+    for (name, a, b, gso_type, ethertype) in [
+        ("tso_v4", a4, b4, 1, EtherType::Ipv4),
+        ("tso_v6", a6, b6, 4, EtherType::Ipv6),
+    ] {
+        let segment = tcp_segment(a, b, ACK | PSH | FIN, 2500, true);
+        let ip = ip_packet(a, b, IpProtocol::Tcp, &segment);
+        let frame = ethernet_frame(None, ethertype, &ip);
+        let l4 = frame.len() - segment.len();
+        let mut seed = vnet(1, gso_type, l4 + 32, 1000, l4);
+        seed.extend(frame);
+        write(&dir, name, &seed);
+    }
+    let segment = tcp_segment(a4, b4, ACK, 100, true);
+    let frame = ethernet_frame(
+        None,
+        EtherType::Ipv4,
+        &ip_packet(a4, b4, IpProtocol::Tcp, &segment),
+    );
+    let mut seed = vnet(1, 0, 0, 0, 34);
+    seed.extend(frame);
+    write(&dir, "needs_csum", &seed);
+    let mut seed = vnet(0, 0, 0, 0, 0);
+    seed.extend(&frame_with_data(a4, b4));
+    write(&dir, "plain_udp", &seed);
+}
+
+/// An Ethernet frame with a UDP packet, for a seed that is not TCP.
+fn frame_with_data(a: IpAddr, b: IpAddr) -> Vec<u8> {
+    ethernet_frame(None, EtherType::Ipv4, &udp_ip(a, b, 53, b"tunsec seed"))
 }
 
 /// For a spread of configuration bytes: one IP packet sealed by the

@@ -31,7 +31,8 @@
 //! frames stay in order. A frame that cannot start or join a super-frame
 //! (not TCP, a pure ACK, SYN, FIN, a bad checksum, an IPv4 fragment, ...)
 //! goes out unchanged behind a plain header: all zero, or DATA_VALID when
-//! its checksums were verified. When every slot is busy, a new flow takes
+//! its checksums were verified (only frames that could have been
+//! coalesced are verified). When every slot is busy, a new flow takes
 //! the slots in turn and flushes what was there.
 //!
 //! A super-frame of two or more segments goes out as the first frame's
@@ -88,6 +89,28 @@ impl TapFrame<'_> {
     /// The header's bytes (see [`VnetHeader::to_bytes`]).
     pub fn header_bytes(&self) -> [u8; super::vnet::HEADER_LEN] {
         self.header.to_bytes()
+    }
+
+    /// The length of one TAP write: header and frame.
+    pub fn len(&self) -> usize {
+        super::vnet::HEADER_LEN + self.frame.len()
+    }
+
+    /// Never true: there is always a header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Copies the header and the frame to the start of `out`, for a worker
+    /// that writes one contiguous buffer rather than two with `writev`.
+    /// Returns the length, or `None` (and writes nothing) if `out` is too
+    /// short.
+    pub fn write_into(&self, out: &mut [u8]) -> Option<usize> {
+        let len = self.len();
+        let out = out.get_mut(..len)?;
+        out[..super::vnet::HEADER_LEN].copy_from_slice(&self.header_bytes());
+        out[super::vnet::HEADER_LEN..].copy_from_slice(self.frame);
+        Some(len)
     }
 }
 
@@ -221,15 +244,18 @@ impl Coalescer {
             && (layout.v6 || layout.l4 - layout.l3 == ipv4::HEADER_LEN)
             && layout.ipv4_header_ok(frame);
         let flags = frame[layout.l4 + 13];
-        let verified = ip_ok && self.checksums == Checksums::Verify && {
-            let (src, dst) = layout.addrs(frame);
-            tcp::Packet::new_unchecked(&frame[layout.l4..layout.end]).verify_checksum(src, dst)
-        };
-        let eligible = ip_ok
-            && (verified || self.checksums == Checksums::Trust)
+        let candidate = ip_ok
             && layout.payload_len() > 0
             && flags & ACK != 0
             && flags & (SYN | FIN | RST | URG) == 0;
+        // Only a frame that could be coalesced is verified: for the others
+        // the result would only decide DATA_VALID, which Linux's TAP
+        // ignores on write.
+        let verified = candidate && self.checksums == Checksums::Verify && {
+            let (src, dst) = layout.addrs(frame);
+            tcp::Packet::new_unchecked(&frame[layout.l4..layout.end]).verify_checksum(src, dst)
+        };
+        let eligible = candidate && (verified || self.checksums == Checksums::Trust);
         Some(Seg {
             layout,
             flags,
@@ -531,8 +557,25 @@ mod test {
             1448,
         );
         assert_eq!(outs[1].frame, segs[3]);
-        assert_eq!(outs[1].header.flags, F_DATA_VALID);
-        assert!(!outs[1].header.is_gso());
+        assert_eq!(outs[1].header, VnetHeader::default());
+    }
+
+    #[test]
+    fn tap_frame_write_into() {
+        let frame = [1u8, 2, 3];
+        let t = TapFrame {
+            header: VnetHeader {
+                flags: F_DATA_VALID,
+                ..VnetHeader::default()
+            },
+            frame: &frame,
+        };
+        let mut out = [0u8; 14];
+        assert_eq!(t.write_into(&mut out[..12]), None);
+        assert_eq!(out, [0; 14]);
+        assert_eq!(t.write_into(&mut out), Some(13));
+        assert_eq!(out[..13], [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+        assert_eq!((t.len(), t.is_empty()), (13, false));
     }
 
     #[test]
@@ -583,7 +626,16 @@ mod test {
         let frames: Vec<_> = outs.iter().map(|o| o.frame.clone()).collect();
         assert_eq!(frames, [syn, pure_ack, arp, udp, padded]);
         let flags: Vec<_> = outs.iter().map(|o| o.header.flags).collect();
-        assert_eq!(flags, [F_DATA_VALID, F_DATA_VALID, 0, 0, 0]);
+        assert_eq!(flags, [0; 5]);
+        // A verified frame that ends a flow on its own (PSH, nothing held)
+        // goes out with DATA_VALID.
+        let psh = build(&Spec {
+            flags: ACK | PSH,
+            ..Spec::v6(10)
+        });
+        let outs = run(&mut Coalescer::default(), std::slice::from_ref(&psh));
+        assert_eq!(outs[0].header.flags, F_DATA_VALID);
+        assert_eq!(outs[0].frame, psh);
         assert!(outs.iter().all(|o| !o.header.is_gso()));
     }
 

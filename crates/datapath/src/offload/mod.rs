@@ -26,7 +26,9 @@
 //!
 //! ```text
 //! for frame in batch { coalescer.push(frame, &mut write); }
-//! coalescer.flush(&mut write);      // write: FnMut(TapFrame<'_>), one TAP write each
+//! coalescer.flush(&mut write);
+//! // write: FnMut(TapFrame<'_>), one TAP write per call: writev of
+//! // (t.header_bytes(), t.frame), or t.write_into(buf) and write(buf)
 //! ```
 //!
 //! Nothing here allocates per packet: [`Segmenter`] writes into the
