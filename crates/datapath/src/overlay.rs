@@ -2,18 +2,24 @@
 //!
 //! Outbound, a frame read from a network's TAP device is wrapped in the
 //! network's tunnel header and, by the peer's policy, either protected with
-//! ESP in transport mode (the payload is the tunnel's UDP datagram, next
-//! header 17) or sent in the clear:
+//! ESP or sent in the clear. ESP follows the mode of the peer's outbound
+//! SA: in transport mode the payload is the tunnel's UDP datagram (next
+//! header 17); in tunnel mode (RFC 4303 section 3.1.2) it is a whole inner
+//! IP packet between the two underlay addresses that carries that datagram
+//! (next header 4 or 41):
 //!
 //! ```text
-//! ESP:   [UDP 4500 | ] ESP hdr | IV | UDP 4789 | VXLAN | frame | pad | trailer | ICV
-//! clear:                              UDP 4789 | VXLAN | frame
+//! transport: [UDP 4500 | ] ESP hdr | IV |           UDP 4789 | VXLAN | frame | pad | trailer | ICV
+//! tunnel:    [UDP 4500 | ] ESP hdr | IV | inner IP | UDP 4789 | VXLAN | frame | pad | trailer | ICV
+//! clear:                                            UDP 4789 | VXLAN | frame
 //! ```
 //!
 //! The kernel adds the outer IP (and, for ESP in UDP, the outer UDP)
 //! header when the worker sends through a socket. Inbound runs the steps in
-//! reverse and checks that the decrypted datagram is tunnel traffic of a
-//! network the SA's peer carries.
+//! reverse: in tunnel mode the inner IP header must be the peer's tunnel
+//! traffic to us ([`check_inner_header`]), and in either mode the
+//! decrypted datagram must be tunnel traffic of a network the SA's peer
+//! carries.
 //!
 //! Everything works in place in a caller-owned buffer with headroom.
 
@@ -22,17 +28,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tunsec_esp::{PacketBuf, Sa};
+use tunsec_esp::{Mode, PacketBuf, Sa};
 use tunsec_wire::ethernet::{self, EthernetAddress};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::vxlan::Vni;
-use tunsec_wire::{geneve, gue, natt, udp, vxlan};
+use tunsec_wire::{geneve, gue, ipv4, ipv6, natt, udp, vxlan};
 
 use crate::fdb::Fdb;
 use crate::stats::{Drop, Stats, add};
 
-/// Room reserved in front of a frame: inner UDP (8) + the largest tunnel
-/// header we emit (8) + ESP header and the largest IV (8 + 16), with margin.
+/// Room reserved in front of a frame: the tunnel's UDP header (8) + the
+/// largest tunnel header we emit (8) + in tunnel mode the inner IP header
+/// (at most 40, IPv6) + ESP header and the largest IV (8 + 16): 80 bytes,
+/// with margin.
 pub const HEADROOM: usize = 128;
 /// Room reserved after a frame: the largest padding (15), trailer (2) and
 /// ICV (16), with margin.
@@ -66,17 +74,28 @@ impl TunnelEncap {
 
 /// The worst-case growth of a frame on its way to the underlay: outer IP,
 /// the UDP of ESP in UDP, the ESP header, the largest IV (16, CBC), the
-/// largest padding (15), the trailer (2) and ICV (16), the tunnel's UDP
-/// header and the tunnel header. Whatever the suite, a frame of at most
+/// largest padding (15), the trailer (2) and ICV (16), with `tunnel_mode`
+/// the inner IP header (RFC 4303 section 3.1.2), the tunnel's UDP header
+/// and the tunnel header. Whatever the suite, a frame of at most
 /// `underlay_mtu - frame_overhead(..)` bytes fits in one underlay packet.
-pub const fn frame_overhead(ipv6: bool, esp: EspTransport, encap: TunnelEncap) -> usize {
-    let ip = if ipv6 { 40 } else { 20 };
+pub const fn frame_overhead(
+    ipv6: bool,
+    esp: EspTransport,
+    encap: TunnelEncap,
+    tunnel_mode: bool,
+) -> usize {
+    let ip = if ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
     let esp_udp = match esp {
         EspTransport::Udp(_) => udp::HEADER_LEN,
         EspTransport::Raw => 0,
     };
     let esp = tunsec_wire::esp::HEADER_LEN + 16 + 15 + tunsec_wire::esp::TRAILER_LEN + 16;
-    ip + esp_udp + esp + udp::HEADER_LEN + encap.header_len()
+    let inner_ip = if tunnel_mode { ip } else { 0 };
+    ip + esp_udp + esp + inner_ip + udp::HEADER_LEN + encap.header_len()
 }
 
 /// What a peer's traffic on one network must be.
@@ -374,7 +393,7 @@ pub fn encapsulate(
         return Ok(clear_transmit(network, entry, tunnel_start, end));
     }
 
-    // The tunnel's UDP header, which ESP protects (transport mode).
+    // The tunnel's UDP header, which ESP protects.
     let udp_start = tunnel_start - udp::HEADER_LEN;
     let udp_len = end - udp_start;
     {
@@ -392,8 +411,21 @@ pub fn encapsulate(
             return Err(Drop::Malformed);
         }
     }
-    let mut pb = PacketBuf::new(buf, udp_start, end);
-    if sa.seal_esp(&mut pb, IpProtocol::Udp.into(), now).is_err() {
+    // Tunnel mode: the inner IP header goes in front of the datagram.
+    let (payload_start, next_header) = match sa.mode() {
+        Mode::Transport => (udp_start, IpProtocol::Udp),
+        Mode::Tunnel { .. } => {
+            match push_inner_header(buf, udp_start, end, tables.local, entry.spec.underlay) {
+                Some(found) => found,
+                None => {
+                    stats.drop(Drop::Malformed);
+                    return Err(Drop::Malformed);
+                }
+            }
+        }
+    };
+    let mut pb = PacketBuf::new(buf, payload_start, end);
+    if sa.seal_esp(&mut pb, next_header.into(), now).is_err() {
         stats.drop(Drop::Esp);
         return Err(Drop::Esp);
     }
@@ -408,6 +440,127 @@ pub fn encapsulate(
         dst,
         via: Via::Esp,
     })
+}
+
+/// Writes the inner IP header of a tunnel-mode ESP payload (RFC 4303
+/// section 3.1.2) in front of the UDP datagram at `buf[udp_start..end]`:
+/// from this host's underlay address `local` to the peer's, `remote`,
+/// protocol UDP, TTL 64. IPv4 gets DF and its header checksum: the inner
+/// packet is never fragmented (the outer one may be). Returns where the
+/// ESP payload starts and its next header (4: IPv4, 41: IPv6), or `None`
+/// if the headroom is short, the datagram too long, or the addresses of
+/// two families.
+fn push_inner_header(
+    buf: &mut [u8],
+    udp_start: usize,
+    end: usize,
+    local: IpAddr,
+    remote: IpAddr,
+) -> Option<(usize, IpProtocol)> {
+    let payload_len = end - udp_start;
+    match (local, canonical(remote)) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let ip_start = udp_start.checked_sub(ipv4::HEADER_LEN)?;
+            if payload_len > usize::from(u16::MAX) - ipv4::HEADER_LEN {
+                return None;
+            }
+            ipv4::Repr {
+                src_addr,
+                dst_addr,
+                next_header: IpProtocol::Udp,
+                payload_len,
+                hop_limit: 64,
+                dscp_ecn: 0,
+                dont_frag: true,
+                ident: 0,
+            }
+            .emit(&mut ipv4::Packet::new_unchecked(&mut buf[ip_start..end]));
+            Some((ip_start, IpProtocol::Ipip))
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let ip_start = udp_start.checked_sub(ipv6::HEADER_LEN)?;
+            if payload_len > usize::from(u16::MAX) {
+                return None;
+            }
+            ipv6::Repr {
+                src_addr,
+                dst_addr,
+                next_header: IpProtocol::Udp,
+                payload_len,
+                hop_limit: 64,
+                traffic_class: 0,
+                flow_label: 0,
+            }
+            .emit(&mut ipv6::Packet::new_unchecked(&mut buf[ip_start..end]));
+            Some((ip_start, IpProtocol::Ipv6))
+        }
+        _ => None,
+    }
+}
+
+/// Checks the inner IP packet of a tunnel-mode ESP payload, `packet`,
+/// whose ESP next header was `next_header`, and returns the offset of the
+/// UDP datagram it carries (which runs to the end of `packet`). The packet
+/// must be what this host itself sends: the underlay's family (next header
+/// 4 or 41), a valid header (version, lengths, IPv4 checksum) whose length
+/// is the whole payload, from the peer's underlay address `remote` to
+/// ours, `local` (RFC 4301 section 5.2: a decrypted packet must match its
+/// SA's selectors, here host to host), protocol UDP with no IPv6 extension
+/// header, and not a fragment. Anything else is [`Drop::InnerHeader`].
+pub fn check_inner_header(
+    packet: &[u8],
+    next_header: u8,
+    local: IpAddr,
+    remote: IpAddr,
+) -> Result<usize, Drop> {
+    let bad = Err(Drop::InnerHeader);
+    let (src, dst, protocol, header_len) = match (IpProtocol::from(next_header), local) {
+        (IpProtocol::Ipip, IpAddr::V4(_)) => {
+            let Ok(p) = ipv4::Packet::new_checked(packet) else {
+                return bad;
+            };
+            // Version and header checksum.
+            let Ok(repr) = ipv4::Repr::parse(&p) else {
+                return bad;
+            };
+            // A peer's tunnel datagrams fit in one inner packet (the outer
+            // packet is what the underlay may fragment), so a fragment is
+            // refused rather than reassembled.
+            if usize::from(p.total_len()) != packet.len() || p.is_fragment() {
+                return bad;
+            }
+            (
+                IpAddr::V4(repr.src_addr),
+                IpAddr::V4(repr.dst_addr),
+                repr.next_header,
+                p.header_len(),
+            )
+        }
+        (IpProtocol::Ipv6, IpAddr::V6(_)) => {
+            let Ok(p) = ipv6::Packet::new_checked(packet) else {
+                return bad;
+            };
+            let Ok(repr) = ipv6::Repr::parse(&p) else {
+                return bad;
+            };
+            if ipv6::HEADER_LEN + repr.payload_len != packet.len() {
+                return bad;
+            }
+            // Extension headers, the fragment header among them, are not
+            // tunnel traffic: the next header must be UDP itself.
+            (
+                IpAddr::V6(repr.src_addr),
+                IpAddr::V6(repr.dst_addr),
+                repr.next_header,
+                ipv6::HEADER_LEN,
+            )
+        }
+        _ => return bad,
+    };
+    if src != canonical(remote) || dst != local || protocol != IpProtocol::Udp {
+        return bad;
+    }
+    Ok(header_len)
 }
 
 /// The cleartext tunnel datagram `buf[start..end]` to the peer's tunnel port.
@@ -522,18 +675,36 @@ pub fn receive_esp(
         return fail(Drop::Policy);
     }
     let mut pb = PacketBuf::new(buf, start, end);
-    let next_header = match entry.sa.lock() {
-        Ok(mut sa) => sa.open_esp(&mut pb, now),
+    let opened = match entry.sa.lock() {
+        Ok(mut sa) => sa.open_esp(&mut pb, now).map(|nh| (nh, sa.mode())),
         Err(_) => Err(tunsec_esp::DropReason::NoSa),
     };
-    let Ok(next_header) = next_header else {
+    let Ok((next_header, mode)) = opened else {
         return fail(Drop::Esp);
     };
-    let (start, end) = (pb.start(), pb.end());
-    // The SA's implicit selectors: UDP to one of the networks this peer
-    // carries, tunnel format matching that network.
-    if next_header != u8::from(IpProtocol::Udp) {
-        return fail(Drop::Policy);
+    let (mut start, end) = (pb.start(), pb.end());
+    match mode {
+        // The SA's implicit selectors: UDP to one of the networks this
+        // peer carries, tunnel format matching that network.
+        Mode::Transport => {
+            if next_header != u8::from(IpProtocol::Udp) {
+                return fail(Drop::Policy);
+            }
+        }
+        //= https://www.rfc-editor.org/rfc/rfc4303#section-3.1.2
+        //# In tunnel mode, the "inner" IP header carries the ultimate
+        //# (IP) source and destination addresses
+        Mode::Tunnel { .. } => {
+            match check_inner_header(
+                &buf[start..end],
+                next_header,
+                tables.local,
+                peer.spec.underlay,
+            ) {
+                Ok(udp_offset) => start += udp_offset,
+                Err(d) => return fail(d),
+            }
+        }
     }
     let Ok(u) = udp::Packet::new_checked(&buf[start..end]) else {
         return fail(Drop::Malformed);

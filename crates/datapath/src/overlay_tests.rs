@@ -1,5 +1,5 @@
 //! Two hosts' tables, a frame from A's TAP to B's TAP and back, for each
-//! tunnel format, policy and suite; and each drop on the way.
+//! tunnel format, policy, suite and ESP mode; and each drop on the way.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -17,11 +17,17 @@ const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
 fn sa(spi: u32, direction: Direction, suite: Suite) -> SharedSa {
+    Arc::new(Mutex::new(raw_sa(spi, direction, suite, Mode::Transport)))
+}
+
+/// An SA whose keys follow from its SPI, so that a test can build a twin of
+/// any SA in the tables.
+fn raw_sa(spi: u32, direction: Direction, suite: Suite, mode: Mode) -> Sa {
     let n = suite.encryption_key_len() + suite.integrity_key_len();
     let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
-    Arc::new(Mutex::new(
-        Sa::new(SaConfig::new(spi, direction, suite, keys), Instant::now()).unwrap(),
-    ))
+    let mut config = SaConfig::new(spi, direction, suite, keys);
+    config.mode = mode;
+    Sa::new(config, Instant::now()).unwrap()
 }
 
 fn network(encap: TunnelEncap) -> NetworkSpec {
@@ -379,24 +385,370 @@ fn fdb_sends_unicast_to_the_learned_peer_and_ages() {
 fn overhead_fits_the_worst_case() {
     // IPv4, ESP in UDP, VXLAN: 20 + 8 + (8 + 16 + 15 + 2 + 16) + 8 + 8.
     assert_eq!(
-        frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan),
+        frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan, false),
         101
     );
     assert_eq!(
-        frame_overhead(true, EspTransport::Raw, TunnelEncap::Gue),
+        frame_overhead(true, EspTransport::Raw, TunnelEncap::Gue, false),
         40 + 57 + 8 + 4
     );
-    // A maximal frame under every suite stays within the underlay MTU.
-    for suite in Suite::ALL {
-        let (a, _) = pair(TunnelEncap::Vxlan, Policy::Require, Some(suite), false);
-        let max = 1500 - frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan);
-        for len in max - 20..=max {
-            let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
-            let mut tables = a.tables.clone();
-            tables.networks[0].max_frame = max;
-            let tx = encapsulate(&tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
-            // The kernel adds IPv4 (20) and UDP (8).
-            assert!(tx.end - tx.start + 28 <= 1500, "{suite} {len}");
+    // Tunnel mode adds the inner IP header.
+    assert_eq!(
+        frame_overhead(false, EspTransport::Udp(4500), TunnelEncap::Vxlan, true),
+        121
+    );
+    assert_eq!(
+        frame_overhead(true, EspTransport::Raw, TunnelEncap::Gue, true),
+        40 + 57 + 40 + 8 + 4
+    );
+    // A maximal frame under every suite and both modes stays within the
+    // underlay MTU.
+    for tunnel_mode in [false, true] {
+        for suite in Suite::ALL {
+            let (a, _) = if tunnel_mode {
+                tunnel_pair(TunnelEncap::Vxlan, suite, false)
+            } else {
+                pair(TunnelEncap::Vxlan, Policy::Require, Some(suite), false)
+            };
+            let max = 1500
+                - frame_overhead(
+                    false,
+                    EspTransport::Udp(4500),
+                    TunnelEncap::Vxlan,
+                    tunnel_mode,
+                );
+            for len in max - 20..=max {
+                let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
+                let mut tables = a.tables.clone();
+                tables.networks[0].max_frame = max;
+                let tx =
+                    encapsulate(&tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
+                // The kernel adds IPv4 (20) and UDP (8).
+                assert!(tx.end - tx.start + 28 <= 1500, "{suite} {len}");
+            }
         }
     }
+}
+
+/// Two hosts whose SAs are in tunnel mode between their underlay
+/// addresses, under a `require` policy.
+fn tunnel_pair(encap: TunnelEncap, suite: Suite, v6: bool) -> (Host, Host) {
+    let (mut a, mut b) = pair(encap, Policy::Require, Some(suite), v6);
+    for (h, spi_in, spi_out) in [(&mut a, 0x1001, 0x2001), (&mut b, 0x2001, 0x1001)] {
+        let mode = Mode::Tunnel {
+            local: h.tables.local,
+            remote: h.tables.peers[0].spec.underlay,
+        };
+        h.tables.peers[0].outbound = Some(Arc::new(Mutex::new(raw_sa(
+            spi_out,
+            Direction::Outbound,
+            suite,
+            mode,
+        ))));
+        h.tables.inbound.insert(
+            spi_in,
+            InboundEntry {
+                peer: 0,
+                sa: Arc::new(Mutex::new(raw_sa(spi_in, Direction::Inbound, suite, mode))),
+            },
+        );
+    }
+    (a, b)
+}
+
+/// Encapsulates a 60-byte frame at `from` and opens the ESP with a twin of
+/// the receiver's inbound SA: the plaintext ESP payload and its next
+/// header.
+fn tunnel_plaintext(from: &Host, suite: Suite) -> (Vec<u8>, u8) {
+    let now = Instant::now();
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    let tx = encapsulate(&from.tables, &from.stats, 0, 0, &mut buf, s, e, now).unwrap();
+    let spi = u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap());
+    let mut twin = raw_sa(spi, Direction::Inbound, suite, Mode::Transport);
+    let mut pb = PacketBuf::new(&mut buf, tx.start, tx.end);
+    let next_header = twin.open_esp(&mut pb, now).unwrap();
+    (pb.data().to_vec(), next_header)
+}
+
+/// Seals `payload` with next header `next_header` as A would to B (SPI
+/// 0x2001) and hands it to B's `receive_esp`.
+fn deliver_sealed(
+    sealer: &mut Sa,
+    b: &Host,
+    src: IpAddr,
+    payload: &[u8],
+    next_header: u8,
+) -> Result<EspReceive, Drop> {
+    let now = Instant::now();
+    let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+    let mut pb = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + payload.len());
+    sealer.seal_esp(&mut pb, next_header, now).unwrap();
+    let (start, end) = (pb.start(), pb.end());
+    receive_esp(
+        &b.tables, &b.fdb, &b.stats, src, true, &mut buf, start, end, now,
+    )
+}
+
+#[test]
+fn tunnel_mode_round_trip_every_encap_and_suite() {
+    for encap in [TunnelEncap::Vxlan, TunnelEncap::Geneve, TunnelEncap::Gue] {
+        for suite in Suite::ALL {
+            for v6 in [false, true] {
+                let (a, b) = tunnel_pair(encap, suite, v6);
+                for len in [14, 60, 1400] {
+                    carry(&a, &b, len).unwrap();
+                    carry(&b, &a, len).unwrap();
+                }
+                assert_eq!(
+                    b.fdb.lookup(0, EthernetAddress(MAC_A), Instant::now()),
+                    Some(0)
+                );
+                assert_eq!(a.stats.drops(Drop::InnerHeader), 0);
+                assert_eq!(b.stats.drops(Drop::InnerHeader), 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn tunnel_mode_inner_header_fields() {
+    // IPv4: 20-byte header, DF, TTL 64, UDP, a valid checksum, A to B; the
+    // VXLAN datagram behind it with a zero UDP checksum (RFC 7348 section 5).
+    let (a, _) = tunnel_pair(TunnelEncap::Vxlan, Suite::AesGcm128, false);
+    let (inner, next_header) = tunnel_plaintext(&a, Suite::AesGcm128);
+    assert_eq!(next_header, 4);
+    let ip = ipv4::Packet::new_checked(&inner[..]).unwrap();
+    let repr = ipv4::Repr::parse(&ip).unwrap();
+    assert_eq!(ip.header_len(), 20);
+    assert_eq!(usize::from(ip.total_len()), inner.len());
+    assert_eq!(inner.len(), 20 + 8 + 8 + 60);
+    assert!(ip.verify_checksum());
+    assert!(repr.dont_frag && !ip.is_fragment());
+    assert_eq!(repr.hop_limit, 64);
+    assert_eq!(repr.next_header, IpProtocol::Udp);
+    assert_eq!(
+        (IpAddr::V4(repr.src_addr), IpAddr::V4(repr.dst_addr)),
+        (A, B)
+    );
+    let u = udp::Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(u.dst_port(), 4789);
+    assert!(u.src_port() >= 49152);
+    assert_eq!(usize::from(u.len()), 8 + 8 + 60);
+    assert_eq!(u.checksum(), 0);
+    assert_eq!(check_inner_header(&inner, 4, B, A), Ok(20));
+
+    // IPv6: 40-byte header, hop limit 64, UDP with a valid checksum.
+    let (a, _) = tunnel_pair(TunnelEncap::Geneve, Suite::ChaCha20Poly1305, true);
+    let (inner, next_header) = tunnel_plaintext(&a, Suite::ChaCha20Poly1305);
+    assert_eq!(next_header, 41);
+    let ip = ipv6::Packet::new_checked(&inner[..]).unwrap();
+    let repr = ipv6::Repr::parse(&ip).unwrap();
+    let (a6, b6) = (a.tables.local, a.tables.peers[0].spec.underlay);
+    assert_eq!(repr.payload_len + 40, inner.len());
+    assert_eq!(repr.hop_limit, 64);
+    assert_eq!(repr.next_header, IpProtocol::Udp);
+    assert_eq!(
+        (IpAddr::V6(repr.src_addr), IpAddr::V6(repr.dst_addr)),
+        (a6, b6)
+    );
+    let u = udp::Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(u.dst_port(), 6081);
+    assert!(u.verify_checksum(a6, b6));
+    assert_eq!(check_inner_header(&inner, 41, b6, a6), Ok(40));
+}
+
+/// Rewrites an IPv4 header field and fixes the checksum.
+fn mutate_v4(inner: &[u8], f: impl FnOnce(&mut ipv4::Packet<&mut [u8]>)) -> Vec<u8> {
+    let mut out = inner.to_vec();
+    let mut ip = ipv4::Packet::new_unchecked(&mut out[..]);
+    f(&mut ip);
+    ip.fill_checksum();
+    out
+}
+
+#[test]
+fn tunnel_mode_bad_inner_headers_are_dropped_and_counted() {
+    let suite = Suite::AesGcm256;
+    let (a, b) = tunnel_pair(TunnelEncap::Vxlan, suite, false);
+    let (inner, _) = tunnel_plaintext(&a, suite);
+    // A twin of A's outbound SA; its sequence numbers run ahead of A's.
+    let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
+    sealer.advance_seq(1000).unwrap();
+    // The genuine payload, resealed, is delivered.
+    assert!(matches!(
+        deliver_sealed(&mut sealer, &b, A, &inner, 4),
+        Ok(EspReceive::Frame(_))
+    ));
+    // So is what a kernel vxlan device sends: a random source port and a
+    // zero UDP checksum over IPv4.
+    let mut kernel = inner.clone();
+    kernel[20..22].copy_from_slice(&1234u16.to_be_bytes());
+    kernel[26..28].copy_from_slice(&[0, 0]);
+    assert!(matches!(
+        deliver_sealed(&mut sealer, &b, A, &kernel, 4),
+        Ok(EspReceive::Frame(_))
+    ));
+
+    let c = Ipv4Addr::new(192, 0, 2, 3);
+    let mut bad_checksum = inner.clone();
+    bad_checksum[10] ^= 0xff;
+    let mut ihl4 = inner.clone();
+    ihl4[0] = 0x44;
+    let mut with_option = inner[..20].to_vec();
+    with_option.extend_from_slice(&[1, 1, 1, 1]);
+    with_option.extend_from_slice(&inner[20..]);
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("next header 41 for IPv4", inner.clone(), 41),
+        ("next header 17 in tunnel mode", inner[20..].to_vec(), 17),
+        ("empty", Vec::new(), 4),
+        ("truncated header", inner[..10].to_vec(), 4),
+        ("version 6", mutate_v4(&inner, |ip| ip.set_version(6)), 4),
+        ("IHL 4", ihl4, 4),
+        ("bad checksum", bad_checksum, 4),
+        (
+            "total length too long",
+            mutate_v4(&inner, |ip| ip.set_total_len(inner.len() as u16 + 1)),
+            4,
+        ),
+        (
+            "total length too short",
+            mutate_v4(&inner, |ip| ip.set_total_len(inner.len() as u16 - 1)),
+            4,
+        ),
+        (
+            "total length below the header",
+            mutate_v4(&inner, |ip| ip.set_total_len(19)),
+            4,
+        ),
+        (
+            "options counted in IHL but not in total length",
+            mutate_v4(&with_option, |ip| ip.set_header_len(24)),
+            4,
+        ),
+        (
+            "another source",
+            mutate_v4(&inner, |ip| ip.set_src_addr(c)),
+            4,
+        ),
+        (
+            "another destination",
+            mutate_v4(&inner, |ip| ip.set_dst_addr(c)),
+            4,
+        ),
+        (
+            "swapped addresses",
+            mutate_v4(&inner, |ip| {
+                ip.set_src_addr(Ipv4Addr::new(192, 0, 2, 2));
+                ip.set_dst_addr(Ipv4Addr::new(192, 0, 2, 1));
+            }),
+            4,
+        ),
+        (
+            "TCP",
+            mutate_v4(&inner, |ip| ip.set_next_header(IpProtocol::Tcp)),
+            4,
+        ),
+        (
+            "more fragments",
+            mutate_v4(&inner, |ip| ip.set_more_frags(true)),
+            4,
+        ),
+        (
+            "fragment offset",
+            mutate_v4(&inner, |ip| ip.set_frag_offset(8)),
+            4,
+        ),
+    ];
+    for (n, (what, payload, next_header)) in cases.iter().enumerate() {
+        assert_eq!(
+            deliver_sealed(&mut sealer, &b, A, payload, *next_header),
+            Err(Drop::InnerHeader),
+            "{what}"
+        );
+        assert_eq!(b.stats.drops(Drop::InnerHeader), n as u64 + 1, "{what}");
+    }
+    // The ESP layer accepted every one of them (the ICV held).
+    let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
+    assert_eq!(sa.counters().packets, 2 + cases.len() as u64);
+    drop(sa);
+    // An inner IPv4 header with options but correct lengths is accepted.
+    let with_option = mutate_v4(&with_option, |ip| {
+        ip.set_header_len(24);
+        ip.set_total_len(inner.len() as u16 + 4);
+    });
+    assert_eq!(check_inner_header(&with_option, 4, B, A), Ok(24));
+}
+
+#[test]
+fn tunnel_mode_bad_inner_ipv6_headers_are_dropped_and_counted() {
+    let suite = Suite::AesGcm128;
+    let (a, b) = tunnel_pair(TunnelEncap::Vxlan, suite, true);
+    let (inner, _) = tunnel_plaintext(&a, suite);
+    let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
+    sealer.advance_seq(1000).unwrap();
+    let src = a.tables.local;
+    assert!(matches!(
+        deliver_sealed(&mut sealer, &b, src, &inner, 41),
+        Ok(EspReceive::Frame(_))
+    ));
+    let set = |f: &dyn Fn(&mut ipv6::Packet<&mut [u8]>)| {
+        let mut out = inner.clone();
+        f(&mut ipv6::Packet::new_unchecked(&mut out[..]));
+        out
+    };
+    let other = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("next header 4 for IPv6", inner.clone(), 4),
+        ("truncated header", inner[..39].to_vec(), 41),
+        ("version 4", set(&|ip| ip.set_version(4)), 41),
+        (
+            "payload length too long",
+            set(&|ip| ip.set_payload_len(inner.len() as u16 - 39)),
+            41,
+        ),
+        (
+            "payload length too short",
+            set(&|ip| ip.set_payload_len(inner.len() as u16 - 41)),
+            41,
+        ),
+        ("another source", set(&|ip| ip.set_src_addr(other)), 41),
+        ("another destination", set(&|ip| ip.set_dst_addr(other)), 41),
+        (
+            "a fragment header",
+            set(&|ip| ip.set_next_header(IpProtocol::Unknown(44))),
+            41,
+        ),
+        (
+            "hop-by-hop options",
+            set(&|ip| ip.set_next_header(IpProtocol::Unknown(0))),
+            41,
+        ),
+    ];
+    for (n, (what, payload, next_header)) in cases.iter().enumerate() {
+        assert_eq!(
+            deliver_sealed(&mut sealer, &b, src, payload, *next_header),
+            Err(Drop::InnerHeader),
+            "{what}"
+        );
+        assert_eq!(b.stats.drops(Drop::InnerHeader), n as u64 + 1, "{what}");
+    }
+}
+
+#[test]
+fn modes_must_match() {
+    // A in tunnel mode, B in transport mode: B refuses next header 4 under
+    // its transport SA's implicit selectors, and A refuses B's next header
+    // 17 under its tunnel SA.
+    let (a, _) = tunnel_pair(TunnelEncap::Vxlan, Suite::AesGcm128, false);
+    let (_, b) = pair(
+        TunnelEncap::Vxlan,
+        Policy::Require,
+        Some(Suite::AesGcm128),
+        false,
+    );
+    assert_eq!(carry(&a, &b, 60), Err(Drop::Policy));
+    assert_eq!(b.stats.drops(Drop::Policy), 1);
+    assert_eq!(carry(&b, &a, 60), Err(Drop::InnerHeader));
+    assert_eq!(a.stats.drops(Drop::InnerHeader), 1);
 }

@@ -43,11 +43,16 @@ pub enum Drop {
     TapWrite,
     /// Sending a datagram failed.
     Send,
+    /// A tunnel-mode ESP payload whose inner IP header is not the peer's
+    /// tunnel traffic to this host: the wrong next header or family, a bad
+    /// version, length or checksum, other addresses, a protocol other than
+    /// UDP, or a fragment (RFC 4303 section 3.1.2, RFC 4301 section 5.2).
+    InnerHeader,
 }
 
 impl Drop {
     /// The number of reasons.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -64,6 +69,7 @@ impl Drop {
         Self::Esp,
         Self::TapWrite,
         Self::Send,
+        Self::InnerHeader,
     ];
 
     /// A stable snake_case name.
@@ -82,6 +88,7 @@ impl Drop {
             Self::Esp => "esp",
             Self::TapWrite => "tap_write",
             Self::Send => "send",
+            Self::InnerHeader => "inner_header",
         }
     }
 }

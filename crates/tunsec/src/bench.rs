@@ -859,7 +859,7 @@ fn expected_tap_mtu() -> anyhow::Result<u16> {
     let config = Config::parse(&tunsec_config(dir, 1, None), dir)
         .map_err(|e| anyhow::anyhow!("the bench's own config: {e}"))?;
     let net = &config.networks[0];
-    Ok(crate::daemon::network_mtu(&config, net.mtu, net.encapsulation)?.mtu)
+    Ok(crate::daemon::network_mtu(&config, net)?.mtu)
 }
 
 fn setup_tunsec(ctx: &Ctx<'_>, lab: &mut Lab, suite: Option<Suite>) -> anyhow::Result<Endpoints> {

@@ -8,6 +8,7 @@
 //! value that was wrong. `docs/config.md` documents every field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,20 @@ impl TunnelEncapsulation {
             Self::Gue => None,
         }
     }
+}
+
+/// The ESP mode of the Child SAs negotiated with an IKE peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildMode {
+    /// Transport mode, asked for with USE_TRANSPORT_MODE (RFC 7296 section
+    /// 1.3.1): ESP protects the tunnel's UDP datagram. The default. As a
+    /// responder, the initiator's choice is followed.
+    #[default]
+    Transport,
+    /// Tunnel mode (RFC 4303 section 3.1.2): ESP protects an inner IP
+    /// header between the two underlay addresses and the datagram.
+    Tunnel,
 }
 
 /// What a peer's traffic on one network must be.
@@ -187,7 +202,9 @@ struct RawPeer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIke {
-    psk_file: PathBuf,
+    psk_file: Option<PathBuf>,
+    psk_env: Option<String>,
+    mode: Option<ChildMode>,
     local_id: Option<String>,
     remote_id: Option<String>,
     ike_proposals: Option<Vec<String>>,
@@ -281,7 +298,8 @@ pub struct Peer {
 /// A peer whose SAs are negotiated with IKEv2 and a pre-shared key.
 #[derive(Clone)]
 pub struct IkePeer {
-    /// The pre-shared key (the file's content, trimmed).
+    /// The pre-shared key (the file's or the environment variable's
+    /// content, trimmed).
     pub psk: tunsec_esp::Key,
     /// Our identity.
     pub local_id: Identity,
@@ -294,6 +312,8 @@ pub struct IkePeer {
     /// How long a Child SA lives before it is rekeyed (at about 80-90% of
     /// it); `None`: no rekeying.
     pub child_lifetime: Option<std::time::Duration>,
+    /// The ESP mode asked for (initiator) or accepted (responder).
+    pub mode: ChildMode,
 }
 
 impl fmt::Debug for IkePeer {
@@ -305,6 +325,7 @@ impl fmt::Debug for IkePeer {
             .field("ike_proposals", &self.ike_proposals.len())
             .field("esp_proposals", &self.esp_proposals.len())
             .field("child_lifetime", &self.child_lifetime)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -350,14 +371,25 @@ impl Config {
         Self::parse(&text, base)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text, with the process's environment
+    /// for `psk_env`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        Self::validate(raw, base_dir)
+        Self::parse_with_env(text, base_dir, &|name| std::env::var_os(name))
     }
 
-    fn validate(raw: RawConfig, base_dir: &Path) -> Result<Self, ConfigError> {
+    /// Parses and validates config text; `env` looks up environment
+    /// variables (tests pass their own instead of the process's).
+    pub fn parse_with_env(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Self::validate(raw, &Sources { base_dir, env })
+    }
+
+    fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Self, ConfigError> {
         let node = validate_node(raw.node)?;
         let esp = EspSettings {
             encapsulation: raw.esp.encapsulation.unwrap_or(EspEncapsulation::Udp),
@@ -427,7 +459,7 @@ impl Config {
         let mut seen_addrs = HashSet::new();
         let mut spis_in = HashMap::new();
         for (i, p) in raw.peer.into_iter().enumerate() {
-            let peer = validate_peer(i, p, &node, &networks, base_dir)?;
+            let peer = validate_peer(i, p, &node, &networks, sources)?;
             if !seen_names.insert(peer.name.clone()) {
                 return Err(invalid(
                     format!("peer[{i}].name"),
@@ -639,7 +671,7 @@ fn validate_peer(
     raw: RawPeer,
     node: &Node,
     networks: &[Network],
-    base_dir: &Path,
+    sources: &Sources<'_>,
 ) -> Result<Peer, ConfigError> {
     let f = |name: &str| format!("peer[{i}].{name}");
     check_name(&f("name"), &raw.name)?;
@@ -704,10 +736,13 @@ fn validate_peer(
             "cannot be combined with [peer.sa]: keys are either manual or negotiated",
         ));
     }
-    let sa = raw.sa.map(|sa| validate_sa(i, sa, base_dir)).transpose()?;
+    let sa = raw
+        .sa
+        .map(|sa| validate_sa(i, sa, sources.base_dir))
+        .transpose()?;
     let ike = raw
         .ike
-        .map(|ike| validate_ike(i, ike, node.underlay, underlay, base_dir))
+        .map(|ike| validate_ike(i, ike, node.underlay, underlay, sources))
         .transpose()?;
     Ok(Peer {
         name: raw.name,
@@ -778,29 +813,87 @@ fn parse_proposals(
     Ok(out)
 }
 
+/// Where a config's values from outside the text come from.
+struct Sources<'a> {
+    /// Relative key file paths are taken from here.
+    base_dir: &'a Path,
+    /// Looks up an environment variable (`psk_env`).
+    env: &'a dyn Fn(&str) -> Option<OsString>,
+}
+
+/// Reads the pre-shared key from exactly one of `psk_file` and `psk_env`;
+/// leading and trailing whitespace is trimmed, and an empty key refused.
+fn read_psk(
+    f: &dyn Fn(&str) -> String,
+    raw: &RawIke,
+    sources: &Sources<'_>,
+) -> Result<tunsec_esp::Key, ConfigError> {
+    let (field, shown, bytes) = match (&raw.psk_file, &raw.psk_env) {
+        (Some(_), Some(name)) => {
+            return Err(invalid(
+                f("psk_env"),
+                quoted(name),
+                "cannot be combined with psk_file: the key comes from one of them",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                f("psk_file"),
+                "(missing)",
+                "is required, or psk_env: the pre-shared key comes from a file or an environment variable",
+            ));
+        }
+        (Some(path), None) => {
+            let full = if path.is_absolute() {
+                path.clone()
+            } else {
+                sources.base_dir.join(path)
+            };
+            let shown = quoted(&path.display().to_string());
+            let bytes = std::fs::read(&full)
+                .map_err(|e| invalid(f("psk_file"), &shown, format!("cannot be read: {e}")))?;
+            ("psk_file", shown, zeroize::Zeroizing::new(bytes))
+        }
+        (None, Some(name)) => {
+            let shown = quoted(name);
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(invalid(
+                    f("psk_env"),
+                    &shown,
+                    "is not an environment variable name",
+                ));
+            }
+            let value = (sources.env)(name).ok_or_else(|| {
+                invalid(
+                    f("psk_env"),
+                    &shown,
+                    "names an environment variable that is not set",
+                )
+            })?;
+            let bytes = std::os::unix::ffi::OsStringExt::into_vec(value);
+            ("psk_env", shown, zeroize::Zeroizing::new(bytes))
+        }
+    };
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() {
+        let reason = match field {
+            "psk_env" => "names an environment variable that is empty",
+            _ => "is empty",
+        };
+        return Err(invalid(f(field), &shown, reason));
+    }
+    Ok(tunsec_esp::Key::from_slice(trimmed))
+}
+
 fn validate_ike(
     i: usize,
     raw: RawIke,
     local: IpAddr,
     remote: IpAddr,
-    base_dir: &Path,
+    sources: &Sources<'_>,
 ) -> Result<IkePeer, ConfigError> {
     let f = |name: &str| format!("peer[{i}].ike.{name}");
-    let full = if raw.psk_file.is_absolute() {
-        raw.psk_file.clone()
-    } else {
-        base_dir.join(&raw.psk_file)
-    };
-    let shown = quoted(&raw.psk_file.display().to_string());
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(&full)
-            .map_err(|e| invalid(f("psk_file"), &shown, format!("cannot be read: {e}")))?,
-    );
-    let trimmed = bytes.trim_ascii();
-    if trimmed.is_empty() {
-        return Err(invalid(f("psk_file"), &shown, "is empty"));
-    }
-    let psk = tunsec_esp::Key::from_slice(trimmed);
+    let psk = read_psk(&f, &raw, sources)?;
     let local_id = match &raw.local_id {
         Some(s) => parse_identity(&f("local_id"), s)?,
         None => ip_identity(local),
@@ -829,6 +922,7 @@ fn validate_ike(
         ike_proposals: parse_proposals(&f("ike_proposals"), raw.ike_proposals, ProtocolId::Ike)?,
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
         child_lifetime,
+        mode: raw.mode.unwrap_or_default(),
     })
 }
 
@@ -1238,6 +1332,108 @@ key_out = "b.out"
         let err =
             parse_ike(&ike_config(&format!("{IKE_PEER}psk = \"secret\"\n")), b"k").unwrap_err();
         assert!(err.to_string().contains("psk"), "{err}");
+    }
+
+    #[test]
+    fn ike_mode_parses() {
+        let c = parse_ike(&ike_config(IKE_PEER), b"k").unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Transport);
+        let c = parse_ike(&ike_config(&format!("{IKE_PEER}mode = \"tunnel\"\n")), b"k").unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Tunnel);
+        let c = parse_ike(
+            &ike_config(&format!("{IKE_PEER}mode = \"transport\"\n")),
+            b"k",
+        )
+        .unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Transport);
+        let err = parse_ike(&ike_config(&format!("{IKE_PEER}mode = \"beet\"\n")), b"k")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode") && err.contains("beet"), "{err}");
+    }
+
+    /// Parses with a fake environment that holds `vars`.
+    fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = dir_with_keys();
+        std::fs::write(dir.path().join("b.psk"), b"from the file").unwrap();
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        };
+        Config::parse_with_env(text, dir.path(), &env)
+    }
+
+    fn assert_env_invalid(text: &str, vars: &[(&str, &str)], field: &str, value: &str, why: &str) {
+        match parse_env(text, vars) {
+            Err(ConfigError::Invalid {
+                field: f,
+                value: v,
+                reason,
+            }) => {
+                assert_eq!((f.as_str(), v.as_str()), (field, value));
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("expected an error on {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn psk_from_the_environment() {
+        let env_peer = ike_config("[peer.ike]\npsk_env = \"TS_PSK_B\"\n");
+        let c = parse_env(&env_peer, &[("TS_PSK_B", "  battery staple\n")]).unwrap();
+        let ike = c.peers[0].ike.as_ref().unwrap();
+        assert_eq!(ike.psk.expose(), b"battery staple");
+        assert!(!format!("{ike:?}").contains("staple"));
+        // The file still works without the variable.
+        let c = parse_env(&ike_config(IKE_PEER), &[]).unwrap();
+        assert_eq!(
+            c.peers[0].ike.as_ref().unwrap().psk.expose(),
+            b"from the file"
+        );
+        // Not both.
+        assert_env_invalid(
+            &ike_config(&format!("{IKE_PEER}psk_env = \"TS_PSK_B\"\n")),
+            &[("TS_PSK_B", "k")],
+            "peer[0].ike.psk_env",
+            "\"TS_PSK_B\"",
+            "cannot be combined with psk_file",
+        );
+        // Not neither.
+        assert_env_invalid(
+            &ike_config("[peer.ike]\nmode = \"tunnel\"\n"),
+            &[],
+            "peer[0].ike.psk_file",
+            "(missing)",
+            "psk_env",
+        );
+        // Unset, empty, or blank.
+        assert_env_invalid(
+            &env_peer,
+            &[("OTHER", "k")],
+            "peer[0].ike.psk_env",
+            "\"TS_PSK_B\"",
+            "not set",
+        );
+        for blank in ["", " \n\t"] {
+            assert_env_invalid(
+                &env_peer,
+                &[("TS_PSK_B", blank)],
+                "peer[0].ike.psk_env",
+                "\"TS_PSK_B\"",
+                "empty",
+            );
+        }
+        // Not a variable name.
+        for name in ["", "A=B"] {
+            assert_env_invalid(
+                &ike_config(&format!("[peer.ike]\npsk_env = \"{name}\"\n")),
+                &[],
+                "peer[0].ike.psk_env",
+                &format!("{name:?}"),
+                "not an environment variable name",
+            );
+        }
     }
 
     #[test]

@@ -26,10 +26,12 @@ use tunsec_datapath::overlay::{
 };
 use tunsec_datapath::stats::Drop;
 use tunsec_datapath::worker::{self, FrameDevice, Shared, Sockets};
-use tunsec_esp::{Direction, DropReason, LifetimeState, Sa, SaConfig};
+use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 use tunsec_wire::ethernet;
 
-use crate::config::{Config, EspEncapsulation, Mtu, PolicyKind, TunnelEncapsulation};
+use crate::config::{
+    ChildMode, Config, EspEncapsulation, Mtu, Network, PolicyKind, TunnelEncapsulation,
+};
 use crate::control::{Request, Response};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
@@ -45,18 +47,23 @@ pub struct NetworkMtu {
 
 /// Works out a network's MTU: `auto` is the underlay MTU minus the
 /// worst-case overhead and the inner Ethernet header; a fixed MTU allows
-/// one 802.1Q tag on top.
-pub fn network_mtu(
-    config: &Config,
-    mtu: Mtu,
-    encap: TunnelEncapsulation,
-) -> anyhow::Result<NetworkMtu> {
+/// one 802.1Q tag on top. The overhead includes tunnel mode's inner IP
+/// header when a peer that carries the network has `[peer.ike] mode =
+/// "tunnel"`.
+pub fn network_mtu(config: &Config, net: &Network) -> anyhow::Result<NetworkMtu> {
+    let tunnel_mode = config.peers.iter().any(|p| {
+        p.ike
+            .as_ref()
+            .is_some_and(|ike| ike.mode == ChildMode::Tunnel)
+            && p.networks.iter().any(|(name, _)| *name == net.name)
+    });
     let overhead = overlay::frame_overhead(
         config.node.underlay.is_ipv6(),
         esp_transport(config),
-        tunnel(encap),
+        tunnel(net.encapsulation),
+        tunnel_mode,
     );
-    match mtu {
+    match net.mtu {
         Mtu::Auto => {
             let max_frame = usize::from(config.node.underlay_mtu)
                 .checked_sub(overhead)
@@ -107,7 +114,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
     let mut networks = Vec::new();
     let mut mtus = Vec::new();
     for n in &config.networks {
-        let m = network_mtu(config, n.mtu, n.encapsulation)?;
+        let m = network_mtu(config, n)?;
         networks.push(NetworkSpec {
             name: n.name.clone(),
             vni: n.vni,
@@ -511,6 +518,13 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
         spi: format!("{:#010x}", sa.spi()),
         suite: sa.suite().to_string(),
         esn: sa.esn(),
+        mode: Some(
+            match sa.mode() {
+                Mode::Transport => "transport",
+                Mode::Tunnel { .. } => "tunnel",
+            }
+            .to_owned(),
+        ),
         state: match sa.lifetime_state() {
             LifetimeState::Live => "live",
             LifetimeState::Soft => "soft",

@@ -30,14 +30,14 @@ use anyhow::Context;
 use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
 use tunsec_datapath::overlay::InboundEntry;
 use tunsec_datapath::worker::{Shared, Sockets};
-use tunsec_esp::Sa;
+use tunsec_esp::{Mode, Sa};
 use tunsec_ike::sa::{
     ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
     ts,
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
-use crate::config::{Config, EspEncapsulation, IkePeer};
+use crate::config::{ChildMode, Config, EspEncapsulation, IkePeer};
 use crate::status::IkeStatus;
 
 /// The IKE port (RFC 7296 section 2).
@@ -190,7 +190,11 @@ impl IkeDriver {
 
     fn ike_config(local: IpAddr, peer: &PeerIke) -> IkeConfig {
         // Host to host, UDP, any port: the overlay's tunnel datagrams
-        // between the two underlay addresses, in transport mode.
+        // between the two underlay addresses, in transport mode unless the
+        // config asks for tunnel mode. RFC 7296 section 1.3.1: an
+        // initiator asks for transport mode with USE_TRANSPORT_MODE; a
+        // responder that allows it follows the request, and one without it
+        // answers in tunnel mode.
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
             Some(peer.ike.remote_id.clone()),
@@ -202,7 +206,7 @@ impl IkeDriver {
         );
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
-        c.transport_mode = true;
+        c.transport_mode = peer.ike.mode == ChildMode::Transport;
         c.child_lifetime = peer.ike.child_lifetime;
         c
     }
@@ -552,7 +556,8 @@ impl IkeDriver {
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
-        let (sa_in, sa_out) = self.new_pair(inbound, outbound)?;
+        let remote = self.shared.tables.load().peers[index].spec.underlay;
+        let (sa_in, sa_out) = self.new_pair(remote, inbound, outbound)?;
         self.publish_inbound(index, inbound.spi, sa_in);
 
         let current = self.shared.tables.load();
@@ -578,7 +583,7 @@ impl IkeDriver {
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
         let index = self.peers[i].index;
-        let (sa_in, sa_out) = self.new_pair(inbound, outbound)?;
+        let (sa_in, sa_out) = self.new_pair(self.peers[i].addr.ip(), inbound, outbound)?;
         self.publish_inbound(index, inbound.spi, sa_in);
         // A pending switch from an earlier rekey happens now.
         self.switch_outbound(i);
@@ -590,18 +595,35 @@ impl IkeDriver {
         Ok(())
     }
 
-    /// The data plane's SAs for a negotiated Child SA pair (the inbound
-    /// one with the configured replay window).
+    /// The data plane's SAs for a negotiated Child SA pair with the peer
+    /// at `remote` (the inbound one with the configured replay window):
+    /// in transport mode, or, when USE_TRANSPORT_MODE was not agreed
+    /// (RFC 7296 section 1.3.1), in tunnel mode between the two underlay
+    /// addresses.
     fn new_pair(
         &self,
+        remote: IpAddr,
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<(Sa, Sa)> {
         let now = Instant::now();
+        let mode = |p: &ChildSaParams| {
+            if p.transport {
+                Mode::Transport
+            } else {
+                Mode::Tunnel {
+                    local: self.local,
+                    remote,
+                }
+            }
+        };
         let mut cin = inbound.sa_config();
+        cin.mode = mode(inbound);
         cin.replay_window = self.replay_window;
         let sa_in = Sa::new(cin, now).context("inbound SA")?;
-        let sa_out = Sa::new(outbound.sa_config(), now).context("outbound SA")?;
+        let mut cout = outbound.sa_config();
+        cout.mode = mode(outbound);
+        let sa_out = Sa::new(cout, now).context("outbound SA")?;
         Ok((sa_in, sa_out))
     }
 

@@ -120,6 +120,9 @@ pub struct SaStatus {
     pub suite: String,
     /// Extended sequence numbers.
     pub esn: bool,
+    /// `transport` or `tunnel` (absent from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     /// `live`, `soft` (rekey due) or `expired`.
     pub state: String,
     /// Packets processed.
@@ -217,10 +220,11 @@ impl Status {
                     .collect();
                 let _ = writeln!(
                     s,
-                    "    {:<3} spi {} {} esn={} {} packets {} bytes {} last_seq {} drops: {}",
+                    "    {:<3} spi {} {} {} esn={} {} packets {} bytes {} last_seq {} drops: {}",
                     sa.direction,
                     sa.spi,
                     sa.suite,
+                    sa.mode.as_deref().unwrap_or("-"),
                     sa.esn,
                     sa.state,
                     sa.packets,
