@@ -1107,7 +1107,31 @@ fn sswan_rekeys_both_ways() {
                 st.render()
             );
         }
+        // The last pair carries the traffic, both ways, on both sides.
         x.ping_both_ways(3)?;
+        let sas = x.charon.list_sas()?;
+        let child = sas
+            .installed()
+            .into_iter()
+            .find(|c| c.spi_in == third.to_charon)
+            .with_context(|| format!("charon lost {third}:\n{}", sas.text))?
+            .clone();
+        let st = x.status(lab)?;
+        let tunsec_in = st
+            .peers
+            .iter()
+            .flat_map(|p| p.sas.iter())
+            .find(|sa| sa.direction == "in" && sa.spi == format!("{:#010x}", third.to_tunsec))
+            .map_or(0, |sa| sa.packets);
+        eprintln!(
+            "  on {third}: charon {} packets in, {} out; tunsecd {tunsec_in} in",
+            child.packets_in, child.packets_out
+        );
+        ensure!(
+            child.packets_in >= 3 && child.packets_out >= 3 && tunsec_in >= 3,
+            "the traffic does not use the new Child SA {third}:\n{}",
+            x.describe(lab)
+        );
         Ok(())
     });
 }
