@@ -16,6 +16,14 @@
 //!   speaks IKE to h1's ESP-in-UDP port behind the non-ESP marker gets its
 //!   answers from that port with the marker, and the IKE and Child SAs come
 //!   up on h1.
+//! - `ike_tunnel_mode`: both daemons with `mode = "tunnel"` (one reading
+//!   its PSK from `psk_env`) bring up tunnel-mode Child SAs; pings (also
+//!   full-size with DF) and a TCP transfer get through, the capture holds
+//!   only IKE, ESP in UDP and ARP, and the ESP packets carry the 20 bytes
+//!   of the inner IPv4 header.
+//! - `ike_mixed_modes_agree_on_tunnel`: one side configured for tunnel
+//!   mode, the other for transport: both end in tunnel mode and traffic
+//!   flows.
 //!
 //! They need root, iproute2, ping and tshark (dumpcap); they fail, never
 //! skip, when something is missing.
@@ -819,4 +827,250 @@ fn ike_tcp_across_rekeys() {
         }
         Ok(())
     });
+}
+
+/// The UDP lengths of the ESP-in-UDP frames in a capture.
+fn esp_udp_lengths(pcap: &Path) -> anyhow::Result<Vec<u16>> {
+    let pcap = pcap.to_string_lossy();
+    let out = tunsec::netns::run(
+        "tshark",
+        &[
+            "-r",
+            &pcap,
+            "-Y",
+            "udpencap && esp",
+            "-T",
+            "fields",
+            "-e",
+            "udp.length",
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// Both daemons ask for tunnel mode (`[peer.ike] mode = "tunnel"`; h2 reads
+/// its PSK from the environment, `psk_env`): the Child SAs come up in
+/// tunnel mode, the TAP MTU leaves room for the inner IP header, tenants
+/// ping each other (full-size, DF, too) and move data over TCP, and the
+/// underlay carries only IKE, ESP in UDP and ARP, unfragmented, with the
+/// ESP packets 20 bytes longer than transport mode's: the inner IPv4
+/// header.
+#[test]
+fn ike_tunnel_mode() {
+    const PSK_VAR: &str = "TSE2E_TUNNEL_PSK";
+    with_lab("tsike-tun", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        let psk = "tunnel-mode-secret";
+        let mode = "mode = \"tunnel\"\n";
+        let c1 = write_config_with(lab, 1, 2, psk, mode)?;
+        let c2 = write_config_with(lab, 2, 1, "unused", mode)?;
+        let text = std::fs::read_to_string(&c2)?;
+        ensure!(text.contains("psk_file = \"h2.psk\""), "{text}");
+        std::fs::write(
+            &c2,
+            text.replace("psk_file = \"h2.psk\"", &format!("psk_env = \"{PSK_VAR}\"")),
+        )?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        // h2's daemon with the PSK in its environment only.
+        let c2s = c2.to_string_lossy().into_owned();
+        let var = format!("{PSK_VAR}={psk}");
+        lab.spawn(
+            "h2",
+            &h2,
+            Path::new("/usr/bin/env"),
+            &[&var, TUNSECD, "--config", &c2s],
+        )?;
+        let sock = socket_path(lab, 2);
+        lab.wait_for("tunsecd h2 to answer", Duration::from_secs(20), || {
+            matches!(
+                control::call(&sock, &Request::Status),
+                Ok(Response::Status(_))
+            )
+        })?;
+
+        let tunnel_sas = |s: &Status, peer: &str| -> bool {
+            s.peers.iter().find(|p| p.name == peer).is_some_and(|p| {
+                p.sas.len() == 2
+                    && p.sas.iter().any(|sa| sa.direction == "in")
+                    && p.sas.iter().any(|sa| sa.direction == "out")
+                    && p.sas.iter().all(|sa| sa.mode.as_deref() == Some("tunnel"))
+            })
+        };
+        wait_status(lab, "tunnel-mode Child SAs", |s1, s2| {
+            Ok(ike_of(s1, "h2")?.state == "established"
+                && ike_of(s2, "h1")?.state == "established"
+                && tunnel_sas(s1, "h2")
+                && tunnel_sas(s2, "h1"))
+        })?;
+        phase(lab, "IKE up in tunnel mode", t0);
+
+        // The TAP MTU: 1500 - 121 (IPv4, ESP in UDP, inner IPv4, VXLAN)
+        // - 14 (Ethernet) = 1365, 20 below transport mode's 1385.
+        let mtu = link_mtu(lab, &h1, TAP)?;
+        ensure!(mtu == 1365, "TAP MTU {mtu}, expected 1365");
+
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        // Full-size packets with DF: they fit the underlay unfragmented.
+        let size = (mtu - 28).to_string();
+        let out = exec_output(
+            &t1,
+            "ping",
+            &[
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &size,
+                "-p",
+                &marker_hex(),
+                &tenant_addr(2),
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains(" 3 received"),
+            "full-size pings through the tunnel: {text}"
+        );
+        phase(lab, "pings", t0);
+        stop_capture(lab, "capture");
+
+        // TCP through the tunnel, intact.
+        let server = lab.dir.path().join("server.py");
+        let client = lab.dir.path().join("client.py");
+        std::fs::write(&server, TCP_SERVER)?;
+        std::fs::write(&client, TCP_CLIENT)?;
+        let server_log = lab.spawn(
+            "server",
+            &t2,
+            Path::new("python3"),
+            &[&server.to_string_lossy()],
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        let out = exec_output(&t1, "python3", &[&client.to_string_lossy(), "3"])?;
+        ensure!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        lab.wait_for("the server's digest", Duration::from_secs(30), || {
+            std::fs::read_to_string(&server_log).is_ok_and(|s| !s.trim().is_empty())
+        })?;
+        let received = std::fs::read_to_string(&server_log)?.trim().to_owned();
+        eprintln!("  TCP: sent {sent}; received {received}");
+        ensure!(received == sent, "sent {sent}, received {received}");
+        phase(lab, "TCP", t0);
+
+        // tunsec status: tunnel-mode SAs that carried the traffic, and no
+        // drops on the way.
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
+            let rendered = s.render();
+            ensure!(
+                rendered.contains(" tunnel esn="),
+                "{}: status does not show tunnel mode:\n{rendered}",
+                s.node.name
+            );
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            for sa in &p.sas {
+                ensure!(
+                    sa.packets > 100 && sa.drops.values().all(|&d| d == 0),
+                    "{}: {sa:?}",
+                    s.node.name
+                );
+            }
+            for reason in ["inner_header", "policy", "no_sa", "too_big", "malformed"] {
+                ensure!(
+                    s.drops[reason] == 0,
+                    "{}: {reason} drops:\n{rendered}",
+                    s.node.name
+                );
+            }
+        }
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .collect();
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE, ESP in UDP nor ARP (cleartext VXLAN? fragments?):{}",
+            other.len(),
+            describe(&other)
+        );
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the underlay capture"
+        );
+        // A 200-byte ping is a 242-byte frame; under aes128gcm16 (IV 8,
+        // ICV 16) transport mode makes it UDP 8 + ESP 8 + IV 8 + (UDP 8 +
+        // VXLAN 8 + 242 + trailer 2) + ICV 16 = 300 bytes of UDP; tunnel
+        // mode adds the 20-byte inner IPv4 header: 320.
+        let lengths = esp_udp_lengths(&pcap)?;
+        let tunnel = lengths.iter().filter(|&&l| l == 320).count();
+        let transport = lengths.iter().filter(|&&l| l == 300).count();
+        eprintln!(
+            "  capture: {} frames, {} ESP, {tunnel} of 320 bytes (tunnel), {transport} of 300 (transport)",
+            frames.len(),
+            lengths.len()
+        );
+        ensure!(
+            tunnel >= 12 && transport == 0,
+            "ESP lengths do not show the inner IP header: {lengths:?}"
+        );
+        Ok(())
+    });
+}
+
+/// Mixed configs end in tunnel mode on both sides, and traffic flows: a
+/// transport-configured responder follows an initiator that does not ask
+/// for transport mode, and a tunnel-configured responder declines an
+/// initiator's USE_TRANSPORT_MODE (RFC 7296 section 1.3.1).
+#[test]
+fn ike_mixed_modes_agree_on_tunnel() {
+    for (prefix, extra1, extra2) in [
+        ("tsike-mx1", "mode = \"tunnel\"\n", ""),
+        ("tsike-mx2", "", "mode = \"tunnel\"\n"),
+    ] {
+        with_lab(prefix, |lab| {
+            let ul = add_underlay(lab)?;
+            let h1 = add_host(lab, &ul, "h1", 1)?;
+            let h2 = add_host(lab, &ul, "h2", 2)?;
+            let c1 = write_config_with(lab, 1, 2, "mixed-modes", extra1)?;
+            let c2 = write_config_with(lab, 2, 1, "mixed-modes", extra2)?;
+            start_tunsecd(lab, &h1, 1, &c1)?;
+            start_tunsecd(lab, &h2, 2, &c2)?;
+            let tunnel = |s: &Status, peer: &str| {
+                s.peers.iter().find(|p| p.name == peer).is_some_and(|p| {
+                    p.sas.len() == 2 && p.sas.iter().all(|sa| sa.mode.as_deref() == Some("tunnel"))
+                })
+            };
+            wait_status(lab, "tunnel-mode Child SAs", |s1, s2| {
+                Ok(tunnel(s1, "h2") && tunnel(s2, "h1"))
+            })?;
+            let t1 = add_tenant(lab, &h1, 1, TAP)?;
+            let t2 = add_tenant(lab, &h2, 2, TAP)?;
+            ping_ok(&t1, &tenant_addr(2))?;
+            ping_ok(&t2, &tenant_addr(1))?;
+            Ok(())
+        });
+    }
 }

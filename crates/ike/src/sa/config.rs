@@ -155,7 +155,8 @@ pub struct ChildSaParams {
     /// Extended sequence numbers.
     pub esn: bool,
     /// Transport mode was agreed (USE_TRANSPORT_MODE); otherwise tunnel
-    /// mode, which this slice does not configure yet.
+    /// mode (RFC 7296 section 1.3.1), whose endpoints the caller sets in
+    /// the [`SaConfig`] (tunsecd: the two underlay addresses).
     pub transport: bool,
     /// The keys of this direction.
     pub keys: SaKeys,
@@ -166,9 +167,11 @@ pub struct ChildSaParams {
 }
 
 impl ChildSaParams {
-    /// The ESP engine's configuration for this direction: transport mode,
-    /// ESP in UDP on port 4500 (the caller changes `encapsulation` for raw
-    /// ESP), the negotiated ESN, and the selectors that are prefixes.
+    /// The ESP engine's configuration for this direction: transport mode
+    /// (the caller sets `mode` to [`Mode::Tunnel`] with the endpoints when
+    /// `transport` is false), ESP in UDP on port 4500 (the caller changes
+    /// `encapsulation` for raw ESP), the negotiated ESN, and the selectors
+    /// that are prefixes.
     pub fn sa_config(&self) -> SaConfig {
         let mut config = SaConfig::new(self.spi, self.direction, self.suite, self.keys.clone());
         config.mode = Mode::Transport;
