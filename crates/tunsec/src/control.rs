@@ -34,6 +34,12 @@ pub enum Request {
         /// The peer's name.
         peer: String,
     },
+    /// Rekeys an IKE peer's Child SA now (CREATE_CHILD_SA, make before
+    /// break).
+    Rekey {
+        /// The peer's name.
+        peer: String,
+    },
 }
 
 /// The daemon's answer.

@@ -345,6 +345,7 @@ impl Daemon {
             Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
             Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
             Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
+            Ok(Request::Rekey { peer }) => self.ike_command(&peer, IkeCommand::Rekey),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -376,6 +377,7 @@ impl Daemon {
             message: match command {
                 IkeCommand::Down(_) => format!("peer {peer:?} going down"),
                 IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
+                IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying the Child SA"),
             },
         }
     }

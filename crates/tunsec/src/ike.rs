@@ -8,8 +8,26 @@
 //!
 //! Who initiates: of two peers, the one with the lower underlay address
 //! starts the IKE SA at start-up (and again after a failure, with
-//! back-off); the other only responds. So the two never race to create two
-//! IKE SAs.
+//! back-off). The other responds, and initiates only if nothing came from
+//! the peer within `START_GRACE` of its own start: that is how a restarted
+//! responder brings the tunnel back at once instead of waiting for the
+//! survivor's liveness check to fail. While the designated initiator has
+//! its own attempt in flight it ignores the peer's, so a simultaneous start
+//! converges on one IKE SA.
+//!
+//! Restarts (RFC 7296 section 2.4): every IKE_AUTH we send carries
+//! INITIAL_CONTACT, since we never hold two IKE SAs with one peer. A new
+//! IKE SA from a peer with which we have an established one is kept
+//! beside it until it is authenticated; then the old one, and all its
+//! Child SAs, go (the peer restarted and lost them).
+//!
+//! NAT traversal (RFC 7296 section 2.23): with `[esp] encapsulation =
+//! "udp"` the IKE SAs do NAT detection and force UDP encapsulation (our
+//! data path sends ESP in UDP, so the peer must too: a peer such as
+//! strongSwan then encapsulates as if behind a NAT); IKE moves to the
+//! ESP-in-UDP port after IKE_SA_INIT, behind the non-ESP marker. A host
+//! that finds itself behind a NAT sends a NAT keepalive every 20 s (RFC
+//! 3948 section 4). With raw ESP there is no NAT traversal.
 //!
 //! SA installation is read-copy-update, like every change of the tables:
 //! the new inbound SA is published first, then the outbound one, so the
@@ -60,6 +78,14 @@ const INBOUND_GRACE: Duration = Duration::from_secs(2);
 const SWITCH_WAIT: Duration = Duration::from_secs(2);
 /// The largest IKE datagram read.
 const MAX_DATAGRAM: usize = 65_535;
+/// How long the designated responder waits at start-up for the peer to
+/// initiate before it initiates itself.
+const START_GRACE: Duration = Duration::from_secs(1);
+/// How often a host behind a NAT sends a NAT keepalive (RFC 3948 section
+/// 4 suggests 20 s).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
+const KEEPALIVE_PACKET: [u8; 1] = [0xff];
 
 /// The IKE state of every peer with `[peer.ike]`, by peer index, for
 /// `tunsec status`.
@@ -74,6 +100,9 @@ pub enum IkeCommand {
     Down(usize),
     /// Bring the peer up: initiate now (whichever side we are).
     Up(usize),
+    /// Rekey the peer's Child SA now (RFC 7296 section 2.8), make before
+    /// break.
+    Rekey(usize),
 }
 
 /// One peer's IKE bookkeeping.
@@ -87,6 +116,11 @@ struct PeerIke {
     initiator: bool,
     /// The current IKE SA, if any.
     handle: Option<SaHandle>,
+    /// A new IKE SA the peer started while `handle` is established (the
+    /// peer restarted): it replaces `handle` once authenticated.
+    incoming: Option<SaHandle>,
+    /// When to send the next NAT keepalive (we are behind a NAT).
+    keepalive_at: Option<Instant>,
     /// When an initiator tries again.
     retry_at: Option<Instant>,
     retry_wait: Duration,
@@ -153,7 +187,16 @@ impl IkeDriver {
                     ike: ike.clone(),
                     initiator: local < p.underlay,
                     handle: None,
-                    retry_at: (local < p.underlay).then(Instant::now),
+                    incoming: None,
+                    keepalive_at: None,
+                    // The designated responder initiates too if the peer
+                    // stays silent (it may hold an IKE SA from before our
+                    // restart).
+                    retry_at: Some(if local < p.underlay {
+                        Instant::now()
+                    } else {
+                        Instant::now() + START_GRACE
+                    }),
                     retry_wait: RETRY_MIN,
                     last_error: None,
                     child_sas: 0,
@@ -188,7 +231,7 @@ impl IkeDriver {
         Ok(Some(driver))
     }
 
-    fn ike_config(local: IpAddr, peer: &PeerIke) -> IkeConfig {
+    fn ike_config(local: IpAddr, peer: &PeerIke, esp_port: Option<u16>) -> IkeConfig {
         // Host to host, UDP, any port: the overlay's tunnel datagrams
         // between the two underlay addresses, in transport mode unless the
         // config asks for tunnel mode. RFC 7296 section 1.3.1: an
@@ -208,6 +251,16 @@ impl IkeDriver {
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
         c.child_lifetime = peer.ike.child_lifetime;
+        // Our data path sends ESP in UDP: NAT detection, and forced
+        // encapsulation so that the peer sends ESP in UDP too. With raw
+        // ESP, no NAT traversal (IKE could not move to a port we serve).
+        if let Some(port) = esp_port {
+            c.local_addr = Some(SocketAddr::new(local, IKE_PORT));
+            c.natt_port = port;
+            c.force_udp_encap = true;
+        }
+        // We hold at most one IKE SA per peer, and none when we initiate.
+        c.initial_contact = true;
         c
     }
 
@@ -224,6 +277,7 @@ impl IkeDriver {
                 self.endpoint.poll_timeout(),
                 self.peers.iter().filter_map(|p| p.retry_at).min(),
                 self.peers.iter().filter_map(|p| p.liveness_at).min(),
+                self.peers.iter().filter_map(|p| p.keepalive_at).min(),
                 self.peers
                     .iter()
                     .filter_map(|p| p.pending_outbound.as_ref().map(|o| o.deadline))
@@ -267,6 +321,7 @@ impl IkeDriver {
             }
             self.start_due(now);
             self.check_liveness(now);
+            self.send_keepalives(now);
             self.rekey_housekeeping(now);
             self.drain(&mut batch);
         }
@@ -274,28 +329,61 @@ impl IkeDriver {
     }
 
     fn handle_datagram(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
-        let local = self.local;
+        let (local, esp_port) = (self.local, self.esp_port);
         let peers = &self.peers;
-        let incoming = self.endpoint.handle_datagram(now, src, bytes, |remote| {
+        let endpoint = &mut self.endpoint;
+        // Whether the designated initiator's own attempt is alive: in its
+        // first transmission, or answered. Then the peer's simultaneous
+        // attempt is ignored (the peer gives it up when ours reaches it),
+        // so that the two converge on one IKE SA. An attempt the peer has
+        // not answered after a retransmission yields to the peer's.
+        let in_flight: Vec<Option<SaHandle>> = peers
+            .iter()
+            .map(|p| {
+                p.handle.filter(|_| p.initiator).filter(|&h| {
+                    endpoint.sa_mut(h).is_some_and(|sa| {
+                        !sa.is_established()
+                            && (sa.ike_suite().is_some() || sa.stats().retransmits == 0)
+                    })
+                })
+            })
+            .collect();
+        let incoming = endpoint.handle_datagram(now, src, bytes, |remote| {
             // Known peers only, by underlay address.
-            let peer = peers
+            let i = peers
                 .iter()
-                .find(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
+                .position(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
+            if in_flight[i].is_some() {
+                return None;
+            }
             let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
-            Some((Self::ike_config(local, peer), rng))
+            Some((Self::ike_config(local, &peers[i], esp_port), rng))
         });
         match incoming {
             Incoming::Sa { handle, new: true } => {
                 let Some(p) = self.peers.iter_mut().find(|p| p.addr.ip() == src.ip()) else {
                     return;
                 };
-                // A new IKE SA from the peer replaces the old one (the peer
-                // restarted, or gave up on it).
-                if let Some(old) = p.handle.replace(handle) {
-                    self.endpoint.remove(old);
-                }
                 p.retry_at = None;
-                tracing::info!(peer = %p.name, "IKE: responding to IKE_SA_INIT");
+                let established = p
+                    .handle
+                    .and_then(|h| self.endpoint.sa_mut(h))
+                    .is_some_and(|sa| sa.is_established());
+                if established {
+                    // The peer restarted (or lost its IKE SA): the old one
+                    // stays until the new one is authenticated.
+                    if let Some(older) = p.incoming.replace(handle) {
+                        self.endpoint.remove(older);
+                    }
+                    tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
+                } else {
+                    // Our own attempt (as the designated responder) gives
+                    // way to the peer's.
+                    if let Some(old) = p.handle.replace(handle) {
+                        self.endpoint.remove(old);
+                    }
+                    tracing::info!(peer = %p.name, "IKE: responding to IKE_SA_INIT");
+                }
             }
             Incoming::Refused => {
                 tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
@@ -308,12 +396,15 @@ impl IkeDriver {
     fn start_due(&mut self, now: Instant) {
         for i in 0..self.peers.len() {
             let p = &self.peers[i];
-            // A responder initiates only when told to (`tunsec up` sets
-            // its retry time).
-            if p.admin_down || p.handle.is_some() || p.retry_at.is_none_or(|t| t > now) {
+            if p.admin_down || p.retry_at.is_none_or(|t| t > now) {
                 continue;
             }
-            let config = Self::ike_config(self.local, p);
+            if p.handle.is_some() {
+                // The peer initiated first (the responder's start-up grace).
+                self.peers[i].retry_at = None;
+                continue;
+            }
+            let config = Self::ike_config(self.local, p, self.esp_port);
             let addr = p.addr;
             let result = self
                 .endpoint
@@ -350,9 +441,30 @@ impl IkeDriver {
         }
     }
 
+    /// Sends a NAT keepalive (RFC 3948 section 2.3) from the ESP-in-UDP
+    /// socket to every peer whose IKE SA found us behind a NAT.
+    fn send_keepalives(&mut self, now: Instant) {
+        for p in &mut self.peers {
+            if p.keepalive_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            p.keepalive_at = Some(now + KEEPALIVE);
+            let dst = p
+                .handle
+                .and_then(|h| self.endpoint.sa_mut(h))
+                .and_then(|sa| sa.remote());
+            if let Some(dst) = dst {
+                let sent = Batch::new(1).send(&self.sockets.esp, [(&KEEPALIVE_PACKET[..], dst)]);
+                if sent.refused > 0 {
+                    tracing::debug!(peer = %p.name, "NAT keepalive not sent");
+                }
+            }
+        }
+    }
+
     /// Carries out a command from the control socket.
     fn command(&mut self, now: Instant, command: IkeCommand) {
-        let (IkeCommand::Down(index) | IkeCommand::Up(index)) = command;
+        let (IkeCommand::Down(index) | IkeCommand::Up(index) | IkeCommand::Rekey(index)) = command;
         let Some(i) = self.peers.iter().position(|p| p.index == index) else {
             return;
         };
@@ -366,6 +478,9 @@ impl IkeDriver {
                 // Tell the peer (one DELETE of the IKE SA, which takes its
                 // Child SAs with it), then forget the SA: its SAs leave the
                 // tables at once, so nothing waits on the peer's answer.
+                if let Some(incoming) = p.incoming.take() {
+                    self.endpoint.remove(incoming);
+                }
                 if let Some(handle) = p.handle.take() {
                     if let Some(sa) = self.endpoint.sa_mut(handle) {
                         if sa.is_established() {
@@ -393,6 +508,20 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
+            IkeCommand::Rekey(_) => {
+                let p = &self.peers[i];
+                let result = p
+                    .handle
+                    .and_then(|h| self.endpoint.sa_mut(h))
+                    .map(|sa| sa.rekey_child(now));
+                match result {
+                    Some(Ok(())) => tracing::info!(peer = %p.name, "IKE: rekeying by request"),
+                    Some(Err(e)) => {
+                        tracing::warn!(peer = %p.name, "IKE: cannot rekey: {e}");
+                    }
+                    None => tracing::warn!(peer = %p.name, "IKE: cannot rekey: no IKE SA"),
+                }
+            }
         }
         self.publish_status();
     }
@@ -405,6 +534,7 @@ impl IkeDriver {
         }
         let now = Instant::now();
         for i in 0..self.peers.len() {
+            self.drain_incoming(i, &mut out);
             let Some(handle) = self.peers[i].handle else {
                 continue;
             };
@@ -428,6 +558,7 @@ impl IkeDriver {
                 self.endpoint.remove(handle);
                 self.peers[i].handle = None;
                 self.peers[i].liveness_at = None;
+                self.peers[i].keepalive_at = None;
                 let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
                 self.remove_all(i, index, &name);
                 let p = &mut self.peers[i];
@@ -441,6 +572,47 @@ impl IkeDriver {
         self.publish_status();
     }
 
+    /// Polls a peer's new IKE SA that waits beside the established one:
+    /// once authenticated it replaces the old one, whose Child SAs go with
+    /// it (the peer restarted: RFC 7296 section 2.4); if it fails, the old
+    /// one stays.
+    fn drain_incoming(&mut self, i: usize, out: &mut Vec<tunsec_ike::sa::Transmit>) {
+        let Some(incoming) = self.peers[i].incoming else {
+            return;
+        };
+        let Some(sa) = self.endpoint.sa_mut(incoming) else {
+            self.peers[i].incoming = None;
+            return;
+        };
+        while let Some(t) = sa.poll_transmit() {
+            out.push(t);
+        }
+        if sa.is_closed() {
+            let mut events = Vec::new();
+            while let Some(e) = sa.poll_event() {
+                events.push(e);
+            }
+            tracing::warn!(peer = %self.peers[i].name, ?events, "IKE: the peer's new IKE SA failed; the old one stays");
+            self.endpoint.remove(incoming);
+            self.peers[i].incoming = None;
+            return;
+        }
+        if !sa.is_established() {
+            return;
+        }
+        let initial_contact = sa.peer_initial_contact();
+        let p = &mut self.peers[i];
+        p.incoming = None;
+        if let Some(old) = p.handle.replace(incoming) {
+            self.endpoint.remove(old);
+        }
+        let (index, name) = (p.index, p.name.clone());
+        tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
+        self.remove_all(i, index, &name);
+        // Its events (IkeSaEstablished, ChildSaUp) are handled with the
+        // current IKE SA's, below.
+    }
+
     fn handle_event(&mut self, i: usize, event: Event) {
         let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
         match event {
@@ -450,6 +622,23 @@ impl IkeDriver {
                 p.last_error = None;
                 p.retry_wait = RETRY_MIN;
                 p.liveness_at = Some(Instant::now() + LIVENESS);
+                let nat = p
+                    .handle
+                    .and_then(|h| self.endpoint.sa_mut(h))
+                    .and_then(|sa| sa.nat());
+                if let Some(nat) = nat {
+                    tracing::info!(
+                        peer = %name,
+                        local_behind_nat = nat.local_behind_nat,
+                        remote_behind_nat = nat.remote_behind_nat,
+                        forced = nat.forced,
+                        "IKE: NAT detection"
+                    );
+                }
+                let p = &mut self.peers[i];
+                p.keepalive_at = nat
+                    .filter(|n| n.local_behind_nat)
+                    .map(|_| Instant::now() + KEEPALIVE);
             }
             Event::ChildSaUp { inbound, outbound } => {
                 // A fresh IKE SA: nothing of an older rekey carries over.

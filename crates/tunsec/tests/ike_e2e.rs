@@ -131,14 +131,22 @@ impl Frame {
     }
 
     /// IKE on UDP 500, or an ICMP error quoting it (the first
-    /// IKE_SA_INIT can reach the peer before its daemon listens).
+    /// IKE_SA_INIT can reach the peer before its daemon listens), or IKE
+    /// on the ESP-in-UDP port behind the non-ESP marker, where it moves
+    /// after IKE_SA_INIT (RFC 7296 section 2.23).
     fn is_ike(&self) -> bool {
-        (self.protocols.starts_with("eth:ethertype:ip:udp:isakmp")
+        let on_500 = (self.protocols.starts_with("eth:ethertype:ip:udp:isakmp")
             || self
                 .protocols
                 .starts_with("eth:ethertype:ip:icmp:ip:udp:isakmp"))
             && self.sport == Some(IKE_PORT)
-            && self.dport == Some(IKE_PORT)
+            && self.dport == Some(IKE_PORT);
+        let on_4500 = self
+            .protocols
+            .starts_with("eth:ethertype:ip:udp:udpencap:isakmp")
+            && self.sport == Some(ESP_PORT)
+            && self.dport == Some(ESP_PORT);
+        on_500 || on_4500
     }
 }
 
@@ -494,7 +502,10 @@ fn ike_on_the_esp_port() {
         let c1 = write_config(lab, 1, 2, psk)?;
         start_tunsecd(lab, &h1, 1, &c1)?;
 
-        // h2 runs no tunsecd: the test is h2's IKE initiator.
+        // h2 runs no tunsecd: the test is h2's IKE initiator. h1, the
+        // designated initiator, tries first; its own attempt yields to the
+        // peer's once it went unanswered past a retransmission (0.5 s).
+        std::thread::sleep(Duration::from_millis(800));
         let mut relay = Command::new("ip")
             .args(["netns", "exec", &h2, "/usr/bin/python3", "-c", RELAY])
             .stdin(Stdio::piped())
@@ -1035,6 +1046,135 @@ fn ike_tunnel_mode() {
         ensure!(
             tunnel >= 12 && transport == 0,
             "ESP lengths do not show the inner IP header: {lengths:?}"
+        );
+        Ok(())
+    });
+}
+
+/// The IKE SPIs a host shows for its peer, once its IKE SA is established
+/// with exactly one Child SA pair installed (no stale SAs beside it).
+fn clean_ike_sa(s: &Status, peer: &str) -> anyhow::Result<Option<(String, String)>> {
+    let ike = ike_of(s, peer)?;
+    let sas = &s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .context("no such peer")?
+        .sas;
+    let (ins, outs) = (
+        sas.iter().filter(|sa| sa.direction == "in").count(),
+        sas.iter().filter(|sa| sa.direction == "out").count(),
+    );
+    Ok(
+        match (ike.state.as_str(), ike.spi_i, ike.spi_r, ins, outs) {
+            ("established", Some(i), Some(r), 1, 1) => Some((i, r)),
+            _ => None,
+        },
+    )
+}
+
+/// Peer restart (RFC 7296 section 2.4): each host in turn is killed with
+/// SIGKILL and started again while tenants ping across. The tunnel is
+/// back within 5 s of the restart, the survivor holds only the new IKE SA
+/// and one Child SA pair (the old ones are gone, not left to time out),
+/// and the underlay capture never holds a tenant byte in the clear: only
+/// IKE, ESP in UDP, ARP, and ICMP errors quoting IKE or ESP (sent by the
+/// restarting host while its sockets are closed).
+#[test]
+fn ike_peer_restart() {
+    with_lab("tsike-rs", |lab| {
+        let t0 = Instant::now();
+        let (pair, pcap) = ike_pair(lab, "restart-secret", "restart-secret")?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ping(&t1, &tenant_addr(2), 1)? != 1 {
+            ensure!(Instant::now() < deadline, "the tunnel never came up");
+        }
+        phase(lab, "tunnel up", t0);
+
+        for (victim, survivor, ns, tenant) in [(1u8, 2u8, &pair.h1, &t1), (2, 1, &pair.h2, &t2)] {
+            let label = format!("h{victim}");
+            let before = clean_ike_sa(&status(lab, survivor)?, &label)?
+                .context("the survivor's IKE SA is not clean before the restart")?;
+            let pid = lab.pid(&label).context("no daemon pid")?;
+            ensure!(
+                Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()?
+                    .success(),
+                "kill -KILL {pid} failed"
+            );
+            lab.stop(&label);
+            let log = lab.dir.path().join(format!("{label}.log"));
+            std::fs::rename(&log, lab.dir.path().join(format!("{label}.killed.log")))?;
+            // The survivor keeps sending with its old SA meanwhile, and
+            // the tenant behind the dead host keeps trying.
+            let other_tenant = if victim == 1 { &t2 } else { &t1 };
+            let _ = ping(other_tenant, &tenant_addr(victim), 2)?;
+
+            let config = lab.dir.path().join(format!("{label}.toml"));
+            let restarted = Instant::now();
+            start_tunsecd(lab, ns, victim, &config)?;
+            // A restarted daemon makes a new TAP device: back on the bridge.
+            lab.wait_for("the new TAP", Duration::from_secs(5), || {
+                lab.try_exec(ns, "ip", &["link", "show", TAP])
+            })?;
+            lab.exec(ns, "ip", &["link", "set", TAP, "master", "br-t"])?;
+            let peer_tenant = tenant_addr(survivor);
+            let back = loop {
+                if ping(tenant, &peer_tenant, 1)? == 1 {
+                    break restarted.elapsed();
+                }
+                ensure!(
+                    restarted.elapsed() < Duration::from_secs(15),
+                    "h{victim} restarted, and the tunnel is still down after 15 s:\n{}\n{}",
+                    status(lab, victim)?.render(),
+                    status(lab, survivor)?.render()
+                );
+            };
+            eprintln!("  h{victim} killed and restarted: tunnel back after {back:?}");
+            ensure!(
+                back < Duration::from_secs(5),
+                "h{victim} restarted: the tunnel took {back:?} to come back (at most 5 s)"
+            );
+            // The survivor holds the new IKE SA, the same one the
+            // restarted host holds, and one Child SA pair: nothing stale.
+            let (sv, rs) = (status(lab, survivor)?, status(lab, victim)?);
+            let new_sv = clean_ike_sa(&sv, &label)?
+                .with_context(|| format!("the survivor is not clean:\n{}", sv.render()))?;
+            let new_rs = clean_ike_sa(&rs, &format!("h{survivor}"))?
+                .with_context(|| format!("the restarted host is not clean:\n{}", rs.render()))?;
+            ensure!(
+                new_sv == new_rs && new_sv != before,
+                "IKE SPIs: before {before:?}, survivor {new_sv:?}, restarted {new_rs:?}"
+            );
+            phase(lab, &format!("h{victim} restarted"), t0);
+        }
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        stop_capture(lab, "capture");
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let icmp_about_ours = |f: &Frame| {
+            f.protocols.starts_with("eth:ethertype:ip:icmp:ip:udp")
+                && (f.protocols.contains(":esp") || f.protocols.contains(":isakmp"))
+        };
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike() && !icmp_about_ours(f))
+            .collect();
+        eprintln!(
+            "  capture: {} frames, {} other, marker {leaked} times",
+            frames.len(),
+            other.len()
+        );
+        ensure!(
+            other.is_empty() && leaked == 0,
+            "cleartext on the underlay during the restarts (marker {leaked} times):{}",
+            describe(&other)
         );
         Ok(())
     });

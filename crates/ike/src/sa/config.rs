@@ -92,6 +92,23 @@ pub struct Config {
     /// automatic rekeying; [`super::IkeSa::rekey_child`] still works. The
     /// hard end of the lifetime is not enforced yet.
     pub child_lifetime: Option<Duration>,
+    /// Our IKE address and port as the peer should see them: turns on NAT
+    /// detection (RFC 7296 section 2.23) and, when a NAT is found, ESP in
+    /// UDP and the move of IKE to [`Self::natt_port`]. `None` (the
+    /// default): no NAT traversal.
+    pub local_addr: Option<SocketAddr>,
+    /// The port IKE moves to, and ESP in UDP uses, when a NAT is detected
+    /// or UDP encapsulation is forced: [`super::nat::NATT_PORT`] (4500)
+    /// unless the deployment says otherwise.
+    pub natt_port: u16,
+    /// Force UDP encapsulation even without a NAT (strongSwan's `encap =
+    /// yes`): our NAT_DETECTION_SOURCE_IP never matches, so both sides
+    /// encapsulate. Needs [`Self::local_addr`].
+    pub force_udp_encap: bool,
+    /// Send INITIAL_CONTACT in IKE_AUTH (RFC 7296 section 2.4): we have no
+    /// other IKE SA with this peer (we just started), so the peer deletes
+    /// any it still holds with us.
+    pub initial_contact: bool,
 }
 
 impl Config {
@@ -109,6 +126,10 @@ impl Config {
             remote_ts: vec![TrafficSelector::any_ipv4()],
             transport_mode: true,
             child_lifetime: None,
+            local_addr: None,
+            natt_port: super::nat::NATT_PORT,
+            force_udp_encap: false,
+            initial_contact: false,
         }
     }
 
@@ -158,6 +179,9 @@ pub struct ChildSaParams {
     /// mode (RFC 7296 section 1.3.1), whose endpoints the caller sets in
     /// the [`SaConfig`] (tunsecd: the two underlay addresses).
     pub transport: bool,
+    /// ESP travels in UDP (RFC 3948): NAT detection found a NAT, or one
+    /// side forced it (RFC 7296 section 2.23).
+    pub udp_encap: bool,
     /// The keys of this direction.
     pub keys: SaKeys,
     /// Our side's traffic selectors, as agreed.

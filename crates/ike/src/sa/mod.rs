@@ -36,10 +36,16 @@
 //! message IDs, bytes that do not parse or decrypt) is dropped and counted
 //! in [`Stats`], and changes nothing.
 //!
-//! Not yet: IKE SA rekeying, NAT detection and ESP in UDP
-//! negotiation, cookies, certificates, tunnel mode, a timeout for a
-//! half-open responder, and answers to malformed requests (INVALID_SYNTAX,
-//! INVALID_MAJOR_VERSION, UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
+//! NAT detection (section 2.23, [`nat`]) runs in IKE_SA_INIT when
+//! [`Config::local_addr`] is set: on a NAT, or with
+//! [`Config::force_udp_encap`], IKE moves to the NAT-T port and the Child
+//! SAs are `udp_encap`. INITIAL_CONTACT (section 2.4) is sent when
+//! [`Config::initial_contact`] says so, and reported by
+//! [`IkeSa::peer_initial_contact`].
+//!
+//! Not yet: IKE SA rekeying, cookies, certificates, and answers to
+//! malformed requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION,
+//! UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
 //! datagram to the IKE SA its SPIs name and creates responders for new
@@ -47,6 +53,7 @@
 
 mod config;
 mod endpoint;
+mod nat;
 pub mod ts;
 
 #[cfg(test)]
@@ -63,6 +70,7 @@ pub use config::{
     AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
 };
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
+pub use nat::{NATT_PORT, NatState};
 
 use crate::crypto::{
     self, IkeKeys, IkeSuite, KeyExchange, SkCipher, child_sa_keys, shared_key_auth, signed_octets,
@@ -300,6 +308,14 @@ pub struct IkeSa {
     next_request_id: u32,
     /// Responder: when a half-open IKE SA is given up.
     half_open_deadline: Option<Instant>,
+    /// Our address as the peer should see it (NAT traversal on), moved to
+    /// the NAT-T port when a NAT is found.
+    local: Option<SocketAddr>,
+    /// What NAT detection found; `None` until IKE_SA_INIT is done, or if
+    /// either side does no NAT traversal.
+    nat: Option<NatState>,
+    /// The peer sent INITIAL_CONTACT in its IKE_AUTH request.
+    peer_initial_contact: bool,
     stats: Stats,
 }
 
@@ -491,8 +507,12 @@ impl IkeSa {
             peer_next_id: 0,
             next_request_id: 0,
             half_open_deadline: None,
+            local: None,
+            nat: None,
+            peer_initial_contact: false,
             stats: Stats::default(),
         };
+        sa.local = sa.config.local_addr;
         let init = sa.init_request(group, ni, 0)?;
         sa.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
         sa.state = State::InitSent(Box::new(init));
@@ -506,6 +526,7 @@ impl IkeSa {
     /// state, as RFC 7296 section 2.6 wants of a responder before it has
     /// committed to an SA.
     pub fn respond(config: Config, rng: Box<dyn Random + Send>) -> Self {
+        let local = config.local_addr;
         Self {
             config,
             role: Role::Responder,
@@ -521,6 +542,9 @@ impl IkeSa {
             peer_next_id: 0,
             next_request_id: 0,
             half_open_deadline: None,
+            local,
+            nat: None,
+            peer_initial_contact: false,
             stats: Stats::default(),
         }
     }
@@ -620,6 +644,26 @@ impl IkeSa {
     /// until IKE_SA_INIT is answered.
     pub fn spis(&self) -> (u64, u64) {
         (self.spi_i, self.spi_r)
+    }
+
+    /// Where the peer is now: its IKE address and port (the NAT-T port
+    /// after a move, RFC 7296 section 2.23; a responder follows the address
+    /// of the last authenticated request).
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// What NAT detection found in IKE_SA_INIT: `None` before, or when
+    /// either side does no NAT traversal.
+    pub fn nat(&self) -> Option<NatState> {
+        self.nat
+    }
+
+    /// Whether the peer's IKE_AUTH request carried INITIAL_CONTACT (RFC
+    /// 7296 section 2.4): it has no other IKE SA with us any more, so any
+    /// older IKE SA with it (and its Child SAs) is stale and should go.
+    pub fn peer_initial_contact(&self) -> bool {
+        self.peer_initial_contact
     }
 
     /// Whether both sides are authenticated and the IKE SA is up.
@@ -724,7 +768,7 @@ impl IkeSa {
             return Err(Discard::Malformed);
         }
         match (self.role, header.response) {
-            (_, true) => self.handle_response(now, &header, bytes),
+            (_, true) => self.handle_response(now, remote, &header, bytes),
             (_, false) => self.handle_request(now, remote, &header, bytes),
         }
     }
@@ -799,6 +843,17 @@ impl IkeSa {
                 Payload::Nonce(ni.clone()),
             ],
         };
+        let mut message = message;
+        if let (Some(local), Some(remote)) = (self.local, self.remote) {
+            message.payloads.extend(nat::notifies(
+                self.spi_i,
+                0,
+                local,
+                remote,
+                self.config.force_udp_encap,
+                self.rng.as_mut(),
+            )?);
+        }
         Ok(InitSent {
             kex,
             ni,
@@ -810,6 +865,7 @@ impl IkeSa {
     fn handle_response(
         &mut self,
         now: Instant,
+        remote: SocketAddr,
         header: &Header,
         bytes: &[u8],
     ) -> Result<(), Discard> {
@@ -830,7 +886,7 @@ impl IkeSa {
             return Err(Discard::Unexpected);
         }
         match &self.state {
-            State::InitSent(_) => self.on_init_response(now, header, bytes),
+            State::InitSent(_) => self.on_init_response(now, remote, header, bytes),
             State::AuthSent(st) => {
                 if header.responder_spi != self.spi_r {
                     return Err(Discard::WrongSpi);
@@ -870,6 +926,7 @@ impl IkeSa {
     fn on_init_response(
         &mut self,
         now: Instant,
+        remote: SocketAddr,
         header: &Header,
         bytes: &[u8],
     ) -> Result<(), Discard> {
@@ -925,6 +982,7 @@ impl IkeSa {
         };
         self.outstanding = None;
         self.spi_r = header.responder_spi;
+        self.detect_nat(&message.payloads, remote);
         // RFC 7296 section 2.7: the responder accepts one proposal, which must
         // be one we offered, with one transform of each type.
         let suite = match sa.proposals.as_slice() {
@@ -974,6 +1032,32 @@ impl IkeSa {
         Ok(())
     }
 
+    /// Initiator: NAT detection in the IKE_SA_INIT response that came from
+    /// `remote`; on a NAT (or forced encapsulation) IKE moves to the NAT-T
+    /// port from IKE_AUTH on (RFC 7296 section 2.23).
+    fn detect_nat(&mut self, payloads: &[Payload], remote: SocketAddr) {
+        let Some(local) = self.local else {
+            return;
+        };
+        self.nat = nat::detect(
+            payloads,
+            self.spi_i,
+            self.spi_r,
+            local,
+            remote,
+            self.config.force_udp_encap,
+        );
+        if self.nat.is_some_and(|n| n.udp_encap()) {
+            let port = self.config.natt_port;
+            if let Some(r) = self.remote.as_mut() {
+                r.set_port(port);
+            }
+            if let Some(l) = self.local.as_mut() {
+                l.set_port(port);
+            }
+        }
+    }
+
     /// SKEYSEED and the SK_* keys (RFC 7296 section 2.14), and the ciphers.
     fn derive(&self, suite: IkeSuite, g_ir: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
         let seed = skeyseed(suite.prf, ni, nr, g_ir.expose());
@@ -1011,6 +1095,14 @@ impl IkeSa {
         let mut payloads = vec![Payload::IdInitiator(c.local_id.clone())];
         if let Some(idr) = &c.remote_id {
             payloads.push(Payload::IdResponder(idr.clone()));
+        }
+        // RFC 7296 section 2.4: INITIAL_CONTACT tells the peer that we hold
+        // no other IKE SA with it, so it may delete what it has with us.
+        if c.initial_contact {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::InitialContact,
+                Vec::new(),
+            )));
         }
         payloads.push(Payload::Auth(Auth {
             method: AuthMethod::SharedKey,
@@ -1198,6 +1290,7 @@ impl IkeSa {
             suite: choice.suite,
             esn: choice.esn,
             transport,
+            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
             keys,
             local_ts: rtsi.to_vec(),
             remote_ts: rtsr.to_vec(),
@@ -1481,6 +1574,30 @@ impl IkeSa {
             let nr = random_nonce(self.rng.as_mut())?;
             self.spi_i = header.initiator_spi;
             self.spi_r = spi_r;
+            self.remote = Some(remote);
+            // RFC 7296 section 2.23: the request's digests cover SPIr = 0.
+            let nat = self.local.and_then(|local| {
+                nat::detect(
+                    &message.payloads,
+                    header.initiator_spi,
+                    0,
+                    local,
+                    remote,
+                    self.config.force_udp_encap,
+                )
+            });
+            let nat_notifies = match (nat, self.local) {
+                (Some(_), Some(local)) => Some(nat::notifies(
+                    self.spi_i,
+                    spi_r,
+                    local,
+                    remote,
+                    self.config.force_udp_encap,
+                    self.rng.as_mut(),
+                )?),
+                _ => None,
+            };
+            self.nat = nat;
             let response = Message {
                 header: self.header(ExchangeType::IkeSaInit, true, 0),
                 payloads: vec![
@@ -1492,7 +1609,10 @@ impl IkeSa {
                         data: public,
                     }),
                     Payload::Nonce(nr.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(nat_notifies.into_iter().flatten())
+                .collect(),
             }
             .encode()?;
             let sk = self.derive(suite, &g_ir, ni, &nr)?;
@@ -1551,6 +1671,7 @@ impl IkeSa {
             }
             return;
         }
+        self.peer_initial_contact = p.notify(NotifyType::InitialContact).is_some();
         let ExpectAuth {
             sk,
             ni,
@@ -1665,6 +1786,7 @@ impl IkeSa {
             suite: choice.suite,
             esn: choice.esn,
             transport,
+            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
             keys,
             local_ts: tsr.clone(),
             remote_ts: tsi.clone(),

@@ -700,6 +700,9 @@ mod strongswan {
             peer_next_id: 0,
             next_request_id: 2,
             half_open_deadline: None,
+            local: None,
+            nat: None,
+            peer_initial_contact: false,
             stats: Stats::default(),
         };
         Setup { sa, auth_req }
@@ -1505,4 +1508,155 @@ fn rekey_collision_one_side_first() {
     assert_rekeyed(&p, &old);
     assert_eq!(p.initiator.stats(), Stats::default());
     assert_eq!(p.responder.stats(), Stats::default());
+}
+
+// ---- NAT traversal (RFC 7296 section 2.23) and INITIAL_CONTACT ----
+
+/// A handshake across an optional NAT: the initiator lives at
+/// 10.0.0.1 and, with `nat`, the responder sees it as 192.0.2.1 on
+/// translated ports. Returns both IKE SAs, their events, and the
+/// destination ports of the initiator's datagrams in order.
+fn nat_handshake(
+    mut i: Config,
+    mut r: Config,
+    nat: bool,
+) -> (IkeSa, IkeSa, Vec<Event>, Vec<Event>, Vec<u16>) {
+    let inside = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 500);
+    let i_local = if nat { inside } else { addr(A) };
+    i.local_addr = Some(i_local);
+    r.local_addr = Some(addr(B));
+    // The NAT maps each inside port to its own outside port.
+    let outside = |port: u16| {
+        let port = if nat { port + 30_000 } else { port };
+        SocketAddr::new(IpAddr::V4(A), port)
+    };
+    let now = Instant::now();
+    let mut ini = IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
+    let mut res = IkeSa::respond(r, Box::new(SeededRandom::new(2)));
+    let (mut i_events, mut r_events, mut ports) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let mut moved = false;
+        while let Some(t) = ini.poll_transmit() {
+            assert_eq!(t.dst.ip(), IpAddr::V4(B));
+            ports.push(t.dst.port());
+            // The initiator sends from the port it sends to (500 or 4500).
+            res.handle_datagram(now, outside(t.dst.port()), &t.bytes);
+            moved = true;
+        }
+        while let Some(t) = res.poll_transmit() {
+            assert_eq!(t.dst.ip(), IpAddr::V4(A));
+            let inside_port = if nat {
+                t.dst.port() - 30_000
+            } else {
+                t.dst.port()
+            };
+            ini.handle_datagram(now, SocketAddr::new(IpAddr::V4(B), inside_port), &t.bytes);
+            moved = true;
+        }
+        while let Some(e) = ini.poll_event() {
+            i_events.push(e);
+        }
+        while let Some(e) = res.poll_event() {
+            r_events.push(e);
+        }
+        if !moved {
+            break;
+        }
+    }
+    (ini, res, i_events, r_events, ports)
+}
+
+fn udp_encap_of(events: &[Event]) -> Option<bool> {
+    Pair::child(events).map(|(inb, out)| {
+        assert_eq!(inb.udp_encap, out.udp_encap);
+        inb.udp_encap
+    })
+}
+
+/// Both sides do NAT detection, there is no NAT: ESP stays raw and IKE
+/// stays on port 500.
+#[test]
+fn nat_detection_without_nat() {
+    let (i, r, ie, re, ports) = nat_handshake(initiator_config(), responder_config(), false);
+    assert!(i.is_established() && r.is_established(), "{ie:?} {re:?}");
+    assert_eq!(i.nat(), Some(NatState::default()));
+    assert_eq!(r.nat(), Some(NatState::default()));
+    assert_eq!(ports, [500, 500]);
+    assert_eq!(udp_encap_of(&ie), Some(false));
+    assert_eq!(udp_encap_of(&re), Some(false));
+}
+
+/// A NAT in front of the initiator: the initiator finds itself behind it
+/// (it sends the keepalives), the responder finds the peer behind it, IKE
+/// moves to 4500 from IKE_AUTH on, and ESP is encapsulated in UDP.
+#[test]
+fn nat_detected_moves_ike_to_4500() {
+    let (i, r, ie, re, ports) = nat_handshake(initiator_config(), responder_config(), true);
+    assert!(i.is_established() && r.is_established(), "{ie:?} {re:?}");
+    let i_nat = i.nat().unwrap();
+    assert!(
+        i_nat.local_behind_nat && !i_nat.remote_behind_nat,
+        "{i_nat:?}"
+    );
+    let r_nat = r.nat().unwrap();
+    assert!(
+        r_nat.remote_behind_nat && !r_nat.local_behind_nat,
+        "{r_nat:?}"
+    );
+    assert_eq!(ports, [500, NATT_PORT]);
+    assert_eq!(i.remote().unwrap().port(), NATT_PORT);
+    // The responder answers where the NAT put the initiator's 4500.
+    assert_eq!(r.remote().unwrap().port(), NATT_PORT + 30_000);
+    assert_eq!(udp_encap_of(&ie), Some(true));
+    assert_eq!(udp_encap_of(&re), Some(true));
+}
+
+/// Forced encapsulation without a NAT: the peer sees the forcing side
+/// "behind a NAT", and both encapsulate.
+#[test]
+fn forced_udp_encapsulation_either_side() {
+    for force_initiator in [true, false] {
+        let (mut ic, mut rc) = (initiator_config(), responder_config());
+        ic.force_udp_encap = force_initiator;
+        rc.force_udp_encap = !force_initiator;
+        let (i, r, ie, re, ports) = nat_handshake(ic, rc, false);
+        assert!(i.is_established() && r.is_established(), "{ie:?} {re:?}");
+        assert_eq!(ports, [500, NATT_PORT]);
+        assert_eq!(udp_encap_of(&ie), Some(true));
+        assert_eq!(udp_encap_of(&re), Some(true));
+        let peer_of_forcer = if force_initiator { r.nat() } else { i.nat() };
+        assert!(peer_of_forcer.unwrap().remote_behind_nat);
+    }
+}
+
+/// A peer without NAT traversal (no notifies): no detection, no
+/// encapsulation, and we send none in our answer either.
+#[test]
+fn no_nat_traversal_without_the_peers_notifies() {
+    let mut r = responder_config();
+    r.local_addr = Some(addr(B));
+    r.force_udp_encap = true;
+    let mut p = Pair::new(initiator_config(), r);
+    p.drive();
+    assert_established(&p);
+    assert_eq!(p.responder.nat(), None);
+    assert_eq!(p.initiator.nat(), None);
+    let response = Message::decode(&p.from_responder[0]).unwrap();
+    assert!(!response.payloads.iter().any(|pl| matches!(pl,
+        Payload::Notify(n) if n.notify_type == NotifyType::NatDetectionSourceIp)));
+    assert_eq!(udp_encap_of(&p.r_events), Some(false));
+}
+
+/// INITIAL_CONTACT reaches the responder only when configured.
+#[test]
+fn initial_contact_is_carried() {
+    for on in [false, true] {
+        let mut i = initiator_config();
+        i.initial_contact = on;
+        let mut p = Pair::new(i, responder_config());
+        p.drive();
+        assert_established(&p);
+        assert_eq!(p.responder.peer_initial_contact(), on);
+        assert!(!p.initiator.peer_initial_contact());
+    }
 }

@@ -38,6 +38,12 @@ enum Command {
         /// The peer's name.
         peer: String,
     },
+    /// Rekey an IKE peer's Child SA now: new keys and SPIs, make before
+    /// break (the old SAs go once the new ones carry the traffic).
+    Rekey {
+        /// The peer's name.
+        peer: String,
+    },
     /// Manage SAs.
     Sa {
         #[command(subcommand)]
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         } => Request::DeleteSa { peer },
         Command::Down { peer } => Request::Down { peer },
         Command::Up { peer } => Request::Up { peer },
+        Command::Rekey { peer } => Request::Rekey { peer },
         Command::Demo(demo) => {
             return match tunsec::demo::run(&demo) {
                 Ok(()) => ExitCode::SUCCESS,
