@@ -45,6 +45,7 @@ use common::*;
 
 const CHARON: &str = "/usr/lib/ipsec/charon";
 const SWANCTL: &str = "/usr/sbin/swanctl";
+const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 const PLUGINS: &str = "/usr/lib/ipsec/plugins";
 const STRONGSWAN_CONF: &str = include_str!("strongswan/strongswan.conf.in");
 const SWANCTL_CONF: &str = include_str!("strongswan/swanctl.conf.in");
@@ -1053,23 +1054,23 @@ fn wait_new_pair(
 }
 
 /// The Child SA is rekeyed by charon (`swanctl --rekey`), then by tunsecd
-/// (`child_lifetime`), while the tenant pings charon's host: new SPIs on
-/// both sides, the old ones gone, and the pings keep flowing.
+/// twice, at once (`tunsec rekey`) and when its `child_lifetime` runs out,
+/// while the tenant pings charon's host: new SPIs on both sides each time,
+/// the old ones gone, and the pings keep flowing.
 #[test]
 fn sswan_rekeys_both_ways() {
     const PINGS: u32 = 70;
     with_lab("tsss-rekey", |lab| {
         let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16");
         // tunsecd rekeys at 90% of 12 s less up to 10%: 9.7 to 10.8 s
-        // after the Child SA came up (after charon's rekey here), and
-        // again 10 s later, after the checks.
+        // after the last rekey, and again 10 s later, after the checks.
         p.ike_extra = "child_lifetime = 12\n";
         let mut x = interop(lab, p)?;
         let first = x.wait_up(lab, "first Child SA", Duration::from_secs(15))?;
         let t0 = Instant::now();
         x.add_tenant(lab)?;
         x.ping_both_ways(1)?;
-        // 14 s of pings, across both rekeys.
+        // 14 s of pings, across the three rekeys.
         let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
 
         let out = x.charon.swanctl(&["--rekey", "--child", CONN])?;
@@ -1079,9 +1080,30 @@ fn sswan_rekeys_both_ways() {
             "  rekeyed by charon after {:.1} s: {first} -> {second}",
             t0.elapsed().as_secs_f64()
         );
-        let third = wait_new_pair(lab, &x, second, "rekey by tunsecd", Duration::from_secs(15))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let sock = socket_path(lab, p.tunsec);
+        let out = tunsec::netns::run(
+            TUNSEC,
+            &["--socket", &sock.to_string_lossy(), "rekey", PEER],
+        )?;
         eprintln!(
-            "  rekeyed by tunsecd after {:.1} s: {second} -> {third}",
+            "  tunsec rekey {PEER}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        let third = wait_new_pair(lab, &x, second, "tunsec rekey", Duration::from_secs(10))?;
+        eprintln!(
+            "  rekeyed by tunsec rekey after {:.1} s: {second} -> {third}",
+            t0.elapsed().as_secs_f64()
+        );
+        let fourth = wait_new_pair(
+            lab,
+            &x,
+            third,
+            "rekey by child_lifetime",
+            Duration::from_secs(15),
+        )?;
+        eprintln!(
+            "  rekeyed by tunsecd's child_lifetime after {:.1} s: {third} -> {fourth}",
             t0.elapsed().as_secs_f64()
         );
         let replies = ping_replies(pings)?;
@@ -1092,13 +1114,14 @@ fn sswan_rekeys_both_ways() {
         );
 
         // The old pairs are gone on both sides (tunsecd keeps an old
-        // inbound SA for 2 s).
+        // inbound SA for 2 s; charon shows one as DELETED for 5 s, its
+        // delete_rekeyed_delay).
         std::thread::sleep(Duration::from_secs(3));
         let sas = x.charon.list_sas()?;
         let st = x.status(lab)?;
-        for old in [first, second] {
+        for old in [first, second, third] {
             ensure!(
-                !sas.children.iter().any(|c| c.spi_in == old.to_charon),
+                !sas.installed().iter().any(|c| c.spi_in == old.to_charon),
                 "charon still has the old Child SA {old}:\n{}",
                 sas.text
             );
@@ -1181,6 +1204,15 @@ fn sswan_charon_restarts() {
             "tunsecd still shows the old IKE SA: {ike_after:?}"
         );
         x.ping_both_ways(3)?;
+        // The restarted charon's INITIAL_CONTACT: tunsecd dropped the old
+        // IKE SA and its Child SAs as soon as the new one was up.
+        let st = x.status(lab)?;
+        ensure!(
+            !spi_of(&st, "in").contains(&first.to_tunsec)
+                && !spi_of(&st, "out").contains(&first.to_charon),
+            "tunsecd still holds the SAs of charon's first run {first}:\n{}",
+            st.render()
+        );
         // tunsecd's liveness check of the old IKE SA (every 15 s, dead
         // after about 15 s more) must not take the new SAs down.
         std::thread::sleep(Duration::from_secs(32));
