@@ -159,9 +159,9 @@ fn kill_leftovers(prefix: &str) {
     }
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic it
-/// prints every log in the lab's directory (charon's too), then fails the
-/// test; the lab is torn down either way, every process left in its
+/// Runs `body` in a fresh lab named `prefix`. On an error or a panic (or
+/// always, with TUNSEC_E2E_LOGS set) it prints every log in the lab's
+/// directory (charon's too), then fails the test; the lab is torn down either way, every process left in its
 /// namespaces killed by pid.
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
     preflight();
@@ -170,7 +170,7 @@ fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
         Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
     let failed = !matches!(result, Ok(Ok(())));
-    if failed {
+    if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
         dump_logs(&lab);
     }
     kill_leftovers(prefix);
@@ -700,6 +700,18 @@ impl Interop {
     /// A short TCP transfer with iperf3 from the tenant to charon's host;
     /// returns the bytes received.
     fn iperf(&self, lab: &mut Lab) -> anyhow::Result<u64> {
+        let client = self.iperf_start(lab, 2, false)?;
+        Ok(self.iperf_finish(lab, client)?.received)
+    }
+
+    /// Starts an iperf3 server on charon's vxlan0 and a client in the
+    /// tenant that sends for `secs` seconds (both ways with `bidir`).
+    fn iperf_start(
+        &self,
+        lab: &mut Lab,
+        secs: u32,
+        bidir: bool,
+    ) -> anyhow::Result<std::process::Child> {
         let server = tenant_addr(self.p.charon);
         lab.spawn(
             "iperf3-server",
@@ -708,11 +720,32 @@ impl Interop {
             &["-s", "-1", "-B", &server],
         )?;
         std::thread::sleep(Duration::from_millis(500));
-        let out = exec_output(
-            self.tenant(),
-            "iperf3",
-            &["-c", &server, "-t", "2", "-J", "--connect-timeout", "5000"],
-        )?;
+        let secs = secs.to_string();
+        let mut args = vec![
+            "-c",
+            &server,
+            "-t",
+            &secs,
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ];
+        if bidir {
+            args.push("--bidir");
+        }
+        Command::new("ip")
+            .args(["netns", "exec", self.tenant(), "iperf3"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start iperf3")
+    }
+
+    fn iperf_finish(&self, lab: &mut Lab, client: std::process::Child) -> anyhow::Result<Iperf> {
+        let server = tenant_addr(self.p.charon);
+        let out = client.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.status.success(),
@@ -721,20 +754,68 @@ impl Interop {
         );
         let json: serde_json::Value =
             serde_json::from_str(&text).context("iperf3's JSON output")?;
-        let received = json["end"]["sum_received"]["bytes"]
-            .as_u64()
-            .context("no end.sum_received.bytes in iperf3's output")?;
-        let bps = json["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let end = &json["end"];
+        let result = Iperf {
+            received: end["sum_received"]["bytes"]
+                .as_u64()
+                .context("no end.sum_received.bytes in iperf3's output")?,
+            received_back: end["sum_received_bidir_reverse"]["bytes"]
+                .as_u64()
+                .unwrap_or(0),
+            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0)
+                + end["sum_sent_bidir_reverse"]["retransmits"]
+                    .as_u64()
+                    .unwrap_or(0),
+            mbps: end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e6,
+        };
         eprintln!(
-            "  iperf3 tenant -> {server}: {received} bytes, {:.0} Mbit/s",
-            bps / 1e6
+            "  iperf3 tenant -> {server}: {} bytes there, {} back, {:.0} Mbit/s, {} TCP retransmits; \
+             UDP receive buffer overflows: charon's host {}, tunsecd's host {}",
+            result.received,
+            result.received_back,
+            result.mbps,
+            result.retransmits,
+            udp_rcvbuf_errors(&self.s),
+            udp_rcvbuf_errors(&self.t)
         );
-        ensure!(received > 0, "iperf3 moved no bytes");
+        ensure!(result.received > 0, "iperf3 moved no bytes");
         lab.stop("iperf3-server");
-        Ok(received)
+        Ok(result)
     }
+}
+
+/// The UDP RcvbufErrors counter of namespace `ns` (datagrams the kernel
+/// dropped because a socket's receive buffer was full); 0 if unreadable.
+fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let Ok(out) = exec_output(ns, "cat", &["/proc/net/snmp"]) else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What an iperf3 run moved.
+#[derive(Debug)]
+struct Iperf {
+    /// Bytes the server received (tenant -> charon's host).
+    received: u64,
+    /// With --bidir, bytes the tenant received.
+    received_back: u64,
+    /// TCP retransmissions, both ways.
+    retransmits: u64,
+    mbps: f64,
 }
 
 // ---------------------------------------------------------------------
@@ -945,6 +1026,21 @@ fn establishes(
         "too few packets through the Child SA:\n{}",
         x.describe(lab)
     );
+    // Nothing charon sent was dropped: not for its SPI, its inner
+    // header, its ICV or sequence numbers.
+    let sa_drops: u64 = st
+        .peers
+        .iter()
+        .flat_map(|p| p.sas.iter())
+        .flat_map(|sa| sa.drops.values())
+        .sum();
+    let drops: u64 = st.drops.values().sum();
+    eprintln!("  tunsecd drops: {drops}, per SA {sa_drops}");
+    ensure!(
+        drops == 0 && sa_drops == 0,
+        "tunsecd dropped packets:\n{}",
+        st.render()
+    );
     check_capture(lab, x, 12)?;
     Ok(())
 }
@@ -1132,6 +1228,14 @@ fn sswan_rekeys_both_ways() {
                 st.render()
             );
         }
+        // tunsecd lost nothing across the rekeys: no packet without an
+        // SA, under an SPI it no longer knew, or replayed.
+        let drops = nonzero_drops(&st);
+        ensure!(
+            drops.is_empty(),
+            "tunsecd dropped packets across the rekeys: {drops:?}\n{}",
+            st.render()
+        );
         // The newest pair carries the traffic, both ways, on both sides.
         x.ping_both_ways(3)?;
         let newest = x
@@ -1159,6 +1263,67 @@ fn sswan_rekeys_both_ways() {
             child.packets_in >= 3 && child.packets_out >= 3 && tunsec_in >= 3,
             "the traffic does not use the new Child SA {newest}:\n{}",
             x.describe(lab)
+        );
+        Ok(())
+    });
+}
+
+/// tunsecd's drop counters that are not zero, engine and SAs.
+fn nonzero_drops(st: &Status) -> Vec<(String, u64)> {
+    st.drops
+        .iter()
+        .chain(
+            st.peers
+                .iter()
+                .flat_map(|p| p.sas.iter())
+                .flat_map(|sa| sa.drops.iter()),
+        )
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect()
+}
+
+/// A TCP transfer both ways (iperf3 --bidir) runs while charon and then
+/// tunsecd rekey the Child SA: it completes, and tunsecd drops nothing.
+#[test]
+fn sswan_rekeys_under_tcp() {
+    with_lab("tsss-rktcp", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes256-sha256");
+        let mut x = interop(lab, p)?;
+        let first = x.wait_up(lab, "first Child SA", Duration::from_secs(15))?;
+        x.add_tenant(lab)?;
+        x.ping_both_ways(1)?;
+        let client = x.iperf_start(lab, 6, true)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let t0 = Instant::now();
+        x.charon.swanctl(&["--rekey", "--child", CONN])?;
+        let second = wait_new_pair(lab, &x, first, "rekey by charon", Duration::from_secs(10))?;
+        eprintln!(
+            "  rekeyed by charon after {:.1} s: {first} -> {second}",
+            t0.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let sock = socket_path(lab, p.tunsec);
+        tunsec::netns::run(
+            TUNSEC,
+            &["--socket", &sock.to_string_lossy(), "rekey", PEER],
+        )?;
+        let third = wait_new_pair(lab, &x, second, "tunsec rekey", Duration::from_secs(10))?;
+        eprintln!(
+            "  rekeyed by tunsecd after {:.1} s: {second} -> {third}",
+            t0.elapsed().as_secs_f64()
+        );
+        let result = x.iperf_finish(lab, client)?;
+        ensure!(
+            result.received_back > 0,
+            "nothing came back to the tenant: {result:?}"
+        );
+        let st = x.status(lab)?;
+        let drops = nonzero_drops(&st);
+        ensure!(
+            drops.is_empty(),
+            "tunsecd dropped packets across the rekeys: {drops:?}\n{}",
+            st.render()
         );
         Ok(())
     });
