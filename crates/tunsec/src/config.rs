@@ -210,6 +210,7 @@ struct RawIke {
     ike_proposals: Option<Vec<String>>,
     esp_proposals: Option<Vec<String>>,
     child_lifetime: Option<u64>,
+    ike_lifetime: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +313,9 @@ pub struct IkePeer {
     /// How long a Child SA lives before it is rekeyed (at about 80-90% of
     /// it); `None`: no rekeying.
     pub child_lifetime: Option<std::time::Duration>,
+    /// How long the IKE SA lives before it is rekeyed (at about 80-90% of
+    /// it, RFC 7296 section 2.18); `None`: no rekeying.
+    pub ike_lifetime: Option<std::time::Duration>,
     /// The ESP mode asked for (initiator) or accepted (responder).
     pub mode: ChildMode,
 }
@@ -325,6 +329,7 @@ impl fmt::Debug for IkePeer {
             .field("ike_proposals", &self.ike_proposals.len())
             .field("esp_proposals", &self.esp_proposals.len())
             .field("child_lifetime", &self.child_lifetime)
+            .field("ike_lifetime", &self.ike_lifetime)
             .field("mode", &self.mode)
             .finish()
     }
@@ -902,19 +907,15 @@ fn validate_ike(
         Some(s) => parse_identity(&f("remote_id"), s)?,
         None => ip_identity(remote),
     };
-    let child_lifetime = match raw.child_lifetime {
-        None => None,
+    let lifetime = |name: &str, value: Option<u64>| match value {
+        None => Ok(None),
         Some(secs) if (2..=86_400 * 7).contains(&secs) => {
-            Some(std::time::Duration::from_secs(secs))
+            Ok(Some(std::time::Duration::from_secs(secs)))
         }
-        Some(secs) => {
-            return Err(invalid(
-                f("child_lifetime"),
-                secs,
-                "must be from 2 to 604800 seconds",
-            ));
-        }
+        Some(secs) => Err(invalid(f(name), secs, "must be from 2 to 604800 seconds")),
     };
+    let child_lifetime = lifetime("child_lifetime", raw.child_lifetime)?;
+    let ike_lifetime = lifetime("ike_lifetime", raw.ike_lifetime)?;
     Ok(IkePeer {
         psk,
         local_id,
@@ -922,6 +923,7 @@ fn validate_ike(
         ike_proposals: parse_proposals(&f("ike_proposals"), raw.ike_proposals, ProtocolId::Ike)?,
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
         child_lifetime,
+        ike_lifetime,
         mode: raw.mode.unwrap_or_default(),
     })
 }
@@ -1328,6 +1330,24 @@ key_out = "b.out"
             "peer[0].ike.remote_id",
             "\"two words\"",
         );
+        for field in ["child_lifetime", "ike_lifetime"] {
+            assert_ike_invalid(
+                &ike_config(&format!("{IKE_PEER}{field} = 1\n")),
+                b"k",
+                &format!("peer[0].ike.{field}"),
+                "1",
+            );
+        }
+        let ike = parse_ike(
+            &ike_config(&format!("{IKE_PEER}ike_lifetime = 3600\n")),
+            b"k",
+        )
+        .unwrap()
+        .peers[0]
+            .ike
+            .clone()
+            .unwrap();
+        assert_eq!(ike.ike_lifetime, Some(std::time::Duration::from_secs(3600)));
         // Keys are never inline.
         let err =
             parse_ike(&ike_config(&format!("{IKE_PEER}psk = \"secret\"\n")), b"k").unwrap_err();

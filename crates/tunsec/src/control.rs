@@ -39,6 +39,9 @@ pub enum Request {
     Rekey {
         /// The peer's name.
         peer: String,
+        /// Rekey the IKE SA instead (RFC 7296 section 2.18).
+        #[serde(default)]
+        ike: bool,
     },
 }
 

@@ -345,7 +345,8 @@ impl Daemon {
             Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
             Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
             Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
-            Ok(Request::Rekey { peer }) => self.ike_command(&peer, IkeCommand::Rekey),
+            Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
+            Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -378,6 +379,7 @@ impl Daemon {
                 IkeCommand::Down(_) => format!("peer {peer:?} going down"),
                 IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
                 IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying the Child SA"),
+                IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
             },
         }
     }

@@ -103,6 +103,8 @@ pub enum IkeCommand {
     /// Rekey the peer's Child SA now (RFC 7296 section 2.8), make before
     /// break.
     Rekey(usize),
+    /// Rekey the peer's IKE SA now (RFC 7296 section 2.18).
+    RekeyIke(usize),
 }
 
 /// One peer's IKE bookkeeping.
@@ -128,6 +130,8 @@ struct PeerIke {
     last_error: Option<String>,
     /// Child SAs brought up so far.
     child_sas: u64,
+    /// IKE SA rekeys so far.
+    ike_rekeys: u64,
     /// When to check that the peer is alive.
     liveness_at: Option<Instant>,
     /// Taken down by `tunsec down`: no attempts, and new IKE SAs from the
@@ -200,6 +204,7 @@ impl IkeDriver {
                     retry_wait: RETRY_MIN,
                     last_error: None,
                     child_sas: 0,
+                    ike_rekeys: 0,
                     liveness_at: None,
                     admin_down: false,
                     pending_outbound: None,
@@ -251,6 +256,7 @@ impl IkeDriver {
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
         c.child_lifetime = peer.ike.child_lifetime;
+        c.ike_lifetime = peer.ike.ike_lifetime;
         // Our data path sends ESP in UDP: NAT detection, and forced
         // encapsulation so that the peer sends ESP in UDP too. With raw
         // ESP, no NAT traversal (IKE could not move to a port we serve).
@@ -464,7 +470,10 @@ impl IkeDriver {
 
     /// Carries out a command from the control socket.
     fn command(&mut self, now: Instant, command: IkeCommand) {
-        let (IkeCommand::Down(index) | IkeCommand::Up(index) | IkeCommand::Rekey(index)) = command;
+        let (IkeCommand::Down(index)
+        | IkeCommand::Up(index)
+        | IkeCommand::Rekey(index)
+        | IkeCommand::RekeyIke(index)) = command;
         let Some(i) = self.peers.iter().position(|p| p.index == index) else {
             return;
         };
@@ -508,12 +517,16 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
-            IkeCommand::Rekey(_) => {
+            IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
                 let p = &self.peers[i];
-                let result = p
-                    .handle
-                    .and_then(|h| self.endpoint.sa_mut(h))
-                    .map(|sa| sa.rekey_child(now));
+                let ike = matches!(command, IkeCommand::RekeyIke(_));
+                let result = p.handle.and_then(|h| self.endpoint.sa_mut(h)).map(|sa| {
+                    if ike {
+                        sa.rekey_ike(now)
+                    } else {
+                        sa.rekey_child(now)
+                    }
+                });
                 match result {
                     Some(Ok(())) => tracing::info!(peer = %p.name, "IKE: rekeying by request"),
                     Some(Err(e)) => {
@@ -717,6 +730,16 @@ impl IkeDriver {
                 let who = if by_peer { "the peer sent" } else { "we sent" };
                 tracing::warn!(peer = %name, "IKE exchange failed: {who} {notify:?}");
                 self.peers[i].last_error = Some(format!("{who} {notify:?}"));
+            }
+            Event::IkeSaRekeyed { old_spis, spis } => {
+                tracing::info!(
+                    peer = %name,
+                    old_spi_i = format_args!("{:#018x}", old_spis.0),
+                    spi_i = format_args!("{:#018x}", spis.0),
+                    spi_r = format_args!("{:#018x}", spis.1),
+                    "IKE SA rekeyed"
+                );
+                self.peers[i].ike_rekeys += 1;
             }
             Event::PeerDead => {
                 tracing::warn!(peer = %name, "IKE: peer dead (no answer)");
@@ -946,6 +969,7 @@ impl IkeDriver {
                     suite,
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
+                    ike_rekeys: p.ike_rekeys,
                 },
             );
         }

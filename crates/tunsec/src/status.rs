@@ -107,6 +107,9 @@ pub struct IkeStatus {
     /// Child SAs brought up since start-up.
     #[serde(default)]
     pub child_sas: u64,
+    /// Rekeys of the IKE SA since start-up.
+    #[serde(default)]
+    pub ike_rekeys: u64,
 }
 
 /// One SA.

@@ -686,11 +686,11 @@ fn ike_down_and_up() {
 
 /// Two hosts whose Child SAs live `lifetime` seconds, IKE up, a tenant
 /// behind each that can ping the other; returns the tenants.
-fn rekeying_pair(lab: &mut Lab, lifetime: u32) -> anyhow::Result<(String, String)> {
+fn rekeying_pair(lab: &mut Lab, lifetime: u32, extra: &str) -> anyhow::Result<(String, String)> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
-    let extra = format!("child_lifetime = {lifetime}\n");
+    let extra = format!("child_lifetime = {lifetime}\n{extra}");
     let c1 = write_config_with(lab, 1, 2, "rekey-secret", &extra)?;
     let c2 = write_config_with(lab, 2, 1, "rekey-secret", &extra)?;
     start_tunsecd(lab, &h1, 1, &c1)?;
@@ -710,7 +710,7 @@ fn rekeying_pair(lab: &mut Lab, lifetime: u32) -> anyhow::Result<(String, String
 #[test]
 fn ike_rekeys_under_traffic() {
     with_lab("tsike-rk", |lab| {
-        let (t1, _t2) = rekeying_pair(lab, 3)?;
+        let (t1, _t2) = rekeying_pair(lab, 3, "")?;
         let rekeys_before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
         // 12 s of pings: about four lifetimes.
         let replies = ping(&t1, &tenant_addr(2), 60)?;
@@ -747,6 +747,36 @@ fn ike_rekeys_under_traffic() {
                 s.node.name,
                 p.sas
             );
+        }
+
+        // `tunsec rekey h1 --ike` and `tunsec rekey h1` on the responder:
+        // both sides see the new IKE SPIs and one more Child SA, and the
+        // tenants still reach each other.
+        for ike in [true, false] {
+            let (b1, b2) = (
+                ike_of(&status(lab, 1)?, "h2")?,
+                ike_of(&status(lab, 2)?, "h1")?,
+            );
+            let request = Request::Rekey {
+                peer: "h1".to_owned(),
+                ike,
+            };
+            match control::call(&socket_path(lab, 2), &request)? {
+                Response::Done { .. } => {}
+                other => bail!("rekey: {other:?}"),
+            }
+            wait_status(lab, "the rekey by command", |s1, s2| {
+                let (a1, a2) = (ike_of(s1, "h2")?, ike_of(s2, "h1")?);
+                Ok(if ike {
+                    a1.ike_rekeys > b1.ike_rekeys
+                        && a2.ike_rekeys > b2.ike_rekeys
+                        && a1.spi_i == a2.spi_i
+                        && a1.spi_i != b1.spi_i
+                } else {
+                    a1.child_sas > b1.child_sas && a2.child_sas > b2.child_sas
+                })
+            })?;
+            ping_ok(&t1, &tenant_addr(2))?;
         }
         Ok(())
     });
@@ -785,13 +815,15 @@ print(n, h.hexdigest(), flush=True)
 "#;
 
 /// A TCP transfer runs across 20 or more Child SA rekeys (2-second
-/// lifetimes) and completes intact, with no ESP packet dropped for a
-/// missing SA or as a replay on either side.
+/// lifetimes) and several rekeys of the IKE SA (5-second lifetimes) and
+/// completes intact, with no ESP packet dropped for a missing SA or as a
+/// replay on either side.
 #[test]
 fn ike_tcp_across_rekeys() {
     with_lab("tsike-tcp", |lab| {
-        let (t1, t2) = rekeying_pair(lab, 2)?;
+        let (t1, t2) = rekeying_pair(lab, 2, "ike_lifetime = 5\n")?;
         let before = ike_of(&status(lab, 1)?, "h2")?.child_sas;
+        let ike_before = ike_of(&status(lab, 1)?, "h2")?.ike_rekeys;
 
         let server = lab.dir.path().join("server.py");
         let client = lab.dir.path().join("client.py");
@@ -817,9 +849,21 @@ fn ike_tcp_across_rekeys() {
         let received = std::fs::read_to_string(&server_log)?.trim().to_owned();
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
         let rekeys = ike_of(&s1, "h2")?.child_sas - before;
-        eprintln!("  sent {sent}; received {received}; {rekeys} rekeys");
+        let (i1, i2) = (ike_of(&s1, "h2")?, ike_of(&s2, "h1")?);
+        let ike_rekeys = i1.ike_rekeys - ike_before;
+        eprintln!(
+            "  sent {sent}; received {received}; {rekeys} Child SA rekeys, {ike_rekeys} IKE SA rekeys"
+        );
         ensure!(received == sent, "sent {sent}, received {received}");
         ensure!(rekeys >= 20, "only {rekeys} rekeys during the transfer");
+        ensure!(
+            ike_rekeys >= 3,
+            "only {ike_rekeys} IKE SA rekeys during the transfer"
+        );
+        ensure!(
+            i1.state == "established" && i1.spi_i == i2.spi_i && i1.spi_r == i2.spi_r,
+            "the two sides disagree on the IKE SA after its rekeys: {i1:?} {i2:?}"
+        );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
             ensure!(
                 s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
@@ -836,6 +880,135 @@ fn ike_tcp_across_rekeys() {
                 );
             }
         }
+        Ok(())
+    });
+}
+
+/// The IKE SPIs a host shows for its peer, once its IKE SA is established
+/// with exactly one Child SA pair installed (no stale SAs beside it).
+fn clean_ike_sa(s: &Status, peer: &str) -> anyhow::Result<Option<(String, String)>> {
+    let ike = ike_of(s, peer)?;
+    let sas = &s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .context("no such peer")?
+        .sas;
+    let (ins, outs) = (
+        sas.iter().filter(|sa| sa.direction == "in").count(),
+        sas.iter().filter(|sa| sa.direction == "out").count(),
+    );
+    Ok(
+        match (ike.state.as_str(), ike.spi_i, ike.spi_r, ins, outs) {
+            ("established", Some(i), Some(r), 1, 1) => Some((i, r)),
+            _ => None,
+        },
+    )
+}
+
+/// Peer restart (RFC 7296 section 2.4): each host in turn is killed with
+/// SIGKILL and started again while tenants ping across. The tunnel is
+/// back within 5 s of the restart, the survivor holds only the new IKE SA
+/// and one Child SA pair (the old ones are gone, not left to time out),
+/// and the underlay capture never holds a tenant byte in the clear: only
+/// IKE, ESP in UDP, ARP, and ICMP errors quoting IKE or ESP (sent by the
+/// restarting host while its sockets are closed).
+#[test]
+fn ike_peer_restart() {
+    with_lab("tsike-rs", |lab| {
+        let t0 = Instant::now();
+        let (pair, pcap) = ike_pair(lab, "restart-secret", "restart-secret")?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ping(&t1, &tenant_addr(2), 1)? != 1 {
+            ensure!(Instant::now() < deadline, "the tunnel never came up");
+        }
+        phase(lab, "tunnel up", t0);
+
+        for (victim, survivor, ns, tenant) in [(1u8, 2u8, &pair.h1, &t1), (2, 1, &pair.h2, &t2)] {
+            let label = format!("h{victim}");
+            let before = clean_ike_sa(&status(lab, survivor)?, &label)?
+                .context("the survivor's IKE SA is not clean before the restart")?;
+            let pid = lab.pid(&label).context("no daemon pid")?;
+            ensure!(
+                Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()?
+                    .success(),
+                "kill -KILL {pid} failed"
+            );
+            lab.stop(&label);
+            let log = lab.dir.path().join(format!("{label}.log"));
+            std::fs::rename(&log, lab.dir.path().join(format!("{label}.killed.log")))?;
+            // The survivor keeps sending with its old SA meanwhile, and
+            // the tenant behind the dead host keeps trying.
+            let other_tenant = if victim == 1 { &t2 } else { &t1 };
+            let _ = ping(other_tenant, &tenant_addr(victim), 2)?;
+
+            let config = lab.dir.path().join(format!("{label}.toml"));
+            let restarted = Instant::now();
+            start_tunsecd(lab, ns, victim, &config)?;
+            // A restarted daemon makes a new TAP device: back on the bridge.
+            lab.wait_for("the new TAP", Duration::from_secs(5), || {
+                lab.try_exec(ns, "ip", &["link", "show", TAP])
+            })?;
+            lab.exec(ns, "ip", &["link", "set", TAP, "master", "br-t"])?;
+            let peer_tenant = tenant_addr(survivor);
+            let back = loop {
+                if ping(tenant, &peer_tenant, 1)? == 1 {
+                    break restarted.elapsed();
+                }
+                ensure!(
+                    restarted.elapsed() < Duration::from_secs(15),
+                    "h{victim} restarted, and the tunnel is still down after 15 s:\n{}\n{}",
+                    status(lab, victim)?.render(),
+                    status(lab, survivor)?.render()
+                );
+            };
+            eprintln!("  h{victim} killed and restarted: tunnel back after {back:?}");
+            ensure!(
+                back < Duration::from_secs(5),
+                "h{victim} restarted: the tunnel took {back:?} to come back (at most 5 s)"
+            );
+            // The survivor holds the new IKE SA, the same one the
+            // restarted host holds, and one Child SA pair: nothing stale.
+            let (sv, rs) = (status(lab, survivor)?, status(lab, victim)?);
+            let new_sv = clean_ike_sa(&sv, &label)?
+                .with_context(|| format!("the survivor is not clean:\n{}", sv.render()))?;
+            let new_rs = clean_ike_sa(&rs, &format!("h{survivor}"))?
+                .with_context(|| format!("the restarted host is not clean:\n{}", rs.render()))?;
+            ensure!(
+                new_sv == new_rs && new_sv != before,
+                "IKE SPIs: before {before:?}, survivor {new_sv:?}, restarted {new_rs:?}"
+            );
+            phase(lab, &format!("h{victim} restarted"), t0);
+        }
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        stop_capture(lab, "capture");
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let icmp_about_ours = |f: &Frame| {
+            f.protocols.starts_with("eth:ethertype:ip:icmp:ip:udp")
+                && (f.protocols.contains(":esp") || f.protocols.contains(":isakmp"))
+        };
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike() && !icmp_about_ours(f))
+            .collect();
+        eprintln!(
+            "  capture: {} frames, {} other, marker {leaked} times",
+            frames.len(),
+            other.len()
+        );
+        ensure!(
+            other.is_empty() && leaked == 0,
+            "cleartext on the underlay during the restarts (marker {leaked} times):{}",
+            describe(&other)
+        );
         Ok(())
     });
 }
@@ -1046,135 +1219,6 @@ fn ike_tunnel_mode() {
         ensure!(
             tunnel >= 12 && transport == 0,
             "ESP lengths do not show the inner IP header: {lengths:?}"
-        );
-        Ok(())
-    });
-}
-
-/// The IKE SPIs a host shows for its peer, once its IKE SA is established
-/// with exactly one Child SA pair installed (no stale SAs beside it).
-fn clean_ike_sa(s: &Status, peer: &str) -> anyhow::Result<Option<(String, String)>> {
-    let ike = ike_of(s, peer)?;
-    let sas = &s
-        .peers
-        .iter()
-        .find(|p| p.name == peer)
-        .context("no such peer")?
-        .sas;
-    let (ins, outs) = (
-        sas.iter().filter(|sa| sa.direction == "in").count(),
-        sas.iter().filter(|sa| sa.direction == "out").count(),
-    );
-    Ok(
-        match (ike.state.as_str(), ike.spi_i, ike.spi_r, ins, outs) {
-            ("established", Some(i), Some(r), 1, 1) => Some((i, r)),
-            _ => None,
-        },
-    )
-}
-
-/// Peer restart (RFC 7296 section 2.4): each host in turn is killed with
-/// SIGKILL and started again while tenants ping across. The tunnel is
-/// back within 5 s of the restart, the survivor holds only the new IKE SA
-/// and one Child SA pair (the old ones are gone, not left to time out),
-/// and the underlay capture never holds a tenant byte in the clear: only
-/// IKE, ESP in UDP, ARP, and ICMP errors quoting IKE or ESP (sent by the
-/// restarting host while its sockets are closed).
-#[test]
-fn ike_peer_restart() {
-    with_lab("tsike-rs", |lab| {
-        let t0 = Instant::now();
-        let (pair, pcap) = ike_pair(lab, "restart-secret", "restart-secret")?;
-        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
-        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ping(&t1, &tenant_addr(2), 1)? != 1 {
-            ensure!(Instant::now() < deadline, "the tunnel never came up");
-        }
-        phase(lab, "tunnel up", t0);
-
-        for (victim, survivor, ns, tenant) in [(1u8, 2u8, &pair.h1, &t1), (2, 1, &pair.h2, &t2)] {
-            let label = format!("h{victim}");
-            let before = clean_ike_sa(&status(lab, survivor)?, &label)?
-                .context("the survivor's IKE SA is not clean before the restart")?;
-            let pid = lab.pid(&label).context("no daemon pid")?;
-            ensure!(
-                Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()?
-                    .success(),
-                "kill -KILL {pid} failed"
-            );
-            lab.stop(&label);
-            let log = lab.dir.path().join(format!("{label}.log"));
-            std::fs::rename(&log, lab.dir.path().join(format!("{label}.killed.log")))?;
-            // The survivor keeps sending with its old SA meanwhile, and
-            // the tenant behind the dead host keeps trying.
-            let other_tenant = if victim == 1 { &t2 } else { &t1 };
-            let _ = ping(other_tenant, &tenant_addr(victim), 2)?;
-
-            let config = lab.dir.path().join(format!("{label}.toml"));
-            let restarted = Instant::now();
-            start_tunsecd(lab, ns, victim, &config)?;
-            // A restarted daemon makes a new TAP device: back on the bridge.
-            lab.wait_for("the new TAP", Duration::from_secs(5), || {
-                lab.try_exec(ns, "ip", &["link", "show", TAP])
-            })?;
-            lab.exec(ns, "ip", &["link", "set", TAP, "master", "br-t"])?;
-            let peer_tenant = tenant_addr(survivor);
-            let back = loop {
-                if ping(tenant, &peer_tenant, 1)? == 1 {
-                    break restarted.elapsed();
-                }
-                ensure!(
-                    restarted.elapsed() < Duration::from_secs(15),
-                    "h{victim} restarted, and the tunnel is still down after 15 s:\n{}\n{}",
-                    status(lab, victim)?.render(),
-                    status(lab, survivor)?.render()
-                );
-            };
-            eprintln!("  h{victim} killed and restarted: tunnel back after {back:?}");
-            ensure!(
-                back < Duration::from_secs(5),
-                "h{victim} restarted: the tunnel took {back:?} to come back (at most 5 s)"
-            );
-            // The survivor holds the new IKE SA, the same one the
-            // restarted host holds, and one Child SA pair: nothing stale.
-            let (sv, rs) = (status(lab, survivor)?, status(lab, victim)?);
-            let new_sv = clean_ike_sa(&sv, &label)?
-                .with_context(|| format!("the survivor is not clean:\n{}", sv.render()))?;
-            let new_rs = clean_ike_sa(&rs, &format!("h{survivor}"))?
-                .with_context(|| format!("the restarted host is not clean:\n{}", rs.render()))?;
-            ensure!(
-                new_sv == new_rs && new_sv != before,
-                "IKE SPIs: before {before:?}, survivor {new_sv:?}, restarted {new_rs:?}"
-            );
-            phase(lab, &format!("h{victim} restarted"), t0);
-        }
-        ping_ok(&t1, &tenant_addr(2))?;
-        ping_ok(&t2, &tenant_addr(1))?;
-        stop_capture(lab, "capture");
-
-        let raw = std::fs::read(&pcap)?;
-        let leaked = count_marker(&raw);
-        let frames = frames(&pcap)?;
-        let icmp_about_ours = |f: &Frame| {
-            f.protocols.starts_with("eth:ethertype:ip:icmp:ip:udp")
-                && (f.protocols.contains(":esp") || f.protocols.contains(":isakmp"))
-        };
-        let other: Vec<&Frame> = frames
-            .iter()
-            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike() && !icmp_about_ours(f))
-            .collect();
-        eprintln!(
-            "  capture: {} frames, {} other, marker {leaked} times",
-            frames.len(),
-            other.len()
-        );
-        ensure!(
-            other.is_empty() && leaked == 0,
-            "cleartext on the underlay during the restarts (marker {leaked} times):{}",
-            describe(&other)
         );
         Ok(())
     });

@@ -92,6 +92,11 @@ pub struct Config {
     /// automatic rekeying; [`super::IkeSa::rekey_child`] still works. The
     /// hard end of the lifetime is not enforced yet.
     pub child_lifetime: Option<Duration>,
+    /// The lifetime of the IKE SA: it is rekeyed (RFC 7296 section 2.18)
+    /// at 90% of it minus a jitter of up to another 10%, like Child SAs.
+    /// `None` (the default): no automatic rekeying;
+    /// [`super::IkeSa::rekey_ike`] still works.
+    pub ike_lifetime: Option<Duration>,
     /// Our IKE address and port as the peer should see them: turns on NAT
     /// detection (RFC 7296 section 2.23) and, when a NAT is found, ESP in
     /// UDP and the move of IKE to [`Self::natt_port`]. `None` (the
@@ -126,6 +131,7 @@ impl Config {
             remote_ts: vec![TrafficSelector::any_ipv4()],
             transport_mode: true,
             child_lifetime: None,
+            ike_lifetime: None,
             local_addr: None,
             natt_port: super::nat::NATT_PORT,
             force_udp_encap: false,
@@ -296,6 +302,14 @@ pub enum Event {
         inbound_spi: u32,
         /// The peer's (our outbound) SPI.
         outbound_spi: u32,
+    },
+    /// The IKE SA was rekeyed (RFC 7296 section 2.18): it goes on under
+    /// new SPIs and keys, with the same Child SAs; the old one is deleted.
+    IkeSaRekeyed {
+        /// The old IKE SA's SPIs (initiator's, responder's).
+        old_spis: (u64, u64),
+        /// The new IKE SA's SPIs.
+        spis: (u64, u64),
     },
     /// A local failure (the crypto library, the random source); the IKE SA
     /// is closed.

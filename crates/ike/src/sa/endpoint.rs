@@ -10,8 +10,9 @@ use super::{Config, IkeSa, Random, Transmit};
 use crate::error::{Error, Result};
 use crate::message::{ExchangeType, Header};
 
-/// An IKE SA within an [`Endpoint`], named by our own IKE SPI (the
-/// initiator's SPI when we initiated, the responder's otherwise).
+/// An IKE SA within an [`Endpoint`], named by our own first IKE SPI (the
+/// initiator's SPI when we initiated, the responder's otherwise). The
+/// handle stays when a rekey of the IKE SA changes the SPIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SaHandle(pub u64);
 
@@ -52,7 +53,13 @@ pub struct EndpointStats {
 /// drives each IKE SA's timer.
 #[derive(Default)]
 pub struct Endpoint {
+    /// The IKE SAs by handle.
     sas: HashMap<u64, IkeSa>,
+    /// Our current SPIs (and, after an IKE SA rekey, the old one until it
+    /// is deleted) to handles.
+    by_spi: HashMap<u64, u64>,
+    /// The SPIs `by_spi` holds for each handle.
+    spis_of: HashMap<u64, Vec<u64>>,
     /// Responders by (peer address, initiator SPI), for IKE_SA_INIT
     /// requests retransmitted before they learnt our SPI.
     by_initiator_spi: HashMap<(SocketAddr, u64), u64>,
@@ -85,13 +92,14 @@ impl Endpoint {
     ) -> Result<SaHandle> {
         let sa = IkeSa::initiate(config, remote, now, rng)?;
         let spi = sa.spis().0;
-        if self.sas.contains_key(&spi) {
+        if self.sas.contains_key(&spi) || self.by_spi.contains_key(&spi) {
             return Err(Error::InvalidValue {
                 what: "IKE SPI already in use",
                 value: spi,
             });
         }
         self.sas.insert(spi, sa);
+        self.reindex(spi);
         Ok(SaHandle(spi))
     }
 
@@ -132,11 +140,13 @@ impl Endpoint {
             spi => Some(spi),
         };
         if let Some(spi) = ours {
-            return match self.sas.get_mut(&spi) {
-                Some(sa) => {
+            let handle = self.by_spi.get(&spi).copied();
+            return match handle.and_then(|h| self.sas.get_mut(&h).map(|sa| (h, sa))) {
+                Some((handle, sa)) => {
                     sa.handle_datagram(now, remote, bytes);
+                    self.reindex(handle);
                     Incoming::Sa {
-                        handle: SaHandle(spi),
+                        handle: SaHandle(handle),
                         new: false,
                     }
                 }
@@ -162,7 +172,7 @@ impl Endpoint {
         let mut sa = IkeSa::respond(config, rng);
         sa.handle_datagram(now, remote, bytes);
         let (spi_i, spi_r) = sa.spis();
-        if spi_r == 0 || self.sas.contains_key(&spi_r) {
+        if spi_r == 0 || self.sas.contains_key(&spi_r) || self.by_spi.contains_key(&spi_r) {
             // Refused (or dropped) without state: only its answer remains.
             while let Some(t) = sa.poll_transmit() {
                 self.transmits.push_back(t);
@@ -172,6 +182,7 @@ impl Endpoint {
         }
         self.by_initiator_spi.insert((remote, spi_i), spi_r);
         self.sas.insert(spi_r, sa);
+        self.reindex(spi_r);
         Incoming::Sa {
             handle: SaHandle(spi_r),
             new: true,
@@ -192,6 +203,9 @@ impl Endpoint {
     pub fn remove(&mut self, handle: SaHandle) -> Option<IkeSa> {
         let sa = self.sas.remove(&handle.0)?;
         self.by_initiator_spi.retain(|_, spi| *spi != handle.0);
+        for spi in self.spis_of.remove(&handle.0).unwrap_or_default() {
+            self.by_spi.remove(&spi);
+        }
         Some(sa)
     }
 
@@ -207,9 +221,35 @@ impl Endpoint {
 
     /// Runs every IKE SA's timer.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for sa in self.sas.values_mut() {
-            sa.handle_timeout(now);
+        let mut handles = Vec::new();
+        for (&handle, sa) in self.sas.iter_mut() {
+            if sa.poll_timeout().is_some_and(|t| t <= now) {
+                sa.handle_timeout(now);
+                handles.push(handle);
+            }
         }
+        for handle in handles {
+            self.reindex(handle);
+        }
+    }
+
+    /// Brings `by_spi` up to date with an IKE SA's SPIs, which change when
+    /// the IKE SA is rekeyed (RFC 7296 section 2.18).
+    fn reindex(&mut self, handle: u64) {
+        let Some(sa) = self.sas.get(&handle) else {
+            return;
+        };
+        let spis: Vec<u64> = sa.local_spis().filter(|s| *s != 0).collect();
+        if self.spis_of.get(&handle) == Some(&spis) {
+            return;
+        }
+        for old in self.spis_of.remove(&handle).unwrap_or_default() {
+            self.by_spi.remove(&old);
+        }
+        for &spi in &spis {
+            self.by_spi.insert(spi, handle);
+        }
+        self.spis_of.insert(handle, spis);
     }
 
     /// Drop counters of the endpoint itself.

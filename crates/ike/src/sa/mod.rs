@@ -43,8 +43,13 @@
 //! [`Config::initial_contact`] says so, and reported by
 //! [`IkeSa::peer_initial_contact`].
 //!
-//! Not yet: IKE SA rekeying, cookies, certificates, and answers to
-//! malformed requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION,
+//! The IKE SA itself is rekeyed with CREATE_CHILD_SA (section 2.18,
+//! [`ike_rekey`]): [`IkeSa::rekey_ike`], or automatically with
+//! [`Config::ike_lifetime`]; it goes on under new SPIs and keys with the
+//! same Child SAs ([`Event::IkeSaRekeyed`]) and [`Endpoint`] follows the
+//! new SPIs under the same [`SaHandle`].
+//!
+//! Not yet: cookies, certificates, and answers to malformed requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION,
 //! UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
@@ -53,6 +58,7 @@
 
 mod config;
 mod endpoint;
+mod ike_rekey;
 mod nat;
 pub mod ts;
 
@@ -83,6 +89,7 @@ use crate::message::{
     TransformId,
 };
 use crate::proposal;
+use ike_rekey::{IkeRekeySent, Retiring};
 
 /// The first retransmission timeout; each next one doubles it.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -177,6 +184,8 @@ struct Established {
     queue: VecDeque<Queued>,
     /// When the Child SA is rekeyed automatically.
     rekey_at: Option<Instant>,
+    /// When the IKE SA is rekeyed automatically.
+    ike_rekey_at: Option<Instant>,
     /// Replaced or redundant pairs that the peer deletes.
     retired: Vec<Retired>,
     /// The peer's rekey of the same Child SA, answered while ours was
@@ -187,6 +196,7 @@ struct Established {
 /// What an outstanding request is about.
 enum Request {
     Rekey(Box<RekeySent>),
+    IkeRekey(Box<IkeRekeySent>),
     DeleteChild(Retired),
 }
 
@@ -194,6 +204,7 @@ enum Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queued {
     Rekey,
+    IkeRekey,
     DeleteChild(Retired),
 }
 
@@ -239,6 +250,7 @@ impl Established {
             request: None,
             queue: VecDeque::new(),
             rekey_at: child.and(rekey_at),
+            ike_rekey_at: None,
             retired: Vec::new(),
             collision: None,
         }
@@ -316,6 +328,8 @@ pub struct IkeSa {
     nat: Option<NatState>,
     /// The peer sent INITIAL_CONTACT in its IKE_AUTH request.
     peer_initial_contact: bool,
+    /// The IKE SA a rekey replaced, until it is deleted.
+    retiring: Option<Box<Retiring>>,
     stats: Stats,
 }
 
@@ -510,6 +524,7 @@ impl IkeSa {
             local: None,
             nat: None,
             peer_initial_contact: false,
+            retiring: None,
             stats: Stats::default(),
         };
         sa.local = sa.config.local_addr;
@@ -545,6 +560,7 @@ impl IkeSa {
             local,
             nat: None,
             peer_initial_contact: false,
+            retiring: None,
             stats: Stats::default(),
         }
     }
@@ -562,14 +578,21 @@ impl IkeSa {
     /// When [`Self::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
-        let rekey = match &self.state {
-            State::Established(st) => st.rekey_at,
-            _ => None,
+        let (rekey, ike_rekey) = match &self.state {
+            State::Established(st) => (st.rekey_at, st.ike_rekey_at),
+            _ => (None, None),
         };
-        [retransmit, self.half_open_deadline, rekey]
-            .into_iter()
-            .flatten()
-            .min()
+        let retiring = self.retiring.as_ref().map(|r| r.timeout());
+        [
+            retransmit,
+            self.half_open_deadline,
+            rekey,
+            ike_rekey,
+            retiring,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Rekeys the Child SA (RFC 7296 section 2.8): sends a CREATE_CHILD_SA
@@ -640,8 +663,20 @@ impl IkeSa {
         self.stats
     }
 
+    /// Our own IKE SPIs: of the current IKE SA, and of the one a rekey
+    /// replaced while it is being deleted. [`Endpoint`] finds the IKE SA
+    /// by either.
+    pub fn local_spis(&self) -> impl Iterator<Item = u64> + '_ {
+        let current = match self.role {
+            Role::Initiator => self.spi_i,
+            Role::Responder => self.spi_r,
+        };
+        core::iter::once(current).chain(self.retiring.as_ref().map(|r| r.local_spi()))
+    }
+
     /// The IKE SPIs (initiator's, responder's); the responder's is zero
-    /// until IKE_SA_INIT is answered.
+    /// until IKE_SA_INIT is answered. After a rekey of the IKE SA, the new
+    /// one's.
     pub fn spis(&self) -> (u64, u64) {
         (self.spi_i, self.spi_r)
     }
@@ -713,6 +748,18 @@ impl IkeSa {
             self.close(Event::PeerDead);
             return;
         }
+        self.retiring_timeout(now);
+        if let State::Established(st) = &mut self.state {
+            if st.ike_rekey_at.is_some_and(|t| now >= t) {
+                st.ike_rekey_at = None;
+                if !st.queue.contains(&Queued::IkeRekey)
+                    && !matches!(st.request, Some(Request::IkeRekey(_)))
+                {
+                    st.queue.push_back(Queued::IkeRekey);
+                }
+                self.run_queue(now);
+            }
+        }
         if let State::Established(st) = &mut self.state {
             if st.rekey_at.is_some_and(|t| now >= t) {
                 st.rekey_at = None;
@@ -766,6 +813,9 @@ impl IkeSa {
         // rejected (INVALID_MAJOR_VERSION is not sent yet).
         if header.major_version != MAJOR_VERSION {
             return Err(Discard::Malformed);
+        }
+        if self.is_for_retiring(&header) {
+            return self.handle_retiring(now, remote, &header, bytes);
         }
         match (self.role, header.response) {
             (_, true) => self.handle_response(now, remote, &header, bytes),
@@ -1193,8 +1243,9 @@ impl IkeSa {
         let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr, None);
         let event = child.unwrap_or_else(|event| *event);
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-        self.state =
-            State::Established(Box::new(Established::new(sk, child_spis(&event), rekey_at)));
+        let mut established = Established::new(sk, child_spis(&event), rekey_at);
+        established.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+        self.state = State::Established(Box::new(established));
         self.events.push_back(event);
     }
 
@@ -1378,6 +1429,9 @@ impl IkeSa {
     /// empty one is a liveness check; DELETE closes the Child SA or the
     /// IKE SA), or CREATE_CHILD_SA, which this slice declines.
     fn on_established_request(&mut self, now: Instant, header: &Header, message: &Message) {
+        if header.exchange_type == ExchangeType::CreateChildSa && ike_rekey::is_ike_rekey(message) {
+            return self.on_ike_rekey_request(now, header, message);
+        }
         let response = self.header(header.exchange_type, true, header.message_id);
         let id = header.message_id;
         if header.exchange_type == ExchangeType::CreateChildSa {
@@ -1717,11 +1771,10 @@ impl IkeSa {
                 self.peer_next_id = 2;
                 self.next_request_id = 0;
                 let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-                self.state = State::Established(Box::new(Established::new(
-                    sk,
-                    child_spis(&child_event),
-                    rekey_at,
-                )));
+                let mut established = Established::new(sk, child_spis(&child_event), rekey_at);
+                established.ike_rekey_at =
+                    rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+                self.state = State::Established(Box::new(established));
                 self.events.push_back(Event::IkeSaEstablished);
                 self.events.push_back(child_event);
             }
@@ -1818,6 +1871,7 @@ impl IkeSa {
         };
         let result = match next {
             Queued::Rekey => self.start_rekey(now, None, 0),
+            Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
             Queued::DeleteChild(r) => self.send_delete_child(now, r),
         };
         if let Err(e) = result {
@@ -1918,6 +1972,7 @@ impl IkeSa {
             return;
         };
         let mut retry = None;
+        let mut ike_retry = None;
         match st.request.take() {
             Some(Request::DeleteChild(r)) if r.announce => {
                 self.events.push_back(Event::ChildSaDown {
@@ -1928,11 +1983,19 @@ impl IkeSa {
             Some(Request::Rekey(rekey)) => {
                 retry = self.on_rekey_response(now, &mut st, *rekey, message);
             }
+            Some(Request::IkeRekey(rekey)) => {
+                ike_retry = self.on_ike_rekey_response(now, &mut st, *rekey, message);
+            }
             _ => {}
         }
         self.state = State::Established(st);
         if let Some((group, retries)) = retry {
             if let Err(e) = self.start_rekey(now, Some(group), retries) {
+                self.local_error(e);
+            }
+        }
+        if let Some((group, retries)) = ike_retry {
+            if let Err(e) = self.start_ike_rekey(now, Some(group), retries) {
                 self.local_error(e);
             }
         }

@@ -703,6 +703,7 @@ mod strongswan {
             local: None,
             nat: None,
             peer_initial_contact: false,
+            retiring: None,
             stats: Stats::default(),
         };
         Setup { sa, auth_req }
@@ -1659,4 +1660,237 @@ fn initial_contact_is_carried() {
         assert_eq!(p.responder.peer_initial_contact(), on);
         assert!(!p.initiator.peer_initial_contact());
     }
+}
+
+// ---- rekeying the IKE SA (RFC 7296 section 2.18) ----
+
+fn ike_rekeys(events: &[Event]) -> Vec<((u64, u64), (u64, u64))> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { old_spis, spis } => Some((*old_spis, *spis)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a rekey of the IKE SA the pair still works: a liveness check and
+/// a Child SA rekey (keyed from the new SK_d) go through on the new SA.
+fn assert_works_after_ike_rekey(p: &mut Pair) {
+    p.i_events.clear();
+    p.r_events.clear();
+    p.initiator.check_liveness(p.now).unwrap();
+    p.drive();
+    assert!(p.initiator.is_established() && p.responder.is_established());
+    p.responder.rekey_child(p.now).unwrap();
+    p.drive();
+    let (i_old_in, _, i_in, i_out) = rekeys(&p.i_events)[0].clone();
+    let (_, _, r_in, r_out) = rekeys(&p.r_events)[0].clone();
+    assert_ne!(i_old_in, i_in.spi);
+    esp_round_trip(&i_out, &r_in, p.now);
+    esp_round_trip(&r_out, &i_in, p.now);
+    // Nothing is left of the old IKE SA: no timer, no retransmission.
+    assert_eq!(p.initiator.poll_timeout(), None);
+    assert_eq!(p.responder.poll_timeout(), None);
+}
+
+/// Either side rekeys the IKE SA: both report the same new SPIs, the Child
+/// SA carries on untouched (no ChildSaDown), the old IKE SA is deleted,
+/// and the one that started the rekey is the new original initiator.
+#[test]
+fn ike_rekey_by_either_side() {
+    for by_initiator in [true, false] {
+        let mut p = Pair::new(initiator_config(), responder_config());
+        p.drive();
+        assert_established(&p);
+        let before = p.initiator.spis();
+        p.i_events.clear();
+        p.r_events.clear();
+        if by_initiator {
+            p.initiator.rekey_ike(p.now).unwrap();
+        } else {
+            p.responder.rekey_ike(p.now).unwrap();
+        }
+        p.drive();
+        let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+        assert_eq!(i.len(), 1, "{:?}", p.i_events);
+        assert_eq!(i, r);
+        let (old, new) = i[0];
+        assert_eq!(old, before);
+        assert!(new.0 != old.0 && new.1 != old.1 && new.0 != 0 && new.1 != 0);
+        assert_eq!(p.initiator.spis(), new);
+        assert_eq!(p.responder.spis(), new);
+        // RFC 7296 section 2.18: the new IKE SA's initiator is the peer
+        // that started the rekey; its SPI is the first.
+        let starter_spi = if by_initiator {
+            p.initiator.local_spis().next()
+        } else {
+            p.responder.local_spis().next()
+        };
+        assert_eq!(starter_spi, Some(new.0));
+        assert!(downs(&p.i_events).is_empty() && downs(&p.r_events).is_empty());
+        assert!(p.initiator.is_established() && p.responder.is_established());
+        assert_eq!(p.initiator.local_spis().count(), 1, "old IKE SA left");
+        assert_eq!(p.responder.local_spis().count(), 1, "old IKE SA left");
+        assert_works_after_ike_rekey(&mut p);
+    }
+}
+
+/// Both sides rekey the IKE SA at once: each answers the other
+/// TEMPORARY_FAILURE, tries again after a random pause, and they end on
+/// one shared IKE SA that works.
+#[test]
+fn ike_rekey_collision_converges() {
+    for seed in 1..=6 {
+        let mut p = Pair::seeded(initiator_config(), responder_config(), seed, seed + 50);
+        p.drive();
+        assert_established(&p);
+        p.i_events.clear();
+        p.r_events.clear();
+        p.initiator.rekey_ike(p.now).unwrap();
+        p.responder.rekey_ike(p.now).unwrap();
+        p.drive();
+        let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+        assert!(!i.is_empty(), "seed {seed}: no rekey");
+        assert_eq!(i, r, "seed {seed}");
+        assert_eq!(p.initiator.spis(), p.responder.spis());
+        assert!(p.initiator.is_established() && p.responder.is_established());
+        assert_works_after_ike_rekey(&mut p);
+    }
+}
+
+/// With an IKE lifetime the IKE SA is rekeyed over and over, with PFS
+/// each time (a fresh KE), while a Child SA lifetime rekeys the Child SA
+/// too; every rekey lands on both sides and no message is lost.
+#[test]
+fn automatic_ike_rekey() {
+    let with_lifetimes = |mut c: Config| {
+        c.ike_lifetime = Some(Duration::from_secs(300));
+        c.child_lifetime = Some(Duration::from_secs(110));
+        c
+    };
+    let mut p = Pair::new(
+        with_lifetimes(initiator_config()),
+        with_lifetimes(responder_config()),
+    );
+    let end = p.now + Duration::from_secs(300 * 5);
+    loop {
+        while p.step() {}
+        let next = [p.initiator.poll_timeout(), p.responder.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("a timer is armed");
+        if next > end {
+            break;
+        }
+        p.now = next;
+        p.initiator.handle_timeout(p.now);
+        p.responder.handle_timeout(p.now);
+        p.collect_events();
+    }
+    let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+    assert!(i.len() >= 4, "{} IKE rekeys", i.len());
+    assert_eq!(i, r);
+    for pair in i.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "the SPIs chain from rekey to rekey");
+    }
+    assert!(rekeys(&p.i_events).len() >= 10);
+    assert_eq!(rekeys(&p.i_events).len(), rekeys(&p.r_events).len());
+    assert!(
+        !p.i_events
+            .iter()
+            .any(|e| matches!(e, Event::PeerDead | Event::Failed { .. }))
+    );
+    assert_eq!(p.initiator.stats().retransmits, 0);
+    assert_eq!(p.responder.stats().retransmits, 0);
+}
+
+/// The rekey's response is lost: the initiator retransmits and the
+/// responder, already on the new IKE SA, answers from the old one's cache;
+/// both end on the same new IKE SA.
+#[test]
+fn ike_rekey_lost_response() {
+    let mut p = Pair::new(initiator_config(), responder_config());
+    p.drive();
+    assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    let lost = p.from_responder.len();
+    p.lose_from_responder.push(lost);
+    p.initiator.rekey_ike(p.now).unwrap();
+    p.drive();
+    let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+    assert_eq!(i.len(), 1);
+    assert_eq!(i, r);
+    assert_eq!(p.responder.stats().cached_responses, 1);
+    assert_works_after_ike_rekey(&mut p);
+}
+
+/// Two `Endpoint`s through a rekey of the IKE SA started by the
+/// responder: the handles stay, the endpoints find the IKE SA by its new
+/// SPIs (and by the old ones while the old IKE SA is deleted), and a
+/// liveness check on the new IKE SA goes through.
+#[test]
+fn endpoints_follow_an_ike_rekey() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Endpoint::new(), Endpoint::new());
+    let h = a
+        .connect(
+            initiator_config(),
+            addr(B),
+            now,
+            Box::new(SeededRandom::new(1)),
+        )
+        .unwrap();
+    let accept = |_| {
+        let rng: Box<dyn Random + Send> = Box::new(SeededRandom::new(2));
+        Some((responder_config(), rng))
+    };
+    let mut r = None;
+    // Moves datagrams both ways until none is left.
+    let exchange = |a: &mut Endpoint, b: &mut Endpoint, r: &mut Option<SaHandle>| {
+        for _ in 0..6 {
+            while let Some(t) = a.sa_mut(h).unwrap().poll_transmit() {
+                match b.handle_datagram(now, addr(A), &t.bytes, accept) {
+                    Incoming::Sa { handle, .. } => *r = Some(handle),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let Some(rh) = *r else { continue };
+            while let Some(t) = b.sa_mut(rh).unwrap().poll_transmit() {
+                let got = a.handle_datagram(now, addr(B), &t.bytes, |_| None);
+                assert_eq!(
+                    got,
+                    Incoming::Sa {
+                        handle: h,
+                        new: false
+                    }
+                );
+            }
+        }
+    };
+    exchange(&mut a, &mut b, &mut r);
+    let rh = r.unwrap();
+    assert!(b.sa_mut(rh).unwrap().is_established());
+    let before = a.sa_mut(h).unwrap().spis();
+    b.sa_mut(rh).unwrap().rekey_ike(now).unwrap();
+    exchange(&mut a, &mut b, &mut r);
+    assert_eq!(r, Some(rh), "the responder's handle stays");
+    let after = a.sa_mut(h).unwrap().spis();
+    assert_ne!(after, before);
+    assert_eq!(b.sa_mut(rh).unwrap().spis(), after);
+    a.sa_mut(h).unwrap().check_liveness(now).unwrap();
+    exchange(&mut a, &mut b, &mut r);
+    assert_eq!(a.sa_mut(h).unwrap().stats().retransmits, 0);
+    assert_eq!(b.stats().unknown_spi, 0);
+    assert_eq!(a.stats().unknown_spi, 0);
+    // The old IKE SA is gone: its SPIs lead nowhere now.
+    let mut stale = before.0.to_be_bytes().to_vec();
+    stale.extend(before.1.to_be_bytes());
+    stale.extend([0x00, 0x20, 0x25, 0x08, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 0]);
+    assert_eq!(
+        b.handle_datagram(now, addr(A), &stale, accept),
+        Incoming::Dropped
+    );
 }

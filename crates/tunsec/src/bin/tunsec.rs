@@ -43,6 +43,10 @@ enum Command {
     Rekey {
         /// The peer's name.
         peer: String,
+        /// Rekey the IKE SA instead (new IKE SPIs and keys; the Child SAs
+        /// stay).
+        #[arg(long)]
+        ike: bool,
     },
     /// Manage SAs.
     Sa {
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
         } => Request::DeleteSa { peer },
         Command::Down { peer } => Request::Down { peer },
         Command::Up { peer } => Request::Up { peer },
-        Command::Rekey { peer } => Request::Rekey { peer },
+        Command::Rekey { peer, ike } => Request::Rekey { peer, ike },
         Command::Demo(demo) => {
             return match tunsec::demo::run(&demo) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,552 @@
+//! Rekeying the IKE SA itself (RFC 7296 sections 1.3.2 and 2.18).
+//!
+//! ```text
+//! Initiator                                  Responder
+//! HDR, SK {SA, Ni, KEi}               -->
+//!                                     <--    HDR, SK {SA, Nr, KEr}
+//! ```
+//!
+//! > New initiator and responder SPIs are supplied in the SPI fields in
+//! > the Proposal structures inside the Security Association (SA)
+//! > payloads [...] The TS payloads are omitted when rekeying an IKE SA.
+//! > SKEYSEED for the new IKE SA is computed using SK_d from the existing
+//! > IKE SA as follows: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)
+//!
+//! The new IKE SA starts its message IDs at zero, inherits the Child SAs,
+//! and the peer that started the rekey is its original initiator. The
+//! old IKE SA lingers as [`Retiring`]: the rekey's initiator deletes it
+//! with an INFORMATIONAL DELETE (sealed with the old keys, on the old
+//! SPIs); both sides answer what still arrives on it (a retransmitted
+//! request gets its cached response) until it is deleted or times out.
+//!
+//! One exchange at a time: a side with a request of its own outstanding
+//! answers a rekey of the IKE SA with TEMPORARY_FAILURE (RFC 7296 section
+//! 2.25: "the responder is in the middle of an operation"), and the
+//! initiator tries again after a random pause. So simultaneous rekeys of
+//! the IKE SA never both succeed, and no request of ours is left on an
+//! IKE SA that is going away.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{
+    Discard, Established, Event, IkeSa, MAX_KE_RETRIES, Outstanding, Payloads, RETRANSMIT_TIMEOUT,
+    Request, Role, Sk, State, offers_group, random_ike_spi, random_nonce, random_u64, rekey_time,
+};
+use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed_rekey};
+use crate::error::{Error, Result};
+use crate::message::{
+    Delete, DhGroup, ExchangeType, Header, MAJOR_VERSION, Message, Notify, NotifyType, Payload,
+    PayloadType, Proposal, ProtocolId, SaPayload,
+};
+use crate::proposal;
+
+/// How long a replaced IKE SA waits for its DELETE exchange before it is
+/// dropped without one.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Our CREATE_CHILD_SA request that rekeys the IKE SA.
+pub(super) struct IkeRekeySent {
+    /// Our SPI of the new IKE SA (we are its initiator).
+    spi_i: u64,
+    ni: Vec<u8>,
+    kex: Box<dyn KeyExchange>,
+    offer: Vec<Proposal>,
+    ke_retries: u8,
+}
+
+/// The IKE SA that a rekey replaced, until it is deleted.
+pub(super) struct Retiring {
+    spi_i: u64,
+    spi_r: u64,
+    role: Role,
+    sk: Sk,
+    /// Our DELETE of it, while unanswered.
+    outstanding: Option<Outstanding>,
+    /// The last response we sent on it, for retransmitted requests.
+    last_response: Option<(u32, Vec<u8>)>,
+    peer_next_id: u32,
+    next_request_id: u32,
+    /// When it goes without further ado.
+    deadline: Instant,
+}
+
+impl Retiring {
+    fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
+        Header {
+            initiator_spi: self.spi_i,
+            responder_spi: self.spi_r,
+            next_payload: PayloadType::None,
+            major_version: MAJOR_VERSION,
+            minor_version: 0,
+            exchange_type: exchange,
+            response,
+            version: false,
+            initiator: self.role == Role::Initiator,
+            message_id,
+            length: 0,
+        }
+    }
+
+    /// Our own SPI of the old IKE SA.
+    pub(super) fn local_spi(&self) -> u64 {
+        match self.role {
+            Role::Initiator => self.spi_i,
+            Role::Responder => self.spi_r,
+        }
+    }
+
+    pub(super) fn timeout(&self) -> Instant {
+        self.outstanding
+            .as_ref()
+            .map_or(self.deadline, |o| o.deadline.min(self.deadline))
+    }
+}
+
+/// Whether a CREATE_CHILD_SA request rekeys the IKE SA: an SA payload
+/// whose proposals are for IKE (and no REKEY_SA, which names a Child SA).
+pub(super) fn is_ike_rekey(message: &Message) -> bool {
+    let p = Payloads(&message.payloads);
+    p.notify(NotifyType::RekeySa).is_none()
+        && p.sa()
+            .is_some_and(|sa| sa.proposals.iter().any(|p| p.protocol == ProtocolId::Ike))
+}
+
+/// A random pause of 1 to 3 s before trying a refused rekey again.
+fn retry_pause(sa: &mut IkeSa) -> Duration {
+    let jitter = random_u64(sa.rng.as_mut()).unwrap_or(0) % 2000;
+    Duration::from_millis(1000 + jitter)
+}
+
+impl IkeSa {
+    /// Rekeys the IKE SA (RFC 7296 section 2.18): a CREATE_CHILD_SA
+    /// request with the IKE proposals, our new SPI, a nonce and a KE
+    /// payload. When it is answered the IKE SA carries on under new SPIs
+    /// and keys with the same Child SAs ([`Event::IkeSaRekeyed`]), and the
+    /// old one is deleted. If a request of ours is outstanding, the rekey
+    /// waits for its answer.
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established.
+    pub fn rekey_ike(&mut self, now: Instant) -> Result<()> {
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        if !st.queue.contains(&super::Queued::IkeRekey)
+            && !matches!(st.request, Some(Request::IkeRekey(_)))
+        {
+            st.queue.push_back(super::Queued::IkeRekey);
+        }
+        self.run_queue(now);
+        Ok(())
+    }
+
+    /// Builds and sends the CREATE_CHILD_SA request that rekeys the IKE
+    /// SA: SK {SA, Ni, KEi} (RFC 7296 section 1.3.2). The KE payload is
+    /// for `group`, or else the current IKE SA's.
+    pub(super) fn start_ike_rekey(
+        &mut self,
+        now: Instant,
+        group: Option<DhGroup>,
+        ke_retries: u8,
+    ) -> Result<()> {
+        let State::Established(st) = &self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let group = group.unwrap_or(st.sk.suite.group);
+        let spi_i = random_ike_spi(self.rng.as_mut())?;
+        let ni = random_nonce(self.rng.as_mut())?;
+        let kex = crypto::start(group)?;
+        let offer: Vec<Proposal> = self
+            .config
+            .ike_proposals
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.spi = spi_i.to_be_bytes().to_vec();
+                p
+            })
+            .collect();
+        let payloads = [
+            Payload::Sa(SaPayload {
+                proposals: offer.clone(),
+            }),
+            Payload::Nonce(ni.clone()),
+            Payload::KeyExchange(crate::message::KeyExchange {
+                group,
+                data: kex.public_value().to_vec(),
+            }),
+        ];
+        let id = self.next_request_id;
+        let header = self.header(ExchangeType::CreateChildSa, false, id);
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let bytes = st.sk.outbound.seal(&header, &payloads)?;
+        st.request = Some(Request::IkeRekey(Box::new(IkeRekeySent {
+            spi_i,
+            ni,
+            kex,
+            offer,
+            ke_retries,
+        })));
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
+        Ok(())
+    }
+
+    /// The answer to our rekey of the IKE SA: on success the switch to
+    /// the new IKE SA and the DELETE of the old one; on TEMPORARY_FAILURE
+    /// (the peer is busy, or rekeying too) another try after a random
+    /// pause; on INVALID_KE_PAYLOAD another try with the group it names.
+    pub(super) fn on_ike_rekey_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        rekey: IkeRekeySent,
+        message: &Message,
+    ) -> Option<(DhGroup, u8)> {
+        let p = Payloads(&message.payloads);
+        if let Some(n) = p.notify(NotifyType::InvalidKePayload) {
+            let group = <[u8; 2]>::try_from(n.data.as_slice())
+                .map(|b| DhGroup::from(u16::from_be_bytes(b)))
+                .ok()
+                .filter(|g| {
+                    *g != rekey.kex.group()
+                        && rekey.ke_retries < MAX_KE_RETRIES
+                        && offers_group(&self.config.ike_proposals, *g)
+                });
+            if let Some(group) = group {
+                return Some((group, rekey.ke_retries + 1));
+            }
+        }
+        let result = (|| {
+            if let Some(notify) = p.error() {
+                return Err((notify, true));
+            }
+            let bad = (NotifyType::InvalidSyntax, false);
+            let (Some(sa), Some(nr), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
+                return Err(bad);
+            };
+            let [chosen] = sa.proposals.as_slice() else {
+                return Err((NotifyType::NoProposalChosen, false));
+            };
+            let mut check = chosen.clone();
+            check.spi = rekey.spi_i.to_be_bytes().to_vec();
+            let suite = proposal::check_chosen(&rekey.offer, &check)
+                .and_then(|_| IkeSuite::from_proposal(chosen))
+                .map_err(|_| (NotifyType::NoProposalChosen, false))?;
+            let spi_r = <[u8; 8]>::try_from(chosen.spi.as_slice())
+                .map(u64::from_be_bytes)
+                .ok()
+                .filter(|s| *s != 0)
+                .ok_or(bad)?;
+            if suite.group != rekey.kex.group() || ke.group != suite.group {
+                return Err((NotifyType::InvalidKePayload, false));
+            }
+            let g_ir = rekey.kex.complete(&ke.data).map_err(|_| bad)?;
+            let seed = skeyseed_rekey(
+                st.sk.suite.prf,
+                &st.sk.keys.sk_d,
+                g_ir.expose(),
+                &rekey.ni,
+                nr,
+            );
+            let keys = IkeKeys::derive(&suite, &seed, &rekey.ni, nr, rekey.spi_i, spi_r)
+                .map_err(|_| bad)?;
+            let (outbound, inbound) = SkCipher::pair(&suite, &keys, true).map_err(|_| bad)?;
+            Ok((
+                spi_r,
+                Sk {
+                    suite,
+                    keys,
+                    outbound,
+                    inbound,
+                },
+            ))
+        })();
+        match result {
+            Ok((spi_r, sk)) => {
+                self.switch_ike_sa(now, st, rekey.spi_i, spi_r, Role::Initiator, sk);
+                if let Err(e) = self.send_retiring_delete(now) {
+                    self.events.push_back(Event::LocalError(e));
+                }
+            }
+            Err((notify, by_peer)) => {
+                // The IKE SA stands; try again a little later.
+                if notify != NotifyType::TemporaryFailure {
+                    self.events.push_back(Event::Failed { notify, by_peer });
+                }
+                st.ike_rekey_at = Some(now + retry_pause(self));
+            }
+        }
+        None
+    }
+
+    /// Answers the peer's rekey of the IKE SA, then switches to the new
+    /// one (the peer deletes the old one).
+    pub(super) fn on_ike_rekey_request(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        message: &Message,
+    ) {
+        let id = header.message_id;
+        let response = self.header(ExchangeType::CreateChildSa, true, id);
+        let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let busy = self.outstanding.is_some() || st.deleting || self.retiring.is_some();
+        let result = if busy {
+            Err(Notify::new(NotifyType::TemporaryFailure, Vec::new()))
+        } else {
+            self.ike_rekey_answer(&st, message)
+        };
+        let (payloads, switch) = match result {
+            Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
+            Err(n) => (vec![Payload::Notify(n)], None),
+        };
+        let sealed = st.sk.outbound.seal(&response, &payloads);
+        self.peer_next_id = id.wrapping_add(1);
+        match sealed {
+            Ok(bytes) => self.send_response(id, bytes),
+            Err(e) => return self.local_error(e),
+        }
+        if let Some((spi_i, spi_r, sk)) = switch {
+            self.switch_ike_sa(now, &mut st, spi_i, spi_r, Role::Responder, sk);
+        }
+        self.state = State::Established(st);
+    }
+
+    /// The answer's payloads, the new SPIs and keys; or the notify that
+    /// refuses the rekey.
+    fn ike_rekey_answer(
+        &mut self,
+        st: &Established,
+        message: &Message,
+    ) -> core::result::Result<(Vec<Payload>, u64, u64, Sk), Notify> {
+        let p = Payloads(&message.payloads);
+        let syntax = || Notify::new(NotifyType::InvalidSyntax, Vec::new());
+        let (Some(sa), Some(ni), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
+            return Err(syntax());
+        };
+        let selected = proposal::select(&self.config.ike_proposals, &sa.proposals)
+            .ok_or(Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
+        let suite = IkeSuite::from_proposal(&selected.proposal)
+            .map_err(|_| Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
+        let spi_i = <[u8; 8]>::try_from(selected.proposal.spi.as_slice())
+            .map(u64::from_be_bytes)
+            .ok()
+            .filter(|s| *s != 0)
+            .ok_or_else(syntax)?;
+        // RFC 7296 section 1.3.2: KEi must be of the chosen group, or
+        // INVALID_KE_PAYLOAD names the one we want.
+        if ke.group != suite.group {
+            return Err(Notify::new(
+                NotifyType::InvalidKePayload,
+                suite.group.value().to_be_bytes().to_vec(),
+            ));
+        }
+        let temporary = |_| Notify::new(NotifyType::TemporaryFailure, Vec::new());
+        let kex = crypto::start(suite.group).map_err(temporary)?;
+        let public = kex.public_value().to_vec();
+        let g_ir = kex.complete(&ke.data).map_err(|_| syntax())?;
+        let spi_r = random_ike_spi(self.rng.as_mut()).map_err(temporary)?;
+        let nr = random_nonce(self.rng.as_mut()).map_err(temporary)?;
+        let seed = skeyseed_rekey(st.sk.suite.prf, &st.sk.keys.sk_d, g_ir.expose(), ni, &nr);
+        let keys = IkeKeys::derive(&suite, &seed, ni, &nr, spi_i, spi_r).map_err(temporary)?;
+        let (outbound, inbound) = SkCipher::pair(&suite, &keys, false).map_err(temporary)?;
+        let mut chosen = selected.proposal;
+        chosen.spi = spi_r.to_be_bytes().to_vec();
+        let payloads = vec![
+            Payload::Sa(SaPayload {
+                proposals: vec![chosen],
+            }),
+            Payload::Nonce(nr),
+            Payload::KeyExchange(crate::message::KeyExchange {
+                group: suite.group,
+                data: public,
+            }),
+        ];
+        let sk = Sk {
+            suite,
+            keys,
+            outbound,
+            inbound,
+        };
+        Ok((payloads, spi_i, spi_r, sk))
+    }
+
+    /// Moves to the new IKE SA: new SPIs, keys and role, message IDs from
+    /// zero; the old one becomes [`Retiring`].
+    fn switch_ike_sa(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        spi_i: u64,
+        spi_r: u64,
+        role: Role,
+        sk: Sk,
+    ) {
+        let old_sk = core::mem::replace(&mut st.sk, sk);
+        let old = Retiring {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            role: self.role,
+            sk: old_sk,
+            outstanding: self.outstanding.take(),
+            last_response: self.last_response.take(),
+            peer_next_id: self.peer_next_id,
+            next_request_id: self.next_request_id,
+            deadline: now + RETIRE_TIMEOUT,
+        };
+        self.events.push_back(Event::IkeSaRekeyed {
+            old_spis: (old.spi_i, old.spi_r),
+            spis: (spi_i, spi_r),
+        });
+        self.spi_i = spi_i;
+        self.spi_r = spi_r;
+        self.role = role;
+        self.peer_next_id = 0;
+        self.next_request_id = 0;
+        self.retiring = Some(Box::new(old));
+        st.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+    }
+
+    /// Sends the DELETE of the old IKE SA, on it (RFC 7296 section 2.18).
+    fn send_retiring_delete(&mut self, now: Instant) -> Result<()> {
+        let Some(r) = self.retiring.as_mut() else {
+            return Ok(());
+        };
+        let id = r.next_request_id;
+        let header = r.header(ExchangeType::Informational, false, id);
+        let bytes =
+            r.sk.outbound
+                .seal(&header, &[Payload::Delete(Delete::ike())])?;
+        r.next_request_id = id.wrapping_add(1);
+        r.outstanding = Some(Outstanding {
+            message_id: id,
+            exchange: ExchangeType::Informational,
+            bytes: bytes.clone(),
+            transmissions: 1,
+            timeout: RETRANSMIT_TIMEOUT,
+            deadline: now + RETRANSMIT_TIMEOUT,
+        });
+        self.transmit(bytes);
+        Ok(())
+    }
+
+    /// Whether a header names the retiring IKE SA.
+    pub(super) fn is_for_retiring(&self, header: &Header) -> bool {
+        self.retiring
+            .as_ref()
+            .is_some_and(|r| header.initiator_spi == r.spi_i && header.responder_spi == r.spi_r)
+    }
+
+    /// A message on the retiring IKE SA: the answer to our DELETE, the
+    /// peer's DELETE, or anything else the peer still sends on it (a
+    /// retransmitted request gets its cached answer; a liveness check an
+    /// empty one; a new exchange TEMPORARY_FAILURE).
+    pub(super) fn handle_retiring(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &Header,
+        bytes: &[u8],
+    ) -> core::result::Result<(), Discard> {
+        let Some(r) = self.retiring.as_mut() else {
+            return Err(Discard::Unexpected);
+        };
+        if header.initiator != (r.role == Role::Responder) {
+            return Err(Discard::Unexpected);
+        }
+        let open = |r: &Retiring| {
+            r.sk.inbound.open(bytes).map_err(|e| match e {
+                Error::IntegrityCheckFailed => Discard::Integrity,
+                _ => Discard::Malformed,
+            })
+        };
+        if header.response {
+            let Some(out) = &r.outstanding else {
+                return Err(Discard::Unexpected);
+            };
+            if header.message_id != out.message_id {
+                return Err(Discard::WrongMessageId);
+            }
+            open(r)?;
+            // The old IKE SA is gone on both sides.
+            self.retiring = None;
+            return Ok(());
+        }
+        if let Some((id, response)) = &r.last_response {
+            if header.message_id == *id {
+                let response = response.clone();
+                self.stats.cached_responses += 1;
+                self.transmits.push_back(super::Transmit {
+                    dst: remote,
+                    bytes: response,
+                });
+                return Ok(());
+            }
+        }
+        if header.message_id != r.peer_next_id {
+            return Err(Discard::WrongMessageId);
+        }
+        let message = open(r)?;
+        let reply = match header.exchange_type {
+            ExchangeType::Informational => Vec::new(),
+            _ => vec![Payload::Notify(Notify::new(
+                NotifyType::TemporaryFailure,
+                Vec::new(),
+            ))],
+        };
+        let deleted = message
+            .payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::Ike));
+        let response = r.header(header.exchange_type, true, header.message_id);
+        let sealed =
+            r.sk.outbound
+                .seal(&response, &reply)
+                .map_err(|_| Discard::Malformed)?;
+        r.peer_next_id = header.message_id.wrapping_add(1);
+        r.last_response = Some((header.message_id, sealed.clone()));
+        if deleted {
+            // Keep answering a retransmitted DELETE for a little while.
+            r.deadline = r.deadline.min(now + Duration::from_secs(2));
+        }
+        self.transmits.push_back(super::Transmit {
+            dst: remote,
+            bytes: sealed,
+        });
+        Ok(())
+    }
+
+    /// Retransmits our DELETE of the retiring IKE SA, or drops it when its
+    /// time is up.
+    pub(super) fn retiring_timeout(&mut self, now: Instant) {
+        let Some(r) = self.retiring.as_mut() else {
+            return;
+        };
+        if now >= r.deadline {
+            self.retiring = None;
+            return;
+        }
+        let Some(out) = r.outstanding.as_mut() else {
+            return;
+        };
+        if now < out.deadline {
+            return;
+        }
+        if out.transmissions >= super::MAX_TRANSMISSIONS {
+            // No answer: the old IKE SA simply goes.
+            self.retiring = None;
+            return;
+        }
+        out.transmissions += 1;
+        out.timeout *= 2;
+        out.deadline = now + out.timeout;
+        let bytes = out.bytes.clone();
+        self.stats.retransmits += 1;
+        self.transmit(bytes);
+    }
+}
