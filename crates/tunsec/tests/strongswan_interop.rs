@@ -1329,6 +1329,139 @@ fn sswan_rekeys_under_tcp() {
     });
 }
 
+/// tunsecd's IKE SPIs, once charon shows an established IKE SA with the
+/// same SPIs.
+fn agreed_ike_spis(lab: &Lab, x: &Interop) -> anyhow::Result<Option<(String, String)>> {
+    let ike = ike_of(&x.status(lab)?)?;
+    let (Some(i), Some(r)) = (ike.spi_i, ike.spi_r) else {
+        return Ok(None);
+    };
+    if ike.state != "established" {
+        return Ok(None);
+    }
+    let sas = x.charon.list_sas()?;
+    let (bi, br) = (i.trim_start_matches("0x"), r.trim_start_matches("0x"));
+    let agreed = sas
+        .ike
+        .iter()
+        .any(|l| l.contains("ESTABLISHED") && l.contains(bi) && l.contains(br));
+    Ok(agreed.then_some((i, r)))
+}
+
+/// Waits until both sides agree on IKE SPIs other than `old`.
+fn wait_new_ike(
+    lab: &Lab,
+    x: &Interop,
+    old: &(String, String),
+    what: &str,
+) -> anyhow::Result<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(spis) = agreed_ike_spis(lab, x)? {
+            if spis.0 != old.0 && spis.1 != old.1 {
+                return Ok(spis);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: no new IKE SA on both sides within 10 s (old {old:?})\n{}",
+                x.describe(lab)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The IKE SA is rekeyed by charon (`swanctl --rekey --ike`), then by
+/// tunsecd (`tunsec rekey --ike`), under pings: new IKE SPIs on both
+/// sides, the Child SA kept, and a Child SA rekey over the new IKE SA
+/// (keyed from its SK_d) works.
+#[test]
+fn sswan_ike_rekeys() {
+    const PINGS: u32 = 30;
+    with_lab("tsss-ikerk", |lab| {
+        let p = Params::new(1, 2, "aes256gcm16-sha256-modp2048", "aes128gcm16");
+        let mut x = interop(lab, p)?;
+        let pair = x.wait_up(lab, "first Child SA", Duration::from_secs(15))?;
+        let first = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
+        x.add_tenant(lab)?;
+        x.ping_both_ways(1)?;
+        let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
+        let t0 = Instant::now();
+
+        let out = x.charon.swanctl(&["--rekey", "--ike", CONN])?;
+        ensure!(out.contains("rekey completed successfully"), "{out}");
+        let second = wait_new_ike(lab, &x, &first, "IKE rekey by charon")?;
+        eprintln!(
+            "  IKE SA rekeyed by charon after {:.1} s: {first:?} -> {second:?}",
+            t0.elapsed().as_secs_f64()
+        );
+        let sock = socket_path(lab, p.tunsec);
+        let sock = sock.to_string_lossy();
+        tunsec::netns::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
+        let third = wait_new_ike(lab, &x, &second, "tunsec rekey --ike")?;
+        eprintln!(
+            "  IKE SA rekeyed by tunsecd after {:.1} s: {second:?} -> {third:?}",
+            t0.elapsed().as_secs_f64()
+        );
+        let replies = ping_replies(pings)?;
+        eprintln!("  {replies}/{PINGS} pings answered across the IKE rekeys");
+        ensure!(
+            replies >= PINGS - 1,
+            "{replies} of {PINGS} pings answered across the IKE rekeys"
+        );
+        ensure!(
+            x.current_pair(lab)? == Some(pair),
+            "the Child SA {pair} did not stay across the IKE rekeys\n{}",
+            x.describe(lab)
+        );
+        let ike = ike_of(&x.status(lab)?)?;
+        ensure!(
+            ike.ike_rekeys == 2,
+            "tunsecd counts {} IKE rekeys: {ike:?}",
+            ike.ike_rekeys
+        );
+        // Only the newest IKE SA is left on charon's side.
+        std::thread::sleep(Duration::from_secs(1));
+        let sas = x.charon.list_sas()?;
+        ensure!(
+            sas.ike.len() == 1,
+            "charon keeps old IKE SAs:\n{}",
+            sas.text
+        );
+
+        // The new IKE SA's SK_d keys Child SA rekeys, by either side.
+        x.charon.swanctl(&["--rekey", "--child", CONN])?;
+        let second_pair = wait_new_pair(
+            lab,
+            &x,
+            pair,
+            "Child SA rekey by charon",
+            Duration::from_secs(10),
+        )?;
+        tunsec::netns::run(TUNSEC, &["--socket", &sock, "rekey", PEER])?;
+        let third_pair = wait_new_pair(
+            lab,
+            &x,
+            second_pair,
+            "tunsec rekey",
+            Duration::from_secs(10),
+        )?;
+        eprintln!(
+            "  Child SA rekeyed over the new IKE SA: {pair} -> {second_pair} -> {third_pair}"
+        );
+        x.ping_both_ways(3)?;
+        let st = x.status(lab)?;
+        let drops = nonzero_drops(&st);
+        ensure!(
+            drops.is_empty(),
+            "tunsecd dropped packets: {drops:?}\n{}",
+            st.render()
+        );
+        Ok(())
+    });
+}
+
 /// charon crashes (SIGKILL) and starts again; it initiates, and the
 /// tunnel comes back with a new IKE SA.
 #[test]
