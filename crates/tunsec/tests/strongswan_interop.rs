@@ -14,16 +14,32 @@
 //!  eth0 192.0.2.<n>  ---- br0 (ns ul, captured) ----  eth0 192.0.2.<m>
 //! ```
 //!
-//! libipsec does only tunnel mode and ESP in UDP on port 4500 (it fakes
+//! libipsec does only tunnel mode and ESP in UDP on port 4500 (charon fakes
 //! NAT detection to force it), without ESN; so tunsecd is configured for
 //! tunnel mode and its ESP travels in UDP 4500.
 //!
-//! The cases: tunsec initiating (lower underlay address) and responding
-//! (charon initiates with `swanctl --initiate`), each with its own IKE and
-//! ESP proposals, pings both ways, a TCP transfer (iperf3) and a capture
-//! of the underlay that holds only IKE and ESP in UDP; Child SA rekeys
-//! started by each side under traffic; charon killed and started again; a
-//! wrong PSK on one side.
+//! The cases (each its own lab, prefix `tsss-`):
+//!
+//! - `sswan_tunsec_initiates`: tunsecd has the lower address and
+//!   initiates; IKE aes128gcm16-prfsha256-x25519, ESP aes128gcm16.
+//! - `sswan_charon_initiates`: `swanctl --initiate`, tunsecd responds; IKE
+//!   aes256gcm16-sha256-modp2048, ESP aes256-sha256.
+//!
+//!   Both: the SPIs agree, charon shows TUNNEL-in-UDP, pings both ways
+//!   between the tenant and vxlan0, an iperf3 transfer, no tunsecd drops,
+//!   and the capture holds only IKE (500, then 4500) and ESP in UDP 4500,
+//!   without one copy of the tenant marker.
+//! - `sswan_rekeys_both_ways`: Child SA rekeys by `swanctl --rekey`,
+//!   `tunsec rekey` and tunsecd's `child_lifetime` under pings.
+//! - `sswan_rekeys_under_tcp`: rekeys by both sides under iperf3 --bidir.
+//! - `sswan_ike_rekeys`: IKE SA rekeys by `swanctl --rekey --ike` and
+//!   `tunsec rekey --ike`, then Child SA rekeys over the new IKE SA.
+//! - `sswan_charon_restarts`: charon killed (SIGKILL) and started again;
+//!   it initiates with INITIAL_CONTACT, tunsecd replaces the old SAs.
+//! - `sswan_wrong_psk`: different PSKs, each side initiating once: both
+//!   logs name the failure, neither side has an SA.
+//!
+//! TUNSEC_E2E_LOGS=1 prints every log (charon's too) also on success.
 //!
 //! They need root, iproute2, ping, tshark, iperf3, nftables and strongSwan
 //! (strongswan-charon, strongswan-swanctl, libcharon-extra-plugins,
