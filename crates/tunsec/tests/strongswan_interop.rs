@@ -30,10 +30,12 @@
 //!   and the capture holds only IKE (500, then 4500) and ESP in UDP 4500,
 //!   without one copy of the tenant marker.
 //! - `sswan_rekeys_both_ways`: Child SA rekeys by `swanctl --rekey`,
-//!   `tunsec rekey` and tunsecd's `child_lifetime` under pings.
+//!   `tunsec rekey` and tunsecd's `child_lifetime` under pings; ESP
+//!   aes128gcm16-x25519 (no D-H in IKE_AUTH, PFS with X25519 on rekeys).
 //! - `sswan_rekeys_under_tcp`: rekeys by both sides under iperf3 --bidir.
-//! - `sswan_ike_rekeys`: IKE SA rekeys by `swanctl --rekey --ike` and
-//!   `tunsec rekey --ike`, then Child SA rekeys over the new IKE SA.
+//! - `sswan_ike_rekeys`: charon initiates; IKE SA rekeys by `swanctl
+//!   --rekey --ike` and `tunsec rekey --ike`, then Child SA rekeys over the
+//!   new IKE SA, with PFS (ESP aes128gcm16-modp2048).
 //! - `sswan_charon_restarts`: charon killed (SIGKILL) and started again;
 //!   it initiates with INITIAL_CONTACT, tunsecd replaces the old SAs.
 //! - `sswan_wrong_psk`: different PSKs, each side initiating once: both
@@ -685,6 +687,17 @@ impl Interop {
         }
     }
 
+    /// Brings the first Child SA up: whoever has the lower address
+    /// initiates (charon by `swanctl --initiate`); returns the pair.
+    fn bring_up(&self, lab: &Lab) -> anyhow::Result<Pair> {
+        if self.p.charon < self.p.tunsec {
+            self.charon
+                .swanctl(&["--initiate", "--child", CONN, "--timeout", "15"])
+                .with_context(|| self.describe(lab))?;
+        }
+        self.wait_up(lab, "first Child SA", Duration::from_secs(15))
+    }
+
     /// The tenant behind tunsecd, and a first ping through both ways.
     fn add_tenant(&mut self, lab: &mut Lab) -> anyhow::Result<String> {
         let tenant = add_tenant(lab, &self.t, self.p.tunsec, TAP)?;
@@ -1168,12 +1181,13 @@ fn wait_new_pair(
 /// The Child SA is rekeyed by charon (`swanctl --rekey`), then by tunsecd
 /// twice, at once (`tunsec rekey`) and when its `child_lifetime` runs out,
 /// while the tenant pings charon's host: new SPIs on both sides each time,
-/// the old ones gone, and the pings keep flowing.
+/// the old ones gone, and the pings keep flowing. The ESP proposal names
+/// X25519: none in IKE_AUTH, PFS on every rekey.
 #[test]
 fn sswan_rekeys_both_ways() {
     const PINGS: u32 = 70;
     with_lab("tsss-rekey", |lab| {
-        let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16");
+        let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16-x25519");
         // tunsecd rekeys at 90% of 12 s less up to 10%: 9.7 to 10.8 s
         // after the last rekey, and again 10 s later, after the checks.
         p.ike_extra = "child_lifetime = 12\n";
@@ -1391,14 +1405,15 @@ fn wait_new_ike(
 /// The IKE SA is rekeyed by charon (`swanctl --rekey --ike`), then by
 /// tunsecd (`tunsec rekey --ike`), under pings: new IKE SPIs on both
 /// sides, the Child SA kept, and a Child SA rekey over the new IKE SA
-/// (keyed from its SK_d) works.
+/// (keyed from its SK_d) works. charon initiates; the ESP proposal names
+/// MODP-2048 (PFS on the Child SA rekeys).
 #[test]
 fn sswan_ike_rekeys() {
     const PINGS: u32 = 30;
     with_lab("tsss-ikerk", |lab| {
-        let p = Params::new(1, 2, "aes256gcm16-sha256-modp2048", "aes128gcm16");
+        let p = Params::new(2, 1, "aes256gcm16-sha256-modp2048", "aes128gcm16-modp2048");
         let mut x = interop(lab, p)?;
-        let pair = x.wait_up(lab, "first Child SA", Duration::from_secs(15))?;
+        let pair = x.bring_up(lab)?;
         let first = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
         x.add_tenant(lab)?;
         x.ping_both_ways(1)?;
