@@ -8,6 +8,9 @@
 //! - [`fdb`]: the forwarding database (learning, ageing, static entries).
 //! - [`gateway`]: sans IO. Gateway mode: the kernel's own tunnel packets,
 //!   steered into a TUN device, protected for a peer, and back.
+//! - [`offload`]: sans IO. TAP offloads: the virtio-net header, TCP
+//!   segmentation of TSO super-frames, checksum completion, and coalescing
+//!   of received TCP segments into one super-frame (GRO).
 //! - [`stats`]: drop counters by reason, frame counters per network.
 //! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
 //! - [`worker`]: the transmit and receive threads.
@@ -18,6 +21,7 @@
 pub mod fdb;
 pub mod gateway;
 pub mod io;
+pub mod offload;
 pub mod overlay;
 pub mod stats;
 pub mod worker;

@@ -18,8 +18,15 @@
 //! header when the worker sends through a socket. Inbound runs the steps in
 //! reverse: in tunnel mode the inner IP header must be the peer's tunnel
 //! traffic to us ([`check_inner_header`]), and in either mode the
-//! decrypted datagram must be tunnel traffic of a network the SA's peer
-//! carries.
+//! decrypted datagram must match the SA's traffic selectors (RFC 4301
+//! section 5.2) and be tunnel traffic of a network the SA's peer carries.
+//!
+//! Selectors narrowed to the overlay's ports (`[udp/4789] <->
+//! [udp/4789]`, `[peer.ike] selectors = "ports"`) cover only datagrams
+//! whose source port is the tunnel port too, so under such an SA a
+//! datagram leaves from the tunnel port instead of a per-flow entropy
+//! port ([`source_port`]). Inside ESP in UDP the entropy is invisible to
+//! the underlay anyway: the outer ports are the ESP-in-UDP ports.
 //!
 //! Everything works in place in a caller-owned buffer with headroom.
 
@@ -28,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tunsec_esp::{Mode, PacketBuf, Sa};
+use tunsec_esp::{FlowKey, Mode, PacketBuf, Sa, Selector};
 use tunsec_wire::ethernet::{self, EthernetAddress};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::vxlan::Vni;
@@ -329,6 +336,36 @@ fn entropy_port(frame: &[u8]) -> u16 {
     49152 | (h as u16 & 0x3fff)
 }
 
+/// The UDP source port of a tunnel datagram from `local` to `remote`'s
+/// tunnel `port`, sealed with an SA whose traffic selectors are
+/// `selectors`: the flow's `entropy` port when they allow it (host to
+/// host with any port, or no selectors at all, as manual SAs have), else
+/// the tunnel port itself, which selectors narrowed to the overlay's ports
+/// (`local[udp/P] <-> remote[udp/P]`) require. `None` when they allow
+/// neither: the SA does not cover this network's tunnel port.
+pub fn source_port(
+    selectors: &[Selector],
+    local: IpAddr,
+    remote: IpAddr,
+    entropy: u16,
+    port: u16,
+) -> Option<u16> {
+    if selectors.is_empty() {
+        return Some(entropy);
+    }
+    let allows = |src_port| {
+        let flow = FlowKey {
+            src: local,
+            dst: canonical(remote),
+            protocol: IpProtocol::Udp.into(),
+            src_port: Some(src_port),
+            dst_port: Some(port),
+        };
+        selectors.iter().any(|s| s.matches_outbound(&flow))
+    };
+    [entropy, port].into_iter().find(|&p| allows(p))
+}
+
 /// Wraps the frame at `buf[start..end]` for `peer` on network `net`, in
 /// place, and says where to send it. Drops are counted in `stats` (and,
 /// for ESP, in the SA).
@@ -392,6 +429,18 @@ pub fn encapsulate(
     if policy == Policy::Prefer && !sa.is_usable() {
         return Ok(clear_transmit(network, entry, tunnel_start, end));
     }
+    // RFC 4301 section 5.1: what an SA carries must lie within its
+    // selectors; port-narrowed ones need the tunnel port as source.
+    let Some(port) = source_port(
+        sa.selectors(),
+        tables.local,
+        entry.spec.underlay,
+        port,
+        network.port,
+    ) else {
+        stats.drop(Drop::Selector);
+        return Err(Drop::Selector);
+    };
 
     // The tunnel's UDP header, which ESP protects.
     let udp_start = tunnel_start - udp::HEADER_LEN;
@@ -674,14 +723,16 @@ pub fn receive_esp(
         // The SA belongs to another host.
         return fail(Drop::Policy);
     }
-    let mut pb = PacketBuf::new(buf, start, end);
-    let opened = match entry.sa.lock() {
-        Ok(mut sa) => sa.open_esp(&mut pb, now).map(|nh| (nh, sa.mode())),
-        Err(_) => Err(tunsec_esp::DropReason::NoSa),
-    };
-    let Ok((next_header, mode)) = opened else {
+    // The SA stays locked until the selector check (uncontended: only
+    // this worker opens inbound SAs).
+    let Ok(mut sa) = entry.sa.lock() else {
         return fail(Drop::Esp);
     };
+    let mut pb = PacketBuf::new(buf, start, end);
+    let Ok(next_header) = sa.open_esp(&mut pb, now) else {
+        return fail(Drop::Esp);
+    };
+    let mode = sa.mode();
     let (mut start, end) = (pb.start(), pb.end());
     match mode {
         // The SA's implicit selectors: UDP to one of the networks this
@@ -712,6 +763,22 @@ pub fn receive_esp(
     let dst_port = u.dst_port();
     let udp_end = start + usize::from(u.len());
     let payload_start = start + udp::HEADER_LEN;
+    // RFC 4301 section 5.2, step 4: the decrypted datagram must match the
+    // SA's negotiated selectors. Its addresses are the peer's underlay to
+    // ours (the ESP's source was checked above; in tunnel mode, the inner
+    // header too); its ports are the datagram's. An SA without selectors
+    // (manual keys) has only the implicit checks around this one.
+    let flow = FlowKey {
+        src: peer.spec.underlay,
+        dst: tables.local,
+        protocol: IpProtocol::Udp.into(),
+        src_port: Some(u.src_port()),
+        dst_port: Some(dst_port),
+    };
+    if sa.check_inbound(&flow).is_err() {
+        return fail(Drop::Selector);
+    }
+    drop(sa);
     let Some(encap) = tables
         .networks
         .iter()

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
+use tunsec_esp::{Direction, PortRange, Sa, SaConfig, SaKeys, Suite};
 
 use super::*;
 use crate::fdb::DEFAULT_AGEING;
@@ -751,4 +751,250 @@ fn modes_must_match() {
     assert_eq!(b.stats.drops(Drop::Policy), 1);
     assert_eq!(carry(&b, &a, 60), Err(Drop::InnerHeader));
     assert_eq!(a.stats.drops(Drop::InnerHeader), 1);
+}
+
+/// The selectors IKE negotiates, seen from `local`, as
+/// `tunsec_ike::sa::ts::to_esp_selectors` builds them: with `ports`, the
+/// cross product of `local[udp/P]` and `remote[udp/Q]` over them
+/// (`[peer.ike] selectors = "ports"`); without, host to host, UDP, any
+/// port.
+fn ike_selectors(local: IpAddr, remote: IpAddr, ports: &[u16]) -> Vec<Selector> {
+    let one = |l: PortRange, r: PortRange| Selector {
+        local: tunsec_esp::IpPrefix::host(local),
+        remote: tunsec_esp::IpPrefix::host(remote),
+        protocol: Some(17),
+        local_ports: l,
+        remote_ports: r,
+    };
+    if ports.is_empty() {
+        return vec![one(PortRange::ANY, PortRange::ANY)];
+    }
+    let mut out = Vec::new();
+    for &l in ports {
+        for &r in ports {
+            out.push(one(PortRange::single(l), PortRange::single(r)));
+        }
+    }
+    out
+}
+
+/// Replaces a host's SAs (inbound `spi_in`, outbound `spi_out`) with ones
+/// in `mode` that carry `selectors`.
+fn set_selectors(
+    h: &mut Host,
+    spi_in: u32,
+    spi_out: u32,
+    suite: Suite,
+    tunnel: bool,
+    ports: &[u16],
+) {
+    let (local, remote) = (h.tables.local, h.tables.peers[0].spec.underlay);
+    let mode = if tunnel {
+        Mode::Tunnel { local, remote }
+    } else {
+        Mode::Transport
+    };
+    let mk = |spi, direction| {
+        let n = suite.encryption_key_len() + suite.integrity_key_len();
+        let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+        let mut config = SaConfig::new(spi, direction, suite, keys);
+        config.mode = mode;
+        config.selectors = ike_selectors(local, remote, ports);
+        Arc::new(Mutex::new(Sa::new(config, Instant::now()).unwrap()))
+    };
+    h.tables.peers[0].outbound = Some(mk(spi_out, Direction::Outbound));
+    h.tables.inbound.insert(
+        spi_in,
+        InboundEntry {
+            peer: 0,
+            sa: mk(spi_in, Direction::Inbound),
+        },
+    );
+}
+
+/// Two hosts whose SAs carry IKE's selectors: narrowed to `ports`, or
+/// host to host without.
+fn selector_pair(
+    encap: TunnelEncap,
+    suite: Suite,
+    v6: bool,
+    tunnel: bool,
+    ports: &[u16],
+) -> (Host, Host) {
+    let (mut a, mut b) = pair(encap, Policy::Require, Some(suite), v6);
+    set_selectors(&mut a, 0x1001, 0x2001, suite, tunnel, ports);
+    set_selectors(&mut b, 0x2001, 0x1001, suite, tunnel, ports);
+    (a, b)
+}
+
+/// The UDP ports of the tunnel datagram `from` seals for a 60-byte frame
+/// (opened with a twin of the receiver's SA, without selectors).
+fn sealed_ports(from: &Host, suite: Suite) -> (u16, u16) {
+    let (plain, next_header) = tunnel_plaintext(from, suite);
+    let udp_at = match next_header {
+        4 => 20,
+        41 => 40,
+        _ => 0,
+    };
+    let u = udp::Packet::new_checked(&plain[udp_at..]).unwrap();
+    (u.src_port(), u.dst_port())
+}
+
+/// Narrowed to the tunnel port, every format, mode, family and a few
+/// suites round-trip, and the datagrams leave from the tunnel port; host
+/// to host (any port) and manual SAs (no selectors) keep the entropy
+/// port.
+#[test]
+fn port_selectors_round_trip_from_the_tunnel_port() {
+    for encap in [TunnelEncap::Vxlan, TunnelEncap::Geneve, TunnelEncap::Gue] {
+        let port = network(encap).port;
+        for suite in [Suite::AesGcm128, Suite::AesCbc256HmacSha256] {
+            for v6 in [false, true] {
+                for tunnel in [false, true] {
+                    let (a, b) = selector_pair(encap, suite, v6, tunnel, &[port]);
+                    for len in [14, 60, 1400] {
+                        carry(&a, &b, len).unwrap();
+                        carry(&b, &a, len).unwrap();
+                    }
+                    assert_eq!(sealed_ports(&a, suite), (port, port));
+                    assert_eq!(sealed_ports(&b, suite), (port, port));
+                    for h in [&a, &b] {
+                        assert_eq!(h.stats.drops(Drop::Selector), 0);
+                    }
+
+                    let (a, b) = selector_pair(encap, suite, v6, tunnel, &[]);
+                    carry(&a, &b, 60).unwrap();
+                    carry(&b, &a, 60).unwrap();
+                    let (src, dst) = sealed_ports(&a, suite);
+                    assert!(src >= 49152 && dst == port, "{src} {dst}");
+                }
+            }
+        }
+    }
+    let (a, b) = pair(
+        TunnelEncap::Vxlan,
+        Policy::Require,
+        Some(Suite::AesGcm128),
+        false,
+    );
+    carry(&a, &b, 60).unwrap();
+    let (src, _) = sealed_ports(&a, Suite::AesGcm128);
+    assert!(src >= 49152, "{src}");
+}
+
+/// The VXLAN datagram A would send to B, source port `src`, destination
+/// port `dst`, for a 60-byte frame, as a transport-mode ESP payload.
+fn vxlan_datagram(src: u16, dst: u16) -> Vec<u8> {
+    let suite = Suite::AesGcm128;
+    let (a, _) = pair(TunnelEncap::Vxlan, Policy::Require, Some(suite), false);
+    let (mut d, next_header) = tunnel_plaintext(&a, suite);
+    assert_eq!(next_header, 17);
+    let mut u = udp::Packet::new_unchecked(&mut d[..]);
+    u.set_src_port(src);
+    u.set_dst_port(dst);
+    d
+}
+
+/// RFC 4301 section 5.2: under port-narrowed selectors, a decrypted
+/// datagram whose ports are outside them is dropped and counted (by the
+/// data path as `selector`, by the SA as `policy`); inside them it is
+/// delivered. Host-to-host selectors take any source port.
+#[test]
+fn datagrams_outside_the_selectors_are_dropped_and_counted() {
+    let suite = Suite::AesGcm128;
+    let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
+    let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
+    let ok = |r: Result<EspReceive, Drop>| matches!(r, Ok(EspReceive::Frame(_)));
+    assert!(ok(deliver_sealed(
+        &mut sealer,
+        &b,
+        A,
+        &vxlan_datagram(4789, 4789),
+        17
+    )));
+    let cases = [(50000, 4789), (4790, 4789), (4789, 4790), (4789, 6081)];
+    for (n, (src, dst)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(src, dst), 17),
+            Err(Drop::Selector),
+            "{src} -> {dst}"
+        );
+        assert_eq!(b.stats.drops(Drop::Selector), n as u64 + 1);
+    }
+    let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
+    assert_eq!(
+        sa.counters().drops.get(tunsec_esp::DropReason::Policy),
+        cases.len() as u64
+    );
+    drop(sa);
+    assert_eq!(b.stats.drops(Drop::Policy), 0);
+
+    // The same datagrams under host-to-host selectors: all delivered (the
+    // last two reach no network on their port: the implicit check).
+    let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[]);
+    for (src, dst) in [(50000, 4789), (4790, 4789), (4789, 4789)] {
+        assert!(ok(deliver_sealed(
+            &mut sealer,
+            &b,
+            A,
+            &vxlan_datagram(src, dst),
+            17
+        )));
+    }
+    assert_eq!(
+        deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(4789, 4790), 17),
+        Err(Drop::Policy)
+    );
+    assert_eq!(b.stats.drops(Drop::Selector), 0);
+}
+
+/// A port-narrowed peer (B) receiving from a host-to-host sender (A,
+/// entropy source ports) drops everything as `selector`: the reason each
+/// side must send from the tunnel port once its SA is narrowed.
+#[test]
+fn entropy_ports_fail_narrowed_selectors() {
+    let suite = Suite::AesGcm128;
+    let (a, _) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[]);
+    let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
+    assert_eq!(carry(&a, &b, 60), Err(Drop::Selector));
+    assert_eq!(b.stats.drops(Drop::Selector), 1);
+}
+
+/// With several tunnel ports the selectors are their cross product (RFC
+/// 7296 section 2.9: any TSi entry with any TSr entry), so a datagram
+/// from one tunnel port to another is inside them; a port outside the
+/// set is not. Outbound, an SA that does not cover the network's port at
+/// all drops the frame (`selector`) rather than send it.
+#[test]
+fn several_ports_and_uncovered_networks() {
+    let suite = Suite::AesGcm128;
+    let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789, 6081]);
+    let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
+    for src in [4789, 6081] {
+        assert!(matches!(
+            deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(src, 4789), 17),
+            Ok(EspReceive::Frame(_))
+        ));
+    }
+    assert_eq!(
+        deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(6080, 4789), 17),
+        Err(Drop::Selector)
+    );
+
+    // A's SA covers only Geneve's port; its network is VXLAN.
+    let (a, _) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[6081]);
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    assert_eq!(
+        encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
+        Err(Drop::Selector)
+    );
+    assert_eq!(a.stats.drops(Drop::Selector), 1);
+    // `source_port` itself: entropy when allowed, else the tunnel port.
+    let any = ike_selectors(A, B, &[]);
+    let narrow = ike_selectors(A, B, &[4789]);
+    assert_eq!(source_port(&[], A, B, 50000, 4789), Some(50000));
+    assert_eq!(source_port(&any, A, B, 50000, 4789), Some(50000));
+    assert_eq!(source_port(&narrow, A, B, 50000, 4789), Some(4789));
+    assert_eq!(source_port(&narrow, A, B, 50000, 6081), None);
+    assert_eq!(source_port(&narrow, B, A, 50000, 4789), None);
 }

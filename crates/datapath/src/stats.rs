@@ -48,11 +48,16 @@ pub enum Drop {
     /// version, length or checksum, other addresses, a protocol other than
     /// UDP, or a fragment (RFC 4303 section 3.1.2, RFC 4301 section 5.2).
     InnerHeader,
+    /// A tunnel datagram outside the SA's negotiated traffic selectors:
+    /// decrypted, its ports (or addresses) match none of them (RFC 4301
+    /// section 5.2), or, outbound, neither the flow's source port nor the
+    /// tunnel port would match them.
+    Selector,
 }
 
 impl Drop {
     /// The number of reasons.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -70,6 +75,7 @@ impl Drop {
         Self::TapWrite,
         Self::Send,
         Self::InnerHeader,
+        Self::Selector,
     ];
 
     /// A stable snake_case name.
@@ -89,6 +95,7 @@ impl Drop {
             Self::TapWrite => "tap_write",
             Self::Send => "send",
             Self::InnerHeader => "inner_header",
+            Self::Selector => "selector",
         }
     }
 }

@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 
 use crate::fdb::Fdb;
 use crate::io::socket::{Batch, DatagramSocket, Poller};
+use crate::offload;
 use crate::overlay::{self, EspReceive, HEADROOM, TAILROOM, Tables, Targets, Transmit, Via};
 use crate::stats::{Drop, Stats};
 
@@ -106,12 +107,26 @@ impl Shared {
 
 /// A frame device of one network (a TAP device, in overlay mode).
 pub trait FrameDevice: Send + Sync {
-    /// Reads one frame; `WouldBlock` when none is waiting.
+    /// Reads one frame (behind its virtio-net header, with
+    /// [`Self::vnet_hdr`]); `WouldBlock` when none is waiting.
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame.
+    /// Writes one frame (a device with [`Self::vnet_hdr`] wants the
+    /// header first: use [`Self::send_with_header`]).
     fn send(&self, frame: &[u8]) -> io::Result<usize>;
     /// The descriptor to poll.
     fn fd(&self) -> RawFd;
+    /// Frames carry a virtio-net header (`IFF_VNET_HDR`), and reads may be
+    /// TCP super-frames.
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
+    /// Writes a virtio-net header and a frame in one write.
+    fn send_with_header(&self, header: &[u8], frame: &[u8]) -> io::Result<usize> {
+        let mut joined = Vec::with_capacity(header.len() + frame.len());
+        joined.extend_from_slice(header);
+        joined.extend_from_slice(frame);
+        self.send(&joined)
+    }
 }
 
 impl FrameDevice for tun_rs::SyncDevice {
@@ -126,6 +141,14 @@ impl FrameDevice for tun_rs::SyncDevice {
     fn fd(&self) -> RawFd {
         self.as_raw_fd()
     }
+
+    fn vnet_hdr(&self) -> bool {
+        self.tcp_gso()
+    }
+
+    fn send_with_header(&self, header: &[u8], frame: &[u8]) -> io::Result<usize> {
+        self.send_vectored(&[io::IoSlice::new(header), io::IoSlice::new(frame)])
+    }
 }
 
 /// The sockets of the data path.
@@ -139,13 +162,28 @@ pub struct Sockets {
 
 /// Runs the transmit worker until `shared.stop` is set. `devices[i]` is
 /// the device of network `i`.
+///
+/// A device with a virtio-net header ([`FrameDevice::vnet_hdr`]) may hand
+/// over a TCP super-frame of up to 64 KB: it is cut into wire frames
+/// ([`offload::Segmenter`]), each then sent like any other frame; a plain
+/// frame with a partial checksum gets it completed first.
 pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: Arc<Sockets>) {
     let fds: Vec<RawFd> = devices.iter().map(|d| d.fd()).collect();
     let mut poller = Poller::new(&fds);
-    let mut pool: Vec<Vec<u8>> = Vec::new();
-    let mut pending: Vec<Transmit> = Vec::with_capacity(BATCH);
-    let mut pending_buf: Vec<usize> = Vec::with_capacity(BATCH);
-    let mut batch = Batch::new(BATCH);
+    let mut tx = Tx {
+        pool: Vec::new(),
+        used: 0,
+        fanout: 1,
+        pending: Vec::with_capacity(BATCH),
+        pending_buf: Vec::with_capacity(BATCH),
+        batch: Batch::new(BATCH),
+    };
+    // One super-frame read from a device with a virtio-net header.
+    let mut big = if devices.iter().any(|d| d.vnet_hdr()) {
+        vec![0u8; offload::vnet::HEADER_LEN + offload::gro::MAX_FRAME_LEN]
+    } else {
+        Vec::new()
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
@@ -153,86 +191,148 @@ pub fn run_tx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
         }
         let tables = shared.tables.load();
         // A flooded frame needs one buffer per peer of its network.
-        let fanout = tables
+        tx.fanout = tables
             .peers_of_network
             .iter()
             .map(Vec::len)
             .max()
             .unwrap_or(0)
             .max(1);
-        if pool.len() < BATCH + fanout {
+        if tx.pool.len() < BATCH + tx.fanout {
             // Only when the configuration grows, never per packet.
-            pool.resize_with(BATCH + fanout, || vec![0u8; BUFFER_LEN]);
+            tx.pool
+                .resize_with(BATCH + tx.fanout, || vec![0u8; BUFFER_LEN]);
         }
         let now = Instant::now();
-        let mut used = 0;
+        tx.used = 0;
         for (net, dev) in devices.iter().enumerate() {
             if !poller.is_ready(net) {
                 continue;
             }
             for _ in 0..BATCH {
-                if used + fanout > pool.len() {
-                    flush(
-                        &shared,
-                        &sockets,
-                        &mut batch,
-                        &pool,
-                        &mut pending,
-                        &mut pending_buf,
-                    );
-                    used = 0;
+                tx.make_room(&shared, &sockets);
+                if !dev.vnet_hdr() {
+                    let b = tx.used;
+                    let Ok(len) = dev.recv(&mut tx.pool[b][HEADROOM..HEADROOM + MAX_FRAME]) else {
+                        break;
+                    };
+                    tx.frame(&shared, &tables, net, len, now);
+                    continue;
                 }
-                let Ok(len) = dev.recv(&mut pool[used][HEADROOM..HEADROOM + MAX_FRAME]) else {
+                let Ok(len) = dev.recv(&mut big) else {
                     break;
                 };
-                let (start, end) = (HEADROOM, HEADROOM + len);
-                let targets =
-                    overlay::targets(&tables, &shared.fdb, net, &pool[used][start..end], now);
-                let peers: &[usize] = match &targets {
-                    Targets::Unicast(p) => std::slice::from_ref(p),
-                    Targets::Flood => &tables.peers_of_network[net],
-                    Targets::None => &[],
+                let Ok((hdr, frame)) = offload::VnetHeader::split(&big[..len]) else {
+                    shared.stats.drop(Drop::Malformed);
+                    continue;
                 };
-                // Head-end replication: every peer but the first gets a
-                // copy, made before the first is sealed in place.
-                {
-                    let (head, tail) = pool.split_at_mut(used + 1);
-                    for copy in tail.iter_mut().take(peers.len().saturating_sub(1)) {
-                        copy[start..end].copy_from_slice(&head[used][start..end]);
+                if hdr.is_gso() {
+                    let Ok(mut segments) = offload::Segmenter::new(&hdr, frame) else {
+                        shared.stats.drop(Drop::Malformed);
+                        continue;
+                    };
+                    loop {
+                        tx.make_room(&shared, &sockets);
+                        let b = tx.used;
+                        match segments.next_into(&mut tx.pool[b][HEADROOM..HEADROOM + MAX_FRAME]) {
+                            Ok(Some(len)) => tx.frame(&shared, &tables, net, len, now),
+                            Ok(None) => break,
+                            Err(_) => {
+                                shared.stats.drop(Drop::Malformed);
+                                break;
+                            }
+                        }
                     }
-                }
-                let mut sent_any = false;
-                for (k, &peer) in peers.iter().enumerate() {
-                    let b = used + k;
-                    if let Ok(tx) = overlay::encapsulate(
-                        &tables,
-                        &shared.stats,
-                        net,
-                        peer,
-                        &mut pool[b],
-                        start,
-                        end,
-                        now,
-                    ) {
-                        pending.push(tx);
-                        pending_buf.push(b);
-                        sent_any = true;
+                } else {
+                    let b = tx.used;
+                    let len = frame.len().min(MAX_FRAME);
+                    let out = &mut tx.pool[b][HEADROOM..HEADROOM + len];
+                    out.copy_from_slice(&frame[..len]);
+                    if hdr.needs_csum() && offload::complete_checksum(&hdr, out).is_err() {
+                        shared.stats.drop(Drop::Malformed);
+                        continue;
                     }
-                }
-                used += peers.len();
-                if sent_any {
-                    overlay::count_tx(&shared.stats, net, len, matches!(targets, Targets::Flood));
+                    tx.frame(&shared, &tables, net, len, now);
                 }
             }
         }
+        tx.flush(&shared, &sockets);
+    }
+}
+
+/// The transmit worker's buffers and pending datagrams.
+struct Tx {
+    pool: Vec<Vec<u8>>,
+    /// Buffers of `pool` in use by pending datagrams.
+    used: usize,
+    /// Buffers one frame may need (head-end replication).
+    fanout: usize,
+    pending: Vec<Transmit>,
+    pending_buf: Vec<usize>,
+    batch: Batch,
+}
+
+impl Tx {
+    /// Sends what is pending if the next frame might not find buffers.
+    fn make_room(&mut self, shared: &Shared, sockets: &Sockets) {
+        if self.used + self.fanout > self.pool.len() {
+            self.flush(shared, sockets);
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared, sockets: &Sockets) {
         flush(
-            &shared,
-            &sockets,
-            &mut batch,
-            &pool,
-            &mut pending,
-            &mut pending_buf,
+            shared,
+            sockets,
+            &mut self.batch,
+            &self.pool,
+            &mut self.pending,
+            &mut self.pending_buf,
         );
+        self.used = 0;
+    }
+
+    /// Sends the frame at `pool[used][HEADROOM..HEADROOM + len]` of network
+    /// `net` to its peers.
+    fn frame(&mut self, shared: &Shared, tables: &Tables, net: usize, len: usize, now: Instant) {
+        let used = self.used;
+        let (start, end) = (HEADROOM, HEADROOM + len);
+        let targets = overlay::targets(tables, &shared.fdb, net, &self.pool[used][start..end], now);
+        let peers: &[usize] = match &targets {
+            Targets::Unicast(p) => std::slice::from_ref(p),
+            Targets::Flood => &tables.peers_of_network[net],
+            Targets::None => &[],
+        };
+        // Head-end replication: every peer but the first gets a copy, made
+        // before the first is sealed in place.
+        {
+            let (head, tail) = self.pool.split_at_mut(used + 1);
+            for copy in tail.iter_mut().take(peers.len().saturating_sub(1)) {
+                copy[start..end].copy_from_slice(&head[used][start..end]);
+            }
+        }
+        let mut sent_any = false;
+        for (k, &peer) in peers.iter().enumerate() {
+            let b = used + k;
+            if let Ok(tx) = overlay::encapsulate(
+                tables,
+                &shared.stats,
+                net,
+                peer,
+                &mut self.pool[b],
+                start,
+                end,
+                now,
+            ) {
+                self.pending.push(tx);
+                self.pending_buf.push(b);
+                sent_any = true;
+            }
+        }
+        self.used += peers.len();
+        if sent_any {
+            overlay::count_tx(&shared.stats, net, len, matches!(targets, Targets::Flood));
+        }
     }
 }
 
@@ -266,7 +366,26 @@ fn flush(
 }
 
 /// Runs the receive worker until `shared.stop` is set.
-pub fn run_rx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: Arc<Sockets>) {
+///
+/// Frames for a device with a virtio-net header get one in front; with
+/// `gro`, the TCP frames of one flow within a batch are first coalesced
+/// into super-frames ([`offload::Coalescer`]), so the kernel takes one
+/// write where it took dozens.
+pub fn run_rx(
+    shared: Arc<Shared>,
+    devices: Vec<Arc<dyn FrameDevice>>,
+    sockets: Arc<Sockets>,
+    gro: bool,
+) {
+    let mut coalescers: Vec<Option<offload::Coalescer>> = devices
+        .iter()
+        .map(|d| {
+            (gro && d.vnet_hdr()).then(|| {
+                offload::Coalescer::new(offload::gro::DEFAULT_SLOTS, offload::Checksums::Verify)
+            })
+        })
+        .collect();
+    let plain = offload::VnetHeader::default().to_bytes();
     let mut socks: Vec<(Option<u16>, &DatagramSocket)> = vec![(None, &sockets.esp)];
     for (port, s) in &sockets.tunnels {
         socks.push((Some(*port), s));
@@ -344,13 +463,40 @@ pub fn run_rx(shared: Arc<Shared>, devices: Vec<Arc<dyn FrameDevice>>, sockets: 
                         }
                     };
                     let Ok(d) = delivery else { continue };
-                    match devices.get(d.net).map(|dev| dev.send(&buf[d.start..d.end])) {
-                        Some(Ok(_)) => overlay::count_rx(&shared.stats, d.net, d.end - d.start),
-                        _ => shared.stats.drop(Drop::TapWrite),
+                    let Some(dev) = devices.get(d.net) else {
+                        shared.stats.drop(Drop::TapWrite);
+                        continue;
+                    };
+                    let frame = &buf[d.start..d.end];
+                    overlay::count_rx(&shared.stats, d.net, frame.len());
+                    if let Some(c) = coalescers.get_mut(d.net).and_then(Option::as_mut) {
+                        c.push(frame, &mut |t: offload::TapFrame<'_>| {
+                            write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
+                        });
+                    } else if dev.vnet_hdr() {
+                        write_tap(&shared, dev.as_ref(), &plain, frame);
+                    } else if dev.send(frame).is_err() {
+                        shared.stats.drop(Drop::TapWrite);
+                    }
+                }
+                // A batch's super-frames go out before the next batch.
+                for (net, c) in coalescers.iter_mut().enumerate() {
+                    if let (Some(c), Some(dev)) = (c.as_mut(), devices.get(net)) {
+                        c.flush(&mut |t: offload::TapFrame<'_>| {
+                            write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
+                        });
                     }
                 }
             }
         }
+    }
+}
+
+/// Writes a virtio-net header and a frame to a TAP device, counting a
+/// failure.
+fn write_tap(shared: &Shared, dev: &dyn FrameDevice, header: &[u8], frame: &[u8]) {
+    if dev.send_with_header(header, frame).is_err() {
+        shared.stats.drop(Drop::TapWrite);
     }
 }
 

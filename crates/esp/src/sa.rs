@@ -680,12 +680,23 @@ impl Sa {
         if self.selectors.is_empty() {
             return Ok(());
         }
+        match FlowKey::from_ip_packet(packet) {
+            Ok(flow) => self.check_inbound(&flow),
+            Err(_) => Err(self.drop(DropReason::Policy)),
+        }
+    }
+
+    /// The inbound policy check of RFC 4301 section 5.2 for a caller of
+    /// [`Self::open_esp`] that reads the decrypted packet's selector
+    /// fields itself (the overlay reads the ports of the UDP datagram a
+    /// transport-mode SA carries): `Ok` if `flow` matches one of the
+    /// SA's selectors, or the SA has none (manual SAs); otherwise the
+    /// drop is counted as [`DropReason::Policy`] and returned.
+    pub fn check_inbound(&mut self, flow: &FlowKey) -> Result<(), DropReason> {
         // RFC 4301 section 5.2, step 4: after ESP processing, the packet
         // must match the selectors of the SA that opened it, or it is
         // discarded.
-        let ok = FlowKey::from_ip_packet(packet)
-            .is_ok_and(|flow| self.selectors.iter().any(|s| s.matches_inbound(&flow)));
-        if ok {
+        if self.selectors.is_empty() || self.selectors.iter().any(|s| s.matches_inbound(flow)) {
             Ok(())
         } else {
             Err(self.drop(DropReason::Policy))

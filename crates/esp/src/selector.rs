@@ -288,6 +288,41 @@ impl Selector {
     }
 }
 
+/// strongSwan's notation, seen from this host: `local[proto/ports] ===
+/// remote[proto/ports]`, e.g. `192.0.2.1/32[udp/4789] ===
+/// 192.0.2.2/32[udp/4789]`; the brackets are left out for any protocol
+/// and any port, the ports for any port.
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |f: &mut fmt::Formatter<'_>, prefix: &IpPrefix, ports: &PortRange| {
+            write!(f, "{prefix}")?;
+            let proto = match self.protocol {
+                Some(1) => Some("icmp".to_owned()),
+                Some(6) => Some("tcp".to_owned()),
+                Some(17) => Some("udp".to_owned()),
+                Some(58) => Some("ipv6-icmp".to_owned()),
+                Some(p) => Some(p.to_string()),
+                None => None,
+            };
+            match (proto, ports.is_any()) {
+                (None, true) => Ok(()),
+                (Some(p), true) => write!(f, "[{p}]"),
+                (p, false) => {
+                    write!(f, "[{}/", p.as_deref().unwrap_or("0"))?;
+                    if ports.start == ports.end {
+                        write!(f, "{}]", ports.start)
+                    } else {
+                        write!(f, "{}-{}]", ports.start, ports.end)
+                    }
+                }
+            }
+        };
+        side(f, &self.local, &self.local_ports)?;
+        f.write_str(" === ")?;
+        side(f, &self.remote, &self.remote_ports)
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -338,5 +373,31 @@ mod test {
         assert!(!sel.matches_outbound(&flow("192.0.2.1", "192.0.2.7", 6, Some(1), Some(4789))));
         let any = Selector::host_to_host(out.src, out.dst);
         assert!(any.matches_outbound(&flow("192.0.2.1", "192.0.2.7", 1, None, None)));
+    }
+
+    #[test]
+    fn display() {
+        let mut sel = Selector {
+            local: "192.0.2.1".parse().unwrap(),
+            remote: "192.0.2.2".parse().unwrap(),
+            protocol: Some(17),
+            local_ports: PortRange::single(4789),
+            remote_ports: PortRange::single(4789),
+        };
+        assert_eq!(
+            sel.to_string(),
+            "192.0.2.1/32[udp/4789] === 192.0.2.2/32[udp/4789]"
+        );
+        sel.local_ports = PortRange::ANY;
+        sel.remote_ports = (49152..=65535).into();
+        assert_eq!(
+            sel.to_string(),
+            "192.0.2.1/32[udp] === 192.0.2.2/32[udp/49152-65535]"
+        );
+        let any = Selector::host_to_host(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        assert_eq!(any.to_string(), "2001:db8::1/128 === 2001:db8::2/128");
     }
 }

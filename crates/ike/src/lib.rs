@@ -16,7 +16,9 @@
 //!   (section 2.7).
 //! - [`sa`]: [`sa::IkeSa`], the sans-IO state machine of one IKE SA:
 //!   IKE_SA_INIT and IKE_AUTH with a pre-shared key, up to the first Child
-//!   SA, with retransmission (sections 1.2, 2.1, 2.9, 2.15, 2.17).
+//!   SA, with retransmission (sections 1.2, 2.1, 2.9, 2.15, 2.17), and
+//!   [`sa::Endpoint`], many IKE SAs behind one socket, with cookies under
+//!   load (section 2.6).
 
 #![forbid(unsafe_code)]
 

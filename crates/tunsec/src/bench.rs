@@ -63,7 +63,8 @@ pub struct BenchArgs {
     pub seconds: u32,
     /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
     /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
-    /// tunsec-aes256-sha256, wireguard-go, boringtun. Default: all.
+    /// tunsec-aes256-sha256, tunsec-aes128gcm16-nogro,
+    /// tunsec-aes128gcm16-nooffload, wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     pub cases: Vec<String>,
     /// Print the results as JSON instead of a table (progress still goes
@@ -97,14 +98,57 @@ enum Kind {
     Veth,
     KernelVxlan,
     /// tunsecd with `clear` (None) or `require` and this suite.
-    Tunsec(Option<Suite>),
+    Tunsec(Option<Suite>, Offloads),
     Peer(Peer),
+}
+
+/// Which of tunsecd's offloads a case runs with (`[offload]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offloads {
+    /// The defaults: TAP TSO and checksum offload, and GRO.
+    All,
+    /// TAP offloads, no GRO.
+    NoGro,
+    /// Neither.
+    None,
+}
+
+impl Offloads {
+    /// The case name's suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::All => "",
+            Self::NoGro => "-nogro",
+            Self::None => "-nooffload",
+        }
+    }
+
+    /// The `[offload]` section of tunsecd's config.
+    fn config(self) -> &'static str {
+        match self {
+            Self::All => "",
+            Self::NoGro => "\n[offload]\ngro = false\n",
+            Self::None => "\n[offload]\ntap = false\ngro = false\n",
+        }
+    }
 }
 
 impl Kind {
     fn all() -> Vec<Self> {
-        let mut v = vec![Self::Veth, Self::KernelVxlan, Self::Tunsec(None)];
-        v.extend(Suite::ALL.into_iter().map(|s| Self::Tunsec(Some(s))));
+        let mut v = vec![
+            Self::Veth,
+            Self::KernelVxlan,
+            Self::Tunsec(None, Offloads::All),
+        ];
+        v.extend(
+            Suite::ALL
+                .into_iter()
+                .map(|s| Self::Tunsec(Some(s), Offloads::All)),
+        );
+        // The gain of each offload, with the suite of the targets.
+        v.extend(
+            [Offloads::NoGro, Offloads::None].map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
+        );
         v.extend(Peer::ALL.into_iter().map(Self::Peer));
         v
     }
@@ -113,8 +157,8 @@ impl Kind {
         match self {
             Self::Veth => "veth".to_owned(),
             Self::KernelVxlan => BASELINE.to_owned(),
-            Self::Tunsec(None) => "tunsec-clear".to_owned(),
-            Self::Tunsec(Some(s)) => format!("tunsec-{}", s.name()),
+            Self::Tunsec(None, o) => format!("tunsec-clear{}", o.suffix()),
+            Self::Tunsec(Some(s), o) => format!("tunsec-{}{}", s.name(), o.suffix()),
             Self::Peer(p) => p.name().to_owned(),
         }
     }
@@ -126,10 +170,15 @@ impl Kind {
                 "the kernel's vxlan device, cleartext, bridged to the tenant (the baseline)"
                     .to_owned()
             }
-            Self::Tunsec(None) => "tunsecd, policy clear: VXLAN in the clear".to_owned(),
-            Self::Tunsec(Some(s)) => {
-                format!("tunsecd, policy require, {s}: VXLAN in ESP in UDP, manual random keys")
-            }
+            Self::Tunsec(None, _) => "tunsecd, policy clear: VXLAN in the clear".to_owned(),
+            Self::Tunsec(Some(s), o) => format!(
+                "tunsecd, policy require, {s}: VXLAN in ESP in UDP, manual random keys{}",
+                match o {
+                    Offloads::All => "",
+                    Offloads::NoGro => ", TAP offloads without GRO",
+                    Offloads::None => ", no TAP offloads",
+                }
+            ),
             Self::Peer(p) => p.description().to_owned(),
         }
     }
@@ -292,7 +341,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .unwrap_or("iperf3")
         .to_owned();
     crate::netns::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
-    let tunsecd = if kinds.iter().any(|k| matches!(k, Kind::Tunsec(_))) {
+    let tunsecd = if kinds.iter().any(|k| matches!(k, Kind::Tunsec(..))) {
         Some(crate::demo::tunsecd_path()?)
     } else {
         None
@@ -498,7 +547,7 @@ fn measure_case(
     let ep = match kind {
         Kind::Veth => setup_veth(lab, ctx.tenant_mtu)?,
         Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu)?,
-        Kind::Tunsec(suite) => setup_tunsec(ctx, lab, suite)?,
+        Kind::Tunsec(suite, offloads) => setup_tunsec(ctx, lab, suite, offloads)?,
         Kind::Peer(p) => {
             let (daemon, wg) = peer.context("no binaries for the peer")?;
             let hosts = add_hosts(lab)?;
@@ -862,7 +911,12 @@ fn expected_tap_mtu() -> anyhow::Result<u16> {
     Ok(crate::daemon::network_mtu(&config, net)?.mtu)
 }
 
-fn setup_tunsec(ctx: &Ctx<'_>, lab: &mut Lab, suite: Option<Suite>) -> anyhow::Result<Endpoints> {
+fn setup_tunsec(
+    ctx: &Ctx<'_>,
+    lab: &mut Lab,
+    suite: Option<Suite>,
+    offloads: Offloads,
+) -> anyhow::Result<Endpoints> {
     let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
     let hosts = add_hosts(lab)?;
     let dir = lab.dir.path().to_owned();
@@ -882,7 +936,7 @@ fn setup_tunsec(ctx: &Ctx<'_>, lab: &mut Lab, suite: Option<Suite>) -> anyhow::R
             &dir,
             n,
             suite.map(|s| (s, key_in.as_path(), key_out.as_path())),
-        );
+        ) + offloads.config();
         let path = dir.join(format!("h{n}.toml"));
         std::fs::write(&path, text)?;
         let label = format!("tunsecd-h{n}");
@@ -939,12 +993,20 @@ mod test {
                 "tunsec-aes256gcm16",
                 "tunsec-chacha20poly1305",
                 "tunsec-aes256-sha256",
+                "tunsec-aes128gcm16-nogro",
+                "tunsec-aes128gcm16-nooffload",
                 "wireguard-go",
                 "boringtun"
             ]
         );
         let picked = select_cases(&["tunsec-aes128gcm16".into(), "veth".into()]).unwrap();
-        assert_eq!(picked, [Kind::Veth, Kind::Tunsec(Some(Suite::AesGcm128))]);
+        assert_eq!(
+            picked,
+            [
+                Kind::Veth,
+                Kind::Tunsec(Some(Suite::AesGcm128), Offloads::All)
+            ]
+        );
         let e = select_cases(&["aes".into()]).unwrap_err().to_string();
         assert!(
             e.contains("\"aes\" is not a case") && e.contains("kernel-vxlan"),
@@ -966,6 +1028,14 @@ mod test {
             let sa = c.peers[0].sa.as_ref().unwrap();
             assert_eq!(sa.suite, suite);
             assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
+            assert_eq!((c.offload.tap, c.offload.gro), (true, true));
+            for (o, tap, gro) in [
+                (Offloads::NoGro, true, false),
+                (Offloads::None, false, false),
+            ] {
+                let c = Config::parse(&(text.clone() + o.config()), dir.path()).unwrap();
+                assert_eq!((c.offload.tap, c.offload.gro), (tap, gro), "{o:?}");
+            }
         }
     }
 

@@ -22,6 +22,9 @@ use tunsec_wire::ethernet::EthernetAddress;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
 /// The default ESP-in-UDP port (RFC 3948).
 pub const DEFAULT_ESP_PORT: u16 = 4500;
+/// How often a host behind a NAT sends a NAT keepalive unless the config
+/// says otherwise (RFC 3948 section 4 suggests 20 s).
+pub const DEFAULT_NAT_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 /// The longest Linux interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -113,6 +116,21 @@ pub enum ChildMode {
     Tunnel,
 }
 
+/// The traffic selectors of the Child SAs negotiated with an IKE peer
+/// (RFC 7296 section 2.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildSelectors {
+    /// Host to host: the two underlay addresses, UDP, any port. The
+    /// default.
+    #[default]
+    Host,
+    /// Narrowed to the overlay's own datagrams: for each tunnel port P of
+    /// the peer's networks, `local[udp/P]` and `remote[udp/P]`. Tunnel
+    /// datagrams under such an SA leave from the tunnel port.
+    Ports,
+}
+
 /// What a peer's traffic on one network must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +162,8 @@ struct RawConfig {
     #[serde(default)]
     esp: RawEsp,
     #[serde(default)]
+    offload: RawOffload,
+    #[serde(default)]
     network: Vec<RawNetwork>,
     #[serde(default)]
     peer: Vec<RawPeer>,
@@ -164,6 +184,13 @@ struct RawEsp {
     encapsulation: Option<EspEncapsulation>,
     port: Option<u16>,
     replay_window: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffload {
+    tap: Option<bool>,
+    gro: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,12 +232,14 @@ struct RawIke {
     psk_file: Option<PathBuf>,
     psk_env: Option<String>,
     mode: Option<ChildMode>,
+    selectors: Option<ChildSelectors>,
     local_id: Option<String>,
     remote_id: Option<String>,
     ike_proposals: Option<Vec<String>>,
     esp_proposals: Option<Vec<String>>,
     child_lifetime: Option<u64>,
     ike_lifetime: Option<u64>,
+    nat_keepalive: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +261,8 @@ pub struct Config {
     pub node: Node,
     /// ESP settings shared by every peer.
     pub esp: EspSettings,
+    /// Which offloads the data path uses.
+    pub offload: Offload,
     /// The virtual networks, in file order.
     pub networks: Vec<Network>,
     /// The peers, in file order.
@@ -249,6 +280,19 @@ pub struct Node {
     pub control_socket: PathBuf,
     /// The underlay MTU that `mtu = "auto"` starts from.
     pub underlay_mtu: u16,
+}
+
+/// The data path's offloads, each of which can be turned off (kernels have
+/// had offload bugs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// TAP devices with a virtio-net header, TCP segmentation and checksum
+    /// offload: the kernel hands over 64 KB TCP super-frames, which the
+    /// transmit worker cuts into wire frames.
+    pub tap: bool,
+    /// Coalesce received TCP frames of one flow into super-frames before
+    /// writing them to the TAP device (needs `tap`).
+    pub gro: bool,
 }
 
 /// ESP settings.
@@ -316,8 +360,14 @@ pub struct IkePeer {
     /// How long the IKE SA lives before it is rekeyed (at about 80-90% of
     /// it, RFC 7296 section 2.18); `None`: no rekeying.
     pub ike_lifetime: Option<std::time::Duration>,
+    /// How often a host behind a NAT sends a NAT keepalive (RFC 3948
+    /// section 4).
+    pub nat_keepalive: std::time::Duration,
     /// The ESP mode asked for (initiator) or accepted (responder).
     pub mode: ChildMode,
+    /// The traffic selectors offered (initiator) or narrowed to
+    /// (responder).
+    pub selectors: ChildSelectors,
 }
 
 impl fmt::Debug for IkePeer {
@@ -330,7 +380,9 @@ impl fmt::Debug for IkePeer {
             .field("esp_proposals", &self.esp_proposals.len())
             .field("child_lifetime", &self.child_lifetime)
             .field("ike_lifetime", &self.ike_lifetime)
+            .field("nat_keepalive", &self.nat_keepalive)
             .field("mode", &self.mode)
+            .field("selectors", &self.selectors)
             .finish()
     }
 }
@@ -490,9 +542,25 @@ impl Config {
             }
             peers.push(peer);
         }
+        let offload = Offload {
+            tap: raw.offload.tap.unwrap_or(true),
+            gro: raw.offload.gro.unwrap_or(true),
+        };
+        if offload.gro && !offload.tap && raw.offload.gro == Some(true) {
+            return Err(invalid(
+                "offload.gro",
+                true,
+                "needs offload.tap = true (coalesced frames travel behind a virtio-net header)",
+            ));
+        }
+        let offload = Offload {
+            gro: offload.gro && offload.tap,
+            ..offload
+        };
         Ok(Self {
             node,
             esp,
+            offload,
             networks,
             peers,
         })
@@ -916,6 +984,17 @@ fn validate_ike(
     };
     let child_lifetime = lifetime("child_lifetime", raw.child_lifetime)?;
     let ike_lifetime = lifetime("ike_lifetime", raw.ike_lifetime)?;
+    let nat_keepalive = match raw.nat_keepalive {
+        None => DEFAULT_NAT_KEEPALIVE,
+        Some(secs) if (1..=3600).contains(&secs) => std::time::Duration::from_secs(secs),
+        Some(secs) => {
+            return Err(invalid(
+                f("nat_keepalive"),
+                secs,
+                "must be from 1 to 3600 seconds",
+            ));
+        }
+    };
     Ok(IkePeer {
         psk,
         local_id,
@@ -924,7 +1003,9 @@ fn validate_ike(
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
         child_lifetime,
         ike_lifetime,
+        nat_keepalive,
         mode: raw.mode.unwrap_or_default(),
+        selectors: raw.selectors.unwrap_or_default(),
     })
 }
 
@@ -1100,6 +1181,11 @@ key_out = "b.out"
 
     #[test]
     fn errors_name_the_field_and_value() {
+        assert_invalid(
+            &format!("{BASE}\n[offload]\ntap = false\ngro = true\n"),
+            "offload.gro",
+            "true",
+        );
         assert_invalid(
             &BASE.replace("vni = 100", "vni = 16777216"),
             "network[0].vni",
@@ -1330,6 +1416,12 @@ key_out = "b.out"
             "peer[0].ike.remote_id",
             "\"two words\"",
         );
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}nat_keepalive = 0\n")),
+            b"k",
+            "peer[0].ike.nat_keepalive",
+            "0",
+        );
         for field in ["child_lifetime", "ike_lifetime"] {
             assert_ike_invalid(
                 &ike_config(&format!("{IKE_PEER}{field} = 1\n")),
@@ -1370,6 +1462,31 @@ key_out = "b.out"
             .unwrap_err()
             .to_string();
         assert!(err.contains("mode") && err.contains("beet"), "{err}");
+    }
+
+    #[test]
+    fn ike_selectors_parse() {
+        let c = parse_ike(&ike_config(IKE_PEER), b"k").unwrap();
+        let selectors = |c: &Config| c.peers[0].ike.as_ref().unwrap().selectors;
+        assert_eq!(selectors(&c), ChildSelectors::Host);
+        for (text, want) in [
+            ("host", ChildSelectors::Host),
+            ("ports", ChildSelectors::Ports),
+        ] {
+            let c = parse_ike(
+                &ike_config(&format!("{IKE_PEER}selectors = \"{text}\"\n")),
+                b"k",
+            )
+            .unwrap();
+            assert_eq!(selectors(&c), want);
+        }
+        let err = parse_ike(
+            &ike_config(&format!("{IKE_PEER}selectors = \"any\"\n")),
+            b"k",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("selectors") && err.contains("any"), "{err}");
     }
 
     /// Parses with a fake environment that holds `vars`.

@@ -222,10 +222,16 @@ impl Daemon {
 
         let mut devices: Vec<Arc<dyn FrameDevice>> = Vec::new();
         for (n, m) in config.networks.iter().zip(&mtus) {
-            let dev = tap::open(&n.tap, m.mtu).with_context(|| {
+            let dev = tap::open(&n.tap, m.mtu, config.offload.tap).with_context(|| {
                 format!("network {:?}: cannot create TAP device {:?}", n.name, n.tap)
             })?;
-            tracing::info!(network = %n.name, tap = %n.tap, mtu = m.mtu, "TAP device up");
+            tracing::info!(
+                network = %n.name,
+                tap = %n.tap,
+                mtu = m.mtu,
+                offload = dev.tcp_gso(),
+                "TAP device up"
+            );
             devices.push(Arc::new(dev));
         }
 
@@ -260,10 +266,11 @@ impl Daemon {
         }
         {
             let (s, d, k) = (shared.clone(), devices, sockets);
+            let gro = config.offload.gro;
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-rx".into())
-                    .spawn(move || worker::run_rx(s, d, k))?,
+                    .spawn(move || worker::run_rx(s, d, k, gro))?,
             );
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
@@ -529,6 +536,13 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
             }
             .to_owned(),
         ),
+        selectors: (!sa.selectors().is_empty()).then(|| {
+            sa.selectors()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
         state: match sa.lifetime_state() {
             LifetimeState::Live => "live",
             LifetimeState::Soft => "soft",
@@ -538,6 +552,7 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
         packets: c.packets,
         bytes: c.bytes,
         last_seq: sa.last_seq(),
+        age_secs: sa.created().elapsed().as_secs(),
         drops: DropReason::ALL
             .iter()
             .map(|&r| (r.name().to_owned(), c.drops.get(r)))

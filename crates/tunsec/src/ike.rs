@@ -26,7 +26,7 @@
 //! data path sends ESP in UDP, so the peer must too: a peer such as
 //! strongSwan then encapsulates as if behind a NAT); IKE moves to the
 //! ESP-in-UDP port after IKE_SA_INIT, behind the non-ESP marker. A host
-//! that finds itself behind a NAT sends a NAT keepalive every 20 s (RFC
+//! that finds itself behind a NAT sends a NAT keepalive every `nat_keepalive` (20 s; RFC
 //! 3948 section 4). With raw ESP there is no NAT traversal.
 //!
 //! SA installation is read-copy-update, like every change of the tables:
@@ -49,13 +49,14 @@ use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
 use tunsec_datapath::overlay::InboundEntry;
 use tunsec_datapath::worker::{Shared, Sockets};
 use tunsec_esp::{Mode, Sa};
+use tunsec_ike::message::TrafficSelector;
 use tunsec_ike::sa::{
     ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
     ts,
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
-use crate::config::{ChildMode, Config, EspEncapsulation, IkePeer};
+use crate::config::{ChildMode, ChildSelectors, Config, EspEncapsulation, IkePeer, PolicyKind};
 use crate::status::IkeStatus;
 
 /// The IKE port (RFC 7296 section 2).
@@ -81,9 +82,6 @@ const MAX_DATAGRAM: usize = 65_535;
 /// How long the designated responder waits at start-up for the peer to
 /// initiate before it initiates itself.
 const START_GRACE: Duration = Duration::from_secs(1);
-/// How often a host behind a NAT sends a NAT keepalive (RFC 3948 section
-/// 4 suggests 20 s).
-const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
 const KEEPALIVE_PACKET: [u8; 1] = [0xff];
 
@@ -107,6 +105,47 @@ pub enum IkeCommand {
     RekeyIke(usize),
 }
 
+/// The tunnel ports of a peer's `networks` (by name), sorted, each once.
+fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> {
+    let mut ports: Vec<u16> = networks
+        .iter()
+        .filter_map(|(name, _)| config.networks.iter().find(|n| &n.name == name))
+        .map(|n| n.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Our TSi and TSr (as initiator; as responder, what we narrow the
+/// peer's offer to) between the underlay addresses `local` and `remote`.
+///
+/// `Host`: UDP, any port, one selector each side. `Ports`: for each tunnel
+/// port P, `local[udp/P]` and `remote[udp/P]`. RFC 7296 section 2.9: TSi
+/// and TSr are sets and the Child SA covers traffic between any entry of
+/// one and any entry of the other, so with several ports it also admits
+/// a datagram from one tunnel port to another (VXLAN's 4789 to Geneve's
+/// 6081, say); such a datagram reaches the network of its destination
+/// port, as it would from any source port under `Host`. Exact pairs would
+/// need one Child SA per port.
+fn selectors(
+    local: IpAddr,
+    remote: IpAddr,
+    kind: ChildSelectors,
+    ports: &[u16],
+) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+    match kind {
+        ChildSelectors::Host => (
+            vec![ts::host(local, 17, 0, u16::MAX)],
+            vec![ts::host(remote, 17, 0, u16::MAX)],
+        ),
+        ChildSelectors::Ports => (
+            ports.iter().map(|&p| ts::host(local, 17, p, p)).collect(),
+            ports.iter().map(|&p| ts::host(remote, 17, p, p)).collect(),
+        ),
+    }
+}
+
 /// One peer's IKE bookkeeping.
 struct PeerIke {
     /// The index in the config's (and the tables') peers.
@@ -114,6 +153,9 @@ struct PeerIke {
     name: String,
     addr: SocketAddr,
     ike: IkePeer,
+    /// The tunnel ports of the networks the peer carries, sorted, each
+    /// once: what `selectors = "ports"` narrows the Child SA to.
+    tunnel_ports: Vec<u16>,
     /// We initiate (our underlay address is the lower one).
     initiator: bool,
     /// The current IKE SA, if any.
@@ -189,6 +231,7 @@ impl IkeDriver {
                     name: p.name.clone(),
                     addr: SocketAddr::new(p.underlay, IKE_PORT),
                     ike: ike.clone(),
+                    tunnel_ports: tunnel_ports(config, &p.networks),
                     initiator: local < p.underlay,
                     handle: None,
                     incoming: None,
@@ -237,21 +280,24 @@ impl IkeDriver {
     }
 
     fn ike_config(local: IpAddr, peer: &PeerIke, esp_port: Option<u16>) -> IkeConfig {
-        // Host to host, UDP, any port: the overlay's tunnel datagrams
-        // between the two underlay addresses, in transport mode unless the
-        // config asks for tunnel mode. RFC 7296 section 1.3.1: an
-        // initiator asks for transport mode with USE_TRANSPORT_MODE; a
-        // responder that allows it follows the request, and one without it
-        // answers in tunnel mode.
+        // The overlay's tunnel datagrams between the two underlay
+        // addresses (`selectors`), in transport mode unless the config
+        // asks for tunnel mode. RFC 7296 section 1.3.1: an initiator asks
+        // for transport mode with USE_TRANSPORT_MODE; a responder that
+        // allows it follows the request, and one without it answers in
+        // tunnel mode.
+        let (local_ts, remote_ts) = selectors(
+            local,
+            peer.addr.ip(),
+            peer.ike.selectors,
+            &peer.tunnel_ports,
+        );
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
             Some(peer.ike.remote_id.clone()),
             peer.ike.psk.clone(),
         )
-        .with_selectors(
-            vec![ts::host(local, 17, 0, u16::MAX)],
-            vec![ts::host(peer.addr.ip(), 17, 0, u16::MAX)],
-        );
+        .with_selectors(local_ts, remote_ts);
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
@@ -454,7 +500,7 @@ impl IkeDriver {
             if p.keepalive_at.is_none_or(|t| t > now) {
                 continue;
             }
-            p.keepalive_at = Some(now + KEEPALIVE);
+            p.keepalive_at = Some(now + p.ike.nat_keepalive);
             let dst = p
                 .handle
                 .and_then(|h| self.endpoint.sa_mut(h))
@@ -651,7 +697,7 @@ impl IkeDriver {
                 let p = &mut self.peers[i];
                 p.keepalive_at = nat
                     .filter(|n| n.local_behind_nat)
-                    .map(|_| Instant::now() + KEEPALIVE);
+                    .map(|_| Instant::now() + p.ike.nat_keepalive);
             }
             Event::ChildSaUp { inbound, outbound } => {
                 // A fresh IKE SA: nothing of an older rekey carries over.
@@ -934,9 +980,33 @@ impl IkeDriver {
     }
 
     fn publish_status(&mut self) {
+        let now = Instant::now();
         let mut map = HashMap::new();
         for i in 0..self.peers.len() {
-            let sa = self.peers[i].handle.and_then(|h| self.endpoint_sa(h));
+            let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
+            let secs_since =
+                |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs());
+            let secs_until =
+                |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_secs());
+            let (ike_rekey, child_rekey) = sa.as_ref().map_or((None, None), |sa| sa.rekey_times());
+            let age = sa.as_ref().and_then(|sa| sa.established_at());
+            let nat = sa.as_ref().and_then(|sa| sa.nat()).map(|n| {
+                match (n.local_behind_nat, n.remote_behind_nat, n.forced) {
+                    (true, _, _) => "we are behind a NAT",
+                    (false, true, _) => "the peer is behind a NAT (or forces UDP encapsulation)",
+                    (false, false, true) => "UDP encapsulation forced",
+                    (false, false, false) => "no NAT",
+                }
+                .to_owned()
+            });
+            let stats = sa.as_ref().map(|sa| sa.stats()).unwrap_or_default();
+            let sa = sa.map(|sa| {
+                (
+                    sa.is_established(),
+                    sa.spis(),
+                    sa.ike_suite().map(|s| suite_name(&s)),
+                )
+            });
             let p = &self.peers[i];
             let (state, spis, suite) = match sa {
                 Some((established, spis, suite)) => (
@@ -957,6 +1027,16 @@ impl IkeDriver {
             map.insert(
                 p.index,
                 IkeStatus {
+                    age_secs: secs_since(age),
+                    rekey_in_secs: secs_until(ike_rekey),
+                    child_rekey_in_secs: secs_until(child_rekey),
+                    nat,
+                    retransmits: stats.retransmits,
+                    dropped: stats.malformed
+                        + stats.wrong_spi
+                        + stats.wrong_message_id
+                        + stats.integrity
+                        + stats.unexpected,
                     state,
                     role: if p.initiator {
                         "initiator"
@@ -976,12 +1056,6 @@ impl IkeDriver {
         if let Ok(mut states) = self.states.lock() {
             *states = map;
         }
-    }
-
-    fn endpoint_sa(&mut self, handle: SaHandle) -> Option<(bool, (u64, u64), Option<String>)> {
-        let sa = self.endpoint.sa_mut(handle)?;
-        let suite = sa.ike_suite().map(|s| suite_name(&s));
-        Some((sa.is_established(), sa.spis(), suite))
     }
 
     /// Deletes every IKE SA (one DELETE each, not retransmitted) and
@@ -1017,24 +1091,31 @@ impl IkeDriver {
             .filter(on_esp)
             .map(|t| ([&NON_ESP_MARKER[..], &t.bytes].concat(), t.dst))
             .collect();
-        let mut refused = batch
-            .send(
-                &self.socket,
-                out.iter()
-                    .filter(|t| !on_esp(t))
-                    .map(|t| (&t.bytes[..], t.dst)),
+        let plain = batch.send(
+            &self.socket,
+            out.iter()
+                .filter(|t| !on_esp(t))
+                .map(|t| (&t.bytes[..], t.dst)),
+        );
+        let on_esp_port = if marked.is_empty() {
+            Default::default()
+        } else {
+            batch.send(
+                &self.sockets.esp,
+                marked.iter().map(|(b, dst)| (&b[..], *dst)),
             )
-            .refused;
-        if !marked.is_empty() {
-            refused += batch
-                .send(
-                    &self.sockets.esp,
-                    marked.iter().map(|(b, dst)| (&b[..], *dst)),
-                )
-                .refused;
-        }
-        if refused > 0 {
-            tracing::debug!(refused, "IKE: datagrams not sent");
+        };
+        for (port, r) in [("500", plain), ("ESP", on_esp_port)] {
+            if r.refused > 0 {
+                let dsts: Vec<SocketAddr> = out.iter().map(|t| t.dst).collect();
+                tracing::debug!(
+                    refused = r.refused,
+                    port,
+                    error = ?r.error.map(std::io::Error::from_raw_os_error),
+                    ?dsts,
+                    "IKE: datagrams not sent"
+                );
+            }
         }
     }
 }
@@ -1096,5 +1177,23 @@ mod test {
             group: DhGroup::Modp2048,
         };
         assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
+    }
+
+    #[test]
+    fn selectors_host_and_ports() {
+        use super::{ChildSelectors, selectors, ts};
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let (l, r) = selectors(a, b, ChildSelectors::Host, &[4789, 6081]);
+        assert_eq!(l, vec![ts::host(a, 17, 0, u16::MAX)]);
+        assert_eq!(r, vec![ts::host(b, 17, 0, u16::MAX)]);
+        let (l, r) = selectors(a, b, ChildSelectors::Ports, &[4789, 6081]);
+        assert_eq!(
+            l,
+            vec![ts::host(a, 17, 4789, 4789), ts::host(a, 17, 6081, 6081)]
+        );
+        assert_eq!(
+            r,
+            vec![ts::host(b, 17, 4789, 4789), ts::host(b, 17, 6081, 6081)]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Network namespaces for the demo and the tests: hosts, an underlay
 //! bridge, veth pairs. Everything made here is removed when the [`Lab`] is
 //! dropped, also after a failure or a panic, and stale namespaces of the
-//! same prefix from a crashed run are removed first.
+//! same prefix from a crashed run are removed first. Namespace names carry
+//! the process id (`prefix-PID-short`), so that two runs at once (two test
+//! suites on one machine) never delete each other's.
 //!
 //! Addresses live only inside the namespaces; nothing is added to the root
 //! namespace.
@@ -40,30 +42,44 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A new lab whose namespaces are all named `prefix-...`. Leftovers
-    /// with that prefix are deleted.
+    /// A new lab whose namespaces are all named `prefix-PID-...`.
+    /// Leftovers with that prefix from processes that are gone are
+    /// deleted; those of a live process are left alone.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
         if !is_root() {
             bail!("network namespaces need root: run as root (sudo)");
         }
         run("ip", &["-V"]).context("the ip tool from iproute2 is needed")?;
         let lab = Self {
-            prefix: prefix.to_owned(),
+            prefix: format!("{prefix}-{}", std::process::id()),
             namespaces: Vec::new(),
             children: Vec::new(),
             dir: tempfile::Builder::new()
                 .prefix(&format!("{prefix}-"))
                 .tempdir()?,
         };
-        lab.remove_stale()?;
+        lab.remove_stale(prefix)?;
         Ok(lab)
     }
 
-    fn remove_stale(&self) -> anyhow::Result<()> {
+    /// Deletes namespaces `prefix-PID-...` whose process is gone (or is
+    /// this one), and old-style `prefix-short` ones.
+    fn remove_stale(&self, prefix: &str) -> anyhow::Result<()> {
         let out = run("ip", &["netns", "list"])?;
+        let own = std::process::id();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with(&format!("{}-", self.prefix)) {
+            let Some(rest) = name.strip_prefix(&format!("{prefix}-")) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let stale = match pid {
+                Some(pid) => pid == own || !Path::new(&format!("/proc/{pid}")).exists(),
+                // `prefix-short` from before process ids; a longer name
+                // belongs to another prefix that starts with this one.
+                None => !rest.contains('-'),
+            };
+            if stale {
                 let _ = run("ip", &["netns", "del", name]);
             }
         }

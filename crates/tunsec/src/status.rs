@@ -110,6 +110,25 @@ pub struct IkeStatus {
     /// Rekeys of the IKE SA since start-up.
     #[serde(default)]
     pub ike_rekeys: u64,
+    /// Seconds since the IKE SA came up or was last rekeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
+    /// Seconds until the IKE SA is rekeyed (with `ike_lifetime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey_in_secs: Option<u64>,
+    /// Seconds until the Child SA is rekeyed (with `child_lifetime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_rekey_in_secs: Option<u64>,
+    /// What NAT detection found (RFC 7296 section 2.23).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
+    /// IKE requests this host sent again after a timeout.
+    #[serde(default)]
+    pub retransmits: u64,
+    /// IKE messages dropped without a change of state (malformed, wrong
+    /// SPI or message ID, failed integrity, unexpected).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// One SA.
@@ -126,6 +145,11 @@ pub struct SaStatus {
     /// `transport` or `tunnel` (absent from daemons that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The traffic selectors, strongSwan-style (`192.0.2.1/32[udp/4789]
+    /// === 192.0.2.2/32[udp/4789]`), comma-separated; absent for SAs
+    /// without selectors (manual keys) and from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selectors: Option<String>,
     /// `live`, `soft` (rekey due) or `expired`.
     pub state: String,
     /// Packets processed.
@@ -134,6 +158,9 @@ pub struct SaStatus {
     pub bytes: u64,
     /// The highest sequence number sent or accepted.
     pub last_seq: u64,
+    /// Seconds since the SA was installed.
+    #[serde(default)]
+    pub age_secs: u64,
     /// Drops by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
 }
@@ -196,6 +223,7 @@ impl Status {
                 policies.join(" ")
             );
             if let Some(ike) = &p.ike {
+                let secs = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v}s"));
                 let _ = writeln!(
                     s,
                     "    ike {} ({}) spis {}/{} suite {} child SAs {}{}",
@@ -210,6 +238,17 @@ impl Status {
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default()
                 );
+                let _ = writeln!(
+                    s,
+                    "        age {} rekey in {} (child in {}) ike rekeys {} nat: {} retransmits {} dropped {}",
+                    secs(ike.age_secs),
+                    secs(ike.rekey_in_secs),
+                    secs(ike.child_rekey_in_secs),
+                    ike.ike_rekeys,
+                    ike.nat.as_deref().unwrap_or("-"),
+                    ike.retransmits,
+                    ike.dropped
+                );
             }
             if p.sas.is_empty() {
                 let _ = writeln!(s, "    no SA");
@@ -223,13 +262,14 @@ impl Status {
                     .collect();
                 let _ = writeln!(
                     s,
-                    "    {:<3} spi {} {} {} esn={} {} packets {} bytes {} last_seq {} drops: {}",
+                    "    {:<3} spi {} {} {} esn={} {} age {}s packets {} bytes {} last_seq {} drops: {}",
                     sa.direction,
                     sa.spi,
                     sa.suite,
                     sa.mode.as_deref().unwrap_or("-"),
                     sa.esn,
                     sa.state,
+                    sa.age_secs,
                     sa.packets,
                     sa.bytes,
                     sa.last_seq,
@@ -239,6 +279,9 @@ impl Status {
                         drops.join(" ")
                     }
                 );
+                if let Some(ts) = &sa.selectors {
+                    let _ = writeln!(s, "        selectors {ts}");
+                }
             }
         }
         let drops: Vec<String> = self

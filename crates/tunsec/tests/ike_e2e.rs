@@ -24,8 +24,22 @@
 //! - `ike_mixed_modes_agree_on_tunnel`: one side configured for tunnel
 //!   mode, the other for transport: both end in tunnel mode and traffic
 //!   flows.
+//! - `ike_peer_restart`: each host in turn SIGKILLed and restarted while
+//!   tenants ping: the tunnel is back within 5 s (about 2 s), the survivor
+//!   holds only the new IKE SA and one Child SA pair, and nothing leaves in
+//!   the clear.
+//! - `ike_behind_nat`: h1 behind an nftables masquerade: NAT detection on
+//!   both sides, IKE on port 4500, ESP in UDP through the NAT, tenants
+//!   ping, h1 sends NAT keepalives, nothing in the clear.
+//! - `ike_rekeys_under_traffic` and `ike_tcp_across_rekeys`: Child SA and
+//!   IKE SA rekeys (by lifetime and by `tunsec rekey [--ike]`) under pings
+//!   and a TCP transfer, without a drop.
+//! - `ike_port_selectors` and `ike_mixed_selectors_narrow_to_ports`:
+//!   `selectors = "ports"` narrows the Child SA to the tunnel ports
+//!   (VXLAN and Geneve); traffic flows, sent from the tunnel port, and a
+//!   `host` side is narrowed by a `ports` side either way round.
 //!
-//! They need root, iproute2, ping and tshark (dumpcap); they fail, never
+//! They need root, iproute2, ping, tshark (dumpcap) and nftables; they fail, never
 //! skip, when something is missing.
 
 use std::fmt::Write as _;
@@ -63,11 +77,12 @@ fn preflight() {
             root,
             "the IKE end-to-end tests build network namespaces: run them as root"
         );
-        let tools: [(&str, &[&str], &str); 4] = [
+        let tools: [(&str, &[&str], &str); 5] = [
             ("ip", &["-V"], "iproute2"),
             ("ping", &["-V"], "iputils-ping"),
             ("dumpcap", &["-v"], "tshark"),
             ("tshark", &["-v"], "tshark"),
+            ("nft", &["-v"], "nftables"),
         ];
         for (tool, args, package) in tools {
             let ok = Command::new(tool)
@@ -864,6 +879,24 @@ fn ike_tcp_across_rekeys() {
             i1.state == "established" && i1.spi_i == i2.spi_i && i1.spi_r == i2.spi_r,
             "the two sides disagree on the IKE SA after its rekeys: {i1:?} {i2:?}"
         );
+        // Status tells the IKE SA's age, when both SAs are rekeyed next,
+        // and what NAT detection found (both force UDP encapsulation).
+        for i in [&i1, &i2] {
+            ensure!(
+                i.age_secs.is_some_and(|a| a <= 5)
+                    && i.rekey_in_secs.is_some_and(|r| r <= 5)
+                    && i.child_rekey_in_secs.is_some_and(|r| r <= 2)
+                    && i.nat
+                        .as_deref()
+                        .is_some_and(|n| n.contains("UDP encapsulation")),
+                "IKE status lacks age, rekey times or NAT: {i:?}"
+            );
+        }
+        let text = s1.render();
+        ensure!(
+            text.contains("rekey in") && text.contains(" age "),
+            "the status text lacks the rekey times:\n{text}"
+        );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
             ensure!(
                 s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
@@ -1254,6 +1287,345 @@ fn ike_mixed_modes_agree_on_tunnel() {
             let t2 = add_tenant(lab, &h2, 2, TAP)?;
             ping_ok(&t1, &tenant_addr(2))?;
             ping_ok(&t2, &tenant_addr(1))?;
+            Ok(())
+        });
+    }
+}
+
+/// A real NAT (nftables masquerade in a router namespace) between h1
+/// (10.0.0.1, private) and h2: NAT detection finds it (RFC 7296 section
+/// 2.23), IKE moves to port 4500, ESP travels in UDP through the NAT's
+/// mapping, tenants ping across, and h1, behind the NAT, sends NAT
+/// keepalives (RFC 3948 section 2.3: one byte, 0xFF) every
+/// `nat_keepalive` second. Nothing leaves the router in the clear.
+#[test]
+fn ike_behind_nat() {
+    with_lab("tsike-nat", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        // The router: 192.0.2.1 outside, 10.0.0.254 inside, masquerading.
+        let nat = add_host(lab, &ul, "nat", 1)?;
+        let h1 = lab.add_ns("h1")?;
+        lab.veth(&nat, "in0", &h1, "eth0")?;
+        lab.exec(&nat, "ip", &["addr", "add", "10.0.0.254/24", "dev", "in0"])?;
+        lab.exec(&h1, "ip", &["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
+        lab.exec(&h1, "ip", &["route", "add", "default", "via", "10.0.0.254"])?;
+        lab.exec(&nat, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let rules = "table ip masq {\n chain post {\n  type nat hook postrouting priority 100;\n  \
+                     oifname \"eth0\" masquerade\n }\n}\n";
+        let rules_file = lab.dir.path().join("nat.nft");
+        std::fs::write(&rules_file, rules)?;
+        lab.exec(&nat, "nft", &["-f", &rules_file.to_string_lossy()])?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+
+        let psk = "behind-the-nat";
+        std::fs::write(lab.dir.path().join("h1.psk"), psk)?;
+        std::fs::write(lab.dir.path().join("h2.psk"), psk)?;
+        let config = |n: u8, underlay: &str, peer: u8, peer_underlay: &str, extra: &str| {
+            format!(
+                "[node]\nname = \"h{n}\"\nunderlay = \"{underlay}\"\ncontrol_socket = \"{}\"\n\n\
+                 [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+                 [[peer]]\nname = \"h{peer}\"\nunderlay = \"{peer_underlay}\"\n\
+                 networks = [\"blue\"]\npolicy = \"require\"\n\n\
+                 [peer.ike]\npsk_file = \"h{n}.psk\"\n{extra}",
+                socket_path(lab, n).display()
+            )
+        };
+        // h1 knows h2 by its address; h2 knows h1 by the NAT's, and h1
+        // proves its own (private) address as its identity.
+        let c1 = lab.dir.path().join("h1.toml");
+        let c2 = lab.dir.path().join("h2.toml");
+        std::fs::write(
+            &c1,
+            config(1, "10.0.0.1", 2, "192.0.2.2", "nat_keepalive = 1\n"),
+        )?;
+        std::fs::write(
+            &c2,
+            config(2, "192.0.2.2", 1, "192.0.2.1", "remote_id = \"10.0.0.1\"\n"),
+        )?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+        wait_status(lab, "IKE through the NAT", |s1, s2| {
+            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
+        })?;
+        let (i1, i2) = (
+            ike_of(&status(lab, 1)?, "h2")?,
+            ike_of(&status(lab, 2)?, "h1")?,
+        );
+        eprintln!("  h1: {:?}\n  h2: {:?}", i1.nat, i2.nat);
+        ensure!(
+            i1.nat.as_deref() == Some("we are behind a NAT"),
+            "h1 did not find itself behind the NAT: {i1:?}"
+        );
+        ensure!(
+            i2.nat
+                .as_deref()
+                .is_some_and(|n| n.starts_with("the peer is behind a NAT")),
+            "h2 did not find h1 behind the NAT: {i2:?}"
+        );
+        phase(lab, "IKE up through the NAT", t0);
+
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        std::thread::sleep(Duration::from_secs(3));
+        stop_capture(lab, "capture");
+
+        // Keepalives: UDP 192.0.2.1:4500 -> 192.0.2.2:4500 with one byte.
+        let out = tunsec::netns::run(
+            "tshark",
+            &[
+                "-r",
+                &pcap.to_string_lossy(),
+                "-Y",
+                "ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9",
+                "-T",
+                "fields",
+                "-e",
+                "udp.payload",
+            ],
+        )?;
+        let keepalives = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim() == "ff")
+            .count();
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let ike_4500 = frames
+            .iter()
+            .filter(|f| f.is_ike() && f.sport == Some(ESP_PORT))
+            .count();
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .filter(|f| !(f.sport == Some(ESP_PORT) && f.dport == Some(ESP_PORT)))
+            .collect();
+        eprintln!(
+            "  capture: {} frames, {ike_4500} IKE on 4500, {keepalives} keepalives, marker {leaked} times",
+            frames.len()
+        );
+        ensure!(ike_4500 >= 2, "IKE never moved to port 4500");
+        ensure!(
+            keepalives >= 2,
+            "only {keepalives} NAT keepalives from h1 in 3 s"
+        );
+        ensure!(
+            other.is_empty() && leaked == 0,
+            "cleartext through the NAT (marker {leaked} times):{}",
+            describe(&other)
+        );
+        Ok(())
+    });
+}
+
+/// The selectors a host shows on its SAs with `peer`, each SA's once
+/// (`None` if it has no SA pair yet).
+fn sa_selectors(s: &Status, peer: &str) -> Option<Vec<String>> {
+    let p = s.peers.iter().find(|p| p.name == peer)?;
+    (p.sas.len() == 2).then(|| {
+        p.sas
+            .iter()
+            .map(|sa| sa.selectors.clone().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Adds network `green` (Geneve, VNI 200, port 6081) to a config written
+/// by [`write_config_with`], carried by its peer.
+fn add_geneve_network(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    ensure!(text.contains("networks = [\"blue\"]"), "{text}");
+    let text = text.replace("networks = [\"blue\"]", "networks = [\"blue\", \"green\"]")
+        + "\n[[network]]\nname = \"green\"\nvni = 200\nencapsulation = \"geneve\"\n";
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
+/// The TCP transfer of [`TCP_CLIENT`] from `t1` to `t2` for `secs`
+/// seconds, checked end to end by its digest.
+fn tcp_transfer(lab: &mut Lab, t1: &str, t2: &str, secs: &str) -> anyhow::Result<()> {
+    let server = lab.dir.path().join("server.py");
+    let client = lab.dir.path().join("client.py");
+    std::fs::write(&server, TCP_SERVER)?;
+    std::fs::write(&client, TCP_CLIENT)?;
+    let server_log = lab.spawn(
+        "server",
+        t2,
+        Path::new("python3"),
+        &[&server.to_string_lossy()],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = exec_output(t1, "python3", &[&client.to_string_lossy(), secs])?;
+    ensure!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    lab.wait_for("the server's digest", Duration::from_secs(30), || {
+        std::fs::read_to_string(&server_log).is_ok_and(|s| !s.trim().is_empty())
+    })?;
+    let received = std::fs::read_to_string(&server_log)?.trim().to_owned();
+    eprintln!("  TCP: sent {sent}; received {received}");
+    ensure!(received == sent, "sent {sent}, received {received}");
+    Ok(())
+}
+
+/// Both hosts with `selectors = "ports"` and two networks (VXLAN 4789,
+/// Geneve 6081): the Child SAs are narrowed to the tunnel ports (status
+/// shows `[udp/4789]` and `[udp/6081]` on both sides, their cross
+/// product), tenants ping each other and move data over TCP, nothing is
+/// dropped for being outside the selectors (so each side sends from the
+/// tunnel port, which the other enforces), and the underlay carries only
+/// IKE, ESP in UDP and ARP.
+#[test]
+fn ike_port_selectors() {
+    with_lab("tsike-ts", |lab| {
+        let t0 = Instant::now();
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        let ports = "selectors = \"ports\"\n";
+        let c1 = write_config_with(lab, 1, 2, "port-selectors", ports)?;
+        let c2 = write_config_with(lab, 2, 1, "port-selectors", ports)?;
+        add_geneve_network(&c1)?;
+        add_geneve_network(&c2)?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+
+        let narrowed = |s: &Status, peer: &str| {
+            sa_selectors(s, peer).is_some_and(|sel| {
+                sel.iter().all(|t| {
+                    t.split(", ").count() == 4
+                        && t.contains("[udp/4789] === ")
+                        && t.contains("[udp/6081] === ")
+                        && t.ends_with("[udp/6081]")
+                        && !t.contains("[udp] ")
+                })
+            })
+        };
+        wait_status(lab, "port-narrowed Child SAs", |s1, s2| {
+            Ok(ike_of(s1, "h2")?.state == "established"
+                && ike_of(s2, "h1")?.state == "established"
+                && narrowed(s1, "h2")
+                && narrowed(s2, "h1"))
+        })?;
+        let s1 = status(lab, 1)?;
+        let rendered = s1.render();
+        eprintln!("{rendered}");
+        ensure!(
+            rendered.contains("selectors 192.0.2.1/32[udp/4789] === 192.0.2.2/32[udp/4789]"),
+            "status does not show the selectors:\n{rendered}"
+        );
+        phase(lab, "IKE up, narrowed to the tunnel ports", t0);
+
+        let t1 = add_tenant(lab, &h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        phase(lab, "pings", t0);
+        tcp_transfer(lab, &t1, &t2, "3")?;
+        phase(lab, "TCP", t0);
+        stop_capture(lab, "capture");
+
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
+            let rendered = s.render();
+            for reason in ["selector", "policy", "no_sa", "malformed"] {
+                ensure!(
+                    s.drops[reason] == 0,
+                    "{}: {reason} drops:\n{rendered}",
+                    s.node.name
+                );
+            }
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            for sa in &p.sas {
+                ensure!(
+                    sa.packets > 100 && sa.drops.values().all(|&d| d == 0),
+                    "{}: {sa:?}",
+                    s.node.name
+                );
+            }
+        }
+
+        let raw = std::fs::read(&pcap)?;
+        let leaked = count_marker(&raw);
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .collect();
+        let esp = frames.iter().filter(|f| f.is_esp_in_udp()).count();
+        eprintln!(
+            "  capture: {} frames, {esp} ESP, {} other, marker {leaked} times",
+            frames.len(),
+            other.len()
+        );
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE, ESP in UDP nor ARP:{}",
+            other.len(),
+            describe(&other)
+        );
+        ensure!(esp >= 100, "only {esp} ESP frames");
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the underlay capture"
+        );
+        Ok(())
+    });
+}
+
+/// One host with `selectors = "ports"`, the other host to host: the
+/// responder narrows (h2 configured for ports narrows h1's host-to-host
+/// offer) or keeps (h2 host to host accepts h1's port offer), so both
+/// sides end with `[udp/4789]` selectors, send from port 4789, and
+/// traffic flows with no `selector` drops.
+#[test]
+fn ike_mixed_selectors_narrow_to_ports() {
+    for (prefix, extra1, extra2) in [
+        ("tsike-ts1", "selectors = \"ports\"\n", ""),
+        ("tsike-ts2", "", "selectors = \"ports\"\n"),
+    ] {
+        with_lab(prefix, |lab| {
+            let ul = add_underlay(lab)?;
+            let h1 = add_host(lab, &ul, "h1", 1)?;
+            let h2 = add_host(lab, &ul, "h2", 2)?;
+            let c1 = write_config_with(lab, 1, 2, "mixed-selectors", extra1)?;
+            let c2 = write_config_with(lab, 2, 1, "mixed-selectors", extra2)?;
+            start_tunsecd(lab, &h1, 1, &c1)?;
+            start_tunsecd(lab, &h2, 2, &c2)?;
+            let want = |a: u8, b: u8| {
+                format!(
+                    "{}/32[udp/4789] === {}/32[udp/4789]",
+                    host_addr(a),
+                    host_addr(b)
+                )
+            };
+            wait_status(lab, "port-narrowed Child SAs", |s1, s2| {
+                Ok(
+                    sa_selectors(s1, "h2").is_some_and(|v| v.iter().all(|t| *t == want(1, 2)))
+                        && sa_selectors(s2, "h1")
+                            .is_some_and(|v| v.iter().all(|t| *t == want(2, 1))),
+                )
+            })?;
+            let t1 = add_tenant(lab, &h1, 1, TAP)?;
+            let t2 = add_tenant(lab, &h2, 2, TAP)?;
+            ping_ok(&t1, &tenant_addr(2))?;
+            ping_ok(&t2, &tenant_addr(1))?;
+            for n in [1, 2] {
+                let s = status(lab, n)?;
+                ensure!(
+                    s.drops["selector"] == 0,
+                    "{}: selector drops:\n{}",
+                    s.node.name,
+                    s.render()
+                );
+            }
             Ok(())
         });
     }

@@ -283,6 +283,16 @@ struct EspPair {
 /// Builds the underlay, two hosts running `tunsecd` with a manual ESP pair
 /// (`require` both ways) on network `net`, and a tenant behind each.
 fn esp_pair(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<EspPair> {
+    esp_pair_with(lab, net, suite, "")
+}
+
+/// As [`esp_pair`], with `extra` appended to both hosts' configs.
+fn esp_pair_with(
+    lab: &mut Lab,
+    net: Net,
+    suite: &'static str,
+    extra: &str,
+) -> anyhow::Result<EspPair> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
@@ -298,6 +308,11 @@ fn esp_pair(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<EspP
                 sa: Some(sa),
             }],
         )?;
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&config)?;
+            text.push_str(extra);
+            std::fs::write(&config, text)?;
+        }
         start_tunsecd(lab, host, n, &config)?;
     }
     let t1 = add_tenant(lab, &h1, 1, TAP)?;
@@ -451,6 +466,22 @@ fn overlay_geneve() {
     with_lab("tse2e-gn", |lab| overlay(lab, net, "aes256gcm16"));
 }
 
+/// Every offload setting moves 200 MiB over TCP intact: TAP TSO and
+/// checksum offload with GRO (the default), without GRO, and with no
+/// TAP offload at all (`[offload]`).
+#[test]
+fn offload_tcp_transfers() {
+    for (prefix, extra) in [
+        ("tsov-off-all", ""),
+        ("tsov-off-nogro", "\n[offload]\ngro = false\n"),
+        ("tsov-off-none", "\n[offload]\ntap = false\ngro = false\n"),
+    ] {
+        with_lab(prefix, |lab| {
+            overlay_with(lab, VXLAN_100, "aes128gcm16", extra, 200 << 20)
+        });
+    }
+}
+
 #[test]
 fn overlay_gue() {
     let net = Net {
@@ -463,24 +494,32 @@ fn overlay_gue() {
 
 /// Two hosts with an ESP pair; tenants ping and move 50 MiB over TCP.
 fn overlay(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<()> {
+    overlay_with(lab, net, suite, "", TRANSFER_BYTES)
+}
+
+/// As [`overlay`], with `extra` in both configs and `bytes` over TCP.
+fn overlay_with(
+    lab: &mut Lab,
+    net: Net,
+    suite: &'static str,
+    extra: &str,
+    bytes: usize,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let EspPair { ul, t1, t2 } = esp_pair(lab, net, suite)?;
+    let EspPair { ul, t1, t2 } = esp_pair_with(lab, net, suite, extra)?;
     phase(lab, "setup", t0);
 
     // The data: random, with the marker every 512 bytes, so every
     // full-size TCP segment carries it at least twice.
     let sent = lab.dir.path().join("sent.bin");
     let received = lab.dir.path().join("received.bin");
-    let mut data = random_bytes(TRANSFER_BYTES)?;
+    let mut data = random_bytes(bytes)?;
     for chunk in data.chunks_mut(512) {
         let n = chunk.len().min(MARKER.len());
         chunk[..n].copy_from_slice(&MARKER[..n]);
     }
     let markers_sent = count_marker(&data);
-    ensure!(
-        markers_sent >= TRANSFER_BYTES / 512,
-        "the data lacks markers"
-    );
+    ensure!(markers_sent >= bytes / 512, "the data lacks markers");
     std::fs::write(&sent, &data)?;
     drop(data);
 
@@ -510,8 +549,8 @@ fn overlay(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<()> {
     eprintln!(
         "  [{}] TCP {} MiB in {secs:.1} s ({:.1} MB/s): {}",
         lab.ns(""),
-        TRANSFER_BYTES >> 20,
-        TRANSFER_BYTES as f64 / secs / 1e6,
+        bytes >> 20,
+        bytes as f64 / secs / 1e6,
         report.trim()
     );
     lab.stop("server");
@@ -521,8 +560,8 @@ fn overlay(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<()> {
     let (hash_sent, hash_received) = (sha256(&sent)?, sha256(&received)?);
     let received_len = std::fs::metadata(&received)?.len();
     ensure!(
-        received_len == TRANSFER_BYTES as u64 && hash_sent == hash_received,
-        "the transfer was corrupted: sent {TRANSFER_BYTES} bytes (SHA-256 {hash_sent}), \
+        received_len == bytes as u64 && hash_sent == hash_received,
+        "the transfer was corrupted: sent {bytes} bytes (SHA-256 {hash_sent}), \
          received {received_len} (SHA-256 {hash_received})"
     );
 
@@ -557,12 +596,12 @@ fn overlay(lab: &mut Lab, net: Net, suite: &'static str) -> anyhow::Result<()> {
         leaked == 0,
         "the marker appears {leaked} times in the underlay capture: tenant bytes in the clear"
     );
-    // The capture saw the transfer: 50 MiB needs at least this many
+    // The capture saw the transfer: it needs at least this many
     // packets at the TAP MTU.
     let mtu = usize::from(status(lab, 1)?.networks[0].mtu);
     ensure!(
-        esp_1to2 >= TRANSFER_BYTES / mtu,
-        "only {esp_1to2} ESP packets from h1 to h2 captured for {TRANSFER_BYTES} bytes"
+        esp_1to2 >= bytes / mtu,
+        "only {esp_1to2} ESP packets from h1 to h2 captured for {bytes} bytes"
     );
 
     // Nothing went wrong along the way.

@@ -35,6 +35,7 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod natt;
+pub mod tcp;
 pub mod udp;
 pub mod vxlan;
 

@@ -360,6 +360,7 @@ impl Batch {
                     // The first datagram was refused (a full socket buffer,
                     // an unreachable destination): skip it, send the rest.
                     result.refused += 1;
+                    result.error = io::Error::last_os_error().raw_os_error();
                     off += 1;
                 } else {
                     result.sent += n as usize;
@@ -377,6 +378,9 @@ pub struct SendResult {
     pub sent: usize,
     /// Datagrams it refused.
     pub refused: usize,
+    /// The OS error of the last refusal (`EAGAIN` for a full socket
+    /// buffer, `ECONNREFUSED` after an ICMP port unreachable...).
+    pub error: Option<i32>,
 }
 
 /// Waits for readability on a fixed set of descriptors, with its `pollfd`
@@ -451,7 +455,8 @@ mod test {
             sent,
             SendResult {
                 sent: 5,
-                refused: 0
+                refused: 0,
+                error: None
             }
         );
         let mut storage = vec![vec![0u8; 64]; 8];

@@ -335,4 +335,10 @@ pub struct Stats {
     pub retransmits: u64,
     /// Retransmitted requests answered with the cached response.
     pub cached_responses: u64,
+    /// Cookie requests (RFC 7296 section 2.6) the responder sent us, each
+    /// followed by our IKE_SA_INIT request again with the cookie.
+    pub cookies: u64,
+    /// Requests with an unknown critical payload, answered
+    /// UNSUPPORTED_CRITICAL_PAYLOAD (RFC 7296 section 2.5).
+    pub unsupported_critical: u64,
 }

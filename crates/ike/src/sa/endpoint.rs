@@ -1,11 +1,14 @@
 //! [`Endpoint`]: many IKE SAs behind one socket, quinn-style. It hands
 //! each datagram to the IKE SA its SPIs name, and creates a responder for
-//! a new IKE_SA_INIT request.
+//! a new IKE_SA_INIT request; with many half-open IKE SAs, only for a
+//! request that carries a valid cookie (RFC 7296 section 2.6, see
+//! `cookie.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::cookie::{CookieJar, DEFAULT_COOKIE_THRESHOLD, Screen};
 use super::{Config, IkeSa, Random, Transmit};
 use crate::error::{Error, Result};
 use crate::message::{ExchangeType, Header};
@@ -28,8 +31,8 @@ pub enum Incoming {
         new: bool,
     },
     /// An IKE_SA_INIT request refused without keeping state (no
-    /// configuration for the peer, or NO_PROPOSAL_CHOSEN /
-    /// INVALID_KE_PAYLOAD, whose answer is in
+    /// configuration for the peer, NO_PROPOSAL_CHOSEN /
+    /// INVALID_KE_PAYLOAD, or a cookie request; the answer is in
     /// [`Endpoint::poll_transmit`]).
     Refused,
     /// Dropped: not an IKE header, or SPIs of no IKE SA here.
@@ -43,15 +46,22 @@ pub struct EndpointStats {
     pub malformed: u64,
     /// Messages whose SPIs name no IKE SA here.
     pub unknown_spi: u64,
-    /// IKE_SA_INIT requests refused without state.
+    /// IKE_SA_INIT requests refused without state (cookie requests
+    /// included).
     pub refused: u64,
+    /// IKE_SA_INIT requests answered with a cookie request (RFC 7296
+    /// section 2.6).
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests whose cookie did not match (forged, for
+    /// another initiator, or from an expired secret); each got a fresh
+    /// cookie request.
+    pub bad_cookies: u64,
 }
 
 /// Many IKE SAs, by SPI. The caller owns the socket and the clock: it
 /// hands every IKE datagram to [`Self::handle_datagram`], then polls the
 /// named IKE SA (and [`Self::poll_transmit`] for stateless refusals), and
 /// drives each IKE SA's timer.
-#[derive(Default)]
 pub struct Endpoint {
     /// The IKE SAs by handle.
     sas: HashMap<u64, IkeSa>,
@@ -65,6 +75,28 @@ pub struct Endpoint {
     by_initiator_spi: HashMap<(SocketAddr, u64), u64>,
     transmits: VecDeque<Transmit>,
     stats: EndpointStats,
+    /// Our SPIs of responders that may still be half open (pruned when
+    /// the count matters).
+    half_open: HashSet<u64>,
+    /// From this many half-open IKE SAs on, new initiators need cookies.
+    cookie_threshold: usize,
+    cookies: CookieJar,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self {
+            sas: HashMap::new(),
+            by_spi: HashMap::new(),
+            spis_of: HashMap::new(),
+            by_initiator_spi: HashMap::new(),
+            transmits: VecDeque::new(),
+            stats: EndpointStats::default(),
+            half_open: HashSet::new(),
+            cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
+            cookies: CookieJar::default(),
+        }
+    }
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -77,9 +109,43 @@ impl core::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint without IKE SAs.
+    /// An endpoint without IKE SAs. It asks for cookies from
+    /// [`DEFAULT_COOKIE_THRESHOLD`] half-open IKE SAs on, with secrets
+    /// from the system's random number generator.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Asks new initiators for cookies (RFC 7296 section 2.6) once
+    /// `threshold` IKE SAs are half open; 0 asks always, `usize::MAX`
+    /// never.
+    pub fn set_cookie_threshold(&mut self, threshold: usize) {
+        self.cookie_threshold = threshold;
+    }
+
+    /// Draws the cookie secrets from `rng` from now on (cookies already
+    /// given out stop being valid).
+    pub fn set_cookie_random(&mut self, rng: Box<dyn Random + Send>) {
+        self.cookies = CookieJar::new(rng);
+    }
+
+    /// How many responders answered IKE_SA_INIT and wait for IKE_AUTH.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+            .iter()
+            .filter(|spi| self.sas.get(spi).is_some_and(IkeSa::is_half_open))
+            .count()
+    }
+
+    /// Whether new initiators need a cookie now.
+    fn cookies_required(&mut self) -> bool {
+        if self.half_open.len() < self.cookie_threshold {
+            return false;
+        }
+        let sas = &self.sas;
+        self.half_open
+            .retain(|spi| sas.get(spi).is_some_and(IkeSa::is_half_open));
+        self.half_open.len() >= self.cookie_threshold
     }
 
     /// Starts an IKE SA as the initiator (see [`IkeSa::initiate`]).
@@ -144,6 +210,9 @@ impl Endpoint {
             return match handle.and_then(|h| self.sas.get_mut(&h).map(|sa| (h, sa))) {
                 Some((handle, sa)) => {
                     sa.handle_datagram(now, remote, bytes);
+                    if !sa.is_half_open() {
+                        self.half_open.remove(&handle);
+                    }
                     self.reindex(handle);
                     Incoming::Sa {
                         handle: SaHandle(handle),
@@ -165,6 +234,28 @@ impl Endpoint {
             self.stats.unknown_spi += 1;
             return Incoming::Dropped;
         }
+        // RFC 7296 section 2.6: under load, no state (not even a look at
+        // the configuration) before the initiator returns our cookie.
+        if self.cookies_required() {
+            match self.cookies.screen(now, remote, bytes) {
+                Screen::Valid => {}
+                Screen::Ask { transmit, invalid } => {
+                    self.stats.cookies_sent += 1;
+                    self.stats.bad_cookies += u64::from(invalid);
+                    self.stats.refused += 1;
+                    self.transmits.push_back(transmit);
+                    return Incoming::Refused;
+                }
+                Screen::Malformed => {
+                    self.stats.malformed += 1;
+                    return Incoming::Dropped;
+                }
+                Screen::Unavailable => {
+                    self.stats.refused += 1;
+                    return Incoming::Refused;
+                }
+            }
+        }
         let Some((config, rng)) = accept(remote) else {
             self.stats.refused += 1;
             return Incoming::Refused;
@@ -181,6 +272,9 @@ impl Endpoint {
             return Incoming::Refused;
         }
         self.by_initiator_spi.insert((remote, spi_i), spi_r);
+        if sa.is_half_open() {
+            self.half_open.insert(spi_r);
+        }
         self.sas.insert(spi_r, sa);
         self.reindex(spi_r);
         Incoming::Sa {
@@ -202,6 +296,7 @@ impl Endpoint {
     /// Forgets an IKE SA (once it is closed, for example).
     pub fn remove(&mut self, handle: SaHandle) -> Option<IkeSa> {
         let sa = self.sas.remove(&handle.0)?;
+        self.half_open.remove(&handle.0);
         self.by_initiator_spi.retain(|_, spi| *spi != handle.0);
         for spi in self.spis_of.remove(&handle.0).unwrap_or_default() {
             self.by_spi.remove(&spi);
@@ -228,6 +323,9 @@ impl Endpoint {
                 handles.push(handle);
             }
         }
+        let sas = &self.sas;
+        self.half_open
+            .retain(|spi| sas.get(spi).is_some_and(IkeSa::is_half_open));
         for handle in handles {
             self.reindex(handle);
         }

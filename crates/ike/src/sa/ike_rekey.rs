@@ -409,6 +409,7 @@ impl IkeSa {
         self.peer_next_id = 0;
         self.next_request_id = 0;
         self.retiring = Some(Box::new(old));
+        self.established_at = Some(now);
         st.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
     }
 

@@ -49,14 +49,24 @@
 //! same Child SAs ([`Event::IkeSaRekeyed`]) and [`Endpoint`] follows the
 //! new SPIs under the same [`SaHandle`].
 //!
-//! Not yet: cookies, certificates, and answers to malformed requests (INVALID_SYNTAX, INVALID_MAJOR_VERSION,
-//! UNSUPPORTED_CRITICAL_PAYLOAD: they are dropped).
+//! Cookies (section 2.6, `cookie.rs`): an [`Endpoint`] with many half-open
+//! IKE SAs answers new IKE_SA_INIT requests statelessly with N(COOKIE); an
+//! initiator resends with it. A request with an unknown payload whose
+//! critical bit is set is answered UNSUPPORTED_CRITICAL_PAYLOAD (sections
+//! 2.5 and 3.2, `critical.rs`); unknown payloads without it are skipped.
+//!
+//! Not yet: certificates, and answers to malformed requests
+//! (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
 //! datagram to the IKE SA its SPIs name and creates responders for new
-//! IKE_SA_INIT requests.
+//! IKE_SA_INIT requests; with many half-open IKE SAs, only for requests
+//! that return its cookie (section 2.6, `cookie.rs`), which an initiator
+//! [`IkeSa`] does when asked.
 
 mod config;
+mod cookie;
+mod critical;
 mod endpoint;
 mod ike_rekey;
 mod nat;
@@ -75,6 +85,7 @@ use tunsec_esp::{Direction, Key};
 pub use config::{
     AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
 };
+pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
 pub use nat::{NATT_PORT, NatState};
 
@@ -141,6 +152,8 @@ struct InitSent {
     /// The request as sent: RealMessage1, which our AUTH covers.
     request: Vec<u8>,
     ke_retries: u8,
+    /// The responder's cookie, sent first in `request` (section 2.6).
+    cookie: Option<Vec<u8>>,
 }
 
 /// Initiator: IKE_AUTH request sent.
@@ -330,6 +343,8 @@ pub struct IkeSa {
     peer_initial_contact: bool,
     /// The IKE SA a rekey replaced, until it is deleted.
     retiring: Option<Box<Retiring>>,
+    /// When the current IKE SA (its current keys) came up.
+    established_at: Option<Instant>,
     stats: Stats,
 }
 
@@ -525,6 +540,7 @@ impl IkeSa {
             nat: None,
             peer_initial_contact: false,
             retiring: None,
+            established_at: None,
             stats: Stats::default(),
         };
         sa.local = sa.config.local_addr;
@@ -561,6 +577,7 @@ impl IkeSa {
             nat: None,
             peer_initial_contact: false,
             retiring: None,
+            established_at: None,
             stats: Stats::default(),
         }
     }
@@ -699,6 +716,21 @@ impl IkeSa {
     /// older IKE SA with it (and its Child SAs) is stale and should go.
     pub fn peer_initial_contact(&self) -> bool {
         self.peer_initial_contact
+    }
+
+    /// When the IKE SA came up, or was last rekeyed (its keys' age).
+    pub fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    /// When the IKE SA and its Child SA are next rekeyed automatically
+    /// (`None`: no lifetime configured, not established, or a rekey is
+    /// under way).
+    pub fn rekey_times(&self) -> (Option<Instant>, Option<Instant>) {
+        match &self.state {
+            State::Established(st) => (st.ike_rekey_at, st.rekey_at),
+            _ => (None, None),
+        }
     }
 
     /// Whether both sides are authenticated and the IKE SA is up.
@@ -909,6 +941,7 @@ impl IkeSa {
             ni,
             request: message.encode()?,
             ke_retries,
+            cookie: None,
         })
     }
 
@@ -982,6 +1015,11 @@ impl IkeSa {
     ) -> Result<(), Discard> {
         let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
         let p = Payloads(&message.payloads);
+        // RFC 7296 section 2.6: a responder under load asks for a cookie
+        // first (see cookie.rs).
+        if let (Some(n), None) = (p.notify(NotifyType::Cookie), p.sa()) {
+            return self.on_cookie_request(now, &n.data);
+        }
         // RFC 7296 section 1.2: INVALID_KE_PAYLOAD names the group the
         // responder wants; the initiator retries IKE_SA_INIT with a KE payload
         // of that group.
@@ -1003,7 +1041,12 @@ impl IkeSa {
                 return Ok(());
             }
             let (ni, retries) = (st.ni.clone(), st.ke_retries + 1);
-            match self.init_request(group, ni, retries) {
+            // Section 2.6: the cookie stays when the group changes.
+            let cookie = st.cookie.clone();
+            match self
+                .init_request(group, ni, retries)
+                .and_then(|init| init.with_cookie(cookie))
+            {
                 Ok(init) => {
                     self.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
                     self.state = State::InitSent(Box::new(init));
@@ -1245,6 +1288,7 @@ impl IkeSa {
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         let mut established = Established::new(sk, child_spis(&event), rekey_at);
         established.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+        self.established_at = Some(now);
         self.state = State::Established(Box::new(established));
         self.events.push_back(event);
     }
@@ -1322,17 +1366,22 @@ impl IkeSa {
         let peer_spi = <[u8; 4]>::try_from(chosen.spi.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| failed(NotifyType::InvalidSyntax))?;
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        // RFC 7296 section 2.23.1: in transport mode behind a NAT the
+        // responder replaces our (private) address in TSi with the NAT's;
+        // our side of the SA stays our own address.
+        let behind_nat = transport && self.nat.is_some_and(|n| n.local_behind_nat);
         // RFC 7296 section 2.9: the responder may narrow, never widen, what we
         // proposed.
         if rtsi.is_empty()
             || rtsr.is_empty()
-            || !ts::is_subset(rtsi, tsi)
+            || !(behind_nat || ts::is_subset(rtsi, tsi))
             || !ts::is_subset(rtsr, tsr)
         {
             return Err(failed(NotifyType::TsUnacceptable));
         }
-        let transport =
-            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        let rtsi = if behind_nat { tsi } else { rtsi };
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
         let params = |direction, spi, keys| ChildSaParams {
@@ -1394,29 +1443,28 @@ impl IkeSa {
             }
         }
         match &self.state {
-            State::ExpectAuth(st) => {
+            State::ExpectAuth(_) => {
                 if header.message_id != 1 {
                     return Err(Discard::WrongMessageId);
                 }
                 if header.exchange_type != ExchangeType::IkeAuth {
                     return Err(Discard::Unexpected);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                // An unknown critical payload is answered (critical.rs).
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_auth_request(now, &message);
                 Ok(())
             }
-            State::Established(st) => {
+            State::Established(_) => {
                 if header.message_id != self.peer_next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                let Some(message) = self.open_request(remote, header, bytes)? else {
+                    return Ok(());
+                };
                 self.remote = Some(remote);
                 self.on_established_request(now, header, &message);
                 Ok(())
@@ -1569,7 +1617,11 @@ impl IkeSa {
         header: &Header,
         bytes: &[u8],
     ) -> Result<(), Discard> {
-        let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        let message = match Message::decode(bytes) {
+            Ok(message) => message,
+            // An unknown critical payload is answered (critical.rs).
+            Err(e) => return self.undecodable_init(remote, header, e),
+        };
         let p = Payloads(&message.payloads);
         let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
             return Err(Discard::Malformed);
@@ -1774,6 +1826,7 @@ impl IkeSa {
                 let mut established = Established::new(sk, child_spis(&child_event), rekey_at);
                 established.ike_rekey_at =
                     rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+                self.established_at = Some(now);
                 self.state = State::Established(Box::new(established));
                 self.events.push_back(Event::IkeSaEstablished);
                 self.events.push_back(child_event);
@@ -1815,6 +1868,22 @@ impl IkeSa {
         let peer_spi = <[u8; 4]>::try_from(selected.proposal.spi.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| NotifyType::InvalidSyntax)?;
+        // RFC 7296 section 1.3.1: the responder that agrees to transport mode
+        // includes USE_TRANSPORT_MODE in its answer; without it the SA is in
+        // tunnel mode.
+        let transport =
+            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
+        // RFC 7296 section 2.23.1: in transport mode, an initiator behind a
+        // NAT names its private address in TSi; the traffic comes from the
+        // address the IKE SA comes from, which replaces it.
+        let translated;
+        let tsi = match (transport, self.nat, self.remote) {
+            (true, Some(n), Some(remote)) if n.remote_behind_nat => {
+                translated = ts::with_address(tsi, remote.ip());
+                &translated[..]
+            }
+            _ => tsi,
+        };
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
         // policy; if nothing is left it answers TS_UNACCEPTABLE.
         let tsi = ts::narrow(tsi, &self.config.remote_ts);
@@ -1822,11 +1891,6 @@ impl IkeSa {
         if tsi.is_empty() || tsr.is_empty() {
             return Err(NotifyType::TsUnacceptable);
         }
-        // RFC 7296 section 1.3.1: the responder that agrees to transport mode
-        // includes USE_TRANSPORT_MODE in its answer; without it the SA is in
-        // tunnel mode.
-        let transport =
-            self.config.transport_mode && p.notify(NotifyType::UseTransportMode).is_some();
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)

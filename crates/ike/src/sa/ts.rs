@@ -11,9 +11,11 @@ use crate::message::TrafficSelector;
 /// port range (`0..=65535` for any).
 ///
 /// For the overlay, a VXLAN peer is `host(addr, 17, 4789, 4789)` when only
-/// its tunnel port is to be protected; since each side sends to the other's
-/// port 4789 from per-flow source ports, a Child SA that carries both
-/// directions needs any port on at least one side of each pair.
+/// its tunnel port is to be protected. Such a selector on both sides
+/// covers only datagrams whose source port is 4789 too, so the senders
+/// must not use per-flow source ports (tunsecd then sends from the tunnel
+/// port; a kernel vxlan device needs `srcport 4789 4790`); host to host,
+/// `host(addr, 17, 0, 65535)`, covers any port.
 pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> TrafficSelector {
     match addr {
         IpAddr::V4(a) => TrafficSelector::Ipv4 {
@@ -31,6 +33,38 @@ pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> Tr
             end: a,
         },
     }
+}
+
+/// The selectors with their addresses replaced by `addr` (one host), the
+/// protocols and ports kept; selectors of the other address family are
+/// dropped. RFC 7296 section 2.23.1: in transport mode behind a NAT, the
+/// initiator's TSi names its private address, which the responder
+/// replaces with the address the IKE SA comes from.
+pub fn with_address(selectors: &[TrafficSelector], addr: IpAddr) -> Vec<TrafficSelector> {
+    selectors
+        .iter()
+        .filter_map(|s| match (s.clone(), addr) {
+            (
+                TrafficSelector::Ipv4 {
+                    ip_protocol,
+                    start_port,
+                    end_port,
+                    ..
+                },
+                IpAddr::V4(_),
+            )
+            | (
+                TrafficSelector::Ipv6 {
+                    ip_protocol,
+                    start_port,
+                    end_port,
+                    ..
+                },
+                IpAddr::V6(_),
+            ) => Some(host(addr, ip_protocol, start_port, end_port)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The intersection of two protocol fields, 0 meaning any.

@@ -1,0 +1,256 @@
+//! IKE handshakes per second, initiator and responder in one process
+//! through the sans-IO API, per key-exchange group.
+//!
+//! For each group (`x25519` 31, `ecp256` 19, `ecp384` 20, `modp2048` 14),
+//! with the IKE proposal `aes128gcm16-prfsha256-<group>` and the ESP
+//! proposal `aes128gcm16`, PSK authentication and one Child SA:
+//!
+//! - `handshake/<group>`: one full handshake. An [`IkeSa`] initiator and an
+//!   [`Endpoint`] responder exchange IKE_SA_INIT and IKE_AUTH (four
+//!   encoded, encrypted and decoded messages) until both report
+//!   [`Event::ChildSaUp`]; the responder's IKE SA is then removed from the
+//!   endpoint. Randomness is [`SystemRandom`], as in the daemon. Every
+//!   handshake is checked: one that does not end in `ChildSaUp` on both
+//!   sides is counted and makes the benchmark panic afterwards, and
+//!   `main` runs one checked handshake per group before anything is timed.
+//! - `kex/<group>`: the raw key exchange of one side through
+//!   [`crypto::start`]: a fresh private key, its public value, and the
+//!   shared secret with a peer value made (untimed) beforehand. A
+//!   handshake does this twice, once per side.
+//!
+//! With `cargo bench`, `main` also prints how the handshake's CPU time
+//! splits between the initiator and the responder: it runs handshakes
+//! and times every call into each side separately with [`Instant`].
+//!
+//! Run with `cargo bench -p tunsec-ike --bench handshake`; see
+//! `docs/benchmarks.md`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use divan::Bencher;
+use divan::counter::ItemsCount;
+use tunsec_esp::Key;
+use tunsec_ike::crypto;
+use tunsec_ike::message::{DhGroup, Identity};
+use tunsec_ike::sa::{Config, Endpoint, Event, IkeSa, Incoming, Random, SystemRandom};
+
+/// The groups measured, with their names in strongSwan's syntax.
+const GROUPS: [(&str, DhGroup); 4] = [
+    ("x25519", DhGroup::Curve25519),
+    ("ecp256", DhGroup::Ecp256),
+    ("ecp384", DhGroup::Ecp384),
+    ("modp2048", DhGroup::Modp2048),
+];
+
+/// The ESP proposal of the Child SA.
+const ESP: &str = "aes128gcm16";
+/// The pre-shared key of both sides.
+const PSK: &[u8] = b"benchmark pre-shared key, 32 by.";
+/// Handshakes per group for the initiator / responder split.
+const SPLIT_HANDSHAKES: u32 = 200;
+
+const INITIATOR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const RESPONDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+fn main() {
+    // Never time a failing handshake: check one per group first.
+    for (name, group) in GROUPS {
+        let mut bench = Handshake::new(group);
+        assert!(bench.run(&mut Split::default()), "{name}: no Child SA");
+    }
+    // `cargo bench` passes --bench; `cargo test --benches` does not, and
+    // needs no figures.
+    if std::env::args().any(|a| a == "--bench") {
+        print_split();
+    }
+    divan::main();
+}
+
+/// The configuration of one side for `group`.
+fn config(group: &str, local: Ipv4Addr, remote: Ipv4Addr) -> Config {
+    Config::new(
+        Identity::Ipv4(local),
+        Some(Identity::Ipv4(remote)),
+        Key::from_slice(PSK),
+    )
+    .with_proposals(&format!("aes128gcm16-prfsha256-{group}"), ESP)
+    .expect("proposals")
+}
+
+/// A responder endpoint and both sides' configurations for one group.
+struct Handshake {
+    initiator: Config,
+    responder: Config,
+    endpoint: Endpoint,
+    now: Instant,
+}
+
+/// CPU time spent in each side.
+#[derive(Default)]
+struct Split {
+    initiator: Duration,
+    responder: Duration,
+}
+
+impl Handshake {
+    fn new(group: DhGroup) -> Self {
+        let name = GROUPS
+            .iter()
+            .find(|(_, g)| *g == group)
+            .map(|(n, _)| *n)
+            .expect("group");
+        Self {
+            initiator: config(name, INITIATOR, RESPONDER),
+            responder: config(name, RESPONDER, INITIATOR),
+            endpoint: Endpoint::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// One full handshake; whether both sides reported `ChildSaUp`. Adds
+    /// the time spent in each side to `split`.
+    fn run(&mut self, split: &mut Split) -> bool {
+        let (to_i, to_r) = (
+            SocketAddr::from((INITIATOR, 500)),
+            SocketAddr::from((RESPONDER, 500)),
+        );
+        let t = Instant::now();
+        let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
+        let Ok(mut initiator) = IkeSa::initiate(self.initiator.clone(), to_r, self.now, rng) else {
+            return false;
+        };
+        split.initiator += t.elapsed();
+        let (mut i_up, mut r_up) = (false, false);
+        let mut handle = None;
+        // IKE_SA_INIT and IKE_AUTH: two round trips.
+        for _ in 0..2 {
+            let t = Instant::now();
+            let Some(request) = initiator.poll_transmit() else {
+                return false;
+            };
+            split.initiator += t.elapsed();
+            let t = Instant::now();
+            let responder = self.responder.clone();
+            let incoming = self
+                .endpoint
+                .handle_datagram(self.now, to_i, &request.bytes, |_| {
+                    let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
+                    Some((responder, rng))
+                });
+            let Incoming::Sa { handle: h, .. } = incoming else {
+                return false;
+            };
+            handle = Some(h);
+            let Some(sa) = self.endpoint.sa_mut(h) else {
+                return false;
+            };
+            while let Some(event) = sa.poll_event() {
+                r_up |= matches!(event, Event::ChildSaUp { .. });
+            }
+            let Some(response) = sa.poll_transmit() else {
+                return false;
+            };
+            split.responder += t.elapsed();
+            let t = Instant::now();
+            initiator.handle_datagram(self.now, to_r, &response.bytes);
+            while let Some(event) = initiator.poll_event() {
+                i_up |= matches!(event, Event::ChildSaUp { .. });
+            }
+            split.initiator += t.elapsed();
+        }
+        let t = Instant::now();
+        if let Some(h) = handle {
+            self.endpoint.remove(h);
+        }
+        split.responder += t.elapsed();
+        i_up && r_up
+    }
+}
+
+/// Prints the initiator's and the responder's share of a handshake.
+fn print_split() {
+    println!("initiator / responder CPU per handshake ({SPLIT_HANDSHAKES} handshakes each):");
+    for (name, group) in GROUPS {
+        let mut bench = Handshake::new(group);
+        let mut split = Split::default();
+        for _ in 0..SPLIT_HANDSHAKES {
+            assert!(bench.run(&mut split), "{name}: no Child SA");
+        }
+        let per = |d: Duration| d / SPLIT_HANDSHAKES;
+        println!(
+            "  {name:>8}: initiator {:>9.1?}  responder {:>9.1?}",
+            per(split.initiator),
+            per(split.responder)
+        );
+    }
+    println!();
+}
+
+/// Full handshakes (one item = one handshake, both sides).
+fn handshake(bencher: Bencher<'_, '_>, group: DhGroup) {
+    let mut bench = Handshake::new(group);
+    let mut split = Split::default();
+    let mut failures = 0u64;
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        if !bench.run(&mut split) {
+            failures += 1;
+        }
+    });
+    assert_eq!(failures, 0, "{group}: handshakes failed");
+}
+
+/// One side's key exchange: key generation and the shared secret.
+fn kex(bencher: Bencher<'_, '_>, group: DhGroup) {
+    let peer = crypto::start(group).expect("peer key");
+    let peer_public = peer.public_value().to_vec();
+    let mut failures = 0u64;
+    bencher.bench_local(|| match crypto::start(group) {
+        Ok(kex) => {
+            let _ = divan::black_box(kex.public_value());
+            if kex.complete(&peer_public).is_err() {
+                failures += 1;
+            }
+        }
+        Err(_) => failures += 1,
+    });
+    assert_eq!(failures, 0, "{group}: key exchanges failed");
+}
+
+/// One module per measurement, one benchmark per group inside it.
+macro_rules! group_benches {
+    ($($module:ident => $function:ident),*) => {
+        $(
+            #[doc = concat!("`", stringify!($function), "` per group.")]
+            mod $module {
+                use super::*;
+
+                /// Group 31.
+                #[divan::bench]
+                fn x25519(bencher: Bencher<'_, '_>) {
+                    super::$function(bencher, DhGroup::Curve25519);
+                }
+
+                /// Group 19.
+                #[divan::bench]
+                fn ecp256(bencher: Bencher<'_, '_>) {
+                    super::$function(bencher, DhGroup::Ecp256);
+                }
+
+                /// Group 20.
+                #[divan::bench]
+                fn ecp384(bencher: Bencher<'_, '_>) {
+                    super::$function(bencher, DhGroup::Ecp384);
+                }
+
+                /// Group 14.
+                #[divan::bench]
+                fn modp2048(bencher: Bencher<'_, '_>) {
+                    super::$function(bencher, DhGroup::Modp2048);
+                }
+            }
+        )*
+    };
+}
+
+group_benches!(handshakes => handshake, key_exchange => kex);
