@@ -144,16 +144,17 @@ fn preflight() {
     });
 }
 
-/// Kills every process still living in one of the lab's namespaces, by
-/// the pids `ip netns pids` lists (never by name): TERM, then KILL.
-fn kill_leftovers(prefix: &str) {
+/// Kills every process still living in one of the lab's namespaces (those
+/// whose names start with `ns_prefix`, `Lab::ns("")`), by the pids `ip
+/// netns pids` lists (never by name): TERM, then KILL.
+fn kill_leftovers(ns_prefix: &str) {
     let Ok(out) = tunsec::netns::run("ip", &["netns", "list"]) else {
         return;
     };
     let namespaces: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .filter(|n| n.starts_with(ns_prefix))
         .map(str::to_owned)
         .collect();
     for signal in ["-TERM", "-KILL"] {
@@ -191,7 +192,7 @@ fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
     if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
         dump_logs(&lab);
     }
-    kill_leftovers(prefix);
+    kill_leftovers(&lab.ns(""));
     drop(lab);
     eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
     match result {
