@@ -5,10 +5,16 @@
 #   python3-scapy:          an independent ESP implementation
 #   python3-cryptography:   Scapy's ciphers (only a Recommends of python3-scapy)
 #   iperf3:                 TCP transfers through the overlay
-#   nftables:               a NAT (masquerade) between hosts in the IKE tests
+#   nftables:               a NAT (masquerade) between hosts in the IKE tests,
+#                           and the inbound filter of the strongSwan host
+#   strongswan-charon, strongswan-swanctl, libcharon-extra-plugins
+#   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
+#                           strongSwan 5.9.8, the peer of strongswan_interop.rs
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables; do
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables \
+    strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+    libstrongswan-standard-plugins; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -356,6 +356,29 @@ fn optional(transform_type: TransformType) -> Option<Transform> {
     }
 }
 
+/// The proposals without their D-H transforms, for the Child SA that
+/// IKE_AUTH creates. RFC 7296 section 1.2: "IKE_AUTH messages do not
+/// contain KEi/KEr or Ni/Nr payloads. Thus, the SA payloads in the
+/// IKE_AUTH exchange cannot contain Transform Type 4 (Diffie-Hellman
+/// group) with any value other than NONE. Implementations SHOULD omit the
+/// whole transform substructure instead of sending value NONE." An ESP
+/// proposal with a group (`aes128gcm16-x25519`) uses it only in
+/// CREATE_CHILD_SA (PFS on rekeys), as strongSwan does.
+pub fn without_ke(proposals: &[Proposal]) -> Vec<Proposal> {
+    proposals
+        .iter()
+        .map(|p| Proposal {
+            transforms: p
+                .transforms
+                .iter()
+                .filter(|t| t.id.transform_type() != TransformType::Dh)
+                .cloned()
+                .collect(),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// Chooses, as a responder, the first of our own proposals that the
 /// initiator's offer contains.
 ///
@@ -780,6 +803,33 @@ mod test {
 
     fn numbered(list: &str, protocol: ProtocolId) -> Vec<Proposal> {
         parse_list(list, protocol).unwrap()
+    }
+
+    #[test]
+    fn ike_auth_proposals_carry_no_key_exchange() {
+        let own = parse_list(
+            "aes128gcm16-x25519, aes256-sha256-modp2048, aes256gcm16",
+            ProtocolId::Esp,
+        )
+        .unwrap();
+        let stripped = without_ke(&own);
+        assert_eq!(stripped.len(), 3);
+        for (p, q) in own.iter().zip(&stripped) {
+            assert_eq!(p.number, q.number);
+            assert!(
+                q.transforms
+                    .iter()
+                    .all(|t| t.id.transform_type() != TransformType::Dh)
+            );
+        }
+        assert_eq!(to_strongswan(&stripped[0]), "aes128gcm16-noesn");
+        assert_eq!(to_strongswan(&stripped[1]), "aes256-sha256-noesn");
+        assert_eq!(stripped[2], own[2]);
+        // strongSwan's IKE_AUTH offer for esp_proposals = aes128gcm16-x25519
+        // carries no group: our stripped proposals accept it.
+        let theirs = without_ke(&parse_list("aes128gcm16-x25519", ProtocolId::Esp).unwrap());
+        assert!(select(&own, &theirs).is_none());
+        assert!(select(&stripped, &theirs).is_some());
     }
 
     #[test]

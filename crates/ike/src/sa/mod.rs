@@ -1211,10 +1211,10 @@ impl IkeSa {
         }
         let esp_spi = random_esp_spi(self.rng.as_mut())?;
         let c = &self.config;
-        let esp_offer: Vec<Proposal> = c
-            .esp_proposals
-            .iter()
-            .cloned()
+        // RFC 7296 section 1.2: no D-H transform in IKE_AUTH (PFS applies
+        // to rekeys only).
+        let esp_offer: Vec<Proposal> = proposal::without_ke(&c.esp_proposals)
+            .into_iter()
             .map(|mut p| {
                 p.spi = esp_spi.to_be_bytes().to_vec();
                 p
@@ -1803,7 +1803,7 @@ impl IkeSa {
                 data: auth.expose().to_vec(),
             }),
         ];
-        let child = self.responder_child(&p, &sk, &ni, &nr, None);
+        let child = self.responder_child(true, &p, &sk, &ni, &nr, None);
         let child_event = match child {
             Ok((child_payloads, event)) => {
                 payloads.extend(child_payloads);
@@ -1835,11 +1835,13 @@ impl IkeSa {
         }
     }
 
-    /// The responder's half of the first Child SA: the chosen proposal
-    /// with our SPI, the narrowed selectors, and the keys; or the error
-    /// notify that refuses it (the IKE SA stands either way).
+    /// The responder's half of a Child SA, the first (`ike_auth`) or a
+    /// rekey's: the chosen proposal with our SPI, the narrowed selectors,
+    /// and the keys; or the error notify that refuses it (the IKE SA
+    /// stands either way).
     fn responder_child(
         &mut self,
+        ike_auth: bool,
         p: &Payloads<'_>,
         sk: &Sk,
         ni: &[u8],
@@ -1849,8 +1851,18 @@ impl IkeSa {
         let (Some(sa), Some(tsi), Some(tsr)) = (p.sa(), p.tsi(), p.tsr()) else {
             return Err(NotifyType::InvalidSyntax);
         };
-        let selected = proposal::select(&self.config.esp_proposals, &sa.proposals)
-            .ok_or(NotifyType::NoProposalChosen)?;
+        // RFC 7296 section 1.2: IKE_AUTH's SA payloads carry no D-H
+        // transform; a group in our ESP proposals is for rekeys (PFS). An
+        // IKE_AUTH offer that has one anyway is read without it.
+        let selected = if ike_auth {
+            proposal::select(
+                &proposal::without_ke(&self.config.esp_proposals),
+                &proposal::without_ke(&sa.proposals),
+            )
+        } else {
+            proposal::select(&self.config.esp_proposals, &sa.proposals)
+        }
+        .ok_or(NotifyType::NoProposalChosen)?;
         let choice =
             proposal::esp_choice(&selected.proposal).map_err(|_| NotifyType::NoProposalChosen)?;
         let peer_spi = <[u8; 4]>::try_from(selected.proposal.spi.as_slice())
@@ -2297,7 +2309,7 @@ impl IkeSa {
                 .map_err(|_| Notify::new(NotifyType::TemporaryFailure, Vec::new()))?;
             let g = g_ir.as_ref().map(|k| k.expose());
             let (mut payloads, event) = self
-                .responder_child(&p, &st.sk, ni, &nr, g)
+                .responder_child(false, &p, &st.sk, ni, &nr, g)
                 .map_err(|n| Notify::new(n, Vec::new()))?;
             payloads.push(Payload::Nonce(nr.clone()));
             if let Some(ke) = ke {
