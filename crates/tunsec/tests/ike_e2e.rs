@@ -883,7 +883,9 @@ fn ike_tcp_across_rekeys() {
         // and what NAT detection found (both force UDP encapsulation).
         for i in [&i1, &i2] {
             ensure!(
-                i.age_secs.is_some_and(|a| a <= 5)
+                // A rekey that met a busy peer is retried 1-3 s later, so
+                // the IKE SA may outlive its 5 s lifetime a little.
+                i.age_secs.is_some_and(|a| a <= 15)
                     && i.rekey_in_secs.is_some_and(|r| r <= 5)
                     && i.child_rekey_in_secs.is_some_and(|r| r <= 2)
                     && i.nat
