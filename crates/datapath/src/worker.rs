@@ -309,21 +309,22 @@ impl Tx {
         self.used = 0;
     }
 
-    /// [`flush`] with the ESP datagrams through UDP GSO.
+    /// [`flush`] with the ESP (and cleartext tunnel) datagrams through UDP
+    /// GSO.
     fn flush_gso(&mut self, shared: &Shared, sockets: &Sockets) {
         if self.pending.is_empty() {
             return;
         }
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut esp: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
+        let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
         let mut n = 0;
         for (tx, &b) in self.pending.iter().zip(&self.pending_buf) {
             if tx.via == Via::Esp && n < BATCH {
-                esp[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
+                list[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
                 n += 1;
             }
         }
-        let r = self.batch.send_gso(&sockets.esp, &esp[..n]);
+        let r = self.batch.send_gso(&sockets.esp, &list[..n]);
         if r.gso_failed {
             tracing::warn!(
                 error = ?r.error.map(io::Error::from_raw_os_error),
@@ -332,15 +333,18 @@ impl Tx {
             self.udp_gso = false;
         }
         let mut refused = r.refused;
-        let datagrams = |via: Via| {
-            self.pending
-                .iter()
-                .zip(self.pending_buf.iter())
-                .filter(move |(tx, _)| tx.via == via)
-                .map(|(tx, &b)| (&self.pool[b][tx.start..tx.end], tx.dst))
-        };
+        // Cleartext tunnel datagrams (policy clear or prefer) the same way.
         for (port, sock) in &sockets.tunnels {
-            refused += self.batch.send(sock, datagrams(Via::Tunnel(*port))).refused;
+            let mut n = 0;
+            for (tx, &b) in self.pending.iter().zip(&self.pending_buf) {
+                if tx.via == Via::Tunnel(*port) && n < BATCH {
+                    list[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                refused += self.batch.send_gso(sock, &list[..n]).refused;
+            }
         }
         for _ in 0..refused {
             shared.stats.drop(Drop::Send);
