@@ -32,6 +32,8 @@ pub const BATCH: usize = 64;
 pub const MAX_FRAME: usize = 9216;
 /// One buffer: headroom, the largest frame, tailroom.
 pub const BUFFER_LEN: usize = HEADROOM + MAX_FRAME + TAILROOM;
+/// A receive buffer with UDP GRO: a run of datagrams of up to 64 KB.
+pub const GRO_BUFFER_LEN: usize = 65_536;
 /// How often an idle worker wakes to check for shutdown.
 const POLL_MS: i32 = 100;
 
@@ -432,11 +434,16 @@ fn flush(
 /// `gro`, the TCP frames of one flow within a batch are first coalesced
 /// into super-frames ([`offload::Coalescer`]), so the kernel takes one
 /// write where it took dozens.
+///
+/// With `udp_gro`, the UDP sockets hand over runs of equal datagrams of
+/// one flow as one buffer (`UDP_GRO`), which the worker cuts back into
+/// datagrams: one socket read per run instead of per datagram.
 pub fn run_rx(
     shared: Arc<Shared>,
     devices: Vec<Arc<dyn FrameDevice>>,
     sockets: Arc<Sockets>,
     gro: bool,
+    udp_gro: bool,
 ) {
     let mut coalescers: Vec<Option<offload::Coalescer>> = devices
         .iter()
@@ -453,8 +460,23 @@ pub fn run_rx(
     }
     let fds: Vec<RawFd> = socks.iter().map(|(_, s)| s.as_raw_fd()).collect();
     let mut poller = Poller::new(&fds);
-    let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
-    let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH];
+    // UDP GRO where the kernel allows it (a socket that refuses stays
+    // datagram by datagram).
+    let gro_socks: Vec<bool> = socks
+        .iter()
+        .map(|(_, s)| {
+            udp_gro && s.kind() == crate::io::socket::SocketKind::Udp && s.set_udp_gro(true).is_ok()
+        })
+        .collect();
+    let buffer_len = if gro_socks.iter().any(|&g| g) {
+        GRO_BUFFER_LEN
+    } else {
+        BUFFER_LEN
+    };
+    let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; buffer_len]).collect();
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut meta = vec![(0usize, unspecified); BATCH];
+    let mut gro_meta = vec![(0usize, unspecified, 0usize); BATCH];
     let mut batch = Batch::new(BATCH);
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
@@ -467,77 +489,93 @@ pub fn run_rx(
             }
             // Drain the socket a batch at a time, then look at the others.
             for _ in 0..4 {
-                let n = batch.recv(sock, &mut pool, &mut meta).unwrap_or(0);
+                let n = if gro_socks[i] {
+                    batch.recv_gro(sock, &mut pool, &mut gro_meta).unwrap_or(0)
+                } else {
+                    let n = batch.recv(sock, &mut pool, &mut meta).unwrap_or(0);
+                    for (g, &(len, src)) in gro_meta.iter_mut().zip(&meta[..n]) {
+                        *g = (len, src, len.max(1));
+                    }
+                    n
+                };
                 if n == 0 {
                     break;
                 }
                 let tables = shared.tables.load();
                 let now = Instant::now();
-                for (j, &(len, src)) in meta[..n].iter().enumerate() {
+                for (j, &(total, src, segment)) in gro_meta[..n].iter().enumerate() {
                     let buf = &mut pool[j];
-                    let delivery = match port {
-                        Some(port) => overlay::receive_clear(
-                            &tables,
-                            &shared.fdb,
-                            &shared.stats,
-                            src.ip(),
-                            *port,
-                            buf,
-                            0,
-                            len,
-                            now,
-                        ),
-                        None => {
-                            let start = if sock.has_ip_header() {
-                                ipv4_header_len(&buf[..len])
-                            } else {
-                                Some(0)
-                            };
-                            let Some(start) = start else {
-                                shared.stats.drop(Drop::Malformed);
-                                continue;
-                            };
-                            let udp = sock.kind() == crate::io::socket::SocketKind::Udp;
-                            match overlay::receive_esp(
+                    let mut next = 0;
+                    while next < total {
+                        let (off, len) = (next, (next + segment).min(total));
+                        next = len;
+                        let delivery = match port {
+                            Some(port) => overlay::receive_clear(
                                 &tables,
                                 &shared.fdb,
                                 &shared.stats,
                                 src.ip(),
-                                udp,
+                                *port,
                                 buf,
-                                start,
+                                off,
                                 len,
                                 now,
-                            ) {
-                                Ok(EspReceive::Frame(d)) => Ok(d),
-                                Ok(EspReceive::Keepalive) => continue,
-                                Ok(EspReceive::Ike { start, end }) => {
-                                    if shared.ike_inbox.push(src, &buf[start..end]) {
-                                        shared.stats.ike_received.fetch_add(1, Ordering::Relaxed);
-                                    } else {
-                                        shared.stats.drop(Drop::Ike);
-                                    }
+                            ),
+                            None => {
+                                let start = if sock.has_ip_header() {
+                                    ipv4_header_len(&buf[off..len]).map(|h| off + h)
+                                } else {
+                                    Some(off)
+                                };
+                                let Some(start) = start else {
+                                    shared.stats.drop(Drop::Malformed);
                                     continue;
+                                };
+                                let udp = sock.kind() == crate::io::socket::SocketKind::Udp;
+                                match overlay::receive_esp(
+                                    &tables,
+                                    &shared.fdb,
+                                    &shared.stats,
+                                    src.ip(),
+                                    udp,
+                                    buf,
+                                    start,
+                                    len,
+                                    now,
+                                ) {
+                                    Ok(EspReceive::Frame(d)) => Ok(d),
+                                    Ok(EspReceive::Keepalive) => continue,
+                                    Ok(EspReceive::Ike { start, end }) => {
+                                        if shared.ike_inbox.push(src, &buf[start..end]) {
+                                            shared
+                                                .stats
+                                                .ike_received
+                                                .fetch_add(1, Ordering::Relaxed);
+                                        } else {
+                                            shared.stats.drop(Drop::Ike);
+                                        }
+                                        continue;
+                                    }
+                                    Err(e) => Err(e),
                                 }
-                                Err(e) => Err(e),
                             }
+                        };
+                        let Ok(d) = delivery else { continue };
+                        let Some(dev) = devices.get(d.net) else {
+                            shared.stats.drop(Drop::TapWrite);
+                            continue;
+                        };
+                        let frame = &buf[d.start..d.end];
+                        overlay::count_rx(&shared.stats, d.net, frame.len());
+                        if let Some(c) = coalescers.get_mut(d.net).and_then(Option::as_mut) {
+                            c.push(frame, &mut |t: offload::TapFrame<'_>| {
+                                write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
+                            });
+                        } else if dev.vnet_hdr() {
+                            write_tap(&shared, dev.as_ref(), &plain, frame);
+                        } else if dev.send(frame).is_err() {
+                            shared.stats.drop(Drop::TapWrite);
                         }
-                    };
-                    let Ok(d) = delivery else { continue };
-                    let Some(dev) = devices.get(d.net) else {
-                        shared.stats.drop(Drop::TapWrite);
-                        continue;
-                    };
-                    let frame = &buf[d.start..d.end];
-                    overlay::count_rx(&shared.stats, d.net, frame.len());
-                    if let Some(c) = coalescers.get_mut(d.net).and_then(Option::as_mut) {
-                        c.push(frame, &mut |t: offload::TapFrame<'_>| {
-                            write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
-                        });
-                    } else if dev.vnet_hdr() {
-                        write_tap(&shared, dev.as_ref(), &plain, frame);
-                    } else if dev.send(frame).is_err() {
-                        shared.stats.drop(Drop::TapWrite);
                     }
                 }
                 // A batch's super-frames go out before the next batch.

@@ -63,7 +63,8 @@ pub struct BenchArgs {
     pub seconds: u32,
     /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
     /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
-    /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgso,
+    /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgro,
+    /// tunsec-aes128gcm16-noudpgso,
     /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
     /// wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
@@ -108,6 +109,8 @@ enum Kind {
 enum Offloads {
     /// The defaults: TAP TSO and checksum offload, and GRO.
     All,
+    /// Everything but UDP GRO.
+    NoUdpGro,
     /// TAP offloads and GRO, no UDP GSO.
     NoUdpGso,
     /// TAP offloads, no GRO.
@@ -121,6 +124,7 @@ impl Offloads {
     fn suffix(self) -> &'static str {
         match self {
             Self::All => "",
+            Self::NoUdpGro => "-noudpgro",
             Self::NoUdpGso => "-noudpgso",
             Self::NoGro => "-nogro",
             Self::None => "-nooffload",
@@ -131,9 +135,12 @@ impl Offloads {
     fn config(self) -> &'static str {
         match self {
             Self::All => "",
+            Self::NoUdpGro => "\n[offload]\nudp_gro = false\n",
             Self::NoUdpGso => "\n[offload]\nudp_gso = false\n",
             Self::NoGro => "\n[offload]\ngro = false\n",
-            Self::None => "\n[offload]\ntap = false\ngro = false\nudp_gso = false\n",
+            Self::None => {
+                "\n[offload]\ntap = false\ngro = false\nudp_gso = false\nudp_gro = false\n"
+            }
         }
     }
 }
@@ -152,8 +159,13 @@ impl Kind {
         );
         // The gain of each offload, with the suite of the targets.
         v.extend(
-            [Offloads::NoUdpGso, Offloads::NoGro, Offloads::None]
-                .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
+            [
+                Offloads::NoUdpGro,
+                Offloads::NoUdpGso,
+                Offloads::NoGro,
+                Offloads::None,
+            ]
+            .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
         );
         v.extend(Peer::ALL.into_iter().map(Self::Peer));
         v
@@ -181,6 +193,7 @@ impl Kind {
                 "tunsecd, policy require, {s}: VXLAN in ESP in UDP, manual random keys{}",
                 match o {
                     Offloads::All => "",
+                    Offloads::NoUdpGro => ", without UDP GRO",
                     Offloads::NoUdpGso => ", without UDP GSO",
                     Offloads::NoGro => ", TAP offloads without GRO",
                     Offloads::None => ", no offloads",
@@ -1000,6 +1013,7 @@ mod test {
                 "tunsec-aes256gcm16",
                 "tunsec-chacha20poly1305",
                 "tunsec-aes256-sha256",
+                "tunsec-aes128gcm16-noudpgro",
                 "tunsec-aes128gcm16-noudpgso",
                 "tunsec-aes128gcm16-nogro",
                 "tunsec-aes128gcm16-nooffload",
@@ -1036,12 +1050,16 @@ mod test {
             let sa = c.peers[0].sa.as_ref().unwrap();
             assert_eq!(sa.suite, suite);
             assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
-            let all = |c: &Config| (c.offload.tap, c.offload.gro, c.offload.udp_gso);
-            assert_eq!(all(&c), (true, true, true));
+            let all = |c: &Config| {
+                let o = c.offload;
+                (o.tap, o.gro, o.udp_gso, o.udp_gro)
+            };
+            assert_eq!(all(&c), (true, true, true, true));
             for (o, expect) in [
-                (Offloads::NoUdpGso, (true, true, false)),
-                (Offloads::NoGro, (true, false, true)),
-                (Offloads::None, (false, false, false)),
+                (Offloads::NoUdpGro, (true, true, true, false)),
+                (Offloads::NoUdpGso, (true, true, false, true)),
+                (Offloads::NoGro, (true, false, true, true)),
+                (Offloads::None, (false, false, false, false)),
             ] {
                 let c = Config::parse(&(text.clone() + o.config()), dir.path()).unwrap();
                 assert_eq!(all(&c), expect, "{o:?}");

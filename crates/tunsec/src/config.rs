@@ -192,6 +192,7 @@ struct RawOffload {
     tap: Option<bool>,
     gro: Option<bool>,
     udp_gso: Option<bool>,
+    udp_gro: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +298,9 @@ pub struct Offload {
     /// Send runs of equal ESP datagrams to one peer as one message with
     /// UDP generic segmentation offload (`UDP_SEGMENT`).
     pub udp_gso: bool,
+    /// Receive runs of equal datagrams of one flow as one buffer (UDP
+    /// generic receive offload, `UDP_GRO`).
+    pub udp_gro: bool,
 }
 
 /// ESP settings.
@@ -550,6 +554,7 @@ impl Config {
             tap: raw.offload.tap.unwrap_or(true),
             gro: raw.offload.gro.unwrap_or(true),
             udp_gso: raw.offload.udp_gso.unwrap_or(true),
+            udp_gro: raw.offload.udp_gro.unwrap_or(true),
         };
         if offload.gro && !offload.tap && raw.offload.gro == Some(true) {
             return Err(invalid(

@@ -267,11 +267,11 @@ impl Daemon {
         }
         {
             let (s, d, k) = (shared.clone(), devices, sockets);
-            let gro = config.offload.gro;
+            let (gro, udp_gro) = (config.offload.gro, config.offload.udp_gro);
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-rx".into())
-                    .spawn(move || worker::run_rx(s, d, k, gro))?,
+                    .spawn(move || worker::run_rx(s, d, k, gro, udp_gro))?,
             );
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");

@@ -467,17 +467,19 @@ fn overlay_geneve() {
 }
 
 /// Every offload setting moves 200 MiB over TCP intact: TAP TSO and
-/// checksum offload with GRO and UDP GSO (the default), without UDP GSO,
+/// checksum offload with GRO, UDP GSO and UDP GRO (the default), without
+/// UDP GRO, without UDP GSO,
 /// without GRO, and with no offload at all (`[offload]`).
 #[test]
 fn offload_tcp_transfers() {
     for (prefix, extra) in [
         ("tsov-off-all", ""),
         ("tsov-off-nogro", "\n[offload]\ngro = false\n"),
+        ("tsov-off-noudpgro", "\n[offload]\nudp_gro = false\n"),
         ("tsov-off-noudpgso", "\n[offload]\nudp_gso = false\n"),
         (
             "tsov-off-none",
-            "\n[offload]\ntap = false\ngro = false\nudp_gso = false\n",
+            "\n[offload]\ntap = false\ngro = false\nudp_gso = false\nudp_gro = false\n",
         ),
     ] {
         with_lab(prefix, |lab| {

@@ -122,6 +122,18 @@ impl DatagramSocket {
         self.kind == SocketKind::RawEsp && self.v4
     }
 
+    /// Turns on UDP generic receive offload (`UDP_GRO`, Linux 5.0): the
+    /// kernel may hand over several datagrams of one flow, all of one size
+    /// but the last, as one buffer; [`Batch::recv_gro`] reports that size.
+    pub fn set_udp_gro(&self, on: bool) -> io::Result<()> {
+        set_int_opt(
+            self.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            i32::from(on),
+        )
+    }
+
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
@@ -531,6 +543,84 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Receives like [`Self::recv`], on a socket with UDP GRO on
+    /// ([`DatagramSocket::set_udp_gro`]): each `(len, source, segment)` in
+    /// `out` says that `bufs[i][..len]` holds datagrams of `segment` bytes
+    /// each (the last may be shorter); `segment == len` for a lone
+    /// datagram. Buffers should hold 64 KB.
+    pub fn recv_gro<B: AsMut<[u8]>>(
+        &mut self,
+        sock: &DatagramSocket,
+        bufs: &mut [B],
+        out: &mut [(usize, SocketAddr, usize)],
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(self.hdrs.len()).min(out.len());
+        let space = cmsg_space(size_of::<libc::c_int>());
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            let buf = buf.as_mut();
+            self.iovs[i] = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            self.cmsgs[i] = [0; 4];
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            hdr.msg_controllen = space;
+            hdr.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: the first `n` headers point at live iovecs, addresses,
+        // control buffers and data buffers owned by `self` and `bufs`,
+        // which outlive the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(err)
+            };
+        }
+        let got = got as usize;
+        for (i, slot) in out.iter_mut().take(got).enumerate() {
+            let len = self.hdrs[i].msg_len as usize;
+            let mut segment = len;
+            let hdr = &self.hdrs[i].msg_hdr;
+            // SAFETY: the kernel filled `msg_controllen` bytes of our
+            // control buffer; the CMSG macros stay within it.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                        let size =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                        if size > 0 {
+                            segment = size as usize;
+                        }
+                    }
+                    cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+                }
+            }
+            let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            *slot = (len, src, segment.max(1));
+        }
+        Ok(got)
+    }
+}
+
 /// `CMSG_SPACE(len)` as the `msg_controllen` type.
 fn cmsg_space(len: usize) -> usize {
     // SAFETY: a pure size computation.
@@ -628,6 +718,40 @@ mod test {
             }
         }
         out
+    }
+
+    /// UDP GRO on loopback: what one GSO send carries arrives as one
+    /// buffer with its segment size, and cuts back into the datagrams.
+    #[test]
+    fn gro_receive_reports_the_segment_size() {
+        let a = DatagramSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = DatagramSocket::udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        b.set_udp_gro(true).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let mut sent: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+        sent[19] = vec![19; 123];
+        let list: Vec<(&[u8], SocketAddr)> = sent.iter().map(|d| (&d[..], b_addr)).collect();
+        let mut batch = Batch::new(64);
+        assert_eq!(batch.send_gso(&a, &list).sent, 20);
+        let mut poller = Poller::new(&[b.as_raw_fd()]);
+        let mut storage = vec![vec![0u8; 65_536]; 4];
+        let mut meta = vec![(0usize, b_addr, 0usize); 4];
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut segments = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < sent.len() && std::time::Instant::now() < deadline {
+            poller.wait(100).unwrap();
+            let n = batch.recv_gro(&b, &mut storage, &mut meta).unwrap();
+            for (buf, &(len, _, seg)) in storage.iter().zip(&meta[..n]) {
+                segments.push(seg);
+                got.extend(buf[..len].chunks(seg).map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(
+            segments.contains(&1000),
+            "no coalesced buffer: {segments:?}"
+        );
     }
 
     /// UDP GSO on loopback: runs of equal-length datagrams (the last of a
