@@ -284,43 +284,8 @@ impl Batch {
         bufs: &mut [B],
         out: &mut [(usize, SocketAddr)],
     ) -> io::Result<usize> {
-        let n = bufs.len().min(self.hdrs.len()).min(out.len());
-        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
-            let buf = buf.as_mut();
-            self.iovs[i] = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let hdr = &mut self.hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut self.iovs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
-            hdr.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        // SAFETY: the first `n` headers point at live iovecs, addresses
-        // and buffers owned by `self` and `bufs`, which outlive the call.
-        let got = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(err)
-            };
-        }
-        let got = got as usize;
+        let n = bufs.len().min(out.len());
+        let got = self.recv_into(sock, &mut bufs[..n], 0)?;
         for (i, slot) in out.iter_mut().take(got).enumerate() {
             let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             *slot = (self.hdrs[i].msg_len as usize, src);
@@ -555,46 +520,8 @@ impl Batch {
         bufs: &mut [B],
         out: &mut [(usize, SocketAddr, usize)],
     ) -> io::Result<usize> {
-        let n = bufs.len().min(self.hdrs.len()).min(out.len());
-        let space = cmsg_space(size_of::<libc::c_int>());
-        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
-            let buf = buf.as_mut();
-            self.iovs[i] = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            self.cmsgs[i] = [0; 4];
-            let hdr = &mut self.hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut self.iovs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
-            hdr.msg_controllen = space;
-            hdr.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        // SAFETY: the first `n` headers point at live iovecs, addresses,
-        // control buffers and data buffers owned by `self` and `bufs`,
-        // which outlive the call.
-        let got = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(err)
-            };
-        }
-        let got = got as usize;
+        let n = bufs.len().min(out.len());
+        let got = self.recv_into(sock, &mut bufs[..n], size_of::<libc::c_int>())?;
         for (i, slot) in out.iter_mut().take(got).enumerate() {
             let len = self.hdrs[i].msg_len as usize;
             let mut segment = len;
@@ -618,6 +545,64 @@ impl Batch {
             *slot = (len, src, segment.max(1));
         }
         Ok(got)
+    }
+}
+
+impl Batch {
+    /// One `recvmmsg` into `bufs` (at most `capacity()` of them), with
+    /// room for a control message of `control` bytes per datagram (0:
+    /// none). Returns how many arrived (0 when none is waiting); the
+    /// lengths, addresses and control messages are in `self`.
+    fn recv_into<B: AsMut<[u8]>>(
+        &mut self,
+        sock: &DatagramSocket,
+        bufs: &mut [B],
+        control: usize,
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(self.hdrs.len());
+        let space = if control > 0 { cmsg_space(control) } else { 0 };
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            let buf = buf.as_mut();
+            self.iovs[i] = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            self.cmsgs[i] = [0; 4];
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = if space > 0 {
+                self.cmsgs[i].as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
+            hdr.msg_controllen = space;
+            hdr.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: the first `n` headers point at live iovecs, addresses,
+        // control buffers (32 bytes each, enough for `space`) and data
+        // buffers owned by `self` and `bufs`, which outlive the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(err)
+            };
+        }
+        Ok(got as usize)
     }
 }
 

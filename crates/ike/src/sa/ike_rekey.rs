@@ -36,8 +36,8 @@ use super::{
 use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
 use crate::message::{
-    Delete, DhGroup, ExchangeType, Header, MAJOR_VERSION, Message, Notify, NotifyType, Payload,
-    PayloadType, Proposal, ProtocolId, SaPayload,
+    Delete, DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal,
+    ProtocolId, SaPayload,
 };
 use crate::proposal;
 
@@ -73,19 +73,13 @@ pub(super) struct Retiring {
 
 impl Retiring {
     fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
-        Header {
-            initiator_spi: self.spi_i,
-            responder_spi: self.spi_r,
-            next_payload: PayloadType::None,
-            major_version: MAJOR_VERSION,
-            minor_version: 0,
-            exchange_type: exchange,
+        super::header(
+            (self.spi_i, self.spi_r),
+            self.role,
+            exchange,
             response,
-            version: false,
-            initiator: self.role == Role::Initiator,
             message_id,
-            length: 0,
-        }
+        )
     }
 
     /// Our own SPI of the old IKE SA.

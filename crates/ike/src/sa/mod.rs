@@ -288,6 +288,31 @@ fn child_spis(event: &Event) -> Option<(u32, u32)> {
     }
 }
 
+/// The header of a message we send on the IKE SA with SPIs `spis`
+/// (initiator's, responder's), in role `role` (RFC 7296 section 3.1: the
+/// I flag marks the original initiator's messages).
+fn header(
+    spis: (u64, u64),
+    role: Role,
+    exchange: ExchangeType,
+    response: bool,
+    message_id: u32,
+) -> Header {
+    Header {
+        initiator_spi: spis.0,
+        responder_spi: spis.1,
+        next_payload: PayloadType::None,
+        major_version: MAJOR_VERSION,
+        minor_version: 0,
+        exchange_type: exchange,
+        response,
+        version: false,
+        initiator: role == Role::Initiator,
+        message_id,
+        length: 0,
+    }
+}
+
 /// The states, rustls-style: each holds what the next step needs, and a
 /// step consumes it.
 enum State {
@@ -882,19 +907,13 @@ impl IkeSa {
     }
 
     fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
-        Header {
-            initiator_spi: self.spi_i,
-            responder_spi: self.spi_r,
-            next_payload: PayloadType::None,
-            major_version: MAJOR_VERSION,
-            minor_version: 0,
-            exchange_type: exchange,
+        header(
+            (self.spi_i, self.spi_r),
+            self.role,
+            exchange,
             response,
-            version: false,
-            initiator: self.role == Role::Initiator,
             message_id,
-            length: 0,
-        }
+        )
     }
 
     fn close(&mut self, event: Event) {
