@@ -352,19 +352,6 @@ fn sha256(path: &Path) -> anyhow::Result<String> {
 // ---------------------------------------------------------------------
 // Captures
 
-/// One captured frame, as tshark dissects it (outermost values).
-#[derive(Debug)]
-struct Frame {
-    number: u64,
-    time: f64,
-    protocols: String,
-    src: String,
-    dst: String,
-    sport: Option<u16>,
-    dport: Option<u16>,
-    vni: Option<u32>,
-}
-
 impl Frame {
     fn is_arp(&self) -> bool {
         self.protocols.starts_with("eth:ethertype:arp")
@@ -382,64 +369,6 @@ impl Frame {
             && self.dport == Some(4789)
             && self.vni == Some(vni)
     }
-}
-
-fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
-    let mut args = vec![
-        "-r".to_owned(),
-        pcap.to_string_lossy().into_owned(),
-        "-T".into(),
-        "fields".into(),
-        "-E".into(),
-        "occurrence=f".into(),
-        "-E".into(),
-        "separator=/t".into(),
-    ];
-    for f in [
-        "frame.number",
-        "frame.time_epoch",
-        "frame.protocols",
-        "ip.src",
-        "ip.dst",
-        "udp.srcport",
-        "udp.dstport",
-        "vxlan.vni",
-    ] {
-        args.push("-e".into());
-        args.push(f.into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = tunsec::netns::run("tshark", &args)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut frames = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        ensure!(f.len() == 8, "tshark printed {line:?}");
-        frames.push(Frame {
-            number: f[0].parse()?,
-            time: f[1].parse()?,
-            protocols: f[2].to_owned(),
-            src: f[3].to_owned(),
-            dst: f[4].to_owned(),
-            sport: f[5].parse().ok(),
-            dport: f[6].parse().ok(),
-            vni: f[7].parse().ok(),
-        });
-    }
-    Ok(frames)
-}
-
-fn describe(frames: &[&Frame]) -> String {
-    frames
-        .iter()
-        .take(10)
-        .map(|f| {
-            format!(
-                "\n  #{} {} {} -> {} ports {:?} -> {:?}",
-                f.number, f.protocols, f.src, f.dst, f.sport, f.dport
-            )
-        })
-        .collect()
 }
 
 fn now_epoch() -> f64 {

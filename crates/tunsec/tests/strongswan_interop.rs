@@ -851,17 +851,6 @@ struct Iperf {
 // ---------------------------------------------------------------------
 // Captures
 
-/// One captured frame, as tshark dissects it (outermost values).
-#[derive(Debug)]
-struct Frame {
-    number: u64,
-    protocols: String,
-    src: String,
-    dst: String,
-    sport: Option<u16>,
-    dport: Option<u16>,
-}
-
 impl Frame {
     fn is_arp(&self) -> bool {
         self.protocols.starts_with("eth:ethertype:arp")
@@ -893,59 +882,6 @@ impl Frame {
     }
 }
 
-fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
-    let pcap = pcap.to_string_lossy();
-    let mut args = vec![
-        "-r",
-        &pcap,
-        "-T",
-        "fields",
-        "-E",
-        "occurrence=f",
-        "-E",
-        "separator=/t",
-    ];
-    for f in [
-        "frame.number",
-        "frame.protocols",
-        "ip.src",
-        "ip.dst",
-        "udp.srcport",
-        "udp.dstport",
-    ] {
-        args.extend(["-e", f]);
-    }
-    let out = tunsec::netns::run("tshark", &args)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut frames = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        ensure!(f.len() == 6, "tshark printed {line:?}");
-        frames.push(Frame {
-            number: f[0].parse()?,
-            protocols: f[1].to_owned(),
-            src: f[2].to_owned(),
-            dst: f[3].to_owned(),
-            sport: f[4].parse().ok(),
-            dport: f[5].parse().ok(),
-        });
-    }
-    Ok(frames)
-}
-
-fn describe_frames(frames: &[&Frame]) -> String {
-    frames
-        .iter()
-        .take(10)
-        .map(|f| {
-            format!(
-                "\n  #{} {} {} -> {} ports {:?} -> {:?}",
-                f.number, f.protocols, f.src, f.dst, f.sport, f.dport
-            )
-        })
-        .collect()
-}
-
 /// Stops the capture and checks that the underlay carried only IKE, ESP
 /// in UDP 4500 and ARP, at least `min_esp` ESP packets, and not one copy
 /// of the tenant marker; returns (IKE, ESP) frame counts.
@@ -970,7 +906,7 @@ fn check_capture(lab: &mut Lab, x: &Interop, min_esp: usize) -> anyhow::Result<(
         other.is_empty(),
         "{} captured frames are neither IKE, ESP in UDP 4500 nor ARP (cleartext VXLAN or ICMP?):{}",
         other.len(),
-        describe_frames(&other)
+        describe(&other)
     );
     ensure!(
         ike >= 4,

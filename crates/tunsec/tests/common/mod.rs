@@ -295,3 +295,79 @@ pub(crate) fn stop_capture(lab: &mut Lab, label: &str) {
 pub(crate) fn socket_path(lab: &Lab, n: u8) -> PathBuf {
     lab.dir.path().join(format!("h{n}.sock"))
 }
+
+/// One captured frame, as tshark dissects it (outermost values; the
+/// first occurrence of each field).
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) number: u64,
+    /// Seconds since the epoch.
+    pub(crate) time: f64,
+    /// `frame.protocols`, e.g. `eth:ethertype:ip:udp:udpencap:esp`.
+    pub(crate) protocols: String,
+    pub(crate) src: String,
+    pub(crate) dst: String,
+    pub(crate) sport: Option<u16>,
+    pub(crate) dport: Option<u16>,
+    /// The VXLAN VNI, for cleartext VXLAN.
+    pub(crate) vni: Option<u32>,
+}
+
+/// Every frame of a capture file, dissected by tshark.
+pub(crate) fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+    let pcap = pcap.to_string_lossy();
+    let mut args = vec![
+        "-r",
+        &pcap,
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=f",
+        "-E",
+        "separator=/t",
+    ];
+    for f in [
+        "frame.number",
+        "frame.time_epoch",
+        "frame.protocols",
+        "ip.src",
+        "ip.dst",
+        "udp.srcport",
+        "udp.dstport",
+        "vxlan.vni",
+    ] {
+        args.extend(["-e", f]);
+    }
+    let out = tunsec::netns::run("tshark", &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut frames = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        ensure!(f.len() == 8, "tshark printed {line:?}");
+        frames.push(Frame {
+            number: f[0].parse()?,
+            time: f[1].parse()?,
+            protocols: f[2].to_owned(),
+            src: f[3].to_owned(),
+            dst: f[4].to_owned(),
+            sport: f[5].parse().ok(),
+            dport: f[6].parse().ok(),
+            vni: f[7].parse().ok(),
+        });
+    }
+    Ok(frames)
+}
+
+/// The first ten frames, one per line, for an error message.
+pub(crate) fn describe(frames: &[&Frame]) -> String {
+    frames
+        .iter()
+        .take(10)
+        .map(|f| {
+            format!(
+                "\n  #{} {} {} -> {} ports {:?} -> {:?}",
+                f.number, f.protocols, f.src, f.dst, f.sport, f.dport
+            )
+        })
+        .collect()
+}
