@@ -65,39 +65,16 @@ const IKE_PORT: u16 = 500;
 fn preflight() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false);
-        assert!(
-            root,
-            "the IKE end-to-end tests build network namespaces: run them as root"
+        require(
+            "IKE end-to-end tests",
+            &[
+                ("ip", &["-V"], "iproute2"),
+                ("ping", &["-V"], "iputils-ping"),
+                ("dumpcap", &["-v"], "tshark"),
+                ("tshark", &["-v"], "tshark"),
+                ("nft", &["-v"], "nftables"),
+            ],
         );
-        let tools: [(&str, &[&str], &str); 5] = [
-            ("ip", &["-V"], "iproute2"),
-            ("ping", &["-V"], "iputils-ping"),
-            ("dumpcap", &["-v"], "tshark"),
-            ("tshark", &["-v"], "tshark"),
-            ("nft", &["-v"], "nftables"),
-        ];
-        for (tool, args, package) in tools {
-            let ok = Command::new(tool)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "{tool} is missing or broken: the IKE end-to-end tests need it \
-                 (apt-get install {package}, or run scripts/deps.sh)"
-            );
-        }
     });
 }
 

@@ -36,7 +36,6 @@
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,44 +62,21 @@ const ESP_PORT: u16 = 4500;
 fn preflight() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false);
-        assert!(
-            root,
-            "the overlay end-to-end tests build network namespaces: run them as root"
+        require(
+            "overlay end-to-end tests",
+            &[
+                ("ip", &["-V"], "iproute2"),
+                ("ping", &["-V"], "iputils-ping"),
+                ("dumpcap", &["-v"], "tshark"),
+                ("tshark", &["-v"], "tshark"),
+                ("sha256sum", &["--version"], "coreutils"),
+                (
+                    PYTHON,
+                    &["-c", "import scapy.all, cryptography"],
+                    "python3-scapy",
+                ),
+            ],
         );
-        let tools: [(&str, &[&str], &str); 6] = [
-            ("ip", &["-V"], "iproute2"),
-            ("ping", &["-V"], "iputils-ping"),
-            ("dumpcap", &["-v"], "tshark"),
-            ("tshark", &["-v"], "tshark"),
-            ("sha256sum", &["--version"], "coreutils"),
-            (
-                PYTHON,
-                &["-c", "import scapy.all, cryptography"],
-                "python3-scapy",
-            ),
-        ];
-        for (tool, args, package) in tools {
-            let ok = Command::new(tool)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "{tool} is missing or broken: the overlay end-to-end tests need it \
-                 (apt-get install {package}, or run scripts/deps.sh)"
-            );
-        }
     });
 }
 

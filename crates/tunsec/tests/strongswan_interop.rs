@@ -74,26 +74,11 @@ const PEER: &str = "sswan";
 /// The VNI of tunsecd's network `blue` and of charon's host's vxlan0.
 const VNI: &str = "100";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Fails (never skips) unless the tests can run: root, strongSwan with
 /// kernel-libipsec, and every tool.
 fn preflight() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        assert!(
-            is_root(),
-            "the strongSwan interop tests build network namespaces: run them as root"
-        );
         let install = "apt-get install strongswan-charon strongswan-swanctl \
                        libcharon-extra-plugins libstrongswan-standard-plugins, \
                        or run scripts/deps.sh";
@@ -118,29 +103,18 @@ fn preflight() {
             Path::new(SWANCTL).exists(),
             "strongSwan's swanctl ({SWANCTL}) is missing: {install}"
         );
-        let tools: [(&str, &[&str], &str); 7] = [
-            ("ip", &["-V"], "iproute2"),
-            ("ping", &["-V"], "iputils-ping"),
-            ("dumpcap", &["-v"], "tshark"),
-            ("tshark", &["-v"], "tshark"),
-            ("unshare", &["--version"], "util-linux"),
-            ("nft", &["--version"], "nftables"),
-            ("iperf3", &["--version"], "iperf3"),
-        ];
-        for (tool, args, package) in tools {
-            let ok = Command::new(tool)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "{tool} is missing or broken: the strongSwan interop tests need it \
-                 (apt-get install {package}, or run scripts/deps.sh)"
-            );
-        }
+        require(
+            "strongSwan interop tests",
+            &[
+                ("ip", &["-V"], "iproute2"),
+                ("ping", &["-V"], "iputils-ping"),
+                ("dumpcap", &["-v"], "tshark"),
+                ("tshark", &["-v"], "tshark"),
+                ("unshare", &["--version"], "util-linux"),
+                ("nft", &["--version"], "nftables"),
+                ("iperf3", &["--version"], "iperf3"),
+            ],
+        );
     });
 }
 

@@ -371,3 +371,42 @@ pub(crate) fn describe(frames: &[&Frame]) -> String {
         })
         .collect()
 }
+
+/// Whether this process runs as root (the real user id is 0).
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A tool a test suite needs: the command, arguments that make it succeed
+/// quickly, and the Debian package that has it.
+pub(crate) type Tool<'a> = (&'a str, &'a [&'a str], &'a str);
+
+/// Fails (never skips) unless this runs as root and every tool works;
+/// `suite` names the tests in the message.
+pub(crate) fn require(suite: &str, tools: &[Tool<'_>]) {
+    assert!(
+        is_root(),
+        "the {suite} build network namespaces: run them as root"
+    );
+    for &(tool, args, package) in tools {
+        let ok = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{tool} is missing or broken: the {suite} need it \
+             (apt-get install {package}, or run scripts/deps.sh)"
+        );
+    }
+}
