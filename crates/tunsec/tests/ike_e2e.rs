@@ -178,18 +178,35 @@ struct Pair {
     h2: String,
 }
 
-/// The underlay and two hosts, capture running, daemons started with the
-/// given PSKs.
-fn ike_pair(lab: &mut Lab, psk1: &str, psk2: &str) -> anyhow::Result<(Pair, PathBuf)> {
+/// The underlay and hosts h1 and h2 on it.
+fn two_hosts(lab: &mut Lab) -> anyhow::Result<Pair> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
-    let pcap = start_capture(lab, &ul, "capture")?;
-    let c1 = write_config(lab, 1, 2, psk1)?;
-    let c2 = write_config(lab, 2, 1, psk2)?;
-    start_tunsecd(lab, &h1, 1, &c1)?;
-    start_tunsecd(lab, &h2, 2, &c2)?;
-    Ok((Pair { ul, h1, h2 }, pcap))
+    Ok(Pair { ul, h1, h2 })
+}
+
+/// Writes both hosts' configs, each with its PSK and extra `[peer.ike]`
+/// lines, and starts both daemons.
+fn start_pair(
+    lab: &mut Lab,
+    pair: &Pair,
+    (psk1, extra1): (&str, &str),
+    (psk2, extra2): (&str, &str),
+) -> anyhow::Result<()> {
+    let c1 = write_config_with(lab, 1, 2, psk1, extra1)?;
+    let c2 = write_config_with(lab, 2, 1, psk2, extra2)?;
+    start_tunsecd(lab, &pair.h1, 1, &c1)?;
+    start_tunsecd(lab, &pair.h2, 2, &c2)
+}
+
+/// The underlay and two hosts, capture running, daemons started with the
+/// given PSKs.
+fn ike_pair(lab: &mut Lab, psk1: &str, psk2: &str) -> anyhow::Result<(Pair, PathBuf)> {
+    let pair = two_hosts(lab)?;
+    let pcap = start_capture(lab, &pair.ul, "capture")?;
+    start_pair(lab, &pair, (psk1, ""), (psk2, ""))?;
+    Ok((pair, pcap))
 }
 
 fn ike_of(s: &Status, peer: &str) -> anyhow::Result<IkeStatus> {
@@ -614,14 +631,11 @@ fn ike_down_and_up() {
 /// Two hosts whose Child SAs live `lifetime` seconds, IKE up, a tenant
 /// behind each that can ping the other; returns the tenants.
 fn rekeying_pair(lab: &mut Lab, lifetime: u32, extra: &str) -> anyhow::Result<(String, String)> {
-    let ul = add_underlay(lab)?;
-    let h1 = add_host(lab, &ul, "h1", 1)?;
-    let h2 = add_host(lab, &ul, "h2", 2)?;
+    let pair = two_hosts(lab)?;
     let extra = format!("child_lifetime = {lifetime}\n{extra}");
-    let c1 = write_config_with(lab, 1, 2, "rekey-secret", &extra)?;
-    let c2 = write_config_with(lab, 2, 1, "rekey-secret", &extra)?;
-    start_tunsecd(lab, &h1, 1, &c1)?;
-    start_tunsecd(lab, &h2, 2, &c2)?;
+    let psk = "rekey-secret";
+    start_pair(lab, &pair, (psk, &extra), (psk, &extra))?;
+    let Pair { h1, h2, .. } = pair;
     wait_status(lab, "IKE up", |s1, s2| {
         Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
     })?;
@@ -1182,13 +1196,9 @@ fn ike_mixed_modes_agree_on_tunnel() {
         ("tsike-mx2", "", "mode = \"tunnel\"\n"),
     ] {
         with_lab(prefix, |lab| {
-            let ul = add_underlay(lab)?;
-            let h1 = add_host(lab, &ul, "h1", 1)?;
-            let h2 = add_host(lab, &ul, "h2", 2)?;
-            let c1 = write_config_with(lab, 1, 2, "mixed-modes", extra1)?;
-            let c2 = write_config_with(lab, 2, 1, "mixed-modes", extra2)?;
-            start_tunsecd(lab, &h1, 1, &c1)?;
-            start_tunsecd(lab, &h2, 2, &c2)?;
+            let pair = two_hosts(lab)?;
+            start_pair(lab, &pair, ("mixed-modes", extra1), ("mixed-modes", extra2))?;
+            let Pair { h1, h2, .. } = pair;
             let tunnel = |s: &Status, peer: &str| {
                 s.peers.iter().find(|p| p.name == peer).is_some_and(|p| {
                     p.sas.len() == 2 && p.sas.iter().all(|sa| sa.mode.as_deref() == Some("tunnel"))
@@ -1506,13 +1516,14 @@ fn ike_mixed_selectors_narrow_to_ports() {
         ("tsike-ts2", "", "selectors = \"ports\"\n"),
     ] {
         with_lab(prefix, |lab| {
-            let ul = add_underlay(lab)?;
-            let h1 = add_host(lab, &ul, "h1", 1)?;
-            let h2 = add_host(lab, &ul, "h2", 2)?;
-            let c1 = write_config_with(lab, 1, 2, "mixed-selectors", extra1)?;
-            let c2 = write_config_with(lab, 2, 1, "mixed-selectors", extra2)?;
-            start_tunsecd(lab, &h1, 1, &c1)?;
-            start_tunsecd(lab, &h2, 2, &c2)?;
+            let pair = two_hosts(lab)?;
+            start_pair(
+                lab,
+                &pair,
+                ("mixed-selectors", extra1),
+                ("mixed-selectors", extra2),
+            )?;
+            let Pair { h1, h2, .. } = pair;
             let want = |a: u8, b: u8| {
                 format!(
                     "{}/32[udp/4789] === {}/32[udp/4789]",
