@@ -125,11 +125,7 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        if !st.queue.contains(&super::Queued::IkeRekey)
-            && !matches!(st.request, Some(Request::IkeRekey(_)))
-        {
-            st.queue.push_back(super::Queued::IkeRekey);
-        }
+        st.enqueue(super::Queued::IkeRekey);
         self.run_queue(now);
         Ok(())
     }

@@ -255,6 +255,18 @@ struct Collided {
 }
 
 impl Established {
+    /// Queues a rekey unless one of that kind is queued or outstanding.
+    fn enqueue(&mut self, q: Queued) {
+        let outstanding = matches!(
+            (q, &self.request),
+            (Queued::Rekey, Some(Request::Rekey(_)))
+                | (Queued::IkeRekey, Some(Request::IkeRekey(_)))
+        );
+        if !outstanding && !self.queue.contains(&q) {
+            self.queue.push_back(q);
+        }
+    }
+
     fn new(sk: Sk, child: Option<(u32, u32)>, rekey_at: Option<Instant>) -> Self {
         Self {
             sk,
@@ -653,9 +665,7 @@ impl IkeSa {
         if st.child.is_none() {
             return Err(Error::InvalidState("no Child SA"));
         }
-        if !st.queue.contains(&Queued::Rekey) && !matches!(st.request, Some(Request::Rekey(_))) {
-            st.queue.push_back(Queued::Rekey);
-        }
+        st.enqueue(Queued::Rekey);
         self.run_queue(now);
         Ok(())
     }
@@ -807,25 +817,19 @@ impl IkeSa {
         }
         self.retiring_timeout(now);
         if let State::Established(st) = &mut self.state {
-            if st.ike_rekey_at.is_some_and(|t| now >= t) {
+            let ike_due = st.ike_rekey_at.is_some_and(|t| now >= t);
+            let child_due = st.rekey_at.is_some_and(|t| now >= t);
+            if ike_due {
                 st.ike_rekey_at = None;
-                if !st.queue.contains(&Queued::IkeRekey)
-                    && !matches!(st.request, Some(Request::IkeRekey(_)))
-                {
-                    st.queue.push_back(Queued::IkeRekey);
-                }
-                self.run_queue(now);
+                st.enqueue(Queued::IkeRekey);
             }
-        }
-        if let State::Established(st) = &mut self.state {
-            if st.rekey_at.is_some_and(|t| now >= t) {
+            if child_due {
                 st.rekey_at = None;
-                if st.child.is_some()
-                    && !st.queue.contains(&Queued::Rekey)
-                    && !matches!(st.request, Some(Request::Rekey(_)))
-                {
-                    st.queue.push_back(Queued::Rekey);
+                if st.child.is_some() {
+                    st.enqueue(Queued::Rekey);
                 }
+            }
+            if ike_due || child_due {
                 self.run_queue(now);
             }
         }

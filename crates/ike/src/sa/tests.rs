@@ -133,6 +133,27 @@ impl Pair {
         panic!("the pair did not settle");
     }
 
+    /// Moves datagrams and runs timers until the next timer would fire
+    /// after `end`; some timer is always armed (lifetimes).
+    fn run_until(&mut self, end: Instant) {
+        loop {
+            while self.step() {}
+            let next = [self.initiator.poll_timeout(), self.responder.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("a timer is armed");
+            if next > end {
+                return;
+            }
+            assert!(next >= self.now, "timer in the past");
+            self.now = next;
+            self.initiator.handle_timeout(self.now);
+            self.responder.handle_timeout(self.now);
+            self.collect_events();
+        }
+    }
+
     fn child(events: &[Event]) -> Option<(ChildSaParams, ChildSaParams)> {
         events.iter().find_map(|e| match e {
             Event::ChildSaUp { inbound, outbound } => Some((inbound.clone(), outbound.clone())),
@@ -1486,22 +1507,7 @@ fn automatic_rekey() {
     );
     let start = p.now;
     let end = start + lifetime * 7;
-    loop {
-        while p.step() {}
-        let next = [p.initiator.poll_timeout(), p.responder.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("a timer is armed");
-        if next > end {
-            break;
-        }
-        assert!(next >= p.now);
-        p.now = next;
-        p.initiator.handle_timeout(p.now);
-        p.responder.handle_timeout(p.now);
-        p.collect_events();
-    }
+    p.run_until(end);
     let (first_in, first_out) = Pair::child(&p.i_events).unwrap();
     let i = rekeys(&p.i_events);
     let r = rekeys(&p.r_events);
@@ -1861,21 +1867,7 @@ fn automatic_ike_rekey() {
         with_lifetimes(responder_config()),
     );
     let end = p.now + Duration::from_secs(300 * 5);
-    loop {
-        while p.step() {}
-        let next = [p.initiator.poll_timeout(), p.responder.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("a timer is armed");
-        if next > end {
-            break;
-        }
-        p.now = next;
-        p.initiator.handle_timeout(p.now);
-        p.responder.handle_timeout(p.now);
-        p.collect_events();
-    }
+    p.run_until(end);
     let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
     assert!(i.len() >= 4, "{} IKE rekeys", i.len());
     assert_eq!(i, r);
