@@ -163,8 +163,10 @@ pub type SharedSa = Arc<Mutex<Sa>>;
 pub struct PeerEntry {
     /// The peer.
     pub spec: PeerSpec,
-    /// Its outbound SA, if one is installed.
-    pub outbound: Option<SharedSa>,
+    /// Its outbound SAs, one per Child SA (or the manual one). A datagram
+    /// goes out with the first whose selectors cover it (RFC 4301 section
+    /// 5.1); empty: no SA yet.
+    pub outbound: Vec<SharedSa>,
 }
 
 /// An inbound SA and the peer it belongs to.
@@ -408,39 +410,41 @@ pub fn encapsulate(
     let tunnel_start = start - hlen;
     emit_tunnel_header(network, &mut buf[tunnel_start..start]);
 
-    let sa = match (policy, entry.outbound.as_ref()) {
-        (Policy::Clear, _) | (Policy::Prefer, None) => None,
-        (Policy::Require, None) => {
+    match (policy, entry.outbound.is_empty()) {
+        (Policy::Clear, _) | (Policy::Prefer, true) => {
+            return Ok(clear_transmit(network, entry, tunnel_start, end));
+        }
+        (Policy::Require, true) => {
             stats.drop(Drop::NoSa);
             return Err(Drop::NoSa);
         }
-        (_, Some(sa)) => Some(sa),
-    };
-    let Some(sa) = sa else {
-        return Ok(clear_transmit(network, entry, tunnel_start, end));
-    };
-    // One lock for the whole decision and the seal. Under `prefer` an SA
-    // that can no longer be used means the clear; under `require` it means
-    // the packet is dropped (the SA counts why).
-    let Ok(mut sa) = sa.lock() else {
-        stats.drop(Drop::NoSa);
-        return Err(Drop::NoSa);
-    };
-    if policy == Policy::Prefer && !sa.is_usable() {
-        return Ok(clear_transmit(network, entry, tunnel_start, end));
+        _ => {}
     }
     // RFC 4301 section 5.1: what an SA carries must lie within its
-    // selectors; port-narrowed ones need the tunnel port as source.
-    let Some(port) = source_port(
-        sa.selectors(),
-        tables.local,
-        entry.spec.underlay,
-        port,
-        network.port,
-    ) else {
+    // selectors; port-narrowed ones need the tunnel port as source. With
+    // one Child SA per tunnel port, this picks the network's. One lock for
+    // the whole decision and the seal.
+    let chosen = entry.outbound.iter().find_map(|shared| {
+        let sa = shared.lock().ok()?;
+        let port = source_port(
+            sa.selectors(),
+            tables.local,
+            entry.spec.underlay,
+            port,
+            network.port,
+        )?;
+        Some((sa, port))
+    });
+    let Some((mut sa, port)) = chosen else {
         stats.drop(Drop::Selector);
         return Err(Drop::Selector);
     };
+    // Under `prefer` an SA that can no longer be used means the clear;
+    // under `require` it means the packet is dropped (the SA counts why).
+    if policy == Policy::Prefer && !sa.is_usable() {
+        drop(sa);
+        return Ok(clear_transmit(network, entry, tunnel_start, end));
+    }
 
     // The tunnel's UDP header, which ESP protects.
     let udp_start = tunnel_start - udp::HEADER_LEN;

@@ -60,7 +60,10 @@ fn host(
             underlay: remote,
             networks: vec![(0, policy)],
         },
-        outbound: suite.map(|s| sa(spi_out, Direction::Outbound, s)),
+        outbound: suite
+            .map(|s| sa(spi_out, Direction::Outbound, s))
+            .into_iter()
+            .collect(),
     };
     let mut inbound = HashMap::new();
     if let Some(s) = suite {
@@ -439,12 +442,12 @@ fn tunnel_pair(encap: TunnelEncap, suite: Suite, v6: bool) -> (Host, Host) {
             local: h.tables.local,
             remote: h.tables.peers[0].spec.underlay,
         };
-        h.tables.peers[0].outbound = Some(Arc::new(Mutex::new(raw_sa(
+        h.tables.peers[0].outbound = vec![Arc::new(Mutex::new(raw_sa(
             spi_out,
             Direction::Outbound,
             suite,
             mode,
-        ))));
+        )))];
         h.tables.inbound.insert(
             spi_in,
             InboundEntry {
@@ -802,7 +805,7 @@ fn set_selectors(
         config.selectors = ike_selectors(local, remote, ports);
         Arc::new(Mutex::new(Sa::new(config, Instant::now()).unwrap()))
     };
-    h.tables.peers[0].outbound = Some(mk(spi_out, Direction::Outbound));
+    h.tables.peers[0].outbound = vec![mk(spi_out, Direction::Outbound)];
     h.tables.inbound.insert(
         spi_in,
         InboundEntry {
@@ -997,4 +1000,46 @@ fn several_ports_and_uncovered_networks() {
     assert_eq!(source_port(&narrow, A, B, 50000, 4789), Some(4789));
     assert_eq!(source_port(&narrow, A, B, 50000, 6081), None);
     assert_eq!(source_port(&narrow, B, A, 50000, 4789), None);
+}
+
+/// One Child SA per tunnel port (`selectors = "ports"` with several
+/// networks): a peer holds several outbound SAs and each frame goes out
+/// with the first whose selectors cover its network's port, whatever the
+/// order; none covering it drops the frame as `selector`.
+#[test]
+fn one_outbound_sa_per_tunnel_port() {
+    let suite = Suite::AesGcm128;
+    let (mut a, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
+    // A Geneve-port SA (0x3001) before and after the VXLAN one (0x2001).
+    let (local, remote) = (a.tables.local, a.tables.peers[0].spec.underlay);
+    let geneve = {
+        let mut other = pair(TunnelEncap::Geneve, Policy::Require, Some(suite), false).0;
+        set_selectors(&mut other, 0x3002, 0x3001, suite, false, &[6081]);
+        assert_eq!(
+            (other.tables.local, other.tables.peers[0].spec.underlay),
+            (local, remote)
+        );
+        other.tables.peers[0].outbound[0].clone()
+    };
+    let vxlan = a.tables.peers[0].outbound[0].clone();
+    let sealed_spi = |h: &Host| {
+        let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+        let tx = encapsulate(&h.tables, &h.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
+        u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap())
+    };
+    for order in [
+        vec![geneve.clone(), vxlan.clone()],
+        vec![vxlan, geneve.clone()],
+    ] {
+        a.tables.peers[0].outbound = order;
+        assert_eq!(sealed_spi(&a), 0x2001);
+        carry(&a, &b, 60).unwrap();
+    }
+    a.tables.peers[0].outbound = vec![geneve];
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    assert_eq!(
+        encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
+        Err(Drop::Selector)
+    );
+    assert_eq!(a.stats.drops(Drop::Selector), 1);
 }

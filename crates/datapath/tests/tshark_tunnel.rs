@@ -103,7 +103,7 @@ fn seal(a: IpAddr, b: IpAddr, suite: Suite) -> Vec<u8> {
             underlay: b,
             networks: vec![(0, Policy::Require)],
         },
-        outbound: Some(Arc::new(Mutex::new(Sa::new(config, now).unwrap()))),
+        outbound: vec![Arc::new(Mutex::new(Sa::new(config, now).unwrap()))],
     };
     let network = NetworkSpec {
         name: "blue".into(),

@@ -133,7 +133,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
             .iter()
             .filter_map(|(name, pol)| index_of(name).map(|n| (n, policy(*pol))))
             .collect();
-        let mut outbound = None;
+        let mut outbound = Vec::new();
         if let Some(sa) = &p.sa {
             let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
                 let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
@@ -141,7 +141,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
                 cfg.replay_window = config.esp.replay_window;
                 Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
             };
-            outbound = Some(Arc::new(Mutex::new(mk(
+            outbound.push(Arc::new(Mutex::new(mk(
                 sa.spi_out,
                 Direction::Outbound,
                 &sa.keys_out,
@@ -326,7 +326,7 @@ impl Daemon {
         let all = tables
             .peers
             .iter()
-            .filter_map(|p| p.outbound.as_ref().map(|sa| (&p.spec.name, sa)))
+            .flat_map(|p| p.outbound.iter().map(|sa| (&p.spec.name, sa)))
             .chain(
                 tables
                     .inbound
@@ -402,7 +402,7 @@ impl Daemon {
         // Read-copy-update: the workers keep using the old tables until
         // they load the new ones; no packet waits.
         let mut next = (**current).clone();
-        next.peers[index].outbound = None;
+        next.peers[index].outbound.clear();
         next.inbound.retain(|_, e| e.peer != index);
         self.shared.tables.store(Arc::new(next));
         tracing::warn!(peer = %peer, "SAs deleted by request");
@@ -452,7 +452,7 @@ impl Daemon {
             .enumerate()
             .map(|(i, p)| {
                 let mut sas = Vec::new();
-                if let Some(sa) = &p.outbound {
+                for sa in &p.outbound {
                     sas.push(sa_status("out", sa));
                 }
                 for e in tables.inbound.values().filter(|e| e.peer == i) {

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
-use tunsec_datapath::overlay::InboundEntry;
+use tunsec_datapath::overlay::{InboundEntry, SharedSa};
 use tunsec_datapath::worker::{Shared, Sockets};
 use tunsec_esp::{Mode, Sa};
 use tunsec_ike::message::TrafficSelector;
@@ -117,33 +117,47 @@ fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> 
     ports
 }
 
-/// Our TSi and TSr (as initiator; as responder, what we narrow the
-/// peer's offer to) between the underlay addresses `local` and `remote`.
+/// One Child SA's selectors: ours and the peer's.
+type ChildTs = (Vec<TrafficSelector>, Vec<TrafficSelector>);
+
+/// The Child SAs' selectors between the underlay addresses `local` and
+/// `remote`: the first Child SA's (in IKE_AUTH), and those of the
+/// additional ones (by CREATE_CHILD_SA, RFC 7296 section 1.3.1). As
+/// responder, the peer's offers are narrowed to all of them together.
 ///
-/// `Host`: UDP, any port, one selector each side. `Ports`: for each tunnel
-/// port P, `local[udp/P]` and `remote[udp/P]`. RFC 7296 section 2.9: TSi
-/// and TSr are sets and the Child SA covers traffic between any entry of
-/// one and any entry of the other, so with several ports it also admits
-/// a datagram from one tunnel port to another (VXLAN's 4789 to Geneve's
-/// 6081, say); such a datagram reaches the network of its destination
-/// port, as it would from any source port under `Host`. Exact pairs would
-/// need one Child SA per port.
+/// `Host`: one Child SA for UDP, any port, between the two hosts. `Ports`:
+/// one Child SA per tunnel port P, `local[udp/P] <-> remote[udp/P]`, so
+/// that each carries exactly its network's datagrams (a single Child SA
+/// with several ports would admit a datagram from one tunnel port to
+/// another: RFC 7296 section 2.9 makes TSi and TSr sets, and the SA covers
+/// any entry of one with any entry of the other).
 fn selectors(
     local: IpAddr,
     remote: IpAddr,
     kind: ChildSelectors,
     ports: &[u16],
-) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
-    match kind {
-        ChildSelectors::Host => (
-            vec![ts::host(local, 17, 0, u16::MAX)],
-            vec![ts::host(remote, 17, 0, u16::MAX)],
-        ),
-        ChildSelectors::Ports => (
-            ports.iter().map(|&p| ts::host(local, 17, p, p)).collect(),
-            ports.iter().map(|&p| ts::host(remote, 17, p, p)).collect(),
-        ),
+) -> (ChildTs, Vec<ChildTs>) {
+    let host = (
+        vec![ts::host(local, 17, 0, u16::MAX)],
+        vec![ts::host(remote, 17, 0, u16::MAX)],
+    );
+    match (kind, ports) {
+        (ChildSelectors::Host, _) | (ChildSelectors::Ports, []) => (host, Vec::new()),
+        (ChildSelectors::Ports, [first, rest @ ..]) => {
+            let pair = |p: u16| {
+                (
+                    vec![ts::host(local, 17, p, p)],
+                    vec![ts::host(remote, 17, p, p)],
+                )
+            };
+            (pair(*first), rest.iter().map(|&p| pair(p)).collect())
+        }
     }
+}
+
+/// The SPI of an installed SA.
+fn spi_of(sa: &SharedSa) -> Option<u32> {
+    sa.lock().ok().map(|sa| sa.spi())
 }
 
 /// One peer's IKE bookkeeping.
@@ -179,16 +193,22 @@ struct PeerIke {
     /// Taken down by `tunsec down`: no attempts, and new IKE SAs from the
     /// peer are refused.
     admin_down: bool,
-    /// After a rekey: the new outbound SA, waiting for the old pair (whose
-    /// outbound SPI is kept) to be deleted, or for a deadline.
-    pending_outbound: Option<PendingOutbound>,
+    /// After rekeys: the new outbound SAs, each waiting for its old pair
+    /// (whose outbound SPI is kept) to be deleted, or for a deadline.
+    pending_outbound: Vec<PendingOutbound>,
+    /// The current IKE SA came up and its first Child SA is not installed
+    /// yet: that one replaces every SA of the peer; later ones join.
+    fresh_ike_sa: bool,
     /// Old inbound SAs kept for in-flight packets, until their deadline.
     expiring_inbound: Vec<(u32, Instant)>,
 }
 
 /// A rekeyed outbound SA not yet switched to.
 struct PendingOutbound {
+    /// The SPI of the outbound SA it replaces.
     old_spi: u32,
+    /// Its own SPI.
+    spi: u32,
     sa: Sa,
     deadline: Instant,
 }
@@ -250,7 +270,8 @@ impl IkeDriver {
                     ike_rekeys: 0,
                     liveness_at: None,
                     admin_down: false,
-                    pending_outbound: None,
+                    pending_outbound: Vec::new(),
+                    fresh_ike_sa: false,
                     expiring_inbound: Vec::new(),
                 })
             })
@@ -286,7 +307,7 @@ impl IkeDriver {
         // for transport mode with USE_TRANSPORT_MODE; a responder that
         // allows it follows the request, and one without it answers in
         // tunnel mode.
-        let (local_ts, remote_ts) = selectors(
+        let ((local_ts, remote_ts), additional) = selectors(
             local,
             peer.addr.ip(),
             peer.ike.selectors,
@@ -298,6 +319,7 @@ impl IkeDriver {
             peer.ike.psk.clone(),
         )
         .with_selectors(local_ts, remote_ts);
+        c.additional_children = additional;
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
@@ -332,7 +354,7 @@ impl IkeDriver {
                 self.peers.iter().filter_map(|p| p.keepalive_at).min(),
                 self.peers
                     .iter()
-                    .filter_map(|p| p.pending_outbound.as_ref().map(|o| o.deadline))
+                    .flat_map(|p| p.pending_outbound.iter().map(|o| o.deadline))
                     .min(),
                 self.peers
                     .iter()
@@ -678,6 +700,7 @@ impl IkeDriver {
             Event::IkeSaEstablished => {
                 tracing::info!(peer = %name, "IKE SA established");
                 let p = &mut self.peers[i];
+                p.fresh_ike_sa = true;
                 p.last_error = None;
                 p.retry_wait = RETRY_MIN;
                 p.liveness_at = Some(Instant::now() + LIVENESS);
@@ -700,10 +723,15 @@ impl IkeDriver {
                     .map(|_| Instant::now() + p.ike.nat_keepalive);
             }
             Event::ChildSaUp { inbound, outbound } => {
-                // A fresh IKE SA: nothing of an older rekey carries over.
-                self.peers[i].pending_outbound = None;
-                self.peers[i].expiring_inbound.clear();
-                match self.install(index, &inbound, &outbound) {
+                // A fresh IKE SA's first Child SA: nothing of an older
+                // rekey carries over, and the older SAs go. An additional
+                // Child SA joins the ones there are.
+                let fresh = std::mem::take(&mut self.peers[i].fresh_ike_sa);
+                if fresh {
+                    self.peers[i].pending_outbound.clear();
+                    self.peers[i].expiring_inbound.clear();
+                }
+                match self.install(index, &inbound, &outbound, fresh) {
                     Ok(()) => {
                         self.peers[i].child_sas += 1;
                         tracing::info!(
@@ -753,13 +781,13 @@ impl IkeDriver {
                 );
                 let rekeyed = self.peers[i]
                     .pending_outbound
-                    .as_ref()
-                    .is_some_and(|o| o.old_spi == outbound_spi);
-                if rekeyed {
+                    .iter()
+                    .position(|o| o.old_spi == outbound_spi);
+                if let Some(k) = rekeyed {
                     // The old pair of a rekey: both sides have the new one
                     // now. Switch outbound, and let the old inbound SA take
                     // the packets still in flight for a little while.
-                    self.switch_outbound(i);
+                    self.switch_outbound(i, k);
                     self.peers[i]
                         .expiring_inbound
                         .push((inbound_spi, Instant::now() + INBOUND_GRACE));
@@ -806,13 +834,15 @@ impl IkeDriver {
         }
     }
 
-    /// Publishes the inbound SA, then the outbound one (replacing this
-    /// peer's older SAs).
+    /// Publishes the inbound SA, then the outbound one: with `replace`
+    /// (a fresh IKE SA's first Child SA), instead of all of this peer's
+    /// older SAs; else beside them (an additional Child SA).
     fn install(
         &self,
         index: usize,
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
+        replace: bool,
     ) -> anyhow::Result<()> {
         let remote = self.shared.tables.load().peers[index].spec.underlay;
         let (sa_in, sa_out) = self.new_pair(remote, inbound, outbound)?;
@@ -820,10 +850,15 @@ impl IkeDriver {
 
         let current = self.shared.tables.load();
         let mut next = (**current).clone();
-        next.peers[index].outbound = Some(Arc::new(Mutex::new(sa_out)));
-        // A fresh IKE SA's Child SA: the peer's older inbound SAs go at once.
-        next.inbound
-            .retain(|spi, e| e.peer != index || *spi == inbound.spi);
+        let sa_out = Arc::new(Mutex::new(sa_out));
+        if replace {
+            next.peers[index].outbound = vec![sa_out];
+            // The peer's older inbound SAs go at once.
+            next.inbound
+                .retain(|spi, e| e.peer != index || *spi == inbound.spi);
+        } else {
+            next.peers[index].outbound.push(sa_out);
+        }
         self.shared.tables.store(Arc::new(next));
         Ok(())
     }
@@ -843,10 +878,18 @@ impl IkeDriver {
         let index = self.peers[i].index;
         let (sa_in, sa_out) = self.new_pair(self.peers[i].addr.ip(), inbound, outbound)?;
         self.publish_inbound(index, inbound.spi, sa_in);
-        // A pending switch from an earlier rekey happens now.
-        self.switch_outbound(i);
-        self.peers[i].pending_outbound = Some(PendingOutbound {
+        // A pending switch of an earlier rekey of this Child SA (whose new
+        // SA is now the old one) happens now.
+        let earlier = self.peers[i]
+            .pending_outbound
+            .iter()
+            .position(|o| o.spi == old_outbound_spi);
+        if let Some(k) = earlier {
+            self.switch_outbound(i, k);
+        }
+        self.peers[i].pending_outbound.push(PendingOutbound {
             old_spi: old_outbound_spi,
+            spi: outbound.spi,
             sa: sa_out,
             deadline: Instant::now() + SWITCH_WAIT,
         });
@@ -899,15 +942,22 @@ impl IkeDriver {
         self.shared.tables.store(Arc::new(next));
     }
 
-    /// Publishes the pending rekeyed outbound SA, if any.
-    fn switch_outbound(&mut self, i: usize) {
-        let Some(pending) = self.peers[i].pending_outbound.take() else {
-            return;
-        };
+    /// Publishes the pending rekeyed outbound SA `k` in place of the one
+    /// it replaces (or beside the others, if that one is gone).
+    fn switch_outbound(&mut self, i: usize, k: usize) {
+        let pending = self.peers[i].pending_outbound.remove(k);
         let index = self.peers[i].index;
         let current = self.shared.tables.load();
         let mut next = (**current).clone();
-        next.peers[index].outbound = Some(Arc::new(Mutex::new(pending.sa)));
+        let sa = Arc::new(Mutex::new(pending.sa));
+        let outbound = &mut next.peers[index].outbound;
+        match outbound
+            .iter()
+            .position(|o| spi_of(o) == Some(pending.old_spi))
+        {
+            Some(at) => outbound[at] = sa,
+            None => outbound.push(sa),
+        }
         self.shared.tables.store(Arc::new(next));
     }
 
@@ -915,12 +965,12 @@ impl IkeDriver {
     /// SAs whose grace period is over.
     fn rekey_housekeeping(&mut self, now: Instant) {
         for i in 0..self.peers.len() {
-            if self.peers[i]
+            while let Some(k) = self.peers[i]
                 .pending_outbound
-                .as_ref()
-                .is_some_and(|o| o.deadline <= now)
+                .iter()
+                .position(|o| o.deadline <= now)
             {
-                self.switch_outbound(i);
+                self.switch_outbound(i, k);
             }
             let (due, keep): (Vec<_>, Vec<_>) = self.peers[i]
                 .expiring_inbound
@@ -940,26 +990,21 @@ impl IkeDriver {
     }
 
     /// Removes one Child SA pair: the inbound SA, and the outbound one if
-    /// it is still the current one (after a rekey it no longer is).
+    /// it is still installed (after a rekey it no longer is).
     fn remove_pair(&self, index: usize, inbound_spi: u32, outbound_spi: u32) {
         let current = self.shared.tables.load();
-        let outbound_current = current.peers[index]
-            .outbound
-            .as_ref()
-            .and_then(|sa| sa.lock().ok().map(|sa| sa.spi()))
-            == Some(outbound_spi);
         let mut next = (**current).clone();
         next.inbound
             .retain(|spi, e| !(e.peer == index && *spi == inbound_spi));
-        if outbound_current {
-            next.peers[index].outbound = None;
-        }
+        next.peers[index]
+            .outbound
+            .retain(|sa| spi_of(sa) != Some(outbound_spi));
         self.shared.tables.store(Arc::new(next));
     }
 
     /// Removes every SA of a peer, and forgets its rekeys in progress.
     fn remove_all(&mut self, i: usize, index: usize, name: &str) {
-        self.peers[i].pending_outbound = None;
+        self.peers[i].pending_outbound.clear();
         self.peers[i].expiring_inbound.clear();
         self.remove_sas(index, name);
     }
@@ -967,13 +1012,13 @@ impl IkeDriver {
     /// Removes every SA of a peer: its `require` traffic is dropped.
     fn remove_sas(&self, index: usize, name: &str) {
         let current = self.shared.tables.load();
-        let has_any = current.peers[index].outbound.is_some()
+        let has_any = !current.peers[index].outbound.is_empty()
             || current.inbound.values().any(|e| e.peer == index);
         if !has_any {
             return;
         }
         let mut next = (**current).clone();
-        next.peers[index].outbound = None;
+        next.peers[index].outbound.clear();
         next.inbound.retain(|_, e| e.peer != index);
         self.shared.tables.store(Arc::new(next));
         tracing::warn!(peer = %name, "SAs removed");
@@ -1183,17 +1228,19 @@ mod test {
     fn selectors_host_and_ports() {
         use super::{ChildSelectors, selectors, ts};
         let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let (l, r) = selectors(a, b, ChildSelectors::Host, &[4789, 6081]);
+        let ((l, r), more) = selectors(a, b, ChildSelectors::Host, &[4789, 6081]);
         assert_eq!(l, vec![ts::host(a, 17, 0, u16::MAX)]);
         assert_eq!(r, vec![ts::host(b, 17, 0, u16::MAX)]);
-        let (l, r) = selectors(a, b, ChildSelectors::Ports, &[4789, 6081]);
-        assert_eq!(
-            l,
-            vec![ts::host(a, 17, 4789, 4789), ts::host(a, 17, 6081, 6081)]
-        );
-        assert_eq!(
-            r,
-            vec![ts::host(b, 17, 4789, 4789), ts::host(b, 17, 6081, 6081)]
-        );
+        assert!(more.is_empty());
+        // One Child SA per port: the first in IKE_AUTH, then the others.
+        let ((l, r), more) = selectors(a, b, ChildSelectors::Ports, &[4789, 6081, 6635]);
+        assert_eq!(l, vec![ts::host(a, 17, 4789, 4789)]);
+        assert_eq!(r, vec![ts::host(b, 17, 4789, 4789)]);
+        let port = |p| (vec![ts::host(a, 17, p, p)], vec![ts::host(b, 17, p, p)]);
+        assert_eq!(more, vec![port(6081), port(6635)]);
+        // No tunnel port (no network carried): host to host.
+        let ((l, _), more) = selectors(a, b, ChildSelectors::Ports, &[]);
+        assert_eq!(l, vec![ts::host(a, 17, 0, u16::MAX)]);
+        assert!(more.is_empty());
     }
 }

@@ -724,10 +724,11 @@ fn ike_rekeys_under_traffic() {
 }
 
 const TCP_SERVER: &str = r#"
-import hashlib, socket
+import hashlib, socket, sys
+addr = sys.argv[1] if len(sys.argv) > 1 else "198.51.100.2"
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.51.100.2", 5001))
+s.bind((addr, 5001))
 s.listen(1)
 c, _ = s.accept()
 h, n = hashlib.sha256(), 0
@@ -743,9 +744,10 @@ print(n, h.hexdigest(), flush=True)
 const TCP_CLIENT: &str = r#"
 import hashlib, os, socket, sys, time
 seconds = float(sys.argv[1])
+addr = sys.argv[2] if len(sys.argv) > 2 else "198.51.100.2"
 block = os.urandom(1 << 16)
 h, n = hashlib.sha256(), 0
-c = socket.create_connection(("198.51.100.2", 5001), timeout=30)
+c = socket.create_connection((addr, 5001), timeout=30)
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     c.sendall(block)
@@ -1357,6 +1359,15 @@ fn sa_selectors(s: &Status, peer: &str) -> Option<Vec<String>> {
     })
 }
 
+/// The SPIs of a host's SAs with `peer`.
+fn spis(s: &Status, peer: &str) -> Vec<String> {
+    s.peers
+        .iter()
+        .filter(|p| p.name == peer)
+        .flat_map(|p| p.sas.iter().map(|sa| sa.spi.clone()))
+        .collect()
+}
+
 /// Adds network `green` (Geneve, VNI 200, port 6081) to a config written
 /// by [`write_config_with`], carried by its peer.
 fn add_geneve_network(config: &Path) -> anyhow::Result<()> {
@@ -1368,21 +1379,21 @@ fn add_geneve_network(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The TCP transfer of [`TCP_CLIENT`] from `t1` to `t2` for `secs`
-/// seconds, checked end to end by its digest.
-fn tcp_transfer(lab: &mut Lab, t1: &str, t2: &str, secs: &str) -> anyhow::Result<()> {
+/// The TCP transfer of [`TCP_CLIENT`] from `t1` to `t2` (at `addr`) for
+/// `secs` seconds, checked end to end by its digest.
+fn tcp_transfer(lab: &mut Lab, t1: &str, t2: &str, addr: &str, secs: &str) -> anyhow::Result<()> {
     let server = lab.dir.path().join("server.py");
     let client = lab.dir.path().join("client.py");
     std::fs::write(&server, TCP_SERVER)?;
     std::fs::write(&client, TCP_CLIENT)?;
     let server_log = lab.spawn(
-        "server",
+        &format!("server-{t2}"),
         t2,
         Path::new("python3"),
-        &[&server.to_string_lossy()],
+        &[&server.to_string_lossy(), addr],
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let out = exec_output(t1, "python3", &[&client.to_string_lossy(), secs])?;
+    let out = exec_output(t1, "python3", &[&client.to_string_lossy(), secs, addr])?;
     ensure!(
         out.status.success(),
         "client failed: {}",
@@ -1399,11 +1410,13 @@ fn tcp_transfer(lab: &mut Lab, t1: &str, t2: &str, secs: &str) -> anyhow::Result
 }
 
 /// Both hosts with `selectors = "ports"` and two networks (VXLAN 4789,
-/// Geneve 6081): the Child SAs are narrowed to the tunnel ports (status
-/// shows `[udp/4789]` and `[udp/6081]` on both sides, their cross
-/// product), tenants ping each other and move data over TCP, nothing is
-/// dropped for being outside the selectors (so each side sends from the
-/// tunnel port, which the other enforces), and the underlay carries only
+/// Geneve 6081): one Child SA per tunnel port, the first in IKE_AUTH and
+/// the second by CREATE_CHILD_SA (RFC 7296 section 1.3.1). Status shows
+/// two SA pairs on each side, narrowed to exactly `[udp/4789] ===
+/// [udp/4789]` and `[udp/6081] === [udp/6081]`; tenants of both networks
+/// ping each other and move data over TCP, each network's traffic on its
+/// own Child SA, nothing dropped for being outside the selectors; a rekey
+/// replaces both pairs and traffic goes on; and the underlay carries only
 /// IKE, ESP in UDP and ARP.
 #[test]
 fn ike_port_selectors() {
@@ -1421,39 +1434,78 @@ fn ike_port_selectors() {
         start_tunsecd(lab, &h1, 1, &c1)?;
         start_tunsecd(lab, &h2, 2, &c2)?;
 
-        let narrowed = |s: &Status, peer: &str| {
-            sa_selectors(s, peer).is_some_and(|sel| {
-                sel.iter().all(|t| {
-                    t.split(", ").count() == 4
-                        && t.contains("[udp/4789] === ")
-                        && t.contains("[udp/6081] === ")
-                        && t.ends_with("[udp/6081]")
-                        && !t.contains("[udp] ")
-                })
-            })
+        // Exactly one SA per direction and port, each one port wide.
+        let per_port = |s: &Status, peer: &str| {
+            let Some(p) = s.peers.iter().find(|p| p.name == peer) else {
+                return false;
+            };
+            let mut sel: Vec<String> = p
+                .sas
+                .iter()
+                .map(|sa| sa.selectors.clone().unwrap_or_default())
+                .collect();
+            sel.sort();
+            sel.len() == 4
+                && sel[..2]
+                    .iter()
+                    .all(|t| t.matches("[udp/4789]").count() == 2)
+                && sel[2..]
+                    .iter()
+                    .all(|t| t.matches("[udp/6081]").count() == 2)
+                && sel.iter().all(|t| t.split(", ").count() == 1)
         };
-        wait_status(lab, "port-narrowed Child SAs", |s1, s2| {
+        wait_status(lab, "one Child SA per tunnel port", |s1, s2| {
             Ok(ike_of(s1, "h2")?.state == "established"
                 && ike_of(s2, "h1")?.state == "established"
-                && narrowed(s1, "h2")
-                && narrowed(s2, "h1"))
+                && per_port(s1, "h2")
+                && per_port(s2, "h1"))
         })?;
         let s1 = status(lab, 1)?;
         let rendered = s1.render();
         eprintln!("{rendered}");
-        ensure!(
-            rendered.contains("selectors 192.0.2.1/32[udp/4789] === 192.0.2.2/32[udp/4789]"),
-            "status does not show the selectors:\n{rendered}"
-        );
-        phase(lab, "IKE up, narrowed to the tunnel ports", t0);
+        for port in [4789, 6081] {
+            ensure!(
+                rendered.contains(&format!(
+                    "selectors 192.0.2.1/32[udp/{port}] === 192.0.2.2/32[udp/{port}]"
+                )),
+                "status does not show the {port} selectors:\n{rendered}"
+            );
+        }
+        phase(lab, "IKE up, one Child SA per tunnel port", t0);
 
         let t1 = add_tenant(lab, &h1, 1, TAP)?;
         let t2 = add_tenant(lab, &h2, 2, TAP)?;
+        let g1 = add_tenant_on(lab, &h1, "g1", "g", "ts-green", "203.0.113.1")?;
+        let g2 = add_tenant_on(lab, &h2, "g2", "g", "ts-green", "203.0.113.2")?;
         ping_ok(&t1, &tenant_addr(2))?;
         ping_ok(&t2, &tenant_addr(1))?;
-        phase(lab, "pings", t0);
-        tcp_transfer(lab, &t1, &t2, "3")?;
-        phase(lab, "TCP", t0);
+        ping_ok(&g1, "203.0.113.2")?;
+        ping_ok(&g2, "203.0.113.1")?;
+        phase(lab, "pings on both networks", t0);
+        tcp_transfer(lab, &t1, &t2, &tenant_addr(2), "2")?;
+        tcp_transfer(lab, &g1, &g2, "203.0.113.2", "2")?;
+        phase(lab, "TCP on both networks", t0);
+
+        // A rekey of both Child SAs; both networks go on.
+        let before = spis(&status(lab, 1)?, "h2");
+        let request = Request::Rekey {
+            peer: "h2".to_owned(),
+            ike: false,
+        };
+        match control::call(&socket_path(lab, 1), &request)? {
+            Response::Done { .. } => {}
+            other => bail!("rekey: {other:?}"),
+        }
+        wait_status(lab, "both Child SAs rekeyed", |s1, s2| {
+            let now = spis(s1, "h2");
+            Ok(per_port(s1, "h2")
+                && per_port(s2, "h1")
+                && now.len() == 4
+                && now.iter().all(|spi| !before.contains(spi)))
+        })?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&g1, "203.0.113.2")?;
+        phase(lab, "rekeyed, pings on both networks", t0);
         stop_capture(lab, "capture");
 
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
@@ -1469,7 +1521,7 @@ fn ike_port_selectors() {
             let p = s.peers.iter().find(|p| p.name == peer).unwrap();
             for sa in &p.sas {
                 ensure!(
-                    sa.packets > 100 && sa.drops.values().all(|&d| d == 0),
+                    sa.packets > 0 && sa.drops.values().all(|&d| d == 0),
                     "{}: {sa:?}",
                     s.node.name
                 );

@@ -40,6 +40,9 @@
 //!   it initiates with INITIAL_CONTACT, tunsecd replaces the old SAs.
 //! - `sswan_wrong_psk`: different PSKs, each side initiating once: both
 //!   logs name the failure, neither side has an SA.
+//! - `sswan_child_sa_per_network`: two VXLAN networks (4789 and 8472),
+//!   one Child SA each (the second by CREATE_CHILD_SA), each side
+//!   initiating once; pings on both networks both ways.
 //!
 //! TUNSEC_E2E_LOGS=1 prints every log (charon's too) also on success.
 //!
@@ -208,6 +211,22 @@ impl Charon {
                 t.replace(&format!("@{k}@"), v)
             })
         };
+        // With `green`, a second Child SA for network green's VXLAN port
+        // (RFC 7296 section 1.3.1: created by CREATE_CHILD_SA).
+        let extra_child = if p.green {
+            format!(
+                "            {GREEN} {{\n                mode = tunnel\n                \
+                 local_ts = {me}/32[udp/{GREEN_PORT}]\n                \
+                 remote_ts = {peer}/32[udp/{GREEN_PORT}]\n                \
+                 esp_proposals = {esp}\n                start_action = none\n                \
+                 close_action = none\n                dpd_action = none\n            }}",
+                me = host_addr(me),
+                peer = host_addr(peer),
+                esp = p.esp,
+            )
+        } else {
+            String::new()
+        };
         let dir_s = dir.to_string_lossy().into_owned();
         let log_s = log.to_string_lossy().into_owned();
         std::fs::write(
@@ -224,6 +243,8 @@ impl Charon {
                     ("IKE", p.ike),
                     ("ESP", p.esp),
                     ("PSK", p.psk_charon),
+                    ("TS", if p.green { "[udp/4789]" } else { "" }),
+                    ("EXTRA_CHILD", &extra_child),
                 ],
             ),
         )?;
@@ -411,6 +432,21 @@ struct Params {
     psk_charon: &'static str,
     /// Extra lines in tunsecd's `[peer.ike]`.
     ike_extra: &'static str,
+    /// A second network, `green` (VXLAN VNI 200 on port [`GREEN_PORT`]),
+    /// on both sides, each network with a Child SA of its own: tunsecd
+    /// with `selectors = "ports"`, charon with a second child.
+    green: bool,
+}
+
+/// The name of the second network and of charon's second child.
+const GREEN: &str = "green";
+/// Network green's VXLAN port (Linux's legacy VXLAN port).
+const GREEN_PORT: u16 = 8472;
+/// The VNI of network green.
+const GREEN_VNI: &str = "200";
+/// The addresses on network green: 203.0.113.<n>.
+fn green_addr(n: u8) -> String {
+    format!("203.0.113.{n}")
 }
 
 const PSK: &str = "interop-with-strongswan-0123456789";
@@ -425,6 +461,7 @@ impl Params {
             psk_tunsec: PSK,
             psk_charon: PSK,
             ike_extra: "",
+            green: false,
         }
     }
 }
@@ -472,6 +509,14 @@ fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
         p.esp,
         p.ike_extra
     )?;
+    if p.green {
+        c = c.replace("networks = [\"blue\"]", "networks = [\"blue\", \"green\"]");
+        writeln!(
+            c,
+            "selectors = \"ports\"\n\n[[network]]\nname = \"{GREEN}\"\nvni = {GREEN_VNI}\n\
+             encapsulation = \"vxlan\"\nport = {GREEN_PORT}\n"
+        )?;
+    }
     let path = lab.dir.path().join("tunsec.toml");
     std::fs::write(&path, c)?;
     Ok(path)
@@ -501,6 +546,14 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
     // into ipsec0 that libipsec installs in table 220. 1350 = ipsec0's
     // 1400 less VXLAN's 50.
     let (me, peer) = (host_addr(p.charon), host_addr(p.tunsec));
+    // Child SAs narrowed to the VXLAN ports (`green`) carry only
+    // datagrams from those ports: no per-flow source port (the range is
+    // [min, max)).
+    let srcport = if p.green {
+        vec!["srcport", "4789", "4790"]
+    } else {
+        Vec::new()
+    };
     lab.exec(
         &s,
         "ip",
@@ -519,9 +572,42 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
             "dstport",
             "4789",
             "nolearning",
-        ],
+        ]
+        .into_iter()
+        .chain(srcport)
+        .collect::<Vec<_>>(),
     )?;
     lab.exec(&s, "ip", &["link", "set", "vxlan0", "mtu", "1350", "up"])?;
+    if p.green {
+        let port = GREEN_PORT.to_string();
+        let next = (GREEN_PORT + 1).to_string();
+        lab.exec(
+            &s,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vxlan1",
+                "type",
+                "vxlan",
+                "id",
+                GREEN_VNI,
+                "local",
+                &me,
+                "remote",
+                &peer,
+                "dstport",
+                &port,
+                "srcport",
+                &port,
+                &next,
+                "nolearning",
+            ],
+        )?;
+        lab.exec(&s, "ip", &["link", "set", "vxlan1", "mtu", "1350", "up"])?;
+        let addr = format!("{}/24", green_addr(p.charon));
+        lab.exec(&s, "ip", &["addr", "add", &addr, "dev", "vxlan1"])?;
+    }
     lab.exec(
         &s,
         "ip",
@@ -1558,4 +1644,112 @@ fn sswan_wrong_psk() {
         no_sas(lab, &x)?;
         Ok(())
     });
+}
+
+/// One Child SA per network (RFC 7296 section 1.3.1), each side
+/// initiating once: two VXLAN networks (blue on 4789, green on
+/// [`GREEN_PORT`]), tunsecd with `selectors = "ports"` and charon with
+/// two children narrowed to those ports. The first Child SA comes up in
+/// IKE_AUTH, the second by CREATE_CHILD_SA: tunsecd creates it itself
+/// when it initiates, and accepts charon's `swanctl --initiate --child
+/// green` when charon does. Both sides then hold the same two pairs, each
+/// narrowed to its port, and both networks carry pings both ways with no
+/// drop in tunsecd.
+#[test]
+fn sswan_child_sa_per_network() {
+    for (prefix, tunsec, charon) in [("tsss-cc1", 1, 2), ("tsss-cc2", 2, 1)] {
+        with_lab(prefix, |lab| {
+            let t0 = Instant::now();
+            let mut p = Params::new(
+                tunsec,
+                charon,
+                "aes128gcm16-prfsha256-x25519",
+                "aes128gcm16",
+            );
+            p.green = true;
+            let mut x = interop(lab, p)?;
+            if charon < tunsec {
+                for child in [CONN, GREEN] {
+                    x.charon
+                        .swanctl(&["--initiate", "--child", child, "--timeout", "15"])
+                        .with_context(|| x.describe(lab))?;
+                }
+            }
+            // Both pairs on both sides, crosswise, each one port wide.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let st = x.status(lab)?;
+                let sas = x.charon.list_sas()?;
+                let installed = sas.installed();
+                let (ins, outs) = (spi_of(&st, "in"), spi_of(&st, "out"));
+                let agree = installed.len() == 2
+                    && ins.len() == 2
+                    && outs.len() == 2
+                    && installed
+                        .iter()
+                        .all(|c| outs.contains(&c.spi_in) && ins.contains(&c.spi_out));
+                if agree {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "no two Child SAs on both sides:\n{}",
+                    x.describe(lab)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let st = x.status(lab)?;
+            let rendered = st.render();
+            eprintln!("{rendered}");
+            let (me, peer) = (host_addr(tunsec), host_addr(charon));
+            for port in [4789, GREEN_PORT] {
+                let line = format!("selectors {me}/32[udp/{port}] === {peer}/32[udp/{port}]");
+                ensure!(
+                    rendered.matches(&line).count() == 2,
+                    "tunsecd does not show one SA pair for port {port}:\n{rendered}"
+                );
+            }
+            let ike = ike_of(&st)?;
+            let role = if tunsec < charon {
+                "initiator"
+            } else {
+                "responder"
+            };
+            ensure!(ike.role == role, "tunsecd's role: {ike:?}");
+            phase(lab, "two Child SAs", t0);
+
+            x.add_tenant(lab)?;
+            let green = add_tenant_on(lab, &x.t, "g", "g", "ts-green", &green_addr(tunsec))?;
+            x.ping_both_ways(3)?;
+            let to_s = ping(&green, &green_addr(charon), 3)?;
+            let to_t = ping(&x.s, &green_addr(tunsec), 3)?;
+            ensure!(
+                to_s == 3 && to_t == 3,
+                "network green: {to_s} and {to_t} of 3 replies\n{}",
+                x.describe(lab)
+            );
+            phase(lab, "pings both ways on both networks", t0);
+            // Each network's packets went through its own pair.
+            let st = x.status(lab)?;
+            for sa in st.peers.iter().flat_map(|p| p.sas.iter()) {
+                ensure!(
+                    sa.packets >= 3 && sa.drops.values().all(|&d| d == 0),
+                    "SA {} carried {} packets, drops {:?}\n{}",
+                    sa.spi,
+                    sa.packets,
+                    sa.drops,
+                    st.render()
+                );
+            }
+            let drops: u64 = st.drops.values().sum();
+            ensure!(drops == 0, "tunsecd dropped packets:\n{}", st.render());
+            for child in x.charon.list_sas()?.installed() {
+                ensure!(
+                    child.packets_in >= 3 && child.packets_out >= 3,
+                    "charon's Child SA carried too little: {child:?}"
+                );
+            }
+            Ok(())
+        });
+    }
 }

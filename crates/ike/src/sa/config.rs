@@ -114,7 +114,25 @@ pub struct Config {
     /// other IKE SA with this peer (we just started), so the peer deletes
     /// any it still holds with us.
     pub initial_contact: bool,
+    /// More Child SAs that the initiator of the IKE SA creates with
+    /// CREATE_CHILD_SA once IKE_AUTH is done (RFC 7296 section 1.3.1),
+    /// each as our side's and the peer's traffic selectors. The first
+    /// Child SA, in IKE_AUTH, is [`Self::local_ts`] and
+    /// [`Self::remote_ts`].
+    ///
+    /// As responder, the peer's Child SAs (in IKE_AUTH or later) are
+    /// narrowed to the union of all of them.
+    pub additional_children: Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
+    /// The most Child SAs this IKE SA carries at once, rekeys aside; a
+    /// request for another is answered NO_ADDITIONAL_SAS (RFC 7296
+    /// section 3.10.1). [`DEFAULT_MAX_CHILD_SAS`] by default.
+    pub max_child_sas: usize,
 }
+
+/// How many Child SAs an IKE SA carries at most unless
+/// [`Config::max_child_sas`] says otherwise: a bound on what a peer can
+/// make us hold.
+pub const DEFAULT_MAX_CHILD_SAS: usize = 16;
 
 impl Config {
     /// A configuration with the default proposals
@@ -136,6 +154,8 @@ impl Config {
             natt_port: super::nat::NATT_PORT,
             force_udp_encap: false,
             initial_contact: false,
+            additional_children: Vec::new(),
+            max_child_sas: DEFAULT_MAX_CHILD_SAS,
         }
     }
 
@@ -156,6 +176,29 @@ impl Config {
         self.local_ts = local;
         self.remote_ts = remote;
         self
+    }
+
+    /// What the peer's Child SAs are narrowed to (RFC 7296 section 2.9):
+    /// the union of the first Child SA's selectors and those of
+    /// [`Self::additional_children`], as (ours, the peer's).
+    pub fn policy_ts(&self) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+        let mut local = self.local_ts.clone();
+        let mut remote = self.remote_ts.clone();
+        for (l, r) in &self.additional_children {
+            local.extend(
+                l.iter()
+                    .filter(|t| !local.contains(t))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            remote.extend(
+                r.iter()
+                    .filter(|t| !remote.contains(t))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        (local, remote)
     }
 }
 

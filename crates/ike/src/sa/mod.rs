@@ -83,7 +83,8 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use tunsec_esp::{Direction, Key};
 
 pub use config::{
-    AuthFailure, ChildSaParams, Config, Event, Random, SeededRandom, Stats, SystemRandom, Transmit,
+    AuthFailure, ChildSaParams, Config, DEFAULT_MAX_CHILD_SAS, Event, Random, SeededRandom, Stats,
+    SystemRandom, Transmit,
 };
 pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
@@ -186,8 +187,8 @@ struct ExpectAuth {
 /// Both sides authenticated.
 struct Established {
     sk: Sk,
-    /// The Child SA's SPIs (inbound, outbound), while it is up.
-    child: Option<(u32, u32)>,
+    /// The Child SAs that are up, the first one (from IKE_AUTH) first.
+    children: Vec<Child>,
     /// Our DELETE of the IKE SA is on its way.
     deleting: bool,
     /// What our outstanding CREATE_CHILD_SA or child DELETE request is
@@ -195,8 +196,6 @@ struct Established {
     request: Option<Request>,
     /// Requests that wait for the outstanding one (window of 1).
     queue: VecDeque<Queued>,
-    /// When the Child SA is rekeyed automatically.
-    rekey_at: Option<Instant>,
     /// When the IKE SA is rekeyed automatically.
     ike_rekey_at: Option<Instant>,
     /// Replaced or redundant pairs that the peer deletes.
@@ -206,8 +205,29 @@ struct Established {
     collision: Option<Collided>,
 }
 
+/// One Child SA pair of an established IKE SA.
+struct Child {
+    /// Our SPI: the peer sends with it.
+    inbound: u32,
+    /// The peer's SPI: we send with it.
+    outbound: u32,
+    /// The selectors (ours, the peer's) that a rekey of ours proposes
+    /// (RFC 7296 section 2.8: the same as the SA it replaces); `None`:
+    /// the configured first Child SA's.
+    ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
+    /// When it is rekeyed automatically.
+    rekey_at: Option<Instant>,
+}
+
+impl Child {
+    fn spis(&self) -> (u32, u32) {
+        (self.inbound, self.outbound)
+    }
+}
+
 /// What an outstanding request is about.
 enum Request {
+    /// A CREATE_CHILD_SA for a Child SA: a rekey or a new one.
     Rekey(Box<RekeySent>),
     IkeRekey(Box<IkeRekeySent>),
     DeleteChild(Retired),
@@ -216,9 +236,21 @@ enum Request {
 /// A request that waits for the outstanding one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queued {
-    Rekey,
+    /// Rekey the Child SA with this inbound SPI.
+    Rekey(u32),
+    /// Create the Child SA [`Config::additional_children`]`[i]`.
+    CreateChild(usize),
     IkeRekey,
     DeleteChild(Retired),
+}
+
+/// What a CREATE_CHILD_SA request of ours for a Child SA is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildTarget {
+    /// A rekey of the pair (inbound, outbound).
+    Rekey((u32, u32)),
+    /// A new Child SA: [`Config::additional_children`]`[i]`.
+    Create(usize),
 }
 
 /// A Child SA pair on its way out.
@@ -231,10 +263,10 @@ struct Retired {
     announce: bool,
 }
 
-/// Our CREATE_CHILD_SA request that rekeys a Child SA.
+/// Our CREATE_CHILD_SA request that rekeys a Child SA or creates one.
 struct RekeySent {
-    /// The pair being rekeyed (inbound, outbound).
-    old: (u32, u32),
+    /// What it is for.
+    target: ChildTarget,
     ni: Vec<u8>,
     /// The PFS key exchange, if the ESP proposals name a group.
     kex: Option<Box<dyn KeyExchange>>,
@@ -248,6 +280,8 @@ struct RekeySent {
 
 /// The pair from the peer's colliding rekey, with its nonces.
 struct Collided {
+    /// The pair both sides rekey (inbound, outbound).
+    old: (u32, u32),
     ni: Vec<u8>,
     nr: Vec<u8>,
     inbound: ChildSaParams,
@@ -255,30 +289,63 @@ struct Collided {
 }
 
 impl Established {
-    /// Queues a rekey unless one of that kind is queued or outstanding.
+    /// Queues a rekey unless the same one is queued or outstanding.
     fn enqueue(&mut self, q: Queued) {
-        let outstanding = matches!(
-            (q, &self.request),
-            (Queued::Rekey, Some(Request::Rekey(_)))
-                | (Queued::IkeRekey, Some(Request::IkeRekey(_)))
-        );
+        let outstanding = match (q, &self.request) {
+            (Queued::Rekey(spi), Some(Request::Rekey(r))) => {
+                matches!(r.target, ChildTarget::Rekey((i, _)) if i == spi)
+            }
+            (Queued::IkeRekey, Some(Request::IkeRekey(_))) => true,
+            _ => false,
+        };
         if !outstanding && !self.queue.contains(&q) {
             self.queue.push_back(q);
         }
     }
 
+    /// Established with the first Child SA's SPIs `child` (inbound,
+    /// outbound), if it came up, rekeyed at `rekey_at`.
     fn new(sk: Sk, child: Option<(u32, u32)>, rekey_at: Option<Instant>) -> Self {
         Self {
             sk,
-            child,
+            children: child
+                .map(|(inbound, outbound)| Child {
+                    inbound,
+                    outbound,
+                    ts: None,
+                    rekey_at,
+                })
+                .into_iter()
+                .collect(),
             deleting: false,
             request: None,
             queue: VecDeque::new(),
-            rekey_at: child.and(rekey_at),
             ike_rekey_at: None,
             retired: Vec::new(),
             collision: None,
         }
+    }
+
+    /// The Child SA whose pair is (inbound, outbound).
+    fn child(&self, pair: (u32, u32)) -> Option<usize> {
+        self.children.iter().position(|c| c.spis() == pair)
+    }
+
+    /// The Child SA we send to the peer with SPI `outbound`.
+    fn child_by_outbound(&self, outbound: &[u8]) -> Option<usize> {
+        self.children
+            .iter()
+            .position(|c| outbound == c.outbound.to_be_bytes())
+    }
+
+    /// When the next Child SA is rekeyed automatically.
+    fn next_child_rekey(&self) -> Option<Instant> {
+        self.children.iter().filter_map(|c| c.rekey_at).min()
+    }
+
+    /// Forgets queued rekeys of the pair with inbound SPI `inbound`.
+    fn unqueue_rekey(&mut self, inbound: u32) {
+        self.queue.retain(|q| *q != Queued::Rekey(inbound));
     }
 }
 
@@ -633,7 +700,7 @@ impl IkeSa {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
         let (rekey, ike_rekey) = match &self.state {
-            State::Established(st) => (st.rekey_at, st.ike_rekey_at),
+            State::Established(st) => (st.next_child_rekey(), st.ike_rekey_at),
             _ => (None, None),
         };
         let retiring = self.retiring.as_ref().map(|r| r.timeout());
@@ -649,12 +716,12 @@ impl IkeSa {
         .min()
     }
 
-    /// Rekeys the Child SA (RFC 7296 section 2.8): sends a CREATE_CHILD_SA
-    /// request with N(REKEY_SA), a fresh SPI and nonce, and a KE payload
-    /// for PFS if the ESP proposals name a Diffie-Hellman group. If a
-    /// request of ours is outstanding, the rekey waits for its answer.
-    /// [`Event::ChildSaRekeyed`] follows, then [`Event::ChildSaDown`] for
-    /// the old pair once it is deleted.
+    /// Rekeys every Child SA (RFC 7296 section 2.8): for each, a
+    /// CREATE_CHILD_SA request with N(REKEY_SA), a fresh SPI and nonce,
+    /// and a KE payload for PFS if the ESP proposals name a Diffie-Hellman
+    /// group. The requests go one at a time, after any outstanding one.
+    /// [`Event::ChildSaRekeyed`] follows for each, then
+    /// [`Event::ChildSaDown`] for the old pair once it is deleted.
     ///
     /// Fails with [`Error::InvalidState`] unless the IKE SA is established
     /// with a Child SA.
@@ -662,12 +729,61 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        if st.child.is_none() {
+        if st.children.is_empty() {
             return Err(Error::InvalidState("no Child SA"));
         }
-        st.enqueue(Queued::Rekey);
+        let spis: Vec<u32> = st.children.iter().map(|c| c.inbound).collect();
+        for spi in spis {
+            st.enqueue(Queued::Rekey(spi));
+        }
         self.run_queue(now);
         Ok(())
+    }
+
+    /// Creates another Child SA with [`Config::additional_children`]`[i]`
+    /// (RFC 7296 section 1.3.1): a CREATE_CHILD_SA request without
+    /// N(REKEY_SA), sent after any outstanding request.
+    /// [`Event::ChildSaUp`] follows, or [`Event::Failed`] if the peer
+    /// refuses it (the IKE SA and its other Child SAs stand).
+    ///
+    /// The initiator of an IKE SA creates them all by itself once
+    /// IKE_AUTH is done; this is for doing it again (after the peer
+    /// deleted one, say). Fails with [`Error::InvalidState`] unless the
+    /// IKE SA is established and `i` names an additional Child SA.
+    pub fn create_child(&mut self, now: Instant, i: usize) -> Result<()> {
+        if i >= self.config.additional_children.len() {
+            return Err(Error::InvalidState("no such additional Child SA"));
+        }
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        st.enqueue(Queued::CreateChild(i));
+        self.run_queue(now);
+        Ok(())
+    }
+
+    /// The initiator of a fresh IKE SA asks for the additional Child SAs
+    /// (RFC 7296 section 1.3.1) once IKE_AUTH is done.
+    fn queue_additional_children(&mut self, now: Instant) {
+        let count = self.config.additional_children.len();
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        if self.role != Role::Initiator {
+            return;
+        }
+        for i in 0..count {
+            st.enqueue(Queued::CreateChild(i));
+        }
+        self.run_queue(now);
+    }
+
+    /// The number of Child SAs that are up.
+    pub fn child_sa_count(&self) -> usize {
+        match &self.state {
+            State::Established(st) => st.children.len(),
+            _ => 0,
+        }
     }
 
     /// Deletes the IKE SA (and its Child SA): sends an INFORMATIONAL
@@ -758,12 +874,12 @@ impl IkeSa {
         self.established_at
     }
 
-    /// When the IKE SA and its Child SA are next rekeyed automatically
-    /// (`None`: no lifetime configured, not established, or a rekey is
-    /// under way).
+    /// When the IKE SA and the next of its Child SAs are rekeyed
+    /// automatically (`None`: no lifetime configured, not established, or
+    /// a rekey is under way).
     pub fn rekey_times(&self) -> (Option<Instant>, Option<Instant>) {
         match &self.state {
-            State::Established(st) => (st.ike_rekey_at, st.rekey_at),
+            State::Established(st) => (st.ike_rekey_at, st.next_child_rekey()),
             _ => (None, None),
         }
     }
@@ -818,15 +934,17 @@ impl IkeSa {
         self.retiring_timeout(now);
         if let State::Established(st) = &mut self.state {
             let ike_due = st.ike_rekey_at.is_some_and(|t| now >= t);
-            let child_due = st.rekey_at.is_some_and(|t| now >= t);
             if ike_due {
                 st.ike_rekey_at = None;
                 st.enqueue(Queued::IkeRekey);
             }
-            if child_due {
-                st.rekey_at = None;
-                if st.child.is_some() {
-                    st.enqueue(Queued::Rekey);
+            let mut child_due = false;
+            for i in 0..st.children.len() {
+                if st.children[i].rekey_at.is_some_and(|t| now >= t) {
+                    st.children[i].rekey_at = None;
+                    child_due = true;
+                    let spi = st.children[i].inbound;
+                    st.enqueue(Queued::Rekey(spi));
                 }
             }
             if ike_due || child_due {
@@ -1314,6 +1432,7 @@ impl IkeSa {
         self.established_at = Some(now);
         self.state = State::Established(Box::new(established));
         self.events.push_back(event);
+        self.queue_additional_children(now);
     }
 
     /// Checks the peer's identity and AUTH payload against our PSK.
@@ -1539,33 +1658,40 @@ impl IkeSa {
                             // RFC 7296 section 1.4.1: the answer to a
                             // DELETE of ESP SAs deletes the SAs of the other
                             // direction, by our own (inbound) SPIs.
-                            let gone = st.child.filter(|(_, outbound)| {
-                                d.spis.iter().any(|spi| spi[..] == outbound.to_be_bytes())
-                            });
-                            if let Some((inbound, outbound)) = gone {
+                            let mut gone = Vec::new();
+                            for spi in &d.spis {
+                                if let Some(i) = st.child_by_outbound(spi) {
+                                    gone.push(st.children.remove(i));
+                                }
+                            }
+                            for child in gone {
+                                let (inbound, outbound) = child.spis();
                                 reply.push(Payload::Delete(Delete::esp(&[inbound])));
-                                if let Some(c) = st.collision.take() {
+                                st.unqueue_rekey(inbound);
+                                let collided =
+                                    st.collision.take_if(|c| c.old == (inbound, outbound));
+                                if let Some(c) = collided {
                                     // Colliding rekeys, and the peer deletes
                                     // the old pair before our request is
                                     // answered: its rekey (the one we
                                     // answered) won (section 2.8.1).
-                                    st.child = Some((c.inbound.spi, c.outbound.spi));
-                                    st.rekey_at = rekey_time(
-                                        self.config.child_lifetime,
-                                        self.rng.as_mut(),
-                                        now,
-                                    );
+                                    st.children.push(Child {
+                                        inbound: c.inbound.spi,
+                                        outbound: c.outbound.spi,
+                                        ts: child.ts,
+                                        rekey_at: rekey_time(
+                                            self.config.child_lifetime,
+                                            self.rng.as_mut(),
+                                            now,
+                                        ),
+                                    });
                                     events.push(Event::ChildSaRekeyed {
                                         old_inbound_spi: inbound,
                                         old_outbound_spi: outbound,
                                         inbound: c.inbound,
                                         outbound: c.outbound,
                                     });
-                                } else {
-                                    st.child = None;
-                                    st.rekey_at = None;
                                 }
-                                st.queue.retain(|q| *q != Queued::Rekey);
                                 events.push(Event::ChildSaDown {
                                     inbound_spi: inbound,
                                     outbound_spi: outbound,
@@ -1909,8 +2035,9 @@ impl IkeSa {
         };
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
         // policy; if nothing is left it answers TS_UNACCEPTABLE.
-        let tsi = ts::narrow(tsi, &self.config.remote_ts);
-        let tsr = ts::narrow(tsr, &self.config.local_ts);
+        let (local_policy, remote_policy) = self.config.policy_ts();
+        let tsi = ts::narrow(tsi, &remote_policy);
+        let tsr = ts::narrow(tsr, &local_policy);
         if tsi.is_empty() || tsr.is_empty() {
             return Err(NotifyType::TsUnacceptable);
         }
@@ -1965,16 +2092,35 @@ impl IkeSa {
         if st.deleting {
             return;
         }
-        let Some(next) = st.queue.pop_front() else {
-            return;
-        };
-        let result = match next {
-            Queued::Rekey => self.start_rekey(now, None, 0),
-            Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
-            Queued::DeleteChild(r) => self.send_delete_child(now, r),
-        };
-        if let Err(e) = result {
-            self.local_error(e);
+        // A queued rekey of a Child SA that went away meanwhile sends
+        // nothing: go on to the next.
+        while self.outstanding.is_none() {
+            let State::Established(st) = &mut self.state else {
+                return;
+            };
+            let Some(next) = st.queue.pop_front() else {
+                return;
+            };
+            let result = match next {
+                Queued::Rekey(spi) => {
+                    match st
+                        .children
+                        .iter()
+                        .find(|c| c.inbound == spi)
+                        .map(Child::spis)
+                    {
+                        Some(pair) => self.start_rekey(now, ChildTarget::Rekey(pair), None, 0),
+                        None => Ok(()),
+                    }
+                }
+                Queued::CreateChild(i) => self.start_rekey(now, ChildTarget::Create(i), None, 0),
+                Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
+                Queued::DeleteChild(r) => self.send_delete_child(now, r),
+            };
+            if let Err(e) = result {
+                self.local_error(e);
+                return;
+            }
         }
     }
 
@@ -1988,20 +2134,35 @@ impl IkeSa {
         Ok(())
     }
 
-    /// Builds and sends the CREATE_CHILD_SA request that rekeys the Child
-    /// SA: SK {N(REKEY_SA), [N(USE_TRANSPORT_MODE),] SA, Ni, [KEi,] TSi,
-    /// TSr} (RFC 7296 section 1.3.3).
+    /// Builds and sends the CREATE_CHILD_SA request for `target`: SK
+    /// {[N(REKEY_SA),] [N(USE_TRANSPORT_MODE),] SA, Ni, [KEi,] TSi, TSr}
+    /// (RFC 7296 sections 1.3.1 and 1.3.3). A rekey proposes the old
+    /// pair's selectors (section 2.8); a new Child SA its configured ones.
     ///
     /// The KE payload is for `group`, or else for the first group of the
     /// ESP proposals.
-    fn start_rekey(&mut self, now: Instant, group: Option<DhGroup>, ke_retries: u8) -> Result<()> {
-        let old = match &self.state {
-            State::Established(st) => st.child,
-            _ => None,
-        };
-        let Some(old) = old else {
-            // The Child SA went away meanwhile: nothing to rekey.
+    fn start_rekey(
+        &mut self,
+        now: Instant,
+        target: ChildTarget,
+        group: Option<DhGroup>,
+        ke_retries: u8,
+    ) -> Result<()> {
+        let State::Established(st) = &self.state else {
             return Ok(());
+        };
+        let (tsi, tsr) = match target {
+            ChildTarget::Rekey(old) => match st.child(old) {
+                Some(i) => st.children[i].ts.clone().unwrap_or_else(|| {
+                    (self.config.local_ts.clone(), self.config.remote_ts.clone())
+                }),
+                // The Child SA went away meanwhile: nothing to rekey.
+                None => return Ok(()),
+            },
+            ChildTarget::Create(i) => match self.config.additional_children.get(i) {
+                Some(ts) => ts.clone(),
+                None => return Ok(()),
+            },
         };
         let esp_spi = random_esp_spi(self.rng.as_mut())?;
         let ni = random_nonce(self.rng.as_mut())?;
@@ -2019,12 +2180,17 @@ impl IkeSa {
                 p
             })
             .collect();
-        let mut payloads = vec![Payload::Notify(Notify {
-            protocol: Some(ProtocolId::Esp),
-            spi: old.0.to_be_bytes().to_vec(),
-            notify_type: NotifyType::RekeySa,
-            data: Vec::new(),
-        })];
+        let mut payloads = Vec::new();
+        if let ChildTarget::Rekey(old) = target {
+            // RFC 7296 section 3.10.1: REKEY_SA names the SA being rekeyed
+            // by the SPI the peer expects to receive on, ours.
+            payloads.push(Payload::Notify(Notify {
+                protocol: Some(ProtocolId::Esp),
+                spi: old.0.to_be_bytes().to_vec(),
+                notify_type: NotifyType::RekeySa,
+                data: Vec::new(),
+            }));
+        }
         if c.transport_mode {
             payloads.push(Payload::Notify(Notify::new(
                 NotifyType::UseTransportMode,
@@ -2041,16 +2207,16 @@ impl IkeSa {
                 data: kex.public_value().to_vec(),
             }));
         }
-        payloads.push(Payload::TsInitiator(c.local_ts.clone()));
-        payloads.push(Payload::TsResponder(c.remote_ts.clone()));
+        payloads.push(Payload::TsInitiator(tsi.clone()));
+        payloads.push(Payload::TsResponder(tsr.clone()));
         let rekey = RekeySent {
-            old,
+            target,
             ni,
             kex,
             esp_spi,
             esp_offer,
-            tsi: c.local_ts.clone(),
-            tsr: c.remote_ts.clone(),
+            tsi,
+            tsr,
             ke_retries,
         };
         let id = self.next_request_id;
@@ -2088,8 +2254,8 @@ impl IkeSa {
             _ => {}
         }
         self.state = State::Established(st);
-        if let Some((group, retries)) = retry {
-            if let Err(e) = self.start_rekey(now, Some(group), retries) {
+        if let Some((target, group, retries)) = retry {
+            if let Err(e) = self.start_rekey(now, target, Some(group), retries) {
                 self.local_error(e);
             }
         }
@@ -2106,10 +2272,13 @@ impl IkeSa {
         st: &mut Established,
         mut rekey: RekeySent,
         message: &Message,
-    ) -> Option<(DhGroup, u8)> {
+    ) -> Option<(ChildTarget, DhGroup, u8)> {
         let p = Payloads(&message.payloads);
-        let old = rekey.old;
-        if st.child != Some(old) {
+        let old = match rekey.target {
+            ChildTarget::Rekey(old) => old,
+            ChildTarget::Create(i) => return self.on_create_response(now, st, rekey, i, &p),
+        };
+        let Some(index) = st.child(old) else {
             // The Child SA was replaced meanwhile (the peer's colliding
             // rekey won and its DELETE of the old pair came first): a pair
             // we got now is redundant, and we delete it.
@@ -2123,24 +2292,12 @@ impl IkeSa {
                 }
             }
             return None;
+        };
+        let collided = st.collision.as_ref().is_some_and(|c| c.old == old);
+        if let Some(retry) = self.ke_retry(&p, &rekey).filter(|_| !collided) {
+            return Some(retry);
         }
-        // RFC 7296 section 1.3.3 (as section 1.2 for IKE_SA_INIT):
-        // INVALID_KE_PAYLOAD names the group the responder wants; the
-        // caller retries with it (the window is free again).
-        let wanted = p
-            .notify(NotifyType::InvalidKePayload)
-            .and_then(|n| <[u8; 2]>::try_from(n.data.as_slice()).ok())
-            .map(|b| DhGroup::from(u16::from_be_bytes(b)));
-        if let Some(group) = wanted {
-            if st.collision.is_none()
-                && rekey.ke_retries < MAX_KE_RETRIES
-                && rekey.kex.as_ref().is_none_or(|k| k.group() != group)
-                && offers_group(&self.config.esp_proposals, group)
-            {
-                return Some((group, rekey.ke_retries + 1));
-            }
-        }
-        let collision = st.collision.take();
+        let collision = st.collision.take_if(|c| c.old == old);
         let ours = match p.nonce() {
             Some(nr) if p.error().is_none() => {
                 let nr = nr.to_vec();
@@ -2206,22 +2363,80 @@ impl IkeSa {
             (Err(event), None) => {
                 // The old Child SA stays; try again later.
                 self.events.push_back(*event);
-                st.rekey_at = self
+                st.children[index].rekey_at = self
                     .config
                     .child_lifetime
                     .map(|l| now + (l / 20).max(Duration::from_secs(1)));
                 return None;
             }
         };
-        st.child = Some((inbound.spi, outbound.spi));
-        st.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-        st.queue.retain(|q| *q != Queued::Rekey);
+        let child = &mut st.children[index];
+        child.inbound = inbound.spi;
+        child.outbound = outbound.spi;
+        child.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        st.unqueue_rekey(old.0);
         self.events.push_back(Event::ChildSaRekeyed {
             old_inbound_spi: old.0,
             old_outbound_spi: old.1,
             inbound,
             outbound,
         });
+        None
+    }
+
+    /// RFC 7296 section 1.3.3 (as section 1.2 for IKE_SA_INIT):
+    /// INVALID_KE_PAYLOAD names the group the responder wants; the caller
+    /// retries `rekey` with it (the window is free again), unless it
+    /// already did so too often or the group is not ours to offer.
+    fn ke_retry(&self, p: &Payloads<'_>, rekey: &RekeySent) -> Option<(ChildTarget, DhGroup, u8)> {
+        let group = p
+            .notify(NotifyType::InvalidKePayload)
+            .and_then(|n| <[u8; 2]>::try_from(n.data.as_slice()).ok())
+            .map(|b| DhGroup::from(u16::from_be_bytes(b)))?;
+        (rekey.ke_retries < MAX_KE_RETRIES
+            && rekey.kex.as_ref().is_none_or(|k| k.group() != group)
+            && offers_group(&self.config.esp_proposals, group))
+        .then_some((rekey.target, group, rekey.ke_retries + 1))
+    }
+
+    /// The answer to our CREATE_CHILD_SA request for the additional Child
+    /// SA `i` (RFC 7296 section 1.3.1): it is up, or refused with an error
+    /// notify, which leaves the IKE SA and the other Child SAs as they
+    /// are.
+    fn on_create_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        mut rekey: RekeySent,
+        i: usize,
+        p: &Payloads<'_>,
+    ) -> Option<(ChildTarget, DhGroup, u8)> {
+        if let Some(retry) = self.ke_retry(p, &rekey) {
+            return Some(retry);
+        }
+        let made = match p.nonce() {
+            Some(nr) if p.error().is_none() => {
+                let nr = nr.to_vec();
+                self.rekey_initiator_child(p, st, &mut rekey, &nr)
+            }
+            _ => Err(Box::new(Event::Failed {
+                notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
+                by_peer: p.error().is_some(),
+            })),
+        };
+        match made {
+            Ok((inbound, outbound)) => {
+                st.children.push(Child {
+                    inbound: inbound.spi,
+                    outbound: outbound.spi,
+                    ts: self.config.additional_children.get(i).cloned(),
+                    rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
+                });
+                self.events
+                    .push_back(Event::ChildSaUp { inbound, outbound });
+            }
+            Err(event) => self.events.push_back(*event),
+        }
         None
     }
 
@@ -2271,10 +2486,11 @@ impl IkeSa {
         }
     }
 
-    /// Answers the peer's CREATE_CHILD_SA request: a rekey of our Child
-    /// SA (N(REKEY_SA) names the SPI we send with), or else
-    /// NO_ADDITIONAL_SAS (RFC 7296 section 3.10.1: we do not accept more
-    /// Child SAs, nor the rekeying of the IKE SA yet).
+    /// Answers the peer's CREATE_CHILD_SA request for a Child SA: a rekey
+    /// of one of ours (N(REKEY_SA) names the SPI we send with), or a new
+    /// one (RFC 7296 section 1.3.1), within our policy's selectors and up
+    /// to [`Config::max_child_sas`] (NO_ADDITIONAL_SAS beyond, section
+    /// 3.10.1). The IKE SA's rekey is handled in `ike_rekey`.
     fn create_child_response(
         &mut self,
         now: Instant,
@@ -2283,16 +2499,17 @@ impl IkeSa {
     ) -> (Vec<Payload>, Vec<Event>) {
         let p = Payloads(&message.payloads);
         let notify = |n| vec![Payload::Notify(Notify::new(n, Vec::new()))];
-        let Some(rekey) = p.notify(NotifyType::RekeySa) else {
-            return (notify(NotifyType::NoAdditionalSas), Vec::new());
-        };
-        // RFC 7296 section 2.25: a rekey of an SA we do not have (any
-        // more) is answered CHILD_SA_NOT_FOUND.
-        let old = st
-            .child
-            .filter(|(_, outbound)| rekey.spi[..] == outbound.to_be_bytes());
-        let Some(old) = old else {
-            return (notify(NotifyType::ChildSaNotFound), Vec::new());
+        let old = match p.notify(NotifyType::RekeySa) {
+            // RFC 7296 section 2.25: a rekey of an SA we do not have (any
+            // more) is answered CHILD_SA_NOT_FOUND.
+            Some(rekey) => match st.child_by_outbound(&rekey.spi) {
+                Some(i) => Some(st.children[i].spis()),
+                None => return (notify(NotifyType::ChildSaNotFound), Vec::new()),
+            },
+            None if st.children.len() >= self.config.max_child_sas => {
+                return (notify(NotifyType::NoAdditionalSas), Vec::new());
+            }
+            None => None,
         };
         let result = (|| {
             let ni = p
@@ -2358,11 +2575,24 @@ impl IkeSa {
                 return (vec![Payload::Notify(n)], events);
             }
         };
-        if matches!(&st.request, Some(Request::Rekey(r)) if r.old == old) {
+        let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        let Some(old) = old else {
+            // A new Child SA. A rekey of ours proposes what it narrowed
+            // to, ours first.
+            st.children.push(Child {
+                inbound: inbound.spi,
+                outbound: outbound.spi,
+                ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
+                rekey_at,
+            });
+            return (payloads, vec![Event::ChildSaUp { inbound, outbound }]);
+        };
+        if matches!(&st.request, Some(Request::Rekey(r)) if r.target == ChildTarget::Rekey(old)) {
             // A collision (RFC 7296 section 2.8.1): both sides rekey this
             // Child SA. Which new pair stays is known when our own request
             // is answered.
             st.collision = Some(Collided {
+                old,
                 ni,
                 nr,
                 inbound,
@@ -2376,9 +2606,12 @@ impl IkeSa {
             outbound: old.1,
             announce: true,
         });
-        st.child = Some((inbound.spi, outbound.spi));
-        st.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-        st.queue.retain(|q| *q != Queued::Rekey);
+        if let Some(i) = st.child(old) {
+            st.children[i].inbound = inbound.spi;
+            st.children[i].outbound = outbound.spi;
+            st.children[i].rekey_at = rekey_at;
+        }
+        st.unqueue_rekey(old.0);
         let event = Event::ChildSaRekeyed {
             old_inbound_spi: old.0,
             old_outbound_spi: old.1,

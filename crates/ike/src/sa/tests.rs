@@ -1096,14 +1096,16 @@ fn peer_deletes() {
             outbound_spi: i_in.spi
         }]
     );
-    // CREATE_CHILD_SA is declined.
+    // A CREATE_CHILD_SA without SA, nonce or selectors is refused.
     let req = peer_request(&p.initiator, ExchangeType::CreateChildSa, 3, &[]);
     p.responder.handle_datagram(p.now, addr(A), &req);
     let resp = p.responder.poll_transmit().unwrap();
     let payloads = open_response(&p.initiator, &resp.bytes, 3);
     assert!(
-        matches!(&payloads[..], [Payload::Notify(n)] if n.notify_type == NotifyType::NoAdditionalSas)
+        matches!(&payloads[..], [Payload::Notify(n)] if n.notify_type == NotifyType::InvalidSyntax)
     );
+    p.collect_events();
+    p.r_events.retain(|e| !matches!(e, Event::Failed { .. }));
     // The responder deletes the IKE SA.
     let req = peer_request(
         &p.responder,
@@ -1355,14 +1357,13 @@ fn assert_rekeyed(p: &Pair, old: &(ChildSaParams, ChildSaParams, ChildSaParams, 
         assert!(st.request.is_none() && st.collision.is_none());
         assert_eq!(sa.poll_timeout(), None);
     }
-    assert_eq!(
-        established_state(&p.initiator).child,
-        Some((ni_in.spi, ni_out.spi))
-    );
-    assert_eq!(
-        established_state(&p.responder).child,
-        Some((nr_in.spi, nr_out.spi))
-    );
+    assert_eq!(first_child(&p.initiator), Some((ni_in.spi, ni_out.spi)));
+    assert_eq!(first_child(&p.responder), Some((nr_in.spi, nr_out.spi)));
+}
+
+/// The SPIs (inbound, outbound) of the first Child SA of `sa`.
+fn first_child(sa: &IkeSa) -> Option<(u32, u32)> {
+    established_state(sa).children.first().map(Child::spis)
 }
 
 fn pfs(c: Config) -> Config {
@@ -1562,7 +1563,7 @@ fn rekey_collision_converges() {
         // responses in all, counting IKE_SA_INIT and IKE_AUTH.
         assert_eq!(p.from_initiator.len(), 6);
         assert_eq!(p.from_responder.len(), 6);
-        let (i_in, _) = established_state(&p.initiator).child.unwrap();
+        let (i_in, _) = first_child(&p.initiator).unwrap();
         winners[usize::from(i_in == i_spi)] += 1;
     }
     // The nonces decide: each side won sometimes.
@@ -2111,4 +2112,290 @@ fn ike_and_child_rekeys_with_latency() {
             events.iter().rev().take(12).collect::<Vec<_>>()
         );
     }
+}
+
+// ---- additional Child SAs (RFC 7296 section 1.3.1) ----
+
+/// A host pair with one Child SA per tunnel port, as tunsecd configures
+/// `selectors = "ports"`: the first port in IKE_AUTH, the others by
+/// CREATE_CHILD_SA. Both sides are configured alike (the responder's
+/// additional children only widen what it accepts).
+fn per_port(c: Config, local: Ipv4Addr, remote: Ipv4Addr, ports: &[u16]) -> Config {
+    let (l, r) = (IpAddr::V4(local), IpAddr::V4(remote));
+    let mut c = c.with_selectors(port_ts(l, &ports[..1]), port_ts(r, &ports[..1]));
+    c.additional_children = ports[1..]
+        .iter()
+        .map(|&p| (port_ts(l, &[p]), port_ts(r, &[p])))
+        .collect();
+    c
+}
+
+/// Every ChildSaUp of `events`, in order.
+fn ups(events: &[Event]) -> Vec<(ChildSaParams, ChildSaParams)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaUp { inbound, outbound } => Some((inbound.clone(), outbound.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SPI pairs of `sa`'s Child SAs, in order.
+fn child_pairs(sa: &IkeSa) -> Vec<(u32, u32)> {
+    established_state(sa)
+        .children
+        .iter()
+        .map(Child::spis)
+        .collect()
+}
+
+/// Both sides hold the same Child SAs, crosswise.
+fn assert_children_match(p: &Pair, count: usize) {
+    let i = child_pairs(&p.initiator);
+    let mut r: Vec<(u32, u32)> = child_pairs(&p.responder)
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    let mut i_sorted = i.clone();
+    i_sorted.sort_unstable();
+    r.sort_unstable();
+    assert_eq!(i.len(), count, "initiator children {i:x?}");
+    assert_eq!(i_sorted, r);
+}
+
+/// Three tunnel ports: the initiator creates the second and third Child
+/// SA right after IKE_AUTH, each narrowed to exactly its port on both
+/// sides, with keys of their own that work crosswise; the responder,
+/// configured alike, creates none of its own.
+#[test]
+fn additional_child_sas_per_port() {
+    let ports = [4789, 6081, 6635];
+    let i = per_port(initiator_config(), A, B, &ports);
+    let r = per_port(responder_config(), B, A, &ports);
+    let mut p = Pair::new(i, r);
+    p.drive();
+    assert_established(&p);
+    let (i_ups, r_ups) = (ups(&p.i_events), ups(&p.r_events));
+    assert_eq!(i_ups.len(), 3, "{:?}", p.i_events);
+    assert_eq!(r_ups.len(), 3, "{:?}", p.r_events);
+    for (n, port) in ports.iter().enumerate() {
+        let (i_in, i_out) = &i_ups[n];
+        let (r_in, r_out) = &r_ups[n];
+        assert_eq!(i_in.local_ts, port_ts(IpAddr::V4(A), &[*port]));
+        assert_eq!(i_in.remote_ts, port_ts(IpAddr::V4(B), &[*port]));
+        assert_eq!(r_in.local_ts, port_ts(IpAddr::V4(B), &[*port]));
+        assert_eq!((i_out.spi, r_out.spi), (r_in.spi, i_in.spi));
+        esp_round_trip(i_out, r_in, p.now);
+        esp_round_trip(r_out, i_in, p.now);
+    }
+    // Fresh keys for each: no two Child SAs share a key.
+    let keys: Vec<_> = i_ups.iter().flat_map(|(a, b)| [&a.keys, &b.keys]).collect();
+    for (n, k) in keys.iter().enumerate() {
+        assert!(!keys[n + 1..].contains(k));
+    }
+    assert_children_match(&p, 3);
+    // IKE_SA_INIT, IKE_AUTH and two CREATE_CHILD_SA each way.
+    assert_eq!(p.from_initiator.len(), 4);
+    assert_eq!(p.from_responder.len(), 4);
+    assert_eq!(p.initiator.child_sa_count(), 3);
+    assert_eq!(p.responder.child_sa_count(), 3);
+    assert_eq!(p.initiator.stats(), Stats::default());
+    assert_eq!(p.responder.stats(), Stats::default());
+}
+
+/// A rekey of each of two Child SAs (by either side): each keeps its own
+/// selectors, the old pairs go down, and both sides end with the same two
+/// new pairs. With lifetimes, both are rekeyed by their own timers.
+#[test]
+fn additional_child_sas_rekey_each() {
+    let ports = [4789, 6081];
+    for by_initiator in [true, false] {
+        let i = per_port(initiator_config(), A, B, &ports);
+        let r = per_port(responder_config(), B, A, &ports);
+        let mut p = Pair::new(i, r);
+        p.drive();
+        let before = child_pairs(&p.initiator);
+        p.i_events.clear();
+        p.r_events.clear();
+        if by_initiator {
+            p.initiator.rekey_child(p.now).unwrap();
+        } else {
+            p.responder.rekey_child(p.now).unwrap();
+        }
+        p.drive();
+        let i_rekeys = rekeys(&p.i_events);
+        assert_eq!(i_rekeys.len(), 2, "{:?}", p.i_events);
+        for (n, (old_in, old_out, new_in, _)) in i_rekeys.iter().enumerate() {
+            assert_eq!((*old_in, *old_out), before[n]);
+            assert_eq!(new_in.local_ts, port_ts(IpAddr::V4(A), &[ports[n]]));
+        }
+        assert_eq!(downs(&p.i_events), before);
+        assert_eq!(rekeys(&p.r_events).len(), 2);
+        assert_eq!(downs(&p.r_events).len(), 2);
+        assert_children_match(&p, 2);
+        assert!(
+            child_pairs(&p.initiator)
+                .iter()
+                .all(|c| !before.contains(c))
+        );
+    }
+
+    let lifetime = Duration::from_secs(60);
+    let mut i = per_port(initiator_config(), A, B, &ports);
+    let mut r = per_port(responder_config(), B, A, &ports);
+    i.child_lifetime = Some(lifetime);
+    r.child_lifetime = Some(lifetime);
+    let mut p = Pair::new(i, r);
+    let start = p.now;
+    p.run_until(start + lifetime * 5);
+    // Each Child SA is rekeyed about every 54 s (by whichever side's
+    // timer fires first): 2 × at least 5 rekeys in 300 s.
+    assert!(
+        rekeys(&p.i_events).len() >= 10,
+        "{}",
+        rekeys(&p.i_events).len()
+    );
+    assert_children_match(&p, 2);
+    assert!(established_state(&p.initiator).retired.is_empty());
+}
+
+/// Both sides rekey both Child SAs at once, with many seeds: each
+/// collision (RFC 7296 section 2.8.1) is settled per Child SA, and both
+/// sides end with the same two pairs and nothing left over.
+#[test]
+fn additional_child_sas_rekey_collisions_converge() {
+    let ports = [4789, 6081];
+    for seed in 1..=8 {
+        let i = per_port(initiator_config(), A, B, &ports);
+        let r = per_port(responder_config(), B, A, &ports);
+        let mut p = Pair::seeded(i, r, seed, seed + 100);
+        p.drive();
+        p.initiator.rekey_child(p.now).unwrap();
+        p.responder.rekey_child(p.now).unwrap();
+        p.drive();
+        assert_children_match(&p, 2);
+        for sa in [&p.initiator, &p.responder] {
+            let st = established_state(sa);
+            assert!(st.retired.is_empty() && st.queue.is_empty(), "seed {seed}");
+            assert!(st.request.is_none() && st.collision.is_none());
+        }
+        // Every pair that came up and was not kept went down again.
+        let live = child_pairs(&p.initiator);
+        let came_up: Vec<(u32, u32)> = ups(&p.i_events)
+            .iter()
+            .map(|(a, b)| (a.spi, b.spi))
+            .chain(
+                rekeys(&p.i_events)
+                    .iter()
+                    .map(|(_, _, a, b)| (a.spi, b.spi)),
+            )
+            .collect();
+        let went_down = downs(&p.i_events);
+        for pair in came_up {
+            assert_eq!(
+                live.contains(&pair),
+                !went_down.contains(&pair),
+                "seed {seed}"
+            );
+        }
+    }
+}
+
+/// The peer deletes one of two Child SAs: only that one goes down, and the
+/// other is still rekeyed; then the initiator creates it again.
+#[test]
+fn additional_child_sa_deleted_and_created_again() {
+    let ports = [4789, 6081];
+    let i = per_port(initiator_config(), A, B, &ports);
+    let r = per_port(responder_config(), B, A, &ports);
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let pairs = child_pairs(&p.initiator);
+    p.i_events.clear();
+    p.r_events.clear();
+    // The responder deletes the second Child SA, by its inbound SPI.
+    let delete = Payload::Delete(Delete::esp(&[pairs[1].1]));
+    let req = peer_request(&p.responder, ExchangeType::Informational, 0, &[delete]);
+    p.initiator.handle_datagram(p.now, addr(B), &req);
+    let resp = p.initiator.poll_transmit().unwrap();
+    let payloads = open_response(&p.responder, &resp.bytes, 0);
+    assert_eq!(payloads, vec![Payload::Delete(Delete::esp(&[pairs[1].0]))]);
+    p.collect_events();
+    assert_eq!(downs(&p.i_events), vec![pairs[1]]);
+    assert_eq!(child_pairs(&p.initiator), vec![pairs[0]]);
+    p.initiator.rekey_child(p.now).unwrap();
+    let request = p.initiator.poll_transmit().unwrap();
+    p.responder.handle_datagram(p.now, addr(A), &request.bytes);
+    assert!(p.responder.poll_transmit().is_some());
+    p.initiator.create_child(p.now, 5).unwrap_err();
+    p.drive();
+    assert_eq!(rekeys(&p.i_events).len(), 1);
+    assert_eq!(rekeys(&p.i_events)[0].0, pairs[0].0);
+    // Created again on demand.
+    p.initiator.create_child(p.now, 0).unwrap();
+    p.drive();
+    let again = ups(&p.i_events);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0.local_ts, port_ts(IpAddr::V4(A), &[6081]));
+    assert_eq!(p.initiator.child_sa_count(), 2);
+}
+
+/// Refusals of an additional Child SA leave the IKE SA and the first
+/// Child SA standing: beyond the responder's `max_child_sas`
+/// (NO_ADDITIONAL_SAS), and selectors outside its policy
+/// (TS_UNACCEPTABLE).
+#[test]
+fn additional_child_sa_refusals() {
+    let ports = [4789, 6081];
+    let i = per_port(initiator_config(), A, B, &ports);
+    let mut r = per_port(responder_config(), B, A, &ports);
+    r.max_child_sas = 1;
+    let mut p = Pair::new(i.clone(), r);
+    p.drive();
+    let refused = |notify, by_peer| Event::Failed { notify, by_peer };
+    assert!(
+        p.i_events
+            .contains(&refused(NotifyType::NoAdditionalSas, true))
+    );
+    assert_eq!(ups(&p.i_events).len(), 1);
+    assert_children_match(&p, 1);
+
+    let r = per_port(responder_config(), B, A, &ports[..1]);
+    let mut p = Pair::new(i, r);
+    p.drive();
+    assert!(
+        p.i_events
+            .contains(&refused(NotifyType::TsUnacceptable, true))
+    );
+    assert!(
+        p.r_events
+            .contains(&refused(NotifyType::TsUnacceptable, false))
+    );
+    assert_children_match(&p, 1);
+    assert!(p.initiator.is_established() && p.responder.is_established());
+}
+
+/// PFS for a new Child SA (RFC 7296 section 1.3.1): the KE payload is of
+/// the group the responder picks, after one INVALID_KE_PAYLOAD if the
+/// initiator guessed another.
+#[test]
+fn additional_child_sa_with_pfs_and_invalid_ke() {
+    let ports = [4789, 6081];
+    let i = per_port(initiator_config(), A, B, &ports)
+        .with_proposals(DEFAULT_IKE[0], "aes256gcm16-x25519-ecp256")
+        .unwrap();
+    let r = per_port(responder_config(), B, A, &ports)
+        .with_proposals(DEFAULT_IKE[0], "aes256gcm16-ecp256")
+        .unwrap();
+    let mut p = Pair::new(i, r);
+    p.drive();
+    assert_children_match(&p, 2);
+    let (i_ups, r_ups) = (ups(&p.i_events), ups(&p.r_events));
+    assert_eq!(i_ups.len(), 2);
+    esp_round_trip(&i_ups[1].1, &r_ups[1].0, p.now);
+    // IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (x25519, refused) and again
+    // (ecp256).
+    assert_eq!(p.from_initiator.len(), 4);
+    assert!(!p.i_events.iter().any(|e| matches!(e, Event::Failed { .. })));
 }

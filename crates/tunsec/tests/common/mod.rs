@@ -69,39 +69,48 @@ pub(crate) fn add_host(lab: &mut Lab, ul: &str, short: &str, n: u8) -> anyhow::R
 /// `host`, which also holds the TAP device `tap`. The tenant's MTU is the
 /// TAP's, as a cloud would tell its VMs, so that full-size frames fit.
 pub(crate) fn add_tenant(lab: &mut Lab, host: &str, n: u8, tap: &str) -> anyhow::Result<String> {
-    let t = lab.add_ns(&format!("t{n}"))?;
+    add_tenant_on(lab, host, &format!("t{n}"), "t", tap, &tenant_addr(n))
+}
+
+/// Tenant namespace `name` behind `tap` of `host`, through bridge
+/// `br-{id}` and veth `v{id}`, with address `addr`/24.
+pub(crate) fn add_tenant_on(
+    lab: &mut Lab,
+    host: &str,
+    name: &str,
+    id: &str,
+    tap: &str,
+    addr: &str,
+) -> anyhow::Result<String> {
+    let t = lab.add_ns(name)?;
+    let bridge = format!("br-{id}");
+    let veth = format!("v{id}");
     lab.exec(
         host,
         "ip",
         &[
             "link",
             "add",
-            "br-t",
+            &bridge,
             "type",
             "bridge",
             "mcast_snooping",
             "0",
         ],
     )?;
-    lab.exec(host, "ip", &["link", "set", "br-t", "up"])?;
-    lab.veth(host, "vt", &t, "eth0")?;
-    lab.exec(host, "ip", &["link", "set", "vt", "master", "br-t"])?;
+    lab.exec(host, "ip", &["link", "set", &bridge, "up"])?;
+    lab.veth(host, &veth, &t, "eth0")?;
+    lab.exec(host, "ip", &["link", "set", &veth, "master", &bridge])?;
     lab.wait_for(&format!("{tap} in {host}"), Duration::from_secs(5), || {
         lab.try_exec(host, "ip", &["link", "show", tap])
     })?;
-    lab.exec(host, "ip", &["link", "set", tap, "master", "br-t"])?;
+    lab.exec(host, "ip", &["link", "set", tap, "master", &bridge])?;
     let mtu = link_mtu(lab, host, tap)?;
     lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
     lab.exec(
         &t,
         "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", tenant_addr(n)),
-            "dev",
-            "eth0",
-        ],
+        &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
     )?;
     Ok(t)
 }
