@@ -24,4 +24,5 @@ pub mod io;
 pub mod offload;
 pub mod overlay;
 pub mod stats;
+pub mod steer;
 pub mod worker;

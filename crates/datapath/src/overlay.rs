@@ -153,9 +153,11 @@ pub enum EspTransport {
 }
 
 /// An SA shared between the control plane (which installs it and reads its
-/// counters) and the one worker that uses it. The lock is never contended
-/// on the data path: outbound SAs are used only by the transmit worker,
-/// inbound SAs only by the receive worker.
+/// counters) and the workers that use it. The data path holds the lock
+/// only to take a sequence number ([`Sa::reserve_seal`]) or to check and
+/// update the replay window ([`Sa::reserve_open`], [`Sa::finish_open`]);
+/// encryption and decryption run without it, so several workers share
+/// an SA without waiting on each other's crypto.
 pub type SharedSa = Arc<Mutex<Sa>>;
 
 /// A peer with its SAs.
@@ -422,8 +424,7 @@ pub fn encapsulate(
     }
     // RFC 4301 section 5.1: what an SA carries must lie within its
     // selectors; port-narrowed ones need the tunnel port as source. With
-    // one Child SA per tunnel port, this picks the network's. One lock for
-    // the whole decision and the seal.
+    // one Child SA per tunnel port, this picks the network's.
     let chosen = entry.outbound.iter().find_map(|shared| {
         let sa = shared.lock().ok()?;
         let port = source_port(
@@ -433,9 +434,9 @@ pub fn encapsulate(
             port,
             network.port,
         )?;
-        Some((sa, port))
+        Some((shared, sa, port))
     });
-    let Some((mut sa, port)) = chosen else {
+    let Some((shared, mut sa, port)) = chosen else {
         stats.drop(Drop::Selector);
         return Err(Drop::Selector);
     };
@@ -478,11 +479,20 @@ pub fn encapsulate(
         }
     };
     let mut pb = PacketBuf::new(buf, payload_start, end);
-    if sa.seal_esp(&mut pb, next_header.into(), now).is_err() {
+    let Ok(job) = sa.reserve_seal(&pb, now) else {
+        stats.drop(Drop::Esp);
+        return Err(Drop::Esp);
+    };
+    // The sequence number is taken; encryption runs without the lock, so
+    // workers that share the SA seal in parallel.
+    drop(sa);
+    if let Err(reason) = job.seal(&mut pb, next_header.into()) {
+        if let Ok(mut sa) = shared.lock() {
+            sa.record_drop(reason);
+        }
         stats.drop(Drop::Esp);
         return Err(Drop::Esp);
     }
-    drop(sa);
     let dst = match tables.esp {
         EspTransport::Udp(p) => SocketAddr::new(entry.spec.underlay, p),
         EspTransport::Raw => SocketAddr::new(entry.spec.underlay, 0),
@@ -727,13 +737,27 @@ pub fn receive_esp(
         // The SA belongs to another host.
         return fail(Drop::Policy);
     }
-    // The SA stays locked until the selector check (uncontended: only
-    // this worker opens inbound SAs).
+    // The replay check and the window update take the SA's lock briefly;
+    // decryption runs without it, so workers that share the SA open in
+    // parallel (RFC 4303 section 3.4.3: check, verify, then update).
+    let mut pb = PacketBuf::new(buf, start, end);
+    let job = match entry.sa.lock() {
+        Ok(mut sa) => sa.reserve_open(&pb, now),
+        Err(_) => return fail(Drop::Esp),
+    };
+    let Ok(job) = job else {
+        return fail(Drop::Esp);
+    };
+    if let Err(reason) = job.decrypt(&mut pb) {
+        if let Ok(mut sa) = entry.sa.lock() {
+            sa.record_drop(reason);
+        }
+        return fail(Drop::Esp);
+    }
     let Ok(mut sa) = entry.sa.lock() else {
         return fail(Drop::Esp);
     };
-    let mut pb = PacketBuf::new(buf, start, end);
-    let Ok(next_header) = sa.open_esp(&mut pb, now) else {
+    let Ok(next_header) = sa.finish_open(&job, &mut pb, now) else {
         return fail(Drop::Esp);
     };
     let mode = sa.mode();

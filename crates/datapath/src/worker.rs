@@ -25,6 +25,7 @@ use crate::io::socket::{Batch, DatagramSocket, Poller};
 use crate::offload;
 use crate::overlay::{self, EspReceive, HEADROOM, TAILROOM, Tables, Targets, Transmit, Via};
 use crate::stats::{Drop, Stats};
+use crate::steer;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 64;
@@ -438,17 +439,23 @@ fn flush(
 /// With `udp_gro`, the UDP sockets hand over runs of equal datagrams of
 /// one flow as one buffer (`UDP_GRO`), which the worker cuts back into
 /// datagrams: one socket read per run instead of per datagram.
+///
+/// `queues[i]` are the queues of network `i`'s device, one per worker:
+/// each frame is written to the queue [`steer::queue_of`] picks for its
+/// flow, so that the kernel sends that flow's frames back to the same
+/// queue, whose transmit worker then carries them (one queue: always
+/// that one).
 pub fn run_rx(
     shared: Arc<Shared>,
-    devices: Vec<Arc<dyn FrameDevice>>,
+    queues: Vec<Vec<Arc<dyn FrameDevice>>>,
     sockets: Arc<Sockets>,
     gro: bool,
     udp_gro: bool,
 ) {
-    let mut coalescers: Vec<Option<offload::Coalescer>> = devices
+    let mut coalescers: Vec<Option<offload::Coalescer>> = queues
         .iter()
-        .map(|d| {
-            (gro && d.vnet_hdr()).then(|| {
+        .map(|q| {
+            (gro && q.first().is_some_and(|d| d.vnet_hdr())).then(|| {
                 offload::Coalescer::new(offload::gro::DEFAULT_SLOTS, offload::Checksums::Verify)
             })
         })
@@ -561,14 +568,16 @@ pub fn run_rx(
                             }
                         };
                         let Ok(d) = delivery else { continue };
-                        let Some(dev) = devices.get(d.net) else {
+                        let Some(devs) = queues.get(d.net).filter(|q| !q.is_empty()) else {
                             shared.stats.drop(Drop::TapWrite);
                             continue;
                         };
                         let frame = &buf[d.start..d.end];
                         overlay::count_rx(&shared.stats, d.net, frame.len());
+                        let dev = &devs[steer::queue_of(frame, devs.len())];
                         if let Some(c) = coalescers.get_mut(d.net).and_then(Option::as_mut) {
                             c.push(frame, &mut |t: offload::TapFrame<'_>| {
+                                let dev = &devs[steer::queue_of(t.frame, devs.len())];
                                 write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
                             });
                         } else if dev.vnet_hdr() {
@@ -580,8 +589,11 @@ pub fn run_rx(
                 }
                 // A batch's super-frames go out before the next batch.
                 for (net, c) in coalescers.iter_mut().enumerate() {
-                    if let (Some(c), Some(dev)) = (c.as_mut(), devices.get(net)) {
+                    if let (Some(c), Some(devs)) =
+                        (c.as_mut(), queues.get(net).filter(|q| !q.is_empty()))
+                    {
                         c.flush(&mut |t: offload::TapFrame<'_>| {
+                            let dev = &devs[steer::queue_of(t.frame, devs.len())];
                             write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
                         });
                     }

@@ -41,7 +41,7 @@ pub use engine::{Engine, Inbound, Outbound};
 pub use error::Error;
 pub use lifetime::{Lifetime, LifetimeState, Limits};
 pub use replay::ReplayWindow;
-pub use sa::{Direction, Encapsulation, Mode, Overhead, Sa, SaConfig, SaEvent};
+pub use sa::{Direction, Encapsulation, Mode, OpenJob, Overhead, Sa, SaConfig, SaEvent, SealJob};
 pub use sad::Sad;
 pub use selector::{FlowKey, IpPrefix, PortRange, Selector};
 pub use spd::{Action, Policy, SaId, Spd};

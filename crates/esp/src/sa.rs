@@ -2,6 +2,7 @@
 //! sequence numbers, replay window, lifetimes and counters.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tunsec_wire::esp::{self as esp_wire, TrailerRepr};
@@ -149,7 +150,8 @@ pub struct Sa {
     encapsulation: Encapsulation,
     suite: Suite,
     esn: bool,
-    cipher: Box<dyn EspCipher>,
+    /// Shared with the [`SealJob`]s and [`OpenJob`]s in flight.
+    cipher: Arc<dyn EspCipher>,
     /// The next outbound sequence number; 0 once the space is used up.
     next_seq: u64,
     replay: Option<ReplayWindow>,
@@ -203,7 +205,8 @@ impl Sa {
             Direction::Inbound => Some(ReplayWindow::new(config.replay_window)?),
             Direction::Outbound => None,
         };
-        let cipher = (provider.new_cipher)(config.suite, &config.keys)?;
+        let cipher: Arc<dyn EspCipher> =
+            Arc::from((provider.new_cipher)(config.suite, &config.keys)?);
         Ok(Self {
             spi: config.spi,
             direction: config.direction,
@@ -390,6 +393,12 @@ impl Sa {
         }
     }
 
+    /// Counts a packet dropped for `reason` on this SA: for the failures
+    /// of a [`SealJob`] or [`OpenJob`], which run without the SA.
+    pub fn record_drop(&mut self, reason: DropReason) {
+        self.counters.drops.incr(reason);
+    }
+
     /// Protects a payload: `buf` holds the payload (an upper-layer segment
     /// in transport mode, an IP packet in tunnel mode) and is turned, in
     /// place, into the ESP packet from the SPI to the ICV.
@@ -401,6 +410,21 @@ impl Sa {
         next_header: u8,
         now: Instant,
     ) -> Result<(), DropReason> {
+        let job = self.reserve_seal(buf, now)?;
+        job.seal(buf, next_header).map_err(|r| self.drop(r))
+    }
+
+    /// The first half of [`Self::seal_esp`], for an SA that several
+    /// threads send with: checks the SA and the room in `buf`, takes the
+    /// next sequence number and counts the packet. The SA's lock (if any)
+    /// is needed only for this; [`SealJob::seal`] encrypts without it, so
+    /// threads encrypt in parallel and each packet still has a number of
+    /// its own under the key.
+    pub fn reserve_seal(
+        &mut self,
+        buf: &PacketBuf<'_>,
+        now: Instant,
+    ) -> Result<SealJob, DropReason> {
         debug_assert_eq!(self.direction, Direction::Outbound);
         self.ensure_usable(now)?;
         //= https://www.rfc-editor.org/rfc/rfc4303#section-3.3.3
@@ -420,33 +444,22 @@ impl Sa {
             return Err(self.drop(DropReason::SeqExhausted));
         }
         let payload_len = buf.len();
-        let trailer = TrailerRepr {
-            pad_len: TrailerRepr::pad_len_for(payload_len, self.suite.align()),
-            next_header,
-        };
-        let head = esp_wire::HEADER_LEN + self.suite.iv_len();
-        let tail = trailer.buffer_len() + self.suite.icv_len();
-        if buf.headroom() < head || buf.tailroom() < tail {
-            return Err(self.drop(DropReason::NoRoom));
-        }
-        buf.push_back(tail)?;
-        trailer.emit(&mut buf.data_mut()[payload_len..payload_len + trailer.buffer_len()]);
-        buf.push_front(head)?;
-        let mut header = esp_wire::Packet::new_unchecked(buf.data_mut());
-        esp_wire::Repr {
+        let job = SealJob {
+            cipher: Arc::clone(&self.cipher),
             spi: self.spi,
-            // The low 32 bits; with ESN the high half is only authenticated.
-            sequence_number: seq as u32,
-        }
-        .emit(&mut header);
-        if self.cipher.seal(buf.data_mut(), seq, self.esn).is_err() {
+            seq,
+            esn: self.esn,
+            suite: self.suite,
+        };
+        let (head, tail) = job.room(payload_len);
+        if buf.headroom() < head || buf.tailroom() < tail {
             return Err(self.drop(DropReason::NoRoom));
         }
         self.next_seq = seq.wrapping_add(1);
         self.counters.packets += 1;
         self.counters.bytes += payload_len as u64;
         self.update_lifetime(now);
-        Ok(())
+        Ok(job)
     }
 
     /// Opens an ESP packet: `buf` holds the ESP packet from the SPI to the
@@ -456,6 +469,21 @@ impl Sa {
     /// The order is RFC 4303 section 3.4: the replay window is checked
     /// before decryption and updated only once the ICV verifies.
     pub fn open_esp(&mut self, buf: &mut PacketBuf<'_>, now: Instant) -> Result<u8, DropReason> {
+        let job = self.reserve_open(buf, now)?;
+        job.decrypt(buf).map_err(|r| self.drop(r))?;
+        self.finish_open(&job, buf, now)
+    }
+
+    /// The first third of [`Self::open_esp`], for an SA that several
+    /// threads receive on: checks the packet's length, SPI and sequence
+    /// number against the replay window (RFC 4303 section 3.4.3: before
+    /// any time is spent on decryption). [`OpenJob::decrypt`] then runs
+    /// without the SA, and [`Self::finish_open`] updates the window.
+    pub fn reserve_open(
+        &mut self,
+        buf: &PacketBuf<'_>,
+        now: Instant,
+    ) -> Result<OpenJob, DropReason> {
         debug_assert_eq!(self.direction, Direction::Inbound);
         self.ensure_usable(now)?;
         let head = esp_wire::HEADER_LEN + self.suite.iv_len();
@@ -477,7 +505,7 @@ impl Sa {
         if spi != self.spi {
             return Err(self.drop(DropReason::NoSa));
         }
-        let Some(window) = self.replay.as_mut() else {
+        let Some(window) = self.replay.as_ref() else {
             return Err(self.drop(DropReason::NoSa));
         };
         let seq = if self.esn {
@@ -488,13 +516,40 @@ impl Sa {
         let Some(seq) = seq.filter(|&s| window.check(s)) else {
             return Err(self.drop(DropReason::Replay));
         };
-        if self.cipher.open(buf.data_mut(), seq, self.esn).is_err() {
-            return Err(self.drop(DropReason::IcvFailure));
+        Ok(OpenJob {
+            cipher: Arc::clone(&self.cipher),
+            seq,
+            esn: self.esn,
+            len,
+        })
+    }
+
+    /// The last third of [`Self::open_esp`], once [`OpenJob::decrypt`]
+    /// verified the ICV: records the sequence number in the replay window,
+    /// which refuses it if another thread recorded it meanwhile (a
+    /// duplicate received twice at once), strips the header and trailer
+    /// and counts the packet. Returns the next header.
+    pub fn finish_open(
+        &mut self,
+        job: &OpenJob,
+        buf: &mut PacketBuf<'_>,
+        now: Instant,
+    ) -> Result<u8, DropReason> {
+        let head = esp_wire::HEADER_LEN + self.suite.iv_len();
+        let icv_len = self.suite.icv_len();
+        let len = job.len;
+        if buf.len() != len {
+            return Err(self.drop(DropReason::Malformed));
         }
+        let Some(window) = self.replay.as_mut() else {
+            return Err(self.drop(DropReason::NoSa));
+        };
         //= https://www.rfc-editor.org/rfc/rfc4303#section-3.4.3
         //# The receive window is updated only if the integrity verification
         //# succeeds.
-        window.update(seq);
+        if !window.update(job.seq) {
+            return Err(self.drop(DropReason::Replay));
+        }
         let Ok((trailer, payload_len)) = TrailerRepr::parse(&buf.data()[head..len - icv_len])
         else {
             return Err(self.drop(DropReason::BadPadding));
@@ -831,6 +886,93 @@ fn rewrite_ip_header(packet: &mut [u8], version: u8, protocol: u8) {
         let mut ip = ipv6::Packet::new_unchecked(packet);
         ip.set_next_header(protocol.into());
         ip.set_payload_len((len - IPV6_HEADER_LEN) as u16);
+    }
+}
+
+/// The encryption of one outbound packet, with its sequence number
+/// already taken by [`Sa::reserve_seal`]; runs without the SA.
+pub struct SealJob {
+    cipher: Arc<dyn EspCipher>,
+    spi: u32,
+    seq: u64,
+    esn: bool,
+    suite: Suite,
+}
+
+impl SealJob {
+    /// The sequence number this packet carries.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The room around a payload of `payload_len` bytes: the ESP header
+    /// and IV in front, the padding, trailer and ICV behind.
+    fn room(&self, payload_len: usize) -> (usize, usize) {
+        let trailer = TrailerRepr {
+            pad_len: TrailerRepr::pad_len_for(payload_len, self.suite.align()),
+            next_header: 0,
+        };
+        (
+            esp_wire::HEADER_LEN + self.suite.iv_len(),
+            trailer.buffer_len() + self.suite.icv_len(),
+        )
+    }
+
+    /// Turns the payload in `buf` (which [`Sa::reserve_seal`] checked for
+    /// room) into the ESP packet, in place. A failure is the caller's to
+    /// count ([`Sa::record_drop`]).
+    pub fn seal(self, buf: &mut PacketBuf<'_>, next_header: u8) -> Result<(), DropReason> {
+        let payload_len = buf.len();
+        let trailer = TrailerRepr {
+            pad_len: TrailerRepr::pad_len_for(payload_len, self.suite.align()),
+            next_header,
+        };
+        let (head, tail) = self.room(payload_len);
+        if buf.headroom() < head || buf.tailroom() < tail {
+            return Err(DropReason::NoRoom);
+        }
+        buf.push_back(tail)?;
+        trailer.emit(&mut buf.data_mut()[payload_len..payload_len + trailer.buffer_len()]);
+        buf.push_front(head)?;
+        let mut header = esp_wire::Packet::new_unchecked(buf.data_mut());
+        esp_wire::Repr {
+            spi: self.spi,
+            // The low 32 bits; with ESN the high half is only authenticated.
+            sequence_number: self.seq as u32,
+        }
+        .emit(&mut header);
+        self.cipher
+            .seal(buf.data_mut(), self.seq, self.esn)
+            .map_err(|_| DropReason::NoRoom)
+    }
+}
+
+/// The decryption of one inbound packet that passed the replay check of
+/// [`Sa::reserve_open`]; runs without the SA.
+pub struct OpenJob {
+    cipher: Arc<dyn EspCipher>,
+    seq: u64,
+    esn: bool,
+    /// The ESP packet's length, from the SPI to the ICV.
+    len: usize,
+}
+
+impl OpenJob {
+    /// The packet's full sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Verifies the ICV and decrypts in place
+    /// ([`DropReason::IcvFailure`] otherwise, the caller's to count with
+    /// [`Sa::record_drop`]).
+    pub fn decrypt(&self, buf: &mut PacketBuf<'_>) -> Result<(), DropReason> {
+        if buf.len() != self.len {
+            return Err(DropReason::Malformed);
+        }
+        self.cipher
+            .open(buf.data_mut(), self.seq, self.esn)
+            .map_err(|_| DropReason::IcvFailure)
     }
 }
 

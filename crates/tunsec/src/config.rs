@@ -176,6 +176,7 @@ struct RawNode {
     underlay: String,
     control_socket: Option<PathBuf>,
     underlay_mtu: Option<u16>,
+    workers: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,7 +283,13 @@ pub struct Node {
     pub control_socket: PathBuf,
     /// The underlay MTU that `mtu = "auto"` starts from.
     pub underlay_mtu: u16,
+    /// How many data-path worker pairs (transmit and receive) run, each
+    /// with its own queue of every TAP device and its own UDP sockets.
+    pub workers: usize,
 }
+
+/// The most worker pairs `node.workers` allows.
+pub const MAX_WORKERS: u16 = 64;
 
 /// The data path's offloads, each of which can be turned off (kernels have
 /// had offload bugs).
@@ -467,6 +474,15 @@ impl Config {
         if esp.port == 0 {
             return Err(invalid("esp.port", 0, "is not a usable port"));
         }
+        if node.workers > 1 && esp.encapsulation == EspEncapsulation::Esp {
+            // Every raw ESP socket receives a copy of every ESP packet:
+            // per-worker sockets would open each packet several times.
+            return Err(invalid(
+                "node.workers",
+                node.workers,
+                "needs esp.encapsulation = \"udp\": raw ESP sockets cannot share the packets between workers",
+            ));
+        }
         if tunsec_esp::ReplayWindow::new(esp.replay_window).is_err() {
             return Err(invalid(
                 "esp.replay_window",
@@ -625,7 +641,16 @@ fn validate_node(raw: RawNode) -> Result<Node, ConfigError> {
             format!("is below the minimum of {min} for the underlay's address family"),
         ));
     }
+    let workers = raw.workers.unwrap_or(1);
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        return Err(invalid(
+            "node.workers",
+            workers,
+            format!("is not between 1 and {MAX_WORKERS}"),
+        ));
+    }
     Ok(Node {
+        workers: usize::from(workers),
         name: raw.name,
         underlay,
         control_socket: raw
@@ -1176,6 +1201,17 @@ key_out = "b.out"
         let sa = p.sa.as_ref().unwrap();
         assert_eq!(sa.keys_in.encryption.len(), 20);
         assert!(!format!("{sa:?}").contains("0011"), "keys never print");
+    }
+
+    #[test]
+    fn workers() {
+        assert_eq!(parse(BASE).unwrap().node.workers, 1);
+        let with = |line: &str| BASE.replacen("[node]\n", &format!("[node]\n{line}\n"), 1);
+        assert_eq!(parse(&with("workers = 4")).unwrap().node.workers, 4);
+        assert_invalid(&with("workers = 0"), "node.workers", "0");
+        assert_invalid(&with("workers = 65"), "node.workers", "65");
+        let raw_esp = with("workers = 2") + "\n[esp]\nencapsulation = \"esp\"\n";
+        assert_invalid(&raw_esp, "node.workers", "2");
     }
 
     fn assert_invalid(text: &str, field: &str, value: &str) {

@@ -202,37 +202,55 @@ impl Daemon {
         }
 
         let underlay = config.node.underlay;
-        let esp = match config.esp.encapsulation {
-            EspEncapsulation::Udp => {
-                DatagramSocket::udp(SocketAddr::new(underlay, config.esp.port)).with_context(
-                    || format!("esp.port: cannot bind {underlay} port {}", config.esp.port),
-                )?
+        let workers = config.node.workers;
+        // One set of sockets per worker: with several, each UDP port is
+        // bound once per worker with SO_REUSEPORT, so the kernel spreads
+        // the peers' flows over the workers.
+        let udp = |addr| {
+            if workers > 1 {
+                DatagramSocket::udp_reuseport(addr)
+            } else {
+                DatagramSocket::udp(addr)
             }
-            EspEncapsulation::Esp => DatagramSocket::raw_esp(underlay).with_context(|| {
-                format!("esp.encapsulation: cannot open a raw ESP socket on {underlay}")
-            })?,
         };
-        let mut tunnels = Vec::new();
-        for (port, _) in shared.tables.load().tunnel_ports() {
-            let sock = DatagramSocket::udp(SocketAddr::new(underlay, port))
-                .with_context(|| format!("network port: cannot bind {underlay} port {port}"))?;
-            tunnels.push((port, sock));
+        let mut worker_sockets = Vec::new();
+        for _ in 0..workers {
+            let esp = match config.esp.encapsulation {
+                EspEncapsulation::Udp => udp(SocketAddr::new(underlay, config.esp.port))
+                    .with_context(|| {
+                        format!("esp.port: cannot bind {underlay} port {}", config.esp.port)
+                    })?,
+                EspEncapsulation::Esp => DatagramSocket::raw_esp(underlay).with_context(|| {
+                    format!("esp.encapsulation: cannot open a raw ESP socket on {underlay}")
+                })?,
+            };
+            let mut tunnels = Vec::new();
+            for (port, _) in shared.tables.load().tunnel_ports() {
+                let sock = udp(SocketAddr::new(underlay, port))
+                    .with_context(|| format!("network port: cannot bind {underlay} port {port}"))?;
+                tunnels.push((port, sock));
+            }
+            worker_sockets.push(Arc::new(Sockets { esp, tunnels }));
         }
-        let sockets = Arc::new(Sockets { esp, tunnels });
 
-        let mut devices: Vec<Arc<dyn FrameDevice>> = Vec::new();
+        // One queue of every TAP device per worker.
+        let mut worker_devices: Vec<Vec<Arc<dyn FrameDevice>>> = vec![Vec::new(); workers];
         for (n, m) in config.networks.iter().zip(&mtus) {
-            let dev = tap::open(&n.tap, m.mtu, config.offload.tap).with_context(|| {
-                format!("network {:?}: cannot create TAP device {:?}", n.name, n.tap)
-            })?;
+            let queues = tap::open_queues(&n.tap, m.mtu, config.offload.tap, workers)
+                .with_context(|| {
+                    format!("network {:?}: cannot create TAP device {:?}", n.name, n.tap)
+                })?;
             tracing::info!(
                 network = %n.name,
                 tap = %n.tap,
                 mtu = m.mtu,
-                offload = dev.tcp_gso(),
+                offload = queues[0].tcp_gso(),
+                queues = queues.len(),
                 "TAP device up"
             );
-            devices.push(Arc::new(dev));
+            for (w, dev) in queues.into_iter().enumerate() {
+                worker_devices[w].push(Arc::new(dev));
+            }
         }
 
         let listener = bind_control_socket(&config.node.control_socket)?;
@@ -243,7 +261,7 @@ impl Daemon {
         let ike = IkeDriver::new(
             &config,
             shared.clone(),
-            sockets.clone(),
+            worker_sockets[0].clone(),
             ike_states.clone(),
             commands,
         )?;
@@ -256,21 +274,23 @@ impl Daemon {
                     .spawn(move || driver.run())?,
             );
         }
-        {
-            let (s, d, k) = (shared.clone(), devices.clone(), sockets.clone());
+        // Every queue of every network, for the receive workers' writes.
+        let all_queues: Vec<Vec<Arc<dyn FrameDevice>>> = (0..config.networks.len())
+            .map(|n| worker_devices.iter().map(|d| d[n].clone()).collect())
+            .collect();
+        for (w, (devices, sockets)) in worker_devices.into_iter().zip(worker_sockets).enumerate() {
+            let (s, d, k) = (shared.clone(), devices, sockets.clone());
             let udp_gso = config.offload.udp_gso;
             workers.push(
                 std::thread::Builder::new()
-                    .name("tunsec-tx".into())
+                    .name(format!("tunsec-tx{w}"))
                     .spawn(move || worker::run_tx(s, d, k, udp_gso))?,
             );
-        }
-        {
-            let (s, d, k) = (shared.clone(), devices, sockets);
+            let (s, d, k) = (shared.clone(), all_queues.clone(), sockets);
             let (gro, udp_gro) = (config.offload.gro, config.offload.udp_gro);
             workers.push(
                 std::thread::Builder::new()
-                    .name("tunsec-rx".into())
+                    .name(format!("tunsec-rx{w}"))
                     .spawn(move || worker::run_rx(s, d, k, gro, udp_gro))?,
             );
         }

@@ -64,15 +64,23 @@ fn set_int_opt(
 impl DatagramSocket {
     /// A UDP socket bound to `addr`.
     pub fn udp(addr: SocketAddr) -> io::Result<Self> {
-        Self::open(addr, SocketKind::Udp)
+        Self::open(addr, SocketKind::Udp, false)
+    }
+
+    /// One of several UDP sockets bound to `addr` with `SO_REUSEPORT`, one
+    /// per worker: the kernel spreads the datagrams over them by a hash of
+    /// their addresses and ports, so one flow always reaches the same
+    /// socket (and worker).
+    pub fn udp_reuseport(addr: SocketAddr) -> io::Result<Self> {
+        Self::open(addr, SocketKind::Udp, true)
     }
 
     /// A raw ESP socket bound to `addr`'s IP address.
     pub fn raw_esp(addr: IpAddr) -> io::Result<Self> {
-        Self::open(SocketAddr::new(addr, 0), SocketKind::RawEsp)
+        Self::open(SocketAddr::new(addr, 0), SocketKind::RawEsp, false)
     }
 
-    fn open(addr: SocketAddr, kind: SocketKind) -> io::Result<Self> {
+    fn open(addr: SocketAddr, kind: SocketKind, reuse_port: bool) -> io::Result<Self> {
         let domain = if addr.is_ipv4() {
             libc::AF_INET
         } else {
@@ -101,6 +109,9 @@ impl DatagramSocket {
         }
         if addr.is_ipv6() {
             set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        if reuse_port {
+            set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         }
         let (storage, len) = sockaddr_from(addr);
         // SAFETY: `storage` holds a valid sockaddr of `len` bytes.

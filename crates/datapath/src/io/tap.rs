@@ -23,15 +23,57 @@ pub fn open(name: &str, mtu: u16, offload: bool) -> io::Result<tun_rs::SyncDevic
         .offload(offload)
         .build_sync()?;
     if offload {
-        let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor
-        // is the open TAP device.
-        let rc =
-            unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_tcp_offloads(&dev)?;
     }
     dev.set_nonblocking(true)?;
     Ok(dev)
+}
+
+/// As [`open`], with `queues` queues (`IFF_MULTI_QUEUE`), one per
+/// worker: the kernel spreads the frames it sends over them by flow, so
+/// each flow's frames stay in order on one queue. One queue is a plain
+/// [`open`].
+pub fn open_queues(
+    name: &str,
+    mtu: u16,
+    offload: bool,
+    queues: usize,
+) -> io::Result<Vec<tun_rs::SyncDevice>> {
+    if queues <= 1 {
+        return Ok(vec![open(name, mtu, offload)?]);
+    }
+    let first = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .layer(tun_rs::Layer::L2)
+        .mtu(mtu)
+        .offload(offload)
+        .multi_queue(true)
+        .build_sync()?;
+    let mut all = vec![first];
+    for _ in 1..queues {
+        let next = all[0].try_clone()?;
+        all.push(next);
+    }
+    for dev in &all {
+        // Each new queue asks for tun-rs's offloads again (UDP's too):
+        // set ours last, on every queue.
+        if offload {
+            set_tcp_offloads(dev)?;
+        }
+        dev.set_nonblocking(true)?;
+    }
+    Ok(all)
+}
+
+/// `TUNSETOFFLOAD` with `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: TCP
+/// segmentation and checksum offload, and no UDP segmentation.
+fn set_tcp_offloads(dev: &tun_rs::SyncDevice) -> io::Result<()> {
+    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor
+    // is the open TAP device.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
