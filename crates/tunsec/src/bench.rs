@@ -66,6 +66,7 @@ pub struct BenchArgs {
     /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgro,
     /// tunsec-aes128gcm16-noudpgso,
     /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
+    /// tunsec-aes128gcm16-2workers,
     /// wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     pub cases: Vec<String>,
@@ -104,7 +105,8 @@ enum Kind {
     Peer(Peer),
 }
 
-/// Which of tunsecd's offloads a case runs with (`[offload]`).
+/// Which of tunsecd's offloads a case runs with (`[offload]`), or how
+/// many workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Offloads {
     /// The defaults: TAP TSO and checksum offload, and GRO.
@@ -117,6 +119,8 @@ enum Offloads {
     NoGro,
     /// Neither.
     None,
+    /// The defaults, with two worker pairs (`[node] workers = 2`).
+    TwoWorkers,
 }
 
 impl Offloads {
@@ -128,6 +132,15 @@ impl Offloads {
             Self::NoUdpGso => "-noudpgso",
             Self::NoGro => "-nogro",
             Self::None => "-nooffload",
+            Self::TwoWorkers => "-2workers",
+        }
+    }
+
+    /// tunsecd's config `text` with this variant's settings.
+    fn apply(self, text: String) -> String {
+        match self {
+            Self::TwoWorkers => text.replacen("[node]\n", "[node]\nworkers = 2\n", 1),
+            o => text + o.config(),
         }
     }
 
@@ -141,6 +154,7 @@ impl Offloads {
             Self::None => {
                 "\n[offload]\ntap = false\ngro = false\nudp_gso = false\nudp_gro = false\n"
             }
+            Self::TwoWorkers => "",
         }
     }
 }
@@ -164,6 +178,7 @@ impl Kind {
                 Offloads::NoUdpGso,
                 Offloads::NoGro,
                 Offloads::None,
+                Offloads::TwoWorkers,
             ]
             .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
         );
@@ -197,6 +212,7 @@ impl Kind {
                     Offloads::NoUdpGso => ", without UDP GSO",
                     Offloads::NoGro => ", TAP offloads without GRO",
                     Offloads::None => ", no offloads",
+                    Offloads::TwoWorkers => ", two worker pairs",
                 }
             ),
             Self::Peer(p) => p.description().to_owned(),
@@ -952,11 +968,11 @@ fn setup_tunsec(
     for (i, h) in hosts.iter().enumerate() {
         let n = i + 1;
         let (key_in, key_out) = (key(3 - n, n), key(n, 3 - n));
-        let text = tunsec_config(
+        let text = offloads.apply(tunsec_config(
             &dir,
             n,
             suite.map(|s| (s, key_in.as_path(), key_out.as_path())),
-        ) + offloads.config();
+        ));
         let path = dir.join(format!("h{n}.toml"));
         std::fs::write(&path, text)?;
         let label = format!("tunsecd-h{n}");
@@ -1017,6 +1033,7 @@ mod test {
                 "tunsec-aes128gcm16-noudpgso",
                 "tunsec-aes128gcm16-nogro",
                 "tunsec-aes128gcm16-nooffload",
+                "tunsec-aes128gcm16-2workers",
                 "wireguard-go",
                 "boringtun"
             ]
@@ -1061,9 +1078,11 @@ mod test {
                 (Offloads::NoGro, (true, false, true, true)),
                 (Offloads::None, (false, false, false, false)),
             ] {
-                let c = Config::parse(&(text.clone() + o.config()), dir.path()).unwrap();
+                let c = Config::parse(&o.apply(text.clone()), dir.path()).unwrap();
                 assert_eq!(all(&c), expect, "{o:?}");
             }
+            let c = Config::parse(&Offloads::TwoWorkers.apply(text.clone()), dir.path()).unwrap();
+            assert_eq!((all(&c), c.node.workers), ((true, true, true, true), 2));
         }
     }
 
