@@ -758,6 +758,7 @@ mod strongswan {
                 nr,
                 init_request: c.init_req.clone(),
                 init_response: c.init_resp.clone(),
+                peer_hashes: None,
             })),
             Role::Initiator => {
                 let p = Payloads(&auth_req);
