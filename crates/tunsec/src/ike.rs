@@ -294,10 +294,11 @@ impl IkeDriver {
         );
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
-            Some(peer.ike.remote_id.clone()),
+            peer.ike.remote_id.clone(),
             peer.ike.psk.clone(),
         )
         .with_selectors(local_ts, remote_ts);
+        c.cert = peer.ike.cert.clone();
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
