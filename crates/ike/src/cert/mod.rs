@@ -23,7 +23,7 @@
 //! the fields it does not expose (subject DN, e-mail SANs, key usage, the
 //! public key) are read with x509-parser; the signatures are aws-lc-rs's.
 
-mod identity;
+pub(crate) mod identity;
 mod key;
 mod peer;
 mod scheme;

@@ -30,6 +30,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::config::{AuthFailure, Config, Event};
 use super::{IkeSa, Payloads, Role, Sk, State, encode_id};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
     CertError, Credentials, HashAlgorithm, SUPPORTED_HASHES, Trust, UnixTime,
     encode_hash_algorithms, parse_hash_algorithms, verify_peer,
@@ -152,11 +155,41 @@ pub(super) fn cert_payloads(config: &Config) -> Vec<Payload> {
         .unwrap_or_default()
 }
 
+/// Responder: the identity we answer as, given the initiator's IDr (the
+/// identity it expects of us, RFC 7296 section 3.5). Without IDr, or with
+/// ours, [`Config::local_id`]. With a certificate, any identity the
+/// certificate holds (RFC 4945 section 3.1: its subject, or a
+/// subjectAltName), which we then answer as, so that a peer that names
+/// us by a SAN while our `local_id` is the subject DN still finds us.
+/// Else [`AuthFailure::IdentityMismatch`].
+pub(super) fn responder_identity(
+    config: &Config,
+    idr: Option<&Identity>,
+) -> Result<Identity, AuthFailure> {
+    let Some(idr) = idr else {
+        return Ok(config.local_id.clone());
+    };
+    if check_expected_identity(idr, &config.local_id).is_ok() {
+        return Ok(config.local_id.clone());
+    }
+    let ours = config.cert.as_ref().is_some_and(|c| {
+        X509Certificate::from_der(c.credentials.end_entity().as_ref())
+            .is_ok_and(|(_, cert)| check_certificate_identity(&cert, idr).is_ok())
+    });
+    if ours {
+        Ok(idr.clone())
+    } else {
+        Err(AuthFailure::IdentityMismatch)
+    }
+}
+
 /// Our AUTH payload over our signed octets (RFC 7296 section 2.15:
-/// `real_message | peer_nonce | prf(SK_p, IDx')`): the PSK's MAC, or a
-/// signature (see the module documentation for the method).
+/// `real_message | peer_nonce | prf(SK_p, IDx')`, `our_id` being the ID
+/// payload we send): the PSK's MAC, or a signature (see the module
+/// documentation for the method).
 pub(super) fn local_auth(
     config: &Config,
+    our_id: &Identity,
     suite: &IkeSuite,
     real_message: &[u8],
     peer_nonce: &[u8],
@@ -168,7 +201,7 @@ pub(super) fn local_auth(
         real_message,
         peer_nonce,
         sk_p,
-        &encode_id(&config.local_id),
+        &encode_id(our_id),
     );
     let Some(cert) = &config.cert else {
         let auth = shared_key_auth(suite.prf, config.psk.expose(), &octets);

@@ -600,7 +600,16 @@ fn cert_auth_method_choice_and_verification() {
                 },
             ),
         ] {
-            let auth = local_auth(&c, &suite, b"message 1", b"nonce", &sk_p, hashes).unwrap();
+            let auth = local_auth(
+                &c,
+                &c.local_id,
+                &suite,
+                b"message 1",
+                b"nonce",
+                &sk_p,
+                hashes,
+            )
+            .unwrap();
             assert_eq!(auth.method, method, "{kind} {hashes:?}");
             assert_eq!(verify(&auth, b"message 1"), Ok(()), "{kind}");
             // Over other octets it does not verify.
@@ -692,4 +701,43 @@ fn cert_identity_types() {
             reason: AuthFailure::Certificate(CertError::IdentityMismatch(_))
         }]
     ));
+}
+
+/// The initiator names the responder (IDr) by a subjectAltName while the
+/// responder's `local_id` is its subject DN: the responder answers as the
+/// name asked for, which its certificate holds. A name the certificate
+/// does not hold is refused.
+#[test]
+fn cert_responder_answers_as_the_idr_in_its_certificate() {
+    let pair = CaPair::new(KeyType::EcdsaP256);
+    let b_cert = pair.b.end_entity().clone();
+    let subject = {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, c) = X509Certificate::from_der(b_cert.as_ref()).unwrap();
+        c.subject().as_raw().to_vec()
+    };
+    let (i, mut r) = pair.configs();
+    r.local_id = Identity::DerAsn1Dn(subject.clone());
+    let run1 = handshake(i.clone(), r.clone());
+    assert_up(&run1);
+    // The initiator's check of IDr passed: the response named us by the
+    // FQDN it asked for (its remote_id), not by the DN.
+    let mut wrong = i;
+    wrong.remote_id = Some(fqdn("c.tunsec.test"));
+    let run2 = handshake(wrong, r);
+    assert_eq!(
+        run2.r_events,
+        vec![Event::AuthFailed {
+            reason: AuthFailure::IdentityMismatch
+        }]
+    );
+    // Without a certificate, only our own identity will do.
+    let mut psk = Config::new(fqdn("b"), None, Key::from_slice(b"k"));
+    assert_eq!(responder_identity(&psk, Some(&fqdn("B"))), Ok(fqdn("b")));
+    assert_eq!(
+        responder_identity(&psk, Some(&fqdn("b.tunsec.test"))),
+        Err(AuthFailure::IdentityMismatch)
+    );
+    psk.local_id = Identity::DerAsn1Dn(subject);
+    assert_eq!(responder_identity(&psk, None), Ok(psk.local_id.clone()));
 }

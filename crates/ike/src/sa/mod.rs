@@ -1196,6 +1196,7 @@ impl IkeSa {
         // NonceRData | MACedIDForI; a PSK's MAC or a signature (auth.rs).
         let auth = auth::local_auth(
             c,
+            &c.local_id,
             &sk.suite,
             init_request,
             &nr,
@@ -1803,11 +1804,10 @@ impl IkeSa {
             ),
             _ => Err(AuthFailure::MissingPayload),
         };
-        // IDr, if sent, names the identity the initiator expects of us.
-        let verified = verified.and_then(|()| match p.idr() {
-            Some(idr) if *idr != self.config.local_id => Err(AuthFailure::IdentityMismatch),
-            _ => Ok(()),
-        });
+        // IDr, if sent, names the identity the initiator expects of us
+        // (with a certificate: any identity in it, which we answer as).
+        let our_id = verified.and_then(|()| auth::responder_identity(&self.config, p.idr()));
+        let verified = our_id.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(reason) = verified {
             // RFC 7296 section 2.21.2: if the responder's AUTH check fails, it
             // answers with an AUTHENTICATION_FAILED notify in the encrypted
@@ -1837,8 +1837,10 @@ impl IkeSa {
         // RFC 7296 section 2.15: responderSignedOctets = RealMessage2 |
         // NonceIData | MACedIDForR; a PSK's MAC or a signature (auth.rs).
         let c = &self.config;
+        let our_id = our_id.unwrap_or_else(|_| c.local_id.clone());
         let auth = match auth::local_auth(
             c,
+            &our_id,
             &sk.suite,
             &init_response,
             &ni,
@@ -1852,7 +1854,7 @@ impl IkeSa {
             }
         };
         // HDR, SK {IDr, [CERT+,] AUTH, ...} (RFC 7296 section 1.2).
-        let mut payloads = vec![Payload::IdResponder(c.local_id.clone())];
+        let mut payloads = vec![Payload::IdResponder(our_id)];
         payloads.extend(auth::cert_payloads(c));
         payloads.push(Payload::Auth(auth));
         let child = self.responder_child(true, &p, &sk, &ni, &nr, None);
