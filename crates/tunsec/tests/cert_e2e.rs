@@ -18,6 +18,11 @@
 //!   revoked certificate: h1 refuses it and tells h2 (an INFORMATIONAL
 //!   AUTHENTICATION_FAILED), and neither keeps an SA.
 //!
+//! - `cert_malformed_from_the_network`: the test itself, as h2's IKE
+//!   initiator, sends bytes that are no certificate (garbage, and a
+//!   certificate cut short) in its CERT payload: tunsecd answers
+//!   AUTHENTICATION_FAILED, logs `malformed: certificate DER`, holds no
+//!   SA and keeps running. (It needs python3 for the UDP relay.)
 //! - `cert_rotation_reload_and_reauth`: h1 gets a new certificate and key,
 //!   h2 a CRL revoking h1's old one, both `tunsec reload` under pings (no
 //!   SA changes, none lost); `tunsec reauth h2` brings up a new IKE SA on
@@ -608,4 +613,130 @@ fn cert_reload_reauthenticates_at_the_next_rekey() {
         ping_ok(&t1, &tenant_addr(2))?;
         Ok(())
     });
+}
+
+/// A UDP relay in h2's namespace: sends each hex line of stdin from
+/// 192.0.2.2:4500 to 192.0.2.1:4500 and prints the answer in hex.
+const RELAY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.2", 4500))
+s.settimeout(5)
+for line in sys.stdin:
+    s.sendto(bytes.fromhex(line.strip()), ("192.0.2.1", 4500))
+    while True:
+        data, addr = s.recvfrom(65535)
+        if addr == ("192.0.2.1", 4500):
+            break
+    print(data.hex(), flush=True)
+"#;
+
+/// A malformed certificate from the network: the test is h2's IKE
+/// initiator (tunsec-ike, through a relay on h2's port 4500) and sends, as
+/// its CERT payload, bytes that are no certificate (random bytes, and a
+/// real certificate cut short), signed with a real key. tunsecd on h1
+/// answers AUTHENTICATION_FAILED, logs the malformed certificate, holds no
+/// SA, and keeps running.
+#[test]
+fn cert_malformed_from_the_network() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::net::{IpAddr, SocketAddr};
+    use tunsec_ike::cert::{Credentials, PrivateKey, Trust, parse_certificates};
+    use tunsec_ike::message::Identity;
+    use tunsec_ike::sa::{AuthFailure, CertAuth, Config, Event, IkeSa, SystemRandom, ts};
+
+    for case in ["garbage", "truncated"] {
+        with_lab(&format!("crt-mal-{case}"), |lab| {
+            let d = lab.dir.path().join("pki");
+            pki::init_ca(KeyAlg::EcdsaP256, "tunsec e2e CA", 30, &d.join("ca"))?;
+            for name in ["h1", "h2"] {
+                pki::issue(&d.join("ca"), name, &[], KeyAlg::EcdsaP256, 30, &d)?;
+            }
+            pki::crl(&d.join("ca"), &[], 7, &d.join("ca.crl"))?;
+            let ul = add_underlay(lab)?;
+            let h1 = add_host(lab, &ul, "h1", 1)?;
+            let h2 = add_host(lab, &ul, "h2", 2)?;
+            let c1 = write_config(lab, 1, 2, &ca_ike(&d, 1, 2, "h1"))?;
+            start_tunsecd(lab, &h1, 1, &c1)?;
+            // h1 tries first; its attempt yields to ours once unanswered
+            // past a retransmission.
+            std::thread::sleep(Duration::from_millis(800));
+
+            let real = parse_certificates(&std::fs::read(d.join("h2.pem"))?)?;
+            let bytes = match case {
+                "garbage" => vec![0x30, 0x82, 0x01, 0x00, 0xde, 0xad, 0xbe, 0xef],
+                _ => real[0][..real[0].len() / 2].to_vec(),
+            };
+            let credentials = Credentials {
+                key: PrivateKey::from_pem_or_der(&std::fs::read(d.join("h2.key"))?)?,
+                chain: vec![bytes.into()],
+            };
+            let trust = Trust::ca(&[&std::fs::read(d.join("ca/ca.pem"))?], &[])?;
+            let (a1, a2): (IpAddr, IpAddr) = (host_addr(1).parse()?, host_addr(2).parse()?);
+            let config = Config::new(
+                Identity::Fqdn(b"h2".to_vec()),
+                Some(Identity::Fqdn(b"h1".to_vec())),
+                tunsec_esp::Key::from_slice(b""),
+            )
+            .with_selectors(
+                vec![ts::host(a2, 17, 0, u16::MAX)],
+                vec![ts::host(a1, 17, 0, u16::MAX)],
+            )
+            .with_cert(std::sync::Arc::new(CertAuth::new(credentials, trust)));
+            let remote = SocketAddr::new(a1, 4500);
+            let mut sa = IkeSa::initiate(config, remote, Instant::now(), Box::new(SystemRandom))?;
+            let mut relay = std::process::Command::new("ip")
+                .args(["netns", "exec", &h2, "/usr/bin/python3", "-c", RELAY])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("cannot start the UDP relay")?;
+            let mut to_relay = relay.stdin.take().context("relay stdin")?;
+            let mut from_relay = BufReader::new(relay.stdout.take().context("relay stdout")?);
+            let result = (|| -> anyhow::Result<()> {
+                for exchange in ["IKE_SA_INIT", "IKE_AUTH"] {
+                    let request = sa
+                        .poll_transmit()
+                        .with_context(|| format!("no {exchange} request"))?;
+                    writeln!(to_relay, "00000000{}", hex::encode(&request.bytes))?;
+                    let mut line = String::new();
+                    from_relay.read_line(&mut line)?;
+                    let answer = hex::decode(line.trim())
+                        .with_context(|| format!("no {exchange} answer from h1: {line:?}"))?;
+                    ensure!(answer.len() > 4, "h1's {exchange} answer is too short");
+                    sa.handle_datagram(Instant::now(), remote, &answer[4..]);
+                }
+                Ok(())
+            })();
+            drop(to_relay);
+            let _ = relay.kill();
+            let _ = relay.wait();
+            result?;
+            let mut events = Vec::new();
+            while let Some(e) = sa.poll_event() {
+                events.push(e);
+            }
+            eprintln!("  the test's initiator: {events:?}");
+            ensure!(
+                events
+                    == [Event::AuthFailed {
+                        reason: AuthFailure::RejectedByPeer
+                    }],
+                "h1 did not answer AUTHENTICATION_FAILED: {events:?}"
+            );
+            // h1: a clear log line, no SA, still serving.
+            let log = strip_ansi(&std::fs::read_to_string(lab.dir.path().join("h1.log"))?);
+            let line = log
+                .lines()
+                .find(|l| l.contains("IKE authentication failed") && l.contains("malformed"))
+                .with_context(|| {
+                    format!("no log line on h1 about the malformed certificate:\n{log}")
+                })?;
+            eprintln!("  h1: {}", line.trim());
+            let s1 = status(lab, 1)?;
+            ensure!(sa_count(&s1) == 0, "h1 holds SAs:\n{}", s1.render());
+            ensure!(lab.pid("h1").is_some(), "tunsecd h1 is gone");
+            Ok(())
+        });
+    }
 }
