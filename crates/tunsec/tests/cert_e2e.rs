@@ -56,6 +56,7 @@ fn preflight() {
             &[
                 ("ip", &["-V"], "iproute2"),
                 ("ping", &["-V"], "iputils-ping"),
+                ("python3", &["--version"], "python3"),
             ],
         );
     });

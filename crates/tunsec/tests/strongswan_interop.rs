@@ -51,6 +51,11 @@
 //!   log shows our signature verified (RFC 7427: ECDSA with SHA-256/384,
 //!   RSASSA-PSS) and a path to its CA; then the same checks as the two
 //!   establishment cases.
+//! - `sswan_cert_refusals`: tunsecd initiating on a certificate from a CA
+//!   charon does not trust (charon: "no trusted ECDSA public key",
+//!   tunsecd: the peer's AUTHENTICATION_FAILED), and charon initiating on
+//!   a certificate that tunsecd's CRL revokes (tunsecd: "certificate
+//!   revoked", charon: "received AUTHENTICATION_FAILED"); no SA.
 //!
 //! TUNSEC_E2E_LOGS=1 prints every log (charon's too) also on success.
 //!
@@ -443,6 +448,19 @@ struct Params {
     ike_extra: &'static str,
     /// Certificates instead of the PSK, made by this tool.
     cert: Option<CertPki>,
+    /// What is wrong with the certificates, in the refusal cases.
+    cert_fault: CertFault,
+}
+
+/// A fault in a certificate case's PKI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CertFault {
+    /// None: both sides trust each other.
+    None,
+    /// tunsecd's certificate comes from another CA than charon trusts.
+    TunsecOtherCa,
+    /// charon's certificate is on a CRL that tunsecd loads.
+    CharonRevoked,
 }
 
 /// Who makes the certificates of a certificate case (a CA, and a node
@@ -469,6 +487,7 @@ impl Params {
             psk_charon: PSK,
             ike_extra: "",
             cert: None,
+            cert_fault: CertFault::None,
         }
     }
 
@@ -586,9 +605,19 @@ fn make_pki(lab: &Lab, p: &Params, pki: CertPki) -> anyhow::Result<PathBuf> {
             use tunsec::pki;
             pki::init_ca(alg, "tunsec pki interop CA", 30, &dir.join("ca"))?;
             std::fs::copy(dir.join("ca/ca.pem"), dir.join("ca.pem"))?;
+            // With TunsecOtherCa, tunsecd's certificate comes from a CA
+            // that charon does not know.
+            if p.cert_fault == CertFault::TunsecOtherCa {
+                pki::init_ca(alg, "another CA", 30, &dir.join("other"))?;
+            }
             for (short, id, n) in nodes {
                 let out = dir.join(short);
-                pki::issue(&dir.join("ca"), id, &[host_addr(n)], alg, 30, &out)?;
+                let ca = if short == "t" && p.cert_fault == CertFault::TunsecOtherCa {
+                    "other"
+                } else {
+                    "ca"
+                };
+                pki::issue(&dir.join(ca), id, &[host_addr(n)], alg, 30, &out)?;
                 std::fs::rename(
                     out.join(format!("{id}.pem")),
                     dir.join(format!("{short}.pem")),
@@ -598,6 +627,12 @@ fn make_pki(lab: &Lab, p: &Params, pki: CertPki) -> anyhow::Result<PathBuf> {
                     dir.join(format!("{short}.key")),
                 )?;
             }
+            let revoked = if p.cert_fault == CertFault::CharonRevoked {
+                vec![dir.join("s.pem")]
+            } else {
+                Vec::new()
+            };
+            pki::crl(&dir.join("ca"), &revoked, 7, &dir.join("ca.crl"))?;
         }
     }
     Ok(dir)
@@ -645,7 +680,12 @@ fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
         let d = lab.dir.path().join("pki");
         format!(
             "auth = \"cert\"\ncert = \"{d}/t.pem\"\nkey = \"{d}/t.key\"\nca = [\"{d}/ca.pem\"]\n\
-             local_id = \"fqdn:{TUNSEC_ID}\"\nremote_id = \"fqdn:{CHARON_ID}\"\n",
+             local_id = \"fqdn:{TUNSEC_ID}\"\nremote_id = \"fqdn:{CHARON_ID}\"\n{}",
+            if d.join("ca.crl").exists() {
+                format!("crl = [\"{}/ca.crl\"]\n", d.display())
+            } else {
+                String::new()
+            },
             d = d.display()
         )
     } else {
@@ -1859,5 +1899,73 @@ fn sswan_cert_tunsec_pki_rsa() {
             "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
             "ESP:AES_GCM_16-128",
         )
+    });
+}
+
+/// Certificate refusals against charon (`tunsec pki` certificates): with
+/// tunsecd initiating on a certificate from a CA charon does not trust,
+/// charon refuses it and tunsecd logs the peer's AUTHENTICATION_FAILED;
+/// with charon initiating on a certificate tunsecd's CRL revokes, tunsecd
+/// refuses it (`certificate revoked` in its log and status) and charon
+/// logs the AUTHENTICATION_FAILED it received. Neither side keeps an SA.
+#[test]
+fn sswan_cert_refusals() {
+    with_lab("tsss-cert-ca", |lab| {
+        let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
+        p.cert_fault = CertFault::TunsecOtherCa;
+        let x = interop(lab, p)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let error = loop {
+            if let Some(e) = ike_of(&x.status(lab)?)?.last_error {
+                break e;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tunsecd reports no failure within 15 s\n{}",
+                    x.describe(lab)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("  tunsecd: {error}");
+        ensure!(error.contains("AUTHENTICATION_FAILED"), "tunsecd: {error}");
+        let log = x.charon.log_text();
+        let line = find_line(&log, "charon", "no trusted")
+            .or_else(|_| find_line(&log, "charon", "constraint"))?;
+        eprintln!("  charon: {}", line.trim());
+        find_line(&log, "charon", "N(AUTH_FAILED)")?;
+        no_sas(lab, &x)?;
+        Ok(())
+    });
+    with_lab("tsss-cert-rv", |lab| {
+        let mut p = Params::new(2, 1, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
+        p.cert_fault = CertFault::CharonRevoked;
+        let x = interop(lab, p)?;
+        let out = x
+            .charon
+            .swanctl(&["--initiate", "--child", CONN, "--timeout", "10"]);
+        ensure!(
+            out.is_err(),
+            "charon's initiate with a revoked certificate succeeded: {out:?}"
+        );
+        let error = ike_of(&x.status(lab)?)?
+            .last_error
+            .context("tunsecd reports no failure")?;
+        eprintln!("  tunsecd: {error}");
+        ensure!(error.contains("certificate revoked"), "tunsecd: {error}");
+        let tlog = strip_ansi(&std::fs::read_to_string(
+            lab.dir.path().join(format!("h{}.log", p.tunsec)),
+        )?);
+        find_line(&tlog, "tunsecd", "certificate revoked")?;
+        let line = find_line(
+            &x.charon.log_text(),
+            "charon",
+            "received AUTHENTICATION_FAILED",
+        )?;
+        eprintln!("  charon: {}", line.trim());
+        no_sas(lab, &x)?;
+        Ok(())
     });
 }
