@@ -10,11 +10,12 @@
 #   strongswan-charon, strongswan-swanctl, libcharon-extra-plugins
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
 #                           strongSwan 5.9.8, the peer of strongswan_interop.rs
+#   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-    libstrongswan-standard-plugins; do
+    libstrongswan-standard-plugins strongswan-pki; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

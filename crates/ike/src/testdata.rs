@@ -55,6 +55,11 @@ impl Capture {
         CAPTURES.into_iter().map(Self::load)
     }
 
+    /// A logged secret or plaintext, by name, if the capture has it.
+    pub(crate) fn try_key(&self, name: &str) -> Option<&[u8]> {
+        self.keys.get(name).map(Vec::as_slice)
+    }
+
     /// A logged secret or plaintext, by name (see `keys.txt`).
     pub(crate) fn key(&self, name: &str) -> &[u8] {
         self.keys

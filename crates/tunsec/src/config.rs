@@ -18,6 +18,9 @@ use tunsec_esp::{SaKeys, Suite};
 use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 use tunsec_wire::ethernet::EthernetAddress;
 
+mod cert;
+pub use cert::{AuthKind, dn_to_der};
+
 /// Where the control socket lives unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
 /// The default ESP-in-UDP port (RFC 3948).
@@ -232,8 +235,16 @@ struct RawPeer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIke {
+    auth: Option<AuthKind>,
     psk_file: Option<PathBuf>,
     psk_env: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    intermediates: Option<Vec<PathBuf>>,
+    ca: Option<Vec<PathBuf>>,
+    crl: Option<Vec<PathBuf>>,
+    pin_cert: Option<PathBuf>,
+    pin_sha256: Option<String>,
     mode: Option<ChildMode>,
     selectors: Option<ChildSelectors>,
     local_id: Option<String>,
@@ -355,16 +366,21 @@ pub struct Peer {
     pub ike: Option<IkePeer>,
 }
 
-/// A peer whose SAs are negotiated with IKEv2 and a pre-shared key.
+/// A peer whose SAs are negotiated with IKEv2, with a pre-shared key or
+/// certificates.
 #[derive(Clone)]
 pub struct IkePeer {
     /// The pre-shared key (the file's or the environment variable's
-    /// content, trimmed).
+    /// content, trimmed); empty with certificates.
     pub psk: tunsec_esp::Key,
+    /// Certificate authentication (`auth = "cert"`): our key and chain,
+    /// the peer's trust. `None`: the PSK.
+    pub cert: Option<std::sync::Arc<tunsec_ike::sa::CertAuth>>,
     /// Our identity.
     pub local_id: Identity,
-    /// The identity the peer must prove.
-    pub remote_id: Identity,
+    /// The identity the peer must prove; `None` only with a pinned
+    /// certificate and no `remote_id` (the pin names the peer).
+    pub remote_id: Option<Identity>,
     /// The IKE proposals, most preferred first.
     pub ike_proposals: Vec<Proposal>,
     /// The ESP proposals, most preferred first.
@@ -389,6 +405,7 @@ impl fmt::Debug for IkePeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IkePeer")
             .field("psk", &"<redacted>")
+            .field("cert", &self.cert.is_some())
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
             .field("ike_proposals", &self.ike_proposals.len())
@@ -867,6 +884,9 @@ fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
     if let Ok(addr) = value.parse::<IpAddr>() {
         return Ok(ip_identity(addr));
     }
+    if let Some(typed) = cert::parse_typed_identity(field, value) {
+        return typed;
+    }
     let (make, text): (fn(Vec<u8>) -> Identity, &str) = match value.strip_prefix("keyid:") {
         Some(rest) => (Identity::KeyId, rest),
         None => (Identity::Fqdn, value),
@@ -875,7 +895,7 @@ fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
         return Err(invalid(
             field,
             quoted(value),
-            "is not an identity (an IP address, a name like host-b.example, or keyid:TEXT)",
+            "is not an identity (an IP address, a name like host-b.example, dn:CN=..., fqdn:NAME, email:ADDR, ip:ADDR, or keyid:TEXT)",
         ));
     }
     Ok(make(text.as_bytes().to_vec()))
@@ -1001,14 +1021,29 @@ fn validate_ike(
     sources: &Sources<'_>,
 ) -> Result<IkePeer, ConfigError> {
     let f = |name: &str| format!("peer[{i}].ike.{name}");
-    let psk = read_psk(&f, &raw, sources)?;
-    let local_id = match &raw.local_id {
-        Some(s) => parse_identity(&f("local_id"), s)?,
-        None => ip_identity(local),
+    let cert = cert::load(&f, &raw, sources.base_dir)?;
+    let psk = match cert {
+        None => read_psk(&f, &raw, sources)?,
+        Some(_) => tunsec_esp::Key::from_slice(&[]),
     };
-    let remote_id = match &raw.remote_id {
-        Some(s) => parse_identity(&f("remote_id"), s)?,
-        None => ip_identity(remote),
+    // With a certificate, we are its subject DN unless told otherwise;
+    // the peer must be named unless it is pinned.
+    let local_id = match (&raw.local_id, &cert) {
+        (Some(s), _) => parse_identity(&f("local_id"), s)?,
+        (None, Some(c)) => Identity::DerAsn1Dn(c.subject.clone()),
+        (None, None) => ip_identity(local),
+    };
+    let remote_id = match (&raw.remote_id, &cert) {
+        (Some(s), _) => Some(parse_identity(&f("remote_id"), s)?),
+        (None, None) => Some(ip_identity(remote)),
+        (None, Some(c)) if c.pinned => None,
+        (None, Some(_)) => {
+            return Err(invalid(
+                f("remote_id"),
+                "(missing)",
+                "is required with auth = \"cert\" and ca: the CA vouches for many nodes, name the one expected (dn:..., fqdn:..., email:..., ip:...)",
+            ));
+        }
     };
     let lifetime = |name: &str, value: Option<u64>| match value {
         None => Ok(None),
@@ -1032,6 +1067,7 @@ fn validate_ike(
     };
     Ok(IkePeer {
         psk,
+        cert: cert.map(|c| c.auth),
         local_id,
         remote_id,
         ike_proposals: parse_proposals(&f("ike_proposals"), raw.ike_proposals, ProtocolId::Ike)?,
@@ -1351,7 +1387,8 @@ key_out = "b.out"
 
     const IKE_PEER: &str = "[peer.ike]\npsk_file = \"b.psk\"\n";
 
-    fn ike_config(ike: &str) -> String {
+    /// The base config with `ike` in place of its manual SA.
+    pub(super) fn ike_config(ike: &str) -> String {
         let start = BASE.find("[peer.sa]").unwrap();
         format!("{}{ike}", &BASE[..start])
     }
@@ -1369,7 +1406,10 @@ key_out = "b.out"
         assert!(c.peers[0].sa.is_none());
         assert_eq!(ike.psk.expose(), b"correct horse battery");
         assert_eq!(ike.local_id, Identity::Ipv4("192.0.2.1".parse().unwrap()));
-        assert_eq!(ike.remote_id, Identity::Ipv4("192.0.2.2".parse().unwrap()));
+        assert_eq!(
+            ike.remote_id,
+            Some(Identity::Ipv4("192.0.2.2".parse().unwrap()))
+        );
         assert_eq!(
             ike.ike_proposals,
             tunsec_ike::proposal::defaults(ProtocolId::Ike)
@@ -1394,7 +1434,7 @@ key_out = "b.out"
         .unwrap();
         let ike = c.peers[0].ike.as_ref().unwrap();
         assert_eq!(ike.local_id, Identity::Fqdn(b"a.example".to_vec()));
-        assert_eq!(ike.remote_id, Identity::KeyId(b"b".to_vec()));
+        assert_eq!(ike.remote_id, Some(Identity::KeyId(b"b".to_vec())));
         assert_eq!(ike.ike_proposals.len(), 2);
         assert_eq!(ike.ike_proposals[1].number, 2);
         assert_eq!(ike.esp_proposals.len(), 1);

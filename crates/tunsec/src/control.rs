@@ -43,6 +43,15 @@ pub enum Request {
         #[serde(default)]
         ike: bool,
     },
+    /// Re-authenticates an IKE peer now: a new IKE SA with the current
+    /// credentials replaces the established one, make before break.
+    Reauth {
+        /// The peer's name.
+        peer: String,
+    },
+    /// Reads the configuration file again and takes up new IKE
+    /// credentials (certificate, key, CA, CRL, PSK) for new IKE SAs.
+    Reload,
 }
 
 /// The daemon's answer.
@@ -97,6 +106,14 @@ mod test {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"delete_sa","peer":"b"}"#).unwrap(),
             Request::DeleteSa { peer: "b".into() }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Reload).unwrap(),
+            r#"{"cmd":"reload"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"reauth","peer":"b"}"#).unwrap(),
+            Request::Reauth { peer: "b".into() }
         );
         let done = Response::Done {
             message: "ok".into(),

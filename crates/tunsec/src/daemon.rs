@@ -184,6 +184,10 @@ pub struct Daemon {
     socket_path: PathBuf,
     ike_states: IkeStates,
     ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    /// The file the configuration came from, for `reload`.
+    config_path: Option<PathBuf>,
+    /// Set by SIGHUP: reload.
+    hangup: Arc<AtomicBool>,
 }
 
 impl Daemon {
@@ -305,7 +309,18 @@ impl Daemon {
             socket_path,
             ike_states,
             ike_commands,
+            config_path: None,
+            hangup: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Names the file the configuration came from: `tunsec reload` and
+    /// SIGHUP read it again.
+    pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
+            .context("cannot handle SIGHUP")?;
+        self.config_path = Some(path);
+        Ok(self)
     }
 
     /// Serves the control socket and housekeeping until `term` is set,
@@ -324,6 +339,10 @@ impl Daemon {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => tracing::warn!("control socket: {e}"),
+            }
+            if self.hangup.swap(false, Ordering::Relaxed) {
+                tracing::info!("SIGHUP: reloading");
+                let _ = self.reload();
             }
             if last_expiry.elapsed() >= Duration::from_secs(1) {
                 let now = Instant::now();
@@ -375,6 +394,8 @@ impl Daemon {
             Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
             Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
             Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
+            Ok(Request::Reauth { peer }) => self.ike_command(&peer, IkeCommand::Reauth),
+            Ok(Request::Reload) => self.reload(),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -397,19 +418,73 @@ impl Daemon {
             };
         }
         let command = command(index);
+        let message = match command {
+            IkeCommand::Down(_) => format!("peer {peer:?} going down"),
+            IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
+            IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying the Child SA"),
+            IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
+            IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
+            IkeCommand::Reload(_) => "reloading".to_owned(),
+        };
         if self.ike_commands.send(command).is_err() {
             return Response::Error {
                 message: "the IKE driver is not running".to_owned(),
             };
         }
-        Response::Done {
-            message: match command {
-                IkeCommand::Down(_) => format!("peer {peer:?} going down"),
-                IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
-                IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying the Child SA"),
-                IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
-            },
+        Response::Done { message }
+    }
+
+    /// Reads the configuration file again and hands the IKE driver the
+    /// `[peer.ike]` settings that changed (credentials: certificate, key,
+    /// CA, CRL, PSK, identities); see `ike::reload`. A configuration that
+    /// does not load changes nothing.
+    fn reload(&self) -> Response {
+        let Some(path) = &self.config_path else {
+            return Response::Error {
+                message: "reload: tunsecd was started without a configuration file".to_owned(),
+            };
+        };
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reload: {}: {e}; nothing changed", path.display());
+                return Response::Error {
+                    message: format!("reload: {}: {e}; nothing changed", path.display()),
+                };
+            }
+        };
+        let plan = crate::ike::reload_plan(&self.config, &new);
+        for note in &plan.ignored {
+            tracing::warn!("reload: {note}");
         }
+        let names: Vec<String> = plan
+            .updates
+            .iter()
+            .map(|(i, _)| new.peers[*i].name.clone())
+            .collect();
+        if !plan.updates.is_empty()
+            && self
+                .ike_commands
+                .send(IkeCommand::Reload(plan.updates))
+                .is_err()
+        {
+            return Response::Error {
+                message: "the IKE driver is not running".to_owned(),
+            };
+        }
+        tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
+        let mut message = if names.is_empty() {
+            "reloaded: no IKE credentials changed".to_owned()
+        } else {
+            format!(
+                "reloaded: new credentials for {} (new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
+                names.join(", ")
+            )
+        };
+        for note in plan.ignored {
+            message.push_str(&format!("; ignored: {note}"));
+        }
+        Response::Done { message }
     }
 
     fn delete_sa(&self, peer: &str) -> Response {

@@ -11,8 +11,11 @@
 //!
 //! Blue tenants are 198.51.100.1-3 and red tenants 198.51.100.11-13: one
 //! subnet, so only the networks' separation keeps them apart. Every pair
-//! of hosts negotiates its SAs with IKEv2 and a fresh random pre-shared
-//! key (`--manual-keys`: fresh random manual keys instead). The demo
+//! of hosts negotiates its SAs with IKEv2, authenticated by certificates
+//! from a CA that the demo makes with `tunsec pki` (CN and dNSName the
+//! host's name, each host expecting its peers by name); `--psk`: a fresh
+//! random pre-shared key per pair instead; `--manual-keys`: fresh random
+//! manual keys instead of IKEv2. The demo
 //! pings across hosts in both networks, shows that blue cannot reach red, captures the underlay and
 //! counts the packets that are not ESP (0), prints `tunsec status` of h1,
 //! and removes everything, also after a failure or Ctrl-C.
@@ -38,10 +41,24 @@ pub struct DemoArgs {
     /// The tunnel format of the blue network (red is always geneve).
     #[arg(long, default_value = "vxlan")]
     pub encapsulation: String,
-    /// Key the SAs manually (random keys in files) instead of with IKEv2
-    /// and a generated pre-shared key.
-    #[arg(long)]
+    /// Key the SAs manually (random keys in files) instead of with IKEv2.
+    #[arg(long, conflicts_with = "psk")]
     pub manual_keys: bool,
+    /// Authenticate IKEv2 with a generated pre-shared key per host pair
+    /// instead of CA-signed certificates.
+    #[arg(long)]
+    pub psk: bool,
+}
+
+/// How the demo's hosts get their SAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keying {
+    /// IKEv2 with certificates from the demo's own CA.
+    Certificates,
+    /// IKEv2 with a random pre-shared key per host pair.
+    Psk,
+    /// Random manual keys.
+    Manual,
 }
 
 const HOSTS: usize = 3;
@@ -81,7 +98,7 @@ fn write_config(
     suite: &str,
     blue_encap: &str,
     keys: &[[String; HOSTS + 1]],
-    manual_keys: bool,
+    keying: Keying,
 ) -> anyhow::Result<PathBuf> {
     let dir = lab.dir.path();
     let mut c = String::new();
@@ -104,7 +121,21 @@ fn write_config(
         if peer == host {
             continue;
         }
-        if !manual_keys {
+        if keying == Keying::Certificates {
+            // The demo's CA vouches for every host; each expects its peer
+            // by the name in the peer's certificate.
+            let pki = dir.join("pki");
+            writeln!(
+                c,
+                "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\
+                 [peer.ike]\nauth = \"cert\"\ncert = \"{p}/h{host}.pem\"\nkey = \"{p}/h{host}.key\"\n\
+                 ca = [\"{p}/ca/ca.pem\"]\nlocal_id = \"fqdn:h{host}\"\nremote_id = \"fqdn:h{peer}\"\n\
+                 esp_proposals = [\"{suite}\"]\n",
+                p = pki.display()
+            )?;
+            continue;
+        }
+        if keying == Keying::Psk {
             // One pre-shared key per pair of hosts: the lower-numbered
             // host's row holds it.
             let (lo, hi) = (host.min(peer), host.max(peer));
@@ -262,12 +293,42 @@ fn demo(
     }
     check_interrupted(stop)?;
 
+    let keying = match (args.manual_keys, args.psk) {
+        (true, _) => Keying::Manual,
+        (false, true) => Keying::Psk,
+        (false, false) => Keying::Certificates,
+    };
+    if keying == Keying::Certificates {
+        step("Making a CA and a certificate per host (tunsec pki)");
+        let pki = lab.dir.path().join("pki");
+        let (ca, _) = crate::pki::init_ca(
+            crate::pki::KeyAlg::EcdsaP256,
+            "tunsec demo CA",
+            1,
+            &pki.join("ca"),
+        )?;
+        println!("  CA: {}", ca.display());
+        for i in 1..=HOSTS {
+            let (cert, _) = crate::pki::issue(
+                &pki.join("ca"),
+                &format!("h{i}"),
+                &[format!("192.0.2.{i}")],
+                crate::pki::KeyAlg::EcdsaP256,
+                1,
+                &pki,
+            )?;
+            println!(
+                "  h{i}: {} (CN=h{i}, DNS:h{i}, IP:192.0.2.{i})",
+                cert.display()
+            );
+        }
+    }
     step(&format!(
         "Starting tunsecd on each host ({suite}, {})",
-        if args.manual_keys {
-            "fresh random manual keys per host pair"
-        } else {
-            "IKEv2 with a fresh random pre-shared key per host pair"
+        match keying {
+            Keying::Manual => "fresh random manual keys per host pair",
+            Keying::Psk => "IKEv2 with a fresh random pre-shared key per host pair",
+            Keying::Certificates => "IKEv2 with CA-signed certificates",
         }
     ));
     // Manual keys are the suite's key material; a PSK is 32 random bytes.
@@ -285,14 +346,7 @@ fn demo(
         }
     }
     for (i, h) in hosts.iter().enumerate().skip(1) {
-        let config = write_config(
-            lab,
-            i,
-            suite.name(),
-            &args.encapsulation,
-            &keys,
-            args.manual_keys,
-        )?;
+        let config = write_config(lab, i, suite.name(), &args.encapsulation, &keys, keying)?;
         let config = config.to_string_lossy().into_owned();
         lab.spawn(&format!("h{i}"), h, tunsecd, &["--config", &config])?;
     }
@@ -303,7 +357,7 @@ fn demo(
         })?;
         println!("  tunsecd up on {h}");
     }
-    if !args.manual_keys {
+    if keying != Keying::Manual {
         // Every host pair negotiates its IKE SA and Child SAs.
         lab.wait_for(
             "IKEv2 between every pair of hosts",

@@ -37,6 +37,9 @@
 //! make-before-break rekeying (the old inbound SA lingering while the new
 //! one takes over), NAT detection, INITIAL_CONTACT.
 
+mod reload;
+pub use reload::{ReloadPlan, plan as reload_plan};
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -91,7 +94,7 @@ pub type IkeStates = Arc<Mutex<HashMap<usize, IkeStatus>>>;
 
 /// What the control socket asks of the IKE driver (`tunsec down PEER`,
 /// `tunsec up PEER`), by peer index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum IkeCommand {
     /// Delete the peer's IKE SA (and its Child SAs) and stay down: no new
     /// attempt until `Up`. Its `require` traffic is dropped meanwhile.
@@ -103,6 +106,14 @@ pub enum IkeCommand {
     Rekey(usize),
     /// Rekey the peer's IKE SA now (RFC 7296 section 2.18).
     RekeyIke(usize),
+    /// Re-authenticate the peer now: a new IKE SA with the current
+    /// credentials beside the established one, which it replaces once up
+    /// (RFC 7296 section 2.8.3).
+    Reauth(usize),
+    /// New `[peer.ike]` settings (credentials) for these peers, by index,
+    /// from `tunsec reload` or SIGHUP: new IKE SAs use them; established
+    /// ones are re-authenticated at their next IKE SA rekey.
+    Reload(Vec<(usize, Box<IkePeer>)>),
 }
 
 /// The tunnel ports of a peer's `networks` (by name), sorted, each once.
@@ -201,6 +212,8 @@ struct PeerIke {
     fresh_ike_sa: bool,
     /// Old inbound SAs kept for in-flight packets, until their deadline.
     expiring_inbound: Vec<(u32, Instant)>,
+    /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
+    reauth_on_rekey: bool,
 }
 
 /// A rekeyed outbound SA not yet switched to.
@@ -273,6 +286,7 @@ impl IkeDriver {
                     pending_outbound: Vec::new(),
                     fresh_ike_sa: false,
                     expiring_inbound: Vec::new(),
+                    reauth_on_rekey: false,
                 })
             })
             .collect();
@@ -315,11 +329,12 @@ impl IkeDriver {
         );
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
-            Some(peer.ike.remote_id.clone()),
+            peer.ike.remote_id.clone(),
             peer.ike.psk.clone(),
         )
         .with_selectors(local_ts, remote_ts);
         c.additional_children = additional;
+        c.cert = peer.ike.cert.clone();
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
@@ -538,10 +553,14 @@ impl IkeDriver {
 
     /// Carries out a command from the control socket.
     fn command(&mut self, now: Instant, command: IkeCommand) {
-        let (IkeCommand::Down(index)
-        | IkeCommand::Up(index)
-        | IkeCommand::Rekey(index)
-        | IkeCommand::RekeyIke(index)) = command;
+        let index = match command {
+            IkeCommand::Reload(updates) => return self.reload(updates),
+            IkeCommand::Reauth(index) => return self.reauth(now, index),
+            IkeCommand::Down(index)
+            | IkeCommand::Up(index)
+            | IkeCommand::Rekey(index)
+            | IkeCommand::RekeyIke(index) => index,
+        };
         let Some(i) = self.peers.iter().position(|p| p.index == index) else {
             return;
         };
@@ -585,6 +604,7 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
+            IkeCommand::Reload(_) | IkeCommand::Reauth(_) => {}
             IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
                 let p = &self.peers[i];
                 let ike = matches!(command, IkeCommand::RekeyIke(_));
@@ -673,7 +693,10 @@ impl IkeDriver {
             while let Some(e) = sa.poll_event() {
                 events.push(e);
             }
-            tracing::warn!(peer = %self.peers[i].name, ?events, "IKE: the peer's new IKE SA failed; the old one stays");
+            let why = reload::describe_events(&events);
+            tracing::warn!(peer = %self.peers[i].name, "IKE: the new IKE SA failed ({why}); the old one stays");
+            self.peers[i].last_error =
+                Some(format!("a new IKE SA failed ({why}); the old one stays"));
             self.endpoint.remove(incoming);
             self.peers[i].incoming = None;
             return;
@@ -814,6 +837,11 @@ impl IkeDriver {
                     "IKE SA rekeyed"
                 );
                 self.peers[i].ike_rekeys += 1;
+                // Reloaded credentials: the rekeyed IKE SA still stands on
+                // the old ones; a new IKE SA takes them up.
+                if std::mem::take(&mut self.peers[i].reauth_on_rekey) {
+                    self.reauth(Instant::now(), index);
+                }
             }
             Event::PeerDead => {
                 tracing::warn!(peer = %name, "IKE: peer dead (no answer)");

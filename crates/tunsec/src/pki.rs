@@ -7,6 +7,10 @@
 //!   subject CN is the node name (OVN's chassis name) and which carries the
 //!   name as a dNSName too, plus any `--san`; `DIR/NODE.pem` and
 //!   `DIR/NODE.key`.
+//! - `self-signed --name NODE --out DIR`: a self-signed node certificate,
+//!   for peers that pin each other (`pin_cert` / `pin_sha256`).
+//! - `crl --ca DIR [--revoke CERT]... --out FILE`: a CRL from the CA that
+//!   revokes the certificates given (`[peer.ike] crl`).
 //! - `show CERT`: subject, issuer, SANs, validity, key type, fingerprint.
 //! - `verify CERT --ca CA [--crl CRL]`: the checks IKE makes
 //!   ([`tunsec_ike::cert::verify_peer`]).
@@ -74,6 +78,41 @@ enum PkiCommand {
         #[arg(long, default_value_t = 1825)]
         days: u32,
         /// Where to write NODE.pem and NODE.key (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a self-signed node certificate, to be pinned by its peers
+    /// (DIR/NODE.key, DIR/NODE.pem).
+    SelfSigned {
+        /// The node's name: the subject CN, and a dNSName.
+        #[arg(long)]
+        name: String,
+        /// More subjectAltNames: an IP address, an e-mail address (with
+        /// `@`) or a DNS name.
+        #[arg(long)]
+        san: Vec<String>,
+        /// The key type.
+        #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
+        key: KeyAlg,
+        /// Validity, in days.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+        /// Where to write NODE.pem and NODE.key (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a CRL signed by the CA that revokes the certificates given.
+    Crl {
+        /// The CA's directory (ca.pem and ca.key), as made by init-ca.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Certificates to revoke (PEM or DER), by their serial numbers.
+        #[arg(long)]
+        revoke: Vec<PathBuf>,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// The CRL file to write (PEM).
         #[arg(long)]
         out: PathBuf,
     },
@@ -148,6 +187,25 @@ pub fn run(args: &PkiArgs, out: &mut dyn Write) -> Result<()> {
         } => {
             let (cert, key_file) = issue(ca, name, san, *key, *days, dir)?;
             writeln!(out, "{name}: {} {}", cert.display(), key_file.display())?;
+        }
+        PkiCommand::SelfSigned {
+            name,
+            san,
+            key,
+            days,
+            out: dir,
+        } => {
+            let (cert, key_file) = self_signed(name, san, *key, *days, dir)?;
+            writeln!(out, "{name}: {} {}", cert.display(), key_file.display())?;
+        }
+        PkiCommand::Crl {
+            ca,
+            revoke,
+            days,
+            out: file,
+        } => {
+            crl(ca, revoke, *days, file)?;
+            writeln!(out, "CRL: {} ({} revoked)", file.display(), revoke.len())?;
         }
         PkiCommand::Show { cert } => {
             let text = show(&read(cert, "CERT")?).with_context(|| arg("CERT", cert))?;
@@ -254,26 +312,9 @@ fn parse_san(s: &str) -> Result<SanType> {
     }
 }
 
-/// `issue`: returns the certificate and key paths.
-pub fn issue(
-    ca: &Path,
-    name: &str,
-    sans: &[String],
-    alg: KeyAlg,
-    days: u32,
-    dir: &Path,
-) -> Result<(PathBuf, PathBuf)> {
-    if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
-        bail!("--name {name:?}: not usable as a node name and file name");
-    }
-    let dns = SanType::DnsName(
-        name.try_into()
-            .map_err(|_| anyhow!("--name {name}: not an ASCII DNS name"))?,
-    );
-    let mut alt_names = vec![dns];
-    for s in sans {
-        alt_names.push(parse_san(s)?);
-    }
+/// The CA of `--ca DIR`: its certificate and an issuer that signs with
+/// its key.
+fn load_ca(ca: &Path) -> Result<(CertificateDer<'static>, Issuer<'static, KeyPair>)> {
     let (ca_pem, ca_key) = if ca.is_dir() {
         (ca.join("ca.pem"), ca.join("ca.key"))
     } else {
@@ -289,15 +330,102 @@ pub fn issue(
         .with_context(|| format!("--ca {}: {} is not a key", ca.display(), ca_key.display()))?;
     let issuer = Issuer::from_ca_cert_der(&ca_cert[0], ca_signing_key)
         .with_context(|| format!("--ca {}: {}", ca.display(), ca_pem.display()))?;
+    Ok((ca_cert[0].clone(), issuer))
+}
 
-    let paths = prepare_out(dir, &[&format!("{name}.pem"), &format!("{name}.key")])?;
+/// The certificate parameters of node `name`: the CN and a dNSName of
+/// the name, the SANs given, digitalSignature.
+fn node_params(name: &str, sans: &[String], days: u32) -> Result<CertificateParams> {
+    if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
+        bail!("--name {name:?}: not usable as a node name and file name");
+    }
+    let dns = SanType::DnsName(
+        name.try_into()
+            .map_err(|_| anyhow!("--name {name}: not an ASCII DNS name"))?,
+    );
+    let mut alt_names = vec![dns];
+    for s in sans {
+        alt_names.push(parse_san(s)?);
+    }
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
     params.subject_alt_names = alt_names;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
     validity(&mut params, days);
+    Ok(params)
+}
+
+/// `self-signed`: returns the certificate and key paths.
+pub fn self_signed(
+    name: &str,
+    sans: &[String],
+    alg: KeyAlg,
+    days: u32,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let params = node_params(name, sans, days)?;
+    let paths = prepare_out(dir, &[&format!("{name}.pem"), &format!("{name}.key")])?;
+    let key = alg.generate()?;
+    let cert = params
+        .self_signed(&key)
+        .with_context(|| format!("--name {name}: cannot make the certificate"))?;
+    write_new(
+        &paths[1],
+        Zeroizing::new(key.serialize_pem()).as_bytes(),
+        0o600,
+    )?;
+    write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
+    Ok((paths[0].clone(), paths[1].clone()))
+}
+
+/// `crl`: writes a CRL (PEM) from the CA in `ca` that revokes the
+/// certificates `revoke` by serial number, valid for `days`.
+pub fn crl(ca: &Path, revoke: &[PathBuf], days: u32, out: &Path) -> Result<()> {
+    let (_, issuer) = load_ca(ca)?;
+    let now = OffsetDateTime::now_utc();
+    let mut revoked = Vec::new();
+    for path in revoke {
+        let der = first_certificate(&read(path, "revoke")?).with_context(|| arg("revoke", path))?;
+        let (_, parsed) = X509Certificate::from_der(&der)
+            .map_err(|e| anyhow!("{}: not a certificate: {e}", arg("revoke", path)))?;
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from_slice(parsed.raw_serial()),
+            revocation_time: now - Duration::minutes(1),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let mut number = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut number).context("system random")?;
+    number[0] &= 0x7f;
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::hours(1),
+        next_update: now + Duration::days(i64::from(days)),
+        crl_number: SerialNumber::from_slice(&number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .with_context(|| format!("{}: cannot sign the CRL", arg("ca", ca)))?;
+    let pem = crl.pem().context("encoding the CRL")?;
+    fs::write(out, pem).with_context(|| format!("{}: cannot write", arg("out", out)))
+}
+
+/// `issue`: returns the certificate and key paths.
+pub fn issue(
+    ca: &Path,
+    name: &str,
+    sans: &[String],
+    alg: KeyAlg,
+    days: u32,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let mut params = node_params(name, sans, days)?;
+    params.use_authority_key_identifier_extension = true;
+    let (_, issuer) = load_ca(ca)?;
+    let paths = prepare_out(dir, &[&format!("{name}.pem"), &format!("{name}.key")])?;
     let key = alg.generate()?;
     let cert = params
         .signed_by(&key, &issuer)

@@ -44,11 +44,28 @@
 //!   one Child SA each (the second by CREATE_CHILD_SA), each side
 //!   initiating once; pings on both networks both ways.
 //!
+//! - `sswan_cert_strongswan_pki_ecdsa`, `sswan_cert_strongswan_pki_rsa`:
+//!   certificates (a CA, a node certificate each) made by strongSwan's
+//!   `pki`, ECDSA P-256 with tunsecd initiating, RSA 2048 with charon
+//!   initiating; `sswan_cert_tunsec_pki_p384` and
+//!   `sswan_cert_tunsec_pki_rsa`: made by `tunsec pki` and used by charon
+//!   too, ECDSA P-384 with charon initiating, RSA 3072 with tunsecd
+//!   initiating. Identities are FQDNs in the certificates' SANs; charon's
+//!   log shows our signature verified (RFC 7427: ECDSA with SHA-256/384,
+//!   RSASSA-PSS) and a path to its CA; then the same checks as the two
+//!   establishment cases.
+//! - `sswan_cert_refusals`: tunsecd initiating on a certificate from a CA
+//!   charon does not trust (charon: "no trusted ECDSA public key",
+//!   tunsecd: the peer's AUTHENTICATION_FAILED), and charon initiating on
+//!   a certificate that tunsecd's CRL revokes (tunsecd: "certificate
+//!   revoked", charon: "received AUTHENTICATION_FAILED"); no SA.
+//!
 //! TUNSEC_E2E_LOGS=1 prints every log (charon's too) also on success.
 //!
 //! They need root, iproute2, ping, tshark, iperf3, nftables and strongSwan
 //! (strongswan-charon, strongswan-swanctl, libcharon-extra-plugins,
-//! libstrongswan-standard-plugins: `scripts/deps.sh` installs them); they
+//! libstrongswan-standard-plugins, strongswan-pki: `scripts/deps.sh`
+//! installs them); they
 //! fail, never skip, when something is missing.
 
 use std::fmt::Write as _;
@@ -70,6 +87,13 @@ const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 const PLUGINS: &str = "/usr/lib/ipsec/plugins";
 const STRONGSWAN_CONF: &str = include_str!("strongswan/strongswan.conf.in");
 const SWANCTL_CONF: &str = include_str!("strongswan/swanctl.conf.in");
+const SWANCTL_CERT_CONF: &str = include_str!("strongswan/swanctl-cert.conf.in");
+/// strongSwan's `pki` tool (strongswan-pki).
+const PKI: &str = "/usr/bin/pki";
+/// The IKE identities in the certificate cases: tunsecd's and charon's
+/// (each a dNSName of its certificate).
+const TUNSEC_ID: &str = "t.interop.test";
+const CHARON_ID: &str = "s.interop.test";
 /// The connection and Child SA name in swanctl.conf.
 const CONN: &str = "tunsec";
 /// tunsecd's name for the strongSwan host.
@@ -105,6 +129,10 @@ fn preflight() {
         assert!(
             Path::new(SWANCTL).exists(),
             "strongSwan's swanctl ({SWANCTL}) is missing: {install}"
+        );
+        assert!(
+            Path::new(PKI).exists(),
+            "strongSwan's pki ({PKI}) is missing: apt-get install strongswan-pki, or run scripts/deps.sh"
         );
         require(
             "strongSwan interop tests",
@@ -233,10 +261,15 @@ impl Charon {
             dir.join("strongswan.conf"),
             render(STRONGSWAN_CONF, &[("DIR", &dir_s), ("LOG", &log_s)]),
         )?;
+        let template = if p.cert.is_some() {
+            SWANCTL_CERT_CONF
+        } else {
+            SWANCTL_CONF
+        };
         std::fs::write(
             dir.join("swanctl/swanctl.conf"),
             render(
-                SWANCTL_CONF,
+                template,
                 &[
                     ("ME", &host_addr(me)),
                     ("PEER", &host_addr(peer)),
@@ -245,6 +278,8 @@ impl Charon {
                     ("PSK", p.psk_charon),
                     ("TS", if p.green { "[udp/4789]" } else { "" }),
                     ("EXTRA_CHILD", &extra_child),
+                    ("MYID", CHARON_ID),
+                    ("PEERID", TUNSEC_ID),
                 ],
             ),
         )?;
@@ -436,6 +471,10 @@ struct Params {
     /// on both sides, each network with a Child SA of its own: tunsecd
     /// with `selectors = "ports"`, charon with a second child.
     green: bool,
+    /// Certificates instead of the PSK, made by this tool.
+    cert: Option<CertPki>,
+    /// What is wrong with the certificates, in the refusal cases.
+    cert_fault: CertFault,
 }
 
 /// The name of the second network and of charon's second child.
@@ -447,6 +486,28 @@ const GREEN_VNI: &str = "200";
 /// The addresses on network green: 203.0.113.<n>.
 fn green_addr(n: u8) -> String {
     format!("203.0.113.{n}")
+}
+
+/// A fault in a certificate case's PKI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CertFault {
+    /// None: both sides trust each other.
+    None,
+    /// tunsecd's certificate comes from another CA than charon trusts.
+    TunsecOtherCa,
+    /// charon's certificate is on a CRL that tunsecd loads.
+    CharonRevoked,
+}
+
+/// Who makes the certificates of a certificate case (a CA, and a node
+/// certificate for each side, with its identity as a dNSName).
+#[derive(Clone, Copy, Debug)]
+enum CertPki {
+    /// strongSwan's `pki`, with this key type (`ecdsa` P-256 or `rsa`
+    /// 2048); used by both sides.
+    Strongswan(&'static str),
+    /// `tunsec pki`, with this key type; used by both sides.
+    Tunsec(tunsec::pki::KeyAlg),
 }
 
 const PSK: &str = "interop-with-strongswan-0123456789";
@@ -462,8 +523,175 @@ impl Params {
             psk_charon: PSK,
             ike_extra: "",
             green: false,
+            cert: None,
+            cert_fault: CertFault::None,
         }
     }
+
+    fn with_cert(mut self, pki: CertPki) -> Self {
+        self.cert = Some(pki);
+        self
+    }
+}
+
+/// Runs strongSwan's `pki ARGS`, with `stdin` as its input; returns its
+/// output.
+fn sswan_pki(args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut child = Command::new(PKI)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run strongSwan's pki (strongswan-pki)")?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("pki's stdin")?
+            .write_all(input)?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "pki {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+/// Makes the PKI of a certificate case in `lab/pki`: `ca.pem`, and
+/// `t.pem`/`t.key` (tunsecd) and `s.pem`/`s.key` (charon), each node
+/// certificate with its IKE identity and address as subjectAltNames.
+fn make_pki(lab: &Lab, p: &Params, pki: CertPki) -> anyhow::Result<PathBuf> {
+    let dir = lab.dir.path().join("pki");
+    std::fs::create_dir_all(&dir)?;
+    let nodes = [("t", TUNSEC_ID, p.tunsec), ("s", CHARON_ID, p.charon)];
+    match pki {
+        CertPki::Strongswan(kind) => {
+            let size = if kind == "rsa" { "2048" } else { "256" };
+            let ca_key = sswan_pki(
+                &["--gen", "--type", kind, "--size", size, "--outform", "pem"],
+                None,
+            )?;
+            std::fs::write(dir.join("ca.key"), &ca_key)?;
+            let ca_key_s = dir.join("ca.key").to_string_lossy().into_owned();
+            let ca = sswan_pki(
+                &[
+                    "--self",
+                    "--ca",
+                    "--lifetime",
+                    "30",
+                    "--in",
+                    &ca_key_s,
+                    "--type",
+                    kind,
+                    "--dn",
+                    "C=CH, O=tunsec interop, CN=strongSwan pki CA",
+                    "--outform",
+                    "pem",
+                ],
+                None,
+            )?;
+            std::fs::write(dir.join("ca.pem"), &ca)?;
+            let ca_s = dir.join("ca.pem").to_string_lossy().into_owned();
+            for (short, id, n) in nodes {
+                let key = sswan_pki(
+                    &["--gen", "--type", kind, "--size", size, "--outform", "pem"],
+                    None,
+                )?;
+                let key_path = dir.join(format!("{short}.key"));
+                std::fs::write(&key_path, &key)?;
+                std::fs::set_permissions(
+                    &key_path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
+                let public = sswan_pki(
+                    &["--pub", "--in", &key_path.to_string_lossy(), "--type", kind],
+                    None,
+                )?;
+                let dn = format!("C=CH, O=tunsec interop, CN={id}");
+                let addr = host_addr(n);
+                let cert = sswan_pki(
+                    &[
+                        "--issue",
+                        "--cacert",
+                        &ca_s,
+                        "--cakey",
+                        &ca_key_s,
+                        "--lifetime",
+                        "30",
+                        "--dn",
+                        &dn,
+                        "--san",
+                        id,
+                        "--san",
+                        &addr,
+                        "--outform",
+                        "pem",
+                    ],
+                    Some(&public),
+                )?;
+                std::fs::write(dir.join(format!("{short}.pem")), &cert)?;
+            }
+        }
+        CertPki::Tunsec(alg) => {
+            use tunsec::pki;
+            pki::init_ca(alg, "tunsec pki interop CA", 30, &dir.join("ca"))?;
+            std::fs::copy(dir.join("ca/ca.pem"), dir.join("ca.pem"))?;
+            // With TunsecOtherCa, tunsecd's certificate comes from a CA
+            // that charon does not know.
+            if p.cert_fault == CertFault::TunsecOtherCa {
+                pki::init_ca(alg, "another CA", 30, &dir.join("other"))?;
+            }
+            for (short, id, n) in nodes {
+                let out = dir.join(short);
+                let ca = if short == "t" && p.cert_fault == CertFault::TunsecOtherCa {
+                    "other"
+                } else {
+                    "ca"
+                };
+                pki::issue(&dir.join(ca), id, &[host_addr(n)], alg, 30, &out)?;
+                std::fs::rename(
+                    out.join(format!("{id}.pem")),
+                    dir.join(format!("{short}.pem")),
+                )?;
+                std::fs::rename(
+                    out.join(format!("{id}.key")),
+                    dir.join(format!("{short}.key")),
+                )?;
+            }
+            let revoked = if p.cert_fault == CertFault::CharonRevoked {
+                vec![dir.join("s.pem")]
+            } else {
+                Vec::new()
+            };
+            pki::crl(&dir.join("ca"), &revoked, 7, &dir.join("ca.crl"))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Puts charon's credentials where swanctl --load-all finds them: the CA
+/// in x509ca/, its certificate in x509/, its key in the directory of its
+/// format.
+fn install_charon_credentials(charon: &Charon, pki: &Path) -> anyhow::Result<()> {
+    let swanctl = charon.dir.join("swanctl");
+    std::fs::copy(pki.join("ca.pem"), swanctl.join("x509ca/ca.pem"))?;
+    std::fs::copy(pki.join("s.pem"), swanctl.join("x509/me.pem"))?;
+    let key = std::fs::read_to_string(pki.join("s.key"))?;
+    let sub = if key.contains("BEGIN RSA PRIVATE KEY") {
+        "rsa"
+    } else if key.contains("BEGIN EC PRIVATE KEY") {
+        "ecdsa"
+    } else {
+        "private"
+    };
+    std::fs::write(swanctl.join(sub).join("me.key"), key)?;
+    Ok(())
 }
 
 /// The lines tunsecd needs in `[peer.ike]` to talk to kernel-libipsec:
@@ -485,6 +713,21 @@ struct Interop {
 
 fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
     let n = p.tunsec;
+    let auth = if p.cert.is_some() {
+        let d = lab.dir.path().join("pki");
+        format!(
+            "auth = \"cert\"\ncert = \"{d}/t.pem\"\nkey = \"{d}/t.key\"\nca = [\"{d}/ca.pem\"]\n\
+             local_id = \"fqdn:{TUNSEC_ID}\"\nremote_id = \"fqdn:{CHARON_ID}\"\n{}",
+            if d.join("ca.crl").exists() {
+                format!("crl = [\"{}/ca.crl\"]\n", d.display())
+            } else {
+                String::new()
+            },
+            d = d.display()
+        )
+    } else {
+        "psk_file = \"tunsec.psk\"\n".to_owned()
+    };
     std::fs::write(
         lab.dir.path().join("tunsec.psk"),
         format!("{}\n", p.psk_tunsec),
@@ -503,7 +746,7 @@ fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
     writeln!(
         c,
         "[[peer]]\nname = \"{PEER}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"require\"\n\n\
-         [peer.ike]\npsk_file = \"tunsec.psk\"\nike_proposals = [\"{}\"]\nesp_proposals = [\"{}\"]\n{TUNNEL_MODE}{}",
+         [peer.ike]\n{auth}ike_proposals = [\"{}\"]\nesp_proposals = [\"{}\"]\n{TUNNEL_MODE}{}",
         host_addr(p.charon),
         p.ike,
         p.esp,
@@ -632,6 +875,10 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
 
     let pcap = start_capture(lab, &ul, "capture")?;
     let mut charon = Charon::new(lab, &s, p.charon, p.tunsec, &p)?;
+    if let Some(pki) = p.cert {
+        let dir = make_pki(lab, &p, pki)?;
+        install_charon_credentials(&charon, &dir)?;
+    }
     charon.start(lab)?;
     let config = write_tunsec_config(lab, &p)?;
     start_tunsecd(lab, &t, p.tunsec, &config)?;
@@ -935,6 +1182,10 @@ impl Frame {
                 .protocols
                 .starts_with("eth:ethertype:ip:udp:udpencap:isakmp")
                 && self.ports(4500))
+            // A later IP fragment of a large IKE_AUTH (RSA 3072
+            // certificates do not fit in 1500 bytes; neither side does
+            // RFC 7383 IKE fragmentation): bare IP data, no UDP header.
+            || self.protocols == "eth:ethertype:ip:data"
     }
 
     fn ports(&self, port: u16) -> bool {
@@ -1752,4 +2003,163 @@ fn sswan_child_sa_per_network() {
             Ok(())
         });
     }
+}
+
+/// A certificate case: the first Child SA comes up (whoever initiates),
+/// each side logs that it verified the other's signature, and
+/// `establishes` checks traffic and the capture.
+fn cert_case(lab: &mut Lab, p: Params, ike_suite: &str, esp_suite: &str) -> anyhow::Result<()> {
+    let mut x = interop(lab, p)?;
+    let pair = x.bring_up(lab)?;
+    let ike = ike_of(&x.status(lab)?)?;
+    let role = if p.tunsec < p.charon {
+        "initiator"
+    } else {
+        "responder"
+    };
+    ensure!(ike.role == role, "tunsecd's role: {ike:?}");
+    // charon checked our certificate and signature.
+    let log = x.charon.log_text();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(&format!("authentication of '{TUNSEC_ID}' with")) && l.contains("successful")
+        })
+        .with_context(|| format!("charon's log shows no verified signature of tunsecd:\n{log}"))?;
+    eprintln!("  charon: {}", line.trim());
+    // ... and trusted it through the CA.
+    find_line(&log, "charon", "reached self-signed root ca")?;
+    establishes(lab, &mut x, pair, ike_suite, esp_suite)
+}
+
+/// Certificates made by strongSwan's `pki` (ECDSA P-256), used by both;
+/// tunsecd initiates.
+#[test]
+fn sswan_cert_strongswan_pki_ecdsa() {
+    with_lab("tsss-cert-se", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Strongswan("ecdsa"));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
+            "ESP:AES_GCM_16-128",
+        )
+    });
+}
+
+/// Certificates made by strongSwan's `pki` (RSA 2048), used by both;
+/// charon initiates.
+#[test]
+fn sswan_cert_strongswan_pki_rsa() {
+    with_lab("tsss-cert-sr", |lab| {
+        let p = Params::new(2, 1, "aes256gcm16-prfsha384-ecp384", "aes256gcm16")
+            .with_cert(CertPki::Strongswan("rsa"));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_384",
+            "ESP:AES_GCM_16-256",
+        )
+    });
+}
+
+/// Certificates made by `tunsec pki` (ECDSA P-384), used by charon too;
+/// charon initiates.
+#[test]
+fn sswan_cert_tunsec_pki_p384() {
+    with_lab("tsss-cert-tp", |lab| {
+        let p = Params::new(2, 1, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP384));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
+            "ESP:AES_GCM_16-128",
+        )
+    });
+}
+
+/// Certificates made by `tunsec pki` (RSA 3072), used by charon too;
+/// tunsecd initiates.
+#[test]
+fn sswan_cert_tunsec_pki_rsa() {
+    with_lab("tsss-cert-tr", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::Rsa));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
+            "ESP:AES_GCM_16-128",
+        )
+    });
+}
+
+/// Certificate refusals against charon (`tunsec pki` certificates): with
+/// tunsecd initiating on a certificate from a CA charon does not trust,
+/// charon refuses it and tunsecd logs the peer's AUTHENTICATION_FAILED;
+/// with charon initiating on a certificate tunsecd's CRL revokes, tunsecd
+/// refuses it (`certificate revoked` in its log and status) and charon
+/// logs the AUTHENTICATION_FAILED it received. Neither side keeps an SA.
+#[test]
+fn sswan_cert_refusals() {
+    with_lab("tsss-cert-ca", |lab| {
+        let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
+        p.cert_fault = CertFault::TunsecOtherCa;
+        let x = interop(lab, p)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let error = loop {
+            if let Some(e) = ike_of(&x.status(lab)?)?.last_error {
+                break e;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tunsecd reports no failure within 15 s\n{}",
+                    x.describe(lab)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("  tunsecd: {error}");
+        ensure!(error.contains("AUTHENTICATION_FAILED"), "tunsecd: {error}");
+        let log = x.charon.log_text();
+        let line = find_line(&log, "charon", "no trusted")
+            .or_else(|_| find_line(&log, "charon", "constraint"))?;
+        eprintln!("  charon: {}", line.trim());
+        find_line(&log, "charon", "N(AUTH_FAILED)")?;
+        no_sas(lab, &x)?;
+        Ok(())
+    });
+    with_lab("tsss-cert-rv", |lab| {
+        let mut p = Params::new(2, 1, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
+        p.cert_fault = CertFault::CharonRevoked;
+        let x = interop(lab, p)?;
+        let out = x
+            .charon
+            .swanctl(&["--initiate", "--child", CONN, "--timeout", "10"]);
+        ensure!(
+            out.is_err(),
+            "charon's initiate with a revoked certificate succeeded: {out:?}"
+        );
+        let error = ike_of(&x.status(lab)?)?
+            .last_error
+            .context("tunsecd reports no failure")?;
+        eprintln!("  tunsecd: {error}");
+        ensure!(error.contains("certificate revoked"), "tunsecd: {error}");
+        let tlog = strip_ansi(&std::fs::read_to_string(
+            lab.dir.path().join(format!("h{}.log", p.tunsec)),
+        )?);
+        find_line(&tlog, "tunsecd", "certificate revoked")?;
+        let line = find_line(
+            &x.charon.log_text(),
+            "charon",
+            "received AUTHENTICATION_FAILED",
+        )?;
+        eprintln!("  charon: {}", line.trim());
+        no_sas(lab, &x)?;
+        Ok(())
+    });
 }

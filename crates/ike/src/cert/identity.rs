@@ -16,7 +16,9 @@ use crate::message::Identity;
 ///   case; or, because OVN names a chassis by its certificate's CN, a
 ///   subject commonName equal to the FQDN.
 /// - ID_RFC822_ADDR: an rfc822Name subjectAltName (3.1.3).
-/// - ID_DER_ASN1_DN: the subject DN, octet for octet (3.1.5).
+/// - ID_DER_ASN1_DN: the subject DN (3.1.5): octet for octet, or the same
+///   attributes in the same order with equal values (see `dn_eq`), since
+///   peers encode the same DN with different string types.
 ///
 /// Other ID types (ID_KEY_ID, ID_DER_ASN1_GN) are refused.
 pub(crate) fn check_certificate_identity(
@@ -43,7 +45,7 @@ pub(crate) fn check_certificate_identity(
         Identity::Rfc822(addr) => sans
             .iter()
             .any(|n| matches!(n, GeneralName::RFC822Name(e) if email_eq(e.as_bytes(), addr))),
-        Identity::DerAsn1Dn(dn) => cert.subject().as_raw() == dn.as_slice(),
+        Identity::DerAsn1Dn(dn) => dn_eq(cert.subject().as_raw(), dn),
         Identity::KeyId(_) | Identity::Other { .. } => {
             return Err(CertError::IdentityMismatch(format!(
                 "{} cannot be checked against a certificate",
@@ -67,6 +69,7 @@ pub(crate) fn check_expected_identity(id: &Identity, expected: &Identity) -> Res
     let same = match (id, expected) {
         (Identity::Fqdn(a), Identity::Fqdn(b)) => dns_eq(a, b),
         (Identity::Rfc822(a), Identity::Rfc822(b)) => email_eq(a, b),
+        (Identity::DerAsn1Dn(a), Identity::DerAsn1Dn(b)) => dn_eq(a, b),
         (a, b) => a == b,
     };
     if same {
@@ -88,6 +91,34 @@ fn ip_san(name: &GeneralName<'_>) -> Option<IpAddr> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Distinguished names (DER) are equal if their octets are, or if they
+/// hold the same attribute types in the same RDN order with values equal
+/// without regard to ASCII case and outer spaces (RFC 5280 section 7.1
+/// asks for caseIgnoreMatch; the string types, PrintableString or
+/// UTF8String, may differ).
+pub fn dn_eq(a: &[u8], b: &[u8]) -> bool {
+    use x509_parser::x509::X509Name;
+    if a == b {
+        return true;
+    }
+    let (Ok((_, a)), Ok((_, b))) = (X509Name::from_der(a), X509Name::from_der(b)) else {
+        return false;
+    };
+    let attributes = |n: &X509Name<'_>| -> Option<Vec<(String, String)>> {
+        n.iter_attributes()
+            .map(|at| {
+                let value = at.as_str().ok()?.trim().to_ascii_lowercase();
+                Some((at.attr_type().to_id_string(), value))
+            })
+            .collect()
+    };
+    let rdns = |n: &X509Name<'_>| n.iter_rdn().count();
+    match (attributes(&a), attributes(&b)) {
+        (Some(x), Some(y)) => x == y && rdns(&a) == rdns(&b),
+        _ => false,
     }
 }
 
@@ -150,5 +181,53 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// The subject DER of a throwaway certificate with this DN.
+    fn dn(attrs: &[(rcgen::DnType, rcgen::DnValue)]) -> Vec<u8> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in attrs {
+            p.distinguished_name.push(t.clone(), v.clone());
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let (_, c) = X509Certificate::from_der(cert.der()).unwrap();
+        c.subject().as_raw().to_vec()
+    }
+
+    #[test]
+    fn cert_dn_comparison_ignores_string_type_and_case() {
+        use rcgen::{DnType, DnValue};
+        let printable = |s: &str| DnValue::PrintableString(s.try_into().unwrap());
+        let utf8 = |s: &str| DnValue::Utf8String(s.into());
+        let a = dn(&[
+            (DnType::CountryName, printable("CH")),
+            (DnType::OrganizationName, printable("strongSwan")),
+            (DnType::CommonName, printable("moon")),
+        ]);
+        let b = dn(&[
+            (DnType::CountryName, printable("CH")),
+            (DnType::OrganizationName, utf8("strongswan")),
+            (DnType::CommonName, utf8("moon")),
+        ]);
+        assert_ne!(a, b);
+        assert!(dn_eq(&a, &b));
+        let other_cn = dn(&[
+            (DnType::CountryName, printable("CH")),
+            (DnType::OrganizationName, utf8("strongSwan")),
+            (DnType::CommonName, utf8("sun")),
+        ]);
+        assert!(!dn_eq(&a, &other_cn));
+        // Another order is another name.
+        let reordered = dn(&[
+            (DnType::OrganizationName, printable("strongSwan")),
+            (DnType::CountryName, printable("CH")),
+            (DnType::CommonName, printable("moon")),
+        ]);
+        assert!(!dn_eq(&a, &reordered));
+        assert!(!dn_eq(&a, b"garbage") && !dn_eq(b"garbage", b"other"));
+        assert!(check_expected_identity(&Identity::DerAsn1Dn(a), &Identity::DerAsn1Dn(b)).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! Certificates and signature authentication, sans IO.
 //!
-//! The foundation for IKEv2 signature authentication; the IKE state machine
-//! in [`crate::sa`] does not call it yet. Bytes and the current time come in
+//! The foundation for IKEv2 signature authentication, which the IKE state
+//! machine uses through `sa::auth`. Bytes and the current time come in
 //! from the caller: no file I/O and no clock here.
 //!
 //! - [`PrivateKey`]: a PKCS#8 (or PKCS#1 / SEC1) key that signs AUTH data
@@ -23,7 +23,7 @@
 //! the fields it does not expose (subject DN, e-mail SANs, key usage, the
 //! public key) are read with x509-parser; the signatures are aws-lc-rs's.
 
-mod identity;
+pub(crate) mod identity;
 mod key;
 mod peer;
 mod scheme;
@@ -32,8 +32,9 @@ mod strongswan;
 mod trust;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
+pub use identity::dn_eq;
 pub use key::{Credentials, KeyType, PrivateKey};
 pub use peer::PeerPublicKey;
 pub use scheme::{

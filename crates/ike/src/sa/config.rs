@@ -4,11 +4,14 @@
 
 use core::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tunsec_esp::{Direction, Key, Mode, SaConfig, SaKeys, Suite};
 
+use super::auth::CertAuth;
 use super::ts;
+use crate::cert::CertError;
 use crate::error::{Error, Result};
 use crate::message::{Identity, NotifyType, Proposal, ProtocolId, TrafficSelector};
 use crate::proposal;
@@ -71,8 +74,12 @@ pub struct Config {
     /// The identity the peer must prove; `None` accepts any identity that
     /// knows the PSK. An initiator also sends it as IDr.
     pub remote_id: Option<Identity>,
-    /// The pre-shared key (RFC 7296 section 2.15).
+    /// The pre-shared key (RFC 7296 section 2.15); unused when
+    /// [`Self::cert`] is set.
     pub psk: Key,
+    /// Authenticate with certificates and signatures instead of the PSK
+    /// (see [`super::auth`]). `None` (the default): the PSK.
+    pub cert: Option<Arc<CertAuth>>,
     /// The IKE proposals, most preferred first, numbered from 1.
     pub ike_proposals: Vec<Proposal>,
     /// The ESP proposals of the Child SA, most preferred first, numbered
@@ -143,6 +150,7 @@ impl Config {
             local_id,
             remote_id,
             psk,
+            cert: None,
             ike_proposals: proposal::defaults(ProtocolId::Ike),
             esp_proposals: proposal::defaults(ProtocolId::Esp),
             local_ts: vec![TrafficSelector::any_ipv4()],
@@ -157,6 +165,13 @@ impl Config {
             additional_children: Vec::new(),
             max_child_sas: DEFAULT_MAX_CHILD_SAS,
         }
+    }
+
+    /// Authenticates with a certificate (RFC 7296 section 2.15 with
+    /// signatures) instead of the PSK.
+    pub fn with_cert(mut self, cert: Arc<CertAuth>) -> Self {
+        self.cert = Some(cert);
+        self
     }
 
     /// Replaces the proposals with comma-separated lists in strongSwan's
@@ -255,7 +270,7 @@ impl ChildSaParams {
 }
 
 /// Why authentication failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthFailure {
     /// The peer answered AUTHENTICATION_FAILED: it did not accept our AUTH
@@ -265,25 +280,36 @@ pub enum AuthFailure {
     BadAuth,
     /// The peer's identity is not the one configured.
     IdentityMismatch,
-    /// The peer used an authentication method other than a shared key.
+    /// The peer used an authentication method other than the one
+    /// configured (a shared key, or a signature).
     UnsupportedMethod,
     /// The peer's message has no ID or no AUTH payload.
     MissingPayload,
+    /// The peer's certificate, its identity in it, or its signature was
+    /// refused (expired, unknown issuer, revoked, not pinned, identity
+    /// mismatch, malformed CERT payload, bad signature...).
+    Certificate(CertError),
 }
 
 impl fmt::Display for AuthFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        let text = match self {
+            Self::Certificate(e) => {
+                return write!(f, "the peer's certificate or signature was refused: {e}");
+            }
             Self::RejectedByPeer => {
-                "the peer answered AUTHENTICATION_FAILED (pre-shared key or identity not accepted)"
+                "the peer answered AUTHENTICATION_FAILED (our credentials or identity not accepted)"
             }
             Self::BadAuth => {
                 "the peer's AUTH does not verify with our pre-shared key (the keys differ)"
             }
             Self::IdentityMismatch => "the peer's identity is not the configured one",
-            Self::UnsupportedMethod => "the peer's AUTH method is not a shared key",
+            Self::UnsupportedMethod => {
+                "the peer's AUTH method is not the configured one (shared key or signature)"
+            }
             Self::MissingPayload => "the peer's IKE_AUTH message has no ID or no AUTH payload",
-        })
+        };
+        f.write_str(text)
     }
 }
 

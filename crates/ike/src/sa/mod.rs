@@ -1,5 +1,5 @@
 //! The IKE SA state machine: IKE_SA_INIT and IKE_AUTH with a pre-shared
-//! key, up to the first Child SA (RFC 7296 sections 1.2 and 2).
+//! key or certificates, up to the first Child SA (RFC 7296 sections 1.2 and 2).
 //!
 //! An [`IkeSa`] is one IKE SA with one peer, sans IO, in the style of
 //! quinn-proto's `Connection`: datagrams and time go in
@@ -55,7 +55,10 @@
 //! critical bit is set is answered UNSUPPORTED_CRITICAL_PAYLOAD (sections
 //! 2.5 and 3.2, `critical.rs`); unknown payloads without it are skipped.
 //!
-//! Not yet: certificates, and answers to malformed requests
+//! Certificates and signatures (`auth.rs`) authenticate instead of the
+//! PSK when [`Config::cert`] is set.
+//!
+//! Not yet: answers to malformed requests
 //! (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
@@ -64,6 +67,7 @@
 //! that return its cookie (section 2.6, `cookie.rs`), which an initiator
 //! [`IkeSa`] does when asked.
 
+mod auth;
 mod config;
 mod cookie;
 mod critical;
@@ -79,9 +83,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use tunsec_esp::{Direction, Key};
 
+pub use auth::{CertAuth, WallClock};
 pub use config::{
     AuthFailure, ChildSaParams, Config, DEFAULT_MAX_CHILD_SAS, Event, Random, SeededRandom, Stats,
     SystemRandom, Transmit,
@@ -90,14 +94,12 @@ pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD}
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
 pub use nat::{NATT_PORT, NatState};
 
-use crate::crypto::{
-    self, IkeKeys, IkeSuite, KeyExchange, SkCipher, child_sa_keys, shared_key_auth, signed_octets,
-    skeyseed,
-};
+use crate::cert::HashAlgorithm;
+use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, child_sa_keys, skeyseed};
 use crate::error::{Error, Result};
 use crate::message::{
-    Auth, AuthMethod, Delete, DhGroup, ExchangeType, Header, Identity, MAJOR_VERSION, Message,
-    Notify, NotifyType, Payload, PayloadType, Proposal, ProtocolId, SaPayload, TrafficSelector,
+    Auth, Delete, DhGroup, ExchangeType, Header, Identity, MAJOR_VERSION, Message, Notify,
+    NotifyType, Payload, PayloadType, Proposal, ProtocolId, SaPayload, TrafficSelector,
     TransformId,
 };
 use crate::proposal;
@@ -182,6 +184,8 @@ struct ExpectAuth {
     init_request: Vec<u8>,
     /// Our response as sent (RealMessage2).
     init_response: Vec<u8>,
+    /// The initiator's SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4).
+    peer_hashes: Option<Vec<HashAlgorithm>>,
 }
 
 /// Both sides authenticated.
@@ -589,21 +593,6 @@ impl<'a> Payloads<'a> {
             _ => None,
         })
     }
-}
-
-/// The AUTH value of a shared key over one side's signed octets (RFC 7296
-/// section 2.15):
-/// `AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)`.
-fn psk_auth(
-    suite: &IkeSuite,
-    psk: &Key,
-    real_message: &[u8],
-    peer_nonce: &[u8],
-    sk_p: &Key,
-    id: &Identity,
-) -> Key {
-    let octets = signed_octets(suite.prf, real_message, peer_nonce, sk_p, &encode_id(id));
-    shared_key_auth(suite.prf, psk.expose(), &octets)
 }
 
 impl IkeSa {
@@ -1067,6 +1056,9 @@ impl IkeSa {
             ],
         };
         let mut message = message;
+        message
+            .payloads
+            .extend(auth::hash_algorithms_notify(&self.config));
         if let (Some(local), Some(remote)) = (self.local, self.remote) {
             message.payloads.extend(nat::notifies(
                 self.spi_i,
@@ -1252,9 +1244,10 @@ impl IkeSa {
             return Ok(());
         };
         let nr = nr.to_vec();
+        let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
         let result = self
             .derive(suite, &g_ir, &ni, &nr)
-            .and_then(|sk| self.auth_request(sk, ni, nr, &request, bytes.to_vec()));
+            .and_then(|sk| self.auth_request(sk, ni, nr, &request, bytes.to_vec(), peer_hashes));
         match result {
             Ok((st, bytes)) => {
                 self.send_request(now, ExchangeType::IkeAuth, 1, bytes);
@@ -1305,8 +1298,8 @@ impl IkeSa {
         })
     }
 
-    /// Builds the IKE_AUTH request: HDR, SK {IDi, [IDr,] AUTH,
-    /// [N(USE_TRANSPORT_MODE),] SAi2, TSi, TSr}.
+    /// Builds the IKE_AUTH request: HDR, SK {IDi, [CERT+,] [CERTREQ,]
+    /// [IDr,] AUTH, [N(USE_TRANSPORT_MODE),] SAi2, TSi, TSr}.
     fn auth_request(
         &mut self,
         sk: Sk,
@@ -1314,19 +1307,25 @@ impl IkeSa {
         nr: Vec<u8>,
         init_request: &[u8],
         init_response: Vec<u8>,
+        peer_hashes: Option<Vec<HashAlgorithm>>,
     ) -> Result<(AuthSent, Vec<u8>)> {
         let c = &self.config;
         // RFC 7296 section 2.15: InitiatorSignedOctets = RealMessage1 |
-        // NonceRData | MACedIDForI
-        let auth = psk_auth(
+        // NonceRData | MACedIDForI; a PSK's MAC or a signature (auth.rs).
+        let auth = auth::local_auth(
+            c,
+            &c.local_id,
             &sk.suite,
-            &c.psk,
             init_request,
             &nr,
             &sk.keys.sk_pi,
-            &c.local_id,
-        );
+            peer_hashes.as_deref(),
+        )?;
         let mut payloads = vec![Payload::IdInitiator(c.local_id.clone())];
+        // RFC 7296 sections 3.6 and 3.7: our certificates, and the CAs we
+        // trust for the responder's.
+        payloads.extend(auth::cert_payloads(c));
+        payloads.extend(auth::certreq(c));
         if let Some(idr) = &c.remote_id {
             payloads.push(Payload::IdResponder(idr.clone()));
         }
@@ -1338,10 +1337,7 @@ impl IkeSa {
                 Vec::new(),
             )));
         }
-        payloads.push(Payload::Auth(Auth {
-            method: AuthMethod::SharedKey,
-            data: auth.expose().to_vec(),
-        }));
+        payloads.push(Payload::Auth(auth));
         // RFC 7296 section 1.3.1: USE_TRANSPORT_MODE asks for a transport-mode
         // Child SA.
         if c.transport_mode {
@@ -1407,10 +1403,18 @@ impl IkeSa {
             }
             return;
         };
-        if let Err(reason) = self.verify_peer(idr, auth, &st.sk, &st.init_response, &st.ni) {
-            // A later slice tells the peer with an INFORMATIONAL
-            // AUTHENTICATION_FAILED (section 2.21.2).
-            self.close(Event::AuthFailed { reason });
+        let verified = self.verify_peer(
+            now,
+            &message.payloads,
+            idr,
+            auth,
+            &st.sk,
+            &st.init_response,
+            &st.ni,
+        );
+        if let Err(reason) = verified {
+            // Section 2.21.2: the responder hears it in an INFORMATIONAL.
+            self.refuse_responder(&st.sk, reason);
             return;
         }
         let AuthSent {
@@ -1435,34 +1439,34 @@ impl IkeSa {
         self.queue_additional_children(now);
     }
 
-    /// Checks the peer's identity and AUTH payload against our PSK.
+    /// Checks the peer's identity and AUTH payload: against our PSK, or
+    /// its certificate against our trust and its signature (auth.rs).
+    #[allow(clippy::too_many_arguments)]
     fn verify_peer(
         &self,
+        now: Instant,
+        payloads: &[Payload],
         id: &Identity,
         auth: &Auth,
         sk: &Sk,
         peer_real_message: &[u8],
         our_nonce: &[u8],
     ) -> Result<(), AuthFailure> {
-        if self.config.remote_id.as_ref().is_some_and(|r| r != id) {
-            return Err(AuthFailure::IdentityMismatch);
-        }
-        if auth.method != AuthMethod::SharedKey {
-            return Err(AuthFailure::UnsupportedMethod);
-        }
         let sk_p = match self.role {
             Role::Initiator => &sk.keys.sk_pr,
             Role::Responder => &sk.keys.sk_pi,
         };
-        let expected = psk_auth(
+        auth::verify_peer_auth(
+            &self.config,
+            now,
+            payloads,
+            id,
+            auth,
             &sk.suite,
-            &self.config.psk,
             peer_real_message,
             our_nonce,
             sk_p,
-            id,
-        );
-        verify_slices_are_equal(expected.expose(), &auth.data).map_err(|_| AuthFailure::BadAuth)
+        )
     }
 
     /// The Child SA from the responder's IKE_AUTH answer, or the event
@@ -1608,6 +1612,10 @@ impl IkeSa {
                     return Ok(());
                 };
                 self.remote = Some(remote);
+                // RFC 7296 section 2.21.2: the initiator refused our AUTH.
+                if self.on_auth_failed_informational(header, &message) {
+                    return Ok(());
+                }
                 self.on_established_request(now, header, &message);
                 Ok(())
             }
@@ -1824,6 +1832,7 @@ impl IkeSa {
             );
             return Ok(());
         };
+        let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
         let result = (|| {
             let spi_r = random_ike_spi(self.rng.as_mut())?;
             let nr = random_nonce(self.rng.as_mut())?;
@@ -1867,6 +1876,16 @@ impl IkeSa {
                 ]
                 .into_iter()
                 .chain(nat_notifies.into_iter().flatten())
+                // RFC 7427 section 4 and RFC 7296 section 3.7: our hash
+                // algorithms if the initiator announced its own, and the
+                // CAs we trust.
+                .chain(
+                    peer_hashes
+                        .is_some()
+                        .then(|| auth::hash_algorithms_notify(&self.config))
+                        .flatten(),
+                )
+                .chain(auth::certreq(&self.config))
                 .collect(),
             }
             .encode()?;
@@ -1884,6 +1903,7 @@ impl IkeSa {
                     nr,
                     init_request: bytes.to_vec(),
                     init_response: response,
+                    peer_hashes,
                 }));
             }
             Err(e) => self.local_error(e),
@@ -1899,16 +1919,21 @@ impl IkeSa {
         let p = Payloads(&message.payloads);
         let header = self.header(ExchangeType::IkeAuth, true, 1);
         let verified = match (p.idi(), p.auth()) {
-            (Some(idi), Some(auth)) => {
-                self.verify_peer(idi, auth, &st.sk, &st.init_request, &st.nr)
-            }
+            (Some(idi), Some(auth)) => self.verify_peer(
+                now,
+                &message.payloads,
+                idi,
+                auth,
+                &st.sk,
+                &st.init_request,
+                &st.nr,
+            ),
             _ => Err(AuthFailure::MissingPayload),
         };
-        // IDr, if sent, names the identity the initiator expects of us.
-        let verified = verified.and_then(|()| match p.idr() {
-            Some(idr) if *idr != self.config.local_id => Err(AuthFailure::IdentityMismatch),
-            _ => Ok(()),
-        });
+        // IDr, if sent, names the identity the initiator expects of us
+        // (with a certificate: any identity in it, which we answer as).
+        let our_id = verified.and_then(|()| auth::responder_identity(&self.config, p.idr()));
+        let verified = our_id.as_ref().map(|_| ()).map_err(Clone::clone);
         if let Err(reason) = verified {
             // RFC 7296 section 2.21.2: if the responder's AUTH check fails, it
             // answers with an AUTHENTICATION_FAILED notify in the encrypted
@@ -1932,26 +1957,32 @@ impl IkeSa {
             ni,
             nr,
             init_response,
+            peer_hashes,
             ..
         } = *st;
         // RFC 7296 section 2.15: responderSignedOctets = RealMessage2 |
-        // NonceIData | MACedIDForR
+        // NonceIData | MACedIDForR; a PSK's MAC or a signature (auth.rs).
         let c = &self.config;
-        let auth = psk_auth(
+        let our_id = our_id.unwrap_or_else(|_| c.local_id.clone());
+        let auth = match auth::local_auth(
+            c,
+            &our_id,
             &sk.suite,
-            &c.psk,
             &init_response,
             &ni,
             &sk.keys.sk_pr,
-            &c.local_id,
-        );
-        let mut payloads = vec![
-            Payload::IdResponder(c.local_id.clone()),
-            Payload::Auth(Auth {
-                method: AuthMethod::SharedKey,
-                data: auth.expose().to_vec(),
-            }),
-        ];
+            peer_hashes.as_deref(),
+        ) {
+            Ok(auth) => auth,
+            Err(e) => {
+                self.local_error(e);
+                return;
+            }
+        };
+        // HDR, SK {IDr, [CERT+,] AUTH, ...} (RFC 7296 section 1.2).
+        let mut payloads = vec![Payload::IdResponder(our_id)];
+        payloads.extend(auth::cert_payloads(c));
+        payloads.push(Payload::Auth(auth));
         let child = self.responder_child(true, &p, &sk, &ni, &nr, None);
         let child_event = match child {
             Ok((child_payloads, event)) => {

@@ -747,7 +747,9 @@ mod strongswan {
         } else {
             (b, a)
         };
-        let config = config(local, remote, c.key("psk"))
+        // The certificate capture has no PSK.
+        let psk = c.try_key("psk").unwrap_or_default();
+        let config = config(local, remote, psk)
             .with_proposals(DEFAULT_IKE[0], esp)
             .unwrap();
         let auth_req = decode_payloads(PayloadType::IdInitiator, c.key("auth_req_plain")).unwrap();
@@ -758,6 +760,7 @@ mod strongswan {
                 nr,
                 init_request: c.init_req.clone(),
                 init_response: c.init_resp.clone(),
+                peer_hashes: None,
             })),
             Role::Initiator => {
                 let p = Payloads(&auth_req);
@@ -891,6 +894,75 @@ mod strongswan {
         s.sa.handle_datagram(Instant::now(), addr(A), &c.auth_req);
         assert_eq!(s.sa.poll_event(), Some(bad));
         assert!(s.sa.poll_transmit().is_some());
+    }
+
+    /// strongSwan's certificate exchange (`cert-ecp384`: ECDSA
+    /// certificates, RFC 7427 signatures, CERT and CERTREQ): our responder
+    /// verifies side a's certificate and AUTH, our initiator side b's.
+    /// The capture's CA is not kept, so each certificate is pinned; the
+    /// wall clock is set inside its validity period. A pin of another
+    /// certificate refuses the same messages.
+    #[test]
+    fn strongswan_certificate_auth() {
+        use crate::cert::testutil::{LeafSpec, self_signed};
+        use crate::cert::{CertificateDer, Credentials, KeyType, Trust, UnixTime};
+        use std::sync::Arc;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+
+        let c = Capture::load("cert-ecp384");
+        let esp = "aes256gcm16";
+        let first_cert = |plain: &[u8]| -> CertificateDer<'static> {
+            decode_payloads(PayloadType::IdInitiator, plain)
+                .unwrap()
+                .into_iter()
+                .find_map(|p| match p {
+                    Payload::Certificate(cert) => Some(CertificateDer::from(cert.data)),
+                    _ => None,
+                })
+                .expect("a CERT payload")
+        };
+        let a_cert = first_cert(c.key("auth_req_plain"));
+        let b_cert = first_cert(c.key("auth_resp_plain"));
+        let (_, parsed) = X509Certificate::from_der(a_cert.as_ref()).unwrap();
+        let when = parsed.validity().not_before.timestamp() as u64 + 86_400;
+        let now = Instant::now();
+        let auth = |pinned: &CertificateDer<'_>| {
+            let (cert, key) = self_signed(LeafSpec::new("tunsec.test", KeyType::EcdsaP256));
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.to_vec()));
+            Arc::new(CertAuth {
+                credentials: Credentials::from_pem(key.as_bytes(), pem.as_bytes()).unwrap(),
+                trust: Trust::pinned(std::slice::from_ref(pinned), &[]),
+                clock: WallClock::Anchored {
+                    instant: now,
+                    unix: UnixTime::since_unix_epoch(Duration::from_secs(when)),
+                },
+            })
+        };
+
+        let mut s = setup(&c, esp, Role::Responder);
+        s.sa.config.cert = Some(auth(&a_cert));
+        s.sa.handle_datagram(now, addr(A), &c.auth_req);
+        assert_eq!(s.sa.stats(), Stats::default());
+        assert!(s.sa.is_established());
+        let (inbound, _) = child(&mut s.sa);
+        assert_eq!(inbound.suite, Suite::AesGcm256);
+
+        let mut s = setup(&c, esp, Role::Initiator);
+        s.sa.config.cert = Some(auth(&b_cert));
+        s.sa.handle_datagram(now, addr(B), &c.auth_resp);
+        assert!(s.sa.is_established());
+        child(&mut s.sa);
+
+        // Pinned to b's certificate, a's messages are refused.
+        let mut s = setup(&c, esp, Role::Responder);
+        s.sa.config.cert = Some(auth(&b_cert));
+        s.sa.handle_datagram(now, addr(A), &c.auth_req);
+        assert!(matches!(
+            s.sa.poll_event(),
+            Some(Event::AuthFailed {
+                reason: AuthFailure::Certificate(crate::cert::CertError::NotPinned(_))
+            })
+        ));
     }
 }
 

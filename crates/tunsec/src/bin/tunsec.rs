@@ -48,6 +48,16 @@ enum Command {
         #[arg(long)]
         ike: bool,
     },
+    /// Re-authenticate an IKE peer now: a new IKE SA with the current
+    /// credentials replaces the established one, make before break.
+    Reauth {
+        /// The peer's name.
+        peer: String,
+    },
+    /// Make tunsecd read its configuration file again and take up new IKE
+    /// credentials (certificate, key, CA, CRL, PSK) for new IKE SAs (as
+    /// SIGHUP does).
+    Reload,
     /// Manage SAs.
     Sa {
         #[command(subcommand)]
@@ -61,7 +71,8 @@ enum Command {
     /// installed) in network namespaces on this machine (needs root and
     /// iperf3).
     Bench(tunsec::bench::BenchArgs),
-    /// A small CA: init-ca, issue, show, verify (PEM; keys mode 0600).
+    /// A small CA: init-ca, issue, self-signed, crl, show, verify (PEM;
+    /// keys mode 0600).
     Pki(tunsec::pki::PkiArgs),
 }
 
@@ -106,6 +117,8 @@ fn main() -> ExitCode {
         Command::Down { peer } => Request::Down { peer },
         Command::Up { peer } => Request::Up { peer },
         Command::Rekey { peer, ike } => Request::Rekey { peer, ike },
+        Command::Reauth { peer } => Request::Reauth { peer },
+        Command::Reload => Request::Reload,
         Command::Demo(demo) => {
             return match tunsec::demo::run(&demo) {
                 Ok(()) => ExitCode::SUCCESS,

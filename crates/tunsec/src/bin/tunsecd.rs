@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let daemon = match Daemon::start(config) {
+    let daemon = match Daemon::start(config).and_then(|d| d.with_config_path(args.config.clone())) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("tunsecd: {e:#}");

@@ -306,3 +306,69 @@ fn pki_strongswan_ca() {
     .unwrap();
     pki(&["verify", s(&tmp.path().join("n1.pem")), "--ca", s(&ca)]).unwrap();
 }
+
+#[test]
+fn pki_self_signed_and_crl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, nodes) = (tmp.path().join("ca"), tmp.path().join("nodes"));
+    pki(&["init-ca", "--out", s(&ca)]).unwrap();
+    pki(&["issue", "--ca", s(&ca), "--name", "n1", "--out", s(&nodes)]).unwrap();
+    pki(&["issue", "--ca", s(&ca), "--name", "n2", "--out", s(&nodes)]).unwrap();
+    let crl_path = tmp.path().join("ca.crl");
+    let printed = pki(&[
+        "crl",
+        "--ca",
+        s(&ca),
+        "--revoke",
+        s(&nodes.join("n1.pem")),
+        "--out",
+        s(&crl_path),
+    ])
+    .unwrap();
+    assert!(printed.contains("(1 revoked)"), "{printed}");
+    assert!(
+        fs::read_to_string(&crl_path)
+            .unwrap()
+            .starts_with("-----BEGIN X509 CRL-----")
+    );
+    let check = |name: &str| {
+        pki(&[
+            "verify",
+            s(&nodes.join(format!("{name}.pem"))),
+            "--ca",
+            s(&ca),
+            "--crl",
+            s(&crl_path),
+        ])
+    };
+    assert!(
+        check("n1")
+            .unwrap_err()
+            .to_string()
+            .ends_with("certificate revoked")
+    );
+    check("n2").unwrap();
+
+    // A self-signed node certificate: its own issuer, key 0600.
+    pki(&[
+        "self-signed",
+        "--name",
+        "solo",
+        "--san",
+        "192.0.2.9",
+        "--key",
+        "ed25519",
+        "--out",
+        s(&nodes),
+    ])
+    .unwrap();
+    assert_eq!(mode(&nodes.join("solo.key")), 0o600);
+    let shown = pki(&["show", s(&nodes.join("solo.pem"))]).unwrap();
+    assert!(
+        shown.contains("Ed25519") && shown.contains("192.0.2.9"),
+        "{shown}"
+    );
+    let der = first_certificate(&fs::read(nodes.join("solo.pem")).unwrap()).unwrap();
+    let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(parsed.subject(), parsed.issuer());
+}

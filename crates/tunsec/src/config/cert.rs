@@ -1,0 +1,559 @@
+//! `[peer.ike] auth = "cert"`: our certificate and key, the peer's trust
+//! (CAs with CRLs, or a pinned certificate or fingerprint), and typed
+//! identities (`dn:`, `fqdn:`, `email:`, `ip:`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tunsec_ike::cert::{CertError, Credentials, Trust, parse_certificates};
+use tunsec_ike::message::Identity;
+use tunsec_ike::sa::CertAuth;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{ConfigError, RawIke, invalid, ip_identity, quoted};
+
+/// How a peer authenticates in IKE_AUTH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// A pre-shared key (`psk_file` or `psk_env`).
+    #[default]
+    Psk,
+    /// A certificate and a signature (`cert`, `key`, and `ca` or a pin).
+    Cert,
+}
+
+fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+fn shown(path: &Path) -> String {
+    quoted(&path.display().to_string())
+}
+
+/// Reads a file named by `field`; the error names the field and the path.
+fn read(field: &str, base_dir: &Path, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(resolve(base_dir, path))
+        .map_err(|e| invalid(field, shown(path), format!("cannot be read: {e}")))
+}
+
+fn cert_error(field: &str, path: &Path, e: CertError) -> ConfigError {
+    invalid(field, shown(path), format!("is not usable: {e}"))
+}
+
+/// The private key file must not be readable by others (mode `o+r`): the
+/// key would be anyone's. `tunsec pki` writes keys with mode 0600.
+fn check_key_mode(field: &str, base_dir: &Path, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(resolve(base_dir, path))
+        .map_err(|e| invalid(field, shown(path), format!("cannot be read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o004 != 0 {
+        return Err(invalid(
+            field,
+            shown(path),
+            format!(
+                "is readable by every user (mode {mode:04o}): make it 0600 (chmod 600), as tunsec pki writes keys"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The result of `[peer.ike] auth = "cert"`.
+pub(super) struct Loaded {
+    pub(super) auth: Arc<CertAuth>,
+    /// Our certificate's subject DN (DER): the default `local_id`.
+    pub(super) subject: Vec<u8>,
+    /// The trust is a pin: the peer's identity may be left unset.
+    pub(super) pinned: bool,
+}
+
+/// Validates the certificate fields of `[peer.ike]`: with `auth = "cert"`,
+/// `cert` and `key` are required, with `ca` (and optional `crl`) or
+/// `pin_cert` / `pin_sha256`; with `auth = "psk"` none of them may be set.
+pub(super) fn load(
+    f: &dyn Fn(&str) -> String,
+    raw: &RawIke,
+    base_dir: &Path,
+) -> Result<Option<Loaded>, ConfigError> {
+    let cert_fields: [(&str, bool); 7] = [
+        ("cert", raw.cert.is_some()),
+        ("key", raw.key.is_some()),
+        ("intermediates", raw.intermediates.is_some()),
+        ("ca", raw.ca.is_some()),
+        ("crl", raw.crl.is_some()),
+        ("pin_cert", raw.pin_cert.is_some()),
+        ("pin_sha256", raw.pin_sha256.is_some()),
+    ];
+    if raw.auth.unwrap_or_default() == AuthKind::Psk {
+        if let Some((name, _)) = cert_fields.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                f(name),
+                "(set)",
+                "needs auth = \"cert\" (auth is \"psk\")",
+            ));
+        }
+        return Ok(None);
+    }
+    for (name, set) in [
+        ("psk_file", raw.psk_file.is_some()),
+        ("psk_env", raw.psk_env.is_some()),
+    ] {
+        if set {
+            return Err(invalid(
+                f(name),
+                "(set)",
+                "cannot be used with auth = \"cert\"",
+            ));
+        }
+    }
+    let cert_path = raw
+        .cert
+        .as_deref()
+        .ok_or_else(|| invalid(f("cert"), "(missing)", "is required with auth = \"cert\""))?;
+    let key_path = raw
+        .key
+        .as_deref()
+        .ok_or_else(|| invalid(f("key"), "(missing)", "is required with auth = \"cert\""))?;
+    check_key_mode(&f("key"), base_dir, key_path)?;
+    let key = zeroize::Zeroizing::new(read(&f("key"), base_dir, key_path)?);
+    let mut chain = read(&f("cert"), base_dir, cert_path)?;
+    for (j, p) in raw.intermediates.iter().flatten().enumerate() {
+        let field = format!("{}[{j}]", f("intermediates"));
+        let bytes = read(&field, base_dir, p)?;
+        parse_certificates(&bytes).map_err(|e| cert_error(&field, p, e))?;
+        if !bytes.starts_with(b"-----") && !chain.starts_with(b"-----") {
+            // Both DER: keep them apart as PEM.
+            return Err(invalid(
+                field,
+                shown(p),
+                "must be PEM when the certificate is DER (or put the chain in one PEM file)",
+            ));
+        }
+        chain.push(b'\n');
+        chain.extend_from_slice(&bytes);
+    }
+    let credentials = Credentials::from_pem(&key, &chain).map_err(|e| match e {
+        CertError::InvalidKey(_) | CertError::Malformed("private key PEM") => {
+            cert_error(&f("key"), key_path, e)
+        }
+        e => cert_error(&f("cert"), cert_path, e),
+    })?;
+    let subject = X509Certificate::from_der(credentials.end_entity().as_ref())
+        .map(|(_, c)| c.subject().as_raw().to_vec())
+        .map_err(|_| {
+            cert_error(
+                &f("cert"),
+                cert_path,
+                CertError::Malformed("certificate DER"),
+            )
+        })?;
+
+    let pins = raw.pin_cert.is_some() || raw.pin_sha256.is_some();
+    let trust = match (&raw.ca, pins) {
+        (Some(_), true) => {
+            return Err(invalid(
+                f("ca"),
+                "(set)",
+                "cannot be combined with pin_cert or pin_sha256: trust a CA or pin the peer",
+            ));
+        }
+        (None, false) => {
+            return Err(invalid(
+                f("ca"),
+                "(missing)",
+                "is required with auth = \"cert\", or pin_cert / pin_sha256",
+            ));
+        }
+        (Some(cas), false) => {
+            if cas.is_empty() {
+                return Err(invalid(f("ca"), "[]", "must name at least one CA file"));
+            }
+            let mut roots = Vec::new();
+            for (j, p) in cas.iter().enumerate() {
+                let field = format!("{}[{j}]", f("ca"));
+                let bytes = read(&field, base_dir, p)?;
+                Trust::ca(&[&bytes], &[]).map_err(|e| cert_error(&field, p, e))?;
+                roots.push(bytes);
+            }
+            let roots: Vec<&[u8]> = roots.iter().map(Vec::as_slice).collect();
+            let mut crls = Vec::new();
+            for (j, p) in raw.crl.iter().flatten().enumerate() {
+                let field = format!("{}[{j}]", f("crl"));
+                let bytes = read(&field, base_dir, p)?;
+                // Each CRL on its own first, so that an error names its file.
+                Trust::ca(&roots, &[&bytes]).map_err(|e| cert_error(&field, p, e))?;
+                crls.push(bytes);
+            }
+            let crls: Vec<&[u8]> = crls.iter().map(Vec::as_slice).collect();
+            Trust::ca(&roots, &crls).map_err(|e| cert_error(&f("ca"), &cas[0], e))?
+        }
+        (None, true) => {
+            if raw.crl.is_some() {
+                return Err(invalid(
+                    f("crl"),
+                    "(set)",
+                    "needs ca: a pinned certificate is not checked against CRLs",
+                ));
+            }
+            let mut certs = Vec::new();
+            if let Some(p) = &raw.pin_cert {
+                let bytes = read(&f("pin_cert"), base_dir, p)?;
+                let parsed =
+                    parse_certificates(&bytes).map_err(|e| cert_error(&f("pin_cert"), p, e))?;
+                certs.extend(parsed);
+            }
+            let mut fingerprints = Vec::new();
+            if let Some(hex_text) = &raw.pin_sha256 {
+                fingerprints.push(parse_fingerprint(&f("pin_sha256"), hex_text)?);
+            }
+            Trust::pinned(&certs, &fingerprints)
+        }
+    };
+    Ok(Some(Loaded {
+        auth: Arc::new(CertAuth::new(credentials, trust)),
+        subject,
+        pinned: pins,
+    }))
+}
+
+/// A SHA-256 fingerprint: 64 hex digits, with or without `:` between the
+/// octets (as `openssl x509 -fingerprint -sha256` and `tunsec pki show`
+/// print it).
+fn parse_fingerprint(field: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    hex::decode(&digits)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            invalid(
+                field,
+                quoted(text),
+                "is not a SHA-256 fingerprint (64 hex digits, optionally with ':' between octets)",
+            )
+        })
+}
+
+/// Parses a typed identity: `dn:C=CH, O=Example, CN=node-1` (ID_DER_ASN1_DN),
+/// `fqdn:node-1.example` (ID_FQDN), `email:a@example.com`
+/// (ID_RFC822_ADDR), `ip:192.0.2.1` or `ip:2001:db8::1` (ID_IPV4_ADDR /
+/// ID_IPV6_ADDR), `keyid:TEXT` (ID_KEY_ID); without a prefix, an IP
+/// address or a name (ID_FQDN). `None` if `value` has no known prefix.
+pub(super) fn parse_typed_identity(
+    field: &str,
+    value: &str,
+) -> Option<Result<Identity, ConfigError>> {
+    let (prefix, rest) = value.split_once(':')?;
+    let bad = |what: &str| Err(invalid(field, quoted(value), format!("is not {what}")));
+    Some(match prefix {
+        "dn" => dn_to_der(rest)
+            .map(Identity::DerAsn1Dn)
+            .map_err(|reason| invalid(field, quoted(value), reason)),
+        "fqdn" if !rest.is_empty() && !rest.contains(char::is_whitespace) && rest.len() < 256 => {
+            Ok(Identity::Fqdn(rest.as_bytes().to_vec()))
+        }
+        "fqdn" => bad("a name (fqdn:node-1.example)"),
+        "email" if rest.contains('@') && !rest.contains(char::is_whitespace) => {
+            Ok(Identity::Rfc822(rest.as_bytes().to_vec()))
+        }
+        "email" => bad("an e-mail address (email:node@example.com)"),
+        "ip" => match rest.parse::<IpAddr>() {
+            Ok(a) => Ok(ip_identity(a)),
+            Err(_) => bad("an IP address (ip:192.0.2.1)"),
+        },
+        _ => return None,
+    })
+}
+
+/// The attribute types a `dn:` identity may use, with their OIDs and
+/// whether the value is an IA5String.
+const DN_TYPES: [(&str, &[u64], bool); 10] = [
+    ("C", &[2, 5, 4, 6], false),
+    ("ST", &[2, 5, 4, 8], false),
+    ("L", &[2, 5, 4, 7], false),
+    ("O", &[2, 5, 4, 10], false),
+    ("OU", &[2, 5, 4, 11], false),
+    ("CN", &[2, 5, 4, 3], false),
+    ("SN", &[2, 5, 4, 5], false),
+    ("serialNumber", &[2, 5, 4, 5], false),
+    ("E", &[1, 2, 840, 113_549, 1, 9, 1], true),
+    ("DC", &[0, 9, 2342, 19_200_300, 100, 1, 25], true),
+];
+
+/// Encodes a DN in strongSwan's notation (`C=CH, O=strongSwan, CN=moon`,
+/// one attribute per RDN, in the order written; `\,` for a comma in a
+/// value) as the DER of an X.501 Name. Values are PrintableString when
+/// they can be, else UTF8String (IA5String for E and DC); comparisons are
+/// by attribute, so the string type does not matter to matching.
+pub fn dn_to_der(text: &str) -> Result<Vec<u8>, String> {
+    let mut attrs = Vec::new();
+    let mut current = String::new();
+    let mut parts = Vec::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ',' => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    for part in parts {
+        let part = part.trim();
+        let Some((name, value)) = part.split_once('=') else {
+            return Err(format!(
+                "is not a DN: {part:?} is not TYPE=VALUE (as in dn:C=CH, O=Example, CN=node-1)"
+            ));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let Some((_, oid, ia5)) = DN_TYPES
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+        else {
+            return Err(format!(
+                "is not a DN: unknown attribute type {name:?} (C, ST, L, O, OU, CN, SN, E, DC)"
+            ));
+        };
+        if value.is_empty() {
+            return Err(format!("is not a DN: {name} has no value"));
+        }
+        attrs.push((*oid, *ia5, value.to_owned()));
+    }
+    Ok(yasna::construct_der(|w| {
+        w.write_sequence_of(|w| {
+            for (oid, ia5, value) in &attrs {
+                w.next().write_set_of(|w| {
+                    w.next().write_sequence(|w| {
+                        w.next()
+                            .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                        let printable = value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
+                        if *ia5 {
+                            w.next().write_ia5_string(value);
+                        } else if printable {
+                            w.next().write_printable_string(value);
+                        } else {
+                            w.next().write_utf8_string(value);
+                        }
+                    });
+                });
+            }
+        });
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::test::ike_config;
+    use super::*;
+    use crate::config::{Config, ConfigError};
+    use crate::pki::{self, KeyAlg};
+
+    /// A directory with a CA, node certificates `a` and `b` from it, and a
+    /// self-signed `solo`.
+    fn pki_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        pki::init_ca(KeyAlg::EcdsaP256, "test CA", 30, &p.join("ca")).unwrap();
+        for n in ["a", "b"] {
+            pki::issue(&p.join("ca"), n, &[], KeyAlg::EcdsaP256, 30, p).unwrap();
+        }
+        pki::self_signed("solo", &[], KeyAlg::Ed25519, 30, p).unwrap();
+        pki::crl(&p.join("ca"), &[p.join("b.pem")], 7, &p.join("ca.crl")).unwrap();
+        dir
+    }
+
+    fn parse(dir: &tempfile::TempDir, ike: &str) -> Result<Config, ConfigError> {
+        Config::parse(&ike_config(&format!("[peer.ike]\n{ike}")), dir.path())
+    }
+
+    fn assert_invalid(dir: &tempfile::TempDir, ike: &str, field: &str, value: &str, why: &str) {
+        match parse(dir, ike) {
+            Err(ConfigError::Invalid {
+                field: f,
+                value: v,
+                reason,
+            }) => {
+                assert_eq!((f.as_str(), v.as_str()), (field, value), "{reason}");
+                assert!(reason.contains(why), "{field}: {reason}");
+            }
+            other => panic!("expected an error on {field}, got {other:?}"),
+        }
+    }
+
+    const CA: &str = "auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\nca = [\"ca/ca.pem\"]\n";
+
+    #[test]
+    fn cert_auth_parses() {
+        let dir = pki_dir();
+        let c = parse(
+            &dir,
+            &format!("{CA}crl = [\"ca.crl\"]\nremote_id = \"fqdn:b\"\n"),
+        )
+        .unwrap();
+        let ike = c.peers[0].ike.as_ref().unwrap();
+        assert!(ike.cert.is_some());
+        assert_eq!(ike.remote_id, Some(Identity::Fqdn(b"b".to_vec())));
+        // We are our certificate's subject by default.
+        let Identity::DerAsn1Dn(dn) = &ike.local_id else {
+            panic!("{:?}", ike.local_id)
+        };
+        assert!(tunsec_ike::cert::dn_eq(dn, &dn_to_der("CN=a").unwrap()));
+
+        // Pinned by certificate or fingerprint; the peer's ID may be left out.
+        let c = parse(
+            &dir,
+            "auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\npin_cert = \"solo.pem\"\nlocal_id = \"email:a@example.com\"\n",
+        )
+        .unwrap();
+        let ike = c.peers[0].ike.as_ref().unwrap();
+        assert_eq!(ike.remote_id, None);
+        assert_eq!(ike.local_id, Identity::Rfc822(b"a@example.com".to_vec()));
+        let fp = "ab".repeat(32);
+        parse(
+            &dir,
+            &format!("auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\npin_sha256 = \"{fp}\"\nremote_id = \"ip:2001:db8::2\"\n"),
+        )
+        .unwrap();
+        let colons = vec!["AB"; 32].join(":");
+        parse(
+            &dir,
+            &format!(
+                "auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\npin_sha256 = \"{colons}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn cert_auth_errors_name_the_field() {
+        let dir = pki_dir();
+        let p = dir.path();
+        assert_invalid(&dir, CA, "peer[0].ike.remote_id", "(missing)", "required");
+        let with_id = |s: &str| format!("{s}remote_id = \"fqdn:b\"\n");
+        assert_invalid(
+            &dir,
+            &with_id(&CA.replace("ca = [\"ca/ca.pem\"]\n", "")),
+            "peer[0].ike.ca",
+            "(missing)",
+            "pin_cert",
+        );
+        assert_invalid(
+            &dir,
+            &with_id(&format!("{CA}pin_sha256 = \"00\"\n")),
+            "peer[0].ike.ca",
+            "(set)",
+            "cannot be combined",
+        );
+        assert_invalid(
+            &dir,
+            &with_id(&CA.replace("cert = \"a.pem\"\n", "")),
+            "peer[0].ike.cert",
+            "(missing)",
+            "required",
+        );
+        assert_invalid(
+            &dir,
+            &with_id(&CA.replace("a.key", "nope.key")),
+            "peer[0].ike.key",
+            "\"nope.key\"",
+            "cannot be read",
+        );
+        // The key of another certificate.
+        assert_invalid(
+            &dir,
+            &with_id(&CA.replace("a.key", "b.key")),
+            "peer[0].ike.key",
+            "\"b.key\"",
+            "does not match",
+        );
+        // A certificate file that is not one.
+        assert_invalid(
+            &dir,
+            &with_id(&CA.replace("cert = \"a.pem\"", "cert = \"ca.crl\"")),
+            "peer[0].ike.cert",
+            "\"ca.crl\"",
+            "not usable",
+        );
+        assert_invalid(
+            &dir,
+            &with_id(&format!("{CA}crl = [\"a.pem\"]\n")),
+            "peer[0].ike.crl[0]",
+            "\"a.pem\"",
+            "not usable",
+        );
+        // A world-readable key is refused.
+        std::fs::set_permissions(p.join("a.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_invalid(&dir, &with_id(CA), "peer[0].ike.key", "\"a.key\"", "0644");
+        std::fs::set_permissions(p.join("a.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        parse(&dir, &with_id(CA)).unwrap();
+        // PSK fields with certificates, and certificate fields with a PSK.
+        assert_invalid(
+            &dir,
+            &with_id(&format!("{CA}psk_file = \"x\"\n")),
+            "peer[0].ike.psk_file",
+            "(set)",
+            "auth = \"cert\"",
+        );
+        assert_invalid(
+            &dir,
+            "psk_file = \"x\"\ncert = \"a.pem\"\n",
+            "peer[0].ike.cert",
+            "(set)",
+            "needs auth = \"cert\"",
+        );
+        let bad_fp = "auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\npin_sha256 = \"abc\"\n";
+        assert_invalid(&dir, bad_fp, "peer[0].ike.pin_sha256", "\"abc\"", "64 hex");
+        for (id, why) in [
+            ("dn:CN", "TYPE=VALUE"),
+            ("dn:XX=1", "unknown attribute"),
+            ("email:nobody", "e-mail"),
+            ("ip:300.1.1.1", "IP address"),
+            ("fqdn:", "a name"),
+        ] {
+            assert_invalid(
+                &dir,
+                &format!("{CA}remote_id = \"{id}\"\n"),
+                "peer[0].ike.remote_id",
+                &format!("\"{id}\""),
+                why,
+            );
+        }
+        assert!(matches!(
+            parse(&dir, "auth = \"token\"\n"),
+            Err(ConfigError::Syntax(e)) if e.contains("auth")
+        ));
+    }
+
+    #[test]
+    fn cert_dn_notation() {
+        use x509_parser::prelude::FromDer;
+        let der = dn_to_der(r"C=CH, O=strong\, Swan, CN=moon, E=moon@example.org").unwrap();
+        let (_, name) = x509_parser::x509::X509Name::from_der(&der).unwrap();
+        let attrs: Vec<(String, String)> = name
+            .iter_attributes()
+            .map(|a| (a.attr_type().to_id_string(), a.as_str().unwrap().to_owned()))
+            .collect();
+        let expected = [
+            ("2.5.4.6", "CH"),
+            ("2.5.4.10", "strong, Swan"),
+            ("2.5.4.3", "moon"),
+            ("1.2.840.113549.1.9.1", "moon@example.org"),
+        ];
+        assert_eq!(
+            attrs,
+            expected.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
+        );
+        // One attribute per RDN, in the order written.
+        assert_eq!(name.iter_rdn().count(), 4);
+    }
+}

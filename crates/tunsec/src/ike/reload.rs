@@ -1,0 +1,164 @@
+//! Rotation: `tunsec reload` (and SIGHUP) hands the IKE driver new
+//! `[peer.ike]` settings (a new certificate, key, CA, CRL or PSK); new IKE
+//! SAs use them, and established IKE SAs are re-authenticated (a new IKE
+//! SA beside the old one, RFC 7296 section 2.8.3) after their next IKE SA
+//! rekey, or at once with `tunsec reauth PEER`. No tunnel is torn down:
+//! the old IKE SA and its Child SAs carry the traffic until the new ones
+//! are up.
+
+use std::time::Instant;
+
+use tunsec_ike::sa::{Event, SystemRandom};
+
+use super::IkeDriver;
+use crate::config::{Config, IkePeer};
+
+/// What a reload changes: the `[peer.ike]` of every IKE peer that is in
+/// both configurations under the same name and position, and notes on
+/// what a reload cannot change (other settings need a restart).
+#[derive(Debug)]
+pub struct ReloadPlan {
+    /// New settings by peer index.
+    pub updates: Vec<(usize, Box<IkePeer>)>,
+    /// Peers whose settings did not change, by name.
+    pub unchanged: Vec<String>,
+    /// What was ignored, one line each.
+    pub ignored: Vec<String>,
+}
+
+/// Compares the running configuration with a newly loaded one.
+pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
+    let mut plan = ReloadPlan {
+        updates: Vec::new(),
+        unchanged: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for (i, p) in new.peers.iter().enumerate() {
+        let Some(o) = old.peers.get(i).filter(|o| o.name == p.name) else {
+            plan.ignored.push(format!(
+                "peer {:?}: added or moved; peers change with a restart",
+                p.name
+            ));
+            continue;
+        };
+        match (&o.ike, &p.ike) {
+            (Some(old_ike), Some(new_ike)) => {
+                if same_auth(old_ike, new_ike) {
+                    plan.unchanged.push(p.name.clone());
+                } else {
+                    plan.updates.push((i, Box::new(new_ike.clone())));
+                }
+            }
+            (None, None) => {}
+            _ => plan.ignored.push(format!(
+                "peer {:?}: switching between manual keys and IKE needs a restart",
+                p.name
+            )),
+        }
+    }
+    for o in old.peers.iter().skip(new.peers.len()) {
+        plan.ignored.push(format!(
+            "peer {:?}: removed; peers change with a restart",
+            o.name
+        ));
+    }
+    plan
+}
+
+/// Whether two `[peer.ike]` sections authenticate alike: the same PSK, or
+/// the same certificate chain and trust, and the same identities. (Key
+/// files are compared through the chain they must match.)
+fn same_auth(a: &IkePeer, b: &IkePeer) -> bool {
+    let certs = match (&a.cert, &b.cert) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            x.credentials.chain == y.credentials.chain
+                && format!("{:?}", x.trust) == format!("{:?}", y.trust)
+        }
+        _ => false,
+    };
+    certs
+        && a.psk.expose() == b.psk.expose()
+        && a.local_id == b.local_id
+        && a.remote_id == b.remote_id
+}
+
+/// The events of a failed IKE SA, for a log line: an authentication
+/// failure in words (`IKE authentication failed: ... certificate
+/// revoked`), the others as they print.
+pub(super) fn describe_events(events: &[Event]) -> String {
+    events
+        .iter()
+        .map(|e| match e {
+            Event::AuthFailed { reason } => format!("IKE authentication failed: {reason}"),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl IkeDriver {
+    /// Takes up reloaded settings: new IKE SAs use them; an established
+    /// IKE SA is re-authenticated after its next rekey.
+    pub(super) fn reload(&mut self, updates: Vec<(usize, Box<IkePeer>)>) {
+        for (index, ike) in updates {
+            let Some(p) = self.peers.iter_mut().find(|p| p.index == index) else {
+                continue;
+            };
+            p.ike = *ike;
+            p.reauth_on_rekey = p.handle.is_some();
+            tracing::info!(
+                peer = %p.name,
+                "IKE: credentials reloaded; new IKE SAs use them, the current one is re-authenticated at its next rekey (or tunsec reauth)"
+            );
+        }
+        self.publish_status();
+    }
+
+    /// Re-authenticates peer `index` now: initiates a new IKE SA with the
+    /// current settings beside the established one; once it is up it
+    /// replaces the old IKE SA and its Child SAs (see `drain_incoming`),
+    /// and the peer, seeing a new IKE SA with INITIAL_CONTACT, does the
+    /// same. Without an established IKE SA, this is `up`.
+    pub(super) fn reauth(&mut self, now: Instant, index: usize) {
+        let Some(i) = self.peers.iter().position(|p| p.index == index) else {
+            return;
+        };
+        let established = self.peers[i]
+            .handle
+            .and_then(|h| self.endpoint.sa_mut(h))
+            .is_some_and(|sa| sa.is_established());
+        let p = &mut self.peers[i];
+        p.reauth_on_rekey = false;
+        if !established {
+            p.admin_down = false;
+            if p.handle.is_none() {
+                p.retry_at = Some(now);
+            }
+            tracing::info!(peer = %p.name, "IKE: re-authentication: no IKE SA up, initiating");
+            return;
+        }
+        if p.incoming.is_some() {
+            tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way");
+            return;
+        }
+        let config = Self::ike_config(self.local, p, self.esp_port);
+        let addr = p.addr;
+        match self
+            .endpoint
+            .connect(config, addr, now, Box::new(SystemRandom))
+        {
+            Ok(handle) => {
+                let p = &mut self.peers[i];
+                p.incoming = Some(handle);
+                tracing::info!(peer = %p.name, "IKE: re-authenticating: a new IKE SA beside the current one");
+            }
+            Err(e) => {
+                let p = &mut self.peers[i];
+                tracing::warn!(peer = %p.name, "IKE: cannot re-authenticate: {e}");
+                p.last_error = Some(format!("cannot re-authenticate: {e}"));
+            }
+        }
+        self.publish_status();
+    }
+}
