@@ -98,6 +98,49 @@ impl GatewayTables {
     }
 }
 
+/// The most bytes that protecting one packet adds: the ESP-in-UDP header,
+/// the ESP header with the largest IV (16, AES-CBC), the most padding
+/// (15) and the trailer, the largest ICV (16); in tunnel mode also the
+/// outer IP header (transport mode keeps the packet's own, RFC 4303
+/// section 3.1.1).
+pub const fn overhead(ipv6: bool, esp: EspTransport, mode: GatewayMode) -> usize {
+    let ip = if ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    let esp_udp = match esp {
+        EspTransport::Udp(_) => tunsec_wire::udp::HEADER_LEN,
+        EspTransport::Raw => 0,
+    };
+    let esp = tunsec_wire::esp::HEADER_LEN + 16 + 15 + tunsec_wire::esp::TRAILER_LEN + 16;
+    let outer = match mode {
+        GatewayMode::Transport => 0,
+        GatewayMode::Tunnel => ip,
+    };
+    esp_udp + esp + outer
+}
+
+/// The MTU of the TUN device: the largest packet whose protected form
+/// still fits the underlay MTU.
+pub const fn tun_mtu(underlay_mtu: u16, ipv6: bool, esp: EspTransport, mode: GatewayMode) -> u16 {
+    (underlay_mtu as usize).saturating_sub(overhead(ipv6, esp, mode)) as u16
+}
+
+/// The advice for a kernel VXLAN (or option-less Geneve) device's MTU
+/// behind a TUN device of `tun_mtu`: its packets gain an IP, a UDP and an
+/// 8-byte tunnel header, and the inner Ethernet header. A larger device
+/// MTU makes the kernel fragment its tunnel packets, which transport
+/// mode refuses (RFC 4303 section 3.3.1).
+pub const fn kernel_tunnel_mtu(tun_mtu: u16, ipv6: bool) -> u16 {
+    let ip = if ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    (tun_mtu as usize).saturating_sub(ip + tunsec_wire::udp::HEADER_LEN + 8 + 14) as u16
+}
+
 /// The fields of the IP header that gateway processing needs.
 struct IpInfo {
     v4: bool,

@@ -8,6 +8,8 @@
 //! - [`fdb`]: the forwarding database (learning, ageing, static entries).
 //! - [`gateway`]: sans IO. Gateway mode: the kernel's own tunnel packets,
 //!   steered into a TUN device, protected for a peer, and back.
+//! - [`gateway_worker`]: gateway mode's transmit and receive threads (TUN
+//!   device and ESP socket).
 //! - [`offload`]: sans IO. TAP offloads: the virtio-net header, TCP
 //!   segmentation of TSO super-frames, checksum completion, and coalescing
 //!   of received TCP segments into one super-frame (GRO).
@@ -20,6 +22,7 @@
 
 pub mod fdb;
 pub mod gateway;
+pub mod gateway_worker;
 pub mod io;
 pub mod offload;
 pub mod overlay;

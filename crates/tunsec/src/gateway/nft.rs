@@ -1,0 +1,185 @@
+//! The inbound guard of gateway mode: an nftables table (family `inet`)
+//! that drops cleartext packets matching a `require` peer's selectors
+//! unless they came in through tunsecd's TUN device, e.g. forged VXLAN
+//! sent straight to the kernel's port 4789. Each peer has a named
+//! counter (`peer<i>`) that `tunsec status` shows.
+//!
+//! It is driven through the `nft` tool of Debian's nftables package. The
+//! whole table is replaced in one atomic transaction (`table ...` +
+//! `delete table ...` + the new table), so a stale table from a killed
+//! daemon goes away in the same step and there is never a moment without
+//! the guard once it is installed.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use tunsec_datapath::gateway::GatewaySelector;
+
+/// One peer's part of the guard.
+#[derive(Debug, Clone)]
+pub struct GuardPeer {
+    /// Its underlay address.
+    pub underlay: IpAddr,
+    /// What must come through the TUN device.
+    pub selectors: Vec<GatewaySelector>,
+}
+
+/// The guard's ruleset, as `nft -f` reads it.
+pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer]) -> String {
+    let mut s = String::new();
+    // Create (if missing) and delete: removes a stale table atomically.
+    let _ = writeln!(s, "table inet {table} {{}}");
+    let _ = writeln!(s, "delete table inet {table}");
+    let _ = writeln!(s, "table inet {table} {{");
+    for i in 0..peers.len() {
+        let _ = writeln!(s, "  counter peer{i} {{}}");
+    }
+    let _ = writeln!(s, "  chain input {{");
+    let _ = writeln!(
+        s,
+        "    type filter hook input priority filter - 10; policy accept;"
+    );
+    let _ = writeln!(s, "    iifname \"{tun}\" accept");
+    for (i, p) in peers.iter().enumerate() {
+        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
+        for sel in &p.selectors {
+            let ports = if sel.ports.start() == sel.ports.end() {
+                sel.ports.start().to_string()
+            } else {
+                format!("{}-{}", sel.ports.start(), sel.ports.end())
+            };
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    {family} saddr {} meta l4proto {} th {dir} {ports} counter name \"peer{i}\" drop",
+                    p.underlay, sel.protocol
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(
+            "cannot run nft: gateway mode needs the nft tool (Debian package nftables) for its inbound guard",
+        )?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs (or replaces) the guard.
+pub fn install(table: &str, tun: &str, peers: &[GuardPeer]) -> anyhow::Result<()> {
+    nft(&["-f", "-"], Some(&ruleset(table, tun, peers)))
+        .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
+    Ok(())
+}
+
+/// Removes the guard; `Ok(false)` if there was none.
+pub fn remove(table: &str) -> anyhow::Result<bool> {
+    let script = format!("table inet {table} {{}}\ndelete table inet {table}\n");
+    let existed = nft(&["list", "table", "inet", table], None).is_ok();
+    nft(&["-f", "-"], Some(&script))
+        .with_context(|| format!("gateway.nft_table: cannot remove table inet {table}"))?;
+    Ok(existed)
+}
+
+/// The packets each peer's counter has counted, by peer index.
+pub fn counters(table: &str, peers: usize) -> anyhow::Result<Vec<u64>> {
+    let text = nft(&["-j", "list", "counters", "table", "inet", table], None)?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("nft -j printed no JSON")?;
+    let mut out = vec![0; peers];
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        let c = &item["counter"];
+        let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) else {
+            continue;
+        };
+        if let Some(i) = name
+            .strip_prefix("peer")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = packets;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_drops_selectors_not_from_the_tun() {
+        let text = ruleset(
+            "tunsec_gw",
+            "tunsec-gw",
+            &[GuardPeer {
+                underlay: "192.0.2.2".parse().unwrap(),
+                selectors: vec![
+                    GatewaySelector {
+                        protocol: 17,
+                        ports: 4789..=4789,
+                    },
+                    GatewaySelector {
+                        protocol: 6,
+                        ports: 16385..=16390,
+                    },
+                ],
+            }],
+        );
+        assert!(text.starts_with("table inet tunsec_gw {}\ndelete table inet tunsec_gw\n"));
+        assert!(text.contains("counter peer0 {}"));
+        assert!(text.contains("iifname \"tunsec-gw\" accept"));
+        assert!(text.contains(
+            "ip saddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"peer0\" drop"
+        ));
+        assert!(text.contains(
+            "ip saddr 192.0.2.2 meta l4proto 6 th sport 16385-16390 counter name \"peer0\" drop"
+        ));
+        // The accept of the TUN's packets comes before any drop.
+        assert!(text.find("accept").unwrap() < text.find("drop").unwrap());
+    }
+
+    #[test]
+    fn ipv6_peers_match_ip6() {
+        let text = ruleset(
+            "t",
+            "tun0",
+            &[GuardPeer {
+                underlay: "2001:db8::2".parse().unwrap(),
+                selectors: vec![GatewaySelector {
+                    protocol: 17,
+                    ports: 6081..=6081,
+                }],
+            }],
+        );
+        assert!(text.contains("ip6 saddr 2001:db8::2 meta l4proto 17 th dport 6081"));
+    }
+}
