@@ -272,10 +272,31 @@ pub fn protect(
     })
 }
 
+/// What a datagram on the ESP socket turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayReceive {
+    /// An IP packet for the TUN device, at `buf[start..end]`.
+    Packet {
+        /// Where it starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+    },
+    /// A NAT keepalive (RFC 3948 section 2.3).
+    Keepalive,
+    /// An IKE message behind the non-ESP marker (RFC 3948 section 2.2),
+    /// at `buf[start..end]`, for the IKE driver.
+    Ike {
+        /// Where it starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+    },
+}
+
 /// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on;
 /// with `udp`, possibly a NAT keepalive or IKE) and rebuilds, in place,
-/// the IP packet to write to the TUN device. Returns its range, or `None`
-/// for a keepalive.
+/// the IP packet to write to the TUN device.
 ///
 /// The packet must come from the SA's peer and, once opened, be traffic
 /// the peer's selectors allow, addressed to this host (RFC 4301 section
@@ -290,7 +311,7 @@ pub fn unprotect(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<Option<(usize, usize)>, Drop> {
+) -> Result<GatewayReceive, Drop> {
     let fail = |d: Drop| {
         stats.drop(d);
         Err(d)
@@ -298,8 +319,14 @@ pub fn unprotect(
     if udp {
         match natt::classify(&buf[start..end]) {
             Ok(natt::UdpEncapPayload::Esp(_)) => {}
-            Ok(natt::UdpEncapPayload::Keepalive) => return Ok(None),
-            Ok(natt::UdpEncapPayload::Ike(_)) => return fail(Drop::Ike),
+            Ok(natt::UdpEncapPayload::Keepalive) => return Ok(GatewayReceive::Keepalive),
+            Ok(natt::UdpEncapPayload::Ike(_)) => {
+                let marker = natt::NON_ESP_MARKER.len();
+                return Ok(GatewayReceive::Ike {
+                    start: start + marker,
+                    end,
+                });
+            }
             Err(_) => return fail(Drop::Malformed),
         }
     }
@@ -353,7 +380,7 @@ pub fn unprotect(
     {
         return fail(Drop::Policy);
     }
-    Ok(Some((start, end)))
+    Ok(GatewayReceive::Packet { start, end })
 }
 
 /// Writes an IP header for `buf[payload_start..payload_end]` just in front

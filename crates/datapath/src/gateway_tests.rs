@@ -139,8 +139,10 @@ fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>
     let tx = protect(from, &stats, &mut buf, s, e, now)?;
     assert_eq!(tx.dst, SocketAddr::new(to.local, 4500));
     let (mut rx, s, e) = in_buffer(&buf[tx.start..tx.end]);
-    let (start, end) =
-        unprotect(to, &stats, from.local, true, &mut rx, s, e, now)?.expect("not a keepalive");
+    let (start, end) = match unprotect(to, &stats, from.local, true, &mut rx, s, e, now)? {
+        GatewayReceive::Packet { start, end } => (start, end),
+        other => panic!("not a packet: {other:?}"),
+    };
     Ok(rx[start..end].to_vec())
 }
 
@@ -250,7 +252,17 @@ fn refuses_what_it_must_not_carry() {
     ka[128] = 0xff;
     assert_eq!(
         unprotect(&gb, &stats, A, true, &mut ka, 128, 129, now),
-        Ok(None)
+        Ok(GatewayReceive::Keepalive)
+    );
+    // IKE behind the non-ESP marker goes to the IKE driver.
+    let mut ike = [0u8; 160];
+    ike[132..140].copy_from_slice(b"IKEHDR..");
+    assert_eq!(
+        unprotect(&gb, &stats, A, true, &mut ike, 128, 160, now),
+        Ok(GatewayReceive::Ike {
+            start: 132,
+            end: 160
+        })
     );
 }
 

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::gateway::GatewayReceive;
 use crate::gateway::{self, GatewayTables};
-use crate::io::socket::{Batch, DatagramSocket, Poller, SocketKind};
+use crate::io::socket::{Batch, Poller, SocketKind};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
 use crate::stats::{Drop, Stats, add};
-use crate::worker::{BATCH, FrameDevice};
+use crate::worker::{BATCH, FrameDevice, IkeInbox, Sockets};
 
 /// The largest IP packet a buffer holds.
 pub const MAX_PACKET: usize = 9216;
@@ -44,6 +45,9 @@ pub struct GatewayShared {
     pub stats: Stats,
     /// Set to stop the workers.
     pub stop: AtomicBool,
+    /// IKE messages that arrived on the ESP-in-UDP port, for the IKE
+    /// driver (closed unless one runs).
+    pub ike_inbox: IkeInbox,
 }
 
 impl GatewayShared {
@@ -54,13 +58,15 @@ impl GatewayShared {
             tables: ArcSwap::from_pointee(tables),
             stats: Stats::new(peers),
             stop: AtomicBool::new(false),
+            ike_inbox: IkeInbox::default(),
         }
     }
 }
 
 /// Runs the transmit worker until `shared.stop` is set: TUN device to
 /// ESP socket.
-pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<DatagramSocket>) {
+pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Arc<Sockets>) {
+    let esp = &sockets.esp;
     let mut poller = Poller::new(&[tun.fd()]);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let mut pending: Vec<(usize, Transmit)> = Vec::with_capacity(BATCH);
@@ -97,7 +103,7 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<Da
                 let datagrams = pending
                     .iter()
                     .map(|(b, tx)| (&pool[*b][tx.start..tx.end], tx.dst));
-                let r = batch.send(&esp, datagrams);
+                let r = batch.send(esp, datagrams);
                 for _ in 0..r.refused {
                     shared.stats.drop(Drop::Send);
                 }
@@ -112,7 +118,8 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<Da
 
 /// Runs the receive worker until `shared.stop` is set: ESP socket to TUN
 /// device.
-pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<DatagramSocket>) {
+pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Arc<Sockets>) {
+    let esp = &sockets.esp;
     let mut poller = Poller::new(&[esp.as_raw_fd()]);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -128,7 +135,7 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<Da
             continue;
         }
         for _ in 0..4 {
-            let n = batch.recv(&esp, &mut pool, &mut meta).unwrap_or(0);
+            let n = batch.recv(esp, &mut pool, &mut meta).unwrap_or(0);
             if n == 0 {
                 break;
             }
@@ -165,9 +172,17 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, esp: Arc<Da
                     HEADROOM + payload,
                     now,
                 ) {
-                    Ok(Some(range)) => range,
-                    Ok(None) => {
+                    Ok(GatewayReceive::Packet { start, end }) => (start, end),
+                    Ok(GatewayReceive::Keepalive) => {
                         add(&shared.stats.keepalives, 1);
+                        continue;
+                    }
+                    Ok(GatewayReceive::Ike { start, end }) => {
+                        if shared.ike_inbox.push(src, &buf[start..end]) {
+                            add(&shared.stats.ike_received, 1);
+                        } else {
+                            shared.stats.drop(Drop::Ike);
+                        }
                         continue;
                     }
                     Err(_) => continue,

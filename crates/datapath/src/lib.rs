@@ -13,6 +13,8 @@
 //! - [`offload`]: sans IO. TAP offloads: the virtio-net header, TCP
 //!   segmentation of TSO super-frames, checksum completion, and coalescing
 //!   of received TCP segments into one super-frame (GRO).
+//! - [`sa_store`]: the SA tables and inbox the IKE driver works with, in
+//!   either mode.
 //! - [`stats`]: drop counters by reason, frame counters per network.
 //! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
 //! - [`worker`]: the transmit and receive threads.
@@ -26,5 +28,6 @@ pub mod gateway_worker;
 pub mod io;
 pub mod offload;
 pub mod overlay;
+pub mod sa_store;
 pub mod stats;
 pub mod worker;

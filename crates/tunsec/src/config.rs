@@ -601,7 +601,15 @@ impl Config {
         let mut seen_addrs = HashSet::new();
         let mut spis_in = HashMap::new();
         for (i, p) in raw.peer.into_iter().enumerate() {
-            let peer = validate_peer(i, p, &node, &networks, gateway.is_some(), esp, sources)?;
+            let peer = validate_peer(
+                i,
+                p,
+                &node,
+                &networks,
+                gateway.as_ref().map(|g| g.mode),
+                esp,
+                sources,
+            )?;
             if !seen_names.insert(peer.name.clone()) {
                 return Err(invalid(
                     format!("peer[{i}].name"),
@@ -833,7 +841,7 @@ fn validate_peer(
     raw: RawPeer,
     node: &Node,
     networks: &[Network],
-    gateway: bool,
+    gateway: Option<ChildMode>,
     esp: EspSettings,
     sources: &Sources<'_>,
 ) -> Result<Peer, ConfigError> {
@@ -858,7 +866,7 @@ fn validate_peer(
         ));
     }
     let selectors = validate_selectors(i, &raw, gateway, esp)?;
-    if raw.networks.is_empty() && !gateway {
+    if raw.networks.is_empty() && gateway.is_none() {
         return Err(invalid(
             f("networks"),
             "[]",
@@ -905,10 +913,14 @@ fn validate_peer(
         .sa
         .map(|sa| validate_sa(i, sa, sources.base_dir))
         .transpose()?;
-    let ike = raw
+    let mut ike = raw
         .ike
         .map(|ike| validate_ike(i, ike, node.underlay, underlay, sources))
         .transpose()?;
+    if let (Some(ike), Some(mode)) = (ike.as_mut(), gateway) {
+        // Gateway mode: one ESP mode for all peers (`gateway.mode`).
+        ike.mode = mode;
+    }
     Ok(Peer {
         name: raw.name,
         underlay,
@@ -995,11 +1007,11 @@ fn check_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
 fn validate_selectors(
     i: usize,
     raw: &RawPeer,
-    gateway: bool,
+    gateway: Option<ChildMode>,
     esp: EspSettings,
 ) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
     let f = |name: &str| format!("peer[{i}].{name}");
-    if !gateway {
+    let Some(gateway_mode) = gateway else {
         if !raw.selector.is_empty() {
             return Err(invalid(
                 f("selector[0]"),
@@ -1008,7 +1020,7 @@ fn validate_selectors(
             ));
         }
         return Ok(Vec::new());
-    }
+    };
     if let Some(n) = raw.networks.first() {
         return Err(invalid(
             f("networks[0]"),
@@ -1030,12 +1042,24 @@ fn validate_selectors(
             "is not supported in gateway mode: only \"require\" (steered traffic has no cleartext way out)",
         ));
     }
-    if raw.ike.is_some() {
-        return Err(invalid(
-            f("ike"),
-            "[peer.ike]",
-            "is not supported in gateway mode yet: use [peer.sa] (manual keys)",
-        ));
+    if let Some(ike) = &raw.ike {
+        if let Some(s) = ike.selectors {
+            return Err(invalid(
+                f("ike.selectors"),
+                quoted(&format!("{s:?}").to_lowercase()),
+                "cannot be set in gateway mode: the Child SA's selectors are the [[peer.selector]]s",
+            ));
+        }
+        if let Some(m) = ike.mode.filter(|m| *m != gateway_mode) {
+            return Err(invalid(
+                f("ike.mode"),
+                quoted(&format!("{m:?}").to_lowercase()),
+                format!(
+                    "differs from gateway.mode ({:?}): gateway mode has one ESP mode",
+                    gateway_mode
+                ),
+            ));
+        }
     }
     let mut out = Vec::with_capacity(raw.selector.len());
     for (j, s) in raw.selector.iter().enumerate() {
@@ -1594,6 +1618,28 @@ key_out = "b.out"
             1,
         );
         assert_invalid(&overlay, "peer[0].selector[0]", "[[peer.selector]]");
+        // IKE in gateway mode: selectors and mode come from [gateway].
+        let ike = |extra: &str| {
+            GATEWAY.replacen(
+                "[peer.sa]\nspi_in = 0x100\nspi_out = 0x200\nsuite = \"aes128gcm16\"\nkey_in = \"b.in\"\nkey_out = \"b.out\"\n",
+                &format!("[peer.ike]\npsk_file = \"b.in\"\n{extra}"),
+                1,
+            )
+        };
+        let c = parse(&ike("")).unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Transport);
+        let c = parse(&ike("").replace("[gateway]\n", "[gateway]\nmode = \"tunnel\"\n")).unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Tunnel);
+        assert_invalid(
+            &ike("mode = \"tunnel\"\n"),
+            "peer[0].ike.mode",
+            "\"tunnel\"",
+        );
+        assert_invalid(
+            &ike("selectors = \"ports\"\n"),
+            "peer[0].ike.selectors",
+            "\"ports\"",
+        );
         // Networks and [gateway] do not mix.
         let both = format!(
             "{GATEWAY}\n[[network]]\nname = \"blue\"\nvni = 1\nencapsulation = \"vxlan\"\n"

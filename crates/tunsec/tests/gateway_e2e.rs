@@ -18,6 +18,12 @@
 //!   the data path counts `no_sa`.
 //! - `gateway_tunnel_mode`: the same in ESP tunnel mode (TUN MTU 20
 //!   bytes smaller): ping, 8 MiB intact, ESP only on the underlay.
+//! - `gateway_ike`: the same with keys from IKEv2 (PSK): both hosts
+//!   establish an IKE SA and a Child SA whose traffic selectors are the
+//!   gateway selectors (`[udp/4789]`, `[tcp/16385]`), in transport mode;
+//!   ping, 8 MiB over VXLAN and 1 MiB on TCP 16385 intact; the capture
+//!   shows IKE and ESP, nothing protected in the clear; a Child SA rekey
+//!   by request (`tunsec rekey`) keeps the tunnel working.
 //! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
 //!   table all`, `nft list ruleset` and `ip link` hold nothing of
 //!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
@@ -155,14 +161,20 @@ fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<Pat
         c,
         "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
     )?;
-    writeln!(
-        c,
-        "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"",
-        spi(peer, n),
-        spi(n, peer),
-        key(peer, n)?.display(),
-        key(n, peer)?.display()
-    )?;
+    if gateway.contains("# ike") {
+        let psk = lab.dir.path().join("gw.psk");
+        std::fs::write(&psk, "a gateway test key, long enough\n")?;
+        writeln!(c, "[peer.ike]\npsk_file = \"{}\"", psk.display())?;
+    } else {
+        writeln!(
+            c,
+            "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"",
+            spi(peer, n),
+            spi(n, peer),
+            key(peer, n)?.display(),
+            key(n, peer)?.display()
+        )?;
+    }
     let path = lab.dir.path().join(format!("h{n}.toml"));
     std::fs::write(&path, c)?;
     Ok(path)
@@ -547,6 +559,91 @@ fn gateway_tunnel_mode() {
             esp > 1000 && clear == 0,
             "{esp} ESP, {clear} UDP 4789 frames"
         );
+        Ok(())
+    });
+}
+
+/// Waits until host `n`'s peer has an established IKE SA and both SAs.
+fn wait_child_sa(lab: &Lab, n: u8) -> anyhow::Result<()> {
+    lab.wait_for(&format!("h{n}'s Child SA"), Duration::from_secs(20), || {
+        status(lab, n).is_ok_and(|s| {
+            s.peers.first().is_some_and(|p| {
+                p.ike.as_ref().is_some_and(|i| i.state == "established") && p.sas.len() == 2
+            })
+        })
+    })
+}
+
+#[test]
+fn gateway_ike() {
+    with_lab("gw4", |lab| {
+        // "# ike" makes write_config use [peer.ike] instead of manual keys.
+        let Hosts { ul, h1, h2, .. } = setup_with(lab, "# ike")?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        wait_child_sa(lab, 1)?;
+        wait_child_sa(lab, 2)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h2, &vxlan_addr(1))?;
+        transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, 8 << 20)?;
+        transfer(
+            lab,
+            "service",
+            &h2,
+            &h1,
+            &host_addr(1),
+            SERVICE_PORT,
+            1 << 20,
+        )?;
+        // A Child SA rekey (CREATE_CHILD_SA) while the capture runs; the
+        // tunnel goes on working with the new SAs.
+        match control::call(
+            &socket_path(lab, 1),
+            &Request::Rekey {
+                peer: "h2".into(),
+                ike: false,
+            },
+        )? {
+            Response::Done { .. } => {}
+            other => bail!("rekey: {other:?}"),
+        }
+        lab.wait_for("the rekeyed Child SA", Duration::from_secs(10), || {
+            status(lab, 1).is_ok_and(|s| s.peers[0].ike.as_ref().is_some_and(|i| i.child_sas >= 2))
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        ping_ok(&h1, &vxlan_addr(2))?;
+        stop_capture(lab, "capture");
+        let s1 = status(lab, 1)?;
+        let out = s1.peers[0]
+            .sas
+            .iter()
+            .find(|sa| sa.direction == "out")
+            .context("no outbound SA")?;
+        let ts = out.selectors.as_deref().unwrap_or("");
+        ensure!(
+            ts.contains("[udp/4789]") && ts.contains(&format!("[tcp/{SERVICE_PORT}]")),
+            "the Child SA's selectors are {ts:?}"
+        );
+        ensure!(
+            out.mode.as_deref() == Some("transport"),
+            "mode {:?}",
+            out.mode
+        );
+        ensure!(out.packets >= 3, "{} packets on the new SA", out.packets);
+        let frames = capture_summary(&pcap)?;
+        let ike = frames.iter().filter(|f| f.0.contains("isakmp")).count();
+        let esp = frames.iter().filter(|f| f.0.contains("esp")).count();
+        let clear = frames
+            .iter()
+            .filter(|f| {
+                f.1 == Some(4789)
+                    || f.2 == Some(4789)
+                    || f.3 == Some(SERVICE_PORT)
+                    || f.4 == Some(SERVICE_PORT)
+            })
+            .count();
+        eprintln!("  capture: {ike} IKE, {esp} ESP, {clear} protected ports in the clear");
+        ensure!(ike >= 2, "{ike} IKE frames (the rekey is 2 or more)");
+        ensure!(esp > 1000 && clear == 0, "{esp} ESP, {clear} in the clear");
         Ok(())
     });
 }

@@ -9,6 +9,11 @@
 //! without an SA is dropped and counted (`no_sa`) in the TUN device,
 //! never routed around it. A failure at any step removes everything
 //! again ([`Installed`]'s drop), and so does a clean stop.
+//!
+//! Keys are manual (`[peer.sa]`) or negotiated with IKEv2 (`[peer.ike]`):
+//! the same IKE driver as in overlay mode installs its Child SAs into the
+//! gateway tables, with the peer's selectors as traffic selectors and
+//! `gateway.mode` as the only acceptable ESP mode.
 
 pub mod nft;
 pub mod steering;
@@ -30,12 +35,13 @@ use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tun;
 use tunsec_datapath::overlay::{EspTransport, InboundEntry};
 use tunsec_datapath::stats::Drop;
-use tunsec_datapath::worker::FrameDevice;
+use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{Direction, Sa, SaConfig};
 
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway};
 use crate::control::{Request, Response};
 use crate::daemon::{bind_control_socket, sa_status};
+use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
 };
@@ -173,6 +179,8 @@ pub struct GatewayDaemon {
     // Dropped after the workers stop (field order: `run` joins them
     // first), then the TUN device closes with the last handle.
     installed: Option<Installed>,
+    ike_states: IkeStates,
+    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
 }
 
 impl GatewayDaemon {
@@ -209,7 +217,10 @@ impl GatewayDaemon {
                 gw.fwmark
             )
         })?;
-        let esp = Arc::new(esp);
+        let sockets = Arc::new(Sockets {
+            esp,
+            tunnels: Vec::new(),
+        });
 
         let dev = tun::open(&gw.tun, mtu.tun)
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
@@ -240,9 +251,28 @@ impl GatewayDaemon {
             rules,
         })?;
 
+        let ike_states = IkeStates::default();
+        let (ike_commands, commands) = std::sync::mpsc::channel();
+        let ike = IkeDriver::new(
+            &config,
+            shared.clone(),
+            sockets.clone(),
+            ike_states.clone(),
+            commands,
+        )?
+        .map(|d| d.for_gateway(gw.mode, gw.fwmark))
+        .transpose()?;
+
         let mut workers = Vec::new();
+        if let Some(driver) = ike {
+            workers.push(
+                std::thread::Builder::new()
+                    .name("tunsec-ike".into())
+                    .spawn(move || driver.run())?,
+            );
+        }
         {
-            let (s, d, e) = (shared.clone(), dev.clone(), esp.clone());
+            let (s, d, e) = (shared.clone(), dev.clone(), sockets.clone());
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-gw-tx".into())
@@ -250,7 +280,7 @@ impl GatewayDaemon {
             );
         }
         {
-            let (s, d, e) = (shared.clone(), dev, esp);
+            let (s, d, e) = (shared.clone(), dev, sockets);
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-gw-rx".into())
@@ -275,6 +305,8 @@ impl GatewayDaemon {
             listener,
             socket_path,
             installed: Some(installed),
+            ike_states,
+            ike_commands,
         })
     }
 
@@ -297,13 +329,15 @@ impl GatewayDaemon {
             }
         }
         tracing::info!("stopping");
-        // Rules first: from here on nothing more is steered into the TUN
-        // device, and the kernel's tunnels are as they were before.
-        drop(self.installed.take());
+        // The workers and the IKE driver stop first (the driver deletes
+        // its IKE SAs with the peers); until the rules go, whatever is
+        // steered into the TUN device is dropped. Then the rules: the
+        // kernel's tunnels are as they were before.
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        drop(self.installed.take());
         let _ = std::fs::remove_file(&self.socket_path);
         Ok(())
     }
@@ -317,9 +351,10 @@ impl GatewayDaemon {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Status) => Response::Status(Box::new(self.status())),
             Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
-            Ok(_) => Response::Error {
-                message: "gateway mode: IKE is not supported yet (manual keys only)".to_owned(),
-            },
+            Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
+            Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
+            Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
+            Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -328,6 +363,27 @@ impl GatewayDaemon {
         out.push('\n');
         (&stream).write_all(out.as_bytes())?;
         Ok(())
+    }
+
+    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
+        let Some(index) = self.config.peers.iter().position(|p| p.name == peer) else {
+            return Response::Error {
+                message: format!("peer: {peer:?} is not a configured peer"),
+            };
+        };
+        if self.config.peers[index].ike.is_none() {
+            return Response::Error {
+                message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
+            };
+        }
+        if self.ike_commands.send(command(index)).is_err() {
+            return Response::Error {
+                message: "the IKE driver is not running".to_owned(),
+            };
+        }
+        Response::Done {
+            message: format!("peer {peer:?}: {:?} requested", command(index)),
+        }
     }
 
     fn delete_sa(&self, peer: &str) -> Response {
@@ -352,6 +408,11 @@ impl GatewayDaemon {
         let tables = self.shared.tables.load();
         let stats = &self.shared.stats;
         let guard = nft::counters(&self.gw.nft_table, tables.peers.len()).ok();
+        let ike_states = self
+            .ike_states
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let mut peers = Vec::new();
         let mut policies = Vec::new();
         for (i, p) in tables.peers.iter().enumerate() {
@@ -367,7 +428,7 @@ impl GatewayDaemon {
                 underlay: p.underlay.to_string(),
                 policies: Default::default(),
                 sas,
-                ike: None,
+                ike: ike_states.get(&i).cloned(),
             });
             let c = stats.network(i);
             let get = |f: fn(
@@ -410,7 +471,7 @@ impl GatewayDaemon {
                 .map(|&d| (d.name().to_owned(), stats.drops(d)))
                 .collect(),
             keepalives: stats.keepalives.load(Ordering::Relaxed),
-            ike_on_esp_port: 0,
+            ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
             fdb: Vec::new(),
             gateway: Some(GatewayStatus {
                 tun: self.gw.tun.clone(),
