@@ -179,8 +179,21 @@ struct RawGateway {
     rule_priority: Option<u32>,
     fwmark: Option<u32>,
     nft_table: Option<String>,
+    guard: Option<GuardScopeKind>,
     #[serde(default)]
     tunnel_devices: Vec<String>,
+}
+
+/// Which cleartext sources gateway mode's inbound guard drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardScopeKind {
+    /// Every source (the default): traffic on a peer's selector ports
+    /// must come through the TUN device, whoever sent it.
+    #[default]
+    All,
+    /// Only the peers' addresses.
+    Peers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +331,8 @@ pub struct Gateway {
     pub fwmark: u32,
     /// The nftables table (family `inet`) of the inbound guard.
     pub nft_table: String,
+    /// Which cleartext sources the guard drops.
+    pub guard: GuardScopeKind,
     /// Kernel tunnel devices (a vxlan device, say) whose MTU status checks
     /// against the advice.
     pub tunnel_devices: Vec<String>,
@@ -980,6 +995,7 @@ fn validate_gateway(raw: RawGateway) -> Result<Gateway, ConfigError> {
         rule_priority,
         fwmark,
         nft_table,
+        guard: raw.guard.unwrap_or_default(),
         tunnel_devices: raw.tunnel_devices,
     })
 }
@@ -1515,6 +1531,7 @@ key_out = "b.out"
         assert_eq!(g.rule_priority, gateway_defaults::RULE_PRIORITY);
         assert_eq!(g.fwmark, gateway_defaults::FWMARK);
         assert_eq!(g.nft_table, "tunsec_gw");
+        assert_eq!(g.guard, GuardScopeKind::All);
         assert_eq!(g.tunnel_devices, ["vxlan0"]);
         let sel = &c.peers[0].selectors;
         assert_eq!((sel[0].protocol, sel[0].ports.clone()), (17, 4789..=4789));

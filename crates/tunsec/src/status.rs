@@ -47,6 +47,13 @@ pub struct GatewayStatus {
     pub fwmark: u32,
     /// The nftables table of the inbound guard.
     pub nft_table: String,
+    /// `all` (every cleartext source is guarded) or `peers`.
+    #[serde(default)]
+    pub guard: String,
+    /// With `guard = "all"`: cleartext packets on a selector's ports from
+    /// sources that are no peer, dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_others: Option<u64>,
     /// The TUN device's MTU.
     pub tun_mtu: u16,
     /// The largest MTU advised for a kernel VXLAN (or Geneve) device whose
@@ -409,6 +416,9 @@ impl GatewayStatus {
                     let _ = writeln!(s, "  device {} mtu {mtu} ok", d.name);
                 }
             }
+        }
+        if let Some(n) = self.guard_others {
+            let _ = writeln!(s, "  guard ({}) drops from other sources: {n}", self.guard);
         }
         for p in &self.policies {
             let _ = writeln!(

@@ -12,8 +12,9 @@
 //!   capture of the underlay holds ESP in UDP 4500, and not one UDP 4789
 //!   or TCP 16385 packet in the clear; ICMP between the hosts (no
 //!   selector) still flows in the clear; forged cleartext VXLAN (from the
-//!   third namespace, with the peer's source address) never reaches the
-//!   vxlan device and shows in the peer's guard counter; after `tunsec sa
+//!   third namespace, with the peer's source address or its own) never
+//!   reaches the vxlan device and shows in the guard's counters (the
+//!   peer's, and `others`); after `tunsec sa
 //!   delete` the vxlan ping fails, nothing of it leaves in the clear, and
 //!   the data path counts `no_sa`.
 //! - `gateway_tunnel_mode`: the same in ESP tunnel mode (TUN MTU 20
@@ -287,16 +288,21 @@ fn vxlan_rx(ns: &str) -> anyhow::Result<u64> {
         .context("rx_packets of vxlan0")
 }
 
-/// Sends one cleartext VXLAN datagram from `ns` to host 1 with host 2's
-/// source address (spoofed): an ICMP echo for host 1's vxlan address.
+/// Sends three cleartext VXLAN datagrams from `ns` to host 1 with host
+/// 2's source address (spoofed): an ICMP echo for host 1's vxlan address.
 fn forge_vxlan(ns: &str) -> anyhow::Result<()> {
+    forge_vxlan_from(ns, &host_addr(2))
+}
+
+/// As [`forge_vxlan`], from source address `src`.
+fn forge_vxlan_from(ns: &str, src: &str) -> anyhow::Result<()> {
     let script = format!(
         "from scapy.all import IP, UDP, Ether, ICMP, Raw, send\n\
          from scapy.layers.vxlan import VXLAN\n\
          p = IP(src='{h2}', dst='{h1}')/UDP(sport=40000, dport=4789)/VXLAN(vni=42, flags=8)/\
          Ether(src='02:00:00:00:00:99', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.42.0.99', dst='{v1}')/ICMP()/Raw(b'FORGED')\n\
          send(p, count=3, verbose=False)\n",
-        h2 = host_addr(2),
+        h2 = src,
         h1 = host_addr(1),
         v1 = vxlan_addr(1)
     );
@@ -497,6 +503,23 @@ fn gateway_vxlan() {
         ensure!(
             guard_after >= guard_before + 3,
             "the guard counted {guard_before} -> {guard_after}"
+        );
+        // The same from the forger's own address (no peer's): dropped
+        // too, under `others` (guard = "all", the default).
+        let others_before = gw_status(&s1)?.guard_others.context("no others counter")?;
+        forge_vxlan_from(&h3, &host_addr(3))?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            vxlan_rx(&h1)? == before,
+            "vxlan0 received forged packets from {}",
+            host_addr(3)
+        );
+        let others = gw_status(&status(lab, 1)?)?
+            .guard_others
+            .context("no others counter")?;
+        ensure!(
+            others >= others_before + 3,
+            "the guard counted others {others_before} -> {others}"
         );
 
         // A larger MTU on vxlan0 is warned about.

@@ -38,7 +38,7 @@ use tunsec_datapath::stats::Drop;
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{Direction, Sa, SaConfig};
 
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind};
 use crate::control::{Request, Response};
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
@@ -236,7 +236,11 @@ impl GatewayDaemon {
                 selectors: p.selectors.clone(),
             })
             .collect();
-        nft::install(&gw.nft_table, &gw.tun, &guard)?;
+        let scope = match gw.guard {
+            GuardScopeKind::All => nft::GuardScope::All,
+            GuardScopeKind::Peers => nft::GuardScope::Peers,
+        };
+        nft::install(&gw.nft_table, &gw.tun, &guard, scope)?;
         let rules = config
             .peers
             .iter()
@@ -445,7 +449,7 @@ impl GatewayDaemon {
                 tx_bytes: get(|c| &c.tx_bytes),
                 rx_packets: get(|c| &c.rx_frames),
                 rx_bytes: get(|c| &c.rx_bytes),
-                guard_drops: guard.as_ref().and_then(|g| g.get(i).copied()),
+                guard_drops: guard.as_ref().and_then(|g| g.0.get(i).copied()),
             });
         }
         let tunnel_devices = self
@@ -484,6 +488,11 @@ impl GatewayDaemon {
                 rule_priority: self.gw.rule_priority,
                 fwmark: self.gw.fwmark,
                 nft_table: self.gw.nft_table.clone(),
+                guard: format!("{:?}", self.gw.guard).to_lowercase(),
+                guard_others: guard
+                    .as_ref()
+                    .filter(|_| self.gw.guard == GuardScopeKind::All)
+                    .map(|g| g.1),
                 tun_mtu: self.mtu.tun,
                 tunnel_mtu_advice: self.mtu.kernel_tunnel,
                 tunnel_devices,

@@ -2,7 +2,12 @@
 //! that drops cleartext packets matching a `require` peer's selectors
 //! unless they came in through tunsecd's TUN device, e.g. forged VXLAN
 //! sent straight to the kernel's port 4789. Each peer has a named
-//! counter (`peer<i>`) that `tunsec status` shows.
+//! counter (`peer<i>`) that `tunsec status` shows, for packets with its
+//! source address. With [`GuardScope::All`] (the default) the selectors'
+//! ports are guarded against every other source too (counter `others`):
+//! a kernel vxlan device takes VXLAN from any address, and its socket is
+//! shared by every vxlan device on the port, so a forger needs no peer's
+//! address to reach the tenant.
 //!
 //! It is driven through the `nft` tool of Debian's nftables package. The
 //! whole table is replaced in one atomic transaction (`table ...` +
@@ -27,8 +32,31 @@ pub struct GuardPeer {
     pub selectors: Vec<GatewaySelector>,
 }
 
+/// Which cleartext sources the guard drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuardScope {
+    /// Every source: what matches any peer's selector ports must come
+    /// through the TUN device, whoever sent it.
+    #[default]
+    All,
+    /// Only the peers' own addresses (other hosts may still talk to the
+    /// kernel's tunnels in the clear).
+    Peers,
+}
+
+/// The counter of sources that are no peer.
+pub const OTHERS: &str = "others";
+
+fn ports_text(sel: &GatewaySelector) -> String {
+    if sel.ports.start() == sel.ports.end() {
+        sel.ports.start().to_string()
+    } else {
+        format!("{}-{}", sel.ports.start(), sel.ports.end())
+    }
+}
+
 /// The guard's ruleset, as `nft -f` reads it.
-pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer]) -> String {
+pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer], scope: GuardScope) -> String {
     let mut s = String::new();
     // Create (if missing) and delete: removes a stale table atomically.
     let _ = writeln!(s, "table inet {table} {{}}");
@@ -37,6 +65,7 @@ pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer]) -> String {
     for i in 0..peers.len() {
         let _ = writeln!(s, "  counter peer{i} {{}}");
     }
+    let _ = writeln!(s, "  counter {OTHERS} {{}}");
     let _ = writeln!(s, "  chain input {{");
     let _ = writeln!(
         s,
@@ -46,16 +75,30 @@ pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer]) -> String {
     for (i, p) in peers.iter().enumerate() {
         let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
         for sel in &p.selectors {
-            let ports = if sel.ports.start() == sel.ports.end() {
-                sel.ports.start().to_string()
-            } else {
-                format!("{}-{}", sel.ports.start(), sel.ports.end())
-            };
+            let ports = ports_text(sel);
             for dir in ["dport", "sport"] {
                 let _ = writeln!(
                     s,
                     "    {family} saddr {} meta l4proto {} th {dir} {ports} counter name \"peer{i}\" drop",
                     p.underlay, sel.protocol
+                );
+            }
+        }
+    }
+    if scope == GuardScope::All {
+        // After the peers' rules: anyone else, on any peer's ports.
+        let mut seen = Vec::new();
+        for sel in peers.iter().flat_map(|p| &p.selectors) {
+            if seen.contains(&sel) {
+                continue;
+            }
+            seen.push(sel);
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    meta l4proto {} th {dir} {} counter name \"{OTHERS}\" drop",
+                    sel.protocol,
+                    ports_text(sel)
                 );
             }
         }
@@ -94,8 +137,13 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// Installs (or replaces) the guard.
-pub fn install(table: &str, tun: &str, peers: &[GuardPeer]) -> anyhow::Result<()> {
-    nft(&["-f", "-"], Some(&ruleset(table, tun, peers)))
+pub fn install(
+    table: &str,
+    tun: &str,
+    peers: &[GuardPeer],
+    scope: GuardScope,
+) -> anyhow::Result<()> {
+    nft(&["-f", "-"], Some(&ruleset(table, tun, peers, scope)))
         .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
     Ok(())
 }
@@ -109,16 +157,21 @@ pub fn remove(table: &str) -> anyhow::Result<bool> {
     Ok(existed)
 }
 
-/// The packets each peer's counter has counted, by peer index.
-pub fn counters(table: &str, peers: usize) -> anyhow::Result<Vec<u64>> {
+/// The packets each peer's counter has counted, by peer index, and the
+/// `others` counter.
+pub fn counters(table: &str, peers: usize) -> anyhow::Result<(Vec<u64>, u64)> {
     let text = nft(&["-j", "list", "counters", "table", "inet", table], None)?;
     let json: serde_json::Value = serde_json::from_str(&text).context("nft -j printed no JSON")?;
     let mut out = vec![0; peers];
+    let mut others = 0;
     for item in json["nftables"].as_array().into_iter().flatten() {
         let c = &item["counter"];
         let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) else {
             continue;
         };
+        if name == OTHERS {
+            others = packets;
+        }
         if let Some(i) = name
             .strip_prefix("peer")
             .and_then(|i| i.parse::<usize>().ok())
@@ -128,12 +181,36 @@ pub fn counters(table: &str, peers: usize) -> anyhow::Result<Vec<u64>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, others))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_all_guards_every_source_after_the_peers() {
+        let sel = GatewaySelector {
+            protocol: 17,
+            ports: 4789..=4789,
+        };
+        let peer = |a: &str| GuardPeer {
+            underlay: a.parse().unwrap(),
+            selectors: vec![sel.clone()],
+        };
+        let text = ruleset(
+            "t",
+            "tun0",
+            &[peer("192.0.2.2"), peer("192.0.2.3")],
+            GuardScope::All,
+        );
+        let any = "    meta l4proto 17 th dport 4789 counter name \"others\" drop";
+        // Once, though two peers share the selector, and after both
+        // peers' own rules.
+        assert_eq!(text.matches(any).count(), 1, "{text}");
+        assert!(text.find(any).unwrap() > text.find("192.0.2.3").unwrap());
+        assert!(text.contains("counter others {}"));
+    }
 
     #[test]
     fn ruleset_drops_selectors_not_from_the_tun() {
@@ -153,7 +230,9 @@ mod tests {
                     },
                 ],
             }],
+            GuardScope::Peers,
         );
+        assert!(!text.contains("others\" drop"), "peers only");
         assert!(text.starts_with("table inet tunsec_gw {}\ndelete table inet tunsec_gw\n"));
         assert!(text.contains("counter peer0 {}"));
         assert!(text.contains("iifname \"tunsec-gw\" accept"));
@@ -179,6 +258,7 @@ mod tests {
                     ports: 6081..=6081,
                 }],
             }],
+            GuardScope::Peers,
         );
         assert!(text.contains("ip6 saddr 2001:db8::2 meta l4proto 17 th dport 6081"));
     }
