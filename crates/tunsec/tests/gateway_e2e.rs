@@ -25,6 +25,9 @@
 //!   ping, 8 MiB over VXLAN and 1 MiB on TCP 16385 intact; the capture
 //!   shows IKE and ESP, nothing protected in the clear; a Child SA rekey
 //!   by request (`tunsec rekey`) keeps the tunnel working.
+//! - `gateway_raw_esp`: the same with raw ESP (IP protocol 50): TUN MTU
+//!   8 bytes larger, ping and 8 MiB intact, only raw ESP on the
+//!   underlay.
 //! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
 //!   table all`, `nft list ruleset` and `ip link` hold nothing of
 //!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
@@ -581,6 +584,33 @@ fn gateway_tunnel_mode() {
         ensure!(
             esp > 1000 && clear == 0,
             "{esp} ESP, {clear} UDP 4789 frames"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_raw_esp() {
+    with_lab("gw5", |lab| {
+        // Raw ESP (IP protocol 50) instead of ESP in UDP: a table after
+        // [gateway]'s lines.
+        let Hosts { ul, h1, h2, .. } = setup_with(lab, "\n[esp]\nencapsulation = \"esp\"\n")?;
+        let g = gw_status(&status(lab, 1)?)?.clone();
+        // 8 bytes more than with ESP in UDP.
+        ensure!(g.tun_mtu == 1443, "TUN MTU {} with raw ESP", g.tun_mtu);
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        transfer(lab, "vxlan", &h2, &h1, &vxlan_addr(1), 5001, 8 << 20)?;
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let raw = frames
+            .iter()
+            .filter(|f| f.0.ends_with(":ip:esp") && f.1.is_none())
+            .count();
+        let udp = frames.iter().filter(|f| f.1.is_some()).count();
+        ensure!(
+            raw > 1000 && udp == 0,
+            "{raw} raw ESP frames, {udp} UDP frames"
         );
         Ok(())
     });
