@@ -28,6 +28,9 @@
 //! - `gateway_raw_esp`: the same with raw ESP (IP protocol 50): TUN MTU
 //!   8 bytes larger, ping and 8 MiB intact, only raw ESP on the
 //!   underlay.
+//! - `gateway_ipv6`: an IPv6 underlay (2001:db8::/64): IPv6 rules, vxlan
+//!   over IPv6, ping and 8 MiB intact, only ESP over IPv6 on the
+//!   underlay, no IPv6 rule left after the stop.
 //! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
 //!   table all`, `nft list ruleset` and `ip link` hold nothing of
 //!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
@@ -131,6 +134,11 @@ fn sha256(path: &Path) -> anyhow::Result<String> {
         .context("sha256sum printed nothing")
 }
 
+/// Host `n`'s IPv6 underlay address (`gateway_ipv6`).
+fn host_addr6(n: u8) -> String {
+    format!("2001:db8::{n}")
+}
+
 /// The overlay address of host `n`'s vxlan device.
 fn vxlan_addr(n: u8) -> String {
     format!("10.42.0.{n}")
@@ -139,6 +147,11 @@ fn vxlan_addr(n: u8) -> String {
 /// Writes the gateway config of host `n` (peer `peer`), with manual keys
 /// (`key-<from>-<to>` files, written here).
 fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<PathBuf> {
+    let addr = if gateway.contains("# ipv6") {
+        host_addr6
+    } else {
+        host_addr
+    };
     let suite = "aes256gcm16";
     let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
         let path = lab.dir.path().join(format!("key-{from}-{to}"));
@@ -152,14 +165,14 @@ fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<Pat
     writeln!(
         c,
         "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n",
-        host_addr(n),
+        addr(n),
         socket_path(lab, n).display()
     )?;
     writeln!(c, "[gateway]\ntunnel_devices = [\"vxlan0\"]\n{gateway}\n")?;
     writeln!(
         c,
         "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
-        host_addr(peer)
+        addr(peer)
     )?;
     writeln!(
         c,
@@ -205,23 +218,25 @@ fn start_daemon(lab: &mut Lab, label: &str, ns: &str, n: u8) -> anyhow::Result<(
 /// A kernel vxlan device on host `n` towards `peer`, with the MTU that
 /// tunsecd advises.
 fn add_vxlan(lab: &Lab, ns: &str, n: u8, peer: u8, mtu: u16) -> anyhow::Result<()> {
+    add_vxlan_between(lab, ns, n, &host_addr(n), &host_addr(peer), mtu)
+}
+
+/// A kernel vxlan device on host `n` from underlay address `local` to
+/// `remote`.
+fn add_vxlan_between(
+    lab: &Lab,
+    ns: &str,
+    n: u8,
+    local: &str,
+    remote: &str,
+    mtu: u16,
+) -> anyhow::Result<()> {
     lab.exec(
         ns,
         "ip",
         &[
-            "link",
-            "add",
-            "vxlan0",
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "remote",
-            &host_addr(peer),
-            "local",
-            &host_addr(n),
-            "dstport",
-            "4789",
+            "link", "add", "vxlan0", "type", "vxlan", "id", "42", "remote", remote, "local", local,
+            "dstport", "4789",
         ],
     )?;
     lab.exec(
@@ -616,6 +631,100 @@ fn gateway_raw_esp() {
     });
 }
 
+#[test]
+fn gateway_ipv6() {
+    with_lab("gw6", |lab| {
+        // An IPv6 underlay: the hosts get 2001:db8::n beside their IPv4
+        // address (the lab turns IPv6 off; it is turned on again here).
+        let ul = add_underlay(lab)?;
+        let mut hosts = Vec::new();
+        for n in [1, 2] {
+            let h = add_host(lab, &ul, &format!("h{n}"), n)?;
+            for key in ["all", "default", "eth0"] {
+                lab.exec(
+                    &h,
+                    "sysctl",
+                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=0")],
+                )?;
+            }
+            lab.exec(
+                &h,
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/64", host_addr6(n)),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            hosts.push(h);
+        }
+        let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
+        write_config(lab, 1, 2, "# ipv6")?;
+        write_config(lab, 2, 1, "# ipv6")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        let g = gw_status(&status(lab, 1)?)?.clone();
+        // Transport mode keeps the packet's own IPv6 header: the same
+        // TUN MTU; the vxlan advice loses 40 bytes of IPv6 header.
+        ensure!(
+            g.tun_mtu == 1435 && g.tunnel_mtu_advice == 1365,
+            "IPv6 MTUs: TUN {}, advice {}",
+            g.tun_mtu,
+            g.tunnel_mtu_advice
+        );
+        add_vxlan_between(
+            lab,
+            &h1,
+            1,
+            &host_addr6(1),
+            &host_addr6(2),
+            g.tunnel_mtu_advice,
+        )?;
+        add_vxlan_between(
+            lab,
+            &h2,
+            2,
+            &host_addr6(2),
+            &host_addr6(1),
+            g.tunnel_mtu_advice,
+        )?;
+        let rules = exec_output(&h1, "ip", &["-6", "rule"])?;
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        ensure!(
+            rules.contains("to 2001:db8::2 iif lo ipproto udp dport 4789 lookup 29779"),
+            "IPv6 rules: {rules}"
+        );
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, 8 << 20)?;
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let esp6 = frames
+            .iter()
+            .filter(|f| f.0.contains(":ipv6:udp:") && f.0.contains("esp"))
+            .count();
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            esp6 > 1000 && clear == 0,
+            "{esp6} ESP over IPv6, {clear} UDP 4789"
+        );
+        ensure!(
+            !leftovers(&h1)?.is_empty(),
+            "the running daemon's entries are not visible"
+        );
+        ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the stop: {left:#?}");
+        Ok(())
+    });
+}
+
 /// Waits until host `n`'s peer has an established IKE SA and both SAs.
 fn wait_child_sa(lab: &Lab, n: u8) -> anyhow::Result<()> {
     lab.wait_for(&format!("h{n}'s Child SA"), Duration::from_secs(20), || {
@@ -702,23 +811,25 @@ fn gateway_ike() {
 }
 
 /// Everything of tunsecd's in `ns`: rules at its priorities or towards
-/// its table, routes in its table or via its TUN device, its nftables
-/// table, its TUN device.
+/// its table, routes in its table or via its TUN device (IPv4 and IPv6),
+/// its nftables table, its TUN device.
 fn leftovers(ns: &str) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
-    let rules = exec_output(ns, "ip", &["rule"])?;
-    for l in String::from_utf8_lossy(&rules.stdout).lines() {
-        let ours = l.starts_with(&format!("{PRIORITY}:"))
-            || l.starts_with(&format!("{}:", PRIORITY + 1))
-            || l.contains(&format!("lookup {TABLE}"));
-        if ours {
-            found.push(format!("rule: {l}"));
+    for family in ["-4", "-6"] {
+        let rules = exec_output(ns, "ip", &[family, "rule"])?;
+        for l in String::from_utf8_lossy(&rules.stdout).lines() {
+            let ours = l.starts_with(&format!("{PRIORITY}:"))
+                || l.starts_with(&format!("{}:", PRIORITY + 1))
+                || l.contains(&format!("lookup {TABLE}"));
+            if ours {
+                found.push(format!("rule: {l}"));
+            }
         }
-    }
-    let routes = exec_output(ns, "ip", &["route", "show", "table", "all"])?;
-    for l in String::from_utf8_lossy(&routes.stdout).lines() {
-        if l.contains(&format!("table {TABLE}")) || l.contains(TUN) {
-            found.push(format!("route: {l}"));
+        let routes = exec_output(ns, "ip", &[family, "route", "show", "table", "all"])?;
+        for l in String::from_utf8_lossy(&routes.stdout).lines() {
+            if l.contains(&format!("table {TABLE}")) || l.contains(TUN) {
+                found.push(format!("route: {l}"));
+            }
         }
     }
     let nft = exec_output(ns, "nft", &["list", "ruleset"])?;
