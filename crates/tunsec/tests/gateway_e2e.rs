@@ -16,7 +16,8 @@
 //!   reaches the vxlan device and shows in the guard's counters (the
 //!   peer's, and `others`); after `tunsec sa
 //!   delete` the vxlan ping fails, nothing of it leaves in the clear, and
-//!   the data path counts `no_sa`.
+//!   the data path counts `no_sa`; status warns about vxlan0 with too
+//!   large an MTU and about one bound to a lower device (`dev eth0`).
 //! - `gateway_tunnel_mode`: the same in ESP tunnel mode (TUN MTU 20
 //!   bytes smaller): ping, 8 MiB intact, ESP only on the underlay.
 //! - `gateway_ike`: the same with keys from IKEv2 (PSK): both hosts
@@ -573,6 +574,38 @@ fn gateway_vxlan() {
         );
         let no_sa = status(lab, 1)?.drops.get("no_sa").copied().unwrap_or(0);
         ensure!(no_sa >= no_sa_before + 3, "no_sa {no_sa_before} -> {no_sa}");
+
+        // A vxlan device bound to a lower device cannot be steered:
+        // status says so.
+        lab.exec(&h1, "ip", &["link", "del", "vxlan0"])?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "remote",
+                "192.0.2.2",
+                "dstport",
+                "4789",
+                "dev",
+                "eth0",
+            ],
+        )?;
+        let s1 = status(lab, 1)?;
+        let warning = gw_status(&s1)?.tunnel_devices[0]
+            .warning
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            warning.contains("lower device"),
+            "vxlan0 with dev eth0: warning {warning:?}"
+        );
         Ok(())
     });
 }

@@ -521,7 +521,9 @@ fn prepare_tun(tun: &str, ipv4: bool) -> anyhow::Result<()> {
         let all = all.trim();
         if !all.is_empty() && all != "0" {
             anyhow::bail!(
-                "gateway: net.ipv4.conf.all.rp_filter is {all}: reverse-path filtering would drop                  every decrypted packet on the TUN device {tun:?} (it has no address); set it to 0                  (sysctl -w net.ipv4.conf.all.rp_filter=0; per-device values still apply)"
+                "gateway: net.ipv4.conf.all.rp_filter is {all}: reverse-path filtering would drop \
+                 every decrypted packet on the TUN device {tun:?} (it has no address); set it to 0 \
+                 (sysctl -w net.ipv4.conf.all.rp_filter=0; per-device values still apply)"
             );
         }
         let path = format!("/proc/sys/net/ipv4/conf/{tun}/rp_filter");
@@ -547,24 +549,39 @@ pub fn selector_text(s: &gateway::GatewaySelector) -> String {
     }
 }
 
-/// A kernel tunnel device's MTU (from sysfs) against the advice.
+/// A kernel tunnel device's MTU against the advice, and whether the
+/// steering can catch its packets at all.
 fn tunnel_device(name: &str, advice: u16) -> TunnelDeviceStatus {
-    let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
-        .ok()
-        .and_then(|t| t.trim().parse::<u16>().ok());
-    let warning = match mtu {
-        None => Some("no such device".to_owned()),
-        Some(m) if m > advice => Some(format!(
-            "MTU {m} is larger than {advice}: its full-size packets do not fit the TUN device \
-             after ESP and are fragmented or dropped; set `ip link set {name} mtu {advice}`"
-        )),
-        Some(_) => None,
-    };
+    let link = steering::tunnel_link(name).ok().flatten();
+    let mtu = link.map(|l| u16::try_from(l.mtu).unwrap_or(u16::MAX));
     TunnelDeviceStatus {
         name: name.to_owned(),
         mtu,
-        warning,
+        warning: tunnel_warning(name, link, advice),
     }
+}
+
+/// What is wrong with a kernel tunnel device, if anything.
+fn tunnel_warning(name: &str, link: Option<steering::TunnelLink>, advice: u16) -> Option<String> {
+    let Some(link) = link else {
+        return Some("no such device".to_owned());
+    };
+    if link.vxlan_lower.is_some() {
+        return Some(
+            "it is bound to a lower device (`dev ...`): its route lookups name that device, \
+             the steering's route via the TUN device never matches, and the peer's guard drops \
+             its packets; create it without `dev`"
+                .to_owned(),
+        );
+    }
+    if link.mtu > u32::from(advice) {
+        return Some(format!(
+            "MTU {} is larger than {advice}: its full-size packets do not fit the TUN device \
+             after ESP and are fragmented or dropped; set `ip link set {name} mtu {advice}`",
+            link.mtu
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -586,9 +603,30 @@ mod tests {
     }
 
     #[test]
-    fn missing_tunnel_device_is_a_warning() {
-        let d = tunnel_device("no-such-dev-x", 1385);
-        assert_eq!(d.mtu, None);
-        assert!(d.warning.is_some());
+    fn tunnel_device_warnings() {
+        assert_eq!(
+            tunnel_warning("vx", None, 1385).as_deref(),
+            Some("no such device")
+        );
+        let ok = steering::TunnelLink {
+            mtu: 1385,
+            vxlan_lower: None,
+        };
+        assert_eq!(tunnel_warning("vx", Some(ok), 1385), None);
+        let big = steering::TunnelLink { mtu: 1450, ..ok };
+        assert!(
+            tunnel_warning("vx", Some(big), 1385)
+                .unwrap()
+                .contains("ip link set vx mtu 1385")
+        );
+        let bound = steering::TunnelLink {
+            vxlan_lower: Some(2),
+            ..ok
+        };
+        assert!(
+            tunnel_warning("vx", Some(bound), 1385)
+                .unwrap()
+                .contains("lower device")
+        );
     }
 }

@@ -203,6 +203,52 @@ async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// A kernel tunnel device as rtnetlink describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelLink {
+    /// Its MTU.
+    pub mtu: u32,
+    /// For a vxlan device bound to a lower device (`dev eth0`): that
+    /// device's index. Its route lookups then name the output device,
+    /// which the steering table's route (via the TUN device) never
+    /// matches, so its packets are not steered.
+    pub vxlan_lower: Option<u32>,
+}
+
+/// Looks up a kernel tunnel device; `Ok(None)` if there is none of that
+/// name.
+pub fn tunnel_link(name: &str) -> anyhow::Result<Option<TunnelLink>> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+    with_handle(async |handle| {
+        let mut links = handle.link().get().match_name(name.to_owned()).execute();
+        // An error is ENODEV: no such device.
+        let Ok(Some(link)) = links.try_next().await else {
+            return Ok(None);
+        };
+        let mut out = TunnelLink {
+            mtu: 0,
+            vxlan_lower: None,
+        };
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Mtu(m) => out.mtu = *m,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(v)) = info {
+                            out.vxlan_lower = v.iter().find_map(|x| match x {
+                                InfoVxlan::Link(i) if *i != 0 => Some(*i),
+                                _ => None,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(out))
+    })
+}
+
 /// What [`remove_all`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
