@@ -54,6 +54,11 @@ pub struct GatewayStatus {
     /// sources that are no peer, dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard_others: Option<u64>,
+    /// Cleartext packets matching a peer's selectors that were about to
+    /// leave through another device than the TUN device, dropped (the
+    /// guard's output chain); `None` if unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_out: Option<u64>,
     /// The TUN device's MTU.
     pub tun_mtu: u16,
     /// The largest MTU advised for a kernel VXLAN (or Geneve) device whose
@@ -419,6 +424,9 @@ impl GatewayStatus {
         }
         if let Some(n) = self.guard_others {
             let _ = writeln!(s, "  guard ({}) drops from other sources: {n}", self.guard);
+        }
+        if let Some(n) = self.clear_out {
+            let _ = writeln!(s, "  cleartext stopped on its way out: {n}");
         }
         for p in &self.policies {
             let _ = writeln!(

@@ -606,6 +606,40 @@ fn gateway_vxlan() {
             warning.contains("lower device"),
             "vxlan0 with dev eth0: warning {warning:?}"
         );
+        // Its packets escape the steering, and the kernel would send them
+        // out of eth0 in the clear: the guard's output chain stops them.
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", vxlan_addr(1)),
+                "dev",
+                "vxlan0",
+            ],
+        )?;
+        lab.exec(&h1, "ip", &["link", "set", "vxlan0", "up"])?;
+        let clear_before = gw_status(&s1)?.clear_out.context("no clear_out counter")?;
+        let pcap = start_capture(lab, &ul, "capture-dev")?;
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        stop_capture(lab, "capture-dev");
+        ensure!(got == 0, "{got} pings answered over the unsteered vxlan0");
+        let clear = capture_summary(&pcap)?
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            clear == 0,
+            "{clear} UDP 4789 frames in the clear from the unsteered vxlan0"
+        );
+        let clear_out = gw_status(&status(lab, 1)?)?
+            .clear_out
+            .context("no clear_out counter")?;
+        ensure!(
+            clear_out >= clear_before + 3,
+            "clear_out {clear_before} -> {clear_out}"
+        );
         Ok(())
     });
 }

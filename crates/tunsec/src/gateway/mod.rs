@@ -240,7 +240,7 @@ impl GatewayDaemon {
             GuardScopeKind::All => nft::GuardScope::All,
             GuardScopeKind::Peers => nft::GuardScope::Peers,
         };
-        nft::install(&gw.nft_table, &gw.tun, &guard, scope)?;
+        nft::install(&gw.nft_table, &gw.tun, gw.fwmark, &guard, scope)?;
         let rules = config
             .peers
             .iter()
@@ -449,7 +449,7 @@ impl GatewayDaemon {
                 tx_bytes: get(|c| &c.tx_bytes),
                 rx_packets: get(|c| &c.rx_frames),
                 rx_bytes: get(|c| &c.rx_bytes),
-                guard_drops: guard.as_ref().and_then(|g| g.0.get(i).copied()),
+                guard_drops: guard.as_ref().and_then(|g| g.peers.get(i).copied()),
             });
         }
         let tunnel_devices = self
@@ -492,7 +492,8 @@ impl GatewayDaemon {
                 guard_others: guard
                     .as_ref()
                     .filter(|_| self.gw.guard == GuardScopeKind::All)
-                    .map(|g| g.1),
+                    .map(|g| g.others),
+                clear_out: guard.as_ref().map(|g| g.clear_out),
                 tun_mtu: self.mtu.tun,
                 tunnel_mtu_advice: self.mtu.kernel_tunnel,
                 tunnel_devices,
@@ -569,8 +570,8 @@ fn tunnel_warning(name: &str, link: Option<steering::TunnelLink>, advice: u16) -
     if link.vxlan_lower.is_some() {
         return Some(
             "it is bound to a lower device (`dev ...`): its route lookups name that device, \
-             the steering's route via the TUN device never matches, and the peer's guard drops \
-             its packets; create it without `dev`"
+             the steering's route via the TUN device never matches, and the guard drops its \
+             packets on their way out (clear_out); create it without `dev`"
                 .to_owned(),
         );
     }

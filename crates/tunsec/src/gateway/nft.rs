@@ -9,6 +9,15 @@
 //! shared by every vxlan device on the port, so a forger needs no peer's
 //! address to reach the tenant.
 //!
+//! An `output` chain is the last line of fail-closed on send: a packet
+//! to a peer matching its selectors that is about to leave through any
+//! device but the TUN device (and is not tunsecd's own, by its mark) is
+//! dropped and counted (`clear_out`). Policy routing alone cannot
+//! promise that: a kernel tunnel bound to a lower device (a vxlan device
+//! with `dev eth0`) looks its routes up with a fixed output device, and
+//! when no route matches the kernel assumes the destination is on that
+//! link (`ip_route_output_key_hash_rcu`), sending in the clear.
+//!
 //! It is driven through the `nft` tool of Debian's nftables package. The
 //! whole table is replaced in one atomic transaction (`table ...` +
 //! `delete table ...` + the new table), so a stale table from a killed
@@ -46,6 +55,8 @@ pub enum GuardScope {
 
 /// The counter of sources that are no peer.
 pub const OTHERS: &str = "others";
+/// The counter of cleartext packets stopped on their way out.
+pub const CLEAR_OUT: &str = "clear_out";
 
 fn ports_text(sel: &GatewaySelector) -> String {
     if sel.ports.start() == sel.ports.end() {
@@ -55,8 +66,15 @@ fn ports_text(sel: &GatewaySelector) -> String {
     }
 }
 
-/// The guard's ruleset, as `nft -f` reads it.
-pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer], scope: GuardScope) -> String {
+/// The guard's ruleset, as `nft -f` reads it; `fwmark` is the mark of
+/// tunsecd's own sockets.
+pub fn ruleset(
+    table: &str,
+    tun: &str,
+    fwmark: u32,
+    peers: &[GuardPeer],
+    scope: GuardScope,
+) -> String {
     let mut s = String::new();
     // Create (if missing) and delete: removes a stale table atomically.
     let _ = writeln!(s, "table inet {table} {{}}");
@@ -66,6 +84,7 @@ pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer], scope: GuardScope) -
         let _ = writeln!(s, "  counter peer{i} {{}}");
     }
     let _ = writeln!(s, "  counter {OTHERS} {{}}");
+    let _ = writeln!(s, "  counter {CLEAR_OUT} {{}}");
     let _ = writeln!(s, "  chain input {{");
     let _ = writeln!(
         s,
@@ -97,6 +116,28 @@ pub fn ruleset(table: &str, tun: &str, peers: &[GuardPeer], scope: GuardScope) -
                 let _ = writeln!(
                     s,
                     "    meta l4proto {} th {dir} {} counter name \"{OTHERS}\" drop",
+                    sel.protocol,
+                    ports_text(sel)
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "  chain output {{");
+    let _ = writeln!(
+        s,
+        "    type filter hook output priority filter - 10; policy accept;"
+    );
+    let _ = writeln!(s, "    oifname \"{tun}\" accept");
+    let _ = writeln!(s, "    meta mark {fwmark:#x} accept");
+    for p in peers {
+        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
+        for sel in &p.selectors {
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    {family} daddr {} meta l4proto {} th {dir} {} counter name \"{CLEAR_OUT}\" drop",
+                    p.underlay,
                     sel.protocol,
                     ports_text(sel)
                 );
@@ -140,11 +181,15 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 pub fn install(
     table: &str,
     tun: &str,
+    fwmark: u32,
     peers: &[GuardPeer],
     scope: GuardScope,
 ) -> anyhow::Result<()> {
-    nft(&["-f", "-"], Some(&ruleset(table, tun, peers, scope)))
-        .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
+    nft(
+        &["-f", "-"],
+        Some(&ruleset(table, tun, fwmark, peers, scope)),
+    )
+    .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
     Ok(())
 }
 
@@ -157,31 +202,45 @@ pub fn remove(table: &str) -> anyhow::Result<bool> {
     Ok(existed)
 }
 
-/// The packets each peer's counter has counted, by peer index, and the
-/// `others` counter.
-pub fn counters(table: &str, peers: usize) -> anyhow::Result<(Vec<u64>, u64)> {
+/// What the guard's counters have counted (packets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Cleartext from each peer's address, by peer index.
+    pub peers: Vec<u64>,
+    /// Cleartext from other sources.
+    pub others: u64,
+    /// Cleartext stopped on its way out.
+    pub clear_out: u64,
+}
+
+/// Reads the guard's counters.
+pub fn counters(table: &str, peers: usize) -> anyhow::Result<Counters> {
     let text = nft(&["-j", "list", "counters", "table", "inet", table], None)?;
     let json: serde_json::Value = serde_json::from_str(&text).context("nft -j printed no JSON")?;
-    let mut out = vec![0; peers];
-    let mut others = 0;
+    let mut out = Counters {
+        peers: vec![0; peers],
+        ..Counters::default()
+    };
     for item in json["nftables"].as_array().into_iter().flatten() {
         let c = &item["counter"];
         let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) else {
             continue;
         };
-        if name == OTHERS {
-            others = packets;
+        match name {
+            OTHERS => out.others = packets,
+            CLEAR_OUT => out.clear_out = packets,
+            _ => {}
         }
         if let Some(i) = name
             .strip_prefix("peer")
             .and_then(|i| i.parse::<usize>().ok())
         {
-            if let Some(slot) = out.get_mut(i) {
+            if let Some(slot) = out.peers.get_mut(i) {
                 *slot = packets;
             }
         }
     }
-    Ok((out, others))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -201,6 +260,7 @@ mod tests {
         let text = ruleset(
             "t",
             "tun0",
+            0x7453,
             &[peer("192.0.2.2"), peer("192.0.2.3")],
             GuardScope::All,
         );
@@ -217,6 +277,7 @@ mod tests {
         let text = ruleset(
             "tunsec_gw",
             "tunsec-gw",
+            0x7453,
             &[GuardPeer {
                 underlay: "192.0.2.2".parse().unwrap(),
                 selectors: vec![
@@ -244,6 +305,16 @@ mod tests {
         ));
         // The accept of the TUN's packets comes before any drop.
         assert!(text.find("accept").unwrap() < text.find("drop").unwrap());
+        // On the way out: the TUN and tunsecd's own marked packets pass,
+        // the selectors' traffic to the peer through anything else is
+        // dropped.
+        let out = &text[text.find("chain output").unwrap()..];
+        assert!(out.contains("oifname \"tunsec-gw\" accept"));
+        assert!(out.contains("meta mark 0x7453 accept"));
+        assert!(out.contains(
+            "ip daddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"clear_out\" drop"
+        ));
+        assert!(out.find("accept").unwrap() < out.find("drop").unwrap());
     }
 
     #[test]
@@ -251,6 +322,7 @@ mod tests {
         let text = ruleset(
             "t",
             "tun0",
+            0x7453,
             &[GuardPeer {
                 underlay: "2001:db8::2".parse().unwrap(),
                 selectors: vec![GatewaySelector {
