@@ -6,7 +6,8 @@
 #   python3-cryptography:   Scapy's ciphers (only a Recommends of python3-scapy)
 #   iperf3:                 TCP transfers through the overlay
 #   nftables:               a NAT (masquerade) between hosts in the IKE tests,
-#                           and the inbound filter of the strongSwan host
+#                           the inbound filter of the strongSwan host, and
+#                           tunsecd's inbound guard in gateway mode (nft)
 #   strongswan-charon, strongswan-swanctl, libcharon-extra-plugins
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
 #                           strongSwan 5.9.8, the peer of strongswan_interop.rs

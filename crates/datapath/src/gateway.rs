@@ -72,8 +72,9 @@ pub struct GatewayPeer {
     pub underlay: IpAddr,
     /// What is protected between this host and the peer.
     pub selectors: Vec<GatewaySelector>,
-    /// Its outbound SA, once there is one.
-    pub outbound: Option<SharedSa>,
+    /// Its outbound SAs, one per Child SA (or the manual one): a packet
+    /// goes out with the first whose selectors cover it.
+    pub outbound: Vec<SharedSa>,
 }
 
 /// What the gateway workers look up: a snapshot published like
@@ -96,6 +97,49 @@ impl GatewayTables {
     fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
         self.peers.iter().position(|p| p.underlay == addr)
     }
+}
+
+/// The most bytes that protecting one packet adds: the ESP-in-UDP header,
+/// the ESP header with the largest IV (16, AES-CBC), the most padding
+/// (15) and the trailer, the largest ICV (16); in tunnel mode also the
+/// outer IP header (transport mode keeps the packet's own, RFC 4303
+/// section 3.1.1).
+pub const fn overhead(ipv6: bool, esp: EspTransport, mode: GatewayMode) -> usize {
+    let ip = if ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    let esp_udp = match esp {
+        EspTransport::Udp(_) => tunsec_wire::udp::HEADER_LEN,
+        EspTransport::Raw => 0,
+    };
+    let esp = tunsec_wire::esp::HEADER_LEN + 16 + 15 + tunsec_wire::esp::TRAILER_LEN + 16;
+    let outer = match mode {
+        GatewayMode::Transport => 0,
+        GatewayMode::Tunnel => ip,
+    };
+    esp_udp + esp + outer
+}
+
+/// The MTU of the TUN device: the largest packet whose protected form
+/// still fits the underlay MTU.
+pub const fn tun_mtu(underlay_mtu: u16, ipv6: bool, esp: EspTransport, mode: GatewayMode) -> u16 {
+    (underlay_mtu as usize).saturating_sub(overhead(ipv6, esp, mode)) as u16
+}
+
+/// The advice for a kernel VXLAN (or option-less Geneve) device's MTU
+/// behind a TUN device of `tun_mtu`: its packets gain an IP, a UDP and an
+/// 8-byte tunnel header, and the inner Ethernet header. A larger device
+/// MTU makes the kernel fragment its tunnel packets, which transport
+/// mode refuses (RFC 4303 section 3.3.1).
+pub const fn kernel_tunnel_mtu(tun_mtu: u16, ipv6: bool) -> u16 {
+    let ip = if ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    (tun_mtu as usize).saturating_sub(ip + tunsec_wire::udp::HEADER_LEN + 8 + 14) as u16
 }
 
 /// The fields of the IP header that gateway processing needs.
@@ -176,8 +220,18 @@ pub fn protect(
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
         return fail(Drop::Policy);
     }
-    let Some(sa) = entry.outbound.as_ref() else {
+    if entry.outbound.is_empty() {
         return fail(Drop::NoSa);
+    }
+    // RFC 4301 section 5.1: the SA whose selectors cover the packet (a
+    // manual SA has none and covers all).
+    let covers = |sa: &SharedSa| {
+        sa.lock().is_ok_and(|sa| {
+            sa.selectors().is_empty() || sa.selectors().iter().any(|s| s.matches_outbound(&flow))
+        })
+    };
+    let Some(sa) = entry.outbound.iter().find(|sa| covers(sa)) else {
+        return fail(Drop::Selector);
     };
     let (payload_start, next_header) = match tables.mode {
         GatewayMode::Transport => {
@@ -229,10 +283,31 @@ pub fn protect(
     })
 }
 
+/// What a datagram on the ESP socket turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayReceive {
+    /// An IP packet for the TUN device, at `buf[start..end]`.
+    Packet {
+        /// Where it starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+    },
+    /// A NAT keepalive (RFC 3948 section 2.3).
+    Keepalive,
+    /// An IKE message behind the non-ESP marker (RFC 3948 section 2.2),
+    /// at `buf[start..end]`, for the IKE driver.
+    Ike {
+        /// Where it starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+    },
+}
+
 /// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on;
 /// with `udp`, possibly a NAT keepalive or IKE) and rebuilds, in place,
-/// the IP packet to write to the TUN device. Returns its range, or `None`
-/// for a keepalive.
+/// the IP packet to write to the TUN device.
 ///
 /// The packet must come from the SA's peer and, once opened, be traffic
 /// the peer's selectors allow, addressed to this host (RFC 4301 section
@@ -247,7 +322,7 @@ pub fn unprotect(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<Option<(usize, usize)>, Drop> {
+) -> Result<GatewayReceive, Drop> {
     let fail = |d: Drop| {
         stats.drop(d);
         Err(d)
@@ -255,8 +330,14 @@ pub fn unprotect(
     if udp {
         match natt::classify(&buf[start..end]) {
             Ok(natt::UdpEncapPayload::Esp(_)) => {}
-            Ok(natt::UdpEncapPayload::Keepalive) => return Ok(None),
-            Ok(natt::UdpEncapPayload::Ike(_)) => return fail(Drop::Ike),
+            Ok(natt::UdpEncapPayload::Keepalive) => return Ok(GatewayReceive::Keepalive),
+            Ok(natt::UdpEncapPayload::Ike(_)) => {
+                let marker = natt::NON_ESP_MARKER.len();
+                return Ok(GatewayReceive::Ike {
+                    start: start + marker,
+                    end,
+                });
+            }
             Err(_) => return fail(Drop::Malformed),
         }
     }
@@ -310,7 +391,7 @@ pub fn unprotect(
     {
         return fail(Drop::Policy);
     }
-    Ok(Some((start, end)))
+    Ok(GatewayReceive::Packet { start, end })
 }
 
 /// Writes an IP header for `buf[payload_start..payload_end]` just in front

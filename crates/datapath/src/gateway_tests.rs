@@ -56,7 +56,10 @@ fn host(
             name: "peer".into(),
             underlay: remote,
             selectors: vec![vxlan_selector()],
-            outbound: suite.map(|s| sa(spi_out, Direction::Outbound, s)),
+            outbound: suite
+                .map(|s| sa(spi_out, Direction::Outbound, s))
+                .into_iter()
+                .collect(),
         }],
         inbound,
     }
@@ -139,8 +142,10 @@ fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>
     let tx = protect(from, &stats, &mut buf, s, e, now)?;
     assert_eq!(tx.dst, SocketAddr::new(to.local, 4500));
     let (mut rx, s, e) = in_buffer(&buf[tx.start..tx.end]);
-    let (start, end) =
-        unprotect(to, &stats, from.local, true, &mut rx, s, e, now)?.expect("not a keepalive");
+    let (start, end) = match unprotect(to, &stats, from.local, true, &mut rx, s, e, now)? {
+        GatewayReceive::Packet { start, end } => (start, end),
+        other => panic!("not a packet: {other:?}"),
+    };
     Ok(rx[start..end].to_vec())
 }
 
@@ -250,7 +255,17 @@ fn refuses_what_it_must_not_carry() {
     ka[128] = 0xff;
     assert_eq!(
         unprotect(&gb, &stats, A, true, &mut ka, 128, 129, now),
-        Ok(None)
+        Ok(GatewayReceive::Keepalive)
+    );
+    // IKE behind the non-ESP marker goes to the IKE driver.
+    let mut ike = [0u8; 160];
+    ike[132..140].copy_from_slice(b"IKEHDR..");
+    assert_eq!(
+        unprotect(&gb, &stats, A, true, &mut ike, 128, 160, now),
+        Ok(GatewayReceive::Ike {
+            start: 132,
+            end: 160
+        })
     );
 }
 
@@ -269,4 +284,62 @@ fn fragments_are_refused_in_transport_mode() {
         protect(&ga, &stats, &mut buf, s, e, Instant::now()),
         Err(Drop::Malformed)
     );
+}
+
+#[test]
+fn mtu_from_underlay_and_esp_overhead() {
+    // 8 (UDP) + 8 (SPI, sequence) + 16 (IV) + 15 (padding) + 2 + 16 (ICV).
+    assert_eq!(
+        overhead(false, EspTransport::Udp(4500), GatewayMode::Transport),
+        65
+    );
+    assert_eq!(
+        overhead(false, EspTransport::Raw, GatewayMode::Transport),
+        57
+    );
+    assert_eq!(
+        overhead(false, EspTransport::Udp(4500), GatewayMode::Tunnel),
+        85
+    );
+    assert_eq!(
+        overhead(true, EspTransport::Udp(4500), GatewayMode::Tunnel),
+        105
+    );
+    let tun = tun_mtu(1500, false, EspTransport::Udp(4500), GatewayMode::Transport);
+    assert_eq!(tun, 1435);
+    // VXLAN over IPv4: 20 + 8 + 8 + 14.
+    assert_eq!(kernel_tunnel_mtu(tun, false), 1385);
+    assert_eq!(
+        tun_mtu(40, false, EspTransport::Udp(4500), GatewayMode::Tunnel),
+        0
+    );
+}
+
+#[test]
+fn largest_packet_at_tun_mtu_fits_the_underlay() {
+    // A packet of exactly the TUN MTU, sealed with the suite of the
+    // largest overhead, is at most the underlay MTU on the wire.
+    for mode in [GatewayMode::Transport, GatewayMode::Tunnel] {
+        for suite in Suite::ALL {
+            let (a, _) = pair(mode, Some(suite), A, B);
+            let mtu = tun_mtu(1500, false, a.esp, mode);
+            let payload = usize::from(mtu) - 28;
+            let packet = kernel_packet(A, B, 40000, 4789, payload);
+            let mut buf = vec![0u8; HEADROOM + packet.len() + 128];
+            buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+            let stats = Stats::new(1);
+            let tx = protect(
+                &a,
+                &stats,
+                &mut buf,
+                HEADROOM,
+                HEADROOM + packet.len(),
+                Instant::now(),
+            )
+            .unwrap();
+            // The outer IPv4 header (20) and ESP-in-UDP (in tx) make the wire size.
+            let wire = 20 + 8 + (tx.end - tx.start);
+            assert!(wire <= 1500, "{mode:?} {suite:?}: {wire} bytes on the wire");
+        }
+    }
 }

@@ -8,9 +8,13 @@
 //! - [`fdb`]: the forwarding database (learning, ageing, static entries).
 //! - [`gateway`]: sans IO. Gateway mode: the kernel's own tunnel packets,
 //!   steered into a TUN device, protected for a peer, and back.
+//! - [`gateway_worker`]: gateway mode's transmit and receive threads (TUN
+//!   device and ESP socket).
 //! - [`offload`]: sans IO. TAP offloads: the virtio-net header, TCP
 //!   segmentation of TSO super-frames, checksum completion, and coalescing
 //!   of received TCP segments into one super-frame (GRO).
+//! - [`sa_store`]: the SA tables and inbox the IKE driver works with, in
+//!   either mode.
 //! - [`stats`]: drop counters by reason, frame counters per network.
 //! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
 //! - [`worker`]: the transmit and receive threads.
@@ -20,9 +24,11 @@
 
 pub mod fdb;
 pub mod gateway;
+pub mod gateway_worker;
 pub mod io;
 pub mod offload;
 pub mod overlay;
+pub mod sa_store;
 pub mod stats;
 pub mod steer;
 pub mod worker;

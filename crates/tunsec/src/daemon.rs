@@ -613,11 +613,13 @@ impl Daemon {
             keepalives: stats.keepalives.load(Ordering::Relaxed),
             ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
             fdb,
+            gateway: None,
         }
     }
 }
 
-fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
+/// An SA's status.
+pub(crate) fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
     let sa = sa.lock().unwrap_or_else(|e| e.into_inner());
     let c = sa.counters();
     SaStatus {
@@ -658,7 +660,7 @@ fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
 
 /// Binds the control socket with mode 0600. A stale socket file from a
 /// crashed daemon is replaced; a live one is an error.
-fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
+pub(crate) fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)

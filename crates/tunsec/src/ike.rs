@@ -42,7 +42,6 @@ pub use reload::{ReloadPlan, plan as reload_plan};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,7 +49,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
 use tunsec_datapath::overlay::{InboundEntry, SharedSa};
-use tunsec_datapath::worker::{Shared, Sockets};
+use tunsec_datapath::sa_store::{SaStore, SaTables};
+use tunsec_datapath::worker::Sockets;
 use tunsec_esp::{Mode, Sa};
 use tunsec_ike::message::TrafficSelector;
 use tunsec_ike::sa::{
@@ -61,6 +61,7 @@ use tunsec_wire::natt::NON_ESP_MARKER;
 
 use crate::config::{ChildMode, ChildSelectors, Config, EspEncapsulation, IkePeer, PolicyKind};
 use crate::status::IkeStatus;
+use tunsec_datapath::gateway::GatewaySelector;
 
 /// The IKE port (RFC 7296 section 2).
 pub const IKE_PORT: u16 = 500;
@@ -171,6 +172,28 @@ fn spi_of(sa: &SharedSa) -> Option<u32> {
     sa.lock().ok().map(|sa| sa.spi())
 }
 
+/// Gateway mode's TSi and TSr: for each selector (a protocol and a port
+/// range), `local[proto/range]` and `remote[proto/range]` (RFC 7296
+/// section 2.9), as strongSwan writes `host/32[udp/4789]`. Like
+/// `selectors = "ports"` in overlay mode, the SA then covers traffic
+/// between the selector ports on both sides; a kernel tunnel whose source
+/// port is another (a vxlan device's per-flow port) still goes through
+/// the gateway's own selectors, which match either port, so tunsec
+/// peers interoperate, while a strict peer (strongSwan) needs the
+/// tunnel's source port pinned (`srcport 4789 4790` on a vxlan device).
+fn gateway_selectors(
+    local: IpAddr,
+    remote: IpAddr,
+    sel: &[GatewaySelector],
+) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+    let side = |addr| {
+        sel.iter()
+            .map(|s| ts::host(addr, s.protocol, *s.ports.start(), *s.ports.end()))
+            .collect()
+    };
+    (side(local), side(remote))
+}
+
 /// One peer's IKE bookkeeping.
 struct PeerIke {
     /// The index in the config's (and the tables') peers.
@@ -181,6 +204,9 @@ struct PeerIke {
     /// The tunnel ports of the networks the peer carries, sorted, each
     /// once: what `selectors = "ports"` narrows the Child SA to.
     tunnel_ports: Vec<u16>,
+    /// Gateway mode: the peer's `[[peer.selector]]`s, which are then the
+    /// Child SA's traffic selectors.
+    gateway_selectors: Vec<GatewaySelector>,
     /// We initiate (our underlay address is the lower one).
     initiator: bool,
     /// The current IKE SA, if any.
@@ -228,7 +254,8 @@ struct PendingOutbound {
 
 /// The IKE driver thread's state.
 pub struct IkeDriver {
-    shared: Arc<Shared>,
+    /// The data plane's tables (overlay or gateway mode).
+    shared: Arc<dyn SaStore>,
     socket: DatagramSocket,
     /// The data path's sockets: replies to a peer that spoke on the
     /// ESP-in-UDP port leave from that port, behind the non-ESP marker.
@@ -241,6 +268,9 @@ pub struct IkeDriver {
     replay_window: u32,
     states: IkeStates,
     commands: mpsc::Receiver<IkeCommand>,
+    /// Gateway mode: the ESP mode every Child SA must have (its tables
+    /// have one mode for all peers).
+    gateway_mode: Option<ChildMode>,
 }
 
 impl IkeDriver {
@@ -248,7 +278,7 @@ impl IkeDriver {
     /// IKE (then no socket is opened).
     pub fn new(
         config: &Config,
-        shared: Arc<Shared>,
+        shared: Arc<dyn SaStore>,
         sockets: Arc<Sockets>,
         states: IkeStates,
         commands: mpsc::Receiver<IkeCommand>,
@@ -265,6 +295,7 @@ impl IkeDriver {
                     addr: SocketAddr::new(p.underlay, IKE_PORT),
                     ike: ike.clone(),
                     tunnel_ports: tunnel_ports(config, &p.networks),
+                    gateway_selectors: p.selectors.clone(),
                     initiator: local < p.underlay,
                     handle: None,
                     incoming: None,
@@ -296,7 +327,7 @@ impl IkeDriver {
         let socket = DatagramSocket::udp(SocketAddr::new(local, IKE_PORT))
             .with_context(|| format!("IKE: cannot bind {local} port {IKE_PORT}"))?;
         // From now on IKE on the ESP-in-UDP port comes to us.
-        shared.ike_inbox.open();
+        shared.ike_inbox().open();
         let mut driver = Self {
             shared,
             socket,
@@ -309,9 +340,21 @@ impl IkeDriver {
             replay_window: config.esp.replay_window,
             states,
             commands,
+            gateway_mode: None,
         };
         driver.publish_status();
         Ok(Some(driver))
+    }
+
+    /// Gateway mode: every Child SA must be in `mode` (one installed in
+    /// the other is refused, and counted in the peer's last error), and
+    /// the IKE socket carries the steering's bypass `mark`.
+    pub fn for_gateway(mut self, mode: ChildMode, mark: u32) -> anyhow::Result<Self> {
+        self.gateway_mode = Some(mode);
+        self.socket
+            .set_mark(mark)
+            .with_context(|| format!("gateway.fwmark: cannot mark the IKE socket {mark:#x}"))?;
+        Ok(self)
     }
 
     fn ike_config(local: IpAddr, peer: &PeerIke, esp_port: Option<u16>) -> IkeConfig {
@@ -321,12 +364,19 @@ impl IkeDriver {
         // for transport mode with USE_TRANSPORT_MODE; a responder that
         // allows it follows the request, and one without it answers in
         // tunnel mode.
-        let ((local_ts, remote_ts), additional) = selectors(
-            local,
-            peer.addr.ip(),
-            peer.ike.selectors,
-            &peer.tunnel_ports,
-        );
+        let ((local_ts, remote_ts), additional) = if peer.gateway_selectors.is_empty() {
+            selectors(
+                local,
+                peer.addr.ip(),
+                peer.ike.selectors,
+                &peer.tunnel_ports,
+            )
+        } else {
+            (
+                gateway_selectors(local, peer.addr.ip(), &peer.gateway_selectors),
+                Vec::new(),
+            )
+        };
         let mut c = IkeConfig::new(
             peer.ike.local_id.clone(),
             peer.ike.remote_id.clone(),
@@ -360,7 +410,7 @@ impl IkeDriver {
         let mut batch = Batch::new(8);
         let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
         let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); 8];
-        while !self.shared.stop.load(Ordering::Relaxed) {
+        while !self.shared.stopping() {
             let now = Instant::now();
             let next = [
                 self.endpoint.poll_timeout(),
@@ -398,7 +448,7 @@ impl IkeDriver {
             }
             // IKE that came on the ESP-in-UDP port (the receive worker
             // queued it; it waits at most one loop turn, 100 ms).
-            while let Some((src, message)) = self.shared.ike_inbox.pop() {
+            while let Some((src, message)) = self.shared.ike_inbox().pop() {
                 self.handle_datagram(Instant::now(), src, &message);
             }
             while let Ok(command) = self.commands.try_recv() {
@@ -872,22 +922,30 @@ impl IkeDriver {
         outbound: &ChildSaParams,
         replace: bool,
     ) -> anyhow::Result<()> {
-        let remote = self.shared.tables.load().peers[index].spec.underlay;
+        let remote = self
+            .peers
+            .iter()
+            .find(|p| p.index == index)
+            .map(|p| p.addr.ip())
+            .context("no such IKE peer")?;
         let (sa_in, sa_out) = self.new_pair(remote, inbound, outbound)?;
         self.publish_inbound(index, inbound.spi, sa_in);
 
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
         let sa_out = Arc::new(Mutex::new(sa_out));
-        if replace {
-            next.peers[index].outbound = vec![sa_out];
-            // The peer's older inbound SAs go at once.
-            next.inbound
-                .retain(|spi, e| e.peer != index || *spi == inbound.spi);
-        } else {
-            next.peers[index].outbound.push(sa_out);
-        }
-        self.shared.tables.store(Arc::new(next));
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            if let Some(outbound) = t.outbound_mut(index) {
+                if replace {
+                    *outbound = vec![sa_out.clone()];
+                } else {
+                    outbound.push(sa_out.clone());
+                }
+            }
+            if replace {
+                // The peer's older inbound SAs go at once.
+                t.inbound_mut()
+                    .retain(|spi, e| e.peer != index || *spi == inbound.spi);
+            }
+        });
         Ok(())
     }
 
@@ -936,6 +994,18 @@ impl IkeDriver {
         outbound: &ChildSaParams,
     ) -> anyhow::Result<(Sa, Sa)> {
         let now = Instant::now();
+        if let Some(want) = self.gateway_mode {
+            let transport = want == ChildMode::Transport;
+            anyhow::ensure!(
+                inbound.transport == transport && outbound.transport == transport,
+                "the Child SA is in {} mode, gateway.mode is {want:?}",
+                if inbound.transport {
+                    "transport"
+                } else {
+                    "tunnel"
+                }
+            );
+        }
         let mode = |p: &ChildSaParams| {
             if p.transport {
                 Mode::Transport
@@ -958,16 +1028,16 @@ impl IkeDriver {
 
     /// Publishes new tables with an inbound SA added for peer `index`.
     fn publish_inbound(&self, index: usize, spi: u32, sa: Sa) {
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
-        next.inbound.insert(
-            spi,
-            InboundEntry {
-                peer: index,
-                sa: Arc::new(Mutex::new(sa)),
-            },
-        );
-        self.shared.tables.store(Arc::new(next));
+        let sa = Arc::new(Mutex::new(sa));
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            t.inbound_mut().insert(
+                spi,
+                InboundEntry {
+                    peer: index,
+                    sa: sa.clone(),
+                },
+            );
+        });
     }
 
     /// Publishes the pending rekeyed outbound SA `k` in place of the one
@@ -975,18 +1045,18 @@ impl IkeDriver {
     fn switch_outbound(&mut self, i: usize, k: usize) {
         let pending = self.peers[i].pending_outbound.remove(k);
         let index = self.peers[i].index;
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
         let sa = Arc::new(Mutex::new(pending.sa));
-        let outbound = &mut next.peers[index].outbound;
-        match outbound
-            .iter()
-            .position(|o| spi_of(o) == Some(pending.old_spi))
-        {
-            Some(at) => outbound[at] = sa,
-            None => outbound.push(sa),
-        }
-        self.shared.tables.store(Arc::new(next));
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            if let Some(outbound) = t.outbound_mut(index) {
+                match outbound
+                    .iter()
+                    .position(|o| spi_of(o) == Some(pending.old_spi))
+                {
+                    Some(at) => outbound[at] = sa.clone(),
+                    None => outbound.push(sa.clone()),
+                }
+            }
+        });
     }
 
     /// Switches outbound SAs whose wait is over, and removes old inbound
@@ -1009,25 +1079,23 @@ impl IkeDriver {
             }
             self.peers[i].expiring_inbound = keep;
             let index = self.peers[i].index;
-            let current = self.shared.tables.load();
-            let mut next = (**current).clone();
-            next.inbound
-                .retain(|spi, e| !(e.peer == index && due.iter().any(|&(d, _)| d == *spi)));
-            self.shared.tables.store(Arc::new(next));
+            self.shared.edit(&mut |t: &mut dyn SaTables| {
+                t.inbound_mut()
+                    .retain(|spi, e| !(e.peer == index && due.iter().any(|&(d, _)| d == *spi)));
+            });
         }
     }
 
     /// Removes one Child SA pair: the inbound SA, and the outbound one if
     /// it is still installed (after a rekey it no longer is).
     fn remove_pair(&self, index: usize, inbound_spi: u32, outbound_spi: u32) {
-        let current = self.shared.tables.load();
-        let mut next = (**current).clone();
-        next.inbound
-            .retain(|spi, e| !(e.peer == index && *spi == inbound_spi));
-        next.peers[index]
-            .outbound
-            .retain(|sa| spi_of(sa) != Some(outbound_spi));
-        self.shared.tables.store(Arc::new(next));
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            t.inbound_mut()
+                .retain(|spi, e| !(e.peer == index && *spi == inbound_spi));
+            if let Some(outbound) = t.outbound_mut(index) {
+                outbound.retain(|sa| spi_of(sa) != Some(outbound_spi));
+            }
+        });
     }
 
     /// Removes every SA of a peer, and forgets its rekeys in progress.
@@ -1039,17 +1107,19 @@ impl IkeDriver {
 
     /// Removes every SA of a peer: its `require` traffic is dropped.
     fn remove_sas(&self, index: usize, name: &str) {
-        let current = self.shared.tables.load();
-        let has_any = !current.peers[index].outbound.is_empty()
-            || current.inbound.values().any(|e| e.peer == index);
-        if !has_any {
-            return;
+        let mut had_any = false;
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            if let Some(slot) = t.outbound_mut(index) {
+                had_any |= !slot.is_empty();
+                slot.clear();
+            }
+            let before = t.inbound_mut().len();
+            t.inbound_mut().retain(|_, e| e.peer != index);
+            had_any |= t.inbound_mut().len() != before;
+        });
+        if had_any {
+            tracing::warn!(peer = %name, "SAs removed");
         }
-        let mut next = (**current).clone();
-        next.peers[index].outbound.clear();
-        next.inbound.retain(|_, e| e.peer != index);
-        self.shared.tables.store(Arc::new(next));
-        tracing::warn!(peer = %name, "SAs removed");
     }
 
     fn publish_status(&mut self) {

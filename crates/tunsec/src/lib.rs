@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML configuration, validated in full.
 //! - [`daemon`]: overlay mode: TAP devices, sockets, SAs, workers, and the
 //!   control socket.
+//! - [`gateway`]: gateway mode: a TUN device, policy routing and an
+//!   nftables guard around the kernel's own tunnels.
 //! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
 //!   port 500, installing the negotiated SAs.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
@@ -20,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod gateway;
 pub mod ike;
 pub mod netns;
 pub mod pki;

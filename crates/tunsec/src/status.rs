@@ -26,6 +26,84 @@ pub struct Status {
     pub ike_on_esp_port: u64,
     /// The forwarding database.
     pub fdb: Vec<FdbStatus>,
+    /// Gateway mode, when the daemon runs in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+}
+
+/// Gateway mode: the TUN device, the steering, and each peer's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// The TUN device.
+    pub tun: String,
+    /// `transport` or `tunnel`.
+    pub mode: String,
+    /// The route table of the steering.
+    pub table: u32,
+    /// The priority of the fwmark bypass rule (the steering rules have
+    /// one more).
+    pub rule_priority: u32,
+    /// The mark of tunsecd's own sockets.
+    pub fwmark: u32,
+    /// The nftables table of the inbound guard.
+    pub nft_table: String,
+    /// `all` (every cleartext source is guarded) or `peers`.
+    #[serde(default)]
+    pub guard: String,
+    /// With `guard = "all"`: cleartext packets on a selector's ports from
+    /// sources that are no peer, dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_others: Option<u64>,
+    /// Cleartext packets matching a peer's selectors that were about to
+    /// leave through another device than the TUN device, dropped (the
+    /// guard's output chain); `None` if unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_out: Option<u64>,
+    /// The TUN device's MTU.
+    pub tun_mtu: u16,
+    /// The largest MTU advised for a kernel VXLAN (or Geneve) device whose
+    /// packets go through the TUN device.
+    pub tunnel_mtu_advice: u16,
+    /// The kernel tunnel devices named in the config, with their MTU.
+    pub tunnel_devices: Vec<TunnelDeviceStatus>,
+    /// One policy per peer.
+    pub policies: Vec<GatewayPolicyStatus>,
+}
+
+/// A kernel tunnel device and whether its MTU is too large.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelDeviceStatus {
+    /// Its name.
+    pub name: String,
+    /// Its MTU, if the device exists.
+    pub mtu: Option<u16>,
+    /// Why its MTU is a problem, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// One peer's gateway policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayPolicyStatus {
+    /// The peer's name.
+    pub peer: String,
+    /// Its underlay address.
+    pub underlay: String,
+    /// `require`.
+    pub policy: String,
+    /// The selectors, as `udp/4789` or `tcp/16385-16390`.
+    pub selectors: Vec<String>,
+    /// Packets steered into the TUN device, sealed and sent.
+    pub tx_packets: u64,
+    /// Their bytes (before ESP).
+    pub tx_bytes: u64,
+    /// Packets received, opened and written to the TUN device.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Cleartext packets matching the selectors that the inbound guard
+    /// dropped (its nftables counter); `None` if it could not be read.
+    pub guard_drops: Option<u64>,
 }
 
 /// This host.
@@ -299,6 +377,9 @@ impl Status {
                 drops.join(" ")
             }
         );
+        if let Some(g) = &self.gateway {
+            g.render(&mut s);
+        }
         let _ = writeln!(s, "\nforwarding database: {} entries", self.fdb.len());
         for e in &self.fdb {
             let _ = writeln!(
@@ -308,5 +389,59 @@ impl Status {
             );
         }
         s
+    }
+}
+
+impl GatewayStatus {
+    fn render(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\ngateway: tun {} mtu {} mode {} table {} rules {}/{} fwmark {:#x} nft inet {}",
+            self.tun,
+            self.tun_mtu,
+            self.mode,
+            self.table,
+            self.rule_priority,
+            self.rule_priority + 1,
+            self.fwmark,
+            self.nft_table
+        );
+        let _ = writeln!(
+            s,
+            "  kernel tunnel MTU advice: at most {} (VXLAN or Geneve over this TUN)",
+            self.tunnel_mtu_advice
+        );
+        for d in &self.tunnel_devices {
+            let mtu = d.mtu.map_or("missing".to_owned(), |m| m.to_string());
+            match &d.warning {
+                Some(w) => {
+                    let _ = writeln!(s, "  device {} mtu {mtu}  WARNING: {w}", d.name);
+                }
+                None => {
+                    let _ = writeln!(s, "  device {} mtu {mtu} ok", d.name);
+                }
+            }
+        }
+        if let Some(n) = self.guard_others {
+            let _ = writeln!(s, "  guard ({}) drops from other sources: {n}", self.guard);
+        }
+        if let Some(n) = self.clear_out {
+            let _ = writeln!(s, "  cleartext stopped on its way out: {n}");
+        }
+        for p in &self.policies {
+            let _ = writeln!(
+                s,
+                "  policy {} ({}) {} [{}] tx {} pkts / {} B  rx {} pkts / {} B  guard drops {}",
+                p.peer,
+                p.underlay,
+                p.policy,
+                p.selectors.join(", "),
+                p.tx_packets,
+                p.tx_bytes,
+                p.rx_packets,
+                p.rx_bytes,
+                p.guard_drops.map_or("?".to_owned(), |d| d.to_string())
+            );
+        }
     }
 }

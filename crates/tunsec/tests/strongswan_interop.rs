@@ -38,6 +38,10 @@
 //!   new IKE SA, with PFS (ESP aes128gcm16-modp2048).
 //! - `sswan_charon_restarts`: charon killed (SIGKILL) and started again;
 //!   it initiates with INITIAL_CONTACT, tunsecd replaces the old SAs.
+//! - `sswan_gateway_vxlan`: tunsecd in gateway mode (tunnel mode,
+//!   selectors `[udp/4789]`) against charon: the two hosts' kernel vxlan
+//!   devices (source port pinned to 4789) ping each other and move data
+//!   with iperf3; only IKE and ESP on the underlay.
 //! - `sswan_wrong_psk`: different PSKs, each side initiating once: both
 //!   logs name the failure, neither side has an SA.
 //! - `sswan_child_sa_per_network`: two VXLAN networks (4789 and 8472),
@@ -711,7 +715,7 @@ struct Interop {
     pcap: PathBuf,
 }
 
-fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
+fn write_tunsec_config(lab: &Lab, p: &Params, gateway: bool) -> anyhow::Result<PathBuf> {
     let n = p.tunsec;
     let auth = if p.cert.is_some() {
         let d = lab.dir.path().join("pki");
@@ -739,13 +743,26 @@ fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
         host_addr(n),
         socket_path(lab, n).display()
     )?;
+    if gateway {
+        // Gateway mode: the kernel's vxlan0 on this host, UDP 4789.
+        writeln!(
+            c,
+            "[gateway]\nmode = \"tunnel\"\ntunnel_devices = [\"vxlan0\"]\n"
+        )?;
+    } else {
+        writeln!(
+            c,
+            "[[network]]\nname = \"blue\"\nvni = {VNI}\nencapsulation = \"vxlan\"\n"
+        )?;
+    }
+    let what = if gateway {
+        "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n"
+    } else {
+        "networks = [\"blue\"]\n"
+    };
     writeln!(
         c,
-        "[[network]]\nname = \"blue\"\nvni = {VNI}\nencapsulation = \"vxlan\"\n"
-    )?;
-    writeln!(
-        c,
-        "[[peer]]\nname = \"{PEER}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"require\"\n\n\
+        "[[peer]]\nname = \"{PEER}\"\nunderlay = \"{}\"\npolicy = \"require\"\n{what}\n\
          [peer.ike]\n{auth}ike_proposals = [\"{}\"]\nesp_proposals = [\"{}\"]\n{TUNNEL_MODE}{}",
         host_addr(p.charon),
         p.ike,
@@ -769,6 +786,15 @@ fn write_tunsec_config(lab: &Lab, p: &Params) -> anyhow::Result<PathBuf> {
 /// started and loaded, tunsecd's host with tunsecd started, the capture
 /// running. Nobody has initiated yet unless tunsecd does it by itself.
 fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
+    interop_with(lab, p, false)
+}
+
+/// As [`interop`]; with `gateway`, tunsecd runs in gateway mode and its
+/// host has a kernel vxlan0 (198.51.100.<n>, the tenant address) instead
+/// of a tenant behind a TAP device, and both vxlan devices send from port
+/// 4789 (`srcport 4789 4790`), the Child SA's selectors being
+/// `[udp/4789]` on both sides.
+fn interop_with(lab: &mut Lab, p: Params, gateway: bool) -> anyhow::Result<Interop> {
     let t0 = Instant::now();
     let ul = add_underlay(lab)?;
     let s = add_host(lab, &ul, "s", p.charon)?;
@@ -789,38 +815,15 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
     // into ipsec0 that libipsec installs in table 220. 1350 = ipsec0's
     // 1400 less VXLAN's 50.
     let (me, peer) = (host_addr(p.charon), host_addr(p.tunsec));
-    // Child SAs narrowed to the VXLAN ports (`green`) carry only
-    // datagrams from those ports: no per-flow source port (the range is
-    // [min, max)).
-    let srcport = if p.green {
-        vec!["srcport", "4789", "4790"]
-    } else {
-        Vec::new()
-    };
-    lab.exec(
+    add_vxlan(
+        lab,
         &s,
-        "ip",
-        &[
-            "link",
-            "add",
-            "vxlan0",
-            "type",
-            "vxlan",
-            "id",
-            VNI,
-            "local",
-            &me,
-            "remote",
-            &peer,
-            "dstport",
-            "4789",
-            "nolearning",
-        ]
-        .into_iter()
-        .chain(srcport)
-        .collect::<Vec<_>>(),
+        &me,
+        &peer,
+        tenant_addr(p.charon),
+        1350,
+        gateway || p.green,
     )?;
-    lab.exec(&s, "ip", &["link", "set", "vxlan0", "mtu", "1350", "up"])?;
     if p.green {
         let port = GREEN_PORT.to_string();
         let next = (GREEN_PORT + 1).to_string();
@@ -851,17 +854,6 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
         let addr = format!("{}/24", green_addr(p.charon));
         lab.exec(&s, "ip", &["addr", "add", &addr, "dev", "vxlan1"])?;
     }
-    lab.exec(
-        &s,
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", tenant_addr(p.charon)),
-            "dev",
-            "vxlan0",
-        ],
-    )?;
     // libipsec has no inbound policy: cleartext from the peer would be
     // accepted. What the Child SA covers (UDP from the peer) must come
     // through ipsec0; IKE and ESP in UDP are let in.
@@ -880,18 +872,68 @@ fn interop(lab: &mut Lab, p: Params) -> anyhow::Result<Interop> {
         install_charon_credentials(&charon, &dir)?;
     }
     charon.start(lab)?;
-    let config = write_tunsec_config(lab, &p)?;
+    let config = write_tunsec_config(lab, &p, gateway)?;
     start_tunsecd(lab, &t, p.tunsec, &config)?;
+    let mut tenant = None;
+    if gateway {
+        let advice = status(lab, p.tunsec)?
+            .gateway
+            .context("no gateway status")?
+            .tunnel_mtu_advice;
+        add_vxlan(lab, &t, &peer, &me, tenant_addr(p.tunsec), advice, true)?;
+        tenant = Some(t.clone());
+    }
     phase(lab, "charon and tunsecd up", t0);
     Ok(Interop {
         p,
         ul,
         s,
         t,
-        tenant: None,
+        tenant,
         charon,
         pcap,
     })
+}
+
+/// A kernel vxlan0 (VNI 100, UDP 4789) in `ns` from `me` to `peer` with
+/// address `addr`/24; with `pin`, its source port is 4789.
+fn add_vxlan(
+    lab: &Lab,
+    ns: &str,
+    me: &str,
+    peer: &str,
+    addr: String,
+    mtu: u16,
+    pin: bool,
+) -> anyhow::Result<()> {
+    let mut args = vec![
+        "link",
+        "add",
+        "vxlan0",
+        "type",
+        "vxlan",
+        "id",
+        VNI,
+        "local",
+        me,
+        "remote",
+        peer,
+        "dstport",
+        "4789",
+        "nolearning",
+    ];
+    if pin {
+        args.extend(["srcport", "4789", "4790"]);
+    }
+    lab.exec(ns, "ip", &args)?;
+    let mtu = mtu.to_string();
+    lab.exec(ns, "ip", &["link", "set", "vxlan0", "mtu", &mtu, "up"])?;
+    lab.exec(
+        ns,
+        "ip",
+        &["addr", "add", &format!("{addr}/24"), "dev", "vxlan0"],
+    )?;
+    Ok(())
 }
 
 fn ike_of(s: &Status) -> anyhow::Result<IkeStatus> {
@@ -1364,6 +1406,51 @@ fn sswan_charon_initiates() {
             "AES_GCM_16-256/PRF_HMAC_SHA2_256/MODP_2048",
             "ESP:AES_CBC-256/HMAC_SHA2_256_128",
         )
+    });
+}
+
+/// Gateway mode against charon: tunsecd (192.0.2.1) initiates with the
+/// selectors `[udp/4789]` in tunnel mode; the kernel vxlan devices of the
+/// two hosts ping each other and move data with iperf3; the capture holds
+/// only IKE and ESP in UDP 4500.
+#[test]
+fn sswan_gateway_vxlan() {
+    with_lab("tsss-gw", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16");
+        let x = interop_with(lab, p, true)?;
+        let pair = x.wait_up(lab, "tunsecd initiating", Duration::from_secs(15))?;
+        let st = x.status(lab)?;
+        let sa = st.peers[0]
+            .sas
+            .iter()
+            .find(|sa| sa.direction == "out")
+            .context("no outbound SA")?;
+        let ts = sa.selectors.as_deref().unwrap_or("");
+        ensure!(
+            ts.contains("192.0.2.1/32[udp/4789]") && ts.contains("192.0.2.2/32[udp/4789]"),
+            "tunsecd's Child SA selectors: {ts}"
+        );
+        let sas = x.charon.list_sas()?;
+        eprintln!("  Child SA: {pair}\n  charon:\n{}", sas.text);
+        ensure!(
+            sas.text.contains("192.0.2.2/32[udp/4789]") && sas.text.contains("TUNNEL-in-UDP"),
+            "charon's Child SA:\n{}",
+            sas.text
+        );
+        x.ping_both_ways(3)?;
+        let bytes = x.iperf(lab)?;
+        ensure!(bytes > 1_000_000, "iperf3 moved {bytes} bytes");
+        let st = x.status(lab)?;
+        let drops: u64 = st.drops.values().sum();
+        ensure!(drops == 0, "tunsecd dropped packets:\n{}", st.render());
+        let g = st.gateway.as_ref().context("no gateway status")?;
+        ensure!(
+            g.policies[0].tx_packets > 100 && g.policies[0].rx_packets > 100,
+            "gateway counters: {:?}",
+            g.policies[0]
+        );
+        check_capture(lab, &x, 100)?;
+        Ok(())
     });
 }
 

@@ -145,6 +145,19 @@ impl DatagramSocket {
         )
     }
 
+    /// Sets the firewall mark of the socket's packets (`SO_MARK`, needs
+    /// `CAP_NET_ADMIN`). Gateway mode marks its own sockets so that the
+    /// policy-routing rules that steer the kernel's tunnels into the TUN
+    /// device never catch tunsecd's own ESP.
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        set_int_opt(
+            self.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            mark as libc::c_int,
+        )
+    }
+
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();

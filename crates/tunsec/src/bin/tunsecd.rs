@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use tunsec::config::Config;
 use tunsec::daemon::Daemon;
+use tunsec::gateway::GatewayDaemon;
 
 /// tunsecd: encrypts overlay tunnels between hosts with ESP.
 #[derive(Debug, Parser)]
@@ -52,6 +53,22 @@ fn main() -> ExitCode {
             eprintln!("tunsecd: cannot handle signal {signal}: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if config.gateway.is_some() {
+        let daemon = match GatewayDaemon::start(config) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("tunsecd: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match daemon.run(&term) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tunsecd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let daemon = match Daemon::start(config).and_then(|d| d.with_config_path(args.config.clone())) {
         Ok(d) => d,

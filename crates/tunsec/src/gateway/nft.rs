@@ -1,0 +1,337 @@
+//! The inbound guard of gateway mode: an nftables table (family `inet`)
+//! that drops cleartext packets matching a `require` peer's selectors
+//! unless they came in through tunsecd's TUN device, e.g. forged VXLAN
+//! sent straight to the kernel's port 4789. Each peer has a named
+//! counter (`peer<i>`) that `tunsec status` shows, for packets with its
+//! source address. With [`GuardScope::All`] (the default) the selectors'
+//! ports are guarded against every other source too (counter `others`):
+//! a kernel vxlan device takes VXLAN from any address, and its socket is
+//! shared by every vxlan device on the port, so a forger needs no peer's
+//! address to reach the tenant.
+//!
+//! An `output` chain is the last line of fail-closed on send: a packet
+//! to a peer matching its selectors that is about to leave through any
+//! device but the TUN device (and is not tunsecd's own, by its mark) is
+//! dropped and counted (`clear_out`). Policy routing alone cannot
+//! promise that: a kernel tunnel bound to a lower device (a vxlan device
+//! with `dev eth0`) looks its routes up with a fixed output device, and
+//! when no route matches the kernel assumes the destination is on that
+//! link (`ip_route_output_key_hash_rcu`), sending in the clear.
+//!
+//! It is driven through the `nft` tool of Debian's nftables package. The
+//! whole table is replaced in one atomic transaction (`table ...` +
+//! `delete table ...` + the new table), so a stale table from a killed
+//! daemon goes away in the same step and there is never a moment without
+//! the guard once it is installed.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use tunsec_datapath::gateway::GatewaySelector;
+
+/// One peer's part of the guard.
+#[derive(Debug, Clone)]
+pub struct GuardPeer {
+    /// Its underlay address.
+    pub underlay: IpAddr,
+    /// What must come through the TUN device.
+    pub selectors: Vec<GatewaySelector>,
+}
+
+/// Which cleartext sources the guard drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuardScope {
+    /// Every source: what matches any peer's selector ports must come
+    /// through the TUN device, whoever sent it.
+    #[default]
+    All,
+    /// Only the peers' own addresses (other hosts may still talk to the
+    /// kernel's tunnels in the clear).
+    Peers,
+}
+
+/// The counter of sources that are no peer.
+pub const OTHERS: &str = "others";
+/// The counter of cleartext packets stopped on their way out.
+pub const CLEAR_OUT: &str = "clear_out";
+
+fn ports_text(sel: &GatewaySelector) -> String {
+    if sel.ports.start() == sel.ports.end() {
+        sel.ports.start().to_string()
+    } else {
+        format!("{}-{}", sel.ports.start(), sel.ports.end())
+    }
+}
+
+/// The guard's ruleset, as `nft -f` reads it; `fwmark` is the mark of
+/// tunsecd's own sockets.
+pub fn ruleset(
+    table: &str,
+    tun: &str,
+    fwmark: u32,
+    peers: &[GuardPeer],
+    scope: GuardScope,
+) -> String {
+    let mut s = String::new();
+    // Create (if missing) and delete: removes a stale table atomically.
+    let _ = writeln!(s, "table inet {table} {{}}");
+    let _ = writeln!(s, "delete table inet {table}");
+    let _ = writeln!(s, "table inet {table} {{");
+    for i in 0..peers.len() {
+        let _ = writeln!(s, "  counter peer{i} {{}}");
+    }
+    let _ = writeln!(s, "  counter {OTHERS} {{}}");
+    let _ = writeln!(s, "  counter {CLEAR_OUT} {{}}");
+    let _ = writeln!(s, "  chain input {{");
+    let _ = writeln!(
+        s,
+        "    type filter hook input priority filter - 10; policy accept;"
+    );
+    let _ = writeln!(s, "    iifname \"{tun}\" accept");
+    for (i, p) in peers.iter().enumerate() {
+        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
+        for sel in &p.selectors {
+            let ports = ports_text(sel);
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    {family} saddr {} meta l4proto {} th {dir} {ports} counter name \"peer{i}\" drop",
+                    p.underlay, sel.protocol
+                );
+            }
+        }
+    }
+    if scope == GuardScope::All {
+        // After the peers' rules: anyone else, on any peer's ports.
+        let mut seen = Vec::new();
+        for sel in peers.iter().flat_map(|p| &p.selectors) {
+            if seen.contains(&sel) {
+                continue;
+            }
+            seen.push(sel);
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    meta l4proto {} th {dir} {} counter name \"{OTHERS}\" drop",
+                    sel.protocol,
+                    ports_text(sel)
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "  chain output {{");
+    let _ = writeln!(
+        s,
+        "    type filter hook output priority filter - 10; policy accept;"
+    );
+    let _ = writeln!(s, "    oifname \"{tun}\" accept");
+    let _ = writeln!(s, "    meta mark {fwmark:#x} accept");
+    for p in peers {
+        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
+        for sel in &p.selectors {
+            for dir in ["dport", "sport"] {
+                let _ = writeln!(
+                    s,
+                    "    {family} daddr {} meta l4proto {} th {dir} {} counter name \"{CLEAR_OUT}\" drop",
+                    p.underlay,
+                    sel.protocol,
+                    ports_text(sel)
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(
+            "cannot run nft: gateway mode needs the nft tool (Debian package nftables) for its inbound guard",
+        )?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs (or replaces) the guard.
+pub fn install(
+    table: &str,
+    tun: &str,
+    fwmark: u32,
+    peers: &[GuardPeer],
+    scope: GuardScope,
+) -> anyhow::Result<()> {
+    nft(
+        &["-f", "-"],
+        Some(&ruleset(table, tun, fwmark, peers, scope)),
+    )
+    .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
+    Ok(())
+}
+
+/// Removes the guard; `Ok(false)` if there was none.
+pub fn remove(table: &str) -> anyhow::Result<bool> {
+    let script = format!("table inet {table} {{}}\ndelete table inet {table}\n");
+    let existed = nft(&["list", "table", "inet", table], None).is_ok();
+    nft(&["-f", "-"], Some(&script))
+        .with_context(|| format!("gateway.nft_table: cannot remove table inet {table}"))?;
+    Ok(existed)
+}
+
+/// What the guard's counters have counted (packets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Cleartext from each peer's address, by peer index.
+    pub peers: Vec<u64>,
+    /// Cleartext from other sources.
+    pub others: u64,
+    /// Cleartext stopped on its way out.
+    pub clear_out: u64,
+}
+
+/// Reads the guard's counters.
+pub fn counters(table: &str, peers: usize) -> anyhow::Result<Counters> {
+    let text = nft(&["-j", "list", "counters", "table", "inet", table], None)?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("nft -j printed no JSON")?;
+    let mut out = Counters {
+        peers: vec![0; peers],
+        ..Counters::default()
+    };
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        let c = &item["counter"];
+        let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) else {
+            continue;
+        };
+        match name {
+            OTHERS => out.others = packets,
+            CLEAR_OUT => out.clear_out = packets,
+            _ => {}
+        }
+        if let Some(i) = name
+            .strip_prefix("peer")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            if let Some(slot) = out.peers.get_mut(i) {
+                *slot = packets;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_all_guards_every_source_after_the_peers() {
+        let sel = GatewaySelector {
+            protocol: 17,
+            ports: 4789..=4789,
+        };
+        let peer = |a: &str| GuardPeer {
+            underlay: a.parse().unwrap(),
+            selectors: vec![sel.clone()],
+        };
+        let text = ruleset(
+            "t",
+            "tun0",
+            0x7453,
+            &[peer("192.0.2.2"), peer("192.0.2.3")],
+            GuardScope::All,
+        );
+        let any = "    meta l4proto 17 th dport 4789 counter name \"others\" drop";
+        // Once, though two peers share the selector, and after both
+        // peers' own rules.
+        assert_eq!(text.matches(any).count(), 1, "{text}");
+        assert!(text.find(any).unwrap() > text.find("192.0.2.3").unwrap());
+        assert!(text.contains("counter others {}"));
+    }
+
+    #[test]
+    fn ruleset_drops_selectors_not_from_the_tun() {
+        let text = ruleset(
+            "tunsec_gw",
+            "tunsec-gw",
+            0x7453,
+            &[GuardPeer {
+                underlay: "192.0.2.2".parse().unwrap(),
+                selectors: vec![
+                    GatewaySelector {
+                        protocol: 17,
+                        ports: 4789..=4789,
+                    },
+                    GatewaySelector {
+                        protocol: 6,
+                        ports: 16385..=16390,
+                    },
+                ],
+            }],
+            GuardScope::Peers,
+        );
+        assert!(!text.contains("others\" drop"), "peers only");
+        assert!(text.starts_with("table inet tunsec_gw {}\ndelete table inet tunsec_gw\n"));
+        assert!(text.contains("counter peer0 {}"));
+        assert!(text.contains("iifname \"tunsec-gw\" accept"));
+        assert!(text.contains(
+            "ip saddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"peer0\" drop"
+        ));
+        assert!(text.contains(
+            "ip saddr 192.0.2.2 meta l4proto 6 th sport 16385-16390 counter name \"peer0\" drop"
+        ));
+        // The accept of the TUN's packets comes before any drop.
+        assert!(text.find("accept").unwrap() < text.find("drop").unwrap());
+        // On the way out: the TUN and tunsecd's own marked packets pass,
+        // the selectors' traffic to the peer through anything else is
+        // dropped.
+        let out = &text[text.find("chain output").unwrap()..];
+        assert!(out.contains("oifname \"tunsec-gw\" accept"));
+        assert!(out.contains("meta mark 0x7453 accept"));
+        assert!(out.contains(
+            "ip daddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"clear_out\" drop"
+        ));
+        assert!(out.find("accept").unwrap() < out.find("drop").unwrap());
+    }
+
+    #[test]
+    fn ipv6_peers_match_ip6() {
+        let text = ruleset(
+            "t",
+            "tun0",
+            0x7453,
+            &[GuardPeer {
+                underlay: "2001:db8::2".parse().unwrap(),
+                selectors: vec![GatewaySelector {
+                    protocol: 17,
+                    ports: 6081..=6081,
+                }],
+            }],
+            GuardScope::Peers,
+        );
+        assert!(text.contains("ip6 saddr 2001:db8::2 meta l4proto 17 th dport 6081"));
+    }
+}

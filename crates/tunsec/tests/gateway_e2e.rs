@@ -1,0 +1,1016 @@
+//! End-to-end tests of `tunsecd` in gateway mode, in network namespaces.
+//!
+//! Two hosts on an underlay bridge (192.0.2.0/24) each run a kernel vxlan
+//! device (VNI 42, UDP 4789, 10.42.0.0/24 inside) and a plain TCP service
+//! on port 16385, and `tunsecd` in gateway mode with manual keys and
+//! selectors `udp/4789` and `tcp/16385`. A third namespace on the
+//! underlay forges traffic. They prove that:
+//!
+//! - `gateway_vxlan`: the vxlan devices ping each other and move 50 MiB
+//!   over TCP intact (SHA-256 compared); a 4 MiB transfer on the second
+//!   service (TCP 16385 between the underlay addresses) is intact too; a
+//!   capture of the underlay holds ESP in UDP 4500, and not one UDP 4789
+//!   or TCP 16385 packet in the clear; ICMP between the hosts (no
+//!   selector) still flows in the clear; forged cleartext VXLAN (from the
+//!   third namespace, with the peer's source address or its own) never
+//!   reaches the vxlan device and shows in the guard's counters (the
+//!   peer's, and `others`); after `tunsec sa
+//!   delete` the vxlan ping fails, nothing of it leaves in the clear, and
+//!   the data path counts `no_sa`; status warns about vxlan0 with too
+//!   large an MTU and about one bound to a lower device (`dev eth0`).
+//! - `gateway_tunnel_mode`: the same in ESP tunnel mode (TUN MTU 20
+//!   bytes smaller): ping, 8 MiB intact, ESP only on the underlay.
+//! - `gateway_ike`: the same with keys from IKEv2 (PSK): both hosts
+//!   establish an IKE SA and a Child SA whose traffic selectors are the
+//!   gateway selectors (`[udp/4789]`, `[tcp/16385]`), in transport mode;
+//!   ping, 8 MiB over VXLAN and 1 MiB on TCP 16385 intact; the capture
+//!   shows IKE and ESP, nothing protected in the clear; a Child SA rekey
+//!   by request (`tunsec rekey`) keeps the tunnel working.
+//! - `gateway_raw_esp`: the same with raw ESP (IP protocol 50): TUN MTU
+//!   8 bytes larger, ping and 8 MiB intact, only raw ESP on the
+//!   underlay.
+//! - `gateway_ipv6`: an IPv6 underlay (2001:db8::/64): IPv6 rules, vxlan
+//!   over IPv6, ping and 8 MiB intact, only ESP over IPv6 on the
+//!   underlay, no IPv6 rule left after the stop.
+//! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
+//!   table all`, `nft list ruleset` and `ip link` hold nothing of
+//!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
+//!   (the guard was what dropped it); after SIGKILL the stale rules and
+//!   guard are there, a restart replaces them with exactly one set, the
+//!   tunnel works again, and a final stop leaves nothing.
+//!
+//! They need root, iproute2, nftables, ping, tshark (dumpcap) and
+//! Debian's python3-scapy; they fail, never skip, when something is
+//! missing.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tunsec::control::{self, Request, Response};
+use tunsec::netns::Lab;
+use tunsec::status::Status;
+
+mod common;
+use common::*;
+
+const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/overlay_tool.py");
+const PYTHON: &str = "/usr/bin/python3";
+const TRANSFER_BYTES: usize = 50 << 20;
+const SERVICE_BYTES: usize = 4 << 20;
+/// The second protected service.
+const SERVICE_PORT: u16 = 16385;
+const TUN: &str = "tunsec-gw";
+const NFT_TABLE: &str = "tunsec_gw";
+const TABLE: u32 = 0x7453;
+const PRIORITY: u32 = 29_000;
+
+fn preflight() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        require(
+            "gateway end-to-end tests",
+            &[
+                ("ip", &["-V"], "iproute2"),
+                ("nft", &["--version"], "nftables"),
+                ("ping", &["-V"], "iputils-ping"),
+                ("dumpcap", &["-v"], "tshark"),
+                ("tshark", &["-v"], "tshark"),
+                ("sha256sum", &["--version"], "coreutils"),
+                (PYTHON, &["-c", "import scapy.all"], "python3-scapy"),
+            ],
+        );
+    });
+}
+
+fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
+    preflight();
+    let started = Instant::now();
+    let mut lab =
+        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
+    if !matches!(result, Ok(Ok(()))) {
+        dump_logs(&lab);
+    }
+    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn tool(ns: &str, limit_secs: u32, args: &[&str]) -> anyhow::Result<String> {
+    let limit = limit_secs.to_string();
+    let mut full = vec![limit.as_str(), PYTHON, TOOL];
+    full.extend_from_slice(args);
+    let out = exec_output(ns, "timeout", &full)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "overlay_tool.py {} in {ns} failed ({}): {stdout}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn sha256(path: &Path) -> anyhow::Result<String> {
+    let out = tunsec::netns::run("sha256sum", &[&path.to_string_lossy()])?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum printed nothing")
+}
+
+/// Host `n`'s IPv6 underlay address (`gateway_ipv6`).
+fn host_addr6(n: u8) -> String {
+    format!("2001:db8::{n}")
+}
+
+/// The overlay address of host `n`'s vxlan device.
+fn vxlan_addr(n: u8) -> String {
+    format!("10.42.0.{n}")
+}
+
+/// Writes the gateway config of host `n` (peer `peer`), with manual keys
+/// (`key-<from>-<to>` files, written here).
+fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<PathBuf> {
+    let addr = if gateway.contains("# ipv6") {
+        host_addr6
+    } else {
+        host_addr
+    };
+    let suite = "aes256gcm16";
+    let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
+        let path = lab.dir.path().join(format!("key-{from}-{to}"));
+        if !path.exists() {
+            std::fs::write(&path, hex::encode(random_bytes(36)?))?;
+        }
+        Ok(path)
+    };
+    let spi = |from: u8, to: u8| 0x2000 + u32::from(to) * 16 + u32::from(from);
+    let mut c = String::new();
+    writeln!(
+        c,
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n",
+        addr(n),
+        socket_path(lab, n).display()
+    )?;
+    writeln!(c, "[gateway]\ntunnel_devices = [\"vxlan0\"]\n{gateway}\n")?;
+    writeln!(
+        c,
+        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
+        addr(peer)
+    )?;
+    writeln!(
+        c,
+        "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
+    )?;
+    if gateway.contains("# ike") {
+        let psk = lab.dir.path().join("gw.psk");
+        std::fs::write(&psk, "a gateway test key, long enough\n")?;
+        writeln!(c, "[peer.ike]\npsk_file = \"{}\"", psk.display())?;
+    } else {
+        writeln!(
+            c,
+            "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"",
+            spi(peer, n),
+            spi(n, peer),
+            key(peer, n)?.display(),
+            key(n, peer)?.display()
+        )?;
+    }
+    let path = lab.dir.path().join(format!("h{n}.toml"));
+    std::fs::write(&path, c)?;
+    Ok(path)
+}
+
+/// Starts `tunsecd` under `label` and waits for its control socket.
+fn start_daemon(lab: &mut Lab, label: &str, ns: &str, n: u8) -> anyhow::Result<()> {
+    let config = lab.dir.path().join(format!("h{n}.toml"));
+    let config = config.to_string_lossy().into_owned();
+    lab.spawn(label, ns, Path::new(TUNSECD), &["--config", &config])?;
+    let sock = socket_path(lab, n);
+    lab.wait_for(
+        &format!("tunsecd {label} to answer"),
+        Duration::from_secs(20),
+        || {
+            matches!(
+                control::call(&sock, &Request::Status),
+                Ok(Response::Status(_))
+            )
+        },
+    )
+}
+
+/// A kernel vxlan device on host `n` towards `peer`, with the MTU that
+/// tunsecd advises.
+fn add_vxlan(lab: &Lab, ns: &str, n: u8, peer: u8, mtu: u16) -> anyhow::Result<()> {
+    add_vxlan_between(lab, ns, n, &host_addr(n), &host_addr(peer), mtu)
+}
+
+/// A kernel vxlan device on host `n` from underlay address `local` to
+/// `remote`.
+fn add_vxlan_between(
+    lab: &Lab,
+    ns: &str,
+    n: u8,
+    local: &str,
+    remote: &str,
+    mtu: u16,
+) -> anyhow::Result<()> {
+    lab.exec(
+        ns,
+        "ip",
+        &[
+            "link", "add", "vxlan0", "type", "vxlan", "id", "42", "remote", remote, "local", local,
+            "dstport", "4789",
+        ],
+    )?;
+    lab.exec(
+        ns,
+        "ip",
+        &["link", "set", "vxlan0", "mtu", &mtu.to_string()],
+    )?;
+    lab.exec(
+        ns,
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", vxlan_addr(n)),
+            "dev",
+            "vxlan0",
+        ],
+    )?;
+    lab.exec(ns, "ip", &["link", "set", "vxlan0", "up"])?;
+    Ok(())
+}
+
+struct Hosts {
+    ul: String,
+    h1: String,
+    h2: String,
+    h3: String,
+}
+
+/// The underlay, hosts 1 and 2 running tunsecd in gateway mode with
+/// vxlan devices, and host 3 (the forger).
+fn setup(lab: &mut Lab) -> anyhow::Result<Hosts> {
+    setup_with(lab, "")
+}
+
+/// As [`setup`], with `gateway` added to both hosts' `[gateway]`.
+fn setup_with(lab: &mut Lab, gateway: &str) -> anyhow::Result<Hosts> {
+    let ul = add_underlay(lab)?;
+    let h1 = add_host(lab, &ul, "h1", 1)?;
+    let h2 = add_host(lab, &ul, "h2", 2)?;
+    let h3 = add_host(lab, &ul, "h3", 3)?;
+    write_config(lab, 1, 2, gateway)?;
+    write_config(lab, 2, 1, gateway)?;
+    start_daemon(lab, "h1", &h1, 1)?;
+    start_daemon(lab, "h2", &h2, 2)?;
+    let advice = status(lab, 1)?
+        .gateway
+        .context("h1: no gateway status")?
+        .tunnel_mtu_advice;
+    add_vxlan(lab, &h1, 1, 2, advice)?;
+    add_vxlan(lab, &h2, 2, 1, advice)?;
+    Ok(Hosts { ul, h1, h2, h3 })
+}
+
+fn gw_status(s: &Status) -> anyhow::Result<&tunsec::status::GatewayStatus> {
+    s.gateway
+        .as_ref()
+        .with_context(|| format!("{}: no gateway status", s.node.name))
+}
+
+/// Packets the vxlan device of `ns` received.
+fn vxlan_rx(ns: &str) -> anyhow::Result<u64> {
+    let out = exec_output(ns, "cat", &["/sys/class/net/vxlan0/statistics/rx_packets"])?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("rx_packets of vxlan0")
+}
+
+/// Sends three cleartext VXLAN datagrams from `ns` to host 1 with host
+/// 2's source address (spoofed): an ICMP echo for host 1's vxlan address.
+fn forge_vxlan(ns: &str) -> anyhow::Result<()> {
+    forge_vxlan_from(ns, &host_addr(2))
+}
+
+/// As [`forge_vxlan`], from source address `src`.
+fn forge_vxlan_from(ns: &str, src: &str) -> anyhow::Result<()> {
+    let script = format!(
+        "from scapy.all import IP, UDP, Ether, ICMP, Raw, send\n\
+         from scapy.layers.vxlan import VXLAN\n\
+         p = IP(src='{h2}', dst='{h1}')/UDP(sport=40000, dport=4789)/VXLAN(vni=42, flags=8)/\
+         Ether(src='02:00:00:00:00:99', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.42.0.99', dst='{v1}')/ICMP()/Raw(b'FORGED')\n\
+         send(p, count=3, verbose=False)\n",
+        h2 = src,
+        h1 = host_addr(1),
+        v1 = vxlan_addr(1)
+    );
+    let out = exec_output(ns, PYTHON, &["-c", &script])?;
+    ensure!(
+        out.status.success(),
+        "scapy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Transfers `bytes` of random data over TCP from `from` to `addr:port`
+/// (a server in `to`); fails unless the SHA-256 of both sides match.
+fn transfer(
+    lab: &mut Lab,
+    label: &str,
+    from: &str,
+    to: &str,
+    addr: &str,
+    port: u16,
+    bytes: usize,
+) -> anyhow::Result<f64> {
+    let sent = lab.dir.path().join(format!("{label}-sent.bin"));
+    let received = lab.dir.path().join(format!("{label}-received.bin"));
+    let ready = lab.dir.path().join(format!("{label}.ready"));
+    std::fs::write(&sent, random_bytes(bytes)?)?;
+    let (received_s, ready_s, sent_s, port_s) = (
+        received.to_string_lossy().into_owned(),
+        ready.to_string_lossy().into_owned(),
+        sent.to_string_lossy().into_owned(),
+        port.to_string(),
+    );
+    lab.spawn(
+        label,
+        to,
+        Path::new(PYTHON),
+        &[TOOL, "server", addr, &port_s, &received_s, &ready_s],
+    )?;
+    lab.wait_for("the TCP server", Duration::from_secs(10), || ready.exists())?;
+    let t = Instant::now();
+    let report = tool(from, 600, &["client", addr, &port_s, &sent_s])?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "  [{}] {label}: TCP {} KiB in {secs:.1} s ({:.1} MB/s): {}",
+        lab.ns(""),
+        bytes >> 10,
+        bytes as f64 / secs / 1e6,
+        report.trim()
+    );
+    lab.stop(label);
+    let (a, b) = (sha256(&sent)?, sha256(&received)?);
+    let len = std::fs::metadata(&received)?.len();
+    ensure!(
+        len == bytes as u64 && a == b,
+        "{label}: sent {bytes} bytes (SHA-256 {a}), received {len} (SHA-256 {b})"
+    );
+    Ok(secs)
+}
+
+/// A captured frame: `frame.protocols`, UDP source and destination
+/// port, TCP source and destination port.
+type Summary = (String, Option<u16>, Option<u16>, Option<u16>, Option<u16>);
+
+/// Frames of a capture with their transport ports and protocols.
+fn capture_summary(pcap: &Path) -> anyhow::Result<Vec<Summary>> {
+    let pcap = pcap.to_string_lossy();
+    let out = tunsec::netns::run(
+        "tshark",
+        &[
+            "-r",
+            &pcap,
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=f",
+            "-E",
+            "separator=/t",
+            "-e",
+            "frame.protocols",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let p = |i: usize| f.get(i).and_then(|v| v.parse().ok());
+            (f[0].to_owned(), p(1), p(2), p(3), p(4))
+        })
+        .collect())
+}
+
+#[test]
+fn gateway_vxlan() {
+    with_lab("gw1", |lab| {
+        let t0 = Instant::now();
+        let Hosts { ul, h1, h2, h3 } = setup(lab)?;
+        phase(lab, "setup", t0);
+
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h2, &vxlan_addr(1))?;
+        // ICMP between the underlay addresses: no selector, in the clear.
+        ping_ok(&h1, &host_addr(2))?;
+
+        let secs = transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, TRANSFER_BYTES)?;
+        eprintln!("  vxlan transfer of 50 MiB: {secs:.1} s");
+        transfer(
+            lab,
+            "service",
+            &h1,
+            &h2,
+            &host_addr(2),
+            SERVICE_PORT,
+            SERVICE_BYTES,
+        )?;
+        stop_capture(lab, "capture");
+
+        let frames = capture_summary(&pcap)?;
+        let esp = frames
+            .iter()
+            .filter(|f| f.1 == Some(4500) && f.2 == Some(4500) && f.0.contains("esp"))
+            .count();
+        let clear_vxlan = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        let clear_service = frames
+            .iter()
+            .filter(|f| f.3 == Some(SERVICE_PORT) || f.4 == Some(SERVICE_PORT))
+            .count();
+        let icmp = frames
+            .iter()
+            .filter(|f| f.0.ends_with(":ip:icmp:data") || f.0.ends_with(":ip:icmp"))
+            .count();
+        eprintln!(
+            "  capture: {} frames, {esp} ESP, {clear_vxlan} UDP 4789, {clear_service} TCP {SERVICE_PORT}, {icmp} ICMP",
+            frames.len()
+        );
+        ensure!(
+            esp > (TRANSFER_BYTES / 1500),
+            "only {esp} ESP frames for a 50 MiB transfer"
+        );
+        ensure!(
+            clear_vxlan == 0,
+            "{clear_vxlan} UDP 4789 frames in the clear"
+        );
+        ensure!(
+            clear_service == 0,
+            "{clear_service} TCP {SERVICE_PORT} frames in the clear"
+        );
+        ensure!(icmp >= 6, "ICMP between the hosts: {icmp} frames, want 6");
+
+        let s1 = status(lab, 1)?;
+        let g1 = gw_status(&s1)?;
+        let p = &g1.policies[0];
+        ensure!(
+            p.selectors == ["udp/4789", format!("tcp/{SERVICE_PORT}").as_str()],
+            "selectors {:?}",
+            p.selectors
+        );
+        ensure!(
+            p.tx_packets > 1000 && p.rx_packets > 1000,
+            "h1 counters: {p:?}"
+        );
+        ensure!(
+            g1.tunnel_devices[0].warning.is_none(),
+            "vxlan0 at the advised MTU has a warning: {:?}",
+            g1.tunnel_devices[0]
+        );
+        let rendered = s1.render();
+        ensure!(rendered.contains("policy h2"), "status render: {rendered}");
+
+        // Forged cleartext VXLAN: dropped by the guard, never seen by
+        // vxlan0.
+        let before = vxlan_rx(&h1)?;
+        let guard_before = p.guard_drops.context("no guard counter")?;
+        forge_vxlan(&h3)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = vxlan_rx(&h1)?;
+        let s1 = status(lab, 1)?;
+        let guard_after = gw_status(&s1)?.policies[0]
+            .guard_drops
+            .context("no guard counter")?;
+        ensure!(
+            after == before,
+            "vxlan0 received {} forged packets",
+            after - before
+        );
+        ensure!(
+            guard_after >= guard_before + 3,
+            "the guard counted {guard_before} -> {guard_after}"
+        );
+        // The same from the forger's own address (no peer's): dropped
+        // too, under `others` (guard = "all", the default).
+        let others_before = gw_status(&s1)?.guard_others.context("no others counter")?;
+        forge_vxlan_from(&h3, &host_addr(3))?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            vxlan_rx(&h1)? == before,
+            "vxlan0 received forged packets from {}",
+            host_addr(3)
+        );
+        let others = gw_status(&status(lab, 1)?)?
+            .guard_others
+            .context("no others counter")?;
+        ensure!(
+            others >= others_before + 3,
+            "the guard counted others {others_before} -> {others}"
+        );
+
+        // A larger MTU on vxlan0 is warned about.
+        lab.exec(&h1, "ip", &["link", "set", "vxlan0", "mtu", "1450"])?;
+        let s1 = status(lab, 1)?;
+        ensure!(
+            gw_status(&s1)?.tunnel_devices[0].warning.is_some(),
+            "no warning for vxlan0 at MTU 1450"
+        );
+        ensure!(s1.render().contains("WARNING"), "{}", s1.render());
+
+        // Fail closed on send: without SAs, nothing leaves in the clear.
+        let pcap = start_capture(lab, &ul, "capture-nosa")?;
+        match control::call(
+            &socket_path(lab, 1),
+            &Request::DeleteSa { peer: "h2".into() },
+        )? {
+            Response::Done { .. } => {}
+            other => bail!("sa delete: {other:?}"),
+        }
+        let no_sa_before = s1.drops.get("no_sa").copied().unwrap_or(0);
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        ensure!(got == 0, "{got} vxlan pings answered without SAs");
+        stop_capture(lab, "capture-nosa");
+        let frames = capture_summary(&pcap)?;
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            clear == 0,
+            "{clear} UDP 4789 frames in the clear without SAs"
+        );
+        let no_sa = status(lab, 1)?.drops.get("no_sa").copied().unwrap_or(0);
+        ensure!(no_sa >= no_sa_before + 3, "no_sa {no_sa_before} -> {no_sa}");
+
+        // A vxlan device bound to a lower device cannot be steered:
+        // status says so.
+        lab.exec(&h1, "ip", &["link", "del", "vxlan0"])?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "remote",
+                "192.0.2.2",
+                "dstport",
+                "4789",
+                "dev",
+                "eth0",
+            ],
+        )?;
+        let s1 = status(lab, 1)?;
+        let warning = gw_status(&s1)?.tunnel_devices[0]
+            .warning
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            warning.contains("lower device"),
+            "vxlan0 with dev eth0: warning {warning:?}"
+        );
+        // Its packets escape the steering, and the kernel would send them
+        // out of eth0 in the clear: the guard's output chain stops them.
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", vxlan_addr(1)),
+                "dev",
+                "vxlan0",
+            ],
+        )?;
+        lab.exec(&h1, "ip", &["link", "set", "vxlan0", "up"])?;
+        let clear_before = gw_status(&s1)?.clear_out.context("no clear_out counter")?;
+        let pcap = start_capture(lab, &ul, "capture-dev")?;
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        stop_capture(lab, "capture-dev");
+        ensure!(got == 0, "{got} pings answered over the unsteered vxlan0");
+        let clear = capture_summary(&pcap)?
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            clear == 0,
+            "{clear} UDP 4789 frames in the clear from the unsteered vxlan0"
+        );
+        let clear_out = gw_status(&status(lab, 1)?)?
+            .clear_out
+            .context("no clear_out counter")?;
+        ensure!(
+            clear_out >= clear_before + 3,
+            "clear_out {clear_before} -> {clear_out}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_tunnel_mode() {
+    with_lab("gw3", |lab| {
+        let Hosts { ul, h1, h2, .. } = setup_with(lab, "mode = \"tunnel\"")?;
+        let s1 = status(lab, 1)?;
+        let g = gw_status(&s1)?;
+        ensure!(g.mode == "tunnel", "mode {}", g.mode);
+        // 20 bytes less than in transport mode: the inner IP header.
+        ensure!(g.tun_mtu == 1415, "TUN MTU {} in tunnel mode", g.tun_mtu);
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, 8 << 20)?;
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let esp = frames.iter().filter(|f| f.0.contains("esp")).count();
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            esp > 1000 && clear == 0,
+            "{esp} ESP, {clear} UDP 4789 frames"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_raw_esp() {
+    with_lab("gw5", |lab| {
+        // Raw ESP (IP protocol 50) instead of ESP in UDP: a table after
+        // [gateway]'s lines.
+        let Hosts { ul, h1, h2, .. } = setup_with(lab, "\n[esp]\nencapsulation = \"esp\"\n")?;
+        let g = gw_status(&status(lab, 1)?)?.clone();
+        // 8 bytes more than with ESP in UDP.
+        ensure!(g.tun_mtu == 1443, "TUN MTU {} with raw ESP", g.tun_mtu);
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        transfer(lab, "vxlan", &h2, &h1, &vxlan_addr(1), 5001, 8 << 20)?;
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let raw = frames
+            .iter()
+            .filter(|f| f.0.ends_with(":ip:esp") && f.1.is_none())
+            .count();
+        let udp = frames.iter().filter(|f| f.1.is_some()).count();
+        ensure!(
+            raw > 1000 && udp == 0,
+            "{raw} raw ESP frames, {udp} UDP frames"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_ipv6() {
+    with_lab("gw6", |lab| {
+        // An IPv6 underlay: the hosts get 2001:db8::n beside their IPv4
+        // address (the lab turns IPv6 off; it is turned on again here).
+        let ul = add_underlay(lab)?;
+        let mut hosts = Vec::new();
+        for n in [1, 2] {
+            let h = add_host(lab, &ul, &format!("h{n}"), n)?;
+            for key in ["all", "default", "eth0"] {
+                lab.exec(
+                    &h,
+                    "sysctl",
+                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=0")],
+                )?;
+            }
+            lab.exec(
+                &h,
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/64", host_addr6(n)),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            hosts.push(h);
+        }
+        let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
+        write_config(lab, 1, 2, "# ipv6")?;
+        write_config(lab, 2, 1, "# ipv6")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        let g = gw_status(&status(lab, 1)?)?.clone();
+        // Transport mode keeps the packet's own IPv6 header: the same
+        // TUN MTU; the vxlan advice loses 40 bytes of IPv6 header.
+        ensure!(
+            g.tun_mtu == 1435 && g.tunnel_mtu_advice == 1365,
+            "IPv6 MTUs: TUN {}, advice {}",
+            g.tun_mtu,
+            g.tunnel_mtu_advice
+        );
+        add_vxlan_between(
+            lab,
+            &h1,
+            1,
+            &host_addr6(1),
+            &host_addr6(2),
+            g.tunnel_mtu_advice,
+        )?;
+        add_vxlan_between(
+            lab,
+            &h2,
+            2,
+            &host_addr6(2),
+            &host_addr6(1),
+            g.tunnel_mtu_advice,
+        )?;
+        let rules = exec_output(&h1, "ip", &["-6", "rule"])?;
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        ensure!(
+            rules.contains("to 2001:db8::2 iif lo ipproto udp dport 4789 lookup 29779"),
+            "IPv6 rules: {rules}"
+        );
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, 8 << 20)?;
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let esp6 = frames
+            .iter()
+            .filter(|f| f.0.contains(":ipv6:udp:") && f.0.contains("esp"))
+            .count();
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(
+            esp6 > 1000 && clear == 0,
+            "{esp6} ESP over IPv6, {clear} UDP 4789"
+        );
+        ensure!(
+            !leftovers(&h1)?.is_empty(),
+            "the running daemon's entries are not visible"
+        );
+        ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the stop: {left:#?}");
+        Ok(())
+    });
+}
+
+/// Waits until host `n`'s peer has an established IKE SA and both SAs.
+fn wait_child_sa(lab: &Lab, n: u8) -> anyhow::Result<()> {
+    lab.wait_for(&format!("h{n}'s Child SA"), Duration::from_secs(20), || {
+        status(lab, n).is_ok_and(|s| {
+            s.peers.first().is_some_and(|p| {
+                p.ike.as_ref().is_some_and(|i| i.state == "established") && p.sas.len() == 2
+            })
+        })
+    })
+}
+
+#[test]
+fn gateway_ike() {
+    with_lab("gw4", |lab| {
+        // "# ike" makes write_config use [peer.ike] instead of manual keys.
+        let Hosts { ul, h1, h2, .. } = setup_with(lab, "# ike")?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        wait_child_sa(lab, 1)?;
+        wait_child_sa(lab, 2)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h2, &vxlan_addr(1))?;
+        transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, 8 << 20)?;
+        transfer(
+            lab,
+            "service",
+            &h2,
+            &h1,
+            &host_addr(1),
+            SERVICE_PORT,
+            1 << 20,
+        )?;
+        // A Child SA rekey (CREATE_CHILD_SA) while the capture runs; the
+        // tunnel goes on working with the new SAs.
+        match control::call(
+            &socket_path(lab, 1),
+            &Request::Rekey {
+                peer: "h2".into(),
+                ike: false,
+            },
+        )? {
+            Response::Done { .. } => {}
+            other => bail!("rekey: {other:?}"),
+        }
+        lab.wait_for("the rekeyed Child SA", Duration::from_secs(10), || {
+            status(lab, 1).is_ok_and(|s| s.peers[0].ike.as_ref().is_some_and(|i| i.child_sas >= 2))
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        ping_ok(&h1, &vxlan_addr(2))?;
+        stop_capture(lab, "capture");
+        let s1 = status(lab, 1)?;
+        let out = s1.peers[0]
+            .sas
+            .iter()
+            .find(|sa| sa.direction == "out")
+            .context("no outbound SA")?;
+        let ts = out.selectors.as_deref().unwrap_or("");
+        ensure!(
+            ts.contains("[udp/4789]") && ts.contains(&format!("[tcp/{SERVICE_PORT}]")),
+            "the Child SA's selectors are {ts:?}"
+        );
+        ensure!(
+            out.mode.as_deref() == Some("transport"),
+            "mode {:?}",
+            out.mode
+        );
+        ensure!(out.packets >= 3, "{} packets on the new SA", out.packets);
+        let frames = capture_summary(&pcap)?;
+        let ike = frames.iter().filter(|f| f.0.contains("isakmp")).count();
+        let esp = frames.iter().filter(|f| f.0.contains("esp")).count();
+        let clear = frames
+            .iter()
+            .filter(|f| {
+                f.1 == Some(4789)
+                    || f.2 == Some(4789)
+                    || f.3 == Some(SERVICE_PORT)
+                    || f.4 == Some(SERVICE_PORT)
+            })
+            .count();
+        eprintln!("  capture: {ike} IKE, {esp} ESP, {clear} protected ports in the clear");
+        ensure!(ike >= 2, "{ike} IKE frames (the rekey is 2 or more)");
+        ensure!(esp > 1000 && clear == 0, "{esp} ESP, {clear} in the clear");
+        Ok(())
+    });
+}
+
+/// Everything of tunsecd's in `ns`: rules at its priorities or towards
+/// its table, routes in its table or via its TUN device (IPv4 and IPv6),
+/// its nftables table, its TUN device.
+fn leftovers(ns: &str) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for family in ["-4", "-6"] {
+        let rules = exec_output(ns, "ip", &[family, "rule"])?;
+        for l in String::from_utf8_lossy(&rules.stdout).lines() {
+            let ours = l.starts_with(&format!("{PRIORITY}:"))
+                || l.starts_with(&format!("{}:", PRIORITY + 1))
+                || l.contains(&format!("lookup {TABLE}"));
+            if ours {
+                found.push(format!("rule: {l}"));
+            }
+        }
+        let routes = exec_output(ns, "ip", &[family, "route", "show", "table", "all"])?;
+        for l in String::from_utf8_lossy(&routes.stdout).lines() {
+            if l.contains(&format!("table {TABLE}")) || l.contains(TUN) {
+                found.push(format!("route: {l}"));
+            }
+        }
+    }
+    let nft = exec_output(ns, "nft", &["list", "ruleset"])?;
+    if String::from_utf8_lossy(&nft.stdout).contains(NFT_TABLE) {
+        found.push(format!("nft table {NFT_TABLE}"));
+    }
+    if exec_output(ns, "ip", &["link", "show", TUN])?
+        .status
+        .success()
+    {
+        found.push(format!("link {TUN}"));
+    }
+    Ok(found)
+}
+
+fn rule_count(ns: &str) -> anyhow::Result<usize> {
+    let rules = exec_output(ns, "ip", &["rule"])?;
+    Ok(String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!("{PRIORITY}:")) || l.starts_with(&format!("{}:", PRIORITY + 1))
+        })
+        .count())
+}
+
+#[test]
+fn gateway_cleanup() {
+    with_lab("gw2", |lab| {
+        let Hosts { h1, h2, h3, .. } = setup(lab)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        // 1 bypass rule, 2 rules per selector (2 selectors).
+        let n = rule_count(&h1)?;
+        ensure!(n == 5, "{n} rules while running, want 5");
+        ensure!(
+            !leftovers(&h1)?.is_empty(),
+            "the running daemon's entries are not visible"
+        );
+
+        // Clean stop: nothing left.
+        ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after a clean stop: {left:#?}");
+        // Without the guard the forged VXLAN reaches vxlan0: the guard is
+        // what dropped it.
+        let before = vxlan_rx(&h1)?;
+        forge_vxlan(&h3)?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            vxlan_rx(&h1)? > before,
+            "forged VXLAN did not reach vxlan0 even without tunsecd"
+        );
+
+        // SIGKILL: the rules and the guard stay behind. (With manual
+        // keys a restarted sender starts its sequence numbers at 1 again,
+        // which the peer's replay window refuses: h2 restarts too.)
+        ensure!(lab.stop("h2"), "tunsecd h2 did not exit cleanly");
+        start_daemon(lab, "h2-second", &h2, 2)?;
+        start_daemon(lab, "h1-second", &h1, 1)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        let pid = lab.pid("h1-second").context("no pid")?;
+        let ok = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill -KILL {pid}");
+        lab.wait_for("the TUN device to go", Duration::from_secs(5), || {
+            !exec_output(&h1, "ip", &["link", "show", TUN]).is_ok_and(|o| o.status.success())
+        })?;
+        let stale = leftovers(&h1)?;
+        ensure!(
+            stale.iter().any(|l| l.starts_with("rule"))
+                && stale.iter().any(|l| l.starts_with("nft")),
+            "after SIGKILL the rules and the guard should still be there: {stale:#?}"
+        );
+        // Meanwhile the stale rules point at an empty table: the kernel's
+        // vxlan packets find no route (fail closed), they do not leave in
+        // the clear.
+        let got = ping(&h1, &vxlan_addr(2), 2)?;
+        ensure!(got == 0, "{got} vxlan pings answered with stale rules");
+
+        // A restart clears the stale entries and installs one set.
+        ensure!(lab.stop("h2-second"), "tunsecd h2 did not exit cleanly");
+        start_daemon(lab, "h2-third", &h2, 2)?;
+        start_daemon(lab, "h1-third", &h1, 1)?;
+        let n = rule_count(&h1)?;
+        ensure!(n == 5, "{n} rules after the restart, want 5");
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ensure!(lab.stop("h1-third"), "tunsecd h1 did not exit cleanly");
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the final stop: {left:#?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_bad_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[node]\nname = \"h1\"\nunderlay = \"192.0.2.1\"\n\n[gateway]\n\n\
+         [[peer]]\nname = \"h2\"\nunderlay = \"192.0.2.2\"\n\n\
+         [[peer.selector]]\nprotocol = \"udp\"\nports = \"4000-5000\"\n",
+    )
+    .unwrap();
+    let out = Command::new(TUNSECD)
+        .args(["--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("peer[0].selector[0].ports") && err.contains("4500"),
+        "{err}"
+    );
+}
