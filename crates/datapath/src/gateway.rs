@@ -223,15 +223,24 @@ pub fn protect(
     if entry.outbound.is_empty() {
         return fail(Drop::NoSa);
     }
-    // RFC 4301 section 5.1: the SA whose selectors cover the packet (a
-    // manual SA has none and covers all).
+    // With several Child SAs, the one whose selectors cover the packet
+    // (RFC 4301 section 5.1; a manual SA has none and covers all). The
+    // peer's gateway selectors were checked above and match either port,
+    // while a Child SA narrowed to `[udp/4789]` on both sides does not
+    // cover a kernel vxlan device's per-flow source port: such a packet
+    // goes with the first SA, as it did with one (see ARCHITECTURE.md).
     let covers = |sa: &SharedSa| {
         sa.lock().is_ok_and(|sa| {
             sa.selectors().is_empty() || sa.selectors().iter().any(|s| s.matches_outbound(&flow))
         })
     };
-    let Some(sa) = entry.outbound.iter().find(|sa| covers(sa)) else {
-        return fail(Drop::Selector);
+    let Some(sa) = entry
+        .outbound
+        .iter()
+        .find(|sa| covers(sa))
+        .or(entry.outbound.first())
+    else {
+        return fail(Drop::NoSa);
     };
     let (payload_start, next_header) = match tables.mode {
         GatewayMode::Transport => {

@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgro,
     /// tunsec-aes128gcm16-noudpgso,
     /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
-    /// tunsec-aes128gcm16-2workers,
+    /// tunsec-aes128gcm16-2workers, tunsec-gateway-aes128gcm16,
     /// wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     pub cases: Vec<String>,
@@ -102,6 +102,9 @@ enum Kind {
     KernelVxlan,
     /// tunsecd with `clear` (None) or `require` and this suite.
     Tunsec(Option<Suite>, Offloads),
+    /// The kernel's vxlan device, protected by tunsecd in gateway mode
+    /// (transport mode, selector UDP 4789) with this suite.
+    Gateway(Suite),
     Peer(Peer),
 }
 
@@ -182,6 +185,7 @@ impl Kind {
             ]
             .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
         );
+        v.push(Self::Gateway(Suite::AesGcm128));
         v.extend(Peer::ALL.into_iter().map(Self::Peer));
         v
     }
@@ -192,6 +196,7 @@ impl Kind {
             Self::KernelVxlan => BASELINE.to_owned(),
             Self::Tunsec(None, o) => format!("tunsec-clear{}", o.suffix()),
             Self::Tunsec(Some(s), o) => format!("tunsec-{}{}", s.name(), o.suffix()),
+            Self::Gateway(s) => format!("tunsec-gateway-{}", s.name()),
             Self::Peer(p) => p.name().to_owned(),
         }
     }
@@ -214,6 +219,9 @@ impl Kind {
                     Offloads::None => ", no offloads",
                     Offloads::TwoWorkers => ", two worker pairs",
                 }
+            ),
+            Self::Gateway(s) => format!(
+                "the kernel's vxlan device, its UDP 4789 steered through tunsecd in gateway mode, {s}: ESP in UDP, transport mode, manual random keys"
             ),
             Self::Peer(p) => p.description().to_owned(),
         }
@@ -377,7 +385,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .unwrap_or("iperf3")
         .to_owned();
     crate::netns::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
-    let tunsecd = if kinds.iter().any(|k| matches!(k, Kind::Tunsec(..))) {
+    let tunsecd = if kinds
+        .iter()
+        .any(|k| matches!(k, Kind::Tunsec(..) | Kind::Gateway(_)))
+    {
         Some(crate::demo::tunsecd_path()?)
     } else {
         None
@@ -584,6 +595,7 @@ fn measure_case(
         Kind::Veth => setup_veth(lab, ctx.tenant_mtu)?,
         Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu)?,
         Kind::Tunsec(suite, offloads) => setup_tunsec(ctx, lab, suite, offloads)?,
+        Kind::Gateway(suite) => setup_gateway(ctx, lab, suite)?,
         Kind::Peer(p) => {
             let (daemon, wg) = peer.context("no binaries for the peer")?;
             let hosts = add_hosts(lab)?;
@@ -1012,6 +1024,110 @@ fn setup_tunsec(
     Ok(ep)
 }
 
+/// The gateway-mode config of host `n` (1 or 2): the other host as its
+/// peer, its VXLAN (UDP 4789) protected with `suite` and manual keys.
+fn gateway_config(dir: &Path, n: usize, suite: Suite, key_in: &Path, key_out: &Path) -> String {
+    let other = 3 - n;
+    let spi = |from: usize, to: usize| 0x3000 + 16 * to + from;
+    format!(
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         [gateway]\ntunnel_devices = [\"vx0\"]\n\n\
+         [[peer]]\nname = \"h{other}\"\nunderlay = \"{}\"\n\n\
+         [[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n\
+         [peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{}\"\nkey_in = \"{}\"\nkey_out = \"{}\"\n",
+        HOST_ADDR[n - 1],
+        dir.join(format!("h{n}.sock")).display(),
+        HOST_ADDR[other - 1],
+        spi(other, n),
+        spi(n, other),
+        suite.name(),
+        key_in.display(),
+        key_out.display()
+    )
+}
+
+/// tunsecd in gateway mode on both hosts, then on each a kernel vxlan
+/// device (not bound to a lower device, so the steering sees its packets)
+/// with the MTU tunsecd advises, bridged to the tenant.
+fn setup_gateway(ctx: &Ctx<'_>, lab: &mut Lab, suite: Suite) -> anyhow::Result<Endpoints> {
+    let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
+    let hosts = add_hosts(lab)?;
+    let dir = lab.dir.path().to_owned();
+    let key = |from: usize, to: usize| dir.join(format!("gw-key-{from}-{to}"));
+    for (from, to) in [(1, 2), (2, 1)] {
+        let len = suite.encryption_key_len() + suite.integrity_key_len();
+        std::fs::write(key(from, to), random_hex(len)?)?;
+    }
+    let mut labels = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let n = i + 1;
+        let text = gateway_config(&dir, n, suite, &key(3 - n, n), &key(n, 3 - n));
+        let path = dir.join(format!("h{n}.toml"));
+        std::fs::write(&path, text)?;
+        let label = format!("tunsecd-h{n}");
+        lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
+        labels.push(label);
+        sockets.push(dir.join(format!("h{n}.sock")));
+    }
+    let mut mtus = Vec::new();
+    for (i, sock) in sockets.iter().enumerate() {
+        let mut mtu = None;
+        lab.wait_for(
+            &format!("tunsecd on h{} to answer", i + 1),
+            Duration::from_secs(20),
+            || match control::call(sock, &Request::Status) {
+                Ok(Response::Status(s)) => {
+                    mtu = s.gateway.as_ref().map(|g| g.tunnel_mtu_advice);
+                    true
+                }
+                _ => ctx.stop.load(Ordering::Relaxed),
+            },
+        )?;
+        check_interrupted(ctx.stop)?;
+        mtus.push(mtu.with_context(|| format!("h{}: tunsec status shows no gateway", i + 1))?);
+    }
+    let mtu = mtus[0].min(mtus[1]);
+    let mut tenants = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        lab.exec(
+            h,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                VNI,
+                "local",
+                HOST_ADDR[i],
+                "remote",
+                HOST_ADDR[1 - i],
+                "dstport",
+                "4789",
+                "nolearning",
+            ],
+        )?;
+        lab.exec(
+            h,
+            "ip",
+            &["link", "set", "vx0", "mtu", &mtu.to_string(), "up"],
+        )?;
+        tenants.push(add_tenant(lab, h, i + 1, "vx0", mtu)?);
+    }
+    let [t1, t2]: [String; 2] = tenants
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
+    let mut ep = tenant_endpoints([t1, t2], mtu);
+    ep.daemon = Some("tunsecd");
+    ep.daemon_labels = labels;
+    ep.hosts = hosts.to_vec();
+    ep.control_sockets = sockets;
+    Ok(ep)
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -1034,6 +1150,7 @@ mod test {
                 "tunsec-aes128gcm16-nogro",
                 "tunsec-aes128gcm16-nooffload",
                 "tunsec-aes128gcm16-2workers",
+                "tunsec-gateway-aes128gcm16",
                 "wireguard-go",
                 "boringtun"
             ]
@@ -1083,6 +1200,11 @@ mod test {
             }
             let c = Config::parse(&Offloads::TwoWorkers.apply(text.clone()), dir.path()).unwrap();
             assert_eq!((all(&c), c.node.workers), ((true, true, true, true), 2));
+            let c =
+                Config::parse(&gateway_config(dir.path(), 1, suite, &a, &b), dir.path()).unwrap();
+            let gw = c.gateway.as_ref().unwrap();
+            assert_eq!(gw.tunnel_devices, ["vx0"]);
+            assert_eq!(c.peers[0].sa.as_ref().unwrap().suite, suite);
         }
     }
 
