@@ -32,7 +32,9 @@
 //! - `gateway_ipv6`: an IPv6 underlay (2001:db8::/64): IPv6 rules, vxlan
 //!   over IPv6, ping and 8 MiB intact, only ESP over IPv6 on the
 //!   underlay, no IPv6 rule left after the stop.
-//! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
+//! - `gateway_cleanup`: a second daemon with the same config fails on
+//!   the ESP port and leaves the running one's rules alone; after a clean
+//!   stop `ip rule`, `ip route show
 //!   table all`, `nft list ruleset` and `ip link` hold nothing of
 //!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
 //!   (the guard was what dropped it); after SIGKILL the stale rules and
@@ -934,6 +936,26 @@ fn gateway_cleanup() {
             !leftovers(&h1)?.is_empty(),
             "the running daemon's entries are not visible"
         );
+
+        // A second daemon with the same config (another control socket)
+        // fails on the ESP port, before it touches the first one's rules.
+        let config = std::fs::read_to_string(lab.dir.path().join("h1.toml"))?;
+        let dup = lab.dir.path().join("h1-dup.toml");
+        std::fs::write(&dup, config.replace("h1.sock", "h1-dup.sock"))?;
+        let out = exec_output(
+            &h1,
+            "timeout",
+            &["10", TUNSECD, "--config", &dup.to_string_lossy()],
+        )?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("esp.port"),
+            "a second tunsecd: {} {err}",
+            out.status
+        );
+        let n = rule_count(&h1)?;
+        ensure!(n == 5, "{n} rules after a second daemon failed, want 5");
+        ping_ok(&h1, &vxlan_addr(2))?;
 
         // Clean stop: nothing left.
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");

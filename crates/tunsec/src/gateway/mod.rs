@@ -2,8 +2,10 @@
 //! device, OVS, a plain UDP or TCP service) by policy, without touching
 //! them.
 //!
-//! Start-up fails closed, in this order: stale entries of a killed
-//! daemon are cleared; the TUN device opens; the inbound guard
+//! Start-up fails closed, in this order: the control socket, the ESP
+//! socket and the TUN device open (so a second daemon fails before it
+//! touches the first one's entries); stale entries of a killed daemon
+//! are cleared; the inbound guard
 //! ([`nft`]) goes in; the route table and then the rules ([`steering`])
 //! go in; the workers start. From the first steered packet on, a packet
 //! without an SA is dropped and counted (`no_sa`) in the TUN device,
@@ -196,8 +198,9 @@ impl GatewayDaemon {
         let tables = build_tables(&config, &gw, now)?;
         let shared = Arc::new(GatewayShared::new(tables));
 
-        // A killed daemon's rules, routes and guard go first.
-        Installed::clear(&gw).context("cannot clear stale gateway entries")?;
+        // What a running daemon holds goes first: the control socket,
+        // the ESP socket, the TUN device. Whatever fails there leaves a
+        // running daemon's entries alone.
         let listener = bind_control_socket(&config.node.control_socket)?;
 
         let underlay = config.node.underlay;
@@ -226,6 +229,10 @@ impl GatewayDaemon {
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
         let dev: Arc<dyn FrameDevice> = Arc::new(dev);
         prepare_tun(&gw.tun, underlay.is_ipv4())?;
+
+        // Only then a killed daemon's rules, routes and guard: nobody
+        // else holds the TUN device, so they are stale.
+        Installed::clear(&gw).context("cannot clear stale gateway entries")?;
 
         let installed = Installed { gw: gw.clone() };
         let guard: Vec<nft::GuardPeer> = config
