@@ -32,6 +32,9 @@
 //! - `gateway_ipv6`: an IPv6 underlay (2001:db8::/64): IPv6 rules, vxlan
 //!   over IPv6, ping and 8 MiB intact, only ESP over IPv6 on the
 //!   underlay, no IPv6 rule left after the stop.
+//! - `gateway_three_hosts`: h1 has two peers (its vxlan0 replicates to
+//!   both by the kernel's FDB): nine rules, pings with both, 4 MiB from
+//!   h3, per-peer counters, nothing in the clear.
 //! - `gateway_cleanup`: a second daemon with the same config fails on
 //!   the ESP port and leaves the running one's rules alone; after a clean
 //!   stop `ip rule`, `ip route show
@@ -149,7 +152,7 @@ fn vxlan_addr(n: u8) -> String {
 
 /// Writes the gateway config of host `n` (peer `peer`), with manual keys
 /// (`key-<from>-<to>` files, written here).
-fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<PathBuf> {
+fn write_config(lab: &Lab, n: u8, peers: &[u8], gateway: &str) -> anyhow::Result<PathBuf> {
     let addr = if gateway.contains("# ipv6") {
         host_addr6
     } else {
@@ -172,28 +175,30 @@ fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<Pat
         socket_path(lab, n).display()
     )?;
     writeln!(c, "[gateway]\ntunnel_devices = [\"vxlan0\"]\n{gateway}\n")?;
-    writeln!(
-        c,
-        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
-        addr(peer)
-    )?;
-    writeln!(
-        c,
-        "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
-    )?;
-    if gateway.contains("# ike") {
-        let psk = lab.dir.path().join("gw.psk");
-        std::fs::write(&psk, "a gateway test key, long enough\n")?;
-        writeln!(c, "[peer.ike]\npsk_file = \"{}\"", psk.display())?;
-    } else {
+    for &peer in peers {
         writeln!(
             c,
-            "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"",
-            spi(peer, n),
-            spi(n, peer),
-            key(peer, n)?.display(),
-            key(n, peer)?.display()
+            "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
+            addr(peer)
         )?;
+        writeln!(
+            c,
+            "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
+        )?;
+        if gateway.contains("# ike") {
+            let psk = lab.dir.path().join("gw.psk");
+            std::fs::write(&psk, "a gateway test key, long enough\n")?;
+            writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
+        } else {
+            writeln!(
+                c,
+                "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"\n",
+                spi(peer, n),
+                spi(n, peer),
+                key(peer, n)?.display(),
+                key(n, peer)?.display()
+            )?;
+        }
     }
     let path = lab.dir.path().join(format!("h{n}.toml"));
     std::fs::write(&path, c)?;
@@ -281,8 +286,8 @@ fn setup_with(lab: &mut Lab, gateway: &str) -> anyhow::Result<Hosts> {
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
     let h3 = add_host(lab, &ul, "h3", 3)?;
-    write_config(lab, 1, 2, gateway)?;
-    write_config(lab, 2, 1, gateway)?;
+    write_config(lab, 1, &[2], gateway)?;
+    write_config(lab, 2, &[1], gateway)?;
     start_daemon(lab, "h1", &h1, 1)?;
     start_daemon(lab, "h2", &h2, 2)?;
     let advice = status(lab, 1)?
@@ -731,8 +736,8 @@ fn gateway_ipv6() {
             hosts.push(h);
         }
         let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
-        write_config(lab, 1, 2, "# ipv6")?;
-        write_config(lab, 2, 1, "# ipv6")?;
+        write_config(lab, 1, &[2], "# ipv6")?;
+        write_config(lab, 2, &[1], "# ipv6")?;
         start_daemon(lab, "h1", &h1, 1)?;
         start_daemon(lab, "h2", &h2, 2)?;
         let g = gw_status(&status(lab, 1)?)?.clone();
@@ -790,6 +795,109 @@ fn gateway_ipv6() {
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
         let left = leftovers(&h1)?;
         ensure!(left.is_empty(), "after the stop: {left:#?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_three_hosts() {
+    with_lab("gw7", |lab| {
+        // h1 protects its vxlan0 towards h2 and h3 (head-end replication
+        // by the kernel's FDB); h2 and h3 each have h1 as their peer.
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let h3 = add_host(lab, &ul, "h3", 3)?;
+        write_config(lab, 1, &[2, 3], "")?;
+        write_config(lab, 2, &[1], "")?;
+        write_config(lab, 3, &[1], "")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        start_daemon(lab, "h3", &h3, 3)?;
+        let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        add_vxlan(lab, &h3, 3, 1, advice)?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                "192.0.2.1",
+                "dstport",
+                "4789",
+            ],
+        )?;
+        for peer in [2, 3] {
+            lab.exec(
+                &h1,
+                "bridge",
+                &[
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    "vxlan0",
+                    "dst",
+                    &host_addr(peer),
+                ],
+            )?;
+        }
+        lab.exec(
+            &h1,
+            "ip",
+            &["link", "set", "vxlan0", "mtu", &advice.to_string()],
+        )?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", vxlan_addr(1)),
+                "dev",
+                "vxlan0",
+            ],
+        )?;
+        lab.exec(&h1, "ip", &["link", "set", "vxlan0", "up"])?;
+        let n = rule_count(&h1)?;
+        ensure!(n == 9, "{n} rules on h1 with two peers, want 1 + 2 x 4");
+
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h1, &vxlan_addr(3))?;
+        // (h2 and h3 are not each other's peers: each talks to h1 only.)
+        ping_ok(&h2, &vxlan_addr(1))?;
+        ping_ok(&h3, &vxlan_addr(1))?;
+        transfer(lab, "from3", &h3, &h1, &vxlan_addr(1), 5001, 4 << 20)?;
+        stop_capture(lab, "capture");
+        let clear = capture_summary(&pcap)?
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(clear == 0, "{clear} UDP 4789 frames in the clear");
+        let s1 = status(lab, 1)?;
+        let g = gw_status(&s1)?;
+        ensure!(g.policies.len() == 2, "{} policies on h1", g.policies.len());
+        for p in &g.policies {
+            ensure!(
+                p.tx_packets >= 3 && p.rx_packets >= 3,
+                "h1's policy for {}: {p:?}",
+                p.peer
+            );
+        }
+        let p3 = g
+            .policies
+            .iter()
+            .find(|p| p.peer == "h3")
+            .context("no h3")?;
+        ensure!(p3.rx_packets > 1000, "h3's transfer: {p3:?}");
         Ok(())
     });
 }
