@@ -491,6 +491,8 @@ fn gateway_vxlan() {
         ensure!(icmp >= 6, "ICMP between the hosts: {icmp} frames, want 6");
 
         let s1 = status(lab, 1)?;
+        let drops: u64 = s1.drops.values().sum();
+        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
         let g1 = gw_status(&s1)?;
         let p = &g1.policies[0];
         ensure!(
@@ -784,6 +786,11 @@ fn gateway_ipv6() {
             .iter()
             .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
             .count();
+        // Nothing dropped: no router solicitation or MLD report from the
+        // TUN device (it has no link-local address) either.
+        let s1 = status(lab, 1)?;
+        let drops: u64 = s1.drops.values().sum();
+        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
         ensure!(
             esp6 > 1000 && clear == 0,
             "{esp6} ESP over IPv6, {clear} UDP 4789"

@@ -227,8 +227,10 @@ impl GatewayDaemon {
 
         let dev = tun::open(&gw.tun, mtu.tun)
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
-        let dev: Arc<dyn FrameDevice> = Arc::new(dev);
         prepare_tun(&gw.tun, underlay.is_ipv4())?;
+        dev.enabled(true)
+            .with_context(|| format!("gateway.tun: cannot bring {:?} up", gw.tun))?;
+        let dev: Arc<dyn FrameDevice> = Arc::new(dev);
 
         // Only then a killed daemon's rules, routes and guard: nobody
         // else holds the TUN device, so they are stale.
@@ -519,9 +521,10 @@ impl GatewayDaemon {
 /// mode as well as strict. So `rp_filter` is 0 on the TUN device; since
 /// the kernel applies the larger of `conf/all` and the device's value,
 /// a host with `net.ipv4.conf.all.rp_filter` set is refused with a clear
-/// error rather than dropping every packet in silence. IPv6 is turned
-/// off on the device for an IPv4 underlay (no link-local address, no
-/// router solicitations into the data path).
+/// error rather than dropping every packet in silence. The device is
+/// still down: IPv6 is turned off on it for an IPv4 underlay, and for an
+/// IPv6 underlay it gets no link-local address (`addr_gen_mode` 1), so
+/// no router solicitations or MLD reports go into the data path.
 fn prepare_tun(tun: &str, ipv4: bool) -> anyhow::Result<()> {
     if ipv4 {
         let all =
@@ -538,6 +541,9 @@ fn prepare_tun(tun: &str, ipv4: bool) -> anyhow::Result<()> {
         std::fs::write(&path, "0").with_context(|| format!("cannot set {path}"))?;
         // Absent when IPv6 is off altogether.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tun}/disable_ipv6"), "1");
+    } else {
+        let path = format!("/proc/sys/net/ipv6/conf/{tun}/addr_gen_mode");
+        std::fs::write(&path, "1").with_context(|| format!("cannot set {path}"))?;
     }
     Ok(())
 }
