@@ -150,14 +150,23 @@ fn vxlan_addr(n: u8) -> String {
     format!("10.42.0.{n}")
 }
 
-/// Writes the gateway config of host `n` (peer `peer`), with manual keys
-/// (`key-<from>-<to>` files, written here).
-fn write_config(lab: &Lab, n: u8, peers: &[u8], gateway: &str) -> anyhow::Result<PathBuf> {
-    let addr = if gateway.contains("# ipv6") {
-        host_addr6
-    } else {
-        host_addr
-    };
+/// How a test's hosts are configured.
+#[derive(Clone, Copy, Default)]
+struct Opts {
+    /// Lines added to `[gateway]` (and what follows it, such as an
+    /// `[esp]` table).
+    extra: &'static str,
+    /// Keys from IKEv2 with a PSK instead of manual keys.
+    ike: bool,
+    /// IPv6 underlay addresses.
+    ipv6: bool,
+}
+
+/// Writes the gateway config of host `n` with `peers`, with manual keys
+/// (`key-<from>-<to>` files, written here) or a PSK.
+fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<PathBuf> {
+    let gateway = opts.extra;
+    let addr = if opts.ipv6 { host_addr6 } else { host_addr };
     let suite = "aes256gcm16";
     let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
         let path = lab.dir.path().join(format!("key-{from}-{to}"));
@@ -185,7 +194,7 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], gateway: &str) -> anyhow::Result
             c,
             "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
         )?;
-        if gateway.contains("# ike") {
+        if opts.ike {
             let psk = lab.dir.path().join("gw.psk");
             std::fs::write(&psk, "a gateway test key, long enough\n")?;
             writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
@@ -277,17 +286,17 @@ struct Hosts {
 /// The underlay, hosts 1 and 2 running tunsecd in gateway mode with
 /// vxlan devices, and host 3 (the forger).
 fn setup(lab: &mut Lab) -> anyhow::Result<Hosts> {
-    setup_with(lab, "")
+    setup_with(lab, Opts::default())
 }
 
-/// As [`setup`], with `gateway` added to both hosts' `[gateway]`.
-fn setup_with(lab: &mut Lab, gateway: &str) -> anyhow::Result<Hosts> {
+/// As [`setup`], with both hosts configured by `opts`.
+fn setup_with(lab: &mut Lab, opts: Opts) -> anyhow::Result<Hosts> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
     let h3 = add_host(lab, &ul, "h3", 3)?;
-    write_config(lab, 1, &[2], gateway)?;
-    write_config(lab, 2, &[1], gateway)?;
+    write_config(lab, 1, &[2], opts)?;
+    write_config(lab, 2, &[1], opts)?;
     start_daemon(lab, "h1", &h1, 1)?;
     start_daemon(lab, "h2", &h2, 2)?;
     let advice = status(lab, 1)?
@@ -656,7 +665,13 @@ fn gateway_vxlan() {
 #[test]
 fn gateway_tunnel_mode() {
     with_lab("gw3", |lab| {
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "mode = \"tunnel\"")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                extra: "mode = \"tunnel\"",
+                ..Opts::default()
+            },
+        )?;
         let s1 = status(lab, 1)?;
         let g = gw_status(&s1)?;
         ensure!(g.mode == "tunnel", "mode {}", g.mode);
@@ -685,7 +700,13 @@ fn gateway_raw_esp() {
     with_lab("gw5", |lab| {
         // Raw ESP (IP protocol 50) instead of ESP in UDP: a table after
         // [gateway]'s lines.
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "\n[esp]\nencapsulation = \"esp\"\n")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                extra: "\n[esp]\nencapsulation = \"esp\"\n",
+                ..Opts::default()
+            },
+        )?;
         let g = gw_status(&status(lab, 1)?)?.clone();
         // 8 bytes more than with ESP in UDP.
         ensure!(g.tun_mtu == 1443, "TUN MTU {} with raw ESP", g.tun_mtu);
@@ -738,8 +759,12 @@ fn gateway_ipv6() {
             hosts.push(h);
         }
         let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
-        write_config(lab, 1, &[2], "# ipv6")?;
-        write_config(lab, 2, &[1], "# ipv6")?;
+        let v6 = Opts {
+            ipv6: true,
+            ..Opts::default()
+        };
+        write_config(lab, 1, &[2], v6)?;
+        write_config(lab, 2, &[1], v6)?;
         start_daemon(lab, "h1", &h1, 1)?;
         start_daemon(lab, "h2", &h2, 2)?;
         let g = gw_status(&status(lab, 1)?)?.clone();
@@ -815,9 +840,9 @@ fn gateway_three_hosts() {
         let h1 = add_host(lab, &ul, "h1", 1)?;
         let h2 = add_host(lab, &ul, "h2", 2)?;
         let h3 = add_host(lab, &ul, "h3", 3)?;
-        write_config(lab, 1, &[2, 3], "")?;
-        write_config(lab, 2, &[1], "")?;
-        write_config(lab, 3, &[1], "")?;
+        write_config(lab, 1, &[2, 3], Opts::default())?;
+        write_config(lab, 2, &[1], Opts::default())?;
+        write_config(lab, 3, &[1], Opts::default())?;
         start_daemon(lab, "h1", &h1, 1)?;
         start_daemon(lab, "h2", &h2, 2)?;
         start_daemon(lab, "h3", &h3, 3)?;
@@ -923,8 +948,13 @@ fn wait_child_sa(lab: &Lab, n: u8) -> anyhow::Result<()> {
 #[test]
 fn gateway_ike() {
     with_lab("gw4", |lab| {
-        // "# ike" makes write_config use [peer.ike] instead of manual keys.
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "# ike")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
         let pcap = start_capture(lab, &ul, "capture")?;
         wait_child_sa(lab, 1)?;
         wait_child_sa(lab, 2)?;
