@@ -35,6 +35,9 @@
 //! - `gateway_three_hosts`: h1 has two peers (its vxlan0 replicates to
 //!   both by the kernel's FDB): nine rules, pings with both, 4 MiB from
 //!   h3, per-peer counters, nothing in the clear.
+//! - `gateway_ike_wrong_psk`: with different PSKs no SA comes up; the
+//!   vxlan pings are dropped in the TUN device (`no_sa`), and the capture
+//!   holds IKE attempts but no cleartext VXLAN.
 //! - `gateway_cleanup`: a second daemon with the same config fails on
 //!   the ESP port and leaves the running one's rules alone; after a clean
 //!   stop `ip rule`, `ip route show
@@ -195,7 +198,7 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<Pa
             "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
         )?;
         if opts.ike {
-            let psk = lab.dir.path().join("gw.psk");
+            let psk = lab.dir.path().join(format!("h{n}.psk"));
             std::fs::write(&psk, "a gateway test key, long enough\n")?;
             writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
         } else {
@@ -930,6 +933,53 @@ fn gateway_three_hosts() {
             .find(|p| p.peer == "h3")
             .context("no h3")?;
         ensure!(p3.rx_packets > 1000, "h3's transfer: {p3:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_ike_wrong_psk() {
+    with_lab("gw8", |lab| {
+        // Different PSKs: no SA ever comes up, and the steered traffic is
+        // dropped in the TUN device, never sent in the clear.
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let ike = Opts {
+            ike: true,
+            ..Opts::default()
+        };
+        write_config(lab, 1, &[2], ike)?;
+        write_config(lab, 2, &[1], ike)?;
+        std::fs::write(lab.dir.path().join("h2.psk"), "another key entirely\n")?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+        add_vxlan(lab, &h1, 1, 2, advice)?;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        ensure!(got == 0, "{got} pings answered without an SA");
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let ike_frames = frames.iter().filter(|f| f.0.contains("isakmp")).count();
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(ike_frames >= 2, "{ike_frames} IKE frames: nobody tried");
+        ensure!(
+            clear == 0,
+            "{clear} UDP 4789 frames in the clear without an SA"
+        );
+        let s1 = status(lab, 1)?;
+        ensure!(
+            s1.peers[0].sas.is_empty(),
+            "h1 has SAs with a wrong PSK:\n{}",
+            s1.render()
+        );
+        let no_sa = s1.drops.get("no_sa").copied().unwrap_or(0);
+        ensure!(no_sa >= 3, "no_sa {no_sa}: the pings were not counted");
         Ok(())
     });
 }
