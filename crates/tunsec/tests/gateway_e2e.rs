@@ -38,6 +38,8 @@
 //! - `gateway_ike_wrong_psk`: with different PSKs no SA comes up; the
 //!   vxlan pings are dropped in the TUN device (`no_sa`), and the capture
 //!   holds IKE attempts but no cleartext VXLAN.
+//! - `gateway_without_nft_fails_clearly`: without the `nft` tool tunsecd
+//!   refuses to start, names nftables, and leaves nothing behind.
 //! - `gateway_cleanup`: a second daemon with the same config fails on
 //!   the ESP port and leaves the running one's rules alone; after a clean
 //!   stop `ip rule`, `ip route show
@@ -980,6 +982,36 @@ fn gateway_ike_wrong_psk() {
         );
         let no_sa = s1.drops.get("no_sa").copied().unwrap_or(0);
         ensure!(no_sa >= 3, "no_sa {no_sa}: the pings were not counted");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_without_nft_fails_clearly() {
+    with_lab("gw9", |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let config = write_config(lab, 1, &[2], Opts::default())?;
+        // No `nft` on the PATH.
+        let out = exec_output(
+            &h1,
+            "env",
+            &[
+                "-i",
+                "PATH=/nonexistent",
+                TUNSECD,
+                "--config",
+                &config.to_string_lossy(),
+            ],
+        )?;
+        let err = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            !out.status.success() && err.contains("nft") && err.contains("nftables"),
+            "tunsecd without nft: {} {err}",
+            out.status
+        );
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the failed start: {left:#?}");
         Ok(())
     });
 }
