@@ -323,9 +323,9 @@ impl GatewayDaemon {
         })
     }
 
-    /// Serves the control socket until `term` is set, then removes every
-    /// rule, route and guard, stops the workers and closes the TUN
-    /// device.
+    /// Serves the control socket until `term` is set, then stops the
+    /// workers and the IKE driver, removes every rule, route and guard,
+    /// and closes the TUN device.
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
         self.listener.set_nonblocking(true)?;
         while !term.load(Ordering::Relaxed) {
