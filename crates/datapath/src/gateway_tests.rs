@@ -343,3 +343,48 @@ fn largest_packet_at_tun_mtu_fits_the_underlay() {
         }
     }
 }
+
+mod arbitrary_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the TUN device hands over, `protect` returns (a drop
+        /// or a datagram), never panics.
+        #[test]
+        fn protect_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            tunnel in any::<bool>(),
+        ) {
+            let mode = if tunnel { GatewayMode::Tunnel } else { GatewayMode::Transport };
+            let (ga, _) = pair(mode, Some(Suite::AesGcm128), A, B);
+            let (mut buf, s, e) = in_buffer(&bytes);
+            let _ = protect(&ga, &Stats::new(1), &mut buf, s, e, Instant::now());
+        }
+
+        /// Whatever arrives on the ESP socket, `unprotect` returns, never
+        /// panics; with a known SPI in front, the bytes reach the ESP
+        /// layer and still only make a drop.
+        #[test]
+        fn unprotect_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            known_spi in any::<bool>(),
+            udp in any::<bool>(),
+            tunnel in any::<bool>(),
+        ) {
+            let mode = if tunnel { GatewayMode::Tunnel } else { GatewayMode::Transport };
+            let (_, gb) = pair(mode, Some(Suite::AesGcm128), A, B);
+            let mut data = bytes.clone();
+            if known_spi && data.len() >= 8 {
+                data[..4].copy_from_slice(&0x2001u32.to_be_bytes());
+            }
+            let (mut buf, s, e) = in_buffer(&data);
+            let r = unprotect(&gb, &Stats::new(1), A, udp, &mut buf, s, e, Instant::now());
+            if known_spi && data.len() >= 8 {
+                let opened = matches!(r, Ok(GatewayReceive::Packet { .. }));
+                prop_assert!(!opened, "random bytes opened as ESP");
+            }
+        }
+    }
+}

@@ -109,7 +109,8 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                 }
                 pending.clear();
             }
-            if read < BATCH {
+            // Drained, or told to stop while the device keeps filling.
+            if read < BATCH || shared.stop.load(Ordering::Relaxed) {
                 break;
             }
         }

@@ -1341,4 +1341,30 @@ mod test {
         assert_eq!(l, vec![ts::host(a, 17, 0, u16::MAX)]);
         assert!(more.is_empty());
     }
+
+    #[test]
+    fn gateway_selectors_are_the_ts() {
+        use super::{gateway_selectors, ts};
+        use tunsec_datapath::gateway::GatewaySelector;
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let sel = [
+            GatewaySelector {
+                protocol: 17,
+                ports: 4789..=4789,
+            },
+            GatewaySelector {
+                protocol: 6,
+                ports: 16385..=16390,
+            },
+        ];
+        let (l, r) = gateway_selectors(a, b, &sel);
+        assert_eq!(
+            l,
+            vec![ts::host(a, 17, 4789, 4789), ts::host(a, 6, 16385, 16390)]
+        );
+        assert_eq!(
+            r,
+            vec![ts::host(b, 17, 4789, 4789), ts::host(b, 6, 16385, 16390)]
+        );
+    }
 }

@@ -268,7 +268,11 @@ impl Status {
             "node {} underlay {} esp {} up {}s",
             n.name, n.underlay, n.esp, n.uptime_secs
         );
-        let _ = writeln!(s, "\nnetworks:");
+        // Gateway mode has no overlay networks and no forwarding database.
+        let overlay = self.gateway.is_none();
+        if overlay {
+            let _ = writeln!(s, "\nnetworks:");
+        }
         for net in &self.networks {
             let _ = writeln!(
                 s,
@@ -379,6 +383,9 @@ impl Status {
         );
         if let Some(g) = &self.gateway {
             g.render(&mut s);
+        }
+        if !overlay {
+            return s;
         }
         let _ = writeln!(s, "\nforwarding database: {} entries", self.fdb.len());
         for e in &self.fdb {

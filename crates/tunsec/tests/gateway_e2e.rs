@@ -32,7 +32,17 @@
 //! - `gateway_ipv6`: an IPv6 underlay (2001:db8::/64): IPv6 rules, vxlan
 //!   over IPv6, ping and 8 MiB intact, only ESP over IPv6 on the
 //!   underlay, no IPv6 rule left after the stop.
-//! - `gateway_cleanup`: after a clean stop `ip rule`, `ip route show
+//! - `gateway_three_hosts`: h1 has two peers (its vxlan0 replicates to
+//!   both by the kernel's FDB): nine rules, pings with both, 4 MiB from
+//!   h3, per-peer counters, nothing in the clear.
+//! - `gateway_ike_wrong_psk`: with different PSKs no SA comes up; the
+//!   vxlan pings are dropped in the TUN device (`no_sa`), and the capture
+//!   holds IKE attempts but no cleartext VXLAN.
+//! - `gateway_without_nft_fails_clearly`: without the `nft` tool tunsecd
+//!   refuses to start, names nftables, and leaves nothing behind.
+//! - `gateway_cleanup`: a second daemon with the same config fails on
+//!   the ESP port and leaves the running one's rules alone; after a clean
+//!   stop `ip rule`, `ip route show
 //!   table all`, `nft list ruleset` and `ip link` hold nothing of
 //!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
 //!   (the guard was what dropped it); after SIGKILL the stale rules and
@@ -145,14 +155,23 @@ fn vxlan_addr(n: u8) -> String {
     format!("10.42.0.{n}")
 }
 
-/// Writes the gateway config of host `n` (peer `peer`), with manual keys
-/// (`key-<from>-<to>` files, written here).
-fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<PathBuf> {
-    let addr = if gateway.contains("# ipv6") {
-        host_addr6
-    } else {
-        host_addr
-    };
+/// How a test's hosts are configured.
+#[derive(Clone, Copy, Default)]
+struct Opts {
+    /// Lines added to `[gateway]` (and what follows it, such as an
+    /// `[esp]` table).
+    extra: &'static str,
+    /// Keys from IKEv2 with a PSK instead of manual keys.
+    ike: bool,
+    /// IPv6 underlay addresses.
+    ipv6: bool,
+}
+
+/// Writes the gateway config of host `n` with `peers`, with manual keys
+/// (`key-<from>-<to>` files, written here) or a PSK.
+fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<PathBuf> {
+    let gateway = opts.extra;
+    let addr = if opts.ipv6 { host_addr6 } else { host_addr };
     let suite = "aes256gcm16";
     let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
         let path = lab.dir.path().join(format!("key-{from}-{to}"));
@@ -170,28 +189,30 @@ fn write_config(lab: &Lab, n: u8, peer: u8, gateway: &str) -> anyhow::Result<Pat
         socket_path(lab, n).display()
     )?;
     writeln!(c, "[gateway]\ntunnel_devices = [\"vxlan0\"]\n{gateway}\n")?;
-    writeln!(
-        c,
-        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
-        addr(peer)
-    )?;
-    writeln!(
-        c,
-        "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
-    )?;
-    if gateway.contains("# ike") {
-        let psk = lab.dir.path().join("gw.psk");
-        std::fs::write(&psk, "a gateway test key, long enough\n")?;
-        writeln!(c, "[peer.ike]\npsk_file = \"{}\"", psk.display())?;
-    } else {
+    for &peer in peers {
         writeln!(
             c,
-            "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"",
-            spi(peer, n),
-            spi(n, peer),
-            key(peer, n)?.display(),
-            key(n, peer)?.display()
+            "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n",
+            addr(peer)
         )?;
+        writeln!(
+            c,
+            "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
+        )?;
+        if opts.ike {
+            let psk = lab.dir.path().join(format!("h{n}.psk"));
+            std::fs::write(&psk, "a gateway test key, long enough\n")?;
+            writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
+        } else {
+            writeln!(
+                c,
+                "[peer.sa]\nspi_in = {:#x}\nspi_out = {:#x}\nsuite = \"{suite}\"\nkey_in = \"{}\"\nkey_out = \"{}\"\n",
+                spi(peer, n),
+                spi(n, peer),
+                key(peer, n)?.display(),
+                key(n, peer)?.display()
+            )?;
+        }
     }
     let path = lab.dir.path().join(format!("h{n}.toml"));
     std::fs::write(&path, c)?;
@@ -270,17 +291,17 @@ struct Hosts {
 /// The underlay, hosts 1 and 2 running tunsecd in gateway mode with
 /// vxlan devices, and host 3 (the forger).
 fn setup(lab: &mut Lab) -> anyhow::Result<Hosts> {
-    setup_with(lab, "")
+    setup_with(lab, Opts::default())
 }
 
-/// As [`setup`], with `gateway` added to both hosts' `[gateway]`.
-fn setup_with(lab: &mut Lab, gateway: &str) -> anyhow::Result<Hosts> {
+/// As [`setup`], with both hosts configured by `opts`.
+fn setup_with(lab: &mut Lab, opts: Opts) -> anyhow::Result<Hosts> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
     let h3 = add_host(lab, &ul, "h3", 3)?;
-    write_config(lab, 1, 2, gateway)?;
-    write_config(lab, 2, 1, gateway)?;
+    write_config(lab, 1, &[2], opts)?;
+    write_config(lab, 2, &[1], opts)?;
     start_daemon(lab, "h1", &h1, 1)?;
     start_daemon(lab, "h2", &h2, 2)?;
     let advice = status(lab, 1)?
@@ -484,6 +505,8 @@ fn gateway_vxlan() {
         ensure!(icmp >= 6, "ICMP between the hosts: {icmp} frames, want 6");
 
         let s1 = status(lab, 1)?;
+        let drops: u64 = s1.drops.values().sum();
+        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
         let g1 = gw_status(&s1)?;
         let p = &g1.policies[0];
         ensure!(
@@ -647,7 +670,13 @@ fn gateway_vxlan() {
 #[test]
 fn gateway_tunnel_mode() {
     with_lab("gw3", |lab| {
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "mode = \"tunnel\"")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                extra: "mode = \"tunnel\"",
+                ..Opts::default()
+            },
+        )?;
         let s1 = status(lab, 1)?;
         let g = gw_status(&s1)?;
         ensure!(g.mode == "tunnel", "mode {}", g.mode);
@@ -676,7 +705,13 @@ fn gateway_raw_esp() {
     with_lab("gw5", |lab| {
         // Raw ESP (IP protocol 50) instead of ESP in UDP: a table after
         // [gateway]'s lines.
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "\n[esp]\nencapsulation = \"esp\"\n")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                extra: "\n[esp]\nencapsulation = \"esp\"\n",
+                ..Opts::default()
+            },
+        )?;
         let g = gw_status(&status(lab, 1)?)?.clone();
         // 8 bytes more than with ESP in UDP.
         ensure!(g.tun_mtu == 1443, "TUN MTU {} with raw ESP", g.tun_mtu);
@@ -729,8 +764,12 @@ fn gateway_ipv6() {
             hosts.push(h);
         }
         let (h1, h2) = (hosts[0].clone(), hosts[1].clone());
-        write_config(lab, 1, 2, "# ipv6")?;
-        write_config(lab, 2, 1, "# ipv6")?;
+        let v6 = Opts {
+            ipv6: true,
+            ..Opts::default()
+        };
+        write_config(lab, 1, &[2], v6)?;
+        write_config(lab, 2, &[1], v6)?;
         start_daemon(lab, "h1", &h1, 1)?;
         start_daemon(lab, "h2", &h2, 2)?;
         let g = gw_status(&status(lab, 1)?)?.clone();
@@ -777,6 +816,11 @@ fn gateway_ipv6() {
             .iter()
             .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
             .count();
+        // Nothing dropped: no router solicitation or MLD report from the
+        // TUN device (it has no link-local address) either.
+        let s1 = status(lab, 1)?;
+        let drops: u64 = s1.drops.values().sum();
+        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
         ensure!(
             esp6 > 1000 && clear == 0,
             "{esp6} ESP over IPv6, {clear} UDP 4789"
@@ -788,6 +832,186 @@ fn gateway_ipv6() {
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
         let left = leftovers(&h1)?;
         ensure!(left.is_empty(), "after the stop: {left:#?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_three_hosts() {
+    with_lab("gw7", |lab| {
+        // h1 protects its vxlan0 towards h2 and h3 (head-end replication
+        // by the kernel's FDB); h2 and h3 each have h1 as their peer.
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let h3 = add_host(lab, &ul, "h3", 3)?;
+        write_config(lab, 1, &[2, 3], Opts::default())?;
+        write_config(lab, 2, &[1], Opts::default())?;
+        write_config(lab, 3, &[1], Opts::default())?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        start_daemon(lab, "h3", &h3, 3)?;
+        let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        add_vxlan(lab, &h3, 3, 1, advice)?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                "192.0.2.1",
+                "dstport",
+                "4789",
+            ],
+        )?;
+        for peer in [2, 3] {
+            lab.exec(
+                &h1,
+                "bridge",
+                &[
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    "vxlan0",
+                    "dst",
+                    &host_addr(peer),
+                ],
+            )?;
+        }
+        lab.exec(
+            &h1,
+            "ip",
+            &["link", "set", "vxlan0", "mtu", &advice.to_string()],
+        )?;
+        lab.exec(
+            &h1,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", vxlan_addr(1)),
+                "dev",
+                "vxlan0",
+            ],
+        )?;
+        lab.exec(&h1, "ip", &["link", "set", "vxlan0", "up"])?;
+        let n = rule_count(&h1)?;
+        ensure!(n == 9, "{n} rules on h1 with two peers, want 1 + 2 x 4");
+
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h1, &vxlan_addr(3))?;
+        // (h2 and h3 are not each other's peers: each talks to h1 only.)
+        ping_ok(&h2, &vxlan_addr(1))?;
+        ping_ok(&h3, &vxlan_addr(1))?;
+        transfer(lab, "from3", &h3, &h1, &vxlan_addr(1), 5001, 4 << 20)?;
+        stop_capture(lab, "capture");
+        let clear = capture_summary(&pcap)?
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(clear == 0, "{clear} UDP 4789 frames in the clear");
+        let s1 = status(lab, 1)?;
+        let g = gw_status(&s1)?;
+        ensure!(g.policies.len() == 2, "{} policies on h1", g.policies.len());
+        for p in &g.policies {
+            ensure!(
+                p.tx_packets >= 3 && p.rx_packets >= 3,
+                "h1's policy for {}: {p:?}",
+                p.peer
+            );
+        }
+        let p3 = g
+            .policies
+            .iter()
+            .find(|p| p.peer == "h3")
+            .context("no h3")?;
+        ensure!(p3.rx_packets > 1000, "h3's transfer: {p3:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_ike_wrong_psk() {
+    with_lab("gw8", |lab| {
+        // Different PSKs: no SA ever comes up, and the steered traffic is
+        // dropped in the TUN device, never sent in the clear.
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let ike = Opts {
+            ike: true,
+            ..Opts::default()
+        };
+        write_config(lab, 1, &[2], ike)?;
+        write_config(lab, 2, &[1], ike)?;
+        std::fs::write(lab.dir.path().join("h2.psk"), "another key entirely\n")?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+        add_vxlan(lab, &h1, 1, 2, advice)?;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        ensure!(got == 0, "{got} pings answered without an SA");
+        stop_capture(lab, "capture");
+        let frames = capture_summary(&pcap)?;
+        let ike_frames = frames.iter().filter(|f| f.0.contains("isakmp")).count();
+        let clear = frames
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(ike_frames >= 2, "{ike_frames} IKE frames: nobody tried");
+        ensure!(
+            clear == 0,
+            "{clear} UDP 4789 frames in the clear without an SA"
+        );
+        let s1 = status(lab, 1)?;
+        ensure!(
+            s1.peers[0].sas.is_empty(),
+            "h1 has SAs with a wrong PSK:\n{}",
+            s1.render()
+        );
+        let no_sa = s1.drops.get("no_sa").copied().unwrap_or(0);
+        ensure!(no_sa >= 3, "no_sa {no_sa}: the pings were not counted");
+        Ok(())
+    });
+}
+
+#[test]
+fn gateway_without_nft_fails_clearly() {
+    with_lab("gw9", |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let config = write_config(lab, 1, &[2], Opts::default())?;
+        // No `nft` on the PATH.
+        let out = exec_output(
+            &h1,
+            "env",
+            &[
+                "-i",
+                "PATH=/nonexistent",
+                TUNSECD,
+                "--config",
+                &config.to_string_lossy(),
+            ],
+        )?;
+        let err = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            !out.status.success() && err.contains("nft") && err.contains("nftables"),
+            "tunsecd without nft: {} {err}",
+            out.status
+        );
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the failed start: {left:#?}");
         Ok(())
     });
 }
@@ -806,8 +1030,13 @@ fn wait_child_sa(lab: &Lab, n: u8) -> anyhow::Result<()> {
 #[test]
 fn gateway_ike() {
     with_lab("gw4", |lab| {
-        // "# ike" makes write_config use [peer.ike] instead of manual keys.
-        let Hosts { ul, h1, h2, .. } = setup_with(lab, "# ike")?;
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
         let pcap = start_capture(lab, &ul, "capture")?;
         wait_child_sa(lab, 1)?;
         wait_child_sa(lab, 2)?;
@@ -934,6 +1163,26 @@ fn gateway_cleanup() {
             !leftovers(&h1)?.is_empty(),
             "the running daemon's entries are not visible"
         );
+
+        // A second daemon with the same config (another control socket)
+        // fails on the ESP port, before it touches the first one's rules.
+        let config = std::fs::read_to_string(lab.dir.path().join("h1.toml"))?;
+        let dup = lab.dir.path().join("h1-dup.toml");
+        std::fs::write(&dup, config.replace("h1.sock", "h1-dup.sock"))?;
+        let out = exec_output(
+            &h1,
+            "timeout",
+            &["10", TUNSECD, "--config", &dup.to_string_lossy()],
+        )?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("esp.port"),
+            "a second tunsecd: {} {err}",
+            out.status
+        );
+        let n = rule_count(&h1)?;
+        ensure!(n == 5, "{n} rules after a second daemon failed, want 5");
+        ping_ok(&h1, &vxlan_addr(2))?;
 
         // Clean stop: nothing left.
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");

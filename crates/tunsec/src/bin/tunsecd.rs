@@ -38,6 +38,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check && config.gateway.is_some() {
+        println!(
+            "{}: ok (gateway mode, {} peers)",
+            args.config.display(),
+            config.peers.len()
+        );
+        return ExitCode::SUCCESS;
+    }
     if args.check {
         println!(
             "{}: ok ({} networks, {} peers)",

@@ -2,49 +2,42 @@
 //! device, OVS, a plain UDP or TCP service) by policy, without touching
 //! them.
 //!
-//! Start-up fails closed, in this order: stale entries of a killed
-//! daemon are cleared; the TUN device opens; the inbound guard
+//! Start-up fails closed, in this order: the control socket, the ESP
+//! socket and the TUN device open (so a second daemon fails before it
+//! touches the first one's entries); stale entries of a killed daemon
+//! are cleared; the inbound guard
 //! ([`nft`]) goes in; the route table and then the rules ([`steering`])
 //! go in; the workers start. From the first steered packet on, a packet
 //! without an SA is dropped and counted (`no_sa`) in the TUN device,
 //! never routed around it. A failure at any step removes everything
-//! again ([`Installed`]'s drop), and so does a clean stop.
+//! again (the drop of [`daemon`]'s `Installed`), and so does a clean
+//! stop.
+//!
+//! Here: the MTUs and the tables; [`daemon`]: start, stop, control
+//! socket, status; [`steering`]: rules and routes (rtnetlink); [`nft`]:
+//! the guard.
 //!
 //! Keys are manual (`[peer.sa]`) or negotiated with IKEv2 (`[peer.ike]`):
 //! the same IKE driver as in overlay mode installs its Child SAs into the
 //! gateway tables, with the peer's selectors as traffic selectors and
 //! `gateway.mode` as the only acceptable ESP mode.
 
+pub mod daemon;
 pub mod nft;
 pub mod steering;
 
+pub use daemon::GatewayDaemon;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
-use tunsec_datapath::gateway_worker::{self, GatewayShared};
-use tunsec_datapath::io::socket::DatagramSocket;
-use tunsec_datapath::io::tun;
 use tunsec_datapath::overlay::{EspTransport, InboundEntry};
-use tunsec_datapath::stats::Drop;
-use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{Direction, Sa, SaConfig};
 
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind};
-use crate::control::{Request, Response};
-use crate::daemon::{bind_control_socket, sa_status};
-use crate::ike::{IkeCommand, IkeDriver, IkeStates};
-use crate::status::{
-    GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
-};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway};
 
 /// The MTUs of gateway mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,413 +127,6 @@ pub fn build_tables(config: &Config, gw: &Gateway, now: Instant) -> anyhow::Resu
     })
 }
 
-/// Everything gateway mode changed on the host; removed on drop (a clean
-/// stop, or a failed start).
-struct Installed {
-    gw: Gateway,
-}
-
-impl Installed {
-    /// Clears every entry of ours: the rules at the two priorities and
-    /// towards the table, the table's routes, the nftables table.
-    fn clear(gw: &Gateway) -> anyhow::Result<()> {
-        let removed = steering::remove_all(gw.table, gw.rule_priority)?;
-        let guard = nft::remove(&gw.nft_table)?;
-        if removed.rules + removed.routes > 0 || guard {
-            tracing::info!(
-                rules = removed.rules,
-                routes = removed.routes,
-                nft_table = guard,
-                "removed gateway entries"
-            );
-        }
-        Ok(())
-    }
-}
-
-impl std::ops::Drop for Installed {
-    fn drop(&mut self) {
-        if let Err(e) = Self::clear(&self.gw) {
-            tracing::error!("gateway clean-up: {e:#}");
-        }
-    }
-}
-
-/// A running daemon in gateway mode.
-pub struct GatewayDaemon {
-    config: Config,
-    gw: Gateway,
-    shared: Arc<GatewayShared>,
-    mtu: GatewayMtu,
-    started: Instant,
-    workers: Vec<JoinHandle<()>>,
-    listener: UnixListener,
-    socket_path: PathBuf,
-    // Dropped after the workers stop (field order: `run` joins them
-    // first), then the TUN device closes with the last handle.
-    installed: Option<Installed>,
-    ike_states: IkeStates,
-    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
-}
-
-impl GatewayDaemon {
-    /// Brings gateway mode up (see the module documentation for the
-    /// order). `config.gateway` must be set.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
-        let gw = config
-            .gateway
-            .clone()
-            .context("gateway: the config has no [gateway]")?;
-        let now = Instant::now();
-        let mtu = mtu(&config, &gw)?;
-        let tables = build_tables(&config, &gw, now)?;
-        let shared = Arc::new(GatewayShared::new(tables));
-
-        // A killed daemon's rules, routes and guard go first.
-        Installed::clear(&gw).context("cannot clear stale gateway entries")?;
-        let listener = bind_control_socket(&config.node.control_socket)?;
-
-        let underlay = config.node.underlay;
-        let esp = match config.esp.encapsulation {
-            EspEncapsulation::Udp => {
-                DatagramSocket::udp(SocketAddr::new(underlay, config.esp.port)).with_context(
-                    || format!("esp.port: cannot bind {underlay} port {}", config.esp.port),
-                )?
-            }
-            EspEncapsulation::Esp => DatagramSocket::raw_esp(underlay).with_context(|| {
-                format!("esp.encapsulation: cannot open a raw ESP socket on {underlay}")
-            })?,
-        };
-        esp.set_mark(gw.fwmark).with_context(|| {
-            format!(
-                "gateway.fwmark: cannot mark the ESP socket {:#x}",
-                gw.fwmark
-            )
-        })?;
-        let sockets = Arc::new(Sockets {
-            esp,
-            tunnels: Vec::new(),
-        });
-
-        let dev = tun::open(&gw.tun, mtu.tun)
-            .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
-        let dev: Arc<dyn FrameDevice> = Arc::new(dev);
-        prepare_tun(&gw.tun, underlay.is_ipv4())?;
-
-        let installed = Installed { gw: gw.clone() };
-        let guard: Vec<nft::GuardPeer> = config
-            .peers
-            .iter()
-            .map(|p| nft::GuardPeer {
-                underlay: p.underlay,
-                selectors: p.selectors.clone(),
-            })
-            .collect();
-        let scope = match gw.guard {
-            GuardScopeKind::All => nft::GuardScope::All,
-            GuardScopeKind::Peers => nft::GuardScope::Peers,
-        };
-        nft::install(&gw.nft_table, &gw.tun, gw.fwmark, &guard, scope)?;
-        let rules = config
-            .peers
-            .iter()
-            .flat_map(|p| steering::rules_for(p.underlay, &p.selectors))
-            .collect();
-        steering::install(&steering::Steering {
-            tun: gw.tun.clone(),
-            local: underlay,
-            table: gw.table,
-            priority: gw.rule_priority,
-            fwmark: gw.fwmark,
-            rules,
-        })?;
-
-        let ike_states = IkeStates::default();
-        let (ike_commands, commands) = std::sync::mpsc::channel();
-        let ike = IkeDriver::new(
-            &config,
-            shared.clone(),
-            sockets.clone(),
-            ike_states.clone(),
-            commands,
-        )?
-        .map(|d| d.for_gateway(gw.mode, gw.fwmark))
-        .transpose()?;
-
-        let mut workers = Vec::new();
-        if let Some(driver) = ike {
-            workers.push(
-                std::thread::Builder::new()
-                    .name("tunsec-ike".into())
-                    .spawn(move || driver.run())?,
-            );
-        }
-        {
-            let (s, d, e) = (shared.clone(), dev.clone(), sockets.clone());
-            workers.push(
-                std::thread::Builder::new()
-                    .name("tunsec-gw-tx".into())
-                    .spawn(move || gateway_worker::run_tx(s, d, e))?,
-            );
-        }
-        {
-            let (s, d, e) = (shared.clone(), dev, sockets);
-            workers.push(
-                std::thread::Builder::new()
-                    .name("tunsec-gw-rx".into())
-                    .spawn(move || gateway_worker::run_rx(s, d, e))?,
-            );
-        }
-        tracing::info!(
-            node = %config.node.name,
-            tun = %gw.tun,
-            tun_mtu = mtu.tun,
-            kernel_tunnel_mtu = mtu.kernel_tunnel,
-            "tunsecd running in gateway mode"
-        );
-        let socket_path = config.node.control_socket.clone();
-        Ok(Self {
-            config,
-            gw,
-            shared,
-            mtu,
-            started: now,
-            workers,
-            listener,
-            socket_path,
-            installed: Some(installed),
-            ike_states,
-            ike_commands,
-        })
-    }
-
-    /// Serves the control socket until `term` is set, then removes every
-    /// rule, route and guard, stops the workers and closes the TUN
-    /// device.
-    pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
-        self.listener.set_nonblocking(true)?;
-        while !term.load(Ordering::Relaxed) {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = self.serve(stream) {
-                        tracing::warn!("control client: {e:#}");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => tracing::warn!("control socket: {e}"),
-            }
-        }
-        tracing::info!("stopping");
-        // The workers and the IKE driver stop first (the driver deletes
-        // its IKE SAs with the peers); until the rules go, whatever is
-        // steered into the TUN device is dropped. Then the rules: the
-        // kernel's tunnels are as they were before.
-        self.shared.stop.store(true, Ordering::Relaxed);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        drop(self.installed.take());
-        let _ = std::fs::remove_file(&self.socket_path);
-        Ok(())
-    }
-
-    fn serve(&self, stream: UnixStream) -> anyhow::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(Box::new(self.status())),
-            Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
-            Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
-            Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
-            Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
-            Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
-            Ok(Request::Reauth { peer }) => self.ike_command(&peer, IkeCommand::Reauth),
-            Ok(Request::Reload) => Response::Error {
-                message: "reload: not built for gateway mode yet; restart tunsecd to take up new \
-                          credentials"
-                    .to_owned(),
-            },
-            Err(e) => Response::Error {
-                message: format!("request: {e}"),
-            },
-        };
-        let mut out = serde_json::to_string(&response)?;
-        out.push('\n');
-        (&stream).write_all(out.as_bytes())?;
-        Ok(())
-    }
-
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let Some(index) = self.config.peers.iter().position(|p| p.name == peer) else {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        };
-        if self.config.peers[index].ike.is_none() {
-            return Response::Error {
-                message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
-            };
-        }
-        if self.ike_commands.send(command(index)).is_err() {
-            return Response::Error {
-                message: "the IKE driver is not running".to_owned(),
-            };
-        }
-        Response::Done {
-            message: format!("peer {peer:?}: {:?} requested", command(index)),
-        }
-    }
-
-    fn delete_sa(&self, peer: &str) -> Response {
-        let current = self.shared.tables.load();
-        let Some(index) = current.peers.iter().position(|p| p.name == peer) else {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        };
-        let mut next = (**current).clone();
-        next.peers[index].outbound.clear();
-        next.inbound.retain(|_, e| e.peer != index);
-        self.shared.tables.store(Arc::new(next));
-        tracing::warn!(peer = %peer, "SAs deleted by request");
-        Response::Done {
-            message: format!("deleted the SAs of peer {peer:?}"),
-        }
-    }
-
-    /// The current status.
-    pub fn status(&self) -> Status {
-        let tables = self.shared.tables.load();
-        let stats = &self.shared.stats;
-        let guard = nft::counters(&self.gw.nft_table, tables.peers.len()).ok();
-        let ike_states = self
-            .ike_states
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let mut peers = Vec::new();
-        let mut policies = Vec::new();
-        for (i, p) in tables.peers.iter().enumerate() {
-            let mut sas = Vec::new();
-            for sa in &p.outbound {
-                sas.push(sa_status("out", sa));
-            }
-            for e in tables.inbound.values().filter(|e| e.peer == i) {
-                sas.push(sa_status("in", &e.sa));
-            }
-            peers.push(PeerStatus {
-                name: p.name.clone(),
-                underlay: p.underlay.to_string(),
-                policies: Default::default(),
-                sas,
-                ike: ike_states.get(&i).cloned(),
-            });
-            let c = stats.network(i);
-            let get = |f: fn(
-                &tunsec_datapath::stats::NetworkCounters,
-            ) -> &std::sync::atomic::AtomicU64| {
-                c.map(|c| f(c).load(Ordering::Relaxed)).unwrap_or(0)
-            };
-            policies.push(GatewayPolicyStatus {
-                peer: p.name.clone(),
-                underlay: p.underlay.to_string(),
-                policy: "require".to_owned(),
-                selectors: p.selectors.iter().map(selector_text).collect(),
-                tx_packets: get(|c| &c.tx_frames),
-                tx_bytes: get(|c| &c.tx_bytes),
-                rx_packets: get(|c| &c.rx_frames),
-                rx_bytes: get(|c| &c.rx_bytes),
-                guard_drops: guard.as_ref().and_then(|g| g.peers.get(i).copied()),
-            });
-        }
-        let tunnel_devices = self
-            .gw
-            .tunnel_devices
-            .iter()
-            .map(|name| tunnel_device(name, self.mtu.kernel_tunnel))
-            .collect();
-        Status {
-            node: NodeStatus {
-                name: self.config.node.name.clone(),
-                underlay: self.config.node.underlay.to_string(),
-                esp: match tables.esp {
-                    EspTransport::Udp(p) => format!("udp:{p}"),
-                    EspTransport::Raw => "esp".to_owned(),
-                },
-                uptime_secs: self.started.elapsed().as_secs(),
-            },
-            networks: Vec::new(),
-            peers,
-            drops: Drop::ALL
-                .iter()
-                .map(|&d| (d.name().to_owned(), stats.drops(d)))
-                .collect(),
-            keepalives: stats.keepalives.load(Ordering::Relaxed),
-            ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
-            fdb: Vec::new(),
-            gateway: Some(GatewayStatus {
-                tun: self.gw.tun.clone(),
-                mode: match self.gw.mode {
-                    ChildMode::Transport => "transport",
-                    ChildMode::Tunnel => "tunnel",
-                }
-                .to_owned(),
-                table: self.gw.table,
-                rule_priority: self.gw.rule_priority,
-                fwmark: self.gw.fwmark,
-                nft_table: self.gw.nft_table.clone(),
-                guard: format!("{:?}", self.gw.guard).to_lowercase(),
-                guard_others: guard
-                    .as_ref()
-                    .filter(|_| self.gw.guard == GuardScopeKind::All)
-                    .map(|g| g.others),
-                clear_out: guard.as_ref().map(|g| g.clear_out),
-                tun_mtu: self.mtu.tun,
-                tunnel_mtu_advice: self.mtu.kernel_tunnel,
-                tunnel_devices,
-                policies,
-            }),
-        }
-    }
-}
-
-/// Sets the TUN device's sysctls in the daemon's namespace.
-///
-/// Decrypted packets arrive on the TUN device from the peer's underlay
-/// address, and the device has no IPv4 address of its own: the kernel's
-/// reverse-path filter drops everything that arrives on an interface
-/// without an address (`last_resort` in `fib_validate_source`), in loose
-/// mode as well as strict. So `rp_filter` is 0 on the TUN device; since
-/// the kernel applies the larger of `conf/all` and the device's value,
-/// a host with `net.ipv4.conf.all.rp_filter` set is refused with a clear
-/// error rather than dropping every packet in silence. IPv6 is turned
-/// off on the device for an IPv4 underlay (no link-local address, no
-/// router solicitations into the data path).
-fn prepare_tun(tun: &str, ipv4: bool) -> anyhow::Result<()> {
-    if ipv4 {
-        let all =
-            std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
-        let all = all.trim();
-        if !all.is_empty() && all != "0" {
-            anyhow::bail!(
-                "gateway: net.ipv4.conf.all.rp_filter is {all}: reverse-path filtering would drop \
-                 every decrypted packet on the TUN device {tun:?} (it has no address); set it to 0 \
-                 (sysctl -w net.ipv4.conf.all.rp_filter=0; per-device values still apply)"
-            );
-        }
-        let path = format!("/proc/sys/net/ipv4/conf/{tun}/rp_filter");
-        std::fs::write(&path, "0").with_context(|| format!("cannot set {path}"))?;
-        // Absent when IPv6 is off altogether.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tun}/disable_ipv6"), "1");
-    }
-    Ok(())
-}
-
 /// `udp/4789`, `tcp/16385-16390`.
 pub fn selector_text(s: &gateway::GatewaySelector) -> String {
     let proto = match s.protocol {
@@ -554,41 +140,6 @@ pub fn selector_text(s: &gateway::GatewaySelector) -> String {
     } else {
         format!("{proto}/{}-{}", s.ports.start(), s.ports.end())
     }
-}
-
-/// A kernel tunnel device's MTU against the advice, and whether the
-/// steering can catch its packets at all.
-fn tunnel_device(name: &str, advice: u16) -> TunnelDeviceStatus {
-    let link = steering::tunnel_link(name).ok().flatten();
-    let mtu = link.map(|l| u16::try_from(l.mtu).unwrap_or(u16::MAX));
-    TunnelDeviceStatus {
-        name: name.to_owned(),
-        mtu,
-        warning: tunnel_warning(name, link, advice),
-    }
-}
-
-/// What is wrong with a kernel tunnel device, if anything.
-fn tunnel_warning(name: &str, link: Option<steering::TunnelLink>, advice: u16) -> Option<String> {
-    let Some(link) = link else {
-        return Some("no such device".to_owned());
-    };
-    if link.vxlan_lower.is_some() {
-        return Some(
-            "it is bound to a lower device (`dev ...`): its route lookups name that device, \
-             the steering's route via the TUN device never matches, and the guard drops its \
-             packets on their way out (clear_out); create it without `dev`"
-                .to_owned(),
-        );
-    }
-    if link.mtu > u32::from(advice) {
-        return Some(format!(
-            "MTU {} is larger than {advice}: its full-size packets do not fit the TUN device \
-             after ESP and are fragmented or dropped; set `ip link set {name} mtu {advice}`",
-            link.mtu
-        ));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -607,33 +158,5 @@ mod tests {
             ports: 16385..=16390,
         };
         assert_eq!(selector_text(&s), "tcp/16385-16390");
-    }
-
-    #[test]
-    fn tunnel_device_warnings() {
-        assert_eq!(
-            tunnel_warning("vx", None, 1385).as_deref(),
-            Some("no such device")
-        );
-        let ok = steering::TunnelLink {
-            mtu: 1385,
-            vxlan_lower: None,
-        };
-        assert_eq!(tunnel_warning("vx", Some(ok), 1385), None);
-        let big = steering::TunnelLink { mtu: 1450, ..ok };
-        assert!(
-            tunnel_warning("vx", Some(big), 1385)
-                .unwrap()
-                .contains("ip link set vx mtu 1385")
-        );
-        let bound = steering::TunnelLink {
-            vxlan_lower: Some(2),
-            ..ok
-        };
-        assert!(
-            tunnel_warning("vx", Some(bound), 1385)
-                .unwrap()
-                .contains("lower device")
-        );
     }
 }
