@@ -172,10 +172,12 @@ pub(super) fn responder_identity(
     if check_expected_identity(idr, &config.local_id).is_ok() {
         return Ok(config.local_id.clone());
     }
-    let ours = config.cert.as_ref().is_some_and(|c| {
-        X509Certificate::from_der(c.credentials.end_entity().as_ref())
-            .is_ok_and(|(_, cert)| check_certificate_identity(&cert, idr).is_ok())
-    });
+    let ours = config
+        .cert
+        .as_ref()
+        .and_then(|c| c.credentials.chain.first())
+        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .is_some_and(|(_, cert)| check_certificate_identity(&cert, idr).is_ok());
     if ours {
         Ok(idr.clone())
     } else {

@@ -481,6 +481,22 @@ fn cert_refusals_by_the_responder() {
     let run6 = handshake(i, responder(vec![], "a.tunsec.test"));
     assert_refused_by_responder(&run6, &CertError::Malformed("certificate DER"));
 
+    // No CERT payload at all (a pin needs the certificate; so does a CA).
+    let mut i = initiator(&cert, &key);
+    i.cert = Some(Arc::new(CertAuth {
+        credentials: Credentials {
+            key: PrivateKey::from_pem_or_der(key.as_bytes()).unwrap(),
+            chain: Vec::new(),
+        },
+        trust: Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap(),
+        clock: WallClock::System,
+    }));
+    let run6b = handshake(i, responder(vec![], "a.tunsec.test"));
+    assert_refused_by_responder(
+        &run6b,
+        &CertError::Malformed("no X.509 CERT payload from the peer"),
+    );
+
     // A PSK peer facing a certificate responder.
     let psk = Config::new(fqdn("a.tunsec.test"), None, Key::from_slice(b"k"));
     let run7 = handshake(psk, responder(vec![], "a.tunsec.test"));
