@@ -1078,6 +1078,7 @@ impl IkeDriver {
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
                     ike_rekeys: p.ike_rekeys,
+                    auth: Some(reload::auth_summary(&p.ike)),
                 },
             );
         }

@@ -209,7 +209,16 @@ fn cert_ca_signed_each_key_type() {
             // A CRL that revokes someone else: loaded, and no bar to h1/h2.
             pki::crl(&d.join("ca"), &[d.join("gone.pem")], 7, &d.join("ca.crl"))?;
             let hosts = start(lab, &ca_ike(&d, 1, 2, "h1"), &ca_ike(&d, 2, 1, "h2"))?;
-            assert_tunnel(lab, &hosts).map(|_| ())
+            assert_tunnel(lab, &hosts)?;
+            // Status says what authenticates.
+            let auth = ike_of(&status(lab, 1)?, "h2")?.auth.unwrap_or_default();
+            eprintln!("  h1 auth: {auth}");
+            ensure!(
+                auth.starts_with("certificate CN=h1 (")
+                    && auth.contains("peer fqdn:h2, CA CN=tunsec e2e CA (1 CRLs)"),
+                "h1's status: auth {auth}"
+            );
+            Ok(())
         });
     }
 }

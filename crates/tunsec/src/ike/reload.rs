@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
+use tunsec_ike::message::Identity;
 use tunsec_ike::sa::{Event, SystemRandom};
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 use super::IkeDriver;
 use crate::config::{Config, IkePeer};
@@ -95,6 +97,52 @@ pub(super) fn describe_events(events: &[Event]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// How a peer's `[peer.ike]` authenticates, for `tunsec status`: `psk`,
+/// or our certificate (subject, key type, notAfter) and the trust in the
+/// peer, with the identity it must prove.
+pub(super) fn auth_summary(ike: &IkePeer) -> String {
+    let expect = ike
+        .remote_id
+        .as_ref()
+        .map_or_else(|| "any identity in it".to_owned(), show_identity);
+    let Some(cert) = &ike.cert else {
+        return format!("psk, peer {expect}");
+    };
+    let ours = cert
+        .credentials
+        .chain
+        .first()
+        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .map_or_else(
+            || "certificate (unreadable)".to_owned(),
+            |(_, c)| {
+                format!(
+                    "certificate {} ({}, until {})",
+                    c.subject(),
+                    cert.credentials.key.key_type(),
+                    c.validity().not_after
+                )
+            },
+        );
+    format!("{ours}; peer {expect}, {}", cert.trust.describe())
+}
+
+/// An identity as the config writes it.
+fn show_identity(id: &Identity) -> String {
+    match id {
+        Identity::Ipv4(a) => format!("ip:{a}"),
+        Identity::Ipv6(a) => format!("ip:{a}"),
+        Identity::Fqdn(n) => format!("fqdn:{}", String::from_utf8_lossy(n)),
+        Identity::Rfc822(n) => format!("email:{}", String::from_utf8_lossy(n)),
+        Identity::DerAsn1Dn(dn) => match X509Name::from_der(dn) {
+            Ok((_, name)) => format!("dn:{name}"),
+            Err(_) => "dn:(unreadable)".to_owned(),
+        },
+        Identity::KeyId(k) => format!("keyid:{}", String::from_utf8_lossy(k)),
+        other => format!("{other:?}"),
+    }
 }
 
 impl IkeDriver {
