@@ -47,7 +47,8 @@
 //!   initiating; `sswan_cert_tunsec_pki_p384` and
 //!   `sswan_cert_tunsec_pki_rsa`: made by `tunsec pki` and used by charon
 //!   too, ECDSA P-384 with charon initiating, RSA 3072 with tunsecd
-//!   initiating. Identities are FQDNs in the certificates' SANs; charon's
+//!   initiating; `sswan_cert_tunsec_pki_ed25519`: Ed25519 (RFC 8420),
+//!   tunsecd initiating. Identities are FQDNs in the certificates' SANs; charon's
 //!   log shows our signature verified (RFC 7427: ECDSA with SHA-256/384,
 //!   RSASSA-PSS) and a path to its CA; then the same checks as the two
 //!   establishment cases.
@@ -1967,5 +1968,21 @@ fn sswan_cert_refusals() {
         eprintln!("  charon: {}", line.trim());
         no_sas(lab, &x)?;
         Ok(())
+    });
+}
+
+/// Certificates made by `tunsec pki` with Ed25519 keys (RFC 8420 in
+/// IKEv2), used by charon too; tunsecd initiates.
+#[test]
+fn sswan_cert_tunsec_pki_ed25519() {
+    with_lab("tsss-cert-te", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::Ed25519));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
+            "ESP:AES_GCM_16-128",
+        )
     });
 }
