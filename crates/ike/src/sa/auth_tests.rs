@@ -757,3 +757,109 @@ fn cert_responder_answers_as_the_idr_in_its_certificate() {
     psk.local_id = Identity::DerAsn1Dn(subject);
     assert_eq!(responder_identity(&psk, None), Ok(psk.local_id.clone()));
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One certificate configuration, made once (key generation is slow).
+    fn fixture() -> &'static (Config, Vec<Payload>) {
+        static F: std::sync::OnceLock<(Config, Vec<Payload>)> = std::sync::OnceLock::new();
+        F.get_or_init(|| {
+            let ca = TestCa::root("tunsec test CA", KeyType::EcdsaP256);
+            let (cert, key) = ca.leaf(LeafSpec::new("a.tunsec.test", KeyType::EcdsaP256));
+            let trust = Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap();
+            let c = config(fqdn("b.tunsec.test"), None, credentials(&cert, &key), trust);
+            let certs = cert_payloads(&config(
+                fqdn("a.tunsec.test"),
+                None,
+                credentials(&cert, &key),
+                Trust::pinned(&[], &[]),
+            ));
+            (c, certs)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Arbitrary AUTH payloads (any method, any data), with the peer's
+        /// real certificate or arbitrary CERT bytes: refused, never a
+        /// panic, never accepted.
+        #[test]
+        fn cert_arbitrary_auth_never_verifies(
+            method in any::<u8>(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            cert_bytes in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..400)),
+        ) {
+            let (c, real) = fixture();
+            let certs = match cert_bytes {
+                Some(bytes) => vec![Payload::Certificate(Certificate {
+                    encoding: CertEncoding::X509Signature,
+                    data: bytes,
+                })],
+                None => real.clone(),
+            };
+            let suite = IkeSuite::from_proposal(
+                &crate::proposal::defaults(crate::message::ProtocolId::Ike)[0],
+            )
+            .unwrap();
+            let auth = Auth { method: AuthMethod::from(method), data };
+            let result = verify_peer_auth(
+                c,
+                start(),
+                &certs,
+                &fqdn("a.tunsec.test"),
+                &auth,
+                &suite,
+                b"message 1",
+                b"nonce",
+                &Key::from_slice(&[7; 32]),
+            );
+            prop_assert!(result.is_err());
+        }
+
+        /// A certificate responder given an IKE_SA_INIT whose
+        /// SIGNATURE_HASH_ALGORITHMS holds arbitrary bytes answers with a
+        /// well-formed response (or not at all), never a panic.
+        #[test]
+        fn cert_arbitrary_hash_algorithms_in_ike_sa_init(
+            data in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let (c, _) = fixture();
+            let now = start();
+            let mut i = c.clone();
+            i.local_id = fqdn("a.tunsec.test");
+            let mut initiator =
+                IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
+            let request = initiator.poll_transmit().unwrap().bytes;
+            let mut message = Message::decode(&request).unwrap();
+            for p in &mut message.payloads {
+                if let Payload::Notify(n) = p {
+                    if n.notify_type == NotifyType::SignatureHashAlgorithms {
+                        n.data = data.clone();
+                    }
+                }
+            }
+            let bytes = message.encode().unwrap();
+            let mut responder = IkeSa::respond(c.clone(), Box::new(SeededRandom::new(2)));
+            responder.handle_datagram(now, addr(A), &bytes);
+            let mut sent = 0;
+            while let Some(t) = responder.poll_transmit() {
+                let response = Message::decode(&t.bytes);
+                prop_assert!(response.is_ok());
+                // Our SIGNATURE_HASH_ALGORITHMS answers the peer's if it
+                // parses (a list of 2-octet values, RFC 7427 section 4);
+                // one that does not counts as none.
+                let ours = response
+                    .unwrap()
+                    .notify(NotifyType::SignatureHashAlgorithms)
+                    .is_some();
+                prop_assert_eq!(ours, data.len() % 2 == 0);
+                sent += 1;
+            }
+            prop_assert_eq!(sent, 1);
+        }
+    }
+}
