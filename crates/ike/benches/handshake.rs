@@ -110,7 +110,7 @@ struct Split {
 impl Handshake {
     /// x25519 with certificate authentication, each side's key made by
     /// `key` (see the module documentation).
-    fn with_certificates(key: fn() -> rcgen::KeyPair) -> Self {
+    fn with_certificates(key: MakeKey) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -263,8 +263,11 @@ fn kex(bencher: Bencher<'_, '_>, group: DhGroup) {
     assert_eq!(failures, 0, "{group}: key exchanges failed");
 }
 
+/// Makes a key pair for a certificate.
+type MakeKey = fn() -> rcgen::KeyPair;
+
 /// The certificate keys measured: name, and how to make one.
-const CERT_KEYS: [(&str, fn() -> rcgen::KeyPair); 5] = [
+const CERT_KEYS: [(&str, MakeKey); 5] = [
     ("p256", || {
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
     }),
