@@ -28,7 +28,9 @@ pub struct ReloadPlan {
     pub ignored: Vec<String>,
 }
 
-/// Compares the running configuration with a newly loaded one.
+/// Compares the running configuration with a newly loaded one: every IKE
+/// peer whose `[peer.ike]` changed (credentials, identities, or what it
+/// negotiates) gets the new section.
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     let mut plan = ReloadPlan {
         updates: Vec::new(),
@@ -45,7 +47,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         };
         match (&o.ike, &p.ike) {
             (Some(old_ike), Some(new_ike)) => {
-                if same_auth(old_ike, new_ike) {
+                if same_auth(old_ike, new_ike) && same_negotiation(old_ike, new_ike) {
                     plan.unchanged.push(p.name.clone());
                 } else {
                     plan.updates.push((i, Box::new(new_ike.clone())));
@@ -145,6 +147,19 @@ fn show_identity(id: &Identity) -> String {
     }
 }
 
+/// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,
+/// selectors, lifetimes, NAT keepalives). A change applies to new IKE
+/// SAs, like new credentials.
+fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
+    a.ike_proposals == b.ike_proposals
+        && a.esp_proposals == b.esp_proposals
+        && a.mode == b.mode
+        && a.selectors == b.selectors
+        && a.child_lifetime == b.child_lifetime
+        && a.ike_lifetime == b.ike_lifetime
+        && a.nat_keepalive == b.nat_keepalive
+}
+
 impl IkeDriver {
     /// Takes up reloaded settings: new IKE SAs use them; an established
     /// IKE SA is re-authenticated after its next rekey.
@@ -208,5 +223,71 @@ impl IkeDriver {
             }
         }
         self.publish_status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ike: &str, dir: &std::path::Path) -> Config {
+        let text = format!(
+            "[node]\nname = \"a\"\nunderlay = \"192.0.2.1\"\n\n\
+             [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+             [[peer]]\nname = \"b\"\nunderlay = \"192.0.2.2\"\nnetworks = [\"blue\"]\n\n\
+             [peer.ike]\n{ike}"
+        );
+        Config::parse(&text, dir).unwrap()
+    }
+
+    #[test]
+    fn reload_plan_finds_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("k1"), "first key").unwrap();
+        std::fs::write(p.join("k2"), "second key").unwrap();
+        let old = parse("psk_file = \"k1\"\n", p);
+        // Nothing changed.
+        let got = plan(&old, &parse("psk_file = \"k1\"\n", p));
+        assert!(got.updates.is_empty() && got.ignored.is_empty());
+        assert_eq!(got.unchanged, ["b"]);
+        // A new PSK, new proposals, a new identity: each an update.
+        for ike in [
+            "psk_file = \"k2\"\n",
+            "psk_file = \"k1\"\nesp_proposals = [\"aes256gcm16\"]\n",
+            "psk_file = \"k1\"\nremote_id = \"fqdn:b\"\n",
+        ] {
+            let got = plan(&old, &parse(ike, p));
+            assert_eq!(got.updates.len(), 1, "{ike}");
+            assert_eq!(got.updates[0].0, 0);
+        }
+        // New certificates: an update too.
+        crate::pki::init_ca(crate::pki::KeyAlg::EcdsaP256, "CA", 1, &p.join("ca")).unwrap();
+        for (out, _) in [("one", 1), ("two", 2)] {
+            crate::pki::issue(
+                &p.join("ca"),
+                "a",
+                &[],
+                crate::pki::KeyAlg::EcdsaP256,
+                1,
+                &p.join(out),
+            )
+            .unwrap();
+        }
+        let cert = |d: &str| {
+            format!(
+                "auth = \"cert\"\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\nca = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"
+            )
+        };
+        let one = parse(&cert("one"), p);
+        assert!(plan(&one, &parse(&cert("one"), p)).updates.is_empty());
+        assert_eq!(plan(&one, &parse(&cert("two"), p)).updates.len(), 1);
+        assert_eq!(plan(&old, &one).updates.len(), 1);
+        // Peers added or gone: a restart.
+        let mut two_peers = old.clone();
+        two_peers.peers.push(old.peers[0].clone());
+        two_peers.peers[1].name = "c".into();
+        let got = plan(&old, &two_peers);
+        assert!(got.ignored[0].contains("\"c\": added"), "{:?}", got.ignored);
     }
 }
