@@ -863,3 +863,38 @@ mod props {
         }
     }
 }
+
+/// OVN names a chassis by its certificate's CN, and ovs-pki certificates
+/// carry no subjectAltName: an ID_FQDN equal to the CN is accepted, end to
+/// end; another name is not.
+#[test]
+fn cert_ovn_chassis_name_as_cn() {
+    let ca = TestCa::root("OVS switchca", KeyType::Rsa);
+    let mut spec = LeafSpec::new("chassis-1", KeyType::EcdsaP256);
+    spec.sans = Vec::new();
+    let (a_cert, a_key) = ca.leaf(spec);
+    let (b_cert, b_key) = ca.leaf(LeafSpec::new("chassis-2", KeyType::EcdsaP256));
+    let trust = || Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap();
+    let r = |expect: &str| {
+        config(
+            fqdn("chassis-2"),
+            Some(fqdn(expect)),
+            credentials(&b_cert, &b_key),
+            trust(),
+        )
+    };
+    let i = config(
+        fqdn("chassis-1"),
+        Some(fqdn("chassis-2")),
+        credentials(&a_cert, &a_key),
+        trust(),
+    );
+    assert_up(&handshake(i.clone(), r("chassis-1")));
+    let refused = handshake(i, r("chassis-3"));
+    assert!(matches!(
+        &refused.r_events[..],
+        [Event::AuthFailed {
+            reason: AuthFailure::Certificate(CertError::IdentityMismatch(_))
+        }]
+    ));
+}
