@@ -24,7 +24,9 @@
 //!   certificate cut short) in its CERT payload: tunsecd answers
 //!   AUTHENTICATION_FAILED, logs `malformed: certificate DER`, holds no
 //!   SA and keeps running. (It needs python3 for the UDP relay.)
-//! - `cert_rotation_reload_and_reauth`: h1 gets a new certificate and key,
+//! - `cert_rotation_reload_and_reauth`: a reload that fails (a
+//!   world-readable key) names the field and changes nothing; then h1
+//!   gets a new certificate and key,
 //!   h2 a CRL revoking h1's old one, both `tunsec reload` under pings (no
 //!   SA changes, none lost); `tunsec reauth h2` brings up a new IKE SA on
 //!   the new credentials (at most 2 of 60 pings lost); back to the revoked
@@ -430,6 +432,24 @@ fn cert_rotation_reload_and_reauth() {
         // Pings across the reloads: 30 at 0.1 s.
         let pinger = pings(&t1, 30)?;
         std::thread::sleep(Duration::from_millis(500));
+
+        // A reload that fails (the key file readable by everyone) names
+        // the field and changes nothing.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = d.join("h1.key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+            let answer = control::call(&socket_path(lab, 1), &Request::Reload)?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            let Response::Error { message } = answer else {
+                bail!("a reload with a world-readable key was accepted: {answer:?}");
+            };
+            eprintln!("  h1 (bad reload): {message}");
+            ensure!(
+                message.contains("peer[0].ike.key") && message.contains("nothing changed"),
+                "{message}"
+            );
+        }
 
         // h1: a new key and certificate in place of the old ones.
         std::fs::copy(d.join("h1.pem"), d.join("h1-old.pem"))?;
