@@ -410,6 +410,30 @@ mod tests {
         };
         assert!(tunsec_ike::cert::dn_eq(dn, &dn_to_der("CN=a").unwrap()));
 
+        // Intermediates follow our certificate in the chain we send.
+        let c = parse(
+            &dir,
+            &format!("{CA}intermediates = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"),
+        )
+        .unwrap();
+        let chain = &c.peers[0]
+            .ike
+            .as_ref()
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .credentials
+            .chain;
+        assert_eq!(chain.len(), 2);
+        assert_invalid(
+            &dir,
+            &format!("{CA}intermediates = [\"ca.crl\"]\nremote_id = \"fqdn:b\"\n"),
+            "peer[0].ike.intermediates[0]",
+            "\"ca.crl\"",
+            "not usable",
+        );
+
         // Pinned by certificate or fingerprint; the peer's ID may be left out.
         let c = parse(
             &dir,
