@@ -197,6 +197,12 @@ struct PeerIke {
     expiring_inbound: Vec<(u32, Instant)>,
     /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
     reauth_on_rekey: bool,
+    /// `incoming` is our own re-authentication (`ike/reload.rs`).
+    reauthing: bool,
+    /// A new IKE SA replaced the old one without INITIAL_CONTACT (a
+    /// re-authentication, ours if `true`): its Child SA is installed make
+    /// before break.
+    replacing: Option<bool>,
 }
 
 /// A rekeyed outbound SA not yet switched to.
@@ -266,6 +272,8 @@ impl IkeDriver {
                     pending_outbound: None,
                     expiring_inbound: Vec::new(),
                     reauth_on_rekey: false,
+                    reauthing: false,
+                    replacing: None,
                 })
             })
             .collect();
@@ -685,11 +693,17 @@ impl IkeDriver {
         let initial_contact = sa.peer_initial_contact();
         let p = &mut self.peers[i];
         p.incoming = None;
-        if let Some(old) = p.handle.replace(incoming) {
-            self.endpoint.remove(old);
-        }
+        let ours = std::mem::take(&mut p.reauthing);
+        let old = p.handle.replace(incoming);
         let (index, name) = (p.index, p.name.clone());
         tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
+        if !initial_contact {
+            // A re-authentication: make before break (ike/reload.rs).
+            return self.retire_replaced(i, old, ours, out);
+        }
+        if let Some(old) = old {
+            self.endpoint.remove(old);
+        }
         self.remove_all(i, index, &name);
         // Its events (IkeSaEstablished, ChildSaUp) are handled with the
         // current IKE SA's, below.
@@ -723,6 +737,12 @@ impl IkeDriver {
                     .map(|_| Instant::now() + p.ike.nat_keepalive);
             }
             Event::ChildSaUp { inbound, outbound } => {
+                // The Child SA of a re-authentication: make before break.
+                if let Some(ours) = self.peers[i].replacing.take() {
+                    if self.replace_child(i, ours, &inbound, &outbound) {
+                        return;
+                    }
+                }
                 // A fresh IKE SA: nothing of an older rekey carries over.
                 self.peers[i].pending_outbound = None;
                 self.peers[i].expiring_inbound.clear();

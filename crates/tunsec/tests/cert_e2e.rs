@@ -29,7 +29,8 @@
 //!   gets a new certificate and key,
 //!   h2 a CRL revoking h1's old one, both `tunsec reload` under pings (no
 //!   SA changes, none lost); `tunsec reauth h2` brings up a new IKE SA on
-//!   the new credentials (at most 2 of 60 pings lost); back to the revoked
+//!   the new credentials, make before break (no ping of 60 lost, the old
+//!   SAs gone 4 s later); back to the revoked
 //!   certificate, the re-authentication is refused and the tunnel stays.
 //! - `cert_tcp_transfer_across_reload_and_reauth`: a 6 s TCP transfer
 //!   across both reloads and a re-authentication completes intact
@@ -507,14 +508,25 @@ fn cert_rotation_reload_and_reauth() {
         eprintln!("  IKE SA after: {after:?}");
         let received = ping_count(pinger)?;
         eprintln!("  pings across the re-authentication: {received} of 60");
-        // The replaced IKE SA's Child SAs leave when the new one is up on
-        // each side; the two sides do so up to one IKE driver turn (100
-        // ms) apart, which may cost a ping or two (see ARCHITECTURE.md).
+        // Make before break: the old Child SAs carry the traffic until
+        // the new ones do on both sides.
         ensure!(
-            received >= 58,
+            received == 60,
             "{} pings lost across the re-authentication",
             60 - received
         );
+        // The old inbound SAs are gone after their grace (2 + 2 s): one
+        // pair left on each side.
+        std::thread::sleep(Duration::from_millis(4500));
+        for n in [1, 2] {
+            let s = status(lab, n)?;
+            let sas = &s.peers[0].sas;
+            ensure!(
+                sas.len() == 2 && sas.iter().filter(|sa| sa.direction == "in").count() == 1,
+                "h{n} keeps old SAs after the re-authentication:\n{}",
+                s.render()
+            );
+        }
 
         // Back to the revoked certificate: refused, the tunnel stays.
         std::fs::copy(d.join("h1-old.pem"), d.join("h1.pem"))?;

@@ -54,8 +54,8 @@
 //!   establishment cases.
 //! - `sswan_cert_reload_and_reauth`: tunsecd gets a new certificate,
 //!   `tunsec reload` (no SA change), `tunsec reauth`: a new IKE SA that
-//!   charon authenticates, charon left with only the new IKE and Child
-//!   SA, pings cross.
+//!   charon authenticates, no ping lost, charon left with only the new
+//!   IKE and Child SA.
 //! - `sswan_cert_refusals`: tunsecd initiating on a certificate from a CA
 //!   charon does not trust (charon: "no trusted ECDSA public key",
 //!   tunsecd: the peer's AUTHENTICATION_FAILED), and charon initiating on
@@ -1994,9 +1994,9 @@ fn sswan_cert_tunsec_pki_ed25519() {
 /// Rotation against charon: tunsecd (initiator, `tunsec pki` ECDSA
 /// certificates) gets a new certificate and key, `tunsec reload` changes
 /// no SA, and `tunsec reauth` brings up a new IKE SA that charon
-/// authenticates with the new certificate; charon then holds that one IKE
-/// SA (INITIAL_CONTACT made it drop the old), one Child SA, and pings
-/// cross.
+/// authenticates with the new certificate, make before break (no ping
+/// lost); tunsecd deletes the old IKE SA, so charon then holds that one
+/// IKE SA and one Child SA, and pings cross.
 #[test]
 fn sswan_cert_reload_and_reauth() {
     with_lab("tsss-cert-rr", |lab| {
@@ -2031,9 +2031,18 @@ fn sswan_cert_reload_and_reauth() {
             "the reload changed the IKE SA"
         );
         let log_before = x.charon.log_text().len();
+        const PINGS: u32 = 20;
+        let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
+        std::thread::sleep(Duration::from_millis(1000));
         tunsec::netns::run(TUNSEC, &["--socket", &sock, "reauth", PEER])?;
         let second = wait_new_ike(lab, &x, &first, "tunsec reauth")?;
         eprintln!("  re-authenticated: {first:?} -> {second:?}");
+        let replies = ping_replies(pings)?;
+        eprintln!("  {replies}/{PINGS} pings answered across the re-authentication");
+        ensure!(
+            replies == PINGS,
+            "{replies} of {PINGS} pings answered across the re-authentication"
+        );
         // charon verified the new certificate's signature.
         let log = x.charon.log_text();
         let fresh = &log[log_before.min(log.len())..];

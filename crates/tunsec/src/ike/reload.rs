@@ -9,10 +9,10 @@
 use std::time::Instant;
 
 use tunsec_ike::message::Identity;
-use tunsec_ike::sa::{Event, SystemRandom};
+use tunsec_ike::sa::{ChildSaParams, Event, SaHandle, SystemRandom, Transmit};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
-use super::IkeDriver;
+use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT};
 use crate::config::{Config, IkePeer};
 
 /// What a reload changes: the `[peer.ike]` of every IKE peer that is in
@@ -161,6 +161,86 @@ fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
 }
 
 impl IkeDriver {
+    /// A new IKE SA without INITIAL_CONTACT (a re-authentication) has
+    /// replaced `old`: if the re-authentication is `ours`, the old IKE SA
+    /// is deleted (RFC 7296 section 2.8.3; the DELETE goes out in `out`),
+    /// else the peer deletes it; either way it is forgotten now. Its Child
+    /// SAs stay in the data path until the new IKE SA's Child SA is up
+    /// (`replace_child`).
+    pub(super) fn retire_replaced(
+        &mut self,
+        i: usize,
+        old: Option<SaHandle>,
+        ours: bool,
+        out: &mut Vec<Transmit>,
+    ) {
+        if let Some(old) = old {
+            if let Some(sa) = self.endpoint.sa_mut(old) {
+                if ours && sa.is_established() {
+                    let _ = sa.delete(Instant::now());
+                }
+                while let Some(t) = sa.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            self.endpoint.remove(old);
+        }
+        self.peers[i].replacing = Some(ours);
+    }
+
+    /// The first Child SA of a re-authenticating IKE SA, make before
+    /// break: the new inbound SA joins the old ones, which go after
+    /// `SWITCH_WAIT` + `INBOUND_GRACE`. Outbound switches at once if the
+    /// re-authentication is `ours` (the peer answered IKE_AUTH, so it has
+    /// the new inbound SA already), else after `SWITCH_WAIT`, by which
+    /// time the initiator has it. Whether it was done (else the caller
+    /// installs the Child SA afresh).
+    pub(super) fn replace_child(
+        &mut self,
+        i: usize,
+        ours: bool,
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) -> bool {
+        let index = self.peers[i].index;
+        let tables = self.shared.tables.load();
+        let Some(old_out) = tables.peers[index]
+            .outbound
+            .as_ref()
+            .and_then(|o| o.lock().ok().map(|sa| sa.spi()))
+        else {
+            return false;
+        };
+        let old_in: Vec<u32> = tables
+            .inbound
+            .iter()
+            .filter(|(spi, e)| e.peer == index && **spi != inbound.spi)
+            .map(|(spi, _)| *spi)
+            .collect();
+        drop(tables);
+        let name = self.peers[i].name.clone();
+        if let Err(e) = self.install_rekeyed(i, old_out, inbound, outbound) {
+            tracing::warn!(peer = %name, "Child SA not installed: {e:#}");
+            return false;
+        }
+        if ours {
+            self.switch_outbound(i);
+        }
+        let until = Instant::now() + SWITCH_WAIT + INBOUND_GRACE;
+        let p = &mut self.peers[i];
+        p.expiring_inbound
+            .extend(old_in.into_iter().map(|spi| (spi, until)));
+        p.child_sas += 1;
+        tracing::info!(
+            peer = %name,
+            spi_in = format_args!("{:#010x}", inbound.spi),
+            spi_out = format_args!("{:#010x}", outbound.spi),
+            switched = ours,
+            "Child SA up (re-authentication, make before break)"
+        );
+        true
+    }
+
     /// Takes up reloaded settings: new IKE SAs use them; an established
     /// IKE SA is re-authenticated after its next rekey.
     pub(super) fn reload(&mut self, updates: Vec<(usize, Box<IkePeer>)>) {
@@ -205,7 +285,10 @@ impl IkeDriver {
             tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way");
             return;
         }
-        let config = Self::ike_config(self.local, p, self.esp_port);
+        let mut config = Self::ike_config(self.local, p, self.esp_port);
+        // RFC 7296 section 2.4: INITIAL_CONTACT says we hold no other IKE
+        // SA with the peer; here we do, until the new one replaces it.
+        config.initial_contact = false;
         let addr = p.addr;
         match self
             .endpoint
@@ -214,6 +297,7 @@ impl IkeDriver {
             Ok(handle) => {
                 let p = &mut self.peers[i];
                 p.incoming = Some(handle);
+                p.reauthing = true;
                 tracing::info!(peer = %p.name, "IKE: re-authenticating: a new IKE SA beside the current one");
             }
             Err(e) => {
