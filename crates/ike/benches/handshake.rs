@@ -18,6 +18,12 @@
 //!   shared secret with a peer value made (untimed) beforehand. A
 //!   handshake does this twice, once per side.
 //!
+//! - `certificates/<key>`: one full handshake as above (x25519), with
+//!   certificate authentication instead of the PSK: each side's
+//!   certificate from one CA (ECDSA P-256), with a key of type `<key>`
+//!   (`p256`, `p384`, `rsa2048`, `rsa3072`, `ed25519`); each side signs
+//!   its AUTH (RFC 7427) and validates the other's chain.
+//!
 //! With `cargo bench`, `main` also prints how the handshake's CPU time
 //! splits between the initiator and the responder: it runs handshakes
 //! and times every call into each side separately with [`Instant`].
@@ -30,10 +36,13 @@ use std::time::{Duration, Instant};
 
 use divan::Bencher;
 use divan::counter::ItemsCount;
+use std::sync::Arc;
 use tunsec_esp::Key;
 use tunsec_ike::crypto;
 use tunsec_ike::message::{DhGroup, Identity};
-use tunsec_ike::sa::{Config, Endpoint, Event, IkeSa, Incoming, Random, SystemRandom};
+
+use tunsec_ike::cert::{Credentials, Trust};
+use tunsec_ike::sa::{CertAuth, Config, Endpoint, Event, IkeSa, Incoming, Random, SystemRandom};
 
 /// The groups measured, with their names in strongSwan's syntax.
 const GROUPS: [(&str, DhGroup); 4] = [
@@ -54,9 +63,14 @@ const INITIATOR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const RESPONDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 fn main() {
-    // Never time a failing handshake: check one per group first.
+    // Never time a failing handshake: check one per group and per
+    // certificate key first.
     for (name, group) in GROUPS {
         let mut bench = Handshake::new(group);
+        assert!(bench.run(&mut Split::default()), "{name}: no Child SA");
+    }
+    for (name, key) in CERT_KEYS {
+        let mut bench = Handshake::with_certificates(key);
         assert!(bench.run(&mut Split::default()), "{name}: no Child SA");
     }
     // `cargo bench` passes --bench; `cargo test --benches` does not, and
@@ -94,6 +108,38 @@ struct Split {
 }
 
 impl Handshake {
+    /// x25519 with certificate authentication, each side's key made by
+    /// `key` (see the module documentation).
+    fn with_certificates(key: MakeKey) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).expect("CA").pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let side = |host: &str, local: Ipv4Addr, remote: Ipv4Addr, peer: &str| {
+            let key = key();
+            let cert = CertificateParams::new(vec![host.to_owned()])
+                .expect("params")
+                .signed_by(&key, &issuer)
+                .expect("certificate");
+            let credentials =
+                Credentials::from_pem(key.serialize_pem().as_bytes(), cert.pem().as_bytes())
+                    .expect("credentials");
+            let trust = Trust::ca(&[ca_pem.as_bytes()], &[]).expect("trust");
+            let mut c = config("x25519", local, remote);
+            c.local_id = Identity::Fqdn(host.as_bytes().to_vec());
+            c.remote_id = Some(Identity::Fqdn(peer.as_bytes().to_vec()));
+            c.with_cert(Arc::new(CertAuth::new(credentials, trust)))
+        };
+        Self {
+            initiator: side("a.bench", INITIATOR, RESPONDER, "b.bench"),
+            responder: side("b.bench", RESPONDER, INITIATOR, "a.bench"),
+            endpoint: Endpoint::new(),
+            now: Instant::now(),
+        }
+    }
+
     fn new(group: DhGroup) -> Self {
         let name = GROUPS
             .iter()
@@ -215,6 +261,83 @@ fn kex(bencher: Bencher<'_, '_>, group: DhGroup) {
         Err(_) => failures += 1,
     });
     assert_eq!(failures, 0, "{group}: key exchanges failed");
+}
+
+/// Makes a key pair for a certificate.
+type MakeKey = fn() -> rcgen::KeyPair;
+
+/// The certificate keys measured: name, and how to make one.
+const CERT_KEYS: [(&str, MakeKey); 5] = [
+    ("p256", || {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
+    }),
+    ("p384", || {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key")
+    }),
+    ("rsa2048", || {
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("key")
+    }),
+    ("rsa3072", || {
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+            .expect("key")
+    }),
+    ("ed25519", || {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key")
+    }),
+];
+
+/// Full handshakes with certificates (x25519), per key type.
+fn cert_handshake(bencher: Bencher<'_, '_>, key: &str) {
+    let make = CERT_KEYS
+        .iter()
+        .find(|(n, _)| *n == key)
+        .map(|(_, k)| *k)
+        .expect("key type");
+    let mut bench = Handshake::with_certificates(make);
+    let mut split = Split::default();
+    let mut failures = 0u64;
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        if !bench.run(&mut split) {
+            failures += 1;
+        }
+    });
+    assert_eq!(failures, 0, "{key}: handshakes failed");
+}
+
+/// `cert_handshake` per key type.
+mod certificates {
+    use super::*;
+
+    /// ECDSA P-256.
+    #[divan::bench]
+    fn p256(bencher: Bencher<'_, '_>) {
+        cert_handshake(bencher, "p256");
+    }
+
+    /// ECDSA P-384.
+    #[divan::bench]
+    fn p384(bencher: Bencher<'_, '_>) {
+        cert_handshake(bencher, "p384");
+    }
+
+    /// RSA 2048 (RSASSA-PSS).
+    #[divan::bench]
+    fn rsa2048(bencher: Bencher<'_, '_>) {
+        cert_handshake(bencher, "rsa2048");
+    }
+
+    /// RSA 3072 (RSASSA-PSS).
+    #[divan::bench]
+    fn rsa3072(bencher: Bencher<'_, '_>) {
+        cert_handshake(bencher, "rsa3072");
+    }
+
+    /// Ed25519.
+    #[divan::bench]
+    fn ed25519(bencher: Bencher<'_, '_>) {
+        cert_handshake(bencher, "ed25519");
+    }
 }
 
 /// One module per measurement, one benchmark per group inside it.

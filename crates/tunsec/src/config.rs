@@ -1337,6 +1337,19 @@ fn validate_ike(
         (None, Some(c)) => Identity::DerAsn1Dn(c.subject.clone()),
         (None, None) => ip_identity(local),
     };
+    // RFC 4945 section 3.1: the peer checks our ID against our
+    // certificate; say so now rather than in the peer's log.
+    if let (Some(c), Some(text)) = (&cert, &raw.local_id) {
+        tunsec_ike::cert::check_identity(c.auth.credentials.end_entity(), &local_id).map_err(
+            |e| {
+                invalid(
+                    f("local_id"),
+                    quoted(text),
+                    format!("does not match cert: {e}"),
+                )
+            },
+        )?;
+    }
     let remote_id = match (&raw.remote_id, &cert) {
         (Some(s), _) => Some(parse_identity(&f("remote_id"), s)?),
         (None, None) => Some(ip_identity(remote)),

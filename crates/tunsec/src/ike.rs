@@ -240,6 +240,15 @@ struct PeerIke {
     expiring_inbound: Vec<(u32, Instant)>,
     /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
     reauth_on_rekey: bool,
+    /// `incoming` is our own re-authentication (`ike/reload.rs`).
+    reauthing: bool,
+    /// A new IKE SA replaced the old one without INITIAL_CONTACT (a
+    /// re-authentication, ours if `true`): its Child SA is installed make
+    /// before break.
+    replacing: Option<bool>,
+    /// A re-authentication under way: its Child SAs replace the old IKE
+    /// SA's ones (`ike/reload.rs`).
+    replacement: Option<reload::Replacement>,
 }
 
 /// A rekeyed outbound SA not yet switched to.
@@ -318,6 +327,9 @@ impl IkeDriver {
                     fresh_ike_sa: false,
                     expiring_inbound: Vec::new(),
                     reauth_on_rekey: false,
+                    reauthing: false,
+                    replacing: None,
+                    replacement: None,
                 })
             })
             .collect();
@@ -424,6 +436,10 @@ impl IkeDriver {
                 self.peers
                     .iter()
                     .flat_map(|p| p.expiring_inbound.iter().map(|&(_, t)| t))
+                    .min(),
+                self.peers
+                    .iter()
+                    .filter_map(|p| p.replacement.as_ref().map(reload::Replacement::until))
                     .min(),
             ]
             .into_iter()
@@ -757,11 +773,17 @@ impl IkeDriver {
         let initial_contact = sa.peer_initial_contact();
         let p = &mut self.peers[i];
         p.incoming = None;
-        if let Some(old) = p.handle.replace(incoming) {
-            self.endpoint.remove(old);
-        }
+        let ours = std::mem::take(&mut p.reauthing);
+        let old = p.handle.replace(incoming);
         let (index, name) = (p.index, p.name.clone());
         tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
+        if !initial_contact {
+            // A re-authentication: make before break (ike/reload.rs).
+            return self.retire_replaced(i, old, ours, out);
+        }
+        if let Some(old) = old {
+            self.endpoint.remove(old);
+        }
         self.remove_all(i, index, &name);
         // Its events (IkeSaEstablished, ChildSaUp) are handled with the
         // current IKE SA's, below.
@@ -796,6 +818,16 @@ impl IkeDriver {
                     .map(|_| Instant::now() + p.ike.nat_keepalive);
             }
             Event::ChildSaUp { inbound, outbound } => {
+                // A re-authentication's Child SAs replace the old IKE SA's
+                // ones, make before break (ike/reload.rs).
+                if let Some(ours) = self.peers[i].replacing.take() {
+                    self.peers[i].fresh_ike_sa = false;
+                    self.begin_replacement(i, ours);
+                }
+                if self.peers[i].replacement.is_some() && self.replace_child(i, &inbound, &outbound)
+                {
+                    return;
+                }
                 // A fresh IKE SA's first Child SA: nothing of an older
                 // rekey carries over, and the older SAs go. An additional
                 // Child SA joins the ones there are.
@@ -1063,6 +1095,7 @@ impl IkeDriver {
     /// SAs whose grace period is over.
     fn rekey_housekeeping(&mut self, now: Instant) {
         for i in 0..self.peers.len() {
+            self.end_replacement(i, now);
             while let Some(k) = self.peers[i]
                 .pending_outbound
                 .iter()
@@ -1101,6 +1134,7 @@ impl IkeDriver {
     /// Removes every SA of a peer, and forgets its rekeys in progress.
     fn remove_all(&mut self, i: usize, index: usize, name: &str) {
         self.peers[i].pending_outbound.clear();
+        self.peers[i].replacement = None;
         self.peers[i].expiring_inbound.clear();
         self.remove_sas(index, name);
     }
@@ -1193,6 +1227,7 @@ impl IkeDriver {
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
                     ike_rekeys: p.ike_rekeys,
+                    auth: Some(reload::auth_summary(&p.ike)),
                 },
             );
         }

@@ -207,6 +207,12 @@ pub struct IkeStatus {
     /// SPI or message ID, failed integrity, unexpected).
     #[serde(default)]
     pub dropped: u64,
+    /// How this host authenticates (as configured, after the last
+    /// reload): `psk`, or `certificate <subject> (<key type>, until
+    /// <notAfter>)` and the trust in the peer (`CA <subject>...`,
+    /// `pinned`) with the identity it must prove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// One SA.
@@ -331,6 +337,9 @@ impl Status {
                     ike.retransmits,
                     ike.dropped
                 );
+                if let Some(auth) = &ike.auth {
+                    let _ = writeln!(s, "        auth {auth}");
+                }
             }
             if p.sas.is_empty() {
                 let _ = writeln!(s, "    no SA");

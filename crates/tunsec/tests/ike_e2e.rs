@@ -1509,6 +1509,28 @@ fn ike_port_selectors() {
         ping_ok(&t1, &tenant_addr(2))?;
         ping_ok(&g1, "203.0.113.2")?;
         phase(lab, "rekeyed, pings on both networks", t0);
+
+        // A re-authentication (a new IKE SA beside the old one): both
+        // Child SAs are replaced make before break, none is left over.
+        let before = spis(&status(lab, 1)?, "h2");
+        let ike_before = ike_of(&status(lab, 1)?, "h2")?.spi_i;
+        let request = Request::Reauth {
+            peer: "h2".to_owned(),
+        };
+        match control::call(&socket_path(lab, 1), &request)? {
+            Response::Done { .. } => {}
+            other => bail!("reauth: {other:?}"),
+        }
+        wait_status(lab, "both Child SAs re-authenticated", |s1, s2| {
+            let now = spis(s1, "h2");
+            Ok(ike_of(s1, "h2")?.spi_i != ike_before
+                && per_port(s1, "h2")
+                && per_port(s2, "h1")
+                && now.iter().all(|spi| !before.contains(spi)))
+        })?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&g1, "203.0.113.2")?;
+        phase(lab, "re-authenticated, pings on both networks", t0);
         stop_capture(lab, "capture");
 
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);

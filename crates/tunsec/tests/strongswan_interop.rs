@@ -54,10 +54,15 @@
 //!   initiating; `sswan_cert_tunsec_pki_p384` and
 //!   `sswan_cert_tunsec_pki_rsa`: made by `tunsec pki` and used by charon
 //!   too, ECDSA P-384 with charon initiating, RSA 3072 with tunsecd
-//!   initiating. Identities are FQDNs in the certificates' SANs; charon's
+//!   initiating; `sswan_cert_tunsec_pki_ed25519`: Ed25519 (RFC 8420),
+//!   tunsecd initiating. Identities are FQDNs in the certificates' SANs; charon's
 //!   log shows our signature verified (RFC 7427: ECDSA with SHA-256/384,
 //!   RSASSA-PSS) and a path to its CA; then the same checks as the two
 //!   establishment cases.
+//! - `sswan_cert_reload_and_reauth`: tunsecd gets a new certificate,
+//!   `tunsec reload` (no SA change), `tunsec reauth`: a new IKE SA that
+//!   charon authenticates, no ping lost, charon left with only the new
+//!   IKE and Child SA.
 //! - `sswan_cert_refusals`: tunsecd initiating on a certificate from a CA
 //!   charon does not trust (charon: "no trusted ECDSA public key",
 //!   tunsecd: the peer's AUTHENTICATION_FAILED), and charon initiating on
@@ -2247,6 +2252,100 @@ fn sswan_cert_refusals() {
         )?;
         eprintln!("  charon: {}", line.trim());
         no_sas(lab, &x)?;
+        Ok(())
+    });
+}
+
+/// Certificates made by `tunsec pki` with Ed25519 keys (RFC 8420 in
+/// IKEv2), used by charon too; tunsecd initiates.
+#[test]
+fn sswan_cert_tunsec_pki_ed25519() {
+    with_lab("tsss-cert-te", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::Ed25519));
+        cert_case(
+            lab,
+            p,
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
+            "ESP:AES_GCM_16-128",
+        )
+    });
+}
+
+/// Rotation against charon: tunsecd (initiator, `tunsec pki` ECDSA
+/// certificates) gets a new certificate and key, `tunsec reload` changes
+/// no SA, and `tunsec reauth` brings up a new IKE SA that charon
+/// authenticates with the new certificate, make before break (no ping
+/// lost); tunsecd deletes the old IKE SA, so charon then holds that one
+/// IKE SA and one Child SA, and pings cross.
+#[test]
+fn sswan_cert_reload_and_reauth() {
+    with_lab("tsss-cert-rr", |lab| {
+        let p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16")
+            .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
+        let mut x = interop(lab, p)?;
+        x.bring_up(lab)?;
+        let first = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
+        x.add_tenant(lab)?;
+        x.ping_both_ways(1)?;
+
+        let d = lab.dir.path().join("pki");
+        let old_fp = tunsec::pki::show(&std::fs::read(d.join("t.pem"))?)?;
+        tunsec::pki::issue(
+            &d.join("ca"),
+            TUNSEC_ID,
+            &[host_addr(p.tunsec)],
+            tunsec::pki::KeyAlg::EcdsaP256,
+            30,
+            &d.join("new"),
+        )?;
+        std::fs::copy(d.join(format!("new/{TUNSEC_ID}.pem")), d.join("t.pem"))?;
+        std::fs::copy(d.join(format!("new/{TUNSEC_ID}.key")), d.join("t.key"))?;
+        let sock = socket_path(lab, p.tunsec);
+        let sock = sock.to_string_lossy();
+        let out = tunsec::netns::run(TUNSEC, &["--socket", &sock, "reload"])?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("  tunsec reload: {}", said.trim());
+        ensure!(said.contains("new credentials for sswan"), "{said}");
+        ensure!(
+            agreed_ike_spis(lab, &x)? == Some(first.clone()),
+            "the reload changed the IKE SA"
+        );
+        let log_before = x.charon.log_text().len();
+        const PINGS: u32 = 20;
+        let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        tunsec::netns::run(TUNSEC, &["--socket", &sock, "reauth", PEER])?;
+        let second = wait_new_ike(lab, &x, &first, "tunsec reauth")?;
+        eprintln!("  re-authenticated: {first:?} -> {second:?}");
+        let replies = ping_replies(pings)?;
+        eprintln!("  {replies}/{PINGS} pings answered across the re-authentication");
+        ensure!(
+            replies == PINGS,
+            "{replies} of {PINGS} pings answered across the re-authentication"
+        );
+        // charon verified the new certificate's signature.
+        let log = x.charon.log_text();
+        let fresh = &log[log_before.min(log.len())..];
+        find_line(
+            fresh,
+            "charon",
+            &format!("authentication of '{TUNSEC_ID}' with"),
+        )?;
+        ensure!(old_fp != tunsec::pki::show(&std::fs::read(d.join("t.pem"))?)?);
+        // One IKE SA and one Child SA left on charon.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sas = x.charon.list_sas()?;
+            if sas.ike.len() == 1 && sas.installed().len() == 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("charon keeps more than the new SAs:\n{}", sas.text);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        x.ping_both_ways(3)?;
         Ok(())
     });
 }

@@ -64,6 +64,18 @@ pub(crate) fn check_certificate_identity(
     }
 }
 
+/// Checks that a certificate (DER) vouches for `id`, by the rules of
+/// `check_certificate_identity` (RFC 4945 section 3.1): for a
+/// configuration's own identity, before it is sent.
+pub fn check_identity(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    id: &Identity,
+) -> Result<(), CertError> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|_| CertError::Malformed("certificate DER"))?;
+    check_certificate_identity(&parsed, id)
+}
+
 /// Checks that the peer's identity is the one the configuration expects.
 pub(crate) fn check_expected_identity(id: &Identity, expected: &Identity) -> Result<(), CertError> {
     let same = match (id, expected) {

@@ -34,7 +34,7 @@ mod trust;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use identity::dn_eq;
+pub use identity::{check_identity, dn_eq};
 pub use key::{Credentials, KeyType, PrivateKey};
 pub use peer::PeerPublicKey;
 pub use scheme::{

@@ -86,6 +86,28 @@ impl Trust {
         Self(Model::Pinned { fingerprints: all })
     }
 
+    /// A short description for status lines: `CA <subject>[, ...] (N
+    /// CRLs)` or `pinned (N certificates)`.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            Model::Ca { roots, crls, .. } => {
+                let names: Vec<String> = roots
+                    .iter()
+                    .map(|r| {
+                        X509Certificate::from_der(r).map_or_else(
+                            |_| "(unreadable)".to_owned(),
+                            |(_, c)| c.subject().to_string(),
+                        )
+                    })
+                    .collect();
+                format!("CA {} ({} CRLs)", names.join(", "), crls.len())
+            }
+            Model::Pinned { fingerprints } => {
+                format!("pinned ({} certificates)", fingerprints.len())
+            }
+        }
+    }
+
     /// The CERTREQ payload's data for X.509 signatures (RFC 7296 section
     /// 3.7): the SHA-1 hashes of the trusted CAs' SubjectPublicKeyInfo,
     /// concatenated. Empty for pinned trust.
@@ -317,6 +339,16 @@ mod tests {
         let sub = root.intermediate("Sub CA", KeyType::EcdsaP384);
         let (cert, _) = sub.leaf(leaf);
         (root, sub, cert)
+    }
+
+    #[test]
+    fn cert_trust_describe() {
+        let ca = TestCa::root("Root CA", KeyType::EcdsaP256);
+        let trust = ca_trust(&ca, vec![ca.crl(&[1])]);
+        assert_eq!(trust.describe(), "CA O=tunsec test, CN=Root CA (1 CRLs)");
+        let (cert, _) = self_signed(LeafSpec::new("n", KeyType::Ed25519));
+        let pinned = Trust::pinned(&[cert], &[[0; 32]]);
+        assert_eq!(pinned.describe(), "pinned (2 certificates)");
     }
 
     #[test]

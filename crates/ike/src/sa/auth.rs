@@ -23,15 +23,15 @@
 //!   failure is [`AuthFailure::Certificate`] with the [`CertError`] that
 //!   says why, answered AUTHENTICATION_FAILED.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use rustls_pki_types::CertificateDer;
+use tunsec_esp::Key;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::config::{AuthFailure, Config, Event};
 use super::{IkeSa, Payloads, Role, Sk, State, encode_id};
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
     CertError, Credentials, HashAlgorithm, SUPPORTED_HASHES, Trust, UnixTime,
@@ -43,7 +43,6 @@ use crate::message::{
     Auth, AuthMethod, CertEncoding, Certificate, ExchangeType, Header, Identity, Message, Notify,
     NotifyType, Payload,
 };
-use tunsec_esp::Key;
 
 /// Where the wall-clock time for certificate validity comes from. The
 /// state machine is otherwise driven by a monotonic `now: Instant`; X.509
@@ -74,11 +73,6 @@ impl WallClock {
                 UnixTime::since_unix_epoch(secs + elapsed)
             }
         }
-    }
-
-    /// The system time as a `UnixTime` (clamped to the epoch).
-    pub fn system_time(t: SystemTime) -> UnixTime {
-        UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
     }
 }
 
@@ -172,10 +166,12 @@ pub(super) fn responder_identity(
     if check_expected_identity(idr, &config.local_id).is_ok() {
         return Ok(config.local_id.clone());
     }
-    let ours = config.cert.as_ref().is_some_and(|c| {
-        X509Certificate::from_der(c.credentials.end_entity().as_ref())
-            .is_ok_and(|(_, cert)| check_certificate_identity(&cert, idr).is_ok())
-    });
+    let ours = config
+        .cert
+        .as_ref()
+        .and_then(|c| c.credentials.chain.first())
+        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .is_some_and(|(_, cert)| check_certificate_identity(&cert, idr).is_ok());
     if ours {
         Ok(idr.clone())
     } else {

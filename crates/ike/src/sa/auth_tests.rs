@@ -481,6 +481,22 @@ fn cert_refusals_by_the_responder() {
     let run6 = handshake(i, responder(vec![], "a.tunsec.test"));
     assert_refused_by_responder(&run6, &CertError::Malformed("certificate DER"));
 
+    // No CERT payload at all (a pin needs the certificate; so does a CA).
+    let mut i = initiator(&cert, &key);
+    i.cert = Some(Arc::new(CertAuth {
+        credentials: Credentials {
+            key: PrivateKey::from_pem_or_der(key.as_bytes()).unwrap(),
+            chain: Vec::new(),
+        },
+        trust: Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap(),
+        clock: WallClock::System,
+    }));
+    let run6b = handshake(i, responder(vec![], "a.tunsec.test"));
+    assert_refused_by_responder(
+        &run6b,
+        &CertError::Malformed("no X.509 CERT payload from the peer"),
+    );
+
     // A PSK peer facing a certificate responder.
     let psk = Config::new(fqdn("a.tunsec.test"), None, Key::from_slice(b"k"));
     let run7 = handshake(psk, responder(vec![], "a.tunsec.test"));
@@ -740,4 +756,145 @@ fn cert_responder_answers_as_the_idr_in_its_certificate() {
     );
     psk.local_id = Identity::DerAsn1Dn(subject);
     assert_eq!(responder_identity(&psk, None), Ok(psk.local_id.clone()));
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One certificate configuration, made once (key generation is slow).
+    fn fixture() -> &'static (Config, Vec<Payload>) {
+        static F: std::sync::OnceLock<(Config, Vec<Payload>)> = std::sync::OnceLock::new();
+        F.get_or_init(|| {
+            let ca = TestCa::root("tunsec test CA", KeyType::EcdsaP256);
+            let (cert, key) = ca.leaf(LeafSpec::new("a.tunsec.test", KeyType::EcdsaP256));
+            let trust = Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap();
+            let c = config(fqdn("b.tunsec.test"), None, credentials(&cert, &key), trust);
+            let certs = cert_payloads(&config(
+                fqdn("a.tunsec.test"),
+                None,
+                credentials(&cert, &key),
+                Trust::pinned(&[], &[]),
+            ));
+            (c, certs)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Arbitrary AUTH payloads (any method, any data), with the peer's
+        /// real certificate or arbitrary CERT bytes: refused, never a
+        /// panic, never accepted.
+        #[test]
+        fn cert_arbitrary_auth_never_verifies(
+            method in any::<u8>(),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            cert_bytes in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..400)),
+        ) {
+            let (c, real) = fixture();
+            let certs = match cert_bytes {
+                Some(bytes) => vec![Payload::Certificate(Certificate {
+                    encoding: CertEncoding::X509Signature,
+                    data: bytes,
+                })],
+                None => real.clone(),
+            };
+            let suite = IkeSuite::from_proposal(
+                &crate::proposal::defaults(crate::message::ProtocolId::Ike)[0],
+            )
+            .unwrap();
+            let auth = Auth { method: AuthMethod::from(method), data };
+            let result = verify_peer_auth(
+                c,
+                start(),
+                &certs,
+                &fqdn("a.tunsec.test"),
+                &auth,
+                &suite,
+                b"message 1",
+                b"nonce",
+                &Key::from_slice(&[7; 32]),
+            );
+            prop_assert!(result.is_err());
+        }
+
+        /// A certificate responder given an IKE_SA_INIT whose
+        /// SIGNATURE_HASH_ALGORITHMS holds arbitrary bytes answers with a
+        /// well-formed response (or not at all), never a panic.
+        #[test]
+        fn cert_arbitrary_hash_algorithms_in_ike_sa_init(
+            data in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let (c, _) = fixture();
+            let now = start();
+            let mut i = c.clone();
+            i.local_id = fqdn("a.tunsec.test");
+            let mut initiator =
+                IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
+            let request = initiator.poll_transmit().unwrap().bytes;
+            let mut message = Message::decode(&request).unwrap();
+            for p in &mut message.payloads {
+                if let Payload::Notify(n) = p {
+                    if n.notify_type == NotifyType::SignatureHashAlgorithms {
+                        n.data = data.clone();
+                    }
+                }
+            }
+            let bytes = message.encode().unwrap();
+            let mut responder = IkeSa::respond(c.clone(), Box::new(SeededRandom::new(2)));
+            responder.handle_datagram(now, addr(A), &bytes);
+            let mut sent = 0;
+            while let Some(t) = responder.poll_transmit() {
+                let response = Message::decode(&t.bytes);
+                prop_assert!(response.is_ok());
+                // Our SIGNATURE_HASH_ALGORITHMS answers the peer's if it
+                // parses (a list of 2-octet values, RFC 7427 section 4);
+                // one that does not counts as none.
+                let ours = response
+                    .unwrap()
+                    .notify(NotifyType::SignatureHashAlgorithms)
+                    .is_some();
+                prop_assert_eq!(ours, data.len() % 2 == 0);
+                sent += 1;
+            }
+            prop_assert_eq!(sent, 1);
+        }
+    }
+}
+
+/// OVN names a chassis by its certificate's CN, and ovs-pki certificates
+/// carry no subjectAltName: an ID_FQDN equal to the CN is accepted, end to
+/// end; another name is not.
+#[test]
+fn cert_ovn_chassis_name_as_cn() {
+    let ca = TestCa::root("OVS switchca", KeyType::Rsa);
+    let mut spec = LeafSpec::new("chassis-1", KeyType::EcdsaP256);
+    spec.sans = Vec::new();
+    let (a_cert, a_key) = ca.leaf(spec);
+    let (b_cert, b_key) = ca.leaf(LeafSpec::new("chassis-2", KeyType::EcdsaP256));
+    let trust = || Trust::ca_from_der(vec![ca.cert.clone()], Vec::new()).unwrap();
+    let r = |expect: &str| {
+        config(
+            fqdn("chassis-2"),
+            Some(fqdn(expect)),
+            credentials(&b_cert, &b_key),
+            trust(),
+        )
+    };
+    let i = config(
+        fqdn("chassis-1"),
+        Some(fqdn("chassis-2")),
+        credentials(&a_cert, &a_key),
+        trust(),
+    );
+    assert_up(&handshake(i.clone(), r("chassis-1")));
+    let refused = handshake(i, r("chassis-3"));
+    assert!(matches!(
+        &refused.r_events[..],
+        [Event::AuthFailed {
+            reason: AuthFailure::Certificate(CertError::IdentityMismatch(_))
+        }]
+    ));
 }

@@ -11,11 +11,14 @@
 //! ```text
 //! Initiator                         Responder
 //! HDR, SAi1, KEi, Ni          -->                       (InitSent / ExpectInit)
-//!                             <--   HDR, SAr1, KEr, Nr  (AuthSent / ExpectAuth)
-//! HDR, SK {IDi, [IDr,] AUTH,
+//!                             <--   HDR, SAr1, KEr, Nr, [CERTREQ]
+//!                                                       (AuthSent / ExpectAuth)
+//! HDR, SK {IDi, [CERT+,]
+//!   [CERTREQ,] [IDr,] AUTH,
 //!   N(USE_TRANSPORT_MODE),
 //!   SAi2, TSi, TSr}           -->
-//!                             <--   HDR, SK {IDr, AUTH, N(USE_TRANSPORT_MODE),
+//!                             <--   HDR, SK {IDr, [CERT+,] AUTH,
+//!                                     N(USE_TRANSPORT_MODE),
 //!                                     SAr2, TSi, TSr}   (Established)
 //! ```
 //!

@@ -365,7 +365,8 @@ mod tests {
         let p = dir.path();
         pki::init_ca(KeyAlg::EcdsaP256, "test CA", 30, &p.join("ca")).unwrap();
         for n in ["a", "b"] {
-            pki::issue(&p.join("ca"), n, &[], KeyAlg::EcdsaP256, 30, p).unwrap();
+            let email = format!("{n}@example.com");
+            pki::issue(&p.join("ca"), n, &[email], KeyAlg::EcdsaP256, 30, p).unwrap();
         }
         pki::self_signed("solo", &[], KeyAlg::Ed25519, 30, p).unwrap();
         pki::crl(&p.join("ca"), &[p.join("b.pem")], 7, &p.join("ca.crl")).unwrap();
@@ -408,6 +409,30 @@ mod tests {
             panic!("{:?}", ike.local_id)
         };
         assert!(tunsec_ike::cert::dn_eq(dn, &dn_to_der("CN=a").unwrap()));
+
+        // Intermediates follow our certificate in the chain we send.
+        let c = parse(
+            &dir,
+            &format!("{CA}intermediates = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"),
+        )
+        .unwrap();
+        let chain = &c.peers[0]
+            .ike
+            .as_ref()
+            .unwrap()
+            .cert
+            .as_ref()
+            .unwrap()
+            .credentials
+            .chain;
+        assert_eq!(chain.len(), 2);
+        assert_invalid(
+            &dir,
+            &format!("{CA}intermediates = [\"ca.crl\"]\nremote_id = \"fqdn:b\"\n"),
+            "peer[0].ike.intermediates[0]",
+            "\"ca.crl\"",
+            "not usable",
+        );
 
         // Pinned by certificate or fingerprint; the peer's ID may be left out.
         let c = parse(
@@ -511,6 +536,19 @@ mod tests {
             "(set)",
             "needs auth = \"cert\"",
         );
+        // Our own ID must be in our certificate.
+        assert_invalid(
+            &dir,
+            &format!("{CA}remote_id = \"fqdn:b\"\nlocal_id = \"fqdn:b\"\n"),
+            "peer[0].ike.local_id",
+            "\"fqdn:b\"",
+            "is not in the certificate",
+        );
+        parse(
+            &dir,
+            &format!("{CA}remote_id = \"fqdn:b\"\nlocal_id = \"dn:CN=a\"\n"),
+        )
+        .unwrap();
         let bad_fp = "auth = \"cert\"\ncert = \"a.pem\"\nkey = \"a.key\"\npin_sha256 = \"abc\"\n";
         assert_invalid(&dir, bad_fp, "peer[0].ike.pin_sha256", "\"abc\"", "64 hex");
         for (id, why) in [

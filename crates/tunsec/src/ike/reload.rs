@@ -8,10 +8,33 @@
 
 use std::time::Instant;
 
-use tunsec_ike::sa::{Event, SystemRandom};
+use tunsec_ike::message::Identity;
+use tunsec_ike::sa::{ChildSaParams, Event, SaHandle, SystemRandom, Transmit};
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
-use super::IkeDriver;
+use tunsec_datapath::sa_store::SaTables;
+
+use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT, spi_of};
 use crate::config::{Config, IkePeer};
+
+/// A re-authentication under way: which old outbound SAs its Child SAs
+/// have still to replace, until when.
+#[derive(Debug)]
+pub(super) struct Replacement {
+    /// The re-authentication is ours (we started the new IKE SA).
+    ours: bool,
+    /// The old IKE SA's outbound SAs not replaced yet, by SPI.
+    old_out: Vec<u32>,
+    /// When those that are left go.
+    until: Instant,
+}
+
+impl Replacement {
+    /// When the old outbound SAs that are left go.
+    pub(super) fn until(&self) -> Instant {
+        self.until
+    }
+}
 
 /// What a reload changes: the `[peer.ike]` of every IKE peer that is in
 /// both configurations under the same name and position, and notes on
@@ -26,7 +49,9 @@ pub struct ReloadPlan {
     pub ignored: Vec<String>,
 }
 
-/// Compares the running configuration with a newly loaded one.
+/// Compares the running configuration with a newly loaded one: every IKE
+/// peer whose `[peer.ike]` changed (credentials, identities, or what it
+/// negotiates) gets the new section.
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     let mut plan = ReloadPlan {
         updates: Vec::new(),
@@ -43,7 +68,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         };
         match (&o.ike, &p.ike) {
             (Some(old_ike), Some(new_ike)) => {
-                if same_auth(old_ike, new_ike) {
+                if same_auth(old_ike, new_ike) && same_negotiation(old_ike, new_ike) {
                     plan.unchanged.push(p.name.clone());
                 } else {
                     plan.updates.push((i, Box::new(new_ike.clone())));
@@ -97,7 +122,216 @@ pub(super) fn describe_events(events: &[Event]) -> String {
         .join("; ")
 }
 
+/// How a peer's `[peer.ike]` authenticates, for `tunsec status`: `psk`,
+/// or our certificate (subject, key type, notAfter) and the trust in the
+/// peer, with the identity it must prove.
+pub(super) fn auth_summary(ike: &IkePeer) -> String {
+    let expect = ike
+        .remote_id
+        .as_ref()
+        .map_or_else(|| "any identity in it".to_owned(), show_identity);
+    let Some(cert) = &ike.cert else {
+        return format!("psk, peer {expect}");
+    };
+    let ours = cert
+        .credentials
+        .chain
+        .first()
+        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .map_or_else(
+            || "certificate (unreadable)".to_owned(),
+            |(_, c)| {
+                format!(
+                    "certificate {} ({}, until {})",
+                    c.subject(),
+                    cert.credentials.key.key_type(),
+                    c.validity().not_after
+                )
+            },
+        );
+    format!("{ours}; peer {expect}, {}", cert.trust.describe())
+}
+
+/// An identity as the config writes it.
+fn show_identity(id: &Identity) -> String {
+    match id {
+        Identity::Ipv4(a) => format!("ip:{a}"),
+        Identity::Ipv6(a) => format!("ip:{a}"),
+        Identity::Fqdn(n) => format!("fqdn:{}", String::from_utf8_lossy(n)),
+        Identity::Rfc822(n) => format!("email:{}", String::from_utf8_lossy(n)),
+        Identity::DerAsn1Dn(dn) => match X509Name::from_der(dn) {
+            Ok((_, name)) => format!("dn:{name}"),
+            Err(_) => "dn:(unreadable)".to_owned(),
+        },
+        Identity::KeyId(k) => format!("keyid:{}", String::from_utf8_lossy(k)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,
+/// selectors, lifetimes, NAT keepalives). A change applies to new IKE
+/// SAs, like new credentials.
+fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
+    a.ike_proposals == b.ike_proposals
+        && a.esp_proposals == b.esp_proposals
+        && a.mode == b.mode
+        && a.selectors == b.selectors
+        && a.child_lifetime == b.child_lifetime
+        && a.ike_lifetime == b.ike_lifetime
+        && a.nat_keepalive == b.nat_keepalive
+}
+
 impl IkeDriver {
+    /// A new IKE SA without INITIAL_CONTACT (a re-authentication) has
+    /// replaced `old`: if the re-authentication is `ours`, the old IKE SA
+    /// is deleted (RFC 7296 section 2.8.3; the DELETE goes out in `out`),
+    /// else the peer deletes it; either way it is forgotten now. Its Child
+    /// SAs stay in the data path until the new IKE SA's Child SA is up
+    /// (`replace_child`).
+    pub(super) fn retire_replaced(
+        &mut self,
+        i: usize,
+        old: Option<SaHandle>,
+        ours: bool,
+        out: &mut Vec<Transmit>,
+    ) {
+        if let Some(old) = old {
+            if let Some(sa) = self.endpoint.sa_mut(old) {
+                if ours && sa.is_established() {
+                    let _ = sa.delete(Instant::now());
+                }
+                while let Some(t) = sa.poll_transmit() {
+                    out.push(t);
+                }
+            }
+            self.endpoint.remove(old);
+        }
+        self.peers[i].replacing = Some(ours);
+    }
+
+    /// A re-authenticating IKE SA's first Child SA is up: its Child SAs
+    /// replace the old IKE SA's ones (`replace_child`), whose inbound SAs
+    /// go after `SWITCH_WAIT` + `INBOUND_GRACE`, and whose outbound SAs
+    /// that nothing replaced go then too.
+    pub(super) fn begin_replacement(&mut self, i: usize, ours: bool) {
+        let index = self.peers[i].index;
+        let mut old_out = Vec::new();
+        let mut old_in = Vec::new();
+        // A read: the copy it publishes is the same tables.
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            if let Some(outbound) = t.outbound_mut(index) {
+                old_out = outbound.iter().filter_map(spi_of).collect();
+            }
+            old_in = t
+                .inbound_mut()
+                .iter()
+                .filter(|(_, e)| e.peer == index)
+                .map(|(spi, _)| *spi)
+                .collect();
+        });
+        let until = Instant::now() + SWITCH_WAIT + INBOUND_GRACE;
+        let p = &mut self.peers[i];
+        p.expiring_inbound
+            .extend(old_in.into_iter().map(|spi| (spi, until)));
+        p.replacement = Some(Replacement {
+            ours,
+            old_out,
+            until,
+        });
+    }
+
+    /// A Child SA of a re-authenticating IKE SA, make before break: it
+    /// replaces the old outbound SA with the same selectors (or the only
+    /// one), beside whose inbound SA its own joins. Outbound switches at
+    /// once if the re-authentication is `ours` (the peer answered, so it
+    /// has the new inbound SA already), else after `SWITCH_WAIT`, by which
+    /// time the initiator has it. Whether it was done (else the caller
+    /// installs the Child SA as an additional one).
+    pub(super) fn replace_child(
+        &mut self,
+        i: usize,
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) -> bool {
+        let index = self.peers[i].index;
+        let Some(r) = self.peers[i].replacement.as_ref() else {
+            return false;
+        };
+        let (ours, candidates) = (r.ours, r.old_out.clone());
+        let wanted = outbound.sa_config().selectors;
+        let mut same = None;
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            let Some(out) = t.outbound_mut(index) else {
+                return;
+            };
+            let old: Vec<(u32, bool)> = out
+                .iter()
+                .filter_map(|sa| {
+                    let sa = sa.lock().ok()?;
+                    candidates
+                        .contains(&sa.spi())
+                        .then(|| (sa.spi(), sa.selectors() == wanted.as_slice()))
+                })
+                .collect();
+            same = old
+                .iter()
+                .find(|(_, eq)| *eq)
+                .or(if old.len() == 1 { old.first() } else { None })
+                .map(|(spi, _)| *spi);
+        });
+        let Some(old_spi) = same else {
+            return false;
+        };
+        let name = self.peers[i].name.clone();
+        if let Err(e) = self.install_rekeyed(i, old_spi, inbound, outbound) {
+            tracing::warn!(peer = %name, "Child SA not installed: {e:#}");
+            return false;
+        }
+        if ours {
+            if let Some(k) = self.peers[i]
+                .pending_outbound
+                .iter()
+                .position(|o| o.old_spi == old_spi)
+            {
+                self.switch_outbound(i, k);
+            }
+        }
+        let p = &mut self.peers[i];
+        if let Some(r) = p.replacement.as_mut() {
+            r.old_out.retain(|&spi| spi != old_spi);
+        }
+        p.child_sas += 1;
+        tracing::info!(
+            peer = %name,
+            spi_in = format_args!("{:#010x}", inbound.spi),
+            spi_out = format_args!("{:#010x}", outbound.spi),
+            switched = ours,
+            "Child SA up (re-authentication, make before break)"
+        );
+        true
+    }
+
+    /// Ends a re-authentication's replacement when its time is up: the
+    /// old outbound SAs that no new Child SA replaced go.
+    pub(super) fn end_replacement(&mut self, i: usize, now: Instant) {
+        let due = self.peers[i]
+            .replacement
+            .as_ref()
+            .is_some_and(|r| r.until <= now);
+        if !due {
+            return;
+        }
+        let Some(r) = self.peers[i].replacement.take() else {
+            return;
+        };
+        let index = self.peers[i].index;
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            if let Some(out) = t.outbound_mut(index) {
+                out.retain(|sa| spi_of(sa).is_none_or(|spi| !r.old_out.contains(&spi)));
+            }
+        });
+    }
+
     /// Takes up reloaded settings: new IKE SAs use them; an established
     /// IKE SA is re-authenticated after its next rekey.
     pub(super) fn reload(&mut self, updates: Vec<(usize, Box<IkePeer>)>) {
@@ -142,7 +376,10 @@ impl IkeDriver {
             tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way");
             return;
         }
-        let config = Self::ike_config(self.local, p, self.esp_port);
+        let mut config = Self::ike_config(self.local, p, self.esp_port);
+        // RFC 7296 section 2.4: INITIAL_CONTACT says we hold no other IKE
+        // SA with the peer; here we do, until the new one replaces it.
+        config.initial_contact = false;
         let addr = p.addr;
         match self
             .endpoint
@@ -151,6 +388,7 @@ impl IkeDriver {
             Ok(handle) => {
                 let p = &mut self.peers[i];
                 p.incoming = Some(handle);
+                p.reauthing = true;
                 tracing::info!(peer = %p.name, "IKE: re-authenticating: a new IKE SA beside the current one");
             }
             Err(e) => {
@@ -160,5 +398,71 @@ impl IkeDriver {
             }
         }
         self.publish_status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ike: &str, dir: &std::path::Path) -> Config {
+        let text = format!(
+            "[node]\nname = \"a\"\nunderlay = \"192.0.2.1\"\n\n\
+             [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+             [[peer]]\nname = \"b\"\nunderlay = \"192.0.2.2\"\nnetworks = [\"blue\"]\n\n\
+             [peer.ike]\n{ike}"
+        );
+        Config::parse(&text, dir).unwrap()
+    }
+
+    #[test]
+    fn reload_plan_finds_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("k1"), "first key").unwrap();
+        std::fs::write(p.join("k2"), "second key").unwrap();
+        let old = parse("psk_file = \"k1\"\n", p);
+        // Nothing changed.
+        let got = plan(&old, &parse("psk_file = \"k1\"\n", p));
+        assert!(got.updates.is_empty() && got.ignored.is_empty());
+        assert_eq!(got.unchanged, ["b"]);
+        // A new PSK, new proposals, a new identity: each an update.
+        for ike in [
+            "psk_file = \"k2\"\n",
+            "psk_file = \"k1\"\nesp_proposals = [\"aes256gcm16\"]\n",
+            "psk_file = \"k1\"\nremote_id = \"fqdn:b\"\n",
+        ] {
+            let got = plan(&old, &parse(ike, p));
+            assert_eq!(got.updates.len(), 1, "{ike}");
+            assert_eq!(got.updates[0].0, 0);
+        }
+        // New certificates: an update too.
+        crate::pki::init_ca(crate::pki::KeyAlg::EcdsaP256, "CA", 1, &p.join("ca")).unwrap();
+        for (out, _) in [("one", 1), ("two", 2)] {
+            crate::pki::issue(
+                &p.join("ca"),
+                "a",
+                &[],
+                crate::pki::KeyAlg::EcdsaP256,
+                1,
+                &p.join(out),
+            )
+            .unwrap();
+        }
+        let cert = |d: &str| {
+            format!(
+                "auth = \"cert\"\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\nca = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"
+            )
+        };
+        let one = parse(&cert("one"), p);
+        assert!(plan(&one, &parse(&cert("one"), p)).updates.is_empty());
+        assert_eq!(plan(&one, &parse(&cert("two"), p)).updates.len(), 1);
+        assert_eq!(plan(&old, &one).updates.len(), 1);
+        // Peers added or gone: a restart.
+        let mut two_peers = old.clone();
+        two_peers.peers.push(old.peers[0].clone());
+        two_peers.peers[1].name = "c".into();
+        let got = plan(&old, &two_peers);
+        assert!(got.ignored[0].contains("\"c\": added"), "{:?}", got.ignored);
     }
 }
