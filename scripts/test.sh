@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Documentation builds without broken or private intra-doc links.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The fuzz targets build on their own (cargo-fuzz); make sure they still compile.
 cargo check --manifest-path fuzz/Cargo.toml --bins --examples
 cargo test --workspace

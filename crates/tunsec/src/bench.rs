@@ -19,7 +19,7 @@
 //! - `tunsec-<suite>`: policy `require`, manual random keys, VXLAN inside
 //!   ESP in UDP.
 //! - `wireguard-go`, `boringtun`: when installed (or `--with-peers`), see
-//!   [`peers`].
+//!   `peers`.
 //!
 //! The tenants get the MTU that tunsecd gives its TAP device (read from
 //! its status), and the kernel cases use that same MTU, so every case

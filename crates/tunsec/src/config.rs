@@ -3,7 +3,7 @@
 //!
 //! Parsing has two passes, as in the rest of the project's boundaries:
 //! serde reads the text into `Raw*` structs (unknown keys are errors), then
-//! [`Config::validate`] checks every rule and turns them into typed values.
+//! `Config::validate` checks every rule and turns them into typed values.
 //! Each error names the field, as a path like `peer[1].sa.suite`, and the
 //! value that was wrong. `docs/config.md` documents every field.
 

@@ -11,7 +11,7 @@
 //! - [`control`]: the control API (JSON lines over a Unix socket).
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
-//! - [`bench`]: `tunsec bench`.
+//! - [`bench`](mod@bench): `tunsec bench`.
 //! - [`netns`]: network namespaces for the demo and the tests.
 //! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
 

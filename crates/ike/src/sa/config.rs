@@ -78,7 +78,7 @@ pub struct Config {
     /// [`Self::cert`] is set.
     pub psk: Key,
     /// Authenticate with certificates and signatures instead of the PSK
-    /// (see [`super::auth`]). `None` (the default): the PSK.
+    /// (see `sa::auth`). `None` (the default): the PSK.
     pub cert: Option<Arc<CertAuth>>,
     /// The IKE proposals, most preferred first, numbered from 1.
     pub ike_proposals: Vec<Proposal>,

@@ -39,7 +39,7 @@
 //! message IDs, bytes that do not parse or decrypt) is dropped and counted
 //! in [`Stats`], and changes nothing.
 //!
-//! NAT detection (section 2.23, [`nat`]) runs in IKE_SA_INIT when
+//! NAT detection (section 2.23, `nat`) runs in IKE_SA_INIT when
 //! [`Config::local_addr`] is set: on a NAT, or with
 //! [`Config::force_udp_encap`], IKE moves to the NAT-T port and the Child
 //! SAs are `udp_encap`. INITIAL_CONTACT (section 2.4) is sent when
@@ -47,7 +47,7 @@
 //! [`IkeSa::peer_initial_contact`].
 //!
 //! The IKE SA itself is rekeyed with CREATE_CHILD_SA (section 2.18,
-//! [`ike_rekey`]): [`IkeSa::rekey_ike`], or automatically with
+//! `ike_rekey`): [`IkeSa::rekey_ike`], or automatically with
 //! [`Config::ike_lifetime`]; it goes on under new SPIs and keys with the
 //! same Child SAs ([`Event::IkeSaRekeyed`]) and [`Endpoint`] follows the
 //! new SPIs under the same [`SaHandle`].
