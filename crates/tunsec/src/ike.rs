@@ -511,6 +511,14 @@ impl IkeDriver {
             if in_flight[i].is_some() {
                 return None;
             }
+            // Both sides re-authenticate at once (each reloaded, and the
+            // IKE SA rekey set both off): the designated initiator's new
+            // IKE SA is the one both keep, so it refuses the peer's, and
+            // the peer gives up its own for ours (below).
+            let p = &peers[i];
+            if p.initiator && p.reauthing && p.incoming.is_some() {
+                return None;
+            }
             let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
             Some((Self::ike_config(local, &peers[i], esp_port), rng))
         });
@@ -525,10 +533,15 @@ impl IkeDriver {
                     .and_then(|h| self.endpoint.sa_mut(h))
                     .is_some_and(|sa| sa.is_established());
                 if established {
-                    // The peer restarted (or lost its IKE SA): the old one
-                    // stays until the new one is authenticated.
+                    // The peer restarted, lost its IKE SA or re-authenticates:
+                    // the old one stays until the new one is authenticated.
+                    // A re-authentication of our own gives way to it (the
+                    // peer has the lower address, see the accept callback).
                     if let Some(older) = p.incoming.replace(handle) {
                         self.endpoint.remove(older);
+                    }
+                    if std::mem::take(&mut p.reauthing) {
+                        tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
                     }
                     tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
                 } else {

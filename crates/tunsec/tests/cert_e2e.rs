@@ -69,15 +69,17 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`; on a failure it prints the
-/// logs; the lab is torn down either way.
+/// Runs `body` in a fresh lab named `prefix`; on a failure (or with
+/// `TUNSEC_E2E_LOGS` set) it prints the logs; the lab is torn down either
+/// way.
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
     preflight();
     let started = Instant::now();
     let mut lab =
         Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    if !matches!(result, Ok(Ok(()))) {
+    // TUNSEC_E2E_LOGS=1 prints the logs also on success.
+    if !matches!(result, Ok(Ok(()))) || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
         dump_logs(&lab);
     }
     eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
@@ -652,11 +654,14 @@ fn cert_reload_reauthenticates_at_the_next_rekey() {
             rekey < reauth,
             "the re-authentication did not wait for the rekey:\n{l1}"
         );
-        ensure!(
-            log(2).contains("a new IKE SA replaces the old one"),
-            "h2 did not take up the new IKE SA:\n{}",
-            log(2)
-        );
+        // h2 takes it up when its IKE_AUTH completes, which may be a few
+        // milliseconds after h1 (when h2 initiated it).
+        lab.wait_for(
+            "h2 to take up the new IKE SA",
+            Duration::from_secs(5),
+            || log(2).contains("a new IKE SA replaces the old one"),
+        )
+        .with_context(|| format!("h2 did not take up the new IKE SA:\n{}", log(2)))?;
         std::thread::sleep(Duration::from_millis(300));
         ping_ok(&t1, &tenant_addr(2))?;
         Ok(())
