@@ -880,30 +880,43 @@ fn setup_veth(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
 
 fn setup_kernel_vxlan(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
     let hosts = add_hosts(lab)?;
+    let mut ep = vxlan_tenants(lab, &hosts, mtu, true)?;
+    ep.hosts = hosts.to_vec();
+    Ok(ep)
+}
+
+/// On each host a kernel vxlan device `vx0` (VNI 100, UDP 4789, to the
+/// other host) with `mtu`, bridged to a tenant; bound to `eth0` with
+/// `bound` (gateway mode needs it unbound: a route lookup with a fixed
+/// output device never reaches the steering's TUN).
+fn vxlan_tenants(
+    lab: &mut Lab,
+    hosts: &[String; 2],
+    mtu: u16,
+    bound: bool,
+) -> anyhow::Result<Endpoints> {
     let mut tenants = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        lab.exec(
-            h,
-            "ip",
-            &[
-                "link",
-                "add",
-                "vx0",
-                "type",
-                "vxlan",
-                "id",
-                VNI,
-                "local",
-                HOST_ADDR[i],
-                "remote",
-                HOST_ADDR[1 - i],
-                "dstport",
-                "4789",
-                "dev",
-                "eth0",
-                "nolearning",
-            ],
-        )?;
+        let mut args = vec![
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            VNI,
+            "local",
+            HOST_ADDR[i],
+            "remote",
+            HOST_ADDR[1 - i],
+            "dstport",
+            "4789",
+            "nolearning",
+        ];
+        if bound {
+            args.extend(["dev", "eth0"]);
+        }
+        lab.exec(h, "ip", &args)?;
         lab.exec(
             h,
             "ip",
@@ -914,9 +927,64 @@ fn setup_kernel_vxlan(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
     let [t1, t2]: [String; 2] = tenants
         .try_into()
         .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
-    let mut ep = tenant_endpoints([t1, t2], mtu);
-    ep.hosts = hosts.to_vec();
-    Ok(ep)
+    Ok(tenant_endpoints([t1, t2], mtu))
+}
+
+/// Random keys for both directions, `dir/key-FROM-TO` (hex, as `[peer.sa]`
+/// reads them); returns the path of a direction's key.
+fn write_keys(dir: &Path, suite: Suite) -> anyhow::Result<impl Fn(usize, usize) -> PathBuf> {
+    let dir = dir.to_owned();
+    let key = move |from: usize, to: usize| dir.join(format!("key-{from}-{to}"));
+    for (from, to) in [(1, 2), (2, 1)] {
+        let len = suite.encryption_key_len() + suite.integrity_key_len();
+        std::fs::write(key(from, to), random_hex(len)?)?;
+    }
+    Ok(key)
+}
+
+/// Starts tunsecd on both hosts with `config(n)` for host `n` and waits
+/// until each answers on its control socket; `mtu_of` reads from its
+/// status the MTU the tenant side gets (`what` names it in an error).
+/// Returns the daemons' lab labels, their control sockets and the MTUs.
+fn start_tunsecds(
+    ctx: &Ctx<'_>,
+    lab: &mut Lab,
+    hosts: &[String; 2],
+    config: impl Fn(usize) -> String,
+    mtu_of: impl Fn(&crate::status::Status) -> Option<u16>,
+    what: &str,
+) -> anyhow::Result<(Vec<String>, Vec<PathBuf>, [u16; 2])> {
+    let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
+    let dir = lab.dir.path().to_owned();
+    let mut labels = Vec::new();
+    let mut sockets = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let n = i + 1;
+        let path = dir.join(format!("h{n}.toml"));
+        std::fs::write(&path, config(n))?;
+        let label = format!("tunsecd-h{n}");
+        lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
+        labels.push(label);
+        sockets.push(dir.join(format!("h{n}.sock")));
+    }
+    let mut mtus = [0; 2];
+    for (i, sock) in sockets.iter().enumerate() {
+        let mut mtu = None;
+        lab.wait_for(
+            &format!("tunsecd on h{} to answer", i + 1),
+            Duration::from_secs(20),
+            || match control::call(sock, &Request::Status) {
+                Ok(Response::Status(s)) => {
+                    mtu = mtu_of(&s);
+                    true
+                }
+                _ => ctx.stop.load(Ordering::Relaxed),
+            },
+        )?;
+        check_interrupted(ctx.stop)?;
+        mtus[i] = mtu.with_context(|| format!("h{}: tunsec status shows no {what}", i + 1))?;
+    }
+    Ok((labels, sockets, mtus))
 }
 
 /// The config of host `n` (1 or 2): network `blue` (VXLAN, VNI 100), the
@@ -965,50 +1033,26 @@ fn setup_tunsec(
     suite: Option<Suite>,
     offloads: Offloads,
 ) -> anyhow::Result<Endpoints> {
-    let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
     let hosts = add_hosts(lab)?;
     let dir = lab.dir.path().to_owned();
-    let key = |from: usize, to: usize| dir.join(format!("key-{from}-{to}"));
-    if let Some(s) = suite {
-        for (from, to) in [(1, 2), (2, 1)] {
-            let len = s.encryption_key_len() + s.integrity_key_len();
-            std::fs::write(key(from, to), random_hex(len)?)?;
-        }
-    }
-    let mut labels = Vec::new();
-    let mut sockets = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let n = i + 1;
-        let (key_in, key_out) = (key(3 - n, n), key(n, 3 - n));
-        let text = offloads.apply(tunsec_config(
-            &dir,
-            n,
-            suite.map(|s| (s, key_in.as_path(), key_out.as_path())),
-        ));
-        let path = dir.join(format!("h{n}.toml"));
-        std::fs::write(&path, text)?;
-        let label = format!("tunsecd-h{n}");
-        lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
-        labels.push(label);
-        sockets.push(dir.join(format!("h{n}.sock")));
-    }
-    let mut mtus = Vec::new();
-    for (i, sock) in sockets.iter().enumerate() {
-        let mut mtu = None;
-        lab.wait_for(
-            &format!("tunsecd on h{} to answer", i + 1),
-            Duration::from_secs(20),
-            || match control::call(sock, &Request::Status) {
-                Ok(Response::Status(s)) => {
-                    mtu = s.networks.iter().find(|n| n.tap == TAP).map(|n| n.mtu);
-                    true
-                }
-                _ => ctx.stop.load(Ordering::Relaxed),
-            },
-        )?;
-        check_interrupted(ctx.stop)?;
-        mtus.push(mtu.with_context(|| format!("h{}: tunsec status shows no {TAP}", i + 1))?);
-    }
+    let key = suite.map(|s| write_keys(&dir, s)).transpose()?;
+    let (labels, sockets, mtus) = start_tunsecds(
+        ctx,
+        lab,
+        &hosts,
+        |n| {
+            let keys = key.as_ref().map(|k| (k(3 - n, n), k(n, 3 - n)));
+            offloads.apply(tunsec_config(
+                &dir,
+                n,
+                suite
+                    .zip(keys.as_ref())
+                    .map(|(s, (i, o))| (s, i.as_path(), o.as_path())),
+            ))
+        },
+        |s| s.networks.iter().find(|n| n.tap == TAP).map(|n| n.mtu),
+        TAP,
+    )?;
     let mut tenants = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
@@ -1050,77 +1094,18 @@ fn gateway_config(dir: &Path, n: usize, suite: Suite, key_in: &Path, key_out: &P
 /// device (not bound to a lower device, so the steering sees its packets)
 /// with the MTU tunsecd advises, bridged to the tenant.
 fn setup_gateway(ctx: &Ctx<'_>, lab: &mut Lab, suite: Suite) -> anyhow::Result<Endpoints> {
-    let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
     let hosts = add_hosts(lab)?;
     let dir = lab.dir.path().to_owned();
-    let key = |from: usize, to: usize| dir.join(format!("gw-key-{from}-{to}"));
-    for (from, to) in [(1, 2), (2, 1)] {
-        let len = suite.encryption_key_len() + suite.integrity_key_len();
-        std::fs::write(key(from, to), random_hex(len)?)?;
-    }
-    let mut labels = Vec::new();
-    let mut sockets = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let n = i + 1;
-        let text = gateway_config(&dir, n, suite, &key(3 - n, n), &key(n, 3 - n));
-        let path = dir.join(format!("h{n}.toml"));
-        std::fs::write(&path, text)?;
-        let label = format!("tunsecd-h{n}");
-        lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
-        labels.push(label);
-        sockets.push(dir.join(format!("h{n}.sock")));
-    }
-    let mut mtus = Vec::new();
-    for (i, sock) in sockets.iter().enumerate() {
-        let mut mtu = None;
-        lab.wait_for(
-            &format!("tunsecd on h{} to answer", i + 1),
-            Duration::from_secs(20),
-            || match control::call(sock, &Request::Status) {
-                Ok(Response::Status(s)) => {
-                    mtu = s.gateway.as_ref().map(|g| g.tunnel_mtu_advice);
-                    true
-                }
-                _ => ctx.stop.load(Ordering::Relaxed),
-            },
-        )?;
-        check_interrupted(ctx.stop)?;
-        mtus.push(mtu.with_context(|| format!("h{}: tunsec status shows no gateway", i + 1))?);
-    }
-    let mtu = mtus[0].min(mtus[1]);
-    let mut tenants = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        lab.exec(
-            h,
-            "ip",
-            &[
-                "link",
-                "add",
-                "vx0",
-                "type",
-                "vxlan",
-                "id",
-                VNI,
-                "local",
-                HOST_ADDR[i],
-                "remote",
-                HOST_ADDR[1 - i],
-                "dstport",
-                "4789",
-                "nolearning",
-            ],
-        )?;
-        lab.exec(
-            h,
-            "ip",
-            &["link", "set", "vx0", "mtu", &mtu.to_string(), "up"],
-        )?;
-        tenants.push(add_tenant(lab, h, i + 1, "vx0", mtu)?);
-    }
-    let [t1, t2]: [String; 2] = tenants
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
-    let mut ep = tenant_endpoints([t1, t2], mtu);
+    let key = write_keys(&dir, suite)?;
+    let (labels, sockets, mtus) = start_tunsecds(
+        ctx,
+        lab,
+        &hosts,
+        |n| gateway_config(&dir, n, suite, &key(3 - n, n), &key(n, 3 - n)),
+        |s| s.gateway.as_ref().map(|g| g.tunnel_mtu_advice),
+        "gateway",
+    )?;
+    let mut ep = vxlan_tenants(lab, &hosts, mtus[0].min(mtus[1]), false)?;
     ep.daemon = Some("tunsecd");
     ep.daemon_labels = labels;
     ep.hosts = hosts.to_vec();
