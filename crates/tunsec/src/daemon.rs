@@ -407,31 +407,7 @@ impl Daemon {
     }
 
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let Some(index) = self.config.peers.iter().position(|p| p.name == peer) else {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        };
-        if self.config.peers[index].ike.is_none() {
-            return Response::Error {
-                message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
-            };
-        }
-        let command = command(index);
-        let message = match command {
-            IkeCommand::Down(_) => format!("peer {peer:?} going down"),
-            IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
-            IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying the Child SA"),
-            IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
-            IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
-            IkeCommand::Reload(_) => "reloading".to_owned(),
-        };
-        if self.ike_commands.send(command).is_err() {
-            return Response::Error {
-                message: "the IKE driver is not running".to_owned(),
-            };
-        }
-        Response::Done { message }
+        crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
     }
 
     /// Reads the configuration file again and hands the IKE driver the

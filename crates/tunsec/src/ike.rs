@@ -117,6 +117,44 @@ pub enum IkeCommand {
     Reload(Vec<(usize, Box<IkePeer>)>),
 }
 
+/// Hands `command` for the peer named `peer` to the IKE driver over
+/// `commands`, as the control socket's `down`, `up`, `rekey` and `reauth`
+/// ask (both daemons, overlay and gateway mode): an error names a peer
+/// that is not configured or has manual keys, or a driver that is gone.
+pub(crate) fn send_command(
+    config: &Config,
+    commands: &mpsc::Sender<IkeCommand>,
+    peer: &str,
+    command: fn(usize) -> IkeCommand,
+) -> crate::control::Response {
+    use crate::control::Response;
+    let Some(index) = config.peers.iter().position(|p| p.name == peer) else {
+        return Response::Error {
+            message: format!("peer: {peer:?} is not a configured peer"),
+        };
+    };
+    if config.peers[index].ike.is_none() {
+        return Response::Error {
+            message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
+        };
+    }
+    let command = command(index);
+    let message = match command {
+        IkeCommand::Down(_) => format!("peer {peer:?} going down"),
+        IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
+        IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying its Child SAs"),
+        IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
+        IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
+        IkeCommand::Reload(_) => "reloading".to_owned(),
+    };
+    if commands.send(command).is_err() {
+        return Response::Error {
+            message: "the IKE driver is not running".to_owned(),
+        };
+    }
+    Response::Done { message }
+}
+
 /// The tunnel ports of a peer's `networks` (by name), sorted, each once.
 fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> {
     let mut ports: Vec<u16> = networks

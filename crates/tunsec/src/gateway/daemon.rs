@@ -277,24 +277,7 @@ impl GatewayDaemon {
     }
 
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let Some(index) = self.config.peers.iter().position(|p| p.name == peer) else {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        };
-        if self.config.peers[index].ike.is_none() {
-            return Response::Error {
-                message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
-            };
-        }
-        if self.ike_commands.send(command(index)).is_err() {
-            return Response::Error {
-                message: "the IKE driver is not running".to_owned(),
-            };
-        }
-        Response::Done {
-            message: format!("peer {peer:?}: {:?} requested", command(index)),
-        }
+        crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
     }
 
     fn delete_sa(&self, peer: &str) -> Response {
