@@ -313,41 +313,54 @@ impl Tx {
     }
 
     /// [`flush`] with the ESP (and cleartext tunnel) datagrams through UDP
-    /// GSO.
+    /// GSO, [`BATCH`] datagrams per call to [`Batch::send_gso`].
     fn flush_gso(&mut self, shared: &Shared, sockets: &Sockets) {
         if self.pending.is_empty() {
             return;
         }
-        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
-        let mut n = 0;
-        for (tx, &b) in self.pending.iter().zip(&self.pending_buf) {
-            if tx.via == Via::Esp && n < BATCH {
-                list[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
-                n += 1;
+        let mut refused = 0;
+        let mut gso_failed = None;
+        let vias = std::iter::once((Via::Esp, &sockets.esp)).chain(
+            sockets
+                .tunnels
+                .iter()
+                .map(|(port, sock)| (Via::Tunnel(*port), sock)),
+        );
+        for (via, sock) in vias {
+            let mut datagrams = self
+                .pending
+                .iter()
+                .zip(&self.pending_buf)
+                .filter(|(tx, _)| tx.via == via)
+                .map(|(tx, &b)| (&self.pool[b][tx.start..tx.end], tx.dst));
+            // The pool holds more buffers than one batch (`BATCH` plus a
+            // flood's fan-out), so a flush may take several calls: every
+            // pending datagram is sent or counted as refused, none is
+            // left behind.
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
+            loop {
+                let mut n = 0;
+                for (slot, d) in list.iter_mut().zip(datagrams.by_ref()) {
+                    *slot = d;
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                let r = self.batch.send_gso(sock, &list[..n]);
+                refused += r.refused;
+                if r.gso_failed && via == Via::Esp {
+                    gso_failed = Some(r.error);
+                }
             }
         }
-        let r = self.batch.send_gso(&sockets.esp, &list[..n]);
-        if r.gso_failed {
+        if let Some(error) = gso_failed {
             tracing::warn!(
-                error = ?r.error.map(io::Error::from_raw_os_error),
+                error = ?error.map(io::Error::from_raw_os_error),
                 "the kernel refused UDP GSO; sending ESP datagram by datagram from now on"
             );
             self.udp_gso = false;
-        }
-        let mut refused = r.refused;
-        // Cleartext tunnel datagrams (policy clear or prefer) the same way.
-        for (port, sock) in &sockets.tunnels {
-            let mut n = 0;
-            for (tx, &b) in self.pending.iter().zip(&self.pending_buf) {
-                if tx.via == Via::Tunnel(*port) && n < BATCH {
-                    list[n] = (&self.pool[b][tx.start..tx.end], tx.dst);
-                    n += 1;
-                }
-            }
-            if n > 0 {
-                refused += self.batch.send_gso(sock, &list[..n]).refused;
-            }
         }
         for _ in 0..refused {
             shared.stats.drop(Drop::Send);
