@@ -8,13 +8,15 @@
 #   nftables:               a NAT (masquerade) between hosts in the IKE tests,
 #                           the inbound filter of the strongSwan host, and
 #                           tunsecd's inbound guard in gateway mode (nft)
+#   iptables:               the NFQUEUE rule of the reordering test (nft backend,
+#                           iptables-nft; this kernel has no netem)
 #   strongswan-charon, strongswan-swanctl, libcharon-extra-plugins
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
 #                           strongSwan 5.9.8, the peer of strongswan_interop.rs
 #   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables \
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
     libstrongswan-standard-plugins strongswan-pki; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -5,6 +5,8 @@
 // Each test crate compiles this module; not every crate uses every helper.
 #![allow(dead_code)]
 
+pub(crate) mod reorder;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
