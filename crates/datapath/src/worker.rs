@@ -29,6 +29,10 @@ use crate::steer;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 64;
+/// Frames the transmit worker seals before it sends them: several whole
+/// TSO super-frames (up to 45 segments each at a 1500-byte MTU), so that
+/// each leaves as one UDP GSO message, and one `sendmmsg` carries several.
+pub const TX_POOL: usize = 4 * BATCH;
 /// The largest frame a buffer holds (jumbo frames included).
 pub const MAX_FRAME: usize = 9216;
 /// One buffer: headroom, the largest frame, tailroom.
@@ -187,9 +191,9 @@ pub fn run_tx(
         pool: Vec::new(),
         used: 0,
         fanout: 1,
-        pending: Vec::with_capacity(BATCH),
-        pending_buf: Vec::with_capacity(BATCH),
-        batch: Batch::new(BATCH),
+        pending: Vec::with_capacity(TX_POOL + 1),
+        pending_buf: Vec::with_capacity(TX_POOL + 1),
+        batch: Batch::with_iovecs(BATCH, TX_POOL),
         udp_gso: udp_gso && sockets.esp.kind() == crate::io::socket::SocketKind::Udp,
     };
     // One super-frame read from a device with a virtio-net header.
@@ -212,10 +216,10 @@ pub fn run_tx(
             .max()
             .unwrap_or(0)
             .max(1);
-        if tx.pool.len() < BATCH + tx.fanout {
+        if tx.pool.len() < TX_POOL + tx.fanout {
             // Only when the configuration grows, never per packet.
             tx.pool
-                .resize_with(BATCH + tx.fanout, || vec![0u8; BUFFER_LEN]);
+                .resize_with(TX_POOL + tx.fanout, || vec![0u8; BUFFER_LEN]);
         }
         let now = Instant::now();
         tx.used = 0;
@@ -245,6 +249,9 @@ pub fn run_tx(
                         shared.stats.drop(Drop::Malformed);
                         continue;
                     };
+                    // All the segments in one flush, so that they leave as
+                    // one GSO message rather than two halves.
+                    tx.make_room_for(segments.segment_count(), &shared, &sockets);
                     loop {
                         tx.make_room(&shared, &sockets);
                         let b = tx.used;
@@ -291,7 +298,13 @@ struct Tx {
 impl Tx {
     /// Sends what is pending if the next frame might not find buffers.
     fn make_room(&mut self, shared: &Shared, sockets: &Sockets) {
-        if self.used + self.fanout > self.pool.len() {
+        self.make_room_for(1, shared, sockets);
+    }
+
+    /// Sends what is pending if the next `frames` frames might not all
+    /// find buffers.
+    fn make_room_for(&mut self, frames: usize, shared: &Shared, sockets: &Sockets) {
+        if self.used + frames * self.fanout > self.pool.len() {
             self.flush(shared, sockets);
         }
     }
@@ -313,7 +326,7 @@ impl Tx {
     }
 
     /// [`flush`] with the ESP (and cleartext tunnel) datagrams through UDP
-    /// GSO, [`BATCH`] datagrams per call to [`Batch::send_gso`].
+    /// GSO, up to [`TX_POOL`] datagrams per call to [`Batch::send_gso`].
     fn flush_gso(&mut self, shared: &Shared, sockets: &Sockets) {
         if self.pending.is_empty() {
             return;
@@ -333,12 +346,12 @@ impl Tx {
                 .zip(&self.pending_buf)
                 .filter(|(tx, _)| tx.via == via)
                 .map(|(tx, &b)| (&self.pool[b][tx.start..tx.end], tx.dst));
-            // The pool holds more buffers than one batch (`BATCH` plus a
+            // The pool holds more buffers than one list (`TX_POOL` plus a
             // flood's fan-out), so a flush may take several calls: every
             // pending datagram is sent or counted as refused, none is
             // left behind.
             let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-            let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
+            let mut list: [(&[u8], SocketAddr); TX_POOL] = [(&[], unspecified); TX_POOL];
             loop {
                 let mut n = 0;
                 for (slot, d) in list.iter_mut().zip(datagrams.by_ref()) {
