@@ -9,12 +9,13 @@
 //! only a read lock and an atomic store; only a new or moved MAC takes the
 //! write lock.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tunsec_wire::ethernet::EthernetAddress;
+
+use crate::fast_map::FastMap;
 
 /// The default ageing time, as in the Linux bridge.
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
@@ -45,7 +46,7 @@ pub struct FdbEntry {
 /// MAC address to peer, per network.
 #[derive(Debug)]
 pub struct Fdb {
-    map: RwLock<HashMap<(usize, EthernetAddress), Entry>>,
+    map: RwLock<FastMap<(usize, EthernetAddress), Entry>>,
     epoch: Instant,
     ageing: Duration,
 }
@@ -55,7 +56,7 @@ impl Fdb {
     /// they were last seen.
     pub fn new(ageing: Duration, now: Instant) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(FastMap::default()),
             epoch: now,
             ageing,
         }

@@ -20,7 +20,6 @@
 //! 3.1.1), with a fresh TTL and no DSCP. Tunnel mode carries the original
 //! header intact, at 20 (or 40) bytes more per packet.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Instant;
@@ -29,6 +28,7 @@ use tunsec_esp::{FlowKey, PacketBuf};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::{ipv4, ipv6, natt};
 
+use crate::fast_map::FastMap;
 use crate::overlay::{EspTransport, InboundEntry, SharedSa, Transmit, Via};
 use crate::stats::{Drop, Stats};
 
@@ -90,7 +90,7 @@ pub struct GatewayTables {
     /// The peers.
     pub peers: Vec<GatewayPeer>,
     /// Inbound SAs by SPI (`InboundEntry::peer` indexes `peers`).
-    pub inbound: HashMap<u32, InboundEntry>,
+    pub inbound: FastMap<u32, InboundEntry>,
 }
 
 impl GatewayTables {

@@ -2,7 +2,6 @@
 //! one and `unprotect` on the other, in both modes and for every suite;
 //! and each refusal.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +9,7 @@ use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
 use tunsec_wire::{ipv4, udp};
 
 use super::*;
+use crate::fast_map::FastMap;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
@@ -38,7 +38,7 @@ fn host(
     spi_in: u32,
     spi_out: u32,
 ) -> GatewayTables {
-    let mut inbound = HashMap::new();
+    let mut inbound = FastMap::default();
     if let Some(s) = suite {
         inbound.insert(
             spi_in,

@@ -30,7 +30,6 @@
 //!
 //! Everything works in place in a caller-owned buffer with headroom.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -41,6 +40,7 @@ use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::vxlan::Vni;
 use tunsec_wire::{geneve, gue, ipv4, ipv6, natt, udp, vxlan};
 
+use crate::fast_map::FastMap;
 use crate::fdb::Fdb;
 use crate::stats::{Drop, Stats, add};
 
@@ -194,11 +194,11 @@ pub struct Tables {
     /// The peers.
     pub peers: Vec<PeerEntry>,
     /// Inbound SAs by SPI.
-    pub inbound: HashMap<u32, InboundEntry>,
+    pub inbound: FastMap<u32, InboundEntry>,
     /// For each network, the peers that carry it.
     pub peers_of_network: Vec<Vec<usize>>,
-    peer_by_addr: HashMap<IpAddr, usize>,
-    network_by_port_vni: HashMap<(u16, u32), usize>,
+    peer_by_addr: FastMap<IpAddr, usize>,
+    network_by_port_vni: FastMap<(u16, u32), usize>,
 }
 
 impl Tables {
@@ -208,7 +208,7 @@ impl Tables {
         esp: EspTransport,
         networks: Vec<NetworkSpec>,
         peers: Vec<PeerEntry>,
-        inbound: HashMap<u32, InboundEntry>,
+        inbound: FastMap<u32, InboundEntry>,
     ) -> Self {
         let mut peers_of_network = vec![Vec::new(); networks.len()];
         for (p, peer) in peers.iter().enumerate() {
@@ -325,17 +325,50 @@ pub fn targets(tables: &Tables, fdb: &Fdb, net: usize, frame: &[u8], now: Instan
     }
 }
 
-/// A simple, stable flow hash of a frame's first bytes, for the tunnel's
-/// UDP source port: RFC 7348 section 5 recommends a hash of the inner
-/// headers in the dynamic range 49152-65535, so that the underlay spreads
-/// flows over its paths.
+/// The tunnel's UDP source port for a frame: RFC 7348 section 5 asks
+/// for "a hash of fields from the inner packet", in the dynamic range
+/// 49152-65535, so that the underlay spreads flows over its paths while
+/// each flow keeps to one.
+///
+/// The hash (FNV-1a) covers what names the flow and nothing that changes
+/// from packet to packet: the Ethernet addresses and type and, for IPv4
+/// and IPv6, the protocol, the addresses and the TCP, UDP or SCTP ports
+/// (not of a non-first IPv4 fragment, which has none). The segments of one
+/// TSO super-frame differ in IP ID, length, checksum and TCP sequence
+/// number, and must not land on different paths.
 fn entropy_port(frame: &[u8]) -> u16 {
-    // FNV-1a over the Ethernet header and up to 40 bytes of what follows
-    // (the inner IP addresses and ports).
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    const IPV6: [u8; 2] = [0x86, 0xdd];
     let mut h: u32 = 0x811c_9dc5;
-    for &b in frame.iter().take(54) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    let eth = ethernet::HEADER_LEN;
+    feed(frame.get(..eth).unwrap_or(frame));
+    let ip = frame.get(eth..).unwrap_or(&[]);
+    let has_ports = |proto: u8| matches!(proto, 6 | 17 | 132);
+    match frame.get(12..14) {
+        Some(t) if t == IPV4 && ip.len() >= 20 => {
+            let (proto, ihl) = (ip[9], usize::from(ip[0] & 0x0f) * 4);
+            feed(&[proto]);
+            feed(&ip[12..20]);
+            let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+            if has_ports(proto) && first_fragment {
+                feed(ip.get(ihl..ihl + 4).unwrap_or(&[]));
+            }
+        }
+        Some(t) if t == IPV6 && ip.len() >= 40 => {
+            let next = ip[6];
+            feed(&[next]);
+            feed(&ip[8..40]);
+            if has_ports(next) {
+                feed(ip.get(40..44).unwrap_or(&[]));
+            }
+        }
+        _ => {}
     }
     49152 | (h as u16 & 0x3fff)
 }

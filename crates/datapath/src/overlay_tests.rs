@@ -1,7 +1,6 @@
 //! Two hosts' tables, a frame from A's TAP to B's TAP and back, for each
 //! tunnel format, policy, suite and ESP mode; and each drop on the way.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use tunsec_esp::{Direction, PortRange, Sa, SaConfig, SaKeys, Suite};
 
 use super::*;
+use crate::fast_map::FastMap;
 use crate::fdb::DEFAULT_AGEING;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -65,7 +65,7 @@ fn host(
             .into_iter()
             .collect(),
     };
-    let mut inbound = HashMap::new();
+    let mut inbound = FastMap::default();
     if let Some(s) = suite {
         inbound.insert(
             spi_in,
@@ -1042,4 +1042,55 @@ fn one_outbound_sa_per_tunnel_port() {
         Err(Drop::Selector)
     );
     assert_eq!(a.stats.drops(Drop::Selector), 1);
+}
+
+/// An Ethernet frame carrying IPv4 (`v6 == false`) or IPv6 and TCP from
+/// port `sport`, with the per-packet fields (IP ID, length, TCP sequence
+/// number) taken from `n`.
+fn tcp_frame(v6: bool, sport: u16, n: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    if v6 {
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(20 + n).to_be_bytes());
+        f.extend_from_slice(&[6, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
+    } else {
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        f.extend_from_slice(&(40 + n).to_be_bytes());
+        f.extend_from_slice(&n.to_be_bytes()); // IP ID
+        f.extend_from_slice(&[0x40, 0, 64, 6]);
+        f.extend_from_slice(&n.to_be_bytes()); // "checksum"
+        f.extend_from_slice(&[198, 51, 100, 1, 198, 51, 100, 2]);
+    }
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&5201u16.to_be_bytes());
+    f.extend_from_slice(&u32::from(n).wrapping_mul(1448).to_be_bytes());
+    f.extend_from_slice(&[0; 12]);
+    f.extend(std::iter::repeat_n(n as u8, usize::from(n % 64)));
+    f
+}
+
+/// RFC 7348 section 5: the tunnel source port is a hash of the inner
+/// flow. Every segment of a TCP flow (they differ in IP ID, length,
+/// checksum and sequence number) gets the same port, in the dynamic range;
+/// another flow gets another.
+#[test]
+fn entropy_port_is_per_flow() {
+    for v6 in [false, true] {
+        let port = entropy_port(&tcp_frame(v6, 40000, 1));
+        assert!(port >= 49152, "{port}");
+        for n in 2..50 {
+            assert_eq!(
+                entropy_port(&tcp_frame(v6, 40000, n)),
+                port,
+                "v6 {v6}, segment {n}"
+            );
+        }
+        assert_ne!(entropy_port(&tcp_frame(v6, 40001, 1)), port, "v6 {v6}");
+    }
+    // Anything else hashes what it has, without a panic.
+    for len in 0..60 {
+        let f = tcp_frame(false, 1, 1);
+        assert!(entropy_port(&f[..len.min(f.len())]) >= 49152);
+    }
 }

@@ -3,10 +3,10 @@
 //! stop flag, and the inbox of IKE messages that arrived on the
 //! ESP-in-UDP port.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::fast_map::FastMap;
 use crate::gateway::GatewayTables;
 use crate::gateway_worker::GatewayShared;
 use crate::overlay::{InboundEntry, SharedSa, Tables};
@@ -18,7 +18,7 @@ pub trait SaTables {
     /// peer.
     fn outbound_mut(&mut self, peer: usize) -> Option<&mut Vec<SharedSa>>;
     /// The inbound SAs by SPI.
-    fn inbound_mut(&mut self) -> &mut HashMap<u32, InboundEntry>;
+    fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry>;
 }
 
 impl SaTables for Tables {
@@ -26,7 +26,7 @@ impl SaTables for Tables {
         self.peers.get_mut(peer).map(|p| &mut p.outbound)
     }
 
-    fn inbound_mut(&mut self) -> &mut HashMap<u32, InboundEntry> {
+    fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry> {
         &mut self.inbound
     }
 }
@@ -36,7 +36,7 @@ impl SaTables for GatewayTables {
         self.peers.get_mut(peer).map(|p| &mut p.outbound)
     }
 
-    fn inbound_mut(&mut self) -> &mut HashMap<u32, InboundEntry> {
+    fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry> {
         &mut self.inbound
     }
 }

@@ -252,11 +252,12 @@ pub fn run_tx(
                     // All the segments in one flush, so that they leave as
                     // one GSO message rather than two halves.
                     tx.make_room_for(segments.segment_count(), &shared, &sockets);
+                    let targets = overlay::targets(&tables, &shared.fdb, net, frame, now);
                     loop {
                         tx.make_room(&shared, &sockets);
                         let b = tx.used;
                         match segments.next_into(&mut tx.pool[b][HEADROOM..HEADROOM + MAX_FRAME]) {
-                            Ok(Some(len)) => tx.frame(&shared, &tables, net, len, now),
+                            Ok(Some(len)) => tx.frame_to(&shared, &tables, net, len, &targets, now),
                             Ok(None) => break,
                             Err(_) => {
                                 shared.stats.drop(Drop::Malformed);
@@ -385,10 +386,26 @@ impl Tx {
     /// Sends the frame at `pool[used][HEADROOM..HEADROOM + len]` of network
     /// `net` to its peers.
     fn frame(&mut self, shared: &Shared, tables: &Tables, net: usize, len: usize, now: Instant) {
+        let frame = &self.pool[self.used][HEADROOM..HEADROOM + len];
+        let targets = overlay::targets(tables, &shared.fdb, net, frame, now);
+        self.frame_to(shared, tables, net, len, &targets, now);
+    }
+
+    /// [`Self::frame`] with its peers already known: the segments of one
+    /// TSO super-frame share its Ethernet header, so one forwarding lookup
+    /// serves them all.
+    fn frame_to(
+        &mut self,
+        shared: &Shared,
+        tables: &Tables,
+        net: usize,
+        len: usize,
+        targets: &Targets,
+        now: Instant,
+    ) {
         let used = self.used;
         let (start, end) = (HEADROOM, HEADROOM + len);
-        let targets = overlay::targets(tables, &shared.fdb, net, &self.pool[used][start..end], now);
-        let peers: &[usize] = match &targets {
+        let peers: &[usize] = match targets {
             Targets::Unicast(p) => std::slice::from_ref(p),
             Targets::Flood => &tables.peers_of_network[net],
             Targets::None => &[],

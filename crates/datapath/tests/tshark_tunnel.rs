@@ -117,7 +117,7 @@ fn seal(a: IpAddr, b: IpAddr, suite: Suite) -> Vec<u8> {
         EspTransport::Udp(4500),
         vec![network],
         vec![peer],
-        HashMap::new(),
+        tunsec_datapath::fast_map::FastMap::default(),
     );
     let frame = tenant_frame();
     let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];

@@ -6,7 +6,7 @@
 //! transmit worker reads from the TAP devices, through those tables. So
 //! from the first frame on, a `require` policy without an SA drops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -126,7 +126,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
     }
     let index_of = |name: &str| config.networks.iter().position(|n| n.name == name);
     let mut peers = Vec::new();
-    let mut inbound = HashMap::new();
+    let mut inbound = tunsec_datapath::fast_map::FastMap::default();
     for (i, p) in config.peers.iter().enumerate() {
         let nets = p
             .networks

@@ -28,7 +28,6 @@ pub mod steering;
 
 pub use daemon::GatewayDaemon;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -88,7 +87,7 @@ pub fn mtu(config: &Config, gw: &Gateway) -> anyhow::Result<GatewayMtu> {
 /// config in gateway mode.
 pub fn build_tables(config: &Config, gw: &Gateway, now: Instant) -> anyhow::Result<GatewayTables> {
     let mut peers = Vec::new();
-    let mut inbound = HashMap::new();
+    let mut inbound = tunsec_datapath::fast_map::FastMap::default();
     for (i, p) in config.peers.iter().enumerate() {
         let mut outbound = Vec::new();
         if let Some(sa) = &p.sa {
