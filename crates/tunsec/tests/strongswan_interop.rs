@@ -2320,9 +2320,13 @@ fn sswan_cert_reload_and_reauth() {
         eprintln!("  re-authenticated: {first:?} -> {second:?}");
         let replies = ping_replies(pings)?;
         eprintln!("  {replies}/{PINGS} pings answered across the re-authentication");
+        // On a loss, both sides' SAs and tunsecd's drop counters say
+        // where it happened (an `unknown_spi` drop would be charon
+        // sending on the new Child SA before tunsecd installed it).
         ensure!(
             replies == PINGS,
-            "{replies} of {PINGS} pings answered across the re-authentication"
+            "{replies} of {PINGS} pings answered across the re-authentication\n{}",
+            x.describe(lab)
         );
         // charon verified the new certificate's signature.
         let log = x.charon.log_text();
