@@ -22,6 +22,7 @@
 //! `unsafe` is allowed in this crate only, for system calls; every block
 //! carries a `// SAFETY:` comment.
 
+pub mod early;
 pub mod fast_map;
 pub mod fdb;
 pub mod gateway;

@@ -736,8 +736,34 @@ pub fn receive_esp(
     end: usize,
     now: Instant,
 ) -> Result<EspReceive, Drop> {
+    let r = try_receive_esp(tables, fdb, stats, src, udp, buf, start, end, now);
+    if r == Err(Drop::UnknownSpi) {
+        stats.drop(Drop::UnknownSpi);
+    }
+    r
+}
+
+/// [`receive_esp`], except that an SPI with no inbound SA is returned as
+/// `Err(Drop::UnknownSpi)` without being counted, and `buf` is then left
+/// as it was: the receive worker may hold such a datagram until its SA
+/// is installed ([`crate::early`]), and counts it only if it never is.
+/// Every other drop is counted here.
+#[allow(clippy::too_many_arguments)]
+pub fn try_receive_esp(
+    tables: &Tables,
+    fdb: &Fdb,
+    stats: &Stats,
+    src: IpAddr,
+    udp: bool,
+    buf: &mut [u8],
+    start: usize,
+    end: usize,
+    now: Instant,
+) -> Result<EspReceive, Drop> {
     let fail = |d: Drop| {
-        stats.drop(d);
+        if d != Drop::UnknownSpi {
+            stats.drop(d);
+        }
         Err(d)
     };
     if udp {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::early::{EarlyEsp, Retry};
 use crate::fdb::Fdb;
 use crate::io::socket::{Batch, DatagramSocket, Poller};
 use crate::offload;
@@ -528,6 +529,7 @@ pub fn run_rx(
     let mut meta = vec![(0usize, unspecified); BATCH];
     let mut gro_meta = vec![(0usize, unspecified, 0usize); BATCH];
     let mut batch = Batch::new(BATCH);
+    let mut early = EarlyEsp::new();
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
@@ -582,7 +584,7 @@ pub fn run_rx(
                                     continue;
                                 };
                                 let udp = sock.kind() == crate::io::socket::SocketKind::Udp;
-                                match overlay::receive_esp(
+                                match overlay::try_receive_esp(
                                     &tables,
                                     &shared.fdb,
                                     &shared.stats,
@@ -606,42 +608,118 @@ pub fn run_rx(
                                         }
                                         continue;
                                     }
+                                    Err(Drop::UnknownSpi) => {
+                                        // Perhaps an SA that the IKE
+                                        // driver is about to install.
+                                        let known = tables.peer_by_addr(src.ip()).is_some();
+                                        if !(known
+                                            && early.hold(src.ip(), udp, &buf[start..len], now))
+                                        {
+                                            shared.stats.drop(Drop::UnknownSpi);
+                                        }
+                                        continue;
+                                    }
                                     Err(e) => Err(e),
                                 }
                             }
                         };
                         let Ok(d) = delivery else { continue };
-                        let Some(devs) = queues.get(d.net).filter(|q| !q.is_empty()) else {
-                            shared.stats.drop(Drop::TapWrite);
-                            continue;
-                        };
-                        let frame = &buf[d.start..d.end];
-                        overlay::count_rx(&shared.stats, d.net, frame.len());
-                        let dev = &devs[steer::queue_of(frame, devs.len())];
-                        if let Some(c) = coalescers.get_mut(d.net).and_then(Option::as_mut) {
-                            c.push(frame, &mut |t: offload::TapFrame<'_>| {
-                                let dev = &devs[steer::queue_of(t.frame, devs.len())];
-                                write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
-                            });
-                        } else if dev.vnet_hdr() {
-                            write_tap(&shared, dev.as_ref(), &plain, frame);
-                        } else if dev.send(frame).is_err() {
-                            shared.stats.drop(Drop::TapWrite);
-                        }
+                        deliver(
+                            &shared,
+                            &queues,
+                            &mut coalescers,
+                            &plain,
+                            d.net,
+                            &buf[d.start..d.end],
+                        );
                     }
                 }
                 // A batch's super-frames go out before the next batch.
-                for (net, c) in coalescers.iter_mut().enumerate() {
-                    if let (Some(c), Some(devs)) =
-                        (c.as_mut(), queues.get(net).filter(|q| !q.is_empty()))
-                    {
-                        c.flush(&mut |t: offload::TapFrame<'_>| {
-                            let dev = &devs[steer::queue_of(t.frame, devs.len())];
-                            write_tap(&shared, dev.as_ref(), &t.header_bytes(), t.frame);
-                        });
-                    }
-                }
+                flush_coalescers(&shared, &queues, &mut coalescers);
             }
+        }
+        // Held ESP whose SA may have arrived since (see `early`).
+        if !early.is_empty() {
+            let tables = shared.tables.load();
+            let now = Instant::now();
+            let expired = early.retry(now, |src, udp, datagram| {
+                let len = datagram.len();
+                match overlay::try_receive_esp(
+                    &tables,
+                    &shared.fdb,
+                    &shared.stats,
+                    src,
+                    udp,
+                    datagram,
+                    0,
+                    len,
+                    now,
+                ) {
+                    Err(Drop::UnknownSpi) => Retry::StillUnknown,
+                    Ok(EspReceive::Frame(d)) => {
+                        deliver(
+                            &shared,
+                            &queues,
+                            &mut coalescers,
+                            &plain,
+                            d.net,
+                            &datagram[d.start..d.end],
+                        );
+                        Retry::Handled
+                    }
+                    Ok(_) | Err(_) => Retry::Handled,
+                }
+            });
+            for _ in 0..expired {
+                shared.stats.drop(Drop::UnknownSpi);
+            }
+            flush_coalescers(&shared, &queues, &mut coalescers);
+        }
+    }
+}
+
+/// Writes an opened frame of network `net` to that network's TAP queue
+/// for its flow, through the network's coalescer when it has one.
+fn deliver(
+    shared: &Shared,
+    queues: &[Vec<Arc<dyn FrameDevice>>],
+    coalescers: &mut [Option<offload::Coalescer>],
+    plain: &[u8],
+    net: usize,
+    frame: &[u8],
+) {
+    let Some(devs) = queues.get(net).filter(|q| !q.is_empty()) else {
+        shared.stats.drop(Drop::TapWrite);
+        return;
+    };
+    overlay::count_rx(&shared.stats, net, frame.len());
+    if let Some(c) = coalescers.get_mut(net).and_then(Option::as_mut) {
+        c.push(frame, &mut |t: offload::TapFrame<'_>| {
+            let dev = &devs[steer::queue_of(t.frame, devs.len())];
+            write_tap(shared, dev.as_ref(), &t.header_bytes(), t.frame);
+        });
+        return;
+    }
+    let dev = &devs[steer::queue_of(frame, devs.len())];
+    if dev.vnet_hdr() {
+        write_tap(shared, dev.as_ref(), plain, frame);
+    } else if dev.send(frame).is_err() {
+        shared.stats.drop(Drop::TapWrite);
+    }
+}
+
+/// Writes out what every coalescer holds.
+fn flush_coalescers(
+    shared: &Shared,
+    queues: &[Vec<Arc<dyn FrameDevice>>],
+    coalescers: &mut [Option<offload::Coalescer>],
+) {
+    for (net, c) in coalescers.iter_mut().enumerate() {
+        if let (Some(c), Some(devs)) = (c.as_mut(), queues.get(net).filter(|q| !q.is_empty())) {
+            c.flush(&mut |t: offload::TapFrame<'_>| {
+                let dev = &devs[steer::queue_of(t.frame, devs.len())];
+                write_tap(shared, dev.as_ref(), &t.header_bytes(), t.frame);
+            });
         }
     }
 }
@@ -664,6 +742,191 @@ fn ipv4_header_len(packet: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::fast_map::FastMap;
+    use crate::overlay::{
+        EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, TunnelEncap,
+    };
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+    use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// A TAP device stand-in that records what the receive worker writes.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<u8>>>);
+
+    impl FrameDevice for Recorder {
+        fn recv(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn send(&self, frame: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(frame.to_vec());
+            Ok(frame.len())
+        }
+        fn fd(&self) -> RawFd {
+            -1
+        }
+    }
+
+    fn esp_sa(spi: u32, direction: Direction) -> overlay::SharedSa {
+        let suite = Suite::AesGcm128;
+        let n = suite.encryption_key_len() + suite.integrity_key_len();
+        let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+        let sa = Sa::new(SaConfig::new(spi, direction, suite, keys), Instant::now()).unwrap();
+        Arc::new(Mutex::new(sa))
+    }
+
+    /// Tables for a host on loopback whose one peer is also on loopback,
+    /// sending with SPI `out` and receiving with `inbound` (if any).
+    fn loopback_tables(out: u32, inbound: Option<u32>) -> Tables {
+        let peer = PeerEntry {
+            spec: PeerSpec {
+                name: "peer".into(),
+                underlay: LOOPBACK,
+                networks: vec![(0, Policy::Require)],
+            },
+            outbound: vec![esp_sa(out, Direction::Outbound)],
+        };
+        let mut map = FastMap::default();
+        if let Some(spi) = inbound {
+            let sa = esp_sa(spi, Direction::Inbound);
+            map.insert(spi, InboundEntry { peer: 0, sa });
+        }
+        let network = NetworkSpec {
+            name: "blue".into(),
+            vni: 100,
+            encap: TunnelEncap::Vxlan,
+            port: 4789,
+            max_frame: 1400,
+        };
+        Tables::new(
+            LOOPBACK,
+            EspTransport::Udp(4500),
+            vec![network],
+            vec![peer],
+            map,
+        )
+    }
+
+    /// An ESP-in-UDP datagram (from the SPI on) carrying a 200-byte frame,
+    /// sealed with SPI `spi`, and the frame.
+    fn sealed(spi: u32) -> (Vec<u8>, Vec<u8>) {
+        let tables = loopback_tables(spi, None);
+        let stats = Stats::new(1);
+        let mut buf = vec![0u8; HEADROOM + 200 + TAILROOM];
+        let frame: Vec<u8> = (0..200u8).collect();
+        buf[HEADROOM..HEADROOM + 200].copy_from_slice(&frame);
+        let tx = overlay::encapsulate(
+            &tables,
+            &stats,
+            0,
+            0,
+            &mut buf,
+            HEADROOM,
+            HEADROOM + 200,
+            Instant::now(),
+        )
+        .unwrap();
+        (buf[tx.start..tx.end].to_vec(), frame)
+    }
+
+    /// A receive worker on loopback without SAs; what it wrote so far.
+    struct RxWorker {
+        shared: Arc<Shared>,
+        tap: Arc<Recorder>,
+        port: u16,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl RxWorker {
+        fn start() -> Self {
+            let shared = Arc::new(Shared::new(
+                loopback_tables(1, None),
+                Instant::now(),
+                Duration::from_secs(300),
+            ));
+            let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
+            let port = esp.local_addr().unwrap().port();
+            let sockets = Arc::new(Sockets {
+                esp,
+                tunnels: Vec::new(),
+            });
+            let tap = Arc::new(Recorder::default());
+            let queues: Vec<Vec<Arc<dyn FrameDevice>>> = vec![vec![tap.clone()]];
+            let s = Arc::clone(&shared);
+            let thread = Some(std::thread::spawn(move || {
+                run_rx(s, queues, sockets, false, false)
+            }));
+            Self {
+                shared,
+                tap,
+                port,
+                thread,
+            }
+        }
+
+        fn written(&self) -> Vec<Vec<u8>> {
+            self.tap.0.lock().unwrap().clone()
+        }
+
+        fn wait_written(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+            let deadline = Instant::now() + timeout;
+            while self.written().len() < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.written()
+        }
+    }
+
+    impl std::ops::Drop for RxWorker {
+        fn drop(&mut self) {
+            self.shared.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    /// ESP that arrives before its inbound SA is installed (a responder
+    /// that sends on a new Child SA as soon as it has answered) is held,
+    /// and delivered once the SA is there: no `unknown_spi` drop. ESP whose
+    /// SA never comes is dropped and counted after `EarlyEsp::HOLD`.
+    #[test]
+    fn esp_before_its_sa_is_held_then_delivered() {
+        let rx = RxWorker::start();
+        let sender = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        let (datagram, frame) = sealed(0x5001);
+        sender.send_to(&datagram, (LOOPBACK, rx.port)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx.written().is_empty());
+        assert_eq!(
+            rx.shared.stats.drops(Drop::UnknownSpi),
+            0,
+            "held, not dropped"
+        );
+
+        rx.shared
+            .tables
+            .store(Arc::new(loopback_tables(1, Some(0x5001))));
+        // The worker looks again at its next wake-up (at most POLL_MS).
+        assert_eq!(rx.wait_written(1, Duration::from_secs(2)), [frame]);
+        assert_eq!(rx.shared.stats.drops(Drop::UnknownSpi), 0);
+
+        // An SPI that never gets an SA: dropped, counted, after the hold.
+        let (stray, _) = sealed(0x6001);
+        let sent = Instant::now();
+        sender.send_to(&stray, (LOOPBACK, rx.port)).unwrap();
+        let deadline = sent + Duration::from_secs(2);
+        while rx.shared.stats.drops(Drop::UnknownSpi) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(rx.shared.stats.drops(Drop::UnknownSpi), 1);
+        assert!(
+            sent.elapsed() >= EarlyEsp::HOLD,
+            "dropped before the hold ended"
+        );
+        assert_eq!(rx.written().len(), 1);
+    }
 
     #[test]
     fn ike_inbox_is_closed_until_opened_and_bounded() {
