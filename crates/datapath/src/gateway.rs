@@ -332,8 +332,33 @@ pub fn unprotect(
     end: usize,
     now: Instant,
 ) -> Result<GatewayReceive, Drop> {
+    let r = try_unprotect(tables, stats, src, udp, buf, start, end, now);
+    if r == Err(Drop::UnknownSpi) {
+        stats.drop(Drop::UnknownSpi);
+    }
+    r
+}
+
+/// [`unprotect`], except that an SPI with no inbound SA is returned as
+/// `Err(Drop::UnknownSpi)` without being counted, and `buf` is then left
+/// as it was: the receive worker may hold such a datagram until its SA is
+/// installed ([`crate::early`]), and counts it only if it never is. Every
+/// other drop is counted here.
+#[allow(clippy::too_many_arguments)]
+pub fn try_unprotect(
+    tables: &GatewayTables,
+    stats: &Stats,
+    src: IpAddr,
+    udp: bool,
+    buf: &mut [u8],
+    start: usize,
+    end: usize,
+    now: Instant,
+) -> Result<GatewayReceive, Drop> {
     let fail = |d: Drop| {
-        stats.drop(d);
+        if d != Drop::UnknownSpi {
+            stats.drop(d);
+        }
         Err(d)
     };
     if udp {
@@ -460,4 +485,4 @@ fn rebuild_header(
 
 #[cfg(test)]
 #[path = "gateway_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -30,7 +30,9 @@ fn vxlan_selector() -> GatewaySelector {
     }
 }
 
-fn host(
+/// One host's tables: `local` with one peer `remote`, sealing with
+/// `spi_out` and opening `spi_in` (no SAs without `suite`).
+pub(crate) fn host(
     local: IpAddr,
     remote: IpAddr,
     mode: GatewayMode,
@@ -78,7 +80,13 @@ fn pair(
 }
 
 /// An IP/UDP packet as a kernel vxlan device would send it.
-fn kernel_packet(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+pub(crate) fn kernel_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    len: usize,
+) -> Vec<u8> {
     let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
     let udp_len = udp::HEADER_LEN + len;
     let mut pkt = Vec::new();

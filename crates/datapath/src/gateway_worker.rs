@@ -6,10 +6,11 @@
 //! them, a batch per `sendmmsg`, from the ESP socket. The receive worker
 //! reads ESP from that socket, opens it with [`gateway::unprotect`] and
 //! writes the packet to the TUN device, so the kernel receives it as if
-//! it had come off the wire. Outbound SAs are used only by the first and
+//! it had come off the wire; ESP that arrives just before its SA is held
+//! briefly ([`crate::early`]). Outbound SAs are used only by the first and
 //! inbound SAs only by the second.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::early::{EarlyEsp, Retry};
 use crate::gateway::GatewayReceive;
 use crate::gateway::{self, GatewayTables};
 use crate::io::socket::{Batch, Poller, SocketKind};
@@ -92,7 +94,7 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                 if let Ok(tx) =
                     gateway::protect(&tables, &shared.stats, buf, HEADROOM, HEADROOM + len, now)
                 {
-                    if let Some(c) = peer_counters(&tables, &shared.stats, tx.dst) {
+                    if let Some(c) = peer_counters(&tables, &shared.stats, tx.dst.ip()) {
                         add(&c.tx_frames, 1);
                         add(&c.tx_bytes, len as u64);
                     }
@@ -127,15 +129,17 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
     let mut meta = vec![(0usize, unspecified); BATCH];
     let mut batch = Batch::new(BATCH);
     let udp = esp.kind() == SocketKind::Udp;
+    let mut early = EarlyEsp::new();
+    let mut scratch = vec![0u8; BUFFER_LEN];
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        if !poller.is_ready(0) {
-            continue;
-        }
-        for _ in 0..4 {
+        // Drain the socket a batch at a time (after a timeout, the held
+        // datagrams below are still tried).
+        let batches = if poller.is_ready(0) { 4 } else { 0 };
+        for _ in 0..batches {
             let n = batch.recv(esp, &mut pool, &mut meta).unwrap_or(0);
             if n == 0 {
                 break;
@@ -163,7 +167,7 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                     continue;
                 }
                 buf.copy_within(start..len, HEADROOM);
-                let (s, e) = match gateway::unprotect(
+                match gateway::try_unprotect(
                     &tables,
                     &shared.stats,
                     src.ip(),
@@ -173,40 +177,89 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                     HEADROOM + payload,
                     now,
                 ) {
-                    Ok(GatewayReceive::Packet { start, end }) => (start, end),
-                    Ok(GatewayReceive::Keepalive) => {
-                        add(&shared.stats.keepalives, 1);
-                        continue;
+                    Ok(GatewayReceive::Packet { start, end }) => {
+                        deliver(&shared, &tables, tun.as_ref(), src.ip(), &buf[start..end]);
                     }
+                    Ok(GatewayReceive::Keepalive) => add(&shared.stats.keepalives, 1),
                     Ok(GatewayReceive::Ike { start, end }) => {
                         if shared.ike_inbox.push(src, &buf[start..end]) {
                             add(&shared.stats.ike_received, 1);
                         } else {
                             shared.stats.drop(Drop::Ike);
                         }
-                        continue;
                     }
-                    Err(_) => continue,
-                };
-                if tun.send(&buf[s..e]).is_err() {
-                    shared.stats.drop(Drop::TapWrite);
-                    continue;
-                }
-                if let Some(c) = peer_counters(&tables, &shared.stats, src) {
-                    add(&c.rx_frames, 1);
-                    add(&c.rx_bytes, (e - s) as u64);
+                    Err(Drop::UnknownSpi) => {
+                        // Perhaps an SA that the IKE driver is about to
+                        // install (see `early`).
+                        let known = tables.peers.iter().any(|p| p.underlay == src.ip());
+                        let datagram = &buf[HEADROOM..HEADROOM + payload];
+                        if !(known && early.hold(src.ip(), udp, datagram, now)) {
+                            shared.stats.drop(Drop::UnknownSpi);
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
         }
+        // Held ESP whose SA may have arrived since.
+        if !early.is_empty() {
+            let tables = shared.tables.load();
+            let now = Instant::now();
+            let expired = early.retry(now, |src, udp, datagram| {
+                // Opening rebuilds the IP header in front of the payload:
+                // it needs the headroom that the hold does not keep.
+                let end = HEADROOM + datagram.len();
+                scratch[HEADROOM..end].copy_from_slice(datagram);
+                match gateway::try_unprotect(
+                    &tables,
+                    &shared.stats,
+                    src,
+                    udp,
+                    &mut scratch,
+                    HEADROOM,
+                    end,
+                    now,
+                ) {
+                    Err(Drop::UnknownSpi) => Retry::StillUnknown,
+                    Ok(GatewayReceive::Packet { start, end }) => {
+                        deliver(&shared, &tables, tun.as_ref(), src, &scratch[start..end]);
+                        Retry::Handled
+                    }
+                    Ok(_) | Err(_) => Retry::Handled,
+                }
+            });
+            for _ in 0..expired {
+                shared.stats.drop(Drop::UnknownSpi);
+            }
+        }
+    }
+}
+
+/// Writes an opened packet from peer `src` to the TUN device and counts
+/// it for that peer.
+fn deliver(
+    shared: &GatewayShared,
+    tables: &GatewayTables,
+    tun: &dyn FrameDevice,
+    src: IpAddr,
+    packet: &[u8],
+) {
+    if tun.send(packet).is_err() {
+        shared.stats.drop(Drop::TapWrite);
+        return;
+    }
+    if let Some(c) = peer_counters(tables, &shared.stats, src) {
+        add(&c.rx_frames, 1);
+        add(&c.rx_bytes, packet.len() as u64);
     }
 }
 
 fn peer_counters<'a>(
     tables: &GatewayTables,
     stats: &'a Stats,
-    addr: SocketAddr,
+    addr: IpAddr,
 ) -> Option<&'a crate::stats::NetworkCounters> {
-    let i = tables.peers.iter().position(|p| p.underlay == addr.ip())?;
+    let i = tables.peers.iter().position(|p| p.underlay == addr)?;
     stats.network(i)
 }
 
@@ -215,4 +268,130 @@ fn ipv4_header_len(packet: &[u8]) -> Option<usize> {
     let first = *packet.first()?;
     let len = usize::from(first & 0x0f) * 4;
     (first >> 4 == 4 && len >= 20 && len <= packet.len()).then_some(len)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::gateway::GatewayMode;
+    use crate::gateway::tests::{host, kernel_packet};
+    use crate::io::socket::DatagramSocket;
+    use crate::worker::test::Recorder;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use tunsec_esp::Suite;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// Loopback tables for the receiving host: with the inbound SA `spi`
+    /// once it is "installed", without any SA before.
+    fn receiver(spi: Option<u32>) -> GatewayTables {
+        let suite = spi.map(|_| Suite::AesGcm128);
+        host(
+            LOOPBACK,
+            LOOPBACK,
+            GatewayMode::Transport,
+            suite,
+            spi.unwrap_or(0),
+            1,
+        )
+    }
+
+    /// A VXLAN-port packet sealed with SPI `spi` (ESP-in-UDP, from the SPI
+    /// on), and the packet.
+    fn sealed(spi: u32) -> (Vec<u8>, Vec<u8>) {
+        let from = host(
+            LOOPBACK,
+            LOOPBACK,
+            GatewayMode::Transport,
+            Some(Suite::AesGcm128),
+            1,
+            spi,
+        );
+        let pkt = kernel_packet(LOOPBACK, LOOPBACK, 40000, 4789, 200);
+        let mut buf = vec![0u8; BUFFER_LEN];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let tx = gateway::protect(
+            &from,
+            &Stats::new(1),
+            &mut buf,
+            HEADROOM,
+            HEADROOM + pkt.len(),
+            Instant::now(),
+        )
+        .unwrap();
+        (buf[tx.start..tx.end].to_vec(), pkt)
+    }
+
+    fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// As in overlay mode (`worker::test`): ESP that arrives before its
+    /// inbound SA is installed is held and written to the TUN device once
+    /// the SA is there; ESP whose SA never comes is counted as
+    /// `unknown_spi` after `EarlyEsp::HOLD`, and ESP from an address that
+    /// is no peer at once.
+    #[test]
+    fn esp_before_its_sa_is_held_then_delivered() {
+        let shared = Arc::new(GatewayShared::new(receiver(None)));
+        let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        let port = esp.local_addr().unwrap().port();
+        let sockets = Arc::new(Sockets {
+            esp,
+            tunnels: Vec::new(),
+        });
+        let tun = Arc::new(Recorder::default());
+        let worker = {
+            let (shared, tun) = (Arc::clone(&shared), tun.clone());
+            std::thread::spawn(move || run_rx(shared, tun, sockets))
+        };
+        let written = || tun.0.lock().unwrap().clone();
+        let unknown = || shared.stats.drops(Drop::UnknownSpi);
+
+        let sender = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        let (datagram, pkt) = sealed(0x5001);
+        sender.send_to(&datagram, (LOOPBACK, port)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(written().is_empty());
+        assert_eq!(unknown(), 0, "held, not dropped");
+
+        shared.tables.store(Arc::new(receiver(Some(0x5001))));
+        // The worker looks again at its next wake-up (at most POLL_MS).
+        wait_until(Duration::from_secs(2), || !written().is_empty());
+        let got = written();
+        assert_eq!(got.len(), 1);
+        // The IP header is rebuilt (transport mode); the UDP datagram is
+        // the one that was sealed.
+        assert_eq!(got[0][20..], pkt[20..]);
+        assert_eq!(unknown(), 0);
+
+        let (stray, _) = sealed(0x6001);
+        let sent = Instant::now();
+        sender.send_to(&stray, (LOOPBACK, port)).unwrap();
+        wait_until(Duration::from_secs(2), || unknown() > 0);
+        assert_eq!(unknown(), 1);
+        assert!(
+            sent.elapsed() >= EarlyEsp::HOLD,
+            "dropped before the hold ended"
+        );
+
+        // Not from a peer: nothing to wait for.
+        shared.tables.store(Arc::new({
+            let mut t = receiver(Some(0x5001));
+            t.peers[0].underlay = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+            t
+        }));
+        let sent = Instant::now();
+        sender.send_to(&stray, (LOOPBACK, port)).unwrap();
+        wait_until(Duration::from_secs(2), || unknown() > 1);
+        assert_eq!(unknown(), 2);
+        assert!(sent.elapsed() < EarlyEsp::HOLD, "held for a stranger");
+        assert_eq!(written().len(), 1);
+
+        shared.stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+    }
 }

@@ -740,7 +740,7 @@ fn ipv4_header_len(packet: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod test {
+pub(crate) mod test {
     use super::*;
     use crate::fast_map::FastMap;
     use crate::overlay::{
@@ -753,7 +753,7 @@ mod test {
 
     /// A TAP device stand-in that records what the receive worker writes.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Vec<u8>>>);
+    pub(crate) struct Recorder(pub(crate) Mutex<Vec<Vec<u8>>>);
 
     impl FrameDevice for Recorder {
         fn recv(&self, _: &mut [u8]) -> io::Result<usize> {
