@@ -415,52 +415,11 @@ impl Daemon {
     /// CA, CRL, PSK, identities); see `ike::reload`. A configuration that
     /// does not load changes nothing.
     fn reload(&self) -> Response {
-        let Some(path) = &self.config_path else {
-            return Response::Error {
-                message: "reload: tunsecd was started without a configuration file".to_owned(),
-            };
-        };
-        let new = match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("reload: {}: {e}; nothing changed", path.display());
-                return Response::Error {
-                    message: format!("reload: {}: {e}; nothing changed", path.display()),
-                };
-            }
-        };
-        let plan = crate::ike::reload_plan(&self.config, &new);
-        for note in &plan.ignored {
-            tracing::warn!("reload: {note}");
-        }
-        let names: Vec<String> = plan
-            .updates
-            .iter()
-            .map(|(i, _)| new.peers[*i].name.clone())
-            .collect();
-        if !plan.updates.is_empty()
-            && self
-                .ike_commands
-                .send(IkeCommand::Reload(plan.updates))
-                .is_err()
-        {
-            return Response::Error {
-                message: "the IKE driver is not running".to_owned(),
-            };
-        }
-        tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
-        let mut message = if names.is_empty() {
-            "reloaded: no IKE credentials changed".to_owned()
-        } else {
-            format!(
-                "reloaded: new credentials for {} (new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
-                names.join(", ")
-            )
-        };
-        for note in plan.ignored {
-            message.push_str(&format!("; ignored: {note}"));
-        }
-        Response::Done { message }
+        crate::ike::reload(
+            &self.config,
+            self.config_path.as_deref(),
+            &self.ike_commands,
+        )
     }
 
     fn delete_sa(&self, peer: &str) -> Response {

@@ -113,9 +113,14 @@ pub enum IkeCommand {
     Reauth(usize),
     /// New `[peer.ike]` settings (credentials) for these peers, by index,
     /// from `tunsec reload` or SIGHUP: new IKE SAs use them; established
-    /// ones are re-authenticated at their next IKE SA rekey.
-    Reload(Vec<(usize, Box<IkePeer>)>),
+    /// ones are re-authenticated at their next IKE SA rekey. The driver
+    /// answers on the channel once it has taken them up.
+    Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
 }
+
+/// How long `tunsec reload` waits for the IKE driver to take up new
+/// settings (it looks at its commands every few milliseconds).
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Hands `command` for the peer named `peer` to the IKE driver over
 /// `commands`, as the control socket's `down`, `up`, `rekey` and `reauth`
@@ -145,12 +150,83 @@ pub(crate) fn send_command(
         IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying its Child SAs"),
         IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
         IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
-        IkeCommand::Reload(_) => "reloading".to_owned(),
+        IkeCommand::Reload(..) => "reloading".to_owned(),
     };
     if commands.send(command).is_err() {
         return Response::Error {
             message: "the IKE driver is not running".to_owned(),
         };
+    }
+    Response::Done { message }
+}
+
+/// Reads the configuration file at `path` again and hands the IKE driver
+/// the `[peer.ike]` settings that changed against `running` (credentials:
+/// certificate, key, CA, CRL, PSK, identities; see [`reload_plan`]), as
+/// `tunsec reload` and SIGHUP ask (both daemons). A configuration that
+/// does not load changes nothing, and the answer names what is wrong.
+pub(crate) fn reload(
+    running: &Config,
+    path: Option<&std::path::Path>,
+    commands: &mpsc::Sender<IkeCommand>,
+) -> crate::control::Response {
+    use crate::control::Response;
+    let Some(path) = path else {
+        return Response::Error {
+            message: "reload: tunsecd was started without a configuration file".to_owned(),
+        };
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("reload: {}: {e}; nothing changed", path.display());
+            return Response::Error {
+                message: format!("reload: {}: {e}; nothing changed", path.display()),
+            };
+        }
+    };
+    let plan = reload_plan(running, &new);
+    for note in &plan.ignored {
+        tracing::warn!("reload: {note}");
+    }
+    let names: Vec<String> = plan
+        .updates
+        .iter()
+        .map(|(i, _)| new.peers[*i].name.clone())
+        .collect();
+    if !plan.updates.is_empty() {
+        // Answer only once the driver has the new settings, so that an
+        // IKE SA that the peer starts right after (`tunsec reauth` there)
+        // meets them.
+        let (done, taken) = mpsc::channel();
+        if commands
+            .send(IkeCommand::Reload(plan.updates, done))
+            .is_err()
+        {
+            return Response::Error {
+                message: "the IKE driver is not running".to_owned(),
+            };
+        }
+        if taken.recv_timeout(RELOAD_WAIT).is_err() {
+            return Response::Error {
+                message: format!(
+                    "reload: the IKE driver did not take up the new settings within {} s",
+                    RELOAD_WAIT.as_secs()
+                ),
+            };
+        }
+    }
+    tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
+    let mut message = if names.is_empty() {
+        "reloaded: no IKE credentials changed".to_owned()
+    } else {
+        format!(
+            "reloaded: new credentials for {} (new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
+            names.join(", ")
+        )
+    };
+    for note in plan.ignored {
+        message.push_str(&format!("; ignored: {note}"));
     }
     Response::Done { message }
 }
@@ -671,7 +747,12 @@ impl IkeDriver {
     /// Carries out a command from the control socket.
     fn command(&mut self, now: Instant, command: IkeCommand) {
         let index = match command {
-            IkeCommand::Reload(updates) => return self.reload(updates),
+            IkeCommand::Reload(updates, done) => {
+                self.reload(updates);
+                // The control thread may have given up waiting.
+                let _ = done.send(());
+                return;
+            }
             IkeCommand::Reauth(index) => return self.reauth(now, index),
             IkeCommand::Down(index)
             | IkeCommand::Up(index)
@@ -721,7 +802,7 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
-            IkeCommand::Reload(_) | IkeCommand::Reauth(_) => {}
+            IkeCommand::Reload(..) | IkeCommand::Reauth(_) => {}
             IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
                 let p = &self.peers[i];
                 let ike = matches!(command, IkeCommand::RekeyIke(_));

@@ -433,7 +433,7 @@ fn cert_rotation_reload_and_reauth() {
         eprintln!("  IKE SA before: {before:?}");
 
         // Pings across the reloads: 30 at 0.1 s.
-        let pinger = pings(&t1, 30)?;
+        let pinger = pings(&t1, &tenant_addr(2), 30)?;
         std::thread::sleep(Duration::from_millis(500));
 
         // A reload that fails (the key file readable by everyone) names
@@ -479,7 +479,7 @@ fn cert_rotation_reload_and_reauth() {
             current_spis(lab)? == Some(before.clone()),
             "the reload changed the IKE SA"
         );
-        let received = ping_count(pinger)?;
+        let received = pings_received(pinger)?;
         eprintln!("  pings across the reloads: {received} of 30");
         ensure!(
             received == 30,
@@ -488,7 +488,7 @@ fn cert_rotation_reload_and_reauth() {
         );
 
         // Pings across the re-authentication: 60 at 0.1 s.
-        let pinger = pings(&t1, 60)?;
+        let pinger = pings(&t1, &tenant_addr(2), 60)?;
         std::thread::sleep(Duration::from_millis(1000));
         let t0 = Instant::now();
         call(lab, 1, &Request::Reauth { peer: "h2".into() })?;
@@ -508,7 +508,7 @@ fn cert_rotation_reload_and_reauth() {
         };
         phase(lab, "re-authenticated", t0);
         eprintln!("  IKE SA after: {after:?}");
-        let received = ping_count(pinger)?;
+        let received = pings_received(pinger)?;
         eprintln!("  pings across the re-authentication: {received} of 60");
         // Make before break: the old Child SAs carry the traffic until
         // the new ones do on both sides.
@@ -555,26 +555,6 @@ fn cert_rotation_reload_and_reauth() {
         ping_ok(&t1, &tenant_addr(2))?;
         Ok(())
     });
-}
-
-/// Starts `count` pings at 0.1 s from tenant `ns` to h2's tenant.
-fn pings(ns: &str, count: u32) -> anyhow::Result<std::process::Child> {
-    Ok(std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", &count.to_string()])
-        .args(["-i", "0.1", "-W", "2"])
-        .arg(tenant_addr(2))
-        .stdout(std::process::Stdio::piped())
-        .spawn()?)
-}
-
-/// How many replies a `pings` run got.
-fn ping_count(child: std::process::Child) -> anyhow::Result<u32> {
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("ping output: {text}"))
 }
 
 /// Rotation without `tunsec reauth`: after a reload, the established IKE

@@ -26,6 +26,11 @@
 //!   ping, 8 MiB over VXLAN and 1 MiB on TCP 16385 intact; the capture
 //!   shows IKE and ESP, nothing protected in the clear; a Child SA rekey
 //!   by request (`tunsec rekey`) keeps the tunnel working.
+//! - `gateway_ike_reload`: `tunsec reload` in gateway mode, under pings:
+//!   a config that does not load names the field and changes nothing; a
+//!   new PSK on one side makes a re-authentication fail (AUTHENTICATION_
+//!   FAILED, the old IKE SA stays); on both, `tunsec reauth` makes a new
+//!   IKE SA; no ping lost.
 //! - `gateway_raw_esp`: the same with raw ESP (IP protocol 50): TUN MTU
 //!   8 bytes larger, ping and 8 MiB intact, only raw ESP on the
 //!   underlay.
@@ -1102,6 +1107,124 @@ fn gateway_ike() {
         eprintln!("  capture: {ike} IKE, {esp} ESP, {clear} protected ports in the clear");
         ensure!(ike >= 2, "{ike} IKE frames (the rekey is 2 or more)");
         ensure!(esp > 1000 && clear == 0, "{esp} ESP, {clear} in the clear");
+        Ok(())
+    });
+}
+
+/// Host `n`'s IKE SA, by its SPIs, when established.
+fn ike_spis(lab: &Lab, n: u8) -> anyhow::Result<Option<(String, String)>> {
+    let s = status(lab, n)?;
+    Ok(s.peers.first().and_then(|p| p.ike.as_ref()).and_then(|i| {
+        (i.state == "established")
+            .then(|| i.spi_i.clone().zip(i.spi_r.clone()))
+            .flatten()
+    }))
+}
+
+fn reload(lab: &Lab, n: u8) -> anyhow::Result<Response> {
+    Ok(control::call(&socket_path(lab, n), &Request::Reload)?)
+}
+
+/// `tunsec reload` in gateway mode, with pings running through all of
+/// it: a configuration that does not load names the field and changes
+/// nothing; a new PSK on h1 alone is taken up (a re-authentication then
+/// fails, because h2 still has the old one, and the old IKE SA carries
+/// on); with the new PSK on both, `tunsec reauth` makes a new IKE SA. No
+/// ping is lost.
+#[test]
+fn gateway_ike_reload() {
+    with_lab("gw5", |lab| {
+        let Hosts { h1, .. } = setup_with(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
+        wait_child_sa(lab, 1)?;
+        wait_child_sa(lab, 2)?;
+        let before = ike_spis(lab, 1)?.context("h1 has no IKE SA")?;
+        eprintln!("  IKE SA before: {before:?}");
+        let pinger = pings(&h1, &vxlan_addr(2), 150)?;
+        std::thread::sleep(Duration::from_millis(500));
+
+        // A configuration that does not load.
+        let config = lab.dir.path().join("h1.toml");
+        let psk1 = lab.dir.path().join("h1.psk");
+        let good = std::fs::read_to_string(&config)?;
+        let missing = lab.dir.path().join("missing.psk");
+        std::fs::write(
+            &config,
+            good.replace(&*psk1.to_string_lossy(), &missing.to_string_lossy()),
+        )?;
+        let answer = reload(lab, 1)?;
+        std::fs::write(&config, &good)?;
+        let Response::Error { message } = answer else {
+            bail!("a reload with a missing PSK file was accepted: {answer:?}");
+        };
+        eprintln!("  h1 (bad reload): {message}");
+        ensure!(
+            message.contains("psk_file")
+                && message.contains("missing.psk")
+                && message.contains("nothing changed"),
+            "{message}"
+        );
+
+        // A new PSK on h1 only: taken up, so h2 refuses the new IKE SA.
+        std::fs::write(&psk1, "the next gateway test key, long enough\n")?;
+        let Response::Done { message } = reload(lab, 1)? else {
+            bail!("h1's reload failed");
+        };
+        eprintln!("  h1: {message}");
+        ensure!(message.contains("new credentials for h2"), "{message}");
+        ensure!(
+            ike_spis(lab, 1)? == Some(before.clone()),
+            "the reload changed the IKE SA"
+        );
+        control::call(&socket_path(lab, 1), &Request::Reauth { peer: "h2".into() })?;
+        lab.wait_for(
+            "h2 to refuse the new IKE SA",
+            Duration::from_secs(10),
+            || {
+                status(lab, 1).is_ok_and(|s| {
+                    s.peers[0]
+                        .ike
+                        .as_ref()
+                        .and_then(|i| i.last_error.as_deref())
+                        .is_some_and(|e| e.contains("AUTHENTICATION_FAILED"))
+                })
+            },
+        )?;
+        ensure!(
+            ike_spis(lab, 1)? == Some(before.clone()),
+            "a re-authentication with a PSK that h2 does not have changed the IKE SA:\n{}\n{}",
+            status(lab, 1)?.render(),
+            status(lab, 2)?.render()
+        );
+
+        // The same PSK on h2: the re-authentication goes through.
+        std::fs::write(
+            lab.dir.path().join("h2.psk"),
+            "the next gateway test key, long enough\n",
+        )?;
+        let Response::Done { message } = reload(lab, 2)? else {
+            bail!("h2's reload failed");
+        };
+        eprintln!("  h2: {message}");
+        ensure!(message.contains("new credentials for h1"), "{message}");
+        control::call(&socket_path(lab, 1), &Request::Reauth { peer: "h2".into() })?;
+        let mut after = None;
+        lab.wait_for("a new IKE SA", Duration::from_secs(10), || {
+            after = ike_spis(lab, 1).ok().flatten().filter(|s| *s != before);
+            after.is_some()
+        })?;
+        eprintln!("  IKE SA after: {after:?}");
+        wait_child_sa(lab, 1)?;
+        wait_child_sa(lab, 2)?;
+        let received = pings_received(pinger)?;
+        eprintln!("  pings across the reloads and re-authentications: {received} of 150");
+        ensure!(received == 150, "{} pings lost", 150 - received);
+        ping_ok(&h1, &vxlan_addr(2))?;
         Ok(())
     });
 }

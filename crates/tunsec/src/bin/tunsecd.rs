@@ -63,7 +63,9 @@ fn main() -> ExitCode {
         }
     }
     if config.gateway.is_some() {
-        let daemon = match GatewayDaemon::start(config) {
+        let daemon = match GatewayDaemon::start(config)
+            .and_then(|d| d.with_config_path(args.config.clone()))
+        {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("tunsecd: {e:#}");

@@ -75,6 +75,10 @@ pub struct GatewayDaemon {
     installed: Option<Installed>,
     ike_states: IkeStates,
     ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    /// The file the configuration came from, for `reload`.
+    config_path: Option<PathBuf>,
+    /// Set by SIGHUP: reload.
+    hangup: Arc<AtomicBool>,
 }
 
 impl GatewayDaemon {
@@ -212,7 +216,18 @@ impl GatewayDaemon {
             installed: Some(installed),
             ike_states,
             ike_commands,
+            config_path: None,
+            hangup: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Names the file the configuration came from: `tunsec reload` and
+    /// SIGHUP read it again (new IKE credentials; see `ike::reload`).
+    pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
+            .context("cannot handle SIGHUP")?;
+        self.config_path = Some(path);
+        Ok(self)
     }
 
     /// Serves the control socket until `term` is set, then stops the
@@ -231,6 +246,10 @@ impl GatewayDaemon {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => tracing::warn!("control socket: {e}"),
+            }
+            if self.hangup.swap(false, Ordering::Relaxed) {
+                tracing::info!("SIGHUP: reloading");
+                let _ = self.reload();
             }
         }
         tracing::info!("stopping");
@@ -261,11 +280,7 @@ impl GatewayDaemon {
             Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
             Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
             Ok(Request::Reauth { peer }) => self.ike_command(&peer, IkeCommand::Reauth),
-            Ok(Request::Reload) => Response::Error {
-                message: "reload: not built for gateway mode yet; restart tunsecd to take up new \
-                          credentials"
-                    .to_owned(),
-            },
+            Ok(Request::Reload) => self.reload(),
             Err(e) => Response::Error {
                 message: format!("request: {e}"),
             },
@@ -278,6 +293,14 @@ impl GatewayDaemon {
 
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
         crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
+    }
+
+    fn reload(&self) -> Response {
+        crate::ike::reload(
+            &self.config,
+            self.config_path.as_deref(),
+            &self.ike_commands,
+        )
     }
 
     fn delete_sa(&self, peer: &str) -> Response {

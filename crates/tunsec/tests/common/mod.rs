@@ -259,6 +259,27 @@ pub(crate) fn ping(ns: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
         .with_context(|| format!("ping {dst} from {ns}: unexpected output: {text}"))
 }
 
+/// Starts `count` pings at 0.1 s from `ns` to `dst` in the background,
+/// to count with [`pings_received`] (pings across a reload, a rekey, a
+/// re-authentication).
+pub(crate) fn pings(ns: &str, dst: &str, count: u32) -> anyhow::Result<std::process::Child> {
+    Ok(Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", &count.to_string()])
+        .args(["-i", "0.1", "-W", "2", dst])
+        .stdout(Stdio::piped())
+        .spawn()?)
+}
+
+/// How many replies a [`pings`] run got, once it has ended.
+pub(crate) fn pings_received(child: std::process::Child) -> anyhow::Result<u32> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("ping output: {text}"))
+}
+
 pub(crate) fn ping_ok(ns: &str, dst: &str) -> anyhow::Result<()> {
     let got = ping(ns, dst, 3)?;
     ensure!(got == 3, "ping {dst} from {ns}: {got} of 3 replies");
