@@ -387,20 +387,33 @@ impl SkCipher {
             } else {
                 PayloadType::None
             };
-            let mut fields = [0u8; FRAGMENT_FIELDS_LEN];
-            fields[..2].copy_from_slice(&number.to_be_bytes());
-            fields[2..].copy_from_slice(&total.to_be_bytes());
-            let iv = self.fresh_iv()?;
-            out.push(self.seal_parts(
-                header,
-                PayloadType::EncryptedFragment,
-                next,
-                &fields,
-                piece,
-                &iv,
-            )?);
+            out.push(self.seal_fragment(header, next, number, total, piece)?);
         }
         Ok(out)
+    }
+
+    /// One SKF message: fragment `number` of `total`, holding `piece` of
+    /// the plaintext, whose SKF Next Payload field is `next`.
+    pub(crate) fn seal_fragment(
+        &self,
+        header: &Header,
+        next: PayloadType,
+        number: u16,
+        total: u16,
+        piece: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut fields = [0u8; FRAGMENT_FIELDS_LEN];
+        fields[..2].copy_from_slice(&number.to_be_bytes());
+        fields[2..].copy_from_slice(&total.to_be_bytes());
+        let iv = self.fresh_iv()?;
+        self.seal_parts(
+            header,
+            PayloadType::EncryptedFragment,
+            next,
+            &fields,
+            piece,
+            &iv,
+        )
     }
 
     /// A new IV: the next counter value for the AEADs, random for CBC.
@@ -527,12 +540,13 @@ impl SkCipher {
     }
 
     /// Checks and decrypts one received fragment (a message whose last
-    /// payload is an SKF payload, RFC 7383 section 2.6): its header, its
-    /// SKF payload (with the data now the plaintext piece, without
-    /// padding) and the payloads before it (normally none).
+    /// payload is an SKF payload, RFC 7383 section 2.6): the message
+    /// without its SKF payload (the header, and the payloads before it,
+    /// normally none) and the SKF payload, its data now the plaintext
+    /// piece without padding.
     ///
     /// [`Error::IntegrityCheckFailed`] means the fragment is to be dropped.
-    pub fn open_fragment(&self, datagram: &[u8]) -> Result<(Header, EncryptedFragment)> {
+    pub fn open_fragment(&self, datagram: &[u8]) -> Result<(Message, EncryptedFragment)> {
         let mut message = Message::decode(datagram)?;
         let Some(Payload::EncryptedFragment(mut skf)) = message.payloads.pop() else {
             return Err(Error::InvalidValue {
@@ -541,7 +555,7 @@ impl SkCipher {
             });
         };
         skf.data = self.decrypt(datagram, &skf.data)?;
-        Ok((message.header, skf))
+        Ok((message, skf))
     }
 
     /// Checks the ICV of the SK or SKF payload whose data (IV, ciphertext,
@@ -730,7 +744,9 @@ mod test {
                 let mut first = PayloadType::None;
                 for (i, f) in fragments.iter().enumerate() {
                     assert!(f.len() <= max, "{encr:?} {max}: {}", f.len());
-                    let (h, skf) = c.open_fragment(f).unwrap();
+                    let (m, skf) = c.open_fragment(f).unwrap();
+                    assert!(m.payloads.is_empty());
+                    let h = m.header;
                     assert_eq!(h.message_id, 7);
                     assert_eq!(h.next_payload, PayloadType::EncryptedFragment);
                     assert_eq!((skf.number, skf.total), (i as u16 + 1, total));
