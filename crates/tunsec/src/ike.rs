@@ -440,6 +440,8 @@ impl IkeDriver {
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
         c.child_lifetime = peer.ike.child_lifetime;
         c.ike_lifetime = peer.ike.ike_lifetime;
+        c.fragmentation = peer.ike.fragmentation;
+        c.fragment_size = peer.ike.fragment_size;
         // Our data path sends ESP in UDP: NAT detection, and forced
         // encapsulation so that the peer sends ESP in UDP too. With raw
         // ESP, no NAT traversal (IKE could not move to a port we serve).
