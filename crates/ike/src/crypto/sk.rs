@@ -376,12 +376,9 @@ impl SkCipher {
         let mut out = Vec::with_capacity(usize::from(total));
         for (i, piece) in plaintext.chunks(chunk).enumerate() {
             let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
-            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
-            //# Next Payload (1 octet) - in the very first fragment (with
-            //# Fragment Number equal to 1), this field MUST be set to the
-            //# payload type of the first inner payload (the same as for the
-            //# Encrypted payload).  In the rest of the Fragment messages (with
-            //# Fragment Number greater than 1), this field MUST be set to zero.
+            // RFC 7383 section 2.5: the SKF payload's Next Payload is the
+            // type of the first inner payload in fragment 1, and zero in
+            // the others.
             let next = if number == 1 {
                 first
             } else {

@@ -149,11 +149,8 @@ impl EncryptedFragment {
         let mut r = Reader::new(body, "Encrypted Fragment payload");
         let number = r.u16()?;
         let total = r.u16()?;
-        //= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
-        //# Fragment Number (2 octets, unsigned integer) - current Fragment
-        //# message number, starting from 1.  This field MUST be less than or
-        //# equal to the next field (Total Fragments).  This field MUST NOT be
-        //# zero.
+        // RFC 7383 section 2.5: fragments are numbered from 1 up to Total
+        // Fragments, and neither field may be zero.
         if number == 0 || number > total {
             return Err(Error::InvalidValue {
                 what: "Encrypted Fragment payload: fragment number",
@@ -414,10 +411,8 @@ fn decode_chain(first: PayloadType, bytes: &[u8], outer: bool) -> Result<Vec<Pay
             //= https://www.rfc-editor.org/rfc/rfc7296#section-3.1
             //# An Encrypted payload MUST be the last payload in a packet and an
             //# Encrypted payload MUST NOT contain another Encrypted payload.
-            //= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
-            //# As is the case for the Encrypted payload, the Encrypted Fragment
-            //# payload, if present in a message, MUST be the last payload in the
-            //# message.
+            // RFC 7383 section 2.5: the Encrypted Fragment payload too must
+            // be the last one.
             if !outer {
                 return Err(Error::InvalidValue {
                     what: "Encrypted payload inside an Encrypted payload",

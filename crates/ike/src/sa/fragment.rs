@@ -78,9 +78,9 @@ pub fn message_limit(fragment_size: usize, remote: SocketAddr) -> usize {
 /// Seals an encrypted message: one SK message, or, with `limit` (the
 /// fragmentation both sides agreed to, [`message_limit`]) and a message
 /// longer than it, its SKF fragments.
-//= https://www.rfc-editor.org/rfc/rfc7383#section-2.5
-//# Only messages that contain an Encrypted payload are subject to IKE
-//# fragmentation.
+///
+/// RFC 7383 section 2.5: only messages with an Encrypted payload are ever
+/// fragmented (so never IKE_SA_INIT).
 pub(super) fn seal(
     cipher: &SkCipher,
     limit: Option<usize>,

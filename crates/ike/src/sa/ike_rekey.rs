@@ -400,6 +400,8 @@ impl IkeSa {
         self.peer_next_id = 0;
         self.next_request_id = 0;
         self.retiring = Some(Box::new(old));
+        // Fragments opened with the old keys belong to the old IKE SA.
+        self.reassembly = Default::default();
         self.established_at = Some(now);
         st.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
     }

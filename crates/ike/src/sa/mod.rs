@@ -1107,10 +1107,9 @@ impl IkeSa {
         message
             .payloads
             .extend(auth::hash_algorithms_notify(&self.config));
-        //= https://www.rfc-editor.org/rfc/rfc7383#section-2.3
-        //# The initiator indicates its support for IKE fragmentation and
-        //# willingness to use it by including a Notify payload of type
-        //# IKEV2_FRAGMENTATION_SUPPORTED in the IKE_SA_INIT request message.
+        // RFC 7383 section 2.3: the initiator announces IKE fragmentation
+        // with an empty IKEV2_FRAGMENTATION_SUPPORTED notify in its
+        // IKE_SA_INIT request.
         if self.config.fragmentation {
             message.payloads.push(fragmentation_supported());
         }

@@ -2818,6 +2818,66 @@ mod fragmentation {
         assert!(p.responder.is_established());
     }
 
+    /// A half-assembled message older than REASSEMBLY_TIMEOUT is dropped:
+    /// its missing fragment, arriving late, starts a new reassembly, and
+    /// the message completes only when the other fragment comes again.
+    #[test]
+    fn stale_reassembly_is_dropped() {
+        let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+        p.drive();
+        let header = p.initiator.header(ExchangeType::Informational, false, 2);
+        let sk = &established_state(&p.initiator).sk.outbound;
+        let frag = |n| {
+            sk.seal_fragment(&header, PayloadType::None, n, 2, &[])
+                .unwrap()
+        };
+        let (one, two) = (frag(1), frag(2));
+        p.responder.handle_datagram(p.now, addr(A), &one);
+        let late = p.now + fragment::REASSEMBLY_TIMEOUT + Duration::from_secs(1);
+        p.responder.handle_datagram(late, addr(A), &two);
+        assert!(p.responder.poll_transmit().is_none());
+        p.responder.handle_datagram(late, addr(A), &one);
+        let answer = drain(&mut p.responder);
+        assert_eq!(answer.len(), 1);
+        assert!(open_response(&p.initiator, &answer[0], 2).is_empty());
+    }
+
+    /// With the small fragment size, CREATE_CHILD_SA goes in fragments
+    /// too: either side rekeys the IKE SA, then a Child SA, and everything
+    /// works on the new IKE SA (which keeps fragmenting).
+    #[test]
+    fn rekeys_in_fragments() {
+        for by_initiator in [true, false] {
+            let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+            p.drive();
+            assert_established(&p);
+            p.i_events.clear();
+            p.r_events.clear();
+            let sent =
+                |p: &Pair| p.initiator.stats().fragments_sent + p.responder.stats().fragments_sent;
+            let before = sent(&p);
+            if by_initiator {
+                p.initiator.rekey_ike(p.now).unwrap();
+            } else {
+                p.responder.rekey_ike(p.now).unwrap();
+            }
+            p.drive();
+            assert_eq!(ike_rekeys(&p.i_events).len(), 1, "{:?}", p.i_events);
+            assert_eq!(ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+            let after_ike = sent(&p);
+            assert!(after_ike > before, "the IKE SA rekey was not fragmented");
+            assert_works_after_ike_rekey(&mut p);
+            assert!(
+                sent(&p) > after_ike,
+                "the Child SA rekey was not fragmented"
+            );
+            for sa in [&p.initiator, &p.responder] {
+                let s = sa.stats();
+                assert_eq!(s.malformed + s.integrity + s.fragments_dropped, 0, "{s:?}");
+            }
+        }
+    }
+
     /// Arbitrary bytes after a valid IKE header naming an SKF payload (and
     /// after a well-formed SKF header), to an IKE SA that negotiated
     /// fragmentation: dropped, never a panic, never an answer.
