@@ -1267,6 +1267,8 @@ impl IkeDriver {
                         + stats.wrong_message_id
                         + stats.integrity
                         + stats.unexpected,
+                    fragments_sent: stats.fragments_sent,
+                    fragments_received: stats.fragments_received,
                     state,
                     role: if p.initiator {
                         "initiator"

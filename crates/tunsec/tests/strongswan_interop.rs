@@ -2380,8 +2380,8 @@ fn sswan_cert_reload_and_reauth() {
 /// longer than one fragment. charon's `fragment_size` is its default,
 /// 1280; tunsecd's is `fragment_size` in `ike_extra` (or its default,
 /// 1280). Checks, beyond `cert_case`: charon logs that it split its
-/// IKE_AUTH message into fragments and reassembled tunsecd's, and the
-/// underlay capture holds no IP fragment, IKE datagrams in SKF messages from both
+/// IKE_AUTH message into fragments and reassembled tunsecd's, tunsecd's
+/// status counts fragments sent and received, and the underlay capture holds no IP fragment, IKE datagrams in SKF messages from both
 /// sides, none longer than its sender's fragment size.
 fn fragmentation_case(lab: &mut Lab, p: Params, tunsec_size: usize) -> anyhow::Result<()> {
     let x = cert_case_with(
@@ -2390,6 +2390,16 @@ fn fragmentation_case(lab: &mut Lab, p: Params, tunsec_size: usize) -> anyhow::R
         "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519",
         "ESP:AES_GCM_16-128",
     )?;
+    // tunsecd counted the fragments it sent and took in.
+    let ike = ike_of(&x.status(lab)?)?;
+    eprintln!(
+        "  tunsecd: {} IKE fragments sent, {} received",
+        ike.fragments_sent, ike.fragments_received
+    );
+    ensure!(
+        ike.fragments_sent >= 2 && ike.fragments_received >= 2,
+        "tunsecd's IKE fragment counters: {ike:?}"
+    );
     let log = x.charon.log_text();
     // "splitting IKE message (2206 bytes) into 2 fragments"
     let split = find_line(&log, "charon", "splitting IKE message")?;
