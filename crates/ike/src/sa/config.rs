@@ -154,7 +154,8 @@ pub const DEFAULT_MAX_CHILD_SAS: usize = 16;
 impl Config {
     /// A configuration with the default proposals
     /// ([`proposal::DEFAULT_IKE`], [`proposal::DEFAULT_ESP`]), transport
-    /// mode, and selectors that cover all IPv4 traffic.
+    /// mode, IKE fragmentation at 1280 bytes, and selectors that cover all
+    /// IPv4 traffic.
     pub fn new(local_id: Identity, remote_id: Option<Identity>, psk: Key) -> Self {
         Self {
             local_id,
