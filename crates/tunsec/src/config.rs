@@ -291,6 +291,8 @@ struct RawIke {
     child_lifetime: Option<u64>,
     ike_lifetime: Option<u64>,
     nat_keepalive: Option<u64>,
+    fragmentation: Option<bool>,
+    fragment_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +480,10 @@ pub struct IkePeer {
     /// How often a host behind a NAT sends a NAT keepalive (RFC 3948
     /// section 4).
     pub nat_keepalive: std::time::Duration,
+    /// Offer and use IKE fragmentation (RFC 7383).
+    pub fragmentation: bool,
+    /// The largest IP datagram an IKE fragment makes, headers included.
+    pub fragment_size: usize,
     /// The ESP mode asked for (initiator) or accepted (responder).
     pub mode: ChildMode,
     /// The traffic selectors offered (initiator) or narrowed to
@@ -497,6 +503,8 @@ impl fmt::Debug for IkePeer {
             .field("child_lifetime", &self.child_lifetime)
             .field("ike_lifetime", &self.ike_lifetime)
             .field("nat_keepalive", &self.nat_keepalive)
+            .field("fragmentation", &self.fragmentation)
+            .field("fragment_size", &self.fragment_size)
             .field("mode", &self.mode)
             .field("selectors", &self.selectors)
             .finish()
@@ -1382,6 +1390,18 @@ fn validate_ike(
             ));
         }
     };
+    let fragment_size = match raw.fragment_size {
+        None => tunsec_ike::sa::fragment::DEFAULT_FRAGMENT_SIZE,
+        // RFC 791: every IPv4 host accepts datagrams of 576 bytes.
+        Some(size @ 576..=65_535) => size as usize,
+        Some(size) => {
+            return Err(invalid(
+                f("fragment_size"),
+                size,
+                "must be from 576 to 65535 bytes",
+            ));
+        }
+    };
     Ok(IkePeer {
         psk,
         cert: cert.map(|c| c.auth),
@@ -1392,6 +1412,8 @@ fn validate_ike(
         child_lifetime,
         ike_lifetime,
         nat_keepalive,
+        fragmentation: raw.fragmentation.unwrap_or(true),
+        fragment_size,
         mode: raw.mode.unwrap_or_default(),
         selectors: raw.selectors.unwrap_or_default(),
     })
@@ -2018,6 +2040,39 @@ key_out = "b.out"
         let err =
             parse_ike(&ike_config(&format!("{IKE_PEER}psk = \"secret\"\n")), b"k").unwrap_err();
         assert!(err.to_string().contains("psk"), "{err}");
+    }
+
+    /// IKE fragmentation (RFC 7383): on at 1280 bytes by default; off, or
+    /// another size from 576 to 65535.
+    #[test]
+    fn ike_fragmentation_parses() {
+        let ike = |extra: &str| {
+            parse_ike(&ike_config(&format!("{IKE_PEER}{extra}")), b"k")
+                .unwrap()
+                .peers[0]
+                .ike
+                .clone()
+                .unwrap()
+        };
+        let d = ike("");
+        assert!(d.fragmentation);
+        assert_eq!(d.fragment_size, 1280);
+        let c = ike("fragmentation = false
+fragment_size = 576
+");
+        assert!(!c.fragmentation);
+        assert_eq!(c.fragment_size, 576);
+        for bad in ["575", "65536", "0"] {
+            assert_ike_invalid(
+                &ike_config(&format!(
+                    "{IKE_PEER}fragment_size = {bad}
+"
+                )),
+                b"k",
+                "peer[0].ike.fragment_size",
+                bad,
+            );
+        }
     }
 
     #[test]

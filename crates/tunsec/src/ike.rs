@@ -516,6 +516,8 @@ impl IkeDriver {
         c.transport_mode = peer.ike.mode == ChildMode::Transport;
         c.child_lifetime = peer.ike.child_lifetime;
         c.ike_lifetime = peer.ike.ike_lifetime;
+        c.fragmentation = peer.ike.fragmentation;
+        c.fragment_size = peer.ike.fragment_size;
         // Our data path sends ESP in UDP: NAT detection, and forced
         // encapsulation so that the peer sends ESP in UDP too. With raw
         // ESP, no NAT traversal (IKE could not move to a port we serve).
@@ -1346,6 +1348,8 @@ impl IkeDriver {
                         + stats.wrong_message_id
                         + stats.integrity
                         + stats.unexpected,
+                    fragments_sent: stats.fragments_sent,
+                    fragments_received: stats.fragments_received,
                     state,
                     role: if p.initiator {
                         "initiator"

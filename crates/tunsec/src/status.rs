@@ -207,12 +207,24 @@ pub struct IkeStatus {
     /// SPI or message ID, failed integrity, unexpected).
     #[serde(default)]
     pub dropped: u64,
+    /// IKE fragments (RFC 7383) this host sent, retransmissions included.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fragments_sent: u64,
+    /// Authentic IKE fragments (RFC 7383) this host received and kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fragments_received: u64,
     /// How this host authenticates (as configured, after the last
     /// reload): `psk`, or `certificate <subject> (<key type>, until
     /// <notAfter>)` and the trust in the peer (`CA <subject>...`,
     /// `pinned`) with the identity it must prove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+}
+
+/// For `skip_serializing_if`: a counter that never moved stays out of the
+/// JSON.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One SA.
@@ -337,6 +349,13 @@ impl Status {
                     ike.retransmits,
                     ike.dropped
                 );
+                if ike.fragments_sent + ike.fragments_received > 0 {
+                    let _ = writeln!(
+                        s,
+                        "        ike fragments sent {} received {}",
+                        ike.fragments_sent, ike.fragments_received
+                    );
+                }
                 if let Some(auth) = &ike.auth {
                     let _ = writeln!(s, "        auth {auth}");
                 }

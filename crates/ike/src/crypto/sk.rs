@@ -24,8 +24,9 @@ use super::Key;
 use super::keys::{IkeKeys, IkeSuite};
 use crate::error::{Error, Result};
 use crate::message::{
-    EncrId, HEADER_LEN, Header, IntegId, Message, PAYLOAD_HEADER_LEN, Payload, PayloadType,
-    Transform, TransformId, decode_payloads, encode_payloads,
+    EncrId, EncryptedFragment, FRAGMENT_FIELDS_LEN, HEADER_LEN, Header, IntegId, Message,
+    PAYLOAD_HEADER_LEN, Payload, PayloadType, Transform, TransformId, decode_payloads,
+    encode_payloads,
 };
 
 /// The salt of the AEAD ciphers: the last 4 bytes of SK_e.
@@ -329,17 +330,101 @@ impl SkCipher {
     pub fn seal(&self, header: &Header, payloads: &[Payload]) -> Result<Vec<u8>> {
         let mut plaintext = Vec::new();
         let first = encode_payloads(payloads, &mut plaintext)?;
-        let mut iv = [0u8; AES_BLOCK];
-        let iv = &mut iv[..self.encr.iv_len()];
+        let iv = self.fresh_iv()?;
+        self.seal_with_iv(header, first, &plaintext, &iv)
+    }
+
+    /// Like [`Self::seal`], but when the message would be longer than
+    /// `max_len` bytes (the IKE message, without IP and UDP headers or the
+    /// non-ESP marker), cuts the plaintext into as few Encrypted Fragment
+    /// payloads as keep each message within `max_len`, and seals each on
+    /// its own (RFC 7383 section 2.5). Returns the messages to send, in
+    /// order: one if the message fits.
+    pub fn seal_fragments(
+        &self,
+        header: &Header,
+        payloads: &[Payload],
+        max_len: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut plaintext = Vec::new();
+        let first = encode_payloads(payloads, &mut plaintext)?;
+        let iv_len = self.encr.iv_len();
+        let icv_len = self.icv_len();
+        let block = self.encr.block_len();
+        let whole = HEADER_LEN
+            + PAYLOAD_HEADER_LEN
+            + iv_len
+            + (plaintext.len() + 1).next_multiple_of(block)
+            + icv_len;
+        if whole <= max_len {
+            let iv = self.fresh_iv()?;
+            return Ok(vec![self.seal_with_iv(header, first, &plaintext, &iv)?]);
+        }
+        // The room for ciphertext in one fragment, then for plaintext: the
+        // pad length octet always, and whole blocks for CBC.
+        let overhead = HEADER_LEN + PAYLOAD_HEADER_LEN + FRAGMENT_FIELDS_LEN + iv_len + icv_len;
+        let room = max_len.saturating_sub(overhead) / block * block;
+        let chunk = room.saturating_sub(1);
+        let too_small = Error::Encode {
+            what: "IKE fragment size",
+            length: max_len,
+        };
+        if chunk == 0 {
+            return Err(too_small);
+        }
+        let total = u16::try_from(plaintext.len().div_ceil(chunk)).map_err(|_| too_small)?;
+        let mut out = Vec::with_capacity(usize::from(total));
+        for (i, piece) in plaintext.chunks(chunk).enumerate() {
+            let number = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            // RFC 7383 section 2.5: the SKF payload's Next Payload is the
+            // type of the first inner payload in fragment 1, and zero in
+            // the others.
+            let next = if number == 1 {
+                first
+            } else {
+                PayloadType::None
+            };
+            out.push(self.seal_fragment(header, next, number, total, piece)?);
+        }
+        Ok(out)
+    }
+
+    /// One SKF message: fragment `number` of `total`, holding `piece` of
+    /// the plaintext, whose SKF Next Payload field is `next`.
+    pub(crate) fn seal_fragment(
+        &self,
+        header: &Header,
+        next: PayloadType,
+        number: u16,
+        total: u16,
+        piece: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut fields = [0u8; FRAGMENT_FIELDS_LEN];
+        fields[..2].copy_from_slice(&number.to_be_bytes());
+        fields[2..].copy_from_slice(&total.to_be_bytes());
+        let iv = self.fresh_iv()?;
+        self.seal_parts(
+            header,
+            PayloadType::EncryptedFragment,
+            next,
+            &fields,
+            piece,
+            &iv,
+        )
+    }
+
+    /// A new IV: the next counter value for the AEADs, random for CBC.
+    fn fresh_iv(&self) -> Result<Vec<u8>> {
+        let mut iv = vec![0u8; self.encr.iv_len()];
         match &self.inner {
             Inner::Aead { counter, .. } => {
                 iv.copy_from_slice(&counter.fetch_add(1, Ordering::Relaxed).to_be_bytes());
             }
             //= https://www.rfc-editor.org/rfc/rfc3602#section-3
             //# The IV MUST be chosen at random, and MUST be unpredictable.
-            Inner::Cbc(_) => rand::fill(iv).map_err(|_| Error::Crypto("no randomness"))?,
+            Inner::Cbc(_) => rand::fill(&mut iv).map_err(|_| Error::Crypto("no randomness"))?,
         }
-        self.seal_with_iv(header, first, &plaintext, iv)
+        Ok(iv)
     }
 
     /// [`Self::seal`] with the caller's IV and plaintext (the payload chain
@@ -351,16 +436,32 @@ impl SkCipher {
         plaintext: &[u8],
         iv: &[u8],
     ) -> Result<Vec<u8>> {
+        self.seal_parts(header, PayloadType::Encrypted, first, &[], plaintext, iv)
+    }
+
+    /// Seals an SK payload, or an SKF payload whose fragment fields are
+    /// `fields`: they follow the generic payload header, so they are in
+    /// the AEAD's associated data and under the ICV.
+    fn seal_parts(
+        &self,
+        header: &Header,
+        payload_type: PayloadType,
+        first: PayloadType,
+        fields: &[u8],
+        plaintext: &[u8],
+        iv: &[u8],
+    ) -> Result<Vec<u8>> {
         let block = self.encr.block_len();
         // RFC 7296 section 3.14: the payloads, the padding and the pad
         // length together are a multiple of the block size; the sender
         // should use the least padding that does that.
         let pad_len = (block - (plaintext.len() + 1) % block) % block;
         let icv_len = self.icv_len();
-        let sk_len = PAYLOAD_HEADER_LEN + iv.len() + plaintext.len() + pad_len + 1 + icv_len;
+        let sk_len =
+            PAYLOAD_HEADER_LEN + fields.len() + iv.len() + plaintext.len() + pad_len + 1 + icv_len;
         let total = HEADER_LEN + sk_len;
         let mut header = *header;
-        header.next_payload = PayloadType::Encrypted;
+        header.next_payload = payload_type;
         header.length = u32::try_from(total).map_err(|_| Error::Encode {
             what: "IKE message",
             length: total,
@@ -374,6 +475,7 @@ impl SkCipher {
         out.push(first.value());
         out.push(0);
         out.extend_from_slice(&sk_len.to_be_bytes());
+        out.extend_from_slice(fields);
         out.extend_from_slice(iv);
         let ct_start = out.len();
         out.extend_from_slice(plaintext);
@@ -382,6 +484,9 @@ impl SkCipher {
         let crypto = |_| Error::Crypto("encryption failed");
         match &self.inner {
             Inner::Aead { key, salt, .. } => {
+                // RFC 7383 section 2.5: for an SKF payload, the associated
+                // data runs through its Fragment Number and Total Fragments
+                // fields, which come before the IV.
                 let (aad, rest) = out.split_at_mut(ct_start - iv.len());
                 let (iv, ct) = rest.split_at_mut(iv.len());
                 let tag = key
@@ -425,21 +530,48 @@ impl SkCipher {
                 value: 0,
             });
         };
+        let plaintext = self.decrypt(datagram, &sk.data)?;
+        let inner = decode_payloads(sk.first_payload, &plaintext)?;
+        message.payloads.extend(inner);
+        Ok(message)
+    }
+
+    /// Checks and decrypts one received fragment (a message whose last
+    /// payload is an SKF payload, RFC 7383 section 2.6): the message
+    /// without its SKF payload (the header, and the payloads before it,
+    /// normally none) and the SKF payload, its data now the plaintext
+    /// piece without padding.
+    ///
+    /// [`Error::IntegrityCheckFailed`] means the fragment is to be dropped.
+    pub fn open_fragment(&self, datagram: &[u8]) -> Result<(Message, EncryptedFragment)> {
+        let mut message = Message::decode(datagram)?;
+        let Some(Payload::EncryptedFragment(mut skf)) = message.payloads.pop() else {
+            return Err(Error::InvalidValue {
+                what: "no Encrypted Fragment payload",
+                value: 0,
+            });
+        };
+        skf.data = self.decrypt(datagram, &skf.data)?;
+        Ok((message, skf))
+    }
+
+    /// Checks the ICV of the SK or SKF payload whose data (IV, ciphertext,
+    /// ICV) ends `datagram`, and returns the plaintext without padding.
+    fn decrypt(&self, datagram: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         // The SK payload is the last one, so its data ends the datagram.
-        let data_start = datagram.len() - sk.data.len();
+        let data_start = datagram.len() - data.len();
         let iv_len = self.encr.iv_len();
         let icv_len = self.icv_len();
-        let ct_len = sk
-            .data
+        let ct_len = data
             .len()
             .checked_sub(iv_len + icv_len)
             .filter(|len| *len > 0 && len % self.encr.block_len() == 0)
             .ok_or(Error::InvalidLength {
                 what: "Encrypted payload",
-                length: sk.data.len(),
+                length: data.len(),
             })?;
         let icv_start = datagram.len() - icv_len;
-        let (iv, rest) = sk.data.split_at(iv_len);
+        let (iv, rest) = data.split_at(iv_len);
         let mut plaintext = rest[..ct_len].to_vec();
         let icv = &rest[ct_len..];
         match &self.inner {
@@ -472,9 +604,8 @@ impl SkCipher {
                 what: "Encrypted payload: pad length",
                 value: pad_len as u64,
             })?;
-        let inner = decode_payloads(sk.first_payload, &plaintext[..payloads_len])?;
-        message.payloads.extend(inner);
-        Ok(message)
+        plaintext.truncate(payloads_len);
+        Ok(plaintext)
     }
 }
 
@@ -583,6 +714,65 @@ mod test {
             for len in 0..bytes.len() {
                 assert!(c.open(&bytes[..len]).is_err());
             }
+        }
+    }
+
+    /// Every cipher: a message longer than the limit is cut into SKF
+    /// messages no longer than the limit, each opening on its own; their
+    /// plaintexts, joined, are the payloads; fragment 1 names the first
+    /// payload and the others none; a flipped bit anywhere in a fragment
+    /// fails it. A message that fits is one ordinary SK message.
+    #[test]
+    fn fragments_every_cipher() {
+        let sent: Vec<Payload> = (0..12)
+            .map(|i| Payload::Notify(Notify::new(NotifyType::Unknown(40000), vec![i; 100])))
+            .collect();
+        for (encr, integ) in suites() {
+            let c = cipher(encr, integ);
+            let whole = c.seal(&header(), &sent).unwrap();
+            let one = c.seal_fragments(&header(), &sent, whole.len()).unwrap();
+            assert_eq!(one.len(), 1);
+            assert_eq!(c.open(&one[0]).unwrap().payloads, sent);
+            for max in [200, 333, 576, whole.len() - 1] {
+                let fragments = c.seal_fragments(&header(), &sent, max).unwrap();
+                assert!(fragments.len() > 1, "{encr:?} {max}");
+                let total = fragments.len() as u16;
+                let mut plaintext = Vec::new();
+                let mut first = PayloadType::None;
+                for (i, f) in fragments.iter().enumerate() {
+                    assert!(f.len() <= max, "{encr:?} {max}: {}", f.len());
+                    let (m, skf) = c.open_fragment(f).unwrap();
+                    assert!(m.payloads.is_empty());
+                    let h = m.header;
+                    assert_eq!(h.message_id, 7);
+                    assert_eq!(h.next_payload, PayloadType::EncryptedFragment);
+                    assert_eq!((skf.number, skf.total), (i as u16 + 1, total));
+                    if i == 0 {
+                        first = skf.first_payload;
+                    } else {
+                        assert_eq!(skf.first_payload, PayloadType::None);
+                    }
+                    plaintext.extend_from_slice(&skf.data);
+                    // An SKF message is not an SK message.
+                    assert!(c.open(f).is_err());
+                }
+                assert_eq!(first, PayloadType::Notify);
+                assert_eq!(decode_payloads(first, &plaintext).unwrap(), sent);
+                let f = &fragments[0];
+                // Every byte from the fragment fields on is protected
+                // (the header's and generic header's are too, but some of
+                // their bits also fail the decoding).
+                for i in 32..f.len() {
+                    let mut t = f.clone();
+                    t[i] ^= 0x80;
+                    assert!(c.open_fragment(&t).is_err(), "{encr:?} byte {i}");
+                }
+                for len in 0..f.len() {
+                    assert!(c.open_fragment(&f[..len]).is_err());
+                }
+            }
+            // A limit too small for one byte of plaintext is an error.
+            assert!(c.seal_fragments(&header(), &sent, 40).is_err());
         }
     }
 

@@ -19,7 +19,9 @@
 //!   bit is set (section 2.5);
 //! - keeps the Encrypted payload (SK, section 3.14) as raw bytes: decrypting
 //!   it is [`crate::crypto::SkCipher`]'s job, and the plaintext is a payload
-//!   chain again, for [`decode_payloads`].
+//!   chain again, for [`decode_payloads`]; likewise the Encrypted Fragment
+//!   payload (SKF, RFC 7383 section 2.5), after its fragment number and
+//!   count.
 //!
 //! Nothing here panics on any input.
 
@@ -88,6 +90,8 @@ pub enum Payload {
     Configuration(Configuration),
     /// EAP (section 3.16): the EAP message.
     Eap(Vec<u8>),
+    /// SKF (RFC 7383 section 2.5), still protected.
+    EncryptedFragment(EncryptedFragment),
 }
 
 /// The Encrypted payload as it travels: IV, ciphertext (with padding and
@@ -113,6 +117,55 @@ pub struct Encrypted {
     pub data: Vec<u8>,
 }
 
+/// The Encrypted Fragment payload (SKF, RFC 7383 section 2.5): one piece
+/// of an Encrypted payload's plaintext, protected on its own like an SK
+/// payload, after the fragment's number and the number of fragments.
+///
+/// ```text
+/// | Next Payload  |C|  RESERVED   |         Payload Length        |
+/// |        Fragment Number        |        Total Fragments        |
+/// |                     Initialization Vector                     |
+/// ~                      Encrypted content                        ~
+/// ~                    Integrity Checksum Data                    ~
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncryptedFragment {
+    /// In fragment 1, the type of the first payload of the whole
+    /// plaintext; [`PayloadType::None`] in the others.
+    pub first_payload: PayloadType,
+    /// This fragment's number, from 1.
+    pub number: u16,
+    /// How many fragments the message was cut into.
+    pub total: u16,
+    /// IV, ciphertext and ICV.
+    pub data: Vec<u8>,
+}
+
+/// The Fragment Number and Total Fragments fields of an SKF payload.
+pub const FRAGMENT_FIELDS_LEN: usize = 4;
+
+impl EncryptedFragment {
+    fn decode(first_payload: PayloadType, body: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(body, "Encrypted Fragment payload");
+        let number = r.u16()?;
+        let total = r.u16()?;
+        // RFC 7383 section 2.5: fragments are numbered from 1 up to Total
+        // Fragments, and neither field may be zero.
+        if number == 0 || number > total {
+            return Err(Error::InvalidValue {
+                what: "Encrypted Fragment payload: fragment number",
+                value: u64::from(number),
+            });
+        }
+        Ok(Self {
+            first_payload,
+            number,
+            total,
+            data: r.rest().to_vec(),
+        })
+    }
+}
+
 impl Payload {
     /// The payload's type.
     pub fn payload_type(&self) -> PayloadType {
@@ -133,6 +186,7 @@ impl Payload {
             Self::Encrypted(_) => PayloadType::Encrypted,
             Self::Configuration(_) => PayloadType::Configuration,
             Self::Eap(_) => PayloadType::Eap,
+            Self::EncryptedFragment(_) => PayloadType::EncryptedFragment,
         }
     }
 
@@ -165,6 +219,9 @@ impl Payload {
             })),
             PayloadType::Configuration => Configuration::decode(body).map(Self::Configuration),
             PayloadType::Eap => Ok(Self::Eap(body.to_vec())),
+            PayloadType::EncryptedFragment => {
+                EncryptedFragment::decode(next, body).map(Self::EncryptedFragment)
+            }
             PayloadType::None | PayloadType::Unknown(_) => return None,
         })
     }
@@ -190,6 +247,11 @@ impl Payload {
             Self::TsInitiator(t) | Self::TsResponder(t) => ts::encode(t, out)?,
             Self::Encrypted(e) => out.extend_from_slice(&e.data),
             Self::Configuration(c) => c.encode(out)?,
+            Self::EncryptedFragment(f) => {
+                out.extend_from_slice(&f.number.to_be_bytes());
+                out.extend_from_slice(&f.total.to_be_bytes());
+                out.extend_from_slice(&f.data);
+            }
         }
         Ok(())
     }
@@ -200,7 +262,8 @@ impl Payload {
 pub struct Message {
     /// The header. [`Message::encode`] fills in its next payload and length.
     pub header: Header,
-    /// The payloads. An [`Payload::Encrypted`] can only be the last.
+    /// The payloads. An [`Payload::Encrypted`] or
+    /// [`Payload::EncryptedFragment`] can only be the last.
     pub payloads: Vec<Payload>,
 }
 
@@ -298,10 +361,12 @@ pub fn encode_payloads(payloads: &[Payload], out: &mut Vec<u8>) -> Result<Payloa
     for (i, payload) in payloads.iter().enumerate() {
         let next = match payload {
             Payload::Encrypted(e) if i + 1 == payloads.len() => e.first_payload,
-            Payload::Encrypted(e) => {
+            Payload::EncryptedFragment(f) if i + 1 == payloads.len() => f.first_payload,
+            Payload::Encrypted(Encrypted { data, .. })
+            | Payload::EncryptedFragment(EncryptedFragment { data, .. }) => {
                 return Err(Error::Encode {
                     what: "Encrypted payload before another payload",
-                    length: e.data.len(),
+                    length: data.len(),
                 });
             }
             _ => payloads
@@ -338,14 +403,20 @@ fn decode_chain(first: PayloadType, bytes: &[u8], outer: bool) -> Result<Vec<Pay
             });
         }
         let body = r.take(length - PAYLOAD_HEADER_LEN)?;
-        if this == PayloadType::Encrypted {
+        let encrypted = matches!(
+            this,
+            PayloadType::Encrypted | PayloadType::EncryptedFragment
+        );
+        if encrypted {
             //= https://www.rfc-editor.org/rfc/rfc7296#section-3.1
             //# An Encrypted payload MUST be the last payload in a packet and an
             //# Encrypted payload MUST NOT contain another Encrypted payload.
+            // RFC 7383 section 2.5: the Encrypted Fragment payload too must
+            // be the last one.
             if !outer {
                 return Err(Error::InvalidValue {
                     what: "Encrypted payload inside an Encrypted payload",
-                    value: u64::from(PayloadType::Encrypted.value()),
+                    value: u64::from(this.value()),
                 });
             }
             r.finish().map_err(|e| match e {
@@ -367,7 +438,7 @@ fn decode_chain(first: PayloadType, bytes: &[u8], outer: bool) -> Result<Vec<Pay
             }
             None => {}
         }
-        if this == PayloadType::Encrypted {
+        if encrypted {
             return Ok(payloads);
         }
         this = next;

@@ -97,6 +97,8 @@ registry! {
         Configuration = 47,
         /// Extensible Authentication (EAP).
         Eap = 48,
+        /// Encrypted and Authenticated Fragment (SKF, RFC 7383 section 2.5).
+        EncryptedFragment = 53,
     }
 }
 

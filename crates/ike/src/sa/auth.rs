@@ -31,7 +31,7 @@ use tunsec_esp::Key;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::config::{AuthFailure, Config, Event};
-use super::{IkeSa, Payloads, Role, Sk, State, encode_id};
+use super::{IkeSa, Payloads, Role, Sk, State, encode_id, fragment};
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
     CertError, Credentials, HashAlgorithm, SUPPORTED_HASHES, Trust, UnixTime,
@@ -308,8 +308,8 @@ impl IkeSa {
             NotifyType::AuthenticationFailed,
             Vec::new(),
         ))];
-        if let Ok(bytes) = sk.outbound.seal(&header, &notify) {
-            self.transmit(bytes);
+        if let Ok(bytes) = fragment::seal(&sk.outbound, self.fragment_limit, &header, &notify) {
+            self.transmit_all(bytes);
         }
         self.close(Event::AuthFailed { reason });
     }
@@ -335,7 +335,8 @@ impl IkeSa {
         }
         if let State::Established(st) = &self.state {
             let response = self.header(ExchangeType::Informational, true, 2);
-            if let Ok(bytes) = st.sk.outbound.seal(&response, &[]) {
+            if let Ok(bytes) = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &[])
+            {
                 self.send_response(2, bytes);
             }
         }

@@ -134,6 +134,16 @@ pub struct Config {
     /// request for another is answered NO_ADDITIONAL_SAS (RFC 7296
     /// section 3.10.1). [`DEFAULT_MAX_CHILD_SAS`] by default.
     pub max_child_sas: usize,
+    /// Offer IKE fragmentation (RFC 7383) in IKE_SA_INIT, and use it when
+    /// the peer offers it too: encrypted messages longer than
+    /// [`Self::fragment_size`] allows go as several SKF messages instead of
+    /// IP fragments. On by default.
+    pub fragmentation: bool,
+    /// The largest IP datagram (IP and UDP headers included) an IKE
+    /// fragment may make: [`super::fragment::DEFAULT_FRAGMENT_SIZE`]
+    /// (1280) unless the deployment says otherwise; like strongSwan's
+    /// `charon.fragment_size`.
+    pub fragment_size: usize,
 }
 
 /// How many Child SAs an IKE SA carries at most unless
@@ -144,7 +154,8 @@ pub const DEFAULT_MAX_CHILD_SAS: usize = 16;
 impl Config {
     /// A configuration with the default proposals
     /// ([`proposal::DEFAULT_IKE`], [`proposal::DEFAULT_ESP`]), transport
-    /// mode, and selectors that cover all IPv4 traffic.
+    /// mode, IKE fragmentation at 1280 bytes, and selectors that cover all
+    /// IPv4 traffic.
     pub fn new(local_id: Identity, remote_id: Option<Identity>, psk: Key) -> Self {
         Self {
             local_id,
@@ -164,6 +175,8 @@ impl Config {
             initial_contact: false,
             additional_children: Vec::new(),
             max_child_sas: DEFAULT_MAX_CHILD_SAS,
+            fragmentation: true,
+            fragment_size: super::fragment::DEFAULT_FRAGMENT_SIZE,
         }
     }
 
@@ -410,4 +423,10 @@ pub struct Stats {
     /// Requests with an unknown critical payload, answered
     /// UNSUPPORTED_CRITICAL_PAYLOAD (RFC 7296 section 2.5).
     pub unsupported_critical: u64,
+    /// Authentic IKE fragments (RFC 7383) received and kept.
+    pub fragments_received: u64,
+    /// Authentic IKE fragments dropped: duplicates, or over a bound.
+    pub fragments_dropped: u64,
+    /// IKE fragments sent, retransmissions included.
+    pub fragments_sent: u64,
 }

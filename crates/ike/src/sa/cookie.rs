@@ -305,7 +305,7 @@ impl IkeSa {
                 st.request = request.clone();
                 st.cookie = Some(cookie.to_vec());
                 self.stats.cookies += 1;
-                self.send_request(now, ExchangeType::IkeSaInit, 0, request);
+                self.send_request(now, ExchangeType::IkeSaInit, 0, vec![request]);
             }
             Err(e) => self.local_error(e),
         }

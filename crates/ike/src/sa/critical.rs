@@ -24,8 +24,9 @@
 //! Each such answer is counted in [`super::Stats::unsupported_critical`].
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use super::{Discard, Event, IkeSa, State};
+use super::{Discard, Event, IkeSa, State, fragment};
 use crate::error::Error;
 use crate::message::{Header, Message, Notify, NotifyType, Payload};
 
@@ -55,6 +56,7 @@ impl IkeSa {
     /// critical payload and was answered.
     pub(super) fn open_request(
         &mut self,
+        now: Instant,
         remote: SocketAddr,
         header: &Header,
         bytes: &[u8],
@@ -64,8 +66,16 @@ impl IkeSa {
             State::Established(st) => &st.sk,
             _ => return Err(Discard::Unexpected),
         };
-        let payload_type = match sk.inbound.open(bytes) {
-            Ok(message) => return Ok(Some(message)),
+        let opened = fragment::open(
+            &sk.inbound,
+            &mut self.reassembly,
+            self.fragment_limit.is_some(),
+            now,
+            &mut self.stats,
+            bytes,
+        );
+        let payload_type = match opened {
+            Ok(message) => return Ok(message),
             Err(Error::UnsupportedCriticalPayload(t)) => t,
             Err(Error::IntegrityCheckFailed) => return Err(Discard::Integrity),
             Err(_) => return Err(Discard::Malformed),
@@ -73,7 +83,7 @@ impl IkeSa {
         let id = header.message_id;
         let response = self.header(header.exchange_type, true, id);
         let payloads = [Payload::Notify(unsupported(payload_type))];
-        let sealed = sk.outbound.seal(&response, &payloads);
+        let sealed = fragment::seal(&sk.outbound, self.fragment_limit, &response, &payloads);
         self.remote = Some(remote);
         self.stats.unsupported_critical += 1;
         match sealed {

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Discard, Established, Event, IkeSa, MAX_KE_RETRIES, Outstanding, Payloads, RETRANSMIT_TIMEOUT,
-    Request, Role, Sk, State, offers_group, random_ike_spi, random_nonce, random_u64, rekey_time,
+    Request, Role, Sk, State, fragment, offers_group, random_ike_spi, random_nonce, random_u64,
+    rekey_time,
 };
 use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
@@ -64,7 +65,7 @@ pub(super) struct Retiring {
     /// Our DELETE of it, while unanswered.
     outstanding: Option<Outstanding>,
     /// The last response we sent on it, for retransmitted requests.
-    last_response: Option<(u32, Vec<u8>)>,
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
     peer_next_id: u32,
     next_request_id: u32,
     /// When it goes without further ado.
@@ -171,7 +172,7 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        let bytes = st.sk.outbound.seal(&header, &payloads)?;
+        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &payloads)?;
         st.request = Some(Request::IkeRekey(Box::new(IkeRekeySent {
             spi_i,
             ni,
@@ -295,7 +296,7 @@ impl IkeSa {
             Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
             Err(n) => (vec![Payload::Notify(n)], None),
         };
-        let sealed = st.sk.outbound.seal(&response, &payloads);
+        let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &payloads);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
@@ -399,6 +400,8 @@ impl IkeSa {
         self.peer_next_id = 0;
         self.next_request_id = 0;
         self.retiring = Some(Box::new(old));
+        // Fragments opened with the old keys belong to the old IKE SA.
+        self.reassembly = Default::default();
         self.established_at = Some(now);
         st.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
     }
@@ -417,7 +420,7 @@ impl IkeSa {
         r.outstanding = Some(Outstanding {
             message_id: id,
             exchange: ExchangeType::Informational,
-            bytes: bytes.clone(),
+            bytes: vec![bytes.clone()],
             transmissions: 1,
             timeout: RETRANSMIT_TIMEOUT,
             deadline: now + RETRANSMIT_TIMEOUT,
@@ -472,10 +475,10 @@ impl IkeSa {
             if header.message_id == *id {
                 let response = response.clone();
                 self.stats.cached_responses += 1;
-                self.transmits.push_back(super::Transmit {
-                    dst: remote,
-                    bytes: response,
-                });
+                for bytes in response {
+                    self.transmits
+                        .push_back(super::Transmit { dst: remote, bytes });
+                }
                 return Ok(());
             }
         }
@@ -500,7 +503,7 @@ impl IkeSa {
                 .seal(&response, &reply)
                 .map_err(|_| Discard::Malformed)?;
         r.peer_next_id = header.message_id.wrapping_add(1);
-        r.last_response = Some((header.message_id, sealed.clone()));
+        r.last_response = Some((header.message_id, vec![sealed.clone()]));
         if deleted {
             // Keep answering a retransmitted DELETE for a little while.
             r.deadline = r.deadline.min(now + Duration::from_secs(2));
@@ -538,6 +541,6 @@ impl IkeSa {
         out.deadline = now + out.timeout;
         let bytes = out.bytes.clone();
         self.stats.retransmits += 1;
-        self.transmit(bytes);
+        self.transmit_all(bytes);
     }
 }

@@ -61,6 +61,11 @@
 //! Certificates and signatures (`auth.rs`) authenticate instead of the
 //! PSK when [`Config::cert`] is set.
 //!
+//! IKE fragmentation (RFC 7383, `fragment.rs`): when both sides announce
+//! it in IKE_SA_INIT ([`Config::fragmentation`]), encrypted messages too
+//! long for [`Config::fragment_size`] go as Encrypted Fragment payloads,
+//! and the peer's are reassembled.
+//!
 //! Not yet: answers to malformed requests
 //! (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped).
 //!
@@ -75,6 +80,7 @@ mod config;
 mod cookie;
 mod critical;
 mod endpoint;
+pub mod fragment;
 mod ike_rekey;
 mod nat;
 pub mod ts;
@@ -414,7 +420,9 @@ enum State {
 struct Outstanding {
     message_id: u32,
     exchange: ExchangeType,
-    bytes: Vec<u8>,
+    /// The message, or its fragments (RFC 7383), all sent again on a
+    /// retransmission.
+    bytes: Vec<Vec<u8>>,
     transmissions: u32,
     timeout: Duration,
     deadline: Instant,
@@ -434,9 +442,14 @@ pub struct IkeSa {
     events: VecDeque<Event>,
     /// Initiator: the request waiting for a response.
     outstanding: Option<Outstanding>,
-    /// Responder: the message ID and bytes of the last response, for
-    /// retransmitted requests.
-    last_response: Option<(u32, Vec<u8>)>,
+    /// Responder: the message ID and bytes of the last response (or its
+    /// fragments), for retransmitted requests.
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// The longest encrypted message we send unfragmented, once both
+    /// sides announced IKE fragmentation in IKE_SA_INIT (RFC 7383).
+    fragment_limit: Option<usize>,
+    /// The peer's fragmented messages being put together.
+    reassembly: fragment::Reassembly,
     /// The message ID of the peer's next request (RFC 7296 section 2.2:
     /// each side numbers its own requests from 0).
     peer_next_id: u32,
@@ -468,6 +481,22 @@ impl core::fmt::Debug for IkeSa {
             .field("spi_r", &format_args!("{:016x}", self.spi_r))
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// The empty IKEV2_FRAGMENTATION_SUPPORTED notify (RFC 7383 section 2.3).
+fn fragmentation_supported() -> Payload {
+    Payload::Notify(Notify::new(
+        NotifyType::Ikev2FragmentationSupported,
+        Vec::new(),
+    ))
+}
+
+/// Why a message that does not open is dropped.
+fn discard(e: Error) -> Discard {
+    match e {
+        Error::IntegrityCheckFailed => Discard::Integrity,
+        _ => Discard::Malformed,
     }
 }
 
@@ -629,6 +658,8 @@ impl IkeSa {
             events: VecDeque::new(),
             outstanding: None,
             last_response: None,
+            fragment_limit: None,
+            reassembly: fragment::Reassembly::default(),
             peer_next_id: 0,
             next_request_id: 0,
             half_open_deadline: None,
@@ -641,7 +672,7 @@ impl IkeSa {
         };
         sa.local = sa.config.local_addr;
         let init = sa.init_request(group, ni, 0)?;
-        sa.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
+        sa.send_request(now, ExchangeType::IkeSaInit, 0, vec![init.request.clone()]);
         sa.state = State::InitSent(Box::new(init));
         Ok(sa)
     }
@@ -666,6 +697,8 @@ impl IkeSa {
             events: VecDeque::new(),
             outstanding: None,
             last_response: None,
+            fragment_limit: None,
+            reassembly: fragment::Reassembly::default(),
             peer_next_id: 0,
             next_request_id: 0,
             half_open_deadline: None,
@@ -812,7 +845,7 @@ impl IkeSa {
         };
         let id = self.next_request_id;
         let header = self.header(ExchangeType::Informational, false, id);
-        let bytes = st.sk.outbound.seal(&header, payloads)?;
+        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, payloads)?;
         self.next_request_id = id.wrapping_add(1);
         self.send_request(now, ExchangeType::Informational, id, bytes);
         Ok(())
@@ -959,7 +992,7 @@ impl IkeSa {
         out.deadline = now + out.timeout;
         let bytes = out.bytes.clone();
         self.stats.retransmits += 1;
-        self.transmit(bytes);
+        self.transmit_all(bytes);
     }
 
     /// Handles one received datagram (an IKE message without the non-ESP
@@ -1002,7 +1035,18 @@ impl IkeSa {
         }
     }
 
-    fn send_request(&mut self, now: Instant, exchange: ExchangeType, id: u32, bytes: Vec<u8>) {
+    /// Sends a message, or all the fragments of one.
+    fn transmit_all(&mut self, messages: Vec<Vec<u8>>) {
+        if messages.len() > 1 {
+            self.stats.fragments_sent += messages.len() as u64;
+        }
+        for bytes in messages {
+            self.transmit(bytes);
+        }
+    }
+
+    /// Sends a request (or its fragments) and keeps it for retransmission.
+    fn send_request(&mut self, now: Instant, exchange: ExchangeType, id: u32, bytes: Vec<Vec<u8>>) {
         self.outstanding = Some(Outstanding {
             message_id: id,
             exchange,
@@ -1011,13 +1055,14 @@ impl IkeSa {
             timeout: RETRANSMIT_TIMEOUT,
             deadline: now + RETRANSMIT_TIMEOUT,
         });
-        self.transmit(bytes);
+        self.transmit_all(bytes);
     }
 
-    /// Sends a response and keeps it for retransmitted requests.
-    fn send_response(&mut self, id: u32, bytes: Vec<u8>) {
+    /// Sends a response (or its fragments) and keeps it for retransmitted
+    /// requests.
+    fn send_response(&mut self, id: u32, bytes: Vec<Vec<u8>>) {
         self.last_response = Some((id, bytes.clone()));
-        self.transmit(bytes);
+        self.transmit_all(bytes);
     }
 
     fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
@@ -1062,6 +1107,12 @@ impl IkeSa {
         message
             .payloads
             .extend(auth::hash_algorithms_notify(&self.config));
+        // RFC 7383 section 2.3: the initiator announces IKE fragmentation
+        // with an empty IKEV2_FRAGMENTATION_SUPPORTED notify in its
+        // IKE_SA_INIT request.
+        if self.config.fragmentation {
+            message.payloads.push(fragmentation_supported());
+        }
         if let (Some(local), Some(remote)) = (self.local, self.remote) {
             message.payloads.extend(nat::notifies(
                 self.spi_i,
@@ -1110,10 +1161,18 @@ impl IkeSa {
                 if header.responder_spi != self.spi_r {
                     return Err(Discard::WrongSpi);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                let Some(message) = fragment::open(
+                    &st.sk.inbound,
+                    &mut self.reassembly,
+                    self.fragment_limit.is_some(),
+                    now,
+                    &mut self.stats,
+                    bytes,
+                )
+                .map_err(discard)?
+                else {
+                    return Ok(());
+                };
                 self.outstanding = None;
                 self.on_auth_response(now, &message);
                 Ok(())
@@ -1122,10 +1181,18 @@ impl IkeSa {
                 if header.responder_spi != self.spi_r {
                     return Err(Discard::WrongSpi);
                 }
-                let message = st.sk.inbound.open(bytes).map_err(|e| match e {
-                    Error::IntegrityCheckFailed => Discard::Integrity,
-                    _ => Discard::Malformed,
-                })?;
+                let Some(message) = fragment::open(
+                    &st.sk.inbound,
+                    &mut self.reassembly,
+                    self.fragment_limit.is_some(),
+                    now,
+                    &mut self.stats,
+                    bytes,
+                )
+                .map_err(discard)?
+                else {
+                    return Ok(());
+                };
                 self.outstanding = None;
                 // The answer to our DELETE closes the IKE SA (RFC 7296
                 // section 1.4.1); the answer to a liveness check only
@@ -1184,7 +1251,8 @@ impl IkeSa {
                 .and_then(|init| init.with_cookie(cookie))
             {
                 Ok(init) => {
-                    self.send_request(now, ExchangeType::IkeSaInit, 0, init.request.clone());
+                    let request = vec![init.request.clone()];
+                    self.send_request(now, ExchangeType::IkeSaInit, 0, request);
                     self.state = State::InitSent(Box::new(init));
                 }
                 Err(e) => self.local_error(e),
@@ -1247,6 +1315,12 @@ impl IkeSa {
             return Ok(());
         };
         let nr = nr.to_vec();
+        // RFC 7383 section 2.3: fragmentation is used only if both sides
+        // sent IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT.
+        if self.config.fragmentation && p.notify(NotifyType::Ikev2FragmentationSupported).is_some()
+        {
+            self.fragment_limit = Some(fragment::message_limit(self.config.fragment_size, remote));
+        }
         let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
         let result = self
             .derive(suite, &g_ir, &ni, &nr)
@@ -1311,7 +1385,7 @@ impl IkeSa {
         init_request: &[u8],
         init_response: Vec<u8>,
         peer_hashes: Option<Vec<HashAlgorithm>>,
-    ) -> Result<(AuthSent, Vec<u8>)> {
+    ) -> Result<(AuthSent, Vec<Vec<u8>>)> {
         let c = &self.config;
         // RFC 7296 section 2.15: InitiatorSignedOctets = RealMessage1 |
         // NonceRData | MACedIDForI; a PSK's MAC or a signature (auth.rs).
@@ -1365,9 +1439,12 @@ impl IkeSa {
         }));
         payloads.push(Payload::TsInitiator(c.local_ts.clone()));
         payloads.push(Payload::TsResponder(c.remote_ts.clone()));
-        let bytes = sk
-            .outbound
-            .seal(&self.header(ExchangeType::IkeAuth, false, 1), &payloads)?;
+        let bytes = fragment::seal(
+            &sk.outbound,
+            self.fragment_limit,
+            &self.header(ExchangeType::IkeAuth, false, 1),
+            &payloads,
+        )?;
         let st = AuthSent {
             sk,
             ni,
@@ -1584,10 +1661,17 @@ impl IkeSa {
         // the cached response again, and is not processed a second time.
         if let Some((id, response)) = &self.last_response {
             if header.message_id == *id {
+                // RFC 7383 section 2.6.1: a fragmented request sent again
+                // makes the responder resend its response (every fragment
+                // of it) once, on the request's fragment 1; its other
+                // fragments are ignored.
+                if fragment::fragment_number(bytes).is_some_and(|n| n != 1) {
+                    return Ok(());
+                }
                 let response = response.clone();
                 self.stats.cached_responses += 1;
                 self.remote = Some(remote);
-                self.transmit(response);
+                self.transmit_all(response);
                 return Ok(());
             }
         }
@@ -1600,7 +1684,7 @@ impl IkeSa {
                     return Err(Discard::Unexpected);
                 }
                 // An unknown critical payload is answered (critical.rs).
-                let Some(message) = self.open_request(remote, header, bytes)? else {
+                let Some(message) = self.open_request(now, remote, header, bytes)? else {
                     return Ok(());
                 };
                 self.remote = Some(remote);
@@ -1611,7 +1695,7 @@ impl IkeSa {
                 if header.message_id != self.peer_next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                let Some(message) = self.open_request(remote, header, bytes)? else {
+                let Some(message) = self.open_request(now, remote, header, bytes)? else {
                     return Ok(());
                 };
                 self.remote = Some(remote);
@@ -1641,7 +1725,7 @@ impl IkeSa {
                 return;
             };
             let (reply, events) = self.create_child_response(now, &mut st, message);
-            let sealed = st.sk.outbound.seal(&response, &reply);
+            let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &reply);
             self.state = State::Established(st);
             self.peer_next_id = id.wrapping_add(1);
             match sealed {
@@ -1740,7 +1824,7 @@ impl IkeSa {
             reply.clear();
             events = vec![Event::IkeSaDeleted];
         }
-        let sealed = st.sk.outbound.seal(&response, &reply);
+        let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &reply);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
@@ -1836,6 +1920,13 @@ impl IkeSa {
             return Ok(());
         };
         let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
+        // RFC 7383 section 2.3: the responder announces fragmentation only
+        // if the initiator did, and then both use it.
+        let fragmentation = self.config.fragmentation
+            && p.notify(NotifyType::Ikev2FragmentationSupported).is_some();
+        if fragmentation {
+            self.fragment_limit = Some(fragment::message_limit(self.config.fragment_size, remote));
+        }
         let result = (|| {
             let spi_r = random_ike_spi(self.rng.as_mut())?;
             let nr = random_nonce(self.rng.as_mut())?;
@@ -1879,6 +1970,7 @@ impl IkeSa {
                 ]
                 .into_iter()
                 .chain(nat_notifies.into_iter().flatten())
+                .chain(fragmentation.then(fragmentation_supported))
                 // RFC 7427 section 4 and RFC 7296 section 3.7: our hash
                 // algorithms if the initiator announced its own, and the
                 // CAs we trust.
@@ -1899,7 +1991,7 @@ impl IkeSa {
             Ok((sk, nr, response)) => {
                 self.remote = Some(remote);
                 self.half_open_deadline = Some(now + HALF_OPEN_TIMEOUT);
-                self.send_response(0, response.clone());
+                self.send_response(0, vec![response.clone()]);
                 self.state = State::ExpectAuth(Box::new(ExpectAuth {
                     sk,
                     ni: ni.to_vec(),
@@ -1945,7 +2037,7 @@ impl IkeSa {
                 NotifyType::AuthenticationFailed,
                 Vec::new(),
             ))];
-            match st.sk.outbound.seal(&header, &notify) {
+            match fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &notify) {
                 Ok(bytes) => {
                     self.send_response(1, bytes);
                     self.close(Event::AuthFailed { reason });
@@ -2000,7 +2092,7 @@ impl IkeSa {
                 }
             }
         };
-        match sk.outbound.seal(&header, &payloads) {
+        match fragment::seal(&sk.outbound, self.fragment_limit, &header, &payloads) {
             Ok(bytes) => {
                 self.send_response(1, bytes);
                 self.peer_next_id = 2;
@@ -2258,7 +2350,7 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        let bytes = st.sk.outbound.seal(&header, &payloads)?;
+        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &payloads)?;
         st.request = Some(Request::Rekey(Box::new(rekey)));
         self.next_request_id = id.wrapping_add(1);
         self.send_request(now, ExchangeType::CreateChildSa, id, bytes);

@@ -800,12 +800,14 @@ mod strongswan {
             outstanding: (role == Role::Initiator).then(|| Outstanding {
                 message_id: 1,
                 exchange: ExchangeType::IkeAuth,
-                bytes: c.auth_req.clone(),
+                bytes: vec![c.auth_req.clone()],
                 transmissions: 1,
                 timeout: RETRANSMIT_TIMEOUT,
                 deadline: now + RETRANSMIT_TIMEOUT,
             }),
-            last_response: (role == Role::Responder).then(|| (0, c.init_resp.clone())),
+            last_response: (role == Role::Responder).then(|| (0, vec![c.init_resp.clone()])),
+            fragment_limit: None,
+            reassembly: Default::default(),
             peer_next_id: 0,
             next_request_id: 2,
             half_open_deadline: None,
@@ -2470,4 +2472,454 @@ fn additional_child_sa_with_pfs_and_invalid_ke() {
     // (ecp256).
     assert_eq!(p.from_initiator.len(), 4);
     assert!(!p.i_events.iter().any(|e| matches!(e, Event::Failed { .. })));
+}
+
+/// IKE fragmentation (RFC 7383, `fragment.rs`): two IKE SAs with a small
+/// fragment size, so that the PSK IKE_AUTH messages go in fragments,
+/// moved by hand to reorder, duplicate, lose and tamper with them.
+mod fragmentation {
+    use super::*;
+    use crate::message::HEADER_LEN;
+
+    /// An IP datagram size that cuts the PSK IKE_AUTH into several
+    /// fragments.
+    const SMALL: usize = 200;
+
+    fn small(mut c: Config) -> Config {
+        c.fragment_size = SMALL;
+        c
+    }
+
+    fn drain(sa: &mut IkeSa) -> Vec<Vec<u8>> {
+        core::iter::from_fn(|| sa.poll_transmit().map(|t| t.bytes)).collect()
+    }
+
+    fn is_fragment(bytes: &[u8]) -> bool {
+        Header::decode(bytes).unwrap().next_payload == PayloadType::EncryptedFragment
+    }
+
+    fn events(sa: &mut IkeSa) -> Vec<Event> {
+        core::iter::from_fn(|| sa.poll_event()).collect()
+    }
+
+    fn has_notify(bytes: &[u8], t: NotifyType) -> bool {
+        Message::decode(bytes).unwrap().notify(t).is_some()
+    }
+
+    /// IKE_SA_INIT done; returns the initiator, the responder and the
+    /// initiator's IKE_AUTH request (its fragments).
+    fn after_init(i: Config, r: Config, now: Instant) -> (IkeSa, IkeSa, Vec<Vec<u8>>) {
+        let mut i = IkeSa::initiate(i, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
+        let mut r = IkeSa::respond(r, Box::new(SeededRandom::new(2)));
+        for m in drain(&mut i) {
+            r.handle_datagram(now, addr(A), &m);
+        }
+        for m in drain(&mut r) {
+            i.handle_datagram(now, addr(B), &m);
+        }
+        let auth = drain(&mut i);
+        (i, r, auth)
+    }
+
+    fn assert_up(i: &mut IkeSa, r: &mut IkeSa) {
+        let (ie, re) = (events(i), events(r));
+        assert_eq!(ie.first(), Some(&Event::IkeSaEstablished), "{ie:?}");
+        assert_eq!(re.first(), Some(&Event::IkeSaEstablished), "{re:?}");
+        assert!(i.is_established() && r.is_established());
+        let (i_in, i_out) = Pair::child(&ie).unwrap();
+        let (r_in, r_out) = Pair::child(&re).unwrap();
+        esp_round_trip(&i_out, &r_in, Instant::now());
+        esp_round_trip(&r_out, &i_in, Instant::now());
+    }
+
+    /// Both sides announce fragmentation; IKE_AUTH request and response
+    /// each go as several fragments no longer than the limit, delivered
+    /// in order, reversed, or shuffled with duplicates; the IKE SA comes
+    /// up every time.
+    #[test]
+    fn ike_auth_in_fragments_any_order() {
+        let limit = fragment::message_limit(SMALL, addr(A));
+        type Order = fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>;
+        let orders: [(&str, Order); 3] = [
+            ("in order", |v| v),
+            ("reversed", |mut v| {
+                v.reverse();
+                v
+            }),
+            ("shuffled with duplicates", |v| {
+                let n = v.len();
+                let mut out: Vec<Vec<u8>> = (0..n).map(|k| v[(k * 3 + 1) % n].clone()).collect();
+                out.insert(1, v[n - 1].clone());
+                out.insert(0, v[0].clone());
+                out.push(v[1].clone());
+                // Every fragment is there at least once.
+                for f in &v {
+                    assert!(out.contains(f));
+                }
+                out
+            }),
+        ];
+        for (name, order) in orders {
+            let now = Instant::now();
+            let (mut i, mut r, auth) =
+                after_init(small(initiator_config()), small(responder_config()), now);
+            assert_eq!(i.fragment_limit, Some(limit));
+            assert_eq!(r.fragment_limit, Some(limit));
+            assert!(auth.len() > 2, "{name}: {}", auth.len());
+            for f in &auth {
+                assert!(is_fragment(f) && f.len() <= limit, "{name}");
+            }
+            let sent = auth.len() as u64;
+            let auth_len = auth.len();
+            assert_eq!(i.stats().fragments_sent, sent);
+            let delivered = order(auth);
+            let extra = delivered.len() as u64 - sent;
+            let mut response = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for f in &delivered {
+                // No answer before every fragment is in.
+                assert_eq!(response.is_empty(), seen.len() < auth_len, "{name}");
+                seen.insert(f.clone());
+                r.handle_datagram(now, addr(A), f);
+                response.extend(drain(&mut r));
+            }
+            let rs = r.stats();
+            assert_eq!(rs.fragments_received, sent, "{name}");
+            assert!(rs.fragments_dropped <= extra, "{name}");
+            assert!(response.len() > 1, "{name}");
+            for f in order(response) {
+                assert!(is_fragment(&f) && f.len() <= limit);
+                i.handle_datagram(now, addr(B), &f);
+            }
+            assert_up(&mut i, &mut r);
+            let (is, rs) = (i.stats(), r.stats());
+            // Duplicates after completion are unexpected (the response
+            // has come), and nothing is malformed or forged.
+            assert_eq!(is.malformed + is.integrity, 0, "{name} {is:?}");
+            assert_eq!(rs.malformed + rs.integrity, 0, "{name} {rs:?}");
+        }
+    }
+
+    /// A lost request fragment: the responder waits; the initiator's
+    /// retransmission sends every fragment again, and the responder
+    /// completes the message (the fragments it had are duplicates). A lost
+    /// response fragment: the initiator retransmits its request, the
+    /// responder resends all of its response once (on fragment 1 only),
+    /// and the initiator completes.
+    #[test]
+    fn lost_fragments_are_retransmitted() {
+        let now = Instant::now();
+        let (mut i, mut r, auth) =
+            after_init(small(initiator_config()), small(responder_config()), now);
+        let n = auth.len();
+        for f in &auth[..n - 1] {
+            r.handle_datagram(now, addr(A), f);
+        }
+        assert!(drain(&mut r).is_empty());
+        let later = i.poll_timeout().unwrap();
+        i.handle_timeout(later);
+        let again = drain(&mut i);
+        assert_eq!(again.len(), n);
+        assert_eq!(i.stats().fragments_sent, 2 * n as u64);
+        let mut response = Vec::new();
+        for f in &again {
+            r.handle_datagram(later, addr(A), f);
+            response.extend(drain(&mut r));
+        }
+        assert_eq!(r.stats().fragments_dropped, n as u64 - 1);
+        let m = response.len();
+        assert!(m > 1);
+        // Lose the response's last fragment.
+        for f in &response[..m - 1] {
+            i.handle_datagram(later, addr(B), f);
+        }
+        assert!(!i.is_established());
+        let later = i.poll_timeout().unwrap();
+        i.handle_timeout(later);
+        let third = drain(&mut i);
+        assert_eq!(third.len(), n);
+        let mut resent = Vec::new();
+        for f in &third {
+            r.handle_datagram(later, addr(A), f);
+            resent.extend(drain(&mut r));
+        }
+        // Only fragment 1 of the retransmitted request got the response,
+        // all of it, once.
+        assert_eq!(resent, response);
+        assert_eq!(r.stats().cached_responses, 1);
+        for f in &resent {
+            i.handle_datagram(later, addr(B), f);
+        }
+        assert_up(&mut i, &mut r);
+        assert_eq!(i.stats().retransmits, 2);
+    }
+
+    /// A tampered fragment fails its ICV and is not kept (the others are);
+    /// the retransmission completes the message.
+    #[test]
+    fn tampered_fragment_is_discarded() {
+        let now = Instant::now();
+        let (mut i, mut r, auth) =
+            after_init(small(initiator_config()), small(responder_config()), now);
+        let mut bad = auth[1].clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        r.handle_datagram(now, addr(A), &bad);
+        assert_eq!(r.stats().integrity, 1);
+        for f in auth
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != 1)
+            .map(|(_, f)| f)
+        {
+            r.handle_datagram(now, addr(A), f);
+        }
+        assert!(drain(&mut r).is_empty());
+        assert_eq!(r.stats().fragments_received, auth.len() as u64 - 1);
+        let later = i.poll_timeout().unwrap();
+        i.handle_timeout(later);
+        for f in drain(&mut i) {
+            r.handle_datagram(later, addr(A), &f);
+        }
+        for f in drain(&mut r) {
+            i.handle_datagram(later, addr(B), &f);
+        }
+        assert_up(&mut i, &mut r);
+    }
+
+    /// Either side without fragmentation: no fragments, IKE_AUTH goes
+    /// whole (longer than the small limit), the responder does not
+    /// announce support unless the initiator did, and the IKE SA comes up.
+    #[test]
+    fn not_negotiated_means_no_fragments() {
+        for (i_on, r_on) in [(false, true), (true, false), (false, false)] {
+            let now = Instant::now();
+            let (mut ic, mut rc) = (small(initiator_config()), small(responder_config()));
+            ic.fragmentation = i_on;
+            rc.fragmentation = r_on;
+            let mut i = IkeSa::initiate(ic, addr(B), now, Box::new(SeededRandom::new(1))).unwrap();
+            let mut r = IkeSa::respond(rc, Box::new(SeededRandom::new(2)));
+            let init = drain(&mut i);
+            assert_eq!(
+                has_notify(&init[0], NotifyType::Ikev2FragmentationSupported),
+                i_on
+            );
+            r.handle_datagram(now, addr(A), &init[0]);
+            let init_resp = drain(&mut r);
+            assert_eq!(
+                has_notify(&init_resp[0], NotifyType::Ikev2FragmentationSupported),
+                i_on && r_on
+            );
+            i.handle_datagram(now, addr(B), &init_resp[0]);
+            let auth = drain(&mut i);
+            assert_eq!(auth.len(), 1);
+            assert!(!is_fragment(&auth[0]));
+            assert!(auth[0].len() > fragment::message_limit(SMALL, addr(A)));
+            r.handle_datagram(now, addr(A), &auth[0]);
+            let resp = drain(&mut r);
+            assert_eq!(resp.len(), 1);
+            i.handle_datagram(now, addr(B), &resp[0]);
+            assert_up(&mut i, &mut r);
+            assert_eq!(i.stats().fragments_sent + r.stats().fragments_sent, 0);
+        }
+        // The default configuration announces it and cuts at 1280 bytes.
+        let c = initiator_config();
+        assert!(c.fragmentation);
+        assert_eq!(c.fragment_size, 1280);
+    }
+
+    /// An SKF message from a peer that did not negotiate fragmentation is
+    /// dropped (malformed), even if authentic.
+    #[test]
+    fn fragment_without_negotiation_is_dropped() {
+        let mut ic = initiator_config();
+        ic.fragmentation = false;
+        let mut p = Pair::new(ic, responder_config());
+        p.drive();
+        assert!(p.initiator.is_established() && p.responder.is_established());
+        let st = established_state(&p.initiator);
+        let header = p.initiator.header(ExchangeType::Informational, false, 2);
+        let frags = st
+            .sk
+            .outbound
+            .seal_fragments(&header, &[Payload::VendorId(vec![7; 300])], 150)
+            .unwrap();
+        assert!(frags.len() > 1);
+        for f in &frags {
+            p.responder.handle_datagram(p.now, addr(A), f);
+        }
+        assert!(p.responder.poll_transmit().is_none());
+        assert_eq!(p.responder.stats().malformed, frags.len() as u64);
+        assert_eq!(p.responder.stats().fragments_received, 0);
+    }
+
+    /// Forged bounds, authentic fragments (sealed with the initiator's
+    /// keys): more than MAX_FRAGMENTS, a Total Fragments that shrinks
+    /// (dropped) or grows (starts over), more than MAX_REASSEMBLED bytes:
+    /// all dropped without a panic or an answer; a message that does
+    /// complete after a restart is answered.
+    #[test]
+    fn fragment_bounds() {
+        let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+        p.drive();
+        assert!(p.initiator.is_established() && p.responder.is_established());
+        // The IKE_AUTH request came in fragments.
+        let handshake = p.responder.stats().fragments_received;
+        assert!(handshake > 1);
+        let header = p.initiator.header(ExchangeType::Informational, false, 2);
+        let sk = &established_state(&p.initiator).sk.outbound;
+        // An empty plaintext: the first payload is none.
+        let frag = |number: u16, total: u16, piece: &[u8]| {
+            sk.seal_fragment(&header, PayloadType::None, number, total, piece)
+                .unwrap()
+        };
+        let sent = [
+            // Too many fragments.
+            frag(1, fragment::MAX_FRAGMENTS + 1, &[]),
+            // 1 of 3, then 2 of 2 (smaller: dropped), then 2 of 4
+            // (larger: starts over, 1 of 3 forgotten).
+            frag(1, 3, &[]),
+            frag(2, 2, &[]),
+            frag(2, 4, &[]),
+        ];
+        for f in &sent {
+            p.responder.handle_datagram(p.now, addr(A), f);
+        }
+        assert!(p.responder.poll_transmit().is_none());
+        let s = p.responder.stats();
+        assert_eq!(
+            (s.fragments_received - handshake, s.fragments_dropped),
+            (2, 2)
+        );
+        // Fragments 1, 3 and 4 of 4 complete the (empty) INFORMATIONAL
+        // request: a liveness check, answered.
+        for n in [4, 1, 3] {
+            p.responder
+                .handle_datagram(p.now, addr(A), &frag(n, 4, &[]));
+        }
+        let answer = drain(&mut p.responder);
+        assert_eq!(answer.len(), 1);
+        assert!(open_response(&p.initiator, &answer[0], 2).is_empty());
+        // Too many bytes: 255 fragments of 1000 bytes pass 64 KiB at the
+        // 66th; the rest starts a new message, never complete.
+        let header = p.initiator.header(ExchangeType::Informational, false, 3);
+        let sk = &established_state(&p.initiator).sk.outbound;
+        let before = p.responder.stats();
+        for n in 1..=70 {
+            let f = sk
+                .seal_fragment(&header, PayloadType::None, n, 255, &[0; 1000])
+                .unwrap();
+            p.responder.handle_datagram(p.now, addr(A), &f);
+        }
+        let after = p.responder.stats();
+        assert_eq!(after.fragments_dropped - before.fragments_dropped, 1);
+        assert_eq!(after.fragments_received - before.fragments_received, 69);
+        assert!(p.responder.poll_transmit().is_none());
+        assert!(p.responder.is_established());
+    }
+
+    /// A half-assembled message older than REASSEMBLY_TIMEOUT is dropped:
+    /// its missing fragment, arriving late, starts a new reassembly, and
+    /// the message completes only when the other fragment comes again.
+    #[test]
+    fn stale_reassembly_is_dropped() {
+        let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+        p.drive();
+        let header = p.initiator.header(ExchangeType::Informational, false, 2);
+        let sk = &established_state(&p.initiator).sk.outbound;
+        let frag = |n| {
+            sk.seal_fragment(&header, PayloadType::None, n, 2, &[])
+                .unwrap()
+        };
+        let (one, two) = (frag(1), frag(2));
+        p.responder.handle_datagram(p.now, addr(A), &one);
+        let late = p.now + fragment::REASSEMBLY_TIMEOUT + Duration::from_secs(1);
+        p.responder.handle_datagram(late, addr(A), &two);
+        assert!(p.responder.poll_transmit().is_none());
+        p.responder.handle_datagram(late, addr(A), &one);
+        let answer = drain(&mut p.responder);
+        assert_eq!(answer.len(), 1);
+        assert!(open_response(&p.initiator, &answer[0], 2).is_empty());
+    }
+
+    /// With the small fragment size, CREATE_CHILD_SA goes in fragments
+    /// too: either side rekeys the IKE SA, then a Child SA, and everything
+    /// works on the new IKE SA (which keeps fragmenting).
+    #[test]
+    fn rekeys_in_fragments() {
+        for by_initiator in [true, false] {
+            let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+            p.drive();
+            assert_established(&p);
+            p.i_events.clear();
+            p.r_events.clear();
+            let sent =
+                |p: &Pair| p.initiator.stats().fragments_sent + p.responder.stats().fragments_sent;
+            let before = sent(&p);
+            if by_initiator {
+                p.initiator.rekey_ike(p.now).unwrap();
+            } else {
+                p.responder.rekey_ike(p.now).unwrap();
+            }
+            p.drive();
+            assert_eq!(ike_rekeys(&p.i_events).len(), 1, "{:?}", p.i_events);
+            assert_eq!(ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+            let after_ike = sent(&p);
+            assert!(after_ike > before, "the IKE SA rekey was not fragmented");
+            assert_works_after_ike_rekey(&mut p);
+            assert!(
+                sent(&p) > after_ike,
+                "the Child SA rekey was not fragmented"
+            );
+            for sa in [&p.initiator, &p.responder] {
+                let s = sa.stats();
+                assert_eq!(s.malformed + s.integrity + s.fragments_dropped, 0, "{s:?}");
+            }
+        }
+    }
+
+    /// Arbitrary bytes after a valid IKE header naming an SKF payload (and
+    /// after a well-formed SKF header), to an IKE SA that negotiated
+    /// fragmentation: dropped, never a panic, never an answer.
+    #[test]
+    fn arbitrary_fragments_never_panic() {
+        let mut p = Pair::new(small(initiator_config()), small(responder_config()));
+        p.drive();
+        let before = p.responder.stats();
+        let header = p.initiator.header(ExchangeType::Informational, false, 2);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for k in 0..3000 {
+            let len = (next() % 200) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if k % 2 == 0 && body.len() >= 8 {
+                // A plausible SKF header: right length, small numbers.
+                let l = body.len() as u16;
+                body[0] = 0;
+                body[2..4].copy_from_slice(&l.to_be_bytes());
+                body[4..6].copy_from_slice(&(1 + (k % 3) as u16).to_be_bytes());
+                body[6..8].copy_from_slice(&3u16.to_be_bytes());
+            }
+            let mut h = header;
+            h.next_payload = PayloadType::EncryptedFragment;
+            h.length = (HEADER_LEN + body.len()) as u32;
+            let mut bytes = Vec::new();
+            h.encode(&mut bytes);
+            bytes.extend_from_slice(&body);
+            p.responder.handle_datagram(p.now, addr(A), &bytes);
+            assert!(p.responder.poll_transmit().is_none());
+        }
+        let s = p.responder.stats();
+        assert_eq!(
+            s.malformed + s.integrity - before.malformed - before.integrity,
+            3000
+        );
+        assert_eq!(s.fragments_received, before.fragments_received);
+        assert!(p.responder.is_established());
+    }
 }
