@@ -34,6 +34,8 @@ pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
 /// A set of namespaces and processes, torn down on drop.
 #[derive(Debug)]
 pub struct Lab {
+    /// The prefix the lab was made with.
+    base: String,
     prefix: String,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
@@ -50,13 +52,24 @@ impl Lab {
             bail!("network namespaces need root: run as root (sudo)");
         }
         run("ip", &["-V"]).context("the ip tool from iproute2 is needed")?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()?;
+        // Two labs of one prefix in one process would share namespace
+        // names, and the second would delete the first's as stale.
+        if !LIVE_PREFIXES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(prefix.to_owned())
+        {
+            bail!("lab prefix {prefix:?} is already in use in this process: give each lab its own");
+        }
         let lab = Self {
+            base: prefix.to_owned(),
             prefix: format!("{prefix}-{}", std::process::id()),
             namespaces: Vec::new(),
             children: Vec::new(),
-            dir: tempfile::Builder::new()
-                .prefix(&format!("{prefix}-"))
-                .tempdir()?,
+            dir,
         };
         lab.remove_stale(prefix)?;
         Ok(lab)
@@ -230,8 +243,16 @@ impl Drop for Lab {
         for ns in self.namespaces.drain(..).rev() {
             let _ = run("ip", &["netns", "del", &ns]);
         }
+        LIVE_PREFIXES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.base);
     }
 }
+
+/// The prefixes of this process's live labs.
+static LIVE_PREFIXES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -242,4 +263,22 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A prefix serves one live lab at a time in a process (as root, like
+    /// every test that builds namespaces).
+    #[test]
+    fn one_lab_per_prefix() {
+        let first = Lab::new("tslabp").unwrap();
+        let err = Lab::new("tslabp").unwrap_err().to_string();
+        assert!(err.contains("\"tslabp\" is already in use"), "{err}");
+        let other = Lab::new("tslabq").unwrap();
+        drop(first);
+        let again = Lab::new("tslabp").unwrap();
+        drop((other, again));
+    }
 }

@@ -1133,7 +1133,7 @@ fn reload(lab: &Lab, n: u8) -> anyhow::Result<Response> {
 /// ping is lost.
 #[test]
 fn gateway_ike_reload() {
-    with_lab("gw5", |lab| {
+    with_lab("gwr", |lab| {
         let Hosts { h1, .. } = setup_with(
             lab,
             Opts {
