@@ -22,6 +22,7 @@ use crate::early::{EarlyEsp, Retry};
 use crate::gateway::GatewayReceive;
 use crate::gateway::{self, GatewayTables};
 use crate::io::socket::{Batch, Poller, SocketKind};
+use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
 use crate::stats::{Drop, Stats, add};
 use crate::worker::{BATCH, FrameDevice, IkeInbox, Sockets};
@@ -73,6 +74,8 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let mut pending: Vec<(usize, Transmit)> = Vec::with_capacity(BATCH);
     let mut batch = Batch::new(BATCH);
+    // Reads start with a virtio-net header, in front of the packet.
+    let front = if tun.vnet_hdr() { vnet::HEADER_LEN } else { 0 };
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
@@ -87,10 +90,13 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
             let now = Instant::now();
             let mut read = 0;
             for (b, buf) in pool.iter_mut().enumerate() {
-                let Ok(len) = tun.recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET]) else {
+                let Ok(len) = tun.recv(&mut buf[HEADROOM - front..HEADROOM + MAX_PACKET]) else {
                     break;
                 };
                 read += 1;
+                let Some(len) = strip_vnet_header(&shared.stats, buf, front, len) else {
+                    continue;
+                };
                 if let Ok(tx) =
                     gateway::protect(&tables, &shared.stats, buf, HEADROOM, HEADROOM + len, now)
                 {
@@ -120,8 +126,15 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
 }
 
 /// Runs the receive worker until `shared.stop` is set: ESP socket to TUN
-/// device.
-pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Arc<Sockets>) {
+/// device. With `uso` and a device with a virtio-net header, the packets
+/// opened from one batch of datagrams go through a [`UdpBatcher`]: runs of
+/// UDP datagrams of one flow are written as one packet.
+pub fn run_rx(
+    shared: Arc<GatewayShared>,
+    tun: Arc<dyn FrameDevice>,
+    sockets: Arc<Sockets>,
+    uso: bool,
+) {
     let esp = &sockets.esp;
     let mut poller = Poller::new(&[esp.as_raw_fd()]);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
@@ -131,6 +144,10 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
     let udp = esp.kind() == SocketKind::Udp;
     let mut early = EarlyEsp::new();
     let mut scratch = vec![0u8; BUFFER_LEN];
+    let mut out = Out {
+        batcher: (tun.vnet_hdr() && uso).then(UdpBatcher::new),
+        plain: tun.vnet_hdr().then(|| VnetHeader::default().to_bytes()),
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         if poller.wait(POLL_MS).is_err() {
             std::thread::sleep(Duration::from_millis(10));
@@ -178,7 +195,7 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                     now,
                 ) {
                     Ok(GatewayReceive::Packet { start, end }) => {
-                        deliver(&shared, &tables, tun.as_ref(), src.ip(), &buf[start..end]);
+                        out.deliver(&shared, &tables, tun.as_ref(), src.ip(), &buf[start..end]);
                     }
                     Ok(GatewayReceive::Keepalive) => add(&shared.stats.keepalives, 1),
                     Ok(GatewayReceive::Ike { start, end }) => {
@@ -200,6 +217,8 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                     Err(_) => {}
                 }
             }
+            // A batch's runs go out before the next batch.
+            out.flush(&shared, tun.as_ref());
         }
         // Held ESP whose SA may have arrived since.
         if !early.is_empty() {
@@ -222,7 +241,7 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                 ) {
                     Err(Drop::UnknownSpi) => Retry::StillUnknown,
                     Ok(GatewayReceive::Packet { start, end }) => {
-                        deliver(&shared, &tables, tun.as_ref(), src, &scratch[start..end]);
+                        out.deliver(&shared, &tables, tun.as_ref(), src, &scratch[start..end]);
                         Retry::Handled
                     }
                     Ok(_) | Err(_) => Retry::Handled,
@@ -231,27 +250,92 @@ pub fn run_rx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
             for _ in 0..expired {
                 shared.stats.drop(Drop::UnknownSpi);
             }
+            out.flush(&shared, tun.as_ref());
         }
     }
 }
 
-/// Writes an opened packet from peer `src` to the TUN device and counts
-/// it for that peer.
-fn deliver(
-    shared: &GatewayShared,
-    tables: &GatewayTables,
-    tun: &dyn FrameDevice,
-    src: IpAddr,
-    packet: &[u8],
-) {
-    if tun.send(packet).is_err() {
+/// How the receive worker writes to the TUN device.
+struct Out {
+    /// Joins runs of UDP datagrams (needs the virtio-net header).
+    batcher: Option<UdpBatcher>,
+    /// The header of a packet written on its own, when the device has
+    /// one.
+    plain: Option<[u8; vnet::HEADER_LEN]>,
+}
+
+impl Out {
+    /// Counts an opened packet from peer `src` for that peer, and writes
+    /// it to the TUN device, or hands it to the batcher.
+    fn deliver(
+        &mut self,
+        shared: &GatewayShared,
+        tables: &GatewayTables,
+        tun: &dyn FrameDevice,
+        src: IpAddr,
+        packet: &[u8],
+    ) {
+        if let Some(c) = peer_counters(tables, &shared.stats, src) {
+            add(&c.rx_frames, 1);
+            add(&c.rx_bytes, packet.len() as u64);
+        }
+        let written = match (&mut self.batcher, &self.plain) {
+            (Some(b), _) => {
+                b.push(packet, &mut |p: TunPacket<'_>| write(shared, tun, p));
+                return;
+            }
+            (None, Some(plain)) => tun.send_with_header(plain, packet),
+            (None, None) => tun.send(packet),
+        };
+        if written.is_err() {
+            shared.stats.drop(Drop::TapWrite);
+        }
+    }
+
+    /// Writes out the batcher's run.
+    fn flush(&mut self, shared: &GatewayShared, tun: &dyn FrameDevice) {
+        if let Some(b) = &mut self.batcher {
+            b.flush(&mut |p: TunPacket<'_>| write(shared, tun, p));
+        }
+    }
+}
+
+/// Writes a packet behind its virtio-net header, counting a failure (once
+/// per datagram it carries).
+fn write(shared: &GatewayShared, tun: &dyn FrameDevice, p: TunPacket<'_>) {
+    if tun
+        .send_with_header(&p.header.to_bytes(), p.packet)
+        .is_err()
+    {
         shared.stats.drop(Drop::TapWrite);
-        return;
     }
-    if let Some(c) = peer_counters(tables, &shared.stats, src) {
-        add(&c.rx_frames, 1);
-        add(&c.rx_bytes, packet.len() as u64);
+}
+
+/// The packet read into `buf` behind `front` bytes of virtio-net header
+/// (`len` in all): checks the header (the device has no offloads, so
+/// there should be nothing to do) and returns the packet's length, which
+/// starts at [`HEADROOM`]; `None` when it must be dropped (counted).
+fn strip_vnet_header(stats: &Stats, buf: &mut [u8], front: usize, len: usize) -> Option<usize> {
+    if front == 0 {
+        return Some(len);
     }
+    let Some(packet_len) = len.checked_sub(front) else {
+        stats.drop(Drop::Malformed);
+        return None;
+    };
+    let Ok(header) = VnetHeader::parse(&buf[HEADROOM - front..HEADROOM]) else {
+        stats.drop(Drop::Malformed);
+        return None;
+    };
+    if header.is_gso() {
+        stats.drop(Drop::Unsupported);
+        return None;
+    }
+    if offload::complete_checksum(&header, &mut buf[HEADROOM..HEADROOM + packet_len]).is_err() {
+        stats.drop(Drop::Malformed);
+        return None;
+    }
+    Some(packet_len)
 }
 
 fn peer_counters<'a>(
@@ -346,7 +430,7 @@ mod test {
         let tun = Arc::new(Recorder::default());
         let worker = {
             let (shared, tun) = (Arc::clone(&shared), tun.clone());
-            std::thread::spawn(move || run_rx(shared, tun, sockets))
+            std::thread::spawn(move || run_rx(shared, tun, sockets, false))
         };
         let written = || tun.0.lock().unwrap().clone();
         let unknown = || shared.stats.drops(Drop::UnknownSpi);

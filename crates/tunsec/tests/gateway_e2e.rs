@@ -326,11 +326,18 @@ fn gw_status(s: &Status) -> anyhow::Result<&tunsec::status::GatewayStatus> {
 
 /// Packets the vxlan device of `ns` received.
 fn vxlan_rx(ns: &str) -> anyhow::Result<u64> {
-    let out = exec_output(ns, "cat", &["/sys/class/net/vxlan0/statistics/rx_packets"])?;
+    link_rx(ns, "vxlan0")
+}
+
+/// Packets the kernel received on device `dev` of `ns` (for a TUN device:
+/// packets tunsecd wrote to it).
+fn link_rx(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let path = format!("/sys/class/net/{dev}/statistics/rx_packets");
+    let out = exec_output(ns, "cat", &[&path])?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .context("rx_packets of vxlan0")
+        .with_context(|| format!("rx_packets of {dev}"))
 }
 
 /// Sends three cleartext VXLAN datagrams from `ns` to host 1 with host
@@ -461,8 +468,19 @@ fn gateway_vxlan() {
         // ICMP between the underlay addresses: no selector, in the clear.
         ping_ok(&h1, &host_addr(2))?;
 
+        let written_before = link_rx(&h2, TUN)?;
         let secs = transfer(lab, "vxlan", &h1, &h2, &vxlan_addr(2), 5001, TRANSFER_BYTES)?;
         eprintln!("  vxlan transfer of 50 MiB: {secs:.1} s");
+        // h2 wrote the transfer's datagrams to its TUN device in runs
+        // (`[offload] gro`, UDP segmentation offload): fewer writes than
+        // datagrams.
+        let writes = link_rx(&h2, TUN)? - written_before;
+        let datagrams = TRANSFER_BYTES / 1400;
+        eprintln!("  h2 wrote {writes} packets to its TUN device for about {datagrams} datagrams");
+        ensure!(
+            writes < datagrams as u64,
+            "h2 wrote {writes} packets for about {datagrams} datagrams: no UDP batching"
+        );
         transfer(
             lab,
             "service",

@@ -1,12 +1,13 @@
-//! TAP offloads without I/O: the virtio-net header, TCP segmentation
-//! ("GSO in user space"), checksum completion, and TCP coalescing (GRO).
+//! TAP and TUN offloads without I/O: the virtio-net header, TCP
+//! segmentation ("GSO in user space"), checksum completion, TCP
+//! coalescing (GRO), and UDP batching for a TUN device ([`uso`]).
 //!
 //! With `IFF_VNET_HDR` and `TUNSETOFFLOAD`, every frame read from or
 //! written to a TAP device is preceded by a [`VnetHeader`]. The kernel then
 //! hands over TCP super-frames of up to 64 KB with a partial checksum, and
 //! takes such super-frames back. This module is the per-frame logic for
 //! both directions; opening the device with those flags, and UDP GSO/GRO on
-//! the sockets, is the worker's job (not wired yet).
+//! the sockets, is the workers' job.
 //!
 //! Transmit (TAP to tunnel), per frame read:
 //!
@@ -45,10 +46,12 @@
 mod frame;
 pub mod gro;
 pub mod tso;
+pub mod uso;
 pub mod vnet;
 
 pub use gro::{Checksums, Coalescer, TapFrame};
 pub use tso::{Segmenter, complete_checksum};
+pub use uso::{TunPacket, UdpBatcher};
 pub use vnet::{GsoType, VnetHeader};
 
 /// Why a frame (and its virtio-net header) cannot be segmented or have its

@@ -121,7 +121,10 @@ impl GatewayDaemon {
             tunnels: Vec::new(),
         });
 
-        let dev = tun::open(&gw.tun, mtu.tun)
+        // With `[offload] gro`, the receive worker writes runs of UDP
+        // datagrams as one packet, behind a virtio-net header.
+        let uso = config.offload.gro;
+        let dev = tun::open(&gw.tun, mtu.tun, uso)
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
         prepare_tun(&gw.tun, underlay.is_ipv4())?;
         dev.enabled(true)
@@ -193,7 +196,7 @@ impl GatewayDaemon {
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-gw-rx".into())
-                    .spawn(move || gateway_worker::run_rx(s, d, e))?,
+                    .spawn(move || gateway_worker::run_rx(s, d, e, uso))?,
             );
         }
         tracing::info!(
