@@ -4,6 +4,8 @@
 #   tshark:                 captures, and a dissector to cross-check against
 #   python3-scapy:          an independent ESP implementation
 #   python3-cryptography:   Scapy's ciphers (only a Recommends of python3-scapy)
+#   python3-prometheus-client: an independent OpenMetrics parser for
+#                           `tunsec metrics`
 #   iperf3:                 TCP transfers through the overlay
 #   nftables:               a NAT (masquerade) between hosts in the IKE tests,
 #                           the inbound filter of the strongSwan host, and
@@ -16,7 +18,7 @@
 #   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography iperf3 nftables iptables \
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
     libstrongswan-standard-plugins strongswan-pki; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod demo;
 pub mod gateway;
 pub mod ike;
+pub mod metrics;
 pub mod netns;
 pub mod pki;
 pub mod status;

@@ -58,6 +58,7 @@
 //! Debian's python3-scapy; they fail, never skip, when something is
 //! missing.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -1125,8 +1126,110 @@ fn gateway_ike() {
         eprintln!("  capture: {ike} IKE, {esp} ESP, {clear} protected ports in the clear");
         ensure!(ike >= 2, "{ike} IKE frames (the rekey is 2 or more)");
         ensure!(esp > 1000 && clear == 0, "{esp} ESP, {clear} in the clear");
+        check_metrics(lab, 1)?;
         Ok(())
     });
+}
+
+/// One OpenMetrics sample: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of `tunsec metrics` on host `n`, parsed by Python's
+/// prometheus_client (an independent OpenMetrics parser: it refuses
+/// malformed text).
+fn metrics(lab: &Lab, n: u8) -> anyhow::Result<Vec<Sample>> {
+    let text = Command::new(env!("CARGO_BIN_EXE_tunsec"))
+        .args([
+            "--socket",
+            &socket_path(lab, n).to_string_lossy(),
+            "metrics",
+        ])
+        .output()?;
+    ensure!(
+        text.status.success(),
+        "tunsec metrics: {}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let mut py = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+             print(json.dumps([[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) for s in f.samples]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write as _;
+        py.stdin
+            .take()
+            .context("python's stdin")?
+            .write_all(&text.stdout)?;
+    }
+    let out = py.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "the OpenMetrics parser refused tunsec metrics: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&text.stdout)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `tunsec metrics` on host `n` against its status taken before and
+/// after: the IKE SA established, one Child SA pair, and each SA's
+/// packets, each gateway peer's packets, within the two snapshots.
+fn check_metrics(lab: &Lab, n: u8) -> anyhow::Result<()> {
+    let before = status(lab, n)?;
+    let samples = metrics(lab, n)?;
+    let after = status(lab, n)?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> anyhow::Result<f64> {
+        samples
+            .iter()
+            .find(|(s, l, _)| {
+                s == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.2)
+            .with_context(|| format!("no {name} {labels:?} in tunsec metrics"))
+    };
+    let peer = &before.peers[0].name;
+    ensure!(value("tunsec_peer_ike_established", &[("peer", peer)])? == 1.0);
+    ensure!(value("tunsec_peer_child_sas", &[("peer", peer)])? >= 1.0);
+    for sa in &before.peers[0].sas {
+        let Some(later) = after.peers[0].sas.iter().find(|s| s.spi == sa.spi) else {
+            continue;
+        };
+        let labels = [
+            ("peer", peer.as_str()),
+            ("direction", &sa.direction),
+            ("spi", &sa.spi),
+        ];
+        let got = value("tunsec_sa_packets_total", &labels)?;
+        ensure!(
+            (sa.packets as f64..=later.packets as f64).contains(&got),
+            "SA {}: {got} packets in the metrics, {} then {} in the status",
+            sa.spi,
+            sa.packets,
+            later.packets
+        );
+    }
+    let (gw_before, gw_after) = (gw_status(&before)?, gw_status(&after)?);
+    let got = value("tunsec_gateway_tx_packets_total", &[("peer", peer)])?;
+    let range = gw_before.policies[0].tx_packets as f64..=gw_after.policies[0].tx_packets as f64;
+    ensure!(
+        range.contains(&got),
+        "gateway tx packets {got}, status {range:?}"
+    );
+    eprintln!(
+        "  tunsec metrics: {} samples, parsed by prometheus_client",
+        samples.len()
+    );
+    Ok(())
 }
 
 /// Host `n`'s IKE SA, by its SPIs, when established.

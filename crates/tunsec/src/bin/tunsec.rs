@@ -27,6 +27,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the status as OpenMetrics text for Prometheus (per peer: IKE
+    /// SA established, Child SAs; per SA: packets, bytes, drops; per
+    /// network; data path drops), e.g. for node_exporter's textfile
+    /// collector.
+    Metrics,
     /// Take an IKE peer down: delete its IKE SA (telling the peer) and
     /// make no new one until `up`; its `require` traffic is dropped.
     Down {
@@ -102,6 +107,19 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", status.render());
                     }
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => report(other),
+                Err(e) => {
+                    eprintln!("tunsec: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Metrics => {
+            return match control::call(&args.socket, &Request::Status) {
+                Ok(Response::Status(status)) => {
+                    print!("{}", tunsec::metrics::render(&status));
                     ExitCode::SUCCESS
                 }
                 Ok(other) => report(other),

@@ -1,0 +1,357 @@
+//! `tunsec metrics`: a daemon's status as OpenMetrics text, for
+//! Prometheus (through node_exporter's textfile collector, or any scraper
+//! that runs a command).
+//!
+//! Every figure comes from one [`Status`] snapshot, which is what
+//! `tunsec status` shows; nothing is counted twice or invented. What it
+//! exports, all prefixed `tunsec_`:
+//!
+//! - per peer: whether its IKE SA is established (the state an overlay
+//!   operator alerts on), its Child SAs, IKE rekeys, retransmissions and
+//!   fragments;
+//! - per SA (peer, direction, SPI): packets, bytes and drops by reason.
+//!   An SA's series ends when a rekey replaces it, so its counters never
+//!   go backwards;
+//! - per virtual network: frames and bytes each way, and flooded frames;
+//! - the data path's drops by reason, and in gateway mode each peer's
+//!   packets and bytes and the guard's drops.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SaLabels {
+    peer: String,
+    direction: String,
+    spi: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SaDropLabels {
+    peer: String,
+    direction: String,
+    spi: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkLabels {
+    network: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// A family registered under `name` with `help`.
+fn family<L, M>(registry: &mut Registry, name: &str, help: &str) -> Family<L, M>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let f = Family::<L, M>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// The OpenMetrics text of `status`.
+pub fn render(status: &Status) -> String {
+    let mut r = Registry::with_prefix("tunsec");
+
+    let uptime: Family<NodeLabels, Gauge> =
+        family(&mut r, "uptime_seconds", "Seconds since tunsecd started");
+    uptime
+        .get_or_create(&NodeLabels {
+            node: status.node.name.clone(),
+        })
+        .set(gauge_value(status.node.uptime_secs));
+
+    let established: Family<PeerLabels, Gauge> = family(
+        &mut r,
+        "peer_ike_established",
+        "1 when the peer's IKE SA is established, else 0 (peers with IKE only)",
+    );
+    let child_sas: Family<PeerLabels, Gauge> = family(
+        &mut r,
+        "peer_child_sas",
+        "Child SA pairs of the peer's IKE SA",
+    );
+    let rekeys: Family<PeerLabels, Counter> = family(
+        &mut r,
+        "peer_ike_rekeys",
+        "IKE SA rekeys of the peer's current IKE SA",
+    );
+    let retransmits: Family<PeerLabels, Counter> = family(
+        &mut r,
+        "peer_ike_retransmits",
+        "IKE requests sent again (no answer in time)",
+    );
+    let frags_sent: Family<PeerLabels, Counter> = family(
+        &mut r,
+        "peer_ike_fragments_sent",
+        "IKE fragments sent (RFC 7383)",
+    );
+    let frags_received: Family<PeerLabels, Counter> = family(
+        &mut r,
+        "peer_ike_fragments_received",
+        "Authentic IKE fragments received (RFC 7383)",
+    );
+    let sa_packets: Family<SaLabels, Counter> = family(
+        &mut r,
+        "sa_packets",
+        "Packets sealed (out) or opened (in) with the SA",
+    );
+    let sa_bytes: Family<SaLabels, Counter> = family(
+        &mut r,
+        "sa_bytes",
+        "Bytes sealed (out) or opened (in) with the SA",
+    );
+    let sa_drops: Family<SaDropLabels, Counter> =
+        family(&mut r, "sa_drops", "Packets the SA refused, by reason");
+    for p in &status.peers {
+        let peer = PeerLabels {
+            peer: p.name.clone(),
+        };
+        if let Some(ike) = &p.ike {
+            established
+                .get_or_create(&peer)
+                .set(i64::from(ike.state == "established"));
+            child_sas
+                .get_or_create(&peer)
+                .set(gauge_value(ike.child_sas));
+            rekeys.get_or_create(&peer).inc_by(ike.ike_rekeys);
+            retransmits.get_or_create(&peer).inc_by(ike.retransmits);
+            frags_sent.get_or_create(&peer).inc_by(ike.fragments_sent);
+            frags_received
+                .get_or_create(&peer)
+                .inc_by(ike.fragments_received);
+        }
+        for sa in &p.sas {
+            let labels = SaLabels {
+                peer: p.name.clone(),
+                direction: sa.direction.clone(),
+                spi: sa.spi.clone(),
+            };
+            sa_packets.get_or_create(&labels).inc_by(sa.packets);
+            sa_bytes.get_or_create(&labels).inc_by(sa.bytes);
+            for (reason, n) in &sa.drops {
+                sa_drops
+                    .get_or_create(&SaDropLabels {
+                        peer: p.name.clone(),
+                        direction: sa.direction.clone(),
+                        spi: sa.spi.clone(),
+                        reason: reason.clone(),
+                    })
+                    .inc_by(*n);
+            }
+        }
+    }
+
+    let net = |r: &mut Registry, name: &str, help: &str| -> Family<NetworkLabels, Counter> {
+        family(r, name, help)
+    };
+    let tx_frames = net(
+        &mut r,
+        "network_tx_frames",
+        "Frames sent into the network's tunnels",
+    );
+    let tx_bytes = net(
+        &mut r,
+        "network_tx_bytes",
+        "Bytes sent into the network's tunnels",
+    );
+    let rx_frames = net(
+        &mut r,
+        "network_rx_frames",
+        "Frames received from the network's tunnels",
+    );
+    let rx_bytes = net(
+        &mut r,
+        "network_rx_bytes",
+        "Bytes received from the network's tunnels",
+    );
+    let flooded = net(
+        &mut r,
+        "network_flooded_frames",
+        "Broadcast and unknown-unicast frames replicated to every peer",
+    );
+    for n in &status.networks {
+        let l = NetworkLabels {
+            network: n.name.clone(),
+        };
+        tx_frames.get_or_create(&l).inc_by(n.tx_frames);
+        tx_bytes.get_or_create(&l).inc_by(n.tx_bytes);
+        rx_frames.get_or_create(&l).inc_by(n.rx_frames);
+        rx_bytes.get_or_create(&l).inc_by(n.rx_bytes);
+        flooded.get_or_create(&l).inc_by(n.flooded);
+    }
+
+    let drops: Family<ReasonLabels, Counter> = family(
+        &mut r,
+        "datapath_drops",
+        "Packets the data path dropped, by reason",
+    );
+    for (reason, n) in &status.drops {
+        drops
+            .get_or_create(&ReasonLabels {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+
+    if let Some(gw) = &status.gateway {
+        let g = |r: &mut Registry, name: &str, help: &str| -> Family<PeerLabels, Counter> {
+            family(r, name, help)
+        };
+        let tx_p = g(
+            &mut r,
+            "gateway_tx_packets",
+            "Packets sealed and sent to the peer",
+        );
+        let tx_b = g(
+            &mut r,
+            "gateway_tx_bytes",
+            "Bytes sealed and sent to the peer",
+        );
+        let rx_p = g(
+            &mut r,
+            "gateway_rx_packets",
+            "Packets opened and handed to the kernel",
+        );
+        let rx_b = g(
+            &mut r,
+            "gateway_rx_bytes",
+            "Bytes opened and handed to the kernel",
+        );
+        let guard = g(
+            &mut r,
+            "gateway_guard_drops",
+            "Protected packets from the peer that arrived in the clear and were dropped",
+        );
+        for p in &gw.policies {
+            let l = PeerLabels {
+                peer: p.peer.clone(),
+            };
+            tx_p.get_or_create(&l).inc_by(p.tx_packets);
+            tx_b.get_or_create(&l).inc_by(p.tx_bytes);
+            rx_p.get_or_create(&l).inc_by(p.rx_packets);
+            rx_b.get_or_create(&l).inc_by(p.rx_bytes);
+            if let Some(n) = p.guard_drops {
+                guard.get_or_create(&l).inc_by(n);
+            }
+        }
+    }
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+    out
+}
+
+/// A count as a gauge value (saturating: gauges are signed).
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A status as `tunsec status --json` prints it: one IKE peer with an
+    /// SA pair (one drop reason), one network, one data path drop.
+    fn status() -> Status {
+        serde_json::from_str(
+            r#"{
+            "node": {"name": "h1", "underlay": "192.0.2.1", "esp": "udp/4500", "uptime_secs": 42},
+            "networks": [{"name": "blue", "vni": 100, "encapsulation": "vxlan", "port": 4789,
+                "tap": "tsblue", "mtu": 1385, "tx_frames": 10, "tx_bytes": 1000,
+                "rx_frames": 9, "rx_bytes": 900, "flooded": 2}],
+            "peers": [{"name": "h2", "underlay": "192.0.2.2", "policies": {"blue": "require"},
+                "sas": [
+                    {"direction": "out", "spi": "0x1001", "suite": "aes128gcm16", "esn": false,
+                     "state": "live", "packets": 10, "bytes": 1400, "last_seq": 10, "drops": {}},
+                    {"direction": "in", "spi": "0x2002", "suite": "aes128gcm16", "esn": false,
+                     "state": "live", "packets": 9, "bytes": 1300, "last_seq": 9,
+                     "drops": {"replay": 3}}
+                ],
+                "ike": {"state": "established", "role": "initiator", "child_sas": 1,
+                    "ike_rekeys": 4, "retransmits": 5, "dropped": 0,
+                    "fragments_sent": 6, "fragments_received": 7}}],
+            "drops": {"no_sa": 11, "policy": 0},
+            "keepalives": 0,
+            "ike_on_esp_port": 0,
+            "fdb": []
+        }"#,
+        )
+        .expect("the test status parses")
+    }
+
+    #[test]
+    fn every_figure_of_the_status() {
+        let text = render(&status());
+        for line in [
+            r#"tunsec_uptime_seconds{node="h1"} 42"#,
+            r#"tunsec_peer_ike_established{peer="h2"} 1"#,
+            r#"tunsec_peer_child_sas{peer="h2"} 1"#,
+            r#"tunsec_peer_ike_rekeys_total{peer="h2"} 4"#,
+            r#"tunsec_peer_ike_retransmits_total{peer="h2"} 5"#,
+            r#"tunsec_peer_ike_fragments_sent_total{peer="h2"} 6"#,
+            r#"tunsec_peer_ike_fragments_received_total{peer="h2"} 7"#,
+            r#"tunsec_sa_packets_total{peer="h2",direction="out",spi="0x1001"} 10"#,
+            r#"tunsec_sa_bytes_total{peer="h2",direction="in",spi="0x2002"} 1300"#,
+            r#"tunsec_sa_drops_total{peer="h2",direction="in",spi="0x2002",reason="replay"} 3"#,
+            r#"tunsec_network_rx_bytes_total{network="blue"} 900"#,
+            r#"tunsec_network_flooded_frames_total{network="blue"} 2"#,
+            r#"tunsec_datapath_drops_total{reason="no_sa"} 11"#,
+            r#"tunsec_datapath_drops_total{reason="policy"} 0"#,
+            "# TYPE tunsec_sa_packets counter",
+            "# TYPE tunsec_peer_ike_established gauge",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("gateway"),
+            "no gateway figures without gateway mode"
+        );
+    }
+
+    /// A peer whose IKE SA is down is 0, and the SAs it no longer has are
+    /// gone.
+    #[test]
+    fn a_peer_that_is_down() {
+        let mut s = status();
+        let ike = s.peers[0].ike.as_mut().unwrap();
+        ike.state = "connecting".into();
+        ike.child_sas = 0;
+        s.peers[0].sas.clear();
+        let text = render(&s);
+        assert!(
+            text.contains("tunsec_peer_ike_established{peer=\"h2\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("tunsec_sa_packets_total{"), "{text}");
+    }
+}
