@@ -68,12 +68,25 @@ impl GatewayShared {
 
 /// Runs the transmit worker until `shared.stop` is set: TUN device to
 /// ESP socket.
-pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Arc<Sockets>) {
+///
+/// With `udp_gso` (and ESP in UDP), the ESP datagrams of a batch leave
+/// through UDP generic segmentation offload ([`Batch::send_gso`]): the
+/// datagrams of one run of equal packets (what the kernel's vxlan device
+/// makes of a TCP super-frame) are one message. If the kernel refuses it,
+/// GSO is turned off for good.
+pub fn run_tx(
+    shared: Arc<GatewayShared>,
+    tun: Arc<dyn FrameDevice>,
+    sockets: Arc<Sockets>,
+    udp_gso: bool,
+) {
     let esp = &sockets.esp;
+    let mut udp_gso = udp_gso && esp.kind() == SocketKind::Udp;
     let mut poller = Poller::new(&[tun.fd()]);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let mut pending: Vec<(usize, Transmit)> = Vec::with_capacity(BATCH);
     let mut batch = Batch::new(BATCH);
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     // Reads start with a virtio-net header, in front of the packet.
     let front = if tun.vnet_hdr() { vnet::HEADER_LEN } else { 0 };
     while !shared.stop.load(Ordering::Relaxed) {
@@ -111,7 +124,27 @@ pub fn run_tx(shared: Arc<GatewayShared>, tun: Arc<dyn FrameDevice>, sockets: Ar
                 let datagrams = pending
                     .iter()
                     .map(|(b, tx)| (&pool[*b][tx.start..tx.end], tx.dst));
-                let r = batch.send(esp, datagrams);
+                let r = if udp_gso {
+                    // `pending` holds at most BATCH datagrams (one per
+                    // pool buffer).
+                    let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], unspecified); BATCH];
+                    let mut n = 0;
+                    for (slot, d) in list.iter_mut().zip(datagrams) {
+                        *slot = d;
+                        n += 1;
+                    }
+                    let r = batch.send_gso(esp, &list[..n]);
+                    if r.gso_failed {
+                        tracing::warn!(
+                            error = ?r.error.map(std::io::Error::from_raw_os_error),
+                            "the kernel refused UDP GSO; sending ESP datagram by datagram from now on"
+                        );
+                        udp_gso = false;
+                    }
+                    r
+                } else {
+                    batch.send(esp, datagrams)
+                };
                 for _ in 0..r.refused {
                     shared.stats.drop(Drop::Send);
                 }

@@ -124,6 +124,7 @@ impl GatewayDaemon {
         // With `[offload] gro`, the receive worker writes runs of UDP
         // datagrams as one packet, behind a virtio-net header.
         let uso = config.offload.gro;
+        let udp_gso = config.offload.udp_gso;
         let dev = tun::open(&gw.tun, mtu.tun, uso)
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
         prepare_tun(&gw.tun, underlay.is_ipv4())?;
@@ -188,7 +189,7 @@ impl GatewayDaemon {
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-gw-tx".into())
-                    .spawn(move || gateway_worker::run_tx(s, d, e))?,
+                    .spawn(move || gateway_worker::run_tx(s, d, e, udp_gso))?,
             );
         }
         {
