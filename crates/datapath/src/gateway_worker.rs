@@ -25,7 +25,7 @@ use crate::io::socket::{Batch, Poller, SocketKind};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
 use crate::stats::{Drop, Stats, add};
-use crate::worker::{BATCH, FrameDevice, IkeInbox, Sockets};
+use crate::worker::{BATCH, FrameDevice, GRO_BUFFER_LEN, IkeInbox, Sockets};
 
 /// The largest IP packet a buffer holds.
 pub const MAX_PACKET: usize = 9216;
@@ -158,23 +158,46 @@ pub fn run_tx(
     }
 }
 
+/// A receive buffer: datagrams land [`HEADROOM`] bytes in, so that
+/// transport mode can rebuild the IP header in front of the first one.
+struct RxBuf(Vec<u8>);
+
+impl AsMut<[u8]> for RxBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0[HEADROOM..]
+    }
+}
+
 /// Runs the receive worker until `shared.stop` is set: ESP socket to TUN
 /// device. With `uso` and a device with a virtio-net header, the packets
 /// opened from one batch of datagrams go through a [`UdpBatcher`]: runs of
-/// UDP datagrams of one flow are written as one packet.
+/// UDP datagrams of one flow are written as one packet. With `udp_gro`
+/// (and ESP in UDP), a run of datagrams from one peer arrives as one
+/// buffer (`UDP_GRO`), opened datagram by datagram in place.
 pub fn run_rx(
     shared: Arc<GatewayShared>,
     tun: Arc<dyn FrameDevice>,
     sockets: Arc<Sockets>,
     uso: bool,
+    udp_gro: bool,
 ) {
     let esp = &sockets.esp;
     let mut poller = Poller::new(&[esp.as_raw_fd()]);
-    let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
+    let udp = esp.kind() == SocketKind::Udp;
+    // A socket that refuses UDP GRO stays datagram by datagram.
+    let udp_gro = udp_gro && udp && esp.set_udp_gro(true).is_ok();
+    let room = if udp_gro {
+        GRO_BUFFER_LEN
+    } else {
+        MAX_PACKET + TAILROOM
+    };
+    let mut pool: Vec<RxBuf> = (0..BATCH)
+        .map(|_| RxBuf(vec![0u8; HEADROOM + room]))
+        .collect();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut meta = vec![(0usize, unspecified); BATCH];
+    let mut gro_meta = vec![(0usize, unspecified, 0usize); BATCH];
     let mut batch = Batch::new(BATCH);
-    let udp = esp.kind() == SocketKind::Udp;
     let mut early = EarlyEsp::new();
     let mut scratch = vec![0u8; BUFFER_LEN];
     let mut out = Out {
@@ -190,64 +213,70 @@ pub fn run_rx(
         // datagrams below are still tried).
         let batches = if poller.is_ready(0) { 4 } else { 0 };
         for _ in 0..batches {
-            let n = batch.recv(esp, &mut pool, &mut meta).unwrap_or(0);
+            let n = if udp_gro {
+                batch.recv_gro(esp, &mut pool, &mut gro_meta).unwrap_or(0)
+            } else {
+                let n = batch.recv(esp, &mut pool, &mut meta).unwrap_or(0);
+                for (g, &(len, src)) in gro_meta.iter_mut().zip(&meta[..n]) {
+                    *g = (len, src, len.max(1));
+                }
+                n
+            };
             if n == 0 {
                 break;
             }
             let tables = shared.tables.load();
             let now = Instant::now();
-            for (buf, &(len, src)) in pool.iter_mut().zip(&meta[..n]) {
-                let start = if esp.has_ip_header() {
-                    match ipv4_header_len(&buf[..len]) {
-                        Some(h) => h,
-                        None => {
-                            shared.stats.drop(Drop::Malformed);
-                            continue;
+            for (RxBuf(buf), &(total, src, segment)) in pool.iter_mut().zip(&gro_meta[..n]) {
+                let mut next = 0;
+                while next < total {
+                    // One datagram at buf[s..e]. Rebuilding its IP header may
+                    // overwrite the tail of the one before, which was opened
+                    // and written out (or copied) already.
+                    let (s, e) = (HEADROOM + next, HEADROOM + (next + segment).min(total));
+                    next += segment;
+                    let start = if esp.has_ip_header() {
+                        match ipv4_header_len(&buf[s..e]) {
+                            Some(h) => s + h,
+                            None => {
+                                shared.stats.drop(Drop::Malformed);
+                                continue;
+                            }
                         }
-                    }
-                } else {
-                    0
-                };
-                // Room in front to rebuild the IP header (transport mode):
-                // the datagram moves up by the headroom (a memmove of one
-                // packet, cheap next to its decryption).
-                let payload = len - start;
-                if HEADROOM + payload > buf.len() {
-                    shared.stats.drop(Drop::Malformed);
-                    continue;
-                }
-                buf.copy_within(start..len, HEADROOM);
-                match gateway::try_unprotect(
-                    &tables,
-                    &shared.stats,
-                    src.ip(),
-                    udp,
-                    buf,
-                    HEADROOM,
-                    HEADROOM + payload,
-                    now,
-                ) {
-                    Ok(GatewayReceive::Packet { start, end }) => {
-                        out.deliver(&shared, &tables, tun.as_ref(), src.ip(), &buf[start..end]);
-                    }
-                    Ok(GatewayReceive::Keepalive) => add(&shared.stats.keepalives, 1),
-                    Ok(GatewayReceive::Ike { start, end }) => {
-                        if shared.ike_inbox.push(src, &buf[start..end]) {
-                            add(&shared.stats.ike_received, 1);
-                        } else {
-                            shared.stats.drop(Drop::Ike);
+                    } else {
+                        s
+                    };
+                    match gateway::try_unprotect(
+                        &tables,
+                        &shared.stats,
+                        src.ip(),
+                        udp,
+                        buf,
+                        start,
+                        e,
+                        now,
+                    ) {
+                        Ok(GatewayReceive::Packet { start, end }) => {
+                            out.deliver(&shared, &tables, tun.as_ref(), src.ip(), &buf[start..end]);
                         }
-                    }
-                    Err(Drop::UnknownSpi) => {
-                        // Perhaps an SA that the IKE driver is about to
-                        // install (see `early`).
-                        let known = tables.peers.iter().any(|p| p.underlay == src.ip());
-                        let datagram = &buf[HEADROOM..HEADROOM + payload];
-                        if !(known && early.hold(src.ip(), udp, datagram, now)) {
-                            shared.stats.drop(Drop::UnknownSpi);
+                        Ok(GatewayReceive::Keepalive) => add(&shared.stats.keepalives, 1),
+                        Ok(GatewayReceive::Ike { start, end }) => {
+                            if shared.ike_inbox.push(src, &buf[start..end]) {
+                                add(&shared.stats.ike_received, 1);
+                            } else {
+                                shared.stats.drop(Drop::Ike);
+                            }
                         }
+                        Err(Drop::UnknownSpi) => {
+                            // Perhaps an SA that the IKE driver is about to
+                            // install (see `early`).
+                            let known = tables.peers.iter().any(|p| p.underlay == src.ip());
+                            if !(known && early.hold(src.ip(), udp, &buf[start..e], now)) {
+                                shared.stats.drop(Drop::UnknownSpi);
+                            }
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => {}
                 }
             }
             // A batch's runs go out before the next batch.
@@ -416,6 +445,12 @@ mod test {
     /// A VXLAN-port packet sealed with SPI `spi` (ESP-in-UDP, from the SPI
     /// on), and the packet.
     fn sealed(spi: u32) -> (Vec<u8>, Vec<u8>) {
+        sealed_run(spi, 1).remove(0)
+    }
+
+    /// `n` packets of one length (from source ports 40000 on), sealed in
+    /// turn with one SA of SPI `spi`, each with its ESP datagram.
+    fn sealed_run(spi: u32, n: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
         let from = host(
             LOOPBACK,
             LOOPBACK,
@@ -424,19 +459,23 @@ mod test {
             1,
             spi,
         );
-        let pkt = kernel_packet(LOOPBACK, LOOPBACK, 40000, 4789, 200);
-        let mut buf = vec![0u8; BUFFER_LEN];
-        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
-        let tx = gateway::protect(
-            &from,
-            &Stats::new(1),
-            &mut buf,
-            HEADROOM,
-            HEADROOM + pkt.len(),
-            Instant::now(),
-        )
-        .unwrap();
-        (buf[tx.start..tx.end].to_vec(), pkt)
+        (0..n)
+            .map(|i| {
+                let pkt = kernel_packet(LOOPBACK, LOOPBACK, 40000 + i, 4789, 200);
+                let mut buf = vec![0u8; BUFFER_LEN];
+                buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+                let tx = gateway::protect(
+                    &from,
+                    &Stats::new(1),
+                    &mut buf,
+                    HEADROOM,
+                    HEADROOM + pkt.len(),
+                    Instant::now(),
+                )
+                .unwrap();
+                (buf[tx.start..tx.end].to_vec(), pkt)
+            })
+            .collect()
     }
 
     fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -463,7 +502,7 @@ mod test {
         let tun = Arc::new(Recorder::default());
         let worker = {
             let (shared, tun) = (Arc::clone(&shared), tun.clone());
-            std::thread::spawn(move || run_rx(shared, tun, sockets, false))
+            std::thread::spawn(move || run_rx(shared, tun, sockets, false, false))
         };
         let written = || tun.0.lock().unwrap().clone();
         let unknown = || shared.stats.drops(Drop::UnknownSpi);
@@ -508,6 +547,46 @@ mod test {
         assert!(sent.elapsed() < EarlyEsp::HOLD, "held for a stranger");
         assert_eq!(written().len(), 1);
 
+        shared.stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+    }
+
+    /// With UDP GRO, a run of datagrams sent with UDP GSO arrives as one
+    /// buffer; each is opened in place (transport mode rebuilds its IP
+    /// header over the tail of the one before) and written in order.
+    #[test]
+    fn a_gso_run_opens_datagram_by_datagram() {
+        let shared = Arc::new(GatewayShared::new(receiver(Some(0x5001))));
+        let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        // As the worker does when it starts; here before anything is sent.
+        esp.set_udp_gro(true).unwrap();
+        let port = esp.local_addr().unwrap().port();
+        let sockets = Arc::new(Sockets {
+            esp,
+            tunnels: Vec::new(),
+        });
+        let tun = Arc::new(Recorder::default());
+        let worker = {
+            let (shared, tun) = (Arc::clone(&shared), tun.clone());
+            std::thread::spawn(move || run_rx(shared, tun, sockets, false, true))
+        };
+        let run = sealed_run(0x5001, 12);
+        let sender = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        let dst = SocketAddr::from((LOOPBACK, port));
+        let datagrams: Vec<(&[u8], SocketAddr)> =
+            run.iter().map(|(d, _)| (d.as_slice(), dst)).collect();
+        let sent = Batch::new(4).send_gso(&sender, &datagrams);
+        assert_eq!((sent.sent, sent.refused, sent.gso_failed), (12, 0, false));
+        let written = || tun.0.lock().unwrap().clone();
+        wait_until(Duration::from_secs(2), || written().len() >= 12);
+        let got = written();
+        assert_eq!(got.len(), 12);
+        for (w, (_, pkt)) in got.iter().zip(&run) {
+            assert_eq!(w[..], pkt[..], "the rebuilt packet is the one sealed");
+        }
+        for drop in [Drop::Esp, Drop::Malformed, Drop::Policy, Drop::UnknownSpi] {
+            assert_eq!(shared.stats.drops(drop), 0, "{drop:?}");
+        }
         shared.stop.store(true, Ordering::Relaxed);
         worker.join().unwrap();
     }

@@ -125,6 +125,7 @@ impl GatewayDaemon {
         // datagrams as one packet, behind a virtio-net header.
         let uso = config.offload.gro;
         let udp_gso = config.offload.udp_gso;
+        let udp_gro = config.offload.udp_gro;
         let dev = tun::open(&gw.tun, mtu.tun, uso)
             .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
         prepare_tun(&gw.tun, underlay.is_ipv4())?;
@@ -197,7 +198,7 @@ impl GatewayDaemon {
             workers.push(
                 std::thread::Builder::new()
                     .name("tunsec-gw-rx".into())
-                    .spawn(move || gateway_worker::run_rx(s, d, e, uso))?,
+                    .spawn(move || gateway_worker::run_rx(s, d, e, uso, udp_gro))?,
             );
         }
         tracing::info!(
