@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -214,6 +214,7 @@ struct RawNode {
     control_socket: Option<PathBuf>,
     underlay_mtu: Option<u16>,
     workers: Option<u16>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -380,6 +381,9 @@ pub struct Node {
     /// How many data-path worker pairs (transmit and receive) run, each
     /// with its own queue of every TAP device and its own UDP sockets.
     pub workers: usize,
+    /// Where tunsecd serves its metrics over HTTP (`GET /metrics`), if
+    /// anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The most worker pairs `node.workers` allows.
@@ -775,7 +779,24 @@ fn validate_node(raw: RawNode) -> Result<Node, ConfigError> {
             format!("is not between 1 and {MAX_WORKERS}"),
         ));
     }
+    let metrics_listen = raw
+        .metrics_listen
+        .map(|v| {
+            let addr: SocketAddr = v.parse().map_err(|_| {
+                invalid(
+                    "node.metrics_listen",
+                    quoted(&v),
+                    "is not an address and port, such as \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(invalid("node.metrics_listen", quoted(&v), "needs a port"));
+            }
+            Ok(addr)
+        })
+        .transpose()?;
     Ok(Node {
+        metrics_listen,
         workers: usize::from(workers),
         name: raw.name,
         underlay,
@@ -1161,9 +1182,9 @@ fn validate_selectors(
         })?;
         // tunsecd's own IKE and ESP must never match a selector: the
         // inbound guard would drop the peer's ESP.
-        let own = [500, esp.port];
+        let own: [u16; 2] = [500, esp.port];
         if protocol == 17 {
-            if let Some(p) = own.iter().find(|p| ports.contains(p)) {
+            if let Some(p) = own.iter().find(|&&p| ports.contains(&p)) {
                 return Err(invalid(
                     field("ports"),
                     &s.ports,
@@ -1576,6 +1597,24 @@ key_out = "b.out"
         let sa = p.sa.as_ref().unwrap();
         assert_eq!(sa.keys_in.encryption.len(), 20);
         assert!(!format!("{sa:?}").contains("0011"), "keys never print");
+    }
+
+    #[test]
+    fn metrics_listen() {
+        assert_eq!(parse(BASE).unwrap().node.metrics_listen, None);
+        let with = |line: &str| BASE.replacen("[node]\n", &format!("[node]\n{line}\n"), 1);
+        let c = parse(&with("metrics_listen = \"[::1]:9464\"")).unwrap();
+        assert_eq!(c.node.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+        assert_invalid(
+            &with("metrics_listen = \"localhost\""),
+            "node.metrics_listen",
+            "\"localhost\"",
+        );
+        assert_invalid(
+            &with("metrics_listen = \"127.0.0.1:0\""),
+            "node.metrics_listen",
+            "\"127.0.0.1:0\"",
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::config::{
 };
 use crate::control::{Request, Response};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
+use crate::metrics::MetricsServer;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 /// The TAP MTU and the largest frame of each network.
@@ -188,6 +189,8 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     /// Set by SIGHUP: reload.
     hangup: Arc<AtomicBool>,
+    /// The metrics endpoint, if `[node] metrics_listen` asks for one.
+    metrics: Option<MetricsServer>,
 }
 
 impl Daemon {
@@ -258,6 +261,12 @@ impl Daemon {
         }
 
         let listener = bind_control_socket(&config.node.control_socket)?;
+        // `GET /metrics`, answered from the control socket.
+        let metrics = config
+            .node
+            .metrics_listen
+            .map(|listen| MetricsServer::start(listen, config.node.control_socket.clone()))
+            .transpose()?;
         let socket_path = config.node.control_socket.clone();
 
         let ike_states = IkeStates::default();
@@ -311,6 +320,7 @@ impl Daemon {
             ike_commands,
             config_path: None,
             hangup: Arc::new(AtomicBool::new(false)),
+            metrics,
         })
     }
 
@@ -352,6 +362,7 @@ impl Daemon {
             }
         }
         tracing::info!("stopping");
+        drop(self.metrics.take());
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();

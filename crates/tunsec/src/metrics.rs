@@ -1,6 +1,6 @@
-//! `tunsec metrics`: a daemon's status as OpenMetrics text, for
-//! Prometheus (through node_exporter's textfile collector, or any scraper
-//! that runs a command).
+//! `tunsec metrics` and tunsecd's metrics endpoint: a daemon's status as
+//! OpenMetrics text, for Prometheus (scraped from `[node]
+//! metrics_listen`, or through node_exporter's textfile collector).
 //!
 //! Every figure comes from one [`Status`] snapshot, which is what
 //! `tunsec status` shows; nothing is counted twice or invented. What it
@@ -15,6 +15,13 @@
 //! - per virtual network: frames and bytes each way, and flooded frames;
 //! - the data path's drops by reason, and in gateway mode each peer's
 //!   packets and bytes and the guard's drops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -273,6 +280,87 @@ pub fn render(status: &Status) -> String {
 /// A count as a gauge value (saturating: gauges are signed).
 fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The content type of OpenMetrics text (OpenMetrics 1.0, section
+/// "Protocol Negotiation").
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// tunsecd's metrics endpoint (`[node] metrics_listen`): an HTTP server on
+/// its own thread that answers `GET /metrics` with [`render`] of the
+/// status it asks the daemon's control socket for, like `tunsec
+/// metrics`; anything else gets 404. It stops when dropped.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Listens on `listen` (an error names `node.metrics_listen`) and
+    /// serves the status of the daemon behind `control_socket`.
+    pub fn start(listen: SocketAddr, control_socket: PathBuf) -> anyhow::Result<Self> {
+        let server = tiny_http::Server::http(listen)
+            .map_err(|e| anyhow::anyhow!("node.metrics_listen: cannot listen on {listen}: {e}"))?;
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("tunsec-metrics".into())
+                .spawn(move || serve(&server, &control_socket, &stop))?
+        };
+        tracing::info!(%listen, "metrics on http://{listen}/metrics");
+        Ok(Self {
+            server,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, control_socket: &Path, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let request = match server.recv() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("metrics: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let response = if *request.method() != tiny_http::Method::Get
+            || request.url().split('?').next() != Some("/metrics")
+        {
+            tiny_http::Response::from_string("not found: the metrics are at /metrics\n")
+                .with_status_code(404)
+        } else {
+            match crate::control::call(control_socket, &crate::control::Request::Status) {
+                Ok(crate::control::Response::Status(status)) => {
+                    let mut r = tiny_http::Response::from_string(render(&status));
+                    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
+                        r = r.with_header(h);
+                    }
+                    r
+                }
+                Ok(other) => {
+                    tiny_http::Response::from_string(format!("{other:?}\n")).with_status_code(500)
+                }
+                Err(e) => tiny_http::Response::from_string(format!("{e}\n")).with_status_code(503),
+            }
+        };
+        let _ = request.respond(response);
+    }
 }
 
 #[cfg(test)]

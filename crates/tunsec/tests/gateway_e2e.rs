@@ -171,6 +171,8 @@ struct Opts {
     ike: bool,
     /// IPv6 underlay addresses.
     ipv6: bool,
+    /// tunsecd serves its metrics on the underlay address, port 9464.
+    metrics: bool,
 }
 
 /// Writes the gateway config of host `n` with `peers`, with manual keys
@@ -190,9 +192,14 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<Pa
     let mut c = String::new();
     writeln!(
         c,
-        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n",
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n{}",
         addr(n),
-        socket_path(lab, n).display()
+        socket_path(lab, n).display(),
+        if opts.metrics {
+            format!("metrics_listen = \"{}:9464\"\n", host_addr(n))
+        } else {
+            String::new()
+        }
     )?;
     writeln!(c, "[gateway]\ntunnel_devices = [\"vxlan0\"]\n{gateway}\n")?;
     for &peer in peers {
@@ -1077,6 +1084,7 @@ fn gateway_ike() {
             lab,
             Opts {
                 ike: true,
+                metrics: true,
                 ..Opts::default()
             },
         )?;
@@ -1148,7 +1156,16 @@ fn gateway_ike() {
             esp > 8 << 20 && clear == 0,
             "{esp} bytes of ESP, {clear} in the clear"
         );
-        check_metrics(lab, 1)?;
+        check_metrics(lab, 1, MetricsFrom::Cli)?;
+        let addr = format!("{}:9464", host_addr(1));
+        check_metrics(
+            lab,
+            1,
+            MetricsFrom::Http {
+                ns: &h1,
+                addr: &addr,
+            },
+        )?;
         Ok(())
     });
 }
@@ -1156,29 +1173,66 @@ fn gateway_ike() {
 /// One OpenMetrics sample: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
-/// The samples of `tunsec metrics` on host `n`, parsed by Python's
-/// prometheus_client (an independent OpenMetrics parser: it refuses
-/// malformed text).
-fn metrics(lab: &Lab, n: u8) -> anyhow::Result<Vec<Sample>> {
-    let text = Command::new(env!("CARGO_BIN_EXE_tunsec"))
-        .args([
-            "--socket",
-            &socket_path(lab, n).to_string_lossy(),
-            "metrics",
-        ])
-        .output()?;
-    ensure!(
-        text.status.success(),
-        "tunsec metrics: {}",
-        String::from_utf8_lossy(&text.stderr)
-    );
-    let mut py = Command::new(PYTHON)
-        .args([
-            "-c",
-            "import json, sys\n\
-             from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
-             print(json.dumps([[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) for s in f.samples]))",
-        ])
+/// Where `check_metrics` gets the metrics.
+#[derive(Clone, Copy)]
+enum MetricsFrom<'a> {
+    /// `tunsec metrics`.
+    Cli,
+    /// tunsecd's endpoint, `GET http://ADDR/metrics` from namespace `ns`.
+    Http { ns: &'a str, addr: &'a str },
+}
+
+/// Parses OpenMetrics text (from stdin) or fetches it (`URL`, checking
+/// the content type, and that another path is 404) with Python's
+/// prometheus_client, an independent parser that refuses malformed text,
+/// and prints the samples as JSON.
+const PARSE_METRICS: &str = r#"
+import json, sys, urllib.request, urllib.error
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+if len(sys.argv) > 1:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    ct = r.headers.get('Content-Type', '')
+    assert ct.startswith('application/openmetrics-text'), ct
+    text = r.read().decode()
+    try:
+        urllib.request.urlopen(sys.argv[1] + 'x', timeout=5)
+        raise SystemExit('another path answered 200')
+    except urllib.error.HTTPError as e:
+        assert e.code == 404, e.code
+else:
+    text = sys.stdin.read()
+print(json.dumps([[s.name, s.labels, s.value] for f in parse(text) for s in f.samples]))
+"#;
+
+/// The samples of host `n`'s metrics, parsed by Python's
+/// prometheus_client.
+fn metrics(lab: &Lab, n: u8, from: MetricsFrom<'_>) -> anyhow::Result<Vec<Sample>> {
+    let (mut cmd, input) = match from {
+        MetricsFrom::Cli => {
+            let text = Command::new(env!("CARGO_BIN_EXE_tunsec"))
+                .args([
+                    "--socket",
+                    &socket_path(lab, n).to_string_lossy(),
+                    "metrics",
+                ])
+                .output()?;
+            ensure!(
+                text.status.success(),
+                "tunsec metrics: {}",
+                String::from_utf8_lossy(&text.stderr)
+            );
+            let mut cmd = Command::new(PYTHON);
+            cmd.args(["-c", PARSE_METRICS]);
+            (cmd, text.stdout)
+        }
+        MetricsFrom::Http { ns, addr } => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, PYTHON, "-c", PARSE_METRICS])
+                .arg(format!("http://{addr}/metrics"));
+            (cmd, Vec::new())
+        }
+    };
+    let mut py = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1188,14 +1242,14 @@ fn metrics(lab: &Lab, n: u8) -> anyhow::Result<Vec<Sample>> {
         py.stdin
             .take()
             .context("python's stdin")?
-            .write_all(&text.stdout)?;
+            .write_all(&input)?;
     }
     let out = py.wait_with_output()?;
     ensure!(
         out.status.success(),
-        "the OpenMetrics parser refused tunsec metrics: {}\n{}",
+        "the OpenMetrics parser refused the metrics: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&text.stdout)
+        String::from_utf8_lossy(&input)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -1203,9 +1257,9 @@ fn metrics(lab: &Lab, n: u8) -> anyhow::Result<Vec<Sample>> {
 /// `tunsec metrics` on host `n` against its status taken before and
 /// after: the IKE SA established, one Child SA pair, and each SA's
 /// packets, each gateway peer's packets, within the two snapshots.
-fn check_metrics(lab: &Lab, n: u8) -> anyhow::Result<()> {
+fn check_metrics(lab: &Lab, n: u8, from: MetricsFrom<'_>) -> anyhow::Result<()> {
     let before = status(lab, n)?;
-    let samples = metrics(lab, n)?;
+    let samples = metrics(lab, n, from)?;
     let after = status(lab, n)?;
     let value = |name: &str, labels: &[(&str, &str)]| -> anyhow::Result<f64> {
         samples
@@ -1247,8 +1301,12 @@ fn check_metrics(lab: &Lab, n: u8) -> anyhow::Result<()> {
         range.contains(&got),
         "gateway tx packets {got}, status {range:?}"
     );
+    let how = match from {
+        MetricsFrom::Cli => "tunsec metrics".to_owned(),
+        MetricsFrom::Http { addr, .. } => format!("http://{addr}/metrics"),
+    };
     eprintln!(
-        "  tunsec metrics: {} samples, parsed by prometheus_client",
+        "  {how}: {} samples, parsed by prometheus_client",
         samples.len()
     );
     Ok(())

@@ -24,6 +24,7 @@ use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind
 use crate::control::{Request, Response};
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
+use crate::metrics::MetricsServer;
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
 };
@@ -79,6 +80,8 @@ pub struct GatewayDaemon {
     config_path: Option<PathBuf>,
     /// Set by SIGHUP: reload.
     hangup: Arc<AtomicBool>,
+    /// The metrics endpoint, if `[node] metrics_listen` asks for one.
+    metrics: Option<MetricsServer>,
 }
 
 impl GatewayDaemon {
@@ -98,6 +101,12 @@ impl GatewayDaemon {
         // the ESP socket, the TUN device. Whatever fails there leaves a
         // running daemon's entries alone.
         let listener = bind_control_socket(&config.node.control_socket)?;
+        // `GET /metrics`, answered from the control socket.
+        let metrics = config
+            .node
+            .metrics_listen
+            .map(|listen| MetricsServer::start(listen, config.node.control_socket.clone()))
+            .transpose()?;
 
         let underlay = config.node.underlay;
         let esp = match config.esp.encapsulation {
@@ -223,6 +232,7 @@ impl GatewayDaemon {
             ike_commands,
             config_path: None,
             hangup: Arc::new(AtomicBool::new(false)),
+            metrics,
         })
     }
 
@@ -258,6 +268,7 @@ impl GatewayDaemon {
             }
         }
         tracing::info!("stopping");
+        drop(self.metrics.take());
         // The workers and the IKE driver stop first (the driver deletes
         // its IKE SAs with the peers); until the rules go, whatever is
         // steered into the TUN device is dropped. Then the rules: the
