@@ -442,4 +442,20 @@ mod test {
         );
         assert!(!text.contains("tunsec_sa_packets_total{"), "{text}");
     }
+
+    /// An address that cannot be listened on is an error that names the
+    /// field and the address.
+    #[test]
+    fn a_busy_address_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = MetricsServer::start(addr, PathBuf::from("/nonexistent.sock"))
+            .err()
+            .expect("the address is in use")
+            .to_string();
+        assert!(
+            err.contains("node.metrics_listen") && err.contains(&addr.to_string()),
+            "{err}"
+        );
+    }
 }
