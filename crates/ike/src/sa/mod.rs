@@ -1156,44 +1156,20 @@ impl IkeSa {
             return Err(Discard::Unexpected);
         }
         match &self.state {
-            State::InitSent(_) => self.on_init_response(now, remote, header, bytes),
-            State::AuthSent(st) => {
-                if header.responder_spi != self.spi_r {
-                    return Err(Discard::WrongSpi);
-                }
-                let Some(message) = fragment::open(
-                    &st.sk.inbound,
-                    &mut self.reassembly,
-                    self.fragment_limit.is_some(),
-                    now,
-                    &mut self.stats,
-                    bytes,
-                )
-                .map_err(discard)?
-                else {
-                    return Ok(());
-                };
-                self.outstanding = None;
-                self.on_auth_response(now, &message);
-                Ok(())
-            }
+            State::InitSent(_) => return self.on_init_response(now, remote, header, bytes),
+            State::AuthSent(_) | State::Established(_) => {}
+            _ => return Err(Discard::Unexpected),
+        }
+        if header.responder_spi != self.spi_r {
+            return Err(Discard::WrongSpi);
+        }
+        let Some(message) = self.open_response(now, bytes)? else {
+            return Ok(());
+        };
+        self.outstanding = None;
+        match &self.state {
+            State::AuthSent(_) => self.on_auth_response(now, &message),
             State::Established(st) => {
-                if header.responder_spi != self.spi_r {
-                    return Err(Discard::WrongSpi);
-                }
-                let Some(message) = fragment::open(
-                    &st.sk.inbound,
-                    &mut self.reassembly,
-                    self.fragment_limit.is_some(),
-                    now,
-                    &mut self.stats,
-                    bytes,
-                )
-                .map_err(discard)?
-                else {
-                    return Ok(());
-                };
-                self.outstanding = None;
                 // The answer to our DELETE closes the IKE SA (RFC 7296
                 // section 1.4.1); the answer to a liveness check only
                 // proves the peer is alive.
@@ -1203,10 +1179,30 @@ impl IkeSa {
                 }
                 self.on_established_response(now, &message);
                 self.run_queue(now);
-                Ok(())
             }
-            _ => Err(Discard::Unexpected),
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// Opens a response with the IKE SA's inbound keys, as `open_request`
+    /// does a request: `None` while a fragmented one is still incomplete
+    /// (RFC 7383).
+    fn open_response(&mut self, now: Instant, bytes: &[u8]) -> Result<Option<Message>, Discard> {
+        let sk = match &self.state {
+            State::AuthSent(st) => &st.sk.inbound,
+            State::Established(st) => &st.sk.inbound,
+            _ => return Err(Discard::Unexpected),
+        };
+        fragment::open(
+            sk,
+            &mut self.reassembly,
+            self.fragment_limit.is_some(),
+            now,
+            &mut self.stats,
+            bytes,
+        )
+        .map_err(discard)
     }
 
     fn on_init_response(
