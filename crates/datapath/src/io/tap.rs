@@ -68,9 +68,14 @@ pub fn open_queues(
 /// `TUNSETOFFLOAD` with `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: TCP
 /// segmentation and checksum offload, and no UDP segmentation.
 fn set_tcp_offloads(dev: &tun_rs::SyncDevice) -> io::Result<()> {
-    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    set_offloads(dev, libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6)
+}
+
+/// `TUNSETOFFLOAD` with `flags` (`TUN_F_*`) on a TAP or TUN device opened
+/// with `IFF_VNET_HDR`: what the kernel may hand over.
+pub(crate) fn set_offloads(dev: &tun_rs::SyncDevice, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor
-    // is the open TAP device.
+    // is the open device.
     let rc = unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
     if rc < 0 {
         return Err(io::Error::last_os_error());

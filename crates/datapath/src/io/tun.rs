@@ -1,7 +1,6 @@
 //! TUN devices (layer 3), through tun-rs, for gateway mode.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 /// The device's transmit queue, in packets (the kernel's default is
 /// 500). The kernel's vxlan device hands over a 64 KB TCP super-frame as
@@ -35,12 +34,7 @@ pub fn open(name: &str, mtu: u16, vnet_hdr: bool) -> io::Result<tun_rs::SyncDevi
         .build_sync()?;
     if vnet_hdr {
         // tun-rs asks for checksum, TCP and UDP segmentation offloads.
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; the
-        // descriptor is the open TUN device.
-        let rc = unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::tap::set_offloads(&dev, 0)?;
     }
     dev.set_nonblocking(true)?;
     Ok(dev)
