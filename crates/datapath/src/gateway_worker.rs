@@ -478,6 +478,58 @@ mod test {
             .collect()
     }
 
+    /// A receive worker on loopback with `tables`, writing to a recording
+    /// TUN device; stopped when dropped.
+    struct RxWorker {
+        shared: Arc<GatewayShared>,
+        tun: Arc<Recorder>,
+        port: u16,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl RxWorker {
+        fn start(tables: GatewayTables, udp_gro: bool) -> Self {
+            let shared = Arc::new(GatewayShared::new(tables));
+            let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
+            if udp_gro {
+                // As the worker does when it starts; here before anything
+                // is sent.
+                esp.set_udp_gro(true).unwrap();
+            }
+            let port = esp.local_addr().unwrap().port();
+            let sockets = Arc::new(Sockets {
+                esp,
+                tunnels: Vec::new(),
+            });
+            let tun = Arc::new(Recorder::default());
+            let thread = {
+                let (shared, tun) = (Arc::clone(&shared), tun.clone());
+                Some(std::thread::spawn(move || {
+                    run_rx(shared, tun, sockets, false, udp_gro)
+                }))
+            };
+            Self {
+                shared,
+                tun,
+                port,
+                thread,
+            }
+        }
+
+        fn written(&self) -> Vec<Vec<u8>> {
+            self.tun.0.lock().unwrap().clone()
+        }
+    }
+
+    impl std::ops::Drop for RxWorker {
+        fn drop(&mut self) {
+            self.shared.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
     fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !done() && Instant::now() < deadline {
@@ -492,19 +544,9 @@ mod test {
     /// is no peer at once.
     #[test]
     fn esp_before_its_sa_is_held_then_delivered() {
-        let shared = Arc::new(GatewayShared::new(receiver(None)));
-        let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
-        let port = esp.local_addr().unwrap().port();
-        let sockets = Arc::new(Sockets {
-            esp,
-            tunnels: Vec::new(),
-        });
-        let tun = Arc::new(Recorder::default());
-        let worker = {
-            let (shared, tun) = (Arc::clone(&shared), tun.clone());
-            std::thread::spawn(move || run_rx(shared, tun, sockets, false, false))
-        };
-        let written = || tun.0.lock().unwrap().clone();
+        let rx = RxWorker::start(receiver(None), false);
+        let (shared, port) = (&rx.shared, rx.port);
+        let written = || rx.written();
         let unknown = || shared.stats.drops(Drop::UnknownSpi);
 
         let sender = UdpSocket::bind((LOOPBACK, 0)).unwrap();
@@ -546,9 +588,6 @@ mod test {
         assert_eq!(unknown(), 2);
         assert!(sent.elapsed() < EarlyEsp::HOLD, "held for a stranger");
         assert_eq!(written().len(), 1);
-
-        shared.stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap();
     }
 
     /// With UDP GRO, a run of datagrams sent with UDP GSO arrives as one
@@ -556,20 +595,8 @@ mod test {
     /// header over the tail of the one before) and written in order.
     #[test]
     fn a_gso_run_opens_datagram_by_datagram() {
-        let shared = Arc::new(GatewayShared::new(receiver(Some(0x5001))));
-        let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
-        // As the worker does when it starts; here before anything is sent.
-        esp.set_udp_gro(true).unwrap();
-        let port = esp.local_addr().unwrap().port();
-        let sockets = Arc::new(Sockets {
-            esp,
-            tunnels: Vec::new(),
-        });
-        let tun = Arc::new(Recorder::default());
-        let worker = {
-            let (shared, tun) = (Arc::clone(&shared), tun.clone());
-            std::thread::spawn(move || run_rx(shared, tun, sockets, false, true))
-        };
+        let rx = RxWorker::start(receiver(Some(0x5001)), true);
+        let (shared, port) = (&rx.shared, rx.port);
         let run = sealed_run(0x5001, 12);
         let sender = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
         let dst = SocketAddr::from((LOOPBACK, port));
@@ -577,7 +604,7 @@ mod test {
             run.iter().map(|(d, _)| (d.as_slice(), dst)).collect();
         let sent = Batch::new(4).send_gso(&sender, &datagrams);
         assert_eq!((sent.sent, sent.refused, sent.gso_failed), (12, 0, false));
-        let written = || tun.0.lock().unwrap().clone();
+        let written = || rx.written();
         wait_until(Duration::from_secs(2), || written().len() >= 12);
         let got = written();
         assert_eq!(got.len(), 12);
@@ -587,7 +614,5 @@ mod test {
         for drop in [Drop::Esp, Drop::Malformed, Drop::Policy, Drop::UnknownSpi] {
             assert_eq!(shared.stats.drops(drop), 0, "{drop:?}");
         }
-        shared.stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap();
     }
 }
