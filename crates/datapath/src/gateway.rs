@@ -332,11 +332,7 @@ pub fn unprotect(
     end: usize,
     now: Instant,
 ) -> Result<GatewayReceive, Drop> {
-    let r = try_unprotect(tables, stats, src, udp, buf, start, end, now);
-    if r == Err(Drop::UnknownSpi) {
-        stats.drop(Drop::UnknownSpi);
-    }
-    r
+    stats.count_unknown_spi(try_unprotect(tables, stats, src, udp, buf, start, end, now))
 }
 
 /// [`unprotect`], except that an SPI with no inbound SA is returned as

@@ -736,11 +736,9 @@ pub fn receive_esp(
     end: usize,
     now: Instant,
 ) -> Result<EspReceive, Drop> {
-    let r = try_receive_esp(tables, fdb, stats, src, udp, buf, start, end, now);
-    if r == Err(Drop::UnknownSpi) {
-        stats.drop(Drop::UnknownSpi);
-    }
-    r
+    stats.count_unknown_spi(try_receive_esp(
+        tables, fdb, stats, src, udp, buf, start, end, now,
+    ))
 }
 
 /// [`receive_esp`], except that an SPI with no inbound SA is returned as

@@ -144,6 +144,17 @@ impl Stats {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts the `unknown_spi` drop that a `try_` receive function
+    /// (`overlay::try_receive_esp`, `gateway::try_unprotect`) returns
+    /// uncounted, for callers that do not hold such datagrams; every
+    /// other result passes unchanged.
+    pub fn count_unknown_spi<T>(&self, result: Result<T, Drop>) -> Result<T, Drop> {
+        if let Err(Drop::UnknownSpi) = result {
+            self.drop(Drop::UnknownSpi);
+        }
+        result
+    }
+
     /// The count of one reason.
     pub fn drops(&self, reason: Drop) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
