@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use crate::early::{EarlyEsp, Retry};
 use crate::gateway::GatewayReceive;
 use crate::gateway::{self, GatewayTables};
-use crate::io::socket::{Batch, Poller, SocketKind};
+use crate::io::socket::{Batch, Poller, SocketKind, runs};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
 use crate::stats::{Drop, Stats, add};
@@ -195,7 +195,6 @@ pub fn run_rx(
         .map(|_| RxBuf(vec![0u8; HEADROOM + room]))
         .collect();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    let mut meta = vec![(0usize, unspecified); BATCH];
     let mut gro_meta = vec![(0usize, unspecified, 0usize); BATCH];
     let mut batch = Batch::new(BATCH);
     let mut early = EarlyEsp::new();
@@ -213,28 +212,20 @@ pub fn run_rx(
         // datagrams below are still tried).
         let batches = if poller.is_ready(0) { 4 } else { 0 };
         for _ in 0..batches {
-            let n = if udp_gro {
-                batch.recv_gro(esp, &mut pool, &mut gro_meta).unwrap_or(0)
-            } else {
-                let n = batch.recv(esp, &mut pool, &mut meta).unwrap_or(0);
-                for (g, &(len, src)) in gro_meta.iter_mut().zip(&meta[..n]) {
-                    *g = (len, src, len.max(1));
-                }
-                n
-            };
+            let n = batch
+                .recv_runs(esp, &mut pool, udp_gro, &mut gro_meta)
+                .unwrap_or(0);
             if n == 0 {
                 break;
             }
             let tables = shared.tables.load();
             let now = Instant::now();
             for (RxBuf(buf), &(total, src, segment)) in pool.iter_mut().zip(&gro_meta[..n]) {
-                let mut next = 0;
-                while next < total {
+                for run in runs(total, segment) {
                     // One datagram at buf[s..e]. Rebuilding its IP header may
                     // overwrite the tail of the one before, which was opened
                     // and written out (or copied) already.
-                    let (s, e) = (HEADROOM + next, HEADROOM + (next + segment).min(total));
-                    next += segment;
+                    let (s, e) = (HEADROOM + run.start, HEADROOM + run.end);
                     let start = if esp.has_ip_header() {
                         match ipv4_header_len(&buf[s..e]) {
                             Some(h) => s + h,

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 
 use crate::early::{EarlyEsp, Retry};
 use crate::fdb::Fdb;
-use crate::io::socket::{Batch, DatagramSocket, Poller};
+use crate::io::socket::{Batch, DatagramSocket, Poller, runs};
 use crate::offload;
 use crate::overlay::{self, EspReceive, HEADROOM, TAILROOM, Tables, Targets, Transmit, Via};
 use crate::stats::{Drop, Stats};
@@ -526,7 +526,6 @@ pub fn run_rx(
     };
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; buffer_len]).collect();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    let mut meta = vec![(0usize, unspecified); BATCH];
     let mut gro_meta = vec![(0usize, unspecified, 0usize); BATCH];
     let mut batch = Batch::new(BATCH);
     let mut early = EarlyEsp::new();
@@ -541,15 +540,9 @@ pub fn run_rx(
             }
             // Drain the socket a batch at a time, then look at the others.
             for _ in 0..4 {
-                let n = if gro_socks[i] {
-                    batch.recv_gro(sock, &mut pool, &mut gro_meta).unwrap_or(0)
-                } else {
-                    let n = batch.recv(sock, &mut pool, &mut meta).unwrap_or(0);
-                    for (g, &(len, src)) in gro_meta.iter_mut().zip(&meta[..n]) {
-                        *g = (len, src, len.max(1));
-                    }
-                    n
-                };
+                let n = batch
+                    .recv_runs(sock, &mut pool, gro_socks[i], &mut gro_meta)
+                    .unwrap_or(0);
                 if n == 0 {
                     break;
                 }
@@ -557,10 +550,8 @@ pub fn run_rx(
                 let now = Instant::now();
                 for (j, &(total, src, segment)) in gro_meta[..n].iter().enumerate() {
                     let buf = &mut pool[j];
-                    let mut next = 0;
-                    while next < total {
-                        let (off, len) = (next, (next + segment).min(total));
-                        next = len;
+                    for run in runs(total, segment) {
+                        let (off, len) = (run.start, run.end);
                         let delivery = match port {
                             Some(port) => overlay::receive_clear(
                                 &tables,

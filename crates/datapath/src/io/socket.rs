@@ -539,7 +539,40 @@ impl Batch {
     }
 }
 
+/// The datagrams of a run that [`Batch::recv_runs`] received: `total`
+/// bytes cut every `segment` (the last may be shorter), as index ranges.
+pub fn runs(total: usize, segment: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let segment = segment.max(1);
+    (0..total)
+        .step_by(segment)
+        .map(move |start| start..(start + segment).min(total))
+}
+
 impl Batch {
+    /// Receives like [`Self::recv_gro`] when `gro` (the socket has UDP GRO
+    /// on), else like [`Self::recv`] with each datagram a run of one: each
+    /// `(len, source, segment)` in `out` describes `bufs[i][..len]`, which
+    /// [`runs`] cuts into its datagrams.
+    pub fn recv_runs<B: AsMut<[u8]>>(
+        &mut self,
+        sock: &DatagramSocket,
+        bufs: &mut [B],
+        gro: bool,
+        out: &mut [(usize, SocketAddr, usize)],
+    ) -> io::Result<usize> {
+        if gro {
+            return self.recv_gro(sock, bufs, out);
+        }
+        let n = bufs.len().min(out.len());
+        let got = self.recv_into(sock, &mut bufs[..n], 0)?;
+        for (i, slot) in out.iter_mut().take(got).enumerate() {
+            let len = self.hdrs[i].msg_len as usize;
+            let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            *slot = (len, src, len.max(1));
+        }
+        Ok(got)
+    }
+
     /// Receives like [`Self::recv`], on a socket with UDP GRO on
     /// ([`DatagramSocket::set_udp_gro`]): each `(len, source, segment)` in
     /// `out` says that `bufs[i][..len]` holds datagrams of `segment` bytes
@@ -715,6 +748,18 @@ impl Poller {
 
 #[cfg(test)]
 mod test {
+    use super::runs;
+
+    /// A run cut into its datagrams: equal ones, the last shorter.
+    #[test]
+    fn runs_cut_at_the_segment_size() {
+        let cut = |total, segment| runs(total, segment).collect::<Vec<_>>();
+        assert_eq!(cut(10, 4), [0..4, 4..8, 8..10]);
+        assert_eq!(cut(8, 4), [0..4, 4..8]);
+        assert_eq!(cut(5, 5), vec![std::ops::Range { start: 0, end: 5 }]);
+        assert!(cut(0, 1).is_empty());
+    }
+
     use super::*;
 
     /// Reads every datagram waiting on `sock` (waiting up to 1 s for the
