@@ -183,8 +183,24 @@ struct RawGateway {
     fwmark: Option<u32>,
     nft_table: Option<String>,
     guard: Option<GuardScopeKind>,
+    on_stop: Option<OnStop>,
     #[serde(default)]
     tunnel_devices: Vec<String>,
+}
+
+/// What gateway mode leaves in place when tunsecd stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// The guard, the steering rules and the table's `unreachable`
+    /// route stay (the default): the protected traffic stays blocked
+    /// until the next start adopts them, or `tunsec gateway release`
+    /// removes them.
+    #[default]
+    Block,
+    /// Everything goes on a clean stop: the kernel's tunnels then send
+    /// in the clear.
+    Release,
 }
 
 /// Which cleartext sources gateway mode's inbound guard drops.
@@ -348,6 +364,8 @@ pub struct Gateway {
     pub nft_table: String,
     /// Which cleartext sources the guard drops.
     pub guard: GuardScopeKind,
+    /// What a clean stop (or a failed start) leaves in place.
+    pub on_stop: OnStop,
     /// Kernel tunnel devices (a vxlan device, say) whose MTU status checks
     /// against the advice.
     pub tunnel_devices: Vec<String>,
@@ -1067,6 +1085,7 @@ fn validate_gateway(raw: RawGateway) -> Result<Gateway, ConfigError> {
         fwmark,
         nft_table,
         guard: raw.guard.unwrap_or_default(),
+        on_stop: raw.on_stop.unwrap_or_default(),
         tunnel_devices: raw.tunnel_devices,
     })
 }

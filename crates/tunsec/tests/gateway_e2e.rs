@@ -46,13 +46,19 @@
 //! - `gateway_without_nft_fails_clearly`: without the `nft` tool tunsecd
 //!   refuses to start, names nftables, and leaves nothing behind.
 //! - `gateway_cleanup`: a second daemon with the same config fails on
-//!   the ESP port and leaves the running one's rules alone; after a clean
-//!   stop `ip rule`, `ip route show
-//!   table all`, `nft list ruleset` and `ip link` hold nothing of
-//!   tunsecd's, and the same forged VXLAN now reaches the vxlan device
-//!   (the guard was what dropped it); after SIGKILL the stale rules and
-//!   guard are there, a restart replaces them with exactly one set, the
-//!   tunnel works again, and a final stop leaves nothing.
+//!   the ESP port and leaves the running one's rules alone; `tunsec
+//!   gateway release` is refused while tunsecd runs; a clean stop leaves
+//!   the rules, the `unreachable` route and the guard (no vxlan ping
+//!   answered, forged VXLAN still dropped) and only `tunsec gateway
+//!   release` removes them, after which the same forged VXLAN reaches
+//!   the vxlan device (the guard was what dropped it); after SIGKILL the
+//!   stale rules and guard are there, a restart adopts them as exactly
+//!   one set, the tunnel works again; with `on_stop = "release"` a stop
+//!   leaves nothing.
+//! - `gateway_fail_closed_across_stop_and_start`: a capture that runs
+//!   from before the first start, across a clean stop of one host under
+//!   pings, 2 s stopped, its start and a new IKE SA, and both stops,
+//!   holds ESP and not one cleartext packet of the protected flows.
 //!
 //! They need root, iproute2, nftables, ping, tshark (dumpcap) and
 //! Debian's python3-scapy; they fail, never skip, when something is
@@ -74,6 +80,7 @@ use tunsec::status::Status;
 mod common;
 use common::*;
 
+const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/overlay_tool.py");
 const PYTHON: &str = "/usr/bin/python3";
 const TRANSFER_BYTES: usize = 50 << 20;
@@ -880,8 +887,16 @@ fn gateway_ipv6() {
             "the running daemon's entries are not visible"
         );
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+        // The IPv6 rules stay after the stop (fail closed), until the
+        // release.
         let left = leftovers(&h1)?;
-        ensure!(left.is_empty(), "after the stop: {left:#?}");
+        ensure!(
+            left.iter().any(|l| l.starts_with("rule")),
+            "after the stop, the rules should stay: {left:#?}"
+        );
+        release(lab, &h1, 1)?;
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the release: {left:#?}");
         Ok(())
     });
 }
@@ -1508,13 +1523,52 @@ fn gateway_cleanup() {
         ensure!(n == 5, "{n} rules after a second daemon failed, want 5");
         ping_ok(&h1, &vxlan_addr(2))?;
 
-        // Clean stop: nothing left.
+        // `tunsec gateway release` is refused while the daemon runs.
+        let config = lab.dir.path().join("h1.toml");
+        let out = exec_output(
+            &h1,
+            TUNSEC,
+            &["gateway", "release", "--config", &config.to_string_lossy()],
+        )?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("tunsecd is running"),
+            "release while running: {} {err}",
+            out.status
+        );
+        ensure!(rule_count(&h1)? == 5, "a refused release changed the rules");
+
+        // A clean stop leaves the guard, the rules and the unreachable
+        // route (fail closed); the TUN device goes.
         ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
         let left = leftovers(&h1)?;
-        ensure!(left.is_empty(), "after a clean stop: {left:#?}");
-        // Without the guard the forged VXLAN reaches vxlan0: the guard is
-        // what dropped it.
+        ensure!(
+            rule_count(&h1)? == 5
+                && left.iter().any(|l| l.contains("unreachable"))
+                && left.iter().any(|l| l.starts_with("nft"))
+                && !left.iter().any(|l| l.starts_with("link")),
+            "after a clean stop: {left:#?}"
+        );
+        // The steered vxlan packets find no route: nothing answers, and
+        // the guard still drops the forged VXLAN.
+        let got = ping(&h1, &vxlan_addr(2), 2)?;
+        ensure!(got == 0, "{got} vxlan pings answered while stopped");
         let before = vxlan_rx(&h1)?;
+        forge_vxlan(&h3)?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            vxlan_rx(&h1)? == before,
+            "forged VXLAN reached vxlan0 while tunsecd was stopped"
+        );
+        // Only the release removes them; then the forged VXLAN reaches
+        // vxlan0: the guard was what dropped it.
+        let said = release(lab, &h1, 1)?;
+        ensure!(
+            said.contains("5 rules") && said.contains("guard removed"),
+            "release said: {said}"
+        );
+        let left = leftovers(&h1)?;
+        ensure!(left.is_empty(), "after the release: {left:#?}");
         forge_vxlan(&h3)?;
         std::thread::sleep(Duration::from_millis(500));
         ensure!(
@@ -1544,13 +1598,13 @@ fn gateway_cleanup() {
                 && stale.iter().any(|l| l.starts_with("nft")),
             "after SIGKILL the rules and the guard should still be there: {stale:#?}"
         );
-        // Meanwhile the stale rules point at an empty table: the kernel's
-        // vxlan packets find no route (fail closed), they do not leave in
-        // the clear.
+        // Meanwhile the stale rules point at the unreachable route: the
+        // kernel's vxlan packets find no route (fail closed), they do not
+        // leave in the clear.
         let got = ping(&h1, &vxlan_addr(2), 2)?;
         ensure!(got == 0, "{got} vxlan pings answered with stale rules");
 
-        // A restart clears the stale entries and installs one set.
+        // A restart adopts the entries left behind: one set of rules.
         ensure!(lab.stop("h2-second"), "tunsecd h2 did not exit cleanly");
         start_daemon(lab, "h2-third", &h2, 2)?;
         start_daemon(lab, "h1-third", &h1, 1)?;
@@ -1558,10 +1612,117 @@ fn gateway_cleanup() {
         ensure!(n == 5, "{n} rules after the restart, want 5");
         ping_ok(&h1, &vxlan_addr(2))?;
         ensure!(lab.stop("h1-third"), "tunsecd h1 did not exit cleanly");
+
+        // With `on_stop = "release"` a clean stop removes everything.
+        let config = lab.dir.path().join("h1.toml");
+        let text = std::fs::read_to_string(&config)?;
+        std::fs::write(
+            &config,
+            text.replace("[gateway]\n", "[gateway]\non_stop = \"release\"\n"),
+        )?;
+        ensure!(lab.stop("h2-third"), "tunsecd h2 did not exit cleanly");
+        start_daemon(lab, "h2-fourth", &h2, 2)?;
+        start_daemon(lab, "h1-fourth", &h1, 1)?;
+        ensure!(rule_count(&h1)? == 5, "rules with on_stop = release");
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ensure!(lab.stop("h1-fourth"), "tunsecd h1 did not exit cleanly");
         let left = leftovers(&h1)?;
-        ensure!(left.is_empty(), "after the final stop: {left:#?}");
+        ensure!(
+            left.is_empty(),
+            "after a stop with on_stop = release: {left:#?}"
+        );
         Ok(())
     });
+}
+
+#[test]
+fn gateway_fail_closed_across_stop_and_start() {
+    with_lab("gwfc", |lab| {
+        // The capture runs from before the first start of any tunsecd.
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let opts = Opts {
+            ike: true,
+            ..Opts::default()
+        };
+        write_config(lab, 1, &[2], opts)?;
+        write_config(lab, 2, &[1], opts)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        start_daemon(lab, "h1", &h1, 1)?;
+        start_daemon(lab, "h2", &h2, 2)?;
+        let advice = status(lab, 1)?
+            .gateway
+            .context("h1: no gateway status")?
+            .tunnel_mtu_advice;
+        add_vxlan(lab, &h1, 1, 2, advice)?;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        wait_child_sa(lab, 1)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+
+        // Pings at 10 a second across a clean stop of h1, 2 s stopped,
+        // and its start again (IKE anew: h1 told h2 with a DELETE).
+        let pinger = pings(&h1, &vxlan_addr(2), 150)?;
+        std::thread::sleep(Duration::from_secs(2));
+        ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+        std::thread::sleep(Duration::from_secs(2));
+        let left = leftovers(&h1)?;
+        ensure!(
+            left.iter().any(|l| l.starts_with("nft")) && rule_count(&h1)? == 5,
+            "while stopped: {left:#?}"
+        );
+        start_daemon(lab, "h1-again", &h1, 1)?;
+        wait_child_sa(lab, 1)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        let out = pinger.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains("150 packets transmitted"),
+            "the pinger: {text}"
+        );
+        ensure!(lab.stop("h1-again"), "tunsecd h1 did not exit cleanly");
+        ensure!(lab.stop("h2"), "tunsecd h2 did not exit cleanly");
+        // Pings after both stopped: blocked too.
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        ensure!(got == 0, "{got} vxlan pings answered after both stopped");
+        stop_capture(lab, "capture");
+
+        let frames = capture_summary(&pcap)?;
+        let clear: Vec<&Summary> = frames
+            .iter()
+            .filter(|f| {
+                [f.1, f.2].contains(&Some(4789)) || [f.3, f.4].contains(&Some(SERVICE_PORT))
+            })
+            .collect();
+        let esp = frames.iter().filter(|f| f.0.contains("esp")).count();
+        ensure!(
+            clear.is_empty() && esp > 40,
+            "{} cleartext frames of the protected flows (want 0), {esp} ESP frames; \
+             the first: {:?}; pinger: {text}",
+            clear.len(),
+            clear.first()
+        );
+        Ok(())
+    });
+}
+
+/// Runs `tunsec gateway release` in `ns` for host `n`'s config and
+/// returns what it printed.
+fn release(lab: &Lab, ns: &str, n: u8) -> anyhow::Result<String> {
+    let config = lab.dir.path().join(format!("h{n}.toml"));
+    let out = exec_output(
+        ns,
+        TUNSEC,
+        &["gateway", "release", "--config", &config.to_string_lossy()],
+    )?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "tunsec gateway release: {} {said} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(said)
 }
 
 #[test]

@@ -24,10 +24,11 @@
 //! - `ike_mixed_modes_agree_on_tunnel`: one side configured for tunnel
 //!   mode, the other for transport: both end in tunnel mode and traffic
 //!   flows.
-//! - `ike_peer_restart`: each host in turn SIGKILLed and restarted while
-//!   tenants ping: the tunnel is back within 5 s (about 2 s), the survivor
-//!   holds only the new IKE SA and one Child SA pair, and nothing leaves in
-//!   the clear.
+//! - `ike_peer_restart`, `ike_peer_clean_stop_and_start`: each host in
+//!   turn SIGKILLed (or stopped with SIGTERM) and restarted while tenants
+//!   ping: the tunnel is back within 5 s (about 2 s), the survivor holds
+//!   only the new IKE SA and one Child SA pair, and the capture, which
+//!   runs from before the first start, holds nothing in the clear.
 //! - `ike_behind_nat`: h1 behind an nftables masquerade: NAT detection on
 //!   both sides, IKE on port 4500, ESP in UDP through the NAT, tenants
 //!   ping, h1 sends NAT keepalives, nothing in the clear.
@@ -887,7 +888,29 @@ fn clean_ike_sa(s: &Status, peer: &str) -> anyhow::Result<Option<(String, String
 /// restarting host while its sockets are closed).
 #[test]
 fn ike_peer_restart() {
-    with_lab("tsike-rs", |lab| {
+    peer_restarts("tsike-rs", Stop::Kill);
+}
+
+/// As [`ike_peer_restart`], with a clean stop (SIGTERM) in place of
+/// SIGKILL: the stopping host deletes its SAs with the peer, its TAP
+/// device goes, and nothing of the tenants' leaves in the clear while it
+/// is stopped or as it starts again.
+#[test]
+fn ike_peer_clean_stop_and_start() {
+    peer_restarts("tsike-cs", Stop::Term);
+}
+
+/// How [`peer_restarts`] stops a daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL: no clean-up at all.
+    Kill,
+    /// SIGTERM: tunsecd's clean stop.
+    Term,
+}
+
+fn peer_restarts(prefix: &str, stop: Stop) {
+    with_lab(prefix, |lab| {
         let t0 = Instant::now();
         let (pair, pcap) = ike_pair(lab, "restart-secret", "restart-secret")?;
         let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
@@ -902,15 +925,19 @@ fn ike_peer_restart() {
             let label = format!("h{victim}");
             let before = clean_ike_sa(&status(lab, survivor)?, &label)?
                 .context("the survivor's IKE SA is not clean before the restart")?;
-            let pid = lab.pid(&label).context("no daemon pid")?;
-            ensure!(
-                Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()?
-                    .success(),
-                "kill -KILL {pid} failed"
-            );
-            lab.stop(&label);
+            if stop == Stop::Kill {
+                let pid = lab.pid(&label).context("no daemon pid")?;
+                ensure!(
+                    Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()?
+                        .success(),
+                    "kill -KILL {pid} failed"
+                );
+                lab.stop(&label);
+            } else {
+                ensure!(lab.stop(&label), "tunsecd {label} did not exit cleanly");
+            }
             let log = lab.dir.path().join(format!("{label}.log"));
             std::fs::rename(&log, lab.dir.path().join(format!("{label}.killed.log")))?;
             // The survivor keeps sending with its old SA meanwhile, and
@@ -938,7 +965,7 @@ fn ike_peer_restart() {
                     status(lab, survivor)?.render()
                 );
             };
-            eprintln!("  h{victim} killed and restarted: tunnel back after {back:?}");
+            eprintln!("  h{victim} stopped and restarted: tunnel back after {back:?}");
             ensure!(
                 back < Duration::from_secs(5),
                 "h{victim} restarted: the tunnel took {back:?} to come back (at most 5 s)"

@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: SaCommand,
     },
+    /// Gateway mode's entries on this host.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
     /// Run the demo: three hosts and two virtual networks in network
     /// namespaces on this machine (needs root).
     Demo(tunsec::demo::DemoArgs),
@@ -87,6 +92,20 @@ enum SaCommand {
     Delete {
         /// The peer's name.
         peer: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Remove what a stopped tunsecd left in place to keep the protected
+    /// traffic blocked (its steering rules, its route table, its nftables
+    /// guard): from then on the kernel's tunnels send in the clear.
+    /// Refused while tunsecd runs.
+    Release {
+        /// tunsecd's configuration file (for the table, priorities and
+        /// guard to remove, and the control socket).
+        #[arg(short, long, default_value = "/etc/tunsec/tunsec.toml")]
+        config: PathBuf,
     },
 }
 
@@ -151,6 +170,28 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunsec pki: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Gateway {
+            command: GatewayCommand::Release { config },
+        } => {
+            let released = tunsec::config::Config::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
+                .and_then(|c| tunsec::gateway::release(&c));
+            return match released {
+                Ok(r) => {
+                    println!(
+                        "released: {} rules, {} routes, guard {}",
+                        r.rules,
+                        r.routes,
+                        if r.guard { "removed" } else { "absent" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tunsec gateway release: {e:#}");
                     ExitCode::FAILURE
                 }
             };

@@ -20,7 +20,7 @@ use tunsec_datapath::stats::Drop;
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop};
 use crate::control::{Request, Response};
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
@@ -29,34 +29,29 @@ use crate::status::{
     GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
 };
 
-/// Everything gateway mode changed on the host; removed on drop (a clean
-/// stop, or a failed start).
-struct Installed {
+/// What gateway mode put in place on the host: the guard from the
+/// start, the steering once the TUN device is up. Dropped at a clean
+/// stop or a failed start. With `on_stop = "block"` (the default) all of
+/// it stays, so the protected traffic stays blocked until a start adopts
+/// it or `tunsec gateway release` removes it; with `"release"` it goes.
+struct Entries {
     gw: Gateway,
 }
 
-impl Installed {
-    /// Clears every entry of ours: the rules at the two priorities and
-    /// towards the table, the table's routes, the nftables table.
-    fn clear(gw: &Gateway) -> anyhow::Result<()> {
-        let removed = steering::remove_all(gw.table, gw.rule_priority)?;
-        let guard = nft::remove(&gw.nft_table)?;
-        if removed.rules + removed.routes > 0 || guard {
-            tracing::info!(
-                rules = removed.rules,
-                routes = removed.routes,
-                nft_table = guard,
-                "removed gateway entries"
-            );
-        }
-        Ok(())
-    }
-}
-
-impl std::ops::Drop for Installed {
+impl std::ops::Drop for Entries {
     fn drop(&mut self) {
-        if let Err(e) = Self::clear(&self.gw) {
-            tracing::error!("gateway clean-up: {e:#}");
+        match self.gw.on_stop {
+            OnStop::Block => tracing::info!(
+                nft_table = %self.gw.nft_table,
+                table = self.gw.table,
+                "gateway entries left in place (on_stop = \"block\"): the protected traffic \
+                 stays blocked until tunsecd starts again; `tunsec gateway release` removes them"
+            ),
+            OnStop::Release => {
+                if let Err(e) = super::remove_entries(&self.gw) {
+                    tracing::error!("gateway clean-up: {e:#}");
+                }
+            }
         }
     }
 }
@@ -71,9 +66,9 @@ pub struct GatewayDaemon {
     workers: Vec<JoinHandle<()>>,
     listener: UnixListener,
     socket_path: PathBuf,
-    // Dropped after the workers stop (field order: `run` joins them
-    // first), then the TUN device closes with the last handle.
-    installed: Option<Installed>,
+    // Dropped after the workers stop (`run` joins them first), then the
+    // TUN device closes with the last handle.
+    entries: Option<Entries>,
     ike_states: IkeStates,
     ike_commands: std::sync::mpsc::Sender<IkeCommand>,
     /// The file the configuration came from, for `reload`.
@@ -130,23 +125,9 @@ impl GatewayDaemon {
             tunnels: Vec::new(),
         });
 
-        // With `[offload] gro`, the receive worker writes runs of UDP
-        // datagrams as one packet, behind a virtio-net header.
-        let uso = config.offload.gro;
-        let udp_gso = config.offload.udp_gso;
-        let udp_gro = config.offload.udp_gro;
-        let dev = tun::open(&gw.tun, mtu.tun, uso)
-            .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
-        prepare_tun(&gw.tun, underlay.is_ipv4())?;
-        dev.enabled(true)
-            .with_context(|| format!("gateway.tun: cannot bring {:?} up", gw.tun))?;
-        let dev: Arc<dyn FrameDevice> = Arc::new(dev);
-
-        // Only then a killed daemon's rules, routes and guard: nobody
-        // else holds the TUN device, so they are stale.
-        Installed::clear(&gw).context("cannot clear stale gateway entries")?;
-
-        let installed = Installed { gw: gw.clone() };
+        // The guard goes in first, in one atomic replace of whatever a
+        // stopped or killed daemon left: from here on, the selectors'
+        // cleartext leaves by no device but the TUN device.
         let guard: Vec<nft::GuardPeer> = config
             .peers
             .iter()
@@ -160,12 +141,27 @@ impl GatewayDaemon {
             GuardScopeKind::Peers => nft::GuardScope::Peers,
         };
         nft::install(&gw.nft_table, &gw.tun, gw.fwmark, &guard, scope)?;
+        let entries = Entries { gw: gw.clone() };
+
+        // With `[offload] gro`, the receive worker writes runs of UDP
+        // datagrams as one packet, behind a virtio-net header.
+        let uso = config.offload.gro;
+        let udp_gso = config.offload.udp_gso;
+        let udp_gro = config.offload.udp_gro;
+        let dev = tun::open(&gw.tun, mtu.tun, uso)
+            .with_context(|| format!("gateway.tun: cannot create TUN device {:?}", gw.tun))?;
+        prepare_tun(&gw.tun, underlay.is_ipv4())?;
+        dev.enabled(true)
+            .with_context(|| format!("gateway.tun: cannot bring {:?} up", gw.tun))?;
+        let dev: Arc<dyn FrameDevice> = Arc::new(dev);
+
+        // Then the steering, adopting the rules a stopped daemon left.
         let rules = config
             .peers
             .iter()
             .flat_map(|p| steering::rules_for(p.underlay, &p.selectors))
             .collect();
-        steering::install(&steering::Steering {
+        let adopted = steering::adopt(&steering::Steering {
             tun: gw.tun.clone(),
             local: underlay,
             table: gw.table,
@@ -173,6 +169,14 @@ impl GatewayDaemon {
             fwmark: gw.fwmark,
             rules,
         })?;
+        if adopted.kept + adopted.removed > 0 {
+            tracing::info!(
+                kept = adopted.kept,
+                added = adopted.added,
+                removed = adopted.removed,
+                "adopted the steering rules left in place"
+            );
+        }
 
         let ike_states = IkeStates::default();
         let (ike_commands, commands) = std::sync::mpsc::channel();
@@ -227,7 +231,7 @@ impl GatewayDaemon {
             workers,
             listener,
             socket_path,
-            installed: Some(installed),
+            entries: Some(entries),
             ike_states,
             ike_commands,
             config_path: None,
@@ -246,8 +250,8 @@ impl GatewayDaemon {
     }
 
     /// Serves the control socket until `term` is set, then stops the
-    /// workers and the IKE driver, removes every rule, route and guard,
-    /// and closes the TUN device.
+    /// workers and the IKE driver and closes the TUN device; the guard
+    /// and the steering stay unless `on_stop = "release"`.
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
         self.listener.set_nonblocking(true)?;
         while !term.load(Ordering::Relaxed) {
@@ -270,14 +274,16 @@ impl GatewayDaemon {
         tracing::info!("stopping");
         drop(self.metrics.take());
         // The workers and the IKE driver stop first (the driver deletes
-        // its IKE SAs with the peers); until the rules go, whatever is
-        // steered into the TUN device is dropped. Then the rules: the
-        // kernel's tunnels are as they were before.
+        // its IKE SAs with the peers); whatever is steered into the TUN
+        // device meanwhile is dropped. Then the entries: they stay (the
+        // TUN device's route goes with it, the `unreachable` route and
+        // the guard block the steered traffic), or with `on_stop =
+        // "release"` they go and the kernel's tunnels are as they were.
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        drop(self.installed.take());
+        drop(self.entries.take());
         let _ = std::fs::remove_file(&self.socket_path);
         Ok(())
     }

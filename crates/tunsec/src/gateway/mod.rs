@@ -2,20 +2,26 @@
 //! device, OVS, a plain UDP or TCP service) by policy, without touching
 //! them.
 //!
-//! Start-up fails closed, in this order: the control socket, the ESP
-//! socket and the TUN device open (so a second daemon fails before it
-//! touches the first one's entries); stale entries of a killed daemon
-//! are cleared; the inbound guard
-//! ([`nft`]) goes in; the route table and then the rules ([`steering`])
-//! go in; the workers start. From the first steered packet on, a packet
-//! without an SA is dropped and counted (`no_sa`) in the TUN device,
-//! never routed around it. A failure at any step removes everything
-//! again (the drop of [`daemon`]'s `Installed`), and so does a clean
-//! stop.
+//! It fails closed at start, at stop, and in between. Start-up goes in
+//! this order: the control socket and the ESP socket (so a second daemon
+//! fails before it touches the first one's entries); the guard
+//! ([`nft`]), in one atomic replace of whatever was left; the TUN device;
+//! the route table and the rules ([`steering::adopt`]), which takes over
+//! what a stopped or killed daemon left without removing it first; the
+//! workers. From the first steered packet on, a packet without an SA is
+//! dropped and counted (`no_sa`) in the TUN device, never routed around
+//! it.
 //!
-//! Here: the MTUs and the tables; [`daemon`]: start, stop, control
-//! socket, status; [`steering`]: rules and routes (rtnetlink); [`nft`]:
-//! the guard.
+//! A clean stop, and a failed start, leave the guard, the rules and the
+//! table's `unreachable` route in place (`[gateway] on_stop = "block"`,
+//! the default): the TUN device and its route go, the steered packets
+//! find no route, and the guard drops whatever would leave otherwise.
+//! Only an explicit act removes them: `tunsec gateway release` ([`release`])
+//! while no daemon runs, or `on_stop = "release"`.
+//!
+//! Here: the MTUs, the tables and the release; [`daemon`]: start, stop,
+//! control socket, status; [`steering`]: rules and routes (rtnetlink);
+//! [`nft`]: the guard.
 //!
 //! Keys are manual (`[peer.sa]`) or negotiated with IKEv2 (`[peer.ike]`):
 //! the same IKE driver as in overlay mode installs its Child SAs into the
@@ -124,6 +130,58 @@ pub fn build_tables(config: &Config, gw: &Gateway, now: Instant) -> anyhow::Resu
         peers,
         inbound,
     })
+}
+
+/// What [`remove_entries`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Policy-routing rules.
+    pub rules: usize,
+    /// Routes of the steering table.
+    pub routes: usize,
+    /// Whether the guard's nftables table was there.
+    pub guard: bool,
+}
+
+/// Removes every entry of `gw`'s: the rules at its two priorities and
+/// towards its table, the table's routes, the guard. From then on the
+/// kernel's tunnels send in the clear.
+pub fn remove_entries(gw: &Gateway) -> anyhow::Result<Released> {
+    let removed = steering::remove_all(gw.table, gw.rule_priority)?;
+    let guard = nft::remove(&gw.nft_table)?;
+    let released = Released {
+        rules: removed.rules,
+        routes: removed.routes,
+        guard,
+    };
+    if released != Released::default() {
+        tracing::warn!(
+            rules = released.rules,
+            routes = released.routes,
+            nft_table = guard,
+            "removed the gateway entries: the selectors' traffic is no longer blocked"
+        );
+    }
+    Ok(released)
+}
+
+/// `tunsec gateway release`: removes what a stopped daemon left in place
+/// (see the [module documentation](self)). Refused while a daemon answers
+/// on `node.control_socket`: a running daemon's entries are its own.
+pub fn release(config: &Config) -> anyhow::Result<Released> {
+    let gw = config
+        .gateway
+        .as_ref()
+        .context("gateway: the config has no [gateway]")?;
+    let socket = &config.node.control_socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        anyhow::bail!(
+            "node.control_socket: tunsecd is running ({} answers); stop it first, or set \
+             [gateway] on_stop = \"release\" and stop it",
+            socket.display()
+        );
+    }
+    remove_entries(gw)
 }
 
 /// `udp/4789`, `tcp/16385-16390`.

@@ -11,9 +11,10 @@
 //!
 //! `iif lo` limits the rules to packets this host sends (forwarded
 //! traffic is not ours to protect). Everything is found again by its
-//! fixed priorities `P` and `P+1` and its table `T`, so that
-//! [`remove_all`] clears what a killed daemon left as well as what this
-//! one installed.
+//! fixed priorities `P` and `P+1` and its table `T`: [`adopt`] takes over
+//! what a stopped or killed daemon left in place (it stays, so that the
+//! kernel's tunnels fail closed while no daemon runs), and [`remove_all`]
+//! clears it when the operator releases the steering.
 
 use std::net::IpAddr;
 
@@ -82,16 +83,34 @@ fn host_len(addr: IpAddr) -> u8 {
 /// TUN device's route.
 pub const UNREACHABLE_METRIC: u32 = 0xffff;
 
-/// Installs the route table and the rules. The routes go first, so a
-/// rule never points at an empty table (a lookup that finds no route
-/// falls through to the next rule, the main table: cleartext). Besides
-/// the default route via the TUN device the table holds an `unreachable
-/// default` of a higher metric, which is tied to no device: if tunsecd is
-/// killed, the TUN device and its route go, and the rules left behind
-/// still fail closed (the kernel's tunnel packets find no route) until
-/// the next start clears them. Then the bypass rule, then the steering
-/// rules.
-pub fn install(s: &Steering) -> anyhow::Result<()> {
+/// What [`adopt`] found and changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Rules that were in place already (a stopped or killed daemon's)
+    /// and stay untouched.
+    pub kept: usize,
+    /// Rules added.
+    pub added: usize,
+    /// Rules of ours that the config no longer wants, removed.
+    pub removed: usize,
+}
+
+/// Brings the route table and the rules to what `s` describes, adopting
+/// whatever a stopped or killed daemon left in place.
+///
+/// Nothing that already matches is removed first, so a restart never
+/// opens a moment in which a steering rule is missing. The routes go
+/// first, so a rule never points at an empty table (a lookup that finds
+/// no route falls through to the next rule, the main table: cleartext).
+/// Besides the default route via the TUN device the table holds an
+/// `unreachable default` of a higher metric, which is tied to no device:
+/// when tunsecd stops or is killed, the TUN device and its route go, and
+/// the rules left behind still fail closed (the kernel's tunnel packets
+/// find no route). Both routes are added with `NLM_F_REPLACE`, so a
+/// present one is kept. Then the missing rules, the bypass rule first;
+/// last, the rules of ours that are not wanted any more (a peer or a
+/// selector that left the config, or the other address family).
+pub fn adopt(s: &Steering) -> anyhow::Result<Adopted> {
     with_handle(async |handle| {
         let index = link_index(&handle, &s.tun).await?;
         let unreachable = match s.local {
@@ -109,6 +128,7 @@ pub fn install(s: &Steering) -> anyhow::Result<()> {
         handle
             .route()
             .add(unreachable)
+            .replace()
             .execute()
             .await
             .with_context(|| {
@@ -129,69 +149,263 @@ pub fn install(s: &Steering) -> anyhow::Result<()> {
                 .pref_source(a)
                 .build(),
         };
-        handle.route().add(route).execute().await.with_context(|| {
-            format!(
-                "gateway.table: cannot add the default route via {} to table {}",
-                s.tun, s.table
-            )
-        })?;
-        let mut bypass = handle.rule().add();
-        bypass = bypass
-            .priority(s.priority)
-            .fw_mark(s.fwmark)
-            .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
-            .action(RuleAction::ToTable);
-        bypass
-            .message_mut()
-            .attributes
-            .push(RuleAttribute::FwMask(u32::MAX));
-        set_family(bypass.message_mut(), s.local);
-        bypass.execute().await.with_context(|| {
-            format!(
-                "gateway.rule_priority: cannot add the fwmark {:#x} rule at priority {}",
-                s.fwmark, s.priority
-            )
-        })?;
-        for r in &s.rules {
-            let mut add = handle
-                .rule()
-                .add()
-                .priority(s.priority + 1)
-                .input_interface("lo")
-                .table_id(s.table)
-                .action(RuleAction::ToTable);
-            let m = add.message_mut();
-            set_family(m, s.local);
-            m.header.dst_len = host_len(r.peer);
-            m.attributes.push(RuleAttribute::Destination(r.peer));
-            m.attributes
-                .push(RuleAttribute::IpProtocol(IpProtocol::from(r.protocol)));
-            let range = RulePortRange {
-                start: r.ports.0,
-                end: r.ports.1,
-            };
-            m.attributes.push(if r.by_source {
-                RuleAttribute::SourcePortRange(range)
-            } else {
-                RuleAttribute::DestinationPortRange(range)
-            });
-            add.execute().await.with_context(|| {
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
                 format!(
-                    "cannot add the steering rule for {} protocol {} ports {}-{}",
-                    r.peer, r.protocol, r.ports.0, r.ports.1
+                    "gateway.table: cannot add the default route via {} to table {}",
+                    s.tun, s.table
                 )
             })?;
+
+        let mut missing = wanted_rules(s);
+        let mut stale = Vec::new();
+        let mut adopted = Adopted::default();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            for m in our_rules(&handle, v, s.table, s.priority).await? {
+                let key = RuleKey::of(&m);
+                match missing.iter().position(|k| Some(k) == key.as_ref()) {
+                    Some(i) => {
+                        missing.remove(i);
+                        adopted.kept += 1;
+                    }
+                    None => stale.push(m),
+                }
+            }
         }
-        Ok(())
+        for key in missing {
+            let mut add = handle.rule().add();
+            *add.message_mut() = key.message();
+            add.execute()
+                .await
+                .with_context(|| format!("gateway: cannot add the routing rule {key}"))?;
+            adopted.added += 1;
+        }
+        for m in stale {
+            handle
+                .rule()
+                .del(m)
+                .execute()
+                .await
+                .context("cannot delete a stale routing rule")?;
+            adopted.removed += 1;
+        }
+        // Routes of the other family in our table belong to a config
+        // that is gone (its rules went just above).
+        let other = if s.local.is_ipv4() {
+            IpVersion::V6
+        } else {
+            IpVersion::V4
+        };
+        for r in routes_in_table(&handle, other, s.table).await? {
+            let _ = handle.route().del(r).execute().await;
+        }
+        Ok(adopted)
     })
 }
 
-fn set_family(m: &mut RuleMessage, addr: IpAddr) {
-    m.header.family = if addr.is_ipv4() {
-        rtnetlink::packet_route::AddressFamily::Inet
-    } else {
-        rtnetlink::packet_route::AddressFamily::Inet6
+/// One policy-routing rule of ours, in a form that compares: what
+/// [`adopt`] wants is built as this, and what the kernel lists is read
+/// into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleKey {
+    v4: bool,
+    priority: u32,
+    table: u32,
+    /// The mark and its mask.
+    fwmark: Option<(u32, u32)>,
+    iif: Option<String>,
+    /// The destination and its prefix length.
+    dst: Option<(IpAddr, u8)>,
+    protocol: Option<u8>,
+    sport: Option<(u16, u16)>,
+    dport: Option<(u16, u16)>,
+}
+
+impl RuleKey {
+    /// The key of a rule the kernel listed; `None` for a rule whose
+    /// action is not a table lookup (never one of ours).
+    fn of(m: &RuleMessage) -> Option<Self> {
+        if m.header.action != RuleAction::ToTable {
+            return None;
+        }
+        let mut key = Self {
+            v4: m.header.family == rtnetlink::packet_route::AddressFamily::Inet,
+            priority: 0,
+            table: u32::from(m.header.table),
+            fwmark: None,
+            iif: None,
+            dst: None,
+            protocol: None,
+            sport: None,
+            dport: None,
+        };
+        let mut mark = None;
+        let mut mask = u32::MAX;
+        for a in &m.attributes {
+            match a {
+                RuleAttribute::Priority(p) => key.priority = *p,
+                RuleAttribute::Table(t) => key.table = *t,
+                RuleAttribute::FwMark(v) => mark = Some(*v),
+                RuleAttribute::FwMask(v) => mask = *v,
+                RuleAttribute::Iifname(i) => key.iif = Some(i.clone()),
+                RuleAttribute::Destination(d) => key.dst = Some((*d, m.header.dst_len)),
+                RuleAttribute::IpProtocol(p) => key.protocol = Some(u8::from(*p)),
+                RuleAttribute::SourcePortRange(r) => key.sport = Some((r.start, r.end)),
+                RuleAttribute::DestinationPortRange(r) => key.dport = Some((r.start, r.end)),
+                _ => {}
+            }
+        }
+        key.fwmark = mark.map(|v| (v, mask));
+        Some(key)
+    }
+
+    /// The message that adds this rule.
+    fn message(&self) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = if self.v4 {
+            rtnetlink::packet_route::AddressFamily::Inet
+        } else {
+            rtnetlink::packet_route::AddressFamily::Inet6
+        };
+        m.header.action = RuleAction::ToTable;
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        match u8::try_from(self.table) {
+            Ok(t) => m.header.table = t,
+            Err(_) => m.attributes.push(RuleAttribute::Table(self.table)),
+        }
+        if let Some((mark, mask)) = self.fwmark {
+            m.attributes.push(RuleAttribute::FwMark(mark));
+            m.attributes.push(RuleAttribute::FwMask(mask));
+        }
+        if let Some(iif) = &self.iif {
+            m.attributes.push(RuleAttribute::Iifname(iif.clone()));
+        }
+        if let Some((dst, len)) = self.dst {
+            m.header.dst_len = len;
+            m.attributes.push(RuleAttribute::Destination(dst));
+        }
+        if let Some(p) = self.protocol {
+            m.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::from(p)));
+        }
+        if let Some((start, end)) = self.sport {
+            m.attributes
+                .push(RuleAttribute::SourcePortRange(RulePortRange { start, end }));
+        }
+        if let Some((start, end)) = self.dport {
+            m.attributes
+                .push(RuleAttribute::DestinationPortRange(RulePortRange {
+                    start,
+                    end,
+                }));
+        }
+        m
+    }
+}
+
+impl std::fmt::Display for RuleKey {
+    /// As `ip rule` prints it, roughly.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.priority)?;
+        if let Some(iif) = &self.iif {
+            write!(f, " iif {iif}")?;
+        }
+        if let Some((dst, _)) = self.dst {
+            write!(f, " to {dst}")?;
+        }
+        if let Some(p) = self.protocol {
+            write!(f, " ipproto {p}")?;
+        }
+        if let Some((a, b)) = self.sport {
+            write!(f, " sport {a}-{b}")?;
+        }
+        if let Some((a, b)) = self.dport {
+            write!(f, " dport {a}-{b}")?;
+        }
+        if let Some((mark, _)) = self.fwmark {
+            write!(f, " fwmark {mark:#x}")?;
+        }
+        write!(f, " lookup {}", self.table)
+    }
+}
+
+/// The rules `s` wants, the bypass rule first: tunsecd's own marked
+/// packets look up the main table; each steering rule sends a peer's
+/// selector traffic that this host sends (`iif lo`) to the table.
+fn wanted_rules(s: &Steering) -> Vec<RuleKey> {
+    let v4 = s.local.is_ipv4();
+    let bypass = RuleKey {
+        v4,
+        priority: s.priority,
+        table: u32::from(RouteHeader::RT_TABLE_MAIN),
+        fwmark: Some((s.fwmark, u32::MAX)),
+        iif: None,
+        dst: None,
+        protocol: None,
+        sport: None,
+        dport: None,
     };
+    let steer = s.rules.iter().map(|r| RuleKey {
+        v4,
+        priority: s.priority + 1,
+        table: s.table,
+        fwmark: None,
+        iif: Some("lo".to_owned()),
+        dst: Some((r.peer, host_len(r.peer))),
+        protocol: Some(r.protocol),
+        sport: r.by_source.then_some(r.ports),
+        dport: (!r.by_source).then_some(r.ports),
+    });
+    std::iter::once(bypass).chain(steer).collect()
+}
+
+/// The rules of one family that are ours (see [`is_ours`]).
+async fn our_rules(
+    handle: &Handle,
+    v: IpVersion,
+    table: u32,
+    priority: u32,
+) -> anyhow::Result<Vec<RuleMessage>> {
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(v)
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list the routing rules")?;
+    Ok(rules
+        .into_iter()
+        .filter(|r| is_ours(r, table, priority))
+        .collect())
+}
+
+/// The routes of one family in `table`.
+async fn routes_in_table(
+    handle: &Handle,
+    v: IpVersion,
+    table: u32,
+) -> anyhow::Result<Vec<RouteMessage>> {
+    let mut dump = match v {
+        IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    };
+    dump.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(dump)
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list the routes")?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| route_table(r) == table)
+        .collect())
 }
 
 async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
@@ -290,14 +504,7 @@ pub fn remove_all(table: u32, priority: u32) -> anyhow::Result<Removed> {
     with_handle(async |handle| {
         let mut removed = Removed::default();
         for v in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = handle
-                .rule()
-                .get(v.clone())
-                .execute()
-                .try_collect()
-                .await
-                .context("cannot list the routing rules")?;
-            for r in rules.into_iter().filter(|r| is_ours(r, table, priority)) {
+            for r in our_rules(&handle, v.clone(), table, priority).await? {
                 handle
                     .rule()
                     .del(r)
@@ -306,20 +513,7 @@ pub fn remove_all(table: u32, priority: u32) -> anyhow::Result<Removed> {
                     .context("cannot delete a routing rule")?;
                 removed.rules += 1;
             }
-            let probe = match v {
-                IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-                IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-            };
-            let mut dump = probe;
-            dump.header.table = RouteHeader::RT_TABLE_UNSPEC;
-            let routes: Vec<RouteMessage> = handle
-                .route()
-                .get(dump)
-                .execute()
-                .try_collect()
-                .await
-                .context("cannot list the routes")?;
-            for r in routes.into_iter().filter(|r| route_table(r) == table) {
+            for r in routes_in_table(&handle, v, table).await? {
                 // A route whose device just went away is gone already.
                 if handle.route().del(r).execute().await.is_ok() {
                     removed.routes += 1;
@@ -380,6 +574,50 @@ mod tests {
                 by_source: true
             }
         );
+    }
+
+    /// What `adopt` adds reads back as the same key, so a restart
+    /// recognises every rule it finds as its own and keeps it.
+    #[test]
+    fn wanted_rules_read_back_as_themselves() {
+        for local in ["192.0.2.1", "2001:db8::1"] {
+            let local: IpAddr = local.parse().unwrap();
+            let peer: IpAddr = if local.is_ipv4() {
+                "192.0.2.2".parse().unwrap()
+            } else {
+                "2001:db8::2".parse().unwrap()
+            };
+            let s = Steering {
+                tun: "tunsec-gw".into(),
+                local,
+                table: 0x7453,
+                priority: 29_000,
+                fwmark: 0x7453,
+                rules: rules_for(
+                    peer,
+                    &[GatewaySelector {
+                        protocol: 17,
+                        ports: 4789..=4789,
+                    }],
+                ),
+            };
+            let wanted = wanted_rules(&s);
+            assert_eq!(wanted.len(), 3);
+            assert_eq!(wanted[0].fwmark, Some((0x7453, u32::MAX)), "bypass first");
+            for key in &wanted {
+                let m = key.message();
+                assert!(is_ours(&m, 0x7453, 29_000), "{key}");
+                assert_eq!(RuleKey::of(&m).as_ref(), Some(key));
+            }
+            // A rule of another selector is not one of these.
+            let mut other = wanted[1].clone();
+            other.dport = Some((6081, 6081));
+            assert!(!wanted.contains(&other));
+            assert_eq!(
+                wanted[1].to_string(),
+                format!("29001: iif lo to {peer} ipproto 17 dport 4789-4789 lookup 29779")
+            );
+        }
     }
 
     #[test]
