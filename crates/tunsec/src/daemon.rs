@@ -7,7 +7,6 @@
 //! from the first frame on, a `require` policy without an SA drops.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tunsec_datapath::fdb::DEFAULT_AGEING;
@@ -32,7 +31,8 @@ use tunsec_wire::ethernet;
 use crate::config::{
     ChildMode, Config, EspEncapsulation, Mtu, Network, PolicyKind, TunnelEncapsulation,
 };
-use crate::control::{Request, Response};
+use crate::control::Response;
+use crate::control::server::ControlTarget;
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
@@ -176,21 +176,27 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
 
 /// A running daemon.
 pub struct Daemon {
-    config: Config,
-    shared: Arc<Shared>,
-    mtus: Vec<NetworkMtu>,
-    started: Instant,
+    /// What the control socket and the housekeeping work on.
+    control: OverlayControl,
     workers: Vec<JoinHandle<()>>,
     listener: UnixListener,
     socket_path: PathBuf,
-    ike_states: IkeStates,
-    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
-    /// The file the configuration came from, for `reload`.
-    config_path: Option<PathBuf>,
     /// Set by SIGHUP: reload.
     hangup: Arc<AtomicBool>,
     /// The metrics endpoint, if `[node] metrics_listen` asks for one.
     metrics: Option<MetricsServer>,
+}
+
+/// The overlay daemon as its control socket sees it.
+struct OverlayControl {
+    config: Config,
+    shared: Arc<Shared>,
+    mtus: Vec<NetworkMtu>,
+    started: Instant,
+    ike_states: IkeStates,
+    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    /// The file the configuration came from, for `reload`.
+    config_path: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -309,16 +315,18 @@ impl Daemon {
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
         Ok(Self {
-            config,
-            shared,
-            mtus,
-            started: now,
+            control: OverlayControl {
+                config,
+                shared,
+                mtus,
+                started: now,
+                ike_states,
+                ike_commands,
+                config_path: None,
+            },
             workers,
             listener,
             socket_path,
-            ike_states,
-            ike_commands,
-            config_path: None,
             hangup: Arc::new(AtomicBool::new(false)),
             metrics,
         })
@@ -329,41 +337,19 @@ impl Daemon {
     pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
             .context("cannot handle SIGHUP")?;
-        self.config_path = Some(path);
+        self.control.config_path = Some(path);
         Ok(self)
     }
 
     /// Serves the control socket and housekeeping until `term` is set,
     /// then stops the workers and removes the socket.
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
-        self.listener.set_nonblocking(true)?;
-        let mut last_expiry = Instant::now();
-        while !term.load(Ordering::Relaxed) {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = self.serve(stream) {
-                        tracing::warn!("control client: {e:#}");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => tracing::warn!("control socket: {e}"),
-            }
-            if self.hangup.swap(false, Ordering::Relaxed) {
-                tracing::info!("SIGHUP: reloading");
-                let _ = self.reload();
-            }
-            if last_expiry.elapsed() >= Duration::from_secs(1) {
-                let now = Instant::now();
-                self.shared.fdb.expire(now);
-                self.poll_sa_events(now);
-                last_expiry = now;
-            }
-        }
+        let shared = self.control.shared.clone();
+        let control = Arc::new(self.control);
+        crate::service::run(self.listener, control, term, &self.hangup)?;
         tracing::info!("stopping");
         drop(self.metrics.take());
-        self.shared.stop.store(true, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -371,54 +357,29 @@ impl Daemon {
         Ok(())
     }
 
-    fn poll_sa_events(&self, now: Instant) {
-        let tables = self.shared.tables.load();
-        let all = tables
-            .peers
-            .iter()
-            .flat_map(|p| p.outbound.iter().map(|sa| (&p.spec.name, sa)))
-            .chain(
-                tables
-                    .inbound
-                    .values()
-                    .map(|e| (&tables.peers[e.peer].spec.name, &e.sa)),
-            );
-        for (peer, sa) in all {
-            let Ok(mut sa) = sa.lock() else { continue };
-            sa.handle_timeout(now);
-            while let Some(event) = sa.poll_event() {
-                tracing::warn!(peer = %peer, spi = format_args!("{:#x}", sa.spi()), ?event, "SA lifetime");
-            }
-        }
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.control.status()
     }
+}
 
-    fn serve(&self, stream: UnixStream) -> anyhow::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(Box::new(self.status())),
-            Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
-            Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
-            Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
-            Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
-            Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
-            Ok(Request::Reauth { peer }) => self.ike_command(&peer, IkeCommand::Reauth),
-            Ok(Request::Reload) => self.reload(),
-            Err(e) => Response::Error {
-                message: format!("request: {e}"),
-            },
-        };
-        let mut out = serde_json::to_string(&response)?;
-        out.push('\n');
-        (&stream).write_all(out.as_bytes())?;
-        Ok(())
-    }
-
+impl ControlTarget for OverlayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
         crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
+    }
+
+    fn housekeeping(&self, now: Instant) {
+        self.shared.fdb.expire(now);
+        let tables = self.shared.tables.load();
+        let outbound = tables
+            .peers
+            .iter()
+            .flat_map(|p| p.outbound.iter().map(|sa| (p.spec.name.as_str(), &**sa)));
+        let inbound = tables
+            .inbound
+            .values()
+            .map(|e| (tables.peers[e.peer].spec.name.as_str(), &*e.sa));
+        crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
     }
 
     /// Reads the configuration file again and hands the IKE driver the
@@ -452,8 +413,7 @@ impl Daemon {
         }
     }
 
-    /// The current status.
-    pub fn status(&self) -> Status {
+    fn status(&self) -> Status {
         let tables = self.shared.tables.load();
         let stats = &self.shared.stats;
         let now = Instant::now();

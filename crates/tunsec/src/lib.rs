@@ -27,4 +27,5 @@ pub mod ike;
 pub mod metrics;
 pub mod netns;
 pub mod pki;
+pub mod service;
 pub mod status;

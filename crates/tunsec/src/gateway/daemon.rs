@@ -2,14 +2,13 @@
 //! control socket, status, and the removal of everything it installed
 //! (see the [parent module](super) for the order and why).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use tunsec_datapath::gateway_worker::{self, GatewayShared};
@@ -21,7 +20,8 @@ use tunsec_datapath::worker::{FrameDevice, Sockets};
 
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop};
-use crate::control::{Request, Response};
+use crate::control::Response;
+use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
@@ -58,25 +58,31 @@ impl std::ops::Drop for Entries {
 
 /// A running daemon in gateway mode.
 pub struct GatewayDaemon {
-    config: Config,
-    gw: Gateway,
-    shared: Arc<GatewayShared>,
-    mtu: GatewayMtu,
-    started: Instant,
+    /// What the control socket and the housekeeping work on.
+    control: GatewayControl,
     workers: Vec<JoinHandle<()>>,
     listener: UnixListener,
     socket_path: PathBuf,
     // Dropped after the workers stop (`run` joins them first), then the
     // TUN device closes with the last handle.
     entries: Option<Entries>,
-    ike_states: IkeStates,
-    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
-    /// The file the configuration came from, for `reload`.
-    config_path: Option<PathBuf>,
     /// Set by SIGHUP: reload.
     hangup: Arc<AtomicBool>,
     /// The metrics endpoint, if `[node] metrics_listen` asks for one.
     metrics: Option<MetricsServer>,
+}
+
+/// The gateway daemon as its control socket sees it.
+struct GatewayControl {
+    config: Config,
+    gw: Gateway,
+    shared: Arc<GatewayShared>,
+    mtu: GatewayMtu,
+    started: Instant,
+    ike_states: IkeStates,
+    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    /// The file the configuration came from, for `reload`.
+    config_path: Option<PathBuf>,
 }
 
 impl GatewayDaemon {
@@ -223,18 +229,20 @@ impl GatewayDaemon {
         );
         let socket_path = config.node.control_socket.clone();
         Ok(Self {
-            config,
-            gw,
-            shared,
-            mtu,
-            started: now,
+            control: GatewayControl {
+                config,
+                gw,
+                shared,
+                mtu,
+                started: now,
+                ike_states,
+                ike_commands,
+                config_path: None,
+            },
             workers,
             listener,
             socket_path,
             entries: Some(entries),
-            ike_states,
-            ike_commands,
-            config_path: None,
             hangup: Arc::new(AtomicBool::new(false)),
             metrics,
         })
@@ -245,7 +253,7 @@ impl GatewayDaemon {
     pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
             .context("cannot handle SIGHUP")?;
-        self.config_path = Some(path);
+        self.control.config_path = Some(path);
         Ok(self)
     }
 
@@ -253,24 +261,9 @@ impl GatewayDaemon {
     /// workers and the IKE driver and closes the TUN device; the guard
     /// and the steering stay unless `on_stop = "release"`.
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
-        self.listener.set_nonblocking(true)?;
-        while !term.load(Ordering::Relaxed) {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = self.serve(stream) {
-                        tracing::warn!("control client: {e:#}");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => tracing::warn!("control socket: {e}"),
-            }
-            if self.hangup.swap(false, Ordering::Relaxed) {
-                tracing::info!("SIGHUP: reloading");
-                let _ = self.reload();
-            }
-        }
+        let shared = self.control.shared.clone();
+        let control = Arc::new(self.control);
+        crate::service::run(self.listener, control, term, &self.hangup)?;
         tracing::info!("stopping");
         drop(self.metrics.take());
         // The workers and the IKE driver stop first (the driver deletes
@@ -279,7 +272,7 @@ impl GatewayDaemon {
         // TUN device's route goes with it, the `unreachable` route and
         // the guard block the steered traffic), or with `on_stop =
         // "release"` they go and the kernel's tunnels are as they were.
-        self.shared.stop.store(true, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -287,42 +280,35 @@ impl GatewayDaemon {
         let _ = std::fs::remove_file(&self.socket_path);
         Ok(())
     }
+}
 
-    fn serve(&self, stream: UnixStream) -> anyhow::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(Box::new(self.status())),
-            Ok(Request::DeleteSa { peer }) => self.delete_sa(&peer),
-            Ok(Request::Down { peer }) => self.ike_command(&peer, IkeCommand::Down),
-            Ok(Request::Up { peer }) => self.ike_command(&peer, IkeCommand::Up),
-            Ok(Request::Rekey { peer, ike: false }) => self.ike_command(&peer, IkeCommand::Rekey),
-            Ok(Request::Rekey { peer, ike: true }) => self.ike_command(&peer, IkeCommand::RekeyIke),
-            Ok(Request::Reauth { peer }) => self.ike_command(&peer, IkeCommand::Reauth),
-            Ok(Request::Reload) => self.reload(),
-            Err(e) => Response::Error {
-                message: format!("request: {e}"),
-            },
-        };
-        let mut out = serde_json::to_string(&response)?;
-        out.push('\n');
-        (&stream).write_all(out.as_bytes())?;
-        Ok(())
-    }
-
+impl ControlTarget for GatewayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
         crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
     }
 
+    /// Reads the configuration file again and hands the IKE driver the
+    /// `[peer.ike]` settings that changed; see `ike::reload`.
     fn reload(&self) -> Response {
         crate::ike::reload(
             &self.config,
             self.config_path.as_deref(),
             &self.ike_commands,
         )
+    }
+
+    /// SA lifetimes (gateway mode has no FDB).
+    fn housekeeping(&self, now: Instant) {
+        let tables = self.shared.tables.load();
+        let outbound = tables
+            .peers
+            .iter()
+            .flat_map(|p| p.outbound.iter().map(|sa| (p.name.as_str(), &**sa)));
+        let inbound = tables
+            .inbound
+            .values()
+            .map(|e| (tables.peers[e.peer].name.as_str(), &*e.sa));
+        crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
     }
 
     fn delete_sa(&self, peer: &str) -> Response {
@@ -342,8 +328,7 @@ impl GatewayDaemon {
         }
     }
 
-    /// The current status.
-    pub fn status(&self) -> Status {
+    fn status(&self) -> Status {
         let tables = self.shared.tables.load();
         let stats = &self.shared.stats;
         let guard = nft::counters(&self.gw.nft_table, tables.peers.len()).ok();

@@ -1,6 +1,8 @@
 //! The control API: JSON over a Unix socket, one request and one response
 //! per line. The socket is created with mode 0600, so only its owner (root)
-//! can talk to the daemon.
+//! can talk to the daemon. [`server`] serves it, for both daemons.
+
+pub mod server;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
