@@ -1,14 +1,21 @@
-//! The packet workers: plain threads that own their file descriptors and
-//! move batches.
+//! The overlay's packet workers: plain threads that own their file
+//! descriptors and move batches.
 //!
-//! Today there are two: the transmit worker reads frames from every TAP
-//! device and sends tunnel datagrams; the receive worker reads datagrams
-//! from the ESP and tunnel sockets and writes frames to the TAP devices.
-//! Outbound SAs are used only by the first and inbound SAs only by the
-//! second, so the per-SA lock is never contended. Multi-queue TAP devices,
-//! SO_REUSEPORT sockets and one worker pair per core come with the
-//! performance issue; the buffer layout (headroom and tailroom around every
-//! packet) is already what GSO/GRO and virtio-net headers need.
+//! tunsecd runs `[node] workers` pairs (one by default). A pair's transmit
+//! worker ([`run_tx`]) reads frames from its queue of every TAP device and
+//! sends tunnel datagrams; its receive worker ([`run_rx`]) reads datagrams
+//! from its ESP and tunnel sockets and writes frames to the TAP devices,
+//! to the queue [`steer::queue_of`] picks for the flow. With several
+//! pairs, each TAP device has one queue per worker (`IFF_MULTI_QUEUE`) and
+//! each UDP port one socket per worker (`SO_REUSEPORT`). Every pair shares
+//! one [`Shared`]: the tables, the forwarding database, the counters.
+//!
+//! SAs are shared too: the per-SA lock is held only to take a sequence
+//! number or to check and update the replay window, never while a packet
+//! is encrypted or decrypted. Every buffer has headroom and tailroom
+//! around the frame, so the tunnel header and ESP are written in place;
+//! UDP GSO and GRO batch the sockets, and with a virtio-net header the
+//! TAP devices hand over and take back TCP super-frames ([`offload`]).
 
 use std::collections::VecDeque;
 use std::io;

@@ -3,8 +3,9 @@
 //! `tunsec-ike`, feeds it datagrams and the clock, sends what it asks to
 //! send, and turns its events into SAs in the data path's tables. IKE
 //! that arrives on the ESP-in-UDP port behind the non-ESP marker comes
-//! from the receive worker through `Shared::ike_inbox`, and is answered
-//! from the ESP socket with the marker.
+//! from the receive worker through the data plane's inbox
+//! ([`SaStore::ike_inbox`]), and is answered from the ESP socket with the
+//! marker.
 //!
 //! Who initiates: of two peers, the one with the lower underlay address
 //! starts the IKE SA at start-up (and again after a failure, with
@@ -33,9 +34,13 @@
 //! the new inbound SA is published first, then the outbound one, so the
 //! peer's first ESP packet never meets a host that cannot open it. Until a
 //! Child SA is up, and as soon as it is gone, the peer has no outbound SA
-//! and a `require` policy drops its traffic: fail closed. Not yet:
-//! make-before-break rekeying (the old inbound SA lingering while the new
-//! one takes over), NAT detection, INITIAL_CONTACT.
+//! and a `require` policy drops its traffic: fail closed.
+//!
+//! Child SA rekeys are make before break (RFC 7296 section 2.8): the new
+//! inbound SA is published at once; outbound switches to the new SA when
+//! the old pair is deleted, or after `SWITCH_WAIT`; the old inbound SA
+//! keeps taking packets in flight for `INBOUND_GRACE` more.
+//! Re-authentication (a new IKE SA beside the old one) is in `reload`.
 
 mod reload;
 pub use reload::{ReloadPlan, plan as reload_plan};

@@ -1,11 +1,11 @@
 //! UDP and raw-ESP sockets with batched receive and send (recvmmsg,
-//! sendmmsg).
+//! sendmmsg), UDP GSO ([`Batch::send_gso`], `UDP_SEGMENT`) and GRO
+//! ([`Batch::recv_gro`], `UDP_GRO`), and a `poll(2)` [`Poller`].
 //!
-//! quinn-udp covers recvmmsg with GRO and a GSO send to one destination;
-//! our batches go to many peers at once, so the send side needs sendmmsg,
-//! and both sides are written here over libc, with preallocated headers so
-//! that a batch allocates nothing. UDP GSO/GRO come with the performance
-//! issue.
+//! quinn-udp covers recvmmsg with GRO, but it sends one `Transmit` (one
+//! destination) per call; a worker's batch goes to many peers at once, as
+//! several GSO runs in one `sendmmsg`. So both sides are written here over
+//! libc, with preallocated headers so that a batch allocates nothing.
 
 use std::io;
 use std::mem::{self, MaybeUninit};

@@ -1,5 +1,6 @@
-//! The IKE SA state machine: IKE_SA_INIT and IKE_AUTH with a pre-shared
-//! key or certificates, up to the first Child SA (RFC 7296 sections 1.2 and 2).
+//! The IKE SA state machine (RFC 7296 sections 1 and 2): IKE_SA_INIT and
+//! IKE_AUTH with a pre-shared key or certificates, then INFORMATIONAL and
+//! CREATE_CHILD_SA exchanges.
 //!
 //! An [`IkeSa`] is one IKE SA with one peer, sans IO, in the style of
 //! quinn-proto's `Connection`: datagrams and time go in
@@ -29,8 +30,12 @@
 //! [`Config::child_lifetime`]), make before break: [`Event::ChildSaRekeyed`]
 //! for the new pair, then [`Event::ChildSaDown`] for the old one once the
 //! rekey's initiator has deleted it; simultaneous rekeys are resolved by
-//! the nonces (RFC 7296 section 2.8.1). Other CREATE_CHILD_SA requests (more
-//! Child SAs, rekeying the IKE SA) are declined with NO_ADDITIONAL_SAS.
+//! the nonces (RFC 7296 section 2.8.1). CREATE_CHILD_SA also creates more
+//! Child SAs (section 1.3.1): the IKE SA's initiator asks for
+//! [`Config::additional_children`] after IKE_AUTH
+//! ([`IkeSa::create_child`] on demand), and a responder accepts them
+//! within its policy's selectors up to [`Config::max_child_sas`], with
+//! NO_ADDITIONAL_SAS beyond.
 //!
 //! Reliability (section 2.1): each side retransmits its own outstanding
 //! request (one at a time: a window of 1) with exponential back-off and
