@@ -19,7 +19,9 @@ use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 use tunsec_wire::ethernet::EthernetAddress;
 
 mod cert;
+mod secret;
 pub use cert::{AuthKind, dn_to_der};
+pub use secret::write_secret;
 
 /// Where the control socket lives unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
@@ -1305,15 +1307,9 @@ fn read_psk(
             ));
         }
         (Some(path), None) => {
-            let full = if path.is_absolute() {
-                path.clone()
-            } else {
-                sources.base_dir.join(path)
-            };
             let shown = quoted(&path.display().to_string());
-            let bytes = std::fs::read(&full)
-                .map_err(|e| invalid(f("psk_file"), &shown, format!("cannot be read: {e}")))?;
-            ("psk_file", shown, zeroize::Zeroizing::new(bytes))
+            let bytes = secret::read(&f("psk_file"), sources.base_dir, path)?;
+            ("psk_file", shown, bytes)
         }
         (None, Some(name)) => {
             let shown = quoted(name);
@@ -1482,16 +1478,10 @@ fn read_keys(
     base_dir: &Path,
     suite: Suite,
 ) -> Result<SaKeys, ConfigError> {
-    let full = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    };
     let shown = quoted(&path.display().to_string());
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&full)
-            .map_err(|e| invalid(field, &shown, format!("cannot be read: {e}")))?,
-    );
+    let bytes = secret::read(field, base_dir, path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(field, &shown, "does not hold hex key material"))?;
     let digits: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
         text.trim()
             .trim_start_matches("0x")
@@ -1556,12 +1546,12 @@ key_out = "b.out"
 
     fn dir_with_keys() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
+        write_secret(
             dir.path().join("b.in"),
             "0x00112233445566778899aabbccddeeff 01020304\n",
         )
         .unwrap();
-        std::fs::write(
+        write_secret(
             dir.path().join("b.out"),
             "ffeeddccbbaa99887766554433221100a0b0c0d0",
         )
@@ -1944,7 +1934,7 @@ key_out = "b.out"
 
     fn parse_ike(text: &str, psk: &[u8]) -> Result<Config, ConfigError> {
         let dir = dir_with_keys();
-        std::fs::write(dir.path().join("b.psk"), psk).unwrap();
+        write_secret(dir.path().join("b.psk"), psk).unwrap();
         Config::parse(text, dir.path())
     }
 
@@ -2160,7 +2150,7 @@ fragment_size = 576
     /// Parses with a fake environment that holds `vars`.
     fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = dir_with_keys();
-        std::fs::write(dir.path().join("b.psk"), b"from the file").unwrap();
+        write_secret(dir.path().join("b.psk"), b"from the file").unwrap();
         let env = |name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
@@ -2238,6 +2228,51 @@ fragment_size = 576
                 &format!("{name:?}"),
                 "not an environment variable name",
             );
+        }
+    }
+
+    /// Secret files (`psk_file`, `key_in`, `key_out`) that every user can
+    /// read are refused, with the field, the file, its mode and the fix;
+    /// the same files with mode 0600 load.
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = dir_with_keys();
+        write_secret(dir.path().join("b.psk"), "correct horse").unwrap();
+        let ike = ike_config(IKE_PEER);
+        for (text, file, field) in [
+            (BASE, "b.in", "peer[0].sa.key_in"),
+            (BASE, "b.out", "peer[0].sa.key_out"),
+            (ike.as_str(), "b.psk", "peer[0].ike.psk_file"),
+        ] {
+            let path = dir.path().join(file);
+            chmod(&path, 0o644);
+            let err = Config::parse(text, dir.path()).unwrap_err();
+            let ConfigError::Invalid {
+                field: f,
+                value,
+                reason,
+            } = &err
+            else {
+                panic!("{err:?}");
+            };
+            assert_eq!(
+                (f.as_str(), value.as_str()),
+                (field, format!("{file:?}").as_str())
+            );
+            for part in [
+                "readable by every user",
+                "mode 0644",
+                &format!("chmod 600 {}", path.display()),
+            ] {
+                assert!(reason.contains(part), "{field}: {reason}");
+            }
+            assert!(!err.to_string().contains("horse"), "{err}");
+            chmod(&path, 0o600);
+            Config::parse(text, dir.path()).unwrap();
         }
     }
 
