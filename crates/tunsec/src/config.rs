@@ -2,10 +2,11 @@
 //! before anything is changed on the host.
 //!
 //! Parsing has two passes, as in the rest of the project's boundaries:
-//! serde reads the text into `Raw*` structs (unknown keys are errors), then
-//! `Config::validate` checks every rule and turns them into typed values.
-//! Each error names the field, as a path like `peer[1].sa.suite`, and the
-//! value that was wrong. `docs/config.md` documents every field.
+//! serde reads the text into `Raw*` structs (unknown keys are errors;
+//! `syntax`), then `Config::validate` checks every rule and turns them
+//! into typed values. Each error names the field, as a path like
+//! `peer[1].sa.suite`, and the value that was wrong, except where the
+//! value may be a secret. `docs/config.md` documents every field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -20,6 +21,7 @@ use tunsec_wire::ethernet::EthernetAddress;
 
 mod cert;
 mod secret;
+mod syntax;
 pub use cert::{AuthKind, dn_to_der};
 pub use secret::write_secret;
 
@@ -44,10 +46,19 @@ pub enum ConfigError {
         /// The operating system's message.
         reason: String,
     },
-    /// The text is not valid TOML, or a value has the wrong type, or a key
-    /// is unknown.
-    #[error("{0}")]
-    Syntax(String),
+    /// The text is not valid TOML, or a value has the wrong type, or a
+    /// key is unknown or missing. It never quotes the text (a line may
+    /// hold a secret), nor the value of a field that names a secret.
+    #[error("{}", syntax_message(field.as_deref(), *at, reason))]
+    Syntax {
+        /// The field's path, such as `network[0].vni`, where known.
+        field: Option<String>,
+        /// The line and column (from 1) of the error, where known.
+        at: Option<(usize, usize)>,
+        /// What is wrong, such as `expected an integer, found the string
+        /// "100"`.
+        reason: String,
+    },
     /// A value breaks a rule.
     #[error("{field}: {value} {reason}")]
     Invalid {
@@ -58,6 +69,19 @@ pub enum ConfigError {
         /// The rule it breaks.
         reason: String,
     },
+}
+
+/// `network[0].vni: expected ... (line 8, column 7)`, or without a field
+/// `TOML syntax error ... at line 8, column 7`.
+fn syntax_message(field: Option<&str>, at: Option<(usize, usize)>, reason: &str) -> String {
+    match (field, at) {
+        (Some(field), Some((line, column))) => {
+            format!("{field}: {reason} (line {line}, column {column})")
+        }
+        (Some(field), None) => format!("{field}: {reason}"),
+        (None, Some((line, column))) => format!("line {line}, column {column}: {reason}"),
+        (None, None) => reason.to_owned(),
+    }
 }
 
 fn invalid(
@@ -571,8 +595,7 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = syntax::from_str(text)?;
         Self::validate(raw, &Sources { base_dir, env })
     }
 

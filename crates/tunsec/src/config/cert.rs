@@ -542,7 +542,7 @@ mod tests {
         }
         assert!(matches!(
             parse(&dir, "auth = \"token\"\n"),
-            Err(ConfigError::Syntax(e)) if e.contains("auth")
+            Err(ConfigError::Syntax { field: Some(f), .. }) if f == "peer[0].ike.auth"
         ));
     }
 
