@@ -20,9 +20,11 @@ use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 use tunsec_wire::ethernet::EthernetAddress;
 
 mod cert;
+mod mtu;
 mod secret;
 mod syntax;
 pub use cert::{AuthKind, dn_to_der};
+pub use mtu::NetworkMtu;
 pub use secret::write_secret;
 
 /// Where the control socket lives unless the config says otherwise.
@@ -737,14 +739,19 @@ impl Config {
             gro: offload.gro && offload.tap,
             ..offload
         };
-        Ok(Self {
+        let config = Self {
             node,
             esp,
             offload,
             networks,
             peers,
             gateway,
-        })
+        };
+        // Last: the overhead depends on the peers' ESP modes.
+        for net in &config.networks {
+            config.network_mtu(net)?;
+        }
+        Ok(config)
     }
 
     /// The network with this name.
@@ -1547,7 +1554,7 @@ name = "red"
 vni = 200
 encapsulation = "gue"
 port = 6080
-mtu = 1400
+mtu = 1360
 
 [[network.fdb]]
 mac = "02:00:00:00:00:0b"
@@ -1597,7 +1604,7 @@ key_out = "b.out"
         assert_eq!(c.networks[0].port, 4789);
         assert_eq!(c.networks[0].tap, "ts-blue");
         assert_eq!(c.networks[0].mtu, Mtu::Auto);
-        assert_eq!(c.networks[1].mtu, Mtu::Fixed(1400));
+        assert_eq!(c.networks[1].mtu, Mtu::Fixed(1360));
         assert_eq!(c.networks[1].fdb[0].1, "host-b");
         let p = &c.peers[0];
         assert_eq!(
@@ -1881,7 +1888,7 @@ key_out = "b.out"
             "4500",
         );
         assert_invalid(
-            &BASE.replace("mtu = 1400", "mtu = 100"),
+            &BASE.replace("mtu = 1360", "mtu = 100"),
             "network[1].mtu",
             "100",
         );
