@@ -44,6 +44,8 @@ pub(super) fn read(
         (false, false) => None,
     };
     if let Some(who) = who {
+        // Absolute, so that the command works from any directory.
+        let full = std::path::absolute(&full).unwrap_or(full);
         return Err(invalid(
             field,
             &shown,
