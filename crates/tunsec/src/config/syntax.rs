@@ -88,11 +88,17 @@ fn describe(path: &str, message: &str, found_at: Option<&str>) -> (Option<String
             .strip_prefix(prefix)
             .and_then(|m| m.rsplit_once(", expected "))
         {
-            let reason = format!(
+            let mut reason = format!(
                 "expected {}, found {}",
                 expected_text(expected, in_range),
                 found_text(found, secret, found_at)
             );
+            // `[peer]` where `[[peer]]` was meant.
+            let header = found_at.is_some_and(|t| t.starts_with('[') && !t.starts_with("[["));
+            if expected == "a sequence" && found == "map" && header {
+                reason
+                    .push_str(" (an array of tables has a [[double-bracketed]] header per entry)");
+            }
             return (field, reason);
         }
     }
@@ -161,7 +167,10 @@ fn found_text(found: &str, secret: bool, found_at: Option<&str>) -> String {
         ("an array", None)
     } else if found == "map" {
         // toml hands a date or time over as a map too.
-        (found_at.map_or("a table", toml_type), None)
+        match found_at {
+            Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => (toml_type(text), None),
+            _ => ("a table", None),
+        }
     } else if secret {
         ("a value of another type", None)
     } else {
@@ -261,6 +270,12 @@ key_out = "b.out"
                 "node = 5\n[x]\n",
                 "node",
                 "expected a table, found the integer 5",
+            ),
+            (
+                "[[peer]]\n",
+                "[peer]\n",
+                "peer",
+                "expected an array, found a table (an array of tables has a [[double-bracketed]] header per entry)",
             ),
             // A table in an array of tables.
             (
@@ -480,6 +495,7 @@ key_out = "b.out"
         );
         assert_eq!(found_text("sequence", false, None), "an array");
         assert_eq!(found_text("map", false, Some("{ a = 1 }")), "a table");
+        assert_eq!(found_text("map", false, Some("[peer]\n")), "a table");
         assert_eq!(found_text("map", false, Some("1979-05-27\n")), "a date");
         assert_eq!(found_text("map", false, Some("07:32:00\n")), "a time");
         assert_eq!(found_text("string \"hunter2\"", true, None), "a string");
