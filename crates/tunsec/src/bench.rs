@@ -937,7 +937,7 @@ fn write_keys(dir: &Path, suite: Suite) -> anyhow::Result<impl Fn(usize, usize) 
     let key = move |from: usize, to: usize| dir.join(format!("key-{from}-{to}"));
     for (from, to) in [(1, 2), (2, 1)] {
         let len = suite.encryption_key_len() + suite.integrity_key_len();
-        std::fs::write(key(from, to), random_hex(len)?)?;
+        crate::config::write_secret(key(from, to), random_hex(len)?)?;
     }
     Ok(key)
 }
@@ -1162,8 +1162,8 @@ mod test {
         for suite in Suite::ALL {
             let len = suite.encryption_key_len() + suite.integrity_key_len();
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            std::fs::write(&a, random_hex(len).unwrap()).unwrap();
-            std::fs::write(&b, random_hex(len).unwrap()).unwrap();
+            crate::config::write_secret(&a, random_hex(len).unwrap()).unwrap();
+            crate::config::write_secret(&b, random_hex(len).unwrap()).unwrap();
             let text = tunsec_config(dir.path(), 2, Some((suite, &a, &b)));
             let c = Config::parse(&text, dir.path()).unwrap();
             let sa = c.peers[0].sa.as_ref().unwrap();

@@ -2,10 +2,11 @@
 //! before anything is changed on the host.
 //!
 //! Parsing has two passes, as in the rest of the project's boundaries:
-//! serde reads the text into `Raw*` structs (unknown keys are errors), then
-//! `Config::validate` checks every rule and turns them into typed values.
-//! Each error names the field, as a path like `peer[1].sa.suite`, and the
-//! value that was wrong. `docs/config.md` documents every field.
+//! serde reads the text into `Raw*` structs (unknown keys are errors;
+//! `syntax`), then `Config::validate` checks every rule and turns them
+//! into typed values. Each error names the field, as a path like
+//! `peer[1].sa.suite`, and the value that was wrong, except where the
+//! value may be a secret. `docs/config.md` documents every field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -19,7 +20,12 @@ use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 use tunsec_wire::ethernet::EthernetAddress;
 
 mod cert;
+mod mtu;
+mod secret;
+mod syntax;
 pub use cert::{AuthKind, dn_to_der};
+pub use mtu::NetworkMtu;
+pub use secret::write_secret;
 
 /// Where the control socket lives unless the config says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tunsec/tunsecd.sock";
@@ -42,10 +48,19 @@ pub enum ConfigError {
         /// The operating system's message.
         reason: String,
     },
-    /// The text is not valid TOML, or a value has the wrong type, or a key
-    /// is unknown.
-    #[error("{0}")]
-    Syntax(String),
+    /// The text is not valid TOML, or a value has the wrong type, or a
+    /// key is unknown or missing. It never quotes the text (a line may
+    /// hold a secret), nor the value of a field that names a secret.
+    #[error("{}", syntax_message(field.as_deref(), *at, reason))]
+    Syntax {
+        /// The field's path, such as `network[0].vni`, where known.
+        field: Option<String>,
+        /// The line and column (from 1) of the error, where known.
+        at: Option<(usize, usize)>,
+        /// What is wrong, such as `expected an integer, found the string
+        /// "100"`.
+        reason: String,
+    },
     /// A value breaks a rule.
     #[error("{field}: {value} {reason}")]
     Invalid {
@@ -56,6 +71,19 @@ pub enum ConfigError {
         /// The rule it breaks.
         reason: String,
     },
+}
+
+/// `network[0].vni: expected ... (line 8, column 7)`, or without a field
+/// `TOML syntax error ... at line 8, column 7`.
+fn syntax_message(field: Option<&str>, at: Option<(usize, usize)>, reason: &str) -> String {
+    match (field, at) {
+        (Some(field), Some((line, column))) => {
+            format!("{field}: {reason} (line {line}, column {column})")
+        }
+        (Some(field), None) => format!("{field}: {reason}"),
+        (None, Some((line, column))) => format!("line {line}, column {column}: {reason}"),
+        (None, None) => reason.to_owned(),
+    }
 }
 
 fn invalid(
@@ -587,8 +615,7 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = syntax::from_str(text)?;
         Self::validate(raw, &Sources { base_dir, env })
     }
 
@@ -730,14 +757,19 @@ impl Config {
             gro: offload.gro && offload.tap,
             ..offload
         };
-        Ok(Self {
+        let config = Self {
             node,
             esp,
             offload,
             networks,
             peers,
             gateway,
-        })
+        };
+        // Last: the overhead depends on the peers' ESP modes.
+        for net in &config.networks {
+            config.network_mtu(net)?;
+        }
+        Ok(config)
     }
 
     /// The network with this name.
@@ -1324,15 +1356,9 @@ fn read_psk(
             ));
         }
         (Some(path), None) => {
-            let full = if path.is_absolute() {
-                path.clone()
-            } else {
-                sources.base_dir.join(path)
-            };
             let shown = quoted(&path.display().to_string());
-            let bytes = std::fs::read(&full)
-                .map_err(|e| invalid(f("psk_file"), &shown, format!("cannot be read: {e}")))?;
-            ("psk_file", shown, zeroize::Zeroizing::new(bytes))
+            let bytes = secret::read(&f("psk_file"), sources.base_dir, path)?;
+            ("psk_file", shown, bytes)
         }
         (None, Some(name)) => {
             let shown = quoted(name);
@@ -1501,16 +1527,10 @@ fn read_keys(
     base_dir: &Path,
     suite: Suite,
 ) -> Result<SaKeys, ConfigError> {
-    let full = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    };
     let shown = quoted(&path.display().to_string());
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&full)
-            .map_err(|e| invalid(field, &shown, format!("cannot be read: {e}")))?,
-    );
+    let bytes = secret::read(field, base_dir, path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(field, &shown, "does not hold hex key material"))?;
     let digits: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
         text.trim()
             .trim_start_matches("0x")
@@ -1553,7 +1573,7 @@ name = "red"
 vni = 200
 encapsulation = "gue"
 port = 6080
-mtu = 1400
+mtu = 1360
 
 [[network.fdb]]
 mac = "02:00:00:00:00:0b"
@@ -1575,12 +1595,12 @@ key_out = "b.out"
 
     fn dir_with_keys() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
+        write_secret(
             dir.path().join("b.in"),
             "0x00112233445566778899aabbccddeeff 01020304\n",
         )
         .unwrap();
-        std::fs::write(
+        write_secret(
             dir.path().join("b.out"),
             "ffeeddccbbaa99887766554433221100a0b0c0d0",
         )
@@ -1603,7 +1623,7 @@ key_out = "b.out"
         assert_eq!(c.networks[0].port, 4789);
         assert_eq!(c.networks[0].tap, "ts-blue");
         assert_eq!(c.networks[0].mtu, Mtu::Auto);
-        assert_eq!(c.networks[1].mtu, Mtu::Fixed(1400));
+        assert_eq!(c.networks[1].mtu, Mtu::Fixed(1360));
         assert_eq!(c.networks[1].fdb[0].1, "host-b");
         let p = &c.peers[0];
         assert_eq!(
@@ -1887,7 +1907,7 @@ key_out = "b.out"
             "4500",
         );
         assert_invalid(
-            &BASE.replace("mtu = 1400", "mtu = 100"),
+            &BASE.replace("mtu = 1360", "mtu = 100"),
             "network[1].mtu",
             "100",
         );
@@ -1963,7 +1983,7 @@ key_out = "b.out"
 
     fn parse_ike(text: &str, psk: &[u8]) -> Result<Config, ConfigError> {
         let dir = dir_with_keys();
-        std::fs::write(dir.path().join("b.psk"), psk).unwrap();
+        write_secret(dir.path().join("b.psk"), psk).unwrap();
         Config::parse(text, dir.path())
     }
 
@@ -2179,7 +2199,7 @@ fragment_size = 576
     /// Parses with a fake environment that holds `vars`.
     fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = dir_with_keys();
-        std::fs::write(dir.path().join("b.psk"), b"from the file").unwrap();
+        write_secret(dir.path().join("b.psk"), b"from the file").unwrap();
         let env = |name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
@@ -2257,6 +2277,51 @@ fragment_size = 576
                 &format!("{name:?}"),
                 "not an environment variable name",
             );
+        }
+    }
+
+    /// Secret files (`psk_file`, `key_in`, `key_out`) that every user can
+    /// read are refused, with the field, the file, its mode and the fix;
+    /// the same files with mode 0600 load.
+    #[test]
+    fn secret_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = dir_with_keys();
+        write_secret(dir.path().join("b.psk"), "correct horse").unwrap();
+        let ike = ike_config(IKE_PEER);
+        for (text, file, field) in [
+            (BASE, "b.in", "peer[0].sa.key_in"),
+            (BASE, "b.out", "peer[0].sa.key_out"),
+            (ike.as_str(), "b.psk", "peer[0].ike.psk_file"),
+        ] {
+            let path = dir.path().join(file);
+            chmod(&path, 0o644);
+            let err = Config::parse(text, dir.path()).unwrap_err();
+            let ConfigError::Invalid {
+                field: f,
+                value,
+                reason,
+            } = &err
+            else {
+                panic!("{err:?}");
+            };
+            assert_eq!(
+                (f.as_str(), value.as_str()),
+                (field, format!("{file:?}").as_str())
+            );
+            for part in [
+                "readable by every user",
+                "mode 0644",
+                &format!("chmod 600 {}", path.display()),
+            ] {
+                assert!(reason.contains(part), "{field}: {reason}");
+            }
+            assert!(!err.to_string().contains("horse"), "{err}");
+            chmod(&path, 0o600);
+            Config::parse(text, dir.path()).unwrap();
         }
     }
 

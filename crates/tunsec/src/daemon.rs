@@ -21,85 +21,26 @@ use tunsec_datapath::fdb::DEFAULT_AGEING;
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tap;
 use tunsec_datapath::overlay::{
-    self, EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables, TunnelEncap,
+    EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables,
 };
 use tunsec_datapath::stats::Drop;
 use tunsec_datapath::worker::{self, FrameDevice, Shared, Sockets};
 use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
-use tunsec_wire::ethernet;
 
-use crate::config::{
-    ChildMode, Config, EspEncapsulation, Mtu, Network, PolicyKind, TunnelEncapsulation,
-};
+use crate::config::{Config, EspEncapsulation, Network, PolicyKind};
 use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::ike::{IkeCommand, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
-/// The TAP MTU and the largest frame of each network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NetworkMtu {
-    /// The TAP device's MTU (IP packet size inside the frame).
-    pub mtu: u16,
-    /// The largest frame carried, Ethernet header included.
-    pub max_frame: usize,
-}
+pub use crate::config::NetworkMtu;
 
-/// Works out a network's MTU: `auto` is the underlay MTU minus the
-/// worst-case overhead and the inner Ethernet header; a fixed MTU allows
-/// one 802.1Q tag on top. The overhead includes tunnel mode's inner IP
-/// header when a peer that carries the network has `[peer.ike] mode =
-/// "tunnel"`.
+/// Works out a network's MTU ([`Config::network_mtu`]): `auto` is the
+/// underlay MTU minus the worst-case overhead and the inner Ethernet
+/// header; a fixed MTU allows one 802.1Q tag on top.
 pub fn network_mtu(config: &Config, net: &Network) -> anyhow::Result<NetworkMtu> {
-    let tunnel_mode = config.peers.iter().any(|p| {
-        p.ike
-            .as_ref()
-            .is_some_and(|ike| ike.mode == ChildMode::Tunnel)
-            && p.networks.iter().any(|(name, _)| *name == net.name)
-    });
-    let overhead = overlay::frame_overhead(
-        config.node.underlay.is_ipv6(),
-        esp_transport(config),
-        tunnel(net.encapsulation),
-        tunnel_mode,
-    );
-    match net.mtu {
-        Mtu::Auto => {
-            let max_frame = usize::from(config.node.underlay_mtu)
-                .checked_sub(overhead)
-                .filter(|&f| f >= 576 + ethernet::HEADER_LEN)
-                .with_context(|| {
-                    format!(
-                        "node.underlay_mtu: {} leaves no room for a 576-byte packet after {overhead} bytes of overhead",
-                        config.node.underlay_mtu
-                    )
-                })?;
-            Ok(NetworkMtu {
-                mtu: (max_frame - ethernet::HEADER_LEN) as u16,
-                max_frame,
-            })
-        }
-        Mtu::Fixed(mtu) => Ok(NetworkMtu {
-            mtu,
-            max_frame: usize::from(mtu) + ethernet::TAGGED_HEADER_LEN,
-        }),
-    }
-}
-
-fn esp_transport(config: &Config) -> EspTransport {
-    match config.esp.encapsulation {
-        EspEncapsulation::Udp => EspTransport::Udp(config.esp.port),
-        EspEncapsulation::Esp => EspTransport::Raw,
-    }
-}
-
-fn tunnel(e: TunnelEncapsulation) -> TunnelEncap {
-    match e {
-        TunnelEncapsulation::Vxlan => TunnelEncap::Vxlan,
-        TunnelEncapsulation::Geneve => TunnelEncap::Geneve,
-        TunnelEncapsulation::Gue => TunnelEncap::Gue,
-    }
+    Ok(config.network_mtu(net)?)
 }
 
 fn policy(p: PolicyKind) -> Policy {
@@ -119,7 +60,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
         networks.push(NetworkSpec {
             name: n.name.clone(),
             vni: n.vni,
-            encap: tunnel(n.encapsulation),
+            encap: n.encapsulation.datapath(),
             port: n.port,
             max_frame: m.max_frame,
         });
@@ -166,7 +107,7 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
     }
     let tables = Tables::new(
         config.node.underlay,
-        esp_transport(config),
+        config.esp.transport(),
         networks,
         peers,
         inbound,

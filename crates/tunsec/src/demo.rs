@@ -140,7 +140,7 @@ fn write_config(
             // host's row holds it.
             let (lo, hi) = (host.min(peer), host.max(peer));
             let psk = dir.join(format!("psk-{lo}-{hi}"));
-            std::fs::write(&psk, &keys[lo][hi])?;
+            crate::config::write_secret(&psk, &keys[lo][hi])?;
             writeln!(
                 c,
                 "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\
@@ -151,8 +151,8 @@ fn write_config(
         }
         let key_in = dir.join(format!("key-{peer}-{host}"));
         let key_out = dir.join(format!("key-{host}-{peer}"));
-        std::fs::write(&key_in, &peer_keys[host])?;
-        std::fs::write(&key_out, &keys[host][peer])?;
+        crate::config::write_secret(&key_in, &peer_keys[host])?;
+        crate::config::write_secret(&key_out, &keys[host][peer])?;
         writeln!(
             c,
             "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\

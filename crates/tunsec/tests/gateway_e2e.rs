@@ -195,7 +195,7 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<Pa
     let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
         let path = lab.dir.path().join(format!("key-{from}-{to}"));
         if !path.exists() {
-            std::fs::write(&path, hex::encode(random_bytes(36)?))?;
+            tunsec::config::write_secret(&path, hex::encode(random_bytes(36)?))?;
         }
         Ok(path)
     };
@@ -225,7 +225,7 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<Pa
         )?;
         if opts.ike {
             let psk = lab.dir.path().join(format!("h{n}.psk"));
-            std::fs::write(&psk, "a gateway test key, long enough\n")?;
+            tunsec::config::write_secret(&psk, "a gateway test key, long enough\n")?;
             writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
         } else {
             writeln!(
@@ -1022,7 +1022,7 @@ fn gateway_ike_wrong_psk() {
         };
         write_config(lab, 1, &[2], ike)?;
         write_config(lab, 2, &[1], ike)?;
-        std::fs::write(lab.dir.path().join("h2.psk"), "another key entirely\n")?;
+        tunsec::config::write_secret(lab.dir.path().join("h2.psk"), "another key entirely\n")?;
         let pcap = start_capture(lab, &ul, "capture")?;
         start_daemon(lab, "h1", &h1, 1)?;
         start_daemon(lab, "h2", &h2, 2)?;
@@ -1391,7 +1391,7 @@ fn gateway_ike_reload() {
         );
 
         // A new PSK on h1 only: taken up, so h2 refuses the new IKE SA.
-        std::fs::write(&psk1, "the next gateway test key, long enough\n")?;
+        tunsec::config::write_secret(&psk1, "the next gateway test key, long enough\n")?;
         let Response::Done { message } = reload(lab, 1)? else {
             bail!("h1's reload failed");
         };
@@ -1423,7 +1423,7 @@ fn gateway_ike_reload() {
         );
 
         // The same PSK on h2: the re-authentication goes through.
-        std::fs::write(
+        tunsec::config::write_secret(
             lab.dir.path().join("h2.psk"),
             "the next gateway test key, long enough\n",
         )?;

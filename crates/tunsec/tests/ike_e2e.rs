@@ -156,7 +156,7 @@ fn write_config_with(
     ike_extra: &str,
 ) -> anyhow::Result<PathBuf> {
     let psk_file = lab.dir.path().join(format!("h{n}.psk"));
-    std::fs::write(&psk_file, format!("{psk}\n"))?;
+    tunsec::config::write_secret(&psk_file, format!("{psk}\n"))?;
     let mut c = String::new();
     writeln!(
         c,
@@ -1282,8 +1282,8 @@ fn ike_behind_nat() {
         let pcap = start_capture(lab, &ul, "capture")?;
 
         let psk = "behind-the-nat";
-        std::fs::write(lab.dir.path().join("h1.psk"), psk)?;
-        std::fs::write(lab.dir.path().join("h2.psk"), psk)?;
+        tunsec::config::write_secret(lab.dir.path().join("h1.psk"), psk)?;
+        tunsec::config::write_secret(lab.dir.path().join("h2.psk"), psk)?;
         let config = |n: u8, underlay: &str, peer: u8, peer_underlay: &str, extra: &str| {
             format!(
                 "[node]\nname = \"h{n}\"\nunderlay = \"{underlay}\"\ncontrol_socket = \"{}\"\n\n\

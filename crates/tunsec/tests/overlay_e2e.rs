@@ -185,7 +185,7 @@ fn sa_pair(lab: &Lab, suite: &'static str, a: u8, b: u8) -> anyhow::Result<(SaFi
     let len = s.encryption_key_len() + s.integrity_key_len();
     let key = |from: u8, to: u8| -> anyhow::Result<PathBuf> {
         let path = lab.dir.path().join(format!("key-{from}-{to}"));
-        std::fs::write(&path, hex::encode(random_bytes(len)?))?;
+        tunsec::config::write_secret(&path, hex::encode(random_bytes(len)?))?;
         Ok(path)
     };
     let (ab, ba) = (key(a, b)?, key(b, a)?);

@@ -746,7 +746,7 @@ fn write_tunsec_config(lab: &Lab, p: &Params, gateway: bool) -> anyhow::Result<P
     } else {
         "psk_file = \"tunsec.psk\"\n".to_owned()
     };
-    std::fs::write(
+    tunsec::config::write_secret(
         lab.dir.path().join("tunsec.psk"),
         format!("{}\n", p.psk_tunsec),
     )?;

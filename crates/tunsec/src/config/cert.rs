@@ -3,7 +3,7 @@
 //! identities (`dn:`, `fqdn:`, `email:`, `ip:`).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tunsec_ike::cert::{CertError, Credentials, Trust, parse_certificates};
@@ -11,6 +11,7 @@ use tunsec_ike::message::Identity;
 use tunsec_ike::sa::CertAuth;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::secret::resolve;
 use super::{ConfigError, RawIke, invalid, ip_identity, quoted};
 
 /// How a peer authenticates in IKE_AUTH.
@@ -22,14 +23,6 @@ pub enum AuthKind {
     Psk,
     /// A certificate and a signature (`cert`, `key`, and `ca` or a pin).
     Cert,
-}
-
-fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    }
 }
 
 fn shown(path: &Path) -> String {
@@ -44,25 +37,6 @@ fn read(field: &str, base_dir: &Path, path: &Path) -> Result<Vec<u8>, ConfigErro
 
 fn cert_error(field: &str, path: &Path, e: CertError) -> ConfigError {
     invalid(field, shown(path), format!("is not usable: {e}"))
-}
-
-/// The private key file must not be readable by others (mode `o+r`): the
-/// key would be anyone's. `tunsec pki` writes keys with mode 0600.
-fn check_key_mode(field: &str, base_dir: &Path, path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(resolve(base_dir, path))
-        .map_err(|e| invalid(field, shown(path), format!("cannot be read: {e}")))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o004 != 0 {
-        return Err(invalid(
-            field,
-            shown(path),
-            format!(
-                "is readable by every user (mode {mode:04o}): make it 0600 (chmod 600), as tunsec pki writes keys"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The result of `[peer.ike] auth = "cert"`.
@@ -121,8 +95,8 @@ pub(super) fn load(
         .key
         .as_deref()
         .ok_or_else(|| invalid(f("key"), "(missing)", "is required with auth = \"cert\""))?;
-    check_key_mode(&f("key"), base_dir, key_path)?;
-    let key = zeroize::Zeroizing::new(read(&f("key"), base_dir, key_path)?);
+    // Not readable by every user: the key would be anyone's.
+    let key = super::secret::read(&f("key"), base_dir, key_path)?;
     let mut chain = read(&f("cert"), base_dir, cert_path)?;
     for (j, p) in raw.intermediates.iter().flatten().enumerate() {
         let field = format!("{}[{j}]", f("intermediates"));
@@ -568,7 +542,7 @@ mod tests {
         }
         assert!(matches!(
             parse(&dir, "auth = \"token\"\n"),
-            Err(ConfigError::Syntax(e)) if e.contains("auth")
+            Err(ConfigError::Syntax { field: Some(f), .. }) if f == "peer[0].ike.auth"
         ));
     }
 

@@ -419,8 +419,8 @@ mod tests {
     fn reload_plan_finds_what_changed() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        std::fs::write(p.join("k1"), "first key").unwrap();
-        std::fs::write(p.join("k2"), "second key").unwrap();
+        crate::config::write_secret(p.join("k1"), "first key").unwrap();
+        crate::config::write_secret(p.join("k2"), "second key").unwrap();
         let old = parse("psk_file = \"k1\"\n", p);
         // Nothing changed.
         let got = plan(&old, &parse("psk_file = \"k1\"\n", p));
