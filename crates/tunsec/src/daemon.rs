@@ -30,7 +30,7 @@ use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 use crate::config::{Config, EspEncapsulation, Network, PolicyKind};
 use crate::control::Response;
 use crate::control::server::ControlTarget;
-use crate::ike::{IkeCommand, IkeDriver, IkeStates};
+use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
@@ -135,7 +135,7 @@ struct OverlayControl {
     mtus: Vec<NetworkMtu>,
     started: Instant,
     ike_states: IkeStates,
-    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
 }
@@ -217,7 +217,7 @@ impl Daemon {
         let socket_path = config.node.control_socket.clone();
 
         let ike_states = IkeStates::default();
-        let (ike_commands, commands) = std::sync::mpsc::channel();
+        let (ike_commands, commands) = IkeCommands::channel(shared.clone());
         let ike = IkeDriver::new(
             &config,
             shared.clone(),

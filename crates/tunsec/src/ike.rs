@@ -123,6 +123,31 @@ pub enum IkeCommand {
     Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
 }
 
+/// The sending end of the IKE driver's commands. Each command also wakes
+/// the driver's poll (through the inbox's eventfd), so it is carried out
+/// at once rather than at the driver's next timer.
+#[derive(Clone)]
+pub struct IkeCommands {
+    tx: mpsc::Sender<IkeCommand>,
+    shared: Arc<dyn SaStore>,
+}
+
+impl IkeCommands {
+    /// A command channel for the driver of `shared`'s tables: the sender,
+    /// and the receiver to hand to [`IkeDriver::new`].
+    pub fn channel(shared: Arc<dyn SaStore>) -> (Self, mpsc::Receiver<IkeCommand>) {
+        let (tx, rx) = mpsc::channel();
+        (Self { tx, shared }, rx)
+    }
+
+    /// Sends `command` and wakes the driver; an error if it is gone.
+    fn send(&self, command: IkeCommand) -> Result<(), mpsc::SendError<IkeCommand>> {
+        self.tx.send(command)?;
+        self.shared.ike_inbox().wake();
+        Ok(())
+    }
+}
+
 /// How long `tunsec reload` waits for the IKE driver to take up new
 /// settings (it looks at its commands every few milliseconds).
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
@@ -133,7 +158,7 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 /// that is not configured or has manual keys, or a driver that is gone.
 pub(crate) fn send_command(
     config: &Config,
-    commands: &mpsc::Sender<IkeCommand>,
+    commands: &IkeCommands,
     peer: &str,
     command: fn(usize) -> IkeCommand,
 ) -> crate::control::Response {
@@ -173,7 +198,7 @@ pub(crate) fn send_command(
 pub(crate) fn reload(
     running: &Config,
     path: Option<&std::path::Path>,
-    commands: &mpsc::Sender<IkeCommand>,
+    commands: &IkeCommands,
 ) -> crate::control::Response {
     use crate::control::Response;
     let Some(path) = path else {
@@ -458,7 +483,10 @@ impl IkeDriver {
         let socket = DatagramSocket::udp(SocketAddr::new(local, IKE_PORT))
             .with_context(|| format!("IKE: cannot bind {local} port {IKE_PORT}"))?;
         // From now on IKE on the ESP-in-UDP port comes to us.
-        shared.ike_inbox().open();
+        shared
+            .ike_inbox()
+            .open()
+            .context("IKE: cannot make the inbox's eventfd")?;
         let mut driver = Self {
             shared,
             socket,
@@ -539,7 +567,16 @@ impl IkeDriver {
     /// Runs until `shared.stop` is set, then deletes every IKE SA.
     pub fn run(mut self) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
-        let mut poller = Poller::new(&[fd]);
+        // The inbox of IKE from the ESP-in-UDP port: readable when the
+        // receive worker queued a message (opened in `new`).
+        let inbox = match self.shared.ike_inbox().open() {
+            Ok(wake) => std::os::fd::AsRawFd::as_raw_fd(&wake),
+            Err(e) => {
+                tracing::error!("IKE: the inbox has no eventfd: {e}");
+                return;
+            }
+        };
+        let mut poller = Poller::new(&[fd, inbox]);
         let mut batch = Batch::new(8);
         let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
         let mut meta = vec![(0usize, SocketAddr::from(([0, 0, 0, 0], 0))); 8];
@@ -583,8 +620,12 @@ impl IkeDriver {
                     self.handle_datagram(now, src, &buf[..len]);
                 }
             }
-            // IKE that came on the ESP-in-UDP port (the receive worker
-            // queued it; it waits at most one loop turn, 100 ms).
+            // IKE that came on the ESP-in-UDP port: the receive worker
+            // queued it and woke the poll. Cleared before popping, so a
+            // message queued meanwhile wakes the next poll.
+            if poller.is_ready(1) {
+                self.shared.ike_inbox().clear_wake();
+            }
             while let Some((src, message)) = self.shared.ike_inbox().pop() {
                 self.handle_datagram(Instant::now(), src, &message);
             }

@@ -23,7 +23,7 @@ use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind
 use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
-use crate::ike::{IkeCommand, IkeDriver, IkeStates};
+use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
@@ -80,7 +80,7 @@ struct GatewayControl {
     mtu: GatewayMtu,
     started: Instant,
     ike_states: IkeStates,
-    ike_commands: std::sync::mpsc::Sender<IkeCommand>,
+    ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
 }
@@ -185,7 +185,7 @@ impl GatewayDaemon {
         }
 
         let ike_states = IkeStates::default();
-        let (ike_commands, commands) = std::sync::mpsc::channel();
+        let (ike_commands, commands) = IkeCommands::channel(shared.clone());
         let ike = IkeDriver::new(
             &config,
             shared.clone(),
