@@ -931,13 +931,14 @@ impl IkeDriver {
                 let (spis, suite, remote) = sa.map_or((None, None, None), |sa| {
                     (Some(sa.spis()), sa.ike_suite(), sa.remote())
                 });
+                let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
                 tracing::info!(
                     peer = %name,
-                    addr = ?remote,
-                    role = if self.peers[i].initiator { "initiator" } else { "responder" },
-                    spi_i = ?spis.map(|s| format!("{:#018x}", s.0)),
-                    spi_r = ?spis.map(|s| format!("{:#018x}", s.1)),
-                    suite = ?suite.as_ref().map(suite_name),
+                    addr = %or_dash(remote.map(|r| r.to_string())),
+                    role = %if self.peers[i].initiator { "initiator" } else { "responder" },
+                    spi_i = %or_dash(spis.map(|s| format!("{:#018x}", s.0))),
+                    spi_r = %or_dash(spis.map(|s| format!("{:#018x}", s.1))),
+                    suite = %or_dash(suite.as_ref().map(suite_name)),
                     "IKE SA established"
                 );
                 let p = &mut self.peers[i];
@@ -1516,7 +1517,7 @@ fn log_child(
         addr = %addr,
         spi_in = format_args!("{:#010x}", inbound.spi),
         spi_out = format_args!("{:#010x}", outbound.spi),
-        mode = if inbound.transport { "transport" } else { "tunnel" },
+        mode = %if inbound.transport { "transport" } else { "tunnel" },
         suite = %inbound.suite,
         esn = inbound.esn,
         udp_encap = inbound.udp_encap,

@@ -54,11 +54,15 @@ fn registry_name(debug: String) -> String {
 
 /// The payloads of a message by strongSwan's short names, comma
 /// separated: `SA,KE,No,N(NAT_DETECTION_SOURCE_IP)`; a Delete with its
-/// protocol and SPIs, `D(ESP:0xc0ffee01)`.
+/// protocol and SPIs, `D(ESP:0xc0ffee01)`; `-` for none (an empty
+/// INFORMATIONAL, a liveness check).
 pub(crate) struct PayloadNames<'a>(pub(crate) &'a [Payload]);
 
 impl fmt::Display for PayloadNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
         for (i, p) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
@@ -271,6 +275,7 @@ mod tests {
             PayloadNames(&payloads).to_string(),
             "No,N(NAT_DETECTION_SOURCE_IP),N(40000),D(ESP:0xc0ffee01),D(IKE),TSi"
         );
+        assert_eq!(PayloadNames(&[]).to_string(), "-");
         // The nonce's bytes are not shown.
         assert!(!PayloadNames(&payloads).to_string().contains("0101"));
     }
