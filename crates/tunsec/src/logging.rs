@@ -145,7 +145,7 @@ pub struct LogArgs {
     /// to tunsec's own code (libraries stay at info at most). At debug,
     /// each IKE message, the proposals, the traffic selectors and the SPIs
     /// are logged; never keys. Wins over RUST_LOG, which wins over
-    /// [node] log_level in the configuration; the default is info.
+    /// node.log_level in the configuration; the default is info.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
     /// How to write the log on stderr: text (colours only on a terminal),
