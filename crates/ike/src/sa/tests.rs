@@ -233,13 +233,17 @@ fn happy_path_every_default() {
     }
 }
 
-/// A writer for a test's log: everything goes into one buffer.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+std::thread_local! {
+    /// What this thread logged, under [`capture_log`].
+    static THREAD_LOG: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
-impl std::io::Write for LogBuffer {
+/// Writes into this thread's [`THREAD_LOG`].
+struct ThreadLog;
+
+impl std::io::Write for ThreadLog {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        THREAD_LOG.with(|log| log.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -247,43 +251,50 @@ impl std::io::Write for LogBuffer {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = Self;
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
+/// Runs `f` and returns what it logged on this thread, at every level
+/// down to debug. The subscriber is the process's global one, installed
+/// once: a scoped one (`with_default`) races with the callsite interest
+/// that other test threads register meanwhile, and then misses events.
+fn capture_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| ThreadLog)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        // A callsite another thread was registering during the install
+        // may have cached "never"; registrations from now on see the
+        // subscriber, and this corrects the ones in between.
+        tracing::callsite::rebuild_interest_cache();
+    });
+    THREAD_LOG.with(|log| log.borrow_mut().clear());
+    let out = f();
+    let text = THREAD_LOG.with(|log| std::mem::take(&mut *log.borrow_mut()));
+    (out, String::from_utf8(text).unwrap())
 }
 
 /// At debug level an IKE SA logs every message sent and received (the
 /// exchange, request or response, message ID, payloads, peer), the
 /// proposals offered and chosen, and the selectors offered and narrowed;
-/// never the PSK nor a key. At info level it logs nothing.
+/// never the PSK nor a key; and nothing above debug.
 #[test]
 fn debug_log_tells_the_exchanges_without_keys() {
-    let run = |level| {
-        let log = LogBuffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(log.clone())
-            .finish();
-        let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
-        let r = responder_config().with_selectors(
-            vec![ts::host(b, 17, 4789, 4789)],
-            vec![ts::host(a, 17, 0, u16::MAX)],
-        );
-        // The initiator sends its IKE_SA_INIT request when it is made.
-        let p = tracing::subscriber::with_default(subscriber, || {
-            let mut p = Pair::new(initiator_config(), r);
-            p.drive();
-            p
-        });
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        (p, text)
-    };
-    let (_, info) = run(tracing::Level::INFO);
-    assert_eq!(info, "", "the IKE SA logs at debug level only");
-    let (p, text) = run(tracing::Level::DEBUG);
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let r = responder_config().with_selectors(
+        vec![ts::host(b, 17, 4789, 4789)],
+        vec![ts::host(a, 17, 0, u16::MAX)],
+    );
+    // The initiator sends its IKE_SA_INIT request when it is made.
+    let (p, text) = capture_log(|| {
+        let mut p = Pair::new(initiator_config(), r);
+        p.drive();
+        p
+    });
+    for line in text.lines() {
+        assert!(line.contains(" DEBUG "), "not at debug level: {line}");
+    }
     let (i_in, i_out, ..) = assert_established(&p);
     for want in [
         "IKE sent IKE_SA_INIT request 0 peer=192.0.2.2:500 exchange=IKE_SA_INIT message_id=0 response=false initiator=true",
