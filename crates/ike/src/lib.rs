@@ -21,6 +21,10 @@
 //!   load (section 2.6).
 //! - [`cert`]: certificates and signature authentication (RFC 7427, RFC
 //!   4754, RFC 4945): keys, AUTH data, trust per peer, peer validation.
+//!
+//! Logs go through the `tracing` facade (no IO of its own): at debug
+//! level every IKE message sent and received, by payload names, and the
+//! proposals, traffic selectors and SPIs negotiated; never keys.
 
 #![forbid(unsafe_code)]
 

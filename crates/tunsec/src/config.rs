@@ -259,6 +259,7 @@ struct RawNode {
     underlay_mtu: Option<u16>,
     workers: Option<u16>,
     metrics_listen: Option<String>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -430,6 +431,9 @@ pub struct Node {
     /// Where tunsecd serves its metrics over HTTP (`GET /metrics`), if
     /// anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// What tunsecd logs, unless `--log-level` or `RUST_LOG` says
+    /// otherwise (see [`crate::logging`]).
+    pub log_level: Option<crate::logging::LogLevel>,
 }
 
 /// The most worker pairs `node.workers` allows.
@@ -845,7 +849,15 @@ fn validate_node(raw: RawNode) -> Result<Node, ConfigError> {
             Ok(addr)
         })
         .transpose()?;
+    let log_level = raw
+        .log_level
+        .map(|v| {
+            crate::logging::LogLevel::parse(&v)
+                .map_err(|reason| invalid("node.log_level", quoted(&v), reason))
+        })
+        .transpose()?;
     Ok(Node {
+        log_level,
         metrics_listen,
         workers: usize::from(workers),
         name: raw.name,
@@ -1665,6 +1677,28 @@ key_out = "b.out"
         assert_invalid(&with("workers = 65"), "node.workers", "65");
         let raw_esp = with("workers = 2") + "\n[esp]\nencapsulation = \"esp\"\n";
         assert_invalid(&raw_esp, "node.workers", "2");
+    }
+
+    #[test]
+    fn log_level() {
+        assert_eq!(parse(BASE).unwrap().node.log_level, None);
+        let with = |line: &str| BASE.replacen("[node]\n", &format!("[node]\n{line}\n"), 1);
+        let c = parse(&with("log_level = \"debug\"")).unwrap();
+        assert_eq!(c.node.log_level.unwrap().as_str(), "debug");
+        let c = parse(&with("log_level = \"info,tunsec_ike=trace\"")).unwrap();
+        assert_eq!(c.node.log_level.unwrap().as_str(), "info,tunsec_ike=trace");
+        assert_invalid(
+            &with("log_level = \"verbose\""),
+            "node.log_level",
+            "\"verbose\"",
+        );
+        let e = parse(&with("log_level = \"verbose\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node.log_level") && e.contains("debug, trace"),
+            "{e}"
+        );
     }
 
     fn assert_invalid(text: &str, field: &str, value: &str) {

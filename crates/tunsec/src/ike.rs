@@ -973,7 +973,20 @@ impl IkeDriver {
         let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
         match event {
             Event::IkeSaEstablished => {
-                tracing::info!(peer = %name, "IKE SA established");
+                let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
+                let (spis, suite, remote) = sa.map_or((None, None, None), |sa| {
+                    (Some(sa.spis()), sa.ike_suite(), sa.remote())
+                });
+                let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+                tracing::info!(
+                    peer = %name,
+                    addr = %or_dash(remote.map(|r| r.to_string())),
+                    role = %if self.peers[i].initiator { "initiator" } else { "responder" },
+                    spi_i = %or_dash(spis.map(|s| format!("{:#018x}", s.0))),
+                    spi_r = %or_dash(spis.map(|s| format!("{:#018x}", s.1))),
+                    suite = %or_dash(suite.as_ref().map(suite_name)),
+                    "IKE SA established"
+                );
                 let p = &mut self.peers[i];
                 p.fresh_ike_sa = true;
                 p.last_error = None;
@@ -1019,12 +1032,12 @@ impl IkeDriver {
                 match self.install(index, &inbound, &outbound, fresh) {
                     Ok(()) => {
                         self.peers[i].child_sas += 1;
-                        tracing::info!(
-                            peer = %name,
-                            spi_in = format_args!("{:#010x}", inbound.spi),
-                            spi_out = format_args!("{:#010x}", outbound.spi),
-                            suite = %inbound.suite,
-                            "Child SA up"
+                        log_child(
+                            &name,
+                            self.peers[i].addr.ip(),
+                            "Child SA installed",
+                            &inbound,
+                            &outbound,
                         );
                     }
                     Err(e) => {
@@ -1044,9 +1057,17 @@ impl IkeDriver {
                     tracing::info!(
                         peer = %name,
                         old_spi_in = format_args!("{old_inbound_spi:#010x}"),
+                        old_spi_out = format_args!("{old_outbound_spi:#010x}"),
                         spi_in = format_args!("{:#010x}", inbound.spi),
                         spi_out = format_args!("{:#010x}", outbound.spi),
                         "Child SA rekeyed"
+                    );
+                    log_child(
+                        &name,
+                        self.peers[i].addr.ip(),
+                        "Child SA installed (rekey)",
+                        &inbound,
+                        &outbound,
                     );
                 }
                 Err(e) => {
@@ -1062,6 +1083,7 @@ impl IkeDriver {
                 tracing::info!(
                     peer = %name,
                     spi_in = format_args!("{inbound_spi:#010x}"),
+                    spi_out = format_args!("{outbound_spi:#010x}"),
                     "Child SA deleted"
                 );
                 let rekeyed = self.peers[i]
@@ -1257,6 +1279,12 @@ impl IkeDriver {
     fn switch_outbound(&mut self, i: usize, k: usize) {
         let pending = self.peers[i].pending_outbound.remove(k);
         let index = self.peers[i].index;
+        tracing::debug!(
+            peer = %self.peers[i].name,
+            old_spi_out = format_args!("{:#010x}", pending.old_spi),
+            spi_out = format_args!("{:#010x}", pending.spi),
+            "outbound SA switched to the rekeyed one"
+        );
         let sa = Arc::new(Mutex::new(pending.sa));
         self.shared.edit(&mut |t: &mut dyn SaTables| {
             if let Some(outbound) = t.outbound_mut(index) {
@@ -1292,6 +1320,13 @@ impl IkeDriver {
             }
             self.peers[i].expiring_inbound = keep;
             let index = self.peers[i].index;
+            for (spi, _) in &due {
+                tracing::debug!(
+                    peer = %self.peers[i].name,
+                    spi_in = format_args!("{spi:#010x}"),
+                    "old inbound SA removed after its grace period"
+                );
+            }
             self.shared.edit(&mut |t: &mut dyn SaTables| {
                 t.inbound_mut()
                     .retain(|spi, e| !(e.peer == index && due.iter().any(|&(d, _)| d == *spi)));
@@ -1302,6 +1337,16 @@ impl IkeDriver {
     /// Removes one Child SA pair: the inbound SA, and the outbound one if
     /// it is still installed (after a rekey it no longer is).
     fn remove_pair(&self, index: usize, inbound_spi: u32, outbound_spi: u32) {
+        tracing::debug!(
+            peer = %self
+                .peers
+                .iter()
+                .find(|p| p.index == index)
+                .map_or("?", |p| p.name.as_str()),
+            spi_in = format_args!("{inbound_spi:#010x}"),
+            spi_out = format_args!("{outbound_spi:#010x}"),
+            "Child SA removed"
+        );
         self.shared.edit(&mut |t: &mut dyn SaTables| {
             t.inbound_mut()
                 .retain(|spi, e| !(e.peer == index && *spi == inbound_spi));
@@ -1321,18 +1366,35 @@ impl IkeDriver {
 
     /// Removes every SA of a peer: its `require` traffic is dropped.
     fn remove_sas(&self, index: usize, name: &str) {
-        let mut had_any = false;
+        let mut spis_in = Vec::new();
+        let mut spis_out = Vec::new();
         self.shared.edit(&mut |t: &mut dyn SaTables| {
+            spis_out.clear();
+            spis_in.clear();
             if let Some(slot) = t.outbound_mut(index) {
-                had_any |= !slot.is_empty();
+                spis_out.extend(slot.iter().filter_map(spi_of));
                 slot.clear();
             }
-            let before = t.inbound_mut().len();
-            t.inbound_mut().retain(|_, e| e.peer != index);
-            had_any |= t.inbound_mut().len() != before;
+            t.inbound_mut().retain(|spi, e| {
+                if e.peer == index {
+                    spis_in.push(*spi);
+                }
+                e.peer != index
+            });
         });
-        if had_any {
-            tracing::warn!(peer = %name, "SAs removed");
+        if !spis_in.is_empty() || !spis_out.is_empty() {
+            let hex = |spis: &[u32]| {
+                spis.iter()
+                    .map(|s| format!("{s:#010x}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            tracing::warn!(
+                peer = %name,
+                spis_in = %hex(&spis_in),
+                spis_out = %hex(&spis_out),
+                "SAs removed"
+            );
         }
     }
 
@@ -1478,6 +1540,37 @@ impl IkeDriver {
             }
         }
     }
+}
+
+/// Logs a Child SA pair that was installed: the peer, its SPIs in hex,
+/// the mode, the suite, and the traffic selectors (ours, the peer's).
+/// Never its keys.
+fn log_child(
+    name: &str,
+    addr: IpAddr,
+    what: &str,
+    inbound: &ChildSaParams,
+    outbound: &ChildSaParams,
+) {
+    let list = |ts: &[TrafficSelector]| {
+        ts.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    tracing::info!(
+        peer = %name,
+        addr = %addr,
+        spi_in = format_args!("{:#010x}", inbound.spi),
+        spi_out = format_args!("{:#010x}", outbound.spi),
+        mode = %if inbound.transport { "transport" } else { "tunnel" },
+        suite = %inbound.suite,
+        esn = inbound.esn,
+        udp_encap = inbound.udp_encap,
+        local_ts = %list(&inbound.local_ts),
+        remote_ts = %list(&inbound.remote_ts),
+        "{what}"
+    );
 }
 
 /// An IKE suite in strongSwan's proposal syntax, as the config writes it

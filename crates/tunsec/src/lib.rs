@@ -9,6 +9,7 @@
 //! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
 //!   port 500, installing the negotiated SAs.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
+//! - [`logging`]: tunsecd's log level and format.
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
 //! - [`bench`](mod@bench): `tunsec bench`.
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod demo;
 pub mod gateway;
 pub mod ike;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod pki;

@@ -7,6 +7,13 @@
 //!   SA established and a Child SA pair within seconds, tenants ping each
 //!   other, and the underlay capture holds IKE on UDP 500, ESP in UDP 4500
 //!   and ARP only, without one copy of the tenant marker.
+//! - `ike_debug_log` and `ike_debug_log_json`: both daemons at debug level
+//!   (`--log-level debug`; `[node] log_level = "debug"` with
+//!   `--log-format json`), stderr to a file: the log holds IKE_SA_INIT
+//!   and IKE_AUTH sent and received with message IDs and payload lists,
+//!   the proposals chosen, the traffic selectors, the Child SA installed
+//!   with the SPIs that status shows; no colour codes, no PSK, no key;
+//!   in JSON, every line is one object.
 //! - `ike_wrong_psk_fails_closed`: with different PSKs, no SA comes up,
 //!   status names the authentication failure, pings fail, and nothing but
 //!   IKE and ARP leaves the hosts.
@@ -344,6 +351,285 @@ fn ike_psk_establishes() {
         }
         let got = ping(&t2, &tenant_addr(1), 1)?;
         ensure!(got == 0, "a ping was answered after the SAs were deleted");
+        Ok(())
+    });
+}
+
+/// The PSK of the debug-log tests: it must never reach a log.
+const LOG_PSK: &str = "log-psk-Zq8vW2xR7tY4";
+
+/// Starts h1 and h2 with IKE (PSK) at debug level, each config changed by
+/// `config` and each daemon started with `args`; waits until both have a
+/// Child SA pair, stops both (the log is complete), and returns the two
+/// logs and each host's inbound and outbound SPI, as status showed them.
+fn debug_log_pair(
+    lab: &mut Lab,
+    config: impl Fn(String) -> String,
+    args: &[&str],
+) -> anyhow::Result<[(String, String, String); 2]> {
+    let pair = two_hosts(lab)?;
+    for (n, peer, ns) in [(1, 2, &pair.h1), (2, 1, &pair.h2)] {
+        let path = write_config(lab, n, peer, LOG_PSK)?;
+        std::fs::write(&path, config(std::fs::read_to_string(&path)?))?;
+        start_tunsecd_with(lab, ns, n, &path, args)?;
+    }
+    let spi = |s: &Status, dir: &str| {
+        s.peers
+            .iter()
+            .flat_map(|p| &p.sas)
+            .find(|sa| sa.direction == dir)
+            .map(|sa| sa.spi.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spis = loop {
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        let got = [&s1, &s2].map(|s| spi(s, "in").zip(spi(s, "out")));
+        if let [Some(a), Some(b)] = got {
+            break [a, b];
+        }
+        if Instant::now() > deadline {
+            bail!("no Child SA within 10 s:\n{}\n{}", s1.render(), s2.render());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(lab.stop("h1"), "tunsecd h1 did not exit cleanly");
+    ensure!(lab.stop("h2"), "tunsecd h2 did not exit cleanly");
+    let log = |n: u8| std::fs::read_to_string(lab.dir.path().join(format!("h{n}.log")));
+    let [(in1, out1), (in2, out2)] = spis;
+    Ok([(log(1)?, in1, out1), (log(2)?, in2, out2)])
+}
+
+/// What neither log format may hold: colour codes, the PSK, keys.
+fn assert_clean(host: &str, log: &str) -> anyhow::Result<()> {
+    ensure!(
+        !log.contains("\x1b["),
+        "{host}: the log holds ANSI escape codes"
+    );
+    ensure!(!log.contains(LOG_PSK), "{host}: the PSK is in the log");
+    ensure!(
+        !log.lines()
+            .any(|l| l.contains("SK_") || l.to_lowercase().contains("keymat")),
+        "{host}: a line names key material:\n{log}"
+    );
+    Ok(())
+}
+
+/// The first line of `log` that holds every one of `parts`.
+fn log_line<'a>(host: &str, log: &'a str, parts: &[&str]) -> anyhow::Result<&'a str> {
+    log.lines()
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .with_context(|| format!("{host}: no log line with {parts:?}:\n{log}"))
+}
+
+#[test]
+fn ike_debug_log() {
+    with_lab("log1", |lab| {
+        let t0 = Instant::now();
+        let [(h1, in1, out1), (h2, in2, out2)] =
+            debug_log_pair(lab, |c| c, &["--log-level", "debug"])?;
+        phase(lab, "IKE up, daemons stopped", t0);
+        ensure!(in1 == out2 && in2 == out1, "the SPIs do not cross");
+        for (host, log) in [("h1", &h1), ("h2", &h2)] {
+            assert_clean(host, log)?;
+        }
+        // h1 initiates (the lower address): each exchange both ways, with
+        // its message ID, flags and payloads.
+        let init = log_line(
+            "h1",
+            &h1,
+            &[
+                "DEBUG",
+                "IKE sent IKE_SA_INIT request 0",
+                "peer=192.0.2.2:500",
+                "message_id=0",
+                "response=false",
+                "initiator=true",
+                "payloads=SA,KE,No,",
+            ],
+        )?;
+        eprintln!("  h1: {init}");
+        log_line(
+            "h2",
+            &h2,
+            &[
+                "IKE received IKE_SA_INIT request 0",
+                "peer=192.0.2.1:500",
+                "payloads=SA,KE,No,",
+            ],
+        )?;
+        log_line(
+            "h2",
+            &h2,
+            &[
+                "IKE sent IKE_SA_INIT response 0",
+                "response=true",
+                "initiator=false",
+                "payloads=SA,KE,No,",
+            ],
+        )?;
+        log_line(
+            "h1",
+            &h1,
+            &["IKE received IKE_SA_INIT response 0", "payloads=SA,KE,No,"],
+        )?;
+        // IKE moves to the ESP-in-UDP port after IKE_SA_INIT (NAT-T forced).
+        let auth = log_line(
+            "h1",
+            &h1,
+            &[
+                "IKE sent IKE_AUTH request 1",
+                "peer=192.0.2.2:4500",
+                "message_id=1",
+                "payloads=IDi,",
+                "N(INITIAL_CONTACT),AUTH,N(USE_TRANSPORT_MODE),SA,TSi,TSr",
+            ],
+        )?;
+        eprintln!("  h1: {auth}");
+        log_line(
+            "h2",
+            &h2,
+            &["IKE received IKE_AUTH request 1", "payloads=IDi,"],
+        )?;
+        log_line(
+            "h2",
+            &h2,
+            &[
+                "IKE sent IKE_AUTH response 1",
+                "payloads=IDr,AUTH,N(USE_TRANSPORT_MODE),SA,TSi,TSr",
+            ],
+        )?;
+        log_line(
+            "h1",
+            &h1,
+            &["IKE received IKE_AUTH response 1", "payloads=IDr,AUTH"],
+        )?;
+        // Proposals and selectors.
+        log_line(
+            "h1",
+            &h1,
+            &[
+                "IKE proposals offered",
+                "proposals=aes128gcm16-prfsha256-x25519",
+            ],
+        )?;
+        log_line(
+            "h2",
+            &h2,
+            &["IKE proposal chosen", "chosen=aes128gcm16-prfsha256-x25519"],
+        )?;
+        log_line(
+            "h1",
+            &h1,
+            &[
+                "IKE proposal chosen by the peer",
+                "chosen=aes128gcm16-prfsha256-x25519",
+            ],
+        )?;
+        log_line("h2", &h2, &["ESP proposal chosen", "chosen=aes128gcm16"])?;
+        log_line(
+            "h1",
+            &h1,
+            &[
+                "traffic selectors offered (IKE_AUTH)",
+                "tsi=192.0.2.1/32[udp]",
+                "tsr=192.0.2.2/32[udp]",
+            ],
+        )?;
+        log_line(
+            "h2",
+            &h2,
+            &[
+                "traffic selectors narrowed",
+                "tsi=192.0.2.1/32[udp]",
+                "tsr=192.0.2.2/32[udp]",
+            ],
+        )?;
+        log_line("h1", &h1, &["traffic selectors narrowed by the peer"])?;
+        // The Child SA, installed with the SPIs status shows.
+        for (host, log, spi_in, spi_out, local, remote) in [
+            ("h1", &h1, &in1, &out1, "192.0.2.1", "192.0.2.2"),
+            ("h2", &h2, &in2, &out2, "192.0.2.2", "192.0.2.1"),
+        ] {
+            let line = log_line(
+                host,
+                log,
+                &[
+                    "Child SA installed",
+                    &format!("spi_in={spi_in}"),
+                    &format!("spi_out={spi_out}"),
+                    "mode=transport",
+                    "suite=aes128gcm16",
+                    &format!("local_ts={local}/32[udp]"),
+                    &format!("remote_ts={remote}/32[udp]"),
+                ],
+            )?;
+            eprintln!("  {host}: {line}");
+            // The ESP SPI is in the IKE_AUTH proposals too.
+            log_line(host, log, &["ESP proposal", &format!("spi_out={spi_out}")])?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn ike_debug_log_json() {
+    with_lab("log2", |lab| {
+        let t0 = Instant::now();
+        // The level from the configuration this time.
+        let debug = |c: String| c.replacen("[node]\n", "[node]\nlog_level = \"debug\"\n", 1);
+        let [(h1, in1, _), (h2, ..)] = debug_log_pair(lab, debug, &["--log-format", "json"])?;
+        phase(lab, "IKE up, daemons stopped", t0);
+        for (host, log) in [("h1", &h1), ("h2", &h2)] {
+            assert_clean(host, log)?;
+            ensure!(
+                log.lines().count() > 10,
+                "{host}: only {} lines",
+                log.lines().count()
+            );
+            for line in log.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{host}: not JSON: {line}"))?;
+                ensure!(
+                    v.is_object() && v["level"].is_string() && v["message"].is_string(),
+                    "{host}: not a log object: {line}"
+                );
+            }
+        }
+        let events = |log: &str| -> Vec<serde_json::Value> {
+            log.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        };
+        let (e1, e2) = (events(&h1), events(&h2));
+        let sent = e1
+            .iter()
+            .find(|e| e["message"] == "IKE sent IKE_AUTH request 1")
+            .context("h1: no IKE_AUTH request sent")?;
+        ensure!(
+            sent["exchange"] == "IKE_AUTH"
+                && sent["message_id"] == 1
+                && sent["response"] == false
+                && sent["level"] == "DEBUG"
+                && sent["payloads"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("SA,TSi,TSr")),
+            "h1: {sent}"
+        );
+        ensure!(
+            e2.iter()
+                .any(|e| e["message"] == "IKE received IKE_SA_INIT request 0"
+                    && e["peer"] == "192.0.2.1:500"),
+            "h2: no IKE_SA_INIT request received"
+        );
+        let child = e1
+            .iter()
+            .find(|e| e["message"] == "Child SA installed")
+            .context("h1: no Child SA installed")?;
+        ensure!(child["spi_in"] == in1.as_str(), "h1: {child}");
+        ensure!(
+            e1.iter().any(|e| e["source"] == "node.log_level"),
+            "h1 does not say the level came from the config"
+        );
         Ok(())
     });
 }

@@ -19,6 +19,7 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::codec::{Reader, len_u8, len_u16};
@@ -190,6 +191,93 @@ impl TrafficSelector {
     }
 }
 
+/// strongSwan's notation, as in its logs and `swanctl --list-sas`: the
+/// address range as a prefix when it is one (`192.0.2.1/32`, `0.0.0.0/0`),
+/// else `first..last`; then `[proto]` or `[proto/port]` or
+/// `[proto/first-last]` unless any protocol and any port. Opaque ports
+/// (start 65535, end 0) show as `OPAQUE`; an unknown type as `type N`.
+impl fmt::Display for TrafficSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ip_protocol, start_port, end_port) = match self {
+            Self::Ipv4 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            } => {
+                let (a, b) = (u32::from(*start), u32::from(*end));
+                write_range(f, start, end, prefix_of(a.into(), b.into(), 32))?;
+                (*ip_protocol, *start_port, *end_port)
+            }
+            Self::Ipv6 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            } => {
+                write_range(
+                    f,
+                    start,
+                    end,
+                    prefix_of((*start).into(), (*end).into(), 128),
+                )?;
+                (*ip_protocol, *start_port, *end_port)
+            }
+            Self::Unknown { ts_type, .. } => return write!(f, "type {ts_type}"),
+        };
+        let proto = match ip_protocol {
+            0 => None,
+            1 => Some("icmp".to_owned()),
+            6 => Some("tcp".to_owned()),
+            17 => Some("udp".to_owned()),
+            58 => Some("ipv6-icmp".to_owned()),
+            p => Some(p.to_string()),
+        };
+        let any_port = start_port == 0 && end_port == u16::MAX;
+        match (proto, any_port) {
+            (None, true) => Ok(()),
+            (Some(p), true) => write!(f, "[{p}]"),
+            (p, false) => {
+                write!(f, "[{}/", p.as_deref().unwrap_or("0"))?;
+                if start_port == u16::MAX && end_port == 0 {
+                    f.write_str("OPAQUE]")
+                } else if start_port == end_port {
+                    write!(f, "{start_port}]")
+                } else {
+                    write!(f, "{start_port}-{end_port}]")
+                }
+            }
+        }
+    }
+}
+
+/// The prefix length of `start..=end` if the range is exactly one prefix
+/// of an address `width` bits long.
+fn prefix_of(start: u128, end: u128, width: u32) -> Option<u32> {
+    let shared = (start ^ end).leading_zeros().saturating_sub(128 - width);
+    let host = width - shared;
+    let mask = if host == 0 {
+        0
+    } else {
+        u128::MAX >> (128 - host)
+    };
+    (start & mask == 0 && end & mask == mask).then_some(shared)
+}
+
+fn write_range(
+    f: &mut fmt::Formatter<'_>,
+    start: &dyn fmt::Display,
+    end: &dyn fmt::Display,
+    prefix: Option<u32>,
+) -> fmt::Result {
+    match prefix {
+        Some(len) => write!(f, "{start}/{len}"),
+        None => write!(f, "{start}..{end}"),
+    }
+}
+
 /// Decodes the body of a TSi or TSr payload.
 pub(crate) fn decode(body: &[u8]) -> Result<Vec<TrafficSelector>> {
     let mut r = Reader::new(body, "TS payload");
@@ -221,6 +309,56 @@ pub(crate) mod test {
     /// TSi of strongSwan's IKE_AUTH request (psk-x25519): 192.0.2.1/32, any
     /// protocol and port.
     const TSI: &str = "01000000070000100000ffffc0000201c0000201";
+
+    #[test]
+    fn display_is_strongswan_notation() {
+        let v4 = |ip_protocol, start_port, end_port, start: &str, end: &str| {
+            TrafficSelector::Ipv4 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start: start.parse().unwrap(),
+                end: end.parse().unwrap(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            v4(17, 4789, 4789, "192.0.2.1", "192.0.2.1"),
+            "192.0.2.1/32[udp/4789]"
+        );
+        assert_eq!(
+            v4(17, 0, 65535, "192.0.2.1", "192.0.2.1"),
+            "192.0.2.1/32[udp]"
+        );
+        assert_eq!(
+            v4(6, 16385, 16390, "10.0.0.0", "10.0.0.255"),
+            "10.0.0.0/24[tcp/16385-16390]"
+        );
+        assert_eq!(TrafficSelector::any_ipv4().to_string(), "0.0.0.0/0");
+        assert_eq!(
+            v4(0, 0, 65535, "10.0.0.1", "10.0.0.5"),
+            "10.0.0.1..10.0.0.5"
+        );
+        assert_eq!(
+            v4(47, 65535, 0, "10.0.0.0", "10.0.0.1"),
+            "10.0.0.0/31[47/OPAQUE]"
+        );
+        assert_eq!(v4(0, 80, 80, "10.0.0.0", "10.0.0.1"), "10.0.0.0/31[0/80]");
+        let v6 = TrafficSelector::Ipv6 {
+            ip_protocol: 58,
+            start_port: 0,
+            end_port: 65535,
+            start: "2001:db8::".parse().unwrap(),
+            end: "2001:db8::ffff:ffff".parse().unwrap(),
+        };
+        assert_eq!(v6.to_string(), "2001:db8::/96[ipv6-icmp]");
+        let unknown = TrafficSelector::Unknown {
+            ts_type: 10,
+            second: 0,
+            data: vec![1, 2],
+        };
+        assert_eq!(unknown.to_string(), "type 10");
+    }
 
     #[test]
     fn deconstruct_and_construct() {

@@ -31,7 +31,7 @@ use tunsec_esp::Key;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::config::{AuthFailure, Config, Event};
-use super::{IkeSa, Payloads, Role, Sk, State, encode_id, fragment};
+use super::{IkeSa, Payloads, Role, Sk, State, encode_id, logging};
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
     CertError, Credentials, HashAlgorithm, SUPPORTED_HASHES, Trust, UnixTime,
@@ -308,7 +308,13 @@ impl IkeSa {
             NotifyType::AuthenticationFailed,
             Vec::new(),
         ))];
-        if let Ok(bytes) = fragment::seal(&sk.outbound, self.fragment_limit, &header, &notify) {
+        if let Ok(bytes) = logging::seal(
+            self.remote,
+            &sk.outbound,
+            self.fragment_limit,
+            &header,
+            &notify,
+        ) {
             self.transmit_all(bytes);
         }
         self.close(Event::AuthFailed { reason });
@@ -335,8 +341,13 @@ impl IkeSa {
         }
         if let State::Established(st) = &self.state {
             let response = self.header(ExchangeType::Informational, true, 2);
-            if let Ok(bytes) = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &[])
-            {
+            if let Ok(bytes) = logging::seal(
+                self.remote,
+                &st.sk.outbound,
+                self.fragment_limit,
+                &response,
+                &[],
+            ) {
                 self.send_response(2, bytes);
             }
         }

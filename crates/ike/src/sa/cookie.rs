@@ -33,7 +33,9 @@ use aws_lc_rs::{constant_time, digest};
 use tunsec_esp::Key;
 use zeroize::Zeroizing;
 
-use super::{Discard, Event, IkeSa, InitSent, Payloads, Random, State, SystemRandom, Transmit};
+use super::{
+    Discard, Event, IkeSa, InitSent, Payloads, Random, State, SystemRandom, Transmit, logging,
+};
 use crate::error::{Error, Result};
 use crate::message::{
     ExchangeType, Header, MAJOR_VERSION, Message, Notify, NotifyType, Payload, PayloadType,
@@ -239,7 +241,16 @@ impl CookieJar {
         };
         match answer.encode() {
             Ok(bytes) => Screen::Ask {
-                transmit: Transmit { dst: remote, bytes },
+                transmit: {
+                    logging::message(
+                        logging::Direction::Sent,
+                        Some(remote),
+                        &answer.header,
+                        &answer.payloads,
+                        1,
+                    );
+                    Transmit { dst: remote, bytes }
+                },
                 invalid: presented.is_some(),
             },
             Err(_) => Screen::Unavailable,

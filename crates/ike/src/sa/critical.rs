@@ -26,7 +26,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Discard, Event, IkeSa, State, fragment};
+use super::{Discard, Event, IkeSa, State, fragment, logging};
 use crate::error::Error;
 use crate::message::{Header, Message, Notify, NotifyType, Payload};
 
@@ -75,7 +75,18 @@ impl IkeSa {
             bytes,
         );
         let payload_type = match opened {
-            Ok(message) => return Ok(message),
+            Ok(message) => {
+                if let Some(m) = &message {
+                    logging::message(
+                        logging::Direction::Received,
+                        Some(remote),
+                        header,
+                        &m.payloads,
+                        1,
+                    );
+                }
+                return Ok(message);
+            }
             Err(Error::UnsupportedCriticalPayload(t)) => t,
             Err(Error::IntegrityCheckFailed) => return Err(Discard::Integrity),
             Err(_) => return Err(Discard::Malformed),
@@ -83,7 +94,13 @@ impl IkeSa {
         let id = header.message_id;
         let response = self.header(header.exchange_type, true, id);
         let payloads = [Payload::Notify(unsupported(payload_type))];
-        let sealed = fragment::seal(&sk.outbound, self.fragment_limit, &response, &payloads);
+        let sealed = logging::seal(
+            Some(remote),
+            &sk.outbound,
+            self.fragment_limit,
+            &response,
+            &payloads,
+        );
         self.remote = Some(remote);
         self.stats.unsupported_critical += 1;
         match sealed {

@@ -221,6 +221,7 @@ impl Endpoint {
                 }
                 None => {
                     self.stats.unknown_spi += 1;
+                    tracing::debug!(peer = %remote, spi = %super::logging::Hex(spi), exchange = ?header.exchange_type, "IKE dropped a message: no IKE SA with its SPI");
                     Incoming::Dropped
                 }
             };
@@ -232,6 +233,7 @@ impl Endpoint {
             && header.exchange_type == ExchangeType::IkeSaInit;
         if !new_request {
             self.stats.unknown_spi += 1;
+            tracing::debug!(peer = %remote, exchange = ?header.exchange_type, message_id = header.message_id, "IKE dropped a message: no IKE SA, and not a new IKE_SA_INIT request");
             return Incoming::Dropped;
         }
         // RFC 7296 section 2.6: under load, no state (not even a look at
@@ -257,6 +259,7 @@ impl Endpoint {
             }
         }
         let Some((config, rng)) = accept(remote) else {
+            tracing::debug!(peer = %remote, "IKE_SA_INIT request not accepted (unknown peer, down, or our own attempt goes first)");
             self.stats.refused += 1;
             return Incoming::Refused;
         };

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Discard, Established, Event, IkeSa, MAX_KE_RETRIES, Outstanding, Payloads, RETRANSMIT_TIMEOUT,
-    Request, Role, Sk, State, fragment, offers_group, random_ike_spi, random_nonce, random_u64,
+    Request, Role, Sk, State, logging, offers_group, random_ike_spi, random_nonce, random_u64,
     rekey_time,
 };
 use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed_rekey};
@@ -167,12 +167,24 @@ impl IkeSa {
                 data: kex.public_value().to_vec(),
             }),
         ];
+        tracing::debug!(
+            peer = %logging::Peer(self.remote),
+            proposals = %logging::Proposals(&offer),
+            spi_i = %logging::Hex(spi_i),
+            "IKE proposals offered (IKE SA rekey)"
+        );
         let id = self.next_request_id;
         let header = self.header(ExchangeType::CreateChildSa, false, id);
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &payloads)?;
+        let bytes = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &header,
+            &payloads,
+        )?;
         st.request = Some(Request::IkeRekey(Box::new(IkeRekeySent {
             spi_i,
             ni,
@@ -296,7 +308,13 @@ impl IkeSa {
             Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
             Err(n) => (vec![Payload::Notify(n)], None),
         };
-        let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &payloads);
+        let sealed = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &response,
+            &payloads,
+        );
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
@@ -320,8 +338,17 @@ impl IkeSa {
         let (Some(sa), Some(ni), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
             return Err(syntax());
         };
-        let selected = proposal::select(&self.config.ike_proposals, &sa.proposals)
-            .ok_or(Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
+        let selected = proposal::select(&self.config.ike_proposals, &sa.proposals);
+        tracing::debug!(
+            peer = %logging::Peer(self.remote),
+            offered = %logging::Proposals(&sa.proposals),
+            chosen = %selected.as_ref().map_or_else(
+                || "none: NO_PROPOSAL_CHOSEN".to_owned(),
+                |c| proposal::to_strongswan(&c.proposal)
+            ),
+            "IKE proposal chosen (IKE SA rekey)"
+        );
+        let selected = selected.ok_or(Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
         let suite = IkeSuite::from_proposal(&selected.proposal)
             .map_err(|_| Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
         let spi_i = <[u8; 8]>::try_from(selected.proposal.spi.as_slice())
@@ -413,9 +440,9 @@ impl IkeSa {
         };
         let id = r.next_request_id;
         let header = r.header(ExchangeType::Informational, false, id);
-        let bytes =
-            r.sk.outbound
-                .seal(&header, &[Payload::Delete(Delete::ike())])?;
+        let payloads = [Payload::Delete(Delete::ike())];
+        let bytes = r.sk.outbound.seal(&header, &payloads)?;
+        logging::message(logging::Direction::Sent, self.remote, &header, &payloads, 1);
         r.next_request_id = id.wrapping_add(1);
         r.outstanding = Some(Outstanding {
             message_id: id,
@@ -466,7 +493,14 @@ impl IkeSa {
             if header.message_id != out.message_id {
                 return Err(Discard::WrongMessageId);
             }
-            open(r)?;
+            let message = open(r)?;
+            logging::message(
+                logging::Direction::Received,
+                Some(remote),
+                header,
+                &message.payloads,
+                1,
+            );
             // The old IKE SA is gone on both sides.
             self.retiring = None;
             return Ok(());
@@ -486,6 +520,13 @@ impl IkeSa {
             return Err(Discard::WrongMessageId);
         }
         let message = open(r)?;
+        logging::message(
+            logging::Direction::Received,
+            Some(remote),
+            header,
+            &message.payloads,
+            1,
+        );
         let reply = match header.exchange_type {
             ExchangeType::Informational => Vec::new(),
             _ => vec![Payload::Notify(Notify::new(
@@ -502,6 +543,7 @@ impl IkeSa {
             r.sk.outbound
                 .seal(&response, &reply)
                 .map_err(|_| Discard::Malformed)?;
+        logging::message(logging::Direction::Sent, Some(remote), &response, &reply, 1);
         r.peer_next_id = header.message_id.wrapping_add(1);
         r.last_response = Some((header.message_id, vec![sealed.clone()]));
         if deleted {

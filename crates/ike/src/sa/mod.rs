@@ -87,6 +87,7 @@ mod critical;
 mod endpoint;
 pub mod fragment;
 mod ike_rekey;
+mod logging;
 mod nat;
 pub mod ts;
 
@@ -118,6 +119,7 @@ use crate::message::{
 };
 use crate::proposal;
 use ike_rekey::{IkeRekeySent, Retiring};
+use logging::{Direction as Dir, Hex, Peer, Proposals, Selectors};
 
 /// The first retransmission timeout; each next one doubles it.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -565,6 +567,31 @@ fn encode_id(id: &Identity) -> Vec<u8> {
     body
 }
 
+/// Logs what an initiator offers for a Child SA (in IKE_AUTH or
+/// CREATE_CHILD_SA, `what`): the ESP proposals with our inbound SPI, and
+/// the traffic selectors.
+fn log_child_offer(
+    peer: Option<SocketAddr>,
+    what: &str,
+    spi_in: u32,
+    proposals: &[Proposal],
+    tsi: &[TrafficSelector],
+    tsr: &[TrafficSelector],
+) {
+    tracing::debug!(
+        peer = %Peer(peer),
+        proposals = %Proposals(proposals),
+        spi_in = %Hex(spi_in),
+        "ESP proposals offered ({what})"
+    );
+    tracing::debug!(
+        peer = %Peer(peer),
+        tsi = %Selectors(tsi),
+        tsr = %Selectors(tsr),
+        "traffic selectors offered ({what})"
+    );
+}
+
 /// The payloads of a decoded message, by type.
 struct Payloads<'a>(&'a [Payload]);
 
@@ -850,7 +877,13 @@ impl IkeSa {
         };
         let id = self.next_request_id;
         let header = self.header(ExchangeType::Informational, false, id);
-        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, payloads)?;
+        let bytes = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &header,
+            payloads,
+        )?;
         self.next_request_id = id.wrapping_add(1);
         self.send_request(now, ExchangeType::Informational, id, bytes);
         Ok(())
@@ -995,6 +1028,14 @@ impl IkeSa {
         out.transmissions += 1;
         out.timeout *= 2;
         out.deadline = now + out.timeout;
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            transmission = out.transmissions,
+            of = MAX_TRANSMISSIONS,
+            "IKE retransmitting {} request {}",
+            logging::rfc_name(&format!("{:?}", out.exchange)),
+            out.message_id
+        );
         let bytes = out.bytes.clone();
         self.stats.retransmits += 1;
         self.transmit_all(bytes);
@@ -1005,6 +1046,20 @@ impl IkeSa {
     /// is dropped and counted in [`Self::stats`]; nothing panics.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, bytes: &[u8]) {
         if let Err(discard) = self.handle(now, remote, bytes) {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let what = Header::decode(bytes).map_or_else(
+                    |_| "an undecodable message".to_owned(),
+                    |h| {
+                        format!(
+                            "{} {} {}",
+                            logging::rfc_name(&format!("{:?}", h.exchange_type)),
+                            if h.response { "response" } else { "request" },
+                            h.message_id
+                        )
+                    },
+                );
+                tracing::debug!(peer = %remote, reason = ?discard, state = self.state_name(), "IKE dropped {what}");
+            }
             let counter = match discard {
                 Discard::Malformed => &mut self.stats.malformed,
                 Discard::WrongSpi => &mut self.stats.wrong_spi,
@@ -1050,8 +1105,25 @@ impl IkeSa {
         }
     }
 
+    /// Logs what we send in the clear (IKE_SA_INIT): an encrypted message
+    /// was logged when it was sealed ([`logging::seal`]).
+    fn log_plain(&self, bytes: &[Vec<u8>]) {
+        for b in bytes {
+            let encrypted = Header::decode(b).is_ok_and(|h| {
+                matches!(
+                    h.next_payload,
+                    PayloadType::Encrypted | PayloadType::EncryptedFragment
+                )
+            });
+            if !encrypted {
+                logging::sent_plain(self.remote, b);
+            }
+        }
+    }
+
     /// Sends a request (or its fragments) and keeps it for retransmission.
     fn send_request(&mut self, now: Instant, exchange: ExchangeType, id: u32, bytes: Vec<Vec<u8>>) {
+        self.log_plain(&bytes);
         self.outstanding = Some(Outstanding {
             message_id: id,
             exchange,
@@ -1066,6 +1138,7 @@ impl IkeSa {
     /// Sends a response (or its fragments) and keeps it for retransmitted
     /// requests.
     fn send_response(&mut self, id: u32, bytes: Vec<Vec<u8>>) {
+        self.log_plain(&bytes);
         self.last_response = Some((id, bytes.clone()));
         self.transmit_all(bytes);
     }
@@ -1128,6 +1201,13 @@ impl IkeSa {
                 self.rng.as_mut(),
             )?);
         }
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            proposals = %Proposals(&self.config.ike_proposals),
+            ke = ?group,
+            spi_i = %Hex(self.spi_i),
+            "IKE proposals offered"
+        );
         Ok(InitSent {
             kex,
             ni,
@@ -1171,6 +1251,7 @@ impl IkeSa {
         let Some(message) = self.open_response(now, bytes)? else {
             return Ok(());
         };
+        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
         self.outstanding = None;
         match &self.state {
             State::AuthSent(_) => self.on_auth_response(now, &message),
@@ -1218,6 +1299,7 @@ impl IkeSa {
         bytes: &[u8],
     ) -> Result<(), Discard> {
         let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
+        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
         let p = Payloads(&message.payloads);
         // RFC 7296 section 2.6: a responder under load asks for a cookie
         // first (see cookie.rs).
@@ -1292,12 +1374,25 @@ impl IkeSa {
             }),
         };
         let Ok(suite) = suite else {
+            tracing::debug!(
+                peer = %remote,
+                chosen = %Proposals(&sa.proposals),
+                offered = %Proposals(&self.config.ike_proposals),
+                "IKE proposal of the peer refused: not exactly one of ours"
+            );
             self.close(Event::Failed {
                 notify: NotifyType::NoProposalChosen,
                 by_peer: false,
             });
             return Ok(());
         };
+        tracing::debug!(
+            peer = %remote,
+            chosen = %Proposals(&sa.proposals),
+            spi_i = %Hex(self.spi_i),
+            spi_r = %Hex(self.spi_r),
+            "IKE proposal chosen by the peer"
+        );
         if suite.group != st.kex.group() || ke.group != suite.group {
             self.close(Event::Failed {
                 notify: NotifyType::InvalidKePayload,
@@ -1440,7 +1535,16 @@ impl IkeSa {
         }));
         payloads.push(Payload::TsInitiator(c.local_ts.clone()));
         payloads.push(Payload::TsResponder(c.remote_ts.clone()));
-        let bytes = fragment::seal(
+        log_child_offer(
+            self.remote,
+            "IKE_AUTH",
+            esp_spi,
+            &esp_offer,
+            &c.local_ts,
+            &c.remote_ts,
+        );
+        let bytes = logging::seal(
+            self.remote,
             &sk.outbound,
             self.fragment_limit,
             &self.header(ExchangeType::IkeAuth, false, 1),
@@ -1583,13 +1687,28 @@ impl IkeSa {
             return Err(failed(NotifyType::InvalidSyntax));
         };
         let [chosen] = sa.proposals.as_slice() else {
+            tracing::debug!(peer = %Peer(self.remote), chosen = %Proposals(&sa.proposals), "ESP proposal of the peer refused: not exactly one");
             return Err(failed(NotifyType::NoProposalChosen));
         };
         let mut check = chosen.clone();
         check.spi = esp_spi.to_be_bytes().to_vec();
         let choice = proposal::check_chosen(esp_offer, &check)
             .and_then(|_| proposal::esp_choice(chosen))
-            .map_err(|_| failed(NotifyType::NoProposalChosen))?;
+            .map_err(|_| {
+                tracing::debug!(
+                    peer = %Peer(self.remote),
+                    chosen = %Proposals(core::slice::from_ref(chosen)),
+                    offered = %Proposals(esp_offer),
+                    "ESP proposal of the peer refused: not one we offered"
+                );
+                failed(NotifyType::NoProposalChosen)
+            })?;
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            chosen = %Proposals(core::slice::from_ref(chosen)),
+            spi_out = %logging::proposal_spi(chosen),
+            "ESP proposal chosen by the peer"
+        );
         let peer_spi = <[u8; 4]>::try_from(chosen.spi.as_slice())
             .map(u32::from_be_bytes)
             .map_err(|_| failed(NotifyType::InvalidSyntax))?;
@@ -1601,11 +1720,25 @@ impl IkeSa {
         let behind_nat = transport && self.nat.is_some_and(|n| n.local_behind_nat);
         // RFC 7296 section 2.9: the responder may narrow, never widen, what we
         // proposed.
-        if rtsi.is_empty()
-            || rtsr.is_empty()
-            || !(behind_nat || ts::is_subset(rtsi, tsi))
-            || !ts::is_subset(rtsr, tsr)
-        {
+        let acceptable = !rtsi.is_empty()
+            && !rtsr.is_empty()
+            && (behind_nat || ts::is_subset(rtsi, tsi))
+            && ts::is_subset(rtsr, tsr);
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            tsi = %Selectors(rtsi),
+            tsr = %Selectors(rtsr),
+            offered_tsi = %Selectors(tsi),
+            offered_tsr = %Selectors(tsr),
+            transport,
+            "traffic selectors {} by the peer",
+            if acceptable {
+                "narrowed"
+            } else {
+                "refused: widened"
+            }
+        );
+        if !acceptable {
             return Err(failed(NotifyType::TsUnacceptable));
         }
         let rtsi = if behind_nat { tsi } else { rtsi };
@@ -1670,6 +1803,11 @@ impl IkeSa {
                     return Ok(());
                 }
                 let response = response.clone();
+                tracing::debug!(
+                    peer = %remote,
+                    "IKE request {} received again: its response sent again",
+                    header.message_id
+                );
                 self.stats.cached_responses += 1;
                 self.remote = Some(remote);
                 self.transmit_all(response);
@@ -1726,7 +1864,13 @@ impl IkeSa {
                 return;
             };
             let (reply, events) = self.create_child_response(now, &mut st, message);
-            let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &reply);
+            let sealed = logging::seal(
+                self.remote,
+                &st.sk.outbound,
+                self.fragment_limit,
+                &response,
+                &reply,
+            );
             self.state = State::Established(st);
             self.peer_next_id = id.wrapping_add(1);
             match sealed {
@@ -1825,7 +1969,13 @@ impl IkeSa {
             reply.clear();
             events = vec![Event::IkeSaDeleted];
         }
-        let sealed = fragment::seal(&st.sk.outbound, self.fragment_limit, &response, &reply);
+        let sealed = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &response,
+            &reply,
+        );
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
@@ -1851,6 +2001,13 @@ impl IkeSa {
             payloads: vec![Payload::Notify(notify)],
         };
         if let Ok(bytes) = message.encode() {
+            logging::message(
+                Dir::Sent,
+                Some(remote),
+                &message.header,
+                &message.payloads,
+                1,
+            );
             self.transmits.push_back(Transmit { dst: remote, bytes });
         }
     }
@@ -1867,6 +2024,7 @@ impl IkeSa {
             // An unknown critical payload is answered (critical.rs).
             Err(e) => return self.undecodable_init(remote, header, e),
         };
+        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
         let p = Payloads(&message.payloads);
         let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
             return Err(Discard::Malformed);
@@ -1874,11 +2032,22 @@ impl IkeSa {
         // RFC 7296 section 2.7: the responder picks one proposal, or answers
         // NO_PROPOSAL_CHOSEN.
         let chosen = proposal::select(&self.config.ike_proposals, &sa.proposals);
-        let Some((chosen, suite)) = chosen.and_then(|c| {
+        let chosen = chosen.and_then(|c| {
             IkeSuite::from_proposal(&c.proposal)
                 .ok()
                 .map(|s| (c.proposal, s))
-        }) else {
+        });
+        tracing::debug!(
+            peer = %remote,
+            offered = %Proposals(&sa.proposals),
+            ours = %Proposals(&self.config.ike_proposals),
+            chosen = %chosen.as_ref().map_or_else(
+                || "none: NO_PROPOSAL_CHOSEN".to_owned(),
+                |(c, _)| proposal::to_strongswan(c)
+            ),
+            "IKE proposal chosen"
+        );
+        let Some((chosen, suite)) = chosen else {
             self.refuse_init(
                 remote,
                 header,
@@ -2038,7 +2207,13 @@ impl IkeSa {
                 NotifyType::AuthenticationFailed,
                 Vec::new(),
             ))];
-            match fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &notify) {
+            match logging::seal(
+                self.remote,
+                &st.sk.outbound,
+                self.fragment_limit,
+                &header,
+                &notify,
+            ) {
                 Ok(bytes) => {
                     self.send_response(1, bytes);
                     self.close(Event::AuthFailed { reason });
@@ -2093,7 +2268,13 @@ impl IkeSa {
                 }
             }
         };
-        match fragment::seal(&sk.outbound, self.fragment_limit, &header, &payloads) {
+        match logging::seal(
+            self.remote,
+            &sk.outbound,
+            self.fragment_limit,
+            &header,
+            &payloads,
+        ) {
             Ok(bytes) => {
                 self.send_response(1, bytes);
                 self.peer_next_id = 2;
@@ -2137,8 +2318,19 @@ impl IkeSa {
             )
         } else {
             proposal::select(&self.config.esp_proposals, &sa.proposals)
-        }
-        .ok_or(NotifyType::NoProposalChosen)?;
+        };
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            offered = %Proposals(&sa.proposals),
+            ours = %Proposals(&self.config.esp_proposals),
+            chosen = %selected.as_ref().map_or_else(
+                || "none: NO_PROPOSAL_CHOSEN".to_owned(),
+                |c| proposal::to_strongswan(&c.proposal)
+            ),
+            spi_out = %selected.as_ref().map(|c| logging::proposal_spi(&c.proposal)).unwrap_or_default(),
+            "ESP proposal chosen"
+        );
+        let selected = selected.ok_or(NotifyType::NoProposalChosen)?;
         let choice =
             proposal::esp_choice(&selected.proposal).map_err(|_| NotifyType::NoProposalChosen)?;
         let peer_spi = <[u8; 4]>::try_from(selected.proposal.spi.as_slice())
@@ -2163,9 +2355,27 @@ impl IkeSa {
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
         // policy; if nothing is left it answers TS_UNACCEPTABLE.
         let (local_policy, remote_policy) = self.config.policy_ts();
-        let tsi = ts::narrow(tsi, &remote_policy);
-        let tsr = ts::narrow(tsr, &local_policy);
-        if tsi.is_empty() || tsr.is_empty() {
+        let narrowed_tsi = ts::narrow(tsi, &remote_policy);
+        let narrowed_tsr = ts::narrow(tsr, &local_policy);
+        let acceptable = !narrowed_tsi.is_empty() && !narrowed_tsr.is_empty();
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            offered_tsi = %Selectors(tsi),
+            offered_tsr = %Selectors(tsr),
+            ours_local = %Selectors(&local_policy),
+            ours_remote = %Selectors(&remote_policy),
+            tsi = %Selectors(&narrowed_tsi),
+            tsr = %Selectors(&narrowed_tsr),
+            transport,
+            "traffic selectors {}",
+            if acceptable {
+                "narrowed"
+            } else {
+                "unacceptable: TS_UNACCEPTABLE"
+            }
+        );
+        let (tsi, tsr) = (narrowed_tsi, narrowed_tsr);
+        if !acceptable {
             return Err(NotifyType::TsUnacceptable);
         }
         let our_spi =
@@ -2336,6 +2546,11 @@ impl IkeSa {
         }
         payloads.push(Payload::TsInitiator(tsi.clone()));
         payloads.push(Payload::TsResponder(tsr.clone()));
+        let what = match target {
+            ChildTarget::Rekey((inbound, _)) => format!("rekey of {}", Hex(inbound)),
+            ChildTarget::Create(i) => format!("additional Child SA {i}"),
+        };
+        log_child_offer(self.remote, &what, esp_spi, &esp_offer, &tsi, &tsr);
         let rekey = RekeySent {
             target,
             ni,
@@ -2351,7 +2566,13 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        let bytes = fragment::seal(&st.sk.outbound, self.fragment_limit, &header, &payloads)?;
+        let bytes = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &header,
+            &payloads,
+        )?;
         st.request = Some(Request::Rekey(Box::new(rekey)));
         self.next_request_id = id.wrapping_add(1);
         self.send_request(now, ExchangeType::CreateChildSa, id, bytes);

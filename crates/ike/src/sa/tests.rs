@@ -233,6 +233,113 @@ fn happy_path_every_default() {
     }
 }
 
+std::thread_local! {
+    /// What this thread logged, under [`capture_log`].
+    static THREAD_LOG: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes into this thread's [`THREAD_LOG`].
+struct ThreadLog;
+
+impl std::io::Write for ThreadLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        THREAD_LOG.with(|log| log.borrow_mut().extend_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `f` and returns what it logged on this thread, at every level
+/// down to debug. The subscriber is the process's global one, installed
+/// once: a scoped one (`with_default`) races with the callsite interest
+/// that other test threads register meanwhile, and then misses events.
+fn capture_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| ThreadLog)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        // A callsite another thread was registering during the install
+        // may have cached "never"; registrations from now on see the
+        // subscriber, and this corrects the ones in between.
+        tracing::callsite::rebuild_interest_cache();
+    });
+    THREAD_LOG.with(|log| log.borrow_mut().clear());
+    let out = f();
+    let text = THREAD_LOG.with(|log| std::mem::take(&mut *log.borrow_mut()));
+    (out, String::from_utf8(text).unwrap())
+}
+
+/// At debug level an IKE SA logs every message sent and received (the
+/// exchange, request or response, message ID, payloads, peer), the
+/// proposals offered and chosen, and the selectors offered and narrowed;
+/// never the PSK nor a key; and nothing above debug.
+#[test]
+fn debug_log_tells_the_exchanges_without_keys() {
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let r = responder_config().with_selectors(
+        vec![ts::host(b, 17, 4789, 4789)],
+        vec![ts::host(a, 17, 0, u16::MAX)],
+    );
+    // The initiator sends its IKE_SA_INIT request when it is made.
+    let (p, text) = capture_log(|| {
+        let mut p = Pair::new(initiator_config(), r);
+        p.drive();
+        p
+    });
+    for line in text.lines() {
+        assert!(line.contains(" DEBUG "), "not at debug level: {line}");
+    }
+    let (i_in, i_out, ..) = assert_established(&p);
+    for want in [
+        "IKE sent IKE_SA_INIT request 0 peer=192.0.2.2:500 exchange=IKE_SA_INIT message_id=0 response=false initiator=true",
+        "IKE received IKE_SA_INIT request 0 peer=192.0.2.1:500",
+        "IKE sent IKE_SA_INIT response 0 peer=192.0.2.1:500",
+        "IKE received IKE_SA_INIT response 0 peer=192.0.2.2:500",
+        "payloads=SA,KE,No,N(IKEV2_FRAGMENTATION_SUPPORTED)",
+        "IKE sent IKE_AUTH request 1",
+        "IKE received IKE_AUTH request 1",
+        "IKE sent IKE_AUTH response 1",
+        "IKE received IKE_AUTH response 1",
+        "payloads=IDi,IDr,AUTH,N(USE_TRANSPORT_MODE),SA,TSi,TSr",
+        "payloads=IDr,AUTH,N(USE_TRANSPORT_MODE),SA,TSi,TSr",
+        "IKE proposals offered",
+        "chosen=aes128gcm16-prfsha256-x25519\n",
+        "IKE proposal chosen by the peer",
+        "ESP proposals offered (IKE_AUTH)",
+        "ESP proposal chosen by the peer",
+        "traffic selectors offered (IKE_AUTH) peer=192.0.2.2:500 tsi=0.0.0.0/0 tsr=0.0.0.0/0",
+        "traffic selectors narrowed",
+        "tsi=192.0.2.1/32[udp] tsr=192.0.2.2/32[udp/4789]",
+    ] {
+        assert!(text.contains(want), "no {want:?} in the log:\n{text}");
+    }
+    // The SPIs: the IKE SPIs in every message, the ESP SPIs with the
+    // proposals.
+    let (spi_i, spi_r) = p.initiator.spis();
+    assert!(text.contains(&format!("spi_i={spi_i:#018x} spi_r={spi_r:#018x}")));
+    assert!(
+        text.contains(&format!("spi_in={:#010x}", i_in.spi)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("spi_out=0x{:08x}", i_out.spi)),
+        "{text}"
+    );
+    // No secret: neither the PSK nor any Child SA key, in any form.
+    assert!(!text.contains("correct horse"), "the PSK is in the log");
+    for key in [&i_in.keys.encryption, &i_out.keys.encryption] {
+        let hex: String = key.expose().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!text.contains(&hex[..16]), "a key is in the log");
+    }
+    assert!(!text.contains("SK_"), "{text}");
+}
+
 /// The same seeds give the same SPIs: the test is deterministic.
 #[test]
 fn deterministic_spis() {

@@ -20,17 +20,20 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    // Logging (--log-level, --log-format): tunsec::logging.
+    #[command(flatten)]
+    log: tunsec::logging::LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let mut logging = match tunsec::logging::init(&args.log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tunsecd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    logging.apply_config(config.node.log_level.as_ref());
     if args.check && config.gateway.is_some() {
         println!(
             "{}: ok (gateway mode, {} peers)",

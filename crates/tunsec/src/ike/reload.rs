@@ -308,6 +308,13 @@ impl IkeDriver {
             switched = ours,
             "Child SA up (re-authentication, make before break)"
         );
+        super::log_child(
+            &name,
+            self.peers[i].addr.ip(),
+            "Child SA installed (re-authentication)",
+            inbound,
+            outbound,
+        );
         true
     }
 
@@ -325,6 +332,11 @@ impl IkeDriver {
             return;
         };
         let index = self.peers[i].index;
+        tracing::debug!(
+            peer = %self.peers[i].name,
+            spis_out = ?r.old_out.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
+            "re-authentication over: old outbound SAs removed"
+        );
         self.shared.edit(&mut |t: &mut dyn SaTables| {
             if let Some(out) = t.outbound_mut(index) {
                 out.retain(|sa| spi_of(sa).is_none_or(|spi| !r.old_out.contains(&spi)));

@@ -207,6 +207,29 @@ pub(crate) fn start_tunsecd(lab: &mut Lab, ns: &str, n: u8, config: &Path) -> an
         Path::new(TUNSECD),
         &["--config", &config],
     )?;
+    wait_for_tunsecd(lab, n)
+}
+
+/// As [`start_tunsecd`], with more arguments (`--log-level debug`), and
+/// without the test's own `RUST_LOG`, so that the log level is the one
+/// the arguments or the config give (`env -u RUST_LOG` execs tunsecd: its
+/// pid stays the lab's).
+pub(crate) fn start_tunsecd_with(
+    lab: &mut Lab,
+    ns: &str,
+    n: u8,
+    config: &Path,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let config = config.to_string_lossy().into_owned();
+    let mut args = vec!["-u", "RUST_LOG", TUNSECD, "--config", config.as_str()];
+    args.extend_from_slice(extra);
+    lab.spawn(&format!("h{n}"), ns, Path::new("env"), &args)?;
+    wait_for_tunsecd(lab, n)
+}
+
+/// Waits until tunsecd `h<n>` answers on its control socket.
+fn wait_for_tunsecd(lab: &Lab, n: u8) -> anyhow::Result<()> {
     let sock = socket_path(lab, n);
     lab.wait_for(
         &format!("tunsecd h{n} to answer on {}", sock.display()),
