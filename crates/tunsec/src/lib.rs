@@ -8,6 +8,8 @@
 //!   nftables guard around the kernel's own tunnels.
 //! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
 //!   port 500, installing the negotiated SAs.
+//! - [`cli`]: the command lines of both binaries (clap), for man pages
+//!   and completions too.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

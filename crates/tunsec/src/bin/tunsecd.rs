@@ -1,29 +1,17 @@
 //! `tunsecd`: the tunsec daemon.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
+use tunsec::cli::TunsecdArgs;
 use tunsec::config::Config;
 use tunsec::daemon::Daemon;
 use tunsec::gateway::GatewayDaemon;
 
-/// tunsecd: encrypts overlay tunnels between hosts with ESP.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// The configuration file (see docs/config.md).
-    #[arg(short, long, default_value = "/etc/tunsec/tunsec.toml")]
-    config: PathBuf,
-    /// Validate the configuration and exit.
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = TunsecdArgs::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
