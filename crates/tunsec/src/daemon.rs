@@ -354,6 +354,7 @@ impl Daemon {
                 tracing::info!("SIGHUP: reloading");
                 let _ = self.reload();
             }
+            crate::systemd::watchdog();
             if last_expiry.elapsed() >= Duration::from_secs(1) {
                 let now = Instant::now();
                 self.shared.fdb.expire(now);
@@ -362,6 +363,7 @@ impl Daemon {
             }
         }
         tracing::info!("stopping");
+        crate::systemd::stopping();
         drop(self.metrics.take());
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {

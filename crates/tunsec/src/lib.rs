@@ -16,6 +16,8 @@
 //! - [`bench`](mod@bench): `tunsec bench`.
 //! - [`netns`]: network namespaces for the demo and the tests.
 //! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
+//! - [`systemd`]: systemd's notify protocol (ready, watchdog, reload,
+//!   stop) for tunsecd.service.
 
 #![forbid(unsafe_code)]
 
@@ -31,3 +33,4 @@ pub mod metrics;
 pub mod netns;
 pub mod pki;
 pub mod status;
+pub mod systemd;

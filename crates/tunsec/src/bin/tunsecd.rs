@@ -60,6 +60,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        tunsec::systemd::ready();
         return match daemon.run(&term) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tunsec::systemd::ready();
     match daemon.run(&term) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

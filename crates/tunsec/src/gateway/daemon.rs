@@ -266,8 +266,10 @@ impl GatewayDaemon {
                 tracing::info!("SIGHUP: reloading");
                 let _ = self.reload();
             }
+            crate::systemd::watchdog();
         }
         tracing::info!("stopping");
+        crate::systemd::stopping();
         drop(self.metrics.take());
         // The workers and the IKE driver stop first (the driver deletes
         // its IKE SAs with the peers); until the rules go, whatever is
