@@ -16,11 +16,17 @@
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
 #                           strongSwan 5.9.8, the peer of strongswan_interop.rs
 #   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
+#   dpkg-dev:               dpkg-shlibdeps, for cargo deb's automatic dependencies
+#                           (scripts/deb.sh)
+#   man-db:                 `man`, to check that the installed .deb's man pages are found
+#                           (scripts/test-deb.sh)
+#   systemd:                systemd-analyze verify/security on tunsecd.service
+#                           (scripts/test-deb.sh, docs/packaging.md)
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-    libstrongswan-standard-plugins strongswan-pki; do
+    libstrongswan-standard-plugins strongswan-pki dpkg-dev man-db systemd; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

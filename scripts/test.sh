@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need, checks format
-# and lints, then runs every test. README.md and .ci/run both call this.
+# and lints, runs every test, then builds, installs and checks the .deb.
+# README.md and .ci/run both call this.
 # Run it as root: the end-to-end tests build network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +13,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The fuzz targets build on their own (cargo-fuzz); make sure they still compile.
 cargo check --manifest-path fuzz/Cargo.toml --bins --examples
 cargo test --workspace
+# The Debian package: build it, install it, check it, purge it. From the
+# dev profile, whose binaries the tests have just built: a release build
+# takes about 6 minutes more (docs/packaging.md).
+TUNSEC_DEB_PROFILE=dev bash scripts/test-deb.sh

@@ -289,6 +289,7 @@ impl Daemon {
         let control = Arc::new(self.control);
         crate::service::run(self.listener, control, term, &self.hangup)?;
         tracing::info!("stopping");
+        crate::systemd::stopping();
         drop(self.metrics.take());
         shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {

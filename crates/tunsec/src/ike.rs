@@ -201,6 +201,7 @@ pub(crate) fn reload(
     commands: &IkeCommands,
 ) -> crate::control::Response {
     use crate::control::Response;
+    let _reloading = crate::systemd::reloading();
     let Some(path) = path else {
         return Response::Error {
             message: "reload: tunsecd was started without a configuration file".to_owned(),

@@ -8,6 +8,8 @@
 //!   nftables guard around the kernel's own tunnels.
 //! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
 //!   port 500, installing the negotiated SAs.
+//! - [`cli`]: the command lines of both binaries (clap), for man pages
+//!   and completions too.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
 //! - [`logging`]: tunsecd's log level and format.
 //! - [`status`]: what `tunsec status` shows.
@@ -15,10 +17,13 @@
 //! - [`bench`](mod@bench): `tunsec bench`.
 //! - [`netns`]: network namespaces for the demo and the tests.
 //! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
+//! - [`systemd`]: systemd's notify protocol (ready, watchdog, reload,
+//!   stop) for tunsecd.service.
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -31,3 +36,4 @@ pub mod netns;
 pub mod pki;
 pub mod service;
 pub mod status;
+pub mod systemd;

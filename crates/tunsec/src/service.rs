@@ -43,6 +43,7 @@ pub fn run(
                 Response::Status(_) => {}
             }
         }
+        crate::systemd::watchdog();
         let now = Instant::now();
         if now.duration_since(last) >= HOUSEKEEPING {
             target.housekeeping(now);

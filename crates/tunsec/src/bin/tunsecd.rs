@@ -1,32 +1,17 @@
 //! `tunsecd`: the tunsec daemon.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
+use tunsec::cli::TunsecdArgs;
 use tunsec::config::Config;
 use tunsec::daemon::Daemon;
 use tunsec::gateway::GatewayDaemon;
 
-/// tunsecd: encrypts overlay tunnels between hosts with ESP.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// The configuration file (see docs/config.md).
-    #[arg(short, long, default_value = "/etc/tunsec/tunsec.toml")]
-    config: PathBuf,
-    /// Validate the configuration and exit.
-    #[arg(long)]
-    check: bool,
-    // Logging (--log-level, --log-format): tunsec::logging.
-    #[command(flatten)]
-    log: tunsec::logging::LogArgs,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = TunsecdArgs::parse();
     let mut logging = match tunsec::logging::init(&args.log) {
         Ok(l) => l,
         Err(e) => {
@@ -76,6 +61,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        tunsec::systemd::ready();
         return match daemon.run(&term) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -91,6 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tunsec::systemd::ready();
     match daemon.run(&term) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -265,6 +265,7 @@ impl GatewayDaemon {
         let control = Arc::new(self.control);
         crate::service::run(self.listener, control, term, &self.hangup)?;
         tracing::info!("stopping");
+        crate::systemd::stopping();
         drop(self.metrics.take());
         // The workers and the IKE driver stop first (the driver deletes
         // its IKE SAs with the peers); whatever is steered into the TUN
