@@ -12,9 +12,9 @@
 //! back-off). The other responds, and initiates only if nothing came from
 //! the peer within `START_GRACE` of its own start: that is how a restarted
 //! responder brings the tunnel back at once instead of waiting for the
-//! survivor's liveness check to fail. While the designated initiator has
-//! its own attempt in flight it ignores the peer's, so a simultaneous start
-//! converges on one IKE SA.
+//! survivor's liveness check to fail. When the two attempts cross (each
+//! side's IKE_SA_INIT reaches the other while its own is unanswered), both
+//! keep the one with the lower nonce, so they converge on one IKE SA.
 //!
 //! Restarts (RFC 7296 section 2.4): every IKE_AUTH we send carries
 //! INITIAL_CONTACT, since we never hold two IKE SAs with one peer. A new
@@ -57,7 +57,7 @@ use tunsec_datapath::overlay::{InboundEntry, SharedSa};
 use tunsec_datapath::sa_store::{SaStore, SaTables};
 use tunsec_datapath::worker::Sockets;
 use tunsec_esp::{Mode, Sa};
-use tunsec_ike::message::TrafficSelector;
+use tunsec_ike::message::{Message, TrafficSelector};
 use tunsec_ike::sa::{
     ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
     ts,
@@ -650,29 +650,32 @@ impl IkeDriver {
         let (local, esp_port) = (self.local, self.esp_port);
         let peers = &self.peers;
         let endpoint = &mut self.endpoint;
-        // Whether the designated initiator's own attempt is alive: in its
-        // first transmission, or answered. Then the peer's simultaneous
-        // attempt is ignored (the peer gives it up when ours reaches it),
-        // so that the two converge on one IKE SA. An attempt the peer has
-        // not answered after a retransmission yields to the peer's.
-        let in_flight: Vec<Option<SaHandle>> = peers
+        // Our own attempts that are not up yet, by their nonce.
+        let pending: Vec<Option<Vec<u8>>> = peers
             .iter()
             .map(|p| {
-                p.handle.filter(|_| p.initiator).filter(|&h| {
-                    endpoint.sa_mut(h).is_some_and(|sa| {
-                        !sa.is_established()
-                            && (sa.ike_suite().is_some() || sa.stats().retransmits == 0)
-                    })
-                })
+                p.handle
+                    .and_then(|h| endpoint.sa_mut(h))
+                    .and_then(|sa| sa.pending_init_nonce().map(<[u8]>::to_vec))
             })
             .collect();
+        let theirs = init_request_nonce(bytes);
+        let mut ours_goes_on = None;
         let incoming = endpoint.handle_datagram(now, src, bytes, |remote| {
             // Known peers only, by underlay address.
             let i = peers
                 .iter()
                 .position(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
-            if in_flight[i].is_some() {
-                return None;
+            // The peer's attempt crosses ours: both sides keep the attempt
+            // with the lower nonce (as RFC 7296 section 2.8.1 settles
+            // colliding rekeys), so exactly one gives way and the two
+            // converge on one IKE SA, whoever started first.
+            if let (Some(ours), Some(theirs)) = (&pending[i], &theirs) {
+                if ours.as_slice() < theirs.as_slice() {
+                    tracing::debug!(peer = %peers[i].name, "IKE: the peer's IKE_SA_INIT crosses ours, whose nonce is lower: ours goes on");
+                    ours_goes_on = Some(i);
+                    return None;
+                }
             }
             // Both sides re-authenticate at once (each reloaded, and the
             // IKE SA rekey set both off): the designated initiator's new
@@ -685,6 +688,13 @@ impl IkeDriver {
             let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
             Some((Self::ike_config(local, &peers[i], esp_port), rng))
         });
+        if let Some(i) = ours_goes_on {
+            // The peer gives its attempt up when it sees ours: now, not
+            // at our next retransmission.
+            if let Some(sa) = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h)) {
+                sa.send_init_again();
+            }
+        }
         match incoming {
             Incoming::Sa { handle, new: true } => {
                 let Some(p) = self.peers.iter_mut().find(|p| p.addr.ip() == src.ip()) else {
@@ -708,8 +718,8 @@ impl IkeDriver {
                     }
                     tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
                 } else {
-                    // Our own attempt (as the designated responder) gives
-                    // way to the peer's.
+                    // Our own attempt, if any, gives way to the peer's
+                    // (its nonce is lower, see the accept callback).
                     if let Some(old) = p.handle.replace(handle) {
                         self.endpoint.remove(old);
                     }
@@ -722,7 +732,18 @@ impl IkeDriver {
             Incoming::Sa { .. } | Incoming::Dropped => {}
         }
     }
+}
 
+/// The nonce of an IKE_SA_INIT request (on port 500, or behind the
+/// non-ESP marker), or `None` for anything else.
+fn init_request_nonce(bytes: &[u8]) -> Option<Vec<u8>> {
+    let message = Message::decode(bytes)
+        .ok()
+        .or_else(|| Message::decode(bytes.strip_prefix(&[0u8; 4])?).ok())?;
+    message.init_request_nonce().map(<[u8]>::to_vec)
+}
+
+impl IkeDriver {
     /// Initiates to every peer whose retry time has come.
     fn start_due(&mut self, now: Instant) {
         for i in 0..self.peers.len() {

@@ -335,6 +335,24 @@ impl Message {
         self.notifies().find(|n| n.notify_type == notify_type)
     }
 
+    /// The initiator's nonce (Ni) if this is the request of an
+    /// IKE_SA_INIT (RFC 7296 section 1.2: HDR, SAi1, KEi, Ni); `None` for
+    /// any other message.
+    pub fn init_request_nonce(&self) -> Option<&[u8]> {
+        let h = &self.header;
+        if h.exchange_type != ExchangeType::IkeSaInit
+            || h.response
+            || !h.initiator
+            || h.message_id != 0
+        {
+            return None;
+        }
+        self.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.as_slice()),
+            _ => None,
+        })
+    }
+
     /// The first payload of a type.
     pub fn payload(&self, payload_type: PayloadType) -> Option<&Payload> {
         self.payloads

@@ -947,6 +947,32 @@ impl IkeSa {
         }
     }
 
+    /// Our nonce (Ni) while we initiate this IKE SA and it is not up
+    /// yet (IKE_SA_INIT or IKE_AUTH sent); `None` otherwise. A driver
+    /// whose attempt crosses the peer's uses it to pick one of the two,
+    /// as both sides can: see `tunsec`'s IKE driver.
+    pub fn pending_init_nonce(&self) -> Option<&[u8]> {
+        match &self.state {
+            State::InitSent(st) => Some(&st.ni),
+            State::AuthSent(st) => Some(&st.ni),
+            _ => None,
+        }
+    }
+
+    /// Sends our IKE_SA_INIT request again at once while it is
+    /// unanswered: when the peer's attempt crosses ours and ours is the
+    /// one both keep, the peer gives its own up only once it sees ours.
+    /// The retransmission timer stays as it is.
+    pub fn send_init_again(&mut self) {
+        if !matches!(self.state, State::InitSent(_)) {
+            return;
+        }
+        if let Some(out) = &self.outstanding {
+            let bytes = out.bytes.clone();
+            self.transmit_all(bytes);
+        }
+    }
+
     /// Whether both sides are authenticated and the IKE SA is up.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established(_))

@@ -3030,3 +3030,41 @@ mod fragmentation {
         assert!(p.responder.is_established());
     }
 }
+
+/// The nonce of a pending attempt, the same nonce read from its
+/// IKE_SA_INIT request on the wire, and that request sent again at once
+/// on demand: what a driver needs to settle crossing attempts.
+#[test]
+fn pending_init_nonce_and_send_init_again() {
+    let now = Instant::now();
+    let mut sa = IkeSa::initiate(
+        initiator_config(),
+        addr(B),
+        now,
+        Box::new(SeededRandom::new(7)),
+    )
+    .unwrap();
+    let request = sa.poll_transmit().unwrap().bytes;
+    let ours = sa.pending_init_nonce().unwrap().to_vec();
+    assert_eq!(ours.len(), NONCE_LEN);
+    let decoded = Message::decode(&request).unwrap();
+    assert_eq!(decoded.init_request_nonce(), Some(ours.as_slice()));
+    assert!(sa.poll_transmit().is_none());
+    sa.send_init_again();
+    assert_eq!(sa.poll_transmit().unwrap().bytes, request, "the same request");
+    assert_eq!(sa.stats().retransmits, 0, "not counted as a retransmission");
+
+    // Once the IKE SA is up there is nothing pending, and no request to
+    // send again; the responder never has a pending nonce.
+    let mut p = Pair::new(initiator_config(), responder_config());
+    assert!(p.initiator.pending_init_nonce().is_some());
+    assert!(p.responder.pending_init_nonce().is_none());
+    p.drive();
+    assert_established(&p);
+    assert!(p.initiator.pending_init_nonce().is_none());
+    p.initiator.send_init_again();
+    assert!(p.initiator.poll_transmit().is_none());
+    // A response is no IKE_SA_INIT request.
+    let response = Message::decode(&p.from_responder[0]).unwrap();
+    assert_eq!(response.init_request_nonce(), None);
+}
