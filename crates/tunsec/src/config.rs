@@ -23,7 +23,7 @@ mod cert;
 mod mtu;
 mod secret;
 mod syntax;
-pub use cert::{AuthKind, dn_to_der};
+pub use cert::{AuthKind, der_to_dn, dn_to_der};
 pub use mtu::NetworkMtu;
 pub use secret::write_secret;
 
@@ -1264,7 +1264,7 @@ fn parse_port_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u16>> {
 
 /// An identity as written in the config: an IP address is ID_IPV4_ADDR or
 /// ID_IPV6_ADDR, `keyid:TEXT` is ID_KEY_ID, anything else is ID_FQDN.
-fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
+pub(crate) fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
     if let Ok(addr) = value.parse::<IpAddr>() {
         return Ok(ip_identity(addr));
     }

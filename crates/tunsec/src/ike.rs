@@ -42,6 +42,7 @@
 //! keeps taking packets in flight for `INBOUND_GRACE` more.
 //! Re-authentication (a new IKE SA beside the old one) is in `reload`.
 
+mod hint;
 mod reload;
 pub use reload::{ReloadPlan, plan as reload_plan};
 
@@ -1040,6 +1041,8 @@ impl IkeDriver {
                 }
             }
             Event::AuthFailed { reason } => {
+                let cert = self.peers[i].ike.cert.is_some();
+                let reason = hint::auth_failure(&name, &reason, cert);
                 tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
                 self.peers[i].last_error = Some(format!("authentication failed: {reason}"));
                 self.remove_all(i, index, &name);

@@ -427,8 +427,25 @@ fn identity_mismatch() {
     assert_eq!(
         p.r_events,
         vec![Event::AuthFailed {
-            reason: AuthFailure::IdentityMismatch
+            reason: AuthFailure::IdentityMismatch {
+                presented: Identity::Fqdn(b"a.tunsec.test".to_vec()),
+                expected: Identity::Fqdn(b"c.tunsec.test".to_vec()),
+            }
         }]
+    );
+    let Event::AuthFailed { reason } = &p.r_events[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason.to_string(),
+        "the peer's identity is ID_FQDN a.tunsec.test, the configuration expects ID_FQDN c.tunsec.test"
+    );
+    assert_eq!(
+        reason.unexpected_identity(),
+        Some((
+            &Identity::Fqdn(b"a.tunsec.test".to_vec()),
+            &Identity::Fqdn(b"c.tunsec.test".to_vec())
+        ))
     );
     assert_eq!(
         p.i_events,
