@@ -108,30 +108,3 @@ pub fn enslave(port: &str, bridge: &str) -> anyhow::Result<()> {
             .with_context(|| format!("cannot make {port:?} a port of bridge {bridge:?}"))
     })
 }
-
-/// The bridge `port` is a port of, by name, if any.
-pub fn master_of(port: &str) -> anyhow::Result<Option<String>> {
-    with_handle(async |handle| {
-        let Some(l) = link(&handle, port).await? else {
-            bail!("no device {port:?}");
-        };
-        let Some(master) = l.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Controller(i) => Some(*i),
-            _ => None,
-        }) else {
-            return Ok(None);
-        };
-        let mut links = handle.link().get().match_index(master).execute();
-        let name = links
-            .try_next()
-            .await
-            .context("cannot look up the master device")?
-            .and_then(|m| {
-                m.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n),
-                    _ => None,
-                })
-            });
-        Ok(name)
-    })
-}
