@@ -64,8 +64,9 @@ systemd-analyze verify /usr/lib/systemd/system/tunsecd.service
 systemd-analyze security --offline=yes /usr/lib/systemd/system/tunsecd.service --no-pager |
     tail -n 1
 
-# The example, with the key file it asks for.
-cp /usr/share/doc/tunsec/examples/overlay-psk.toml "$tmp/"
+# The example, with the key file it asks for (its /etc/tunsec/ moved
+# into the temporary directory).
+sed "s#/etc/tunsec/#$tmp/#g" /usr/share/doc/tunsec/examples/overlay-psk.toml >"$tmp/overlay-psk.toml"
 mkdir -m 0700 "$tmp/keys"
 (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/keys/host-b.psk")
 /usr/sbin/tunsecd --check --config "$tmp/overlay-psk.toml"

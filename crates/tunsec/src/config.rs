@@ -23,7 +23,7 @@ mod cert;
 mod mtu;
 mod secret;
 mod syntax;
-pub use cert::{AuthKind, dn_to_der};
+pub use cert::{AuthKind, der_to_dn, dn_to_der};
 pub use mtu::NetworkMtu;
 pub use secret::write_secret;
 
@@ -287,6 +287,7 @@ struct RawNetwork {
     encapsulation: TunnelEncapsulation,
     port: Option<u16>,
     tap: Option<String>,
+    bridge: Option<String>,
     mtu: Option<toml::Value>,
     #[serde(default)]
     fdb: Vec<RawFdbEntry>,
@@ -482,6 +483,9 @@ pub struct Network {
     pub port: u16,
     /// The TAP device name.
     pub tap: String,
+    /// An existing Linux bridge that tunsecd enslaves the TAP device to
+    /// at every start (a restart makes a new TAP device).
+    pub bridge: Option<String>,
     /// The TAP device MTU.
     pub mtu: Mtu,
     /// Static forwarding entries: MAC to peer name.
@@ -904,19 +908,33 @@ fn validate_network(
         ));
     }
     let tap = raw.tap.unwrap_or_else(|| format!("ts-{}", raw.name));
-    if tap.is_empty()
-        || tap.len() > MAX_IFNAME_LEN
-        || tap.contains(['/', ' ', '\0'])
-        || tap == "."
-        || tap == ".."
-    {
-        return Err(invalid(
-            f("tap"),
-            quoted(&tap),
-            format!(
-                "is not a valid interface name (1 to {MAX_IFNAME_LEN} characters, no '/' or spaces)"
-            ),
-        ));
+    let ifname = |field: &str, name: &str| {
+        if name.is_empty()
+            || name.len() > MAX_IFNAME_LEN
+            || name.contains(['/', ' ', '\0'])
+            || name == "."
+            || name == ".."
+        {
+            return Err(invalid(
+                f(field),
+                quoted(name),
+                format!(
+                    "is not a valid interface name (1 to {MAX_IFNAME_LEN} characters, no '/' or spaces)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    ifname("tap", &tap)?;
+    if let Some(bridge) = &raw.bridge {
+        ifname("bridge", bridge)?;
+        if *bridge == tap {
+            return Err(invalid(
+                f("bridge"),
+                quoted(bridge),
+                "is the network's own TAP device; name the existing bridge to enslave it to",
+            ));
+        }
     }
     let mtu = match raw.mtu {
         None => Mtu::Auto,
@@ -961,6 +979,7 @@ fn validate_network(
         encapsulation: raw.encapsulation,
         port,
         tap,
+        bridge: raw.bridge,
         mtu,
         fdb,
     })
@@ -1276,7 +1295,7 @@ fn parse_port_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u16>> {
 
 /// An identity as written in the config: an IP address is ID_IPV4_ADDR or
 /// ID_IPV6_ADDR, `keyid:TEXT` is ID_KEY_ID, anything else is ID_FQDN.
-fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
+pub(crate) fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
     if let Ok(addr) = value.parse::<IpAddr>() {
         return Ok(ip_identity(addr));
     }
@@ -2005,6 +2024,19 @@ key_out = "b.out"
             "network[0].tap",
             "\"a-very-long-interface-name\"",
         );
+        assert_invalid(
+            &BASE.replace("vni = 100", "vni = 100\nbridge = \"br/blue\""),
+            "network[0].bridge",
+            "\"br/blue\"",
+        );
+        assert_invalid(
+            &BASE.replace("vni = 100", "vni = 100\nbridge = \"ts-blue\""),
+            "network[0].bridge",
+            "\"ts-blue\"",
+        );
+        let bridged = parse(&BASE.replace("vni = 100", "vni = 100\nbridge = \"br-blue\"")).unwrap();
+        assert_eq!(bridged.networks[0].bridge.as_deref(), Some("br-blue"));
+        assert_eq!(parse(BASE).unwrap().networks[0].bridge, None);
     }
 
     const IKE_PEER: &str = "[peer.ike]\npsk_file = \"b.psk\"\n";

@@ -32,6 +32,7 @@ use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
+use crate::netlink::BridgeProblem;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 pub use crate::config::NetworkMtu;
@@ -115,6 +116,28 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
     Ok((tables, mtus))
 }
 
+/// Checks that every `[[network]] bridge` is an existing Linux bridge; the
+/// error names the field and the value.
+fn check_bridges(config: &Config) -> anyhow::Result<()> {
+    for (i, n) in config.networks.iter().enumerate() {
+        let Some(bridge) = &n.bridge else { continue };
+        match crate::netlink::bridge_problem(bridge)? {
+            None => {}
+            Some(BridgeProblem::Missing) => bail!(
+                "network[{i}].bridge: {bridge:?} does not exist: create the bridge first \
+                 (ip link add {bridge} type bridge && ip link set {bridge} up), \
+                 or remove the setting"
+            ),
+            Some(BridgeProblem::NotABridge(kind)) => bail!(
+                "network[{i}].bridge: {bridge:?} is not a Linux bridge but a {kind} device: \
+                 name a Linux bridge (an Open vSwitch bridge takes the TAP device with \
+                 ovs-vsctl add-port instead)"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// What the control socket and the housekeeping work on.
@@ -187,6 +210,10 @@ impl Daemon {
             worker_sockets.push(Arc::new(Sockets { esp, tunnels }));
         }
 
+        // The bridges the TAP devices join must exist: checked before any
+        // TAP device is made, so that a missing one leaves nothing half
+        // configured.
+        check_bridges(&config)?;
         // One queue of every TAP device per worker.
         let mut worker_devices: Vec<Vec<Arc<dyn FrameDevice>>> = vec![Vec::new(); workers];
         for (n, m) in config.networks.iter().zip(&mtus) {
@@ -204,6 +231,12 @@ impl Daemon {
             );
             for (w, dev) in queues.into_iter().enumerate() {
                 worker_devices[w].push(Arc::new(dev));
+            }
+            // A new TAP device at every start: it joins its bridge anew.
+            if let Some(bridge) = &n.bridge {
+                crate::netlink::enslave(&n.tap, bridge)
+                    .with_context(|| format!("network {:?}: bridge {bridge:?}", n.name))?;
+                tracing::info!(network = %n.name, tap = %n.tap, bridge = %bridge, "TAP device joined its bridge");
             }
         }
 

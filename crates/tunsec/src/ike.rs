@@ -42,6 +42,7 @@
 //! keeps taking packets in flight for `INBOUND_GRACE` more.
 //! Re-authentication (a new IKE SA beside the old one) is in `reload`.
 
+mod hint;
 mod reload;
 pub use reload::{ReloadPlan, plan as reload_plan};
 
@@ -65,7 +66,7 @@ use tunsec_ike::sa::{
 use tunsec_wire::natt::NON_ESP_MARKER;
 
 use crate::config::{ChildMode, ChildSelectors, Config, EspEncapsulation, IkePeer, PolicyKind};
-use crate::status::IkeStatus;
+use crate::status::{IkeStatus, nat_summary};
 use tunsec_datapath::gateway::GatewaySelector;
 
 /// The IKE port (RFC 7296 section 2).
@@ -1125,6 +1126,8 @@ impl IkeDriver {
                 }
             }
             Event::AuthFailed { reason } => {
+                let cert = self.peers[i].ike.cert.is_some();
+                let reason = hint::auth_failure(&name, &reason, cert);
                 tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
                 self.peers[i].last_error = Some(format!("authentication failed: {reason}"));
                 self.remove_all(i, index, &name);
@@ -1431,15 +1434,9 @@ impl IkeDriver {
                 |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_secs());
             let (ike_rekey, child_rekey) = sa.as_ref().map_or((None, None), |sa| sa.rekey_times());
             let age = sa.as_ref().and_then(|sa| sa.established_at());
-            let nat = sa.as_ref().and_then(|sa| sa.nat()).map(|n| {
-                match (n.local_behind_nat, n.remote_behind_nat, n.forced) {
-                    (true, _, _) => "we are behind a NAT",
-                    (false, true, _) => "the peer is behind a NAT (or forces UDP encapsulation)",
-                    (false, false, true) => "UDP encapsulation forced",
-                    (false, false, false) => "no NAT",
-                }
-                .to_owned()
-            });
+            let nat_state = sa.as_ref().and_then(|sa| sa.nat());
+            let nat =
+                nat_state.map(|n| nat_summary(n.local_behind_nat, n.remote_behind_nat, n.forced));
             let stats = sa.as_ref().map(|sa| sa.stats()).unwrap_or_default();
             let sa = sa.map(|sa| {
                 (
@@ -1472,6 +1469,9 @@ impl IkeDriver {
                     rekey_in_secs: secs_until(ike_rekey),
                     child_rekey_in_secs: secs_until(child_rekey),
                     nat,
+                    nat_local: nat_state.map(|n| n.local_behind_nat),
+                    nat_peer_mismatch: nat_state.map(|n| n.remote_behind_nat),
+                    udp_encap_forced: nat_state.map(|n| n.forced),
                     retransmits: stats.retransmits,
                     dropped: stats.malformed
                         + stats.wrong_spi

@@ -15,6 +15,8 @@
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
 //! - [`bench`](mod@bench): `tunsec bench`.
+//! - [`netlink`]: rtnetlink calls (links, bridge ports) on a short-lived
+//!   runtime.
 //! - [`netns`]: network namespaces for the demo and the tests.
 //! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
 //! - [`systemd`]: systemd's notify protocol (ready, watchdog, reload,
@@ -32,6 +34,7 @@ pub mod gateway;
 pub mod ike;
 pub mod logging;
 pub mod metrics;
+pub mod netlink;
 pub mod netns;
 pub mod pki;
 pub mod service;

@@ -197,9 +197,28 @@ pub struct IkeStatus {
     /// Seconds until the Child SA is rekeyed (with `child_lifetime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_rekey_in_secs: Option<u64>,
-    /// What NAT detection found (RFC 7296 section 2.23).
+    /// What NAT detection found and whether UDP encapsulation is forced,
+    /// in words ([`nat_summary`]; RFC 7296 section 2.23). The fields
+    /// below give the same apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<String>,
+    /// NAT detection: this host's address is translated (the peer's
+    /// NAT_DETECTION_DESTINATION_IP does not match it); this host then
+    /// sends NAT keepalives. Absent before IKE_SA_INIT, with raw ESP,
+    /// and from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_local: Option<bool>,
+    /// NAT detection: the peer's NAT_DETECTION_SOURCE_IP does not match
+    /// the address its packets come from. Either a NAT translates the
+    /// peer's address, or the peer forces UDP encapsulation (tunsecd
+    /// with ESP in UDP does, and strongSwan with `encap = yes`): on the
+    /// wire the two look the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_peer_mismatch: Option<bool>,
+    /// This host forces UDP encapsulation (`[esp] encapsulation =
+    /// "udp"`), NAT or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_encap_forced: Option<bool>,
     /// IKE requests this host sent again after a timeout.
     #[serde(default)]
     pub retransmits: u64,
@@ -219,6 +238,43 @@ pub struct IkeStatus {
     /// `pinned`) with the identity it must prove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+}
+
+/// What NAT detection found (`local`: this host's address is translated;
+/// `peer_mismatch`: the peer's is, or it forces UDP encapsulation) and
+/// whether this host forces UDP encapsulation, in words, each apart.
+pub fn nat_summary(local: bool, peer_mismatch: bool, forced: bool) -> String {
+    let this = if local {
+        "this host is behind a NAT"
+    } else {
+        "this host is not behind a NAT"
+    };
+    let peer = if peer_mismatch {
+        "the peer is behind a NAT or forces UDP encapsulation"
+    } else {
+        "the peer is not behind a NAT"
+    };
+    let encap = match (forced, local || peer_mismatch) {
+        (true, _) => "UDP encapsulation forced by this host",
+        (false, true) => "UDP encapsulation for the NAT",
+        (false, false) => "no UDP encapsulation",
+    };
+    format!("detected: {this}, {peer}; {encap}")
+}
+
+impl IkeStatus {
+    /// The NAT line of the text status: from the separate fields, or for
+    /// an older daemon its `nat` text.
+    fn nat_text(&self) -> Option<String> {
+        match (
+            self.nat_local,
+            self.nat_peer_mismatch,
+            self.udp_encap_forced,
+        ) {
+            (Some(local), Some(peer), Some(forced)) => Some(nat_summary(local, peer, forced)),
+            _ => self.nat.clone(),
+        }
+    }
 }
 
 /// For `skip_serializing_if`: a counter that never moved stays out of the
@@ -340,15 +396,17 @@ impl Status {
                 );
                 let _ = writeln!(
                     s,
-                    "        age {} rekey in {} (child in {}) ike rekeys {} nat: {} retransmits {} dropped {}",
+                    "        age {} rekey in {} (child in {}) ike rekeys {} retransmits {} dropped {}",
                     secs(ike.age_secs),
                     secs(ike.rekey_in_secs),
                     secs(ike.child_rekey_in_secs),
                     ike.ike_rekeys,
-                    ike.nat.as_deref().unwrap_or("-"),
                     ike.retransmits,
                     ike.dropped
                 );
+                if let Some(nat) = ike.nat_text() {
+                    let _ = writeln!(s, "        nat {nat}");
+                }
                 if ike.fragments_sent + ike.fragments_received > 0 {
                     let _ = writeln!(
                         s,
@@ -478,5 +536,91 @@ impl GatewayStatus {
                 p.guard_drops.map_or("?".to_owned(), |d| d.to_string())
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status with one IKE peer whose `ike` is `ike` (JSON fields).
+    fn with_ike(ike: &str) -> Status {
+        let json = format!(
+            r#"{{"node": {{"name": "h1", "underlay": "192.0.2.1", "esp": "udp/4500", "uptime_secs": 5}},
+                "networks": [], "drops": {{}}, "keepalives": 0, "fdb": [],
+                "peers": [{{"name": "h2", "underlay": "192.0.2.2", "policies": {{}}, "sas": [],
+                            "ike": {{"state": "established", "role": "initiator", {ike}}}}}]}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn nat_line(s: &Status) -> Option<String> {
+        s.render()
+            .lines()
+            .find(|l| l.trim_start().starts_with("nat "))
+            .map(|l| l.trim().to_owned())
+    }
+
+    /// A plain link where this host forces UDP encapsulation (as tunsecd
+    /// does with ESP in UDP): no NAT here, the peer's hash does not match
+    /// because it forces too, and the forcing is ours. Said apart, and not
+    /// as "the peer is behind a NAT".
+    #[test]
+    fn forced_encapsulation_is_not_a_nat() {
+        let json = format!(
+            r#""nat": {:?}, "nat_local": false, "nat_peer_mismatch": true, "udp_encap_forced": true"#,
+            nat_summary(false, true, true)
+        );
+        let s = with_ike(&json);
+        assert_eq!(
+            nat_line(&s).as_deref(),
+            Some(
+                "nat detected: this host is not behind a NAT, the peer is behind a NAT or forces \
+                 UDP encapsulation; UDP encapsulation forced by this host"
+            )
+        );
+        let plain = with_ike(
+            r#""nat_local": false, "nat_peer_mismatch": false, "udp_encap_forced": false"#,
+        );
+        assert_eq!(
+            nat_line(&plain).as_deref(),
+            Some(
+                "nat detected: this host is not behind a NAT, the peer is not behind a NAT; \
+                 no UDP encapsulation"
+            )
+        );
+        let behind =
+            with_ike(r#""nat_local": true, "nat_peer_mismatch": false, "udp_encap_forced": false"#);
+        assert_eq!(
+            nat_line(&behind).as_deref(),
+            Some(
+                "nat detected: this host is behind a NAT, the peer is not behind a NAT; \
+                 UDP encapsulation for the NAT"
+            )
+        );
+    }
+
+    /// The JSON keeps `nat` (the words) beside the new fields; a status
+    /// from a daemon that predates them still renders its `nat` text, and
+    /// a peer before IKE_SA_INIT has no NAT line.
+    #[test]
+    fn nat_json_is_compatible() {
+        let s = with_ike(
+            r#""nat": "x", "nat_local": true, "nat_peer_mismatch": true, "udp_encap_forced": false"#,
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        let ike = &json["peers"][0]["ike"];
+        assert_eq!(ike["nat"], "x");
+        assert_eq!(ike["nat_local"], true);
+        assert_eq!(ike["nat_peer_mismatch"], true);
+        assert_eq!(ike["udp_encap_forced"], false);
+        let old = with_ike(r#""nat": "we are behind a NAT""#);
+        assert_eq!(nat_line(&old).as_deref(), Some("nat we are behind a NAT"));
+        let none = with_ike(r#""retransmits": 0"#);
+        assert_eq!(nat_line(&none), None);
+        assert!(
+            !serde_json::to_string(&none).unwrap().contains("nat"),
+            "NAT fields before NAT detection"
+        );
     }
 }

@@ -11,7 +11,9 @@
 //!   pinning the other by its certificate file or its SHA-256
 //!   fingerprint; same checks.
 //! - `cert_refusals`: h1 presents an expired certificate, one from another
-//!   CA, a revoked one, and a valid one for h1 where h2 expects h3. Each
+//!   CA, a revoked one, a valid one for h1 where h2 expects h3, and its
+//!   certificate's DN where h2 expects `fqdn:h1` (then h2 says which
+//!   `remote_id` or `local_id` to set, on which host). Each
 //!   time h2 refuses with the reason in its status and log, h1 reports the
 //!   peer's AUTHENTICATION_FAILED in its status and log, neither holds an
 //!   SA, and tenants cannot ping. (An ID that its own certificate lacks is
@@ -278,6 +280,11 @@ fn refused(lab: &mut Lab, liar: u8, bad: &str, reason: &str) -> anyhow::Result<(
         ike1 = ca_ike(&d, 1, 2, "h1");
         ike2 = ike2.replace("remote_id = \"fqdn:h1\"", "remote_id = \"fqdn:h3\"");
     }
+    // "h1-dn": h1 left local_id at its certificate's DN, where h2
+    // expects fqdn:h1 (the mistake of the old example in docs/config.md).
+    if bad == "h1-dn" {
+        ike1 = ca_ike(&d, 1, 2, "h1").replace("local_id = \"fqdn:h1\"\n", "");
+    }
     let hosts = start(lab, &ike1, &ike2)?;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(15);
@@ -339,11 +346,18 @@ fn cert_refusals() {
     // Each case: what h1 presents, and what h2 must say; last, h2 (the
     // responder) revoked, refused by h1, which tells h2 in an
     // INFORMATIONAL (RFC 7296 section 2.21.2).
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
         ("expired", "certificate expired"),
         ("stranger", "unknown issuer"),
         ("revoked", "certificate revoked"),
         ("impostor", "identity mismatch"),
+        // The log and status say what to change, on which host.
+        (
+            "dn",
+            "peer h1 presented the identity dn:CN=h1, but remote_id is fqdn:h1: \
+             set remote_id = \"dn:CN=h1\" here, or local_id = \"fqdn:h1\" on h1 \
+             (its certificate must hold that name)",
+        ),
         ("revoked-responder", "certificate revoked"),
     ];
     for (case, reason) in cases {
@@ -374,6 +388,7 @@ fn cert_refusals() {
             pki::crl(&d.join("ca"), &revoke, 7, &d.join("ca.crl"))?;
             match case {
                 "impostor" => refused(lab, 1, "h1-for-h3", reason),
+                "dn" => refused(lab, 1, "h1-dn", reason),
                 "revoked-responder" => refused(lab, 2, "h2", reason),
                 _ => refused(lab, 1, "h1", reason),
             }

@@ -272,6 +272,22 @@ fn ike_psk_establishes() {
                     "the two sides disagree on the IKE SPIs: {i1:?} {i2:?}"
                 );
                 ensure!(i1.suite.is_some(), "no IKE suite: {i1:?}");
+                // A plain link: neither host is behind a NAT, and the UDP
+                // encapsulation is said to be forced, not a NAT's doing.
+                for (i, who) in [(&i1, "h1"), (&i2, "h2")] {
+                    ensure!(
+                        i.nat_local == Some(false) && i.udp_encap_forced == Some(true),
+                        "{who}: NAT detection on a plain link: {i:?}"
+                    );
+                    ensure!(
+                        i.nat.as_deref().is_some_and(|n| {
+                            n.contains("this host is not behind a NAT")
+                                && n.contains("UDP encapsulation forced by this host")
+                        }),
+                        "{who}: the NAT summary: {:?}",
+                        i.nat
+                    );
+                }
                 // The SPIs cross: h1's outbound is h2's inbound.
                 let spi = |s: &Status, peer: &str, dir: &str| {
                     s.peers
@@ -1803,14 +1819,19 @@ fn ike_behind_nat() {
         );
         eprintln!("  h1: {:?}\n  h2: {:?}", i1.nat, i2.nat);
         ensure!(
-            i1.nat.as_deref() == Some("we are behind a NAT"),
+            i1.nat_local == Some(true)
+                && i1.udp_encap_forced == Some(true)
+                && i1
+                    .nat
+                    .as_deref()
+                    .is_some_and(|n| n.contains("this host is behind a NAT")),
             "h1 did not find itself behind the NAT: {i1:?}"
         );
         ensure!(
-            i2.nat
-                .as_deref()
-                .is_some_and(|n| n.starts_with("the peer is behind a NAT")),
-            "h2 did not find h1 behind the NAT: {i2:?}"
+            i2.nat_local == Some(false)
+                && i2.nat_peer_mismatch == Some(true)
+                && i2.udp_encap_forced == Some(true),
+            "h2 did not find h1's address translated: {i2:?}"
         );
         phase(lab, "IKE up through the NAT", t0);
 

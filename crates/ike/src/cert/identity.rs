@@ -87,11 +87,10 @@ pub(crate) fn check_expected_identity(id: &Identity, expected: &Identity) -> Res
     if same {
         Ok(())
     } else {
-        Err(CertError::IdentityMismatch(format!(
-            "peer is {}, the configuration expects {}",
-            describe(id),
-            describe(expected)
-        )))
+        Err(CertError::UnexpectedIdentity {
+            presented: id.clone(),
+            expected: expected.clone(),
+        })
     }
 }
 
@@ -153,8 +152,9 @@ fn email_eq(a: &[u8], b: &[u8]) -> bool {
     la == lb && da.eq_ignore_ascii_case(&db)
 }
 
-/// A short description of an identity for log lines.
-pub(crate) fn describe(id: &Identity) -> String {
+/// A short description of an identity for log lines, by its ID type:
+/// `ID_FQDN host-b.example`, `ID_DER_ASN1_DN CN=host-b`.
+pub fn describe(id: &Identity) -> String {
     match id {
         Identity::Ipv4(a) => format!("ID_IPV4_ADDR {a}"),
         Identity::Ipv6(a) => format!("ID_IPV6_ADDR {a}"),

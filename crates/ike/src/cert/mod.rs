@@ -34,7 +34,7 @@ mod trust;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use identity::{check_identity, dn_eq};
+pub use identity::{check_identity, describe as describe_identity, dn_eq};
 pub use key::{Credentials, KeyType, PrivateKey};
 pub use peer::PeerPublicKey;
 pub use scheme::{
@@ -44,6 +44,8 @@ pub use scheme::{
 pub use trust::{Trust, fingerprint, verify_peer};
 
 pub use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::message::Identity;
 
 /// Why a certificate, key or signature was refused. The text is meant for
 /// a log line.
@@ -91,10 +93,23 @@ pub enum CertError {
     /// basic constraints or extended key usage forbid.
     #[error("key usage: {0}")]
     KeyUsage(String),
-    /// The peer's IKE identity is not in its certificate, or is not the one
-    /// the configuration expects.
+    /// The peer's IKE identity is not in its certificate (or is of a type
+    /// a certificate cannot vouch for).
     #[error("identity mismatch: {0}")]
     IdentityMismatch(String),
+    /// The peer's IKE identity is in its certificate, but it is not the
+    /// one the configuration expects (`remote_id`).
+    #[error(
+        "identity mismatch: peer is {}, the configuration expects {}",
+        identity::describe(presented),
+        identity::describe(expected)
+    )]
+    UnexpectedIdentity {
+        /// The identity the peer sent (its ID payload).
+        presented: Identity,
+        /// The identity the configuration expects of the peer.
+        expected: Identity,
+    },
     /// A CRL that does not parse or is not usable.
     #[error("CRL: {0}")]
     Crl(String),

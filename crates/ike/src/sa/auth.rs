@@ -155,7 +155,7 @@ pub(super) fn cert_payloads(config: &Config) -> Vec<Payload> {
 /// certificate holds (RFC 4945 section 3.1: its subject, or a
 /// subjectAltName), which we then answer as, so that a peer that names
 /// us by a SAN while our `local_id` is the subject DN still finds us.
-/// Else [`AuthFailure::IdentityMismatch`].
+/// Else [`AuthFailure::NotOurIdentity`].
 pub(super) fn responder_identity(
     config: &Config,
     idr: Option<&Identity>,
@@ -175,7 +175,10 @@ pub(super) fn responder_identity(
     if ours {
         Ok(idr.clone())
     } else {
-        Err(AuthFailure::IdentityMismatch)
+        Err(AuthFailure::NotOurIdentity {
+            asked: idr.clone(),
+            ours: config.local_id.clone(),
+        })
     }
 }
 
@@ -241,8 +244,11 @@ pub(super) fn verify_peer_auth(
         &encode_id(id),
     );
     let Some(cert) = &config.cert else {
-        if config.remote_id.as_ref().is_some_and(|r| r != id) {
-            return Err(AuthFailure::IdentityMismatch);
+        if let Some(expected) = config.remote_id.as_ref().filter(|r| *r != id) {
+            return Err(AuthFailure::IdentityMismatch {
+                presented: id.clone(),
+                expected: expected.clone(),
+            });
         }
         if auth.method != AuthMethod::SharedKey {
             return Err(AuthFailure::UnsupportedMethod);

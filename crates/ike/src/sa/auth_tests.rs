@@ -451,11 +451,22 @@ fn cert_refusals_by_the_responder() {
     // A valid certificate, but the responder expects another peer.
     let (cert, key) = ca.leaf(LeafSpec::new("a.tunsec.test", KeyType::EcdsaP256));
     let run4 = handshake(initiator(&cert, &key), responder(vec![], "c.tunsec.test"));
-    assert!(matches!(
-        &run4.r_events[..],
-        [Event::AuthFailed { reason: AuthFailure::Certificate(CertError::IdentityMismatch(m)) }]
-            if m.contains("c.tunsec.test")
-    ));
+    assert_eq!(
+        run4.r_events,
+        [Event::AuthFailed {
+            reason: AuthFailure::Certificate(CertError::UnexpectedIdentity {
+                presented: fqdn("a.tunsec.test"),
+                expected: fqdn("c.tunsec.test"),
+            })
+        }]
+    );
+    let Event::AuthFailed { reason } = &run4.r_events[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason.unexpected_identity(),
+        Some((&fqdn("a.tunsec.test"), &fqdn("c.tunsec.test")))
+    );
     // An ID that is not in the certificate, though it is the expected one.
     let mut i = initiator(&cert, &key);
     i.local_id = fqdn("c.tunsec.test");
@@ -744,15 +755,32 @@ fn cert_responder_answers_as_the_idr_in_its_certificate() {
     assert_eq!(
         run2.r_events,
         vec![Event::AuthFailed {
-            reason: AuthFailure::IdentityMismatch
+            reason: AuthFailure::NotOurIdentity {
+                asked: fqdn("c.tunsec.test"),
+                ours: Identity::DerAsn1Dn(subject.clone()),
+            }
         }]
+    );
+    // Not the peer's identity that is wrong, but the one it asked for.
+    let Event::AuthFailed { reason } = &run2.r_events[0] else {
+        unreachable!()
+    };
+    assert_eq!(reason.unexpected_identity(), None);
+    assert!(
+        reason.to_string().starts_with(
+            "the peer asked for ID_FQDN c.tunsec.test (IDr), but we are ID_DER_ASN1_DN "
+        ),
+        "{reason}"
     );
     // Without a certificate, only our own identity will do.
     let mut psk = Config::new(fqdn("b"), None, Key::from_slice(b"k"));
     assert_eq!(responder_identity(&psk, Some(&fqdn("B"))), Ok(fqdn("b")));
     assert_eq!(
         responder_identity(&psk, Some(&fqdn("b.tunsec.test"))),
-        Err(AuthFailure::IdentityMismatch)
+        Err(AuthFailure::NotOurIdentity {
+            asked: fqdn("b.tunsec.test"),
+            ours: fqdn("b"),
+        })
     );
     psk.local_id = Identity::DerAsn1Dn(subject);
     assert_eq!(responder_identity(&psk, None), Ok(psk.local_id.clone()));
@@ -894,7 +922,7 @@ fn cert_ovn_chassis_name_as_cn() {
     assert!(matches!(
         &refused.r_events[..],
         [Event::AuthFailed {
-            reason: AuthFailure::Certificate(CertError::IdentityMismatch(_))
+            reason: AuthFailure::Certificate(CertError::UnexpectedIdentity { .. })
         }]
     ));
 }

@@ -291,8 +291,24 @@ pub enum AuthFailure {
     RejectedByPeer,
     /// The peer's AUTH payload does not verify with our pre-shared key.
     BadAuth,
-    /// The peer's identity is not the one configured.
-    IdentityMismatch,
+    /// The peer's identity (its ID payload) is not the one configured
+    /// (`remote_id`). With certificates this is
+    /// [`CertError::UnexpectedIdentity`] instead.
+    IdentityMismatch {
+        /// The identity the peer sent.
+        presented: Identity,
+        /// The identity the configuration expects of the peer.
+        expected: Identity,
+    },
+    /// Responder: the initiator asked for us (IDr, RFC 7296 section 3.5)
+    /// by an identity that is neither our `local_id` nor, with a
+    /// certificate, a name the certificate holds.
+    NotOurIdentity {
+        /// The identity the initiator asked for.
+        asked: Identity,
+        /// Our configured identity.
+        ours: Identity,
+    },
     /// The peer used an authentication method other than the one
     /// configured (a shared key, or a signature).
     UnsupportedMethod,
@@ -304,11 +320,50 @@ pub enum AuthFailure {
     Certificate(CertError),
 }
 
+impl AuthFailure {
+    /// When the peer proved (or, with a PSK, named) an identity other than
+    /// the configured `remote_id`: the identity it presented and the one
+    /// expected. Both sides' configurations are then out of step: one
+    /// side's `local_id` must be the other side's `remote_id`.
+    pub fn unexpected_identity(&self) -> Option<(&Identity, &Identity)> {
+        match self {
+            Self::IdentityMismatch {
+                presented,
+                expected,
+            }
+            | Self::Certificate(CertError::UnexpectedIdentity {
+                presented,
+                expected,
+            }) => Some((presented, expected)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for AuthFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
             Self::Certificate(e) => {
                 return write!(f, "the peer's certificate or signature was refused: {e}");
+            }
+            Self::IdentityMismatch {
+                presented,
+                expected,
+            } => {
+                return write!(
+                    f,
+                    "the peer's identity is {}, the configuration expects {}",
+                    crate::cert::describe_identity(presented),
+                    crate::cert::describe_identity(expected)
+                );
+            }
+            Self::NotOurIdentity { asked, ours } => {
+                return write!(
+                    f,
+                    "the peer asked for {} (IDr), but we are {}",
+                    crate::cert::describe_identity(asked),
+                    crate::cert::describe_identity(ours)
+                );
             }
             Self::RejectedByPeer => {
                 "the peer answered AUTHENTICATION_FAILED (our credentials or identity not accepted)"
@@ -316,7 +371,6 @@ impl fmt::Display for AuthFailure {
             Self::BadAuth => {
                 "the peer's AUTH does not verify with our pre-shared key (the keys differ)"
             }
-            Self::IdentityMismatch => "the peer's identity is not the configured one",
             Self::UnsupportedMethod => {
                 "the peer's AUTH method is not the configured one (shared key or signature)"
             }

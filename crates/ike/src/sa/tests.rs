@@ -534,8 +534,25 @@ fn identity_mismatch() {
     assert_eq!(
         p.r_events,
         vec![Event::AuthFailed {
-            reason: AuthFailure::IdentityMismatch
+            reason: AuthFailure::IdentityMismatch {
+                presented: Identity::Fqdn(b"a.tunsec.test".to_vec()),
+                expected: Identity::Fqdn(b"c.tunsec.test".to_vec()),
+            }
         }]
+    );
+    let Event::AuthFailed { reason } = &p.r_events[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason.to_string(),
+        "the peer's identity is ID_FQDN a.tunsec.test, the configuration expects ID_FQDN c.tunsec.test"
+    );
+    assert_eq!(
+        reason.unexpected_identity(),
+        Some((
+            &Identity::Fqdn(b"a.tunsec.test".to_vec()),
+            &Identity::Fqdn(b"c.tunsec.test".to_vec())
+        ))
     );
     assert_eq!(
         p.i_events,
@@ -3051,7 +3068,11 @@ fn pending_init_nonce_and_send_init_again() {
     assert_eq!(decoded.init_request_nonce(), Some(ours.as_slice()));
     assert!(sa.poll_transmit().is_none());
     sa.send_init_again();
-    assert_eq!(sa.poll_transmit().unwrap().bytes, request, "the same request");
+    assert_eq!(
+        sa.poll_transmit().unwrap().bytes,
+        request,
+        "the same request"
+    );
     assert_eq!(sa.stats().retransmits, 0, "not counted as a retransmission");
 
     // Once the IKE SA is up there is nothing pending, and no request to

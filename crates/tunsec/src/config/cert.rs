@@ -323,6 +323,30 @@ pub fn dn_to_der(text: &str) -> Result<Vec<u8>, String> {
     }))
 }
 
+/// The inverse of [`dn_to_der`]: a DN (DER of an X.501 Name) in
+/// strongSwan's notation (`C=CH, O=Example\, Inc., CN=node-1`), as a
+/// `dn:` identity takes it; `None` if it holds an attribute type that
+/// notation lacks, a multi-valued RDN, or a value that is not a string.
+pub fn der_to_dn(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Name};
+    let (_, name) = X509Name::from_der(der).ok()?;
+    let mut parts = Vec::new();
+    for rdn in name.iter_rdn() {
+        let [attr] = rdn.iter().collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        let oid: Vec<u64> = attr.attr_type().iter()?.collect();
+        let (type_name, _, _) = DN_TYPES.iter().find(|(_, o, _)| *o == oid.as_slice())?;
+        let value = attr.as_str().ok()?;
+        if value.is_empty() || value.trim() != value {
+            return None;
+        }
+        let escaped = value.replace('\\', "\\\\").replace(',', "\\,");
+        parts.push(format!("{type_name}={escaped}"));
+    }
+    Some(parts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

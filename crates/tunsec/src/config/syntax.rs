@@ -320,7 +320,7 @@ key_out = "b.out"
                 "vni = 100",
                 "vni = 100\ncolour = \"blue\"",
                 "network[0].colour",
-                "is not a known field; expected one of `name`, `vni`, `encapsulation`, `port`, `tap`, `mtu`, `fdb`",
+                "is not a known field; expected one of `name`, `vni`, `encapsulation`, `port`, `tap`, `bridge`, `mtu`, `fdb`",
             ),
             (
                 "[node]\n",

@@ -18,12 +18,14 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::IpProtocol;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+
+use crate::netlink::{link_index, with_handle};
 
 /// One steering rule: traffic to `peer` of `protocol` whose source or
 /// destination port (`by_source`) is in `ports`.
@@ -55,24 +57,6 @@ pub struct Steering {
     pub fwmark: u32,
     /// The steering rules.
     pub rules: Vec<SteerRule>,
-}
-
-/// Runs `f` with an rtnetlink handle on a short-lived single-threaded
-/// runtime: the data path stays on plain threads, and routing changes
-/// only at start and stop.
-fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("cannot start a runtime for rtnetlink")?;
-    rt.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
-        let conn = tokio::spawn(connection);
-        let r = f(handle).await;
-        conn.abort();
-        r
-    })
 }
 
 fn host_len(addr: IpAddr) -> u8 {
@@ -406,15 +390,6 @@ async fn routes_in_table(
         .into_iter()
         .filter(|r| route_table(r) == table)
         .collect())
-}
-
-async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(link)) => Ok(link.header.index),
-        Ok(None) => bail!("no device {name:?}"),
-        Err(e) => Err(e).with_context(|| format!("cannot look up device {name:?}")),
-    }
 }
 
 /// A kernel tunnel device as rtnetlink describes it.

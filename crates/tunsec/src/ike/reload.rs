@@ -8,9 +8,8 @@
 
 use std::time::Instant;
 
-use tunsec_ike::message::Identity;
 use tunsec_ike::sa::{ChildSaParams, Event, SaHandle, SystemRandom, Transmit};
-use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use tunsec_datapath::sa_store::SaTables;
 
@@ -126,10 +125,10 @@ pub(super) fn describe_events(events: &[Event]) -> String {
 /// or our certificate (subject, key type, notAfter) and the trust in the
 /// peer, with the identity it must prove.
 pub(super) fn auth_summary(ike: &IkePeer) -> String {
-    let expect = ike
-        .remote_id
-        .as_ref()
-        .map_or_else(|| "any identity in it".to_owned(), show_identity);
+    let expect = ike.remote_id.as_ref().map_or_else(
+        || "any identity in it".to_owned(),
+        super::hint::show_identity,
+    );
     let Some(cert) = &ike.cert else {
         return format!("psk, peer {expect}");
     };
@@ -150,22 +149,6 @@ pub(super) fn auth_summary(ike: &IkePeer) -> String {
             },
         );
     format!("{ours}; peer {expect}, {}", cert.trust.describe())
-}
-
-/// An identity as the config writes it.
-fn show_identity(id: &Identity) -> String {
-    match id {
-        Identity::Ipv4(a) => format!("ip:{a}"),
-        Identity::Ipv6(a) => format!("ip:{a}"),
-        Identity::Fqdn(n) => format!("fqdn:{}", String::from_utf8_lossy(n)),
-        Identity::Rfc822(n) => format!("email:{}", String::from_utf8_lossy(n)),
-        Identity::DerAsn1Dn(dn) => match X509Name::from_der(dn) {
-            Ok((_, name)) => format!("dn:{name}"),
-            Err(_) => "dn:(unreadable)".to_owned(),
-        },
-        Identity::KeyId(k) => format!("keyid:{}", String::from_utf8_lossy(k)),
-        other => format!("{other:?}"),
-    }
 }
 
 /// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,

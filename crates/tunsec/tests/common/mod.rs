@@ -75,7 +75,8 @@ pub(crate) fn add_tenant(lab: &mut Lab, host: &str, n: u8, tap: &str) -> anyhow:
 }
 
 /// Tenant namespace `name` behind `tap` of `host`, through bridge
-/// `br-{id}` and veth `v{id}`, with address `addr`/24.
+/// `br-{id}` and veth `v{id}`, with address `addr`/24. The test enslaves
+/// the TAP device to the bridge itself.
 pub(crate) fn add_tenant_on(
     lab: &mut Lab,
     host: &str,
@@ -84,6 +85,26 @@ pub(crate) fn add_tenant_on(
     tap: &str,
     addr: &str,
 ) -> anyhow::Result<String> {
+    let (t, bridge) = add_tenant_behind_bridge(lab, host, name, id, addr)?;
+    lab.wait_for(&format!("{tap} in {host}"), Duration::from_secs(5), || {
+        lab.try_exec(host, "ip", &["link", "show", tap])
+    })?;
+    lab.exec(host, "ip", &["link", "set", tap, "master", &bridge])?;
+    set_tenant_mtu(lab, host, &t, tap)?;
+    Ok(t)
+}
+
+/// Tenant namespace `name` with address `addr`/24 behind a new bridge
+/// `br-{id}` of `host` (through veth `v{id}`), without a TAP device on
+/// it: for `[[network]] bridge = "br-{id}"`, where tunsecd enslaves its
+/// TAP device itself. Returns the tenant's namespace and the bridge.
+pub(crate) fn add_tenant_behind_bridge(
+    lab: &mut Lab,
+    host: &str,
+    name: &str,
+    id: &str,
+    addr: &str,
+) -> anyhow::Result<(String, String)> {
     let t = lab.add_ns(name)?;
     let bridge = format!("br-{id}");
     let veth = format!("v{id}");
@@ -103,18 +124,20 @@ pub(crate) fn add_tenant_on(
     lab.exec(host, "ip", &["link", "set", &bridge, "up"])?;
     lab.veth(host, &veth, &t, "eth0")?;
     lab.exec(host, "ip", &["link", "set", &veth, "master", &bridge])?;
-    lab.wait_for(&format!("{tap} in {host}"), Duration::from_secs(5), || {
-        lab.try_exec(host, "ip", &["link", "show", tap])
-    })?;
-    lab.exec(host, "ip", &["link", "set", tap, "master", &bridge])?;
-    let mtu = link_mtu(lab, host, tap)?;
-    lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
     lab.exec(
         &t,
         "ip",
         &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
     )?;
-    Ok(t)
+    Ok((t, bridge))
+}
+
+/// Gives tenant `t` the MTU of `tap` of `host`, as a cloud would tell its
+/// VMs, so that full-size frames fit.
+pub(crate) fn set_tenant_mtu(lab: &Lab, host: &str, t: &str, tap: &str) -> anyhow::Result<()> {
+    let mtu = link_mtu(lab, host, tap)?;
+    lab.exec(t, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
+    Ok(())
 }
 
 pub(crate) fn link_mtu(lab: &Lab, ns: &str, dev: &str) -> anyhow::Result<u16> {
