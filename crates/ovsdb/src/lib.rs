@@ -7,7 +7,9 @@
 //! - [`codec`]: framing of back-to-back JSON messages, with a size bound;
 //! - [`jsonrpc`]: requests, notifications, responses;
 //! - [`datum`] and [`schema`]: OVSDB atoms, sets and maps, read against
-//!   the column types of the server's schema.
+//!   the column types of the server's schema;
+//! - [`cache`]: the monitored rows, and the rules of `update` and
+//!   `update2` that change them.
 //!
 //! Nothing here panics on input from the network: malformed bytes, wrong
 //! types and unknown ids are errors that reset the connection, or are
@@ -15,12 +17,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod codec;
 pub mod datum;
 mod error;
 pub mod jsonrpc;
 pub mod schema;
 
+pub use cache::{Cache, Notation, Row, Table};
 pub use datum::{Atom, AtomicType, Datum, Uuid};
 pub use error::{CodecError, DataError, Error, RemoteError};
 pub use jsonrpc::Message;
