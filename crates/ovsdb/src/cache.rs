@@ -208,6 +208,10 @@ impl Cache {
         self.generation
     }
 
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// Applies one `update` or `update2` notification's table updates,
     /// whole or not at all.
     pub fn apply(&mut self, notation: Notation, updates: &Value) -> Result<Applied, DataError> {

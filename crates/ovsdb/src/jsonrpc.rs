@@ -61,18 +61,23 @@ impl Message {
                 Self::Request { method, params, id }
             });
         }
-        let (Some(result), Some(error)) = (o.remove("result"), o.remove("error")) else {
+        // ovsdb-server 3.1 leaves "result" out of an error response:
+        // {"id":1,"error":"unknown method"}.
+        let (result, error) = (o.remove("result"), o.remove("error"));
+        if result.is_none() && error.is_none() {
             return Err(Error::Protocol(
-                "a JSON-RPC message with neither a method nor a result and an error".into(),
+                "a JSON-RPC message with neither a method nor a result or an error".into(),
             ));
-        };
-        if id.is_null() {
-            return Err(bad("a response with a null id", &result));
         }
-        let result = if error.is_null() {
-            Ok(result)
-        } else {
-            Err(error)
+        if id.is_null() {
+            return Err(bad(
+                "a response with a null id",
+                result.as_ref().or(error.as_ref()).unwrap_or(&Value::Null),
+            ));
+        }
+        let result = match error {
+            Some(e) if !e.is_null() => Err(e),
+            _ => Ok(result.unwrap_or(Value::Null)),
         };
         Ok(Self::Response { id, result })
     }
@@ -132,6 +137,9 @@ mod tests {
                 result: Err(json!("unknown method"))
             }
         );
+        // As ovsdb-server 3.1 answers an unknown method: no "result".
+        let unknown = Message::from_value(json!({"id": 1, "error": "unknown method"})).unwrap();
+        assert_eq!(unknown, err);
         for m in [echo, upd, ok, err] {
             assert_eq!(Message::from_value(m.to_value()).unwrap(), m);
         }
@@ -144,7 +152,7 @@ mod tests {
             json!({"method": 5, "params": [], "id": 1}),
             json!({"method": "echo", "params": {}, "id": 1}),
             json!({"method": "echo", "id": 1}),
-            json!({"result": 1, "id": 1}),
+            json!({"id": 1}),
             json!({"result": 1, "error": null, "id": null}),
             json!({}),
         ] {

@@ -9,7 +9,9 @@
 //! - [`datum`] and [`schema`]: OVSDB atoms, sets and maps, read against
 //!   the column types of the server's schema;
 //! - [`cache`]: the monitored rows, and the rules of `update` and
-//!   `update2` that change them.
+//!   `update2` that change them;
+//! - [`client`]: the sans-IO state machine of one connection after
+//!   another (schema, monitor, updates, echo, probes).
 //!
 //! Nothing here panics on input from the network: malformed bytes, wrong
 //! types and unknown ids are errors that reset the connection, or are
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod client;
 pub mod codec;
 pub mod datum;
 mod error;
@@ -25,6 +28,7 @@ pub mod jsonrpc;
 pub mod schema;
 
 pub use cache::{Cache, Notation, Row, Table};
+pub use client::{Client, Config, Event, Phase, Stats};
 pub use datum::{Atom, AtomicType, Datum, Uuid};
 pub use error::{CodecError, DataError, Error, RemoteError};
 pub use jsonrpc::Message;
