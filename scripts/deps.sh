@@ -16,11 +16,13 @@
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
 #                           strongSwan 5.9.8, the peer of strongswan_interop.rs
 #   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
+#   openvswitch-switch, openvswitch-common: ovsdb-server, ovsdb-tool, ovs-vsctl and
+#                           the vswitch schema, the real server of tunsec-ovsdb's tests
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-    libstrongswan-standard-plugins strongswan-pki; do
+    libstrongswan-standard-plugins strongswan-pki openvswitch-switch openvswitch-common; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
