@@ -22,11 +22,14 @@
 #                           (scripts/test-deb.sh)
 #   systemd:                systemd-analyze verify/security on tunsecd.service
 #                           (scripts/test-deb.sh, docs/packaging.md)
+#   openvswitch-switch, openvswitch-common: ovsdb-server, ovsdb-tool, ovs-vsctl and
+#                           the vswitch schema, the real server of tunsec-ovsdb's tests
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-    libstrongswan-standard-plugins strongswan-pki dpkg-dev man-db systemd; do
+    libstrongswan-standard-plugins strongswan-pki dpkg-dev man-db systemd \
+    openvswitch-switch openvswitch-common; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
