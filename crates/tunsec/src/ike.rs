@@ -1181,13 +1181,13 @@ impl IkeDriver {
         outbound: &ChildSaParams,
         replace: bool,
     ) -> anyhow::Result<()> {
-        let remote = self
+        let (remote, lifetime) = self
             .peers
             .iter()
             .find(|p| p.index == index)
-            .map(|p| p.addr.ip())
+            .map(|p| (p.addr.ip(), p.ike.child_lifetime))
             .context("no such IKE peer")?;
-        let (sa_in, sa_out) = self.new_pair(remote, inbound, outbound)?;
+        let (sa_in, sa_out) = self.new_pair(remote, lifetime, inbound, outbound)?;
         self.publish_inbound(index, inbound.spi, sa_in);
 
         let sa_out = Arc::new(Mutex::new(sa_out));
@@ -1221,7 +1221,12 @@ impl IkeDriver {
         outbound: &ChildSaParams,
     ) -> anyhow::Result<()> {
         let index = self.peers[i].index;
-        let (sa_in, sa_out) = self.new_pair(self.peers[i].addr.ip(), inbound, outbound)?;
+        let (sa_in, sa_out) = self.new_pair(
+            self.peers[i].addr.ip(),
+            self.peers[i].ike.child_lifetime,
+            inbound,
+            outbound,
+        )?;
         self.publish_inbound(index, inbound.spi, sa_in);
         // A pending switch of an earlier rekey of this Child SA (whose new
         // SA is now the old one) happens now.
@@ -1246,9 +1251,16 @@ impl IkeDriver {
     /// in transport mode, or, when USE_TRANSPORT_MODE was not agreed
     /// (RFC 7296 section 1.3.1), in tunnel mode between the two underlay
     /// addresses.
+    ///
+    /// With a `child_lifetime`, both SAs stop at its end (their hard time
+    /// limit, RFC 4301 section 4.4.2.1): the IKE SA rekeys them at 80 to
+    /// 90% of it, and a pair that was not rekeyed in time carries nothing
+    /// more. The soft limit stays unset: the IKE SA's own timer asks for
+    /// the rekey.
     fn new_pair(
         &self,
         remote: IpAddr,
+        child_lifetime: Option<Duration>,
         inbound: &ChildSaParams,
         outbound: &ChildSaParams,
     ) -> anyhow::Result<(Sa, Sa)> {
@@ -1278,9 +1290,11 @@ impl IkeDriver {
         let mut cin = inbound.sa_config();
         cin.mode = mode(inbound);
         cin.replay_window = self.replay_window;
+        cin.lifetime.hard.time = child_lifetime;
         let sa_in = Sa::new(cin, now).context("inbound SA")?;
         let mut cout = outbound.sa_config();
         cout.mode = mode(outbound);
+        cout.lifetime.hard.time = child_lifetime;
         let sa_out = Sa::new(cout, now).context("outbound SA")?;
         Ok((sa_in, sa_out))
     }

@@ -691,7 +691,7 @@ fn cert_malformed_from_the_network() {
     use std::net::{IpAddr, SocketAddr};
     use tunsec_ike::cert::{Credentials, PrivateKey, Trust, parse_certificates};
     use tunsec_ike::message::Identity;
-    use tunsec_ike::sa::{AuthFailure, CertAuth, Config, Event, IkeSa, SystemRandom, ts};
+    use tunsec_ike::sa::{AuthFailure, CertAuth, Config, Event, IkeSa, ts};
 
     for case in ["garbage", "truncated"] {
         with_lab(&format!("crt-mal-{case}"), |lab| {
@@ -706,8 +706,8 @@ fn cert_malformed_from_the_network() {
             let h2 = add_host(lab, &ul, "h2", 2)?;
             let c1 = write_config(lab, 1, 2, &ca_ike(&d, 1, 2, "h1"))?;
             start_tunsecd(lab, &h1, 1, &c1)?;
-            // h1 tries first; its attempt yields to ours once unanswered
-            // past a retransmission.
+            // h1 tries first; its unanswered attempt gives way to ours,
+            // whose nonce is the lowest there is.
             std::thread::sleep(Duration::from_millis(800));
 
             let real = parse_certificates(&std::fs::read(d.join("h2.pem"))?)?;
@@ -732,7 +732,8 @@ fn cert_malformed_from_the_network() {
             )
             .with_cert(std::sync::Arc::new(CertAuth::new(credentials, trust)));
             let remote = SocketAddr::new(a1, 4500);
-            let mut sa = IkeSa::initiate(config, remote, Instant::now(), Box::new(SystemRandom))?;
+            let mut sa =
+                IkeSa::initiate(config, remote, Instant::now(), Box::new(NonceOf(0x00, 0)))?;
             let mut relay = std::process::Command::new("ip")
                 .args(["netns", "exec", &h2, "/usr/bin/python3", "-c", RELAY])
                 .stdin(std::process::Stdio::piped())

@@ -43,6 +43,9 @@
 //! - `ike_behind_nat`: h1 behind an nftables masquerade: NAT detection on
 //!   both sides, IKE on port 4500, ESP in UDP through the NAT, tenants
 //!   ping, h1 sends NAT keepalives, nothing in the clear.
+//! - `ike_child_sa_stops_at_its_hard_lifetime`: with IKE cut after the
+//!   first Child SA, the ESP SAs stop at `child_lifetime`: status shows
+//!   them expired, pings fail (`sa_expired`), nothing in the clear.
 //! - `ike_rekeys_under_traffic` and `ike_tcp_across_rekeys`: Child SA and
 //!   IKE SA rekeys (by lifetime and by `tunsec rekey [--ike]`) under pings
 //!   and a TCP transfer, without a drop.
@@ -729,23 +732,6 @@ fn ike_wrong_psk_fails_closed() {
     });
 }
 
-/// Random bytes, but the second fill (the nonce, after the IKE SPI, in
-/// `IkeSa::initiate`) is all `.0`: a test initiator whose nonce is the
-/// lowest (0x00) or highest (0xff) there is, so that it loses or wins
-/// against a crossing attempt of tunsecd's for sure.
-struct NonceOf(u8, u32);
-
-impl tunsec_ike::sa::Random for NonceOf {
-    fn fill(&mut self, dest: &mut [u8]) -> tunsec_ike::Result<()> {
-        self.1 += 1;
-        if self.1 == 2 {
-            dest.fill(self.0);
-            return Ok(());
-        }
-        tunsec_ike::sa::SystemRandom.fill(dest)
-    }
-}
-
 /// A two-port UDP relay in h2's namespace for a test that speaks IKE as
 /// h2: binds 192.0.2.2 ports 500 and 4500, prints each datagram from h1
 /// as `LOCAL_PORT REMOTE_PORT HEX`, and sends each stdin line `LOCAL_PORT
@@ -1152,6 +1138,73 @@ fn rekeying_pair(lab: &mut Lab, lifetime: u32, extra: &str) -> anyhow::Result<(S
     let t2 = add_tenant(lab, &h2, 2, TAP)?;
     ping_ok(&t1, &tenant_addr(2))?;
     Ok((t1, t2))
+}
+
+/// The hard end of a Child SA's lifetime (RFC 4301 section 4.4.2.1):
+/// with IKE cut between the hosts after the first Child SA, no rekey can
+/// happen, and at `child_lifetime` both hosts' ESP SAs stop. Status shows
+/// them expired, the tenants' pings fail and are counted as
+/// `sa_expired`, and nothing of theirs crosses the underlay in the clear.
+/// (Before, the SAs went on for ever.)
+#[test]
+fn ike_child_sa_stops_at_its_hard_lifetime() {
+    with_lab("tsike-hl", |lab| {
+        let pair = two_hosts(lab)?;
+        let pcap = start_capture(lab, &pair.ul, "capture")?;
+        let extra = "child_lifetime = 8\n";
+        start_pair(
+            lab,
+            &pair,
+            ("hard-lifetime", extra),
+            ("hard-lifetime", extra),
+        )?;
+        wait_status(lab, "IKE up", |s1, s2| {
+            Ok(sa_count(s1, "h2") == 2 && sa_count(s2, "h1") == 2)
+        })?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let _t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        // IKE is cut both ways (port 500, and port 4500 behind the
+        // non-ESP marker: the first four bytes of the UDP payload are
+        // zero); ESP still passes.
+        for h in [&pair.h1, &pair.h2] {
+            let rules = "table inet cut {\n chain out {\n  type filter hook output priority 0;\n  \
+                         udp dport 500 drop\n  udp dport 4500 @th,64,32 0 drop\n }\n}\n";
+            let file = lab.dir.path().join("cut.nft");
+            std::fs::write(&file, rules)?;
+            lab.exec(h, "nft", &["-f", &file.to_string_lossy()])?;
+        }
+        let expired = |s: &Status, peer: &str| {
+            s.peers
+                .iter()
+                .find(|p| p.name == peer)
+                .is_some_and(|p| !p.sas.is_empty() && p.sas.iter().all(|sa| sa.state == "expired"))
+        };
+        lab.wait_for("the Child SAs to expire", Duration::from_secs(20), || {
+            matches!((status(lab, 1), status(lab, 2)), (Ok(s1), Ok(s2)) if expired(&s1, "h2") && expired(&s2, "h1"))
+        })?;
+        let got = ping(&t1, &tenant_addr(2), 3)?;
+        ensure!(got == 0, "{got} pings answered over expired SAs");
+        let s1 = status(lab, 1)?;
+        let sa_expired: u64 = s1
+            .peers
+            .iter()
+            .flat_map(|p| &p.sas)
+            .map(|sa| sa.drops.get("sa_expired").copied().unwrap_or(0))
+            .sum();
+        ensure!(
+            sa_expired >= 3,
+            "h1 counted {sa_expired} sa_expired drops:\n{}",
+            s1.render()
+        );
+        stop_capture(lab, "capture");
+        let leaked = count_marker(&std::fs::read(&pcap)?);
+        ensure!(
+            leaked == 0,
+            "the marker appears {leaked} times in the clear"
+        );
+        Ok(())
+    });
 }
 
 /// Child SAs with a 3-second lifetime rekey again and again while tenants

@@ -95,9 +95,11 @@ pub struct Config {
     pub transport_mode: bool,
     /// The lifetime of a Child SA: it is rekeyed (RFC 7296 section 2.8)
     /// at 90% of it, minus a random jitter of up to another 10% so that
-    /// both peers rarely start at once. `None` (the default): no
-    /// automatic rekeying; [`super::IkeSa::rekey_child`] still works. The
-    /// hard end of the lifetime is not enforced yet.
+    /// both peers rarely start at once, and at least a second before its
+    /// end. `None` (the default): no automatic rekeying;
+    /// [`super::IkeSa::rekey_child`] still works. The hard end is the
+    /// caller's to enforce (tunsecd gives its ESP SAs this hard
+    /// lifetime).
     pub child_lifetime: Option<Duration>,
     /// The lifetime of the IKE SA: it is rekeyed (RFC 7296 section 2.18)
     /// at 90% of it minus a jitter of up to another 10%, like Child SAs.

@@ -369,14 +369,25 @@ impl Established {
     }
 }
 
-/// When a Child SA that comes up at `now` is rekeyed: at 90% of the
-/// lifetime minus a random jitter of up to 10% of it.
+/// How long before the end of its lifetime an SA is rekeyed at the
+/// latest, for short lifetimes (the driver stops a Child SA at the end,
+/// and a rekey takes a round trip, or a few with retransmissions).
+const REKEY_MARGIN: Duration = Duration::from_secs(1);
+
+/// When an SA that comes up at `now` is rekeyed: at 90% of the lifetime
+/// minus a random jitter of up to 10% of it, and at least
+/// [`REKEY_MARGIN`] before its end (but not before half of it).
 fn rekey_time(lifetime: Option<Duration>, rng: &mut dyn Random, now: Instant) -> Option<Instant> {
     let lifetime = lifetime?;
     let range = (lifetime.as_nanos() / 10).max(1);
     let jitter = u128::from(random_u64(rng).unwrap_or(0)) % range;
     let soft = lifetime.as_nanos() * 9 / 10 - jitter;
-    Some(now + Duration::from_nanos(u64::try_from(soft).unwrap_or(u64::MAX)))
+    let latest = lifetime
+        .saturating_sub(REKEY_MARGIN)
+        .max(lifetime / 2)
+        .as_nanos();
+    let at = soft.min(latest);
+    Some(now + Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX)))
 }
 
 /// The SPIs (inbound, outbound) of a [`Event::ChildSaUp`].

@@ -3089,3 +3089,22 @@ fn pending_init_nonce_and_send_init_again() {
     let response = Message::decode(&p.from_responder[0]).unwrap();
     assert_eq!(response.init_request_nonce(), None);
 }
+
+/// Rekeys come at 80 to 90% of a lifetime, and at least a second before
+/// its end for short ones (tunsecd stops the SAs at the end).
+#[test]
+fn rekey_time_leaves_a_margin() {
+    let now = Instant::now();
+    let mut rng = SeededRandom::new(3);
+    for _ in 0..100 {
+        let at = |secs: u64, rng: &mut SeededRandom| {
+            rekey_time(Some(Duration::from_secs(secs)), rng, now).unwrap() - now
+        };
+        let long = at(3600, &mut rng);
+        assert!(long >= Duration::from_secs(2880) && long <= Duration::from_secs(3240));
+        assert_eq!(at(3, &mut rng), Duration::from_secs(2));
+        assert_eq!(at(2, &mut rng), Duration::from_secs(1));
+        assert!(at(20, &mut rng) <= Duration::from_secs(18));
+    }
+    assert_eq!(rekey_time(None, &mut rng, now), None);
+}

@@ -488,3 +488,20 @@ pub(crate) fn require(suite: &str, tools: &[Tool<'_>]) {
         );
     }
 }
+
+/// Random bytes, but the second fill (the nonce, after the IKE SPI, in
+/// `IkeSa::initiate`) is all `.0`: a test initiator whose nonce is the
+/// lowest (0x00) or highest (0xff) there is, so that it loses or wins
+/// against a crossing attempt of tunsecd's for sure.
+pub(crate) struct NonceOf(pub(crate) u8, pub(crate) u32);
+
+impl tunsec_ike::sa::Random for NonceOf {
+    fn fill(&mut self, dest: &mut [u8]) -> tunsec_ike::Result<()> {
+        self.1 += 1;
+        if self.1 == 2 {
+            dest.fill(self.0);
+            return Ok(());
+        }
+        tunsec_ike::sa::SystemRandom.fill(dest)
+    }
+}
