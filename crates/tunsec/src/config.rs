@@ -337,6 +337,7 @@ struct RawIke {
     esp_proposals: Option<Vec<String>>,
     child_lifetime: Option<u64>,
     ike_lifetime: Option<u64>,
+    reauth_before_expiry: Option<u64>,
     nat_keepalive: Option<u64>,
     fragmentation: Option<bool>,
     fragment_size: Option<u64>,
@@ -535,6 +536,11 @@ pub struct IkePeer {
     /// How long the IKE SA lives before it is rekeyed (at about 80-90% of
     /// it, RFC 7296 section 2.18); `None`: no rekeying.
     pub ike_lifetime: Option<std::time::Duration>,
+    /// With a certificate: how long before our certificate's notAfter
+    /// tunsecd looks for a renewed one and re-authenticates with it;
+    /// `None`: a third of the certificate's validity, at most 7 days
+    /// (`ike::CertRenewal`).
+    pub reauth_before_expiry: Option<std::time::Duration>,
     /// How often a host behind a NAT sends a NAT keepalive (RFC 3948
     /// section 4).
     pub nat_keepalive: std::time::Duration,
@@ -1476,6 +1482,26 @@ fn validate_ike(
     };
     let child_lifetime = lifetime("child_lifetime", raw.child_lifetime)?;
     let ike_lifetime = lifetime("ike_lifetime", raw.ike_lifetime)?;
+    let reauth_before_expiry = match raw.reauth_before_expiry {
+        None => None,
+        Some(secs) if (60..=86_400 * 365).contains(&secs) => {
+            Some(std::time::Duration::from_secs(secs))
+        }
+        Some(secs) => {
+            return Err(invalid(
+                f("reauth_before_expiry"),
+                secs,
+                "must be from 60 to 31536000 seconds (a year)",
+            ));
+        }
+    };
+    if reauth_before_expiry.is_some() && raw.cert.is_none() {
+        return Err(invalid(
+            f("reauth_before_expiry"),
+            raw.reauth_before_expiry.unwrap_or(0),
+            "only applies to auth = \"cert\" (a certificate that expires)",
+        ));
+    }
     let nat_keepalive = match raw.nat_keepalive {
         None => DEFAULT_NAT_KEEPALIVE,
         Some(secs) if (1..=3600).contains(&secs) => std::time::Duration::from_secs(secs),
@@ -1508,6 +1534,7 @@ fn validate_ike(
         esp_proposals: parse_proposals(&f("esp_proposals"), raw.esp_proposals, ProtocolId::Esp)?,
         child_lifetime,
         ike_lifetime,
+        reauth_before_expiry,
         nat_keepalive,
         fragmentation: raw.fragmentation.unwrap_or(true),
         fragment_size,
@@ -2161,6 +2188,19 @@ key_out = "b.out"
             b"k",
             "peer[0].ike.nat_keepalive",
             "0",
+        );
+        // Only for certificates, and at least a minute.
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}reauth_before_expiry = 86400\n")),
+            b"k",
+            "peer[0].ike.reauth_before_expiry",
+            "86400",
+        );
+        assert_ike_invalid(
+            &ike_config(&format!("{IKE_PEER}reauth_before_expiry = 5\n")),
+            b"k",
+            "peer[0].ike.reauth_before_expiry",
+            "5",
         );
         for field in ["child_lifetime", "ike_lifetime"] {
             assert_ike_invalid(

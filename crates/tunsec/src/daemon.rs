@@ -30,7 +30,7 @@ use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 use crate::config::{Config, EspEncapsulation, Network, PolicyKind};
 use crate::control::Response;
 use crate::control::server::ControlTarget;
-use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::netlink::BridgeProblem;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
@@ -161,6 +161,8 @@ struct OverlayControl {
     ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
+    /// Re-authentication before our certificates expire.
+    renewal: CertRenewal,
 }
 
 impl Daemon {
@@ -288,6 +290,7 @@ impl Daemon {
             );
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
+        let renewal = CertRenewal::new(&config);
         Ok(Self {
             control: OverlayControl {
                 config,
@@ -297,6 +300,7 @@ impl Daemon {
                 ike_states,
                 ike_commands,
                 config_path: None,
+                renewal,
             },
             workers,
             listener,
@@ -345,6 +349,12 @@ impl ControlTarget for OverlayControl {
 
     fn housekeeping(&self, now: Instant) {
         self.shared.fdb.expire(now);
+        self.renewal.tick(
+            now,
+            &self.config,
+            self.config_path.as_deref(),
+            &self.ike_commands,
+        );
         let tables = self.shared.tables.load();
         let outbound = tables
             .peers

@@ -44,7 +44,9 @@
 
 mod hint;
 mod reload;
+mod renewal;
 pub use reload::{ReloadPlan, plan as reload_plan};
+pub(crate) use renewal::CertRenewal;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -202,19 +204,37 @@ pub(crate) fn reload(
     commands: &IkeCommands,
 ) -> crate::control::Response {
     use crate::control::Response;
+    match reload_from(running, path, commands) {
+        Ok(done) => Response::Done {
+            message: done.message,
+        },
+        Err(message) => Response::Error { message },
+    }
+}
+
+/// What [`reload_from`] did.
+pub(crate) struct Reloaded {
+    /// The configuration as the file has it now.
+    pub(crate) config: Config,
+    /// What `tunsec reload` answers.
+    pub(crate) message: String,
+}
+
+/// [`reload`], with the new configuration and the peers it updated.
+pub(crate) fn reload_from(
+    running: &Config,
+    path: Option<&std::path::Path>,
+    commands: &IkeCommands,
+) -> Result<Reloaded, String> {
     let _reloading = crate::systemd::reloading();
     let Some(path) = path else {
-        return Response::Error {
-            message: "reload: tunsecd was started without a configuration file".to_owned(),
-        };
+        return Err("reload: tunsecd was started without a configuration file".to_owned());
     };
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("reload: {}: {e}; nothing changed", path.display());
-            return Response::Error {
-                message: format!("reload: {}: {e}; nothing changed", path.display()),
-            };
+            return Err(format!("reload: {}: {e}; nothing changed", path.display()));
         }
     };
     let plan = reload_plan(running, &new);
@@ -235,17 +255,13 @@ pub(crate) fn reload(
             .send(IkeCommand::Reload(plan.updates, done))
             .is_err()
         {
-            return Response::Error {
-                message: "the IKE driver is not running".to_owned(),
-            };
+            return Err("the IKE driver is not running".to_owned());
         }
         if taken.recv_timeout(RELOAD_WAIT).is_err() {
-            return Response::Error {
-                message: format!(
-                    "reload: the IKE driver did not take up the new settings within {} s",
-                    RELOAD_WAIT.as_secs()
-                ),
-            };
+            return Err(format!(
+                "reload: the IKE driver did not take up the new settings within {} s",
+                RELOAD_WAIT.as_secs()
+            ));
         }
     }
     tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
@@ -260,7 +276,10 @@ pub(crate) fn reload(
     for note in plan.ignored {
         message.push_str(&format!("; ignored: {note}"));
     }
-    Response::Done { message }
+    Ok(Reloaded {
+        config: new,
+        message,
+    })
 }
 
 /// The tunnel ports of a peer's `networks` (by name), sorted, each once.

@@ -427,6 +427,47 @@ fn current_spis(lab: &Lab) -> anyhow::Result<Option<(String, String)>> {
     }
 }
 
+/// Renewal before expiry: h1's certificate is within `reauth_before_expiry`
+/// of its notAfter from the start, so h1 warns that it expires soon and
+/// looks for a renewed one. Once one is written over the same files
+/// (longer validity, a new key), h1 takes it up on its own and
+/// re-authenticates: a new IKE SA, with no `tunsec reload` or `reauth`.
+#[test]
+fn cert_renewal_before_expiry_reauthenticates() {
+    with_lab("crt-ren", |lab| {
+        let d = lab.dir.path().join("pki");
+        pki::init_ca(KeyAlg::EcdsaP256, "tunsec e2e CA", 30, &d.join("ca"))?;
+        pki::issue(&d.join("ca"), "h1", &[], KeyAlg::EcdsaP256, 1, &d)?;
+        pki::issue(&d.join("ca"), "h2", &[], KeyAlg::EcdsaP256, 30, &d)?;
+        pki::crl(&d.join("ca"), &[], 7, &d.join("ca.crl"))?;
+        // A day's certificate, renewed 28 hours before its end: due now.
+        let ike1 = format!("{}reauth_before_expiry = 100800\n", ca_ike(&d, 1, 2, "h1"));
+        let hosts = start(lab, &ike1, &ca_ike(&d, 2, 1, "h2"))?;
+        assert_tunnel(lab, &hosts)?;
+        let log = lab.dir.path().join("h1.log");
+        let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|l| l.contains(what));
+        lab.wait_for("h1's warning", Duration::from_secs(10), || {
+            logged("our certificate expires soon")
+        })?;
+        let before = current_spis(lab)?.context("no IKE SA")?;
+
+        // The renewal: a 30-day certificate and a new key, over the files.
+        let renewed = d.join("renewed");
+        pki::issue(&d.join("ca"), "h1", &[], KeyAlg::EcdsaP256, 30, &renewed)?;
+        for f in ["h1.key", "h1.pem"] {
+            std::fs::copy(renewed.join(f), d.join(f))?;
+        }
+        lab.wait_for("h1 to re-authenticate", Duration::from_secs(40), || {
+            current_spis(lab).is_ok_and(|s| s.is_some_and(|s| s != before))
+        })?;
+        ensure!(
+            logged("a renewed one is in place: re-authenticating"),
+            "h1's log does not say why it re-authenticated"
+        );
+        Ok(())
+    });
+}
+
 /// Rotation: h1 gets a new certificate and key and h2 a CRL that revokes
 /// h1's old certificate, each by rewriting its files and `tunsec reload`;
 /// `tunsec reauth h2` on h1 brings up a new IKE SA (new SPIs) on the new

@@ -23,7 +23,7 @@ use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind
 use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
-use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
@@ -83,6 +83,8 @@ struct GatewayControl {
     ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
+    /// Re-authentication before our certificates expire.
+    renewal: CertRenewal,
 }
 
 impl GatewayDaemon {
@@ -228,6 +230,7 @@ impl GatewayDaemon {
             "tunsecd running in gateway mode"
         );
         let socket_path = config.node.control_socket.clone();
+        let renewal = CertRenewal::new(&config);
         Ok(Self {
             control: GatewayControl {
                 config,
@@ -238,6 +241,7 @@ impl GatewayDaemon {
                 ike_states,
                 ike_commands,
                 config_path: None,
+                renewal,
             },
             workers,
             listener,
@@ -298,8 +302,14 @@ impl ControlTarget for GatewayControl {
         )
     }
 
-    /// SA lifetimes (gateway mode has no FDB).
+    /// SA lifetimes (gateway mode has no FDB), certificate renewal.
     fn housekeeping(&self, now: Instant) {
+        self.renewal.tick(
+            now,
+            &self.config,
+            self.config_path.as_deref(),
+            &self.ike_commands,
+        );
         let tables = self.shared.tables.load();
         let outbound = tables
             .peers
