@@ -64,6 +64,10 @@
 //!   and one that sent half a request connected, `tunsec status` answers
 //!   within 100 ms (median of 10) and the tunnel works.
 //!
+//! - `gateway_child_sa_stops_at_its_hard_lifetime`: the housekeeping
+//!   tick runs in gateway mode: with IKE cut, the ESP SAs expire at
+//!   `child_lifetime` and the vxlan pings fail, nothing in the clear.
+//!
 //! They need root, iproute2, nftables, ping, tshark (dumpcap) and
 //! Debian's python3-scapy; they fail, never skip, when something is
 //! missing.
@@ -180,6 +184,8 @@ struct Opts {
     extra: &'static str,
     /// Keys from IKEv2 with a PSK instead of manual keys.
     ike: bool,
+    /// Lines added to `[peer.ike]` (with `ike`).
+    ike_extra: &'static str,
     /// IPv6 underlay addresses.
     ipv6: bool,
     /// tunsecd serves its metrics on the underlay address, port 9464.
@@ -226,7 +232,12 @@ fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow::Result<Pa
         if opts.ike {
             let psk = lab.dir.path().join(format!("h{n}.psk"));
             tunsec::config::write_secret(&psk, "a gateway test key, long enough\n")?;
-            writeln!(c, "[peer.ike]\npsk_file = \"{}\"\n", psk.display())?;
+            writeln!(
+                c,
+                "[peer.ike]\npsk_file = \"{}\"\n{}",
+                psk.display(),
+                opts.ike_extra
+            )?;
         } else {
             writeln!(
                 c,
@@ -1750,6 +1761,57 @@ fn gateway_control_socket_under_idle_clients() {
         ping_ok(&h1, &vxlan_addr(2))?;
         drop(idle);
         drop(half);
+        Ok(())
+    });
+}
+
+/// Gateway mode runs the housekeeping tick too: with IKE cut after the
+/// first Child SA, the ESP SAs stop at `child_lifetime` (status shows
+/// them expired without a packet having to hit them), and the kernel's
+/// vxlan pings fail instead of leaving in the clear.
+#[test]
+fn gateway_child_sa_stops_at_its_hard_lifetime() {
+    with_lab("gwhl", |lab| {
+        let Hosts { ul, h1, h2, .. } = setup_with(
+            lab,
+            Opts {
+                ike: true,
+                ike_extra: "child_lifetime = 8\n",
+                ..Opts::default()
+            },
+        )?;
+        wait_child_sa(lab, 1)?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        // IKE cut both ways (port 500, and port 4500 behind the non-ESP
+        // marker); ESP passes.
+        let file = lab.dir.path().join("cut.nft");
+        std::fs::write(
+            &file,
+            "table inet cut {\n chain out {\n  type filter hook output priority 0;\n  \
+             udp dport 500 drop\n  udp dport 4500 @th,64,32 0 drop\n }\n}\n",
+        )?;
+        for h in [&h1, &h2] {
+            lab.exec(h, "nft", &["-f", &file.to_string_lossy()])?;
+        }
+        let expired = |n: u8| {
+            status(lab, n).is_ok_and(|s| {
+                s.peers.first().is_some_and(|p| {
+                    !p.sas.is_empty() && p.sas.iter().all(|sa| sa.state == "expired")
+                })
+            })
+        };
+        lab.wait_for("the Child SAs to expire", Duration::from_secs(20), || {
+            expired(1) && expired(2)
+        })?;
+        let got = ping(&h1, &vxlan_addr(2), 3)?;
+        ensure!(got == 0, "{got} vxlan pings answered over expired SAs");
+        stop_capture(lab, "capture");
+        let clear = capture_summary(&pcap)?
+            .iter()
+            .filter(|f| f.1 == Some(4789) || f.2 == Some(4789))
+            .count();
+        ensure!(clear == 0, "{clear} cleartext VXLAN frames");
         Ok(())
     });
 }
