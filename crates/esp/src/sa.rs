@@ -152,6 +152,9 @@ pub struct Sa {
     esn: bool,
     /// Shared with the [`SealJob`]s and [`OpenJob`]s in flight.
     cipher: Arc<dyn EspCipher>,
+    /// The raw keys, kept only for [`Sa::export_keys`] (the cipher holds
+    /// its own key schedule); zeroized on drop, never printed.
+    keys: SaKeys,
     /// The next outbound sequence number; 0 once the space is used up.
     next_seq: u64,
     replay: Option<ReplayWindow>,
@@ -215,6 +218,7 @@ impl Sa {
             suite: config.suite,
             esn: config.esn,
             cipher,
+            keys: config.keys,
             next_seq: 1,
             replay,
             lifetime: LifetimeTracker::new(config.lifetime, now),
@@ -253,6 +257,18 @@ impl Sa {
     /// Whether extended sequence numbers are on.
     pub fn esn(&self) -> bool {
         self.esn
+    }
+
+    /// The SA's raw keys (the encryption key with the AEAD salt at its
+    /// end, as RFC 4106 section 8.1 and RFC 7634 section 2 derive it, then
+    /// the integrity key), with [`Sa::suite`] what a dissector needs to
+    /// decrypt the SA's packets.
+    ///
+    /// For key export only: `tunsec keys export --wireshark`, which an
+    /// operator asks for explicitly to debug with Wireshark. Nothing else
+    /// may read them; the data path uses the cipher, never these bytes.
+    pub fn export_keys(&self) -> &SaKeys {
+        &self.keys
     }
 
     /// The traffic selectors.

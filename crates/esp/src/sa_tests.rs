@@ -498,6 +498,26 @@ fn debug_output_redacts_keys() {
     assert!(shown.contains("<redacted>"), "{shown}");
 }
 
+/// `export_keys` hands back exactly the keys the SA was made with (the
+/// AEAD salt at the end of the encryption key), and they still never
+/// print.
+#[test]
+fn export_keys_are_the_configured_keys() {
+    for suite in Suite::ALL {
+        let (out, inbound) = pair(suite, Mode::Transport, Encapsulation::Esp, false);
+        for sa in [&out, &inbound] {
+            let exported = sa.export_keys();
+            assert_eq!(exported, &keys(suite), "{suite}");
+            assert_eq!(exported.encryption.len(), suite.encryption_key_len());
+            assert_eq!(exported.integrity.len(), suite.integrity_key_len());
+            let shown = format!("{exported:?} {sa:?}");
+            let raw = format!("{:?}", exported.encryption.expose());
+            assert!(!shown.contains(&raw[1..raw.len() - 1]), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
+}
+
 /// One SA shared by several threads, as the data path's workers share
 /// it: each thread takes sequence numbers under the lock
 /// ([`Sa::reserve_seal`]) and encrypts outside it. No number is used

@@ -112,6 +112,12 @@ pub enum TunsecCommand {
         #[command(subcommand)]
         command: SaCommand,
     },
+    /// Export the keys of the live SAs, to debug with Wireshark.
+    Keys {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Gateway mode's entries on this host.
     Gateway {
         /// What to do with them.
@@ -146,6 +152,28 @@ pub enum SaCommand {
     Delete {
         /// The peer's name.
         peer: String,
+        /// Where tunsecd is.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+/// `tunsec keys`'s commands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write the keys of every live IKE and ESP SA as Wireshark's
+    /// decryption tables (files esp_sa and ikev2_decryption_table, mode
+    /// 0600), so that Wireshark or tshark decrypts a capture of this
+    /// host's IKE and ESP traffic. Whoever reads the files can decrypt
+    /// that traffic: delete them after use. tunsecd logs a warning for
+    /// each export.
+    Export {
+        /// The directory to write the two files to (made, mode 0700, if
+        /// missing; files of the same names there are replaced). A
+        /// Wireshark profile directory works, such as
+        /// ~/.config/wireshark/profiles/tunsec.
+        #[arg(long, value_name = "DIR", required = true)]
+        wireshark: PathBuf,
         /// Where tunsecd is.
         #[command(flatten)]
         daemon: DaemonArgs,
@@ -220,6 +248,9 @@ impl TunsecCommand {
             | Self::Reload { daemon }
             | Self::Sa {
                 command: SaCommand::Delete { daemon, .. },
+            }
+            | Self::Keys {
+                command: KeysCommand::Export { daemon, .. },
             } => Some(daemon),
             Self::Demo(_)
             | Self::Bench(_)
@@ -470,6 +501,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pki init-ca"), "{text}");
+        assert!(text.contains("keys export"), "{text}");
         assert!(text.contains("pki verify"), "{text}");
         // The hidden command stays hidden.
         assert!(!text.contains("generate"), "{text}");
@@ -495,6 +527,7 @@ mod tests {
             &["tunsec", "reload", "--help"],
             &["tunsec", "sa", "delete", "--help"],
             &["tunsec", "rekey", "--help"],
+            &["tunsec", "keys", "export", "--help"],
         ] {
             let text = help(&mut tunsec_command(), args);
             assert!(text.contains("--socket"), "{args:?}:\n{text}");
@@ -527,6 +560,28 @@ mod tests {
             ])
             .socket(),
             Path::new("/c")
+        );
+        let keys = parse(&[
+            "tunsec",
+            "keys",
+            "export",
+            "--wireshark",
+            "/d",
+            "--socket",
+            "/e",
+        ]);
+        assert_eq!(keys.socket(), Path::new("/e"));
+        assert!(matches!(
+            keys.command,
+            TunsecCommand::Keys {
+                command: KeysCommand::Export { ref wireshark, .. }
+            } if wireshark == Path::new("/d")
+        ));
+        // The directory is required.
+        assert!(
+            tunsec_command()
+                .try_get_matches_from(["tunsec", "keys", "export"])
+                .is_err()
         );
         // pki takes no --socket of its own.
         assert!(

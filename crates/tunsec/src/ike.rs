@@ -124,6 +124,20 @@ pub enum IkeCommand {
     /// ones are re-authenticated at their next IKE SA rekey. The driver
     /// answers on the channel once it has taken them up.
     Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
+    /// The keys of every IKE SA, and of the rekeyed outbound ESP SAs
+    /// that wait for their switch (they are in no table yet), for
+    /// `tunsec keys export`. The driver answers on the channel.
+    ExportKeys(mpsc::Sender<DriverKeys>),
+}
+
+/// The IKE driver's answer to [`IkeCommand::ExportKeys`].
+#[derive(Debug, Default)]
+pub struct DriverKeys {
+    /// Every IKE SA with keys: each peer's current one and a new one
+    /// beside it.
+    pub ike: Vec<crate::keys::IkeSaExport>,
+    /// The rekeyed outbound SAs not yet switched to.
+    pub esp: Vec<crate::keys::EspSaExport>,
 }
 
 /// The sending end of the IKE driver's commands. Each command also wakes
@@ -184,6 +198,7 @@ pub(crate) fn send_command(
         IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
         IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
         IkeCommand::Reload(..) => "reloading".to_owned(),
+        IkeCommand::ExportKeys(_) => "exporting keys".to_owned(),
     };
     if commands.send(command).is_err() {
         return Response::Error {
@@ -191,6 +206,27 @@ pub(crate) fn send_command(
         };
     }
     Response::Done { message }
+}
+
+/// How long `tunsec keys export` waits for the IKE driver's keys.
+const EXPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the IKE driver for the keys of its IKE SAs (and of the rekeyed
+/// outbound SAs it holds), for `tunsec keys export`. Without a driver (no
+/// peer has `[peer.ike]`) there are none; an error if the driver does not
+/// answer within `EXPORT_WAIT`.
+pub(crate) fn export_keys(commands: &IkeCommands) -> Result<DriverKeys, String> {
+    let (tx, rx) = mpsc::channel();
+    if commands.send(IkeCommand::ExportKeys(tx)).is_err() {
+        // No driver: its receiver is gone with it.
+        return Ok(DriverKeys::default());
+    }
+    rx.recv_timeout(EXPORT_WAIT).map_err(|_| {
+        format!(
+            "keys export: the IKE driver did not answer within {} s",
+            EXPORT_WAIT.as_secs()
+        )
+    })
 }
 
 /// Reads the configuration file at `path` again and hands the IKE driver
@@ -844,6 +880,11 @@ impl IkeDriver {
                 return;
             }
             IkeCommand::Reauth(index) => return self.reauth(now, index),
+            IkeCommand::ExportKeys(reply) => {
+                // The control thread may have given up waiting.
+                let _ = reply.send(self.export_keys());
+                return;
+            }
             IkeCommand::Down(index)
             | IkeCommand::Up(index)
             | IkeCommand::Rekey(index)
@@ -892,7 +933,7 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
-            IkeCommand::Reload(..) | IkeCommand::Reauth(_) => {}
+            IkeCommand::Reload(..) | IkeCommand::Reauth(_) | IkeCommand::ExportKeys(_) => {}
             IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
                 let p = &self.peers[i];
                 let ike = matches!(command, IkeCommand::RekeyIke(_));
@@ -913,6 +954,42 @@ impl IkeDriver {
             }
         }
         self.publish_status();
+    }
+
+    /// The keys of every IKE SA (each peer's current one, and a new one
+    /// beside it), and the rekeyed outbound SAs that wait for their
+    /// switch: for `tunsec keys export` only.
+    fn export_keys(&mut self) -> DriverKeys {
+        use crate::keys::{EspSaExport, HexKey, IkeSaExport};
+        let mut out = DriverKeys::default();
+        for p in &self.peers {
+            for handle in [p.handle, p.incoming].into_iter().flatten() {
+                let Some(k) = self.endpoint.sa_mut(handle).and_then(|sa| sa.export_keys()) else {
+                    continue;
+                };
+                let (encryption, integrity) = transform_names(&k.suite);
+                out.ike.push(IkeSaExport {
+                    peer: p.name.clone(),
+                    spi_i: k.spi_i,
+                    spi_r: k.spi_r,
+                    encryption: encryption.to_owned(),
+                    integrity: integrity.map(str::to_owned),
+                    sk_ei: HexKey::new(k.keys.sk_ei.expose()),
+                    sk_er: HexKey::new(k.keys.sk_er.expose()),
+                    sk_ai: HexKey::new(k.keys.sk_ai.expose()),
+                    sk_ar: HexKey::new(k.keys.sk_ar.expose()),
+                });
+            }
+            for pending in &p.pending_outbound {
+                out.esp.push(EspSaExport::of(
+                    &p.name,
+                    self.local,
+                    p.addr.ip(),
+                    &pending.sa,
+                ));
+            }
+        }
+        out
     }
 
     /// Sends every pending datagram and handles every pending event.
@@ -1631,20 +1708,9 @@ fn log_child(
 /// An IKE suite in strongSwan's proposal syntax, as the config writes it
 /// (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-prfsha256-modp2048`).
 fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
-    use tunsec_ike::crypto::{Encr, Integ, Prf};
+    use tunsec_ike::crypto::Prf;
     use tunsec_ike::message::DhGroup;
-    let encr = match s.encr {
-        Encr::AesCbc128 => "aes128",
-        Encr::AesCbc256 => "aes256",
-        Encr::AesGcm128 => "aes128gcm16",
-        Encr::AesGcm256 => "aes256gcm16",
-        Encr::ChaCha20Poly1305 => "chacha20poly1305",
-    };
-    let integ = s.integ.map(|i| match i {
-        Integ::HmacSha2_256_128 => "sha256",
-        Integ::HmacSha2_384_192 => "sha384",
-        Integ::HmacSha2_512_256 => "sha512",
-    });
+    let (encr, integ) = transform_names(s);
     let prf = match s.prf {
         Prf::HmacSha2_256 => "prfsha256",
         Prf::HmacSha2_384 => "prfsha384",
@@ -1662,6 +1728,26 @@ fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
         .flatten()
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// An IKE suite's cipher and integrity algorithm in strongSwan's
+/// proposal syntax (`aes128gcm16`, `aes256` and `sha256`); no integrity
+/// algorithm with an AEAD cipher.
+fn transform_names(s: &tunsec_ike::crypto::IkeSuite) -> (&'static str, Option<&'static str>) {
+    use tunsec_ike::crypto::{Encr, Integ};
+    let encr = match s.encr {
+        Encr::AesCbc128 => "aes128",
+        Encr::AesCbc256 => "aes256",
+        Encr::AesGcm128 => "aes128gcm16",
+        Encr::AesGcm256 => "aes256gcm16",
+        Encr::ChaCha20Poly1305 => "chacha20poly1305",
+    };
+    let integ = s.integ.map(|i| match i {
+        Integ::HmacSha2_256_128 => "sha256",
+        Integ::HmacSha2_384_192 => "sha384",
+        Integ::HmacSha2_512_256 => "sha512",
+    });
+    (encr, integ)
 }
 
 #[cfg(test)]

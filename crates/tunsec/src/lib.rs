@@ -11,6 +11,7 @@
 //! - [`cli`]: the command lines of both binaries (clap), for man pages
 //!   and completions too.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
+//! - [`keys`]: key export for Wireshark (`tunsec keys export`).
 //! - [`logging`]: tunsecd's log level and format.
 //! - [`status`]: what `tunsec status` shows.
 //! - [`demo`]: `tunsec demo`.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod demo;
 pub mod gateway;
 pub mod ike;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;

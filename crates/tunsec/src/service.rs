@@ -40,7 +40,7 @@ pub fn run(
             match target.reload() {
                 Response::Error { message } => tracing::error!("reload: {message}"),
                 Response::Done { message } => tracing::info!("reload: {message}"),
-                Response::Status(_) => {}
+                Response::Status(_) | Response::Keys(_) => {}
             }
         }
         crate::systemd::watchdog();

@@ -40,6 +40,9 @@
 //! - `gateway_three_hosts`: h1 has two peers (its vxlan0 replicates to
 //!   both by the kernel's FDB): nine rules, pings with both, 4 MiB from
 //!   h3, per-peer counters, nothing in the clear.
+//! - `gateway_ike_keys_export`: `tunsec keys export --wireshark` in
+//!   gateway mode: tshark decrypts the capture's ESP with h1's table down
+//!   to VNI 42 and the pings, and without it reads none.
 //! - `gateway_ike_wrong_psk`: with different PSKs no SA comes up; the
 //!   vxlan pings are dropped in the TUN device (`no_sa`), and the capture
 //!   holds IKE attempts but no cleartext VXLAN.
@@ -1196,6 +1199,84 @@ fn gateway_ike() {
                 addr: &addr,
             },
         )?;
+        Ok(())
+    });
+}
+
+/// `tunsec keys export --wireshark` in gateway mode (the IKE side is
+/// `ike_e2e.rs`'s `ike_keys_export_for_wireshark`): tshark, given h1's
+/// `esp_sa`, decrypts every ESP frame of the capture (good ICV) down to
+/// the kernel vxlan device's VNI 42 and the pings between the vxlan
+/// addresses; without it, none.
+#[test]
+fn gateway_ike_keys_export() {
+    with_lab("key2", |lab| {
+        let Hosts { ul, h1, .. } = setup_with(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
+        wait_child_sa(lab, 1)?;
+        wait_child_sa(lab, 2)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        let dir = lab.dir.path().join("keys-h1");
+        let out = Command::new(TUNSEC)
+            .args(["keys", "export", "--wireshark"])
+            .arg(&dir)
+            .arg("--socket")
+            .arg(socket_path(lab, 1))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() && stderr.contains("WARNING: SECRET KEYS WRITTEN"),
+            "tunsec keys export: {}: {stderr}",
+            out.status
+        );
+        stop_capture(lab, "capture");
+        let empty = lab.dir.path().join("no-keys");
+        std::fs::create_dir_all(&empty)?;
+        let (a, b) = (vxlan_addr(1), vxlan_addr(2));
+        for (config, keyed) in [(&empty, false), (&dir, true)] {
+            let rows = tshark_decrypt(lab, &pcap, config)?;
+            let esp: Vec<&Dissected> = rows
+                .iter()
+                .filter(|r| !r.get("esp.spi").is_empty())
+                .collect();
+            let decoded = esp
+                .iter()
+                .filter(|r| r.has("vxlan.vni", "42") && r.has("esp.icv_good", "1"))
+                .count();
+            let echo = |src: &str, t: &str, dst: &str| {
+                esp.iter()
+                    .filter(|r| {
+                        r.get("ip.src").split(',').nth(1) == Some(src)
+                            && r.get("ip.dst").split(',').nth(1) == Some(dst)
+                            && r.has("icmp.type", t)
+                    })
+                    .count()
+            };
+            let (requests, replies) = (echo(&a, "8", &b), echo(&b, "0", &a));
+            eprintln!(
+                "  keys {keyed}: {} ESP frames, {decoded} decoded, {requests} echo requests, {replies} replies",
+                esp.len()
+            );
+            ensure!(esp.len() >= 6, "{} ESP frames for 3 pings", esp.len());
+            if keyed {
+                ensure!(
+                    decoded == esp.len() && requests >= 3 && replies >= 3,
+                    "with the keys: {decoded} of {} ESP frames decoded, {requests} requests, {replies} replies",
+                    esp.len()
+                );
+            } else {
+                ensure!(
+                    decoded == 0 && requests == 0 && replies == 0,
+                    "tshark read the ESP without the keys"
+                );
+            }
+        }
         Ok(())
     });
 }

@@ -58,6 +58,12 @@
 //!   under one SPI, and no packet is dropped as a replay, also when a
 //!   reorderer (NFQUEUE, in place of netem) holds back one ESP datagram in
 //!   100 under a checksummed TCP transfer.
+//! - `ike_keys_export_for_wireshark`: `tunsec keys export --wireshark`
+//!   on both hosts; tshark, given either host's tables, decrypts the
+//!   capture's IKE_AUTH down to the FQDN identities and its ESP down to
+//!   VXLAN VNI 100 and the tenants' ICMP echoes (good ICVs), and without
+//!   them shows none of it; files mode 0600, a warning on stderr and in
+//!   each log, no key in a log.
 //!
 //! They need root, iproute2, ping, tshark (dumpcap) and nftables, and
 //! `ike_reordered_transfer` iptables (nft backend) and python3; they fail,
@@ -2714,6 +2720,230 @@ fn ike_reordered_transfer() {
              of them out of order",
             held.len()
         );
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------
+// Key export for Wireshark
+
+/// What tshark found in a capture.
+#[derive(Debug, PartialEq, Eq)]
+struct Decrypted {
+    /// IKE_AUTH frames, and the identities decoded in them.
+    ike_auth: usize,
+    ids: Vec<String>,
+    /// ESP frames, those with a good ICV, and those decoded to VXLAN VNI
+    /// 100.
+    esp: usize,
+    icv_good: usize,
+    vni_100: usize,
+    /// Tenant echo requests and replies, by (inner source, inner
+    /// destination).
+    echo: Vec<(String, u8, String)>,
+}
+
+fn decrypted(rows: &[Dissected]) -> Decrypted {
+    let mut d = Decrypted {
+        ike_auth: 0,
+        ids: Vec::new(),
+        esp: 0,
+        icv_good: 0,
+        vni_100: 0,
+        echo: Vec::new(),
+    };
+    for r in rows {
+        if r.has("isakmp.exchangetype", "35") {
+            d.ike_auth += 1;
+            d.ids.extend(
+                r.get("isakmp.id.data.fqdn")
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if !r.get("esp.spi").is_empty() {
+            d.esp += 1;
+            d.icv_good += usize::from(r.has("esp.icv_good", "1") || r.has("esp.icv_good", "True"));
+            d.vni_100 += usize::from(r.has("vxlan.vni", "100"));
+            // The outer header first, then the tenant's.
+            let (src, dst) = (r.get("ip.src"), r.get("ip.dst"));
+            if let (Some(src), Some(dst), Ok(t)) = (
+                src.split(',').nth(1),
+                dst.split(',').nth(1),
+                r.get("icmp.type").parse::<u8>(),
+            ) {
+                d.echo.push((src.to_owned(), t, dst.to_owned()));
+            }
+        }
+    }
+    d.ids.sort();
+    d.ids.dedup();
+    d
+}
+
+/// Every run of at least 32 hex digits in `text` (keys; SPIs are
+/// shorter, and a "0x" prefix splits off), lowercase.
+fn hex_runs(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() >= 32)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// `tunsec keys export --wireshark DIR` (issue 15): a capture runs from
+/// before the daemons start; the tunnel comes up with FQDN identities,
+/// the tenants ping, and both hosts export their keys. tshark, given
+/// either host's exported tables as its configuration, decrypts the
+/// IKE_AUTH exchange down to both identities and the ESP traffic down to
+/// the VXLAN VNI and the tenants' ICMP echoes with good ICVs; without
+/// them, the same capture shows none of it. The files are mode 0600, the
+/// CLI warns on stderr, each daemon logs a warning naming the export, and
+/// no log holds a key.
+#[test]
+fn ike_keys_export_for_wireshark() {
+    with_lab("key1", |lab| {
+        let t0 = Instant::now();
+        let pair = two_hosts(lab)?;
+        let pcap = start_capture(lab, &pair.ul, "capture")?;
+        let ids = |me: u8, peer: u8| {
+            format!("local_id = \"fqdn:h{me}.keys.test\"\nremote_id = \"fqdn:h{peer}.keys.test\"\n")
+        };
+        start_pair(
+            lab,
+            &pair,
+            ("wireshark-psk", &ids(1, 2)),
+            ("wireshark-psk", &ids(2, 1)),
+        )?;
+        wait_status(lab, "Child SAs up", |s1, s2| {
+            Ok(sa_count(s1, "h2") >= 2 && sa_count(s2, "h1") >= 2)
+        })?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        phase(lab, "IKE up, pings", t0);
+
+        let mut exported = Vec::new();
+        for (n, ns) in [(1u8, &pair.h1), (2, &pair.h2)] {
+            let dir = lab.dir.path().join(format!("keys-h{n}"));
+            let (dir_s, sock) = (
+                dir.to_string_lossy().into_owned(),
+                socket_path(lab, n).to_string_lossy().into_owned(),
+            );
+            let out = exec_output(
+                ns,
+                env!("CARGO_BIN_EXE_tunsec"),
+                &["keys", "export", "--wireshark", &dir_s, "--socket", &sock],
+            )?;
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            eprintln!("  h{n}: tunsec keys export:\n{stdout}{stderr}");
+            ensure!(out.status.success(), "h{n}: tunsec keys export failed");
+            ensure!(
+                stderr.contains("WARNING: SECRET KEYS WRITTEN"),
+                "h{n}: no warning on stderr: {stderr}"
+            );
+            // One IKE SA, and the Child SA pair, each direction.
+            ensure!(
+                stdout.contains("esp_sa (2 SAs)")
+                    && stdout.contains("ikev2_decryption_table (1 SAs)"),
+                "h{n}: {stdout}"
+            );
+            for file in [tunsec::keys::ESP_SA_FILE, tunsec::keys::IKEV2_FILE] {
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(dir.join(file))?.permissions(),
+                ) & 0o777;
+                ensure!(mode == 0o600, "h{n}: {file} is mode {mode:o}");
+            }
+            exported.push(dir);
+        }
+        stop_capture(lab, "capture");
+        phase(lab, "keys exported, capture stopped", t0);
+
+        // Without the tables: the exchanges and the ESP are there, and
+        // nothing inside them is readable.
+        let empty = lab.dir.path().join("no-keys");
+        std::fs::create_dir_all(&empty)?;
+        let plain = decrypted(&tshark_decrypt(lab, &pcap, &empty)?);
+        eprintln!("  without the keys: {plain:?}");
+        ensure!(
+            plain.ike_auth >= 2 && plain.esp >= 12,
+            "the capture lacks IKE_AUTH or ESP: {plain:?}"
+        );
+        ensure!(
+            plain.ids.is_empty()
+                && plain.vni_100 == 0
+                && plain.echo.is_empty()
+                && plain.icv_good == 0,
+            "tshark read the traffic without the keys: {plain:?}"
+        );
+
+        // With either host's tables: everything.
+        let (a, b) = (tenant_addr(1), tenant_addr(2));
+        for (n, dir) in exported.iter().enumerate() {
+            let d = decrypted(&tshark_decrypt(lab, &pcap, dir)?);
+            eprintln!("  with h{}'s keys: {d:?}", n + 1);
+            ensure!(
+                d.ike_auth == plain.ike_auth && d.esp == plain.esp,
+                "h{}: a different dissection: {d:?}",
+                n + 1
+            );
+            ensure!(
+                d.ids == ["h1.keys.test", "h2.keys.test"],
+                "h{}: the IKE_AUTH identities: {:?}",
+                n + 1,
+                d.ids
+            );
+            ensure!(
+                d.vni_100 == d.esp && d.icv_good == d.esp,
+                "h{}: of {} ESP frames {} decode to VNI 100, {} with a good ICV",
+                n + 1,
+                d.esp,
+                d.vni_100,
+                d.icv_good
+            );
+            for (src, t, dst) in [(&a, 8, &b), (&b, 0, &a), (&b, 8, &a), (&a, 0, &b)] {
+                let count = d
+                    .echo
+                    .iter()
+                    .filter(|e| (&e.0, e.1, &e.2) == (src, t, dst))
+                    .count();
+                ensure!(
+                    count >= 3,
+                    "h{}: {count} ICMP type {t} from {src} to {dst}: {:?}",
+                    n + 1,
+                    d.echo
+                );
+            }
+        }
+
+        // The daemons logged the export, and no key.
+        for n in [1u8, 2] {
+            let log = std::fs::read_to_string(lab.dir.path().join(format!("h{n}.log")))?;
+            let warning = log
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("KEYS EXPORTED"))
+                .with_context(|| format!("h{n}: no warning of the export in the log"))?;
+            eprintln!("  h{n}: {}", strip_ansi(warning));
+            let log = log.to_lowercase();
+            for dir in &exported {
+                let mut keys = Vec::new();
+                for file in [tunsec::keys::ESP_SA_FILE, tunsec::keys::IKEV2_FILE] {
+                    keys.extend(hex_runs(&std::fs::read_to_string(dir.join(file))?));
+                }
+                ensure!(
+                    keys.len() >= 4,
+                    "too few keys in {}: {keys:?}",
+                    dir.display()
+                );
+                for key in keys {
+                    ensure!(!log.contains(&key), "h{n}: a key is in the log");
+                }
+            }
+        }
         Ok(())
     });
 }

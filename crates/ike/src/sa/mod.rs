@@ -85,6 +85,7 @@ mod config;
 mod cookie;
 mod critical;
 mod endpoint;
+pub mod export;
 pub mod fragment;
 mod ike_rekey;
 mod logging;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use tunsec::cli::{GatewayCommand, SaCommand, TunsecArgs, TunsecCommand};
+use tunsec::cli::{GatewayCommand, KeysCommand, SaCommand, TunsecArgs, TunsecCommand};
 use tunsec::control::{self, Request, Response};
 
 fn main() -> ExitCode {
@@ -41,6 +41,22 @@ fn main() -> ExitCode {
                 Ok(other) => report(other),
                 Err(e) => {
                     eprintln!("tunsec: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        TunsecCommand::Keys {
+            command: KeysCommand::Export { wireshark, .. },
+        } => {
+            return match tunsec::keys::export(
+                &socket,
+                &wireshark,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunsec keys export: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -131,6 +147,6 @@ fn report(response: Response) -> ExitCode {
             eprintln!("tunsec: {message}");
             ExitCode::FAILURE
         }
-        Response::Status(_) => ExitCode::SUCCESS,
+        Response::Status(_) | Response::Keys(_) => ExitCode::SUCCESS,
     }
 }

@@ -54,6 +54,9 @@ pub enum Request {
     /// Reads the configuration file again and takes up new IKE
     /// credentials (certificate, key, CA, CRL, PSK) for new IKE SAs.
     Reload,
+    /// The keys of every live IKE and ESP SA, for Wireshark (`tunsec keys
+    /// export`). The daemon logs a warning naming the SAs, never a key.
+    ExportKeys,
 }
 
 /// The daemon's answer.
@@ -62,6 +65,8 @@ pub enum Request {
 pub enum Response {
     /// The status.
     Status(Box<Status>),
+    /// The keys of the live SAs (the answer to [`Request::ExportKeys`]).
+    Keys(Box<crate::keys::KeyExport>),
     /// The request was carried out.
     Done {
         /// What happened.
@@ -116,6 +121,19 @@ mod test {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"reauth","peer":"b"}"#).unwrap(),
             Request::Reauth { peer: "b".into() }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::ExportKeys).unwrap(),
+            r#"{"cmd":"export_keys"}"#
+        );
+        let keys = Response::Keys(Box::default());
+        assert_eq!(
+            serde_json::to_string(&keys).unwrap(),
+            r#"{"result":"keys","ike":[],"esp":[]}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(r#"{"result":"keys","ike":[],"esp":[]}"#).unwrap(),
+            keys
         );
         let done = Response::Done {
             message: "ok".into(),

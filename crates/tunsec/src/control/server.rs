@@ -41,6 +41,9 @@ pub trait ControlTarget: Send + Sync + 'static {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response;
     /// Reads the configuration file again (`tunsec reload`, SIGHUP).
     fn reload(&self) -> Response;
+    /// The keys of every live SA (`tunsec keys export`): the data path's
+    /// ESP SAs and the IKE driver's IKE SAs, in a [`Response::Keys`].
+    fn export_keys(&self) -> Response;
     /// Periodic work, about once a second: SA lifetimes, FDB ageing.
     fn housekeeping(&self, now: Instant);
 }
@@ -56,6 +59,7 @@ pub fn answer(target: &dyn ControlTarget, request: Request) -> Response {
         Request::Rekey { peer, ike: true } => target.ike_command(&peer, IkeCommand::RekeyIke),
         Request::Reauth { peer } => target.ike_command(&peer, IkeCommand::Reauth),
         Request::Reload => target.reload(),
+        Request::ExportKeys => target.export_keys(),
     }
 }
 
@@ -516,6 +520,9 @@ mod tests {
                 message: "reloaded".into(),
             }
         }
+        fn export_keys(&self) -> Response {
+            Response::Keys(Box::default())
+        }
         fn housekeeping(&self, _now: Instant) {}
     }
 
@@ -551,6 +558,10 @@ mod tests {
             Response::Done {
                 message: "deleted b".into()
             }
+        );
+        assert_eq!(
+            super::super::call(&path, &Request::ExportKeys).unwrap(),
+            Response::Keys(Box::default())
         );
         let bad = raw_call(&path, b"{\"cmd\":\"nonsense\"}\n");
         assert!(

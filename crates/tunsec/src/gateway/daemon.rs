@@ -322,6 +322,23 @@ impl ControlTarget for GatewayControl {
         crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
     }
 
+    /// Every SA in the tables (and the rekeyed outbound SAs the IKE
+    /// driver holds), with the IKE SAs: see `keys::answer_export`.
+    fn export_keys(&self) -> Response {
+        let tables = self.shared.tables.load();
+        let outbound = tables.peers.iter().flat_map(|p| {
+            p.outbound
+                .iter()
+                .map(|sa| (p.name.as_str(), p.underlay, &**sa))
+        });
+        let inbound = tables.inbound.values().map(|e| {
+            let p = &tables.peers[e.peer];
+            (p.name.as_str(), p.underlay, &*e.sa)
+        });
+        let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
+        crate::keys::answer_export(&self.ike_commands, esp)
+    }
+
     fn delete_sa(&self, peer: &str) -> Response {
         let current = self.shared.tables.load();
         let Some(index) = current.peers.iter().position(|p| p.name == peer) else {

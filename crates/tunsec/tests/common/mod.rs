@@ -505,3 +505,84 @@ impl tunsec_ike::sa::Random for NonceOf {
         tunsec_ike::sa::SystemRandom.fill(dest)
     }
 }
+
+/// The fields [`tshark_decrypt`] reads, every occurrence of each.
+pub(crate) const KEY_FIELDS: &[&str] = &[
+    "frame.number",
+    "isakmp.exchangetype",
+    "isakmp.id.data.fqdn",
+    "esp.spi",
+    "esp.icv_good",
+    "vxlan.vni",
+    "icmp.type",
+    "ip.src",
+    "ip.dst",
+];
+
+/// One captured frame as tshark dissected it: each of [`KEY_FIELDS`]
+/// with its occurrences joined by commas ("" when absent).
+pub(crate) struct Dissected(pub(crate) Vec<String>);
+
+impl Dissected {
+    pub(crate) fn get(&self, field: &str) -> &str {
+        let i = KEY_FIELDS.iter().position(|f| *f == field).unwrap();
+        &self.0[i]
+    }
+
+    pub(crate) fn has(&self, field: &str, value: &str) -> bool {
+        self.get(field).split(',').any(|v| v == value)
+    }
+}
+
+/// Runs tshark over `pcap` (a capture of `tunsec keys export`'s tests)
+/// with `config` as its whole configuration
+/// directory (Wireshark's personal preferences: the exported tables, or
+/// nothing), ESP decryption and ICV checks on. Fails on anything on
+/// stderr but tshark's "Running as user root" line, so a table that does
+/// not load fails the test.
+pub(crate) fn tshark_decrypt(
+    lab: &Lab,
+    pcap: &Path,
+    config: &Path,
+) -> anyhow::Result<Vec<Dissected>> {
+    let mut cmd = Command::new("tshark");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", lab.dir.path())
+        .env("XDG_CONFIG_HOME", lab.dir.path())
+        .env("WIRESHARK_CONFIG_DIR", config)
+        .env("LC_ALL", "C")
+        .arg("-n")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-o", "esp.enable_encryption_decode:TRUE"])
+        .args(["-o", "esp.enable_authentication_check:TRUE"])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-E", "occurrence=a", "-E", "aggregator=,", "-E", "quote=n"]);
+    for field in KEY_FIELDS {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd.output().context("cannot run tshark")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("Running as user \"root\""))
+        .collect();
+    ensure!(
+        out.status.success() && errors.is_empty(),
+        "tshark with {}: {}\n{}",
+        config.display(),
+        out.status,
+        errors.join("\n")
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let rows: Vec<Dissected> = text
+        .lines()
+        .map(|l| Dissected(l.split('|').map(str::to_owned).collect()))
+        .collect();
+    ensure!(
+        rows.iter().all(|r| r.0.len() == KEY_FIELDS.len()),
+        "tshark printed:\n{text}"
+    );
+    Ok(rows)
+}
