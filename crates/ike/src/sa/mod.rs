@@ -85,10 +85,12 @@ mod config;
 mod cookie;
 mod critical;
 mod endpoint;
+mod event;
 pub mod fragment;
 mod ike_rekey;
 mod logging;
 mod nat;
+mod random;
 pub mod ts;
 
 #[cfg(test)]
@@ -100,14 +102,12 @@ use std::time::{Duration, Instant};
 
 use tunsec_esp::{Direction, Key};
 
-pub use auth::{CertAuth, WallClock};
-pub use config::{
-    AuthFailure, ChildSaParams, Config, DEFAULT_MAX_CHILD_SAS, Event, Random, SeededRandom, Stats,
-    SystemRandom, Transmit,
-};
+pub use config::{CertAuth, Config, DEFAULT_MAX_CHILD_SAS, WallClock};
 pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
+pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
 pub use nat::{NATT_PORT, NatState};
+pub use random::{Random, SeededRandom, SystemRandom};
 
 use crate::cert::HashAlgorithm;
 use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, child_sa_keys, skeyseed};
