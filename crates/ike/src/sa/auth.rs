@@ -33,7 +33,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::config::Config;
 use super::event::{AuthFailure, Event};
-use super::{IkeSa, Payloads, Role, Sk, State, encode_id, logging};
+use super::logging;
+use super::payloads::Payloads;
+use super::state::{IkeSa, Role, Sk, State};
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
     CertError, HashAlgorithm, SUPPORTED_HASHES, encode_hash_algorithms, parse_hash_algorithms,
@@ -250,7 +252,43 @@ fn peer_certificates(
     Ok((end_entity, certs.collect()))
 }
 
+pub(super) fn encode_id(id: &Identity) -> Vec<u8> {
+    let mut body = Vec::new();
+    id.encode(&mut body);
+    body
+}
+
 impl IkeSa {
+    /// Checks the peer's identity and AUTH payload: against our PSK, or
+    /// its certificate against our trust and its signature (auth.rs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn verify_peer(
+        &self,
+        now: Instant,
+        payloads: &[Payload],
+        id: &Identity,
+        auth: &Auth,
+        sk: &Sk,
+        peer_real_message: &[u8],
+        our_nonce: &[u8],
+    ) -> Result<(), AuthFailure> {
+        let sk_p = match self.role {
+            Role::Initiator => &sk.keys.sk_pr,
+            Role::Responder => &sk.keys.sk_pi,
+        };
+        verify_peer_auth(
+            &self.config,
+            now,
+            payloads,
+            id,
+            auth,
+            &sk.suite,
+            peer_real_message,
+            our_nonce,
+            sk_p,
+        )
+    }
+
     /// Initiator: the responder's AUTH (or certificate) is refused. RFC
     /// 7296 section 2.21.2: the initiator tells the responder in an
     /// INFORMATIONAL request of its own with AUTHENTICATION_FAILED (sent

@@ -8,8 +8,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::config::Config;
 use super::cookie::{CookieJar, DEFAULT_COOKIE_THRESHOLD, Screen};
-use super::{Config, IkeSa, Random, Transmit};
+use super::event::Transmit;
+use super::random::Random;
+use super::state::IkeSa;
 use crate::error::{Error, Result};
 use crate::message::{ExchangeType, Header};
 

@@ -52,3 +52,43 @@ impl Random for SeededRandom {
         Ok(())
     }
 }
+
+/// The length of our nonces: RFC 7296 section 2.10 asks for at least half
+/// the key size of the negotiated prf, and at least 128 bits; 32 bytes
+/// cover every prf here.
+pub(super) const NONCE_LEN: usize = 32;
+
+pub(super) fn random_u64(rng: &mut dyn Random) -> Result<u64> {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// An IKE SPI: any value but zero (RFC 7296 section 3.1).
+pub(super) fn random_ike_spi(rng: &mut dyn Random) -> Result<u64> {
+    loop {
+        let spi = random_u64(rng)?;
+        if spi != 0 {
+            return Ok(spi);
+        }
+    }
+}
+
+/// An ESP SPI: RFC 4303 section 2.1 reserves 1 to 255 for IANA and 0 for
+/// local use.
+pub(super) fn random_esp_spi(rng: &mut dyn Random) -> Result<u32> {
+    loop {
+        let mut b = [0u8; 4];
+        rng.fill(&mut b)?;
+        let spi = u32::from_be_bytes(b);
+        if spi > 255 {
+            return Ok(spi);
+        }
+    }
+}
+
+pub(super) fn random_nonce(rng: &mut dyn Random) -> Result<Vec<u8>> {
+    let mut n = vec![0u8; NONCE_LEN];
+    rng.fill(&mut n)?;
+    Ok(n)
+}

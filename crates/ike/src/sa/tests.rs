@@ -2,13 +2,23 @@
 //! datagrams between them and drives a test clock, so that every test is
 //! deterministic (SPIs and nonces come from [`SeededRandom`]).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tunsec_esp::{Key, PacketBuf, Sa, Suite};
 
+use super::payloads::Payloads;
+use super::random::NONCE_LEN;
+use super::state::{
+    AuthSent, Child, Established, ExpectAuth, Outstanding, Request, Role, Sk, State,
+};
 use super::*;
-use crate::message::{DhGroup, Identity, NotifyType};
+use crate::error::Error;
+use crate::message::{
+    Delete, DhGroup, ExchangeType, Header, Identity, Message, NotifyType, Payload, PayloadType,
+    TrafficSelector,
+};
 use crate::proposal::{DEFAULT_ESP, DEFAULT_IKE};
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
