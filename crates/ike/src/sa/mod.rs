@@ -75,10 +75,13 @@
 //! (INVALID_SYNTAX, INVALID_MAJOR_VERSION: they are dropped).
 //!
 //! [`Endpoint`] holds many IKE SAs behind one socket: it hands each
-//! datagram to the IKE SA its SPIs name and creates responders for new
-//! IKE_SA_INIT requests; with many half-open IKE SAs, only for requests
-//! that return its cookie (section 2.6, `cookie.rs`), which an initiator
-//! [`IkeSa`] does when asked.
+//! datagram to the IKE SA its SPIs name, and a new IKE_SA_INIT request
+//! back to the caller as an [`Incoming`] (quinn-style), which the caller
+//! accepts with the configuration for that peer ([`Endpoint::accept`]: a
+//! responder answers it) or refuses ([`Endpoint::refuse`]); with many
+//! half-open IKE SAs, only requests that return its cookie get that far
+//! (section 2.6, `cookie.rs`), which an initiator [`IkeSa`] does when
+//! asked.
 //!
 //! The files, split the way rustls splits its handshake; imports run one
 //! way, from the handlers to `state.rs` and the leaves below it:
@@ -125,7 +128,7 @@ mod tests;
 
 pub use config::{CertAuth, Config, DEFAULT_MAX_CHILD_SAS, WallClock};
 pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
-pub use endpoint::{Endpoint, EndpointStats, Incoming, SaHandle};
+pub use endpoint::{DatagramEvent, Endpoint, EndpointStats, Incoming, SaHandle};
 pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
 pub use exchange::{MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
 pub use nat::{NATT_PORT, NatState};
