@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use tunsec_esp::Key;
 use tunsec_ike::message::{Identity, Message, NotifyType};
-use tunsec_ike::sa::{Config, Endpoint, Incoming, Random, SeededRandom};
+use tunsec_ike::sa::{Config, DatagramEvent, Endpoint, Random, SeededRandom};
 
 fuzz_target!(|data: &[u8]| {
     let mut endpoint = Endpoint::new();
@@ -28,8 +28,14 @@ fuzz_target!(|data: &[u8]| {
     // one second, so retransmission and half-open timers run too.
     for datagram in data.split(|&b| b == 0xfe).filter(|d| !d.is_empty()) {
         for (cookies, endpoint) in [(false, &mut endpoint), (true, &mut guarded)] {
-            let incoming = endpoint.handle_datagram(now, remote, datagram, accept);
-            if cookies && matches!(incoming, Incoming::Sa { new: true, .. }) {
+            let accepted = match endpoint.handle_datagram(now, remote, datagram) {
+                DatagramEvent::NewSa(incoming) => {
+                    let (config, rng) = accept();
+                    endpoint.accept(incoming, now, config, rng).is_some()
+                }
+                _ => false,
+            };
+            if cookies && accepted {
                 // Only a request with a valid cookie gets this far, and
                 // the fuzzer cannot know one it was never sent.
                 let message = Message::decode(datagram).expect("an accepted request decodes");
@@ -48,14 +54,14 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Every peer is accepted with a fixed PSK configuration.
-fn accept(_: SocketAddr) -> Option<(Config, Box<dyn Random + Send>)> {
+fn accept() -> (Config, Box<dyn Random + Send>) {
     let config = Config::new(
         Identity::Ipv4(Ipv4Addr::new(192, 0, 2, 1)),
         None,
         Key::from_slice(b"fuzzing pre-shared key"),
     );
     let rng: Box<dyn Random + Send> = Box::new(SeededRandom::new(7));
-    Some((config, rng))
+    (config, rng)
 }
 
 /// What the responder sends must be a well-formed IKE message.

@@ -42,7 +42,9 @@ use tunsec_ike::crypto;
 use tunsec_ike::message::{DhGroup, Identity};
 
 use tunsec_ike::cert::{Credentials, Trust};
-use tunsec_ike::sa::{CertAuth, Config, Endpoint, Event, IkeSa, Incoming, Random, SystemRandom};
+use tunsec_ike::sa::{
+    CertAuth, Config, DatagramEvent, Endpoint, Event, IkeSa, Random, SystemRandom,
+};
 
 /// The groups measured, with their names in strongSwan's syntax.
 const GROUPS: [(&str, DhGroup); 4] = [
@@ -177,15 +179,20 @@ impl Handshake {
             };
             split.initiator += t.elapsed();
             let t = Instant::now();
-            let responder = self.responder.clone();
-            let incoming = self
+            let h = match self
                 .endpoint
-                .handle_datagram(self.now, to_i, &request.bytes, |_| {
+                .handle_datagram(self.now, to_i, &request.bytes)
+            {
+                DatagramEvent::Sa(h) => h,
+                DatagramEvent::NewSa(incoming) => {
+                    let responder = self.responder.clone();
                     let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
-                    Some((responder, rng))
-                });
-            let Incoming::Sa { handle: h, .. } = incoming else {
-                return false;
+                    match self.endpoint.accept(incoming, self.now, responder, rng) {
+                        Some(h) => h,
+                        None => return false,
+                    }
+                }
+                DatagramEvent::Refused | DatagramEvent::Dropped => return false,
             };
             handle = Some(h);
             let Some(sa) = self.endpoint.sa_mut(h) else {

@@ -3,8 +3,6 @@
 //! message, or report a bug or a bad configuration: see [`Error::fault`] and
 //! [`Error::notify`].
 
-use crate::message::NotifyType;
-
 /// Who is responsible for an [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
@@ -153,23 +151,6 @@ impl Error {
             | Self::Crypto(_)
             | Self::InvalidState(_) => Fault::Local,
             Self::Proposal { .. } => Fault::Config,
-        }
-    }
-
-    /// The notify type an IKE responder answers this error with, if any.
-    ///
-    /// Messages that fail their integrity check get no answer: they are
-    /// dropped. An unsupported transform or group is answered by the
-    /// exchange that negotiates it (`NO_PROPOSAL_CHOSEN`,
-    /// `INVALID_KE_PAYLOAD`), which only the state machine knows. Local and
-    /// configuration errors are not the peer's business.
-    pub fn notify(&self) -> Option<NotifyType> {
-        match self {
-            Self::UnsupportedCriticalPayload(_) => Some(NotifyType::UnsupportedCriticalPayload),
-            Self::UnsupportedVersion { .. } => Some(NotifyType::InvalidMajorVersion),
-            Self::InvalidPublicValue { .. } => Some(NotifyType::InvalidSyntax),
-            _ if self.fault() == Fault::Malformed => Some(NotifyType::InvalidSyntax),
-            _ => None,
         }
     }
 }

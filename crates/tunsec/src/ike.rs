@@ -60,10 +60,10 @@ use tunsec_datapath::overlay::{InboundEntry, SharedSa};
 use tunsec_datapath::sa_store::{SaStore, SaTables};
 use tunsec_datapath::worker::Sockets;
 use tunsec_esp::{Mode, Sa};
-use tunsec_ike::message::{Message, TrafficSelector};
+use tunsec_ike::message::TrafficSelector;
 use tunsec_ike::sa::{
-    ChildSaParams, Config as IkeConfig, Endpoint, Event, Incoming, Random, SaHandle, SystemRandom,
-    ts,
+    ChildSaParams, Config as IkeConfig, DatagramEvent, Endpoint, Event, Incoming, Random, SaHandle,
+    SystemRandom, ts,
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
@@ -703,56 +703,23 @@ impl IkeDriver {
     }
 
     fn handle_datagram(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
-        let (local, esp_port) = (self.local, self.esp_port);
-        let peers = &self.peers;
-        let endpoint = &mut self.endpoint;
-        // Our own attempts that are not up yet, by their nonce.
-        let pending: Vec<Option<Vec<u8>>> = peers
-            .iter()
-            .map(|p| {
-                p.handle
-                    .and_then(|h| endpoint.sa_mut(h))
-                    .and_then(|sa| sa.pending_init_nonce().map(<[u8]>::to_vec))
-            })
-            .collect();
-        let theirs = init_request_nonce(bytes);
-        let mut ours_goes_on = None;
-        let incoming = endpoint.handle_datagram(now, src, bytes, |remote| {
-            // Known peers only, by underlay address.
-            let i = peers
-                .iter()
-                .position(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
-            // The peer's attempt crosses ours: both sides keep the attempt
-            // with the lower nonce (as RFC 7296 section 2.8.1 settles
-            // colliding rekeys), so exactly one gives way and the two
-            // converge on one IKE SA, whoever started first.
-            if let (Some(ours), Some(theirs)) = (&pending[i], &theirs) {
-                if ours.as_slice() < theirs.as_slice() {
-                    tracing::debug!(peer = %peers[i].name, "IKE: the peer's IKE_SA_INIT crosses ours, whose nonce is lower: ours goes on");
-                    ours_goes_on = Some(i);
-                    return None;
-                }
+        let incoming = match self.endpoint.handle_datagram(now, src, bytes) {
+            DatagramEvent::NewSa(incoming) => incoming,
+            DatagramEvent::Refused => {
+                tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
+                return;
             }
-            // Both sides re-authenticate at once (each reloaded, and the
-            // IKE SA rekey set both off): the designated initiator's new
-            // IKE SA is the one both keep, so it refuses the peer's, and
-            // the peer gives up its own for ours (below).
-            let p = &peers[i];
-            if p.initiator && p.reauthing && p.incoming.is_some() {
-                return None;
-            }
-            let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
-            Some((Self::ike_config(local, &peers[i], esp_port), rng))
-        });
-        if let Some(i) = ours_goes_on {
-            // The peer gives its attempt up when it sees ours: now, not
-            // at our next retransmission.
-            if let Some(sa) = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h)) {
-                sa.send_init_again();
-            }
-        }
-        match incoming {
-            Incoming::Sa { handle, new: true } => {
+            DatagramEvent::Sa(_) | DatagramEvent::Dropped => return,
+        };
+        let Some(i) = self.accepts(&incoming) else {
+            self.endpoint.refuse(incoming);
+            tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
+            return;
+        };
+        let config = Self::ike_config(self.local, &self.peers[i], self.esp_port);
+        let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
+        match self.endpoint.accept(incoming, now, config, rng) {
+            Some(handle) => {
                 let Some(p) = self.peers.iter_mut().find(|p| p.addr.ip() == src.ip()) else {
                     return;
                 };
@@ -765,7 +732,7 @@ impl IkeDriver {
                     // The peer restarted, lost its IKE SA or re-authenticates:
                     // the old one stays until the new one is authenticated.
                     // A re-authentication of our own gives way to it (the
-                    // peer has the lower address, see the accept callback).
+                    // peer has the lower address, see `accepts`).
                     if let Some(older) = p.incoming.replace(handle) {
                         self.endpoint.remove(older);
                     }
@@ -775,28 +742,55 @@ impl IkeDriver {
                     tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
                 } else {
                     // Our own attempt, if any, gives way to the peer's
-                    // (its nonce is lower, see the accept callback).
+                    // (its nonce is lower, see `accepts`).
                     if let Some(old) = p.handle.replace(handle) {
                         self.endpoint.remove(old);
                     }
                     tracing::info!(peer = %p.name, "IKE: responding to IKE_SA_INIT");
                 }
             }
-            Incoming::Refused => {
+            None => {
                 tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
             }
-            Incoming::Sa { .. } | Incoming::Dropped => {}
         }
     }
-}
 
-/// The nonce of an IKE_SA_INIT request (on port 500, or behind the
-/// non-ESP marker), or `None` for anything else.
-fn init_request_nonce(bytes: &[u8]) -> Option<Vec<u8>> {
-    let message = Message::decode(bytes)
-        .ok()
-        .or_else(|| Message::decode(bytes.strip_prefix(&[0u8; 4])?).ok())?;
-    message.init_request_nonce().map(<[u8]>::to_vec)
+    /// Whether to answer a new IKE_SA_INIT request, and for which peer:
+    /// known peers only, by underlay address, unless down; not when our
+    /// own attempt crosses it with a lower nonce, nor when we
+    /// re-authenticate as the designated initiator.
+    fn accepts(&mut self, incoming: &Incoming) -> Option<usize> {
+        let remote = incoming.remote();
+        let peers = &self.peers;
+        let i = peers
+            .iter()
+            .position(|p| p.addr.ip() == remote.ip() && !p.admin_down)?;
+        // The peer's attempt crosses ours: both sides keep the attempt
+        // with the lower nonce (as RFC 7296 section 2.8.1 settles
+        // colliding rekeys), so exactly one gives way and the two
+        // converge on one IKE SA, whoever started first.
+        let ours = peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
+        if let Some(sa) = ours {
+            if let (Some(ours), Some(theirs)) = (sa.pending_init_nonce(), incoming.nonce()) {
+                if ours < theirs {
+                    tracing::debug!(peer = %peers[i].name, "IKE: the peer's IKE_SA_INIT crosses ours, whose nonce is lower: ours goes on");
+                    // The peer gives its attempt up when it sees ours:
+                    // now, not at our next retransmission.
+                    sa.send_init_again();
+                    return None;
+                }
+            }
+        }
+        // Both sides re-authenticate at once (each reloaded, and the
+        // IKE SA rekey set both off): the designated initiator's new
+        // IKE SA is the one both keep, so it refuses the peer's, and
+        // the peer gives up its own for ours (in handle_datagram).
+        let p = &peers[i];
+        if p.initiator && p.reauthing && p.incoming.is_some() {
+            return None;
+        }
+        Some(i)
+    }
 }
 
 impl IkeDriver {

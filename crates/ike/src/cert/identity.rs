@@ -7,6 +7,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::CertError;
+use super::describe::describe;
 use crate::message::Identity;
 
 /// Checks that the certificate vouches for `id` (RFC 4945 section 3.1):
@@ -150,23 +151,6 @@ fn email_eq(a: &[u8], b: &[u8]) -> bool {
     let (la, da) = split(a);
     let (lb, db) = split(b);
     la == lb && da.eq_ignore_ascii_case(&db)
-}
-
-/// A short description of an identity for log lines, by its ID type:
-/// `ID_FQDN host-b.example`, `ID_DER_ASN1_DN CN=host-b`.
-pub fn describe(id: &Identity) -> String {
-    match id {
-        Identity::Ipv4(a) => format!("ID_IPV4_ADDR {a}"),
-        Identity::Ipv6(a) => format!("ID_IPV6_ADDR {a}"),
-        Identity::Fqdn(n) => format!("ID_FQDN {}", String::from_utf8_lossy(n)),
-        Identity::Rfc822(n) => format!("ID_RFC822_ADDR {}", String::from_utf8_lossy(n)),
-        Identity::DerAsn1Dn(dn) => match x509_parser::x509::X509Name::from_der(dn) {
-            Ok((_, name)) => format!("ID_DER_ASN1_DN {name}"),
-            Err(_) => format!("ID_DER_ASN1_DN {}", super::scheme::hex_string(dn)),
-        },
-        Identity::KeyId(k) => format!("ID_KEY_ID {}", super::scheme::hex_string(k)),
-        Identity::Other { id_type, .. } => format!("ID type {id_type:?}"),
-    }
 }
 
 #[cfg(test)]

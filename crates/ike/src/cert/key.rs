@@ -6,33 +6,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use super::scheme::{HashAlgorithm, SignatureScheme, encode_auth_data};
+use super::scheme::{HashAlgorithm, KeyType, SignatureScheme, encode_auth_data};
 use super::{CertError, looks_like_pem, parse_certificates};
 use crate::message::AuthMethod;
-
-/// The kind of a key pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyType {
-    /// ECDSA on P-256.
-    EcdsaP256,
-    /// ECDSA on P-384.
-    EcdsaP384,
-    /// RSA.
-    Rsa,
-    /// Ed25519.
-    Ed25519,
-}
-
-impl std::fmt::Display for KeyType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::EcdsaP256 => "ECDSA P-256",
-            Self::EcdsaP384 => "ECDSA P-384",
-            Self::Rsa => "RSA",
-            Self::Ed25519 => "Ed25519",
-        })
-    }
-}
 
 enum Inner {
     /// ECDSA: one aws-lc-rs key pair per signature encoding, DER for

@@ -23,6 +23,7 @@
 //! the fields it does not expose (subject DN, e-mail SANs, key usage, the
 //! public key) are read with x509-parser; the signatures are aws-lc-rs's.
 
+mod describe;
 pub(crate) mod identity;
 mod key;
 mod peer;
@@ -34,12 +35,13 @@ mod trust;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use identity::{check_identity, describe as describe_identity, dn_eq};
-pub use key::{Credentials, KeyType, PrivateKey};
+pub use describe::describe as describe_identity;
+pub use identity::{check_identity, dn_eq};
+pub use key::{Credentials, PrivateKey};
 pub use peer::PeerPublicKey;
 pub use scheme::{
-    HashAlgorithm, SUPPORTED_HASHES, SignatureScheme, encode_auth_data, encode_hash_algorithms,
-    parse_auth_data, parse_hash_algorithms,
+    HashAlgorithm, KeyType, SUPPORTED_HASHES, SignatureScheme, encode_auth_data,
+    encode_hash_algorithms, parse_auth_data, parse_hash_algorithms,
 };
 pub use trust::{Trust, fingerprint, verify_peer};
 
@@ -101,8 +103,8 @@ pub enum CertError {
     /// one the configuration expects (`remote_id`).
     #[error(
         "identity mismatch: peer is {}, the configuration expects {}",
-        identity::describe(presented),
-        identity::describe(expected)
+        describe::describe(presented),
+        describe::describe(expected)
     )]
     UnexpectedIdentity {
         /// The identity the peer sent (its ID payload).

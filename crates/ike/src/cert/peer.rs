@@ -5,8 +5,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::CertError;
-use super::key::KeyType;
-use super::scheme::{SignatureScheme, parse_auth_data};
+use super::scheme::{KeyType, SignatureScheme, parse_auth_data};
 use crate::message::AuthMethod;
 
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";

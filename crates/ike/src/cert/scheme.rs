@@ -1,7 +1,33 @@
 //! RFC 7427 signature schemes, the Digital Signature AUTH data format
-//! (section 3) and the SIGNATURE_HASH_ALGORITHMS notify data (section 4).
+//! (section 3), the SIGNATURE_HASH_ALGORITHMS notify data (section 4),
+//! and the kinds of keys ([`KeyType`]) that sign with them.
 
 use super::CertError;
+use super::describe::hex_string;
+
+/// The kind of a key pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA on P-256.
+    EcdsaP256,
+    /// ECDSA on P-384.
+    EcdsaP384,
+    /// RSA.
+    Rsa,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::EcdsaP256 => "ECDSA P-256",
+            Self::EcdsaP384 => "ECDSA P-384",
+            Self::Rsa => "RSA",
+            Self::Ed25519 => "Ed25519",
+        })
+    }
+}
 
 /// A signature scheme for AUTH method 14, Digital Signature (RFC 7427).
 ///
@@ -209,10 +235,6 @@ pub fn parse_hash_algorithms(data: &[u8]) -> Result<Vec<HashAlgorithm>, CertErro
         .chunks_exact(2)
         .map(|c| HashAlgorithm::from_u16(u16::from_be_bytes([c[0], c[1]])))
         .collect())
-}
-
-pub(crate) fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

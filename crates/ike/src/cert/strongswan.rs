@@ -157,7 +157,7 @@ fn cert_strongswan_algorithm_identifiers_match_rfc7427() {
             &der[start..start + id.len()],
             id,
             "{scheme}: {}",
-            scheme::hex_string(&der[start..start + id.len()])
+            describe::hex_string(&der[start..start + id.len()])
         );
     }
 }

@@ -204,7 +204,7 @@ pub fn verify_peer(
         Model::Pinned { fingerprints } => {
             let fp = fingerprint(end_entity);
             if !fingerprints.contains(&fp) {
-                return Err(CertError::NotPinned(super::scheme::hex_string(&fp)));
+                return Err(CertError::NotPinned(super::describe::hex_string(&fp)));
             }
             check_validity(&cert, now)?;
         }

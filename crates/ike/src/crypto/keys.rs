@@ -4,7 +4,7 @@
 
 use tunsec_esp::{SaKeys, Suite};
 
-use super::{Encr, Integ, Key, Prf};
+use super::{Encr, Integ, Key, Prf, SkCipher};
 use crate::error::{Error, Result};
 use crate::message::{DhGroup, Proposal, TransformId};
 
@@ -85,6 +85,25 @@ impl IkeSuite {
             prf: prf.ok_or(missing("negotiated proposal: no prf"))?,
             group: group.ok_or(missing("negotiated proposal: no Diffie-Hellman group"))?,
         })
+    }
+}
+
+// The ciphers are built here from the keys, so that `sk` (which only
+// protects messages) needs nothing from this module.
+impl SkCipher {
+    /// The outbound and inbound ciphers of one side of an IKE SA.
+    pub fn pair(suite: &IkeSuite, keys: &IkeKeys, initiator: bool) -> Result<(Self, Self)> {
+        let i = Self::new(
+            suite.encr,
+            suite.integ.map(|a| (a, &keys.sk_ai)),
+            &keys.sk_ei,
+        )?;
+        let r = Self::new(
+            suite.encr,
+            suite.integ.map(|a| (a, &keys.sk_ar)),
+            &keys.sk_er,
+        )?;
+        Ok(if initiator { (i, r) } else { (r, i) })
     }
 }
 

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_lc_rs::{aead, cipher, constant_time, hmac, rand};
 
 use super::Key;
-use super::keys::{IkeKeys, IkeSuite};
 use crate::error::{Error, Result};
 use crate::message::{
     EncrId, EncryptedFragment, FRAGMENT_FIELDS_LEN, HEADER_LEN, Header, IntegId, Message,
@@ -294,21 +293,6 @@ impl SkCipher {
             }
         };
         Ok(Self { encr, inner })
-    }
-
-    /// The outbound and inbound ciphers of one side of an IKE SA.
-    pub fn pair(suite: &IkeSuite, keys: &IkeKeys, initiator: bool) -> Result<(Self, Self)> {
-        let i = Self::new(
-            suite.encr,
-            suite.integ.map(|a| (a, &keys.sk_ai)),
-            &keys.sk_ei,
-        )?;
-        let r = Self::new(
-            suite.encr,
-            suite.integ.map(|a| (a, &keys.sk_ar)),
-            &keys.sk_er,
-        )?;
-        Ok(if initiator { (i, r) } else { (r, i) })
     }
 
     /// The cipher.
@@ -628,7 +612,7 @@ fn nonce(salt: &[u8; SALT_LEN], iv: &[u8]) -> Result<aead::Nonce> {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::crypto::keys::skeyseed;
+    use crate::crypto::keys::{IkeKeys, IkeSuite, skeyseed};
     use crate::message::{ExchangeType, Notify, NotifyType};
     use crate::testdata::Capture;
 

@@ -7,6 +7,8 @@
 //! only values that have no name; `From<u8>`/`From<u16>` never builds an
 //! `Unknown` of a named value.
 
+use crate::error::{Error, Fault};
+
 /// Defines a registry enum with `From` conversions both ways.
 macro_rules! registry {
     (
@@ -391,5 +393,26 @@ impl NotifyType {
     /// 16384 report errors, the others status).
     pub fn is_error(self) -> bool {
         self.value() < 16384
+    }
+}
+
+// The notify that answers an error lives here, beside the notify types,
+// so that `error` needs nothing from `message` (which uses `Error`).
+impl Error {
+    /// The notify type an IKE responder answers this error with, if any.
+    ///
+    /// Messages that fail their integrity check get no answer: they are
+    /// dropped. An unsupported transform or group is answered by the
+    /// exchange that negotiates it (`NO_PROPOSAL_CHOSEN`,
+    /// `INVALID_KE_PAYLOAD`), which only the state machine knows. Local and
+    /// configuration errors are not the peer's business.
+    pub fn notify(&self) -> Option<NotifyType> {
+        match self {
+            Self::UnsupportedCriticalPayload(_) => Some(NotifyType::UnsupportedCriticalPayload),
+            Self::UnsupportedVersion { .. } => Some(NotifyType::InvalidMajorVersion),
+            Self::InvalidPublicValue { .. } => Some(NotifyType::InvalidSyntax),
+            _ if self.fault() == Fault::Malformed => Some(NotifyType::InvalidSyntax),
+            _ => None,
+        }
     }
 }

@@ -17,25 +17,29 @@
 //!   peer that announced nothing still signs with method 14: we never sign
 //!   method 1 (PKCS#1 v1.5 with SHA-1).
 //! - The peer's certificate is checked with [`crate::cert::verify_peer`]
-//!   against the peer's [`Trust`] at the wall-clock time [`WallClock`]
-//!   gives, its ID against the certificate and [`Config::remote_id`], and
+//!   against the peer's [`Trust`](crate::cert::Trust) at the wall-clock
+//!   time [`WallClock`](super::WallClock) gives, its ID against the
+//!   certificate and [`Config::remote_id`], and
 //!   its AUTH (methods 14, 9, 10 and 1) with the certificate's key. Any
 //!   failure is [`AuthFailure::Certificate`] with the [`CertError`] that
 //!   says why, answered AUTHENTICATION_FAILED.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use rustls_pki_types::CertificateDer;
 use tunsec_esp::Key;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::config::{AuthFailure, Config, Event};
-use super::{IkeSa, Payloads, Role, Sk, State, encode_id, logging};
+use super::config::Config;
+use super::event::{AuthFailure, Event};
+use super::logging;
+use super::payloads::Payloads;
+use super::state::{IkeSa, Role, Sk, State};
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
 use crate::cert::{
-    CertError, Credentials, HashAlgorithm, SUPPORTED_HASHES, Trust, UnixTime,
-    encode_hash_algorithms, parse_hash_algorithms, verify_peer,
+    CertError, HashAlgorithm, SUPPORTED_HASHES, encode_hash_algorithms, parse_hash_algorithms,
+    verify_peer,
 };
 use crate::crypto::{IkeSuite, shared_key_auth, signed_octets};
 use crate::error::{Error, Result};
@@ -43,61 +47,6 @@ use crate::message::{
     Auth, AuthMethod, CertEncoding, Certificate, ExchangeType, Header, Identity, Message, Notify,
     NotifyType, Payload,
 };
-
-/// Where the wall-clock time for certificate validity comes from. The
-/// state machine is otherwise driven by a monotonic `now: Instant`; X.509
-/// validity needs the calendar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WallClock {
-    /// The system clock (`SystemTime::now()`), for real SAs.
-    System,
-    /// A calendar time tied to an instant of the driven clock: at `now` it
-    /// is `unix + (now - instant)`. Deterministic, for tests and
-    /// simulations.
-    Anchored {
-        /// An instant of the driven clock.
-        instant: Instant,
-        /// The calendar time at `instant`.
-        unix: UnixTime,
-    },
-}
-
-impl WallClock {
-    /// The calendar time at `now`.
-    pub fn at(&self, now: Instant) -> UnixTime {
-        match *self {
-            Self::System => UnixTime::now(),
-            Self::Anchored { instant, unix } => {
-                let secs = Duration::from_secs(unix.as_secs());
-                let elapsed = now.saturating_duration_since(instant);
-                UnixTime::since_unix_epoch(secs + elapsed)
-            }
-        }
-    }
-}
-
-/// Certificate authentication for one peer: our key and chain, whom we
-/// trust to vouch for the peer, and the clock to check validity with.
-#[derive(Debug)]
-pub struct CertAuth {
-    /// Our private key and certificate chain (end entity first).
-    pub credentials: Credentials,
-    /// The peer's trust model: CAs with CRLs, or pins.
-    pub trust: Trust,
-    /// The calendar for validity periods.
-    pub clock: WallClock,
-}
-
-impl CertAuth {
-    /// Certificate authentication with the system clock.
-    pub fn new(credentials: Credentials, trust: Trust) -> Self {
-        Self {
-            credentials,
-            trust,
-            clock: WallClock::System,
-        }
-    }
-}
 
 /// IKE_SA_INIT: the SIGNATURE_HASH_ALGORITHMS notify we announce (RFC 7427
 /// section 4), when we authenticate with a certificate.
@@ -303,7 +252,43 @@ fn peer_certificates(
     Ok((end_entity, certs.collect()))
 }
 
+pub(super) fn encode_id(id: &Identity) -> Vec<u8> {
+    let mut body = Vec::new();
+    id.encode(&mut body);
+    body
+}
+
 impl IkeSa {
+    /// Checks the peer's identity and AUTH payload: against our PSK, or
+    /// its certificate against our trust and its signature (auth.rs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn verify_peer(
+        &self,
+        now: Instant,
+        payloads: &[Payload],
+        id: &Identity,
+        auth: &Auth,
+        sk: &Sk,
+        peer_real_message: &[u8],
+        our_nonce: &[u8],
+    ) -> Result<(), AuthFailure> {
+        let sk_p = match self.role {
+            Role::Initiator => &sk.keys.sk_pr,
+            Role::Responder => &sk.keys.sk_pi,
+        };
+        verify_peer_auth(
+            &self.config,
+            now,
+            payloads,
+            id,
+            auth,
+            &sk.suite,
+            peer_real_message,
+            our_nonce,
+            sk_p,
+        )
+    }
+
     /// Initiator: the responder's AUTH (or certificate) is refused. RFC
     /// 7296 section 2.21.2: the initiator tells the responder in an
     /// INFORMATIONAL request of its own with AUTHENTICATION_FAILED (sent

@@ -18,7 +18,7 @@ use crate::cert::{
 };
 use crate::crypto::signed_octets;
 use crate::message::{AuthMethod, CertEncoding, Identity, Message, NotifyType, Payload};
-use crate::sa::SeededRandom;
+use crate::sa::{CertAuth, SeededRandom, WallClock};
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);

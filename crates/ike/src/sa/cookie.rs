@@ -33,9 +33,11 @@ use aws_lc_rs::{constant_time, digest};
 use tunsec_esp::Key;
 use zeroize::Zeroizing;
 
-use super::{
-    Discard, Event, IkeSa, InitSent, Payloads, Random, State, SystemRandom, Transmit, logging,
-};
+use super::event::{Event, Transmit};
+use super::logging;
+use super::payloads::Payloads;
+use super::random::{Random, SystemRandom};
+use super::state::{Discard, IkeSa, InitSent, State};
 use crate::error::{Error, Result};
 use crate::message::{
     ExchangeType, Header, MAJOR_VERSION, Message, Notify, NotifyType, Payload, PayloadType,

@@ -26,7 +26,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Discard, Event, IkeSa, State, fragment, logging};
+use super::event::Event;
+use super::state::{Discard, IkeSa, State};
+use super::{fragment, logging};
 use crate::error::Error;
 use crate::message::{Header, Message, Notify, NotifyType, Payload};
 

@@ -1,17 +1,22 @@
 //! [`Endpoint`]: many IKE SAs behind one socket, quinn-style. It hands
-//! each datagram to the IKE SA its SPIs name, and creates a responder for
-//! a new IKE_SA_INIT request; with many half-open IKE SAs, only for a
-//! request that carries a valid cookie (RFC 7296 section 2.6, see
-//! `cookie.rs`).
+//! each datagram to the IKE SA its SPIs name. A new IKE_SA_INIT request
+//! comes back as an [`Incoming`], which the caller accepts
+//! ([`Endpoint::accept`], with the configuration for that peer) or
+//! refuses ([`Endpoint::refuse`]); with many half-open IKE SAs, only a
+//! request that carries a valid cookie gets that far (RFC 7296 section
+//! 2.6, see `cookie.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::config::Config;
 use super::cookie::{CookieJar, DEFAULT_COOKIE_THRESHOLD, Screen};
-use super::{Config, IkeSa, Random, Transmit};
+use super::event::Transmit;
+use super::random::Random;
+use super::state::IkeSa;
 use crate::error::{Error, Result};
-use crate::message::{ExchangeType, Header};
+use crate::message::{ExchangeType, Header, Message};
 
 /// An IKE SA within an [`Endpoint`], named by our own first IKE SPI (the
 /// initiator's SPI when we initiated, the responder's otherwise). The
@@ -20,23 +25,53 @@ use crate::message::{ExchangeType, Header};
 pub struct SaHandle(pub u64);
 
 /// What became of a datagram handed to [`Endpoint::handle_datagram`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Incoming {
-    /// Given to an IKE SA (a new one if `new`); poll it for transmits and
-    /// events.
-    Sa {
-        /// The IKE SA.
-        handle: SaHandle,
-        /// A responder was created for this IKE_SA_INIT request.
-        new: bool,
-    },
-    /// An IKE_SA_INIT request refused without keeping state (no
-    /// configuration for the peer, NO_PROPOSAL_CHOSEN /
-    /// INVALID_KE_PAYLOAD, or a cookie request; the answer is in
-    /// [`Endpoint::poll_transmit`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DatagramEvent {
+    /// Given to this IKE SA; poll it for transmits and events.
+    Sa(SaHandle),
+    /// A new IKE_SA_INIT request, for no IKE SA yet: the caller accepts it
+    /// ([`Endpoint::accept`]) or refuses it ([`Endpoint::refuse`]). Nothing
+    /// is kept for it until then.
+    NewSa(Incoming),
+    /// An IKE_SA_INIT request refused without keeping state: a cookie
+    /// request (RFC 7296 section 2.6; the answer is in
+    /// [`Endpoint::poll_transmit`]), or no cookie could be made.
     Refused,
     /// Dropped: not an IKE header, or SPIs of no IKE SA here.
     Dropped,
+}
+
+/// A new IKE_SA_INIT request (RFC 7296 section 1.2) that passed the
+/// endpoint's checks (and its cookie check under load, section 2.6), for
+/// the caller to accept or refuse, as quinn's `Incoming`: the caller
+/// decides with what it knows of the peer, by its address and the
+/// initiator's nonce, before any state is kept for it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "accept or refuse it"]
+pub struct Incoming {
+    remote: SocketAddr,
+    initiator_spi: u64,
+    nonce: Option<Vec<u8>>,
+    bytes: Vec<u8>,
+}
+
+impl Incoming {
+    /// Where the request came from.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// The initiator's SPI.
+    pub fn initiator_spi(&self) -> u64 {
+        self.initiator_spi
+    }
+
+    /// The initiator's nonce (Ni), if the request decodes and has one. A
+    /// caller whose own attempt to the same peer is under way compares it
+    /// with [`IkeSa::pending_init_nonce`] to settle the crossing.
+    pub fn nonce(&self) -> Option<&[u8]> {
+        self.nonce.as_deref()
+    }
 }
 
 /// Datagrams the endpoint itself dropped or refused.
@@ -169,25 +204,24 @@ impl Endpoint {
         Ok(SaHandle(spi))
     }
 
-    /// Hands a datagram to its IKE SA. A new IKE_SA_INIT request is offered
-    /// to `accept`, which returns the configuration for that peer (and a
-    /// random source), or `None` to ignore it.
+    /// Hands a datagram to its IKE SA. A new IKE_SA_INIT request comes
+    /// back as [`DatagramEvent::NewSa`], for [`Self::accept`] or
+    /// [`Self::refuse`]; under load, only once it carries our cookie.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         remote: SocketAddr,
         bytes: &[u8],
-        accept: impl FnOnce(SocketAddr) -> Option<(Config, Box<dyn Random + Send>)>,
-    ) -> Incoming {
+    ) -> DatagramEvent {
         let Ok(header) = Header::decode(bytes) else {
             self.stats.malformed += 1;
-            return Incoming::Dropped;
+            return DatagramEvent::Dropped;
         };
         // RFC 7296 section 3.1: the initiator's SPI "MUST NOT be zero"; no
         // exchange can belong to one.
         if header.initiator_spi == 0 {
             self.stats.malformed += 1;
-            return Incoming::Dropped;
+            return DatagramEvent::Dropped;
         }
         // RFC 7296 section 3.1: the I flag marks messages from the original
         // initiator, so our SPI is the responder's in those and the
@@ -214,15 +248,12 @@ impl Endpoint {
                         self.half_open.remove(&handle);
                     }
                     self.reindex(handle);
-                    Incoming::Sa {
-                        handle: SaHandle(handle),
-                        new: false,
-                    }
+                    DatagramEvent::Sa(SaHandle(handle))
                 }
                 None => {
                     self.stats.unknown_spi += 1;
                     tracing::debug!(peer = %remote, spi = %super::logging::Hex(spi), exchange = ?header.exchange_type, "IKE dropped a message: no IKE SA with its SPI");
-                    Incoming::Dropped
+                    DatagramEvent::Dropped
                 }
             };
         }
@@ -234,7 +265,7 @@ impl Endpoint {
         if !new_request {
             self.stats.unknown_spi += 1;
             tracing::debug!(peer = %remote, exchange = ?header.exchange_type, message_id = header.message_id, "IKE dropped a message: no IKE SA, and not a new IKE_SA_INIT request");
-            return Incoming::Dropped;
+            return DatagramEvent::Dropped;
         }
         // RFC 7296 section 2.6: under load, no state (not even a look at
         // the configuration) before the initiator returns our cookie.
@@ -246,25 +277,57 @@ impl Endpoint {
                     self.stats.bad_cookies += u64::from(invalid);
                     self.stats.refused += 1;
                     self.transmits.push_back(transmit);
-                    return Incoming::Refused;
+                    return DatagramEvent::Refused;
                 }
                 Screen::Malformed => {
                     self.stats.malformed += 1;
-                    return Incoming::Dropped;
+                    return DatagramEvent::Dropped;
                 }
                 Screen::Unavailable => {
                     self.stats.refused += 1;
-                    return Incoming::Refused;
+                    return DatagramEvent::Refused;
                 }
             }
         }
-        let Some((config, rng)) = accept(remote) else {
-            tracing::debug!(peer = %remote, "IKE_SA_INIT request not accepted (unknown peer, down, or our own attempt goes first)");
-            self.stats.refused += 1;
-            return Incoming::Refused;
-        };
+        let nonce = Message::decode(bytes)
+            .ok()
+            .and_then(|m| m.init_request_nonce().map(<[u8]>::to_vec));
+        DatagramEvent::NewSa(Incoming {
+            remote,
+            initiator_spi: header.initiator_spi,
+            nonce,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Accepts a new IKE_SA_INIT request with the configuration for its
+    /// peer: a responder is created and answers it. `None` if it refused
+    /// the request without keeping state (NO_PROPOSAL_CHOSEN,
+    /// INVALID_KE_PAYLOAD, an unknown critical payload...; the answer is
+    /// in [`Self::poll_transmit`]), or if a responder for the same
+    /// initiator (address and SPI) came up meanwhile, which then gets the
+    /// request.
+    pub fn accept(
+        &mut self,
+        incoming: Incoming,
+        now: Instant,
+        config: Config,
+        rng: Box<dyn Random + Send>,
+    ) -> Option<SaHandle> {
+        let Incoming {
+            remote,
+            initiator_spi,
+            bytes,
+            ..
+        } = incoming;
+        if let Some(&handle) = self.by_initiator_spi.get(&(remote, initiator_spi)) {
+            if let Some(sa) = self.sas.get_mut(&handle) {
+                sa.handle_datagram(now, remote, &bytes);
+                return None;
+            }
+        }
         let mut sa = IkeSa::respond(config, rng);
-        sa.handle_datagram(now, remote, bytes);
+        sa.handle_datagram(now, remote, &bytes);
         let (spi_i, spi_r) = sa.spis();
         if spi_r == 0 || self.sas.contains_key(&spi_r) || self.by_spi.contains_key(&spi_r) {
             // Refused (or dropped) without state: only its answer remains.
@@ -272,7 +335,7 @@ impl Endpoint {
                 self.transmits.push_back(t);
             }
             self.stats.refused += 1;
-            return Incoming::Refused;
+            return None;
         }
         self.by_initiator_spi.insert((remote, spi_i), spi_r);
         if sa.is_half_open() {
@@ -280,10 +343,15 @@ impl Endpoint {
         }
         self.sas.insert(spi_r, sa);
         self.reindex(spi_r);
-        Incoming::Sa {
-            handle: SaHandle(spi_r),
-            new: true,
-        }
+        Some(SaHandle(spi_r))
+    }
+
+    /// Refuses a new IKE_SA_INIT request: nothing is kept and nothing is
+    /// sent (an unknown peer, one that is down, or our own attempt to it
+    /// goes first). Counted in [`EndpointStats::refused`].
+    pub fn refuse(&mut self, incoming: Incoming) {
+        tracing::debug!(peer = %incoming.remote, "IKE_SA_INIT request not accepted (unknown peer, down, or our own attempt goes first)");
+        self.stats.refused += 1;
     }
 
     /// The next answer to a refused IKE_SA_INIT request.

@@ -3,7 +3,8 @@
 //! (`ikev2_decryption_table`) needs to open the SK payloads of a capture.
 //! `tunsec keys export --wireshark` asks for them; nothing else may.
 
-use super::{IkeSa, State};
+use super::IkeSa;
+use super::state::State;
 use crate::crypto::{IkeKeys, IkeSuite};
 
 /// What a dissector needs to open an IKE SA's encrypted messages: its

@@ -29,12 +29,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{
-    Discard, Established, Event, IkeSa, MAX_KE_RETRIES, Outstanding, Payloads, RETRANSMIT_TIMEOUT,
-    Request, Role, Sk, State, logging, offers_group, random_ike_spi, random_nonce, random_u64,
-    rekey_time,
+use super::event::{Event, Transmit};
+use super::exchange::{MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
+use super::logging;
+use super::payloads::{Payloads, offers_group};
+use super::random::{random_ike_spi, random_nonce, random_u64};
+use super::state::{
+    Discard, Established, IkeRekeySent, IkeSa, MAX_KE_RETRIES, Outstanding, Queued, Request,
+    Retiring, Role, Sk, State, header, rekey_time,
 };
-use crate::crypto::{self, IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed_rekey};
+use crate::crypto::{self, IkeKeys, IkeSuite, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
 use crate::message::{
     Delete, DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal,
@@ -46,35 +50,9 @@ use crate::proposal;
 /// dropped without one.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Our CREATE_CHILD_SA request that rekeys the IKE SA.
-pub(super) struct IkeRekeySent {
-    /// Our SPI of the new IKE SA (we are its initiator).
-    spi_i: u64,
-    ni: Vec<u8>,
-    kex: Box<dyn KeyExchange>,
-    offer: Vec<Proposal>,
-    ke_retries: u8,
-}
-
-/// The IKE SA that a rekey replaced, until it is deleted.
-pub(super) struct Retiring {
-    spi_i: u64,
-    spi_r: u64,
-    role: Role,
-    sk: Sk,
-    /// Our DELETE of it, while unanswered.
-    outstanding: Option<Outstanding>,
-    /// The last response we sent on it, for retransmitted requests.
-    last_response: Option<(u32, Vec<Vec<u8>>)>,
-    peer_next_id: u32,
-    next_request_id: u32,
-    /// When it goes without further ado.
-    deadline: Instant,
-}
-
 impl Retiring {
     fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
-        super::header(
+        header(
             (self.spi_i, self.spi_r),
             self.role,
             exchange,
@@ -126,7 +104,7 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        st.enqueue(super::Queued::IkeRekey);
+        st.enqueue(Queued::IkeRekey);
         self.run_queue(now);
         Ok(())
     }
@@ -510,8 +488,7 @@ impl IkeSa {
                 let response = response.clone();
                 self.stats.cached_responses += 1;
                 for bytes in response {
-                    self.transmits
-                        .push_back(super::Transmit { dst: remote, bytes });
+                    self.transmits.push_back(Transmit { dst: remote, bytes });
                 }
                 return Ok(());
             }
@@ -550,7 +527,7 @@ impl IkeSa {
             // Keep answering a retransmitted DELETE for a little while.
             r.deadline = r.deadline.min(now + Duration::from_secs(2));
         }
-        self.transmits.push_back(super::Transmit {
+        self.transmits.push_back(Transmit {
             dst: remote,
             bytes: sealed,
         });
@@ -573,7 +550,7 @@ impl IkeSa {
         if now < out.deadline {
             return;
         }
-        if out.transmissions >= super::MAX_TRANSMISSIONS {
+        if out.transmissions >= MAX_TRANSMISSIONS {
             // No answer: the old IKE SA simply goes.
             self.retiring = None;
             return;

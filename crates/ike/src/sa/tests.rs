@@ -2,14 +2,63 @@
 //! datagrams between them and drives a test clock, so that every test is
 //! deterministic (SPIs and nonces come from [`SeededRandom`]).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tunsec_esp::{Key, PacketBuf, Sa, Suite};
 
+use super::payloads::Payloads;
+use super::random::NONCE_LEN;
+use super::state::{
+    AuthSent, Child, Established, ExpectAuth, Outstanding, Request, Role, Sk, State,
+};
 use super::*;
-use crate::message::{DhGroup, Identity, NotifyType};
+use crate::error::Error;
+use crate::message::{
+    Delete, DhGroup, ExchangeType, Header, Identity, Message, NotifyType, Payload, PayloadType,
+    TrafficSelector,
+};
 use crate::proposal::{DEFAULT_ESP, DEFAULT_IKE};
+
+/// What became of a datagram handed to an [`Endpoint`] by [`deliver`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Delivered {
+    /// Given to an IKE SA, a new one (an accepted [`Incoming`]) if `new`.
+    Sa { handle: SaHandle, new: bool },
+    /// Refused: by the endpoint (a cookie request), by `accept`, or by
+    /// the responder without state.
+    Refused,
+    /// Dropped by the endpoint.
+    Dropped,
+}
+
+/// Hands a datagram to `endpoint` and decides at once on a new
+/// IKE_SA_INIT request, as a driver does: accepted with the configuration
+/// `accept` gives for its address, or refused when it gives none.
+pub(super) fn deliver(
+    endpoint: &mut Endpoint,
+    now: Instant,
+    remote: SocketAddr,
+    bytes: &[u8],
+    accept: impl FnOnce(SocketAddr) -> Option<(Config, Box<dyn Random + Send>)>,
+) -> Delivered {
+    match endpoint.handle_datagram(now, remote, bytes) {
+        DatagramEvent::Sa(handle) => Delivered::Sa { handle, new: false },
+        DatagramEvent::NewSa(incoming) => match accept(incoming.remote()) {
+            Some((config, rng)) => match endpoint.accept(incoming, now, config, rng) {
+                Some(handle) => Delivered::Sa { handle, new: true },
+                None => Delivered::Refused,
+            },
+            None => {
+                endpoint.refuse(incoming);
+                Delivered::Refused
+            }
+        },
+        DatagramEvent::Refused => Delivered::Refused,
+        DatagramEvent::Dropped => Delivered::Dropped,
+    }
+}
 
 const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -1116,8 +1165,8 @@ fn endpoints() {
     let mut responder = None;
     for _ in 0..4 {
         while let Some(t) = a.sa_mut(h).unwrap().poll_transmit() {
-            match b.handle_datagram(now, addr(A), &t.bytes, accept) {
-                Incoming::Sa { handle, new } => {
+            match deliver(&mut b, now, addr(A), &t.bytes, accept) {
+                Delivered::Sa { handle, new } => {
                     assert_eq!(new, responder.is_none());
                     responder = Some(handle);
                 }
@@ -1126,10 +1175,10 @@ fn endpoints() {
         }
         let r = responder.unwrap();
         while let Some(t) = b.sa_mut(r).unwrap().poll_transmit() {
-            let incoming = a.handle_datagram(now, addr(B), &t.bytes, |_| None);
+            let incoming = deliver(&mut a, now, addr(B), &t.bytes, |_| None);
             assert_eq!(
                 incoming,
-                Incoming::Sa {
+                Delivered::Sa {
                     handle: h,
                     new: false
                 }
@@ -1144,8 +1193,8 @@ fn endpoints() {
 
     // Unknown SPIs, garbage, and a peer without configuration.
     assert_eq!(
-        b.handle_datagram(now, addr(A), b"junk", accept),
-        Incoming::Dropped
+        deliver(&mut b, now, addr(A), b"junk", accept),
+        Delivered::Dropped
     );
     let mut other = IkeSa::initiate(
         initiator_config(),
@@ -1160,15 +1209,15 @@ fn endpoints() {
     zero_spi[..8].fill(0);
     let malformed = b.stats().malformed;
     assert_eq!(
-        b.handle_datagram(now, addr(A), &zero_spi, accept),
-        Incoming::Dropped
+        deliver(&mut b, now, addr(A), &zero_spi, accept),
+        Delivered::Dropped
     );
     assert_eq!(b.stats().malformed, malformed + 1);
     assert!(b.poll_transmit().is_none());
     let stranger = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), 500);
     assert_eq!(
-        b.handle_datagram(now, stranger, &init.bytes, accept),
-        Incoming::Refused
+        deliver(&mut b, now, stranger, &init.bytes, accept),
+        Delivered::Refused
     );
     assert!(b.poll_transmit().is_none());
     // A peer with configuration but no common proposal: refused, answered,
@@ -1188,8 +1237,8 @@ fn endpoints() {
         ))
     };
     assert_eq!(
-        b.handle_datagram(now, addr(A), &init.bytes, no_modp),
-        Incoming::Refused
+        deliver(&mut b, now, addr(A), &init.bytes, no_modp),
+        Delivered::Refused
     );
     let answer = b.poll_transmit().unwrap();
     other.handle_datagram(now, addr(B), &answer.bytes);
@@ -1250,6 +1299,74 @@ fn established_pair() -> (Pair, ChildSaParams, ChildSaParams) {
 /// Empty INFORMATIONAL requests (liveness checks) are answered, in both
 /// directions, each side counting the other's requests from its own
 /// message ID; a retransmitted one gets the cached answer.
+/// A new IKE_SA_INIT request comes back as an `Incoming` with the
+/// initiator's address, SPI and nonce, and nothing is kept until the
+/// caller decides: refused, it leaves only a count; accepted, a responder
+/// answers it. A second accept for the same initiator makes no second
+/// responder: the first one answers it again. Under load the cookie is
+/// asked for before any `Incoming` (RFC 7296 section 2.6).
+#[test]
+fn endpoint_new_requests_wait_for_accept_or_refuse() {
+    let now = Instant::now();
+    let mut i = IkeSa::initiate(
+        initiator_config(),
+        addr(B),
+        now,
+        Box::new(SeededRandom::new(1)),
+    )
+    .unwrap();
+    let init = i.poll_transmit().unwrap();
+    let mut ep = Endpoint::new();
+    let DatagramEvent::NewSa(incoming) = ep.handle_datagram(now, addr(A), &init.bytes) else {
+        panic!("not a new request");
+    };
+    assert_eq!(incoming.remote(), addr(A));
+    assert_eq!(incoming.initiator_spi(), i.spis().0);
+    assert!(incoming.nonce().is_some());
+    assert_eq!(incoming.nonce(), i.pending_init_nonce());
+    assert_eq!(ep.handles().count(), 0);
+    ep.refuse(incoming);
+    assert_eq!(ep.stats().refused, 1);
+    assert_eq!(ep.handles().count(), 0);
+    assert!(ep.poll_transmit().is_none());
+
+    // The request again (a retransmission), offered twice before either
+    // is accepted.
+    let DatagramEvent::NewSa(first) = ep.handle_datagram(now, addr(A), &init.bytes) else {
+        panic!("not a new request");
+    };
+    let DatagramEvent::NewSa(second) = ep.handle_datagram(now, addr(A), &init.bytes) else {
+        panic!("not a new request");
+    };
+    let rng = |seed| -> Box<dyn Random + Send> { Box::new(SeededRandom::new(seed)) };
+    let h = ep.accept(first, now, responder_config(), rng(2)).unwrap();
+    assert!(ep.sa_mut(h).unwrap().is_half_open());
+    assert_eq!(ep.half_open(), 1);
+    let answer = ep.sa_mut(h).unwrap().poll_transmit().unwrap();
+    assert_eq!(ep.accept(second, now, responder_config(), rng(3)), None);
+    assert_eq!(ep.handles().count(), 1);
+    let again = ep.sa_mut(h).unwrap().poll_transmit().unwrap();
+    assert_eq!(again.bytes, answer.bytes);
+    assert_eq!(ep.sa_mut(h).unwrap().stats().cached_responses, 1);
+    assert_eq!(
+        ep.handle_datagram(now, addr(A), &init.bytes),
+        DatagramEvent::Sa(h)
+    );
+    i.handle_datagram(now, addr(B), &answer.bytes);
+    assert!(i.poll_transmit().is_some(), "IKE_AUTH follows");
+
+    // Under load: a cookie request, and no Incoming.
+    let mut busy = Endpoint::new();
+    busy.set_cookie_threshold(0);
+    assert_eq!(
+        busy.handle_datagram(now, addr(A), &init.bytes),
+        DatagramEvent::Refused
+    );
+    assert_eq!(busy.stats().cookies_sent, 1);
+    assert!(busy.poll_transmit().is_some());
+    assert_eq!(busy.handles().count(), 0);
+}
+
 #[test]
 fn liveness_checks() {
     let (mut p, ..) = established_pair();
@@ -2130,17 +2247,17 @@ fn endpoints_follow_an_ike_rekey() {
     let exchange = |a: &mut Endpoint, b: &mut Endpoint, r: &mut Option<SaHandle>| {
         for _ in 0..6 {
             while let Some(t) = a.sa_mut(h).unwrap().poll_transmit() {
-                match b.handle_datagram(now, addr(A), &t.bytes, accept) {
-                    Incoming::Sa { handle, .. } => *r = Some(handle),
+                match deliver(b, now, addr(A), &t.bytes, accept) {
+                    Delivered::Sa { handle, .. } => *r = Some(handle),
                     other => panic!("{other:?}"),
                 }
             }
             let Some(rh) = *r else { continue };
             while let Some(t) = b.sa_mut(rh).unwrap().poll_transmit() {
-                let got = a.handle_datagram(now, addr(B), &t.bytes, |_| None);
+                let got = deliver(a, now, addr(B), &t.bytes, |_| None);
                 assert_eq!(
                     got,
-                    Incoming::Sa {
+                    Delivered::Sa {
                         handle: h,
                         new: false
                     }
@@ -2168,8 +2285,8 @@ fn endpoints_follow_an_ike_rekey() {
     stale.extend(before.1.to_be_bytes());
     stale.extend([0x00, 0x20, 0x25, 0x08, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 0]);
     assert_eq!(
-        b.handle_datagram(now, addr(A), &stale, accept),
-        Incoming::Dropped
+        deliver(&mut b, now, addr(A), &stale, accept),
+        Delivered::Dropped
     );
 }
 
@@ -3098,7 +3215,7 @@ fn rekey_time_leaves_a_margin() {
     let mut rng = SeededRandom::new(3);
     for _ in 0..100 {
         let at = |secs: u64, rng: &mut SeededRandom| {
-            rekey_time(Some(Duration::from_secs(secs)), rng, now).unwrap() - now
+            state::rekey_time(Some(Duration::from_secs(secs)), rng, now).unwrap() - now
         };
         let long = at(3600, &mut rng);
         assert!(long >= Duration::from_secs(2880) && long <= Duration::from_secs(3240));
@@ -3106,5 +3223,5 @@ fn rekey_time_leaves_a_margin() {
         assert_eq!(at(2, &mut rng), Duration::from_secs(1));
         assert!(at(20, &mut rng) <= Duration::from_secs(18));
     }
-    assert_eq!(rekey_time(None, &mut rng, now), None);
+    assert_eq!(state::rekey_time(None, &mut rng, now), None);
 }

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tunsec_esp::Key;
 
-use super::super::{Config, Endpoint, Incoming, SeededRandom};
+use super::super::tests::{Delivered, deliver};
+use super::super::{Config, Endpoint, SeededRandom};
 use super::*;
 use crate::message::{DhGroup, Identity};
 
@@ -57,11 +58,11 @@ impl Net {
 
     /// Hands a datagram from `from` to the endpoint; what became of it
     /// and everything it answered.
-    fn deliver(&mut self, from: SocketAddr, bytes: &[u8]) -> (Incoming, Vec<Vec<u8>>) {
+    fn deliver(&mut self, from: SocketAddr, bytes: &[u8]) -> (Delivered, Vec<Vec<u8>>) {
         let responder = self.responder.clone();
         self.seed += 1;
         let seed = self.seed;
-        let incoming = self.endpoint.handle_datagram(self.now, from, bytes, |_| {
+        let incoming = deliver(&mut self.endpoint, self.now, from, bytes, |_| {
             let rng: Box<dyn Random + Send> = Box::new(SeededRandom::new(seed));
             Some((responder, rng))
         });
@@ -70,7 +71,7 @@ impl Net {
             assert_eq!(t.dst, from);
             out.push(t.bytes);
         }
-        if let Incoming::Sa { handle, .. } = incoming {
+        if let Delivered::Sa { handle, .. } = incoming {
             let sa = self.endpoint.sa_mut(handle).unwrap();
             while let Some(t) = sa.poll_transmit() {
                 out.push(t.bytes);
@@ -80,7 +81,7 @@ impl Net {
     }
 
     /// Sends the initiator's next datagram; the answers go back to it.
-    fn round(&mut self, i: &mut IkeSa, from: SocketAddr) -> Incoming {
+    fn round(&mut self, i: &mut IkeSa, from: SocketAddr) -> Delivered {
         let t = i.poll_transmit().expect("a request");
         let (incoming, answers) = self.deliver(from, &t.bytes);
         for a in answers {
@@ -96,7 +97,7 @@ impl Net {
         for _ in 0..8 {
             let Some(t) = i.poll_transmit() else { break };
             let (incoming, answers) = self.deliver(from, &t.bytes);
-            if let Incoming::Sa { handle: h, .. } = incoming {
+            if let Delivered::Sa { handle: h, .. } = incoming {
                 handle = Some(h);
             }
             for a in answers {
@@ -151,14 +152,14 @@ fn cookie_above_threshold() {
     let t = other.poll_transmit().unwrap();
     assert!(matches!(
         net.deliver(addr(C), &t.bytes).0,
-        Incoming::Sa { new: true, .. }
+        Delivered::Sa { new: true, .. }
     ));
     assert_eq!(net.endpoint.half_open(), 1);
 
     let mut i = net.initiator(1);
     let first = i.poll_transmit().unwrap();
     let (incoming, answers) = net.deliver(addr(A), &first.bytes);
-    assert_eq!(incoming, Incoming::Refused);
+    assert_eq!(incoming, Delivered::Refused);
     assert_eq!(
         net.endpoint.handles().count(),
         1,
@@ -184,7 +185,7 @@ fn cookie_above_threshold() {
     assert_eq!(after.payloads[1..], before.payloads[..]);
 
     let (incoming, answers) = net.deliver(addr(A), &retry.bytes);
-    assert!(matches!(incoming, Incoming::Sa { new: true, .. }));
+    assert!(matches!(incoming, Delivered::Sa { new: true, .. }));
     assert_eq!(net.endpoint.half_open(), 2);
     for a in answers {
         i.handle_datagram(net.now, addr(B), &a);
@@ -220,7 +221,7 @@ fn tampered(retry: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn bad_cookies_are_refused_without_state() {
     let mut net = Net::new(0);
     let mut i = net.initiator(1);
-    assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused);
+    assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused);
     let retry = i.poll_transmit().unwrap().bytes;
     let forgeries = [
         tampered(&retry, |c| c[VERSION_LEN + 3] ^= 1),
@@ -230,20 +231,20 @@ fn bad_cookies_are_refused_without_state() {
     ];
     for (k, forged) in forgeries.iter().enumerate() {
         let (incoming, answers) = net.deliver(addr(A), forged);
-        assert_eq!(incoming, Incoming::Refused, "forgery {k}");
+        assert_eq!(incoming, Delivered::Refused, "forgery {k}");
         assert_eq!(answers.len(), 1);
         cookie_of(&answers[0]);
     }
     // A valid cookie, but from another address.
     let (incoming, _) = net.deliver(addr(C), &retry);
-    assert_eq!(incoming, Incoming::Refused);
+    assert_eq!(incoming, Delivered::Refused);
     let stats = net.endpoint.stats();
     assert_eq!(stats.bad_cookies, 5);
     assert_eq!(stats.cookies_sent, 6);
     assert_eq!(net.endpoint.handles().count(), 0);
     // The genuine one still works.
     let (incoming, answers) = net.deliver(addr(A), &retry);
-    assert!(matches!(incoming, Incoming::Sa { new: true, .. }));
+    assert!(matches!(incoming, Delivered::Sa { new: true, .. }));
     for a in answers {
         i.handle_datagram(net.now, addr(B), &a);
     }
@@ -271,8 +272,8 @@ fn cookie_then_invalid_ke() {
     let mut net = Net::new(0);
     only_ecp256(&mut net);
     let mut i = net.initiator_with(1, offer.clone());
-    assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused); // N(COOKIE)
-    assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused); // INVALID_KE
+    assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused); // N(COOKIE)
+    assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused); // INVALID_KE
     let third = i.poll_transmit().unwrap();
     let m = decode(&third.bytes);
     assert!(matches!(&m.payloads[0], Payload::Notify(n) if n.notify_type == NotifyType::Cookie));
@@ -290,9 +291,9 @@ fn cookie_then_invalid_ke() {
     let mut net = Net::new(usize::MAX);
     only_ecp256(&mut net);
     let mut i = net.initiator_with(2, offer);
-    assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused); // INVALID_KE
+    assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused); // INVALID_KE
     net.endpoint.set_cookie_threshold(0);
-    assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused); // N(COOKIE)
+    assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused); // N(COOKIE)
     assert!(net.complete(&mut i, addr(A)));
     assert_eq!(i.ike_suite().unwrap().group, DhGroup::Ecp256);
     assert_eq!(i.stats().cookies, 1);
@@ -308,11 +309,11 @@ fn old_secret_within_grace() {
     ] {
         let mut net = Net::new(0);
         let mut i = net.initiator(1);
-        assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused);
+        assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused);
         // The secret is replaced at the next use after its lifetime.
         net.now += COOKIE_SECRET_LIFETIME + late;
         let mut j = net.initiator(2);
-        assert_eq!(net.round(&mut j, addr(C)), Incoming::Refused);
+        assert_eq!(net.round(&mut j, addr(C)), Delivered::Refused);
         let (incoming, _) = {
             let t = i.poll_transmit().unwrap();
             let out = net.deliver(addr(A), &t.bytes);
@@ -320,14 +321,14 @@ fn old_secret_within_grace() {
             out
         };
         assert_eq!(
-            matches!(incoming, Incoming::Sa { new: true, .. }),
+            matches!(incoming, Delivered::Sa { new: true, .. }),
             accepted,
             "{late:?}"
         );
         assert_eq!(net.endpoint.stats().bad_cookies, u64::from(!accepted));
         // Turned away, the initiator follows the fresh cookie and gets in.
         if !accepted {
-            assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused);
+            assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused);
             assert_eq!(i.stats().cookies, 2);
             assert!(net.complete(&mut i, addr(A)));
         }
@@ -344,7 +345,7 @@ fn endless_cookie_requests_fail() {
     for seed in 0..=MAX_COOKIE_REQUESTS {
         net.endpoint
             .set_cookie_random(Box::new(SeededRandom::new(seed)));
-        assert_eq!(net.round(&mut i, addr(A)), Incoming::Refused);
+        assert_eq!(net.round(&mut i, addr(A)), Delivered::Refused);
     }
     assert_eq!(i.stats().cookies, MAX_COOKIE_REQUESTS);
     assert!(i.is_closed());

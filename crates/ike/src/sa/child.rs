@@ -1,0 +1,667 @@
+//! Child SAs after IKE_AUTH (RFC 7296 sections 1.3, 2.8, 2.8.1, 2.17):
+//! CREATE_CHILD_SA to create more of them and to rekey them, ours and the
+//! peer's; PFS and INVALID_KE_PAYLOAD; colliding rekeys, settled by the
+//! nonces; and the queue of our requests on an established IKE SA, which
+//! go one at a time (a window of 1). A CREATE_CHILD_SA that rekeys the IKE
+//! SA itself goes to `ike_rekey.rs`.
+
+use std::time::{Duration, Instant};
+
+use super::event::{ChildSaParams, Event};
+use super::ike_rekey;
+use super::logging::{self, Hex, log_child_offer};
+use super::payloads::{Payloads, first_group, offers_group};
+use super::random::{random_esp_spi, random_nonce};
+use super::state::{
+    Child, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued, RekeySent, Request,
+    Retired, Role, State, rekey_time,
+};
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::message::{
+    DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal, ProtocolId,
+    SaPayload,
+};
+use crate::proposal;
+
+impl IkeSa {
+    /// Rekeys every Child SA (RFC 7296 section 2.8): for each, a
+    /// CREATE_CHILD_SA request with N(REKEY_SA), a fresh SPI and nonce,
+    /// and a KE payload for PFS if the ESP proposals name a Diffie-Hellman
+    /// group. The requests go one at a time, after any outstanding one.
+    /// [`Event::ChildSaRekeyed`] follows for each, then
+    /// [`Event::ChildSaDown`] for the old pair once it is deleted.
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established
+    /// with a Child SA.
+    pub fn rekey_child(&mut self, now: Instant) -> Result<()> {
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        if st.children.is_empty() {
+            return Err(Error::InvalidState("no Child SA"));
+        }
+        let spis: Vec<u32> = st.children.iter().map(|c| c.inbound).collect();
+        for spi in spis {
+            st.enqueue(Queued::Rekey(spi));
+        }
+        self.run_queue(now);
+        Ok(())
+    }
+
+    /// Creates another Child SA with [`Config::additional_children`]`[i]`
+    /// (RFC 7296 section 1.3.1): a CREATE_CHILD_SA request without
+    /// N(REKEY_SA), sent after any outstanding request.
+    /// [`Event::ChildSaUp`] follows, or [`Event::Failed`] if the peer
+    /// refuses it (the IKE SA and its other Child SAs stand).
+    ///
+    /// The initiator of an IKE SA creates them all by itself once
+    /// IKE_AUTH is done; this is for doing it again (after the peer
+    /// deleted one, say). Fails with [`Error::InvalidState`] unless the
+    /// IKE SA is established and `i` names an additional Child SA.
+    ///
+    /// [`Config::additional_children`]: super::Config::additional_children
+    pub fn create_child(&mut self, now: Instant, i: usize) -> Result<()> {
+        if i >= self.config.additional_children.len() {
+            return Err(Error::InvalidState("no such additional Child SA"));
+        }
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        st.enqueue(Queued::CreateChild(i));
+        self.run_queue(now);
+        Ok(())
+    }
+
+    /// The initiator of a fresh IKE SA asks for the additional Child SAs
+    /// (RFC 7296 section 1.3.1) once IKE_AUTH is done.
+    pub(super) fn queue_additional_children(&mut self, now: Instant) {
+        let count = self.config.additional_children.len();
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        if self.role != Role::Initiator {
+            return;
+        }
+        for i in 0..count {
+            st.enqueue(Queued::CreateChild(i));
+        }
+        self.run_queue(now);
+    }
+
+    /// Sends the next queued request, if none is outstanding.
+    pub(super) fn run_queue(&mut self, now: Instant) {
+        if self.outstanding.is_some() {
+            return;
+        }
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        if st.deleting {
+            return;
+        }
+        // A queued rekey of a Child SA that went away meanwhile sends
+        // nothing: go on to the next.
+        while self.outstanding.is_none() {
+            let State::Established(st) = &mut self.state else {
+                return;
+            };
+            let Some(next) = st.queue.pop_front() else {
+                return;
+            };
+            let result = match next {
+                Queued::Rekey(spi) => {
+                    match st
+                        .children
+                        .iter()
+                        .find(|c| c.inbound == spi)
+                        .map(Child::spis)
+                    {
+                        Some(pair) => self.start_rekey(now, ChildTarget::Rekey(pair), None, 0),
+                        None => Ok(()),
+                    }
+                }
+                Queued::CreateChild(i) => self.start_rekey(now, ChildTarget::Create(i), None, 0),
+                Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
+                Queued::DeleteChild(r) => self.send_delete_child(now, r),
+            };
+            if let Err(e) = result {
+                self.local_error(e);
+                return;
+            }
+        }
+    }
+
+    /// Builds and sends the CREATE_CHILD_SA request for `target`: SK
+    /// {[N(REKEY_SA),] [N(USE_TRANSPORT_MODE),] SA, Ni, [KEi,] TSi, TSr}
+    /// (RFC 7296 sections 1.3.1 and 1.3.3). A rekey proposes the old
+    /// pair's selectors (section 2.8); a new Child SA its configured ones.
+    ///
+    /// The KE payload is for `group`, or else for the first group of the
+    /// ESP proposals.
+    fn start_rekey(
+        &mut self,
+        now: Instant,
+        target: ChildTarget,
+        group: Option<DhGroup>,
+        ke_retries: u8,
+    ) -> Result<()> {
+        let State::Established(st) = &self.state else {
+            return Ok(());
+        };
+        let (tsi, tsr) = match target {
+            ChildTarget::Rekey(old) => match st.child(old) {
+                Some(i) => st.children[i].ts.clone().unwrap_or_else(|| {
+                    (self.config.local_ts.clone(), self.config.remote_ts.clone())
+                }),
+                // The Child SA went away meanwhile: nothing to rekey.
+                None => return Ok(()),
+            },
+            ChildTarget::Create(i) => match self.config.additional_children.get(i) {
+                Some(ts) => ts.clone(),
+                None => return Ok(()),
+            },
+        };
+        let esp_spi = random_esp_spi(self.rng.as_mut())?;
+        let ni = random_nonce(self.rng.as_mut())?;
+        let c = &self.config;
+        let kex = group
+            .or_else(|| first_group(&c.esp_proposals))
+            .map(crypto::start)
+            .transpose()?;
+        let esp_offer: Vec<Proposal> = c
+            .esp_proposals
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.spi = esp_spi.to_be_bytes().to_vec();
+                p
+            })
+            .collect();
+        let mut payloads = Vec::new();
+        if let ChildTarget::Rekey(old) = target {
+            // RFC 7296 section 3.10.1: REKEY_SA names the SA being rekeyed
+            // by the SPI the peer expects to receive on, ours.
+            payloads.push(Payload::Notify(Notify {
+                protocol: Some(ProtocolId::Esp),
+                spi: old.0.to_be_bytes().to_vec(),
+                notify_type: NotifyType::RekeySa,
+                data: Vec::new(),
+            }));
+        }
+        if c.transport_mode {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::UseTransportMode,
+                Vec::new(),
+            )));
+        }
+        payloads.push(Payload::Sa(SaPayload {
+            proposals: esp_offer.clone(),
+        }));
+        payloads.push(Payload::Nonce(ni.clone()));
+        if let Some(kex) = &kex {
+            payloads.push(Payload::KeyExchange(crate::message::KeyExchange {
+                group: kex.group(),
+                data: kex.public_value().to_vec(),
+            }));
+        }
+        payloads.push(Payload::TsInitiator(tsi.clone()));
+        payloads.push(Payload::TsResponder(tsr.clone()));
+        let what = match target {
+            ChildTarget::Rekey((inbound, _)) => format!("rekey of {}", Hex(inbound)),
+            ChildTarget::Create(i) => format!("additional Child SA {i}"),
+        };
+        log_child_offer(self.remote, &what, esp_spi, &esp_offer, &tsi, &tsr);
+        let rekey = RekeySent {
+            target,
+            ni,
+            kex,
+            esp_spi,
+            esp_offer,
+            tsi,
+            tsr,
+            ke_retries,
+        };
+        let id = self.next_request_id;
+        let header = self.header(ExchangeType::CreateChildSa, false, id);
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let bytes = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &header,
+            &payloads,
+        )?;
+        st.request = Some(Request::Rekey(Box::new(rekey)));
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
+        Ok(())
+    }
+
+    /// The answer to our CREATE_CHILD_SA or child DELETE request.
+    pub(super) fn on_established_response(&mut self, now: Instant, message: &Message) {
+        let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let mut retry = None;
+        let mut ike_retry = None;
+        match st.request.take() {
+            Some(Request::DeleteChild(r)) if r.announce => {
+                self.events.push_back(Event::ChildSaDown {
+                    inbound_spi: r.inbound,
+                    outbound_spi: r.outbound,
+                });
+            }
+            Some(Request::Rekey(rekey)) => {
+                retry = self.on_rekey_response(now, &mut st, *rekey, message);
+            }
+            Some(Request::IkeRekey(rekey)) => {
+                ike_retry = self.on_ike_rekey_response(now, &mut st, *rekey, message);
+            }
+            _ => {}
+        }
+        self.state = State::Established(st);
+        if let Some((target, group, retries)) = retry {
+            if let Err(e) = self.start_rekey(now, target, Some(group), retries) {
+                self.local_error(e);
+            }
+        }
+        if let Some((group, retries)) = ike_retry {
+            if let Err(e) = self.start_ike_rekey(now, Some(group), retries) {
+                self.local_error(e);
+            }
+        }
+    }
+
+    fn on_rekey_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        mut rekey: RekeySent,
+        message: &Message,
+    ) -> Option<(ChildTarget, DhGroup, u8)> {
+        let p = Payloads(&message.payloads);
+        let old = match rekey.target {
+            ChildTarget::Rekey(old) => old,
+            ChildTarget::Create(i) => return self.on_create_response(now, st, rekey, i, &p),
+        };
+        let Some(index) = st.child(old) else {
+            // The Child SA was replaced meanwhile (the peer's colliding
+            // rekey won and its DELETE of the old pair came first): a pair
+            // we got now is redundant, and we delete it.
+            if let Some(nr) = p.nonce().filter(|_| p.error().is_none()) {
+                if let Ok((i, o)) = self.rekey_initiator_child(&p, st, &mut rekey, nr) {
+                    st.queue.push_back(Queued::DeleteChild(Retired {
+                        inbound: i.spi,
+                        outbound: o.spi,
+                        announce: false,
+                    }));
+                }
+            }
+            return None;
+        };
+        let collided = st.collision.as_ref().is_some_and(|c| c.old == old);
+        if let Some(retry) = self.ke_retry(&p, &rekey).filter(|_| !collided) {
+            return Some(retry);
+        }
+        let collision = st.collision.take_if(|c| c.old == old);
+        let ours = match p.nonce() {
+            Some(nr) if p.error().is_none() => {
+                let nr = nr.to_vec();
+                self.rekey_initiator_child(&p, st, &mut rekey, &nr)
+                    .map(|(inbound, outbound)| (nr, inbound, outbound))
+            }
+            _ => Err(Box::new(Event::Failed {
+                notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
+                by_peer: p.error().is_some(),
+            })),
+        };
+        let (inbound, outbound) = match (ours, collision) {
+            (Ok((nr, inbound, outbound)), Some(c)) => {
+                // RFC 7296 section 2.8.1: the SA created with the lowest of
+                // the four nonces is closed by the endpoint that created it.
+                let ours_lowest = rekey.ni.min(nr) < c.ni.clone().min(c.nr.clone());
+                let mine = Retired {
+                    inbound: inbound.spi,
+                    outbound: outbound.spi,
+                    announce: false,
+                };
+                let theirs = Retired {
+                    inbound: c.inbound.spi,
+                    outbound: c.outbound.spi,
+                    announce: false,
+                };
+                let old = Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                };
+                if ours_lowest {
+                    // We lost: delete our redundant pair; the peer, whose
+                    // SA survives, deletes the old one.
+                    st.queue.push_back(Queued::DeleteChild(mine));
+                    st.retired.push(old);
+                    (c.inbound, c.outbound)
+                } else {
+                    st.queue.push_back(Queued::DeleteChild(old));
+                    st.retired.push(theirs);
+                    (inbound, outbound)
+                }
+            }
+            (Ok((_, inbound, outbound)), None) => {
+                st.queue.push_back(Queued::DeleteChild(Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                }));
+                (inbound, outbound)
+            }
+            (Err(_), Some(c)) => {
+                // Our rekey failed (most likely the peer had finished its
+                // own already): the peer's new pair stands, and the peer
+                // deletes the old one.
+                st.retired.push(Retired {
+                    inbound: old.0,
+                    outbound: old.1,
+                    announce: true,
+                });
+                (c.inbound, c.outbound)
+            }
+            (Err(event), None) => {
+                // The old Child SA stays; try again later.
+                self.events.push_back(*event);
+                st.children[index].rekey_at = self
+                    .config
+                    .child_lifetime
+                    .map(|l| now + (l / 20).max(Duration::from_secs(1)));
+                return None;
+            }
+        };
+        let child = &mut st.children[index];
+        child.inbound = inbound.spi;
+        child.outbound = outbound.spi;
+        child.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        st.unqueue_rekey(old.0);
+        self.events.push_back(Event::ChildSaRekeyed {
+            old_inbound_spi: old.0,
+            old_outbound_spi: old.1,
+            inbound,
+            outbound,
+        });
+        None
+    }
+
+    /// RFC 7296 section 1.3.3 (as section 1.2 for IKE_SA_INIT):
+    /// INVALID_KE_PAYLOAD names the group the responder wants; the caller
+    /// retries `rekey` with it (the window is free again), unless it
+    /// already did so too often or the group is not ours to offer.
+    fn ke_retry(&self, p: &Payloads<'_>, rekey: &RekeySent) -> Option<(ChildTarget, DhGroup, u8)> {
+        let group = p
+            .notify(NotifyType::InvalidKePayload)
+            .and_then(|n| <[u8; 2]>::try_from(n.data.as_slice()).ok())
+            .map(|b| DhGroup::from(u16::from_be_bytes(b)))?;
+        (rekey.ke_retries < MAX_KE_RETRIES
+            && rekey.kex.as_ref().is_none_or(|k| k.group() != group)
+            && offers_group(&self.config.esp_proposals, group))
+        .then_some((rekey.target, group, rekey.ke_retries + 1))
+    }
+
+    /// The answer to our CREATE_CHILD_SA request for the additional Child
+    /// SA `i` (RFC 7296 section 1.3.1): it is up, or refused with an error
+    /// notify, which leaves the IKE SA and the other Child SAs as they
+    /// are.
+    fn on_create_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        mut rekey: RekeySent,
+        i: usize,
+        p: &Payloads<'_>,
+    ) -> Option<(ChildTarget, DhGroup, u8)> {
+        if let Some(retry) = self.ke_retry(p, &rekey) {
+            return Some(retry);
+        }
+        let made = match p.nonce() {
+            Some(nr) if p.error().is_none() => {
+                let nr = nr.to_vec();
+                self.rekey_initiator_child(p, st, &mut rekey, &nr)
+            }
+            _ => Err(Box::new(Event::Failed {
+                notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
+                by_peer: p.error().is_some(),
+            })),
+        };
+        match made {
+            Ok((inbound, outbound)) => {
+                st.children.push(Child {
+                    inbound: inbound.spi,
+                    outbound: outbound.spi,
+                    ts: self.config.additional_children.get(i).cloned(),
+                    rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
+                });
+                self.events
+                    .push_back(Event::ChildSaUp { inbound, outbound });
+            }
+            Err(event) => self.events.push_back(*event),
+        }
+        None
+    }
+
+    /// The new pair from the responder's CREATE_CHILD_SA answer, with the
+    /// PFS shared secret if a group was chosen (RFC 7296 section 2.17).
+    fn rekey_initiator_child(
+        &self,
+        p: &Payloads<'_>,
+        st: &Established,
+        rekey: &mut RekeySent,
+        nr: &[u8],
+    ) -> Result<(ChildSaParams, ChildSaParams), Box<Event>> {
+        let failed = |notify| {
+            Box::new(Event::Failed {
+                notify,
+                by_peer: false,
+            })
+        };
+        let group = p
+            .sa()
+            .and_then(|sa| sa.proposals.first())
+            .and_then(|c| proposal::esp_choice(c).ok())
+            .and_then(|c| c.group)
+            .filter(|g| *g != DhGroup::None);
+        let RekeySent {
+            ni,
+            kex,
+            esp_spi,
+            esp_offer,
+            tsi,
+            tsr,
+            ..
+        } = rekey;
+        let g_ir = match (group, kex.take(), p.ke()) {
+            (None, _, _) => None,
+            (Some(g), Some(kex), Some(ke)) if kex.group() == g && ke.group == g => Some(
+                kex.complete(&ke.data)
+                    .map_err(|_| failed(NotifyType::InvalidSyntax))?,
+            ),
+            _ => return Err(failed(NotifyType::InvalidKePayload)),
+        };
+        let g_ir = g_ir.as_ref().map(|k| k.expose());
+        let event = self.initiator_child(p, &st.sk, ni, nr, *esp_spi, esp_offer, tsi, tsr, g_ir)?;
+        match event {
+            Event::ChildSaUp { inbound, outbound } => Ok((inbound, outbound)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// A CREATE_CHILD_SA request from the peer: the IKE SA's rekey
+    /// (`ike_rekey.rs`), or a Child SA's rekey or a new one.
+    pub(super) fn on_create_child_sa_request(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        message: &Message,
+    ) {
+        if ike_rekey::is_ike_rekey(message) {
+            return self.on_ike_rekey_request(now, header, message);
+        }
+        let response = self.header(header.exchange_type, true, header.message_id);
+        let id = header.message_id;
+        let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let (reply, events) = self.create_child_response(now, &mut st, message);
+        let sealed = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &response,
+            &reply,
+        );
+        self.state = State::Established(st);
+        self.peer_next_id = id.wrapping_add(1);
+        match sealed {
+            Ok(bytes) => self.send_response(id, bytes),
+            Err(e) => return self.local_error(e),
+        }
+        self.events.extend(events);
+    }
+
+    /// Answers the peer's CREATE_CHILD_SA request for a Child SA: a rekey
+    /// of one of ours (N(REKEY_SA) names the SPI we send with), or a new
+    /// one (RFC 7296 section 1.3.1), within our policy's selectors and up
+    /// to [`Config::max_child_sas`] (NO_ADDITIONAL_SAS beyond, section
+    /// 3.10.1). The IKE SA's rekey is handled in `ike_rekey`.
+    ///
+    /// [`Config::max_child_sas`]: super::Config::max_child_sas
+    fn create_child_response(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        message: &Message,
+    ) -> (Vec<Payload>, Vec<Event>) {
+        let p = Payloads(&message.payloads);
+        let notify = |n| vec![Payload::Notify(Notify::new(n, Vec::new()))];
+        let old = match p.notify(NotifyType::RekeySa) {
+            // RFC 7296 section 2.25: a rekey of an SA we do not have (any
+            // more) is answered CHILD_SA_NOT_FOUND.
+            Some(rekey) => match st.child_by_outbound(&rekey.spi) {
+                Some(i) => Some(st.children[i].spis()),
+                None => return (notify(NotifyType::ChildSaNotFound), Vec::new()),
+            },
+            None if st.children.len() >= self.config.max_child_sas => {
+                return (notify(NotifyType::NoAdditionalSas), Vec::new());
+            }
+            None => None,
+        };
+        let result = (|| {
+            let ni = p
+                .nonce()
+                .ok_or(Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+            // PFS (RFC 7296 section 1.3.3): the KE payload must be of the
+            // group of the proposal we choose; INVALID_KE_PAYLOAD names it.
+            let group = p
+                .sa()
+                .and_then(|sa| proposal::select(&self.config.esp_proposals, &sa.proposals))
+                .and_then(|sel| proposal::esp_choice(&sel.proposal).ok())
+                .and_then(|c| c.group)
+                .filter(|g| *g != DhGroup::None);
+            let (ke, g_ir) = match group {
+                None => (None, None),
+                Some(g) => {
+                    let Some(ke) = p.ke().filter(|ke| ke.group == g) else {
+                        return Err(Notify::new(
+                            NotifyType::InvalidKePayload,
+                            g.value().to_be_bytes().to_vec(),
+                        ));
+                    };
+                    let temporary = |_| Notify::new(NotifyType::TemporaryFailure, Vec::new());
+                    let kex = crypto::start(g).map_err(temporary)?;
+                    let public = kex.public_value().to_vec();
+                    let g_ir = kex
+                        .complete(&ke.data)
+                        .map_err(|_| Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+                    let ke = crate::message::KeyExchange {
+                        group: g,
+                        data: public,
+                    };
+                    (Some(ke), Some(g_ir))
+                }
+            };
+            let nr = random_nonce(self.rng.as_mut())
+                .map_err(|_| Notify::new(NotifyType::TemporaryFailure, Vec::new()))?;
+            let g = g_ir.as_ref().map(|k| k.expose());
+            let (mut payloads, event) = self
+                .responder_child(false, &p, &st.sk, ni, &nr, g)
+                .map_err(|n| Notify::new(n, Vec::new()))?;
+            payloads.push(Payload::Nonce(nr.clone()));
+            if let Some(ke) = ke {
+                payloads.push(Payload::KeyExchange(ke));
+            }
+            let Event::ChildSaUp { inbound, outbound } = event else {
+                return Err(Notify::new(NotifyType::TemporaryFailure, Vec::new()));
+            };
+            Ok((payloads, ni.to_vec(), nr, inbound, outbound))
+        })();
+        let (payloads, ni, nr, inbound, outbound) = match result {
+            Ok(r) => r,
+            Err(n) => {
+                // INVALID_KE_PAYLOAD is a step of the negotiation (the peer
+                // retries with the group it names), not a failure.
+                let events = match n.notify_type {
+                    NotifyType::InvalidKePayload => Vec::new(),
+                    notify => vec![Event::Failed {
+                        notify,
+                        by_peer: false,
+                    }],
+                };
+                return (vec![Payload::Notify(n)], events);
+            }
+        };
+        let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+        let Some(old) = old else {
+            // A new Child SA. A rekey of ours proposes what it narrowed
+            // to, ours first.
+            st.children.push(Child {
+                inbound: inbound.spi,
+                outbound: outbound.spi,
+                ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
+                rekey_at,
+            });
+            return (payloads, vec![Event::ChildSaUp { inbound, outbound }]);
+        };
+        if matches!(&st.request, Some(Request::Rekey(r)) if r.target == ChildTarget::Rekey(old)) {
+            // A collision (RFC 7296 section 2.8.1): both sides rekey this
+            // Child SA. Which new pair stays is known when our own request
+            // is answered.
+            st.collision = Some(Collided {
+                old,
+                ni,
+                nr,
+                inbound,
+                outbound,
+            });
+            return (payloads, Vec::new());
+        }
+        // The peer deletes the old pair once it has our answer.
+        st.retired.push(Retired {
+            inbound: old.0,
+            outbound: old.1,
+            announce: true,
+        });
+        if let Some(i) = st.child(old) {
+            st.children[i].inbound = inbound.spi;
+            st.children[i].outbound = outbound.spi;
+            st.children[i].rekey_at = rekey_at;
+        }
+        st.unqueue_rekey(old.0);
+        let event = Event::ChildSaRekeyed {
+            old_inbound_spi: old.0,
+            old_outbound_spi: old.1,
+            inbound,
+            outbound,
+        };
+        (payloads, vec![event])
+    }
+}

@@ -1,0 +1,406 @@
+//! The request/response machinery of an IKE SA (RFC 7296 sections 2.1,
+//! 2.2; RFC 7383): datagrams and time in ([`IkeSa::handle_datagram`],
+//! [`IkeSa::handle_timeout`]), datagrams, events and the next timer out
+//! (`poll_*`). Each message is routed by role and state to its handler
+//! (`initiator.rs`, `responder.rs`, `informational.rs`, `child.rs`,
+//! `ike_rekey.rs`) after the checks every exchange shares: SPIs, message
+//! IDs, the I and R flags, the cached response to a retransmitted request,
+//! and the opening of SK and SKF payloads. Our own request is kept and
+//! retransmitted with exponential back-off (a window of 1) until it is
+//! answered or the peer is declared dead.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::event::{Event, Transmit};
+use super::fragment;
+use super::logging::{self, Direction as Dir, Peer};
+use super::state::{Discard, IkeSa, Outstanding, Queued, Role, State};
+use crate::error::Error;
+use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, PayloadType};
+
+/// The first retransmission timeout; each next one doubles it.
+pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How many times a request is sent before the peer is declared dead:
+/// 0.5 + 1 + 2 + 4 + 8 = 15.5 s after the first transmission.
+pub const MAX_TRANSMISSIONS: u32 = 5;
+
+/// Why a message that does not open is dropped.
+fn discard(e: Error) -> Discard {
+    match e {
+        Error::IntegrityCheckFailed => Discard::Integrity,
+        _ => Discard::Malformed,
+    }
+}
+
+impl IkeSa {
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
+        let (rekey, ike_rekey) = match &self.state {
+            State::Established(st) => (st.next_child_rekey(), st.ike_rekey_at),
+            _ => (None, None),
+        };
+        let retiring = self.retiring.as_ref().map(|r| r.timeout());
+        [
+            retransmit,
+            self.half_open_deadline,
+            rekey,
+            ike_rekey,
+            retiring,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Retransmits the outstanding request when its timer expires, or
+    /// gives up after [`MAX_TRANSMISSIONS`].
+    ///
+    /// RFC 7296 section 2.1: the sender of a request retransmits it until
+    /// it gets the response or deems the IKE SA to have failed; responses
+    /// are only sent again when their request is.
+    ///
+    /// A responder that answered IKE_SA_INIT but got no IKE_AUTH within
+    /// [`HALF_OPEN_TIMEOUT`](super::HALF_OPEN_TIMEOUT) gives up too ([`Event::PeerDead`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.half_open_deadline.is_some_and(|d| now >= d) {
+            self.half_open_deadline = None;
+            self.close(Event::PeerDead);
+            return;
+        }
+        self.retiring_timeout(now);
+        if let State::Established(st) = &mut self.state {
+            let ike_due = st.ike_rekey_at.is_some_and(|t| now >= t);
+            if ike_due {
+                st.ike_rekey_at = None;
+                st.enqueue(Queued::IkeRekey);
+            }
+            let mut child_due = false;
+            for i in 0..st.children.len() {
+                if st.children[i].rekey_at.is_some_and(|t| now >= t) {
+                    st.children[i].rekey_at = None;
+                    child_due = true;
+                    let spi = st.children[i].inbound;
+                    st.enqueue(Queued::Rekey(spi));
+                }
+            }
+            if ike_due || child_due {
+                self.run_queue(now);
+            }
+        }
+        let Some(out) = self.outstanding.as_mut() else {
+            return;
+        };
+        if now < out.deadline {
+            return;
+        }
+        if out.transmissions >= MAX_TRANSMISSIONS {
+            self.outstanding = None;
+            self.close(Event::PeerDead);
+            return;
+        }
+        out.transmissions += 1;
+        out.timeout *= 2;
+        out.deadline = now + out.timeout;
+        tracing::debug!(
+            peer = %Peer(self.remote),
+            transmission = out.transmissions,
+            of = MAX_TRANSMISSIONS,
+            "IKE retransmitting {} request {}",
+            logging::rfc_name(&format!("{:?}", out.exchange)),
+            out.message_id
+        );
+        let bytes = out.bytes.clone();
+        self.stats.retransmits += 1;
+        self.transmit_all(bytes);
+    }
+
+    /// Handles one received datagram (an IKE message without the non-ESP
+    /// marker) from `remote`. Anything that does not fit the current state
+    /// is dropped and counted in [`Self::stats`]; nothing panics.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, bytes: &[u8]) {
+        if let Err(discard) = self.handle(now, remote, bytes) {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let what = Header::decode(bytes).map_or_else(
+                    |_| "an undecodable message".to_owned(),
+                    |h| {
+                        format!(
+                            "{} {} {}",
+                            logging::rfc_name(&format!("{:?}", h.exchange_type)),
+                            if h.response { "response" } else { "request" },
+                            h.message_id
+                        )
+                    },
+                );
+                tracing::debug!(peer = %remote, reason = ?discard, state = self.state_name(), "IKE dropped {what}");
+            }
+            let counter = match discard {
+                Discard::Malformed => &mut self.stats.malformed,
+                Discard::WrongSpi => &mut self.stats.wrong_spi,
+                Discard::WrongMessageId => &mut self.stats.wrong_message_id,
+                Discard::Integrity => &mut self.stats.integrity,
+                Discard::Unexpected => &mut self.stats.unexpected,
+            };
+            *counter += 1;
+        }
+    }
+
+    fn handle(&mut self, now: Instant, remote: SocketAddr, bytes: &[u8]) -> Result<(), Discard> {
+        let header = Header::decode(bytes).map_err(|_| Discard::Malformed)?;
+        // RFC 7296 section 3.1: a message with a major version above 2 is
+        // rejected (INVALID_MAJOR_VERSION is not sent yet).
+        if header.major_version != MAJOR_VERSION {
+            return Err(Discard::Malformed);
+        }
+        if self.is_for_retiring(&header) {
+            return self.handle_retiring(now, remote, &header, bytes);
+        }
+        match (self.role, header.response) {
+            (_, true) => self.handle_response(now, remote, &header, bytes),
+            (_, false) => self.handle_request(now, remote, &header, bytes),
+        }
+    }
+
+    pub(super) fn transmit(&mut self, bytes: Vec<u8>) {
+        if let Some(dst) = self.remote {
+            self.transmits.push_back(Transmit { dst, bytes });
+        }
+    }
+
+    /// Sends a message, or all the fragments of one.
+    pub(super) fn transmit_all(&mut self, messages: Vec<Vec<u8>>) {
+        if messages.len() > 1 {
+            self.stats.fragments_sent += messages.len() as u64;
+        }
+        for bytes in messages {
+            self.transmit(bytes);
+        }
+    }
+
+    /// Logs what we send in the clear (IKE_SA_INIT): an encrypted message
+    /// was logged when it was sealed ([`logging::seal`]).
+    fn log_plain(&self, bytes: &[Vec<u8>]) {
+        for b in bytes {
+            let encrypted = Header::decode(b).is_ok_and(|h| {
+                matches!(
+                    h.next_payload,
+                    PayloadType::Encrypted | PayloadType::EncryptedFragment
+                )
+            });
+            if !encrypted {
+                logging::sent_plain(self.remote, b);
+            }
+        }
+    }
+
+    /// Sends a request (or its fragments) and keeps it for retransmission.
+    pub(super) fn send_request(
+        &mut self,
+        now: Instant,
+        exchange: ExchangeType,
+        id: u32,
+        bytes: Vec<Vec<u8>>,
+    ) {
+        self.log_plain(&bytes);
+        self.outstanding = Some(Outstanding {
+            message_id: id,
+            exchange,
+            bytes: bytes.clone(),
+            transmissions: 1,
+            timeout: RETRANSMIT_TIMEOUT,
+            deadline: now + RETRANSMIT_TIMEOUT,
+        });
+        self.transmit_all(bytes);
+    }
+
+    /// Sends a response (or its fragments) and keeps it for retransmitted
+    /// requests.
+    pub(super) fn send_response(&mut self, id: u32, bytes: Vec<Vec<u8>>) {
+        self.log_plain(&bytes);
+        self.last_response = Some((id, bytes.clone()));
+        self.transmit_all(bytes);
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        let Some(out) = &self.outstanding else {
+            return Err(Discard::Unexpected);
+        };
+        if header.initiator_spi != self.spi_i {
+            return Err(Discard::WrongSpi);
+        }
+        if header.message_id != out.message_id {
+            return Err(Discard::WrongMessageId);
+        }
+        // RFC 7296 section 3.1: the I flag is set by the original
+        // initiator, in its requests and in its responses.
+        if header.exchange_type != out.exchange
+            || header.initiator != (self.role == Role::Responder)
+        {
+            return Err(Discard::Unexpected);
+        }
+        match &self.state {
+            State::InitSent(_) => return self.on_init_response(now, remote, header, bytes),
+            State::AuthSent(_) | State::Established(_) => {}
+            _ => return Err(Discard::Unexpected),
+        }
+        if header.responder_spi != self.spi_r {
+            return Err(Discard::WrongSpi);
+        }
+        let Some(message) = self.open_response(now, bytes)? else {
+            return Ok(());
+        };
+        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
+        self.outstanding = None;
+        match &self.state {
+            State::AuthSent(_) => self.on_auth_response(now, &message),
+            State::Established(st) => {
+                // The answer to our DELETE closes the IKE SA (RFC 7296
+                // section 1.4.1); the answer to a liveness check only
+                // proves the peer is alive.
+                if st.deleting {
+                    self.close(Event::IkeSaDeleted);
+                    return Ok(());
+                }
+                self.on_established_response(now, &message);
+                self.run_queue(now);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Opens a response with the IKE SA's inbound keys, as `open_request`
+    /// does a request: `None` while a fragmented one is still incomplete
+    /// (RFC 7383).
+    fn open_response(&mut self, now: Instant, bytes: &[u8]) -> Result<Option<Message>, Discard> {
+        let sk = match &self.state {
+            State::AuthSent(st) => &st.sk.inbound,
+            State::Established(st) => &st.sk.inbound,
+            _ => return Err(Discard::Unexpected),
+        };
+        fragment::open(
+            sk,
+            &mut self.reassembly,
+            self.fragment_limit.is_some(),
+            now,
+            &mut self.stats,
+            bytes,
+        )
+        .map_err(discard)
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &Header,
+        bytes: &[u8],
+    ) -> Result<(), Discard> {
+        // RFC 7296 section 3.1: the I flag is set in messages sent by the
+        // original initiator.
+        if header.initiator != (self.role == Role::Responder) {
+            return Err(Discard::Unexpected);
+        }
+        if let State::ExpectInit = self.state {
+            if header.exchange_type != ExchangeType::IkeSaInit
+                || header.message_id != 0
+                || header.responder_spi != 0
+            {
+                return Err(Discard::Unexpected);
+            }
+            return self.on_init_request(now, remote, header, bytes);
+        }
+        let init_retransmit =
+            self.role == Role::Responder && header.message_id == 0 && header.responder_spi == 0;
+        if header.initiator_spi != self.spi_i
+            || (header.responder_spi != self.spi_r && !init_retransmit)
+        {
+            return Err(Discard::WrongSpi);
+        }
+        // RFC 7296 section 2.1: a retransmitted request (same message ID) gets
+        // the cached response again, and is not processed a second time.
+        if let Some((id, response)) = &self.last_response {
+            if header.message_id == *id {
+                // RFC 7383 section 2.6.1: a fragmented request sent again
+                // makes the responder resend its response (every fragment
+                // of it) once, on the request's fragment 1; its other
+                // fragments are ignored.
+                if fragment::fragment_number(bytes).is_some_and(|n| n != 1) {
+                    return Ok(());
+                }
+                let response = response.clone();
+                tracing::debug!(
+                    peer = %remote,
+                    "IKE request {} received again: its response sent again",
+                    header.message_id
+                );
+                self.stats.cached_responses += 1;
+                self.remote = Some(remote);
+                self.transmit_all(response);
+                return Ok(());
+            }
+        }
+        match &self.state {
+            State::ExpectAuth(_) => {
+                if header.message_id != 1 {
+                    return Err(Discard::WrongMessageId);
+                }
+                if header.exchange_type != ExchangeType::IkeAuth {
+                    return Err(Discard::Unexpected);
+                }
+                // An unknown critical payload is answered (critical.rs).
+                let Some(message) = self.open_request(now, remote, header, bytes)? else {
+                    return Ok(());
+                };
+                self.remote = Some(remote);
+                self.on_auth_request(now, &message);
+                Ok(())
+            }
+            State::Established(_) => {
+                if header.message_id != self.peer_next_id {
+                    return Err(Discard::WrongMessageId);
+                }
+                let Some(message) = self.open_request(now, remote, header, bytes)? else {
+                    return Ok(());
+                };
+                self.remote = Some(remote);
+                // RFC 7296 section 2.21.2: the initiator refused our AUTH.
+                if self.on_auth_failed_informational(header, &message) {
+                    return Ok(());
+                }
+                self.on_established_request(now, header, &message);
+                Ok(())
+            }
+            _ => Err(Discard::Unexpected),
+        }
+    }
+
+    /// A request from the peer once the IKE SA is up: CREATE_CHILD_SA
+    /// (`child.rs`, and `ike_rekey.rs` for the IKE SA) or INFORMATIONAL
+    /// (`informational.rs`).
+    fn on_established_request(&mut self, now: Instant, header: &Header, message: &Message) {
+        match header.exchange_type {
+            ExchangeType::CreateChildSa => self.on_create_child_sa_request(now, header, message),
+            ExchangeType::Informational => self.on_informational_request(now, header, message),
+            _ => self.stats.unexpected += 1,
+        }
+    }
+}

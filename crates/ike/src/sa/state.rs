@@ -1,0 +1,576 @@
+//! What an IKE SA holds: [`IkeSa`] and its [`State`], rustls-style: each
+//! state is a struct with what the next step needs, and that step consumes
+//! it. The steps are `impl IkeSa` blocks in the files beside this one:
+//!
+//! - `exchange.rs` takes each message in, routes it by role and state, and
+//!   owns the request/response machinery (message IDs, the response cache,
+//!   retransmission, fragments);
+//! - `initiator.rs` handles [`InitSent`] and [`AuthSent`], `responder.rs`
+//!   `ExpectInit` and [`ExpectAuth`];
+//! - [`Established`] is served by `informational.rs` (liveness, DELETE),
+//!   `child.rs` (CREATE_CHILD_SA for Child SAs, collisions, the request
+//!   queue) and `ike_rekey.rs` (the IKE SA's own rekey, [`Retiring`]).
+//!
+//! This file holds the types and what only reads them, so that the other
+//! files import from it and it imports from none of them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tunsec_esp::Key;
+
+use super::config::Config;
+use super::event::{ChildSaParams, Event, Stats, Transmit};
+use super::fragment;
+use super::nat::NatState;
+use super::random::{Random, random_u64};
+use crate::cert::HashAlgorithm;
+use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed};
+use crate::error::{Error, Result};
+use crate::message::{ExchangeType, Header, MAJOR_VERSION, PayloadType, Proposal, TrafficSelector};
+
+/// How many INVALID_KE_PAYLOAD answers the initiator follows.
+pub(super) const MAX_KE_RETRIES: u8 = 2;
+
+/// Which end of the IKE SA we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Initiator,
+    Responder,
+}
+
+/// Why a datagram was dropped; each reason has a counter in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Discard {
+    Malformed,
+    WrongSpi,
+    WrongMessageId,
+    Integrity,
+    Unexpected,
+}
+
+/// The keys and ciphers of an IKE SA once IKE_SA_INIT is done.
+pub(super) struct Sk {
+    pub(super) suite: IkeSuite,
+    pub(super) keys: IkeKeys,
+    /// Seals what we send.
+    pub(super) outbound: SkCipher,
+    /// Opens what we receive.
+    pub(super) inbound: SkCipher,
+}
+
+/// Initiator: IKE_SA_INIT request sent (`initiator.rs`).
+pub(super) struct InitSent {
+    pub(super) kex: Box<dyn KeyExchange>,
+    pub(super) ni: Vec<u8>,
+    /// The request as sent: RealMessage1, which our AUTH covers.
+    pub(super) request: Vec<u8>,
+    pub(super) ke_retries: u8,
+    /// The responder's cookie, sent first in `request` (section 2.6).
+    pub(super) cookie: Option<Vec<u8>>,
+}
+
+/// Initiator: IKE_AUTH request sent (`initiator.rs`).
+pub(super) struct AuthSent {
+    pub(super) sk: Sk,
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    /// The responder's IKE_SA_INIT response as received: RealMessage2,
+    /// which its AUTH covers.
+    pub(super) init_response: Vec<u8>,
+    /// Our ESP SPI, inbound.
+    pub(super) esp_spi: u32,
+    /// The ESP proposals as offered, with our SPI.
+    pub(super) esp_offer: Vec<Proposal>,
+    pub(super) tsi: Vec<TrafficSelector>,
+    pub(super) tsr: Vec<TrafficSelector>,
+}
+
+/// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH (`responder.rs`).
+pub(super) struct ExpectAuth {
+    pub(super) sk: Sk,
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    /// The initiator's IKE_SA_INIT request as received (RealMessage1).
+    pub(super) init_request: Vec<u8>,
+    /// Our response as sent (RealMessage2).
+    pub(super) init_response: Vec<u8>,
+    /// The initiator's SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4).
+    pub(super) peer_hashes: Option<Vec<HashAlgorithm>>,
+}
+
+/// Both sides authenticated (`informational.rs`, `child.rs`,
+/// `ike_rekey.rs`).
+pub(super) struct Established {
+    pub(super) sk: Sk,
+    /// The Child SAs that are up, the first one (from IKE_AUTH) first.
+    pub(super) children: Vec<Child>,
+    /// Our DELETE of the IKE SA is on its way.
+    pub(super) deleting: bool,
+    /// What our outstanding CREATE_CHILD_SA or child DELETE request is
+    /// about (liveness checks and the IKE SA's DELETE leave it `None`).
+    pub(super) request: Option<Request>,
+    /// Requests that wait for the outstanding one (window of 1).
+    pub(super) queue: VecDeque<Queued>,
+    /// When the IKE SA is rekeyed automatically.
+    pub(super) ike_rekey_at: Option<Instant>,
+    /// Replaced or redundant pairs that the peer deletes.
+    pub(super) retired: Vec<Retired>,
+    /// The peer's rekey of the same Child SA, answered while ours was
+    /// outstanding (RFC 7296 section 2.8.1), until ours is answered.
+    pub(super) collision: Option<Collided>,
+}
+
+/// One Child SA pair of an established IKE SA.
+pub(super) struct Child {
+    /// Our SPI: the peer sends with it.
+    pub(super) inbound: u32,
+    /// The peer's SPI: we send with it.
+    pub(super) outbound: u32,
+    /// The selectors (ours, the peer's) that a rekey of ours proposes
+    /// (RFC 7296 section 2.8: the same as the SA it replaces); `None`:
+    /// the configured first Child SA's.
+    pub(super) ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
+    /// When it is rekeyed automatically.
+    pub(super) rekey_at: Option<Instant>,
+}
+
+impl Child {
+    pub(super) fn spis(&self) -> (u32, u32) {
+        (self.inbound, self.outbound)
+    }
+}
+
+/// What an outstanding request is about.
+pub(super) enum Request {
+    /// A CREATE_CHILD_SA for a Child SA: a rekey or a new one.
+    Rekey(Box<RekeySent>),
+    IkeRekey(Box<IkeRekeySent>),
+    DeleteChild(Retired),
+}
+
+/// A request that waits for the outstanding one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Rekey the Child SA with this inbound SPI.
+    Rekey(u32),
+    /// Create the Child SA [`Config::additional_children`]`[i]`.
+    CreateChild(usize),
+    IkeRekey,
+    DeleteChild(Retired),
+}
+
+/// What a CREATE_CHILD_SA request of ours for a Child SA is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChildTarget {
+    /// A rekey of the pair (inbound, outbound).
+    Rekey((u32, u32)),
+    /// A new Child SA: [`Config::additional_children`]`[i]`.
+    Create(usize),
+}
+
+/// A Child SA pair on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Retired {
+    pub(super) inbound: u32,
+    pub(super) outbound: u32,
+    /// Whether the owner knows it (emit [`Event::ChildSaDown`] when it
+    /// goes); a redundant pair of a collision never came up.
+    pub(super) announce: bool,
+}
+
+/// Our CREATE_CHILD_SA request that rekeys a Child SA or creates one.
+pub(super) struct RekeySent {
+    /// What it is for.
+    pub(super) target: ChildTarget,
+    pub(super) ni: Vec<u8>,
+    /// The PFS key exchange, if the ESP proposals name a group.
+    pub(super) kex: Option<Box<dyn KeyExchange>>,
+    pub(super) esp_spi: u32,
+    pub(super) esp_offer: Vec<Proposal>,
+    pub(super) tsi: Vec<TrafficSelector>,
+    pub(super) tsr: Vec<TrafficSelector>,
+    /// How many INVALID_KE_PAYLOAD answers this rekey followed.
+    pub(super) ke_retries: u8,
+}
+
+/// The pair from the peer's colliding rekey, with its nonces.
+pub(super) struct Collided {
+    /// The pair both sides rekey (inbound, outbound).
+    pub(super) old: (u32, u32),
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    pub(super) inbound: ChildSaParams,
+    pub(super) outbound: ChildSaParams,
+}
+
+/// Our CREATE_CHILD_SA request that rekeys the IKE SA.
+pub(super) struct IkeRekeySent {
+    /// Our SPI of the new IKE SA (we are its initiator).
+    pub(super) spi_i: u64,
+    pub(super) ni: Vec<u8>,
+    pub(super) kex: Box<dyn KeyExchange>,
+    pub(super) offer: Vec<Proposal>,
+    pub(super) ke_retries: u8,
+}
+
+/// The IKE SA that a rekey replaced, until it is deleted.
+pub(super) struct Retiring {
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) role: Role,
+    pub(super) sk: Sk,
+    /// Our DELETE of it, while unanswered.
+    pub(super) outstanding: Option<Outstanding>,
+    /// The last response we sent on it, for retransmitted requests.
+    pub(super) last_response: Option<(u32, Vec<Vec<u8>>)>,
+    pub(super) peer_next_id: u32,
+    pub(super) next_request_id: u32,
+    /// When it goes without further ado.
+    pub(super) deadline: Instant,
+}
+
+/// The states, rustls-style: each holds what the next step needs, and a
+/// step consumes it.
+pub(super) enum State {
+    InitSent(Box<InitSent>),
+    AuthSent(Box<AuthSent>),
+    /// Responder: waiting for an IKE_SA_INIT request (`responder.rs`).
+    ExpectInit,
+    ExpectAuth(Box<ExpectAuth>),
+    Established(Box<Established>),
+    Closed,
+}
+
+/// A request waiting for its response.
+pub(super) struct Outstanding {
+    pub(super) message_id: u32,
+    pub(super) exchange: ExchangeType,
+    /// The message, or its fragments (RFC 7383), all sent again on a
+    /// retransmission.
+    pub(super) bytes: Vec<Vec<u8>>,
+    pub(super) transmissions: u32,
+    pub(super) timeout: Duration,
+    pub(super) deadline: Instant,
+}
+
+/// One IKE SA with one peer: a sans-IO state machine (see the
+/// [`sa`](super) module).
+pub struct IkeSa {
+    pub(super) config: Config,
+    pub(super) role: Role,
+    pub(super) remote: Option<SocketAddr>,
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) state: State,
+    pub(super) rng: Box<dyn Random + Send>,
+    pub(super) transmits: VecDeque<Transmit>,
+    pub(super) events: VecDeque<Event>,
+    /// Initiator: the request waiting for a response.
+    pub(super) outstanding: Option<Outstanding>,
+    /// Responder: the message ID and bytes of the last response (or its
+    /// fragments), for retransmitted requests.
+    pub(super) last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// The longest encrypted message we send unfragmented, once both
+    /// sides announced IKE fragmentation in IKE_SA_INIT (RFC 7383).
+    pub(super) fragment_limit: Option<usize>,
+    /// The peer's fragmented messages being put together.
+    pub(super) reassembly: fragment::Reassembly,
+    /// The message ID of the peer's next request (RFC 7296 section 2.2:
+    /// each side numbers its own requests from 0).
+    pub(super) peer_next_id: u32,
+    /// The message ID of our next request.
+    pub(super) next_request_id: u32,
+    /// Responder: when a half-open IKE SA is given up.
+    pub(super) half_open_deadline: Option<Instant>,
+    /// Our address as the peer should see it (NAT traversal on), moved to
+    /// the NAT-T port when a NAT is found.
+    pub(super) local: Option<SocketAddr>,
+    /// What NAT detection found; `None` until IKE_SA_INIT is done, or if
+    /// either side does no NAT traversal.
+    pub(super) nat: Option<NatState>,
+    /// The peer sent INITIAL_CONTACT in its IKE_AUTH request.
+    pub(super) peer_initial_contact: bool,
+    /// The IKE SA a rekey replaced, until it is deleted.
+    pub(super) retiring: Option<Box<Retiring>>,
+    /// When the current IKE SA (its current keys) came up.
+    pub(super) established_at: Option<Instant>,
+    pub(super) stats: Stats,
+}
+
+impl core::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IkeSa")
+            .field("role", &self.role)
+            .field("state", &self.state_name())
+            .field("spi_i", &format_args!("{:016x}", self.spi_i))
+            .field("spi_r", &format_args!("{:016x}", self.spi_r))
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Established {
+    /// Queues a rekey unless the same one is queued or outstanding.
+    pub(super) fn enqueue(&mut self, q: Queued) {
+        let outstanding = match (q, &self.request) {
+            (Queued::Rekey(spi), Some(Request::Rekey(r))) => {
+                matches!(r.target, ChildTarget::Rekey((i, _)) if i == spi)
+            }
+            (Queued::IkeRekey, Some(Request::IkeRekey(_))) => true,
+            _ => false,
+        };
+        if !outstanding && !self.queue.contains(&q) {
+            self.queue.push_back(q);
+        }
+    }
+
+    /// Established with the first Child SA's SPIs `child` (inbound,
+    /// outbound), if it came up, rekeyed at `rekey_at`.
+    pub(super) fn new(sk: Sk, child: Option<(u32, u32)>, rekey_at: Option<Instant>) -> Self {
+        Self {
+            sk,
+            children: child
+                .map(|(inbound, outbound)| Child {
+                    inbound,
+                    outbound,
+                    ts: None,
+                    rekey_at,
+                })
+                .into_iter()
+                .collect(),
+            deleting: false,
+            request: None,
+            queue: VecDeque::new(),
+            ike_rekey_at: None,
+            retired: Vec::new(),
+            collision: None,
+        }
+    }
+
+    /// The Child SA whose pair is (inbound, outbound).
+    pub(super) fn child(&self, pair: (u32, u32)) -> Option<usize> {
+        self.children.iter().position(|c| c.spis() == pair)
+    }
+
+    /// The Child SA we send to the peer with SPI `outbound`.
+    pub(super) fn child_by_outbound(&self, outbound: &[u8]) -> Option<usize> {
+        self.children
+            .iter()
+            .position(|c| outbound == c.outbound.to_be_bytes())
+    }
+
+    /// When the next Child SA is rekeyed automatically.
+    pub(super) fn next_child_rekey(&self) -> Option<Instant> {
+        self.children.iter().filter_map(|c| c.rekey_at).min()
+    }
+
+    /// Forgets queued rekeys of the pair with inbound SPI `inbound`.
+    pub(super) fn unqueue_rekey(&mut self, inbound: u32) {
+        self.queue.retain(|q| *q != Queued::Rekey(inbound));
+    }
+}
+
+/// How long before the end of its lifetime an SA is rekeyed at the
+/// latest, for short lifetimes (the driver stops a Child SA at the end,
+/// and a rekey takes a round trip, or a few with retransmissions).
+const REKEY_MARGIN: Duration = Duration::from_secs(1);
+
+/// When an SA that comes up at `now` is rekeyed: at 90% of the lifetime
+/// minus a random jitter of up to 10% of it, and at least
+/// [`REKEY_MARGIN`] before its end (but not before half of it).
+pub(super) fn rekey_time(
+    lifetime: Option<Duration>,
+    rng: &mut dyn Random,
+    now: Instant,
+) -> Option<Instant> {
+    let lifetime = lifetime?;
+    let range = (lifetime.as_nanos() / 10).max(1);
+    let jitter = u128::from(random_u64(rng).unwrap_or(0)) % range;
+    let soft = lifetime.as_nanos() * 9 / 10 - jitter;
+    let latest = lifetime
+        .saturating_sub(REKEY_MARGIN)
+        .max(lifetime / 2)
+        .as_nanos();
+    let at = soft.min(latest);
+    Some(now + Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX)))
+}
+
+/// The SPIs (inbound, outbound) of a [`Event::ChildSaUp`].
+pub(super) fn child_spis(event: &Event) -> Option<(u32, u32)> {
+    match event {
+        Event::ChildSaUp { inbound, outbound } => Some((inbound.spi, outbound.spi)),
+        _ => None,
+    }
+}
+
+/// The header of a message we send on the IKE SA with SPIs `spis`
+/// (initiator's, responder's), in role `role` (RFC 7296 section 3.1: the
+/// I flag marks the original initiator's messages).
+pub(super) fn header(
+    spis: (u64, u64),
+    role: Role,
+    exchange: ExchangeType,
+    response: bool,
+    message_id: u32,
+) -> Header {
+    Header {
+        initiator_spi: spis.0,
+        responder_spi: spis.1,
+        next_payload: PayloadType::None,
+        major_version: MAJOR_VERSION,
+        minor_version: 0,
+        exchange_type: exchange,
+        response,
+        version: false,
+        initiator: role == Role::Initiator,
+        message_id,
+        length: 0,
+    }
+}
+
+impl IkeSa {
+    /// Drop and retransmission counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Our own IKE SPIs: of the current IKE SA, and of the one a rekey
+    /// replaced while it is being deleted. [`Endpoint`](super::Endpoint) finds the IKE SA
+    /// by either.
+    pub fn local_spis(&self) -> impl Iterator<Item = u64> + '_ {
+        let current = match self.role {
+            Role::Initiator => self.spi_i,
+            Role::Responder => self.spi_r,
+        };
+        core::iter::once(current).chain(self.retiring.as_ref().map(|r| r.local_spi()))
+    }
+
+    /// The IKE SPIs (initiator's, responder's); the responder's is zero
+    /// until IKE_SA_INIT is answered. After a rekey of the IKE SA, the new
+    /// one's.
+    pub fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
+    }
+
+    /// Where the peer is now: its IKE address and port (the NAT-T port
+    /// after a move, RFC 7296 section 2.23; a responder follows the address
+    /// of the last authenticated request).
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// What NAT detection found in IKE_SA_INIT: `None` before, or when
+    /// either side does no NAT traversal.
+    pub fn nat(&self) -> Option<NatState> {
+        self.nat
+    }
+
+    /// Whether the peer's IKE_AUTH request carried INITIAL_CONTACT (RFC
+    /// 7296 section 2.4): it has no other IKE SA with us any more, so any
+    /// older IKE SA with it (and its Child SAs) is stale and should go.
+    pub fn peer_initial_contact(&self) -> bool {
+        self.peer_initial_contact
+    }
+
+    /// When the IKE SA came up, or was last rekeyed (its keys' age).
+    pub fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
+    /// When the IKE SA and the next of its Child SAs are rekeyed
+    /// automatically (`None`: no lifetime configured, not established, or
+    /// a rekey is under way).
+    pub fn rekey_times(&self) -> (Option<Instant>, Option<Instant>) {
+        match &self.state {
+            State::Established(st) => (st.ike_rekey_at, st.next_child_rekey()),
+            _ => (None, None),
+        }
+    }
+
+    /// Our nonce (Ni) while we initiate this IKE SA and it is not up
+    /// yet (IKE_SA_INIT or IKE_AUTH sent); `None` otherwise. A driver
+    /// whose attempt crosses the peer's uses it to pick one of the two,
+    /// as both sides can: see `tunsec`'s IKE driver.
+    pub fn pending_init_nonce(&self) -> Option<&[u8]> {
+        match &self.state {
+            State::InitSent(st) => Some(&st.ni),
+            State::AuthSent(st) => Some(&st.ni),
+            _ => None,
+        }
+    }
+
+    /// Whether both sides are authenticated and the IKE SA is up.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// Whether the IKE SA is gone (failed, or the peer is dead).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The negotiated IKE transforms, once IKE_SA_INIT is done (and until
+    /// the IKE SA closes).
+    pub fn ike_suite(&self) -> Option<IkeSuite> {
+        match &self.state {
+            State::AuthSent(st) => Some(st.sk.suite),
+            State::ExpectAuth(st) => Some(st.sk.suite),
+            State::Established(st) => Some(st.sk.suite),
+            _ => None,
+        }
+    }
+
+    /// The number of Child SAs that are up.
+    pub fn child_sa_count(&self) -> usize {
+        match &self.state {
+            State::Established(st) => st.children.len(),
+            _ => 0,
+        }
+    }
+
+    pub(super) fn state_name(&self) -> &'static str {
+        match self.state {
+            State::InitSent(_) => "InitSent",
+            State::AuthSent(_) => "AuthSent",
+            State::ExpectInit => "ExpectInit",
+            State::ExpectAuth(_) => "ExpectAuth",
+            State::Established(_) => "Established",
+            State::Closed => "Closed",
+        }
+    }
+
+    pub(super) fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
+        header(
+            (self.spi_i, self.spi_r),
+            self.role,
+            exchange,
+            response,
+            message_id,
+        )
+    }
+
+    pub(super) fn close(&mut self, event: Event) {
+        self.state = State::Closed;
+        self.outstanding = None;
+        self.events.push_back(event);
+    }
+
+    pub(super) fn local_error(&mut self, error: Error) {
+        self.close(Event::LocalError(error));
+    }
+
+    /// SKEYSEED and the SK_* keys (RFC 7296 section 2.14), and the ciphers.
+    pub(super) fn derive(&self, suite: IkeSuite, g_ir: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
+        let seed = skeyseed(suite.prf, ni, nr, g_ir.expose());
+        let keys = IkeKeys::derive(&suite, &seed, ni, nr, self.spi_i, self.spi_r)?;
+        let (outbound, inbound) = SkCipher::pair(&suite, &keys, self.role == Role::Initiator)?;
+        Ok(Sk {
+            suite,
+            keys,
+            outbound,
+            inbound,
+        })
+    }
+}
