@@ -80,25 +80,9 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic it
-/// prints every log in the lab's directory, then fails the test; the lab
-/// is torn down either way.
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    let failed = !matches!(result, Ok(Ok(())));
-    if failed {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 /// Runs the traffic helper in a namespace (killed after `limit_secs`) and

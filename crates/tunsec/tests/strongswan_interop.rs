@@ -201,28 +201,11 @@ fn kill_leftovers(ns_prefix: &str) {
     }
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic (or
-/// always, with TUNSEC_E2E_LOGS set) it prints every log in the lab's
-/// directory (charon's too), then fails the test; the lab is torn down either way, every process left in its
-/// namespaces killed by pid.
+/// [`common::with_lab`] after this suite's [`preflight`], and every
+/// process left in the lab's namespaces (charon's) killed by pid before
+/// the lab is torn down.
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    let failed = !matches!(result, Ok(Ok(())));
-    if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
-        dump_logs(&lab);
-    }
-    kill_leftovers(&lab.ns(""));
-    drop(lab);
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    with_lab_teardown(prefix, preflight, |lab| kill_leftovers(&lab.ns("")), body);
 }
 
 // ---------------------------------------------------------------------

@@ -182,6 +182,75 @@ pub(crate) fn dump_logs(lab: &Lab) {
     }
 }
 
+/// Runs `body` in a fresh lab named `prefix`, after the suite's
+/// `preflight` (its root and tool checks, [`require`]). On an error or a
+/// panic (or always, with `TUNSEC_E2E_LOGS` set) it prints every log in
+/// the lab's directory, then fails the test; the lab is torn down either
+/// way.
+pub(crate) fn with_lab(
+    prefix: &str,
+    preflight: fn(),
+    body: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
+) {
+    with_lab_teardown(prefix, preflight, |_| {}, body);
+}
+
+/// [`with_lab`], with `teardown` run on the lab after the logs are printed
+/// and before the lab is torn down (for processes the lab does not own).
+pub(crate) fn with_lab_teardown(
+    prefix: &str,
+    preflight: fn(),
+    teardown: fn(&Lab),
+    body: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
+) {
+    preflight();
+    let started = Instant::now();
+    let mut lab =
+        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
+    let failed = !matches!(result, Ok(Ok(())));
+    if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
+        dump_logs(&lab);
+    }
+    teardown(&lab);
+    drop(lab);
+    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// [`assert_no_drops`] with this checks every reason the status lists.
+pub(crate) const EVERY_REASON: &[&str] = &[];
+
+/// Fails, naming the node and the reasons, unless the data path of `s`
+/// counted no drop for any of `reasons` ([`EVERY_REASON`]: for any reason
+/// at all). A reason the status does not list is an error too.
+pub(crate) fn assert_no_drops(s: &Status, reasons: &[&str]) -> anyhow::Result<()> {
+    let mut dropped = Vec::new();
+    if reasons.is_empty() {
+        dropped.extend(s.drops.iter().filter(|(_, n)| **n > 0));
+    }
+    for &reason in reasons {
+        let (name, n) = s
+            .drops
+            .get_key_value(reason)
+            .with_context(|| format!("{}: no drop reason {reason:?}", s.node.name))?;
+        if *n > 0 {
+            dropped.push((name, n));
+        }
+    }
+    ensure!(
+        dropped.is_empty(),
+        "{}: data-path drops {dropped:?}:\n{}",
+        s.node.name,
+        s.render()
+    );
+    Ok(())
+}
+
 /// Removes the colour codes that tracing writes.
 pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
