@@ -569,8 +569,7 @@ fn gateway_vxlan() {
         ensure!(icmp >= 6, "ICMP between the hosts: {icmp} frames, want 6");
 
         let s1 = status(lab, 1)?;
-        let drops: u64 = s1.drops.values().sum();
-        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
+        assert_no_drops(&s1, EVERY_REASON)?;
         let g1 = gw_status(&s1)?;
         let p = &g1.policies[0];
         ensure!(
@@ -882,8 +881,7 @@ fn gateway_ipv6() {
         // Nothing dropped: no router solicitation or MLD report from the
         // TUN device (it has no link-local address) either.
         let s1 = status(lab, 1)?;
-        let drops: u64 = s1.drops.values().sum();
-        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
+        assert_no_drops(&s1, EVERY_REASON)?;
         ensure!(
             esp6 > 8 << 20 && clear == 0,
             "{esp6} bytes of ESP over IPv6, {clear} UDP 4789"

@@ -1220,20 +1220,9 @@ fn ike_rekeys_under_traffic() {
             "{replies} of 60 pings answered across {rekeys} rekeys"
         );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
+            assert_no_drops(s, &["no_sa", "unknown_spi"])?;
+            assert_no_sa_drops(s, peer, &["replay"])?;
             let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
             ensure!(
                 p.sas.len() <= 3,
                 "{}: old SAs pile up: {:?}",
@@ -1383,20 +1372,8 @@ fn ike_tcp_across_rekeys() {
             "the status text lacks the rekey times:\n{text}"
         );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(s, &["no_sa", "unknown_spi"])?;
+            assert_no_sa_drops(s, peer, &["replay"])?;
         }
         Ok(())
     });
@@ -1722,13 +1699,10 @@ fn ike_tunnel_mode() {
                     s.node.name
                 );
             }
-            for reason in ["inner_header", "policy", "no_sa", "too_big", "malformed"] {
-                ensure!(
-                    s.drops[reason] == 0,
-                    "{}: {reason} drops:\n{rendered}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(
+                s,
+                &["inner_header", "policy", "no_sa", "too_big", "malformed"],
+            )?;
         }
 
         let raw = std::fs::read(&pcap)?;
@@ -2118,14 +2092,7 @@ fn ike_port_selectors() {
 
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            let rendered = s.render();
-            for reason in ["selector", "policy", "no_sa", "malformed"] {
-                ensure!(
-                    s.drops[reason] == 0,
-                    "{}: {reason} drops:\n{rendered}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(s, &["selector", "policy", "no_sa", "malformed"])?;
             let p = s.peers.iter().find(|p| p.name == peer).unwrap();
             for sa in &p.sas {
                 ensure!(
@@ -2203,13 +2170,7 @@ fn ike_mixed_selectors_narrow_to_ports() {
             ping_ok(&t1, &tenant_addr(2))?;
             ping_ok(&t2, &tenant_addr(1))?;
             for n in [1, 2] {
-                let s = status(lab, n)?;
-                ensure!(
-                    s.drops["selector"] == 0,
-                    "{}: selector drops:\n{}",
-                    s.node.name,
-                    s.render()
-                );
+                assert_no_drops(&status(lab, n)?, &["selector"])?;
             }
             Ok(())
         });
@@ -2352,20 +2313,8 @@ fn ike_workers_share_sas() {
         for (n, peer) in [(1, "h2"), (2, "h1")] {
             let s = status(lab, n)?;
             // `esp` counts every SA's refusals, of SAs gone by now too.
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0 && s.drops["esp"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(&s, &["no_sa", "unknown_spi", "esp"])?;
+            assert_no_sa_drops(&s, peer, &["replay"])?;
         }
         Ok(())
     });
@@ -2638,20 +2587,8 @@ fn ike_reordered_transfer() {
             let s = status(lab, n)?;
             // `esp` counts every SA's refusals, replays included, of SAs
             // gone by now too.
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0 && s.drops["esp"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(&s, &["no_sa", "unknown_spi", "esp"])?;
+            assert_no_sa_drops(&s, peer, &["replay"])?;
         }
 
         let held: Vec<(u32, u32)> = q1

@@ -548,20 +548,17 @@ fn overlay_with(
             "h{n}: unexpected SA counters:\n{}",
             s.render()
         );
-        for reason in [
-            "no_sa",
-            "too_big",
-            "policy",
-            "unknown_spi",
-            "esp",
-            "malformed",
-        ] {
-            ensure!(
-                data_drop(&s, reason) == 0,
-                "h{n}: {reason} drops:\n{}",
-                s.render()
-            );
-        }
+        assert_no_drops(
+            &s,
+            &[
+                "no_sa",
+                "too_big",
+                "policy",
+                "unknown_spi",
+                "esp",
+                "malformed",
+            ],
+        )?;
     }
     Ok(())
 }
@@ -679,11 +676,7 @@ fn interop_linux_vxlan() {
             "h1 did not learn vx0's MAC {vx0_mac} behind h2:\n{}",
             s.render()
         );
-        ensure!(
-            s.drops.values().all(|&v| v == 0),
-            "h1 dropped:\n{}",
-            s.render()
-        );
+        assert_no_drops(&s, EVERY_REASON)?;
         Ok(())
     });
 }

@@ -251,6 +251,26 @@ pub(crate) fn assert_no_drops(s: &Status, reasons: &[&str]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Fails unless every SA of `peer` in `s` counted no drop for any of
+/// `reasons` (ESP drops, counted per SA).
+pub(crate) fn assert_no_sa_drops(s: &Status, peer: &str, reasons: &[&str]) -> anyhow::Result<()> {
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .with_context(|| format!("{}: no peer {peer}", s.node.name))?;
+    for sa in &p.sas {
+        for &reason in reasons {
+            let n = sa
+                .drops
+                .get(reason)
+                .with_context(|| format!("{}: no SA drop reason {reason:?}", s.node.name))?;
+            ensure!(*n == 0, "{}: {reason} drops on {sa:?}", s.node.name);
+        }
+    }
+    Ok(())
+}
+
 /// Removes the colour codes that tracing writes.
 pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
