@@ -456,33 +456,19 @@ fn bytes_of(frames: &[Summary], keep: impl Fn(&Summary) -> bool) -> usize {
 
 /// Frames of a capture with their transport ports and protocols.
 fn capture_summary(pcap: &Path) -> anyhow::Result<Vec<Summary>> {
-    let pcap = pcap.to_string_lossy();
-    let out = tunsec::netns::run(
-        "tshark",
+    let text = tshark_fields(
+        pcap,
+        None,
         &[
-            "-r",
-            &pcap,
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=f",
-            "-E",
-            "separator=/t",
-            "-e",
             "frame.protocols",
-            "-e",
             "udp.srcport",
-            "-e",
             "udp.dstport",
-            "-e",
             "tcp.srcport",
-            "-e",
             "tcp.dstport",
-            "-e",
             "frame.len",
         ],
     )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(text
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();

@@ -1536,24 +1536,8 @@ fn peer_restarts(prefix: &str, stop: Stop) {
 
 /// The UDP lengths of the ESP-in-UDP frames in a capture.
 fn esp_udp_lengths(pcap: &Path) -> anyhow::Result<Vec<u16>> {
-    let pcap = pcap.to_string_lossy();
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "udpencap && esp",
-            "-T",
-            "fields",
-            "-e",
-            "udp.length",
-        ],
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
+    let text = tshark_fields(pcap, Some("udpencap && esp"), &["udp.length"])?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// Both daemons ask for tunnel mode (`[peer.ike] mode = "tunnel"`; h2 reads
@@ -1860,23 +1844,14 @@ fn ike_behind_nat() {
         stop_capture(lab, "capture");
 
         // Keepalives: UDP 192.0.2.1:4500 -> 192.0.2.2:4500 with one byte.
-        let out = tunsec::netns::run(
-            "tshark",
-            &[
-                "-r",
-                &pcap.to_string_lossy(),
-                "-Y",
-                "ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9",
-                "-T",
-                "fields",
-                "-e",
-                "udp.payload",
-            ],
-        )?;
-        let keepalives = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.trim() == "ff")
-            .count();
+        let keepalives = tshark_fields(
+            &pcap,
+            Some("ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9"),
+            &["udp.payload"],
+        )?
+        .lines()
+        .filter(|l| l.trim() == "ff")
+        .count();
         let raw = std::fs::read(&pcap)?;
         let leaked = count_marker(&raw);
         let frames = frames(&pcap)?;
@@ -2229,19 +2204,7 @@ fn ike_workers_share_sas() {
         }
         // Headers only: the ESP SPI and sequence number are in the first
         // 8 bytes after UDP.
-        let pcap = lab.dir.path().join("esp.pcap");
-        let pcap_s = pcap.to_string_lossy().into_owned();
-        lab.spawn(
-            "esp-capture",
-            &pair.ul,
-            Path::new("dumpcap"),
-            &[
-                "-q", "-i", "br0", "-s", "96", "-B", "64", "-P", "-w", &pcap_s,
-            ],
-        )?;
-        lab.wait_for("the capture to start", Duration::from_secs(10), || {
-            std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
-        })?;
+        let pcap = start_capture_headers(lab, &pair.ul, "esp", 96)?;
         start_tunsecd(lab, &pair.h1, 1, &c1)?;
         start_tunsecd(lab, &pair.h2, 2, &c2)?;
         wait_status(lab, "IKE up", |s1, s2| {
@@ -2283,7 +2246,7 @@ fn ike_workers_share_sas() {
             String::from_utf8_lossy(&out.stderr)
         );
         let after = thread_ticks(pid)?;
-        lab.stop("esp-capture");
+        lab.stop("esp");
         phase(lab, "sixteen TCP streams for 7 s", t0);
 
         // Both transmit workers worked.
@@ -2340,22 +2303,7 @@ struct EspSequences {
 /// section 3.3.3: it is never reused under one key). `watch` lists
 /// (SPI, sequence number) pairs to look for in particular.
 fn esp_sequences(pcap: &Path, watch: &[(u32, u32)]) -> anyhow::Result<EspSequences> {
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap.to_string_lossy(),
-            "-Y",
-            "esp",
-            "-T",
-            "fields",
-            "-e",
-            "esp.spi",
-            "-e",
-            "esp.sequence",
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = tshark_fields(pcap, Some("esp"), &["esp.spi", "esp.sequence"])?;
     let watch: std::collections::HashSet<(u32, u32)> = watch.iter().copied().collect();
     let mut seen = std::collections::HashSet::new();
     let mut last: std::collections::HashMap<u32, u32> = Default::default();
@@ -2487,19 +2435,7 @@ fn ike_reordered_transfer() {
         }
         // Headers only: the ESP SPI and sequence number are in the first
         // 8 bytes after UDP.
-        let pcap = lab.dir.path().join("esp.pcap");
-        let pcap_s = pcap.to_string_lossy().into_owned();
-        lab.spawn(
-            "esp-capture",
-            &pair.ul,
-            Path::new("dumpcap"),
-            &[
-                "-q", "-i", "br0", "-s", "96", "-B", "64", "-P", "-w", &pcap_s,
-            ],
-        )?;
-        lab.wait_for("the capture to start", Duration::from_secs(10), || {
-            std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
-        })?;
+        let pcap = start_capture_headers(lab, &pair.ul, "esp", 96)?;
         let mut r1 = reorder::Reorderer::start(lab, &pair.h1, &host_addr(2), ESP_PORT)?;
         let mut r2 = reorder::Reorderer::start(lab, &pair.h2, &host_addr(1), ESP_PORT)?;
         start_tunsecd(lab, &pair.h1, 1, &c1)?;
@@ -2562,7 +2498,7 @@ fn ike_reordered_transfer() {
             &format!("{} MB over {conns} connections", (conns * each) >> 20),
             t0,
         );
-        stop_capture(lab, "esp-capture");
+        stop_capture(lab, "esp");
         let (q1, q2) = (r1.finish()?, r2.finish()?);
         for (host, q) in [("h1", &q1), ("h2", &q2)] {
             eprintln!(

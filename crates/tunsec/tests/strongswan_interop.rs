@@ -2393,46 +2393,23 @@ fn fragmentation_case(lab: &mut Lab, p: Params, tunsec_size: usize) -> anyhow::R
     for l in log.lines().filter(|l| l.contains("EF(")).take(8) {
         eprintln!("  charon: {}", l.trim());
     }
-    let pcap = x.pcap.to_string_lossy().into_owned();
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "ip.flags.mf == 1 || ip.frag_offset > 0",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-        ],
-    )?;
-    let ip_fragments = String::from_utf8_lossy(&out.stdout).lines().count();
+    let ip_fragments = tshark_fields(
+        &x.pcap,
+        Some("ip.flags.mf == 1 || ip.frag_offset > 0"),
+        &["frame.number"],
+    )?
+    .lines()
+    .count();
     ensure!(
         ip_fragments == 0,
         "{ip_fragments} IP fragments on the underlay: IKE fragmentation was not used"
     );
     // Every IKE datagram: sender, IP length, the IKE header's first payload.
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "isakmp",
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=f",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.len",
-            "-e",
-            "isakmp.nextpayload",
-        ],
+    let text = tshark_fields(
+        &x.pcap,
+        Some("isakmp"),
+        &["ip.src", "ip.len", "isakmp.nextpayload"],
     )?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (mut skf_t, mut skf_s) = (0, 0);
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();

@@ -437,14 +437,27 @@ pub(crate) fn count_marker(data: &[u8]) -> usize {
 
 /// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
 pub(crate) fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
+    capture(lab, ul, label, &[])
+}
+
+/// [`start_capture`], keeping only the first `snaplen` bytes of each
+/// frame (the headers).
+pub(crate) fn start_capture_headers(
+    lab: &mut Lab,
+    ul: &str,
+    label: &str,
+    snaplen: u32,
+) -> anyhow::Result<PathBuf> {
+    capture(lab, ul, label, &["-s", &snaplen.to_string()])
+}
+
+fn capture(lab: &mut Lab, ul: &str, label: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
     let pcap = lab.dir.path().join(format!("{label}.pcap"));
     let pcap_s = pcap.to_string_lossy().into_owned();
-    lab.spawn(
-        label,
-        ul,
-        Path::new("dumpcap"),
-        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
-    )?;
+    let mut args = vec!["-q", "-i", "br0"];
+    args.extend(extra);
+    args.extend(["-B", "64", "-P", "-w", &pcap_s]);
+    lab.spawn(label, ul, Path::new("dumpcap"), &args)?;
     lab.wait_for(
         &format!("capture {label} to start"),
         Duration::from_secs(10),
@@ -480,33 +493,42 @@ pub(crate) struct Frame {
     pub(crate) vni: Option<u32>,
 }
 
-/// Every frame of a capture file, dissected by tshark.
-pub(crate) fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+/// `tshark -r PCAP [-Y FILTER] -T fields` for `fields`: its output, a
+/// line a frame, the first occurrence of each field, separated by tabs.
+pub(crate) fn tshark_fields(
+    pcap: &Path,
+    filter: Option<&str>,
+    fields: &[&str],
+) -> anyhow::Result<String> {
     let pcap = pcap.to_string_lossy();
-    let mut args = vec![
-        "-r",
-        &pcap,
-        "-T",
-        "fields",
-        "-E",
-        "occurrence=f",
-        "-E",
-        "separator=/t",
-    ];
-    for f in [
-        "frame.number",
-        "frame.time_epoch",
-        "frame.protocols",
-        "ip.src",
-        "ip.dst",
-        "udp.srcport",
-        "udp.dstport",
-        "vxlan.vni",
-    ] {
+    let mut args = vec!["-r", &pcap];
+    if let Some(filter) = filter {
+        args.extend(["-Y", filter]);
+    }
+    args.extend(["-T", "fields", "-E", "occurrence=f", "-E", "separator=/t"]);
+    for f in fields {
         args.extend(["-e", f]);
     }
     let out = tunsec::netns::run("tshark", &args)?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every frame of a capture file, dissected by tshark.
+pub(crate) fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+    let text = tshark_fields(
+        pcap,
+        None,
+        &[
+            "frame.number",
+            "frame.time_epoch",
+            "frame.protocols",
+            "ip.src",
+            "ip.dst",
+            "udp.srcport",
+            "udp.dstport",
+            "vxlan.vni",
+        ],
+    )?;
     let mut frames = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
