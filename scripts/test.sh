@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 bash scripts/deps.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+# --locked everywhere: a stale Cargo.lock or fuzz/Cargo.lock fails the run
+# instead of being rewritten by it (commit the updated lock file).
+cargo clippy --locked --workspace --all-targets -- -D warnings
 # Documentation builds without broken or private intra-doc links.
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps
 # The fuzz targets build on their own (cargo-fuzz); make sure they still compile.
-cargo check --manifest-path fuzz/Cargo.toml --bins --examples
-cargo test --workspace
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins --examples
+cargo test --locked --workspace
 # The Debian package: build it, install it, check it, purge it. From the
 # dev profile, whose binaries the tests have just built: a release build
 # takes about 6 minutes more (docs/packaging.md).

@@ -30,7 +30,7 @@ use tunsec_wire::{ipv4, ipv6, natt};
 
 use crate::fast_map::FastMap;
 use crate::overlay::{EspTransport, InboundEntry, SharedSa, Transmit, Via};
-use crate::stats::{Drop, Stats};
+use crate::stats::{PathDrop, Stats};
 
 /// Traffic of the kernel's own that a peer's SA protects: an IP protocol
 /// and a port range, matched against either port (so that both the
@@ -198,30 +198,30 @@ pub fn protect(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<Transmit, Drop> {
-    let fail = |d: Drop| {
+) -> Result<Transmit, PathDrop> {
+    let fail = |d: PathDrop| {
         stats.drop(d);
         Err(d)
     };
     let Some(ip) = ip_info(&buf[start..end]) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     if ip.total_len > end - start {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     }
     let end = start + ip.total_len;
     let Some(peer) = tables.peer_by_addr(ip.dst) else {
-        return fail(Drop::UnknownPeer);
+        return fail(PathDrop::UnknownPeer);
     };
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     let entry = &tables.peers[peer];
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
-        return fail(Drop::Policy);
+        return fail(PathDrop::Policy);
     }
     if entry.outbound.is_empty() {
-        return fail(Drop::NoSa);
+        return fail(PathDrop::NoSa);
     }
     // With several Child SAs, the one whose selectors cover the packet
     // (RFC 4301 section 5.1; a manual SA has none and covers all). The
@@ -240,7 +240,7 @@ pub fn protect(
         .find(|sa| covers(sa))
         .or(entry.outbound.first())
     else {
-        return fail(Drop::NoSa);
+        return fail(PathDrop::NoSa);
     };
     let (payload_start, next_header) = match tables.mode {
         GatewayMode::Transport => {
@@ -258,7 +258,7 @@ pub fn protect(
                         | IpProtocol::Ipv6Opts
                 );
             if ip.fragment || ext {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             }
             (start + ip.header_len, ip.protocol)
         }
@@ -278,7 +278,7 @@ pub fn protect(
         Err(_) => Err(tunsec_esp::DropReason::NoSa),
     };
     if sealed.is_err() {
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     }
     let dst = match tables.esp {
         EspTransport::Udp(port) => SocketAddr::new(entry.underlay, port),
@@ -331,12 +331,12 @@ pub fn unprotect(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<GatewayReceive, Drop> {
+) -> Result<GatewayReceive, PathDrop> {
     stats.count_unknown_spi(try_unprotect(tables, stats, src, udp, buf, start, end, now))
 }
 
 /// [`unprotect`], except that an SPI with no inbound SA is returned as
-/// `Err(Drop::UnknownSpi)` without being counted, and `buf` is then left
+/// `Err(PathDrop::UnknownSpi)` without being counted, and `buf` is then left
 /// as it was: the receive worker may hold such a datagram until its SA is
 /// installed ([`crate::early`]), and counts it only if it never is. Every
 /// other drop is counted here.
@@ -350,9 +350,9 @@ pub fn try_unprotect(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<GatewayReceive, Drop> {
-    let fail = |d: Drop| {
-        if d != Drop::UnknownSpi {
+) -> Result<GatewayReceive, PathDrop> {
+    let fail = |d: PathDrop| {
+        if d != PathDrop::UnknownSpi {
             stats.drop(d);
         }
         Err(d)
@@ -368,20 +368,20 @@ pub fn try_unprotect(
                     end,
                 });
             }
-            Err(_) => return fail(Drop::Malformed),
+            Err(_) => return fail(PathDrop::Malformed),
         }
     }
     let Ok(spi) = tunsec_wire::esp::Packet::new_checked(&buf[start..end]).map(|p| p.spi()) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     let Some(entry) = tables.inbound.get(&spi) else {
-        return fail(Drop::UnknownSpi);
+        return fail(PathDrop::UnknownSpi);
     };
     let Some(peer) = tables.peers.get(entry.peer) else {
-        return fail(Drop::UnknownSpi);
+        return fail(PathDrop::UnknownSpi);
     };
     if src != peer.underlay {
-        return fail(Drop::Policy);
+        return fail(PathDrop::Policy);
     }
     let mut pb = PacketBuf::new(buf, start, end);
     let opened = match entry.sa.lock() {
@@ -389,12 +389,12 @@ pub fn try_unprotect(
         Err(_) => Err(tunsec_esp::DropReason::NoSa),
     };
     let Ok(next_header) = opened else {
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     };
     let (payload_start, payload_end) = (pb.start(), pb.end());
     let (start, end) = match (tables.mode, IpProtocol::from(next_header)) {
         (GatewayMode::Tunnel, IpProtocol::Ipip | IpProtocol::Ipv6) => (payload_start, payload_end),
-        (GatewayMode::Tunnel, _) => return fail(Drop::Policy),
+        (GatewayMode::Tunnel, _) => return fail(PathDrop::Policy),
         (GatewayMode::Transport, _) => {
             match rebuild_header(
                 buf,
@@ -405,21 +405,21 @@ pub fn try_unprotect(
                 next_header,
             ) {
                 Some(s) => (s, payload_end),
-                None => return fail(Drop::Malformed),
+                None => return fail(PathDrop::Malformed),
             }
         }
     };
     let Some(ip) = ip_info(&buf[start..end]).filter(|ip| ip.total_len == end - start) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     if ip.src != peer.underlay
         || ip.dst != tables.local
         || !peer.selectors.iter().any(|s| s.matches(&flow))
     {
-        return fail(Drop::Policy);
+        return fail(PathDrop::Policy);
     }
     Ok(GatewayReceive::Packet { start, end })
 }

@@ -143,7 +143,7 @@ fn in_buffer(pkt: &[u8]) -> (Vec<u8>, usize, usize) {
 
 /// `from` protects, the datagram crosses, `to` unprotects: the packet the
 /// receiver's kernel gets.
-fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>, Drop> {
+fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>, PathDrop> {
     let now = Instant::now();
     let stats = Stats::new(0);
     let (mut buf, s, e) = in_buffer(pkt);
@@ -215,28 +215,28 @@ fn refuses_what_it_must_not_carry() {
     // here, and it is not sent in the clear either.
     assert_eq!(
         try_protect(kernel_packet(A, B, 40000, 53, 10)),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
     // To an address that is no peer.
     let c = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
     assert_eq!(
         try_protect(kernel_packet(A, c, 40000, 4789, 10)),
-        Err(Drop::UnknownPeer)
+        Err(PathDrop::UnknownPeer)
     );
     // Not from this host.
     assert_eq!(
         try_protect(kernel_packet(c, B, 40000, 4789, 10)),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
-    assert_eq!(try_protect(vec![0x45, 0, 0]), Err(Drop::Malformed));
-    assert_eq!(stats.drops(Drop::Policy), 2);
+    assert_eq!(try_protect(vec![0x45, 0, 0]), Err(PathDrop::Malformed));
+    assert_eq!(stats.drops(PathDrop::Policy), 2);
 
     // No SA: dropped, never in the clear.
     let (no_sa, _) = pair(GatewayMode::Transport, None, A, B);
     let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
     assert_eq!(
         protect(&no_sa, &stats, &mut buf, s, e, now),
-        Err(Drop::NoSa)
+        Err(PathDrop::NoSa)
     );
 
     // A decrypted packet outside the selectors is refused by the receiver:
@@ -248,7 +248,7 @@ fn refuses_what_it_must_not_carry() {
     });
     assert_eq!(
         carry(&wide, &gb, &kernel_packet(A, B, 40000, 53, 10)),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
     // From an address that is not the SA's peer.
     let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
@@ -256,7 +256,7 @@ fn refuses_what_it_must_not_carry() {
     let (mut rx, s2, e2) = in_buffer(&buf[tx.start..tx.end]);
     assert_eq!(
         unprotect(&gb, &stats, c, true, &mut rx, s2, e2, now),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
     // A keepalive is nothing.
     let mut ka = [0u8; 130];
@@ -290,7 +290,7 @@ fn fragments_are_refused_in_transport_mode() {
     let (mut buf, s, e) = in_buffer(&pkt);
     assert_eq!(
         protect(&ga, &stats, &mut buf, s, e, Instant::now()),
-        Err(Drop::Malformed)
+        Err(PathDrop::Malformed)
     );
 }
 

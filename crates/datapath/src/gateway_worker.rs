@@ -24,7 +24,7 @@ use crate::gateway::{self, GatewayTables};
 use crate::io::socket::{Batch, Poller, SocketKind, runs};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
-use crate::stats::{Drop, Stats, add};
+use crate::stats::{PathDrop, Stats, add};
 use crate::worker::{BATCH, FrameDevice, GRO_BUFFER_LEN, IkeInbox, Sockets};
 
 /// The largest IP packet a buffer holds.
@@ -146,7 +146,7 @@ pub fn run_tx(
                     batch.send(esp, datagrams)
                 };
                 for _ in 0..r.refused {
-                    shared.stats.drop(Drop::Send);
+                    shared.stats.drop(PathDrop::Send);
                 }
                 pending.clear();
             }
@@ -230,7 +230,7 @@ pub fn run_rx(
                         match ipv4_header_len(&buf[s..e]) {
                             Some(h) => s + h,
                             None => {
-                                shared.stats.drop(Drop::Malformed);
+                                shared.stats.drop(PathDrop::Malformed);
                                 continue;
                             }
                         }
@@ -255,15 +255,15 @@ pub fn run_rx(
                             if shared.ike_inbox.push(src, &buf[start..end]) {
                                 add(&shared.stats.ike_received, 1);
                             } else {
-                                shared.stats.drop(Drop::Ike);
+                                shared.stats.drop(PathDrop::Ike);
                             }
                         }
-                        Err(Drop::UnknownSpi) => {
+                        Err(PathDrop::UnknownSpi) => {
                             // Perhaps an SA that the IKE driver is about to
                             // install (see `early`).
                             let known = tables.peers.iter().any(|p| p.underlay == src.ip());
                             if !(known && early.hold(src.ip(), udp, &buf[start..e], now)) {
-                                shared.stats.drop(Drop::UnknownSpi);
+                                shared.stats.drop(PathDrop::UnknownSpi);
                             }
                         }
                         Err(_) => {}
@@ -292,7 +292,7 @@ pub fn run_rx(
                     end,
                     now,
                 ) {
-                    Err(Drop::UnknownSpi) => Retry::StillUnknown,
+                    Err(PathDrop::UnknownSpi) => Retry::StillUnknown,
                     Ok(GatewayReceive::Packet { start, end }) => {
                         out.deliver(&shared, &tables, tun.as_ref(), src, &scratch[start..end]);
                         Retry::Handled
@@ -301,7 +301,7 @@ pub fn run_rx(
                 }
             });
             for _ in 0..expired {
-                shared.stats.drop(Drop::UnknownSpi);
+                shared.stats.drop(PathDrop::UnknownSpi);
             }
             out.flush(&shared, tun.as_ref());
         }
@@ -341,7 +341,7 @@ impl Out {
             (None, None) => tun.send(packet),
         };
         if written.is_err() {
-            shared.stats.drop(Drop::TapWrite);
+            shared.stats.drop(PathDrop::TapWrite);
         }
     }
 
@@ -360,7 +360,7 @@ fn write(shared: &GatewayShared, tun: &dyn FrameDevice, p: TunPacket<'_>) {
         .send_with_header(&p.header.to_bytes(), p.packet)
         .is_err()
     {
-        shared.stats.drop(Drop::TapWrite);
+        shared.stats.drop(PathDrop::TapWrite);
     }
 }
 
@@ -373,19 +373,19 @@ fn strip_vnet_header(stats: &Stats, buf: &mut [u8], front: usize, len: usize) ->
         return Some(len);
     }
     let Some(packet_len) = len.checked_sub(front) else {
-        stats.drop(Drop::Malformed);
+        stats.drop(PathDrop::Malformed);
         return None;
     };
     let Ok(header) = VnetHeader::parse(&buf[HEADROOM - front..HEADROOM]) else {
-        stats.drop(Drop::Malformed);
+        stats.drop(PathDrop::Malformed);
         return None;
     };
     if header.is_gso() {
-        stats.drop(Drop::Unsupported);
+        stats.drop(PathDrop::Unsupported);
         return None;
     }
     if offload::complete_checksum(&header, &mut buf[HEADROOM..HEADROOM + packet_len]).is_err() {
-        stats.drop(Drop::Malformed);
+        stats.drop(PathDrop::Malformed);
         return None;
     }
     Some(packet_len)
@@ -512,7 +512,7 @@ mod test {
         }
     }
 
-    impl std::ops::Drop for RxWorker {
+    impl Drop for RxWorker {
         fn drop(&mut self) {
             self.shared.stop.store(true, Ordering::Relaxed);
             if let Some(t) = self.thread.take() {
@@ -538,7 +538,7 @@ mod test {
         let rx = RxWorker::start(receiver(None), false);
         let (shared, port) = (&rx.shared, rx.port);
         let written = || rx.written();
-        let unknown = || shared.stats.drops(Drop::UnknownSpi);
+        let unknown = || shared.stats.drops(PathDrop::UnknownSpi);
 
         let sender = UdpSocket::bind((LOOPBACK, 0)).unwrap();
         let (datagram, pkt) = sealed(0x5001);
@@ -602,7 +602,12 @@ mod test {
         for (w, (_, pkt)) in got.iter().zip(&run) {
             assert_eq!(w[..], pkt[..], "the rebuilt packet is the one sealed");
         }
-        for drop in [Drop::Esp, Drop::Malformed, Drop::Policy, Drop::UnknownSpi] {
+        for drop in [
+            PathDrop::Esp,
+            PathDrop::Malformed,
+            PathDrop::Policy,
+            PathDrop::UnknownSpi,
+        ] {
             assert_eq!(shared.stats.drops(drop), 0, "{drop:?}");
         }
     }

@@ -42,7 +42,7 @@ use tunsec_wire::{geneve, gue, ipv4, ipv6, natt, udp, vxlan};
 
 use crate::fast_map::FastMap;
 use crate::fdb::Fdb;
-use crate::stats::{Drop, Stats, add};
+use crate::stats::{PathDrop, Stats, add};
 
 /// Room reserved in front of a frame: the tunnel's UDP header (8) + the
 /// largest tunnel header we emit (8) + in tunnel mode the inner IP header
@@ -416,31 +416,31 @@ pub fn encapsulate(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<Transmit, Drop> {
+) -> Result<Transmit, PathDrop> {
     let Some(network) = tables.networks.get(net) else {
-        return Err(Drop::Policy);
+        return Err(PathDrop::Policy);
     };
     let Some(entry) = tables.peers.get(peer) else {
-        return Err(Drop::UnknownPeer);
+        return Err(PathDrop::UnknownPeer);
     };
     let Some(policy) = tables.policy(peer, net) else {
-        stats.drop(Drop::Policy);
-        return Err(Drop::Policy);
+        stats.drop(PathDrop::Policy);
+        return Err(PathDrop::Policy);
     };
     let frame_len = end - start;
     if frame_len > network.max_frame {
-        stats.drop(Drop::TooBig);
-        return Err(Drop::TooBig);
+        stats.drop(PathDrop::TooBig);
+        return Err(PathDrop::TooBig);
     }
     if frame_len < ethernet::HEADER_LEN {
-        stats.drop(Drop::Malformed);
-        return Err(Drop::Malformed);
+        stats.drop(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     }
     let port = entropy_port(&buf[start..end]);
     let hlen = network.encap.header_len();
     if start < hlen + udp::HEADER_LEN {
-        stats.drop(Drop::Malformed);
-        return Err(Drop::Malformed);
+        stats.drop(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     }
     let tunnel_start = start - hlen;
     emit_tunnel_header(network, &mut buf[tunnel_start..start]);
@@ -450,8 +450,8 @@ pub fn encapsulate(
             return Ok(clear_transmit(network, entry, tunnel_start, end));
         }
         (Policy::Require, true) => {
-            stats.drop(Drop::NoSa);
-            return Err(Drop::NoSa);
+            stats.drop(PathDrop::NoSa);
+            return Err(PathDrop::NoSa);
         }
         _ => {}
     }
@@ -470,8 +470,8 @@ pub fn encapsulate(
         Some((shared, sa, port))
     });
     let Some((shared, mut sa, port)) = chosen else {
-        stats.drop(Drop::Selector);
-        return Err(Drop::Selector);
+        stats.drop(PathDrop::Selector);
+        return Err(PathDrop::Selector);
     };
     // Under `prefer` an SA that can no longer be used means the clear;
     // under `require` it means the packet is dropped (the SA counts why).
@@ -494,8 +494,8 @@ pub fn encapsulate(
         // RFC 7348 section 5: over IPv4 the checksum SHOULD be zero. IPv6
         // needs a real one (RFC 8200 section 8.1).
         if tables.local.is_ipv6() && u.fill_checksum(tables.local, entry.spec.underlay).is_err() {
-            stats.drop(Drop::Malformed);
-            return Err(Drop::Malformed);
+            stats.drop(PathDrop::Malformed);
+            return Err(PathDrop::Malformed);
         }
     }
     // Tunnel mode: the inner IP header goes in front of the datagram.
@@ -505,16 +505,16 @@ pub fn encapsulate(
             match push_inner_header(buf, udp_start, end, tables.local, entry.spec.underlay) {
                 Some(found) => found,
                 None => {
-                    stats.drop(Drop::Malformed);
-                    return Err(Drop::Malformed);
+                    stats.drop(PathDrop::Malformed);
+                    return Err(PathDrop::Malformed);
                 }
             }
         }
     };
     let mut pb = PacketBuf::new(buf, payload_start, end);
     let Ok(job) = sa.reserve_seal(&pb, now) else {
-        stats.drop(Drop::Esp);
-        return Err(Drop::Esp);
+        stats.drop(PathDrop::Esp);
+        return Err(PathDrop::Esp);
     };
     // The sequence number is taken; encryption runs without the lock, so
     // workers that share the SA seal in parallel.
@@ -523,8 +523,8 @@ pub fn encapsulate(
         if let Ok(mut sa) = shared.lock() {
             sa.record_drop(reason);
         }
-        stats.drop(Drop::Esp);
-        return Err(Drop::Esp);
+        stats.drop(PathDrop::Esp);
+        return Err(PathDrop::Esp);
     }
     let dst = match tables.esp {
         EspTransport::Udp(p) => SocketAddr::new(entry.spec.underlay, p),
@@ -602,14 +602,14 @@ fn push_inner_header(
 /// is the whole payload, from the peer's underlay address `remote` to
 /// ours, `local` (RFC 4301 section 5.2: a decrypted packet must match its
 /// SA's selectors, here host to host), protocol UDP with no IPv6 extension
-/// header, and not a fragment. Anything else is [`Drop::InnerHeader`].
+/// header, and not a fragment. Anything else is [`PathDrop::InnerHeader`].
 pub fn check_inner_header(
     packet: &[u8],
     next_header: u8,
     local: IpAddr,
     remote: IpAddr,
-) -> Result<usize, Drop> {
-    let bad = Err(Drop::InnerHeader);
+) -> Result<usize, PathDrop> {
+    let bad = Err(PathDrop::InnerHeader);
     let (src, dst, protocol, header_len) = match (IpProtocol::from(next_header), local) {
         (IpProtocol::Ipip, IpAddr::V4(_)) => {
             let Ok(p) = ipv4::Packet::new_checked(packet) else {
@@ -735,14 +735,14 @@ pub fn receive_esp(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<EspReceive, Drop> {
+) -> Result<EspReceive, PathDrop> {
     stats.count_unknown_spi(try_receive_esp(
         tables, fdb, stats, src, udp, buf, start, end, now,
     ))
 }
 
 /// [`receive_esp`], except that an SPI with no inbound SA is returned as
-/// `Err(Drop::UnknownSpi)` without being counted, and `buf` is then left
+/// `Err(PathDrop::UnknownSpi)` without being counted, and `buf` is then left
 /// as it was: the receive worker may hold such a datagram until its SA
 /// is installed ([`crate::early`]), and counts it only if it never is.
 /// Every other drop is counted here.
@@ -757,9 +757,9 @@ pub fn try_receive_esp(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<EspReceive, Drop> {
-    let fail = |d: Drop| {
-        if d != Drop::UnknownSpi {
+) -> Result<EspReceive, PathDrop> {
+    let fail = |d: PathDrop| {
+        if d != PathDrop::UnknownSpi {
             stats.drop(d);
         }
         Err(d)
@@ -777,22 +777,22 @@ pub fn try_receive_esp(
                     end,
                 });
             }
-            Err(_) => return fail(Drop::Malformed),
+            Err(_) => return fail(PathDrop::Malformed),
         }
     }
     let spi = match tunsec_wire::esp::Packet::new_checked(&buf[start..end]) {
         Ok(p) => p.spi(),
-        Err(_) => return fail(Drop::Malformed),
+        Err(_) => return fail(PathDrop::Malformed),
     };
     let Some(entry) = tables.inbound.get(&spi) else {
-        return fail(Drop::UnknownSpi);
+        return fail(PathDrop::UnknownSpi);
     };
     let Some(peer) = tables.peers.get(entry.peer) else {
-        return fail(Drop::UnknownSpi);
+        return fail(PathDrop::UnknownSpi);
     };
     if canonical(src) != peer.spec.underlay {
         // The SA belongs to another host.
-        return fail(Drop::Policy);
+        return fail(PathDrop::Policy);
     }
     // The replay check and the window update take the SA's lock briefly;
     // decryption runs without it, so workers that share the SA open in
@@ -800,22 +800,22 @@ pub fn try_receive_esp(
     let mut pb = PacketBuf::new(buf, start, end);
     let job = match entry.sa.lock() {
         Ok(mut sa) => sa.reserve_open(&pb, now),
-        Err(_) => return fail(Drop::Esp),
+        Err(_) => return fail(PathDrop::Esp),
     };
     let Ok(job) = job else {
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     };
     if let Err(reason) = job.decrypt(&mut pb) {
         if let Ok(mut sa) = entry.sa.lock() {
             sa.record_drop(reason);
         }
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     }
     let Ok(mut sa) = entry.sa.lock() else {
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     };
     let Ok(next_header) = sa.finish_open(&job, &mut pb, now) else {
-        return fail(Drop::Esp);
+        return fail(PathDrop::Esp);
     };
     let mode = sa.mode();
     let (mut start, end) = (pb.start(), pb.end());
@@ -824,7 +824,7 @@ pub fn try_receive_esp(
         // peer carries, tunnel format matching that network.
         Mode::Transport => {
             if next_header != u8::from(IpProtocol::Udp) {
-                return fail(Drop::Policy);
+                return fail(PathDrop::Policy);
             }
         }
         //= https://www.rfc-editor.org/rfc/rfc4303#section-3.1.2
@@ -843,7 +843,7 @@ pub fn try_receive_esp(
         }
     }
     let Ok(u) = udp::Packet::new_checked(&buf[start..end]) else {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     };
     let dst_port = u.dst_port();
     let udp_end = start + usize::from(u.len());
@@ -861,7 +861,7 @@ pub fn try_receive_esp(
         dst_port: Some(dst_port),
     };
     if sa.check_inbound(&flow).is_err() {
-        return fail(Drop::Selector);
+        return fail(PathDrop::Selector);
     }
     drop(sa);
     let Some(encap) = tables
@@ -870,12 +870,12 @@ pub fn try_receive_esp(
         .find(|n| n.port == dst_port)
         .map(|n| n.encap)
     else {
-        return fail(Drop::Policy);
+        return fail(PathDrop::Policy);
     };
     let delivery = decapsulate(tables, stats, encap, dst_port, buf, payload_start, udp_end)?;
     match tables.policy(entry.peer, delivery.net) {
         Some(_) => {}
-        None => return fail(Drop::Policy),
+        None => return fail(PathDrop::Policy),
     }
     learn(fdb, buf, delivery, entry.peer, now);
     Ok(EspReceive::Frame(delivery))
@@ -894,10 +894,10 @@ pub fn receive_clear(
     start: usize,
     end: usize,
     now: Instant,
-) -> Result<Delivery, Drop> {
+) -> Result<Delivery, PathDrop> {
     let Some(peer) = tables.peer_by_addr(src) else {
-        stats.drop(Drop::UnknownPeer);
-        return Err(Drop::UnknownPeer);
+        stats.drop(PathDrop::UnknownPeer);
+        return Err(PathDrop::UnknownPeer);
     };
     let Some(encap) = tables
         .networks
@@ -905,19 +905,19 @@ pub fn receive_clear(
         .find(|n| n.port == port)
         .map(|n| n.encap)
     else {
-        stats.drop(Drop::UnknownVni);
-        return Err(Drop::UnknownVni);
+        stats.drop(PathDrop::UnknownVni);
+        return Err(PathDrop::UnknownVni);
     };
     let delivery = decapsulate(tables, stats, encap, port, buf, start, end)?;
     match tables.policy(peer, delivery.net) {
         Some(Policy::Clear | Policy::Prefer) => {}
         Some(Policy::Require) => {
-            stats.drop(Drop::ClearRefused);
-            return Err(Drop::ClearRefused);
+            stats.drop(PathDrop::ClearRefused);
+            return Err(PathDrop::ClearRefused);
         }
         None => {
-            stats.drop(Drop::Policy);
-            return Err(Drop::Policy);
+            stats.drop(PathDrop::Policy);
+            return Err(PathDrop::Policy);
         }
     }
     learn(fdb, buf, delivery, peer, now);
@@ -941,8 +941,8 @@ fn decapsulate(
     buf: &[u8],
     start: usize,
     end: usize,
-) -> Result<Delivery, Drop> {
-    let fail = |d: Drop| {
+) -> Result<Delivery, PathDrop> {
+    let fail = |d: PathDrop| {
         stats.drop(d);
         Err(d)
     };
@@ -950,22 +950,22 @@ fn decapsulate(
     let (vni, header_len) = match encap {
         TunnelEncap::Vxlan => {
             let Ok(p) = vxlan::Packet::new_checked(payload) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             let Ok(repr) = vxlan::Repr::parse(&p) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             (repr.vni.get(), vxlan::HEADER_LEN)
         }
         TunnelEncap::Geneve => {
             let Ok(p) = geneve::Packet::new_checked(payload) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             let Ok(repr) = geneve::Repr::parse(&p) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             if repr.protocol_type != geneve::PROTOCOL_ETHERNET || repr.oam {
-                return fail(Drop::Unsupported);
+                return fail(PathDrop::Unsupported);
             }
             //= https://www.rfc-editor.org/rfc/rfc8926#section-3.5
             //# If a tunnel endpoint receives a Geneve packet with an option
@@ -973,19 +973,19 @@ fn decapsulate(
             //# the packet.
             // This host knows no options, so any critical one is unknown.
             if repr.critical {
-                return fail(Drop::Unsupported);
+                return fail(PathDrop::Unsupported);
             }
             (repr.vni.get(), p.header_len())
         }
         TunnelEncap::Gue => {
             let Ok(p) = gue::Packet::new_checked(payload) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             let Ok(repr) = gue::Repr::parse(&p) else {
-                return fail(Drop::Malformed);
+                return fail(PathDrop::Malformed);
             };
             if repr.control || repr.proto_ctype != GUE_PROTO_ETHERNET {
-                return fail(Drop::Unsupported);
+                return fail(PathDrop::Unsupported);
             }
             (0, p.header_len())
         }
@@ -998,11 +998,11 @@ fn decapsulate(
         _ => tables.network_by_port_vni.get(&(port, vni)).copied(),
     };
     let Some(net) = net else {
-        return fail(Drop::UnknownVni);
+        return fail(PathDrop::UnknownVni);
     };
     let frame_start = start + header_len;
     if end - frame_start < ethernet::HEADER_LEN {
-        return fail(Drop::Malformed);
+        return fail(PathDrop::Malformed);
     }
     Ok(Delivery {
         net,

@@ -125,7 +125,7 @@ fn pair(encap: TunnelEncap, policy: Policy, suite: Option<Suite>, v6: bool) -> (
 
 /// Sends a frame from `from` to `to` through the functions the workers
 /// call; returns what `to` delivers.
-fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, Drop> {
+fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, PathDrop> {
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
     let original = buf[s..e].to_vec();
@@ -222,9 +222,9 @@ fn require_without_sa_sends_nothing() {
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
         encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, now),
-        Err(Drop::NoSa)
+        Err(PathDrop::NoSa)
     );
-    assert_eq!(a.stats.drops(Drop::NoSa), 1);
+    assert_eq!(a.stats.drops(PathDrop::NoSa), 1);
 }
 
 #[test]
@@ -242,8 +242,8 @@ fn require_refuses_cleartext() {
         Some(Suite::AesGcm128),
         false,
     );
-    assert_eq!(carry(&a, &b, 60), Err(Drop::ClearRefused));
-    assert_eq!(b.stats.drops(Drop::ClearRefused), 1);
+    assert_eq!(carry(&a, &b, 60), Err(PathDrop::ClearRefused));
+    assert_eq!(b.stats.drops(PathDrop::ClearRefused), 1);
 }
 
 #[test]
@@ -254,8 +254,8 @@ fn too_big_and_unknown_spi_and_wrong_source() {
         Some(Suite::AesGcm256),
         false,
     );
-    assert_eq!(carry(&a, &b, 1401), Err(Drop::TooBig));
-    assert_eq!(a.stats.drops(Drop::TooBig), 1);
+    assert_eq!(carry(&a, &b, 1401), Err(PathDrop::TooBig));
+    assert_eq!(a.stats.drops(PathDrop::TooBig), 1);
 
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
@@ -267,7 +267,7 @@ fn too_big_and_unknown_spi_and_wrong_source() {
         receive_esp(
             &b.tables, &b.fdb, &b.stats, c, true, &mut copy, tx.start, tx.end, now
         ),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
     // An SPI nobody has.
     let mut copy = buf.clone();
@@ -276,7 +276,7 @@ fn too_big_and_unknown_spi_and_wrong_source() {
         receive_esp(
             &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
         ),
-        Err(Drop::UnknownSpi)
+        Err(PathDrop::UnknownSpi)
     );
     // A tampered packet: the SA counts an ICV failure.
     let mut copy = buf.clone();
@@ -285,7 +285,7 @@ fn too_big_and_unknown_spi_and_wrong_source() {
         receive_esp(
             &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
         ),
-        Err(Drop::Esp)
+        Err(PathDrop::Esp)
     );
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
     assert_eq!(
@@ -304,11 +304,11 @@ fn too_big_and_unknown_spi_and_wrong_source() {
         receive_esp(
             &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
         ),
-        Err(Drop::Esp)
+        Err(PathDrop::Esp)
     );
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
     assert_eq!(sa.counters().drops.get(tunsec_esp::DropReason::Replay), 1);
-    assert_eq!(b.stats.drops(Drop::Esp), 2);
+    assert_eq!(b.stats.drops(PathDrop::Esp), 2);
 }
 
 #[test]
@@ -330,7 +330,7 @@ fn keepalives_and_ike_on_the_esp_port() {
         receive_esp(&b.tables, &b.fdb, &b.stats, A, true, &mut ike, 0, 7, now),
         Ok(EspReceive::Ike { start: 4, end: 7 })
     );
-    assert_eq!(b.stats.drops(Drop::Ike), 0);
+    assert_eq!(b.stats.drops(PathDrop::Ike), 0);
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn critical_geneve_options_are_dropped() {
     let end = pkt.len();
     assert_eq!(
         receive_clear(&b.tables, &b.fdb, &b.stats, A, 6081, &mut pkt, 0, end, now),
-        Err(Drop::Unsupported)
+        Err(PathDrop::Unsupported)
     );
     // The same option, not critical, is skipped and the frame delivered.
     pkt[1] = 0x00;
@@ -357,7 +357,7 @@ fn critical_geneve_options_are_dropped() {
     pkt[6] = 101;
     assert_eq!(
         receive_clear(&b.tables, &b.fdb, &b.stats, A, 6081, &mut pkt, 0, end, now),
-        Err(Drop::UnknownVni)
+        Err(PathDrop::UnknownVni)
     );
 }
 
@@ -481,7 +481,7 @@ fn deliver_sealed(
     src: IpAddr,
     payload: &[u8],
     next_header: u8,
-) -> Result<EspReceive, Drop> {
+) -> Result<EspReceive, PathDrop> {
     let now = Instant::now();
     let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
@@ -507,8 +507,8 @@ fn tunnel_mode_round_trip_every_encap_and_suite() {
                     b.fdb.lookup(0, EthernetAddress(MAC_A), Instant::now()),
                     Some(0)
                 );
-                assert_eq!(a.stats.drops(Drop::InnerHeader), 0);
-                assert_eq!(b.stats.drops(Drop::InnerHeader), 0);
+                assert_eq!(a.stats.drops(PathDrop::InnerHeader), 0);
+                assert_eq!(b.stats.drops(PathDrop::InnerHeader), 0);
             }
         }
     }
@@ -666,10 +666,10 @@ fn tunnel_mode_bad_inner_headers_are_dropped_and_counted() {
     for (n, (what, payload, next_header)) in cases.iter().enumerate() {
         assert_eq!(
             deliver_sealed(&mut sealer, &b, A, payload, *next_header),
-            Err(Drop::InnerHeader),
+            Err(PathDrop::InnerHeader),
             "{what}"
         );
-        assert_eq!(b.stats.drops(Drop::InnerHeader), n as u64 + 1, "{what}");
+        assert_eq!(b.stats.drops(PathDrop::InnerHeader), n as u64 + 1, "{what}");
     }
     // The ESP layer accepted every one of them (the ICV held).
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
@@ -731,10 +731,10 @@ fn tunnel_mode_bad_inner_ipv6_headers_are_dropped_and_counted() {
     for (n, (what, payload, next_header)) in cases.iter().enumerate() {
         assert_eq!(
             deliver_sealed(&mut sealer, &b, src, payload, *next_header),
-            Err(Drop::InnerHeader),
+            Err(PathDrop::InnerHeader),
             "{what}"
         );
-        assert_eq!(b.stats.drops(Drop::InnerHeader), n as u64 + 1, "{what}");
+        assert_eq!(b.stats.drops(PathDrop::InnerHeader), n as u64 + 1, "{what}");
     }
 }
 
@@ -750,10 +750,10 @@ fn modes_must_match() {
         Some(Suite::AesGcm128),
         false,
     );
-    assert_eq!(carry(&a, &b, 60), Err(Drop::Policy));
-    assert_eq!(b.stats.drops(Drop::Policy), 1);
-    assert_eq!(carry(&b, &a, 60), Err(Drop::InnerHeader));
-    assert_eq!(a.stats.drops(Drop::InnerHeader), 1);
+    assert_eq!(carry(&a, &b, 60), Err(PathDrop::Policy));
+    assert_eq!(b.stats.drops(PathDrop::Policy), 1);
+    assert_eq!(carry(&b, &a, 60), Err(PathDrop::InnerHeader));
+    assert_eq!(a.stats.drops(PathDrop::InnerHeader), 1);
 }
 
 /// The selectors IKE negotiates, seen from `local`, as
@@ -862,7 +862,7 @@ fn port_selectors_round_trip_from_the_tunnel_port() {
                     assert_eq!(sealed_ports(&a, suite), (port, port));
                     assert_eq!(sealed_ports(&b, suite), (port, port));
                     for h in [&a, &b] {
-                        assert_eq!(h.stats.drops(Drop::Selector), 0);
+                        assert_eq!(h.stats.drops(PathDrop::Selector), 0);
                     }
 
                     let (a, b) = selector_pair(encap, suite, v6, tunnel, &[]);
@@ -907,7 +907,7 @@ fn datagrams_outside_the_selectors_are_dropped_and_counted() {
     let suite = Suite::AesGcm128;
     let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
     let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
-    let ok = |r: Result<EspReceive, Drop>| matches!(r, Ok(EspReceive::Frame(_)));
+    let ok = |r: Result<EspReceive, PathDrop>| matches!(r, Ok(EspReceive::Frame(_)));
     assert!(ok(deliver_sealed(
         &mut sealer,
         &b,
@@ -919,10 +919,10 @@ fn datagrams_outside_the_selectors_are_dropped_and_counted() {
     for (n, (src, dst)) in cases.into_iter().enumerate() {
         assert_eq!(
             deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(src, dst), 17),
-            Err(Drop::Selector),
+            Err(PathDrop::Selector),
             "{src} -> {dst}"
         );
-        assert_eq!(b.stats.drops(Drop::Selector), n as u64 + 1);
+        assert_eq!(b.stats.drops(PathDrop::Selector), n as u64 + 1);
     }
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
     assert_eq!(
@@ -930,7 +930,7 @@ fn datagrams_outside_the_selectors_are_dropped_and_counted() {
         cases.len() as u64
     );
     drop(sa);
-    assert_eq!(b.stats.drops(Drop::Policy), 0);
+    assert_eq!(b.stats.drops(PathDrop::Policy), 0);
 
     // The same datagrams under host-to-host selectors: all delivered (the
     // last two reach no network on their port: the implicit check).
@@ -946,9 +946,9 @@ fn datagrams_outside_the_selectors_are_dropped_and_counted() {
     }
     assert_eq!(
         deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(4789, 4790), 17),
-        Err(Drop::Policy)
+        Err(PathDrop::Policy)
     );
-    assert_eq!(b.stats.drops(Drop::Selector), 0);
+    assert_eq!(b.stats.drops(PathDrop::Selector), 0);
 }
 
 /// A port-narrowed peer (B) receiving from a host-to-host sender (A,
@@ -959,8 +959,8 @@ fn entropy_ports_fail_narrowed_selectors() {
     let suite = Suite::AesGcm128;
     let (a, _) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[]);
     let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
-    assert_eq!(carry(&a, &b, 60), Err(Drop::Selector));
-    assert_eq!(b.stats.drops(Drop::Selector), 1);
+    assert_eq!(carry(&a, &b, 60), Err(PathDrop::Selector));
+    assert_eq!(b.stats.drops(PathDrop::Selector), 1);
 }
 
 /// With several tunnel ports the selectors are their cross product (RFC
@@ -981,7 +981,7 @@ fn several_ports_and_uncovered_networks() {
     }
     assert_eq!(
         deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(6080, 4789), 17),
-        Err(Drop::Selector)
+        Err(PathDrop::Selector)
     );
 
     // A's SA covers only Geneve's port; its network is VXLAN.
@@ -989,9 +989,9 @@ fn several_ports_and_uncovered_networks() {
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
         encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
-        Err(Drop::Selector)
+        Err(PathDrop::Selector)
     );
-    assert_eq!(a.stats.drops(Drop::Selector), 1);
+    assert_eq!(a.stats.drops(PathDrop::Selector), 1);
     // `source_port` itself: entropy when allowed, else the tunnel port.
     let any = ike_selectors(A, B, &[]);
     let narrow = ike_selectors(A, B, &[4789]);
@@ -1039,9 +1039,9 @@ fn one_outbound_sa_per_tunnel_port() {
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
         encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
-        Err(Drop::Selector)
+        Err(PathDrop::Selector)
     );
-    assert_eq!(a.stats.drops(Drop::Selector), 1);
+    assert_eq!(a.stats.drops(PathDrop::Selector), 1);
 }
 
 /// An Ethernet frame carrying IPv4 (`v6 == false`) or IPv6 and TCP from

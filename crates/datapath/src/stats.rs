@@ -8,9 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the data path dropped a frame or a datagram, outside of ESP
 /// processing (which each SA counts under [`tunsec_esp::DropReason`]).
+///
+/// Named for the layer that counts it (the data path's [`Stats`]), so that
+/// it neither shadows [`std::ops::Drop`] nor reads as a synonym of
+/// [`tunsec_esp::DropReason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Drop {
+pub enum PathDrop {
     /// A `require` policy and no usable outbound SA: the frame is not sent
     /// at all, never in the clear.
     NoSa = 0,
@@ -55,7 +59,7 @@ pub enum Drop {
     Selector,
 }
 
-impl Drop {
+impl PathDrop {
     /// The number of reasons.
     pub const COUNT: usize = 15;
 
@@ -118,7 +122,7 @@ pub struct NetworkCounters {
 /// All data-path counters.
 #[derive(Debug)]
 pub struct Stats {
-    drops: [AtomicU64; Drop::COUNT],
+    drops: [AtomicU64; PathDrop::COUNT],
     networks: Vec<NetworkCounters>,
     /// Datagrams received on the ESP socket that were NAT keepalives.
     pub keepalives: AtomicU64,
@@ -140,7 +144,7 @@ impl Stats {
 
     /// Counts a drop.
     #[inline]
-    pub fn drop(&self, reason: Drop) {
+    pub fn drop(&self, reason: PathDrop) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -148,15 +152,15 @@ impl Stats {
     /// (`overlay::try_receive_esp`, `gateway::try_unprotect`) returns
     /// uncounted, for callers that do not hold such datagrams; every
     /// other result passes unchanged.
-    pub fn count_unknown_spi<T>(&self, result: Result<T, Drop>) -> Result<T, Drop> {
-        if let Err(Drop::UnknownSpi) = result {
-            self.drop(Drop::UnknownSpi);
+    pub fn count_unknown_spi<T>(&self, result: Result<T, PathDrop>) -> Result<T, PathDrop> {
+        if let Err(PathDrop::UnknownSpi) = result {
+            self.drop(PathDrop::UnknownSpi);
         }
         result
     }
 
     /// The count of one reason.
-    pub fn drops(&self, reason: Drop) -> u64 {
+    pub fn drops(&self, reason: PathDrop) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 

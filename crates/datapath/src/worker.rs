@@ -33,7 +33,7 @@ use crate::fdb::Fdb;
 use crate::io::socket::{Batch, DatagramSocket, Poller, runs};
 use crate::offload;
 use crate::overlay::{self, EspReceive, HEADROOM, TAILROOM, Tables, Targets, Transmit, Via};
-use crate::stats::{Drop, Stats};
+use crate::stats::{PathDrop, Stats};
 use crate::steer;
 
 /// Datagrams per system call.
@@ -290,12 +290,12 @@ pub fn run_tx(
                     break;
                 };
                 let Ok((hdr, frame)) = offload::VnetHeader::split(&big[..len]) else {
-                    shared.stats.drop(Drop::Malformed);
+                    shared.stats.drop(PathDrop::Malformed);
                     continue;
                 };
                 if hdr.is_gso() {
                     let Ok(mut segments) = offload::Segmenter::new(&hdr, frame) else {
-                        shared.stats.drop(Drop::Malformed);
+                        shared.stats.drop(PathDrop::Malformed);
                         continue;
                     };
                     // All the segments in one flush, so that they leave as
@@ -309,7 +309,7 @@ pub fn run_tx(
                             Ok(Some(len)) => tx.frame_to(&shared, &tables, net, len, &targets, now),
                             Ok(None) => break,
                             Err(_) => {
-                                shared.stats.drop(Drop::Malformed);
+                                shared.stats.drop(PathDrop::Malformed);
                                 break;
                             }
                         }
@@ -320,7 +320,7 @@ pub fn run_tx(
                     let out = &mut tx.pool[b][HEADROOM..HEADROOM + len];
                     out.copy_from_slice(&frame[..len]);
                     if hdr.needs_csum() && offload::complete_checksum(&hdr, out).is_err() {
-                        shared.stats.drop(Drop::Malformed);
+                        shared.stats.drop(PathDrop::Malformed);
                         continue;
                     }
                     tx.frame(&shared, &tables, net, len, now);
@@ -426,7 +426,7 @@ impl Tx {
             self.udp_gso = false;
         }
         for _ in 0..refused {
-            shared.stats.drop(Drop::Send);
+            shared.stats.drop(PathDrop::Send);
         }
         self.pending.clear();
         self.pending_buf.clear();
@@ -515,7 +515,7 @@ fn flush(
         refused += batch.send(sock, datagrams(Via::Tunnel(*port))).refused;
     }
     for _ in 0..refused {
-        shared.stats.drop(Drop::Send);
+        shared.stats.drop(PathDrop::Send);
     }
     pending.clear();
     pending_buf.clear();
@@ -619,7 +619,7 @@ pub fn run_rx(
                                     Some(off)
                                 };
                                 let Some(start) = start else {
-                                    shared.stats.drop(Drop::Malformed);
+                                    shared.stats.drop(PathDrop::Malformed);
                                     continue;
                                 };
                                 let udp = sock.kind() == crate::io::socket::SocketKind::Udp;
@@ -643,18 +643,18 @@ pub fn run_rx(
                                                 .ike_received
                                                 .fetch_add(1, Ordering::Relaxed);
                                         } else {
-                                            shared.stats.drop(Drop::Ike);
+                                            shared.stats.drop(PathDrop::Ike);
                                         }
                                         continue;
                                     }
-                                    Err(Drop::UnknownSpi) => {
+                                    Err(PathDrop::UnknownSpi) => {
                                         // Perhaps an SA that the IKE
                                         // driver is about to install.
                                         let known = tables.peer_by_addr(src.ip()).is_some();
                                         if !(known
                                             && early.hold(src.ip(), udp, &buf[start..len], now))
                                         {
-                                            shared.stats.drop(Drop::UnknownSpi);
+                                            shared.stats.drop(PathDrop::UnknownSpi);
                                         }
                                         continue;
                                     }
@@ -694,7 +694,7 @@ pub fn run_rx(
                     len,
                     now,
                 ) {
-                    Err(Drop::UnknownSpi) => Retry::StillUnknown,
+                    Err(PathDrop::UnknownSpi) => Retry::StillUnknown,
                     Ok(EspReceive::Frame(d)) => {
                         deliver(
                             &shared,
@@ -710,7 +710,7 @@ pub fn run_rx(
                 }
             });
             for _ in 0..expired {
-                shared.stats.drop(Drop::UnknownSpi);
+                shared.stats.drop(PathDrop::UnknownSpi);
             }
             flush_coalescers(&shared, &queues, &mut coalescers);
         }
@@ -728,7 +728,7 @@ fn deliver(
     frame: &[u8],
 ) {
     let Some(devs) = queues.get(net).filter(|q| !q.is_empty()) else {
-        shared.stats.drop(Drop::TapWrite);
+        shared.stats.drop(PathDrop::TapWrite);
         return;
     };
     overlay::count_rx(&shared.stats, net, frame.len());
@@ -743,7 +743,7 @@ fn deliver(
     if dev.vnet_hdr() {
         write_tap(shared, dev.as_ref(), plain, frame);
     } else if dev.send(frame).is_err() {
-        shared.stats.drop(Drop::TapWrite);
+        shared.stats.drop(PathDrop::TapWrite);
     }
 }
 
@@ -767,7 +767,7 @@ fn flush_coalescers(
 /// failure.
 fn write_tap(shared: &Shared, dev: &dyn FrameDevice, header: &[u8], frame: &[u8]) {
     if dev.send_with_header(header, frame).is_err() {
-        shared.stats.drop(Drop::TapWrite);
+        shared.stats.drop(PathDrop::TapWrite);
     }
 }
 
@@ -917,7 +917,7 @@ pub(crate) mod test {
         }
     }
 
-    impl std::ops::Drop for RxWorker {
+    impl Drop for RxWorker {
         fn drop(&mut self) {
             self.shared.stop.store(true, Ordering::Relaxed);
             if let Some(t) = self.thread.take() {
@@ -939,7 +939,7 @@ pub(crate) mod test {
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx.written().is_empty());
         assert_eq!(
-            rx.shared.stats.drops(Drop::UnknownSpi),
+            rx.shared.stats.drops(PathDrop::UnknownSpi),
             0,
             "held, not dropped"
         );
@@ -949,17 +949,17 @@ pub(crate) mod test {
             .store(Arc::new(loopback_tables(1, Some(0x5001))));
         // The worker looks again at its next wake-up (at most POLL_MS).
         assert_eq!(rx.wait_written(1, Duration::from_secs(2)), [frame]);
-        assert_eq!(rx.shared.stats.drops(Drop::UnknownSpi), 0);
+        assert_eq!(rx.shared.stats.drops(PathDrop::UnknownSpi), 0);
 
         // An SPI that never gets an SA: dropped, counted, after the hold.
         let (stray, _) = sealed(0x6001);
         let sent = Instant::now();
         sender.send_to(&stray, (LOOPBACK, rx.port)).unwrap();
         let deadline = sent + Duration::from_secs(2);
-        while rx.shared.stats.drops(Drop::UnknownSpi) == 0 && Instant::now() < deadline {
+        while rx.shared.stats.drops(PathDrop::UnknownSpi) == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(rx.shared.stats.drops(Drop::UnknownSpi), 1);
+        assert_eq!(rx.shared.stats.drops(PathDrop::UnknownSpi), 1);
         assert!(
             sent.elapsed() >= EarlyEsp::HOLD,
             "dropped before the hold ended"

@@ -43,6 +43,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 use tunsec_esp::Suite;
 
 use crate::config::Config;
@@ -274,26 +276,16 @@ fn say(msg: &str) {
 
 /// `2026-11-22T12:42:00Z` from the system clock.
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    utc_seconds(OffsetDateTime::now_utc())
+}
+
+/// `t` in UTC to the second, in RFC 3339 form: `2026-11-22T12:42:00Z`.
+fn utc_seconds(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    // Whole seconds, so RFC 3339 writes no fraction; nanosecond 0 is always valid.
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    // Fails only for a year outside 0..=9999.
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn loadavg() -> [f64; 3] {
@@ -1198,5 +1190,14 @@ mod test {
         let d = utc_now();
         assert_eq!(d.len(), 20, "{d}");
         assert!(d.starts_with("20") && d.ends_with('Z'));
+        let at = |secs| utc_seconds(OffsetDateTime::from_unix_timestamp(secs).unwrap());
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_351_323), "2026-11-22T12:42:03Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+        // The fraction is cut, not rounded, and another offset is shown in UTC.
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_351_323_999_999_999).unwrap();
+        let t = t.to_offset(UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(utc_seconds(t), "2026-11-22T12:42:03Z");
     }
 }

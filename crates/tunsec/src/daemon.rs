@@ -23,7 +23,7 @@ use tunsec_datapath::io::tap;
 use tunsec_datapath::overlay::{
     EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables,
 };
-use tunsec_datapath::stats::Drop;
+use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::{self, FrameDevice, Shared, Sockets};
 use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 
@@ -480,7 +480,7 @@ impl ControlTarget for OverlayControl {
                 }
             })
             .collect();
-        let drops: BTreeMap<String, u64> = Drop::ALL
+        let drops: BTreeMap<String, u64> = PathDrop::ALL
             .iter()
             .map(|&d| (d.name().to_owned(), stats.drops(d)))
             .collect();

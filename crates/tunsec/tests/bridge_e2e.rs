@@ -41,23 +41,9 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`; on failure prints the
-/// lab's logs. The lab is removed either way.
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    if !matches!(result, Ok(Ok(()))) {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 /// Host `h<n>`'s config: network `blue` (VXLAN 100) on `bridge`, and peer

@@ -71,25 +71,9 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`; on a failure (or with
-/// `TUNSEC_E2E_LOGS` set) it prints the logs; the lab is torn down either
-/// way.
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    // TUNSEC_E2E_LOGS=1 prints the logs also on success.
-    if !matches!(result, Ok(Ok(()))) || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 /// Writes host `h<n>`'s config: network `blue`, one peer `h<peer>` under

@@ -121,21 +121,9 @@ fn preflight() {
     });
 }
 
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    if !matches!(result, Ok(Ok(()))) {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 fn tool(ns: &str, limit_secs: u32, args: &[&str]) -> anyhow::Result<String> {
@@ -468,33 +456,19 @@ fn bytes_of(frames: &[Summary], keep: impl Fn(&Summary) -> bool) -> usize {
 
 /// Frames of a capture with their transport ports and protocols.
 fn capture_summary(pcap: &Path) -> anyhow::Result<Vec<Summary>> {
-    let pcap = pcap.to_string_lossy();
-    let out = tunsec::netns::run(
-        "tshark",
+    let text = tshark_fields(
+        pcap,
+        None,
         &[
-            "-r",
-            &pcap,
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=f",
-            "-E",
-            "separator=/t",
-            "-e",
             "frame.protocols",
-            "-e",
             "udp.srcport",
-            "-e",
             "udp.dstport",
-            "-e",
             "tcp.srcport",
-            "-e",
             "tcp.dstport",
-            "-e",
             "frame.len",
         ],
     )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(text
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
@@ -581,8 +555,7 @@ fn gateway_vxlan() {
         ensure!(icmp >= 6, "ICMP between the hosts: {icmp} frames, want 6");
 
         let s1 = status(lab, 1)?;
-        let drops: u64 = s1.drops.values().sum();
-        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
+        assert_no_drops(&s1, EVERY_REASON)?;
         let g1 = gw_status(&s1)?;
         let p = &g1.policies[0];
         ensure!(
@@ -894,8 +867,7 @@ fn gateway_ipv6() {
         // Nothing dropped: no router solicitation or MLD report from the
         // TUN device (it has no link-local address) either.
         let s1 = status(lab, 1)?;
-        let drops: u64 = s1.drops.values().sum();
-        ensure!(drops == 0, "h1's data path dropped:\n{}", s1.render());
+        assert_no_drops(&s1, EVERY_REASON)?;
         ensure!(
             esp6 > 8 << 20 && clear == 0,
             "{esp6} bytes of ESP over IPv6, {clear} UDP 4789"

@@ -105,25 +105,9 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic it
-/// prints every log in the lab's directory, then fails the test; the lab
-/// is torn down either way.
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    let failed = !matches!(result, Ok(Ok(())));
-    if failed {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 impl Frame {
@@ -1236,20 +1220,9 @@ fn ike_rekeys_under_traffic() {
             "{replies} of 60 pings answered across {rekeys} rekeys"
         );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
+            assert_no_drops(s, &["no_sa", "unknown_spi"])?;
+            assert_no_sa_drops(s, peer, &["replay"])?;
             let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
             ensure!(
                 p.sas.len() <= 3,
                 "{}: old SAs pile up: {:?}",
@@ -1399,20 +1372,8 @@ fn ike_tcp_across_rekeys() {
             "the status text lacks the rekey times:\n{text}"
         );
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(s, &["no_sa", "unknown_spi"])?;
+            assert_no_sa_drops(s, peer, &["replay"])?;
         }
         Ok(())
     });
@@ -1575,24 +1536,8 @@ fn peer_restarts(prefix: &str, stop: Stop) {
 
 /// The UDP lengths of the ESP-in-UDP frames in a capture.
 fn esp_udp_lengths(pcap: &Path) -> anyhow::Result<Vec<u16>> {
-    let pcap = pcap.to_string_lossy();
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "udpencap && esp",
-            "-T",
-            "fields",
-            "-e",
-            "udp.length",
-        ],
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
+    let text = tshark_fields(pcap, Some("udpencap && esp"), &["udp.length"])?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// Both daemons ask for tunnel mode (`[peer.ike] mode = "tunnel"`; h2 reads
@@ -1738,13 +1683,10 @@ fn ike_tunnel_mode() {
                     s.node.name
                 );
             }
-            for reason in ["inner_header", "policy", "no_sa", "too_big", "malformed"] {
-                ensure!(
-                    s.drops[reason] == 0,
-                    "{}: {reason} drops:\n{rendered}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(
+                s,
+                &["inner_header", "policy", "no_sa", "too_big", "malformed"],
+            )?;
         }
 
         let raw = std::fs::read(&pcap)?;
@@ -1902,23 +1844,14 @@ fn ike_behind_nat() {
         stop_capture(lab, "capture");
 
         // Keepalives: UDP 192.0.2.1:4500 -> 192.0.2.2:4500 with one byte.
-        let out = tunsec::netns::run(
-            "tshark",
-            &[
-                "-r",
-                &pcap.to_string_lossy(),
-                "-Y",
-                "ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9",
-                "-T",
-                "fields",
-                "-e",
-                "udp.payload",
-            ],
-        )?;
-        let keepalives = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.trim() == "ff")
-            .count();
+        let keepalives = tshark_fields(
+            &pcap,
+            Some("ip.src == 192.0.2.1 && udp.srcport == 4500 && udp.length == 9"),
+            &["udp.payload"],
+        )?
+        .lines()
+        .filter(|l| l.trim() == "ff")
+        .count();
         let raw = std::fs::read(&pcap)?;
         let leaked = count_marker(&raw);
         let frames = frames(&pcap)?;
@@ -2134,14 +2067,7 @@ fn ike_port_selectors() {
 
         let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
         for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
-            let rendered = s.render();
-            for reason in ["selector", "policy", "no_sa", "malformed"] {
-                ensure!(
-                    s.drops[reason] == 0,
-                    "{}: {reason} drops:\n{rendered}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(s, &["selector", "policy", "no_sa", "malformed"])?;
             let p = s.peers.iter().find(|p| p.name == peer).unwrap();
             for sa in &p.sas {
                 ensure!(
@@ -2219,13 +2145,7 @@ fn ike_mixed_selectors_narrow_to_ports() {
             ping_ok(&t1, &tenant_addr(2))?;
             ping_ok(&t2, &tenant_addr(1))?;
             for n in [1, 2] {
-                let s = status(lab, n)?;
-                ensure!(
-                    s.drops["selector"] == 0,
-                    "{}: selector drops:\n{}",
-                    s.node.name,
-                    s.render()
-                );
+                assert_no_drops(&status(lab, n)?, &["selector"])?;
             }
             Ok(())
         });
@@ -2284,19 +2204,7 @@ fn ike_workers_share_sas() {
         }
         // Headers only: the ESP SPI and sequence number are in the first
         // 8 bytes after UDP.
-        let pcap = lab.dir.path().join("esp.pcap");
-        let pcap_s = pcap.to_string_lossy().into_owned();
-        lab.spawn(
-            "esp-capture",
-            &pair.ul,
-            Path::new("dumpcap"),
-            &[
-                "-q", "-i", "br0", "-s", "96", "-B", "64", "-P", "-w", &pcap_s,
-            ],
-        )?;
-        lab.wait_for("the capture to start", Duration::from_secs(10), || {
-            std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
-        })?;
+        let pcap = start_capture_headers(lab, &pair.ul, "esp", 96)?;
         start_tunsecd(lab, &pair.h1, 1, &c1)?;
         start_tunsecd(lab, &pair.h2, 2, &c2)?;
         wait_status(lab, "IKE up", |s1, s2| {
@@ -2338,7 +2246,7 @@ fn ike_workers_share_sas() {
             String::from_utf8_lossy(&out.stderr)
         );
         let after = thread_ticks(pid)?;
-        lab.stop("esp-capture");
+        lab.stop("esp");
         phase(lab, "sixteen TCP streams for 7 s", t0);
 
         // Both transmit workers worked.
@@ -2368,20 +2276,8 @@ fn ike_workers_share_sas() {
         for (n, peer) in [(1, "h2"), (2, "h1")] {
             let s = status(lab, n)?;
             // `esp` counts every SA's refusals, of SAs gone by now too.
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0 && s.drops["esp"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(&s, &["no_sa", "unknown_spi", "esp"])?;
+            assert_no_sa_drops(&s, peer, &["replay"])?;
         }
         Ok(())
     });
@@ -2407,22 +2303,7 @@ struct EspSequences {
 /// section 3.3.3: it is never reused under one key). `watch` lists
 /// (SPI, sequence number) pairs to look for in particular.
 fn esp_sequences(pcap: &Path, watch: &[(u32, u32)]) -> anyhow::Result<EspSequences> {
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap.to_string_lossy(),
-            "-Y",
-            "esp",
-            "-T",
-            "fields",
-            "-e",
-            "esp.spi",
-            "-e",
-            "esp.sequence",
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = tshark_fields(pcap, Some("esp"), &["esp.spi", "esp.sequence"])?;
     let watch: std::collections::HashSet<(u32, u32)> = watch.iter().copied().collect();
     let mut seen = std::collections::HashSet::new();
     let mut last: std::collections::HashMap<u32, u32> = Default::default();
@@ -2554,19 +2435,7 @@ fn ike_reordered_transfer() {
         }
         // Headers only: the ESP SPI and sequence number are in the first
         // 8 bytes after UDP.
-        let pcap = lab.dir.path().join("esp.pcap");
-        let pcap_s = pcap.to_string_lossy().into_owned();
-        lab.spawn(
-            "esp-capture",
-            &pair.ul,
-            Path::new("dumpcap"),
-            &[
-                "-q", "-i", "br0", "-s", "96", "-B", "64", "-P", "-w", &pcap_s,
-            ],
-        )?;
-        lab.wait_for("the capture to start", Duration::from_secs(10), || {
-            std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
-        })?;
+        let pcap = start_capture_headers(lab, &pair.ul, "esp", 96)?;
         let mut r1 = reorder::Reorderer::start(lab, &pair.h1, &host_addr(2), ESP_PORT)?;
         let mut r2 = reorder::Reorderer::start(lab, &pair.h2, &host_addr(1), ESP_PORT)?;
         start_tunsecd(lab, &pair.h1, 1, &c1)?;
@@ -2629,7 +2498,7 @@ fn ike_reordered_transfer() {
             &format!("{} MB over {conns} connections", (conns * each) >> 20),
             t0,
         );
-        stop_capture(lab, "esp-capture");
+        stop_capture(lab, "esp");
         let (q1, q2) = (r1.finish()?, r2.finish()?);
         for (host, q) in [("h1", &q1), ("h2", &q2)] {
             eprintln!(
@@ -2654,20 +2523,8 @@ fn ike_reordered_transfer() {
             let s = status(lab, n)?;
             // `esp` counts every SA's refusals, replays included, of SAs
             // gone by now too.
-            ensure!(
-                s.drops["no_sa"] == 0 && s.drops["unknown_spi"] == 0 && s.drops["esp"] == 0,
-                "{}: data-path drops {:?}",
-                s.node.name,
-                s.drops
-            );
-            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
-            for sa in &p.sas {
-                ensure!(
-                    sa.drops["replay"] == 0,
-                    "{}: replays on {sa:?}",
-                    s.node.name
-                );
-            }
+            assert_no_drops(&s, &["no_sa", "unknown_spi", "esp"])?;
+            assert_no_sa_drops(&s, peer, &["replay"])?;
         }
 
         let held: Vec<(u32, u32)> = q1

@@ -80,25 +80,9 @@ fn preflight() {
     });
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic it
-/// prints every log in the lab's directory, then fails the test; the lab
-/// is torn down either way.
+/// [`common::with_lab`] after this suite's [`preflight`].
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    let failed = !matches!(result, Ok(Ok(())));
-    if failed {
-        dump_logs(&lab);
-    }
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::with_lab(prefix, preflight, body);
 }
 
 /// Runs the traffic helper in a namespace (killed after `limit_secs`) and
@@ -564,20 +548,17 @@ fn overlay_with(
             "h{n}: unexpected SA counters:\n{}",
             s.render()
         );
-        for reason in [
-            "no_sa",
-            "too_big",
-            "policy",
-            "unknown_spi",
-            "esp",
-            "malformed",
-        ] {
-            ensure!(
-                data_drop(&s, reason) == 0,
-                "h{n}: {reason} drops:\n{}",
-                s.render()
-            );
-        }
+        assert_no_drops(
+            &s,
+            &[
+                "no_sa",
+                "too_big",
+                "policy",
+                "unknown_spi",
+                "esp",
+                "malformed",
+            ],
+        )?;
     }
     Ok(())
 }
@@ -695,11 +676,7 @@ fn interop_linux_vxlan() {
             "h1 did not learn vx0's MAC {vx0_mac} behind h2:\n{}",
             s.render()
         );
-        ensure!(
-            s.drops.values().all(|&v| v == 0),
-            "h1 dropped:\n{}",
-            s.render()
-        );
+        assert_no_drops(&s, EVERY_REASON)?;
         Ok(())
     });
 }

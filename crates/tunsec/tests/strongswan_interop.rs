@@ -201,28 +201,11 @@ fn kill_leftovers(ns_prefix: &str) {
     }
 }
 
-/// Runs `body` in a fresh lab named `prefix`. On an error or a panic (or
-/// always, with TUNSEC_E2E_LOGS set) it prints every log in the lab's
-/// directory (charon's too), then fails the test; the lab is torn down either way, every process left in its
-/// namespaces killed by pid.
+/// [`common::with_lab`] after this suite's [`preflight`], and every
+/// process left in the lab's namespaces (charon's) killed by pid before
+/// the lab is torn down.
 fn with_lab(prefix: &str, body: impl FnOnce(&mut Lab) -> anyhow::Result<()>) {
-    preflight();
-    let started = Instant::now();
-    let mut lab =
-        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
-    let failed = !matches!(result, Ok(Ok(())));
-    if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
-        dump_logs(&lab);
-    }
-    kill_leftovers(&lab.ns(""));
-    drop(lab);
-    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    with_lab_teardown(prefix, preflight, |lab| kill_leftovers(&lab.ns("")), body);
 }
 
 // ---------------------------------------------------------------------
@@ -2410,46 +2393,23 @@ fn fragmentation_case(lab: &mut Lab, p: Params, tunsec_size: usize) -> anyhow::R
     for l in log.lines().filter(|l| l.contains("EF(")).take(8) {
         eprintln!("  charon: {}", l.trim());
     }
-    let pcap = x.pcap.to_string_lossy().into_owned();
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "ip.flags.mf == 1 || ip.frag_offset > 0",
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-        ],
-    )?;
-    let ip_fragments = String::from_utf8_lossy(&out.stdout).lines().count();
+    let ip_fragments = tshark_fields(
+        &x.pcap,
+        Some("ip.flags.mf == 1 || ip.frag_offset > 0"),
+        &["frame.number"],
+    )?
+    .lines()
+    .count();
     ensure!(
         ip_fragments == 0,
         "{ip_fragments} IP fragments on the underlay: IKE fragmentation was not used"
     );
     // Every IKE datagram: sender, IP length, the IKE header's first payload.
-    let out = tunsec::netns::run(
-        "tshark",
-        &[
-            "-r",
-            &pcap,
-            "-Y",
-            "isakmp",
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=f",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.len",
-            "-e",
-            "isakmp.nextpayload",
-        ],
+    let text = tshark_fields(
+        &x.pcap,
+        Some("isakmp"),
+        &["ip.src", "ip.len", "isakmp.nextpayload"],
     )?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (mut skf_t, mut skf_s) = (0, 0);
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();

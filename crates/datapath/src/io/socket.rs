@@ -2,15 +2,20 @@
 //! sendmmsg), UDP GSO ([`Batch::send_gso`], `UDP_SEGMENT`) and GRO
 //! ([`Batch::recv_gro`], `UDP_GRO`), and a `poll(2)` [`Poller`].
 //!
-//! quinn-udp covers recvmmsg with GRO, but it sends one `Transmit` (one
-//! destination) per call; a worker's batch goes to many peers at once, as
-//! several GSO runs in one `sendmmsg`. So both sides are written here over
-//! libc, with preallocated headers so that a batch allocates nothing.
+//! Opening, binding and socket options go through socket2 (and nix for
+//! the options socket2 lacks: `SO_*BUFFORCE`, `UDP_GRO`). The batching is
+//! written here over libc, with preallocated headers so that a batch
+//! allocates nothing: quinn-udp covers recvmmsg with GRO, but it sends one
+//! `Transmit` (one destination) per call, where a worker's batch goes to
+//! many peers at once, as several GSO runs in one `sendmmsg`.
 
 use std::io;
-use std::mem::{self, MaybeUninit};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{setsockopt, sockopt};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 /// Socket buffer size asked for (the kernel caps it at `rmem_max` /
 /// `wmem_max` unless the process may override).
@@ -29,36 +34,9 @@ pub enum SocketKind {
 /// A non-blocking datagram socket bound to the underlay address.
 #[derive(Debug)]
 pub struct DatagramSocket {
-    fd: OwnedFd,
+    sock: Socket,
     kind: SocketKind,
     v4: bool,
-}
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn set_int_opt(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `value` lives across the call and its size is passed.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
 }
 
 impl DatagramSocket {
@@ -81,43 +59,33 @@ impl DatagramSocket {
     }
 
     fn open(addr: SocketAddr, kind: SocketKind, reuse_port: bool) -> io::Result<Self> {
-        let domain = if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
         let (ty, proto) = match kind {
-            SocketKind::Udp => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
-            SocketKind::RawEsp => (libc::SOCK_RAW, libc::IPPROTO_ESP),
+            SocketKind::Udp => (Type::DGRAM, Protocol::UDP),
+            SocketKind::RawEsp => (Type::RAW, Protocol::from(libc::IPPROTO_ESP)),
         };
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = check(unsafe {
-            libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)
-        })?;
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
+        let sock = Socket::new(
+            Domain::for_address(addr),
+            ty.nonblocking().cloexec(),
+            Some(proto),
+        )?;
         // Larger buffers: a burst must not overflow the receive queue.
         // SO_*BUFFORCE works as root; fall back to the capped variant.
-        for (force, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            if set_int_opt(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER as libc::c_int).is_err() {
-                set_int_opt(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER as libc::c_int)?;
-            }
+        let size = SOCKET_BUFFER;
+        if setsockopt(&sock, sockopt::RcvBufForce, &size).is_err() {
+            sock.set_recv_buffer_size(size)?;
+        }
+        if setsockopt(&sock, sockopt::SndBufForce, &size).is_err() {
+            sock.set_send_buffer_size(size)?;
         }
         if addr.is_ipv6() {
-            set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            sock.set_only_v6(true)?;
         }
         if reuse_port {
-            set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+            sock.set_reuse_port(true)?;
         }
-        let (storage, len) = sockaddr_from(addr);
-        // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-        check(unsafe { libc::bind(raw, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+        sock.bind(&addr.into())?;
         Ok(Self {
-            fd,
+            sock,
             kind,
             v4: addr.is_ipv4(),
         })
@@ -137,12 +105,8 @@ impl DatagramSocket {
     /// kernel may hand over several datagrams of one flow, all of one size
     /// but the last, as one buffer; [`Batch::recv_gro`] reports that size.
     pub fn set_udp_gro(&self, on: bool) -> io::Result<()> {
-        set_int_opt(
-            self.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            i32::from(on),
-        )
+        setsockopt(&self.sock, sockopt::UdpGroSegment, &on)?;
+        Ok(())
     }
 
     /// Sets the firewall mark of the socket's packets (`SO_MARK`, needs
@@ -150,96 +114,21 @@ impl DatagramSocket {
     /// policy-routing rules that steer the kernel's tunnels into the TUN
     /// device never catch tunsecd's own ESP.
     pub fn set_mark(&self, mark: u32) -> io::Result<()> {
-        set_int_opt(
-            self.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            mark as libc::c_int,
-        )
+        self.sock.set_mark(mark)
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: the buffer is large enough for any address and `len`
-        // says so.
-        check(unsafe {
-            libc::getsockname(self.fd.as_raw_fd(), storage.as_mut_ptr().cast(), &mut len)
-        })?;
-        // SAFETY: getsockname filled it.
-        let storage = unsafe { storage.assume_init() };
-        sockaddr_to(&storage)
+        self.sock
+            .local_addr()?
+            .as_socket()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))
     }
 }
 
 impl AsRawFd for DatagramSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin: &libc::sockaddr_in =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6: &libc::sockaddr_in6 =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                0,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+        self.sock.as_raw_fd()
     }
 }
 
@@ -247,8 +136,10 @@ fn sockaddr_to(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 pub struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_storage>,
-    addr_lens: Vec<libc::socklen_t>,
+    /// Destinations of a send.
+    dests: Vec<SockAddr>,
+    /// Sources of a receive, as the kernel writes them.
+    sources: Vec<SockAddrStorage>,
     /// One control message (UDP_SEGMENT) per header, 8-byte aligned.
     cmsgs: Vec<[u64; 4]>,
 }
@@ -285,8 +176,6 @@ impl Batch {
     pub fn with_iovecs(n: usize, iovecs: usize) -> Self {
         // SAFETY: all-zero is valid for these plain C structs.
         let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-        // SAFETY: as above.
-        let zero_addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
         Self {
             hdrs: vec![zero_hdr; n],
             iovs: vec![
@@ -296,8 +185,8 @@ impl Batch {
                 };
                 iovecs.max(n)
             ],
-            addrs: vec![zero_addr; n],
-            addr_lens: vec![0; n],
+            dests: vec![SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))); n],
+            sources: (0..n).map(|_| SockAddrStorage::zeroed()).collect(),
             cmsgs: vec![[0u64; 4]; n],
         }
     }
@@ -318,7 +207,7 @@ impl Batch {
         let n = bufs.len().min(out.len());
         let got = self.recv_into(sock, &mut bufs[..n], 0)?;
         for (i, slot) in out.iter_mut().take(got).enumerate() {
-            let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let src = self.source(i);
             *slot = (self.hdrs[i].msg_len as usize, src);
         }
         Ok(got)
@@ -339,9 +228,7 @@ impl Batch {
                 let Some((data, dst)) = items.next() else {
                     break;
                 };
-                let (storage, len) = sockaddr_from(dst);
-                self.addrs[filled] = storage;
-                self.addr_lens[filled] = len;
+                self.dests[filled] = dst.into();
                 self.iovs[filled] = libc::iovec {
                     iov_base: data.as_ptr() as *mut libc::c_void,
                     iov_len: data.len(),
@@ -353,8 +240,9 @@ impl Batch {
             }
             for i in 0..filled {
                 let hdr = &mut self.hdrs[i].msg_hdr;
-                hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = self.addr_lens[i];
+                // sendmmsg only reads the name.
+                hdr.msg_name = self.dests[i].as_ptr().cast_mut().cast();
+                hdr.msg_namelen = self.dests[i].len();
                 hdr.msg_iov = &mut self.iovs[i];
                 hdr.msg_iovlen = 1;
                 hdr.msg_control = std::ptr::null_mut();
@@ -443,9 +331,7 @@ impl Batch {
                         iov_len: data.len(),
                     };
                 }
-                let (storage, len) = sockaddr_from(dst);
-                self.addrs[hdr_count] = storage;
-                self.addr_lens[hdr_count] = len;
+                self.dests[hdr_count] = dst.into();
                 runs[hdr_count] = (iov_count, end - next);
                 iov_count += end - next;
                 hdr_count += 1;
@@ -454,8 +340,8 @@ impl Batch {
             for (h, &(first_iov, count)) in runs.iter().enumerate().take(hdr_count) {
                 let seg = self.iovs[first_iov].iov_len;
                 let hdr = &mut self.hdrs[h].msg_hdr;
-                hdr.msg_name = (&mut self.addrs[h] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = self.addr_lens[h];
+                hdr.msg_name = self.dests[h].as_ptr().cast_mut().cast();
+                hdr.msg_namelen = self.dests[h].len();
                 hdr.msg_iov = &mut self.iovs[first_iov];
                 hdr.msg_iovlen = count;
                 hdr.msg_flags = 0;
@@ -512,7 +398,8 @@ impl Batch {
                                 };
                                 (
                                     data,
-                                    sockaddr_to(&self.addrs[off])
+                                    self.dests[off]
+                                        .as_socket()
                                         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                                 )
                             })
@@ -567,7 +454,7 @@ impl Batch {
         let got = self.recv_into(sock, &mut bufs[..n], 0)?;
         for (i, slot) in out.iter_mut().take(got).enumerate() {
             let len = self.hdrs[i].msg_len as usize;
-            let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let src = self.source(i);
             *slot = (len, src, len.max(1));
         }
         Ok(got)
@@ -605,7 +492,7 @@ impl Batch {
                     cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
                 }
             }
-            let src = sockaddr_to(&self.addrs[i]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let src = self.source(i);
             *slot = (len, src, segment.max(1));
         }
         Ok(got)
@@ -633,8 +520,8 @@ impl Batch {
             };
             self.cmsgs[i] = [0; 4];
             let hdr = &mut self.hdrs[i].msg_hdr;
-            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_name = (&mut self.sources[i] as *mut SockAddrStorage).cast();
+            hdr.msg_namelen = self.sources[i].size_of();
             hdr.msg_iov = &mut self.iovs[i];
             hdr.msg_iovlen = 1;
             hdr.msg_control = if space > 0 {
@@ -667,6 +554,19 @@ impl Batch {
             };
         }
         Ok(got as usize)
+    }
+}
+
+impl Batch {
+    /// The source address that the last receive wrote for message `i`
+    /// (0.0.0.0:0 for a family other than IPv4 and IPv6).
+    fn source(&mut self, i: usize) -> SocketAddr {
+        let storage = mem::replace(&mut self.sources[i], SockAddrStorage::zeroed());
+        // SAFETY: recvmmsg wrote a sockaddr of the family it names and of
+        // `msg_namelen` bytes into `sources[i]`.
+        let addr = unsafe { SockAddr::new(storage, self.hdrs[i].msg_hdr.msg_namelen) };
+        addr.as_socket()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 

@@ -15,7 +15,7 @@ use tunsec_datapath::gateway_worker::{self, GatewayShared};
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tun;
 use tunsec_datapath::overlay::EspTransport;
-use tunsec_datapath::stats::Drop;
+use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
@@ -38,7 +38,7 @@ struct Entries {
     gw: Gateway,
 }
 
-impl std::ops::Drop for Entries {
+impl Drop for Entries {
     fn drop(&mut self) {
         match self.gw.on_stop {
             OnStop::Block => tracing::info!(
@@ -418,7 +418,7 @@ impl ControlTarget for GatewayControl {
             },
             networks: Vec::new(),
             peers,
-            drops: Drop::ALL
+            drops: PathDrop::ALL
                 .iter()
                 .map(|&d| (d.name().to_owned(), stats.drops(d)))
                 .collect(),

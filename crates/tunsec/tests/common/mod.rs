@@ -182,6 +182,95 @@ pub(crate) fn dump_logs(lab: &Lab) {
     }
 }
 
+/// Runs `body` in a fresh lab named `prefix`, after the suite's
+/// `preflight` (its root and tool checks, [`require`]). On an error or a
+/// panic (or always, with `TUNSEC_E2E_LOGS` set) it prints every log in
+/// the lab's directory, then fails the test; the lab is torn down either
+/// way.
+pub(crate) fn with_lab(
+    prefix: &str,
+    preflight: fn(),
+    body: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
+) {
+    with_lab_teardown(prefix, preflight, |_| {}, body);
+}
+
+/// [`with_lab`], with `teardown` run on the lab after the logs are printed
+/// and before the lab is torn down (for processes the lab does not own).
+pub(crate) fn with_lab_teardown(
+    prefix: &str,
+    preflight: fn(),
+    teardown: fn(&Lab),
+    body: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
+) {
+    preflight();
+    let started = Instant::now();
+    let mut lab =
+        Lab::new(prefix).unwrap_or_else(|e| panic!("{prefix}: cannot build the lab: {e:#}"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut lab)));
+    let failed = !matches!(result, Ok(Ok(())));
+    if failed || std::env::var_os("TUNSEC_E2E_LOGS").is_some() {
+        dump_logs(&lab);
+    }
+    teardown(&lab);
+    drop(lab);
+    eprintln!("{prefix}: {:.1} s", started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{prefix}: {e:#}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// [`assert_no_drops`] with this checks every reason the status lists.
+pub(crate) const EVERY_REASON: &[&str] = &[];
+
+/// Fails, naming the node and the reasons, unless the data path of `s`
+/// counted no drop for any of `reasons` ([`EVERY_REASON`]: for any reason
+/// at all). A reason the status does not list is an error too.
+pub(crate) fn assert_no_drops(s: &Status, reasons: &[&str]) -> anyhow::Result<()> {
+    let mut dropped = Vec::new();
+    if reasons.is_empty() {
+        dropped.extend(s.drops.iter().filter(|(_, n)| **n > 0));
+    }
+    for &reason in reasons {
+        let (name, n) = s
+            .drops
+            .get_key_value(reason)
+            .with_context(|| format!("{}: no drop reason {reason:?}", s.node.name))?;
+        if *n > 0 {
+            dropped.push((name, n));
+        }
+    }
+    ensure!(
+        dropped.is_empty(),
+        "{}: data-path drops {dropped:?}:\n{}",
+        s.node.name,
+        s.render()
+    );
+    Ok(())
+}
+
+/// Fails unless every SA of `peer` in `s` counted no drop for any of
+/// `reasons` (ESP drops, counted per SA).
+pub(crate) fn assert_no_sa_drops(s: &Status, peer: &str, reasons: &[&str]) -> anyhow::Result<()> {
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .with_context(|| format!("{}: no peer {peer}", s.node.name))?;
+    for sa in &p.sas {
+        for &reason in reasons {
+            let n = sa
+                .drops
+                .get(reason)
+                .with_context(|| format!("{}: no SA drop reason {reason:?}", s.node.name))?;
+            ensure!(*n == 0, "{}: {reason} drops on {sa:?}", s.node.name);
+        }
+    }
+    Ok(())
+}
+
 /// Removes the colour codes that tracing writes.
 pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -348,14 +437,27 @@ pub(crate) fn count_marker(data: &[u8]) -> usize {
 
 /// Starts capturing `br0` of the underlay namespace into `<label>.pcap`.
 pub(crate) fn start_capture(lab: &mut Lab, ul: &str, label: &str) -> anyhow::Result<PathBuf> {
+    capture(lab, ul, label, &[])
+}
+
+/// [`start_capture`], keeping only the first `snaplen` bytes of each
+/// frame (the headers).
+pub(crate) fn start_capture_headers(
+    lab: &mut Lab,
+    ul: &str,
+    label: &str,
+    snaplen: u32,
+) -> anyhow::Result<PathBuf> {
+    capture(lab, ul, label, &["-s", &snaplen.to_string()])
+}
+
+fn capture(lab: &mut Lab, ul: &str, label: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
     let pcap = lab.dir.path().join(format!("{label}.pcap"));
     let pcap_s = pcap.to_string_lossy().into_owned();
-    lab.spawn(
-        label,
-        ul,
-        Path::new("dumpcap"),
-        &["-q", "-i", "br0", "-B", "64", "-P", "-w", &pcap_s],
-    )?;
+    let mut args = vec!["-q", "-i", "br0"];
+    args.extend(extra);
+    args.extend(["-B", "64", "-P", "-w", &pcap_s]);
+    lab.spawn(label, ul, Path::new("dumpcap"), &args)?;
     lab.wait_for(
         &format!("capture {label} to start"),
         Duration::from_secs(10),
@@ -391,33 +493,42 @@ pub(crate) struct Frame {
     pub(crate) vni: Option<u32>,
 }
 
-/// Every frame of a capture file, dissected by tshark.
-pub(crate) fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+/// `tshark -r PCAP [-Y FILTER] -T fields` for `fields`: its output, a
+/// line a frame, the first occurrence of each field, separated by tabs.
+pub(crate) fn tshark_fields(
+    pcap: &Path,
+    filter: Option<&str>,
+    fields: &[&str],
+) -> anyhow::Result<String> {
     let pcap = pcap.to_string_lossy();
-    let mut args = vec![
-        "-r",
-        &pcap,
-        "-T",
-        "fields",
-        "-E",
-        "occurrence=f",
-        "-E",
-        "separator=/t",
-    ];
-    for f in [
-        "frame.number",
-        "frame.time_epoch",
-        "frame.protocols",
-        "ip.src",
-        "ip.dst",
-        "udp.srcport",
-        "udp.dstport",
-        "vxlan.vni",
-    ] {
+    let mut args = vec!["-r", &pcap];
+    if let Some(filter) = filter {
+        args.extend(["-Y", filter]);
+    }
+    args.extend(["-T", "fields", "-E", "occurrence=f", "-E", "separator=/t"]);
+    for f in fields {
         args.extend(["-e", f]);
     }
     let out = tunsec::netns::run("tshark", &args)?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every frame of a capture file, dissected by tshark.
+pub(crate) fn frames(pcap: &Path) -> anyhow::Result<Vec<Frame>> {
+    let text = tshark_fields(
+        pcap,
+        None,
+        &[
+            "frame.number",
+            "frame.time_epoch",
+            "frame.protocols",
+            "ip.src",
+            "ip.dst",
+            "udp.srcport",
+            "udp.dstport",
+            "vxlan.vni",
+        ],
+    )?;
     let mut frames = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
