@@ -37,19 +37,39 @@ use crate::stats::{PathDrop, Stats};
 /// requests to a service's port and its answers from that port match).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySelector {
-    /// The IP protocol number (17 for UDP, 6 for TCP).
+    /// The IP protocol number (17 for UDP, 6 for TCP, 47 for GRE).
     pub protocol: u8,
-    /// The ports.
+    /// The ports; 0 to 65535 for a protocol without ports.
     pub ports: RangeInclusive<u16>,
 }
 
+/// IP protocol 47, GRE (RFC 2784): it has no ports.
+pub const GRE: u8 = 47;
+
 impl GatewaySelector {
+    /// All of a protocol that has no ports (GRE). Its ports are the whole
+    /// range, as a traffic selector gives them for such a protocol (RFC
+    /// 7296 section 3.13.1: "0 and 65535" for "any port").
+    pub fn whole_protocol(protocol: u8) -> Self {
+        Self {
+            protocol,
+            ports: 0..=u16::MAX,
+        }
+    }
+
+    /// Whether the protocol has ports that this selector narrows (UDP,
+    /// TCP, SCTP); a GRE selector takes the whole protocol.
+    pub fn has_ports(&self) -> bool {
+        matches!(self.protocol, 6 | 17 | 132)
+    }
+
     fn matches(&self, flow: &FlowKey) -> bool {
         flow.protocol == self.protocol
-            && [flow.src_port, flow.dst_port]
-                .into_iter()
-                .flatten()
-                .any(|p| self.ports.contains(&p))
+            && (!self.has_ports()
+                || [flow.src_port, flow.dst_port]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| self.ports.contains(&p)))
     }
 }
 

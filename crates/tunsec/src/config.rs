@@ -247,7 +247,7 @@ pub enum GuardScopeKind {
 #[serde(deny_unknown_fields)]
 struct RawSelector {
     protocol: toml::Value,
-    ports: toml::Value,
+    ports: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1244,27 +1244,49 @@ fn validate_selectors(
                 "udp" => 17,
                 "tcp" => 6,
                 "sctp" => 132,
+                "gre" => tunsec_datapath::gateway::GRE,
                 _ => {
                     return Err(invalid(
                         field("protocol"),
                         quoted(p),
-                        "is not \"udp\", \"tcp\" or \"sctp\"",
+                        "is not \"udp\", \"tcp\", \"sctp\" or \"gre\"",
                     ));
                 }
             },
-            toml::Value::Integer(n @ (6 | 17 | 132)) => *n as u8,
+            toml::Value::Integer(n @ (6 | 17 | 47 | 132)) => *n as u8,
             other => {
                 return Err(invalid(
                     field("protocol"),
                     other,
-                    "is not \"udp\", \"tcp\" or \"sctp\" (or 17, 6, 132)",
+                    "is not \"udp\", \"tcp\", \"sctp\" or \"gre\" (or 17, 6, 132, 47)",
                 ));
             }
         };
-        let ports = parse_port_range(&s.ports).ok_or_else(|| {
+        if protocol == tunsec_datapath::gateway::GRE {
+            // GRE has no ports: the selector takes the whole protocol.
+            if let Some(p) = &s.ports {
+                return Err(invalid(
+                    field("ports"),
+                    p,
+                    "cannot be set for GRE, which has no ports",
+                ));
+            }
+            out.push(tunsec_datapath::gateway::GatewaySelector::whole_protocol(
+                protocol,
+            ));
+            continue;
+        }
+        let Some(raw_ports) = &s.ports else {
+            return Err(invalid(
+                field("ports"),
+                "(none)",
+                "is required for UDP, TCP and SCTP: a port or a range \"LOW-HIGH\"",
+            ));
+        };
+        let ports = parse_port_range(raw_ports).ok_or_else(|| {
             invalid(
                 field("ports"),
-                &s.ports,
+                raw_ports,
                 "is not a port or a range \"LOW-HIGH\" of ports 1 to 65535",
             )
         })?;
@@ -1275,7 +1297,7 @@ fn validate_selectors(
             if let Some(p) = own.iter().find(|&&p| ports.contains(&p)) {
                 return Err(invalid(
                     field("ports"),
-                    &s.ports,
+                    raw_ports,
                     format!("covers UDP port {p}, which tunsecd's own IKE or ESP uses"),
                 ));
             }
@@ -1822,6 +1844,17 @@ key_out = "b.out"
     }
 
     #[test]
+    fn gateway_gre_selector_takes_the_whole_protocol() {
+        let c =
+            parse(&GATEWAY.replacen("protocol = \"udp\"\nports = 4789", "protocol = \"gre\"", 1))
+                .unwrap();
+        let s = &c.peers[0].selectors[0];
+        assert_eq!(s.protocol, 47);
+        assert_eq!(s.ports, 0..=u16::MAX);
+        assert!(!s.has_ports());
+    }
+
+    #[test]
     fn gateway_errors_name_the_field_and_value() {
         let with = |from: &str, to: &str| GATEWAY.replacen(from, to, 1);
         assert_invalid(
@@ -1843,6 +1876,17 @@ key_out = "b.out"
             &with("protocol = \"udp\"", "protocol = \"icmp\""),
             "peer[0].selector[0].protocol",
             "\"icmp\"",
+        );
+        // GRE has no ports; UDP, TCP and SCTP need them.
+        assert_invalid(
+            &with("protocol = \"udp\"", "protocol = \"gre\""),
+            "peer[0].selector[0].ports",
+            "4789",
+        );
+        assert_invalid(
+            &with("ports = 4789\n", ""),
+            "peer[0].selector[0].ports",
+            "(none)",
         );
         assert_invalid(
             &with("[gateway]\n", "[gateway]\ntable = 254\n"),

@@ -184,14 +184,18 @@ pub fn release(config: &Config) -> anyhow::Result<Released> {
     remove_entries(gw)
 }
 
-/// `udp/4789`, `tcp/16385-16390`.
+/// `udp/4789`, `tcp/16385-16390`, `gre`.
 pub fn selector_text(s: &gateway::GatewaySelector) -> String {
     let proto = match s.protocol {
         17 => "udp".to_owned(),
         6 => "tcp".to_owned(),
         132 => "sctp".to_owned(),
+        gateway::GRE => "gre".to_owned(),
         n => n.to_string(),
     };
+    if !s.has_ports() {
+        return proto;
+    }
     if s.ports.start() == s.ports.end() {
         format!("{proto}/{}", s.ports.start())
     } else {

@@ -66,6 +66,18 @@ fn ports_text(sel: &GatewaySelector) -> String {
     }
 }
 
+/// What matches a selector's traffic: its protocol and, for a protocol
+/// with ports, the destination port and (in a second match) the source
+/// port; a protocol without ports (GRE) is matched whole.
+fn matches(sel: &GatewaySelector) -> Vec<String> {
+    if !sel.has_ports() {
+        return vec![format!("meta l4proto {}", sel.protocol)];
+    }
+    ["dport", "sport"]
+        .map(|dir| format!("meta l4proto {} th {dir} {}", sel.protocol, ports_text(sel)))
+        .to_vec()
+}
+
 /// The guard's ruleset, as `nft -f` reads it; `fwmark` is the mark of
 /// tunsecd's own sockets.
 pub fn ruleset(
@@ -94,12 +106,11 @@ pub fn ruleset(
     for (i, p) in peers.iter().enumerate() {
         let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
         for sel in &p.selectors {
-            let ports = ports_text(sel);
-            for dir in ["dport", "sport"] {
+            for m in matches(sel) {
                 let _ = writeln!(
                     s,
-                    "    {family} saddr {} meta l4proto {} th {dir} {ports} counter name \"peer{i}\" drop",
-                    p.underlay, sel.protocol
+                    "    {family} saddr {} {m} counter name \"peer{i}\" drop",
+                    p.underlay
                 );
             }
         }
@@ -112,13 +123,8 @@ pub fn ruleset(
                 continue;
             }
             seen.push(sel);
-            for dir in ["dport", "sport"] {
-                let _ = writeln!(
-                    s,
-                    "    meta l4proto {} th {dir} {} counter name \"{OTHERS}\" drop",
-                    sel.protocol,
-                    ports_text(sel)
-                );
+            for m in matches(sel) {
+                let _ = writeln!(s, "    {m} counter name \"{OTHERS}\" drop");
             }
         }
     }
@@ -133,13 +139,11 @@ pub fn ruleset(
     for p in peers {
         let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
         for sel in &p.selectors {
-            for dir in ["dport", "sport"] {
+            for m in matches(sel) {
                 let _ = writeln!(
                     s,
-                    "    {family} daddr {} meta l4proto {} th {dir} {} counter name \"{CLEAR_OUT}\" drop",
-                    p.underlay,
-                    sel.protocol,
-                    ports_text(sel)
+                    "    {family} daddr {} {m} counter name \"{CLEAR_OUT}\" drop",
+                    p.underlay
                 );
             }
         }
@@ -315,6 +319,27 @@ mod tests {
             "ip daddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"clear_out\" drop"
         ));
         assert!(out.find("accept").unwrap() < out.find("drop").unwrap());
+    }
+
+    /// GRE has no ports: one match for the whole protocol, in and out.
+    #[test]
+    fn gre_is_matched_whole() {
+        let text = ruleset(
+            "t",
+            "tun0",
+            0x7453,
+            &[GuardPeer {
+                underlay: "192.0.2.2".parse().unwrap(),
+                selectors: vec![GatewaySelector::whole_protocol(47)],
+            }],
+            GuardScope::All,
+        );
+        assert!(text.contains("ip saddr 192.0.2.2 meta l4proto 47 counter name \"peer0\" drop"));
+        assert!(text.contains("    meta l4proto 47 counter name \"others\" drop"));
+        assert!(
+            text.contains("ip daddr 192.0.2.2 meta l4proto 47 counter name \"clear_out\" drop")
+        );
+        assert!(!text.contains("l4proto 47 th"), "{text}");
     }
 
     #[test]

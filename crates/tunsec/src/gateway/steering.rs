@@ -28,15 +28,16 @@ use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use crate::netlink::{link_index, with_handle};
 
 /// One steering rule: traffic to `peer` of `protocol` whose source or
-/// destination port (`by_source`) is in `ports`.
+/// destination port (`by_source`) is in `ports`, or all of it for a
+/// protocol without ports (GRE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SteerRule {
     /// The peer's underlay address.
     pub peer: IpAddr,
     /// The IP protocol.
     pub protocol: u8,
-    /// The port range.
-    pub ports: (u16, u16),
+    /// The port range; `None` for a protocol without ports.
+    pub ports: Option<(u16, u16)>,
     /// Match the source port (answers of a local service) instead of the
     /// destination port.
     pub by_source: bool,
@@ -342,8 +343,8 @@ fn wanted_rules(s: &Steering) -> Vec<RuleKey> {
         iif: Some("lo".to_owned()),
         dst: Some((r.peer, host_len(r.peer))),
         protocol: Some(r.protocol),
-        sport: r.by_source.then_some(r.ports),
-        dport: (!r.by_source).then_some(r.ports),
+        sport: r.ports.filter(|_| r.by_source),
+        dport: r.ports.filter(|_| !r.by_source),
     });
     std::iter::once(bypass).chain(steer).collect()
 }
@@ -500,7 +501,8 @@ pub fn remove_all(table: u32, priority: u32) -> anyhow::Result<Removed> {
 }
 
 /// The steering rules for a peer's selectors: one matching the
-/// destination port and one the source port, per selector.
+/// destination port and one the source port, per selector; one rule for
+/// the whole protocol of a selector without ports (GRE).
 pub fn rules_for(
     peer: IpAddr,
     selectors: &[tunsec_datapath::gateway::GatewaySelector],
@@ -508,10 +510,15 @@ pub fn rules_for(
     selectors
         .iter()
         .flat_map(|s| {
-            [false, true].map(|by_source| SteerRule {
+            let dirs: &[bool] = if s.has_ports() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            dirs.iter().map(move |&by_source| SteerRule {
                 peer,
                 protocol: s.protocol,
-                ports: (*s.ports.start(), *s.ports.end()),
+                ports: s.has_ports().then(|| (*s.ports.start(), *s.ports.end())),
                 by_source,
             })
         })
@@ -545,7 +552,7 @@ mod tests {
             SteerRule {
                 peer,
                 protocol: 6,
-                ports: (16385, 16390),
+                ports: Some((16385, 16390)),
                 by_source: true
             }
         );
