@@ -38,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod ovs;
 pub mod pki;
 pub mod service;
 pub mod status;
