@@ -180,6 +180,46 @@ impl Pki {
     }
 }
 
+/// The tables and columns the contract reads, for a monitor request:
+/// `Interface` (`name`, `type`, `options`) and `Open_vSwitch`
+/// (`other_config`).
+pub const MONITORED: [(&str, &[&str]); 2] = [
+    ("Interface", &["name", "type", "options"]),
+    ("Open_vSwitch", &["other_config"]),
+];
+
+/// The `Interface` rows and the PKI keys of `Open_vSwitch:other_config`
+/// in a cache of the vswitch database, rows sorted by name.
+pub fn from_cache(cache: &tunsec_ovsdb::Cache) -> (Vec<InterfaceRow>, Pki) {
+    let owned = |m: BTreeMap<&str, &str>| {
+        m.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut rows: Vec<InterfaceRow> = cache
+        .table("Interface")
+        .into_iter()
+        .flat_map(|t| t.rows())
+        .map(|(_, r)| InterfaceRow {
+            name: r.str("name").to_owned(),
+            kind: r.str("type").to_owned(),
+            options: owned(r.string_map("options")),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    // One row in Open_vSwitch; none before ovs-vsctl init.
+    let pki = cache
+        .table("Open_vSwitch")
+        .and_then(|t| {
+            t.rows()
+                .next()
+                .map(|(_, r)| owned(r.string_map("other_config")))
+        })
+        .map(|oc| Pki::from_other_config(&oc))
+        .unwrap_or_default();
+    (rows, pki)
+}
+
 /// Whether `row` is a tunnel that the contract protects: a supported
 /// type with `psk`, `remote_name` or `remote_cert` in its options
 /// (`is_tunneling_type_supported` and `is_ipsec_required`).
@@ -472,6 +512,62 @@ mod tests {
             )
             .contains("address families")
         );
+    }
+
+    /// The rows as ovsdb-server 3.1 sends them (update2's `initial`),
+    /// through the cache, to tunnels.
+    #[test]
+    fn from_a_cache_of_the_vswitch_database() {
+        use serde_json::json;
+        use tunsec_ovsdb::{Cache, ColumnType, Notation};
+        let ty = |v: serde_json::Value| ColumnType::from_json(&v).unwrap();
+        let smap = json!({"key": "string", "value": "string", "min": 0, "max": "unlimited"});
+        let tables = BTreeMap::from([
+            (
+                "Interface".to_owned(),
+                BTreeMap::from([
+                    ("name".to_owned(), ty(json!("string"))),
+                    ("type".to_owned(), ty(json!("string"))),
+                    ("options".to_owned(), ty(smap.clone())),
+                ]),
+            ),
+            (
+                "Open_vSwitch".to_owned(),
+                BTreeMap::from([("other_config".to_owned(), ty(smap))]),
+            ),
+        ]);
+        let mut cache = Cache::new(tables);
+        cache
+            .resync(
+                Notation::Update2,
+                &json!({
+                    "Interface": {
+                        "532c2c64-ee67-4308-ad2d-a939ebd1992f": {"initial": {"name": "ovn-c2-0", "type": "geneve",
+                            "options": ["map", [["csum", "true"], ["key", "flow"], ["local_ip", "192.0.2.1"],
+                                                ["remote_ip", "192.0.2.2"], ["remote_name", "chassis-2"]]]}},
+                        "9115ea55-0e51-4e49-a167-b981e2bfda07": {"initial": {"name": "br-int", "type": "internal"}},
+                    },
+                    "Open_vSwitch": {"5343ffe7-7b38-44be-9c44-87a45fd284e8": {"initial": {
+                        "other_config": ["map", [["ca_cert", "/ca.pem"], ["certificate", "/c1.pem"], ["private_key", "/c1.key"]]]}}},
+                }),
+            )
+            .unwrap();
+        let (rows, pki) = from_cache(&cache);
+        assert_eq!(
+            rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["br-int", "ovn-c2-0"]
+        );
+        let tunnels: Vec<OvsTunnel> = rows
+            .iter()
+            .filter_map(|r| tunnel(r, &pki))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tunnels.len(), 1, "br-int needs no IPsec");
+        assert_eq!(tunnels[0].kind, TunnelKind::Geneve { port: 6081 });
+        assert!(matches!(
+            &tunnels[0].auth,
+            TunnelAuth::Cert { peer: PeerTrust::Ca { remote_name, .. }, .. } if remote_name == "chassis-2"
+        ));
     }
 
     #[test]
