@@ -1844,17 +1844,7 @@ fn gateway_child_sa_stops_at_its_hard_lifetime() {
         wait_child_sa(lab, 1)?;
         ping_ok(&h1, &vxlan_addr(2))?;
         let pcap = start_capture(lab, &ul, "capture")?;
-        // IKE cut both ways (port 500, and port 4500 behind the non-ESP
-        // marker); ESP passes.
-        let file = lab.dir.path().join("cut.nft");
-        std::fs::write(
-            &file,
-            "table inet cut {\n chain out {\n  type filter hook output priority 0;\n  \
-             udp dport 500 drop\n  udp dport 4500 @th,64,32 0 drop\n }\n}\n",
-        )?;
-        for h in [&h1, &h2] {
-            lab.exec(h, "nft", &["-f", &file.to_string_lossy()])?;
-        }
+        cut_ike(lab, &[&h1, &h2])?;
         let expired = |n: u8| {
             status(lab, n).is_ok_and(|s| {
                 s.peers.first().is_some_and(|p| {

@@ -1154,16 +1154,7 @@ fn ike_child_sa_stops_at_its_hard_lifetime() {
         let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
         let _t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
         ping_ok(&t1, &tenant_addr(2))?;
-        // IKE is cut both ways (port 500, and port 4500 behind the
-        // non-ESP marker: the first four bytes of the UDP payload are
-        // zero); ESP still passes.
-        for h in [&pair.h1, &pair.h2] {
-            let rules = "table inet cut {\n chain out {\n  type filter hook output priority 0;\n  \
-                         udp dport 500 drop\n  udp dport 4500 @th,64,32 0 drop\n }\n}\n";
-            let file = lab.dir.path().join("cut.nft");
-            std::fs::write(&file, rules)?;
-            lab.exec(h, "nft", &["-f", &file.to_string_lossy()])?;
-        }
+        cut_ike(lab, &[&pair.h1, &pair.h2])?;
         let expired = |s: &Status, peer: &str| {
             s.peers
                 .iter()

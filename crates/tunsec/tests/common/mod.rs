@@ -697,3 +697,20 @@ pub(crate) fn tshark_decrypt(
     );
     Ok(rows)
 }
+
+/// Cuts IKE on its way out of each of `hosts` (an nftables table of the
+/// host's own): UDP port 500, and port 4500 behind the non-ESP marker
+/// (the first four bytes of the UDP payload are zero). ESP still passes,
+/// so the SAs carry traffic but no exchange can rekey them.
+pub(crate) fn cut_ike(lab: &Lab, hosts: &[&str]) -> anyhow::Result<()> {
+    let file = lab.dir.path().join("cut-ike.nft");
+    std::fs::write(
+        &file,
+        "table inet cut {\n chain out {\n  type filter hook output priority 0;\n  \
+         udp dport 500 drop\n  udp dport 4500 @th,64,32 0 drop\n }\n}\n",
+    )?;
+    for h in hosts {
+        lab.exec(h, "nft", &["-f", &file.to_string_lossy()])?;
+    }
+    Ok(())
+}
