@@ -330,21 +330,32 @@ fn setup(lab: &mut Lab) -> anyhow::Result<Hosts> {
 
 /// As [`setup`], with both hosts configured by `opts`.
 fn setup_with(lab: &mut Lab, opts: Opts) -> anyhow::Result<Hosts> {
+    let hosts = prepare(lab, opts)?;
+    start_hosts(lab, &hosts)?;
+    Ok(hosts)
+}
+
+/// The underlay and hosts 1 to 3, with the configs of hosts 1 and 2
+/// written; nothing started yet.
+fn prepare(lab: &mut Lab, opts: Opts) -> anyhow::Result<Hosts> {
     let ul = add_underlay(lab)?;
     let h1 = add_host(lab, &ul, "h1", 1)?;
     let h2 = add_host(lab, &ul, "h2", 2)?;
     let h3 = add_host(lab, &ul, "h3", 3)?;
     write_config(lab, 1, &[2], opts)?;
     write_config(lab, 2, &[1], opts)?;
-    start_daemon(lab, "h1", &h1, 1)?;
-    start_daemon(lab, "h2", &h2, 2)?;
-    let advice = status(lab, 1)?
-        .gateway
-        .context("h1: no gateway status")?
-        .tunnel_mtu_advice;
-    add_vxlan(lab, &h1, 1, 2, advice)?;
-    add_vxlan(lab, &h2, 2, 1, advice)?;
     Ok(Hosts { ul, h1, h2, h3 })
+}
+
+/// Starts tunsecd on hosts 1 and 2, then their vxlan devices with the
+/// MTU that tunsecd advises.
+fn start_hosts(lab: &mut Lab, hosts: &Hosts) -> anyhow::Result<()> {
+    start_daemon(lab, "h1", &hosts.h1, 1)?;
+    start_daemon(lab, "h2", &hosts.h2, 2)?;
+    let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+    add_vxlan(lab, &hosts.h1, 1, 2, advice)?;
+    add_vxlan(lab, &hosts.h2, 2, 1, advice)?;
+    Ok(())
 }
 
 fn gw_status(s: &Status) -> anyhow::Result<&tunsec::status::GatewayStatus> {
@@ -1007,22 +1018,17 @@ fn gateway_ike_wrong_psk() {
     with_lab("gw8", |lab| {
         // Different PSKs: no SA ever comes up, and the steered traffic is
         // dropped in the TUN device, never sent in the clear.
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
-        let ike = Opts {
-            ike: true,
-            ..Opts::default()
-        };
-        write_config(lab, 1, &[2], ike)?;
-        write_config(lab, 2, &[1], ike)?;
+        let hosts = prepare(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
         tunsec::config::write_secret(lab.dir.path().join("h2.psk"), "another key entirely\n")?;
-        let pcap = start_capture(lab, &ul, "capture")?;
-        start_daemon(lab, "h1", &h1, 1)?;
-        start_daemon(lab, "h2", &h2, 2)?;
-        let advice = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
-        add_vxlan(lab, &h1, 1, 2, advice)?;
-        add_vxlan(lab, &h2, 2, 1, advice)?;
+        let pcap = start_capture(lab, &hosts.ul, "capture")?;
+        start_hosts(lab, &hosts)?;
+        let Hosts { h1, .. } = hosts;
         let got = ping(&h1, &vxlan_addr(2), 3)?;
         ensure!(got == 0, "{got} pings answered without an SA");
         stop_capture(lab, "capture");
@@ -1715,24 +1721,16 @@ fn gateway_cleanup() {
 fn gateway_fail_closed_across_stop_and_start() {
     with_lab("gwfc", |lab| {
         // The capture runs from before the first start of any tunsecd.
-        let ul = add_underlay(lab)?;
-        let h1 = add_host(lab, &ul, "h1", 1)?;
-        let h2 = add_host(lab, &ul, "h2", 2)?;
-        let opts = Opts {
-            ike: true,
-            ..Opts::default()
-        };
-        write_config(lab, 1, &[2], opts)?;
-        write_config(lab, 2, &[1], opts)?;
-        let pcap = start_capture(lab, &ul, "capture")?;
-        start_daemon(lab, "h1", &h1, 1)?;
-        start_daemon(lab, "h2", &h2, 2)?;
-        let advice = status(lab, 1)?
-            .gateway
-            .context("h1: no gateway status")?
-            .tunnel_mtu_advice;
-        add_vxlan(lab, &h1, 1, 2, advice)?;
-        add_vxlan(lab, &h2, 2, 1, advice)?;
+        let hosts = prepare(
+            lab,
+            Opts {
+                ike: true,
+                ..Opts::default()
+            },
+        )?;
+        let pcap = start_capture(lab, &hosts.ul, "capture")?;
+        start_hosts(lab, &hosts)?;
+        let Hosts { h1, .. } = hosts;
         wait_child_sa(lab, 1)?;
         ping_ok(&h1, &vxlan_addr(2))?;
 

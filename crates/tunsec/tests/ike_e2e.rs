@@ -722,6 +722,38 @@ fn ike_wrong_psk_fails_closed() {
     });
 }
 
+/// The IKE config of a test that speaks IKE as h2 (address `a2`) to h1
+/// (`a1`) with `psk`: IP identities, UDP between the two addresses.
+fn as_h2(psk: &str, a1: IpAddr, a2: IpAddr) -> tunsec_ike::sa::Config {
+    use tunsec_ike::message::Identity;
+    use tunsec_ike::sa::{Config, ts};
+    Config::new(
+        Identity::Ipv4("192.0.2.2".parse().expect("an address")),
+        Some(Identity::Ipv4("192.0.2.1".parse().expect("an address"))),
+        tunsec_esp::Key::from_slice(psk.as_bytes()),
+    )
+    .with_selectors(
+        vec![ts::host(a2, 17, 0, u16::MAX)],
+        vec![ts::host(a1, 17, 0, u16::MAX)],
+    )
+}
+
+/// Fails unless the test's own IKE SA (its `role`) reported the IKE SA
+/// and a Child SA up.
+fn ensure_sas_up(sa: &mut tunsec_ike::sa::IkeSa, role: &str) -> anyhow::Result<()> {
+    use tunsec_ike::sa::Event;
+    let mut events = Vec::new();
+    while let Some(e) = sa.poll_event() {
+        events.push(e);
+    }
+    ensure!(
+        events.contains(&Event::IkeSaEstablished)
+            && events.iter().any(|e| matches!(e, Event::ChildSaUp { .. })),
+        "the test's {role} did not get its SAs: {events:?}"
+    );
+    Ok(())
+}
+
 /// A two-port UDP relay in h2's namespace for a test that speaks IKE as
 /// h2: binds 192.0.2.2 ports 500 and 4500, prints each datagram from h1
 /// as `LOCAL_PORT REMOTE_PORT HEX`, and sends each stdin line `LOCAL_PORT
@@ -757,8 +789,8 @@ while True:
 /// sides could give way to each other and wait as responders forever.)
 #[test]
 fn ike_crossing_attempts_keep_the_lower_nonce() {
-    use tunsec_ike::message::{ExchangeType, Header, Identity};
-    use tunsec_ike::sa::{Config, Event, IkeSa, SystemRandom, ts};
+    use tunsec_ike::message::{ExchangeType, Header};
+    use tunsec_ike::sa::{IkeSa, SystemRandom};
 
     with_lab("tsike-x", |lab| {
         let ul = add_underlay(lab)?;
@@ -807,17 +839,7 @@ fn ike_crossing_attempts_keep_the_lower_nonce() {
                 ensure!(is_init_request(&d), "h1 sent something else than {what}");
             }
             let (a1, a2): (IpAddr, IpAddr) = (host_addr(1).parse()?, host_addr(2).parse()?);
-            let config = || {
-                Config::new(
-                    Identity::Ipv4("192.0.2.2".parse().unwrap()),
-                    Some(Identity::Ipv4("192.0.2.1".parse().unwrap())),
-                    tunsec_esp::Key::from_slice(psk.as_bytes()),
-                )
-                .with_selectors(
-                    vec![ts::host(a2, 17, 0, u16::MAX)],
-                    vec![ts::host(a1, 17, 0, u16::MAX)],
-                )
-            };
+            let config = || as_h2(psk, a1, a2);
             // Ours crosses it, with the highest nonce.
             let h1_500 = SocketAddr::new(a1, 500);
             let mut ours =
@@ -872,15 +894,7 @@ fn ike_crossing_attempts_keep_the_lower_nonce() {
                 "{port} {port} {marker}{}",
                 hex::encode(&answer.bytes)
             )?;
-            let mut events = Vec::new();
-            while let Some(e) = responder.poll_event() {
-                events.push(e);
-            }
-            ensure!(
-                events.contains(&Event::IkeSaEstablished)
-                    && events.iter().any(|e| matches!(e, Event::ChildSaUp { .. })),
-                "the test's responder did not get its SAs: {events:?}"
-            );
+            ensure_sas_up(&mut responder, "responder")?;
             let (spi_i, spi_r) = responder.spis();
             lab.wait_for("h1's IKE SA", Duration::from_secs(10), || {
                 status(lab, 1).is_ok_and(|s| {
@@ -919,8 +933,7 @@ for line in sys.stdin:
 
 #[test]
 fn ike_on_the_esp_port() {
-    use tunsec_ike::message::Identity;
-    use tunsec_ike::sa::{Config, Event, IkeSa, ts};
+    use tunsec_ike::sa::IkeSa;
 
     with_lab("tsike-esp", |lab| {
         let t0 = Instant::now();
@@ -945,15 +958,7 @@ fn ike_on_the_esp_port() {
         let mut to_relay = relay.stdin.take().context("relay stdin")?;
         let mut from_relay = BufReader::new(relay.stdout.take().context("relay stdout")?);
         let (a1, a2): (IpAddr, IpAddr) = (host_addr(1).parse()?, host_addr(2).parse()?);
-        let config = Config::new(
-            Identity::Ipv4("192.0.2.2".parse()?),
-            Some(Identity::Ipv4("192.0.2.1".parse()?)),
-            tunsec_esp::Key::from_slice(psk.as_bytes()),
-        )
-        .with_selectors(
-            vec![ts::host(a2, 17, 0, u16::MAX)],
-            vec![ts::host(a1, 17, 0, u16::MAX)],
-        );
+        let config = as_h2(psk, a1, a2);
         let remote = SocketAddr::new(a1, ESP_PORT);
         let mut sa = IkeSa::initiate(config, remote, Instant::now(), Box::new(NonceOf(0x00, 0)))?;
         let result = (|| -> anyhow::Result<()> {
@@ -980,15 +985,7 @@ fn ike_on_the_esp_port() {
         let _ = relay.kill();
         let _ = relay.wait();
         result?;
-        let mut events = Vec::new();
-        while let Some(e) = sa.poll_event() {
-            events.push(e);
-        }
-        ensure!(
-            events.contains(&Event::IkeSaEstablished)
-                && events.iter().any(|e| matches!(e, Event::ChildSaUp { .. })),
-            "the test's initiator did not get its SAs: {events:?}"
-        );
+        ensure_sas_up(&mut sa, "initiator")?;
 
         // h1's side: established, SAs installed, the messages counted.
         let (spi_i, spi_r) = sa.spis();
