@@ -13,7 +13,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use tunsec_datapath::sa_store::SaTables;
 
-use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT, spi_of};
+use super::install::spi_of;
+use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT};
 use crate::config::{Config, IkePeer};
 
 /// A re-authentication under way: which old outbound SAs its Child SAs
@@ -291,7 +292,7 @@ impl IkeDriver {
             switched = ours,
             "Child SA up (re-authentication, make before break)"
         );
-        super::log_child(
+        super::status::log_child(
             &name,
             self.peers[i].addr.ip(),
             "Child SA installed (re-authentication)",

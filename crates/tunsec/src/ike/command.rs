@@ -1,0 +1,132 @@
+//! What the control socket asks of the driver (`tunsec
+//! up/down/rekey/reauth`, reload, key export).
+
+use super::status::transform_names;
+use super::{DriverKeys, IkeCommand, IkeDriver, RETRY_MIN};
+use std::time::Instant;
+
+use tunsec_datapath::io::socket::Batch;
+
+impl IkeDriver {
+    /// Carries out a command from the control socket.
+    pub(super) fn command(&mut self, now: Instant, command: IkeCommand) {
+        let index = match command {
+            IkeCommand::Reload(updates, done) => {
+                self.reload(updates);
+                // The control thread may have given up waiting.
+                let _ = done.send(());
+                return;
+            }
+            IkeCommand::Reauth(index) => return self.reauth(now, index),
+            IkeCommand::ExportKeys(reply) => {
+                // The control thread may have given up waiting.
+                let _ = reply.send(self.export_keys());
+                return;
+            }
+            IkeCommand::Down(index)
+            | IkeCommand::Up(index)
+            | IkeCommand::Rekey(index)
+            | IkeCommand::RekeyIke(index) => index,
+        };
+        let Some(i) = self.peers.iter().position(|p| p.index == index) else {
+            return;
+        };
+        match command {
+            IkeCommand::Down(_) => {
+                let p = &mut self.peers[i];
+                p.admin_down = true;
+                p.retry_at = None;
+                p.liveness_at = None;
+                p.last_error = Some("down by request".to_owned());
+                // Tell the peer (one DELETE of the IKE SA, which takes its
+                // Child SAs with it), then forget the SA: its SAs leave the
+                // tables at once, so nothing waits on the peer's answer.
+                if let Some(incoming) = p.incoming.take() {
+                    self.endpoint.remove(incoming);
+                }
+                if let Some(handle) = p.handle.take() {
+                    if let Some(sa) = self.endpoint.sa_mut(handle) {
+                        if sa.is_established() {
+                            let _ = sa.delete(now);
+                        }
+                        let mut out = Vec::new();
+                        while let Some(t) = sa.poll_transmit() {
+                            out.push(t);
+                        }
+                        self.send(&mut Batch::new(4), &out);
+                    }
+                    self.endpoint.remove(handle);
+                }
+                let name = self.peers[i].name.clone();
+                self.remove_all(i, index, &name);
+                tracing::warn!(peer = %name, "IKE: down by request");
+            }
+            IkeCommand::Up(_) => {
+                let p = &mut self.peers[i];
+                p.admin_down = false;
+                p.last_error = None;
+                p.retry_wait = RETRY_MIN;
+                if p.handle.is_none() {
+                    p.retry_at = Some(now);
+                }
+                tracing::info!(peer = %p.name, "IKE: up by request");
+            }
+            IkeCommand::Reload(..) | IkeCommand::Reauth(_) | IkeCommand::ExportKeys(_) => {}
+            IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
+                let p = &self.peers[i];
+                let ike = matches!(command, IkeCommand::RekeyIke(_));
+                let result = p.handle.and_then(|h| self.endpoint.sa_mut(h)).map(|sa| {
+                    if ike {
+                        sa.rekey_ike(now)
+                    } else {
+                        sa.rekey_child(now)
+                    }
+                });
+                match result {
+                    Some(Ok(())) => tracing::info!(peer = %p.name, "IKE: rekeying by request"),
+                    Some(Err(e)) => {
+                        tracing::warn!(peer = %p.name, "IKE: cannot rekey: {e}");
+                    }
+                    None => tracing::warn!(peer = %p.name, "IKE: cannot rekey: no IKE SA"),
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    /// The keys of every IKE SA (each peer's current one, and a new one
+    /// beside it), and the rekeyed outbound SAs that wait for their
+    /// switch: for `tunsec keys export` only.
+    pub(super) fn export_keys(&mut self) -> DriverKeys {
+        use crate::keys::{EspSaExport, HexKey, IkeSaExport};
+        let mut out = DriverKeys::default();
+        for p in &self.peers {
+            for handle in [p.handle, p.incoming].into_iter().flatten() {
+                let Some(k) = self.endpoint.sa_mut(handle).and_then(|sa| sa.export_keys()) else {
+                    continue;
+                };
+                let (encryption, integrity) = transform_names(&k.suite);
+                out.ike.push(IkeSaExport {
+                    peer: p.name.clone(),
+                    spi_i: k.spi_i,
+                    spi_r: k.spi_r,
+                    encryption: encryption.to_owned(),
+                    integrity: integrity.map(str::to_owned),
+                    sk_ei: HexKey::new(k.keys.sk_ei.expose()),
+                    sk_er: HexKey::new(k.keys.sk_er.expose()),
+                    sk_ai: HexKey::new(k.keys.sk_ai.expose()),
+                    sk_ar: HexKey::new(k.keys.sk_ar.expose()),
+                });
+            }
+            for pending in &p.pending_outbound {
+                out.esp.push(EspSaExport::of(
+                    &p.name,
+                    self.local,
+                    p.addr.ip(),
+                    &pending.sa,
+                ));
+            }
+        }
+        out
+    }
+}

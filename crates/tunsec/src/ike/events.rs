@@ -1,0 +1,286 @@
+//! The IKE SAs' transmits and events: closed SAs, a new IKE SA that
+//! replaces the old one, Child SAs to install.
+
+use super::status::{log_child, suite_name};
+use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint, reload};
+use std::time::Instant;
+
+use tunsec_datapath::io::socket::Batch;
+use tunsec_ike::sa::Event;
+
+impl IkeDriver {
+    /// Sends every pending datagram and handles every pending event.
+    pub(super) fn drain(&mut self, batch: &mut Batch) {
+        let mut out = Vec::new();
+        while let Some(t) = self.endpoint.poll_transmit() {
+            out.push(t);
+        }
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            self.drain_incoming(i, &mut out);
+            let Some(handle) = self.peers[i].handle else {
+                continue;
+            };
+            let mut events = Vec::new();
+            let closed = match self.endpoint.sa_mut(handle) {
+                Some(sa) => {
+                    while let Some(t) = sa.poll_transmit() {
+                        out.push(t);
+                    }
+                    while let Some(e) = sa.poll_event() {
+                        events.push(e);
+                    }
+                    sa.is_closed()
+                }
+                None => true,
+            };
+            for e in events {
+                self.handle_event(i, e);
+            }
+            if closed {
+                self.endpoint.remove(handle);
+                self.peers[i].handle = None;
+                self.peers[i].liveness_at = None;
+                self.peers[i].keepalive_at = None;
+                let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
+                self.remove_all(i, index, &name);
+                let p = &mut self.peers[i];
+                if p.initiator && !p.admin_down {
+                    p.retry_at = Some(now + p.retry_wait);
+                    p.retry_wait = (p.retry_wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        self.send(batch, &out);
+        self.publish_status();
+    }
+
+    /// Polls a peer's new IKE SA that waits beside the established one:
+    /// once authenticated it replaces the old one, whose Child SAs go with
+    /// it (the peer restarted: RFC 7296 section 2.4); if it fails, the old
+    /// one stays.
+    pub(super) fn drain_incoming(&mut self, i: usize, out: &mut Vec<tunsec_ike::sa::Transmit>) {
+        let Some(incoming) = self.peers[i].incoming else {
+            return;
+        };
+        let Some(sa) = self.endpoint.sa_mut(incoming) else {
+            self.peers[i].incoming = None;
+            return;
+        };
+        while let Some(t) = sa.poll_transmit() {
+            out.push(t);
+        }
+        if sa.is_closed() {
+            let mut events = Vec::new();
+            while let Some(e) = sa.poll_event() {
+                events.push(e);
+            }
+            let why = reload::describe_events(&events);
+            tracing::warn!(peer = %self.peers[i].name, "IKE: the new IKE SA failed ({why}); the old one stays");
+            self.peers[i].last_error =
+                Some(format!("a new IKE SA failed ({why}); the old one stays"));
+            self.endpoint.remove(incoming);
+            self.peers[i].incoming = None;
+            return;
+        }
+        if !sa.is_established() {
+            return;
+        }
+        let initial_contact = sa.peer_initial_contact();
+        let p = &mut self.peers[i];
+        p.incoming = None;
+        let ours = std::mem::take(&mut p.reauthing);
+        let old = p.handle.replace(incoming);
+        let (index, name) = (p.index, p.name.clone());
+        tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
+        if !initial_contact {
+            // A re-authentication: make before break (ike/reload.rs).
+            return self.retire_replaced(i, old, ours, out);
+        }
+        if let Some(old) = old {
+            self.endpoint.remove(old);
+        }
+        self.remove_all(i, index, &name);
+        // Its events (IkeSaEstablished, ChildSaUp) are handled with the
+        // current IKE SA's, below.
+    }
+
+    pub(super) fn handle_event(&mut self, i: usize, event: Event) {
+        let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
+        match event {
+            Event::IkeSaEstablished => {
+                let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
+                let (spis, suite, remote) = sa.map_or((None, None, None), |sa| {
+                    (Some(sa.spis()), sa.ike_suite(), sa.remote())
+                });
+                let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+                tracing::info!(
+                    peer = %name,
+                    addr = %or_dash(remote.map(|r| r.to_string())),
+                    role = %if self.peers[i].initiator { "initiator" } else { "responder" },
+                    spi_i = %or_dash(spis.map(|s| format!("{:#018x}", s.0))),
+                    spi_r = %or_dash(spis.map(|s| format!("{:#018x}", s.1))),
+                    suite = %or_dash(suite.as_ref().map(suite_name)),
+                    "IKE SA established"
+                );
+                let p = &mut self.peers[i];
+                p.fresh_ike_sa = true;
+                p.last_error = None;
+                p.retry_wait = RETRY_MIN;
+                p.liveness_at = Some(Instant::now() + LIVENESS);
+                let nat = p
+                    .handle
+                    .and_then(|h| self.endpoint.sa_mut(h))
+                    .and_then(|sa| sa.nat());
+                if let Some(nat) = nat {
+                    tracing::info!(
+                        peer = %name,
+                        local_behind_nat = nat.local_behind_nat,
+                        remote_behind_nat = nat.remote_behind_nat,
+                        forced = nat.forced,
+                        "IKE: NAT detection"
+                    );
+                }
+                let p = &mut self.peers[i];
+                p.keepalive_at = nat
+                    .filter(|n| n.local_behind_nat)
+                    .map(|_| Instant::now() + p.ike.nat_keepalive);
+            }
+            Event::ChildSaUp { inbound, outbound } => {
+                // A re-authentication's Child SAs replace the old IKE SA's
+                // ones, make before break (ike/reload.rs).
+                if let Some(ours) = self.peers[i].replacing.take() {
+                    self.peers[i].fresh_ike_sa = false;
+                    self.begin_replacement(i, ours);
+                }
+                if self.peers[i].replacement.is_some() && self.replace_child(i, &inbound, &outbound)
+                {
+                    return;
+                }
+                // A fresh IKE SA's first Child SA: nothing of an older
+                // rekey carries over, and the older SAs go. An additional
+                // Child SA joins the ones there are.
+                let fresh = std::mem::take(&mut self.peers[i].fresh_ike_sa);
+                if fresh {
+                    self.peers[i].pending_outbound.clear();
+                    self.peers[i].expiring_inbound.clear();
+                }
+                match self.install(index, &inbound, &outbound, fresh) {
+                    Ok(()) => {
+                        self.peers[i].child_sas += 1;
+                        log_child(
+                            &name,
+                            self.peers[i].addr.ip(),
+                            "Child SA installed",
+                            &inbound,
+                            &outbound,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %name, "Child SA not installed: {e:#}");
+                        self.peers[i].last_error = Some(format!("Child SA not installed: {e:#}"));
+                    }
+                }
+            }
+            Event::ChildSaRekeyed {
+                old_inbound_spi,
+                old_outbound_spi,
+                inbound,
+                outbound,
+            } => match self.install_rekeyed(i, old_outbound_spi, &inbound, &outbound) {
+                Ok(()) => {
+                    self.peers[i].child_sas += 1;
+                    tracing::info!(
+                        peer = %name,
+                        old_spi_in = format_args!("{old_inbound_spi:#010x}"),
+                        old_spi_out = format_args!("{old_outbound_spi:#010x}"),
+                        spi_in = format_args!("{:#010x}", inbound.spi),
+                        spi_out = format_args!("{:#010x}", outbound.spi),
+                        "Child SA rekeyed"
+                    );
+                    log_child(
+                        &name,
+                        self.peers[i].addr.ip(),
+                        "Child SA installed (rekey)",
+                        &inbound,
+                        &outbound,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, "rekeyed Child SA not installed: {e:#}");
+                    self.peers[i].last_error =
+                        Some(format!("rekeyed Child SA not installed: {e:#}"));
+                }
+            },
+            Event::ChildSaDown {
+                inbound_spi,
+                outbound_spi,
+            } => {
+                tracing::info!(
+                    peer = %name,
+                    spi_in = format_args!("{inbound_spi:#010x}"),
+                    spi_out = format_args!("{outbound_spi:#010x}"),
+                    "Child SA deleted"
+                );
+                let rekeyed = self.peers[i]
+                    .pending_outbound
+                    .iter()
+                    .position(|o| o.old_spi == outbound_spi);
+                if let Some(k) = rekeyed {
+                    // The old pair of a rekey: both sides have the new one
+                    // now. Switch outbound, and let the old inbound SA take
+                    // the packets still in flight for a little while.
+                    self.switch_outbound(i, k);
+                    self.peers[i]
+                        .expiring_inbound
+                        .push((inbound_spi, Instant::now() + INBOUND_GRACE));
+                } else {
+                    self.remove_pair(index, inbound_spi, outbound_spi);
+                }
+            }
+            Event::AuthFailed { reason } => {
+                let cert = self.peers[i].ike.cert.is_some();
+                let reason = hint::auth_failure(&name, &reason, cert);
+                tracing::warn!(peer = %name, "IKE authentication failed: {reason}");
+                self.peers[i].last_error = Some(format!("authentication failed: {reason}"));
+                self.remove_all(i, index, &name);
+            }
+            Event::Failed { notify, by_peer } => {
+                let who = if by_peer { "the peer sent" } else { "we sent" };
+                tracing::warn!(peer = %name, "IKE exchange failed: {who} {notify:?}");
+                self.peers[i].last_error = Some(format!("{who} {notify:?}"));
+            }
+            Event::IkeSaRekeyed { old_spis, spis } => {
+                tracing::info!(
+                    peer = %name,
+                    old_spi_i = format_args!("{:#018x}", old_spis.0),
+                    spi_i = format_args!("{:#018x}", spis.0),
+                    spi_r = format_args!("{:#018x}", spis.1),
+                    "IKE SA rekeyed"
+                );
+                self.peers[i].ike_rekeys += 1;
+                // Reloaded credentials: the rekeyed IKE SA still stands on
+                // the old ones; a new IKE SA takes them up.
+                if std::mem::take(&mut self.peers[i].reauth_on_rekey) {
+                    self.reauth(Instant::now(), index);
+                }
+            }
+            Event::PeerDead => {
+                tracing::warn!(peer = %name, "IKE: peer dead (no answer)");
+                self.peers[i].last_error = Some("peer dead: no answer".to_owned());
+                self.remove_all(i, index, &name);
+            }
+            Event::IkeSaDeleted => {
+                tracing::info!(peer = %name, "IKE SA deleted by the peer");
+                self.peers[i].last_error = Some("deleted by the peer".to_owned());
+                self.remove_all(i, index, &name);
+            }
+            Event::LocalError(e) => {
+                tracing::warn!(peer = %name, "IKE: local error: {e}");
+                self.peers[i].last_error = Some(format!("local error: {e}"));
+                self.remove_all(i, index, &name);
+            }
+            other => tracing::debug!(peer = %name, ?other, "IKE event"),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The IKE driver: a plain thread that owns the IKE socket (UDP port 500
+//! on the underlay address) and the sans-IO [`Endpoint`] of
+//! `tunsec-ike`, feeds it datagrams and the clock, sends what it asks to
+//! send, and turns its events into SAs in the data path's tables. IKE
+//! that arrives on the ESP-in-UDP port behind the non-ESP marker comes
+//! from the receive worker through the data plane's inbox
+//! ([`SaStore::ike_inbox`]), and is answered from the ESP socket with the
+//! marker.
+//!
+//! Who initiates: of two peers, the one with the lower underlay address
+//! starts the IKE SA at start-up (and again after a failure, with
+//! back-off). The other responds, and initiates only if nothing came from
+//! the peer within `START_GRACE` of its own start: that is how a restarted
+//! responder brings the tunnel back at once instead of waiting for the
+//! survivor's liveness check to fail. When the two attempts cross (each
+//! side's IKE_SA_INIT reaches the other while its own is unanswered), both
+//! keep the one with the lower nonce, so they converge on one IKE SA.
+//!
+//! Restarts (RFC 7296 section 2.4): every IKE_AUTH we send carries
+//! INITIAL_CONTACT, since we never hold two IKE SAs with one peer. A new
+//! IKE SA from a peer with which we have an established one is kept
+//! beside it until it is authenticated; then the old one, and all its
+//! Child SAs, go (the peer restarted and lost them).
+//!
+//! NAT traversal (RFC 7296 section 2.23): with `[esp] encapsulation =
+//! "udp"` the IKE SAs do NAT detection and force UDP encapsulation (our
+//! data path sends ESP in UDP, so the peer must too: a peer such as
+//! strongSwan then encapsulates as if behind a NAT); IKE moves to the
+//! ESP-in-UDP port after IKE_SA_INIT, behind the non-ESP marker. A host
+//! that finds itself behind a NAT sends a NAT keepalive every `nat_keepalive` (20 s; RFC
+//! 3948 section 4). With raw ESP there is no NAT traversal.
+//!
+//! SA installation is read-copy-update, like every change of the tables:
+//! the new inbound SA is published first, then the outbound one, so the
+//! peer's first ESP packet never meets a host that cannot open it. Until a
+//! Child SA is up, and as soon as it is gone, the peer has no outbound SA
+//! and a `require` policy drops its traffic: fail closed.
+//!
+//! Child SA rekeys are make before break (RFC 7296 section 2.8): the new
+//! inbound SA is published at once; outbound switches to the new SA when
+//! the old pair is deleted, or after `SWITCH_WAIT`; the old inbound SA
+//! keeps taking packets in flight for `INBOUND_GRACE` more.
+//! Re-authentication (a new IKE SA beside the old one) is in `reload`.
+
+mod command;
+mod driver;
+mod events;
+mod hint;
+mod install;
+mod peer;
+mod reload;
+mod renewal;
+mod selectors;
+mod status;
+pub use driver::IkeDriver;
+use peer::{PeerIke, PendingOutbound};
+pub use reload::{ReloadPlan, plan as reload_plan};
+pub(crate) use renewal::CertRenewal;
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tunsec_datapath::sa_store::SaStore;
+
+use crate::config::{Config, IkePeer};
+use crate::status::IkeStatus;
+
+/// The IKE port (RFC 7296 section 2).
+pub const IKE_PORT: u16 = 500;
+/// The first wait before an initiator tries again after a failure.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+/// The longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often an established IKE SA checks that the peer is alive (an
+/// empty INFORMATIONAL; after every retransmission unanswered, about 15 s,
+/// the peer is dead and its SAs go).
+const LIVENESS: Duration = Duration::from_secs(15);
+/// How often the loop wakes without a timer, to check for shutdown.
+const IDLE: Duration = Duration::from_millis(100);
+/// After a rekey, how long an old inbound SA keeps accepting packets that
+/// were already on their way when the old pair was deleted.
+const INBOUND_GRACE: Duration = Duration::from_secs(2);
+/// After a rekey, the longest the outbound SA waits for the old pair's
+/// deletion before it switches to the new SA anyway.
+const SWITCH_WAIT: Duration = Duration::from_secs(2);
+/// The largest IKE datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+/// How long the designated responder waits at start-up for the peer to
+/// initiate before it initiates itself.
+const START_GRACE: Duration = Duration::from_secs(1);
+/// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
+const KEEPALIVE_PACKET: [u8; 1] = [0xff];
+
+/// The IKE state of every peer with `[peer.ike]`, by peer index, for
+/// `tunsec status`.
+pub type IkeStates = Arc<Mutex<HashMap<usize, IkeStatus>>>;
+
+/// What the control socket asks of the IKE driver (`tunsec down PEER`,
+/// `tunsec up PEER`), by peer index.
+#[derive(Debug, Clone)]
+pub enum IkeCommand {
+    /// Delete the peer's IKE SA (and its Child SAs) and stay down: no new
+    /// attempt until `Up`. Its `require` traffic is dropped meanwhile.
+    Down(usize),
+    /// Bring the peer up: initiate now (whichever side we are).
+    Up(usize),
+    /// Rekey the peer's Child SA now (RFC 7296 section 2.8), make before
+    /// break.
+    Rekey(usize),
+    /// Rekey the peer's IKE SA now (RFC 7296 section 2.18).
+    RekeyIke(usize),
+    /// Re-authenticate the peer now: a new IKE SA with the current
+    /// credentials beside the established one, which it replaces once up
+    /// (RFC 7296 section 2.8.3).
+    Reauth(usize),
+    /// New `[peer.ike]` settings (credentials) for these peers, by index,
+    /// from `tunsec reload` or SIGHUP: new IKE SAs use them; established
+    /// ones are re-authenticated at their next IKE SA rekey. The driver
+    /// answers on the channel once it has taken them up.
+    Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
+    /// The keys of every IKE SA, and of the rekeyed outbound ESP SAs
+    /// that wait for their switch (they are in no table yet), for
+    /// `tunsec keys export`. The driver answers on the channel.
+    ExportKeys(mpsc::Sender<DriverKeys>),
+}
+
+/// The IKE driver's answer to [`IkeCommand::ExportKeys`].
+#[derive(Debug, Default)]
+pub struct DriverKeys {
+    /// Every IKE SA with keys: each peer's current one and a new one
+    /// beside it.
+    pub ike: Vec<crate::keys::IkeSaExport>,
+    /// The rekeyed outbound SAs not yet switched to.
+    pub esp: Vec<crate::keys::EspSaExport>,
+}
+
+/// The sending end of the IKE driver's commands. Each command also wakes
+/// the driver's poll (through the inbox's eventfd), so it is carried out
+/// at once rather than at the driver's next timer.
+#[derive(Clone)]
+pub struct IkeCommands {
+    tx: mpsc::Sender<IkeCommand>,
+    shared: Arc<dyn SaStore>,
+}
+
+impl IkeCommands {
+    /// A command channel for the driver of `shared`'s tables: the sender,
+    /// and the receiver to hand to [`IkeDriver::new`].
+    pub fn channel(shared: Arc<dyn SaStore>) -> (Self, mpsc::Receiver<IkeCommand>) {
+        let (tx, rx) = mpsc::channel();
+        (Self { tx, shared }, rx)
+    }
+
+    /// Sends `command` and wakes the driver; an error if it is gone.
+    fn send(&self, command: IkeCommand) -> Result<(), mpsc::SendError<IkeCommand>> {
+        self.tx.send(command)?;
+        self.shared.ike_inbox().wake();
+        Ok(())
+    }
+}
+
+/// How long `tunsec reload` waits for the IKE driver to take up new
+/// settings (it looks at its commands every few milliseconds).
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Hands `command` for the peer named `peer` to the IKE driver over
+/// `commands`, as the control socket's `down`, `up`, `rekey` and `reauth`
+/// ask (both daemons, overlay and gateway mode): an error names a peer
+/// that is not configured or has manual keys, or a driver that is gone.
+pub(crate) fn send_command(
+    config: &Config,
+    commands: &IkeCommands,
+    peer: &str,
+    command: fn(usize) -> IkeCommand,
+) -> crate::control::Response {
+    use crate::control::Response;
+    let Some(index) = config.peers.iter().position(|p| p.name == peer) else {
+        return Response::Error {
+            message: format!("peer: {peer:?} is not a configured peer"),
+        };
+    };
+    if config.peers[index].ike.is_none() {
+        return Response::Error {
+            message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
+        };
+    }
+    let command = command(index);
+    let message = match command {
+        IkeCommand::Down(_) => format!("peer {peer:?} going down"),
+        IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
+        IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying its Child SAs"),
+        IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
+        IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
+        IkeCommand::Reload(..) => "reloading".to_owned(),
+        IkeCommand::ExportKeys(_) => "exporting keys".to_owned(),
+    };
+    if commands.send(command).is_err() {
+        return Response::Error {
+            message: "the IKE driver is not running".to_owned(),
+        };
+    }
+    Response::Done { message }
+}
+
+/// How long `tunsec keys export` waits for the IKE driver's keys.
+const EXPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the IKE driver for the keys of its IKE SAs (and of the rekeyed
+/// outbound SAs it holds), for `tunsec keys export`. Without a driver (no
+/// peer has `[peer.ike]`) there are none; an error if the driver does not
+/// answer within `EXPORT_WAIT`.
+pub(crate) fn export_keys(commands: &IkeCommands) -> Result<DriverKeys, String> {
+    let (tx, rx) = mpsc::channel();
+    if commands.send(IkeCommand::ExportKeys(tx)).is_err() {
+        // No driver: its receiver is gone with it.
+        return Ok(DriverKeys::default());
+    }
+    rx.recv_timeout(EXPORT_WAIT).map_err(|_| {
+        format!(
+            "keys export: the IKE driver did not answer within {} s",
+            EXPORT_WAIT.as_secs()
+        )
+    })
+}
+
+/// Reads the configuration file at `path` again and hands the IKE driver
+/// the `[peer.ike]` settings that changed against `running` (credentials:
+/// certificate, key, CA, CRL, PSK, identities; see [`reload_plan`]), as
+/// `tunsec reload` and SIGHUP ask (both daemons). A configuration that
+/// does not load changes nothing, and the answer names what is wrong.
+pub(crate) fn reload(
+    running: &Config,
+    path: Option<&std::path::Path>,
+    commands: &IkeCommands,
+) -> crate::control::Response {
+    use crate::control::Response;
+    match reload_from(running, path, commands) {
+        Ok(done) => Response::Done {
+            message: done.message,
+        },
+        Err(message) => Response::Error { message },
+    }
+}
+
+/// What [`reload_from`] did.
+pub(crate) struct Reloaded {
+    /// The configuration as the file has it now.
+    pub(crate) config: Config,
+    /// What `tunsec reload` answers.
+    pub(crate) message: String,
+}
+
+/// [`reload`], with the new configuration and the peers it updated.
+pub(crate) fn reload_from(
+    running: &Config,
+    path: Option<&std::path::Path>,
+    commands: &IkeCommands,
+) -> Result<Reloaded, String> {
+    let _reloading = crate::systemd::reloading();
+    let Some(path) = path else {
+        return Err("reload: tunsecd was started without a configuration file".to_owned());
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("reload: {}: {e}; nothing changed", path.display());
+            return Err(format!("reload: {}: {e}; nothing changed", path.display()));
+        }
+    };
+    let plan = reload_plan(running, &new);
+    for note in &plan.ignored {
+        tracing::warn!("reload: {note}");
+    }
+    let names: Vec<String> = plan
+        .updates
+        .iter()
+        .map(|(i, _)| new.peers[*i].name.clone())
+        .collect();
+    if !plan.updates.is_empty() {
+        // Answer only once the driver has the new settings, so that an
+        // IKE SA that the peer starts right after (`tunsec reauth` there)
+        // meets them.
+        let (done, taken) = mpsc::channel();
+        if commands
+            .send(IkeCommand::Reload(plan.updates, done))
+            .is_err()
+        {
+            return Err("the IKE driver is not running".to_owned());
+        }
+        if taken.recv_timeout(RELOAD_WAIT).is_err() {
+            return Err(format!(
+                "reload: the IKE driver did not take up the new settings within {} s",
+                RELOAD_WAIT.as_secs()
+            ));
+        }
+    }
+    tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
+    let mut message = if names.is_empty() {
+        "reloaded: no IKE credentials changed".to_owned()
+    } else {
+        format!(
+            "reloaded: new credentials for {} (new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
+            names.join(", ")
+        )
+    };
+    for note in plan.ignored {
+        message.push_str(&format!("; ignored: {note}"));
+    }
+    Ok(Reloaded {
+        config: new,
+        message,
+    })
+}

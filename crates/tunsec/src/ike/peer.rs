@@ -1,0 +1,78 @@
+//! One peer's IKE bookkeeping in the driver.
+
+use super::reload;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tunsec_esp::Sa;
+use tunsec_ike::sa::SaHandle;
+
+use crate::config::IkePeer;
+use tunsec_datapath::gateway::GatewaySelector;
+
+/// One peer's IKE bookkeeping.
+pub(super) struct PeerIke {
+    /// The index in the config's (and the tables') peers.
+    pub(super) index: usize,
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    pub(super) ike: IkePeer,
+    /// The tunnel ports of the networks the peer carries, sorted, each
+    /// once: what `selectors = "ports"` narrows the Child SA to.
+    pub(super) tunnel_ports: Vec<u16>,
+    /// Gateway mode: the peer's `[[peer.selector]]`s, which are then the
+    /// Child SA's traffic selectors.
+    pub(super) gateway_selectors: Vec<GatewaySelector>,
+    /// We initiate (our underlay address is the lower one).
+    pub(super) initiator: bool,
+    /// The current IKE SA, if any.
+    pub(super) handle: Option<SaHandle>,
+    /// A new IKE SA the peer started while `handle` is established (the
+    /// peer restarted): it replaces `handle` once authenticated.
+    pub(super) incoming: Option<SaHandle>,
+    /// When to send the next NAT keepalive (we are behind a NAT).
+    pub(super) keepalive_at: Option<Instant>,
+    /// When an initiator tries again.
+    pub(super) retry_at: Option<Instant>,
+    pub(super) retry_wait: Duration,
+    /// The last failure, for status.
+    pub(super) last_error: Option<String>,
+    /// Child SAs brought up so far.
+    pub(super) child_sas: u64,
+    /// IKE SA rekeys so far.
+    pub(super) ike_rekeys: u64,
+    /// When to check that the peer is alive.
+    pub(super) liveness_at: Option<Instant>,
+    /// Taken down by `tunsec down`: no attempts, and new IKE SAs from the
+    /// peer are refused.
+    pub(super) admin_down: bool,
+    /// After rekeys: the new outbound SAs, each waiting for its old pair
+    /// (whose outbound SPI is kept) to be deleted, or for a deadline.
+    pub(super) pending_outbound: Vec<PendingOutbound>,
+    /// The current IKE SA came up and its first Child SA is not installed
+    /// yet: that one replaces every SA of the peer; later ones join.
+    pub(super) fresh_ike_sa: bool,
+    /// Old inbound SAs kept for in-flight packets, until their deadline.
+    pub(super) expiring_inbound: Vec<(u32, Instant)>,
+    /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
+    pub(super) reauth_on_rekey: bool,
+    /// `incoming` is our own re-authentication (`ike/reload.rs`).
+    pub(super) reauthing: bool,
+    /// A new IKE SA replaced the old one without INITIAL_CONTACT (a
+    /// re-authentication, ours if `true`): its Child SA is installed make
+    /// before break.
+    pub(super) replacing: Option<bool>,
+    /// A re-authentication under way: its Child SAs replace the old IKE
+    /// SA's ones (`ike/reload.rs`).
+    pub(super) replacement: Option<reload::Replacement>,
+}
+
+/// A rekeyed outbound SA not yet switched to.
+pub(super) struct PendingOutbound {
+    /// The SPI of the outbound SA it replaces.
+    pub(super) old_spi: u32,
+    /// Its own SPI.
+    pub(super) spi: u32,
+    pub(super) sa: Sa,
+    pub(super) deadline: Instant,
+}
