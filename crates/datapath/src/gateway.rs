@@ -22,6 +22,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tunsec_esp::{FlowKey, PacketBuf};
@@ -30,7 +31,7 @@ use tunsec_wire::{ipv4, ipv6, natt};
 
 use crate::fast_map::FastMap;
 use crate::overlay::{EspTransport, InboundEntry, SharedSa, Transmit, Via};
-use crate::stats::{PathDrop, Stats};
+use crate::stats::{NetworkCounters, PathDrop, Stats};
 
 /// Traffic of the kernel's own that a peer's SA protects: an IP protocol
 /// and a port range, matched against either port (so that both the
@@ -95,6 +96,23 @@ pub struct GatewayPeer {
     /// Its outbound SAs, one per Child SA (or the manual one): a packet
     /// goes out with the first whose selectors cover it.
     pub outbound: Vec<SharedSa>,
+    /// Its packet and byte counters. They belong to the peer, not to its
+    /// slot, so a peer added at run time into a freed slot starts at 0.
+    pub counters: Arc<NetworkCounters>,
+}
+
+impl GatewayPeer {
+    /// A peer with no SA yet: its traffic is dropped (`NoSa`) until one
+    /// is installed.
+    pub fn new(name: String, underlay: IpAddr, selectors: Vec<GatewaySelector>) -> Self {
+        Self {
+            name,
+            underlay,
+            selectors,
+            outbound: Vec::new(),
+            counters: Arc::default(),
+        }
+    }
 }
 
 /// What the gateway workers look up: a snapshot published like
@@ -107,15 +125,119 @@ pub struct GatewayTables {
     pub esp: EspTransport,
     /// Transport or tunnel mode.
     pub mode: GatewayMode,
-    /// The peers.
-    pub peers: Vec<GatewayPeer>,
-    /// Inbound SAs by SPI (`InboundEntry::peer` indexes `peers`).
+    /// The peers by slot. A slot keeps its index while the peer is
+    /// configured (the IKE driver, the guard's counters and the inbound
+    /// SAs name the peer by it); a peer removed at run time leaves a
+    /// vacant slot, which no address leads to, for the next one added.
+    peers: Vec<GatewayPeer>,
+    /// The occupied slots by the peer's underlay address.
+    by_addr: FastMap<IpAddr, usize>,
+    /// Inbound SAs by SPI (`InboundEntry::peer` is a slot of `peers`).
     pub inbound: FastMap<u32, InboundEntry>,
 }
 
 impl GatewayTables {
-    fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
-        self.peers.iter().position(|p| p.underlay == addr)
+    /// Tables with no peer.
+    pub fn new(local: IpAddr, esp: EspTransport, mode: GatewayMode) -> Self {
+        Self {
+            local,
+            esp,
+            mode,
+            peers: Vec::new(),
+            by_addr: FastMap::default(),
+            inbound: FastMap::default(),
+        }
+    }
+
+    /// The slot of the peer at `addr`.
+    pub fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// The peer in `slot`, if it is occupied.
+    pub fn peer(&self, slot: usize) -> Option<&GatewayPeer> {
+        self.peers
+            .get(slot)
+            .filter(|p| self.by_addr.get(&p.underlay) == Some(&slot))
+    }
+
+    /// The peer in `slot`, to change its SAs, if it is occupied.
+    pub fn peer_mut(&mut self, slot: usize) -> Option<&mut GatewayPeer> {
+        self.peer(slot)?;
+        self.peers.get_mut(slot)
+    }
+
+    /// The occupied slots and their peers, in slot order.
+    pub fn peers(&self) -> impl Iterator<Item = (usize, &GatewayPeer)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| self.by_addr.get(&p.underlay) == Some(i))
+    }
+
+    /// Puts `peer` into `slot` (growing the table with vacant slots if
+    /// needed). Refused if another slot holds a peer at that address.
+    pub fn insert_peer(&mut self, slot: usize, peer: GatewayPeer) -> Result<(), PeerSlotError> {
+        if let Some(&other) = self.by_addr.get(&peer.underlay) {
+            if other != slot {
+                return Err(PeerSlotError::AddressTaken {
+                    addr: peer.underlay,
+                    slot: other,
+                });
+            }
+        }
+        self.remove_peer(slot);
+        while self.peers.len() <= slot {
+            self.peers.push(GatewayPeer::vacant());
+        }
+        self.by_addr.insert(peer.underlay, slot);
+        self.peers[slot] = peer;
+        Ok(())
+    }
+
+    /// Empties `slot`: its address leads nowhere, and its SAs go.
+    pub fn remove_peer(&mut self, slot: usize) {
+        if let Some(p) = self.peer(slot) {
+            let addr = p.underlay;
+            self.by_addr.remove(&addr);
+            self.peers[slot] = GatewayPeer::vacant();
+            self.inbound.retain(|_, e| e.peer != slot);
+        }
+    }
+}
+
+/// Why [`GatewayTables::insert_peer`] refused a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSlotError {
+    /// Another slot holds a peer at the same underlay address.
+    AddressTaken {
+        /// The address.
+        addr: IpAddr,
+        /// The slot that holds it.
+        slot: usize,
+    },
+}
+
+impl std::fmt::Display for PeerSlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AddressTaken { addr, slot } => {
+                write!(f, "peer slot {slot} already holds a peer at {addr}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PeerSlotError {}
+
+impl GatewayPeer {
+    /// A vacant slot's placeholder.
+    fn vacant() -> Self {
+        Self::new(
+            String::new(),
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Vec::new(),
+        )
     }
 }
 
@@ -236,7 +358,7 @@ pub fn protect(
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
         return fail(PathDrop::Malformed);
     };
-    let entry = &tables.peers[peer];
+    let entry = &tables.peers[peer]; // an occupied slot: found by address
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
         return fail(PathDrop::Policy);
     }
@@ -397,7 +519,7 @@ pub fn try_unprotect(
     let Some(entry) = tables.inbound.get(&spi) else {
         return fail(PathDrop::UnknownSpi);
     };
-    let Some(peer) = tables.peers.get(entry.peer) else {
+    let Some(peer) = tables.peer(entry.peer) else {
         return fail(PathDrop::UnknownSpi);
     };
     if src != peer.underlay {

@@ -50,21 +50,15 @@ pub(crate) fn host(
             },
         );
     }
-    GatewayTables {
-        local,
-        esp: EspTransport::Udp(4500),
-        mode,
-        peers: vec![GatewayPeer {
-            name: "peer".into(),
-            underlay: remote,
-            selectors: vec![vxlan_selector()],
-            outbound: suite
-                .map(|s| sa(spi_out, Direction::Outbound, s))
-                .into_iter()
-                .collect(),
-        }],
-        inbound,
-    }
+    let mut tables = GatewayTables::new(local, EspTransport::Udp(4500), mode);
+    let mut peer = GatewayPeer::new("peer".into(), remote, vec![vxlan_selector()]);
+    peer.outbound = suite
+        .map(|s| sa(spi_out, Direction::Outbound, s))
+        .into_iter()
+        .collect();
+    tables.insert_peer(0, peer).unwrap();
+    tables.inbound = inbound;
+    tables
 }
 
 fn pair(
@@ -242,7 +236,7 @@ fn refuses_what_it_must_not_carry() {
     // A decrypted packet outside the selectors is refused by the receiver:
     // B allows only port 4789; A (misconfigured) protects port 53 too.
     let mut wide = ga.clone();
-    wide.peers[0].selectors.push(GatewaySelector {
+    wide.peer_mut(0).unwrap().selectors.push(GatewaySelector {
         protocol: 17,
         ports: 53..=53,
     });

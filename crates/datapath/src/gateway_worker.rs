@@ -12,8 +12,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -24,7 +24,7 @@ use crate::gateway::{self, GatewayTables};
 use crate::io::socket::{Batch, Poller, SocketKind, runs};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
 use crate::overlay::{HEADROOM, TAILROOM, Transmit};
-use crate::stats::{PathDrop, Stats, add};
+use crate::stats::{NetworkCounters, PathDrop, Stats, add};
 use crate::worker::{BATCH, FrameDevice, GRO_BUFFER_LEN, IkeInbox, Sockets};
 
 /// The largest IP packet a buffer holds.
@@ -41,27 +41,40 @@ const POLL_MS: i32 = 100;
 pub struct GatewayShared {
     /// The published tables.
     pub tables: ArcSwap<GatewayTables>,
-    /// Counters. In gateway mode the per-"network" counters of
-    /// [`Stats::network`] are per peer: index `i` counts
-    /// `tables.peers[i]`'s packets (tx: sealed and sent, rx: opened and
-    /// written to the TUN device).
+    /// Drop and keepalive counters; each peer's packets are counted in
+    /// its own [`GatewayPeer::counters`](crate::gateway::GatewayPeer)
+    /// (tx: sealed and sent, rx: opened and written to the TUN device).
     pub stats: Stats,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// IKE messages that arrived on the ESP-in-UDP port, for the IKE
     /// driver (closed unless one runs).
     pub ike_inbox: IkeInbox,
+    /// Held by every change of the tables: the IKE driver's SAs and the
+    /// control plane's peers are changed from two threads, and a copy
+    /// taken before another thread's store would undo that change.
+    edits: Mutex<()>,
 }
 
 impl GatewayShared {
+    /// Copies the current tables, lets `f` change them, and publishes the
+    /// copy (read-copy-update); one change at a time. The workers pick it
+    /// up with their next batch.
+    pub fn edit(&self, f: &mut dyn FnMut(&mut GatewayTables)) {
+        let _one_at_a_time = self.edits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = (**self.tables.load()).clone();
+        f(&mut next);
+        self.tables.store(Arc::new(next));
+    }
+
     /// Shared state around the first tables.
     pub fn new(tables: GatewayTables) -> Self {
-        let peers = tables.peers.len();
         Self {
             tables: ArcSwap::from_pointee(tables),
-            stats: Stats::new(peers),
+            stats: Stats::new(0),
             stop: AtomicBool::new(false),
             ike_inbox: IkeInbox::default(),
+            edits: Mutex::new(()),
         }
     }
 }
@@ -113,7 +126,7 @@ pub fn run_tx(
                 if let Ok(tx) =
                     gateway::protect(&tables, &shared.stats, buf, HEADROOM, HEADROOM + len, now)
                 {
-                    if let Some(c) = peer_counters(&tables, &shared.stats, tx.dst.ip()) {
+                    if let Some(c) = peer_counters(&tables, tx.dst.ip()) {
                         add(&c.tx_frames, 1);
                         add(&c.tx_bytes, len as u64);
                     }
@@ -261,7 +274,7 @@ pub fn run_rx(
                         Err(PathDrop::UnknownSpi) => {
                             // Perhaps an SA that the IKE driver is about to
                             // install (see `early`).
-                            let known = tables.peers.iter().any(|p| p.underlay == src.ip());
+                            let known = tables.peer_by_addr(src.ip()).is_some();
                             if !(known && early.hold(src.ip(), udp, &buf[start..e], now)) {
                                 shared.stats.drop(PathDrop::UnknownSpi);
                             }
@@ -328,7 +341,7 @@ impl Out {
         src: IpAddr,
         packet: &[u8],
     ) {
-        if let Some(c) = peer_counters(tables, &shared.stats, src) {
+        if let Some(c) = peer_counters(tables, src) {
             add(&c.rx_frames, 1);
             add(&c.rx_bytes, packet.len() as u64);
         }
@@ -391,13 +404,9 @@ fn strip_vnet_header(stats: &Stats, buf: &mut [u8], front: usize, len: usize) ->
     Some(packet_len)
 }
 
-fn peer_counters<'a>(
-    tables: &GatewayTables,
-    stats: &'a Stats,
-    addr: IpAddr,
-) -> Option<&'a crate::stats::NetworkCounters> {
-    let i = tables.peers.iter().position(|p| p.underlay == addr)?;
-    stats.network(i)
+fn peer_counters(tables: &GatewayTables, addr: IpAddr) -> Option<&NetworkCounters> {
+    let i = tables.peer_by_addr(addr)?;
+    tables.peer(i).map(|p| &*p.counters)
 }
 
 /// The header length of an IPv4 packet as a raw socket delivers it.
@@ -570,7 +579,11 @@ mod test {
         // Not from a peer: nothing to wait for.
         shared.tables.store(Arc::new({
             let mut t = receiver(Some(0x5001));
-            t.peers[0].underlay = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+            let mut moved = t.peer(0).unwrap().clone();
+            moved.underlay = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+            let inbound = t.inbound.clone();
+            t.insert_peer(0, moved).unwrap();
+            t.inbound = inbound;
             t
         }));
         let sent = Instant::now();

@@ -33,7 +33,7 @@ impl SaTables for Tables {
 
 impl SaTables for GatewayTables {
     fn outbound_mut(&mut self, peer: usize) -> Option<&mut Vec<SharedSa>> {
-        self.peers.get_mut(peer).map(|p| &mut p.outbound)
+        self.peer_mut(peer).map(|p| &mut p.outbound)
     }
 
     fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry> {
@@ -70,9 +70,7 @@ impl SaStore for Shared {
 
 impl SaStore for GatewayShared {
     fn edit(&self, f: &mut dyn FnMut(&mut dyn SaTables)) {
-        let mut next = (**self.tables.load()).clone();
-        f(&mut next);
-        self.tables.store(Arc::new(next));
+        Self::edit(self, &mut |t: &mut GatewayTables| f(t));
     }
 
     fn stopping(&self) -> bool {

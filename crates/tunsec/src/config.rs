@@ -417,7 +417,7 @@ pub mod gateway_defaults {
 }
 
 /// This host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// Its name, for logs and status.
     pub name: String,
@@ -461,7 +461,7 @@ pub struct Offload {
 }
 
 /// ESP settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EspSettings {
     /// ESP in UDP or raw ESP.
     pub encapsulation: EspEncapsulation,
@@ -576,7 +576,7 @@ impl fmt::Debug for IkePeer {
 }
 
 /// A manually keyed SA pair.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ManualSa {
     /// The SPI of packets from the peer.
     pub spi_in: u32,

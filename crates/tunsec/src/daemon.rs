@@ -259,6 +259,7 @@ impl Daemon {
             worker_sockets[0].clone(),
             ike_states.clone(),
             commands,
+            false,
         )?;
 
         let mut workers = Vec::new();
@@ -344,7 +345,13 @@ impl Daemon {
 
 impl ControlTarget for OverlayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
+        let found = self
+            .config
+            .peers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == peer);
+        crate::ike::send_command(found, &self.ike_commands, peer, command)
     }
 
     fn housekeeping(&self, now: Instant) {

@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::Context;
+use tunsec_datapath::gateway::GatewayTables;
 use tunsec_datapath::gateway_worker::{self, GatewayShared};
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tun;
@@ -18,6 +19,8 @@ use tunsec_datapath::overlay::EspTransport;
 use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
+use super::peers::PeerSlots;
+use super::reconfigure::{guard_peers, install_guard, steering_of};
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop};
 use crate::control::Response;
@@ -73,18 +76,24 @@ pub struct GatewayDaemon {
 }
 
 /// The gateway daemon as its control socket sees it.
-struct GatewayControl {
-    config: Config,
-    gw: Gateway,
-    shared: Arc<GatewayShared>,
+pub(super) struct GatewayControl {
+    /// The configuration tunsecd started with (its peers are those of
+    /// the start; `peers` has them now).
+    pub(super) config: Config,
+    pub(super) gw: Gateway,
+    pub(super) shared: Arc<GatewayShared>,
     mtu: GatewayMtu,
     started: Instant,
     ike_states: IkeStates,
-    ike_commands: IkeCommands,
+    pub(super) ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
     /// Re-authentication before our certificates expire.
     renewal: CertRenewal,
+    /// The peers now, by slot: changed at run time by `reload`
+    /// (`super::reconfigure`). Held while a change is carried out, so
+    /// changes go one at a time.
+    pub(super) peers: Mutex<PeerSlots>,
 }
 
 impl GatewayDaemon {
@@ -136,19 +145,10 @@ impl GatewayDaemon {
         // The guard goes in first, in one atomic replace of whatever a
         // stopped or killed daemon left: from here on, the selectors'
         // cleartext leaves by no device but the TUN device.
-        let guard: Vec<nft::GuardPeer> = config
-            .peers
-            .iter()
-            .map(|p| nft::GuardPeer {
-                underlay: p.underlay,
-                selectors: p.selectors.clone(),
-            })
-            .collect();
-        let scope = match gw.guard {
-            GuardScopeKind::All => nft::GuardScope::All,
-            GuardScopeKind::Peers => nft::GuardScope::Peers,
-        };
-        nft::install(&gw.nft_table, &gw.tun, gw.fwmark, &guard, scope)?;
+        let slots = PeerSlots::new(&config.peers);
+        // A killed daemon's counters are not carried over: they counted
+        // another set of slots.
+        install_guard(&gw, &guard_peers(slots.iter()), &nft::Counters::default())?;
         let entries = Entries { gw: gw.clone() };
 
         // With `[offload] gro`, the receive worker writes runs of UDP
@@ -164,19 +164,7 @@ impl GatewayDaemon {
         let dev: Arc<dyn FrameDevice> = Arc::new(dev);
 
         // Then the steering, adopting the rules a stopped daemon left.
-        let rules = config
-            .peers
-            .iter()
-            .flat_map(|p| steering::rules_for(p.underlay, &p.selectors))
-            .collect();
-        let adopted = steering::adopt(&steering::Steering {
-            tun: gw.tun.clone(),
-            local: underlay,
-            table: gw.table,
-            priority: gw.rule_priority,
-            fwmark: gw.fwmark,
-            rules,
-        })?;
+        let adopted = steering::adopt(&steering_of(&gw, underlay, slots.iter()))?;
         if adopted.kept + adopted.removed > 0 {
             tracing::info!(
                 kept = adopted.kept,
@@ -194,6 +182,8 @@ impl GatewayDaemon {
             sockets.clone(),
             ike_states.clone(),
             commands,
+            // Peers with IKE may come at run time.
+            true,
         )?
         .map(|d| d.for_gateway(gw.mode, gw.fwmark))
         .transpose()?;
@@ -242,6 +232,7 @@ impl GatewayDaemon {
                 ike_commands,
                 config_path: None,
                 renewal,
+                peers: Mutex::new(slots),
             },
             workers,
             listener,
@@ -287,19 +278,32 @@ impl GatewayDaemon {
     }
 }
 
+impl GatewayControl {
+    /// The file the configuration came from, if any.
+    pub(super) fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+}
+
 impl ControlTarget for GatewayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        crate::ike::send_command(&self.config, &self.ike_commands, peer, command)
+        let Ok(slots) = self.peers.lock() else {
+            return Response::Error {
+                message: "the peer table is poisoned".to_owned(),
+            };
+        };
+        let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
+        crate::ike::send_command(found, &self.ike_commands, peer, command)
     }
 
-    /// Reads the configuration file again and hands the IKE driver the
-    /// `[peer.ike]` settings that changed; see `ike::reload`.
+    /// Reads the configuration file again and takes the peers to the
+    /// file's: added, removed, renewed, new credentials; see
+    /// `super::reconfigure`.
     fn reload(&self) -> Response {
-        crate::ike::reload(
-            &self.config,
-            self.config_path.as_deref(),
-            &self.ike_commands,
-        )
+        match self.reload_file() {
+            Ok(message) => Response::Done { message },
+            Err(message) => Response::Error { message },
+        }
     }
 
     /// SA lifetimes (gateway mode has no FDB), certificate renewal.
@@ -312,13 +316,12 @@ impl ControlTarget for GatewayControl {
         );
         let tables = self.shared.tables.load();
         let outbound = tables
-            .peers
-            .iter()
-            .flat_map(|p| p.outbound.iter().map(|sa| (p.name.as_str(), &**sa)));
-        let inbound = tables
-            .inbound
-            .values()
-            .map(|e| (tables.peers[e.peer].name.as_str(), &*e.sa));
+            .peers()
+            .flat_map(|(_, p)| p.outbound.iter().map(|sa| (p.name.as_str(), &**sa)));
+        let inbound = tables.inbound.values().filter_map(|e| {
+            let p = tables.peer(e.peer)?;
+            Some((p.name.as_str(), &*e.sa))
+        });
         crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
     }
 
@@ -326,30 +329,36 @@ impl ControlTarget for GatewayControl {
     /// driver holds), with the IKE SAs: see `keys::answer_export`.
     fn export_keys(&self) -> Response {
         let tables = self.shared.tables.load();
-        let outbound = tables.peers.iter().flat_map(|p| {
+        let outbound = tables.peers().flat_map(|(_, p)| {
             p.outbound
                 .iter()
                 .map(|sa| (p.name.as_str(), p.underlay, &**sa))
         });
-        let inbound = tables.inbound.values().map(|e| {
-            let p = &tables.peers[e.peer];
-            (p.name.as_str(), p.underlay, &*e.sa)
+        let inbound = tables.inbound.values().filter_map(|e| {
+            let p = tables.peer(e.peer)?;
+            Some((p.name.as_str(), p.underlay, &*e.sa))
         });
         let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
         crate::keys::answer_export(&self.ike_commands, esp)
     }
 
     fn delete_sa(&self, peer: &str) -> Response {
-        let current = self.shared.tables.load();
-        let Some(index) = current.peers.iter().position(|p| p.name == peer) else {
+        let mut found = false;
+        self.shared.edit(&mut |t: &mut GatewayTables| {
+            let slot = t.peers().find(|(_, p)| p.name == peer).map(|(i, _)| i);
+            found = slot.is_some();
+            if let Some(slot) = slot {
+                if let Some(p) = t.peer_mut(slot) {
+                    p.outbound.clear();
+                }
+                t.inbound.retain(|_, e| e.peer != slot);
+            }
+        });
+        if !found {
             return Response::Error {
                 message: format!("peer: {peer:?} is not a configured peer"),
             };
-        };
-        let mut next = (**current).clone();
-        next.peers[index].outbound.clear();
-        next.inbound.retain(|_, e| e.peer != index);
-        self.shared.tables.store(Arc::new(next));
+        }
         tracing::warn!(peer = %peer, "SAs deleted by request");
         Response::Done {
             message: format!("deleted the SAs of peer {peer:?}"),
@@ -359,7 +368,8 @@ impl ControlTarget for GatewayControl {
     fn status(&self) -> Status {
         let tables = self.shared.tables.load();
         let stats = &self.shared.stats;
-        let guard = nft::counters(&self.gw.nft_table, tables.peers.len()).ok();
+        let slots = tables.peers().last().map_or(0, |(i, _)| i + 1);
+        let guard = nft::counters(&self.gw.nft_table, slots).ok();
         let ike_states = self
             .ike_states
             .lock()
@@ -367,7 +377,7 @@ impl ControlTarget for GatewayControl {
             .unwrap_or_default();
         let mut peers = Vec::new();
         let mut policies = Vec::new();
-        for (i, p) in tables.peers.iter().enumerate() {
+        for (i, p) in tables.peers() {
             let mut sas = Vec::new();
             for sa in &p.outbound {
                 sas.push(sa_status("out", sa));
@@ -382,11 +392,11 @@ impl ControlTarget for GatewayControl {
                 sas,
                 ike: ike_states.get(&i).cloned(),
             });
-            let c = stats.network(i);
+            let c = &p.counters;
             let get = |f: fn(
                 &tunsec_datapath::stats::NetworkCounters,
             ) -> &std::sync::atomic::AtomicU64| {
-                c.map(|c| f(c).load(Ordering::Relaxed)).unwrap_or(0)
+                f(c).load(Ordering::Relaxed)
             };
             policies.push(GatewayPolicyStatus {
                 peer: p.name.clone(),

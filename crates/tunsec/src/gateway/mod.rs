@@ -30,6 +30,8 @@
 
 pub mod daemon;
 pub mod nft;
+pub mod peers;
+mod reconfigure;
 pub mod steering;
 
 pub use daemon::GatewayDaemon;
@@ -42,7 +44,7 @@ use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
 use tunsec_datapath::overlay::{EspTransport, InboundEntry};
 use tunsec_esp::{Direction, Sa, SaConfig};
 
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, Peer};
 
 /// The MTUs of gateway mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,46 +92,49 @@ pub fn mtu(config: &Config, gw: &Gateway) -> anyhow::Result<GatewayMtu> {
 }
 
 /// Builds the gateway tables (with manually keyed SAs) from a validated
-/// config in gateway mode.
+/// config: peer `i` in slot `i`.
 pub fn build_tables(config: &Config, gw: &Gateway, now: Instant) -> anyhow::Result<GatewayTables> {
-    let mut peers = Vec::new();
-    let mut inbound = tunsec_datapath::fast_map::FastMap::default();
-    for (i, p) in config.peers.iter().enumerate() {
-        let mut outbound = Vec::new();
-        if let Some(sa) = &p.sa {
-            let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
-                let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
-                cfg.esn = sa.esn;
-                cfg.replay_window = config.esp.replay_window;
-                Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
-            };
-            outbound.push(Arc::new(Mutex::new(mk(
-                sa.spi_out,
-                Direction::Outbound,
-                &sa.keys_out,
-            )?)));
-            inbound.insert(
-                sa.spi_in,
-                InboundEntry {
-                    peer: i,
-                    sa: Arc::new(Mutex::new(mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?)),
-                },
-            );
-        }
-        peers.push(GatewayPeer {
-            name: p.name.clone(),
-            underlay: p.underlay,
-            selectors: p.selectors.clone(),
-            outbound,
-        });
+    let mut tables = GatewayTables::new(config.node.underlay, esp_transport(config), mode(gw.mode));
+    for (slot, p) in config.peers.iter().enumerate() {
+        insert_peer(&mut tables, config, slot, p, now)?;
     }
-    Ok(GatewayTables {
-        local: config.node.underlay,
-        esp: esp_transport(config),
-        mode: mode(gw.mode),
-        peers,
-        inbound,
-    })
+    Ok(tables)
+}
+
+/// Puts `p` into `slot` of the tables: with its manually keyed SA pair,
+/// or with no SA until IKE installs one (its traffic is dropped until
+/// then).
+pub fn insert_peer(
+    tables: &mut GatewayTables,
+    config: &Config,
+    slot: usize,
+    p: &Peer,
+    now: Instant,
+) -> anyhow::Result<()> {
+    let mut peer = GatewayPeer::new(p.name.clone(), p.underlay, p.selectors.clone());
+    let mut inbound = None;
+    if let Some(sa) = &p.sa {
+        let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
+            let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
+            cfg.esn = sa.esn;
+            cfg.replay_window = config.esp.replay_window;
+            Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
+        };
+        peer.outbound.push(Arc::new(Mutex::new(mk(
+            sa.spi_out,
+            Direction::Outbound,
+            &sa.keys_out,
+        )?)));
+        let sa_in = mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?;
+        inbound = Some((sa.spi_in, Arc::new(Mutex::new(sa_in))));
+    }
+    tables
+        .insert_peer(slot, peer)
+        .with_context(|| format!("peer {:?}", p.name))?;
+    if let Some((spi, sa)) = inbound {
+        tables.inbound.insert(spi, InboundEntry { peer: slot, sa });
+    }
+    Ok(())
 }
 
 /// What [`remove_entries`] removed.

@@ -35,6 +35,8 @@ use tunsec_datapath::gateway::GatewaySelector;
 /// One peer's part of the guard.
 #[derive(Debug, Clone)]
 pub struct GuardPeer {
+    /// Its slot (see `gateway::peers`): its counter is `peer<slot>`.
+    pub slot: usize,
     /// Its underlay address.
     pub underlay: IpAddr,
     /// What must come through the TUN device.
@@ -86,31 +88,39 @@ pub fn ruleset(
     fwmark: u32,
     peers: &[GuardPeer],
     scope: GuardScope,
+    carry: &Counters,
 ) -> String {
     let mut s = String::new();
     // Create (if missing) and delete: removes a stale table atomically.
     let _ = writeln!(s, "table inet {table} {{}}");
     let _ = writeln!(s, "delete table inet {table}");
     let _ = writeln!(s, "table inet {table} {{");
-    for i in 0..peers.len() {
-        let _ = writeln!(s, "  counter peer{i} {{}}");
+    // The counters start where the replaced table's stood (a peer
+    // changed at run time replaces the whole table).
+    let mut slots: Vec<usize> = peers.iter().map(|p| p.slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let start = |packets: u64| format!("{{ packets {packets} bytes 0 }}");
+    for i in slots {
+        let packets = carry.peers.get(i).copied().unwrap_or(0);
+        let _ = writeln!(s, "  counter peer{i} {}", start(packets));
     }
-    let _ = writeln!(s, "  counter {OTHERS} {{}}");
-    let _ = writeln!(s, "  counter {CLEAR_OUT} {{}}");
+    let _ = writeln!(s, "  counter {OTHERS} {}", start(carry.others));
+    let _ = writeln!(s, "  counter {CLEAR_OUT} {}", start(carry.clear_out));
     let _ = writeln!(s, "  chain input {{");
     let _ = writeln!(
         s,
         "    type filter hook input priority filter - 10; policy accept;"
     );
     let _ = writeln!(s, "    iifname \"{tun}\" accept");
-    for (i, p) in peers.iter().enumerate() {
+    for p in peers {
         let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
         for sel in &p.selectors {
             for m in matches(sel) {
                 let _ = writeln!(
                     s,
-                    "    {family} saddr {} {m} counter name \"peer{i}\" drop",
-                    p.underlay
+                    "    {family} saddr {} {m} counter name \"peer{}\" drop",
+                    p.underlay, p.slot
                 );
             }
         }
@@ -181,17 +191,18 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs (or replaces) the guard.
+/// Installs (or replaces) the guard; its counters start from `carry`.
 pub fn install(
     table: &str,
     tun: &str,
     fwmark: u32,
     peers: &[GuardPeer],
     scope: GuardScope,
+    carry: &Counters,
 ) -> anyhow::Result<()> {
     nft(
         &["-f", "-"],
-        Some(&ruleset(table, tun, fwmark, peers, scope)),
+        Some(&ruleset(table, tun, fwmark, peers, scope, carry)),
     )
     .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
     Ok(())
@@ -209,7 +220,7 @@ pub fn remove(table: &str) -> anyhow::Result<bool> {
 /// What the guard's counters have counted (packets).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Cleartext from each peer's address, by peer index.
+    /// Cleartext from each peer's address, by slot.
     pub peers: Vec<u64>,
     /// Cleartext from other sources.
     pub others: u64,
@@ -217,12 +228,12 @@ pub struct Counters {
     pub clear_out: u64,
 }
 
-/// Reads the guard's counters.
-pub fn counters(table: &str, peers: usize) -> anyhow::Result<Counters> {
+/// Reads the guard's counters, for `slots` slots.
+pub fn counters(table: &str, slots: usize) -> anyhow::Result<Counters> {
     let text = nft(&["-j", "list", "counters", "table", "inet", table], None)?;
     let json: serde_json::Value = serde_json::from_str(&text).context("nft -j printed no JSON")?;
     let mut out = Counters {
-        peers: vec![0; peers],
+        peers: vec![0; slots],
         ..Counters::default()
     };
     for item in json["nftables"].as_array().into_iter().flatten() {
@@ -257,7 +268,8 @@ mod tests {
             protocol: 17,
             ports: 4789..=4789,
         };
-        let peer = |a: &str| GuardPeer {
+        let peer = |slot, a: &str| GuardPeer {
+            slot,
             underlay: a.parse().unwrap(),
             selectors: vec![sel.clone()],
         };
@@ -265,15 +277,32 @@ mod tests {
             "t",
             "tun0",
             0x7453,
-            &[peer("192.0.2.2"), peer("192.0.2.3")],
+            &[peer(0, "192.0.2.2"), peer(2, "192.0.2.3")],
             GuardScope::All,
+            &Counters {
+                peers: vec![0, 0, 7],
+                others: 3,
+                clear_out: 0,
+            },
         );
         let any = "    meta l4proto 17 th dport 4789 counter name \"others\" drop";
         // Once, though two peers share the selector, and after both
         // peers' own rules.
         assert_eq!(text.matches(any).count(), 1, "{text}");
         assert!(text.find(any).unwrap() > text.find("192.0.2.3").unwrap());
-        assert!(text.contains("counter others {}"));
+        // The counters carry over; a vacant slot has none.
+        assert!(
+            text.contains("counter others { packets 3 bytes 0 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("counter peer2 { packets 7 bytes 0 }"),
+            "{text}"
+        );
+        assert!(!text.contains("counter peer1 "), "{text}");
+        assert!(
+            text.contains("saddr 192.0.2.3 meta l4proto 17 th dport 4789 counter name \"peer2\"")
+        );
     }
 
     #[test]
@@ -283,6 +312,7 @@ mod tests {
             "tunsec-gw",
             0x7453,
             &[GuardPeer {
+                slot: 0,
                 underlay: "192.0.2.2".parse().unwrap(),
                 selectors: vec![
                     GatewaySelector {
@@ -296,10 +326,11 @@ mod tests {
                 ],
             }],
             GuardScope::Peers,
+            &Counters::default(),
         );
         assert!(!text.contains("others\" drop"), "peers only");
         assert!(text.starts_with("table inet tunsec_gw {}\ndelete table inet tunsec_gw\n"));
-        assert!(text.contains("counter peer0 {}"));
+        assert!(text.contains("counter peer0 { packets 0 bytes 0 }"));
         assert!(text.contains("iifname \"tunsec-gw\" accept"));
         assert!(text.contains(
             "ip saddr 192.0.2.2 meta l4proto 17 th dport 4789 counter name \"peer0\" drop"
@@ -329,10 +360,12 @@ mod tests {
             "tun0",
             0x7453,
             &[GuardPeer {
+                slot: 0,
                 underlay: "192.0.2.2".parse().unwrap(),
                 selectors: vec![GatewaySelector::whole_protocol(47)],
             }],
             GuardScope::All,
+            &Counters::default(),
         );
         assert!(text.contains("ip saddr 192.0.2.2 meta l4proto 47 counter name \"peer0\" drop"));
         assert!(text.contains("    meta l4proto 47 counter name \"others\" drop"));
@@ -349,6 +382,7 @@ mod tests {
             "tun0",
             0x7453,
             &[GuardPeer {
+                slot: 0,
                 underlay: "2001:db8::2".parse().unwrap(),
                 selectors: vec![GatewaySelector {
                     protocol: 17,
@@ -356,6 +390,7 @@ mod tests {
                 }],
             }],
             GuardScope::Peers,
+            &Counters::default(),
         );
         assert!(text.contains("ip6 saddr 2001:db8::2 meta l4proto 17 th dport 6081"));
     }

@@ -2,7 +2,8 @@
 //! up/down/rekey/reauth`, reload, key export).
 
 use super::status::transform_names;
-use super::{DriverKeys, IkeCommand, IkeDriver, RETRY_MIN};
+use super::{DriverKeys, IkeCommand, IkeDriver, PeerIke, RETRY_MIN};
+use crate::config::Peer;
 use std::time::Instant;
 
 use tunsec_datapath::io::socket::Batch;
@@ -18,6 +19,16 @@ impl IkeDriver {
                 return;
             }
             IkeCommand::Reauth(index) => return self.reauth(now, index),
+            IkeCommand::AddPeer(index, peer, done) => {
+                self.add_peer(now, index, &peer);
+                let _ = done.send(());
+                return;
+            }
+            IkeCommand::RemovePeer(index, done) => {
+                self.remove_peer(now, index);
+                let _ = done.send(());
+                return;
+            }
             IkeCommand::ExportKeys(reply) => {
                 // The control thread may have given up waiting.
                 let _ = reply.send(self.export_keys());
@@ -38,28 +49,8 @@ impl IkeDriver {
                 p.retry_at = None;
                 p.liveness_at = None;
                 p.last_error = Some("down by request".to_owned());
-                // Tell the peer (one DELETE of the IKE SA, which takes its
-                // Child SAs with it), then forget the SA: its SAs leave the
-                // tables at once, so nothing waits on the peer's answer.
-                if let Some(incoming) = p.incoming.take() {
-                    self.endpoint.remove(incoming);
-                }
-                if let Some(handle) = p.handle.take() {
-                    if let Some(sa) = self.endpoint.sa_mut(handle) {
-                        if sa.is_established() {
-                            let _ = sa.delete(now);
-                        }
-                        let mut out = Vec::new();
-                        while let Some(t) = sa.poll_transmit() {
-                            out.push(t);
-                        }
-                        self.send(&mut Batch::new(4), &out);
-                    }
-                    self.endpoint.remove(handle);
-                }
-                let name = self.peers[i].name.clone();
-                self.remove_all(i, index, &name);
-                tracing::warn!(peer = %name, "IKE: down by request");
+                self.take_down(now, i);
+                tracing::warn!(peer = %self.peers[i].name, "IKE: down by request");
             }
             IkeCommand::Up(_) => {
                 let p = &mut self.peers[i];
@@ -71,7 +62,11 @@ impl IkeDriver {
                 }
                 tracing::info!(peer = %p.name, "IKE: up by request");
             }
-            IkeCommand::Reload(..) | IkeCommand::Reauth(_) | IkeCommand::ExportKeys(_) => {}
+            IkeCommand::Reload(..)
+            | IkeCommand::Reauth(_)
+            | IkeCommand::ExportKeys(_)
+            | IkeCommand::AddPeer(..)
+            | IkeCommand::RemovePeer(..) => {}
             IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
                 let p = &self.peers[i];
                 let ike = matches!(command, IkeCommand::RekeyIke(_));
@@ -91,6 +86,57 @@ impl IkeDriver {
                 }
             }
         }
+        self.publish_status();
+    }
+
+    /// Deletes peer `i`'s IKE SA (one DELETE, which takes its Child SAs
+    /// with it: RFC 7296 section 1.4.1) and forgets it, and its new one
+    /// beside it if any; its SAs leave the tables at once, so nothing
+    /// waits on the peer's answer.
+    fn take_down(&mut self, now: Instant, i: usize) {
+        let p = &mut self.peers[i];
+        if let Some(incoming) = p.incoming.take() {
+            self.endpoint.remove(incoming);
+        }
+        if let Some(handle) = p.handle.take() {
+            if let Some(sa) = self.endpoint.sa_mut(handle) {
+                if sa.is_established() {
+                    let _ = sa.delete(now);
+                }
+                let mut out = Vec::new();
+                while let Some(t) = sa.poll_transmit() {
+                    out.push(t);
+                }
+                self.send(&mut Batch::new(4), &out);
+            }
+            self.endpoint.remove(handle);
+        }
+        let (index, name) = (self.peers[i].index, self.peers[i].name.clone());
+        self.remove_all(i, index, &name);
+    }
+
+    /// Takes up a peer configured at run time in slot `index` (replacing
+    /// one the driver still knows there).
+    fn add_peer(&mut self, now: Instant, index: usize, peer: &Peer) {
+        self.remove_peer(now, index);
+        // Gateway mode: the Child SA's selectors are the peer's own, not
+        // tunnel ports.
+        let Some(p) = PeerIke::new(index, peer, Vec::new(), self.local, now) else {
+            return;
+        };
+        tracing::info!(peer = %p.name, initiator = p.initiator, "IKE: peer added");
+        self.peers.push(p);
+        self.publish_status();
+    }
+
+    /// Forgets the peer in slot `index`, after deleting its SAs.
+    fn remove_peer(&mut self, now: Instant, index: usize) {
+        let Some(i) = self.peers.iter().position(|p| p.index == index) else {
+            return;
+        };
+        self.take_down(now, i);
+        let p = self.peers.remove(i);
+        tracing::info!(peer = %p.name, "IKE: peer removed");
         self.publish_status();
     }
 

@@ -4,7 +4,7 @@
 use super::selectors::{gateway_selectors, selectors, tunnel_ports};
 use super::{
     IDLE, IKE_PORT, IkeCommand, IkeStates, KEEPALIVE_PACKET, LIVENESS, MAX_DATAGRAM, PeerIke,
-    RETRY_MAX, RETRY_MIN, START_GRACE, reload,
+    RETRY_MAX, reload,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -52,49 +52,19 @@ impl IkeDriver {
         sockets: Arc<Sockets>,
         states: IkeStates,
         commands: mpsc::Receiver<IkeCommand>,
+        always: bool,
     ) -> anyhow::Result<Option<Self>> {
         let local = config.node.underlay;
+        let now = Instant::now();
         let peers: Vec<PeerIke> = config
             .peers
             .iter()
             .enumerate()
             .filter_map(|(index, p)| {
-                p.ike.as_ref().map(|ike| PeerIke {
-                    index,
-                    name: p.name.clone(),
-                    addr: SocketAddr::new(p.underlay, IKE_PORT),
-                    ike: ike.clone(),
-                    tunnel_ports: tunnel_ports(config, &p.networks),
-                    gateway_selectors: p.selectors.clone(),
-                    initiator: local < p.underlay,
-                    handle: None,
-                    incoming: None,
-                    keepalive_at: None,
-                    // The designated responder initiates too if the peer
-                    // stays silent (it may hold an IKE SA from before our
-                    // restart).
-                    retry_at: Some(if local < p.underlay {
-                        Instant::now()
-                    } else {
-                        Instant::now() + START_GRACE
-                    }),
-                    retry_wait: RETRY_MIN,
-                    last_error: None,
-                    child_sas: 0,
-                    ike_rekeys: 0,
-                    liveness_at: None,
-                    admin_down: false,
-                    pending_outbound: Vec::new(),
-                    fresh_ike_sa: false,
-                    expiring_inbound: Vec::new(),
-                    reauth_on_rekey: false,
-                    reauthing: false,
-                    replacing: None,
-                    replacement: None,
-                })
+                PeerIke::new(index, p, tunnel_ports(config, &p.networks), local, now)
             })
             .collect();
-        if peers.is_empty() {
+        if peers.is_empty() && !always {
             return Ok(None);
         }
         let socket = DatagramSocket::udp(SocketAddr::new(local, IKE_PORT))

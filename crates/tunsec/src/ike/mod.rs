@@ -55,6 +55,7 @@ mod status;
 pub use driver::IkeDriver;
 use peer::{PeerIke, PendingOutbound};
 pub use reload::{ReloadPlan, plan as reload_plan};
+pub(crate) use reload::{same_auth, same_negotiation};
 pub(crate) use renewal::CertRenewal;
 
 use std::collections::HashMap;
@@ -64,7 +65,7 @@ use std::time::Duration;
 
 use tunsec_datapath::sa_store::SaStore;
 
-use crate::config::{Config, IkePeer};
+use crate::config::{Config, IkePeer, Peer};
 use crate::status::IkeStatus;
 
 /// The IKE port (RFC 7296 section 2).
@@ -120,6 +121,15 @@ pub enum IkeCommand {
     /// ones are re-authenticated at their next IKE SA rekey. The driver
     /// answers on the channel once it has taken them up.
     Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
+    /// A peer configured at run time, in slot `.0` (the tables' slot,
+    /// already set up): it starts like a peer of the configuration file.
+    /// The driver answers on the channel once it has taken it up.
+    AddPeer(usize, Box<Peer>, mpsc::Sender<()>),
+    /// A peer removed at run time: its IKE SA is deleted (one DELETE to
+    /// the peer, which takes its Child SAs with it), its SAs leave the
+    /// tables, and the driver forgets it. The driver answers on the
+    /// channel once the SAs are gone.
+    RemovePeer(usize, mpsc::Sender<()>),
     /// The keys of every IKE SA, and of the rekeyed outbound ESP SAs
     /// that wait for their switch (they are in no table yet), for
     /// `tunsec keys export`. The driver answers on the channel.
@@ -159,6 +169,58 @@ impl IkeCommands {
         self.shared.ike_inbox().wake();
         Ok(())
     }
+
+    /// Sends the command that `make` builds around an answer channel,
+    /// and waits for the driver's answer.
+    fn send_and_wait(
+        &self,
+        what: &str,
+        make: impl FnOnce(mpsc::Sender<()>) -> IkeCommand,
+    ) -> Result<(), String> {
+        let (done, taken) = mpsc::channel();
+        self.send(make(done))
+            .map_err(|_| "the IKE driver is not running".to_owned())?;
+        taken.recv_timeout(RELOAD_WAIT).map_err(|_| {
+            format!(
+                "{what}: the IKE driver did not answer within {} s",
+                RELOAD_WAIT.as_secs()
+            )
+        })
+    }
+
+    /// Hands the driver a peer configured at run time, in `slot`, and
+    /// waits until it has taken it up.
+    pub(crate) fn add_peer(&self, slot: usize, peer: &Peer) -> Result<(), String> {
+        let what = format!("adding peer {:?}", peer.name);
+        self.send_and_wait(&what, |done| {
+            IkeCommand::AddPeer(slot, Box::new(peer.clone()), done)
+        })
+    }
+
+    /// Has the driver delete the IKE SA of the peer in `slot` and forget
+    /// it, and waits until its SAs are gone.
+    pub(crate) fn remove_peer(&self, slot: usize) -> Result<(), String> {
+        self.send_and_wait("removing a peer", |done| IkeCommand::RemovePeer(slot, done))
+    }
+
+    /// Hands the driver new `[peer.ike]` settings by slot, and waits
+    /// until it has taken them up; with `now`, it re-authenticates those
+    /// peers at once (else at their next IKE SA rekey).
+    pub(crate) fn update_peers(
+        &self,
+        updates: Vec<(usize, Box<IkePeer>)>,
+        now: bool,
+    ) -> Result<(), String> {
+        let slots: Vec<usize> = updates.iter().map(|(i, _)| *i).collect();
+        self.send_and_wait("new IKE settings", |done| IkeCommand::Reload(updates, done))?;
+        if now {
+            for slot in slots {
+                self.send(IkeCommand::Reauth(slot))
+                    .map_err(|_| "the IKE driver is not running".to_owned())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long `tunsec reload` waits for the IKE driver to take up new
@@ -170,18 +232,18 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 /// ask (both daemons, overlay and gateway mode): an error names a peer
 /// that is not configured or has manual keys, or a driver that is gone.
 pub(crate) fn send_command(
-    config: &Config,
+    found: Option<(usize, &Peer)>,
     commands: &IkeCommands,
     peer: &str,
     command: fn(usize) -> IkeCommand,
 ) -> crate::control::Response {
     use crate::control::Response;
-    let Some(index) = config.peers.iter().position(|p| p.name == peer) else {
+    let Some((index, configured)) = found else {
         return Response::Error {
             message: format!("peer: {peer:?} is not a configured peer"),
         };
     };
-    if config.peers[index].ike.is_none() {
+    if configured.ike.is_none() {
         return Response::Error {
             message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
         };
@@ -195,6 +257,7 @@ pub(crate) fn send_command(
         IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
         IkeCommand::Reload(..) => "reloading".to_owned(),
         IkeCommand::ExportKeys(_) => "exporting keys".to_owned(),
+        IkeCommand::AddPeer(..) | IkeCommand::RemovePeer(..) => "changing peers".to_owned(),
     };
     if commands.send(command).is_err() {
         return Response::Error {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use tunsec_esp::Sa;
 use tunsec_ike::sa::SaHandle;
 
-use crate::config::IkePeer;
+use std::net::IpAddr;
+
+use super::{IKE_PORT, RETRY_MIN, START_GRACE};
+use crate::config::{IkePeer, Peer};
 use tunsec_datapath::gateway::GatewaySelector;
 
 /// One peer's IKE bookkeeping.
@@ -75,4 +78,47 @@ pub(super) struct PendingOutbound {
     pub(super) spi: u32,
     pub(super) sa: Sa,
     pub(super) deadline: Instant,
+}
+
+impl PeerIke {
+    /// The bookkeeping of `peer` in slot `index`, if it uses IKE. Who
+    /// initiates: the lower underlay address at once; the other after
+    /// `START_GRACE` if the peer stays silent (it may hold an IKE SA from
+    /// before our restart).
+    pub(super) fn new(
+        index: usize,
+        peer: &Peer,
+        tunnel_ports: Vec<u16>,
+        local: IpAddr,
+        now: Instant,
+    ) -> Option<Self> {
+        let ike = peer.ike.as_ref()?;
+        let initiator = local < peer.underlay;
+        Some(Self {
+            index,
+            name: peer.name.clone(),
+            addr: SocketAddr::new(peer.underlay, IKE_PORT),
+            ike: ike.clone(),
+            tunnel_ports,
+            gateway_selectors: peer.selectors.clone(),
+            initiator,
+            handle: None,
+            incoming: None,
+            keepalive_at: None,
+            retry_at: Some(if initiator { now } else { now + START_GRACE }),
+            retry_wait: RETRY_MIN,
+            last_error: None,
+            child_sas: 0,
+            ike_rekeys: 0,
+            liveness_at: None,
+            admin_down: false,
+            pending_outbound: Vec::new(),
+            fresh_ike_sa: false,
+            expiring_inbound: Vec::new(),
+            reauth_on_rekey: false,
+            reauthing: false,
+            replacing: None,
+            replacement: None,
+        })
+    }
 }

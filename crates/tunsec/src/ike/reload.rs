@@ -93,7 +93,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
 /// Whether two `[peer.ike]` sections authenticate alike: the same PSK, or
 /// the same certificate chain and trust, and the same identities. (Key
 /// files are compared through the chain they must match.)
-fn same_auth(a: &IkePeer, b: &IkePeer) -> bool {
+pub(crate) fn same_auth(a: &IkePeer, b: &IkePeer) -> bool {
     let certs = match (&a.cert, &b.cert) {
         (None, None) => true,
         (Some(x), Some(y)) => {
@@ -155,7 +155,7 @@ pub(super) fn auth_summary(ike: &IkePeer) -> String {
 /// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,
 /// selectors, lifetimes, NAT keepalives). A change applies to new IKE
 /// SAs, like new credentials.
-fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
+pub(crate) fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
     a.ike_proposals == b.ike_proposals
         && a.esp_proposals == b.esp_proposals
         && a.mode == b.mode

@@ -1,0 +1,279 @@
+//! The peers gateway mode protects, by slot, and the plan that takes
+//! them to another set at run time: from `tunsec reload` of a changed
+//! file, or from the tunnel rows of the OVS database.
+//!
+//! A peer keeps its slot while it is configured: the tables, the IKE
+//! driver, the guard's counters and `tunsec status` all name it by the
+//! slot. Peers are matched by name:
+//! - a new name is added, into the first vacant slot;
+//! - a name that is gone is removed, and its slot becomes vacant;
+//! - a peer whose address, selectors or keying (manual or IKE) changed
+//!   is renewed in its slot: its SAs are deleted and new ones negotiated
+//!   with the new settings (its traffic is dropped meanwhile);
+//! - a peer whose `[peer.ike]` alone changed (PSK, certificates,
+//!   identities, proposals, lifetimes) is re-authenticated: a new IKE SA
+//!   with the new settings beside the old one, which carries the traffic
+//!   until the new one is up (make before break, RFC 7296 section
+//!   2.8.3);
+//! - every other peer is untouched.
+
+use crate::config::Peer;
+use crate::ike::{same_auth, same_negotiation};
+
+/// The configured peers by slot; `None` is a vacant slot.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSlots {
+    slots: Vec<Option<Peer>>,
+}
+
+/// What [`PeerSlots::plan`] found to do.
+#[derive(Debug, Default)]
+pub struct PeerPlan {
+    /// New peers and the slots they get.
+    pub add: Vec<(usize, Peer)>,
+    /// Peers to remove, by slot (the peer as it was).
+    pub remove: Vec<(usize, Peer)>,
+    /// Peers renewed in their slot: the new settings.
+    pub renew: Vec<(usize, Peer)>,
+    /// Peers to re-authenticate with new `[peer.ike]` settings, in their
+    /// slot.
+    pub reauth: Vec<(usize, Peer)>,
+    /// How many peers stay as they are.
+    pub unchanged: usize,
+}
+
+impl PeerPlan {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty()
+            && self.remove.is_empty()
+            && self.renew.is_empty()
+            && self.reauth.is_empty()
+    }
+
+    /// One line for the log and for `tunsec reload`'s answer: `added:
+    /// h3; removed: h4; new credentials for h2; 5 unchanged`.
+    pub fn summary(&self) -> String {
+        let names = |v: &[(usize, Peer)]| {
+            v.iter()
+                .map(|(_, p)| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("added: ", &self.add),
+            ("removed: ", &self.remove),
+            ("renewed: ", &self.renew),
+            ("new credentials for ", &self.reauth),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}{}", names(list)));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no peer changed".to_owned());
+        }
+        format!("{}; {} unchanged", parts.join("; "), self.unchanged)
+    }
+}
+
+impl PeerSlots {
+    /// The peers of a configuration, in its order: slot `i` is
+    /// `peers[i]`.
+    pub fn new(peers: &[Peer]) -> Self {
+        Self {
+            slots: peers.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// The peer in `slot`.
+    pub fn get(&self, slot: usize) -> Option<&Peer> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The slot of the peer named `name`.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.iter().find(|(_, p)| p.name == name).map(|(i, _)| i)
+    }
+
+    /// The configured peers and their slots, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Peer)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+    }
+
+    /// How many slots there are, vacant ones included.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no peer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// What it takes to go from these peers to `wanted` (whose names are
+    /// unique, as a loaded configuration's are). Added peers get the
+    /// vacant slots first, lowest first, then new ones; a removed peer's
+    /// slot is not reused within the same plan, so that its SAs are gone
+    /// before another peer takes it.
+    pub fn plan(&self, wanted: &[Peer]) -> PeerPlan {
+        let mut plan = PeerPlan::default();
+        for (slot, old) in self.iter() {
+            if !wanted.iter().any(|p| p.name == old.name) {
+                plan.remove.push((slot, old.clone()));
+            }
+        }
+        let mut vacant = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_none())
+            .map(|(i, _)| i);
+        let mut next = self.slots.len();
+        for p in wanted {
+            match self.slot_of(&p.name) {
+                None => {
+                    let slot = vacant.next().unwrap_or_else(|| {
+                        next += 1;
+                        next - 1
+                    });
+                    plan.add.push((slot, p.clone()));
+                }
+                Some(slot) => {
+                    let old = self.get(slot).expect("slot_of found it");
+                    match change(old, p) {
+                        Change::None => plan.unchanged += 1,
+                        Change::Ike => plan.reauth.push((slot, p.clone())),
+                        Change::Renew => plan.renew.push((slot, p.clone())),
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// Records a carried-out plan.
+    pub fn apply(&mut self, plan: &PeerPlan) {
+        for (slot, _) in &plan.remove {
+            self.slots[*slot] = None;
+        }
+        for (slot, p) in plan.add.iter().chain(&plan.renew).chain(&plan.reauth) {
+            if self.slots.len() <= *slot {
+                self.slots.resize(*slot + 1, None);
+            }
+            self.slots[*slot] = Some(p.clone());
+        }
+    }
+}
+
+/// How one peer changed.
+enum Change {
+    None,
+    /// Only its `[peer.ike]`.
+    Ike,
+    /// What it protects or negotiates.
+    Renew,
+}
+
+fn change(old: &Peer, new: &Peer) -> Change {
+    if old.underlay != new.underlay
+        || old.selectors != new.selectors
+        || old.networks != new.networks
+        || old.sa != new.sa
+    {
+        return Change::Renew;
+    }
+    match (&old.ike, &new.ike) {
+        (None, None) => Change::None,
+        (Some(a), Some(b)) if same_auth(a, b) && same_negotiation(a, b) => Change::None,
+        (Some(_), Some(_)) => Change::Ike,
+        _ => Change::Renew,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(peers: &[(&str, &str, &str, u16)]) -> Config {
+        let mut text = String::from(
+            "[node]\nname = \"a\"\nunderlay = \"10.9.0.1\"\n\
+             [gateway]\ntun = \"tsgw0\"\n",
+        );
+        for (name, addr, psk, port) in peers {
+            text.push_str(&format!(
+                "[[peer]]\nname = \"{name}\"\nunderlay = \"{addr}\"\n\
+                 [[peer.selector]]\nprotocol = \"udp\"\nports = {port}\n\
+                 [peer.ike]\npsk_env = \"{psk}\"\n"
+            ));
+        }
+        // `psk_env` names the key; the key is the name itself, reversed.
+        let env = |name: &str| Some(name.chars().rev().collect::<String>().into());
+        Config::parse_with_env(&text, std::path::Path::new("."), &env).unwrap()
+    }
+
+    fn names(v: &[(usize, Peer)]) -> Vec<(usize, &str)> {
+        v.iter().map(|(i, p)| (*i, p.name.as_str())).collect()
+    }
+
+    #[test]
+    fn plan_by_name_keeps_slots() {
+        let old = config(&[
+            ("b", "10.9.0.2", "SECRET_ONE_1234", 4789),
+            ("c", "10.9.0.3", "SECRET_ONE_1234", 4789),
+            ("d", "10.9.0.4", "SECRET_ONE_1234", 4789),
+        ]);
+        let mut slots = PeerSlots::new(&old.peers);
+        // c goes, d gets a new PSK, e comes, b is the same.
+        let new = config(&[
+            ("e", "10.9.0.5", "SECRET_ONE_1234", 4789),
+            ("d", "10.9.0.4", "SECRET_TWO_1234", 4789),
+            ("b", "10.9.0.2", "SECRET_ONE_1234", 4789),
+        ]);
+        let plan = slots.plan(&new.peers);
+        assert_eq!(names(&plan.remove), [(1, "c")]);
+        // c's slot is not reused in the plan that frees it.
+        assert_eq!(names(&plan.add), [(3, "e")]);
+        assert_eq!(names(&plan.reauth), [(2, "d")]);
+        assert!(plan.renew.is_empty());
+        assert_eq!(plan.unchanged, 1);
+        slots.apply(&plan);
+        assert_eq!(
+            slots
+                .iter()
+                .map(|(i, p)| (i, p.name.as_str()))
+                .collect::<Vec<_>>(),
+            [(0, "b"), (2, "d"), (3, "e")]
+        );
+        // The next peer takes the vacant slot.
+        let more = config(&[
+            ("e", "10.9.0.5", "SECRET_ONE_1234", 4789),
+            ("d", "10.9.0.4", "SECRET_TWO_1234", 4789),
+            ("b", "10.9.0.2", "SECRET_ONE_1234", 4789),
+            ("f", "10.9.0.6", "SECRET_ONE_1234", 4789),
+        ]);
+        let plan = slots.plan(&more.peers);
+        assert_eq!(names(&plan.add), [(1, "f")]);
+        assert_eq!(plan.unchanged, 3);
+        assert!(!plan.is_empty());
+        assert!(slots.plan(&new.peers).remove.is_empty());
+    }
+
+    #[test]
+    fn a_new_port_or_address_renews_the_peer() {
+        let old = config(&[("b", "10.9.0.2", "SECRET_ONE_1234", 4789)]);
+        let slots = PeerSlots::new(&old.peers);
+        let port = config(&[("b", "10.9.0.2", "SECRET_ONE_1234", 6081)]);
+        assert_eq!(names(&slots.plan(&port.peers).renew), [(0, "b")]);
+        let addr = config(&[("b", "10.9.0.7", "SECRET_ONE_1234", 4789)]);
+        assert_eq!(names(&slots.plan(&addr.peers).renew), [(0, "b")]);
+        let same = slots.plan(&old.peers);
+        assert!(same.is_empty());
+        assert_eq!(same.summary(), "no peer changed; 1 unchanged");
+    }
+}

@@ -1,0 +1,241 @@
+//! Peers that come and go while gateway mode runs, failing closed at
+//! every step. A change ([`super::peers::PeerPlan`]) is carried out in
+//! this order:
+//!
+//! 1. The guard ([`nft`]) is replaced, in one transaction, by one that
+//!    covers the old peers and the new ones: from here on no cleartext
+//!    of either leaves or enters but through the TUN device.
+//! 2. The IKE SAs of removed and renewed peers are deleted (a DELETE
+//!    reaches the peer) and their SAs leave the tables.
+//! 3. The tables: removed peers' slots are emptied, renewed peers get
+//!    their new settings, added peers their slots, all with no SA (so
+//!    their steered traffic is dropped, `no_sa`, until IKE installs one).
+//! 4. The steering ([`steering::adopt`]) takes the rules to the new set:
+//!    added peers' traffic goes into the TUN device, removed peers' no
+//!    longer does (the guard still drops it).
+//! 5. The IKE driver takes up the added and renewed peers (they initiate
+//!    as at start-up) and the new credentials of re-authenticated ones.
+//! 6. The guard is replaced by the new set's: a removed peer's traffic
+//!    now flows as it did before it was configured, in the clear.
+//!
+//! Other peers' SAs, rules and traffic are untouched throughout: the
+//! tables change by read-copy-update, the rules by adding and removing
+//! only the changed peers' (adopt never removes a rule it keeps), and the
+//! guard's replacement is atomic and covers them at every moment.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::daemon::GatewayControl;
+use super::peers::PeerPlan;
+use super::{insert_peer, nft, steering};
+use crate::config::{Config, Gateway, GuardScopeKind, Peer};
+use tunsec_datapath::gateway::GatewayTables;
+
+/// The guard's part of each peer.
+pub(super) fn guard_peers<'a>(
+    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
+) -> Vec<nft::GuardPeer> {
+    peers
+        .into_iter()
+        .map(|(slot, p)| nft::GuardPeer {
+            slot,
+            underlay: p.underlay,
+            selectors: p.selectors.clone(),
+        })
+        .collect()
+}
+
+/// Installs (or replaces) the guard over `peers`, its counters starting
+/// from `carry`.
+pub(super) fn install_guard(
+    gw: &Gateway,
+    peers: &[nft::GuardPeer],
+    carry: &nft::Counters,
+) -> anyhow::Result<()> {
+    let scope = match gw.guard {
+        GuardScopeKind::All => nft::GuardScope::All,
+        GuardScopeKind::Peers => nft::GuardScope::Peers,
+    };
+    nft::install(&gw.nft_table, &gw.tun, gw.fwmark, peers, scope, carry)
+}
+
+/// The steering that `peers` need.
+pub(super) fn steering_of<'a>(
+    gw: &Gateway,
+    local: IpAddr,
+    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
+) -> steering::Steering {
+    steering::Steering {
+        tun: gw.tun.clone(),
+        local,
+        table: gw.table,
+        priority: gw.rule_priority,
+        fwmark: gw.fwmark,
+        rules: peers
+            .into_iter()
+            .flat_map(|(_, p)| steering::rules_for(p.underlay, &p.selectors))
+            .collect(),
+    }
+}
+
+impl GatewayControl {
+    /// Takes the peers to `wanted` (see the module documentation for the
+    /// order). New `[peer.ike]` settings are re-authenticated at once
+    /// with `reauth_now`, else at the peer's next IKE SA rekey. An error
+    /// says which step failed; the guard then still covers every peer,
+    /// old and new.
+    pub(crate) fn set_peers(&self, wanted: &[Peer], reauth_now: bool) -> Result<PeerPlan, String> {
+        let mut slots = self
+            .peers
+            .lock()
+            .map_err(|_| "the peer table is poisoned".to_owned())?;
+        let plan = slots.plan(wanted);
+        if plan.is_empty() {
+            return Ok(plan);
+        }
+        let started = Instant::now();
+        let gw = &self.gw;
+        let most_slots = slots.len() + plan.add.len();
+        let carry = || nft::counters(&gw.nft_table, most_slots).unwrap_or_default();
+
+        // 1. The guard: old and new.
+        let mut both = guard_peers(slots.iter());
+        both.extend(guard_peers(by_slot(&plan.add)));
+        both.extend(guard_peers(by_slot(&plan.renew)));
+        install_guard(gw, &both, &carry()).map_err(|e| format!("guard: {e:#}"))?;
+
+        // 2. The IKE SAs of peers that go or change.
+        let renewed_old = plan
+            .renew
+            .iter()
+            .filter_map(|(s, _)| Some((*s, slots.get(*s)?)));
+        let going: Vec<usize> = plan
+            .remove
+            .iter()
+            .map(|(s, p)| (*s, p))
+            .chain(renewed_old)
+            .filter(|(_, p)| p.ike.is_some())
+            .map(|(s, _)| s)
+            .collect();
+        for slot in going {
+            self.ike_commands.remove_peer(slot)?;
+        }
+
+        // 3. The tables.
+        let mut failed = None;
+        self.shared.edit(&mut |t: &mut GatewayTables| {
+            failed = apply_to_tables(t, &self.config, &plan, started).err();
+        });
+        if let Some(e) = failed {
+            return Err(format!("tables: {e:#}"));
+        }
+        slots.apply(&plan);
+
+        // 4. The steering.
+        let adopted = steering::adopt(&steering_of(gw, self.config.node.underlay, slots.iter()))
+            .map_err(|e| format!("steering: {e:#}"))?;
+
+        // 5. IKE for the new and renewed peers, new settings for others.
+        for (slot, p) in plan.add.iter().chain(&plan.renew) {
+            if p.ike.is_some() {
+                self.ike_commands.add_peer(*slot, p)?;
+            }
+        }
+        let updates: Vec<_> = plan
+            .reauth
+            .iter()
+            .filter_map(|(s, p)| Some((*s, Box::new(p.ike.clone()?))))
+            .collect();
+        if !updates.is_empty() {
+            self.ike_commands.update_peers(updates, reauth_now)?;
+        }
+
+        // 6. The guard: the new set only.
+        install_guard(gw, &guard_peers(slots.iter()), &carry())
+            .map_err(|e| format!("guard: {e:#}"))?;
+        tracing::info!(
+            rules_added = adopted.added,
+            rules_removed = adopted.removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "peers changed: {}",
+            plan.summary()
+        );
+        Ok(plan)
+    }
+
+    /// `tunsec reload` and SIGHUP: the file's peers, taken up with
+    /// [`Self::set_peers`]; new credentials apply at the next IKE SA
+    /// rekey (or `tunsec reauth`). A file that does not load changes
+    /// nothing. Settings other than the peers need a restart, and are
+    /// named in the answer.
+    pub(super) fn reload_file(&self) -> Result<String, String> {
+        let _reloading = crate::systemd::reloading();
+        let path = self
+            .config_path()
+            .ok_or("reload: tunsecd was started without a configuration file")?;
+        let new = Config::load(path)
+            .map_err(|e| format!("reload: {}: {e}; nothing changed", path.display()))?;
+        if new.gateway.is_none() {
+            return Err(format!(
+                "reload: {}: has no [gateway]; switching modes needs a restart; nothing changed",
+                path.display()
+            ));
+        }
+        let plan = self.set_peers(&new.peers, false)?;
+        let mut message = format!("reloaded: {}", plan.summary());
+        if !plan.reauth.is_empty() {
+            message.push_str(
+                " (new IKE settings: new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
+            );
+        }
+        let mut ignored = Vec::new();
+        if new.node != self.config.node {
+            ignored.push("[node]");
+        }
+        if new.esp != self.config.esp {
+            ignored.push("[esp]");
+        }
+        if new.gateway.as_ref() != Some(gw_of(&self.config)) {
+            ignored.push("[gateway]");
+        }
+        if !ignored.is_empty() {
+            message.push_str(&format!(
+                "; ignored (they change with a restart): {}",
+                ignored.join(", ")
+            ));
+        }
+        tracing::info!("{message}");
+        Ok(message)
+    }
+}
+
+fn by_slot(list: &[(usize, Peer)]) -> impl Iterator<Item = (usize, &Peer)> {
+    list.iter().map(|(s, p)| (*s, p))
+}
+
+fn gw_of(config: &Config) -> &Gateway {
+    config.gateway.as_ref().expect("gateway mode has [gateway]")
+}
+
+/// Step 3: the plan's changes to the tables.
+fn apply_to_tables(
+    t: &mut GatewayTables,
+    config: &Config,
+    plan: &PeerPlan,
+    now: Instant,
+) -> anyhow::Result<()> {
+    for (slot, _) in plan.remove.iter().chain(&plan.renew) {
+        t.remove_peer(*slot);
+    }
+    for (slot, p) in plan.add.iter().chain(&plan.renew) {
+        insert_peer(t, config, *slot, p, now)?;
+    }
+    for (slot, p) in &plan.reauth {
+        // Only `[peer.ike]` changed: the entry and its SAs stay.
+        if let Some(entry) = t.peer_mut(*slot) {
+            entry.name.clone_from(&p.name);
+        }
+    }
+    Ok(())
+}
