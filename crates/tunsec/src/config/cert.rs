@@ -11,8 +11,9 @@ use tunsec_ike::message::Identity;
 use tunsec_ike::sa::CertAuth;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::ike::RawIke;
 use super::secret::resolve;
-use super::{ConfigError, RawIke, invalid, ip_identity, quoted};
+use super::{ConfigError, invalid, ip_identity, quoted};
 
 /// How a peer authenticates in IKE_AUTH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -351,7 +352,7 @@ pub fn der_to_dn(der: &[u8]) -> Option<String> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::super::test::ike_config;
+    use super::super::testing::ike_config;
     use super::*;
     use crate::config::{Config, ConfigError};
     use crate::pki::{self, KeyAlg};

@@ -140,14 +140,7 @@ mod test {
     }
 
     fn refused(text: &str) -> (String, String, String) {
-        match parse(text) {
-            Err(ConfigError::Invalid {
-                field,
-                value,
-                reason,
-            }) => (field, value, reason),
-            other => panic!("{other:?}"),
-        }
+        super::super::testing::refused(parse(text))
     }
 
     #[test]

@@ -203,33 +203,7 @@ mod test {
 
     use crate::config::RawConfig;
 
-    const BASE: &str = r#"[node]
-name = "host-a"
-underlay = "192.0.2.1"
-
-[[network]]
-name = "blue"
-vni = 100
-encapsulation = "vxlan"
-
-[[network]]
-name = "red"
-vni = 200
-encapsulation = "gue"
-port = 6080
-
-[[peer]]
-name = "host-b"
-underlay = "192.0.2.2"
-networks = ["blue", "red"]
-
-[peer.sa]
-spi_in = 0x1001
-spi_out = 0x2001
-suite = "aes128gcm16"
-key_in = "b.in"
-key_out = "b.out"
-"#;
+    use crate::config::testing::BASE;
 
     /// The error of `BASE` with `from` replaced by `to`.
     fn error(from: &str, to: &str) -> ConfigError {

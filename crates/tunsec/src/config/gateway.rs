@@ -1,0 +1,500 @@
+//! `[gateway]` and `[[peer.selector]]`: gateway mode, where tunsecd
+//! protects the kernel's own tunnels that policy routing steers into its
+//! TUN device, and the selectors that say which traffic of a peer that is.
+
+use serde::Deserialize;
+
+use super::peer::RawPeer;
+use super::{ChildMode, ConfigError, EspSettings, PolicyKind, check_ifname, invalid, quoted};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub(super) tun: Option<String>,
+    pub(super) mode: Option<ChildMode>,
+    pub(super) table: Option<u32>,
+    pub(super) rule_priority: Option<u32>,
+    pub(super) fwmark: Option<u32>,
+    pub(super) nft_table: Option<String>,
+    pub(super) guard: Option<GuardScopeKind>,
+    pub(super) on_stop: Option<OnStop>,
+    #[serde(default)]
+    pub(super) tunnel_devices: Vec<String>,
+}
+
+/// What gateway mode leaves in place when tunsecd stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStop {
+    /// The guard, the steering rules and the table's `unreachable`
+    /// route stay (the default): the protected traffic stays blocked
+    /// until the next start adopts them, or `tunsec gateway release`
+    /// removes them.
+    #[default]
+    Block,
+    /// Everything goes on a clean stop: the kernel's tunnels then send
+    /// in the clear.
+    Release,
+}
+
+/// Which cleartext sources gateway mode's inbound guard drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardScopeKind {
+    /// Every source (the default): traffic on a peer's selector ports
+    /// must come through the TUN device, whoever sent it.
+    #[default]
+    All,
+    /// Only the peers' addresses.
+    Peers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSelector {
+    pub(super) protocol: toml::Value,
+    pub(super) ports: Option<toml::Value>,
+}
+
+/// Gateway mode's settings (`[gateway]`). The routing table, rule
+/// priority, firewall mark and nftables table are fixed, recognisable
+/// values, so that entries a killed daemon left behind are found and
+/// removed on the next start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// The TUN device tunsecd creates and owns.
+    pub tun: String,
+    /// ESP transport mode (default) or tunnel mode.
+    pub mode: ChildMode,
+    /// The routing table whose default route is the TUN device.
+    pub table: u32,
+    /// The priority of the first policy-routing rule; the others follow
+    /// it (`rule_priority + 1`).
+    pub rule_priority: u32,
+    /// The firewall mark on tunsecd's own sockets, whose packets the
+    /// steering never catches.
+    pub fwmark: u32,
+    /// The nftables table (family `inet`) of the inbound guard.
+    pub nft_table: String,
+    /// Which cleartext sources the guard drops.
+    pub guard: GuardScopeKind,
+    /// What a clean stop (or a failed start) leaves in place.
+    pub on_stop: OnStop,
+    /// Kernel tunnel devices (a vxlan device, say) whose MTU status checks
+    /// against the advice.
+    pub tunnel_devices: Vec<String>,
+}
+
+/// The defaults of [`Gateway`].
+pub mod gateway_defaults {
+    /// The TUN device.
+    pub const TUN: &str = "tunsec-gw";
+    /// The routing table (0x7453, "tS").
+    pub const TABLE: u32 = 0x7453;
+    /// The first rule's priority (before the `main` table's 32766).
+    pub const RULE_PRIORITY: u32 = 29_000;
+    /// The firewall mark of tunsecd's own sockets.
+    pub const FWMARK: u32 = 0x7453;
+    /// The nftables table.
+    pub const NFT_TABLE: &str = "tunsec_gw";
+}
+
+/// `[gateway]`, with the defaults of [`gateway_defaults`].
+pub(super) fn validate_gateway(raw: RawGateway) -> Result<Gateway, ConfigError> {
+    use gateway_defaults as d;
+    let tun = raw.tun.unwrap_or_else(|| d::TUN.to_owned());
+    check_ifname("gateway.tun", &tun)?;
+    for (j, dev) in raw.tunnel_devices.iter().enumerate() {
+        check_ifname(&format!("gateway.tunnel_devices[{j}]"), dev)?;
+    }
+    let table = raw.table.unwrap_or(d::TABLE);
+    // 253 default, 254 main, 255 local; 0 unspecified.
+    if table == 0 || (253..=255).contains(&table) {
+        return Err(invalid(
+            "gateway.table",
+            table,
+            "is a reserved routing table (0, 253 default, 254 main, 255 local)",
+        ));
+    }
+    let rule_priority = raw.rule_priority.unwrap_or(d::RULE_PRIORITY);
+    if rule_priority == 0 || rule_priority >= 32_765 {
+        return Err(invalid(
+            "gateway.rule_priority",
+            rule_priority,
+            "must be within 1..=32764, before the main table's rule (32766)",
+        ));
+    }
+    let fwmark = raw.fwmark.unwrap_or(d::FWMARK);
+    if fwmark == 0 {
+        return Err(invalid("gateway.fwmark", 0, "must not be 0 (unmarked)"));
+    }
+    let nft_table = raw.nft_table.unwrap_or_else(|| d::NFT_TABLE.to_owned());
+    let ok = !nft_table.is_empty()
+        && nft_table.len() <= 63
+        && nft_table.starts_with(|c: char| c.is_ascii_alphabetic())
+        && nft_table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(invalid(
+            "gateway.nft_table",
+            quoted(&nft_table),
+            "must be 1 to 63 letters, digits or '_', starting with a letter",
+        ));
+    }
+    Ok(Gateway {
+        tun,
+        mode: raw.mode.unwrap_or_default(),
+        table,
+        rule_priority,
+        fwmark,
+        nft_table,
+        guard: raw.guard.unwrap_or_default(),
+        on_stop: raw.on_stop.unwrap_or_default(),
+        tunnel_devices: raw.tunnel_devices,
+    })
+}
+
+/// A peer's `[[peer.selector]]` tables: only in gateway mode, where they
+/// are required and replace `networks`; only `require` policies (there is
+/// no cleartext path out of the TUN device).
+pub(super) fn validate_selectors(
+    i: usize,
+    raw: &RawPeer,
+    gateway: Option<ChildMode>,
+    esp: EspSettings,
+) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].{name}");
+    let Some(gateway_mode) = gateway else {
+        if !raw.selector.is_empty() {
+            return Err(invalid(
+                f("selector[0]"),
+                "[[peer.selector]]",
+                "needs [gateway]: selectors are for gateway mode",
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if let Some(n) = raw.networks.first() {
+        return Err(invalid(
+            f("networks[0]"),
+            quoted(n),
+            "cannot be used in gateway mode: list [[peer.selector]] instead",
+        ));
+    }
+    if raw.selector.is_empty() {
+        return Err(invalid(
+            f("selector"),
+            "[]",
+            "gateway mode needs at least one [[peer.selector]]",
+        ));
+    }
+    if let Some(p) = raw.policy.filter(|p| *p != PolicyKind::Require) {
+        return Err(invalid(
+            f("policy"),
+            quoted(&format!("{p:?}").to_lowercase()),
+            "is not supported in gateway mode: only \"require\" (steered traffic has no cleartext way out)",
+        ));
+    }
+    if let Some(ike) = &raw.ike {
+        if let Some(s) = ike.selectors {
+            return Err(invalid(
+                f("ike.selectors"),
+                quoted(&format!("{s:?}").to_lowercase()),
+                "cannot be set in gateway mode: the Child SA's selectors are the [[peer.selector]]s",
+            ));
+        }
+        if let Some(m) = ike.mode.filter(|m| *m != gateway_mode) {
+            return Err(invalid(
+                f("ike.mode"),
+                quoted(&format!("{m:?}").to_lowercase()),
+                format!(
+                    "differs from gateway.mode ({:?}): gateway mode has one ESP mode",
+                    gateway_mode
+                ),
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(raw.selector.len());
+    for (j, s) in raw.selector.iter().enumerate() {
+        let field = |name: &str| format!("peer[{i}].selector[{j}].{name}");
+        let protocol = match &s.protocol {
+            toml::Value::String(p) => match p.as_str() {
+                "udp" => 17,
+                "tcp" => 6,
+                "sctp" => 132,
+                "gre" => tunsec_datapath::gateway::GRE,
+                _ => {
+                    return Err(invalid(
+                        field("protocol"),
+                        quoted(p),
+                        "is not \"udp\", \"tcp\", \"sctp\" or \"gre\"",
+                    ));
+                }
+            },
+            toml::Value::Integer(n @ (6 | 17 | 47 | 132)) => *n as u8,
+            other => {
+                return Err(invalid(
+                    field("protocol"),
+                    other,
+                    "is not \"udp\", \"tcp\", \"sctp\" or \"gre\" (or 17, 6, 132, 47)",
+                ));
+            }
+        };
+        if protocol == tunsec_datapath::gateway::GRE {
+            // GRE has no ports: the selector takes the whole protocol.
+            if let Some(p) = &s.ports {
+                return Err(invalid(
+                    field("ports"),
+                    p,
+                    "cannot be set for GRE, which has no ports",
+                ));
+            }
+            out.push(tunsec_datapath::gateway::GatewaySelector::whole_protocol(
+                protocol,
+            ));
+            continue;
+        }
+        let Some(raw_ports) = &s.ports else {
+            return Err(invalid(
+                field("ports"),
+                "(none)",
+                "is required for UDP, TCP and SCTP: a port or a range \"LOW-HIGH\"",
+            ));
+        };
+        let ports = parse_port_range(raw_ports).ok_or_else(|| {
+            invalid(
+                field("ports"),
+                raw_ports,
+                "is not a port or a range \"LOW-HIGH\" of ports 1 to 65535",
+            )
+        })?;
+        // tunsecd's own IKE and ESP must never match a selector: the
+        // inbound guard would drop the peer's ESP.
+        let own: [u16; 2] = [500, esp.port];
+        if protocol == 17 {
+            if let Some(p) = own.iter().find(|&&p| ports.contains(&p)) {
+                return Err(invalid(
+                    field("ports"),
+                    raw_ports,
+                    format!("covers UDP port {p}, which tunsecd's own IKE or ESP uses"),
+                ));
+            }
+        }
+        out.push(tunsec_datapath::gateway::GatewaySelector { protocol, ports });
+    }
+    Ok(out)
+}
+
+/// `4789` or `"16384-16400"`.
+fn parse_port_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = match v {
+        toml::Value::Integer(n) => (*n, *n),
+        toml::Value::String(s) => {
+            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+            (lo.trim().parse().ok()?, hi.trim().parse().ok()?)
+        }
+        _ => return None,
+    };
+    let (lo, hi) = (u16::try_from(lo).ok()?, u16::try_from(hi).ok()?);
+    (lo >= 1 && lo <= hi).then_some(lo..=hi)
+}
+
+#[cfg(test)]
+mod test {
+    use super::super::testing::*;
+    use super::*;
+
+    const GATEWAY: &str = r#"
+[node]
+name = "host-a"
+underlay = "192.0.2.1"
+
+[gateway]
+tunnel_devices = ["vxlan0"]
+
+[[peer]]
+name = "host-b"
+underlay = "192.0.2.2"
+
+[[peer.selector]]
+protocol = "udp"
+ports = 4789
+
+[[peer.selector]]
+protocol = "tcp"
+ports = "16385-16390"
+
+[peer.sa]
+spi_in = 0x100
+spi_out = 0x200
+suite = "aes128gcm16"
+key_in = "b.in"
+key_out = "b.out"
+"#;
+
+    #[test]
+    fn gateway_parses_with_defaults() {
+        let c = parse(GATEWAY).unwrap();
+        let g = c.gateway.as_ref().unwrap();
+        assert_eq!(g.tun, gateway_defaults::TUN);
+        assert_eq!(g.mode, ChildMode::Transport);
+        assert_eq!(g.table, gateway_defaults::TABLE);
+        assert_eq!(g.rule_priority, gateway_defaults::RULE_PRIORITY);
+        assert_eq!(g.fwmark, gateway_defaults::FWMARK);
+        assert_eq!(g.nft_table, "tunsec_gw");
+        assert_eq!(g.guard, GuardScopeKind::All);
+        assert_eq!(g.tunnel_devices, ["vxlan0"]);
+        let sel = &c.peers[0].selectors;
+        assert_eq!((sel[0].protocol, sel[0].ports.clone()), (17, 4789..=4789));
+        assert_eq!((sel[1].protocol, sel[1].ports.clone()), (6, 16385..=16390));
+        assert!(c.peers[0].networks.is_empty());
+        let c = parse(&GATEWAY.replace(
+            "[gateway]\n",
+            "[gateway]\nmode = \"tunnel\"\ntun = \"gw0\"\ntable = 100\nrule_priority = 1000\nfwmark = 7\nnft_table = \"gw\"\n",
+        ))
+        .unwrap();
+        let g = c.gateway.unwrap();
+        assert_eq!(
+            (
+                g.mode,
+                g.tun.as_str(),
+                g.table,
+                g.rule_priority,
+                g.fwmark,
+                g.nft_table.as_str()
+            ),
+            (ChildMode::Tunnel, "gw0", 100, 1000, 7, "gw")
+        );
+    }
+
+    #[test]
+    fn gateway_gre_selector_takes_the_whole_protocol() {
+        let c =
+            parse(&GATEWAY.replacen("protocol = \"udp\"\nports = 4789", "protocol = \"gre\"", 1))
+                .unwrap();
+        let s = &c.peers[0].selectors[0];
+        assert_eq!(s.protocol, 47);
+        assert_eq!(s.ports, 0..=u16::MAX);
+        assert!(!s.has_ports());
+    }
+
+    #[test]
+    fn gateway_errors_name_the_field_and_value() {
+        let with = |from: &str, to: &str| GATEWAY.replacen(from, to, 1);
+        assert_invalid(
+            &with("ports = 4789", "ports = \"4000-5000\""),
+            "peer[0].selector[0].ports",
+            "\"4000-5000\"",
+        );
+        assert_invalid(
+            &with("ports = 4789", "ports = 0"),
+            "peer[0].selector[0].ports",
+            "0",
+        );
+        assert_invalid(
+            &with("ports = 4789", "ports = \"9-3\""),
+            "peer[0].selector[0].ports",
+            "\"9-3\"",
+        );
+        assert_invalid(
+            &with("protocol = \"udp\"", "protocol = \"icmp\""),
+            "peer[0].selector[0].protocol",
+            "\"icmp\"",
+        );
+        // GRE has no ports; UDP, TCP and SCTP need them.
+        assert_invalid(
+            &with("protocol = \"udp\"", "protocol = \"gre\""),
+            "peer[0].selector[0].ports",
+            "4789",
+        );
+        assert_invalid(
+            &with("ports = 4789\n", ""),
+            "peer[0].selector[0].ports",
+            "(none)",
+        );
+        assert_invalid(
+            &with("[gateway]\n", "[gateway]\ntable = 254\n"),
+            "gateway.table",
+            "254",
+        );
+        assert_invalid(
+            &with("[gateway]\n", "[gateway]\nrule_priority = 32766\n"),
+            "gateway.rule_priority",
+            "32766",
+        );
+        assert_invalid(
+            &with("[gateway]\n", "[gateway]\nfwmark = 0\n"),
+            "gateway.fwmark",
+            "0",
+        );
+        assert_invalid(
+            &with("[gateway]\n", "[gateway]\ntun = \"much-too-long-name\"\n"),
+            "gateway.tun",
+            "\"much-too-long-name\"",
+        );
+        assert_invalid(
+            &with("[gateway]\n", "[gateway]\nnft_table = \"bad-name\"\n"),
+            "gateway.nft_table",
+            "\"bad-name\"",
+        );
+        assert_invalid(
+            &with(
+                "underlay = \"192.0.2.2\"\n",
+                "underlay = \"192.0.2.2\"\npolicy = \"prefer\"\n",
+            ),
+            "peer[0].policy",
+            "\"prefer\"",
+        );
+        assert_invalid(
+            &with(
+                "underlay = \"192.0.2.2\"\n",
+                "underlay = \"192.0.2.2\"\nnetworks = [\"blue\"]\n",
+            ),
+            "peer[0].networks[0]",
+            "\"blue\"",
+        );
+        // Selectors are required in gateway mode...
+        let no_selectors = GATEWAY
+            .replace("[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n", "")
+            .replace(
+                "[[peer.selector]]\nprotocol = \"tcp\"\nports = \"16385-16390\"\n",
+                "",
+            );
+        assert_invalid(&no_selectors, "peer[0].selector", "[]");
+        // ...and refused in overlay mode, where networks are.
+        let overlay = BASE.replacen(
+            "[peer.sa]",
+            "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[peer.sa]",
+            1,
+        );
+        assert_invalid(&overlay, "peer[0].selector[0]", "[[peer.selector]]");
+        // IKE in gateway mode: selectors and mode come from [gateway].
+        let ike = |extra: &str| {
+            GATEWAY.replacen(
+                "[peer.sa]\nspi_in = 0x100\nspi_out = 0x200\nsuite = \"aes128gcm16\"\nkey_in = \"b.in\"\nkey_out = \"b.out\"\n",
+                &format!("[peer.ike]\npsk_file = \"b.in\"\n{extra}"),
+                1,
+            )
+        };
+        let c = parse(&ike("")).unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Transport);
+        let c = parse(&ike("").replace("[gateway]\n", "[gateway]\nmode = \"tunnel\"\n")).unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().mode, ChildMode::Tunnel);
+        assert_invalid(
+            &ike("mode = \"tunnel\"\n"),
+            "peer[0].ike.mode",
+            "\"tunnel\"",
+        );
+        assert_invalid(
+            &ike("selectors = \"ports\"\n"),
+            "peer[0].ike.selectors",
+            "\"ports\"",
+        );
+        // Networks and [gateway] do not mix.
+        let both = format!(
+            "{GATEWAY}\n[[network]]\nname = \"blue\"\nvni = 1\nencapsulation = \"vxlan\"\n"
+        );
+        assert_invalid(&both, "network[0].name", "\"blue\"");
+    }
+}

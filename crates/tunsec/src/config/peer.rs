@@ -1,0 +1,375 @@
+//! `[[peer]]` and `[peer.sa]`: the peer hosts, the networks each carries
+//! with its policy, and manually keyed SAs. `[peer.ike]` is in
+//! [`super::ike`], `[[peer.selector]]` in [`super::gateway`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tunsec_esp::{SaKeys, Suite};
+
+use super::gateway::{RawSelector, validate_selectors};
+use super::ike::{RawIke, validate_ike};
+use super::{
+    ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
+    parse_addr, quoted, secret,
+};
+
+/// What a peer's traffic on one network must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// ESP or nothing: without a usable SA the traffic is dropped, and
+    /// cleartext from the peer is refused. The default.
+    Require,
+    /// ESP when an SA is up; cleartext otherwise, and cleartext is
+    /// accepted.
+    Prefer,
+    /// Cleartext only, for interop with plain tunnel endpoints and for
+    /// debugging.
+    Clear,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub(super) name: String,
+    pub(super) underlay: String,
+    #[serde(default)]
+    pub(super) networks: Vec<String>,
+    #[serde(default)]
+    pub(super) selector: Vec<RawSelector>,
+    pub(super) policy: Option<PolicyKind>,
+    #[serde(default)]
+    pub(super) policies: BTreeMap<String, PolicyKind>,
+    pub(super) sa: Option<RawSa>,
+    pub(super) ike: Option<RawIke>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSa {
+    pub(super) spi_in: u32,
+    pub(super) spi_out: u32,
+    pub(super) suite: String,
+    pub(super) key_in: PathBuf,
+    pub(super) key_out: PathBuf,
+    #[serde(default)]
+    pub(super) esn: bool,
+}
+
+/// A peer host.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// Its underlay address.
+    pub underlay: IpAddr,
+    /// The networks it carries, each with its policy.
+    pub networks: Vec<(String, PolicyKind)>,
+    /// Manually keyed SAs, if configured.
+    pub sa: Option<ManualSa>,
+    /// SAs negotiated with IKEv2, if configured (never with `sa`).
+    pub ike: Option<IkePeer>,
+    /// Gateway mode: the kernel traffic to and from this peer that is
+    /// protected (`[[peer.selector]]`); empty in overlay mode.
+    pub selectors: Vec<tunsec_datapath::gateway::GatewaySelector>,
+}
+
+/// A manually keyed SA pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ManualSa {
+    /// The SPI of packets from the peer.
+    pub spi_in: u32,
+    /// The SPI of packets to the peer.
+    pub spi_out: u32,
+    /// The cipher suite.
+    pub suite: Suite,
+    /// Keys for packets from the peer.
+    pub keys_in: SaKeys,
+    /// Keys for packets to the peer.
+    pub keys_out: SaKeys,
+    /// Extended sequence numbers.
+    pub esn: bool,
+}
+
+impl fmt::Debug for ManualSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualSa")
+            .field("spi_in", &format_args!("{:#010x}", self.spi_in))
+            .field("spi_out", &format_args!("{:#010x}", self.spi_out))
+            .field("suite", &self.suite)
+            .field("keys", &"<redacted>")
+            .field("esn", &self.esn)
+            .finish()
+    }
+}
+
+/// Every `[[peer]]`: each valid, and no two with the same name,
+/// underlay address or inbound SPI.
+pub(super) fn validate_peers(
+    raw: Vec<RawPeer>,
+    node: &Node,
+    networks: &[Network],
+    gateway: Option<ChildMode>,
+    esp: EspSettings,
+    sources: &Sources<'_>,
+) -> Result<Vec<Peer>, ConfigError> {
+    let mut peers = Vec::with_capacity(raw.len());
+    let mut seen_names = HashSet::new();
+    let mut seen_addrs = HashSet::new();
+    let mut spis_in = HashMap::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let peer = validate_peer(i, p, node, networks, gateway, esp, sources)?;
+        if !seen_names.insert(peer.name.clone()) {
+            return Err(invalid(
+                format!("peer[{i}].name"),
+                quoted(&peer.name),
+                "is used by another peer",
+            ));
+        }
+        if !seen_addrs.insert(peer.underlay) {
+            return Err(invalid(
+                format!("peer[{i}].underlay"),
+                peer.underlay,
+                "is used by another peer",
+            ));
+        }
+        if let Some(sa) = &peer.sa {
+            if let Some(other) = spis_in.insert(sa.spi_in, peer.name.clone()) {
+                return Err(invalid(
+                    format!("peer[{i}].sa.spi_in"),
+                    format_args!("{:#x}", sa.spi_in),
+                    format!("is already the inbound SPI of peer {other:?}"),
+                ));
+            }
+        }
+        peers.push(peer);
+    }
+
+    Ok(peers)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_peer(
+    i: usize,
+    raw: RawPeer,
+    node: &Node,
+    networks: &[Network],
+    gateway: Option<ChildMode>,
+    esp: EspSettings,
+    sources: &Sources<'_>,
+) -> Result<Peer, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].{name}");
+    check_name(&f("name"), &raw.name)?;
+    let underlay = parse_addr(&f("underlay"), &raw.underlay)?;
+    if underlay == node.underlay {
+        return Err(invalid(
+            f("underlay"),
+            underlay,
+            "is this node's own underlay address",
+        ));
+    }
+    if underlay.is_ipv4() != node.underlay.is_ipv4() {
+        return Err(invalid(
+            f("underlay"),
+            underlay,
+            format!(
+                "is not of the same address family as node.underlay ({})",
+                node.underlay
+            ),
+        ));
+    }
+    let selectors = validate_selectors(i, &raw, gateway, esp)?;
+    if raw.networks.is_empty() && gateway.is_none() {
+        return Err(invalid(
+            f("networks"),
+            "[]",
+            "must name at least one network",
+        ));
+    }
+    let default_policy = raw.policy.unwrap_or(PolicyKind::Require);
+    let mut nets = Vec::with_capacity(raw.networks.len());
+    for (j, name) in raw.networks.iter().enumerate() {
+        if !networks.iter().any(|n| &n.name == name) {
+            return Err(invalid(
+                format!("peer[{i}].networks[{j}]"),
+                quoted(name),
+                "is not the name of a network",
+            ));
+        }
+        if nets.iter().any(|(n, _)| n == name) {
+            return Err(invalid(
+                format!("peer[{i}].networks[{j}]"),
+                quoted(name),
+                "is listed twice",
+            ));
+        }
+        let policy = raw.policies.get(name).copied().unwrap_or(default_policy);
+        nets.push((name.clone(), policy));
+    }
+    for name in raw.policies.keys() {
+        if !raw.networks.contains(name) {
+            return Err(invalid(
+                format!("peer[{i}].policies.{name}"),
+                quoted(name),
+                "is not one of this peer's networks",
+            ));
+        }
+    }
+    if raw.sa.is_some() && raw.ike.is_some() {
+        return Err(invalid(
+            f("ike"),
+            "[peer.ike]",
+            "cannot be combined with [peer.sa]: keys are either manual or negotiated",
+        ));
+    }
+    let sa = raw
+        .sa
+        .map(|sa| validate_sa(i, sa, sources.base_dir))
+        .transpose()?;
+    let mut ike = raw
+        .ike
+        .map(|ike| validate_ike(i, ike, node.underlay, underlay, sources))
+        .transpose()?;
+    if let (Some(ike), Some(mode)) = (ike.as_mut(), gateway) {
+        // Gateway mode: one ESP mode for all peers (`gateway.mode`).
+        ike.mode = mode;
+    }
+    Ok(Peer {
+        name: raw.name,
+        underlay,
+        networks: nets,
+        sa,
+        ike,
+        selectors,
+    })
+}
+
+fn validate_sa(i: usize, raw: RawSa, base_dir: &Path) -> Result<ManualSa, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].sa.{name}");
+    let suite: Suite = raw.suite.parse().map_err(|_| {
+        invalid(
+            f("suite"),
+            quoted(&raw.suite),
+            "is not a known suite (aes128gcm16, aes256gcm16, chacha20poly1305, aes256-sha256)",
+        )
+    })?;
+    for (name, spi) in [("spi_in", raw.spi_in), ("spi_out", raw.spi_out)] {
+        //= https://www.rfc-editor.org/rfc/rfc4303#section-2.1
+        //# The set of SPI values in the range 1 through 255 are reserved by the
+        //# Internet Assigned Numbers Authority (IANA) for future use
+        if spi < 256 {
+            return Err(invalid(
+                f(name),
+                spi,
+                "is reserved: SPIs 0 to 255 are not for SAs",
+            ));
+        }
+    }
+    let keys_in = read_keys(&f("key_in"), &raw.key_in, base_dir, suite)?;
+    let keys_out = read_keys(&f("key_out"), &raw.key_out, base_dir, suite)?;
+    Ok(ManualSa {
+        spi_in: raw.spi_in,
+        spi_out: raw.spi_out,
+        suite,
+        keys_in,
+        keys_out,
+        esn: raw.esn,
+    })
+}
+
+/// Reads key material: hex digits (whitespace and a leading `0x` are
+/// ignored), encryption key first, then the integrity key for non-AEAD
+/// suites, as `ip xfrm` and IKEv2's KEYMAT order them.
+fn read_keys(
+    field: &str,
+    path: &Path,
+    base_dir: &Path,
+    suite: Suite,
+) -> Result<SaKeys, ConfigError> {
+    let shown = quoted(&path.display().to_string());
+    let bytes = secret::read(field, base_dir, path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(field, &shown, "does not hold hex key material"))?;
+    let digits: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text.trim()
+            .trim_start_matches("0x")
+            .split_whitespace()
+            .collect(),
+    );
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(digits.as_str())
+            .map_err(|_| invalid(field, &shown, "does not hold hex key material"))?,
+    );
+    SaKeys::from_keymat(suite, &bytes).map_err(|_| {
+        invalid(
+            field,
+            &shown,
+            format!(
+                "holds {} bytes of key material; {suite} needs {}",
+                bytes.len(),
+                suite.encryption_key_len() + suite.integrity_key_len()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod test {
+    use super::super::testing::*;
+
+    #[test]
+    fn peer_errors_name_the_field_and_value() {
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"192.0.2.300\""),
+            "peer[0].underlay",
+            "\"192.0.2.300\"",
+        );
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"192.0.2.1\""),
+            "peer[0].underlay",
+            "192.0.2.1",
+        );
+        assert_invalid(
+            &BASE.replace("underlay = \"192.0.2.2\"", "underlay = \"2001:db8::2\""),
+            "peer[0].underlay",
+            "2001:db8::2",
+        );
+        assert_invalid(
+            &BASE.replace("aes128gcm16", "aes128"),
+            "peer[0].sa.suite",
+            "\"aes128\"",
+        );
+        assert_invalid(
+            &BASE.replace("aes128gcm16", "aes256gcm16"),
+            "peer[0].sa.key_in",
+            "\"b.in\"",
+        );
+        assert_invalid(
+            &BASE.replace("key_out = \"b.out\"", "key_out = \"missing\""),
+            "peer[0].sa.key_out",
+            "\"missing\"",
+        );
+        assert_invalid(
+            &BASE.replace("spi_in = 0x1001", "spi_in = 7"),
+            "peer[0].sa.spi_in",
+            "7",
+        );
+        assert_invalid(
+            &BASE.replace(
+                "networks = [\"blue\", \"red\"]",
+                "networks = [\"blue\", \"green\"]",
+            ),
+            "peer[0].networks[1]",
+            "\"green\"",
+        );
+        assert_invalid(
+            &BASE.replace("red = \"clear\"", "blue = \"clear\", pink = \"clear\""),
+            "peer[0].policies.pink",
+            "\"pink\"",
+        );
+    }
+}
