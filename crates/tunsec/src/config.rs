@@ -33,6 +33,7 @@ mod ike;
 mod mtu;
 mod network;
 mod node;
+mod ovsdb;
 mod peer;
 mod secret;
 mod syntax;
@@ -46,6 +47,7 @@ pub use ike::{ChildMode, ChildSelectors, IkePeer, ip_identity};
 pub use mtu::NetworkMtu;
 pub use network::{Mtu, Network, TunnelEncapsulation, parse_mac};
 pub use node::{EspEncapsulation, EspSettings, MAX_WORKERS, Node, Offload};
+pub use ovsdb::Ovsdb;
 pub use peer::{ManualSa, Peer, PolicyKind};
 pub use secret::write_secret;
 
@@ -133,6 +135,7 @@ struct RawConfig {
     #[serde(default)]
     peer: Vec<RawPeer>,
     gateway: Option<RawGateway>,
+    ovsdb: Option<ovsdb::RawOvsdb>,
 }
 
 /// A validated configuration.
@@ -151,6 +154,9 @@ pub struct Config {
     /// Gateway mode (`[gateway]`): the kernel's own tunnels, steered into
     /// a TUN device by policy routing, instead of overlay networks.
     pub gateway: Option<Gateway>,
+    /// Gateway mode: more peers, from the tunnel interfaces of an Open
+    /// vSwitch database (`[ovsdb]`).
+    pub ovsdb: Option<Ovsdb>,
 }
 
 impl Config {
@@ -186,6 +192,10 @@ impl Config {
         let node = node::validate_node(raw.node)?;
         let esp = node::validate_esp(raw.esp, &node)?;
         let gateway = raw.gateway.map(gateway::validate_gateway).transpose()?;
+        let ovsdb = raw
+            .ovsdb
+            .map(|o| ovsdb::validate_ovsdb(o, gateway.is_some()))
+            .transpose()?;
 
         if gateway.is_some() && !raw.network.is_empty() {
             return Err(invalid(
@@ -214,6 +224,7 @@ impl Config {
             networks,
             peers,
             gateway,
+            ovsdb,
         };
         // Last: the overhead depends on the peers' ESP modes.
         for net in &config.networks {

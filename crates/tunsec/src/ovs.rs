@@ -1,9 +1,9 @@
 //! The contract of Open vSwitch's IPsec, as `ovs-monitor-ipsec` 3.1
 //! reads it from the local OVSDB: which tunnel interfaces need IPsec,
 //! what they carry, and how the two ends authenticate. Pure functions
-//! over an `Interface` row and `Open_vSwitch:other_config`; turning them
-//! into gateway peers and following the database's changes is the next
-//! step (issue 14).
+//! over an `Interface` row and `Open_vSwitch:other_config`. [`peer`]
+//! turns a tunnel into a gateway peer; [`watch`] follows the database
+//! and keeps the peers in step with it.
 //!
 //! The rules, from the script (`IPsecTunnel.update_conf` and
 //! `_is_valid_tunnel_conf`):
@@ -22,6 +22,9 @@
 //! The stock stack protects a vxlan tunnel's UDP 4789 and a geneve
 //! tunnel's UDP 6081 whatever the interface's `dst_port`; tunsec follows
 //! `dst_port` when it is set, since that is where the traffic goes.
+
+pub mod peer;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

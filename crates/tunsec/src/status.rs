@@ -68,6 +68,46 @@ pub struct GatewayStatus {
     pub tunnel_devices: Vec<TunnelDeviceStatus>,
     /// One policy per peer.
     pub policies: Vec<GatewayPolicyStatus>,
+    /// With `[ovsdb]`: the database and its tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovsdb: Option<OvsdbStatus>,
+}
+
+/// The OVS database that gateway mode takes tunnels from (`[ovsdb]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvsdbStatus {
+    /// The remote (`unix:PATH`, `tcp:HOST:PORT`).
+    pub remote: String,
+    /// Whether the monitor is in place now.
+    pub connected: bool,
+    /// Why the last connection went, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Updates taken up (the first state and every change).
+    pub updates: u64,
+    /// The tunnel interfaces that need IPsec, by name.
+    pub tunnels: Vec<OvsTunnelStatus>,
+}
+
+/// One tunnel interface of the OVS database that needs IPsec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvsTunnelStatus {
+    /// The interface's name (the peer's, once configured).
+    pub name: String,
+    /// Its type: `vxlan`, `geneve`, `gre`, `stt`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `options:remote_ip`, as written.
+    pub remote: String,
+    /// `psk`, `certificate, pinned peer`, `certificate, CA-signed peer
+    /// NAME`; empty if invalid before that was known.
+    pub auth: String,
+    /// `configured` (a peer, not yet up), `established` (its IKE SA and
+    /// a Child SA are up), or `invalid`.
+    pub state: String,
+    /// With `invalid`: why, naming the option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A kernel tunnel device and whether its MTU is too large.
@@ -535,6 +575,34 @@ impl GatewayStatus {
                 p.rx_bytes,
                 p.guard_drops.map_or("?".to_owned(), |d| d.to_string())
             );
+        }
+        if let Some(o) = &self.ovsdb {
+            let link = if o.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            };
+            let _ = writeln!(
+                s,
+                "\novsdb {} {link}, {} updates, {} tunnels",
+                o.remote,
+                o.updates,
+                o.tunnels.len()
+            );
+            if let (false, Some(e)) = (o.connected, &o.last_error) {
+                let _ = writeln!(s, "  last error: {e}");
+            }
+            for t in &o.tunnels {
+                let _ = write!(
+                    s,
+                    "  tunnel {} {} remote {} auth {}: {}",
+                    t.name, t.kind, t.remote, t.auth, t.state
+                );
+                let _ = match &t.reason {
+                    Some(r) => writeln!(s, " ({r})"),
+                    None => writeln!(s),
+                };
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! control socket, status, and the removal of everything it installed
 //! (see the [parent module](super) for the order and why).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -22,14 +23,16 @@ use tunsec_datapath::worker::{FrameDevice, Sockets};
 use super::peers::PeerSlots;
 use super::reconfigure::{guard_peers, install_guard, steering_of};
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop, Peer};
 use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
+use crate::ovs::watch::{self, Reconcile, SharedOvsdbStatus};
 use crate::status::{
-    GatewayPolicyStatus, GatewayStatus, NodeStatus, PeerStatus, Status, TunnelDeviceStatus,
+    GatewayPolicyStatus, GatewayStatus, IkeStatus, NodeStatus, OvsdbStatus, PeerStatus, Status,
+    TunnelDeviceStatus,
 };
 
 /// What gateway mode put in place on the host: the guard from the
@@ -94,6 +97,22 @@ pub(super) struct GatewayControl {
     /// (`super::reconfigure`). Held while a change is carried out, so
     /// changes go one at a time.
     pub(super) peers: Mutex<PeerSlots>,
+    /// Where the peers come from: the configuration file's (as of the
+    /// last reload) and the OVS database's (`[ovsdb]`). Held across a
+    /// change, so that a reload and a database update never apply a
+    /// stale half of the other.
+    pub(super) sources: Mutex<PeerSources>,
+    /// With `[ovsdb]`: what the database watch reports.
+    ovsdb: Option<SharedOvsdbStatus>,
+}
+
+/// The two sources of gateway peers.
+#[derive(Default)]
+pub(super) struct PeerSources {
+    /// The configuration file's `[[peer]]`s.
+    pub(super) file: Vec<Peer>,
+    /// The OVS database's tunnels.
+    pub(super) db: Vec<Peer>,
 }
 
 impl GatewayDaemon {
@@ -221,6 +240,13 @@ impl GatewayDaemon {
         );
         let socket_path = config.node.control_socket.clone();
         let renewal = CertRenewal::new(&config);
+        let config_peers = config.peers.clone();
+        let ovsdb_status = config.ovsdb.as_ref().map(|o| {
+            Arc::new(Mutex::new(OvsdbStatus {
+                remote: o.remote.to_string(),
+                ..OvsdbStatus::default()
+            }))
+        });
         Ok(Self {
             control: GatewayControl {
                 config,
@@ -233,6 +259,11 @@ impl GatewayDaemon {
                 config_path: None,
                 renewal,
                 peers: Mutex::new(slots),
+                sources: Mutex::new(PeerSources {
+                    file: config_peers,
+                    db: Vec::new(),
+                }),
+                ovsdb: ovsdb_status,
             },
             workers,
             listener,
@@ -258,6 +289,14 @@ impl GatewayDaemon {
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
         let shared = self.control.shared.clone();
         let control = Arc::new(self.control);
+        // The OVS database's tunnels, once the control socket is served.
+        if let (Some(o), Some(status)) = (&control.config.ovsdb, &control.ovsdb) {
+            let target: Arc<dyn Reconcile> = control.clone();
+            self.workers.push(
+                watch::spawn(o, control.config.clone(), target, status.clone())
+                    .context("cannot start the OVSDB thread")?,
+            );
+        }
         crate::service::run(self.listener, control, term, &self.hangup)?;
         tracing::info!("stopping");
         crate::systemd::stopping();
@@ -282,6 +321,40 @@ impl GatewayControl {
     /// The file the configuration came from, if any.
     pub(super) fn config_path(&self) -> Option<&std::path::Path> {
         self.config_path.as_deref()
+    }
+
+    /// The OVSDB status, with `established` for the tunnels whose peer
+    /// has its IKE SA and a Child SA up.
+    fn ovsdb_status(&self, ike: &HashMap<usize, IkeStatus>) -> Option<OvsdbStatus> {
+        let mut s = self.ovsdb.as_ref()?.lock().ok()?.clone();
+        let tables = self.shared.tables.load();
+        for t in &mut s.tunnels {
+            let up = tables.peers().any(|(slot, p)| {
+                p.name == t.name
+                    && !p.outbound.is_empty()
+                    && ike.get(&slot).is_some_and(|i| i.state == "established")
+            });
+            if up && t.state == "configured" {
+                t.state = "established".to_owned();
+            }
+        }
+        Some(s)
+    }
+}
+
+impl Reconcile for GatewayControl {
+    fn set_db_peers(&self, wanted: Vec<Peer>) -> Result<String, String> {
+        let mut sources = self
+            .sources
+            .lock()
+            .map_err(|_| "the peer sources are poisoned".to_owned())?;
+        sources.db = wanted;
+        self.set_peers(&sources.combined(), true)
+            .map(|plan| plan.summary())
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -456,6 +529,7 @@ impl ControlTarget for GatewayControl {
                 tunnel_mtu_advice: self.mtu.kernel_tunnel,
                 tunnel_devices,
                 policies,
+                ovsdb: self.ovsdb_status(&ike_states),
             }),
         }
     }

@@ -26,7 +26,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::daemon::GatewayControl;
+use super::daemon::{GatewayControl, PeerSources};
 use super::peers::PeerPlan;
 use super::{insert_peer, nft, steering};
 use crate::config::{Config, Gateway, GuardScopeKind, Peer};
@@ -182,7 +182,14 @@ impl GatewayControl {
                 path.display()
             ));
         }
-        let plan = self.set_peers(&new.peers, false)?;
+        let plan = {
+            let mut sources = self
+                .sources
+                .lock()
+                .map_err(|_| "the peer sources are poisoned".to_owned())?;
+            sources.file.clone_from(&new.peers);
+            self.set_peers(&sources.combined(), false)?
+        };
         let mut message = format!("reloaded: {}", plan.summary());
         if !plan.reauth.is_empty() {
             message.push_str(
@@ -207,6 +214,30 @@ impl GatewayControl {
         }
         tracing::info!("{message}");
         Ok(message)
+    }
+}
+
+impl PeerSources {
+    /// The file's peers, then the database's that take neither a file
+    /// peer's name nor its address (the file wins; each is logged).
+    pub(super) fn combined(&self) -> Vec<Peer> {
+        let mut all = self.file.clone();
+        for p in &self.db {
+            match self
+                .file
+                .iter()
+                .find(|f| f.name == p.name || f.underlay == p.underlay)
+            {
+                Some(f) => tracing::warn!(
+                    tunnel = %p.name,
+                    "OVSDB: tunnel not configured: [[peer]] {:?} of the file has its name or address {}",
+                    f.name,
+                    p.underlay
+                ),
+                None => all.push(p.clone()),
+            }
+        }
+        all
     }
 }
 
