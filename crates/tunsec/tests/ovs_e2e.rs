@@ -21,6 +21,12 @@
 //!   SAs (the peer sees the DELETE) and the steering rules and guard
 //!   entries.
 //!
+//! - `ovs_certificate_tunnels`: the same tunnel with self-signed
+//!   certificates pinned by `remote_cert`, then with CA-signed ones
+//!   (`ca_cert`, `remote_name`), all from `tunsec pki`: each comes up,
+//!   pings cross, no cleartext VXLAN on the underlay; deleting the
+//!   interface removes its SAs and rules.
+//!
 //! They need root, iproute2, nftables, ping, tshark (dumpcap) and
 //! Debian's openvswitch-switch; they fail, never skip, when something is
 //! missing.
@@ -36,6 +42,7 @@ mod common;
 use common::*;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 /// The steering rules' priorities (the gateway defaults).
 const PRIORITY: u32 = 29_000;
 /// The VXLAN address of host `n`'s vxlan device.
@@ -403,6 +410,187 @@ fn ovs_psk_tunnel_lifecycle() {
                 describe(&clear.iter().collect::<Vec<_>>())
             );
         }
+        Ok(())
+    });
+}
+
+/// `tunsec pki` with `args`, into the lab's `pki` directory.
+fn pki(lab: &Lab, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let dir = lab.dir.path().join("pki");
+    std::fs::create_dir_all(&dir)?;
+    let dir_s = dir.to_string_lossy().into_owned();
+    let mut all = vec!["pki"];
+    all.extend_from_slice(args);
+    all.extend(["--out", &dir_s]);
+    let out = tunsec::netns::run(TUNSEC, &all)?;
+    ensure!(
+        out.status.success(),
+        "tunsec pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir)
+}
+
+/// Host `n`'s tunnel `name` to `peer`, with `options`, replacing what is
+/// there.
+fn set_tunnel(lab: &Lab, n: u8, peer: u8, name: &str, options: &[String]) -> anyhow::Result<()> {
+    let _ = vsctl(lab, n, &["--if-exists", "del-port", "br-int", name]);
+    let remote = format!("options:remote_ip={}", host_addr(peer));
+    let mut args = vec![
+        "add-port",
+        "br-int",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+        "type=vxlan",
+        &remote,
+    ];
+    args.extend(options.iter().map(String::as_str));
+    vsctl(lab, n, &args)?;
+    Ok(())
+}
+
+/// The tunnels of the OVS contract with certificates, as OVS's IPsec
+/// tutorial sets them up: first self-signed certificates pinned by
+/// `remote_cert`, then CA-signed ones with `ca_cert` and `remote_name`
+/// (the peer's CN). Each time the tunnel comes up, pings cross, and the
+/// capture holds no cleartext VXLAN; then deleting the interface removes
+/// its SAs and rules.
+#[test]
+fn ovs_certificate_tunnels() {
+    with_lab("ovs2", |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        create_db(lab, &h1, 1)?;
+        create_db(lab, &h2, 2)?;
+        for (n, ns) in [(1, &h1), (2, &h2)] {
+            let config = write_config(lab, n)?;
+            start_tunsecd(lab, ns, n, &config)?;
+        }
+        let advice = status(lab, 1)?
+            .gateway
+            .context("no gateway status")?
+            .tunnel_mtu_advice;
+        add_vxlan(lab, &h1, 1, 2, advice)?;
+        add_vxlan(lab, &h2, 2, 1, advice)?;
+        let dir = pki(lab, &["init-ca", "--name", "ovs test CA"])?;
+        for n in [1, 2] {
+            pki(lab, &["self-signed", "--name", &format!("h{n}-self")])?;
+            pki(
+                lab,
+                &[
+                    "issue",
+                    "--ca",
+                    &dir.to_string_lossy(),
+                    "--name",
+                    &format!("h{n}"),
+                ],
+            )?;
+        }
+        let file = |f: &str| dir.join(f).to_string_lossy().into_owned();
+
+        // Self-signed, pinned: other_config's certificate and key, the
+        // peer's certificate in options:remote_cert.
+        let pcap = start_capture(lab, &ul, "capture")?;
+        for (n, peer) in [(1u8, 2u8), (2, 1)] {
+            vsctl(
+                lab,
+                n,
+                &[
+                    "set",
+                    "Open_vSwitch",
+                    ".",
+                    &format!(
+                        "other_config:certificate={}",
+                        file(&format!("h{n}-self.pem"))
+                    ),
+                    &format!(
+                        "other_config:private_key={}",
+                        file(&format!("h{n}-self.key"))
+                    ),
+                ],
+            )?;
+            set_tunnel(
+                lab,
+                n,
+                peer,
+                "tun0",
+                &[
+                    format!("options:remote_cert={}", file(&format!("h{peer}-self.pem"))),
+                    format!("options:remote_name=h{peer}-self"),
+                ],
+            )?;
+        }
+        wait_established(lab, 1, "tun0")?;
+        wait_established(lab, 2, "tun0")?;
+        let t = ovs_tunnel(&status(lab, 1)?, "tun0").context("no tun0")?;
+        ensure!(t.auth == "certificate, pinned peer", "{t:?}");
+        ping_ok(&h1, &vxlan_addr(2))?;
+        let pinned = ike_spis(lab, 1, "tun0")?.context("no IKE SA")?;
+
+        // CA-signed: ca_cert, and the peer named by remote_name (its CN).
+        // The switch renews the peer: a new IKE SA with certificates from
+        // the CA.
+        for (n, peer) in [(1u8, 2u8), (2, 1)] {
+            vsctl(
+                lab,
+                n,
+                &[
+                    "set",
+                    "Open_vSwitch",
+                    ".",
+                    &format!("other_config:certificate={}", file(&format!("h{n}.pem"))),
+                    &format!("other_config:private_key={}", file(&format!("h{n}.key"))),
+                    &format!("other_config:ca_cert={}", file("ca.pem")),
+                ],
+            )?;
+            set_tunnel(
+                lab,
+                n,
+                peer,
+                "tun0",
+                &[format!("options:remote_name=h{peer}")],
+            )?;
+        }
+        lab.wait_for("a CA-signed IKE SA", Duration::from_secs(20), || {
+            status(lab, 1)
+                .ok()
+                .and_then(|s| ovs_tunnel(&s, "tun0"))
+                .is_some_and(|t| {
+                    t.auth == "certificate, CA-signed peer h2" && t.state == "established"
+                })
+                && ike_spis(lab, 1, "tun0")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s != pinned)
+        })?;
+        wait_established(lab, 2, "tun0")?;
+        ping_ok(&h1, &vxlan_addr(2))?;
+        ping_ok(&h2, &vxlan_addr(1))?;
+
+        // Deleted: SAs and rules go on h1, and h2 sees the DELETE.
+        vsctl(lab, 1, &["del-port", "br-int", "tun0"])?;
+        lab.wait_for("h1 to remove tun0", Duration::from_secs(5), || {
+            status(lab, 1).is_ok_and(|s| s.peers.is_empty())
+        })?;
+        ensure!(rule_count(&h1)? <= 1, "tun0's rules stay on h1");
+        lab.wait_for("h2 to see the DELETE", Duration::from_secs(5), || {
+            status(lab, 2).is_ok_and(|s| s.peers.iter().all(|p| p.sas.is_empty()))
+        })?;
+        stop_capture(lab, "capture");
+        let clear: Vec<Frame> = frames(&pcap)?
+            .into_iter()
+            .filter(|f| f.vni.is_some())
+            .collect();
+        ensure!(
+            clear.is_empty(),
+            "{} cleartext VXLAN frames:{}",
+            clear.len(),
+            describe(&clear.iter().collect::<Vec<_>>())
+        );
         Ok(())
     });
 }
