@@ -22,14 +22,17 @@
 #                           (scripts/test-deb.sh)
 #   systemd:                systemd-analyze verify/security on tunsecd.service
 #                           (scripts/test-deb.sh, docs/packaging.md)
-#   openvswitch-switch, openvswitch-common: ovsdb-server, ovsdb-tool, ovs-vsctl and
-#                           the vswitch schema, the real server of tunsec-ovsdb's tests
+#   openvswitch-switch, openvswitch-common: ovsdb-server, ovsdb-tool, ovs-vsctl, ovs-pki
+#                           and the vswitch schema, the real server of tunsec-ovsdb's tests
+#                           and of ovs_e2e.rs
+#   ovn-central, ovn-host:  ovn-northd, the NB/SB schemas, ovn-nbctl/ovn-sbctl and
+#                           ovn-controller, the OVN cloud of ovn_e2e.rs
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
     libstrongswan-standard-plugins strongswan-pki dpkg-dev man-db systemd \
-    openvswitch-switch openvswitch-common; do
+    openvswitch-switch openvswitch-common ovn-central ovn-host; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
