@@ -1,5 +1,5 @@
 //! The IKE driver: a plain thread that owns the IKE socket (UDP port 500
-//! on the underlay address) and the sans-IO [`Endpoint`] of
+//! on the underlay address) and the sans-IO [`Endpoint`](tunsec_ike::sa::Endpoint) of
 //! `tunsec-ike`, feeds it datagrams and the clock, sends what it asks to
 //! send, and turns its events into SAs in the data path's tables. IKE
 //! that arrives on the ESP-in-UDP port behind the non-ESP marker comes
