@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
 use tunsec::status::Status;
+use tunsec_lab::Lab;
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()

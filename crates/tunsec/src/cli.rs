@@ -126,12 +126,12 @@ pub enum TunsecCommand {
     },
     /// Run the demo: three hosts and two virtual networks in network
     /// namespaces on this machine (needs root).
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Measure TCP throughput and CPU cost per case (veth, the kernel's
     /// vxlan, tunsecd in clear and with each suite, WireGuard peers when
     /// installed) in network namespaces on this machine (needs root and
     /// iperf3).
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
     /// A small CA: init-ca, issue, self-signed, crl, show, verify (PEM;
     /// keys mode 0600).
     Pki(crate::pki::PkiArgs),
@@ -143,6 +143,60 @@ pub enum TunsecCommand {
         #[command(subcommand)]
         what: GenerateCommand,
     },
+}
+
+/// Options of `tunsec demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// The ESP suite: aes128gcm16, aes256gcm16, chacha20poly1305 or
+    /// aes256-sha256.
+    #[arg(long, default_value = "aes128gcm16")]
+    pub suite: String,
+    /// The tunnel format of the blue network (red is always geneve).
+    #[arg(long, default_value = "vxlan")]
+    pub encapsulation: String,
+    /// Key the SAs manually (random keys in files) instead of with IKEv2.
+    #[arg(long, conflicts_with = "psk")]
+    pub manual_keys: bool,
+    /// Authenticate IKEv2 with a generated pre-shared key per host pair
+    /// instead of CA-signed certificates.
+    #[arg(long)]
+    pub psk: bool,
+}
+
+/// Options of `tunsec bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// iperf3 runs per case; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub seconds: u32,
+    /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
+    /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
+    /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgro,
+    /// tunsec-aes128gcm16-noudpgso,
+    /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
+    /// tunsec-aes128gcm16-2workers, tunsec-gateway-aes128gcm16,
+    /// wireguard-go, boringtun. Default: all.
+    #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
+    pub cases: Vec<String>,
+    /// Print the results as JSON instead of a table (progress still goes
+    /// to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG bar chart of throughput and CPU per case.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Install the WireGuard peers if missing (wireguard-go and
+    /// wireguard-tools with apt-get, boringtun-cli with cargo install).
+    #[arg(long)]
+    pub with_peers: bool,
+    /// The prefix of the namespaces' names (for running the smoke test
+    /// beside a bench).
+    #[arg(long, default_value = "tsbench", hide = true)]
+    pub prefix: String,
 }
 
 /// `tunsec sa`'s commands.

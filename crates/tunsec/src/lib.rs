@@ -14,30 +14,29 @@
 //! - [`keys`]: key export for Wireshark (`tunsec keys export`).
 //! - [`logging`]: tunsecd's log level and format.
 //! - [`status`]: what `tunsec status` shows.
-//! - [`demo`]: `tunsec demo`.
-//! - [`bench`](mod@bench): `tunsec bench`.
 //! - [`netlink`]: rtnetlink calls (links, bridge ports) on a short-lived
 //!   runtime.
-//! - [`netns`]: network namespaces for the demo and the tests.
 //! - [`pki`]: `tunsec pki`, a small CA built on rcgen.
 //! - [`systemd`]: systemd's notify protocol (ready, watchdog, reload,
 //!   stop) for tunsecd.service.
+//!
+//! `tunsec demo` and `tunsec bench` live in the `tunsec` binary
+//! (`src/bin/tunsec/`), and the network namespace labs they and the
+//! tests build in the `tunsec-lab` crate: none of it is in this library,
+//! which `tunsecd` links.
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod demo;
 pub mod gateway;
 pub mod ike;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;
-pub mod netns;
 pub mod ovs;
 pub mod pki;
 pub mod service;

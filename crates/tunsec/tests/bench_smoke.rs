@@ -9,22 +9,13 @@
 
 use std::process::{Command, Stdio};
 
+use tunsec_lab::is_root;
+
 const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 /// Namespaces of their own, so that a `tunsec bench` running beside the
 /// test is left alone.
 const PREFIX: &str = "tsbsmoke";
 const CASES: [&str; 3] = ["veth", "kernel-vxlan", "tunsec-aes128gcm16"];
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn namespaces_left() -> Vec<String> {
     let out = Command::new("ip")

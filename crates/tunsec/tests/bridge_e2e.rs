@@ -23,7 +23,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
-use tunsec::netns::Lab;
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;

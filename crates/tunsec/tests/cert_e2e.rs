@@ -50,9 +50,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
 use tunsec::pki::{self, KeyAlg};
 use tunsec::status::{IkeStatus, Status};
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;

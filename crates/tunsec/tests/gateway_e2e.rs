@@ -92,8 +92,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
 use tunsec::status::Status;
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;
@@ -156,7 +156,7 @@ fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {
 }
 
 fn sha256(path: &Path) -> anyhow::Result<String> {
-    let out = tunsec::netns::run("sha256sum", &[&path.to_string_lossy()])?;
+    let out = tunsec_lab::run("sha256sum", &[&path.to_string_lossy()])?;
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

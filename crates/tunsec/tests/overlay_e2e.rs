@@ -1,6 +1,6 @@
 //! End-to-end tests of `tunsecd` in overlay mode, in network namespaces.
 //!
-//! Every test builds its own lab with [`tunsec::netns::Lab`] (its own
+//! Every test builds its own lab with [`tunsec_lab::Lab`] (its own
 //! namespace prefix, so the tests run in parallel; addresses only inside
 //! its namespaces; everything removed on drop): hosts on an underlay
 //! bridge (192.0.2.0/24), each running the real `tunsecd` binary, with
@@ -41,8 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
 use tunsec::status::{SaStatus, Status};
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;
@@ -301,7 +301,7 @@ fn sa_drop(sa: &SaStatus, reason: &str) -> u64 {
 // Traffic
 
 fn sha256(path: &Path) -> anyhow::Result<String> {
-    let out = tunsec::netns::run("sha256sum", &[&path.to_string_lossy()])?;
+    let out = tunsec_lab::run("sha256sum", &[&path.to_string_lossy()])?;
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

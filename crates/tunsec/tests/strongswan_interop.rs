@@ -93,8 +93,8 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use tunsec::netns::Lab;
 use tunsec::status::{IkeStatus, Status};
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;
@@ -171,7 +171,7 @@ fn preflight() {
 /// whose names start with `ns_prefix`, `Lab::ns("")`), by the pids `ip
 /// netns pids` lists (never by name): TERM, then KILL.
 fn kill_leftovers(ns_prefix: &str) {
-    let Ok(out) = tunsec::netns::run("ip", &["netns", "list"]) else {
+    let Ok(out) = tunsec_lab::run("ip", &["netns", "list"]) else {
         return;
     };
     let namespaces: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -183,7 +183,7 @@ fn kill_leftovers(ns_prefix: &str) {
     for signal in ["-TERM", "-KILL"] {
         let mut any = false;
         for ns in &namespaces {
-            let Ok(out) = tunsec::netns::run("ip", &["netns", "pids", ns]) else {
+            let Ok(out) = tunsec_lab::run("ip", &["netns", "pids", ns]) else {
                 continue;
             };
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -342,7 +342,7 @@ impl Charon {
     fn kill(&mut self, lab: &mut Lab) -> anyhow::Result<()> {
         let label = self.label();
         let pid = lab.pid(&label).context("charon is not running")?;
-        tunsec::netns::run("kill", &["-KILL", &pid.to_string()])?;
+        tunsec_lab::run("kill", &["-KILL", &pid.to_string()])?;
         lab.stop(&label);
         Ok(())
     }
@@ -1541,7 +1541,7 @@ fn sswan_rekeys_both_ways() {
         );
         std::thread::sleep(Duration::from_secs(1));
         let sock = socket_path(lab, p.tunsec);
-        let out = tunsec::netns::run(
+        let out = tunsec_lab::run(
             TUNSEC,
             &["--socket", &sock.to_string_lossy(), "rekey", PEER],
         )?;
@@ -1667,7 +1667,7 @@ fn sswan_rekeys_under_tcp() {
         );
         std::thread::sleep(Duration::from_millis(1500));
         let sock = socket_path(lab, p.tunsec);
-        tunsec::netns::run(
+        tunsec_lab::run(
             TUNSEC,
             &["--socket", &sock.to_string_lossy(), "rekey", PEER],
         )?;
@@ -1762,7 +1762,7 @@ fn sswan_ike_rekeys() {
         );
         let sock = socket_path(lab, p.tunsec);
         let sock = sock.to_string_lossy();
-        tunsec::netns::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
+        tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
         let third = wait_new_ike(lab, &x, &second, "tunsec rekey --ike")?;
         eprintln!(
             "  IKE SA rekeyed by tunsecd after {:.1} s: {second:?} -> {third:?}",
@@ -1803,7 +1803,7 @@ fn sswan_ike_rekeys() {
             "Child SA rekey by charon",
             Duration::from_secs(10),
         )?;
-        tunsec::netns::run(TUNSEC, &["--socket", &sock, "rekey", PEER])?;
+        tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER])?;
         let third_pair = wait_new_pair(
             lab,
             &x,
@@ -2307,7 +2307,7 @@ fn sswan_cert_reload_and_reauth() {
         std::fs::copy(d.join(format!("new/{TUNSEC_ID}.key")), d.join("t.key"))?;
         let sock = socket_path(lab, p.tunsec);
         let sock = sock.to_string_lossy();
-        let out = tunsec::netns::run(TUNSEC, &["--socket", &sock, "reload"])?;
+        let out = tunsec_lab::run(TUNSEC, &["--socket", &sock, "reload"])?;
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
         eprintln!("  tunsec reload: {}", said.trim());
         ensure!(said.contains("new credentials for sswan"), "{said}");
@@ -2319,7 +2319,7 @@ fn sswan_cert_reload_and_reauth() {
         const PINGS: u32 = 20;
         let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
         std::thread::sleep(Duration::from_millis(1000));
-        tunsec::netns::run(TUNSEC, &["--socket", &sock, "reauth", PEER])?;
+        tunsec_lab::run(TUNSEC, &["--socket", &sock, "reauth", PEER])?;
         let second = wait_new_ike(lab, &x, &first, "tunsec reauth")?;
         eprintln!("  re-authenticated: {first:?} -> {second:?}");
         let replies = ping_replies(pings)?;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use common::{TUNSECD, add_host, add_underlay, dump_logs, socket_path};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
+use tunsec_lab::Lab;
 
 const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 /// The unit the package installs.
@@ -256,7 +256,7 @@ fn overlay_notify_in(lab: &mut Lab) -> anyhow::Result<()> {
     );
 
     // A reload: RELOADING=1 with the time, then READY=1.
-    let out = tunsec::netns::run(
+    let out = tunsec_lab::run(
         TUNSEC,
         &["reload", "--socket", &socket_path(lab, 1).to_string_lossy()],
     )?;
@@ -270,7 +270,7 @@ fn overlay_notify_in(lab: &mut Lab) -> anyhow::Result<()> {
 
     // The stop.
     let pid = lab.pid("h1").context("h1 is gone")?;
-    tunsec::netns::run("kill", &["-TERM", &pid.to_string()])?;
+    tunsec_lab::run("kill", &["-TERM", &pid.to_string()])?;
     notify.wait_for("STOPPING=1", Duration::from_secs(5))?;
     ensure!(lab.stop("h1"), "tunsecd did not exit cleanly");
     Ok(())
@@ -317,7 +317,7 @@ fn gateway_notify_in(lab: &mut Lab) -> anyhow::Result<()> {
     );
     notify.wait_for("WATCHDOG=1", Duration::from_secs(2))?;
     let pid = lab.pid("h1").context("h1 is gone")?;
-    tunsec::netns::run("kill", &["-TERM", &pid.to_string()])?;
+    tunsec_lab::run("kill", &["-TERM", &pid.to_string()])?;
     notify.wait_for("STOPPING=1", Duration::from_secs(5))?;
     ensure!(lab.stop("h1"), "tunsecd did not exit cleanly");
     Ok(())

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::Lab;
 use tunsec::status::Status;
+use tunsec_lab::Lab;
 
 /// Host `n`'s underlay address.
 pub(crate) fn host_addr(n: u8) -> String {
@@ -29,22 +29,7 @@ pub(crate) fn tenant_addr(n: u8) -> String {
 /// The underlay: namespace `ul` with bridge `br0` (no multicast snooping:
 /// its IGMP queries would be noise in the captures).
 pub(crate) fn add_underlay(lab: &mut Lab) -> anyhow::Result<String> {
-    let ul = lab.add_ns("ul")?;
-    lab.exec(
-        &ul,
-        "ip",
-        &[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(&ul, "ip", &["link", "set", "br0", "up"])?;
-    Ok(ul)
+    lab.add_underlay()
 }
 
 /// Host namespace `short` on the underlay with `eth0` at 192.0.2.`n`.
@@ -108,20 +93,7 @@ pub(crate) fn add_tenant_behind_bridge(
     let t = lab.add_ns(name)?;
     let bridge = format!("br-{id}");
     let veth = format!("v{id}");
-    lab.exec(
-        host,
-        "ip",
-        &[
-            "link",
-            "add",
-            &bridge,
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(host, "ip", &["link", "set", &bridge, "up"])?;
+    lab.add_bridge(host, &bridge)?;
     lab.veth(host, &veth, &t, "eth0")?;
     lab.exec(host, "ip", &["link", "set", &veth, "master", &bridge])?;
     lab.exec(
@@ -160,15 +132,7 @@ pub(crate) const MARKER: &[u8; 16] = b"TSE2E-CLEARTEXT!";
 pub(crate) const TAP: &str = "ts-blue";
 
 pub(crate) fn dump_logs(lab: &Lab) {
-    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
-        return;
-    };
-    let mut logs: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    for log in logs {
+    for log in lab.logs() {
         let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(200)..];
@@ -509,7 +473,7 @@ pub(crate) fn tshark_fields(
     for f in fields {
         args.extend(["-e", f]);
     }
-    let out = tunsec::netns::run("tshark", &args)?;
+    let out = tunsec_lab::run("tshark", &args)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -561,17 +525,7 @@ pub(crate) fn describe(frames: &[&Frame]) -> String {
         .collect()
 }
 
-/// Whether this process runs as root (the real user id is 0).
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+pub(crate) use tunsec_lab::is_root;
 
 /// A tool a test suite needs: the command, arguments that make it succeed
 /// quickly, and the Debian package that has it.

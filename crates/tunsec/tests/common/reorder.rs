@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nfq::{Queue, Verdict};
-use tunsec::netns::Lab;
+use tunsec_lab::Lab;
 
 /// One ESP datagram in this many is held back.
 pub(crate) const EVERY: u64 = 100;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::{Endpoints, HOST_ADDR, say};
-use crate::netns::Lab;
+use tunsec_lab::Lab;
 
 /// The boringtun-cli version installed by `--with-peers` (the one the
 /// issue's figures were measured with).
@@ -211,7 +211,7 @@ fn quiet(cmd: &str, args: &[&str]) -> Result<(), String> {
 
 /// A WireGuard key pair from `wg genkey` and `wg pubkey`.
 fn keypair(wg: &Path) -> anyhow::Result<(String, String)> {
-    let private = crate::netns::run(&wg.to_string_lossy(), &["genkey"])?;
+    let private = tunsec_lab::run(&wg.to_string_lossy(), &["genkey"])?;
     let private = String::from_utf8_lossy(&private.stdout).trim().to_owned();
     let mut child = Command::new(wg)
         .arg("pubkey")

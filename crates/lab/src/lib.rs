@@ -1,7 +1,10 @@
-//! Network namespaces for the demo and the tests: hosts, an underlay
-//! bridge, veth pairs. Everything made here is removed when the [`Lab`] is
-//! dropped, also after a failure or a panic, and stale namespaces of the
-//! same prefix from a crashed run are removed first. Namespace names carry
+//! Network namespaces for tunsec's demo, bench and end-to-end tests:
+//! hosts, an underlay bridge, veth pairs. A crate of its own, so that the
+//! daemon's library does not carry it: the `tunsec` binary (`demo`,
+//! `bench`) and the tests use it, `tunsecd` does not. Everything made here
+//! is removed when the [`Lab`] is dropped, also after a failure or a
+//! panic, and stale namespaces of the same prefix from a crashed run are
+//! removed first. Namespace names carry
 //! the process id (`prefix-PID-short`), so that two runs at once (two test
 //! suites on one machine) never delete each other's.
 //!
@@ -122,6 +125,41 @@ impl Lab {
             &["-qw", "net.ipv6.conf.default.disable_ipv6=1"],
         )?;
         Ok(name)
+    }
+
+    /// The shared underlay: namespace `ul` with bridge `br0`, without
+    /// multicast snooping (its IGMP queries would be noise in captures).
+    /// Hosts join it with [`Lab::veth`] and `ip link set PORT master br0`.
+    pub fn add_underlay(&mut self) -> anyhow::Result<String> {
+        let ul = self.add_ns("ul")?;
+        self.add_bridge(&ul, "br0")?;
+        Ok(ul)
+    }
+
+    /// Creates bridge `name` in namespace `ns`, up, without multicast
+    /// snooping (its IGMP queries would be noise in captures).
+    pub fn add_bridge(&self, ns: &str, name: &str) -> anyhow::Result<()> {
+        self.exec(
+            ns,
+            "ip",
+            &["link", "add", name, "type", "bridge", "mcast_snooping", "0"],
+        )?;
+        self.exec(ns, "ip", &["link", "set", name, "up"])?;
+        Ok(())
+    }
+
+    /// The log files (`*.log`) in the lab's directory, sorted by name:
+    /// where [`Lab::spawn`]'s processes write.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        let Ok(dir) = std::fs::read_dir(self.dir.path()) else {
+            return Vec::new();
+        };
+        let mut logs: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs
     }
 
     /// Runs a command inside a namespace and fails with its stderr.
@@ -254,13 +292,15 @@ impl Drop for Lab {
 static LIVE_PREFIXES: std::sync::Mutex<std::collections::BTreeSet<String>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-fn is_root() -> bool {
+/// Whether this process runs as root (the real user id is 0): building
+/// namespaces needs it.
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
 }

@@ -28,27 +28,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::control::{self, Request, Response};
-use crate::netns::Lab;
-
-/// Options of `tunsec demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// The ESP suite: aes128gcm16, aes256gcm16, chacha20poly1305 or
-    /// aes256-sha256.
-    #[arg(long, default_value = "aes128gcm16")]
-    pub suite: String,
-    /// The tunnel format of the blue network (red is always geneve).
-    #[arg(long, default_value = "vxlan")]
-    pub encapsulation: String,
-    /// Key the SAs manually (random keys in files) instead of with IKEv2.
-    #[arg(long, conflicts_with = "psk")]
-    pub manual_keys: bool,
-    /// Authenticate IKEv2 with a generated pre-shared key per host pair
-    /// instead of CA-signed certificates.
-    #[arg(long)]
-    pub psk: bool,
-}
+use tunsec::cli::DemoArgs;
+use tunsec::control::{self, Request, Response};
+use tunsec_lab::Lab;
 
 /// How the demo's hosts get their SAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +122,7 @@ fn write_config(
             // host's row holds it.
             let (lo, hi) = (host.min(peer), host.max(peer));
             let psk = dir.join(format!("psk-{lo}-{hi}"));
-            crate::config::write_secret(&psk, &keys[lo][hi])?;
+            tunsec::config::write_secret(&psk, &keys[lo][hi])?;
             writeln!(
                 c,
                 "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\
@@ -151,8 +133,8 @@ fn write_config(
         }
         let key_in = dir.join(format!("key-{peer}-{host}"));
         let key_out = dir.join(format!("key-{host}-{peer}"));
-        crate::config::write_secret(&key_in, &peer_keys[host])?;
-        crate::config::write_secret(&key_out, &keys[host][peer])?;
+        tunsec::config::write_secret(&key_in, &peer_keys[host])?;
+        tunsec::config::write_secret(&key_out, &keys[host][peer])?;
         writeln!(
             c,
             "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\", \"red\"]\n\n\
@@ -205,7 +187,7 @@ fn check_interrupted(stop: &AtomicBool) -> anyhow::Result<()> {
 }
 
 /// Runs the demo.
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
@@ -221,9 +203,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     let tunsecd = tunsecd_path()?;
-    crate::netns::run("tshark", &["--version"])
+    tunsec_lab::run("tshark", &["--version"])
         .context("tshark is needed for the capture: apt-get install tshark")?;
-    crate::netns::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
+    tunsec_lab::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
 
     let mut lab = Lab::new("tsdemo")?;
     let result = demo(&mut lab, args, suite, &tunsecd, &stop);
@@ -258,22 +240,7 @@ fn demo(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     step("Building three hosts on a shared underlay");
-    let ul = lab.add_ns("ul")?;
-    // No multicast snooping: its IGMP queries would be noise in the capture.
-    lab.exec(
-        &ul,
-        "ip",
-        &[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(&ul, "ip", &["link", "set", "br0", "up"])?;
+    let ul = lab.add_underlay()?;
     let mut hosts = vec![String::new()];
     for i in 1..=HOSTS {
         let h = lab.add_ns(&format!("h{i}"))?;
@@ -301,19 +268,19 @@ fn demo(
     if keying == Keying::Certificates {
         step("Making a CA and a certificate per host (tunsec pki)");
         let pki = lab.dir.path().join("pki");
-        let (ca, _) = crate::pki::init_ca(
-            crate::pki::KeyAlg::EcdsaP256,
+        let (ca, _) = tunsec::pki::init_ca(
+            tunsec::pki::KeyAlg::EcdsaP256,
             "tunsec demo CA",
             1,
             &pki.join("ca"),
         )?;
         println!("  CA: {}", ca.display());
         for i in 1..=HOSTS {
-            let (cert, _) = crate::pki::issue(
+            let (cert, _) = tunsec::pki::issue(
                 &pki.join("ca"),
                 &format!("h{i}"),
                 &[format!("192.0.2.{i}")],
-                crate::pki::KeyAlg::EcdsaP256,
+                tunsec::pki::KeyAlg::EcdsaP256,
                 1,
                 &pki,
             )?;
@@ -373,20 +340,7 @@ fn demo(
         for (net, _, letter, offset) in NETWORKS {
             let t = lab.add_ns(&format!("t{i}{letter}"))?;
             let bridge = format!("br-{net}");
-            lab.exec(
-                h,
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &bridge,
-                    "type",
-                    "bridge",
-                    "mcast_snooping",
-                    "0",
-                ],
-            )?;
-            lab.exec(h, "ip", &["link", "set", &bridge, "up"])?;
+            lab.add_bridge(h, &bridge)?;
             let hv = format!("v{net}");
             lab.veth(h, &hv, &t, "eth0")?;
             // The tenant's MTU is the TAP's (as a VM's would be), so that
@@ -460,7 +414,7 @@ fn demo(
     std::thread::sleep(Duration::from_millis(500));
     lab.stop("capture");
     let count = |filter: &str| -> anyhow::Result<usize> {
-        let out = crate::netns::run(
+        let out = tunsec_lab::run(
             "tshark",
             &[
                 "-r",
@@ -492,8 +446,7 @@ fn demo(
 
     if failures > 0 || leaked || clear > 0 || esp == 0 {
         if clear > 0 {
-            let out =
-                crate::netns::run("tshark", &["-r", &pcap_s, "-Y", "!esp && !arp && !isakmp"])?;
+            let out = tunsec_lab::run("tshark", &["-r", &pcap_s, "-Y", "!esp && !arp && !isakmp"])?;
             println!(
                 "\ncleartext packets:\n{}",
                 String::from_utf8_lossy(&out.stdout)

@@ -40,54 +40,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 use tunsec_esp::Suite;
 
-use crate::config::Config;
-use crate::control::{self, Request, Response};
-use crate::netns::Lab;
 use measure::{CpuTimes, Iperf};
 use peers::Peer;
 use report::{BASELINE, CaseReport, Report, RunReport, Status};
-
-/// Options of `tunsec bench`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// iperf3 runs per case; the table shows the median.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub runs: u32,
-    /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub seconds: u32,
-    /// Only these cases, comma-separated: veth, kernel-vxlan, tunsec-clear,
-    /// tunsec-aes128gcm16, tunsec-aes256gcm16, tunsec-chacha20poly1305,
-    /// tunsec-aes256-sha256, tunsec-aes128gcm16-noudpgro,
-    /// tunsec-aes128gcm16-noudpgso,
-    /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
-    /// tunsec-aes128gcm16-2workers, tunsec-gateway-aes128gcm16,
-    /// wireguard-go, boringtun. Default: all.
-    #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
-    pub cases: Vec<String>,
-    /// Print the results as JSON instead of a table (progress still goes
-    /// to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Also write an SVG bar chart of throughput and CPU per case.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-    /// Install the WireGuard peers if missing (wireguard-go and
-    /// wireguard-tools with apt-get, boringtun-cli with cargo install).
-    #[arg(long)]
-    pub with_peers: bool,
-    /// The prefix of the namespaces' names (for running the smoke test
-    /// beside a bench).
-    #[arg(long, default_value = "tsbench", hide = true)]
-    pub prefix: String,
-}
+use tunsec::cli::BenchArgs;
+use tunsec::config::Config;
+use tunsec::control::{self, Request, Response};
+use tunsec_lab::Lab;
 
 /// Underlay addresses of the two hosts.
 const HOST_ADDR: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
@@ -263,14 +229,12 @@ struct Ctx<'a> {
 
 /// Prints a progress line on stderr, with the UTC time.
 fn say(msg: &str) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let t = OffsetDateTime::now_utc();
     eprintln!(
         "[bench {:02}:{:02}:{:02}] {msg}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
+        t.hour(),
+        t.minute(),
+        t.second()
     );
 }
 
@@ -308,7 +272,7 @@ fn cpu_times() -> anyhow::Result<CpuTimes> {
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux
 /// architecture tunsec builds for).
 fn clk_tck() -> u64 {
-    crate::netns::run("getconf", &["CLK_TCK"])
+    tunsec_lab::run("getconf", &["CLK_TCK"])
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .filter(|&t| t > 0)
@@ -358,7 +322,7 @@ fn select_cases(names: &[String]) -> anyhow::Result<Vec<Kind>> {
 }
 
 /// Runs the bench.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
@@ -366,7 +330,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let kinds = select_cases(&args.cases)?;
     // Root, iproute2, and no namespaces left from a crashed bench.
     drop(Lab::new(&args.prefix)?);
-    let iperf3 = crate::netns::run("iperf3", &["--version"])
+    let iperf3 = tunsec_lab::run("iperf3", &["--version"])
         .context("iperf3 is needed: apt-get install iperf3 (scripts/deps.sh installs it)")?;
     let iperf3 = String::from_utf8_lossy(&iperf3.stdout)
         .lines()
@@ -376,7 +340,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .next()
         .unwrap_or("iperf3")
         .to_owned();
-    crate::netns::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
+    tunsec_lab::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
     let tunsecd = if kinds
         .iter()
         .any(|k| matches!(k, Kind::Tunsec(..) | Kind::Gateway(_)))
@@ -559,15 +523,7 @@ fn run_case(ctx: &Ctx<'_>, kind: Kind, peer: Option<(&Path, &Path)>) -> CaseRepo
 
 /// The tails of the lab's logs (the daemons'), on stderr.
 fn print_logs(lab: &Lab) {
-    let Ok(dir) = std::fs::read_dir(lab.dir.path()) else {
-        return;
-    };
-    let mut logs: Vec<PathBuf> = dir
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    for log in logs {
+    for log in lab.logs() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(20)..];
@@ -803,20 +759,7 @@ fn add_hosts(lab: &mut Lab) -> anyhow::Result<[String; 2]> {
 fn add_tenant(lab: &mut Lab, host: &str, n: usize, dev: &str, mtu: u16) -> anyhow::Result<String> {
     let t = lab.add_ns(&format!("t{n}"))?;
     let mtu = mtu.to_string();
-    lab.exec(
-        host,
-        "ip",
-        &[
-            "link",
-            "add",
-            "br-t",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ],
-    )?;
-    lab.exec(host, "ip", &["link", "set", "br-t", "up"])?;
+    lab.add_bridge(host, "br-t")?;
     lab.veth(host, "vt", &t, "eth0")?;
     lab.exec(host, "ip", &["link", "set", "vt", "mtu", &mtu])?;
     lab.exec(&t, "ip", &["link", "set", "eth0", "mtu", &mtu])?;
@@ -929,7 +872,7 @@ fn write_keys(dir: &Path, suite: Suite) -> anyhow::Result<impl Fn(usize, usize) 
     let key = move |from: usize, to: usize| dir.join(format!("key-{from}-{to}"));
     for (from, to) in [(1, 2), (2, 1)] {
         let len = suite.encryption_key_len() + suite.integrity_key_len();
-        crate::config::write_secret(key(from, to), random_hex(len)?)?;
+        tunsec::config::write_secret(key(from, to), random_hex(len)?)?;
     }
     Ok(key)
 }
@@ -943,7 +886,7 @@ fn start_tunsecds(
     lab: &mut Lab,
     hosts: &[String; 2],
     config: impl Fn(usize) -> String,
-    mtu_of: impl Fn(&crate::status::Status) -> Option<u16>,
+    mtu_of: impl Fn(&tunsec::status::Status) -> Option<u16>,
     what: &str,
 ) -> anyhow::Result<(Vec<String>, Vec<PathBuf>, [u16; 2])> {
     let tunsecd = ctx.tunsecd.as_deref().context("tunsecd was not found")?;
@@ -1016,7 +959,7 @@ fn expected_tap_mtu() -> anyhow::Result<u16> {
     let config = Config::parse(&tunsec_config(dir, 1, None), dir)
         .map_err(|e| anyhow::anyhow!("the bench's own config: {e}"))?;
     let net = &config.networks[0];
-    Ok(crate::daemon::network_mtu(&config, net)?.mtu)
+    Ok(tunsec::daemon::network_mtu(&config, net)?.mtu)
 }
 
 fn setup_tunsec(
@@ -1154,8 +1097,8 @@ mod test {
         for suite in Suite::ALL {
             let len = suite.encryption_key_len() + suite.integrity_key_len();
             let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            crate::config::write_secret(&a, random_hex(len).unwrap()).unwrap();
-            crate::config::write_secret(&b, random_hex(len).unwrap()).unwrap();
+            tunsec::config::write_secret(&a, random_hex(len).unwrap()).unwrap();
+            tunsec::config::write_secret(&b, random_hex(len).unwrap()).unwrap();
             let text = tunsec_config(dir.path(), 2, Some((suite, &a, &b)));
             let c = Config::parse(&text, dir.path()).unwrap();
             let sa = c.peers[0].sa.as_ref().unwrap();

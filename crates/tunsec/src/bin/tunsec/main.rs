@@ -1,4 +1,8 @@
-//! `tunsec`: the command-line interface to `tunsecd`.
+//! `tunsec`: the command-line interface to `tunsecd`. `demo` and `bench`
+//! live here, beside the CLI, and not in the library that `tunsecd` links.
+
+mod bench;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         TunsecCommand::Reauth { peer, .. } => Request::Reauth { peer },
         TunsecCommand::Reload { .. } => Request::Reload,
         TunsecCommand::Demo(demo) => {
-            return match tunsec::demo::run(&demo) {
+            return match demo::run(&demo) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunsec demo: {e:#}");
@@ -119,7 +123,7 @@ fn main() -> ExitCode {
             };
         }
         TunsecCommand::Bench(bench) => {
-            return match tunsec::bench::run(&bench) {
+            return match bench::run(&bench) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tunsec bench: {e:#}");
