@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use tunsec::control::{self, Request, Response};
-use tunsec::netns::{Lab, run};
 use tunsec::status::Status;
+use tunsec_lab::{Lab, run};
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 

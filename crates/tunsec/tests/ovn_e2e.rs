@@ -39,8 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use tunsec::netns::Lab;
 use tunsec::status::Status;
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;
@@ -81,7 +81,7 @@ fn tenant(n: u8) -> String {
 
 /// Runs `cmd args` and fails with its stderr unless it succeeds.
 fn run_ok(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = tunsec::netns::run(cmd, args)?;
+    let out = tunsec_lab::run(cmd, args)?;
     ensure!(
         out.status.success(),
         "{cmd} {args:?}: {}",

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use tunsec::netns::Lab;
 use tunsec::status::{OvsTunnelStatus, Status};
+use tunsec_lab::Lab;
 
 mod common;
 use common::*;
@@ -78,7 +78,7 @@ fn create_db(lab: &mut Lab, ns: &str, n: u8) -> anyhow::Result<()> {
     let dir = db_dir(lab, n);
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("conf.db");
-    tunsec::netns::run("ovsdb-tool", &["create", &db.to_string_lossy(), SCHEMA])?;
+    tunsec_lab::run("ovsdb-tool", &["create", &db.to_string_lossy(), SCHEMA])?;
     start_db(lab, ns, n)?;
     vsctl(lab, n, &["init"])?;
     vsctl(lab, n, &["add-br", "br-int"])?;
@@ -111,7 +111,7 @@ fn vsctl(lab: &Lab, n: u8, args: &[&str]) -> anyhow::Result<String> {
     let db = format!("--db=unix:{}", db_dir(lab, n).join("db.sock").display());
     let mut all = vec![db.as_str(), "--no-wait", "--timeout=10"];
     all.extend_from_slice(args);
-    let out = tunsec::netns::run("ovs-vsctl", &all)?;
+    let out = tunsec_lab::run("ovs-vsctl", &all)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -422,7 +422,7 @@ fn pki(lab: &Lab, args: &[&str]) -> anyhow::Result<PathBuf> {
     let mut all = vec!["pki"];
     all.extend_from_slice(args);
     all.extend(["--out", &dir_s]);
-    let out = tunsec::netns::run(TUNSEC, &all)?;
+    let out = tunsec_lab::run(TUNSEC, &all)?;
     ensure!(
         out.status.success(),
         "tunsec pki {args:?}: {}",
