@@ -222,22 +222,8 @@ impl IkeSa {
             tsr,
             ke_retries,
         };
-        let id = self.next_request_id;
-        let header = self.header(ExchangeType::CreateChildSa, false, id);
-        let State::Established(st) = &mut self.state else {
-            return Err(Error::InvalidState("not established"));
-        };
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        )?;
-        st.request = Some(Request::Rekey(Box::new(rekey)));
-        self.next_request_id = id.wrapping_add(1);
-        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
-        Ok(())
+        let request = Some(Request::Rekey(Box::new(rekey)));
+        self.send_sealed_request(now, ExchangeType::CreateChildSa, &payloads, request)
     }
 
     /// The answer to our CREATE_CHILD_SA or child DELETE request.

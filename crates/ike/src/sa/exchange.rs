@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use super::event::{Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer};
-use super::state::{Discard, IkeSa, Outstanding, Queued, Role, State};
+use super::state::{Discard, IkeSa, Outstanding, Queued, Request, Role, State};
 use crate::error::Error;
-use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, PayloadType};
+use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, Payload, PayloadType};
 
 /// The first retransmission timeout; each next one doubles it.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -223,6 +223,38 @@ impl IkeSa {
             deadline: now + RETRANSMIT_TIMEOUT,
         });
         self.transmit_all(bytes);
+    }
+
+    /// Seals `payloads` under the established IKE SA as our next request of
+    /// `exchange` and sends it (see [`Self::send_request`]). `request`, if
+    /// any, is what the answer will be read against.
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established.
+    pub(super) fn send_sealed_request(
+        &mut self,
+        now: Instant,
+        exchange: ExchangeType,
+        payloads: &[Payload],
+        request: Option<Request>,
+    ) -> Result<(), Error> {
+        let id = self.next_request_id;
+        let header = self.header(exchange, false, id);
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let bytes = logging::seal(
+            self.remote,
+            &st.sk.outbound,
+            self.fragment_limit,
+            &header,
+            payloads,
+        )?;
+        if request.is_some() {
+            st.request = request;
+        }
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, exchange, id, bytes);
+        Ok(())
     }
 
     /// Sends a response (or its fragments) and keeps it for retransmitted

@@ -151,28 +151,14 @@ impl IkeSa {
             spi_i = %logging::Hex(spi_i),
             "IKE proposals offered (IKE SA rekey)"
         );
-        let id = self.next_request_id;
-        let header = self.header(ExchangeType::CreateChildSa, false, id);
-        let State::Established(st) = &mut self.state else {
-            return Err(Error::InvalidState("not established"));
-        };
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        )?;
-        st.request = Some(Request::IkeRekey(Box::new(IkeRekeySent {
+        let request = Request::IkeRekey(Box::new(IkeRekeySent {
             spi_i,
             ni,
             kex,
             offer,
             ke_retries,
-        })));
-        self.next_request_id = id.wrapping_add(1);
-        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
-        Ok(())
+        }));
+        self.send_sealed_request(now, ExchangeType::CreateChildSa, &payloads, Some(request))
     }
 
     /// The answer to our rekey of the IKE SA: on success the switch to

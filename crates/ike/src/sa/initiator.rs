@@ -7,7 +7,6 @@
 //! of ours (`child.rs`): in both exchanges we offered a Child SA and
 //! check what the responder chose.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -15,7 +14,7 @@ use tunsec_esp::Direction;
 
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event, Stats};
+use super::event::{AuthFailure, ChildSaParams, Event};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Hex, Peer, Proposals, Selectors, log_child_offer};
 use super::nat;
@@ -54,31 +53,9 @@ impl IkeSa {
             what: "IKE proposals: no Diffie-Hellman group",
             value: 0,
         })?;
-        let mut sa = Self {
-            config,
-            role: Role::Initiator,
-            remote: Some(remote),
-            spi_i,
-            spi_r: 0,
-            state: State::Closed,
-            rng,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            outstanding: None,
-            last_response: None,
-            fragment_limit: None,
-            reassembly: fragment::Reassembly::default(),
-            peer_next_id: 0,
-            next_request_id: 0,
-            half_open_deadline: None,
-            local: None,
-            nat: None,
-            peer_initial_contact: false,
-            retiring: None,
-            established_at: None,
-            stats: Stats::default(),
-        };
-        sa.local = sa.config.local_addr;
+        let mut sa = Self::fresh(config, Role::Initiator, State::Closed, rng);
+        sa.remote = Some(remote);
+        sa.spi_i = spi_i;
         let init = sa.init_request(group, ni, 0)?;
         sa.send_request(now, ExchangeType::IkeSaInit, 0, vec![init.request.clone()]);
         sa.state = State::InitSent(Box::new(init));

@@ -7,7 +7,6 @@
 //! (`child.rs`): in both exchanges we choose a proposal and narrow the
 //! traffic selectors to our policy.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use tunsec_esp::Direction;
 
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
+use super::event::{AuthFailure, ChildSaParams, Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
@@ -43,31 +42,7 @@ impl IkeSa {
     /// state, as RFC 7296 section 2.6 wants of a responder before it has
     /// committed to an SA.
     pub fn respond(config: Config, rng: Box<dyn Random + Send>) -> Self {
-        let local = config.local_addr;
-        Self {
-            config,
-            role: Role::Responder,
-            remote: None,
-            spi_i: 0,
-            spi_r: 0,
-            state: State::ExpectInit,
-            rng,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            outstanding: None,
-            last_response: None,
-            fragment_limit: None,
-            reassembly: fragment::Reassembly::default(),
-            peer_next_id: 0,
-            next_request_id: 0,
-            half_open_deadline: None,
-            local,
-            nat: None,
-            peer_initial_contact: false,
-            retiring: None,
-            established_at: None,
-            stats: Stats::default(),
-        }
+        Self::fresh(config, Role::Responder, State::ExpectInit, rng)
     }
 
     /// Answers an error notify to an IKE_SA_INIT request, without keeping
