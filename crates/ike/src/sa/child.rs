@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use tunsec_esp::Direction;
+
 use super::event::{ChildSaParams, Event};
 use super::ike_rekey;
 use super::logging::{self, Hex, log_child_offer};
@@ -16,13 +18,13 @@ use super::state::{
     Child, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued, RekeySent, Request,
     Retired, Role, State, rekey_time,
 };
-use crate::crypto;
+use crate::crypto::{self, ChildKeys};
 use crate::error::{Error, Result};
 use crate::message::{
     DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal, ProtocolId,
-    SaPayload,
+    SaPayload, TrafficSelector,
 };
-use crate::proposal;
+use crate::proposal::{self, EspChoice};
 
 impl IkeSa {
     /// Rekeys every Child SA (RFC 7296 section 2.8): for each, a
@@ -649,5 +651,43 @@ impl IkeSa {
             outbound,
         };
         (payloads, vec![event])
+    }
+}
+
+impl IkeSa {
+    /// [`Event::ChildSaUp`] for a Child SA that an exchange we initiated
+    /// (`initiated`) or answered has agreed on: `spis` are ours (inbound)
+    /// and the peer's (outbound), `keys` are split by the exchange's roles
+    /// (RFC 7296 section 2.17), and `ts` are our side's selectors and the
+    /// peer's.
+    pub(super) fn child_sa_up(
+        &self,
+        initiated: bool,
+        choice: &EspChoice,
+        transport: bool,
+        spis: (u32, u32),
+        keys: ChildKeys,
+        ts: (&[TrafficSelector], &[TrafficSelector]),
+    ) -> Event {
+        let (inbound_keys, outbound_keys) = if initiated {
+            (keys.responder_to_initiator, keys.initiator_to_responder)
+        } else {
+            (keys.initiator_to_responder, keys.responder_to_initiator)
+        };
+        let params = |direction, spi, keys| ChildSaParams {
+            direction,
+            spi,
+            suite: choice.suite,
+            esn: choice.esn,
+            transport,
+            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            keys,
+            local_ts: ts.0.to_vec(),
+            remote_ts: ts.1.to_vec(),
+        };
+        Event::ChildSaUp {
+            inbound: params(Direction::Inbound, spis.0, inbound_keys),
+            outbound: params(Direction::Outbound, spis.1, outbound_keys),
+        }
     }
 }

@@ -27,7 +27,7 @@ pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const MAX_TRANSMISSIONS: u32 = 5;
 
 /// Why a message that does not open is dropped.
-fn discard(e: Error) -> Discard {
+pub(super) fn discard(e: Error) -> Discard {
     match e {
         Error::IntegrityCheckFailed => Discard::Integrity,
         _ => Discard::Malformed,

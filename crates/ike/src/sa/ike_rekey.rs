@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
-use super::exchange::{MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
+use super::exchange::{self, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
 use super::logging;
 use super::payloads::{Payloads, offers_group};
 use super::random::{random_ike_spi, random_nonce, random_u64};
@@ -445,10 +445,15 @@ impl IkeSa {
             return Err(Discard::Unexpected);
         }
         let open = |r: &Retiring| {
-            r.sk.inbound.open(bytes).map_err(|e| match e {
-                Error::IntegrityCheckFailed => Discard::Integrity,
-                _ => Discard::Malformed,
-            })
+            let message = r.sk.inbound.open(bytes).map_err(exchange::discard)?;
+            logging::message(
+                logging::Direction::Received,
+                Some(remote),
+                header,
+                &message.payloads,
+                1,
+            );
+            Ok(message)
         };
         if header.response {
             let Some(out) = &r.outstanding else {
@@ -457,14 +462,7 @@ impl IkeSa {
             if header.message_id != out.message_id {
                 return Err(Discard::WrongMessageId);
             }
-            let message = open(r)?;
-            logging::message(
-                logging::Direction::Received,
-                Some(remote),
-                header,
-                &message.payloads,
-                1,
-            );
+            open(r)?;
             // The old IKE SA is gone on both sides.
             self.retiring = None;
             return Ok(());
@@ -483,13 +481,6 @@ impl IkeSa {
             return Err(Discard::WrongMessageId);
         }
         let message = open(r)?;
-        logging::message(
-            logging::Direction::Received,
-            Some(remote),
-            header,
-            &message.payloads,
-            1,
-        );
         let reply = match header.exchange_type {
             ExchangeType::Informational => Vec::new(),
             _ => vec![Payload::Notify(Notify::new(

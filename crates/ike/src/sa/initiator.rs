@@ -10,11 +10,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tunsec_esp::Direction;
-
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event};
+use super::event::{AuthFailure, Event};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Hex, Peer, Proposals, Selectors, log_child_offer};
 use super::nat;
@@ -538,20 +536,13 @@ impl IkeSa {
         let rtsi = if behind_nat { tsi } else { rtsi };
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
-        let params = |direction, spi, keys| ChildSaParams {
-            direction,
-            spi,
-            suite: choice.suite,
-            esn: choice.esn,
+        Ok(self.child_sa_up(
+            true,
+            &choice,
             transport,
-            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            (esp_spi, peer_spi),
             keys,
-            local_ts: rtsi.to_vec(),
-            remote_ts: rtsr.to_vec(),
-        };
-        Ok(Event::ChildSaUp {
-            inbound: params(Direction::Inbound, esp_spi, keys.responder_to_initiator),
-            outbound: params(Direction::Outbound, peer_spi, keys.initiator_to_responder),
-        })
+            (rtsi, rtsr),
+        ))
     }
 }

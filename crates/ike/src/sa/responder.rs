@@ -10,11 +10,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tunsec_esp::Direction;
-
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event, Transmit};
+use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
@@ -454,21 +452,14 @@ impl IkeSa {
         }));
         payloads.push(Payload::TsInitiator(tsi.clone()));
         payloads.push(Payload::TsResponder(tsr.clone()));
-        let params = |direction, spi, keys| ChildSaParams {
-            direction,
-            spi,
-            suite: choice.suite,
-            esn: choice.esn,
+        let event = self.child_sa_up(
+            false,
+            &choice,
             transport,
-            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            (our_spi, peer_spi),
             keys,
-            local_ts: tsr.clone(),
-            remote_ts: tsi.clone(),
-        };
-        let event = Event::ChildSaUp {
-            inbound: params(Direction::Inbound, our_spi, keys.initiator_to_responder),
-            outbound: params(Direction::Outbound, peer_spi, keys.responder_to_initiator),
-        };
+            (&tsr, &tsi),
+        );
         Ok((payloads, event))
     }
 }
