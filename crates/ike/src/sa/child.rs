@@ -11,7 +11,7 @@ use tunsec_esp::Direction;
 
 use super::event::{ChildSaParams, Event};
 use super::ike_rekey;
-use super::logging::{self, Hex, log_child_offer};
+use super::logging::{Hex, log_child_offer};
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
 use super::state::{
@@ -500,13 +500,7 @@ impl IkeSa {
             return;
         };
         let (reply, events) = self.create_child_response(now, &mut st, message);
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &reply,
-        );
+        let sealed = self.seal(&st.sk, &response, &reply);
         self.state = State::Established(st);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {

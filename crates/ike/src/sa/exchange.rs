@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::event::{Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer};
-use super::state::{Discard, IkeSa, Outstanding, Queued, Request, Role, State};
+use super::state::{Discard, IkeSa, Outstanding, Queued, Request, Role, Sk, State};
 use crate::error::Error;
 use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, Payload, PayloadType};
 
@@ -225,6 +225,23 @@ impl IkeSa {
         self.transmit_all(bytes);
     }
 
+    /// Seals `payloads` under `sk` for our peer, in fragments once they are
+    /// agreed, and logs them ([`logging::seal`]).
+    pub(super) fn seal(
+        &self,
+        sk: &Sk,
+        header: &Header,
+        payloads: &[Payload],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        logging::seal(
+            self.remote,
+            &sk.outbound,
+            self.fragment_limit,
+            header,
+            payloads,
+        )
+    }
+
     /// Seals `payloads` under the established IKE SA as our next request of
     /// `exchange` and sends it (see [`Self::send_request`]). `request`, if
     /// any, is what the answer will be read against.
@@ -239,18 +256,12 @@ impl IkeSa {
     ) -> Result<(), Error> {
         let id = self.next_request_id;
         let header = self.header(exchange, false, id);
-        let State::Established(st) = &mut self.state else {
+        let State::Established(st) = &self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            payloads,
-        )?;
-        if request.is_some() {
-            st.request = request;
+        let bytes = self.seal(&st.sk, &header, payloads)?;
+        if let (Some(request), State::Established(st)) = (request, &mut self.state) {
+            st.request = Some(request);
         }
         self.next_request_id = id.wrapping_add(1);
         self.send_request(now, exchange, id, bytes);

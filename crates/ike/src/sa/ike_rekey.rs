@@ -272,13 +272,7 @@ impl IkeSa {
             Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
             Err(n) => (vec![Payload::Notify(n)], None),
         };
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &payloads,
-        );
+        let sealed = self.seal(&st.sk, &response, &payloads);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),

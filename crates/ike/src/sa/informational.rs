@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use super::event::Event;
-use super::logging;
 use super::state::{Child, IkeSa, Request, Retired, State, rekey_time};
 use crate::error::{Error, Result};
 use crate::message::{Delete, ExchangeType, Header, Message, Payload, ProtocolId};
@@ -147,13 +146,10 @@ impl IkeSa {
             reply.clear();
             events = vec![Event::IkeSaDeleted];
         }
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &reply,
-        );
+        let State::Established(st) = &self.state else {
+            return;
+        };
+        let sealed = self.seal(&st.sk, &response, &reply);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),

@@ -365,10 +365,8 @@ impl IkeSa {
             &c.local_ts,
             &c.remote_ts,
         );
-        let bytes = logging::seal(
-            self.remote,
-            &sk.outbound,
-            self.fragment_limit,
+        let bytes = self.seal(
+            &sk,
             &self.header(ExchangeType::IkeAuth, false, 1),
             &payloads,
         )?;

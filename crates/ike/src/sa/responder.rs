@@ -263,13 +263,7 @@ impl IkeSa {
                 NotifyType::AuthenticationFailed,
                 Vec::new(),
             ))];
-            match logging::seal(
-                self.remote,
-                &st.sk.outbound,
-                self.fragment_limit,
-                &header,
-                &notify,
-            ) {
+            match self.seal(&st.sk, &header, &notify) {
                 Ok(bytes) => {
                     self.send_response(1, bytes);
                     self.close(Event::AuthFailed { reason });
@@ -324,13 +318,7 @@ impl IkeSa {
                 }
             }
         };
-        match logging::seal(
-            self.remote,
-            &sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        ) {
+        match self.seal(&sk, &header, &payloads) {
             Ok(bytes) => {
                 self.send_response(1, bytes);
                 self.peer_next_id = 2;
