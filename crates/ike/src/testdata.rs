@@ -4,6 +4,11 @@
 
 use std::collections::HashMap;
 
+/// Bytes from hex as RFCs and logs print it, with spaces and line breaks.
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    hex::decode(s.replace([' ', '\n'], "")).unwrap()
+}
+
 /// One captured IKE_SA_INIT and IKE_AUTH exchange.
 pub(crate) struct Capture {
     pub(crate) name: &'static str,

@@ -43,25 +43,17 @@ pub const TRAILER_LEN: usize = 2;
 /// The largest padding the pad length field can describe.
 pub const MAX_PADDING: usize = 255;
 
-/// A read/write view of an ESP packet (header, then everything after it).
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of an ESP packet (header, then everything after it).
+    fields {
+        /// The Security Parameters Index.
+        pub spi, set_spi: u32 = field::SPI;
+        /// The low-order 32 bits of the sequence number.
+        pub sequence_number, set_sequence_number: u32 = field::SEQUENCE_NUMBER;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds at least the ESP header.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
@@ -71,21 +63,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
 
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The Security Parameters Index.
-    pub fn spi(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::SPI])
-    }
-
-    /// The low-order 32 bits of the sequence number.
-    pub fn sequence_number(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::SEQUENCE_NUMBER])
-    }
-
     /// Everything after the header: IV, ciphertext, trailer and ICV.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
@@ -93,25 +70,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the Security Parameters Index.
-    pub fn set_spi(&mut self, spi: u32) {
-        self.buffer.as_mut()[field::SPI].copy_from_slice(&spi.to_be_bytes());
-    }
-
-    /// Sets the low-order 32 bits of the sequence number.
-    pub fn set_sequence_number(&mut self, seq: u32) {
-        self.buffer.as_mut()[field::SEQUENCE_NUMBER].copy_from_slice(&seq.to_be_bytes());
-    }
-
     /// Everything after the header, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 
@@ -238,10 +199,6 @@ fn default_padding_ok(padding: &[u8]) -> bool {
         .iter()
         .enumerate()
         .all(|(i, &b)| usize::from(b) == i + 1)
-}
-
-fn read_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 #[cfg(test)]

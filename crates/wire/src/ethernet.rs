@@ -25,7 +25,8 @@
 
 use core::fmt;
 
-use crate::{Error, Result};
+use crate::Result;
+use crate::view::{FieldValue, check_announced};
 
 mod field {
     use crate::Field;
@@ -122,6 +123,21 @@ impl EthernetAddress {
     }
 }
 
+/// An address is its 6 bytes on the wire.
+impl FieldValue for EthernetAddress {
+    #[inline]
+    fn read(bytes: &[u8]) -> Self {
+        let mut octets = [0u8; 6];
+        octets.copy_from_slice(bytes);
+        Self(octets)
+    }
+
+    #[inline]
+    fn write(self, bytes: &mut [u8]) {
+        bytes.copy_from_slice(&self.0);
+    }
+}
+
 impl fmt::Display for EthernetAddress {
     /// Lower-case hex bytes separated by colons: `aa:bb:cc:dd:ee:ff`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,61 +178,35 @@ impl VlanTag {
     }
 }
 
-/// A read/write view of an Ethernet II frame.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of an Ethernet II frame.
+    fields {
+        /// The Destination Address.
+        pub dst_addr, set_dst_addr: EthernetAddress = field::DESTINATION;
+        /// The Source Address.
+        pub src_addr, set_src_addr: EthernetAddress = field::SOURCE;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the header: 14 bytes, or 18 when the
     /// frame carries an 802.1Q tag.
     pub fn check_len(&self) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN || len < self.header_len() {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The Destination Address.
-    pub fn dst_addr(&self) -> EthernetAddress {
-        read_addr(&self.buffer.as_ref()[field::DESTINATION])
-    }
-
-    /// The Source Address.
-    pub fn src_addr(&self) -> EthernetAddress {
-        read_addr(&self.buffer.as_ref()[field::SOURCE])
+        // The announced length is never below HEADER_LEN.
+        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
+        Ok(())
     }
 
     /// Whether the frame carries an 802.1Q tag (TPID 0x8100 after the
     /// source address).
     pub fn is_tagged(&self) -> bool {
-        read_u16(&self.buffer.as_ref()[field::ETHERTYPE]) == u16::from(EtherType::Vlan)
+        u16::read(&self.buffer.as_ref()[field::ETHERTYPE]) == u16::from(EtherType::Vlan)
     }
 
     /// The 802.1Q tag, if any.
     pub fn vlan(&self) -> Option<VlanTag> {
         self.is_tagged()
-            .then(|| VlanTag::from_tci(read_u16(&self.buffer.as_ref()[field::TCI])))
+            .then(|| VlanTag::from_tci(u16::read(&self.buffer.as_ref()[field::TCI])))
     }
 
     /// The EtherType of the payload (after the tag, if there is one).
@@ -226,7 +216,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         } else {
             field::ETHERTYPE
         };
-        EtherType::from(read_u16(&self.buffer.as_ref()[f]))
+        EtherType::from(u16::read(&self.buffer.as_ref()[f]))
     }
 
     /// The header length: 14, or 18 with an 802.1Q tag.
@@ -245,16 +235,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the Destination Address.
-    pub fn set_dst_addr(&mut self, addr: EthernetAddress) {
-        self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&addr.0);
-    }
-
-    /// Sets the Source Address.
-    pub fn set_src_addr(&mut self, addr: EthernetAddress) {
-        self.buffer.as_mut()[field::SOURCE].copy_from_slice(&addr.0);
-    }
-
     /// Writes an 802.1Q tag (TPID and TCI) after the source address. The
     /// frame is tagged from then on: set the EtherType afterwards, it goes
     /// after the tag.
@@ -279,12 +259,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 
@@ -342,17 +316,10 @@ impl Repr {
     }
 }
 
-fn read_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn read_addr(b: &[u8]) -> EthernetAddress {
-    EthernetAddress([b[0], b[1], b[2], b[3], b[4], b[5]])
-}
-
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::Error;
     use proptest::prelude::*;
 
     const DST: EthernetAddress = EthernetAddress([0x01, 0x02, 0x03, 0x04, 0x05, 0x06]);

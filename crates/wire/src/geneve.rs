@@ -34,6 +34,7 @@
 //! length of the options, which the caller copies or rewrites as bytes
 //! ([`Packet::options_bytes`]). To build options, use [`emit_options`].
 
+use crate::view::check_announced;
 use crate::vxlan::Vni;
 use crate::{Error, Result};
 
@@ -77,42 +78,26 @@ const FLAG_CRITICAL: u8 = 0x40;
 const OPT_CRITICAL: u8 = 0x80;
 const OPT_LEN_MASK: u8 = 0x1f;
 
-/// A read/write view of a Geneve packet (base header, options, payload).
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of a Geneve packet (base header, options, payload).
+    fields {
+        /// The Protocol Type: an EtherType, or [`PROTOCOL_ETHERNET`].
+        pub protocol_type, set_protocol_type: u16 = field::PROTOCOL_TYPE;
+        /// The Virtual Network Identifier.
+        pub vni, set_vni: Vni = field::VNI;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the base header and the options that
     /// Opt Len announces; returns [`Error::Truncated`] if not.
     ///
     /// The options themselves are checked by [`Repr::parse`], and
     /// [`Self::options`] reports malformed ones as errors.
     pub fn check_len(&self) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN || len < self.header_len() {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
+        // The announced length is never below HEADER_LEN.
+        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
+        Ok(())
     }
 
     /// The version (0 is the only one defined).
@@ -138,18 +123,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The C bit: critical options are present.
     pub fn critical(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & FLAG_CRITICAL != 0
-    }
-
-    /// The Protocol Type: an EtherType, or [`PROTOCOL_ETHERNET`].
-    pub fn protocol_type(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::PROTOCOL_TYPE];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    /// The Virtual Network Identifier.
-    pub fn vni(&self) -> Vni {
-        let b = &self.buffer.as_ref()[field::VNI];
-        Vni::from_be_bytes([b[0], b[1], b[2]])
     }
 
     /// The options as raw bytes.
@@ -199,16 +172,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_flag(FLAG_CRITICAL, on);
     }
 
-    /// Sets the Protocol Type.
-    pub fn set_protocol_type(&mut self, value: u16) {
-        self.buffer.as_mut()[field::PROTOCOL_TYPE].copy_from_slice(&value.to_be_bytes());
-    }
-
-    /// Sets the VNI.
-    pub fn set_vni(&mut self, vni: Vni) {
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&vni.to_be_bytes());
-    }
-
     /// The options as raw bytes, writable; see [`emit_options`].
     pub fn options_bytes_mut(&mut self) -> &mut [u8] {
         let end = self.header_len();
@@ -219,12 +182,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 

@@ -28,6 +28,7 @@
 //! GUE has no IANA-assigned port: the draft leaves the UDP port to
 //! configuration, and so does tunsec.
 
+use crate::view::check_announced;
 use crate::{Error, Result};
 
 mod field {
@@ -54,25 +55,18 @@ pub fn variant(udp_payload: &[u8]) -> Result<u8> {
     udp_payload.first().map(|b| b >> 6).ok_or(Error::Truncated)
 }
 
-/// A read/write view of a GUE variant 0 packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of a GUE variant 0 packet.
+    fields {
+        /// Proto/ctype: the IP protocol of the payload, or the control message
+        /// type when [`Self::control`] is set.
+        pub proto_ctype, set_proto_ctype: u8 = field::PROTO_CTYPE;
+        /// The Flags field.
+        pub flags, set_flags: u16 = field::FLAGS;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the first word and the extension fields
     /// that Hlen announces.
     ///
@@ -87,15 +81,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if self.variant() != 0 {
             return Err(Error::BadVersion);
         }
-        if len < self.header_len() {
-            return Err(Error::Truncated);
-        }
+        // The announced length is never below HEADER_LEN.
+        check_announced(len, HEADER_LEN, || self.header_len())?;
         Ok(())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The variant (0 for this header format).
@@ -116,18 +104,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The header length: 4 plus the extension fields.
     pub fn header_len(&self) -> usize {
         HEADER_LEN + self.ext_len()
-    }
-
-    /// Proto/ctype: the IP protocol of the payload, or the control message
-    /// type when [`Self::control`] is set.
-    pub fn proto_ctype(&self) -> u8 {
-        self.buffer.as_ref()[field::PROTO_CTYPE]
-    }
-
-    /// The Flags field.
-    pub fn flags(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::FLAGS];
-        u16::from_be_bytes([b[0], b[1]])
     }
 
     /// The extension fields, as raw bytes.
@@ -162,16 +138,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         *b = (*b & !HLEN_MASK) | ((len / 4) as u8 & HLEN_MASK);
     }
 
-    /// Sets Proto/ctype.
-    pub fn set_proto_ctype(&mut self, value: u8) {
-        self.buffer.as_mut()[field::PROTO_CTYPE] = value;
-    }
-
-    /// Sets the Flags field.
-    pub fn set_flags(&mut self, flags: u16) {
-        self.buffer.as_mut()[field::FLAGS].copy_from_slice(&flags.to_be_bytes());
-    }
-
     /// The extension fields, writable.
     pub fn extensions_mut(&mut self) -> &mut [u8] {
         let end = self.header_len();
@@ -182,12 +148,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 

@@ -8,6 +8,7 @@
 //! +-+-+-+-+-+-+-+-+
 //! ```
 
+use crate::view::FieldValue;
 use crate::{Error, Result};
 
 /// An IP protocol number: the IPv4 Protocol field, the IPv6 Next Header
@@ -87,6 +88,19 @@ impl From<IpProtocol> for u8 {
             IpProtocol::Ipv6Opts => 60,
             IpProtocol::Unknown(other) => other,
         }
+    }
+}
+
+/// An IP protocol number is one byte on the wire.
+impl FieldValue for IpProtocol {
+    #[inline]
+    fn read(bytes: &[u8]) -> Self {
+        Self::from(bytes[0])
+    }
+
+    #[inline]
+    fn write(self, bytes: &mut [u8]) {
+        bytes[0] = self.into();
     }
 }
 

@@ -29,6 +29,7 @@
 use std::net::Ipv4Addr;
 
 use crate::ip::IpProtocol;
+use crate::view::check_announced;
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -55,25 +56,31 @@ const FLAG_DF: u16 = 0x4000;
 const FLAG_MF: u16 = 0x2000;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
-/// A read/write view of an IPv4 packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of an IPv4 packet.
+    fields {
+        /// The whole Type of Service byte: DSCP in the high 6 bits, ECN in the
+        /// low 2.
+        pub dscp_ecn, set_dscp_ecn: u8 = field::DSCP_ECN;
+        /// The Total Length field: header and data, in bytes.
+        pub total_len, set_total_len: u16 = field::LENGTH;
+        /// The Identification field.
+        pub ident, set_ident: u16 = field::IDENT;
+        flags_offset, set_flags_offset: u16 = field::FLG_OFF;
+        /// The Time to Live field.
+        pub hop_limit, set_hop_limit: u8 = field::TTL;
+        /// The Protocol field.
+        pub next_header, set_next_header: IpProtocol = field::PROTOCOL;
+        /// The Header Checksum field.
+        pub checksum, set_checksum: u16 = field::CHECKSUM;
+        /// The Source Address.
+        pub src_addr, set_src_addr: Ipv4Addr = field::SRC_ADDR;
+        /// The Destination Address.
+        pub dst_addr, set_dst_addr: Ipv4Addr = field::DST_ADDR;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the fixed header, that IHL is at least
     /// 5, and that `header_len <= total_len <= buffer length`.
     ///
@@ -84,36 +91,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// [`Repr::parse`].
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
         //# Internet Header Length is the length of the internet header in 32
         //# bit words, and thus points to the beginning of the data.  Note that
         //# the minimum value for a correct header is 5.
-        let header_len = self.header_len();
-        if header_len < HEADER_LEN {
-            return Err(Error::BadLength);
-        }
-        if len < header_len {
-            return Err(Error::Truncated);
-        }
+        let header_len = check_announced(len, HEADER_LEN, || self.header_len())?;
         //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
         //# Total Length is the length of the datagram, measured in octets,
         //# including internet header and data.
-        let total_len = usize::from(self.total_len());
-        if total_len < header_len {
-            return Err(Error::BadLength);
-        }
-        if len < total_len {
-            return Err(Error::Truncated);
-        }
+        check_announced(len, header_len, || usize::from(self.total_len()))?;
         Ok(())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// The version field (4 for a valid packet).
@@ -126,12 +113,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
-    /// The whole Type of Service byte: DSCP in the high 6 bits, ECN in the
-    /// low 2.
-    pub fn dscp_ecn(&self) -> u8 {
-        self.buffer.as_ref()[field::DSCP_ECN]
-    }
-
     /// The Differentiated Services Code Point (RFC 2474).
     pub fn dscp(&self) -> u8 {
         self.dscp_ecn() >> 2
@@ -140,20 +121,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The Explicit Congestion Notification bits (RFC 3168).
     pub fn ecn(&self) -> u8 {
         self.dscp_ecn() & 0x03
-    }
-
-    /// The Total Length field: header and data, in bytes.
-    pub fn total_len(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::LENGTH])
-    }
-
-    /// The Identification field.
-    pub fn ident(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::IDENT])
-    }
-
-    fn flags_offset(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::FLG_OFF])
     }
 
     /// The reserved flag (bit 0 of Flags), which RFC 791 says must be zero.
@@ -182,31 +149,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// fragment offset is not zero.
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
-    }
-
-    /// The Time to Live field.
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::TTL]
-    }
-
-    /// The Protocol field.
-    pub fn next_header(&self) -> IpProtocol {
-        IpProtocol::from(self.buffer.as_ref()[field::PROTOCOL])
-    }
-
-    /// The Header Checksum field.
-    pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
-    }
-
-    /// The Source Address.
-    pub fn src_addr(&self) -> Ipv4Addr {
-        read_addr(&self.buffer.as_ref()[field::SRC_ADDR])
-    }
-
-    /// The Destination Address.
-    pub fn dst_addr(&self) -> Ipv4Addr {
-        read_addr(&self.buffer.as_ref()[field::DST_ADDR])
     }
 
     /// The options and padding: the bytes between the fixed header and
@@ -245,11 +187,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         *b = (*b & 0xf0) | ((len / 4) as u8 & 0x0f);
     }
 
-    /// Sets the whole Type of Service byte.
-    pub fn set_dscp_ecn(&mut self, value: u8) {
-        self.buffer.as_mut()[field::DSCP_ECN] = value;
-    }
-
     /// Sets the DSCP, keeping the ECN bits.
     pub fn set_dscp(&mut self, dscp: u8) {
         let ecn = self.ecn();
@@ -260,20 +197,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_ecn(&mut self, ecn: u8) {
         let value = (self.dscp_ecn() & !0x03) | (ecn & 0x03);
         self.set_dscp_ecn(value);
-    }
-
-    /// Sets the Total Length field.
-    pub fn set_total_len(&mut self, len: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
-    }
-
-    /// Sets the Identification field.
-    pub fn set_ident(&mut self, ident: u16) {
-        self.buffer.as_mut()[field::IDENT].copy_from_slice(&ident.to_be_bytes());
-    }
-
-    fn set_flags_offset(&mut self, value: u16) {
-        self.buffer.as_mut()[field::FLG_OFF].copy_from_slice(&value.to_be_bytes());
     }
 
     fn set_flag(&mut self, flag: u16, on: bool) {
@@ -303,31 +226,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_flags_offset(value);
     }
 
-    /// Sets the Time to Live field.
-    pub fn set_hop_limit(&mut self, ttl: u8) {
-        self.buffer.as_mut()[field::TTL] = ttl;
-    }
-
-    /// Sets the Protocol field.
-    pub fn set_next_header(&mut self, protocol: IpProtocol) {
-        self.buffer.as_mut()[field::PROTOCOL] = protocol.into();
-    }
-
-    /// Sets the Header Checksum field to a given value.
-    pub fn set_checksum(&mut self, value: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_be_bytes());
-    }
-
-    /// Sets the Source Address.
-    pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
-        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&addr.octets());
-    }
-
-    /// Sets the Destination Address.
-    pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
-        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&addr.octets());
-    }
-
     /// Computes the header checksum over [`Packet::header_len`] bytes and
     /// writes it. Call it after every other header field is set.
     //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
@@ -350,12 +248,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let range = self.header_len()..usize::from(self.total_len());
         &mut self.buffer.as_mut()[range]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 
@@ -438,14 +330,6 @@ impl Repr {
         packet.set_dst_addr(self.dst_addr);
         packet.fill_checksum();
     }
-}
-
-fn read_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn read_addr(b: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(b[0], b[1], b[2], b[3])
 }
 
 #[cfg(test)]

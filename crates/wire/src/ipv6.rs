@@ -34,6 +34,7 @@
 use std::net::Ipv6Addr;
 
 use crate::ip::IpProtocol;
+use crate::view::check_announced;
 use crate::{Error, Result};
 
 mod field {
@@ -51,51 +52,40 @@ pub const HEADER_LEN: usize = field::DST_ADDR.end;
 /// The largest flow label (20 bits).
 pub const MAX_FLOW_LABEL: u32 = 0x000f_ffff;
 
-/// A read/write view of an IPv6 packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of an IPv6 packet.
+    fields {
+        first_word, set_first_word: u32 = field::VER_TC_FLOW;
+        /// The Payload Length field: everything after the fixed header,
+        /// extension headers included.
+        pub payload_len, set_payload_len: u16 = field::LENGTH;
+        /// The Next Header field: the first extension header or the
+        /// upper-layer protocol.
+        pub next_header, set_next_header: IpProtocol = field::NXT_HDR;
+        /// The Hop Limit.
+        pub hop_limit, set_hop_limit: u8 = field::HOP_LIMIT;
+        /// The Source Address.
+        pub src_addr, set_src_addr: Ipv6Addr = field::SRC_ADDR;
+        /// The Destination Address.
+        pub dst_addr, set_dst_addr: Ipv6Addr = field::DST_ADDR;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the fixed header and the payload that
     /// Payload Length announces; returns [`Error::Truncated`] if not.
     ///
     /// The version is not checked here; see [`Repr::parse`].
     pub fn check_len(&self) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         //= https://www.rfc-editor.org/rfc/rfc8200#section-3
         //# Length of the IPv6 payload, i.e., the rest of the packet following
         //# this IPv6 header, in octets.
-        if len < HEADER_LEN + usize::from(self.payload_len()) {
-            return Err(Error::Truncated);
-        }
+        //
+        // The announced length is never below HEADER_LEN.
+        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || {
+            HEADER_LEN + usize::from(self.payload_len())
+        })?;
         Ok(())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    fn first_word(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::VER_TC_FLOW];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
 
     /// The version field (6 for a valid packet).
@@ -113,34 +103,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.first_word() & MAX_FLOW_LABEL
     }
 
-    /// The Payload Length field: everything after the fixed header,
-    /// extension headers included.
-    pub fn payload_len(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::LENGTH];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    /// The Next Header field: the first extension header or the
-    /// upper-layer protocol.
-    pub fn next_header(&self) -> IpProtocol {
-        IpProtocol::from(self.buffer.as_ref()[field::NXT_HDR])
-    }
-
-    /// The Hop Limit.
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::HOP_LIMIT]
-    }
-
-    /// The Source Address.
-    pub fn src_addr(&self) -> Ipv6Addr {
-        read_addr(&self.buffer.as_ref()[field::SRC_ADDR])
-    }
-
-    /// The Destination Address.
-    pub fn dst_addr(&self) -> Ipv6Addr {
-        read_addr(&self.buffer.as_ref()[field::DST_ADDR])
-    }
-
     /// The payload: Payload Length bytes after the fixed header.
     pub fn payload(&self) -> &[u8] {
         let end = HEADER_LEN + usize::from(self.payload_len());
@@ -149,10 +111,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    fn set_first_word(&mut self, value: u32) {
-        self.buffer.as_mut()[field::VER_TC_FLOW].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Sets the version field.
     pub fn set_version(&mut self, version: u8) {
         let word = (self.first_word() & 0x0fff_ffff) | (u32::from(version & 0x0f) << 28);
@@ -171,41 +129,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_first_word(word);
     }
 
-    /// Sets the Payload Length field.
-    pub fn set_payload_len(&mut self, len: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
-    }
-
-    /// Sets the Next Header field.
-    pub fn set_next_header(&mut self, protocol: IpProtocol) {
-        self.buffer.as_mut()[field::NXT_HDR] = protocol.into();
-    }
-
-    /// Sets the Hop Limit.
-    pub fn set_hop_limit(&mut self, hop_limit: u8) {
-        self.buffer.as_mut()[field::HOP_LIMIT] = hop_limit;
-    }
-
-    /// Sets the Source Address.
-    pub fn set_src_addr(&mut self, addr: Ipv6Addr) {
-        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&addr.octets());
-    }
-
-    /// Sets the Destination Address.
-    pub fn set_dst_addr(&mut self, addr: Ipv6Addr) {
-        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&addr.octets());
-    }
-
     /// The payload, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = HEADER_LEN + usize::from(self.payload_len());
         &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 
@@ -267,12 +194,6 @@ impl Repr {
         packet.set_src_addr(self.src_addr);
         packet.set_dst_addr(self.dst_addr);
     }
-}
-
-fn read_addr(b: &[u8]) -> Ipv6Addr {
-    let mut octets = [0u8; 16];
-    octets.copy_from_slice(&b[..16]);
-    Ipv6Addr::from(octets)
 }
 
 #[cfg(test)]

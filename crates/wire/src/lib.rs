@@ -22,6 +22,11 @@
 //!   does not check lengths again (emitting into a too-short buffer is a
 //!   programming error and may panic, as in smoltcp).
 //!
+//! The module `view` (crate-private) holds what the views share: the
+//! `packet_view!` macro declares a module's `Packet<T>`, its constructors
+//! and its plain field accessors, so each module writes only what is its
+//! own.
+//!
 //! The crate does no I/O and no cryptography.
 
 #![forbid(unsafe_code)]
@@ -37,6 +42,7 @@ pub mod ipv6;
 pub mod natt;
 pub mod tcp;
 pub mod udp;
+mod view;
 pub mod vxlan;
 
 /// A byte range of a fixed-size field.

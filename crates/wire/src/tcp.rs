@@ -31,6 +31,7 @@
 
 use std::net::IpAddr;
 
+use crate::view::check_announced;
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -78,25 +79,29 @@ pub mod flags {
     pub const CWR: u8 = 0x80;
 }
 
-/// A read/write view of a TCP segment (header, options and data).
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of a TCP segment (header, options and data).
+    fields {
+        /// The Source Port.
+        pub src_port, set_src_port: u16 = field::SRC_PORT;
+        /// The Destination Port.
+        pub dst_port, set_dst_port: u16 = field::DST_PORT;
+        /// The Sequence Number.
+        pub seq_number, set_seq_number: u32 = field::SEQ_NUM;
+        /// The Acknowledgment Number.
+        pub ack_number, set_ack_number: u32 = field::ACK_NUM;
+        /// The eight control bits (see [`flags`]).
+        pub flags, set_flags: u8 = field::FLAGS;
+        /// The Window.
+        pub window, set_window: u16 = field::WINDOW;
+        /// The Checksum field.
+        pub checksum, set_checksum: u16 = field::CHECKSUM;
+        /// The Urgent Pointer.
+        pub urgent, set_urgent: u16 = field::URGENT;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the fixed header and the options that
     /// Data Offset announces.
     ///
@@ -104,73 +109,18 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// bytes or than the header length, and [`Error::BadLength`] when Data
     /// Offset is below 5.
     pub fn check_len(&self) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         //= https://www.rfc-editor.org/rfc/rfc9293#section-3.1
         //# Data Offset (DOffset): 4 bits
         //#
         //#    The number of 32-bit words in the TCP header.  This indicates
         //#    where the data begins.
-        let header_len = self.header_len();
-        if header_len < HEADER_LEN {
-            return Err(Error::BadLength);
-        }
-        if len < header_len {
-            return Err(Error::Truncated);
-        }
+        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
         Ok(())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The Source Port.
-    pub fn src_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::SRC_PORT])
-    }
-
-    /// The Destination Port.
-    pub fn dst_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::DST_PORT])
-    }
-
-    /// The Sequence Number.
-    pub fn seq_number(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::SEQ_NUM])
-    }
-
-    /// The Acknowledgment Number.
-    pub fn ack_number(&self) -> u32 {
-        read_u32(&self.buffer.as_ref()[field::ACK_NUM])
     }
 
     /// The header length in bytes, options included: Data Offset times 4.
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
-    }
-
-    /// The eight control bits (see [`flags`]).
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
-    }
-
-    /// The Window.
-    pub fn window(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::WINDOW])
-    }
-
-    /// The Checksum field.
-    pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
-    }
-
-    /// The Urgent Pointer.
-    pub fn urgent(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::URGENT])
     }
 
     /// The options (and their padding) between the fixed header and the
@@ -207,51 +157,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the Source Port.
-    pub fn set_src_port(&mut self, port: u16) {
-        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&port.to_be_bytes());
-    }
-
-    /// Sets the Destination Port.
-    pub fn set_dst_port(&mut self, port: u16) {
-        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&port.to_be_bytes());
-    }
-
-    /// Sets the Sequence Number.
-    pub fn set_seq_number(&mut self, seq: u32) {
-        self.buffer.as_mut()[field::SEQ_NUM].copy_from_slice(&seq.to_be_bytes());
-    }
-
-    /// Sets the Acknowledgment Number.
-    pub fn set_ack_number(&mut self, ack: u32) {
-        self.buffer.as_mut()[field::ACK_NUM].copy_from_slice(&ack.to_be_bytes());
-    }
-
     /// Sets Data Offset from a header length in bytes (a multiple of 4,
     /// from 20 to 60). The reserved bits are cleared.
     pub fn set_header_len(&mut self, len: usize) {
         debug_assert!(len.is_multiple_of(4) && (HEADER_LEN..=MAX_HEADER_LEN).contains(&len));
         self.buffer.as_mut()[field::DATA_OFF] = ((len / 4) as u8) << 4;
-    }
-
-    /// Sets the eight control bits (see [`flags`]).
-    pub fn set_flags(&mut self, value: u8) {
-        self.buffer.as_mut()[field::FLAGS] = value;
-    }
-
-    /// Sets the Window.
-    pub fn set_window(&mut self, window: u16) {
-        self.buffer.as_mut()[field::WINDOW].copy_from_slice(&window.to_be_bytes());
-    }
-
-    /// Sets the Checksum field to a given value.
-    pub fn set_checksum(&mut self, value: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_be_bytes());
-    }
-
-    /// Sets the Urgent Pointer.
-    pub fn set_urgent(&mut self, value: u16) {
-        self.buffer.as_mut()[field::URGENT].copy_from_slice(&value.to_be_bytes());
     }
 
     /// Computes the checksum over the pseudo-header for `src` and `dst`
@@ -281,20 +191,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]
     }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
-    }
-}
-
-fn read_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn read_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 use std::net::IpAddr;
 
+use crate::view::check_announced;
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -39,25 +40,21 @@ pub const HEADER_LEN: usize = field::CHECKSUM.end;
 /// The IP protocol number of UDP, as the pseudo-header carries it.
 const PROTOCOL: u8 = 17;
 
-/// A read/write view of a UDP datagram.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of a UDP datagram.
+    fields {
+        /// The Source Port (0 when unused).
+        pub src_port, set_src_port: u16 = field::SRC_PORT;
+        /// The Destination Port.
+        pub dst_port, set_dst_port: u16 = field::DST_PORT;
+        /// The Length field: header and data, in bytes.
+        pub len, set_len: u16 = field::LENGTH;
+        /// The Checksum field.
+        pub checksum, set_checksum: u16 = field::CHECKSUM;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the header and that
     /// `8 <= Length <= buffer length`.
     ///
@@ -66,52 +63,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// 8 (this includes the zero Length of an RFC 2675 jumbogram, which is
     /// not supported).
     pub fn check_len(&self) -> Result<()> {
-        let buf_len = self.buffer.as_ref().len();
-        if buf_len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         //= https://www.rfc-editor.org/rfc/rfc768
         //# Length  is the length  in octets  of this user datagram  including  this
         //# header  and the data.   (This  means  the minimum value of the length is
         //# eight.)
-        let len = usize::from(self.len());
-        if len < HEADER_LEN {
-            return Err(Error::BadLength);
-        }
-        if buf_len < len {
-            return Err(Error::Truncated);
-        }
+        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || {
+            usize::from(self.len())
+        })?;
         Ok(())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The Source Port (0 when unused).
-    pub fn src_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::SRC_PORT])
-    }
-
-    /// The Destination Port.
-    pub fn dst_port(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::DST_PORT])
-    }
-
-    /// The Length field: header and data, in bytes.
-    pub fn len(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::LENGTH])
     }
 
     /// Whether the datagram carries no data (Length is 8).
     pub fn is_empty(&self) -> bool {
         usize::from(self.len()) == HEADER_LEN
-    }
-
-    /// The Checksum field.
-    pub fn checksum(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     /// The data after the header, up to Length.
@@ -150,26 +114,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the Source Port.
-    pub fn set_src_port(&mut self, port: u16) {
-        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&port.to_be_bytes());
-    }
-
-    /// Sets the Destination Port.
-    pub fn set_dst_port(&mut self, port: u16) {
-        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&port.to_be_bytes());
-    }
-
-    /// Sets the Length field.
-    pub fn set_len(&mut self, len: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
-    }
-
-    /// Sets the Checksum field to a given value.
-    pub fn set_checksum(&mut self, value: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_be_bytes());
-    }
-
     /// Computes the checksum over the pseudo-header for `src` and `dst`,
     /// the header and Length bytes of data, and writes it.
     ///
@@ -199,12 +143,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = usize::from(self.len());
         &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 
@@ -245,10 +183,6 @@ impl Repr {
         packet.set_len((HEADER_LEN + self.payload_len) as u16);
         packet.set_checksum(0);
     }
-}
-
-fn read_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! The header is followed by the inner Ethernet frame. It travels in UDP,
 //! by default to port [`PORT`].
 
+use crate::view::FieldValue;
 use crate::{Error, Result};
 
 mod field {
@@ -56,16 +57,18 @@ impl Vni {
     pub const fn get(self) -> u32 {
         self.0
     }
+}
 
-    /// Reads a VNI from 3 big-endian bytes.
-    pub(crate) fn from_be_bytes(b: [u8; 3]) -> Self {
+/// A VNI is 3 big-endian bytes on the wire.
+impl FieldValue for Vni {
+    #[inline]
+    fn read(b: &[u8]) -> Self {
         Self(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
 
-    /// The VNI as 3 big-endian bytes.
-    pub(crate) fn to_be_bytes(self) -> [u8; 3] {
-        let b = self.0.to_be_bytes();
-        [b[1], b[2], b[3]]
+    #[inline]
+    fn write(self, bytes: &mut [u8]) {
+        bytes.copy_from_slice(&self.0.to_be_bytes()[1..]);
     }
 }
 
@@ -90,25 +93,17 @@ impl core::fmt::Display for Vni {
     }
 }
 
-/// A read/write view of a VXLAN packet (header, then the inner frame).
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+crate::view::packet_view! {
+    /// A read/write view of a VXLAN packet (header, then the inner frame).
+    fields {
+        /// The whole flags byte, reserved bits included.
+        pub flags, set_flags: u8 = field::FLAGS;
+        /// The VNI field (meaningful only when [`Self::vni_valid`]).
+        pub vni, set_vni: Vni = field::VNI;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer without checking it.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
-    }
-
-    /// Wraps a buffer after [`Self::check_len`].
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-
     /// Checks that the buffer holds the 8-byte header.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
@@ -118,25 +113,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
 
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The whole flags byte, reserved bits included.
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
-    }
-
     /// Whether the I flag is set (the VNI is valid).
     pub fn vni_valid(&self) -> bool {
         self.flags() & FLAG_I != 0
-    }
-
-    /// The VNI field (meaningful only when [`Self::vni_valid`]).
-    pub fn vni(&self) -> Vni {
-        let b = &self.buffer.as_ref()[field::VNI];
-        Vni::from_be_bytes([b[0], b[1], b[2]])
     }
 
     /// The inner Ethernet frame.
@@ -146,25 +125,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the whole flags byte.
-    pub fn set_flags(&mut self, flags: u8) {
-        self.buffer.as_mut()[field::FLAGS] = flags;
-    }
-
-    /// Sets the VNI field.
-    pub fn set_vni(&mut self, vni: Vni) {
-        self.buffer.as_mut()[field::VNI].copy_from_slice(&vni.to_be_bytes());
-    }
-
     /// The inner Ethernet frame, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
-    }
-}
-
-impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.buffer.as_ref()
     }
 }
 

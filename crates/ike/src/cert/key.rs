@@ -37,6 +37,12 @@ impl std::fmt::Debug for PrivateKey {
     }
 }
 
+/// `EcdsaKeyPair::from_pkcs8` or `EcdsaKeyPair::from_private_key_der`.
+type EcdsaLoader = fn(
+    &'static signature::EcdsaSigningAlgorithm,
+    &[u8],
+) -> Result<EcdsaKeyPair, aws_lc_rs::error::KeyRejected>;
+
 impl PrivateKey {
     /// Loads a key from PEM (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE
     /// KEY`) or DER (PKCS#8). ECDSA P-256/P-384, RSA and Ed25519 keys.
@@ -57,27 +63,7 @@ impl PrivateKey {
     }
 
     fn pkcs8(der: &[u8]) -> Result<Self, CertError> {
-        let ecdsa = |asn1, fixed, p384| -> Option<Self> {
-            Some(Self {
-                inner: Inner::Ecdsa {
-                    asn1: EcdsaKeyPair::from_pkcs8(asn1, der).ok()?,
-                    fixed: EcdsaKeyPair::from_pkcs8(fixed, der).ok()?,
-                    p384,
-                },
-            })
-        };
-        if let Some(k) = ecdsa(
-            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            false,
-        ) {
-            return Ok(k);
-        }
-        if let Some(k) = ecdsa(
-            &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-            true,
-        ) {
+        if let Some(k) = Self::ecdsa(der, EcdsaKeyPair::from_pkcs8) {
             return Ok(k);
         }
         if let Ok(k) = Ed25519KeyPair::from_pkcs8(der) {
@@ -89,28 +75,34 @@ impl PrivateKey {
     }
 
     fn sec1(der: &[u8]) -> Result<Self, CertError> {
-        let ecdsa = |asn1, fixed, p384| -> Option<Self> {
+        Self::ecdsa(der, EcdsaKeyPair::from_private_key_der)
+            .ok_or_else(|| CertError::InvalidKey("not an ECDSA P-256 or P-384 key".into()))
+    }
+
+    /// An ECDSA P-256 or else P-384 key, read from `der` by `load` (PKCS#8
+    /// or SEC1), once for ASN.1 and once for fixed-size signatures.
+    fn ecdsa(der: &[u8], load: EcdsaLoader) -> Option<Self> {
+        let curve = |asn1, fixed, p384| -> Option<Self> {
             Some(Self {
                 inner: Inner::Ecdsa {
-                    asn1: EcdsaKeyPair::from_private_key_der(asn1, der).ok()?,
-                    fixed: EcdsaKeyPair::from_private_key_der(fixed, der).ok()?,
+                    asn1: load(asn1, der).ok()?,
+                    fixed: load(fixed, der).ok()?,
                     p384,
                 },
             })
         };
-        ecdsa(
+        curve(
             &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             false,
         )
         .or_else(|| {
-            ecdsa(
+            curve(
                 &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
                 &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
                 true,
             )
         })
-        .ok_or_else(|| CertError::InvalidKey("not an ECDSA P-256 or P-384 key".into()))
     }
 
     fn rsa(key: Result<RsaKeyPair, aws_lc_rs::error::KeyRejected>) -> Result<Self, CertError> {

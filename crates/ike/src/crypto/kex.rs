@@ -265,9 +265,7 @@ impl KeyExchange for Modp2048 {
 mod test {
     use super::*;
 
-    fn h(s: &str) -> Vec<u8> {
-        hex::decode(s.replace([' ', '\n'], "")).unwrap()
-    }
+    use crate::testdata::unhex as h;
 
     /// RFC 7748 section 6.1.
     #[test]

@@ -137,9 +137,7 @@ impl Prf {
 mod test {
     use super::*;
 
-    fn h(s: &str) -> Vec<u8> {
-        hex::decode(s.replace([' ', '\n'], "")).unwrap()
-    }
+    use crate::testdata::unhex as h;
 
     /// RFC 4231 test cases 1, 2, 4 and 6 (the 131-byte key, longer than a
     /// block), for all three prfs.

@@ -38,7 +38,7 @@ pub use payload::{
     MAX_NONCE_LEN, MIN_NONCE_LEN, Notify,
 };
 pub use sa::{Attribute, AttributeValue, Proposal, SaPayload, Transform, TransformId};
-pub use ts::TrafficSelector;
+pub use ts::{AddrRange, TrafficSelector};
 pub use types::{
     AttributeType, AuthMethod, CertEncoding, CfgType, DhGroup, EncrId, EsnId, ExchangeType, IdType,
     IntegId, NotifyType, PayloadType, PrfId, ProtocolId, TransformType, TsType,

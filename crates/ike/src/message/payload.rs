@@ -447,9 +447,7 @@ impl Configuration {
 mod test {
     use super::*;
 
-    fn h(s: &str) -> Vec<u8> {
-        hex::decode(s.replace(' ', "")).unwrap()
-    }
+    use crate::testdata::unhex as h;
 
     #[test]
     fn key_exchange() {

@@ -6,11 +6,7 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 
 use super::*;
-use crate::testdata::Capture;
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace([' ', '\n'], "")).unwrap()
-}
+use crate::testdata::{Capture, unhex as h};
 
 /// What each capture negotiated: the IKE transforms, the KE length and
 /// the ESP transforms.

@@ -20,7 +20,7 @@
 //! ```
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::codec::{Reader, len_u8, len_u16};
 use super::types::TsType;
@@ -78,7 +78,98 @@ pub enum TrafficSelector {
     },
 }
 
+/// The fields of an address range selector of either IP version, with the
+/// addresses as [`IpAddr`]: the one shape that [`TrafficSelector::Ipv4`] and
+/// [`TrafficSelector::Ipv6`] share, for code that treats both alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrRange {
+    /// IP protocol number; 0 for any.
+    pub ip_protocol: u8,
+    /// First port (or ICMP type and code); 0 for any.
+    pub start_port: u16,
+    /// Last port; 65535 for any.
+    pub end_port: u16,
+    /// First address.
+    pub start: IpAddr,
+    /// Last address, of the same version as `start`.
+    pub end: IpAddr,
+}
+
+impl AddrRange {
+    /// The addresses as numbers, and their width in bits (32 or 128).
+    pub fn bits(&self) -> (u128, u128, u32) {
+        match (self.start, self.end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => (u32::from(s).into(), u32::from(e).into(), 32),
+            (s, e) => (to_v6(s).into(), to_v6(e).into(), 128),
+        }
+    }
+}
+
+fn to_v6(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
 impl TrafficSelector {
+    /// The fields of an address range selector; `None` for
+    /// [`Self::Unknown`].
+    pub fn addr_range(&self) -> Option<AddrRange> {
+        let (ip_protocol, start_port, end_port, start, end) = match *self {
+            Self::Ipv4 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            } => (ip_protocol, start_port, end_port, start.into(), end.into()),
+            Self::Ipv6 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            } => (ip_protocol, start_port, end_port, start.into(), end.into()),
+            Self::Unknown { .. } => return None,
+        };
+        Some(AddrRange {
+            ip_protocol,
+            start_port,
+            end_port,
+            start,
+            end,
+        })
+    }
+
+    /// The address range selector of `range`'s version; `None` if its two
+    /// addresses are of different versions.
+    pub fn from_addr_range(range: AddrRange) -> Option<Self> {
+        let AddrRange {
+            ip_protocol,
+            start_port,
+            end_port,
+            ..
+        } = range;
+        Some(match (range.start, range.end) {
+            (IpAddr::V4(start), IpAddr::V4(end)) => Self::Ipv4 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            },
+            (IpAddr::V6(start), IpAddr::V6(end)) => Self::Ipv6 {
+                ip_protocol,
+                start_port,
+                end_port,
+                start,
+                end,
+            },
+            _ => return None,
+        })
+    }
+
     /// The selector's type.
     pub fn ts_type(&self) -> TsType {
         match self {
@@ -139,35 +230,24 @@ impl TrafficSelector {
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        if let Some(range) = self.addr_range() {
+            let length = match self {
+                Self::Ipv4 { .. } => IPV4_LEN,
+                _ => IPV6_LEN,
+            };
+            out.extend_from_slice(&[self.ts_type().value(), range.ip_protocol]);
+            out.extend_from_slice(&(length as u16).to_be_bytes());
+            out.extend_from_slice(&range.start_port.to_be_bytes());
+            out.extend_from_slice(&range.end_port.to_be_bytes());
+            for addr in [range.start, range.end] {
+                match addr {
+                    IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                    IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+                }
+            }
+            return Ok(());
+        }
         match self {
-            Self::Ipv4 {
-                ip_protocol,
-                start_port,
-                end_port,
-                start,
-                end,
-            } => {
-                out.extend_from_slice(&[TsType::Ipv4AddrRange.value(), *ip_protocol]);
-                out.extend_from_slice(&(IPV4_LEN as u16).to_be_bytes());
-                out.extend_from_slice(&start_port.to_be_bytes());
-                out.extend_from_slice(&end_port.to_be_bytes());
-                out.extend_from_slice(&start.octets());
-                out.extend_from_slice(&end.octets());
-            }
-            Self::Ipv6 {
-                ip_protocol,
-                start_port,
-                end_port,
-                start,
-                end,
-            } => {
-                out.extend_from_slice(&[TsType::Ipv6AddrRange.value(), *ip_protocol]);
-                out.extend_from_slice(&(IPV6_LEN as u16).to_be_bytes());
-                out.extend_from_slice(&start_port.to_be_bytes());
-                out.extend_from_slice(&end_port.to_be_bytes());
-                out.extend_from_slice(&start.octets());
-                out.extend_from_slice(&end.octets());
-            }
             Self::Unknown {
                 ts_type,
                 second,
@@ -186,6 +266,7 @@ impl TrafficSelector {
                 out.extend_from_slice(&length.to_be_bytes());
                 out.extend_from_slice(data);
             }
+            Self::Ipv4 { .. } | Self::Ipv6 { .. } => unreachable!("encoded above"),
         }
         Ok(())
     }
@@ -198,35 +279,16 @@ impl TrafficSelector {
 /// (start 65535, end 0) show as `OPAQUE`; an unknown type as `type N`.
 impl fmt::Display for TrafficSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (ip_protocol, start_port, end_port) = match self {
-            Self::Ipv4 {
-                ip_protocol,
-                start_port,
-                end_port,
-                start,
-                end,
-            } => {
-                let (a, b) = (u32::from(*start), u32::from(*end));
-                write_range(f, start, end, prefix_of(a.into(), b.into(), 32))?;
-                (*ip_protocol, *start_port, *end_port)
-            }
-            Self::Ipv6 {
-                ip_protocol,
-                start_port,
-                end_port,
-                start,
-                end,
-            } => {
-                write_range(
-                    f,
-                    start,
-                    end,
-                    prefix_of((*start).into(), (*end).into(), 128),
-                )?;
-                (*ip_protocol, *start_port, *end_port)
-            }
-            Self::Unknown { ts_type, .. } => return write!(f, "type {ts_type}"),
+        let Some(range) = self.addr_range() else {
+            return write!(f, "type {}", self.ts_type().value());
         };
+        let (start, end, width) = range.bits();
+        match prefix_of(start, end, width) {
+            Some(len) => write!(f, "{}/{len}", range.start)?,
+            None => write!(f, "{}..{}", range.start, range.end)?,
+        }
+        let (ip_protocol, start_port, end_port) =
+            (range.ip_protocol, range.start_port, range.end_port);
         let proto = match ip_protocol {
             0 => None,
             1 => Some("icmp".to_owned()),
@@ -264,18 +326,6 @@ fn prefix_of(start: u128, end: u128, width: u32) -> Option<u32> {
         u128::MAX >> (128 - host)
     };
     (start & mask == 0 && end & mask == mask).then_some(shared)
-}
-
-fn write_range(
-    f: &mut fmt::Formatter<'_>,
-    start: &dyn fmt::Display,
-    end: &dyn fmt::Display,
-    prefix: Option<u32>,
-) -> fmt::Result {
-    match prefix {
-        Some(len) => write!(f, "{start}/{len}"),
-        None => write!(f, "{start}..{end}"),
-    }
 }
 
 /// Decodes the body of a TSi or TSr payload.
@@ -423,39 +473,30 @@ pub(crate) mod test {
     }
 
     pub(crate) fn arb_ts() -> impl Strategy<Value = TrafficSelector> {
+        // Two addresses of one version: both from u32, or both from u128.
+        let addrs = prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(s, e)| (
+                IpAddr::from(Ipv4Addr::from(s)),
+                IpAddr::from(Ipv4Addr::from(e))
+            )),
+            (any::<u128>(), any::<u128>()).prop_map(|(s, e)| (
+                IpAddr::from(Ipv6Addr::from(s)),
+                IpAddr::from(Ipv6Addr::from(e))
+            )),
+        ];
         prop_oneof![
-            (
-                any::<u8>(),
-                any::<u16>(),
-                any::<u16>(),
-                any::<u32>(),
-                any::<u32>()
-            )
-                .prop_map(|(ip_protocol, start_port, end_port, s, e)| {
-                    TrafficSelector::Ipv4 {
+            (any::<u8>(), any::<u16>(), any::<u16>(), addrs).prop_map(
+                |(ip_protocol, start_port, end_port, (start, end))| {
+                    let range = AddrRange {
                         ip_protocol,
                         start_port,
                         end_port,
-                        start: s.into(),
-                        end: e.into(),
-                    }
-                }),
-            (
-                any::<u8>(),
-                any::<u16>(),
-                any::<u16>(),
-                any::<u128>(),
-                any::<u128>()
-            )
-                .prop_map(|(ip_protocol, start_port, end_port, s, e)| {
-                    TrafficSelector::Ipv6 {
-                        ip_protocol,
-                        start_port,
-                        end_port,
-                        start: s.into(),
-                        end: e.into(),
-                    }
-                }),
+                        start,
+                        end,
+                    };
+                    TrafficSelector::from_addr_range(range).unwrap()
+                }
+            ),
             (
                 any::<u8>().prop_filter("unknown", |t| !(7..=8).contains(t)),
                 any::<u8>(),

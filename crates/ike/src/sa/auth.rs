@@ -33,7 +33,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::config::Config;
 use super::event::{AuthFailure, Event};
-use super::logging;
 use super::payloads::Payloads;
 use super::state::{IkeSa, Role, Sk, State};
 use crate::cert::identity::{check_certificate_identity, check_expected_identity};
@@ -299,13 +298,7 @@ impl IkeSa {
             NotifyType::AuthenticationFailed,
             Vec::new(),
         ))];
-        if let Ok(bytes) = logging::seal(
-            self.remote,
-            &sk.outbound,
-            self.fragment_limit,
-            &header,
-            &notify,
-        ) {
+        if let Ok(bytes) = self.seal(sk, &header, &notify) {
             self.transmit_all(bytes);
         }
         self.close(Event::AuthFailed { reason });
@@ -332,13 +325,7 @@ impl IkeSa {
         }
         if let State::Established(st) = &self.state {
             let response = self.header(ExchangeType::Informational, true, 2);
-            if let Ok(bytes) = logging::seal(
-                self.remote,
-                &st.sk.outbound,
-                self.fragment_limit,
-                &response,
-                &[],
-            ) {
+            if let Ok(bytes) = self.seal(&st.sk, &response, &[]) {
                 self.send_response(2, bytes);
             }
         }

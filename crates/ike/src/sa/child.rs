@@ -7,22 +7,24 @@
 
 use std::time::{Duration, Instant};
 
+use tunsec_esp::Direction;
+
 use super::event::{ChildSaParams, Event};
 use super::ike_rekey;
-use super::logging::{self, Hex, log_child_offer};
+use super::logging::{Hex, log_child_offer};
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
 use super::state::{
     Child, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued, RekeySent, Request,
     Retired, Role, State, rekey_time,
 };
-use crate::crypto;
+use crate::crypto::{self, ChildKeys};
 use crate::error::{Error, Result};
 use crate::message::{
     DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal, ProtocolId,
-    SaPayload,
+    SaPayload, TrafficSelector,
 };
-use crate::proposal;
+use crate::proposal::{self, EspChoice};
 
 impl IkeSa {
     /// Rekeys every Child SA (RFC 7296 section 2.8): for each, a
@@ -222,22 +224,8 @@ impl IkeSa {
             tsr,
             ke_retries,
         };
-        let id = self.next_request_id;
-        let header = self.header(ExchangeType::CreateChildSa, false, id);
-        let State::Established(st) = &mut self.state else {
-            return Err(Error::InvalidState("not established"));
-        };
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        )?;
-        st.request = Some(Request::Rekey(Box::new(rekey)));
-        self.next_request_id = id.wrapping_add(1);
-        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
-        Ok(())
+        let request = Some(Request::Rekey(Box::new(rekey)));
+        self.send_sealed_request(now, ExchangeType::CreateChildSa, &payloads, request)
     }
 
     /// The answer to our CREATE_CHILD_SA or child DELETE request.
@@ -512,13 +500,7 @@ impl IkeSa {
             return;
         };
         let (reply, events) = self.create_child_response(now, &mut st, message);
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &reply,
-        );
+        let sealed = self.seal(&st.sk, &response, &reply);
         self.state = State::Established(st);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
@@ -663,5 +645,43 @@ impl IkeSa {
             outbound,
         };
         (payloads, vec![event])
+    }
+}
+
+impl IkeSa {
+    /// [`Event::ChildSaUp`] for a Child SA that an exchange we initiated
+    /// (`initiated`) or answered has agreed on: `spis` are ours (inbound)
+    /// and the peer's (outbound), `keys` are split by the exchange's roles
+    /// (RFC 7296 section 2.17), and `ts` are our side's selectors and the
+    /// peer's.
+    pub(super) fn child_sa_up(
+        &self,
+        initiated: bool,
+        choice: &EspChoice,
+        transport: bool,
+        spis: (u32, u32),
+        keys: ChildKeys,
+        ts: (&[TrafficSelector], &[TrafficSelector]),
+    ) -> Event {
+        let (inbound_keys, outbound_keys) = if initiated {
+            (keys.responder_to_initiator, keys.initiator_to_responder)
+        } else {
+            (keys.initiator_to_responder, keys.responder_to_initiator)
+        };
+        let params = |direction, spi, keys| ChildSaParams {
+            direction,
+            spi,
+            suite: choice.suite,
+            esn: choice.esn,
+            transport,
+            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            keys,
+            local_ts: ts.0.to_vec(),
+            remote_ts: ts.1.to_vec(),
+        };
+        Event::ChildSaUp {
+            inbound: params(Direction::Inbound, spis.0, inbound_keys),
+            outbound: params(Direction::Outbound, spis.1, outbound_keys),
+        }
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use super::event::{Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer};
-use super::state::{Discard, IkeSa, Outstanding, Queued, Role, State};
+use super::state::{Discard, IkeSa, Outstanding, Queued, Request, Role, Sk, State};
 use crate::error::Error;
-use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, PayloadType};
+use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, Payload, PayloadType};
 
 /// The first retransmission timeout; each next one doubles it.
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -27,7 +27,7 @@ pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const MAX_TRANSMISSIONS: u32 = 5;
 
 /// Why a message that does not open is dropped.
-fn discard(e: Error) -> Discard {
+pub(super) fn discard(e: Error) -> Discard {
     match e {
         Error::IntegrityCheckFailed => Discard::Integrity,
         _ => Discard::Malformed,
@@ -223,6 +223,49 @@ impl IkeSa {
             deadline: now + RETRANSMIT_TIMEOUT,
         });
         self.transmit_all(bytes);
+    }
+
+    /// Seals `payloads` under `sk` for our peer, in fragments once they are
+    /// agreed, and logs them ([`logging::seal`]).
+    pub(super) fn seal(
+        &self,
+        sk: &Sk,
+        header: &Header,
+        payloads: &[Payload],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        logging::seal(
+            self.remote,
+            &sk.outbound,
+            self.fragment_limit,
+            header,
+            payloads,
+        )
+    }
+
+    /// Seals `payloads` under the established IKE SA as our next request of
+    /// `exchange` and sends it (see [`Self::send_request`]). `request`, if
+    /// any, is what the answer will be read against.
+    ///
+    /// Fails with [`Error::InvalidState`] unless the IKE SA is established.
+    pub(super) fn send_sealed_request(
+        &mut self,
+        now: Instant,
+        exchange: ExchangeType,
+        payloads: &[Payload],
+        request: Option<Request>,
+    ) -> Result<(), Error> {
+        let id = self.next_request_id;
+        let header = self.header(exchange, false, id);
+        let State::Established(st) = &self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let bytes = self.seal(&st.sk, &header, payloads)?;
+        if let (Some(request), State::Established(st)) = (request, &mut self.state) {
+            st.request = Some(request);
+        }
+        self.next_request_id = id.wrapping_add(1);
+        self.send_request(now, exchange, id, bytes);
+        Ok(())
     }
 
     /// Sends a response (or its fragments) and keeps it for retransmitted

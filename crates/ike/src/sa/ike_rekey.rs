@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
-use super::exchange::{MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
+use super::exchange::{self, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
 use super::logging;
 use super::payloads::{Payloads, offers_group};
 use super::random::{random_ike_spi, random_nonce, random_u64};
@@ -151,28 +151,14 @@ impl IkeSa {
             spi_i = %logging::Hex(spi_i),
             "IKE proposals offered (IKE SA rekey)"
         );
-        let id = self.next_request_id;
-        let header = self.header(ExchangeType::CreateChildSa, false, id);
-        let State::Established(st) = &mut self.state else {
-            return Err(Error::InvalidState("not established"));
-        };
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        )?;
-        st.request = Some(Request::IkeRekey(Box::new(IkeRekeySent {
+        let request = Request::IkeRekey(Box::new(IkeRekeySent {
             spi_i,
             ni,
             kex,
             offer,
             ke_retries,
-        })));
-        self.next_request_id = id.wrapping_add(1);
-        self.send_request(now, ExchangeType::CreateChildSa, id, bytes);
-        Ok(())
+        }));
+        self.send_sealed_request(now, ExchangeType::CreateChildSa, &payloads, Some(request))
     }
 
     /// The answer to our rekey of the IKE SA: on success the switch to
@@ -286,13 +272,7 @@ impl IkeSa {
             Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
             Err(n) => (vec![Payload::Notify(n)], None),
         };
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &payloads,
-        );
+        let sealed = self.seal(&st.sk, &response, &payloads);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
@@ -459,10 +439,15 @@ impl IkeSa {
             return Err(Discard::Unexpected);
         }
         let open = |r: &Retiring| {
-            r.sk.inbound.open(bytes).map_err(|e| match e {
-                Error::IntegrityCheckFailed => Discard::Integrity,
-                _ => Discard::Malformed,
-            })
+            let message = r.sk.inbound.open(bytes).map_err(exchange::discard)?;
+            logging::message(
+                logging::Direction::Received,
+                Some(remote),
+                header,
+                &message.payloads,
+                1,
+            );
+            Ok(message)
         };
         if header.response {
             let Some(out) = &r.outstanding else {
@@ -471,14 +456,7 @@ impl IkeSa {
             if header.message_id != out.message_id {
                 return Err(Discard::WrongMessageId);
             }
-            let message = open(r)?;
-            logging::message(
-                logging::Direction::Received,
-                Some(remote),
-                header,
-                &message.payloads,
-                1,
-            );
+            open(r)?;
             // The old IKE SA is gone on both sides.
             self.retiring = None;
             return Ok(());
@@ -497,13 +475,6 @@ impl IkeSa {
             return Err(Discard::WrongMessageId);
         }
         let message = open(r)?;
-        logging::message(
-            logging::Direction::Received,
-            Some(remote),
-            header,
-            &message.payloads,
-            1,
-        );
         let reply = match header.exchange_type {
             ExchangeType::Informational => Vec::new(),
             _ => vec![Payload::Notify(Notify::new(

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use super::event::Event;
-use super::logging;
 use super::state::{Child, IkeSa, Request, Retired, State, rekey_time};
 use crate::error::{Error, Result};
 use crate::message::{Delete, ExchangeType, Header, Message, Payload, ProtocolId};
@@ -20,7 +19,7 @@ impl IkeSa {
     /// Fails with [`Error::InvalidState`] unless the IKE SA is established
     /// and no request of ours is outstanding.
     pub fn delete(&mut self, now: Instant) -> Result<()> {
-        self.send_informational(now, &[Payload::Delete(Delete::ike())])?;
+        self.send_informational(now, &[Payload::Delete(Delete::ike())], None)?;
         if let State::Established(st) = &mut self.state {
             st.deleting = true;
         }
@@ -34,38 +33,26 @@ impl IkeSa {
     /// Fails with [`Error::InvalidState`] unless the IKE SA is established
     /// and no request of ours is outstanding.
     pub fn check_liveness(&mut self, now: Instant) -> Result<()> {
-        self.send_informational(now, &[])
+        self.send_informational(now, &[], None)
     }
 
-    fn send_informational(&mut self, now: Instant, payloads: &[Payload]) -> Result<()> {
+    fn send_informational(
+        &mut self,
+        now: Instant,
+        payloads: &[Payload],
+        request: Option<Request>,
+    ) -> Result<()> {
         if self.outstanding.is_some() {
             return Err(Error::InvalidState("a request is outstanding"));
         }
-        let State::Established(st) = &self.state else {
-            return Err(Error::InvalidState("not established"));
-        };
-        let id = self.next_request_id;
-        let header = self.header(ExchangeType::Informational, false, id);
-        let bytes = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &header,
-            payloads,
-        )?;
-        self.next_request_id = id.wrapping_add(1);
-        self.send_request(now, ExchangeType::Informational, id, bytes);
-        Ok(())
+        self.send_sealed_request(now, ExchangeType::Informational, payloads, request)
     }
 
     /// DELETE of one Child SA pair, by our inbound SPI (RFC 7296 section
     /// 1.4.1).
     pub(super) fn send_delete_child(&mut self, now: Instant, r: Retired) -> Result<()> {
-        self.send_informational(now, &[Payload::Delete(Delete::esp(&[r.inbound]))])?;
-        if let State::Established(st) = &mut self.state {
-            st.request = Some(Request::DeleteChild(r));
-        }
-        Ok(())
+        let delete = Payload::Delete(Delete::esp(&[r.inbound]));
+        self.send_informational(now, &[delete], Some(Request::DeleteChild(r)))
     }
 
     /// An INFORMATIONAL request from the peer once the IKE SA is up: an
@@ -159,13 +146,10 @@ impl IkeSa {
             reply.clear();
             events = vec![Event::IkeSaDeleted];
         }
-        let sealed = logging::seal(
-            self.remote,
-            &st.sk.outbound,
-            self.fragment_limit,
-            &response,
-            &reply,
-        );
+        let State::Established(st) = &self.state else {
+            return;
+        };
+        let sealed = self.seal(&st.sk, &response, &reply);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),

@@ -7,15 +7,12 @@
 //! of ours (`child.rs`): in both exchanges we offered a Child SA and
 //! check what the responder chose.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tunsec_esp::Direction;
-
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event, Stats};
+use super::event::{AuthFailure, Event};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Hex, Peer, Proposals, Selectors, log_child_offer};
 use super::nat;
@@ -54,31 +51,9 @@ impl IkeSa {
             what: "IKE proposals: no Diffie-Hellman group",
             value: 0,
         })?;
-        let mut sa = Self {
-            config,
-            role: Role::Initiator,
-            remote: Some(remote),
-            spi_i,
-            spi_r: 0,
-            state: State::Closed,
-            rng,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            outstanding: None,
-            last_response: None,
-            fragment_limit: None,
-            reassembly: fragment::Reassembly::default(),
-            peer_next_id: 0,
-            next_request_id: 0,
-            half_open_deadline: None,
-            local: None,
-            nat: None,
-            peer_initial_contact: false,
-            retiring: None,
-            established_at: None,
-            stats: Stats::default(),
-        };
-        sa.local = sa.config.local_addr;
+        let mut sa = Self::fresh(config, Role::Initiator, State::Closed, rng);
+        sa.remote = Some(remote);
+        sa.spi_i = spi_i;
         let init = sa.init_request(group, ni, 0)?;
         sa.send_request(now, ExchangeType::IkeSaInit, 0, vec![init.request.clone()]);
         sa.state = State::InitSent(Box::new(init));
@@ -390,10 +365,8 @@ impl IkeSa {
             &c.local_ts,
             &c.remote_ts,
         );
-        let bytes = logging::seal(
-            self.remote,
-            &sk.outbound,
-            self.fragment_limit,
+        let bytes = self.seal(
+            &sk,
             &self.header(ExchangeType::IkeAuth, false, 1),
             &payloads,
         )?;
@@ -561,20 +534,13 @@ impl IkeSa {
         let rtsi = if behind_nat { tsi } else { rtsi };
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
-        let params = |direction, spi, keys| ChildSaParams {
-            direction,
-            spi,
-            suite: choice.suite,
-            esn: choice.esn,
+        Ok(self.child_sa_up(
+            true,
+            &choice,
             transport,
-            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            (esp_spi, peer_spi),
             keys,
-            local_ts: rtsi.to_vec(),
-            remote_ts: rtsr.to_vec(),
-        };
-        Ok(Event::ChildSaUp {
-            inbound: params(Direction::Inbound, esp_spi, keys.responder_to_initiator),
-            outbound: params(Direction::Outbound, peer_spi, keys.initiator_to_responder),
-        })
+            (rtsi, rtsr),
+        ))
     }
 }

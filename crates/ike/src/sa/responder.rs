@@ -7,15 +7,12 @@
 //! (`child.rs`): in both exchanges we choose a proposal and narrow the
 //! traffic selectors to our policy.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tunsec_esp::Direction;
-
 use super::auth;
 use super::config::Config;
-use super::event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
+use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
@@ -43,31 +40,7 @@ impl IkeSa {
     /// state, as RFC 7296 section 2.6 wants of a responder before it has
     /// committed to an SA.
     pub fn respond(config: Config, rng: Box<dyn Random + Send>) -> Self {
-        let local = config.local_addr;
-        Self {
-            config,
-            role: Role::Responder,
-            remote: None,
-            spi_i: 0,
-            spi_r: 0,
-            state: State::ExpectInit,
-            rng,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            outstanding: None,
-            last_response: None,
-            fragment_limit: None,
-            reassembly: fragment::Reassembly::default(),
-            peer_next_id: 0,
-            next_request_id: 0,
-            half_open_deadline: None,
-            local,
-            nat: None,
-            peer_initial_contact: false,
-            retiring: None,
-            established_at: None,
-            stats: Stats::default(),
-        }
+        Self::fresh(config, Role::Responder, State::ExpectInit, rng)
     }
 
     /// Answers an error notify to an IKE_SA_INIT request, without keeping
@@ -290,13 +263,7 @@ impl IkeSa {
                 NotifyType::AuthenticationFailed,
                 Vec::new(),
             ))];
-            match logging::seal(
-                self.remote,
-                &st.sk.outbound,
-                self.fragment_limit,
-                &header,
-                &notify,
-            ) {
+            match self.seal(&st.sk, &header, &notify) {
                 Ok(bytes) => {
                     self.send_response(1, bytes);
                     self.close(Event::AuthFailed { reason });
@@ -351,13 +318,7 @@ impl IkeSa {
                 }
             }
         };
-        match logging::seal(
-            self.remote,
-            &sk.outbound,
-            self.fragment_limit,
-            &header,
-            &payloads,
-        ) {
+        match self.seal(&sk, &header, &payloads) {
             Ok(bytes) => {
                 self.send_response(1, bytes);
                 self.peer_next_id = 2;
@@ -479,21 +440,14 @@ impl IkeSa {
         }));
         payloads.push(Payload::TsInitiator(tsi.clone()));
         payloads.push(Payload::TsResponder(tsr.clone()));
-        let params = |direction, spi, keys| ChildSaParams {
-            direction,
-            spi,
-            suite: choice.suite,
-            esn: choice.esn,
+        let event = self.child_sa_up(
+            false,
+            &choice,
             transport,
-            udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
+            (our_spi, peer_spi),
             keys,
-            local_ts: tsr.clone(),
-            remote_ts: tsi.clone(),
-        };
-        let event = Event::ChildSaUp {
-            inbound: params(Direction::Inbound, our_spi, keys.initiator_to_responder),
-            outbound: params(Direction::Outbound, peer_spi, keys.responder_to_initiator),
-        };
+            (&tsr, &tsi),
+        );
         Ok((payloads, event))
     }
 }

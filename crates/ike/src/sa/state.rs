@@ -431,6 +431,41 @@ pub(super) fn header(
 }
 
 impl IkeSa {
+    /// An IKE SA in `state` with nothing exchanged yet: no SPIs, no peer
+    /// address, no request or response, the local address from `config`.
+    pub(super) fn fresh(
+        config: Config,
+        role: Role,
+        state: State,
+        rng: Box<dyn Random + Send>,
+    ) -> Self {
+        let local = config.local_addr;
+        Self {
+            config,
+            role,
+            remote: None,
+            spi_i: 0,
+            spi_r: 0,
+            state,
+            rng,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            outstanding: None,
+            last_response: None,
+            fragment_limit: None,
+            reassembly: fragment::Reassembly::default(),
+            peer_next_id: 0,
+            next_request_id: 0,
+            half_open_deadline: None,
+            local,
+            nat: None,
+            peer_initial_contact: false,
+            retiring: None,
+            established_at: None,
+            stats: Stats::default(),
+        }
+    }
+
     /// Drop and retransmission counters.
     pub fn stats(&self) -> Stats {
         self.stats

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use tunsec_esp::{IpPrefix, PortRange, Selector};
 
-use crate::message::TrafficSelector;
+use crate::message::{AddrRange, TrafficSelector};
 
 /// A selector for one host: one address, an IP protocol (0 for any) and a
 /// port range (`0..=65535` for any).
@@ -17,22 +17,14 @@ use crate::message::TrafficSelector;
 /// port; a kernel vxlan device needs `srcport 4789 4790`); host to host,
 /// `host(addr, 17, 0, 65535)`, covers any port.
 pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> TrafficSelector {
-    match addr {
-        IpAddr::V4(a) => TrafficSelector::Ipv4 {
-            ip_protocol,
-            start_port,
-            end_port,
-            start: a,
-            end: a,
-        },
-        IpAddr::V6(a) => TrafficSelector::Ipv6 {
-            ip_protocol,
-            start_port,
-            end_port,
-            start: a,
-            end: a,
-        },
-    }
+    let range = AddrRange {
+        ip_protocol,
+        start_port,
+        end_port,
+        start: addr,
+        end: addr,
+    };
+    TrafficSelector::from_addr_range(range).expect("one address is of one version")
 }
 
 /// The selectors with their addresses replaced by `addr` (one host), the
@@ -43,27 +35,9 @@ pub fn host(addr: IpAddr, ip_protocol: u8, start_port: u16, end_port: u16) -> Tr
 pub fn with_address(selectors: &[TrafficSelector], addr: IpAddr) -> Vec<TrafficSelector> {
     selectors
         .iter()
-        .filter_map(|s| match (s.clone(), addr) {
-            (
-                TrafficSelector::Ipv4 {
-                    ip_protocol,
-                    start_port,
-                    end_port,
-                    ..
-                },
-                IpAddr::V4(_),
-            )
-            | (
-                TrafficSelector::Ipv6 {
-                    ip_protocol,
-                    start_port,
-                    end_port,
-                    ..
-                },
-                IpAddr::V6(_),
-            ) => Some(host(addr, ip_protocol, start_port, end_port)),
-            _ => None,
-        })
+        .filter_map(TrafficSelector::addr_range)
+        .filter(|r| r.start.is_ipv4() == addr.is_ipv4())
+        .map(|r| host(addr, r.ip_protocol, r.start_port, r.end_port))
         .collect()
 }
 
@@ -86,62 +60,20 @@ fn range<T: Ord + Copy>(a: (T, T), b: (T, T)) -> Option<(T, T)> {
 /// The traffic two selectors both cover, if any. Selectors of different
 /// types, and of unknown types, have none in common.
 pub fn intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficSelector> {
-    use TrafficSelector::{Ipv4, Ipv6};
-    match (a, b) {
-        (
-            Ipv4 {
-                ip_protocol: pa,
-                start_port: sa,
-                end_port: ea,
-                start: a0,
-                end: a1,
-            },
-            Ipv4 {
-                ip_protocol: pb,
-                start_port: sb,
-                end_port: eb,
-                start: b0,
-                end: b1,
-            },
-        ) => {
-            let (start_port, end_port) = range((*sa, *ea), (*sb, *eb))?;
-            let (start, end) = range((*a0, *a1), (*b0, *b1))?;
-            Some(Ipv4 {
-                ip_protocol: protocol(*pa, *pb)?,
-                start_port,
-                end_port,
-                start,
-                end,
-            })
-        }
-        (
-            Ipv6 {
-                ip_protocol: pa,
-                start_port: sa,
-                end_port: ea,
-                start: a0,
-                end: a1,
-            },
-            Ipv6 {
-                ip_protocol: pb,
-                start_port: sb,
-                end_port: eb,
-                start: b0,
-                end: b1,
-            },
-        ) => {
-            let (start_port, end_port) = range((*sa, *ea), (*sb, *eb))?;
-            let (start, end) = range((*a0, *a1), (*b0, *b1))?;
-            Some(Ipv6 {
-                ip_protocol: protocol(*pa, *pb)?,
-                start_port,
-                end_port,
-                start,
-                end,
-            })
-        }
-        _ => None,
+    let (a, b) = (a.addr_range()?, b.addr_range()?);
+    if a.start.is_ipv4() != b.start.is_ipv4() {
+        return None;
     }
+    let (start_port, end_port) = range((a.start_port, a.end_port), (b.start_port, b.end_port))?;
+    // Within one version, IpAddr orders as the addresses do.
+    let (start, end) = range((a.start, a.end), (b.start, b.end))?;
+    TrafficSelector::from_addr_range(AddrRange {
+        ip_protocol: protocol(a.ip_protocol, b.ip_protocol)?,
+        start_port,
+        end_port,
+        start,
+        end,
+    })
 }
 
 /// Narrows a peer's offer to what our policy allows: every non-empty
@@ -189,37 +121,16 @@ fn prefix_len(start: u128, end: u128, bits: u32) -> Option<u8> {
 /// A selector's addresses as one prefix, its protocol, and its ports;
 /// `None` for an unknown type or a range that is not a prefix.
 fn parts(ts: &TrafficSelector) -> Option<(IpPrefix, Option<u8>, PortRange)> {
-    let (addr, len, ip_protocol, start_port, end_port) = match *ts {
-        TrafficSelector::Ipv4 {
-            ip_protocol,
-            start_port,
-            end_port,
-            start,
-            end,
-        } => {
-            let len = prefix_len(u128::from(u32::from(start)), u128::from(u32::from(end)), 32)?;
-            (IpAddr::V4(start), len, ip_protocol, start_port, end_port)
-        }
-        TrafficSelector::Ipv6 {
-            ip_protocol,
-            start_port,
-            end_port,
-            start,
-            end,
-        } => {
-            let len = prefix_len(u128::from(start), u128::from(end), 128)?;
-            (IpAddr::V6(start), len, ip_protocol, start_port, end_port)
-        }
-        TrafficSelector::Unknown { .. } => return None,
-    };
-    let prefix = IpPrefix::new(addr, len).ok()?;
-    let protocol = (ip_protocol != 0).then_some(ip_protocol);
+    let range = ts.addr_range()?;
+    let (start, end, bits) = range.bits();
+    let prefix = IpPrefix::new(range.start, prefix_len(start, end, bits)?).ok()?;
+    let protocol = (range.ip_protocol != 0).then_some(range.ip_protocol);
     Some((
         prefix,
         protocol,
         PortRange {
-            start: start_port,
-            end: end_port,
+            start: range.start_port,
+            end: range.end_port,
         },
     ))
 }
