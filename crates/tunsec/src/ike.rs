@@ -56,8 +56,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tunsec_datapath::io::socket::{Batch, DatagramSocket, Poller};
-use tunsec_datapath::overlay::{InboundEntry, SharedSa};
-use tunsec_datapath::sa_store::{SaStore, SaTables};
+use tunsec_datapath::sa_store::{InboundEntry, SaStore, SaTables, SharedSa};
 use tunsec_datapath::worker::Sockets;
 use tunsec_esp::{Mode, Sa};
 use tunsec_ike::message::TrafficSelector;
