@@ -2,7 +2,8 @@
 //! NAT keepalive and an IKE message from ESP (RFC 3948), finds the
 //! inbound SA by SPI, checks that the datagram came from the SA's peer,
 //! and opens it in place. What the payload then must be is the mode's
-//! business ([`crate::overlay::receive_esp`], [`crate::gateway::unprotect`]).
+//! business ([`Inbound::accept`]: overlay mode finds the tunnel frame in
+//! it, gateway mode the IP packet).
 
 use std::net::IpAddr;
 use std::sync::MutexGuard;
@@ -33,29 +34,27 @@ pub enum Received<T> {
     },
 }
 
-impl<T> Received<T> {
-    /// Turns an opened payload into what the mode delivers; a keepalive
-    /// or IKE passes unchanged.
-    pub fn try_map<U>(
-        self,
-        f: impl FnOnce(T) -> Result<U, PathDrop>,
-    ) -> Result<Received<U>, PathDrop> {
-        Ok(match self {
-            Self::Payload(p) => Received::Payload(f(p)?),
-            Self::Keepalive => Received::Keepalive,
-            Self::Ike { start, end } => Received::Ike { start, end },
-        })
-    }
-}
+/// How a mode's tables receive ESP: the lookups [`open_inbound`] needs,
+/// and what an opened payload must be.
+pub trait Inbound: Sized {
+    /// The mode's forwarding database (`()` for none).
+    type Fdb;
+    /// What an accepted payload becomes (where it lies in the buffer).
+    type Payload;
 
-/// The lookups receiving ESP needs of a mode's tables.
-pub trait InboundTables {
     /// The inbound SAs by SPI.
     fn inbound(&self) -> &FastMap<u32, InboundEntry>;
     /// The underlay address of peer `peer`.
     fn peer_underlay(&self, peer: usize) -> Option<IpAddr>;
     /// The peer with this underlay address.
     fn peer_by_addr(&self, addr: IpAddr) -> Option<usize>;
+    /// Checks an opened payload against its SA and the mode's rules, and
+    /// finds what to deliver.
+    fn accept(
+        ctx: &Ctx<'_, Self, Self::Fdb>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Self::Payload, PathDrop>;
 }
 
 /// An ESP payload decrypted in place, `buf[start..end]`, with its SA
@@ -79,20 +78,20 @@ pub struct Opened<'t> {
 
 /// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on;
 /// with `udp`, possibly a NAT keepalive or IKE behind the non-ESP marker)
-/// in place.
+/// in place, and hands the payload to the mode ([`Inbound::accept`]).
 ///
 /// An SPI with no inbound SA is `Err(PathDrop::UnknownSpi)`, and `buf` is
 /// then left as it was: the receive worker may hold such a datagram until
 /// its SA is installed ([`crate::early`]).
-pub fn open_inbound<'t, T: InboundTables, F>(
-    ctx: &Ctx<'t, T, F>,
+pub fn open_inbound<T: Inbound>(
+    ctx: &Ctx<'_, T, T::Fdb>,
     src: IpAddr,
     udp: bool,
     buf: &mut [u8],
     start: usize,
     end: usize,
-) -> Result<Received<Opened<'t>>, PathDrop> {
-    let tables: &'t T = ctx.tables;
+) -> Result<Received<T::Payload>, PathDrop> {
+    let tables = ctx.tables;
     if udp {
         match natt::classify(&buf[start..end]) {
             Ok(natt::UdpEncapPayload::Esp(_)) => {}
@@ -145,12 +144,14 @@ pub fn open_inbound<'t, T: InboundTables, F>(
     let Ok(next_header) = sa.finish_open(&job, &mut pb, ctx.now) else {
         return Err(PathDrop::Esp);
     };
-    Ok(Received::Payload(Opened {
+    let (start, end) = (pb.start(), pb.end());
+    let opened = Opened {
         peer: entry.peer,
         underlay,
         next_header,
-        start: pb.start(),
-        end: pb.end(),
+        start,
+        end,
         sa,
-    }))
+    };
+    T::accept(ctx, opened, buf).map(Received::Payload)
 }

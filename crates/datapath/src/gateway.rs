@@ -4,7 +4,8 @@
 //!
 //! Policy routing steers the IP packets that a peer's selectors match (the
 //! peer's underlay address, a protocol, a port range) into a TUN device.
-//! [`protect`] turns such a packet into ESP for the peer; [`unprotect`]
+//! [`protect`] turns such a packet into ESP for the peer;
+//! [`crate::esp_rx::open_inbound`] (with this mode's [`Inbound::accept`])
 //! turns the peer's ESP back into the original IP packet, which the worker
 //! writes to the TUN device so that the kernel's tunnel receives it as if
 //! it had come off the wire.
@@ -27,7 +28,7 @@ use tunsec_esp::{FlowKey, PacketBuf};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::{ipv4, ipv6};
 
-use crate::esp_rx::{self, InboundTables, Opened, Received};
+use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
 use crate::sa_store::{InboundEntry, SharedSa};
@@ -114,7 +115,10 @@ pub struct GatewayTables {
     pub inbound: FastMap<u32, InboundEntry>,
 }
 
-impl InboundTables for GatewayTables {
+impl Inbound for GatewayTables {
+    type Fdb = ();
+    type Payload = Unprotected;
+
     fn inbound(&self) -> &FastMap<u32, InboundEntry> {
         &self.inbound
     }
@@ -126,6 +130,18 @@ impl InboundTables for GatewayTables {
     fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
         let addr = canonical(addr);
         self.peers.iter().position(|p| p.underlay == addr)
+    }
+
+    /// Rebuilds, in place, the IP packet to write to the TUN device. It
+    /// must come from the SA's peer, addressed to this host, and be
+    /// traffic the peer's selectors allow (RFC 4301 section 5.2: the
+    /// decrypted packet must match the SA's selectors).
+    fn accept(
+        ctx: &GatewayCtx<'_>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Unprotected, PathDrop> {
+        packet_of(ctx.tables, opened, buf)
     }
 }
 
@@ -321,26 +337,6 @@ pub struct Unprotected {
     pub end: usize,
     /// The peer it came from (an index into the tables' peers).
     pub peer: usize,
-}
-
-/// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on;
-/// with `udp`, possibly a NAT keepalive or IKE) in place
-/// ([`esp_rx::open_inbound`]) and rebuilds, in place, the IP packet to
-/// write to the TUN device.
-///
-/// The packet must come from the SA's peer and, once opened, be traffic
-/// the peer's selectors allow, addressed to this host (RFC 4301 section
-/// 5.2: the decrypted packet must match the SA's selectors).
-pub fn unprotect(
-    ctx: &GatewayCtx<'_>,
-    src: IpAddr,
-    udp: bool,
-    buf: &mut [u8],
-    start: usize,
-    end: usize,
-) -> Result<Received<Unprotected>, PathDrop> {
-    esp_rx::open_inbound(ctx, src, udp, buf, start, end)?
-        .try_map(|opened| packet_of(ctx.tables, opened, buf))
 }
 
 /// The IP packet an opened ESP payload carries.

@@ -10,6 +10,7 @@ use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
 use tunsec_wire::{ipv4, udp};
 
 use super::*;
+use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
 use crate::packet::HEADROOM;
 use crate::stats::Stats;
@@ -162,7 +163,7 @@ fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>
     let tx = protect(&ctx(from, &stats, now), &mut buf, s, e)?;
     assert_eq!(tx.dst, SocketAddr::new(to.local, 4500));
     let (mut rx, s, e) = in_buffer(&buf[tx.start..tx.end]);
-    let (start, end) = match unprotect(&ctx(to, &stats, now), from.local, true, &mut rx, s, e)? {
+    let (start, end) = match open_inbound(&ctx(to, &stats, now), from.local, true, &mut rx, s, e)? {
         Received::Payload(Unprotected { start, end, peer }) => {
             assert_eq!(peer, 0);
             (start, end)
@@ -270,21 +271,21 @@ fn refuses_what_it_must_not_carry() {
     let tx = protect(&ctx(&ga, &stats, now), &mut buf, s, e).unwrap();
     let (mut rx, s2, e2) = in_buffer(&buf[tx.start..tx.end]);
     assert_eq!(
-        unprotect(&ctx(&gb, &stats, now), c, true, &mut rx, s2, e2),
+        open_inbound(&ctx(&gb, &stats, now), c, true, &mut rx, s2, e2),
         Err(PathDrop::Policy)
     );
     // A keepalive is nothing.
     let mut ka = [0u8; 130];
     ka[128] = 0xff;
     assert_eq!(
-        unprotect(&ctx(&gb, &stats, now), A, true, &mut ka, 128, 129),
+        open_inbound(&ctx(&gb, &stats, now), A, true, &mut ka, 128, 129),
         Ok(Received::Keepalive)
     );
     // IKE behind the non-ESP marker goes to the IKE driver.
     let mut ike = [0u8; 160];
     ike[132..140].copy_from_slice(b"IKEHDR..");
     assert_eq!(
-        unprotect(&ctx(&gb, &stats, now), A, true, &mut ike, 128, 160),
+        open_inbound(&ctx(&gb, &stats, now), A, true, &mut ike, 128, 160),
         Ok(Received::Ike {
             start: 132,
             end: 160
@@ -397,7 +398,7 @@ mod arbitrary_input {
             }
             let (mut buf, s, e) = in_buffer(&data);
             let stats = Stats::new(1);
-            let r = unprotect(&ctx(&gb, &stats, Instant::now()), A, udp, &mut buf, s, e);
+            let r = open_inbound(&ctx(&gb, &stats, Instant::now()), A, udp, &mut buf, s, e);
             if known_spi && data.len() >= 8 {
                 let opened = matches!(r, Ok(Received::Payload(_)));
                 prop_assert!(!opened, "random bytes opened as ESP");

@@ -38,7 +38,7 @@ use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::vxlan::Vni;
 use tunsec_wire::{geneve, gue, ipv4, ipv6, udp, vxlan};
 
-use crate::esp_rx::{self, InboundTables, Opened, Received};
+use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::fdb::Fdb;
 use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
@@ -260,7 +260,10 @@ pub enum Targets {
 /// The overlay's per-packet context: its tables and forwarding database.
 pub type OverlayCtx<'a> = Ctx<'a, Tables, Fdb>;
 
-impl InboundTables for Tables {
+impl Inbound for Tables {
+    type Fdb = Fdb;
+    type Payload = Delivery;
+
     fn inbound(&self) -> &FastMap<u32, InboundEntry> {
         &self.inbound
     }
@@ -271,6 +274,19 @@ impl InboundTables for Tables {
 
     fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
         Self::peer_by_addr(self, addr)
+    }
+
+    /// The frame inside an opened ESP payload. It must be the peer's
+    /// tunnel traffic: UDP (in tunnel mode behind the inner IP header,
+    /// [`check_inner_header`]) inside the SA's negotiated selectors (RFC
+    /// 4301 section 5.2), to the tunnel port of a network the peer
+    /// carries.
+    fn accept(
+        ctx: &OverlayCtx<'_>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Delivery, PathDrop> {
+        deliver_opened(ctx, opened, buf)
     }
 }
 
@@ -524,26 +540,6 @@ pub struct Delivery {
     pub start: usize,
     /// One past its last byte.
     pub end: usize,
-}
-
-/// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on,
-/// or with the non-ESP marker for IKE when `udp` is set) in place
-/// ([`esp_rx::open_inbound`]), and finds the frame it carries.
-///
-/// The decrypted datagram must be the peer's tunnel traffic: UDP (in
-/// tunnel mode behind the inner IP header, [`check_inner_header`]) inside
-/// the SA's negotiated selectors (RFC 4301 section 5.2), to the tunnel
-/// port of a network the peer carries.
-pub fn receive_esp(
-    ctx: &OverlayCtx<'_>,
-    src: IpAddr,
-    udp: bool,
-    buf: &mut [u8],
-    start: usize,
-    end: usize,
-) -> Result<Received<Delivery>, PathDrop> {
-    esp_rx::open_inbound(ctx, src, udp, buf, start, end)?
-        .try_map(|opened| deliver_opened(ctx, opened, buf))
 }
 
 /// The frame inside an opened ESP payload.

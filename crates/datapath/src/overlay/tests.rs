@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tunsec_esp::{Direction, PortRange, Sa, SaConfig, SaKeys, Suite};
 
 use super::*;
+use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
 use crate::fdb::DEFAULT_AGEING;
 use crate::packet::{HEADROOM, TAILROOM};
@@ -143,7 +144,7 @@ impl Host {
         now: Instant,
     ) -> Result<Received<Delivery>, PathDrop> {
         self.stats
-            .count(receive_esp(&self.ctx(now), src, udp, buf, start, end))
+            .count(open_inbound(&self.ctx(now), src, udp, buf, start, end))
     }
 
     fn receive_clear(

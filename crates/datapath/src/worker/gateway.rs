@@ -5,17 +5,15 @@
 //! routing steered into the TUN device, seals them with
 //! [`gateway::protect`] and sends them, a batch per `sendmmsg`, from the
 //! ESP socket. The receive worker ([`run_rx`], the skeleton's loop with
-//! this mode's `Receive`) opens ESP with [`gateway::unprotect`] and
+//! this mode's `Receive`) opens ESP with [`crate::esp_rx::open_inbound`] and
 //! writes the packet to the TUN device, so the kernel receives it as if
 //! it had come off the wire. Outbound SAs are used only by the first and
 //! inbound SAs only by the second.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BATCH, BUFFER_LEN, FrameDevice, MAX_PACKET, Receive, Sender, Shared, Sockets, wait};
-use crate::esp_rx::Received;
 use crate::gateway::{self, GatewayCtx, GatewayTables, Unprotected};
 use crate::io::socket::{Batch, Poller, SocketKind};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
@@ -133,31 +131,6 @@ struct Tun {
 
 impl Receive for Tun {
     type Tables = GatewayTables;
-    type Fdb = ();
-    type Payload = Unprotected;
-
-    fn open(
-        ctx: &GatewayCtx<'_>,
-        src: IpAddr,
-        udp: bool,
-        buf: &mut [u8],
-        start: usize,
-        end: usize,
-    ) -> Result<Received<Unprotected>, PathDrop> {
-        gateway::unprotect(ctx, src, udp, buf, start, end)
-    }
-
-    /// Gateway mode has no cleartext tunnel sockets.
-    fn clear(
-        _: &GatewayCtx<'_>,
-        _: IpAddr,
-        _: u16,
-        _: &[u8],
-        _: usize,
-        _: usize,
-    ) -> Result<Unprotected, PathDrop> {
-        Err(PathDrop::Policy)
-    }
 
     /// Counts an opened packet for its peer, and writes it to the TUN
     /// device, or hands it to the batcher.
@@ -223,7 +196,7 @@ fn strip_vnet_header(buf: &mut [u8], front: usize, len: usize) -> Result<usize, 
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 

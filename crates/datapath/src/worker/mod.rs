@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::early::{EarlyEsp, Retry};
-use crate::esp_rx::{InboundTables, Received};
+use crate::esp_rx::{Inbound, Received, open_inbound};
 use crate::io::socket::{Batch, DatagramSocket, Poller, SocketKind, runs};
 use crate::packet::{Ctx, HEADROOM, TAILROOM};
 use crate::stats::{PathDrop, Stats, add};
@@ -179,46 +179,30 @@ fn wait(poller: &mut Poller) -> bool {
 /// A mode's half of the receive worker: what an opened datagram must be,
 /// and where it goes.
 pub(crate) trait Receive {
-    /// The mode's table snapshot.
-    type Tables: InboundTables;
-    /// The mode's forwarding database.
-    type Fdb;
-    /// What an accepted datagram becomes (where it lies in the buffer).
-    type Payload;
+    /// The mode's table snapshot, which opens its ESP
+    /// ([`open_inbound`]).
+    type Tables: Inbound;
 
-    /// Opens an ESP datagram from `src` at `buf[start..end]` in place.
-    fn open(
-        ctx: &Ctx<'_, Self::Tables, Self::Fdb>,
-        src: IpAddr,
-        udp: bool,
-        buf: &mut [u8],
-        start: usize,
-        end: usize,
-    ) -> Result<Received<Self::Payload>, PathDrop>;
-
-    /// Accepts a cleartext tunnel datagram that arrived on tunnel port
-    /// `port`. A mode without tunnel sockets gets none.
-    fn clear(
-        ctx: &Ctx<'_, Self::Tables, Self::Fdb>,
-        src: IpAddr,
-        port: u16,
-        buf: &[u8],
-        start: usize,
-        end: usize,
-    ) -> Result<Self::Payload, PathDrop>;
+    /// Accepts a cleartext tunnel datagram `buf[start..end]` from `src`
+    /// that arrived on tunnel port `port` (`ctx, src, port, buf, start,
+    /// end`); `None` for a mode without tunnel sockets.
+    const CLEAR: Option<ClearFn<Self>> = None;
 
     /// Writes out (or batches) what `buf` holds at `payload`, and counts
     /// it.
-    fn deliver(
-        &mut self,
-        ctx: &Ctx<'_, Self::Tables, Self::Fdb>,
-        buf: &[u8],
-        payload: Self::Payload,
-    );
+    fn deliver(&mut self, ctx: &RxCtx<'_, Self>, buf: &[u8], payload: Payload<Self>);
 
     /// Writes out whatever [`Self::deliver`] batched.
     fn flush(&mut self, stats: &Stats);
 }
+
+/// The per-packet context of a mode's receive worker.
+type RxCtx<'a, R> = Ctx<'a, <R as Receive>::Tables, <<R as Receive>::Tables as Inbound>::Fdb>;
+/// What a mode's receive worker delivers.
+type Payload<R> = <<R as Receive>::Tables as Inbound>::Payload;
+/// See [`Receive::CLEAR`].
+type ClearFn<R> =
+    fn(&RxCtx<'_, R>, IpAddr, u16, &[u8], usize, usize) -> Result<Payload<R>, PathDrop>;
 
 /// A receive buffer: datagrams land [`HEADROOM`] bytes in, so that
 /// gateway transport mode can rebuild the IP header in front of the first
@@ -245,7 +229,7 @@ impl AsMut<[u8]> for RxBuf {
 /// ([`EarlyEsp`]) and tried again at every wake-up (at least every
 /// [`POLL_MS`]); it counts as `unknown_spi` only once its hold expires.
 pub(crate) fn run_rx<R: Receive>(
-    shared: &Shared<R::Tables, R::Fdb>,
+    shared: &Shared<R::Tables, <R::Tables as Inbound>::Fdb>,
     sockets: &Sockets,
     mode: &mut R,
     udp_gro: bool,
@@ -300,7 +284,10 @@ pub(crate) fn run_rx<R: Receive>(
                         let datagram = Datagram { src, udp, s, e };
                         match port {
                             Some(port) => {
-                                let r = R::clear(&ctx, src.ip(), port, buf, s, e);
+                                let r = match R::CLEAR {
+                                    Some(clear) => clear(&ctx, src.ip(), port, buf, s, e),
+                                    None => Err(PathDrop::Policy),
+                                };
                                 if let Ok(p) = ctx.stats.count(r) {
                                     mode.deliver(&ctx, buf, p);
                                 }
@@ -337,7 +324,7 @@ pub(crate) fn run_rx<R: Receive>(
             let expired = early.retry(ctx.now, |src, udp, datagram| {
                 let end = HEADROOM + datagram.len();
                 scratch[HEADROOM..end].copy_from_slice(datagram);
-                match R::open(&ctx, src, udp, &mut scratch, HEADROOM, end) {
+                match open_inbound(&ctx, src, udp, &mut scratch, HEADROOM, end) {
                     Err(PathDrop::UnknownSpi) => return Retry::StillUnknown,
                     Ok(Received::Payload(p)) => mode.deliver(&ctx, &scratch, p),
                     // Held as ESP, so neither a keepalive nor IKE.
@@ -369,14 +356,14 @@ struct Datagram {
 /// hold; counts the rest.
 fn receive_esp<R: Receive>(
     mode: &mut R,
-    ctx: &Ctx<'_, R::Tables, R::Fdb>,
+    ctx: &RxCtx<'_, R>,
     inbox: &IkeInbox,
     early: &mut EarlyEsp,
     buf: &mut [u8],
     d: Datagram,
 ) {
     let src = d.src.ip();
-    match R::open(ctx, src, d.udp, buf, d.s, d.e) {
+    match open_inbound(ctx, src, d.udp, buf, d.s, d.e) {
         Ok(Received::Payload(p)) => mode.deliver(ctx, buf, p),
         Ok(Received::Keepalive) => {}
         Ok(Received::Ike { start, end }) => {

@@ -10,7 +10,6 @@
 //! the counters. With a virtio-net header the TAP devices hand over and
 //! take back TCP super-frames ([`offload`]).
 
-use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use std::time::{Duration, Instant};
 use super::{
     BATCH, BUFFER_LEN, FrameDevice, MAX_PACKET, Receive, Sender, Shared, Sockets, TX_POOL, wait,
 };
-use crate::esp_rx::Received;
 use crate::fdb::Fdb;
 use crate::io::socket::{Batch, Poller, SocketKind};
 use crate::offload;
@@ -289,30 +287,8 @@ struct Taps {
 
 impl Receive for Taps {
     type Tables = Tables;
-    type Fdb = Fdb;
-    type Payload = Delivery;
 
-    fn open(
-        ctx: &OverlayCtx<'_>,
-        src: IpAddr,
-        udp: bool,
-        buf: &mut [u8],
-        start: usize,
-        end: usize,
-    ) -> Result<Received<Delivery>, PathDrop> {
-        overlay::receive_esp(ctx, src, udp, buf, start, end)
-    }
-
-    fn clear(
-        ctx: &OverlayCtx<'_>,
-        src: IpAddr,
-        port: u16,
-        buf: &[u8],
-        start: usize,
-        end: usize,
-    ) -> Result<Delivery, PathDrop> {
-        overlay::receive_clear(ctx, src, port, buf, start, end)
-    }
+    const CLEAR: Option<super::ClearFn<Self>> = Some(overlay::receive_clear);
 
     /// Writes an opened frame to its network's TAP queue for its flow,
     /// through the network's coalescer when it has one.
@@ -363,7 +339,7 @@ fn write_tap(stats: &Stats, dev: &dyn FrameDevice, header: &[u8], frame: &[u8]) 
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
 
