@@ -4,7 +4,8 @@
 //!
 //! Policy routing steers the IP packets that a peer's selectors match (the
 //! peer's underlay address, a protocol, a port range) into a TUN device.
-//! [`protect`] turns such a packet into ESP for the peer; [`unprotect`]
+//! [`protect`] turns such a packet into ESP for the peer;
+//! [`crate::esp_rx::open_inbound`] (with this mode's [`Inbound::accept`])
 //! turns the peer's ESP back into the original IP packet, which the worker
 //! writes to the TUN device so that the kernel's tunnel receives it as if
 //! it had come off the wire.
@@ -20,18 +21,19 @@
 //! 3.1.1), with a fresh TTL and no DSCP. Tunnel mode carries the original
 //! header intact, at 20 (or 40) bytes more per packet.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tunsec_esp::{FlowKey, PacketBuf};
 use tunsec_wire::ip::IpProtocol;
-use tunsec_wire::{ipv4, ipv6, natt};
+use tunsec_wire::{ipv4, ipv6};
 
+use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
-use crate::overlay::{EspTransport, InboundEntry, SharedSa, Transmit, Via};
-use crate::stats::{NetworkCounters, PathDrop, Stats};
+use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
+use crate::sa_store::{InboundEntry, SharedSa};
+use crate::stats::{NetworkCounters, PathDrop};
 
 /// Traffic of the kernel's own that a peer's SA protects: an IP protocol
 /// and a port range, matched against either port (so that both the
@@ -96,7 +98,8 @@ pub struct GatewayPeer {
     /// Its outbound SAs, one per Child SA (or the manual one): a packet
     /// goes out with the first whose selectors cover it.
     pub outbound: Vec<SharedSa>,
-    /// Its packet and byte counters. They belong to the peer, not to its
+    /// Its packet and byte counters (tx: sealed and sent, rx: opened and
+    /// written to the TUN device). They belong to the peer, not to its
     /// slot, so a peer added at run time into a freed slot starts at 0.
     pub counters: Arc<NetworkCounters>,
 }
@@ -112,6 +115,15 @@ impl GatewayPeer {
             outbound: Vec::new(),
             counters: Arc::default(),
         }
+    }
+
+    /// A vacant slot's placeholder.
+    fn vacant() -> Self {
+        Self::new(
+            String::new(),
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Vec::new(),
+        )
     }
 }
 
@@ -151,7 +163,7 @@ impl GatewayTables {
 
     /// The slot of the peer at `addr`.
     pub fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
-        self.by_addr.get(&addr).copied()
+        self.by_addr.get(&canonical(addr)).copied()
     }
 
     /// The peer in `slot`, if it is occupied.
@@ -230,16 +242,38 @@ impl std::fmt::Display for PeerSlotError {
 
 impl std::error::Error for PeerSlotError {}
 
-impl GatewayPeer {
-    /// A vacant slot's placeholder.
-    fn vacant() -> Self {
-        Self::new(
-            String::new(),
-            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            Vec::new(),
-        )
+impl Inbound for GatewayTables {
+    type Fdb = ();
+    type Payload = Unprotected;
+
+    fn inbound(&self) -> &FastMap<u32, InboundEntry> {
+        &self.inbound
+    }
+
+    fn peer_underlay(&self, peer: usize) -> Option<IpAddr> {
+        self.peer(peer).map(|p| p.underlay)
+    }
+
+    fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
+        Self::peer_by_addr(self, addr)
+    }
+
+    /// Rebuilds, in place, the IP packet to write to the TUN device. It
+    /// must come from the SA's peer, addressed to this host, and be
+    /// traffic the peer's selectors allow (RFC 4301 section 5.2: the
+    /// decrypted packet must match the SA's selectors).
+    fn accept(
+        ctx: &GatewayCtx<'_>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Unprotected, PathDrop> {
+        packet_of(ctx.tables, opened, buf)
     }
 }
+
+/// Gateway mode's per-packet context: its tables (no forwarding
+/// database).
+pub type GatewayCtx<'a> = Ctx<'a, GatewayTables>;
 
 /// The most bytes that protecting one packet adds: the ESP-in-UDP header,
 /// the ESP header with the largest IV (16, AES-CBC), the most padding
@@ -330,40 +364,31 @@ fn ip_info(packet: &[u8]) -> Option<IpInfo> {
 ///
 /// Only packets that this host sends, to a configured peer, matching one
 /// of that peer's selectors are protected; anything else the routing rules
-/// let in is dropped and counted (`policy`, `unknown_peer`), never sent in
-/// the clear. Without an SA the packet is dropped (`no_sa`).
-#[allow(clippy::too_many_arguments)]
+/// let in is dropped (`policy`, `unknown_peer`), never sent in the clear.
+/// Without an SA the packet is dropped (`no_sa`).
 pub fn protect(
-    tables: &GatewayTables,
-    stats: &Stats,
+    ctx: &GatewayCtx<'_>,
     buf: &mut [u8],
     start: usize,
     end: usize,
-    now: Instant,
 ) -> Result<Transmit, PathDrop> {
-    let fail = |d: PathDrop| {
-        stats.drop(d);
-        Err(d)
-    };
+    let tables = ctx.tables;
     let Some(ip) = ip_info(&buf[start..end]) else {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     };
     if ip.total_len > end - start {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     }
     let end = start + ip.total_len;
     let Some(peer) = tables.peer_by_addr(ip.dst) else {
-        return fail(PathDrop::UnknownPeer);
+        return Err(PathDrop::UnknownPeer);
     };
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     };
-    let entry = &tables.peers[peer]; // an occupied slot: found by address
+    let entry = &tables.peers[peer]; // occupied: found by address
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
-        return fail(PathDrop::Policy);
-    }
-    if entry.outbound.is_empty() {
-        return fail(PathDrop::NoSa);
+        return Err(PathDrop::Policy);
     }
     // With several Child SAs, the one whose selectors cover the packet
     // (RFC 4301 section 5.1; a manual SA has none and covers all). The
@@ -371,18 +396,21 @@ pub fn protect(
     // while a Child SA narrowed to `[udp/4789]` on both sides does not
     // cover a kernel vxlan device's per-flow source port: such a packet
     // goes with the first SA, as it did with one (see ARCHITECTURE.md).
-    let covers = |sa: &SharedSa| {
-        sa.lock().is_ok_and(|sa| {
-            sa.selectors().is_empty() || sa.selectors().iter().any(|s| s.matches_outbound(&flow))
-        })
-    };
-    let Some(sa) = entry
+    let chosen = entry
         .outbound
         .iter()
-        .find(|sa| covers(sa))
-        .or(entry.outbound.first())
-    else {
-        return fail(PathDrop::NoSa);
+        .find_map(|shared| {
+            let sa = shared.lock().ok()?;
+            let covers = sa.selectors().is_empty()
+                || sa.selectors().iter().any(|s| s.matches_outbound(&flow));
+            covers.then_some((shared, sa))
+        })
+        .or_else(|| {
+            let first = entry.outbound.first()?;
+            Some((first, first.lock().ok()?))
+        });
+    let Some((shared, sa)) = chosen else {
+        return Err(PathDrop::NoSa);
     };
     let (payload_start, next_header) = match tables.mode {
         GatewayMode::Transport => {
@@ -400,7 +428,7 @@ pub fn protect(
                         | IpProtocol::Ipv6Opts
                 );
             if ip.fragment || ext {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             }
             (start + ip.header_len, ip.protocol)
         }
@@ -415,155 +443,74 @@ pub fn protect(
         ),
     };
     let mut pb = PacketBuf::new(buf, payload_start, end);
-    let sealed = match sa.lock() {
-        Ok(mut sa) => sa.seal_esp(&mut pb, next_header, now),
-        Err(_) => Err(tunsec_esp::DropReason::NoSa),
-    };
-    if sealed.is_err() {
-        return fail(PathDrop::Esp);
-    }
-    let dst = match tables.esp {
-        EspTransport::Udp(port) => SocketAddr::new(entry.underlay, port),
-        EspTransport::Raw => SocketAddr::new(entry.underlay, 0),
-    };
+    seal(shared, sa, &mut pb, next_header, ctx.now)?;
     Ok(Transmit {
         start: pb.start(),
         end: pb.end(),
-        dst,
+        dst: tables.esp.destination(entry.underlay),
         via: Via::Esp,
+        peer,
     })
 }
 
-/// What a datagram on the ESP socket turned out to be.
+/// An IP packet opened from a peer's ESP, for the TUN device:
+/// `buf[start..end]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayReceive {
-    /// An IP packet for the TUN device, at `buf[start..end]`.
-    Packet {
-        /// Where it starts.
-        start: usize,
-        /// Where it ends.
-        end: usize,
-    },
-    /// A NAT keepalive (RFC 3948 section 2.3).
-    Keepalive,
-    /// An IKE message behind the non-ESP marker (RFC 3948 section 2.2),
-    /// at `buf[start..end]`, for the IKE driver.
-    Ike {
-        /// Where it starts.
-        start: usize,
-        /// Where it ends.
-        end: usize,
-    },
+pub struct Unprotected {
+    /// Where it starts.
+    pub start: usize,
+    /// Where it ends.
+    pub end: usize,
+    /// The peer it came from (an index into the tables' peers).
+    pub peer: usize,
 }
 
-/// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on;
-/// with `udp`, possibly a NAT keepalive or IKE) and rebuilds, in place,
-/// the IP packet to write to the TUN device.
-///
-/// The packet must come from the SA's peer and, once opened, be traffic
-/// the peer's selectors allow, addressed to this host (RFC 4301 section
-/// 5.2: the decrypted packet must match the SA's selectors).
-#[allow(clippy::too_many_arguments)]
-pub fn unprotect(
+/// The IP packet an opened ESP payload carries.
+fn packet_of(
     tables: &GatewayTables,
-    stats: &Stats,
-    src: IpAddr,
-    udp: bool,
+    opened: Opened<'_>,
     buf: &mut [u8],
-    start: usize,
-    end: usize,
-    now: Instant,
-) -> Result<GatewayReceive, PathDrop> {
-    stats.count_unknown_spi(try_unprotect(tables, stats, src, udp, buf, start, end, now))
-}
-
-/// [`unprotect`], except that an SPI with no inbound SA is returned as
-/// `Err(PathDrop::UnknownSpi)` without being counted, and `buf` is then left
-/// as it was: the receive worker may hold such a datagram until its SA is
-/// installed ([`crate::early`]), and counts it only if it never is. Every
-/// other drop is counted here.
-#[allow(clippy::too_many_arguments)]
-pub fn try_unprotect(
-    tables: &GatewayTables,
-    stats: &Stats,
-    src: IpAddr,
-    udp: bool,
-    buf: &mut [u8],
-    start: usize,
-    end: usize,
-    now: Instant,
-) -> Result<GatewayReceive, PathDrop> {
-    let fail = |d: PathDrop| {
-        if d != PathDrop::UnknownSpi {
-            stats.drop(d);
-        }
-        Err(d)
-    };
-    if udp {
-        match natt::classify(&buf[start..end]) {
-            Ok(natt::UdpEncapPayload::Esp(_)) => {}
-            Ok(natt::UdpEncapPayload::Keepalive) => return Ok(GatewayReceive::Keepalive),
-            Ok(natt::UdpEncapPayload::Ike(_)) => {
-                let marker = natt::NON_ESP_MARKER.len();
-                return Ok(GatewayReceive::Ike {
-                    start: start + marker,
-                    end,
-                });
-            }
-            Err(_) => return fail(PathDrop::Malformed),
-        }
-    }
-    let Ok(spi) = tunsec_wire::esp::Packet::new_checked(&buf[start..end]).map(|p| p.spi()) else {
-        return fail(PathDrop::Malformed);
-    };
-    let Some(entry) = tables.inbound.get(&spi) else {
-        return fail(PathDrop::UnknownSpi);
-    };
-    let Some(peer) = tables.peer(entry.peer) else {
-        return fail(PathDrop::UnknownSpi);
-    };
-    if src != peer.underlay {
-        return fail(PathDrop::Policy);
-    }
-    let mut pb = PacketBuf::new(buf, start, end);
-    let opened = match entry.sa.lock() {
-        Ok(mut sa) => sa.open_esp(&mut pb, now),
-        Err(_) => Err(tunsec_esp::DropReason::NoSa),
-    };
-    let Ok(next_header) = opened else {
-        return fail(PathDrop::Esp);
-    };
-    let (payload_start, payload_end) = (pb.start(), pb.end());
+) -> Result<Unprotected, PathDrop> {
+    let Opened {
+        peer,
+        underlay,
+        next_header,
+        start: payload_start,
+        end: payload_end,
+        sa,
+    } = opened;
+    // Gateway selectors are the peer's, not the SA's.
+    drop(sa);
     let (start, end) = match (tables.mode, IpProtocol::from(next_header)) {
         (GatewayMode::Tunnel, IpProtocol::Ipip | IpProtocol::Ipv6) => (payload_start, payload_end),
-        (GatewayMode::Tunnel, _) => return fail(PathDrop::Policy),
+        (GatewayMode::Tunnel, _) => return Err(PathDrop::Policy),
         (GatewayMode::Transport, _) => {
-            match rebuild_header(
+            let start = rebuild_header(
                 buf,
                 payload_start,
                 payload_end,
-                peer.underlay,
+                underlay,
                 tables.local,
                 next_header,
-            ) {
-                Some(s) => (s, payload_end),
-                None => return fail(PathDrop::Malformed),
-            }
+            )
+            .ok_or(PathDrop::Malformed)?;
+            (start, payload_end)
         }
     };
     let Some(ip) = ip_info(&buf[start..end]).filter(|ip| ip.total_len == end - start) else {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     };
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     };
-    if ip.src != peer.underlay
-        || ip.dst != tables.local
-        || !peer.selectors.iter().any(|s| s.matches(&flow))
-    {
-        return fail(PathDrop::Policy);
+    let Some(entry) = tables.peer(peer) else {
+        return Err(PathDrop::UnknownSpi);
+    };
+    let selectors = &entry.selectors;
+    if ip.src != underlay || ip.dst != tables.local || !selectors.iter().any(|s| s.matches(&flow)) {
+        return Err(PathDrop::Policy);
     }
-    Ok(GatewayReceive::Packet { start, end })
+    Ok(Unprotected { start, end, peer })
 }
 
 /// Writes an IP header for `buf[payload_start..payload_end]` just in front

@@ -2,18 +2,21 @@
 //! one and `unprotect` on the other, in both modes and for every suite;
 //! and each refusal.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tunsec_esp::{Direction, Sa, SaConfig, SaKeys, Suite};
 use tunsec_wire::{ipv4, udp};
 
 use super::*;
+use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
+use crate::packet::HEADROOM;
+use crate::stats::Stats;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
-const HEADROOM: usize = 128;
 
 fn sa(spi: u32, direction: Direction, suite: Suite) -> SharedSa {
     let n = suite.encryption_key_len() + suite.integrity_key_len();
@@ -135,17 +138,30 @@ fn in_buffer(pkt: &[u8]) -> (Vec<u8>, usize, usize) {
     (buf, HEADROOM, end)
 }
 
+/// `tables`' context, as a worker builds it for a batch.
+fn ctx<'a>(tables: &'a GatewayTables, stats: &'a Stats, now: Instant) -> GatewayCtx<'a> {
+    Ctx {
+        tables,
+        fdb: &(),
+        stats,
+        now,
+    }
+}
+
 /// `from` protects, the datagram crosses, `to` unprotects: the packet the
 /// receiver's kernel gets.
 fn carry(from: &GatewayTables, to: &GatewayTables, pkt: &[u8]) -> Result<Vec<u8>, PathDrop> {
     let now = Instant::now();
     let stats = Stats::new(0);
     let (mut buf, s, e) = in_buffer(pkt);
-    let tx = protect(from, &stats, &mut buf, s, e, now)?;
+    let tx = protect(&ctx(from, &stats, now), &mut buf, s, e)?;
     assert_eq!(tx.dst, SocketAddr::new(to.local, 4500));
     let (mut rx, s, e) = in_buffer(&buf[tx.start..tx.end]);
-    let (start, end) = match unprotect(to, &stats, from.local, true, &mut rx, s, e, now)? {
-        GatewayReceive::Packet { start, end } => (start, end),
+    let (start, end) = match open_inbound(&ctx(to, &stats, now), from.local, true, &mut rx, s, e)? {
+        Received::Payload(Unprotected { start, end, peer }) => {
+            assert_eq!(peer, 0);
+            (start, end)
+        }
         other => panic!("not a packet: {other:?}"),
     };
     Ok(rx[start..end].to_vec())
@@ -203,7 +219,7 @@ fn refuses_what_it_must_not_carry() {
     let now = Instant::now();
     let try_protect = |pkt: Vec<u8>| {
         let (mut buf, s, e) = in_buffer(&pkt);
-        protect(&ga, &stats, &mut buf, s, e, now).map(|_| ())
+        stats.count(protect(&ctx(&ga, &stats, now), &mut buf, s, e).map(|_| ()))
     };
     // Another port than the selectors': the rules should not have sent it
     // here, and it is not sent in the clear either.
@@ -229,7 +245,7 @@ fn refuses_what_it_must_not_carry() {
     let (no_sa, _) = pair(GatewayMode::Transport, None, A, B);
     let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
     assert_eq!(
-        protect(&no_sa, &stats, &mut buf, s, e, now),
+        protect(&ctx(&no_sa, &stats, now), &mut buf, s, e),
         Err(PathDrop::NoSa)
     );
 
@@ -246,25 +262,25 @@ fn refuses_what_it_must_not_carry() {
     );
     // From an address that is not the SA's peer.
     let (mut buf, s, e) = in_buffer(&kernel_packet(A, B, 40000, 4789, 10));
-    let tx = protect(&ga, &stats, &mut buf, s, e, now).unwrap();
+    let tx = protect(&ctx(&ga, &stats, now), &mut buf, s, e).unwrap();
     let (mut rx, s2, e2) = in_buffer(&buf[tx.start..tx.end]);
     assert_eq!(
-        unprotect(&gb, &stats, c, true, &mut rx, s2, e2, now),
+        open_inbound(&ctx(&gb, &stats, now), c, true, &mut rx, s2, e2),
         Err(PathDrop::Policy)
     );
     // A keepalive is nothing.
     let mut ka = [0u8; 130];
     ka[128] = 0xff;
     assert_eq!(
-        unprotect(&gb, &stats, A, true, &mut ka, 128, 129, now),
-        Ok(GatewayReceive::Keepalive)
+        open_inbound(&ctx(&gb, &stats, now), A, true, &mut ka, 128, 129),
+        Ok(Received::Keepalive)
     );
     // IKE behind the non-ESP marker goes to the IKE driver.
     let mut ike = [0u8; 160];
     ike[132..140].copy_from_slice(b"IKEHDR..");
     assert_eq!(
-        unprotect(&gb, &stats, A, true, &mut ike, 128, 160, now),
-        Ok(GatewayReceive::Ike {
+        open_inbound(&ctx(&gb, &stats, now), A, true, &mut ike, 128, 160),
+        Ok(Received::Ike {
             start: 132,
             end: 160
         })
@@ -283,7 +299,7 @@ fn fragments_are_refused_in_transport_mode() {
     }
     let (mut buf, s, e) = in_buffer(&pkt);
     assert_eq!(
-        protect(&ga, &stats, &mut buf, s, e, Instant::now()),
+        protect(&ctx(&ga, &stats, Instant::now()), &mut buf, s, e),
         Err(PathDrop::Malformed)
     );
 }
@@ -330,15 +346,8 @@ fn largest_packet_at_tun_mtu_fits_the_underlay() {
             let mut buf = vec![0u8; HEADROOM + packet.len() + 128];
             buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
             let stats = Stats::new(1);
-            let tx = protect(
-                &a,
-                &stats,
-                &mut buf,
-                HEADROOM,
-                HEADROOM + packet.len(),
-                Instant::now(),
-            )
-            .unwrap();
+            let ctx = ctx(&a, &stats, Instant::now());
+            let tx = protect(&ctx, &mut buf, HEADROOM, HEADROOM + packet.len()).unwrap();
             // The outer IPv4 header (20) and ESP-in-UDP (in tx) make the wire size.
             let wire = 20 + 8 + (tx.end - tx.start);
             assert!(wire <= 1500, "{mode:?} {suite:?}: {wire} bytes on the wire");
@@ -362,7 +371,7 @@ mod arbitrary_input {
             let mode = if tunnel { GatewayMode::Tunnel } else { GatewayMode::Transport };
             let (ga, _) = pair(mode, Some(Suite::AesGcm128), A, B);
             let (mut buf, s, e) = in_buffer(&bytes);
-            let _ = protect(&ga, &Stats::new(1), &mut buf, s, e, Instant::now());
+            let _ = protect(&ctx(&ga, &Stats::new(1), Instant::now()), &mut buf, s, e);
         }
 
         /// Whatever arrives on the ESP socket, `unprotect` returns, never
@@ -382,9 +391,10 @@ mod arbitrary_input {
                 data[..4].copy_from_slice(&0x2001u32.to_be_bytes());
             }
             let (mut buf, s, e) = in_buffer(&data);
-            let r = unprotect(&gb, &Stats::new(1), A, udp, &mut buf, s, e, Instant::now());
+            let stats = Stats::new(1);
+            let r = open_inbound(&ctx(&gb, &stats, Instant::now()), A, udp, &mut buf, s, e);
             if known_spi && data.len() >= 8 {
-                let opened = matches!(r, Ok(GatewayReceive::Packet { .. }));
+                let opened = matches!(r, Ok(Received::Payload(_)));
                 prop_assert!(!opened, "random bytes opened as ESP");
             }
         }

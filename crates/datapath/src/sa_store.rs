@@ -1,16 +1,34 @@
-//! What the IKE driver needs of a data plane, whichever mode it runs in:
-//! SAs to publish (read-copy-update, like every change of the tables), a
-//! stop flag, and the inbox of IKE messages that arrived on the
-//! ESP-in-UDP port.
+//! The SAs as the tables hold them, and what the IKE driver needs of a
+//! data plane, whichever mode it runs in: SAs to publish
+//! (read-copy-update, like every change of the tables), a stop flag, and
+//! the inbox of IKE messages that arrived on the ESP-in-UDP port.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tunsec_esp::Sa;
 
 use crate::fast_map::FastMap;
 use crate::gateway::GatewayTables;
-use crate::gateway_worker::GatewayShared;
-use crate::overlay::{InboundEntry, SharedSa, Tables};
+use crate::overlay::Tables;
 use crate::worker::{IkeInbox, Shared};
+
+/// An SA shared between the control plane (which installs it and reads its
+/// counters) and the workers that use it. The data path holds the lock
+/// only to take a sequence number ([`Sa::reserve_seal`]) or to check and
+/// update the replay window ([`Sa::reserve_open`], [`Sa::finish_open`]);
+/// encryption and decryption run without it, so several workers share
+/// an SA without waiting on each other's crypto.
+pub type SharedSa = Arc<Mutex<Sa>>;
+
+/// An inbound SA and the peer it belongs to.
+#[derive(Debug, Clone)]
+pub struct InboundEntry {
+    /// The peer index.
+    pub peer: usize,
+    /// The SA.
+    pub sa: SharedSa,
+}
 
 /// The SAs of one table snapshot, by peer index (the config's order).
 pub trait SaTables {
@@ -52,25 +70,13 @@ pub trait SaStore: Send + Sync {
     fn ike_inbox(&self) -> &IkeInbox;
 }
 
-impl SaStore for Shared {
+impl<T, F> SaStore for Shared<T, F>
+where
+    T: SaTables + Clone + Send + Sync,
+    F: Send + Sync,
+{
     fn edit(&self, f: &mut dyn FnMut(&mut dyn SaTables)) {
-        let mut next = (**self.tables.load()).clone();
-        f(&mut next);
-        self.tables.store(Arc::new(next));
-    }
-
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    fn ike_inbox(&self) -> &IkeInbox {
-        &self.ike_inbox
-    }
-}
-
-impl SaStore for GatewayShared {
-    fn edit(&self, f: &mut dyn FnMut(&mut dyn SaTables)) {
-        Self::edit(self, &mut |t: &mut GatewayTables| f(t));
+        Self::edit(self, &mut |t: &mut T| f(t));
     }
 
     fn stopping(&self) -> bool {

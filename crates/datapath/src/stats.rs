@@ -148,13 +148,14 @@ impl Stats {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts the `unknown_spi` drop that a `try_` receive function
-    /// (`overlay::try_receive_esp`, `gateway::try_unprotect`) returns
-    /// uncounted, for callers that do not hold such datagrams; every
-    /// other result passes unchanged.
-    pub fn count_unknown_spi<T>(&self, result: Result<T, PathDrop>) -> Result<T, PathDrop> {
-        if let Err(PathDrop::UnknownSpi) = result {
-            self.drop(PathDrop::UnknownSpi);
+    /// Counts the drop that `result` is, if it is one, and passes it on.
+    /// The per-packet functions of both modes return their drops
+    /// uncounted; the workers count them here, in one place each, so that
+    /// no path forgets.
+    #[inline]
+    pub fn count<T>(&self, result: Result<T, PathDrop>) -> Result<T, PathDrop> {
+        if let Err(reason) = result {
+            self.drop(reason);
         }
         result
     }

@@ -17,10 +17,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tunsec_datapath::fdb::{DEFAULT_AGEING, Fdb};
 use tunsec_datapath::overlay::{
-    EspTransport, HEADROOM, NetworkSpec, PeerEntry, PeerSpec, Policy, TAILROOM, Tables,
-    TunnelEncap, encapsulate,
+    NetworkSpec, PeerEntry, PeerSpec, Policy, Tables, TunnelEncap, encapsulate,
 };
+use tunsec_datapath::packet::{Ctx, EspTransport, HEADROOM, TAILROOM};
 use tunsec_datapath::stats::Stats;
 use tunsec_esp::{Direction, Mode, Sa, SaConfig, SaKeys, Suite};
 use tunsec_wire::ip::IpProtocol;
@@ -124,7 +125,13 @@ fn seal(a: IpAddr, b: IpAddr, suite: Suite) -> Vec<u8> {
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
     let stats = Stats::new(1);
     let end = HEADROOM + frame.len();
-    let tx = encapsulate(&tables, &stats, 0, 0, &mut buf, HEADROOM, end, now).unwrap();
+    let ctx = Ctx {
+        tables: &tables,
+        fdb: &Fdb::new(DEFAULT_AGEING, now),
+        stats: &stats,
+        now,
+    };
+    let tx = encapsulate(&ctx, 0, 0, &mut buf, HEADROOM, end).unwrap();
     buf[tx.start..tx.end].to_vec()
 }
 

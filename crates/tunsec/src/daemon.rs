@@ -20,11 +20,12 @@ use anyhow::{Context, bail};
 use tunsec_datapath::fdb::DEFAULT_AGEING;
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tap;
-use tunsec_datapath::overlay::{
-    EspTransport, InboundEntry, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables,
-};
+use tunsec_datapath::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, Tables};
+use tunsec_datapath::packet::EspTransport;
+use tunsec_datapath::sa_store::InboundEntry;
 use tunsec_datapath::stats::PathDrop;
-use tunsec_datapath::worker::{self, FrameDevice, Shared, Sockets};
+use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
+use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 
 use crate::config::{Config, EspEncapsulation, Network, PolicyKind};
@@ -154,7 +155,7 @@ pub struct Daemon {
 /// The overlay daemon as its control socket sees it.
 struct OverlayControl {
     config: Config,
-    shared: Arc<Shared>,
+    shared: Arc<OverlayShared>,
     mtus: Vec<NetworkMtu>,
     started: Instant,
     ike_states: IkeStates,
@@ -171,7 +172,7 @@ impl Daemon {
     pub fn start(config: Config) -> anyhow::Result<Self> {
         let now = Instant::now();
         let (tables, mtus) = build_tables(&config, now)?;
-        let shared = Arc::new(Shared::new(tables, now, DEFAULT_AGEING));
+        let shared = Arc::new(OverlayShared::new(tables, now, DEFAULT_AGEING));
         for (i, n) in config.networks.iter().enumerate() {
             for (mac, peer) in &n.fdb {
                 if let Some(p) = config.peers.iter().position(|p| &p.name == peer) {

@@ -4,7 +4,8 @@
 //! path's own worst-case overhead ([`overlay::frame_overhead`]), which the
 //! daemon sizes its frames by.
 
-use tunsec_datapath::overlay::{self, EspTransport, TunnelEncap};
+use tunsec_datapath::overlay::{self, TunnelEncap};
+use tunsec_datapath::packet::EspTransport;
 use tunsec_wire::ethernet;
 
 use super::{

@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tunsec_datapath::gateway::GatewayTables;
-use tunsec_datapath::gateway_worker::{self, GatewayShared};
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tun;
-use tunsec_datapath::overlay::EspTransport;
+use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::stats::PathDrop;
+use tunsec_datapath::worker::gateway::{self as gateway_worker, GatewayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
 use super::peers::PeerSlots;

@@ -41,7 +41,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
-use tunsec_datapath::overlay::{EspTransport, InboundEntry};
+use tunsec_datapath::packet::EspTransport;
+use tunsec_datapath::sa_store::InboundEntry;
 use tunsec_esp::{Direction, Sa, SaConfig};
 
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, Peer};

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tunsec_datapath::overlay::{InboundEntry, SharedSa};
 use tunsec_datapath::sa_store::SaTables;
+use tunsec_datapath::sa_store::{InboundEntry, SharedSa};
 use tunsec_esp::{Mode, Sa};
 use tunsec_ike::sa::ChildSaParams;
 

@@ -3,13 +3,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tunsec_esp::{Direction, PortRange, Sa, SaConfig, SaKeys, Suite};
 
 use super::*;
+use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
 use crate::fdb::DEFAULT_AGEING;
+use crate::packet::{HEADROOM, TAILROOM};
+use crate::sa_store::SharedSa;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
@@ -102,6 +105,62 @@ struct Host {
     stats: Stats,
 }
 
+/// The functions the workers call, with `self`'s tables, and each drop
+/// counted as the workers count it.
+impl Host {
+    fn ctx(&self, now: Instant) -> OverlayCtx<'_> {
+        Ctx {
+            tables: &self.tables,
+            fdb: &self.fdb,
+            stats: &self.stats,
+            now,
+        }
+    }
+
+    fn targets(&self, net: usize, frame: &[u8], now: Instant) -> Targets {
+        targets(&self.ctx(now), net, frame)
+    }
+
+    fn encapsulate(
+        &self,
+        net: usize,
+        peer: usize,
+        buf: &mut [u8],
+        start: usize,
+        end: usize,
+        now: Instant,
+    ) -> Result<Transmit, PathDrop> {
+        self.stats
+            .count(encapsulate(&self.ctx(now), net, peer, buf, start, end))
+    }
+
+    fn receive_esp(
+        &self,
+        src: IpAddr,
+        udp: bool,
+        buf: &mut [u8],
+        start: usize,
+        end: usize,
+        now: Instant,
+    ) -> Result<Received<Delivery>, PathDrop> {
+        self.stats
+            .count(open_inbound(&self.ctx(now), src, udp, buf, start, end))
+    }
+
+    fn receive_clear(
+        &self,
+        src: IpAddr,
+        port: u16,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        now: Instant,
+    ) -> Result<Delivery, PathDrop> {
+        self.stats
+            .count(receive_clear(&self.ctx(now), src, port, buf, start, end))
+    }
+}
+
 fn pair(encap: TunnelEncap, policy: Policy, suite: Option<Suite>, v6: bool) -> (Host, Host) {
     let (a, b) = if v6 {
         (
@@ -129,11 +188,8 @@ fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, PathDrop> {
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
     let original = buf[s..e].to_vec();
-    assert_eq!(
-        targets(&from.tables, &from.fdb, 0, &buf[s..e], now),
-        Targets::Flood
-    );
-    let tx = encapsulate(&from.tables, &from.stats, 0, 0, &mut buf, s, e, now)?;
+    assert_eq!(from.targets(0, &buf[s..e], now), Targets::Flood);
+    let tx = from.encapsulate(0, 0, &mut buf, s, e, now)?;
     let wire = buf[tx.start..tx.end].to_vec();
     let src = from.tables.local;
     // What arrives is the datagram's payload, in a fresh buffer.
@@ -148,18 +204,14 @@ fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, PathDrop> {
                     "tenant bytes visible on the wire"
                 );
             }
-            match receive_esp(
-                &to.tables, &to.fdb, &to.stats, src, true, &mut rx, 16, end, now,
-            )? {
-                EspReceive::Frame(d) => d,
+            match to.receive_esp(src, true, &mut rx, 16, end, now)? {
+                Received::Payload(d) => d,
                 other => panic!("not a frame: {other:?}"),
             }
         }
         Via::Tunnel(port) => {
             assert_eq!(port, to.tables.networks[0].port);
-            receive_clear(
-                &to.tables, &to.fdb, &to.stats, src, port, &mut rx, 16, end, now,
-            )?
+            to.receive_clear(src, port, &rx, 16, end, now)?
         }
     };
     assert_eq!(delivery.net, 0);
@@ -182,13 +234,7 @@ fn esp_round_trip_every_encap_and_suite() {
                 let now = Instant::now();
                 assert_eq!(b.fdb.lookup(0, EthernetAddress(MAC_A), now), Some(0));
                 assert_eq!(
-                    targets(
-                        &b.tables,
-                        &b.fdb,
-                        0,
-                        &frame(MAC_A, MAC_B, 60).0[HEADROOM..],
-                        now
-                    ),
+                    b.targets(0, &frame(MAC_A, MAC_B, 60).0[HEADROOM..], now),
                     Targets::Unicast(0)
                 );
             }
@@ -206,7 +252,7 @@ fn clear_policy_is_plain_vxlan() {
     );
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
-    let tx = encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, now).unwrap();
+    let tx = a.encapsulate(0, 0, &mut buf, s, e, now).unwrap();
     assert_eq!(tx.via, Via::Tunnel(4789));
     assert_eq!(tx.dst, SocketAddr::new(B, 4789));
     // VXLAN header: I flag, VNI 100, then the frame.
@@ -221,7 +267,7 @@ fn require_without_sa_sends_nothing() {
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
-        encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, now),
+        a.encapsulate(0, 0, &mut buf, s, e, now),
         Err(PathDrop::NoSa)
     );
     assert_eq!(a.stats.drops(PathDrop::NoSa), 1);
@@ -259,32 +305,26 @@ fn too_big_and_unknown_spi_and_wrong_source() {
 
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
-    let tx = encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, now).unwrap();
+    let tx = a.encapsulate(0, 0, &mut buf, s, e, now).unwrap();
     // From an address that is not the SA's peer.
     let mut copy = buf.clone();
     let c = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
     assert_eq!(
-        receive_esp(
-            &b.tables, &b.fdb, &b.stats, c, true, &mut copy, tx.start, tx.end, now
-        ),
+        b.receive_esp(c, true, &mut copy, tx.start, tx.end, now),
         Err(PathDrop::Policy)
     );
     // An SPI nobody has.
     let mut copy = buf.clone();
     copy[tx.start] ^= 0x40;
     assert_eq!(
-        receive_esp(
-            &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
-        ),
+        b.receive_esp(A, true, &mut copy, tx.start, tx.end, now),
         Err(PathDrop::UnknownSpi)
     );
     // A tampered packet: the SA counts an ICV failure.
     let mut copy = buf.clone();
     copy[tx.end - 1] ^= 1;
     assert_eq!(
-        receive_esp(
-            &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
-        ),
+        b.receive_esp(A, true, &mut copy, tx.start, tx.end, now),
         Err(PathDrop::Esp)
     );
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
@@ -295,15 +335,11 @@ fn too_big_and_unknown_spi_and_wrong_source() {
     drop(sa);
     // The genuine packet, twice: the second is a replay.
     let mut copy = buf.clone();
-    receive_esp(
-        &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now,
-    )
-    .unwrap();
+    b.receive_esp(A, true, &mut copy, tx.start, tx.end, now)
+        .unwrap();
     let mut copy = buf.clone();
     assert_eq!(
-        receive_esp(
-            &b.tables, &b.fdb, &b.stats, A, true, &mut copy, tx.start, tx.end, now
-        ),
+        b.receive_esp(A, true, &mut copy, tx.start, tx.end, now),
         Err(PathDrop::Esp)
     );
     let sa = b.tables.inbound[&0x2001].sa.lock().unwrap();
@@ -322,13 +358,13 @@ fn keepalives_and_ike_on_the_esp_port() {
     let now = Instant::now();
     let mut ka = [0xffu8];
     assert_eq!(
-        receive_esp(&b.tables, &b.fdb, &b.stats, A, true, &mut ka, 0, 1, now),
-        Ok(EspReceive::Keepalive)
+        b.receive_esp(A, true, &mut ka, 0, 1, now),
+        Ok(Received::Keepalive)
     );
     let mut ike = [0u8, 0, 0, 0, 1, 2, 3];
     assert_eq!(
-        receive_esp(&b.tables, &b.fdb, &b.stats, A, true, &mut ike, 0, 7, now),
-        Ok(EspReceive::Ike { start: 4, end: 7 })
+        b.receive_esp(A, true, &mut ike, 0, 7, now),
+        Ok(Received::Ike { start: 4, end: 7 })
     );
     assert_eq!(b.stats.drops(PathDrop::Ike), 0);
 }
@@ -345,18 +381,18 @@ fn critical_geneve_options_are_dropped() {
     pkt.extend_from_slice(&frame(MAC_B, MAC_A, 60).0[HEADROOM..HEADROOM + 60]);
     let end = pkt.len();
     assert_eq!(
-        receive_clear(&b.tables, &b.fdb, &b.stats, A, 6081, &mut pkt, 0, end, now),
+        b.receive_clear(A, 6081, &pkt, 0, end, now),
         Err(PathDrop::Unsupported)
     );
     // The same option, not critical, is skipped and the frame delivered.
     pkt[1] = 0x00;
     pkt[10] = 0x00;
-    let d = receive_clear(&b.tables, &b.fdb, &b.stats, A, 6081, &mut pkt, 0, end, now).unwrap();
+    let d = b.receive_clear(A, 6081, &pkt, 0, end, now).unwrap();
     assert_eq!(d.start, 16);
     // Unknown VNI.
     pkt[6] = 101;
     assert_eq!(
-        receive_clear(&b.tables, &b.fdb, &b.stats, A, 6081, &mut pkt, 0, end, now),
+        b.receive_clear(A, 6081, &pkt, 0, end, now),
         Err(PathDrop::UnknownVni)
     );
 }
@@ -367,21 +403,12 @@ fn fdb_sends_unicast_to_the_learned_peer_and_ages() {
     let now = Instant::now();
     a.fdb.learn(0, EthernetAddress(MAC_B), 0, now);
     let (buf, s, e) = frame(MAC_B, MAC_A, 60);
-    assert_eq!(
-        targets(&a.tables, &a.fdb, 0, &buf[s..e], now),
-        Targets::Unicast(0)
-    );
+    assert_eq!(a.targets(0, &buf[s..e], now), Targets::Unicast(0));
     let later = now + DEFAULT_AGEING + Duration::from_secs(1);
-    assert_eq!(
-        targets(&a.tables, &a.fdb, 0, &buf[s..e], later),
-        Targets::Flood
-    );
+    assert_eq!(a.targets(0, &buf[s..e], later), Targets::Flood);
     // Broadcast always floods.
     let (buf, s, e) = frame([0xff; 6], MAC_A, 60);
-    assert_eq!(
-        targets(&a.tables, &a.fdb, 0, &buf[s..e], now),
-        Targets::Flood
-    );
+    assert_eq!(a.targets(0, &buf[s..e], now), Targets::Flood);
 }
 
 #[test]
@@ -424,8 +451,11 @@ fn overhead_fits_the_worst_case() {
                 let (mut buf, s, e) = frame(MAC_B, MAC_A, len);
                 let mut tables = a.tables.clone();
                 tables.networks[0].max_frame = max;
-                let tx =
-                    encapsulate(&tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
+                let ctx = Ctx {
+                    tables: &tables,
+                    ..a.ctx(Instant::now())
+                };
+                let tx = encapsulate(&ctx, 0, 0, &mut buf, s, e).unwrap();
                 // The kernel adds IPv4 (20) and UDP (8).
                 assert!(tx.end - tx.start + 28 <= 1500, "{suite} {len}");
             }
@@ -465,7 +495,7 @@ fn tunnel_pair(encap: TunnelEncap, suite: Suite, v6: bool) -> (Host, Host) {
 fn tunnel_plaintext(from: &Host, suite: Suite) -> (Vec<u8>, u8) {
     let now = Instant::now();
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
-    let tx = encapsulate(&from.tables, &from.stats, 0, 0, &mut buf, s, e, now).unwrap();
+    let tx = from.encapsulate(0, 0, &mut buf, s, e, now).unwrap();
     let spi = u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap());
     let mut twin = raw_sa(spi, Direction::Inbound, suite, Mode::Transport);
     let mut pb = PacketBuf::new(&mut buf, tx.start, tx.end);
@@ -481,16 +511,14 @@ fn deliver_sealed(
     src: IpAddr,
     payload: &[u8],
     next_header: u8,
-) -> Result<EspReceive, PathDrop> {
+) -> Result<Received<Delivery>, PathDrop> {
     let now = Instant::now();
     let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
     let mut pb = PacketBuf::new(&mut buf, HEADROOM, HEADROOM + payload.len());
     sealer.seal_esp(&mut pb, next_header, now).unwrap();
     let (start, end) = (pb.start(), pb.end());
-    receive_esp(
-        &b.tables, &b.fdb, &b.stats, src, true, &mut buf, start, end, now,
-    )
+    b.receive_esp(src, true, &mut buf, start, end, now)
 }
 
 #[test]
@@ -581,7 +609,7 @@ fn tunnel_mode_bad_inner_headers_are_dropped_and_counted() {
     // The genuine payload, resealed, is delivered.
     assert!(matches!(
         deliver_sealed(&mut sealer, &b, A, &inner, 4),
-        Ok(EspReceive::Frame(_))
+        Ok(Received::Payload(_))
     ));
     // So is what a kernel vxlan device sends: a random source port and a
     // zero UDP checksum over IPv4.
@@ -590,7 +618,7 @@ fn tunnel_mode_bad_inner_headers_are_dropped_and_counted() {
     kernel[26..28].copy_from_slice(&[0, 0]);
     assert!(matches!(
         deliver_sealed(&mut sealer, &b, A, &kernel, 4),
-        Ok(EspReceive::Frame(_))
+        Ok(Received::Payload(_))
     ));
 
     let c = Ipv4Addr::new(192, 0, 2, 3);
@@ -693,7 +721,7 @@ fn tunnel_mode_bad_inner_ipv6_headers_are_dropped_and_counted() {
     let src = a.tables.local;
     assert!(matches!(
         deliver_sealed(&mut sealer, &b, src, &inner, 41),
-        Ok(EspReceive::Frame(_))
+        Ok(Received::Payload(_))
     ));
     let set = |f: &dyn Fn(&mut ipv6::Packet<&mut [u8]>)| {
         let mut out = inner.clone();
@@ -907,7 +935,7 @@ fn datagrams_outside_the_selectors_are_dropped_and_counted() {
     let suite = Suite::AesGcm128;
     let (_, b) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[4789]);
     let mut sealer = raw_sa(0x2001, Direction::Outbound, suite, Mode::Transport);
-    let ok = |r: Result<EspReceive, PathDrop>| matches!(r, Ok(EspReceive::Frame(_)));
+    let ok = |r: Result<Received<Delivery>, PathDrop>| matches!(r, Ok(Received::Payload(_)));
     assert!(ok(deliver_sealed(
         &mut sealer,
         &b,
@@ -976,7 +1004,7 @@ fn several_ports_and_uncovered_networks() {
     for src in [4789, 6081] {
         assert!(matches!(
             deliver_sealed(&mut sealer, &b, A, &vxlan_datagram(src, 4789), 17),
-            Ok(EspReceive::Frame(_))
+            Ok(Received::Payload(_))
         ));
     }
     assert_eq!(
@@ -988,7 +1016,7 @@ fn several_ports_and_uncovered_networks() {
     let (a, _) = selector_pair(TunnelEncap::Vxlan, suite, false, false, &[6081]);
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
-        encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
+        a.encapsulate(0, 0, &mut buf, s, e, Instant::now()),
         Err(PathDrop::Selector)
     );
     assert_eq!(a.stats.drops(PathDrop::Selector), 1);
@@ -1024,7 +1052,7 @@ fn one_outbound_sa_per_tunnel_port() {
     let vxlan = a.tables.peers[0].outbound[0].clone();
     let sealed_spi = |h: &Host| {
         let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
-        let tx = encapsulate(&h.tables, &h.stats, 0, 0, &mut buf, s, e, Instant::now()).unwrap();
+        let tx = h.encapsulate(0, 0, &mut buf, s, e, Instant::now()).unwrap();
         u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap())
     };
     for order in [
@@ -1038,7 +1066,7 @@ fn one_outbound_sa_per_tunnel_port() {
     a.tables.peers[0].outbound = vec![geneve];
     let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
     assert_eq!(
-        encapsulate(&a.tables, &a.stats, 0, 0, &mut buf, s, e, Instant::now()),
+        a.encapsulate(0, 0, &mut buf, s, e, Instant::now()),
         Err(PathDrop::Selector)
     );
     assert_eq!(a.stats.drops(PathDrop::Selector), 1);

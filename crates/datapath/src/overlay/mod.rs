@@ -31,27 +31,24 @@
 //! Everything works in place in a caller-owned buffer with headroom.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use tunsec_esp::{FlowKey, Mode, PacketBuf, Sa, Selector};
+use tunsec_esp::{FlowKey, Mode, PacketBuf, Selector};
 use tunsec_wire::ethernet::{self, EthernetAddress};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::vxlan::Vni;
-use tunsec_wire::{geneve, gue, ipv4, ipv6, natt, udp, vxlan};
+use tunsec_wire::{geneve, gue, ipv4, ipv6, udp, vxlan};
 
+use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::fdb::Fdb;
+use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
+use crate::sa_store::{InboundEntry, SharedSa};
 use crate::stats::{PathDrop, Stats, add};
 
-/// Room reserved in front of a frame: the tunnel's UDP header (8) + the
-/// largest tunnel header we emit (8) + in tunnel mode the inner IP header
-/// (at most 40, IPv6) + ESP header and the largest IV (8 + 16): 80 bytes,
-/// with margin.
-pub const HEADROOM: usize = 128;
-/// Room reserved after a frame: the largest padding (15), trailer (2) and
-/// ICV (16), with margin.
-pub const TAILROOM: usize = 64;
+mod inner;
+
+pub use inner::check_inner_header;
+use inner::push_inner_header;
 
 /// The IP protocol number for Ethernet, which GUE carries in its
 /// proto/ctype field for a frame (IANA "Ethernet", RFC 8986).
@@ -143,23 +140,6 @@ pub struct PeerSpec {
     pub networks: Vec<(usize, Policy)>,
 }
 
-/// How ESP leaves this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EspTransport {
-    /// ESP in UDP on this port at both ends (RFC 3948).
-    Udp(u16),
-    /// Raw ESP, IP protocol 50.
-    Raw,
-}
-
-/// An SA shared between the control plane (which installs it and reads its
-/// counters) and the workers that use it. The data path holds the lock
-/// only to take a sequence number ([`Sa::reserve_seal`]) or to check and
-/// update the replay window ([`Sa::reserve_open`], [`Sa::finish_open`]);
-/// encryption and decryption run without it, so several workers share
-/// an SA without waiting on each other's crypto.
-pub type SharedSa = Arc<Mutex<Sa>>;
-
 /// A peer with its SAs.
 #[derive(Debug, Clone)]
 pub struct PeerEntry {
@@ -169,15 +149,6 @@ pub struct PeerEntry {
     /// goes out with the first whose selectors cover it (RFC 4301 section
     /// 5.1); empty: no SA yet.
     pub outbound: Vec<SharedSa>,
-}
-
-/// An inbound SA and the peer it belongs to.
-#[derive(Debug, Clone)]
-pub struct InboundEntry {
-    /// The peer index.
-    pub peer: usize,
-    /// The SA.
-    pub sa: SharedSa,
 }
 
 /// An immutable snapshot of everything the workers look up. The control
@@ -256,6 +227,14 @@ impl Tables {
             .map(|&(_, p)| p)
     }
 
+    /// The tunnel format of the networks on tunnel port `port`.
+    fn encap_of_port(&self, port: u16) -> Option<TunnelEncap> {
+        self.networks
+            .iter()
+            .find(|n| n.port == port)
+            .map(|n| n.encap)
+    }
+
     /// The distinct tunnel ports, with their encapsulation.
     pub fn tunnel_ports(&self) -> Vec<(u16, TunnelEncap)> {
         let mut ports: Vec<(u16, TunnelEncap)> =
@@ -264,37 +243,6 @@ impl Tables {
         ports.dedup();
         ports
     }
-}
-
-/// IPv4-mapped IPv6 addresses (as a dual-stack socket reports IPv4 peers)
-/// compare as IPv4.
-fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Where a transmit goes, once built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// The ESP socket (UDP or raw).
-    Esp,
-    /// The cleartext tunnel socket of this port.
-    Tunnel(u16),
-}
-
-/// A datagram ready to send: `buf[start..end]` to `dst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
-    /// The first byte.
-    pub start: usize,
-    /// One past the last byte.
-    pub end: usize,
-    /// The destination (port 0 for raw ESP).
-    pub dst: SocketAddr,
-    /// The socket to send it on.
-    pub via: Via,
 }
 
 /// The peers a frame goes to.
@@ -309,8 +257,42 @@ pub enum Targets {
     None,
 }
 
+/// The overlay's per-packet context: its tables and forwarding database.
+pub type OverlayCtx<'a> = Ctx<'a, Tables, Fdb>;
+
+impl Inbound for Tables {
+    type Fdb = Fdb;
+    type Payload = Delivery;
+
+    fn inbound(&self) -> &FastMap<u32, InboundEntry> {
+        &self.inbound
+    }
+
+    fn peer_underlay(&self, peer: usize) -> Option<IpAddr> {
+        self.peers.get(peer).map(|p| p.spec.underlay)
+    }
+
+    fn peer_by_addr(&self, addr: IpAddr) -> Option<usize> {
+        Self::peer_by_addr(self, addr)
+    }
+
+    /// The frame inside an opened ESP payload. It must be the peer's
+    /// tunnel traffic: UDP (in tunnel mode behind the inner IP header,
+    /// [`check_inner_header`]) inside the SA's negotiated selectors (RFC
+    /// 4301 section 5.2), to the tunnel port of a network the peer
+    /// carries.
+    fn accept(
+        ctx: &OverlayCtx<'_>,
+        opened: Opened<'_>,
+        buf: &mut [u8],
+    ) -> Result<Delivery, PathDrop> {
+        deliver_opened(ctx, opened, buf)
+    }
+}
+
 /// Decides where a frame read from network `net`'s TAP goes.
-pub fn targets(tables: &Tables, fdb: &Fdb, net: usize, frame: &[u8], now: Instant) -> Targets {
+pub fn targets(ctx: &OverlayCtx<'_>, net: usize, frame: &[u8]) -> Targets {
+    let (tables, fdb, now) = (ctx.tables, ctx.fdb, ctx.now);
     let Some(dst) = EthernetAddress::from_bytes(frame.get(..6).unwrap_or(&[])) else {
         return Targets::None;
     };
@@ -404,19 +386,17 @@ pub fn source_port(
 }
 
 /// Wraps the frame at `buf[start..end]` for `peer` on network `net`, in
-/// place, and says where to send it. Drops are counted in `stats` (and,
-/// for ESP, in the SA).
-#[allow(clippy::too_many_arguments)]
+/// place, and says where to send it. An ESP failure is also counted on
+/// the SA.
 pub fn encapsulate(
-    tables: &Tables,
-    stats: &Stats,
+    ctx: &OverlayCtx<'_>,
     net: usize,
     peer: usize,
     buf: &mut [u8],
     start: usize,
     end: usize,
-    now: Instant,
 ) -> Result<Transmit, PathDrop> {
+    let tables = ctx.tables;
     let Some(network) = tables.networks.get(net) else {
         return Err(PathDrop::Policy);
     };
@@ -424,22 +404,18 @@ pub fn encapsulate(
         return Err(PathDrop::UnknownPeer);
     };
     let Some(policy) = tables.policy(peer, net) else {
-        stats.drop(PathDrop::Policy);
         return Err(PathDrop::Policy);
     };
     let frame_len = end - start;
     if frame_len > network.max_frame {
-        stats.drop(PathDrop::TooBig);
         return Err(PathDrop::TooBig);
     }
     if frame_len < ethernet::HEADER_LEN {
-        stats.drop(PathDrop::Malformed);
         return Err(PathDrop::Malformed);
     }
     let port = entropy_port(&buf[start..end]);
     let hlen = network.encap.header_len();
     if start < hlen + udp::HEADER_LEN {
-        stats.drop(PathDrop::Malformed);
         return Err(PathDrop::Malformed);
     }
     let tunnel_start = start - hlen;
@@ -447,12 +423,9 @@ pub fn encapsulate(
 
     match (policy, entry.outbound.is_empty()) {
         (Policy::Clear, _) | (Policy::Prefer, true) => {
-            return Ok(clear_transmit(network, entry, tunnel_start, end));
+            return Ok(clear_transmit(network, entry, peer, tunnel_start, end));
         }
-        (Policy::Require, true) => {
-            stats.drop(PathDrop::NoSa);
-            return Err(PathDrop::NoSa);
-        }
+        (Policy::Require, true) => return Err(PathDrop::NoSa),
         _ => {}
     }
     // RFC 4301 section 5.1: what an SA carries must lie within its
@@ -469,15 +442,14 @@ pub fn encapsulate(
         )?;
         Some((shared, sa, port))
     });
-    let Some((shared, mut sa, port)) = chosen else {
-        stats.drop(PathDrop::Selector);
+    let Some((shared, sa, port)) = chosen else {
         return Err(PathDrop::Selector);
     };
     // Under `prefer` an SA that can no longer be used means the clear;
     // under `require` it means the packet is dropped (the SA counts why).
     if policy == Policy::Prefer && !sa.is_usable() {
         drop(sa);
-        return Ok(clear_transmit(network, entry, tunnel_start, end));
+        return Ok(clear_transmit(network, entry, peer, tunnel_start, end));
     }
 
     // The tunnel's UDP header, which ESP protects.
@@ -494,7 +466,6 @@ pub fn encapsulate(
         // RFC 7348 section 5: over IPv4 the checksum SHOULD be zero. IPv6
         // needs a real one (RFC 8200 section 8.1).
         if tables.local.is_ipv6() && u.fill_checksum(tables.local, entry.spec.underlay).is_err() {
-            stats.drop(PathDrop::Malformed);
             return Err(PathDrop::Malformed);
         }
     }
@@ -502,170 +473,36 @@ pub fn encapsulate(
     let (payload_start, next_header) = match sa.mode() {
         Mode::Transport => (udp_start, IpProtocol::Udp),
         Mode::Tunnel { .. } => {
-            match push_inner_header(buf, udp_start, end, tables.local, entry.spec.underlay) {
-                Some(found) => found,
-                None => {
-                    stats.drop(PathDrop::Malformed);
-                    return Err(PathDrop::Malformed);
-                }
-            }
+            push_inner_header(buf, udp_start, end, tables.local, entry.spec.underlay)
+                .ok_or(PathDrop::Malformed)?
         }
     };
     let mut pb = PacketBuf::new(buf, payload_start, end);
-    let Ok(job) = sa.reserve_seal(&pb, now) else {
-        stats.drop(PathDrop::Esp);
-        return Err(PathDrop::Esp);
-    };
-    // The sequence number is taken; encryption runs without the lock, so
-    // workers that share the SA seal in parallel.
-    drop(sa);
-    if let Err(reason) = job.seal(&mut pb, next_header.into()) {
-        if let Ok(mut sa) = shared.lock() {
-            sa.record_drop(reason);
-        }
-        stats.drop(PathDrop::Esp);
-        return Err(PathDrop::Esp);
-    }
-    let dst = match tables.esp {
-        EspTransport::Udp(p) => SocketAddr::new(entry.spec.underlay, p),
-        EspTransport::Raw => SocketAddr::new(entry.spec.underlay, 0),
-    };
+    seal(shared, sa, &mut pb, next_header.into(), ctx.now)?;
     Ok(Transmit {
         start: pb.start(),
         end: pb.end(),
-        dst,
+        dst: tables.esp.destination(entry.spec.underlay),
         via: Via::Esp,
+        peer,
     })
 }
 
-/// Writes the inner IP header of a tunnel-mode ESP payload (RFC 4303
-/// section 3.1.2) in front of the UDP datagram at `buf[udp_start..end]`:
-/// from this host's underlay address `local` to the peer's, `remote`,
-/// protocol UDP, TTL 64. IPv4 gets DF and its header checksum: the inner
-/// packet is never fragmented (the outer one may be). Returns where the
-/// ESP payload starts and its next header (4: IPv4, 41: IPv6), or `None`
-/// if the headroom is short, the datagram too long, or the addresses of
-/// two families.
-fn push_inner_header(
-    buf: &mut [u8],
-    udp_start: usize,
+/// The cleartext tunnel datagram `buf[start..end]` to peer `index`'s
+/// tunnel port.
+fn clear_transmit(
+    network: &NetworkSpec,
+    peer: &PeerEntry,
+    index: usize,
+    start: usize,
     end: usize,
-    local: IpAddr,
-    remote: IpAddr,
-) -> Option<(usize, IpProtocol)> {
-    let payload_len = end - udp_start;
-    match (local, canonical(remote)) {
-        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
-            let ip_start = udp_start.checked_sub(ipv4::HEADER_LEN)?;
-            if payload_len > usize::from(u16::MAX) - ipv4::HEADER_LEN {
-                return None;
-            }
-            ipv4::Repr {
-                src_addr,
-                dst_addr,
-                next_header: IpProtocol::Udp,
-                payload_len,
-                hop_limit: 64,
-                dscp_ecn: 0,
-                dont_frag: true,
-                ident: 0,
-            }
-            .emit(&mut ipv4::Packet::new_unchecked(&mut buf[ip_start..end]));
-            Some((ip_start, IpProtocol::Ipip))
-        }
-        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
-            let ip_start = udp_start.checked_sub(ipv6::HEADER_LEN)?;
-            if payload_len > usize::from(u16::MAX) {
-                return None;
-            }
-            ipv6::Repr {
-                src_addr,
-                dst_addr,
-                next_header: IpProtocol::Udp,
-                payload_len,
-                hop_limit: 64,
-                traffic_class: 0,
-                flow_label: 0,
-            }
-            .emit(&mut ipv6::Packet::new_unchecked(&mut buf[ip_start..end]));
-            Some((ip_start, IpProtocol::Ipv6))
-        }
-        _ => None,
-    }
-}
-
-/// Checks the inner IP packet of a tunnel-mode ESP payload, `packet`,
-/// whose ESP next header was `next_header`, and returns the offset of the
-/// UDP datagram it carries (which runs to the end of `packet`). The packet
-/// must be what this host itself sends: the underlay's family (next header
-/// 4 or 41), a valid header (version, lengths, IPv4 checksum) whose length
-/// is the whole payload, from the peer's underlay address `remote` to
-/// ours, `local` (RFC 4301 section 5.2: a decrypted packet must match its
-/// SA's selectors, here host to host), protocol UDP with no IPv6 extension
-/// header, and not a fragment. Anything else is [`PathDrop::InnerHeader`].
-pub fn check_inner_header(
-    packet: &[u8],
-    next_header: u8,
-    local: IpAddr,
-    remote: IpAddr,
-) -> Result<usize, PathDrop> {
-    let bad = Err(PathDrop::InnerHeader);
-    let (src, dst, protocol, header_len) = match (IpProtocol::from(next_header), local) {
-        (IpProtocol::Ipip, IpAddr::V4(_)) => {
-            let Ok(p) = ipv4::Packet::new_checked(packet) else {
-                return bad;
-            };
-            // Version and header checksum.
-            let Ok(repr) = ipv4::Repr::parse(&p) else {
-                return bad;
-            };
-            // A peer's tunnel datagrams fit in one inner packet (the outer
-            // packet is what the underlay may fragment), so a fragment is
-            // refused rather than reassembled.
-            if usize::from(p.total_len()) != packet.len() || p.is_fragment() {
-                return bad;
-            }
-            (
-                IpAddr::V4(repr.src_addr),
-                IpAddr::V4(repr.dst_addr),
-                repr.next_header,
-                p.header_len(),
-            )
-        }
-        (IpProtocol::Ipv6, IpAddr::V6(_)) => {
-            let Ok(p) = ipv6::Packet::new_checked(packet) else {
-                return bad;
-            };
-            let Ok(repr) = ipv6::Repr::parse(&p) else {
-                return bad;
-            };
-            if ipv6::HEADER_LEN + repr.payload_len != packet.len() {
-                return bad;
-            }
-            // Extension headers, the fragment header among them, are not
-            // tunnel traffic: the next header must be UDP itself.
-            (
-                IpAddr::V6(repr.src_addr),
-                IpAddr::V6(repr.dst_addr),
-                repr.next_header,
-                ipv6::HEADER_LEN,
-            )
-        }
-        _ => return bad,
-    };
-    if src != canonical(remote) || dst != local || protocol != IpProtocol::Udp {
-        return bad;
-    }
-    Ok(header_len)
-}
-
-/// The cleartext tunnel datagram `buf[start..end]` to the peer's tunnel port.
-fn clear_transmit(network: &NetworkSpec, peer: &PeerEntry, start: usize, end: usize) -> Transmit {
+) -> Transmit {
     Transmit {
         start,
         end,
         dst: SocketAddr::new(peer.spec.underlay, network.port),
         via: Via::Tunnel(network.port),
+        peer: index,
     }
 }
 
@@ -705,267 +542,135 @@ pub struct Delivery {
     pub end: usize,
 }
 
-/// What a datagram on the ESP socket turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EspReceive {
-    /// A frame for a TAP device.
-    Frame(Delivery),
-    /// A NAT keepalive: nothing to do.
-    Keepalive,
-    /// An IKE message behind the non-ESP marker, `buf[start..end]` (the
-    /// marker stripped): for the control plane.
-    Ike {
-        /// The first byte of the IKE header.
-        start: usize,
-        /// One past the last byte.
-        end: usize,
-    },
-}
-
-/// Opens an ESP datagram from `src` (`buf[start..end]`, from the SPI on,
-/// or with the non-ESP marker for IKE when `udp` is set) in place.
-#[allow(clippy::too_many_arguments)]
-pub fn receive_esp(
-    tables: &Tables,
-    fdb: &Fdb,
-    stats: &Stats,
-    src: IpAddr,
-    udp: bool,
-    buf: &mut [u8],
-    start: usize,
-    end: usize,
-    now: Instant,
-) -> Result<EspReceive, PathDrop> {
-    stats.count_unknown_spi(try_receive_esp(
-        tables, fdb, stats, src, udp, buf, start, end, now,
-    ))
-}
-
-/// [`receive_esp`], except that an SPI with no inbound SA is returned as
-/// `Err(PathDrop::UnknownSpi)` without being counted, and `buf` is then left
-/// as it was: the receive worker may hold such a datagram until its SA
-/// is installed ([`crate::early`]), and counts it only if it never is.
-/// Every other drop is counted here.
-#[allow(clippy::too_many_arguments)]
-pub fn try_receive_esp(
-    tables: &Tables,
-    fdb: &Fdb,
-    stats: &Stats,
-    src: IpAddr,
-    udp: bool,
-    buf: &mut [u8],
-    start: usize,
-    end: usize,
-    now: Instant,
-) -> Result<EspReceive, PathDrop> {
-    let fail = |d: PathDrop| {
-        if d != PathDrop::UnknownSpi {
-            stats.drop(d);
-        }
-        Err(d)
-    };
-    if udp {
-        match natt::classify(&buf[start..end]) {
-            Ok(natt::UdpEncapPayload::Esp(_)) => {}
-            Ok(natt::UdpEncapPayload::Keepalive) => {
-                add(&stats.keepalives, 1);
-                return Ok(EspReceive::Keepalive);
-            }
-            Ok(natt::UdpEncapPayload::Ike(_)) => {
-                return Ok(EspReceive::Ike {
-                    start: start + natt::NON_ESP_MARKER.len(),
-                    end,
-                });
-            }
-            Err(_) => return fail(PathDrop::Malformed),
-        }
-    }
-    let spi = match tunsec_wire::esp::Packet::new_checked(&buf[start..end]) {
-        Ok(p) => p.spi(),
-        Err(_) => return fail(PathDrop::Malformed),
-    };
-    let Some(entry) = tables.inbound.get(&spi) else {
-        return fail(PathDrop::UnknownSpi);
-    };
-    let Some(peer) = tables.peers.get(entry.peer) else {
-        return fail(PathDrop::UnknownSpi);
-    };
-    if canonical(src) != peer.spec.underlay {
-        // The SA belongs to another host.
-        return fail(PathDrop::Policy);
-    }
-    // The replay check and the window update take the SA's lock briefly;
-    // decryption runs without it, so workers that share the SA open in
-    // parallel (RFC 4303 section 3.4.3: check, verify, then update).
-    let mut pb = PacketBuf::new(buf, start, end);
-    let job = match entry.sa.lock() {
-        Ok(mut sa) => sa.reserve_open(&pb, now),
-        Err(_) => return fail(PathDrop::Esp),
-    };
-    let Ok(job) = job else {
-        return fail(PathDrop::Esp);
-    };
-    if let Err(reason) = job.decrypt(&mut pb) {
-        if let Ok(mut sa) = entry.sa.lock() {
-            sa.record_drop(reason);
-        }
-        return fail(PathDrop::Esp);
-    }
-    let Ok(mut sa) = entry.sa.lock() else {
-        return fail(PathDrop::Esp);
-    };
-    let Ok(next_header) = sa.finish_open(&job, &mut pb, now) else {
-        return fail(PathDrop::Esp);
-    };
-    let mode = sa.mode();
-    let (mut start, end) = (pb.start(), pb.end());
-    match mode {
+/// The frame inside an opened ESP payload.
+fn deliver_opened(
+    ctx: &OverlayCtx<'_>,
+    opened: Opened<'_>,
+    buf: &[u8],
+) -> Result<Delivery, PathDrop> {
+    let tables = ctx.tables;
+    let Opened {
+        peer,
+        underlay,
+        next_header,
+        mut start,
+        end,
+        mut sa,
+    } = opened;
+    match sa.mode() {
         // The SA's implicit selectors: UDP to one of the networks this
         // peer carries, tunnel format matching that network.
         Mode::Transport => {
             if next_header != u8::from(IpProtocol::Udp) {
-                return fail(PathDrop::Policy);
+                return Err(PathDrop::Policy);
             }
         }
         //= https://www.rfc-editor.org/rfc/rfc4303#section-3.1.2
         //# In tunnel mode, the "inner" IP header carries the ultimate
         //# (IP) source and destination addresses
         Mode::Tunnel { .. } => {
-            match check_inner_header(
-                &buf[start..end],
-                next_header,
-                tables.local,
-                peer.spec.underlay,
-            ) {
-                Ok(udp_offset) => start += udp_offset,
-                Err(d) => return fail(d),
-            }
+            start += check_inner_header(&buf[start..end], next_header, tables.local, underlay)?;
         }
     }
     let Ok(u) = udp::Packet::new_checked(&buf[start..end]) else {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     };
     let dst_port = u.dst_port();
     let udp_end = start + usize::from(u.len());
     let payload_start = start + udp::HEADER_LEN;
     // RFC 4301 section 5.2, step 4: the decrypted datagram must match the
     // SA's negotiated selectors. Its addresses are the peer's underlay to
-    // ours (the ESP's source was checked above; in tunnel mode, the inner
-    // header too); its ports are the datagram's. An SA without selectors
-    // (manual keys) has only the implicit checks around this one.
+    // ours (the ESP's source was checked when it was opened; in tunnel
+    // mode, the inner header too); its ports are the datagram's. An SA
+    // without selectors (manual keys) has only the implicit checks around
+    // this one.
     let flow = FlowKey {
-        src: peer.spec.underlay,
+        src: underlay,
         dst: tables.local,
         protocol: IpProtocol::Udp.into(),
         src_port: Some(u.src_port()),
         dst_port: Some(dst_port),
     };
     if sa.check_inbound(&flow).is_err() {
-        return fail(PathDrop::Selector);
+        return Err(PathDrop::Selector);
     }
     drop(sa);
-    let Some(encap) = tables
-        .networks
-        .iter()
-        .find(|n| n.port == dst_port)
-        .map(|n| n.encap)
-    else {
-        return fail(PathDrop::Policy);
+    let Some(encap) = tables.encap_of_port(dst_port) else {
+        return Err(PathDrop::Policy);
     };
-    let delivery = decapsulate(tables, stats, encap, dst_port, buf, payload_start, udp_end)?;
-    match tables.policy(entry.peer, delivery.net) {
-        Some(_) => {}
-        None => return fail(PathDrop::Policy),
+    let delivery = decapsulate(tables, encap, dst_port, buf, payload_start, udp_end)?;
+    if tables.policy(peer, delivery.net).is_none() {
+        return Err(PathDrop::Policy);
     }
-    learn(fdb, buf, delivery, entry.peer, now);
-    Ok(EspReceive::Frame(delivery))
+    learn(ctx, buf, delivery, peer);
+    Ok(delivery)
 }
 
 /// Handles a cleartext tunnel datagram from `src` that arrived on `port`:
 /// accepted only if the peer's policy for that network allows the clear.
-#[allow(clippy::too_many_arguments)]
 pub fn receive_clear(
-    tables: &Tables,
-    fdb: &Fdb,
-    stats: &Stats,
+    ctx: &OverlayCtx<'_>,
     src: IpAddr,
     port: u16,
-    buf: &mut [u8],
+    buf: &[u8],
     start: usize,
     end: usize,
-    now: Instant,
 ) -> Result<Delivery, PathDrop> {
+    let tables = ctx.tables;
     let Some(peer) = tables.peer_by_addr(src) else {
-        stats.drop(PathDrop::UnknownPeer);
         return Err(PathDrop::UnknownPeer);
     };
-    let Some(encap) = tables
-        .networks
-        .iter()
-        .find(|n| n.port == port)
-        .map(|n| n.encap)
-    else {
-        stats.drop(PathDrop::UnknownVni);
+    let Some(encap) = tables.encap_of_port(port) else {
         return Err(PathDrop::UnknownVni);
     };
-    let delivery = decapsulate(tables, stats, encap, port, buf, start, end)?;
+    let delivery = decapsulate(tables, encap, port, buf, start, end)?;
     match tables.policy(peer, delivery.net) {
         Some(Policy::Clear | Policy::Prefer) => {}
-        Some(Policy::Require) => {
-            stats.drop(PathDrop::ClearRefused);
-            return Err(PathDrop::ClearRefused);
-        }
-        None => {
-            stats.drop(PathDrop::Policy);
-            return Err(PathDrop::Policy);
-        }
+        Some(Policy::Require) => return Err(PathDrop::ClearRefused),
+        None => return Err(PathDrop::Policy),
     }
-    learn(fdb, buf, delivery, peer, now);
+    learn(ctx, buf, delivery, peer);
     Ok(delivery)
 }
 
-fn learn(fdb: &Fdb, buf: &[u8], d: Delivery, peer: usize, now: Instant) {
+/// Learns the frame's source MAC address behind `peer`.
+fn learn(ctx: &OverlayCtx<'_>, buf: &[u8], d: Delivery, peer: usize) {
     if let Some(src) =
         EthernetAddress::from_bytes(buf.get(d.start + 6..d.start + 12).unwrap_or(&[]))
     {
-        fdb.learn(d.net, src, peer, now);
+        ctx.fdb.learn(d.net, src, peer, ctx.now);
     }
 }
 
 /// Parses the tunnel header at `buf[start..end]` and finds the network.
 fn decapsulate(
     tables: &Tables,
-    stats: &Stats,
     encap: TunnelEncap,
     port: u16,
     buf: &[u8],
     start: usize,
     end: usize,
 ) -> Result<Delivery, PathDrop> {
-    let fail = |d: PathDrop| {
-        stats.drop(d);
-        Err(d)
-    };
     let payload = &buf[start..end];
     let (vni, header_len) = match encap {
         TunnelEncap::Vxlan => {
             let Ok(p) = vxlan::Packet::new_checked(payload) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             let Ok(repr) = vxlan::Repr::parse(&p) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             (repr.vni.get(), vxlan::HEADER_LEN)
         }
         TunnelEncap::Geneve => {
             let Ok(p) = geneve::Packet::new_checked(payload) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             let Ok(repr) = geneve::Repr::parse(&p) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             if repr.protocol_type != geneve::PROTOCOL_ETHERNET || repr.oam {
-                return fail(PathDrop::Unsupported);
+                return Err(PathDrop::Unsupported);
             }
             //= https://www.rfc-editor.org/rfc/rfc8926#section-3.5
             //# If a tunnel endpoint receives a Geneve packet with an option
@@ -973,19 +678,19 @@ fn decapsulate(
             //# the packet.
             // This host knows no options, so any critical one is unknown.
             if repr.critical {
-                return fail(PathDrop::Unsupported);
+                return Err(PathDrop::Unsupported);
             }
             (repr.vni.get(), p.header_len())
         }
         TunnelEncap::Gue => {
             let Ok(p) = gue::Packet::new_checked(payload) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             let Ok(repr) = gue::Repr::parse(&p) else {
-                return fail(PathDrop::Malformed);
+                return Err(PathDrop::Malformed);
             };
             if repr.control || repr.proto_ctype != GUE_PROTO_ETHERNET {
-                return fail(PathDrop::Unsupported);
+                return Err(PathDrop::Unsupported);
             }
             (0, p.header_len())
         }
@@ -998,11 +703,11 @@ fn decapsulate(
         _ => tables.network_by_port_vni.get(&(port, vni)).copied(),
     };
     let Some(net) = net else {
-        return fail(PathDrop::UnknownVni);
+        return Err(PathDrop::UnknownVni);
     };
     let frame_start = start + header_len;
     if end - frame_start < ethernet::HEADER_LEN {
-        return fail(PathDrop::Malformed);
+        return Err(PathDrop::Malformed);
     }
     Ok(Delivery {
         net,
@@ -1031,5 +736,4 @@ pub fn count_rx(stats: &Stats, net: usize, bytes: usize) {
 }
 
 #[cfg(test)]
-#[path = "overlay_tests.rs"]
 mod tests;
