@@ -405,18 +405,23 @@ impl ControlTarget for OverlayControl {
     }
 
     fn delete_sa(&self, peer: &str) -> Response {
-        let current = self.shared.tables.load();
-        let Some(index) = current.peers.iter().position(|p| p.spec.name == peer) else {
+        // Read-copy-update, one writer at a time (the IKE driver edits
+        // too): the workers keep using the old tables until they load the
+        // new ones; no packet waits.
+        let mut found = false;
+        self.shared.edit(&mut |t: &mut Tables| {
+            let Some(index) = t.peers.iter().position(|p| p.spec.name == peer) else {
+                return;
+            };
+            found = true;
+            t.peers[index].outbound.clear();
+            t.inbound.retain(|_, e| e.peer != index);
+        });
+        if !found {
             return Response::Error {
                 message: format!("peer: {peer:?} is not a configured peer"),
             };
-        };
-        // Read-copy-update: the workers keep using the old tables until
-        // they load the new ones; no packet waits.
-        let mut next = (**current).clone();
-        next.peers[index].outbound.clear();
-        next.inbound.retain(|_, e| e.peer != index);
-        self.shared.tables.store(Arc::new(next));
+        }
         tracing::warn!(peer = %peer, "SAs deleted by request");
         Response::Done {
             message: format!("deleted the SAs of peer {peer:?}"),
