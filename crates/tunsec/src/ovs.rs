@@ -24,6 +24,7 @@
 //! `dst_port` when it is set, since that is where the traffic goes.
 
 pub mod peer;
+pub mod unixctl;
 pub mod watch;
 
 use std::collections::BTreeMap;

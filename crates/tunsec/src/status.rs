@@ -108,6 +108,18 @@ pub struct OvsTunnelStatus {
     /// With `invalid`: why, naming the option.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The row's options, `psk` as `<redacted>` (for `tunnels/show`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// `Open_vSwitch:other_config:certificate`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_cert: Option<String>,
+    /// `other_config:private_key`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_key: Option<String>,
+    /// `other_config:ca_cert`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 /// A kernel tunnel device and whether its MTU is too large.

@@ -121,14 +121,34 @@ fn write_config(lab: &Lab, n: u8) -> anyhow::Result<PathBuf> {
     let text = format!(
         "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\
          [gateway]\ntunnel_devices = [\"vxlan0\"]\n\
-         [ovsdb]\nremote = \"unix:{}\"\n",
+         [ovsdb]\nremote = \"unix:{}\"\nunixctl = \"{}\"\n",
         host_addr(n),
         socket_path(lab, n).display(),
-        db_dir(lab, n).join("db.sock").display()
+        db_dir(lab, n).join("db.sock").display(),
+        unixctl_path(lab, n).display()
     );
     let path = lab.dir.path().join(format!("h{n}.toml"));
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Where host `n`'s tunsecd answers `ovs-appctl`.
+fn unixctl_path(lab: &Lab, n: u8) -> PathBuf {
+    lab.dir.path().join(format!("h{n}-ipsec.ctl"))
+}
+
+/// `ovs-appctl -t <host n's unixctl socket> ARGS`.
+fn appctl(lab: &Lab, n: u8, args: &[&str]) -> anyhow::Result<String> {
+    let target = unixctl_path(lab, n).to_string_lossy().into_owned();
+    let mut all = vec!["-t", target.as_str()];
+    all.extend_from_slice(args);
+    let out = tunsec_lab::run("ovs-appctl", &all)?;
+    ensure!(
+        out.status.success(),
+        "ovs-appctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A kernel vxlan device on host `n` towards `peer`, at `mtu`.
@@ -301,6 +321,17 @@ fn ovs_psk_tunnel_lifecycle() {
         let reason = t1.reason.clone().unwrap_or_default();
         ensure!(reason.contains("certificate"), "tun1: {t1:?}");
         ensure!(s1.render().contains("tun1"), "{}", s1.render());
+        // What operators' scripts read, through OVS's own ovs-appctl.
+        let show = appctl(lab, 1, &["tunnels/show"])?;
+        eprintln!("  ovs-appctl tunnels/show:\n{show}");
+        ensure!(
+            show.contains("Interface name: tun0 v1 (ESTABLISHED)")
+                && show.contains("Interface name: tun1 v1 (INVALID: ")
+                && show.contains("  Remote IP:      192.0.2.2")
+                && show.contains("  PSK:            <redacted>")
+                && !show.contains("swordfish"),
+            "{show}"
+        );
         ensure!(
             ike_spis(lab, 1, "tun0")? == Some(before.clone()),
             "the invalid row changed tun0's IKE SA"

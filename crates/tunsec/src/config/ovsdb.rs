@@ -15,6 +15,7 @@ pub(super) const DEFAULT_DATABASE: &str = "Open_vSwitch";
 pub(super) struct RawOvsdb {
     remote: String,
     database: Option<String>,
+    unixctl: Option<std::path::PathBuf>,
 }
 
 /// Where the tunnels come from (`[ovsdb]`).
@@ -24,6 +25,9 @@ pub struct Ovsdb {
     pub remote: Remote,
     /// The database, `Open_vSwitch` unless set.
     pub database: String,
+    /// Where tunsecd answers `ovs-appctl -t PATH tunnels/show`, as
+    /// `ovs-monitor-ipsec` does; none unless set.
+    pub unixctl: Option<std::path::PathBuf>,
 }
 
 /// Checks `[ovsdb]`: a remote that parses, and gateway mode (OVS's
@@ -43,7 +47,11 @@ pub(super) fn validate_ovsdb(raw: RawOvsdb, gateway: bool) -> Result<Ovsdb, Conf
     if database.is_empty() {
         return Err(invalid("ovsdb.database", quoted(&database), "is empty"));
     }
-    Ok(Ovsdb { remote, database })
+    Ok(Ovsdb {
+        remote,
+        database,
+        unixctl: raw.unixctl,
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
+use crate::ovs::unixctl::Unixctl;
 use crate::ovs::watch::{self, Reconcile, SharedOvsdbStatus};
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, IkeStatus, NodeStatus, OvsdbStatus, PeerStatus, Status,
@@ -76,6 +77,8 @@ pub struct GatewayDaemon {
     hangup: Arc<AtomicBool>,
     /// The metrics endpoint, if `[node] metrics_listen` asks for one.
     metrics: Option<MetricsServer>,
+    /// `ovs-appctl`'s endpoint, if `[ovsdb] unixctl` asks for one.
+    unixctl: Option<Unixctl>,
 }
 
 /// The gateway daemon as its control socket sees it.
@@ -137,6 +140,14 @@ impl GatewayDaemon {
             .node
             .metrics_listen
             .map(|listen| MetricsServer::start(listen, config.node.control_socket.clone()))
+            .transpose()?;
+        // `ovs-appctl -t PATH tunnels/show`, answered from the control
+        // socket too.
+        let unixctl = config
+            .ovsdb
+            .as_ref()
+            .and_then(|o| o.unixctl.as_deref())
+            .map(|path| Unixctl::start(path, config.node.control_socket.clone()))
             .transpose()?;
 
         let underlay = config.node.underlay;
@@ -271,6 +282,7 @@ impl GatewayDaemon {
             entries: Some(entries),
             hangup: Arc::new(AtomicBool::new(false)),
             metrics,
+            unixctl,
         })
     }
 
@@ -301,6 +313,7 @@ impl GatewayDaemon {
         tracing::info!("stopping");
         crate::systemd::stopping();
         drop(self.metrics.take());
+        drop(self.unixctl.take());
         // The workers and the IKE driver stop first (the driver deletes
         // its IKE SAs with the peers); whatever is steered into the TUN
         // device meanwhile is dropped. Then the entries: they stay (the

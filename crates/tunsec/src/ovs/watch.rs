@@ -141,10 +141,22 @@ pub fn wanted_peers(
         let Some(t) = tunnel(row, &pki) else {
             continue;
         };
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
         let mut st = OvsTunnelStatus {
             name: row.name.clone(),
             kind: row.kind.clone(),
             remote: row.options.get("remote_ip").cloned().unwrap_or_default(),
+            options: row
+                .options
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == "psk" { "<redacted>" } else { v.as_str() };
+                    (k.clone(), v.to_owned())
+                })
+                .collect(),
+            local_cert: path(&pki.certificate),
+            local_key: path(&pki.private_key),
+            ca_cert: path(&pki.ca_cert),
             ..OvsTunnelStatus::default()
         };
         let peer = t.and_then(|t| {
