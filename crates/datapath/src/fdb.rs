@@ -79,6 +79,15 @@ impl Fdb {
         );
     }
 
+    /// Forgets every entry, learned or static, that leads to `peer` (a
+    /// peer removed at run time, whose slot may go to another).
+    pub fn forget_peer(&self, peer: usize) -> usize {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let before = map.len();
+        map.retain(|_, e| e.peer != peer);
+        before - map.len()
+    }
+
     /// The peer behind `mac` in `network`, unless the entry aged out.
     pub fn lookup(&self, network: usize, mac: EthernetAddress, now: Instant) -> Option<usize> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -205,5 +214,18 @@ mod test {
         fdb.learn(0, EthernetAddress([1, 0, 0x5e, 0, 0, 1]), 1, t0);
         fdb.learn(0, EthernetAddress::BROADCAST, 1, t0);
         assert!(fdb.entries(t0).is_empty());
+    }
+
+    #[test]
+    fn forget_peer_drops_its_entries_static_or_learned() {
+        let now = Instant::now();
+        let fdb = Fdb::new(DEFAULT_AGEING, now);
+        fdb.add_static(0, M1, 3);
+        fdb.learn(0, M2, 3, now);
+        fdb.learn(1, M2, 4, now);
+        assert_eq!(fdb.forget_peer(3), 2);
+        assert_eq!(fdb.lookup(0, M1, now), None);
+        assert_eq!(fdb.lookup(0, M2, now), None);
+        assert_eq!(fdb.lookup(1, M2, now), Some(4));
     }
 }

@@ -5,6 +5,10 @@
 //! policies and SAs) exist before any TAP device is opened, and only the
 //! transmit worker reads from the TAP devices, through those tables. So
 //! from the first frame on, a `require` policy without an SA drops.
+//!
+//! Peers change at run time with `tunsec reload` ([`reconfigure`]).
+
+mod reconfigure;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,12 +32,13 @@ use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
 
-use crate::config::{Config, EspEncapsulation, Network, PolicyKind};
+use crate::config::{Config, EspEncapsulation, Network, Peer, PolicyKind};
 use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::netlink::BridgeProblem;
+use crate::peers::PeerSlots;
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 pub use crate::config::NetworkMtu;
@@ -68,44 +73,14 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
         });
         mtus.push(m);
     }
-    let index_of = |name: &str| config.networks.iter().position(|n| n.name == name);
     let mut peers = Vec::new();
     let mut inbound = tunsec_datapath::fast_map::FastMap::default();
     for (i, p) in config.peers.iter().enumerate() {
-        let nets = p
-            .networks
-            .iter()
-            .filter_map(|(name, pol)| index_of(name).map(|n| (n, policy(*pol))))
-            .collect();
-        let mut outbound = Vec::new();
-        if let Some(sa) = &p.sa {
-            let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
-                let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
-                cfg.esn = sa.esn;
-                cfg.replay_window = config.esp.replay_window;
-                Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
-            };
-            outbound.push(Arc::new(Mutex::new(mk(
-                sa.spi_out,
-                Direction::Outbound,
-                &sa.keys_out,
-            )?)));
-            inbound.insert(
-                sa.spi_in,
-                InboundEntry {
-                    peer: i,
-                    sa: Arc::new(Mutex::new(mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?)),
-                },
-            );
+        let (entry, sa_in) = peer_entry(config, i, p, now)?;
+        peers.push(entry);
+        if let Some((spi, e)) = sa_in {
+            inbound.insert(spi, e);
         }
-        peers.push(PeerEntry {
-            spec: PeerSpec {
-                name: p.name.clone(),
-                underlay: p.underlay,
-                networks: nets,
-            },
-            outbound,
-        });
     }
     let tables = Tables::new(
         config.node.underlay,
@@ -115,6 +90,55 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
         inbound,
     );
     Ok((tables, mtus))
+}
+
+/// Peer `p`'s entry in the tables, in `slot`, with its manually keyed
+/// outbound SA and its inbound one (by SPI), or none until IKE makes
+/// them.
+fn peer_entry(
+    config: &Config,
+    slot: usize,
+    p: &Peer,
+    now: Instant,
+) -> anyhow::Result<(PeerEntry, Option<(u32, InboundEntry)>)> {
+    let index_of = |name: &str| config.networks.iter().position(|n| n.name == name);
+    let networks = p
+        .networks
+        .iter()
+        .filter_map(|(name, pol)| index_of(name).map(|n| (n, policy(*pol))))
+        .collect();
+    let mut outbound = Vec::new();
+    let mut inbound = None;
+    if let Some(sa) = &p.sa {
+        let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
+            let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
+            cfg.esn = sa.esn;
+            cfg.replay_window = config.esp.replay_window;
+            Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
+        };
+        outbound.push(Arc::new(Mutex::new(mk(
+            sa.spi_out,
+            Direction::Outbound,
+            &sa.keys_out,
+        )?)));
+        let sa_in = mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?;
+        inbound = Some((
+            sa.spi_in,
+            InboundEntry {
+                peer: slot,
+                sa: Arc::new(Mutex::new(sa_in)),
+            },
+        ));
+    }
+    let entry = PeerEntry {
+        spec: PeerSpec {
+            name: p.name.clone(),
+            underlay: p.underlay,
+            networks,
+        },
+        outbound,
+    };
+    Ok((entry, inbound))
 }
 
 /// Checks that every `[[network]] bridge` is an existing Linux bridge; the
@@ -164,6 +188,9 @@ struct OverlayControl {
     config_path: Option<PathBuf>,
     /// Re-authentication before our certificates expire.
     renewal: CertRenewal,
+    /// The peers now, by slot: changed at run time by `reload`
+    /// (`reconfigure`). Held while a change is carried out.
+    peers: Mutex<PeerSlots>,
 }
 
 impl Daemon {
@@ -293,6 +320,7 @@ impl Daemon {
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
         let renewal = CertRenewal::new(&config);
+        let config_peers = config.peers.clone();
         Ok(Self {
             control: OverlayControl {
                 config,
@@ -303,6 +331,7 @@ impl Daemon {
                 ike_commands,
                 config_path: None,
                 renewal,
+                peers: Mutex::new(PeerSlots::new(&config_peers)),
             },
             workers,
             listener,
@@ -346,12 +375,12 @@ impl Daemon {
 
 impl ControlTarget for OverlayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let found = self
-            .config
-            .peers
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.name == peer);
+        let Ok(slots) = self.peers.lock() else {
+            return Response::Error {
+                message: "the peer table is poisoned".to_owned(),
+            };
+        };
+        let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
         crate::ike::send_command(found, &self.ike_commands, peer, command)
     }
 
@@ -359,8 +388,8 @@ impl ControlTarget for OverlayControl {
         self.shared.fdb.expire(now);
         self.renewal.tick(
             now,
-            &self.config,
-            self.config_path.as_deref(),
+            &|| self.reload_file(),
+            &|name| self.peers.lock().ok()?.slot_of(name),
             &self.ike_commands,
         );
         let tables = self.shared.tables.load();
@@ -375,16 +404,16 @@ impl ControlTarget for OverlayControl {
         crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
     }
 
-    /// Reads the configuration file again and hands the IKE driver the
-    /// `[peer.ike]` settings that changed (credentials: certificate, key,
-    /// CA, CRL, PSK, identities); see `ike::reload`. A configuration that
-    /// does not load changes nothing.
+    /// Reads the configuration file again and takes the peers to the
+    /// file's: added, removed, renewed, new `[peer.ike]` settings; see
+    /// `reconfigure`. A configuration that does not load changes nothing.
     fn reload(&self) -> Response {
-        crate::ike::reload(
-            &self.config,
-            self.config_path.as_deref(),
-            &self.ike_commands,
-        )
+        match self.reload_file() {
+            Ok(done) => Response::Done {
+                message: done.message,
+            },
+            Err(message) => Response::Error { message },
+        }
     }
 
     /// Every SA in the tables (and the rekeyed outbound SAs the IKE
@@ -466,6 +495,7 @@ impl ControlTarget for OverlayControl {
             .peers
             .iter()
             .enumerate()
+            .filter(|&(i, _)| tables.is_occupied(i))
             .map(|(i, p)| {
                 let mut sas = Vec::new();
                 for sa in &p.outbound {

@@ -6,8 +6,12 @@
 //!   control socket.
 //! - [`gateway`]: gateway mode: a TUN device, policy routing and an
 //!   nftables guard around the kernel's own tunnels.
-//! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys on UDP
-//!   port 500, installing the negotiated SAs.
+//! - [`ike`]: the IKE driver thread: IKEv2 with pre-shared keys or
+//!   certificates on UDP port 500, installing the negotiated SAs.
+//! - [`peers`]: the peers by slot, and the plan from one set to another
+//!   (reload, OVSDB) that both modes carry out at run time.
+//! - [`ovs`]: Open vSwitch's IPsec contract, the OVSDB watch that turns
+//!   tunnel rows into gateway peers, and the `ovs-appctl` endpoint.
 //! - [`cli`]: the command lines of both binaries (clap), for man pages
 //!   and completions too.
 //! - [`control`]: the control API (JSON lines over a Unix socket).
@@ -38,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod ovs;
+pub mod peers;
 pub mod pki;
 pub mod service;
 pub mod status;

@@ -216,6 +216,65 @@ impl Tables {
         self.peer_by_addr.get(&canonical(addr)).copied()
     }
 
+    /// Whether `slot` holds a peer. A peer removed at run time leaves its
+    /// slot vacant (no networks, no address leads to it) until the next
+    /// one added: the IKE driver, the FDB and the inbound SAs name peers
+    /// by slot.
+    pub fn is_occupied(&self, slot: usize) -> bool {
+        self.peers
+            .get(slot)
+            .is_some_and(|p| self.peer_by_addr.get(&p.spec.underlay) == Some(&slot))
+    }
+
+    /// Puts `peer` into `slot` (growing the table with vacant slots if
+    /// needed), replacing what was there; `Err` with the slot that holds
+    /// a peer at the same address already.
+    pub fn insert_peer(&mut self, slot: usize, peer: PeerEntry) -> Result<(), usize> {
+        let addr = canonical(peer.spec.underlay);
+        if let Some(&other) = self.peer_by_addr.get(&addr) {
+            if other != slot {
+                return Err(other);
+            }
+        }
+        self.remove_peer(slot);
+        while self.peers.len() <= slot {
+            self.peers.push(PeerEntry {
+                spec: PeerSpec {
+                    name: String::new(),
+                    underlay: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    networks: Vec::new(),
+                },
+                outbound: Vec::new(),
+            });
+        }
+        for &(n, _) in &peer.spec.networks {
+            if let Some(list) = self.peers_of_network.get_mut(n) {
+                list.push(slot);
+            }
+        }
+        self.peer_by_addr.insert(addr, slot);
+        self.peers[slot] = peer;
+        Ok(())
+    }
+
+    /// Empties `slot`: its address leads nowhere, it carries no network,
+    /// and its SAs go.
+    pub fn remove_peer(&mut self, slot: usize) {
+        if !self.is_occupied(slot) {
+            return;
+        }
+        let addr = canonical(self.peers[slot].spec.underlay);
+        self.peer_by_addr.remove(&addr);
+        for list in &mut self.peers_of_network {
+            list.retain(|&p| p != slot);
+        }
+        let vacant = &mut self.peers[slot];
+        vacant.spec.name.clear();
+        vacant.spec.networks.clear();
+        vacant.outbound.clear();
+        self.inbound.retain(|_, e| e.peer != slot);
+    }
+
     /// The policy of a peer for a network, if it carries it.
     pub fn policy(&self, peer: usize, network: usize) -> Option<Policy> {
         self.peers

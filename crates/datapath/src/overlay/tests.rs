@@ -1122,3 +1122,47 @@ fn entropy_port_is_per_flow() {
         assert!(entropy_port(&f[..len.min(f.len())]) >= 49152);
     }
 }
+
+/// A peer removed at run time leaves a vacant slot: no address, network
+/// or SA leads to it; the next peer takes the slot, and one at an address
+/// that another slot holds is refused.
+#[test]
+fn peers_come_and_go_by_slot() {
+    let (a, b, c) = (
+        "192.0.2.1".parse().unwrap(),
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.3".parse::<IpAddr>().unwrap(),
+    );
+    let mut t = host(
+        a,
+        b,
+        TunnelEncap::Vxlan,
+        Policy::Require,
+        0x10,
+        0x20,
+        Some(Suite::AesGcm128),
+    );
+    assert!(t.is_occupied(0));
+    assert_eq!(t.peers_of_network[0], [0]);
+    t.remove_peer(0);
+    assert!(!t.is_occupied(0));
+    assert_eq!(t.peer_by_addr(b), None);
+    assert!(t.peers_of_network[0].is_empty());
+    assert!(t.inbound.is_empty());
+    assert_eq!(t.policy(0, 0), None);
+    let entry = |addr| PeerEntry {
+        spec: PeerSpec {
+            name: "new".into(),
+            underlay: addr,
+            networks: vec![(0, Policy::Require)],
+        },
+        outbound: Vec::new(),
+    };
+    t.insert_peer(2, entry(c)).unwrap();
+    assert_eq!(t.peer_by_addr(c), Some(2));
+    assert_eq!(t.peers_of_network[0], [2]);
+    assert!(!t.is_occupied(1), "the gap is vacant");
+    assert_eq!(t.insert_peer(0, entry(c)), Err(2));
+    t.insert_peer(0, entry(b)).unwrap();
+    assert_eq!(t.peers_of_network[0], [2, 0]);
+}

@@ -20,7 +20,6 @@ use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::gateway::{self as gateway_worker, GatewayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
-use super::peers::PeerSlots;
 use super::reconfigure::{guard_peers, install_guard, steering_of};
 use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop, Peer};
@@ -31,6 +30,7 @@ use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::metrics::MetricsServer;
 use crate::ovs::unixctl::Unixctl;
 use crate::ovs::watch::{self, Reconcile, SharedOvsdbStatus};
+use crate::peers::PeerSlots;
 use crate::status::{
     GatewayPolicyStatus, GatewayStatus, IkeStatus, NodeStatus, OvsdbStatus, PeerStatus, Status,
     TunnelDeviceStatus,
@@ -287,7 +287,7 @@ impl GatewayDaemon {
     }
 
     /// Names the file the configuration came from: `tunsec reload` and
-    /// SIGHUP read it again (new IKE credentials; see `ike::reload`).
+    /// SIGHUP read it again (its peers; see `super::reconfigure`).
     pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
             .context("cannot handle SIGHUP")?;
@@ -387,7 +387,9 @@ impl ControlTarget for GatewayControl {
     /// `super::reconfigure`.
     fn reload(&self) -> Response {
         match self.reload_file() {
-            Ok(message) => Response::Done { message },
+            Ok(done) => Response::Done {
+                message: done.message,
+            },
             Err(message) => Response::Error { message },
         }
     }
@@ -396,8 +398,8 @@ impl ControlTarget for GatewayControl {
     fn housekeeping(&self, now: Instant) {
         self.renewal.tick(
             now,
-            &self.config,
-            self.config_path.as_deref(),
+            &|| self.reload_file(),
+            &|name| self.peers.lock().ok()?.slot_of(name),
             &self.ike_commands,
         );
         let tables = self.shared.tables.load();

@@ -30,7 +30,7 @@
 
 pub mod daemon;
 pub mod nft;
-pub mod peers;
+
 mod reconfigure;
 pub mod steering;
 

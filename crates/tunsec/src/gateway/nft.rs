@@ -35,7 +35,7 @@ use tunsec_datapath::gateway::GatewaySelector;
 /// One peer's part of the guard.
 #[derive(Debug, Clone)]
 pub struct GuardPeer {
-    /// Its slot (see `gateway::peers`): its counter is `peer<slot>`.
+    /// Its slot (see `crate::peers`): its counter is `peer<slot>`.
     pub slot: usize,
     /// Its underlay address.
     pub underlay: IpAddr,

@@ -1,5 +1,5 @@
 //! Peers that come and go while gateway mode runs, failing closed at
-//! every step. A change ([`super::peers::PeerPlan`]) is carried out in
+//! every step. A change ([`crate::peers::PeerPlan`]) is carried out in
 //! this order:
 //!
 //! 1. The guard ([`nft`]) is replaced, in one transaction, by one that
@@ -27,9 +27,10 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::daemon::{GatewayControl, PeerSources};
-use super::peers::PeerPlan;
 use super::{insert_peer, nft, steering};
 use crate::config::{Config, Gateway, GuardScopeKind, Peer};
+use crate::ike::Reloaded;
+use crate::peers::PeerPlan;
 use tunsec_datapath::gateway::GatewayTables;
 
 /// The guard's part of each peer.
@@ -139,7 +140,8 @@ impl GatewayControl {
         // 5. IKE for the new and renewed peers, new settings for others.
         for (slot, p) in plan.add.iter().chain(&plan.renew) {
             if p.ike.is_some() {
-                self.ike_commands.add_peer(*slot, p)?;
+                // The Child SA's selectors are the peer's own, not tunnel ports.
+                self.ike_commands.add_peer(*slot, p, Vec::new())?;
             }
         }
         let updates: Vec<_> = plan
@@ -169,7 +171,7 @@ impl GatewayControl {
     /// rekey (or `tunsec reauth`). A file that does not load changes
     /// nothing. Settings other than the peers need a restart, and are
     /// named in the answer.
-    pub(super) fn reload_file(&self) -> Result<String, String> {
+    pub(super) fn reload_file(&self) -> Result<Reloaded, String> {
         let _reloading = crate::systemd::reloading();
         let path = self
             .config_path()
@@ -213,7 +215,10 @@ impl GatewayControl {
             ));
         }
         tracing::info!("{message}");
-        Ok(message)
+        Ok(Reloaded {
+            config: new,
+            message,
+        })
     }
 }
 

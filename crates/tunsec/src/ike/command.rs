@@ -19,8 +19,8 @@ impl IkeDriver {
                 return;
             }
             IkeCommand::Reauth(index) => return self.reauth(now, index),
-            IkeCommand::AddPeer(index, peer, done) => {
-                self.add_peer(now, index, &peer);
+            IkeCommand::AddPeer(index, peer, ports, done) => {
+                self.add_peer(now, index, &peer, ports);
                 let _ = done.send(());
                 return;
             }
@@ -117,11 +117,9 @@ impl IkeDriver {
 
     /// Takes up a peer configured at run time in slot `index` (replacing
     /// one the driver still knows there).
-    fn add_peer(&mut self, now: Instant, index: usize, peer: &Peer) {
+    fn add_peer(&mut self, now: Instant, index: usize, peer: &Peer, tunnel_ports: Vec<u16>) {
         self.remove_peer(now, index);
-        // Gateway mode: the Child SA's selectors are the peer's own, not
-        // tunnel ports.
-        let Some(p) = PeerIke::new(index, peer, Vec::new(), self.local, now) else {
+        let Some(p) = PeerIke::new(index, peer, tunnel_ports, self.local, now) else {
             return;
         };
         tracing::info!(peer = %p.name, initiator = p.initiator, "IKE: peer added");

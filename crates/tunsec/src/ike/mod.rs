@@ -57,6 +57,7 @@ use peer::{PeerIke, PendingOutbound};
 pub use reload::{ReloadPlan, plan as reload_plan};
 pub(crate) use reload::{same_auth, same_negotiation};
 pub(crate) use renewal::CertRenewal;
+pub(crate) use selectors::tunnel_ports;
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -122,9 +123,11 @@ pub enum IkeCommand {
     /// answers on the channel once it has taken them up.
     Reload(Vec<(usize, Box<IkePeer>)>, mpsc::Sender<()>),
     /// A peer configured at run time, in slot `.0` (the tables' slot,
-    /// already set up): it starts like a peer of the configuration file.
-    /// The driver answers on the channel once it has taken it up.
-    AddPeer(usize, Box<Peer>, mpsc::Sender<()>),
+    /// already set up), with the tunnel ports of its networks (overlay
+    /// mode's `selectors = "ports"`; none in gateway mode): it starts like
+    /// a peer of the configuration file. The driver answers on the
+    /// channel once it has taken it up.
+    AddPeer(usize, Box<Peer>, Vec<u16>, mpsc::Sender<()>),
     /// A peer removed at run time: its IKE SA is deleted (one DELETE to
     /// the peer, which takes its Child SAs with it), its SAs leave the
     /// tables, and the driver forgets it. The driver answers on the
@@ -190,10 +193,15 @@ impl IkeCommands {
 
     /// Hands the driver a peer configured at run time, in `slot`, and
     /// waits until it has taken it up.
-    pub(crate) fn add_peer(&self, slot: usize, peer: &Peer) -> Result<(), String> {
+    pub(crate) fn add_peer(
+        &self,
+        slot: usize,
+        peer: &Peer,
+        tunnel_ports: Vec<u16>,
+    ) -> Result<(), String> {
         let what = format!("adding peer {:?}", peer.name);
         self.send_and_wait(&what, |done| {
-            IkeCommand::AddPeer(slot, Box::new(peer.clone()), done)
+            IkeCommand::AddPeer(slot, Box::new(peer.clone()), tunnel_ports, done)
         })
     }
 
@@ -288,91 +296,11 @@ pub(crate) fn export_keys(commands: &IkeCommands) -> Result<DriverKeys, String> 
     })
 }
 
-/// Reads the configuration file at `path` again and hands the IKE driver
-/// the `[peer.ike]` settings that changed against `running` (credentials:
-/// certificate, key, CA, CRL, PSK, identities; see [`reload_plan`]), as
-/// `tunsec reload` and SIGHUP ask (both daemons). A configuration that
-/// does not load changes nothing, and the answer names what is wrong.
-pub(crate) fn reload(
-    running: &Config,
-    path: Option<&std::path::Path>,
-    commands: &IkeCommands,
-) -> crate::control::Response {
-    use crate::control::Response;
-    match reload_from(running, path, commands) {
-        Ok(done) => Response::Done {
-            message: done.message,
-        },
-        Err(message) => Response::Error { message },
-    }
-}
-
-/// What [`reload_from`] did.
+/// What a daemon's reload did: the configuration as the file has it
+/// now, and the answer (certificate renewal reloads through it).
 pub(crate) struct Reloaded {
     /// The configuration as the file has it now.
     pub(crate) config: Config,
     /// What `tunsec reload` answers.
     pub(crate) message: String,
-}
-
-/// [`reload`], with the new configuration and the peers it updated.
-pub(crate) fn reload_from(
-    running: &Config,
-    path: Option<&std::path::Path>,
-    commands: &IkeCommands,
-) -> Result<Reloaded, String> {
-    let _reloading = crate::systemd::reloading();
-    let Some(path) = path else {
-        return Err("reload: tunsecd was started without a configuration file".to_owned());
-    };
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("reload: {}: {e}; nothing changed", path.display());
-            return Err(format!("reload: {}: {e}; nothing changed", path.display()));
-        }
-    };
-    let plan = reload_plan(running, &new);
-    for note in &plan.ignored {
-        tracing::warn!("reload: {note}");
-    }
-    let names: Vec<String> = plan
-        .updates
-        .iter()
-        .map(|(i, _)| new.peers[*i].name.clone())
-        .collect();
-    if !plan.updates.is_empty() {
-        // Answer only once the driver has the new settings, so that an
-        // IKE SA that the peer starts right after (`tunsec reauth` there)
-        // meets them.
-        let (done, taken) = mpsc::channel();
-        if commands
-            .send(IkeCommand::Reload(plan.updates, done))
-            .is_err()
-        {
-            return Err("the IKE driver is not running".to_owned());
-        }
-        if taken.recv_timeout(RELOAD_WAIT).is_err() {
-            return Err(format!(
-                "reload: the IKE driver did not take up the new settings within {} s",
-                RELOAD_WAIT.as_secs()
-            ));
-        }
-    }
-    tracing::info!(updated = ?names, unchanged = ?plan.unchanged, "reloaded {}", path.display());
-    let mut message = if names.is_empty() {
-        "reloaded: no IKE credentials changed".to_owned()
-    } else {
-        format!(
-            "reloaded: new credentials for {} (new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
-            names.join(", ")
-        )
-    };
-    for note in plan.ignored {
-        message.push_str(&format!("; ignored: {note}"));
-    }
-    Ok(Reloaded {
-        config: new,
-        message,
-    })
 }

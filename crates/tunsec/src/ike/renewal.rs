@@ -12,13 +12,12 @@
 //! again every 10 s until a renewal turns up.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{IkeCommand, IkeCommands, reload_from};
+use super::{IkeCommand, IkeCommands, Reloaded};
 use crate::config::Config;
 
 /// The longest default margin.
@@ -73,7 +72,9 @@ pub(crate) struct CertRenewal {
 #[derive(Debug)]
 struct State {
     next_check: Instant,
-    peers: HashMap<usize, Watched>,
+    /// By peer name (a peer keeps its name across reloads; its slot may
+    /// change).
+    peers: HashMap<String, Watched>,
 }
 
 impl CertRenewal {
@@ -82,13 +83,12 @@ impl CertRenewal {
         let peers = config
             .peers
             .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
+            .filter_map(|p| {
                 let ike = p.ike.as_ref()?;
                 let cert = ike.cert.as_ref()?;
                 let (nb, na) = validity(cert.credentials.end_entity())?;
                 Some((
-                    i,
+                    p.name.clone(),
                     Watched {
                         not_after: na,
                         due_at: due_at(nb, na, ike.reauth_before_expiry),
@@ -106,13 +106,14 @@ impl CertRenewal {
     }
 
     /// Looks at the certificates when it is time: reloads the file when
-    /// one is due, and re-authenticates the peers whose certificate was
-    /// renewed.
+    /// one is due (`reload`, the daemon's own `tunsec reload`), and
+    /// re-authenticates the peers whose certificate was renewed, in the
+    /// slot `slot_of` gives for their name.
     pub(crate) fn tick(
         &self,
         now: Instant,
-        running: &Config,
-        path: Option<&Path>,
+        reload: &dyn Fn() -> Result<Reloaded, String>,
+        slot_of: &dyn Fn(&str) -> Option<usize>,
         commands: &IkeCommands,
     ) {
         let Ok(mut st) = self.state.lock() else {
@@ -122,11 +123,11 @@ impl CertRenewal {
             return;
         }
         let unix = unix_now();
-        let due: Vec<usize> = st
+        let due: Vec<String> = st
             .peers
             .iter()
             .filter(|(_, w)| unix >= w.due_at)
-            .map(|(&i, _)| i)
+            .map(|(name, _)| name.clone())
             .collect();
         if due.is_empty() {
             st.next_check = now + CHECK;
@@ -134,21 +135,21 @@ impl CertRenewal {
         }
         st.next_check = now + RETRY;
         // The file may hold renewed certificates.
-        let reloaded = match reload_from(running, path, commands) {
+        let reloaded = match reload() {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!("certificate renewal: {e}");
                 None
             }
         };
-        for i in due {
-            let name = &running.peers[i].name;
+        for name in due {
             let renewed = reloaded.as_ref().and_then(|r| {
-                let ike = r.config.peers.get(i)?.ike.as_ref()?;
+                let peer = r.config.peers.iter().find(|p| p.name == name)?;
+                let ike = peer.ike.as_ref()?;
                 let (nb, na) = validity(ike.cert.as_ref()?.credentials.end_entity())?;
                 Some((nb, na, ike.reauth_before_expiry))
             });
-            let Some(w) = st.peers.get_mut(&i) else {
+            let Some(w) = st.peers.get_mut(&name) else {
                 continue;
             };
             match renewed {
@@ -165,7 +166,10 @@ impl CertRenewal {
                         due_at: due_at(nb, na, margin),
                         warned: None,
                     };
-                    if commands.send(IkeCommand::Reauth(i)).is_err() {
+                    let Some(slot) = slot_of(&name) else {
+                        continue;
+                    };
+                    if commands.send(IkeCommand::Reauth(slot)).is_err() {
                         tracing::warn!(peer = %name, "certificate renewal: the IKE driver is gone");
                     }
                 }

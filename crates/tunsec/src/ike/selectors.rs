@@ -10,7 +10,7 @@ use crate::config::{ChildSelectors, Config, PolicyKind};
 use tunsec_datapath::gateway::GatewaySelector;
 
 /// The tunnel ports of a peer's `networks` (by name), sorted, each once.
-pub(super) fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> {
+pub(crate) fn tunnel_ports(config: &Config, networks: &[(String, PolicyKind)]) -> Vec<u16> {
     let mut ports: Vec<u16> = networks
         .iter()
         .filter_map(|(name, _)| config.networks.iter().find(|n| &n.name == name))

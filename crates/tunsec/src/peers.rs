@@ -1,6 +1,6 @@
-//! The peers gateway mode protects, by slot, and the plan that takes
-//! them to another set at run time: from `tunsec reload` of a changed
-//! file, or from the tunnel rows of the OVS database.
+//! The peers by slot, in either mode, and the plan that takes them to
+//! another set at run time: from `tunsec reload` of a changed file, or
+//! (gateway mode) from the tunnel rows of the OVS database.
 //!
 //! A peer keeps its slot while it is configured: the tables, the IKE
 //! driver, the guard's counters and `tunsec status` all name it by the
