@@ -154,6 +154,8 @@ pub struct Client {
     /// `Connected` was sent for the current connection.
     announced: bool,
     stats: Stats,
+    /// Why the last connection was given up.
+    last_error: Option<Error>,
 }
 
 impl Client {
@@ -173,6 +175,7 @@ impl Client {
             probe_sent: false,
             announced: false,
             stats: Stats::default(),
+            last_error: None,
         }
     }
 
@@ -190,6 +193,12 @@ impl Client {
     /// Where the connection is.
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Why the last connection was given up (whether or not it got as far
+    /// as `Connected`), for status.
+    pub fn last_error(&self) -> Option<&Error> {
+        self.last_error.as_ref()
     }
 
     /// The counters.
@@ -299,6 +308,7 @@ impl Client {
     fn fail(&mut self, reason: Error) -> Error {
         tracing::warn!(database = %self.config.database, error = %reason, "OVSDB connection dropped");
         self.stats.resets += 1;
+        self.last_error = Some(reason.clone());
         self.phase = Phase::Disconnected;
         self.decoder.reset();
         self.pending.clear();

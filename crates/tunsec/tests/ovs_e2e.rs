@@ -19,13 +19,19 @@
 //!   client resyncs; a new PSK on both sides re-authenticates that peer
 //!   (a new IKE SA) while pings go on; deleting the interface deletes the
 //!   SAs (the peer sees the DELETE) and the steering rules and guard
-//!   entries.
+//!   entries. A second peer (h3, a GRE tunnel with its own PSK) keeps its
+//!   IKE SA through all of it; a row without `remote_ip` is reported too.
 //!
 //! - `ovs_certificate_tunnels`: the same tunnel with self-signed
 //!   certificates pinned by `remote_cert`, then with CA-signed ones
 //!   (`ca_cert`, `remote_name`), all from `tunsec pki`: each comes up,
 //!   pings cross, no cleartext VXLAN on the underlay; deleting the
 //!   interface removes its SAs and rules.
+//!
+//! - `ovs_garbage_on_the_database_socket`: a fake server that answers
+//!   with garbage (random bytes, broken JSON, an unknown reply, an 8 MiB
+//!   string) is refused five times over without a crash; tunsecd's
+//!   status says why; the real server at the same path is then taken up.
 //!
 //! They need root, iproute2, nftables, ping, tshark (dumpcap) and
 //! Debian's openvswitch-switch; they fail, never skip, when something is
@@ -293,6 +299,34 @@ fn ovs_psk_tunnel_lifecycle() {
         ping_ok(&h2, &vxlan_addr(1))?;
         let before = ike_spis(lab, 1, "tun0")?.context("no IKE SA on h1")?;
 
+        // A second peer, h3, over GRE (IP protocol 47) with its own PSK:
+        // the changes to tun0 below must leave it alone.
+        let h3 = add_host(lab, &ul, "h3", 3)?;
+        create_db(lab, &h3, 3)?;
+        let config = write_config(lab, 3)?;
+        start_tunsecd(lab, &h3, 3, &config)?;
+        for (n, peer, name) in [(1u8, 3u8, "tun3"), (3, 1, "tun0")] {
+            vsctl(
+                lab,
+                n,
+                &[
+                    "add-port",
+                    "br-int",
+                    name,
+                    "--",
+                    "set",
+                    "interface",
+                    name,
+                    "type=gre",
+                    &format!("options:remote_ip={}", host_addr(peer)),
+                    "options:psk=another-key-for-gre",
+                ],
+            )?;
+        }
+        wait_established(lab, 1, "tun3")?;
+        wait_established(lab, 3, "tun0")?;
+        let gre = ike_spis(lab, 1, "tun3")?.context("no IKE SA with h3")?;
+
         // An invalid row: reported, and no other tunnel is touched.
         vsctl(
             lab,
@@ -310,16 +344,44 @@ fn ovs_psk_tunnel_lifecycle() {
                 "options:remote_cert=/nonexistent/h3.pem",
             ],
         )?;
-        lab.wait_for("tun1 to be reported", Duration::from_secs(5), || {
-            status(lab, 1)
-                .ok()
-                .and_then(|s| ovs_tunnel(&s, "tun1"))
-                .is_some_and(|t| t.state == "invalid")
-        })?;
+        // And one without remote_ip.
+        vsctl(
+            lab,
+            1,
+            &[
+                "add-port",
+                "br-int",
+                "tun2",
+                "--",
+                "set",
+                "interface",
+                "tun2",
+                "type=vxlan",
+                "options:psk=swordfish",
+            ],
+        )?;
+        lab.wait_for(
+            "tun1 and tun2 to be reported",
+            Duration::from_secs(5),
+            || {
+                status(lab, 1).is_ok_and(|s| {
+                    ["tun1", "tun2"]
+                        .iter()
+                        .all(|n| ovs_tunnel(&s, n).is_some_and(|t| t.state == "invalid"))
+                })
+            },
+        )?;
         let s1 = status(lab, 1)?;
         let t1 = ovs_tunnel(&s1, "tun1").context("no tun1")?;
         let reason = t1.reason.clone().unwrap_or_default();
         ensure!(reason.contains("certificate"), "tun1: {t1:?}");
+        let t2 = ovs_tunnel(&s1, "tun2").context("no tun2")?;
+        ensure!(
+            t2.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("remote_ip")),
+            "tun2: {t2:?}"
+        );
         ensure!(s1.render().contains("tun1"), "{}", s1.render());
         // What operators' scripts read, through OVS's own ovs-appctl.
         let show = appctl(lab, 1, &["tunnels/show"])?;
@@ -337,6 +399,7 @@ fn ovs_psk_tunnel_lifecycle() {
             "the invalid row changed tun0's IKE SA"
         );
         vsctl(lab, 1, &["del-port", "br-int", "tun1"])?;
+        vsctl(lab, 1, &["del-port", "br-int", "tun2"])?;
 
         // The database goes away and comes back: the SAs stay, and the
         // client resyncs.
@@ -403,15 +466,26 @@ fn ovs_psk_tunnel_lifecycle() {
             "{} pings lost across the PSK change",
             100 - received
         );
+        ensure!(
+            ike_spis(lab, 1, "tun3")? == Some(gre.clone()),
+            "tun0's new PSK changed tun3's IKE SA"
+        );
 
         // The interface deleted on h1: its SAs go (h2 sees the DELETE),
         // and so do its rules and guard entries.
-        ensure!(rule_count(&h1)? == 3, "rules on h1 with tun0: want 1 + 2");
+        ensure!(
+            rule_count(&h1)? == 4,
+            "rules on h1 with tun0 and tun3: want 1 + 2 + 1"
+        );
         ensure!(guard_lines(&h1, &host_addr(2))? > 0, "h2 not in h1's guard");
         vsctl(lab, 1, &["del-port", "br-int", "tun0"])?;
         lab.wait_for("h1 to remove tun0", Duration::from_secs(5), || {
-            status(lab, 1).is_ok_and(|s| s.peers.is_empty())
+            status(lab, 1).is_ok_and(|s| s.peers.iter().all(|p| p.name != "tun0"))
         })?;
+        ensure!(
+            ike_spis(lab, 1, "tun3")? == Some(gre.clone()),
+            "deleting tun0 changed tun3's IKE SA"
+        );
         lab.wait_for("h2 to see the DELETE", Duration::from_secs(5), || {
             status(lab, 2).is_ok_and(|s| {
                 s.peers.iter().all(|p| {
@@ -419,7 +493,10 @@ fn ovs_psk_tunnel_lifecycle() {
                 })
             })
         })?;
-        ensure!(rule_count(&h1)? <= 1, "tun0's rules stay on h1");
+        ensure!(
+            rule_count(&h1)? == 2,
+            "tun0's rules stay on h1 (want 1 + tun3's 1)"
+        );
         ensure!(
             guard_lines(&h1, &host_addr(2))? == 0,
             "h2 stays in h1's guard"
@@ -622,6 +699,88 @@ fn ovs_certificate_tunnels() {
             clear.len(),
             describe(&clear.iter().collect::<Vec<_>>())
         );
+        Ok(())
+    });
+}
+
+/// Garbage on the OVSDB socket: a fake server at the remote's path
+/// answers every connection with bytes that are no JSON-RPC (random bytes,
+/// broken JSON, an unknown reply, a huge string). tunsecd refuses each,
+/// says why in its status, keeps serving and keeps reconnecting; once the
+/// real ovsdb-server is at that path it resyncs and configures the
+/// tunnel there.
+#[test]
+fn ovs_garbage_on_the_database_socket() {
+    with_lab("ovs3", |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let dir = db_dir(lab, 1);
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("db.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+        listener.set_nonblocking(true)?;
+        let garbage: Vec<Vec<u8>> = vec![
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+            b"{\"id\": 0, \"result\": [1, 2, {\"unterminated\": ".to_vec(),
+            b"{\"id\": 12345, \"result\": \"not a schema\", \"error\": null}".to_vec(),
+            [b"\"".as_slice(), &vec![b'x'; 8 << 20]].concat(),
+            b"]]]]}}}}".to_vec(),
+        ];
+        let config = write_config(lab, 1)?;
+        start_tunsecd(lab, &h1, 1, &config)?;
+        // Serve each kind of garbage to a connection of tunsecd's.
+        let mut served = 0;
+        let t = std::time::Instant::now();
+        while served < garbage.len() && t.elapsed() < Duration::from_secs(60) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    use std::io::Write as _;
+                    let _ = conn.write_all(&garbage[served]);
+                    served += 1;
+                    // Let tunsecd read it before the connection closes.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        ensure!(
+            served == garbage.len(),
+            "tunsecd reconnected {served} times"
+        );
+        let s = status(lab, 1)?;
+        let o = s.gateway.and_then(|g| g.ovsdb).context("no ovsdb status")?;
+        eprintln!("  after the garbage: {o:?}");
+        ensure!(!o.connected && o.last_error.is_some(), "{o:?}");
+        ensure!(o.tunnels.is_empty(), "garbage made tunnels: {o:?}");
+
+        // The real server at the same path: resync and a tunnel.
+        drop(listener);
+        std::fs::remove_file(&sock)?;
+        create_db(lab, &h1, 1)?;
+        vsctl(
+            lab,
+            1,
+            &[
+                "add-port",
+                "br-int",
+                "tun0",
+                "--",
+                "set",
+                "interface",
+                "tun0",
+                "type=vxlan",
+                "options:remote_ip=192.0.2.2",
+                "options:psk=swordfish",
+            ],
+        )?;
+        lab.wait_for("tunsecd to configure tun0", Duration::from_secs(20), || {
+            status(lab, 1)
+                .ok()
+                .and_then(|s| ovs_tunnel(&s, "tun0"))
+                .is_some_and(|t| t.state == "configured")
+        })?;
         Ok(())
     });
 }

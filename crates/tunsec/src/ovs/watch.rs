@@ -90,6 +90,20 @@ fn run(mut driver: Driver, running: &Config, target: &dyn Reconcile, status: &Sh
             }
             None => {}
         }
+        // A connection that failed before `Connected` (refused, or
+        // garbage in answer to get_schema) says why here.
+        if !driver.is_connected() {
+            let why = driver.client().last_error().map(ToString::to_string);
+            let failures = driver.connect_failures();
+            update(status, |s| {
+                s.connected = false;
+                if let Some(why) = why {
+                    s.last_error = Some(why);
+                } else if failures > 0 {
+                    s.last_error = Some(format!("cannot connect ({failures} attempts)"));
+                }
+            });
+        }
         if pending.is_some_and(|t| t <= Instant::now()) {
             let (wanted, tunnels) = wanted_peers(driver.cache(), running);
             let result = target.set_db_peers(wanted);
