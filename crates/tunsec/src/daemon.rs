@@ -6,7 +6,7 @@
 //! transmit worker reads from the TAP devices, through those tables. So
 //! from the first frame on, a `require` policy without an SA drops.
 //!
-//! Peers change at run time with `tunsec reload` ([`reconfigure`]).
+//! Peers change at run time with `tunsec reload` (`reconfigure.rs`).
 
 mod reconfigure;
 

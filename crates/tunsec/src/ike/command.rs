@@ -95,8 +95,8 @@ impl IkeDriver {
     /// waits on the peer's answer.
     fn take_down(&mut self, now: Instant, i: usize) {
         let p = &mut self.peers[i];
-        if let Some(incoming) = p.incoming.take() {
-            self.endpoint.remove(incoming);
+        if let Some(beside) = p.beside.take() {
+            self.endpoint.remove(beside.handle);
         }
         if let Some(handle) = p.handle.take() {
             if let Some(sa) = self.endpoint.sa_mut(handle) {
@@ -145,7 +145,7 @@ impl IkeDriver {
         use crate::keys::{EspSaExport, HexKey, IkeSaExport};
         let mut out = DriverKeys::default();
         for p in &self.peers {
-            for handle in [p.handle, p.incoming].into_iter().flatten() {
+            for handle in [p.handle, p.beside.map(|b| b.handle)].into_iter().flatten() {
                 let Some(k) = self.endpoint.sa_mut(handle).and_then(|sa| sa.export_keys()) else {
                     continue;
                 };

@@ -1,6 +1,7 @@
 //! The driver thread's loop: the IKE socket, the inbox, the timers, new IKE
 //! SAs from peers, and shutdown.
 
+use super::peer::Beside;
 use super::selectors::{gateway_selectors, selectors, tunnel_ports};
 use super::{
     IDLE, IKE_PORT, IkeCommand, IkeStates, KEEPALIVE_PACKET, LIVENESS, MAX_DATAGRAM, PeerIke,
@@ -263,11 +264,15 @@ impl IkeDriver {
                     // the old one stays until the new one is authenticated.
                     // A re-authentication of our own gives way to it (the
                     // peer has the lower address, see `accepts`).
-                    if let Some(older) = p.incoming.replace(handle) {
-                        self.endpoint.remove(older);
-                    }
-                    if std::mem::take(&mut p.reauthing) {
-                        tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
+                    let theirs = Beside {
+                        handle,
+                        ours: false,
+                    };
+                    if let Some(older) = p.beside.replace(theirs) {
+                        self.endpoint.remove(older.handle);
+                        if older.ours {
+                            tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
+                        }
                     }
                     tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
                 } else {
@@ -316,7 +321,7 @@ impl IkeDriver {
         // IKE SA is the one both keep, so it refuses the peer's, and
         // the peer gives up its own for ours (in handle_datagram).
         let p = &peers[i];
-        if p.initiator && p.reauthing && p.incoming.is_some() {
+        if p.initiator && p.beside.is_some_and(|b| b.ours) {
             return None;
         }
         Some(i)

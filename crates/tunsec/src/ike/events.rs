@@ -1,6 +1,7 @@
 //! The IKE SAs' transmits and events: closed SAs, a new IKE SA that
 //! replaces the old one, Child SAs to install.
 
+use super::peer::{Beside, NextChild};
 use super::status::{log_child, suite_name};
 use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint, reload};
 use std::time::Instant;
@@ -60,11 +61,15 @@ impl IkeDriver {
     /// it (the peer restarted: RFC 7296 section 2.4); if it fails, the old
     /// one stays.
     pub(super) fn drain_incoming(&mut self, i: usize, out: &mut Vec<tunsec_ike::sa::Transmit>) {
-        let Some(incoming) = self.peers[i].incoming else {
+        let Some(Beside {
+            handle: incoming,
+            ours,
+        }) = self.peers[i].beside
+        else {
             return;
         };
         let Some(sa) = self.endpoint.sa_mut(incoming) else {
-            self.peers[i].incoming = None;
+            self.peers[i].beside = None;
             return;
         };
         while let Some(t) = sa.poll_transmit() {
@@ -80,7 +85,7 @@ impl IkeDriver {
             self.peers[i].last_error =
                 Some(format!("a new IKE SA failed ({why}); the old one stays"));
             self.endpoint.remove(incoming);
-            self.peers[i].incoming = None;
+            self.peers[i].beside = None;
             return;
         }
         if !sa.is_established() {
@@ -88,8 +93,7 @@ impl IkeDriver {
         }
         let initial_contact = sa.peer_initial_contact();
         let p = &mut self.peers[i];
-        p.incoming = None;
-        let ours = std::mem::take(&mut p.reauthing);
+        p.beside = None;
         let old = p.handle.replace(incoming);
         let (index, name) = (p.index, p.name.clone());
         tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
@@ -124,7 +128,7 @@ impl IkeDriver {
                     "IKE SA established"
                 );
                 let p = &mut self.peers[i];
-                p.fresh_ike_sa = true;
+                p.next_child = NextChild::ReplaceAll;
                 p.last_error = None;
                 p.retry_wait = RETRY_MIN;
                 p.liveness_at = Some(Instant::now() + LIVENESS);
@@ -149,8 +153,8 @@ impl IkeDriver {
             Event::ChildSaUp { inbound, outbound } => {
                 // A re-authentication's Child SAs replace the old IKE SA's
                 // ones, make before break (ike/reload.rs).
-                if let Some(ours) = self.peers[i].replacing.take() {
-                    self.peers[i].fresh_ike_sa = false;
+                let next = std::mem::replace(&mut self.peers[i].next_child, NextChild::Join);
+                if let NextChild::MakeBeforeBreak { ours } = next {
                     self.begin_replacement(i, ours);
                 }
                 if self.peers[i].replacement.is_some() && self.replace_child(i, &inbound, &outbound)
@@ -160,7 +164,7 @@ impl IkeDriver {
                 // A fresh IKE SA's first Child SA: nothing of an older
                 // rekey carries over, and the older SAs go. An additional
                 // Child SA joins the ones there are.
-                let fresh = std::mem::take(&mut self.peers[i].fresh_ike_sa);
+                let fresh = next == NextChild::ReplaceAll;
                 if fresh {
                     self.peers[i].pending_outbound.clear();
                     self.peers[i].expiring_inbound.clear();

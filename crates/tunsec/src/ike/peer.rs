@@ -30,9 +30,9 @@ pub(super) struct PeerIke {
     pub(super) initiator: bool,
     /// The current IKE SA, if any.
     pub(super) handle: Option<SaHandle>,
-    /// A new IKE SA the peer started while `handle` is established (the
-    /// peer restarted): it replaces `handle` once authenticated.
-    pub(super) incoming: Option<SaHandle>,
+    /// A second IKE SA beside the established `handle`, which it replaces
+    /// once authenticated (`drain_incoming`).
+    pub(super) beside: Option<Beside>,
     /// When to send the next NAT keepalive (we are behind a NAT).
     pub(super) keepalive_at: Option<Instant>,
     /// When an initiator tries again.
@@ -52,22 +52,42 @@ pub(super) struct PeerIke {
     /// After rekeys: the new outbound SAs, each waiting for its old pair
     /// (whose outbound SPI is kept) to be deleted, or for a deadline.
     pub(super) pending_outbound: Vec<PendingOutbound>,
-    /// The current IKE SA came up and its first Child SA is not installed
-    /// yet: that one replaces every SA of the peer; later ones join.
-    pub(super) fresh_ike_sa: bool,
+    /// How the next Child SA that comes up is installed.
+    pub(super) next_child: NextChild,
     /// Old inbound SAs kept for in-flight packets, until their deadline.
     pub(super) expiring_inbound: Vec<(u32, Instant)>,
     /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
     pub(super) reauth_on_rekey: bool,
-    /// `incoming` is our own re-authentication (`ike/reload.rs`).
-    pub(super) reauthing: bool,
-    /// A new IKE SA replaced the old one without INITIAL_CONTACT (a
-    /// re-authentication, ours if `true`): its Child SA is installed make
-    /// before break.
-    pub(super) replacing: Option<bool>,
     /// A re-authentication under way: its Child SAs replace the old IKE
     /// SA's ones (`ike/reload.rs`).
     pub(super) replacement: Option<reload::Replacement>,
+}
+
+/// A second IKE SA with a peer, beside the established one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Beside {
+    /// The new IKE SA.
+    pub(super) handle: SaHandle,
+    /// Our own re-authentication (`ike/reload.rs`); else the peer's new
+    /// IKE SA: it restarted (INITIAL_CONTACT) or re-authenticates.
+    pub(super) ours: bool,
+}
+
+/// How the next Child SA of a peer is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NextChild {
+    /// Beside the ones there are (an additional Child SA, or a rekey).
+    Join,
+    /// It replaces every SA of the peer, and nothing of an older rekey
+    /// carries over: the first Child SA of a fresh IKE SA.
+    ReplaceAll,
+    /// Make before break: the first Child SA of an IKE SA that replaced
+    /// the old one without INITIAL_CONTACT (a re-authentication, `ours`
+    /// or the peer's, RFC 7296 section 2.8.3).
+    MakeBeforeBreak {
+        /// We started the re-authentication.
+        ours: bool,
+    },
 }
 
 /// A rekeyed outbound SA not yet switched to.
@@ -103,7 +123,7 @@ impl PeerIke {
             gateway_selectors: peer.selectors.clone(),
             initiator,
             handle: None,
-            incoming: None,
+            beside: None,
             keepalive_at: None,
             retry_at: Some(if initiator { now } else { now + START_GRACE }),
             retry_wait: RETRY_MIN,
@@ -113,11 +133,9 @@ impl PeerIke {
             liveness_at: None,
             admin_down: false,
             pending_outbound: Vec::new(),
-            fresh_ike_sa: false,
+            next_child: NextChild::Join,
             expiring_inbound: Vec::new(),
             reauth_on_rekey: false,
-            reauthing: false,
-            replacing: None,
             replacement: None,
         })
     }

@@ -6,6 +6,7 @@
 //! the old IKE SA and its Child SAs carry the traffic until the new ones
 //! are up.
 
+use super::peer::{Beside, NextChild};
 use std::time::Instant;
 
 use tunsec_ike::sa::{ChildSaParams, Event, SaHandle, SystemRandom, Transmit};
@@ -190,7 +191,7 @@ impl IkeDriver {
             }
             self.endpoint.remove(old);
         }
-        self.peers[i].replacing = Some(ours);
+        self.peers[i].next_child = NextChild::MakeBeforeBreak { ours };
     }
 
     /// A re-authenticating IKE SA's first Child SA is up: its Child SAs
@@ -368,7 +369,7 @@ impl IkeDriver {
             tracing::info!(peer = %p.name, "IKE: re-authentication: no IKE SA up, initiating");
             return;
         }
-        if p.incoming.is_some() {
+        if p.beside.is_some() {
             tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way");
             return;
         }
@@ -383,8 +384,7 @@ impl IkeDriver {
         {
             Ok(handle) => {
                 let p = &mut self.peers[i];
-                p.incoming = Some(handle);
-                p.reauthing = true;
+                p.beside = Some(Beside { handle, ours: true });
                 tracing::info!(peer = %p.name, "IKE: re-authenticating: a new IKE SA beside the current one");
             }
             Err(e) => {
