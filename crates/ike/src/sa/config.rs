@@ -76,8 +76,9 @@ pub struct Config {
     /// Child SA, in IKE_AUTH, is [`Self::local_ts`] and
     /// [`Self::remote_ts`].
     ///
-    /// As responder, each of the peer's Child SAs (in IKE_AUTH or later)
-    /// is narrowed to one of them ([`Self::children`]).
+    /// As responder, the peer's Child SAs (in IKE_AUTH or later) are
+    /// narrowed to the union of all of them ([`Self::policy_ts`]), or to
+    /// one of them with [`Self::narrow_to_one_child`].
     pub additional_children: Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
     /// As responder of the IKE SA too, create the configured Child SAs
     /// (the first and [`Self::additional_children`]) that no Child SA
@@ -89,6 +90,15 @@ pub struct Config {
     /// would otherwise leave ours missing. The delay lets an initiator
     /// that creates them all (tunsecd) do so first. Off by default.
     pub create_missing_children: bool,
+    /// As responder, narrow each of the peer's Child SAs to one
+    /// configured Child SA ([`Self::children`], [`super::ts::narrow_to_child`])
+    /// instead of to the union of all of them ([`Self::policy_ts`]). The
+    /// union lets a host-to-host offer become one Child SA for every
+    /// tunnel port (`selectors = "ports"`); with ovs-monitor-ipsec's
+    /// `[udp/P] === [udp]` and `[udp] === [udp/P]` it would make a wide
+    /// offer cover all of UDP both ways, which neither allows. Off by
+    /// default.
+    pub narrow_to_one_child: bool,
     /// The most Child SAs this IKE SA carries at once, rekeys aside; a
     /// request for another is answered NO_ADDITIONAL_SAS (RFC 7296
     /// section 3.10.1). [`DEFAULT_MAX_CHILD_SAS`] by default.
@@ -139,6 +149,7 @@ impl Config {
             initial_contact: false,
             additional_children: Vec::new(),
             create_missing_children: false,
+            narrow_to_one_child: false,
             max_child_sas: DEFAULT_MAX_CHILD_SAS,
             fragmentation: true,
             fragment_size: super::fragment::DEFAULT_FRAGMENT_SIZE,
@@ -169,6 +180,29 @@ impl Config {
         self.local_ts = local;
         self.remote_ts = remote;
         self
+    }
+
+    /// What the peer's Child SAs are narrowed to (RFC 7296 section 2.9):
+    /// the union of the first Child SA's selectors and those of
+    /// [`Self::additional_children`], as (ours, the peer's).
+    pub fn policy_ts(&self) -> (Vec<TrafficSelector>, Vec<TrafficSelector>) {
+        let mut local = self.local_ts.clone();
+        let mut remote = self.remote_ts.clone();
+        for (l, r) in &self.additional_children {
+            local.extend(
+                l.iter()
+                    .filter(|t| !local.contains(t))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            remote.extend(
+                r.iter()
+                    .filter(|t| !remote.contains(t))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        (local, remote)
     }
 
     /// The configured Child SAs, as (ours, the peer's) selectors: the

@@ -34,8 +34,9 @@
 //! Child SAs (section 1.3.1): the IKE SA's initiator asks for
 //! [`Config::additional_children`] after IKE_AUTH
 //! ([`IkeSa::create_child`] on demand), and a responder accepts them
-//! within the selectors of one configured Child SA up to
-//! [`Config::max_child_sas`], with NO_ADDITIONAL_SAS beyond. With
+//! within its policy's selectors (or those of one configured Child SA,
+//! [`Config::narrow_to_one_child`]) up to [`Config::max_child_sas`], with
+//! NO_ADDITIONAL_SAS beyond. With
 //! [`Config::create_missing_children`] the responder also creates those
 //! the initiator did not (each side its own, as strongSwan does with
 //! ovs-monitor-ipsec's two Child SAs per tunnel).

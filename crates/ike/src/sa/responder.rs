@@ -398,19 +398,25 @@ impl IkeSa {
             _ => tsi,
         };
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
-        // policy, here one of its configured Child SAs; if nothing is left
-        // it answers TS_UNACCEPTABLE.
-        let children = self.config.children();
-        let narrowed = ts::narrow_to_child(tsi, tsr, &children);
+        // policy, the union of its configured Child SAs or one of them; if
+        // nothing is left it answers TS_UNACCEPTABLE.
+        let (local_policy, remote_policy) = self.config.policy_ts();
+        let narrowed = if self.config.narrow_to_one_child {
+            ts::narrow_to_child(tsi, tsr, &self.config.children())
+        } else {
+            Some((
+                ts::narrow(tsi, &remote_policy),
+                ts::narrow(tsr, &local_policy),
+            ))
+            .filter(|(i, r)| !i.is_empty() && !r.is_empty())
+        };
         tracing::debug!(
             peer = %Peer(self.remote),
             offered_tsi = %Selectors(tsi),
             offered_tsr = %Selectors(tsr),
-            ours = %children
-                .iter()
-                .map(|(l, r)| format!("{} === {}", Selectors(l), Selectors(r)))
-                .collect::<Vec<_>>()
-                .join(", "),
+            ours_local = %Selectors(&local_policy),
+            ours_remote = %Selectors(&remote_policy),
+            one_child = self.config.narrow_to_one_child,
             tsi = %Selectors(narrowed.as_ref().map_or(&[][..], |n| &n.0)),
             tsr = %Selectors(narrowed.as_ref().map_or(&[][..], |n| &n.1)),
             transport,

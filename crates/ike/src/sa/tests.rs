@@ -3237,6 +3237,7 @@ fn split(mut c: Config, local: Ipv4Addr, remote: Ipv4Addr) -> Config {
     c = c.with_selectors(any(l), port_ts(r, &[4789]));
     c.additional_children = vec![(port_ts(l, &[4789]), any(r))];
     c.create_missing_children = true;
+    c.narrow_to_one_child = true;
     c
 }
 
@@ -3292,6 +3293,7 @@ fn split_responder_creates_the_missing_child() {
     i = i.with_selectors(vec![ts::host(a, 17, 0, u16::MAX)], port_ts(b, &[4789]));
     // It accepts our Child SA as its other configured one.
     i.additional_children = vec![(port_ts(a, &[4789]), vec![ts::host(b, 17, 0, u16::MAX)])];
+    i.narrow_to_one_child = true;
     let mut p = Pair::new(i.clone(), split(responder_config(), B, A));
     // The initiator creates only its first one.
     p.initiator.config.additional_children.clear();
