@@ -396,6 +396,8 @@ pub fn protect(
     // while a Child SA narrowed to `[udp/4789]` on both sides does not
     // cover a kernel vxlan device's per-flow source port: such a packet
     // goes with the first SA, as it did with one (see ARCHITECTURE.md).
+    // With `layout = "split"` (`[udp] === [udp/4789]` and the reverse)
+    // one of the two covers every such packet once both are up.
     let chosen = entry
         .outbound
         .iter()

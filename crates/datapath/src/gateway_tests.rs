@@ -400,3 +400,88 @@ mod arbitrary_input {
         }
     }
 }
+
+/// An SA with selectors (ours `local[udp/lp]`, the peer's `remote[udp/rp]`,
+/// `None` for any port), as the IKE driver installs a Child SA's.
+fn split_sa(
+    spi: u32,
+    direction: Direction,
+    l: (IpAddr, Option<u16>),
+    r: (IpAddr, Option<u16>),
+) -> SharedSa {
+    let suite = Suite::AesGcm128;
+    let n = suite.encryption_key_len() + suite.integrity_key_len();
+    let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+    let mut c = SaConfig::new(spi, direction, suite, keys);
+    let ports =
+        |p: Option<u16>| p.map_or(tunsec_esp::PortRange::ANY, tunsec_esp::PortRange::single);
+    c.selectors = vec![tunsec_esp::Selector {
+        local: tunsec_esp::IpPrefix::host(l.0),
+        remote: tunsec_esp::IpPrefix::host(r.0),
+        protocol: Some(17),
+        local_ports: ports(l.1),
+        remote_ports: ports(r.1),
+    }];
+    Arc::new(Mutex::new(Sa::new(c, Instant::now()).unwrap()))
+}
+
+/// ovs-monitor-ipsec's two Child SAs (`layout = "split"`) on both hosts:
+/// `[udp] === [udp/4789]` (SPI 0x?0 from each) and `[udp/4789] ===
+/// [udp]` (0x?1). A vxlan packet from a per-flow source port to 4789 goes
+/// with the first, one from 4789 to another port with the second, whatever
+/// their order; both are accepted on the other side, where the SA that
+/// opens them covers them too (RFC 4301 sections 5.1 and 5.2).
+#[test]
+fn split_child_sas_carry_each_direction() {
+    let mode = GatewayMode::Tunnel;
+    let p = Some(4789);
+    let build = |local: IpAddr, remote: IpAddr, mine: u32, theirs: u32| {
+        let mut t = GatewayTables::new(local, EspTransport::Udp(4500), mode);
+        let mut peer = GatewayPeer::new("peer".into(), remote, vec![vxlan_selector()]);
+        // The "in" one first: the choice is by the selectors, not order.
+        peer.outbound = vec![
+            split_sa(mine | 1, Direction::Outbound, (local, p), (remote, None)),
+            split_sa(mine, Direction::Outbound, (local, None), (remote, p)),
+        ];
+        t.insert_peer(0, peer).unwrap();
+        for (spi, l, r) in [
+            (theirs, (local, p), (remote, None)),
+            (theirs | 1, (local, None), (remote, p)),
+        ] {
+            let sa = split_sa(spi, Direction::Inbound, l, r);
+            t.inbound.insert(spi, InboundEntry { peer: 0, sa });
+        }
+        t
+    };
+    let a = build(A, B, 0xa0, 0xb0);
+    let b = build(B, A, 0xb0, 0xa0);
+    let now = Instant::now();
+    let stats = Stats::new(0);
+    for (from, to, sport, dport, spi) in [
+        (&a, &b, 40000, 4789, 0xa0),
+        (&a, &b, 4789, 40001, 0xa1),
+        (&b, &a, 51234, 4789, 0xb0),
+        (&b, &a, 4789, 51235, 0xb1),
+    ] {
+        let pkt = kernel_packet(from.local, to.local, sport, dport, 100);
+        let (mut buf, s, e) = in_buffer(&pkt);
+        let tx = protect(&ctx(from, &stats, now), &mut buf, s, e).unwrap();
+        let sent = u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap());
+        assert_eq!(sent, spi, "{sport} -> {dport}");
+        let flow = FlowKey::from_ip_packet(&pkt).unwrap();
+        let opener = to
+            .inbound
+            .get(&spi)
+            .unwrap()
+            .sa
+            .lock()
+            .unwrap()
+            .selectors()
+            .to_vec();
+        assert!(
+            opener.iter().any(|s| s.matches_inbound(&flow)),
+            "{sport} -> {dport}"
+        );
+        assert_eq!(carry(from, to, &pkt).unwrap(), pkt);
+    }
+}

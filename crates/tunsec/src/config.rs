@@ -43,7 +43,7 @@ pub use cert::{AuthKind, der_to_dn, dn_to_der};
 pub use gateway::{Gateway, GuardScopeKind, OnStop, gateway_defaults};
 #[cfg(test)]
 pub(crate) use ike::parse_identity;
-pub use ike::{ChildMode, ChildSelectors, IkePeer, ip_identity};
+pub use ike::{ChildLayout, ChildMode, ChildSelectors, IkePeer, ip_identity};
 pub use mtu::NetworkMtu;
 pub use network::{Mtu, Network, TunnelEncapsulation, parse_mac};
 pub use node::{EspEncapsulation, EspSettings, MAX_WORKERS, Node, Offload};

@@ -42,6 +42,14 @@
 //!   selectors `[udp/4789]`) against charon: the two hosts' kernel vxlan
 //!   devices (source port pinned to 4789) ping each other and move data
 //!   with iperf3; only IKE and ESP on the underlay.
+//! - `sswan_stock_ovs_layout`: tunsecd in gateway mode with `layout =
+//!   "split"` against charon loaded by `starter` from the ipsec.conf that
+//!   ovs-monitor-ipsec 3.1 writes for a vxlan tunnel (`vx0-in-1`:
+//!   `leftprotoport=udp/4789 rightprotoport=udp`, `vx0-out-1`: the
+//!   reverse; `aes256gcm16-sha256-modp2048`, `aes256gcm16-modp2048`,
+//!   `auto=route`), changed to `type=tunnel` because kernel-libipsec has
+//!   no transport mode: both Child SAs, vxlan devices with per-flow source
+//!   ports both ways, ping and iperf3 --bidir, only IKE and ESP.
 //! - `sswan_wrong_psk`: different PSKs, each side initiating once: both
 //!   logs name the failure, neither side has an SA.
 //! - `sswan_child_sa_per_network`: two VXLAN networks (4789 and 8472),
@@ -219,6 +227,9 @@ struct Charon {
     log: PathBuf,
     /// How many times it was started (each start logs its stdout apart).
     starts: u32,
+    /// Started by `starter` from the `ipsec.conf` that ovs-monitor-ipsec
+    /// writes (stroke), not by swanctl.
+    stock: bool,
 }
 
 impl Charon {
@@ -262,6 +273,11 @@ impl Charon {
             dir.join("strongswan.conf"),
             render(STRONGSWAN_CONF, &[("DIR", &dir_s), ("LOG", &log_s)]),
         )?;
+        if p.stock {
+            let (conf, secrets) = stock_ipsec_conf(&host_addr(peer), p.psk_charon);
+            std::fs::write(dir.join("ipsec.conf"), conf)?;
+            tunsec::config::write_secret(dir.join("ipsec.secrets"), secrets)?;
+        }
         let template = if p.cert.is_some() {
             SWANCTL_CERT_CONF
         } else {
@@ -289,6 +305,7 @@ impl Charon {
             dir,
             log,
             starts: 0,
+            stock: p.stock,
         })
     }
 
@@ -301,6 +318,9 @@ impl Charon {
     /// config. `ip netns exec`, `unshare` and `sh` all exec, so the lab's
     /// pid is charon's.
     fn start(&mut self, lab: &mut Lab) -> anyhow::Result<()> {
+        if self.stock {
+            return self.start_stock(lab);
+        }
         self.starts += 1;
         let dir = self.dir.to_string_lossy().into_owned();
         let label = self.label();
@@ -335,6 +355,61 @@ impl Charon {
             out.contains("successfully loaded 1 connections"),
             "swanctl --load-all: {out}"
         );
+        Ok(())
+    }
+
+    /// Starts charon the way ovs-monitor-ipsec has it started (`ipsec
+    /// start`): by `starter`, which reads `ipsec.conf` and hands its
+    /// connections to charon over stroke, with the PSKs of `ipsec.secrets`
+    /// (the stroke plugin's `secrets_file`). Waits until both connections
+    /// are loaded and routed.
+    fn start_stock(&mut self, lab: &mut Lab) -> anyhow::Result<()> {
+        self.starts += 1;
+        let dir = self.dir.to_string_lossy().into_owned();
+        let conf_path = self.dir.join("strongswan.conf");
+        let conf = std::fs::read_to_string(&conf_path)?
+            .replace(" vici kernel-libipsec", " vici stroke kernel-libipsec")
+            .replace(
+                "    plugins {\n",
+                &format!("    plugins {{\n        stroke {{\n            secrets_file = {dir}/ipsec.secrets\n        }}\n"),
+            );
+        std::fs::write(&conf_path, conf)?;
+        let label = self.label();
+        lab.spawn(
+            &label,
+            &self.ns,
+            Path::new("unshare"),
+            &[
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                r#"mount --bind "$1/run" /run && STRONGSWAN_CONF="$1/strongswan.conf" exec "$2" --nofork --conf "$1/ipsec.conf""#,
+                "sh",
+                &dir,
+                STARTER,
+            ],
+        )?;
+        let pid = lab.pid(&label).context("starter's pid")?;
+        lab.wait_for(
+            "ovs-monitor-ipsec's connections in charon",
+            Duration::from_secs(20),
+            || {
+                let log = self.log_text();
+                Path::new(&format!("/proc/{pid}")).exists()
+                    && [STOCK_IN, STOCK_OUT]
+                        .iter()
+                        .all(|c| log.contains(&format!("'{c}'")))
+                    && self.swanctl(&["--stats"]).is_ok()
+            },
+        )
+        .with_context(|| {
+            format!(
+                "starter (pid {pid}) / charon did not load ipsec.conf:\n{}",
+                self.log_text()
+            )
+        })?;
         Ok(())
     }
 
@@ -472,6 +547,11 @@ struct Params {
     /// on both sides, each network with a Child SA of its own: tunsecd
     /// with `selectors = "ports"`, charon with a second child.
     green: bool,
+    /// The stock OVS stack on charon's side: its connections are the ones
+    /// ovs-monitor-ipsec writes for a vxlan tunnel (see
+    /// [`stock_ipsec_conf`]), tunsecd has `layout = "split"`, and neither
+    /// vxlan device pins its source port.
+    stock: bool,
     /// Certificates instead of the PSK, made by this tool.
     cert: Option<CertPki>,
     /// What is wrong with the certificates, in the refusal cases.
@@ -524,6 +604,7 @@ impl Params {
             psk_charon: PSK,
             ike_extra: "",
             green: false,
+            stock: false,
             cert: None,
             cert_fault: CertFault::None,
         }
@@ -697,6 +778,37 @@ fn install_charon_credentials(charon: &Charon, pki: &Path) -> anyhow::Result<()>
 
 /// The lines tunsecd needs in `[peer.ike]` to talk to kernel-libipsec:
 /// tunnel mode.
+/// strongSwan's starter: reads ipsec.conf, starts charon, loads the
+/// connections over stroke.
+const STARTER: &str = "/usr/lib/ipsec/starter";
+/// The connection names ovs-monitor-ipsec gives a vxlan interface `vx0`
+/// (version 1): `$ifname-in-$version`, `$ifname-out-$version`.
+const STOCK_IN: &str = "vx0-in-1";
+const STOCK_OUT: &str = "vx0-out-1";
+
+/// `ipsec.conf` and `ipsec.secrets` as ovs-monitor-ipsec 3.1 writes them
+/// (its `CONF_HEADER`, the `vxlan` template of `transp_tmpl` and the
+/// `psk` auth section, `ipsec.secrets` line `%any REMOTE : PSK "..."`)
+/// for one vxlan interface `vx0` with `options:remote_ip=PEER
+/// options:psk=...`, changed in one word: `type=tunnel` instead of
+/// `type=transport`, since kernel-libipsec, charon's only data plane on a
+/// kernel without XFRM ESP, has no transport mode (`IPsec SA: unsupported
+/// mode`). Everything else, `auto=route` and the stock proposals
+/// included, is the script's.
+fn stock_ipsec_conf(peer: &str, psk: &str) -> (String, String) {
+    let header = "# Generated by ovs-monitor-ipsec...do not modify by hand!\n\n";
+    let auth = format!("    left=%any\n    right={peer}\n    authby=psk");
+    let conf = format!(
+        "{header}\nconfig setup\n    uniqueids=yes\n\n\
+         conn %default\n    keyingtries=%forever\n    type=tunnel\n    keyexchange=ikev2\n    \
+         auto=route\n    ike=aes256gcm16-sha256-modp2048\n    esp=aes256gcm16-modp2048\n\n\
+         conn {STOCK_IN}\n{auth}\n    leftprotoport=udp/4789\n    rightprotoport=udp\n\n\
+         conn {STOCK_OUT}\n{auth}\n    leftprotoport=udp\n    rightprotoport=udp/4789\n\n"
+    );
+    let secrets = format!("{header}%any {peer} : PSK \"{psk}\"\n");
+    (conf, secrets)
+}
+
 const TUNNEL_MODE: &str = "mode = \"tunnel\"\n";
 
 struct Interop {
@@ -819,7 +931,7 @@ fn interop_with(lab: &mut Lab, p: Params, gateway: bool) -> anyhow::Result<Inter
         &peer,
         tenant_addr(p.charon),
         1350,
-        gateway || p.green,
+        (gateway && !p.stock) || p.green,
     )?;
     if p.green {
         let port = GREEN_PORT.to_string();
@@ -877,7 +989,7 @@ fn interop_with(lab: &mut Lab, p: Params, gateway: bool) -> anyhow::Result<Inter
             .gateway
             .context("no gateway status")?
             .tunnel_mtu_advice;
-        add_vxlan(lab, &t, &peer, &me, tenant_addr(p.tunsec), advice, true)?;
+        add_vxlan(lab, &t, &peer, &me, tenant_addr(p.tunsec), advice, !p.stock)?;
         tenant = Some(t.clone());
     }
     phase(lab, "charon and tunsecd up", t0);
@@ -1447,6 +1559,195 @@ fn sswan_gateway_vxlan() {
             "gateway counters: {:?}",
             g.policies[0]
         );
+        check_capture(lab, &x, 100)?;
+        Ok(())
+    });
+}
+
+/// tunsecd in gateway mode with `layout = "split"` against a chassis of
+/// the stock OVS stack: charon loaded by `starter` from the ipsec.conf
+/// that ovs-monitor-ipsec writes for one vxlan tunnel (PSK), changed to
+/// tunnel mode ([`stock_ipsec_conf`]). That is ipsec.conf syntax through
+/// stroke rather than a swanctl rendering, so that the connections are
+/// the script's own words: stroke merges `vx0-in-1` and `vx0-out-1` (the
+/// same peer) into one peer config with two children, which is what a
+/// stock chassis runs. `auto=route` stays, although kernel-libipsec
+/// sends charon no acquires (its outbound path logs "could not find an
+/// outbound IPsec SA" and drops): charon never initiates here, so
+/// tunsecd (the lower address) does.
+///
+/// Shows: tunsecd offers the stock layout with the stock proposals, the
+/// one it sends with in IKE_AUTH (charon picks `vx0-in-1`) and the other
+/// by CREATE_CHILD_SA with PFS (modp2048, `vx0-out-1`); both are
+/// installed on both sides with the selectors crossing; kernel vxlan
+/// devices with per-flow source ports (none pinned) ping both ways and
+/// move TCP both ways (iperf3 --bidir); the TUN device shows those
+/// source ports in both directions; charon counts packets in on
+/// `vx0-in-1` and out on `vx0-out-1`; the underlay carries only IKE and
+/// ESP.
+#[test]
+fn sswan_stock_ovs_layout() {
+    with_lab("stk1-ovs", |lab| {
+        let mut p = Params::new(
+            1,
+            2,
+            "aes256gcm16-prfsha256-modp2048",
+            "aes256gcm16-modp2048",
+        );
+        p.stock = true;
+        p.ike_extra = "layout = \"split\"\n";
+        let x = interop_with(lab, p, true)?;
+        let (me, peer) = (host_addr(p.tunsec), host_addr(p.charon));
+        let t0 = Instant::now();
+        let both_up = || -> anyhow::Result<bool> {
+            let st = x.status(lab)?;
+            let outs = spi_of(&st, "out");
+            let ins = spi_of(&st, "in");
+            let sas = x.charon.list_sas()?;
+            let crossed = sas
+                .installed()
+                .iter()
+                .filter(|c| outs.contains(&c.spi_in) && ins.contains(&c.spi_out))
+                .count();
+            Ok(outs.len() == 2 && crossed == 2)
+        };
+        lab.wait_for("both stock Child SAs", Duration::from_secs(20), || {
+            both_up().unwrap_or(false)
+        })
+        .with_context(|| x.describe(lab))?;
+        phase(lab, "two Child SAs up", t0);
+        let st = x.status(lab)?;
+        let mut ts: Vec<String> = st.peers[0]
+            .sas
+            .iter()
+            .filter(|sa| sa.direction == "out")
+            .map(|sa| sa.selectors.clone().unwrap_or_default())
+            .collect();
+        ts.sort();
+        eprintln!("  tunsecd's outbound SAs: {ts:?}");
+        let want = [
+            format!("{me}/32[udp/4789] === {peer}/32[udp]"),
+            format!("{me}/32[udp] === {peer}/32[udp/4789]"),
+        ];
+        for w in &want {
+            ensure!(ts.iter().any(|t| t == w), "no outbound SA {w}: {ts:?}");
+        }
+        let sas = x.charon.list_sas()?;
+        eprintln!("  charon:\n{}", sas.text);
+        for (conn, local, remote) in [
+            (
+                STOCK_IN,
+                format!("{peer}/32[udp/4789]"),
+                format!("{me}/32[udp]"),
+            ),
+            (
+                STOCK_OUT,
+                format!("{peer}/32[udp]"),
+                format!("{me}/32[udp/4789]"),
+            ),
+        ] {
+            let child = sas
+                .installed()
+                .into_iter()
+                .find(|c| c.state.starts_with(&format!("{conn}:")))
+                .with_context(|| format!("charon has no {conn} Child SA:\n{}", sas.text))?;
+            ensure!(
+                child.state.contains("TUNNEL-in-UDP") && child.state.contains("AES_GCM_16-256"),
+                "{conn}: {}",
+                child.state
+            );
+            // The child's block: "local  X" and "remote Y" after its line.
+            let block: Vec<&str> = sas
+                .text
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| !(l.starts_with(&format!("{conn}: #")) && l.contains(", reqid ")))
+                .collect();
+            let line = |key: &str| {
+                block
+                    .iter()
+                    .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+                    .unwrap_or_default()
+            };
+            ensure!(
+                line("local ") == local && line("remote ") == remote,
+                "charon's {conn} selectors are not {local} === {remote}:\n{}",
+                sas.text
+            );
+        }
+        ensure!(
+            sas.text.contains("MODP_2048"),
+            "no PFS group on the CREATE_CHILD_SA Child SA:\n{}",
+            sas.text
+        );
+        // The decrypted and to-be-encrypted vxlan packets, on tunsecd's TUN.
+        let tun_pcap = lab.dir.path().join("tun.pcap");
+        let tun_pcap_s = tun_pcap.to_string_lossy().into_owned();
+        lab.spawn(
+            "capture-tun",
+            &x.t,
+            Path::new("dumpcap"),
+            &["-q", "-i", "tunsec-gw", "-P", "-w", &tun_pcap_s],
+        )?;
+        lab.wait_for("the TUN capture", Duration::from_secs(10), || {
+            std::fs::metadata(&tun_pcap).is_ok_and(|m| m.len() > 0)
+        })?;
+        x.ping_both_ways(3)?;
+        let client = x.iperf_start(lab, 3, true)?;
+        let io = x.iperf_finish(lab, client)?;
+        ensure!(
+            io.received > 1_000_000 && io.received_back > 1_000_000,
+            "iperf3 --bidir: {io:?}"
+        );
+        stop_capture(lab, "capture-tun");
+        let text = tshark_fields(
+            &tun_pcap,
+            Some("udp.port == 4789"),
+            &["ip.src", "udp.srcport", "udp.dstport"],
+        )?;
+        let mut sports = [
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        ];
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (Some(src), Some(Ok(sport)), Some(dport)) =
+                (f.first(), f.get(1).map(|p| p.parse::<u16>()), f.get(2))
+            else {
+                continue;
+            };
+            ensure!(*dport == "4789", "vxlan to port {dport}: {line}");
+            let side = usize::from(*src != me);
+            sports[side].insert(sport);
+        }
+        eprintln!(
+            "  vxlan source ports on tunsecd's TUN: sent {:?}, received {:?}",
+            sports[0], sports[1]
+        );
+        for (what, set) in ["sent", "received"].iter().zip(&sports) {
+            ensure!(
+                set.iter().filter(|p| **p != 4789).count() >= 2,
+                "{what}: per-flow source ports expected, got {set:?}"
+            );
+        }
+        let sas = x.charon.list_sas()?;
+        let count = |conn: &str| {
+            sas.installed()
+                .into_iter()
+                .find(|c| c.state.starts_with(&format!("{conn}:")))
+                .map(|c| (c.packets_in, c.packets_out))
+                .unwrap_or_default()
+        };
+        let (inn, out) = (count(STOCK_IN), count(STOCK_OUT));
+        eprintln!("  charon packets: {STOCK_IN} in/out {inn:?}, {STOCK_OUT} in/out {out:?}");
+        ensure!(
+            inn.0 > 100 && out.1 > 100,
+            "charon's {STOCK_IN} should carry tunsecd's packets in, {STOCK_OUT} its own out:\n{}",
+            sas.text
+        );
+        let st = x.status(lab)?;
+        let drops: u64 = st.drops.values().sum();
+        ensure!(drops == 0, "tunsecd dropped packets:\n{}", st.render());
         check_capture(lab, &x, 100)?;
         Ok(())
     });

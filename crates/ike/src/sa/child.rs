@@ -70,7 +70,7 @@ impl IkeSa {
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
-        st.enqueue(Queued::CreateChild(i));
+        st.enqueue(Queued::CreateChild(i + 1));
         self.run_queue(now);
         Ok(())
     }
@@ -85,8 +85,38 @@ impl IkeSa {
         if self.role != Role::Initiator {
             return;
         }
-        for i in 0..count {
-            st.enqueue(Queued::CreateChild(i));
+        for k in 1..=count {
+            st.enqueue(Queued::CreateChild(k));
+        }
+        self.run_queue(now);
+    }
+
+    /// The responder of an IKE SA with [`Config::create_missing_children`]
+    /// creates the configured Child SAs that no Child SA covers: those
+    /// the initiator did not create because it creates only its own (a
+    /// strongSwan with `auto=route` creates the Child SA its traffic
+    /// needs).
+    ///
+    /// [`Config::create_missing_children`]: super::Config::create_missing_children
+    pub(super) fn queue_missing_children(&mut self, now: Instant) {
+        let children = self.config.children();
+        let State::Established(st) = &mut self.state else {
+            return;
+        };
+        for (k, (ours, theirs)) in children.iter().enumerate() {
+            let covered = st.children.iter().any(|c| {
+                c.ts.as_ref().is_some_and(|(l, r)| {
+                    super::ts::is_subset(ours, l) && super::ts::is_subset(theirs, r)
+                })
+            });
+            if !covered {
+                tracing::debug!(
+                    peer = %super::logging::Peer(self.remote),
+                    child = k,
+                    "IKE responder creates the configured Child SA the initiator did not"
+                );
+                st.enqueue(Queued::CreateChild(k));
+            }
         }
         self.run_queue(now);
     }
@@ -159,8 +189,8 @@ impl IkeSa {
                 // The Child SA went away meanwhile: nothing to rekey.
                 None => return Ok(()),
             },
-            ChildTarget::Create(i) => match self.config.additional_children.get(i) {
-                Some(ts) => ts.clone(),
+            ChildTarget::Create(k) => match self.config.child(k) {
+                Some(ts) => ts,
                 None => return Ok(()),
             },
         };
@@ -211,7 +241,7 @@ impl IkeSa {
         payloads.push(Payload::TsResponder(tsr.clone()));
         let what = match target {
             ChildTarget::Rekey((inbound, _)) => format!("rekey of {}", Hex(inbound)),
-            ChildTarget::Create(i) => format!("additional Child SA {i}"),
+            ChildTarget::Create(k) => format!("configured Child SA {k}"),
         };
         log_child_offer(self.remote, &what, esp_spi, &esp_offer, &tsi, &tsr);
         let rekey = RekeySent {
@@ -273,7 +303,7 @@ impl IkeSa {
         let p = Payloads(&message.payloads);
         let old = match rekey.target {
             ChildTarget::Rekey(old) => old,
-            ChildTarget::Create(i) => return self.on_create_response(now, st, rekey, i, &p),
+            ChildTarget::Create(_) => return self.on_create_response(now, st, rekey, &p),
         };
         let Some(index) = st.child(old) else {
             // The Child SA was replaced meanwhile (the peer's colliding
@@ -396,8 +426,9 @@ impl IkeSa {
         .then_some((rekey.target, group, rekey.ke_retries + 1))
     }
 
-    /// The answer to our CREATE_CHILD_SA request for the additional Child
-    /// SA `i` (RFC 7296 section 1.3.1): it is up, or refused with an error
+    /// The answer to our CREATE_CHILD_SA request for a new Child SA (RFC
+    /// 7296 section 1.3.1): it is up, with the selectors the peer narrowed
+    /// to (which a rekey of ours proposes again), or refused with an error
     /// notify, which leaves the IKE SA and the other Child SAs as they
     /// are.
     fn on_create_response(
@@ -405,7 +436,6 @@ impl IkeSa {
         now: Instant,
         st: &mut Established,
         mut rekey: RekeySent,
-        i: usize,
         p: &Payloads<'_>,
     ) -> Option<(ChildTarget, DhGroup, u8)> {
         if let Some(retry) = self.ke_retry(p, &rekey) {
@@ -426,7 +456,7 @@ impl IkeSa {
                 st.children.push(Child {
                     inbound: inbound.spi,
                     outbound: outbound.spi,
-                    ts: self.config.additional_children.get(i).cloned(),
+                    ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                     rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
                 });
                 self.events

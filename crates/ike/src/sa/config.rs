@@ -77,8 +77,28 @@ pub struct Config {
     /// [`Self::remote_ts`].
     ///
     /// As responder, the peer's Child SAs (in IKE_AUTH or later) are
-    /// narrowed to the union of all of them.
+    /// narrowed to the union of all of them ([`Self::policy_ts`]), or to
+    /// one of them with [`Self::narrow_to_one_child`].
     pub additional_children: Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
+    /// As responder of the IKE SA too, create the configured Child SAs
+    /// (the first and [`Self::additional_children`]) that no Child SA
+    /// covers [`CHILD_COMPLETION_DELAY`] after IKE_AUTH. This is the
+    /// layout where each direction of a tunnel's traffic has a Child SA
+    /// of its own and each side creates the one it sends with, as
+    /// strongSwan does with `auto=route` and the connections that
+    /// `ovs-monitor-ipsec` writes: a peer that initiates only its own
+    /// would otherwise leave ours missing. The delay lets an initiator
+    /// that creates them all (tunsecd) do so first. Off by default.
+    pub create_missing_children: bool,
+    /// As responder, narrow each of the peer's Child SAs to one
+    /// configured Child SA ([`Self::children`], [`super::ts::narrow_to_child`])
+    /// instead of to the union of all of them ([`Self::policy_ts`]). The
+    /// union lets a host-to-host offer become one Child SA for every
+    /// tunnel port (`selectors = "ports"`); with ovs-monitor-ipsec's
+    /// `[udp/P] === [udp]` and `[udp] === [udp/P]` it would make a wide
+    /// offer cover all of UDP both ways, which neither allows. Off by
+    /// default.
+    pub narrow_to_one_child: bool,
     /// The most Child SAs this IKE SA carries at once, rekeys aside; a
     /// request for another is answered NO_ADDITIONAL_SAS (RFC 7296
     /// section 3.10.1). [`DEFAULT_MAX_CHILD_SAS`] by default.
@@ -99,6 +119,11 @@ pub struct Config {
 /// [`Config::max_child_sas`] says otherwise: a bound on what a peer can
 /// make us hold.
 pub const DEFAULT_MAX_CHILD_SAS: usize = 16;
+
+/// How long the responder of an IKE SA with
+/// [`Config::create_missing_children`] waits after IKE_AUTH before it
+/// creates the configured Child SAs that the initiator did not.
+pub const CHILD_COMPLETION_DELAY: Duration = Duration::from_secs(1);
 
 impl Config {
     /// A configuration with the default proposals
@@ -123,6 +148,8 @@ impl Config {
             force_udp_encap: false,
             initial_contact: false,
             additional_children: Vec::new(),
+            create_missing_children: false,
+            narrow_to_one_child: false,
             max_child_sas: DEFAULT_MAX_CHILD_SAS,
             fragmentation: true,
             fragment_size: super::fragment::DEFAULT_FRAGMENT_SIZE,
@@ -176,6 +203,24 @@ impl Config {
             );
         }
         (local, remote)
+    }
+
+    /// The configured Child SAs, as (ours, the peer's) selectors: the
+    /// first (in IKE_AUTH), then [`Self::additional_children`]. A peer's
+    /// Child SA is narrowed to one of them (RFC 7296 section 2.9).
+    pub fn children(&self) -> Vec<(Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+        let first = (self.local_ts.clone(), self.remote_ts.clone());
+        core::iter::once(first)
+            .chain(self.additional_children.iter().cloned())
+            .collect()
+    }
+
+    /// The configured Child SA `k` (0: the first), as (ours, the peer's).
+    pub(super) fn child(&self, k: usize) -> Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+        match k {
+            0 => Some((self.local_ts.clone(), self.remote_ts.clone())),
+            k => self.additional_children.get(k - 1).cloned(),
+        }
     }
 }
 

@@ -48,9 +48,9 @@ impl IkeSa {
     /// When [`Self::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
-        let (rekey, ike_rekey) = match &self.state {
-            State::Established(st) => (st.next_child_rekey(), st.ike_rekey_at),
-            _ => (None, None),
+        let (rekey, ike_rekey, complete) = match &self.state {
+            State::Established(st) => (st.next_child_rekey(), st.ike_rekey_at, st.complete_at),
+            _ => (None, None, None),
         };
         let retiring = self.retiring.as_ref().map(|r| r.timeout());
         [
@@ -58,6 +58,7 @@ impl IkeSa {
             self.half_open_deadline,
             rekey,
             ike_rekey,
+            complete,
             retiring,
         ]
         .into_iter()
@@ -98,6 +99,12 @@ impl IkeSa {
             }
             if ike_due || child_due {
                 self.run_queue(now);
+            }
+        }
+        if let State::Established(st) = &mut self.state {
+            if st.complete_at.is_some_and(|t| now >= t) {
+                st.complete_at = None;
+                self.queue_missing_children(now);
             }
         }
         let Some(out) = self.outstanding.as_mut() else {

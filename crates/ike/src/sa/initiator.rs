@@ -19,8 +19,7 @@ use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
 use super::state::{
-    AuthSent, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Role, Sk, State, child_spis,
-    rekey_time,
+    AuthSent, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Role, Sk, State, rekey_time,
 };
 use super::ts;
 use crate::cert::HashAlgorithm;
@@ -436,7 +435,7 @@ impl IkeSa {
         let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr, None);
         let event = child.unwrap_or_else(|event| *event);
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-        let mut established = Established::new(sk, child_spis(&event), rekey_at);
+        let mut established = Established::new(sk, &event, rekey_at);
         established.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
         self.established_at = Some(now);
         self.state = State::Established(Box::new(established));

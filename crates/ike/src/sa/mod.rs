@@ -34,8 +34,12 @@
 //! Child SAs (section 1.3.1): the IKE SA's initiator asks for
 //! [`Config::additional_children`] after IKE_AUTH
 //! ([`IkeSa::create_child`] on demand), and a responder accepts them
-//! within its policy's selectors up to [`Config::max_child_sas`], with
-//! NO_ADDITIONAL_SAS beyond.
+//! within its policy's selectors (or those of one configured Child SA,
+//! [`Config::narrow_to_one_child`]) up to [`Config::max_child_sas`], with
+//! NO_ADDITIONAL_SAS beyond. With
+//! [`Config::create_missing_children`] the responder also creates those
+//! the initiator did not (each side its own, as strongSwan does with
+//! ovs-monitor-ipsec's two Child SAs per tunnel).
 //!
 //! Reliability (section 2.1): each side retransmits its own outstanding
 //! request (one at a time: a window of 1) with exponential back-off and
@@ -127,7 +131,7 @@ pub mod ts;
 #[cfg(test)]
 mod tests;
 
-pub use config::{CertAuth, Config, DEFAULT_MAX_CHILD_SAS, WallClock};
+pub use config::{CHILD_COMPLETION_DELAY, CertAuth, Config, DEFAULT_MAX_CHILD_SAS, WallClock};
 pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
 pub use endpoint::{DatagramEvent, Endpoint, EndpointStats, Incoming, SaHandle};
 pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};

@@ -11,16 +11,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::auth;
-use super::config::Config;
+use super::config::{CHILD_COMPLETION_DELAY, Config};
 use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, fragmentation_supported};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
-use super::state::{
-    Discard, Established, ExpectAuth, IkeSa, Role, Sk, State, child_spis, rekey_time,
-};
+use super::state::{Discard, Established, ExpectAuth, IkeSa, Role, Sk, State, rekey_time};
 use super::ts;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::Error;
@@ -324,9 +322,12 @@ impl IkeSa {
                 self.peer_next_id = 2;
                 self.next_request_id = 0;
                 let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
-                let mut established = Established::new(sk, child_spis(&child_event), rekey_at);
+                let mut established = Established::new(sk, &child_event, rekey_at);
                 established.ike_rekey_at =
                     rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
+                if self.config.create_missing_children {
+                    established.complete_at = Some(now + CHILD_COMPLETION_DELAY);
+                }
                 self.established_at = Some(now);
                 self.state = State::Established(Box::new(established));
                 self.events.push_back(Event::IkeSaEstablished);
@@ -397,31 +398,38 @@ impl IkeSa {
             _ => tsi,
         };
         // RFC 7296 section 2.9: the responder narrows TSi and TSr to its
-        // policy; if nothing is left it answers TS_UNACCEPTABLE.
+        // policy, the union of its configured Child SAs or one of them; if
+        // nothing is left it answers TS_UNACCEPTABLE.
         let (local_policy, remote_policy) = self.config.policy_ts();
-        let narrowed_tsi = ts::narrow(tsi, &remote_policy);
-        let narrowed_tsr = ts::narrow(tsr, &local_policy);
-        let acceptable = !narrowed_tsi.is_empty() && !narrowed_tsr.is_empty();
+        let narrowed = if self.config.narrow_to_one_child {
+            ts::narrow_to_child(tsi, tsr, &self.config.children())
+        } else {
+            Some((
+                ts::narrow(tsi, &remote_policy),
+                ts::narrow(tsr, &local_policy),
+            ))
+            .filter(|(i, r)| !i.is_empty() && !r.is_empty())
+        };
         tracing::debug!(
             peer = %Peer(self.remote),
             offered_tsi = %Selectors(tsi),
             offered_tsr = %Selectors(tsr),
             ours_local = %Selectors(&local_policy),
             ours_remote = %Selectors(&remote_policy),
-            tsi = %Selectors(&narrowed_tsi),
-            tsr = %Selectors(&narrowed_tsr),
+            one_child = self.config.narrow_to_one_child,
+            tsi = %Selectors(narrowed.as_ref().map_or(&[][..], |n| &n.0)),
+            tsr = %Selectors(narrowed.as_ref().map_or(&[][..], |n| &n.1)),
             transport,
             "traffic selectors {}",
-            if acceptable {
+            if narrowed.is_some() {
                 "narrowed"
             } else {
                 "unacceptable: TS_UNACCEPTABLE"
             }
         );
-        let (tsi, tsr) = (narrowed_tsi, narrowed_tsr);
-        if !acceptable {
+        let Some((tsi, tsr)) = narrowed else {
             return Err(NotifyType::TsUnacceptable);
-        }
+        };
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)

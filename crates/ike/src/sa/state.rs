@@ -120,6 +120,9 @@ pub(super) struct Established {
     /// The peer's rekey of the same Child SA, answered while ours was
     /// outstanding (RFC 7296 section 2.8.1), until ours is answered.
     pub(super) collision: Option<Collided>,
+    /// Responder with [`super::Config::create_missing_children`]: when it
+    /// creates the configured Child SAs that no Child SA covers yet.
+    pub(super) complete_at: Option<Instant>,
 }
 
 /// One Child SA pair of an established IKE SA.
@@ -129,8 +132,8 @@ pub(super) struct Child {
     /// The peer's SPI: we send with it.
     pub(super) outbound: u32,
     /// The selectors (ours, the peer's) that a rekey of ours proposes
-    /// (RFC 7296 section 2.8: the same as the SA it replaces); `None`:
-    /// the configured first Child SA's.
+    /// (RFC 7296 section 2.8: the same as the SA it replaces), as
+    /// negotiated; `None`: the configured first Child SA's.
     pub(super) ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
     /// When it is rekeyed automatically.
     pub(super) rekey_at: Option<Instant>,
@@ -155,7 +158,8 @@ pub(super) enum Request {
 pub(super) enum Queued {
     /// Rekey the Child SA with this inbound SPI.
     Rekey(u32),
-    /// Create the Child SA [`Config::additional_children`]`[i]`.
+    /// Create the configured Child SA `k` ([`Config::child`]: 0 is the
+    /// first, `k` is [`Config::additional_children`]`[k - 1]`).
     CreateChild(usize),
     IkeRekey,
     DeleteChild(Retired),
@@ -166,7 +170,7 @@ pub(super) enum Queued {
 pub(super) enum ChildTarget {
     /// A rekey of the pair (inbound, outbound).
     Rekey((u32, u32)),
-    /// A new Child SA: [`Config::additional_children`]`[i]`.
+    /// A new Child SA: the configured one `k` ([`Config::child`]).
     Create(usize),
 }
 
@@ -312,12 +316,13 @@ impl core::fmt::Debug for IkeSa {
 }
 
 impl Established {
-    /// Queues a rekey unless the same one is queued or outstanding.
+    /// Queues a request unless the same one is queued or outstanding.
     pub(super) fn enqueue(&mut self, q: Queued) {
         let outstanding = match (q, &self.request) {
             (Queued::Rekey(spi), Some(Request::Rekey(r))) => {
                 matches!(r.target, ChildTarget::Rekey((i, _)) if i == spi)
             }
+            (Queued::CreateChild(k), Some(Request::Rekey(r))) => r.target == ChildTarget::Create(k),
             (Queued::IkeRekey, Some(Request::IkeRekey(_))) => true,
             _ => false,
         };
@@ -326,26 +331,28 @@ impl Established {
         }
     }
 
-    /// Established with the first Child SA's SPIs `child` (inbound,
-    /// outbound), if it came up, rekeyed at `rekey_at`.
-    pub(super) fn new(sk: Sk, child: Option<(u32, u32)>, rekey_at: Option<Instant>) -> Self {
+    /// Established with the first Child SA, if IKE_AUTH's `event` brought
+    /// it up, rekeyed at `rekey_at`.
+    pub(super) fn new(sk: Sk, event: &Event, rekey_at: Option<Instant>) -> Self {
+        let child = match event {
+            Event::ChildSaUp { inbound, outbound } => Some(Child {
+                inbound: inbound.spi,
+                outbound: outbound.spi,
+                ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
+                rekey_at,
+            }),
+            _ => None,
+        };
         Self {
             sk,
-            children: child
-                .map(|(inbound, outbound)| Child {
-                    inbound,
-                    outbound,
-                    ts: None,
-                    rekey_at,
-                })
-                .into_iter()
-                .collect(),
+            children: child.into_iter().collect(),
             deleting: false,
             request: None,
             queue: VecDeque::new(),
             ike_rekey_at: None,
             retired: Vec::new(),
             collision: None,
+            complete_at: None,
         }
     }
 
@@ -395,14 +402,6 @@ pub(super) fn rekey_time(
         .as_nanos();
     let at = soft.min(latest);
     Some(now + Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX)))
-}
-
-/// The SPIs (inbound, outbound) of a [`Event::ChildSaUp`].
-pub(super) fn child_spis(event: &Event) -> Option<(u32, u32)> {
-    match event {
-        Event::ChildSaUp { inbound, outbound } => Some((inbound.spi, outbound.spi)),
-        _ => None,
-    }
 }
 
 /// The header of a message we send on the IKE SA with SPIs `spis`

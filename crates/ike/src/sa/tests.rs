@@ -3225,3 +3225,106 @@ fn rekey_time_leaves_a_margin() {
     }
     assert_eq!(state::rekey_time(None, &mut rng, now), None);
 }
+
+// ---- ovs-monitor-ipsec's two Child SAs per tunnel ----
+
+/// `[udp/4789] === [udp]` and `[udp] === [udp/4789]` between `local` and
+/// `remote` (ovs-monitor-ipsec's `-in` and `-out` connections), the one
+/// this side sends with first, as tunsecd's `layout = "split"` writes it.
+fn split(mut c: Config, local: Ipv4Addr, remote: Ipv4Addr) -> Config {
+    let (l, r) = (IpAddr::V4(local), IpAddr::V4(remote));
+    let any = |h| vec![ts::host(h, 17, 0, u16::MAX)];
+    c = c.with_selectors(any(l), port_ts(r, &[4789]));
+    c.additional_children = vec![(port_ts(l, &[4789]), any(r))];
+    c.create_missing_children = true;
+    c.narrow_to_one_child = true;
+    c
+}
+
+/// Two split sides: the initiator creates both Child SAs (IKE_AUTH, then
+/// CREATE_CHILD_SA), each narrowed to one configured Child SA; the
+/// responder, whose completion timer fires after them, finds them covered
+/// and creates none.
+#[test]
+fn split_layout_both_sides() {
+    let mut p = Pair::new(
+        split(initiator_config(), A, B),
+        split(responder_config(), B, A),
+    );
+    p.drive();
+    assert_established(&p);
+    let (i_ups, r_ups) = (ups(&p.i_events), ups(&p.r_events));
+    assert_eq!(i_ups.len(), 2, "{:?}", p.i_events);
+    assert_eq!(r_ups.len(), 2, "{:?}", p.r_events);
+    let any = |h: Ipv4Addr| vec![ts::host(IpAddr::V4(h), 17, 0, u16::MAX)];
+    let port = |h: Ipv4Addr| port_ts(IpAddr::V4(h), &[4789]);
+    assert_eq!(
+        (&i_ups[0].0.local_ts, &i_ups[0].0.remote_ts),
+        (&any(A), &port(B))
+    );
+    assert_eq!(
+        (&i_ups[1].0.local_ts, &i_ups[1].0.remote_ts),
+        (&port(A), &any(B))
+    );
+    assert_eq!(
+        (&r_ups[0].0.local_ts, &r_ups[0].0.remote_ts),
+        (&port(B), &any(A))
+    );
+    assert_eq!(
+        (&r_ups[1].0.local_ts, &r_ups[1].0.remote_ts),
+        (&any(B), &port(A))
+    );
+    for n in 0..2 {
+        esp_round_trip(&i_ups[n].1, &r_ups[n].0, p.now);
+        esp_round_trip(&r_ups[n].1, &i_ups[n].0, p.now);
+    }
+    assert_children_match(&p, 2);
+    assert_eq!(p.from_responder.len(), 3, "the responder made no request");
+}
+
+/// A peer that creates only the Child SA it sends with (strongSwan with
+/// `auto=route`: its trap for `[udp] === [udp/4789]` fires): the split
+/// responder creates its own one a second later, and rekeys each with the
+/// selectors it was negotiated with.
+#[test]
+fn split_responder_creates_the_missing_child() {
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let mut i = initiator_config();
+    i = i.with_selectors(vec![ts::host(a, 17, 0, u16::MAX)], port_ts(b, &[4789]));
+    // It accepts our Child SA as its other configured one.
+    i.additional_children = vec![(port_ts(a, &[4789]), vec![ts::host(b, 17, 0, u16::MAX)])];
+    i.narrow_to_one_child = true;
+    let mut p = Pair::new(i.clone(), split(responder_config(), B, A));
+    // The initiator creates only its first one.
+    p.initiator.config.additional_children.clear();
+    while p.step() {}
+    assert_eq!(p.responder.child_sa_count(), 1);
+    p.initiator.config.additional_children = i.additional_children;
+    let start = p.now;
+    p.drive();
+    assert!(p.now >= start + CHILD_COMPLETION_DELAY);
+    let r_ups = ups(&p.r_events);
+    assert_eq!(r_ups.len(), 2, "{:?}", p.r_events);
+    let port_b = port_ts(b, &[4789]);
+    let any_a = vec![ts::host(a, 17, 0, u16::MAX)];
+    // The peer's (narrowed to our "in"), then ours ("out").
+    assert_eq!(
+        (&r_ups[0].0.local_ts, &r_ups[0].0.remote_ts),
+        (&port_b, &any_a)
+    );
+    assert_eq!(
+        (&r_ups[1].0.local_ts, &r_ups[1].0.remote_ts),
+        (&vec![ts::host(b, 17, 0, u16::MAX)], &port_ts(a, &[4789]))
+    );
+    assert_children_match(&p, 2);
+    // A rekey by the responder proposes each pair's own selectors.
+    p.r_events.clear();
+    p.i_events.clear();
+    p.responder.rekey_child(p.now).unwrap();
+    p.drive();
+    let r = rekeys(&p.r_events);
+    assert_eq!(r.len(), 2, "{:?}", p.r_events);
+    assert_eq!((&r[0].2.local_ts, &r[0].2.remote_ts), (&port_b, &any_a));
+    assert_eq!(r[1].2.remote_ts, port_ts(a, &[4789]));
+    assert_children_match(&p, 2);
+}

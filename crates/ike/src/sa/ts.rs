@@ -96,6 +96,53 @@ pub fn narrow(offered: &[TrafficSelector], ours: &[TrafficSelector]) -> Vec<Traf
     out
 }
 
+/// Narrows a peer's Child SA offer, its `tsi` (the peer's side) and
+/// `tsr` (ours), to one of our configured Child SAs `children`, each as
+/// (ours, the peer's); `None` (TS_UNACCEPTABLE) if none leaves something
+/// of both. The one chosen is the first that holds the whole offer; else
+/// the first that covers the offer's first selectors (RFC 7296 section
+/// 2.9: an initiator may put the packet that triggered the request
+/// first); else the first that leaves anything.
+///
+/// Each Child SA is narrowed to one configured Child SA, never to the
+/// union of several: with `[udp/4789] === [udp]` and `[udp] ===
+/// [udp/4789]` configured (ovs-monitor-ipsec's pair), an offer of `[udp]
+/// === [udp]` narrowed against the union on each side would cover all of
+/// UDP between the hosts, which neither Child SA allows.
+pub fn narrow_to_child(
+    tsi: &[TrafficSelector],
+    tsr: &[TrafficSelector],
+    children: &[(Vec<TrafficSelector>, Vec<TrafficSelector>)],
+) -> Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+    let first = |offered: &[TrafficSelector], policy: &[TrafficSelector]| {
+        offered
+            .first()
+            .is_some_and(|o| !narrow(core::slice::from_ref(o), policy).is_empty())
+    };
+    // (narrowed TSi, narrowed TSr, rank: 0 whole offer, 1 its first
+    // selectors, 2 something).
+    let best = children
+        .iter()
+        .filter_map(|(ours, theirs)| {
+            let (i, r) = (narrow(tsi, theirs), narrow(tsr, ours));
+            if i.is_empty() || r.is_empty() {
+                return None;
+            }
+            let rank = if is_subset(tsi, theirs) && is_subset(tsr, ours) {
+                0
+            } else if first(tsi, theirs) && first(tsr, ours) {
+                1
+            } else {
+                2
+            };
+            Some((i, r, rank))
+        })
+        .enumerate()
+        .min_by_key(|(n, c)| (c.2, *n))?;
+    let (i, r, _) = best.1;
+    Some((i, r))
+}
+
 /// Whether every selector of `narrowed` lies within one of `offered`: what
 /// an initiator checks of the responder's TSi and TSr.
 pub fn is_subset(narrowed: &[TrafficSelector], offered: &[TrafficSelector]) -> bool {
@@ -195,6 +242,33 @@ mod test {
         assert!(!is_subset(&[TrafficSelector::any_ipv4()], &offered));
         assert!(narrow(&offered, &[host(a, 6, 0, u16::MAX)]).is_empty());
         assert!(narrow(&offered, &[any_ipv6()]).is_empty());
+    }
+
+    #[test]
+    fn narrowing_to_one_child() {
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let any = |h| host(h, 17, 0, u16::MAX);
+        let port = |h| host(h, 17, 4789, 4789);
+        // Ours (a) is the responder: ovs-monitor-ipsec's pair.
+        let children = vec![(vec![any(a)], vec![port(b)]), (vec![port(a)], vec![any(b)])];
+        // The peer's outbound Child SA, b[udp] === a[udp/4789]: ours "in".
+        let (i, r) = narrow_to_child(&[any(b)], &[port(a)], &children).unwrap();
+        assert_eq!((i, r), (vec![any(b)], vec![port(a)]));
+        // And the other way round.
+        let (i, r) = narrow_to_child(&[port(b)], &[any(a)], &children).unwrap();
+        assert_eq!((i, r), (vec![port(b)], vec![any(a)]));
+        // A wide offer gets one child, never all of UDP both ways.
+        let (i, r) = narrow_to_child(&[any(b)], &[any(a)], &children).unwrap();
+        assert_eq!((i, r), (vec![port(b)], vec![any(a)]));
+        // The triggering packet first (b:40000 -> a:4789) picks its child.
+        let packet = (host(b, 17, 40000, 40000), port(a));
+        let (i, r) =
+            narrow_to_child(&[packet.0.clone(), any(b)], &[packet.1, any(a)], &children).unwrap();
+        assert_eq!(i, vec![host(b, 17, 40000, 40000), any(b)]);
+        assert_eq!(r, vec![port(a)]);
+        // TCP fits neither.
+        assert!(narrow_to_child(&[host(b, 6, 0, 65535)], &[any(a)], &children).is_none());
     }
 
     #[test]

@@ -166,6 +166,13 @@ pub(super) fn validate_selectors(
 ) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
     let f = |name: &str| format!("peer[{i}].{name}");
     let Some(gateway_mode) = gateway else {
+        if let Some(l) = raw.ike.as_ref().and_then(|ike| ike.layout) {
+            return Err(invalid(
+                f("ike.layout"),
+                quoted(&format!("{l:?}").to_lowercase()),
+                "needs [gateway]: the layout places gateway selectors in Child SAs (overlay mode has ike.selectors)",
+            ));
+        }
         if !raw.selector.is_empty() {
             return Err(invalid(
                 f("selector[0]"),
@@ -491,6 +498,13 @@ key_out = "b.out"
             "peer[0].ike.selectors",
             "\"ports\"",
         );
+        // The Child SA layout: single by default, split for the stock
+        // stack, an unknown one refused by name.
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().layout, ChildLayout::Single);
+        let c = parse(&ike("layout = \"split\"\n")).unwrap();
+        assert_eq!(c.peers[0].ike.as_ref().unwrap().layout, ChildLayout::Split);
+        let e = parse(&ike("layout = \"stock\"\n")).unwrap_err().to_string();
+        assert!(e.contains("layout") && e.contains("stock"), "{e}");
         // Networks and [gateway] do not mix.
         let both = format!(
             "{GATEWAY}\n[[network]]\nname = \"blue\"\nvni = 1\nencapsulation = \"vxlan\"\n"

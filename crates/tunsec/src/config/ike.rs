@@ -40,6 +40,26 @@ pub enum ChildSelectors {
     Ports,
 }
 
+/// How a gateway peer's selectors make Child SAs (RFC 7296 section 2.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildLayout {
+    /// One Child SA for all selectors, `local[proto/P] === remote[proto/P]`
+    /// for each. The default.
+    #[default]
+    Single,
+    /// Two Child SAs for each selector with ports, one per direction of
+    /// the tunnel's traffic: `local[proto] === remote[proto/P]` (what
+    /// this host sends to the peer's tunnel port, from any port) and
+    /// `local[proto/P] === remote[proto]` (what the peer sends to ours);
+    /// one Child SA for each selector without ports (GRE). This is what
+    /// `ovs-monitor-ipsec` configures strongSwan with (its `-out` and `-in`
+    /// connections), so a chassis of the stock stack finds the Child SAs
+    /// it expects; each side creates the one it sends with if the other
+    /// did not (`auto=route`).
+    Split,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIke {
@@ -55,6 +75,7 @@ pub(super) struct RawIke {
     pub(super) pin_sha256: Option<String>,
     pub(super) mode: Option<ChildMode>,
     pub(super) selectors: Option<ChildSelectors>,
+    pub(super) layout: Option<ChildLayout>,
     pub(super) local_id: Option<String>,
     pub(super) remote_id: Option<String>,
     pub(super) ike_proposals: Option<Vec<String>>,
@@ -109,6 +130,8 @@ pub struct IkePeer {
     /// The traffic selectors offered (initiator) or narrowed to
     /// (responder).
     pub selectors: ChildSelectors,
+    /// Gateway mode: how the peer's selectors make Child SAs.
+    pub layout: ChildLayout,
 }
 
 impl fmt::Debug for IkePeer {
@@ -127,6 +150,7 @@ impl fmt::Debug for IkePeer {
             .field("fragment_size", &self.fragment_size)
             .field("mode", &self.mode)
             .field("selectors", &self.selectors)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -364,6 +388,7 @@ pub(super) fn validate_ike(
         fragment_size,
         mode: raw.mode.unwrap_or_default(),
         selectors: raw.selectors.unwrap_or_default(),
+        layout: raw.layout.unwrap_or_default(),
     })
 }
 
@@ -587,6 +612,17 @@ fragment_size = 576
         .unwrap_err()
         .to_string();
         assert!(err.contains("selectors") && err.contains("any"), "{err}");
+        // The Child SA layout is gateway mode's.
+        let err = parse_ike(
+            &ike_config(&format!("{IKE_PEER}layout = \"split\"\n")),
+            b"k",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("peer[0].ike.layout") && err.contains("split"),
+            "{err}"
+        );
     }
 
     /// Parses with a fake environment that holds `vars`.

@@ -21,7 +21,7 @@ use tunsec_ike::sa::{
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
-use crate::config::{ChildMode, Config, EspEncapsulation};
+use crate::config::{ChildLayout, ChildMode, Config, EspEncapsulation};
 
 /// The IKE driver thread's state.
 pub struct IkeDriver {
@@ -119,9 +119,11 @@ impl IkeDriver {
                 &peer.tunnel_ports,
             )
         } else {
-            (
-                gateway_selectors(local, peer.addr.ip(), &peer.gateway_selectors),
-                Vec::new(),
+            gateway_selectors(
+                local,
+                peer.addr.ip(),
+                &peer.gateway_selectors,
+                peer.ike.layout,
             )
         };
         let mut c = IkeConfig::new(
@@ -131,6 +133,9 @@ impl IkeDriver {
         )
         .with_selectors(local_ts, remote_ts);
         c.additional_children = additional;
+        // Each side creates the Child SA it sends with (see ChildLayout).
+        c.create_missing_children = peer.ike.layout == ChildLayout::Split;
+        c.narrow_to_one_child = peer.ike.layout == ChildLayout::Split;
         c.cert = peer.ike.cert.clone();
         c.ike_proposals = peer.ike.ike_proposals.clone();
         c.esp_proposals = peer.ike.esp_proposals.clone();

@@ -154,13 +154,14 @@ pub(super) fn auth_summary(ike: &IkePeer) -> String {
 }
 
 /// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,
-/// selectors, lifetimes, NAT keepalives). A change applies to new IKE
+/// selectors and their layout, lifetimes, NAT keepalives). A change applies to new IKE
 /// SAs, like new credentials.
 pub(crate) fn same_negotiation(a: &IkePeer, b: &IkePeer) -> bool {
     a.ike_proposals == b.ike_proposals
         && a.esp_proposals == b.esp_proposals
         && a.mode == b.mode
         && a.selectors == b.selectors
+        && a.layout == b.layout
         && a.child_lifetime == b.child_lifetime
         && a.ike_lifetime == b.ike_lifetime
         && a.nat_keepalive == b.nat_keepalive

@@ -18,8 +18,13 @@
 //!   `rightcert=$remote_cert` pins the peer's certificate (`pin_cert`),
 //!   `ca_cert` makes it the CA (`ca`);
 //! - proposals: ours first, then the stock `aes256gcm16-sha256-modp2048`
-//!   (IKE) and `aes256gcm16` (ESP), so that a chassis that still runs the
-//!   stock stack finds one it knows.
+//!   (IKE) and `aes256gcm16-modp2048` (ESP: strongSwan's CREATE_CHILD_SA
+//!   insists on its D-H group, PFS), so that a chassis that still runs
+//!   the stock stack finds one it knows;
+//! - Child SAs: `layout = "split"`, the stock stack's two per tunnel with
+//!   ports (`leftprotoport=udp/4789 rightprotoport=udp` and the reverse),
+//!   so that a stock chassis finds the ones it expects, and each of them
+//!   covers the vxlan device's per-flow source ports.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -36,6 +41,15 @@ pub const IKE_PROPOSALS: [&str; 4] = [
     "aes256gcm16-prfsha384-ecp384",
     "aes256-sha256-modp2048",
     "aes256gcm16-prfsha256-modp2048",
+];
+
+/// The ESP proposals of a tunnel from the database: tunsec's defaults,
+/// then the one the stock stack offers, with its D-H group for PFS.
+pub const ESP_PROPOSALS: [&str; 4] = [
+    "aes128gcm16",
+    "aes256gcm16",
+    "aes256-sha256",
+    "aes256gcm16-modp2048",
 ];
 
 /// The name under which the row's PSK is handed to the configuration's
@@ -109,10 +123,11 @@ fn section(tunnel: &OvsTunnel, running: &Config) -> Result<String, String> {
             t.push_str("[[peer.selector]]\nprotocol = \"gre\"\n");
         }
     }
-    let proposals: Vec<String> = IKE_PROPOSALS.iter().map(|p| quote(p)).collect();
+    let list = |l: &[&str]| l.iter().map(|p| quote(p)).collect::<Vec<_>>().join(", ");
     t.push_str(&format!(
-        "[peer.ike]\nmode = \"{mode}\"\nike_proposals = [{}]\n",
-        proposals.join(", ")
+        "[peer.ike]\nmode = \"{mode}\"\nlayout = \"split\"\nike_proposals = [{}]\nesp_proposals = [{}]\n",
+        list(&IKE_PROPOSALS),
+        list(&ESP_PROPOSALS)
     ));
     match &tunnel.auth {
         TunnelAuth::Psk(_) => t.push_str(&format!("psk_env = \"{PSK_VARIABLE}\"\n")),
@@ -216,6 +231,8 @@ mod tests {
         let ike = p.ike.unwrap();
         assert_eq!(ike.psk.expose(), b"swordfish");
         assert_eq!(ike.ike_proposals.len(), IKE_PROPOSALS.len());
+        assert_eq!(ike.esp_proposals.len(), ESP_PROPOSALS.len());
+        assert_eq!(ike.layout, crate::config::ChildLayout::Split);
     }
 
     #[test]
