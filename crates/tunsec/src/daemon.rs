@@ -30,7 +30,7 @@ use tunsec_datapath::sa_store::InboundEntry;
 use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
-use tunsec_esp::{Direction, DropReason, LifetimeState, Mode, Sa, SaConfig};
+use tunsec_esp::{DropReason, LifetimeState, Mode, Sa};
 
 use crate::config::{Config, EspEncapsulation, Network, Peer, PolicyKind};
 use crate::control::Response;
@@ -109,24 +109,13 @@ fn peer_entry(
         .collect();
     let mut outbound = Vec::new();
     let mut inbound = None;
-    if let Some(sa) = &p.sa {
-        let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
-            let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
-            cfg.esn = sa.esn;
-            cfg.replay_window = config.esp.replay_window;
-            Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
-        };
-        outbound.push(Arc::new(Mutex::new(mk(
-            sa.spi_out,
-            Direction::Outbound,
-            &sa.keys_out,
-        )?)));
-        let sa_in = mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?;
+    if let Some((out, spi_in, sa_in)) = crate::peers::manual_sas(config, p, now)? {
+        outbound.push(out);
         inbound = Some((
-            sa.spi_in,
+            spi_in,
             InboundEntry {
                 peer: slot,
-                sa: Arc::new(Mutex::new(sa_in)),
+                sa: sa_in,
             },
         ));
     }
@@ -375,13 +364,7 @@ impl Daemon {
 
 impl ControlTarget for OverlayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let Ok(slots) = self.peers.lock() else {
-            return Response::Error {
-                message: "the peer table is poisoned".to_owned(),
-            };
-        };
-        let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
-        crate::ike::send_command(found, &self.ike_commands, peer, command)
+        crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
     }
 
     fn housekeeping(&self, now: Instant) {
@@ -408,12 +391,7 @@ impl ControlTarget for OverlayControl {
     /// file's: added, removed, renewed, new `[peer.ike]` settings; see
     /// `reconfigure`. A configuration that does not load changes nothing.
     fn reload(&self) -> Response {
-        match self.reload_file() {
-            Ok(done) => Response::Done {
-                message: done.message,
-            },
-            Err(message) => Response::Error { message },
-        }
+        crate::peers::reload_response(self.reload_file())
     }
 
     /// Every SA in the tables (and the rekeyed outbound SAs the IKE

@@ -17,8 +17,15 @@
 //!   2.8.3);
 //! - every other peer is untouched.
 
-use crate::config::Peer;
-use crate::ike::{same_auth, same_negotiation};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use tunsec_datapath::sa_store::SharedSa;
+use tunsec_esp::{Direction, Sa, SaConfig};
+
+use crate::config::{Config, Peer};
+use crate::ike::{IkeCommands, same_auth, same_negotiation};
 
 /// The configured peers by slot; `None` is a vacant slot.
 #[derive(Debug, Clone, Default)]
@@ -168,6 +175,138 @@ impl PeerSlots {
             self.slots[*slot] = Some(p.clone());
         }
     }
+}
+
+/// A peer's manually keyed SA pair (`[peer.sa]`), for the tables: the
+/// outbound SA, and the inbound one with its SPI; `None` for an IKE peer.
+pub fn manual_sas(
+    config: &Config,
+    p: &Peer,
+    now: Instant,
+) -> anyhow::Result<Option<(SharedSa, u32, SharedSa)>> {
+    let Some(sa) = &p.sa else {
+        return Ok(None);
+    };
+    let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
+        let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
+        cfg.esn = sa.esn;
+        cfg.replay_window = config.esp.replay_window;
+        Sa::new(cfg, now)
+            .map(|sa| Arc::new(Mutex::new(sa)))
+            .with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
+    };
+    Ok(Some((
+        mk(sa.spi_out, Direction::Outbound, &sa.keys_out)?,
+        sa.spi_in,
+        mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?,
+    )))
+}
+
+/// Hands `command` for the peer named `peer` to the IKE driver, by its
+/// slot (`tunsec down/up/rekey/reauth`, both modes).
+pub(crate) fn ike_command(
+    slots: &Mutex<PeerSlots>,
+    ike: &IkeCommands,
+    peer: &str,
+    command: fn(usize) -> crate::ike::IkeCommand,
+) -> crate::control::Response {
+    let Ok(slots) = slots.lock() else {
+        return crate::control::Response::Error {
+            message: "the peer table is poisoned".to_owned(),
+        };
+    };
+    let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
+    crate::ike::send_command(found, ike, peer, command)
+}
+
+/// `tunsec reload`'s answer.
+pub(crate) fn reload_response(
+    result: Result<crate::ike::Reloaded, String>,
+) -> crate::control::Response {
+    match result {
+        Ok(done) => crate::control::Response::Done {
+            message: done.message,
+        },
+        Err(message) => crate::control::Response::Error { message },
+    }
+}
+
+/// The first IKE step of a plan, in both modes: the IKE SAs of the peers
+/// that go or are renewed are deleted (a DELETE reaches each), and the
+/// driver forgets them. `slots` is the state before the plan.
+pub(crate) fn ike_remove(
+    slots: &PeerSlots,
+    plan: &PeerPlan,
+    ike: &IkeCommands,
+) -> Result<(), String> {
+    let renewed_old = plan
+        .renew
+        .iter()
+        .filter_map(|(s, _)| Some((*s, slots.get(*s)?)));
+    let going = plan
+        .remove
+        .iter()
+        .map(|(s, p)| (*s, p))
+        .chain(renewed_old)
+        .filter(|(_, p)| p.ike.is_some());
+    for (slot, _) in going {
+        ike.remove_peer(slot)?;
+    }
+    Ok(())
+}
+
+/// The last IKE step of a plan, in both modes: the driver takes up the
+/// added and renewed peers (with `tunnel_ports` of each: overlay mode's
+/// Child SA selectors) and the new `[peer.ike]` of the others, which it
+/// re-authenticates at once with `reauth_now`.
+pub(crate) fn ike_add(
+    plan: &PeerPlan,
+    ike: &IkeCommands,
+    tunnel_ports: impl Fn(&Peer) -> Vec<u16>,
+    reauth_now: bool,
+) -> Result<(), String> {
+    for (slot, p) in plan.add.iter().chain(&plan.renew) {
+        if p.ike.is_some() {
+            ike.add_peer(*slot, p, tunnel_ports(p))?;
+        }
+    }
+    let updates: Vec<_> = plan
+        .reauth
+        .iter()
+        .filter_map(|(s, p)| Some((*s, Box::new(p.ike.clone()?))))
+        .collect();
+    if updates.is_empty() {
+        return Ok(());
+    }
+    ike.update_peers(updates, reauth_now)
+}
+
+/// `tunsec reload`'s answer for a carried-out plan, with the sections of
+/// the new file that only a restart changes.
+pub fn reload_message(plan: &PeerPlan, running: &Config, new: &Config) -> String {
+    let mut message = format!("reloaded: {}", plan.summary());
+    if !plan.reauth.is_empty() {
+        message.push_str(
+            " (new IKE settings: new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
+        );
+    }
+    let mut ignored = Vec::new();
+    if new.node != running.node {
+        ignored.push("[node]");
+    }
+    if new.esp != running.esp {
+        ignored.push("[esp]");
+    }
+    if new.gateway != running.gateway {
+        ignored.push("[gateway]");
+    }
+    if !ignored.is_empty() {
+        message.push_str(&format!(
+            "; ignored (they change with a restart): {}",
+            ignored.join(", ")
+        ));
+    }
+    message
 }
 
 /// How one peer changed.

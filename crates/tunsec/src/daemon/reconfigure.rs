@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::{OverlayControl, peer_entry};
 use crate::config::{Config, Network, Peer};
 use crate::ike::Reloaded;
-use crate::peers::PeerPlan;
+use crate::peers::{self, PeerPlan};
 use tunsec_datapath::overlay::Tables;
 
 impl OverlayControl {
@@ -41,21 +41,7 @@ impl OverlayControl {
         let now = Instant::now();
 
         // 1. The IKE SAs of peers that go or change.
-        let renewed_old = plan
-            .renew
-            .iter()
-            .filter_map(|(s, _)| Some((*s, slots.get(*s)?)));
-        let going: Vec<usize> = plan
-            .remove
-            .iter()
-            .map(|(s, p)| (*s, p))
-            .chain(renewed_old)
-            .filter(|(_, p)| p.ike.is_some())
-            .map(|(s, _)| s)
-            .collect();
-        for slot in going {
-            self.ike_commands.remove_peer(slot)?;
-        }
+        peers::ike_remove(&slots, &plan, &self.ike_commands)?;
 
         // 2. The tables and the FDB.
         let mut failed = None;
@@ -78,20 +64,8 @@ impl OverlayControl {
         slots.apply(&plan);
 
         // 3. IKE for the new and renewed peers, new settings for others.
-        for (slot, p) in plan.add.iter().chain(&plan.renew) {
-            if p.ike.is_some() {
-                let ports = crate::ike::tunnel_ports(config, &p.networks);
-                self.ike_commands.add_peer(*slot, p, ports)?;
-            }
-        }
-        let updates: Vec<_> = plan
-            .reauth
-            .iter()
-            .filter_map(|(s, p)| Some((*s, Box::new(p.ike.clone()?))))
-            .collect();
-        if !updates.is_empty() {
-            self.ike_commands.update_peers(updates, false)?;
-        }
+        let ports = |p: &Peer| crate::ike::tunnel_ports(config, &p.networks);
+        peers::ike_add(&plan, &self.ike_commands, ports, false)?;
         tracing::info!("peers changed: {}", plan.summary());
         Ok(plan)
     }
@@ -120,25 +94,7 @@ impl OverlayControl {
             ));
         }
         let plan = self.set_peers(&new)?;
-        let mut message = format!("reloaded: {}", plan.summary());
-        if !plan.reauth.is_empty() {
-            message.push_str(
-                " (new IKE settings: new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
-            );
-        }
-        let mut ignored = Vec::new();
-        if new.node != self.config.node {
-            ignored.push("[node]");
-        }
-        if new.esp != self.config.esp {
-            ignored.push("[esp]");
-        }
-        if !ignored.is_empty() {
-            message.push_str(&format!(
-                "; ignored (they change with a restart): {}",
-                ignored.join(", ")
-            ));
-        }
+        let message = peers::reload_message(&plan, &self.config, &new);
         tracing::info!("{message}");
         Ok(Reloaded {
             config: new,

@@ -373,25 +373,14 @@ impl Reconcile for GatewayControl {
 
 impl ControlTarget for GatewayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
-        let Ok(slots) = self.peers.lock() else {
-            return Response::Error {
-                message: "the peer table is poisoned".to_owned(),
-            };
-        };
-        let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
-        crate::ike::send_command(found, &self.ike_commands, peer, command)
+        crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
     }
 
     /// Reads the configuration file again and takes the peers to the
     /// file's: added, removed, renewed, new credentials; see
     /// `super::reconfigure`.
     fn reload(&self) -> Response {
-        match self.reload_file() {
-            Ok(done) => Response::Done {
-                message: done.message,
-            },
-            Err(message) => Response::Error { message },
-        }
+        crate::peers::reload_response(self.reload_file())
     }
 
     /// SA lifetimes (gateway mode has no FDB), certificate renewal.

@@ -36,14 +36,12 @@ pub mod steering;
 
 pub use daemon::GatewayDaemon;
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
 use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
 use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::sa_store::InboundEntry;
-use tunsec_esp::{Direction, Sa, SaConfig};
 
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, Peer};
 
@@ -114,20 +112,9 @@ pub fn insert_peer(
 ) -> anyhow::Result<()> {
     let mut peer = GatewayPeer::new(p.name.clone(), p.underlay, p.selectors.clone());
     let mut inbound = None;
-    if let Some(sa) = &p.sa {
-        let mk = |spi, direction, keys: &tunsec_esp::SaKeys| {
-            let mut cfg = SaConfig::new(spi, direction, sa.suite, keys.clone());
-            cfg.esn = sa.esn;
-            cfg.replay_window = config.esp.replay_window;
-            Sa::new(cfg, now).with_context(|| format!("peer {:?}: SA {spi:#x}", p.name))
-        };
-        peer.outbound.push(Arc::new(Mutex::new(mk(
-            sa.spi_out,
-            Direction::Outbound,
-            &sa.keys_out,
-        )?)));
-        let sa_in = mk(sa.spi_in, Direction::Inbound, &sa.keys_in)?;
-        inbound = Some((sa.spi_in, Arc::new(Mutex::new(sa_in))));
+    if let Some((out, spi_in, sa_in)) = crate::peers::manual_sas(config, p, now)? {
+        peer.outbound.push(out);
+        inbound = Some((spi_in, sa_in));
     }
     tables
         .insert_peer(slot, peer)

@@ -30,7 +30,7 @@ use super::daemon::{GatewayControl, PeerSources};
 use super::{insert_peer, nft, steering};
 use crate::config::{Config, Gateway, GuardScopeKind, Peer};
 use crate::ike::Reloaded;
-use crate::peers::PeerPlan;
+use crate::peers::{self, PeerPlan};
 use tunsec_datapath::gateway::GatewayTables;
 
 /// The guard's part of each peer.
@@ -107,21 +107,7 @@ impl GatewayControl {
         install_guard(gw, &both, &carry()).map_err(|e| format!("guard: {e:#}"))?;
 
         // 2. The IKE SAs of peers that go or change.
-        let renewed_old = plan
-            .renew
-            .iter()
-            .filter_map(|(s, _)| Some((*s, slots.get(*s)?)));
-        let going: Vec<usize> = plan
-            .remove
-            .iter()
-            .map(|(s, p)| (*s, p))
-            .chain(renewed_old)
-            .filter(|(_, p)| p.ike.is_some())
-            .map(|(s, _)| s)
-            .collect();
-        for slot in going {
-            self.ike_commands.remove_peer(slot)?;
-        }
+        peers::ike_remove(&slots, &plan, &self.ike_commands)?;
 
         // 3. The tables.
         let mut failed = None;
@@ -137,21 +123,9 @@ impl GatewayControl {
         let adopted = steering::adopt(&steering_of(gw, self.config.node.underlay, slots.iter()))
             .map_err(|e| format!("steering: {e:#}"))?;
 
-        // 5. IKE for the new and renewed peers, new settings for others.
-        for (slot, p) in plan.add.iter().chain(&plan.renew) {
-            if p.ike.is_some() {
-                // The Child SA's selectors are the peer's own, not tunnel ports.
-                self.ike_commands.add_peer(*slot, p, Vec::new())?;
-            }
-        }
-        let updates: Vec<_> = plan
-            .reauth
-            .iter()
-            .filter_map(|(s, p)| Some((*s, Box::new(p.ike.clone()?))))
-            .collect();
-        if !updates.is_empty() {
-            self.ike_commands.update_peers(updates, reauth_now)?;
-        }
+        // 5. IKE for the new and renewed peers (the Child SAs' selectors
+        // are the peers' own, not tunnel ports), new settings for others.
+        peers::ike_add(&plan, &self.ike_commands, |_| Vec::new(), reauth_now)?;
 
         // 6. The guard: the new set only.
         install_guard(gw, &guard_peers(slots.iter()), &carry())
@@ -192,28 +166,7 @@ impl GatewayControl {
             sources.file.clone_from(&new.peers);
             self.set_peers(&sources.combined(), false)?
         };
-        let mut message = format!("reloaded: {}", plan.summary());
-        if !plan.reauth.is_empty() {
-            message.push_str(
-                " (new IKE settings: new IKE SAs use them; established ones are re-authenticated at their next rekey, or now with tunsec reauth PEER)",
-            );
-        }
-        let mut ignored = Vec::new();
-        if new.node != self.config.node {
-            ignored.push("[node]");
-        }
-        if new.esp != self.config.esp {
-            ignored.push("[esp]");
-        }
-        if new.gateway.as_ref() != Some(gw_of(&self.config)) {
-            ignored.push("[gateway]");
-        }
-        if !ignored.is_empty() {
-            message.push_str(&format!(
-                "; ignored (they change with a restart): {}",
-                ignored.join(", ")
-            ));
-        }
+        let message = peers::reload_message(&plan, &self.config, &new);
         tracing::info!("{message}");
         Ok(Reloaded {
             config: new,
@@ -248,10 +201,6 @@ impl PeerSources {
 
 fn by_slot(list: &[(usize, Peer)]) -> impl Iterator<Item = (usize, &Peer)> {
     list.iter().map(|(s, p)| (*s, p))
-}
-
-fn gw_of(config: &Config) -> &Gateway {
-    config.gateway.as_ref().expect("gateway mode has [gateway]")
 }
 
 /// Step 3: the plan's changes to the tables.
