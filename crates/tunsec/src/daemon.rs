@@ -497,7 +497,7 @@ impl ControlTarget for OverlayControl {
                         })
                         .collect(),
                     sas,
-                    ike: ike_states.get(&i).cloned(),
+                    ike: ike_states.peers.get(&i).cloned(),
                 }
             })
             .collect();
@@ -527,6 +527,7 @@ impl ControlTarget for OverlayControl {
             })
             .collect();
         Status {
+            ike_endpoint: ike_states.endpoint.clone(),
             node: NodeStatus {
                 name: self.config.node.name.clone(),
                 underlay: self.config.node.underlay.to_string(),

@@ -29,6 +29,31 @@ pub struct Status {
     /// Gateway mode, when the daemon runs in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatus>,
+    /// The IKE endpoint's own counters, when an IKE driver runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_endpoint: Option<IkeEndpointStatus>,
+}
+
+/// What the IKE endpoint refused or answered before any IKE SA (RFC 7296
+/// section 2.6 cookies): the figures that tell a handshake failing under
+/// a flood of IKE_SA_INIT requests from a dead peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IkeEndpointStatus {
+    /// Responders that answered IKE_SA_INIT and wait for IKE_AUTH.
+    pub half_open: u64,
+    /// Responders kept since start: one Diffie-Hellman each.
+    pub responders: u64,
+    /// IKE_SA_INIT requests answered with a cookie request instead.
+    pub cookies_sent: u64,
+    /// Requests whose cookie did not match.
+    pub bad_cookies: u64,
+    /// IKE_SA_INIT requests refused without state (cookie requests
+    /// included).
+    pub refused: u64,
+    /// Datagrams without a valid IKE header.
+    pub malformed: u64,
+    /// Messages for no IKE SA here.
+    pub unknown_spi: u64,
 }
 
 /// Gateway mode: the TUN device, the steering, and each peer's policy.
@@ -414,6 +439,19 @@ impl Status {
                 net.flooded,
                 net.rx_frames,
                 net.rx_bytes
+            );
+        }
+        if let Some(e) = &self.ike_endpoint {
+            let _ = writeln!(
+                s,
+                "ike endpoint: half-open {} responders {} cookies sent {} (bad {}) refused {} malformed {} unknown spi {}",
+                e.half_open,
+                e.responders,
+                e.cookies_sent,
+                e.bad_cookies,
+                e.refused,
+                e.malformed,
+                e.unknown_spi
             );
         }
         let _ = writeln!(s, "\npeers:");

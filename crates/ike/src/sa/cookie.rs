@@ -8,8 +8,9 @@
 //! [`Endpoint`](super::Endpoint) counts its half-open IKE SAs
 //! ([`IkeSa::is_half_open`]); from [`DEFAULT_COOKIE_THRESHOLD`] of them
 //! (see [`Endpoint::set_cookie_threshold`](super::Endpoint::set_cookie_threshold))
-//! on, it answers every IKE_SA_INIT request that lacks a valid cookie with
-//! `HDR(A,0), N(COOKIE)` and keeps nothing. The cookie is the section's
+//! on, or from [`DEFAULT_PER_SOURCE_COOKIE_THRESHOLD`] of them from the
+//! request's address, it answers every IKE_SA_INIT request that lacks a
+//! valid cookie with `HDR(A,0), N(COOKIE)` and keeps nothing. The cookie is the section's
 //! suggestion, `Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi |
 //! <secret>)`: a 4-octet version, then SHA-256 over the initiator's nonce,
 //! its IP address (4 or 16 octets), its SPI and a 32-octet secret drawn
@@ -46,6 +47,14 @@ use crate::message::{
 /// How many half-open IKE SAs an [`Endpoint`](super::Endpoint) keeps
 /// before it asks new initiators for cookies.
 pub const DEFAULT_COOKIE_THRESHOLD: usize = 64;
+
+/// How many half-open IKE SAs from one address an
+/// [`Endpoint`](super::Endpoint) keeps before it asks new initiators at
+/// that address for cookies: one, since an honest initiator has one
+/// IKE_SA_INIT under way at a time (its retransmissions go to the same
+/// responder), and a second from the same address is either a restart,
+/// which pays one round trip, or a spoofer, who cannot answer.
+pub const DEFAULT_PER_SOURCE_COOKIE_THRESHOLD: usize = 1;
 /// How long a cookie secret is the current one before a fresh one
 /// replaces it.
 pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);

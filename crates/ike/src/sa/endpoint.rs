@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::config::Config;
-use super::cookie::{CookieJar, DEFAULT_COOKIE_THRESHOLD, Screen};
+use super::cookie::{
+    CookieJar, DEFAULT_COOKIE_THRESHOLD, DEFAULT_PER_SOURCE_COOKIE_THRESHOLD, Screen,
+};
 use super::event::Transmit;
 use super::random::Random;
 use super::state::IkeSa;
@@ -91,6 +93,9 @@ pub struct EndpointStats {
     /// another initiator, or from an expired secret); each got a fresh
     /// cookie request.
     pub bad_cookies: u64,
+    /// Responders kept: each computed a Diffie-Hellman share for an
+    /// IKE_SA_INIT request it answered.
+    pub responders: u64,
 }
 
 /// Many IKE SAs, by SPI. The caller owns the socket and the clock: it
@@ -115,6 +120,9 @@ pub struct Endpoint {
     half_open: HashSet<u64>,
     /// From this many half-open IKE SAs on, new initiators need cookies.
     cookie_threshold: usize,
+    /// From this many half-open IKE SAs from one address on, new
+    /// initiators at that address need cookies.
+    per_source_threshold: usize,
     cookies: CookieJar,
 }
 
@@ -129,6 +137,7 @@ impl Default for Endpoint {
             stats: EndpointStats::default(),
             half_open: HashSet::new(),
             cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
+            per_source_threshold: DEFAULT_PER_SOURCE_COOKIE_THRESHOLD,
             cookies: CookieJar::default(),
         }
     }
@@ -158,6 +167,13 @@ impl Endpoint {
         self.cookie_threshold = threshold;
     }
 
+    /// Asks new initiators at an address for cookies once `threshold` IKE
+    /// SAs from that address are half open (default
+    /// [`DEFAULT_PER_SOURCE_COOKIE_THRESHOLD`]); `usize::MAX` never.
+    pub fn set_per_source_cookie_threshold(&mut self, threshold: usize) {
+        self.per_source_threshold = threshold;
+    }
+
     /// Draws the cookie secrets from `rng` from now on (cookies already
     /// given out stop being valid).
     pub fn set_cookie_random(&mut self, rng: Box<dyn Random + Send>) {
@@ -172,15 +188,30 @@ impl Endpoint {
             .count()
     }
 
-    /// Whether new initiators need a cookie now.
-    fn cookies_required(&mut self) -> bool {
-        if self.half_open.len() < self.cookie_threshold {
+    /// Whether a new initiator at `remote` needs a cookie now: the
+    /// endpoint as a whole has `cookie_threshold` half-open IKE SAs, or
+    /// that address has `per_source_threshold` of them. The second keeps
+    /// a spoofer who sends IKE_SA_INIT requests with a peer's address
+    /// from costing a Diffie-Hellman each, and from crowding out the
+    /// peer's own attempt: an off-path spoofer never sees the cookie.
+    fn cookies_required(&mut self, remote: SocketAddr) -> bool {
+        let threshold = self.cookie_threshold.min(self.per_source_threshold);
+        if self.half_open.len() < threshold {
             return false;
         }
         let sas = &self.sas;
         self.half_open
             .retain(|spi| sas.get(spi).is_some_and(IkeSa::is_half_open));
-        self.half_open.len() >= self.cookie_threshold
+        if self.half_open.len() >= self.cookie_threshold {
+            return true;
+        }
+        let from_source = self
+            .half_open
+            .iter()
+            .filter_map(|spi| sas.get(spi)?.remote())
+            .filter(|r| r.ip() == remote.ip())
+            .count();
+        from_source >= self.per_source_threshold
     }
 
     /// Starts an IKE SA as the initiator (see [`IkeSa::initiate`]).
@@ -269,7 +300,7 @@ impl Endpoint {
         }
         // RFC 7296 section 2.6: under load, no state (not even a look at
         // the configuration) before the initiator returns our cookie.
-        if self.cookies_required() {
+        if self.cookies_required(remote) {
             match self.cookies.screen(now, remote, bytes) {
                 Screen::Valid => {}
                 Screen::Ask { transmit, invalid } => {
@@ -337,6 +368,7 @@ impl Endpoint {
             self.stats.refused += 1;
             return None;
         }
+        self.stats.responders += 1;
         self.by_initiator_spi.insert((remote, spi_i), spi_r);
         if sa.is_half_open() {
             self.half_open.insert(spi_r);

@@ -132,7 +132,10 @@ pub mod ts;
 mod tests;
 
 pub use config::{CHILD_COMPLETION_DELAY, CertAuth, Config, DEFAULT_MAX_CHILD_SAS, WallClock};
-pub use cookie::{COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD};
+pub use cookie::{
+    COOKIE_GRACE, COOKIE_SECRET_LIFETIME, DEFAULT_COOKIE_THRESHOLD,
+    DEFAULT_PER_SOURCE_COOKIE_THRESHOLD,
+};
 pub use endpoint::{DatagramEvent, Endpoint, EndpointStats, Incoming, SaHandle};
 pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
 pub use exchange::{MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};

@@ -1257,6 +1257,7 @@ fn endpoints() {
             malformed: 2,
             unknown_spi: 0,
             refused: 2,
+            responders: 1,
             ..EndpointStats::default()
         }
     );

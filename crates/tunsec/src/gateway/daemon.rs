@@ -467,7 +467,7 @@ impl ControlTarget for GatewayControl {
                 underlay: p.underlay.to_string(),
                 policies: Default::default(),
                 sas,
-                ike: ike_states.get(&i).cloned(),
+                ike: ike_states.peers.get(&i).cloned(),
             });
             let c = &p.counters;
             let get = |f: fn(
@@ -494,6 +494,7 @@ impl ControlTarget for GatewayControl {
             .map(|name| tunnel_device(name, self.mtu.kernel_tunnel))
             .collect();
         Status {
+            ike_endpoint: ike_states.endpoint.clone(),
             node: NodeStatus {
                 name: self.config.node.name.clone(),
                 underlay: self.config.node.underlay.to_string(),
@@ -533,7 +534,7 @@ impl ControlTarget for GatewayControl {
                 tunnel_mtu_advice: self.mtu.kernel_tunnel,
                 tunnel_devices,
                 policies,
-                ovsdb: self.ovsdb_status(&ike_states),
+                ovsdb: self.ovsdb_status(&ike_states.peers),
             }),
         }
     }

@@ -67,7 +67,7 @@ use std::time::Duration;
 use tunsec_datapath::sa_store::SaStore;
 
 use crate::config::{Config, IkePeer, Peer};
-use crate::status::IkeStatus;
+use crate::status::{IkeEndpointStatus, IkeStatus};
 
 /// The IKE port (RFC 7296 section 2).
 pub const IKE_PORT: u16 = 500;
@@ -95,9 +95,18 @@ const START_GRACE: Duration = Duration::from_secs(1);
 /// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
 const KEEPALIVE_PACKET: [u8; 1] = [0xff];
 
-/// The IKE state of every peer with `[peer.ike]`, by peer index, for
-/// `tunsec status`.
-pub type IkeStates = Arc<Mutex<HashMap<usize, IkeStatus>>>;
+/// The IKE driver's view for `tunsec status`: every peer with
+/// `[peer.ike]` by slot, and the endpoint's counters.
+#[derive(Debug, Clone, Default)]
+pub struct IkeView {
+    /// The IKE state of each peer, by slot.
+    pub peers: HashMap<usize, IkeStatus>,
+    /// What the endpoint refused or answered before any IKE SA.
+    pub endpoint: Option<IkeEndpointStatus>,
+}
+
+/// The IKE driver's view, as it publishes it.
+pub type IkeStates = Arc<Mutex<IkeView>>;
 
 /// What the control socket asks of the IKE driver (`tunsec down PEER`,
 /// `tunsec up PEER`), by peer index.

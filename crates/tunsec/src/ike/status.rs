@@ -8,7 +8,7 @@ use std::time::Instant;
 use tunsec_ike::message::TrafficSelector;
 use tunsec_ike::sa::ChildSaParams;
 
-use crate::status::{IkeStatus, nat_summary};
+use crate::status::{IkeEndpointStatus, IkeStatus, nat_summary};
 
 impl IkeDriver {
     pub(super) fn publish_status(&mut self) {
@@ -85,8 +85,21 @@ impl IkeDriver {
                 },
             );
         }
+        let e = self.endpoint.stats();
+        let endpoint = IkeEndpointStatus {
+            half_open: self.endpoint.half_open() as u64,
+            responders: e.responders,
+            cookies_sent: e.cookies_sent,
+            bad_cookies: e.bad_cookies,
+            refused: e.refused,
+            malformed: e.malformed,
+            unknown_spi: e.unknown_spi,
+        };
         if let Ok(mut states) = self.states.lock() {
-            *states = map;
+            *states = super::IkeView {
+                peers: map,
+                endpoint: Some(endpoint),
+            };
         }
     }
 }

@@ -370,3 +370,45 @@ fn endless_cookie_requests_fail() {
     assert_eq!(k.stats().malformed, 1);
     assert_eq!(k.stats().cookies, 0);
 }
+
+/// Spoofed IKE_SA_INIT requests with a peer's address, as fast as the
+/// spoofer likes, while the peer connects (issue 20): the first makes a
+/// half-open IKE SA; every later one from that address is asked for a
+/// cookie, which an off-path spoofer never sees, so it costs no
+/// Diffie-Hellman and keeps no state; the peer's own request returns the
+/// cookie and completes. Other addresses are not asked.
+#[test]
+fn spoofed_flood_from_a_peer_address_costs_no_dh() {
+    let mut net = Net::new(DEFAULT_COOKIE_THRESHOLD);
+    // The spoofer's first request, from A's address: a half-open SA.
+    let mut spoof = net.initiator(500);
+    let t = spoof.poll_transmit().unwrap();
+    assert!(matches!(
+        net.deliver(addr(A), &t.bytes).0,
+        Delivered::Sa { new: true, .. }
+    ));
+    let responders = net.endpoint.stats().responders;
+    // 200 more, each a new initiator SPI and nonce.
+    for seed in 0..200 {
+        let mut s = net.initiator(600 + seed);
+        let t = s.poll_transmit().unwrap();
+        let (incoming, answers) = net.deliver(addr(A), &t.bytes);
+        assert_eq!(incoming, Delivered::Refused);
+        let [answer] = answers.as_slice() else {
+            panic!("{answers:?}")
+        };
+        cookie_of(answer);
+    }
+    let stats = net.endpoint.stats();
+    assert_eq!(stats.responders, responders, "a DH for a spoofed request");
+    assert_eq!(stats.cookies_sent, 200);
+    assert_eq!(net.endpoint.half_open(), 1);
+    // The real peer at A: asked for a cookie, returns it, and is up.
+    let mut real = net.initiator(1);
+    assert!(net.complete(&mut real, addr(A)));
+    assert_eq!(real.stats().cookies, 1);
+    // Another address with no half-open SA is not asked.
+    let mut other = net.initiator(2);
+    assert!(net.complete(&mut other, addr(C)));
+    assert_eq!(other.stats().cookies, 0);
+}

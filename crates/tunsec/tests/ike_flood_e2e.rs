@@ -1,0 +1,182 @@
+//! IKE under a spoofed flood (issue 20), in network namespaces.
+//!
+//! `ike_spoofed_flood_from_the_peer_address`: a third host floods h2 with
+//! valid IKE_SA_INIT requests (each its own SPI, nonce and key share,
+//! made by tunsec-ike) whose source is h1's address, as fast as Scapy
+//! sends them, while h1 starts and connects. With one half-open IKE SA
+//! per source address at most before cookies (RFC 7296 section 2.6),
+//! every later spoofed request is answered with a cookie request, which
+//! the spoofer never sees: h1 returns its cookie and is up within 5 s,
+//! the IKE SA stays the same one for 3 s more of flood, h2 sent cookies,
+//! and h2 computed a Diffie-Hellman for at most three requests (the first
+//! spoofed one, h1's, and one spoofed after h1's became established and
+//! no longer half open: it waits beside the established IKE SA, which it
+//! never replaces): `responders` in its status.
+//!
+//! It needs root, iproute2 and Debian's python3-scapy; it fails, never
+//! skips, when something is missing.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use tunsec_ike::message::Identity;
+use tunsec_ike::sa::{Config, IkeSa, SystemRandom};
+use tunsec_lab::Lab;
+
+mod common;
+use common::*;
+
+const PYTHON: &str = "/usr/bin/python3";
+/// Spoofed requests sent.
+const FLOOD: usize = 2000;
+
+fn preflight() {
+    require(
+        "IKE flood tests",
+        &[
+            ("ip", &["-V"], "iproute2"),
+            (PYTHON, &["-c", "import scapy.all"], "python3-scapy"),
+        ],
+    );
+}
+
+/// Host `n`'s config: overlay mode, network blue, `peer` with a PSK.
+fn write_config(lab: &Lab, n: u8, peer: u8) -> anyhow::Result<PathBuf> {
+    let psk = lab.dir.path().join(format!("h{n}.psk"));
+    tunsec::config::write_secret(&psk, "a flood test key, long enough\n")?;
+    let mut c = String::new();
+    writeln!(
+        c,
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+         [[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\n\n\
+         [peer.ike]\npsk_file = \"{}\"\n",
+        host_addr(n),
+        socket_path(lab, n).display(),
+        host_addr(peer),
+        psk.display()
+    )?;
+    let path = lab.dir.path().join(format!("h{n}.toml"));
+    std::fs::write(&path, c)?;
+    Ok(path)
+}
+
+/// `count` IKE_SA_INIT requests as h1 would send them to h2, each a new
+/// IKE SA (its own SPI, nonce and key share), hex, one a line.
+fn spoofed_requests(count: usize) -> anyhow::Result<String> {
+    let h2: SocketAddr = format!("{}:500", host_addr(2)).parse()?;
+    let mut out = String::new();
+    for _ in 0..count {
+        let config = Config::new(
+            Identity::Ipv4(host_addr(1).parse()?),
+            Some(Identity::Ipv4(host_addr(2).parse()?)),
+            tunsec_esp::Key::from_slice(b"not the key"),
+        );
+        let mut sa = IkeSa::initiate(config, h2, Instant::now(), Box::new(SystemRandom))?;
+        let t = sa.poll_transmit().context("no IKE_SA_INIT")?;
+        writeln!(out, "{}", hex::encode(&t.bytes))?;
+    }
+    Ok(out)
+}
+
+#[test]
+fn ike_spoofed_flood_from_the_peer_address() {
+    with_lab("ikeflood", preflight, |lab| {
+        let ul = add_underlay(lab)?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let h3 = add_host(lab, &ul, "h3", 3)?;
+        let requests = lab.dir.path().join("requests.hex");
+        std::fs::write(&requests, spoofed_requests(FLOOD)?)?;
+        let script = lab.dir.path().join("flood.py");
+        std::fs::write(
+            &script,
+            format!(
+                "from scapy.all import IP, UDP, Raw, send, conf\n\
+                 conf.verb = 0\n\
+                 pkts = [IP(src='{h1}', dst='{h2}')/UDP(sport=500, dport=500)/Raw(bytes.fromhex(l))\n\
+                 \x20       for l in open('{file}').read().split()]\n\
+                 while True:\n\
+                 \x20   send(pkts, inter=0)\n",
+                h1 = host_addr(1),
+                h2 = host_addr(2),
+                file = requests.display()
+            ),
+        )?;
+        let c2 = write_config(lab, 2, 1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+        let script_s = script.to_string_lossy().into_owned();
+        lab.spawn("flood", &h3, Path::new(PYTHON), &[&script_s])?;
+        // Let the flood get going before the real peer starts.
+        lab.wait_for("the flood to reach h2", Duration::from_secs(20), || {
+            status(lab, 2)
+                .ok()
+                .and_then(|s| s.ike_endpoint)
+                .is_some_and(|e| e.cookies_sent > 10)
+        })?;
+        let c1 = write_config(lab, 1, 2)?;
+        let started = Instant::now();
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        lab.wait_for(
+            "h1 and h2 up under the flood",
+            Duration::from_secs(5),
+            || {
+                [(1u8, "h2"), (2, "h1")].iter().all(|&(n, peer)| {
+                    status(lab, n).is_ok_and(|s| {
+                        s.peers.iter().any(|p| {
+                            p.name == peer
+                                && p.ike.as_ref().is_some_and(|i| i.state == "established")
+                                && p.sas.len() == 2
+                        })
+                    })
+                })
+            },
+        )?;
+        let took = started.elapsed();
+        let sa = |n: u8| -> anyhow::Result<Option<(String, String)>> {
+            let s = status(lab, n)?;
+            Ok(s.peers
+                .first()
+                .and_then(|p| p.ike.as_ref())
+                .and_then(|i| i.spi_i.clone().zip(i.spi_r.clone())))
+        };
+        let up = sa(1)?;
+        let cookies = |lab: &Lab| -> anyhow::Result<u64> {
+            let e = status(lab, 2)?
+                .ike_endpoint
+                .context("no IKE endpoint status")?;
+            Ok(e.cookies_sent)
+        };
+        let cookies_at_up = cookies(lab)?;
+        // The tunnel stays the same one while the flood goes on.
+        std::thread::sleep(Duration::from_secs(3));
+        ensure!(
+            sa(1)? == up && sa(2)? == up,
+            "the IKE SA changed under the flood"
+        );
+        let e = status(lab, 2)?
+            .ike_endpoint
+            .context("no IKE endpoint status")?;
+        ensure!(
+            e.cookies_sent > cookies_at_up,
+            "the flood ended before the end of the test ({} cookies sent)",
+            e.cookies_sent
+        );
+        lab.stop("flood");
+        eprintln!(
+            "  up {:.2} s after h1 started, under the flood; h2 after 3 s more: {e:?}",
+            took.as_secs_f64()
+        );
+        ensure!(e.cookies_sent > 10, "h2 sent {} cookies", e.cookies_sent);
+        ensure!(
+            e.responders <= 3,
+            "h2 computed a Diffie-Hellman for {} requests, {} of them spoofed",
+            e.responders,
+            e.responders.saturating_sub(1)
+        );
+        Ok(())
+    });
+}
