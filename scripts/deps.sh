@@ -14,7 +14,7 @@
 #                           iptables-nft; this kernel has no netem)
 #   strongswan-charon, strongswan-swanctl, libcharon-extra-plugins
 #   (kernel-libipsec), libstrongswan-standard-plugins (openssl, gcm):
-#                           strongSwan 5.9.8, the peer of strongswan_interop.rs
+#                           strongSwan 5.9.8, the peer of tests/strongswan_*.rs
 #   strongswan-pki:         strongSwan's pki, the certificates of its certificate cases
 #   dpkg-dev:               dpkg-shlibdeps, for cargo deb's automatic dependencies
 #                           (scripts/deb.sh)

@@ -4,7 +4,8 @@
 # already flowing at 500 packets a second, leaves in the clear between
 # tunsecd's exec and its guard. A measurement, not a test: it prints the
 # count. After a stop or a crash the guard is already in place and the
-# figure is 0 (gateway_e2e::gateway_fail_closed_across_stop_and_start).
+# figure is 0
+# (gateway_lifecycle_e2e::gateway_fail_closed_across_stop_and_start).
 #
 #   cargo build -p tunsec && sudo bash scripts/first-start-leak.sh
 #
