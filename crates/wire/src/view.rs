@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// `new_unchecked`, `new_checked`, `into_inner` and `AsRef<[u8]>`, and a
 /// getter and a setter for each field listed after it.
 ///
-/// ```ignore
+/// ```text
 /// packet_view! {
 ///     /// A read/write view of a UDP datagram.
 ///     fields {
