@@ -20,8 +20,10 @@ use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::gateway::{self as gateway_worker, GatewayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 
-use super::reconfigure::{guard_peers, install_guard, steering_of};
-use super::{GatewayMtu, build_tables, mtu, nft, selector_text, steering};
+use super::{
+    GatewayMtu, build_tables, guard_peers, install_guard, mtu, nft, selector_text, steering,
+    steering_of,
+};
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop, Peer};
 use crate::control::Response;
 use crate::control::server::ControlTarget;

@@ -36,6 +36,7 @@ pub mod steering;
 
 pub use daemon::GatewayDaemon;
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -43,7 +44,7 @@ use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
 use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::sa_store::InboundEntry;
 
-use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, Peer};
+use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, Peer};
 
 /// The MTUs of gateway mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,53 @@ pub fn insert_peer(
         tables.inbound.insert(spi, InboundEntry { peer: slot, sa });
     }
     Ok(())
+}
+
+/// The guard's part of each peer.
+pub(crate) fn guard_peers<'a>(
+    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
+) -> Vec<nft::GuardPeer> {
+    peers
+        .into_iter()
+        .map(|(slot, p)| nft::GuardPeer {
+            slot,
+            underlay: p.underlay,
+            selectors: p.selectors.clone(),
+        })
+        .collect()
+}
+
+/// Installs (or replaces) the guard over `peers`, its counters starting
+/// from `carry`.
+pub(crate) fn install_guard(
+    gw: &Gateway,
+    peers: &[nft::GuardPeer],
+    carry: &nft::Counters,
+) -> anyhow::Result<()> {
+    let scope = match gw.guard {
+        GuardScopeKind::All => nft::GuardScope::All,
+        GuardScopeKind::Peers => nft::GuardScope::Peers,
+    };
+    nft::install(&gw.nft_table, &gw.tun, gw.fwmark, peers, scope, carry)
+}
+
+/// The steering that `peers` need.
+pub(crate) fn steering_of<'a>(
+    gw: &Gateway,
+    local: IpAddr,
+    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
+) -> steering::Steering {
+    steering::Steering {
+        tun: gw.tun.clone(),
+        local,
+        table: gw.table,
+        priority: gw.rule_priority,
+        fwmark: gw.fwmark,
+        rules: peers
+            .into_iter()
+            .flat_map(|(_, p)| steering::rules_for(p.underlay, &p.selectors))
+            .collect(),
+    }
 }
 
 /// What [`remove_entries`] removed.

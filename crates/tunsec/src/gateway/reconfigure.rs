@@ -23,62 +23,14 @@
 //! only the changed peers' (adopt never removes a rule it keeps), and the
 //! guard's replacement is atomic and covers them at every moment.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use super::daemon::{GatewayControl, PeerSources};
-use super::{insert_peer, nft, steering};
-use crate::config::{Config, Gateway, GuardScopeKind, Peer};
+use super::{guard_peers, insert_peer, install_guard, nft, steering, steering_of};
+use crate::config::{Config, Peer};
 use crate::ike::Reloaded;
 use crate::peers::{self, PeerPlan};
 use tunsec_datapath::gateway::GatewayTables;
-
-/// The guard's part of each peer.
-pub(super) fn guard_peers<'a>(
-    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
-) -> Vec<nft::GuardPeer> {
-    peers
-        .into_iter()
-        .map(|(slot, p)| nft::GuardPeer {
-            slot,
-            underlay: p.underlay,
-            selectors: p.selectors.clone(),
-        })
-        .collect()
-}
-
-/// Installs (or replaces) the guard over `peers`, its counters starting
-/// from `carry`.
-pub(super) fn install_guard(
-    gw: &Gateway,
-    peers: &[nft::GuardPeer],
-    carry: &nft::Counters,
-) -> anyhow::Result<()> {
-    let scope = match gw.guard {
-        GuardScopeKind::All => nft::GuardScope::All,
-        GuardScopeKind::Peers => nft::GuardScope::Peers,
-    };
-    nft::install(&gw.nft_table, &gw.tun, gw.fwmark, peers, scope, carry)
-}
-
-/// The steering that `peers` need.
-pub(super) fn steering_of<'a>(
-    gw: &Gateway,
-    local: IpAddr,
-    peers: impl IntoIterator<Item = (usize, &'a Peer)>,
-) -> steering::Steering {
-    steering::Steering {
-        tun: gw.tun.clone(),
-        local,
-        table: gw.table,
-        priority: gw.rule_priority,
-        fwmark: gw.fwmark,
-        rules: peers
-            .into_iter()
-            .flat_map(|(_, p)| steering::rules_for(p.underlay, &p.selectors))
-            .collect(),
-    }
-}
 
 impl GatewayControl {
     /// Takes the peers to `wanted` (see the module documentation for the
