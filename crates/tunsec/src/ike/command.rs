@@ -98,6 +98,7 @@ impl IkeDriver {
         if let Some(beside) = p.beside.take() {
             self.endpoint.remove(beside.handle);
         }
+        p.reauth_pending = false;
         if let Some(handle) = p.handle.take() {
             if let Some(sa) = self.endpoint.sa_mut(handle) {
                 if sa.is_established() {

@@ -86,6 +86,7 @@ impl IkeDriver {
                 Some(format!("a new IKE SA failed ({why}); the old one stays"));
             self.endpoint.remove(incoming);
             self.peers[i].beside = None;
+            self.reauth_if_pending(i);
             return;
         }
         if !sa.is_established() {
@@ -99,14 +100,36 @@ impl IkeDriver {
         tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
         if !initial_contact {
             // A re-authentication: make before break (ike/reload.rs).
-            return self.retire_replaced(i, old, ours, out);
+            self.retire_replaced(i, old, ours, out);
+            self.defer_pending_reauth(i);
+            return;
         }
         if let Some(old) = old {
             self.endpoint.remove(old);
         }
         self.remove_all(i, index, &name);
+        self.defer_pending_reauth(i);
         // Its events (IkeSaEstablished, ChildSaUp) are handled with the
         // current IKE SA's, below.
+    }
+
+    /// The new IKE SA beside the established one came up while a
+    /// re-authentication waited for it (`reauth_pending`): it may have
+    /// been accepted with the settings before, so the next IKE SA rekey
+    /// re-authenticates (not at once: its Child SAs are being installed).
+    fn defer_pending_reauth(&mut self, i: usize) {
+        if std::mem::take(&mut self.peers[i].reauth_pending) {
+            self.peers[i].reauth_on_rekey = true;
+        }
+    }
+
+    /// The new IKE SA beside the established one failed while a
+    /// re-authentication waited for it (`reauth_pending`): it starts now.
+    fn reauth_if_pending(&mut self, i: usize) {
+        if std::mem::take(&mut self.peers[i].reauth_pending) {
+            let index = self.peers[i].index;
+            self.reauth(Instant::now(), index);
+        }
     }
 
     pub(super) fn handle_event(&mut self, i: usize, event: Event) {

@@ -58,6 +58,9 @@ pub(super) struct PeerIke {
     pub(super) expiring_inbound: Vec<(u32, Instant)>,
     /// Reloaded credentials: re-authenticate after the next IKE SA rekey.
     pub(super) reauth_on_rekey: bool,
+    /// A re-authentication asked for while `beside` was on its way: it
+    /// starts once that one is done.
+    pub(super) reauth_pending: bool,
     /// A re-authentication under way: its Child SAs replace the old IKE
     /// SA's ones (`ike/reload.rs`).
     pub(super) replacement: Option<reload::Replacement>,
@@ -136,6 +139,7 @@ impl PeerIke {
             next_child: NextChild::Join,
             expiring_inbound: Vec::new(),
             reauth_on_rekey: false,
+            reauth_pending: false,
             replacement: None,
         })
     }

@@ -371,7 +371,12 @@ impl IkeDriver {
             return;
         }
         if p.beside.is_some() {
-            tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way");
+            // That IKE SA may have been set up with the settings before
+            // this re-authentication's (a responder keeps the settings it
+            // was accepted with): ours follows once it is done, whether
+            // it came up or failed (`drain_incoming`).
+            p.reauth_pending = true;
+            tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way; ours follows once it is done");
             return;
         }
         let mut config = Self::ike_config(self.local, p, self.esp_port);
