@@ -415,4 +415,62 @@ mod tests {
         assert!(same.is_empty());
         assert_eq!(same.summary(), "no peer changed; 1 unchanged");
     }
+
+    /// What counts as new `[peer.ike]` settings (`same_auth`,
+    /// `same_negotiation`): a new PSK, proposals, identity or certificate
+    /// re-authenticates the peer in its slot; the same settings change
+    /// nothing; a new name is an added peer.
+    #[test]
+    fn new_ike_settings_reauthenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let parse = |ike: &str| {
+            let text = format!(
+                "[node]\nname = \"a\"\nunderlay = \"192.0.2.1\"\n\n\
+                 [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
+                 [[peer]]\nname = \"b\"\nunderlay = \"192.0.2.2\"\nnetworks = [\"blue\"]\n\n\
+                 [peer.ike]\n{ike}"
+            );
+            Config::parse(&text, p).unwrap()
+        };
+        let plan = |old: &Config, new: &Config| PeerSlots::new(&old.peers).plan(&new.peers);
+        crate::config::write_secret(p.join("k1"), "first key").unwrap();
+        crate::config::write_secret(p.join("k2"), "second key").unwrap();
+        let old = parse("psk_file = \"k1\"\n");
+        let same = plan(&old, &parse("psk_file = \"k1\"\n"));
+        assert!(same.is_empty());
+        assert_eq!(same.unchanged, 1);
+        for ike in [
+            "psk_file = \"k2\"\n",
+            "psk_file = \"k1\"\nesp_proposals = [\"aes256gcm16\"]\n",
+            "psk_file = \"k1\"\nremote_id = \"fqdn:b\"\n",
+        ] {
+            assert_eq!(names(&plan(&old, &parse(ike)).reauth), [(0, "b")], "{ike}");
+        }
+        crate::pki::init_ca(crate::pki::KeyAlg::EcdsaP256, "CA", 1, &p.join("ca")).unwrap();
+        for out in ["one", "two"] {
+            crate::pki::issue(
+                &p.join("ca"),
+                "a",
+                &[],
+                crate::pki::KeyAlg::EcdsaP256,
+                1,
+                &p.join(out),
+            )
+            .unwrap();
+        }
+        let cert = |d: &str| {
+            parse(&format!(
+                "auth = \"cert\"\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\nca = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"
+            ))
+        };
+        let one = cert("one");
+        assert!(plan(&one, &cert("one")).is_empty());
+        assert_eq!(plan(&one, &cert("two")).reauth.len(), 1);
+        assert_eq!(plan(&old, &one).reauth.len(), 1);
+        let mut two_peers = old.clone();
+        two_peers.peers.push(old.peers[0].clone());
+        two_peers.peers[1].name = "c".into();
+        assert_eq!(names(&plan(&old, &two_peers).add), [(1, "c")]);
+    }
 }

@@ -54,7 +54,6 @@ mod selectors;
 mod status;
 pub use driver::IkeDriver;
 use peer::{PeerIke, PendingOutbound};
-pub use reload::{ReloadPlan, plan as reload_plan};
 pub(crate) use reload::{same_auth, same_negotiation};
 pub(crate) use renewal::CertRenewal;
 pub(crate) use selectors::tunnel_ports;

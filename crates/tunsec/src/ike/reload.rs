@@ -16,7 +16,7 @@ use tunsec_datapath::sa_store::SaTables;
 
 use super::install::spi_of;
 use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT};
-use crate::config::{Config, IkePeer};
+use crate::config::IkePeer;
 
 /// A re-authentication under way: which old outbound SAs its Child SAs
 /// have still to replace, until when.
@@ -35,60 +35,6 @@ impl Replacement {
     pub(super) fn until(&self) -> Instant {
         self.until
     }
-}
-
-/// What a reload changes: the `[peer.ike]` of every IKE peer that is in
-/// both configurations under the same name and position, and notes on
-/// what a reload cannot change (other settings need a restart).
-#[derive(Debug)]
-pub struct ReloadPlan {
-    /// New settings by peer index.
-    pub updates: Vec<(usize, Box<IkePeer>)>,
-    /// Peers whose settings did not change, by name.
-    pub unchanged: Vec<String>,
-    /// What was ignored, one line each.
-    pub ignored: Vec<String>,
-}
-
-/// Compares the running configuration with a newly loaded one: every IKE
-/// peer whose `[peer.ike]` changed (credentials, identities, or what it
-/// negotiates) gets the new section.
-pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
-    let mut plan = ReloadPlan {
-        updates: Vec::new(),
-        unchanged: Vec::new(),
-        ignored: Vec::new(),
-    };
-    for (i, p) in new.peers.iter().enumerate() {
-        let Some(o) = old.peers.get(i).filter(|o| o.name == p.name) else {
-            plan.ignored.push(format!(
-                "peer {:?}: added or moved; peers change with a restart",
-                p.name
-            ));
-            continue;
-        };
-        match (&o.ike, &p.ike) {
-            (Some(old_ike), Some(new_ike)) => {
-                if same_auth(old_ike, new_ike) && same_negotiation(old_ike, new_ike) {
-                    plan.unchanged.push(p.name.clone());
-                } else {
-                    plan.updates.push((i, Box::new(new_ike.clone())));
-                }
-            }
-            (None, None) => {}
-            _ => plan.ignored.push(format!(
-                "peer {:?}: switching between manual keys and IKE needs a restart",
-                p.name
-            )),
-        }
-    }
-    for o in old.peers.iter().skip(new.peers.len()) {
-        plan.ignored.push(format!(
-            "peer {:?}: removed; peers change with a restart",
-            o.name
-        ));
-    }
-    plan
 }
 
 /// Whether two `[peer.ike]` sections authenticate alike: the same PSK, or
@@ -400,71 +346,5 @@ impl IkeDriver {
             }
         }
         self.publish_status();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(ike: &str, dir: &std::path::Path) -> Config {
-        let text = format!(
-            "[node]\nname = \"a\"\nunderlay = \"192.0.2.1\"\n\n\
-             [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n\n\
-             [[peer]]\nname = \"b\"\nunderlay = \"192.0.2.2\"\nnetworks = [\"blue\"]\n\n\
-             [peer.ike]\n{ike}"
-        );
-        Config::parse(&text, dir).unwrap()
-    }
-
-    #[test]
-    fn reload_plan_finds_what_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        crate::config::write_secret(p.join("k1"), "first key").unwrap();
-        crate::config::write_secret(p.join("k2"), "second key").unwrap();
-        let old = parse("psk_file = \"k1\"\n", p);
-        // Nothing changed.
-        let got = plan(&old, &parse("psk_file = \"k1\"\n", p));
-        assert!(got.updates.is_empty() && got.ignored.is_empty());
-        assert_eq!(got.unchanged, ["b"]);
-        // A new PSK, new proposals, a new identity: each an update.
-        for ike in [
-            "psk_file = \"k2\"\n",
-            "psk_file = \"k1\"\nesp_proposals = [\"aes256gcm16\"]\n",
-            "psk_file = \"k1\"\nremote_id = \"fqdn:b\"\n",
-        ] {
-            let got = plan(&old, &parse(ike, p));
-            assert_eq!(got.updates.len(), 1, "{ike}");
-            assert_eq!(got.updates[0].0, 0);
-        }
-        // New certificates: an update too.
-        crate::pki::init_ca(crate::pki::KeyAlg::EcdsaP256, "CA", 1, &p.join("ca")).unwrap();
-        for (out, _) in [("one", 1), ("two", 2)] {
-            crate::pki::issue(
-                &p.join("ca"),
-                "a",
-                &[],
-                crate::pki::KeyAlg::EcdsaP256,
-                1,
-                &p.join(out),
-            )
-            .unwrap();
-        }
-        let cert = |d: &str| {
-            format!(
-                "auth = \"cert\"\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\nca = [\"ca/ca.pem\"]\nremote_id = \"fqdn:b\"\n"
-            )
-        };
-        let one = parse(&cert("one"), p);
-        assert!(plan(&one, &parse(&cert("one"), p)).updates.is_empty());
-        assert_eq!(plan(&one, &parse(&cert("two"), p)).updates.len(), 1);
-        assert_eq!(plan(&old, &one).updates.len(), 1);
-        // Peers added or gone: a restart.
-        let mut two_peers = old.clone();
-        two_peers.peers.push(old.peers[0].clone());
-        two_peers.peers[1].name = "c".into();
-        let got = plan(&old, &two_peers);
-        assert!(got.ignored[0].contains("\"c\": added"), "{:?}", got.ignored);
     }
 }
