@@ -281,6 +281,27 @@ pub(crate) fn ike_add(
     ike.update_peers(updates, reauth_now)
 }
 
+/// Reads the configuration file at `path` again for `tunsec reload`, in
+/// either mode: the file must load and be in the same mode (`gateway`),
+/// else the error names the file and says nothing changed. Returns the
+/// configuration and the path, for further errors.
+pub(crate) fn load_for_reload(
+    path: Option<&std::path::Path>,
+    gateway: bool,
+) -> Result<(Config, &std::path::Path), String> {
+    let path = path.ok_or("reload: tunsecd was started without a configuration file")?;
+    let new = Config::load(path)
+        .map_err(|e| format!("reload: {}: {e}; nothing changed", path.display()))?;
+    if new.gateway.is_some() != gateway {
+        let has = if gateway { "has no" } else { "has" };
+        return Err(format!(
+            "reload: {}: {has} [gateway]; switching modes needs a restart; nothing changed",
+            path.display()
+        ));
+    }
+    Ok((new, path))
+}
+
 /// `tunsec reload`'s answer for a carried-out plan, with the sections of
 /// the new file that only a restart changes.
 pub fn reload_message(plan: &PeerPlan, running: &Config, new: &Config) -> String {

@@ -75,18 +75,7 @@ impl OverlayControl {
     /// differ from the running ones, changes nothing.
     pub(super) fn reload_file(&self) -> Result<Reloaded, String> {
         let _reloading = crate::systemd::reloading();
-        let path = self
-            .config_path
-            .as_deref()
-            .ok_or("reload: tunsecd was started without a configuration file")?;
-        let new = Config::load(path)
-            .map_err(|e| format!("reload: {}: {e}; nothing changed", path.display()))?;
-        if new.gateway.is_some() {
-            return Err(format!(
-                "reload: {}: has [gateway]; switching modes needs a restart; nothing changed",
-                path.display()
-            ));
-        }
+        let (new, path) = peers::load_for_reload(self.config_path.as_deref(), false)?;
         if let Some(what) = network_change(&self.config.networks, &new.networks) {
             return Err(format!(
                 "reload: {}: {what}: networks change with a restart; nothing changed",

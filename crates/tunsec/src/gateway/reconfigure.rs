@@ -99,17 +99,7 @@ impl GatewayControl {
     /// named in the answer.
     pub(super) fn reload_file(&self) -> Result<Reloaded, String> {
         let _reloading = crate::systemd::reloading();
-        let path = self
-            .config_path()
-            .ok_or("reload: tunsecd was started without a configuration file")?;
-        let new = Config::load(path)
-            .map_err(|e| format!("reload: {}: {e}; nothing changed", path.display()))?;
-        if new.gateway.is_none() {
-            return Err(format!(
-                "reload: {}: has no [gateway]; switching modes needs a restart; nothing changed",
-                path.display()
-            ));
-        }
+        let (new, _) = peers::load_for_reload(self.config_path(), true)?;
         let plan = {
             let mut sources = self
                 .sources
