@@ -90,34 +90,11 @@ fn run_ok(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// An ovsdb-server for `schema` in `dir` (`db.sock`), in namespace `ns`.
-fn start_ovsdb(
-    lab: &mut Lab,
-    label: &str,
-    ns: &str,
-    dir: &Path,
-    schema: &str,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    run_ok("ovsdb-tool", &["create", &p("conf.db"), schema])?;
-    lab.spawn(
-        label,
-        ns,
-        Path::new("ovsdb-server"),
-        &[
-            &p("conf.db"),
-            &format!("--remote=punix:{}", p("db.sock")),
-            &format!("--unixctl={}", p("ovsdb.ctl")),
-            &format!("--log-file={}", p("ovsdb-server.log")),
-        ],
-    )?;
-    let sock = dir.join("db.sock");
-    lab.wait_for(
-        &format!("{label} to listen"),
-        Duration::from_secs(10),
-        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-    )
+/// A new database for `schema` in `dir`, and its ovsdb-server
+/// (`db.sock`) in namespace `ns`.
+fn new_ovsdb(lab: &mut Lab, label: &str, ns: &str, dir: &Path, schema: &str) -> anyhow::Result<()> {
+    create_ovsdb(dir, schema)?;
+    start_ovsdb(lab, label, ns, dir)
 }
 
 /// The central part: NB and SB databases and ovn-northd.
@@ -130,7 +107,7 @@ impl Central {
     fn start(lab: &mut Lab, ns: &str) -> anyhow::Result<Self> {
         let dir = lab.dir.path().join("central");
         for (db, schema) in [("nb", NB_SCHEMA), ("sb", SB_SCHEMA)] {
-            start_ovsdb(lab, &format!("ovn-{db}"), ns, &dir.join(db), schema)?;
+            new_ovsdb(lab, &format!("ovn-{db}"), ns, &dir.join(db), schema)?;
         }
         let sock = |db: &str| format!("unix:{}", dir.join(db).join("db.sock").display());
         let c = Self {
@@ -214,7 +191,7 @@ fn add_chassis(
 ) -> anyhow::Result<Chassis> {
     let ns = add_host(lab, ul, &format!("c{n}"), n)?;
     let dir = lab.dir.path().join(format!("c{n}"));
-    start_ovsdb(lab, &format!("ovsdb{n}"), &ns, &dir, VSWITCH)?;
+    new_ovsdb(lab, &format!("ovsdb{n}"), &ns, &dir, VSWITCH)?;
     let c = Chassis { n, ns, dir };
     c.vsctl(&["init"])?;
     c.vsctl(&["add-br", "br-int"])?;

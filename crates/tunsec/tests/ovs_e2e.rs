@@ -37,7 +37,7 @@
 //! Debian's openvswitch-switch; they fail, never skip, when something is
 //! missing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -81,10 +81,7 @@ fn db_dir(lab: &Lab, n: u8) -> PathBuf {
 /// Creates host `n`'s database (vswitch schema) and starts its
 /// ovsdb-server in namespace `ns`.
 fn create_db(lab: &mut Lab, ns: &str, n: u8) -> anyhow::Result<()> {
-    let dir = db_dir(lab, n);
-    std::fs::create_dir_all(&dir)?;
-    let db = dir.join("conf.db");
-    tunsec_lab::run("ovsdb-tool", &["create", &db.to_string_lossy(), SCHEMA])?;
+    create_ovsdb(&db_dir(lab, n), SCHEMA)?;
     start_db(lab, ns, n)?;
     vsctl(lab, n, &["init"])?;
     vsctl(lab, n, &["add-br", "br-int"])?;
@@ -94,22 +91,7 @@ fn create_db(lab: &mut Lab, ns: &str, n: u8) -> anyhow::Result<()> {
 /// Starts (again) host `n`'s ovsdb-server.
 fn start_db(lab: &mut Lab, ns: &str, n: u8) -> anyhow::Result<()> {
     let dir = db_dir(lab, n);
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    lab.spawn(
-        &format!("ovsdb{n}"),
-        ns,
-        Path::new("ovsdb-server"),
-        &[
-            &p("conf.db"),
-            &format!("--remote=punix:{}", p("db.sock")),
-            &format!("--unixctl={}", p("ovsdb.ctl")),
-            &format!("--log-file={}", p("ovsdb-server.log")),
-        ],
-    )?;
-    let sock = dir.join("db.sock");
-    lab.wait_for("ovsdb-server to listen", Duration::from_secs(10), || {
-        std::os::unix::net::UnixStream::connect(&sock).is_ok()
-    })
+    start_ovsdb(lab, &format!("ovsdb{n}"), ns, &dir)
 }
 
 /// `ovs-vsctl --no-wait` on host `n`'s database.
@@ -119,6 +101,25 @@ fn vsctl(lab: &Lab, n: u8, args: &[&str]) -> anyhow::Result<String> {
     all.extend_from_slice(args);
     let out = tunsec_lab::run("ovs-vsctl", &all)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Adds tunnel interface `name` of type `kind` with `options`
+/// (`options:KEY=VALUE`) to host `n`'s `br-int`, as an operator does.
+fn add_tunnel(lab: &Lab, n: u8, name: &str, kind: &str, options: &[&str]) -> anyhow::Result<()> {
+    let kind = format!("type={kind}");
+    let mut args = vec![
+        "add-port",
+        "br-int",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+        &kind,
+    ];
+    args.extend_from_slice(options);
+    vsctl(lab, n, &args)?;
+    Ok(())
 }
 
 /// Host `n`'s configuration: gateway mode, the database of host `n`, no
@@ -268,18 +269,12 @@ fn ovs_psk_tunnel_lifecycle() {
 
         // The operator adds the tunnels, as OVS's IPsec tutorial does.
         for (n, peer) in [(1, 2), (2, 1)] {
-            vsctl(
+            add_tunnel(
                 lab,
                 n,
+                "tun0",
+                "vxlan",
                 &[
-                    "add-port",
-                    "br-int",
-                    "tun0",
-                    "--",
-                    "set",
-                    "interface",
-                    "tun0",
-                    "type=vxlan",
                     &format!("options:remote_ip={}", host_addr(peer)),
                     "options:psk=swordfish",
                 ],
@@ -306,18 +301,12 @@ fn ovs_psk_tunnel_lifecycle() {
         let config = write_config(lab, 3)?;
         start_tunsecd(lab, &h3, 3, &config)?;
         for (n, peer, name) in [(1u8, 3u8, "tun3"), (3, 1, "tun0")] {
-            vsctl(
+            add_tunnel(
                 lab,
                 n,
+                name,
+                "gre",
                 &[
-                    "add-port",
-                    "br-int",
-                    name,
-                    "--",
-                    "set",
-                    "interface",
-                    name,
-                    "type=gre",
                     &format!("options:remote_ip={}", host_addr(peer)),
                     "options:psk=another-key-for-gre",
                 ],
@@ -328,38 +317,18 @@ fn ovs_psk_tunnel_lifecycle() {
         let gre = ike_spis(lab, 1, "tun3")?.context("no IKE SA with h3")?;
 
         // An invalid row: reported, and no other tunnel is touched.
-        vsctl(
+        add_tunnel(
             lab,
             1,
+            "tun1",
+            "vxlan",
             &[
-                "add-port",
-                "br-int",
-                "tun1",
-                "--",
-                "set",
-                "interface",
-                "tun1",
-                "type=vxlan",
                 "options:remote_ip=192.0.2.3",
                 "options:remote_cert=/nonexistent/h3.pem",
             ],
         )?;
         // And one without remote_ip.
-        vsctl(
-            lab,
-            1,
-            &[
-                "add-port",
-                "br-int",
-                "tun2",
-                "--",
-                "set",
-                "interface",
-                "tun2",
-                "type=vxlan",
-                "options:psk=swordfish",
-            ],
-        )?;
+        add_tunnel(lab, 1, "tun2", "vxlan", &["options:psk=swordfish"])?;
         lab.wait_for(
             "tun1 and tun2 to be reported",
             Duration::from_secs(5),
@@ -544,20 +513,9 @@ fn pki(lab: &Lab, args: &[&str]) -> anyhow::Result<PathBuf> {
 fn set_tunnel(lab: &Lab, n: u8, peer: u8, name: &str, options: &[String]) -> anyhow::Result<()> {
     let _ = vsctl(lab, n, &["--if-exists", "del-port", "br-int", name]);
     let remote = format!("options:remote_ip={}", host_addr(peer));
-    let mut args = vec![
-        "add-port",
-        "br-int",
-        name,
-        "--",
-        "set",
-        "interface",
-        name,
-        "type=vxlan",
-        &remote,
-    ];
-    args.extend(options.iter().map(String::as_str));
-    vsctl(lab, n, &args)?;
-    Ok(())
+    let mut all = vec![remote.as_str()];
+    all.extend(options.iter().map(String::as_str));
+    add_tunnel(lab, n, name, "vxlan", &all)
 }
 
 /// The tunnels of the OVS contract with certificates, as OVS's IPsec
@@ -759,21 +717,12 @@ fn ovs_garbage_on_the_database_socket() {
         drop(listener);
         std::fs::remove_file(&sock)?;
         create_db(lab, &h1, 1)?;
-        vsctl(
+        add_tunnel(
             lab,
             1,
-            &[
-                "add-port",
-                "br-int",
-                "tun0",
-                "--",
-                "set",
-                "interface",
-                "tun0",
-                "type=vxlan",
-                "options:remote_ip=192.0.2.2",
-                "options:psk=swordfish",
-            ],
+            "tun0",
+            "vxlan",
+            &["options:remote_ip=192.0.2.2", "options:psk=swordfish"],
         )?;
         lab.wait_for("tunsecd to configure tun0", Duration::from_secs(20), || {
             status(lab, 1)

@@ -668,3 +668,42 @@ pub(crate) fn cut_ike(lab: &Lab, hosts: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Creates an OVSDB database `dir/conf.db` with `schema` (ovsdb-tool);
+/// an error says why it could not.
+pub(crate) fn create_ovsdb(dir: &Path, schema: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let db = dir.join("conf.db");
+    let out = tunsec_lab::run("ovsdb-tool", &["create", &db.to_string_lossy(), schema])?;
+    ensure!(
+        out.status.success(),
+        "ovsdb-tool create {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Starts ovsdb-server on `dir/conf.db` under `label` in namespace `ns`,
+/// listening on `dir/db.sock` (log `dir/ovsdb-server.log`), and waits
+/// until it answers.
+pub(crate) fn start_ovsdb(lab: &mut Lab, label: &str, ns: &str, dir: &Path) -> anyhow::Result<()> {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    lab.spawn(
+        label,
+        ns,
+        Path::new("ovsdb-server"),
+        &[
+            &p("conf.db"),
+            &format!("--remote=punix:{}", p("db.sock")),
+            &format!("--unixctl={}", p("ovsdb.ctl")),
+            &format!("--log-file={}", p("ovsdb-server.log")),
+        ],
+    )?;
+    let sock = dir.join("db.sock");
+    lab.wait_for(
+        &format!("{label} to listen"),
+        Duration::from_secs(10),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+    )
+}
