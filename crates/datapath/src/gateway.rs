@@ -116,15 +116,6 @@ impl GatewayPeer {
             counters: Arc::default(),
         }
     }
-
-    /// A vacant slot's placeholder.
-    fn vacant() -> Self {
-        Self::new(
-            String::new(),
-            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            Vec::new(),
-        )
-    }
 }
 
 /// What the gateway workers look up: a snapshot published like
@@ -140,8 +131,9 @@ pub struct GatewayTables {
     /// The peers by slot. A slot keeps its index while the peer is
     /// configured (the IKE driver, the guard's counters and the inbound
     /// SAs name the peer by it); a peer removed at run time leaves a
-    /// vacant slot, which no address leads to, for the next one added.
-    peers: Vec<GatewayPeer>,
+    /// vacant slot (`None`), which no address leads to, for the next one
+    /// added.
+    peers: Vec<Option<GatewayPeer>>,
     /// The occupied slots by the peer's underlay address.
     by_addr: FastMap<IpAddr, usize>,
     /// Inbound SAs by SPI (`InboundEntry::peer` is a slot of `peers`).
@@ -168,15 +160,12 @@ impl GatewayTables {
 
     /// The peer in `slot`, if it is occupied.
     pub fn peer(&self, slot: usize) -> Option<&GatewayPeer> {
-        self.peers
-            .get(slot)
-            .filter(|p| self.by_addr.get(&p.underlay) == Some(&slot))
+        self.peers.get(slot)?.as_ref()
     }
 
     /// The peer in `slot`, to change its SAs, if it is occupied.
     pub fn peer_mut(&mut self, slot: usize) -> Option<&mut GatewayPeer> {
-        self.peer(slot)?;
-        self.peers.get_mut(slot)
+        self.peers.get_mut(slot)?.as_mut()
     }
 
     /// The occupied slots and their peers, in slot order.
@@ -184,7 +173,7 @@ impl GatewayTables {
         self.peers
             .iter()
             .enumerate()
-            .filter(|(i, p)| self.by_addr.get(&p.underlay) == Some(i))
+            .filter_map(|(i, p)| Some((i, p.as_ref()?)))
     }
 
     /// Puts `peer` into `slot` (growing the table with vacant slots if
@@ -199,20 +188,18 @@ impl GatewayTables {
             }
         }
         self.remove_peer(slot);
-        while self.peers.len() <= slot {
-            self.peers.push(GatewayPeer::vacant());
+        if self.peers.len() <= slot {
+            self.peers.resize_with(slot + 1, || None);
         }
         self.by_addr.insert(peer.underlay, slot);
-        self.peers[slot] = peer;
+        self.peers[slot] = Some(peer);
         Ok(())
     }
 
     /// Empties `slot`: its address leads nowhere, and its SAs go.
     pub fn remove_peer(&mut self, slot: usize) {
-        if let Some(p) = self.peer(slot) {
-            let addr = p.underlay;
-            self.by_addr.remove(&addr);
-            self.peers[slot] = GatewayPeer::vacant();
+        if let Some(p) = self.peers.get_mut(slot).and_then(Option::take) {
+            self.by_addr.remove(&p.underlay);
             self.inbound.retain(|_, e| e.peer != slot);
         }
     }
@@ -386,7 +373,9 @@ pub fn protect(
     let Ok(flow) = FlowKey::from_ip_packet(&buf[start..end]) else {
         return Err(PathDrop::Malformed);
     };
-    let entry = &tables.peers[peer]; // occupied: found by address
+    let Some(entry) = tables.peer(peer) else {
+        return Err(PathDrop::UnknownPeer);
+    };
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
         return Err(PathDrop::Policy);
     }
