@@ -8,6 +8,8 @@
 //!   reaches h3's) and removed again (h3 sees the DELETE), while h1's
 //!   tenant pings h2's through all of it and loses nothing, and the IKE SA
 //!   with h2 stays the same one; a file whose networks changed is refused.
+//!   A capture from before the first start holds ESP and no cleartext
+//!   VXLAN.
 //!
 //! They need root, iproute2, ping, tshark (dumpcap) and nftables; they
 //! fail, never skip, when something is missing.
@@ -67,6 +69,9 @@ fn ike_peers_at_run_time() {
         let hosts: Vec<String> = (1..=3)
             .map(|n| add_host(lab, &ul, &format!("h{n}"), n))
             .collect::<anyhow::Result<_>>()?;
+        // From before the first start: every `require` frame, to any
+        // peer, through the add and the removal, crosses as ESP only.
+        let pcap = start_capture(lab, &ul, "capture")?;
         for (n, peers) in [(1u8, &[2u8][..]), (2, &[1]), (3, &[1])] {
             let config = write_config_peers(lab, n, peers)?;
             start_tunsecd(lab, &hosts[usize::from(n) - 1], n, &config)?;
@@ -137,6 +142,17 @@ fn ike_peers_at_run_time() {
         ensure!(
             clean_ike_sa(&status(lab, 1)?, "h2")? == Some(h2_sa),
             "the IKE SA with h2 changed"
+        );
+        stop_capture(lab, "capture");
+        let all = frames(&pcap)?;
+        let esp = all.iter().filter(|f| f.protocols.contains("esp")).count();
+        ensure!(esp > 100, "the capture holds {esp} ESP frames");
+        let clear: Vec<&Frame> = all.iter().filter(|f| f.vni.is_some()).collect();
+        ensure!(
+            clear.is_empty(),
+            "{} cleartext VXLAN frames:{}",
+            clear.len(),
+            describe(&clear)
         );
         Ok(())
     });
