@@ -21,19 +21,16 @@
 //! skips, when something is missing.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use tunsec_ike::message::Identity;
-use tunsec_ike::sa::{Config, IkeSa, SystemRandom};
 use tunsec_lab::Lab;
 
 mod common;
+use common::flood::*;
 use common::*;
 
-const PYTHON: &str = "/usr/bin/python3";
 /// Spoofed requests sent.
 const FLOOD: usize = 2000;
 
@@ -78,29 +75,6 @@ fn write_config_peers(lab: &Lab, n: u8, peers: &[u8]) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
-/// `count` IKE_SA_INIT requests as h1 would send them to h2, each a new
-/// IKE SA (its own SPI, nonce and key share), hex, one a line.
-fn spoofed_requests(count: usize) -> anyhow::Result<String> {
-    spoofed_requests_from(count, &host_addr(1))
-}
-
-/// As [`spoofed_requests`], as if from `from`.
-fn spoofed_requests_from(count: usize, from: &str) -> anyhow::Result<String> {
-    let h2: SocketAddr = format!("{}:500", host_addr(2)).parse()?;
-    let mut out = String::new();
-    for _ in 0..count {
-        let config = Config::new(
-            Identity::Ipv4(from.parse()?),
-            Some(Identity::Ipv4(host_addr(2).parse()?)),
-            tunsec_esp::Key::from_slice(b"not the key"),
-        );
-        let mut sa = IkeSa::initiate(config, h2, Instant::now(), Box::new(SystemRandom))?;
-        let t = sa.poll_transmit().context("no IKE_SA_INIT")?;
-        writeln!(out, "{}", hex::encode(&t.bytes))?;
-    }
-    Ok(out)
-}
-
 #[test]
 fn ike_spoofed_flood_from_the_peer_address() {
     with_lab("ikeflood", preflight, |lab| {
@@ -108,27 +82,10 @@ fn ike_spoofed_flood_from_the_peer_address() {
         let h1 = add_host(lab, &ul, "h1", 1)?;
         let h2 = add_host(lab, &ul, "h2", 2)?;
         let h3 = add_host(lab, &ul, "h3", 3)?;
-        let requests = lab.dir.path().join("requests.hex");
-        std::fs::write(&requests, spoofed_requests(FLOOD)?)?;
-        let script = lab.dir.path().join("flood.py");
-        std::fs::write(
-            &script,
-            format!(
-                "from scapy.all import IP, UDP, Raw, send, conf\n\
-                 conf.verb = 0\n\
-                 pkts = [IP(src='{h1}', dst='{h2}')/UDP(sport=500, dport=500)/Raw(bytes.fromhex(l))\n\
-                 \x20       for l in open('{file}').read().split()]\n\
-                 while True:\n\
-                 \x20   send(pkts, inter=0)\n",
-                h1 = host_addr(1),
-                h2 = host_addr(2),
-                file = requests.display()
-            ),
-        )?;
+        let script = flood_from(lab, FLOOD, &host_addr(1), &host_addr(2))?;
         let c2 = write_config(lab, 2, 1)?;
         start_tunsecd(lab, &h2, 2, &c2)?;
-        let script_s = script.to_string_lossy().into_owned();
-        lab.spawn("flood", &h3, Path::new(PYTHON), &[&script_s])?;
+        start_flood(lab, &h3, &script)?;
         // Let the flood get going before the real peer starts.
         lab.wait_for("the flood to reach h2", Duration::from_secs(20), || {
             status(lab, 2)
@@ -241,7 +198,10 @@ fn ike_flood_from_ten_thousand_sources() {
         // One request per source, 10,000 sources, each a valid
         // IKE_SA_INIT (Scapy rewrites the source address).
         let requests = lab.dir.path().join("requests.hex");
-        std::fs::write(&requests, spoofed_requests_from(500, &host_addr(3))?)?;
+        std::fs::write(
+            &requests,
+            spoofed_requests(500, &host_addr(3), &host_addr(2))?,
+        )?;
         let script = lab.dir.path().join("flood.py");
         std::fs::write(
             &script,

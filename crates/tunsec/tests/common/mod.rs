@@ -5,6 +5,7 @@
 // Each test crate compiles this module; not every crate uses every helper.
 #![allow(dead_code)]
 
+pub(crate) mod flood;
 pub(crate) mod reorder;
 
 use std::path::{Path, PathBuf};
