@@ -535,6 +535,14 @@ impl IkeSa {
         }
     }
 
+    /// Whether we are this IKE SA's original initiator (RFC 7296 section
+    /// 3.1, the Initiator flag): the side that sent its IKE_SA_INIT, or,
+    /// after a rekey of the IKE SA, the side that started the rekey
+    /// (section 2.18: the new IKE SA's initiator is the rekey's).
+    pub fn is_initiator(&self) -> bool {
+        self.role == Role::Initiator
+    }
+
     /// Whether both sides are authenticated and the IKE SA is up.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established(_))

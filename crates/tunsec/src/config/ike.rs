@@ -86,6 +86,7 @@ pub(super) struct RawIke {
     pub(super) nat_keepalive: Option<u64>,
     pub(super) fragmentation: Option<bool>,
     pub(super) fragment_size: Option<u64>,
+    pub(super) initiate: Option<bool>,
 }
 
 /// A peer whose SAs are negotiated with IKEv2, with a pre-shared key or
@@ -132,6 +133,13 @@ pub struct IkePeer {
     pub selectors: ChildSelectors,
     /// Gateway mode: how the peer's selectors make Child SAs.
     pub layout: ChildLayout,
+    /// Whether this host starts the IKE SA by itself (at start-up, and
+    /// again after a failure) when it is the designated initiator, the
+    /// lower underlay address, or when the designated initiator stays
+    /// silent. `false`: a passive responder (strongSwan's
+    /// `start_action = none`), for a peer that always initiates;
+    /// `tunsec up` still initiates once.
+    pub initiate: bool,
 }
 
 impl fmt::Debug for IkePeer {
@@ -151,6 +159,7 @@ impl fmt::Debug for IkePeer {
             .field("mode", &self.mode)
             .field("selectors", &self.selectors)
             .field("layout", &self.layout)
+            .field("initiate", &self.initiate)
             .finish()
     }
 }
@@ -389,6 +398,7 @@ pub(super) fn validate_ike(
         mode: raw.mode.unwrap_or_default(),
         selectors: raw.selectors.unwrap_or_default(),
         layout: raw.layout.unwrap_or_default(),
+        initiate: raw.initiate.unwrap_or(true),
     })
 }
 
@@ -536,6 +546,25 @@ mod test {
         let err =
             parse_ike(&ike_config(&format!("{IKE_PEER}psk = \"secret\"\n")), b"k").unwrap_err();
         assert!(err.to_string().contains("psk"), "{err}");
+    }
+
+    /// `initiate`: on by default; `false` makes a passive responder; not a
+    /// boolean is an error that names the field.
+    #[test]
+    fn ike_initiate_parses() {
+        let ike = |extra: &str| {
+            parse_ike(&ike_config(&format!("{IKE_PEER}{extra}")), b"k")
+                .unwrap()
+                .peers[0]
+                .ike
+                .clone()
+                .unwrap()
+        };
+        assert!(ike("").initiate);
+        assert!(!ike("initiate = false\n").initiate);
+        let err =
+            parse_ike(&ike_config(&format!("{IKE_PEER}initiate = \"no\"\n")), b"k").unwrap_err();
+        assert!(err.to_string().contains("initiate"), "{err}");
     }
 
     /// IKE fragmentation (RFC 7383): on at 1280 bytes by default; off, or

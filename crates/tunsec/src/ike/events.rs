@@ -137,14 +137,23 @@ impl IkeDriver {
         match event {
             Event::IkeSaEstablished => {
                 let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
-                let (spis, suite, remote) = sa.map_or((None, None, None), |sa| {
-                    (Some(sa.spis()), sa.ike_suite(), sa.remote())
+                let (spis, suite, remote, initiator) = sa.map_or((None, None, None, None), |sa| {
+                    (
+                        Some(sa.spis()),
+                        sa.ike_suite(),
+                        sa.remote(),
+                        Some(sa.is_initiator()),
+                    )
                 });
                 let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
                 tracing::info!(
                     peer = %name,
                     addr = %or_dash(remote.map(|r| r.to_string())),
-                    role = %if self.peers[i].initiator { "initiator" } else { "responder" },
+                    role = %match initiator {
+                        Some(true) => "initiator",
+                        Some(false) => "responder",
+                        None => "-",
+                    },
                     spi_i = %or_dash(spis.map(|s| format!("{:#018x}", s.0))),
                     spi_r = %or_dash(spis.map(|s| format!("{:#018x}", s.1))),
                     suite = %or_dash(suite.as_ref().map(suite_name)),

@@ -26,7 +26,9 @@ pub(super) struct PeerIke {
     /// Gateway mode: the peer's `[[peer.selector]]`s, which are then the
     /// Child SA's traffic selectors.
     pub(super) gateway_selectors: Vec<GatewaySelector>,
-    /// We initiate (our underlay address is the lower one).
+    /// We are the designated initiator: our underlay address is the lower
+    /// one, and the peer's `initiate` is not `false`. Not the role of the
+    /// current IKE SA (`IkeSa::is_initiator`), which is whoever started it.
     pub(super) initiator: bool,
     /// The current IKE SA, if any.
     pub(super) handle: Option<SaHandle>,
@@ -64,6 +66,12 @@ pub(super) struct PeerIke {
     /// A re-authentication under way: its Child SAs replace the old IKE
     /// SA's ones (`ike/reload.rs`).
     pub(super) replacement: Option<reload::Replacement>,
+}
+
+/// Whether we initiate to a peer at `remote` by ourselves: the lower
+/// underlay address does, unless the peer's `initiate` is `false`.
+pub(super) fn designated_initiator(ike: &IkePeer, local: IpAddr, remote: IpAddr) -> bool {
+    ike.initiate && local < remote
 }
 
 /// A second IKE SA with a peer, beside the established one.
@@ -107,7 +115,7 @@ impl PeerIke {
     /// The bookkeeping of `peer` in slot `index`, if it uses IKE. Who
     /// initiates: the lower underlay address at once; the other after
     /// `START_GRACE` if the peer stays silent (it may hold an IKE SA from
-    /// before our restart).
+    /// before our restart); neither with `initiate = false`.
     pub(super) fn new(
         index: usize,
         peer: &Peer,
@@ -116,7 +124,7 @@ impl PeerIke {
         now: Instant,
     ) -> Option<Self> {
         let ike = peer.ike.as_ref()?;
-        let initiator = local < peer.underlay;
+        let initiator = designated_initiator(ike, local, peer.underlay);
         Some(Self {
             index,
             name: peer.name.clone(),
@@ -128,7 +136,11 @@ impl PeerIke {
             handle: None,
             beside: None,
             keepalive_at: None,
-            retry_at: Some(if initiator { now } else { now + START_GRACE }),
+            retry_at: match (ike.initiate, initiator) {
+                (false, _) => None,
+                (true, true) => Some(now),
+                (true, false) => Some(now + START_GRACE),
+            },
             retry_wait: RETRY_MIN,
             last_error: None,
             child_sas: 0,

@@ -279,10 +279,12 @@ impl IkeDriver {
     /// Takes up reloaded settings: new IKE SAs use them; an established
     /// IKE SA is re-authenticated after its next rekey.
     pub(super) fn reload(&mut self, updates: Vec<(usize, Box<IkePeer>)>) {
+        let local = self.local;
         for (index, ike) in updates {
             let Some(p) = self.peers.iter_mut().find(|p| p.index == index) else {
                 continue;
             };
+            p.initiator = super::peer::designated_initiator(&ike, local, p.addr.ip());
             p.ike = *ike;
             p.reauth_on_rekey = p.handle.is_some();
             tracing::info!(

@@ -26,6 +26,14 @@ impl IkeDriver {
             let nat =
                 nat_state.map(|n| nat_summary(n.local_behind_nat, n.remote_behind_nat, n.forced));
             let stats = sa.as_ref().map(|sa| sa.stats()).unwrap_or_default();
+            // The role of the IKE SA there is (whoever started it), else
+            // the one this host takes when it connects.
+            let role = match sa.as_ref().map(|sa| sa.is_initiator()) {
+                Some(true) => "initiator",
+                Some(false) => "responder",
+                None if self.peers[i].initiator => "initiator",
+                None => "responder",
+            };
             let sa = sa.map(|sa| {
                 (
                     sa.is_established(),
@@ -69,12 +77,7 @@ impl IkeDriver {
                     fragments_sent: stats.fragments_sent,
                     fragments_received: stats.fragments_received,
                     state,
-                    role: if p.initiator {
-                        "initiator"
-                    } else {
-                        "responder"
-                    }
-                    .to_owned(),
+                    role: role.to_owned(),
                     spi_i: spis.map(|s| format!("{:#018x}", s.0)),
                     spi_r: spis.map(|s| format!("{:#018x}", s.1)),
                     suite,
