@@ -309,6 +309,18 @@ pub struct IkeStatus {
     /// Authentic IKE fragments (RFC 7383) this host received and kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fragments_received: u64,
+    /// IKE_SA_INIT requests from the peer's address that this host
+    /// answered and that wait for their IKE_AUTH now (at most 4; RFC
+    /// 7296 section 2.6).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub half_open: u64,
+    /// Answered IKE_SA_INIT requests from the peer's address that never
+    /// authenticated (no IKE_AUTH within 30 s, a failed one, or pushed
+    /// out by newer ones). Many of them mean requests spoofed with the
+    /// peer's address (or a peer that gives up); a dead peer shows as
+    /// `peer dead` in `last_error` instead, from our own requests.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handshakes_failed: u64,
     /// How this host authenticates (as configured, after the last
     /// reload): `psk`, or `certificate <subject> (<key type>, until
     /// <notAfter>)` and the trust in the peer (`CA <subject>...`,
@@ -496,6 +508,13 @@ impl Status {
                 );
                 if let Some(nat) = ike.nat_text() {
                     let _ = writeln!(s, "        nat {nat}");
+                }
+                if ike.half_open + ike.handshakes_failed > 0 {
+                    let _ = writeln!(
+                        s,
+                        "        half-open {} handshakes failed {}",
+                        ike.half_open, ike.handshakes_failed
+                    );
                 }
                 if ike.fragments_sent + ike.fragments_received > 0 {
                     let _ = writeln!(

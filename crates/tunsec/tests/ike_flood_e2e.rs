@@ -10,8 +10,11 @@
 //! the IKE SA stays the same one for 3 s more of flood, h2 sent cookies,
 //! and h2 computed a Diffie-Hellman for at most three requests (the first
 //! spoofed one, h1's, and one spoofed after h1's became established and
-//! no longer half open: it waits beside the established IKE SA, which it
-//! never replaces): `responders` in its status.
+//! no longer half open: it waits among h1's half-open IKE SAs, and
+//! replaces nothing, as it never authenticates): `responders` in its
+//! status. Before h1 starts, h2's status shows the spoofed handshake for
+//! what it is: state `connecting` with a half-open IKE SA of h1's
+//! address, not a dead peer.
 //!
 //! `ike_flood_from_ten_thousand_sources`: a flood from 10,000 spoofed
 //! addresses: memory bounded, an established tunnel loses no ping, and a
@@ -93,6 +96,18 @@ fn ike_spoofed_flood_from_the_peer_address() {
                 .and_then(|s| s.ike_endpoint)
                 .is_some_and(|e| e.cookies_sent > 10)
         })?;
+        let before = status(lab, 2)?;
+        let ike = before.peers[0]
+            .ike
+            .clone()
+            .context("no IKE status for h1")?;
+        eprintln!("  h2 before h1 starts: {ike:?}");
+        ensure!(
+            ike.state == "connecting" && ike.half_open == 1,
+            "h2 shows the spoofed handshake as {:?} with {} half-open IKE SAs",
+            ike.state,
+            ike.half_open
+        );
         let c1 = write_config(lab, 1, 2)?;
         let started = Instant::now();
         start_tunsecd(lab, &h1, 1, &c1)?;

@@ -91,12 +91,15 @@ impl IkeDriver {
 
     /// Deletes peer `i`'s IKE SA (one DELETE, which takes its Child SAs
     /// with it: RFC 7296 section 1.4.1) and forgets it, and its new one
-    /// beside it if any; its SAs leave the tables at once, so nothing
-    /// waits on the peer's answer.
+    /// beside it and its half-open ones if any; its SAs leave the tables
+    /// at once, so nothing waits on the peer's answer.
     fn take_down(&mut self, now: Instant, i: usize) {
         let p = &mut self.peers[i];
         if let Some(beside) = p.beside.take() {
             self.endpoint.remove(beside.handle);
+        }
+        for handle in std::mem::take(&mut p.half_open) {
+            self.endpoint.remove(handle);
         }
         p.reauth_pending = false;
         if let Some(handle) = p.handle.take() {

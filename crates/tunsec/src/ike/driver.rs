@@ -1,11 +1,10 @@
 //! The driver thread's loop: the IKE socket, the inbox, the timers, new IKE
 //! SAs from peers, and shutdown.
 
-use super::peer::Beside;
 use super::selectors::{gateway_selectors, selectors, tunnel_ports};
 use super::{
-    IDLE, IKE_PORT, IkeCommand, IkeStates, KEEPALIVE_PACKET, LIVENESS, MAX_DATAGRAM, PeerIke,
-    RETRY_MAX, reload,
+    HALF_OPEN_PER_PEER, IDLE, IKE_PORT, IkeCommand, IkeStates, KEEPALIVE_PACKET, LIVENESS,
+    MAX_DATAGRAM, PeerIke, RETRY_MAX, reload,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -256,38 +255,18 @@ impl IkeDriver {
         let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
         match self.endpoint.accept(incoming, now, config, rng) {
             Some(handle) => {
-                let Some(p) = self.peers.iter_mut().find(|p| p.addr.ip() == src.ip()) else {
-                    return;
-                };
+                // The request may be spoofed with the peer's address: it
+                // waits among the peer's half-open IKE SAs and replaces
+                // nothing until its IKE_AUTH authenticates (drain_half_open).
+                let p = &mut self.peers[i];
                 p.retry_at = None;
-                let established = p
-                    .handle
-                    .and_then(|h| self.endpoint.sa_mut(h))
-                    .is_some_and(|sa| sa.is_established());
-                if established {
-                    // The peer restarted, lost its IKE SA or re-authenticates:
-                    // the old one stays until the new one is authenticated.
-                    // A re-authentication of our own gives way to it (the
-                    // peer has the lower address, see `accepts`).
-                    let theirs = Beside {
-                        handle,
-                        ours: false,
-                    };
-                    if let Some(older) = p.beside.replace(theirs) {
-                        self.endpoint.remove(older.handle);
-                        if older.ours {
-                            tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
-                        }
-                    }
-                    tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
-                } else {
-                    // Our own attempt, if any, gives way to the peer's
-                    // (its nonce is lower, see `accepts`).
-                    if let Some(old) = p.handle.replace(handle) {
-                        self.endpoint.remove(old);
-                    }
-                    tracing::info!(peer = %p.name, "IKE: responding to IKE_SA_INIT");
+                if p.half_open.len() >= HALF_OPEN_PER_PEER {
+                    let oldest = p.half_open.remove(0);
+                    self.endpoint.remove(oldest);
+                    p.handshakes_failed += 1;
                 }
+                p.half_open.push(handle);
+                tracing::info!(peer = %p.name, half_open = p.half_open.len(), "IKE: responding to IKE_SA_INIT");
             }
             None => {
                 tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
@@ -324,7 +303,8 @@ impl IkeDriver {
         // Both sides re-authenticate at once (each reloaded, and the
         // IKE SA rekey set both off): the designated initiator's new
         // IKE SA is the one both keep, so it refuses the peer's, and
-        // the peer gives up its own for ours (in handle_datagram).
+        // the peer gives up its own for ours once ours authenticates
+        // (`authenticated` in events.rs).
         let p = &peers[i];
         if p.initiator && p.beside.is_some_and(|b| b.ours) {
             return None;

@@ -18,6 +18,7 @@ impl IkeDriver {
         }
         let now = Instant::now();
         for i in 0..self.peers.len() {
+            self.drain_half_open(i, &mut out);
             self.drain_incoming(i, &mut out);
             let Some(handle) = self.peers[i].handle else {
                 continue;
@@ -54,6 +55,114 @@ impl IkeDriver {
         }
         self.send(batch, &out);
         self.publish_status();
+    }
+
+    /// Polls peer `i`'s half-open IKE SAs (the IKE_SA_INIT requests from
+    /// its address that we answered): sends what they send; one that
+    /// failed goes, counted; the first that authenticates is the peer's
+    /// (a spoofed request cannot: it has no key) and becomes its IKE SA,
+    /// or waits beside the established one, which it replaces
+    /// (`drain_incoming`); the others go.
+    fn drain_half_open(&mut self, i: usize, out: &mut Vec<tunsec_ike::sa::Transmit>) {
+        let mut k = 0;
+        while k < self.peers[i].half_open.len() {
+            let handle = self.peers[i].half_open[k];
+            let Some(sa) = self.endpoint.sa_mut(handle) else {
+                self.peers[i].half_open.remove(k);
+                continue;
+            };
+            while let Some(t) = sa.poll_transmit() {
+                out.push(t);
+            }
+            if sa.is_closed() {
+                let events: Vec<Event> = std::iter::from_fn(|| sa.poll_event()).collect();
+                self.peers[i].half_open.remove(k);
+                self.endpoint.remove(handle);
+                self.half_open_failed(i, events);
+                continue;
+            }
+            if sa.is_established() {
+                self.peers[i].half_open.remove(k);
+                for other in std::mem::take(&mut self.peers[i].half_open) {
+                    self.endpoint.remove(other);
+                }
+                self.authenticated(i, handle);
+                return;
+            }
+            k += 1;
+        }
+    }
+
+    /// The peer's IKE SA `handle`, which we answered, has authenticated.
+    /// Beside an established IKE SA, the peer restarted, lost its IKE SA
+    /// or re-authenticates: the new one replaces the old one in
+    /// `drain_incoming`, and a re-authentication of our own gives way to
+    /// it (the peer has the lower address, see `accepts`). Else it is the
+    /// peer's IKE SA, and our own attempt, if any, goes.
+    fn authenticated(&mut self, i: usize, handle: tunsec_ike::sa::SaHandle) {
+        let established = self.peers[i]
+            .handle
+            .and_then(|h| self.endpoint.sa_mut(h))
+            .is_some_and(|sa| sa.is_established());
+        let p = &mut self.peers[i];
+        if established {
+            let theirs = Beside {
+                handle,
+                ours: false,
+            };
+            if let Some(older) = p.beside.replace(theirs) {
+                self.endpoint.remove(older.handle);
+                if older.ours {
+                    tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
+                }
+            }
+            tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
+        } else if let Some(ours) = p.handle.replace(handle) {
+            tracing::info!(peer = %p.name, "IKE: the peer's IKE SA is up: our own attempt gives way");
+            self.endpoint.remove(ours);
+        }
+    }
+
+    /// One of peer `i`'s half-open IKE SAs closed with `events` before it
+    /// authenticated. Beside an established IKE SA that one stays. Else a
+    /// failure the peer's IKE_AUTH caused (authentication, a notify) is
+    /// handled as the peer's IKE SA's. One that never got an IKE_AUTH (a
+    /// spoofed IKE_SA_INIT, or a peer that gave up) is only counted
+    /// (`handshakes_failed` in status) and logged: `last_error` says
+    /// `peer dead` only when our own requests got no answer.
+    fn half_open_failed(&mut self, i: usize, events: Vec<Event>) {
+        let up = self.peers[i]
+            .handle
+            .and_then(|h| self.endpoint.sa_mut(h))
+            .is_some_and(|sa| sa.is_established());
+        let p = &mut self.peers[i];
+        p.handshakes_failed += 1;
+        let unanswered = events.iter().all(|e| matches!(e, Event::PeerDead));
+        if up {
+            let why = reload::describe_events(&events);
+            tracing::info!(peer = %p.name, handshakes_failed = p.handshakes_failed, "IKE: an IKE_SA_INIT from the peer's address we answered failed ({why}); the established IKE SA stays");
+        } else if unanswered {
+            tracing::warn!(
+                peer = %p.name,
+                handshakes_failed = p.handshakes_failed,
+                "IKE: an IKE_SA_INIT from the peer's address we answered got no IKE_AUTH within {} s (a spoofed request, or the peer gave up)",
+                tunsec_ike::sa::HALF_OPEN_TIMEOUT.as_secs()
+            );
+        } else {
+            for e in events {
+                self.handle_event(i, e);
+            }
+        }
+        let p = &mut self.peers[i];
+        if p.initiator
+            && !p.admin_down
+            && p.handle.is_none()
+            && p.half_open.is_empty()
+            && p.retry_at.is_none()
+        {
+            p.retry_at = Some(Instant::now() + p.retry_wait);
+            p.retry_wait = (p.retry_wait * 2).min(RETRY_MAX);
+        }
     }
 
     /// Polls a peer's new IKE SA that waits beside the established one:

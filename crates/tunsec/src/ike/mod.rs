@@ -91,6 +91,13 @@ const MAX_DATAGRAM: usize = 65_535;
 /// How long the designated responder waits at start-up for the peer to
 /// initiate before it initiates itself.
 const START_GRACE: Duration = Duration::from_secs(1);
+/// How many half-open IKE SAs (IKE_SA_INIT answered, no IKE_AUTH yet)
+/// one peer's address may have at once. More than one, so that a
+/// request spoofed with the peer's address cannot displace the real
+/// peer's handshake (issue 20); few, because the endpoint's cookies
+/// (RFC 7296 section 2.6, from the first half-open SA of a source) keep
+/// an off-path spoofer at one; the oldest goes when a new one comes.
+const HALF_OPEN_PER_PEER: usize = 4;
 /// A NAT keepalive: one byte, 0xFF (RFC 3948 section 2.3).
 const KEEPALIVE_PACKET: [u8; 1] = [0xff];
 

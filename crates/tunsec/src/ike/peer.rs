@@ -33,8 +33,19 @@ pub(super) struct PeerIke {
     /// The current IKE SA, if any.
     pub(super) handle: Option<SaHandle>,
     /// A second IKE SA beside the established `handle`, which it replaces
-    /// once authenticated (`drain_incoming`).
+    /// (`drain_incoming`).
     pub(super) beside: Option<Beside>,
+    /// The IKE SAs we answered IKE_SA_INIT requests from the peer's
+    /// address for, not yet authenticated, oldest first: at most
+    /// `HALF_OPEN_PER_PEER`. The first to authenticate becomes the
+    /// peer's IKE SA (or, beside an established one, replaces it), and
+    /// the others go (`drain_half_open`). A spoofed request from the
+    /// peer's address adds one here and never displaces the real peer's.
+    pub(super) half_open: Vec<SaHandle>,
+    /// Half-open IKE SAs of the peer's address that never authenticated:
+    /// no IKE_AUTH within `HALF_OPEN_TIMEOUT`, a failed one, or pushed
+    /// out by newer ones.
+    pub(super) handshakes_failed: u64,
     /// When to send the next NAT keepalive (we are behind a NAT).
     pub(super) keepalive_at: Option<Instant>,
     /// When an initiator tries again.
@@ -135,6 +146,8 @@ impl PeerIke {
             initiator,
             handle: None,
             beside: None,
+            half_open: Vec::new(),
+            handshakes_failed: 0,
             keepalive_at: None,
             retry_at: match (ike.initiate, initiator) {
                 (false, _) => None,

@@ -31,7 +31,9 @@ impl IkeDriver {
             let role = match sa.as_ref().map(|sa| sa.is_initiator()) {
                 Some(true) => "initiator",
                 Some(false) => "responder",
-                None if self.peers[i].initiator => "initiator",
+                None if self.peers[i].initiator && self.peers[i].half_open.is_empty() => {
+                    "initiator"
+                }
                 None => "responder",
             };
             let sa = sa.map(|sa| {
@@ -52,6 +54,7 @@ impl IkeDriver {
                     Some(spis),
                     suite,
                 ),
+                None if !p.half_open.is_empty() => ("connecting".to_owned(), None, None),
                 None => match (&p.last_error, p.initiator) {
                     (Some(e), _) => (format!("failed: {e}"), None, None),
                     (None, true) => ("connecting".to_owned(), None, None),
@@ -76,6 +79,8 @@ impl IkeDriver {
                         + stats.unexpected,
                     fragments_sent: stats.fragments_sent,
                     fragments_received: stats.fragments_received,
+                    half_open: p.half_open.len() as u64,
+                    handshakes_failed: p.handshakes_failed,
                     state,
                     role: role.to_owned(),
                     spi_i: spis.map(|s| format!("{:#018x}", s.0)),
