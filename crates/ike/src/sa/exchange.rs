@@ -34,6 +34,48 @@ pub(super) fn discard(e: Error) -> Discard {
     }
 }
 
+/// What a request's retransmission timer says ([`Outstanding::timer`]).
+pub(super) enum Timer {
+    /// Not expired: wait on.
+    Running,
+    /// Expired after [`MAX_TRANSMISSIONS`]: no answer will come.
+    GiveUp,
+    /// Expired: send these bytes (the request, or its fragments) again.
+    Retransmit(Vec<Vec<u8>>),
+}
+
+impl Outstanding {
+    /// A request of `exchange` with message ID `id`, sent for the first
+    /// time at `now`.
+    pub(super) fn new(now: Instant, exchange: ExchangeType, id: u32, bytes: Vec<Vec<u8>>) -> Self {
+        Self {
+            message_id: id,
+            exchange,
+            bytes,
+            transmissions: 1,
+            timeout: RETRANSMIT_TIMEOUT,
+            deadline: now + RETRANSMIT_TIMEOUT,
+        }
+    }
+
+    /// Checks the retransmission timer at `now` (RFC 7296 section 2.1):
+    /// once it expires, the request is sent again with the timeout doubled
+    /// (exponential back-off), until it has gone [`MAX_TRANSMISSIONS`]
+    /// times.
+    pub(super) fn timer(&mut self, now: Instant) -> Timer {
+        if now < self.deadline {
+            return Timer::Running;
+        }
+        if self.transmissions >= MAX_TRANSMISSIONS {
+            return Timer::GiveUp;
+        }
+        self.transmissions += 1;
+        self.timeout *= 2;
+        self.deadline = now + self.timeout;
+        Timer::Retransmit(self.bytes.clone())
+    }
+}
+
 impl IkeSa {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -110,26 +152,28 @@ impl IkeSa {
         let Some(out) = self.outstanding.as_mut() else {
             return;
         };
-        if now < out.deadline {
-            return;
+        match out.timer(now) {
+            Timer::Running => {}
+            Timer::GiveUp => {
+                self.outstanding = None;
+                self.close(Event::PeerDead);
+            }
+            Timer::Retransmit(bytes) => {
+                tracing::debug!(
+                    peer = %Peer(self.remote),
+                    transmission = out.transmissions,
+                    of = MAX_TRANSMISSIONS,
+                    "IKE retransmitting {} request {}",
+                    logging::rfc_name(&format!("{:?}", out.exchange)),
+                    out.message_id
+                );
+                self.retransmit(bytes);
+            }
         }
-        if out.transmissions >= MAX_TRANSMISSIONS {
-            self.outstanding = None;
-            self.close(Event::PeerDead);
-            return;
-        }
-        out.transmissions += 1;
-        out.timeout *= 2;
-        out.deadline = now + out.timeout;
-        tracing::debug!(
-            peer = %Peer(self.remote),
-            transmission = out.transmissions,
-            of = MAX_TRANSMISSIONS,
-            "IKE retransmitting {} request {}",
-            logging::rfc_name(&format!("{:?}", out.exchange)),
-            out.message_id
-        );
-        let bytes = out.bytes.clone();
+    }
+
+    /// Sends a request (or its fragments) again.
+    pub(super) fn retransmit(&mut self, bytes: Vec<Vec<u8>>) {
         self.stats.retransmits += 1;
         self.transmit_all(bytes);
     }
@@ -221,14 +265,7 @@ impl IkeSa {
         bytes: Vec<Vec<u8>>,
     ) {
         self.log_plain(&bytes);
-        self.outstanding = Some(Outstanding {
-            message_id: id,
-            exchange,
-            bytes: bytes.clone(),
-            transmissions: 1,
-            timeout: RETRANSMIT_TIMEOUT,
-            deadline: now + RETRANSMIT_TIMEOUT,
-        });
+        self.outstanding = Some(Outstanding::new(now, exchange, id, bytes.clone()));
         self.transmit_all(bytes);
     }
 

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
-use super::exchange::{self, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
+use super::exchange::{self, Timer};
 use super::logging;
 use super::payloads::{Payloads, offers_group};
 use super::random::{random_ike_spi, random_nonce, random_u64};
@@ -402,14 +402,12 @@ impl IkeSa {
         let bytes = r.sk.outbound.seal(&header, &payloads)?;
         logging::message(logging::Direction::Sent, self.remote, &header, &payloads, 1);
         r.next_request_id = id.wrapping_add(1);
-        r.outstanding = Some(Outstanding {
-            message_id: id,
-            exchange: ExchangeType::Informational,
-            bytes: vec![bytes.clone()],
-            transmissions: 1,
-            timeout: RETRANSMIT_TIMEOUT,
-            deadline: now + RETRANSMIT_TIMEOUT,
-        });
+        r.outstanding = Some(Outstanding::new(
+            now,
+            ExchangeType::Informational,
+            id,
+            vec![bytes.clone()],
+        ));
         self.transmit(bytes);
         Ok(())
     }
@@ -518,19 +516,11 @@ impl IkeSa {
         let Some(out) = r.outstanding.as_mut() else {
             return;
         };
-        if now < out.deadline {
-            return;
-        }
-        if out.transmissions >= MAX_TRANSMISSIONS {
+        match out.timer(now) {
+            Timer::Running => {}
             // No answer: the old IKE SA simply goes.
-            self.retiring = None;
-            return;
+            Timer::GiveUp => self.retiring = None,
+            Timer::Retransmit(bytes) => self.retransmit(bytes),
         }
-        out.transmissions += 1;
-        out.timeout *= 2;
-        out.deadline = now + out.timeout;
-        let bytes = out.bytes.clone();
-        self.stats.retransmits += 1;
-        self.transmit_all(bytes);
     }
 }
