@@ -24,11 +24,10 @@
 //! Each such answer is counted in [`super::Stats::unsupported_critical`].
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use super::event::Event;
-use super::state::{Discard, IkeSa, State};
-use super::{fragment, logging};
+use super::exchange::discard;
+use super::state::{Discard, IkeSa, Received, State};
 use crate::error::Error;
 use crate::message::{Header, Message, Notify, NotifyType, Payload};
 
@@ -56,54 +55,23 @@ impl IkeSa {
 
     /// Checks and decrypts the peer's request; `None` if it had an unknown
     /// critical payload and was answered.
-    pub(super) fn open_request(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
-    ) -> Result<Option<Message>, Discard> {
-        let sk = match &self.state {
-            State::ExpectAuth(st) => &st.sk,
-            State::Established(st) => &st.sk,
-            _ => return Err(Discard::Unexpected),
-        };
-        let opened = fragment::open(
-            &sk.inbound,
-            &mut self.reassembly,
-            self.fragment_limit.is_some(),
-            now,
-            &mut self.stats,
-            bytes,
-        );
-        let payload_type = match opened {
-            Ok(message) => {
-                if let Some(m) = &message {
-                    logging::message(
-                        logging::Direction::Received,
-                        Some(remote),
-                        header,
-                        &m.payloads,
-                        1,
-                    );
-                }
-                return Ok(message);
-            }
+    pub(super) fn open_request(&mut self, msg: &Received<'_>) -> Result<Option<Message>, Discard> {
+        if !matches!(self.state, State::ExpectAuth(_) | State::Established(_)) {
+            return Err(Discard::Unexpected);
+        }
+        let payload_type = match self.open(msg) {
+            Ok(message) => return Ok(message),
             Err(Error::UnsupportedCriticalPayload(t)) => t,
-            Err(Error::IntegrityCheckFailed) => return Err(Discard::Integrity),
-            Err(_) => return Err(Discard::Malformed),
+            Err(e) => return Err(discard(e)),
         };
-        let id = header.message_id;
-        let response = self.header(header.exchange_type, true, id);
+        let id = msg.header.message_id;
+        let response = self.header(msg.header.exchange_type, true, id);
         let payloads = [Payload::Notify(unsupported(payload_type))];
-        let sealed = logging::seal(
-            Some(remote),
-            &sk.outbound,
-            self.fragment_limit,
-            &response,
-            &payloads,
-        );
-        self.remote = Some(remote);
+        self.remote = Some(msg.remote);
+        let sealed = match self.state.sk() {
+            Some(sk) => self.seal(sk, &response, &payloads),
+            None => return Err(Discard::Unexpected),
+        };
         self.stats.unsupported_critical += 1;
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
 use super::fragment;
-use super::logging::{self, Direction as Dir, Peer};
-use super::state::{Discard, IkeSa, Outstanding, Queued, Request, Role, Sk, State};
+use super::logging::{self, Peer};
+use super::state::{Discard, IkeSa, Outstanding, Queued, Received, Request, Role, Sk, State};
 use crate::error::Error;
 use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, Payload, PayloadType};
 
@@ -215,12 +215,18 @@ impl IkeSa {
         if header.major_version != MAJOR_VERSION {
             return Err(Discard::Malformed);
         }
+        let msg = Received {
+            now,
+            remote,
+            header,
+            bytes,
+        };
         if self.is_for_retiring(&header) {
-            return self.handle_retiring(now, remote, &header, bytes);
+            return self.handle_retiring(msg);
         }
         match (self.role, header.response) {
-            (_, true) => self.handle_response(now, remote, &header, bytes),
-            (_, false) => self.handle_request(now, remote, &header, bytes),
+            (_, true) => self.handle_response(msg),
+            (_, false) => self.handle_request(msg),
         }
     }
 
@@ -320,13 +326,8 @@ impl IkeSa {
         self.transmit_all(bytes);
     }
 
-    fn handle_response(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
-    ) -> Result<(), Discard> {
+    fn handle_response(&mut self, msg: Received<'_>) -> Result<(), Discard> {
+        let (now, header) = (msg.now, &msg.header);
         let Some(out) = &self.outstanding else {
             return Err(Discard::Unexpected);
         };
@@ -344,17 +345,16 @@ impl IkeSa {
             return Err(Discard::Unexpected);
         }
         match &self.state {
-            State::InitSent(_) => return self.on_init_response(now, remote, header, bytes),
+            State::InitSent(_) => return self.on_init_response(msg),
             State::AuthSent(_) | State::Established(_) => {}
             _ => return Err(Discard::Unexpected),
         }
         if header.responder_spi != self.spi_r {
             return Err(Discard::WrongSpi);
         }
-        let Some(message) = self.open_response(now, bytes)? else {
+        let Some(message) = self.open(&msg).map_err(discard)? else {
             return Ok(());
         };
-        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
         self.outstanding = None;
         match &self.state {
             State::AuthSent(_) => self.on_auth_response(now, &message),
@@ -374,33 +374,30 @@ impl IkeSa {
         Ok(())
     }
 
-    /// Opens a response with the IKE SA's inbound keys, as `open_request`
-    /// does a request: `None` while a fragmented one is still incomplete
-    /// (RFC 7383).
-    fn open_response(&mut self, now: Instant, bytes: &[u8]) -> Result<Option<Message>, Discard> {
-        let sk = match &self.state {
-            State::AuthSent(st) => &st.sk.inbound,
-            State::Established(st) => &st.sk.inbound,
-            _ => return Err(Discard::Unexpected),
+    /// Opens an encrypted message with the IKE SA's inbound keys and logs
+    /// it: `None` while a fragmented one is still incomplete (RFC 7383).
+    /// The caller has checked that the state has keys
+    /// ([`State::sk`]).
+    pub(super) fn open(&mut self, msg: &Received<'_>) -> Result<Option<Message>, Error> {
+        let Some(sk) = self.state.sk() else {
+            return Err(Error::InvalidState("no IKE SA keys"));
         };
-        fragment::open(
-            sk,
+        let opened = fragment::open(
+            &sk.inbound,
             &mut self.reassembly,
             self.fragment_limit.is_some(),
-            now,
+            msg.now,
             &mut self.stats,
-            bytes,
-        )
-        .map_err(discard)
+            msg.bytes,
+        )?;
+        if let Some(message) = &opened {
+            msg.log(&message.payloads);
+        }
+        Ok(opened)
     }
 
-    fn handle_request(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
-    ) -> Result<(), Discard> {
+    fn handle_request(&mut self, msg: Received<'_>) -> Result<(), Discard> {
+        let (now, remote, header, bytes) = (msg.now, msg.remote, &msg.header, msg.bytes);
         // RFC 7296 section 3.1: the I flag is set in messages sent by the
         // original initiator.
         if header.initiator != (self.role == Role::Responder) {
@@ -413,7 +410,7 @@ impl IkeSa {
             {
                 return Err(Discard::Unexpected);
             }
-            return self.on_init_request(now, remote, header, bytes);
+            return self.on_init_request(msg);
         }
         let init_retransmit =
             self.role == Role::Responder && header.message_id == 0 && header.responder_spi == 0;
@@ -454,7 +451,7 @@ impl IkeSa {
                     return Err(Discard::Unexpected);
                 }
                 // An unknown critical payload is answered (critical.rs).
-                let Some(message) = self.open_request(now, remote, header, bytes)? else {
+                let Some(message) = self.open_request(&msg)? else {
                     return Ok(());
                 };
                 self.remote = Some(remote);
@@ -465,7 +462,7 @@ impl IkeSa {
                 if header.message_id != self.peer_next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                let Some(message) = self.open_request(now, remote, header, bytes)? else {
+                let Some(message) = self.open_request(&msg)? else {
                     return Ok(());
                 };
                 self.remote = Some(remote);

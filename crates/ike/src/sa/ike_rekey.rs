@@ -26,7 +26,6 @@
 //! the IKE SA never both succeed, and no request of ours is left on an
 //! IKE SA that is going away.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
@@ -35,8 +34,8 @@ use super::logging;
 use super::payloads::{Payloads, offers_group};
 use super::random::{random_ike_spi, random_nonce, random_u64};
 use super::state::{
-    Discard, Established, IkeRekeySent, IkeSa, MAX_KE_RETRIES, Outstanding, Queued, Request,
-    Retiring, Role, Sk, State, header, rekey_time,
+    Discard, Established, IkeRekeySent, IkeSa, MAX_KE_RETRIES, Outstanding, Queued, Received,
+    Request, Retiring, Role, Sk, State, header, rekey_time,
 };
 use crate::crypto::{self, IkeKeys, IkeSuite, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
@@ -425,11 +424,9 @@ impl IkeSa {
     /// empty one; a new exchange TEMPORARY_FAILURE).
     pub(super) fn handle_retiring(
         &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
+        msg: Received<'_>,
     ) -> core::result::Result<(), Discard> {
+        let (now, remote, header, bytes) = (msg.now, msg.remote, &msg.header, msg.bytes);
         let Some(r) = self.retiring.as_mut() else {
             return Err(Discard::Unexpected);
         };
@@ -438,13 +435,7 @@ impl IkeSa {
         }
         let open = |r: &Retiring| {
             let message = r.sk.inbound.open(bytes).map_err(exchange::discard)?;
-            logging::message(
-                logging::Direction::Received,
-                Some(remote),
-                header,
-                &message.payloads,
-                1,
-            );
+            msg.log(&message.payloads);
             Ok(message)
         };
         if header.response {

@@ -14,19 +14,20 @@ use super::auth;
 use super::config::Config;
 use super::event::{AuthFailure, Event};
 use super::fragment;
-use super::logging::{self, Direction as Dir, Hex, Peer, Proposals, Selectors, log_child_offer};
+use super::logging::{self, Hex, Peer, Proposals, Selectors, log_child_offer};
 use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
 use super::state::{
-    AuthSent, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Role, Sk, State, rekey_time,
+    AuthSent, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Received, Role, Sk, State,
+    rekey_time,
 };
 use super::ts;
 use crate::cert::HashAlgorithm;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::{Error, Result};
 use crate::message::{
-    DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal, SaPayload,
+    DhGroup, ExchangeType, Message, Notify, NotifyType, Payload, Proposal, SaPayload,
     TrafficSelector,
 };
 use crate::proposal;
@@ -125,15 +126,10 @@ impl IkeSa {
         })
     }
 
-    pub(super) fn on_init_response(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
-    ) -> Result<(), Discard> {
+    pub(super) fn on_init_response(&mut self, msg: Received<'_>) -> Result<(), Discard> {
+        let (now, remote, header, bytes) = (msg.now, msg.remote, msg.header, msg.bytes);
         let message = Message::decode(bytes).map_err(|_| Discard::Malformed)?;
-        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
+        msg.log(&message.payloads);
         let p = Payloads(&message.payloads);
         // RFC 7296 section 2.6: a responder under load asks for a cookie
         // first (see cookie.rs).

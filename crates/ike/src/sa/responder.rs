@@ -18,7 +18,9 @@ use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, fragmentation_supported};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
-use super::state::{Discard, Established, ExpectAuth, IkeSa, Role, Sk, State, rekey_time};
+use super::state::{
+    Discard, Established, ExpectAuth, IkeSa, Received, Role, Sk, State, rekey_time,
+};
 use super::ts;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::Error;
@@ -66,19 +68,14 @@ impl IkeSa {
         }
     }
 
-    pub(super) fn on_init_request(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        header: &Header,
-        bytes: &[u8],
-    ) -> Result<(), Discard> {
+    pub(super) fn on_init_request(&mut self, msg: Received<'_>) -> Result<(), Discard> {
+        let (now, remote, header, bytes) = (msg.now, msg.remote, &msg.header, msg.bytes);
         let message = match Message::decode(bytes) {
             Ok(message) => message,
             // An unknown critical payload is answered (critical.rs).
             Err(e) => return self.undecodable_init(remote, header, e),
         };
-        logging::message(Dir::Received, Some(remote), header, &message.payloads, 1);
+        msg.log(&message.payloads);
         let p = Payloads(&message.payloads);
         let (Some(sa), Some(ke), Some(ni)) = (p.sa(), p.ke(), p.nonce()) else {
             return Err(Discard::Malformed);

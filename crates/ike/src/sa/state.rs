@@ -23,12 +23,15 @@ use tunsec_esp::Key;
 use super::config::Config;
 use super::event::{ChildSaParams, Event, Stats, Transmit};
 use super::fragment;
+use super::logging;
 use super::nat::NatState;
 use super::random::{Random, random_u64};
 use crate::cert::HashAlgorithm;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed};
 use crate::error::{Error, Result};
-use crate::message::{ExchangeType, Header, MAJOR_VERSION, PayloadType, Proposal, TrafficSelector};
+use crate::message::{
+    ExchangeType, Header, MAJOR_VERSION, Payload, PayloadType, Proposal, TrafficSelector,
+};
 
 /// How many INVALID_KE_PAYLOAD answers the initiator follows.
 pub(super) const MAX_KE_RETRIES: u8 = 2;
@@ -48,6 +51,30 @@ pub(super) enum Discard {
     WrongMessageId,
     Integrity,
     Unexpected,
+}
+
+/// A message as it arrived: when, from where, its header (decoded first,
+/// to route it) and all its bytes.
+#[derive(Clone, Copy)]
+pub(super) struct Received<'a> {
+    pub(super) now: Instant,
+    pub(super) remote: SocketAddr,
+    pub(super) header: Header,
+    pub(super) bytes: &'a [u8],
+}
+
+impl Received<'_> {
+    /// Logs the message with its payloads, once decoded or opened
+    /// ([`logging::message`]).
+    pub(super) fn log(&self, payloads: &[Payload]) {
+        logging::message(
+            logging::Direction::Received,
+            Some(self.remote),
+            &self.header,
+            payloads,
+            1,
+        );
+    }
 }
 
 /// The keys and ciphers of an IKE SA once IKE_SA_INIT is done.
@@ -245,6 +272,19 @@ pub(super) enum State {
     ExpectAuth(Box<ExpectAuth>),
     Established(Box<Established>),
     Closed,
+}
+
+impl State {
+    /// The keys of the IKE SA, once IKE_SA_INIT is done (and until it
+    /// closes).
+    pub(super) fn sk(&self) -> Option<&Sk> {
+        match self {
+            Self::AuthSent(st) => Some(&st.sk),
+            Self::ExpectAuth(st) => Some(&st.sk),
+            Self::Established(st) => Some(&st.sk),
+            _ => None,
+        }
+    }
 }
 
 /// A request waiting for its response.
@@ -556,12 +596,7 @@ impl IkeSa {
     /// The negotiated IKE transforms, once IKE_SA_INIT is done (and until
     /// the IKE SA closes).
     pub fn ike_suite(&self) -> Option<IkeSuite> {
-        match &self.state {
-            State::AuthSent(st) => Some(st.sk.suite),
-            State::ExpectAuth(st) => Some(st.sk.suite),
-            State::Established(st) => Some(st.sk.suite),
-            _ => None,
-        }
+        self.state.sk().map(|sk| sk.suite)
     }
 
     /// The number of Child SAs that are up.
