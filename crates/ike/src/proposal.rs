@@ -379,6 +379,19 @@ pub fn without_ke(proposals: &[Proposal]) -> Vec<Proposal> {
         .collect()
 }
 
+/// The proposals with the sender's SPI, as an SA payload carries them
+/// when it creates a Child SA or rekeys the IKE SA (RFC 7296 section
+/// 3.3.1: the SPI of the SA that the sender receives on).
+pub fn with_spi(proposals: &[Proposal], spi: &[u8]) -> Vec<Proposal> {
+    proposals
+        .iter()
+        .map(|p| Proposal {
+            spi: spi.to_vec(),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// Chooses, as a responder, the first of our own proposals that the
 /// initiator's offer contains.
 ///

@@ -11,18 +11,18 @@ use tunsec_esp::Direction;
 
 use super::event::{ChildSaParams, Event};
 use super::ike_rekey;
-use super::logging::{Hex, log_child_offer};
+use super::logging::Hex;
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
 use super::state::{
-    Child, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued, RekeySent, Request,
-    Retired, Role, State, rekey_time,
+    Child, ChildOffer, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued,
+    RekeySent, Request, Retired, Role, State, rekey_time,
 };
 use crate::crypto::{self, ChildKeys};
 use crate::error::{Error, Result};
 use crate::message::{
-    DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal, ProtocolId,
-    SaPayload, TrafficSelector,
+    DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, ProtocolId,
+    TrafficSelector,
 };
 use crate::proposal::{self, EspChoice};
 
@@ -201,15 +201,7 @@ impl IkeSa {
             .or_else(|| first_group(&c.esp_proposals))
             .map(crypto::start)
             .transpose()?;
-        let esp_offer: Vec<Proposal> = c
-            .esp_proposals
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.spi = esp_spi.to_be_bytes().to_vec();
-                p
-            })
-            .collect();
+        let offer = ChildOffer::new(esp_spi, &c.esp_proposals, tsi, tsr);
         let mut payloads = Vec::new();
         if let ChildTarget::Rekey(old) = target {
             // RFC 7296 section 3.10.1: REKEY_SA names the SA being rekeyed
@@ -227,9 +219,7 @@ impl IkeSa {
                 Vec::new(),
             )));
         }
-        payloads.push(Payload::Sa(SaPayload {
-            proposals: esp_offer.clone(),
-        }));
+        payloads.push(offer.sa());
         payloads.push(Payload::Nonce(ni.clone()));
         if let Some(kex) = &kex {
             payloads.push(Payload::KeyExchange(crate::message::KeyExchange {
@@ -237,21 +227,18 @@ impl IkeSa {
                 data: kex.public_value().to_vec(),
             }));
         }
-        payloads.push(Payload::TsInitiator(tsi.clone()));
-        payloads.push(Payload::TsResponder(tsr.clone()));
+        payloads.push(Payload::TsInitiator(offer.tsi.clone()));
+        payloads.push(Payload::TsResponder(offer.tsr.clone()));
         let what = match target {
             ChildTarget::Rekey((inbound, _)) => format!("rekey of {}", Hex(inbound)),
             ChildTarget::Create(k) => format!("configured Child SA {k}"),
         };
-        log_child_offer(self.remote, &what, esp_spi, &esp_offer, &tsi, &tsr);
+        offer.log(self.remote, &what);
         let rekey = RekeySent {
             target,
             ni,
             kex,
-            esp_spi,
-            esp_offer,
-            tsi,
-            tsr,
+            offer,
             ke_retries,
         };
         let request = Some(Request::Rekey(Box::new(rekey)));
@@ -488,15 +475,7 @@ impl IkeSa {
             .and_then(|c| proposal::esp_choice(c).ok())
             .and_then(|c| c.group)
             .filter(|g| *g != DhGroup::None);
-        let RekeySent {
-            ni,
-            kex,
-            esp_spi,
-            esp_offer,
-            tsi,
-            tsr,
-            ..
-        } = rekey;
+        let RekeySent { ni, kex, offer, .. } = rekey;
         let g_ir = match (group, kex.take(), p.ke()) {
             (None, _, _) => None,
             (Some(g), Some(kex), Some(ke)) if kex.group() == g && ke.group == g => Some(
@@ -506,7 +485,7 @@ impl IkeSa {
             _ => return Err(failed(NotifyType::InvalidKePayload)),
         };
         let g_ir = g_ir.as_ref().map(|k| k.expose());
-        let event = self.initiator_child(p, &st.sk, ni, nr, *esp_spi, esp_offer, tsi, tsr, g_ir)?;
+        let event = self.initiator_child(p, &st.sk, ni, nr, offer, g_ir)?;
         match event {
             Event::ChildSaUp { inbound, outbound } => Ok((inbound, outbound)),
             other => Err(Box::new(other)),

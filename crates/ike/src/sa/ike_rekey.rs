@@ -40,8 +40,8 @@ use super::state::{
 use crate::crypto::{self, IkeKeys, IkeSuite, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
 use crate::message::{
-    Delete, DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, Proposal,
-    ProtocolId, SaPayload,
+    Delete, DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, ProtocolId,
+    SaPayload,
 };
 use crate::proposal;
 
@@ -124,16 +124,7 @@ impl IkeSa {
         let spi_i = random_ike_spi(self.rng.as_mut())?;
         let ni = random_nonce(self.rng.as_mut())?;
         let kex = crypto::start(group)?;
-        let offer: Vec<Proposal> = self
-            .config
-            .ike_proposals
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.spi = spi_i.to_be_bytes().to_vec();
-                p
-            })
-            .collect();
+        let offer = proposal::with_spi(&self.config.ike_proposals, &spi_i.to_be_bytes());
         let payloads = [
             Payload::Sa(SaPayload {
                 proposals: offer.clone(),

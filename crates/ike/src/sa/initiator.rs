@@ -14,22 +14,19 @@ use super::auth;
 use super::config::Config;
 use super::event::{AuthFailure, Event};
 use super::fragment;
-use super::logging::{self, Hex, Peer, Proposals, Selectors, log_child_offer};
+use super::logging::{self, Hex, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
 use super::state::{
-    AuthSent, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Received, Role, Sk, State,
-    rekey_time,
+    AuthSent, ChildOffer, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Received, Role,
+    Sk, State, rekey_time,
 };
 use super::ts;
 use crate::cert::HashAlgorithm;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::{Error, Result};
-use crate::message::{
-    DhGroup, ExchangeType, Message, Notify, NotifyType, Payload, Proposal, SaPayload,
-    TrafficSelector,
-};
+use crate::message::{DhGroup, ExchangeType, Message, Notify, NotifyType, Payload, SaPayload};
 use crate::proposal;
 
 impl IkeSa {
@@ -340,26 +337,16 @@ impl IkeSa {
         let c = &self.config;
         // RFC 7296 section 1.2: no D-H transform in IKE_AUTH (PFS applies
         // to rekeys only).
-        let esp_offer: Vec<Proposal> = proposal::without_ke(&c.esp_proposals)
-            .into_iter()
-            .map(|mut p| {
-                p.spi = esp_spi.to_be_bytes().to_vec();
-                p
-            })
-            .collect();
-        payloads.push(Payload::Sa(SaPayload {
-            proposals: esp_offer.clone(),
-        }));
-        payloads.push(Payload::TsInitiator(c.local_ts.clone()));
-        payloads.push(Payload::TsResponder(c.remote_ts.clone()));
-        log_child_offer(
-            self.remote,
-            "IKE_AUTH",
+        let offer = ChildOffer::new(
             esp_spi,
-            &esp_offer,
-            &c.local_ts,
-            &c.remote_ts,
+            &proposal::without_ke(&c.esp_proposals),
+            c.local_ts.clone(),
+            c.remote_ts.clone(),
         );
+        payloads.push(offer.sa());
+        payloads.push(Payload::TsInitiator(offer.tsi.clone()));
+        payloads.push(Payload::TsResponder(offer.tsr.clone()));
+        offer.log(self.remote, "IKE_AUTH");
         let bytes = self.seal(
             &sk,
             &self.header(ExchangeType::IkeAuth, false, 1),
@@ -370,10 +357,7 @@ impl IkeSa {
             ni,
             nr,
             init_response,
-            esp_spi,
-            esp_offer,
-            tsi: c.local_ts.clone(),
-            tsr: c.remote_ts.clone(),
+            offer,
         };
         Ok((st, bytes))
     }
@@ -418,17 +402,10 @@ impl IkeSa {
             return;
         }
         let AuthSent {
-            sk,
-            ni,
-            nr,
-            esp_spi,
-            esp_offer,
-            tsi,
-            tsr,
-            ..
+            sk, ni, nr, offer, ..
         } = *st;
         self.events.push_back(Event::IkeSaEstablished);
-        let child = self.initiator_child(&p, &sk, &ni, &nr, esp_spi, &esp_offer, &tsi, &tsr, None);
+        let child = self.initiator_child(&p, &sk, &ni, &nr, &offer, None);
         let event = child.unwrap_or_else(|event| *event);
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         let mut established = Established::new(sk, &event, rekey_at);
@@ -439,21 +416,18 @@ impl IkeSa {
         self.queue_additional_children(now);
     }
 
-    /// The Child SA from the responder's IKE_AUTH answer, or the event
-    /// that says why there is none.
-    #[allow(clippy::too_many_arguments)]
+    /// The Child SA from the responder's answer to our `offer`, or the
+    /// event that says why there is none.
     pub(super) fn initiator_child(
         &self,
         p: &Payloads<'_>,
         sk: &Sk,
         ni: &[u8],
         nr: &[u8],
-        esp_spi: u32,
-        esp_offer: &[Proposal],
-        tsi: &[TrafficSelector],
-        tsr: &[TrafficSelector],
+        offer: &ChildOffer,
         g_ir: Option<&[u8]>,
     ) -> Result<Event, Box<Event>> {
+        let (tsi, tsr) = (&offer.tsi[..], &offer.tsr[..]);
         let failed = |notify| {
             Box::new(Event::Failed {
                 notify,
@@ -476,14 +450,14 @@ impl IkeSa {
             return Err(failed(NotifyType::NoProposalChosen));
         };
         let mut check = chosen.clone();
-        check.spi = esp_spi.to_be_bytes().to_vec();
-        let choice = proposal::check_chosen(esp_offer, &check)
+        check.spi = offer.esp_spi.to_be_bytes().to_vec();
+        let choice = proposal::check_chosen(&offer.proposals, &check)
             .and_then(|_| proposal::esp_choice(chosen))
             .map_err(|_| {
                 tracing::debug!(
                     peer = %Peer(self.remote),
                     chosen = %Proposals(core::slice::from_ref(chosen)),
-                    offered = %Proposals(esp_offer),
+                    offered = %Proposals(&offer.proposals),
                     "ESP proposal of the peer refused: not one we offered"
                 );
                 failed(NotifyType::NoProposalChosen)
@@ -533,7 +507,7 @@ impl IkeSa {
             true,
             &choice,
             transport,
-            (esp_spi, peer_spi),
+            (offer.esp_spi, peer_spi),
             keys,
             (rtsi, rtsr),
         ))

@@ -245,31 +245,6 @@ pub(crate) fn seal(
     Ok(sealed)
 }
 
-/// Logs what an initiator offers for a Child SA (in IKE_AUTH or
-/// CREATE_CHILD_SA, `what`): the ESP proposals with our inbound SPI, and
-/// the traffic selectors.
-pub(super) fn log_child_offer(
-    peer: Option<SocketAddr>,
-    what: &str,
-    spi_in: u32,
-    proposals: &[Proposal],
-    tsi: &[TrafficSelector],
-    tsr: &[TrafficSelector],
-) {
-    tracing::debug!(
-        peer = %Peer(peer),
-        proposals = %Proposals(proposals),
-        spi_in = %Hex(spi_in),
-        "ESP proposals offered ({what})"
-    );
-    tracing::debug!(
-        peer = %Peer(peer),
-        tsi = %Selectors(tsi),
-        tsr = %Selectors(tsr),
-        "traffic selectors offered ({what})"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,8 +30,9 @@ use crate::cert::HashAlgorithm;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed};
 use crate::error::{Error, Result};
 use crate::message::{
-    ExchangeType, Header, MAJOR_VERSION, Payload, PayloadType, Proposal, TrafficSelector,
+    ExchangeType, Header, MAJOR_VERSION, Payload, PayloadType, Proposal, SaPayload, TrafficSelector,
 };
+use crate::proposal;
 
 /// How many INVALID_KE_PAYLOAD answers the initiator follows.
 pub(super) const MAX_KE_RETRIES: u8 = 2;
@@ -106,12 +107,61 @@ pub(super) struct AuthSent {
     /// The responder's IKE_SA_INIT response as received: RealMessage2,
     /// which its AUTH covers.
     pub(super) init_response: Vec<u8>,
+    /// The first Child SA, as offered.
+    pub(super) offer: ChildOffer,
+}
+
+/// What we offer for a Child SA, in IKE_AUTH or CREATE_CHILD_SA (RFC 7296
+/// section 1.3.1), and check the responder's answer against.
+pub(super) struct ChildOffer {
     /// Our ESP SPI, inbound.
     pub(super) esp_spi: u32,
     /// The ESP proposals as offered, with our SPI.
-    pub(super) esp_offer: Vec<Proposal>,
+    pub(super) proposals: Vec<Proposal>,
     pub(super) tsi: Vec<TrafficSelector>,
     pub(super) tsr: Vec<TrafficSelector>,
+}
+
+impl ChildOffer {
+    /// The offer of `proposals` under our SPI `esp_spi`, for the selectors
+    /// `tsi` (ours) and `tsr` (the peer's).
+    pub(super) fn new(
+        esp_spi: u32,
+        proposals: &[Proposal],
+        tsi: Vec<TrafficSelector>,
+        tsr: Vec<TrafficSelector>,
+    ) -> Self {
+        Self {
+            esp_spi,
+            proposals: proposal::with_spi(proposals, &esp_spi.to_be_bytes()),
+            tsi,
+            tsr,
+        }
+    }
+
+    /// The SA payload of the offer.
+    pub(super) fn sa(&self) -> Payload {
+        Payload::Sa(SaPayload {
+            proposals: self.proposals.clone(),
+        })
+    }
+
+    /// Logs the offer (in IKE_AUTH or CREATE_CHILD_SA, `what`) to `peer`:
+    /// the ESP proposals with our inbound SPI, and the traffic selectors.
+    pub(super) fn log(&self, peer: Option<SocketAddr>, what: &str) {
+        tracing::debug!(
+            peer = %logging::Peer(peer),
+            proposals = %logging::Proposals(&self.proposals),
+            spi_in = %logging::Hex(self.esp_spi),
+            "ESP proposals offered ({what})"
+        );
+        tracing::debug!(
+            peer = %logging::Peer(peer),
+            tsi = %logging::Selectors(&self.tsi),
+            tsr = %logging::Selectors(&self.tsr),
+            "traffic selectors offered ({what})"
+        );
+    }
 }
 
 /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH (`responder.rs`).
@@ -218,10 +268,7 @@ pub(super) struct RekeySent {
     pub(super) ni: Vec<u8>,
     /// The PFS key exchange, if the ESP proposals name a group.
     pub(super) kex: Option<Box<dyn KeyExchange>>,
-    pub(super) esp_spi: u32,
-    pub(super) esp_offer: Vec<Proposal>,
-    pub(super) tsi: Vec<TrafficSelector>,
-    pub(super) tsr: Vec<TrafficSelector>,
+    pub(super) offer: ChildOffer,
     /// How many INVALID_KE_PAYLOAD answers this rekey followed.
     pub(super) ke_retries: u8,
 }

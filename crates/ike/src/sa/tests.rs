@@ -11,7 +11,7 @@ use tunsec_esp::{Key, PacketBuf, Sa, Suite};
 use super::payloads::Payloads;
 use super::random::NONCE_LEN;
 use super::state::{
-    AuthSent, Child, Established, ExpectAuth, Outstanding, Request, Role, Sk, State,
+    AuthSent, Child, ChildOffer, Established, ExpectAuth, Outstanding, Request, Role, Sk, State,
 };
 use super::*;
 use crate::error::Error;
@@ -944,18 +944,12 @@ mod strongswan {
                     ni,
                     nr,
                     init_response: c.init_resp.clone(),
-                    esp_spi,
-                    esp_offer: config
-                        .esp_proposals
-                        .iter()
-                        .cloned()
-                        .map(|mut p| {
-                            p.spi = esp_spi.to_be_bytes().to_vec();
-                            p
-                        })
-                        .collect(),
-                    tsi: p.tsi().unwrap().to_vec(),
-                    tsr: p.tsr().unwrap().to_vec(),
+                    offer: ChildOffer::new(
+                        esp_spi,
+                        &config.esp_proposals,
+                        p.tsi().unwrap().to_vec(),
+                        p.tsr().unwrap().to_vec(),
+                    ),
                 }))
             }
         };
@@ -1871,7 +1865,7 @@ fn rekey_collision_converges() {
         let Some(Request::Rekey(ours)) = &established_state(&p.initiator).request else {
             panic!("no rekey outstanding");
         };
-        let i_spi = ours.esp_spi;
+        let i_spi = ours.offer.esp_spi;
         p.drive();
         assert_rekeyed(&p, &old);
         // Two CREATE_CHILD_SA exchanges, two DELETEs (the redundant pair
