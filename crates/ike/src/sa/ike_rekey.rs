@@ -51,21 +51,17 @@ const RETIRE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Retiring {
     fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
-        header(
-            (self.spi_i, self.spi_r),
-            self.role,
-            exchange,
-            response,
-            message_id,
-        )
+        header(self.spis(), self.role, exchange, response, message_id)
+    }
+
+    /// The SPIs of the old IKE SA (initiator's, responder's).
+    fn spis(&self) -> (u64, u64) {
+        (self.spi_i, self.spi_r)
     }
 
     /// Our own SPI of the old IKE SA.
     pub(super) fn local_spi(&self) -> u64 {
-        match self.role {
-            Role::Initiator => self.spi_i,
-            Role::Responder => self.spi_r,
-        }
+        self.role.own_spi(self.spis())
     }
 
     pub(super) fn timeout(&self) -> Instant {

@@ -44,6 +44,16 @@ pub(super) enum Role {
     Responder,
 }
 
+impl Role {
+    /// Our own SPI among an IKE SA's `spis` (initiator's, responder's).
+    pub(super) fn own_spi(self, spis: (u64, u64)) -> u64 {
+        match self {
+            Self::Initiator => spis.0,
+            Self::Responder => spis.1,
+        }
+    }
+}
+
 /// Why a datagram was dropped; each reason has a counter in [`Stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Discard {
@@ -561,11 +571,8 @@ impl IkeSa {
     /// replaced while it is being deleted. [`Endpoint`](super::Endpoint) finds the IKE SA
     /// by either.
     pub fn local_spis(&self) -> impl Iterator<Item = u64> + '_ {
-        let current = match self.role {
-            Role::Initiator => self.spi_i,
-            Role::Responder => self.spi_r,
-        };
-        core::iter::once(current).chain(self.retiring.as_ref().map(|r| r.local_spi()))
+        core::iter::once(self.role.own_spi(self.spis()))
+            .chain(self.retiring.as_ref().map(|r| r.local_spi()))
     }
 
     /// The IKE SPIs (initiator's, responder's); the responder's is zero
@@ -666,13 +673,7 @@ impl IkeSa {
     }
 
     pub(super) fn header(&self, exchange: ExchangeType, response: bool, message_id: u32) -> Header {
-        header(
-            (self.spi_i, self.spi_r),
-            self.role,
-            exchange,
-            response,
-            message_id,
-        )
+        header(self.spis(), self.role, exchange, response, message_id)
     }
 
     pub(super) fn close(&mut self, event: Event) {
