@@ -9,55 +9,35 @@ use crate::message::{
 /// The payloads of a decoded message, by type.
 pub(super) struct Payloads<'a>(pub(super) &'a [Payload]);
 
+/// Declares the getters of [`Payloads`] that return the first payload of
+/// one variant: `name: Variant -> Type`.
+macro_rules! first_of_variant {
+    ($($name:ident: $variant:ident -> $ty:ty,)*) => {
+        $(
+            pub(super) fn $name(&self) -> Option<&'a $ty> {
+                self.0.iter().find_map(|p| -> Option<&'a $ty> {
+                    match p {
+                        Payload::$variant(x) => Some(x),
+                        _ => None,
+                    }
+                })
+            }
+        )*
+    };
+}
+
 impl<'a> Payloads<'a> {
-    pub(super) fn sa(&self) -> Option<&'a SaPayload> {
-        self.0.iter().find_map(|p| match p {
-            Payload::Sa(sa) => Some(sa),
-            _ => None,
-        })
+    first_of_variant! {
+        sa: Sa -> SaPayload,
+        ke: KeyExchange -> crate::message::KeyExchange,
+        nonce: Nonce -> [u8],
+        idi: IdInitiator -> Identity,
+        idr: IdResponder -> Identity,
+        auth: Auth -> Auth,
+        tsi: TsInitiator -> [TrafficSelector],
+        tsr: TsResponder -> [TrafficSelector],
     }
-    pub(super) fn ke(&self) -> Option<&'a crate::message::KeyExchange> {
-        self.0.iter().find_map(|p| match p {
-            Payload::KeyExchange(ke) => Some(ke),
-            _ => None,
-        })
-    }
-    pub(super) fn nonce(&self) -> Option<&'a [u8]> {
-        self.0.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.as_slice()),
-            _ => None,
-        })
-    }
-    pub(super) fn idi(&self) -> Option<&'a Identity> {
-        self.0.iter().find_map(|p| match p {
-            Payload::IdInitiator(id) => Some(id),
-            _ => None,
-        })
-    }
-    pub(super) fn idr(&self) -> Option<&'a Identity> {
-        self.0.iter().find_map(|p| match p {
-            Payload::IdResponder(id) => Some(id),
-            _ => None,
-        })
-    }
-    pub(super) fn auth(&self) -> Option<&'a Auth> {
-        self.0.iter().find_map(|p| match p {
-            Payload::Auth(a) => Some(a),
-            _ => None,
-        })
-    }
-    pub(super) fn tsi(&self) -> Option<&'a [TrafficSelector]> {
-        self.0.iter().find_map(|p| match p {
-            Payload::TsInitiator(ts) => Some(ts.as_slice()),
-            _ => None,
-        })
-    }
-    pub(super) fn tsr(&self) -> Option<&'a [TrafficSelector]> {
-        self.0.iter().find_map(|p| match p {
-            Payload::TsResponder(ts) => Some(ts.as_slice()),
-            _ => None,
-        })
-    }
+
     pub(super) fn notify(&self, notify_type: NotifyType) -> Option<&'a Notify> {
         self.0.iter().find_map(|p| match p {
             Payload::Notify(n) if n.notify_type == notify_type => Some(n),
