@@ -63,43 +63,50 @@ impl fmt::Display for PayloadNames<'_> {
         if self.0.is_empty() {
             return f.write_str("-");
         }
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            match p {
-                Payload::Sa(_) => f.write_str("SA")?,
-                Payload::KeyExchange(_) => f.write_str("KE")?,
-                Payload::IdInitiator(_) => f.write_str("IDi")?,
-                Payload::IdResponder(_) => f.write_str("IDr")?,
-                Payload::Certificate(_) => f.write_str("CERT")?,
-                Payload::CertificateRequest(_) => f.write_str("CERTREQ")?,
-                Payload::Auth(_) => f.write_str("AUTH")?,
-                Payload::Nonce(_) => f.write_str("No")?,
-                Payload::Notify(n) => {
-                    write!(f, "N({})", registry_name(format!("{:?}", n.notify_type)))?
-                }
-                Payload::Delete(d) => {
-                    write!(f, "D({}", registry_name(format!("{:?}", d.protocol)))?;
-                    for spi in &d.spis {
-                        f.write_str(":0x")?;
-                        for b in spi {
-                            write!(f, "{b:02x}")?;
-                        }
+        comma_separated(f, self.0, |f, p| match p {
+            Payload::Sa(_) => f.write_str("SA"),
+            Payload::KeyExchange(_) => f.write_str("KE"),
+            Payload::IdInitiator(_) => f.write_str("IDi"),
+            Payload::IdResponder(_) => f.write_str("IDr"),
+            Payload::Certificate(_) => f.write_str("CERT"),
+            Payload::CertificateRequest(_) => f.write_str("CERTREQ"),
+            Payload::Auth(_) => f.write_str("AUTH"),
+            Payload::Nonce(_) => f.write_str("No"),
+            Payload::Notify(n) => write!(f, "N({})", registry_name(format!("{:?}", n.notify_type))),
+            Payload::Delete(d) => {
+                write!(f, "D({}", registry_name(format!("{:?}", d.protocol)))?;
+                for spi in &d.spis {
+                    f.write_str(":0x")?;
+                    for b in spi {
+                        write!(f, "{b:02x}")?;
                     }
-                    f.write_str(")")?
                 }
-                Payload::VendorId(_) => f.write_str("V")?,
-                Payload::TsInitiator(_) => f.write_str("TSi")?,
-                Payload::TsResponder(_) => f.write_str("TSr")?,
-                Payload::Encrypted(_) => f.write_str("SK")?,
-                Payload::Configuration(_) => f.write_str("CP")?,
-                Payload::Eap(_) => f.write_str("EAP")?,
-                Payload::EncryptedFragment(_) => f.write_str("SKF")?,
+                f.write_str(")")
             }
-        }
-        Ok(())
+            Payload::VendorId(_) => f.write_str("V"),
+            Payload::TsInitiator(_) => f.write_str("TSi"),
+            Payload::TsResponder(_) => f.write_str("TSr"),
+            Payload::Encrypted(_) => f.write_str("SK"),
+            Payload::Configuration(_) => f.write_str("CP"),
+            Payload::Eap(_) => f.write_str("EAP"),
+            Payload::EncryptedFragment(_) => f.write_str("SKF"),
+        })
     }
+}
+
+/// Writes `items` comma separated, each with `each`.
+fn comma_separated<T>(
+    f: &mut fmt::Formatter<'_>,
+    items: &[T],
+    mut each: impl FnMut(&mut fmt::Formatter<'_>, &T) -> fmt::Result,
+) -> fmt::Result {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        each(f, item)?;
+    }
+    Ok(())
 }
 
 /// Proposals in strongSwan's syntax, comma separated
@@ -108,13 +115,7 @@ pub(crate) struct Proposals<'a>(pub(crate) &'a [Proposal]);
 
 impl fmt::Display for Proposals<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(&proposal::to_strongswan(p))?;
-        }
-        Ok(())
+        comma_separated(f, self.0, |f, p| f.write_str(&proposal::to_strongswan(p)))
     }
 }
 
@@ -124,13 +125,7 @@ pub(crate) struct Selectors<'a>(pub(crate) &'a [TrafficSelector]);
 
 impl fmt::Display for Selectors<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, ts) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{ts}")?;
-        }
-        Ok(())
+        comma_separated(f, self.0, |f, ts| write!(f, "{ts}"))
     }
 }
 
