@@ -44,91 +44,75 @@ pub const DEFAULT_ESP: [&str; 3] = ["aes128gcm16", "aes256gcm16", "aes256-sha256
 /// What a keyword names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keyword {
-    Encr(TransformId),
-    /// An integrity algorithm, and the prf of the same hash.
-    Integ(IntegId, PrfId),
+    /// A cipher, with its key length if it needs one.
+    Encr(EncrId, Option<u16>),
+    /// An integrity algorithm (and, in an IKE proposal without prf
+    /// keywords, the prf of the same hash: [`prf_of`]).
+    Integ(IntegId),
     Prf(PrfId),
     Dh(DhGroup),
     Esn(EsnId),
 }
 
-/// The keywords, with the key length of the ciphers that need one.
-const KEYWORDS: &[(&str, Keyword, Option<u16>)] = &[
-    (
-        "aes128",
-        Keyword::Encr(TransformId::Encr(EncrId::AesCbc)),
-        Some(128),
-    ),
-    (
-        "aes256",
-        Keyword::Encr(TransformId::Encr(EncrId::AesCbc)),
-        Some(256),
-    ),
-    (
-        "aes128gcm16",
-        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
-        Some(128),
-    ),
-    (
-        "aes128gcm128",
-        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
-        Some(128),
-    ),
-    (
-        "aes256gcm16",
-        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
-        Some(256),
-    ),
-    (
-        "aes256gcm128",
-        Keyword::Encr(TransformId::Encr(EncrId::AesGcm16)),
-        Some(256),
-    ),
+impl Keyword {
+    /// The transform the keyword names (an integrity keyword: the
+    /// integrity algorithm).
+    fn transform(self) -> Transform {
+        match self {
+            Self::Encr(id, Some(bits)) => Transform::with_key_length(TransformId::Encr(id), bits),
+            Self::Encr(id, None) => Transform::new(TransformId::Encr(id)),
+            Self::Integ(i) => Transform::new(TransformId::Integ(i)),
+            Self::Prf(p) => Transform::new(TransformId::Prf(p)),
+            Self::Dh(g) => Transform::new(TransformId::Dh(g)),
+            Self::Esn(e) => Transform::new(TransformId::Esn(e)),
+        }
+    }
+
+    /// Whether the keyword names transform `t` (its ID and key length).
+    fn names(self, t: &Transform) -> bool {
+        let mine = self.transform();
+        mine.id == t.id && mine.key_length() == t.key_length()
+    }
+}
+
+/// The prf of the same hash as an integrity algorithm.
+fn prf_of(integ: IntegId) -> Option<PrfId> {
+    match integ {
+        IntegId::HmacSha2_256_128 => Some(PrfId::HmacSha2_256),
+        IntegId::HmacSha2_384_192 => Some(PrfId::HmacSha2_384),
+        IntegId::HmacSha2_512_256 => Some(PrfId::HmacSha2_512),
+        _ => None,
+    }
+}
+
+/// The keywords.
+const KEYWORDS: &[(&str, Keyword)] = &[
+    ("aes128", Keyword::Encr(EncrId::AesCbc, Some(128))),
+    ("aes256", Keyword::Encr(EncrId::AesCbc, Some(256))),
+    ("aes128gcm16", Keyword::Encr(EncrId::AesGcm16, Some(128))),
+    ("aes128gcm128", Keyword::Encr(EncrId::AesGcm16, Some(128))),
+    ("aes256gcm16", Keyword::Encr(EncrId::AesGcm16, Some(256))),
+    ("aes256gcm128", Keyword::Encr(EncrId::AesGcm16, Some(256))),
     (
         "chacha20poly1305",
-        Keyword::Encr(TransformId::Encr(EncrId::ChaCha20Poly1305)),
-        None,
+        Keyword::Encr(EncrId::ChaCha20Poly1305, None),
     ),
-    (
-        "sha256",
-        Keyword::Integ(IntegId::HmacSha2_256_128, PrfId::HmacSha2_256),
-        None,
-    ),
-    (
-        "sha2_256",
-        Keyword::Integ(IntegId::HmacSha2_256_128, PrfId::HmacSha2_256),
-        None,
-    ),
-    (
-        "sha384",
-        Keyword::Integ(IntegId::HmacSha2_384_192, PrfId::HmacSha2_384),
-        None,
-    ),
-    (
-        "sha2_384",
-        Keyword::Integ(IntegId::HmacSha2_384_192, PrfId::HmacSha2_384),
-        None,
-    ),
-    (
-        "sha512",
-        Keyword::Integ(IntegId::HmacSha2_512_256, PrfId::HmacSha2_512),
-        None,
-    ),
-    (
-        "sha2_512",
-        Keyword::Integ(IntegId::HmacSha2_512_256, PrfId::HmacSha2_512),
-        None,
-    ),
-    ("prfsha256", Keyword::Prf(PrfId::HmacSha2_256), None),
-    ("prfsha384", Keyword::Prf(PrfId::HmacSha2_384), None),
-    ("prfsha512", Keyword::Prf(PrfId::HmacSha2_512), None),
-    ("x25519", Keyword::Dh(DhGroup::Curve25519), None),
-    ("curve25519", Keyword::Dh(DhGroup::Curve25519), None),
-    ("ecp256", Keyword::Dh(DhGroup::Ecp256), None),
-    ("ecp384", Keyword::Dh(DhGroup::Ecp384), None),
-    ("modp2048", Keyword::Dh(DhGroup::Modp2048), None),
-    ("esn", Keyword::Esn(EsnId::Esn), None),
-    ("noesn", Keyword::Esn(EsnId::NoEsn), None),
+    ("sha256", Keyword::Integ(IntegId::HmacSha2_256_128)),
+    ("sha2_256", Keyword::Integ(IntegId::HmacSha2_256_128)),
+    ("sha384", Keyword::Integ(IntegId::HmacSha2_384_192)),
+    ("sha2_384", Keyword::Integ(IntegId::HmacSha2_384_192)),
+    ("sha512", Keyword::Integ(IntegId::HmacSha2_512_256)),
+    ("sha2_512", Keyword::Integ(IntegId::HmacSha2_512_256)),
+    ("prfsha256", Keyword::Prf(PrfId::HmacSha2_256)),
+    ("prfsha384", Keyword::Prf(PrfId::HmacSha2_384)),
+    ("prfsha512", Keyword::Prf(PrfId::HmacSha2_512)),
+    ("x25519", Keyword::Dh(DhGroup::Curve25519)),
+    ("curve25519", Keyword::Dh(DhGroup::Curve25519)),
+    ("ecp256", Keyword::Dh(DhGroup::Ecp256)),
+    ("ecp384", Keyword::Dh(DhGroup::Ecp384)),
+    ("modp2048", Keyword::Dh(DhGroup::Modp2048)),
+    ("esn", Keyword::Esn(EsnId::Esn)),
+    ("noesn", Keyword::Esn(EsnId::NoEsn)),
 ];
 
 fn is_aead(t: &Transform) -> bool {
@@ -193,7 +177,7 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
     let mut implied_prf = vec![];
     let mut seen: Vec<&str> = vec![];
     for token in proposal.split('-') {
-        let Some((name, keyword, bits)) = KEYWORDS
+        let Some((name, keyword)) = KEYWORDS
             .iter()
             .find(|(name, ..)| name.eq_ignore_ascii_case(token))
         else {
@@ -210,20 +194,18 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
             return Err(error(token, "named twice"));
         }
         seen.push(name);
+        let transform = keyword.transform();
         match *keyword {
-            Keyword::Encr(id) => encr.push(match bits {
-                Some(bits) => Transform::with_key_length(id, *bits),
-                None => Transform::new(id),
-            }),
-            Keyword::Integ(i, p) => {
-                integ.push((token, Transform::new(TransformId::Integ(i))));
-                implied_prf.push(Transform::new(TransformId::Prf(p)));
+            Keyword::Encr(..) => encr.push(transform),
+            Keyword::Integ(i) => {
+                integ.push((token, transform));
+                implied_prf.extend(prf_of(i).map(|p| Transform::new(TransformId::Prf(p))));
             }
             Keyword::Prf(_) if !ike => return Err(error(token, "a prf in an ESP proposal")),
-            Keyword::Prf(p) => prf.push(Transform::new(TransformId::Prf(p))),
-            Keyword::Dh(g) => dh.push(Transform::new(TransformId::Dh(g))),
+            Keyword::Prf(_) => prf.push(transform),
+            Keyword::Dh(_) => dh.push(transform),
             Keyword::Esn(_) if ike => return Err(error(token, "ESN in an IKE proposal")),
-            Keyword::Esn(e) => esn.push(Transform::new(TransformId::Esn(e))),
+            Keyword::Esn(_) => esn.push(transform),
         }
     }
     let Some(first_encr) = encr.first() else {
@@ -236,8 +218,8 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
     if let Some(mixed) = encr.iter().find(|t| is_aead(t) != aead) {
         let name = KEYWORDS
             .iter()
-            .find(|(_, k, bits)| *k == Keyword::Encr(mixed.id) && *bits == mixed.key_length())
-            .map_or("", |(name, ..)| name);
+            .find(|(_, k)| k.names(mixed))
+            .map_or("", |(name, _)| name);
         return Err(error(
             name,
             "AEAD and non-AEAD ciphers in one proposal; write two proposals",
@@ -315,17 +297,7 @@ pub fn to_strongswan(proposal: &Proposal) -> String {
         .transforms
         .iter()
         .map(|t| {
-            let keyword = KEYWORDS.iter().find(|(_, k, bits)| {
-                *bits == t.key_length()
-                    && match (*k, t.id) {
-                        (Keyword::Encr(id), id2) => id == id2,
-                        (Keyword::Integ(i, _), TransformId::Integ(i2)) => i == i2,
-                        (Keyword::Prf(p), TransformId::Prf(p2)) => p == p2,
-                        (Keyword::Dh(g), TransformId::Dh(g2)) => g == g2,
-                        (Keyword::Esn(e), TransformId::Esn(e2)) => e == e2,
-                        _ => false,
-                    }
-            });
+            let keyword = KEYWORDS.iter().find(|(_, k)| k.names(t));
             match keyword {
                 Some((name, ..)) if t.attributes.len() <= usize::from(t.key_length().is_some()) => {
                     (*name).to_owned()
