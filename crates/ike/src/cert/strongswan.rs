@@ -10,8 +10,8 @@ use crate::message::{AuthMethod, Identity};
 const WHEN: u64 = 1_798_761_600;
 
 macro_rules! pki {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pki/", $name))
+    ($($name:literal),+) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/pki/", $($name),+))
     };
 }
 
@@ -24,24 +24,21 @@ struct Set {
     revoked_cert: &'static [u8],
 }
 
-const SETS: [Set; 2] = [
-    Set {
-        kind: "ecdsa",
-        ca: pki!("ca-ecdsa.pem"),
-        crl: pki!("ca-ecdsa.crl"),
-        node_cert: pki!("node-ecdsa.pem"),
-        node_key: pki!("node-ecdsa.key"),
-        revoked_cert: pki!("revoked-ecdsa.pem"),
-    },
-    Set {
-        kind: "rsa",
-        ca: pki!("ca-rsa.pem"),
-        crl: pki!("ca-rsa.crl"),
-        node_cert: pki!("node-rsa.pem"),
-        node_key: pki!("node-rsa.key"),
-        revoked_cert: pki!("revoked-rsa.pem"),
-    },
-];
+/// The set of one key type, from the files `make.sh` names after it.
+macro_rules! set {
+    ($kind:literal) => {
+        Set {
+            kind: $kind,
+            ca: pki!("ca-", $kind, ".pem"),
+            crl: pki!("ca-", $kind, ".crl"),
+            node_cert: pki!("node-", $kind, ".pem"),
+            node_key: pki!("node-", $kind, ".key"),
+            revoked_cert: pki!("revoked-", $kind, ".pem"),
+        }
+    };
+}
+
+const SETS: [Set; 2] = [set!("ecdsa"), set!("rsa")];
 
 #[test]
 fn cert_strongswan_pki_chains_crls_and_identities() {
