@@ -267,66 +267,52 @@ mod test {
 
     use crate::testdata::unhex as h;
 
+    /// Checks an ECDH known answer: each side's public value from its
+    /// private value, and the shared secret both compute.
+    fn ecdh_kat(group: DhGroup, i: (&str, &str), r: (&str, &str), shared: &str) {
+        let (gi, gr, gir) = (h(i.1), h(r.1), h(shared));
+        let i = Ecdh::from_private(group, &h(i.0)).unwrap();
+        let r = Ecdh::from_private(group, &h(r.0)).unwrap();
+        assert_eq!(i.public_value(), &gi[..]);
+        assert_eq!(r.public_value(), &gr[..]);
+        assert_eq!(Box::new(i).complete(&gr).unwrap().expose(), &gir[..]);
+        assert_eq!(Box::new(r).complete(&gi).unwrap().expose(), &gir[..]);
+    }
+
     /// RFC 7748 section 6.1.
     #[test]
     fn x25519_rfc7748() {
-        let alice = Ecdh::from_private(
+        ecdh_kat(
             DhGroup::Curve25519,
-            &h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"),
-        )
-        .unwrap();
-        let bob = Ecdh::from_private(
-            DhGroup::Curve25519,
-            &h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"),
-        )
-        .unwrap();
-        assert_eq!(
-            hex::encode(alice.public_value()),
-            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
-        );
-        assert_eq!(
-            hex::encode(bob.public_value()),
-            "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
-        );
-        let bob_public = bob.public_value().to_vec();
-        let alice_public = alice.public_value().to_vec();
-        let k = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
-        assert_eq!(
-            hex::encode(Box::new(alice).complete(&bob_public).unwrap().expose()),
-            k
-        );
-        assert_eq!(
-            hex::encode(Box::new(bob).complete(&alice_public).unwrap().expose()),
-            k
+            (
+                "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+                "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
+            ),
+            (
+                "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+                "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+            ),
+            "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742",
         );
     }
 
     /// RFC 5903 section 8.1, with the KE payload encoding x | y.
     #[test]
     fn ecp256_rfc5903() {
-        let i = Ecdh::from_private(
+        ecdh_kat(
             DhGroup::Ecp256,
-            &h("C88F01F510D9AC3F70A292DAA2316DE544E9AAB8AFE84049C62A9C57862D1433"),
-        )
-        .unwrap();
-        let r = Ecdh::from_private(
-            DhGroup::Ecp256,
-            &h("C6EF9C5D78AE012A011164ACB397CE2088685D8F06BF9BE0B283AB46476BEE53"),
-        )
-        .unwrap();
-        let gi = h(
-            "DAD0B65394221CF9B051E1FECA5787D098DFE637FC90B9EF945D0C3772581180
-                    5271A0461CDB8252D61F1C456FA3E59AB1F45B33ACCF5F58389E0577B8990BB3",
+            (
+                "C88F01F510D9AC3F70A292DAA2316DE544E9AAB8AFE84049C62A9C57862D1433",
+                "DAD0B65394221CF9B051E1FECA5787D098DFE637FC90B9EF945D0C3772581180
+                 5271A0461CDB8252D61F1C456FA3E59AB1F45B33ACCF5F58389E0577B8990BB3",
+            ),
+            (
+                "C6EF9C5D78AE012A011164ACB397CE2088685D8F06BF9BE0B283AB46476BEE53",
+                "D12DFB5289C8D4F81208B70270398C342296970A0BCCB74C736FC7554494BF63
+                 56FBF3CA366CC23E8157854C13C58D6AAC23F046ADA30F8353E74F33039872AB",
+            ),
+            "D6840F6B42F6EDAFD13116E0E12565202FEF8E9ECE7DCE03812464D04B9442DE",
         );
-        let gr = h(
-            "D12DFB5289C8D4F81208B70270398C342296970A0BCCB74C736FC7554494BF63
-                    56FBF3CA366CC23E8157854C13C58D6AAC23F046ADA30F8353E74F33039872AB",
-        );
-        assert_eq!(i.public_value(), &gi[..]);
-        assert_eq!(r.public_value(), &gr[..]);
-        let gir = h("D6840F6B42F6EDAFD13116E0E12565202FEF8E9ECE7DCE03812464D04B9442DE");
-        assert_eq!(Box::new(i).complete(&gr).unwrap().expose(), &gir[..]);
-        assert_eq!(Box::new(r).complete(&gi).unwrap().expose(), &gir[..]);
     }
 
     fn modp_kat() -> std::collections::HashMap<String, Vec<u8>> {
