@@ -208,30 +208,16 @@ pub struct ChildKeys {
     pub responder_to_initiator: SaKeys,
 }
 
-/// The keying material of a Child SA pair.
+/// The ESP keys of a Child SA pair, from its keying material.
 ///
 /// RFC 7296 section 2.17: `KEYMAT = prf+(SK_d, Ni | Nr)`, or with a fresh
 /// Diffie-Hellman exchange in CREATE_CHILD_SA, `KEYMAT = prf+(SK_d, g^ir
 /// (new) | Ni | Nr)`. The nonces are those of the exchange that creates the
-/// Child SA (of IKE_SA_INIT for the first one).
-pub fn child_keymat(
-    prf: Prf,
-    sk_d: &Key,
-    g_ir: Option<&[u8]>,
-    ni: &[u8],
-    nr: &[u8],
-    len: usize,
-) -> Result<Key> {
-    prf.prf_plus(sk_d.expose(), &[g_ir.unwrap_or(&[]), ni, nr], len)
-}
-
-/// The ESP keys of a Child SA pair.
-///
-/// RFC 7296 section 2.17: all keys for the SA carrying data from the
-/// initiator to the responder are taken before those of the reverse
-/// direction, and within one SA the encryption key comes before the
-/// integrity key. The "initiator" is the one of the exchange that created
-/// the Child SA.
+/// Child SA (of IKE_SA_INIT for the first one). All keys for the SA
+/// carrying data from the initiator to the responder are taken before
+/// those of the reverse direction, and within one SA the encryption key
+/// comes before the integrity key. The "initiator" is the one of the
+/// exchange that created the Child SA.
 pub fn child_sa_keys(
     prf: Prf,
     sk_d: &Key,
@@ -241,7 +227,7 @@ pub fn child_sa_keys(
     suite: Suite,
 ) -> Result<ChildKeys> {
     let one = suite.encryption_key_len() + suite.integrity_key_len();
-    let keymat = child_keymat(prf, sk_d, g_ir, ni, nr, 2 * one)?;
+    let keymat = prf.prf_plus(sk_d.expose(), &[g_ir.unwrap_or(&[]), ni, nr], 2 * one)?;
     let (i_to_r, r_to_i) = keymat.expose().split_at(one);
     let keys = |keymat: &[u8]| {
         SaKeys::from_keymat(suite, keymat).map_err(|_| Error::KeyLength {
@@ -382,10 +368,16 @@ mod test {
         let prf = Prf::HmacSha2_256;
         let sk_d = Key::from_slice(&[7; 32]);
         let (ni, nr) = ([1u8; 32], [2u8; 32]);
-        for suite in Suite::ALL {
-            let keys = child_sa_keys(prf, &sk_d, None, &ni, &nr, suite).unwrap();
+        // With PFS, g^ir comes first in the seed.
+        let g = [9u8; 32];
+        for (suite, g_ir) in Suite::ALL
+            .into_iter()
+            .flat_map(|s| [(s, None), (s, Some(&g[..]))])
+        {
+            let keys = child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, suite).unwrap();
             let one = suite.encryption_key_len() + suite.integrity_key_len();
-            let keymat = prf.prf_plus(sk_d.expose(), &[&ni, &nr], 2 * one).unwrap();
+            let seed = [g_ir.unwrap_or(&[]), &ni, &nr];
+            let keymat = prf.prf_plus(sk_d.expose(), &seed, 2 * one).unwrap();
             let k = keymat.expose();
             let enc = suite.encryption_key_len();
             assert_eq!(keys.initiator_to_responder.encryption.expose(), &k[..enc]);
@@ -399,12 +391,8 @@ mod test {
                 &k[one + enc..]
             );
         }
-        // With PFS, g^ir comes first in the seed.
-        let g = [9u8; 32];
-        let with = child_keymat(prf, &sk_d, Some(&g), &ni, &nr, 40).unwrap();
-        let by_hand = prf.prf_plus(sk_d.expose(), &[&g, &ni, &nr], 40).unwrap();
-        assert_eq!(with, by_hand);
-        assert_ne!(with, child_keymat(prf, &sk_d, None, &ni, &nr, 40).unwrap());
+        let pfs = |g_ir| child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, Suite::AesGcm128).unwrap();
+        assert_ne!(pfs(Some(&g[..])), pfs(None));
     }
 
     #[test]

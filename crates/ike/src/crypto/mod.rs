@@ -5,7 +5,7 @@
 //! - [`skeyseed`], [`IkeKeys::derive`]: SKEYSEED and SK_d, SK_ai, SK_ar,
 //!   SK_ei, SK_er, SK_pi, SK_pr (section 2.14); [`skeyseed_rekey`] (section
 //!   2.18).
-//! - [`child_keymat`], [`child_sa_keys`]: Child SA KEYMAT (section 2.17).
+//! - [`child_sa_keys`]: Child SA KEYMAT and its keys (section 2.17).
 //! - [`signed_octets`], [`shared_key_auth`]: what AUTH covers, and the PSK
 //!   AUTH value (section 2.15).
 //! - [`SkCipher`]: the Encrypted payload's protection (section 3.14, RFC
@@ -23,8 +23,8 @@ mod sk;
 
 pub use kex::{GROUPS, KeyExchange, KxGroup, find_group, start};
 pub use keys::{
-    ChildKeys, IkeKeys, IkeSuite, child_keymat, child_sa_keys, shared_key_auth, signed_octets,
-    skeyseed, skeyseed_rekey,
+    ChildKeys, IkeKeys, IkeSuite, child_sa_keys, shared_key_auth, signed_octets, skeyseed,
+    skeyseed_rekey,
 };
 pub use prf::Prf;
 pub use sk::{Encr, Integ, SkCipher};
