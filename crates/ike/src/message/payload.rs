@@ -266,6 +266,12 @@ impl Notify {
         }
     }
 
+    /// A notify without data about no particular SA, such as most error
+    /// notifies (NO_PROPOSAL_CHOSEN) and USE_TRANSPORT_MODE.
+    pub fn empty(notify_type: NotifyType) -> Self {
+        Self::new(notify_type, Vec::new())
+    }
+
     /// Decodes the payload body.
     pub fn decode(body: &[u8]) -> Result<Self> {
         let mut r = Reader::new(body, "Notify payload");

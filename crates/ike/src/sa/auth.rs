@@ -294,9 +294,8 @@ impl IkeSa {
     /// once, not retransmitted: the IKE SA is closed at once).
     pub(super) fn refuse_responder(&mut self, sk: &Sk, reason: AuthFailure) {
         let header = self.header(ExchangeType::Informational, false, 2);
-        let notify = [Payload::Notify(Notify::new(
+        let notify = [Payload::Notify(Notify::empty(
             NotifyType::AuthenticationFailed,
-            Vec::new(),
         ))];
         if let Ok(bytes) = self.seal(sk, &header, &notify) {
             self.transmit_all(bytes);

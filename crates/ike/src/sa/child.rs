@@ -214,10 +214,7 @@ impl IkeSa {
             }));
         }
         if c.transport_mode {
-            payloads.push(Payload::Notify(Notify::new(
-                NotifyType::UseTransportMode,
-                Vec::new(),
-            )));
+            payloads.push(Payload::Notify(Notify::empty(NotifyType::UseTransportMode)));
         }
         payloads.push(offer.sa());
         payloads.push(Payload::Nonce(ni.clone()));
@@ -533,7 +530,7 @@ impl IkeSa {
         message: &Message,
     ) -> (Vec<Payload>, Vec<Event>) {
         let p = Payloads(&message.payloads);
-        let notify = |n| vec![Payload::Notify(Notify::new(n, Vec::new()))];
+        let notify = |n| vec![Payload::Notify(Notify::empty(n))];
         let old = match p.notify(NotifyType::RekeySa) {
             // RFC 7296 section 2.25: a rekey of an SA we do not have (any
             // more) is answered CHILD_SA_NOT_FOUND.
@@ -547,9 +544,7 @@ impl IkeSa {
             None => None,
         };
         let result = (|| {
-            let ni = p
-                .nonce()
-                .ok_or(Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+            let ni = p.nonce().ok_or(Notify::empty(NotifyType::InvalidSyntax))?;
             // PFS (RFC 7296 section 1.3.3): the KE payload must be of the
             // group of the proposal we choose; INVALID_KE_PAYLOAD names it.
             let group = p
@@ -567,12 +562,12 @@ impl IkeSa {
                             g.value().to_be_bytes().to_vec(),
                         ));
                     };
-                    let temporary = |_| Notify::new(NotifyType::TemporaryFailure, Vec::new());
+                    let temporary = |_| Notify::empty(NotifyType::TemporaryFailure);
                     let kex = crypto::start(g).map_err(temporary)?;
                     let public = kex.public_value().to_vec();
                     let g_ir = kex
                         .complete(&ke.data)
-                        .map_err(|_| Notify::new(NotifyType::InvalidSyntax, Vec::new()))?;
+                        .map_err(|_| Notify::empty(NotifyType::InvalidSyntax))?;
                     let ke = crate::message::KeyExchange {
                         group: g,
                         data: public,
@@ -581,17 +576,17 @@ impl IkeSa {
                 }
             };
             let nr = random_nonce(self.rng.as_mut())
-                .map_err(|_| Notify::new(NotifyType::TemporaryFailure, Vec::new()))?;
+                .map_err(|_| Notify::empty(NotifyType::TemporaryFailure))?;
             let g = g_ir.as_ref().map(|k| k.expose());
             let (mut payloads, event) = self
                 .responder_child(false, &p, &st.sk, ni, &nr, g)
-                .map_err(|n| Notify::new(n, Vec::new()))?;
+                .map_err(Notify::empty)?;
             payloads.push(Payload::Nonce(nr.clone()));
             if let Some(ke) = ke {
                 payloads.push(Payload::KeyExchange(ke));
             }
             let Event::ChildSaUp { inbound, outbound } = event else {
-                return Err(Notify::new(NotifyType::TemporaryFailure, Vec::new()));
+                return Err(Notify::empty(NotifyType::TemporaryFailure));
             };
             Ok((payloads, ni.to_vec(), nr, inbound, outbound))
         })();

@@ -250,7 +250,7 @@ impl IkeSa {
         };
         let busy = self.outstanding.is_some() || st.deleting || self.retiring.is_some();
         let result = if busy {
-            Err(Notify::new(NotifyType::TemporaryFailure, Vec::new()))
+            Err(Notify::empty(NotifyType::TemporaryFailure))
         } else {
             self.ike_rekey_answer(&st, message)
         };
@@ -278,7 +278,7 @@ impl IkeSa {
         message: &Message,
     ) -> core::result::Result<(Vec<Payload>, u64, u64, Sk), Notify> {
         let p = Payloads(&message.payloads);
-        let syntax = || Notify::new(NotifyType::InvalidSyntax, Vec::new());
+        let syntax = || Notify::empty(NotifyType::InvalidSyntax);
         let (Some(sa), Some(ni), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
             return Err(syntax());
         };
@@ -292,9 +292,9 @@ impl IkeSa {
             ),
             "IKE proposal chosen (IKE SA rekey)"
         );
-        let selected = selected.ok_or(Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
+        let selected = selected.ok_or(Notify::empty(NotifyType::NoProposalChosen))?;
         let suite = IkeSuite::from_proposal(&selected.proposal)
-            .map_err(|_| Notify::new(NotifyType::NoProposalChosen, Vec::new()))?;
+            .map_err(|_| Notify::empty(NotifyType::NoProposalChosen))?;
         let spi_i = <[u8; 8]>::try_from(selected.proposal.spi.as_slice())
             .map(u64::from_be_bytes)
             .ok()
@@ -308,7 +308,7 @@ impl IkeSa {
                 suite.group.value().to_be_bytes().to_vec(),
             ));
         }
-        let temporary = |_| Notify::new(NotifyType::TemporaryFailure, Vec::new());
+        let temporary = |_| Notify::empty(NotifyType::TemporaryFailure);
         let kex = crypto::start(suite.group).map_err(temporary)?;
         let public = kex.public_value().to_vec();
         let g_ir = kex.complete(&ke.data).map_err(|_| syntax())?;
@@ -453,10 +453,7 @@ impl IkeSa {
         let message = open(r)?;
         let reply = match header.exchange_type {
             ExchangeType::Informational => Vec::new(),
-            _ => vec![Payload::Notify(Notify::new(
-                NotifyType::TemporaryFailure,
-                Vec::new(),
-            ))],
+            _ => vec![Payload::Notify(Notify::empty(NotifyType::TemporaryFailure))],
         };
         let deleted = message
             .payloads

@@ -319,19 +319,13 @@ impl IkeSa {
         // RFC 7296 section 2.4: INITIAL_CONTACT tells the peer that we hold
         // no other IKE SA with it, so it may delete what it has with us.
         if c.initial_contact {
-            payloads.push(Payload::Notify(Notify::new(
-                NotifyType::InitialContact,
-                Vec::new(),
-            )));
+            payloads.push(Payload::Notify(Notify::empty(NotifyType::InitialContact)));
         }
         payloads.push(Payload::Auth(auth));
         // RFC 7296 section 1.3.1: USE_TRANSPORT_MODE asks for a transport-mode
         // Child SA.
         if c.transport_mode {
-            payloads.push(Payload::Notify(Notify::new(
-                NotifyType::UseTransportMode,
-                Vec::new(),
-            )));
+            payloads.push(Payload::Notify(Notify::empty(NotifyType::UseTransportMode)));
         }
         let esp_spi = random_esp_spi(self.rng.as_mut())?;
         let c = &self.config;

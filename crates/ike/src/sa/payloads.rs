@@ -55,10 +55,7 @@ impl<'a> Payloads<'a> {
 
 /// The empty IKEV2_FRAGMENTATION_SUPPORTED notify (RFC 7383 section 2.3).
 pub(super) fn fragmentation_supported() -> Payload {
-    Payload::Notify(Notify::new(
-        NotifyType::Ikev2FragmentationSupported,
-        Vec::new(),
-    ))
+    Payload::Notify(Notify::empty(NotifyType::Ikev2FragmentationSupported))
 }
 
 /// The first D-H group of the first proposal: the one the initiator

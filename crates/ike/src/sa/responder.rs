@@ -99,11 +99,7 @@ impl IkeSa {
             "IKE proposal chosen"
         );
         let Some((chosen, suite)) = chosen else {
-            self.refuse_init(
-                remote,
-                header,
-                Notify::new(NotifyType::NoProposalChosen, Vec::new()),
-            );
+            self.refuse_init(remote, header, Notify::empty(NotifyType::NoProposalChosen));
             self.events.push_back(Event::Failed {
                 notify: NotifyType::NoProposalChosen,
                 by_peer: false,
@@ -133,11 +129,7 @@ impl IkeSa {
         };
         let public = kex.public_value().to_vec();
         let Ok(g_ir) = kex.complete(&ke.data) else {
-            self.refuse_init(
-                remote,
-                header,
-                Notify::new(NotifyType::InvalidSyntax, Vec::new()),
-            );
+            self.refuse_init(remote, header, Notify::empty(NotifyType::InvalidSyntax));
             return Ok(());
         };
         let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
@@ -254,9 +246,8 @@ impl IkeSa {
             // RFC 7296 section 2.21.2: if the responder's AUTH check fails, it
             // answers with an AUTHENTICATION_FAILED notify in the encrypted
             // IKE_AUTH response, and the IKE SA is not created.
-            let notify = [Payload::Notify(Notify::new(
+            let notify = [Payload::Notify(Notify::empty(
                 NotifyType::AuthenticationFailed,
-                Vec::new(),
             ))];
             match self.seal(&st.sk, &header, &notify) {
                 Ok(bytes) => {
@@ -306,7 +297,7 @@ impl IkeSa {
                 event
             }
             Err(notify) => {
-                payloads.push(Payload::Notify(Notify::new(notify, Vec::new())));
+                payloads.push(Payload::Notify(Notify::empty(notify)));
                 Event::Failed {
                     notify,
                     by_peer: false,
@@ -435,10 +426,7 @@ impl IkeSa {
         chosen.spi = our_spi.to_be_bytes().to_vec();
         let mut payloads = Vec::new();
         if transport {
-            payloads.push(Payload::Notify(Notify::new(
-                NotifyType::UseTransportMode,
-                Vec::new(),
-            )));
+            payloads.push(Payload::Notify(Notify::empty(NotifyType::UseTransportMode)));
         }
         payloads.push(Payload::Sa(SaPayload {
             proposals: vec![chosen],
