@@ -15,7 +15,8 @@
 use aws_lc_rs::{aead, cipher, constant_time, hmac, rand};
 
 use crate::Error;
-use crate::suite::{SALT_LEN, SaKeys, Suite};
+use crate::keys::SaKeys;
+use crate::suite::{SALT_LEN, Suite};
 
 /// The ESP header length (SPI and sequence number).
 const HEADER_LEN: usize = tunsec_wire::esp::HEADER_LEN;

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::sa::Direction;
-use crate::suite::Suite;
+use crate::direction::Direction;
+use crate::suite::{Suite, UnknownSuite};
 
 /// A configuration the engine refuses. Each variant names the field and the
 /// value that was wrong.
@@ -25,10 +25,8 @@ pub enum Error {
         actual: usize,
     },
     /// A suite name that is not known.
-    #[error(
-        "suite: unknown cipher suite {0:?} (known: aes128gcm16, aes256gcm16, chacha20poly1305, aes256-sha256)"
-    )]
-    UnknownSuite(String),
+    #[error(transparent)]
+    UnknownSuite(#[from] UnknownSuite),
     /// The replay window is out of range.
     #[error("replay_window: {0} is outside 64..=65536")]
     ReplayWindow(u32),

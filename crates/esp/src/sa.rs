@@ -13,19 +13,12 @@ use crate::Error;
 use crate::buf::PacketBuf;
 use crate::counters::{DropReason, SaCounters};
 use crate::crypto::{CryptoProvider, EspCipher};
+use crate::direction::Direction;
+use crate::keys::SaKeys;
 use crate::lifetime::{Lifetime, LifetimeState, LifetimeTracker};
 use crate::replay::ReplayWindow;
 use crate::selector::{FlowKey, Selector};
-use crate::suite::{SaKeys, Suite};
-
-/// Which way an SA carries packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Packets this host receives and opens.
-    Inbound,
-    /// Packets this host seals and sends.
-    Outbound,
-}
+use crate::suite::Suite;
 
 /// ESP mode (RFC 4303 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use crate::Error;
-use crate::sa::{Direction, Sa};
+use crate::direction::Direction;
+use crate::sa::Sa;
 
 /// Inbound SAs by SPI.
 ///

@@ -1,11 +1,8 @@
-//! ESP cipher suites and their key material.
+//! ESP cipher suites: their names and the lengths of their keys, IV and
+//! ICV.
 
 use core::fmt;
 use core::str::FromStr;
-
-use zeroize::{Zeroize, ZeroizeOnDrop};
-
-use crate::Error;
 
 /// An ESP transform: how the payload is encrypted and authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,98 +99,21 @@ impl fmt::Display for Suite {
     }
 }
 
-impl FromStr for Suite {
-    type Err = Error;
+/// A suite name that is not known: what parsing a [`Suite`] fails with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "suite: unknown cipher suite {0:?} (known: aes128gcm16, aes256gcm16, chacha20poly1305, aes256-sha256)"
+)]
+pub struct UnknownSuite(pub String);
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+impl FromStr for Suite {
+    type Err = UnknownSuite;
+
+    fn from_str(s: &str) -> Result<Self, UnknownSuite> {
         Self::ALL
             .into_iter()
             .find(|suite| suite.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| Error::UnknownSuite(s.to_owned()))
-    }
-}
-
-/// Secret bytes: wiped on drop, never printed.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
-pub struct Key(Vec<u8>);
-
-impl Key {
-    /// Takes ownership of key bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    /// Copies key bytes.
-    pub fn from_slice(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec())
-    }
-
-    /// The key bytes. Handle with care.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The key length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the key is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// The keys of one SA, as IKEv2 (RFC 7296 section 2.17) or manual keying
-/// hands them over: the encryption key (with the salt at its end for the
-/// AEAD suites), then the integrity key for the non-AEAD suites.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SaKeys {
-    /// Encryption key, salt included for AEAD suites.
-    pub encryption: Key,
-    /// Integrity key; empty for AEAD suites.
-    pub integrity: Key,
-}
-
-impl SaKeys {
-    /// Splits one block of key material, as IKEv2's KEYMAT is split
-    /// (encryption key first, then integrity key).
-    pub fn from_keymat(suite: Suite, keymat: &[u8]) -> Result<Self, Error> {
-        let enc = suite.encryption_key_len();
-        let expected = enc + suite.integrity_key_len();
-        if keymat.len() != expected {
-            return Err(Error::KeyLength {
-                suite,
-                expected,
-                actual: keymat.len(),
-            });
-        }
-        Ok(Self {
-            encryption: Key::from_slice(&keymat[..enc]),
-            integrity: Key::from_slice(&keymat[enc..]),
-        })
-    }
-
-    /// Checks the key lengths against a suite.
-    pub fn check(&self, suite: Suite) -> Result<(), Error> {
-        let expected = suite.encryption_key_len() + suite.integrity_key_len();
-        let actual = self.encryption.len() + self.integrity.len();
-        if self.encryption.len() != suite.encryption_key_len()
-            || self.integrity.len() != suite.integrity_key_len()
-        {
-            return Err(Error::KeyLength {
-                suite,
-                expected,
-                actual,
-            });
-        }
-        Ok(())
+            .ok_or_else(|| UnknownSuite(s.to_owned()))
     }
 }
 
@@ -208,29 +128,7 @@ mod test {
         }
         assert_eq!(
             "aes128".parse::<Suite>().unwrap_err(),
-            Error::UnknownSuite("aes128".into())
-        );
-    }
-
-    #[test]
-    fn keys_never_print() {
-        let keys = SaKeys::from_keymat(Suite::AesGcm128, &[0x42; 20]).unwrap();
-        let shown = format!("{keys:?}");
-        assert!(shown.contains("<redacted>"));
-        assert!(!shown.contains("42"), "{shown}");
-    }
-
-    #[test]
-    fn keymat_split_and_lengths() {
-        let keys = SaKeys::from_keymat(Suite::AesCbc256HmacSha256, &[1; 64]).unwrap();
-        assert_eq!((keys.encryption.len(), keys.integrity.len()), (32, 32));
-        assert_eq!(
-            SaKeys::from_keymat(Suite::AesGcm256, &[1; 32]).unwrap_err(),
-            Error::KeyLength {
-                suite: Suite::AesGcm256,
-                expected: 36,
-                actual: 32
-            }
+            UnknownSuite("aes128".into())
         );
     }
 }
