@@ -11,7 +11,7 @@ use std::fmt;
 use serde_json::{Value, json};
 
 use crate::error::DataError;
-use crate::schema::ColumnType;
+use crate::schema::{AtomicType, ColumnType};
 
 /// A row's UUID (RFC 7047 §3.1 `<uuid>`), kept as 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,34 +56,9 @@ impl fmt::Display for Uuid {
     }
 }
 
-/// The five atomic types (RFC 7047 §3.2 `<atomic-type>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AtomicType {
-    /// A 64-bit signed integer.
-    Integer,
-    /// A double.
-    Real,
-    /// true or false.
-    Boolean,
-    /// A UTF-8 string.
-    String,
-    /// A UUID, usually a reference to a row.
-    Uuid,
-}
-
+// The atomic type is the schema's (crate::schema); its default value is an
+// atom, so it is made here.
 impl AtomicType {
-    /// Reads the schema name (`"integer"`, `"real"`, ...).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "integer" => Self::Integer,
-            "real" => Self::Real,
-            "boolean" => Self::Boolean,
-            "string" => Self::String,
-            "uuid" => Self::Uuid,
-            _ => return None,
-        })
-    }
-
     /// The default value of the type (RFC 7047 §5.2.1 "insert": 0, 0.0,
     /// false, "", and the all-zero UUID).
     pub fn default_atom(self) -> Atom {

@@ -6,8 +6,8 @@
 //! The layers, bottom up:
 //! - [`codec`]: framing of back-to-back JSON messages, with a size bound;
 //! - [`jsonrpc`]: requests, notifications, responses;
-//! - [`datum`] and [`schema`]: OVSDB atoms, sets and maps, read against
-//!   the column types of the server's schema;
+//! - [`schema`] and [`datum`]: the column types of the server's schema,
+//!   and OVSDB atoms, sets and maps read against them;
 //! - [`cache`]: the monitored rows, and the rules of `update` and
 //!   `update2` that change them;
 //! - [`client`]: the sans-IO state machine of one connection after
@@ -41,9 +41,9 @@ pub mod schema;
 
 pub use cache::{Cache, Notation, Row, Table};
 pub use client::{Client, Config, Event, Phase, Stats};
-pub use datum::{Atom, AtomicType, Datum, Uuid};
+pub use datum::{Atom, Datum, Uuid};
 pub use driver::Driver;
 pub use error::{CodecError, DataError, Error, RemoteError};
 pub use jsonrpc::Message;
 pub use remote::Remote;
-pub use schema::{ColumnType, Schema};
+pub use schema::{AtomicType, ColumnType, Schema};

@@ -7,8 +7,36 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::datum::AtomicType;
 use crate::error::DataError;
+
+/// The five atomic types (RFC 7047 §3.2 `<atomic-type>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicType {
+    /// A 64-bit signed integer.
+    Integer,
+    /// A double.
+    Real,
+    /// true or false.
+    Boolean,
+    /// A UTF-8 string.
+    String,
+    /// A UUID, usually a reference to a row.
+    Uuid,
+}
+
+impl AtomicType {
+    /// Reads the schema name (`"integer"`, `"real"`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "integer" => Self::Integer,
+            "real" => Self::Real,
+            "boolean" => Self::Boolean,
+            "string" => Self::String,
+            "uuid" => Self::Uuid,
+            _ => return None,
+        })
+    }
+}
 
 /// A column's type (RFC 7047 §3.2 `<type>`): the key's atomic type, the
 /// value's for a map, and the bounds on the number of elements.
