@@ -13,7 +13,7 @@ use tunsec_wire::natt;
 
 use crate::fast_map::FastMap;
 use crate::packet::{Ctx, canonical};
-use crate::sa_store::InboundEntry;
+use crate::shared_sa::InboundEntry;
 use crate::stats::{PathDrop, add};
 
 /// What a datagram on the ESP socket turned out to be.

@@ -32,7 +32,7 @@ use tunsec_wire::{ipv4, ipv6};
 use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
-use crate::sa_store::{InboundEntry, SharedSa};
+use crate::shared_sa::{InboundEntry, SharedSa};
 use crate::stats::{NetworkCounters, PathDrop};
 
 /// Traffic of the kernel's own that a peer's SA protects: an IP protocol

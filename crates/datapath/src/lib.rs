@@ -17,8 +17,8 @@
 //! - [`offload`]: sans IO. TAP offloads: the virtio-net header, TCP
 //!   segmentation of TSO super-frames, checksum completion, and coalescing
 //!   of received TCP segments into one super-frame (GRO).
-//! - [`sa_store`]: the SAs as the tables hold them, and what the IKE
-//!   driver needs of either mode's tables.
+//! - [`shared_sa`]: the SAs as the tables hold them.
+//! - [`sa_store`]: what the IKE driver needs of either mode's tables.
 //! - [`stats`]: drop counters by reason, frame counters per network.
 //! - [`io`]: sockets with recvmmsg/sendmmsg, TAP devices (tun-rs).
 //! - [`worker`]: the transmit and receive threads: one skeleton, with
@@ -37,6 +37,7 @@ pub mod offload;
 pub mod overlay;
 pub mod packet;
 pub mod sa_store;
+pub mod shared_sa;
 pub mod stats;
 pub mod steer;
 pub mod worker;

@@ -1,34 +1,16 @@
-//! The SAs as the tables hold them, and what the IKE driver needs of a
-//! data plane, whichever mode it runs in: SAs to publish
-//! (read-copy-update, like every change of the tables), a stop flag, and
-//! the inbox of IKE messages that arrived on the ESP-in-UDP port.
+//! What the IKE driver needs of a data plane, whichever mode it runs in:
+//! SAs to publish (read-copy-update, like every change of the tables), a
+//! stop flag, and the inbox of IKE messages that arrived on the ESP-in-UDP
+//! port. The SAs themselves, as the tables hold them, are
+//! [`crate::shared_sa`]'s.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-
-use tunsec_esp::Sa;
 
 use crate::fast_map::FastMap;
 use crate::gateway::GatewayTables;
 use crate::overlay::Tables;
+use crate::shared_sa::{InboundEntry, SharedSa};
 use crate::worker::{IkeInbox, Shared};
-
-/// An SA shared between the control plane (which installs it and reads its
-/// counters) and the workers that use it. The data path holds the lock
-/// only to take a sequence number ([`Sa::reserve_seal`]) or to check and
-/// update the replay window ([`Sa::reserve_open`], [`Sa::finish_open`]);
-/// encryption and decryption run without it, so several workers share
-/// an SA without waiting on each other's crypto.
-pub type SharedSa = Arc<Mutex<Sa>>;
-
-/// An inbound SA and the peer it belongs to.
-#[derive(Debug, Clone)]
-pub struct InboundEntry {
-    /// The peer index.
-    pub peer: usize,
-    /// The SA.
-    pub sa: SharedSa,
-}
 
 /// The SAs of one table snapshot, by peer index (the config's order).
 pub trait SaTables {

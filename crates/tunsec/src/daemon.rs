@@ -26,7 +26,7 @@ use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tap;
 use tunsec_datapath::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, Tables};
 use tunsec_datapath::packet::EspTransport;
-use tunsec_datapath::sa_store::InboundEntry;
+use tunsec_datapath::shared_sa::InboundEntry;
 use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};

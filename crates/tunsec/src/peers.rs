@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use tunsec_datapath::sa_store::SharedSa;
+use tunsec_datapath::shared_sa::SharedSa;
 use tunsec_esp::{Direction, Sa, SaConfig};
 
 use crate::config::{Config, Peer};

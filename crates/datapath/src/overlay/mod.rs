@@ -42,7 +42,7 @@ use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::fdb::Fdb;
 use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
-use crate::sa_store::{InboundEntry, SharedSa};
+use crate::shared_sa::{InboundEntry, SharedSa};
 use crate::stats::{PathDrop, Stats, add};
 
 mod inner;

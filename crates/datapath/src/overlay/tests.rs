@@ -12,7 +12,7 @@ use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
 use crate::fdb::DEFAULT_AGEING;
 use crate::packet::{HEADROOM, TAILROOM};
-use crate::sa_store::SharedSa;
+use crate::shared_sa::SharedSa;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));

@@ -351,7 +351,7 @@ mod tests {
     use crate::io::socket::DatagramSocket;
     use crate::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, TunnelEncap};
     use crate::packet::{Ctx, EspTransport, TAILROOM};
-    use crate::sa_store::{InboundEntry, SharedSa};
+    use crate::shared_sa::{InboundEntry, SharedSa};
     use crate::worker::test::{Recorder, wait_until};
 
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

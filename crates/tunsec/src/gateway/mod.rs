@@ -42,7 +42,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
 use tunsec_datapath::packet::EspTransport;
-use tunsec_datapath::sa_store::InboundEntry;
+use tunsec_datapath::shared_sa::InboundEntry;
 
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, Peer};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tunsec_datapath::sa_store::SaTables;
-use tunsec_datapath::sa_store::{InboundEntry, SharedSa};
+use tunsec_datapath::shared_sa::{InboundEntry, SharedSa};
 use tunsec_esp::{Mode, Sa};
 use tunsec_ike::sa::ChildSaParams;
 
