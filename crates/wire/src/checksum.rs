@@ -129,6 +129,19 @@ pub fn checksum(data: &[u8]) -> u16 {
     finish(sum(data))
 }
 
+/// The checksum of `data` (its checksum field zero) after the partial sum
+/// `partial` of a pseudo-header: `finish(combine(partial, sum(data)))`.
+pub fn checksum_after(partial: u32, data: &[u8]) -> u16 {
+    finish(combine(partial, sum(data)))
+}
+
+/// Whether `data`, its checksum field included, verifies after the partial
+/// sum `partial` of a pseudo-header (0 for none): whether
+/// `fold(combine(partial, sum(data)))` is `0xffff`.
+pub fn verifies(partial: u32, data: &[u8]) -> bool {
+    fold(combine(partial, sum(data))) == 0xffff
+}
+
 /// The partial sum of an IPv4 pseudo-header.
 ///
 /// `length` is the length of the upper-layer packet (for UDP, the UDP length

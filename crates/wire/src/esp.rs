@@ -51,28 +51,11 @@ crate::view::packet_view! {
         /// The low-order 32 bits of the sequence number.
         pub sequence_number, set_sequence_number: u32 = field::SEQUENCE_NUMBER;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds at least the ESP header.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Everything after the header: IV, ciphertext, trailer and ICV.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Everything after the header, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[field::PAYLOAD]
+    check_len: HEADER_LEN, |p| HEADER_LEN;
+    slices {
+        /// Everything after the header: IV, ciphertext, trailer and ICV.
+        pub payload, payload_mut = |p| field::PAYLOAD;
     }
 }
 

@@ -25,8 +25,8 @@
 
 use core::fmt;
 
-use crate::Result;
-use crate::view::{FieldValue, check_announced};
+use crate::view::FieldValue;
+use crate::{Field, Result};
 
 mod field {
     use crate::Field;
@@ -186,17 +186,18 @@ crate::view::packet_view! {
         /// The Source Address.
         pub src_addr, set_src_addr: EthernetAddress = field::SOURCE;
     }
+    /// Checks that the buffer holds the header: 14 bytes, or 18 when the
+    /// frame carries an 802.1Q tag.
+    //
+    // The announced length is never below HEADER_LEN.
+    check_len: HEADER_LEN, |p| p.header_len();
+    slices {
+        /// Everything after the header.
+        pub payload, payload_mut = |p| p.header_len()..;
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Checks that the buffer holds the header: 14 bytes, or 18 when the
-    /// frame carries an 802.1Q tag.
-    pub fn check_len(&self) -> Result<()> {
-        // The announced length is never below HEADER_LEN.
-        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
-        Ok(())
-    }
-
     /// Whether the frame carries an 802.1Q tag (TPID 0x8100 after the
     /// source address).
     pub fn is_tagged(&self) -> bool {
@@ -209,14 +210,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
             .then(|| VlanTag::from_tci(u16::read(&self.buffer.as_ref()[field::TCI])))
     }
 
-    /// The EtherType of the payload (after the tag, if there is one).
-    pub fn ethertype(&self) -> EtherType {
-        let f = if self.is_tagged() {
+    /// Where the EtherType of the payload is: after the tag, if there is
+    /// one.
+    fn ethertype_field(&self) -> Field {
+        if self.is_tagged() {
             field::TAGGED_ETHERTYPE
         } else {
             field::ETHERTYPE
-        };
-        EtherType::from(u16::read(&self.buffer.as_ref()[f]))
+        }
+    }
+
+    /// The EtherType of the payload (after the tag, if there is one).
+    pub fn ethertype(&self) -> EtherType {
+        EtherType::from(u16::read(&self.buffer.as_ref()[self.ethertype_field()]))
     }
 
     /// The header length: 14, or 18 with an 802.1Q tag.
@@ -227,11 +233,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             HEADER_LEN
         }
     }
-
-    /// Everything after the header.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[self.header_len()..]
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
@@ -240,25 +241,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// after the tag.
     pub fn set_vlan(&mut self, tag: VlanTag) {
         let buf = self.buffer.as_mut();
-        buf[field::ETHERTYPE].copy_from_slice(&u16::from(EtherType::Vlan).to_be_bytes());
-        buf[field::TCI].copy_from_slice(&tag.tci().to_be_bytes());
+        u16::from(EtherType::Vlan).write(&mut buf[field::ETHERTYPE]);
+        tag.tci().write(&mut buf[field::TCI]);
     }
 
     /// Sets the EtherType of the payload: after the tag if the frame is
     /// tagged, right after the source address otherwise.
     pub fn set_ethertype(&mut self, ethertype: EtherType) {
-        let f = if self.is_tagged() {
-            field::TAGGED_ETHERTYPE
-        } else {
-            field::ETHERTYPE
-        };
-        self.buffer.as_mut()[f].copy_from_slice(&u16::from(ethertype).to_be_bytes());
-    }
-
-    /// Everything after the header, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        &mut self.buffer.as_mut()[start..]
+        let f = self.ethertype_field();
+        u16::from(ethertype).write(&mut self.buffer.as_mut()[f]);
     }
 }
 
@@ -301,18 +292,19 @@ impl Repr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
         packet.set_dst_addr(self.dst_addr);
         packet.set_src_addr(self.src_addr);
-        match self.vlan {
+        // Where the EtherType goes is this Repr's, not what the buffer
+        // held before.
+        let ethertype_field = match self.vlan {
             Some(tag) => {
                 packet.set_vlan(tag);
-                packet.buffer.as_mut()[field::TAGGED_ETHERTYPE]
-                    .copy_from_slice(&u16::from(self.ethertype).to_be_bytes());
+                field::TAGGED_ETHERTYPE
             }
             None => {
                 debug_assert!(self.ethertype != EtherType::Vlan);
-                packet.buffer.as_mut()[field::ETHERTYPE]
-                    .copy_from_slice(&u16::from(self.ethertype).to_be_bytes());
+                field::ETHERTYPE
             }
-        }
+        };
+        u16::from(self.ethertype).write(&mut packet.buffer.as_mut()[ethertype_field]);
     }
 }
 

@@ -34,7 +34,6 @@
 //! length of the options, which the caller copies or rewrites as bytes
 //! ([`Packet::options_bytes`]). To build options, use [`emit_options`].
 
-use crate::view::check_announced;
 use crate::vxlan::Vni;
 use crate::{Error, Result};
 
@@ -73,8 +72,6 @@ pub const PORT: u16 = 6081;
 /// Bridging).
 pub const PROTOCOL_ETHERNET: u16 = 0x6558;
 
-const FLAG_OAM: u8 = 0x80;
-const FLAG_CRITICAL: u8 = 0x40;
 const OPT_CRITICAL: u8 = 0x80;
 const OPT_LEN_MASK: u8 = 0x1f;
 
@@ -86,28 +83,36 @@ crate::view::packet_view! {
         /// The Virtual Network Identifier.
         pub vni, set_vni: Vni = field::VNI;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds the base header and the options that
     /// Opt Len announces; returns [`Error::Truncated`] if not.
     ///
     /// The options themselves are checked by [`Repr::parse`], and
     /// [`Self::options`] reports malformed ones as errors.
-    pub fn check_len(&self) -> Result<()> {
-        // The announced length is never below HEADER_LEN.
-        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
-        Ok(())
+    //
+    // The announced length is never below HEADER_LEN.
+    check_len: HEADER_LEN, |p| p.header_len();
+    bits {
+        /// The version (0 is the only one defined).
+        pub version, set_version: u8 = field::VER_OPT_LEN, mask 0xc0_u8;
+        /// Opt Len: the options' length in 4-byte words.
+        opt_len, set_opt_len: u8 = field::VER_OPT_LEN, mask 0x3f_u8;
+        /// The O bit: the packet carries a control message.
+        pub oam, set_oam: bool = field::FLAGS, mask 0x80_u8;
+        /// The C bit: critical options are present.
+        pub critical, set_critical: bool = field::FLAGS, mask 0x40_u8;
     }
-
-    /// The version (0 is the only one defined).
-    pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_OPT_LEN] >> 6
+    slices {
+        /// The options as raw bytes; see [`emit_options`] for writing them.
+        pub options_bytes, options_bytes_mut = |p| HEADER_LEN..p.header_len();
+        /// The payload after the options.
+        pub payload, payload_mut = |p| p.header_len()..;
     }
+}
 
+impl<T: AsRef<[u8]>> Packet<T> {
     /// The length of the options in bytes: Opt Len times 4.
     pub fn options_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::VER_OPT_LEN] & 0x3f) * 4
+        usize::from(self.opt_len()) * 4
     }
 
     /// The header length: base header and options.
@@ -115,73 +120,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
         HEADER_LEN + self.options_len()
     }
 
-    /// The O bit: the packet carries a control message.
-    pub fn oam(&self) -> bool {
-        self.buffer.as_ref()[field::FLAGS] & FLAG_OAM != 0
-    }
-
-    /// The C bit: critical options are present.
-    pub fn critical(&self) -> bool {
-        self.buffer.as_ref()[field::FLAGS] & FLAG_CRITICAL != 0
-    }
-
-    /// The options as raw bytes.
-    pub fn options_bytes(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
-    }
-
     /// An iterator over the options. It yields an error, then stops, at an
     /// option that overruns the options field.
     pub fn options(&self) -> OptionIter<'_> {
         OptionIter::new(self.options_bytes())
     }
-
-    /// The payload after the options.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[self.header_len()..]
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the version.
-    pub fn set_version(&mut self, version: u8) {
-        let b = &mut self.buffer.as_mut()[field::VER_OPT_LEN];
-        *b = (*b & 0x3f) | (version << 6);
-    }
-
     /// Sets Opt Len from a length in bytes (a multiple of 4, at most
     /// [`MAX_OPTIONS_LEN`]).
     pub fn set_options_len(&mut self, len: usize) {
         debug_assert!(len.is_multiple_of(4) && len <= MAX_OPTIONS_LEN);
-        let b = &mut self.buffer.as_mut()[field::VER_OPT_LEN];
-        *b = (*b & 0xc0) | ((len / 4) as u8 & 0x3f);
-    }
-
-    fn set_flag(&mut self, flag: u8, on: bool) {
-        let b = &mut self.buffer.as_mut()[field::FLAGS];
-        *b = if on { *b | flag } else { *b & !flag };
-    }
-
-    /// Sets or clears the O bit.
-    pub fn set_oam(&mut self, on: bool) {
-        self.set_flag(FLAG_OAM, on);
-    }
-
-    /// Sets or clears the C bit.
-    pub fn set_critical(&mut self, on: bool) {
-        self.set_flag(FLAG_CRITICAL, on);
-    }
-
-    /// The options as raw bytes, writable; see [`emit_options`].
-    pub fn options_bytes_mut(&mut self) -> &mut [u8] {
-        let end = self.header_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-
-    /// The payload after the options, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        &mut self.buffer.as_mut()[start..]
+        self.set_opt_len((len / 4) as u8);
     }
 }
 

@@ -44,9 +44,6 @@ pub const HEADER_LEN: usize = field::EXTENSIONS;
 /// The longest extension fields: Hlen 31, in 4-byte words.
 pub const MAX_EXT_LEN: usize = 31 * 4;
 
-const FLAG_C: u8 = 0x20;
-const HLEN_MASK: u8 = 0x1f;
-
 /// The GUE variant of a UDP payload: the top two bits of its first byte.
 /// Returns [`Error::Truncated`] for an empty payload.
 ///
@@ -63,6 +60,20 @@ crate::view::packet_view! {
         pub proto_ctype, set_proto_ctype: u8 = field::PROTO_CTYPE;
         /// The Flags field.
         pub flags, set_flags: u16 = field::FLAGS;
+    }
+    bits {
+        /// The variant (0 for this header format).
+        pub variant, set_variant: u8 = field::VER_C_HLEN, mask 0xc0_u8;
+        /// The C bit: the payload is a control message.
+        pub control, set_control: bool = field::VER_C_HLEN, mask 0x20_u8;
+        /// Hlen: the extension fields' length in 4-byte words.
+        hlen, set_hlen: u8 = field::VER_C_HLEN, mask 0x1f_u8;
+    }
+    slices {
+        /// The extension fields, as raw bytes.
+        pub extensions, extensions_mut = |p| HEADER_LEN..p.header_len();
+        /// The payload after the extension fields.
+        pub payload, payload_mut = |p| p.header_len()..;
     }
 }
 
@@ -86,68 +97,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
-    /// The variant (0 for this header format).
-    pub fn variant(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_C_HLEN] >> 6
-    }
-
-    /// The C bit: the payload is a control message.
-    pub fn control(&self) -> bool {
-        self.buffer.as_ref()[field::VER_C_HLEN] & FLAG_C != 0
-    }
-
     /// The length of the extension fields in bytes: Hlen times 4.
     pub fn ext_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::VER_C_HLEN] & HLEN_MASK) * 4
+        usize::from(self.hlen()) * 4
     }
 
     /// The header length: 4 plus the extension fields.
     pub fn header_len(&self) -> usize {
         HEADER_LEN + self.ext_len()
     }
-
-    /// The extension fields, as raw bytes.
-    pub fn extensions(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
-    }
-
-    /// The payload after the extension fields.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[self.header_len()..]
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the variant.
-    pub fn set_variant(&mut self, variant: u8) {
-        let b = &mut self.buffer.as_mut()[field::VER_C_HLEN];
-        *b = (*b & 0x3f) | (variant << 6);
-    }
-
-    /// Sets or clears the C bit.
-    pub fn set_control(&mut self, on: bool) {
-        let b = &mut self.buffer.as_mut()[field::VER_C_HLEN];
-        *b = if on { *b | FLAG_C } else { *b & !FLAG_C };
-    }
-
     /// Sets Hlen from a length in bytes (a multiple of 4, at most
     /// [`MAX_EXT_LEN`]).
     pub fn set_ext_len(&mut self, len: usize) {
         debug_assert!(len.is_multiple_of(4) && len <= MAX_EXT_LEN);
-        let b = &mut self.buffer.as_mut()[field::VER_C_HLEN];
-        *b = (*b & !HLEN_MASK) | ((len / 4) as u8 & HLEN_MASK);
-    }
-
-    /// The extension fields, writable.
-    pub fn extensions_mut(&mut self) -> &mut [u8] {
-        let end = self.header_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-
-    /// The payload after the extension fields, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        &mut self.buffer.as_mut()[start..]
+        self.set_hlen((len / 4) as u8);
     }
 }
 

@@ -29,7 +29,7 @@
 use std::net::Ipv4Addr;
 
 use crate::ip::IpProtocol;
-use crate::view::check_announced;
+use crate::view::{FieldValue, check_announced};
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -51,11 +51,6 @@ pub const HEADER_LEN: usize = field::DST_ADDR.end;
 /// Length of the longest IPv4 header: IHL 15, i.e. 40 bytes of options.
 pub const MAX_HEADER_LEN: usize = 15 * 4;
 
-const FLAG_RESERVED: u16 = 0x8000;
-const FLAG_DF: u16 = 0x4000;
-const FLAG_MF: u16 = 0x2000;
-const FRAG_OFFSET_MASK: u16 = 0x1fff;
-
 crate::view::packet_view! {
     /// A read/write view of an IPv4 packet.
     fields {
@@ -66,7 +61,6 @@ crate::view::packet_view! {
         pub total_len, set_total_len: u16 = field::LENGTH;
         /// The Identification field.
         pub ident, set_ident: u16 = field::IDENT;
-        flags_offset, set_flags_offset: u16 = field::FLG_OFF;
         /// The Time to Live field.
         pub hop_limit, set_hop_limit: u8 = field::TTL;
         /// The Protocol field.
@@ -77,6 +71,31 @@ crate::view::packet_view! {
         pub src_addr, set_src_addr: Ipv4Addr = field::SRC_ADDR;
         /// The Destination Address.
         pub dst_addr, set_dst_addr: Ipv4Addr = field::DST_ADDR;
+    }
+    bits {
+        /// The version field (4 for a valid packet).
+        pub version, set_version: u8 = field::VER_IHL, mask 0xf0_u8;
+        /// IHL: the header length in 4-byte words.
+        ihl, set_ihl: u8 = field::VER_IHL, mask 0x0f_u8;
+        /// The Differentiated Services Code Point (RFC 2474).
+        pub dscp, set_dscp: u8 = field::DSCP_ECN, mask 0xfc_u8;
+        /// The Explicit Congestion Notification bits (RFC 3168).
+        pub ecn, set_ecn: u8 = field::DSCP_ECN, mask 0x03_u8;
+        /// The reserved flag (bit 0 of Flags), which RFC 791 says must be zero.
+        pub reserved_flag: bool = field::FLG_OFF, mask 0x8000_u16;
+        /// The Don't Fragment flag.
+        pub dont_frag, set_dont_frag: bool = field::FLG_OFF, mask 0x4000_u16;
+        /// The More Fragments flag.
+        pub more_frags, set_more_frags: bool = field::FLG_OFF, mask 0x2000_u16;
+        /// The Fragment Offset field, in 8-byte units.
+        frag_units, set_frag_units: u16 = field::FLG_OFF, mask 0x1fff_u16;
+    }
+    slices {
+        /// The options and padding: the bytes between the fixed header and
+        /// [`Self::header_len`].
+        pub options, options_mut = |p| HEADER_LEN..p.header_len();
+        /// The data after the header, up to Total Length.
+        pub payload, payload_mut = |p| p.header_len()..usize::from(p.total_len());
     }
 }
 
@@ -103,46 +122,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
-    /// The version field (4 for a valid packet).
-    pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VER_IHL] >> 4
-    }
-
     /// The header length in bytes: IHL times 4.
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
-    }
-
-    /// The Differentiated Services Code Point (RFC 2474).
-    pub fn dscp(&self) -> u8 {
-        self.dscp_ecn() >> 2
-    }
-
-    /// The Explicit Congestion Notification bits (RFC 3168).
-    pub fn ecn(&self) -> u8 {
-        self.dscp_ecn() & 0x03
-    }
-
-    /// The reserved flag (bit 0 of Flags), which RFC 791 says must be zero.
-    pub fn reserved_flag(&self) -> bool {
-        self.flags_offset() & FLAG_RESERVED != 0
-    }
-
-    /// The Don't Fragment flag.
-    pub fn dont_frag(&self) -> bool {
-        self.flags_offset() & FLAG_DF != 0
-    }
-
-    /// The More Fragments flag.
-    pub fn more_frags(&self) -> bool {
-        self.flags_offset() & FLAG_MF != 0
+        usize::from(self.ihl()) * 4
     }
 
     /// The fragment offset in bytes (the field counts 8-byte units).
     //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
     //# The fragment offset is measured in units of 8 octets (64 bits).
     pub fn frag_offset(&self) -> u16 {
-        (self.flags_offset() & FRAG_OFFSET_MASK) << 3
+        self.frag_units() << 3
     }
 
     /// Whether this packet is a fragment: More Fragments is set or the
@@ -151,79 +140,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.more_frags() || self.frag_offset() != 0
     }
 
-    /// The options and padding: the bytes between the fixed header and
-    /// [`Self::header_len`].
-    pub fn options(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
-    }
-
     /// Whether the header checksum verifies.
     //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
     //# The checksum field is the 16 bit one's complement of the one's
     //# complement sum of all 16 bit words in the header.
     pub fn verify_checksum(&self) -> bool {
-        let header = &self.buffer.as_ref()[..self.header_len()];
-        checksum::fold(checksum::sum(header)) == 0xffff
-    }
-
-    /// The data after the header, up to Total Length.
-    pub fn payload(&self) -> &[u8] {
-        let range = self.header_len()..usize::from(self.total_len());
-        &self.buffer.as_ref()[range]
+        checksum::verifies(0, &self.buffer.as_ref()[..self.header_len()])
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the version field.
-    pub fn set_version(&mut self, version: u8) {
-        let b = &mut self.buffer.as_mut()[field::VER_IHL];
-        *b = (*b & 0x0f) | (version << 4);
-    }
-
     /// Sets IHL from a header length in bytes (a multiple of 4, at most 60).
     pub fn set_header_len(&mut self, len: usize) {
         debug_assert!(len.is_multiple_of(4) && (HEADER_LEN..=MAX_HEADER_LEN).contains(&len));
-        let b = &mut self.buffer.as_mut()[field::VER_IHL];
-        *b = (*b & 0xf0) | ((len / 4) as u8 & 0x0f);
-    }
-
-    /// Sets the DSCP, keeping the ECN bits.
-    pub fn set_dscp(&mut self, dscp: u8) {
-        let ecn = self.ecn();
-        self.set_dscp_ecn((dscp << 2) | ecn);
-    }
-
-    /// Sets the ECN bits, keeping the DSCP.
-    pub fn set_ecn(&mut self, ecn: u8) {
-        let value = (self.dscp_ecn() & !0x03) | (ecn & 0x03);
-        self.set_dscp_ecn(value);
-    }
-
-    fn set_flag(&mut self, flag: u16, on: bool) {
-        let value = self.flags_offset();
-        self.set_flags_offset(if on { value | flag } else { value & !flag });
+        self.set_ihl((len / 4) as u8);
     }
 
     /// Clears all three flags and the fragment offset.
     pub fn clear_flags(&mut self) {
-        self.set_flags_offset(0);
-    }
-
-    /// Sets or clears the Don't Fragment flag.
-    pub fn set_dont_frag(&mut self, on: bool) {
-        self.set_flag(FLAG_DF, on);
-    }
-
-    /// Sets or clears the More Fragments flag.
-    pub fn set_more_frags(&mut self, on: bool) {
-        self.set_flag(FLAG_MF, on);
+        0u16.write(&mut self.buffer.as_mut()[field::FLG_OFF]);
     }
 
     /// Sets the fragment offset from a byte offset (a multiple of 8).
     pub fn set_frag_offset(&mut self, offset: u16) {
         debug_assert!(offset.is_multiple_of(8));
-        let value = (self.flags_offset() & !FRAG_OFFSET_MASK) | (offset >> 3);
-        self.set_flags_offset(value);
+        self.set_frag_units(offset >> 3);
     }
 
     /// Computes the header checksum over [`Packet::header_len`] bytes and
@@ -236,18 +177,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let header_len = self.header_len();
         let value = checksum::checksum(&self.buffer.as_ref()[..header_len]);
         self.set_checksum(value);
-    }
-
-    /// The options and padding, writable.
-    pub fn options_mut(&mut self) -> &mut [u8] {
-        let end = self.header_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-
-    /// The data after the header, up to Total Length, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let range = self.header_len()..usize::from(self.total_len());
-        &mut self.buffer.as_mut()[range]
     }
 }
 

@@ -34,7 +34,6 @@
 use std::net::Ipv6Addr;
 
 use crate::ip::IpProtocol;
-use crate::view::check_announced;
 use crate::{Error, Result};
 
 mod field {
@@ -55,7 +54,6 @@ pub const MAX_FLOW_LABEL: u32 = 0x000f_ffff;
 crate::view::packet_view! {
     /// A read/write view of an IPv6 packet.
     fields {
-        first_word, set_first_word: u32 = field::VER_TC_FLOW;
         /// The Payload Length field: everything after the fixed header,
         /// extension headers included.
         pub payload_len, set_payload_len: u16 = field::LENGTH;
@@ -69,70 +67,28 @@ crate::view::packet_view! {
         /// The Destination Address.
         pub dst_addr, set_dst_addr: Ipv6Addr = field::DST_ADDR;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds the fixed header and the payload that
     /// Payload Length announces; returns [`Error::Truncated`] if not.
     ///
     /// The version is not checked here; see [`Repr::parse`].
-    pub fn check_len(&self) -> Result<()> {
-        //= https://www.rfc-editor.org/rfc/rfc8200#section-3
-        //# Length of the IPv6 payload, i.e., the rest of the packet following
-        //# this IPv6 header, in octets.
-        //
-        // The announced length is never below HEADER_LEN.
-        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || {
-            HEADER_LEN + usize::from(self.payload_len())
-        })?;
-        Ok(())
+    //= https://www.rfc-editor.org/rfc/rfc8200#section-3
+    //# Length of the IPv6 payload, i.e., the rest of the packet following
+    //# this IPv6 header, in octets.
+    //
+    // The announced length is never below HEADER_LEN.
+    check_len: HEADER_LEN, |p| HEADER_LEN + usize::from(p.payload_len());
+    bits {
+        /// The version field (6 for a valid packet).
+        pub version, set_version: u8 = field::VER_TC_FLOW, mask 0xf000_0000_u32;
+        /// The Traffic Class (DSCP and ECN).
+        pub traffic_class, set_traffic_class: u8 = field::VER_TC_FLOW, mask 0x0ff0_0000_u32;
+        /// The Flow Label (20 bits). Its setter ignores bits above the low
+        /// 20.
+        pub flow_label, set_flow_label: u32 = field::VER_TC_FLOW, mask MAX_FLOW_LABEL;
     }
-
-    /// The version field (6 for a valid packet).
-    pub fn version(&self) -> u8 {
-        (self.first_word() >> 28) as u8
-    }
-
-    /// The Traffic Class (DSCP and ECN).
-    pub fn traffic_class(&self) -> u8 {
-        (self.first_word() >> 20) as u8
-    }
-
-    /// The Flow Label (20 bits).
-    pub fn flow_label(&self) -> u32 {
-        self.first_word() & MAX_FLOW_LABEL
-    }
-
-    /// The payload: Payload Length bytes after the fixed header.
-    pub fn payload(&self) -> &[u8] {
-        let end = HEADER_LEN + usize::from(self.payload_len());
-        &self.buffer.as_ref()[HEADER_LEN..end]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the version field.
-    pub fn set_version(&mut self, version: u8) {
-        let word = (self.first_word() & 0x0fff_ffff) | (u32::from(version & 0x0f) << 28);
-        self.set_first_word(word);
-    }
-
-    /// Sets the Traffic Class.
-    pub fn set_traffic_class(&mut self, tc: u8) {
-        let word = (self.first_word() & 0xf00f_ffff) | (u32::from(tc) << 20);
-        self.set_first_word(word);
-    }
-
-    /// Sets the Flow Label; bits above the low 20 are ignored.
-    pub fn set_flow_label(&mut self, label: u32) {
-        let word = (self.first_word() & !MAX_FLOW_LABEL) | (label & MAX_FLOW_LABEL);
-        self.set_first_word(word);
-    }
-
-    /// The payload, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = HEADER_LEN + usize::from(self.payload_len());
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
+    slices {
+        /// The payload: Payload Length bytes after the fixed header.
+        pub payload, payload_mut = |p| HEADER_LEN..HEADER_LEN + usize::from(p.payload_len());
     }
 }
 
@@ -185,9 +141,9 @@ impl Repr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
         debug_assert!(self.payload_len <= usize::from(u16::MAX));
         debug_assert!(self.flow_label <= MAX_FLOW_LABEL);
-        packet.set_first_word(
-            (6 << 28) | (u32::from(self.traffic_class) << 20) | (self.flow_label & MAX_FLOW_LABEL),
-        );
+        packet.set_version(6);
+        packet.set_traffic_class(self.traffic_class);
+        packet.set_flow_label(self.flow_label);
         packet.set_payload_len(self.payload_len as u16);
         packet.set_next_header(self.next_header);
         packet.set_hop_limit(self.hop_limit);

@@ -23,9 +23,10 @@
 //!   programming error and may panic, as in smoltcp).
 //!
 //! The module `view` (crate-private) holds what the views share: the
-//! `packet_view!` macro declares a module's `Packet<T>`, its constructors
-//! and its plain field accessors, so each module writes only what is its
-//! own.
+//! `packet_view!` macro declares a module's `Packet<T>`, its constructors,
+//! its length check, the accessors of its plain fields and of the flags and
+//! small numbers packed in them, and the slices of the buffer they bound,
+//! so each module writes only what is its own.
 //!
 //! The crate does no I/O and no cryptography.
 

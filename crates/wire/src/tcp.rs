@@ -31,7 +31,6 @@
 
 use std::net::IpAddr;
 
-use crate::view::check_announced;
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -99,39 +98,35 @@ crate::view::packet_view! {
         /// The Urgent Pointer.
         pub urgent, set_urgent: u16 = field::URGENT;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds the fixed header and the options that
     /// Data Offset announces.
     ///
     /// Returns [`Error::Truncated`] when the buffer is shorter than 20
     /// bytes or than the header length, and [`Error::BadLength`] when Data
     /// Offset is below 5.
-    pub fn check_len(&self) -> Result<()> {
-        //= https://www.rfc-editor.org/rfc/rfc9293#section-3.1
-        //# Data Offset (DOffset): 4 bits
-        //#
-        //#    The number of 32-bit words in the TCP header.  This indicates
-        //#    where the data begins.
-        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || self.header_len())?;
-        Ok(())
+    //= https://www.rfc-editor.org/rfc/rfc9293#section-3.1
+    //# Data Offset (DOffset): 4 bits
+    //#
+    //#    The number of 32-bit words in the TCP header.  This indicates
+    //#    where the data begins.
+    check_len: HEADER_LEN, |p| p.header_len();
+    bits {
+        /// Data Offset: the header length in 4-byte words.
+        data_offset: u8 = field::DATA_OFF, mask 0xf0_u8;
     }
+    slices {
+        /// The options (and their padding) between the fixed header and the
+        /// data.
+        pub options, options_mut = |p| HEADER_LEN..p.header_len();
+        /// The data after the header, to the end of the buffer.
+        pub payload, payload_mut = |p| p.header_len()..;
+    }
+}
 
+impl<T: AsRef<[u8]>> Packet<T> {
     /// The header length in bytes, options included: Data Offset times 4.
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
-    }
-
-    /// The options (and their padding) between the fixed header and the
-    /// data.
-    pub fn options(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
-    }
-
-    /// The data after the header, to the end of the buffer.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[self.header_len()..]
+        usize::from(self.data_offset()) * 4
     }
 
     /// The partial sum of the pseudo-header for this segment sent from
@@ -148,11 +143,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     //# The checksum field is the 16-bit ones' complement of the ones'
     //# complement sum of all 16-bit words in the header and text.
     pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> bool {
-        let Some(pseudo) = self.pseudo_header_sum(src, dst) else {
-            return false;
-        };
-        let data = checksum::sum(self.buffer.as_ref());
-        checksum::fold(checksum::combine(pseudo, data)) == 0xffff
+        self.pseudo_header_sum(src, dst)
+            .is_some_and(|pseudo| checksum::verifies(pseudo, self.buffer.as_ref()))
     }
 }
 
@@ -175,21 +167,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) -> Result<()> {
         let pseudo = self.pseudo_header_sum(src, dst).ok_or(Error::Malformed)?;
         self.set_checksum(0);
-        let data = checksum::sum(self.buffer.as_ref());
-        self.set_checksum(checksum::finish(checksum::combine(pseudo, data)));
+        self.set_checksum(checksum::checksum_after(pseudo, self.buffer.as_ref()));
         Ok(())
-    }
-
-    /// The options, writable.
-    pub fn options_mut(&mut self) -> &mut [u8] {
-        let end = self.header_len();
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
-    }
-
-    /// The data after the header, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let start = self.header_len();
-        &mut self.buffer.as_mut()[start..]
     }
 }
 

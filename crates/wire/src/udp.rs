@@ -23,7 +23,6 @@
 
 use std::net::IpAddr;
 
-use crate::view::check_announced;
 use crate::{Error, Result, checksum};
 
 mod field {
@@ -52,9 +51,6 @@ crate::view::packet_view! {
         /// The Checksum field.
         pub checksum, set_checksum: u16 = field::CHECKSUM;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds the header and that
     /// `8 <= Length <= buffer length`.
     ///
@@ -62,25 +58,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// header or than Length, and [`Error::BadLength`] when Length is below
     /// 8 (this includes the zero Length of an RFC 2675 jumbogram, which is
     /// not supported).
-    pub fn check_len(&self) -> Result<()> {
-        //= https://www.rfc-editor.org/rfc/rfc768
-        //# Length  is the length  in octets  of this user datagram  including  this
-        //# header  and the data.   (This  means  the minimum value of the length is
-        //# eight.)
-        check_announced(self.buffer.as_ref().len(), HEADER_LEN, || {
-            usize::from(self.len())
-        })?;
-        Ok(())
+    //= https://www.rfc-editor.org/rfc/rfc768
+    //# Length  is the length  in octets  of this user datagram  including  this
+    //# header  and the data.   (This  means  the minimum value of the length is
+    //# eight.)
+    check_len: HEADER_LEN, |p| usize::from(p.len());
+    slices {
+        /// The data after the header, up to Length.
+        pub payload, payload_mut = |p| HEADER_LEN..usize::from(p.len());
     }
+}
 
+impl<T: AsRef<[u8]>> Packet<T> {
     /// Whether the datagram carries no data (Length is 8).
     pub fn is_empty(&self) -> bool {
         usize::from(self.len()) == HEADER_LEN
-    }
-
-    /// The data after the header, up to Length.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..usize::from(self.len())]
     }
 
     /// Whether the checksum verifies for a datagram sent from `src` to
@@ -105,11 +97,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return src.is_ipv4() && dst.is_ipv4();
         }
         let len = self.len();
-        let Some(pseudo) = checksum::pseudo_header(src, dst, PROTOCOL, u32::from(len)) else {
-            return false;
-        };
-        let data = checksum::sum(&self.buffer.as_ref()[..usize::from(len)]);
-        checksum::fold(checksum::combine(pseudo, data)) == 0xffff
+        checksum::pseudo_header(src, dst, PROTOCOL, u32::from(len)).is_some_and(|pseudo| {
+            checksum::verifies(pseudo, &self.buffer.as_ref()[..usize::from(len)])
+        })
     }
 }
 
@@ -124,8 +114,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let pseudo =
             checksum::pseudo_header(src, dst, PROTOCOL, u32::from(len)).ok_or(Error::Malformed)?;
         self.set_checksum(0);
-        let data = checksum::sum(&self.buffer.as_ref()[..usize::from(len)]);
-        let value = checksum::finish(checksum::combine(pseudo, data));
+        let value = checksum::checksum_after(pseudo, &self.buffer.as_ref()[..usize::from(len)]);
         //= https://www.rfc-editor.org/rfc/rfc768
         //# If the computed  checksum  is zero,  it is transmitted  as all ones  (the
         //# equivalent  in one's complement  arithmetic).
@@ -137,12 +126,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         //# to hex FFFF for placement in the UDP header.
         self.set_checksum(if value == 0 { 0xffff } else { value });
         Ok(())
-    }
-
-    /// The data after the header, up to Length, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let end = usize::from(self.len());
-        &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
 }
 

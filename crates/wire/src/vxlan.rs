@@ -101,33 +101,15 @@ crate::view::packet_view! {
         /// The VNI field (meaningful only when [`Self::vni_valid`]).
         pub vni, set_vni: Vni = field::VNI;
     }
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks that the buffer holds the 8-byte header.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
+    check_len: HEADER_LEN, |p| HEADER_LEN;
+    bits {
+        /// Whether the I flag is set (the VNI is valid).
+        pub vni_valid: bool = field::FLAGS, mask FLAG_I;
     }
-
-    /// Whether the I flag is set (the VNI is valid).
-    pub fn vni_valid(&self) -> bool {
-        self.flags() & FLAG_I != 0
-    }
-
-    /// The inner Ethernet frame.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD]
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// The inner Ethernet frame, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[field::PAYLOAD]
+    slices {
+        /// The inner Ethernet frame.
+        pub payload, payload_mut = |p| field::PAYLOAD;
     }
 }
 
