@@ -26,6 +26,17 @@ pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
 /// 0.5 + 1 + 2 + 4 + 8 = 15.5 s after the first transmission.
 pub const MAX_TRANSMISSIONS: u32 = 5;
 
+/// How many more times a request is sent, each after the longest timeout,
+/// when the peer showed itself alive after its last transmission: RFC
+/// 7296 section 2.4, "If no cryptographically protected messages have
+/// been received on an IKE SA or any of its Child SAs recently, the
+/// system needs to perform a liveness check". An authenticated request of
+/// the peer's is such a message: the peer is not dead, our request (or
+/// its response) was lost, for example sent while a link was down that
+/// has come back. Bounded, so that a peer that sends requests but never
+/// answers ours is still given up on.
+pub const MAX_EXTRA_TRANSMISSIONS: u32 = 3;
+
 /// Why a message that does not open is dropped.
 pub(super) fn discard(e: Error) -> Discard {
     match e {
@@ -55,22 +66,28 @@ impl Outstanding {
             transmissions: 1,
             timeout: RETRANSMIT_TIMEOUT,
             deadline: now + RETRANSMIT_TIMEOUT,
+            heard: false,
         }
     }
 
     /// Checks the retransmission timer at `now` (RFC 7296 section 2.1):
     /// once it expires, the request is sent again with the timeout doubled
     /// (exponential back-off), until it has gone [`MAX_TRANSMISSIONS`]
-    /// times.
+    /// times; then up to [`MAX_EXTRA_TRANSMISSIONS`] more, each after the
+    /// same longest timeout, while the peer is heard from between them.
     pub(super) fn timer(&mut self, now: Instant) -> Timer {
         if now < self.deadline {
             return Timer::Running;
         }
         if self.transmissions >= MAX_TRANSMISSIONS {
-            return Timer::GiveUp;
+            if !self.heard || self.transmissions >= MAX_TRANSMISSIONS + MAX_EXTRA_TRANSMISSIONS {
+                return Timer::GiveUp;
+            }
+        } else {
+            self.timeout *= 2;
         }
         self.transmissions += 1;
-        self.timeout *= 2;
+        self.heard = false;
         self.deadline = now + self.timeout;
         Timer::Retransmit(self.bytes.clone())
     }
@@ -466,6 +483,10 @@ impl IkeSa {
                     return Ok(());
                 };
                 self.remote = Some(remote);
+                // The peer is alive (MAX_EXTRA_TRANSMISSIONS).
+                if let Some(out) = self.outstanding.as_mut() {
+                    out.heard = true;
+                }
                 // RFC 7296 section 2.21.2: the initiator refused our AUTH.
                 if self.on_auth_failed_informational(header, &message) {
                     return Ok(());

@@ -354,6 +354,9 @@ pub(super) struct Outstanding {
     pub(super) transmissions: u32,
     pub(super) timeout: Duration,
     pub(super) deadline: Instant,
+    /// An authenticated request of the peer's came since the last
+    /// transmission: it is alive (`exchange::MAX_EXTRA_TRANSMISSIONS`).
+    pub(super) heard: bool,
 }
 
 /// One IKE SA with one peer: a sans-IO state machine (see the

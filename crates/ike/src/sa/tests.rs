@@ -971,6 +971,7 @@ mod strongswan {
                 transmissions: 1,
                 timeout: RETRANSMIT_TIMEOUT,
                 deadline: now + RETRANSMIT_TIMEOUT,
+                heard: false,
             }),
             last_response: (role == Role::Responder).then(|| (0, vec![c.init_resp.clone()])),
             fragment_limit: None,
@@ -1477,6 +1478,37 @@ fn local_liveness_check() {
     assert_eq!(p.now - start, Duration::from_millis(15_500));
     let check = Message::decode(p.from_initiator.last().unwrap()).unwrap();
     assert_eq!(check.header.message_id, 2);
+}
+
+/// RFC 7296 section 2.4: a peer whose authenticated request comes after
+/// our last transmission is alive. The initiator's liveness check goes
+/// unanswered while the link is down (its 5 transmissions by 7.5 s); at
+/// 14 s the link is back and the responder sends a request of its own:
+/// at 15.5 s the initiator sends its request once more instead of
+/// declaring the peer dead, gets the cached answer, and the IKE SA stays.
+#[test]
+fn a_peer_heard_after_the_last_transmission_is_not_dead() {
+    let (mut p, ..) = established_pair();
+    let start = p.now;
+    p.initiator.check_liveness(p.now).unwrap();
+    p.responder_mute = true;
+    p.run_until(start + Duration::from_secs(14));
+    assert_eq!(
+        p.initiator.stats().retransmits,
+        MAX_TRANSMISSIONS as u64 - 1
+    );
+    assert!(p.i_events.is_empty());
+    p.responder_mute = false;
+    p.responder.check_liveness(p.now).unwrap();
+    p.drive();
+    assert!(
+        !p.i_events.contains(&Event::PeerDead),
+        "the initiator gave up on a live peer: {:?}",
+        p.i_events
+    );
+    assert!(p.initiator.is_established() && p.responder.is_established());
+    assert_eq!(p.initiator.stats().retransmits, MAX_TRANSMISSIONS as u64);
+    assert_eq!(p.now - start, Duration::from_millis(15_500));
 }
 
 /// A responder that does not take transport mode leaves out
