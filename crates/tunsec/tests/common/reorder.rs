@@ -56,6 +56,9 @@ pub(crate) struct ReorderStats {
 /// A running reorderer in one namespace; see the module documentation.
 pub(crate) struct Reorderer {
     ns: String,
+    /// The rule's match: the peer's address and port.
+    peer: String,
+    port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<ReorderStats>>>,
 }
@@ -84,6 +87,8 @@ impl Reorderer {
         };
         let mut me = Self {
             ns: ns.to_owned(),
+            peer: peer.to_owned(),
+            port,
             stop,
             thread: Some(thread),
         };
@@ -92,33 +97,42 @@ impl Reorderer {
             Ok(Err(e)) => bail!("reorderer in {ns}: {e}"),
             Err(_) => bail!("reorderer in {ns}: the queue thread did not start"),
         }
-        let port = port.to_string();
-        lab.exec(
-            ns,
-            "iptables-nft",
-            &[
-                "-w",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "-d",
-                peer,
-                "--dport",
-                &port,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &QUEUE.to_string(),
-            ],
-        )
-        .with_context(|| format!("reorderer in {ns}: the NFQUEUE rule"))?;
+        let rule = me.rule("-A");
+        let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+        lab.exec(ns, "iptables-nft", &args)
+            .with_context(|| format!("reorderer in {ns}: the NFQUEUE rule"))?;
         // Fail early if the thread died meanwhile.
         if me.thread.as_ref().is_some_and(JoinHandle::is_finished) {
             me.finish()?;
             bail!("reorderer in {ns}: the queue thread stopped");
         }
         Ok(me)
+    }
+
+    /// The `iptables-nft` arguments that add (`-A`) or delete (`-D`) the
+    /// rule.
+    fn rule(&self, op: &'static str) -> Vec<String> {
+        ["-w", op, "OUTPUT", "-p", "udp", "-d", &self.peer, "--dport"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([
+                self.port.to_string(),
+                "-j".to_owned(),
+                "NFQUEUE".to_owned(),
+                "--queue-num".to_owned(),
+                QUEUE.to_string(),
+            ])
+            .collect()
+    }
+
+    /// Deletes the rule, so that the namespace's datagrams go out in
+    /// order again, then [`finish`](Self::finish)es.
+    pub(crate) fn remove(&mut self, lab: &Lab) -> anyhow::Result<ReorderStats> {
+        let rule = self.rule("-D");
+        let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+        lab.exec(&self.ns, "iptables-nft", &args)
+            .with_context(|| format!("reorderer in {}: deleting the NFQUEUE rule", self.ns))?;
+        self.finish()
     }
 
     /// Stops the thread (held datagrams are sent first) and returns what
