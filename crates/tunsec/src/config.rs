@@ -12,7 +12,8 @@
 //! sections; each section has a module of its own with its `Raw*` struct,
 //! its typed value, its validation and its tests: `node` (`[node]`,
 //! `[esp]`, `[offload]`), `network`, `gateway` (with `[[peer.selector]]`),
-//! `peer` (with `[peer.sa]`) and `ike` (`[peer.ike]`).
+//! `peer` (with `[peer.sa]`) and `ike` (`[peer.ike]`, with `cert` for
+//! its certificates and `identity` for `local_id` and `remote_id`).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -29,6 +30,7 @@ use peer::RawPeer;
 
 mod cert;
 mod gateway;
+mod identity;
 mod ike;
 mod mtu;
 mod network;
@@ -39,11 +41,12 @@ mod secret;
 mod syntax;
 #[cfg(test)]
 mod testing;
-pub use cert::{AuthKind, der_to_dn, dn_to_der};
+pub use cert::AuthKind;
 pub use gateway::{Gateway, GuardScopeKind, OnStop, gateway_defaults};
 #[cfg(test)]
-pub(crate) use ike::parse_identity;
-pub use ike::{ChildLayout, ChildMode, ChildSelectors, IkePeer, ip_identity};
+pub(crate) use identity::parse_identity;
+pub use identity::{der_to_dn, dn_to_der, ip_identity};
+pub use ike::{ChildLayout, ChildMode, ChildSelectors, IkePeer};
 pub use mtu::NetworkMtu;
 pub use network::{Mtu, Network, TunnelEncapsulation, parse_mac};
 pub use node::{EspEncapsulation, EspSettings, MAX_WORKERS, Node, Offload};

@@ -2,18 +2,15 @@
 //! (CAs with CRLs, or a pinned certificate or fingerprint), and typed
 //! identities (`dn:`, `fqdn:`, `email:`, `ip:`).
 
-use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tunsec_ike::cert::{CertError, Credentials, Trust, parse_certificates};
-use tunsec_ike::message::Identity;
 use tunsec_ike::sa::CertAuth;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::ike::RawIke;
 use super::secret::resolve;
-use super::{ConfigError, invalid, ip_identity, quoted};
+use super::{ConfigError, invalid, quoted};
 
 /// How a peer authenticates in IKE_AUTH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -49,45 +46,41 @@ pub(super) struct Loaded {
     pub(super) pinned: bool,
 }
 
-/// Validates the certificate fields of `[peer.ike]`: with `auth = "cert"`,
+/// The certificate fields of `[peer.ike]`, borrowed from its raw table
+/// (which also holds the PSK's and the negotiation's fields).
+pub(super) struct RawCert<'a> {
+    pub(super) cert: &'a Option<PathBuf>,
+    pub(super) key: &'a Option<PathBuf>,
+    pub(super) intermediates: &'a Option<Vec<PathBuf>>,
+    pub(super) ca: &'a Option<Vec<PathBuf>>,
+    pub(super) crl: &'a Option<Vec<PathBuf>>,
+    pub(super) pin_cert: &'a Option<PathBuf>,
+    pub(super) pin_sha256: &'a Option<String>,
+}
+
+impl RawCert<'_> {
+    /// Each field by name, and whether it is set.
+    pub(super) fn fields(&self) -> [(&'static str, bool); 7] {
+        [
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("intermediates", self.intermediates.is_some()),
+            ("ca", self.ca.is_some()),
+            ("crl", self.crl.is_some()),
+            ("pin_cert", self.pin_cert.is_some()),
+            ("pin_sha256", self.pin_sha256.is_some()),
+        ]
+    }
+}
+
+/// Loads the certificate fields of `[peer.ike]` with `auth = "cert"`:
 /// `cert` and `key` are required, with `ca` (and optional `crl`) or
-/// `pin_cert` / `pin_sha256`; with `auth = "psk"` none of them may be set.
+/// `pin_cert` / `pin_sha256`.
 pub(super) fn load(
     f: &dyn Fn(&str) -> String,
-    raw: &RawIke,
+    raw: &RawCert<'_>,
     base_dir: &Path,
-) -> Result<Option<Loaded>, ConfigError> {
-    let cert_fields: [(&str, bool); 7] = [
-        ("cert", raw.cert.is_some()),
-        ("key", raw.key.is_some()),
-        ("intermediates", raw.intermediates.is_some()),
-        ("ca", raw.ca.is_some()),
-        ("crl", raw.crl.is_some()),
-        ("pin_cert", raw.pin_cert.is_some()),
-        ("pin_sha256", raw.pin_sha256.is_some()),
-    ];
-    if raw.auth.unwrap_or_default() == AuthKind::Psk {
-        if let Some((name, _)) = cert_fields.iter().find(|(_, set)| *set) {
-            return Err(invalid(
-                f(name),
-                "(set)",
-                "needs auth = \"cert\" (auth is \"psk\")",
-            ));
-        }
-        return Ok(None);
-    }
-    for (name, set) in [
-        ("psk_file", raw.psk_file.is_some()),
-        ("psk_env", raw.psk_env.is_some()),
-    ] {
-        if set {
-            return Err(invalid(
-                f(name),
-                "(set)",
-                "cannot be used with auth = \"cert\"",
-            ));
-        }
-    }
+) -> Result<Loaded, ConfigError> {
     let cert_path = raw
         .cert
         .as_deref()
@@ -191,11 +184,11 @@ pub(super) fn load(
             Trust::pinned(&certs, &fingerprints)
         }
     };
-    Ok(Some(Loaded {
+    Ok(Loaded {
         auth: Arc::new(CertAuth::new(credentials, trust)),
         subject,
         pinned: pins,
-    }))
+    })
 }
 
 /// A SHA-256 fingerprint: 64 hex digits, with or without `:` between the
@@ -215,146 +208,14 @@ fn parse_fingerprint(field: &str, text: &str) -> Result<[u8; 32], ConfigError> {
         })
 }
 
-/// Parses a typed identity: `dn:C=CH, O=Example, CN=node-1` (ID_DER_ASN1_DN),
-/// `fqdn:node-1.example` (ID_FQDN), `email:a@example.com`
-/// (ID_RFC822_ADDR), `ip:192.0.2.1` or `ip:2001:db8::1` (ID_IPV4_ADDR /
-/// ID_IPV6_ADDR), `keyid:TEXT` (ID_KEY_ID); without a prefix, an IP
-/// address or a name (ID_FQDN). `None` if `value` has no known prefix.
-pub(super) fn parse_typed_identity(
-    field: &str,
-    value: &str,
-) -> Option<Result<Identity, ConfigError>> {
-    let (prefix, rest) = value.split_once(':')?;
-    let bad = |what: &str| Err(invalid(field, quoted(value), format!("is not {what}")));
-    Some(match prefix {
-        "dn" => dn_to_der(rest)
-            .map(Identity::DerAsn1Dn)
-            .map_err(|reason| invalid(field, quoted(value), reason)),
-        "fqdn" if !rest.is_empty() && !rest.contains(char::is_whitespace) && rest.len() < 256 => {
-            Ok(Identity::Fqdn(rest.as_bytes().to_vec()))
-        }
-        "fqdn" => bad("a name (fqdn:node-1.example)"),
-        "email" if rest.contains('@') && !rest.contains(char::is_whitespace) => {
-            Ok(Identity::Rfc822(rest.as_bytes().to_vec()))
-        }
-        "email" => bad("an e-mail address (email:node@example.com)"),
-        "ip" => match rest.parse::<IpAddr>() {
-            Ok(a) => Ok(ip_identity(a)),
-            Err(_) => bad("an IP address (ip:192.0.2.1)"),
-        },
-        _ => return None,
-    })
-}
-
-/// The attribute types a `dn:` identity may use, with their OIDs and
-/// whether the value is an IA5String.
-const DN_TYPES: [(&str, &[u64], bool); 10] = [
-    ("C", &[2, 5, 4, 6], false),
-    ("ST", &[2, 5, 4, 8], false),
-    ("L", &[2, 5, 4, 7], false),
-    ("O", &[2, 5, 4, 10], false),
-    ("OU", &[2, 5, 4, 11], false),
-    ("CN", &[2, 5, 4, 3], false),
-    ("SN", &[2, 5, 4, 5], false),
-    ("serialNumber", &[2, 5, 4, 5], false),
-    ("E", &[1, 2, 840, 113_549, 1, 9, 1], true),
-    ("DC", &[0, 9, 2342, 19_200_300, 100, 1, 25], true),
-];
-
-/// Encodes a DN in strongSwan's notation (`C=CH, O=strongSwan, CN=moon`,
-/// one attribute per RDN, in the order written; `\,` for a comma in a
-/// value) as the DER of an X.501 Name. Values are PrintableString when
-/// they can be, else UTF8String (IA5String for E and DC); comparisons are
-/// by attribute, so the string type does not matter to matching.
-pub fn dn_to_der(text: &str) -> Result<Vec<u8>, String> {
-    let mut attrs = Vec::new();
-    let mut current = String::new();
-    let mut parts = Vec::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => current.extend(chars.next()),
-            ',' => parts.push(std::mem::take(&mut current)),
-            c => current.push(c),
-        }
-    }
-    parts.push(current);
-    for part in parts {
-        let part = part.trim();
-        let Some((name, value)) = part.split_once('=') else {
-            return Err(format!(
-                "is not a DN: {part:?} is not TYPE=VALUE (as in dn:C=CH, O=Example, CN=node-1)"
-            ));
-        };
-        let (name, value) = (name.trim(), value.trim());
-        let Some((_, oid, ia5)) = DN_TYPES
-            .iter()
-            .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
-        else {
-            return Err(format!(
-                "is not a DN: unknown attribute type {name:?} (C, ST, L, O, OU, CN, SN, E, DC)"
-            ));
-        };
-        if value.is_empty() {
-            return Err(format!("is not a DN: {name} has no value"));
-        }
-        attrs.push((*oid, *ia5, value.to_owned()));
-    }
-    Ok(yasna::construct_der(|w| {
-        w.write_sequence_of(|w| {
-            for (oid, ia5, value) in &attrs {
-                w.next().write_set_of(|w| {
-                    w.next().write_sequence(|w| {
-                        w.next()
-                            .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
-                        let printable = value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
-                        if *ia5 {
-                            w.next().write_ia5_string(value);
-                        } else if printable {
-                            w.next().write_printable_string(value);
-                        } else {
-                            w.next().write_utf8_string(value);
-                        }
-                    });
-                });
-            }
-        });
-    }))
-}
-
-/// The inverse of [`dn_to_der`]: a DN (DER of an X.501 Name) in
-/// strongSwan's notation (`C=CH, O=Example\, Inc., CN=node-1`), as a
-/// `dn:` identity takes it; `None` if it holds an attribute type that
-/// notation lacks, a multi-valued RDN, or a value that is not a string.
-pub fn der_to_dn(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::{FromDer, X509Name};
-    let (_, name) = X509Name::from_der(der).ok()?;
-    let mut parts = Vec::new();
-    for rdn in name.iter_rdn() {
-        let [attr] = rdn.iter().collect::<Vec<_>>()[..] else {
-            return None;
-        };
-        let oid: Vec<u64> = attr.attr_type().iter()?.collect();
-        let (type_name, _, _) = DN_TYPES.iter().find(|(_, o, _)| *o == oid.as_slice())?;
-        let value = attr.as_str().ok()?;
-        if value.is_empty() || value.trim() != value {
-            return None;
-        }
-        let escaped = value.replace('\\', "\\\\").replace(',', "\\,");
-        parts.push(format!("{type_name}={escaped}"));
-    }
-    Some(parts.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use tunsec_ike::message::Identity;
+
     use super::super::testing::ike_config;
-    use super::*;
-    use crate::config::{Config, ConfigError};
+    use crate::config::{Config, ConfigError, dn_to_der};
     use crate::pki::{self, KeyAlg};
 
     /// A directory with a CA, node certificates `a` and `b` from it, and a
@@ -569,28 +430,5 @@ mod tests {
             parse(&dir, "auth = \"token\"\n"),
             Err(ConfigError::Syntax { field: Some(f), .. }) if f == "peer[0].ike.auth"
         ));
-    }
-
-    #[test]
-    fn cert_dn_notation() {
-        use x509_parser::prelude::FromDer;
-        let der = dn_to_der(r"C=CH, O=strong\, Swan, CN=moon, E=moon@example.org").unwrap();
-        let (_, name) = x509_parser::x509::X509Name::from_der(&der).unwrap();
-        let attrs: Vec<(String, String)> = name
-            .iter_attributes()
-            .map(|a| (a.attr_type().to_id_string(), a.as_str().unwrap().to_owned()))
-            .collect();
-        let expected = [
-            ("2.5.4.6", "CH"),
-            ("2.5.4.10", "strong, Swan"),
-            ("2.5.4.3", "moon"),
-            ("1.2.840.113549.1.9.1", "moon@example.org"),
-        ];
-        assert_eq!(
-            attrs,
-            expected.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
-        );
-        // One attribute per RDN, in the order written.
-        assert_eq!(name.iter_rdn().count(), 4);
     }
 }

@@ -4,8 +4,7 @@
 
 use serde::Deserialize;
 
-use super::peer::RawPeer;
-use super::{ChildMode, ConfigError, EspSettings, PolicyKind, check_ifname, invalid, quoted};
+use super::{ChildMode, ConfigError, EspSettings, check_ifname, invalid, quoted};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,142 +154,78 @@ pub(super) fn validate_gateway(raw: RawGateway) -> Result<Gateway, ConfigError> 
     })
 }
 
-/// A peer's `[[peer.selector]]` tables: only in gateway mode, where they
-/// are required and replace `networks`; only `require` policies (there is
-/// no cleartext path out of the TUN device).
-pub(super) fn validate_selectors(
+/// `peer[i].selector[j]`: a protocol, and its ports unless it is GRE;
+/// never tunsecd's own IKE or ESP port.
+pub(super) fn validate_selector(
     i: usize,
-    raw: &RawPeer,
-    gateway: Option<ChildMode>,
+    j: usize,
+    s: &RawSelector,
     esp: EspSettings,
-) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
-    let f = |name: &str| format!("peer[{i}].{name}");
-    let Some(gateway_mode) = gateway else {
-        if let Some(l) = raw.ike.as_ref().and_then(|ike| ike.layout) {
-            return Err(invalid(
-                f("ike.layout"),
-                quoted(&format!("{l:?}").to_lowercase()),
-                "needs [gateway]: the layout places gateway selectors in Child SAs (overlay mode has ike.selectors)",
-            ));
-        }
-        if !raw.selector.is_empty() {
-            return Err(invalid(
-                f("selector[0]"),
-                "[[peer.selector]]",
-                "needs [gateway]: selectors are for gateway mode",
-            ));
-        }
-        return Ok(Vec::new());
-    };
-    if let Some(n) = raw.networks.first() {
-        return Err(invalid(
-            f("networks[0]"),
-            quoted(n),
-            "cannot be used in gateway mode: list [[peer.selector]] instead",
-        ));
-    }
-    if raw.selector.is_empty() {
-        return Err(invalid(
-            f("selector"),
-            "[]",
-            "gateway mode needs at least one [[peer.selector]]",
-        ));
-    }
-    if let Some(p) = raw.policy.filter(|p| *p != PolicyKind::Require) {
-        return Err(invalid(
-            f("policy"),
-            quoted(&format!("{p:?}").to_lowercase()),
-            "is not supported in gateway mode: only \"require\" (steered traffic has no cleartext way out)",
-        ));
-    }
-    if let Some(ike) = &raw.ike {
-        if let Some(s) = ike.selectors {
-            return Err(invalid(
-                f("ike.selectors"),
-                quoted(&format!("{s:?}").to_lowercase()),
-                "cannot be set in gateway mode: the Child SA's selectors are the [[peer.selector]]s",
-            ));
-        }
-        if let Some(m) = ike.mode.filter(|m| *m != gateway_mode) {
-            return Err(invalid(
-                f("ike.mode"),
-                quoted(&format!("{m:?}").to_lowercase()),
-                format!(
-                    "differs from gateway.mode ({:?}): gateway mode has one ESP mode",
-                    gateway_mode
-                ),
-            ));
-        }
-    }
-    let mut out = Vec::with_capacity(raw.selector.len());
-    for (j, s) in raw.selector.iter().enumerate() {
-        let field = |name: &str| format!("peer[{i}].selector[{j}].{name}");
-        let protocol = match &s.protocol {
-            toml::Value::String(p) => match p.as_str() {
-                "udp" => 17,
-                "tcp" => 6,
-                "sctp" => 132,
-                "gre" => tunsec_datapath::gateway::GRE,
-                _ => {
-                    return Err(invalid(
-                        field("protocol"),
-                        quoted(p),
-                        "is not \"udp\", \"tcp\", \"sctp\" or \"gre\"",
-                    ));
-                }
-            },
-            toml::Value::Integer(n @ (6 | 17 | 47 | 132)) => *n as u8,
-            other => {
+) -> Result<tunsec_datapath::gateway::GatewaySelector, ConfigError> {
+    let field = |name: &str| format!("peer[{i}].selector[{j}].{name}");
+    let protocol = match &s.protocol {
+        toml::Value::String(p) => match p.as_str() {
+            "udp" => 17,
+            "tcp" => 6,
+            "sctp" => 132,
+            "gre" => tunsec_datapath::gateway::GRE,
+            _ => {
                 return Err(invalid(
                     field("protocol"),
-                    other,
-                    "is not \"udp\", \"tcp\", \"sctp\" or \"gre\" (or 17, 6, 132, 47)",
+                    quoted(p),
+                    "is not \"udp\", \"tcp\", \"sctp\" or \"gre\"",
                 ));
             }
-        };
-        if protocol == tunsec_datapath::gateway::GRE {
-            // GRE has no ports: the selector takes the whole protocol.
-            if let Some(p) = &s.ports {
-                return Err(invalid(
-                    field("ports"),
-                    p,
-                    "cannot be set for GRE, which has no ports",
-                ));
-            }
-            out.push(tunsec_datapath::gateway::GatewaySelector::whole_protocol(
-                protocol,
+        },
+        toml::Value::Integer(n @ (6 | 17 | 47 | 132)) => *n as u8,
+        other => {
+            return Err(invalid(
+                field("protocol"),
+                other,
+                "is not \"udp\", \"tcp\", \"sctp\" or \"gre\" (or 17, 6, 132, 47)",
             ));
-            continue;
         }
-        let Some(raw_ports) = &s.ports else {
+    };
+    if protocol == tunsec_datapath::gateway::GRE {
+        // GRE has no ports: the selector takes the whole protocol.
+        if let Some(p) = &s.ports {
             return Err(invalid(
                 field("ports"),
-                "(none)",
-                "is required for UDP, TCP and SCTP: a port or a range \"LOW-HIGH\"",
+                p,
+                "cannot be set for GRE, which has no ports",
             ));
-        };
-        let ports = parse_port_range(raw_ports).ok_or_else(|| {
-            invalid(
+        }
+        return Ok(tunsec_datapath::gateway::GatewaySelector::whole_protocol(
+            protocol,
+        ));
+    }
+    let Some(raw_ports) = &s.ports else {
+        return Err(invalid(
+            field("ports"),
+            "(none)",
+            "is required for UDP, TCP and SCTP: a port or a range \"LOW-HIGH\"",
+        ));
+    };
+    let ports = parse_port_range(raw_ports).ok_or_else(|| {
+        invalid(
+            field("ports"),
+            raw_ports,
+            "is not a port or a range \"LOW-HIGH\" of ports 1 to 65535",
+        )
+    })?;
+    // tunsecd's own IKE and ESP must never match a selector: the
+    // inbound guard would drop the peer's ESP.
+    let own: [u16; 2] = [500, esp.port];
+    if protocol == 17 {
+        if let Some(p) = own.iter().find(|&&p| ports.contains(&p)) {
+            return Err(invalid(
                 field("ports"),
                 raw_ports,
-                "is not a port or a range \"LOW-HIGH\" of ports 1 to 65535",
-            )
-        })?;
-        // tunsecd's own IKE and ESP must never match a selector: the
-        // inbound guard would drop the peer's ESP.
-        let own: [u16; 2] = [500, esp.port];
-        if protocol == 17 {
-            if let Some(p) = own.iter().find(|&&p| ports.contains(&p)) {
-                return Err(invalid(
-                    field("ports"),
-                    raw_ports,
-                    format!("covers UDP port {p}, which tunsecd's own IKE or ESP uses"),
-                ));
-            }
+                format!("covers UDP port {p}, which tunsecd's own IKE or ESP uses"),
+            ));
         }
-        out.push(tunsec_datapath::gateway::GatewaySelector { protocol, ports });
     }
-    Ok(out)
+    Ok(tunsec_datapath::gateway::GatewaySelector { protocol, ports })
 }
 
 /// `4789` or `"16384-16400"`.

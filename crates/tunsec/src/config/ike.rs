@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tunsec_ike::message::{Identity, Proposal, ProtocolId};
 
+use super::identity::{ip_identity, parse_identity};
 use super::{AuthKind, ConfigError, DEFAULT_NAT_KEEPALIVE, Sources, cert, invalid, quoted, secret};
 
 /// The ESP mode of the Child SAs negotiated with an IKE peer.
@@ -89,6 +90,21 @@ pub(super) struct RawIke {
     pub(super) initiate: Option<bool>,
 }
 
+impl RawIke {
+    /// The certificate fields.
+    fn cert(&self) -> cert::RawCert<'_> {
+        cert::RawCert {
+            cert: &self.cert,
+            key: &self.key,
+            intermediates: &self.intermediates,
+            ca: &self.ca,
+            crl: &self.crl,
+            pin_cert: &self.pin_cert,
+            pin_sha256: &self.pin_sha256,
+        }
+    }
+}
+
 /// A peer whose SAs are negotiated with IKEv2, with a pre-shared key or
 /// certificates.
 #[derive(Clone)]
@@ -161,37 +177,6 @@ impl fmt::Debug for IkePeer {
             .field("layout", &self.layout)
             .field("initiate", &self.initiate)
             .finish()
-    }
-}
-
-/// An identity as written in the config: an IP address is ID_IPV4_ADDR or
-/// ID_IPV6_ADDR, `keyid:TEXT` is ID_KEY_ID, anything else is ID_FQDN.
-pub(crate) fn parse_identity(field: &str, value: &str) -> Result<Identity, ConfigError> {
-    if let Ok(addr) = value.parse::<IpAddr>() {
-        return Ok(ip_identity(addr));
-    }
-    if let Some(typed) = cert::parse_typed_identity(field, value) {
-        return typed;
-    }
-    let (make, text): (fn(Vec<u8>) -> Identity, &str) = match value.strip_prefix("keyid:") {
-        Some(rest) => (Identity::KeyId, rest),
-        None => (Identity::Fqdn, value),
-    };
-    if text.is_empty() || text.len() > 255 || text.chars().any(|c| c.is_whitespace()) {
-        return Err(invalid(
-            field,
-            quoted(value),
-            "is not an identity (an IP address, a name like host-b.example, dn:CN=..., fqdn:NAME, email:ADDR, ip:ADDR, or keyid:TEXT)",
-        ));
-    }
-    Ok(make(text.as_bytes().to_vec()))
-}
-
-/// The IP-address identity of an underlay address.
-pub fn ip_identity(addr: IpAddr) -> Identity {
-    match addr {
-        IpAddr::V4(a) => Identity::Ipv4(a),
-        IpAddr::V6(a) => Identity::Ipv6(a),
     }
 }
 
@@ -285,6 +270,26 @@ fn read_psk(
     Ok(tunsec_esp::Key::from_slice(trimmed))
 }
 
+/// The authentication `[peer.ike]` asks for, with only its own fields:
+/// with `auth = "psk"` no certificate field may be set, with `auth =
+/// "cert"` neither `psk_file` nor `psk_env`.
+fn check_auth_fields(f: &dyn Fn(&str) -> String, raw: &RawIke) -> Result<AuthKind, ConfigError> {
+    let auth = raw.auth.unwrap_or_default();
+    let cert_fields = raw.cert().fields();
+    let psk_fields = [
+        ("psk_file", raw.psk_file.is_some()),
+        ("psk_env", raw.psk_env.is_some()),
+    ];
+    let (others, reason): (&[(&str, bool)], _) = match auth {
+        AuthKind::Psk => (&cert_fields, "needs auth = \"cert\" (auth is \"psk\")"),
+        AuthKind::Cert => (&psk_fields, "cannot be used with auth = \"cert\""),
+    };
+    match others.iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(invalid(f(name), "(set)", reason)),
+        None => Ok(auth),
+    }
+}
+
 pub(super) fn validate_ike(
     i: usize,
     raw: RawIke,
@@ -293,7 +298,10 @@ pub(super) fn validate_ike(
     sources: &Sources<'_>,
 ) -> Result<IkePeer, ConfigError> {
     let f = |name: &str| format!("peer[{i}].ike.{name}");
-    let cert = cert::load(&f, &raw, sources.base_dir)?;
+    let cert = match check_auth_fields(&f, &raw)? {
+        AuthKind::Psk => None,
+        AuthKind::Cert => Some(cert::load(&f, &raw.cert(), sources.base_dir)?),
+    };
     let psk = match cert {
         None => read_psk(&f, &raw, sources)?,
         Some(_) => tunsec_esp::Key::from_slice(&[]),

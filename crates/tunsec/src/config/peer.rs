@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tunsec_esp::{SaKeys, Suite};
 
-use super::gateway::{RawSelector, validate_selectors};
+use super::gateway::{RawSelector, validate_selector};
 use super::ike::{RawIke, validate_ike};
 use super::{
     ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
@@ -246,6 +246,81 @@ fn validate_peer(
         ike,
         selectors,
     })
+}
+
+/// A peer's `[[peer.selector]]` tables: only in gateway mode, where they
+/// are required and replace `networks`; only `require` policies (there is
+/// no cleartext path out of the TUN device). Each selector is checked by
+/// [`validate_selector`].
+fn validate_selectors(
+    i: usize,
+    raw: &RawPeer,
+    gateway: Option<ChildMode>,
+    esp: EspSettings,
+) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
+    let f = |name: &str| format!("peer[{i}].{name}");
+    let Some(gateway_mode) = gateway else {
+        if let Some(l) = raw.ike.as_ref().and_then(|ike| ike.layout) {
+            return Err(invalid(
+                f("ike.layout"),
+                quoted(&format!("{l:?}").to_lowercase()),
+                "needs [gateway]: the layout places gateway selectors in Child SAs (overlay mode has ike.selectors)",
+            ));
+        }
+        if !raw.selector.is_empty() {
+            return Err(invalid(
+                f("selector[0]"),
+                "[[peer.selector]]",
+                "needs [gateway]: selectors are for gateway mode",
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if let Some(n) = raw.networks.first() {
+        return Err(invalid(
+            f("networks[0]"),
+            quoted(n),
+            "cannot be used in gateway mode: list [[peer.selector]] instead",
+        ));
+    }
+    if raw.selector.is_empty() {
+        return Err(invalid(
+            f("selector"),
+            "[]",
+            "gateway mode needs at least one [[peer.selector]]",
+        ));
+    }
+    if let Some(p) = raw.policy.filter(|p| *p != PolicyKind::Require) {
+        return Err(invalid(
+            f("policy"),
+            quoted(&format!("{p:?}").to_lowercase()),
+            "is not supported in gateway mode: only \"require\" (steered traffic has no cleartext way out)",
+        ));
+    }
+    if let Some(ike) = &raw.ike {
+        if let Some(s) = ike.selectors {
+            return Err(invalid(
+                f("ike.selectors"),
+                quoted(&format!("{s:?}").to_lowercase()),
+                "cannot be set in gateway mode: the Child SA's selectors are the [[peer.selector]]s",
+            ));
+        }
+        if let Some(m) = ike.mode.filter(|m| *m != gateway_mode) {
+            return Err(invalid(
+                f("ike.mode"),
+                quoted(&format!("{m:?}").to_lowercase()),
+                format!(
+                    "differs from gateway.mode ({:?}): gateway mode has one ESP mode",
+                    gateway_mode
+                ),
+            ));
+        }
+    }
+    raw.selector
+        .iter()
+        .enumerate()
+        .map(|(j, s)| validate_selector(i, j, s, esp))
+        .collect()
 }
 
 fn validate_sa(i: usize, raw: RawSa, base_dir: &Path) -> Result<ManualSa, ConfigError> {
