@@ -12,6 +12,8 @@ cargo fmt --all -- --check
 # --locked everywhere: a stale Cargo.lock or fuzz/Cargo.lock fails the run
 # instead of being rewritten by it (commit the updated lock file).
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# No two sibling modules import each other, directly or round a circle.
+python3 scripts/check-import-cycles.py
 # Documentation builds without broken or private intra-doc links.
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps
 # The fuzz targets build on their own (cargo-fuzz); make sure they still compile.

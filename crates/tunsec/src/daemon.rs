@@ -33,9 +33,9 @@ use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{DropReason, LifetimeState, Mode, Sa};
 
 use crate::config::{Config, EspEncapsulation, Network, Peer, PolicyKind};
-use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::keys::KeyExport;
 use crate::metrics::MetricsServer;
 use crate::netlink::BridgeProblem;
 use crate::peers::PeerSlots;
@@ -363,7 +363,7 @@ impl Daemon {
 }
 
 impl ControlTarget for OverlayControl {
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
+    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
         crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
     }
 
@@ -390,13 +390,13 @@ impl ControlTarget for OverlayControl {
     /// Reads the configuration file again and takes the peers to the
     /// file's: added, removed, renewed, new `[peer.ike]` settings; see
     /// `reconfigure`. A configuration that does not load changes nothing.
-    fn reload(&self) -> Response {
-        crate::peers::reload_response(self.reload_file())
+    fn reload(&self) -> Result<String, String> {
+        self.reload_file().map(|done| done.message)
     }
 
     /// Every SA in the tables (and the rekeyed outbound SAs the IKE
-    /// driver holds), with the IKE SAs: see `keys::answer_export`.
-    fn export_keys(&self) -> Response {
+    /// driver holds), with the IKE SAs: see `ike::export_keys`.
+    fn export_keys(&self) -> Result<KeyExport, String> {
         let tables = self.shared.tables.load();
         let outbound = tables.peers.iter().flat_map(|p| {
             p.outbound
@@ -408,10 +408,10 @@ impl ControlTarget for OverlayControl {
             (p.name.as_str(), p.underlay, &*e.sa)
         });
         let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
-        crate::keys::answer_export(&self.ike_commands, esp)
+        crate::ike::export_keys(&self.ike_commands, esp)
     }
 
-    fn delete_sa(&self, peer: &str) -> Response {
+    fn delete_sas(&self, peer: &str) -> bool {
         // Read-copy-update, one writer at a time (the IKE driver edits
         // too): the workers keep using the old tables until they load the
         // new ones; no packet waits.
@@ -424,15 +424,7 @@ impl ControlTarget for OverlayControl {
             t.peers[index].outbound.clear();
             t.inbound.retain(|_, e| e.peer != index);
         });
-        if !found {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        }
-        tracing::warn!(peer = %peer, "SAs deleted by request");
-        Response::Done {
-            message: format!("deleted the SAs of peer {peer:?}"),
-        }
+        found
     }
 
     fn status(&self) -> Status {

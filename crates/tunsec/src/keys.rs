@@ -150,44 +150,6 @@ pub(crate) fn esp_rows<'a>(
         .collect()
 }
 
-/// Answers `tunsec keys export`: the ESP SAs of the data path (`esp`)
-/// and, from the IKE driver, the IKE SAs and the rekeyed outbound SAs
-/// that wait for their switch. Logs a warning that names what left the
-/// daemon, never a key.
-pub(crate) fn answer_export(
-    commands: &crate::ike::IkeCommands,
-    mut esp: Vec<EspSaExport>,
-) -> crate::control::Response {
-    use crate::control::Response;
-    let from_driver = match crate::ike::export_keys(commands) {
-        Ok(k) => k,
-        Err(message) => return Response::Error { message },
-    };
-    esp.extend(from_driver.esp);
-    let export = KeyExport {
-        ike: from_driver.ike,
-        esp,
-    };
-    let ike_spis: Vec<String> = export
-        .ike
-        .iter()
-        .map(|s| format!("{}:{:016x}_i/{:016x}_r", s.peer, s.spi_i, s.spi_r))
-        .collect();
-    let esp_spis: Vec<String> = export
-        .esp
-        .iter()
-        .map(|s| format!("{}:{}:{:#010x}", s.peer, s.direction, s.spi))
-        .collect();
-    tracing::warn!(
-        ike_sas = ?ike_spis,
-        esp_sas = ?esp_spis,
-        "KEYS EXPORTED: the keys of {} IKE SAs and {} ESP SAs were handed out over the control socket (tunsec keys export); whoever holds them can decrypt this host's traffic",
-        export.ike.len(),
-        export.esp.len()
-    );
-    Response::Keys(Box::new(export))
-}
-
 /// Wireshark's names of an IKE SA's cipher and integrity algorithm, as
 /// its IKEv2 decryption table spells them (`vs_ikev2_encr_algs`,
 /// `vs_ikev2_auth_algs` of packet-isakmp.c); `None` for a cipher it
@@ -387,39 +349,6 @@ fn open_secret(path: &Path) -> anyhow::Result<File> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} mode 0600", path.display()))?;
     Ok(file)
-}
-
-/// `tunsec keys export --wireshark DIR`: asks tunsecd at `socket` for the
-/// keys, writes them into `dir` ([`write_wireshark`]), lists the files on
-/// `out`, and warns on `err`, loudly, that they are secret.
-pub fn export(
-    socket: &Path,
-    dir: &Path,
-    out: &mut dyn std::io::Write,
-    err: &mut dyn std::io::Write,
-) -> anyhow::Result<()> {
-    use crate::control::{self, Request, Response};
-    let export = match control::call(socket, &Request::ExportKeys)? {
-        Response::Keys(k) => k,
-        Response::Error { message } => anyhow::bail!("{message}"),
-        other => anyhow::bail!("unexpected answer from tunsecd: {other:?}"),
-    };
-    let written = write_wireshark(dir, &export)?;
-    writeln!(
-        err,
-        "WARNING: SECRET KEYS WRITTEN. The files below hold the keys of {} IKE SAs and {} ESP SAs \
-         of this host: whoever reads them can decrypt its IKE and ESP traffic. They are mode 0600; \
-         delete them as soon as the debugging is done.",
-        export.ike.len(),
-        export.esp.len()
-    )?;
-    for (path, rows) in &written.files {
-        writeln!(out, "{} ({rows} SAs)", path.display())?;
-    }
-    for note in &written.skipped {
-        writeln!(err, "left out: {note}")?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -203,32 +203,19 @@ pub fn manual_sas(
 }
 
 /// Hands `command` for the peer named `peer` to the IKE driver, by its
-/// slot (`tunsec down/up/rekey/reauth`, both modes).
+/// slot (`tunsec down/up/rekey/reauth`, both modes): what happened, or
+/// why not.
 pub(crate) fn ike_command(
     slots: &Mutex<PeerSlots>,
     ike: &IkeCommands,
     peer: &str,
     command: fn(usize) -> crate::ike::IkeCommand,
-) -> crate::control::Response {
-    let Ok(slots) = slots.lock() else {
-        return crate::control::Response::Error {
-            message: "the peer table is poisoned".to_owned(),
-        };
-    };
+) -> Result<String, String> {
+    let slots = slots
+        .lock()
+        .map_err(|_| "the peer table is poisoned".to_owned())?;
     let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
     crate::ike::send_command(found, ike, peer, command)
-}
-
-/// `tunsec reload`'s answer.
-pub(crate) fn reload_response(
-    result: Result<crate::ike::Reloaded, String>,
-) -> crate::control::Response {
-    match result {
-        Ok(done) => crate::control::Response::Done {
-            message: done.message,
-        },
-        Err(message) => crate::control::Response::Error { message },
-    }
 }
 
 /// The first IKE step of a plan, in both modes: the IKE SAs of the peers

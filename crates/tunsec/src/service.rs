@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use tunsec_esp::Sa;
 
-use crate::control::Response;
 use crate::control::server::{ControlServer, ControlTarget, Limits};
 
 /// How often the run loop looks at its flags.
@@ -38,9 +37,8 @@ pub fn run(
         if hangup.swap(false, Ordering::Relaxed) {
             tracing::info!("SIGHUP: reloading");
             match target.reload() {
-                Response::Error { message } => tracing::error!("reload: {message}"),
-                Response::Done { message } => tracing::info!("reload: {message}"),
-                Response::Status(_) | Response::Keys(_) => {}
+                Err(message) => tracing::error!("reload: {message}"),
+                Ok(message) => tracing::info!("reload: {message}"),
             }
         }
         crate::systemd::watchdog();

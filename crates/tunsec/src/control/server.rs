@@ -28,39 +28,61 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Request, Response};
 use crate::ike::IkeCommand;
+use crate::keys::KeyExport;
 use crate::status::Status;
 
 /// What a daemon answers on its control socket, and the periodic work
-/// of its run loop ([`crate::service`]).
+/// of its run loop ([`crate::service`]). [`answer`] turns what it returns
+/// into a [`Response`]: `Ok` into `Done` (or `Keys`), `Err` into `Error`.
 pub trait ControlTarget: Send + Sync + 'static {
     /// The current status.
     fn status(&self) -> Status;
-    /// Removes a peer's SAs (both directions).
-    fn delete_sa(&self, peer: &str) -> Response;
+    /// Removes a peer's SAs (both directions); `false` if no peer has
+    /// that name.
+    fn delete_sas(&self, peer: &str) -> bool;
     /// Hands the IKE driver a command for the named peer.
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response;
+    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String>;
     /// Reads the configuration file again (`tunsec reload`, SIGHUP).
-    fn reload(&self) -> Response;
+    fn reload(&self) -> Result<String, String>;
     /// The keys of every live SA (`tunsec keys export`): the data path's
-    /// ESP SAs and the IKE driver's IKE SAs, in a [`Response::Keys`].
-    fn export_keys(&self) -> Response;
+    /// ESP SAs and the IKE driver's IKE SAs.
+    fn export_keys(&self) -> Result<KeyExport, String>;
     /// Periodic work, about once a second: SA lifetimes, FDB ageing.
     fn housekeeping(&self, now: Instant);
 }
 
 /// Answers one request.
 pub fn answer(target: &dyn ControlTarget, request: Request) -> Response {
-    match request {
-        Request::Status => Response::Status(Box::new(target.status())),
-        Request::DeleteSa { peer } => target.delete_sa(&peer),
+    let done = match request {
+        Request::Status => return Response::Status(Box::new(target.status())),
+        Request::ExportKeys => {
+            return match target.export_keys() {
+                Ok(keys) => Response::Keys(Box::new(keys)),
+                Err(message) => Response::Error { message },
+            };
+        }
+        Request::DeleteSa { peer } => delete_sa(target, &peer),
         Request::Down { peer } => target.ike_command(&peer, IkeCommand::Down),
         Request::Up { peer } => target.ike_command(&peer, IkeCommand::Up),
         Request::Rekey { peer, ike: false } => target.ike_command(&peer, IkeCommand::Rekey),
         Request::Rekey { peer, ike: true } => target.ike_command(&peer, IkeCommand::RekeyIke),
         Request::Reauth { peer } => target.ike_command(&peer, IkeCommand::Reauth),
         Request::Reload => target.reload(),
-        Request::ExportKeys => target.export_keys(),
+    };
+    match done {
+        Ok(message) => Response::Done { message },
+        Err(message) => Response::Error { message },
     }
+}
+
+/// `tunsec sa delete PEER`: the peer's SAs go, as `ip xfrm state delete`
+/// would; a warning says so.
+fn delete_sa(target: &dyn ControlTarget, peer: &str) -> Result<String, String> {
+    if !target.delete_sas(peer) {
+        return Err(format!("peer: {peer:?} is not a configured peer"));
+    }
+    tracing::warn!(peer = %peer, "SAs deleted by request");
+    Ok(format!("deleted the SAs of peer {peer:?}"))
 }
 
 /// The server's bounds.
@@ -502,26 +524,24 @@ mod tests {
             }))
             .expect("a minimal status")
         }
-        fn delete_sa(&self, peer: &str) -> Response {
-            Response::Done {
-                message: format!("deleted {peer}"),
-            }
+        fn delete_sas(&self, _peer: &str) -> bool {
+            true
         }
-        fn ike_command(&self, peer: &str, _command: fn(usize) -> IkeCommand) -> Response {
-            Response::Error {
-                message: format!("peer: {peer:?} is not an IKE peer"),
-            }
+        fn ike_command(
+            &self,
+            peer: &str,
+            _command: fn(usize) -> IkeCommand,
+        ) -> Result<String, String> {
+            Err(format!("peer: {peer:?} is not an IKE peer"))
         }
-        fn reload(&self) -> Response {
+        fn reload(&self) -> Result<String, String> {
             if let Some(gate) = self.reload_gate.lock().unwrap().take() {
                 let _ = gate.recv();
             }
-            Response::Done {
-                message: "reloaded".into(),
-            }
+            Ok("reloaded".into())
         }
-        fn export_keys(&self) -> Response {
-            Response::Keys(Box::default())
+        fn export_keys(&self) -> Result<KeyExport, String> {
+            Ok(KeyExport::default())
         }
         fn housekeeping(&self, _now: Instant) {}
     }
@@ -556,7 +576,7 @@ mod tests {
         assert_eq!(
             super::super::call(&path, &Request::DeleteSa { peer: "b".into() }).unwrap(),
             Response::Done {
-                message: "deleted b".into()
+                message: "deleted the SAs of peer \"b\"".into()
             }
         );
         assert_eq!(

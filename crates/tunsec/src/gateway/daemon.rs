@@ -25,10 +25,10 @@ use super::{
     steering_of,
 };
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop, Peer};
-use crate::control::Response;
 use crate::control::server::ControlTarget;
 use crate::daemon::{bind_control_socket, sa_status};
 use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::keys::KeyExport;
 use crate::metrics::MetricsServer;
 use crate::ovs::unixctl::Unixctl;
 use crate::ovs::watch::{self, Reconcile, SharedOvsdbStatus};
@@ -374,15 +374,15 @@ impl Reconcile for GatewayControl {
 }
 
 impl ControlTarget for GatewayControl {
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Response {
+    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
         crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
     }
 
     /// Reads the configuration file again and takes the peers to the
     /// file's: added, removed, renewed, new credentials; see
     /// `super::reconfigure`.
-    fn reload(&self) -> Response {
-        crate::peers::reload_response(self.reload_file())
+    fn reload(&self) -> Result<String, String> {
+        self.reload_file().map(|done| done.message)
     }
 
     /// SA lifetimes (gateway mode has no FDB), certificate renewal.
@@ -405,8 +405,8 @@ impl ControlTarget for GatewayControl {
     }
 
     /// Every SA in the tables (and the rekeyed outbound SAs the IKE
-    /// driver holds), with the IKE SAs: see `keys::answer_export`.
-    fn export_keys(&self) -> Response {
+    /// driver holds), with the IKE SAs: see `ike::export_keys`.
+    fn export_keys(&self) -> Result<KeyExport, String> {
         let tables = self.shared.tables.load();
         let outbound = tables.peers().flat_map(|(_, p)| {
             p.outbound
@@ -418,10 +418,10 @@ impl ControlTarget for GatewayControl {
             Some((p.name.as_str(), p.underlay, &*e.sa))
         });
         let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
-        crate::keys::answer_export(&self.ike_commands, esp)
+        crate::ike::export_keys(&self.ike_commands, esp)
     }
 
-    fn delete_sa(&self, peer: &str) -> Response {
+    fn delete_sas(&self, peer: &str) -> bool {
         let mut found = false;
         self.shared.edit(&mut |t: &mut GatewayTables| {
             let slot = t.peers().find(|(_, p)| p.name == peer).map(|(i, _)| i);
@@ -433,15 +433,7 @@ impl ControlTarget for GatewayControl {
                 t.inbound.retain(|_, e| e.peer != slot);
             }
         });
-        if !found {
-            return Response::Error {
-                message: format!("peer: {peer:?} is not a configured peer"),
-            };
-        }
-        tracing::warn!(peer = %peer, "SAs deleted by request");
-        Response::Done {
-            message: format!("deleted the SAs of peer {peer:?}"),
-        }
+        found
     }
 
     fn status(&self) -> Status {

@@ -1,7 +1,7 @@
 //! What the control socket asks of the driver (`tunsec
 //! up/down/rekey/reauth`, reload, key export).
 
-use super::status::transform_names;
+use super::logging::transform_names;
 use super::{DriverKeys, IkeCommand, IkeDriver, PeerIke, RETRY_MIN};
 use crate::config::Peer;
 use std::time::Instant;

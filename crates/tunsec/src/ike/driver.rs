@@ -1,10 +1,11 @@
 //! The driver thread's loop: the IKE socket, the inbox, the timers, new IKE
 //! SAs from peers, and shutdown.
 
+use super::peer::Replacement;
 use super::selectors::{gateway_selectors, selectors, tunnel_ports};
 use super::{
     HALF_OPEN_PER_PEER, IDLE, IKE_PORT, IkeCommand, IkeStates, KEEPALIVE_PACKET, LIVENESS,
-    MAX_DATAGRAM, PeerIke, RETRY_MAX, reload,
+    MAX_DATAGRAM, PeerIke, RETRY_MAX,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -189,7 +190,7 @@ impl IkeDriver {
                     .min(),
                 self.peers
                     .iter()
-                    .filter_map(|p| p.replacement.as_ref().map(reload::Replacement::until))
+                    .filter_map(|p| p.replacement.as_ref().map(Replacement::until))
                     .min(),
             ]
             .into_iter()

@@ -1,9 +1,9 @@
 //! The IKE SAs' transmits and events: closed SAs, a new IKE SA that
 //! replaces the old one, Child SAs to install.
 
+use super::logging::{describe_events, log_child, suite_name};
 use super::peer::{Beside, NextChild};
-use super::status::{log_child, suite_name};
-use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint, reload};
+use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint};
 use std::time::Instant;
 
 use tunsec_datapath::io::socket::Batch;
@@ -139,7 +139,7 @@ impl IkeDriver {
         p.handshakes_failed += 1;
         let unanswered = events.iter().all(|e| matches!(e, Event::PeerDead));
         if up {
-            let why = reload::describe_events(&events);
+            let why = describe_events(&events);
             tracing::info!(peer = %p.name, handshakes_failed = p.handshakes_failed, "IKE: an IKE_SA_INIT from the peer's address we answered failed ({why}); the established IKE SA stays");
         } else if unanswered {
             tracing::warn!(
@@ -189,7 +189,7 @@ impl IkeDriver {
             while let Some(e) = sa.poll_event() {
                 events.push(e);
             }
-            let why = reload::describe_events(&events);
+            let why = describe_events(&events);
             tracing::warn!(peer = %self.peers[i].name, "IKE: the new IKE SA failed ({why}); the old one stays");
             self.peers[i].last_error =
                 Some(format!("a new IKE SA failed ({why}); the old one stays"));

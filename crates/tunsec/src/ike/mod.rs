@@ -47,6 +47,7 @@ mod driver;
 mod events;
 mod hint;
 mod install;
+mod logging;
 mod peer;
 mod reload;
 mod renewal;
@@ -66,6 +67,7 @@ use std::time::Duration;
 use tunsec_datapath::sa_store::SaStore;
 
 use crate::config::{Config, IkePeer, Peer};
+use crate::keys::{EspSaExport, IkeSaExport, KeyExport};
 use crate::status::{IkeEndpointStatus, IkeStatus};
 
 /// The IKE port (RFC 7296 section 2).
@@ -159,9 +161,9 @@ pub enum IkeCommand {
 pub struct DriverKeys {
     /// Every IKE SA with keys: each peer's current one and a new one
     /// beside it.
-    pub ike: Vec<crate::keys::IkeSaExport>,
+    pub ike: Vec<IkeSaExport>,
     /// The rekeyed outbound SAs not yet switched to.
-    pub esp: Vec<crate::keys::EspSaExport>,
+    pub esp: Vec<EspSaExport>,
 }
 
 /// The sending end of the IKE driver's commands. Each command also wakes
@@ -252,24 +254,22 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Hands `command` for the peer named `peer` to the IKE driver over
 /// `commands`, as the control socket's `down`, `up`, `rekey` and `reauth`
-/// ask (both daemons, overlay and gateway mode): an error names a peer
-/// that is not configured or has manual keys, or a driver that is gone.
+/// ask (both daemons, overlay and gateway mode): what happened, or an
+/// error that names a peer that is not configured or has manual keys, or
+/// a driver that is gone.
 pub(crate) fn send_command(
     found: Option<(usize, &Peer)>,
     commands: &IkeCommands,
     peer: &str,
     command: fn(usize) -> IkeCommand,
-) -> crate::control::Response {
-    use crate::control::Response;
+) -> Result<String, String> {
     let Some((index, configured)) = found else {
-        return Response::Error {
-            message: format!("peer: {peer:?} is not a configured peer"),
-        };
+        return Err(format!("peer: {peer:?} is not a configured peer"));
     };
     if configured.ike.is_none() {
-        return Response::Error {
-            message: format!("peer: {peer:?} has no [peer.ike]: its keys are manual"),
-        };
+        return Err(format!(
+            "peer: {peer:?} has no [peer.ike]: its keys are manual"
+        ));
     }
     let command = command(index);
     let message = match command {
@@ -282,33 +282,60 @@ pub(crate) fn send_command(
         IkeCommand::ExportKeys(_) => "exporting keys".to_owned(),
         IkeCommand::AddPeer(..) | IkeCommand::RemovePeer(..) => "changing peers".to_owned(),
     };
-    if commands.send(command).is_err() {
-        return Response::Error {
-            message: "the IKE driver is not running".to_owned(),
-        };
-    }
-    Response::Done { message }
+    commands
+        .send(command)
+        .map_err(|_| "the IKE driver is not running".to_owned())?;
+    Ok(message)
 }
 
 /// How long `tunsec keys export` waits for the IKE driver's keys.
 const EXPORT_WAIT: Duration = Duration::from_secs(5);
 
-/// Asks the IKE driver for the keys of its IKE SAs (and of the rekeyed
-/// outbound SAs it holds), for `tunsec keys export`. Without a driver (no
-/// peer has `[peer.ike]`) there are none; an error if the driver does not
-/// answer within `EXPORT_WAIT`.
-pub(crate) fn export_keys(commands: &IkeCommands) -> Result<DriverKeys, String> {
+/// Answers `tunsec keys export`: the ESP SAs of the data path (`esp`)
+/// and, from the IKE driver, the IKE SAs and the rekeyed outbound SAs
+/// that wait for their switch. Without a driver (no peer has
+/// `[peer.ike]`) there are no IKE SAs; an error if the driver does not
+/// answer within `EXPORT_WAIT`. Logs a warning that names what left the
+/// daemon, never a key.
+pub(crate) fn export_keys(
+    commands: &IkeCommands,
+    mut esp: Vec<EspSaExport>,
+) -> Result<KeyExport, String> {
     let (tx, rx) = mpsc::channel();
-    if commands.send(IkeCommand::ExportKeys(tx)).is_err() {
+    let from_driver = if commands.send(IkeCommand::ExportKeys(tx)).is_err() {
         // No driver: its receiver is gone with it.
-        return Ok(DriverKeys::default());
-    }
-    rx.recv_timeout(EXPORT_WAIT).map_err(|_| {
-        format!(
-            "keys export: the IKE driver did not answer within {} s",
-            EXPORT_WAIT.as_secs()
-        )
-    })
+        DriverKeys::default()
+    } else {
+        rx.recv_timeout(EXPORT_WAIT).map_err(|_| {
+            format!(
+                "keys export: the IKE driver did not answer within {} s",
+                EXPORT_WAIT.as_secs()
+            )
+        })?
+    };
+    esp.extend(from_driver.esp);
+    let export = KeyExport {
+        ike: from_driver.ike,
+        esp,
+    };
+    let ike_spis: Vec<String> = export
+        .ike
+        .iter()
+        .map(|s| format!("{}:{:016x}_i/{:016x}_r", s.peer, s.spi_i, s.spi_r))
+        .collect();
+    let esp_spis: Vec<String> = export
+        .esp
+        .iter()
+        .map(|s| format!("{}:{}:{:#010x}", s.peer, s.direction, s.spi))
+        .collect();
+    tracing::warn!(
+        ike_sas = ?ike_spis,
+        esp_sas = ?esp_spis,
+        "KEYS EXPORTED: the keys of {} IKE SAs and {} ESP SAs were handed out over the control socket (tunsec keys export); whoever holds them can decrypt this host's traffic",
+        export.ike.len(),
+        export.esp.len()
+    );
+    Ok(export)
 }
 
 /// What a daemon's reload did: the configuration as the file has it

@@ -1,6 +1,5 @@
 //! One peer's IKE bookkeeping in the driver.
 
-use super::reload;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -76,7 +75,7 @@ pub(super) struct PeerIke {
     pub(super) reauth_pending: bool,
     /// A re-authentication under way: its Child SAs replace the old IKE
     /// SA's ones (`ike/reload.rs`).
-    pub(super) replacement: Option<reload::Replacement>,
+    pub(super) replacement: Option<Replacement>,
 }
 
 /// Whether we initiate to a peer at `remote` by ourselves: the lower
@@ -167,5 +166,24 @@ impl PeerIke {
             reauth_pending: false,
             replacement: None,
         })
+    }
+}
+
+/// A re-authentication under way: which old outbound SAs its Child SAs
+/// have still to replace, until when.
+#[derive(Debug)]
+pub(super) struct Replacement {
+    /// The re-authentication is ours (we started the new IKE SA).
+    pub(super) ours: bool,
+    /// The old IKE SA's outbound SAs not replaced yet, by SPI.
+    pub(super) old_out: Vec<u32>,
+    /// When those that are left go.
+    pub(super) until: Instant,
+}
+
+impl Replacement {
+    /// When the old outbound SAs that are left go.
+    pub(super) fn until(&self) -> Instant {
+        self.until
     }
 }

@@ -6,36 +6,16 @@
 //! the old IKE SA and its Child SAs carry the traffic until the new ones
 //! are up.
 
-use super::peer::{Beside, NextChild};
+use super::peer::{Beside, NextChild, Replacement};
 use std::time::Instant;
 
-use tunsec_ike::sa::{ChildSaParams, Event, SaHandle, SystemRandom, Transmit};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use tunsec_ike::sa::{ChildSaParams, SaHandle, SystemRandom, Transmit};
 
 use tunsec_datapath::sa_store::SaTables;
 
 use super::install::spi_of;
 use super::{INBOUND_GRACE, IkeDriver, SWITCH_WAIT};
 use crate::config::IkePeer;
-
-/// A re-authentication under way: which old outbound SAs its Child SAs
-/// have still to replace, until when.
-#[derive(Debug)]
-pub(super) struct Replacement {
-    /// The re-authentication is ours (we started the new IKE SA).
-    ours: bool,
-    /// The old IKE SA's outbound SAs not replaced yet, by SPI.
-    old_out: Vec<u32>,
-    /// When those that are left go.
-    until: Instant,
-}
-
-impl Replacement {
-    /// When the old outbound SAs that are left go.
-    pub(super) fn until(&self) -> Instant {
-        self.until
-    }
-}
 
 /// Whether two `[peer.ike]` sections authenticate alike: the same PSK, or
 /// the same certificate chain and trust, and the same identities. (Key
@@ -53,50 +33,6 @@ pub(crate) fn same_auth(a: &IkePeer, b: &IkePeer) -> bool {
         && a.psk.expose() == b.psk.expose()
         && a.local_id == b.local_id
         && a.remote_id == b.remote_id
-}
-
-/// The events of a failed IKE SA, for a log line: an authentication
-/// failure in words (`IKE authentication failed: ... certificate
-/// revoked`), the others as they print.
-pub(super) fn describe_events(events: &[Event]) -> String {
-    events
-        .iter()
-        .map(|e| match e {
-            Event::AuthFailed { reason } => format!("IKE authentication failed: {reason}"),
-            other => format!("{other:?}"),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// How a peer's `[peer.ike]` authenticates, for `tunsec status`: `psk`,
-/// or our certificate (subject, key type, notAfter) and the trust in the
-/// peer, with the identity it must prove.
-pub(super) fn auth_summary(ike: &IkePeer) -> String {
-    let expect = ike.remote_id.as_ref().map_or_else(
-        || "any identity in it".to_owned(),
-        super::hint::show_identity,
-    );
-    let Some(cert) = &ike.cert else {
-        return format!("psk, peer {expect}");
-    };
-    let ours = cert
-        .credentials
-        .chain
-        .first()
-        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
-        .map_or_else(
-            || "certificate (unreadable)".to_owned(),
-            |(_, c)| {
-                format!(
-                    "certificate {} ({}, until {})",
-                    c.subject(),
-                    cert.credentials.key.key_type(),
-                    c.validity().not_after
-                )
-            },
-        );
-    format!("{ours}; peer {expect}, {}", cert.trust.describe())
 }
 
 /// Whether two `[peer.ike]` sections negotiate alike (proposals, mode,
@@ -240,7 +176,7 @@ impl IkeDriver {
             switched = ours,
             "Child SA up (re-authentication, make before break)"
         );
-        super::status::log_child(
+        super::logging::log_child(
             &name,
             self.peers[i].addr.ip(),
             "Child SA installed (re-authentication)",

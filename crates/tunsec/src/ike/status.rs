@@ -1,13 +1,13 @@
-//! The driver's view for `tunsec status` and its log lines.
+//! The driver's view for `tunsec status`.
 
-use super::{IkeDriver, reload};
+use super::IkeDriver;
+use super::logging::suite_name;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::Instant;
 
-use tunsec_ike::message::TrafficSelector;
-use tunsec_ike::sa::ChildSaParams;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::config::IkePeer;
 use crate::status::{IkeEndpointStatus, IkeStatus, nat_summary};
 
 impl IkeDriver {
@@ -89,7 +89,7 @@ impl IkeDriver {
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
                     ike_rekeys: p.ike_rekeys,
-                    auth: Some(reload::auth_summary(&p.ike)),
+                    auth: Some(auth_summary(&p.ike)),
                 },
             );
         }
@@ -112,104 +112,32 @@ impl IkeDriver {
     }
 }
 
-/// Logs a Child SA pair that was installed: the peer, its SPIs in hex,
-/// the mode, the suite, and the traffic selectors (ours, the peer's).
-/// Never its keys.
-pub(super) fn log_child(
-    name: &str,
-    addr: IpAddr,
-    what: &str,
-    inbound: &ChildSaParams,
-    outbound: &ChildSaParams,
-) {
-    let list = |ts: &[TrafficSelector]| {
-        ts.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    tracing::info!(
-        peer = %name,
-        addr = %addr,
-        spi_in = format_args!("{:#010x}", inbound.spi),
-        spi_out = format_args!("{:#010x}", outbound.spi),
-        mode = %if inbound.transport { "transport" } else { "tunnel" },
-        suite = %inbound.suite,
-        esn = inbound.esn,
-        udp_encap = inbound.udp_encap,
-        local_ts = %list(&inbound.local_ts),
-        remote_ts = %list(&inbound.remote_ts),
-        "{what}"
+/// How a peer's `[peer.ike]` authenticates, for `tunsec status`: `psk`,
+/// or our certificate (subject, key type, notAfter) and the trust in the
+/// peer, with the identity it must prove.
+pub(super) fn auth_summary(ike: &IkePeer) -> String {
+    let expect = ike.remote_id.as_ref().map_or_else(
+        || "any identity in it".to_owned(),
+        super::hint::show_identity,
     );
-}
-
-/// An IKE suite in strongSwan's proposal syntax, as the config writes it
-/// (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-prfsha256-modp2048`).
-pub(super) fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
-    use tunsec_ike::crypto::Prf;
-    use tunsec_ike::message::DhGroup;
-    let (encr, integ) = transform_names(s);
-    let prf = match s.prf {
-        Prf::HmacSha2_256 => "prfsha256",
-        Prf::HmacSha2_384 => "prfsha384",
-        Prf::HmacSha2_512 => "prfsha512",
+    let Some(cert) = &ike.cert else {
+        return format!("psk, peer {expect}");
     };
-    let group = match s.group {
-        DhGroup::Curve25519 => "x25519".to_owned(),
-        DhGroup::Ecp256 => "ecp256".to_owned(),
-        DhGroup::Ecp384 => "ecp384".to_owned(),
-        DhGroup::Modp2048 => "modp2048".to_owned(),
-        other => format!("group{}", u16::from(other)),
-    };
-    [Some(encr), integ, Some(prf), Some(group.as_str())]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
-/// An IKE suite's cipher and integrity algorithm in strongSwan's
-/// proposal syntax (`aes128gcm16`, `aes256` and `sha256`); no integrity
-/// algorithm with an AEAD cipher.
-pub(super) fn transform_names(
-    s: &tunsec_ike::crypto::IkeSuite,
-) -> (&'static str, Option<&'static str>) {
-    use tunsec_ike::crypto::{Encr, Integ};
-    let encr = match s.encr {
-        Encr::AesCbc128 => "aes128",
-        Encr::AesCbc256 => "aes256",
-        Encr::AesGcm128 => "aes128gcm16",
-        Encr::AesGcm256 => "aes256gcm16",
-        Encr::ChaCha20Poly1305 => "chacha20poly1305",
-    };
-    let integ = s.integ.map(|i| match i {
-        Integ::HmacSha2_256_128 => "sha256",
-        Integ::HmacSha2_384_192 => "sha384",
-        Integ::HmacSha2_512_256 => "sha512",
-    });
-    (encr, integ)
-}
-
-#[cfg(test)]
-mod test {
-    use tunsec_ike::crypto::{Encr, IkeSuite, Integ, Prf};
-    use tunsec_ike::message::DhGroup;
-
-    #[test]
-    fn suite_names_are_strongswan_syntax() {
-        let gcm = IkeSuite {
-            encr: Encr::AesGcm128,
-            integ: None,
-            prf: Prf::HmacSha2_256,
-            group: DhGroup::Curve25519,
-        };
-        assert_eq!(super::suite_name(&gcm), "aes128gcm16-prfsha256-x25519");
-        let cbc = IkeSuite {
-            encr: Encr::AesCbc256,
-            integ: Some(Integ::HmacSha2_256_128),
-            prf: Prf::HmacSha2_256,
-            group: DhGroup::Modp2048,
-        };
-        assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
-    }
+    let ours = cert
+        .credentials
+        .chain
+        .first()
+        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .map_or_else(
+            || "certificate (unreadable)".to_owned(),
+            |(_, c)| {
+                format!(
+                    "certificate {} ({}, until {})",
+                    c.subject(),
+                    cert.credentials.key.key_type(),
+                    c.validity().not_after
+                )
+            },
+        );
+    format!("{ours}; peer {expect}, {}", cert.trust.describe())
 }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         TunsecCommand::Keys {
             command: KeysCommand::Export { wireshark, .. },
         } => {
-            return match tunsec::keys::export(
+            return match export_keys(
                 &socket,
                 &wireshark,
                 &mut std::io::stdout(),
@@ -153,4 +153,36 @@ fn report(response: Response) -> ExitCode {
         }
         Response::Status(_) | Response::Keys(_) => ExitCode::SUCCESS,
     }
+}
+
+/// `tunsec keys export --wireshark DIR`: asks tunsecd at `socket` for the
+/// keys, writes them into `dir` (`keys::write_wireshark`), lists the files on
+/// `out`, and warns on `err`, loudly, that they are secret.
+fn export_keys(
+    socket: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let export = match control::call(socket, &Request::ExportKeys)? {
+        Response::Keys(k) => k,
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from tunsecd: {other:?}"),
+    };
+    let written = tunsec::keys::write_wireshark(dir, &export)?;
+    writeln!(
+        err,
+        "WARNING: SECRET KEYS WRITTEN. The files below hold the keys of {} IKE SAs and {} ESP SAs \
+         of this host: whoever reads them can decrypt its IKE and ESP traffic. They are mode 0600; \
+         delete them as soon as the debugging is done.",
+        export.ike.len(),
+        export.esp.len()
+    )?;
+    for (path, rows) in &written.files {
+        writeln!(out, "{} ({rows} SAs)", path.display())?;
+    }
+    for note in &written.skipped {
+        writeln!(err, "left out: {note}")?;
+    }
+    Ok(())
 }
