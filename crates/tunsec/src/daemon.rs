@@ -10,11 +10,8 @@
 
 mod reconfigure;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,19 +23,19 @@ use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tap;
 use tunsec_datapath::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, Tables};
 use tunsec_datapath::packet::EspTransport;
-use tunsec_datapath::shared_sa::InboundEntry;
-use tunsec_datapath::stats::PathDrop;
+use tunsec_datapath::shared_sa::{InboundEntry, SharedSa};
+use tunsec_datapath::stats::{PathDrop, Stats};
 use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{DropReason, LifetimeState, Mode, Sa};
 
 use crate::config::{Config, EspEncapsulation, Network, Peer, PolicyKind};
 use crate::control::server::ControlTarget;
-use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates, IkeView};
 use crate::keys::KeyExport;
-use crate::metrics::MetricsServer;
 use crate::netlink::BridgeProblem;
-use crate::peers::PeerSlots;
+use crate::peers::{PeerControl, PeerSlots};
+use crate::service::{ControlSocket, PeerSas};
 use crate::status::{FdbStatus, NetworkStatus, NodeStatus, PeerStatus, SaStatus, Status};
 
 pub use crate::config::NetworkMtu;
@@ -157,12 +154,8 @@ pub struct Daemon {
     /// What the control socket and the housekeeping work on.
     control: OverlayControl,
     workers: Vec<JoinHandle<()>>,
-    listener: UnixListener,
-    socket_path: PathBuf,
-    /// Set by SIGHUP: reload.
-    hangup: Arc<AtomicBool>,
-    /// The metrics endpoint, if `[node] metrics_listen` asks for one.
-    metrics: Option<MetricsServer>,
+    /// The control socket and the metrics endpoint.
+    socket: ControlSocket,
 }
 
 /// The overlay daemon as its control socket sees it.
@@ -171,15 +164,11 @@ struct OverlayControl {
     shared: Arc<OverlayShared>,
     mtus: Vec<NetworkMtu>,
     started: Instant,
-    ike_states: IkeStates,
-    ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
-    /// Re-authentication before our certificates expire.
-    renewal: CertRenewal,
-    /// The peers now, by slot: changed at run time by `reload`
-    /// (`reconfigure`). Held while a change is carried out.
-    peers: Mutex<PeerSlots>,
+    /// The peers by slot (changed at run time by `reload`, see
+    /// `reconfigure`) and the IKE driver's handles.
+    peers: PeerControl,
 }
 
 impl Daemon {
@@ -259,14 +248,7 @@ impl Daemon {
             }
         }
 
-        let listener = bind_control_socket(&config.node.control_socket)?;
-        // `GET /metrics`, answered from the control socket.
-        let metrics = config
-            .node
-            .metrics_listen
-            .map(|listen| MetricsServer::start(listen, config.node.control_socket.clone()))
-            .transpose()?;
-        let socket_path = config.node.control_socket.clone();
+        let socket = ControlSocket::bind(&config.node)?;
 
         let ike_states = IkeStates::default();
         let (ike_commands, commands) = IkeCommands::channel(shared.clone());
@@ -279,14 +261,8 @@ impl Daemon {
             false,
         )?;
 
-        let mut workers = Vec::new();
-        if let Some(driver) = ike {
-            workers.push(
-                std::thread::Builder::new()
-                    .name("tunsec-ike".into())
-                    .spawn(move || driver.run())?,
-            );
-        }
+        let mut workers: Vec<JoinHandle<()>> =
+            ike.map(IkeDriver::spawn).transpose()?.into_iter().collect();
         // Every queue of every network, for the receive workers' writes.
         let all_queues: Vec<Vec<Arc<dyn FrameDevice>>> = (0..config.networks.len())
             .map(|n| worker_devices.iter().map(|d| d[n].clone()).collect())
@@ -308,33 +284,26 @@ impl Daemon {
             );
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
-        let renewal = CertRenewal::new(&config);
-        let config_peers = config.peers.clone();
+        let peers = PeerSlots::new(&config.peers);
+        let peers = PeerControl::new(&config, peers, ike_states, ike_commands);
         Ok(Self {
             control: OverlayControl {
                 config,
                 shared,
                 mtus,
                 started: now,
-                ike_states,
-                ike_commands,
                 config_path: None,
-                renewal,
-                peers: Mutex::new(PeerSlots::new(&config_peers)),
+                peers,
             },
             workers,
-            listener,
-            socket_path,
-            hangup: Arc::new(AtomicBool::new(false)),
-            metrics,
+            socket,
         })
     }
 
     /// Names the file the configuration came from: `tunsec reload` and
     /// SIGHUP read it again.
     pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
-            .context("cannot handle SIGHUP")?;
+        self.socket.reload_on_sighup()?;
         self.control.config_path = Some(path);
         Ok(self)
     }
@@ -344,15 +313,12 @@ impl Daemon {
     pub fn run(mut self, term: &AtomicBool) -> anyhow::Result<()> {
         let shared = self.control.shared.clone();
         let control = Arc::new(self.control);
-        crate::service::run(self.listener, control, term, &self.hangup)?;
-        tracing::info!("stopping");
-        crate::systemd::stopping();
-        drop(self.metrics.take());
+        let socket_path = self.socket.serve(control, term)?;
         shared.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        let _ = std::fs::remove_file(&self.socket_path);
+        let _ = std::fs::remove_file(socket_path);
         Ok(())
     }
 
@@ -362,29 +328,34 @@ impl Daemon {
     }
 }
 
+impl PeerSas for Tables {
+    fn local(&self) -> IpAddr {
+        self.local
+    }
+
+    fn peer_sas(&self) -> Vec<(&str, IpAddr, &Mutex<Sa>)> {
+        let outbound = self.peers.iter().flat_map(|p| {
+            p.outbound
+                .iter()
+                .map(|sa| (p.spec.name.as_str(), p.spec.underlay, &**sa))
+        });
+        let inbound = self.inbound.values().map(|e| {
+            let p = &self.peers[e.peer].spec;
+            (p.name.as_str(), p.underlay, &*e.sa)
+        });
+        outbound.chain(inbound).collect()
+    }
+}
+
 impl ControlTarget for OverlayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
-        crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
+        self.peers.ike_command(peer, command)
     }
 
     fn housekeeping(&self, now: Instant) {
         self.shared.fdb.expire(now);
-        self.renewal.tick(
-            now,
-            &|| self.reload_file(),
-            &|name| self.peers.lock().ok()?.slot_of(name),
-            &self.ike_commands,
-        );
-        let tables = self.shared.tables.load();
-        let outbound = tables
-            .peers
-            .iter()
-            .flat_map(|p| p.outbound.iter().map(|sa| (p.spec.name.as_str(), &**sa)));
-        let inbound = tables
-            .inbound
-            .values()
-            .map(|e| (tables.peers[e.peer].spec.name.as_str(), &*e.sa));
-        crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
+        self.peers.renew_certificates(now, &|| self.reload_file());
+        crate::service::poll_sa_lifetimes(now, &**self.shared.tables.load());
     }
 
     /// Reads the configuration file again and takes the peers to the
@@ -394,21 +365,8 @@ impl ControlTarget for OverlayControl {
         self.reload_file().map(|done| done.message)
     }
 
-    /// Every SA in the tables (and the rekeyed outbound SAs the IKE
-    /// driver holds), with the IKE SAs: see `ike::export_keys`.
     fn export_keys(&self) -> Result<KeyExport, String> {
-        let tables = self.shared.tables.load();
-        let outbound = tables.peers.iter().flat_map(|p| {
-            p.outbound
-                .iter()
-                .map(|sa| (p.spec.name.as_str(), p.spec.underlay, &**sa))
-        });
-        let inbound = tables.inbound.values().map(|e| {
-            let p = &tables.peers[e.peer].spec;
-            (p.name.as_str(), p.underlay, &*e.sa)
-        });
-        let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
-        crate::ike::export_keys(&self.ike_commands, esp)
+        self.peers.export_keys(&**self.shared.tables.load())
     }
 
     fn delete_sas(&self, peer: &str) -> bool {
@@ -456,24 +414,14 @@ impl ControlTarget for OverlayControl {
                 }
             })
             .collect();
-        let ike_states = self
-            .ike_states
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let ike_states = self.peers.ike_view();
         let peers = tables
             .peers
             .iter()
             .enumerate()
             .filter(|&(i, _)| tables.is_occupied(i))
             .map(|(i, p)| {
-                let mut sas = Vec::new();
-                for sa in &p.outbound {
-                    sas.push(sa_status("out", sa));
-                }
-                for e in tables.inbound.values().filter(|e| e.peer == i) {
-                    sas.push(sa_status("in", &e.sa));
-                }
+                let sas = peer_sa_status(i, &p.outbound, tables.inbound.values());
                 PeerStatus {
                     name: p.spec.name.clone(),
                     underlay: p.spec.underlay.to_string(),
@@ -492,10 +440,6 @@ impl ControlTarget for OverlayControl {
                     ike: ike_states.peers.get(&i).cloned(),
                 }
             })
-            .collect();
-        let drops: BTreeMap<String, u64> = PathDrop::ALL
-            .iter()
-            .map(|&d| (d.name().to_owned(), stats.drops(d)))
             .collect();
         let fdb = self
             .shared
@@ -519,25 +463,61 @@ impl ControlTarget for OverlayControl {
             })
             .collect();
         Status {
-            ike_endpoint: ike_states.endpoint.clone(),
-            node: NodeStatus {
-                name: self.config.node.name.clone(),
-                underlay: self.config.node.underlay.to_string(),
-                esp: match tables.esp {
-                    EspTransport::Udp(p) => format!("udp:{p}"),
-                    EspTransport::Raw => "esp".to_owned(),
-                },
-                uptime_secs: self.started.elapsed().as_secs(),
-            },
             networks,
             peers,
-            drops,
-            keepalives: stats.keepalives.load(Ordering::Relaxed),
-            ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
             fdb,
-            gateway: None,
+            ..node_status(&self.config, tables.esp, self.started, stats, &ike_states)
         }
     }
+}
+
+/// What the status of both modes shows alike: the node, the data path's
+/// drops, keepalives and IKE on the ESP port, and the IKE endpoint; no
+/// network, peer, FDB entry or gateway.
+pub(crate) fn node_status(
+    config: &Config,
+    esp: EspTransport,
+    started: Instant,
+    stats: &Stats,
+    ike: &IkeView,
+) -> Status {
+    Status {
+        ike_endpoint: ike.endpoint.clone(),
+        node: NodeStatus {
+            name: config.node.name.clone(),
+            underlay: config.node.underlay.to_string(),
+            esp: match esp {
+                EspTransport::Udp(p) => format!("udp:{p}"),
+                EspTransport::Raw => "esp".to_owned(),
+            },
+            uptime_secs: started.elapsed().as_secs(),
+        },
+        networks: Vec::new(),
+        peers: Vec::new(),
+        drops: PathDrop::ALL
+            .iter()
+            .map(|&d| (d.name().to_owned(), stats.drops(d)))
+            .collect(),
+        keepalives: stats.keepalives.load(Ordering::Relaxed),
+        ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
+        fdb: Vec::new(),
+        gateway: None,
+    }
+}
+
+/// The SAs of the peer in `slot`: its `outbound` ones, then those of
+/// `inbound` (every peer's) that lead to it.
+pub(crate) fn peer_sa_status<'a>(
+    slot: usize,
+    outbound: &[SharedSa],
+    inbound: impl IntoIterator<Item = &'a InboundEntry>,
+) -> Vec<SaStatus> {
+    let outbound = outbound.iter().map(|sa| sa_status("out", sa));
+    let inbound = inbound
+        .into_iter()
+        .filter(|e| e.peer == slot)
+        .map(|e| sa_status("in", &e.sa));
+    outbound.chain(inbound).collect()
 }
 
 /// An SA's status.
@@ -578,38 +558,6 @@ pub(crate) fn sa_status(direction: &str, sa: &Mutex<Sa>) -> SaStatus {
             .map(|&r| (r.name().to_owned(), c.drops.get(r)))
             .collect(),
     }
-}
-
-/// Binds the control socket with mode 0600. A stale socket file from a
-/// crashed daemon is replaced; a live one is an error.
-pub(crate) fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("node.control_socket: cannot create {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            bail!(
-                "node.control_socket: {} is in use: another tunsecd is running",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path).with_context(|| {
-            format!(
-                "node.control_socket: cannot remove stale {}",
-                path.display()
-            )
-        })?;
-    }
-    // Created with a umask that keeps others out from the first moment,
-    // then set to exactly 0600.
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("node.control_socket: cannot bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 /// The address a status shows for a peer.

@@ -25,7 +25,11 @@ use tunsec_datapath::shared_sa::SharedSa;
 use tunsec_esp::{Direction, Sa, SaConfig};
 
 use crate::config::{Config, Peer};
-use crate::ike::{IkeCommands, same_auth, same_negotiation};
+use crate::ike::{
+    CertRenewal, IkeCommands, IkeStates, IkeView, Reloaded, same_auth, same_negotiation,
+};
+use crate::keys::KeyExport;
+use crate::service::PeerSas;
 
 /// The configured peers by slot; `None` is a vacant slot.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +87,45 @@ impl PeerPlan {
         }
         format!("{}; {} unchanged", parts.join("; "), self.unchanged)
     }
+
+    /// The plan's changes to a mode's tables: the removed and renewed
+    /// peers' slots are emptied, the added and renewed peers get their
+    /// entries (with manual SAs or none), and a re-authenticated peer
+    /// keeps its entry and SAs under its (new) name.
+    pub(crate) fn apply_to_tables(
+        &self,
+        t: &mut impl PeerTables,
+        config: &Config,
+        now: Instant,
+    ) -> anyhow::Result<()> {
+        for (slot, _) in self.remove.iter().chain(&self.renew) {
+            t.remove_slot(*slot);
+        }
+        for (slot, p) in self.add.iter().chain(&self.renew) {
+            t.insert_slot(config, *slot, p, now)?;
+        }
+        for (slot, p) in &self.reauth {
+            // Only `[peer.ike]` changed: the entry and its SAs stay.
+            t.rename_slot(*slot, &p.name);
+        }
+        Ok(())
+    }
+}
+
+/// A mode's tables, as a [`PeerPlan`] changes them by slot.
+pub(crate) trait PeerTables {
+    /// Empties `slot`: its peer and the peer's SAs leave the tables.
+    fn remove_slot(&mut self, slot: usize);
+    /// Puts `peer` into `slot`, with its manual SAs if it has some.
+    fn insert_slot(
+        &mut self,
+        config: &Config,
+        slot: usize,
+        peer: &Peer,
+        now: Instant,
+    ) -> anyhow::Result<()>;
+    /// Names the peer in `slot` `name`; its entry and SAs stay.
+    fn rename_slot(&mut self, slot: usize, name: &str);
 }
 
 impl PeerSlots {
@@ -202,20 +245,85 @@ pub fn manual_sas(
     )))
 }
 
-/// Hands `command` for the peer named `peer` to the IKE driver, by its
-/// slot (`tunsec down/up/rekey/reauth`, both modes): what happened, or
-/// why not.
-pub(crate) fn ike_command(
-    slots: &Mutex<PeerSlots>,
-    ike: &IkeCommands,
-    peer: &str,
-    command: fn(usize) -> crate::ike::IkeCommand,
-) -> Result<String, String> {
-    let slots = slots
-        .lock()
-        .map_err(|_| "the peer table is poisoned".to_owned())?;
-    let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
-    crate::ike::send_command(found, ike, peer, command)
+/// What both daemons' control sockets and reloads hold of their peers
+/// and of the IKE driver: the peers by slot, the driver's view and
+/// commands, and the certificate renewal.
+pub(crate) struct PeerControl {
+    /// The peers now, by slot: changed at run time by `reload` (and in
+    /// gateway mode by the OVS database). Held while a change is carried
+    /// out, so changes go one at a time.
+    pub(crate) slots: Mutex<PeerSlots>,
+    /// The IKE driver's view, for `tunsec status`.
+    pub(crate) ike_states: IkeStates,
+    /// The IKE driver's commands.
+    pub(crate) ike_commands: IkeCommands,
+    /// Re-authentication before our certificates expire.
+    renewal: CertRenewal,
+}
+
+impl PeerControl {
+    /// The peers of `config` in `slots`, with the IKE driver's handles.
+    pub(crate) fn new(
+        config: &Config,
+        slots: PeerSlots,
+        ike_states: IkeStates,
+        ike_commands: IkeCommands,
+    ) -> Self {
+        Self {
+            slots: Mutex::new(slots),
+            ike_states,
+            ike_commands,
+            renewal: CertRenewal::new(config),
+        }
+    }
+
+    /// Hands `command` for the peer named `peer` to the IKE driver, by
+    /// its slot (`tunsec down/up/rekey/reauth`, both modes): what
+    /// happened, or why not.
+    pub(crate) fn ike_command(
+        &self,
+        peer: &str,
+        command: fn(usize) -> crate::ike::IkeCommand,
+    ) -> Result<String, String> {
+        let slots = self
+            .slots
+            .lock()
+            .map_err(|_| "the peer table is poisoned".to_owned())?;
+        let found = slots.slot_of(peer).and_then(|i| Some((i, slots.get(i)?)));
+        crate::ike::send_command(found, &self.ike_commands, peer, command)
+    }
+
+    /// Certificate renewal, from the housekeeping: reloads the file
+    /// (`reload`, the daemon's own `tunsec reload`) when a certificate is
+    /// due, and re-authenticates the peers whose certificate was renewed.
+    pub(crate) fn renew_certificates(
+        &self,
+        now: Instant,
+        reload: &dyn Fn() -> Result<Reloaded, String>,
+    ) {
+        self.renewal.tick(
+            now,
+            reload,
+            &|name| self.slots.lock().ok()?.slot_of(name),
+            &self.ike_commands,
+        );
+    }
+
+    /// `tunsec keys export`: every SA in `tables` (and the rekeyed
+    /// outbound SAs the IKE driver holds), with the IKE SAs; see
+    /// [`crate::ike::export_keys`].
+    pub(crate) fn export_keys(&self, tables: &impl PeerSas) -> Result<KeyExport, String> {
+        let esp = crate::keys::esp_rows(tables.local(), tables.peer_sas());
+        crate::ike::export_keys(&self.ike_commands, esp)
+    }
+
+    /// The IKE driver's view now (empty if its lock is poisoned).
+    pub(crate) fn ike_view(&self) -> IkeView {
+        self.ike_states
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// The first IKE step of a plan, in both modes: the IKE SAs of the peers
@@ -287,6 +395,17 @@ pub(crate) fn load_for_reload(
         ));
     }
     Ok((new, path))
+}
+
+/// What a reload that carried out `plan` did, from the configuration
+/// `running` to `new`: its answer ([`reload_message`]), logged.
+pub(crate) fn reloaded(plan: &PeerPlan, running: &Config, new: Config) -> Reloaded {
+    let message = reload_message(plan, running, &new);
+    tracing::info!("{message}");
+    Reloaded {
+        config: new,
+        message,
+    }
 }
 
 /// `tunsec reload`'s answer for a carried-out plan, with the sections of

@@ -63,43 +63,14 @@ enum PkiCommand {
         /// The CA's directory (ca.pem and ca.key), as made by init-ca.
         #[arg(long)]
         ca: PathBuf,
-        /// The node's name: the subject CN (OVN's chassis name), and a
-        /// dNSName.
-        #[arg(long)]
-        name: String,
-        /// More subjectAltNames: an IP address, an e-mail address (with
-        /// `@`) or a DNS name.
-        #[arg(long)]
-        san: Vec<String>,
-        /// The key type.
-        #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
-        key: KeyAlg,
-        /// Validity, in days.
-        #[arg(long, default_value_t = 1825)]
-        days: u32,
-        /// Where to write NODE.pem and NODE.key (created if missing).
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        node: NodeCertArgs,
     },
     /// Make a self-signed node certificate, to be pinned by its peers
     /// (DIR/NODE.key, DIR/NODE.pem).
     SelfSigned {
-        /// The node's name: the subject CN, and a dNSName.
-        #[arg(long)]
-        name: String,
-        /// More subjectAltNames: an IP address, an e-mail address (with
-        /// `@`) or a DNS name.
-        #[arg(long)]
-        san: Vec<String>,
-        /// The key type.
-        #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
-        key: KeyAlg,
-        /// Validity, in days.
-        #[arg(long, default_value_t = 1825)]
-        days: u32,
-        /// Where to write NODE.pem and NODE.key (created if missing).
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        node: NodeCertArgs,
     },
     /// Make a CRL signed by the CA that revokes the certificates given.
     Crl {
@@ -136,6 +107,28 @@ enum PkiCommand {
         #[arg(long)]
         id: Option<String>,
     },
+}
+
+/// The arguments of a node certificate (`issue` and `self-signed`).
+#[derive(Debug, clap::Args)]
+struct NodeCertArgs {
+    /// The node's name: the subject CN (OVN's chassis name), and a
+    /// dNSName.
+    #[arg(long)]
+    name: String,
+    /// More subjectAltNames: an IP address, an e-mail address (with
+    /// `@`) or a DNS name.
+    #[arg(long)]
+    san: Vec<String>,
+    /// The key type.
+    #[arg(long, value_enum, default_value_t = KeyAlg::EcdsaP256)]
+    key: KeyAlg,
+    /// Validity, in days.
+    #[arg(long, default_value_t = 1825)]
+    days: u32,
+    /// Where to write NODE.pem and NODE.key (created if missing).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// A key type for `init-ca` and `issue`.
@@ -177,26 +170,13 @@ pub fn run(args: &PkiArgs, out: &mut dyn Write) -> Result<()> {
             let (cert, key_file) = init_ca(*key, name, *days, dir)?;
             writeln!(out, "CA {name}: {} {}", cert.display(), key_file.display())?;
         }
-        PkiCommand::Issue {
-            ca,
-            name,
-            san,
-            key,
-            days,
-            out: dir,
-        } => {
-            let (cert, key_file) = issue(ca, name, san, *key, *days, dir)?;
-            writeln!(out, "{name}: {} {}", cert.display(), key_file.display())?;
+        PkiCommand::Issue { ca, node: n } => {
+            let (cert, key_file) = issue(ca, &n.name, &n.san, n.key, n.days, &n.out)?;
+            writeln!(out, "{}: {} {}", n.name, cert.display(), key_file.display())?;
         }
-        PkiCommand::SelfSigned {
-            name,
-            san,
-            key,
-            days,
-            out: dir,
-        } => {
-            let (cert, key_file) = self_signed(name, san, *key, *days, dir)?;
-            writeln!(out, "{name}: {} {}", cert.display(), key_file.display())?;
+        PkiCommand::SelfSigned { node: n } => {
+            let (cert, key_file) = self_signed(&n.name, &n.san, n.key, n.days, &n.out)?;
+            writeln!(out, "{}: {} {}", n.name, cert.display(), key_file.display())?;
         }
         PkiCommand::Crl {
             ca,
@@ -271,6 +251,22 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.serial_number = Some(SerialNumber::from_slice(&serial));
 }
 
+/// Writes `cert` (mode 0644) and `key` (mode 0600) into `paths` (the
+/// certificate's, then the key's, from [`prepare_out`]); returns them.
+fn write_cert_and_key(
+    paths: &[PathBuf],
+    cert: &rcgen::Certificate,
+    key: &KeyPair,
+) -> Result<(PathBuf, PathBuf)> {
+    write_new(
+        &paths[1],
+        Zeroizing::new(key.serialize_pem()).as_bytes(),
+        0o600,
+    )?;
+    write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
+    Ok((paths[0].clone(), paths[1].clone()))
+}
+
 /// `init-ca`: returns the certificate and key paths.
 pub fn init_ca(alg: KeyAlg, name: &str, days: u32, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let paths = prepare_out(dir, &["ca.pem", "ca.key"])?;
@@ -288,13 +284,7 @@ pub fn init_ca(alg: KeyAlg, name: &str, days: u32, dir: &Path) -> Result<(PathBu
     let cert = params
         .self_signed(&key)
         .with_context(|| format!("--name {name}: cannot make the CA certificate"))?;
-    write_new(
-        &paths[1],
-        Zeroizing::new(key.serialize_pem()).as_bytes(),
-        0o600,
-    )?;
-    write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
-    Ok((paths[0].clone(), paths[1].clone()))
+    write_cert_and_key(&paths, &cert, &key)
 }
 
 fn parse_san(s: &str) -> Result<SanType> {
@@ -364,19 +354,7 @@ pub fn self_signed(
     days: u32,
     dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
-    let params = node_params(name, sans, days)?;
-    let paths = prepare_out(dir, &[&format!("{name}.pem"), &format!("{name}.key")])?;
-    let key = alg.generate()?;
-    let cert = params
-        .self_signed(&key)
-        .with_context(|| format!("--name {name}: cannot make the certificate"))?;
-    write_new(
-        &paths[1],
-        Zeroizing::new(key.serialize_pem()).as_bytes(),
-        0o600,
-    )?;
-    write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
-    Ok((paths[0].clone(), paths[1].clone()))
+    node_certificate(None, name, sans, alg, days, dir)
 }
 
 /// `crl`: writes a CRL (PEM) from the CA in `ca` that revokes the
@@ -422,21 +400,39 @@ pub fn issue(
     days: u32,
     dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
+    node_certificate(Some(ca), name, sans, alg, days, dir)
+}
+
+/// A node certificate and its key, `NODE.pem` and `NODE.key` in `dir`:
+/// issued by the CA in the directory `ca`, or self-signed without one.
+/// Returns the certificate and key paths.
+fn node_certificate(
+    ca: Option<&Path>,
+    name: &str,
+    sans: &[String],
+    alg: KeyAlg,
+    days: u32,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
     let mut params = node_params(name, sans, days)?;
-    params.use_authority_key_identifier_extension = true;
-    let (_, issuer) = load_ca(ca)?;
+    let issuer = match ca {
+        Some(ca) => {
+            params.use_authority_key_identifier_extension = true;
+            Some(load_ca(ca)?.1)
+        }
+        None => None,
+    };
     let paths = prepare_out(dir, &[&format!("{name}.pem"), &format!("{name}.key")])?;
     let key = alg.generate()?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .with_context(|| format!("--name {name}: cannot issue"))?;
-    write_new(
-        &paths[1],
-        Zeroizing::new(key.serialize_pem()).as_bytes(),
-        0o600,
-    )?;
-    write_new(&paths[0], cert.pem().as_bytes(), 0o644)?;
-    Ok((paths[0].clone(), paths[1].clone()))
+    let cert = match &issuer {
+        Some(issuer) => params
+            .signed_by(&key, issuer)
+            .with_context(|| format!("--name {name}: cannot issue"))?,
+        None => params
+            .self_signed(&key)
+            .with_context(|| format!("--name {name}: cannot make the certificate"))?,
+    };
+    write_cert_and_key(&paths, &cert, &key)
 }
 
 /// `show`: a description of the (first) certificate in PEM or DER.

@@ -19,10 +19,12 @@
 
 use std::time::Instant;
 
+use anyhow::Result;
+
 use super::{OverlayControl, peer_entry};
 use crate::config::{Config, Network, Peer};
 use crate::ike::Reloaded;
-use crate::peers::{self, PeerPlan};
+use crate::peers::{self, PeerPlan, PeerTables};
 use tunsec_datapath::overlay::Tables;
 
 impl OverlayControl {
@@ -32,6 +34,7 @@ impl OverlayControl {
     pub(super) fn set_peers(&self, config: &Config) -> Result<PeerPlan, String> {
         let mut slots = self
             .peers
+            .slots
             .lock()
             .map_err(|_| "the peer table is poisoned".to_owned())?;
         let plan = slots.plan(&config.peers);
@@ -41,12 +44,12 @@ impl OverlayControl {
         let now = Instant::now();
 
         // 1. The IKE SAs of peers that go or change.
-        peers::ike_remove(&slots, &plan, &self.ike_commands)?;
+        peers::ike_remove(&slots, &plan, &self.peers.ike_commands)?;
 
         // 2. The tables and the FDB.
         let mut failed = None;
         self.shared.edit(&mut |t: &mut Tables| {
-            failed = apply_to_tables(t, config, &plan, now).err();
+            failed = plan.apply_to_tables(t, config, now).err();
         });
         if let Some(e) = failed {
             return Err(format!("tables: {e:#}"));
@@ -65,7 +68,7 @@ impl OverlayControl {
 
         // 3. IKE for the new and renewed peers, new settings for others.
         let ports = |p: &Peer| crate::ike::tunnel_ports(config, &p.networks);
-        peers::ike_add(&plan, &self.ike_commands, ports, false)?;
+        peers::ike_add(&plan, &self.peers.ike_commands, ports, false)?;
         tracing::info!("peers changed: {}", plan.summary());
         Ok(plan)
     }
@@ -83,12 +86,7 @@ impl OverlayControl {
             ));
         }
         let plan = self.set_peers(&new)?;
-        let message = peers::reload_message(&plan, &self.config, &new);
-        tracing::info!("{message}");
-        Ok(Reloaded {
-            config: new,
-            message,
-        })
+        Ok(peers::reloaded(&plan, &self.config, new))
     }
 }
 
@@ -111,44 +109,29 @@ fn network_change(old: &[Network], new: &[Network]) -> Option<String> {
 }
 
 /// Step 2: the plan's changes to the tables.
-fn apply_to_tables(
-    t: &mut Tables,
-    config: &Config,
-    plan: &PeerPlan,
-    now: Instant,
-) -> anyhow::Result<()> {
-    for (slot, _) in plan.remove.iter().chain(&plan.renew) {
-        t.remove_peer(*slot);
+impl PeerTables for Tables {
+    fn remove_slot(&mut self, slot: usize) {
+        self.remove_peer(slot);
     }
-    for (slot, p) in plan.add.iter().chain(&plan.renew) {
-        insert(t, config, *slot, p, now)?;
+
+    fn insert_slot(&mut self, config: &Config, slot: usize, p: &Peer, now: Instant) -> Result<()> {
+        let (entry, inbound) = peer_entry(config, slot, p, now)?;
+        if let Err(other) = self.insert_peer(slot, entry) {
+            anyhow::bail!(
+                "peer {:?}: its underlay {} is peer slot {other}'s",
+                p.name,
+                p.underlay
+            );
+        }
+        if let Some((spi, e)) = inbound {
+            self.inbound.insert(spi, e);
+        }
+        Ok(())
     }
-    for (slot, p) in &plan.reauth {
-        // Only `[peer.ike]` changed: the entry and its SAs stay.
-        if let Some(entry) = t.peers.get_mut(*slot) {
-            entry.spec.name.clone_from(&p.name);
+
+    fn rename_slot(&mut self, slot: usize, name: &str) {
+        if let Some(entry) = self.peers.get_mut(slot) {
+            entry.spec.name = name.to_owned();
         }
     }
-    Ok(())
-}
-
-fn insert(
-    t: &mut Tables,
-    config: &Config,
-    slot: usize,
-    p: &Peer,
-    now: Instant,
-) -> anyhow::Result<()> {
-    let (entry, inbound) = peer_entry(config, slot, p, now)?;
-    if let Err(other) = t.insert_peer(slot, entry) {
-        anyhow::bail!(
-            "peer {:?}: its underlay {} is peer slot {other}'s",
-            p.name,
-            p.underlay
-        );
-    }
-    if let Some((spi, e)) = inbound {
-        t.inbound.insert(spi, e);
-    }
-    Ok(())
 }

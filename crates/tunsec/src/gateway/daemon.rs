@@ -3,8 +3,7 @@
 //! (see the [parent module](super) for the order and why).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::os::unix::net::UnixListener;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +14,9 @@ use anyhow::Context;
 use tunsec_datapath::gateway::GatewayTables;
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tun;
-use tunsec_datapath::packet::EspTransport;
-use tunsec_datapath::stats::PathDrop;
 use tunsec_datapath::worker::gateway::{self as gateway_worker, GatewayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
+use tunsec_esp::Sa;
 
 use super::{
     GatewayMtu, build_tables, guard_peers, install_guard, mtu, nft, selector_text, steering,
@@ -26,15 +24,15 @@ use super::{
 };
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, OnStop, Peer};
 use crate::control::server::ControlTarget;
-use crate::daemon::{bind_control_socket, sa_status};
-use crate::ike::{CertRenewal, IkeCommand, IkeCommands, IkeDriver, IkeStates};
+use crate::daemon::{node_status, peer_sa_status};
+use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates};
 use crate::keys::KeyExport;
-use crate::metrics::MetricsServer;
 use crate::ovs::unixctl::Unixctl;
 use crate::ovs::watch::{self, Reconcile, SharedOvsdbStatus};
-use crate::peers::PeerSlots;
+use crate::peers::{PeerControl, PeerSlots};
+use crate::service::{ControlSocket, PeerSas};
 use crate::status::{
-    GatewayPolicyStatus, GatewayStatus, IkeStatus, NodeStatus, OvsdbStatus, PeerStatus, Status,
+    GatewayPolicyStatus, GatewayStatus, IkeStatus, OvsdbStatus, PeerStatus, Status,
     TunnelDeviceStatus,
 };
 
@@ -70,15 +68,11 @@ pub struct GatewayDaemon {
     /// What the control socket and the housekeeping work on.
     control: GatewayControl,
     workers: Vec<JoinHandle<()>>,
-    listener: UnixListener,
-    socket_path: PathBuf,
+    /// The control socket and the metrics endpoint.
+    socket: ControlSocket,
     // Dropped after the workers stop (`run` joins them first), then the
     // TUN device closes with the last handle.
     entries: Option<Entries>,
-    /// Set by SIGHUP: reload.
-    hangup: Arc<AtomicBool>,
-    /// The metrics endpoint, if `[node] metrics_listen` asks for one.
-    metrics: Option<MetricsServer>,
     /// `ovs-appctl`'s endpoint, if `[ovsdb] unixctl` asks for one.
     unixctl: Option<Unixctl>,
 }
@@ -92,16 +86,11 @@ pub(super) struct GatewayControl {
     pub(super) shared: Arc<GatewayShared>,
     mtu: GatewayMtu,
     started: Instant,
-    ike_states: IkeStates,
-    pub(super) ike_commands: IkeCommands,
     /// The file the configuration came from, for `reload`.
     config_path: Option<PathBuf>,
-    /// Re-authentication before our certificates expire.
-    renewal: CertRenewal,
-    /// The peers now, by slot: changed at run time by `reload`
-    /// (`super::reconfigure`). Held while a change is carried out, so
-    /// changes go one at a time.
-    pub(super) peers: Mutex<PeerSlots>,
+    /// The peers by slot (changed at run time by `reload` and the OVS
+    /// database, see `super::reconfigure`) and the IKE driver's handles.
+    pub(super) peers: PeerControl,
     /// Where the peers come from: the configuration file's (as of the
     /// last reload) and the OVS database's (`[ovsdb]`). Held across a
     /// change, so that a reload and a database update never apply a
@@ -136,13 +125,7 @@ impl GatewayDaemon {
         // What a running daemon holds goes first: the control socket,
         // the ESP socket, the TUN device. Whatever fails there leaves a
         // running daemon's entries alone.
-        let listener = bind_control_socket(&config.node.control_socket)?;
-        // `GET /metrics`, answered from the control socket.
-        let metrics = config
-            .node
-            .metrics_listen
-            .map(|listen| MetricsServer::start(listen, config.node.control_socket.clone()))
-            .transpose()?;
+        let socket = ControlSocket::bind(&config.node)?;
         // `ovs-appctl -t PATH tunnels/show`, answered from the control
         // socket too.
         let unixctl = config
@@ -220,14 +203,8 @@ impl GatewayDaemon {
         .map(|d| d.for_gateway(gw.mode, gw.fwmark))
         .transpose()?;
 
-        let mut workers = Vec::new();
-        if let Some(driver) = ike {
-            workers.push(
-                std::thread::Builder::new()
-                    .name("tunsec-ike".into())
-                    .spawn(move || driver.run())?,
-            );
-        }
+        let mut workers: Vec<JoinHandle<()>> =
+            ike.map(IkeDriver::spawn).transpose()?.into_iter().collect();
         {
             let (s, d, e) = (shared.clone(), dev.clone(), sockets.clone());
             workers.push(
@@ -251,9 +228,8 @@ impl GatewayDaemon {
             kernel_tunnel_mtu = mtu.kernel_tunnel,
             "tunsecd running in gateway mode"
         );
-        let socket_path = config.node.control_socket.clone();
-        let renewal = CertRenewal::new(&config);
         let config_peers = config.peers.clone();
+        let peers = PeerControl::new(&config, slots, ike_states, ike_commands);
         let ovsdb_status = config.ovsdb.as_ref().map(|o| {
             Arc::new(Mutex::new(OvsdbStatus {
                 remote: o.remote.to_string(),
@@ -267,11 +243,8 @@ impl GatewayDaemon {
                 shared,
                 mtu,
                 started: now,
-                ike_states,
-                ike_commands,
                 config_path: None,
-                renewal,
-                peers: Mutex::new(slots),
+                peers,
                 sources: Mutex::new(PeerSources {
                     file: config_peers,
                     db: Vec::new(),
@@ -279,11 +252,8 @@ impl GatewayDaemon {
                 ovsdb: ovsdb_status,
             },
             workers,
-            listener,
-            socket_path,
+            socket,
             entries: Some(entries),
-            hangup: Arc::new(AtomicBool::new(false)),
-            metrics,
             unixctl,
         })
     }
@@ -291,8 +261,7 @@ impl GatewayDaemon {
     /// Names the file the configuration came from: `tunsec reload` and
     /// SIGHUP read it again (its peers; see `super::reconfigure`).
     pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, self.hangup.clone())
-            .context("cannot handle SIGHUP")?;
+        self.socket.reload_on_sighup()?;
         self.control.config_path = Some(path);
         Ok(self)
     }
@@ -311,10 +280,7 @@ impl GatewayDaemon {
                     .context("cannot start the OVSDB thread")?,
             );
         }
-        crate::service::run(self.listener, control, term, &self.hangup)?;
-        tracing::info!("stopping");
-        crate::systemd::stopping();
-        drop(self.metrics.take());
+        let socket_path = self.socket.serve(control, term)?;
         drop(self.unixctl.take());
         // The workers and the IKE driver stop first (the driver deletes
         // its IKE SAs with the peers); whatever is steered into the TUN
@@ -327,7 +293,7 @@ impl GatewayDaemon {
             let _ = w.join();
         }
         drop(self.entries.take());
-        let _ = std::fs::remove_file(&self.socket_path);
+        let _ = std::fs::remove_file(socket_path);
         Ok(())
     }
 }
@@ -373,9 +339,28 @@ impl Reconcile for GatewayControl {
     }
 }
 
+impl PeerSas for GatewayTables {
+    fn local(&self) -> IpAddr {
+        self.local
+    }
+
+    fn peer_sas(&self) -> Vec<(&str, IpAddr, &Mutex<Sa>)> {
+        let outbound = self.peers().flat_map(|(_, p)| {
+            p.outbound
+                .iter()
+                .map(|sa| (p.name.as_str(), p.underlay, &**sa))
+        });
+        let inbound = self.inbound.values().filter_map(|e| {
+            let p = self.peer(e.peer)?;
+            Some((p.name.as_str(), p.underlay, &*e.sa))
+        });
+        outbound.chain(inbound).collect()
+    }
+}
+
 impl ControlTarget for GatewayControl {
     fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
-        crate::peers::ike_command(&self.peers, &self.ike_commands, peer, command)
+        self.peers.ike_command(peer, command)
     }
 
     /// Reads the configuration file again and takes the peers to the
@@ -387,38 +372,12 @@ impl ControlTarget for GatewayControl {
 
     /// SA lifetimes (gateway mode has no FDB), certificate renewal.
     fn housekeeping(&self, now: Instant) {
-        self.renewal.tick(
-            now,
-            &|| self.reload_file(),
-            &|name| self.peers.lock().ok()?.slot_of(name),
-            &self.ike_commands,
-        );
-        let tables = self.shared.tables.load();
-        let outbound = tables
-            .peers()
-            .flat_map(|(_, p)| p.outbound.iter().map(|sa| (p.name.as_str(), &**sa)));
-        let inbound = tables.inbound.values().filter_map(|e| {
-            let p = tables.peer(e.peer)?;
-            Some((p.name.as_str(), &*e.sa))
-        });
-        crate::service::poll_sa_lifetimes(now, outbound.chain(inbound));
+        self.peers.renew_certificates(now, &|| self.reload_file());
+        crate::service::poll_sa_lifetimes(now, &**self.shared.tables.load());
     }
 
-    /// Every SA in the tables (and the rekeyed outbound SAs the IKE
-    /// driver holds), with the IKE SAs: see `ike::export_keys`.
     fn export_keys(&self) -> Result<KeyExport, String> {
-        let tables = self.shared.tables.load();
-        let outbound = tables.peers().flat_map(|(_, p)| {
-            p.outbound
-                .iter()
-                .map(|sa| (p.name.as_str(), p.underlay, &**sa))
-        });
-        let inbound = tables.inbound.values().filter_map(|e| {
-            let p = tables.peer(e.peer)?;
-            Some((p.name.as_str(), p.underlay, &*e.sa))
-        });
-        let esp = crate::keys::esp_rows(tables.local, outbound.chain(inbound));
-        crate::ike::export_keys(&self.ike_commands, esp)
+        self.peers.export_keys(&**self.shared.tables.load())
     }
 
     fn delete_sas(&self, peer: &str) -> bool {
@@ -441,21 +400,11 @@ impl ControlTarget for GatewayControl {
         let stats = &self.shared.stats;
         let slots = tables.peers().last().map_or(0, |(i, _)| i + 1);
         let guard = nft::counters(&self.gw.nft_table, slots).ok();
-        let ike_states = self
-            .ike_states
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let ike_states = self.peers.ike_view();
         let mut peers = Vec::new();
         let mut policies = Vec::new();
         for (i, p) in tables.peers() {
-            let mut sas = Vec::new();
-            for sa in &p.outbound {
-                sas.push(sa_status("out", sa));
-            }
-            for e in tables.inbound.values().filter(|e| e.peer == i) {
-                sas.push(sa_status("in", &e.sa));
-            }
+            let sas = peer_sa_status(i, &p.outbound, tables.inbound.values());
             peers.push(PeerStatus {
                 name: p.name.clone(),
                 underlay: p.underlay.to_string(),
@@ -488,25 +437,7 @@ impl ControlTarget for GatewayControl {
             .map(|name| tunnel_device(name, self.mtu.kernel_tunnel))
             .collect();
         Status {
-            ike_endpoint: ike_states.endpoint.clone(),
-            node: NodeStatus {
-                name: self.config.node.name.clone(),
-                underlay: self.config.node.underlay.to_string(),
-                esp: match tables.esp {
-                    EspTransport::Udp(p) => format!("udp:{p}"),
-                    EspTransport::Raw => "esp".to_owned(),
-                },
-                uptime_secs: self.started.elapsed().as_secs(),
-            },
-            networks: Vec::new(),
             peers,
-            drops: PathDrop::ALL
-                .iter()
-                .map(|&d| (d.name().to_owned(), stats.drops(d)))
-                .collect(),
-            keepalives: stats.keepalives.load(Ordering::Relaxed),
-            ike_on_esp_port: stats.ike_received.load(Ordering::Relaxed),
-            fdb: Vec::new(),
             gateway: Some(GatewayStatus {
                 tun: self.gw.tun.clone(),
                 mode: match self.gw.mode {
@@ -530,6 +461,7 @@ impl ControlTarget for GatewayControl {
                 policies,
                 ovsdb: self.ovsdb_status(&ike_states.peers),
             }),
+            ..node_status(&self.config, tables.esp, self.started, stats, &ike_states)
         }
     }
 }

@@ -151,7 +151,8 @@ pub(crate) fn install_guard(
         GuardScopeKind::All => nft::GuardScope::All,
         GuardScopeKind::Peers => nft::GuardScope::Peers,
     };
-    nft::install(&gw.nft_table, &gw.tun, gw.fwmark, peers, scope, carry)
+    let ruleset = nft::ruleset(&gw.nft_table, &gw.tun, gw.fwmark, peers, scope, carry);
+    nft::install(&gw.nft_table, &ruleset)
 }
 
 /// The steering that `peers` need.

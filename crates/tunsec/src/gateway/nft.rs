@@ -113,18 +113,7 @@ pub fn ruleset(
         "    type filter hook input priority filter - 10; policy accept;"
     );
     let _ = writeln!(s, "    iifname \"{tun}\" accept");
-    for p in peers {
-        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
-        for sel in &p.selectors {
-            for m in matches(sel) {
-                let _ = writeln!(
-                    s,
-                    "    {family} saddr {} {m} counter name \"peer{}\" drop",
-                    p.underlay, p.slot
-                );
-            }
-        }
-    }
+    write_peer_drops(&mut s, peers, "saddr", |p| format!("peer{}", p.slot));
     if scope == GuardScope::All {
         // After the peers' rules: anyone else, on any peer's ports.
         let mut seen = Vec::new();
@@ -146,21 +135,34 @@ pub fn ruleset(
     );
     let _ = writeln!(s, "    oifname \"{tun}\" accept");
     let _ = writeln!(s, "    meta mark {fwmark:#x} accept");
+    write_peer_drops(&mut s, peers, "daddr", |_| CLEAR_OUT.to_owned());
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// A drop rule for each peer's selectors, with the peer's underlay
+/// address as the packet's `saddr` or `daddr` (`address`), counted in the
+/// counter that `counter` names.
+fn write_peer_drops(
+    s: &mut String,
+    peers: &[GuardPeer],
+    address: &str,
+    counter: impl Fn(&GuardPeer) -> String,
+) {
     for p in peers {
         let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
         for sel in &p.selectors {
             for m in matches(sel) {
                 let _ = writeln!(
                     s,
-                    "    {family} daddr {} {m} counter name \"{CLEAR_OUT}\" drop",
-                    p.underlay
+                    "    {family} {address} {} {m} counter name \"{}\" drop",
+                    p.underlay,
+                    counter(p)
                 );
             }
         }
     }
-    let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "}}");
-    s
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
@@ -191,20 +193,11 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Installs (or replaces) the guard; its counters start from `carry`.
-pub fn install(
-    table: &str,
-    tun: &str,
-    fwmark: u32,
-    peers: &[GuardPeer],
-    scope: GuardScope,
-    carry: &Counters,
-) -> anyhow::Result<()> {
-    nft(
-        &["-f", "-"],
-        Some(&ruleset(table, tun, fwmark, peers, scope, carry)),
-    )
-    .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
+/// Installs (or replaces) the guard of `table`, as its [`ruleset`]
+/// (which replaces a table of that name atomically).
+pub fn install(table: &str, ruleset: &str) -> anyhow::Result<()> {
+    nft(&["-f", "-"], Some(ruleset))
+        .with_context(|| format!("gateway.nft_table: cannot install table inet {table}"))?;
     Ok(())
 }
 

@@ -25,11 +25,13 @@
 
 use std::time::Instant;
 
+use anyhow::Result;
+
 use super::daemon::{GatewayControl, PeerSources};
 use super::{guard_peers, insert_peer, install_guard, nft, steering, steering_of};
 use crate::config::{Config, Peer};
 use crate::ike::Reloaded;
-use crate::peers::{self, PeerPlan};
+use crate::peers::{self, PeerPlan, PeerTables};
 use tunsec_datapath::gateway::GatewayTables;
 
 impl GatewayControl {
@@ -41,6 +43,7 @@ impl GatewayControl {
     pub(crate) fn set_peers(&self, wanted: &[Peer], reauth_now: bool) -> Result<PeerPlan, String> {
         let mut slots = self
             .peers
+            .slots
             .lock()
             .map_err(|_| "the peer table is poisoned".to_owned())?;
         let plan = slots.plan(wanted);
@@ -59,12 +62,12 @@ impl GatewayControl {
         install_guard(gw, &both, &carry()).map_err(|e| format!("guard: {e:#}"))?;
 
         // 2. The IKE SAs of peers that go or change.
-        peers::ike_remove(&slots, &plan, &self.ike_commands)?;
+        peers::ike_remove(&slots, &plan, &self.peers.ike_commands)?;
 
         // 3. The tables.
         let mut failed = None;
         self.shared.edit(&mut |t: &mut GatewayTables| {
-            failed = apply_to_tables(t, &self.config, &plan, started).err();
+            failed = plan.apply_to_tables(t, &self.config, started).err();
         });
         if let Some(e) = failed {
             return Err(format!("tables: {e:#}"));
@@ -77,7 +80,7 @@ impl GatewayControl {
 
         // 5. IKE for the new and renewed peers (the Child SAs' selectors
         // are the peers' own, not tunnel ports), new settings for others.
-        peers::ike_add(&plan, &self.ike_commands, |_| Vec::new(), reauth_now)?;
+        peers::ike_add(&plan, &self.peers.ike_commands, |_| Vec::new(), reauth_now)?;
 
         // 6. The guard: the new set only.
         install_guard(gw, &guard_peers(slots.iter()), &carry())
@@ -108,12 +111,7 @@ impl GatewayControl {
             sources.file.clone_from(&new.peers);
             self.set_peers(&sources.combined(), false)?
         };
-        let message = peers::reload_message(&plan, &self.config, &new);
-        tracing::info!("{message}");
-        Ok(Reloaded {
-            config: new,
-            message,
-        })
+        Ok(peers::reloaded(&plan, &self.config, new))
     }
 }
 
@@ -146,23 +144,18 @@ fn by_slot(list: &[(usize, Peer)]) -> impl Iterator<Item = (usize, &Peer)> {
 }
 
 /// Step 3: the plan's changes to the tables.
-fn apply_to_tables(
-    t: &mut GatewayTables,
-    config: &Config,
-    plan: &PeerPlan,
-    now: Instant,
-) -> anyhow::Result<()> {
-    for (slot, _) in plan.remove.iter().chain(&plan.renew) {
-        t.remove_peer(*slot);
+impl PeerTables for GatewayTables {
+    fn remove_slot(&mut self, slot: usize) {
+        self.remove_peer(slot);
     }
-    for (slot, p) in plan.add.iter().chain(&plan.renew) {
-        insert_peer(t, config, *slot, p, now)?;
+
+    fn insert_slot(&mut self, config: &Config, slot: usize, p: &Peer, now: Instant) -> Result<()> {
+        insert_peer(self, config, slot, p, now)
     }
-    for (slot, p) in &plan.reauth {
-        // Only `[peer.ike]` changed: the entry and its SAs stay.
-        if let Some(entry) = t.peer_mut(*slot) {
-            entry.name.clone_from(&p.name);
+
+    fn rename_slot(&mut self, slot: usize, name: &str) {
+        if let Some(entry) = self.peer_mut(slot) {
+            entry.name = name.to_owned();
         }
     }
-    Ok(())
 }

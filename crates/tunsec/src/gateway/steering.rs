@@ -110,18 +110,12 @@ pub fn adopt(s: &Steering) -> anyhow::Result<Adopted> {
                 .priority(UNREACHABLE_METRIC)
                 .build(),
         };
-        handle
-            .route()
-            .add(unreachable)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| {
-                format!(
-                    "gateway.table: cannot add the unreachable default route to table {}",
-                    s.table
-                )
-            })?;
+        replace_route(&handle, unreachable).await.with_context(|| {
+            format!(
+                "gateway.table: cannot add the unreachable default route to table {}",
+                s.table
+            )
+        })?;
         let route = match s.local {
             IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                 .table_id(s.table)
@@ -134,18 +128,12 @@ pub fn adopt(s: &Steering) -> anyhow::Result<Adopted> {
                 .pref_source(a)
                 .build(),
         };
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| {
-                format!(
-                    "gateway.table: cannot add the default route via {} to table {}",
-                    s.tun, s.table
-                )
-            })?;
+        replace_route(&handle, route).await.with_context(|| {
+            format!(
+                "gateway.table: cannot add the default route via {} to table {}",
+                s.tun, s.table
+            )
+        })?;
 
         let mut missing = wanted_rules(s);
         let mut stale = Vec::new();
@@ -171,10 +159,7 @@ pub fn adopt(s: &Steering) -> anyhow::Result<Adopted> {
             adopted.added += 1;
         }
         for m in stale {
-            handle
-                .rule()
-                .del(m)
-                .execute()
+            delete_rule(&handle, m)
                 .await
                 .context("cannot delete a stale routing rule")?;
             adopted.removed += 1;
@@ -212,23 +197,33 @@ struct RuleKey {
 }
 
 impl RuleKey {
-    /// The key of a rule the kernel listed; `None` for a rule whose
-    /// action is not a table lookup (never one of ours).
-    fn of(m: &RuleMessage) -> Option<Self> {
-        if m.header.action != RuleAction::ToTable {
-            return None;
-        }
-        let mut key = Self {
-            v4: m.header.family == rtnetlink::packet_route::AddressFamily::Inet,
-            priority: 0,
-            table: u32::from(m.header.table),
+    /// A rule at `priority` that looks up `table` for every packet (of
+    /// IPv4 if `v4`, else of IPv6).
+    fn lookup(v4: bool, priority: u32, table: u32) -> Self {
+        Self {
+            v4,
+            priority,
+            table,
             fwmark: None,
             iif: None,
             dst: None,
             protocol: None,
             sport: None,
             dport: None,
-        };
+        }
+    }
+
+    /// The key of a rule the kernel listed; `None` for a rule whose
+    /// action is not a table lookup (never one of ours).
+    fn of(m: &RuleMessage) -> Option<Self> {
+        if m.header.action != RuleAction::ToTable {
+            return None;
+        }
+        let mut key = Self::lookup(
+            m.header.family == rtnetlink::packet_route::AddressFamily::Inet,
+            0,
+            u32::from(m.header.table),
+        );
         let mut mark = None;
         let mut mask = u32::MAX;
         for a in &m.attributes {
@@ -319,32 +314,32 @@ impl std::fmt::Display for RuleKey {
     }
 }
 
+/// Adds `route`, or replaces the route it would collide with.
+async fn replace_route(handle: &Handle, route: RouteMessage) -> Result<(), rtnetlink::Error> {
+    handle.route().add(route).replace().execute().await
+}
+
+/// Deletes the routing rule `rule`.
+async fn delete_rule(handle: &Handle, rule: RuleMessage) -> Result<(), rtnetlink::Error> {
+    handle.rule().del(rule).execute().await
+}
+
 /// The rules `s` wants, the bypass rule first: tunsecd's own marked
 /// packets look up the main table; each steering rule sends a peer's
 /// selector traffic that this host sends (`iif lo`) to the table.
 fn wanted_rules(s: &Steering) -> Vec<RuleKey> {
     let v4 = s.local.is_ipv4();
     let bypass = RuleKey {
-        v4,
-        priority: s.priority,
-        table: u32::from(RouteHeader::RT_TABLE_MAIN),
         fwmark: Some((s.fwmark, u32::MAX)),
-        iif: None,
-        dst: None,
-        protocol: None,
-        sport: None,
-        dport: None,
+        ..RuleKey::lookup(v4, s.priority, u32::from(RouteHeader::RT_TABLE_MAIN))
     };
     let steer = s.rules.iter().map(|r| RuleKey {
-        v4,
-        priority: s.priority + 1,
-        table: s.table,
-        fwmark: None,
         iif: Some("lo".to_owned()),
         dst: Some((r.peer, host_len(r.peer))),
         protocol: Some(r.protocol),
         sport: r.ports.filter(|_| r.by_source),
         dport: r.ports.filter(|_| !r.by_source),
+        ..RuleKey::lookup(v4, s.priority + 1, s.table)
     });
     std::iter::once(bypass).chain(steer).collect()
 }
@@ -481,10 +476,7 @@ pub fn remove_all(table: u32, priority: u32) -> anyhow::Result<Removed> {
         let mut removed = Removed::default();
         for v in [IpVersion::V4, IpVersion::V6] {
             for r in our_rules(&handle, v.clone(), table, priority).await? {
-                handle
-                    .rule()
-                    .del(r)
-                    .execute()
+                delete_rule(&handle, r)
                     .await
                     .context("cannot delete a routing rule")?;
                 removed.rules += 1;

@@ -157,6 +157,13 @@ impl IkeDriver {
         c
     }
 
+    /// Runs the driver on a thread of its own, `tunsec-ike` ([`Self::run`]).
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("tunsec-ike".into())
+            .spawn(move || self.run())
+    }
+
     /// Runs until `shared.stop` is set, then deletes every IKE SA.
     pub fn run(mut self) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);

@@ -52,18 +52,15 @@ fn main() -> ExitCode {
         TunsecCommand::Keys {
             command: KeysCommand::Export { wireshark, .. },
         } => {
-            return match export_keys(
-                &socket,
-                &wireshark,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            ) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunsec keys export: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return outcome(
+                "tunsec keys export",
+                export_keys(
+                    &socket,
+                    &wireshark,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ),
+            );
         }
         TunsecCommand::Sa {
             command: SaCommand::Delete { peer, .. },
@@ -74,62 +71,35 @@ fn main() -> ExitCode {
         TunsecCommand::Reauth { peer, .. } => Request::Reauth { peer },
         TunsecCommand::Reload { .. } => Request::Reload,
         TunsecCommand::Demo(demo) => {
-            return match demo::run(&demo) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunsec demo: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return outcome("tunsec demo", demo::run(&demo));
         }
         TunsecCommand::Pki(pki) => {
-            return match tunsec::pki::run(&pki, &mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunsec pki: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return outcome("tunsec pki", tunsec::pki::run(&pki, &mut std::io::stdout()));
         }
         TunsecCommand::Gateway {
             command: GatewayCommand::Release { config },
         } => {
             let released = tunsec::config::Config::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
-                .and_then(|c| tunsec::gateway::release(&c));
-            return match released {
-                Ok(r) => {
+                .and_then(|c| tunsec::gateway::release(&c))
+                .map(|r| {
                     println!(
                         "released: {} rules, {} routes, guard {}",
                         r.rules,
                         r.routes,
                         if r.guard { "removed" } else { "absent" }
                     );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tunsec gateway release: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+                });
+            return outcome("tunsec gateway release", released);
         }
         TunsecCommand::Generate { what } => {
-            return match tunsec::cli::generate(&what, &mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunsec generate: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return outcome(
+                "tunsec generate",
+                tunsec::cli::generate(&what, &mut std::io::stdout()),
+            );
         }
         TunsecCommand::Bench(bench) => {
-            return match bench::run(&bench) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tunsec bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
+            return outcome("tunsec bench", bench::run(&bench));
         }
     };
     match control::call(&socket, &request) {
@@ -185,4 +155,16 @@ fn export_keys(
         writeln!(err, "left out: {note}")?;
     }
     Ok(())
+}
+
+/// The exit code of a command that prints its own output: on an error,
+/// `WHAT: ERROR` (with its causes) on stderr.
+fn outcome(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
