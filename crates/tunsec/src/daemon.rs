@@ -173,8 +173,10 @@ struct OverlayControl {
 
 impl Daemon {
     /// Brings everything up. Nothing is left behind on failure: TAP
-    /// devices and sockets close with their handles.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
+    /// devices and sockets close with their handles. With `config_path`,
+    /// the file the configuration came from, `tunsec reload` and SIGHUP
+    /// read it again.
+    pub fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
         let now = Instant::now();
         let (tables, mtus) = build_tables(&config, now)?;
         let shared = Arc::new(OverlayShared::new(tables, now, DEFAULT_AGEING));
@@ -286,26 +288,21 @@ impl Daemon {
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
         let peers = PeerSlots::new(&config.peers);
         let peers = PeerControl::new(&config, peers, ike_states, ike_commands);
+        if config_path.is_some() {
+            socket.reload_on_sighup()?;
+        }
         Ok(Self {
             control: OverlayControl {
                 config,
                 shared,
                 mtus,
                 started: now,
-                config_path: None,
+                config_path,
                 peers,
             },
             workers,
             socket,
         })
-    }
-
-    /// Names the file the configuration came from: `tunsec reload` and
-    /// SIGHUP read it again.
-    pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
-        self.socket.reload_on_sighup()?;
-        self.control.config_path = Some(path);
-        Ok(self)
     }
 
     /// Serves the control socket and housekeeping until `term` is set,

@@ -531,12 +531,6 @@ impl Status {
                 let _ = writeln!(s, "    no SA");
             }
             for sa in &p.sas {
-                let drops: Vec<String> = sa
-                    .drops
-                    .iter()
-                    .filter(|(_, v)| **v > 0)
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
                 let _ = writeln!(
                     s,
                     "    {:<3} spi {} {} {} esn={} {} age {}s packets {} bytes {} last_seq {} drops: {}",
@@ -550,32 +544,14 @@ impl Status {
                     sa.packets,
                     sa.bytes,
                     sa.last_seq,
-                    if drops.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        drops.join(" ")
-                    }
+                    drops_text(&sa.drops)
                 );
                 if let Some(ts) = &sa.selectors {
                     let _ = writeln!(s, "        selectors {ts}");
                 }
             }
         }
-        let drops: Vec<String> = self
-            .drops
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "\ndata path drops: {}",
-            if drops.is_empty() {
-                "none".to_owned()
-            } else {
-                drops.join(" ")
-            }
-        );
+        let _ = writeln!(s, "\ndata path drops: {}", drops_text(&self.drops));
         if let Some(g) = &self.gateway {
             g.render(&mut s);
         }
@@ -591,6 +567,21 @@ impl Status {
             );
         }
         s
+    }
+}
+
+/// Drop counters in the text status: `reason=count` for each that is
+/// not zero, or `none`.
+fn drops_text(drops: &BTreeMap<String, u64>) -> String {
+    let counted: Vec<String> = drops
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if counted.is_empty() {
+        "none".to_owned()
+    } else {
+        counted.join(" ")
     }
 }
 

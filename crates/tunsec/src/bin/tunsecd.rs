@@ -51,34 +51,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let config_path = Some(args.config.clone());
     if config.gateway.is_some() {
-        let daemon = match GatewayDaemon::start(config)
-            .and_then(|d| d.with_config_path(args.config.clone()))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("tunsecd: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
-        tunsec::systemd::ready();
-        return match daemon.run(&term) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tunsecd: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return serve(GatewayDaemon::start(config, config_path), |d| d.run(&term));
     }
-    let daemon = match Daemon::start(config).and_then(|d| d.with_config_path(args.config.clone())) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("tunsecd: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tunsec::systemd::ready();
-    match daemon.run(&term) {
+    serve(Daemon::start(config, config_path), |d| d.run(&term))
+}
+
+/// Runs a daemon that `started` (overlay or gateway mode) once it has
+/// told systemd it is ready; an error on stderr.
+fn serve<D>(started: anyhow::Result<D>, run: impl FnOnce(D) -> anyhow::Result<()>) -> ExitCode {
+    let result = started.and_then(|daemon| {
+        tunsec::systemd::ready();
+        run(daemon)
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tunsecd: {e:#}");

@@ -111,8 +111,10 @@ pub(super) struct PeerSources {
 
 impl GatewayDaemon {
     /// Brings gateway mode up (see the module documentation for the
-    /// order). `config.gateway` must be set.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
+    /// order). `config.gateway` must be set. With `config_path`, the
+    /// file the configuration came from, `tunsec reload` and SIGHUP read
+    /// it again (its peers; see `super::reconfigure`).
+    pub fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
         let gw = config
             .gateway
             .clone()
@@ -230,6 +232,9 @@ impl GatewayDaemon {
         );
         let config_peers = config.peers.clone();
         let peers = PeerControl::new(&config, slots, ike_states, ike_commands);
+        if config_path.is_some() {
+            socket.reload_on_sighup()?;
+        }
         let ovsdb_status = config.ovsdb.as_ref().map(|o| {
             Arc::new(Mutex::new(OvsdbStatus {
                 remote: o.remote.to_string(),
@@ -243,7 +248,7 @@ impl GatewayDaemon {
                 shared,
                 mtu,
                 started: now,
-                config_path: None,
+                config_path,
                 peers,
                 sources: Mutex::new(PeerSources {
                     file: config_peers,
@@ -256,14 +261,6 @@ impl GatewayDaemon {
             entries: Some(entries),
             unixctl,
         })
-    }
-
-    /// Names the file the configuration came from: `tunsec reload` and
-    /// SIGHUP read it again (its peers; see `super::reconfigure`).
-    pub fn with_config_path(mut self, path: PathBuf) -> anyhow::Result<Self> {
-        self.socket.reload_on_sighup()?;
-        self.control.config_path = Some(path);
-        Ok(self)
     }
 
     /// Serves the control socket until `term` is set, then stops the

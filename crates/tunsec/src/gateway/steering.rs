@@ -344,6 +344,15 @@ fn wanted_rules(s: &Steering) -> Vec<RuleKey> {
     std::iter::once(bypass).chain(steer).collect()
 }
 
+/// Every message of a netlink dump; an error says what was being listed
+/// (`context`).
+async fn dump<T>(
+    messages: impl futures_util::TryStream<Ok = T, Error = rtnetlink::Error>,
+    context: &'static str,
+) -> anyhow::Result<Vec<T>> {
+    messages.try_collect().await.context(context)
+}
+
 /// The rules of one family that are ours (see [`is_ours`]).
 async fn our_rules(
     handle: &Handle,
@@ -351,14 +360,9 @@ async fn our_rules(
     table: u32,
     priority: u32,
 ) -> anyhow::Result<Vec<RuleMessage>> {
-    let rules: Vec<RuleMessage> = handle
-        .rule()
-        .get(v)
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list the routing rules")?;
-    Ok(rules
+    let rules = handle.rule().get(v).execute();
+    Ok(dump(rules, "cannot list the routing rules")
+        .await?
         .into_iter()
         .filter(|r| is_ours(r, table, priority))
         .collect())
@@ -370,19 +374,14 @@ async fn routes_in_table(
     v: IpVersion,
     table: u32,
 ) -> anyhow::Result<Vec<RouteMessage>> {
-    let mut dump = match v {
+    let mut request = match v {
         IpVersion::V4 => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
         IpVersion::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
     };
-    dump.header.table = RouteHeader::RT_TABLE_UNSPEC;
-    let routes: Vec<RouteMessage> = handle
-        .route()
-        .get(dump)
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list the routes")?;
-    Ok(routes
+    request.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    let routes = handle.route().get(request).execute();
+    Ok(dump(routes, "cannot list the routes")
+        .await?
         .into_iter()
         .filter(|r| route_table(r) == table)
         .collect())

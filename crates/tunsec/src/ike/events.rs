@@ -7,7 +7,15 @@ use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint};
 use std::time::Instant;
 
 use tunsec_datapath::io::socket::Batch;
-use tunsec_ike::sa::Event;
+use tunsec_ike::sa::{ChildSaParams, Event};
+
+/// The log messages of a Child SA pair installed, or not.
+const CHILD_INSTALLED: (&str, &str) = ("Child SA installed", "Child SA not installed");
+/// The log messages of a rekeyed Child SA pair installed, or not.
+const REKEYED_CHILD_INSTALLED: (&str, &str) = (
+    "Child SA installed (rekey)",
+    "rekeyed Child SA not installed",
+);
 
 impl IkeDriver {
     /// Sends every pending datagram and handles every pending event.
@@ -310,31 +318,17 @@ impl IkeDriver {
                     self.peers[i].pending_outbound.clear();
                     self.peers[i].expiring_inbound.clear();
                 }
-                match self.install(index, &inbound, &outbound, fresh) {
-                    Ok(()) => {
-                        self.peers[i].child_sas += 1;
-                        log_child(
-                            &name,
-                            self.peers[i].addr.ip(),
-                            "Child SA installed",
-                            &inbound,
-                            &outbound,
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(peer = %name, "Child SA not installed: {e:#}");
-                        self.peers[i].last_error = Some(format!("Child SA not installed: {e:#}"));
-                    }
-                }
+                let result = self.install(index, &inbound, &outbound, fresh);
+                self.child_installed(i, result, CHILD_INSTALLED, &inbound, &outbound);
             }
             Event::ChildSaRekeyed {
                 old_inbound_spi,
                 old_outbound_spi,
                 inbound,
                 outbound,
-            } => match self.install_rekeyed(i, old_outbound_spi, &inbound, &outbound) {
-                Ok(()) => {
-                    self.peers[i].child_sas += 1;
+            } => {
+                let result = self.install_rekeyed(i, old_outbound_spi, &inbound, &outbound);
+                if result.is_ok() {
                     tracing::info!(
                         peer = %name,
                         old_spi_in = format_args!("{old_inbound_spi:#010x}"),
@@ -343,20 +337,9 @@ impl IkeDriver {
                         spi_out = format_args!("{:#010x}", outbound.spi),
                         "Child SA rekeyed"
                     );
-                    log_child(
-                        &name,
-                        self.peers[i].addr.ip(),
-                        "Child SA installed (rekey)",
-                        &inbound,
-                        &outbound,
-                    );
                 }
-                Err(e) => {
-                    tracing::warn!(peer = %name, "rekeyed Child SA not installed: {e:#}");
-                    self.peers[i].last_error =
-                        Some(format!("rekeyed Child SA not installed: {e:#}"));
-                }
-            },
+                self.child_installed(i, result, REKEYED_CHILD_INSTALLED, &inbound, &outbound);
+            }
             Event::ChildSaDown {
                 inbound_spi,
                 outbound_spi,
@@ -367,10 +350,7 @@ impl IkeDriver {
                     spi_out = format_args!("{outbound_spi:#010x}"),
                     "Child SA deleted"
                 );
-                let rekeyed = self.peers[i]
-                    .pending_outbound
-                    .iter()
-                    .position(|o| o.old_spi == outbound_spi);
+                let rekeyed = self.peers[i].switch_from(outbound_spi);
                 if let Some(k) = rekeyed {
                     // The old pair of a rekey: both sides have the new one
                     // now. Switch outbound, and let the old inbound SA take
@@ -426,6 +406,31 @@ impl IkeDriver {
                 self.remove_all(i, index, &name);
             }
             other => tracing::debug!(peer = %name, ?other, "IKE event"),
+        }
+    }
+
+    /// After a Child SA pair's installation: counted, and logged as
+    /// `messages.0` ([`log_child`]); or its error logged and kept as the
+    /// peer's last, after `messages.1`.
+    fn child_installed(
+        &mut self,
+        i: usize,
+        result: anyhow::Result<()>,
+        messages: (&str, &str),
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+    ) {
+        let (installed, not_installed) = messages;
+        let p = &mut self.peers[i];
+        match result {
+            Ok(()) => {
+                p.child_sas += 1;
+                log_child(&p.name, p.addr.ip(), installed, inbound, outbound);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %p.name, "{not_installed}: {e:#}");
+                p.last_error = Some(format!("{not_installed}: {e:#}"));
+            }
         }
     }
 }

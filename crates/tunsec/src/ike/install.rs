@@ -79,10 +79,7 @@ impl IkeDriver {
         self.publish_inbound(index, inbound.spi, sa_in);
         // A pending switch of an earlier rekey of this Child SA (whose new
         // SA is now the old one) happens now.
-        let earlier = self.peers[i]
-            .pending_outbound
-            .iter()
-            .position(|o| o.spi == old_outbound_spi);
+        let earlier = self.peers[i].switch_to(old_outbound_spi);
         if let Some(k) = earlier {
             self.switch_outbound(i, k);
         }

@@ -122,6 +122,20 @@ pub(super) struct PendingOutbound {
 }
 
 impl PeerIke {
+    /// Which pending switch (in `pending_outbound`) leaves the outbound
+    /// SA `old_spi`.
+    pub(super) fn switch_from(&self, old_spi: u32) -> Option<usize> {
+        self.pending_outbound
+            .iter()
+            .position(|o| o.old_spi == old_spi)
+    }
+
+    /// Which pending switch (in `pending_outbound`) goes to the outbound
+    /// SA `spi`.
+    pub(super) fn switch_to(&self, spi: u32) -> Option<usize> {
+        self.pending_outbound.iter().position(|o| o.spi == spi)
+    }
+
     /// The bookkeeping of `peer` in slot `index`, if it uses IKE. Who
     /// initiates: the lower underlay address at once; the other after
     /// `START_GRACE` if the peer stays silent (it may hold an IKE SA from

@@ -156,11 +156,7 @@ impl IkeDriver {
             return false;
         }
         if ours {
-            if let Some(k) = self.peers[i]
-                .pending_outbound
-                .iter()
-                .position(|o| o.old_spi == old_spi)
-            {
+            if let Some(k) = self.peers[i].switch_from(old_spi) {
                 self.switch_outbound(i, k);
             }
         }
