@@ -34,15 +34,13 @@
 //! Needs root and iproute2. Everything shares this machine's cores: the
 //! flooder, both tunsecd and the status polls (every 5 ms).
 
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 use tunsec::control::{self, Request, Response};
-use tunsec::status::Status;
 use tunsec_ike::message::Identity;
 use tunsec_ike::sa::{Config, IkeSa, SystemRandom};
 use tunsec_lab::Lab;
@@ -91,6 +89,9 @@ impl Kind {
     }
 }
 
+mod support;
+use support::*;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--flood") {
@@ -133,17 +134,7 @@ struct Row {
 
 fn measure(rounds: usize, rates: &[u64]) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("no target directory")?
-        .to_path_buf();
-    let tunsecd = bin.join("tunsecd");
-    ensure!(
-        tunsecd.exists(),
-        "{} is missing: cargo build --release -p tunsec --bins --examples",
-        tunsecd.display()
-    );
+    let tunsecd = tunsecd()?;
     let mut lab = Lab::new("tsfloodrate")?;
     let ul = lab.add_underlay()?;
     let mut sockets = Vec::new();
@@ -165,7 +156,7 @@ fn measure(rounds: usize, rates: &[u64]) -> anyhow::Result<()> {
         )?;
         namespaces.push(ns.clone());
         if n < 3 {
-            let config = write_config(&lab, n)?;
+            let config = write_pair_config(&lab, n, "a flood rate measurement key")?;
             lab.spawn(
                 &name,
                 &ns,
@@ -435,58 +426,4 @@ fn rcvbuf_errors(lab: &Lab, ns: &str) -> anyhow::Result<u64> {
         .find(|(n, _)| *n == "RcvbufErrors")
         .and_then(|(_, v)| v.parse().ok())
         .context("no RcvbufErrors")
-}
-
-/// Whether host `sock` holds an established IKE SA with `peer` and both
-/// SAs of its Child SA.
-fn established(sock: &Path, peer: &str) -> bool {
-    let Ok(Response::Status(s)) = control::call(sock, &Request::Status) else {
-        return false;
-    };
-    peer_up(&s, peer)
-}
-
-fn peer_up(s: &Status, peer: &str) -> bool {
-    s.peers.iter().any(|p| {
-        p.name == peer
-            && p.ike
-                .as_ref()
-                .is_some_and(|i| i.state == "established" && i.child_sas >= 1)
-            && p.sas.iter().any(|sa| sa.direction == "in")
-            && p.sas.iter().any(|sa| sa.direction == "out")
-    })
-}
-
-fn call(sock: &Path, request: Request) -> anyhow::Result<()> {
-    match control::call(sock, &request)? {
-        Response::Error { message } => bail!("{request:?}: {message}"),
-        _ => Ok(()),
-    }
-}
-
-/// Host `n`'s config: one VXLAN network, the other host as an IKE peer
-/// with a PSK.
-fn write_config(lab: &Lab, n: u8) -> anyhow::Result<PathBuf> {
-    let peer = 3 - n;
-    let psk = lab.dir.path().join(format!("h{n}.psk"));
-    tunsec::config::write_secret(&psk, "a flood rate measurement key\n")?;
-    let mut c = String::new();
-    writeln!(
-        c,
-        "[node]\nname = \"h{n}\"\nunderlay = \"192.0.2.{n}\"\ncontrol_socket = \"{}\"\n",
-        lab.dir.path().join(format!("h{n}.sock")).display()
-    )?;
-    writeln!(
-        c,
-        "[[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n"
-    )?;
-    writeln!(
-        c,
-        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\"]\n\
-         policy = \"require\"\n\n[peer.ike]\npsk_file = \"{}\"\n",
-        psk.display()
-    )?;
-    let path = lab.dir.path().join(format!("h{n}.toml"));
-    std::fs::write(&path, c)?;
-    Ok(path)
 }

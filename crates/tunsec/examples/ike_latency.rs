@@ -14,14 +14,14 @@
 //! Needs root and iproute2. The status is polled every 2 ms, so each
 //! figure is late by up to that much plus one status call.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use tunsec::control::{self, Request, Response};
-use tunsec::status::Status;
+use tunsec::control::Request;
 use tunsec_lab::Lab;
+
+mod support;
+use support::*;
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
@@ -30,17 +30,7 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("ROUNDS: a whole number")?
         .unwrap_or(20);
-    let bin = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .context("no target directory")?
-        .to_path_buf();
-    let tunsecd = bin.join("tunsecd");
-    ensure!(
-        tunsecd.exists(),
-        "{} is missing: cargo build --release -p tunsec --bins --examples",
-        tunsecd.display()
-    );
+    let tunsecd = tunsecd()?;
     let mut lab = Lab::new("tsikelat")?;
     let ul = lab.add_ns("ul")?;
     lab.exec(&ul, "ip", &["link", "add", "br0", "type", "bridge"])?;
@@ -56,7 +46,7 @@ fn main() -> anyhow::Result<()> {
             "ip",
             &["addr", "add", &format!("192.0.2.{n}/24"), "dev", "eth0"],
         )?;
-        let config = write_config(&lab, n)?;
+        let config = write_pair_config(&lab, n, "a latency measurement key")?;
         lab.spawn(
             &format!("h{n}"),
             &h,
@@ -104,57 +94,4 @@ fn main() -> anyhow::Result<()> {
         ms(took[took.len() - 1])
     );
     Ok(())
-}
-
-/// Whether host `sock` holds an established IKE SA with `peer` and both
-/// SAs of its Child SA.
-fn established(sock: &Path, peer: &str) -> bool {
-    let Ok(Response::Status(s)) = control::call(sock, &Request::Status) else {
-        return false;
-    };
-    peer_up(&s, peer)
-}
-
-fn peer_up(s: &Status, peer: &str) -> bool {
-    s.peers.iter().any(|p| {
-        p.name == peer
-            && p.ike
-                .as_ref()
-                .is_some_and(|i| i.state == "established" && i.child_sas >= 1)
-            && p.sas.iter().any(|sa| sa.direction == "in")
-            && p.sas.iter().any(|sa| sa.direction == "out")
-    })
-}
-
-fn call(sock: &Path, request: Request) -> anyhow::Result<()> {
-    match control::call(sock, &request)? {
-        Response::Error { message } => anyhow::bail!("{request:?}: {message}"),
-        _ => Ok(()),
-    }
-}
-
-/// Host `n`'s config: one VXLAN network, one IKE peer with a PSK.
-fn write_config(lab: &Lab, n: u8) -> anyhow::Result<PathBuf> {
-    let peer = 3 - n;
-    let psk = lab.dir.path().join(format!("h{n}.psk"));
-    tunsec::config::write_secret(&psk, "a latency measurement key\n")?;
-    let mut c = String::new();
-    writeln!(
-        c,
-        "[node]\nname = \"h{n}\"\nunderlay = \"192.0.2.{n}\"\ncontrol_socket = \"{}\"\n",
-        lab.dir.path().join(format!("h{n}.sock")).display()
-    )?;
-    writeln!(
-        c,
-        "[[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\n"
-    )?;
-    writeln!(
-        c,
-        "[[peer]]\nname = \"h{peer}\"\nunderlay = \"192.0.2.{peer}\"\nnetworks = [\"blue\"]\n\
-         policy = \"require\"\n\n[peer.ike]\npsk_file = \"{}\"\n",
-        psk.display()
-    )?;
-    let path = lab.dir.path().join(format!("h{n}.toml"));
-    std::fs::write(&path, c)?;
-    Ok(path)
 }

@@ -29,6 +29,8 @@ use tunsec_lab::{Lab, run};
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
@@ -39,17 +41,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         sizes
     };
-    let bin = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .context("no target directory")?
-        .to_path_buf();
-    let tunsecd = bin.join("tunsecd");
-    ensure!(
-        tunsecd.exists(),
-        "{} is missing: cargo build --release -p tunsec --bins --examples",
-        tunsecd.display()
-    );
+    let tunsecd = support::tunsecd()?;
     println!(
         "| tunnels in one commit | configured after | tunsecd RSS before | after | per peer |"
     );
