@@ -374,8 +374,10 @@ impl SkCipher {
     }
 
     /// One SKF message: fragment `number` of `total`, holding `piece` of
-    /// the plaintext, whose SKF Next Payload field is `next`.
-    pub(crate) fn seal_fragment(
+    /// the plaintext, whose SKF Next Payload field is `next`. Nothing
+    /// checks that `number` and `total` make sense: [`Self::seal_fragments`]
+    /// is the way to cut a message; this is for tests and fuzzing.
+    pub fn seal_fragment(
         &self,
         header: &Header,
         next: PayloadType,

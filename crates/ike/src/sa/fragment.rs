@@ -109,7 +109,7 @@ pub(super) fn fragment_number(bytes: &[u8]) -> Option<u16> {
 
 /// What one received fragment did.
 #[derive(Debug)]
-pub(super) enum Added {
+pub enum Added {
     /// It was the last one missing: the whole message.
     Complete(Message),
     /// It is kept; others are still missing.
@@ -149,8 +149,11 @@ impl Partial {
 
 /// The fragments received so far: of at most one request and one
 /// response (each side has one request outstanding at a time).
+///
+/// Public so that the `ike_fragments` fuzz target can feed it; an
+/// [`super::IkeSa`] keeps its own.
 #[derive(Debug, Default)]
-pub(super) struct Reassembly {
+pub struct Reassembly {
     /// Indexed by the header's Response flag.
     slots: [Option<Partial>; 2],
 }
@@ -162,7 +165,7 @@ impl Reassembly {
     /// Errors: the fragment does not decode or its ICV is wrong
     /// ([`Error::IntegrityCheckFailed`]), or the reassembled payloads do
     /// not decode.
-    pub(super) fn add(&mut self, now: Instant, cipher: &SkCipher, bytes: &[u8]) -> Result<Added> {
+    pub fn add(&mut self, now: Instant, cipher: &SkCipher, bytes: &[u8]) -> Result<Added> {
         // RFC 7383 section 2.6: each fragment's ICV is checked before it
         // is kept, so that forged fragments cannot take the place of
         // authentic ones (and an attacker cannot spoil a reassembly).
@@ -218,6 +221,15 @@ impl Reassembly {
         }
         message.payloads.extend(decode_payloads(first, &plaintext)?);
         Ok(Added::Complete(message))
+    }
+
+    /// What is held for the request and for the response being
+    /// reassembled: the fragments kept and their plaintext bytes (at most
+    /// [`MAX_FRAGMENTS`] and [`MAX_REASSEMBLED`] each).
+    pub fn held(&self) -> [(u16, usize); 2] {
+        self.slots
+            .each_ref()
+            .map(|slot| slot.as_ref().map_or((0, 0), |p| (p.have, p.len)))
     }
 }
 
