@@ -3,8 +3,16 @@
 //! fuzzer reach the code behind the ICV check.
 //!
 //! The targets `esp_open` and `esp_roundtrip` and the seed generator
-//! (`examples/make_seeds.rs`) all build their SAs here, so a seed made for
+//! (`examples/make_seeds/`) all build their SAs here, so a seed made for
 //! a configuration byte opens under the same byte in the target.
+//!
+//! The structured inputs of the IKE targets live in modules of their own:
+//! [`fragments`] (`ike_fragments`) and [`initiator`] (`ike_initiator`),
+//! both in [`framing`]'s byte layout, which the seed generator writes too.
+
+pub mod fragments;
+pub mod framing;
+pub mod initiator;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;

@@ -3,11 +3,18 @@
 //! targets, sealed by the same fixed SAs the targets use.
 //!
 //! ```sh
-//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds
+//! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds [TARGET...]
 //! ```
 //!
 //! The AEAD suites draw a random IV mask per SA, so the sealed seeds differ
-//! from run to run; rerun only when the SA set-up changes.
+//! from run to run; rerun only when the SA set-up changes. With target
+//! names, only those targets' corpora are written; the seeds of
+//! `ike_initiator`, `ike_fragments` (`ike.rs`), `config_toml` and
+//! `control_request` (`daemon.rs`) come from real exchanges, the
+//! repository's example configs and real requests.
+
+mod daemon;
+mod ike;
 
 use std::fs;
 use std::net::IpAddr;
@@ -21,7 +28,7 @@ use tunsec_wire::ethernet::{self, EtherType, EthernetAddress, VlanTag};
 use tunsec_wire::ip::IpProtocol;
 use tunsec_wire::{esp, geneve, gue, ipv4, ipv6, natt, tcp, udp, vxlan};
 
-fn corpus_dir(target: &str) -> PathBuf {
+pub(crate) fn corpus_dir(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("corpus")
         .join(target);
@@ -31,7 +38,7 @@ fn corpus_dir(target: &str) -> PathBuf {
     dir
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) {
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(name), bytes).expect("write a seed");
 }
 
@@ -118,6 +125,29 @@ fn ethernet_frame(vlan: Option<VlanTag>, ethertype: EtherType, payload: &[u8]) -
 }
 
 fn main() {
+    // With target names, only those corpora are written: the ESP seeds
+    // change on every run, so the others are rewritten only on purpose.
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let want = |target: &str| wanted.is_empty() || wanted.iter().any(|w| w == target);
+    if wanted.is_empty() {
+        packet_seeds();
+    }
+    if want("ike_initiator") {
+        ike::initiator_seeds();
+    }
+    if want("ike_fragments") {
+        ike::fragment_seeds();
+    }
+    if want("config_toml") {
+        daemon::config_seeds();
+    }
+    if want("control_request") {
+        daemon::control_seeds();
+    }
+}
+
+/// The seeds of the packet and ESP targets.
+fn packet_seeds() {
     let (a4, b4): (IpAddr, IpAddr) = (REMOTE4.into(), LOCAL4.into());
     let (a6, b6): (IpAddr, IpAddr) = (REMOTE6.into(), LOCAL6.into());
     let inner_ip = udp_ip(a4, b4, 53, b"tunsec seed");
