@@ -42,7 +42,8 @@ pub enum FragmentStep {
     Raw(Vec<u8>),
     /// The clock moves this many seconds.
     Wait(u8),
-    /// A real message (one Notify payload with `data_len` bytes of data),
+    /// A real message (Notify payloads with `data_len` bytes of data in
+    /// all, 16 KiB each),
     /// cut by `SkCipher::seal_fragments` into messages of at most
     /// `max_len` bytes, fed in the order `order` picks (indices modulo
     /// the number of fragments, duplicates allowed), then the fragments it
@@ -50,9 +51,13 @@ pub enum FragmentStep {
     Whole {
         /// A response, not a request.
         response: bool,
+        /// `data_len` counts pairs of bytes: up to 128 KiB, past the
+        /// 64 KiB bound (flag bit 1).
+        large: bool,
         /// The largest fragment message (the target adds 80).
         max_len: u16,
-        /// The Notify data's length (the target keeps it below 16 KiB).
+        /// The Notify data's length (the target keeps it below 16 KiB
+        /// unless `large`).
         data_len: u16,
         /// The order.
         order: Vec<u8>,
@@ -90,6 +95,7 @@ impl<'a> Arbitrary<'a> for FragmentStep {
                 let flags = u.arbitrary::<u8>()?;
                 Self::Whole {
                     response: flags & 1 == 1,
+                    large: flags & 2 == 2,
                     max_len: u.arbitrary()?,
                     data_len: u.arbitrary()?,
                     order: take_bytes(u)?,
@@ -126,11 +132,13 @@ impl FragmentInput {
                 FragmentStep::Wait(seconds) => out.extend_from_slice(&[2, *seconds]),
                 FragmentStep::Whole {
                     response,
+                    large,
                     max_len,
                     data_len,
                     order,
                 } => {
-                    out.extend_from_slice(&[3, u8::from(*response)]);
+                    let flags = u8::from(*response) | u8::from(*large) << 1;
+                    out.extend_from_slice(&[3, flags]);
                     put_u16(&mut out, *max_len);
                     put_u16(&mut out, *data_len);
                     put_bytes(&mut out, order);

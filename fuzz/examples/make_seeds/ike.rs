@@ -188,6 +188,7 @@ pub(crate) fn fragment_seeds() {
     };
     let whole = |response: bool, max_len: u16, data_len: u16, order: &[u8]| FragmentStep::Whole {
         response,
+        large: false,
         max_len,
         data_len,
         order: order.to_vec(),
@@ -208,6 +209,15 @@ pub(crate) fn fragment_seeds() {
         vec![whole(false, 120, 600, &[2, 2, 0, 0, 1])],
     );
     seed("whole_over_255", false, vec![whole(false, 0, 12000, &[])]);
+    // 80,000 bytes in 77 fragments: over 64 KiB, within 255.
+    let over_64k = FragmentStep::Whole {
+        response: false,
+        large: true,
+        max_len: 1000,
+        data_len: 40_000,
+        order: vec![],
+    };
+    seed("whole_over_64k", false, vec![over_64k]);
 
     // One message's plaintext, cut in three by hand.
     let payloads = [Payload::Notify(Notify::new(
