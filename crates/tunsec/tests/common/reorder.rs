@@ -36,6 +36,8 @@ pub(crate) const EVERY: u64 = 100;
 pub(crate) const HOLD_MAX: Duration = Duration::from_millis(2);
 /// The NFQUEUE number (queue numbers are per namespace).
 const QUEUE: u16 = 0;
+/// errno 2: what the kernel answers a verdict for an unknown packet id.
+const ENOENT: i32 = 2;
 /// How much of each packet the thread reads: the IPv4 and UDP headers and
 /// the ESP SPI.
 const COPY: u16 = 64;
@@ -51,6 +53,10 @@ pub(crate) struct ReorderStats {
     pub(crate) other: u64,
     /// The SPI and sequence number of each datagram held back.
     pub(crate) held_packets: Vec<(u32, u32)>,
+    /// Verdicts the kernel answered with ENOENT: the datagram was no
+    /// longer queued (the kernel drops queued packets when a netfilter
+    /// hook of the namespace goes, as when an nftables table is deleted).
+    pub(crate) vanished: u64,
 }
 
 /// A running reorderer in one namespace; see the module documentation.
@@ -242,6 +248,9 @@ fn run(mut queue: Queue, stop: &AtomicBool) -> anyhow::Result<ReorderStats> {
                 }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The answer to a verdict for a datagram the kernel no longer
+            // holds (see `ReorderStats::vanished`).
+            Err(e) if e.raw_os_error() == Some(ENOENT) => stats.vanished += 1,
             Err(e) => return Err(e).context("receiving from the NFQUEUE"),
         }
         // Release in order of holding whatever is due.

@@ -192,8 +192,10 @@ impl Fault {
                 lab.exec(&ns, "nft", &["-f", &file.to_string_lossy()])?;
                 let mut reorder = Reorderer::start(lab, &ns, &host_addr(to), 4500)?;
                 std::thread::sleep(Duration::from_secs(secs));
-                lab.exec(&ns, "nft", &["delete", "table", "inet", "soakloss"])?;
+                // The reorderer first: deleting the table drops what the
+                // kernel still has queued.
                 let stats = reorder.remove(lab)?;
+                lab.exec(&ns, "nft", &["delete", "table", "inet", "soakloss"])?;
                 eprintln!(
                     "    reorderer h{n} -> h{to}: {} ESP, {} held back",
                     stats.esp, stats.held
