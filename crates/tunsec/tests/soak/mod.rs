@@ -137,7 +137,8 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
         sample_rss(lab, &mut rss);
     }
     let flows = traffic.finish(lab)?;
-    let replay = sampler.finish();
+    let samples = sampler.finish();
+    let replay = samples.replay;
     phase(lab, "traffic done", t0);
 
     let mut report = Report {
@@ -147,6 +148,7 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
         outcomes,
         udp_lost: flows.udp_lost.clone(),
         pings_lost: flows.pings_lost.clone(),
+        drops: samples.rises,
         checks: Vec::new(),
     };
     let [vxlan, other, icmp] = soak.counters(lab)?;
@@ -253,11 +255,29 @@ fn sample_rss(lab: &Lab, rss: &mut [u64; 3]) {
     }
 }
 
-/// Samples each host's status every 0.5 s in a thread and keeps the
-/// highest `replay` drop count of each SA.
+/// A data-path drop counter that rose: when (Unix seconds, the sample
+/// that saw it), on which host, the counter (`path <reason>`, or `SA
+/// <spi> <reason>`), and by how much.
+pub(crate) struct DropRise {
+    pub(crate) at: f64,
+    pub(crate) host: u8,
+    pub(crate) counter: String,
+    pub(crate) by: u64,
+}
+
+/// What the sampler saw: the highest `replay` count of each SA, summed,
+/// and every rise of a drop counter.
+struct Samples {
+    replay: u64,
+    rises: Vec<DropRise>,
+}
+
+/// Samples each host's status every 0.5 s in a thread: every drop
+/// counter, of the data path and of each SA, so that a packet lost
+/// outside a fault can be told where it went.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<Samples>,
 }
 
 impl Sampler {
@@ -265,28 +285,59 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let mut highest: HashMap<(usize, String), u64> = HashMap::new();
+            let mut last: HashMap<(usize, String), u64> = HashMap::new();
+            let mut replay: HashMap<(usize, String), u64> = HashMap::new();
+            let mut rises = Vec::new();
+            // The first round only learns where the counters stand after
+            // the start (a no_sa before the first Child SA, say).
+            let mut first = true;
             while !flag.load(Ordering::Relaxed) {
                 for (i, sock) in sockets.iter().enumerate() {
                     let Ok(Response::Status(s)) = control::call(sock, &Request::Status) else {
                         continue;
                     };
-                    for sa in s.peers.iter().flat_map(|p| p.sas.iter()) {
-                        let n = sa.drops.get("replay").copied().unwrap_or(0);
-                        let e = highest.entry((i, sa.spi.clone())).or_default();
-                        *e = (*e).max(n);
+                    let now = unix_now();
+                    let path = s.drops.iter().map(|(r, &n)| (format!("path {r}"), n));
+                    let sas = s.peers.iter().flat_map(|p| p.sas.iter()).flat_map(|sa| {
+                        sa.drops
+                            .iter()
+                            .map(move |(r, &n)| (format!("SA {} {r}", sa.spi), n))
+                    });
+                    for (counter, n) in path.chain(sas) {
+                        if counter.ends_with(" replay") {
+                            let e = replay.entry((i, counter.clone())).or_default();
+                            *e = (*e).max(n);
+                        }
+                        let before = last.insert((i, counter.clone()), n).unwrap_or(0);
+                        // A restarted tunsecd counts from 0 again.
+                        let by = if n >= before { n - before } else { n };
+                        if by > 0 && !first {
+                            rises.push(DropRise {
+                                at: now,
+                                host: i as u8 + 1,
+                                counter,
+                                by,
+                            });
+                        }
                     }
                 }
+                first = false;
                 std::thread::sleep(Duration::from_millis(500));
             }
-            highest.values().sum()
+            Samples {
+                replay: replay.values().sum(),
+                rises,
+            }
         });
         Self { stop, thread }
     }
 
-    fn finish(self) -> u64 {
+    fn finish(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(u64::MAX)
+        self.thread.join().unwrap_or(Samples {
+            replay: u64::MAX,
+            rises: Vec::new(),
+        })
     }
 }
 

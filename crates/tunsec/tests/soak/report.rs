@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use super::faults::Fault;
 
+/// A sample sees a drop up to this long after it happened.
+const SAMPLE: f64 = 0.6;
+
 /// One fault as it happened: when (Unix seconds) it was applied and when
 /// traffic was back, and how long recovery took (`None`: not within the
 /// limit).
@@ -34,6 +37,8 @@ pub(crate) struct Report {
     /// Send times of the UDP datagrams and pings lost.
     pub(crate) udp_lost: Vec<f64>,
     pub(crate) pings_lost: Vec<f64>,
+    /// Every rise of a data-path drop counter.
+    pub(crate) drops: Vec<super::DropRise>,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -150,6 +155,28 @@ impl Report {
                     "\n{flow} lost outside faults, seconds from the start: {run}"
                 );
             }
+        }
+        let outside: Vec<&super::DropRise> = self
+            .drops
+            .iter()
+            .filter(|d| !self.during_a_fault(d.at) && !self.during_a_fault(d.at - SAMPLE))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nData-path drops: {} counter rises in all, {} outside faults{}",
+            self.drops.len(),
+            outside.len(),
+            if outside.is_empty() { "." } else { ":" }
+        );
+        for d in outside {
+            let _ = writeln!(
+                s,
+                "- at {:.1} s, h{}: {} +{}",
+                d.at - self.start,
+                d.host,
+                d.counter,
+                d.by
+            );
         }
         let _ = writeln!(s, "\nThe faults in order:\n");
         for (i, o) in self.outcomes.iter().enumerate() {
