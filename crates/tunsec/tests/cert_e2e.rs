@@ -557,18 +557,6 @@ fn cert_rotation_reload_and_reauth() {
             "{} pings lost across the re-authentication",
             60 - received
         );
-        // Both sides replaced the Child SA make before break, not by
-        // removing the old SAs at once (which loses what is in flight).
-        for n in [1, 2] {
-            let log = strip_ansi(
-                &std::fs::read_to_string(lab.dir.path().join(format!("h{n}.log")))
-                    .unwrap_or_default(),
-            );
-            ensure!(
-                log.contains("Child SA up (re-authentication, make before break)"),
-                "h{n} did not replace its Child SA make before break:\n{log}"
-            );
-        }
         // The old inbound SAs are gone after their grace (2 + 2 s): one
         // pair left on each side.
         std::thread::sleep(Duration::from_millis(4500));
