@@ -556,18 +556,20 @@ mod test {
         assert!(err.to_string().contains("psk"), "{err}");
     }
 
+    /// The `[peer.ike]` of the test peer with `extra` lines added.
+    fn ike(extra: &str) -> IkePeer {
+        parse_ike(&ike_config(&format!("{IKE_PEER}{extra}")), b"k")
+            .unwrap()
+            .peers[0]
+            .ike
+            .clone()
+            .unwrap()
+    }
+
     /// `initiate`: on by default; `false` makes a passive responder; not a
     /// boolean is an error that names the field.
     #[test]
     fn ike_initiate_parses() {
-        let ike = |extra: &str| {
-            parse_ike(&ike_config(&format!("{IKE_PEER}{extra}")), b"k")
-                .unwrap()
-                .peers[0]
-                .ike
-                .clone()
-                .unwrap()
-        };
         assert!(ike("").initiate);
         assert!(!ike("initiate = false\n").initiate);
         let err =
@@ -579,14 +581,6 @@ mod test {
     /// another size from 576 to 65535.
     #[test]
     fn ike_fragmentation_parses() {
-        let ike = |extra: &str| {
-            parse_ike(&ike_config(&format!("{IKE_PEER}{extra}")), b"k")
-                .unwrap()
-                .peers[0]
-                .ike
-                .clone()
-                .unwrap()
-        };
         let d = ike("");
         assert!(d.fragmentation);
         assert_eq!(d.fragment_size, 1280);
