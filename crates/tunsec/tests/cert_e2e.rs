@@ -34,6 +34,9 @@
 //!   the new credentials, make before break (no ping of 60 lost, the old
 //!   SAs gone 4 s later); back to the revoked
 //!   certificate, the re-authentication is refused and the tunnel stays.
+//! - `cert_reauth_back_to_back_from_both_sides`: h1, h2 and h1 again
+//!   re-authenticate, each as soon as the one before is up: no ping lost
+//!   either way, and one Child SA pair left on each side, paired.
 //! - `cert_tcp_transfer_across_reload_and_reauth`: a 6 s TCP transfer
 //!   across both reloads and a re-authentication completes intact
 //!   (SHA-256 on both ends), over a new IKE SA.
@@ -557,6 +560,18 @@ fn cert_rotation_reload_and_reauth() {
             "{} pings lost across the re-authentication",
             60 - received
         );
+        // Both sides replaced the Child SA make before break, not by
+        // removing the old SAs at once (which loses what is in flight).
+        for n in [1, 2] {
+            let log = strip_ansi(
+                &std::fs::read_to_string(lab.dir.path().join(format!("h{n}.log")))
+                    .unwrap_or_default(),
+            );
+            ensure!(
+                log.contains("Child SA up (re-authentication, make before break)"),
+                "h{n} did not replace its Child SA make before break:\n{log}"
+            );
+        }
         // The old inbound SAs are gone after their grace (2 + 2 s): one
         // pair left on each side.
         std::thread::sleep(Duration::from_millis(4500));
@@ -593,6 +608,86 @@ fn cert_rotation_reload_and_reauth() {
             status(lab, 2)?.render()
         );
         ping_ok(&t1, &tenant_addr(2))?;
+        Ok(())
+    });
+}
+
+/// Re-authentications back to back from both sides, each started as soon
+/// as the one before is up (so within its `SWITCH_WAIT`, while the
+/// responder has not switched outbound yet): h1, then h2, then h1 again.
+/// No ping is lost, and afterwards each side holds one Child SA pair whose
+/// SPIs are the other side's (none of an IKE SA that was replaced).
+#[test]
+fn cert_reauth_back_to_back_from_both_sides() {
+    with_lab("crt-b2b", |lab| {
+        let d = lab.dir.path().join("pki");
+        pki::init_ca(KeyAlg::EcdsaP256, "tunsec e2e CA", 30, &d.join("ca"))?;
+        for name in ["h1", "h2"] {
+            pki::issue(&d.join("ca"), name, &[], KeyAlg::EcdsaP256, 30, &d)?;
+        }
+        pki::crl(&d.join("ca"), &[], 7, &d.join("ca.crl"))?;
+        let hosts = start(lab, &ca_ike(&d, 1, 2, "h1"), &ca_ike(&d, 2, 1, "h2"))?;
+        let (t1, t2) = assert_tunnel(lab, &hosts)?;
+        let mut spis = current_spis(lab)?.context("no IKE SA")?;
+
+        // Pings both ways across the three re-authentications: 80 at 0.1 s.
+        let pinger1 = pings(&t1, &tenant_addr(2), 80)?;
+        let pinger2 = pings(&t2, &tenant_addr(1), 80)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        let t0 = Instant::now();
+        for (n, peer) in [(1, "h2"), (2, "h1"), (1, "h2")] {
+            call(lab, n, &Request::Reauth { peer: peer.into() })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            spis = loop {
+                if let Some(now) = current_spis(lab)?.filter(|s| *s != spis) {
+                    break now;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "no new IKE SA within 10 s of h{n}'s tunsec reauth:\n{}\n{}",
+                        status(lab, 1)?.render(),
+                        status(lab, 2)?.render()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            phase(lab, &format!("h{n} re-authenticated"), t0);
+        }
+        for (pinger, from) in [(pinger1, "h1"), (pinger2, "h2")] {
+            let received = pings_received(pinger)?;
+            eprintln!("  pings from {from} across the re-authentications: {received} of 80");
+            ensure!(
+                received == 80,
+                "{} pings from {from} lost across the re-authentications",
+                80 - received
+            );
+        }
+        // After the grace periods (2 + 2 s), one pair on each side, and
+        // each side sends with the SA the other receives with.
+        std::thread::sleep(Duration::from_millis(4500));
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        let spi = |s: &Status, direction: &str| -> Vec<String> {
+            s.peers[0]
+                .sas
+                .iter()
+                .filter(|sa| sa.direction == direction)
+                .map(|sa| sa.spi.clone())
+                .collect()
+        };
+        let (out1, in1, out2, in2) = (
+            spi(&s1, "out"),
+            spi(&s1, "in"),
+            spi(&s2, "out"),
+            spi(&s2, "in"),
+        );
+        ensure!(
+            out1.len() == 1 && in1.len() == 1 && out1 == in2 && out2 == in1,
+            "the SAs do not pair up after the re-authentications:\n{}\n{}",
+            s1.render(),
+            s2.render()
+        );
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
         Ok(())
     });
 }

@@ -277,7 +277,12 @@ impl IkeDriver {
                     "IKE SA established"
                 );
                 let p = &mut self.peers[i];
-                p.next_child = NextChild::ReplaceAll;
+                // A fresh IKE SA's first Child SA replaces every SA of the
+                // peer, but a re-authentication's (`retire_replaced`, just
+                // before this event) is made before the old ones break.
+                if !matches!(p.next_child, NextChild::MakeBeforeBreak { .. }) {
+                    p.next_child = NextChild::ReplaceAll;
+                }
                 p.last_error = None;
                 p.retry_wait = RETRY_MIN;
                 p.liveness_at = Some(Instant::now() + LIVENESS);

@@ -81,8 +81,26 @@ impl IkeDriver {
     /// replace the old IKE SA's ones (`replace_child`), whose inbound SAs
     /// go after `SWITCH_WAIT` + `INBOUND_GRACE`, and whose outbound SAs
     /// that nothing replaced go then too.
+    ///
+    /// The old IKE SA's switches still pending (a rekey's, or an earlier
+    /// re-authentication's whose peer started it) are dropped: their new
+    /// outbound SA never sent, and its IKE SA is gone. The outbound SA
+    /// they would have left is the one the new Child SA replaces; the
+    /// peer keeps taking it until its own grace ends. (A pending switch
+    /// left behind would later put an SA of a replaced IKE SA back.) An
+    /// earlier replacement that is not over yet is taken over: its old
+    /// outbound SAs are still in the table, so they are in `old_out`.
     pub(super) fn begin_replacement(&mut self, i: usize, ours: bool) {
         let index = self.peers[i].index;
+        let p = &mut self.peers[i];
+        for dropped in p.pending_outbound.drain(..) {
+            tracing::debug!(
+                peer = %p.name,
+                old_spi_out = format_args!("{:#010x}", dropped.old_spi),
+                spi_out = format_args!("{:#010x}", dropped.spi),
+                "pending outbound switch dropped: its IKE SA is replaced"
+            );
+        }
         let mut old_out = Vec::new();
         let mut old_in = Vec::new();
         // A read: the copy it publishes is the same tables.
@@ -156,7 +174,7 @@ impl IkeDriver {
             return false;
         }
         if ours {
-            if let Some(k) = self.peers[i].switch_from(old_spi) {
+            if let Some(k) = self.peers[i].switch_to(outbound.spi) {
                 self.switch_outbound(i, k);
             }
         }

@@ -13,14 +13,12 @@
 //!   ones sent;
 //! - **traffic back after each fault** within the fault's bound
 //!   (`Fault::bound`);
-//! - **nothing lost outside faults**, reported but not yet in the
-//!   verdict: no UDP datagram or ping sent outside a fault's window (from
-//!   its start to 1 s after its recovery) lost, across the automatic
-//!   rekeys every 8-9 s (Child SAs) and 27-30 s (IKE SAs), and none
-//!   received twice. A re-authentication replaces the Child SAs break
-//!   before make and can lose one datagram ([`LOSS_OUTSIDE_FAULTS`]); the
-//!   report lists every loss and every drop counter that rose outside a
-//!   fault;
+//! - **nothing lost outside faults**: no UDP datagram or ping sent
+//!   outside a fault's window (from its start to 1 s after its recovery)
+//!   lost, across the automatic rekeys every 8-9 s (Child SAs) and 27-30 s
+//!   (IKE SAs) and the re-authentications after reloads (make before
+//!   break), and none received twice; the report lists every loss and
+//!   every drop counter that rose outside a fault;
 //! - **no `replay` drop**: no SA of any host counts one (status, sampled
 //!   every 0.5 s, the highest count of each SA) -- nothing here replays;
 //! - **memory bounded**: each tunsecd's resident memory stays under
@@ -52,12 +50,6 @@ use faults::{Fault, Rng, recovery};
 use lab::{HOSTS, SoakLab};
 use report::{Check, Outcome, Report};
 use traffic::Traffic;
-
-/// Why a packet lost outside faults does not fail the run yet: a
-/// re-authentication (every reload fault makes one at the next IKE SA
-/// rekey) replaces the Child SAs break before make, and loses what is in
-/// flight on the old ones (about one datagram in 18,000 here).
-const LOSS_OUTSIDE_FAULTS: &str = "re-authentication is break before make, a known defect";
 
 /// The bound on each tunsecd's resident memory.
 pub(crate) const RSS_BOUND_KIB: u64 = 64 * 1024;
@@ -166,7 +158,6 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
         name: "no cleartext on the underlay",
         measured: format!("{vxlan} VXLAN frames, {other} other frames ({icmp} ICMP, allowed)"),
         held: vxlan == 0 && other == 0,
-        reported_only: None,
     });
     report.checks.push(Check {
         name: "TCP transfer intact (bytes, SHA-256)",
@@ -174,7 +165,6 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
         held: !flows.tcp_sent.is_empty()
             && !flows.tcp_sent.starts_with("0 ")
             && flows.tcp_sent == flows.tcp_received,
-        reported_only: None,
     });
     let udp_outside = flows
         .udp_lost
@@ -197,13 +187,11 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
             flows.pings_lost.len()
         ),
         held: udp_outside == 0 && pings_outside == 0 && flows.udp_duplicates == 0,
-        reported_only: Some(LOSS_OUTSIDE_FAULTS),
     });
     report.checks.push(Check {
         name: "no replay drop",
         measured: format!("{replay} (the highest count of each SA, summed)"),
         held: replay == 0,
-        reported_only: None,
     });
     report.checks.push(Check {
         name: "memory bounded",
@@ -212,7 +200,6 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
             rss[0], rss[1], rss[2]
         ),
         held: rss.iter().all(|&r| r > 0 && r < RSS_BOUND_KIB),
-        reported_only: None,
     });
     let left_behind = sas_left_behind(lab, Duration::from_secs(20));
     report.checks.push(Check {
@@ -222,14 +209,12 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
             .err()
             .unwrap_or_else(|| "one matching live pair per peer on every host".to_owned()),
         held: left_behind.is_ok(),
-        reported_only: None,
     });
     let answering = HOSTS.iter().filter(|&&n| status(lab, n).is_ok()).count();
     report.checks.push(Check {
         name: "every tunsecd answers at the end",
         measured: format!("{answering} of 3"),
         held: answering == 3,
-        reported_only: None,
     });
 
     let text = report.render();
