@@ -19,12 +19,18 @@ use super::state::{Discard, IkeSa, Outstanding, Queued, Received, Request, Role,
 use crate::error::Error;
 use crate::message::{ExchangeType, Header, MAJOR_VERSION, Message, Payload, PayloadType};
 
-/// The first retransmission timeout; each next one doubles it.
+/// The first retransmission timeout; each next one doubles it, up to
+/// [`RETRANSMIT_TIMEOUT_LIMIT`].
 pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The longest retransmission timeout (strongSwan's `retransmit_limit`):
+/// after a link outage, a request goes again at most this long after the
+/// link is back, so the exchange completes within it.
+pub const RETRANSMIT_TIMEOUT_LIMIT: Duration = Duration::from_secs(4);
+
 /// How many times a request is sent before the peer is declared dead:
-/// 0.5 + 1 + 2 + 4 + 8 = 15.5 s after the first transmission.
-pub const MAX_TRANSMISSIONS: u32 = 5;
+/// at 0, 0.5, 1.5, 3.5, 7.5 and 11.5 s, and given up on at 15.5 s.
+pub const MAX_TRANSMISSIONS: u32 = 6;
 
 /// How many more times a request is sent, each after the longest timeout,
 /// when the peer showed itself alive after its last transmission: RFC
@@ -72,9 +78,10 @@ impl Outstanding {
 
     /// Checks the retransmission timer at `now` (RFC 7296 section 2.1):
     /// once it expires, the request is sent again with the timeout doubled
-    /// (exponential back-off), until it has gone [`MAX_TRANSMISSIONS`]
-    /// times; then up to [`MAX_EXTRA_TRANSMISSIONS`] more, each after the
-    /// same longest timeout, while the peer is heard from between them.
+    /// (exponential back-off, up to [`RETRANSMIT_TIMEOUT_LIMIT`]), until it
+    /// has gone [`MAX_TRANSMISSIONS`] times; then up to
+    /// [`MAX_EXTRA_TRANSMISSIONS`] more, each after the longest timeout,
+    /// while the peer is heard from between them.
     pub(super) fn timer(&mut self, now: Instant) -> Timer {
         if now < self.deadline {
             return Timer::Running;
@@ -84,12 +91,28 @@ impl Outstanding {
                 return Timer::GiveUp;
             }
         } else {
-            self.timeout *= 2;
+            self.timeout = (self.timeout * 2).min(RETRANSMIT_TIMEOUT_LIMIT);
         }
         self.transmissions += 1;
         self.heard = false;
         self.deadline = now + self.timeout;
         Timer::Retransmit(self.bytes.clone())
+    }
+
+    /// The peer was heard from at `now`: an authenticated request of its
+    /// own came (RFC 7296 section 2.4), so it is alive and the path works.
+    /// A request of ours that has been retransmitted (something was lost)
+    /// and last went at least [`RETRANSMIT_TIMEOUT`] ago goes again at
+    /// once, not at its timer: after a link outage the exchange completes
+    /// as soon as the peer speaks. The bytes to send, if so.
+    pub(super) fn heard(&mut self, now: Instant) -> Option<Vec<Vec<u8>>> {
+        self.heard = true;
+        let last_sent = self.deadline.checked_sub(self.timeout)?;
+        if self.transmissions < 2 || now < last_sent + RETRANSMIT_TIMEOUT {
+            return None;
+        }
+        self.deadline = now + self.timeout;
+        Some(self.bytes.clone())
     }
 }
 
@@ -483,9 +506,14 @@ impl IkeSa {
                     return Ok(());
                 };
                 self.remote = Some(remote);
-                // The peer is alive (MAX_EXTRA_TRANSMISSIONS).
-                if let Some(out) = self.outstanding.as_mut() {
-                    out.heard = true;
+                // The peer is alive (MAX_EXTRA_TRANSMISSIONS): a request
+                // of ours that was lost goes again now.
+                if let Some(bytes) = self.outstanding.as_mut().and_then(|o| o.heard(now)) {
+                    tracing::debug!(
+                        peer = %Peer(Some(remote)),
+                        "IKE: the peer is heard from; our request goes again now"
+                    );
+                    self.retransmit(bytes);
                 }
                 // RFC 7296 section 2.21.2: the initiator refused our AUTH.
                 if self.on_auth_failed_informational(header, &message) {

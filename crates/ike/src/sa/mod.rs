@@ -138,7 +138,9 @@ pub use cookie::{
 };
 pub use endpoint::{DatagramEvent, Endpoint, EndpointStats, Incoming, SaHandle};
 pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
-pub use exchange::{MAX_EXTRA_TRANSMISSIONS, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT};
+pub use exchange::{
+    MAX_EXTRA_TRANSMISSIONS, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT, RETRANSMIT_TIMEOUT_LIMIT,
+};
 pub use nat::{NATT_PORT, NatState};
 pub use random::{Random, SeededRandom, SystemRandom};
 pub use responder::HALF_OPEN_TIMEOUT;

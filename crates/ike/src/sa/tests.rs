@@ -775,14 +775,18 @@ fn peer_dead() {
         }
     }
     let ms = Duration::from_millis;
-    assert_eq!(sent_at, [ms(0), ms(500), ms(1500), ms(3500), ms(7500)]);
+    // Exponential back-off up to RETRANSMIT_TIMEOUT_LIMIT (4 s).
+    assert_eq!(
+        sent_at,
+        [ms(0), ms(500), ms(1500), ms(3500), ms(7500), ms(11_500)]
+    );
     assert_eq!(dead_at, Some(ms(15_500)));
     assert_eq!(p.i_events, vec![Event::PeerDead]);
     assert!(p.initiator.is_closed());
     assert_eq!(p.from_initiator.len(), MAX_TRANSMISSIONS as usize);
     assert!(p.from_initiator.iter().all(|m| *m == p.from_initiator[0]));
-    assert_eq!(p.initiator.stats().retransmits, 4);
-    assert_eq!(p.responder.stats().cached_responses, 4);
+    assert_eq!(p.initiator.stats().retransmits, 5);
+    assert_eq!(p.responder.stats().cached_responses, 5);
     p.drive();
     assert_eq!(p.r_events, vec![Event::PeerDead]);
     assert_eq!(p.now - start, HALF_OPEN_TIMEOUT);
@@ -1482,10 +1486,11 @@ fn local_liveness_check() {
 
 /// RFC 7296 section 2.4: a peer whose authenticated request comes after
 /// our last transmission is alive. The initiator's liveness check goes
-/// unanswered while the link is down (its 5 transmissions by 7.5 s); at
+/// unanswered while the link is down (its 6 transmissions by 11.5 s); at
 /// 14 s the link is back and the responder sends a request of its own:
-/// at 15.5 s the initiator sends its request once more instead of
-/// declaring the peer dead, gets the cached answer, and the IKE SA stays.
+/// the initiator sends its request once more at once, instead of
+/// declaring the peer dead at 15.5 s, gets the cached answer, and the IKE
+/// SA stays.
 #[test]
 fn a_peer_heard_after_the_last_transmission_is_not_dead() {
     let (mut p, ..) = established_pair();
@@ -1493,6 +1498,7 @@ fn a_peer_heard_after_the_last_transmission_is_not_dead() {
     p.initiator.check_liveness(p.now).unwrap();
     p.responder_mute = true;
     p.run_until(start + Duration::from_secs(14));
+    p.now = start + Duration::from_secs(14);
     assert_eq!(
         p.initiator.stats().retransmits,
         MAX_TRANSMISSIONS as u64 - 1
@@ -1508,7 +1514,9 @@ fn a_peer_heard_after_the_last_transmission_is_not_dead() {
     );
     assert!(p.initiator.is_established() && p.responder.is_established());
     assert_eq!(p.initiator.stats().retransmits, MAX_TRANSMISSIONS as u64);
-    assert_eq!(p.now - start, Duration::from_millis(15_500));
+    // The request went again as soon as the peer's arrived, not at its
+    // timer (15.5 s).
+    assert_eq!(p.now - start, Duration::from_secs(14));
 }
 
 /// A responder that does not take transport mode leaves out
@@ -3354,4 +3362,17 @@ fn split_responder_creates_the_missing_child() {
     assert_eq!((&r[0].2.local_ts, &r[0].2.remote_ts), (&port_b, &any_a));
     assert_eq!(r[1].2.remote_ts, port_ts(a, &[4789]));
     assert_children_match(&p, 2);
+}
+
+/// Crossing requests (each side sends one at the same moment) are no
+/// sign of loss: the peer's request does not make ours go again.
+#[test]
+fn crossing_requests_are_not_retransmitted() {
+    let (mut p, ..) = established_pair();
+    p.initiator.check_liveness(p.now).unwrap();
+    p.responder.check_liveness(p.now).unwrap();
+    p.drive();
+    assert!(p.initiator.is_established() && p.responder.is_established());
+    assert_eq!(p.initiator.stats().retransmits, 0);
+    assert_eq!(p.responder.stats().retransmits, 0);
 }

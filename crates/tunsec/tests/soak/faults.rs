@@ -129,13 +129,18 @@ impl Fault {
 
     /// How long after the fault is undone every pair of tenants must ping
     /// again. A restarted tunsecd keys with both peers (RFC 7296 section
-    /// 2.4, INITIAL_CONTACT) and installs its TAP device; a link that
-    /// comes back finds its SAs still there (dead-peer detection takes
-    /// longer than the longest outage); the others never stop traffic.
+    /// 2.4, INITIAL_CONTACT) and installs its TAP device. A link that
+    /// comes back finds its IKE SAs still there (dead-peer detection, 15.5
+    /// s, takes longer than the longest outage), but a Child SA of 10 s
+    /// may have expired meanwhile: its rekey goes again at most
+    /// `RETRANSMIT_TIMEOUT_LIMIT` (4 s) after the link is back, or at once
+    /// when the peer's own request arrives; 1 s more for the exchange and
+    /// the pings. The others never stop traffic.
     pub(crate) fn bound(self) -> Duration {
         match self {
             Self::Kill(..) => Duration::from_secs(6),
-            Self::LinkDown(..) | Self::Loss(..) => Duration::from_secs(4),
+            Self::LinkDown(..) => Duration::from_secs(5),
+            Self::Loss(..) => Duration::from_secs(4),
             _ => Duration::from_secs(2),
         }
     }
