@@ -1,8 +1,8 @@
 //! IKE handshakes per second, initiator and responder in one process
 //! through the sans-IO API, per key-exchange group.
 //!
-//! For each group (`x25519` 31, `ecp256` 19, `ecp384` 20, `modp2048` 14),
-//! with the IKE proposal `aes128gcm16-prfsha256-<group>` and the ESP
+//! For each group (`x25519` 31, `ecp256` 19, `ecp384` 20, `modp2048` 14,
+//! and ML-KEM alone, `mlkem768` 36), with the IKE proposal `aes128gcm16-prfsha256-<group>` and the ESP
 //! proposal `aes128gcm16`, PSK authentication and one Child SA:
 //!
 //! - `handshake/<group>`: one full handshake. An [`IkeSa`] initiator and an
@@ -13,10 +13,10 @@
 //!   handshake is checked: one that does not end in `ChildSaUp` on both
 //!   sides is counted and makes the benchmark panic afterwards, and
 //!   `main` runs one checked handshake per group before anything is timed.
-//! - `kex/<group>`: the raw key exchange of one side through
-//!   [`crypto::start`]: a fresh private key, its public value, and the
-//!   shared secret with a peer value made (untimed) beforehand. A
-//!   handshake does this twice, once per side.
+//! - `kex/<group>`: the raw key exchange, both sides: the initiator's
+//!   fresh private key and public value ([`crypto::start`]), the
+//!   responder's answer and shared secret ([`crypto::respond`]; for
+//!   ML-KEM an encapsulation), and the initiator's shared secret.
 //!
 //! - `certificates/<key>`: one full handshake as above (x25519), with
 //!   certificate authentication instead of the PSK: each side's
@@ -47,11 +47,12 @@ use tunsec_ike::sa::{
 };
 
 /// The groups measured, with their names in strongSwan's syntax.
-const GROUPS: [(&str, DhGroup); 4] = [
+const GROUPS: [(&str, DhGroup); 5] = [
     ("x25519", DhGroup::Curve25519),
     ("ecp256", DhGroup::Ecp256),
     ("ecp384", DhGroup::Ecp384),
     ("modp2048", DhGroup::Modp2048),
+    ("mlkem768", DhGroup::MlKem768),
 ];
 
 /// The ESP proposal of the Child SA.
@@ -171,42 +172,51 @@ impl Handshake {
         split.initiator += t.elapsed();
         let (mut i_up, mut r_up) = (false, false);
         let mut handle = None;
-        // IKE_SA_INIT and IKE_AUTH: two round trips.
+        // IKE_SA_INIT and IKE_AUTH: two round trips, each message whole or
+        // in fragments (RFC 7383: an RSA-3072 IKE_AUTH does not fit 1,280
+        // bytes).
         for _ in 0..2 {
             let t = Instant::now();
-            let Some(request) = initiator.poll_transmit() else {
-                return false;
-            };
+            let requests: Vec<_> = std::iter::from_fn(|| initiator.poll_transmit()).collect();
             split.initiator += t.elapsed();
-            let t = Instant::now();
-            let h = match self
-                .endpoint
-                .handle_datagram(self.now, to_i, &request.bytes)
-            {
-                DatagramEvent::Sa(h) => h,
-                DatagramEvent::NewSa(incoming) => {
-                    let responder = self.responder.clone();
-                    let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
-                    match self.endpoint.accept(incoming, self.now, responder, rng) {
-                        Some(h) => h,
-                        None => return false,
-                    }
-                }
-                DatagramEvent::Refused | DatagramEvent::Dropped => return false,
-            };
-            handle = Some(h);
-            let Some(sa) = self.endpoint.sa_mut(h) else {
+            if requests.is_empty() {
                 return false;
-            };
-            while let Some(event) = sa.poll_event() {
-                r_up |= matches!(event, Event::ChildSaUp { .. });
             }
-            let Some(response) = sa.poll_transmit() else {
-                return false;
-            };
-            split.responder += t.elapsed();
             let t = Instant::now();
-            initiator.handle_datagram(self.now, to_r, &response.bytes);
+            let mut responses = Vec::new();
+            for request in requests {
+                let h = match self
+                    .endpoint
+                    .handle_datagram(self.now, to_i, &request.bytes)
+                {
+                    DatagramEvent::Sa(h) => h,
+                    DatagramEvent::NewSa(incoming) => {
+                        let responder = self.responder.clone();
+                        let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
+                        match self.endpoint.accept(incoming, self.now, responder, rng) {
+                            Some(h) => h,
+                            None => return false,
+                        }
+                    }
+                    DatagramEvent::Refused | DatagramEvent::Dropped => return false,
+                };
+                handle = Some(h);
+                let Some(sa) = self.endpoint.sa_mut(h) else {
+                    return false;
+                };
+                while let Some(event) = sa.poll_event() {
+                    r_up |= matches!(event, Event::ChildSaUp { .. });
+                }
+                responses.extend(std::iter::from_fn(|| sa.poll_transmit()));
+            }
+            split.responder += t.elapsed();
+            if responses.is_empty() {
+                return false;
+            }
+            let t = Instant::now();
+            for response in responses {
+                initiator.handle_datagram(self.now, to_r, &response.bytes);
+            }
             while let Some(event) = initiator.poll_event() {
                 i_up |= matches!(event, Event::ChildSaUp { .. });
             }
@@ -253,19 +263,18 @@ fn handshake(bencher: Bencher<'_, '_>, group: DhGroup) {
     assert_eq!(failures, 0, "{group}: handshakes failed");
 }
 
-/// One side's key exchange: key generation and the shared secret.
+/// One key exchange, both sides: the initiator's key generation, the
+/// responder's answer, and the initiator's shared secret.
 fn kex(bencher: Bencher<'_, '_>, group: DhGroup) {
-    let peer = crypto::start(group).expect("peer key");
-    let peer_public = peer.public_value().to_vec();
     let mut failures = 0u64;
-    bencher.bench_local(|| match crypto::start(group) {
-        Ok(kex) => {
-            let _ = divan::black_box(kex.public_value());
-            if kex.complete(&peer_public).is_err() {
-                failures += 1;
-            }
+    bencher.bench_local(|| {
+        let agreed = crypto::start(group).and_then(|initiator| {
+            let (answer, responder_key) = crypto::respond(group, initiator.public_value())?;
+            Ok(initiator.complete(&answer)? == responder_key)
+        });
+        if !matches!(agreed, Ok(true)) {
+            failures += 1;
         }
-        Err(_) => failures += 1,
     });
     assert_eq!(failures, 0, "{group}: key exchanges failed");
 }
@@ -377,6 +386,12 @@ macro_rules! group_benches {
                 #[divan::bench]
                 fn modp2048(bencher: Bencher<'_, '_>) {
                     super::$function(bencher, DhGroup::Modp2048);
+                }
+
+                /// ML-KEM-768 (36) alone.
+                #[divan::bench]
+                fn mlkem768(bencher: Bencher<'_, '_>) {
+                    super::$function(bencher, DhGroup::MlKem768);
                 }
             }
         )*

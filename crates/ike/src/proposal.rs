@@ -111,6 +111,9 @@ const KEYWORDS: &[(&str, Keyword)] = &[
     ("ecp256", Keyword::Dh(DhGroup::Ecp256)),
     ("ecp384", Keyword::Dh(DhGroup::Ecp384)),
     ("modp2048", Keyword::Dh(DhGroup::Modp2048)),
+    ("mlkem512", Keyword::Dh(DhGroup::MlKem512)),
+    ("mlkem768", Keyword::Dh(DhGroup::MlKem768)),
+    ("mlkem1024", Keyword::Dh(DhGroup::MlKem1024)),
     ("esn", Keyword::Esn(EsnId::Esn)),
     ("noesn", Keyword::Esn(EsnId::NoEsn)),
 ];
@@ -287,6 +290,15 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
         spi: Vec::new(),
         transforms,
     })
+}
+
+/// A key exchange method's name in strongSwan's syntax (`x25519`,
+/// `mlkem768`), if it has one.
+pub fn group_name(group: DhGroup) -> Option<&'static str> {
+    KEYWORDS
+        .iter()
+        .find(|(_, k)| matches!(k, Keyword::Dh(g) if *g == group))
+        .map(|(name, _)| *name)
 }
 
 /// Writes a proposal in strongSwan's syntax, every transform named
@@ -692,9 +704,17 @@ mod test {
         for s in [
             "aes128gcm16-prfsha256-x25519",
             "aes256-sha256-prfsha256-modp2048",
+            "aes256gcm16-prfsha384-mlkem768",
+            "aes128gcm16-prfsha256-mlkem512-mlkem1024",
         ] {
             assert_eq!(to_strongswan(&parse_ike(s).unwrap()), s);
         }
+        assert_eq!(
+            to_strongswan(&parse_esp("aes256gcm16-mlkem768").unwrap()),
+            "aes256gcm16-mlkem768-noesn"
+        );
+        assert_eq!(group_name(DhGroup::MlKem1024), Some("mlkem1024"));
+        assert_eq!(group_name(DhGroup::Unknown(21)), None);
         assert_eq!(
             to_strongswan(&parse_esp("aes256-sha256").unwrap()),
             "aes256-sha256-noesn"

@@ -1,7 +1,15 @@
 //! Key exchange (the KE payload, RFC 7296 section 1.2 and 3.4), behind a
 //! small trait: X25519 (group 31, RFC 8031), NIST P-256 and P-384 (groups
-//! 19 and 20, RFC 5903) with aws-lc-rs, and the 2048-bit MODP group (14,
-//! RFC 3526) with crypto-bigint's constant-time Montgomery arithmetic.
+//! 19 and 20, RFC 5903) with aws-lc-rs, the 2048-bit MODP group (14,
+//! RFC 3526) with crypto-bigint's constant-time Montgomery arithmetic, and
+//! ML-KEM-512/768/1024 (35-37, `mlkem.rs`).
+//!
+//! The initiator of an exchange [`start`]s it and sends the public value;
+//! the responder answers with [`respond`], which returns its own value and
+//! the shared secret; the initiator [`KeyExchange::complete`]s with the
+//! responder's value. For Diffie-Hellman both values are public keys; for
+//! a KEM the initiator's is an encapsulation key and the responder's a
+//! ciphertext.
 
 use core::fmt;
 use std::sync::LazyLock;
@@ -12,11 +20,12 @@ use crypto_bigint::{Odd, U256, U2048};
 use zeroize::Zeroizing;
 
 use super::Key;
+use super::mlkem::{ML_KEM_512_PARAMS, ML_KEM_768_PARAMS, ML_KEM_1024_PARAMS};
 use crate::error::{Error, Result};
 use crate::message::DhGroup;
 
-/// One side of a key exchange in progress: a private key and the public
-/// value to send in a KE payload.
+/// The initiator's side of a key exchange in progress: a private key and
+/// the public value to send in a KE payload.
 pub trait KeyExchange: Send {
     /// The group.
     fn group(&self) -> DhGroup;
@@ -24,23 +33,34 @@ pub trait KeyExchange: Send {
     /// The public value, encoded for the KE payload.
     fn public_value(&self) -> &[u8];
 
-    /// Combines the private key with the peer's public value into the
-    /// shared secret `g^ir`, and consumes the private key.
+    /// Combines the private key with the responder's value (a public
+    /// value, or a KEM ciphertext) into the shared secret `g^ir`, and
+    /// consumes the private key.
     ///
-    /// Fails with [`Error::InvalidPublicValue`] if the peer's value has the
+    /// Fails with [`Error::InvalidPublicValue`] if the value has the
     /// wrong length or is not a valid element of the group.
     fn complete(self: Box<Self>, peer: &[u8]) -> Result<Key>;
 }
+
+/// The responder's answer in a key exchange: the value to send back in
+/// its KE payload, and the shared secret.
+pub type Answer = (Vec<u8>, Key);
 
 /// A group this crate can do key exchange in, as a table entry.
 #[derive(Clone, Copy)]
 pub struct KxGroup {
     /// The group.
     pub group: DhGroup,
-    /// The length of a public value in the KE payload.
+    /// The length of the initiator's value in the KE payload.
     pub public_len: usize,
-    /// Draws a fresh private key.
+    /// The length of the responder's value (a KEM's ciphertext is not as
+    /// long as its encapsulation key).
+    pub response_len: usize,
+    /// The initiator's side: draws a fresh private key.
     pub start: fn() -> Result<Box<dyn KeyExchange>>,
+    /// The responder's side: its value and the shared secret, from the
+    /// initiator's value.
+    pub respond: fn(&[u8]) -> Result<Answer>,
 }
 
 impl fmt::Debug for KxGroup {
@@ -48,32 +68,63 @@ impl fmt::Debug for KxGroup {
         f.debug_struct("KxGroup")
             .field("group", &self.group)
             .field("public_len", &self.public_len)
+            .field("response_len", &self.response_len)
             .finish_non_exhaustive()
     }
 }
 
 /// The supported groups, in order of preference (RFC 8247:
-/// X25519 and ECP first, MODP-2048 for interoperability).
-pub static GROUPS: [KxGroup; 4] = [
+/// X25519 and ECP first, MODP-2048 for interoperability), then ML-KEM,
+/// which RFC 9370 pairs with one of them as an additional key exchange.
+pub static GROUPS: [KxGroup; 7] = [
     KxGroup {
         group: DhGroup::Curve25519,
         public_len: 32,
+        response_len: 32,
         start: || Ok(Box::new(Ecdh::generate(DhGroup::Curve25519)?)),
+        respond: |peer| dh_respond(Box::new(Ecdh::generate(DhGroup::Curve25519)?), peer),
     },
     KxGroup {
         group: DhGroup::Ecp256,
         public_len: 64,
+        response_len: 64,
         start: || Ok(Box::new(Ecdh::generate(DhGroup::Ecp256)?)),
+        respond: |peer| dh_respond(Box::new(Ecdh::generate(DhGroup::Ecp256)?), peer),
     },
     KxGroup {
         group: DhGroup::Ecp384,
         public_len: 96,
+        response_len: 96,
         start: || Ok(Box::new(Ecdh::generate(DhGroup::Ecp384)?)),
+        respond: |peer| dh_respond(Box::new(Ecdh::generate(DhGroup::Ecp384)?), peer),
     },
     KxGroup {
         group: DhGroup::Modp2048,
         public_len: MODP_LEN,
+        response_len: MODP_LEN,
         start: || Ok(Box::new(Modp2048::generate()?)),
+        respond: |peer| dh_respond(Box::new(Modp2048::generate()?), peer),
+    },
+    KxGroup {
+        group: DhGroup::MlKem512,
+        public_len: ML_KEM_512_PARAMS.encapsulation_key_len,
+        response_len: ML_KEM_512_PARAMS.ciphertext_len,
+        start: || ML_KEM_512_PARAMS.generate(),
+        respond: |peer| ML_KEM_512_PARAMS.encapsulate(peer),
+    },
+    KxGroup {
+        group: DhGroup::MlKem768,
+        public_len: ML_KEM_768_PARAMS.encapsulation_key_len,
+        response_len: ML_KEM_768_PARAMS.ciphertext_len,
+        start: || ML_KEM_768_PARAMS.generate(),
+        respond: |peer| ML_KEM_768_PARAMS.encapsulate(peer),
+    },
+    KxGroup {
+        group: DhGroup::MlKem1024,
+        public_len: ML_KEM_1024_PARAMS.encapsulation_key_len,
+        response_len: ML_KEM_1024_PARAMS.ciphertext_len,
+        start: || ML_KEM_1024_PARAMS.generate(),
+        respond: |peer| ML_KEM_1024_PARAMS.encapsulate(peer),
     },
 ];
 
@@ -82,13 +133,32 @@ pub fn find_group(group: DhGroup) -> Option<&'static KxGroup> {
     GROUPS.iter().find(|g| g.group == group)
 }
 
-/// Starts a key exchange in a group.
-pub fn start(group: DhGroup) -> Result<Box<dyn KeyExchange>> {
-    let entry = find_group(group).ok_or(Error::Unsupported {
-        what: "Diffie-Hellman group",
+fn supported(group: DhGroup) -> Result<&'static KxGroup> {
+    find_group(group).ok_or(Error::Unsupported {
+        what: "key exchange method",
         value: u64::from(group.value()),
-    })?;
-    (entry.start)()
+    })
+}
+
+/// Starts a key exchange in a group, as its initiator.
+pub fn start(group: DhGroup) -> Result<Box<dyn KeyExchange>> {
+    (supported(group)?.start)()
+}
+
+/// Answers the initiator's value `peer` in a group: the value to send
+/// back and the shared secret (for Diffie-Hellman a fresh public value,
+/// for a KEM the ciphertext).
+///
+/// Fails with [`Error::InvalidPublicValue`] if `peer` has the wrong length
+/// or form.
+pub fn respond(group: DhGroup, peer: &[u8]) -> Result<Answer> {
+    (supported(group)?.respond)(peer)
+}
+
+/// Diffie-Hellman's responder: the same as its initiator.
+fn dh_respond(own: Box<dyn KeyExchange>, peer: &[u8]) -> Result<Answer> {
+    let public = own.public_value().to_vec();
+    Ok((public, own.complete(peer)?))
 }
 
 /// X25519 or ECDH on a NIST curve, with aws-lc-rs.
@@ -375,24 +445,28 @@ mod test {
         assert!(a().complete(&[1; 255]).is_err());
     }
 
-    /// Every group: two fresh parties agree, and wrong-length or invalid
-    /// public values are refused.
+    /// Every group: an initiator and a responder agree, and wrong-length
+    /// values are refused on both sides.
     #[test]
     fn every_group_agrees_and_checks_lengths() {
         for entry in &GROUPS {
             let a = start(entry.group).unwrap();
-            let b = (entry.start)().unwrap();
             assert_eq!(a.group(), entry.group);
             assert_eq!(a.public_value().len(), entry.public_len);
-            let (pa, pb) = (a.public_value().to_vec(), b.public_value().to_vec());
+            let pa = a.public_value().to_vec();
+            let (pb, kb) = (entry.respond)(&pa).unwrap();
+            assert_eq!(pb.len(), entry.response_len);
             assert_ne!(pa, pb);
             let ka = a.complete(&pb).unwrap();
-            let kb = b.complete(&pa).unwrap();
             assert_eq!(ka, kb, "{:?}", entry.group);
             assert_eq!(format!("{ka:?}"), "<redacted>");
             let c = start(entry.group).unwrap();
             assert!(matches!(
-                c.complete(&pa[1..]),
+                c.complete(&pb[1..]),
+                Err(Error::InvalidPublicValue { .. })
+            ));
+            assert!(matches!(
+                respond(entry.group, &pa[1..]),
                 Err(Error::InvalidPublicValue { .. })
             ));
         }

@@ -10,18 +10,20 @@
 //!   AUTH value (section 2.15).
 //! - [`SkCipher`]: the Encrypted payload's protection (section 3.14, RFC
 //!   5282, RFC 7634).
-//! - [`KeyExchange`]: X25519, ECP-256, ECP-384 and MODP-2048, looked up in
-//!   [`GROUPS`].
+//! - [`KeyExchange`]: X25519, ECP-256, ECP-384, MODP-2048 and
+//!   ML-KEM-512/768/1024, looked up in [`GROUPS`]; an initiator
+//!   [`start`]s, a responder [`respond`]s.
 //!
 //! Secrets live in [`Key`] (tunsec-esp's), which wipes itself on drop and
 //! prints as `<redacted>`.
 
 mod kex;
 mod keys;
+mod mlkem;
 mod prf;
 mod sk;
 
-pub use kex::{GROUPS, KeyExchange, KxGroup, find_group, start};
+pub use kex::{Answer, GROUPS, KeyExchange, KxGroup, find_group, respond, start};
 pub use keys::{
     ChildKeys, IkeKeys, IkeSuite, child_sa_keys, shared_key_auth, signed_octets, skeyseed,
     skeyseed_rekey,

@@ -201,6 +201,13 @@ registry! {
         Ecp384 = 20,
         /// Curve25519 (RFC 8031).
         Curve25519 = 31,
+        /// ML-KEM-512 (FIPS 203, draft-ietf-ipsecme-ikev2-mlkem; strongSwan
+        /// 6's `ML_KEM_512`).
+        MlKem512 = 35,
+        /// ML-KEM-768.
+        MlKem768 = 36,
+        /// ML-KEM-1024.
+        MlKem1024 = 37,
     }
 }
 

@@ -562,12 +562,12 @@ impl IkeSa {
                             g.value().to_be_bytes().to_vec(),
                         ));
                     };
-                    let temporary = |_| Notify::empty(NotifyType::TemporaryFailure);
-                    let kex = crypto::start(g).map_err(temporary)?;
-                    let public = kex.public_value().to_vec();
-                    let g_ir = kex
-                        .complete(&ke.data)
-                        .map_err(|_| Notify::empty(NotifyType::InvalidSyntax))?;
+                    let (public, g_ir) = crypto::respond(g, &ke.data).map_err(|e| match e {
+                        Error::InvalidPublicValue { .. } => {
+                            Notify::empty(NotifyType::InvalidSyntax)
+                        }
+                        _ => Notify::empty(NotifyType::TemporaryFailure),
+                    })?;
                     let ke = crate::message::KeyExchange {
                         group: g,
                         data: public,

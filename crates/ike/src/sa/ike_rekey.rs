@@ -309,9 +309,10 @@ impl IkeSa {
             ));
         }
         let temporary = |_| Notify::empty(NotifyType::TemporaryFailure);
-        let kex = crypto::start(suite.group).map_err(temporary)?;
-        let public = kex.public_value().to_vec();
-        let g_ir = kex.complete(&ke.data).map_err(|_| syntax())?;
+        let (public, g_ir) = crypto::respond(suite.group, &ke.data).map_err(|e| match e {
+            Error::InvalidPublicValue { .. } => syntax(),
+            _ => Notify::empty(NotifyType::TemporaryFailure),
+        })?;
         let spi_r = random_ike_spi(self.rng.as_mut()).map_err(temporary)?;
         let nr = random_nonce(self.rng.as_mut()).map_err(temporary)?;
         let seed = skeyseed_rekey(st.sk.suite.prf, &st.sk.keys.sk_d, g_ir.expose(), ni, &nr);

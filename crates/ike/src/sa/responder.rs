@@ -120,17 +120,16 @@ impl IkeSa {
             );
             return Ok(());
         }
-        let kex = match crypto::start(suite.group) {
-            Ok(k) => k,
+        let (public, g_ir) = match crypto::respond(suite.group, &ke.data) {
+            Ok(answer) => answer,
+            Err(Error::InvalidPublicValue { .. }) => {
+                self.refuse_init(remote, header, Notify::empty(NotifyType::InvalidSyntax));
+                return Ok(());
+            }
             Err(e) => {
                 self.local_error(e);
                 return Ok(());
             }
-        };
-        let public = kex.public_value().to_vec();
-        let Ok(g_ir) = kex.complete(&ke.data) else {
-            self.refuse_init(remote, header, Notify::empty(NotifyType::InvalidSyntax));
-            return Ok(());
         };
         let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
         // RFC 7383 section 2.3: the responder announces fragmentation only

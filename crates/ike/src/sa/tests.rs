@@ -3364,6 +3364,99 @@ fn split_responder_creates_the_missing_child() {
     assert_children_match(&p, 2);
 }
 
+// ---- ML-KEM as the key exchange (draft-ietf-ipsecme-ikev2-mlkem) ----
+
+/// ML-KEM-512, -768 and -1024 as the only key exchange: IKE_SA_INIT
+/// carries the initiator's encapsulation key and the responder's
+/// ciphertext; the handshake, a Child SA rekey with ML-KEM for PFS and an
+/// IKE SA rekey, each started by either side, agree on keys that work.
+#[test]
+fn ml_kem_as_the_key_exchange() {
+    for (name, group, ek_len, ct_len) in [
+        ("mlkem512", DhGroup::MlKem512, 800, 768),
+        ("mlkem768", DhGroup::MlKem768, 1184, 1088),
+        ("mlkem1024", DhGroup::MlKem1024, 1568, 1568),
+    ] {
+        for by_initiator in [true, false] {
+            let ike = format!("aes256gcm16-prfsha384-{name}");
+            let esp = format!("aes256gcm16-{name}");
+            let config = |c: Config| c.with_proposals(&ike, &esp).unwrap();
+            let mut p = Pair::new(config(initiator_config()), config(responder_config()));
+            p.drive();
+            let old = assert_established(&p);
+            assert_eq!(p.initiator.ike_suite().unwrap().group, group);
+            let ke_len = |bytes: &[u8]| {
+                Message::decode(bytes)
+                    .unwrap()
+                    .payloads
+                    .iter()
+                    .find_map(|p| match p {
+                        Payload::KeyExchange(ke) if ke.group == group => Some(ke.data.len()),
+                        _ => None,
+                    })
+            };
+            assert_eq!(ke_len(&p.from_initiator[0]), Some(ek_len), "{name}");
+            assert_eq!(ke_len(&p.from_responder[0]), Some(ct_len), "{name}");
+
+            p.i_events.clear();
+            p.r_events.clear();
+            if by_initiator {
+                p.initiator.rekey_child(p.now).unwrap();
+            } else {
+                p.responder.rekey_child(p.now).unwrap();
+            }
+            p.drive();
+            assert_rekeyed(&p, &old);
+
+            p.i_events.clear();
+            p.r_events.clear();
+            if by_initiator {
+                p.initiator.rekey_ike(p.now).unwrap();
+            } else {
+                p.responder.rekey_ike(p.now).unwrap();
+            }
+            p.drive();
+            assert_eq!(ike_rekeys(&p.i_events).len(), 1, "{name}: {:?}", p.i_events);
+            assert_eq!(ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+            assert_works_after_ike_rekey(&mut p);
+        }
+    }
+}
+
+/// A responder's ML-KEM ciphertext cut short: the initiator fails the
+/// IKE SA with INVALID_SYNTAX (RFC 7296 section 1.2: the KE data is not
+/// of the method's length), and nothing panics.
+#[test]
+fn ml_kem_ciphertext_of_the_wrong_length_is_refused() {
+    let config = |c: Config| {
+        c.with_proposals("aes256gcm16-prfsha384-mlkem768", "aes256gcm16")
+            .unwrap()
+    };
+    let mut p = Pair::new(config(initiator_config()), config(responder_config()));
+    // The IKE_SA_INIT response is held back, altered, then delivered.
+    p.responder_mute = true;
+    p.step();
+    let mut message = Message::decode(&p.from_responder[0]).unwrap();
+    for payload in &mut message.payloads {
+        if let Payload::KeyExchange(ke) = payload {
+            assert_eq!(ke.data.len(), 1088);
+            ke.data.truncate(1000);
+        }
+    }
+    let now = p.now;
+    p.initiator
+        .handle_datagram(now, addr(B), &message.encode().unwrap());
+    p.collect_events();
+    assert!(p.initiator.is_closed());
+    assert_eq!(
+        p.i_events,
+        vec![Event::Failed {
+            notify: NotifyType::InvalidSyntax,
+            by_peer: false
+        }]
+    );
+}
+
 /// Crossing requests (each side sends one at the same moment) are no
 /// sign of loss: the peer's request does not make ours go again.
 #[test]

@@ -42,20 +42,14 @@ pub(super) fn log_child(
 /// (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-prfsha256-modp2048`).
 pub(super) fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
     use tunsec_ike::crypto::Prf;
-    use tunsec_ike::message::DhGroup;
     let (encr, integ) = transform_names(s);
     let prf = match s.prf {
         Prf::HmacSha2_256 => "prfsha256",
         Prf::HmacSha2_384 => "prfsha384",
         Prf::HmacSha2_512 => "prfsha512",
     };
-    let group = match s.group {
-        DhGroup::Curve25519 => "x25519".to_owned(),
-        DhGroup::Ecp256 => "ecp256".to_owned(),
-        DhGroup::Ecp384 => "ecp384".to_owned(),
-        DhGroup::Modp2048 => "modp2048".to_owned(),
-        other => format!("group{}", u16::from(other)),
-    };
+    let group = tunsec_ike::proposal::group_name(s.group)
+        .map_or_else(|| format!("group{}", u16::from(s.group)), str::to_owned);
     [Some(encr), integ, Some(prf), Some(group.as_str())]
         .into_iter()
         .flatten()
@@ -120,5 +114,10 @@ mod test {
             group: DhGroup::Modp2048,
         };
         assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
+        let pq = IkeSuite {
+            group: DhGroup::MlKem768,
+            ..gcm
+        };
+        assert_eq!(super::suite_name(&pq), "aes128gcm16-prfsha256-mlkem768");
     }
 }
