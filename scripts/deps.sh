@@ -27,6 +27,10 @@
 #                           and of ovs_e2e.rs
 #   ovn-central, ovn-host:  ovn-northd, the NB/SB schemas, ovn-nbctl/ovn-sbctl and
 #                           ovn-controller, the OVN cloud of ovn_e2e.rs
+# Then strongSwan 6.0.6 (ML-KEM, IKE_INTERMEDIATE; the peer of
+# tests/strongswan6_*.rs), built into /opt/strongswan6 from the source
+# tarball in shared/refs/strongswan6 (STRONGSWAN6_SRC, or ../shared beside
+# this repository); build.sh does nothing when it is there already.
 set -euo pipefail
 need=()
 for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
@@ -40,4 +44,18 @@ if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+src=${STRONGSWAN6_SRC:-}
+if [ -z "$src" ]; then
+    for d in "$here/../shared/refs/strongswan6" /work/shared/refs/strongswan6; do
+        if [ -f "$d/build.sh" ]; then src=$d; break; fi
+    done
+fi
+if [ -n "$src" ]; then
+    bash "$src/build.sh"
+elif [ ! -x /opt/strongswan6/libexec/ipsec/charon ]; then
+    echo "deps.sh: no strongSwan 6 source (set STRONGSWAN6_SRC to shared/refs/strongswan6);" \
+        "the strongswan6_* tests will fail" >&2
 fi

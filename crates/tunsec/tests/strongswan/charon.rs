@@ -56,12 +56,15 @@ pub(crate) struct Charon {
     /// Started by `starter` from the `ipsec.conf` that ovs-monitor-ipsec
     /// writes (stroke), not by swanctl.
     pub(crate) stock: bool,
+    /// Which strongSwan.
+    pub(crate) version: Strongswan,
 }
 
 impl Charon {
     /// Renders strongswan.conf and swanctl.conf for a charon at host `me`
     /// whose peer (tunsecd) is host `peer`.
     pub(crate) fn new(lab: &Lab, ns: &str, me: u8, peer: u8, p: &Params) -> anyhow::Result<Self> {
+        p.strongswan.check_installed()?;
         let dir = lab.dir.path().join("charon");
         std::fs::create_dir_all(dir.join("run"))?;
         // swanctl warns about every missing credential directory.
@@ -97,7 +100,15 @@ impl Charon {
         let log_s = log.to_string_lossy().into_owned();
         std::fs::write(
             dir.join("strongswan.conf"),
-            render(STRONGSWAN_CONF, &[("DIR", &dir_s), ("LOG", &log_s)]),
+            render(
+                STRONGSWAN_CONF,
+                &[
+                    ("DIR", &dir_s),
+                    ("LOG", &log_s),
+                    ("LOAD", p.strongswan.load()),
+                    ("SWANCTL_LOAD", p.strongswan.swanctl_load()),
+                ],
+            ),
         )?;
         if p.stock {
             let (conf, secrets) = stock_ipsec_conf(&host_addr(peer), p.psk_charon);
@@ -132,6 +143,7 @@ impl Charon {
             log,
             starts: 0,
             stock: p.stock,
+            version: p.strongswan,
         })
     }
 
@@ -150,6 +162,7 @@ impl Charon {
         self.starts += 1;
         let dir = self.dir.to_string_lossy().into_owned();
         let label = self.label();
+        let charon = self.version.charon();
         lab.spawn(
             &label,
             &self.ns,
@@ -163,7 +176,7 @@ impl Charon {
                 r#"mount --bind "$1/run" /run && STRONGSWAN_CONF="$1/strongswan.conf" exec "$2""#,
                 "sh",
                 &dir,
-                CHARON,
+                &charon,
             ],
         )?;
         let pid = lab.pid(&label).context("charon's pid")?;
@@ -254,7 +267,7 @@ impl Charon {
     pub(crate) fn swanctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let (op, rest) = args.split_first().context("no swanctl operation")?;
         let uri = format!("unix://{}/run/charon.vici", self.dir.display());
-        let out = Command::new(SWANCTL)
+        let out = Command::new(self.version.swanctl())
             .arg(op)
             .args(["--uri", &uri])
             .args(rest)

@@ -48,6 +48,69 @@ pub(crate) use tunsecd::*;
 
 pub(crate) const CHARON: &str = "/usr/lib/ipsec/charon";
 pub(crate) const SWANCTL: &str = "/usr/sbin/swanctl";
+/// Where `scripts/deps.sh` builds strongSwan 6.0.6 (from
+/// shared/refs/strongswan6): ML-KEM and IKE_INTERMEDIATE.
+pub(crate) const STRONGSWAN6: &str = "/opt/strongswan6";
+
+/// Which strongSwan plays charon's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strongswan {
+    /// Debian 12's 5.9.8.
+    V5,
+    /// 6.0.6 in [`STRONGSWAN6`], with its `ml` plugin.
+    V6,
+}
+
+impl Strongswan {
+    /// The charon daemon.
+    pub(crate) fn charon(self) -> String {
+        match self {
+            Self::V5 => CHARON.to_owned(),
+            Self::V6 => format!("{STRONGSWAN6}/libexec/ipsec/charon"),
+        }
+    }
+
+    /// swanctl.
+    pub(crate) fn swanctl(self) -> String {
+        match self {
+            Self::V5 => SWANCTL.to_owned(),
+            Self::V6 => format!("{STRONGSWAN6}/sbin/swanctl"),
+        }
+    }
+
+    /// charon's `load` list in strongswan.conf. In 5.9.8 openssl also
+    /// gives X25519 and ChaCha20-Poly1305 (Debian's standard plugins have
+    /// no curve25519 or chapoly plugin); 6.0.6 adds `ml` (ML-KEM).
+    pub(crate) fn load(self) -> &'static str {
+        match self {
+            Self::V5 => {
+                "random nonce openssl aes sha1 sha2 hmac gcm gmp kdf pem pkcs1 pkcs8 x509 pubkey \
+                 constraints revocation vici kernel-libipsec kernel-netlink socket-default updown"
+            }
+            Self::V6 => {
+                "random nonce openssl ml aes sha1 sha2 hmac gcm curve25519 pem pkcs1 pkcs8 x509 \
+                 pubkey constraints revocation vici kernel-libipsec kernel-netlink socket-default"
+            }
+        }
+    }
+
+    /// swanctl's `load` list.
+    pub(crate) fn swanctl_load(self) -> &'static str {
+        "pem pkcs1 pkcs8 x509 revocation constraints pubkey openssl random"
+    }
+
+    /// Fails, naming what to run, unless this strongSwan is installed.
+    pub(crate) fn check_installed(self) -> anyhow::Result<()> {
+        for bin in [self.charon(), self.swanctl()] {
+            ensure!(
+                Path::new(&bin).exists(),
+                "{bin} is missing: scripts/deps.sh installs strongSwan 5.9.8 and builds 6.0.6 \
+                 (shared/refs/strongswan6/build.sh)"
+            );
+        }
+        Ok(())
+    }
+}
 pub(crate) const TUNSEC: &str = env!("CARGO_BIN_EXE_tunsec");
 pub(crate) const PLUGINS: &str = "/usr/lib/ipsec/plugins";
 pub(crate) const STRONGSWAN_CONF: &str = include_str!("strongswan.conf.in");
@@ -148,6 +211,8 @@ pub(crate) struct Params {
     pub(crate) cert: Option<CertPki>,
     /// What is wrong with the certificates, in the refusal cases.
     pub(crate) cert_fault: CertFault,
+    /// Which strongSwan: 5.9.8 unless a case asks for 6.0.6.
+    pub(crate) strongswan: Strongswan,
 }
 
 /// The name of the second network and of charon's second child.
@@ -177,6 +242,7 @@ impl Params {
             stock: false,
             cert: None,
             cert_fault: CertFault::None,
+            strongswan: Strongswan::V5,
         }
     }
 
