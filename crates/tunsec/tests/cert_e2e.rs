@@ -37,6 +37,9 @@
 //! - `cert_reauth_back_to_back_from_both_sides`: h1, h2 and h1 again
 //!   re-authenticate, each as soon as the one before is up: no ping lost
 //!   either way, and one Child SA pair left on each side, paired.
+//! - `cert_reauth_refused_by_its_initiator_keeps_the_tunnel`: h2 revokes
+//!   h1's certificate and re-authenticates; it refuses h1's AUTH, and both
+//!   keep the old IKE SA and Child SAs (no ping lost).
 //! - `cert_tcp_transfer_across_reload_and_reauth`: a 6 s TCP transfer
 //!   across both reloads and a re-authentication completes intact
 //!   (SHA-256 on both ends), over a new IKE SA.
@@ -688,6 +691,70 @@ fn cert_reauth_back_to_back_from_both_sides() {
         );
         ping_ok(&t1, &tenant_addr(2))?;
         ping_ok(&t2, &tenant_addr(1))?;
+        Ok(())
+    });
+}
+
+/// A re-authentication refused by its own initiator: h2 revokes h1's
+/// certificate (its CRL, `tunsec reload`) and re-authenticates. h1 answers
+/// the new IKE SA; h2 refuses h1's AUTH and tells h1 so (RFC 7296 section
+/// 2.21.2). Both keep the old IKE SA and its Child SAs: no ping lost, the
+/// IKE SPIs unchanged, and h1 removed no SA.
+#[test]
+fn cert_reauth_refused_by_its_initiator_keeps_the_tunnel() {
+    with_lab("crt-rfs", |lab| {
+        let d = lab.dir.path().join("pki");
+        pki::init_ca(KeyAlg::EcdsaP256, "tunsec e2e CA", 30, &d.join("ca"))?;
+        for name in ["h1", "h2"] {
+            pki::issue(&d.join("ca"), name, &[], KeyAlg::EcdsaP256, 30, &d)?;
+        }
+        pki::crl(&d.join("ca"), &[], 7, &d.join("ca.crl"))?;
+        let hosts = start(lab, &ca_ike(&d, 1, 2, "h1"), &ca_ike(&d, 2, 1, "h2"))?;
+        let (t1, _t2) = assert_tunnel(lab, &hosts)?;
+        let before = current_spis(lab)?.context("no IKE SA")?;
+
+        // h2 revokes h1's certificate: h2 has its own copy of the CRL.
+        let h2_ike = ca_ike(&d, 2, 1, "h2").replace("ca.crl", "h2-ca.crl");
+        pki::crl(&d.join("ca"), &[d.join("h1.pem")], 7, &d.join("h2-ca.crl"))?;
+        write_config(lab, 2, 1, &h2_ike)?;
+        call(lab, 2, &Request::Reload)?;
+
+        let pinger = pings(&t1, &tenant_addr(2), 30)?;
+        std::thread::sleep(Duration::from_millis(500));
+        call(lab, 2, &Request::Reauth { peer: "h1".into() })?;
+        let log = |n: u8| {
+            strip_ansi(
+                &std::fs::read_to_string(lab.dir.path().join(format!("h{n}.log")))
+                    .unwrap_or_default(),
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log(2).contains("certificate revoked") {
+            if Instant::now() > deadline {
+                bail!("h2 did not refuse h1's revoked certificate:\n{}", log(2));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let received = pings_received(pinger)?;
+        eprintln!("  pings across the refused re-authentication: {received} of 30");
+        ensure!(
+            received == 30,
+            "{} pings lost across the refused re-authentication:\n{}",
+            30 - received,
+            log(1)
+        );
+        ensure!(
+            current_spis(lab)? == Some(before),
+            "the refused re-authentication changed the IKE SA:\n{}\n{}",
+            status(lab, 1)?.render(),
+            status(lab, 2)?.render()
+        );
+        ensure!(
+            !log(1).contains("SAs removed"),
+            "h1 removed its SAs:\n{}",
+            log(1)
+        );
+        ping_ok(&t1, &tenant_addr(2))?;
         Ok(())
     });
 }

@@ -149,7 +149,10 @@ impl IkeDriver {
         use crate::keys::{EspSaExport, HexKey, IkeSaExport};
         let mut out = DriverKeys::default();
         for p in &self.peers {
-            for handle in [p.handle, p.beside.map(|b| b.handle)].into_iter().flatten() {
+            for handle in [p.handle, p.beside.as_ref().map(|b| b.handle)]
+                .into_iter()
+                .flatten()
+            {
                 let Some(k) = self.endpoint.sa_mut(handle).and_then(|sa| sa.export_keys()) else {
                     continue;
                 };

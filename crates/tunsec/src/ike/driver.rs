@@ -314,7 +314,7 @@ impl IkeDriver {
         // the peer gives up its own for ours once ours authenticates
         // (`authenticated` in events.rs).
         let p = &peers[i];
-        if p.initiator && p.beside.is_some_and(|b| b.ours) {
+        if p.initiator && p.beside.as_ref().is_some_and(|b| b.ours) {
             return None;
         }
         Some(i)

@@ -3,7 +3,7 @@
 
 use super::logging::{describe_events, log_child, suite_name};
 use super::peer::{Beside, NextChild};
-use super::{INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint};
+use super::{CONFIRM_WAIT, INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_MIN, hint};
 use std::time::Instant;
 
 use tunsec_datapath::io::socket::Batch;
@@ -114,17 +114,16 @@ impl IkeDriver {
             .is_some_and(|sa| sa.is_established());
         let p = &mut self.peers[i];
         if established {
-            let theirs = Beside {
-                handle,
-                ours: false,
-            };
+            let theirs = Beside::new(handle, false);
+            let (name, index) = (p.name.clone(), p.index);
             if let Some(older) = p.beside.replace(theirs) {
                 self.endpoint.remove(older.handle);
+                self.remove_inbound(index, &older.early_inbound);
                 if older.ours {
-                    tracing::info!(peer = %p.name, "IKE: both sides re-authenticate: ours gives way to the peer's");
+                    tracing::info!(peer = %name, "IKE: both sides re-authenticate: ours gives way to the peer's");
                 }
             }
-            tracing::info!(peer = %p.name, "IKE: the peer starts a new IKE SA");
+            tracing::info!(peer = %name, "IKE: the peer starts a new IKE SA");
         } else if let Some(ours) = p.handle.replace(handle) {
             tracing::info!(peer = %p.name, "IKE: the peer's IKE SA is up: our own attempt gives way");
             self.endpoint.remove(ours);
@@ -178,10 +177,10 @@ impl IkeDriver {
     /// it (the peer restarted: RFC 7296 section 2.4); if it fails, the old
     /// one stays.
     pub(super) fn drain_incoming(&mut self, i: usize, out: &mut Vec<tunsec_ike::sa::Transmit>) {
-        let Some(Beside {
-            handle: incoming,
-            ours,
-        }) = self.peers[i].beside
+        let Some((incoming, ours, established_at)) = self.peers[i]
+            .beside
+            .as_ref()
+            .map(|b| (b.handle, b.ours, b.established_at))
         else {
             return;
         };
@@ -202,7 +201,14 @@ impl IkeDriver {
             self.peers[i].last_error =
                 Some(format!("a new IKE SA failed ({why}); the old one stays"));
             self.endpoint.remove(incoming);
-            self.peers[i].beside = None;
+            let early = self.peers[i]
+                .beside
+                .take()
+                .map(|b| b.early_inbound)
+                .unwrap_or_default();
+            // The inbound SAs it put into the data path early
+            // (`hold_events`) go.
+            self.remove_inbound(self.peers[i].index, &early);
             self.reauth_if_pending(i);
             return;
         }
@@ -210,8 +216,17 @@ impl IkeDriver {
             return;
         }
         let initial_contact = sa.peer_initial_contact();
+        if !ours && !initial_contact && !self.peer_took_it(i, established_at) {
+            self.hold_events(i, incoming);
+            return;
+        }
         let p = &mut self.peers[i];
-        p.beside = None;
+        let (held, early) = p
+            .beside
+            .take()
+            .map(|b| (b.held, b.early_inbound))
+            .unwrap_or_default();
+        p.early_inbound = early;
         let old = p.handle.replace(incoming);
         let (index, name) = (p.index, p.name.clone());
         tracing::info!(peer = %name, initial_contact, "IKE: a new IKE SA replaces the old one and its Child SAs");
@@ -219,6 +234,10 @@ impl IkeDriver {
             // A re-authentication: make before break (ike/reload.rs).
             self.retire_replaced(i, old, ours, out);
             self.defer_pending_reauth(i);
+            // What it reported while it waited comes first.
+            for e in held {
+                self.handle_event(i, e);
+            }
             return;
         }
         if let Some(old) = old {
@@ -228,6 +247,71 @@ impl IkeDriver {
         self.defer_pending_reauth(i);
         // Its events (IkeSaEstablished, ChildSaUp) are handled with the
         // current IKE SA's, below.
+    }
+
+    /// Whether the peer took the re-authenticating IKE SA it started
+    /// beside the established one, which we answered: RFC 7296 section
+    /// 2.21.2, it may still refuse our AUTH, with an INFORMATIONAL
+    /// AUTHENTICATION_FAILED on the new IKE SA (which then closes, and
+    /// the old one stays). It took it once it deletes the old IKE SA
+    /// (section 2.8.3), or `CONFIRM_WAIT` after the new one came up
+    /// without a refusal. Until then the old IKE SA and its Child SAs
+    /// stay as they are.
+    fn peer_took_it(&mut self, i: usize, established_at: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let Some(since) = established_at else {
+            if let Some(b) = self.peers[i].beside.as_mut() {
+                b.established_at = Some(now);
+            }
+            tracing::debug!(peer = %self.peers[i].name, "IKE: the peer's new IKE SA is up; waiting for the peer to take it");
+            return self.old_ike_sa_closed(i);
+        };
+        self.old_ike_sa_closed(i) || now >= since + CONFIRM_WAIT
+    }
+
+    /// While the peer's re-authenticating IKE SA waits for the peer to
+    /// take it (`peer_took_it`), its events wait too; but the inbound SA
+    /// of each Child SA it brings up goes into the data path at once: the
+    /// peer may send on it as soon as it has our IKE_AUTH response.
+    fn hold_events(&mut self, i: usize, handle: tunsec_ike::sa::SaHandle) {
+        let Some(sa) = self.endpoint.sa_mut(handle) else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(e) = sa.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            if let Event::ChildSaUp { inbound, outbound } = &e {
+                let (remote, lifetime, index) = {
+                    let p = &self.peers[i];
+                    (p.addr.ip(), p.ike.child_lifetime, p.index)
+                };
+                match self.new_pair(remote, lifetime, inbound, outbound) {
+                    Ok((sa_in, _)) => {
+                        self.publish_inbound(index, inbound.spi, sa_in);
+                        if let Some(b) = self.peers[i].beside.as_mut() {
+                            b.early_inbound.push(inbound.spi);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(peer = %self.peers[i].name, "inbound SA not installed early: {err:#}");
+                    }
+                }
+            }
+            if let Some(b) = self.peers[i].beside.as_mut() {
+                b.held.push(e);
+            }
+        }
+    }
+
+    /// Whether peer `i`'s established IKE SA is gone or closed (the peer
+    /// deleted it).
+    fn old_ike_sa_closed(&mut self, i: usize) -> bool {
+        self.peers[i]
+            .handle
+            .and_then(|h| self.endpoint.sa_mut(h))
+            .is_none_or(|sa| sa.is_closed())
     }
 
     /// The new IKE SA beside the established one came up while a

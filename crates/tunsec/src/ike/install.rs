@@ -145,11 +145,17 @@ impl IkeDriver {
         Ok((sa_in, sa_out))
     }
 
-    /// Publishes new tables with an inbound SA added for peer `index`.
+    /// Publishes new tables with an inbound SA added for peer `index`. One
+    /// already there with this SPI for this peer stays, with its replay
+    /// window: it went in early (`hold_events`) for the same Child SA.
     pub(super) fn publish_inbound(&self, index: usize, spi: u32, sa: Sa) {
         let sa = Arc::new(Mutex::new(sa));
         self.shared.edit(&mut |t: &mut dyn SaTables| {
-            t.inbound_mut().insert(
+            let inbound = t.inbound_mut();
+            if inbound.get(&spi).is_some_and(|e| e.peer == index) {
+                return;
+            }
+            inbound.insert(
                 spi,
                 InboundEntry {
                     peer: index,
@@ -241,11 +247,23 @@ impl IkeDriver {
         });
     }
 
+    /// Removes some of peer `index`'s inbound SAs, by SPI.
+    pub(super) fn remove_inbound(&self, index: usize, spis: &[u32]) {
+        if spis.is_empty() {
+            return;
+        }
+        self.shared.edit(&mut |t: &mut dyn SaTables| {
+            t.inbound_mut()
+                .retain(|spi, e| !(e.peer == index && spis.contains(spi)));
+        });
+    }
+
     /// Removes every SA of a peer, and forgets its rekeys in progress.
     pub(super) fn remove_all(&mut self, i: usize, index: usize, name: &str) {
         self.peers[i].pending_outbound.clear();
         self.peers[i].replacement = None;
         self.peers[i].expiring_inbound.clear();
+        self.peers[i].early_inbound.clear();
         self.remove_sas(index, name);
     }
 

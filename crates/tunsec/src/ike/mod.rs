@@ -88,6 +88,11 @@ const INBOUND_GRACE: Duration = Duration::from_secs(2);
 /// After a rekey, the longest the outbound SA waits for the old pair's
 /// deletion before it switches to the new SA anyway.
 const SWITCH_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a peer's re-authentication waits for the peer to take the new
+/// IKE SA (delete the old one) before it replaces the old one anyway:
+/// a refusal of our AUTH (RFC 7296 section 2.21.2) comes well within it.
+const CONFIRM_WAIT: Duration = Duration::from_secs(2);
 /// The largest IKE datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 /// How long the designated responder waits at start-up for the peer to

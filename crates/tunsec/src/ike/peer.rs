@@ -76,6 +76,10 @@ pub(super) struct PeerIke {
     /// A re-authentication under way: its Child SAs replace the old IKE
     /// SA's ones (`ike/reload.rs`).
     pub(super) replacement: Option<Replacement>,
+    /// Inbound SAs of the IKE SA that just replaced the old one, already
+    /// in the data path (`hold_events`): not among the old ones that
+    /// `begin_replacement` retires.
+    pub(super) early_inbound: Vec<u32>,
 }
 
 /// Whether we initiate to a peer at `remote` by ourselves: the lower
@@ -85,13 +89,35 @@ pub(super) fn designated_initiator(ike: &IkePeer, local: IpAddr, remote: IpAddr)
 }
 
 /// A second IKE SA with a peer, beside the established one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct Beside {
     /// The new IKE SA.
     pub(super) handle: SaHandle,
     /// Our own re-authentication (`ike/reload.rs`); else the peer's new
     /// IKE SA: it restarted (INITIAL_CONTACT) or re-authenticates.
     pub(super) ours: bool,
+    /// When it was first seen established (`drain_incoming`): a peer's
+    /// re-authentication waits for the peer to take it, at most
+    /// `CONFIRM_WAIT` from then.
+    pub(super) established_at: Option<Instant>,
+    /// Its events while it waits, handled once it replaces the old one.
+    pub(super) held: Vec<tunsec_ike::sa::Event>,
+    /// The inbound SAs of its Child SAs, in the data path while it waits
+    /// (the peer may send on them at once); removed if it fails.
+    pub(super) early_inbound: Vec<u32>,
+}
+
+impl Beside {
+    /// A new IKE SA beside the established one, `ours` or the peer's.
+    pub(super) fn new(handle: SaHandle, ours: bool) -> Self {
+        Self {
+            handle,
+            ours,
+            established_at: None,
+            held: Vec::new(),
+            early_inbound: Vec::new(),
+        }
+    }
 }
 
 /// How the next Child SA of a peer is installed.
@@ -179,6 +205,7 @@ impl PeerIke {
             reauth_on_rekey: false,
             reauth_pending: false,
             replacement: None,
+            early_inbound: Vec::new(),
         })
     }
 }

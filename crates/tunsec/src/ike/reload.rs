@@ -101,6 +101,7 @@ impl IkeDriver {
                 "pending outbound switch dropped: its IKE SA is replaced"
             );
         }
+        let early = std::mem::take(&mut p.early_inbound);
         let mut old_out = Vec::new();
         let mut old_in = Vec::new();
         // A read: the copy it publishes is the same tables.
@@ -111,7 +112,7 @@ impl IkeDriver {
             old_in = t
                 .inbound_mut()
                 .iter()
-                .filter(|(_, e)| e.peer == index)
+                .filter(|(spi, e)| e.peer == index && !early.contains(spi))
                 .map(|(spi, _)| *spi)
                 .collect();
         });
@@ -288,7 +289,7 @@ impl IkeDriver {
         {
             Ok(handle) => {
                 let p = &mut self.peers[i];
-                p.beside = Some(Beside { handle, ours: true });
+                p.beside = Some(Beside::new(handle, true));
                 tracing::info!(peer = %p.name, "IKE: re-authenticating: a new IKE SA beside the current one");
             }
             Err(e) => {
