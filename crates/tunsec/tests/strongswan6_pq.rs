@@ -8,6 +8,10 @@
 //!   `aes256gcm16-prfsha384-mlkem768`, ML-KEM-768 alone as the key
 //!   exchange (draft-ietf-ipsecme-ikev2-mlkem), ESP aes256gcm16.
 //! - `sswan6_ml_kem_charon_initiates`: the same, `swanctl --initiate`.
+//! - `sswan6_ml_kem_rekeys`: ESP `aes256gcm16-mlkem768` (ML-KEM-768 for
+//!   PFS): Child SA rekeys by charon (`swanctl --rekey`) and by tunsecd
+//!   (`tunsec rekey`), then IKE SA rekeys by each, under pings; charon
+//!   logs the ESP proposal with ML_KEM_768.
 //!
 //!   Both: charon's log shows the selected proposal with `ML_KEM_768`,
 //!   its `--list-sas` the IKE SA on it, tunsecd's status the suite; pings
@@ -18,7 +22,7 @@
 //! 6.0.6 in /opt/strongswan6; they fail, never skip, when something is
 //! missing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
@@ -81,5 +85,72 @@ fn sswan6_ml_kem_charon_initiates() {
         ensure!(ike.role == "responder", "tunsecd's role: {ike:?}");
         ml_kem_agreed(lab, &x)?;
         establishes(lab, &mut x, pair, CHARON_IKE, "ESP:AES_GCM_16-256")
+    });
+}
+
+/// Rekeys with ML-KEM-768 for PFS, by either side: the Child SA
+/// (CREATE_CHILD_SA with a KE payload: tunsecd's encapsulation key or
+/// ciphertext), then the IKE SA, under 100 pings at 0.2 s.
+#[test]
+fn sswan6_ml_kem_rekeys() {
+    const PINGS: u32 = 100;
+    with_lab("tsss6-rekey", |lab| {
+        let mut p = params(1, 2);
+        p.esp = "aes256gcm16-mlkem768";
+        let mut x = interop(lab, p)?;
+        let first = x.wait_up(lab, "first Child SA", Duration::from_secs(15))?;
+        let t0 = Instant::now();
+        x.add_tenant(lab)?;
+        x.ping_both_ways(1)?;
+        let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
+
+        let out = x.charon.swanctl(&["--rekey", "--child", CONN])?;
+        ensure!(out.contains("rekey completed successfully"), "{out}");
+        let second = wait_new_pair(lab, &x, first, "rekey by charon", Duration::from_secs(10))?;
+        eprintln!("  Child SA rekeyed by charon: {first} -> {second}");
+        let line = find_line(&x.charon.log_text(), "charon", "selected proposal: ESP:")?;
+        eprintln!("  charon: {line}");
+        std::thread::sleep(Duration::from_secs(1));
+        let sock = socket_path(lab, p.tunsec).to_string_lossy().into_owned();
+        tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER])?;
+        let third = wait_new_pair(lab, &x, second, "tunsec rekey", Duration::from_secs(10))?;
+        eprintln!("  Child SA rekeyed by tunsecd: {second} -> {third}");
+        let log = x.charon.log_text();
+        let pfs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("selected proposal: ESP:") && l.contains("ML_KEM_768"))
+            .collect();
+        ensure!(
+            pfs.len() >= 2,
+            "charon selected ML-KEM-768 for PFS in {} rekeys, not 2:\n{log}",
+            pfs.len()
+        );
+
+        std::thread::sleep(Duration::from_secs(1));
+        let ike = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
+        let out = x.charon.swanctl(&["--rekey", "--ike", CONN])?;
+        ensure!(out.contains("rekey completed successfully"), "{out}");
+        let ike2 = wait_new_ike(lab, &x, &ike, "IKE rekey by charon")?;
+        std::thread::sleep(Duration::from_secs(1));
+        tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
+        let ike3 = wait_new_ike(lab, &x, &ike2, "tunsec rekey --ike")?;
+        eprintln!("  IKE SA rekeyed: {ike:?} -> {ike2:?} -> {ike3:?}");
+        let status = ike_of(&x.status(lab)?)?;
+        ensure!(
+            status.suite.as_deref() == Some(IKE),
+            "tunsecd's IKE suite after the rekeys: {status:?}"
+        );
+
+        let replies = ping_replies(pings)?;
+        eprintln!(
+            "  {replies}/{PINGS} pings answered across the rekeys ({:.1} s)",
+            t0.elapsed().as_secs_f64()
+        );
+        ensure!(
+            replies == PINGS,
+            "{} of {PINGS} pings lost across the rekeys",
+            PINGS - replies
+        );
+        Ok(())
     });
 }

@@ -22,40 +22,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use tunsec::status::Status;
-use tunsec_lab::Lab;
 
 mod common;
 mod strongswan;
 use strongswan::*;
-
-/// Waits until the pair tunsecd sends on differs from `old` (and both
-/// sides agree on it).
-fn wait_new_pair(
-    lab: &Lab,
-    x: &Interop,
-    old: Pair,
-    what: &str,
-    timeout: Duration,
-) -> anyhow::Result<Pair> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(pair) = x.current_pair(lab)? {
-            if pair.to_tunsec != old.to_tunsec && pair.to_charon != old.to_charon {
-                return Ok(pair);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{what}: no new Child SA within {} s (old: {old})\n{}",
-                timeout.as_secs(),
-                x.describe(lab)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The Child SA is rekeyed by charon (`swanctl --rekey`), then by tunsecd
 /// twice, at once (`tunsec rekey`) and when its `child_lifetime` runs out,

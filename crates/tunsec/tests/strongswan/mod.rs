@@ -523,6 +523,33 @@ pub(crate) fn ping_replies(child: std::process::Child) -> anyhow::Result<u32> {
         .with_context(|| format!("ping: unexpected output: {text}"))
 }
 
+/// Waits until the pair tunsecd sends on differs from `old` (and both
+/// sides agree on it).
+pub(crate) fn wait_new_pair(
+    lab: &Lab,
+    x: &Interop,
+    old: Pair,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<Pair> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(pair) = x.current_pair(lab)? {
+            if pair.to_tunsec != old.to_tunsec && pair.to_charon != old.to_charon {
+                return Ok(pair);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: no new Child SA within {} s (old: {old})\n{}",
+                timeout.as_secs(),
+                x.describe(lab)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// tunsecd's IKE SPIs, once charon shows an established IKE SA with the
 /// same SPIs.
 pub(crate) fn agreed_ike_spis(lab: &Lab, x: &Interop) -> anyhow::Result<Option<(String, String)>> {
