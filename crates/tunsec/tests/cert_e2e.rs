@@ -977,41 +977,6 @@ fn cert_malformed_from_the_network() {
     }
 }
 
-/// A TCP receiver in h2's tenant: prints the bytes and SHA-256 received.
-const TCP_SERVER: &str = r#"
-import hashlib, socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.51.100.2", 5001))
-s.listen(1)
-c, _ = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    d = c.recv(1 << 16)
-    if not d:
-        break
-    h.update(d)
-    n += len(d)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-/// A TCP sender in h1's tenant: random blocks for argv[1] seconds; prints
-/// the bytes and SHA-256 sent.
-const TCP_CLIENT: &str = r#"
-import hashlib, os, socket, sys, time
-seconds = float(sys.argv[1])
-block = os.urandom(1 << 16)
-h, n = hashlib.sha256(), 0
-c = socket.create_connection(("198.51.100.2", 5001), timeout=30)
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    c.sendall(block)
-    h.update(block)
-    n += len(block)
-c.close()
-print(n, h.hexdigest(), flush=True)
-"#;
-
 /// The issue's measure of rotation: a TCP transfer (6 s) runs while both
 /// hosts reload new credentials (h1 a new certificate and key) and h1
 /// re-authenticates; it completes, every byte intact (SHA-256 on both

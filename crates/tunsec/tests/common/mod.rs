@@ -708,3 +708,42 @@ pub(crate) fn start_ovsdb(lab: &mut Lab, label: &str, ns: &str, dir: &Path) -> a
         || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
     )
 }
+
+/// A TCP receiver for a tenant (argv[1], default 198.51.100.2, port 5001):
+/// prints the bytes and SHA-256 it received.
+pub(crate) const TCP_SERVER: &str = r#"
+import hashlib, socket, sys
+addr = sys.argv[1] if len(sys.argv) > 1 else "198.51.100.2"
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, 5001))
+s.listen(1)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+print(n, h.hexdigest(), flush=True)
+"#;
+
+/// A TCP sender from a tenant to argv[2] (default 198.51.100.2, port
+/// 5001): random blocks for argv[1] seconds; prints the bytes and SHA-256
+/// it sent.
+pub(crate) const TCP_CLIENT: &str = r#"
+import hashlib, os, socket, sys, time
+seconds = float(sys.argv[1])
+addr = sys.argv[2] if len(sys.argv) > 2 else "198.51.100.2"
+block = os.urandom(1 << 16)
+h, n = hashlib.sha256(), 0
+c = socket.create_connection((addr, 5001), timeout=30)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    c.sendall(block)
+    h.update(block)
+    n += len(block)
+c.close()
+print(n, h.hexdigest(), flush=True)
+"#;

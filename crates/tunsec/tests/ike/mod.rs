@@ -192,40 +192,6 @@ pub(crate) fn sa_count(s: &Status, peer: &str) -> usize {
         .map_or(0, |p| p.sas.len())
 }
 
-pub(crate) const TCP_SERVER: &str = r#"
-import hashlib, socket, sys
-addr = sys.argv[1] if len(sys.argv) > 1 else "198.51.100.2"
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((addr, 5001))
-s.listen(1)
-c, _ = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    d = c.recv(1 << 16)
-    if not d:
-        break
-    h.update(d)
-    n += len(d)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-pub(crate) const TCP_CLIENT: &str = r#"
-import hashlib, os, socket, sys, time
-seconds = float(sys.argv[1])
-addr = sys.argv[2] if len(sys.argv) > 2 else "198.51.100.2"
-block = os.urandom(1 << 16)
-h, n = hashlib.sha256(), 0
-c = socket.create_connection((addr, 5001), timeout=30)
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    c.sendall(block)
-    h.update(block)
-    n += len(block)
-c.close()
-print(n, h.hexdigest(), flush=True)
-"#;
-
 /// The IKE SPIs a host shows for its peer, once its IKE SA is established
 /// with exactly one Child SA pair installed (no stale SAs beside it).
 pub(crate) fn clean_ike_sa(s: &Status, peer: &str) -> anyhow::Result<Option<(String, String)>> {
