@@ -7,7 +7,9 @@
 //!   2.18).
 //! - [`child_sa_keys`]: Child SA KEYMAT and its keys (section 2.17).
 //! - [`signed_octets`], [`shared_key_auth`]: what AUTH covers, and the PSK
-//!   AUTH value (section 2.15).
+//!   AUTH value (section 2.15); [`int_auth_octets`], [`int_auth`],
+//!   [`signed_octets_with_int_auth`]: the IKE_INTERMEDIATE exchange's
+//!   IntAuth (RFC 9242 section 3.3).
 //! - [`SkCipher`]: the Encrypted payload's protection (section 3.14, RFC
 //!   5282, RFC 7634).
 //! - [`KeyExchange`]: X25519, ECP-256, ECP-384, MODP-2048 and
@@ -17,12 +19,14 @@
 //! Secrets live in [`Key`] (tunsec-esp's), which wipes itself on drop and
 //! prints as `<redacted>`.
 
+mod intermediate;
 mod kex;
 mod keys;
 mod mlkem;
 mod prf;
 mod sk;
 
+pub use intermediate::{int_auth, int_auth_octets, signed_octets_with_int_auth};
 pub use kex::{Answer, GROUPS, KeyExchange, KxGroup, find_group, respond, start};
 pub use keys::{
     ChildKeys, IkeKeys, IkeSuite, child_sa_keys, shared_key_auth, signed_octets, skeyseed,
