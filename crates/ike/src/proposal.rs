@@ -52,6 +52,9 @@ enum Keyword {
     Prf(PrfId),
     Dh(DhGroup),
     Esn(EsnId),
+    /// `keN_<method>` (strongSwan 6): the Nth additional key exchange
+    /// (RFC 9370), `keN_none` for none.
+    AddKe(u8, DhGroup),
 }
 
 impl Keyword {
@@ -65,6 +68,7 @@ impl Keyword {
             Self::Prf(p) => Transform::new(TransformId::Prf(p)),
             Self::Dh(g) => Transform::new(TransformId::Dh(g)),
             Self::Esn(e) => Transform::new(TransformId::Esn(e)),
+            Self::AddKe(index, group) => Transform::new(TransformId::AddKe { index, group }),
         }
     }
 
@@ -117,6 +121,29 @@ const KEYWORDS: &[(&str, Keyword)] = &[
     ("esn", Keyword::Esn(EsnId::Esn)),
     ("noesn", Keyword::Esn(EsnId::NoEsn)),
 ];
+
+/// `keN_<method>` (strongSwan 6's syntax, N from 1 to 7): the Nth
+/// additional key exchange (RFC 9370), `keN_none` for none.
+fn additional_key_exchange(token: &str) -> Option<(&str, Keyword)> {
+    let rest = token
+        .get(..2)?
+        .eq_ignore_ascii_case("ke")
+        .then(|| &token[2..])?;
+    let (n, method) = rest.split_once('_')?;
+    let index: u8 = n.parse().ok().filter(|i| (1..=7).contains(i))?;
+    let group = if method.eq_ignore_ascii_case("none") {
+        DhGroup::None
+    } else {
+        match KEYWORDS
+            .iter()
+            .find(|(name, ..)| name.eq_ignore_ascii_case(method))?
+        {
+            (_, Keyword::Dh(g)) => *g,
+            _ => return None,
+        }
+    };
+    Some((token, Keyword::AddKe(index, group)))
+}
 
 fn is_aead(t: &Transform) -> bool {
     matches!(
@@ -176,14 +203,17 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
         _ => return Err(error(proposal, "only IKE and ESP proposals are supported")),
     };
     let (mut encr, mut integ, mut prf, mut dh, mut esn) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut addke = vec![];
     // Integrity keywords, as prfs, for an IKE proposal without prf keywords.
     let mut implied_prf = vec![];
     let mut seen: Vec<&str> = vec![];
     for token in proposal.split('-') {
-        let Some((name, keyword)) = KEYWORDS
+        let found = KEYWORDS
             .iter()
             .find(|(name, ..)| name.eq_ignore_ascii_case(token))
-        else {
+            .map(|(name, keyword)| (*name, *keyword))
+            .or_else(|| additional_key_exchange(token));
+        let Some((name, keyword)) = found else {
             return Err(error(
                 token,
                 if token.is_empty() {
@@ -193,12 +223,12 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
                 },
             ));
         };
-        if seen.contains(name) {
+        if seen.contains(&name) {
             return Err(error(token, "named twice"));
         }
         seen.push(name);
         let transform = keyword.transform();
-        match *keyword {
+        match keyword {
             Keyword::Encr(..) => encr.push(transform),
             Keyword::Integ(i) => {
                 integ.push((token, transform));
@@ -209,7 +239,22 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
             Keyword::Dh(_) => dh.push(transform),
             Keyword::Esn(_) if ike => return Err(error(token, "ESN in an IKE proposal")),
             Keyword::Esn(_) => esn.push(transform),
+            // RFC 9370 section 2.2.4: a Child SA's additional key
+            // exchanges run in IKE_FOLLOWUP_KE, which is not built.
+            Keyword::AddKe(..) if !ike => {
+                return Err(error(
+                    token,
+                    "additional key exchanges for Child SAs (IKE_FOLLOWUP_KE) are not supported",
+                ));
+            }
+            Keyword::AddKe(..) => addke.push(transform),
         }
+    }
+    if !addke.is_empty() && dh.is_empty() {
+        return Err(error(
+            proposal,
+            "an additional key exchange (keN_) without a first one",
+        ));
     }
     let Some(first_encr) = encr.first() else {
         return Err(error(proposal, "no encryption algorithm"));
@@ -283,6 +328,7 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
         .chain(prf)
         .chain(dh)
         .chain(esn)
+        .chain(addke)
         .collect();
     Ok(Proposal {
         number: 0,
@@ -309,6 +355,16 @@ pub fn to_strongswan(proposal: &Proposal) -> String {
         .transforms
         .iter()
         .map(|t| {
+            if let TransformId::AddKe { index, group } = t.id {
+                let method = if group == DhGroup::None {
+                    Some("none")
+                } else {
+                    group_name(group)
+                };
+                if let Some(method) = method {
+                    return format!("ke{index}_{method}");
+                }
+            }
             let keyword = KEYWORDS.iter().find(|(_, k)| k.names(t));
             match keyword {
                 Some((name, ..)) if t.attributes.len() <= usize::from(t.key_length().is_some()) => {
@@ -336,6 +392,18 @@ fn optional(transform_type: TransformType) -> Option<Transform> {
     match transform_type {
         TransformType::Integ => Some(Transform::new(TransformId::Integ(IntegId::None))),
         TransformType::Dh => Some(Transform::new(TransformId::Dh(DhGroup::None))),
+        // RFC 9370 section 2.2.1: NONE makes an additional key exchange
+        // optional.
+        t @ (TransformType::AddKe1
+        | TransformType::AddKe2
+        | TransformType::AddKe3
+        | TransformType::AddKe4
+        | TransformType::AddKe5
+        | TransformType::AddKe6
+        | TransformType::AddKe7) => Some(Transform::new(TransformId::AddKe {
+            index: t.value() - 5,
+            group: DhGroup::None,
+        })),
         _ => None,
     }
 }
@@ -347,7 +415,8 @@ fn optional(transform_type: TransformType) -> Option<Transform> {
 /// group) with any value other than NONE. Implementations SHOULD omit the
 /// whole transform substructure instead of sending value NONE." An ESP
 /// proposal with a group (`aes128gcm16-x25519`) uses it only in
-/// CREATE_CHILD_SA (PFS on rekeys), as strongSwan does.
+/// CREATE_CHILD_SA (PFS on rekeys), as strongSwan does. The same holds
+/// for RFC 9370's additional key exchanges.
 pub fn without_ke(proposals: &[Proposal]) -> Vec<Proposal> {
     proposals
         .iter()
@@ -355,7 +424,10 @@ pub fn without_ke(proposals: &[Proposal]) -> Vec<Proposal> {
             transforms: p
                 .transforms
                 .iter()
-                .filter(|t| t.id.transform_type() != TransformType::Dh)
+                .filter(|t| {
+                    t.id.transform_type() != TransformType::Dh
+                        && !matches!(t.id, TransformId::AddKe { .. })
+                })
                 .cloned()
                 .collect(),
             ..p.clone()
@@ -903,7 +975,7 @@ mod test {
         let mut offer = numbered("aes128gcm16", ProtocolId::Esp);
         offer[0]
             .transforms
-            .push(Transform::new(TransformId::new(6, 0)));
+            .push(Transform::new(TransformId::new(241, 0)));
         assert_eq!(select(&own, &offer), None);
         // A different key length is a different transform.
         let offer = numbered("aes256gcm16", ProtocolId::Esp);
@@ -938,5 +1010,72 @@ mod test {
         let mut protocol = good;
         protocol.protocol = ProtocolId::Esp;
         assert!(check_chosen(&own, &protocol).is_err());
+    }
+
+    /// strongSwan 6's `keN_<method>`: additional key exchanges (RFC 9370)
+    /// parse into transform types 6 to 12, print back, and reach the suite
+    /// in order; `keN_none` makes one optional.
+    #[test]
+    fn additional_key_exchanges() {
+        for text in [
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            "aes128gcm16-prfsha256-ecp256-ke1_mlkem768-ke2_mlkem1024",
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_none",
+        ] {
+            let p = parse_ike(text).unwrap();
+            assert_eq!(to_strongswan(&p), text);
+        }
+        let p = parse_ike("aes128gcm16-prfsha256-ecp256-ke2_mlkem1024-ke1_mlkem768").unwrap();
+        assert!(
+            p.transforms
+                .iter()
+                .any(|t| t.id.transform_type() == TransformType::AddKe2)
+        );
+        // Not for Child SAs yet (IKE_FOLLOWUP_KE).
+        let Err(Error::Proposal { token, .. }) = parse_esp("aes256gcm16-x25519-ke1_mlkem768")
+        else {
+            panic!("an ESP proposal with ke1_ parsed");
+        };
+        assert_eq!(token, "ke1_mlkem768");
+        for (bad, token) in [
+            ("aes128gcm16-prfsha256-x25519-ke8_mlkem768", "ke8_mlkem768"),
+            ("aes128gcm16-prfsha256-x25519-ke1_mlkem999", "ke1_mlkem999"),
+            (
+                "aes128gcm16-prfsha256-ke1_mlkem768",
+                "aes128gcm16-prfsha256-ke1_mlkem768",
+            ),
+        ] {
+            let Err(Error::Proposal { token: t, .. }) = parse_ike(bad) else {
+                panic!("{bad} parsed");
+            };
+            assert_eq!(t, token, "{bad}");
+        }
+        // The responder picks one method per type, NONE where offered.
+        let theirs = parse_list(
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_none",
+            ProtocolId::Ike,
+        )
+        .unwrap();
+        let hybrid =
+            parse_list("aes256gcm16-prfsha384-x25519-ke1_mlkem768", ProtocolId::Ike).unwrap();
+        let chosen = select(&hybrid, &theirs).unwrap().proposal;
+        let suite = IkeSuite::from_proposal(&chosen).unwrap();
+        assert_eq!(
+            suite.additional_key_exchanges().collect::<Vec<_>>(),
+            [DhGroup::MlKem768]
+        );
+        let classical = parse_list("aes256gcm16-prfsha384-x25519", ProtocolId::Ike).unwrap();
+        let chosen = select(&classical, &theirs).unwrap().proposal;
+        assert_eq!(
+            to_strongswan(&chosen),
+            "aes256gcm16-prfsha384-x25519-ke1_none"
+        );
+        let suite = IkeSuite::from_proposal(&chosen).unwrap();
+        assert_eq!(suite.additional_key_exchanges().count(), 0);
+        assert!(check_chosen(&theirs, &chosen).is_ok());
+        // Without NONE offered, a classical responder chooses nothing.
+        let required =
+            parse_list("aes256gcm16-prfsha384-x25519-ke1_mlkem768", ProtocolId::Ike).unwrap();
+        assert!(select(&classical, &required).is_none());
     }
 }

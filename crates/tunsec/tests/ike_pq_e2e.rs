@@ -11,6 +11,12 @@
 //!   encapsulation key and a 1,088-byte ciphertext, and nothing but IKE,
 //!   ESP in UDP and ARP.
 //!
+//! - `ike_hybrid_two_additional_key_exchanges`: IKE
+//!   `aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024` (RFC 9370):
+//!   two IKE_INTERMEDIATE exchanges on the wire (tshark), both sides show
+//!   the suite, and a Child SA rekey and an IKE SA re-authentication lose
+//!   no ping.
+//!
 //! They need root, iproute2, ping and tshark (dumpcap); they fail, never
 //! skip, when something is missing.
 
@@ -27,68 +33,83 @@ use ike::*;
 const ML_KEM_768: &str = "ike_proposals = [\"aes256gcm16-prfsha384-mlkem768\"]\n\
                           esp_proposals = [\"aes256gcm16-mlkem768\"]\n";
 
+/// Both sides' `[peer.ike]` lines: X25519, then ML-KEM-768 and ML-KEM-1024
+/// in IKE_INTERMEDIATE exchanges (RFC 9370).
+const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024";
+
+/// Brings up h1 and h2 with `ike` as both `[peer.ike]` sections, checks
+/// that both show the IKE suite `suite`, then a Child SA rekey and an IKE
+/// SA rekey (for a hybrid IKE SA, a re-authentication) under 40 pings,
+/// none lost. Returns the capture of the underlay.
+fn up_and_renew(
+    lab: &mut tunsec_lab::Lab,
+    ike: &str,
+    suite: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let t0 = Instant::now();
+    let pair = two_hosts(lab)?;
+    let pcap = start_capture(lab, &pair.ul, "capture")?;
+    start_pair(lab, &pair, ("pq-secret", ike), ("pq-secret", ike))?;
+    wait_status(lab, "the IKE SA", |s1, s2| {
+        Ok(clean_ike_sa(s1, "h2")?.is_some() && clean_ike_sa(s2, "h1")?.is_some())
+    })?;
+    phase(lab, "IKE up", t0);
+    for (n, peer) in [(1, "h2"), (2, "h1")] {
+        let status = ike_of(&status(lab, n)?, peer)?;
+        ensure!(
+            status.suite.as_deref() == Some(suite),
+            "h{n}: the IKE suite is not {suite}: {status:?}"
+        );
+    }
+    let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+    let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+    ping_ok(&t1, &tenant_addr(2))?;
+    ping_ok(&t2, &tenant_addr(1))?;
+
+    // A Child SA rekey, then an IKE SA rekey, under pings: 40 at 0.1 s.
+    let pinger = pings(&t1, &tenant_addr(2), 40)?;
+    std::thread::sleep(Duration::from_millis(500));
+    for ike in [false, true] {
+        let before = ike_of(&status(lab, 1)?, "h2")?;
+        let request = Request::Rekey {
+            peer: "h2".to_owned(),
+            ike,
+        };
+        match control::call(&socket_path(lab, 1), &request)? {
+            Response::Done { .. } => {}
+            other => bail!("rekey: {other:?}"),
+        }
+        wait_status(lab, "the rekey", |s1, s2| {
+            let now = ike_of(s1, "h2")?;
+            Ok(if ike {
+                now.spi_i != before.spi_i && clean_ike_sa(s2, "h1")?.is_some()
+            } else {
+                now.child_sas > before.child_sas
+            })
+        })?;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let received = pings_received(pinger)?;
+    eprintln!("  pings across the rekeys: {received} of 40");
+    ensure!(
+        received == 40,
+        "{} pings lost across the rekeys",
+        40 - received
+    );
+    let after = ike_of(&status(lab, 1)?, "h2")?;
+    ensure!(
+        after.suite.as_deref() == Some(suite),
+        "the IKE suite after the rekeys: {after:?}"
+    );
+    phase(lab, "rekeys", t0);
+    stop_capture(lab, "capture");
+    Ok(pcap)
+}
+
 #[test]
 fn ike_ml_kem_alone() {
     with_lab("tspq-kem", |lab| {
-        let t0 = Instant::now();
-        let pair = two_hosts(lab)?;
-        let pcap = start_capture(lab, &pair.ul, "capture")?;
-        start_pair(
-            lab,
-            &pair,
-            ("pq-secret", ML_KEM_768),
-            ("pq-secret", ML_KEM_768),
-        )?;
-        wait_status(lab, "the ML-KEM IKE SA", |s1, s2| {
-            Ok(clean_ike_sa(s1, "h2")?.is_some() && clean_ike_sa(s2, "h1")?.is_some())
-        })?;
-        phase(lab, "IKE up", t0);
-        for (n, peer) in [(1, "h2"), (2, "h1")] {
-            let ike = ike_of(&status(lab, n)?, peer)?;
-            ensure!(
-                ike.suite.as_deref() == Some("aes256gcm16-prfsha384-mlkem768"),
-                "h{n}: the IKE suite is not ML-KEM-768: {ike:?}"
-            );
-        }
-        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
-        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
-        ping_ok(&t1, &tenant_addr(2))?;
-        ping_ok(&t2, &tenant_addr(1))?;
-
-        // A Child SA rekey with ML-KEM for PFS, then an IKE SA rekey,
-        // under pings: 40 at 0.1 s.
-        let pinger = pings(&t1, &tenant_addr(2), 40)?;
-        std::thread::sleep(Duration::from_millis(500));
-        for ike in [false, true] {
-            let before = ike_of(&status(lab, 1)?, "h2")?;
-            let request = Request::Rekey {
-                peer: "h2".to_owned(),
-                ike,
-            };
-            match control::call(&socket_path(lab, 1), &request)? {
-                Response::Done { .. } => {}
-                other => bail!("rekey: {other:?}"),
-            }
-            wait_status(lab, "the rekey", |s1, _| {
-                let now = ike_of(s1, "h2")?;
-                Ok(if ike {
-                    now.ike_rekeys > before.ike_rekeys
-                } else {
-                    now.child_sas > before.child_sas
-                })
-            })?;
-            std::thread::sleep(Duration::from_millis(1000));
-        }
-        let received = pings_received(pinger)?;
-        eprintln!("  pings across the rekeys: {received} of 40");
-        ensure!(
-            received == 40,
-            "{} pings lost across the rekeys",
-            40 - received
-        );
-        phase(lab, "rekeys", t0);
-        stop_capture(lab, "capture");
-
+        let pcap = up_and_renew(lab, ML_KEM_768, "aes256gcm16-prfsha384-mlkem768")?;
         // IKE_SA_INIT's KE payloads (the first two IKE messages), as
         // tshark's ISAKMP dissector reads them.
         let ke = tshark_fields(
@@ -116,6 +137,33 @@ fn ike_ml_kem_alone() {
             "{} captured frames are neither IKE, ESP in UDP nor ARP:{}",
             other.len(),
             describe(&other)
+        );
+        Ok(())
+    });
+}
+
+/// Hybrid, tunsec to tunsec: X25519 in IKE_SA_INIT, then ML-KEM-768 and
+/// ML-KEM-1024 in two IKE_INTERMEDIATE exchanges (message IDs 1 and 2,
+/// their key shares in encrypted fragments), IKE_AUTH with ID 3. tshark
+/// sees the IKE_INTERMEDIATE exchanges on the wire; the IKE SA is renewed
+/// by re-authentication, hybrid again, without a lost ping.
+#[test]
+fn ike_hybrid_two_additional_key_exchanges() {
+    with_lab("tspq-hyb", |lab| {
+        let ike = format!("ike_proposals = [\"{HYBRID}\"]\n");
+        let pcap = up_and_renew(lab, &ike, HYBRID)?;
+        let ids = tshark_fields(
+            &pcap,
+            Some("isakmp.exchangetype == 43"),
+            &["isakmp.messageid"],
+        )?;
+        let mut ids: Vec<&str> = ids.lines().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        eprintln!("  IKE_INTERMEDIATE message IDs: {ids:?}");
+        ensure!(
+            ids.contains(&"0x00000001") && ids.contains(&"0x00000002"),
+            "no two IKE_INTERMEDIATE exchanges on the wire: {ids:?}"
         );
         Ok(())
     });

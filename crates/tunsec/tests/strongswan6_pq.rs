@@ -12,6 +12,14 @@
 //!   PFS): Child SA rekeys by charon (`swanctl --rekey`) and by tunsecd
 //!   (`tunsec rekey`), then IKE SA rekeys by each, under pings; charon
 //!   logs the ESP proposal with ML_KEM_768.
+//! - `sswan6_hybrid_tunsec_initiates`, `sswan6_hybrid_charon_initiates`:
+//!   IKE `aes256gcm16-prfsha384-x25519-ke1_mlkem768` (RFC 9370: ML-KEM-768
+//!   in IKE_INTERMEDIATE, RFC 9242), each side initiating: charon selects
+//!   the hybrid proposal and logs IKE_INTERMEDIATE, tunsecd's status shows
+//!   the suite; pings, iperf3; then under 100 pings, charon's IKE rekey
+//!   (refused and replaced by tunsecd's re-authentication), tunsecd's
+//!   (a re-authentication), and Child SA rekeys by each side: no ping
+//!   lost, every IKE SA hybrid.
 //!
 //!   Both: charon's log shows the selected proposal with `ML_KEM_768`,
 //!   its `--list-sas` the IKE SA on it, tunsecd's status the suite; pings
@@ -153,4 +161,101 @@ fn sswan6_ml_kem_rekeys() {
         );
         Ok(())
     });
+}
+
+/// IKE `aes256gcm16-prfsha384-x25519-ke1_mlkem768` with `initiate` by
+/// tunsecd (`by_tunsec`) or charon: X25519 in IKE_SA_INIT, ML-KEM-768 in
+/// IKE_INTERMEDIATE (RFC 9370, RFC 9242). charon selects the hybrid
+/// proposal; pings, iperf3, only IKE and ESP on the wire.
+fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
+    const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768";
+    let mut p = if by_tunsec {
+        params(1, 2)
+    } else {
+        params(2, 1)
+    };
+    p.ike = HYBRID;
+    let mut x = interop(lab, p)?;
+    if !by_tunsec {
+        let out = x
+            .charon
+            .swanctl(&["--initiate", "--child", CONN, "--timeout", "15"]);
+        let out = out.with_context(|| x.describe(lab))?;
+        ensure!(out.contains("initiate completed successfully"), "{out}");
+    }
+    let pair = x.wait_up(lab, "the hybrid IKE SA", Duration::from_secs(15))?;
+    let log = x.charon.log_text();
+    let line = find_line(&log, "charon", "selected proposal: IKE:")?;
+    eprintln!("  charon: {line}");
+    ensure!(
+        line.contains("CURVE_25519/KE1_ML_KEM_768"),
+        "charon did not select the hybrid proposal: {line}"
+    );
+    find_line(&log, "charon", "IKE_INTERMEDIATE")?;
+    let ike = ike_of(&x.status(lab)?)?;
+    ensure!(
+        ike.suite.as_deref() == Some(HYBRID),
+        "tunsecd's IKE suite: {ike:?}"
+    );
+    establishes(
+        lab,
+        &mut x,
+        pair,
+        "AES_GCM_16-256/PRF_HMAC_SHA2_384/CURVE_25519/KE1_ML_KEM_768",
+        "ESP:AES_GCM_16-256",
+    )?;
+
+    // Renewals under pings: charon's rekey of the IKE SA (CREATE_CHILD_SA
+    // would need IKE_FOLLOWUP_KE: tunsecd refuses it and re-authenticates
+    // instead), tunsecd's (a re-authentication), and Child SA rekeys by
+    // each side over the hybrid IKE SA.
+    const PINGS: u32 = 100;
+    let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
+    let sock = socket_path(lab, p.tunsec).to_string_lossy().into_owned();
+    let ike0 = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
+    let _ = x.charon.swanctl(&["--rekey", "--ike", CONN]);
+    let ike1 = wait_new_ike(lab, &x, &ike0, "charon's IKE rekey, as a re-authentication")?;
+    std::thread::sleep(Duration::from_secs(2));
+    tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
+    let ike2 = wait_new_ike(lab, &x, &ike1, "tunsec rekey --ike, as a re-authentication")?;
+    eprintln!("  IKE SA renewed: {ike0:?} -> {ike1:?} -> {ike2:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let first = x.current_pair(lab)?.context("no Child SA")?;
+    let out = x.charon.swanctl(&["--rekey", "--child", CONN])?;
+    ensure!(out.contains("rekey completed successfully"), "{out}");
+    let second = wait_new_pair(lab, &x, first, "rekey by charon", Duration::from_secs(10))?;
+    tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER])?;
+    wait_new_pair(lab, &x, second, "tunsec rekey", Duration::from_secs(10))?;
+    let ike = ike_of(&x.status(lab)?)?;
+    ensure!(
+        ike.suite.as_deref() == Some(HYBRID),
+        "tunsecd's IKE suite after the renewals: {ike:?}"
+    );
+    let log = x.charon.log_text();
+    let hybrid_sas = log
+        .lines()
+        .filter(|l| l.contains("selected proposal: IKE:") && l.contains("KE1_ML_KEM_768"))
+        .count();
+    ensure!(
+        hybrid_sas >= 3,
+        "charon selected the hybrid proposal {hybrid_sas} times, not 3:\n{log}"
+    );
+    let replies = ping_replies(pings)?;
+    eprintln!("  {replies}/{PINGS} pings answered across the renewals");
+    ensure!(
+        replies == PINGS,
+        "{} of {PINGS} pings lost across the renewals",
+        PINGS - replies
+    );
+    Ok(())
+}
+
+#[test]
+fn sswan6_hybrid_tunsec_initiates() {
+    with_lab("tsss6-hyi", |lab| hybrid(lab, true));
+}
+
+#[test]
+fn sswan6_hybrid_charon_initiates() {
+    with_lab("tsss6-hyr", |lab| hybrid(lab, false));
 }

@@ -19,6 +19,9 @@ pub struct IkeSuite {
     pub prf: Prf,
     /// The Diffie-Hellman group.
     pub group: DhGroup,
+    /// The additional key exchanges (RFC 9370), ADDKE1 to ADDKE7 in
+    /// order; [`DhGroup::None`] where there is none.
+    pub additional: [DhGroup; 7],
 }
 
 impl IkeSuite {
@@ -31,6 +34,7 @@ impl IkeSuite {
         let mut integ = None;
         let mut prf = None;
         let mut group = None;
+        let mut additional = [None; 7];
         for t in &proposal.transforms {
             let unsupported = || Error::Unsupported {
                 what: "IKE transform",
@@ -67,6 +71,15 @@ impl IkeSuite {
                     slot_taken(group.is_some())?;
                     group = Some(g);
                 }
+                TransformId::AddKe { index, group: g }
+                    if (1..=7).contains(&index)
+                        && t.attributes.is_empty()
+                        && (g == DhGroup::None || super::find_group(g).is_some()) =>
+                {
+                    let slot = &mut additional[usize::from(index - 1)];
+                    slot_taken(slot.is_some())?;
+                    *slot = Some(g);
+                }
                 _ => return Err(unsupported()),
             }
         }
@@ -84,7 +97,17 @@ impl IkeSuite {
             integ,
             prf: prf.ok_or(missing("negotiated proposal: no prf"))?,
             group: group.ok_or(missing("negotiated proposal: no Diffie-Hellman group"))?,
+            additional: additional.map(|g| g.unwrap_or(DhGroup::None)),
         })
+    }
+
+    /// The additional key exchanges to run after the first, in order
+    /// (RFC 9370 section 2.2.1: by ascending transform type).
+    pub fn additional_key_exchanges(&self) -> impl Iterator<Item = DhGroup> + '_ {
+        self.additional
+            .iter()
+            .copied()
+            .filter(|g| *g != DhGroup::None)
     }
 }
 

@@ -95,8 +95,15 @@ pub enum TransformId {
     Dh(DhGroup),
     /// Type 5: extended sequence numbers or not.
     Esn(EsnId),
-    /// A transform type without a name here (for example RFC 9370's
-    /// additional key exchanges, types 6 to 12).
+    /// Types 6 to 12: the `index`th additional key exchange (RFC 9370
+    /// section 2.2), 1 to 7, with its method ([`DhGroup::None`]: none).
+    AddKe {
+        /// 1 to 7: Transform Type 5 + `index`.
+        index: u8,
+        /// The key exchange method.
+        group: DhGroup,
+    },
+    /// A transform type without a name here.
     Other {
         /// The transform type.
         transform_type: u8,
@@ -137,6 +144,16 @@ impl TransformId {
             TransformType::Integ => Self::Integ(id.into()),
             TransformType::Dh => Self::Dh(id.into()),
             TransformType::Esn => Self::Esn(id.into()),
+            TransformType::AddKe1
+            | TransformType::AddKe2
+            | TransformType::AddKe3
+            | TransformType::AddKe4
+            | TransformType::AddKe5
+            | TransformType::AddKe6
+            | TransformType::AddKe7 => Self::AddKe {
+                index: transform_type - 5,
+                group: id.into(),
+            },
             TransformType::Unknown(_) => Self::Other { transform_type, id },
         }
     }
@@ -149,6 +166,7 @@ impl TransformId {
             Self::Integ(_) => TransformType::Integ,
             Self::Dh(_) => TransformType::Dh,
             Self::Esn(_) => TransformType::Esn,
+            Self::AddKe { index, .. } => TransformType::from(index.saturating_add(5)),
             Self::Other { transform_type, .. } => TransformType::from(transform_type),
         }
     }
@@ -161,6 +179,7 @@ impl TransformId {
             Self::Integ(id) => id.value(),
             Self::Dh(id) => id.value(),
             Self::Esn(id) => id.value(),
+            Self::AddKe { group, .. } => group.value(),
             Self::Other { id, .. } => id,
         }
     }
@@ -428,7 +447,7 @@ pub(crate) mod test {
                         Transform::new(TransformId::Esn(EsnId::NoEsn)),
                         Transform {
                             id: TransformId::Other {
-                                transform_type: 6,
+                                transform_type: 241,
                                 id: 0x1234,
                             },
                             attributes: vec![Attribute::Other {
@@ -450,7 +469,7 @@ pub(crate) mod test {
         sa.encode(&mut out).unwrap();
         let expected = "02000022 01030402 c0ffee01 \
                         03000008 05000000 \
-                        0000000e 06001234 0101 0002 aabb \
+                        0000000e f1001234 0101 0002 aabb \
                         0000000c 02030400 c0ffee02";
         assert_eq!(hex::encode(&out), expected.replace(' ', ""));
         assert_eq!(SaPayload::decode(&out).unwrap(), sa);

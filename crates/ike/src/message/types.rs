@@ -147,6 +147,21 @@ registry! {
         Dh = 4,
         /// Extended sequence numbers (ESN).
         Esn = 5,
+        /// Additional Key Exchange 1 (RFC 9370): a key exchange method run
+        /// in IKE_INTERMEDIATE (or IKE_FOLLOWUP_KE) after the first.
+        AddKe1 = 6,
+        /// Additional Key Exchange 2.
+        AddKe2 = 7,
+        /// Additional Key Exchange 3.
+        AddKe3 = 8,
+        /// Additional Key Exchange 4.
+        AddKe4 = 9,
+        /// Additional Key Exchange 5.
+        AddKe5 = 10,
+        /// Additional Key Exchange 6.
+        AddKe6 = 11,
+        /// Additional Key Exchange 7.
+        AddKe7 = 12,
     }
 }
 
@@ -380,6 +395,9 @@ registry! {
         MobikeSupported = 16396,
         /// MULTIPLE_AUTH_SUPPORTED (RFC 4739).
         MultipleAuthSupported = 16404,
+        /// INTERMEDIATE_EXCHANGE_SUPPORTED (RFC 9242 section 3): the
+        /// sender can do IKE_INTERMEDIATE exchanges.
+        IntermediateExchangeSupported = 16438,
         /// REDIRECT_SUPPORTED (RFC 5685).
         RedirectSupported = 16406,
         /// EAP_ONLY_AUTHENTICATION (RFC 5998).

@@ -134,6 +134,7 @@ pub(super) fn responder_identity(
 /// `real_message | peer_nonce | prf(SK_p, IDx')`, `our_id` being the ID
 /// payload we send): the PSK's MAC, or a signature (see the module
 /// documentation for the method).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn local_auth(
     config: &Config,
     our_id: &Identity,
@@ -142,14 +143,18 @@ pub(super) fn local_auth(
     peer_nonce: &[u8],
     sk_p: &Key,
     peer_hashes: Option<&[HashAlgorithm]>,
+    int_auth: &[u8],
 ) -> Result<Auth> {
-    let octets = signed_octets(
+    // RFC 9242 section 3.3.2: after IKE_INTERMEDIATE exchanges the octets
+    // end in IntAuth_i | IntAuth_r | IKE_AUTH's message ID (`int_auth`).
+    let mut octets = signed_octets(
         suite.prf,
         real_message,
         peer_nonce,
         sk_p,
         &encode_id(our_id),
     );
+    octets.extend_from_slice(int_auth);
     let Some(cert) = &config.cert else {
         let auth = shared_key_auth(suite.prf, config.psk.expose(), &octets);
         return Ok(Auth {
@@ -183,14 +188,16 @@ pub(super) fn verify_peer_auth(
     peer_real_message: &[u8],
     our_nonce: &[u8],
     sk_p: &Key,
+    int_auth: &[u8],
 ) -> Result<(), AuthFailure> {
-    let octets = signed_octets(
+    let mut octets = signed_octets(
         suite.prf,
         peer_real_message,
         our_nonce,
         sk_p,
         &encode_id(id),
     );
+    octets.extend_from_slice(int_auth);
     let Some(cert) = &config.cert else {
         if let Some(expected) = config.remote_id.as_ref().filter(|r| *r != id) {
             return Err(AuthFailure::IdentityMismatch {
@@ -270,6 +277,7 @@ impl IkeSa {
         sk: &Sk,
         peer_real_message: &[u8],
         our_nonce: &[u8],
+        int_auth: &[u8],
     ) -> Result<(), AuthFailure> {
         let sk_p = match self.role {
             Role::Initiator => &sk.keys.sk_pr,
@@ -285,6 +293,7 @@ impl IkeSa {
             peer_real_message,
             our_nonce,
             sk_p,
+            int_auth,
         )
     }
 

@@ -613,6 +613,7 @@ fn cert_auth_method_choice_and_verification() {
                 message,
                 b"nonce",
                 &sk_p,
+                &[],
             )
         };
         let all = SUPPORTED_HASHES;
@@ -635,6 +636,7 @@ fn cert_auth_method_choice_and_verification() {
                 b"nonce",
                 &sk_p,
                 hashes,
+                &[],
             )
             .unwrap();
             assert_eq!(auth.method, method, "{kind} {hashes:?}");
@@ -844,6 +846,7 @@ mod props {
                 b"message 1",
                 b"nonce",
                 &Key::from_slice(&[7; 32]),
+                &[],
             );
             prop_assert!(result.is_err());
         }

@@ -154,6 +154,10 @@ impl IkeSa {
                     }
                 }
                 Queued::CreateChild(i) => self.start_rekey(now, ChildTarget::Create(i), None, 0),
+                Queued::IkeRekey if self.has_additional_key_exchanges() => {
+                    self.events.push_back(Event::ReauthRequired);
+                    Ok(())
+                }
                 Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
                 Queued::DeleteChild(r) => self.send_delete_child(now, r),
             };

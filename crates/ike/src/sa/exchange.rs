@@ -386,7 +386,7 @@ impl IkeSa {
         }
         match &self.state {
             State::InitSent(_) => return self.on_init_response(msg),
-            State::AuthSent(_) | State::Established(_) => {}
+            State::IntermediateSent(_) | State::AuthSent(_) | State::Established(_) => {}
             _ => return Err(Discard::Unexpected),
         }
         if header.responder_spi != self.spi_r {
@@ -397,6 +397,7 @@ impl IkeSa {
         };
         self.outstanding = None;
         match &self.state {
+            State::IntermediateSent(_) => self.on_intermediate_response(now, &message),
             State::AuthSent(_) => self.on_auth_response(now, &message),
             State::Established(st) => {
                 // The answer to our DELETE closes the IKE SA (RFC 7296
@@ -483,11 +484,19 @@ impl IkeSa {
             }
         }
         match &self.state {
-            State::ExpectAuth(_) => {
-                if header.message_id != 1 {
+            State::ExpectAuth(st) => {
+                if header.message_id != st.next_id {
                     return Err(Discard::WrongMessageId);
                 }
-                if header.exchange_type != ExchangeType::IkeAuth {
+                // RFC 9242 section 3: IKE_INTERMEDIATE while additional
+                // key exchanges are due (intermediate.rs), then IKE_AUTH.
+                let intermediate = st.intermediate_due();
+                let expected = if intermediate {
+                    ExchangeType::IkeIntermediate
+                } else {
+                    ExchangeType::IkeAuth
+                };
+                if header.exchange_type != expected {
                     return Err(Discard::Unexpected);
                 }
                 // An unknown critical payload is answered (critical.rs).
@@ -495,6 +504,9 @@ impl IkeSa {
                     return Ok(());
                 };
                 self.remote = Some(remote);
+                if intermediate {
+                    return self.on_intermediate_request(&message);
+                }
                 self.on_auth_request(now, &message);
                 Ok(())
             }

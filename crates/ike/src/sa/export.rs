@@ -36,6 +36,7 @@ impl IkeSa {
     /// can be decrypted with what this returns.
     pub fn export_keys(&self) -> Option<IkeSaKeys<'_>> {
         let sk = match &self.state {
+            State::IntermediateSent(st) => &st.sk,
             State::AuthSent(st) => &st.sk,
             State::ExpectAuth(st) => &st.sk,
             State::Established(st) => &st.sk,

@@ -96,6 +96,7 @@ impl IkeSa {
     ///
     /// Fails with [`Error::InvalidState`] unless the IKE SA is established.
     pub fn rekey_ike(&mut self, now: Instant) -> Result<()> {
+        // See Event::ReauthRequired.
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
@@ -251,6 +252,12 @@ impl IkeSa {
         let busy = self.outstanding.is_some() || st.deleting || self.retiring.is_some();
         let result = if busy {
             Err(Notify::empty(NotifyType::TemporaryFailure))
+        } else if st.sk.suite.additional_key_exchanges().next().is_some() {
+            // A rekey with additional key exchanges needs IKE_FOLLOWUP_KE
+            // (RFC 9370 section 2.2.2), which we do not do: refused, and
+            // the IKE SA is renewed by re-authentication instead.
+            self.events.push_back(Event::ReauthRequired);
+            Err(Notify::empty(NotifyType::NoProposalChosen))
         } else {
             self.ike_rekey_answer(&st, message)
         };
@@ -498,5 +505,15 @@ impl IkeSa {
             Timer::GiveUp => self.retiring = None,
             Timer::Retransmit(bytes) => self.retransmit(bytes),
         }
+    }
+}
+
+impl IkeSa {
+    /// Whether the IKE SA's keys came from additional key exchanges too
+    /// (RFC 9370): then it is renewed by re-authentication.
+    pub(super) fn has_additional_key_exchanges(&self) -> bool {
+        self.state
+            .sk()
+            .is_some_and(|sk| sk.suite.additional_key_exchanges().next().is_some())
     }
 }

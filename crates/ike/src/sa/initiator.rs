@@ -14,6 +14,7 @@ use super::auth;
 use super::config::Config;
 use super::event::{AuthFailure, Event};
 use super::fragment;
+use super::intermediate::{Handshake, IntAuthChain, intermediate_supported, wants_intermediate};
 use super::logging::{self, Hex, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
@@ -23,7 +24,6 @@ use super::state::{
     Sk, State, rekey_time,
 };
 use super::ts;
-use crate::cert::HashAlgorithm;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::{Error, Result};
 use crate::message::{DhGroup, ExchangeType, Message, Notify, NotifyType, Payload, SaPayload};
@@ -96,6 +96,11 @@ impl IkeSa {
         // IKE_SA_INIT request.
         if self.config.fragmentation {
             message.payloads.push(fragmentation_supported());
+        }
+        // RFC 9242 section 3: an initiator that offers additional key
+        // exchanges (RFC 9370) announces IKE_INTERMEDIATE.
+        if wants_intermediate(&self.config.ike_proposals) {
+            message.payloads.push(intermediate_supported());
         }
         if let (Some(local), Some(remote)) = (self.local, self.remote) {
             message.payloads.extend(nat::notifies(
@@ -245,17 +250,58 @@ impl IkeSa {
             self.fragment_limit = Some(fragment::message_limit(self.config.fragment_size, remote));
         }
         let peer_hashes = auth::peer_hash_algorithms(&message.payloads);
-        let result = self
-            .derive(suite, &g_ir, &ni, &nr)
-            .and_then(|sk| self.auth_request(sk, ni, nr, &request, bytes.to_vec(), peer_hashes));
-        match result {
-            Ok((st, bytes)) => {
-                self.send_request(now, ExchangeType::IkeAuth, 1, bytes);
-                self.next_request_id = 2;
-                self.state = State::AuthSent(Box::new(st));
-            }
-            Err(e) => self.local_error(e),
+        // RFC 9370 section 2.2.1: the chosen additional key exchanges run
+        // in IKE_INTERMEDIATE exchanges, which the responder must have
+        // announced (RFC 9242 section 3).
+        let pending: Vec<DhGroup> = suite.additional_key_exchanges().collect();
+        if !pending.is_empty()
+            && p.notify(NotifyType::IntermediateExchangeSupported)
+                .is_none()
+        {
+            self.close(Event::Failed {
+                notify: NotifyType::NoProposalChosen,
+                by_peer: false,
+            });
+            return Ok(());
         }
+        let handshake = Handshake {
+            ni,
+            nr,
+            init_request: request,
+            init_response: bytes.to_vec(),
+            peer_hashes,
+        };
+        self.next_request_id = 1;
+        let result = self
+            .derive(suite, &g_ir, &handshake.ni, &handshake.nr)
+            .and_then(|sk| {
+                if pending.is_empty() {
+                    self.send_auth(now, sk, handshake, &IntAuthChain::default())
+                } else {
+                    self.send_intermediate(now, sk, handshake, pending, IntAuthChain::default())
+                }
+            });
+        if let Err(e) = result {
+            self.local_error(e);
+        }
+        Ok(())
+    }
+
+    /// Sends the IKE_AUTH request, with the next message ID (1, or one
+    /// after the last IKE_INTERMEDIATE exchange); AUTH covers `chain`.
+    pub(super) fn send_auth(
+        &mut self,
+        now: Instant,
+        sk: Sk,
+        handshake: Handshake,
+        chain: &IntAuthChain,
+    ) -> Result<()> {
+        let id = self.next_request_id;
+        let int_auth = chain.suffix(id);
+        let (st, bytes) = self.auth_request(sk, handshake, id, int_auth)?;
+        self.send_request(now, ExchangeType::IkeAuth, id, bytes);
+        self.next_request_id = id.wrapping_add(1);
+        self.state = State::AuthSent(Box::new(st));
         Ok(())
     }
 
@@ -290,12 +336,17 @@ impl IkeSa {
     fn auth_request(
         &mut self,
         sk: Sk,
-        ni: Vec<u8>,
-        nr: Vec<u8>,
-        init_request: &[u8],
-        init_response: Vec<u8>,
-        peer_hashes: Option<Vec<HashAlgorithm>>,
+        handshake: Handshake,
+        id: u32,
+        int_auth: Vec<u8>,
     ) -> Result<(AuthSent, Vec<Vec<u8>>)> {
+        let Handshake {
+            ni,
+            nr,
+            init_request,
+            init_response,
+            peer_hashes,
+        } = handshake;
         let c = &self.config;
         // RFC 7296 section 2.15: InitiatorSignedOctets = RealMessage1 |
         // NonceRData | MACedIDForI; a PSK's MAC or a signature (auth.rs).
@@ -303,10 +354,11 @@ impl IkeSa {
             c,
             &c.local_id,
             &sk.suite,
-            init_request,
+            &init_request,
             &nr,
             &sk.keys.sk_pi,
             peer_hashes.as_deref(),
+            &int_auth,
         )?;
         let mut payloads = vec![Payload::IdInitiator(c.local_id.clone())];
         // RFC 7296 sections 3.6 and 3.7: our certificates, and the CAs we
@@ -343,7 +395,7 @@ impl IkeSa {
         offer.log(self.remote, "IKE_AUTH");
         let bytes = self.seal(
             &sk,
-            &self.header(ExchangeType::IkeAuth, false, 1),
+            &self.header(ExchangeType::IkeAuth, false, id),
             &payloads,
         )?;
         let st = AuthSent {
@@ -352,6 +404,7 @@ impl IkeSa {
             nr,
             init_response,
             offer,
+            int_auth,
         };
         Ok((st, bytes))
     }
@@ -389,6 +442,7 @@ impl IkeSa {
             &st.sk,
             &st.init_response,
             &st.ni,
+            &st.int_auth,
         );
         if let Err(reason) = verified {
             // Section 2.21.2: the responder hears it in an INFORMATIONAL.

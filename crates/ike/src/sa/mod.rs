@@ -120,6 +120,7 @@ pub mod fragment;
 mod ike_rekey;
 mod informational;
 mod initiator;
+mod intermediate;
 mod logging;
 mod nat;
 mod payloads;

@@ -14,6 +14,7 @@ use super::auth;
 use super::config::{CHILD_COMPLETION_DELAY, Config};
 use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
+use super::intermediate::{IntAuthChain, intermediate_supported};
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, fragmentation_supported};
@@ -24,7 +25,9 @@ use super::state::{
 use super::ts;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
 use crate::error::Error;
-use crate::message::{ExchangeType, Header, Message, Notify, NotifyType, Payload, SaPayload};
+use crate::message::{
+    DhGroup, ExchangeType, Header, Message, Notify, NotifyType, Payload, SaPayload,
+};
 use crate::proposal;
 
 /// How long a responder keeps a half-open IKE SA (IKE_SA_INIT answered,
@@ -106,6 +109,21 @@ impl IkeSa {
             });
             return Ok(());
         };
+        // RFC 9370 section 2.2.1: additional key exchanges run in
+        // IKE_INTERMEDIATE, which the initiator must announce (RFC 9242
+        // section 3); we answer the announcement with ours.
+        let intermediate = p
+            .notify(NotifyType::IntermediateExchangeSupported)
+            .is_some();
+        let pending: Vec<DhGroup> = suite.additional_key_exchanges().collect();
+        if !pending.is_empty() && !intermediate {
+            self.refuse_init(remote, header, Notify::empty(NotifyType::NoProposalChosen));
+            self.events.push_back(Event::Failed {
+                notify: NotifyType::NoProposalChosen,
+                by_peer: false,
+            });
+            return Ok(());
+        }
         // RFC 7296 section 1.2: a KE payload of another group than the chosen
         // one is answered with INVALID_KE_PAYLOAD, which names the group we
         // want.
@@ -183,6 +201,7 @@ impl IkeSa {
                 .into_iter()
                 .chain(nat_notifies.into_iter().flatten())
                 .chain(fragmentation.then(fragmentation_supported))
+                .chain(intermediate.then(intermediate_supported))
                 // RFC 7427 section 4 and RFC 7296 section 3.7: our hash
                 // algorithms if the initiator announced its own, and the
                 // CAs we trust.
@@ -211,6 +230,9 @@ impl IkeSa {
                     init_request: bytes.to_vec(),
                     init_response: response,
                     peer_hashes,
+                    pending,
+                    chain: IntAuthChain::default(),
+                    next_id: 1,
                 }));
             }
             Err(e) => self.local_error(e),
@@ -224,7 +246,9 @@ impl IkeSa {
             return;
         };
         let p = Payloads(&message.payloads);
-        let header = self.header(ExchangeType::IkeAuth, true, 1);
+        let id = st.next_id;
+        let header = self.header(ExchangeType::IkeAuth, true, id);
+        let int_auth = st.chain.suffix(id);
         let verified = match (p.idi(), p.auth()) {
             (Some(idi), Some(auth)) => self.verify_peer(
                 now,
@@ -234,6 +258,7 @@ impl IkeSa {
                 &st.sk,
                 &st.init_request,
                 &st.nr,
+                &int_auth,
             ),
             _ => Err(AuthFailure::MissingPayload),
         };
@@ -250,7 +275,7 @@ impl IkeSa {
             ))];
             match self.seal(&st.sk, &header, &notify) {
                 Ok(bytes) => {
-                    self.send_response(1, bytes);
+                    self.send_response(id, bytes);
                     self.close(Event::AuthFailed { reason });
                 }
                 Err(e) => self.local_error(e),
@@ -278,6 +303,7 @@ impl IkeSa {
             &ni,
             &sk.keys.sk_pr,
             peer_hashes.as_deref(),
+            &int_auth,
         ) {
             Ok(auth) => auth,
             Err(e) => {
@@ -305,8 +331,8 @@ impl IkeSa {
         };
         match self.seal(&sk, &header, &payloads) {
             Ok(bytes) => {
-                self.send_response(1, bytes);
-                self.peer_next_id = 2;
+                self.send_response(id, bytes);
+                self.peer_next_id = id.wrapping_add(1);
                 self.next_request_id = 0;
                 let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
                 let mut established = Established::new(sk, &child_event, rekey_at);

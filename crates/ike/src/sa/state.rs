@@ -23,12 +23,14 @@ use tunsec_esp::Key;
 use super::config::Config;
 use super::event::{ChildSaParams, Event, Stats, Transmit};
 use super::fragment;
+use super::intermediate::{IntAuthChain, IntermediateSent};
 use super::logging;
 use super::nat::NatState;
 use super::random::{Random, random_u64};
 use crate::cert::HashAlgorithm;
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher, skeyseed};
 use crate::error::{Error, Result};
+use crate::message::DhGroup;
 use crate::message::{
     ExchangeType, Header, MAJOR_VERSION, Payload, PayloadType, Proposal, SaPayload, TrafficSelector,
 };
@@ -119,6 +121,10 @@ pub(super) struct AuthSent {
     pub(super) init_response: Vec<u8>,
     /// The first Child SA, as offered.
     pub(super) offer: ChildOffer,
+    /// What the responder's AUTH covers after its signed octets: the
+    /// IntAuth of IKE_INTERMEDIATE exchanges, if there were any
+    /// (`intermediate.rs`).
+    pub(super) int_auth: Vec<u8>,
 }
 
 /// What we offer for a Child SA, in IKE_AUTH or CREATE_CHILD_SA (RFC 7296
@@ -185,6 +191,14 @@ pub(super) struct ExpectAuth {
     pub(super) init_response: Vec<u8>,
     /// The initiator's SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4).
     pub(super) peer_hashes: Option<Vec<HashAlgorithm>>,
+    /// The additional key exchanges still to run in IKE_INTERMEDIATE
+    /// exchanges (RFC 9370), and the IntAuth chain so far
+    /// (`intermediate.rs`).
+    pub(super) pending: Vec<DhGroup>,
+    pub(super) chain: IntAuthChain,
+    /// The message ID of the initiator's next request: 1 after
+    /// IKE_SA_INIT, one more after each IKE_INTERMEDIATE exchange.
+    pub(super) next_id: u32,
 }
 
 /// Both sides authenticated (`informational.rs`, `child.rs`,
@@ -323,6 +337,8 @@ pub(super) struct Retiring {
 /// step consumes it.
 pub(super) enum State {
     InitSent(Box<InitSent>),
+    /// Initiator: an IKE_INTERMEDIATE request sent (`intermediate.rs`).
+    IntermediateSent(Box<IntermediateSent>),
     AuthSent(Box<AuthSent>),
     /// Responder: waiting for an IKE_SA_INIT request (`responder.rs`).
     ExpectInit,
@@ -336,6 +352,7 @@ impl State {
     /// closes).
     pub(super) fn sk(&self) -> Option<&Sk> {
         match self {
+            Self::IntermediateSent(st) => Some(&st.sk),
             Self::AuthSent(st) => Some(&st.sk),
             Self::ExpectAuth(st) => Some(&st.sk),
             Self::Established(st) => Some(&st.sk),
@@ -667,6 +684,7 @@ impl IkeSa {
     pub(super) fn state_name(&self) -> &'static str {
         match self.state {
             State::InitSent(_) => "InitSent",
+            State::IntermediateSent(_) => "IntermediateSent",
             State::AuthSent(_) => "AuthSent",
             State::ExpectInit => "ExpectInit",
             State::ExpectAuth(_) => "ExpectAuth",

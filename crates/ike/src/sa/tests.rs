@@ -938,6 +938,9 @@ mod strongswan {
                 init_request: c.init_req.clone(),
                 init_response: c.init_resp.clone(),
                 peer_hashes: None,
+                pending: Vec::new(),
+                chain: Default::default(),
+                next_id: 1,
             })),
             Role::Initiator => {
                 let p = Payloads(&auth_req);
@@ -954,6 +957,7 @@ mod strongswan {
                         p.tsi().unwrap().to_vec(),
                         p.tsr().unwrap().to_vec(),
                     ),
+                    int_auth: Vec::new(),
                 }))
             }
         };
@@ -3468,4 +3472,118 @@ fn crossing_requests_are_not_retransmitted() {
     assert!(p.initiator.is_established() && p.responder.is_established());
     assert_eq!(p.initiator.stats().retransmits, 0);
     assert_eq!(p.responder.stats().retransmits, 0);
+}
+
+// ---- additional key exchanges in IKE_INTERMEDIATE (RFC 9370, RFC 9242) ----
+
+/// Hybrid IKE SAs tunsec to tunsec: X25519 in IKE_SA_INIT, ML-KEM-768 (and
+/// ML-KEM-1024) in IKE_INTERMEDIATE exchanges, then IKE_AUTH with the next
+/// message ID; the key share of ML-KEM goes in fragments. Both sides agree
+/// on the suite and on Child SA keys that work.
+#[test]
+fn hybrid_key_exchange_in_ike_intermediate() {
+    for (ike, additional) in [
+        (
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+            vec![DhGroup::MlKem768],
+        ),
+        (
+            "aes128gcm16-prfsha256-ecp256-ke1_mlkem768-ke2_mlkem1024",
+            vec![DhGroup::MlKem768, DhGroup::MlKem1024],
+        ),
+    ] {
+        let config = |c: Config| c.with_proposals(ike, "aes256gcm16").unwrap();
+        let mut p = Pair::new(config(initiator_config()), config(responder_config()));
+        p.drive();
+        assert_established(&p);
+        let suite = p.initiator.ike_suite().unwrap();
+        assert_eq!(suite, p.responder.ike_suite().unwrap());
+        assert_eq!(
+            suite.additional_key_exchanges().collect::<Vec<_>>(),
+            additional
+        );
+        let exchanges: Vec<ExchangeType> = p
+            .from_initiator
+            .iter()
+            .map(|m| Header::decode(m).unwrap().exchange_type)
+            .collect();
+        let intermediate = exchanges
+            .iter()
+            .filter(|e| **e == ExchangeType::IkeIntermediate)
+            .count();
+        assert!(intermediate >= additional.len(), "{ike}: {exchanges:?}");
+        let auth = p
+            .from_initiator
+            .iter()
+            .map(|m| Header::decode(m).unwrap())
+            .find(|h| h.exchange_type == ExchangeType::IkeAuth)
+            .unwrap();
+        assert_eq!(auth.message_id, 1 + additional.len() as u32, "{ike}");
+        // The ML-KEM key share goes in fragments (RFC 7383); nothing is
+        // dropped or sent again.
+        let (i, r) = (p.initiator.stats(), p.responder.stats());
+        assert!(
+            i.fragments_sent >= 2 && r.fragments_received >= 2,
+            "{ike}: {i:?} {r:?}"
+        );
+        for s in [i, r] {
+            let s = Stats {
+                fragments_sent: 0,
+                fragments_received: 0,
+                ..s
+            };
+            assert_eq!(s, Stats::default(), "{ike}");
+        }
+        // The Child SA is rekeyed over the hybrid IKE SA's SK_d.
+        let old = assert_established(&p);
+        p.i_events.clear();
+        p.r_events.clear();
+        p.initiator.rekey_child(p.now).unwrap();
+        p.drive();
+        assert_rekeyed(&p, &old);
+    }
+}
+
+/// An initiator that offers ML-KEM-768 as optional (`ke1_none`) and a
+/// classical responder agree on X25519 alone, without IKE_INTERMEDIATE;
+/// one that requires it gets NO_PROPOSAL_CHOSEN.
+#[test]
+fn hybrid_optional_falls_back_and_required_is_refused() {
+    let optional = initiator_config()
+        .with_proposals(
+            "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke1_none",
+            "aes256gcm16",
+        )
+        .unwrap();
+    let classical = |c: Config| {
+        c.with_proposals("aes256gcm16-prfsha384-x25519", "aes256gcm16")
+            .unwrap()
+    };
+    let mut p = Pair::new(optional, classical(responder_config()));
+    p.drive();
+    assert_established(&p);
+    assert_eq!(
+        p.initiator
+            .ike_suite()
+            .unwrap()
+            .additional_key_exchanges()
+            .count(),
+        0
+    );
+    assert!(
+        p.from_initiator
+            .iter()
+            .all(|m| Header::decode(m).unwrap().exchange_type != ExchangeType::IkeIntermediate)
+    );
+
+    let required = initiator_config()
+        .with_proposals("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "aes256gcm16")
+        .unwrap();
+    let mut p = Pair::new(required, classical(responder_config()));
+    p.drive();
+    assert!(!p.initiator.is_established());
+    assert!(p.i_events.contains(&Event::Failed {
+        notify: NotifyType::NoProposalChosen,
+        by_peer: true
+    }));
 }

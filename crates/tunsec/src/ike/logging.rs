@@ -50,9 +50,22 @@ pub(super) fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
     };
     let group = tunsec_ike::proposal::group_name(s.group)
         .map_or_else(|| format!("group{}", u16::from(s.group)), str::to_owned);
+    // RFC 9370's additional key exchanges, as `keN_<method>`.
+    let additional: Vec<String> = s
+        .additional
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| **g != tunsec_ike::message::DhGroup::None)
+        .map(|(n, g)| {
+            let name = tunsec_ike::proposal::group_name(*g)
+                .map_or_else(|| format!("group{}", u16::from(*g)), str::to_owned);
+            format!("ke{}_{name}", n + 1)
+        })
+        .collect();
     [Some(encr), integ, Some(prf), Some(group.as_str())]
         .into_iter()
         .flatten()
+        .chain(additional.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join("-")
 }
@@ -105,6 +118,7 @@ mod test {
             integ: None,
             prf: Prf::HmacSha2_256,
             group: DhGroup::Curve25519,
+            additional: [DhGroup::None; 7],
         };
         assert_eq!(super::suite_name(&gcm), "aes128gcm16-prfsha256-x25519");
         let cbc = IkeSuite {
@@ -112,6 +126,7 @@ mod test {
             integ: Some(Integ::HmacSha2_256_128),
             prf: Prf::HmacSha2_256,
             group: DhGroup::Modp2048,
+            additional: [DhGroup::None; 7],
         };
         assert_eq!(super::suite_name(&cbc), "aes256-sha256-prfsha256-modp2048");
         let pq = IkeSuite {
@@ -119,5 +134,13 @@ mod test {
             ..gcm
         };
         assert_eq!(super::suite_name(&pq), "aes128gcm16-prfsha256-mlkem768");
+        let mut additional = [DhGroup::None; 7];
+        additional[0] = DhGroup::MlKem768;
+        additional[1] = DhGroup::MlKem1024;
+        let hybrid = IkeSuite { additional, ..gcm };
+        assert_eq!(
+            super::suite_name(&hybrid),
+            "aes128gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024"
+        );
     }
 }
