@@ -3587,3 +3587,45 @@ fn hybrid_optional_falls_back_and_required_is_refused() {
         by_peer: true
     }));
 }
+
+/// A forged IKE_SA_INIT response whose chosen proposal drops the
+/// additional key exchange (a downgrade to X25519 alone) is refused: the
+/// initiator offered none without it, so `check_chosen` finds a transform
+/// type missing, and the IKE SA fails before any IKE_AUTH.
+#[test]
+fn hybrid_downgrade_in_a_forged_response_is_refused() {
+    let config = |c: Config| {
+        c.with_proposals("aes256gcm16-prfsha384-x25519-ke1_mlkem768", "aes256gcm16")
+            .unwrap()
+    };
+    let mut p = Pair::new(config(initiator_config()), config(responder_config()));
+    p.responder_mute = true;
+    p.step();
+    let mut message = Message::decode(&p.from_responder[0]).unwrap();
+    let mut dropped = 0;
+    for payload in &mut message.payloads {
+        if let Payload::Sa(sa) = payload {
+            for proposal in &mut sa.proposals {
+                let before = proposal.transforms.len();
+                proposal
+                    .transforms
+                    .retain(|t| !matches!(t.id, crate::message::TransformId::AddKe { .. }));
+                dropped += before - proposal.transforms.len();
+            }
+        }
+    }
+    assert_eq!(dropped, 1, "the response chose no additional key exchange");
+    let now = p.now;
+    p.initiator
+        .handle_datagram(now, addr(B), &message.encode().unwrap());
+    p.collect_events();
+    assert!(p.initiator.is_closed());
+    assert_eq!(
+        p.i_events,
+        vec![Event::Failed {
+            notify: NotifyType::NoProposalChosen,
+            by_peer: false
+        }]
+    );
+    assert!(p.initiator.poll_transmit().is_none(), "no IKE_AUTH sent");
+}

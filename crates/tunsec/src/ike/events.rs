@@ -7,6 +7,7 @@ use super::{CONFIRM_WAIT, INBOUND_GRACE, IkeDriver, LIVENESS, RETRY_MAX, RETRY_M
 use std::time::Instant;
 
 use tunsec_datapath::io::socket::Batch;
+use tunsec_ike::message::NotifyType;
 use tunsec_ike::sa::{ChildSaParams, Event};
 
 /// The log messages of a Child SA pair installed, or not.
@@ -461,8 +462,13 @@ impl IkeDriver {
             }
             Event::Failed { notify, by_peer } => {
                 let who = if by_peer { "the peer sent" } else { "we sent" };
-                tracing::warn!(peer = %name, "IKE exchange failed: {who} {notify:?}");
-                self.peers[i].last_error = Some(format!("{who} {notify:?}"));
+                let hint = (by_peer && notify == NotifyType::NoProposalChosen)
+                    .then(|| hint::proposals_refused(&self.peers[i].ike.ike_proposals))
+                    .flatten()
+                    .map(|h| format!(": {h}"))
+                    .unwrap_or_default();
+                tracing::warn!(peer = %name, "IKE exchange failed: {who} {notify:?}{hint}");
+                self.peers[i].last_error = Some(format!("{who} {notify:?}{hint}"));
             }
             Event::IkeSaRekeyed { old_spis, spis } => {
                 tracing::info!(

@@ -32,6 +32,27 @@ pub(crate) fn show_identity(id: &Identity) -> String {
     }
 }
 
+/// What to change when the peer refuses every IKE proposal and each of
+/// them names an additional key exchange (RFC 9370, `keN_`, even
+/// `keN_none`): a peer without RFC 9370, such as strongSwan 5.9, refuses
+/// any proposal with a transform type it does not know. `None` when some
+/// proposal is classical.
+pub(crate) fn proposals_refused(
+    proposals: &[tunsec_ike::message::Proposal],
+) -> Option<&'static str> {
+    use tunsec_ike::message::TransformId;
+    let names_additional = |p: &tunsec_ike::message::Proposal| {
+        p.transforms
+            .iter()
+            .any(|t| matches!(t.id, TransformId::AddKe { .. }))
+    };
+    (!proposals.is_empty() && proposals.iter().all(names_additional)).then_some(
+        "every IKE proposal names an additional key exchange (keN_, RFC 9370), which a peer \
+         without RFC 9370 (strongSwan 5.9) refuses; to let such a peer fall back, add a \
+         classical proposal after the hybrid one",
+    )
+}
+
 /// `id` as a TOML string, quoted and escaped.
 fn toml_string(id: &Identity) -> String {
     toml::Value::String(show_identity(id)).to_string()
@@ -169,6 +190,26 @@ mod tests {
             let line = format!("v = {}", toml_string(id));
             let parsed: toml::Table = line.parse().unwrap();
             assert_eq!(parsed["v"].as_str(), Some(text.as_str()));
+        }
+    }
+
+    /// A refusal of proposals that all name ML-KEM names the fix; one
+    /// with a classical fallback needs none.
+    #[test]
+    fn proposals_refused_names_the_fallback() {
+        let list = |l: &str| {
+            tunsec_ike::proposal::parse_list(l, tunsec_ike::message::ProtocolId::Ike).unwrap()
+        };
+        let hybrid = "aes256gcm16-prfsha384-x25519-ke1_mlkem768";
+        let hint = proposals_refused(&list(hybrid)).unwrap();
+        assert!(hint.contains("classical proposal"), "{hint}");
+        // keN_none is a transform type strongSwan 5.9 does not know either.
+        assert!(proposals_refused(&list(&format!("{hybrid}-ke1_none"))).is_some());
+        for fine in [
+            format!("{hybrid},aes256gcm16-prfsha384-x25519"),
+            "aes256gcm16-prfsha384-x25519".to_owned(),
+        ] {
+            assert_eq!(proposals_refused(&list(&fine)), None, "{fine}");
         }
     }
 }

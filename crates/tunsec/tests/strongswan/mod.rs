@@ -213,6 +213,8 @@ pub(crate) struct Params {
     pub(crate) cert_fault: CertFault,
     /// Which strongSwan: 5.9.8 unless a case asks for 6.0.6.
     pub(crate) strongswan: Strongswan,
+    /// tunsecd's IKE proposals when they differ from charon's (`ike`).
+    pub(crate) tunsec_ike: &'static [&'static str],
 }
 
 /// The name of the second network and of charon's second child.
@@ -243,6 +245,7 @@ impl Params {
             cert: None,
             cert_fault: CertFault::None,
             strongswan: Strongswan::V5,
+            tunsec_ike: &[],
         }
     }
 

@@ -76,9 +76,17 @@ pub(crate) fn write_tunsec_config(lab: &Lab, p: &Params, gateway: bool) -> anyho
     writeln!(
         c,
         "[[peer]]\nname = \"{PEER}\"\nunderlay = \"{}\"\npolicy = \"require\"\n{what}\n\
-         [peer.ike]\n{auth}ike_proposals = [\"{}\"]\nesp_proposals = [\"{}\"]\n{TUNNEL_MODE}{}",
+         [peer.ike]\n{auth}ike_proposals = [{}]\nesp_proposals = [\"{}\"]\n{TUNNEL_MODE}{}",
         host_addr(p.charon),
-        p.ike,
+        if p.tunsec_ike.is_empty() {
+            format!("\"{}\"", p.ike)
+        } else {
+            p.tunsec_ike
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         p.esp,
         p.ike_extra
     )?;
