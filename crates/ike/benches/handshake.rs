@@ -24,9 +24,15 @@
 //!   (`p256`, `p384`, `rsa2048`, `rsa3072`, `ed25519`); each side signs
 //!   its AUTH (RFC 7427) and validates the other's chain.
 //!
+//! - `hybrid/<auth>_<exchanges>`: one full handshake with additional key
+//!   exchanges (RFC 9370: X25519 in IKE_SA_INIT, ML-KEM in
+//!   IKE_INTERMEDIATE), with the PSK or ECDSA P-256 certificates.
+//!
 //! With `cargo bench`, `main` also prints how the handshake's CPU time
-//! splits between the initiator and the responder: it runs handshakes
-//! and times every call into each side separately with [`Instant`].
+//! splits between the initiator and the responder, and the bytes of all
+//! its datagrams: it runs handshakes and times every call into each side
+//! separately with [`Instant`]; and the same, summed, for the hybrid key
+//! exchanges.
 //!
 //! Run with `cargo bench -p tunsec-ike --bench handshake`; see
 //! `docs/benchmarks.md`.
@@ -103,17 +109,24 @@ struct Handshake {
     now: Instant,
 }
 
-/// CPU time spent in each side.
+/// CPU time spent in each side, and the bytes of every datagram.
 #[derive(Default)]
 struct Split {
     initiator: Duration,
     responder: Duration,
+    bytes: usize,
 }
 
 impl Handshake {
     /// x25519 with certificate authentication, each side's key made by
     /// `key` (see the module documentation).
     fn with_certificates(key: MakeKey) -> Self {
+        Self::with_certificates_and(key, "x25519")
+    }
+
+    /// Certificate authentication with the key exchanges `ke` (`x25519`,
+    /// `x25519-ke1_mlkem768`, ...).
+    fn with_certificates_and(key: MakeKey, ke: &str) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -130,7 +143,7 @@ impl Handshake {
                 Credentials::from_pem(key.serialize_pem().as_bytes(), cert.pem().as_bytes())
                     .expect("credentials");
             let trust = Trust::ca(&[ca_pem.as_bytes()], &[]).expect("trust");
-            let mut c = config("x25519", local, remote);
+            let mut c = config(ke, local, remote);
             c.local_id = Identity::Fqdn(host.as_bytes().to_vec());
             c.remote_id = Some(Identity::Fqdn(peer.as_bytes().to_vec()));
             c.with_cert(Arc::new(CertAuth::new(credentials, trust)))
@@ -149,9 +162,15 @@ impl Handshake {
             .find(|(_, g)| *g == group)
             .map(|(n, _)| *n)
             .expect("group");
+        Self::with_key_exchanges(name)
+    }
+
+    /// PSK authentication with the key exchanges `ke` (a group, or a
+    /// hybrid like `x25519-ke1_mlkem768`: RFC 9370 in IKE_INTERMEDIATE).
+    fn with_key_exchanges(ke: &str) -> Self {
         Self {
-            initiator: config(name, INITIATOR, RESPONDER),
-            responder: config(name, RESPONDER, INITIATOR),
+            initiator: config(ke, INITIATOR, RESPONDER),
+            responder: config(ke, RESPONDER, INITIATOR),
             endpoint: Endpoint::new(),
             now: Instant::now(),
         }
@@ -175,13 +194,15 @@ impl Handshake {
         // IKE_SA_INIT and IKE_AUTH: two round trips, each message whole or
         // in fragments (RFC 7383: an RSA-3072 IKE_AUTH does not fit 1,280
         // bytes).
-        for _ in 0..2 {
+        // With additional key exchanges, IKE_INTERMEDIATE rounds between.
+        for _ in 0..2 + 7 {
             let t = Instant::now();
             let requests: Vec<_> = std::iter::from_fn(|| initiator.poll_transmit()).collect();
             split.initiator += t.elapsed();
             if requests.is_empty() {
-                return false;
+                break;
             }
+            split.bytes += requests.iter().map(|r| r.bytes.len()).sum::<usize>();
             let t = Instant::now();
             let mut responses = Vec::new();
             for request in requests {
@@ -213,6 +234,7 @@ impl Handshake {
             if responses.is_empty() {
                 return false;
             }
+            split.bytes += responses.iter().map(|r| r.bytes.len()).sum::<usize>();
             let t = Instant::now();
             for response in responses {
                 initiator.handle_datagram(self.now, to_r, &response.bytes);
@@ -242,13 +264,45 @@ fn print_split() {
         }
         let per = |d: Duration| d / SPLIT_HANDSHAKES;
         println!(
-            "  {name:>8}: initiator {:>9.1?}  responder {:>9.1?}",
+            "  {name:>8}: initiator {:>9.1?}  responder {:>9.1?}  {} bytes",
             per(split.initiator),
-            per(split.responder)
+            per(split.responder),
+            split.bytes / SPLIT_HANDSHAKES as usize
         );
     }
     println!();
+    println!("hybrid key exchanges (RFC 9370), CPU per handshake and bytes on the wire:");
+    for ke in HYBRID {
+        for (auth, mut bench) in [
+            ("psk", Handshake::with_key_exchanges(ke)),
+            (
+                "ecdsa",
+                Handshake::with_certificates_and(CERT_KEYS[0].1, ke),
+            ),
+        ] {
+            let mut split = Split::default();
+            for _ in 0..SPLIT_HANDSHAKES {
+                assert!(bench.run(&mut split), "{ke} {auth}: no Child SA");
+            }
+            let n = SPLIT_HANDSHAKES;
+            println!(
+                "  {ke:>34} {auth:>5}: {:>9.1?} ({:.0} handshakes/s on one core)  {} bytes",
+                (split.initiator + split.responder) / n,
+                f64::from(n) / (split.initiator + split.responder).as_secs_f64(),
+                split.bytes / n as usize
+            );
+        }
+    }
+    println!();
 }
+
+/// The key exchanges of the hybrid measurements: X25519 alone, then with
+/// ML-KEM-768, then with ML-KEM-768 and ML-KEM-1024.
+const HYBRID: [&str; 3] = [
+    "x25519",
+    "x25519-ke1_mlkem768",
+    "x25519-ke1_mlkem768-ke2_mlkem1024",
+];
 
 /// Full handshakes (one item = one handshake, both sides).
 fn handshake(bencher: Bencher<'_, '_>, group: DhGroup) {
@@ -353,6 +407,52 @@ mod certificates {
     #[divan::bench]
     fn ed25519(bencher: Bencher<'_, '_>) {
         cert_handshake(bencher, "ed25519");
+    }
+}
+
+/// Full hybrid handshakes (RFC 9370), PSK and ECDSA P-256 certificates.
+mod hybrid {
+    use super::*;
+
+    fn run(bencher: Bencher<'_, '_>, mut bench: Handshake) {
+        let mut split = Split::default();
+        let mut failures = 0u64;
+        bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+            if !bench.run(&mut split) {
+                failures += 1;
+            }
+        });
+        assert_eq!(failures, 0, "hybrid handshakes failed");
+    }
+
+    /// X25519 + ML-KEM-768, PSK.
+    #[divan::bench]
+    fn psk_x25519_mlkem768(bencher: Bencher<'_, '_>) {
+        run(bencher, Handshake::with_key_exchanges(HYBRID[1]));
+    }
+
+    /// X25519 + ML-KEM-768 + ML-KEM-1024, PSK.
+    #[divan::bench]
+    fn psk_x25519_mlkem768_mlkem1024(bencher: Bencher<'_, '_>) {
+        run(bencher, Handshake::with_key_exchanges(HYBRID[2]));
+    }
+
+    /// X25519 + ML-KEM-768, ECDSA P-256 certificates.
+    #[divan::bench]
+    fn ecdsa_x25519_mlkem768(bencher: Bencher<'_, '_>) {
+        run(
+            bencher,
+            Handshake::with_certificates_and(CERT_KEYS[0].1, HYBRID[1]),
+        );
+    }
+
+    /// X25519 + ML-KEM-768 + ML-KEM-1024, ECDSA P-256 certificates.
+    #[divan::bench]
+    fn ecdsa_x25519_mlkem768_mlkem1024(bencher: Bencher<'_, '_>) {
+        run(
+            bencher,
+            Handshake::with_certificates_and(CERT_KEYS[0].1, HYBRID[2]),
+        );
     }
 }
 
