@@ -26,6 +26,9 @@
 //!   certificate cut short) in its CERT payload: tunsecd answers
 //!   AUTHENTICATION_FAILED, logs `malformed: certificate DER`, holds no
 //!   SA and keeps running. (It needs python3 for the UDP relay.)
+//! - `cert_rsa3072_with_ml_kem_1024_fragments`: RSA-3072 certificates and
+//!   IKE X25519 + ML-KEM-1024: IKE_INTERMEDIATE and IKE_AUTH both in
+//!   encrypted fragments, each side sending and receiving some.
 //! - `cert_rotation_reload_and_reauth`: a reload that fails (a
 //!   world-readable key) names the field and changes nothing; then h1
 //!   gets a new certificate and key,
@@ -218,6 +221,68 @@ fn cert_ca_signed_each_key_type() {
             Ok(())
         });
     }
+}
+
+/// Post-quantum with large certificates: an RSA-3072 CA and RSA-3072
+/// host certificates, and IKE X25519 + ML-KEM-1024 (RFC 9370). The
+/// IKE_INTERMEDIATE request (a 1,568-byte key share) and IKE_AUTH (the
+/// RSA chain and signature) both go in encrypted fragments (RFC 7383),
+/// each side sends and receives some, the tunnel carries pings, and the
+/// underlay holds IKE_INTERMEDIATE and IKE_AUTH fragments (tshark).
+#[test]
+fn cert_rsa3072_with_ml_kem_1024_fragments() {
+    with_lab("crt-pq", |lab| {
+        let d = lab.dir.path().join("pki");
+        pki::init_ca(KeyAlg::Rsa, "tunsec e2e CA", 30, &d.join("ca"))?;
+        for name in ["h1", "h2"] {
+            pki::issue(&d.join("ca"), name, &[], KeyAlg::Rsa, 30, &d)?;
+        }
+        pki::crl(&d.join("ca"), &[], 7, &d.join("ca.crl"))?;
+        let pq = "ike_proposals = [\"aes256gcm16-prfsha384-x25519-ke1_mlkem1024\"]\n";
+        let ike1 = format!("{}{pq}", ca_ike(&d, 1, 2, "h1"));
+        let ike2 = format!("{}{pq}", ca_ike(&d, 2, 1, "h2"));
+        let ul = add_underlay(lab)?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        let h1 = add_host(lab, &ul, "h1", 1)?;
+        let h2 = add_host(lab, &ul, "h2", 2)?;
+        let c1 = write_config(lab, 1, 2, &ike1)?;
+        let c2 = write_config(lab, 2, 1, &ike2)?;
+        start_tunsecd(lab, &h1, 1, &c1)?;
+        start_tunsecd(lab, &h2, 2, &c2)?;
+        let hosts = Hosts { h1, h2 };
+        assert_tunnel(lab, &hosts)?;
+        for (n, peer) in [(1, "h2"), (2, "h1")] {
+            let ike = ike_of(&status(lab, n)?, peer)?;
+            eprintln!(
+                "  h{n}: suite {:?}, fragments sent {}, received {}",
+                ike.suite, ike.fragments_sent, ike.fragments_received
+            );
+            ensure!(
+                ike.suite.as_deref() == Some("aes256gcm16-prfsha384-x25519-ke1_mlkem1024"),
+                "h{n}: {ike:?}"
+            );
+            ensure!(
+                ike.fragments_sent > 0 && ike.fragments_received > 0,
+                "h{n} sent or received no IKE fragment: {ike:?}"
+            );
+        }
+        stop_capture(lab, "capture");
+        // SKF (payload 53) in IKE_INTERMEDIATE (43) and IKE_AUTH (35).
+        let frags = tshark_fields(
+            &pcap,
+            Some("isakmp.nextpayload == 53"),
+            &["isakmp.exchangetype"],
+        )?;
+        let mut exchanges: Vec<&str> = frags.lines().collect();
+        exchanges.sort_unstable();
+        exchanges.dedup();
+        eprintln!("  exchanges with fragments on the wire: {exchanges:?}");
+        ensure!(
+            exchanges.contains(&"43") && exchanges.contains(&"35"),
+            "no fragments of both IKE_INTERMEDIATE and IKE_AUTH: {exchanges:?}"
+        );
+        Ok(())
+    });
 }
 
 #[test]
