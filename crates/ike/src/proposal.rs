@@ -1078,4 +1078,36 @@ mod test {
             parse_list("aes256gcm16-prfsha384-x25519-ke1_mlkem768", ProtocolId::Ike).unwrap();
         assert!(select(&classical, &required).is_none());
     }
+
+    proptest::proptest! {
+        /// Any string of keywords, `keN_` ones among them, either fails to
+        /// parse with an error naming a token of it, or parses to a
+        /// proposal that prints and parses back to itself.
+        #[test]
+        fn proposals_with_additional_key_exchanges_round_trip(
+            tokens in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "aes128gcm16", "aes256gcm16", "aes256", "sha256", "prfsha256",
+                    "prfsha384", "x25519", "ecp256", "mlkem768", "ke1_mlkem768",
+                    "ke1_none", "ke2_mlkem1024", "ke7_x25519", "ke8_mlkem768",
+                    "ke0_ecp256", "noesn",
+                ]),
+                1..7,
+            ),
+            ike in proptest::bool::ANY,
+        ) {
+            let text = tokens.join("-");
+            let protocol = if ike { ProtocolId::Ike } else { ProtocolId::Esp };
+            match parse(&text, protocol) {
+                Ok(p) => {
+                    let again = parse(&to_strongswan(&p), protocol).unwrap();
+                    proptest::prop_assert_eq!(again.transforms, p.transforms);
+                }
+                Err(Error::Proposal { token, .. }) => {
+                    proptest::prop_assert!(text.contains(&token), "{} {}", text, token);
+                }
+                Err(e) => proptest::prop_assert!(false, "{}", e),
+            }
+        }
+    }
 }
