@@ -239,6 +239,16 @@ impl IkeDriver {
             for e in held {
                 self.handle_event(i, e);
             }
+            // A peer's re-authentication replaces the old IKE SA only once
+            // the peer took it (`peer_took_it`): it has the new Child SAs'
+            // inbound SAs by then, so outbound switches now, not after
+            // `SWITCH_WAIT` (by which time an old SA near its hard lifetime
+            // may have expired and dropped traffic).
+            if !ours {
+                while !self.peers[i].pending_outbound.is_empty() {
+                    self.switch_outbound(i, 0);
+                }
+            }
             return;
         }
         if let Some(old) = old {

@@ -131,9 +131,11 @@ impl IkeDriver {
     /// replaces the old outbound SA with the same selectors (or the only
     /// one), beside whose inbound SA its own joins. Outbound switches at
     /// once if the re-authentication is `ours` (the peer answered, so it
-    /// has the new inbound SA already), else after `SWITCH_WAIT`, by which
-    /// time the initiator has it. Whether it was done (else the caller
-    /// installs the Child SA as an additional one).
+    /// has the new inbound SA already); for the peer's, `drain_incoming`
+    /// switches the first Child SA's once the peer took the new IKE SA,
+    /// and a later one's switches after `SWITCH_WAIT`, by which time the
+    /// initiator has it. Whether it was done (else the caller installs the
+    /// Child SA as an additional one).
     pub(super) fn replace_child(
         &mut self,
         i: usize,
