@@ -22,7 +22,7 @@ use aws_lc_rs::kem::{
 };
 
 use super::Key;
-use super::kex::{Answer, KeyExchange};
+use super::method::{Answer, KeyExchange};
 use crate::error::{Error, Result};
 use crate::message::DhGroup;
 

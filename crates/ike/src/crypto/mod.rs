@@ -22,16 +22,18 @@
 mod intermediate;
 mod kex;
 mod keys;
+mod method;
 mod mlkem;
 mod prf;
 mod sk;
 
 pub use intermediate::{int_auth, int_auth_octets, signed_octets_with_int_auth};
-pub use kex::{Answer, GROUPS, KeyExchange, KxGroup, find_group, respond, start};
+pub use kex::{GROUPS, KxGroup, find_group, respond, start};
 pub use keys::{
     ChildKeys, IkeKeys, IkeSuite, child_sa_keys, shared_key_auth, signed_octets, skeyseed,
     skeyseed_rekey,
 };
+pub use method::{Answer, KeyExchange};
 pub use prf::Prf;
 pub use sk::{Encr, Integ, SkCipher};
 pub use tunsec_esp::Key;

@@ -14,14 +14,14 @@ use super::auth;
 use super::config::Config;
 use super::event::{AuthFailure, Event};
 use super::fragment;
-use super::intermediate::{Handshake, IntAuthChain, intermediate_supported, wants_intermediate};
+use super::intermediate::{intermediate_supported, wants_intermediate};
 use super::logging::{self, Hex, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
 use super::state::{
-    AuthSent, ChildOffer, Discard, Established, IkeSa, InitSent, MAX_KE_RETRIES, Received, Role,
-    Sk, State, rekey_time,
+    AuthSent, ChildOffer, Discard, Established, Handshake, IkeSa, InitSent, IntAuthChain,
+    MAX_KE_RETRIES, Received, Role, Sk, State, rekey_time,
 };
 use super::ts;
 use crate::crypto::{self, IkeSuite, child_sa_keys};

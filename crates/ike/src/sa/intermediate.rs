@@ -11,83 +11,14 @@
 use std::time::Instant;
 
 use super::event::Event;
-use super::state::{Discard, ExpectAuth, IkeSa, Role, Sk, State};
-use crate::cert::HashAlgorithm;
-use crate::crypto::{
-    self, IkeKeys, Key, KeyExchange, SkCipher, int_auth, int_auth_octets, skeyseed_rekey,
+use super::state::{
+    Discard, ExpectAuth, Handshake, IkeSa, IntAuthChain, IntermediateSent, Role, Sk, State,
 };
+use crate::crypto::{self, IkeKeys, Key, SkCipher, skeyseed_rekey};
 use crate::error::Result;
 use crate::message::{
-    DhGroup, ExchangeType, Header, KeyExchange as KePayload, Message, Notify, NotifyType, Payload,
+    DhGroup, ExchangeType, KeyExchange as KePayload, Message, Notify, NotifyType, Payload,
 };
-
-/// The IntAuth chains of both sides (RFC 9242 section 3.3.1), empty
-/// until the first IKE_INTERMEDIATE exchange.
-#[derive(Default)]
-pub(super) struct IntAuthChain {
-    i: Option<Key>,
-    r: Option<Key>,
-}
-
-impl IntAuthChain {
-    /// Adds an IKE_INTERMEDIATE message (its header and inner payloads)
-    /// to its sender's chain, under the SK_pi or SK_pr of `sk`, the keys
-    /// that protect the exchange.
-    pub(super) fn add(
-        &mut self,
-        from_initiator: bool,
-        sk: &Sk,
-        header: &Header,
-        payloads: &[Payload],
-    ) -> Result<()> {
-        let octets = int_auth_octets(header, payloads)?;
-        let (link, sk_p) = if from_initiator {
-            (&mut self.i, &sk.keys.sk_pi)
-        } else {
-            (&mut self.r, &sk.keys.sk_pr)
-        };
-        let previous = link
-            .as_ref()
-            .map(|k| k.expose().to_vec())
-            .unwrap_or_default();
-        *link = Some(int_auth(sk.suite.prf, sk_p, &previous, &octets));
-        Ok(())
-    }
-
-    /// What AUTH covers after the signed octets (RFC 9242 section 3.3.2):
-    /// `IntAuth_iN | IntAuth_rN | IKE_AUTH_MID`, or nothing without an
-    /// IKE_INTERMEDIATE exchange.
-    pub(super) fn suffix(&self, ike_auth_message_id: u32) -> Vec<u8> {
-        match (&self.i, &self.r) {
-            (Some(i), Some(r)) => {
-                [i.expose(), r.expose(), &ike_auth_message_id.to_be_bytes()].concat()
-            }
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// What the initiator keeps from IKE_SA_INIT for IKE_AUTH.
-pub(super) struct Handshake {
-    pub(super) ni: Vec<u8>,
-    pub(super) nr: Vec<u8>,
-    /// Our IKE_SA_INIT request (RealMessage1).
-    pub(super) init_request: Vec<u8>,
-    /// The responder's IKE_SA_INIT response (RealMessage2).
-    pub(super) init_response: Vec<u8>,
-    pub(super) peer_hashes: Option<Vec<HashAlgorithm>>,
-}
-
-/// Initiator: an IKE_INTERMEDIATE request sent with the key share of the
-/// next additional key exchange.
-pub(super) struct IntermediateSent {
-    pub(super) sk: Sk,
-    pub(super) handshake: Handshake,
-    pub(super) kex: Box<dyn KeyExchange>,
-    /// The additional key exchanges after this one.
-    pub(super) remaining: Vec<DhGroup>,
-    pub(super) chain: IntAuthChain,
-}
 
 /// Whether `proposals` name an additional key exchange other than NONE:
 /// then we announce IKE_INTERMEDIATE (RFC 9242 section 3).

@@ -14,13 +14,13 @@ use super::auth;
 use super::config::{CHILD_COMPLETION_DELAY, Config};
 use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
-use super::intermediate::{IntAuthChain, intermediate_supported};
+use super::intermediate::intermediate_supported;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, fragmentation_supported};
 use super::random::{Random, random_esp_spi, random_ike_spi, random_nonce};
 use super::state::{
-    Discard, Established, ExpectAuth, IkeSa, Received, Role, Sk, State, rekey_time,
+    Discard, Established, ExpectAuth, IkeSa, IntAuthChain, Received, Role, Sk, State, rekey_time,
 };
 use super::ts;
 use crate::crypto::{self, IkeSuite, child_sa_keys};
