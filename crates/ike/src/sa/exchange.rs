@@ -463,7 +463,13 @@ impl IkeSa {
         // RFC 7296 section 2.1: a retransmitted request (same message ID) gets
         // the cached response again, and is not processed a second time.
         if let Some((id, response)) = &self.last_response {
-            if header.message_id == *id {
+            // The same request again: its message ID and exchange (a
+            // corrupted message that only shares the ID is not it).
+            let same_exchange = response
+                .first()
+                .and_then(|r| Header::decode(r).ok())
+                .is_some_and(|r| r.exchange_type == header.exchange_type);
+            if header.message_id == *id && same_exchange {
                 // RFC 7383 section 2.6.1: a fragmented request sent again
                 // makes the responder resend its response (every fragment
                 // of it) once, on the request's fragment 1; its other

@@ -1557,6 +1557,26 @@ fn half_open_responder_times_out() {
     assert_eq!(p.responder.poll_timeout(), None);
 }
 
+/// An IKE_AUTH request whose message ID is corrupted to 0 (the ID of
+/// IKE_SA_INIT, whose response the responder keeps) is no retransmission
+/// of IKE_SA_INIT: it is dropped and counted, and the IKE_SA_INIT response
+/// is not sent again (the exchange type must match too).
+#[test]
+fn a_corrupted_message_id_does_not_replay_the_init_response() {
+    let mut p = Pair::new(initiator_config(), responder_config());
+    let init = p.initiator.poll_transmit().unwrap();
+    p.responder.handle_datagram(p.now, addr(A), &init.bytes);
+    let resp = p.responder.poll_transmit().unwrap();
+    p.initiator.handle_datagram(p.now, addr(B), &resp.bytes);
+    let mut auth = p.initiator.poll_transmit().unwrap().bytes;
+    assert_eq!(&auth[20..24], &[0, 0, 0, 1]);
+    auth[23] = 0;
+    p.responder.handle_datagram(p.now, addr(A), &auth);
+    assert!(p.responder.poll_transmit().is_none());
+    assert_eq!(p.responder.stats().wrong_message_id, 1);
+    assert_eq!(p.responder.stats().cached_responses, 0);
+}
+
 mod flips {
     use proptest::prelude::*;
 
