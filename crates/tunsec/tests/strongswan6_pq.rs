@@ -83,14 +83,7 @@ fn sswan6_ml_kem_tunsec_initiates() {
 fn sswan6_ml_kem_charon_initiates() {
     with_lab("tsss6-resp", |lab| {
         let mut x = interop(lab, params(2, 1))?;
-        let out = x
-            .charon
-            .swanctl(&["--initiate", "--child", CONN, "--timeout", "15"]);
-        let out = out.with_context(|| x.describe(lab))?;
-        ensure!(out.contains("initiate completed successfully"), "{out}");
-        let pair = x.wait_up(lab, "charon initiating", Duration::from_secs(10))?;
-        let ike = ike_of(&x.status(lab)?)?;
-        ensure!(ike.role == "responder", "tunsecd's role: {ike:?}");
+        let pair = x.charon_initiates(lab)?;
         ml_kem_agreed(lab, &x)?;
         establishes(lab, &mut x, pair, CHARON_IKE, "ESP:AES_GCM_16-256")
     });

@@ -124,19 +124,7 @@ fn sswan_cert_refusals() {
             .with_cert(CertPki::Tunsec(tunsec::pki::KeyAlg::EcdsaP256));
         p.cert_fault = CertFault::TunsecOtherCa;
         let x = interop(lab, p)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let error = loop {
-            if let Some(e) = ike_of(&x.status(lab)?)?.last_error {
-                break e;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "tunsecd reports no failure within 15 s\n{}",
-                    x.describe(lab)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let error = x.first_error(lab)?;
         eprintln!("  tunsecd: {error}");
         ensure!(error.contains("AUTHENTICATION_FAILED"), "tunsecd: {error}");
         let log = x.charon.log_text();

@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 mod common;
 mod strongswan;
@@ -60,14 +60,7 @@ fn sswan_charon_initiates() {
     with_lab("tsss-resp", |lab| {
         let p = Params::new(2, 1, "aes256gcm16-sha256-modp2048", "aes256-sha256");
         let mut x = interop(lab, p)?;
-        let out = x
-            .charon
-            .swanctl(&["--initiate", "--child", CONN, "--timeout", "15"]);
-        let out = out.with_context(|| x.describe(lab))?;
-        ensure!(out.contains("initiate completed successfully"), "{out}");
-        let pair = x.wait_up(lab, "charon initiating", Duration::from_secs(10))?;
-        let ike = ike_of(&x.status(lab)?)?;
-        ensure!(ike.role == "responder", "tunsecd's role: {ike:?}");
+        let pair = x.charon_initiates(lab)?;
         establishes(
             lab,
             &mut x,
@@ -87,20 +80,7 @@ fn sswan_wrong_psk() {
         let mut p = Params::new(1, 2, "aes128gcm16-prfsha256-x25519", "aes128gcm16");
         p.psk_charon = "not-the-same-secret-at-all";
         let x = interop(lab, p)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let error = loop {
-            let ike = ike_of(&x.status(lab)?)?;
-            if let Some(e) = ike.last_error {
-                break e;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "tunsecd reports no failure within 15 s\n{}",
-                    x.describe(lab)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let error = x.first_error(lab)?;
         eprintln!("  tunsecd: {error}");
         ensure!(
             error.contains("AUTHENTICATION_FAILED")

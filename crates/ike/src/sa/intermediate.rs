@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use super::event::Event;
 use super::state::{
-    Discard, ExpectAuth, Handshake, IkeSa, IntAuthChain, IntermediateSent, Role, Sk, State,
+    Discard, ExpectAuth, Handshake, IkeSa, IntAuthChain, IntermediateSent, Sk, State,
 };
-use crate::crypto::{self, IkeKeys, Key, SkCipher, skeyseed_rekey};
+use crate::crypto::{self, Key, skeyseed_rekey};
 use crate::error::Result;
 use crate::message::{
     DhGroup, ExchangeType, KeyExchange as KePayload, Message, Notify, NotifyType, Payload,
@@ -38,16 +38,8 @@ impl IkeSa {
     /// (RFC 9370 section 2.2.2): `SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni |
     /// Nr)`, the seven keys from it as from SKEYSEED, with the same SPIs.
     pub(super) fn updated_keys(&self, sk: &Sk, secret: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
-        let suite = sk.suite;
-        let seed = skeyseed_rekey(suite.prf, &sk.keys.sk_d, secret.expose(), ni, nr);
-        let keys = IkeKeys::derive(&suite, &seed, ni, nr, self.spi_i, self.spi_r)?;
-        let (outbound, inbound) = SkCipher::pair(&suite, &keys, self.role == Role::Initiator)?;
-        Ok(Sk {
-            suite,
-            keys,
-            outbound,
-            inbound,
-        })
+        let seed = skeyseed_rekey(sk.suite.prf, &sk.keys.sk_d, secret.expose(), ni, nr);
+        self.keys_from_seed(sk.suite, &seed, ni, nr)
     }
 
     /// Initiator: sends the IKE_INTERMEDIATE request of the first of

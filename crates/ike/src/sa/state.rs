@@ -779,7 +779,18 @@ impl IkeSa {
     /// SKEYSEED and the SK_* keys (RFC 7296 section 2.14), and the ciphers.
     pub(super) fn derive(&self, suite: IkeSuite, g_ir: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
         let seed = skeyseed(suite.prf, ni, nr, g_ir.expose());
-        let keys = IkeKeys::derive(&suite, &seed, ni, nr, self.spi_i, self.spi_r)?;
+        self.keys_from_seed(suite, &seed, ni, nr)
+    }
+
+    /// The SK_* keys from `seed` with this IKE SA's SPIs, and the ciphers.
+    pub(super) fn keys_from_seed(
+        &self,
+        suite: IkeSuite,
+        seed: &Key,
+        ni: &[u8],
+        nr: &[u8],
+    ) -> Result<Sk> {
+        let keys = IkeKeys::derive(&suite, seed, ni, nr, self.spi_i, self.spi_r)?;
         let (outbound, inbound) = SkCipher::pair(&suite, &keys, self.role == Role::Initiator)?;
         Ok(Sk {
             suite,

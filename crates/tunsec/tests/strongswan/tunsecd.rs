@@ -320,6 +320,38 @@ impl Interop {
         }
     }
 
+    /// charon initiates (`swanctl --initiate`, which must complete) and
+    /// tunsecd responds; returns the Child SA pair once both have it.
+    pub(crate) fn charon_initiates(&self, lab: &Lab) -> anyhow::Result<Pair> {
+        let out = self
+            .charon
+            .swanctl(&["--initiate", "--child", CONN, "--timeout", "15"]);
+        let out = out.with_context(|| self.describe(lab))?;
+        ensure!(out.contains("initiate completed successfully"), "{out}");
+        let pair = self.wait_up(lab, "charon initiating", Duration::from_secs(10))?;
+        let ike = ike_of(&self.status(lab)?)?;
+        ensure!(ike.role == "responder", "tunsecd's role: {ike:?}");
+        Ok(pair)
+    }
+
+    /// The first failure tunsecd reports for charon (its status's last
+    /// error), within 15 s.
+    pub(crate) fn first_error(&self, lab: &Lab) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(e) = ike_of(&self.status(lab)?)?.last_error {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tunsecd reports no failure within 15 s\n{}",
+                    self.describe(lab)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Brings the first Child SA up: whoever has the lower address
     /// initiates (charon by `swanctl --initiate`); returns the pair.
     pub(crate) fn bring_up(&self, lab: &Lab) -> anyhow::Result<Pair> {
