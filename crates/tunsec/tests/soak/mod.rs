@@ -27,6 +27,8 @@
 //!   live inbound and one live outbound SA, the one's outbound SPI the
 //!   other's inbound, within 20 s;
 //! - every tunsecd still answers at the end.
+//!
+//! A failed run leaves the daemons' logs in `target/tmp/soak-logs/`.
 
 mod faults;
 mod lab;
@@ -40,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail};
 use tunsec::control::{self, Request, Response};
 use tunsec::status::Status;
 use tunsec_lab::Lab;
@@ -224,12 +226,33 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
     if let Some(path) = &settings.report {
         std::fs::write(path, &text).with_context(|| format!("{}", path.display()))?;
     }
-    ensure!(
-        report.passed(),
-        "the soak failed; report in {}",
-        tmp.display()
-    );
-    Ok(())
+    if report.passed() {
+        return Ok(());
+    }
+    let kept = keep_logs(lab)?;
+    bail!(
+        "the soak failed; report in {}, the daemons' logs in {}",
+        tmp.display(),
+        kept.display()
+    )
+}
+
+/// Copies the lab's logs (every tunsecd's, a killed one's under
+/// `h<n>.killed-<pid>.log`, and the traffic's) to
+/// `target/tmp/soak-logs/`, emptied first, so that a failed run can be
+/// explained after the lab and its directory are gone.
+fn keep_logs(lab: &Lab) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak-logs");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    for log in lab.logs() {
+        if let Some(name) = log.file_name() {
+            std::fs::copy(&log, dir.join(name)).with_context(|| format!("{}", log.display()))?;
+        }
+    }
+    Ok(dir)
 }
 
 fn unix_now() -> f64 {
