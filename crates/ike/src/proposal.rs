@@ -239,14 +239,8 @@ fn parse(proposal: &str, protocol: ProtocolId) -> Result<Proposal> {
             Keyword::Dh(_) => dh.push(transform),
             Keyword::Esn(_) if ike => return Err(error(token, "ESN in an IKE proposal")),
             Keyword::Esn(_) => esn.push(transform),
-            // RFC 9370 section 2.2.4: a Child SA's additional key
-            // exchanges run in IKE_FOLLOWUP_KE, which is not built.
-            Keyword::AddKe(..) if !ike => {
-                return Err(error(
-                    token,
-                    "additional key exchanges for Child SAs (IKE_FOLLOWUP_KE) are not supported",
-                ));
-            }
+            // RFC 9370 section 2.2.2: a Child SA's additional key
+            // exchanges run in IKE_FOLLOWUP_KE after CREATE_CHILD_SA.
             Keyword::AddKe(..) => addke.push(transform),
         }
     }
@@ -386,6 +380,17 @@ pub struct Selected {
     /// and one transform of each type.
     pub proposal: Proposal,
 }
+
+/// RFC 9370's transform types, in the order their exchanges run.
+const ADDITIONAL_KE_TYPES: [TransformType; 7] = [
+    TransformType::AddKe1,
+    TransformType::AddKe2,
+    TransformType::AddKe3,
+    TransformType::AddKe4,
+    TransformType::AddKe5,
+    TransformType::AddKe6,
+    TransformType::AddKe7,
+];
 
 /// Transform types whose absence means the same as their NONE transform.
 fn optional(transform_type: TransformType) -> Option<Transform> {
@@ -581,7 +586,7 @@ pub fn check_chosen(own: &[Proposal], chosen: &Proposal) -> Result<usize> {
 }
 
 /// What a negotiated ESP proposal means for the ESP engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EspChoice {
     /// The cipher suite.
     pub suite: Suite,
@@ -589,6 +594,10 @@ pub struct EspChoice {
     pub esn: bool,
     /// The D-H group for PFS, if any.
     pub group: Option<DhGroup>,
+    /// The additional key exchanges (RFC 9370 section 2.2.2), in the
+    /// order they run in IKE_FOLLOWUP_KE: by ascending transform type,
+    /// NONE left out.
+    pub additional: Vec<DhGroup>,
 }
 
 fn esp_suite_of(encr: &Transform, integ: Option<&Transform>) -> Option<Suite> {
@@ -655,7 +664,21 @@ pub fn esp_choice(proposal: &Proposal) -> Result<EspChoice> {
         Some(TransformId::Dh(g)) => Some(g),
         Some(_) => None,
     };
-    Ok(EspChoice { suite, esn, group })
+    let mut additional = Vec::new();
+    for ty in ADDITIONAL_KE_TYPES {
+        match one(ty)?.map(|t| t.id) {
+            Some(TransformId::AddKe { group, .. }) if group != DhGroup::None => {
+                additional.push(group);
+            }
+            _ => {}
+        }
+    }
+    Ok(EspChoice {
+        suite,
+        esn,
+        group,
+        additional,
+    })
 }
 
 #[cfg(test)]
@@ -1031,12 +1054,21 @@ mod test {
                 .iter()
                 .any(|t| t.id.transform_type() == TransformType::AddKe2)
         );
-        // Not for Child SAs yet (IKE_FOLLOWUP_KE).
-        let Err(Error::Proposal { token, .. }) = parse_esp("aes256gcm16-x25519-ke1_mlkem768")
-        else {
-            panic!("an ESP proposal with ke1_ parsed");
+        // For Child SAs too (IKE_FOLLOWUP_KE): the choice lists them in
+        // the order they run.
+        let esp = parse_esp("aes256gcm16-x25519-ke2_mlkem1024-ke1_mlkem768").unwrap();
+        let choice = esp_choice(&esp).unwrap();
+        assert_eq!(choice.group, Some(DhGroup::Curve25519));
+        assert_eq!(
+            choice.additional,
+            [DhGroup::MlKem768, DhGroup::MlKem1024],
+            "{}",
+            to_strongswan(&esp)
+        );
+        let Err(Error::Proposal { token, .. }) = parse_esp("aes256gcm16-ke1_mlkem768") else {
+            panic!("an ESP proposal with ke1_ and no first key exchange parsed");
         };
-        assert_eq!(token, "ke1_mlkem768");
+        assert_eq!(token, "aes256gcm16-ke1_mlkem768");
         for (bad, token) in [
             ("aes128gcm16-prfsha256-x25519-ke8_mlkem768", "ke8_mlkem768"),
             ("aes128gcm16-prfsha256-x25519-ke1_mlkem999", "ke1_mlkem999"),

@@ -8,7 +8,8 @@
 //!
 //! - per peer: whether its IKE SA is established (the state an overlay
 //!   operator alerts on), its Child SAs, IKE rekeys, retransmissions and
-//!   fragments;
+//!   fragments, and the key exchanges of its IKE SA and of each Child SA
+//!   (`x25519+mlkem768`, as info gauges);
 //! - per SA (peer, direction, SPI): packets, bytes and drops by reason.
 //!   An SA's series ends when a rekey replaces it, so its counters never
 //!   go backwards;
@@ -39,6 +40,20 @@ struct NodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyExchangeLabels {
+    peer: String,
+    key_exchange: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChildKeyExchangeLabels {
+    peer: String,
+    spi_in: String,
+    spi_out: String,
+    key_exchange: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +140,16 @@ pub fn render(status: &Status) -> String {
         "peer_ike_fragments_received",
         "Authentic IKE fragments received (RFC 7383)",
     );
+    let ike_kex: Family<KeyExchangeLabels, Gauge> = family(
+        &mut r,
+        "peer_ike_key_exchange_info",
+        "1 for the key exchanges of the peer's IKE SA, in order, joined by + (x25519+mlkem768)",
+    );
+    let child_kex: Family<ChildKeyExchangeLabels, Gauge> = family(
+        &mut r,
+        "peer_child_sa_key_exchange_info",
+        "1 for each Child SA pair of the peer's IKE SA, with the key exchanges its keys came from (none: SK_d alone)",
+    );
     let sa_packets: Family<SaLabels, Counter> = family(
         &mut r,
         "sa_packets",
@@ -154,6 +179,24 @@ pub fn render(status: &Status) -> String {
             frags_received
                 .get_or_create(&peer)
                 .inc_by(ike.fragments_received);
+            if let Some(kex) = &ike.key_exchange {
+                ike_kex
+                    .get_or_create(&KeyExchangeLabels {
+                        peer: p.name.clone(),
+                        key_exchange: kex.clone(),
+                    })
+                    .set(1);
+            }
+            for c in &ike.children {
+                child_kex
+                    .get_or_create(&ChildKeyExchangeLabels {
+                        peer: p.name.clone(),
+                        spi_in: c.spi_in.clone(),
+                        spi_out: c.spi_out.clone(),
+                        key_exchange: c.key_exchange.clone(),
+                    })
+                    .set(1);
+            }
         }
         for sa in &p.sas {
             let labels = SaLabels {
@@ -386,7 +429,10 @@ mod test {
                 ],
                 "ike": {"state": "established", "role": "initiator", "child_sas": 1,
                     "ike_rekeys": 4, "retransmits": 5, "dropped": 0,
-                    "fragments_sent": 6, "fragments_received": 7}}],
+                    "fragments_sent": 6, "fragments_received": 7,
+                    "key_exchange": "x25519+mlkem768",
+                    "children": [{"spi_in": "0x2002", "spi_out": "0x1001",
+                        "key_exchange": "x25519+mlkem768"}]}}],
             "drops": {"no_sa": 11, "policy": 0},
             "keepalives": 0,
             "ike_on_esp_port": 0,
@@ -407,6 +453,8 @@ mod test {
             r#"tunsec_peer_ike_retransmits_total{peer="h2"} 5"#,
             r#"tunsec_peer_ike_fragments_sent_total{peer="h2"} 6"#,
             r#"tunsec_peer_ike_fragments_received_total{peer="h2"} 7"#,
+            r#"tunsec_peer_ike_key_exchange_info{peer="h2",key_exchange="x25519+mlkem768"} 1"#,
+            r#"tunsec_peer_child_sa_key_exchange_info{peer="h2",spi_in="0x2002",spi_out="0x1001",key_exchange="x25519+mlkem768"} 1"#,
             r#"tunsec_sa_packets_total{peer="h2",direction="out",spi="0x1001"} 10"#,
             r#"tunsec_sa_bytes_total{peer="h2",direction="in",spi="0x2002"} 1300"#,
             r#"tunsec_sa_drops_total{peer="h2",direction="in",spi="0x2002",reason="replay"} 3"#,

@@ -256,6 +256,15 @@ pub struct IkeStatus {
     /// The IKE suite, once IKE_SA_INIT is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suite: Option<String>,
+    /// The IKE SA's key exchanges, in the order they ran, joined by `+`
+    /// (`x25519+mlkem768`: X25519 in IKE_SA_INIT, ML-KEM-768 in
+    /// IKE_INTERMEDIATE, RFC 9370), once IKE_SA_INIT is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_exchange: Option<String>,
+    /// Each Child SA pair that is up, with the key exchanges its keys came
+    /// from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildKeyExchange>,
     /// The last failure, kept while the initiator tries again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -327,6 +336,20 @@ pub struct IkeStatus {
     /// `pinned`) with the identity it must prove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+}
+
+/// A Child SA pair of an IKE SA and where its keys came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildKeyExchange {
+    /// Our SPI (inbound), as `0x...`.
+    pub spi_in: String,
+    /// The peer's SPI (outbound), as `0x...`.
+    pub spi_out: String,
+    /// The key exchanges of the CREATE_CHILD_SA and its IKE_FOLLOWUP_KE
+    /// exchanges that made it, joined by `+` (`x25519+mlkem768`), or
+    /// `none` for keys from the IKE SA's SK_d alone (the Child SA of
+    /// IKE_AUTH, or a rekey without PFS).
+    pub key_exchange: String,
 }
 
 /// What NAT detection found (`local`: this host's address is translated;
@@ -506,6 +529,16 @@ impl Status {
                     ike.retransmits,
                     ike.dropped
                 );
+                if let Some(kex) = &ike.key_exchange {
+                    let _ = writeln!(s, "        key exchanges {kex}");
+                }
+                for c in &ike.children {
+                    let _ = writeln!(
+                        s,
+                        "        child SA {}/{} key exchanges {}",
+                        c.spi_in, c.spi_out, c.key_exchange
+                    );
+                }
                 if let Some(nat) = ike.nat_text() {
                     let _ = writeln!(s, "        nat {nat}");
                 }

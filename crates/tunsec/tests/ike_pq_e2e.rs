@@ -14,8 +14,11 @@
 //! - `ike_hybrid_two_additional_key_exchanges`: IKE
 //!   `aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024` (RFC 9370):
 //!   two IKE_INTERMEDIATE exchanges on the wire (tshark), both sides show
-//!   the suite, and a Child SA rekey and an IKE SA re-authentication lose
-//!   no ping.
+//!   the suite; a Child SA rekey with ESP
+//!   `aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024` runs two
+//!   IKE_FOLLOWUP_KE exchanges (tshark) and both sides show its key
+//!   exchanges `x25519+mlkem768+mlkem1024`; the rekey and an IKE SA
+//!   re-authentication lose no ping.
 //!
 //! They need root, iproute2, ping and tshark (dumpcap); they fail, never
 //! skip, when something is missing.
@@ -38,13 +41,15 @@ const ML_KEM_768: &str = "ike_proposals = [\"aes256gcm16-prfsha384-mlkem768\"]\n
 const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024";
 
 /// Brings up h1 and h2 with `ike` as both `[peer.ike]` sections, checks
-/// that both show the IKE suite `suite`, then a Child SA rekey and an IKE
-/// SA rekey (for a hybrid IKE SA, a re-authentication) under 40 pings,
-/// none lost. Returns the capture of the underlay.
+/// that both show the IKE suite `suite`, then a Child SA rekey (after
+/// which both show `child_kex` as its key exchanges) and an IKE SA rekey
+/// (for a hybrid IKE SA, a re-authentication) under 40 pings, none lost.
+/// Returns the capture of the underlay.
 fn up_and_renew(
     lab: &mut tunsec_lab::Lab,
     ike: &str,
     suite: &str,
+    child_kex: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
     let t0 = Instant::now();
     let pair = two_hosts(lab)?;
@@ -87,6 +92,15 @@ fn up_and_renew(
                 now.child_sas > before.child_sas
             })
         })?;
+        if !ike {
+            for (n, peer) in [(1, "h2"), (2, "h1")] {
+                let children = ike_of(&status(lab, n)?, peer)?.children;
+                ensure!(
+                    !children.is_empty() && children.iter().all(|c| c.key_exchange == child_kex),
+                    "h{n}: the rekeyed Child SA's key exchanges are not {child_kex}: {children:?}"
+                );
+            }
+        }
         std::thread::sleep(Duration::from_millis(1000));
     }
     let received = pings_received(pinger)?;
@@ -109,7 +123,12 @@ fn up_and_renew(
 #[test]
 fn ike_ml_kem_alone() {
     with_lab("tspq-kem", |lab| {
-        let pcap = up_and_renew(lab, ML_KEM_768, "aes256gcm16-prfsha384-mlkem768")?;
+        let pcap = up_and_renew(
+            lab,
+            ML_KEM_768,
+            "aes256gcm16-prfsha384-mlkem768",
+            "mlkem768",
+        )?;
         // IKE_SA_INIT's KE payloads (the first two IKE messages), as
         // tshark's ISAKMP dissector reads them.
         let ke = tshark_fields(
@@ -145,13 +164,33 @@ fn ike_ml_kem_alone() {
 /// Hybrid, tunsec to tunsec: X25519 in IKE_SA_INIT, then ML-KEM-768 and
 /// ML-KEM-1024 in two IKE_INTERMEDIATE exchanges (message IDs 1 and 2,
 /// their key shares in encrypted fragments), IKE_AUTH with ID 3. tshark
-/// sees the IKE_INTERMEDIATE exchanges on the wire; the IKE SA is renewed
-/// by re-authentication, hybrid again, without a lost ping.
+/// sees the IKE_INTERMEDIATE exchanges on the wire. The Child SA is
+/// rekeyed with the same three key exchanges (ESP
+/// `aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024`): X25519 in
+/// CREATE_CHILD_SA, the ML-KEMs in two IKE_FOLLOWUP_KE exchanges (RFC
+/// 9370 section 2.2.2), which tshark sees too; the IKE SA is renewed by
+/// re-authentication, hybrid again, without a lost ping.
 #[test]
 fn ike_hybrid_two_additional_key_exchanges() {
     with_lab("tspq-hyb", |lab| {
-        let ike = format!("ike_proposals = [\"{HYBRID}\"]\n");
-        let pcap = up_and_renew(lab, &ike, HYBRID)?;
+        let ike = format!(
+            "ike_proposals = [\"{HYBRID}\"]\n\
+             esp_proposals = [\"aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024\"]\n"
+        );
+        let pcap = up_and_renew(lab, &ike, HYBRID, "x25519+mlkem768+mlkem1024")?;
+        let followups = tshark_fields(
+            &pcap,
+            Some("isakmp.exchangetype == 44"),
+            &["isakmp.messageid"],
+        )?;
+        let mut followups: Vec<&str> = followups.lines().collect();
+        followups.sort_unstable();
+        followups.dedup();
+        eprintln!("  IKE_FOLLOWUP_KE message IDs: {followups:?}");
+        ensure!(
+            followups.len() >= 2,
+            "no two IKE_FOLLOWUP_KE exchanges on the wire: {followups:?}"
+        );
         let ids = tshark_fields(
             &pcap,
             Some("isakmp.exchangetype == 43"),

@@ -18,8 +18,11 @@
 //!   the hybrid proposal and logs IKE_INTERMEDIATE, tunsecd's status shows
 //!   the suite; pings, iperf3; then under 100 pings, charon's IKE rekey
 //!   (refused and replaced by tunsecd's re-authentication), tunsecd's
-//!   (a re-authentication), and Child SA rekeys by each side: no ping
-//!   lost, every IKE SA hybrid.
+//!   (a re-authentication), and Child SA rekeys by each side with ESP
+//!   `aes256gcm16-x25519-ke1_mlkem768` (ML-KEM-768 in IKE_FOLLOWUP_KE,
+//!   RFC 9370 section 2.2.2; charon logs it both as initiator and as
+//!   responder, and tunsecd's status shows `x25519+mlkem768` for the IKE
+//!   SA and each Child SA): no ping lost, every IKE SA hybrid.
 //!
 //!   Both: charon's log shows the selected proposal with `ML_KEM_768`,
 //!   its `--list-sas` the IKE SA on it, tunsecd's status the suite; pings
@@ -162,12 +165,14 @@ fn sswan6_ml_kem_rekeys() {
 /// proposal; pings, iperf3, only IKE and ESP on the wire.
 fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
     const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768";
+    const HYBRID_ESP: &str = "aes256gcm16-x25519-ke1_mlkem768";
     let mut p = if by_tunsec {
         params(1, 2)
     } else {
         params(2, 1)
     };
     p.ike = HYBRID;
+    p.esp = HYBRID_ESP;
     let mut x = interop(lab, p)?;
     if !by_tunsec {
         let out = x
@@ -198,10 +203,11 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
         "ESP:AES_GCM_16-256",
     )?;
 
-    // Renewals under pings: charon's rekey of the IKE SA (CREATE_CHILD_SA
-    // would need IKE_FOLLOWUP_KE: tunsecd refuses it and re-authenticates
-    // instead), tunsecd's (a re-authentication), and Child SA rekeys by
-    // each side over the hybrid IKE SA.
+    // Renewals under pings: charon's rekey of the IKE SA (tunsecd refuses
+    // it and re-authenticates instead), tunsecd's (a re-authentication),
+    // and Child SA rekeys by each side with ESP `HYBRID_ESP`: X25519 in
+    // CREATE_CHILD_SA, ML-KEM-768 in IKE_FOLLOWUP_KE (RFC 9370 section
+    // 2.2.2).
     const PINGS: u32 = 100;
     let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
     let sock = socket_path(lab, p.tunsec).to_string_lossy().into_owned();
@@ -224,7 +230,35 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
         ike.suite.as_deref() == Some(HYBRID),
         "tunsecd's IKE suite after the renewals: {ike:?}"
     );
+    ensure!(
+        ike.key_exchange.as_deref() == Some("x25519+mlkem768"),
+        "tunsecd's IKE key exchanges: {ike:?}"
+    );
+    ensure!(
+        !ike.children.is_empty()
+            && ike
+                .children
+                .iter()
+                .all(|c| c.key_exchange == "x25519+mlkem768"),
+        "tunsecd's Child SAs after the hybrid rekeys: {:?}",
+        ike.children
+    );
     let log = x.charon.log_text();
+    for (what, needle) in [
+        ("charon's rekey", "generating IKE_FOLLOWUP_KE request"),
+        ("tunsecd's rekey", "parsed IKE_FOLLOWUP_KE request"),
+    ] {
+        let line = find_line(&log, "charon", needle).with_context(|| what.to_owned())?;
+        eprintln!("  charon ({what}): {line}");
+    }
+    let hybrid_children = log
+        .lines()
+        .filter(|l| l.contains("selected proposal: ESP:") && l.contains("KE1_ML_KEM_768"))
+        .count();
+    ensure!(
+        hybrid_children >= 2,
+        "charon selected the hybrid ESP proposal {hybrid_children} times, not 2:\n{log}"
+    );
     let hybrid_sas = log
         .lines()
         .filter(|l| l.contains("selected proposal: IKE:") && l.contains("KE1_ML_KEM_768"))

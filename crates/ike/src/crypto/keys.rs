@@ -241,16 +241,26 @@ pub struct ChildKeys {
 /// those of the reverse direction, and within one SA the encryption key
 /// comes before the integrity key. The "initiator" is the one of the
 /// exchange that created the Child SA.
+///
+/// With additional key exchanges (RFC 9370 section 2.2.2), their shared
+/// secrets `additional` follow the nonces in order:
+///
+/// ```text
+/// KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))
+/// ```
 pub fn child_sa_keys(
     prf: Prf,
     sk_d: &Key,
     g_ir: Option<&[u8]>,
     ni: &[u8],
     nr: &[u8],
+    additional: &[&[u8]],
     suite: Suite,
 ) -> Result<ChildKeys> {
     let one = suite.encryption_key_len() + suite.integrity_key_len();
-    let keymat = prf.prf_plus(sk_d.expose(), &[g_ir.unwrap_or(&[]), ni, nr], 2 * one)?;
+    let mut seed = vec![g_ir.unwrap_or(&[]), ni, nr];
+    seed.extend_from_slice(additional);
+    let keymat = prf.prf_plus(sk_d.expose(), &seed, 2 * one)?;
     let (i_to_r, r_to_i) = keymat.expose().split_at(one);
     let keys = |keymat: &[u8]| {
         SaKeys::from_keymat(suite, keymat).map_err(|_| Error::KeyLength {
@@ -397,7 +407,7 @@ mod test {
             .into_iter()
             .flat_map(|s| [(s, None), (s, Some(&g[..]))])
         {
-            let keys = child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, suite).unwrap();
+            let keys = child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, &[], suite).unwrap();
             let one = suite.encryption_key_len() + suite.integrity_key_len();
             let seed = [g_ir.unwrap_or(&[]), &ni, &nr];
             let keymat = prf.prf_plus(sk_d.expose(), &seed, 2 * one).unwrap();
@@ -414,8 +424,31 @@ mod test {
                 &k[one + enc..]
             );
         }
-        let pfs = |g_ir| child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, Suite::AesGcm128).unwrap();
+        let pfs = |g_ir| child_sa_keys(prf, &sk_d, g_ir, &ni, &nr, &[], Suite::AesGcm128).unwrap();
         assert_ne!(pfs(Some(&g[..])), pfs(None));
+    }
+
+    /// RFC 9370 section 2.2.2: `KEYMAT = prf+(SK_d, SK(0) | Ni | Nr |
+    /// SK(1) | ... | SK(n))`, the additional secrets after the nonces,
+    /// in order.
+    #[test]
+    fn child_sa_keys_with_additional_key_exchanges() {
+        let prf = Prf::HmacSha2_256;
+        let sk_d = Key::from_slice(&[7; 32]);
+        let (ni, nr) = ([1u8; 32], [2u8; 32]);
+        let (sk0, sk1, sk2) = ([9u8; 32], [10u8; 32], [11u8; 32]);
+        let suite = Suite::AesGcm256;
+        let keys = child_sa_keys(prf, &sk_d, Some(&sk0), &ni, &nr, &[&sk1, &sk2], suite).unwrap();
+        let one = suite.encryption_key_len() + suite.integrity_key_len();
+        let seed = [&sk0[..], &ni, &nr, &sk1, &sk2].concat();
+        let keymat = prf.prf_plus(sk_d.expose(), &[&seed], 2 * one).unwrap();
+        let enc = suite.encryption_key_len();
+        assert_eq!(
+            keys.initiator_to_responder.encryption.expose(),
+            &keymat.expose()[..enc]
+        );
+        let swapped = child_sa_keys(prf, &sk_d, Some(&sk0), &ni, &nr, &[&sk2, &sk1], suite);
+        assert_ne!(swapped.unwrap(), keys);
     }
 
     #[test]

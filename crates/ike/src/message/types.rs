@@ -367,6 +367,9 @@ registry! {
         TemporaryFailure = 43,
         /// CHILD_SA_NOT_FOUND.
         ChildSaNotFound = 44,
+        /// STATE_NOT_FOUND (RFC 9370 section 2.2.2): an IKE_FOLLOWUP_KE
+        /// request that names no exchange the responder is in.
+        StateNotFound = 47,
         /// INITIAL_CONTACT.
         InitialContact = 16384,
         /// SET_WINDOW_SIZE.
@@ -398,6 +401,10 @@ registry! {
         /// INTERMEDIATE_EXCHANGE_SUPPORTED (RFC 9242 section 3): the
         /// sender can do IKE_INTERMEDIATE exchanges.
         IntermediateExchangeSupported = 16438,
+        /// ADDITIONAL_KEY_EXCHANGE (RFC 9370 section 2.2.2): links the
+        /// IKE_FOLLOWUP_KE exchanges of a CREATE_CHILD_SA; the data is
+        /// opaque, chosen by the responder and copied by the initiator.
+        AdditionalKeyExchange = 16441,
         /// REDIRECT_SUPPORTED (RFC 5685).
         RedirectSupported = 16406,
         /// EAP_ONLY_AUTHENTICATION (RFC 5998).

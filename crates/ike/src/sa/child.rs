@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use tunsec_esp::Direction;
 
 use super::event::{ChildSaParams, Event};
+use super::followup::{self, Continue};
 use super::ike_rekey;
 use super::logging::Hex;
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
 use super::state::{
-    Child, ChildOffer, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES, Queued,
-    RekeySent, Request, Retired, Role, State, rekey_time,
+    Child, ChildKeying, ChildOffer, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES,
+    NewPair, Queued, RekeySent, Request, Retired, Role, State, rekey_time,
 };
 use crate::crypto::{self, ChildKeys};
 use crate::error::{Error, Result};
@@ -141,6 +142,29 @@ impl IkeSa {
             let Some(next) = st.queue.pop_front() else {
                 return;
             };
+            // While the peer's additional key exchanges for a pair are
+            // under way (followup.rs), neither that pair nor the IKE SA is
+            // rekeyed from here: they wait until it is done or forgotten.
+            if let Some(f) = &st.followup {
+                // Looked at again each second.
+                let deadline = f.deadline.min(now + Duration::from_secs(1));
+                let busy = match next {
+                    Queued::Rekey(spi) => f.old.is_some_and(|(inbound, _)| inbound == spi),
+                    Queued::IkeRekey => true,
+                    _ => false,
+                };
+                if busy {
+                    match next {
+                        Queued::Rekey(spi) => {
+                            if let Some(c) = st.children.iter_mut().find(|c| c.inbound == spi) {
+                                c.rekey_at = Some(deadline);
+                            }
+                        }
+                        _ => st.ike_rekey_at = Some(deadline),
+                    }
+                    continue;
+                }
+            }
             let result = match next {
                 Queued::Rekey(spi) => {
                     match st
@@ -246,12 +270,13 @@ impl IkeSa {
         self.send_sealed_request(now, ExchangeType::CreateChildSa, &payloads, request)
     }
 
-    /// The answer to our CREATE_CHILD_SA or child DELETE request.
+    /// The answer to our CREATE_CHILD_SA, IKE_FOLLOWUP_KE or child
+    /// DELETE request.
     pub(super) fn on_established_response(&mut self, now: Instant, message: &Message) {
         let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
-        let mut retry = None;
+        let mut next = None;
         let mut ike_retry = None;
         match st.request.take() {
             Some(Request::DeleteChild(r)) if r.announce => {
@@ -261,7 +286,12 @@ impl IkeSa {
                 });
             }
             Some(Request::Rekey(rekey)) => {
-                retry = self.on_rekey_response(now, &mut st, *rekey, message);
+                next = self.on_rekey_response(now, &mut st, *rekey, message);
+            }
+            Some(Request::Followup(sent)) => {
+                next = self
+                    .on_followup_response(now, &mut st, *sent, message)
+                    .map(|c| Next::Followup(Box::new(c)));
             }
             Some(Request::IkeRekey(rekey)) => {
                 ike_retry = self.on_ike_rekey_response(now, &mut st, *rekey, message);
@@ -269,10 +299,15 @@ impl IkeSa {
             _ => {}
         }
         self.state = State::Established(st);
-        if let Some((target, group, retries)) = retry {
-            if let Err(e) = self.start_rekey(now, target, Some(group), retries) {
-                self.local_error(e);
+        let sent = match next {
+            Some(Next::Retry(target, group, retries)) => {
+                self.start_rekey(now, target, Some(group), retries)
             }
+            Some(Next::Followup(next)) => self.send_followup(now, *next),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            self.local_error(e);
         }
         if let Some((group, retries)) = ike_retry {
             if let Err(e) = self.start_ike_rekey(now, Some(group), retries) {
@@ -287,48 +322,126 @@ impl IkeSa {
         st: &mut Established,
         mut rekey: RekeySent,
         message: &Message,
-    ) -> Option<(ChildTarget, DhGroup, u8)> {
+    ) -> Option<Next> {
         let p = Payloads(&message.payloads);
         let old = match rekey.target {
             ChildTarget::Rekey(old) => old,
             ChildTarget::Create(_) => return self.on_create_response(now, st, rekey, &p),
         };
-        let Some(index) = st.child(old) else {
+        if st.child(old).is_none() {
             // The Child SA was replaced meanwhile (the peer's colliding
             // rekey won and its DELETE of the old pair came first): a pair
-            // we got now is redundant, and we delete it.
+            // we got now is redundant, and we delete it. One that needs
+            // IKE_FOLLOWUP_KE is not up at the peer yet: we just stop.
             if let Some(nr) = p.nonce().filter(|_| p.error().is_none()) {
-                if let Ok((i, o)) = self.rekey_initiator_child(&p, st, &mut rekey, nr) {
-                    st.queue.push_back(Queued::DeleteChild(Retired {
-                        inbound: i.spi,
-                        outbound: o.spi,
-                        announce: false,
-                    }));
+                if let Ok(agreed) = self.rekey_initiator_child(&p, st, &mut rekey, nr) {
+                    if agreed.additional.is_empty() {
+                        st.queue.push_back(Queued::DeleteChild(Retired {
+                            inbound: agreed.inbound.spi,
+                            outbound: agreed.outbound.spi,
+                            announce: false,
+                        }));
+                    }
                 }
             }
             return None;
-        };
+        }
         let collided = st.collision.as_ref().is_some_and(|c| c.old == old);
-        if let Some(retry) = self.ke_retry(&p, &rekey).filter(|_| !collided) {
-            return Some(retry);
+        if let Some((target, group, retries)) = self.ke_retry(&p, &rekey).filter(|_| !collided) {
+            return Some(Next::Retry(target, group, retries));
         }
         let collision = st.collision.take_if(|c| c.old == old);
         let ours = match p.nonce() {
             Some(nr) if p.error().is_none() => {
                 let nr = nr.to_vec();
                 self.rekey_initiator_child(&p, st, &mut rekey, &nr)
-                    .map(|(inbound, outbound)| (nr, inbound, outbound))
+                    .map(|agreed| (nr, agreed))
             }
             _ => Err(Box::new(Event::Failed {
                 notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
                 by_peer: p.error().is_some(),
             })),
         };
+        let ours = match ours {
+            Ok((nr, agreed)) if !agreed.additional.is_empty() => {
+                // RFC 9370 section 2.2.2: the pair needs the additional key
+                // exchanges first. Against a colliding rekey of the peer
+                // that is done already, ours gives way.
+                match (collision.is_none(), followup::link_of(&p)) {
+                    (true, Some(link)) => {
+                        let keying = ChildKeying::new(
+                            rekey.ni,
+                            nr,
+                            (agreed.inbound, agreed.outbound),
+                            true,
+                            agreed.first,
+                            &agreed.additional,
+                        );
+                        return Some(Next::Followup(Box::new(Continue {
+                            target: rekey.target,
+                            keying,
+                            link,
+                        })));
+                    }
+                    (collision_free, _) => Err(Box::new(Event::Failed {
+                        notify: if collision_free {
+                            NotifyType::InvalidSyntax
+                        } else {
+                            NotifyType::TemporaryFailure
+                        },
+                        by_peer: false,
+                    })),
+                }
+            }
+            Ok((nr, agreed)) => Ok(NewPair {
+                ni: rekey.ni,
+                nr,
+                inbound: agreed.inbound,
+                outbound: agreed.outbound,
+            }),
+            Err(e) => Err(e),
+        };
+        self.conclude_rekey(now, st, old, ours, collision);
+        None
+    }
+
+    /// Our rekey of the pair `old` is answered (in CREATE_CHILD_SA, or in
+    /// the last IKE_FOLLOWUP_KE): the new pair replaces it, or, against
+    /// the peer's colliding rekey (RFC 7296 section 2.8.1), the pair made
+    /// with the highest nonces does; a failed rekey leaves the old pair
+    /// to be tried again later.
+    pub(super) fn conclude_rekey(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        old: (u32, u32),
+        ours: Result<NewPair, Box<Event>>,
+        collision: Option<Collided>,
+    ) {
+        let Some(index) = st.child(old) else {
+            // Replaced meanwhile: a pair we got now is redundant.
+            if let Ok(pair) = ours {
+                st.queue.push_back(Queued::DeleteChild(Retired {
+                    inbound: pair.inbound.spi,
+                    outbound: pair.outbound.spi,
+                    announce: false,
+                }));
+            }
+            return;
+        };
         let (inbound, outbound) = match (ours, collision) {
-            (Ok((nr, inbound, outbound)), Some(c)) => {
+            (
+                Ok(NewPair {
+                    ni,
+                    nr,
+                    inbound,
+                    outbound,
+                }),
+                Some(c),
+            ) => {
                 // RFC 7296 section 2.8.1: the SA created with the lowest of
                 // the four nonces is closed by the endpoint that created it.
-                let ours_lowest = rekey.ni.min(nr) < c.ni.clone().min(c.nr.clone());
+                let ours_lowest = ni.min(nr) < c.ni.clone().min(c.nr.clone());
                 let mine = Retired {
                     inbound: inbound.spi,
                     outbound: outbound.spi,
@@ -356,7 +469,12 @@ impl IkeSa {
                     (inbound, outbound)
                 }
             }
-            (Ok((_, inbound, outbound)), None) => {
+            (
+                Ok(NewPair {
+                    inbound, outbound, ..
+                }),
+                None,
+            ) => {
                 st.queue.push_back(Queued::DeleteChild(Retired {
                     inbound: old.0,
                     outbound: old.1,
@@ -376,18 +494,31 @@ impl IkeSa {
                 (c.inbound, c.outbound)
             }
             (Err(event), None) => {
-                // The old Child SA stays; try again later.
+                // The old Child SA stays; try again later, after a random
+                // pause if the peer was busy (rekeying it too, say).
+                let busy = matches!(
+                    *event,
+                    Event::Failed {
+                        notify: NotifyType::TemporaryFailure,
+                        ..
+                    }
+                );
                 self.events.push_back(*event);
-                st.children[index].rekey_at = self
-                    .config
-                    .child_lifetime
-                    .map(|l| now + (l / 20).max(Duration::from_secs(1)));
-                return None;
+                let pause = if busy {
+                    Some(ike_rekey::retry_pause(self))
+                } else {
+                    self.config
+                        .child_lifetime
+                        .map(|l| (l / 20).max(Duration::from_secs(1)))
+                };
+                st.children[index].rekey_at = pause.map(|p| now + p);
+                return;
             }
         };
         let child = &mut st.children[index];
         child.inbound = inbound.spi;
         child.outbound = outbound.spi;
+        child.key_exchanges.clone_from(&inbound.key_exchanges);
         child.rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         st.unqueue_rekey(old.0);
         self.events.push_back(Event::ChildSaRekeyed {
@@ -396,7 +527,6 @@ impl IkeSa {
             inbound,
             outbound,
         });
-        None
     }
 
     /// RFC 7296 section 1.3.3 (as section 1.2 for IKE_SA_INIT):
@@ -418,27 +548,65 @@ impl IkeSa {
     /// 7296 section 1.3.1): it is up, with the selectors the peer narrowed
     /// to (which a rekey of ours proposes again), or refused with an error
     /// notify, which leaves the IKE SA and the other Child SAs as they
-    /// are.
+    /// are; or it goes on in IKE_FOLLOWUP_KE.
     fn on_create_response(
         &mut self,
         now: Instant,
         st: &mut Established,
         mut rekey: RekeySent,
         p: &Payloads<'_>,
-    ) -> Option<(ChildTarget, DhGroup, u8)> {
-        if let Some(retry) = self.ke_retry(p, &rekey) {
-            return Some(retry);
+    ) -> Option<Next> {
+        if let Some((target, group, retries)) = self.ke_retry(p, &rekey) {
+            return Some(Next::Retry(target, group, retries));
         }
         let made = match p.nonce() {
             Some(nr) if p.error().is_none() => {
                 let nr = nr.to_vec();
                 self.rekey_initiator_child(p, st, &mut rekey, &nr)
+                    .map(|agreed| (nr, agreed))
             }
             _ => Err(Box::new(Event::Failed {
                 notify: p.error().unwrap_or(NotifyType::InvalidSyntax),
                 by_peer: p.error().is_some(),
             })),
         };
+        let made = match made {
+            Ok((nr, agreed)) if !agreed.additional.is_empty() => match followup::link_of(p) {
+                Some(link) => {
+                    let keying = ChildKeying::new(
+                        rekey.ni,
+                        nr,
+                        (agreed.inbound, agreed.outbound),
+                        true,
+                        agreed.first,
+                        &agreed.additional,
+                    );
+                    return Some(Next::Followup(Box::new(Continue {
+                        target: rekey.target,
+                        keying,
+                        link,
+                    })));
+                }
+                None => Err(Box::new(Event::Failed {
+                    notify: NotifyType::InvalidSyntax,
+                    by_peer: false,
+                })),
+            },
+            Ok((_, agreed)) => Ok((agreed.inbound, agreed.outbound)),
+            Err(e) => Err(e),
+        };
+        self.conclude_create(now, st, made);
+        None
+    }
+
+    /// Our new Child SA is answered (in CREATE_CHILD_SA, or in the last
+    /// IKE_FOLLOWUP_KE): up, or refused.
+    pub(super) fn conclude_create(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        made: Result<(ChildSaParams, ChildSaParams), Box<Event>>,
+    ) {
         match made {
             Ok((inbound, outbound)) => {
                 st.children.push(Child {
@@ -446,34 +614,38 @@ impl IkeSa {
                     outbound: outbound.spi,
                     ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                     rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
+                    key_exchanges: inbound.key_exchanges.clone(),
                 });
                 self.events
                     .push_back(Event::ChildSaUp { inbound, outbound });
             }
             Err(event) => self.events.push_back(*event),
         }
-        None
     }
 
     /// The new pair from the responder's CREATE_CHILD_SA answer, with the
-    /// PFS shared secret if a group was chosen (RFC 7296 section 2.17).
+    /// PFS shared secret if a group was chosen (RFC 7296 section 2.17),
+    /// and the additional key exchanges of the chosen proposal (RFC 9370),
+    /// which the pair's keys must wait for.
     fn rekey_initiator_child(
         &self,
         p: &Payloads<'_>,
         st: &Established,
         rekey: &mut RekeySent,
         nr: &[u8],
-    ) -> Result<(ChildSaParams, ChildSaParams), Box<Event>> {
+    ) -> Result<Agreed, Box<Event>> {
         let failed = |notify| {
             Box::new(Event::Failed {
                 notify,
                 by_peer: false,
             })
         };
-        let group = p
+        let choice = p
             .sa()
             .and_then(|sa| sa.proposals.first())
-            .and_then(|c| proposal::esp_choice(c).ok())
+            .and_then(|c| proposal::esp_choice(c).ok());
+        let group = choice
+            .as_ref()
             .and_then(|c| c.group)
             .filter(|g| *g != DhGroup::None);
         let RekeySent { ni, kex, offer, .. } = rekey;
@@ -485,10 +657,15 @@ impl IkeSa {
             ),
             _ => return Err(failed(NotifyType::InvalidKePayload)),
         };
-        let g_ir = g_ir.as_ref().map(|k| k.expose());
-        let event = self.initiator_child(p, &st.sk, ni, nr, offer, g_ir)?;
+        let event =
+            self.initiator_child(p, &st.sk, ni, nr, offer, g_ir.as_ref().map(|k| k.expose()))?;
         match event {
-            Event::ChildSaUp { inbound, outbound } => Ok((inbound, outbound)),
+            Event::ChildSaUp { inbound, outbound } => Ok(Agreed {
+                inbound,
+                outbound,
+                first: g_ir,
+                additional: choice.map(|c| c.additional).unwrap_or_default(),
+            }),
             other => Err(Box::new(other)),
         }
     }
@@ -504,12 +681,33 @@ impl IkeSa {
         if ike_rekey::is_ike_rekey(message) {
             return self.on_ike_rekey_request(now, header, message);
         }
+        self.answer(header, |sa, st| sa.create_child_response(now, st, message));
+    }
+
+    /// An IKE_FOLLOWUP_KE request from the peer (`followup.rs`).
+    pub(super) fn on_followup_ke_request(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        message: &Message,
+    ) {
+        self.answer(header, |sa, st| sa.on_followup_request(now, st, message));
+    }
+
+    /// Answers the request `header` on the established IKE SA with what
+    /// `respond` makes of it (the payloads, and the events that follow
+    /// once the answer is sent).
+    fn answer(
+        &mut self,
+        header: &Header,
+        respond: impl FnOnce(&mut Self, &mut Established) -> (Vec<Payload>, Vec<Event>),
+    ) {
         let response = self.header(header.exchange_type, true, header.message_id);
         let id = header.message_id;
         let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
-        let (reply, events) = self.create_child_response(now, &mut st, message);
+        let (reply, events) = respond(self, &mut st);
         let sealed = self.seal(&st.sk, &response, &reply);
         self.state = State::Established(st);
         self.peer_next_id = id.wrapping_add(1);
@@ -524,7 +722,9 @@ impl IkeSa {
     /// of one of ours (N(REKEY_SA) names the SPI we send with), or a new
     /// one (RFC 7296 section 1.3.1), within our policy's selectors and up
     /// to [`Config::max_child_sas`] (NO_ADDITIONAL_SAS beyond, section
-    /// 3.10.1). The IKE SA's rekey is handled in `ike_rekey`.
+    /// 3.10.1). The IKE SA's rekey is handled in `ike_rekey`. With
+    /// additional key exchanges (RFC 9370) the pair waits for the peer's
+    /// IKE_FOLLOWUP_KE requests (`followup.rs`).
     ///
     /// [`Config::max_child_sas`]: super::Config::max_child_sas
     fn create_child_response(
@@ -547,14 +747,36 @@ impl IkeSa {
             }
             None => None,
         };
+        let choice = p
+            .sa()
+            .and_then(|sa| proposal::select(&self.config.esp_proposals, &sa.proposals))
+            .and_then(|sel| proposal::esp_choice(&sel.proposal).ok());
+        let additional = choice
+            .as_ref()
+            .map(|c| c.additional.clone())
+            .unwrap_or_default();
+        // A rekey with additional key exchanges while ours of the same
+        // pair is under way: the peer tries again later (followup.rs).
+        if let Some(old) = old.filter(|_| !additional.is_empty()) {
+            if st
+                .request
+                .as_ref()
+                .is_some_and(|r| r.is_for(ChildTarget::Rekey(old)))
+            {
+                tracing::debug!(
+                    peer = %super::logging::Peer(self.remote),
+                    child = %Hex(old.0),
+                    "peer's rekey with additional key exchanges collides with ours: TEMPORARY_FAILURE"
+                );
+                return (notify(NotifyType::TemporaryFailure), Vec::new());
+            }
+        }
         let result = (|| {
             let ni = p.nonce().ok_or(Notify::empty(NotifyType::InvalidSyntax))?;
             // PFS (RFC 7296 section 1.3.3): the KE payload must be of the
             // group of the proposal we choose; INVALID_KE_PAYLOAD names it.
-            let group = p
-                .sa()
-                .and_then(|sa| proposal::select(&self.config.esp_proposals, &sa.proposals))
-                .and_then(|sel| proposal::esp_choice(&sel.proposal).ok())
+            let group = choice
+                .as_ref()
                 .and_then(|c| c.group)
                 .filter(|g| *g != DhGroup::None);
             let (ke, g_ir) = match group {
@@ -592,9 +814,9 @@ impl IkeSa {
             let Event::ChildSaUp { inbound, outbound } = event else {
                 return Err(Notify::empty(NotifyType::TemporaryFailure));
             };
-            Ok((payloads, ni.to_vec(), nr, inbound, outbound))
+            Ok((payloads, ni.to_vec(), nr, inbound, outbound, g_ir))
         })();
-        let (payloads, ni, nr, inbound, outbound) = match result {
+        let (mut payloads, ni, nr, inbound, outbound, g_ir) = match result {
             Ok(r) => r,
             Err(n) => {
                 // INVALID_KE_PAYLOAD is a step of the negotiation (the peer
@@ -609,6 +831,34 @@ impl IkeSa {
                 return (vec![Payload::Notify(n)], events);
             }
         };
+        if !additional.is_empty() {
+            let keying = ChildKeying::new(ni, nr, (inbound, outbound), false, g_ir, &additional);
+            self.await_followups(now, st, old, keying, &mut payloads);
+            return (payloads, Vec::new());
+        }
+        match self.conclude_peer_child(now, st, old, ni, nr, inbound, outbound) {
+            Ok(events) => (payloads, events),
+            Err(n) => (notify(n), Vec::new()),
+        }
+    }
+
+    /// The peer's Child SA is agreed (in its CREATE_CHILD_SA, or in its
+    /// last IKE_FOLLOWUP_KE): a new one, or the rekey of the pair `old`,
+    /// which the peer deletes once it has our answer. Against a rekey of
+    /// ours of the same pair (RFC 7296 section 2.8.1), which new pair
+    /// stays is known when ours is answered. Fails with the notify to
+    /// answer with if `old` went away meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conclude_peer_child(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        old: Option<(u32, u32)>,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        inbound: ChildSaParams,
+        outbound: ChildSaParams,
+    ) -> core::result::Result<Vec<Event>, NotifyType> {
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         let Some(old) = old else {
             // A new Child SA. A rekey of ours proposes what it narrowed
@@ -618,13 +868,15 @@ impl IkeSa {
                 outbound: outbound.spi,
                 ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                 rekey_at,
+                key_exchanges: inbound.key_exchanges.clone(),
             });
-            return (payloads, vec![Event::ChildSaUp { inbound, outbound }]);
+            return Ok(vec![Event::ChildSaUp { inbound, outbound }]);
+        };
+        let Some(i) = st.child(old) else {
+            return Err(NotifyType::ChildSaNotFound);
         };
         if matches!(&st.request, Some(Request::Rekey(r)) if r.target == ChildTarget::Rekey(old)) {
-            // A collision (RFC 7296 section 2.8.1): both sides rekey this
-            // Child SA. Which new pair stays is known when our own request
-            // is answered.
+            // A collision: both sides rekey this Child SA.
             st.collision = Some(Collided {
                 old,
                 ni,
@@ -632,27 +884,26 @@ impl IkeSa {
                 inbound,
                 outbound,
             });
-            return (payloads, Vec::new());
+            return Ok(Vec::new());
         }
-        // The peer deletes the old pair once it has our answer.
         st.retired.push(Retired {
             inbound: old.0,
             outbound: old.1,
             announce: true,
         });
-        if let Some(i) = st.child(old) {
-            st.children[i].inbound = inbound.spi;
-            st.children[i].outbound = outbound.spi;
-            st.children[i].rekey_at = rekey_at;
-        }
+        st.children[i].inbound = inbound.spi;
+        st.children[i].outbound = outbound.spi;
+        st.children[i]
+            .key_exchanges
+            .clone_from(&inbound.key_exchanges);
+        st.children[i].rekey_at = rekey_at;
         st.unqueue_rekey(old.0);
-        let event = Event::ChildSaRekeyed {
+        Ok(vec![Event::ChildSaRekeyed {
             old_inbound_spi: old.0,
             old_outbound_spi: old.1,
             inbound,
             outbound,
-        };
-        (payloads, vec![event])
+        }])
     }
 }
 
@@ -684,6 +935,12 @@ impl IkeSa {
             transport,
             udp_encap: self.nat.is_some_and(|n| n.udp_encap()),
             keys,
+            key_exchanges: choice
+                .group
+                .iter()
+                .chain(&choice.additional)
+                .copied()
+                .collect(),
             local_ts: ts.0.to_vec(),
             remote_ts: ts.1.to_vec(),
         };
@@ -692,4 +949,24 @@ impl IkeSa {
             outbound: params(Direction::Outbound, spis.1, outbound_keys),
         }
     }
+}
+
+/// A pair the responder's CREATE_CHILD_SA answer agreed on.
+struct Agreed {
+    inbound: ChildSaParams,
+    outbound: ChildSaParams,
+    /// SK(0): the shared secret of the KE payloads, if there were any.
+    first: Option<tunsec_esp::Key>,
+    /// The additional key exchanges of the chosen proposal (RFC 9370),
+    /// still to run.
+    additional: Vec<DhGroup>,
+}
+
+/// What an answer to a Child SA request of ours leads to.
+enum Next {
+    /// The request again with the group the peer asked for
+    /// (INVALID_KE_PAYLOAD), and how many times that happened.
+    Retry(ChildTarget, DhGroup, u8),
+    /// The next IKE_FOLLOWUP_KE request.
+    Followup(Box<Continue>),
 }

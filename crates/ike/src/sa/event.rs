@@ -11,7 +11,7 @@ use tunsec_esp::{Direction, Mode, SaConfig, SaKeys, Suite};
 use super::ts;
 use crate::cert::CertError;
 use crate::error::Error;
-use crate::message::{Identity, NotifyType, TrafficSelector};
+use crate::message::{DhGroup, Identity, NotifyType, TrafficSelector};
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,11 @@ pub struct ChildSaParams {
     pub udp_encap: bool,
     /// The keys of this direction.
     pub keys: SaKeys,
+    /// The key exchanges whose secrets went into the keys, in order: the
+    /// CREATE_CHILD_SA's KE (PFS, RFC 7296 section 1.3.1) and the
+    /// additional ones of IKE_FOLLOWUP_KE (RFC 9370); empty for keys from
+    /// SK_d alone (the Child SA of IKE_AUTH, a rekey without PFS).
+    pub key_exchanges: Vec<DhGroup>,
     /// Our side's traffic selectors, as agreed.
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side's traffic selectors, as agreed.

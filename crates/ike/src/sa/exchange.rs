@@ -131,7 +131,14 @@ impl IkeSa {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outstanding.as_ref().map(|o| o.deadline);
         let (rekey, ike_rekey, complete) = match &self.state {
-            State::Established(st) => (st.next_child_rekey(), st.ike_rekey_at, st.complete_at),
+            State::Established(st) => (
+                st.next_child_rekey(),
+                st.ike_rekey_at,
+                st.complete_at
+                    .into_iter()
+                    .chain(st.followup.as_ref().map(|f| f.deadline))
+                    .min(),
+            ),
             _ => (None, None, None),
         };
         let retiring = self.retiring.as_ref().map(|r| r.timeout());
@@ -164,6 +171,7 @@ impl IkeSa {
             return;
         }
         self.retiring_timeout(now);
+        self.followup_timeout(now);
         if let State::Established(st) = &mut self.state {
             let ike_due = st.ike_rekey_at.is_some_and(|t| now >= t);
             if ike_due {
@@ -545,11 +553,12 @@ impl IkeSa {
     }
 
     /// A request from the peer once the IKE SA is up: CREATE_CHILD_SA
-    /// (`child.rs`, and `ike_rekey.rs` for the IKE SA) or INFORMATIONAL
-    /// (`informational.rs`).
+    /// (`child.rs`, and `ike_rekey.rs` for the IKE SA), IKE_FOLLOWUP_KE
+    /// (`followup.rs`) or INFORMATIONAL (`informational.rs`).
     fn on_established_request(&mut self, now: Instant, header: &Header, message: &Message) {
         match header.exchange_type {
             ExchangeType::CreateChildSa => self.on_create_child_sa_request(now, header, message),
+            ExchangeType::IkeFollowupKe => self.on_followup_ke_request(now, header, message),
             ExchangeType::Informational => self.on_informational_request(now, header, message),
             _ => self.stats.unexpected += 1,
         }

@@ -81,7 +81,7 @@ pub(super) fn is_ike_rekey(message: &Message) -> bool {
 }
 
 /// A random pause of 1 to 3 s before trying a refused rekey again.
-fn retry_pause(sa: &mut IkeSa) -> Duration {
+pub(super) fn retry_pause(sa: &mut IkeSa) -> Duration {
     let jitter = random_u64(sa.rng.as_mut()).unwrap_or(0) % 2000;
     Duration::from_millis(1000 + jitter)
 }

@@ -107,6 +107,7 @@ impl IkeSa {
                                     self.rng.as_mut(),
                                     now,
                                 ),
+                                key_exchanges: c.inbound.key_exchanges.clone(),
                             });
                             events.push(Event::ChildSaRekeyed {
                                 old_inbound_spi: inbound,

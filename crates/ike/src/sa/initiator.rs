@@ -549,7 +549,7 @@ impl IkeSa {
             return Err(failed(NotifyType::TsUnacceptable));
         }
         let rtsi = if behind_nat { tsi } else { rtsi };
-        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, &[], choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
         Ok(self.child_sa_up(
             true,

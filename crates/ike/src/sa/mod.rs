@@ -116,6 +116,7 @@ mod endpoint;
 mod event;
 mod exchange;
 pub mod export;
+mod followup;
 pub mod fragment;
 mod ike_rekey;
 mod informational;

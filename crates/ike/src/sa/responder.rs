@@ -445,7 +445,7 @@ impl IkeSa {
         };
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
-        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, choice.suite)
+        let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, &[], choice.suite)
             .map_err(|_| NotifyType::TemporaryFailure)?;
         let mut chosen = selected.proposal;
         chosen.spi = our_spi.to_be_bytes().to_vec();

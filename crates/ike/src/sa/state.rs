@@ -9,7 +9,9 @@
 //!   `ExpectInit` and [`ExpectAuth`];
 //! - [`Established`] is served by `informational.rs` (liveness, DELETE),
 //!   `child.rs` (CREATE_CHILD_SA for Child SAs, collisions, the request
-//!   queue) and `ike_rekey.rs` (the IKE SA's own rekey, [`Retiring`]).
+//!   queue), `followup.rs` (IKE_FOLLOWUP_KE, the additional key
+//!   exchanges of a CREATE_CHILD_SA) and `ike_rekey.rs` (the IKE SA's own
+//!   rekey, [`Retiring`]).
 //!
 //! This file holds the types and what only reads them, so that the other
 //! files import from it and it imports from none of them.
@@ -225,6 +227,9 @@ pub(super) struct Established {
     /// Responder with [`super::Config::create_missing_children`]: when it
     /// creates the configured Child SAs that no Child SA covers yet.
     pub(super) complete_at: Option<Instant>,
+    /// The peer's CREATE_CHILD_SA whose additional key exchanges are
+    /// still to come (`followup.rs`).
+    pub(super) followup: Option<FollowupPending>,
 }
 
 /// One Child SA pair of an established IKE SA.
@@ -239,6 +244,9 @@ pub(super) struct Child {
     pub(super) ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
     /// When it is rekeyed automatically.
     pub(super) rekey_at: Option<Instant>,
+    /// The key exchanges its keys came from
+    /// ([`ChildSaParams::key_exchanges`]).
+    pub(super) key_exchanges: Vec<DhGroup>,
 }
 
 impl Child {
@@ -251,8 +259,77 @@ impl Child {
 pub(super) enum Request {
     /// A CREATE_CHILD_SA for a Child SA: a rekey or a new one.
     Rekey(Box<RekeySent>),
+    /// An IKE_FOLLOWUP_KE that goes on with such a CREATE_CHILD_SA
+    /// (`followup.rs`).
+    Followup(Box<FollowupSent>),
     IkeRekey(Box<IkeRekeySent>),
     DeleteChild(Retired),
+}
+
+impl Request {
+    /// Whether this request rekeys or creates the Child SA `target`, in
+    /// its CREATE_CHILD_SA or in an IKE_FOLLOWUP_KE after it.
+    pub(super) fn is_for(&self, target: ChildTarget) -> bool {
+        match self {
+            Self::Rekey(r) => r.target == target,
+            Self::Followup(f) => f.target == target,
+            _ => false,
+        }
+    }
+}
+
+/// A Child SA pair that a CREATE_CHILD_SA agreed on, while the additional
+/// key exchanges of its proposal run in IKE_FOLLOWUP_KE exchanges (RFC
+/// 9370 section 2.2.2). Its keys are derived once every exchange is done
+/// ([`ChildKeying::finish`], in `followup.rs`); until then the pair is
+/// known to nobody outside.
+pub(super) struct ChildKeying {
+    /// The nonces of the CREATE_CHILD_SA exchange.
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    /// The pair as agreed: SPIs, suite, selectors (keys not final).
+    pub(super) inbound: ChildSaParams,
+    pub(super) outbound: ChildSaParams,
+    /// Whether we initiated the CREATE_CHILD_SA (which splits the keys,
+    /// RFC 7296 section 2.17).
+    pub(super) initiated: bool,
+    /// SK(0), the shared secret of the CREATE_CHILD_SA's KE payloads.
+    pub(super) first: Option<Key>,
+    /// SK(1), SK(2)...: the shared secrets of the exchanges done.
+    pub(super) done: Vec<Key>,
+    /// The methods of the exchanges still to run, the next first.
+    pub(super) remaining: VecDeque<DhGroup>,
+}
+
+/// A new Child SA pair that our rekey made, with the nonces of the
+/// CREATE_CHILD_SA that made it (which settle a collision, RFC 7296
+/// section 2.8.1).
+pub(super) struct NewPair {
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    pub(super) inbound: ChildSaParams,
+    pub(super) outbound: ChildSaParams,
+}
+
+/// Initiator: an IKE_FOLLOWUP_KE request sent with the key share of the
+/// next additional key exchange of a CREATE_CHILD_SA of ours.
+pub(super) struct FollowupSent {
+    /// What the CREATE_CHILD_SA was for.
+    pub(super) target: ChildTarget,
+    pub(super) keying: ChildKeying,
+    pub(super) kex: Box<dyn KeyExchange>,
+}
+
+/// Responder: a peer's CREATE_CHILD_SA answered, its IKE_FOLLOWUP_KE
+/// requests expected (RFC 9370 section 2.2.2).
+pub(super) struct FollowupPending {
+    /// The pair it rekeys, or `None` for a new Child SA.
+    pub(super) old: Option<(u32, u32)>,
+    pub(super) keying: ChildKeying,
+    /// The ADDITIONAL_KEY_EXCHANGE data we gave the peer.
+    pub(super) link: Vec<u8>,
+    /// When it is forgotten if the peer has not gone on.
+    pub(super) deadline: Instant,
 }
 
 /// A request that waits for the outstanding one.
@@ -526,6 +603,7 @@ impl Established {
                 outbound: outbound.spi,
                 ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                 rekey_at,
+                key_exchanges: inbound.key_exchanges.clone(),
             }),
             _ => None,
         };
@@ -539,6 +617,7 @@ impl Established {
             retired: Vec::new(),
             collision: None,
             complete_at: None,
+            followup: None,
         }
     }
 
@@ -740,6 +819,19 @@ impl IkeSa {
     /// the IKE SA closes).
     pub fn ike_suite(&self) -> Option<IkeSuite> {
         self.state.sk().map(|sk| sk.suite)
+    }
+
+    /// The Child SA pairs that are up, as (inbound SPI, outbound SPI,
+    /// the key exchanges their keys came from), the first one first.
+    pub fn child_sas(&self) -> Vec<(u32, u32, Vec<DhGroup>)> {
+        match &self.state {
+            State::Established(st) => st
+                .children
+                .iter()
+                .map(|c| (c.inbound, c.outbound, c.key_exchanges.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The number of Child SAs that are up.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tunsec_esp::{Key, PacketBuf, Sa, Suite};
 
+use super::followup;
 use super::payloads::Payloads;
 use super::random::NONCE_LEN;
 use super::state::{
@@ -3648,4 +3649,257 @@ fn hybrid_downgrade_in_a_forged_response_is_refused() {
         }]
     );
     assert!(p.initiator.poll_transmit().is_none(), "no IKE_AUTH sent");
+}
+
+// ---- IKE_FOLLOWUP_KE: additional key exchanges for Child SAs (RFC 9370 section 2.2.2) ----
+
+/// ESP proposals with additional key exchanges beside X25519.
+const HYBRID_ESP: [(&str, &[DhGroup]); 2] = [
+    ("aes256gcm16-x25519-ke1_mlkem768", &[DhGroup::MlKem768]),
+    (
+        "aes128gcm16-ecp256-ke1_mlkem768-ke2_mlkem1024",
+        &[DhGroup::MlKem768, DhGroup::MlKem1024],
+    ),
+];
+
+fn hybrid_esp(c: Config, esp: &str) -> Config {
+    c.with_proposals(DEFAULT_IKE[0], esp).unwrap()
+}
+
+/// The exchange types of `messages`, in order.
+fn exchanges(messages: &[Vec<u8>]) -> Vec<ExchangeType> {
+    messages
+        .iter()
+        .map(|m| Header::decode(m).unwrap().exchange_type)
+        .collect()
+}
+
+/// A Child SA rekey whose ESP proposal has additional key exchanges, by
+/// either side: CREATE_CHILD_SA, then one IKE_FOLLOWUP_KE per additional
+/// exchange (ML-KEM's key share in fragments), then the DELETE of the old
+/// pair. Both sides derive the same keys, and the pair is up only after
+/// the last exchange.
+#[test]
+fn child_rekey_runs_the_additional_key_exchanges_in_ike_followup_ke() {
+    for (esp, additional) in HYBRID_ESP {
+        for by_initiator in [true, false] {
+            let mut p = Pair::new(
+                hybrid_esp(initiator_config(), esp),
+                hybrid_esp(responder_config(), esp),
+            );
+            p.drive();
+            let old = assert_established(&p);
+            p.i_events.clear();
+            p.r_events.clear();
+            let (ni, nr) = (p.from_initiator.len(), p.from_responder.len());
+            let rekeyer = if by_initiator {
+                &mut p.initiator
+            } else {
+                &mut p.responder
+            };
+            rekeyer.rekey_child(p.now).unwrap();
+            // The CREATE_CHILD_SA's answer alone brings nothing up.
+            p.step();
+            assert!(rekeys(&p.i_events).is_empty() && rekeys(&p.r_events).is_empty());
+            p.drive();
+            assert_rekeyed(&p, &old);
+            let sent = if by_initiator {
+                exchanges(&p.from_initiator[ni..])
+            } else {
+                exchanges(&p.from_responder[nr..])
+            };
+            let followups = sent
+                .iter()
+                .filter(|e| **e == ExchangeType::IkeFollowupKe)
+                .count();
+            assert!(followups >= additional.len(), "{esp}: {sent:?}");
+            assert_eq!(sent[0], ExchangeType::CreateChildSa, "{esp}: {sent:?}");
+            assert_eq!(*sent.last().unwrap(), ExchangeType::Informational);
+            for sa in [&p.initiator, &p.responder] {
+                assert!(established_state(sa).followup.is_none());
+                let s = Stats {
+                    fragments_sent: 0,
+                    fragments_received: 0,
+                    ..sa.stats()
+                };
+                assert_eq!(s, Stats::default(), "{esp}");
+            }
+        }
+    }
+}
+
+/// A new Child SA (an additional configured one) with additional key
+/// exchanges comes up after its IKE_FOLLOWUP_KE exchanges, on both sides
+/// with the same keys.
+#[test]
+fn new_child_sa_runs_the_additional_key_exchanges() {
+    let (esp, _) = HYBRID_ESP[0];
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let mut i = hybrid_esp(initiator_config(), esp);
+    i.additional_children = vec![(port_ts(a, &[4789]), vec![ts::host(b, 17, 0, u16::MAX)])];
+    let r = hybrid_esp(responder_config(), esp);
+    let mut p = Pair::new(i, r);
+    p.drive();
+    let ups = |events: &[Event]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChildSaUp { inbound, outbound } => Some((inbound.clone(), outbound.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (i_ups, r_ups) = (ups(&p.i_events), ups(&p.r_events));
+    assert_eq!((i_ups.len(), r_ups.len()), (2, 2), "{:?}", p.i_events);
+    let (i_in, i_out) = &i_ups[1];
+    let r_pair = r_ups.iter().find(|(inb, _)| inb.spi == i_out.spi).unwrap();
+    esp_round_trip(i_out, &r_pair.0, p.now);
+    esp_round_trip(&r_pair.1, i_in, p.now);
+    assert!(exchanges(&p.from_initiator).contains(&ExchangeType::IkeFollowupKe));
+}
+
+/// Both sides rekey the same Child SA at once with additional key
+/// exchanges: each answers the other TEMPORARY_FAILURE (a chain of
+/// exchanges cannot be settled by the nonces of its first), both try
+/// again after a random pause, and one rekey goes through.
+#[test]
+fn colliding_rekeys_with_additional_key_exchanges_converge() {
+    let (esp, _) = HYBRID_ESP[0];
+    for seed in 1..=4 {
+        let mut p = Pair::seeded(
+            hybrid_esp(initiator_config(), esp),
+            hybrid_esp(responder_config(), esp),
+            seed,
+            seed + 100,
+        );
+        p.drive();
+        let old = assert_established(&p);
+        p.i_events.clear();
+        p.r_events.clear();
+        p.initiator.rekey_child(p.now).unwrap();
+        p.responder.rekey_child(p.now).unwrap();
+        p.drive();
+        assert_rekeyed(&p, &old);
+        let busy = Event::Failed {
+            notify: NotifyType::TemporaryFailure,
+            by_peer: true,
+        };
+        assert!(
+            p.i_events.contains(&busy) && p.r_events.contains(&busy),
+            "{:?}",
+            p.i_events
+        );
+    }
+}
+
+/// An IKE_FOLLOWUP_KE whose link names no exchange of the responder is
+/// answered STATE_NOT_FOUND and changes nothing; one whose KE payload is
+/// of the wrong method is answered INVALID_SYNTAX, and the rekey fails on
+/// both sides with the old pair still up.
+#[test]
+fn followups_the_responder_does_not_know_are_refused() {
+    let (esp, _) = HYBRID_ESP[0];
+    let mut p = Pair::new(
+        hybrid_esp(initiator_config(), esp),
+        hybrid_esp(responder_config(), esp),
+    );
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    let forged = peer_request(
+        &p.initiator,
+        ExchangeType::IkeFollowupKe,
+        2,
+        &[
+            Payload::KeyExchange(crate::message::KeyExchange {
+                group: DhGroup::MlKem768,
+                data: vec![0; 1184],
+            }),
+            followup::link_notify(b"no such link"),
+        ],
+    );
+    p.responder.handle_datagram(p.now, addr(A), &forged);
+    let answer = p.responder.poll_transmit().unwrap();
+    let payloads = open_response(&p.initiator, &answer.bytes, 2);
+    assert_eq!(
+        Payloads(&payloads).error(),
+        Some(NotifyType::StateNotFound),
+        "{payloads:?}"
+    );
+    assert_eq!(first_child(&p.responder), Some((old.2.spi, old.3.spi)));
+
+    // A real rekey whose IKE_FOLLOWUP_KE carries an X25519 share instead
+    // of ML-KEM-768's.
+    let mut p = Pair::new(
+        hybrid_esp(initiator_config(), esp),
+        hybrid_esp(responder_config(), esp),
+    );
+    p.drive();
+    let old = assert_established(&p);
+    p.i_events.clear();
+    p.r_events.clear();
+    p.initiator.rekey_child(p.now).unwrap();
+    p.step();
+    let State::Established(st) = &p.initiator.state else {
+        panic!("not established");
+    };
+    assert!(matches!(st.request, Some(Request::Followup(_))));
+    let link = established_state(&p.responder)
+        .followup
+        .as_ref()
+        .unwrap()
+        .link
+        .clone();
+    // The initiator's own IKE_FOLLOWUP_KE (message 3) is lost; a bad
+    // one comes in its place.
+    while p.initiator.poll_transmit().is_some() {}
+    let bad = peer_request(
+        &p.initiator,
+        ExchangeType::IkeFollowupKe,
+        3,
+        &[
+            Payload::KeyExchange(crate::message::KeyExchange {
+                group: DhGroup::Curve25519,
+                data: vec![9; 32],
+            }),
+            followup::link_notify(&link),
+        ],
+    );
+    p.responder.handle_datagram(p.now, addr(A), &bad);
+    p.drive();
+    assert!(rekeys(&p.i_events).is_empty() && rekeys(&p.r_events).is_empty());
+    assert!(p.i_events.contains(&Event::Failed {
+        notify: NotifyType::InvalidSyntax,
+        by_peer: true
+    }));
+    assert_eq!(first_child(&p.initiator), Some((old.0.spi, old.1.spi)));
+    assert_eq!(first_child(&p.responder), Some((old.2.spi, old.3.spi)));
+    assert!(established_state(&p.responder).followup.is_none());
+}
+
+/// A responder whose peer stops after CREATE_CHILD_SA forgets the pair
+/// after `FOLLOWUP_TIMEOUT`, and rekeys that Child SA itself only then.
+#[test]
+fn a_followup_that_never_comes_is_forgotten() {
+    let (esp, _) = HYBRID_ESP[0];
+    let mut p = Pair::new(
+        hybrid_esp(initiator_config(), esp),
+        hybrid_esp(responder_config(), esp),
+    );
+    p.drive();
+    assert_established(&p);
+    p.initiator.rekey_child(p.now).unwrap();
+    p.step();
+    assert!(established_state(&p.responder).followup.is_some());
+    // The responder's own rekey of the pair waits.
+    p.responder.rekey_child(p.now).unwrap();
+    assert!(established_state(&p.responder).request.is_none());
+    let deadline = p.now + followup::FOLLOWUP_TIMEOUT;
+    assert_eq!(
+        p.responder.poll_timeout().unwrap(),
+        p.now + Duration::from_secs(1)
+    );
+    p.responder.handle_timeout(deadline);
+    assert!(established_state(&p.responder).followup.is_none());
 }

@@ -40,6 +40,23 @@ pub(super) fn log_child(
 
 /// An IKE suite in strongSwan's proposal syntax, as the config writes it
 /// (`aes128gcm16-prfsha256-x25519`, `aes256-sha256-prfsha256-modp2048`).
+/// Key exchange methods in the order they ran, as status shows them:
+/// strongSwan's names joined by `+` (`x25519+mlkem768`), `none` for
+/// none.
+pub(super) fn key_exchanges_name(groups: &[tunsec_ike::message::DhGroup]) -> String {
+    if groups.is_empty() {
+        return "none".to_owned();
+    }
+    groups
+        .iter()
+        .map(|g| {
+            tunsec_ike::proposal::group_name(*g)
+                .map_or_else(|| format!("group{}", u16::from(*g)), str::to_owned)
+        })
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
 pub(super) fn suite_name(s: &tunsec_ike::crypto::IkeSuite) -> String {
     use tunsec_ike::crypto::Prf;
     let (encr, integ) = transform_names(s);

@@ -1,14 +1,14 @@
 //! The driver's view for `tunsec status`.
 
 use super::IkeDriver;
-use super::logging::suite_name;
+use super::logging::{key_exchanges_name, suite_name};
 use std::collections::HashMap;
 use std::time::Instant;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::IkePeer;
-use crate::status::{IkeEndpointStatus, IkeStatus, nat_summary};
+use crate::status::{ChildKeyExchange, IkeEndpointStatus, IkeStatus, nat_summary};
 
 impl IkeDriver {
     pub(super) fn publish_status(&mut self) {
@@ -36,6 +36,22 @@ impl IkeDriver {
                 }
                 None => "responder",
             };
+            let key_exchange = sa.as_ref().and_then(|sa| sa.ike_suite()).map(|s| {
+                let groups: Vec<_> = std::iter::once(s.group)
+                    .chain(s.additional_key_exchanges())
+                    .collect();
+                key_exchanges_name(&groups)
+            });
+            let children = sa.as_ref().map_or_else(Vec::new, |sa| {
+                sa.child_sas()
+                    .into_iter()
+                    .map(|(spi_in, spi_out, groups)| ChildKeyExchange {
+                        spi_in: format!("{spi_in:#010x}"),
+                        spi_out: format!("{spi_out:#010x}"),
+                        key_exchange: key_exchanges_name(&groups),
+                    })
+                    .collect()
+            });
             let sa = sa.map(|sa| {
                 (
                     sa.is_established(),
@@ -86,6 +102,8 @@ impl IkeDriver {
                     spi_i: spis.map(|s| format!("{:#018x}", s.0)),
                     spi_r: spis.map(|s| format!("{:#018x}", s.1)),
                     suite,
+                    key_exchange,
+                    children,
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
                     ike_rekeys: p.ike_rekeys,
