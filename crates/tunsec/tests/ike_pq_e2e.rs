@@ -17,8 +17,8 @@
 //!   the suite; a Child SA rekey with ESP
 //!   `aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024` runs two
 //!   IKE_FOLLOWUP_KE exchanges (tshark) and both sides show its key
-//!   exchanges `x25519+mlkem768+mlkem1024`; the rekey and an IKE SA
-//!   re-authentication lose no ping.
+//!   exchanges `x25519+mlkem768+mlkem1024`; the IKE SA's rekey runs them
+//!   too; neither loses a ping.
 //!
 //! They need root, iproute2, ping and tshark (dumpcap); they fail, never
 //! skip, when something is missing.
@@ -43,7 +43,7 @@ const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768-ke2_mlkem1024";
 /// Brings up h1 and h2 with `ike` as both `[peer.ike]` sections, checks
 /// that both show the IKE suite `suite`, then a Child SA rekey (after
 /// which both show `child_kex` as its key exchanges) and an IKE SA rekey
-/// (for a hybrid IKE SA, a re-authentication) under 40 pings, none lost.
+/// under 40 pings, none lost.
 /// Returns the capture of the underlay.
 fn up_and_renew(
     lab: &mut tunsec_lab::Lab,
@@ -168,8 +168,8 @@ fn ike_ml_kem_alone() {
 /// rekeyed with the same three key exchanges (ESP
 /// `aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024`): X25519 in
 /// CREATE_CHILD_SA, the ML-KEMs in two IKE_FOLLOWUP_KE exchanges (RFC
-/// 9370 section 2.2.2), which tshark sees too; the IKE SA is renewed by
-/// re-authentication, hybrid again, without a lost ping.
+/// 9370 section 2.2.2), which tshark sees too; the IKE SA is rekeyed the
+/// same way, hybrid again, without a lost ping.
 #[test]
 fn ike_hybrid_two_additional_key_exchanges() {
     with_lab("tspq-hyb", |lab| {

@@ -16,13 +16,13 @@
 //!   IKE `aes256gcm16-prfsha384-x25519-ke1_mlkem768` (RFC 9370: ML-KEM-768
 //!   in IKE_INTERMEDIATE, RFC 9242), each side initiating: charon selects
 //!   the hybrid proposal and logs IKE_INTERMEDIATE, tunsecd's status shows
-//!   the suite; pings, iperf3; then under 100 pings, charon's IKE rekey
-//!   (refused and replaced by tunsecd's re-authentication), tunsecd's
-//!   (a re-authentication), and Child SA rekeys by each side with ESP
-//!   `aes256gcm16-x25519-ke1_mlkem768` (ML-KEM-768 in IKE_FOLLOWUP_KE,
-//!   RFC 9370 section 2.2.2; charon logs it both as initiator and as
-//!   responder, and tunsecd's status shows `x25519+mlkem768` for the IKE
-//!   SA and each Child SA): no ping lost, every IKE SA hybrid.
+//!   the suite; pings, iperf3; then under 100 pings, IKE SA rekeys by
+//!   charon and by tunsecd and Child SA rekeys by each side with ESP
+//!   `aes256gcm16-x25519-ke1_mlkem768`, each with ML-KEM-768 in
+//!   IKE_FOLLOWUP_KE (RFC 9370 section 2.2.2; charon logs it both as
+//!   initiator and as responder, and tunsecd's status shows
+//!   `x25519+mlkem768` for the IKE SA and each Child SA): no ping lost,
+//!   every IKE SA hybrid.
 //!
 //!   Both: charon's log shows the selected proposal with `ML_KEM_768`,
 //!   its `--list-sas` the IKE SA on it, tunsecd's status the suite; pings
@@ -203,21 +203,26 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
         "ESP:AES_GCM_16-256",
     )?;
 
-    // Renewals under pings: charon's rekey of the IKE SA (tunsecd refuses
-    // it and re-authenticates instead), tunsecd's (a re-authentication),
-    // and Child SA rekeys by each side with ESP `HYBRID_ESP`: X25519 in
-    // CREATE_CHILD_SA, ML-KEM-768 in IKE_FOLLOWUP_KE (RFC 9370 section
-    // 2.2.2).
+    // Rekeys under pings, each running X25519 in CREATE_CHILD_SA and
+    // ML-KEM-768 in IKE_FOLLOWUP_KE (RFC 9370 section 2.2.2): of the IKE
+    // SA by charon and by tunsecd, then of the Child SA by each side with
+    // ESP `HYBRID_ESP`.
     const PINGS: u32 = 100;
     let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
     let sock = socket_path(lab, p.tunsec).to_string_lossy().into_owned();
     let ike0 = agreed_ike_spis(lab, &x)?.context("no agreed IKE SA")?;
-    let _ = x.charon.swanctl(&["--rekey", "--ike", CONN]);
-    let ike1 = wait_new_ike(lab, &x, &ike0, "charon's IKE rekey, as a re-authentication")?;
+    let out = x.charon.swanctl(&["--rekey", "--ike", CONN])?;
+    ensure!(out.contains("rekey completed successfully"), "{out}");
+    let ike1 = wait_new_ike(lab, &x, &ike0, "charon's IKE rekey")?;
     std::thread::sleep(Duration::from_secs(2));
     tunsec_lab::run(TUNSEC, &["--socket", &sock, "rekey", PEER, "--ike"])?;
-    let ike2 = wait_new_ike(lab, &x, &ike1, "tunsec rekey --ike, as a re-authentication")?;
-    eprintln!("  IKE SA renewed: {ike0:?} -> {ike1:?} -> {ike2:?}");
+    let ike2 = wait_new_ike(lab, &x, &ike1, "tunsec rekey --ike")?;
+    eprintln!("  IKE SA rekeyed: {ike0:?} -> {ike1:?} -> {ike2:?}");
+    let rekeys = ike_of(&x.status(lab)?)?.ike_rekeys;
+    ensure!(
+        rekeys >= 2,
+        "tunsecd counts {rekeys} IKE SA rekeys, not 2 (a re-authentication instead?)"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let first = x.current_pair(lab)?.context("no Child SA")?;
     let out = x.charon.swanctl(&["--rekey", "--child", CONN])?;
@@ -245,8 +250,9 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
     );
     let log = x.charon.log_text();
     for (what, needle) in [
-        ("charon's rekey", "generating IKE_FOLLOWUP_KE request"),
-        ("tunsecd's rekey", "parsed IKE_FOLLOWUP_KE request"),
+        ("charon's rekeys", "generating IKE_FOLLOWUP_KE request"),
+        ("tunsecd's rekeys", "parsed IKE_FOLLOWUP_KE request"),
+        ("charon's IKE rekey", "] rekeyed between"),
     ] {
         let line = find_line(&log, "charon", needle).with_context(|| what.to_owned())?;
         eprintln!("  charon ({what}): {line}");

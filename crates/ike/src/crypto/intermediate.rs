@@ -131,7 +131,7 @@ mod test {
         let seed0 = skeyseed(suite.prf, &ni, &nr, &k["ke_secret.0"]);
         assert_eq!(seed0.expose(), &k["skeyseed.0"][..]);
         let keys0 = IkeKeys::derive(&suite, &seed0, &ni, &nr, spi_i, spi_r).unwrap();
-        let seed1 = skeyseed_rekey(suite.prf, &keys0.sk_d, &k["ke_secret.1"], &ni, &nr);
+        let seed1 = skeyseed_rekey(suite.prf, &keys0.sk_d, &k["ke_secret.1"], &ni, &nr, &[]);
         assert_eq!(seed1.expose(), &k["skeyseed.1"][..], "SKEYSEED(1)");
         let keys1 = IkeKeys::derive(&suite, &seed1, &ni, &nr, spi_i, spi_r).unwrap();
         for (n, keys) in [(0, &keys0), (1, &keys1)] {

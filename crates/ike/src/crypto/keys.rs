@@ -164,9 +164,20 @@ pub fn skeyseed(prf: Prf, ni: &[u8], nr: &[u8], g_ir: &[u8]) -> Key {
 ///
 /// RFC 7296 section 2.18: `SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)`,
 /// with the prf of the old IKE SA and the nonces of the CREATE_CHILD_SA
-/// exchange.
-pub fn skeyseed_rekey(old_prf: Prf, old_sk_d: &Key, g_ir: &[u8], ni: &[u8], nr: &[u8]) -> Key {
-    old_prf.prf(old_sk_d.expose(), &[g_ir, ni, nr])
+/// exchange. With additional key exchanges in IKE_FOLLOWUP_KE (RFC 9370
+/// section 2.2.2), their secrets `additional` follow the nonces:
+/// `SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n))`.
+pub fn skeyseed_rekey(
+    old_prf: Prf,
+    old_sk_d: &Key,
+    g_ir: &[u8],
+    ni: &[u8],
+    nr: &[u8],
+    additional: &[&[u8]],
+) -> Key {
+    let mut seed = vec![g_ir, ni, nr];
+    seed.extend_from_slice(additional);
+    old_prf.prf(old_sk_d.expose(), &seed)
 }
 
 impl IkeKeys {
@@ -455,8 +466,11 @@ mod test {
     fn rekey_skeyseed_uses_the_old_sk_d() {
         let prf = Prf::HmacSha2_384;
         let old = Key::from_slice(&[3; 48]);
-        let seed = skeyseed_rekey(prf, &old, b"g^ir", b"Ni", b"Nr");
+        let seed = skeyseed_rekey(prf, &old, b"g^ir", b"Ni", b"Nr", &[]);
         assert_eq!(seed, prf.prf(&[3; 48], &[b"g^irNiNr"]));
+        // RFC 9370 section 2.2.2: SK(1..n) after the nonces.
+        let seed = skeyseed_rekey(prf, &old, b"g^ir", b"Ni", b"Nr", &[b"SK1", b"SK2"]);
+        assert_eq!(seed, prf.prf(&[3; 48], &[b"g^irNiNrSK1SK2"]));
     }
 
     #[test]

@@ -11,13 +11,14 @@ use tunsec_esp::Direction;
 
 use super::event::{ChildSaParams, Event};
 use super::followup::{self, Continue};
-use super::ike_rekey;
+use super::ike_rekey::{self, IkeNext};
 use super::logging::Hex;
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
 use super::state::{
-    Child, ChildKeying, ChildOffer, ChildTarget, Collided, Established, IkeSa, MAX_KE_RETRIES,
-    NewPair, Queued, RekeySent, Request, Retired, Role, State, rekey_time,
+    Child, ChildKeying, ChildOffer, ChildTarget, Collided, Established, IkeSa, KeSecrets,
+    MAX_KE_RETRIES, NewIkeSa, NewPair, Queued, RekeySent, Rekeying, Request, Retired, Role, State,
+    rekey_time,
 };
 use crate::crypto::{self, ChildKeys};
 use crate::error::{Error, Result};
@@ -142,28 +143,24 @@ impl IkeSa {
             let Some(next) = st.queue.pop_front() else {
                 return;
             };
-            // While the peer's additional key exchanges for a pair are
-            // under way (followup.rs), neither that pair nor the IKE SA is
-            // rekeyed from here: they wait until it is done or forgotten.
-            if let Some(f) = &st.followup {
-                // Looked at again each second.
-                let deadline = f.deadline.min(now + Duration::from_secs(1));
-                let busy = match next {
-                    Queued::Rekey(spi) => f.old.is_some_and(|(inbound, _)| inbound == spi),
-                    Queued::IkeRekey => true,
-                    _ => false,
-                };
-                if busy {
-                    match next {
-                        Queued::Rekey(spi) => {
-                            if let Some(c) = st.children.iter_mut().find(|c| c.inbound == spi) {
-                                c.rekey_at = Some(deadline);
-                            }
+            // While the peer's additional key exchanges are under way
+            // (followup.rs), what waits for them is looked at again each
+            // second (or once they are done).
+            if followup::waits(st, next) {
+                let again = Some(now + Duration::from_secs(1));
+                match next {
+                    Queued::Rekey(spi) => {
+                        if let Some(c) = st.children.iter_mut().find(|c| c.inbound == spi) {
+                            c.rekey_at = again;
                         }
-                        _ => st.ike_rekey_at = Some(deadline),
                     }
-                    continue;
+                    Queued::IkeRekey => st.ike_rekey_at = again,
+                    other => {
+                        st.queue.push_front(other);
+                        return;
+                    }
                 }
+                continue;
             }
             let result = match next {
                 Queued::Rekey(spi) => {
@@ -178,10 +175,6 @@ impl IkeSa {
                     }
                 }
                 Queued::CreateChild(i) => self.start_rekey(now, ChildTarget::Create(i), None, 0),
-                Queued::IkeRekey if self.has_additional_key_exchanges() => {
-                    self.events.push_back(Event::ReauthRequired);
-                    Ok(())
-                }
                 Queued::IkeRekey => self.start_ike_rekey(now, None, 0),
                 Queued::DeleteChild(r) => self.send_delete_child(now, r),
             };
@@ -309,10 +302,13 @@ impl IkeSa {
         if let Err(e) = sent {
             self.local_error(e);
         }
-        if let Some((group, retries)) = ike_retry {
-            if let Err(e) = self.start_ike_rekey(now, Some(group), retries) {
-                self.local_error(e);
-            }
+        let sent = match ike_retry {
+            Some(IkeNext::Retry(group, retries)) => self.start_ike_rekey(now, Some(group), retries),
+            Some(IkeNext::Followup(next)) => self.send_followup(now, *next),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            self.local_error(e);
         }
     }
 
@@ -370,16 +366,14 @@ impl IkeSa {
                 match (collision.is_none(), followup::link_of(&p)) {
                     (true, Some(link)) => {
                         let keying = ChildKeying::new(
-                            rekey.ni,
-                            nr,
+                            (rekey.ni, nr),
                             (agreed.inbound, agreed.outbound),
                             true,
-                            agreed.first,
-                            &agreed.additional,
+                            KeSecrets::new(agreed.first, &agreed.additional),
                         );
                         return Some(Next::Followup(Box::new(Continue {
-                            target: rekey.target,
-                            keying,
+                            target: Some(rekey.target),
+                            rekeying: Rekeying::Child(Box::new(keying)),
                             link,
                         })));
                     }
@@ -574,16 +568,14 @@ impl IkeSa {
             Ok((nr, agreed)) if !agreed.additional.is_empty() => match followup::link_of(p) {
                 Some(link) => {
                     let keying = ChildKeying::new(
-                        rekey.ni,
-                        nr,
+                        (rekey.ni, nr),
                         (agreed.inbound, agreed.outbound),
                         true,
-                        agreed.first,
-                        &agreed.additional,
+                        KeSecrets::new(agreed.first, &agreed.additional),
                     );
                     return Some(Next::Followup(Box::new(Continue {
-                        target: rekey.target,
-                        keying,
+                        target: Some(rekey.target),
+                        rekeying: Rekeying::Child(Box::new(keying)),
                         link,
                     })));
                 }
@@ -679,42 +671,62 @@ impl IkeSa {
         message: &Message,
     ) {
         if ike_rekey::is_ike_rekey(message) {
-            return self.on_ike_rekey_request(now, header, message);
+            return self.answer(now, header, |sa, st| {
+                sa.on_ike_rekey_request(now, st, message)
+            });
         }
-        self.answer(header, |sa, st| sa.create_child_response(now, st, message));
+        self.answer(now, header, |sa, st| {
+            let (payloads, events) = sa.create_child_response(now, st, message);
+            (payloads, events, None)
+        });
     }
 
-    /// An IKE_FOLLOWUP_KE request from the peer (`followup.rs`).
+    /// An IKE_FOLLOWUP_KE request from the peer (`followup.rs`); once the
+    /// chain is done, what waited for it goes.
     pub(super) fn on_followup_ke_request(
         &mut self,
         now: Instant,
         header: &Header,
         message: &Message,
     ) {
-        self.answer(header, |sa, st| sa.on_followup_request(now, st, message));
+        self.answer(now, header, |sa, st| {
+            sa.on_followup_request(now, st, message)
+        });
+        self.run_queue(now);
     }
 
     /// Answers the request `header` on the established IKE SA with what
-    /// `respond` makes of it (the payloads, and the events that follow
-    /// once the answer is sent).
+    /// `respond` makes of it: the payloads, the events that follow once
+    /// the answer is sent, and the new IKE SA to switch to then (after a
+    /// rekey of the IKE SA; the answer goes on the old one).
     fn answer(
         &mut self,
+        now: Instant,
         header: &Header,
-        respond: impl FnOnce(&mut Self, &mut Established) -> (Vec<Payload>, Vec<Event>),
+        respond: impl FnOnce(
+            &mut Self,
+            &mut Established,
+        ) -> (Vec<Payload>, Vec<Event>, Option<NewIkeSa>),
     ) {
         let response = self.header(header.exchange_type, true, header.message_id);
         let id = header.message_id;
         let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
-        let (reply, events) = respond(self, &mut st);
+        let (reply, events, switch) = respond(self, &mut st);
         let sealed = self.seal(&st.sk, &response, &reply);
-        self.state = State::Established(st);
         self.peer_next_id = id.wrapping_add(1);
         match sealed {
             Ok(bytes) => self.send_response(id, bytes),
-            Err(e) => return self.local_error(e),
+            Err(e) => {
+                self.state = State::Established(st);
+                return self.local_error(e);
+            }
         }
+        if let Some(new) = switch {
+            self.switch_ike_sa(now, &mut st, new.spi_i, new.spi_r, Role::Responder, new.sk);
+        }
+        self.state = State::Established(st);
         self.events.extend(events);
     }
 
@@ -832,8 +844,19 @@ impl IkeSa {
             }
         };
         if !additional.is_empty() {
-            let keying = ChildKeying::new(ni, nr, (inbound, outbound), false, g_ir, &additional);
-            self.await_followups(now, st, old, keying, &mut payloads);
+            let keying = ChildKeying::new(
+                (ni, nr),
+                (inbound, outbound),
+                false,
+                KeSecrets::new(g_ir, &additional),
+            );
+            self.await_followups(
+                now,
+                st,
+                old,
+                Rekeying::Child(Box::new(keying)),
+                &mut payloads,
+            );
             return (payloads, Vec::new());
         }
         match self.conclude_peer_child(now, st, old, ni, nr, inbound, outbound) {

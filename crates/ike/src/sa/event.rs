@@ -227,12 +227,6 @@ pub enum Event {
         /// The peer's (our outbound) SPI.
         outbound_spi: u32,
     },
-    /// The IKE SA is due for a rekey (its timer, [`super::IkeSa::rekey_ike`],
-    /// or the peer's CREATE_CHILD_SA, which was refused), but it has
-    /// additional key exchanges (RFC 9370), whose IKE_FOLLOWUP_KE rekey
-    /// this crate does not do: the owner re-authenticates instead (a new
-    /// IKE SA beside this one, with IKE_INTERMEDIATE).
-    ReauthRequired,
     /// The IKE SA was rekeyed (RFC 7296 section 2.18): it goes on under
     /// new SPIs and keys, with the same Child SAs; the old one is deleted.
     IkeSaRekeyed {

@@ -1,11 +1,12 @@
 //! IKE_FOLLOWUP_KE (RFC 9370 section 2.2.2): the additional key exchanges
-//! of a CREATE_CHILD_SA that creates or rekeys a Child SA, one exchange
-//! each, linked by the ADDITIONAL_KEY_EXCHANGE notify.
+//! of a CREATE_CHILD_SA that creates or rekeys a Child SA, or rekeys the
+//! IKE SA, one exchange each, linked by the ADDITIONAL_KEY_EXCHANGE
+//! notify.
 //!
 //! ```text
 //! Initiator                                  Responder
-//! HDR(CREATE_CHILD_SA), SK {SA, Ni, KEi, TSi, TSr}  -->
-//!            <--  HDR(CREATE_CHILD_SA), SK {SA, Nr, KEr, TSi, TSr,
+//! HDR(CREATE_CHILD_SA), SK {SA, Ni, KEi, [TSi, TSr]}  -->
+//!            <--  HDR(CREATE_CHILD_SA), SK {SA, Nr, KEr, [TSi, TSr,]
 //!                                           N(ADDITIONAL_KEY_EXCHANGE)(link1)}
 //! HDR(IKE_FOLLOWUP_KE), SK {KEi(1), N(ADDITIONAL_KEY_EXCHANGE)(link1)}  -->
 //!            <--  HDR(IKE_FOLLOWUP_KE), SK {KEr(1), N(ADDITIONAL_KEY_EXCHANGE)(link2)}
@@ -20,16 +21,20 @@
 //! > with link data it does not recognize, it MUST respond with
 //! > STATE_NOT_FOUND.
 //!
-//! The Child SA comes up only after the last exchange, with `KEYMAT =
-//! prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))`
-//! ([`ChildKeying::finish`]). Until then neither side installs anything.
+//! What the chain makes comes up only after the last exchange: a Child
+//! SA with `KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n))`
+//! ([`ChildKeying::finish`]), or the new IKE SA with `SKEYSEED =
+//! prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n))`
+//! ([`IkeKeying::finish`], in `ike_rekey.rs`). Until then neither side
+//! installs anything, and the exchanges run on the current IKE SA.
 //!
 //! Collisions: a responder that is rekeying the same Child SA itself
 //! answers a rekey with additional key exchanges TEMPORARY_FAILURE (RFC
 //! 7296 section 2.25), and both sides try again after a random pause, as
-//! strongSwan 6 does once its IKE_FOLLOWUP_KE is under way. While a peer's
-//! exchanges are pending, we start no rekey of our own of that Child SA
-//! nor of the IKE SA.
+//! strongSwan 6 does once its IKE_FOLLOWUP_KE is under way (IKE SA rekeys
+//! collide the same way, `ike_rekey.rs`). While a peer's exchanges are
+//! pending, we start no rekey of that Child SA nor of the IKE SA, and
+//! during the IKE SA's rekey no request at all.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,8 +46,8 @@ use super::logging::{self, Hex};
 use super::payloads::Payloads;
 use super::random::random_u64;
 use super::state::{
-    ChildKeying, ChildTarget, Established, FollowupPending, FollowupSent, IkeSa, NewPair, Queued,
-    Request, Retired, Sk, State,
+    ChildKeying, ChildTarget, Established, FollowupPending, FollowupSent, IkeSa, KeSecrets,
+    NewIkeSa, NewPair, Queued, Rekeying, Request, Retired, Sk, State,
 };
 use crate::crypto::{self, child_sa_keys};
 use crate::error::{Error, Result};
@@ -52,24 +57,42 @@ use crate::message::{DhGroup, ExchangeType, KeyExchange, Message, Notify, Notify
 /// requests do not come: longer than the initiator retransmits one.
 pub(super) const FOLLOWUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What comes after an IKE_FOLLOWUP_KE response: the next request of
-/// the chain, with the responder's link.
+/// What comes after an answer with a link: the next IKE_FOLLOWUP_KE
+/// request of the chain.
 pub(super) struct Continue {
-    pub(super) target: ChildTarget,
-    pub(super) keying: ChildKeying,
+    /// What our CREATE_CHILD_SA was for: a Child SA, or (`None`) the IKE
+    /// SA.
+    pub(super) target: Option<ChildTarget>,
+    pub(super) rekeying: Rekeying,
+    /// The responder's ADDITIONAL_KEY_EXCHANGE data, to copy.
     pub(super) link: Vec<u8>,
 }
 
+impl KeSecrets {
+    /// SK(0) of a CREATE_CHILD_SA, if it had KE payloads, and the
+    /// additional key exchanges still to run, in order.
+    pub(super) fn new(first: Option<Key>, additional: &[DhGroup]) -> Self {
+        Self {
+            first,
+            done: Vec::new(),
+            remaining: additional.iter().copied().collect::<VecDeque<_>>(),
+        }
+    }
+
+    /// SK(1) to SK(n), as the key derivation takes them.
+    pub(super) fn additional(&self) -> Vec<&[u8]> {
+        self.done.iter().map(|k| k.expose()).collect()
+    }
+}
+
 impl ChildKeying {
-    /// A pair agreed in a CREATE_CHILD_SA exchange whose proposal names
-    /// the additional key exchanges `additional`, in the order they run.
+    /// The pair agreed in a CREATE_CHILD_SA (we `initiated` it, or not),
+    /// with its secrets.
     pub(super) fn new(
-        ni: Vec<u8>,
-        nr: Vec<u8>,
+        (ni, nr): (Vec<u8>, Vec<u8>),
         (inbound, outbound): (ChildSaParams, ChildSaParams),
         initiated: bool,
-        first: Option<Key>,
-        additional: &[DhGroup],
+        secrets: KeSecrets,
     ) -> Self {
         Self {
             ni,
@@ -77,9 +100,7 @@ impl ChildKeying {
             inbound,
             outbound,
             initiated,
-            first,
-            done: Vec::new(),
-            remaining: additional.iter().copied().collect::<VecDeque<_>>(),
+            secrets,
         }
     }
 
@@ -88,14 +109,13 @@ impl ChildKeying {
     /// SK(n))`, split by the CREATE_CHILD_SA's roles (RFC 7296 section
     /// 2.17).
     pub(super) fn finish(self, sk: &Sk) -> Result<(ChildSaParams, ChildSaParams)> {
-        let done: Vec<&[u8]> = self.done.iter().map(|k| k.expose()).collect();
         let keys = child_sa_keys(
             sk.suite.prf,
             &sk.keys.sk_d,
-            self.first.as_ref().map(|k| k.expose()),
+            self.secrets.first.as_ref().map(|k| k.expose()),
             &self.ni,
             &self.nr,
-            &done,
+            &self.secrets.additional(),
             self.inbound.suite,
         )?;
         let (inbound_keys, outbound_keys) = if self.initiated {
@@ -108,10 +128,21 @@ impl ChildKeying {
         outbound.keys = outbound_keys;
         Ok((inbound, outbound))
     }
+}
 
-    /// The pair's SPIs (inbound, outbound).
-    fn spis(&self) -> (u32, u32) {
-        (self.inbound.spi, self.outbound.spi)
+impl Rekeying {
+    /// Our SPI of what it makes, for the logs.
+    fn spi(&self) -> u64 {
+        match self {
+            Self::Child(c) => u64::from(c.inbound.spi),
+            Self::Ike(i) => {
+                if i.initiated {
+                    i.spi_i
+                } else {
+                    i.spi_r
+                }
+            }
+        }
     }
 }
 
@@ -136,10 +167,10 @@ impl IkeSa {
     pub(super) fn send_followup(&mut self, now: Instant, next: Continue) -> Result<()> {
         let Continue {
             target,
-            mut keying,
+            mut rekeying,
             link,
         } = next;
-        let Some(group) = keying.remaining.pop_front() else {
+        let Some(group) = rekeying.secrets().remaining.pop_front() else {
             return Err(Error::InvalidState("no additional key exchange left"));
         };
         let kex = crypto::start(group)?;
@@ -153,21 +184,21 @@ impl IkeSa {
         tracing::debug!(
             peer = %logging::Peer(self.remote),
             method = ?group,
-            child = %Hex(keying.inbound.spi),
-            left = keying.remaining.len(),
+            sa = %Hex(rekeying.spi()),
+            left = rekeying.secrets().remaining.len(),
             "IKE_FOLLOWUP_KE: additional key exchange sent"
         );
         let request = Request::Followup(Box::new(FollowupSent {
             target,
-            keying,
+            rekeying,
             kex,
         }));
         self.send_sealed_request(now, ExchangeType::IkeFollowupKe, &payloads, Some(request))
     }
 
     /// Initiator: the answer to an IKE_FOLLOWUP_KE request. The next
-    /// request of the chain, if more exchanges are due; otherwise the
-    /// Child SA is concluded here (up, rekeyed, or failed).
+    /// request of the chain, if more exchanges are due; otherwise what
+    /// the chain makes is concluded here (up, rekeyed, or failed).
     pub(super) fn on_followup_response(
         &mut self,
         now: Instant,
@@ -178,7 +209,7 @@ impl IkeSa {
         let p = Payloads(&message.payloads);
         let FollowupSent {
             target,
-            mut keying,
+            mut rekeying,
             kex,
         } = sent;
         let failed = |notify, by_peer| Box::new(Event::Failed { notify, by_peer });
@@ -193,74 +224,88 @@ impl IkeSa {
             let secret = kex
                 .complete(&ke.data)
                 .map_err(|_| failed(NotifyType::InvalidSyntax, false))?;
-            keying.done.push(secret);
-            if keying.remaining.is_empty() {
+            let secrets = rekeying.secrets();
+            secrets.done.push(secret);
+            if secrets.remaining.is_empty() {
                 return Ok(None);
             }
             link_of(&p)
                 .map(Some)
                 .ok_or_else(|| failed(NotifyType::InvalidSyntax, false))
         })();
-        let last = keying.remaining.is_empty();
-        let spis = keying.spis();
-        let nonces = (keying.ni.clone(), keying.nr.clone());
-        let result = match step {
+        let last = rekeying.secrets().remaining.is_empty();
+        let step = match step {
             Ok(Some(link)) => {
                 return Some(Continue {
                     target,
-                    keying,
+                    rekeying,
                     link,
                 });
             }
-            Ok(None) => keying
-                .finish(&st.sk)
-                .map_err(|e| Box::new(Event::LocalError(e))),
-            Err(event) => {
-                // The responder sent its last answer without an error, so
-                // it has the pair up: it goes again (RFC 7296 section
-                // 1.4.1).
-                if last && p.error().is_none() {
+            Ok(None) => Ok(()),
+            Err(event) => Err(event),
+        };
+        tracing::debug!(
+            peer = %logging::Peer(self.remote),
+            sa = %Hex(rekeying.spi()),
+            ok = step.is_ok(),
+            "IKE_FOLLOWUP_KE: the last additional key exchange answered"
+        );
+        match (rekeying, target) {
+            (Rekeying::Child(keying), Some(target)) => {
+                let spis = (keying.inbound.spi, keying.outbound.spi);
+                let (ni, nr) = (keying.ni.clone(), keying.nr.clone());
+                let result = step.and_then(|()| {
+                    (*keying)
+                        .finish(&st.sk)
+                        .map_err(|e| Box::new(Event::LocalError(e)))
+                });
+                if result.is_err() && last && p.error().is_none() {
+                    // The responder sent its last answer without an
+                    // error, so it has the pair up: it goes again (RFC
+                    // 7296 section 1.4.1).
                     st.queue.push_back(Queued::DeleteChild(Retired {
                         inbound: spis.0,
                         outbound: spis.1,
                         announce: false,
                     }));
                 }
-                Err(event)
+                match target {
+                    ChildTarget::Rekey(old) => {
+                        let ours = result.map(|(inbound, outbound)| NewPair {
+                            ni,
+                            nr,
+                            inbound,
+                            outbound,
+                        });
+                        self.conclude_rekey(now, st, old, ours, None);
+                    }
+                    ChildTarget::Create(_) => self.conclude_create(now, st, result),
+                }
             }
-        };
-        tracing::debug!(
-            peer = %logging::Peer(self.remote),
-            child = %Hex(spis.0),
-            ok = result.is_ok(),
-            "IKE_FOLLOWUP_KE: the last additional key exchange answered"
-        );
-        match target {
-            ChildTarget::Rekey(old) => {
-                let (ni, nr) = nonces;
-                let ours = result.map(|(inbound, outbound)| NewPair {
-                    ni,
-                    nr,
-                    inbound,
-                    outbound,
+            (Rekeying::Ike(keying), _) => {
+                let result = step.and_then(|()| {
+                    keying
+                        .finish(&st.sk)
+                        .map_err(|e| Box::new(Event::LocalError(e)))
                 });
-                self.conclude_rekey(now, st, old, ours, None);
+                self.conclude_ike_rekey(now, st, result);
             }
-            ChildTarget::Create(_) => self.conclude_create(now, st, result),
+            (Rekeying::Child(_), None) => {}
         }
         None
     }
 
     /// Responder: a CREATE_CHILD_SA whose chosen proposal has additional
-    /// key exchanges was answered with `payloads` (the pair in
-    /// `keying`); the answer gets the link, and the pair waits for the
-    /// IKE_FOLLOWUP_KE requests.
+    /// key exchanges was answered with `payloads`; the answer gets the
+    /// link, and what it agreed on waits for the IKE_FOLLOWUP_KE
+    /// requests. `old` is the Child SA pair it rekeys, if any.
     pub(super) fn await_followups(
         &mut self,
         now: Instant,
         st: &mut Established,
         old: Option<(u32, u32)>,
-        keying: ChildKeying,
+        rekeying: Rekeying,
         payloads: &mut Vec<Payload>,
     ) {
         let link = random_u64(self.rng.as_mut())
@@ -268,33 +313,37 @@ impl IkeSa {
             .to_be_bytes()
             .to_vec();
         payloads.push(link_notify(&link));
+        let mut rekeying = rekeying;
         tracing::debug!(
             peer = %logging::Peer(self.remote),
-            child = %Hex(keying.inbound.spi),
-            exchanges = keying.remaining.len(),
+            sa = %Hex(rekeying.spi()),
+            exchanges = rekeying.secrets().remaining.len(),
             "IKE_FOLLOWUP_KE: additional key exchanges expected"
         );
-        if let Some(dropped) = st.followup.replace(FollowupPending {
+        if let Some(mut dropped) = st.followup.replace(FollowupPending {
             old,
-            keying,
+            rekeying,
             link,
             deadline: now + FOLLOWUP_TIMEOUT,
         }) {
             tracing::debug!(
                 peer = %logging::Peer(self.remote),
-                child = %Hex(dropped.keying.inbound.spi),
+                sa = %Hex(dropped.rekeying.spi()),
+                left = dropped.rekeying.secrets().remaining.len(),
                 "IKE_FOLLOWUP_KE: the peer left an earlier chain unfinished"
             );
         }
     }
 
-    /// Responder: an IKE_FOLLOWUP_KE request (RFC 9370 section 2.2.2).
+    /// Responder: an IKE_FOLLOWUP_KE request (RFC 9370 section 2.2.2):
+    /// the answer, the events once it is sent, and the new IKE SA to
+    /// switch to once it is sent (the last exchange of an IKE SA rekey).
     pub(super) fn on_followup_request(
         &mut self,
         now: Instant,
         st: &mut Established,
         message: &Message,
-    ) -> (Vec<Payload>, Vec<Event>) {
+    ) -> (Vec<Payload>, Vec<Event>, Option<NewIkeSa>) {
         let p = Payloads(&message.payloads);
         let refuse = |notify| {
             (
@@ -303,6 +352,7 @@ impl IkeSa {
                     notify,
                     by_peer: false,
                 }],
+                None,
             )
         };
         let Some(mut pending) = st
@@ -315,7 +365,8 @@ impl IkeSa {
             );
             return refuse(NotifyType::StateNotFound);
         };
-        let Some(group) = pending.keying.remaining.pop_front() else {
+        let secrets = pending.rekeying.secrets();
+        let Some(group) = secrets.remaining.pop_front() else {
             return refuse(NotifyType::StateNotFound);
         };
         let Some(ke) = p.ke().filter(|ke| ke.group == group) else {
@@ -324,30 +375,38 @@ impl IkeSa {
         let Ok((public, secret)) = crypto::respond(group, &ke.data) else {
             return refuse(NotifyType::InvalidSyntax);
         };
-        pending.keying.done.push(secret);
+        secrets.done.push(secret);
         let mut payloads = vec![Payload::KeyExchange(KeyExchange {
             group,
             data: public,
         })];
-        if !pending.keying.remaining.is_empty() {
+        if !secrets.remaining.is_empty() {
             payloads.push(link_notify(&pending.link));
             pending.deadline = now + FOLLOWUP_TIMEOUT;
             st.followup = Some(pending);
-            return (payloads, Vec::new());
+            return (payloads, Vec::new(), None);
         }
-        let FollowupPending { old, keying, .. } = pending;
-        let (ni, nr) = (keying.ni.clone(), keying.nr.clone());
-        let Ok((inbound, outbound)) = keying.finish(&st.sk) else {
-            return refuse(NotifyType::TemporaryFailure);
-        };
-        match self.conclude_peer_child(now, st, old, ni, nr, inbound, outbound) {
-            Ok(events) => (payloads, events),
-            Err(notify) => refuse(notify),
+        let FollowupPending { old, rekeying, .. } = pending;
+        match rekeying {
+            Rekeying::Child(keying) => {
+                let (ni, nr) = (keying.ni.clone(), keying.nr.clone());
+                let Ok((inbound, outbound)) = (*keying).finish(&st.sk) else {
+                    return refuse(NotifyType::TemporaryFailure);
+                };
+                match self.conclude_peer_child(now, st, old, ni, nr, inbound, outbound) {
+                    Ok(events) => (payloads, events, None),
+                    Err(notify) => refuse(notify),
+                }
+            }
+            Rekeying::Ike(keying) => match keying.finish(&st.sk) {
+                Ok(new) => (payloads, Vec::new(), Some(new)),
+                Err(_) => refuse(NotifyType::TemporaryFailure),
+            },
         }
     }
 
     /// Responder: forgets a pending chain whose next request did not
-    /// come in time.
+    /// come in time, and sends what waited for it.
     pub(super) fn followup_timeout(&mut self, now: Instant) {
         let State::Established(st) = &mut self.state else {
             return;
@@ -355,9 +414,26 @@ impl IkeSa {
         if let Some(f) = st.followup.take_if(|f| now >= f.deadline) {
             tracing::debug!(
                 peer = %logging::Peer(self.remote),
-                child = %Hex(f.keying.inbound.spi),
-                "IKE_FOLLOWUP_KE: the peer did not go on; its Child SA is forgotten"
+                sa = %Hex(f.rekeying.spi()),
+                "IKE_FOLLOWUP_KE: the peer did not go on; what it was for is forgotten"
             );
+            self.run_queue(now);
         }
+    }
+}
+
+/// Whether a queued request of ours waits for the peer's pending chain:
+/// during an IKE SA rekey everything does; during a Child SA's the rekey
+/// of that pair and of the IKE SA.
+pub(super) fn waits(st: &Established, next: Queued) -> bool {
+    let Some(f) = &st.followup else {
+        return false;
+    };
+    match (&f.rekeying, next) {
+        (Rekeying::Ike(_), _) | (_, Queued::IkeRekey) => true,
+        (Rekeying::Child(_), Queued::Rekey(spi)) => {
+            f.old.is_some_and(|(inbound, _)| inbound == spi)
+        }
+        _ => false,
     }
 }

@@ -30,12 +30,14 @@ use std::time::{Duration, Instant};
 
 use super::event::{Event, Transmit};
 use super::exchange::{self, Timer};
+use super::followup::{self, Continue};
 use super::logging;
 use super::payloads::{Payloads, offers_group};
 use super::random::{random_ike_spi, random_nonce, random_u64};
 use super::state::{
-    Discard, Established, IkeRekeySent, IkeSa, MAX_KE_RETRIES, Outstanding, Queued, Received,
-    Request, Retiring, Role, Sk, State, header, rekey_time,
+    Discard, Established, IkeKeying, IkeRekeySent, IkeSa, KeSecrets, MAX_KE_RETRIES, NewIkeSa,
+    Outstanding, Queued, Received, Rekeying, Request, Retiring, Role, Sk, State, header,
+    rekey_time,
 };
 use crate::crypto::{self, IkeKeys, IkeSuite, SkCipher, skeyseed_rekey};
 use crate::error::{Error, Result};
@@ -96,7 +98,6 @@ impl IkeSa {
     ///
     /// Fails with [`Error::InvalidState`] unless the IKE SA is established.
     pub fn rekey_ike(&mut self, now: Instant) -> Result<()> {
-        // See Event::ReauthRequired.
         let State::Established(st) = &mut self.state else {
             return Err(Error::InvalidState("not established"));
         };
@@ -149,16 +150,19 @@ impl IkeSa {
     }
 
     /// The answer to our rekey of the IKE SA: on success the switch to
-    /// the new IKE SA and the DELETE of the old one; on TEMPORARY_FAILURE
-    /// (the peer is busy, or rekeying too) another try after a random
-    /// pause; on INVALID_KE_PAYLOAD another try with the group it names.
+    /// the new IKE SA and the DELETE of the old one, or first the
+    /// IKE_FOLLOWUP_KE exchanges of the chosen proposal's additional key
+    /// exchanges (RFC 9370 section 2.2.2, `followup.rs`); on
+    /// TEMPORARY_FAILURE (the peer is busy, or rekeying too) another try
+    /// after a random pause; on INVALID_KE_PAYLOAD another try with the
+    /// group it names.
     pub(super) fn on_ike_rekey_response(
         &mut self,
         now: Instant,
         st: &mut Established,
         rekey: IkeRekeySent,
         message: &Message,
-    ) -> Option<(DhGroup, u8)> {
+    ) -> Option<IkeNext> {
         let p = Payloads(&message.payloads);
         if let Some(n) = p.notify(NotifyType::InvalidKePayload) {
             let group = <[u8; 2]>::try_from(n.data.as_slice())
@@ -170,120 +174,141 @@ impl IkeSa {
                         && offers_group(&self.config.ike_proposals, *g)
                 });
             if let Some(group) = group {
-                return Some((group, rekey.ke_retries + 1));
+                return Some(IkeNext::Retry(group, rekey.ke_retries + 1));
             }
         }
+        let failed = |notify, by_peer| Box::new(Event::Failed { notify, by_peer });
         let result = (|| {
             if let Some(notify) = p.error() {
-                return Err((notify, true));
+                return Err(failed(notify, true));
             }
-            let bad = (NotifyType::InvalidSyntax, false);
+            let bad = || failed(NotifyType::InvalidSyntax, false);
             let (Some(sa), Some(nr), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
-                return Err(bad);
+                return Err(bad());
             };
             let [chosen] = sa.proposals.as_slice() else {
-                return Err((NotifyType::NoProposalChosen, false));
+                return Err(failed(NotifyType::NoProposalChosen, false));
             };
             let mut check = chosen.clone();
             check.spi = rekey.spi_i.to_be_bytes().to_vec();
             let suite = proposal::check_chosen(&rekey.offer, &check)
                 .and_then(|_| IkeSuite::from_proposal(chosen))
-                .map_err(|_| (NotifyType::NoProposalChosen, false))?;
+                .map_err(|_| failed(NotifyType::NoProposalChosen, false))?;
             let spi_r = <[u8; 8]>::try_from(chosen.spi.as_slice())
                 .map(u64::from_be_bytes)
                 .ok()
                 .filter(|s| *s != 0)
-                .ok_or(bad)?;
+                .ok_or_else(bad)?;
             if suite.group != rekey.kex.group() || ke.group != suite.group {
-                return Err((NotifyType::InvalidKePayload, false));
+                return Err(failed(NotifyType::InvalidKePayload, false));
             }
-            let g_ir = rekey.kex.complete(&ke.data).map_err(|_| bad)?;
-            let seed = skeyseed_rekey(
-                st.sk.suite.prf,
-                &st.sk.keys.sk_d,
-                g_ir.expose(),
-                &rekey.ni,
-                nr,
-            );
-            let keys = IkeKeys::derive(&suite, &seed, &rekey.ni, nr, rekey.spi_i, spi_r)
-                .map_err(|_| bad)?;
-            let (outbound, inbound) = SkCipher::pair(&suite, &keys, true).map_err(|_| bad)?;
-            Ok((
+            let g_ir = rekey.kex.complete(&ke.data).map_err(|_| bad())?;
+            let additional: Vec<DhGroup> = suite.additional_key_exchanges().collect();
+            let keying = IkeKeying {
+                spi_i: rekey.spi_i,
                 spi_r,
-                Sk {
-                    suite,
-                    keys,
-                    outbound,
-                    inbound,
-                },
-            ))
+                ni: rekey.ni,
+                nr: nr.to_vec(),
+                suite,
+                initiated: true,
+                secrets: KeSecrets::new(Some(g_ir), &additional),
+            };
+            if additional.is_empty() {
+                return Ok(Ok(keying));
+            }
+            // RFC 9370 section 2.2.2: the additional key exchanges first.
+            let link = followup::link_of(&p).ok_or_else(bad)?;
+            Ok(Err(Continue {
+                target: None,
+                rekeying: Rekeying::Ike(keying),
+                link,
+            }))
         })();
+        let result = match result {
+            Ok(Err(next)) => return Some(IkeNext::Followup(Box::new(next))),
+            Ok(Ok(keying)) => keying
+                .finish(&st.sk)
+                .map_err(|e| Box::new(Event::LocalError(e))),
+            Err(event) => Err(event),
+        };
+        self.conclude_ike_rekey(now, st, result);
+        None
+    }
+
+    /// Our rekey of the IKE SA is answered (in CREATE_CHILD_SA, or in the
+    /// last IKE_FOLLOWUP_KE): the switch to the new IKE SA and the DELETE
+    /// of the old one; or, failed, the IKE SA stands and is rekeyed again
+    /// a little later.
+    pub(super) fn conclude_ike_rekey(
+        &mut self,
+        now: Instant,
+        st: &mut Established,
+        result: core::result::Result<NewIkeSa, Box<Event>>,
+    ) {
         match result {
-            Ok((spi_r, sk)) => {
-                self.switch_ike_sa(now, st, rekey.spi_i, spi_r, Role::Initiator, sk);
+            Ok(new) => {
+                self.switch_ike_sa(now, st, new.spi_i, new.spi_r, Role::Initiator, new.sk);
                 if let Err(e) = self.send_retiring_delete(now) {
                     self.events.push_back(Event::LocalError(e));
                 }
             }
-            Err((notify, by_peer)) => {
-                // The IKE SA stands; try again a little later.
-                if notify != NotifyType::TemporaryFailure {
-                    self.events.push_back(Event::Failed { notify, by_peer });
+            Err(event) => {
+                let busy = matches!(
+                    *event,
+                    Event::Failed {
+                        notify: NotifyType::TemporaryFailure,
+                        ..
+                    }
+                );
+                if !busy {
+                    self.events.push_back(*event);
                 }
                 st.ike_rekey_at = Some(now + retry_pause(self));
             }
         }
-        None
     }
 
-    /// Answers the peer's rekey of the IKE SA, then switches to the new
-    /// one (the peer deletes the old one).
+    /// Answers the peer's rekey of the IKE SA; the switch to the new one
+    /// follows the answer (the peer deletes the old one), or the last of
+    /// its IKE_FOLLOWUP_KE exchanges (`followup.rs`).
     pub(super) fn on_ike_rekey_request(
         &mut self,
         now: Instant,
-        header: &Header,
+        st: &mut Established,
         message: &Message,
-    ) {
-        let id = header.message_id;
-        let response = self.header(ExchangeType::CreateChildSa, true, id);
-        let State::Established(mut st) = core::mem::replace(&mut self.state, State::Closed) else {
-            return;
-        };
+    ) -> (Vec<Payload>, Vec<Event>, Option<NewIkeSa>) {
         let busy = self.outstanding.is_some() || st.deleting || self.retiring.is_some();
         let result = if busy {
             Err(Notify::empty(NotifyType::TemporaryFailure))
-        } else if st.sk.suite.additional_key_exchanges().next().is_some() {
-            // A rekey with additional key exchanges needs IKE_FOLLOWUP_KE
-            // (RFC 9370 section 2.2.2), which we do not do: refused, and
-            // the IKE SA is renewed by re-authentication instead.
-            self.events.push_back(Event::ReauthRequired);
-            Err(Notify::empty(NotifyType::NoProposalChosen))
         } else {
-            self.ike_rekey_answer(&st, message)
+            self.ike_rekey_answer(st, message)
         };
-        let (payloads, switch) = match result {
-            Ok((payloads, spi_i, spi_r, sk)) => (payloads, Some((spi_i, spi_r, sk))),
-            Err(n) => (vec![Payload::Notify(n)], None),
+        let (mut payloads, keying) = match result {
+            Ok(r) => r,
+            Err(n) => return (vec![Payload::Notify(n)], Vec::new(), None),
         };
-        let sealed = self.seal(&st.sk, &response, &payloads);
-        self.peer_next_id = id.wrapping_add(1);
-        match sealed {
-            Ok(bytes) => self.send_response(id, bytes),
-            Err(e) => return self.local_error(e),
+        if !keying.secrets.remaining.is_empty() {
+            self.await_followups(now, st, None, Rekeying::Ike(keying), &mut payloads);
+            return (payloads, Vec::new(), None);
         }
-        if let Some((spi_i, spi_r, sk)) = switch {
-            self.switch_ike_sa(now, &mut st, spi_i, spi_r, Role::Responder, sk);
+        match keying.finish(&st.sk) {
+            Ok(new) => (payloads, Vec::new(), Some(new)),
+            Err(_) => (
+                vec![Payload::Notify(Notify::empty(NotifyType::TemporaryFailure))],
+                Vec::new(),
+                None,
+            ),
         }
-        self.state = State::Established(st);
     }
 
-    /// The answer's payloads, the new SPIs and keys; or the notify that
-    /// refuses the rekey.
+    /// The answer's payloads and the new IKE SA as agreed (its keys still
+    /// to derive); or the notify that refuses the rekey.
     fn ike_rekey_answer(
         &mut self,
         st: &Established,
         message: &Message,
-    ) -> core::result::Result<(Vec<Payload>, u64, u64, Sk), Notify> {
+    ) -> core::result::Result<(Vec<Payload>, IkeKeying), Notify> {
+        let _ = st;
         let p = Payloads(&message.payloads);
         let syntax = || Notify::empty(NotifyType::InvalidSyntax);
         let (Some(sa), Some(ni), Some(ke)) = (p.sa(), p.nonce(), p.ke()) else {
@@ -322,33 +347,34 @@ impl IkeSa {
         })?;
         let spi_r = random_ike_spi(self.rng.as_mut()).map_err(temporary)?;
         let nr = random_nonce(self.rng.as_mut()).map_err(temporary)?;
-        let seed = skeyseed_rekey(st.sk.suite.prf, &st.sk.keys.sk_d, g_ir.expose(), ni, &nr);
-        let keys = IkeKeys::derive(&suite, &seed, ni, &nr, spi_i, spi_r).map_err(temporary)?;
-        let (outbound, inbound) = SkCipher::pair(&suite, &keys, false).map_err(temporary)?;
         let mut chosen = selected.proposal;
         chosen.spi = spi_r.to_be_bytes().to_vec();
         let payloads = vec![
             Payload::Sa(SaPayload {
                 proposals: vec![chosen],
             }),
-            Payload::Nonce(nr),
+            Payload::Nonce(nr.clone()),
             Payload::KeyExchange(crate::message::KeyExchange {
                 group: suite.group,
                 data: public,
             }),
         ];
-        let sk = Sk {
+        let additional: Vec<DhGroup> = suite.additional_key_exchanges().collect();
+        let keying = IkeKeying {
+            spi_i,
+            spi_r,
+            ni: ni.to_vec(),
+            nr,
             suite,
-            keys,
-            outbound,
-            inbound,
+            initiated: false,
+            secrets: KeSecrets::new(Some(g_ir), &additional),
         };
-        Ok((payloads, spi_i, spi_r, sk))
+        Ok((payloads, keying))
     }
 
     /// Moves to the new IKE SA: new SPIs, keys and role, message IDs from
     /// zero; the old one becomes [`Retiring`].
-    fn switch_ike_sa(
+    pub(super) fn switch_ike_sa(
         &mut self,
         now: Instant,
         st: &mut Established,
@@ -508,12 +534,49 @@ impl IkeSa {
     }
 }
 
-impl IkeSa {
-    /// Whether the IKE SA's keys came from additional key exchanges too
-    /// (RFC 9370): then it is renewed by re-authentication.
-    pub(super) fn has_additional_key_exchanges(&self) -> bool {
-        self.state
-            .sk()
-            .is_some_and(|sk| sk.suite.additional_key_exchanges().next().is_some())
+impl IkeKeying {
+    /// The new IKE SA's keys (RFC 7296 section 2.18, RFC 9370 section
+    /// 2.2.2): `SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ...
+    /// | SK(n))` under the old IKE SA's prf, then SK_* from it with the new
+    /// SPIs, as in IKE_SA_INIT.
+    pub(super) fn finish(self, old: &Sk) -> Result<NewIkeSa> {
+        let missing = Error::InvalidState("no shared secret of the CREATE_CHILD_SA");
+        let first = self.secrets.first.as_ref().ok_or(missing)?;
+        let seed = skeyseed_rekey(
+            old.suite.prf,
+            &old.keys.sk_d,
+            first.expose(),
+            &self.ni,
+            &self.nr,
+            &self.secrets.additional(),
+        );
+        let keys = IkeKeys::derive(
+            &self.suite,
+            &seed,
+            &self.ni,
+            &self.nr,
+            self.spi_i,
+            self.spi_r,
+        )?;
+        let (outbound, inbound) = SkCipher::pair(&self.suite, &keys, self.initiated)?;
+        Ok(NewIkeSa {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            sk: Sk {
+                suite: self.suite,
+                keys,
+                outbound,
+                inbound,
+            },
+        })
     }
+}
+
+/// What an answer to our rekey of the IKE SA leads to.
+pub(super) enum IkeNext {
+    /// The rekey again with the group the peer asked for
+    /// (INVALID_KE_PAYLOAD), and how many times that happened.
+    Retry(DhGroup, u8),
+    /// The next IKE_FOLLOWUP_KE request (RFC 9370 section 2.2.2).
+    Followup(Box<Continue>),
 }

@@ -38,7 +38,7 @@ impl IkeSa {
     /// (RFC 9370 section 2.2.2): `SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni |
     /// Nr)`, the seven keys from it as from SKEYSEED, with the same SPIs.
     pub(super) fn updated_keys(&self, sk: &Sk, secret: &Key, ni: &[u8], nr: &[u8]) -> Result<Sk> {
-        let seed = skeyseed_rekey(sk.suite.prf, &sk.keys.sk_d, secret.expose(), ni, nr);
+        let seed = skeyseed_rekey(sk.suite.prf, &sk.keys.sk_d, secret.expose(), ni, nr, &[]);
         self.keys_from_seed(sk.suite, &seed, ni, nr)
     }
 

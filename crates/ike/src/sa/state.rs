@@ -272,10 +272,22 @@ impl Request {
     pub(super) fn is_for(&self, target: ChildTarget) -> bool {
         match self {
             Self::Rekey(r) => r.target == target,
-            Self::Followup(f) => f.target == target,
+            Self::Followup(f) => f.target == Some(target),
             _ => false,
         }
     }
+}
+
+/// The shared secrets of a CREATE_CHILD_SA and of the IKE_FOLLOWUP_KE
+/// exchanges after it so far (RFC 9370 section 2.2.2), and the methods of
+/// those still to run.
+pub(super) struct KeSecrets {
+    /// SK(0), the shared secret of the CREATE_CHILD_SA's KE payloads.
+    pub(super) first: Option<Key>,
+    /// SK(1), SK(2)...: the shared secrets of the exchanges done.
+    pub(super) done: Vec<Key>,
+    /// The methods of the exchanges still to run, the next first.
+    pub(super) remaining: VecDeque<DhGroup>,
 }
 
 /// A Child SA pair that a CREATE_CHILD_SA agreed on, while the additional
@@ -293,12 +305,40 @@ pub(super) struct ChildKeying {
     /// Whether we initiated the CREATE_CHILD_SA (which splits the keys,
     /// RFC 7296 section 2.17).
     pub(super) initiated: bool,
-    /// SK(0), the shared secret of the CREATE_CHILD_SA's KE payloads.
-    pub(super) first: Option<Key>,
-    /// SK(1), SK(2)...: the shared secrets of the exchanges done.
-    pub(super) done: Vec<Key>,
-    /// The methods of the exchanges still to run, the next first.
-    pub(super) remaining: VecDeque<DhGroup>,
+    pub(super) secrets: KeSecrets,
+}
+
+/// A new IKE SA that a CREATE_CHILD_SA agreed on (RFC 7296 section 1.3.2),
+/// while the additional key exchanges of its proposal run in
+/// IKE_FOLLOWUP_KE exchanges on the old one (RFC 9370 section 2.2.2).
+pub(super) struct IkeKeying {
+    /// The new IKE SA's SPIs (initiator's, responder's): the initiator is
+    /// the one that started the rekey.
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) ni: Vec<u8>,
+    pub(super) nr: Vec<u8>,
+    pub(super) suite: IkeSuite,
+    /// Whether we started the rekey.
+    pub(super) initiated: bool,
+    pub(super) secrets: KeSecrets,
+}
+
+/// What a chain of IKE_FOLLOWUP_KE exchanges makes.
+pub(super) enum Rekeying {
+    /// A Child SA.
+    Child(Box<ChildKeying>),
+    /// The IKE SA that replaces this one.
+    Ike(IkeKeying),
+}
+
+impl Rekeying {
+    pub(super) fn secrets(&mut self) -> &mut KeSecrets {
+        match self {
+            Self::Child(c) => &mut c.secrets,
+            Self::Ike(i) => &mut i.secrets,
+        }
+    }
 }
 
 /// A new Child SA pair that our rekey made, with the nonces of the
@@ -311,21 +351,30 @@ pub(super) struct NewPair {
     pub(super) outbound: ChildSaParams,
 }
 
+/// The IKE SA that a rekey makes: its SPIs (initiator's, responder's) and
+/// keys.
+pub(super) struct NewIkeSa {
+    pub(super) spi_i: u64,
+    pub(super) spi_r: u64,
+    pub(super) sk: Sk,
+}
+
 /// Initiator: an IKE_FOLLOWUP_KE request sent with the key share of the
 /// next additional key exchange of a CREATE_CHILD_SA of ours.
 pub(super) struct FollowupSent {
-    /// What the CREATE_CHILD_SA was for.
-    pub(super) target: ChildTarget,
-    pub(super) keying: ChildKeying,
+    /// What the CREATE_CHILD_SA was for: a Child SA (`Some`) or the IKE
+    /// SA.
+    pub(super) target: Option<ChildTarget>,
+    pub(super) rekeying: Rekeying,
     pub(super) kex: Box<dyn KeyExchange>,
 }
 
 /// Responder: a peer's CREATE_CHILD_SA answered, its IKE_FOLLOWUP_KE
 /// requests expected (RFC 9370 section 2.2.2).
 pub(super) struct FollowupPending {
-    /// The pair it rekeys, or `None` for a new Child SA.
+    /// For a Child SA, the pair it rekeys (`None` for a new one).
     pub(super) old: Option<(u32, u32)>,
-    pub(super) keying: ChildKeying,
+    pub(super) rekeying: Rekeying,
     /// The ADDITIONAL_KEY_EXCHANGE data we gave the peer.
     pub(super) link: Vec<u8>,
     /// When it is forgotten if the peer has not gone on.

@@ -3903,3 +3903,52 @@ fn a_followup_that_never_comes_is_forgotten() {
     p.responder.handle_timeout(deadline);
     assert!(established_state(&p.responder).followup.is_none());
 }
+
+/// A hybrid IKE SA (X25519, then ML-KEM-768 and ML-KEM-1024) is rekeyed by
+/// either side with the same three exchanges: CREATE_CHILD_SA with
+/// X25519, then two IKE_FOLLOWUP_KE exchanges on the old IKE SA; both
+/// switch to the same new SPIs and keys (SKEYSEED from SK_d (old), SK(0),
+/// the nonces and SK(1..2)), which a liveness check and a Child SA rekey
+/// on the new IKE SA prove, and the suite stays hybrid.
+#[test]
+fn hybrid_ike_sa_rekey_runs_ike_followup_ke() {
+    let ike = "aes128gcm16-prfsha256-ecp256-ke1_mlkem768-ke2_mlkem1024";
+    for by_initiator in [true, false] {
+        let config = |c: Config| c.with_proposals(ike, "aes256gcm16").unwrap();
+        let mut p = Pair::new(config(initiator_config()), config(responder_config()));
+        p.drive();
+        assert_established(&p);
+        let before = p.initiator.spis();
+        let suite = p.initiator.ike_suite().unwrap();
+        p.i_events.clear();
+        p.r_events.clear();
+        let (ni, nr) = (p.from_initiator.len(), p.from_responder.len());
+        if by_initiator {
+            p.initiator.rekey_ike(p.now).unwrap();
+        } else {
+            p.responder.rekey_ike(p.now).unwrap();
+        }
+        // The CREATE_CHILD_SA's answer alone switches nothing.
+        p.step();
+        assert!(ike_rekeys(&p.i_events).is_empty() && ike_rekeys(&p.r_events).is_empty());
+        p.drive();
+        let (i, r) = (ike_rekeys(&p.i_events), ike_rekeys(&p.r_events));
+        assert_eq!(i.len(), 1, "{:?}", p.i_events);
+        assert_eq!(i, r);
+        assert_eq!(i[0].0, before);
+        assert_eq!(p.initiator.ike_suite().unwrap(), suite);
+        assert_eq!(p.responder.ike_suite().unwrap(), suite);
+        let sent = if by_initiator {
+            exchanges(&p.from_initiator[ni..])
+        } else {
+            exchanges(&p.from_responder[nr..])
+        };
+        let followups = sent
+            .iter()
+            .filter(|e| **e == ExchangeType::IkeFollowupKe)
+            .count();
+        assert!(followups >= 2, "{sent:?}");
+        assert!(downs(&p.i_events).is_empty() && downs(&p.r_events).is_empty());
+        assert_works_after_ike_rekey(&mut p);
+    }
+}

@@ -510,12 +510,6 @@ impl IkeDriver {
                 self.peers[i].last_error = Some(format!("local error: {e}"));
                 self.remove_all(i, index, &name);
             }
-            Event::ReauthRequired => {
-                // A hybrid IKE SA (RFC 9370) is renewed by a new IKE SA
-                // beside it, make before break (ike/reload.rs).
-                tracing::info!(peer = %name, "IKE: the IKE SA is due for a rekey; its additional key exchanges need a re-authentication");
-                self.reauth(Instant::now(), index);
-            }
             other => tracing::debug!(peer = %name, ?other, "IKE event"),
         }
     }
