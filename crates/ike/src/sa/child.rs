@@ -365,17 +365,7 @@ impl IkeSa {
                 // that is done already, ours gives way.
                 match (collision.is_none(), followup::link_of(&p)) {
                     (true, Some(link)) => {
-                        let keying = ChildKeying::new(
-                            (rekey.ni, nr),
-                            (agreed.inbound, agreed.outbound),
-                            true,
-                            KeSecrets::new(agreed.first, &agreed.additional),
-                        );
-                        return Some(Next::Followup(Box::new(Continue {
-                            target: Some(rekey.target),
-                            rekeying: Rekeying::Child(Box::new(keying)),
-                            link,
-                        })));
+                        return Some(agreed.followup(rekey.target, (rekey.ni, nr), link));
                     }
                     (collision_free, _) => Err(Box::new(Event::Failed {
                         notify: if collision_free {
@@ -566,19 +556,7 @@ impl IkeSa {
         };
         let made = match made {
             Ok((nr, agreed)) if !agreed.additional.is_empty() => match followup::link_of(p) {
-                Some(link) => {
-                    let keying = ChildKeying::new(
-                        (rekey.ni, nr),
-                        (agreed.inbound, agreed.outbound),
-                        true,
-                        KeSecrets::new(agreed.first, &agreed.additional),
-                    );
-                    return Some(Next::Followup(Box::new(Continue {
-                        target: Some(rekey.target),
-                        rekeying: Rekeying::Child(Box::new(keying)),
-                        link,
-                    })));
-                }
+                Some(link) => return Some(agreed.followup(rekey.target, (rekey.ni, nr), link)),
                 None => Err(Box::new(Event::Failed {
                     notify: NotifyType::InvalidSyntax,
                     by_peer: false,
@@ -983,6 +961,24 @@ struct Agreed {
     /// The additional key exchanges of the chosen proposal (RFC 9370),
     /// still to run.
     additional: Vec<DhGroup>,
+}
+
+impl Agreed {
+    /// On to the IKE_FOLLOWUP_KE exchanges of our CREATE_CHILD_SA for
+    /// `target` (its nonces), with the responder's `link`.
+    fn followup(self, target: ChildTarget, nonces: (Vec<u8>, Vec<u8>), link: Vec<u8>) -> Next {
+        let keying = ChildKeying::new(
+            nonces,
+            (self.inbound, self.outbound),
+            true,
+            KeSecrets::new(self.first, &self.additional),
+        );
+        Next::Followup(Box::new(Continue {
+            target: Some(target),
+            rekeying: Rekeying::Child(Box::new(keying)),
+            link,
+        }))
+    }
 }
 
 /// What an answer to a Child SA request of ours leads to.
