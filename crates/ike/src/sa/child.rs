@@ -12,6 +12,7 @@ use tunsec_esp::Direction;
 use super::event::{ChildSaParams, Event};
 use super::followup::{self, Continue};
 use super::ike_rekey::{self, IkeNext};
+use super::labels;
 use super::logging::Hex;
 use super::payloads::{Payloads, first_group, offers_group};
 use super::random::{random_esp_spi, random_nonce};
@@ -87,6 +88,11 @@ impl IkeSa {
         if self.role != Role::Initiator {
             return;
         }
+        // Labelled Child SAs with a peer that does not know labels would
+        // all be the same: the first stands for them (labels.rs).
+        if self.peer_lacks_labels {
+            return;
+        }
         for k in 1..=count {
             st.enqueue(Queued::CreateChild(k));
         }
@@ -101,6 +107,10 @@ impl IkeSa {
     ///
     /// [`Config::create_missing_children`]: super::Config::create_missing_children
     pub(super) fn queue_missing_children(&mut self, now: Instant) {
+        if !self.config.child_labels.is_empty() {
+            // Labelled Child SAs are each side's own to create.
+            return;
+        }
         let children = self.config.children();
         let State::Established(st) = &mut self.state else {
             return;
@@ -222,8 +232,22 @@ impl IkeSa {
             .or_else(|| first_group(&c.esp_proposals))
             .map(crypto::start)
             .transpose()?;
-        let offer = ChildOffer::new(esp_spi, &c.esp_proposals, tsi, tsr);
+        // A rekey keeps the Child SA's label, which the answer must
+        // repeat; a new Child SA has its configured one (labels.rs).
+        let (label, required) = match target {
+            ChildTarget::Rekey(old) => {
+                let label = st.child(old).and_then(|i| st.children[i].label.clone());
+                let required = label.is_some();
+                (label, required)
+            }
+            ChildTarget::Create(k) => (c.child_labels.get(k).cloned(), false),
+        };
+        let offer =
+            ChildOffer::new(esp_spi, &c.esp_proposals, tsi, tsr).with_label(label, required);
         let mut payloads = Vec::new();
+        if let Some(label) = &offer.label {
+            payloads.push(labels::notify(label));
+        }
         if let ChildTarget::Rekey(old) = target {
             // RFC 7296 section 3.10.1: REKEY_SA names the SA being rekeyed
             // by the SPI the peer expects to receive on, ours.
@@ -585,6 +609,7 @@ impl IkeSa {
                     ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                     rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
                     key_exchanges: inbound.key_exchanges.clone(),
+                    label: inbound.label.clone(),
                 });
                 self.events
                     .push_back(Event::ChildSaUp { inbound, outbound });
@@ -821,6 +846,19 @@ impl IkeSa {
                 return (vec![Payload::Notify(n)], events);
             }
         };
+        // A rekey keeps the label of the Child SA it replaces.
+        if let Some(old) = old {
+            let want = st.child(old).and_then(|i| st.children[i].label.clone());
+            if inbound.label != want {
+                return (
+                    notify(NotifyType::NoProposalChosen),
+                    vec![Event::Failed {
+                        notify: NotifyType::NoProposalChosen,
+                        by_peer: false,
+                    }],
+                );
+            }
+        }
         if !additional.is_empty() {
             let keying = ChildKeying::new(
                 (ni, nr),
@@ -870,6 +908,7 @@ impl IkeSa {
                 ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                 rekey_at,
                 key_exchanges: inbound.key_exchanges.clone(),
+                label: inbound.label.clone(),
             });
             return Ok(vec![Event::ChildSaUp { inbound, outbound }]);
         };
@@ -942,6 +981,7 @@ impl IkeSa {
                 .chain(&choice.additional)
                 .copied()
                 .collect(),
+            label: None,
             local_ts: ts.0.to_vec(),
             remote_ts: ts.1.to_vec(),
         };

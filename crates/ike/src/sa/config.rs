@@ -99,6 +99,12 @@ pub struct Config {
     /// offer cover all of UDP both ways, which neither allows. Off by
     /// default.
     pub narrow_to_one_child: bool,
+    /// A label for each configured Child SA ([`Self::children`], in
+    /// order), which binds it to what the owner names (tunsecd: a virtual
+    /// network), in a private-use notify (`labels.rs`): sent for ours, and
+    /// as responder the labels we take. Empty (the default): none sent,
+    /// and a peer's label is ignored.
+    pub child_labels: Vec<Vec<u8>>,
     /// The most Child SAs this IKE SA carries at once, rekeys aside; a
     /// request for another is answered NO_ADDITIONAL_SAS (RFC 7296
     /// section 3.10.1). [`DEFAULT_MAX_CHILD_SAS`] by default.
@@ -148,6 +154,7 @@ impl Config {
             force_udp_encap: false,
             initial_contact: false,
             additional_children: Vec::new(),
+            child_labels: Vec::new(),
             create_missing_children: false,
             narrow_to_one_child: false,
             max_child_sas: DEFAULT_MAX_CHILD_SAS,

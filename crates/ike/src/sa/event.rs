@@ -49,6 +49,9 @@ pub struct ChildSaParams {
     /// additional ones of IKE_FOLLOWUP_KE (RFC 9370); empty for keys from
     /// SK_d alone (the Child SA of IKE_AUTH, a rekey without PFS).
     pub key_exchanges: Vec<DhGroup>,
+    /// The label both sides agreed for the Child SA
+    /// ([`super::Config::child_labels`]), or `None`: unlabelled.
+    pub label: Option<Vec<u8>>,
     /// Our side's traffic selectors, as agreed.
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side's traffic selectors, as agreed.

@@ -108,6 +108,7 @@ impl IkeSa {
                                     now,
                                 ),
                                 key_exchanges: c.inbound.key_exchanges.clone(),
+                                label: c.inbound.label.clone(),
                             });
                             events.push(Event::ChildSaRekeyed {
                                 old_inbound_spi: inbound,

@@ -15,6 +15,7 @@ use super::config::Config;
 use super::event::{AuthFailure, Event};
 use super::fragment;
 use super::intermediate::{intermediate_supported, wants_intermediate};
+use super::labels;
 use super::logging::{self, Hex, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, first_group, fragmentation_supported, offers_group};
@@ -388,7 +389,11 @@ impl IkeSa {
             &proposal::without_ke(&c.esp_proposals),
             c.local_ts.clone(),
             c.remote_ts.clone(),
-        );
+        )
+        .with_label(c.child_labels.first().cloned(), false);
+        if let Some(label) = &offer.label {
+            payloads.push(labels::notify(label));
+        }
         payloads.push(offer.sa());
         payloads.push(Payload::TsInitiator(offer.tsi.clone()));
         payloads.push(Payload::TsResponder(offer.tsr.clone()));
@@ -455,6 +460,10 @@ impl IkeSa {
         self.events.push_back(Event::IkeSaEstablished);
         let child = self.initiator_child(&p, &sk, &ni, &nr, &offer, None);
         let event = child.unwrap_or_else(|event| *event);
+        // Our label not repeated: the peer does not know labels.
+        if let Event::ChildSaUp { inbound, .. } = &event {
+            self.peer_lacks_labels = offer.label.is_some() && inbound.label.is_none();
+        }
         let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
         let mut established = Established::new(sk, &event, rekey_at);
         established.ike_rekey_at = rekey_time(self.config.ike_lifetime, self.rng.as_mut(), now);
@@ -549,15 +558,19 @@ impl IkeSa {
             return Err(failed(NotifyType::TsUnacceptable));
         }
         let rtsi = if behind_nat { tsi } else { rtsi };
+        let label =
+            labels::check(offer.label.as_deref(), offer.label_required, p).map_err(failed)?;
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, &[], choice.suite)
             .map_err(|e| Box::new(Event::LocalError(e)))?;
-        Ok(self.child_sa_up(
+        let mut event = self.child_sa_up(
             true,
             &choice,
             transport,
             (offer.esp_spi, peer_spi),
             keys,
             (rtsi, rtsr),
-        ))
+        );
+        labels::set(&mut event, label);
+        Ok(event)
     }
 }

@@ -122,6 +122,7 @@ mod ike_rekey;
 mod informational;
 mod initiator;
 mod intermediate;
+mod labels;
 mod logging;
 mod nat;
 mod payloads;
@@ -143,6 +144,7 @@ pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
 pub use exchange::{
     MAX_EXTRA_TRANSMISSIONS, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT, RETRANSMIT_TIMEOUT_LIMIT,
 };
+pub use labels::CHILD_LABEL;
 pub use nat::{NATT_PORT, NatState};
 pub use random::{Random, SeededRandom, SystemRandom};
 pub use responder::HALF_OPEN_TIMEOUT;

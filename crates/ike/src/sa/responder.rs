@@ -15,6 +15,7 @@ use super::config::{CHILD_COMPLETION_DELAY, Config};
 use super::event::{AuthFailure, Event, Transmit};
 use super::fragment;
 use super::intermediate::intermediate_supported;
+use super::labels;
 use super::logging::{self, Direction as Dir, Peer, Proposals, Selectors};
 use super::nat;
 use super::payloads::{Payloads, fragmentation_supported};
@@ -443,6 +444,7 @@ impl IkeSa {
         let Some((tsi, tsr)) = narrowed else {
             return Err(NotifyType::TsUnacceptable);
         };
+        let label = labels::agree(&self.config, p)?;
         let our_spi =
             random_esp_spi(self.rng.as_mut()).map_err(|_| NotifyType::TemporaryFailure)?;
         let keys = child_sa_keys(sk.suite.prf, &sk.keys.sk_d, g_ir, ni, nr, &[], choice.suite)
@@ -458,7 +460,10 @@ impl IkeSa {
         }));
         payloads.push(Payload::TsInitiator(tsi.clone()));
         payloads.push(Payload::TsResponder(tsr.clone()));
-        let event = self.child_sa_up(
+        if let Some(label) = &label {
+            payloads.push(labels::notify(label));
+        }
+        let mut event = self.child_sa_up(
             false,
             &choice,
             transport,
@@ -466,6 +471,7 @@ impl IkeSa {
             keys,
             (&tsr, &tsi),
         );
+        labels::set(&mut event, label);
         Ok((payloads, event))
     }
 }

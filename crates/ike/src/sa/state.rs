@@ -139,6 +139,10 @@ pub(super) struct ChildOffer {
     pub(super) proposals: Vec<Proposal>,
     pub(super) tsi: Vec<TrafficSelector>,
     pub(super) tsr: Vec<TrafficSelector>,
+    /// The label we send (`labels.rs`), and whether the answer must
+    /// repeat it (a rekey of a labelled Child SA).
+    pub(super) label: Option<Vec<u8>>,
+    pub(super) label_required: bool,
 }
 
 impl ChildOffer {
@@ -155,7 +159,17 @@ impl ChildOffer {
             proposals: proposal::with_spi(proposals, &esp_spi.to_be_bytes()),
             tsi,
             tsr,
+            label: None,
+            label_required: false,
         }
+    }
+
+    /// The offer with `label`, which the answer must repeat if
+    /// `required`.
+    pub(super) fn with_label(mut self, label: Option<Vec<u8>>, required: bool) -> Self {
+        self.label = label;
+        self.label_required = required;
+        self
     }
 
     /// The SA payload of the offer.
@@ -247,6 +261,8 @@ pub(super) struct Child {
     /// The key exchanges its keys came from
     /// ([`ChildSaParams::key_exchanges`]).
     pub(super) key_exchanges: Vec<DhGroup>,
+    /// Its label ([`ChildSaParams::label`]), which its rekeys keep.
+    pub(super) label: Option<Vec<u8>>,
 }
 
 impl Child {
@@ -610,6 +626,9 @@ pub struct IkeSa {
     pub(super) peer_initial_contact: bool,
     /// The IKE SA a rekey replaced, until it is deleted.
     pub(super) retiring: Option<Box<Retiring>>,
+    /// The peer did not repeat the label of our first Child SA: it does
+    /// not know labels (`labels.rs`).
+    pub(super) peer_lacks_labels: bool,
     /// When the current IKE SA (its current keys) came up.
     pub(super) established_at: Option<Instant>,
     pub(super) stats: Stats,
@@ -653,6 +672,7 @@ impl Established {
                 ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
                 rekey_at,
                 key_exchanges: inbound.key_exchanges.clone(),
+                label: inbound.label.clone(),
             }),
             _ => None,
         };
@@ -773,6 +793,7 @@ impl IkeSa {
             local,
             nat: None,
             peer_initial_contact: false,
+            peer_lacks_labels: false,
             retiring: None,
             established_at: None,
             stats: Stats::default(),

@@ -991,6 +991,7 @@ mod strongswan {
             local: None,
             nat: None,
             peer_initial_contact: false,
+            peer_lacks_labels: false,
             retiring: None,
             established_at: None,
             stats: Stats::default(),
@@ -3950,5 +3951,138 @@ fn hybrid_ike_sa_rekey_runs_ike_followup_ke() {
         assert!(followups >= 2, "{sent:?}");
         assert!(downs(&p.i_events).is_empty() && downs(&p.r_events).is_empty());
         assert_works_after_ike_rekey(&mut p);
+    }
+}
+
+// ---- Child SA labels (labels.rs): keys per network ----
+
+/// A configuration with two labelled Child SAs of the same selectors
+/// (`labels`, in order; the first in IKE_AUTH).
+fn labelled(mut c: Config, labels: &[&[u8]]) -> Config {
+    c.additional_children = labels[1..]
+        .iter()
+        .map(|_| (c.local_ts.clone(), c.remote_ts.clone()))
+        .collect();
+    c.child_labels = labels.iter().map(|l| l.to_vec()).collect();
+    c
+}
+
+/// The labels of the Child SAs that `events` brought up, in order.
+fn up_labels(events: &[Event]) -> Vec<Option<Vec<u8>>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaUp { inbound, outbound } => {
+                assert_eq!(inbound.label, outbound.label);
+                Some(inbound.label.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both sides label two Child SAs alike: each comes up with its label on
+/// both sides (one in IKE_AUTH, one in CREATE_CHILD_SA), and a rekey
+/// keeps it.
+#[test]
+fn labelled_child_sas_come_up_with_their_labels_and_keep_them() {
+    let labels: [&[u8]; 2] = [b"vxlan/100", b"vxlan/200"];
+    let mut p = Pair::new(
+        labelled(initiator_config(), &labels),
+        labelled(responder_config(), &labels),
+    );
+    p.drive();
+    let want: Vec<Option<Vec<u8>>> = labels.iter().map(|l| Some(l.to_vec())).collect();
+    assert_eq!(up_labels(&p.i_events), want);
+    assert_eq!(up_labels(&p.r_events), want);
+    // Rekey both, from the responder's side: each keeps its label.
+    p.i_events.clear();
+    p.r_events.clear();
+    p.responder.rekey_child(p.now).unwrap();
+    p.drive();
+    for events in [&p.i_events, &p.r_events] {
+        let mut rekeyed: Vec<Option<Vec<u8>>> = rekeys(events)
+            .into_iter()
+            .map(|(_, _, inbound, outbound)| {
+                assert_eq!(inbound.label, outbound.label);
+                inbound.label
+            })
+            .collect();
+        rekeyed.sort();
+        assert_eq!(rekeyed, want);
+    }
+    assert_eq!(p.initiator.stats(), Stats::default());
+}
+
+/// A responder without a label gives no Child SA for it: the initiator's
+/// second labelled Child SA is refused NO_PROPOSAL_CHOSEN, the first
+/// stands.
+#[test]
+fn a_label_the_responder_does_not_have_gets_no_child_sa() {
+    let mut p = Pair::new(
+        labelled(initiator_config(), &[b"vxlan/100", b"vxlan/200"]),
+        labelled(responder_config(), &[b"vxlan/100"]),
+    );
+    p.drive();
+    assert_eq!(up_labels(&p.i_events), vec![Some(b"vxlan/100".to_vec())]);
+    assert_eq!(up_labels(&p.r_events), vec![Some(b"vxlan/100".to_vec())]);
+    assert!(p.i_events.contains(&Event::Failed {
+        notify: NotifyType::NoProposalChosen,
+        by_peer: true
+    }));
+    assert_eq!(established_state(&p.responder).children.len(), 1);
+}
+
+/// A peer that does not know labels (no labels configured, as strongSwan)
+/// ignores the notify: the first Child SA comes up unlabelled on both
+/// sides, and the initiator creates no more of them (they would all be
+/// the same Child SA).
+#[test]
+fn a_peer_without_labels_gets_one_shared_child_sa() {
+    let mut p = Pair::new(
+        labelled(initiator_config(), &[b"vxlan/100", b"vxlan/200"]),
+        responder_config(),
+    );
+    p.drive();
+    assert_eq!(up_labels(&p.i_events), vec![None]);
+    assert_eq!(up_labels(&p.r_events), vec![None]);
+    assert!(p.initiator.peer_lacks_labels);
+    assert_eq!(established_state(&p.initiator).children.len(), 1);
+    assert!(
+        !exchanges(&p.from_initiator).contains(&ExchangeType::CreateChildSa),
+        "no second Child SA is asked for"
+    );
+}
+
+/// A rekey that drops a labelled Child SA's label (or a label the
+/// responder does not have) is refused, and the old pair stays.
+#[test]
+fn a_rekey_must_keep_the_label() {
+    let labels: [&[u8]; 1] = [b"vxlan/100"];
+    for forged in [None, Some(b"vxlan/999".to_vec())] {
+        let mut p = Pair::new(
+            labelled(initiator_config(), &labels),
+            labelled(responder_config(), &labels),
+        );
+        p.drive();
+        let old = assert_established(&p);
+        p.i_events.clear();
+        p.r_events.clear();
+        let State::Established(st) = &mut p.initiator.state else {
+            panic!("not established");
+        };
+        st.children[0].label.clone_from(&forged);
+        p.initiator.rekey_child(p.now).unwrap();
+        p.drive();
+        assert!(rekeys(&p.i_events).is_empty() && rekeys(&p.r_events).is_empty());
+        assert!(
+            p.i_events.contains(&Event::Failed {
+                notify: NotifyType::NoProposalChosen,
+                by_peer: true
+            }),
+            "{forged:?}: {:?}",
+            p.i_events
+        );
+        assert_eq!(first_child(&p.responder), Some((old.2.spi, old.3.spi)));
     }
 }
