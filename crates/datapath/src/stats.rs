@@ -57,11 +57,16 @@ pub enum PathDrop {
     /// section 5.2), or, outbound, neither the flow's source port nor the
     /// tunnel port would match them.
     Selector,
+    /// A frame opened with an SA bound to one virtual network (keys per
+    /// network) whose tunnel header names another, or none this host
+    /// has: a peer (or a demultiplexing bug) putting a frame into a
+    /// network its SA does not carry.
+    NetworkMismatch,
 }
 
 impl PathDrop {
     /// The number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -80,6 +85,7 @@ impl PathDrop {
         Self::Send,
         Self::InnerHeader,
         Self::Selector,
+        Self::NetworkMismatch,
     ];
 
     /// A stable snake_case name.
@@ -100,6 +106,7 @@ impl PathDrop {
             Self::Send => "send",
             Self::InnerHeader => "inner_header",
             Self::Selector => "selector",
+            Self::NetworkMismatch => "network_mismatch",
         }
     }
 }

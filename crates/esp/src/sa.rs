@@ -82,6 +82,9 @@ pub struct SaConfig {
     /// The traffic this SA may carry. Inbound, a decrypted packet that
     /// matches none of them is dropped. Empty means any.
     pub selectors: Vec<Selector>,
+    /// What the owner binds the SA to, opaque here (tunsecd: the one
+    /// virtual network it carries); `None`: nothing.
+    pub binding: Option<u32>,
 }
 
 impl SaConfig {
@@ -99,6 +102,7 @@ impl SaConfig {
             replay_window: ReplayWindow::DEFAULT_SIZE,
             lifetime: Lifetime::default(),
             selectors: Vec::new(),
+            binding: None,
         }
     }
 }
@@ -154,6 +158,7 @@ pub struct Sa {
     lifetime: LifetimeTracker,
     counters: SaCounters,
     selectors: Vec<Selector>,
+    binding: Option<u32>,
     soft_event: bool,
     hard_event: bool,
 }
@@ -217,6 +222,7 @@ impl Sa {
             lifetime: LifetimeTracker::new(config.lifetime, now),
             counters: SaCounters::default(),
             selectors: config.selectors,
+            binding: config.binding,
             soft_event: false,
             hard_event: false,
         })
@@ -267,6 +273,11 @@ impl Sa {
     /// The traffic selectors.
     pub fn selectors(&self) -> &[Selector] {
         &self.selectors
+    }
+
+    /// What the owner bound the SA to ([`SaConfig::binding`]).
+    pub fn binding(&self) -> Option<u32> {
+        self.binding
     }
 
     /// The counters.

@@ -489,20 +489,41 @@ pub fn encapsulate(
     }
     // RFC 4301 section 5.1: what an SA carries must lie within its
     // selectors; port-narrowed ones need the tunnel port as source. With
-    // one Child SA per tunnel port, this picks the network's.
-    let chosen = entry.outbound.iter().find_map(|shared| {
-        let sa = shared.lock().ok()?;
-        let port = source_port(
-            sa.selectors(),
-            tables.local,
-            entry.spec.underlay,
-            port,
-            network.port,
-        )?;
-        Some((shared, sa, port))
-    });
+    // one Child SA per tunnel port, this picks the network's. With keys
+    // per network, the SA bound to this network, else an unbound (shared)
+    // one; never another network's.
+    let pick = |bound: Option<u32>| {
+        entry.outbound.iter().find_map(|shared| {
+            let sa = shared.lock().ok()?;
+            if sa.binding() != bound {
+                return None;
+            }
+            let port = source_port(
+                sa.selectors(),
+                tables.local,
+                entry.spec.underlay,
+                port,
+                network.port,
+            )?;
+            Some((shared, sa, port))
+        })
+    };
+    let chosen = u32::try_from(net)
+        .ok()
+        .and_then(|n| pick(Some(n)))
+        .or_else(|| pick(None));
     let Some((shared, sa, port)) = chosen else {
-        return Err(PathDrop::Selector);
+        // Keys per network, and none for this one yet: `prefer` sends it
+        // in the clear, `require` drops it.
+        let bound = entry
+            .outbound
+            .iter()
+            .any(|s| s.lock().is_ok_and(|sa| sa.binding().is_some()));
+        return match (bound, policy) {
+            (true, Policy::Prefer) => Ok(clear_transmit(network, entry, peer, tunnel_start, end)),
+            (true, _) => Err(PathDrop::NoSa),
+            (false, _) => Err(PathDrop::Selector),
+        };
     };
     // Under `prefer` an SA that can no longer be used means the clear;
     // under `require` it means the packet is dropped (the SA counts why).
@@ -653,11 +674,21 @@ fn deliver_opened(
     if sa.check_inbound(&flow).is_err() {
         return Err(PathDrop::Selector);
     }
+    let binding = sa.binding();
     drop(sa);
     let Some(encap) = tables.encap_of_port(dst_port) else {
         return Err(PathDrop::Policy);
     };
-    let delivery = decapsulate(tables, encap, dst_port, buf, payload_start, udp_end)?;
+    let delivery = decapsulate(tables, encap, dst_port, buf, payload_start, udp_end);
+    // Keys per network: an SA bound to a network opens only its frames,
+    // whatever the (authenticated) tunnel header inside says.
+    let delivery = match (binding, delivery) {
+        (Some(b), Ok(d)) if usize::try_from(b).ok() != Some(d.net) => {
+            return Err(PathDrop::NetworkMismatch);
+        }
+        (Some(_), Err(PathDrop::UnknownVni)) => return Err(PathDrop::NetworkMismatch),
+        (_, d) => d?,
+    };
     if tables.policy(peer, delivery.net).is_none() {
         return Err(PathDrop::Policy);
     }

@@ -1166,3 +1166,141 @@ fn peers_come_and_go_by_slot() {
     t.insert_peer(0, entry(b)).unwrap();
     assert_eq!(t.peers_of_network[0], [2, 0]);
 }
+
+// ---- keys per network: SAs bound to one network each ----
+
+/// An SA as [`raw_sa`] makes it, bound to network `net` (or to none).
+fn bound_sa(spi: u32, direction: Direction, net: Option<u32>) -> SharedSa {
+    let suite = Suite::AesGcm128;
+    let n = suite.encryption_key_len() + suite.integrity_key_len();
+    let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+    let mut config = SaConfig::new(spi, direction, suite, keys);
+    config.binding = net;
+    Arc::new(Mutex::new(Sa::new(config, Instant::now()).unwrap()))
+}
+
+/// Host `local` with two VXLAN networks (VNI 100 and 200, both carried
+/// to `remote` under `policy`) and the SAs `out` and `inb` as (SPI,
+/// network bound to).
+fn two_networks(
+    local: IpAddr,
+    remote: IpAddr,
+    policy: Policy,
+    out: &[(u32, Option<u32>)],
+    inb: &[(u32, Option<u32>)],
+) -> Host {
+    let nets = [100, 200].map(|vni| NetworkSpec {
+        name: format!("net{vni}"),
+        vni,
+        ..network(TunnelEncap::Vxlan)
+    });
+    let peer = PeerEntry {
+        spec: PeerSpec {
+            name: "peer".into(),
+            underlay: remote,
+            networks: vec![(0, policy), (1, policy)],
+        },
+        outbound: out
+            .iter()
+            .map(|&(spi, net)| bound_sa(spi, Direction::Outbound, net))
+            .collect(),
+    };
+    let mut inbound = FastMap::default();
+    for &(spi, net) in inb {
+        inbound.insert(
+            spi,
+            InboundEntry {
+                peer: 0,
+                sa: bound_sa(spi, Direction::Inbound, net),
+            },
+        );
+    }
+    let now = Instant::now();
+    Host {
+        tables: Tables::new(
+            local,
+            EspTransport::Udp(4500),
+            nets.to_vec(),
+            vec![peer],
+            inbound,
+        ),
+        fdb: Fdb::new(DEFAULT_AGEING, now),
+        stats: Stats::new(2),
+    }
+}
+
+/// Seals a frame on network `net` at `from`; returns the SPI it went
+/// with and what `to` made of it.
+fn carry_on(from: &Host, to: &Host, net: usize) -> (u32, Result<usize, PathDrop>) {
+    let now = Instant::now();
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    let tx = from.encapsulate(net, 0, &mut buf, s, e, now).unwrap();
+    assert_eq!(tx.via, Via::Esp);
+    let mut rx = vec![0u8; 16];
+    rx.extend_from_slice(&buf[tx.start..tx.end]);
+    let spi = u32::from_be_bytes(rx[16..20].try_into().unwrap());
+    let end = rx.len();
+    let got = to
+        .receive_esp(from.tables.local, true, &mut rx, 16, end, now)
+        .map(|r| match r {
+            Received::Payload(d) => d.net,
+            other => panic!("not a frame: {other:?}"),
+        });
+    (spi, got)
+}
+
+/// Each network's frames go with its own SA and arrive in it.
+#[test]
+fn each_network_has_its_own_sa() {
+    let a = two_networks(
+        A,
+        B,
+        Policy::Require,
+        &[(0x2100, Some(0)), (0x2200, Some(1))],
+        &[],
+    );
+    let b = two_networks(
+        B,
+        A,
+        Policy::Require,
+        &[],
+        &[(0x2100, Some(0)), (0x2200, Some(1))],
+    );
+    assert_eq!(carry_on(&a, &b, 0), (0x2100, Ok(0)));
+    assert_eq!(carry_on(&a, &b, 1), (0x2200, Ok(1)));
+    assert_eq!(b.stats.drops(PathDrop::NetworkMismatch), 0);
+}
+
+/// A frame of network 200 sealed with the SA of network 100 (a peer that
+/// takes part only in 100, or a demultiplexing bug) is dropped and
+/// counted as `network_mismatch`, though it opens.
+#[test]
+fn a_frame_under_another_networks_sa_is_dropped() {
+    // A's one SA is unbound, so A seals network 200's frame with it; B
+    // has it bound to network 100.
+    let a = two_networks(A, B, Policy::Require, &[(0x2100, None)], &[]);
+    let b = two_networks(B, A, Policy::Require, &[], &[(0x2100, Some(0))]);
+    assert_eq!(carry_on(&a, &b, 0), (0x2100, Ok(0)));
+    assert_eq!(
+        carry_on(&a, &b, 1),
+        (0x2100, Err(PathDrop::NetworkMismatch))
+    );
+    assert_eq!(b.stats.drops(PathDrop::NetworkMismatch), 1);
+}
+
+/// With keys per network and none yet for a network, `require` drops its
+/// frames (no SA) and `prefer` sends them in the clear; another
+/// network's SA is never used.
+#[test]
+fn no_sa_for_a_network_is_never_another_networks() {
+    let now = Instant::now();
+    for (policy, want) in [
+        (Policy::Require, Err(PathDrop::NoSa)),
+        (Policy::Prefer, Ok(Via::Tunnel(4789))),
+    ] {
+        let a = two_networks(A, B, policy, &[(0x2100, Some(0))], &[]);
+        let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+        let got = a.encapsulate(1, 0, &mut buf, s, e, now).map(|t| t.via);
+        assert_eq!(got, want, "{policy:?}");
+    }
+}
