@@ -1,8 +1,9 @@
 //! The byte layout of the structured inputs (`ike_fragments`,
-//! `ike_initiator`): fixed-size integers read little-endian from the front
-//! by `arbitrary`, and byte strings as a 2-byte length and then that many
-//! bytes (fewer at the end of the input). The seed generator writes the
-//! same layout, so a seed decodes to exactly the steps it was made from.
+//! `ike_initiator`, `ike_intermediate`): fixed-size integers read
+//! little-endian from the front by `arbitrary`, and byte strings as a
+//! 2-byte length and then that many bytes (fewer at the end of the
+//! input). The seed generator writes the same layout, so a seed decodes
+//! to exactly the steps it was made from.
 
 use arbitrary::{Result, Unstructured};
 

@@ -7,12 +7,14 @@
 //! a configuration byte opens under the same byte in the target.
 //!
 //! The structured inputs of the IKE targets live in modules of their own:
-//! [`fragments`] (`ike_fragments`) and [`initiator`] (`ike_initiator`),
-//! both in [`framing`]'s byte layout, which the seed generator writes too.
+//! [`fragments`] (`ike_fragments`), [`initiator`] (`ike_initiator`) and
+//! [`intermediate`] (`ike_intermediate`), all in [`framing`]'s byte
+//! layout, which the seed generator writes too.
 
 pub mod fragments;
 pub mod framing;
 pub mod initiator;
+pub mod intermediate;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;

@@ -11,10 +11,12 @@
 //! names, only those targets' corpora are written; the seeds of
 //! `ike_initiator`, `ike_fragments` (`ike.rs`), `config_toml` and
 //! `control_request` (`daemon.rs`) come from real exchanges, the
-//! repository's example configs and real requests.
+//! repository's example configs and real requests; those of
+//! `ike_intermediate` (`intermediate.rs`) are step scripts.
 
 mod daemon;
 mod ike;
+mod intermediate;
 
 use std::fs;
 use std::net::IpAddr;
@@ -137,6 +139,9 @@ fn main() {
     }
     if want("ike_fragments") {
         ike::fragment_seeds();
+    }
+    if want("ike_intermediate") {
+        intermediate::intermediate_seeds();
     }
     if want("config_toml") {
         daemon::config_seeds();
