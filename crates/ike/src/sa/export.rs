@@ -31,9 +31,11 @@ impl IkeSa {
     /// of the IKE SA, the new one's (the old one lingers only until it is
     /// deleted).
     ///
-    /// For key export only (`tunsec keys export --wireshark`, which an
-    /// operator asks for explicitly): a capture of this IKE SA's messages
-    /// can be decrypted with what this returns.
+    /// For key export (`tunsec keys export --wireshark`, which an
+    /// operator asks for explicitly: a capture of this IKE SA's messages
+    /// can be decrypted with what this returns) and for harnesses that
+    /// must seal messages as the peer would (the `ike_intermediate` fuzz
+    /// target); nothing in the daemon's own path reads keys through it.
     pub fn export_keys(&self) -> Option<IkeSaKeys<'_>> {
         let sk = match &self.state {
             State::IntermediateSent(st) => &st.sk,
