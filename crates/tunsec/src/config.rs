@@ -46,7 +46,7 @@ pub use gateway::{Gateway, GuardScopeKind, OnStop, gateway_defaults};
 #[cfg(test)]
 pub(crate) use identity::parse_identity;
 pub use identity::{der_to_dn, dn_to_der, ip_identity};
-pub use ike::{ChildLayout, ChildMode, ChildSelectors, IkePeer};
+pub use ike::{ChildKeys, ChildLayout, ChildMode, ChildSelectors, IkePeer};
 pub use mtu::NetworkMtu;
 pub use network::{Mtu, Network, TunnelEncapsulation, parse_mac};
 pub use node::{EspEncapsulation, EspSettings, MAX_WORKERS, Node, Offload};

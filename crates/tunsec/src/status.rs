@@ -265,6 +265,11 @@ pub struct IkeStatus {
     /// from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildKeyExchange>,
+    /// Whose keys the networks travel under: `shared` (one Child SA for
+    /// all), `per network`, or `shared: the peer does not do keys per
+    /// network` (configured per network, and the peer did not take it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
     /// The last failure, kept while the initiator tries again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -350,6 +355,10 @@ pub struct ChildKeyExchange {
     /// `none` for keys from the IKE SA's SK_d alone (the Child SA of
     /// IKE_AUTH, or a rekey without PFS).
     pub key_exchange: String,
+    /// With keys per network: the network it carries alone (absent: a
+    /// shared Child SA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// What NAT detection found (`local`: this host's address is translated;
@@ -532,11 +541,20 @@ impl Status {
                 if let Some(kex) = &ike.key_exchange {
                     let _ = writeln!(s, "        key exchanges {kex}");
                 }
+                if let Some(keys) = &ike.keys {
+                    let _ = writeln!(s, "        keys {keys}");
+                }
                 for c in &ike.children {
                     let _ = writeln!(
                         s,
-                        "        child SA {}/{} key exchanges {}",
-                        c.spi_in, c.spi_out, c.key_exchange
+                        "        child SA {}/{} key exchanges {}{}",
+                        c.spi_in,
+                        c.spi_out,
+                        c.key_exchange,
+                        c.network
+                            .as_deref()
+                            .map(|n| format!(" network {n}"))
+                            .unwrap_or_default()
                     );
                 }
                 if let Some(nat) = ike.nat_text() {

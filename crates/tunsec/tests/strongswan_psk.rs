@@ -17,7 +17,9 @@
 //!   logs name the failure, neither side has an SA.
 //! - `sswan_child_sa_per_network`: two VXLAN networks (4789 and 8472),
 //!   one Child SA each (the second by CREATE_CHILD_SA), each side
-//!   initiating once; pings on both networks both ways.
+//!   initiating once; pings on both networks both ways. Then again with
+//!   tunsecd set for keys per network, which charon does not know: the
+//!   same two shared Child SAs, and status says so.
 //!
 //! TUNSEC_E2E_LOGS=1 prints every log (charon's too) also on success. They
 //! need root, iproute2, ping, tshark, iperf3, nftables and strongSwan
@@ -135,9 +137,20 @@ fn sswan_wrong_psk() {
 /// green` when charon does. Both sides then hold the same two pairs, each
 /// narrowed to its port, and both networks carry pings both ways with no
 /// drop in tunsecd.
+///
+/// Then the same with tunsecd configured for keys per network (`keys =
+/// "per_network"`): charon does not know the label notify, so tunsecd
+/// falls back to the same two unlabelled Child SAs, and its status says
+/// `shared: the peer does not do keys per network`.
 #[test]
 fn sswan_child_sa_per_network() {
-    for (prefix, tunsec, charon) in [("tsss-cc1", 1, 2), ("tsss-cc2", 2, 1)] {
+    const PER_NETWORK: &str = "keys = \"per_network\"\n";
+    for (prefix, tunsec, charon, extra) in [
+        ("tsss-cc1", 1, 2, ""),
+        ("tsss-cc2", 2, 1, ""),
+        ("tsss-cc3", 1, 2, PER_NETWORK),
+        ("tsss-cc4", 2, 1, PER_NETWORK),
+    ] {
         with_lab(prefix, |lab| {
             let t0 = Instant::now();
             let mut p = Params::new(
@@ -147,6 +160,7 @@ fn sswan_child_sa_per_network() {
                 "aes128gcm16",
             );
             p.green = true;
+            p.ike_extra = extra;
             let mut x = interop(lab, p)?;
             if charon < tunsec {
                 for child in [CONN, GREEN] {
@@ -196,6 +210,12 @@ fn sswan_child_sa_per_network() {
                 "responder"
             };
             ensure!(ike.role == role, "tunsecd's role: {ike:?}");
+            let keys = if extra.is_empty() {
+                "shared"
+            } else {
+                "shared: the peer does not do keys per network"
+            };
+            ensure!(ike.keys.as_deref() == Some(keys), "tunsecd's keys: {ike:?}");
             phase(lab, "two Child SAs", t0);
 
             x.add_tenant(lab)?;

@@ -88,12 +88,14 @@ impl IkeSa {
         if self.role != Role::Initiator {
             return;
         }
-        // Labelled Child SAs with a peer that does not know labels would
-        // all be the same: the first stands for them (labels.rs).
-        if self.peer_lacks_labels {
-            return;
-        }
+        // With a peer that does not know labels, labelled Child SAs of
+        // the same selectors would all be the same: only those whose
+        // selectors differ from every earlier one's are created (labels.rs).
+        let children = self.config.children();
         for k in 1..=count {
+            if self.peer_lacks_labels && children[..k].contains(&children[k]) {
+                continue;
+            }
             st.enqueue(Queued::CreateChild(k));
         }
         self.run_queue(now);
@@ -240,6 +242,7 @@ impl IkeSa {
                 let required = label.is_some();
                 (label, required)
             }
+            ChildTarget::Create(_) if self.peer_lacks_labels => (None, false),
             ChildTarget::Create(k) => (c.child_labels.get(k).cloned(), false),
         };
         let offer =

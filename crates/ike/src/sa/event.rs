@@ -73,6 +73,20 @@ impl ChildSaParams {
     }
 }
 
+/// A Child SA pair that is up, as [`super::IkeSa::child_sas`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSummary {
+    /// Our SPI.
+    pub inbound_spi: u32,
+    /// The peer's SPI.
+    pub outbound_spi: u32,
+    /// The key exchanges its keys came from
+    /// ([`ChildSaParams::key_exchanges`]).
+    pub key_exchanges: Vec<DhGroup>,
+    /// Its label ([`ChildSaParams::label`]).
+    pub label: Option<Vec<u8>>,
+}
+
 /// Why authentication failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -14,10 +14,11 @@
 //!   ignores the notify, as any peer that does not know it does (an
 //!   unknown status notify is ignored, RFC 7296 section 3.10.1).
 //! - An initiator whose label is not repeated has a peer without the
-//!   mechanism: the Child SA stands unlabelled (shared), and the
-//!   configured Child SAs after the first are not created (they would
-//!   all be the same). A rekey keeps the label: its request carries the
-//!   old Child SA's, and the answer must repeat it.
+//!   mechanism: the Child SA stands unlabelled (shared), and of the
+//!   configured Child SAs after the first only those with selectors of
+//!   their own are created, unlabelled (the others would all be the same
+//!   Child SA). A rekey keeps the label: its request carries the old
+//!   Child SA's, and the answer must repeat it.
 
 use super::config::Config;
 use super::event::Event;

@@ -140,7 +140,7 @@ pub use cookie::{
     DEFAULT_PER_SOURCE_COOKIE_THRESHOLD,
 };
 pub use endpoint::{DatagramEvent, Endpoint, EndpointStats, Incoming, SaHandle};
-pub use event::{AuthFailure, ChildSaParams, Event, Stats, Transmit};
+pub use event::{AuthFailure, ChildSaParams, ChildSummary, Event, Stats, Transmit};
 pub use exchange::{
     MAX_EXTRA_TRANSMISSIONS, MAX_TRANSMISSIONS, RETRANSMIT_TIMEOUT, RETRANSMIT_TIMEOUT_LIMIT,
 };

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tunsec_esp::Key;
 
 use super::config::Config;
-use super::event::{ChildSaParams, Event, Stats, Transmit};
+use super::event::{ChildSaParams, ChildSummary, Event, Stats, Transmit};
 use super::fragment;
 use super::logging;
 use super::nat::NatState;
@@ -891,14 +891,18 @@ impl IkeSa {
         self.state.sk().map(|sk| sk.suite)
     }
 
-    /// The Child SA pairs that are up, as (inbound SPI, outbound SPI,
-    /// the key exchanges their keys came from), the first one first.
-    pub fn child_sas(&self) -> Vec<(u32, u32, Vec<DhGroup>)> {
+    /// The Child SA pairs that are up, the first one first.
+    pub fn child_sas(&self) -> Vec<ChildSummary> {
         match &self.state {
             State::Established(st) => st
                 .children
                 .iter()
-                .map(|c| (c.inbound, c.outbound, c.key_exchanges.clone()))
+                .map(|c| ChildSummary {
+                    inbound_spi: c.inbound,
+                    outbound_spi: c.outbound,
+                    key_exchanges: c.key_exchanges.clone(),
+                    label: c.label.clone(),
+                })
                 .collect(),
             _ => Vec::new(),
         }

@@ -4035,8 +4035,8 @@ fn a_label_the_responder_does_not_have_gets_no_child_sa() {
 
 /// A peer that does not know labels (no labels configured, as strongSwan)
 /// ignores the notify: the first Child SA comes up unlabelled on both
-/// sides, and the initiator creates no more of them (they would all be
-/// the same Child SA).
+/// sides, and the initiator creates no more of the same selectors (they
+/// would all be the same Child SA).
 #[test]
 fn a_peer_without_labels_gets_one_shared_child_sa() {
     let mut p = Pair::new(
@@ -4085,4 +4085,29 @@ fn a_rekey_must_keep_the_label() {
         );
         assert_eq!(first_child(&p.responder), Some((old.2.spi, old.3.spi)));
     }
+}
+
+/// Against a peer without labels, labelled Child SAs whose selectors
+/// differ (one per tunnel port) are still created, unlabelled: the layout
+/// falls back to what it would be without labels.
+#[test]
+fn a_peer_without_labels_still_gets_a_child_sa_per_port() {
+    let (a, b) = (IpAddr::V4(A), IpAddr::V4(B));
+    let port = |p: u16| (port_ts(a, &[p]), port_ts(b, &[p]));
+    let mut i = initiator_config();
+    (i.local_ts, i.remote_ts) = port(4789);
+    i.additional_children = vec![port(4789), port(6081)];
+    i.child_labels = vec![
+        b"vxlan/100".to_vec(),
+        b"vxlan/200".to_vec(),
+        b"geneve/7".to_vec(),
+    ];
+    let mut r = responder_config();
+    (r.local_ts, r.remote_ts) = (port(4789).1, port(4789).0);
+    r.additional_children = vec![(port(6081).1, port(6081).0)];
+    let mut p = Pair::new(i, r);
+    p.drive();
+    assert_eq!(up_labels(&p.i_events), vec![None, None]);
+    assert_eq!(established_state(&p.initiator).children.len(), 2);
+    assert_eq!(established_state(&p.responder).children.len(), 2);
 }

@@ -440,6 +440,13 @@ key_out = "b.out"
         assert_eq!(c.peers[0].ike.as_ref().unwrap().layout, ChildLayout::Split);
         let e = parse(&ike("layout = \"stock\"\n")).unwrap_err().to_string();
         assert!(e.contains("layout") && e.contains("stock"), "{e}");
+        // Keys per network are for overlay mode's networks.
+        assert_invalid(
+            &ike("keys = \"per_network\"\n"),
+            "peer[0].ike.keys",
+            "\"per_network\"",
+        );
+        parse(&ike("keys = \"shared\"\n")).unwrap();
         // Networks and [gateway] do not mix.
         let both = format!(
             "{GATEWAY}\n[[network]]\nname = \"blue\"\nvni = 1\nencapsulation = \"vxlan\"\n"

@@ -41,6 +41,21 @@ pub enum ChildSelectors {
     Ports,
 }
 
+/// Whose keys the networks a peer carries travel under (overlay mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildKeys {
+    /// One Child SA for every network the two hosts share. The default.
+    #[default]
+    Shared,
+    /// A Child SA of its own for each network the two hosts share,
+    /// labelled with the network's identity (`vxlan/100`) in IKE, so that
+    /// a frame of one network is sealed and opened only under that
+    /// network's keys (ARCHITECTURE.md, "Keys per network"). A peer
+    /// without it (strongSwan) gets one shared Child SA.
+    PerNetwork,
+}
+
 /// How a gateway peer's selectors make Child SAs (RFC 7296 section 2.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +92,7 @@ pub(super) struct RawIke {
     pub(super) mode: Option<ChildMode>,
     pub(super) selectors: Option<ChildSelectors>,
     pub(super) layout: Option<ChildLayout>,
+    pub(super) keys: Option<ChildKeys>,
     pub(super) local_id: Option<String>,
     pub(super) remote_id: Option<String>,
     pub(super) ike_proposals: Option<Vec<String>>,
@@ -149,6 +165,8 @@ pub struct IkePeer {
     pub selectors: ChildSelectors,
     /// Gateway mode: how the peer's selectors make Child SAs.
     pub layout: ChildLayout,
+    /// Overlay mode: one Child SA for all networks, or one per network.
+    pub keys: ChildKeys,
     /// Whether this host starts the IKE SA by itself (at start-up, and
     /// again after a failure) when it is the designated initiator, the
     /// lower underlay address, or when the designated initiator stays
@@ -175,6 +193,7 @@ impl fmt::Debug for IkePeer {
             .field("mode", &self.mode)
             .field("selectors", &self.selectors)
             .field("layout", &self.layout)
+            .field("keys", &self.keys)
             .field("initiate", &self.initiate)
             .finish()
     }
@@ -406,6 +425,7 @@ pub(super) fn validate_ike(
         mode: raw.mode.unwrap_or_default(),
         selectors: raw.selectors.unwrap_or_default(),
         layout: raw.layout.unwrap_or_default(),
+        keys: raw.keys.unwrap_or_default(),
         initiate: raw.initiate.unwrap_or(true),
     })
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tunsec_esp::{SaKeys, Suite};
 
 use super::gateway::{RawSelector, validate_selector};
-use super::ike::{RawIke, validate_ike};
+use super::ike::{ChildKeys, RawIke, validate_ike};
 use super::{
     ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
     parse_addr, quoted, secret,
@@ -276,6 +276,15 @@ fn validate_selectors(
         }
         return Ok(Vec::new());
     };
+    if let Some(k) = raw.ike.as_ref().and_then(|ike| ike.keys) {
+        if k != ChildKeys::Shared {
+            return Err(invalid(
+                f("ike.keys"),
+                "\"per_network\"",
+                "is for overlay mode: gateway mode has no networks of its own (its Child SAs follow [[peer.selector]])",
+            ));
+        }
+    }
     if let Some(n) = raw.networks.first() {
         return Err(invalid(
             f("networks[0]"),

@@ -1,6 +1,7 @@
 //! The driver thread's loop: the IKE socket, the inbox, the timers, new IKE
 //! SAs from peers, and shutdown.
 
+use super::networks::{self, NetworkLabel};
 use super::peer::Replacement;
 use super::selectors::{gateway_selectors, selectors, tunnel_ports};
 use super::{
@@ -21,7 +22,7 @@ use tunsec_ike::sa::{
 };
 use tunsec_wire::natt::NON_ESP_MARKER;
 
-use crate::config::{ChildLayout, ChildMode, Config, EspEncapsulation};
+use crate::config::{ChildKeys, ChildLayout, ChildMode, Config, EspEncapsulation};
 
 /// The IKE driver thread's state.
 pub struct IkeDriver {
@@ -42,6 +43,8 @@ pub struct IkeDriver {
     /// Gateway mode: the ESP mode every Child SA must have (its tables
     /// have one mode for all peers).
     pub(super) gateway_mode: Option<ChildMode>,
+    /// This host's networks, for keys per network (fixed at start).
+    pub(super) networks: Vec<NetworkLabel>,
 }
 
 impl IkeDriver {
@@ -88,6 +91,7 @@ impl IkeDriver {
             states,
             commands,
             gateway_mode: None,
+            networks: networks::labels(config),
         };
         driver.publish_status();
         Ok(Some(driver))
@@ -104,7 +108,12 @@ impl IkeDriver {
         Ok(self)
     }
 
-    pub(super) fn ike_config(local: IpAddr, peer: &PeerIke, esp_port: Option<u16>) -> IkeConfig {
+    pub(super) fn ike_config(
+        local: IpAddr,
+        peer: &PeerIke,
+        esp_port: Option<u16>,
+        networks: &[NetworkLabel],
+    ) -> IkeConfig {
         // The overlay's tunnel datagrams between the two underlay
         // addresses (`selectors`), in transport mode unless the config
         // asks for tunnel mode. RFC 7296 section 1.3.1: an initiator asks
@@ -133,6 +142,24 @@ impl IkeDriver {
         )
         .with_selectors(local_ts, remote_ts);
         c.additional_children = additional;
+        // Keys per network: a labelled Child SA for each network the peer
+        // carries, in place of the selectors above (ike/networks.rs).
+        if peer.ike.keys == ChildKeys::PerNetwork && peer.gateway_selectors.is_empty() {
+            let children = networks::children(
+                local,
+                peer.addr.ip(),
+                peer.ike.selectors,
+                &peer.networks,
+                networks,
+            );
+            if let Some(((first_local, first_remote), _)) = children.first() {
+                c.local_ts.clone_from(first_local);
+                c.remote_ts.clone_from(first_remote);
+                c.additional_children = children[1..].iter().map(|(ts, _)| ts.clone()).collect();
+                c.child_labels = children.iter().map(|(_, label)| label.clone()).collect();
+                c.max_child_sas = tunsec_ike::sa::DEFAULT_MAX_CHILD_SAS + children.len();
+            }
+        }
         // Each side creates the Child SA it sends with (see ChildLayout).
         c.create_missing_children = peer.ike.layout == ChildLayout::Split;
         c.narrow_to_one_child = peer.ike.layout == ChildLayout::Split;
@@ -259,7 +286,7 @@ impl IkeDriver {
             tracing::debug!(%src, "IKE: IKE_SA_INIT refused");
             return;
         };
-        let config = Self::ike_config(self.local, &self.peers[i], self.esp_port);
+        let config = Self::ike_config(self.local, &self.peers[i], self.esp_port, &self.networks);
         let rng: Box<dyn Random + Send> = Box::new(SystemRandom);
         match self.endpoint.accept(incoming, now, config, rng) {
             Some(handle) => {
@@ -334,7 +361,7 @@ impl IkeDriver {
                 self.peers[i].retry_at = None;
                 continue;
             }
-            let config = Self::ike_config(self.local, p, self.esp_port);
+            let config = Self::ike_config(self.local, p, self.esp_port, &self.networks);
             let addr = p.addr;
             let result = self
                 .endpoint

@@ -1,6 +1,7 @@
 //! SAs into the data plane's tables, read-copy-update: new pairs, rekeyed
 //! ones (make before break), and their removal.
 
+use super::networks;
 use super::{IkeDriver, PendingOutbound, SWITCH_WAIT};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -133,12 +134,16 @@ impl IkeDriver {
                 }
             }
         };
+        // Keys per network: the pair carries only its network's frames.
+        let binding = networks::binding(&self.networks, inbound.label.as_deref())?;
         let mut cin = inbound.sa_config();
+        cin.binding = binding;
         cin.mode = mode(inbound);
         cin.replay_window = self.replay_window;
         cin.lifetime.hard.time = child_lifetime;
         let sa_in = Sa::new(cin, now).context("inbound SA")?;
         let mut cout = outbound.sa_config();
+        cout.binding = binding;
         cout.mode = mode(outbound);
         cout.lifetime.hard.time = child_lifetime;
         let sa_out = Sa::new(cout, now).context("outbound SA")?;

@@ -48,6 +48,7 @@ mod events;
 mod hint;
 mod install;
 mod logging;
+mod networks;
 mod peer;
 mod reload;
 mod renewal;

@@ -22,6 +22,8 @@ pub(super) struct PeerIke {
     /// The tunnel ports of the networks the peer carries, sorted, each
     /// once: what `selectors = "ports"` narrows the Child SA to.
     pub(super) tunnel_ports: Vec<u16>,
+    /// The names of the networks the peer carries (keys per network).
+    pub(super) networks: Vec<String>,
     /// Gateway mode: the peer's `[[peer.selector]]`s, which are then the
     /// Child SA's traffic selectors.
     pub(super) gateway_selectors: Vec<GatewaySelector>,
@@ -181,6 +183,7 @@ impl PeerIke {
             addr: SocketAddr::new(peer.underlay, IKE_PORT),
             ike: ike.clone(),
             tunnel_ports,
+            networks: peer.networks.iter().map(|(n, _)| n.clone()).collect(),
             gateway_selectors: peer.selectors.clone(),
             initiator,
             handle: None,

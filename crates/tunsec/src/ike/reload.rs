@@ -280,7 +280,7 @@ impl IkeDriver {
             tracing::info!(peer = %p.name, "IKE: re-authentication: a new IKE SA is already on its way; ours follows once it is done");
             return;
         }
-        let mut config = Self::ike_config(self.local, p, self.esp_port);
+        let mut config = Self::ike_config(self.local, p, self.esp_port, &self.networks);
         // RFC 7296 section 2.4: INITIAL_CONTACT says we hold no other IKE
         // SA with the peer; here we do, until the new one replaces it.
         config.initial_contact = false;

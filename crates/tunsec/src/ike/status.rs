@@ -2,12 +2,13 @@
 
 use super::IkeDriver;
 use super::logging::{key_exchanges_name, suite_name};
+use super::networks::name_of;
 use std::collections::HashMap;
 use std::time::Instant;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::IkePeer;
+use crate::config::{ChildKeys, IkePeer};
 use crate::status::{ChildKeyExchange, IkeEndpointStatus, IkeStatus, nat_summary};
 
 impl IkeDriver {
@@ -45,13 +46,29 @@ impl IkeDriver {
             let children = sa.as_ref().map_or_else(Vec::new, |sa| {
                 sa.child_sas()
                     .into_iter()
-                    .map(|(spi_in, spi_out, groups)| ChildKeyExchange {
-                        spi_in: format!("{spi_in:#010x}"),
-                        spi_out: format!("{spi_out:#010x}"),
-                        key_exchange: key_exchanges_name(&groups),
+                    .map(|c| ChildKeyExchange {
+                        spi_in: format!("{:#010x}", c.inbound_spi),
+                        spi_out: format!("{:#010x}", c.outbound_spi),
+                        key_exchange: key_exchanges_name(&c.key_exchanges),
+                        network: c
+                            .label
+                            .as_deref()
+                            .and_then(|l| name_of(&self.networks, l))
+                            .map(str::to_owned),
                     })
                     .collect()
             });
+            // Configured per network, but every Child SA came up unlabelled:
+            // the peer does not do it (strongSwan), and they are shared.
+            let unlabelled = !children.is_empty() && children.iter().all(|c| c.network.is_none());
+            let keys = match self.peers[i].ike.keys {
+                _ if !self.peers[i].gateway_selectors.is_empty() => None,
+                ChildKeys::Shared => Some("shared".to_owned()),
+                ChildKeys::PerNetwork if unlabelled => {
+                    Some("shared: the peer does not do keys per network".to_owned())
+                }
+                ChildKeys::PerNetwork => Some("per network".to_owned()),
+            };
             let sa = sa.map(|sa| {
                 (
                     sa.is_established(),
@@ -104,6 +121,7 @@ impl IkeDriver {
                     suite,
                     key_exchange,
                     children,
+                    keys,
                     last_error: p.last_error.clone(),
                     child_sas: p.child_sas,
                     ike_rekeys: p.ike_rekeys,

@@ -1,0 +1,190 @@
+//! End-to-end tests of keys per network (`[peer.ike] keys =
+//! "per_network"`) between two `tunsecd`, in network namespaces (helpers
+//! in `ike/`): networks `blue` (VXLAN, VNI 100) and `green` (Geneve, VNI
+//! 200).
+//!
+//! - `ike_keys_per_network`: both hosts share both networks. Each side
+//!   shows two Child SAs, one bound to each network, and `keys per
+//!   network`; tenants of both networks ping, each network's frames on its
+//!   own SA pair (every SA counts packets); a rekey keeps each pair on its
+//!   network; nothing is dropped as `network_mismatch`, and the underlay
+//!   carries only IKE, ESP in UDP and ARP.
+//! - `ike_keys_per_network_unshared_network`: h1 carries both networks to
+//!   h2, h2 carries only `blue` to h1. h2 refuses h1's Child SA for
+//!   `green` (NO_PROPOSAL_CHOSEN), so it never holds keys for it: each
+//!   side has the `blue` Child SA alone, `blue`'s tenants ping, and h1
+//!   drops `green`'s frames to h2 as `no_sa` rather than send them under
+//!   `blue`'s keys.
+//!
+//! They need root, iproute2, ping, tshark (dumpcap) and nftables; they
+//! fail, never skip, when something is missing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure};
+use tunsec::control::{self, Request, Response};
+use tunsec::status::Status;
+
+mod common;
+mod ike;
+use ike::*;
+
+const PER_NETWORK: &str = "keys = \"per_network\"\n";
+
+/// Adds network `green` (Geneve, VNI 200) to a config written by
+/// [`write_config_with`]; the peer carries it too if `carried`.
+fn add_green(config: &Path, carried: bool) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(config)?;
+    ensure!(text.contains("networks = [\"blue\"]"), "{text}");
+    if carried {
+        text = text.replace("networks = [\"blue\"]", "networks = [\"blue\", \"green\"]");
+    }
+    text += "\n[[network]]\nname = \"green\"\nvni = 200\nencapsulation = \"geneve\"\n";
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
+/// The networks of `peer`'s Child SAs in `s`, sorted (`-` for a shared
+/// one), and the keys line.
+fn child_networks(s: &Status, peer: &str) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let ike = ike_of(s, peer)?;
+    let mut nets: Vec<String> = ike
+        .children
+        .iter()
+        .map(|c| c.network.clone().unwrap_or_else(|| "-".to_owned()))
+        .collect();
+    nets.sort();
+    Ok((nets, ike.keys))
+}
+
+#[test]
+fn ike_keys_per_network() {
+    with_lab("tsike-net", |lab| {
+        let t0 = Instant::now();
+        let pair = two_hosts(lab)?;
+        let pcap = start_capture(lab, &pair.ul, "capture")?;
+        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
+        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
+        add_green(&c1, true)?;
+        add_green(&c2, true)?;
+        start_tunsecd(lab, &pair.h1, 1, &c1)?;
+        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        let both = vec!["blue".to_owned(), "green".to_owned()];
+        let per_network = Some("per network".to_owned());
+        wait_status(lab, "a Child SA per network on both sides", |s1, s2| {
+            Ok(
+                child_networks(s1, "h2")? == (both.clone(), per_network.clone())
+                    && child_networks(s2, "h1")? == (both.clone(), per_network.clone()),
+            )
+        })?;
+        let rendered = status(lab, 1)?.render();
+        eprintln!("{rendered}");
+        ensure!(
+            rendered.contains("keys per network") && rendered.contains("network green"),
+            "status does not show keys per network:\n{rendered}"
+        );
+        phase(lab, "IKE up, a Child SA per network", t0);
+
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        let g1 = add_tenant_on(lab, &pair.h1, "g1", "g", "ts-green", "203.0.113.1")?;
+        let g2 = add_tenant_on(lab, &pair.h2, "g2", "g", "ts-green", "203.0.113.2")?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        ping_ok(&g1, "203.0.113.2")?;
+        ping_ok(&g2, "203.0.113.1")?;
+        phase(lab, "pings on both networks", t0);
+
+        // A rekey of both Child SAs: each stays on its network.
+        let before = spis(&status(lab, 1)?, "h2");
+        let request = Request::Rekey {
+            peer: "h2".to_owned(),
+            ike: false,
+        };
+        match control::call(&socket_path(lab, 1), &request)? {
+            Response::Done { .. } => {}
+            other => bail!("rekey: {other:?}"),
+        }
+        wait_status(lab, "both Child SAs rekeyed", |s1, s2| {
+            let now = spis(s1, "h2");
+            Ok(child_networks(s1, "h2")?.0 == both
+                && child_networks(s2, "h1")?.0 == both
+                && now.len() == 4
+                && now.iter().all(|spi| !before.contains(spi)))
+        })?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&g1, "203.0.113.2")?;
+        phase(lab, "rekeyed, pings on both networks", t0);
+        stop_capture(lab, "capture");
+
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        for (s, peer) in [(&s1, "h2"), (&s2, "h1")] {
+            assert_no_drops(s, &["network_mismatch", "selector", "policy", "no_sa"])?;
+            let p = s.peers.iter().find(|p| p.name == peer).unwrap();
+            ensure!(p.sas.len() == 4, "{}: {:?}", s.node.name, p.sas);
+            for sa in &p.sas {
+                ensure!(
+                    sa.packets > 0 && sa.drops.values().all(|&d| d == 0),
+                    "{}: an SA of one network carried nothing: {sa:?}",
+                    s.node.name
+                );
+            }
+        }
+        let frames = frames(&pcap)?;
+        let other: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| !f.is_arp() && !f.is_esp_in_udp() && !f.is_ike())
+            .collect();
+        ensure!(
+            other.is_empty(),
+            "{} captured frames are neither IKE, ESP in UDP nor ARP:{}",
+            other.len(),
+            describe(&other)
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn ike_keys_per_network_unshared_network() {
+    with_lab("tsike-nets", |lab| {
+        let pair = two_hosts(lab)?;
+        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
+        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
+        add_green(&c1, true)?;
+        add_green(&c2, false)?;
+        start_tunsecd(lab, &pair.h1, 1, &c1)?;
+        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        let blue = vec!["blue".to_owned()];
+        wait_status(lab, "the blue Child SA alone", |s1, s2| {
+            Ok(child_networks(s1, "h2")?.0 == blue
+                && child_networks(s2, "h1")?.0 == blue
+                && ike_of(s1, "h2")?.state == "established")
+        })?;
+        let t1 = add_tenant(lab, &pair.h1, 1, TAP)?;
+        let t2 = add_tenant(lab, &pair.h2, 2, TAP)?;
+        let g1 = add_tenant_on(lab, &pair.h1, "g1", "g", "ts-green", "203.0.113.1")?;
+        ping_ok(&t1, &tenant_addr(2))?;
+        ping_ok(&t2, &tenant_addr(1))?;
+        // green's frames from h1 to h2 have no SA of their own: dropped,
+        // never sent under blue's.
+        let _ = exec_output(
+            &g1,
+            "ping",
+            &["-c", "3", "-i", "0.2", "-W", "1", "203.0.113.2"],
+        );
+        let (s1, s2) = (status(lab, 1)?, status(lab, 2)?);
+        let no_sa = s1.drops.get("no_sa").copied().unwrap_or(0);
+        eprintln!("  h1 dropped {no_sa} of green's frames as no_sa");
+        ensure!(
+            no_sa > 0,
+            "h1 sent green's frames somewhere:\n{}",
+            s1.render()
+        );
+        assert_no_drops(&s2, &["network_mismatch", "policy"])?;
+        let (nets, _) = child_networks(&s2, "h1")?;
+        ensure!(nets == blue, "h2 holds Child SAs for {nets:?}");
+        Ok(())
+    });
+}
