@@ -19,6 +19,9 @@ pub trait SaTables {
     fn outbound_mut(&mut self, peer: usize) -> Option<&mut Vec<SharedSa>>;
     /// The inbound SAs by SPI.
     fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry>;
+    /// Brings the tables' own order up to date after their SAs changed
+    /// (overlay mode: [`Tables::order_outbound`]).
+    fn sas_changed(&mut self) {}
 }
 
 impl SaTables for Tables {
@@ -28,6 +31,10 @@ impl SaTables for Tables {
 
     fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry> {
         &mut self.inbound
+    }
+
+    fn sas_changed(&mut self) {
+        self.order_outbound();
     }
 }
 
@@ -58,7 +65,10 @@ where
     F: Send + Sync,
 {
     fn edit(&self, f: &mut dyn FnMut(&mut dyn SaTables)) {
-        Self::edit(self, &mut |t: &mut T| f(t));
+        Self::edit(self, &mut |t: &mut T| {
+            f(t);
+            t.sas_changed();
+        });
     }
 
     fn stopping(&self) -> bool {

@@ -199,7 +199,7 @@ impl Tables {
             .enumerate()
             .map(|(i, n)| ((n.port, n.vni), i))
             .collect();
-        Self {
+        let mut tables = Self {
             local,
             esp,
             networks,
@@ -208,6 +208,19 @@ impl Tables {
             peers_of_network,
             peer_by_addr,
             network_by_port_vni,
+        };
+        tables.order_outbound();
+        tables
+    }
+
+    /// Orders each peer's outbound SAs by the network they are bound to,
+    /// the unbound ones first, each group in the order it had: so that
+    /// [`encapsulate`] finds a network's SAs by binary search among
+    /// thousands (keys per network). Done after every change of the SAs
+    /// ([`crate::sa_store::SaTables::sas_changed`]).
+    pub fn order_outbound(&mut self) {
+        for p in &mut self.peers {
+            p.outbound.sort_by_key(binding_of);
         }
     }
 
@@ -493,7 +506,9 @@ pub fn encapsulate(
     // per network, the SA bound to this network, else an unbound (shared)
     // one; never another network's.
     let pick = |bound: Option<u32>| {
-        entry.outbound.iter().find_map(|shared| {
+        // Ordered by binding (`Tables::order_outbound`).
+        let from = entry.outbound.partition_point(|s| binding_of(s) < bound);
+        entry.outbound[from..].iter().find_map(|shared| {
             let sa = shared.lock().ok()?;
             if sa.binding() != bound {
                 return None;
@@ -566,6 +581,12 @@ pub fn encapsulate(
         via: Via::Esp,
         peer,
     })
+}
+
+/// The network an SA is bound to (`None` for a shared one, or a poisoned
+/// lock).
+fn binding_of(sa: &SharedSa) -> Option<u32> {
+    sa.lock().ok().and_then(|sa| sa.binding())
 }
 
 /// The cleartext tunnel datagram `buf[start..end]` to peer `index`'s

@@ -1304,3 +1304,55 @@ fn no_sa_for_a_network_is_never_another_networks() {
         assert_eq!(got, want, "{policy:?}");
     }
 }
+
+/// With a thousand networks, each with its SA (installed in any order),
+/// each network's frames go with its own: the SAs are kept ordered by
+/// network and found by binary search.
+#[test]
+fn a_thousand_networks_each_find_their_sa() {
+    const N: u32 = 1000;
+    let nets: Vec<NetworkSpec> = (0..N)
+        .map(|i| NetworkSpec {
+            name: format!("n{i}"),
+            vni: 1000 + i,
+            ..network(TunnelEncap::Vxlan)
+        })
+        .collect();
+    // Installed in a scrambled order, an unbound one among them.
+    let mut out: Vec<SharedSa> = (0..N)
+        .map(|i| {
+            bound_sa(
+                0x10_0000 + (i * 7919) % N,
+                Direction::Outbound,
+                Some((i * 7919) % N),
+            )
+        })
+        .collect();
+    out.insert(N as usize / 2, bound_sa(0x9999, Direction::Outbound, None));
+    let peer = PeerEntry {
+        spec: PeerSpec {
+            name: "peer".into(),
+            underlay: B,
+            networks: (0..N as usize).map(|n| (n, Policy::Require)).collect(),
+        },
+        outbound: out,
+    };
+    let now = Instant::now();
+    let host = Host {
+        tables: Tables::new(
+            A,
+            EspTransport::Udp(4500),
+            nets,
+            vec![peer],
+            FastMap::default(),
+        ),
+        fdb: Fdb::new(DEFAULT_AGEING, now),
+        stats: Stats::new(N as usize),
+    };
+    for net in [0, 1, 499, 500, 998, 999] {
+        let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+        let tx = host.encapsulate(net, 0, &mut buf, s, e, now).unwrap();
+        let spi = u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap());
+        assert_eq!(spi, 0x10_0000 + net as u32, "network {net}");
+    }
+}
