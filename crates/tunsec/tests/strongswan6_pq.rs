@@ -12,6 +12,11 @@
 //!   PFS): Child SA rekeys by charon (`swanctl --rekey`) and by tunsecd
 //!   (`tunsec rekey`), then IKE SA rekeys by each, under pings; charon
 //!   logs the ESP proposal with ML_KEM_768.
+//! - `sswan6_two_additional_tunsec_initiates`,
+//!   `sswan6_two_additional_charon_initiates`: the same as the two below
+//!   with IKE `aes128gcm16-prfsha256-ecp256-ke1_mlkem768-ke2_mlkem1024`
+//!   and ESP `aes128gcm16-ecp256-ke1_mlkem768-ke2_mlkem1024`: two
+//!   IKE_INTERMEDIATE exchanges, and two IKE_FOLLOWUP_KE in each rekey.
 //! - `sswan6_hybrid_tunsec_initiates`, `sswan6_hybrid_charon_initiates`:
 //!   IKE `aes256gcm16-prfsha384-x25519-ke1_mlkem768` (RFC 9370: ML-KEM-768
 //!   in IKE_INTERMEDIATE, RFC 9242), each side initiating: charon selects
@@ -159,20 +164,53 @@ fn sswan6_ml_kem_rekeys() {
     });
 }
 
-/// IKE `aes256gcm16-prfsha384-x25519-ke1_mlkem768` with `initiate` by
-/// tunsecd (`by_tunsec`) or charon: X25519 in IKE_SA_INIT, ML-KEM-768 in
-/// IKE_INTERMEDIATE (RFC 9370, RFC 9242). charon selects the hybrid
-/// proposal; pings, iperf3, only IKE and ESP on the wire.
-fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
-    const HYBRID: &str = "aes256gcm16-prfsha384-x25519-ke1_mlkem768";
-    const HYBRID_ESP: &str = "aes256gcm16-x25519-ke1_mlkem768";
+/// A hybrid case: the proposals and what each side shows of them.
+struct Hybrid {
+    /// The IKE and ESP proposals, on both sides.
+    ike: &'static str,
+    esp: &'static str,
+    /// What charon's log shows of the selected IKE proposal, its
+    /// `--list-sas` of the IKE SA, and of the Child SA.
+    charon_selected: &'static str,
+    charon_ike: &'static str,
+    charon_esp: &'static str,
+    /// tunsecd's status: the key exchanges of the IKE SA and of each
+    /// Child SA after the rekeys.
+    key_exchange: &'static str,
+}
+
+/// X25519, then ML-KEM-768.
+const ONE_ADDITIONAL: Hybrid = Hybrid {
+    ike: "aes256gcm16-prfsha384-x25519-ke1_mlkem768",
+    esp: "aes256gcm16-x25519-ke1_mlkem768",
+    charon_selected: "CURVE_25519/KE1_ML_KEM_768",
+    charon_ike: "AES_GCM_16-256/PRF_HMAC_SHA2_384/CURVE_25519/KE1_ML_KEM_768",
+    charon_esp: "ESP:AES_GCM_16-256",
+    key_exchange: "x25519+mlkem768",
+};
+
+/// ECP-256, then ML-KEM-768 and ML-KEM-1024.
+const TWO_ADDITIONAL: Hybrid = Hybrid {
+    ike: "aes128gcm16-prfsha256-ecp256-ke1_mlkem768-ke2_mlkem1024",
+    esp: "aes128gcm16-ecp256-ke1_mlkem768-ke2_mlkem1024",
+    charon_selected: "ECP_256/KE1_ML_KEM_768/KE2_ML_KEM_1024",
+    charon_ike: "AES_GCM_16-128/PRF_HMAC_SHA2_256/ECP_256/KE1_ML_KEM_768/KE2_ML_KEM_1024",
+    charon_esp: "ESP:AES_GCM_16-128",
+    key_exchange: "ecp256+mlkem768+mlkem1024",
+};
+
+/// The hybrid IKE proposal `h.ike` with `initiate` by tunsecd
+/// (`by_tunsec`) or charon: the first key exchange in IKE_SA_INIT, the
+/// ML-KEMs in IKE_INTERMEDIATE (RFC 9370, RFC 9242). charon selects the
+/// hybrid proposal; pings, iperf3, only IKE and ESP on the wire.
+fn hybrid(lab: &mut tunsec_lab::Lab, h: &Hybrid, by_tunsec: bool) -> anyhow::Result<()> {
     let mut p = if by_tunsec {
         params(1, 2)
     } else {
         params(2, 1)
     };
-    p.ike = HYBRID;
-    p.esp = HYBRID_ESP;
+    p.ike = h.ike;
+    p.esp = h.esp;
     let mut x = interop(lab, p)?;
     if !by_tunsec {
         let out = x
@@ -186,27 +224,21 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
     let line = find_line(&log, "charon", "selected proposal: IKE:")?;
     eprintln!("  charon: {line}");
     ensure!(
-        line.contains("CURVE_25519/KE1_ML_KEM_768"),
+        line.contains(h.charon_selected),
         "charon did not select the hybrid proposal: {line}"
     );
     find_line(&log, "charon", "IKE_INTERMEDIATE")?;
     let ike = ike_of(&x.status(lab)?)?;
     ensure!(
-        ike.suite.as_deref() == Some(HYBRID),
+        ike.suite.as_deref() == Some(h.ike),
         "tunsecd's IKE suite: {ike:?}"
     );
-    establishes(
-        lab,
-        &mut x,
-        pair,
-        "AES_GCM_16-256/PRF_HMAC_SHA2_384/CURVE_25519/KE1_ML_KEM_768",
-        "ESP:AES_GCM_16-256",
-    )?;
+    establishes(lab, &mut x, pair, h.charon_ike, h.charon_esp)?;
 
-    // Rekeys under pings, each running X25519 in CREATE_CHILD_SA and
-    // ML-KEM-768 in IKE_FOLLOWUP_KE (RFC 9370 section 2.2.2): of the IKE
-    // SA by charon and by tunsecd, then of the Child SA by each side with
-    // ESP `HYBRID_ESP`.
+    // Rekeys under pings, each running the first key exchange in
+    // CREATE_CHILD_SA and the ML-KEMs in IKE_FOLLOWUP_KE (RFC 9370
+    // section 2.2.2): of the IKE SA by charon and by tunsecd, then of the
+    // Child SA by each side with ESP `h.esp`.
     const PINGS: u32 = 100;
     let pings = ping_in_background(x.tenant(), &tenant_addr(p.charon), PINGS)?;
     let sock = socket_path(lab, p.tunsec).to_string_lossy().into_owned();
@@ -232,11 +264,11 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
     wait_new_pair(lab, &x, second, "tunsec rekey", Duration::from_secs(10))?;
     let ike = ike_of(&x.status(lab)?)?;
     ensure!(
-        ike.suite.as_deref() == Some(HYBRID),
+        ike.suite.as_deref() == Some(h.ike),
         "tunsecd's IKE suite after the renewals: {ike:?}"
     );
     ensure!(
-        ike.key_exchange.as_deref() == Some("x25519+mlkem768"),
+        ike.key_exchange.as_deref() == Some(h.key_exchange),
         "tunsecd's IKE key exchanges: {ike:?}"
     );
     ensure!(
@@ -244,7 +276,7 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
             && ike
                 .children
                 .iter()
-                .all(|c| c.key_exchange == "x25519+mlkem768"),
+                .all(|c| c.key_exchange == h.key_exchange),
         "tunsecd's Child SAs after the hybrid rekeys: {:?}",
         ike.children
     );
@@ -285,10 +317,20 @@ fn hybrid(lab: &mut tunsec_lab::Lab, by_tunsec: bool) -> anyhow::Result<()> {
 
 #[test]
 fn sswan6_hybrid_tunsec_initiates() {
-    with_lab("tsss6-hyi", |lab| hybrid(lab, true));
+    with_lab("tsss6-hyi", |lab| hybrid(lab, &ONE_ADDITIONAL, true));
 }
 
 #[test]
 fn sswan6_hybrid_charon_initiates() {
-    with_lab("tsss6-hyr", |lab| hybrid(lab, false));
+    with_lab("tsss6-hyr", |lab| hybrid(lab, &ONE_ADDITIONAL, false));
+}
+
+#[test]
+fn sswan6_two_additional_tunsec_initiates() {
+    with_lab("tsss6-h2i", |lab| hybrid(lab, &TWO_ADDITIONAL, true));
+}
+
+#[test]
+fn sswan6_two_additional_charon_initiates() {
+    with_lab("tsss6-h2r", |lab| hybrid(lab, &TWO_ADDITIONAL, false));
 }
