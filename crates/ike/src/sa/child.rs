@@ -606,14 +606,8 @@ impl IkeSa {
     ) {
         match made {
             Ok((inbound, outbound)) => {
-                st.children.push(Child {
-                    inbound: inbound.spi,
-                    outbound: outbound.spi,
-                    ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
-                    rekey_at: rekey_time(self.config.child_lifetime, self.rng.as_mut(), now),
-                    key_exchanges: inbound.key_exchanges.clone(),
-                    label: inbound.label.clone(),
-                });
+                let rekey_at = rekey_time(self.config.child_lifetime, self.rng.as_mut(), now);
+                st.children.push(Child::new(&inbound, &outbound, rekey_at));
                 self.events
                     .push_back(Event::ChildSaUp { inbound, outbound });
             }
@@ -905,14 +899,7 @@ impl IkeSa {
         let Some(old) = old else {
             // A new Child SA. A rekey of ours proposes what it narrowed
             // to, ours first.
-            st.children.push(Child {
-                inbound: inbound.spi,
-                outbound: outbound.spi,
-                ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
-                rekey_at,
-                key_exchanges: inbound.key_exchanges.clone(),
-                label: inbound.label.clone(),
-            });
+            st.children.push(Child::new(&inbound, &outbound, rekey_at));
             return Ok(vec![Event::ChildSaUp { inbound, outbound }]);
         };
         let Some(i) = st.child(old) else {

@@ -266,6 +266,24 @@ pub(super) struct Child {
 }
 
 impl Child {
+    /// The Child SA that `inbound` and `outbound` bring up, rekeyed at
+    /// `rekey_at`, with their selectors (which a rekey of ours proposes
+    /// again, ours first).
+    pub(super) fn new(
+        inbound: &ChildSaParams,
+        outbound: &ChildSaParams,
+        rekey_at: Option<Instant>,
+    ) -> Self {
+        Self {
+            inbound: inbound.spi,
+            outbound: outbound.spi,
+            ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
+            rekey_at,
+            key_exchanges: inbound.key_exchanges.clone(),
+            label: inbound.label.clone(),
+        }
+    }
+
     pub(super) fn spis(&self) -> (u32, u32) {
         (self.inbound, self.outbound)
     }
@@ -666,14 +684,7 @@ impl Established {
     /// it up, rekeyed at `rekey_at`.
     pub(super) fn new(sk: Sk, event: &Event, rekey_at: Option<Instant>) -> Self {
         let child = match event {
-            Event::ChildSaUp { inbound, outbound } => Some(Child {
-                inbound: inbound.spi,
-                outbound: outbound.spi,
-                ts: Some((inbound.local_ts.clone(), inbound.remote_ts.clone())),
-                rekey_at,
-                key_exchanges: inbound.key_exchanges.clone(),
-                label: inbound.label.clone(),
-            }),
+            Event::ChildSaUp { inbound, outbound } => Some(Child::new(inbound, outbound, rekey_at)),
             _ => None,
         };
         Self {
