@@ -15,14 +15,20 @@
 //!   side has the `blue` Child SA alone, `blue`'s tenants ping, and h1
 //!   drops `green`'s frames to h2 as `no_sa` rather than send them under
 //!   `blue`'s keys.
+//! - `ike_keys_per_network_forged_network_is_dropped`: a frame of
+//!   `green` sealed under `blue`'s SA, as a peer that holds only `blue`'s
+//!   keys (or a demultiplexing bug) would send it, crafted in Python from
+//!   the keys `tunsec keys export` gives: h2 opens it and drops it as
+//!   `network_mismatch`; the same packet with `blue`'s VXLAN header
+//!   instead is delivered into `blue`, so nothing but the network differs.
 //!
-//! They need root, iproute2, ping, tshark (dumpcap) and nftables; they
-//! fail, never skip, when something is missing.
+//! They need root, iproute2, ping, tshark (dumpcap), nftables and
+//! python3-cryptography; they fail, never skip, when something is missing.
 
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use tunsec::control::{self, Request, Response};
 use tunsec::status::Status;
 
@@ -185,6 +191,136 @@ fn ike_keys_per_network_unshared_network() {
         assert_no_drops(&s2, &["network_mismatch", "policy"])?;
         let (nets, _) = child_networks(&s2, "h1")?;
         ensure!(nets == blue, "h2 holds Child SAs for {nets:?}");
+        Ok(())
+    });
+}
+
+/// Seals a tunnel datagram under an AES-GCM ESP SA and sends it as ESP in
+/// UDP: `forge.py SPI SEQ KEYHEX DST PORT VNI ENCAP` (ENCAP `vxlan` or
+/// `geneve`). The inner frame is an Ethernet broadcast (ARP-typed bytes).
+const FORGE: &str = r#"
+import os, socket, struct, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+spi, seq, keyhex, dst, port, vni, encap = sys.argv[1:8]
+spi, seq, port, vni = int(spi, 0), int(seq), int(port), int(vni)
+key = bytes.fromhex(keyhex)
+salt, key = key[-4:], key[:-4]
+if encap == "vxlan":
+    tunnel = struct.pack("!BBHI", 0x08, 0, 0, vni << 8)
+else:
+    tunnel = struct.pack("!BBHI", 0, 0, 0x6558, vni << 8)
+frame = b"\xff" * 6 + bytes([2, 0, 0, 0, 0, 0x66]) + b"\x08\x06" + bytes(46)
+payload = tunnel + frame
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+pad = (-(len(udp) + 2)) % 4
+plain = udp + bytes(range(1, pad + 1)) + bytes([pad, 17])
+iv = os.urandom(8)
+head = struct.pack("!II", spi, seq)
+sealed = AESGCM(key).encrypt(salt + iv, plain, head)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(head + iv + sealed, (dst, 4500))
+"#;
+
+#[test]
+fn ike_keys_per_network_forged_network_is_dropped() {
+    with_lab("tsike-netf", |lab| {
+        let pair = two_hosts(lab)?;
+        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
+        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
+        add_green(&c1, true)?;
+        add_green(&c2, true)?;
+        start_tunsecd(lab, &pair.h1, 1, &c1)?;
+        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        let both = vec!["blue".to_owned(), "green".to_owned()];
+        wait_status(lab, "a Child SA per network on both sides", |s1, s2| {
+            Ok(child_networks(s1, "h2")?.0 == both && child_networks(s2, "h1")?.0 == both)
+        })?;
+        // h1's outbound SA of blue, and its keys.
+        let ike = ike_of(&status(lab, 1)?, "h2")?;
+        let blue_out = ike
+            .children
+            .iter()
+            .find(|c| c.network.as_deref() == Some("blue"))
+            .map(|c| c.spi_out.clone())
+            .context("no blue Child SA")?;
+        let spi = u32::from_str_radix(blue_out.trim_start_matches("0x"), 16)?;
+        let keys = match control::call(&socket_path(lab, 1), &Request::ExportKeys)? {
+            Response::Keys(k) => k,
+            other => bail!("keys: {other:?}"),
+        };
+        let sa = keys
+            .esp
+            .iter()
+            .find(|k| k.spi == spi && k.direction == "out")
+            .context("no keys for blue's outbound SA")?;
+        ensure!(sa.suite.starts_with("aes"), "suite {}", sa.suite);
+        let forge = lab.dir.path().join("forge.py");
+        std::fs::write(&forge, FORGE)?;
+        let send = |seq: u64, port: &str, vni: &str, encap: &str| -> anyhow::Result<()> {
+            let out = exec_output(
+                &pair.h1,
+                "python3",
+                &[
+                    &forge.to_string_lossy(),
+                    &format!("{spi:#x}"),
+                    &seq.to_string(),
+                    sa.encryption_key.expose(),
+                    &host_addr(2),
+                    port,
+                    vni,
+                    encap,
+                ],
+            )?;
+            ensure!(
+                out.status.success(),
+                "forge.py: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let rx = |s: &Status, net: &str| {
+            s.networks
+                .iter()
+                .find(|n| n.name == net)
+                .map_or(0, |n| n.rx_frames)
+        };
+        let drops = |s: &Status| s.drops.get("network_mismatch").copied().unwrap_or(0);
+        let before = status(lab, 2)?;
+        // green's frame (Geneve, VNI 200) under blue's SA.
+        send(1_000_000, "6081", "200", "geneve")?;
+        // The control: blue's own frame (VXLAN, VNI 100), the same way.
+        send(1_000_001, "4789", "100", "vxlan")?;
+        let mut after = status(lab, 2)?;
+        for _ in 0..50 {
+            if drops(&after) > drops(&before) && rx(&after, "blue") > rx(&before, "blue") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            after = status(lab, 2)?;
+        }
+        eprintln!(
+            "  h2: network_mismatch {} -> {}, blue rx {} -> {}, green rx {} -> {}",
+            drops(&before),
+            drops(&after),
+            rx(&before, "blue"),
+            rx(&after, "blue"),
+            rx(&before, "green"),
+            rx(&after, "green")
+        );
+        ensure!(
+            drops(&after) == drops(&before) + 1,
+            "the forged green frame was not dropped as network_mismatch:\n{}",
+            after.render()
+        );
+        ensure!(
+            rx(&after, "green") == rx(&before, "green"),
+            "the forged frame reached green"
+        );
+        ensure!(
+            rx(&after, "blue") > rx(&before, "blue"),
+            "the control frame did not reach blue (the forgery itself is broken):\n{}",
+            after.render()
+        );
         Ok(())
     });
 }
