@@ -25,5 +25,7 @@ mod soak;
 #[test]
 fn soak_overlay_three_hosts() {
     let settings = soak::Settings::from_env();
-    common::with_lab("soak", soak::preflight, |lab| soak::run(lab, &settings));
+    common::with_lab("soak", soak::preflight, |lab| {
+        soak::run(lab, &settings, soak::Mode::Overlay)
+    });
 }

@@ -1,10 +1,13 @@
 //! The soak's lab: three hosts h1-h3 (192.0.2.1-3) on the underlay
-//! bridge, each with a tenant t1-t3 (198.51.100.1-3) on bridge `br-t`,
-//! which tunsecd enslaves its TAP device to (`[[network]] bridge`), also
-//! after a restart. Every pair of hosts keys with IKEv2 and certificates
-//! from one CA (`tunsec pki`), under a `require` policy, with Child SAs of
-//! 10 s and IKE SAs of 30 s. The underlay bridge counts, in nftables, every
-//! frame that is neither ARP, IKE, ESP nor ICMP, and cleartext VXLAN apart.
+//! bridge, each with a tenant t1-t3 (198.51.100.1-3) on bridge `br-t`.
+//! In overlay mode tunsecd enslaves its TAP device to `br-t` (`[[network]]
+//! bridge`), also after a restart. In gateway mode `br-t` holds the
+//! kernel's own vxlan device `vxlan0` (VNI 100, a static flood entry for
+//! each other host), whose datagrams tunsecd steers into ESP. Every pair
+//! of hosts keys with IKEv2 and certificates from one CA (`tunsec pki`),
+//! under a `require` policy, with Child SAs of 10 s and IKE SAs of 30 s.
+//! The underlay bridge counts, in nftables, every frame that is neither
+//! ARP, IKE, ESP nor ICMP, and cleartext VXLAN apart.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,30 @@ pub(crate) const IKE_LIFETIME: u64 = 30;
 const TABLE: &str = "soak";
 pub(crate) const COUNTERS: [&str; 3] = ["vxlan_clear", "other_frames", "icmp_frames"];
 
+/// Which mode the three tunsecd run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// tunsecd is the VTEP (a TAP device on `br-t`).
+    Overlay,
+    /// The kernel's vxlan device is the VTEP; tunsecd protects its
+    /// datagrams by policy.
+    Gateway,
+}
+
+impl Mode {
+    /// The mode's name, for the report and the files.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Overlay => "overlay",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+/// The kernel vxlan device's MTU in gateway mode: room for VXLAN, ESP in
+/// UDP and the outer headers in the underlay's 1500.
+const GATEWAY_VXLAN_MTU: u16 = 1350;
+
 /// The lab of one soak run.
 pub(crate) struct SoakLab {
     /// The underlay namespace (bridge `br0`).
@@ -43,7 +70,7 @@ pub(crate) struct SoakLab {
 impl SoakLab {
     /// Builds the lab and starts the three tunsecd; returns once every
     /// pair of tenants pings.
-    pub(crate) fn build(lab: &mut Lab) -> anyhow::Result<Self> {
+    pub(crate) fn build(lab: &mut Lab, mode: Mode) -> anyhow::Result<Self> {
         let ul = add_underlay(lab)?;
         count_underlay(lab, &ul)?;
         let pki = lab.dir.path().join("pki");
@@ -64,12 +91,15 @@ impl SoakLab {
         for n in HOSTS {
             let h = add_host(lab, &ul, &format!("h{n}"), n)?;
             let (t, _) = add_tenant_behind_bridge(lab, &h, &format!("t{n}"), "t", &tenant_addr(n))?;
-            let config = write_config(lab, &pki, n)?;
+            if mode == Mode::Gateway {
+                add_gateway_vxlan(lab, &h, &t, n)?;
+            }
+            let config = write_config(lab, &pki, n, mode)?;
             start_tunsecd(lab, &h, n, &config)?;
             hosts.push(h);
             tenants.push(t);
         }
-        for n in HOSTS {
+        for n in HOSTS.into_iter().filter(|_| mode == Mode::Overlay) {
             let (h, t) = (&hosts[usize::from(n) - 1], &tenants[usize::from(n) - 1]);
             lab.wait_for(
                 &format!("{TAP} on br-t in h{n}"),
@@ -232,21 +262,79 @@ fn count_underlay(lab: &Lab, ul: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Host `n`'s config: network blue on `br-t`, the two other hosts as
-/// peers under `require`, certificates, short lifetimes.
-fn write_config(lab: &Lab, pki: &Path, n: u8) -> anyhow::Result<PathBuf> {
+/// Gateway mode: the kernel's vxlan device `vxlan0` of host `n` (VNI
+/// 100, port 4789, no learning, a flood entry for each other host) on
+/// bridge `br-t` with tenant `t`, whose MTU follows it.
+fn add_gateway_vxlan(lab: &Lab, h: &str, t: &str, n: u8) -> anyhow::Result<()> {
+    let local = host_addr(n);
+    let mtu = GATEWAY_VXLAN_MTU.to_string();
+    lab.exec(
+        h,
+        "ip",
+        &[
+            "link",
+            "add",
+            "vxlan0",
+            "type",
+            "vxlan",
+            "id",
+            "100",
+            "local",
+            &local,
+            "dstport",
+            "4789",
+            "nolearning",
+        ],
+    )?;
+    for peer in HOSTS.into_iter().filter(|&p| p != n) {
+        lab.exec(
+            h,
+            "bridge",
+            &[
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vxlan0",
+                "dst",
+                &host_addr(peer),
+            ],
+        )?;
+    }
+    lab.exec(h, "ip", &["link", "set", "vxlan0", "mtu", &mtu])?;
+    lab.exec(h, "ip", &["link", "set", "vxlan0", "master", "br-t"])?;
+    lab.exec(h, "ip", &["link", "set", "vxlan0", "up"])?;
+    lab.exec(t, "ip", &["link", "set", "eth0", "mtu", &mtu])?;
+    Ok(())
+}
+
+/// Host `n`'s config: network blue on `br-t` (overlay mode) or the
+/// kernel's `vxlan0` steered by selector (gateway mode), the two other
+/// hosts as peers under `require`, certificates, short lifetimes.
+fn write_config(lab: &Lab, pki: &Path, n: u8, mode: Mode) -> anyhow::Result<PathBuf> {
     let mut c = String::new();
     writeln!(
         c,
-        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n\
-         [[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\nbridge = \"br-t\"\n",
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n",
         host_addr(n),
         socket_path(lab, n).display(),
     )?;
+    let peer_lines = match mode {
+        Mode::Overlay => {
+            c.push_str(
+                "[[network]]\nname = \"blue\"\nvni = 100\nencapsulation = \"vxlan\"\nbridge = \"br-t\"\n\n",
+            );
+            "networks = [\"blue\"]\npolicy = \"require\"\n"
+        }
+        Mode::Gateway => {
+            c.push_str("[gateway]\ntunnel_devices = [\"vxlan0\"]\n\n");
+            "\n[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n"
+        }
+    };
     for peer in HOSTS.into_iter().filter(|&p| p != n) {
         writeln!(
             c,
-            "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\nnetworks = [\"blue\"]\npolicy = \"require\"\n\n\
+            "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\n{peer_lines}\n\
              [peer.ike]\nauth = \"cert\"\ncert = \"{d}/h{n}.pem\"\nkey = \"{d}/h{n}.key\"\n\
              ca = [\"{d}/ca/ca.pem\"]\ncrl = [\"{d}/ca.crl\"]\n\
              local_id = \"fqdn:h{n}\"\nremote_id = \"fqdn:h{peer}\"\n\

@@ -28,7 +28,10 @@
 //!   other's inbound, within 20 s;
 //! - every tunsecd still answers at the end.
 //!
-//! A failed run leaves the daemons' logs in `target/tmp/soak-logs/`.
+//! The lab runs in overlay mode (`soak_e2e.rs`) or gateway mode
+//! (`soak_gateway_e2e.rs`), with the same traffic, faults and invariants.
+//! A failed run leaves the daemons' logs in `target/tmp/soak-logs/`
+//! (`soak-logs-gateway/`).
 
 mod faults;
 mod lab;
@@ -49,6 +52,7 @@ use tunsec_lab::Lab;
 
 use crate::common::*;
 use faults::{Fault, Rng, recovery};
+pub(crate) use lab::Mode;
 use lab::{HOSTS, SoakLab};
 use report::{Check, Outcome, Report};
 use traffic::Traffic;
@@ -97,10 +101,11 @@ pub(crate) fn preflight() {
     );
 }
 
-/// Runs the soak in `lab`; fails unless the report's verdict is PASS.
-pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
+/// Runs the soak in `lab` with tunsecd in `mode`; fails unless the
+/// report's verdict is PASS.
+pub(crate) fn run(lab: &mut Lab, settings: &Settings, mode: Mode) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let mut soak = SoakLab::build(lab)?;
+    let mut soak = SoakLab::build(lab, mode)?;
     phase(lab, "three hosts up, every pair pings", t0);
     let tenants = [soak.tenant(1), soak.tenant(2), soak.tenant(3)].map(str::to_owned);
     let start = unix_now();
@@ -146,6 +151,7 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
     phase(lab, "traffic done", t0);
 
     let mut report = Report {
+        mode: mode.name(),
         seed: settings.seed,
         start,
         seconds: settings.seconds,
@@ -221,7 +227,10 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
 
     let text = report.render();
     eprintln!("{text}");
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak-report.md");
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(match mode {
+        Mode::Overlay => "soak-report.md".to_owned(),
+        other => format!("soak-report-{}.md", other.name()),
+    });
     std::fs::write(&tmp, &text)?;
     if let Some(path) = &settings.report {
         std::fs::write(path, &text).with_context(|| format!("{}", path.display()))?;
@@ -229,7 +238,7 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
     if report.passed() {
         return Ok(());
     }
-    let kept = keep_logs(lab)?;
+    let kept = keep_logs(lab, mode)?;
     bail!(
         "the soak failed; report in {}, the daemons' logs in {}",
         tmp.display(),
@@ -239,10 +248,14 @@ pub(crate) fn run(lab: &mut Lab, settings: &Settings) -> anyhow::Result<()> {
 
 /// Copies the lab's logs (every tunsecd's, a killed one's under
 /// `h<n>.killed-<pid>.log`, and the traffic's) to
-/// `target/tmp/soak-logs/`, emptied first, so that a failed run can be
+/// `target/tmp/soak-logs/` (`soak-logs-gateway/` in gateway mode), emptied
+/// first, so that a failed run can be
 /// explained after the lab and its directory are gone.
-fn keep_logs(lab: &Lab) -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak-logs");
+fn keep_logs(lab: &Lab, mode: Mode) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(match mode {
+        Mode::Overlay => "soak-logs".to_owned(),
+        other => format!("soak-logs-{}", other.name()),
+    });
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     }

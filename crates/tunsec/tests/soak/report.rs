@@ -29,6 +29,8 @@ pub(crate) struct Check {
 
 /// Everything the report says.
 pub(crate) struct Report {
+    /// `overlay` or `gateway`.
+    pub(crate) mode: &'static str,
     pub(crate) seed: u64,
     /// When the traffic started (Unix seconds).
     pub(crate) start: f64,
@@ -69,7 +71,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "# Soak report\n\nSeed {}, {} s, {} faults (replay: `TUNSEC_SOAK_SEED={} TUNSEC_SOAK_SECS={}`).\n",
+            "# Soak report\n\n{} mode, seed {}, {} s, {} faults (replay: `TUNSEC_SOAK_SEED={} TUNSEC_SOAK_SECS={}`).\n",
+            self.mode,
             self.seed,
             self.seconds,
             self.outcomes.len(),
