@@ -126,6 +126,7 @@ mod labels;
 mod logging;
 mod nat;
 mod payloads;
+mod peer_child;
 mod random;
 mod responder;
 mod state;
