@@ -141,7 +141,13 @@ fn ike_workers_share_sas() {
         eprintln!(
             "  capture: {packets} ESP packets under {spis} SPIs, {out_of_order} out of order"
         );
-        ensure!(packets > 100_000 && spis >= 4, "too little ESP captured");
+        // Enough to show the property (the count depends on the
+        // machine's speed and load: 85,000 to 200,000 have been seen);
+        // that both workers sealed is checked above.
+        ensure!(
+            packets > 20_000 && spis >= 4,
+            "too little ESP captured: {packets} packets under {spis} SPIs"
+        );
 
         for (n, peer) in [(1, "h2"), (2, "h1")] {
             let s = status(lab, n)?;
