@@ -51,6 +51,21 @@ fn add_green(config: &Path, carried: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts h1 and h2 with keys per network and both networks; h2 carries
+/// `green` to h1 only if `green_shared`.
+fn start_per_network(
+    lab: &mut tunsec_lab::Lab,
+    pair: &Pair,
+    green_shared: bool,
+) -> anyhow::Result<()> {
+    let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
+    let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
+    add_green(&c1, true)?;
+    add_green(&c2, green_shared)?;
+    start_tunsecd(lab, &pair.h1, 1, &c1)?;
+    start_tunsecd(lab, &pair.h2, 2, &c2)
+}
+
 /// The networks of `peer`'s Child SAs in `s`, sorted (`-` for a shared
 /// one), and the keys line.
 fn child_networks(s: &Status, peer: &str) -> anyhow::Result<(Vec<String>, Option<String>)> {
@@ -70,12 +85,7 @@ fn ike_keys_per_network() {
         let t0 = Instant::now();
         let pair = two_hosts(lab)?;
         let pcap = start_capture(lab, &pair.ul, "capture")?;
-        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
-        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
-        add_green(&c1, true)?;
-        add_green(&c2, true)?;
-        start_tunsecd(lab, &pair.h1, 1, &c1)?;
-        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        start_per_network(lab, &pair, true)?;
         let both = vec!["blue".to_owned(), "green".to_owned()];
         let per_network = Some("per network".to_owned());
         wait_status(lab, "a Child SA per network on both sides", |s1, s2| {
@@ -156,12 +166,7 @@ fn ike_keys_per_network() {
 fn ike_keys_per_network_unshared_network() {
     with_lab("tsike-nets", |lab| {
         let pair = two_hosts(lab)?;
-        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
-        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
-        add_green(&c1, true)?;
-        add_green(&c2, false)?;
-        start_tunsecd(lab, &pair.h1, 1, &c1)?;
-        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        start_per_network(lab, &pair, false)?;
         let blue = vec!["blue".to_owned()];
         wait_status(lab, "the blue Child SA alone", |s1, s2| {
             Ok(child_networks(s1, "h2")?.0 == blue
@@ -225,12 +230,7 @@ s.sendto(head + iv + sealed, (dst, 4500))
 fn ike_keys_per_network_forged_network_is_dropped() {
     with_lab("tsike-netf", |lab| {
         let pair = two_hosts(lab)?;
-        let c1 = write_config_with(lab, 1, 2, "per-network", PER_NETWORK)?;
-        let c2 = write_config_with(lab, 2, 1, "per-network", PER_NETWORK)?;
-        add_green(&c1, true)?;
-        add_green(&c2, true)?;
-        start_tunsecd(lab, &pair.h1, 1, &c1)?;
-        start_tunsecd(lab, &pair.h2, 2, &c2)?;
+        start_per_network(lab, &pair, true)?;
         let both = vec!["blue".to_owned(), "green".to_owned()];
         wait_status(lab, "a Child SA per network on both sides", |s1, s2| {
             Ok(child_networks(s1, "h2")?.0 == both && child_networks(s2, "h1")?.0 == both)
