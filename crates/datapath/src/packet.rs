@@ -75,6 +75,9 @@ pub enum Via {
     Esp,
     /// The cleartext tunnel socket of this port (overlay mode).
     Tunnel(u16),
+    /// The raw IP socket that sends a whole IP packet as it is, marked so
+    /// that the steering lets it pass (gateway mode's `clear` VNIs).
+    Clear,
 }
 
 /// A datagram ready to send: `buf[start..end]` to `dst`.

@@ -62,11 +62,14 @@ pub enum PathDrop {
     /// has: a peer (or a demultiplexing bug) putting a frame into a
     /// network its SA does not carry.
     NetworkMismatch,
+    /// A packet of a virtual network whose policy with the peer is
+    /// `discard` (gateway mode).
+    Discarded,
 }
 
 impl PathDrop {
     /// The number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -86,6 +89,7 @@ impl PathDrop {
         Self::InnerHeader,
         Self::Selector,
         Self::NetworkMismatch,
+        Self::Discarded,
     ];
 
     /// A stable snake_case name.
@@ -107,6 +111,7 @@ impl PathDrop {
             Self::InnerHeader => "inner_header",
             Self::Selector => "selector",
             Self::NetworkMismatch => "network_mismatch",
+            Self::Discarded => "discarded",
         }
     }
 }

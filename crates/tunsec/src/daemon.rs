@@ -217,7 +217,11 @@ impl Daemon {
                     .with_context(|| format!("network port: cannot bind {underlay} port {port}"))?;
                 tunnels.push((port, sock));
             }
-            worker_sockets.push(Arc::new(Sockets { esp, tunnels }));
+            worker_sockets.push(Arc::new(Sockets {
+                esp,
+                tunnels,
+                clear: None,
+            }));
         }
 
         // The bridges the TAP devices join must exist: checked before any

@@ -43,6 +43,15 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VniLabels {
+    peer: String,
+    tunnel: String,
+    vnis: String,
+    policy: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyExchangeLabels {
     peer: String,
     key_exchange: String,
@@ -310,6 +319,30 @@ pub fn render(status: &Status) -> String {
             rx_b.get_or_create(&l).inc_by(p.rx_bytes);
             if let Some(n) = p.guard_drops {
                 guard.get_or_create(&l).inc_by(n);
+            }
+        }
+        let vni: Family<VniLabels, Counter> = family(
+            &mut r,
+            "gateway_vni_packets",
+            "Packets of a peer's VNI rule (or default), by outcome: sealed, clear, discarded, opened",
+        );
+        for p in &gw.policies {
+            for v in &p.vnis {
+                for (outcome, n) in [
+                    ("sealed", v.sealed),
+                    ("clear", v.clear),
+                    ("discarded", v.discarded),
+                    ("opened", v.opened),
+                ] {
+                    vni.get_or_create(&VniLabels {
+                        peer: p.peer.clone(),
+                        tunnel: v.tunnel.clone(),
+                        vnis: v.vnis.clone(),
+                        policy: v.policy.clone(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .inc_by(n);
+                }
             }
         }
     }

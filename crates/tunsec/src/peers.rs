@@ -448,6 +448,7 @@ enum Change {
 fn change(old: &Peer, new: &Peer) -> Change {
     if old.underlay != new.underlay
         || old.selectors != new.selectors
+        || old.vnis != new.vnis
         || old.networks != new.networks
         || old.sa != new.sa
     {

@@ -181,6 +181,29 @@ pub struct GatewayPolicyStatus {
     /// Cleartext packets matching the selectors that the inbound guard
     /// dropped (its nftables counter); `None` if it could not be read.
     pub guard_drops: Option<u64>,
+    /// Its policies by VNI (`[[peer.selector.vni]]`), each rule and then
+    /// each default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vnis: Vec<GatewayVniStatus>,
+}
+
+/// One VNI rule of a peer's gateway policy, or a policy's default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayVniStatus {
+    /// `vxlan/4789` or `geneve/6081`.
+    pub tunnel: String,
+    /// `200`, `300-399`, or `default` (every VNI no rule names).
+    pub vnis: String,
+    /// `require`, `clear` or `discard`.
+    pub policy: String,
+    /// Packets sealed with ESP and sent.
+    pub sealed: u64,
+    /// Packets sent in the clear.
+    pub clear: u64,
+    /// Packets dropped, either way.
+    pub discarded: u64,
+    /// Packets opened from the peer's ESP.
+    pub opened: u64,
 }
 
 /// This host.
@@ -686,6 +709,13 @@ impl GatewayStatus {
                 p.rx_bytes,
                 p.guard_drops.map_or("?".to_owned(), |d| d.to_string())
             );
+            for v in &p.vnis {
+                let _ = writeln!(
+                    s,
+                    "    vni {} {} {}: sealed {} clear {} discarded {} opened {}",
+                    v.tunnel, v.vnis, v.policy, v.sealed, v.clear, v.discarded, v.opened
+                );
+            }
         }
         if let Some(o) = &self.ovsdb {
             let link = if o.connected {

@@ -29,6 +29,9 @@ pub enum SocketKind {
     /// Raw ESP (IP protocol 50). IPv4 raw sockets deliver the IP header
     /// in front of the ESP packet.
     RawEsp,
+    /// Raw IP (`IPPROTO_RAW`), send only: each datagram is a whole IP
+    /// packet, header included (`IP_HDRINCL`, implied by the protocol).
+    RawIp,
 }
 
 /// A non-blocking datagram socket bound to the underlay address.
@@ -58,10 +61,17 @@ impl DatagramSocket {
         Self::open(SocketAddr::new(addr, 0), SocketKind::RawEsp, false)
     }
 
+    /// A raw IP socket bound to `addr`, that sends whole IP packets as
+    /// they are (gateway mode's cleartext path); it receives nothing.
+    pub fn raw_ip(addr: IpAddr) -> io::Result<Self> {
+        Self::open(SocketAddr::new(addr, 0), SocketKind::RawIp, false)
+    }
+
     fn open(addr: SocketAddr, kind: SocketKind, reuse_port: bool) -> io::Result<Self> {
         let (ty, proto) = match kind {
             SocketKind::Udp => (Type::DGRAM, Protocol::UDP),
             SocketKind::RawEsp => (Type::RAW, Protocol::from(libc::IPPROTO_ESP)),
+            SocketKind::RawIp => (Type::RAW, Protocol::from(libc::IPPROTO_RAW)),
         };
         let sock = Socket::new(
             Domain::for_address(addr),
@@ -77,7 +87,9 @@ impl DatagramSocket {
         if setsockopt(&sock, sockopt::SndBufForce, &size).is_err() {
             sock.set_send_buffer_size(size)?;
         }
-        if addr.is_ipv6() {
+        // A raw socket is of one family already, and Linux refuses
+        // IPV6_V6ONLY on it (its protocol counts as a bound port).
+        if addr.is_ipv6() && kind == SocketKind::Udp {
             sock.set_only_v6(true)?;
         }
         if reuse_port {

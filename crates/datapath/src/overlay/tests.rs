@@ -213,6 +213,7 @@ fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, PathDrop> {
             assert_eq!(port, to.tables.networks[0].port);
             to.receive_clear(src, port, &rx, 16, end, now)?
         }
+        Via::Clear => panic!("overlay mode has no raw cleartext path"),
     };
     assert_eq!(delivery.net, 0);
     let got = rx[delivery.start..delivery.end].to_vec();

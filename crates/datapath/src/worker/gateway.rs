@@ -17,7 +17,7 @@ use super::{BATCH, BUFFER_LEN, FrameDevice, MAX_PACKET, Receive, Sender, Shared,
 use crate::gateway::{self, GatewayCtx, GatewayTables, Unprotected};
 use crate::io::socket::{Batch, Poller, SocketKind};
 use crate::offload::{self, TunPacket, UdpBatcher, VnetHeader, vnet};
-use crate::packet::{HEADROOM, Transmit};
+use crate::packet::{HEADROOM, Transmit, Via};
 use crate::stats::{PathDrop, Stats, add};
 
 /// What the gateway workers share with the control plane.
@@ -54,6 +54,7 @@ pub fn run_tx(
     let mut poller = Poller::new(&[tun.fd()]);
     let mut pool: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUFFER_LEN]).collect();
     let mut pending: Vec<(usize, Transmit)> = Vec::with_capacity(BATCH);
+    let mut clear_batch = Batch::new(BATCH);
     // Reads start with a virtio-net header, in front of the packet.
     let front = if tun.vnet_hdr() { vnet::HEADER_LEN } else { 0 };
     while !shared.stopping() {
@@ -76,8 +77,10 @@ pub fn run_tx(
                 });
                 if let Ok((len, tx)) = stats.count(sealed) {
                     if let Some(c) = ctx.tables.peer(tx.peer).map(|p| &p.counters) {
-                        add(&c.tx_frames, 1);
-                        add(&c.tx_bytes, len as u64);
+                        if tx.via == Via::Esp {
+                            add(&c.tx_frames, 1);
+                            add(&c.tx_bytes, len as u64);
+                        }
                     }
                     pending.push((b, tx));
                 }
@@ -85,8 +88,10 @@ pub fn run_tx(
             if !pending.is_empty() {
                 let datagrams = pending
                     .iter()
+                    .filter(|(_, tx)| tx.via == Via::Esp)
                     .map(|&(b, tx)| (&pool[b][tx.start..tx.end], tx.dst));
                 sender.send(esp, datagrams, true, stats);
+                send_clear(&mut clear_batch, &sockets, &pool, &pending, stats);
                 pending.clear();
             }
             // Drained, or told to stop while the device keeps filling.
@@ -94,6 +99,33 @@ pub fn run_tx(
                 break;
             }
         }
+    }
+}
+
+/// Sends the `clear` VNIs' packets of a batch as they are, from the raw
+/// IP socket; without one (none is configured), they are dropped as
+/// `send`, never sent another way.
+fn send_clear(
+    batch: &mut Batch,
+    sockets: &Sockets,
+    pool: &[Vec<u8>],
+    pending: &[(usize, Transmit)],
+    stats: &Stats,
+) {
+    let mut clear = pending
+        .iter()
+        .filter(|(_, tx)| tx.via == Via::Clear)
+        .map(|&(b, tx)| (&pool[b][tx.start..tx.end], tx.dst))
+        .peekable();
+    if clear.peek().is_none() {
+        return;
+    }
+    let refused = match &sockets.clear {
+        Some(sock) => batch.send(sock, clear).refused,
+        None => clear.count(),
+    };
+    for _ in 0..refused {
+        stats.drop(PathDrop::Send);
     }
 }
 
@@ -282,6 +314,7 @@ mod tests {
             let sockets = Arc::new(Sockets {
                 esp,
                 tunnels: Vec::new(),
+                clear: None,
             });
             let tun = Arc::new(Recorder::default());
             let thread = {

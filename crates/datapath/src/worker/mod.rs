@@ -181,6 +181,10 @@ pub struct Sockets {
     pub esp: DatagramSocket,
     /// Cleartext tunnel sockets, one per tunnel port (overlay mode).
     pub tunnels: Vec<(u16, DatagramSocket)>,
+    /// Gateway mode: the raw IP socket that sends the packets of `clear`
+    /// VNIs as they are ([`crate::packet::Via::Clear`]), marked so that
+    /// the steering lets them pass.
+    pub clear: Option<DatagramSocket>,
 }
 
 /// Waits until a descriptor of `poller` is readable or [`POLL_MS`]

@@ -433,6 +433,7 @@ mod tests {
             let esp = DatagramSocket::udp(SocketAddr::from((LOOPBACK, 0))).unwrap();
             let port = esp.local_addr().unwrap().port();
             let sockets = Arc::new(Sockets {
+                clear: None,
                 esp,
                 tunnels: Vec::new(),
             });

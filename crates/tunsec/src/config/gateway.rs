@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use tunsec_datapath::gateway::{TunnelKind, VniAction, VniPolicy, VniRule};
+
 use super::{ChildMode, ConfigError, EspSettings, check_ifname, invalid, quoted};
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +55,20 @@ pub enum GuardScopeKind {
 pub(super) struct RawSelector {
     pub(super) protocol: toml::Value,
     pub(super) ports: Option<toml::Value>,
+    /// `vxlan` or `geneve`: the header whose VNI chooses the policy.
+    pub(super) tunnel: Option<String>,
+    /// The policy of the VNIs that no `[[peer.selector.vni]]` names.
+    pub(super) policy: Option<String>,
+    #[serde(default)]
+    pub(super) vni: Vec<RawVni>,
+}
+
+/// `[[peer.selector.vni]]`: a VNI or a range, and its policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVni {
+    pub(super) vnis: toml::Value,
+    pub(super) policy: String,
 }
 
 /// Gateway mode's settings (`[gateway]`). The routing table, rule
@@ -228,6 +244,117 @@ pub(super) fn validate_selector(
     Ok(tunsec_datapath::gateway::GatewaySelector { protocol, ports })
 }
 
+/// `peer[i].selector[j]`'s policy by VNI, if it names a `tunnel`: its
+/// default `policy` (`require` unless set) and its
+/// `[[peer.selector.vni]]` rules, sorted, none overlapping another.
+pub(super) fn validate_vni_policy(
+    i: usize,
+    j: usize,
+    s: &RawSelector,
+    selector: &tunsec_datapath::gateway::GatewaySelector,
+) -> Result<Option<VniPolicy>, ConfigError> {
+    let field = |name: &str| format!("peer[{i}].selector[{j}].{name}");
+    let Some(tunnel) = &s.tunnel else {
+        if let Some(p) = &s.policy {
+            return Err(invalid(
+                field("policy"),
+                quoted(p),
+                "needs tunnel = \"vxlan\" or \"geneve\": the policy is chosen by VNI",
+            ));
+        }
+        if !s.vni.is_empty() {
+            return Err(invalid(
+                field("vni[0]"),
+                "[[peer.selector.vni]]",
+                "needs tunnel = \"vxlan\" or \"geneve\" on the selector",
+            ));
+        }
+        return Ok(None);
+    };
+    let tunnel = match tunnel.as_str() {
+        "vxlan" => TunnelKind::Vxlan,
+        "geneve" => TunnelKind::Geneve,
+        other => {
+            return Err(invalid(
+                field("tunnel"),
+                quoted(other),
+                "is not \"vxlan\" or \"geneve\"",
+            ));
+        }
+    };
+    if selector.protocol != 17 {
+        return Err(invalid(
+            field("tunnel"),
+            quoted(tunnel.name()),
+            "needs protocol = \"udp\": VXLAN and Geneve travel in UDP",
+        ));
+    }
+    let default = match &s.policy {
+        Some(p) => vni_action(field("policy"), p)?,
+        None => VniAction::Require,
+    };
+    let mut policy = VniPolicy::new(tunnel, selector.ports.clone(), default);
+    let mut rules: Vec<(usize, VniRule)> = Vec::with_capacity(s.vni.len());
+    for (k, v) in s.vni.iter().enumerate() {
+        let vnis = parse_vni_range(&v.vnis).ok_or_else(|| {
+            invalid(
+                field(&format!("vni[{k}].vnis")),
+                &v.vnis,
+                "is not a VNI or a range \"LOW-HIGH\" of VNIs 0 to 16777215",
+            )
+        })?;
+        let action = vni_action(field(&format!("vni[{k}].policy")), &v.policy)?;
+        rules.push((k, VniRule::new(vnis, action)));
+    }
+    rules.sort_by_key(|(_, r)| *r.vnis.start());
+    for pair in rules.windows(2) {
+        let ((ka, a), (kb, b)) = (&pair[0], &pair[1]);
+        if b.vnis.start() <= a.vnis.end() {
+            // Named by the later of the two in the file.
+            let (k, other) = if ka > kb { (*ka, b) } else { (*kb, a) };
+            return Err(invalid(
+                field(&format!("vni[{k}].vnis")),
+                &s.vni[k].vnis,
+                format!(
+                    "overlaps the rule for {}-{}",
+                    other.vnis.start(),
+                    other.vnis.end()
+                ),
+            ));
+        }
+    }
+    policy.rules = rules.into_iter().map(|(_, r)| r).collect();
+    Ok(Some(policy))
+}
+
+/// `require`, `clear` or `discard`.
+fn vni_action(field: String, p: &str) -> Result<VniAction, ConfigError> {
+    match p {
+        "require" => Ok(VniAction::Require),
+        "clear" => Ok(VniAction::Clear),
+        "discard" => Ok(VniAction::Discard),
+        other => Err(invalid(
+            field,
+            quoted(other),
+            "is not \"require\", \"clear\" or \"discard\"",
+        )),
+    }
+}
+
+/// `100` or `"100-199"`, within 24 bits.
+fn parse_vni_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u32>> {
+    let (lo, hi) = match v {
+        toml::Value::Integer(n) => (*n, *n),
+        toml::Value::String(s) => {
+            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+            (lo.trim().parse().ok()?, hi.trim().parse().ok()?)
+        }
+        _ => return None,
+    };
+    let (lo, hi) = (u32::try_from(lo).ok()?, u32::try_from(hi).ok()?);
+    (lo <= hi && hi <= 0xff_ffff).then_some(lo..=hi)
+}
+
 /// `4789` or `"16384-16400"`.
 fn parse_port_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u16>> {
     let (lo, hi) = match v {
@@ -308,6 +435,104 @@ key_out = "b.out"
             ),
             (ChildMode::Tunnel, "gw0", 100, 1000, 7, "gw")
         );
+    }
+
+    /// `tunnel`, `policy` and `[[peer.selector.vni]]`: rules sorted, the
+    /// default `require` unless set.
+    #[test]
+    fn gateway_vni_policy_parses() {
+        let c = parse(&GATEWAY.replacen(
+            "ports = 4789\n",
+            "ports = 4789\ntunnel = \"vxlan\"\n\
+             [[peer.selector.vni]]\nvnis = \"300-399\"\npolicy = \"discard\"\n\
+             [[peer.selector.vni]]\nvnis = 200\npolicy = \"clear\"\n",
+            1,
+        ))
+        .unwrap();
+        let v = &c.peers[0].vnis;
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].tunnel, v[0].ports.clone()),
+            (TunnelKind::Vxlan, 4789..=4789)
+        );
+        assert_eq!(v[0].default.action, VniAction::Require);
+        let rules: Vec<_> = v[0]
+            .rules
+            .iter()
+            .map(|r| (r.vnis.clone(), r.action))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (200..=200, VniAction::Clear),
+                (300..=399, VniAction::Discard)
+            ]
+        );
+        let c = parse(&GATEWAY.replacen(
+            "ports = 4789\n",
+            "ports = 4789\ntunnel = \"geneve\"\npolicy = \"clear\"\n",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.peers[0].vnis[0].default.action, VniAction::Clear);
+        assert!(parse(GATEWAY).unwrap().peers[0].vnis.is_empty());
+    }
+
+    #[test]
+    fn gateway_vni_policy_errors_name_the_field_and_value() {
+        let with =
+            |extra: &str| GATEWAY.replacen("ports = 4789\n", &format!("ports = 4789\n{extra}"), 1);
+        let rule = |vnis: &str, policy: &str| {
+            format!(
+                "tunnel = \"vxlan\"\n[[peer.selector.vni]]\nvnis = {vnis}\npolicy = \"{policy}\"\n"
+            )
+        };
+        assert_invalid(
+            &with("tunnel = \"gue\"\n"),
+            "peer[0].selector[0].tunnel",
+            "\"gue\"",
+        );
+        assert_invalid(
+            &with("policy = \"clear\"\n"),
+            "peer[0].selector[0].policy",
+            "\"clear\"",
+        );
+        assert_invalid(
+            &with("[[peer.selector.vni]]\nvnis = 1\npolicy = \"clear\"\n"),
+            "peer[0].selector[0].vni[0]",
+            "[[peer.selector.vni]]",
+        );
+        assert_invalid(
+            &with(&rule("16777216", "clear")),
+            "peer[0].selector[0].vni[0].vnis",
+            "16777216",
+        );
+        assert_invalid(
+            &with(&rule("\"9-3\"", "clear")),
+            "peer[0].selector[0].vni[0].vnis",
+            "\"9-3\"",
+        );
+        assert_invalid(
+            &with(&rule("7", "prefer")),
+            "peer[0].selector[0].vni[0].policy",
+            "\"prefer\"",
+        );
+        let overlap = format!(
+            "{}[[peer.selector.vni]]\nvnis = \"5-9\"\npolicy = \"discard\"\n",
+            rule("7", "clear")
+        );
+        assert_invalid(
+            &with(&overlap),
+            "peer[0].selector[0].vni[1].vnis",
+            "\"5-9\"",
+        );
+        // A tunnel header is read from UDP only.
+        let tcp = GATEWAY.replacen(
+            "ports = \"16385-16390\"\n",
+            "ports = \"16385-16390\"\ntunnel = \"vxlan\"\n",
+            1,
+        );
+        assert_invalid(&tcp, "peer[0].selector[1].tunnel", "\"vxlan\"");
     }
 
     #[test]

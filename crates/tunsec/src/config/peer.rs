@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tunsec_esp::{SaKeys, Suite};
 
-use super::gateway::{RawSelector, validate_selector};
+use super::gateway::{RawSelector, validate_selector, validate_vni_policy};
 use super::ike::{ChildKeys, RawIke, validate_ike};
 use super::{
     ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
@@ -76,6 +76,9 @@ pub struct Peer {
     /// Gateway mode: the kernel traffic to and from this peer that is
     /// protected (`[[peer.selector]]`); empty in overlay mode.
     pub selectors: Vec<tunsec_datapath::gateway::GatewaySelector>,
+    /// Gateway mode: the policies by VNI of the selectors that name a
+    /// `tunnel` (`[[peer.selector.vni]]`).
+    pub vnis: Vec<tunsec_datapath::gateway::VniPolicy>,
 }
 
 /// A manually keyed SA pair.
@@ -182,7 +185,7 @@ fn validate_peer(
             ),
         ));
     }
-    let selectors = validate_selectors(i, &raw, gateway, esp)?;
+    let (selectors, vnis) = validate_selectors(i, &raw, gateway, esp)?;
     if raw.networks.is_empty() && gateway.is_none() {
         return Err(invalid(
             f("networks"),
@@ -245,19 +248,27 @@ fn validate_peer(
         sa,
         ike,
         selectors,
+        vnis,
     })
 }
 
 /// A peer's `[[peer.selector]]` tables: only in gateway mode, where they
-/// are required and replace `networks`; only `require` policies (there is
-/// no cleartext path out of the TUN device). Each selector is checked by
-/// [`validate_selector`].
+/// are required and replace `networks`; only `require` policies per peer
+/// (cleartext is chosen per VNI, by `[[peer.selector.vni]]`). Each selector is checked by
+/// [`validate_selector`], and its policy by VNI by
+/// [`validate_vni_policy`].
 fn validate_selectors(
     i: usize,
     raw: &RawPeer,
     gateway: Option<ChildMode>,
     esp: EspSettings,
-) -> Result<Vec<tunsec_datapath::gateway::GatewaySelector>, ConfigError> {
+) -> Result<
+    (
+        Vec<tunsec_datapath::gateway::GatewaySelector>,
+        Vec<tunsec_datapath::gateway::VniPolicy>,
+    ),
+    ConfigError,
+> {
     let f = |name: &str| format!("peer[{i}].{name}");
     let Some(gateway_mode) = gateway else {
         if let Some(l) = raw.ike.as_ref().and_then(|ike| ike.layout) {
@@ -274,7 +285,7 @@ fn validate_selectors(
                 "needs [gateway]: selectors are for gateway mode",
             ));
         }
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     if let Some(k) = raw.ike.as_ref().and_then(|ike| ike.keys) {
         if k != ChildKeys::Shared {
@@ -303,7 +314,7 @@ fn validate_selectors(
         return Err(invalid(
             f("policy"),
             quoted(&format!("{p:?}").to_lowercase()),
-            "is not supported in gateway mode: only \"require\" (steered traffic has no cleartext way out)",
+            "is not supported in gateway mode: only \"require\"; a VNI's traffic may be \"clear\" or \"discard\" by [[peer.selector.vni]]",
         ));
     }
     if let Some(ike) = &raw.ike {
@@ -325,11 +336,14 @@ fn validate_selectors(
             ));
         }
     }
-    raw.selector
-        .iter()
-        .enumerate()
-        .map(|(j, s)| validate_selector(i, j, s, esp))
-        .collect()
+    let mut selectors = Vec::with_capacity(raw.selector.len());
+    let mut vnis = Vec::new();
+    for (j, s) in raw.selector.iter().enumerate() {
+        let selector = validate_selector(i, j, s, esp)?;
+        vnis.extend(validate_vni_policy(i, j, s, &selector)?);
+        selectors.push(selector);
+    }
+    Ok((selectors, vnis))
 }
 
 fn validate_sa(i: usize, raw: RawSa, base_dir: &Path) -> Result<ManualSa, ConfigError> {

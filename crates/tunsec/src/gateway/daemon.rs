@@ -154,9 +154,17 @@ impl GatewayDaemon {
                 gw.fwmark
             )
         })?;
+        // The packets of `clear` VNIs leave as they came, whole, from a
+        // raw IP socket with the same mark.
+        let clear = DatagramSocket::raw_ip(underlay)
+            .and_then(|s| s.set_mark(gw.fwmark).map(|()| s))
+            .with_context(|| {
+                format!("gateway: cannot open the marked raw IP socket on {underlay}")
+            })?;
         let sockets = Arc::new(Sockets {
             esp,
             tunnels: Vec::new(),
+            clear: Some(clear),
         });
 
         // The guard goes in first, in one atomic replace of whatever a
@@ -425,6 +433,7 @@ impl ControlTarget for GatewayControl {
                 rx_packets: get(|c| &c.rx_frames),
                 rx_bytes: get(|c| &c.rx_bytes),
                 guard_drops: guard.as_ref().and_then(|g| g.peers.get(i).copied()),
+                vnis: super::vni_status(&p.vnis),
             });
         }
         let tunnel_devices = self

@@ -40,11 +40,12 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::Context;
-use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables};
+use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables, VniPolicy};
 use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::shared_sa::InboundEntry;
 
 use crate::config::{ChildMode, Config, EspEncapsulation, Gateway, GuardScopeKind, Peer};
+use crate::status::GatewayVniStatus;
 
 /// The MTUs of gateway mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,7 @@ pub fn insert_peer(
     now: Instant,
 ) -> anyhow::Result<()> {
     let mut peer = GatewayPeer::new(p.name.clone(), p.underlay, p.selectors.clone());
+    peer.vnis = p.vnis.clone();
     let mut inbound = None;
     if let Some((out, spi_in, sa_in)) = crate::peers::manual_sas(config, p, now)? {
         peer.outbound.push(out);
@@ -136,6 +138,7 @@ pub(crate) fn guard_peers<'a>(
             slot,
             underlay: p.underlay,
             selectors: p.selectors.clone(),
+            vnis: p.vnis.clone(),
         })
         .collect()
 }
@@ -224,6 +227,37 @@ pub fn release(config: &Config) -> anyhow::Result<Released> {
         );
     }
     remove_entries(gw)
+}
+
+/// Each VNI rule of `policies`, then its default, with its counters.
+pub(crate) fn vni_status(policies: &[VniPolicy]) -> Vec<GatewayVniStatus> {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    policies
+        .iter()
+        .flat_map(|p| {
+            let tunnel = if p.ports.start() == p.ports.end() {
+                format!("{}/{}", p.tunnel.name(), p.ports.start())
+            } else {
+                format!("{}/{}-{}", p.tunnel.name(), p.ports.start(), p.ports.end())
+            };
+            let rules = p.rules.iter().map(|r| (Some(&r.vnis), r));
+            rules
+                .chain(std::iter::once((None, &p.default)))
+                .map(move |(vnis, r)| GatewayVniStatus {
+                    tunnel: tunnel.clone(),
+                    vnis: match vnis {
+                        None => "default".to_owned(),
+                        Some(v) if v.start() == v.end() => v.start().to_string(),
+                        Some(v) => format!("{}-{}", v.start(), v.end()),
+                    },
+                    policy: r.action.name().to_owned(),
+                    sealed: load(&r.counters.sealed),
+                    clear: load(&r.counters.clear),
+                    discarded: load(&r.counters.discarded),
+                    opened: load(&r.counters.opened),
+                })
+        })
+        .collect()
 }
 
 /// `udp/4789`, `tcp/16385-16390`, `gre`.

@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use tunsec_datapath::gateway::GatewaySelector;
+use tunsec_datapath::gateway::{GatewaySelector, TunnelKind, VniAction, VniPolicy};
 
 /// One peer's part of the guard.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct GuardPeer {
     pub underlay: IpAddr,
     /// What must come through the TUN device.
     pub selectors: Vec<GatewaySelector>,
+    /// Its policies by VNI: the cleartext of a `clear` VNI passes.
+    pub vnis: Vec<VniPolicy>,
 }
 
 /// Which cleartext sources the guard drops.
@@ -113,6 +115,7 @@ pub fn ruleset(
         "    type filter hook input priority filter - 10; policy accept;"
     );
     let _ = writeln!(s, "    iifname \"{tun}\" accept");
+    write_clear_vnis(&mut s, peers);
     write_peer_drops(&mut s, peers, "saddr", |p| format!("peer{}", p.slot));
     if scope == GuardScope::All {
         // After the peers' rules: anyone else, on any peer's ports.
@@ -160,6 +163,55 @@ fn write_peer_drops(
                     p.underlay,
                     counter(p)
                 );
+            }
+        }
+    }
+}
+
+/// Before the drops: each peer's cleartext of its `clear` VNIs is
+/// accepted, matched by the VNI in the tunnel header (a raw payload
+/// expression, `@th,96,24`, the VNI's bits counted from the UDP header).
+/// Under a `clear` default, the VNIs of the `require` and `discard`
+/// rules are dropped first (counted for the peer) and the rest accepted.
+fn write_clear_vnis(s: &mut String, peers: &[GuardPeer]) {
+    for p in peers {
+        let family = if p.underlay.is_ipv4() { "ip" } else { "ip6" };
+        for policy in &p.vnis {
+            let port = format!(
+                "{family} saddr {} meta l4proto 17 th dport {}",
+                p.underlay,
+                ports_text(&GatewaySelector {
+                    protocol: 17,
+                    ports: policy.ports.clone(),
+                })
+            );
+            let vni = |r: &std::ops::RangeInclusive<u32>| {
+                let range = if r.start() == r.end() {
+                    r.start().to_string()
+                } else {
+                    format!("{}-{}", r.start(), r.end())
+                };
+                format!("@th,{},24 {range}", TunnelKind::VNI_BIT_OFFSET)
+            };
+            let default_clear = policy.default.action == VniAction::Clear;
+            for r in &policy.rules {
+                match (r.action == VniAction::Clear, default_clear) {
+                    (true, false) => {
+                        let _ = writeln!(s, "    {port} {} accept", vni(&r.vnis));
+                    }
+                    (false, true) => {
+                        let _ = writeln!(
+                            s,
+                            "    {port} {} counter name \"peer{}\" drop",
+                            vni(&r.vnis),
+                            p.slot
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if default_clear {
+                let _ = writeln!(s, "    {port} accept");
             }
         }
     }
@@ -265,6 +317,7 @@ mod tests {
             slot,
             underlay: a.parse().unwrap(),
             selectors: vec![sel.clone()],
+            vnis: Vec::new(),
         };
         let text = ruleset(
             "t",
@@ -317,6 +370,7 @@ mod tests {
                         ports: 16385..=16390,
                     },
                 ],
+                vnis: Vec::new(),
             }],
             GuardScope::Peers,
             &Counters::default(),
@@ -356,6 +410,7 @@ mod tests {
                 slot: 0,
                 underlay: "192.0.2.2".parse().unwrap(),
                 selectors: vec![GatewaySelector::whole_protocol(47)],
+                vnis: Vec::new(),
             }],
             GuardScope::All,
             &Counters::default(),
@@ -381,10 +436,63 @@ mod tests {
                     protocol: 17,
                     ports: 6081..=6081,
                 }],
+                vnis: Vec::new(),
             }],
             GuardScope::Peers,
             &Counters::default(),
         );
         assert!(text.contains("ip6 saddr 2001:db8::2 meta l4proto 17 th dport 6081"));
+    }
+
+    /// A `clear` VNI's cleartext from the peer passes, matched by its
+    /// VNI before the drops; under a `clear` default the other rules'
+    /// VNIs are dropped first and the rest passes.
+    #[test]
+    fn clear_vnis_pass_before_the_drops() {
+        use tunsec_datapath::gateway::VniRule;
+        let vxlan = GatewaySelector {
+            protocol: 17,
+            ports: 4789..=4789,
+        };
+        let mut policy = VniPolicy::new(TunnelKind::Vxlan, 4789..=4789, VniAction::Require);
+        policy.rules = vec![
+            VniRule::new(200..=200, VniAction::Clear),
+            VniRule::new(300..=399, VniAction::Discard),
+        ];
+        let mut peer = GuardPeer {
+            slot: 1,
+            underlay: "192.0.2.2".parse().unwrap(),
+            selectors: vec![vxlan],
+            vnis: vec![policy],
+        };
+        let text = |p: &GuardPeer| {
+            ruleset(
+                "t",
+                "tun0",
+                0x7453,
+                std::slice::from_ref(p),
+                GuardScope::All,
+                &Counters::default(),
+            )
+        };
+        let t = text(&peer);
+        let accept = "ip saddr 192.0.2.2 meta l4proto 17 th dport 4789 @th,96,24 200 accept";
+        assert!(t.contains(accept), "{t}");
+        assert!(t.find(accept).unwrap() < t.find("drop").unwrap(), "{t}");
+        assert!(
+            !t.contains("300-399"),
+            "discard is dropped with the rest: {t}"
+        );
+
+        peer.vnis[0].default = VniRule::new(0..=0xff_ffff, VniAction::Clear);
+        let t = text(&peer);
+        let discard = "th dport 4789 @th,96,24 300-399 counter name \"peer1\" drop";
+        let rest = "ip saddr 192.0.2.2 meta l4proto 17 th dport 4789 accept";
+        assert!(t.contains(discard), "{t}");
+        assert!(t.find(discard).unwrap() < t.find(rest).unwrap(), "{t}");
+        assert!(
+            !t.contains("@th,96,24 200 accept"),
+            "covered by the default: {t}"
+        );
     }
 }

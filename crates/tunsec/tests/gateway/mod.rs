@@ -117,6 +117,9 @@ pub(crate) struct Opts {
     pub(crate) metrics: bool,
     /// A third selector: GRE (IP protocol 47, no ports).
     pub(crate) gre: bool,
+    /// Lines added to the `udp/4789` selector (its `tunnel`, `policy`
+    /// and `[[peer.selector.vni]]` rules).
+    pub(crate) vxlan_extra: &'static str,
 }
 
 /// Writes the gateway config of host `n` with `peers`, with manual keys
@@ -154,7 +157,8 @@ pub(crate) fn write_config(lab: &Lab, n: u8, peers: &[u8], opts: Opts) -> anyhow
         )?;
         writeln!(
             c,
-            "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n"
+            "[[peer.selector]]\nprotocol = \"udp\"\nports = 4789\n{}\n\n[[peer.selector]]\nprotocol = \"tcp\"\nports = {SERVICE_PORT}\n",
+            opts.vxlan_extra
         )?;
         if opts.gre {
             writeln!(c, "[[peer.selector]]\nprotocol = \"gre\"\n")?;

@@ -12,7 +12,7 @@ use tunsec_wire::{ipv4, udp};
 use super::*;
 use crate::esp_rx::{Received, open_inbound};
 use crate::fast_map::FastMap;
-use crate::packet::HEADROOM;
+use crate::packet::{HEADROOM, Via};
 use crate::stats::Stats;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -484,4 +484,93 @@ fn split_child_sas_carry_each_direction() {
         );
         assert_eq!(carry(from, to, &pkt).unwrap(), pkt);
     }
+}
+
+/// A kernel vxlan packet of `vni` (the I flag set), from A to B.
+fn vxlan_packet(vni: u32, len: usize) -> Vec<u8> {
+    let mut pkt = kernel_packet(A, B, 40000, 4789, 8 + len);
+    let v = vni.to_be_bytes();
+    pkt[28..36].copy_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
+    let (s, d) = (A, B);
+    udp::Packet::new_unchecked(&mut pkt[20..])
+        .fill_checksum(s, d)
+        .unwrap();
+    pkt
+}
+
+/// Gives both hosts the policy 100 `require` (the default), 200 `clear`,
+/// 300-399 `discard` on port 4789.
+fn with_vni_policy(t: &mut GatewayTables) {
+    let mut p = VniPolicy::new(TunnelKind::Vxlan, 4789..=4789, VniAction::Require);
+    p.rules = vec![
+        VniRule::new(200..=200, VniAction::Clear),
+        VniRule::new(300..=399, VniAction::Discard),
+    ];
+    t.peer_mut(0).unwrap().vnis = vec![p];
+}
+
+/// Encryption chosen per VNI: `require` is sealed, `clear` goes as it is
+/// through the raw socket, `discard` nowhere; each counted in its rule.
+/// Inbound, an opened `discard` VNI is dropped. A packet on the tunnel
+/// port whose header does not parse is never sent in the clear.
+#[test]
+fn vni_policy_chooses_esp_clear_or_nothing() {
+    let (mut ga, mut gb) = pair(GatewayMode::Transport, Some(Suite::AesGcm128), A, B);
+    with_vni_policy(&mut ga);
+    with_vni_policy(&mut gb);
+    let stats = Stats::new(0);
+    let now = Instant::now();
+    let send = |pkt: &[u8]| {
+        let (mut buf, s, e) = in_buffer(pkt);
+        protect(&ctx(&ga, &stats, now), &mut buf, s, e)
+            .map(|tx| (tx, buf[tx.start..tx.end].to_vec()))
+    };
+    let (tx, sealed) = send(&vxlan_packet(100, 64)).unwrap();
+    assert_eq!(tx.via, Via::Esp);
+    assert_ne!(&sealed[..], &vxlan_packet(100, 64)[..]);
+
+    let clear = vxlan_packet(200, 64);
+    let (tx, sent) = send(&clear).unwrap();
+    assert_eq!(tx.via, Via::Clear);
+    assert_eq!(tx.dst, SocketAddr::new(B, 0));
+    assert_eq!(sent, clear, "the whole packet, unchanged");
+
+    for vni in [300, 399] {
+        assert_eq!(
+            send(&vxlan_packet(vni, 64)).err(),
+            Some(PathDrop::Discarded)
+        );
+    }
+    // No I flag: the VNI is unknown, so nothing is sent.
+    let mut no_i = vxlan_packet(200, 64);
+    no_i[28] = 0;
+    assert_eq!(send(&no_i).err(), Some(PathDrop::Malformed));
+
+    let policy = &ga.peer(0).unwrap().vnis[0];
+    let count = |r: &VniRule| {
+        let c = &r.counters;
+        [&c.sealed, &c.clear, &c.discarded, &c.opened]
+            .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    assert_eq!(count(&policy.default), [1, 0, 0, 0]);
+    assert_eq!(count(&policy.rules[0]), [0, 1, 0, 0]);
+    assert_eq!(count(&policy.rules[1]), [0, 0, 2, 0]);
+
+    // Inbound: `require` opens; a sealed `clear` VNI opens too; a
+    // `discard` VNI sealed by a peer without that rule is dropped.
+    assert_eq!(
+        carry(&ga, &gb, &vxlan_packet(100, 64)).unwrap()[20..],
+        vxlan_packet(100, 64)[20..]
+    );
+    let mut lax = ga.clone();
+    lax.peer_mut(0).unwrap().vnis.clear();
+    assert!(carry(&lax, &gb, &vxlan_packet(200, 64)).is_ok());
+    assert_eq!(
+        carry(&lax, &gb, &vxlan_packet(300, 64)),
+        Err(PathDrop::Discarded)
+    );
+    let received = &gb.peer(0).unwrap().vnis[0];
+    assert_eq!(count(&received.default)[3], 1);
+    assert_eq!(count(&received.rules[0])[3], 1);
+    assert_eq!(count(&received.rules[1])[2], 1);
 }

@@ -21,7 +21,9 @@
 //! 3.1.1), with a fresh TTL and no DSCP. Tunnel mode carries the original
 //! header intact, at 20 (or 40) bytes more per packet.
 
-use std::net::IpAddr;
+pub mod vni;
+
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -33,7 +35,9 @@ use crate::esp_rx::{Inbound, Opened};
 use crate::fast_map::FastMap;
 use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
 use crate::shared_sa::{InboundEntry, SharedSa};
-use crate::stats::{NetworkCounters, PathDrop};
+use crate::stats::{NetworkCounters, PathDrop, add};
+
+pub use vni::{TunnelKind, VniAction, VniPolicy, VniRule};
 
 /// Traffic of the kernel's own that a peer's SA protects: an IP protocol
 /// and a port range, matched against either port (so that both the
@@ -95,6 +99,9 @@ pub struct GatewayPeer {
     pub underlay: IpAddr,
     /// What is protected between this host and the peer.
     pub selectors: Vec<GatewaySelector>,
+    /// Its policies by VNI, one per tunnel port range (see [`vni`]);
+    /// traffic to other ports is `require`.
+    pub vnis: Vec<VniPolicy>,
     /// Its outbound SAs, one per Child SA (or the manual one): a packet
     /// goes out with the first whose selectors cover it.
     pub outbound: Vec<SharedSa>,
@@ -112,6 +119,7 @@ impl GatewayPeer {
             name,
             underlay,
             selectors,
+            vnis: Vec::new(),
             outbound: Vec::new(),
             counters: Arc::default(),
         }
@@ -379,6 +387,26 @@ pub fn protect(
     if ip.src != tables.local || !entry.selectors.iter().any(|s| s.matches(&flow)) {
         return Err(PathDrop::Policy);
     }
+    let rule = vni_rule(entry, &ip, &flow, &buf[start..end])?;
+    match rule {
+        Some(r) if r.action == VniAction::Clear => {
+            add(&r.counters.clear, 1);
+            // Sent as it is: the whole IP packet, from the socket whose
+            // mark the steering rules and the guard let pass.
+            return Ok(Transmit {
+                start,
+                end,
+                dst: SocketAddr::new(entry.underlay, 0),
+                via: Via::Clear,
+                peer,
+            });
+        }
+        Some(r) if r.action == VniAction::Discard => {
+            add(&r.counters.discarded, 1);
+            return Err(PathDrop::Discarded);
+        }
+        _ => {}
+    }
     // With several Child SAs, the one whose selectors cover the packet
     // (RFC 4301 section 5.1; a manual SA has none and covers all). The
     // peer's gateway selectors were checked above and match either port,
@@ -435,6 +463,9 @@ pub fn protect(
     };
     let mut pb = PacketBuf::new(buf, payload_start, end);
     seal(shared, sa, &mut pb, next_header, ctx.now)?;
+    if let Some(r) = rule {
+        add(&r.counters.sealed, 1);
+    }
     Ok(Transmit {
         start: pb.start(),
         end: pb.end(),
@@ -501,7 +532,37 @@ fn packet_of(
     if ip.src != underlay || ip.dst != tables.local || !selectors.iter().any(|s| s.matches(&flow)) {
         return Err(PathDrop::Policy);
     }
+    // A `discard` VNI is dropped however it comes; a `clear` one may
+    // come sealed (the peer may protect more than it must).
+    if let Some(r) = vni_rule(entry, &ip, &flow, &buf[start..end])? {
+        if r.action == VniAction::Discard {
+            add(&r.counters.discarded, 1);
+            return Err(PathDrop::Discarded);
+        }
+        add(&r.counters.opened, 1);
+    }
     Ok(Unprotected { start, end, peer })
+}
+
+/// The VNI rule of a UDP packet to one of the peer's tunnel ports
+/// (`None` for other traffic); a tunnel header that does not parse is
+/// `malformed`.
+fn vni_rule<'a>(
+    peer: &'a GatewayPeer,
+    ip: &IpInfo,
+    flow: &FlowKey,
+    packet: &[u8],
+) -> Result<Option<&'a VniRule>, PathDrop> {
+    if peer.vnis.is_empty() || flow.protocol != u8::from(IpProtocol::Udp) {
+        return Ok(None);
+    }
+    let Some(port) = flow.dst_port else {
+        return Ok(None);
+    };
+    let payload = packet
+        .get(ip.header_len + tunsec_wire::udp::HEADER_LEN..)
+        .ok_or(PathDrop::Malformed)?;
+    vni::classify(&peer.vnis, port, payload).map_err(|()| PathDrop::Malformed)
 }
 
 /// Writes an IP header for `buf[payload_start..payload_end]` just in front
@@ -560,5 +621,4 @@ fn rebuild_header(
 }
 
 #[cfg(test)]
-#[path = "gateway_tests.rs"]
 pub(crate) mod tests;
