@@ -20,7 +20,7 @@ pub trait SaTables {
     /// The inbound SAs by SPI.
     fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry>;
     /// Brings the tables' own order up to date after their SAs changed
-    /// (overlay mode: [`Tables::order_outbound`]).
+    /// ([`Tables::order_outbound`], [`GatewayTables::order_outbound`]).
     fn sas_changed(&mut self) {}
 }
 
@@ -45,6 +45,10 @@ impl SaTables for GatewayTables {
 
     fn inbound_mut(&mut self) -> &mut FastMap<u32, InboundEntry> {
         &mut self.inbound
+    }
+
+    fn sas_changed(&mut self) {
+        self.order_outbound();
     }
 }
 

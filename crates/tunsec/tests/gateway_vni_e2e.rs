@@ -21,6 +21,13 @@
 //!   vxlan200;
 //! - status and metrics show each VNI rule with its policy and counters.
 //!
+//! `gateway_vni_keys_per_network` adds keys per network (IKEv2 with a
+//! PSK, `keys = "per_network"`, VNIs 100 and 101 `require`): each host
+//! has three Child SAs with its peer, labelled `vxlan/100`, `vxlan/101`
+//! and one shared; pings of VNI 100 move only `vxlan/100`'s SA counters
+//! and those of VNI 101 only `vxlan/101`'s, the capture shows their two
+//! SPI pairs, and nothing is dropped as `network_mismatch`.
+//!
 //! It needs root, iproute2, nftables, ping, tshark and Debian's
 //! python3-scapy; it fails, never skips, when something is missing.
 
@@ -316,6 +323,119 @@ fn gateway_vni_policy_ipv6() {
             vnis.len() == count(200),
             "other VNIs in the clear: {vnis:?}"
         );
+        Ok(())
+    });
+}
+
+/// The policy of `gateway_vni_keys_per_network`: VNI 101 `require` too.
+const KEYED_POLICY: &str = "tunnel = \"vxlan\"\n\
+    [[peer.selector.vni]]\nvnis = 100\npolicy = \"require\"\n\
+    [[peer.selector.vni]]\nvnis = 101\npolicy = \"require\"\n\
+    [[peer.selector.vni]]\nvnis = 200\npolicy = \"clear\"\n";
+
+#[test]
+fn gateway_vni_keys_per_network() {
+    with_lab("gwvnik", |lab| {
+        let opts = Opts {
+            vxlan_extra: KEYED_POLICY,
+            ike: true,
+            ike_extra: "keys = \"per_network\"\n",
+            ..Opts::default()
+        };
+        let hosts = prepare(lab, opts)?;
+        let (h1, h2) = (&hosts.h1, &hosts.h2);
+        start_daemon(lab, "h1", h1, 1)?;
+        start_daemon(lab, "h2", h2, 2)?;
+        let mtu = gw_status(&status(lab, 1)?)?.tunnel_mtu_advice;
+        let nets = [(100, "10.100.0"), (101, "10.101.0"), (200, "10.200.0")];
+        for (vni, prefix) in nets {
+            add_net(lab, h1, 1, 2, false, vni, prefix, mtu)?;
+            add_net(lab, h2, 2, 1, false, vni, prefix, mtu)?;
+        }
+        // Three Child SAs on each side: one per keyed VNI, one shared.
+        let labels = |n: u8| -> Vec<Option<String>> {
+            status(lab, n)
+                .ok()
+                .and_then(|s| {
+                    let ike = s.peers.first()?.ike.clone()?;
+                    let mut l: Vec<_> = ike.children.into_iter().map(|c| c.network).collect();
+                    l.sort();
+                    Some(l)
+                })
+                .unwrap_or_default()
+        };
+        let want = vec![
+            None,
+            Some("vxlan/100".to_owned()),
+            Some("vxlan/101".to_owned()),
+        ];
+        for n in [1, 2] {
+            lab.wait_for(
+                &format!("h{n}'s three Child SAs"),
+                std::time::Duration::from_secs(20),
+                || labels(n) == want,
+            )?;
+        }
+        let ike = status(lab, 1)?.peers[0]
+            .ike
+            .clone()
+            .context("h1's IKE status")?;
+        ensure!(
+            ike.keys.as_deref() == Some("per network"),
+            "keys: {:?}",
+            ike.keys
+        );
+
+        // Outbound packets per SPI of h1, and the SPI of each label.
+        let out_packets = |s: &tunsec::status::Status| -> std::collections::BTreeMap<String, u64> {
+            s.peers[0]
+                .sas
+                .iter()
+                .filter(|sa| sa.direction == "out")
+                .map(|sa| (sa.spi.clone(), sa.packets))
+                .collect()
+        };
+        let spi_out = |label: Option<&str>| {
+            ike.children
+                .iter()
+                .find(|c| c.network.as_deref() == label)
+                .map(|c| c.spi_out.clone())
+                .context("no such Child SA")
+        };
+        let pcap = start_capture(lab, &hosts.ul, "capture")?;
+        for (vni, prefix) in [(100, "10.100.0"), (101, "10.101.0")] {
+            let before = out_packets(&status(lab, 1)?);
+            ping_ok(h1, &format!("{prefix}.2"))?;
+            ping_ok(h2, &format!("{prefix}.1"))?;
+            let after = out_packets(&status(lab, 1)?);
+            let own = spi_out(Some(&format!("vxlan/{vni}")))?;
+            let moved: Vec<_> = after
+                .iter()
+                .filter(|(spi, n)| before.get(*spi).is_some_and(|b| *n > b))
+                .map(|(spi, _)| spi.clone())
+                .collect();
+            eprintln!("  VNI {vni}: h1's outbound SAs that moved: {moved:?} (its own {own})");
+            ensure!(
+                moved == [own.clone()],
+                "VNI {vni} moved {moved:?}, not only {own}"
+            );
+        }
+        ping_ok(h1, "10.200.0.2")?;
+        stop_capture(lab, "capture");
+        let spis: std::collections::BTreeSet<String> =
+            tshark_fields(&pcap, Some("esp"), &["esp.spi"])?
+                .lines()
+                .map(str::to_owned)
+                .collect();
+        eprintln!("  capture: ESP SPIs {spis:?}");
+        ensure!(
+            spis.len() == 4,
+            "two SPI pairs expected on the wire: {spis:?}"
+        );
+        for n in [1, 2] {
+            let s = status(lab, n)?;
+            assert_no_drops(&s, &["network_mismatch", "no_sa", "policy"])?;
+        }
         Ok(())
     });
 }

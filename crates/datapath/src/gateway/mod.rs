@@ -204,6 +204,15 @@ impl GatewayTables {
         Ok(())
     }
 
+    /// Orders each peer's outbound SAs by binding, the shared (unbound)
+    /// ones first, as [`protect`] looks them up; called after every
+    /// change of SAs.
+    pub fn order_outbound(&mut self) {
+        for p in self.peers.iter_mut().flatten() {
+            p.outbound.sort_by_key(binding_of);
+        }
+    }
+
     /// Empties `slot`: its address leads nowhere, and its SAs go.
     pub fn remove_peer(&mut self, slot: usize) {
         if let Some(p) = self.peers.get_mut(slot).and_then(Option::take) {
@@ -415,19 +424,39 @@ pub fn protect(
     // goes with the first SA, as it did with one (see ARCHITECTURE.md).
     // With `layout = "split"` (`[udp] === [udp/4789]` and the reverse)
     // one of the two covers every such packet once both are up.
-    let chosen = entry
-        .outbound
-        .iter()
-        .find_map(|shared| {
-            let sa = shared.lock().ok()?;
-            let covers = sa.selectors().is_empty()
-                || sa.selectors().iter().any(|s| s.matches_outbound(&flow));
-            covers.then_some((shared, sa))
-        })
-        .or_else(|| {
-            let first = entry.outbound.first()?;
-            Some((first, first.lock().ok()?))
-        });
+    //
+    // Keys per network: a keyed VNI rule's packet goes only under the SA
+    // bound to that rule, never under another's or a shared one, unless
+    // the peer has no bound SA at all (it does not do keys per network:
+    // the shared SA, as status says). Every other packet goes under the
+    // shared (unbound) SAs, never a bound one.
+    let keyed = rule.and_then(VniRule::binding);
+    let shared_end = entry.outbound.partition_point(|s| binding_of(s).is_none());
+    let chosen = match keyed {
+        Some(b) if shared_end < entry.outbound.len() => {
+            let bound = &entry.outbound[shared_end..];
+            let at = bound.partition_point(|s| binding_of(s) < Some(b));
+            bound[at..].first().and_then(|shared| {
+                let sa = shared.lock().ok()?;
+                (sa.binding() == Some(b)).then_some((shared, sa))
+            })
+        }
+        _ => {
+            let unbound = &entry.outbound[..shared_end];
+            unbound
+                .iter()
+                .find_map(|shared| {
+                    let sa = shared.lock().ok()?;
+                    let covers = sa.selectors().is_empty()
+                        || sa.selectors().iter().any(|s| s.matches_outbound(&flow));
+                    covers.then_some((shared, sa))
+                })
+                .or_else(|| {
+                    let first = unbound.first()?;
+                    Some((first, first.lock().ok()?))
+                })
+        }
+    };
     let Some((shared, sa)) = chosen else {
         return Err(PathDrop::NoSa);
     };
@@ -502,6 +531,7 @@ fn packet_of(
         sa,
     } = opened;
     // Gateway selectors are the peer's, not the SA's.
+    let binding = sa.binding();
     drop(sa);
     let (start, end) = match (tables.mode, IpProtocol::from(next_header)) {
         (GatewayMode::Tunnel, IpProtocol::Ipip | IpProtocol::Ipv6) => (payload_start, payload_end),
@@ -534,7 +564,23 @@ fn packet_of(
     }
     // A `discard` VNI is dropped however it comes; a `clear` one may
     // come sealed (the peer may protect more than it must).
-    if let Some(r) = vni_rule(entry, &ip, &flow, &buf[start..end])? {
+    let rule = vni_rule(entry, &ip, &flow, &buf[start..end])?;
+    // Keys per network: an SA bound to a VNI rule opens only that rule's
+    // packets; a keyed rule's packets open only under its SA (or a
+    // shared one, from a peer without keys per network).
+    let keyed = rule.and_then(VniRule::binding);
+    let mismatch = match (binding, keyed) {
+        (Some(b), k) => k != Some(b),
+        (None, Some(_)) => entry
+            .outbound
+            .last()
+            .is_some_and(|s| binding_of(s).is_some()),
+        (None, None) => false,
+    };
+    if mismatch {
+        return Err(PathDrop::NetworkMismatch);
+    }
+    if let Some(r) = rule {
         if r.action == VniAction::Discard {
             add(&r.counters.discarded, 1);
             return Err(PathDrop::Discarded);
@@ -542,6 +588,11 @@ fn packet_of(
         add(&r.counters.opened, 1);
     }
     Ok(Unprotected { start, end, peer })
+}
+
+/// The binding of an SA (`None` for a shared one, or a poisoned lock).
+fn binding_of(sa: &SharedSa) -> Option<u32> {
+    sa.lock().ok().and_then(|sa| sa.binding())
 }
 
 /// The VNI rule of a UDP packet to one of the peer's tunnel ports

@@ -574,3 +574,95 @@ fn vni_policy_chooses_esp_clear_or_nothing() {
     assert_eq!(count(&received.rules[0])[3], 1);
     assert_eq!(count(&received.rules[1])[2], 1);
 }
+
+/// An SA bound to `binding` (keys per network).
+fn bound_sa(spi: u32, direction: Direction, binding: Option<u32>) -> SharedSa {
+    let suite = Suite::AesGcm128;
+    let n = suite.encryption_key_len() + suite.integrity_key_len();
+    let keys = SaKeys::from_keymat(suite, &vec![spi as u8; n]).unwrap();
+    let mut config = SaConfig::new(spi, direction, suite, keys);
+    config.binding = binding;
+    Arc::new(Mutex::new(Sa::new(config, Instant::now()).unwrap()))
+}
+
+/// Keys per network in gateway mode: VNIs 100 and 101 `require`, each
+/// with an SA pair of its own, beside the shared pair. Each VNI is sealed
+/// with its own SA and other traffic with the shared one; a packet of
+/// VNI 101 sealed under VNI 100's keys (a peer, or a bug, putting it
+/// into the wrong network) opens but is dropped as `network_mismatch`,
+/// and so is one of VNI 100 under the shared keys once bound SAs exist.
+#[test]
+fn keyed_vnis_travel_under_their_own_sas() {
+    let with_keys = |t: &mut GatewayTables, local_base: u32, remote_base: u32| {
+        let mut p = VniPolicy::new(TunnelKind::Vxlan, 4789..=4789, VniAction::Require);
+        let keyed = |vnis| {
+            let mut r = VniRule::new(vnis, VniAction::Require);
+            r.keyed = true;
+            r
+        };
+        p.rules = vec![keyed(100..=100), keyed(101..=101)];
+        t.peer_mut(0).unwrap().vnis = vec![p];
+        // Bound pairs, pushed out of order: the tables sort them.
+        for vni in [101, 100] {
+            let out = bound_sa(remote_base + vni, Direction::Outbound, Some(vni));
+            t.peer_mut(0).unwrap().outbound.push(out);
+            t.inbound.insert(
+                local_base + vni,
+                InboundEntry {
+                    peer: 0,
+                    sa: bound_sa(local_base + vni, Direction::Inbound, Some(vni)),
+                },
+            );
+        }
+        t.order_outbound();
+    };
+    let (mut ga, mut gb) = pair(GatewayMode::Transport, Some(Suite::AesGcm128), A, B);
+    with_keys(&mut ga, 0xa000, 0xb000);
+    with_keys(&mut gb, 0xb000, 0xa000);
+    let stats = Stats::new(0);
+    let now = Instant::now();
+    let spi_of = |t: &GatewayTables, pkt: &[u8]| {
+        let (mut buf, s, e) = in_buffer(pkt);
+        let tx = protect(&ctx(t, &stats, now), &mut buf, s, e).unwrap();
+        // The datagram's payload starts with the SPI.
+        u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap())
+    };
+    assert_eq!(spi_of(&ga, &vxlan_packet(100, 64)), 0xb000 + 100);
+    assert_eq!(spi_of(&ga, &vxlan_packet(101, 64)), 0xb000 + 101);
+    // An unkeyed VNI and other traffic: the shared SA.
+    assert_eq!(spi_of(&ga, &vxlan_packet(7, 64)), 0x2001);
+    assert_eq!(spi_of(&ga, &kernel_packet(A, B, 4789, 40000, 0)), 0x2001);
+    for vni in [100, 101, 7] {
+        let got = carry(&ga, &gb, &vxlan_packet(vni, 64)).unwrap();
+        assert_eq!(got[20..], vxlan_packet(vni, 64)[20..]);
+    }
+
+    // A sender that puts VNI 101 under VNI 100's keys.
+    let mut wrong = ga.clone();
+    let p = wrong.peer_mut(0).unwrap();
+    p.vnis[0].rules[1].vnis = 100..=101;
+    p.vnis[0].rules.remove(0);
+    p.vnis[0].rules[0].vnis = 100..=101;
+    assert_eq!(
+        carry(&wrong, &gb, &vxlan_packet(101, 64)),
+        Err(PathDrop::NetworkMismatch)
+    );
+    // VNI 100 under the shared keys, from a sender that has no keyed rule.
+    let mut unkeyed = ga.clone();
+    unkeyed.peer_mut(0).unwrap().vnis.clear();
+    assert_eq!(
+        carry(&unkeyed, &gb, &vxlan_packet(100, 64)),
+        Err(PathDrop::NetworkMismatch)
+    );
+    // Without any bound SA (a peer without keys per network): a keyed
+    // rule falls back to the shared SA, both ways.
+    let strip = |t: &GatewayTables| {
+        let mut t = t.clone();
+        t.peer_mut(0).unwrap().outbound.truncate(1);
+        t.inbound.retain(|spi, _| *spi < 0xa000);
+        t
+    };
+    let (fa, fb) = (strip(&ga), strip(&gb));
+    assert_eq!(spi_of(&fa, &vxlan_packet(100, 64)), 0x2001);
+    assert!(carry(&fa, &fb, &vxlan_packet(100, 64)).is_ok());
+}

@@ -103,27 +103,40 @@ pub struct VniRule {
     pub vnis: RangeInclusive<u32>,
     /// What happens to them.
     pub action: VniAction,
+    /// Keys per network (`[peer.ike] keys = "per_network"`): a `require`
+    /// rule's traffic travels under a Child SA of its own, labelled with
+    /// [`VniPolicy::label`] and bound to [`Self::binding`].
+    pub keyed: bool,
     /// Its packets (owned by the rule, so a reload that keeps the rule
     /// may carry them over).
     pub counters: Arc<VniCounters>,
 }
 
 impl VniRule {
-    /// A rule with fresh counters.
+    /// A rule with fresh counters, without keys of its own.
     pub fn new(vnis: RangeInclusive<u32>, action: VniAction) -> Self {
         Self {
             vnis,
             action,
+            keyed: false,
             counters: Arc::default(),
         }
+    }
+
+    /// The SA binding (`SaConfig::binding`) of a keyed `require` rule:
+    /// its first VNI, unique among a policy's rules, which do not
+    /// overlap. `None` for any other rule: its traffic travels under the
+    /// peer's shared (unbound) SAs.
+    pub fn binding(&self) -> Option<u32> {
+        (self.keyed && self.action == VniAction::Require).then_some(*self.vnis.start())
     }
 }
 
 impl PartialEq for VniRule {
     /// Rules are equal when they cover the same VNIs with the same
-    /// action; their counters do not count.
+    /// action and keys; their counters do not count.
     fn eq(&self, other: &Self) -> bool {
-        self.vnis == other.vnis && self.action == other.action
+        self.vnis == other.vnis && self.action == other.action && self.keyed == other.keyed
     }
 }
 
@@ -161,6 +174,28 @@ impl VniPolicy {
             Some(r) if r.vnis.contains(&vni) => r,
             _ => &self.default,
         }
+    }
+
+    /// The label in IKE of a rule's Child SA: `vxlan/100`, or
+    /// `geneve/300-309` for a range; both hosts write the same rule alike.
+    pub fn label(&self, rule: &VniRule) -> String {
+        let (lo, hi) = (rule.vnis.start(), rule.vnis.end());
+        if lo == hi {
+            format!("{}/{lo}", self.tunnel.name())
+        } else {
+            format!("{}/{lo}-{hi}", self.tunnel.name())
+        }
+    }
+
+    /// The binding a label names ([`VniRule::binding`]): its first VNI.
+    pub fn binding_of_label(label: &[u8]) -> Option<u32> {
+        let text = std::str::from_utf8(label).ok()?;
+        let (tunnel, vnis) = text.split_once('/')?;
+        if tunnel != TunnelKind::Vxlan.name() && tunnel != TunnelKind::Geneve.name() {
+            return None;
+        }
+        let lo = vnis.split_once('-').map_or(vnis, |(lo, _)| lo);
+        lo.parse().ok().filter(|&v| v <= 0xff_ffff)
     }
 
     /// Whether any VNI may travel in the clear.
@@ -231,6 +266,23 @@ mod tests {
         // No I flag, or too short: not classified, and refused.
         assert!(rule(4789, &vxlan(200, 0)).is_err());
         assert!(rule(4789, &[0x08, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn labels_name_the_rule_and_give_its_binding() {
+        let mut p = policy();
+        assert_eq!(p.label(&p.rules[1]), "vxlan/300-399");
+        assert_eq!(p.label(&p.rules[0]), "vxlan/200");
+        assert_eq!(VniPolicy::binding_of_label(b"vxlan/300-399"), Some(300));
+        assert_eq!(VniPolicy::binding_of_label(b"geneve/7"), Some(7));
+        assert_eq!(VniPolicy::binding_of_label(b"gue/6080"), None);
+        assert_eq!(VniPolicy::binding_of_label(b"vxlan/16777216"), None);
+        // Only a keyed `require` rule has keys of its own.
+        assert_eq!(p.rules[0].binding(), None);
+        p.rules[0].keyed = true;
+        assert_eq!(p.rules[0].binding(), None, "a clear rule");
+        p.rules[0].action = VniAction::Require;
+        assert_eq!(p.rules[0].binding(), Some(200));
     }
 
     #[test]

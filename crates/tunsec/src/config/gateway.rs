@@ -665,13 +665,35 @@ key_out = "b.out"
         assert_eq!(c.peers[0].ike.as_ref().unwrap().layout, ChildLayout::Split);
         let e = parse(&ike("layout = \"stock\"\n")).unwrap_err().to_string();
         assert!(e.contains("layout") && e.contains("stock"), "{e}");
-        // Keys per network are for overlay mode's networks.
+        // Keys per network need networks: `require` VNI rules, which
+        // become keyed; not with the split layout.
         assert_invalid(
             &ike("keys = \"per_network\"\n"),
             "peer[0].ike.keys",
             "\"per_network\"",
         );
         parse(&ike("keys = \"shared\"\n")).unwrap();
+        let vnis = |extra: &str| {
+            ike(extra).replacen(
+                "ports = 4789\n",
+                "ports = 4789\ntunnel = \"vxlan\"\n[[peer.selector.vni]]\nvnis = 100\npolicy = \"require\"\n\
+                 [[peer.selector.vni]]\nvnis = 200\npolicy = \"clear\"\n",
+                1,
+            )
+        };
+        let c = parse(&vnis("keys = \"per_network\"\n")).unwrap();
+        let keyed: Vec<bool> = c.peers[0].vnis[0].rules.iter().map(|r| r.keyed).collect();
+        assert_eq!(
+            keyed,
+            [true, false],
+            "only the require rule has keys of its own"
+        );
+        assert!(!parse(&vnis("")).unwrap().peers[0].vnis[0].rules[0].keyed);
+        assert_invalid(
+            &vnis("keys = \"per_network\"\nlayout = \"split\"\n"),
+            "peer[0].ike.layout",
+            "\"split\"",
+        );
         // Networks and [gateway] do not mix.
         let both = format!(
             "{GATEWAY}\n[[network]]\nname = \"blue\"\nvni = 1\nencapsulation = \"vxlan\"\n"

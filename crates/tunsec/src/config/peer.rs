@@ -11,11 +11,12 @@ use serde::Deserialize;
 use tunsec_esp::{SaKeys, Suite};
 
 use super::gateway::{RawSelector, validate_selector, validate_vni_policy};
-use super::ike::{ChildKeys, RawIke, validate_ike};
+use super::ike::{ChildKeys, ChildLayout, RawIke, validate_ike};
 use super::{
     ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
     parse_addr, quoted, secret,
 };
+use tunsec_datapath::gateway::{VniAction, VniPolicy};
 
 /// What a peer's traffic on one network must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -78,7 +79,7 @@ pub struct Peer {
     pub selectors: Vec<tunsec_datapath::gateway::GatewaySelector>,
     /// Gateway mode: the policies by VNI of the selectors that name a
     /// `tunnel` (`[[peer.selector.vni]]`).
-    pub vnis: Vec<tunsec_datapath::gateway::VniPolicy>,
+    pub vnis: Vec<VniPolicy>,
 }
 
 /// A manually keyed SA pair.
@@ -265,7 +266,7 @@ fn validate_selectors(
 ) -> Result<
     (
         Vec<tunsec_datapath::gateway::GatewaySelector>,
-        Vec<tunsec_datapath::gateway::VniPolicy>,
+        Vec<VniPolicy>,
     ),
     ConfigError,
 > {
@@ -287,15 +288,6 @@ fn validate_selectors(
         }
         return Ok((Vec::new(), Vec::new()));
     };
-    if let Some(k) = raw.ike.as_ref().and_then(|ike| ike.keys) {
-        if k != ChildKeys::Shared {
-            return Err(invalid(
-                f("ike.keys"),
-                "\"per_network\"",
-                "is for overlay mode: gateway mode has no networks of its own (its Child SAs follow [[peer.selector]])",
-            ));
-        }
-    }
     if let Some(n) = raw.networks.first() {
         return Err(invalid(
             f("networks[0]"),
@@ -342,6 +334,31 @@ fn validate_selectors(
         let selector = validate_selector(i, j, s, esp)?;
         vnis.extend(validate_vni_policy(i, j, s, &selector)?);
         selectors.push(selector);
+    }
+    // Keys per network: each `require` VNI rule gets a Child SA of its
+    // own; the default and the other selectors share one.
+    if raw.ike.as_ref().and_then(|ike| ike.keys) == Some(ChildKeys::PerNetwork) {
+        if raw.ike.as_ref().and_then(|ike| ike.layout) == Some(ChildLayout::Split) {
+            return Err(invalid(
+                f("ike.layout"),
+                "\"split\"",
+                "cannot be combined with keys = \"per_network\": each network's Child SA is one pair",
+            ));
+        }
+        let mut keyed = 0;
+        for rule in vnis.iter_mut().flat_map(|p: &mut VniPolicy| &mut p.rules) {
+            if rule.action == VniAction::Require {
+                rule.keyed = true;
+                keyed += 1;
+            }
+        }
+        if keyed == 0 {
+            return Err(invalid(
+                f("ike.keys"),
+                "\"per_network\"",
+                "needs a [[peer.selector.vni]] with policy = \"require\" in gateway mode: those are its networks",
+            ));
+        }
     }
     Ok((selectors, vnis))
 }

@@ -160,6 +160,26 @@ impl IkeDriver {
                 c.max_child_sas = tunsec_ike::sa::DEFAULT_MAX_CHILD_SAS + children.len();
             }
         }
+        // Gateway mode: a labelled Child SA for each keyed VNI rule, with
+        // its selector's traffic selectors, ahead of the shared ones
+        // (labels go to the first Child SAs, in order).
+        if peer.ike.keys == ChildKeys::PerNetwork && !peer.gateway_selectors.is_empty() {
+            let children = networks::gateway_children(local, peer.addr.ip(), &peer.gateway_vnis);
+            if let Some(((first_local, first_remote), _)) = children.first() {
+                let shared = (
+                    std::mem::take(&mut c.local_ts),
+                    std::mem::take(&mut c.remote_ts),
+                );
+                c.local_ts.clone_from(first_local);
+                c.remote_ts.clone_from(first_remote);
+                let mut more: Vec<_> = children[1..].iter().map(|(ts, _)| ts.clone()).collect();
+                more.push(shared);
+                more.append(&mut c.additional_children);
+                c.additional_children = more;
+                c.child_labels = children.iter().map(|(_, label)| label.clone()).collect();
+                c.max_child_sas = tunsec_ike::sa::DEFAULT_MAX_CHILD_SAS + children.len();
+            }
+        }
         // Each side creates the Child SA it sends with (see ChildLayout).
         c.create_missing_children = peer.ike.layout == ChildLayout::Split;
         c.narrow_to_one_child = peer.ike.layout == ChildLayout::Split;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tunsec_datapath::gateway::VniPolicy;
 use tunsec_datapath::sa_store::SaTables;
 use tunsec_datapath::shared_sa::{InboundEntry, SharedSa};
 use tunsec_esp::{Mode, Sa};
@@ -135,7 +136,20 @@ impl IkeDriver {
             }
         };
         // Keys per network: the pair carries only its network's frames.
-        let binding = networks::binding(&self.networks, inbound.label.as_deref())?;
+        let binding = match (self.gateway_mode, inbound.label.as_deref()) {
+            // Gateway mode: the label names a VNI rule (which the IKE
+            // layer took only if it is one of this peer's).
+            (Some(_), Some(label)) => {
+                Some(VniPolicy::binding_of_label(label).with_context(|| {
+                    format!(
+                        "the Child SA's label {:?} names no VNI rule",
+                        String::from_utf8_lossy(label)
+                    )
+                })?)
+            }
+            (Some(_), None) => None,
+            (None, label) => networks::binding(&self.networks, label)?,
+        };
         let mut cin = inbound.sa_config();
         cin.binding = binding;
         cin.mode = mode(inbound);

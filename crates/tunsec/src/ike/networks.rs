@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use anyhow::bail;
+use tunsec_datapath::gateway::VniPolicy;
 use tunsec_ike::sa::ts;
 
 use super::selectors::ChildTs;
@@ -72,6 +73,32 @@ pub(super) fn children(
                 vec![ts::host(remote, 17, lo, hi)],
             );
             (ts, n.label.clone())
+        })
+        .collect()
+}
+
+/// Gateway mode's Child SAs with keys per network between `local` and
+/// `remote`: one per keyed VNI rule of `vnis`, with its selector's ports
+/// on both sides and its label (`vxlan/100`, `vxlan/300-309`), which
+/// binds it to the rule's first VNI (`VniRule::binding`).
+pub(super) fn gateway_children(
+    local: IpAddr,
+    remote: IpAddr,
+    vnis: &[VniPolicy],
+) -> Vec<(ChildTs, Vec<u8>)> {
+    vnis.iter()
+        .flat_map(|p| {
+            let (lo, hi) = (*p.ports.start(), *p.ports.end());
+            p.rules
+                .iter()
+                .filter(|r| r.binding().is_some())
+                .map(move |r| {
+                    let ts = (
+                        vec![ts::host(local, 17, lo, hi)],
+                        vec![ts::host(remote, 17, lo, hi)],
+                    );
+                    (ts, p.label(r).into_bytes())
+                })
         })
         .collect()
 }

@@ -27,6 +27,9 @@ pub(super) struct PeerIke {
     /// Gateway mode: the peer's `[[peer.selector]]`s, which are then the
     /// Child SA's traffic selectors.
     pub(super) gateway_selectors: Vec<GatewaySelector>,
+    /// Gateway mode: the peer's policies by VNI, whose keyed rules get
+    /// labelled Child SAs of their own (keys per network).
+    pub(super) gateway_vnis: Vec<tunsec_datapath::gateway::VniPolicy>,
     /// We are the designated initiator: our underlay address is the lower
     /// one, and the peer's `initiate` is not `false`. Not the role of the
     /// current IKE SA (`IkeSa::is_initiator`), which is whoever started it.
@@ -185,6 +188,7 @@ impl PeerIke {
             tunnel_ports,
             networks: peer.networks.iter().map(|(n, _)| n.clone()).collect(),
             gateway_selectors: peer.selectors.clone(),
+            gateway_vnis: peer.vnis.clone(),
             initiator,
             handle: None,
             beside: None,

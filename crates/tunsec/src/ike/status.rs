@@ -43,6 +43,7 @@ impl IkeDriver {
                     .collect();
                 key_exchanges_name(&groups)
             });
+            let gateway = !self.peers[i].gateway_selectors.is_empty();
             let children = sa.as_ref().map_or_else(Vec::new, |sa| {
                 sa.child_sas()
                     .into_iter()
@@ -50,19 +51,28 @@ impl IkeDriver {
                         spi_in: format!("{:#010x}", c.inbound_spi),
                         spi_out: format!("{:#010x}", c.outbound_spi),
                         key_exchange: key_exchanges_name(&c.key_exchanges),
-                        network: c
-                            .label
-                            .as_deref()
-                            .and_then(|l| name_of(&self.networks, l))
-                            .map(str::to_owned),
+                        // Overlay: the network's name; gateway: the
+                        // label itself (`vxlan/100`), the VNI rule's.
+                        network: c.label.as_deref().and_then(|l| {
+                            if gateway {
+                                Some(String::from_utf8_lossy(l).into_owned())
+                            } else {
+                                name_of(&self.networks, l).map(str::to_owned)
+                            }
+                        }),
                     })
                     .collect()
             });
             // Configured per network, but every Child SA came up unlabelled:
             // the peer does not do it (strongSwan), and they are shared.
             let unlabelled = !children.is_empty() && children.iter().all(|c| c.network.is_none());
+            let labelled = children.iter().any(|c| c.network.is_some());
             let keys = match self.peers[i].ike.keys {
-                _ if !self.peers[i].gateway_selectors.is_empty() => None,
+                ChildKeys::Shared if gateway => None,
+                ChildKeys::PerNetwork if gateway && !labelled && !children.is_empty() => {
+                    Some("shared: the peer does not do keys per network".to_owned())
+                }
+                ChildKeys::PerNetwork if gateway => Some("per network".to_owned()),
                 ChildKeys::Shared => Some("shared".to_owned()),
                 ChildKeys::PerNetwork if unlabelled => {
                     Some("shared: the peer does not do keys per network".to_owned())
