@@ -112,6 +112,7 @@ fn seal(a: IpAddr, b: IpAddr, suite: Suite) -> Vec<u8> {
         encap: TunnelEncap::Vxlan,
         port: 4789,
         max_frame: 1400,
+        layout: tunsec_datapath::overlay::EspLayout::EspInUdp,
     };
     let tables = Tables::new(
         a,

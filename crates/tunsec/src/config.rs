@@ -48,7 +48,7 @@ pub(crate) use identity::parse_identity;
 pub use identity::{der_to_dn, dn_to_der, ip_identity};
 pub use ike::{ChildKeys, ChildLayout, ChildMode, ChildSelectors, IkePeer};
 pub use mtu::NetworkMtu;
-pub use network::{Mtu, Network, TunnelEncapsulation, parse_mac};
+pub use network::{Mtu, Network, NetworkLayout, TunnelEncapsulation, parse_mac};
 pub use node::{EspEncapsulation, EspSettings, MAX_WORKERS, Node, Offload};
 pub use ovsdb::Ovsdb;
 pub use peer::{ManualSa, Peer, PolicyKind};
@@ -218,6 +218,7 @@ impl Config {
             esp,
             sources,
         )?;
+        peer::validate_layouts(&networks, &peers)?;
         let offload = node::validate_offload(raw.offload)?;
 
         let config = Self {

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use tunsec_datapath::fdb::DEFAULT_AGEING;
 use tunsec_datapath::io::socket::DatagramSocket;
 use tunsec_datapath::io::tap;
-use tunsec_datapath::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, Tables};
+use tunsec_datapath::overlay::{EspLayout, NetworkSpec, PeerEntry, PeerSpec, Policy, Tables};
 use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::shared_sa::{InboundEntry, SharedSa};
 use tunsec_datapath::stats::{PathDrop, Stats};
@@ -29,7 +29,7 @@ use tunsec_datapath::worker::overlay::{self as worker, OverlayShared};
 use tunsec_datapath::worker::{FrameDevice, Sockets};
 use tunsec_esp::{DropReason, LifetimeState, Mode, Sa};
 
-use crate::config::{Config, EspEncapsulation, Network, Peer, PolicyKind};
+use crate::config::{Config, EspEncapsulation, Network, NetworkLayout, Peer, PolicyKind};
 use crate::control::server::ControlTarget;
 use crate::ike::{IkeCommand, IkeCommands, IkeDriver, IkeStates, IkeView};
 use crate::keys::KeyExport;
@@ -67,6 +67,10 @@ pub fn build_tables(config: &Config, now: Instant) -> anyhow::Result<(Tables, Ve
             encap: n.encapsulation.datapath(),
             port: n.port,
             max_frame: m.max_frame,
+            layout: match n.layout {
+                NetworkLayout::EspInUdp => EspLayout::EspInUdp,
+                NetworkLayout::EncryptedVxlan => EspLayout::EncryptedVxlan,
+            },
         });
         mtus.push(m);
     }
@@ -412,6 +416,8 @@ impl ControlTarget for OverlayControl {
                     rx_frames: get(|c| c.rx_frames.load(Ordering::Relaxed)),
                     rx_bytes: get(|c| c.rx_bytes.load(Ordering::Relaxed)),
                     flooded: get(|c| c.flooded.load(Ordering::Relaxed)),
+                    layout: (n.layout == NetworkLayout::EncryptedVxlan)
+                        .then(|| "encrypted_vxlan".to_owned()),
                 }
             })
             .collect();

@@ -244,6 +244,10 @@ pub struct NetworkStatus {
     pub rx_bytes: u64,
     /// Frames flooded to every peer.
     pub flooded: u64,
+    /// `encrypted_vxlan` for the Encrypted VXLAN layout; absent for ESP
+    /// in UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 /// One peer.
@@ -507,6 +511,13 @@ impl Status {
                 net.rx_frames,
                 net.rx_bytes
             );
+            if let Some(layout) = &net.layout {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} layout {layout}: VXLAN in the clear, then ESP",
+                    ""
+                );
+            }
         }
         if let Some(e) = &self.ike_endpoint {
             let _ = writeln!(

@@ -45,6 +45,7 @@ use crate::packet::{Ctx, EspTransport, Transmit, Via, canonical, seal};
 use crate::shared_sa::{InboundEntry, SharedSa};
 use crate::stats::{PathDrop, Stats, add};
 
+pub mod encrypted_vxlan;
 mod inner;
 
 pub use inner::check_inner_header;
@@ -126,6 +127,21 @@ pub struct NetworkSpec {
     pub port: u16,
     /// The largest frame (Ethernet header included) it carries.
     pub max_frame: usize,
+    /// Where ESP goes in its packets.
+    pub layout: EspLayout,
+}
+
+/// Where ESP goes in a network's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EspLayout {
+    /// ESP in UDP on the ESP port, the whole tunnel datagram inside (the
+    /// default; what strongSwan and the kernel speak).
+    #[default]
+    EspInUdp,
+    /// The Encrypted VXLAN layout, tunsec to tunsec only: the tunnel
+    /// datagram on the tunnel port with its VXLAN header (and VNI) in the
+    /// clear, then ESP sealing the frame ([`encrypted_vxlan`]).
+    EncryptedVxlan,
 }
 
 /// A peer host.
@@ -547,6 +563,19 @@ pub fn encapsulate(
         return Ok(clear_transmit(network, entry, peer, tunnel_start, end));
     }
 
+    if network.layout == EspLayout::EncryptedVxlan {
+        return encrypted_vxlan::seal_frame(
+            ctx,
+            net,
+            network,
+            entry,
+            peer,
+            (shared, sa),
+            buf,
+            start,
+            end,
+        );
+    }
     // The tunnel's UDP header, which ESP protects.
     let udp_start = tunnel_start - udp::HEADER_LEN;
     let udp_len = end - udp_start;
@@ -607,7 +636,7 @@ fn clear_transmit(
     }
 }
 
-fn emit_tunnel_header(network: &NetworkSpec, out: &mut [u8]) {
+pub(crate) fn emit_tunnel_header(network: &NetworkSpec, out: &mut [u8]) {
     // The VNI was validated against 24 bits when the tables were built.
     let vni = Vni::new(network.vni).unwrap_or_default();
     match network.encap {
@@ -658,6 +687,14 @@ fn deliver_opened(
         end,
         mut sa,
     } = opened;
+    // The Encrypted VXLAN layout: the payload is the frame itself.
+    if next_header == encrypted_vxlan::NEXT_HEADER_ETHERNET {
+        let binding = sa.binding();
+        drop(sa);
+        let d = encrypted_vxlan::frame_of(tables, peer, binding, start, end)?;
+        learn(ctx, buf, d, peer);
+        return Ok(d);
+    }
     match sa.mode() {
         // The SA's implicit selectors: UDP to one of the networks this
         // peer carries, tunnel format matching that network.
@@ -719,11 +756,14 @@ fn deliver_opened(
 
 /// Handles a cleartext tunnel datagram from `src` that arrived on `port`:
 /// accepted only if the peer's policy for that network allows the clear.
+///
+/// On a network of the Encrypted VXLAN layout, what follows the VXLAN
+/// header is ESP, opened here (the [`encrypted_vxlan`] module).
 pub fn receive_clear(
     ctx: &OverlayCtx<'_>,
     src: IpAddr,
     port: u16,
-    buf: &[u8],
+    buf: &mut [u8],
     start: usize,
     end: usize,
 ) -> Result<Delivery, PathDrop> {
@@ -735,6 +775,9 @@ pub fn receive_clear(
         return Err(PathDrop::UnknownVni);
     };
     let delivery = decapsulate(tables, encap, port, buf, start, end)?;
+    if tables.networks[delivery.net].layout == EspLayout::EncryptedVxlan {
+        return encrypted_vxlan::open(ctx, src, delivery, buf);
+    }
     match tables.policy(peer, delivery.net) {
         Some(Policy::Clear | Policy::Prefer) => {}
         Some(Policy::Require) => return Err(PathDrop::ClearRefused),
@@ -745,7 +788,7 @@ pub fn receive_clear(
 }
 
 /// Learns the frame's source MAC address behind `peer`.
-fn learn(ctx: &OverlayCtx<'_>, buf: &[u8], d: Delivery, peer: usize) {
+pub(crate) fn learn(ctx: &OverlayCtx<'_>, buf: &[u8], d: Delivery, peer: usize) {
     if let Some(src) =
         EthernetAddress::from_bytes(buf.get(d.start + 6..d.start + 12).unwrap_or(&[]))
     {

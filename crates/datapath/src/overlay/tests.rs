@@ -44,6 +44,7 @@ fn network(encap: TunnelEncap) -> NetworkSpec {
             TunnelEncap::Gue => 6080,
         },
         max_frame: 1400,
+        layout: EspLayout::EspInUdp,
     }
 }
 
@@ -151,7 +152,7 @@ impl Host {
         &self,
         src: IpAddr,
         port: u16,
-        buf: &[u8],
+        buf: &mut [u8],
         start: usize,
         end: usize,
         now: Instant,
@@ -211,7 +212,7 @@ fn carry(from: &Host, to: &Host, len: usize) -> Result<Vec<u8>, PathDrop> {
         }
         Via::Tunnel(port) => {
             assert_eq!(port, to.tables.networks[0].port);
-            to.receive_clear(src, port, &rx, 16, end, now)?
+            to.receive_clear(src, port, &mut rx, 16, end, now)?
         }
         Via::Clear => panic!("overlay mode has no raw cleartext path"),
     };
@@ -382,18 +383,18 @@ fn critical_geneve_options_are_dropped() {
     pkt.extend_from_slice(&frame(MAC_B, MAC_A, 60).0[HEADROOM..HEADROOM + 60]);
     let end = pkt.len();
     assert_eq!(
-        b.receive_clear(A, 6081, &pkt, 0, end, now),
+        b.receive_clear(A, 6081, &mut pkt, 0, end, now),
         Err(PathDrop::Unsupported)
     );
     // The same option, not critical, is skipped and the frame delivered.
     pkt[1] = 0x00;
     pkt[10] = 0x00;
-    let d = b.receive_clear(A, 6081, &pkt, 0, end, now).unwrap();
+    let d = b.receive_clear(A, 6081, &mut pkt, 0, end, now).unwrap();
     assert_eq!(d.start, 16);
     // Unknown VNI.
     pkt[6] = 101;
     assert_eq!(
-        b.receive_clear(A, 6081, &pkt, 0, end, now),
+        b.receive_clear(A, 6081, &mut pkt, 0, end, now),
         Err(PathDrop::UnknownVni)
     );
 }
@@ -1356,4 +1357,114 @@ fn a_thousand_networks_each_find_their_sa() {
         let spi = u32::from_be_bytes(buf[tx.start..tx.start + 4].try_into().unwrap());
         assert_eq!(spi, 0x10_0000 + net as u32, "network {net}");
     }
+}
+
+// ---- the Encrypted VXLAN layout ----
+
+/// [`two_networks`] with both networks in the Encrypted VXLAN layout.
+fn encrypted(host: &mut Host) {
+    for n in &mut host.tables.networks {
+        n.layout = EspLayout::EncryptedVxlan;
+    }
+}
+
+/// A frame of network `net` sealed by `from` in the Encrypted VXLAN
+/// layout: the datagram for the tunnel port, with the VXLAN header in the
+/// clear, then ESP.
+fn sealed_in_vxlan(from: &Host, net: usize) -> Vec<u8> {
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    let tx = from
+        .encapsulate(net, 0, &mut buf, s, e, Instant::now())
+        .unwrap();
+    assert_eq!(tx.via, Via::Tunnel(4789));
+    assert_eq!(tx.dst, SocketAddr::new(B, 4789));
+    buf[tx.start..tx.end].to_vec()
+}
+
+/// The layout on the wire: VXLAN with the network's VNI in the clear,
+/// then ESP of the network's SA, whose payload is the frame (next header
+/// 143); it opens into its network. The frame is not visible.
+#[test]
+fn encrypted_vxlan_keeps_the_vni_in_the_clear_and_seals_the_frame() {
+    let mut a = two_networks(
+        A,
+        B,
+        Policy::Require,
+        &[(0x2100, Some(0)), (0x2200, Some(1))],
+        &[],
+    );
+    let mut b = two_networks(
+        B,
+        A,
+        Policy::Require,
+        &[],
+        &[(0x2100, Some(0)), (0x2200, Some(1))],
+    );
+    encrypted(&mut a);
+    encrypted(&mut b);
+    for (net, vni, spi) in [(0, 100u32, 0x2100u32), (1, 200, 0x2200)] {
+        let wire = sealed_in_vxlan(&a, net);
+        let v = vxlan::Packet::new_checked(&wire[..]).unwrap();
+        assert_eq!(vxlan::Repr::parse(&v).unwrap().vni.get(), vni);
+        assert_eq!(u32::from_be_bytes(wire[8..12].try_into().unwrap()), spi);
+        let (plain, _, _) = frame(MAC_B, MAC_A, 60);
+        assert!(
+            !wire
+                .windows(12)
+                .any(|w| w == &plain[HEADROOM..HEADROOM + 12])
+        );
+        let mut rx = vec![0u8; 16];
+        rx.extend_from_slice(&wire);
+        let end = rx.len();
+        let d = b
+            .receive_clear(A, 4789, &mut rx, 16, end, Instant::now())
+            .unwrap();
+        assert_eq!(d.net, net);
+        assert_eq!(&rx[d.start..d.end], &plain[HEADROOM..HEADROOM + 60]);
+    }
+}
+
+/// The VNI is authenticated by the SA's binding: a packet of network 100
+/// whose VNI is rewritten to 200 opens, but under 100's SA, and is
+/// dropped as `network_mismatch`; a frame can not go under a shared
+/// (unbound) SA in this layout; and a cleartext VXLAN frame on such a
+/// network is never delivered.
+#[test]
+fn encrypted_vxlan_binds_the_vni_to_the_sa() {
+    let mut a = two_networks(A, B, Policy::Require, &[(0x2100, Some(0))], &[]);
+    let mut b = two_networks(B, A, Policy::Require, &[], &[(0x2100, Some(0))]);
+    encrypted(&mut a);
+    encrypted(&mut b);
+    let now = Instant::now();
+    let mut wire = sealed_in_vxlan(&a, 0);
+    wire[4..7].copy_from_slice(&[0, 0, 200]);
+    let mut rx = vec![0u8; 16];
+    rx.extend_from_slice(&wire);
+    let end = rx.len();
+    assert_eq!(
+        b.receive_clear(A, 4789, &mut rx, 16, end, now),
+        Err(PathDrop::NetworkMismatch)
+    );
+    // No SA of network 200's own: nothing goes, not even under another.
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    assert_eq!(
+        a.encapsulate(1, 0, &mut buf, s, e, now).map(|t| t.via),
+        Err(PathDrop::NoSa)
+    );
+    let mut shared = two_networks(A, B, Policy::Require, &[(0x2100, None)], &[]);
+    encrypted(&mut shared);
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    assert_eq!(
+        shared.encapsulate(0, 0, &mut buf, s, e, now).map(|t| t.via),
+        Err(PathDrop::NoSa)
+    );
+    // Plain VXLAN of that network: what follows the header is read as ESP.
+    let (mut buf, s, e) = frame(MAC_B, MAC_A, 60);
+    let mut plain = two_networks(A, B, Policy::Clear, &[], &[]);
+    plain.tables.networks[0].layout = EspLayout::EspInUdp;
+    let tx = plain.encapsulate(0, 0, &mut buf, s, e, now).unwrap();
+    let mut rx = vec![0u8; 16];
+    rx.extend_from_slice(&buf[tx.start..tx.end]);
+    let end = rx.len();
+    assert!(b.receive_clear(A, 4789, &mut rx, 16, end, now).is_err());
 }

@@ -223,7 +223,7 @@ type RxCtx<'a, R> = Ctx<'a, <R as Receive>::Tables, <<R as Receive>::Tables as I
 type Payload<R> = <<R as Receive>::Tables as Inbound>::Payload;
 /// See [`Receive::CLEAR`].
 type ClearFn<R> =
-    fn(&RxCtx<'_, R>, IpAddr, u16, &[u8], usize, usize) -> Result<Payload<R>, PathDrop>;
+    fn(&RxCtx<'_, R>, IpAddr, u16, &mut [u8], usize, usize) -> Result<Payload<R>, PathDrop>;
 
 /// A receive buffer: datagrams land [`HEADROOM`] bytes in, so that
 /// gateway transport mode can rebuild the IP header in front of the first

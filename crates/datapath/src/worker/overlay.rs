@@ -349,7 +349,7 @@ mod tests {
     use crate::early::EarlyEsp;
     use crate::fast_map::FastMap;
     use crate::io::socket::DatagramSocket;
-    use crate::overlay::{NetworkSpec, PeerEntry, PeerSpec, Policy, TunnelEncap};
+    use crate::overlay::{EspLayout, NetworkSpec, PeerEntry, PeerSpec, Policy, TunnelEncap};
     use crate::packet::{Ctx, EspTransport, TAILROOM};
     use crate::shared_sa::{InboundEntry, SharedSa};
     use crate::worker::test::{Recorder, wait_until};
@@ -386,6 +386,7 @@ mod tests {
             encap: TunnelEncap::Vxlan,
             port: 4789,
             max_frame: 1400,
+            layout: EspLayout::EspInUdp,
         };
         Tables::new(
             LOOPBACK,

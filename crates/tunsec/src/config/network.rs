@@ -55,6 +55,21 @@ pub(super) struct RawNetwork {
     pub(super) mtu: Option<toml::Value>,
     #[serde(default)]
     pub(super) fdb: Vec<RawFdbEntry>,
+    pub(super) layout: Option<NetworkLayout>,
+}
+
+/// Where ESP goes in a network's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkLayout {
+    /// ESP in UDP on `esp.port`, the tunnel datagram inside (the default;
+    /// what strongSwan and the kernel speak).
+    #[default]
+    EspInUdp,
+    /// The Encrypted VXLAN layout, tunsec to tunsec only: the VXLAN
+    /// header (and VNI) in the clear on the tunnel port, then ESP sealing
+    /// the frame. Needs keys per network with every peer of the network.
+    EncryptedVxlan,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +99,8 @@ pub struct Network {
     pub mtu: Mtu,
     /// Static forwarding entries: MAC to peer name.
     pub fdb: Vec<(EthernetAddress, String)>,
+    /// Where ESP goes in its packets.
+    pub layout: NetworkLayout,
 }
 
 /// Every `[[network]]`: each valid, and no two with the same name, VNI
@@ -240,6 +257,17 @@ fn validate_network(
         }
         fdb.push((mac, e.peer));
     }
+    let layout = raw.layout.unwrap_or_default();
+    if layout == NetworkLayout::EncryptedVxlan && raw.encapsulation != TunnelEncapsulation::Vxlan {
+        return Err(invalid(
+            f("layout"),
+            "\"encrypted_vxlan\"",
+            format!(
+                "needs encapsulation = \"vxlan\", not {:?}",
+                format!("{:?}", raw.encapsulation).to_lowercase()
+            ),
+        ));
+    }
     Ok(Network {
         name: raw.name,
         vni: raw.vni,
@@ -249,6 +277,7 @@ fn validate_network(
         bridge: raw.bridge,
         mtu,
         fdb,
+        layout,
     })
 }
 
@@ -273,6 +302,53 @@ pub fn parse_mac(s: &str) -> Option<EthernetAddress> {
 mod test {
     use super::super::testing::*;
     use super::*;
+
+    /// `layout = "encrypted_vxlan"`: VXLAN only, and every peer of the
+    /// network with `require` and keys per network.
+    #[test]
+    fn encrypted_vxlan_needs_vxlan_require_and_keys_per_network() {
+        let encrypted = |ike: &str| {
+            ike_config(ike).replacen(
+                "encapsulation = \"vxlan\"\n",
+                "encapsulation = \"vxlan\"\nlayout = \"encrypted_vxlan\"\n",
+                1,
+            )
+        };
+        let psk = b"a key long enough for the test";
+        let keys = "[peer.ike]\npsk_file = \"b.psk\"\nkeys = \"per_network\"\n";
+        let c = parse_ike(&encrypted(keys), psk).unwrap();
+        assert_eq!(c.networks[0].layout, NetworkLayout::EncryptedVxlan);
+        assert_eq!(c.networks[1].layout, NetworkLayout::EspInUdp);
+        assert_ike_invalid(&encrypted(IKE_PEER), psk, "peer[0].ike.keys", "\"shared\"");
+        assert_ike_invalid(
+            &encrypted(keys).replace(
+                "policies = { red = \"clear\" }",
+                "policies = { blue = \"prefer\" }",
+            ),
+            psk,
+            "peer[0].policies.blue",
+            "\"prefer\"",
+        );
+        assert_invalid(
+            &BASE.replacen(
+                "port = 6080\n",
+                "port = 6080\nlayout = \"encrypted_vxlan\"\n",
+                1,
+            ),
+            "network[1].layout",
+            "\"encrypted_vxlan\"",
+        );
+        // Manual keys have no per-network SA.
+        assert_invalid(
+            &BASE.replacen(
+                "encapsulation = \"vxlan\"\n",
+                "encapsulation = \"vxlan\"\nlayout = \"encrypted_vxlan\"\n",
+                1,
+            ),
+            "peer[0].ike.keys",
+            "(no [peer.ike])",
+        );
+    }
 
     #[test]
     fn network_errors_name_the_field_and_value() {

@@ -13,8 +13,8 @@ use tunsec_esp::{SaKeys, Suite};
 use super::gateway::{RawSelector, validate_selector, validate_vni_policy};
 use super::ike::{ChildKeys, ChildLayout, RawIke, validate_ike};
 use super::{
-    ChildMode, ConfigError, EspSettings, IkePeer, Network, Node, Sources, check_name, invalid,
-    parse_addr, quoted, secret,
+    ChildMode, ConfigError, EspSettings, IkePeer, Network, NetworkLayout, Node, Sources,
+    check_name, invalid, parse_addr, quoted, secret,
 };
 use tunsec_datapath::gateway::{VniAction, VniPolicy};
 
@@ -251,6 +251,47 @@ fn validate_peer(
         selectors,
         vnis,
     })
+}
+
+/// A network of the Encrypted VXLAN layout carries ESP only, each SA
+/// bound to it: every peer that carries it needs `require` for it and
+/// keys per network (`[peer.ike] keys = "per_network"`).
+pub(super) fn validate_layouts(networks: &[Network], peers: &[Peer]) -> Result<(), ConfigError> {
+    for net in networks
+        .iter()
+        .filter(|n| n.layout == NetworkLayout::EncryptedVxlan)
+    {
+        for (i, p) in peers.iter().enumerate() {
+            let Some((_, policy)) = p.networks.iter().find(|(n, _)| *n == net.name) else {
+                continue;
+            };
+            if *policy != PolicyKind::Require {
+                return Err(invalid(
+                    format!("peer[{i}].policies.{}", net.name),
+                    quoted(&format!("{policy:?}").to_lowercase()),
+                    format!(
+                        "network {:?} has layout = \"encrypted_vxlan\", which carries ESP only: its policy must be \"require\"",
+                        net.name
+                    ),
+                ));
+            }
+            if p.ike.as_ref().map(|ike| ike.keys) != Some(ChildKeys::PerNetwork) {
+                return Err(invalid(
+                    format!("peer[{i}].ike.keys"),
+                    if p.ike.is_some() {
+                        "\"shared\""
+                    } else {
+                        "(no [peer.ike])"
+                    },
+                    format!(
+                        "network {:?} has layout = \"encrypted_vxlan\", whose SAs are one per network: set [peer.ike] keys = \"per_network\"",
+                        net.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A peer's `[[peer.selector]]` tables: only in gateway mode, where they
