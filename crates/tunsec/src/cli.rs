@@ -179,7 +179,8 @@ pub struct BenchArgs {
     /// tunsec-aes128gcm16-noudpgso,
     /// tunsec-aes128gcm16-nogro, tunsec-aes128gcm16-nooffload,
     /// tunsec-aes128gcm16-2workers, tunsec-gateway-aes128gcm16,
-    /// wireguard-go, boringtun. Default: all.
+    /// tunsec-networks-1, tunsec-networks-1000 (keys per network),
+    /// tunsec-encrypted-vxlan, wireguard-go, boringtun. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     pub cases: Vec<String>,
     /// Print the results as JSON instead of a table (progress still goes

@@ -51,7 +51,8 @@ use measure::CpuTimes;
 use peers::Peer;
 use report::{BASELINE, CaseReport, Report, Status};
 use setup::{
-    add_hosts, expected_tap_mtu, setup_gateway, setup_kernel_vxlan, setup_tunsec, setup_veth,
+    add_hosts, expected_tap_mtu, setup_gateway, setup_kernel_vxlan, setup_networks, setup_tunsec,
+    setup_veth,
 };
 use tunsec::cli::BenchArgs;
 use tunsec_lab::Lab;
@@ -74,6 +75,13 @@ enum Kind {
     /// The kernel's vxlan device, protected by tunsecd in gateway mode
     /// (transport mode, selector UDP 4789) with this suite.
     Gateway(Suite),
+    /// tunsecd with this many networks between the two hosts, keys per
+    /// network negotiated by IKEv2 (AES-128-GCM), the tenant flow on the
+    /// first; in the Encrypted VXLAN layout if `encrypted`.
+    Networks {
+        count: u16,
+        encrypted: bool,
+    },
     Peer(Peer),
 }
 
@@ -155,6 +163,22 @@ impl Kind {
             .map(|o| Self::Tunsec(Some(Suite::AesGcm128), o)),
         );
         v.push(Self::Gateway(Suite::AesGcm128));
+        // Keys per network: 1 and 1,000 networks, and the Encrypted VXLAN
+        // layout beside ESP in UDP.
+        v.extend([
+            Self::Networks {
+                count: 1,
+                encrypted: false,
+            },
+            Self::Networks {
+                count: 1000,
+                encrypted: false,
+            },
+            Self::Networks {
+                count: 1,
+                encrypted: true,
+            },
+        ]);
         v.extend(Peer::ALL.into_iter().map(Self::Peer));
         v
     }
@@ -166,6 +190,10 @@ impl Kind {
             Self::Tunsec(None, o) => format!("tunsec-clear{}", o.suffix()),
             Self::Tunsec(Some(s), o) => format!("tunsec-{}{}", s.name(), o.suffix()),
             Self::Gateway(s) => format!("tunsec-gateway-{}", s.name()),
+            Self::Networks {
+                encrypted: true, ..
+            } => "tunsec-encrypted-vxlan".to_owned(),
+            Self::Networks { count, .. } => format!("tunsec-networks-{count}"),
             Self::Peer(p) => p.name().to_owned(),
         }
     }
@@ -192,6 +220,14 @@ impl Kind {
             Self::Gateway(s) => format!(
                 "the kernel's vxlan device, its UDP 4789 steered through tunsecd in gateway mode, {s}: ESP in UDP, transport mode, manual random keys"
             ),
+            Self::Networks { count, encrypted } => format!(
+                "tunsecd, {count} network(s) with keys per network by IKEv2 (aes128gcm16), the flow on one: {}",
+                if encrypted {
+                    "the Encrypted VXLAN layout (VXLAN, then ESP)"
+                } else {
+                    "VXLAN inside ESP in UDP"
+                }
+            ),
             Self::Peer(p) => p.description().to_owned(),
         }
     }
@@ -216,6 +252,8 @@ struct Endpoints {
     control_sockets: Vec<PathBuf>,
     /// Files outside the lab to remove afterwards (WireGuard's sockets).
     files: Vec<PathBuf>,
+    /// With many networks: how they came up.
+    networks: Option<report::NetworksReport>,
 }
 
 /// What every case needs.
@@ -342,10 +380,12 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .unwrap_or("iperf3")
         .to_owned();
     tunsec_lab::run("ping", &["-V"]).context("ping is needed: apt-get install iputils-ping")?;
-    let tunsecd = if kinds
-        .iter()
-        .any(|k| matches!(k, Kind::Tunsec(..) | Kind::Gateway(_)))
-    {
+    let tunsecd = if kinds.iter().any(|k| {
+        matches!(
+            k,
+            Kind::Tunsec(..) | Kind::Gateway(_) | Kind::Networks { .. }
+        )
+    }) {
         Some(crate::demo::tunsecd_path()?)
     } else {
         None

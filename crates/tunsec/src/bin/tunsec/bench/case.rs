@@ -95,6 +95,7 @@ fn measure_case(
         Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu)?,
         Kind::Tunsec(suite, offloads) => setup_tunsec(ctx, lab, suite, offloads)?,
         Kind::Gateway(suite) => setup_gateway(ctx, lab, suite)?,
+        Kind::Networks { count, encrypted } => setup_networks(ctx, lab, count, encrypted)?,
         Kind::Peer(p) => {
             let (daemon, wg) = peer.context("no binaries for the peer")?;
             let hosts = add_hosts(lab)?;
@@ -114,6 +115,7 @@ fn measure_case(
         }
     };
     report.mtu = Some(ep.mtu);
+    report.networks = ep.networks;
     report.daemon = ep.daemon.map(str::to_owned);
     check_interrupted(ctx.stop)?;
 

@@ -336,5 +336,6 @@ pub(super) fn setup(
         hosts: hosts.to_vec(),
         control_sockets: Vec::new(),
         files,
+        networks: None,
     })
 }

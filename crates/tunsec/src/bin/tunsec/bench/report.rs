@@ -92,8 +92,23 @@ pub(crate) struct CaseReport {
     /// hosts' UDP receive buffers), `tunsecd:<reason>` (data path and SA
     /// drops). Zeros left out.
     pub(crate) drops: BTreeMap<String, u64>,
+    /// With keys per network: how the networks came up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) networks: Option<NetworksReport>,
     /// Every run.
     pub(crate) runs: Vec<RunReport>,
+}
+
+/// How a case's networks came up (`tunsec-networks-N`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct NetworksReport {
+    /// Networks between the two hosts, each with a Child SA of its own.
+    pub(crate) count: u16,
+    /// From the start of both daemons until each showed a Child SA per
+    /// network.
+    pub(crate) up_secs: f64,
+    /// The resident memory of each host's tunsecd once they were up.
+    pub(crate) rss_kib: [u64; 2],
 }
 
 /// One iperf3 run.
@@ -142,6 +157,7 @@ impl CaseReport {
             load1_at_start: 0.0,
             other_cpu_percent: 0.0,
             drops: BTreeMap::new(),
+            networks: None,
             runs: Vec::new(),
         }
     }
@@ -271,6 +287,47 @@ impl Report {
              bgCPU: share of all CPUs busy in a quiet second before the case (other people's work). MTU: the tenants' interfaces.\n\
              drops: over the whole case; udp_rcvbuf = UDP receive-buffer overflows on the hosts, tunsecd:* = tunsecd's drop counters."
         );
+        let with_networks: Vec<_> = self
+            .cases
+            .iter()
+            .filter_map(|c| Some((c, c.networks?)))
+            .collect();
+        if !with_networks.is_empty() {
+            let _ = writeln!(
+                s,
+                "
+keys per network: networks, time until every Child SA was up, tunsecd resident memory (h1, h2)"
+            );
+            for (c, n) in &with_networks {
+                let _ = writeln!(
+                    s,
+                    "  {:<25} {:>5} networks up in {:>6.2} s, RSS {:.1} / {:.1} MiB",
+                    c.name,
+                    n.count,
+                    n.up_secs,
+                    n.rss_kib[0] as f64 / 1024.0,
+                    n.rss_kib[1] as f64 / 1024.0
+                );
+            }
+            // Memory per network: the difference between the largest and
+            // the smallest count, over the networks added.
+            let lo = with_networks.iter().min_by_key(|(_, n)| n.count);
+            let hi = with_networks.iter().max_by_key(|(_, n)| n.count);
+            if let (Some((_, lo)), Some((_, hi))) = (lo, hi) {
+                if hi.count > lo.count {
+                    let per = |i: usize| {
+                        (hi.rss_kib[i] as f64 - lo.rss_kib[i] as f64)
+                            / f64::from(hi.count - lo.count)
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  memory per network (its TAP queue, Child SA pair, tables): {:.1} / {:.1} KiB",
+                        per(0),
+                        per(1)
+                    );
+                }
+            }
+        }
         s
     }
 

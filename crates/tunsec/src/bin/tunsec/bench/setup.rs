@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tunsec::config::Config;
@@ -73,6 +73,7 @@ fn tenant_endpoints(tenants: [String; 2], mtu: u16) -> Endpoints {
         hosts: Vec::new(),
         control_sockets: Vec::new(),
         files: Vec::new(),
+        networks: None,
     }
 }
 
@@ -371,4 +372,119 @@ mod test {
             assert_eq!(c.peers[0].sa.as_ref().unwrap().suite, suite);
         }
     }
+}
+
+/// The config of host `n` (1 or 2) with `count` networks (VXLAN, VNI
+/// 1000 on, the first with the tenants' TAP device), all carried to the
+/// other host with keys per network from IKEv2 (PSK, AES-128-GCM), in
+/// the Encrypted VXLAN layout if `encrypted`.
+fn networks_config(dir: &Path, n: usize, count: u16, encrypted: bool) -> String {
+    let other = 3 - n;
+    let mut c = format!(
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n",
+        HOST_ADDR[n - 1],
+        dir.join(format!("h{n}.sock")).display(),
+    );
+    let layout = if encrypted {
+        "layout = \"encrypted_vxlan\"\n"
+    } else {
+        ""
+    };
+    let mut names = Vec::new();
+    for i in 0..count {
+        let tap = if i == 0 {
+            TAP.to_owned()
+        } else {
+            format!("tsb{i}")
+        };
+        let _ = write!(
+            c,
+            "[[network]]\nname = \"n{i}\"\nvni = {}\nencapsulation = \"vxlan\"\ntap = \"{tap}\"\n{layout}\n",
+            1000 + u32::from(i)
+        );
+        names.push(format!("\"n{i}\""));
+    }
+    let _ = write!(
+        c,
+        "[[peer]]\nname = \"h{other}\"\nunderlay = \"{}\"\nnetworks = [{}]\npolicy = \"require\"\n\n\
+         [peer.ike]\npsk_file = \"{}\"\nkeys = \"per_network\"\n\
+         ike_proposals = [\"aes128gcm16-prfsha256-x25519\"]\nesp_proposals = [\"aes128gcm16\"]\n",
+        HOST_ADDR[other - 1],
+        names.join(", "),
+        dir.join("bench.psk").display()
+    );
+    c
+}
+
+/// tunsecd on both hosts with `count` networks and keys per network;
+/// waits until each shows a Child SA per network, and reports how long
+/// that took and the daemons' memory then.
+pub(super) fn setup_networks(
+    ctx: &Ctx<'_>,
+    lab: &mut Lab,
+    count: u16,
+    encrypted: bool,
+) -> anyhow::Result<Endpoints> {
+    let hosts = add_hosts(lab)?;
+    let dir = lab.dir.path().to_owned();
+    tunsec::config::write_secret(dir.join("bench.psk"), "a bench key, long enough to use\n")?;
+    let t0 = Instant::now();
+    let (labels, sockets, mtus) = start_tunsecds(
+        ctx,
+        lab,
+        &hosts,
+        |n| networks_config(&dir, n, count, encrypted),
+        |s| s.networks.iter().find(|n| n.tap == TAP).map(|n| n.mtu),
+        TAP,
+    )?;
+    let children = |sock: &Path| match control::call(sock, &Request::Status) {
+        Ok(Response::Status(s)) => s
+            .peers
+            .first()
+            .and_then(|p| p.ike.as_ref())
+            .map_or(0, |i| i.children.len()),
+        _ => 0,
+    };
+    lab.wait_for(
+        &format!("a Child SA for each of {count} networks on both hosts"),
+        Duration::from_secs(300),
+        || {
+            ctx.stop.load(Ordering::Relaxed)
+                || sockets.iter().all(|s| children(s) >= usize::from(count))
+        },
+    )?;
+    check_interrupted(ctx.stop)?;
+    let up_secs = t0.elapsed().as_secs_f64();
+    let mut rss_kib = [0; 2];
+    for (i, label) in labels.iter().enumerate() {
+        let pid = lab
+            .pid(label)
+            .with_context(|| format!("{label} was not started"))?;
+        rss_kib[i] = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .with_context(|| format!("the VmRSS of {label}"))?;
+    }
+    let mut tenants = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
+    }
+    let [t1, t2]: [String; 2] = tenants
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
+    let mut ep = tenant_endpoints([t1, t2], mtus[0].min(mtus[1]));
+    ep.daemon = Some("tunsecd");
+    ep.daemon_labels = labels;
+    ep.hosts = hosts.to_vec();
+    ep.control_sockets = sockets;
+    ep.networks = Some(report::NetworksReport {
+        count,
+        up_secs,
+        rss_kib,
+    });
+    Ok(ep)
 }
