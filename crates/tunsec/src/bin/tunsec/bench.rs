@@ -532,6 +532,9 @@ mod test {
                 "tunsec-aes128gcm16-nooffload",
                 "tunsec-aes128gcm16-2workers",
                 "tunsec-gateway-aes128gcm16",
+                "tunsec-networks-1",
+                "tunsec-networks-1000",
+                "tunsec-encrypted-vxlan",
                 "wireguard-go",
                 "boringtun"
             ]

@@ -331,49 +331,6 @@ pub(super) fn setup_gateway(
     Ok(ep)
 }
 
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    #[test]
-    fn configs_parse() {
-        assert_eq!(expected_tap_mtu().unwrap(), 1385);
-        let dir = tempfile::tempdir().unwrap();
-        for suite in Suite::ALL {
-            let len = suite.encryption_key_len() + suite.integrity_key_len();
-            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-            tunsec::config::write_secret(&a, random_hex(len).unwrap()).unwrap();
-            tunsec::config::write_secret(&b, random_hex(len).unwrap()).unwrap();
-            let text = tunsec_config(dir.path(), 2, Some((suite, &a, &b)));
-            let c = Config::parse(&text, dir.path()).unwrap();
-            let sa = c.peers[0].sa.as_ref().unwrap();
-            assert_eq!(sa.suite, suite);
-            assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
-            let all = |c: &Config| {
-                let o = c.offload;
-                (o.tap, o.gro, o.udp_gso, o.udp_gro)
-            };
-            assert_eq!(all(&c), (true, true, true, true));
-            for (o, expect) in [
-                (Offloads::NoUdpGro, (true, true, true, false)),
-                (Offloads::NoUdpGso, (true, true, false, true)),
-                (Offloads::NoGro, (true, false, true, true)),
-                (Offloads::None, (false, false, false, false)),
-            ] {
-                let c = Config::parse(&o.apply(text.clone()), dir.path()).unwrap();
-                assert_eq!(all(&c), expect, "{o:?}");
-            }
-            let c = Config::parse(&Offloads::TwoWorkers.apply(text.clone()), dir.path()).unwrap();
-            assert_eq!((all(&c), c.node.workers), ((true, true, true, true), 2));
-            let c =
-                Config::parse(&gateway_config(dir.path(), 1, suite, &a, &b), dir.path()).unwrap();
-            let gw = c.gateway.as_ref().unwrap();
-            assert_eq!(gw.tunnel_devices, ["vx0"]);
-            assert_eq!(c.peers[0].sa.as_ref().unwrap().suite, suite);
-        }
-    }
-}
-
 /// The config of host `n` (1 or 2) with `count` networks (VXLAN, VNI
 /// 1000 on, the first with the tenants' TAP device), all carried to the
 /// other host with keys per network from IKEv2 (PSK, AES-128-GCM), in
@@ -487,4 +444,47 @@ pub(super) fn setup_networks(
         rss_kib,
     });
     Ok(ep)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn configs_parse() {
+        assert_eq!(expected_tap_mtu().unwrap(), 1385);
+        let dir = tempfile::tempdir().unwrap();
+        for suite in Suite::ALL {
+            let len = suite.encryption_key_len() + suite.integrity_key_len();
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            tunsec::config::write_secret(&a, random_hex(len).unwrap()).unwrap();
+            tunsec::config::write_secret(&b, random_hex(len).unwrap()).unwrap();
+            let text = tunsec_config(dir.path(), 2, Some((suite, &a, &b)));
+            let c = Config::parse(&text, dir.path()).unwrap();
+            let sa = c.peers[0].sa.as_ref().unwrap();
+            assert_eq!(sa.suite, suite);
+            assert_eq!((sa.spi_in, sa.spi_out), (0x1021, 0x1012));
+            let all = |c: &Config| {
+                let o = c.offload;
+                (o.tap, o.gro, o.udp_gso, o.udp_gro)
+            };
+            assert_eq!(all(&c), (true, true, true, true));
+            for (o, expect) in [
+                (Offloads::NoUdpGro, (true, true, true, false)),
+                (Offloads::NoUdpGso, (true, true, false, true)),
+                (Offloads::NoGro, (true, false, true, true)),
+                (Offloads::None, (false, false, false, false)),
+            ] {
+                let c = Config::parse(&o.apply(text.clone()), dir.path()).unwrap();
+                assert_eq!(all(&c), expect, "{o:?}");
+            }
+            let c = Config::parse(&Offloads::TwoWorkers.apply(text.clone()), dir.path()).unwrap();
+            assert_eq!((all(&c), c.node.workers), ((true, true, true, true), 2));
+            let c =
+                Config::parse(&gateway_config(dir.path(), 1, suite, &a, &b), dir.path()).unwrap();
+            let gw = c.gateway.as_ref().unwrap();
+            assert_eq!(gw.tunnel_devices, ["vx0"]);
+            assert_eq!(c.peers[0].sa.as_ref().unwrap().suite, suite);
+        }
+    }
 }
