@@ -129,6 +129,9 @@ pub struct NetworkCounters {
     pub rx_bytes: AtomicU64,
     /// Frames flooded (broadcast, multicast, unknown unicast).
     pub flooded: AtomicU64,
+    /// Frames whose tunnel header named this network but that came under
+    /// another network's SA, dropped (`network_mismatch`).
+    pub network_mismatch: AtomicU64,
 }
 
 /// All data-path counters.

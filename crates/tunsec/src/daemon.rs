@@ -416,6 +416,7 @@ impl ControlTarget for OverlayControl {
                     rx_frames: get(|c| c.rx_frames.load(Ordering::Relaxed)),
                     rx_bytes: get(|c| c.rx_bytes.load(Ordering::Relaxed)),
                     flooded: get(|c| c.flooded.load(Ordering::Relaxed)),
+                    network_mismatch: get(|c| c.network_mismatch.load(Ordering::Relaxed)),
                     layout: (n.layout == NetworkLayout::EncryptedVxlan)
                         .then(|| "encrypted_vxlan".to_owned()),
                 }

@@ -256,6 +256,11 @@ pub fn render(status: &Status) -> String {
         "network_flooded_frames",
         "Broadcast and unknown-unicast frames replicated to every peer",
     );
+    let mismatch = net(
+        &mut r,
+        "network_mismatch_frames",
+        "Frames naming the network that came under another network's SA, dropped",
+    );
     for n in &status.networks {
         let l = NetworkLabels {
             network: n.name.clone(),
@@ -265,6 +270,7 @@ pub fn render(status: &Status) -> String {
         rx_frames.get_or_create(&l).inc_by(n.rx_frames);
         rx_bytes.get_or_create(&l).inc_by(n.rx_bytes);
         flooded.get_or_create(&l).inc_by(n.flooded);
+        mismatch.get_or_create(&l).inc_by(n.network_mismatch);
     }
 
     let drops: Family<ReasonLabels, Counter> = family(
@@ -333,6 +339,7 @@ pub fn render(status: &Status) -> String {
                     ("clear", v.clear),
                     ("discarded", v.discarded),
                     ("opened", v.opened),
+                    ("network_mismatch", v.network_mismatch),
                 ] {
                     vni.get_or_create(&VniLabels {
                         peer: p.peer.clone(),

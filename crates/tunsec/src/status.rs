@@ -204,6 +204,9 @@ pub struct GatewayVniStatus {
     pub discarded: u64,
     /// Packets opened from the peer's ESP.
     pub opened: u64,
+    /// Packets opened under another rule's SA, dropped.
+    #[serde(default)]
+    pub network_mismatch: u64,
 }
 
 /// This host.
@@ -244,6 +247,10 @@ pub struct NetworkStatus {
     pub rx_bytes: u64,
     /// Frames flooded to every peer.
     pub flooded: u64,
+    /// Frames naming this network that came under another network's SA
+    /// (keys per network), dropped.
+    #[serde(default)]
+    pub network_mismatch: u64,
     /// `encrypted_vxlan` for the Encrypted VXLAN layout; absent for ESP
     /// in UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,6 +518,13 @@ impl Status {
                 net.rx_frames,
                 net.rx_bytes
             );
+            if net.network_mismatch > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} network_mismatch {}: frames under another network's SA, dropped",
+                    "", net.network_mismatch
+                );
+            }
             if let Some(layout) = &net.layout {
                 let _ = writeln!(
                     s,
@@ -723,8 +737,15 @@ impl GatewayStatus {
             for v in &p.vnis {
                 let _ = writeln!(
                     s,
-                    "    vni {} {} {}: sealed {} clear {} discarded {} opened {}",
-                    v.tunnel, v.vnis, v.policy, v.sealed, v.clear, v.discarded, v.opened
+                    "    vni {} {} {}: sealed {} clear {} discarded {} opened {} network_mismatch {}",
+                    v.tunnel,
+                    v.vnis,
+                    v.policy,
+                    v.sealed,
+                    v.clear,
+                    v.discarded,
+                    v.opened,
+                    v.network_mismatch
                 );
             }
         }

@@ -224,6 +224,23 @@ fn encrypted_vxlan_layout() {
             red_rx(&s_after) == red_rx(&s_before),
             "the frame reached red"
         );
+        let red = s_after
+            .networks
+            .iter()
+            .find(|n| n.name == "red")
+            .context("red")?;
+        ensure!(
+            red.network_mismatch == 1,
+            "red's network_mismatch: {}",
+            red.network_mismatch
+        );
+        ensure!(
+            s_after
+                .render()
+                .contains("network_mismatch 1: frames under another network's SA"),
+            "status does not show red's drop:\n{}",
+            s_after.render()
+        );
         Ok(())
     });
 }

@@ -578,6 +578,9 @@ fn packet_of(
         (None, None) => false,
     };
     if mismatch {
+        if let Some(r) = rule {
+            add(&r.counters.network_mismatch, 1);
+        }
         return Err(PathDrop::NetworkMismatch);
     }
     if let Some(r) = rule {

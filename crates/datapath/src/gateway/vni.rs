@@ -94,6 +94,9 @@ pub struct VniCounters {
     pub discarded: AtomicU64,
     /// Opened from the peer's ESP and delivered.
     pub opened: AtomicU64,
+    /// Opened under an SA of another rule (keys per network), dropped
+    /// (`network_mismatch`).
+    pub network_mismatch: AtomicU64,
 }
 
 /// One rule: a VNI range and its action.

@@ -27,7 +27,7 @@ use tunsec_wire::{ethernet, vxlan};
 use super::{Delivery, NetworkSpec, OverlayCtx, PeerEntry, Tables, emit_tunnel_header};
 use crate::esp_rx::{Received, open_inbound};
 use crate::packet::{Transmit, Via, seal};
-use crate::stats::PathDrop;
+use crate::stats::{PathDrop, add};
 
 /// ESP's next header for an Ethernet frame: IP protocol 143 (IANA
 /// "Ethernet", RFC 8986 section 10.1).
@@ -86,7 +86,12 @@ pub(super) fn open(
         Received::Payload(d) if d.net == outer.net => Ok(d),
         // Opened, but under another network's keys: the VNI was rewritten,
         // or a peer put one network's frame into another.
-        Received::Payload(_) => Err(PathDrop::NetworkMismatch),
+        Received::Payload(_) => {
+            if let Some(c) = ctx.stats.network(outer.net) {
+                add(&c.network_mismatch, 1);
+            }
+            Err(PathDrop::NetworkMismatch)
+        }
         Received::Keepalive | Received::Ike { .. } => Err(PathDrop::Malformed),
     }
 }

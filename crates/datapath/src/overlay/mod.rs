@@ -742,6 +742,9 @@ fn deliver_opened(
     // whatever the (authenticated) tunnel header inside says.
     let delivery = match (binding, delivery) {
         (Some(b), Ok(d)) if usize::try_from(b).ok() != Some(d.net) => {
+            if let Some(c) = ctx.stats.network(d.net) {
+                add(&c.network_mismatch, 1);
+            }
             return Err(PathDrop::NetworkMismatch);
         }
         (Some(_), Err(PathDrop::UnknownVni)) => return Err(PathDrop::NetworkMismatch),

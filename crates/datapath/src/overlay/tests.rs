@@ -1288,6 +1288,14 @@ fn a_frame_under_another_networks_sa_is_dropped() {
         (0x2100, Err(PathDrop::NetworkMismatch))
     );
     assert_eq!(b.stats.drops(PathDrop::NetworkMismatch), 1);
+    // Counted for the network the header named.
+    let per_net = |n| {
+        b.stats.network(n).map(|c| {
+            c.network_mismatch
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    assert_eq!((per_net(0), per_net(1)), (Some(0), Some(1)));
 }
 
 /// With keys per network and none yet for a network, `require` drops its

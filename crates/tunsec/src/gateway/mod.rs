@@ -255,6 +255,7 @@ pub(crate) fn vni_status(policies: &[VniPolicy]) -> Vec<GatewayVniStatus> {
                     clear: load(&r.counters.clear),
                     discarded: load(&r.counters.discarded),
                     opened: load(&r.counters.opened),
+                    network_mismatch: load(&r.counters.network_mismatch),
                 })
         })
         .collect()
