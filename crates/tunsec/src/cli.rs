@@ -85,6 +85,10 @@ pub enum TunsecCommand {
         /// stay).
         #[arg(long)]
         ike: bool,
+        /// Rekey only this network's Child SA (keys per network): the
+        /// network's name, or in gateway mode its label (`vxlan/100`).
+        #[arg(long, value_name = "NETWORK", conflicts_with = "ike")]
+        network: Option<String>,
         /// Where tunsecd is.
         #[command(flatten)]
         daemon: DaemonArgs,

@@ -353,7 +353,11 @@ impl PeerSas for Tables {
 }
 
 impl ControlTarget for OverlayControl {
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
+    fn ike_command(
+        &self,
+        peer: &str,
+        command: &dyn Fn(usize) -> IkeCommand,
+    ) -> Result<String, String> {
         self.peers.ike_command(peer, command)
     }
 

@@ -283,7 +283,7 @@ impl PeerControl {
     pub(crate) fn ike_command(
         &self,
         peer: &str,
-        command: fn(usize) -> crate::ike::IkeCommand,
+        command: &dyn Fn(usize) -> crate::ike::IkeCommand,
     ) -> Result<String, String> {
         let slots = self
             .slots

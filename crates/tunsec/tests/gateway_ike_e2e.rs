@@ -110,6 +110,7 @@ fn gateway_ike() {
             &Request::Rekey {
                 peer: "h2".into(),
                 ike: false,
+                network: None,
             },
         )? {
             Response::Done { .. } => {}

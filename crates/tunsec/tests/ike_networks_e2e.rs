@@ -21,6 +21,12 @@
 //!   the keys `tunsec keys export` gives: h2 opens it and drops it as
 //!   `network_mismatch`; the same packet with `blue`'s VXLAN header
 //!   instead is delivered into `blue`, so nothing but the network differs.
+//! - `ike_keys_per_network_three_vxlan_networks`: three hosts, three VXLAN
+//!   networks on port 4789 (`red` 100, `blue` 200, `green` 300), h3 a
+//!   member of `blue` and `green` only. The capture between h1 and h2
+//!   holds exactly three SPI pairs, one per network; h3 has exactly two
+//!   SA pairs with each peer; `tunsec rekey h2 --network red` changes only
+//!   `red`'s SPIs, and the same for h3 (which has no `red`) is refused.
 //!
 //! They need root, iproute2, ping, tshark (dumpcap), nftables and
 //! python3-cryptography; they fail, never skip, when something is missing.
@@ -117,6 +123,7 @@ fn ike_keys_per_network() {
         let request = Request::Rekey {
             peer: "h2".to_owned(),
             ike: false,
+            network: None,
         };
         match control::call(&socket_path(lab, 1), &request)? {
             Response::Done { .. } => {}
@@ -320,6 +327,201 @@ fn ike_keys_per_network_forged_network_is_dropped() {
             rx(&after, "blue") > rx(&before, "blue"),
             "the control frame did not reach blue (the forgery itself is broken):\n{}",
             after.render()
+        );
+        Ok(())
+    });
+}
+
+/// Three VXLAN networks on port 4789, `red` (VNI 100), `blue` (200) and
+/// `green` (300); h1 and h2 carry all three to each other, h3 only `blue`
+/// and `green` (it has no `red` at all).
+fn write_three_networks(lab: &tunsec_lab::Lab, n: u8) -> anyhow::Result<std::path::PathBuf> {
+    use std::fmt::Write as _;
+    let psk = lab.dir.path().join(format!("h{n}.psk"));
+    tunsec::config::write_secret(&psk, "three networks, one key\n")?;
+    let nets: &[(&str, u32)] = if n == 3 {
+        &[("blue", 200), ("green", 300)]
+    } else {
+        &[("red", 100), ("blue", 200), ("green", 300)]
+    };
+    let mut c = format!(
+        "[node]\nname = \"h{n}\"\nunderlay = \"{}\"\ncontrol_socket = \"{}\"\n\n",
+        host_addr(n),
+        socket_path(lab, n).display()
+    );
+    for (name, vni) in nets {
+        writeln!(
+            c,
+            "[[network]]\nname = \"{name}\"\nvni = {vni}\nencapsulation = \"vxlan\"\n"
+        )?;
+    }
+    for peer in (1..=3).filter(|&p| p != n) {
+        let carried = if n == 3 || peer == 3 {
+            "\"blue\", \"green\""
+        } else {
+            "\"red\", \"blue\", \"green\""
+        };
+        writeln!(
+            c,
+            "[[peer]]\nname = \"h{peer}\"\nunderlay = \"{}\"\nnetworks = [{carried}]\npolicy = \"require\"\n\n\
+             [peer.ike]\npsk_file = \"{}\"\n{PER_NETWORK}",
+            host_addr(peer),
+            psk.display()
+        )?;
+    }
+    let path = lab.dir.path().join(format!("h{n}.toml"));
+    std::fs::write(&path, c)?;
+    Ok(path)
+}
+
+/// The (inbound, outbound) SPIs of `peer`'s Child SA of `network` in `s`.
+fn child_spis(s: &Status, peer: &str, network: &str) -> anyhow::Result<(String, String)> {
+    ike_of(s, peer)?
+        .children
+        .into_iter()
+        .find(|c| c.network.as_deref() == Some(network))
+        .map(|c| (c.spi_in, c.spi_out))
+        .with_context(|| format!("{}: no Child SA of {network} with {peer}", s.node.name))
+}
+
+/// Three hosts and three VXLAN networks on port 4789 (`write_three_networks`):
+/// - between h1 and h2, the capture shows three distinct SPI pairs, one
+///   per network, each carrying its tenants' pings;
+/// - h3, a member of `blue` and `green` only, has exactly two SA pairs
+///   with each peer, and h1 and h2 two with it;
+/// - rekeying `red` alone (`tunsec rekey h2 --network red`) changes only
+///   `red`'s SPIs; `blue`'s and `green`'s stay.
+#[test]
+fn ike_keys_per_network_three_vxlan_networks() {
+    with_lab("tsike-3net", |lab| {
+        let ul = add_underlay(lab)?;
+        let hosts: Vec<String> = (1..=3)
+            .map(|n| add_host(lab, &ul, &format!("h{n}"), n))
+            .collect::<anyhow::Result<_>>()?;
+        let pcap = start_capture(lab, &ul, "capture")?;
+        for n in 1..=3u8 {
+            let c = write_three_networks(lab, n)?;
+            start_tunsecd(lab, &hosts[usize::from(n) - 1], n, &c)?;
+        }
+        let nets = |s: &Status, peer: &str| child_networks(s, peer).map(|(n, _)| n);
+        let all3 = vec!["blue".to_owned(), "green".to_owned(), "red".to_owned()];
+        let two = vec!["blue".to_owned(), "green".to_owned()];
+        lab.wait_for(
+            "every Child SA of the three hosts",
+            std::time::Duration::from_secs(30),
+            || {
+                let (Ok(s1), Ok(s2), Ok(s3)) = (status(lab, 1), status(lab, 2), status(lab, 3))
+                else {
+                    return false;
+                };
+                [
+                    (nets(&s1, "h2"), &all3),
+                    (nets(&s2, "h1"), &all3),
+                    (nets(&s1, "h3"), &two),
+                    (nets(&s2, "h3"), &two),
+                    (nets(&s3, "h1"), &two),
+                    (nets(&s3, "h2"), &two),
+                ]
+                .iter()
+                .all(|(got, want)| got.as_ref().is_ok_and(|g| g == *want))
+            },
+        )?;
+        // h3: exactly two SA pairs with each peer.
+        let s3 = status(lab, 3)?;
+        for peer in ["h1", "h2"] {
+            let sas = sa_count(&s3, peer);
+            ensure!(sas == 4, "h3 has {sas} SAs with {peer}, not two pairs");
+        }
+
+        // A tenant of each network on h1 and h2; each pings across.
+        let prefixes = [("red", "10.1.0"), ("blue", "10.2.0"), ("green", "10.3.0")];
+        for (name, prefix) in prefixes {
+            let tap = format!("ts-{name}");
+            let a = add_tenant_on(
+                lab,
+                &hosts[0],
+                &format!("{name}1"),
+                &format!("{name}a"),
+                &tap,
+                &format!("{prefix}.1"),
+            )?;
+            add_tenant_on(
+                lab,
+                &hosts[1],
+                &format!("{name}2"),
+                &format!("{name}b"),
+                &tap,
+                &format!("{prefix}.2"),
+            )?;
+            ping_ok(&a, &format!("{prefix}.2"))?;
+        }
+        stop_capture(lab, "capture");
+        // ESP between h1 and h2: one SPI per direction and network.
+        let filter = format!(
+            "esp && ((ip.src == {a} && ip.dst == {b}) || (ip.src == {b} && ip.dst == {a}))",
+            a = host_addr(1),
+            b = host_addr(2)
+        );
+        let seen: std::collections::BTreeSet<String> =
+            tshark_fields(&pcap, Some(&filter), &["esp.spi"])?
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .collect();
+        let s1 = status(lab, 1)?;
+        let mut want = std::collections::BTreeSet::new();
+        for (name, _) in prefixes {
+            let (i, o) = child_spis(&s1, "h2", name)?;
+            want.insert(i);
+            want.insert(o);
+        }
+        eprintln!("  h1<->h2 ESP SPIs on the wire: {seen:?}; h1's Child SAs: {want:?}");
+        ensure!(
+            want.len() == 6,
+            "three distinct SPI pairs expected: {want:?}"
+        );
+        ensure!(
+            seen == want,
+            "the capture's SPIs {seen:?} are not the three pairs {want:?}"
+        );
+
+        // Rekey red alone.
+        let before: Vec<_> = prefixes
+            .iter()
+            .map(|(n, _)| child_spis(&s1, "h2", n))
+            .collect::<anyhow::Result<_>>()?;
+        let request = Request::Rekey {
+            peer: "h2".to_owned(),
+            ike: false,
+            network: Some("red".to_owned()),
+        };
+        match control::call(&socket_path(lab, 1), &request)? {
+            Response::Done { .. } => {}
+            other => bail!("rekey red: {other:?}"),
+        }
+        lab.wait_for("red rekeyed", std::time::Duration::from_secs(20), || {
+            status(lab, 1)
+                .is_ok_and(|s| child_spis(&s, "h2", "red").is_ok_and(|spis| spis != before[0]))
+        })?;
+        let s1 = status(lab, 1)?;
+        let after: Vec<_> = prefixes
+            .iter()
+            .map(|(n, _)| child_spis(&s1, "h2", n))
+            .collect::<anyhow::Result<_>>()?;
+        eprintln!("  before the rekey of red: {before:?}\n  after: {after:?}");
+        ensure!(after[0] != before[0], "red's SPIs did not change");
+        ensure!(after[1..] == before[1..], "blue's or green's SPIs changed");
+        // A network the peer does not carry with h3 is refused by name.
+        let refused = control::call(
+            &socket_path(lab, 1),
+            &Request::Rekey {
+                peer: "h3".to_owned(),
+                ike: false,
+                network: Some("red".to_owned()),
+            },
+        )?;
+        ensure!(
+            matches!(&refused, Response::Error { message } if message.contains("\"red\"")),
+            "rekey of red with h3: {refused:?}"
         );
         Ok(())
     });

@@ -79,6 +79,7 @@ fn up_and_renew(
         let request = Request::Rekey {
             peer: "h2".to_owned(),
             ike,
+            network: None,
         };
         match control::call(&socket_path(lab, 1), &request)? {
             Response::Done { .. } => {}

@@ -145,6 +145,7 @@ fn ike_rekeys_under_traffic() {
             let request = Request::Rekey {
                 peer: "h1".to_owned(),
                 ike,
+                network: None,
             };
             match control::call(&socket_path(lab, 2), &request)? {
                 Response::Done { .. } => {}

@@ -158,6 +158,7 @@ fn ike_port_selectors() {
         let request = Request::Rekey {
             peer: "h2".to_owned(),
             ike: false,
+            network: None,
         };
         match control::call(&socket_path(lab, 1), &request)? {
             Response::Done { .. } => {}

@@ -54,6 +54,30 @@ impl IkeSa {
         Ok(())
     }
 
+    /// Rekeys only the Child SAs with `label` ([`super::Config::child_labels`]:
+    /// one network's, with keys per network), as [`Self::rekey_child`]
+    /// does all of them. Fails with [`Error::InvalidState`] unless the IKE
+    /// SA is established with such a Child SA.
+    pub fn rekey_child_labelled(&mut self, now: Instant, label: &[u8]) -> Result<()> {
+        let State::Established(st) = &mut self.state else {
+            return Err(Error::InvalidState("not established"));
+        };
+        let spis: Vec<u32> = st
+            .children
+            .iter()
+            .filter(|c| c.label.as_deref() == Some(label))
+            .map(|c| c.inbound)
+            .collect();
+        if spis.is_empty() {
+            return Err(Error::InvalidState("no Child SA with that label"));
+        }
+        for spi in spis {
+            st.enqueue(Queued::Rekey(spi));
+        }
+        self.run_queue(now);
+        Ok(())
+    }
+
     /// Creates another Child SA with [`Config::additional_children`]`[i]`
     /// (RFC 7296 section 1.3.1): a CREATE_CHILD_SA request without
     /// N(REKEY_SA), sent after any outstanding request.

@@ -4014,6 +4014,37 @@ fn labelled_child_sas_come_up_with_their_labels_and_keep_them() {
     assert_eq!(p.initiator.stats(), Stats::default());
 }
 
+/// One network's Child SA is rekeyed alone (`rekey_child_labelled`):
+/// only it gets new SPIs; a label no Child SA has is refused.
+#[test]
+fn one_labelled_child_sa_is_rekeyed_alone() {
+    let labels: [&[u8]; 2] = [b"vxlan/100", b"vxlan/200"];
+    let mut p = Pair::new(
+        labelled(initiator_config(), &labels),
+        labelled(responder_config(), &labels),
+    );
+    p.drive();
+    p.i_events.clear();
+    p.r_events.clear();
+    p.initiator
+        .rekey_child_labelled(p.now, b"vxlan/200")
+        .unwrap();
+    p.drive();
+    for events in [&p.i_events, &p.r_events] {
+        let rekeyed: Vec<Option<Vec<u8>>> = rekeys(events)
+            .into_iter()
+            .map(|(_, _, inbound, _)| inbound.label)
+            .collect();
+        assert_eq!(rekeyed, vec![Some(b"vxlan/200".to_vec())]);
+    }
+    assert_eq!(established_state(&p.initiator).children.len(), 2);
+    assert!(
+        p.initiator
+            .rekey_child_labelled(p.now, b"vxlan/300")
+            .is_err()
+    );
+}
+
 /// A responder without a label gives no Child SA for it: the initiator's
 /// second labelled Child SA is refused NO_PROPOSAL_CHOSEN, the first
 /// stands.

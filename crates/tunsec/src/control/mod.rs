@@ -44,6 +44,10 @@ pub enum Request {
         /// Rekey the IKE SA instead (RFC 7296 section 2.18).
         #[serde(default)]
         ike: bool,
+        /// Rekey only this network's Child SA (keys per network): its
+        /// name in overlay mode, its label (`vxlan/100`) in gateway mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
     },
     /// Re-authenticates an IKE peer now: a new IKE SA with the current
     /// credentials replaces the established one, make before break.

@@ -41,7 +41,11 @@ pub trait ControlTarget: Send + Sync + 'static {
     /// that name.
     fn delete_sas(&self, peer: &str) -> bool;
     /// Hands the IKE driver a command for the named peer.
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String>;
+    fn ike_command(
+        &self,
+        peer: &str,
+        command: &dyn Fn(usize) -> IkeCommand,
+    ) -> Result<String, String>;
     /// Reads the configuration file again (`tunsec reload`, SIGHUP).
     fn reload(&self) -> Result<String, String>;
     /// The keys of every live SA (`tunsec keys export`): the data path's
@@ -62,11 +66,31 @@ pub fn answer(target: &dyn ControlTarget, request: Request) -> Response {
             };
         }
         Request::DeleteSa { peer } => delete_sa(target, &peer),
-        Request::Down { peer } => target.ike_command(&peer, IkeCommand::Down),
-        Request::Up { peer } => target.ike_command(&peer, IkeCommand::Up),
-        Request::Rekey { peer, ike: false } => target.ike_command(&peer, IkeCommand::Rekey),
-        Request::Rekey { peer, ike: true } => target.ike_command(&peer, IkeCommand::RekeyIke),
-        Request::Reauth { peer } => target.ike_command(&peer, IkeCommand::Reauth),
+        Request::Down { peer } => target.ike_command(&peer, &IkeCommand::Down),
+        Request::Up { peer } => target.ike_command(&peer, &IkeCommand::Up),
+        Request::Rekey {
+            peer,
+            ike: false,
+            network: None,
+        } => target.ike_command(&peer, &IkeCommand::Rekey),
+        Request::Rekey {
+            peer,
+            ike: false,
+            network: Some(n),
+        } => target.ike_command(&peer, &|i| IkeCommand::RekeyNetwork(i, n.clone())),
+        Request::Rekey {
+            ike: true,
+            network: Some(n),
+            ..
+        } => Err(format!(
+            "network: {n:?}: a network's Child SA is rekeyed, not the IKE SA (leave out --ike)"
+        )),
+        Request::Rekey {
+            peer,
+            ike: true,
+            network: None,
+        } => target.ike_command(&peer, &IkeCommand::RekeyIke),
+        Request::Reauth { peer } => target.ike_command(&peer, &IkeCommand::Reauth),
         Request::Reload => target.reload(),
     };
     match done {
@@ -530,7 +554,7 @@ mod tests {
         fn ike_command(
             &self,
             peer: &str,
-            _command: fn(usize) -> IkeCommand,
+            _command: &dyn Fn(usize) -> IkeCommand,
         ) -> Result<String, String> {
             Err(format!("peer: {peer:?} is not an IKE peer"))
         }

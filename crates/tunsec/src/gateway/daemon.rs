@@ -364,7 +364,11 @@ impl PeerSas for GatewayTables {
 }
 
 impl ControlTarget for GatewayControl {
-    fn ike_command(&self, peer: &str, command: fn(usize) -> IkeCommand) -> Result<String, String> {
+    fn ike_command(
+        &self,
+        peer: &str,
+        command: &dyn Fn(usize) -> IkeCommand,
+    ) -> Result<String, String> {
         self.peers.ike_command(peer, command)
     }
 

@@ -37,7 +37,8 @@ impl IkeDriver {
             IkeCommand::Down(index)
             | IkeCommand::Up(index)
             | IkeCommand::Rekey(index)
-            | IkeCommand::RekeyIke(index) => index,
+            | IkeCommand::RekeyIke(index)
+            | IkeCommand::RekeyNetwork(index, _) => index,
         };
         let Some(i) = self.peers.iter().position(|p| p.index == index) else {
             return;
@@ -67,14 +68,24 @@ impl IkeDriver {
             | IkeCommand::ExportKeys(_)
             | IkeCommand::AddPeer(..)
             | IkeCommand::RemovePeer(..) => {}
-            IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) => {
+            IkeCommand::Rekey(_) | IkeCommand::RekeyIke(_) | IkeCommand::RekeyNetwork(..) => {
                 let p = &self.peers[i];
-                let ike = matches!(command, IkeCommand::RekeyIke(_));
+                // A network's label: overlay mode names it, gateway mode
+                // gives the label itself.
+                let label = match &command {
+                    IkeCommand::RekeyNetwork(_, n) => Some(
+                        self.networks
+                            .iter()
+                            .find(|l| l.name == *n)
+                            .map_or_else(|| n.as_bytes().to_vec(), |l| l.label.clone()),
+                    ),
+                    _ => None,
+                };
                 let result = p.handle.and_then(|h| self.endpoint.sa_mut(h)).map(|sa| {
-                    if ike {
-                        sa.rekey_ike(now)
-                    } else {
-                        sa.rekey_child(now)
+                    match (&command, &label) {
+                        (IkeCommand::RekeyIke(_), _) => sa.rekey_ike(now),
+                        (_, Some(label)) => sa.rekey_child_labelled(now, label),
+                        _ => sa.rekey_child(now),
                     }
                 });
                 match result {

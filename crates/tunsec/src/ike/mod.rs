@@ -136,6 +136,9 @@ pub enum IkeCommand {
     Rekey(usize),
     /// Rekey the peer's IKE SA now (RFC 7296 section 2.18).
     RekeyIke(usize),
+    /// Rekey only the Child SA of one network now (keys per network):
+    /// its name in overlay mode, its label (`vxlan/100`) in gateway mode.
+    RekeyNetwork(usize, String),
     /// Re-authenticate the peer now: a new IKE SA with the current
     /// credentials beside the established one, which it replaces once up
     /// (RFC 7296 section 2.8.3).
@@ -267,7 +270,7 @@ pub(crate) fn send_command(
     found: Option<(usize, &Peer)>,
     commands: &IkeCommands,
     peer: &str,
-    command: fn(usize) -> IkeCommand,
+    command: &dyn Fn(usize) -> IkeCommand,
 ) -> Result<String, String> {
     let Some((index, configured)) = found else {
         return Err(format!("peer: {peer:?} is not a configured peer"));
@@ -278,11 +281,42 @@ pub(crate) fn send_command(
         ));
     }
     let command = command(index);
-    let message = match command {
+    if let IkeCommand::RekeyNetwork(_, network) = &command {
+        let labels: Vec<String> = configured
+            .vnis
+            .iter()
+            .flat_map(|p| {
+                p.rules
+                    .iter()
+                    .filter(|r| r.binding().is_some())
+                    .map(|r| p.label(r))
+            })
+            .collect();
+        let known =
+            configured.networks.iter().any(|(n, _)| n == network) || labels.contains(network);
+        let per_network = configured
+            .ike
+            .as_ref()
+            .is_some_and(|ike| ike.keys == crate::config::ChildKeys::PerNetwork);
+        if !known || !per_network {
+            return Err(format!(
+                "network: {network:?} has no Child SA of its own with peer {peer:?} (keys per network, and a network the peer carries{})",
+                if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", labels.join(", "))
+                }
+            ));
+        }
+    }
+    let message = match &command {
         IkeCommand::Down(_) => format!("peer {peer:?} going down"),
         IkeCommand::Up(_) => format!("peer {peer:?} coming up"),
         IkeCommand::Rekey(_) => format!("peer {peer:?}: rekeying its Child SAs"),
         IkeCommand::RekeyIke(_) => format!("peer {peer:?}: rekeying the IKE SA"),
+        IkeCommand::RekeyNetwork(_, n) => {
+            format!("peer {peer:?}: rekeying the Child SA of network {n:?}")
+        }
         IkeCommand::Reauth(_) => format!("peer {peer:?}: re-authenticating (a new IKE SA)"),
         IkeCommand::Reload(..) => "reloading".to_owned(),
         IkeCommand::ExportKeys(_) => "exporting keys".to_owned(),

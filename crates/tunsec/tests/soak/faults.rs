@@ -156,6 +156,7 @@ impl Fault {
                     &Request::Rekey {
                         peer: format!("h{b}"),
                         ike,
+                        network: None,
                     },
                 )
             }

@@ -67,7 +67,9 @@ fn main() -> ExitCode {
         } => Request::DeleteSa { peer },
         TunsecCommand::Down { peer, .. } => Request::Down { peer },
         TunsecCommand::Up { peer, .. } => Request::Up { peer },
-        TunsecCommand::Rekey { peer, ike, .. } => Request::Rekey { peer, ike },
+        TunsecCommand::Rekey {
+            peer, ike, network, ..
+        } => Request::Rekey { peer, ike, network },
         TunsecCommand::Reauth { peer, .. } => Request::Reauth { peer },
         TunsecCommand::Reload { .. } => Request::Reload,
         TunsecCommand::Demo(demo) => {
