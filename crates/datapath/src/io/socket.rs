@@ -603,47 +603,85 @@ pub struct SendResult {
     pub gso_failed: bool,
 }
 
-/// Waits for readability on a fixed set of descriptors, with its `pollfd`
-/// array allocated once.
+/// Waits for readability on a fixed set of descriptors, through epoll
+/// (level-triggered, like `poll(2)`): a wait costs the same with one
+/// descriptor or a thousand (a TAP device per network), where `poll(2)`
+/// walks every descriptor on every call.
 #[derive(Debug)]
 pub struct Poller {
-    pfds: Vec<libc::pollfd>,
+    epoll: std::os::fd::OwnedFd,
+    /// What the last wait returned.
+    events: Vec<libc::epoll_event>,
+    /// Whether descriptor `i` was readable at the last wait.
+    ready: Vec<bool>,
+    /// The indices set in `ready`, in the order epoll gave them.
+    ready_list: Vec<usize>,
 }
 
+/// The most events one wait takes; the rest stay pending
+/// (level-triggered) for the next.
+const MAX_EVENTS: usize = 256;
+
 impl Poller {
-    /// A poller over `fds`.
+    /// A poller over `fds`. Panics only if the kernel cannot make an
+    /// epoll instance or take a descriptor (out of memory, or a closed
+    /// descriptor: a bug of the caller).
     pub fn new(fds: &[RawFd]) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 takes no pointer; its result is checked.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(raw >= 0, "epoll_create1: {}", io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        for (i, &fd) in fds.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: `ev` is a live epoll_event; the descriptors are the
+            // caller's, open for the poller's life.
+            let r = unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            assert!(r == 0, "epoll_ctl ADD {fd}: {}", io::Error::last_os_error());
+        }
         Self {
-            pfds: fds
-                .iter()
-                .map(|&fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect(),
+            epoll,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; fds.len().clamp(1, MAX_EVENTS)],
+            ready: vec![false; fds.len()],
+            ready_list: Vec::with_capacity(fds.len().min(MAX_EVENTS)),
         }
     }
 
     /// Waits until a descriptor is readable or `timeout_ms` passes; then
-    /// [`Self::is_ready`] says which. An interrupted wait counts as a
-    /// timeout.
+    /// [`Self::is_ready`] and [`Self::ready`] say which. An interrupted
+    /// wait counts as a timeout.
     pub fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
-        for p in &mut self.pfds {
-            p.revents = 0;
+        for &i in &self.ready_list {
+            self.ready[i] = false;
         }
-        // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
-        let r = unsafe {
-            libc::poll(
-                self.pfds.as_mut_ptr(),
-                self.pfds.len() as libc::nfds_t,
+        self.ready_list.clear();
+        // SAFETY: `events` is a live array of `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
                 timeout_ms,
             )
         };
-        if r < 0 {
+        if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
+            }
+            return Ok(());
+        }
+        for ev in &self.events[..n as usize] {
+            let i = ev.u64 as usize;
+            if ev.events & (libc::EPOLLIN | libc::EPOLLERR) as u32 != 0 {
+                if let Some(r) = self.ready.get_mut(i) {
+                    *r = true;
+                    self.ready_list.push(i);
+                }
             }
         }
         Ok(())
@@ -652,9 +690,12 @@ impl Poller {
     /// Whether descriptor `i` (in the order given to [`Self::new`]) is
     /// readable (or in error, which a read will report).
     pub fn is_ready(&self, i: usize) -> bool {
-        self.pfds
-            .get(i)
-            .is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0)
+        self.ready.get(i).copied().unwrap_or(false)
+    }
+
+    /// The indices of the descriptors readable at the last wait.
+    pub fn ready(&self) -> &[usize] {
+        &self.ready_list
     }
 }
 
@@ -673,6 +714,44 @@ mod test {
     }
 
     use super::*;
+
+    /// Of 500 descriptors, only the readable ones are ready, and
+    /// they stay ready until read (level-triggered, like poll(2)).
+    #[test]
+    fn poller_lists_only_the_ready_descriptors() {
+        let socks: Vec<DatagramSocket> = (0..500)
+            .map(|_| DatagramSocket::udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap())
+            .collect();
+        let fds: Vec<RawFd> = socks.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut poller = Poller::new(&fds);
+        poller.wait(0).unwrap();
+        assert!(poller.ready().is_empty());
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in [3, 499] {
+            sender
+                .send_to(b"x", socks[i].local_addr().unwrap())
+                .unwrap();
+        }
+        poller.wait(1000).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        poller.wait(1000).unwrap();
+        let mut ready = poller.ready().to_vec();
+        ready.sort_unstable();
+        assert_eq!(ready, [3, 499]);
+        assert!(poller.is_ready(3) && !poller.is_ready(4));
+        // Read one: only the other stays ready.
+        let mut buf = [0u8; 8];
+        let n = Batch::new(1)
+            .recv(
+                &socks[3],
+                &mut [&mut buf[..]],
+                &mut [(0, SocketAddr::from(([0, 0, 0, 0], 0)))],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        poller.wait(1000).unwrap();
+        assert_eq!(poller.ready(), [499]);
+    }
 
     /// Reads every datagram waiting on `sock` (waiting up to 1 s for the
     /// first), in order.

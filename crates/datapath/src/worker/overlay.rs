@@ -94,10 +94,10 @@ pub fn run_tx(
         }
         let ctx = shared.ctx(&tables, Instant::now());
         tx.used = 0;
-        for (net, dev) in devices.iter().enumerate() {
-            if !poller.is_ready(net) {
-                continue;
-            }
+        // Only the ready devices: with a thousand networks, the others
+        // cost nothing.
+        for &net in poller.ready() {
+            let dev = &devices[net];
             for _ in 0..BATCH {
                 tx.make_room(1, stats, &sockets);
                 if !dev.vnet_hdr() {
