@@ -186,6 +186,11 @@ pub struct Tables {
     pub peers_of_network: Vec<Vec<usize>>,
     peer_by_addr: FastMap<IpAddr, usize>,
     network_by_port_vni: FastMap<(u16, u32), usize>,
+    /// Each peer's outbound SAs' bindings, in their order
+    /// ([`Self::order_outbound`]): searched without taking the SAs' locks.
+    outbound_bindings: Vec<Vec<Option<u32>>>,
+    /// The most peers any network has (a flooded frame's fan-out).
+    max_fanout: usize,
 }
 
 impl Tables {
@@ -224,9 +229,26 @@ impl Tables {
             peers_of_network,
             peer_by_addr,
             network_by_port_vni,
+            outbound_bindings: Vec::new(),
+            max_fanout: 0,
         };
         tables.order_outbound();
+        tables.count_fanout();
         tables
+    }
+
+    /// The most peers any network has: the buffers a flooded frame needs.
+    pub fn max_fanout(&self) -> usize {
+        self.max_fanout
+    }
+
+    fn count_fanout(&mut self) {
+        self.max_fanout = self
+            .peers_of_network
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
     }
 
     /// Orders each peer's outbound SAs by the network they are bound to,
@@ -238,6 +260,11 @@ impl Tables {
         for p in &mut self.peers {
             p.outbound.sort_by_key(binding_of);
         }
+        self.outbound_bindings = self
+            .peers
+            .iter()
+            .map(|p| p.outbound.iter().map(binding_of).collect())
+            .collect();
     }
 
     /// The peer with this underlay address.
@@ -283,6 +310,8 @@ impl Tables {
         }
         self.peer_by_addr.insert(addr, slot);
         self.peers[slot] = peer;
+        self.count_fanout();
+        self.order_outbound();
         Ok(())
     }
 
@@ -297,6 +326,7 @@ impl Tables {
         for list in &mut self.peers_of_network {
             list.retain(|&p| p != slot);
         }
+        self.count_fanout();
         let vacant = &mut self.peers[slot];
         vacant.spec.name.clear();
         vacant.spec.networks.clear();
@@ -306,13 +336,16 @@ impl Tables {
 
     /// The policy of a peer for a network, if it carries it.
     pub fn policy(&self, peer: usize, network: usize) -> Option<Policy> {
-        self.peers
-            .get(peer)?
-            .spec
-            .networks
-            .iter()
-            .find(|&&(n, _)| n == network)
-            .map(|&(_, p)| p)
+        let networks = &self.peers.get(peer)?.spec.networks;
+        // Usually in network order (the config's): a binary search; a
+        // list in another order is walked.
+        match networks.binary_search_by_key(&network, |&(n, _)| n) {
+            Ok(i) => Some(networks[i].1),
+            Err(_) => networks
+                .iter()
+                .find(|&&(n, _)| n == network)
+                .map(|&(_, p)| p),
+        }
     }
 
     /// The tunnel format of the networks on tunnel port `port`.
@@ -522,8 +555,13 @@ pub fn encapsulate(
     // per network, the SA bound to this network, else an unbound (shared)
     // one; never another network's.
     let pick = |bound: Option<u32>| {
-        // Ordered by binding (`Tables::order_outbound`).
-        let from = entry.outbound.partition_point(|s| binding_of(s) < bound);
+        // Ordered by binding (`Tables::order_outbound`), which the tables
+        // keep beside them, so the search takes no lock; the SA's own
+        // binding is checked again under its lock.
+        let from = match tables.outbound_bindings.get(peer) {
+            Some(b) if b.len() == entry.outbound.len() => b.partition_point(|&x| x < bound),
+            _ => entry.outbound.partition_point(|s| binding_of(s) < bound),
+        };
         entry.outbound[from..].iter().find_map(|shared| {
             let sa = shared.lock().ok()?;
             if sa.binding() != bound {

@@ -80,13 +80,7 @@ pub fn run_tx(
         }
         let tables = shared.tables.load();
         // A flooded frame needs one buffer per peer of its network.
-        tx.fanout = tables
-            .peers_of_network
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        tx.fanout = tables.max_fanout().max(1);
         if tx.pool.len() < TX_POOL + tx.fanout {
             // Only when the configuration grows, never per packet.
             tx.pool
@@ -260,17 +254,15 @@ pub fn run_rx(
     gro: bool,
     udp_gro: bool,
 ) {
-    let coalescers = queues
+    let gro = queues
         .iter()
-        .map(|q| {
-            (gro && q.first().is_some_and(|d| d.vnet_hdr())).then(|| {
-                offload::Coalescer::new(offload::gro::DEFAULT_SLOTS, offload::Checksums::Verify)
-            })
-        })
+        .map(|q| gro && q.first().is_some_and(|d| d.vnet_hdr()))
         .collect();
     let mut taps = Taps {
+        coalescers: (0..queues.len()).map(|_| None).collect(),
+        gro,
+        dirty: Vec::new(),
         queues,
-        coalescers,
         plain: offload::VnetHeader::default().to_bytes(),
     };
     super::run_rx(&shared, &sockets, &mut taps, udp_gro);
@@ -280,7 +272,14 @@ pub fn run_rx(
 /// through the network's coalescer when it has one.
 struct Taps {
     queues: Vec<Vec<Arc<dyn FrameDevice>>>,
+    /// Each network's coalescer, made at its first frame (a thousand
+    /// networks need not hold a thousand coalescers' buffers).
     coalescers: Vec<Option<offload::Coalescer>>,
+    /// Whether a network coalesces (`[offload] gro` and a device with a
+    /// virtio-net header).
+    gro: Vec<bool>,
+    /// The networks whose coalescer holds frames since the last flush.
+    dirty: Vec<usize>,
     /// The virtio-net header of a frame written on its own.
     plain: [u8; offload::vnet::HEADER_LEN],
 }
@@ -300,7 +299,13 @@ impl Receive for Taps {
             return;
         };
         overlay::count_rx(stats, d.net, frame.len());
-        if let Some(c) = self.coalescers.get_mut(d.net).and_then(Option::as_mut) {
+        if self.gro.get(d.net).copied().unwrap_or(false) {
+            let c = self.coalescers[d.net].get_or_insert_with(|| {
+                offload::Coalescer::new(offload::gro::DEFAULT_SLOTS, offload::Checksums::Verify)
+            });
+            if !self.dirty.contains(&d.net) {
+                self.dirty.push(d.net);
+            }
             c.push(frame, &mut |t: offload::TapFrame<'_>| {
                 let dev = &devs[steer::queue_of(t.frame, devs.len())];
                 write_tap(stats, dev.as_ref(), &t.header_bytes(), t.frame);
@@ -315,11 +320,11 @@ impl Receive for Taps {
         }
     }
 
-    /// Writes out what every coalescer holds.
+    /// Writes out what the coalescers that took frames hold.
     fn flush(&mut self, stats: &Stats) {
-        for (net, c) in self.coalescers.iter_mut().enumerate() {
+        for net in self.dirty.drain(..) {
             let devs = self.queues.get(net).filter(|q| !q.is_empty());
-            if let (Some(c), Some(devs)) = (c.as_mut(), devs) {
+            if let (Some(Some(c)), Some(devs)) = (self.coalescers.get_mut(net), devs) {
                 c.flush(&mut |t: offload::TapFrame<'_>| {
                     let dev = &devs[steer::queue_of(t.frame, devs.len())];
                     write_tap(stats, dev.as_ref(), &t.header_bytes(), t.frame);
