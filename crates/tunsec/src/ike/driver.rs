@@ -45,6 +45,9 @@ pub struct IkeDriver {
     pub(super) gateway_mode: Option<ChildMode>,
     /// This host's networks, for keys per network (fixed at start).
     pub(super) networks: Vec<NetworkLabel>,
+    /// When the status view was last published ([`Self::publish_status`]);
+    /// a quiet driver republishes it once a second.
+    pub(super) published_at: Instant,
 }
 
 impl IkeDriver {
@@ -92,6 +95,7 @@ impl IkeDriver {
             commands,
             gateway_mode: None,
             networks: networks::labels(config),
+            published_at: now,
         };
         driver.publish_status();
         Ok(Some(driver))

@@ -18,6 +18,9 @@ const REKEYED_CHILD_INSTALLED: (&str, &str) = (
     "rekeyed Child SA not installed",
 );
 
+/// How often a quiet driver republishes its status view.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl IkeDriver {
     /// Sends every pending datagram and handles every pending event.
     pub(super) fn drain(&mut self, batch: &mut Batch) {
@@ -26,6 +29,7 @@ impl IkeDriver {
             out.push(t);
         }
         let now = Instant::now();
+        let mut changed = false;
         for i in 0..self.peers.len() {
             self.drain_half_open(i, &mut out);
             self.drain_incoming(i, &mut out);
@@ -45,6 +49,7 @@ impl IkeDriver {
                 }
                 None => true,
             };
+            changed |= !events.is_empty() || closed;
             for e in events {
                 self.handle_event(i, e);
             }
@@ -62,8 +67,14 @@ impl IkeDriver {
                 }
             }
         }
+        changed |= !out.is_empty();
         self.send(batch, &out);
-        self.publish_status();
+        // The view's times are in whole seconds: a quiet driver (a
+        // thousand Child SAs, nothing happening) republishes it once a
+        // second, not at every wake-up.
+        if changed || now.saturating_duration_since(self.published_at) >= STATUS_EVERY {
+            self.publish_status();
+        }
     }
 
     /// Polls peer `i`'s half-open IKE SAs (the IKE_SA_INIT requests from

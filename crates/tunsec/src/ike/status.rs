@@ -14,6 +14,7 @@ use crate::status::{ChildKeyExchange, IkeEndpointStatus, IkeStatus, nat_summary}
 impl IkeDriver {
     pub(super) fn publish_status(&mut self) {
         let now = Instant::now();
+        self.published_at = now;
         let mut map = HashMap::new();
         for i in 0..self.peers.len() {
             let sa = self.peers[i].handle.and_then(|h| self.endpoint.sa_mut(h));
