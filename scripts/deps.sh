@@ -7,6 +7,7 @@
 #   python3-prometheus-client: an independent OpenMetrics parser for
 #                           `tunsec metrics`
 #   iperf3:                 TCP transfers through the overlay
+#   sockperf:               tunsec bench --latency (request/response round trips)
 #   nftables:               a NAT (masquerade) between hosts in the IKE tests,
 #                           the inbound filter of the strongSwan host, and
 #                           tunsecd's inbound guard in gateway mode (nft)
@@ -33,7 +34,7 @@
 # this repository); build.sh does nothing when it is there already.
 set -euo pipefail
 need=()
-for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 nftables iptables \
+for pkg in iproute2 iputils-ping tshark python3-scapy python3-cryptography python3-prometheus-client iperf3 sockperf nftables iptables \
     strongswan-charon strongswan-swanctl libcharon-extra-plugins \
     libstrongswan-standard-plugins strongswan-pki dpkg-dev man-db systemd \
     openvswitch-switch openvswitch-common ovn-central ovn-host; do

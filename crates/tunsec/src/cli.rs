@@ -198,6 +198,15 @@ pub struct BenchArgs {
     /// wireguard-tools with apt-get, boringtun-cli with cargo install).
     #[arg(long)]
     pub with_peers: bool,
+    /// Parallel TCP streams per iperf3 run (`iperf3 -P`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub streams: u32,
+    /// Also measure latency in each case: `sockperf ping-pong` over TCP
+    /// (64-byte messages, `--seconds` long): median and 99th-percentile
+    /// round-trip time, and round trips per second (needs the Debian
+    /// package sockperf).
+    #[arg(long)]
+    pub latency: bool,
     /// The prefix of the namespaces' names (for running the smoke test
     /// beside a bench).
     #[arg(long, default_value = "tsbench", hide = true)]

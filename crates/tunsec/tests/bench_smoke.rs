@@ -1,6 +1,6 @@
 //! Smoke test of `tunsec bench`: one 1-second run of the `veth`,
-//! `kernel-vxlan` and `tunsec-aes128gcm16` cases, with `--json` and
-//! `--svg`. Every row must be measured with a non-zero throughput, the
+//! `kernel-vxlan` and `tunsec-aes128gcm16` cases, with two TCP streams,
+//! `--latency` (sockperf), `--json` and `--svg`. Every row must be measured with a non-zero throughput, the
 //! ratios must refer to `kernel-vxlan`, and no namespace may be left.
 //!
 //! It needs root and iperf3 (`scripts/deps.sh`), and fails, never skips,
@@ -51,6 +51,7 @@ fn bench_smoke() {
     let svg = dir.path().join("bench.svg");
     let out = Command::new(TUNSEC)
         .args(["bench", "--runs", "1", "--seconds", "1", "--json"])
+        .args(["--streams", "2", "--latency"])
         .args(["--cases", &CASES.join(","), "--prefix", PREFIX, "--svg"])
         .arg(&svg)
         .stdin(Stdio::null())
@@ -77,6 +78,7 @@ fn bench_smoke() {
         )
     });
     assert_eq!(report["baseline"], "kernel-vxlan");
+    assert_eq!(report["streams"], 2, "the stream count");
     let cases = report["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, CASES, "{report:#}");
@@ -95,6 +97,18 @@ fn bench_smoke() {
             "{name}"
         );
         assert!(c["runs"][0]["retransmits"].is_u64(), "{name}: {c:#}");
+        // sockperf's round trips: a median, a 99th percentile at least
+        // as long, and a rate.
+        let l = &c["latency"];
+        let (p50, p99) = (
+            l["rtt_median_us"].as_f64().unwrap_or(0.0),
+            l["rtt_p99_us"].as_f64().unwrap_or(0.0),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{name}: latency {l:#}");
+        assert!(
+            l["round_trips_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: {l:#}"
+        );
         // Every case carries packets of the TAP's MTU (1385 for IPv4,
         // VXLAN, ESP in UDP on a 1500-byte underlay).
         assert_eq!(c["mtu"], 1385, "{name}");

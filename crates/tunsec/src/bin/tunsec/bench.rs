@@ -470,7 +470,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         iperf3,
         runs: args.runs,
         seconds: args.seconds,
-        streams: 1,
+        streams: args.streams,
         baseline: BASELINE,
         load_start,
         load_end: loadavg(),

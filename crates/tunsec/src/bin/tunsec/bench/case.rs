@@ -158,7 +158,7 @@ fn measure_case(
         let d0 = daemon_ticks(lab, &ep)?;
         let m0 = cpu_times()?;
         let out = lab.dir.path().join(format!("iperf3-{i}.json"));
-        let r = iperf3_client(&ep, ctx.args.seconds, ctx.stop, &out)?;
+        let r = iperf3_client(&ep, ctx.args.seconds, ctx.args.streams, ctx.stop, &out)?;
         let m1 = cpu_times()?;
         let d1 = daemon_ticks(lab, &ep)?;
         let machine_cpu_s = measure::ticks_to_seconds(m1.busy_since(m0), ctx.clk_tck);
@@ -196,8 +196,73 @@ fn measure_case(
         say(&line);
         report.runs.push(run);
     }
+    if ctx.args.latency {
+        check_interrupted(ctx.stop)?;
+        let l = sockperf(lab, &ep, ctx.args.seconds, ctx.stop)?;
+        say(&format!(
+            "{} latency: median {:.1} us, p99 {:.1} us, {:.0} round trips/s",
+            kind.name(),
+            l.rtt_median_us,
+            l.rtt_p99_us,
+            l.round_trips_per_second
+        ));
+        report.latency = Some(l);
+    }
     report.drops = collect_drops(lab, &ep);
     Ok(())
+}
+
+/// The sockperf port.
+const SOCKPERF_PORT: &str = "11111";
+
+/// Request/response latency through the case's path: `sockperf
+/// ping-pong` over TCP from the client's tenant to a `sockperf server` on
+/// the server's, 64-byte messages for `seconds`.
+fn sockperf(
+    lab: &mut Lab,
+    ep: &Endpoints,
+    seconds: u32,
+    stop: &AtomicBool,
+) -> anyhow::Result<measure::Latency> {
+    lab.spawn(
+        "sockperf-server",
+        &ep.server_ns,
+        Path::new("sockperf"),
+        &["server", "--tcp", "-i", ep.server_ip, "-p", SOCKPERF_PORT],
+    )?;
+    lab.wait_for("the sockperf server", Duration::from_secs(10), || {
+        lab.exec(
+            &ep.server_ns,
+            "ss",
+            &["-Hltn", &format!("sport = :{SOCKPERF_PORT}")],
+        )
+        .is_ok_and(|o| !o.stdout.is_empty())
+    })?;
+    check_interrupted(stop)?;
+    let secs = seconds.to_string();
+    let out = lab.exec(
+        &ep.client_ns,
+        "timeout",
+        &[
+            &(seconds + 30).to_string(),
+            "sockperf",
+            "ping-pong",
+            "--tcp",
+            "-i",
+            ep.server_ip,
+            "-p",
+            SOCKPERF_PORT,
+            "-t",
+            &secs,
+            "--full-rtt",
+            "-m",
+            "64",
+        ],
+    )?;
+    lab.stop("sockperf-server");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    measure::parse_sockperf(&text)
 }
 
 /// utime+stime of the case's daemons, summed; an error if one died.
@@ -221,6 +286,7 @@ fn daemon_ticks(lab: &Lab, ep: &Endpoints) -> anyhow::Result<u64> {
 fn iperf3_client(
     ep: &Endpoints,
     seconds: u32,
+    streams: u32,
     stop: &AtomicBool,
     out: &Path,
 ) -> anyhow::Result<Iperf> {
@@ -229,6 +295,7 @@ fn iperf3_client(
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ep.client_ns, "iperf3", "-c", ep.server_ip])
         .args(["-B", ep.client_ip, "-p", IPERF_PORT, "-t", &secs, "-J"])
+        .args(["-P", &streams.to_string()])
         .args(["--connect-timeout", "5000"])
         .stdin(Stdio::null())
         .stdout(File::create(out)?)

@@ -60,6 +60,63 @@ pub(crate) fn parse_iperf3(json: &str) -> anyhow::Result<Iperf> {
     })
 }
 
+/// What `sockperf ping-pong --full-rtt` measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct Latency {
+    /// The median round-trip time, in microseconds.
+    pub(crate) rtt_median_us: f64,
+    /// The 99th percentile.
+    pub(crate) rtt_p99_us: f64,
+    /// Round trips per second over the valid duration (one request and
+    /// its answer each: transactions per second).
+    pub(crate) round_trips_per_second: f64,
+}
+
+/// Parses what `sockperf ping-pong --full-rtt` prints: the `[Valid
+/// Duration]` line (run time and messages received) and the 50th and
+/// 99th percentiles (microseconds). Colour codes are ignored.
+pub(crate) fn parse_sockperf(text: &str) -> anyhow::Result<Latency> {
+    let mut runtime = None;
+    let mut received = None;
+    let mut p50 = None;
+    let mut p99 = None;
+    let value = |line: &str| {
+        line.rsplit('=').next().and_then(|v| {
+            v.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    for line in text.lines() {
+        if line.contains("[Valid Duration]") {
+            for field in line.split(';') {
+                if let Some(v) = field.split("RunTime=").nth(1) {
+                    runtime = v.trim().trim_end_matches("sec").trim().parse::<f64>().ok();
+                }
+                if let Some(v) = field.split("ReceivedMessages=").nth(1) {
+                    received = v.trim().parse::<f64>().ok();
+                }
+            }
+        } else if line.contains("percentile 50.000") {
+            p50 = value(line);
+        } else if line.contains("percentile 99.000") {
+            p99 = value(line);
+        }
+    }
+    match (runtime, received, p50, p99) {
+        (Some(t), Some(n), Some(p50), Some(p99)) if t > 0.0 => Ok(Latency {
+            rtt_median_us: p50,
+            rtt_p99_us: p99,
+            round_trips_per_second: n / t,
+        }),
+        _ => {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            bail!("sockperf printed no statistics: {tail:?}")
+        }
+    }
+}
+
 /// Busy and total time of all CPUs, in clock ticks, from the `cpu` line
 /// of `/proc/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,5 +358,19 @@ mod test {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median_u64(&[10, 1, 4]), Some(4));
         assert_eq!(median_u64(&[1, 2]), Some(2));
+    }
+
+    #[test]
+    fn sockperf_statistics() {
+        let text = "sockperf: [Total Run] RunTime=2.001 sec; Warm up time=400 msec; SentMessages=114492; ReceivedMessages=114491\n\
+sockperf: [Valid Duration] RunTime=1.550 sec; SentMessages=91461; ReceivedMessages=91461\n\
+sockperf: \u{1b}[2;35m====> avg-rtt=16.917 (std-dev=25.770)\u{1b}[0m\n\
+sockperf: ---> percentile 99.000 =   22.022\n\
+sockperf: ---> percentile 90.000 =   19.198\n\
+sockperf: ---> percentile 50.000 =   16.274\n";
+        let l = parse_sockperf(text).unwrap();
+        assert_eq!((l.rtt_median_us, l.rtt_p99_us), (16.274, 22.022));
+        assert!((l.round_trips_per_second - 91461.0 / 1.55).abs() < 1e-6);
+        assert!(parse_sockperf("sockperf: connection refused").is_err());
     }
 }

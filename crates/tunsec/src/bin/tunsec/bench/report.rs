@@ -95,6 +95,9 @@ pub(crate) struct CaseReport {
     /// With keys per network: how the networks came up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) networks: Option<NetworksReport>,
+    /// With `--latency`: request/response through the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) latency: Option<super::measure::Latency>,
     /// Every run.
     pub(crate) runs: Vec<RunReport>,
 }
@@ -158,6 +161,7 @@ impl CaseReport {
             other_cpu_percent: 0.0,
             drops: BTreeMap::new(),
             networks: None,
+            latency: None,
             runs: Vec::new(),
         }
     }
@@ -287,6 +291,35 @@ impl Report {
              bgCPU: share of all CPUs busy in a quiet second before the case (other people's work). MTU: the tenants' interfaces.\n\
              drops: over the whole case; udp_rcvbuf = UDP receive-buffer overflows on the hosts, tunsecd:* = tunsecd's drop counters."
         );
+        let with_latency: Vec<_> = self
+            .cases
+            .iter()
+            .filter_map(|c| Some((c, c.latency?)))
+            .collect();
+        if !with_latency.is_empty() {
+            let base = with_latency
+                .iter()
+                .find(|(c, _)| c.name == BASELINE)
+                .map(|(_, l)| *l);
+            let _ = writeln!(
+                s,
+                "\nlatency: sockperf ping-pong over TCP, 64-byte messages, {} s: round-trip time (us) and round trips per second",
+                self.seconds
+            );
+            for (c, l) in &with_latency {
+                let vs = base.map_or("-".to_owned(), |b| {
+                    format!(
+                        "{:.1}%",
+                        100.0 * l.round_trips_per_second / b.round_trips_per_second
+                    )
+                });
+                let _ = writeln!(
+                    s,
+                    "  {:<25} median {:>8.1}  p99 {:>8.1}  {:>9.0}/s  vs vxlan {vs}",
+                    c.name, l.rtt_median_us, l.rtt_p99_us, l.round_trips_per_second
+                );
+            }
+        }
         let with_networks: Vec<_> = self
             .cases
             .iter()
