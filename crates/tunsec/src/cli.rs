@@ -198,6 +198,11 @@ pub struct BenchArgs {
     /// wireguard-tools with apt-get, boringtun-cli with cargo install).
     #[arg(long)]
     pub with_peers: bool,
+    /// The underlay's MTU (the veth between the hosts, and tunsecd's
+    /// `node.underlay_mtu`): 9000 for jumbo frames, as data centres run.
+    /// The tenants get the TAP MTU that follows from it.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=9000))]
+    pub underlay_mtu: u16,
     /// Parallel TCP streams per iperf3 run (`iperf3 -P`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub streams: u32,

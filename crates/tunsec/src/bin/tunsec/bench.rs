@@ -408,7 +408,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         stop: &stop,
         tunsecd,
         clk_tck: clk_tck(),
-        tenant_mtu: expected_tap_mtu()?,
+        tenant_mtu: expected_tap_mtu(args.underlay_mtu)?,
     };
 
     let load_start = loadavg();
@@ -471,6 +471,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         runs: args.runs,
         seconds: args.seconds,
         streams: args.streams,
+        underlay_mtu: args.underlay_mtu,
         baseline: BASELINE,
         load_start,
         load_end: loadavg(),

@@ -92,13 +92,13 @@ fn measure_case(
 ) -> anyhow::Result<()> {
     let ep = match kind {
         Kind::Veth => setup_veth(lab, ctx.tenant_mtu)?,
-        Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu)?,
+        Kind::KernelVxlan => setup_kernel_vxlan(lab, ctx.tenant_mtu, ctx.args.underlay_mtu)?,
         Kind::Tunsec(suite, offloads) => setup_tunsec(ctx, lab, suite, offloads)?,
         Kind::Gateway(suite) => setup_gateway(ctx, lab, suite)?,
         Kind::Networks { count, encrypted } => setup_networks(ctx, lab, count, encrypted)?,
         Kind::Peer(p) => {
             let (daemon, wg) = peer.context("no binaries for the peer")?;
-            let hosts = add_hosts(lab)?;
+            let hosts = add_hosts(lab, ctx.args.underlay_mtu)?;
             let ep = peers::setup(lab, &hosts, p, daemon, wg);
             if let Ok(ep) = &ep {
                 files.extend(ep.files.iter().cloned());

@@ -30,6 +30,8 @@ pub(crate) struct Report {
     pub(crate) seconds: u32,
     /// TCP streams per run.
     pub(crate) streams: u32,
+    /// The underlay's MTU.
+    pub(crate) underlay_mtu: u16,
     /// The case the ratios refer to.
     pub(crate) baseline: &'static str,
     /// `/proc/loadavg` (1, 5, 15 minutes) when the bench started.
@@ -211,8 +213,15 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "tunsec bench: iperf3, {} TCP stream, median of {} runs of {} s per case; {} CPUs, kernel {}, {}; {}",
-            self.streams, self.runs, self.seconds, self.cpus, self.kernel, self.iperf3, self.date
+            "tunsec bench: iperf3, {} TCP stream(s), median of {} runs of {} s per case, underlay MTU {}; {} CPUs, kernel {}, {}; {}",
+            self.streams,
+            self.runs,
+            self.seconds,
+            self.underlay_mtu,
+            self.cpus,
+            self.kernel,
+            self.iperf3,
+            self.date
         );
         let _ = writeln!(
             s,
@@ -601,6 +610,7 @@ mod test {
             runs: 3,
             seconds: 5,
             streams: 1,
+            underlay_mtu: 1500,
             baseline: BASELINE,
             load_start: [0.5, 0.4, 0.3],
             load_end: [1.5, 1.0, 0.5],

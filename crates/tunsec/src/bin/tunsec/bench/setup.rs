@@ -16,12 +16,13 @@ use tunsec_lab::Lab;
 use super::*;
 
 /// Hosts `h1` and `h2`, joined by a veth pair (`eth0` on both) with the
-/// underlay addresses.
-pub(super) fn add_hosts(lab: &mut Lab) -> anyhow::Result<[String; 2]> {
+/// underlay addresses and the underlay MTU `mtu`.
+pub(super) fn add_hosts(lab: &mut Lab, mtu: u16) -> anyhow::Result<[String; 2]> {
     let h1 = lab.add_ns("h1")?;
     let h2 = lab.add_ns("h2")?;
     lab.veth(&h1, "eth0", &h2, "eth0")?;
     for (h, addr) in [(&h1, HOST_ADDR[0]), (&h2, HOST_ADDR[1])] {
+        lab.exec(h, "ip", &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
         lab.exec(
             h,
             "ip",
@@ -92,8 +93,12 @@ pub(super) fn setup_veth(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
     Ok(tenant_endpoints([t1, t2], mtu))
 }
 
-pub(super) fn setup_kernel_vxlan(lab: &mut Lab, mtu: u16) -> anyhow::Result<Endpoints> {
-    let hosts = add_hosts(lab)?;
+pub(super) fn setup_kernel_vxlan(
+    lab: &mut Lab,
+    mtu: u16,
+    underlay_mtu: u16,
+) -> anyhow::Result<Endpoints> {
+    let hosts = add_hosts(lab, underlay_mtu)?;
     let mut ep = vxlan_tenants(lab, &hosts, mtu, true)?;
     ep.hosts = hosts.to_vec();
     Ok(ep)
@@ -175,7 +180,7 @@ fn start_tunsecds(
     for (i, h) in hosts.iter().enumerate() {
         let n = i + 1;
         let path = dir.join(format!("h{n}.toml"));
-        std::fs::write(&path, config(n))?;
+        std::fs::write(&path, with_underlay_mtu(config(n), ctx.args.underlay_mtu))?;
         let label = format!("tunsecd-h{n}");
         lab.spawn(&label, h, tunsecd, &["--config", &path.to_string_lossy()])?;
         labels.push(label);
@@ -231,12 +236,22 @@ fn tunsec_config(dir: &Path, n: usize, sa: Option<(Suite, &Path, &Path)>) -> Str
     c
 }
 
+/// A config's `[node]` with `node.underlay_mtu = mtu` (left out at 1500,
+/// the default).
+fn with_underlay_mtu(text: String, mtu: u16) -> String {
+    if mtu == 1500 {
+        return text;
+    }
+    text.replacen("[node]\n", &format!("[node]\nunderlay_mtu = {mtu}\n"), 1)
+}
+
 /// The TAP MTU tunsecd works out for this topology (the daemon's own
-/// rule), for the cases without tunsecd.
-pub(super) fn expected_tap_mtu() -> anyhow::Result<u16> {
+/// rule) on an underlay of `underlay_mtu`, for the cases without tunsecd.
+pub(super) fn expected_tap_mtu(underlay_mtu: u16) -> anyhow::Result<u16> {
     let dir = Path::new("/nonexistent");
-    let config = Config::parse(&tunsec_config(dir, 1, None), dir)
-        .map_err(|e| anyhow::anyhow!("the bench's own config: {e}"))?;
+    let text = with_underlay_mtu(tunsec_config(dir, 1, None), underlay_mtu);
+    let config =
+        Config::parse(&text, dir).map_err(|e| anyhow::anyhow!("the bench's own config: {e}"))?;
     let net = &config.networks[0];
     Ok(tunsec::daemon::network_mtu(&config, net)?.mtu)
 }
@@ -247,7 +262,7 @@ pub(super) fn setup_tunsec(
     suite: Option<Suite>,
     offloads: Offloads,
 ) -> anyhow::Result<Endpoints> {
-    let hosts = add_hosts(lab)?;
+    let hosts = add_hosts(lab, ctx.args.underlay_mtu)?;
     let dir = lab.dir.path().to_owned();
     let key = suite.map(|s| write_keys(&dir, s)).transpose()?;
     let (labels, sockets, mtus) = start_tunsecds(
@@ -312,7 +327,7 @@ pub(super) fn setup_gateway(
     lab: &mut Lab,
     suite: Suite,
 ) -> anyhow::Result<Endpoints> {
-    let hosts = add_hosts(lab)?;
+    let hosts = add_hosts(lab, ctx.args.underlay_mtu)?;
     let dir = lab.dir.path().to_owned();
     let key = write_keys(&dir, suite)?;
     let (labels, sockets, mtus) = start_tunsecds(
@@ -382,7 +397,7 @@ pub(super) fn setup_networks(
     count: u16,
     encrypted: bool,
 ) -> anyhow::Result<Endpoints> {
-    let hosts = add_hosts(lab)?;
+    let hosts = add_hosts(lab, ctx.args.underlay_mtu)?;
     let dir = lab.dir.path().to_owned();
     tunsec::config::write_secret(dir.join("bench.psk"), "a bench key, long enough to use\n")?;
     let t0 = Instant::now();
@@ -452,7 +467,8 @@ mod test {
 
     #[test]
     fn configs_parse() {
-        assert_eq!(expected_tap_mtu().unwrap(), 1385);
+        assert_eq!(expected_tap_mtu(1500).unwrap(), 1385);
+        assert_eq!(expected_tap_mtu(9000).unwrap(), 8885);
         let dir = tempfile::tempdir().unwrap();
         for suite in Suite::ALL {
             let len = suite.encryption_key_len() + suite.integrity_key_len();
