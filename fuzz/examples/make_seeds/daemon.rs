@@ -68,6 +68,15 @@ pub(crate) fn control_seeds() {
             Request::Rekey {
                 peer: peer(),
                 ike: false,
+                network: None,
+            },
+        ),
+        (
+            "rekey_network",
+            Request::Rekey {
+                peer: peer(),
+                ike: false,
+                network: Some("blue".to_owned()),
             },
         ),
         (
@@ -75,6 +84,7 @@ pub(crate) fn control_seeds() {
             Request::Rekey {
                 peer: peer(),
                 ike: true,
+                network: None,
             },
         ),
         ("reauth", Request::Reauth { peer: peer() }),
