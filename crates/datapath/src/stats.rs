@@ -116,8 +116,10 @@ impl PathDrop {
     }
 }
 
-/// Frame counters of one network.
+/// Frame counters of one network (one shard of them: see [`Stats`]), on
+/// a cache line of their own.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct NetworkCounters {
     /// Frames read from the TAP device and sent to at least one peer.
     pub tx_frames: AtomicU64,
@@ -134,11 +136,45 @@ pub struct NetworkCounters {
     pub network_mismatch: AtomicU64,
 }
 
-/// All data-path counters.
+/// The sum of a network's counters over its shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkTotals {
+    /// See [`NetworkCounters::tx_frames`].
+    pub tx_frames: u64,
+    /// See [`NetworkCounters::tx_bytes`].
+    pub tx_bytes: u64,
+    /// See [`NetworkCounters::rx_frames`].
+    pub rx_frames: u64,
+    /// See [`NetworkCounters::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`NetworkCounters::flooded`].
+    pub flooded: u64,
+    /// See [`NetworkCounters::network_mismatch`].
+    pub network_mismatch: u64,
+}
+
+std::thread_local! {
+    /// The counter shard of this thread ([`set_shard`]); 0 unless set.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread count in shard `shard` (modulo the shards a
+/// [`Stats`] has): each worker thread takes its own, so that no cache line
+/// of per-network counters is written per packet by two threads (see
+/// docs/scaling.md).
+pub fn set_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
+}
+
+/// All data-path counters. The per-network ones are sharded: each worker
+/// thread writes the shard [`set_shard`] gave it, and readers sum them
+/// ([`Stats::network_total`]).
 #[derive(Debug)]
 pub struct Stats {
     drops: [AtomicU64; PathDrop::COUNT],
+    /// `networks × shards`, a network's shards side by side.
     networks: Vec<NetworkCounters>,
+    shards: usize,
     /// Datagrams received on the ESP socket that were NAT keepalives.
     pub keepalives: AtomicU64,
     /// IKE messages received on the ESP socket and handed to the control
@@ -147,11 +183,21 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Counters for `networks` networks.
+    /// Counters for `networks` networks, in one shard.
     pub fn new(networks: usize) -> Self {
+        Self::with_shards(networks, 1)
+    }
+
+    /// Counters for `networks` networks in `shards` shards (one per
+    /// worker thread).
+    pub fn with_shards(networks: usize, shards: usize) -> Self {
+        let shards = shards.max(1);
         Self {
+            shards,
             drops: Default::default(),
-            networks: (0..networks).map(|_| NetworkCounters::default()).collect(),
+            networks: (0..networks * shards)
+                .map(|_| NetworkCounters::default())
+                .collect(),
             keepalives: AtomicU64::new(0),
             ike_received: AtomicU64::new(0),
         }
@@ -180,9 +226,29 @@ impl Stats {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
-    /// The counters of a network.
+    /// This thread's shard of a network's counters, to count in.
+    #[inline]
     pub fn network(&self, index: usize) -> Option<&NetworkCounters> {
-        self.networks.get(index)
+        let shard = SHARD.with(std::cell::Cell::get) % self.shards;
+        self.networks.get(index * self.shards + shard)
+    }
+
+    /// A network's counters summed over the shards.
+    pub fn network_total(&self, index: usize) -> Option<NetworkTotals> {
+        let shards = self
+            .networks
+            .get(index * self.shards..(index + 1) * self.shards)?;
+        let mut t = NetworkTotals::default();
+        for c in shards {
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            t.tx_frames += get(&c.tx_frames);
+            t.tx_bytes += get(&c.tx_bytes);
+            t.rx_frames += get(&c.rx_frames);
+            t.rx_bytes += get(&c.rx_bytes);
+            t.flooded += get(&c.flooded);
+            t.network_mismatch += get(&c.network_mismatch);
+        }
+        Some(t)
     }
 }
 
@@ -190,4 +256,34 @@ impl Stats {
 #[inline]
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two threads in two shards count into two cache lines of their own;
+    /// the total is their sum.
+    #[test]
+    fn shards_are_per_thread_and_sum() {
+        let stats = std::sync::Arc::new(Stats::with_shards(3, 4));
+        let lines: Vec<usize> = [1, 2]
+            .map(|shard| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    set_shard(shard);
+                    let c = stats.network(2).unwrap();
+                    add(&c.tx_frames, shard as u64 * 10);
+                    c as *const NetworkCounters as usize
+                })
+            })
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_ne!(lines[0] / 64, lines[1] / 64, "one cache line shared");
+        assert_eq!(align_of::<NetworkCounters>(), 64);
+        assert_eq!(stats.network_total(2).unwrap().tx_frames, 30);
+        assert_eq!(stats.network_total(1).unwrap(), NetworkTotals::default());
+        assert!(stats.network_total(3).is_none());
+    }
 }

@@ -183,7 +183,12 @@ impl Daemon {
     pub fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
         let now = Instant::now();
         let (tables, mtus) = build_tables(&config, now)?;
-        let shared = Arc::new(OverlayShared::new(tables, now, DEFAULT_AGEING));
+        let shared = Arc::new(OverlayShared::with_workers(
+            tables,
+            now,
+            DEFAULT_AGEING,
+            config.node.workers,
+        ));
         for (i, n) in config.networks.iter().enumerate() {
             for (mac, peer) in &n.fdb {
                 if let Some(p) = config.peers.iter().position(|p| &p.name == peer) {
@@ -283,14 +288,20 @@ impl Daemon {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("tunsec-tx{w}"))
-                    .spawn(move || worker::run_tx(s, d, k, udp_gso))?,
+                    .spawn(move || {
+                        tunsec_datapath::stats::set_shard(worker::worker_shards(w).0);
+                        worker::run_tx(s, d, k, udp_gso)
+                    })?,
             );
             let (s, d, k) = (shared.clone(), all_queues.clone(), sockets);
             let (gro, udp_gro) = (config.offload.gro, config.offload.udp_gro);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("tunsec-rx{w}"))
-                    .spawn(move || worker::run_rx(s, d, k, gro, udp_gro))?,
+                    .spawn(move || {
+                        tunsec_datapath::stats::set_shard(worker::worker_shards(w).1);
+                        worker::run_rx(s, d, k, gro, udp_gro)
+                    })?,
             );
         }
         tracing::info!(node = %config.node.name, underlay = %underlay, "tunsecd running");
@@ -405,9 +416,7 @@ impl ControlTarget for OverlayControl {
             .zip(&self.mtus)
             .enumerate()
             .map(|(i, (n, m))| {
-                let c = stats.network(i);
-                let get =
-                    |f: fn(&tunsec_datapath::stats::NetworkCounters) -> u64| c.map(f).unwrap_or(0);
+                let t = stats.network_total(i).unwrap_or_default();
                 NetworkStatus {
                     name: n.name.clone(),
                     vni: n.vni,
@@ -415,12 +424,12 @@ impl ControlTarget for OverlayControl {
                     port: n.port,
                     tap: n.tap.clone(),
                     mtu: m.mtu,
-                    tx_frames: get(|c| c.tx_frames.load(Ordering::Relaxed)),
-                    tx_bytes: get(|c| c.tx_bytes.load(Ordering::Relaxed)),
-                    rx_frames: get(|c| c.rx_frames.load(Ordering::Relaxed)),
-                    rx_bytes: get(|c| c.rx_bytes.load(Ordering::Relaxed)),
-                    flooded: get(|c| c.flooded.load(Ordering::Relaxed)),
-                    network_mismatch: get(|c| c.network_mismatch.load(Ordering::Relaxed)),
+                    tx_frames: t.tx_frames,
+                    tx_bytes: t.tx_bytes,
+                    rx_frames: t.rx_frames,
+                    rx_bytes: t.rx_bytes,
+                    flooded: t.flooded,
+                    network_mismatch: t.network_mismatch,
                     layout: (n.layout == NetworkLayout::EncryptedVxlan)
                         .then(|| "encrypted_vxlan".to_owned()),
                 }

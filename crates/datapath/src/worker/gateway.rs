@@ -27,7 +27,7 @@ impl GatewayShared {
     /// Shared state around the first tables (each peer carries its own
     /// counters, [`crate::gateway::GatewayPeer::counters`]).
     pub fn new(tables: GatewayTables) -> Self {
-        Self::with(tables, (), 0)
+        Self::with(tables, (), 0, 1)
     }
 }
 

@@ -86,12 +86,12 @@ pub struct Shared<T, F = ()> {
 
 impl<T, F> Shared<T, F> {
     /// Shared state around the first tables, with `slots` per-network (or
-    /// per-peer) counters.
-    fn with(tables: T, fdb: F, slots: usize) -> Self {
+    /// per-peer) counters in `shards` shards.
+    fn with(tables: T, fdb: F, slots: usize, shards: usize) -> Self {
         Self {
             tables: ArcSwap::from_pointee(tables),
             fdb,
-            stats: Stats::new(slots),
+            stats: Stats::with_shards(slots, shards),
             stop: AtomicBool::new(false),
             ike_inbox: IkeInbox::default(),
             edits: Mutex::new(()),

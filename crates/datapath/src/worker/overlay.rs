@@ -30,11 +30,24 @@ pub type OverlayShared = Shared<Tables, Fdb>;
 
 impl OverlayShared {
     /// Shared state around the first tables, with an empty forwarding
-    /// database that ages entries out after `ageing`.
+    /// database that ages entries out after `ageing`, and counters for
+    /// one worker pair.
     pub fn new(tables: Tables, now: Instant, ageing: Duration) -> Self {
-        let networks = tables.networks.len();
-        Self::with(tables, Fdb::new(ageing, now), networks)
+        Self::with_workers(tables, now, ageing, 1)
     }
+
+    /// [`Self::new`] with a counter shard for each thread of `workers`
+    /// worker pairs: the transmit worker `w` counts in shard `2w` and the
+    /// receive worker in `2w + 1` ([`worker_shards`]).
+    pub fn with_workers(tables: Tables, now: Instant, ageing: Duration, workers: usize) -> Self {
+        let networks = tables.networks.len();
+        Self::with(tables, Fdb::new(ageing, now), networks, 2 * workers.max(1))
+    }
+}
+
+/// The counter shards of worker pair `w`: (transmit, receive).
+pub fn worker_shards(w: usize) -> (usize, usize) {
+    (2 * w, 2 * w + 1)
 }
 
 /// Runs the transmit worker until `shared.stop` is set. `devices[i]` is
