@@ -4,13 +4,20 @@
 //! Entries are learned from the source MAC of frames received from peers
 //! (RFC 7348 section 4: "learning ... the association of the inner source
 //! MAC address to the outer source IP address"), age out when unused, and
-//! may be configured statically. The receive worker learns while the
-//! transmit worker looks up: lookups and refreshes of a known entry take
-//! only a read lock and an atomic store; only a new or moved MAC takes the
-//! write lock.
+//! may be configured statically.
+//!
+//! Every worker thread reads it for every frame, so a read must write no
+//! cache line that another thread writes too (docs/scaling.md): the map is
+//! kept in one replica per worker thread (its counter shard,
+//! [`crate::stats::set_shard`]), each behind a lock of its own on a cache
+//! line of its own. A lookup and the refresh of a known entry take only
+//! the reader's own replica's read lock (and the refresh stores the
+//! entry's time at most once a millisecond); a new or moved MAC, ageing
+//! and removals change every replica, one writer at a time. The entries
+//! themselves are shared between the replicas.
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tunsec_wire::ethernet::EthernetAddress;
@@ -43,20 +50,36 @@ pub struct FdbEntry {
     pub age: Duration,
 }
 
+type Map = FastMap<(usize, EthernetAddress), Arc<Entry>>;
+
+/// One replica, its lock on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Replica(RwLock<Map>);
+
 /// MAC address to peer, per network.
 #[derive(Debug)]
 pub struct Fdb {
-    map: RwLock<FastMap<(usize, EthernetAddress), Entry>>,
+    replicas: Box<[Replica]>,
+    /// One writer at a time, so that the replicas stay alike.
+    writer: Mutex<()>,
     epoch: Instant,
     ageing: Duration,
 }
 
 impl Fdb {
     /// An empty database whose learned entries live for `ageing` after
-    /// they were last seen.
+    /// they were last seen, in one replica.
     pub fn new(ageing: Duration, now: Instant) -> Self {
+        Self::with_replicas(ageing, now, 1)
+    }
+
+    /// [`Self::new`] with a replica for each of `replicas` worker threads
+    /// (counter shards).
+    pub fn with_replicas(ageing: Duration, now: Instant, replicas: usize) -> Self {
         Self {
-            map: RwLock::new(FastMap::default()),
+            replicas: (0..replicas.max(1)).map(|_| Replica::default()).collect(),
+            writer: Mutex::new(()),
             epoch: now,
             ageing,
         }
@@ -66,31 +89,51 @@ impl Fdb {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// This thread's replica, for reading.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+        let i = crate::stats::current_shard() % self.replicas.len();
+        self.replicas[i].0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `f` to every replica, one writer at a time; returns what
+    /// it returned for the first.
+    fn change<R>(&self, mut f: impl FnMut(&mut Map) -> R) -> R {
+        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = None;
+        for r in self.replicas.iter() {
+            let mut map = r.0.write().unwrap_or_else(|e| e.into_inner());
+            let out = f(&mut map);
+            first.get_or_insert(out);
+        }
+        // There is at least one replica.
+        first.expect("an FDB has a replica")
+    }
+
     /// Adds a static entry; learning never overrides it.
     pub fn add_static(&self, network: usize, mac: EthernetAddress, peer: usize) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(
-            (network, mac),
-            Entry {
-                peer,
-                is_static: true,
-                last_seen: AtomicU64::new(0),
-            },
-        );
+        let entry = Arc::new(Entry {
+            peer,
+            is_static: true,
+            last_seen: AtomicU64::new(0),
+        });
+        self.change(|map| {
+            map.insert((network, mac), entry.clone());
+        });
     }
 
     /// Forgets every entry, learned or static, that leads to `peer` (a
     /// peer removed at run time, whose slot may go to another).
     pub fn forget_peer(&self, peer: usize) -> usize {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let before = map.len();
-        map.retain(|_, e| e.peer != peer);
-        before - map.len()
+        self.change(|map| {
+            let before = map.len();
+            map.retain(|_, e| e.peer != peer);
+            before - map.len()
+        })
     }
 
     /// The peer behind `mac` in `network`, unless the entry aged out.
     pub fn lookup(&self, network: usize, mac: EthernetAddress, now: Instant) -> Option<usize> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.read();
         let entry = map.get(&(network, mac))?;
         if entry.is_static {
             return Some(entry.peer);
@@ -109,46 +152,51 @@ impl Fdb {
         }
         let t = self.millis(now);
         {
-            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            let map = self.read();
             if let Some(entry) = map.get(&(network, mac)) {
                 if entry.is_static {
                     return;
                 }
                 if entry.peer == peer {
-                    entry.last_seen.store(t, Ordering::Relaxed);
+                    // At most one store a millisecond.
+                    if entry.last_seen.load(Ordering::Relaxed) != t {
+                        entry.last_seen.store(t, Ordering::Relaxed);
+                    }
                     return;
                 }
             }
         }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry((network, mac)).or_insert(Entry {
+        // A new entry, or a MAC that moved to another peer.
+        let entry = Arc::new(Entry {
             peer,
             is_static: false,
             last_seen: AtomicU64::new(t),
         });
-        if !entry.is_static {
-            // A new entry, or a MAC that moved to another peer.
-            entry.peer = peer;
-            entry.last_seen.store(t, Ordering::Relaxed);
-        }
+        self.change(|map| {
+            let keep = map.get(&(network, mac)).is_some_and(|e| e.is_static);
+            if !keep {
+                map.insert((network, mac), entry.clone());
+            }
+        });
     }
 
     /// Removes learned entries that aged out; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let t = self.millis(now);
         let ageing = self.ageing.as_millis() as u64;
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let before = map.len();
-        map.retain(|_, e| {
-            e.is_static || t.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < ageing
-        });
-        before - map.len()
+        self.change(|map| {
+            let before = map.len();
+            map.retain(|_, e| {
+                e.is_static || t.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < ageing
+            });
+            before - map.len()
+        })
     }
 
     /// Every entry, sorted by network and MAC.
     pub fn entries(&self, now: Instant) -> Vec<FdbEntry> {
         let t = self.millis(now);
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.read();
         let mut out: Vec<FdbEntry> = map
             .iter()
             .map(|(&(network, mac), e)| FdbEntry {
@@ -227,5 +275,43 @@ mod test {
         assert_eq!(fdb.lookup(0, M1, now), None);
         assert_eq!(fdb.lookup(0, M2, now), None);
         assert_eq!(fdb.lookup(1, M2, now), Some(4));
+    }
+
+    /// With several replicas, every thread sees what any learned, and a
+    /// move or an expiry reaches every replica.
+    #[test]
+    fn replicas_stay_alike() {
+        let t0 = Instant::now();
+        let fdb = Arc::new(Fdb::with_replicas(Duration::from_secs(10), t0, 3));
+        type Job = Box<dyn FnOnce(&Fdb) -> Option<usize> + Send>;
+        let on = |shard: usize, f: Job| {
+            let fdb = fdb.clone();
+            std::thread::spawn(move || {
+                crate::stats::set_shard(shard);
+                f(&fdb)
+            })
+            .join()
+            .unwrap()
+        };
+        on(
+            1,
+            Box::new(move |f| {
+                f.learn(0, M1, 3, t0);
+                None
+            }),
+        );
+        for shard in 0..3 {
+            assert_eq!(on(shard, Box::new(move |f| f.lookup(0, M1, t0))), Some(3));
+        }
+        on(
+            2,
+            Box::new(move |f| {
+                f.learn(0, M1, 4, t0);
+                None
+            }),
+        );
+        assert_eq!(on(0, Box::new(move |f| f.lookup(0, M1, t0))), Some(4));
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(20)), 1);
+        assert_eq!(on(1, Box::new(move |f| f.lookup(0, M1, t0))), None);
     }
 }

@@ -166,6 +166,12 @@ pub fn set_shard(shard: usize) {
     SHARD.with(|s| s.set(shard));
 }
 
+/// This thread's shard ([`set_shard`]).
+#[inline]
+pub fn current_shard() -> usize {
+    SHARD.with(std::cell::Cell::get)
+}
+
 /// All data-path counters. The per-network ones are sharded: each worker
 /// thread writes the shard [`set_shard`] gave it, and readers sum them
 /// ([`Stats::network_total`]).
@@ -229,7 +235,7 @@ impl Stats {
     /// This thread's shard of a network's counters, to count in.
     #[inline]
     pub fn network(&self, index: usize) -> Option<&NetworkCounters> {
-        let shard = SHARD.with(std::cell::Cell::get) % self.shards;
+        let shard = current_shard() % self.shards;
         self.networks.get(index * self.shards + shard)
     }
 

@@ -41,7 +41,13 @@ impl OverlayShared {
     /// receive worker in `2w + 1` ([`worker_shards`]).
     pub fn with_workers(tables: Tables, now: Instant, ageing: Duration, workers: usize) -> Self {
         let networks = tables.networks.len();
-        Self::with(tables, Fdb::new(ageing, now), networks, 2 * workers.max(1))
+        let shards = 2 * workers.max(1);
+        Self::with(
+            tables,
+            Fdb::with_replicas(ageing, now, shards),
+            networks,
+            shards,
+        )
     }
 }
 
