@@ -431,7 +431,14 @@ pub fn protect(
     // the shared SA, as status says). Every other packet goes under the
     // shared (unbound) SAs, never a bound one.
     let keyed = rule.and_then(VniRule::binding);
-    let shared_end = entry.outbound.partition_point(|s| binding_of(s).is_none());
+    // Without keys per network every SA is shared: no search (and no
+    // lock) needed to find where the bound ones start.
+    let per_network = entry.vnis.iter().any(|p| p.rules.iter().any(|r| r.keyed));
+    let shared_end = if per_network {
+        entry.outbound.partition_point(|s| binding_of(s).is_none())
+    } else {
+        entry.outbound.len()
+    };
     let chosen = match keyed {
         Some(b) if shared_end < entry.outbound.len() => {
             let bound = &entry.outbound[shared_end..];
