@@ -10,7 +10,7 @@ use core::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DropReason {
-    /// The sequence number was seen before or is older than the replay
+    /// The sequence number was seen before: a duplicate inside the replay
     /// window (RFC 4303 section 3.4.3).
     Replay = 0,
     /// The ICV did not verify: a tampered packet or a wrong key (RFC 4303
@@ -39,11 +39,16 @@ pub enum DropReason {
     Dummy,
     /// The caller's buffer has too little headroom or tailroom.
     NoRoom,
+    /// The sequence number is left of the replay window: the packet came
+    /// later than `replay_window` newer ones (RFC 4303 section 3.4.3). Told
+    /// apart from a duplicate ([`Self::Replay`]) because it means
+    /// reordering, not replay.
+    TooOld,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every reason, in discriminant order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -57,6 +62,7 @@ impl DropReason {
         Self::SeqExhausted,
         Self::Dummy,
         Self::NoRoom,
+        Self::TooOld,
     ];
 
     /// The index of this reason in a counter array.
@@ -77,6 +83,7 @@ impl DropReason {
             Self::SeqExhausted => "seq_exhausted",
             Self::Dummy => "dummy",
             Self::NoRoom => "no_room",
+            Self::TooOld => "too_old",
         }
     }
 }

@@ -128,6 +128,12 @@ impl ReplayWindow {
         self.blocks[block] & bit == 0
     }
 
+    /// Whether `seq` is left of the window (too old), rather than a
+    /// number already received inside it.
+    pub fn is_too_old(&self, seq: u64) -> bool {
+        seq <= self.top && self.top - seq >= self.size
+    }
+
     /// Records `seq` as received. Call only after its ICV verified. Returns
     /// false (and changes nothing) if `seq` is no longer acceptable.
     pub fn update(&mut self, seq: u64) -> bool {

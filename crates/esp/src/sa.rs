@@ -534,7 +534,11 @@ impl Sa {
             Some(u64::from(seq_low))
         };
         let Some(seq) = seq.filter(|&s| window.check(s)) else {
-            return Err(self.drop(DropReason::Replay));
+            let reason = match seq {
+                Some(s) if window.is_too_old(s) => DropReason::TooOld,
+                _ => DropReason::Replay,
+            };
+            return Err(self.drop(reason));
         };
         Ok(OpenJob {
             cipher: Arc::clone(&self.cipher),
@@ -568,7 +572,12 @@ impl Sa {
         //# The receive window is updated only if the integrity verification
         //# succeeds.
         if !window.update(job.seq) {
-            return Err(self.drop(DropReason::Replay));
+            let reason = if window.is_too_old(job.seq) {
+                DropReason::TooOld
+            } else {
+                DropReason::Replay
+            };
+            return Err(self.drop(reason));
         }
         let Ok((trailer, payload_len)) = TrailerRepr::parse(&buf.data()[head..len - icv_len])
         else {

@@ -197,6 +197,38 @@ fn open_one(inb: &mut Sa, packet: &[u8], now: Instant) -> Result<(), DropReason>
     inb.open(&mut PacketBuf::whole(&mut copy), now)
 }
 
+/// A packet left of the replay window is counted as `too_old`, apart
+/// from a duplicate inside it (`replay`): the first says reordering, the
+/// second a replayed packet.
+#[test]
+fn too_old_is_told_apart_from_a_replay() {
+    let now = Instant::now();
+    let suite = Suite::AesGcm128;
+    let mut cfg = SaConfig::new(0x1000_0001, Direction::Outbound, suite, keys(suite));
+    cfg.mode = Mode::Transport;
+    cfg.encapsulation = Encapsulation::Esp;
+    let mut out = Sa::new(cfg.clone(), now).unwrap();
+    cfg.direction = Direction::Inbound;
+    cfg.replay_window = 64;
+    let mut inb = Sa::new(cfg, now).unwrap();
+    let packets: Vec<_> = (0..100).map(|_| seal_one(&mut out, now)).collect();
+    open_one(&mut inb, &packets[99], now).unwrap();
+    assert_eq!(
+        open_one(&mut inb, &packets[10], now),
+        Err(DropReason::TooOld)
+    );
+    assert_eq!(
+        open_one(&mut inb, &packets[99], now),
+        Err(DropReason::Replay)
+    );
+    open_one(&mut inb, &packets[50], now).unwrap();
+    let drops = &inb.counters().drops;
+    assert_eq!(
+        (drops.get(DropReason::TooOld), drops.get(DropReason::Replay)),
+        (1, 1)
+    );
+}
+
 #[test]
 fn replay_is_dropped_and_counted() {
     let now = Instant::now();
