@@ -343,30 +343,29 @@ fn vni_action(field: String, p: &str) -> Result<VniAction, ConfigError> {
 
 /// `100` or `"100-199"`, within 24 bits.
 fn parse_vni_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u32>> {
-    let (lo, hi) = match v {
-        toml::Value::Integer(n) => (*n, *n),
-        toml::Value::String(s) => {
-            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-            (lo.trim().parse().ok()?, hi.trim().parse().ok()?)
-        }
-        _ => return None,
-    };
+    let (lo, hi) = raw_range(v)?;
     let (lo, hi) = (u32::try_from(lo).ok()?, u32::try_from(hi).ok()?);
     (lo <= hi && hi <= 0xff_ffff).then_some(lo..=hi)
 }
 
 /// `4789` or `"16384-16400"`.
 fn parse_port_range(v: &toml::Value) -> Option<std::ops::RangeInclusive<u16>> {
-    let (lo, hi) = match v {
-        toml::Value::Integer(n) => (*n, *n),
-        toml::Value::String(s) => {
-            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-            (lo.trim().parse().ok()?, hi.trim().parse().ok()?)
-        }
-        _ => return None,
-    };
+    let (lo, hi) = raw_range(v)?;
     let (lo, hi) = (u16::try_from(lo).ok()?, u16::try_from(hi).ok()?);
     (lo >= 1 && lo <= hi).then_some(lo..=hi)
+}
+
+/// The bounds of an integer or a string `"LOW-HIGH"` (or `"N"`), as
+/// written; the callers check them against their own range.
+fn raw_range(v: &toml::Value) -> Option<(i64, i64)> {
+    match v {
+        toml::Value::Integer(n) => Some((*n, *n)),
+        toml::Value::String(s) => {
+            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+            Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

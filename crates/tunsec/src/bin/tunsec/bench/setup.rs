@@ -282,19 +282,7 @@ pub(super) fn setup_tunsec(
         |s| s.networks.iter().find(|n| n.tap == TAP).map(|n| n.mtu),
         TAP,
     )?;
-    let mut tenants = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
-    }
-    let [t1, t2]: [String; 2] = tenants
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
-    let mut ep = tenant_endpoints([t1, t2], mtus[0].min(mtus[1]));
-    ep.daemon = Some("tunsecd");
-    ep.daemon_labels = labels;
-    ep.hosts = hosts.to_vec();
-    ep.control_sockets = sockets;
-    Ok(ep)
+    tunsecd_tenants(lab, &hosts, labels, sockets, mtus)
 }
 
 /// The gateway-mode config of host `n` (1 or 2): the other host as its
@@ -339,6 +327,30 @@ pub(super) fn setup_gateway(
         "gateway",
     )?;
     let mut ep = vxlan_tenants(lab, &hosts, mtus[0].min(mtus[1]), false)?;
+    ep.daemon = Some("tunsecd");
+    ep.daemon_labels = labels;
+    ep.hosts = hosts.to_vec();
+    ep.control_sockets = sockets;
+    Ok(ep)
+}
+
+/// A tenant on each host behind tunsecd's TAP device `TAP` (with the MTU
+/// each tunsecd gives it), and the endpoints that count tunsecd.
+fn tunsecd_tenants(
+    lab: &mut Lab,
+    hosts: &[String; 2],
+    labels: Vec<String>,
+    sockets: Vec<PathBuf>,
+    mtus: [u16; 2],
+) -> anyhow::Result<Endpoints> {
+    let mut tenants = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
+    }
+    let [t1, t2]: [String; 2] = tenants
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
+    let mut ep = tenant_endpoints([t1, t2], mtus[0].min(mtus[1]));
     ep.daemon = Some("tunsecd");
     ep.daemon_labels = labels;
     ep.hosts = hosts.to_vec();
@@ -441,18 +453,7 @@ pub(super) fn setup_networks(
             })
             .with_context(|| format!("the VmRSS of {label}"))?;
     }
-    let mut tenants = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        tenants.push(add_tenant(lab, h, i + 1, TAP, mtus[i])?);
-    }
-    let [t1, t2]: [String; 2] = tenants
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two tenants expected"))?;
-    let mut ep = tenant_endpoints([t1, t2], mtus[0].min(mtus[1]));
-    ep.daemon = Some("tunsecd");
-    ep.daemon_labels = labels;
-    ep.hosts = hosts.to_vec();
-    ep.control_sockets = sockets;
+    let mut ep = tunsecd_tenants(lab, &hosts, labels, sockets, mtus)?;
     ep.networks = Some(report::NetworksReport {
         count,
         up_secs,
