@@ -182,12 +182,7 @@ impl VniPolicy {
     /// The label in IKE of a rule's Child SA: `vxlan/100`, or
     /// `geneve/300-309` for a range; both hosts write the same rule alike.
     pub fn label(&self, rule: &VniRule) -> String {
-        let (lo, hi) = (rule.vnis.start(), rule.vnis.end());
-        if lo == hi {
-            format!("{}/{lo}", self.tunnel.name())
-        } else {
-            format!("{}/{lo}-{hi}", self.tunnel.name())
-        }
+        format!("{}/{}", self.tunnel.name(), range_text(&rule.vnis))
     }
 
     /// The binding a label names ([`VniRule::binding`]): its first VNI.
@@ -205,6 +200,16 @@ impl VniPolicy {
     pub fn has_clear(&self) -> bool {
         self.default.action == VniAction::Clear
             || self.rules.iter().any(|r| r.action == VniAction::Clear)
+    }
+}
+
+/// `7` for a range of one, `7-9` otherwise: how labels, status and the
+/// guard's rules write ports and VNIs.
+pub fn range_text<T: std::fmt::Display + PartialEq>(r: &RangeInclusive<T>) -> String {
+    if r.start() == r.end() {
+        r.start().to_string()
+    } else {
+        format!("{}-{}", r.start(), r.end())
     }
 }
 

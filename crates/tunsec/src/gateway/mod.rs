@@ -40,6 +40,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::Context;
+use tunsec_datapath::gateway::vni::range_text;
 use tunsec_datapath::gateway::{self, GatewayMode, GatewayPeer, GatewayTables, VniPolicy};
 use tunsec_datapath::packet::EspTransport;
 use tunsec_datapath::shared_sa::InboundEntry;
@@ -235,11 +236,7 @@ pub(crate) fn vni_status(policies: &[VniPolicy]) -> Vec<GatewayVniStatus> {
     policies
         .iter()
         .flat_map(|p| {
-            let tunnel = if p.ports.start() == p.ports.end() {
-                format!("{}/{}", p.tunnel.name(), p.ports.start())
-            } else {
-                format!("{}/{}-{}", p.tunnel.name(), p.ports.start(), p.ports.end())
-            };
+            let tunnel = format!("{}/{}", p.tunnel.name(), range_text(&p.ports));
             let rules = p.rules.iter().map(|r| (Some(&r.vnis), r));
             rules
                 .chain(std::iter::once((None, &p.default)))
@@ -247,8 +244,7 @@ pub(crate) fn vni_status(policies: &[VniPolicy]) -> Vec<GatewayVniStatus> {
                     tunnel: tunnel.clone(),
                     vnis: match vnis {
                         None => "default".to_owned(),
-                        Some(v) if v.start() == v.end() => v.start().to_string(),
-                        Some(v) => format!("{}-{}", v.start(), v.end()),
+                        Some(v) => range_text(v),
                     },
                     policy: r.action.name().to_owned(),
                     sealed: load(&r.counters.sealed),
@@ -273,11 +269,7 @@ pub fn selector_text(s: &gateway::GatewaySelector) -> String {
     if !s.has_ports() {
         return proto;
     }
-    if s.ports.start() == s.ports.end() {
-        format!("{proto}/{}", s.ports.start())
-    } else {
-        format!("{proto}/{}-{}", s.ports.start(), s.ports.end())
-    }
+    format!("{proto}/{}", range_text(&s.ports))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use tunsec_datapath::gateway::vni::range_text;
 use tunsec_datapath::gateway::{GatewaySelector, TunnelKind, VniAction, VniPolicy};
 
 /// One peer's part of the guard.
@@ -63,11 +64,7 @@ pub const OTHERS: &str = "others";
 pub const CLEAR_OUT: &str = "clear_out";
 
 fn ports_text(sel: &GatewaySelector) -> String {
-    if sel.ports.start() == sel.ports.end() {
-        sel.ports.start().to_string()
-    } else {
-        format!("{}-{}", sel.ports.start(), sel.ports.end())
-    }
+    range_text(&sel.ports)
 }
 
 /// What matches a selector's traffic: its protocol and, for a protocol
@@ -180,18 +177,10 @@ fn write_clear_vnis(s: &mut String, peers: &[GuardPeer]) {
             let port = format!(
                 "{family} saddr {} meta l4proto 17 th dport {}",
                 p.underlay,
-                ports_text(&GatewaySelector {
-                    protocol: 17,
-                    ports: policy.ports.clone(),
-                })
+                range_text(&policy.ports)
             );
             let vni = |r: &std::ops::RangeInclusive<u32>| {
-                let range = if r.start() == r.end() {
-                    r.start().to_string()
-                } else {
-                    format!("{}-{}", r.start(), r.end())
-                };
-                format!("@th,{},24 {range}", TunnelKind::VNI_BIT_OFFSET)
+                format!("@th,{},24 {}", TunnelKind::VNI_BIT_OFFSET, range_text(r))
             };
             let default_clear = policy.default.action == VniAction::Clear;
             for r in &policy.rules {
